@@ -1,0 +1,41 @@
+# The README's two commands live here:
+#   make demo   set up (packages when root), build, run the main job
+#   make test   set up, build every variant, run the full suite
+# Builds go to build/<variant>/optimizely/offline/core.so, one per Lua.
+
+VARIANTS ?= 5.4 jit
+JOBS     ?= 2
+BUSTED    = busted --lpath='lua/?.lua;lua/?/init.lua;spec/?.lua'
+
+.PHONY: all deps build demo test test-fast asan valgrind bench install clean
+
+all: build
+
+deps:
+	@sh scripts/deps.sh
+
+build/%/optimizely/offline/core.so: deps-stamp $(wildcard csrc/*.c csrc/*.h) CMakeLists.txt
+	@cmake -S . -B build/$* -DLUA_VERSION=$(if $(filter asan,$*),5.4,$*) \
+	  $(if $(filter asan,$*),-DOO_SANITIZE=ON) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build build/$* -j$(JOBS) >/dev/null
+	@echo "built $@"
+
+.PHONY: deps-stamp
+deps-stamp: deps
+
+build: $(foreach v,$(VARIANTS),build/$(v)/optimizely/offline/core.so)
+
+demo: build
+	@lua5.4 -e 'package.path="lua/?.lua;lua/?/init.lua;"..package.path; package.cpath="build/5.4/?.so;"..package.cpath' examples/demo.lua
+
+test: deps
+	@sh scripts/test.sh
+
+bench: build
+	@sh scripts/bench.sh
+
+install: deps
+	luarocks --lua-version=5.4 make --deps-mode=none optimizely-offline-scm-1.rockspec
+
+clean:
+	rm -rf build

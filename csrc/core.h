@@ -1,0 +1,13 @@
+/* Each concern registers its functions into the module table (on top of the
+ * stack) through one of these; core.c only wires them together. */
+#ifndef OO_CORE_H
+#define OO_CORE_H
+
+#include "compat.h"
+
+#define OO_VERSION "0.1.0"
+
+void oo_encode_register(lua_State *L);
+void oo_http_register(lua_State *L);
+
+#endif

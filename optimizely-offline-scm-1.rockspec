@@ -1,0 +1,41 @@
+rockspec_format = "3.0"
+package = "optimizely-offline"
+version = "scm-1"
+source = {
+   url = "git+file:///dev/null", -- a checkout: `luarocks make` builds it in place
+}
+description = {
+   summary = "Send in-store (offline) orders to Optimizely Product Recommendations",
+   detailed = [[
+A C core validates, normalises and encodes orders and talks HTTPS through
+libcurl; a Lua layer gives an idiomatic table-based API, a command line and
+an OpenResty path.]],
+   license = "MIT",
+}
+dependencies = {
+   "lua >= 5.1",
+}
+external_dependencies = {
+   CURL = { library = "curl" }, -- by library: Debian keeps curl.h in a multiarch dir
+   SQLITE = { library = "sqlite3" },
+}
+build = {
+   type = "builtin",
+   modules = {
+      ["optimizely.offline.core"] = {
+         sources = {
+            "csrc/core.c", "csrc/buf.c", "csrc/utf8.c", "csrc/money.c", "csrc/date.c",
+            "csrc/encode.c", "csrc/http.c",
+         },
+         libraries = { "curl", "sqlite3", "pthread" },
+         incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)" },
+         libdirs = { "$(CURL_LIBDIR)", "$(SQLITE_LIBDIR)" },
+         defines = {},
+      },
+      ["optimizely.offline"] = "lua/optimizely/offline.lua",
+      ["optimizely.offline.errors"] = "lua/optimizely/offline/errors.lua",
+   },
+   install = {
+      bin = {},
+   },
+}
