@@ -36,7 +36,8 @@ typedef struct map_entry {
     const char *k, *v;
     size_t klen, vlen;
     const char *bad; /* NULL, or what is wrong (message prefix) */
-    char num[40];    /* number/boolean rendering, or the bad key's description */
+    int k_in_num, v_in_num; /* k / v live in num (re-pointed after sorting moves entries) */
+    char num[40];    /* number rendering, or the bad key's description */
 } map_entry;
 
 typedef struct enc {
@@ -86,11 +87,19 @@ static void path_pop(enc *e, size_t mark) { e->path.len = mark; }
  * the input may be invalid UTF-8). */
 static void quote_bytes(char *out, size_t cap, const char *s, size_t n) {
     size_t o = 0, i;
+    int utf8 = oo_utf8_check(s, n) == 0; /* valid text is shown as text */
     out[o++] = '"';
     for (i = 0; i < n && o + 8 < cap; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '"' || c == '\\') { out[o++] = '\\'; out[o++] = (char)c; }
         else if (c >= 0x20 && c < 0x7f) out[o++] = (char)c;
+        else if (c >= 0x80 && utf8) {
+            size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+            if (o + len + 8 >= cap) break; /* never cut a character in half */
+            memcpy(out + o, s + i, len);
+            o += len;
+            i += len - 1;
+        }
         else o += (size_t)snprintf(out + o, cap - o, "\\x%02X", c);
     }
     if (i < n) { memcpy(out + o, "...", 3); o += 3; }
@@ -511,7 +520,8 @@ static int enc_qty(enc *e, int idx, long long *qty) {
 
 static int cmp_entry(const void *pa, const void *pb) {
     const map_entry *a = pa, *b = pb;
-    int c = memcmp(a->k, b->k, a->klen < b->klen ? a->klen : b->klen);
+    const char *ka = a->k_in_num ? a->num : a->k, *kb = b->k_in_num ? b->num : b->k;
+    int c = memcmp(ka, kb, a->klen < b->klen ? a->klen : b->klen);
     return c ? c : (a->klen > b->klen) - (a->klen < b->klen);
 }
 
@@ -529,6 +539,7 @@ static void enc_map(enc *e, int t) {
         if (n == MAX_MAP) { extra++; lua_pop(L, 1); continue; }
         m = &e->map[n++];
         m->bad = NULL;
+        m->k_in_num = m->v_in_num = 0;
         if (lua_type(L, -2) == LUA_TSTRING) {
             m->k = lua_tolstring(L, -2, &m->klen);
             if (m->klen == 0) m->bad = "keys must be non-empty strings";
@@ -540,6 +551,7 @@ static void enc_map(enc *e, int t) {
         if (m->bad) {
             describe(L, -2, m->num, sizeof m->num);
             m->k = m->num; /* sort bad keys by their description */
+            m->k_in_num = 1;
             m->klen = strlen(m->num);
             lua_pop(L, 1);
             continue;
@@ -555,6 +567,7 @@ static void enc_map(enc *e, int t) {
             if (v != v || isinf(v)) { m->bad = "value must be a finite number"; break; }
             describe_number(L, -1, m->num, sizeof m->num);
             m->v = m->num;
+            m->v_in_num = 1;
             m->vlen = strlen(m->num);
             break;
         }
@@ -572,8 +585,10 @@ static void enc_map(enc *e, int t) {
     oo_buf_addc(&e->out, '{');
     for (i = 0; i < n; i++) {
         map_entry *m = &e->map[i];
+        if (m->k_in_num) m->k = m->num;
+        if (m->v_in_num) m->v = m->num;
         if (m->bad) {
-            if (m->k == m->num) {
+            if (m->k_in_num) {
                 problem(e, "%s, got key %s", m->bad, m->num);
             } else {
                 size_t mark = path_pushlit(e, ".");
@@ -937,6 +952,68 @@ static int run(lua_State *L, int want_json) {
     return 2;
 }
 
+/* money(value, currency) -> minor_units, decimals, normalised_string
+ * | nil, message. The same rules as the encoder, for script helpers that
+ * need exact arithmetic (optimizely.offline.order). */
+static int l_money(lua_State *L) {
+    size_t n;
+    const char *code = luaL_checklstring(L, 2, &n);
+    char up[3];
+    int i, minor;
+    long long amount = 0;
+    oo_money_status st = OO_MONEY_SYNTAX;
+    oo_buf b;
+    for (i = 0; i < 3 && n == 3; i++) up[i] = (char)(code[i] >= 'a' && code[i] <= 'z' ? code[i] - 32 : code[i]);
+    if (n != 3 || (minor = oo_currency_minor(up)) < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "currency is not an ISO 4217 code");
+        return 2;
+    }
+    if (lua_type(L, 1) == LUA_TNUMBER) {
+#if LUA_VERSION_NUM >= 503
+        if (lua_isinteger(L, 1)) st = oo_money_from_integer((long long)lua_tointeger(L, 1), minor, &amount);
+        else
+#endif
+            st = oo_money_from_double((double)lua_tonumber(L, 1), minor, &amount);
+    } else if (lua_type(L, 1) == LUA_TSTRING) {
+        const char *s = lua_tolstring(L, 1, &n);
+        st = oo_money_from_string(s, n, minor, &amount);
+    }
+    if (st != OO_MONEY_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, st == OO_MONEY_NEGATIVE ? "must not be negative"
+                          : st == OO_MONEY_TOO_LARGE ? "must be at most 1000000000000"
+                          : st == OO_MONEY_NOT_FINITE ? "must be a finite number"
+                          : "must be a number or a plain decimal string like \"12.50\"");
+        return 2;
+    }
+    lua_pushnumber(L, (lua_Number)amount);
+#if LUA_VERSION_NUM >= 503
+    lua_pushinteger(L, (lua_Integer)amount);
+    lua_replace(L, -2);
+#endif
+    lua_pushinteger(L, minor);
+    oo_buf_init(&b);
+    oo_money_emit(&b, amount, minor);
+    lua_pushlstring(L, b.data, b.len);
+    oo_buf_free(&b);
+    return 3;
+}
+
+/* format_money(minor_units, decimals) -> "90.00" */
+static int l_format_money(lua_State *L) {
+    long long v;
+    int minor = (int)luaL_checkinteger(L, 2);
+    oo_buf b;
+    if (!oo_tointeger(L, 1, &v) || v < 0) return luaL_argerror(L, 1, "a non-negative integer expected");
+    if (minor < 0 || minor > 4) return luaL_argerror(L, 2, "0..4 expected");
+    oo_buf_init(&b);
+    oo_money_emit(&b, v, minor);
+    lua_pushlstring(L, b.data, b.len);
+    oo_buf_free(&b);
+    return 1;
+}
+
 static int l_encode(lua_State *L) { return run(L, 1); }
 static int l_validate(lua_State *L) { return run(L, 0); }
 
@@ -960,6 +1037,10 @@ void oo_encode_register(lua_State *L) {
     lua_setmetatable(L, -2);
     /* one encoder state per loaded module, shared as an upvalue */
     oo_setfuncs(L, fns, 1);
+    lua_pushcfunction(L, l_money);
+    lua_setfield(L, -2, "money");
+    lua_pushcfunction(L, l_format_money);
+    lua_setfield(L, -2, "format_money");
     lua_createtable(L, 0, 12);
 #define CAP(name) lua_pushinteger(L, name); lua_setfield(L, -2, #name)
     CAP(MAX_PROBLEMS); CAP(MAX_ITEMS); CAP(MAX_MAP); CAP(MAX_SEGMENTS); CAP(MAX_ID);

@@ -1,0 +1,65 @@
+#!/bin/sh
+# The full suite (make test): every Lua build, the sandbox, sanitizers, valgrind.
+# Prints one closing line: "test: N passed, N failed".
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+LOGDIR=$(mktemp -d)
+trap 'sh scripts/sandbox.sh stop >/dev/null 2>&1; rm -rf "$LOGDIR"' EXIT INT TERM
+
+make -s build VARIANTS="5.4 jit asan" || { echo "test: build failed"; echo "0 passed, 1 failed"; exit 1; }
+
+# One shared sandbox (real nginx over TLS on loopback) for every network spec.
+if [ -f scripts/sandbox.sh ]; then
+  eval "$(sh scripts/sandbox.sh start)" || { echo "test: sandbox failed to start"; exit 1; }
+fi
+
+# busted --lua re-executes through a shell without quoting, so paths go in
+# the environment, never on its command line.
+LPATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua;$ROOT/spec/?.lua;;"
+status=0
+suite() { # name, lua, cpath, [env...] -- runs busted and records its rc
+  name=$1 lua=$2 cpath=$3; shift 3
+  echo "== $name"
+  env LUA_PATH="$LPATH" LUA_PATH_5_4="$LPATH" LUA_CPATH="$cpath" LUA_CPATH_5_4="$cpath" "$@" \
+    busted --lua="$lua" -o utfTerminal spec >"$LOGDIR/$name.log" 2>&1
+  rc=$?
+  cat "$LOGDIR/$name.log"
+  [ $rc -eq 0 ] || { echo "!! $name failed (exit $rc)"; status=1; }
+}
+
+suite lua5.4 lua5.4 "$ROOT/build/5.4/?.so;;"
+suite luajit luajit "$ROOT/build/jit/?.so;;"
+# AddressSanitizer + UBSan build of the C core, loaded into stock lua5.4.
+# Leak checking is off because the interpreter itself does not free at exit;
+# any memory error or UB aborts the run (halt_on_error, no UB recovery).
+ASAN_LIB=$(gcc -print-file-name=libasan.so)
+UBSAN_LIB=$(gcc -print-file-name=libubsan.so)
+suite asan lua5.4 "$ROOT/build/asan/?.so;;" LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" \
+  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 OO_PROPERTY_SCALE=0.2
+
+# valgrind over the encoder specs (the network specs are covered by ASan).
+echo "== valgrind"
+if env LUA_PATH_5_4="$LPATH" LUA_CPATH_5_4="$ROOT/build/5.4/?.so;;" \
+     valgrind -q --error-exitcode=99 --leak-check=no --track-origins=no \
+     lua5.4 /usr/bin/busted -o utfTerminal \
+     spec/encode_spec.lua $(ls spec/encode_edge_spec.lua 2>/dev/null) >"$LOGDIR/valgrind.log" 2>&1; then
+  cat "$LOGDIR/valgrind.log"
+else
+  cat "$LOGDIR/valgrind.log"; echo "!! valgrind reported errors"; status=1
+fi
+
+# Tally busted's "N successes / N failures / N errors" lines.
+passed=0; failed=0
+for f in "$LOGDIR"/*.log; do
+  line=$(grep -aE '[0-9]+ successes? / [0-9]+ failures? / [0-9]+ errors?' "$f" | tail -n 1)
+  [ -n "$line" ] || { failed=$((failed + 1)); continue; }
+  s=$(echo "$line" | sed -E 's/.*[^0-9]?([0-9]+) successes?.*/\1/; s/^[^0-9]*//')
+  fl=$(echo "$line" | sed -E 's/.* ([0-9]+) failures?.*/\1/')
+  er=$(echo "$line" | sed -E 's/.* ([0-9]+) errors?.*/\1/')
+  passed=$((passed + s)); failed=$((failed + fl + er))
+done
+[ $failed -eq 0 ] || status=1
+echo "test: $passed passed, $failed failed"
+exit $status
