@@ -172,6 +172,19 @@ static void warning(enc *e, const char *msg) {
     add_entry(e, e->warnings_idx, ++e->nwarnings, msg);
 }
 
+/* Tables are read raw (no __index, __pairs...), so a table with a metatable
+ * could silently lose what its metamethods would supply: refuse it. */
+static int plain_table(enc *e, int idx, const char *must) {
+    lua_State *L = e->L;
+    if (lua_type(L, idx) != LUA_TTABLE) { problem_got(e, idx, must); return 0; }
+    if (lua_getmetatable(L, idx)) {
+        lua_pop(L, 1);
+        problem(e, "must be a plain table (it has a metatable, and metamethods are not followed)");
+        return 0;
+    }
+    return 1;
+}
+
 /* ---------------------------------------------------------- fixed tables */
 
 typedef struct schema {
@@ -532,7 +545,7 @@ static const char bad_value_type[] = "value must be a string, number or boolean"
 static void enc_map(enc *e, int t) {
     lua_State *L = e->L;
     int n = 0, extra = 0, i, first = 1;
-    if (lua_type(L, t) != LUA_TTABLE) { problem_got(e, t, "must be a table of string keys to strings"); return; }
+    if (!plain_table(e, t, "must be a table of string keys to strings")) return;
     lua_pushnil(L);
     while (lua_next(L, t)) {
         map_entry *m;
@@ -564,7 +577,12 @@ static void enc_map(enc *e, int t) {
             break;
         case LUA_TNUMBER: {
             lua_Number v = lua_tonumber(L, -1);
+            long long iv;
             if (v != v || isinf(v)) { m->bad = "value must be a finite number"; break; }
+            if (!oo_tointeger(L, -1, &iv) && (v >= 1e15 || v <= -1e15)) {
+                m->bad = "value must be a number below 1e15 (write big identifiers as strings)";
+                break;
+            }
             describe_number(L, -1, m->num, sizeof m->num);
             m->v = m->num;
             m->v_in_num = 1;
@@ -644,7 +662,7 @@ static void enc_user(enc *e, int t) {
     unknown_list u;
     int base = lua_gettop(L) + 1, first = 1;
     size_t mark;
-    if (lua_type(L, t) != LUA_TTABLE) { problem_got(e, t, "must be a table"); return; }
+    if (!plain_table(e, t, "must be a table")) return;
     luaL_checkstack(L, 8, NULL);
     lua_settop(L, base + 3);
     collect_fixed(e, t, &user_schema, base, &u);
@@ -680,9 +698,7 @@ static void enc_user(enc *e, int t) {
         int st = base + U_SEGMENTS;
         KEY(e, &first, "segments");
         mark = path_pushlit(e, ".segments");
-        if (lua_type(L, st) != LUA_TTABLE) {
-            problem_got(e, st, "must be an array of strings");
-        } else {
+        if (plain_table(e, st, "must be an array of strings")) {
             long long n = seq_len(e, st), i;
             if (n == 0) problem(e, "must not be empty");
             else if (n > MAX_SEGMENTS) problem(e, "too many segments (%lld, max %d)", n, MAX_SEGMENTS);
@@ -721,7 +737,7 @@ static long long enc_item(enc *e, int t) {
     int base = lua_gettop(L) + 1, first = 1, ok = 1;
     long long qty = 0, price = 0, line = -1;
     size_t mark;
-    if (lua_type(L, t) != LUA_TTABLE) { problem_got(e, t, "must be a table"); return -1; }
+    if (!plain_table(e, t, "must be a table")) return -1;
     luaL_checkstack(L, 8, NULL);
     lua_settop(L, base + 3);
     collect_fixed(e, t, &item_schema, base, &u);
@@ -769,7 +785,7 @@ static void enc_order(enc *e, int t) {
     long long shipping = 0, subtotal = 0, total = 0, sum = 0;
     int have_shipping = 0, have_subtotal = 0, have_total = 0;
     size_t mark;
-    if (lua_type(L, t) != LUA_TTABLE) { problem_got(e, t, "must be a table"); return; }
+    if (!plain_table(e, t, "must be a table")) return;
     luaL_checkstack(L, 16, NULL);
     lua_settop(L, base + 8);
     collect_fixed(e, t, &order_schema, base, &u);
@@ -812,9 +828,7 @@ static void enc_order(enc *e, int t) {
     mark = path_pushlit(e, ".items");
     if (lua_isnil(L, base + O_ITEMS)) {
         problem(e, "is required");
-    } else if (lua_type(L, base + O_ITEMS) != LUA_TTABLE) {
-        problem_got(e, base + O_ITEMS, "must be an array of items");
-    } else {
+    } else if (plain_table(e, base + O_ITEMS, "must be an array of items")) {
         int it = base + O_ITEMS;
         long long n = seq_len(e, it), i;
         if (n == 0) problem(e, "must not be empty (an order needs at least one item)");
@@ -883,10 +897,7 @@ static void enc_payload(enc *e, int t) {
     unknown_list u;
     int base = lua_gettop(L) + 1, first = 1;
     size_t mark;
-    if (lua_type(L, t) != LUA_TTABLE) {
-        problem_got(e, t, "payload must be a table {lang?, user?, order}");
-        return;
-    }
+    if (!plain_table(e, t, "payload must be a table {lang?, user?, order}")) return;
     luaL_checkstack(L, 8, NULL);
     lua_settop(L, base + 2);
     collect_fixed(e, t, &top_schema, base, &u);
