@@ -1,0 +1,70 @@
+--- The `optimizely-offline` command line.
+-- Each command lives in its own module `optimizely.offline.cli.<name>` that exports:
+--   `register(parser)`  add the command (and its options) to the argparse parser;
+--   `run(args, out, err)` run it with the parsed `args`; `out`/`err` have `:write`;
+--                       return an exit code (0 ok, 1 failure, 2 usage/config error).
+-- Adding a command = dropping its module in `cli/` and its name in `M.COMMANDS`;
+-- names without a module yet are skipped.
+-- @module optimizely.offline.cli
+local argparse = require("argparse")
+
+local M = {}
+
+--- Command names in help order.
+M.COMMANDS = { "validate", "send", "convert", "cancel", "spool", "sandbox" }
+
+M.EXIT_OK, M.EXIT_FAILURE, M.EXIT_USAGE = 0, 1, 2
+
+local function load_command(name)
+  local modname = "optimizely.offline.cli." .. name
+  local ok, mod = pcall(require, modname)
+  if ok then return mod end
+  -- only "this command is not written yet" is skipped; real load errors surface
+  if tostring(mod):find("module '" .. modname .. "' not found", 1, true) then return nil end
+  error(mod, 0)
+end
+
+local UsageError = {}
+
+--- Builds the parser. @return parser, handlers (command name -> module)
+function M.parser()
+  local parser = argparse("optimizely-offline",
+    "Send in-store orders to Optimizely Product Recommendations (offline orders API).")
+  parser:command_target("command")
+  parser:require_command(true)
+  -- argparse would print and os.exit(1); we want the usage text and exit code 2
+  parser.error = function(p, msg)
+    error(setmetatable({ usage = p:get_usage(), message = msg }, UsageError), 0)
+  end
+  local handlers = {}
+  for _, name in ipairs(M.COMMANDS) do
+    local mod = load_command(name)
+    if mod then
+      mod.register(parser)
+      handlers[name] = mod
+    end
+  end
+  return parser, handlers
+end
+
+--- Runs the command line.
+-- @param argv the script's `arg` table (only the positive indices are used)
+-- @param out, err writers (default io.stdout, io.stderr)
+-- @return exit code
+function M.main(argv, out, err)
+  out, err = out or io.stdout, err or io.stderr
+  local args = {}
+  for i = 1, #(argv or {}) do args[i] = argv[i] end
+  local parser, handlers = M.parser()
+  local ok, parsed = pcall(parser.parse, parser, args)
+  if not ok then
+    if getmetatable(parsed) == UsageError then
+      err:write(parsed.usage, "\n\nerror: ", parsed.message, "\n")
+      return M.EXIT_USAGE
+    end
+    error(parsed, 0)
+  end
+  return handlers[parsed.command].run(parsed, out, err)
+end
+
+return M

@@ -1,0 +1,114 @@
+--- `optimizely-offline sandbox start|stop|status`: the local stand-in endpoint.
+-- @module optimizely.offline.cli.sandbox
+local sandbox = require("optimizely.offline.sandbox")
+
+local M = {}
+
+--- Adds the `sandbox` command and its subcommands to the argparse parser.
+function M.register(parser)
+  local cmd = parser:command("sandbox", "Run a local stand-in of the offline-orders endpoint (nginx over TLS).")
+  cmd:command_target("sandbox_command")
+  cmd:require_command(true)
+
+  local start = cmd:command("start", "Start the sandbox (or show the one already running in DIR).")
+  start:option("--dir", "Directory for certs, config, logs and records.", sandbox.DEFAULTS.dir)
+  start:option("--port", "TCP port on 127.0.0.1 (0 picks a free one).", tostring(sandbox.DEFAULTS.port))
+  start:option("--site", "Expected site header.", sandbox.DEFAULTS.site)
+  start:option("--token", "Expected siteToken header (default: a fixed sandbox token).")
+  start:option("--channel", "Expected channel header.", sandbox.DEFAULTS.channel)
+  start:option("--workers", "nginx worker processes.", tostring(sandbox.DEFAULTS.workers))
+  start:flag("--no-record", "Answer OK to valid orders without recording them (benchmarks).")
+  start:flag("--log", "Write an access log into DIR/logs.")
+
+  local stop = cmd:command("stop", "Stop the sandbox running in DIR.")
+  stop:option("--dir", "Sandbox directory.", sandbox.DEFAULTS.dir)
+
+  local status = cmd:command("status", "Show whether a sandbox runs in DIR.")
+  status:option("--dir", "Sandbox directory.", sandbox.DEFAULTS.dir)
+end
+
+local function int_option(value, name, err)
+  local n = tonumber(value)
+  if not n or n ~= math.floor(n) then
+    err:write("error: --", name, " must be an integer, got '", tostring(value), "'\n")
+    return nil
+  end
+  return n
+end
+
+-- The token is not a secret here, but only the default one is printed.
+local function token_origin(info, given)
+  if given then return "(as given)" end
+  if info.token == sandbox.DEFAULTS.token then return info.token .. " (default)" end
+  return "(custom, set when this sandbox was started)"
+end
+
+local function print_info(out, info, headline, given_token)
+  out:write(headline, "\n",
+    "  base_url: ", info.base_url, "\n",
+    "  ca_file:  ", info.ca_file, "\n",
+    "  site:     ", info.site, "\n",
+    "  channel:  ", info.channel, "\n",
+    "  token:    ", token_origin(info, given_token), "\n",
+    "  record:   ", tostring(info.record), "\n",
+    "  dir:      ", info.dir, "\n",
+    "  pid:      ", tostring(info.pid), "\n")
+end
+
+--- Runs a parsed `sandbox` command. @return exit code
+function M.run(args, out, err)
+  out, err = out or io.stdout, err or io.stderr
+  local sub = args.sandbox_command
+  if sub == "start" then
+    local port = int_option(args.port, "port", err)
+    local workers = int_option(args.workers, "workers", err)
+    if not port or not workers then return 2 end
+    local before = sandbox.status({ dir = args.dir })
+    local info, msg, kind = sandbox.start({
+      dir = args.dir, port = port, site = args.site, token = args.token,
+      channel = args.channel, record = not args.no_record, workers = workers,
+      log = args.log or nil,
+    })
+    if not info then
+      err:write("error: ", msg, "\n")
+      return kind == "config" and 2 or 1
+    end
+    if before and (info.site ~= args.site or info.channel ~= args.channel
+        or (args.token and info.token ~= args.token) or (port ~= 0 and port ~= info.port)
+        or info.record == (args.no_record and true or false)) then
+      err:write("note: a sandbox already runs in ", info.dir, " with other settings; ",
+        "stop it first to apply new options\n")
+    end
+    print_info(out, info, before and "sandbox already running" or "sandbox started",
+      args.token ~= nil and not before)
+    return 0
+  elseif sub == "stop" then
+    local running = sandbox.status({ dir = args.dir })
+    local ok, msg = sandbox.stop({ dir = args.dir })
+    if not ok then
+      err:write("error: ", msg, "\n")
+      return 1
+    end
+    out:write(running and "sandbox stopped\n" or "no sandbox was running\n")
+    return 0
+  elseif sub == "status" then
+    local info, msg = sandbox.status({ dir = args.dir })
+    if not info then
+      out:write(msg, "\n")
+      return 1
+    end
+    print_info(out, info, "sandbox running")
+    return 0
+  end
+  err:write("error: unknown sandbox command\n")
+  return 2
+end
+
+--- Runs `sandbox <argv...>` on its own (argv without the leading "sandbox").
+function M.main(argv, out, err)
+  local full = { "sandbox" }
+  for i = 1, #(argv or {}) do full[#full + 1] = argv[i] end
+  return require("optimizely.offline.cli").main(full, out, err)
+end
+
+return M
