@@ -70,15 +70,14 @@ if command -v clang >/dev/null 2>&1; then
   fi
 fi
 
-# Tally busted's "N successes / N failures / N errors" lines.
+# Tally busted's "N successes / N failures / N errors" lines (colours stripped).
 passed=0; failed=0
 for f in "$LOGDIR"/*.log; do
-  line=$(grep -aE '[0-9]+ successes? / [0-9]+ failures? / [0-9]+ errors?' "$f" | tail -n 1)
-  [ -n "$line" ] || { failed=$((failed + 1)); continue; }
-  s=$(echo "$line" | sed -E 's/.*[^0-9]?([0-9]+) successes?.*/\1/; s/^[^0-9]*//')
-  fl=$(echo "$line" | sed -E 's/.* ([0-9]+) failures?.*/\1/')
-  er=$(echo "$line" | sed -E 's/.* ([0-9]+) errors?.*/\1/')
-  passed=$((passed + s)); failed=$((failed + fl + er))
+  counts=$(sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -aE '[0-9]+ successes? / [0-9]+ failures? / [0-9]+ errors?' | tail -n 1 |
+    sed -E 's/.*[^0-9]([0-9]+) successes? \/ ([0-9]+) failures? \/ ([0-9]+) errors?.*/\1 \2 \3/; s/^([0-9]+) successes? \/ ([0-9]+) failures? \/ ([0-9]+) errors?.*/\1 \2 \3/')
+  if [ -z "$counts" ]; then failed=$((failed + 1)); continue; fi
+  set -- $counts
+  passed=$((passed + $1)); failed=$((failed + $2 + $3))
 done
 [ $failed -eq 0 ] || status=1
 echo "test: $passed passed, $failed failed"
