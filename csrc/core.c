@@ -14,5 +14,6 @@ OO_EXPORT int luaopen_optimizely_offline_core(lua_State *L) {
     lua_setfield(L, -2, "VERSION");
     oo_encode_register(L);
     oo_http_register(L);
+    oo_spool_register(L);
     return 1;
 }

@@ -9,5 +9,6 @@
 
 void oo_encode_register(lua_State *L);
 void oo_http_register(lua_State *L);
+void oo_spool_register(lua_State *L);
 
 #endif
