@@ -15,5 +15,6 @@ OO_EXPORT int luaopen_optimizely_offline_core(lua_State *L) {
     oo_encode_register(L);
     oo_http_register(L);
     oo_spool_register(L);
+    oo_multi_register(L);
     return 1;
 }

@@ -10,5 +10,6 @@
 void oo_encode_register(lua_State *L);
 void oo_http_register(lua_State *L);
 void oo_spool_register(lua_State *L);
+void oo_multi_register(lua_State *L);
 
 #endif
