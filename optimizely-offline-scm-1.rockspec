@@ -25,7 +25,7 @@ build = {
       ["optimizely.offline.core"] = {
          sources = {
             "csrc/core.c", "csrc/buf.c", "csrc/utf8.c", "csrc/money.c", "csrc/date.c",
-            "csrc/encode.c", "csrc/http.c", "csrc/multi.c", "csrc/spool.c",
+            "csrc/encode.c", "csrc/http.c", "csrc/multi.c", "csrc/spool.c", "csrc/worker.c",
          },
          libraries = { "curl", "sqlite3", "pthread" },
          incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)" },
@@ -42,6 +42,7 @@ build = {
       ["optimizely.offline.client"] = "lua/optimizely/offline/client.lua",
       ["optimizely.offline.retry"] = "lua/optimizely/offline/retry.lua",
       ["optimizely.offline.batch"] = "lua/optimizely/offline/batch.lua",
+      ["optimizely.offline.queue"] = "lua/optimizely/offline/queue.lua",
       ["optimizely.offline.spool"] = "lua/optimizely/offline/spool.lua",
       ["optimizely.offline.sandbox"] = "lua/optimizely/offline/sandbox.lua",
       ["optimizely.offline.sandbox.handler"] = "lua/optimizely/offline/sandbox/handler.lua",

@@ -16,5 +16,6 @@ OO_EXPORT int luaopen_optimizely_offline_core(lua_State *L) {
     oo_http_register(L);
     oo_spool_register(L);
     oo_multi_register(L);
+    oo_worker_register(L);
     return 1;
 }

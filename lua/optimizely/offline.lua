@@ -33,6 +33,7 @@ end
 local lazy = {
   order = "optimizely.offline.order",
   client = "optimizely.offline.client",
+  queue = "optimizely.offline.queue",
 }
 setmetatable(M, {
   __index = function(t, k)

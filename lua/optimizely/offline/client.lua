@@ -32,7 +32,7 @@ local KNOWN = {
   "site", "token", "channel", "allow_custom_channel", "env", "sitename", "base_url",
   "cancel_path", "allow_http", "ca_file", "ca_path", "proxy", "timeout",
   "connect_timeout", "max_attempts", "backoff_base", "backoff_max", "retry_after_max",
-  "sleep", "random", "verbose", "http_version",
+  "sleep", "random", "verbose", "http_version", "transport",
 }
 local KNOWN_SET = {}
 for _, k in ipairs(KNOWN) do KNOWN_SET[k] = true end
@@ -242,6 +242,20 @@ local function check_config(cfg)
   if c.backoff_max < c.backoff_base then bad("backoff_max", "must be >= backoff_base") end
   c.retry_after_max = want_number(cfg, "retry_after_max", 60, 0)
   c.sleep = want_func(cfg, "sleep") or core.sleep
+  -- Another transport than libcurl (the nginx cosocket one, or a function
+  -- for tests): an object with :request(method, url, headers, body) and
+  -- :close(), or a bare function(method, url, headers, body). It returns
+  -- status, body, info | nil, kind, message, curl_code — like core.http_new's.
+  local tr = cfg.transport
+  if tr ~= nil then
+    if type(tr) == "function" then
+      local fn = tr
+      tr = { request = function(_, ...) return fn(...) end, close = function() end }
+    elseif type(tr) ~= "table" and type(tr) ~= "userdata" or not tr.request then
+      bad("transport", "must be a function or an object with :request(), got " .. type(tr))
+    end
+    c.transport = tr
+  end
   c.random = want_func(cfg, "random")
   c.verbose = want_bool(cfg, "verbose")
   -- HTTP/1.1 by default: one request at a time gains nothing from HTTP/2
@@ -484,7 +498,19 @@ function Client:url() return private[self].post_url end
 -- @return summary {sent, failed, retried, invalid, elapsed, failures={{index, err}}}
 -- @see optimizely.offline.batch
 function Client:send_batch(source, opts)
+  if private[self] and private[self].transport then
+    error("optimizely.offline.client: send_batch needs the libcurl transport (use a queue under nginx)", 2)
+  end
   return require("optimizely.offline.batch").run(state(self), outcome, source, opts)
+end
+
+--- An asynchronous queue delivering in the background (a C worker thread).
+-- @see optimizely.offline.queue
+function Client:queue(opts)
+  if private[self] and private[self].transport then
+    error("optimizely.offline.client: this queue needs the libcurl transport (under nginx use optimizely.offline.ngx)", 2)
+  end
+  return require("optimizely.offline.queue").new(state(self), outcome, opts)
 end
 
 function Client:close()
@@ -518,7 +544,7 @@ function M.client(config)
     timeout = c.timeout, connect_timeout = c.connect_timeout,
     user_agent = user_agent(), verbose = c.verbose, http_version = c.http_version,
   }
-  local http = core.http_new(http_opts)
+  local http = c.transport or core.http_new(http_opts)
   -- The only place the token is used: the request headers.
   local headers = {
     "site: " .. c.site,
@@ -530,6 +556,7 @@ function M.client(config)
   local self = setmetatable({}, Client)
   private[self] = {
     http_opts = http_opts, -- send_batch builds its curl multi pool from these
+    transport = c.transport,
     http = http, headers = headers, token = c.token,
     site = c.site, channel = c.channel, post_url = c.post_url,
     cancel_prefix = c.cancel_prefix, cancel_suffix = c.cancel_suffix,
