@@ -51,6 +51,7 @@ build = {
       ["optimizely.offline.cli.common"] = "lua/optimizely/offline/cli/common.lua",
       ["optimizely.offline.cli.validate"] = "lua/optimizely/offline/cli/validate.lua",
       ["optimizely.offline.cli.convert"] = "lua/optimizely/offline/cli/convert.lua",
+      ["optimizely.offline.cli.spool"] = "lua/optimizely/offline/cli/spool.lua",
       ["optimizely.offline.cli.sandbox"] = "lua/optimizely/offline/cli/sandbox.lua",
    },
    install = {
