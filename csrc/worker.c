@@ -19,6 +19,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -62,7 +63,9 @@ typedef struct oo_worker {
     pthread_cond_t cv; /* results arrived or the worker went idle */
     pthread_t thread;
     int started, stop, closed, exited;
+    int abandoned; /* close timed out: the thread frees the worker when it ends */
     int polling; /* the thread sleeps in curl_multi_poll: a push must wake it */
+    int claim_hint; /* the Lua side put orders in the spool: claim now */
     pid_t pid;
     /* queues (under mu) */
     oo_job *ready_head, *ready_tail;
@@ -79,8 +82,10 @@ typedef struct oo_worker {
     int concurrency;
     oo_spool *spool; /* the worker's own connection, or NULL */
     double lease, spool_poll;
+    double next_claim_at; /* no claim before then unless hinted (thread only) */
     /* immutable configuration */
     char *url;
+    char *token; /* the siteToken header's value: scrubbed from dead-letter messages */
     struct curl_slist *headers;
     int max_attempts;
     double backoff_base, backoff_max, backoff_floor, retry_after_max;
@@ -217,6 +222,8 @@ static char *dupn(const char *s, size_t n) {
 
 /* -------------------------------------------------------------- thread */
 
+static void worker_free(oo_worker *w);
+
 static void start_transfer(oo_worker *w, oo_wslot *s, oo_job *j) {
     CURLcode rc;
     s->job = j;
@@ -240,6 +247,27 @@ static void start_transfer(oo_worker *w, oo_wslot *s, oo_job *j) {
     pthread_mutex_unlock(&w->mu);
 }
 
+/* Copies src into dst (size n) as one printable line with every occurrence
+ * of the token replaced: a dead letter's message may be shown anywhere. */
+static void scrub_line(char *dst, size_t n, const char *src, size_t len, const char *token) {
+    size_t i = 0, o = 0, tl = token ? strlen(token) : 0;
+    static const char mark[] = "[REDACTED]";
+    if (n == 0) return;
+    while (i < len && o + 1 < n) {
+        if (tl && len - i >= tl && memcmp(src + i, token, tl) == 0) {
+            size_t k;
+            for (k = 0; mark[k] && o + 1 < n; k++) dst[o++] = mark[k];
+            i += tl;
+            continue;
+        }
+        {
+            unsigned char c = (unsigned char)src[i++];
+            dst[o++] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
+        }
+    }
+    dst[o] = '\0';
+}
+
 static void finish_transfer(oo_worker *w, oo_wslot *s, CURLcode rc) {
     oo_job *j = s->job;
     long status = 0;
@@ -250,6 +278,8 @@ static void finish_transfer(oo_worker *w, oo_wslot *s, CURLcode rc) {
     oo_result *r;
     s->job = NULL;
     curl_multi_remove_handle(w->multi, s->e);
+    /* the body pointer is about to be freed with the job */
+    curl_easy_setopt(s->e, CURLOPT_POSTFIELDS, (char *)NULL);
     j->attempts++;
     if (rc != CURLE_OK) {
         kind = oo_http_kind(rc);
@@ -270,8 +300,13 @@ static void finish_transfer(oo_worker *w, oo_wslot *s, CURLcode rc) {
         j->next_at = now + delay;
         if (j->spool_id) {
             char why[64];
-            snprintf(why, sizeof why, "%s %ld", kind, status);
+            if (status) snprintf(why, sizeof why, "%s %ld", kind, status);
+            else snprintf(why, sizeof why, "%s (curl %d)", kind, (int)rc);
+            /* attempts and next attempt time live in the row: a restart keeps
+             * the backoff. If this fails the lease runs out and the row is
+             * claimed again: late, never lost. */
             oo_spool_retry(w->spool, j->spool_id, j->next_at, why, &serr);
+            if (j->next_at < w->next_claim_at) w->next_claim_at = j->next_at;
             free(j);
             j = NULL;
         }
@@ -280,6 +315,7 @@ static void finish_transfer(oo_worker *w, oo_wslot *s, CURLcode rc) {
         w->retried++;
         if (status == 429 && now + delay > w->pause_until) w->pause_until = now + delay;
         if (j) retry_insert(w, j);
+        pthread_cond_broadcast(&w->cv);
         pthread_mutex_unlock(&w->mu);
         return;
     }
@@ -297,8 +333,8 @@ static void finish_transfer(oo_worker *w, oo_wslot *s, CURLcode rc) {
             r->body = dupn(s->x.body.data ? s->x.body.data : "", n);
             r->body_len = n;
         } else {
-            snprintf(r->message, sizeof r->message, "%s",
-                     s->x.errbuf[0] ? s->x.errbuf : curl_easy_strerror(rc));
+            const char *m = s->x.errbuf[0] ? s->x.errbuf : curl_easy_strerror(rc);
+            scrub_line(r->message, sizeof r->message, m, strlen(m), w->token);
         }
         memcpy(r->retry_after, s->x.retry_after, sizeof r->retry_after);
     }
@@ -306,13 +342,26 @@ static void finish_transfer(oo_worker *w, oo_wslot *s, CURLcode rc) {
         if (outcome == OUT_SENT) {
             oo_spool_ack(w->spool, j->spool_id, &serr);
         } else {
+            /* the dead letter says why: the transport error, or the status
+             * and the start of the response body (token scrubbed) */
             oo_spool_failure f;
-            char msg[300];
+            char msg[400], snippet[240];
             memset(&f, 0, sizeof f);
             f.kind = kind;
             f.status = (int)status;
-            snprintf(msg, sizeof msg, "%s", rc != CURLE_OK ? (r ? r->message : "transport failure")
-                                                            : "permanent failure");
+            if (rc != CURLE_OK) {
+                const char *m = s->x.errbuf[0] ? s->x.errbuf : curl_easy_strerror(rc);
+                scrub_line(snippet, sizeof snippet, m, strlen(m), w->token);
+                snprintf(msg, sizeof msg, "%s after %d attempt%s", snippet, j->attempts,
+                         j->attempts == 1 ? "" : "s");
+            } else {
+                scrub_line(snippet, sizeof snippet, s->x.body.data ? s->x.body.data : "",
+                           s->x.body.len, w->token);
+                snprintf(msg, sizeof msg, "%s HTTP %ld after %d attempt%s%s%s",
+                         strcmp(kind, "api") == 0 ? "order rejected:" : "server answered",
+                         status, j->attempts, j->attempts == 1 ? "" : "s",
+                         snippet[0] ? ": " : "", snippet);
+            }
             f.message = msg;
             oo_spool_kill(w->spool, j->spool_id, &f, now, &serr);
         }
@@ -326,15 +375,59 @@ static void finish_transfer(oo_worker *w, oo_wslot *s, CURLcode rc) {
     pthread_mutex_unlock(&w->mu);
 }
 
+static int free_slots(oo_worker *w) {
+    int i, n = 0;
+    for (i = 0; i < w->concurrency; i++) if (!w->slots[i].job) n++;
+    return n;
+}
+
+/* The spool is the queue: lease what is due into the free slots. Claims
+ * are write transactions, so they run only when there may be something to
+ * take: the Lua side put orders (hint), a slot freed up after a full claim,
+ * a retry fell due, or spool_poll passed (other processes, expired leases). */
+static void claim_from_spool(oo_worker *w, oo_spool_rows *rows, int nfree, int hint, double now) {
+    oo_spool_err serr;
+    size_t k;
+    int i;
+    if (nfree <= 0 || (!hint && now < w->next_claim_at)) return;
+    if (oo_spool_claim(w->spool, (size_t)nfree, w->lease, now, rows, &serr) != OO_SPOOL_OK) {
+        w->next_claim_at = now + w->spool_poll; /* busy or failing: try again later */
+        return;
+    }
+    for (k = 0; k < rows->n; k++) {
+        oo_spool_row *row = &rows->v[k];
+        oo_job *j = job_new(row->body, row->body_len, row->ref, row->ref ? row->ref_len : 0);
+        if (!j) { oo_spool_release(w->spool, row->id, &serr); continue; }
+        j->spool_id = row->id;
+        j->attempts = (int)row->attempts;
+        for (i = 0; i < w->concurrency; i++) {
+            if (!w->slots[i].job) { start_transfer(w, &w->slots[i], j); break; }
+        }
+    }
+    if (rows->n >= (size_t)nfree) {
+        w->next_claim_at = now; /* there may be more: claim as soon as a slot frees */
+    } else {
+        /* drained what is due: sleep until the next retry falls due (or poll) */
+        double at;
+        int found = 0;
+        w->next_claim_at = now + w->spool_poll;
+        if (oo_spool_next_due(w->spool, now, &at, &found, &serr) == OO_SPOOL_OK && found &&
+            at < w->next_claim_at)
+            w->next_claim_at = at > now ? at : now + 0.01;
+    }
+    oo_spool_rows_free(rows);
+}
+
 static void *worker_main(void *arg) {
     oo_worker *w = (oo_worker *)arg;
     oo_spool_rows rows;
+    int i, abandoned;
     memset(&rows, 0, sizeof rows);
+    w->next_claim_at = 0;
     for (;;) {
-        int i, nfree = 0, running = 0;
+        int nfree, hint, running = 0, left;
         double now = wall_now(), wait = w->spool ? w->spool_poll : 1.0;
         CURLMsg *msg;
-        int left;
         pthread_mutex_lock(&w->mu);
         if (w->stop) { pthread_mutex_unlock(&w->mu); break; }
         while (w->retry_head && w->retry_head->next_at <= now) {
@@ -343,7 +436,6 @@ static void *worker_main(void *arg) {
             w->nretry--;
             ready_push(w, j);
         }
-        for (i = 0; i < w->concurrency; i++) if (!w->slots[i].job) nfree++;
         if (now >= w->pause_until) {
             for (i = 0; i < w->concurrency && w->ready_head; i++) {
                 if (w->slots[i].job) continue;
@@ -352,32 +444,22 @@ static void *worker_main(void *arg) {
                     pthread_mutex_unlock(&w->mu);
                     start_transfer(w, &w->slots[i], j);
                     pthread_mutex_lock(&w->mu);
-                    nfree--;
                 }
             }
         }
+        hint = w->claim_hint;
+        w->claim_hint = 0;
         if (w->retry_head && w->retry_head->next_at - now < wait) wait = w->retry_head->next_at - now;
         if (w->pause_until > now && w->pause_until - now < wait) wait = w->pause_until - now;
         pthread_mutex_unlock(&w->mu);
-        /* the spool is the queue: claim what is due into the free slots */
-        if (w->spool && nfree > 0 && now >= w->pause_until) {
-            oo_spool_err serr;
-            if (oo_spool_claim(w->spool, (size_t)nfree, w->lease, now, &rows, &serr) == OO_SPOOL_OK) {
-                size_t k;
-                for (k = 0; k < rows.n; k++) {
-                    oo_spool_row *row = &rows.v[k];
-                    oo_job *j = job_new(row->body, row->body_len, row->ref, row->ref ? row->ref_len : 0);
-                    if (!j) { oo_spool_release(w->spool, row->id, &serr); continue; }
-                    j->spool_id = row->id;
-                    j->attempts = (int)row->attempts;
-                    for (i = 0; i < w->concurrency; i++) {
-                        if (!w->slots[i].job) { start_transfer(w, &w->slots[i], j); break; }
-                    }
-                }
-                if (rows.n > 0) wait = 0;
-            }
+        nfree = free_slots(w);
+        if (w->spool && now >= w->pause_until) {
+            claim_from_spool(w, &rows, nfree, hint, now);
+            nfree = free_slots(w);
+            /* a free slot and a claim due: wake for it (busy slots wake us
+             * through their sockets when they finish) */
+            if (nfree > 0 && w->next_claim_at - now < wait) wait = w->next_claim_at - now;
         }
-        if (wait < 0) wait = 0;
         curl_multi_perform(w->multi, &running);
         while ((msg = curl_multi_info_read(w->multi, &left)) != NULL) {
             oo_wslot *s = NULL;
@@ -386,9 +468,10 @@ static void *worker_main(void *arg) {
             finish_transfer(w, s, msg->data.result);
             wait = 0;
         }
+        if (wait < 0) wait = 0;
         pthread_mutex_lock(&w->mu);
         if (w->in_flight == 0 && w->nready == 0) pthread_cond_broadcast(&w->cv); /* idle */
-        if (w->ready_head || w->stop) wait = 0; /* pushed while we worked: no sleep */
+        if (w->ready_head || w->stop || w->claim_hint) wait = 0; /* pushed while we worked */
         w->polling = 1; /* from here a push wakes us (checked under the same lock) */
         pthread_mutex_unlock(&w->mu);
         if (wait > 0 || running > 0)
@@ -398,10 +481,24 @@ static void *worker_main(void *arg) {
         pthread_mutex_unlock(&w->mu);
     }
     oo_spool_rows_free(&rows);
+    /* Rows we hold leases on go back now, not when the lease runs out: a
+     * queue reopened on the spool (or another process) takes them at once.
+     * The server may have seen some of them: delivery is at-least-once. */
+    if (w->spool) {
+        for (i = 0; i < w->concurrency; i++) {
+            oo_wslot *s = &w->slots[i];
+            if (s->job && s->job->spool_id) {
+                oo_spool_err serr;
+                oo_spool_release(w->spool, s->job->spool_id, &serr);
+            }
+        }
+    }
     pthread_mutex_lock(&w->mu);
     w->exited = 1;
+    abandoned = w->abandoned;
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
+    if (abandoned) worker_free(w); /* nobody else holds it any more */
     return NULL;
 }
 
@@ -434,6 +531,10 @@ static void worker_free(oo_worker *w) {
     free_results(w->res_head);
     if (w->headers) curl_slist_free_all(w->headers);
     free(w->url);
+    if (w->token) {
+        memset(w->token, 0, strlen(w->token));
+        free(w->token);
+    }
     pthread_mutex_destroy(&w->mu);
     pthread_cond_destroy(&w->cv);
     free(w);
@@ -452,21 +553,39 @@ static int worker_start(oo_worker *w) {
     return rc;
 }
 
-/* Stops the thread; waits up to timeout seconds. 1 when it is gone. */
+/* Stops the thread; waits up to timeout seconds. 1 when it is gone (the
+ * caller frees the worker); 0 when it is still running (a transfer or a
+ * SQLite lock outlived the timeout): it is detached and frees the worker
+ * itself when it ends, so the caller must not touch the worker again. */
 static int worker_stop(oo_worker *w, double timeout) {
     struct timespec dl;
-    double t;
+    pthread_t t;
+    double end;
     if (!w->started) return 1;
     pthread_mutex_lock(&w->mu);
     w->stop = 1;
     pthread_mutex_unlock(&w->mu);
     curl_multi_wakeup(w->multi);
-    t = wall_now() + timeout;
-    dl.tv_sec = (time_t)t;
-    dl.tv_nsec = (long)((t - (double)dl.tv_sec) * 1e9);
-    if (pthread_timedjoin_np(w->thread, NULL, &dl) != 0) return 0;
-    w->started = 0;
-    return 1;
+    end = wall_now() + (timeout > 0 ? timeout : 0);
+    dl.tv_sec = (time_t)end;
+    dl.tv_nsec = (long)((end - (double)dl.tv_sec) * 1e9);
+    if (dl.tv_nsec >= 1000000000L) dl.tv_nsec = 999999999L;
+    if (pthread_timedjoin_np(w->thread, NULL, &dl) == 0) {
+        w->started = 0;
+        return 1;
+    }
+    pthread_mutex_lock(&w->mu);
+    if (w->exited) { /* it ended just now */
+        pthread_mutex_unlock(&w->mu);
+        pthread_join(w->thread, NULL);
+        w->started = 0;
+        return 1;
+    }
+    t = w->thread;
+    w->abandoned = 1;
+    pthread_mutex_unlock(&w->mu);
+    pthread_detach(t);
+    return 0;
 }
 
 /* ------------------------------------------------------------- Lua API */
@@ -558,6 +677,16 @@ static int l_worker_new(lua_State *L) {
     oo_http_build_headers(L, lua_gettop(L), &hx);
     lua_pop(L, 1);
     w->headers = hx.headers;
+    {
+        struct curl_slist *h;
+        for (h = w->headers; h; h = h->next) {
+            if (strncasecmp(h->data, "siteToken:", 10) == 0) {
+                const char *v = h->data + 10;
+                while (*v == ' ' || *v == '\t') v++;
+                if (*v) w->token = strdup(v);
+            }
+        }
+    }
     /* the spool: the worker gets its own connection to the caller's file */
     lua_getfield(L, 1, "spool");
     if (!lua_isnil(L, -1)) {
@@ -602,9 +731,9 @@ static int l_push(lua_State *L) {
         return 1;
     }
     pthread_mutex_unlock(&w->mu);
+    ensure_started(L, w); /* before the allocation: it may raise */
     j = job_new(body, blen, ref, rlen);
     if (!j) return luaL_error(L, "push: out of memory");
-    ensure_started(L, w);
     pthread_mutex_lock(&w->mu);
     ready_push(w, j);
     w->pushed++;
@@ -617,11 +746,19 @@ static int l_push(lua_State *L) {
     return 1;
 }
 
-/*** w:notify() — the spool has new orders: wake the worker (starting it). */
+/*** w:notify([n]) — n orders (default 0) were put in the spool: the worker
+ * (started if need be) claims at once instead of at its next spool_poll. */
 static int l_notify(lua_State *L) {
     oo_worker *w = check_worker(L);
+    lua_Integer n = luaL_optinteger(L, 2, 0);
+    int wake;
     ensure_started(L, w);
-    curl_multi_wakeup(w->multi);
+    pthread_mutex_lock(&w->mu);
+    w->claim_hint = 1;
+    if (n > 0) w->pushed += (long long)n;
+    wake = w->polling;
+    pthread_mutex_unlock(&w->mu);
+    if (wake) curl_multi_wakeup(w->multi);
     return 0;
 }
 
@@ -679,19 +816,24 @@ static int l_stats(lua_State *L) {
     return 1;
 }
 
-/*** w:wait(timeout) -> idle — blocks until results arrive, the in-memory
- * queue is idle, or the timeout; returns whether nothing is queued or in
- * flight in memory (retries waiting count as queued). */
+/*** w:wait(timeout) -> idle — returns at once when results wait to be
+ * collected; else blocks until the thread reports something (a result, a
+ * retry scheduled, going idle) or the timeout. `idle`: nothing is queued,
+ * retrying or in flight in memory (spool rows not yet claimed are not seen
+ * here: the Lua side asks the spool). */
 static int l_wait(lua_State *L) {
     oo_worker *w = check_worker(L);
     double timeout = luaL_optnumber(L, 2, 0), t;
     struct timespec dl;
     int idle;
-    t = wall_now() + (timeout > 0 ? timeout : 0);
+    if (!(timeout > 0)) timeout = 0;
+    if (timeout > 3600) timeout = 3600;
+    t = wall_now() + timeout;
     dl.tv_sec = (time_t)t;
     dl.tv_nsec = (long)((t - (double)dl.tv_sec) * 1e9);
+    if (dl.tv_nsec >= 1000000000L) dl.tv_nsec = 999999999L;
     pthread_mutex_lock(&w->mu);
-    if (timeout > 0 && w->nresults == 0 && !(w->nready == 0 && w->nretry == 0 && w->in_flight == 0))
+    if (timeout > 0 && w->nresults == 0 && w->started && !w->exited)
         pthread_cond_timedwait(&w->cv, &w->mu, &dl);
     idle = w->nready == 0 && w->nretry == 0 && w->in_flight == 0;
     pthread_mutex_unlock(&w->mu);
@@ -711,16 +853,13 @@ static int l_close(lua_State *L) {
         lua_pushboolean(L, 1);
         return 1;
     }
+    u->w = NULL;
     if (!worker_stop(w, timeout)) {
-        /* the thread is stuck (a transfer past its timeout?): it keeps the
-         * memory; never free what it may still use */
-        w->closed = 1;
-        u->w = NULL;
+        /* the thread is stuck (a transfer or a lock past the timeout): it
+         * is detached and frees the worker itself when it ends */
         lua_pushboolean(L, 0);
         return 1;
     }
-    w->closed = 1;
-    u->w = NULL;
     worker_free(w);
     lua_pushboolean(L, 1);
     return 1;
