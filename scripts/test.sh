@@ -43,7 +43,7 @@ fi
 echo "== asan"
 env LUA_PATH_5_4="$LPATH" LUA_CPATH_5_4="$ROOT/build/asan/?.so;;" \
   ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 \
-  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 OO_PROPERTY_SCALE=0.2 \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 OO_PROPERTY_SCALE=0.2 OO_LUA="$ROOT/$ASAN_LUA" \
   "$ASAN_LUA" /usr/bin/busted -o utfTerminal spec >"$LOGDIR/asan.log" 2>&1
 rc=$?
 cat "$LOGDIR/asan.log"

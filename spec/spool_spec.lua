@@ -46,10 +46,7 @@ local function body(n)
 end
 
 -- The interpreter running this spec, so children load the same build.
-local function interpreter()
-  if type(jit) == "table" then return "luajit" end
-  return "lua" .. _VERSION:match("%d+%.%d+")
-end
+local function interpreter() return require("support.interp") end
 
 -- Writes a child script that sees this process's package paths.
 local function child_script(name, src)
