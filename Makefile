@@ -26,7 +26,7 @@ deps-stamp: deps
 build: $(foreach v,$(VARIANTS),build/$(v)/optimizely/offline/core.so)
 
 demo: build
-	@lua5.4 -e 'package.path="lua/?.lua;lua/?/init.lua;"..package.path; package.cpath="build/5.4/?.so;"..package.cpath' examples/demo.lua
+	@sh scripts/demo.sh
 
 test: deps
 	@sh scripts/test.sh

@@ -51,6 +51,8 @@ build = {
       ["optimizely.offline.cli.common"] = "lua/optimizely/offline/cli/common.lua",
       ["optimizely.offline.cli.validate"] = "lua/optimizely/offline/cli/validate.lua",
       ["optimizely.offline.cli.convert"] = "lua/optimizely/offline/cli/convert.lua",
+      ["optimizely.offline.cli.send"] = "lua/optimizely/offline/cli/send.lua",
+      ["optimizely.offline.cli.cancel"] = "lua/optimizely/offline/cli/cancel.lua",
       ["optimizely.offline.cli.spool"] = "lua/optimizely/offline/cli/spool.lua",
       ["optimizely.offline.cli.sandbox"] = "lua/optimizely/offline/cli/sandbox.lua",
    },

@@ -6,6 +6,10 @@
 -- Lines are cut from fixed-size chunks, so memory is bounded by the longest
 -- line; a line longer than `opts.max_record_bytes` (default 8 MiB) is
 -- reported and skipped without being held in memory.
+-- A line of a rejects file — an object with a `payload` object and an
+-- `error`, and no `order` — is unwrapped into its payload, with
+-- `record.transformed` set from its `transformed` flag and `record.origin`
+-- from its `source`, so rejects re-send as they are.
 -- @module optimizely.offline.input.ndjson
 local cjson = require("cjson.safe")
 
@@ -145,6 +149,28 @@ function M.new(fh, name, opts, state)
               :format(name, n, what, short(sub(line, s))),
             file = name, line = n, index = index, raw = line,
           }
+        end
+        if value.error ~= nil and value.order == nil then
+          -- a line of a rejects file (`optimizely-offline send --rejects`):
+          -- send its payload as it is, and do not transform it twice
+          local p = value.payload
+          if type(p) == "table" then
+            return { payload = p, transformed = value.transformed == true,
+                     origin = type(value.origin) == "string" and value.origin
+                       or type(value.source) == "string" and value.source or nil,
+                     file = name, line = n, index = index }
+          end
+          if value.stage ~= nil or value.source ~= nil then
+            local e = tostring(type(value.error) == "table" and value.error.message or value.error)
+            local src = type(value.source) == "string" and value.source or "?"
+            if not find(e, src, 1, true) then e = src .. ": " .. e end
+            if #e > 200 then e = sub(e, 1, 197) .. "..." end
+            return {
+              error = ("%s:%d: rejected record without a payload to send (%s); fix it in its source")
+                :format(name, n, e),
+              file = name, line = n, index = index, raw = line,
+            }
+          end
         end
         return { payload = value, file = name, line = n, index = index }
       end
