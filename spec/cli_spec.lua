@@ -4,7 +4,7 @@ local sb = require("support.sandbox")
 local cjson = require("cjson.safe")
 local input = require("optimizely.offline.input")
 
-local LUA = type(jit) == "table" and "luajit" or "lua5.4"
+local LUA = require("support.interp")
 local ROOT = io.popen("pwd"):read("*l")
 local BIN = ROOT .. "/bin/optimizely-offline"
 local FIX = ROOT .. "/spec/fixtures/cli/"
