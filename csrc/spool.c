@@ -422,7 +422,17 @@ int oo_spool_open(const char *path, const oo_spool_opts *o, oo_spool **out, oo_s
     }
     sqlite3_busy_timeout(s->db, (int)(o->busy_timeout * 1000.0 + 0.5));
 
-    rc = query_text(s, "PRAGMA journal_mode=WAL", mode, sizeof mode);
+    /* Switching a new file to WAL takes an exclusive lock that SQLite does
+     * not wait for (no busy handler on this path): when several processes
+     * create the spool at once, retry within busy_timeout. */
+    {
+        double deadline = oo_spool_now() + o->busy_timeout;
+        while ((rc = query_text(s, "PRAGMA journal_mode=WAL", mode, sizeof mode)) == SQLITE_BUSY &&
+               oo_spool_now() < deadline) {
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
     if (rc != SQLITE_OK) {
         code = db_fail(s, err, rc, "open (setting WAL mode)");
         goto fail;

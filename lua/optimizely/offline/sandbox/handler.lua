@@ -474,10 +474,17 @@ function M.init_worker()
   local owner = tonumber(cfg.owner_pid)
   if not owner or ngx.worker.id() ~= 0 then return end
   local ffi = require("ffi")
-  pcall(ffi.cdef, "int kill(int pid, int sig); int getppid(void);")
+  pcall(ffi.cdef, "int kill(int pid, int sig); int getppid(void); int getpid(void);")
+  local master = ffi.C.getppid() -- our master, remembered while it is surely alive
   local function check(premature)
-    if premature or owner_alive(ffi, owner) then return end
-    local master = ffi.C.getppid()
+    if premature then return end
+    if ffi.C.getppid() ~= master or master <= 1 then
+      -- the master is gone and we were re-parented (maybe to PID 1): never
+      -- signal our new parent; quit this orphaned worker instead
+      ffi.C.kill(ffi.C.getpid(), 3)
+      return
+    end
+    if owner_alive(ffi, owner) then return end
     if cfg.cleanup_dir and cfg.dir:match("oo%-sandbox") then
       -- remove the private temp dir once nginx has gone; the helper shell must not
       -- inherit the worker's sockets (bash closes them when it is there)

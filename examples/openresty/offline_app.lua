@@ -1,0 +1,190 @@
+--- The example OpenResty application: a POS upload endpoint, a checkout
+-- log hook and a stats page, all feeding one per-worker queue.
+--
+--   init_by_lua_block        require("offline_app").configure("/path/to/app.lua")
+--   init_worker_by_lua_block require("offline_app").init_worker()
+--   location = /pos/orders   content_by_lua_block { require("offline_app").pos_orders() }
+--   location = /checkout     log_by_lua_block     { require("offline_app").checkout_log() }
+--   location = /queue/stats  content_by_lua_block { require("offline_app").stats() }
+--
+-- The config file returns a table: the client config (`site`, `channel`,
+-- `base_url` or `env`, `token` or `token_env` naming an environment variable
+-- that nginx passes through with the `env` directive, `timeout`, ...) plus
+-- the queue options under `queue` (`spool`, `max_queue`, `concurrency`, ...).
+local offline = require("optimizely.offline")
+local offline_ngx = require("optimizely.offline.ngx")
+local cjson = require("cjson.safe").new()
+
+local ngx = ngx
+local M = {}
+
+local config   -- loaded in the master by configure(), inherited by the workers
+M.queue = nil  -- this worker's queue, made by init_worker()
+
+local MAX_UPLOAD = 1000 -- orders per POS request
+
+local CLIENT_KEYS = {
+  "site", "token", "channel", "allow_custom_channel", "env", "sitename", "base_url",
+  "cancel_path", "allow_http", "timeout", "connect_timeout", "max_attempts",
+  "backoff_base", "backoff_max", "retry_after_max",
+}
+
+--- Load the config file (init_by_lua: once, in the master).
+function M.configure(path)
+  local c = dofile(path)
+  assert(type(c) == "table", "offline_app: " .. path .. " must return a table")
+  if c.token == nil and c.token_env then
+    c.token = os.getenv(c.token_env) -- needs `env NAME;` in nginx.conf
+    assert(c.token and c.token ~= "", "offline_app: environment variable " .. c.token_env
+      .. " is empty (declare it with the env directive in nginx.conf)")
+  end
+  config = c
+end
+
+--- Create this worker's queue (init_worker_by_lua).
+function M.init_worker()
+  assert(config, "offline_app: configure() was not called in init_by_lua")
+  local client_cfg = {}
+  for _, k in ipairs(CLIENT_KEYS) do client_cfg[k] = config[k] end
+  local qopts = {}
+  for k, v in pairs(config.queue or {}) do qopts[k] = v end
+  qopts.on_failure = function(ref, err)
+    ngx.log(ngx.ERR, "order ", ref, " was not delivered: ", tostring(err))
+  end
+  local q, err = offline_ngx.queue(client_cfg, qopts)
+  if not q then
+    ngx.log(ngx.ERR, "offline_app: cannot create the queue: ", tostring(err))
+    return
+  end
+  M.queue = q
+end
+
+local function reply(status, doc, headers)
+  ngx.status = status
+  ngx.header["Content-Type"] = "application/json"
+  for k, v in pairs(headers or {}) do ngx.header[k] = v end
+  ngx.say(cjson.encode(doc))
+  return ngx.exit(ngx.HTTP_OK)
+end
+
+local function problem_list(err)
+  local out = {}
+  for i, p in ipairs(err.problems or {}) do out[i] = { path = p.path, message = p.message } end
+  return out
+end
+
+local function read_body()
+  ngx.req.read_body()
+  local body = ngx.req.get_body_data()
+  if body then return body end
+  local file = ngx.req.get_body_file()
+  if not file then return nil end
+  local f = io.open(file, "rb")
+  if not f then return nil end
+  body = f:read("*a")
+  f:close()
+  return body
+end
+
+--- POST /pos/orders: one payload or an array of them.
+-- 400 with every order's problems (nothing queued) when any order is
+-- invalid; 202 when all are queued; 503 with per-order results when the
+-- queue refused some (resend those).
+function M.pos_orders()
+  if ngx.req.get_method() ~= "POST" then
+    return reply(405, { error = "use POST with a JSON order or array of orders" }, { Allow = "POST" })
+  end
+  local q = M.queue
+  if not q then return reply(503, { error = "the order queue is not available" }) end
+  local body = read_body()
+  if not body or body == "" then return reply(400, { error = "empty body: send a JSON order or array" }) end
+  local doc, jerr = cjson.decode(body)
+  if type(doc) ~= "table" then
+    return reply(400, { error = "body is not a JSON object or array: " .. tostring(jerr or "") })
+  end
+  local list = doc
+  if doc[1] == nil and next(doc) ~= nil then list = { doc } end
+  if #list == 0 then return reply(400, { error = "no orders in the body" }) end
+  if #list > MAX_UPLOAD then
+    return reply(413, { error = "at most " .. MAX_UPLOAD .. " orders per request" })
+  end
+  -- validate everything first: an upload is queued whole or not at all, so
+  -- the till can fix and resend it without duplicates
+  local invalid = {}
+  for i, payload in ipairs(list) do
+    local ok, err = offline.validate(payload)
+    if not ok then
+      invalid[#invalid + 1] = { index = i - 1, error = err.message, problems = problem_list(err) }
+    end
+  end
+  if #invalid > 0 then
+    return reply(400, { error = "invalid orders, nothing was queued", invalid = invalid })
+  end
+  local results, refused = {}, 0
+  for i, payload in ipairs(list) do
+    local ok, err = q:push(payload)
+    local ref = payload.order.refCode
+    if ok then
+      results[i] = { index = i - 1, refCode = ref, queued = true }
+      if type(err) == "table" and #err > 0 then -- push's second value: the encoder's warnings
+        local w = {}
+        for j, x in ipairs(err) do w[j] = { path = x.path, message = x.message } end
+        results[i].warnings = w
+      end
+    else
+      refused = refused + 1
+      results[i] = { index = i - 1, refCode = ref, queued = false, kind = err.kind, error = err.message }
+    end
+  end
+  if refused > 0 then
+    return reply(503, { queued = #list - refused, refused = refused, results = results },
+      { ["Retry-After"] = "1" })
+  end
+  return reply(202, { queued = #list, results = results })
+end
+
+-- Warnings from the log hook, at most one line a second.
+local hook_skipped, hook_warned = 0, 0
+
+--- log_by_lua hook of /checkout: turn a successful checkout into an order.
+-- Query args: order (refCode; default the request id), sku, qty, price,
+-- currency (GBP), user.
+function M.checkout_log()
+  local q = M.queue
+  if not q or ngx.status >= 400 then return end
+  local args = ngx.req.get_uri_args(20)
+  local qty = args.qty or "1"
+  local price = args.price
+  local total = args.total
+  if total == nil and tonumber(price) and tonumber(qty) then total = tonumber(price) * tonumber(qty) end
+  local payload = {
+    order = {
+      refCode = args.order or ngx.var.request_id,
+      orderDate = ngx.utctime(),
+      currency = args.currency or "GBP",
+      total = total or price,
+      items = { { refCode = args.sku, qty = tonumber(qty) or qty, price = price } },
+    },
+  }
+  if args.user then payload.user = { id = args.user } end
+  local ok, err = q:push(payload)
+  if not ok then
+    hook_skipped = hook_skipped + 1
+    local t = ngx.now()
+    if t - hook_warned >= 1 then
+      ngx.log(ngx.WARN, "checkout order not queued (", hook_skipped, " since last report): ", tostring(err))
+      hook_warned, hook_skipped = t, 0
+    end
+  end
+end
+
+--- GET /queue/stats: this worker's counters (JSON).
+function M.stats()
+  if not M.queue then return reply(503, { error = "the order queue is not available" }) end
+  local st = M.queue:stats()
+  st.worker = ngx.worker.id()
+  st.pid = ngx.worker.pid()
+  return reply(200, st)
+end
+
+return M

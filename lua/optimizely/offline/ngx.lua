@@ -1,0 +1,81 @@
+--- optimizely.offline under OpenResty / nginx + ngx_http_lua_module.
+--
+-- Inside an nginx worker libcurl would block the event loop, so this module
+-- gives the client a cosocket transport and a per-worker queue delivered by
+-- timers:
+--
+--     # nginx.conf (http block)
+--     lua_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;
+--     lua_ssl_verify_depth 3;
+--     init_worker_by_lua_block {
+--       ORDERS = require("optimizely.offline.ngx").queue(
+--         { site = "demo", token = os.getenv("OO_SITE_TOKEN"), channel = "store" },
+--         { spool = "/var/spool/optimizely-offline/orders.db" })
+--     }
+--     # any phase, log_by_lua included
+--     log_by_lua_block { ORDERS:push(build_order()) }
+--
+-- or, where cosockets are available (content, access, rewrite, timer):
+--
+--     local c = require("optimizely.offline.ngx").client{ site = ..., token = ..., channel = ... }
+--     local res, err = c:send(payload)
+--
+-- Loaded only under nginx (it raises elsewhere).
+-- @module optimizely.offline.ngx
+local transport = require("optimizely.offline.ngx.transport")
+local ngx = ngx
+
+local M = {}
+
+--- A cosocket transport for `offline.client{transport = ...}`.
+-- @param opts `{timeout = 10, connect_timeout = 5, keepalive_timeout = 60,
+--   pool_size = 16, max_body = 1 MiB, user_agent}`
+-- @see optimizely.offline.ngx.transport
+function M.transport(opts)
+  return transport.new(opts)
+end
+
+--- A client for the content/access/rewrite/timer phases: `offline.client`
+-- with the cosocket transport and `ngx.sleep` between retries (the default
+-- sleep would block the whole worker).
+-- @param config the client config; `transport` may be a table of transport
+--   options instead of a transport
+-- @return client
+function M.client(config)
+  if type(config) ~= "table" then
+    error("optimizely.offline.ngx.client: config must be a table, got " .. type(config), 2)
+  end
+  for k, why in pairs(transport.CURL_ONLY) do
+    if config[k] ~= nil then
+      error("optimizely.offline.ngx.client: config." .. k .. " is not used under nginx: " .. why, 2)
+    end
+  end
+  if config.http_version ~= nil and config.http_version ~= "1.1" then
+    error("optimizely.offline.ngx.client: config.http_version must be \"1.1\" under nginx", 2)
+  end
+  local cfg = {}
+  for k, v in pairs(config) do cfg[k] = v end
+  -- a table without :request is a table of transport options
+  local topts = type(cfg.transport) == "table" and cfg.transport.request == nil and cfg.transport
+  if cfg.transport == nil or topts then
+    local o = {}
+    for k, v in pairs(topts or {}) do o[k] = v end
+    o.timeout = o.timeout or cfg.timeout
+    o.connect_timeout = o.connect_timeout or cfg.connect_timeout
+    cfg.transport = transport.new(o)
+  end
+  cfg.sleep = cfg.sleep or ngx.sleep
+  return require("optimizely.offline.client").client(cfg)
+end
+
+--- This worker's delivery queue (create it in `init_worker_by_lua*`).
+-- @param client_config the client's config (site, token, channel, base_url, ...)
+-- @param opts `{max_queue, concurrency, flush_interval, max_attempts,
+--   on_success, on_failure, spool, spool_options, lease, shutdown_timeout, transport}`
+-- @return queue, or nil, err (the spool could not be opened)
+-- @see optimizely.offline.ngx.queue
+function M.queue(client_config, opts)
+  return require("optimizely.offline.ngx.queue").new(client_config, opts)
+end
+
+return M
