@@ -1,0 +1,712 @@
+-- client:send_batch against the sandbox: a real nginx over real TLS on
+-- 127.0.0.1, faults injected through its control endpoint. Every time check
+-- is a lower bound (a pause or a rate cap must make the batch take at least
+-- that long); nothing asserts that the machine is fast.
+local offline = require("optimizely.offline")
+local core = require("optimizely.offline.core")
+local orders = require("support.orders")
+local sb = require("support.sandbox")
+
+-- Payloads with refCodes prefix1..prefixN (fresh tables every call).
+local function make(prefix, n)
+  local list = {}
+  for i = 1, n do
+    local p = orders.minimal()
+    p.order.refCode = prefix .. i
+    list[i] = p
+  end
+  return list
+end
+
+-- refCode -> number of times the sandbox recorded it.
+local function recorded()
+  local counts, n = {}, 0
+  for _, rec in ipairs(sb.orders()) do
+    counts[rec.refCode] = (counts[rec.refCode] or 0) + 1
+    n = n + 1
+  end
+  return counts, n
+end
+
+local function count_keys(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+
+describe("client:send_batch", function()
+  local info
+
+  local function new_client(extra)
+    local c = {
+      site = info.site, token = info.token, channel = info.channel,
+      base_url = info.base_url, ca_file = info.ca_file,
+      timeout = 5, connect_timeout = 2,
+      backoff_base = 0.02, backoff_max = 0.2,
+      random = function() return 0.5 end,
+    }
+    for k, v in pairs(extra or {}) do
+      if v == false then c[k] = nil else c[k] = v end
+    end
+    return offline.client(c)
+  end
+
+  -- on_result recorder: calls[i] = number of calls for index i.
+  local function recorder()
+    local r = { calls = {}, res = {}, err = {}, order = {} }
+    function r.cb(i, res, err)
+      r.calls[i] = (r.calls[i] or 0) + 1
+      r.res[i], r.err[i] = res, err
+      r.order[#r.order + 1] = i
+    end
+    return r
+  end
+
+  setup(function()
+    info = sb.ensure()
+  end)
+
+  before_each(function()
+    sb.reset()
+  end)
+
+  it("sends an array of payloads, calling on_result once per order", function()
+    local c = new_client()
+    local list = make("arr-", 20)
+    local rec = recorder()
+    local s = c:send_batch(list, { concurrency = 4, on_result = rec.cb })
+    assert.equal(20, s.sent)
+    assert.equal(0, s.failed)
+    assert.equal(0, s.retried)
+    assert.equal(0, s.invalid)
+    assert.equal(20, s.read)
+    assert.same({}, s.failures)
+    assert.same({}, s.callback_errors)
+    assert.is_number(s.elapsed)
+    assert.is_true(s.elapsed > 0)
+    assert.is_nil(s.error)
+    for i = 1, 20 do
+      assert.equal(1, rec.calls[i], "on_result calls for order " .. i)
+      local res = rec.res[i]
+      assert.equal(200, res.status)
+      assert.equal(1, res.attempts)
+      assert.equal("OK", res.envelope.status)
+      assert.same({}, res.warnings)
+      assert.is_nil(rec.err[i])
+    end
+    assert.equal(20, #rec.order)
+    local counts, n = recorded()
+    assert.equal(20, n)
+    for i = 1, 20 do assert.equal(1, counts["arr-" .. i]) end
+    -- the same request as client:send: headers, one User-Agent, no Expect
+    local last = sb.last()
+    local h = {}
+    for k, v in pairs(last.headers) do h[k:lower()] = v end
+    assert.equal(require("optimizely.offline.client").user_agent(), h["user-agent"])
+    assert.equal(info.site, h.site)
+    assert.equal(info.channel, h.channel)
+    assert.equal("application/json", h["content-type"])
+    assert.equal("application/json", h.accept)
+    assert.is_nil(h.expect)
+    assert.is_true(last.token_ok)
+    assert.equal(1.1, last.http_version)
+    c:close()
+  end)
+
+  it("streams an iterator source, never calling it again after nil", function()
+    local c = new_client()
+    local calls, n = 0, 25
+    local function source()
+      calls = calls + 1
+      assert(calls <= n + 1, "source called after it returned nil")
+      if calls > n then return nil end
+      local p = orders.minimal()
+      p.order.refCode = "it-" .. calls
+      return p
+    end
+    local rec = recorder()
+    local s = c:send_batch(source, { concurrency = 3, on_result = rec.cb })
+    assert.equal(n + 1, calls)
+    assert.equal(n, s.sent)
+    assert.equal(n, s.read)
+    assert.equal(0, s.failed)
+    for i = 1, n do assert.equal(1, rec.calls[i]) end
+    local counts, total = recorded()
+    assert.equal(n, total)
+    for i = 1, n do assert.equal(1, counts["it-" .. i]) end
+    -- an empty source is a batch of nothing
+    s = c:send_batch({}, { concurrency = 2 })
+    assert.equal(0, s.sent)
+    assert.equal(0, s.read)
+    s = c:send_batch(function() return nil end)
+    assert.equal(0, s.sent)
+    c:close()
+  end)
+
+  it("keeps every order's encoder warnings next to the server's answer", function()
+    local c = new_client()
+    local list = make("warn-", 3)
+    list[2].order.total = 99 -- differs from the items' sum: an encoder warning
+    local rec = recorder()
+    local s = c:send_batch(list, { on_result = rec.cb })
+    assert.equal(3, s.sent)
+    assert.same({}, rec.res[1].warnings)
+    assert.is_true(#rec.res[2].warnings >= 1)
+    assert.is_string(rec.res[2].warnings[1].message)
+    c:close()
+  end)
+
+  it("ends every order sent or failed under 503, 429 and closed connections, none twice",
+    function()
+      sb.faults({ count = 4, status = 503 }, { count = 2, status = 429, retry_after = "0" },
+        { count = 3, close = true }, { count = 2, status = 502 })
+      local c = new_client({ max_attempts = 6 })
+      local n = 60
+      local rec = recorder()
+      local s = c:send_batch(make("mix-", n), { concurrency = 6, on_result = rec.cb })
+      assert.equal(n, s.sent + s.failed)
+      assert.equal(s.failed, #s.failures)
+      assert.equal(n, s.sent) -- six attempts outlast eleven faults
+      assert.is_true(s.retried >= 8, "retried " .. s.retried) -- 503, 429, 502 (closes: curl may resend)
+      assert.equal(2, s.throttled)
+      for i = 1, n do assert.equal(1, rec.calls[i], "on_result calls for order " .. i) end
+      local retried_orders = 0
+      for i = 1, n do
+        if rec.res[i].attempts > 1 then retried_orders = retried_orders + 1 end
+      end
+      assert.is_true(retried_orders >= 1)
+      -- the close fault drops the connection before the order is processed:
+      -- no order may be recorded twice
+      local counts, total = recorded()
+      assert.equal(n, total)
+      assert.equal(n, count_keys(counts))
+      for i = 1, n do assert.equal(1, counts["mix-" .. i], "records of mix-" .. i) end
+      assert.equal(0, sb.stats().faults_pending)
+      c:close()
+    end)
+
+  it("counts invalid orders, reports them with kind validation and never sends them", function()
+    local c = new_client()
+    local list = make("inv-", 10)
+    list[3].order.total = nil
+    list[7] = { order = "not an order" }
+    list[10].order.currency = "pounds"
+    local rec = recorder()
+    local s = c:send_batch(list, { concurrency = 4, on_result = rec.cb })
+    assert.equal(7, s.sent)
+    assert.equal(3, s.invalid)
+    assert.equal(3, s.failed) -- failed counts every order not sent, invalid ones too
+    assert.equal(3, #s.failures)
+    local seen = {}
+    for _, f in ipairs(s.failures) do
+      assert.equal("validation", f.err.kind)
+      assert.equal(0, f.err.attempts)
+      assert.is_false(f.err.retryable)
+      seen[f.index] = true
+    end
+    assert.same({ [3] = true, [7] = true, [10] = true }, seen)
+    for _, i in ipairs({ 3, 7, 10 }) do
+      assert.equal(1, rec.calls[i])
+      assert.is_nil(rec.res[i])
+      assert.equal("validation", rec.err[i].kind)
+    end
+    local counts, total = recorded()
+    assert.equal(7, total)
+    assert.is_nil(counts["inv-3"])
+    assert.is_nil(counts["inv-10"])
+    assert.equal(7, sb.stats().requests)
+    -- a source of nothing but invalid orders sends nothing
+    s = c:send_batch({ {}, { order = {} } })
+    assert.equal(0, s.sent)
+    assert.equal(2, s.invalid)
+    assert.equal(7, sb.stats().requests)
+    c:close()
+  end)
+
+  it("does not retry a 400; gives up on 503 after max_attempts", function()
+    sb.faults({ count = 1, status = 400 })
+    local c = new_client({ max_attempts = 3 })
+    local rec = recorder()
+    local s = c:send_batch(make("400-", 5), { concurrency = 1, on_result = rec.cb })
+    assert.equal(4, s.sent)
+    assert.equal(1, s.failed)
+    assert.equal(0, s.retried)
+    local f = s.failures[1]
+    assert.equal("http", f.err.kind)
+    assert.equal(400, f.err.status)
+    assert.equal(1, f.err.attempts)
+    assert.is_false(f.err.retryable)
+    assert.equal(f.err, rec.err[f.index])
+    assert.is_nil(recorded()["400-" .. f.index])
+    assert.equal(5, sb.stats().requests)
+
+    sb.reset()
+    sb.faults({ count = 3, status = 503 })
+    s = c:send_batch(make("503-", 1), { concurrency = 1 })
+    assert.equal(0, s.sent)
+    assert.equal(1, s.failed)
+    assert.equal(2, s.retried)
+    assert.equal(503, s.failures[1].err.status)
+    assert.equal(3, s.failures[1].err.attempts)
+    assert.is_true(s.failures[1].err.retryable)
+    assert.equal(3, sb.stats().requests)
+    c:close()
+  end)
+
+  it("retries a 503 after its Retry-After while the other orders go on", function()
+    sb.faults({ count = 1, status = 503, retry_after = "1" })
+    local c = new_client()
+    local rec = recorder()
+    local s = c:send_batch(make("ra-", 4), { concurrency = 1, on_result = rec.cb })
+    assert.equal(4, s.sent)
+    assert.equal(1, s.retried)
+    assert.equal(0, s.throttled)
+    assert.is_true(s.elapsed >= 0.95, "elapsed " .. s.elapsed)
+    -- the retried order was the first one (concurrency 1) and finished last
+    assert.equal(2, rec.res[1].attempts)
+    assert.same({ 2, 3, 4, 1 }, rec.order)
+    c:close()
+  end)
+
+  it("pauses the whole batch on a 429 for its Retry-After", function()
+    sb.faults({ count = 1, status = 429, retry_after = "1" })
+    local c = new_client()
+    local n = 24
+    local s = c:send_batch(make("429-", n), { concurrency = 4 })
+    assert.equal(n, s.sent)
+    assert.equal(1, s.retried)
+    assert.equal(1, s.throttled)
+    assert.is_true(s.elapsed >= 0.95, "elapsed " .. s.elapsed)
+    -- Arrival times at the server: the largest gap is the pause, and most of
+    -- the batch comes after it (only what was already in flight, or finished
+    -- before the 429 was read, may precede it). Without a batch-wide pause
+    -- only the retried order would come late.
+    local times = {}
+    for _, rec in ipairs(sb.orders()) do times[#times + 1] = rec.received_at end
+    table.sort(times)
+    assert.equal(n, #times)
+    local gap, at = 0, nil
+    for i = 2, #times do
+      if times[i] - times[i - 1] > gap then gap, at = times[i] - times[i - 1], i end
+    end
+    assert.is_true(gap >= 0.8, "largest gap between arrivals " .. gap)
+    local after = n - at + 1
+    assert.is_true(after >= n / 2, after .. " of " .. n .. " orders arrived after the pause")
+    c:close()
+  end)
+
+  it("halves the requests in flight after a 429", function()
+    sb.faults({ count = 1, status = 429, retry_after = "0" })
+    local c = new_client()
+    local lowest = 8
+    local s = c:send_batch(make("aimd-", 40), {
+      concurrency = 8,
+      progress_interval = 0,
+      progress = function(sum)
+        if sum.throttled > 0 then
+          lowest = math.min(lowest, sum.concurrency)
+        end
+      end,
+    })
+    assert.equal(40, s.sent)
+    assert.equal(1, s.throttled)
+    -- 8 -> 4 at the 429; it grows by one per round of successes, so the
+    -- first report after the 429 sees at most 5
+    assert.is_true(lowest >= 4 and lowest <= 5, "lowest limit " .. lowest)
+    c:close()
+  end)
+
+  it("caps the rate (orders per second)", function()
+    local c = new_client()
+    local s = c:send_batch(make("rate-", 30), { concurrency = 8, rate = 20 })
+    assert.equal(30, s.sent)
+    -- 30 orders at 20/s: the last may start 29/20 s after the first
+    assert.is_true(s.elapsed >= 1.4, "elapsed " .. s.elapsed)
+    local times = {}
+    for _, rec in ipairs(sb.orders()) do times[#times + 1] = rec.received_at end
+    table.sort(times)
+    assert.is_true(times[#times] - times[1] >= 1.2, "arrivals spread over " .. (times[#times] - times[1]))
+    c:close()
+  end)
+
+  it("honours the concurrency: no more requests in flight, no more connections", function()
+    -- every order held 0.5 s by the server: 6 orders through 2 slots take
+    -- three rounds
+    sb.faults({ count = 6, delay = 0.5 })
+    local c = new_client()
+    local peak = 0
+    local s = c:send_batch(make("conc-", 6), {
+      concurrency = 2, progress_interval = 0.05,
+      progress = function(sum) if sum.in_flight > peak then peak = sum.in_flight end end,
+    })
+    assert.equal(6, s.sent)
+    assert.is_true(s.elapsed >= 1.45, "elapsed " .. s.elapsed)
+    assert.is_true(peak <= 2)
+
+    -- keep-alive: 40 orders through 4 slots open at most 4 connections
+    sb.reset()
+    s = c:send_batch(make("reuse-", 40), { concurrency = 4 })
+    assert.equal(40, s.sent)
+    local st = sb.stats()
+    assert.equal(40, st.requests)
+    local connections = st.requests - st.reused
+    assert.is_true(connections >= 1 and connections <= 4, connections .. " connections")
+    assert.is_true(st.max_connection_requests >= 10)
+    c:close()
+  end)
+
+  it("multiplexes over HTTP/2 when asked", function()
+    local c = new_client({ http_version = "2" })
+    local rec = recorder()
+    local s = c:send_batch(make("h2-", 30), { concurrency = 8, on_result = rec.cb })
+    assert.equal(30, s.sent)
+    local st = sb.stats()
+    assert.equal(30, st.requests)
+    -- one connection carries the streams (PIPEWAIT); allow a second in case
+    -- of a race at start-up, never one per slot
+    local connections = st.requests - st.reused
+    assert.is_true(connections <= 2, connections .. " connections")
+    c:close()
+  end)
+
+  it("keeps going when on_result raises, and reports the errors", function()
+    local c = new_client()
+    local calls = {}
+    local s = c:send_batch(make("cb-", 12), {
+      concurrency = 3,
+      on_result = function(i)
+        calls[i] = (calls[i] or 0) + 1
+        if i == 3 or i == 7 then error("boom " .. i) end
+        if i == 9 then error({ code = 1 }) end -- a non-string error value
+      end,
+    })
+    assert.equal(12, s.sent)
+    assert.equal(0, s.failed)
+    for i = 1, 12 do assert.equal(1, calls[i]) end
+    assert.equal(3, #s.callback_errors)
+    local by = {}
+    for _, e in ipairs(s.callback_errors) do by[e.index] = e.message end
+    assert.matches("boom 3", by[3])
+    assert.matches("boom 7", by[7])
+    assert.is_string(by[9])
+    c:close()
+  end)
+
+  it("calls progress while running and once at the end", function()
+    sb.faults({ count = 2, delay = 0.4 })
+    local c = new_client()
+    local seen = {}
+    local s = c:send_batch(make("prog-", 10), {
+      concurrency = 2, progress_interval = 0.1,
+      progress = function(sum)
+        seen[#seen + 1] = { sent = sum.sent, in_flight = sum.in_flight, elapsed = sum.elapsed }
+        if #seen == 2 then error("progress failed") end
+      end,
+    })
+    assert.equal(10, s.sent)
+    assert.is_true(#seen >= 3, #seen .. " progress calls")
+    local final = seen[#seen]
+    assert.equal(10, final.sent)
+    assert.equal(0, final.in_flight)
+    for k = 2, #seen do assert.is_true(seen[k].sent >= seen[k - 1].sent) end
+    assert.equal(1, #s.callback_errors)
+    assert.is_true(s.callback_errors[1].progress)
+    assert.matches("progress failed", s.callback_errors[1].message)
+    c:close()
+  end)
+
+  it("reports transport failures per order (refused connection)", function()
+    local c = new_client({ base_url = "https://127.0.0.1:1", max_attempts = 2 })
+    local rec = recorder()
+    local s = c:send_batch(make("ref-", 5), { concurrency = 2, on_result = rec.cb })
+    assert.equal(0, s.sent)
+    assert.equal(5, s.failed)
+    assert.equal(5, s.retried)
+    for _, f in ipairs(s.failures) do
+      assert.equal("network", f.err.kind)
+      assert.equal(7, f.err.curl_code) -- CURLE_COULDNT_CONNECT
+      assert.equal(2, f.err.attempts)
+      assert.is_true(f.err.retryable)
+    end
+    for i = 1, 5 do assert.equal(1, rec.calls[i]) end
+    c:close()
+  end)
+
+  it("times out a slow answer (curl's timer) and retries it", function()
+    sb.faults({ count = 1, delay = 3 })
+    local c = new_client({ timeout = 0.5, max_attempts = 1 })
+    local s = c:send_batch(make("slow-", 1))
+    assert.equal(1, s.failed)
+    local err = s.failures[1].err
+    assert.equal("timeout", err.kind)
+    assert.equal(28, err.curl_code) -- CURLE_OPERATION_TIMEDOUT
+    assert.is_true(err.retryable)
+    c:close()
+    -- a generous timeout for the second attempt: it must pass under ASan too
+    sb.faults({ count = 1, delay = 6, close = true })
+    c = new_client({ timeout = 3 })
+    local rec = recorder()
+    s = c:send_batch(make("slow2-", 3), { concurrency = 2, on_result = rec.cb })
+    assert.equal(3, s.sent)
+    assert.equal(1, s.retried)
+    local twice = 0
+    for i = 1, 3 do if rec.res[i].attempts == 2 then twice = twice + 1 end end
+    assert.equal(1, twice)
+    c:close()
+  end)
+
+  it("refuses an untrusted certificate and a response body above 1 MiB", function()
+    local c = new_client({ ca_file = false })
+    local s = c:send_batch(make("tls-", 2))
+    assert.equal(2, s.failed)
+    assert.equal(0, s.retried)
+    assert.equal("tls", s.failures[1].err.kind)
+    c:close()
+    sb.faults({ count = 1, status = 200, body = string.rep("x", 1024 * 1024 + 1) })
+    c = new_client({ max_attempts = 1 })
+    s = c:send_batch(make("big-", 1))
+    assert.equal(1, s.failed)
+    assert.equal("network", s.failures[1].err.kind)
+    assert.matches("response body larger than 1048576 bytes", s.failures[1].err.message)
+    c:close()
+  end)
+
+  it("finishes what is in flight when the source raises", function()
+    local c = new_client()
+    local i = 0
+    local s = c:send_batch(function()
+      i = i + 1
+      if i == 6 then error("disk on fire") end
+      local p = orders.minimal()
+      p.order.refCode = "src-" .. i
+      return p
+    end, { concurrency = 3 })
+    assert.equal(5, s.sent)
+    assert.equal(5, s.read)
+    assert.matches("disk on fire", s.error)
+    assert.is_nil(s.interrupted)
+    assert.equal(6, i) -- not called again after the error
+    assert.equal(5, select(2, recorded()))
+    c:close()
+  end)
+
+  it("stops at once on an interrupt and lists the orders of unknown outcome", function()
+    -- held 2 s, then dropped unrecorded (they outlive this test)
+    sb.faults({ count = 3, delay = 2, close = true })
+    local c = new_client()
+    local t0 = core.now()
+    local first = true
+    local s = c:send_batch(make("int-", 20), {
+      concurrency = 4,
+      on_result = function()
+        -- what lua.c raises on Ctrl-C: must not be swallowed like other errors
+        if first then first = false; error("interrupted!") end
+      end,
+    })
+    assert.is_true(s.interrupted)
+    assert.matches("interrupted!", s.error)
+    assert.is_table(s.unknown)
+    -- three slots were held by the delayed orders when the first result came
+    assert.is_true(#s.unknown >= 1)
+    assert.is_true(s.sent + s.failed + #s.unknown <= s.read)
+    for k = 2, #s.unknown do assert.is_true(s.unknown[k] > s.unknown[k - 1]) end
+    assert.same({}, s.callback_errors)
+    assert.is_true(core.now() - t0 < 60)
+    c:close()
+  end)
+
+  it("keeps memory flat while streaming 50,000 orders", function()
+    -- the server answers 200 without recording (a fault rule), so only the
+    -- client's side is measured
+    local n = tonumber(os.getenv("OO_BATCH_STREAM_N") or "") or 50000
+    sb.faults({ count = n, status = 200, body = '{"status":"OK"}' })
+    local c = new_client()
+    local p = orders.minimal()
+    local i = 0
+    local samples = {}
+    local function source()
+      i = i + 1
+      if i > n then return nil end
+      if i % 5000 == 0 then
+        collectgarbage("collect")
+        samples[#samples + 1] = collectgarbage("count")
+      end
+      p.order.refCode = "flat-" .. i -- one table reused: encode copies it into JSON
+      return p
+    end
+    local s = c:send_batch(source, { concurrency = 16 })
+    assert.equal(n, s.sent)
+    assert.equal(0, s.failed)
+    -- live heap after a full collection: what is held for 16 orders in
+    -- flight, whether 5,000 or 50,000 have gone through (50,000 payloads
+    -- would be tens of MiB)
+    local lo, hi = math.huge, 0
+    for k = 2, #samples do
+      lo, hi = math.min(lo, samples[k]), math.max(hi, samples[k])
+    end
+    assert.is_true(#samples < 2 or hi - lo < 512, string.format("heap grew from %.0f to %.0f KiB", lo, hi))
+    c:close()
+  end)
+
+  it("refuses bad options and sources", function()
+    local c = new_client()
+    local list = make("bad-", 1)
+    local function raises(pattern, src, opts)
+      local ok, err = pcall(c.send_batch, c, src, opts)
+      assert.is_false(ok)
+      assert.matches(pattern, tostring(err))
+    end
+    raises("opts must be a table", list, "fast")
+    raises("unknown option 'concurency'", list, { concurency = 4 })
+    raises("concurrency must be an integer 1%.%.1024", list, { concurrency = 0 })
+    raises("concurrency must be an integer", list, { concurrency = 1.5 })
+    raises("concurrency must be an integer", list, { concurrency = "4" })
+    raises("concurrency must be an integer", list, { concurrency = 2000 })
+    raises("concurrency must be an integer", list, { concurrency = 0 / 0 })
+    raises("rate must be a positive number", list, { rate = 0 })
+    raises("rate must be a positive number", list, { rate = -5 })
+    raises("rate must be a positive number", list, { rate = 0 / 0 })
+    raises("rate must be a positive number", list, { rate = "10" })
+    raises("on_result must be a function", list, { on_result = true })
+    raises("progress must be a function", list, { progress = {} })
+    raises("progress_interval must be a number", list, { progress_interval = -1 })
+    raises("source must be an array of payloads or an iterator function, got string", "x")
+    raises("source must be an array of payloads or an iterator function, got nil", nil)
+    -- the error points at the caller
+    for _, bad in ipairs({ { list, { concurrency = 0 } }, { list, "x" }, { list, { nope = 1 } },
+      { 42, nil } }) do
+      local ok, err = pcall(function()
+        local s = c:send_batch(bad[1], bad[2])
+        return s
+      end)
+      assert.is_false(ok)
+      assert.matches("^[^:]*batch_spec%.lua:%d+: send_batch:", err)
+    end
+    assert.equal(0, sb.stats().requests)
+    c:close()
+    assert.has_error(function() c:send_batch(list) end)
+  end)
+end)
+
+describe("core multi handle", function()
+  local info, url, headers
+  setup(function()
+    info = sb.ensure()
+    url = info.base_url .. "/tracker/smart-api/orders/offline"
+    headers = { "site: " .. info.site, "siteToken: " .. info.token, "channel: " .. info.channel,
+      "Content-Type: application/json" }
+  end)
+  before_each(function() sb.reset() end)
+
+  -- drive until every transfer is done; returns the results by id
+  local function drain(m)
+    local by = {}
+    local deadline = core.now() + 30
+    while m:in_flight() > 0 and core.now() < deadline do
+      local res = m:perform(1)
+      for _, r in ipairs(res or {}) do
+        if type(r) == "number" then by[r] = "plain" else by[r.id] = r end
+      end
+    end
+    return by
+  end
+
+  it("runs transfers in a fixed pool of slots", function()
+    local m = core.multi_new({ ca_file = info.ca_file, http_version = "1.1" }, 2)
+    m:set_headers(headers)
+    assert.matches("2 slots, 0 in flight", tostring(m))
+    local body = assert(offline.encode(orders.minimal()))
+    assert.is_true(m:add(1, "POST", url, body))
+    assert.is_true(m:add(2, "POST", url, "{}"))
+    assert.is_false(m:add(3, "POST", url, body)) -- every slot busy
+    assert.equal(0, m:free_slots())
+    assert.equal(2, m:in_flight())
+    assert.has_error(function() m:set_headers(headers) end) -- not while in flight
+    local by = drain(m)
+    assert.equal(200, by[1].status)
+    assert.equal('{"status":"OK"}', by[1].body)
+    assert.equal("application/json", by[1].content_type)
+    assert.equal(400, by[2].status)
+    assert.equal(2, m:free_slots())
+    -- plain answers become bare ids; other answers stay tables
+    m:set_plain_ok('{"status":"OK"}')
+    assert.is_true(m:add(7, "POST", url, body))
+    assert.is_true(m:add(8, "POST", url, "{}"))
+    by = drain(m)
+    assert.equal("plain", by[7])
+    assert.equal(400, by[8].status)
+    m:set_plain_ok(nil)
+    assert.is_true(m:add(9, "POST", url, body))
+    assert.equal(200, drain(m)[9].status)
+    -- a GET on the same handle after POSTs, then a POST again
+    assert.is_true(m:add(10, "GET", info.base_url .. "/_sandbox/health"))
+    assert.equal(200, drain(m)[10].status)
+    assert.is_true(m:add(11, "POST", url, body))
+    assert.equal(200, drain(m)[11].status)
+    assert.equal(4, #sb.orders()) -- 1, 7, 9 and 11
+    m:close()
+    assert.matches("closed", tostring(m))
+    assert.has_error(function() m:add(1, "POST", url, body) end)
+    m:close() -- twice is fine
+  end)
+
+  it("reports transport failures and aborts what is in flight", function()
+    local m = core.multi_new({ ca_file = info.ca_file, timeout = 5 }, 3)
+    m:set_headers(headers)
+    assert.is_true(m:add(1, "POST", "https://127.0.0.1:1/x", "{}"))
+    local r = drain(m)[1]
+    assert.equal("network", r.kind)
+    assert.equal(7, r.curl_code)
+    assert.is_string(r.message)
+    sb.faults({ count = 2, delay = 3, close = true })
+    assert.is_true(m:add(5, "POST", url, "{}"))
+    assert.is_true(m:add(6, "POST", url, "{}"))
+    m:perform(0.2)
+    local ids = m:abort()
+    table.sort(ids)
+    assert.same({ 5, 6 }, ids)
+    assert.equal(0, m:in_flight())
+    assert.equal(3, m:free_slots())
+    m = nil
+    collectgarbage("collect") -- __gc frees an unclosed handle
+  end)
+
+  it("sends the User-Agent once, unless the header list has its own", function()
+    local function ua_of_last()
+      local n, v = 0, nil
+      for k, val in pairs(sb.last().headers) do
+        if k:lower() == "user-agent" then n, v = n + 1, val end
+      end
+      return v, n
+    end
+    local m = core.multi_new({ ca_file = info.ca_file, user_agent = "probe/1.0" }, 1)
+    assert.is_true(m:add(1, "POST", url, "{}")) -- no set_headers at all
+    drain(m)
+    assert.same({ "probe/1.0", 1 }, { ua_of_last() })
+    m:set_headers(headers)
+    assert.is_true(m:add(2, "POST", url, "{}"))
+    drain(m)
+    assert.same({ "probe/1.0", 1 }, { ua_of_last() })
+    local own = { "user-agent: mine/2" }
+    for _, h in ipairs(headers) do own[#own + 1] = h end
+    m:set_headers(own)
+    assert.is_true(m:add(3, "POST", url, "{}"))
+    drain(m)
+    assert.same({ "mine/2", 1 }, { ua_of_last() })
+    m:close()
+    assert.has_error(function() core.multi_new({ user_agent = "a\r\nX-Evil: 1" }, 1) end)
+  end)
+
+  it("refuses bad arguments", function()
+    assert.has_error(function() core.multi_new({}, 0) end)
+    assert.has_error(function() core.multi_new({}, 1025) end)
+    assert.has_error(function() core.multi_new({ nope = 1 }, 2) end)
+    local m = core.multi_new({}, 1)
+    assert.has_error(function() m:add(1, "post", url, "{}") end)
+    assert.has_error(function() m:add(1, "", url, "{}") end)
+    assert.has_error(function() m:add("x", "POST", url, "{}") end)
+    assert.has_error(function() m:set_headers({ "bad\r\nheader: 1" }) end)
+    assert.is_nil((m:perform(0))) -- nothing in flight: returns at once
+    m:close()
+  end)
+end)
