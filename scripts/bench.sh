@@ -1,8 +1,18 @@
 #!/bin/sh
-# make bench: every benchmark, each printing ratios against its in-run baseline.
+# make bench: every benchmark, each printing ratios against baselines measured
+# in the same run. Load tests are bounded (counts and seconds) and use only
+# 127.0.0.1.
 set -eu
 cd "$(dirname "$0")/.."
+export LUA_PATH_5_4="$(pwd)/lua/?.lua;$(pwd)/lua/?/init.lua;;"
+export LUA_PATH="$LUA_PATH_5_4"
 for lua in lua5.4 luajit; do
-  $lua bench/encode.lua
-  echo
+  echo "==== $lua"
+  $lua bench/encode.lua            # encoder vs cjson.encode
+  $lua bench/send.lua              # sequential sends vs a C easy-handle client, curl CLI, LuaSec
+  $lua bench/batch.lua             # send_batch vs a C curl-multi client, curl --parallel, wrk
+  $lua bench/queue.lua             # push cost, spool throughput
+  $lua bench/spool.lua             # spool operations
 done
+sh bench/validate_big.sh           # 1M-line NDJSON validate: orders/s and peak RSS
+lua5.4 bench/nginx_hook.lua        # wrk p99 with and without the log_by_lua hook

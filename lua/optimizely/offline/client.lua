@@ -489,7 +489,6 @@ end
 --- The URL orders are posted to.
 function Client:url() return private[self].post_url end
 
---- Free the connection; the client cannot be used afterwards.
 --- Send many orders concurrently through one curl multi handle.
 -- @param source an array of payloads, or an iterator function returning
 --   payloads until nil (streamed: memory stays flat)
@@ -513,6 +512,7 @@ function Client:queue(opts)
   return require("optimizely.offline.queue").new(state(self), outcome, opts)
 end
 
+--- Free the connection; the client cannot be used afterwards.
 function Client:close()
   local st = private[self]
   if st and st.http then
