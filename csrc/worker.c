@@ -9,7 +9,14 @@
  * Lua side passes its status and kind tables in), and the delay follows the
  * same formula (full jitter, Retry-After capped). Signals are blocked in the
  * thread; curl_global_init runs before it exists; a forked child gets a new
- * thread (the pid is checked) and never inherits the parent's queue. */
+ * thread (the pid is checked) and never inherits the parent's queue.
+ *
+ * With a spool the file is the queue: the thread claims due rows under a
+ * lease (plus a small prefetch), acks a delivered row, stores a retry's
+ * attempt count and next time in the row, and moves permanent failures to
+ * the dead letters. Leased rows go back when the thread stops. Counting
+ * rule: a job is always in exactly one of ready / retry / in_flight (taken
+ * off a list and counted under one lock), so "idle" is never seen early. */
 #define _GNU_SOURCE
 #include "core.h"
 #include "http.h"
@@ -27,6 +34,7 @@
 
 #define OO_WORKER_MT "optimizely.offline.worker"
 #define OO_RESULTS_MAX 100000 /* notifications kept for Lua; beyond, counted as dropped */
+#define OO_RESULTS_BYTES_MAX (64u << 20) /* and their bodies at most this many bytes */
 #define OO_RESULT_BODY_MAX 65536
 
 typedef struct oo_job {
@@ -62,7 +70,7 @@ typedef struct oo_worker {
     pthread_mutex_t mu;
     pthread_cond_t cv; /* results arrived or the worker went idle */
     pthread_t thread;
-    int started, stop, closed, exited;
+    int started, stop, exited;
     int abandoned; /* close timed out: the thread frees the worker when it ends */
     int polling; /* the thread sleeps in curl_multi_poll: a push must wake it */
     int claim_hint; /* the Lua side put orders in the spool: claim now */
@@ -72,7 +80,7 @@ typedef struct oo_worker {
     oo_job *retry_head; /* sorted by next_at */
     size_t nready, nretry, in_flight, max_queue;
     oo_result *res_head, *res_tail;
-    size_t nresults;
+    size_t nresults, results_bytes;
     double pause_until; /* a 429 holds back every request until then */
     /* counters (under mu) */
     long long pushed, sent, retried, dead, results_dropped;
@@ -83,6 +91,9 @@ typedef struct oo_worker {
     oo_spool *spool; /* the worker's own connection, or NULL */
     double lease, spool_poll;
     double next_claim_at; /* no claim before then unless hinted (thread only) */
+    double last_claim;    /* when the last claim ran (thread only) */
+    oo_job *pre_head, *pre_tail; /* claimed rows waiting for a slot (thread only) */
+    int npre;
     /* immutable configuration */
     char *url;
     char *token; /* the siteToken header's value: scrubbed from dead-letter messages */
@@ -145,7 +156,8 @@ static double retry_delay(oo_worker *w, int attempt, const char *retry_after) {
 /* A 2xx body is a failure only when its envelope says "status":"fail". */
 static int envelope_fail(const char *b, size_t n) {
     const char *p = b, *end = b + n;
-    while (p && p < end) {
+    if (!b || n == 0) return 0;
+    while (p < end) {
         const char *k = memmem(p, (size_t)(end - p), "\"status\"", 8);
         if (!k) return 0;
         p = k + 8;
@@ -197,12 +209,18 @@ static void retry_insert(oo_worker *w, oo_job *j) {
     w->nretry++;
 }
 
+/* Adds a result for the Lua side (under mu). Nobody polling must not mean
+ * unbounded memory: past OO_RESULTS_MAX results or OO_RESULTS_BYTES_MAX of
+ * bodies the oldest go, counted in results_dropped (the orders themselves
+ * were delivered or dead-lettered all the same). */
 static void result_add(oo_worker *w, oo_result *r) {
-    if (w->nresults >= OO_RESULTS_MAX) { /* keep the newest; count what is lost */
+    while (w->res_head && (w->nresults >= OO_RESULTS_MAX ||
+                           w->results_bytes + r->body_len > OO_RESULTS_BYTES_MAX)) {
         oo_result *old = w->res_head;
         w->res_head = old->next;
         if (!w->res_head) w->res_tail = NULL;
         w->nresults--;
+        w->results_bytes -= old->body_len;
         free(old->ref); free(old->body); free(old);
         w->results_dropped++;
     }
@@ -210,6 +228,7 @@ static void result_add(oo_worker *w, oo_result *r) {
     if (w->res_tail) w->res_tail->next = r; else w->res_head = r;
     w->res_tail = r;
     w->nresults++;
+    w->results_bytes += r->body_len;
 }
 
 static char *dupn(const char *s, size_t n) {
@@ -223,7 +242,11 @@ static char *dupn(const char *s, size_t n) {
 /* -------------------------------------------------------------- thread */
 
 static void worker_free(oo_worker *w);
+static void pre_release(oo_worker *w);
 
+/* Starts j in slot s. The caller counted j in in_flight already, in the
+ * same critical section that took it off a list: a job is never in no
+ * count at all, or flush() could see "idle" while it is on its way. */
 static void start_transfer(oo_worker *w, oo_wslot *s, oo_job *j) {
     CURLcode rc;
     s->job = j;
@@ -238,13 +261,10 @@ static void start_transfer(oo_worker *w, oo_wslot *s, oo_job *j) {
         s->job = NULL;
         j->next_at = wall_now() + 1;
         pthread_mutex_lock(&w->mu);
+        w->in_flight--;
         retry_insert(w, j);
         pthread_mutex_unlock(&w->mu);
-        return;
     }
-    pthread_mutex_lock(&w->mu);
-    w->in_flight++;
-    pthread_mutex_unlock(&w->mu);
 }
 
 /* Copies src into dst (size n) as one printable line with every occurrence
@@ -317,6 +337,8 @@ static void finish_transfer(oo_worker *w, oo_wslot *s, CURLcode rc) {
         if (j) retry_insert(w, j);
         pthread_cond_broadcast(&w->cv);
         pthread_mutex_unlock(&w->mu);
+        /* a pause may outlast the prefetched rows' lease: give them back */
+        if (status == 429 && w->spool) pre_release(w);
         return;
     }
     if (!outcome) outcome = OUT_DEAD;
@@ -331,7 +353,7 @@ static void finish_transfer(oo_worker *w, oo_wslot *s, CURLcode rc) {
         if (rc == CURLE_OK) {
             size_t n = s->x.body.len < OO_RESULT_BODY_MAX ? s->x.body.len : OO_RESULT_BODY_MAX;
             r->body = dupn(s->x.body.data ? s->x.body.data : "", n);
-            r->body_len = n;
+            r->body_len = r->body ? n : 0;
         } else {
             const char *m = s->x.errbuf[0] ? s->x.errbuf : curl_easy_strerror(rc);
             scrub_line(r->message, sizeof r->message, m, strlen(m), w->token);
@@ -381,31 +403,107 @@ static int free_slots(oo_worker *w) {
     return n;
 }
 
-/* The spool is the queue: lease what is due into the free slots. Claims
- * are write transactions, so they run only when there may be something to
- * take: the Lua side put orders (hint), a slot freed up after a full claim,
- * a retry fell due, or spool_poll passed (other processes, expired leases). */
-static void claim_from_spool(oo_worker *w, oo_spool_rows *rows, int nfree, int hint, double now) {
+/* Claims are write transactions on the file the Lua side writes too, and
+ * SQLite makes a writer that finds the lock taken sleep for a millisecond
+ * or more. So a claim also fills a small prefetch list (up to `concurrency`
+ * rows, started as slots free up: each waits for at most one transfer,
+ * which the lease outlasts), and a claim that only follows a push waits
+ * until CLAIM_GAP after the previous one: a pusher's puts then meet one
+ * claim per few milliseconds instead of one per put. */
+#define CLAIM_GAP 0.002
+
+static void pre_push(oo_worker *w, oo_job *j) {
+    j->next = NULL;
+    if (w->pre_tail) w->pre_tail->next = j; else w->pre_head = j;
+    w->pre_tail = j;
+    w->npre++;
+}
+
+static oo_job *pre_pop(oo_worker *w) {
+    oo_job *j = w->pre_head;
+    if (!j) return NULL;
+    w->pre_head = j->next;
+    if (!w->pre_head) w->pre_tail = NULL;
+    w->npre--;
+    return j;
+}
+
+/* Prefetched rows go back to the spool (stop, or a 429 pause that may
+ * outlast their lease). The in-flight count covered them: it drops too. */
+static void pre_release(oo_worker *w) {
+    oo_job *j;
+    int n = 0;
+    while ((j = pre_pop(w)) != NULL) {
+        oo_spool_err serr;
+        oo_spool_release(w->spool, j->spool_id, &serr);
+        free(j);
+        n++;
+    }
+    if (n) {
+        pthread_mutex_lock(&w->mu);
+        w->in_flight -= (size_t)n;
+        pthread_mutex_unlock(&w->mu);
+        w->next_claim_at = 0;
+    }
+}
+
+/* Starts prefetched rows in the free slots. */
+static void pre_start(oo_worker *w) {
+    int i;
+    for (i = 0; i < w->concurrency && w->pre_head; i++) {
+        if (!w->slots[i].job) {
+            start_transfer(w, &w->slots[i], pre_pop(w));
+        }
+    }
+}
+
+/* When the next claim may run (1e300: none needed now). room: rows wanted. */
+static double claim_due(oo_worker *w, int nfree, int hint, int *room) {
+    double due = w->next_claim_at;
+    *room = nfree + (w->concurrency - w->npre);
+    /* nothing to fill, or the prefetch still more than half full */
+    if (*room <= 0 || (nfree == 0 && w->npre * 2 > w->concurrency)) return 1e300;
+    if (hint && w->last_claim + CLAIM_GAP < due) due = w->last_claim + CLAIM_GAP;
+    if (nfree == 0 && due < w->last_claim + CLAIM_GAP) due = w->last_claim + CLAIM_GAP;
+    return due;
+}
+
+/* The spool is the queue: lease what is due into the free slots and the
+ * prefetch list. Claims run only when there may be something to take: the
+ * Lua side put orders (hint), slots free up after a full claim, a retry
+ * fell due, or spool_poll passed (other processes' orders, expired leases). */
+static void claim_from_spool(oo_worker *w, oo_spool_rows *rows, int room, double now) {
     oo_spool_err serr;
     size_t k;
     int i;
-    if (nfree <= 0 || (!hint && now < w->next_claim_at)) return;
-    if (oo_spool_claim(w->spool, (size_t)nfree, w->lease, now, rows, &serr) != OO_SPOOL_OK) {
+    w->last_claim = now;
+    if (oo_spool_claim(w->spool, (size_t)room, w->lease, now, rows, &serr) != OO_SPOOL_OK) {
         w->next_claim_at = now + w->spool_poll; /* busy or failing: try again later */
         return;
     }
+    /* leased rows count as in flight (prefetched ones too) */
+    pthread_mutex_lock(&w->mu);
+    w->in_flight += rows->n;
+    pthread_mutex_unlock(&w->mu);
     for (k = 0; k < rows->n; k++) {
         oo_spool_row *row = &rows->v[k];
         oo_job *j = job_new(row->body, row->body_len, row->ref, row->ref ? row->ref_len : 0);
-        if (!j) { oo_spool_release(w->spool, row->id, &serr); continue; }
+        if (!j) {
+            oo_spool_release(w->spool, row->id, &serr);
+            pthread_mutex_lock(&w->mu);
+            w->in_flight--;
+            pthread_mutex_unlock(&w->mu);
+            continue;
+        }
         j->spool_id = row->id;
         j->attempts = (int)row->attempts;
         for (i = 0; i < w->concurrency; i++) {
             if (!w->slots[i].job) { start_transfer(w, &w->slots[i], j); break; }
         }
+        if (i == w->concurrency) pre_push(w, j);
     }
-    if (rows->n >= (size_t)nfree) {
-        w->next_claim_at = now; /* there may be more: claim as soon as a slot frees */
+    if (rows->n >= (size_t)room) {
+        w->next_claim_at = now; /* there may be more */
     } else {
         /* drained what is due: sleep until the next retry falls due (or poll) */
         double at;
@@ -424,8 +522,9 @@ static void *worker_main(void *arg) {
     int i, abandoned;
     memset(&rows, 0, sizeof rows);
     w->next_claim_at = 0;
+    w->last_claim = 0;
     for (;;) {
-        int nfree, hint, running = 0, left;
+        int nfree = 0, hint, running = 0, left;
         double now = wall_now(), wait = w->spool ? w->spool_poll : 1.0;
         CURLMsg *msg;
         pthread_mutex_lock(&w->mu);
@@ -441,6 +540,7 @@ static void *worker_main(void *arg) {
                 if (w->slots[i].job) continue;
                 {
                     oo_job *j = ready_pop(w);
+                    w->in_flight++; /* with the pop: never in no count */
                     pthread_mutex_unlock(&w->mu);
                     start_transfer(w, &w->slots[i], j);
                     pthread_mutex_lock(&w->mu);
@@ -448,17 +548,29 @@ static void *worker_main(void *arg) {
             }
         }
         hint = w->claim_hint;
-        w->claim_hint = 0;
         if (w->retry_head && w->retry_head->next_at - now < wait) wait = w->retry_head->next_at - now;
         if (w->pause_until > now && w->pause_until - now < wait) wait = w->pause_until - now;
         pthread_mutex_unlock(&w->mu);
-        nfree = free_slots(w);
         if (w->spool && now >= w->pause_until) {
-            claim_from_spool(w, &rows, nfree, hint, now);
+            int room;
+            pre_start(w);
             nfree = free_slots(w);
-            /* a free slot and a claim due: wake for it (busy slots wake us
-             * through their sockets when they finish) */
-            if (nfree > 0 && w->next_claim_at - now < wait) wait = w->next_claim_at - now;
+            if (now >= claim_due(w, nfree, hint, &room)) {
+                if (hint) {
+                    pthread_mutex_lock(&w->mu);
+                    w->claim_hint = 0; /* this claim covers every put so far */
+                    pthread_mutex_unlock(&w->mu);
+                    hint = 0;
+                }
+                claim_from_spool(w, &rows, room, now);
+                nfree = free_slots(w);
+            }
+            /* a claim due while there is room: wake for it (busy slots wake
+             * us through their sockets when they finish) */
+            {
+                double due = claim_due(w, nfree, hint, &room);
+                if (due - now < wait) wait = due - now;
+            }
         }
         curl_multi_perform(w->multi, &running);
         while ((msg = curl_multi_info_read(w->multi, &left)) != NULL) {
@@ -471,7 +583,12 @@ static void *worker_main(void *arg) {
         if (wait < 0) wait = 0;
         pthread_mutex_lock(&w->mu);
         if (w->in_flight == 0 && w->nready == 0) pthread_cond_broadcast(&w->cv); /* idle */
-        if (w->ready_head || w->stop || w->claim_hint) wait = 0; /* pushed while we worked */
+        if (w->ready_head || w->stop) wait = 0; /* pushed while we worked */
+        if (w->claim_hint && !hint && w->spool) { /* put while we worked */
+            int room;
+            double due = claim_due(w, free_slots(w), 1, &room) - wall_now();
+            if (due < wait) wait = due;
+        }
         w->polling = 1; /* from here a push wakes us (checked under the same lock) */
         pthread_mutex_unlock(&w->mu);
         if (wait > 0 || running > 0)
@@ -485,6 +602,7 @@ static void *worker_main(void *arg) {
      * queue reopened on the spool (or another process) takes them at once.
      * The server may have seen some of them: delivery is at-least-once. */
     if (w->spool) {
+        pre_release(w);
         for (i = 0; i < w->concurrency; i++) {
             oo_wslot *s = &w->slots[i];
             if (s->job && s->job->spool_id) {
@@ -526,6 +644,7 @@ static void worker_free(oo_worker *w) {
     }
     if (w->multi) curl_multi_cleanup(w->multi);
     if (w->spool) oo_spool_close(w->spool);
+    free_jobs(w->pre_head);
     free_jobs(w->ready_head);
     free_jobs(w->retry_head);
     free_results(w->res_head);
@@ -592,7 +711,7 @@ static int worker_stop(oo_worker *w, double timeout) {
 
 static oo_worker *check_worker(lua_State *L) {
     oo_worker_ud *u = (oo_worker_ud *)luaL_checkudata(L, 1, OO_WORKER_MT);
-    if (!u->w || u->w->closed) luaL_error(L, "queue worker is closed");
+    if (!u->w) luaL_error(L, "queue worker is closed");
     if (u->w->pid != getpid()) luaL_error(L, "queue worker belongs to another process (forked): make a new queue");
     return u->w;
 }
@@ -772,6 +891,7 @@ static int l_results(lua_State *L) {
     list = w->res_head;
     w->res_head = w->res_tail = NULL;
     w->nresults = 0;
+    w->results_bytes = 0;
     pthread_mutex_unlock(&w->mu);
     lua_newtable(L);
     for (r = list; r; r = r->next) {
@@ -846,7 +966,7 @@ static int l_close(lua_State *L) {
     oo_worker_ud *u = (oo_worker_ud *)luaL_checkudata(L, 1, OO_WORKER_MT);
     double timeout = luaL_optnumber(L, 2, 5);
     oo_worker *w = u->w;
-    if (!w || w->closed) { lua_pushboolean(L, 1); return 1; }
+    if (!w) { lua_pushboolean(L, 1); return 1; }
     if (w->pid != getpid()) {
         /* a forked copy: the thread lives in the parent; forget our copy */
         u->w = NULL;

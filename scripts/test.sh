@@ -60,6 +60,17 @@ else
   cat "$LOGDIR/valgrind.log"; echo "!! valgrind reported errors"; status=1
 fi
 
+# The fault run, bounded: 1,000 orders through a spool while the sandbox
+# answers 503, closes connections and is stopped; the pusher is kill -9ed
+# and restarted. Every order must end in the sandbox or the dead letters.
+echo "== fault run (quick)"
+if env LUA_PATH_5_4="$LPATH" LUA_CPATH_5_4="$ROOT/build/5.4/?.so;;" \
+     lua5.4 bench/fault_run.lua --orders 1000 --quick >"$LOGDIR/fault.out" 2>&1; then
+  tail -n 1 "$LOGDIR/fault.out"
+else
+  tail -n 30 "$LOGDIR/fault.out"; echo "!! fault run lost orders"; status=1
+fi
+
 # A bounded libFuzzer run over the C parsers (dates, money, UTF-8, escaping).
 echo "== fuzz"
 if command -v clang >/dev/null 2>&1; then

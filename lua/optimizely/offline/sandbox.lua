@@ -334,14 +334,17 @@ local function listening_ports()
   return used
 end
 
+-- Below Linux's ephemeral range (32768+): a port in it can be handed to a
+-- client's own connect() as its source port while the sandbox is stopped,
+-- and the client then talks to itself (TCP self-connect).
 local function pick_port()
   local used = listening_ports()
   local seed = tonumber(random_hex(3), 16)
   for i = 0, 200 do
-    local p = 20000 + (seed + i * 7919) % 40000
+    local p = 10000 + (seed + i * 7919) % 22000
     if not used[p] then return p end
   end
-  return 20000 + seed % 40000
+  return 10000 + seed % 22000
 end
 
 ----------------------------------------------------------------------------

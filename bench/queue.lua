@@ -1,0 +1,154 @@
+-- Queue benchmark: what `q:push` costs the calling thread, and how many
+-- orders/s a spool-backed queue takes in, with the worker thread delivering
+-- to a local sandbox (real nginx over TLS) at the same time.
+--   lua5.4 bench/queue.lua            luajit bench/queue.lua
+--   OO_CPATH='/other/build/?.so' lua5.4 bench/queue.lua   (another build)
+--   OO_BENCH_N=20000 ...              (orders per phase; default 50000)
+-- Baselines, measured in the same run on the same payloads:
+--   offline.encode (validate + encode, what push does first) and cjson.encode;
+--   spool:put / spool:put_many on a spool with no worker attached.
+-- Targets: push without spool <= 5 us of main-thread CPU; push_many with a
+-- spool >= 20,000 orders/s sustained. Every phase is bounded in count and time.
+package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+local variant = (type(jit) == "table") and "jit" or _VERSION:match("%d+%.%d+")
+package.cpath = (os.getenv("OO_CPATH") or ("build/" .. variant .. "/?.so")) .. ";" .. package.cpath
+
+local offline = require("optimizely.offline")
+local core = require("optimizely.offline.core")
+local spool = require("optimizely.offline.spool")
+local sandbox = require("optimizely.offline.sandbox")
+local okjson, cjson = pcall(require, "cjson")
+
+local N = tonumber(os.getenv("OO_BENCH_N") or "") or 50000
+local PUSH_TARGET_US, SPOOL_TARGET = 5, 20000
+local GROUP = 64
+local MAX_TIME = 15 -- seconds per phase at most
+local now, cpu = core.now, core.thread_cputime
+
+local dir = os.tmpname()
+os.remove(dir)
+assert(os.execute("mkdir -p '" .. dir .. "'"))
+
+-- 1024 distinct realistic orders (3 items, attributes), reused round-robin.
+local SAMPLE = {}
+for i = 1, 1024 do
+  SAMPLE[i] = {
+    lang = "en-gb",
+    user = { id = "cust-" .. i },
+    order = {
+      refCode = ("BENCH-%08d"):format(i), orderDate = "2024-05-16T14:25:00Z", currency = "GBP",
+      shipping = 4.95, total = 64.92,
+      items = {
+        { refCode = "SKU-1", qty = 1, price = 19.99, attributes = { colour = "blue" } },
+        { refCode = "SKU-2", qty = 2, price = 19.99 },
+        { refCode = "SKU-3", qty = 1, price = 0.00 },
+      },
+      attributes = { store = "Bluewater" },
+    },
+  }
+end
+
+-- Runs f(i) n times (or until max_time); returns per-call wall and main-thread CPU (s), calls.
+local function measure(f, n, per)
+  per = per or 1
+  collectgarbage()
+  local w0, c0, done = now(), cpu(), 0
+  while done < n do
+    f(done)
+    done = done + per
+    if done % (per * 256) == 0 and now() - w0 > MAX_TIME then break end
+  end
+  local w1, c1 = now(), cpu()
+  return (w1 - w0) / done, (c1 - c0) / done, done
+end
+
+local function us(s) return s * 1e6 end
+local function row(name, wall, cpu_s, n)
+  print(("%-44s %9.2f %9.2f %9.0f %8d"):format(name, us(wall), us(cpu_s), 1 / wall, n))
+end
+
+local sb_dir = dir .. "/sandbox"
+local ok, err = pcall(function()
+  local info = assert(sandbox.start({ dir = sb_dir, port = 0, record = false, owner_pid = nil }))
+  local client = offline.client({ base_url = info.base_url, ca_file = info.ca_file, site = info.site,
+    token = info.token, channel = info.channel })
+  local lua_name = (type(jit) == "table" and jit.version) or _VERSION
+  print(("queue benchmark (%s), %d orders per phase, sandbox %s"):format(lua_name, N, info.base_url))
+  print(("%-44s %9s %9s %9s %8s"):format("operation", "wall us", "cpu us", "per s", "orders"))
+
+  -- baselines
+  local enc = offline.encode
+  local bw, bc = measure(function(i) enc(SAMPLE[i % 1024 + 1]) end, N)
+  row("baseline: offline.encode", bw, bc, N)
+  local jw, jc = 0, 0
+  if okjson then
+    jw, jc = measure(function(i) cjson.encode(SAMPLE[i % 1024 + 1]) end, N)
+    row("baseline: cjson.encode (no validation)", jw, jc, N)
+  end
+
+  -- push without a spool: max_queue holds the whole phase (delivery is slower)
+  local q = assert(client:queue({ max_queue = N + 1, concurrency = 4 }))
+  local pw, pc, pn = measure(function(i) assert(q:push(SAMPLE[i % 1024 + 1])) end, N)
+  row("q:push (memory, worker delivering)", pw, pc, pn)
+  local t0 = now()
+  assert(q:flush(120))
+  print(("  (all %d delivered %.2f s after the last push: %.0f orders/s end to end, concurrency 4)")
+    :format(q:stats().sent, now() - t0, pn / (now() - t0 + pn * pw)))
+  q:close()
+
+  -- spool baselines: the same file operations with no worker attached
+  local bodies = {}
+  for i = 1, 1024 do bodies[i] = { body = enc(SAMPLE[i]), ref = SAMPLE[i].order.refCode } end
+  local sp = assert(spool.open(dir .. "/base.db"))
+  local sw, sc = measure(function(i) local b = bodies[i % 1024 + 1]; assert(sp:put(b.body, b.ref)) end,
+    math.min(N, 20000))
+  row("baseline: spool:put (no encode, no worker)", sw, sc, math.min(N, 20000))
+  local grp = {}
+  local mw, mc = measure(function(i)
+    for k = 1, GROUP do grp[k] = bodies[(i + k) % 1024 + 1] end
+    assert(sp:put_many(grp))
+  end, N, GROUP)
+  row(("baseline: spool:put_many(%d)"):format(GROUP), mw, mc, N)
+  sp:close()
+
+  -- spool-backed queue, single pushes, worker delivering from the same file
+  q = assert(client:queue({ spool = dir .. "/q1.db", concurrency = 4 }))
+  local n1 = math.min(N, 20000)
+  local s1w, s1c, s1n = measure(function(i) assert(q:push(SAMPLE[i % 1024 + 1])) end, n1)
+  row("q:push (spool, 1 transaction each)", s1w, s1c, s1n)
+  local ok1 = q:close(0.5) -- leave the rest in the file: delivery is not measured here
+  if not ok1 then print("  (closed with orders left in the spool, as intended)") end
+
+  -- spool-backed queue, push_many groups (group commit)
+  q = assert(client:queue({ spool = dir .. "/q2.db", concurrency = 4 }))
+  local list = {}
+  local s2w, s2c, s2n = measure(function(i)
+    for k = 1, GROUP do list[k] = SAMPLE[(i + k) % 1024 + 1] end
+    local n = q:push_many(list)
+    assert(n == GROUP, "push_many refused orders")
+  end, N, GROUP)
+  row(("q:push_many(%d) (spool, group commit)"):format(GROUP), s2w, s2c, s2n)
+  local td = now()
+  assert(q:flush(120))
+  local e2e = s2n / (now() - td + s2n * s2w)
+  print(("  (all %d delivered from the spool %.2f s after the last push: %.0f orders/s end to end)")
+    :format(q:stats().sent, now() - td, e2e))
+  q:close()
+
+  print()
+  print(("push (memory): %.2f us main-thread CPU vs target %d us: ratio %.2f (target <= 1.00)")
+    :format(us(pc), PUSH_TARGET_US, us(pc) / PUSH_TARGET_US))
+  print(("push (memory) / offline.encode: %.2fx CPU (hand-over overhead %.2f us)")
+    :format(pc / bc, us(pc - bc)))
+  if okjson then print(("push (memory) / cjson.encode: %.2fx CPU"):format(pc / jc)) end
+  print(("push (spool): %.0f orders/s vs target %d: ratio %.2f; vs bare spool:put %.2fx")
+    :format(1 / s1w, SPOOL_TARGET, (1 / s1w) / SPOOL_TARGET, sw / s1w))
+  print(("push_many (spool): %.0f orders/s vs target %d: ratio %.2f (target >= 1.00); vs bare put_many %.2fx")
+    :format(1 / s2w, SPOOL_TARGET, (1 / s2w) / SPOOL_TARGET, mw / s2w))
+end)
+sandbox.stop({ dir = sb_dir })
+os.execute("rm -rf '" .. dir .. "'")
+if not ok then
+  io.stderr:write("bench failed: ", tostring(err), "\n")
+  os.exit(1)
+end
