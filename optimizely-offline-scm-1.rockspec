@@ -26,6 +26,7 @@ build = {
          sources = {
             "csrc/core.c", "csrc/buf.c", "csrc/utf8.c", "csrc/money.c", "csrc/date.c",
             "csrc/encode.c", "csrc/http.c", "csrc/multi.c", "csrc/spool.c", "csrc/worker.c",
+            "csrc/json.c",
          },
          libraries = { "curl", "sqlite3", "pthread" },
          incdirs = { "$(CURL_INCDIR)", "$(SQLITE_INCDIR)" },

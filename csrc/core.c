@@ -17,5 +17,6 @@ OO_EXPORT int luaopen_optimizely_offline_core(lua_State *L) {
     oo_spool_register(L);
     oo_multi_register(L);
     oo_worker_register(L);
+    oo_json_register(L);
     return 1;
 }

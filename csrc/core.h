@@ -12,5 +12,6 @@ void oo_http_register(lua_State *L);
 void oo_spool_register(lua_State *L);
 void oo_multi_register(lua_State *L);
 void oo_worker_register(lua_State *L);
+void oo_json_register(lua_State *L);
 
 #endif

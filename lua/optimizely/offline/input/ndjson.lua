@@ -2,7 +2,8 @@
 -- Blank lines are skipped, CRLF and a leading UTF-8 BOM are accepted. A line
 -- that does not decode, or decodes to something other than an object, gives
 -- an error record and the reader goes on with the next line. JSON `null`
--- stays in the payload as `cjson.null`, so the core can report it.
+-- stays in the payload as `cjson.null`, so the core can report it. Lines
+-- are decoded by the C core's strict `json_decode` when it is loadable.
 -- Lines are cut from fixed-size chunks, so memory is bounded by the longest
 -- line; a line longer than `opts.max_record_bytes` (default 8 MiB) is
 -- reported and skipped without being held in memory.
@@ -25,7 +26,18 @@ M.MAX_RECORD = 8 * 1024 * 1024
 -- of cjson.
 local json = cjson.new()
 json.decode_invalid_numbers(false) -- NaN, Infinity and 0x10 are not JSON
-local decode = json.decode
+local MAX_DEPTH = 1000 -- cjson's default, kept for both decoders
+json.decode_max_depth(MAX_DEPTH)
+local cjson_decode = json.decode
+local function decode(s) return cjson_decode(s) end -- cjson wants exactly 1 argument
+
+-- The C core's strict decoder is ~2x faster than cjson on order lines (and
+-- also refuses invalid UTF-8 and lone surrogates); cjson stays the fallback
+-- when the core is not built. Same null (lightuserdata NULL), same depth.
+local has_core, core = pcall(require, "optimizely.offline.core")
+if has_core and type(core) == "table" and core.json_decode then
+  decode = core.json_decode
+end
 
 local function short(s)
   if #s > 60 then return sub(s, 1, 57) .. "..." end
@@ -130,10 +142,10 @@ function M.new(fh, name, opts, state)
           file = name, line = n, index = index,
         }
       end
-      local s = find(line, "[^ \t\r]")
+      local s = byte(line, 1) == 123 and 1 or find(line, "[^ \t\r]") -- most lines start with {
       if s then
         index = index + 1
-        local value, err = decode(line)
+        local value, err = decode(line, MAX_DEPTH)
         if value == nil then
           if err == nil then err = "null is not an object" end
           return {
