@@ -369,6 +369,10 @@ describe("OpenResty path (nginx + cosockets)", function()
       assert.matches("config%.channel must be one of", d.channel)
       assert.is_nil(d.channel:find("tok-S3CRET-42", 1, true))
       assert.matches("opts%.on_failure must be a function", d.callback)
+      assert.matches("opts%.shm must name a lua_shared_dict", d.shm)
+      assert.matches("opts%.shm cannot be combined with opts%.spool", d.shm_spool)
+      assert.matches("opts%.deliverer is worker 99 but there are 1 workers", d.deliverer)
+      assert.matches("opts%.poll_interval needs opts%.shm", d.poll)
     end)
 
     it("retries 503 answers later and delivers", function()
@@ -551,6 +555,94 @@ describe("OpenResty path (nginx + cosockets)", function()
 
     it("logged no internal error", function()
       assert.equal("", internal_errors(sinst:error_log()))
+    end)
+  end)
+
+  describe("shared delivery (two workers, lua_shared_dict, worker 1 delivers)", function()
+    local hdir, hinst
+
+    setup(function()
+      sb.clear_faults()
+      hdir = nginx.mktemp("nginx-shared")
+      local app = {
+        site = info.site, token = info.token, channel = info.channel, base_url = info.base_url,
+        backoff_base = 0.05, backoff_max = 0.3,
+        queue = { shm = "optimizely_offline", deliverer = 1, flush_interval = 0.2, max_attempts = 50,
+          shutdown_timeout = 2 },
+      }
+      local w = writer(hdir, info, app, { workers = 2, extra_http = "lua_shared_dict oo_test_full 1m;" })
+      hinst = nginx.start({ dir = hdir, health = "/queue/stats", write = function(port)
+        local conf = w(port)
+        -- a shared queue nobody drains (no privileged agent on a stock
+        -- nginx), so that it fills up
+        local text = assert(nginx.read_file(conf))
+        text = text:gsub("TEST%.queues%.full = ", "TEST.queues.sharedfull = ngxo.queue(TEST.config,"
+          .. " { shm = \"oo_test_full\", deliverer = \"agent\", max_queue = 3 })\n    TEST.queues.full = ", 1)
+        local f = assert(io.open(conf, "wb"))
+        f:write(text)
+        f:close()
+        return conf
+      end })
+    end)
+
+    teardown(function()
+      sb.clear_faults()
+      if hinst then hinst:quit() end
+      if hdir and not os.getenv("OO_KEEP") then nginx.run("rm -rf " .. nginx.q(hdir)) end
+    end)
+
+    local function checkouts(refs)
+      for _, r in ipairs(refs) do
+        assert.equal(200, hinst:get("/checkout?order=" .. r .. "&sku=sku-3&qty=2&price=1.25&user=web-2").status)
+      end
+    end
+
+    it("delivers orders pushed in the log phase of any worker, once each", function()
+      local refs = {}
+      for i = 1, 8 do refs[i] = ref("SH") end
+      local before = decode(hinst:get("/queue/stats")).sent
+      checkouts(refs)
+      assert.is_true(arrived(refs))
+      for _, r in ipairs(refs) do assert.equal(1, #received(r)) end
+      local body = json.decode(received(refs[1])[1].body)
+      assert.equal("2.50", ("%.2f"):format(body.order.total))
+      -- the counters are shared: any worker reports the deliverer's sends
+      assert.is_true(nginx.wait_until(function()
+        local st = decode(hinst:get("/queue/stats"))
+        return st.shared == true and st.sent >= before + #refs and st.queued == 0
+      end, 10))
+    end)
+
+    it("refuses with kind full at max_queue (the shared list's length)", function()
+      local prefix = ref("SHFULL")
+      local d = decode(hinst:get("/test/push?queue=sharedfull&n=5&prefix=" .. prefix))
+      local kinds = {}
+      for i, r in ipairs(d.results) do kinds[i] = r.ok and "ok" or r.kind end
+      assert.same({ "ok", "ok", "ok", "full", "full" }, kinds)
+      assert.equal("max_queue", d.results[4].option)
+      assert.equal(2, d.stats.dropped.full)
+      assert.equal(3, d.stats.queued)
+    end)
+
+    it("keeps delivering across a reload (HUP): retries and new pushes arrive", function()
+      local refs = { ref("SHHUP"), ref("SHHUP"), ref("SHHUP") }
+      local served = sb.stats().faults_served
+      sb.faults({ count = 1000, status = 503, retry_after = "2", match = "POST" })
+      checkouts(refs)
+      assert.is_true(nginx.wait_until(function()
+        return sb.stats().faults_served >= served + #refs
+      end, 15), "orders were not attempted")
+      assert.is_true(nginx.run("kill -HUP " .. hinst:pid()))
+      sb.clear_faults()
+      assert.is_true(arrived(refs, 30))
+      local after = { ref("SHHUP2"), ref("SHHUP2") }
+      checkouts(after)
+      assert.is_true(arrived(after, 30))
+      assert.is_true(nginx.wait_until(function() return decode(hinst:get("/queue/stats")).queued == 0 end, 10))
+    end)
+
+    it("logged no internal error", function()
+      assert.equal("", internal_errors(hinst:error_log()))
     end)
   end)
 

@@ -105,6 +105,7 @@ function M.defaults()
   d.extra_init_worker = ""
   d.extra_locations = ""
   d.extra_http = ""
+  d.shm_size = "16m"
   return d
 end
 

@@ -39,6 +39,13 @@ function M.configure(path)
       .. " is empty (declare it with the env directive in nginx.conf)")
   end
   config = c
+  local q = c.queue
+  if q and q.deliverer == "agent" then
+    -- the privileged agent delivers: needs OpenResty's patched nginx core
+    local ok, err = require("ngx.process").enable_privileged_agent()
+    assert(ok, "offline_app: queue.deliverer = \"agent\" but no privileged agent: " .. tostring(err)
+      .. " (use a worker id, e.g. deliverer = 0, on a stock nginx)")
+  end
 end
 
 --- Create this worker's queue (init_worker_by_lua).

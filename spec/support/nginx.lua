@@ -378,6 +378,10 @@ function H.badopts()
     ca_file = try(with({ ca_file = "/etc/ssl/certs/ca-certificates.crt" }), {}),
     channel = try(with({ channel = "web", token = "tok-S3CRET-42" }), {}),
     callback = try(base, { on_failure = "log" }),
+    shm = try(base, { shm = "no_such_dict" }),
+    shm_spool = try(base, { shm = "optimizely_offline", spool = "/tmp/x.db" }),
+    deliverer = try(base, { shm = "optimizely_offline", deliverer = 99 }),
+    poll = try(base, { poll_interval = 0.1 }),
   })
 end
 

@@ -71,7 +71,9 @@ end
 --- This worker's delivery queue (create it in `init_worker_by_lua*`).
 -- @param client_config the client's config (site, token, channel, base_url, ...)
 -- @param opts `{max_queue, concurrency, flush_interval, max_attempts,
---   on_success, on_failure, spool, spool_options, lease, shutdown_timeout, transport}`
+--   on_success, on_failure, spool, spool_options, lease, shutdown_timeout, transport,
+--   shm, deliverer, poll_interval}` (`shm`: shared delivery, one process sends
+--   for all workers)
 -- @return queue, or nil, err (the spool could not be opened)
 -- @see optimizely.offline.ngx.queue
 function M.queue(client_config, opts)

@@ -35,6 +35,12 @@
 -- on disk for the next worker to claim (leases make sharing one file safe).
 -- With a spool, pushes from requests still finishing are accepted until the
 -- process ends.
+--
+-- Shared mode (`opts.shm`): pushes append "attempts, ref, json" to a list in
+-- a lua_shared_dict (bounded by max_queue and the dict's size, kind "full")
+-- and never start a timer; only the deliverer process runs the machinery
+-- above, fed from the list by a poll timer. At its exit what it could not
+-- send goes back to the list (kept across a reload, lost on stop).
 -- @module optimizely.offline.ngx.queue
 local ngx = ngx
 local errors = require("optimizely.offline.errors")
@@ -59,7 +65,7 @@ M.DEFAULTS = {
 local KNOWN = {
   max_queue = true, concurrency = true, flush_interval = true, max_attempts = true,
   on_success = true, on_failure = true, spool = true, spool_options = true, lease = true,
-  shutdown_timeout = true, transport = true,
+  shutdown_timeout = true, transport = true, shm = true, deliverer = true, poll_interval = true,
 }
 
 -- Options of the libcurl client that mean nothing here; refusing them beats
@@ -96,6 +102,43 @@ end
 
 local function count(t, key)
   t[key] = (t[key] or 0) + 1
+end
+
+-- Shared mode (opts.shm): every worker appends encoded orders to one list in
+-- a lua_shared_dict; one process (the deliverer) drains it. Counters live in
+-- the dict so that stats() means the same in every worker.
+local LIST, HELD, INFLIGHT = "q", "c:held", "c:in_flight"
+
+-- Count one event: in this process, and in the dict when shared.
+local function bump(self, key, sub)
+  local st = self.counters
+  if sub then count(st[key], sub) else st[key] = st[key] + 1 end
+  local shm = self.shm
+  if shm then shm:incr("c:" .. key .. (sub and ("." .. sub) or ""), 1, 0) end
+end
+
+-- List item: "<attempts> <#ref> <ref><json>" (the ref may hold any byte).
+local function pack(attempts, ref, json)
+  return attempts .. " " .. #ref .. " " .. ref .. json
+end
+
+local function unpack_item(s)
+  local attempts, rlen, p = s:match("^(%d+) (%d+) ()")
+  if not attempts then return nil end
+  rlen = tonumber(rlen)
+  return { attempts = tonumber(attempts), ref = s:sub(p, p + rlen - 1), json = s:sub(p + rlen), next_at = 0 }
+end
+
+-- The deliverer says how many orders it holds (ready, waiting, in flight).
+local function publish(self)
+  local shm = self.shm
+  if not shm or not self.deliverer then return end
+  shm:set(HELD, self.tail - self.head + 1 + #self.waiting + self.in_flight)
+  shm:set(INFLIGHT, self.in_flight)
+end
+
+local function shared_len(self)
+  return self.shm:llen(LIST) or 0
 end
 
 ---------------------------------------------------------------------------
@@ -163,6 +206,15 @@ local function take_memory(self, final)
   end
   local it = ready_pop(self)
   if it then return it end
+  if self.shm then
+    for _ = 1, 10 do -- skips (and logs) items this version cannot read
+      local s = self.shm:lpop(LIST)
+      if not s then break end
+      it = unpack_item(s)
+      if it then return it end
+      log(ERR, "optimizely.offline queue: unreadable item in the shared list dropped")
+    end
+  end
   return nil, "empty"
 end
 
@@ -202,9 +254,8 @@ end
 -- Outcomes
 
 local function dead(self, it, err)
-  local st = self.counters
-  st.dead = st.dead + 1
-  st.failed = st.failed + 1
+  bump(self, "dead")
+  bump(self, "failed")
   err.retryable = false -- it is dead: retries are over
   if self.spool then
     local ok, kerr = self.spool:kill(it.id, err)
@@ -215,10 +266,9 @@ local function dead(self, it, err)
 end
 
 local function settle(self, it, res, err, final)
-  local st = self.counters
   local attempts = it.attempts + 1
   if res then
-    st.sent = st.sent + 1
+    bump(self, "sent")
     if self.spool then
       local ok, aerr = self.spool:ack(it.id)
       -- lease lost: another worker may send it again (at-least-once)
@@ -241,10 +291,22 @@ local function settle(self, it, res, err, final)
   if not (err.retryable and attempts < self.max_attempts) then
     return dead(self, it, err)
   end
+  if final and self.shm then
+    -- the shared dict outlives this worker on reload: the next deliverer
+    -- sends it (on stop it is lost with the dict)
+    bump(self, "retried")
+    local ok, perr = self.shm:rpush(LIST, pack(attempts, it.ref, it.json))
+    if ok then
+      log(WARN, "optimizely.offline queue: worker exiting, order ", tostring(it.ref),
+        " put back in the shared dict (lost if nginx is stopping): ", tostring(err))
+      return
+    end
+    log(ERR, "optimizely.offline queue: cannot put order ", tostring(it.ref), " back: ", tostring(perr))
+  end
   if final and not self.spool then
     -- shutting down without a spool: nowhere to keep it
-    count(st.dropped, "shutdown")
-    st.failed = st.failed + 1
+    bump(self, "dropped", "shutdown")
+    bump(self, "failed")
     log(ERR, "optimizely.offline queue: worker exiting, order ", tostring(it.ref),
       " not delivered: ", tostring(err))
     call(self, "on_failure", it.ref, errors.new({ kind = "shutdown", retryable = false,
@@ -252,7 +314,7 @@ local function settle(self, it, res, err, final)
       message = "worker exiting before the order was delivered (last error: " .. tostring(err) .. ")" }))
     return
   end
-  st.retried = st.retried + 1
+  bump(self, "retried")
   local next_at = t + (wait_s or self.policy:delay(attempts, err.retry_after))
   if self.spool then
     local ok, rerr = self.spool:retry(it.id, next_at, err)
@@ -281,6 +343,7 @@ local function sender(self, final)
       if not self.sema:wait(self.linger) then return end -- idle long enough
     else
       self.in_flight = self.in_flight + 1
+      publish(self)
       local ok, res, err = pcall(client.send_encoded, client, it.json)
       self.in_flight = self.in_flight - 1
       if not ok then
@@ -290,6 +353,7 @@ local function sender(self, final)
       end
       local sok, serr = pcall(settle, self, it, res, err, fin)
       if not sok then log(ERR, "optimizely.offline queue: settle raised: ", tostring(serr)) end
+      publish(self)
     end
   end
 end
@@ -330,7 +394,7 @@ local function has_due(self)
     return at and at <= now() + 0.001 or false
   end
   promote(self)
-  return ready_size(self) > 0
+  return ready_size(self) > 0 or (self.shm ~= nil and shared_len(self) > 0)
 end
 
 -- Runs flushes until nothing that arrived meanwhile is left (bounded).
@@ -339,7 +403,8 @@ local function flush_loop(self, final)
     self.again = false
     run_flush(self, final)
     if stopping(self) then return end
-    if not self.again and not (not self.spool and ready_size(self) > 0 and not paused(self, final)) then
+    if not self.again and not (not self.spool and (ready_size(self) > 0 or (self.shm and shared_len(self) > 0))
+        and not paused(self, final)) then
       return
     end
   end
@@ -362,7 +427,7 @@ end
 
 -- Start a flush unless one is running (any phase: only creates a timer).
 local function kick(self)
-  if self.exiting then return end -- the final flush is running or done
+  if self.exiting or self.shm and not self.deliverer then return end -- the final flush is running or done
   if self.flushing then
     self.again = true
     wake(self)
@@ -388,11 +453,15 @@ local function report_lost(self)
   while true do
     local it = ready_pop(self)
     if not it then break end
-    count(self.counters.dropped, "shutdown")
-    self.counters.failed = self.counters.failed + 1
-    call(self, "on_failure", it.ref, errors.new({ kind = "shutdown", retryable = false,
-      attempts = it.attempts, message = "worker exiting before the order could be sent" }))
+    -- shared: handed back to the list for the next deliverer (reload)
+    if not (self.shm and self.shm:rpush(LIST, pack(it.attempts, it.ref, it.json))) then
+      bump(self, "dropped", "shutdown")
+      bump(self, "failed")
+      call(self, "on_failure", it.ref, errors.new({ kind = "shutdown", retryable = false,
+        attempts = it.attempts, message = "worker exiting before the order could be sent" }))
+    end
   end
+  publish(self)
   local lost = self.counters.dropped.shutdown
   if lost and lost > 0 then
     log(ERR, "optimizely.offline queue: worker exiting, ", lost,
@@ -426,7 +495,7 @@ end
 
 tick = function(premature, self)
   if premature then return final_flush(self) end
-  if self.closed and not self.flushing and self.in_flight == 0 then
+  if self.closed and not self.shm and not self.flushing and self.in_flight == 0 then
     if self.spool then
       -- what is left stays in the spool for the next worker
       release_claimed(self)
@@ -479,7 +548,12 @@ end
 -- @param opts `{max_queue = 10000, concurrency = 4, flush_interval = 1,
 --   max_attempts = 4, on_success = fn(ref, res), on_failure = fn(ref, err),
 --   spool = path, spool_options = {...}, lease = seconds, shutdown_timeout = 3,
---   transport = {keepalive_timeout, pool_size, max_body, user_agent}}`
+--   transport = {keepalive_timeout, pool_size, max_body, user_agent},
+--   shm = lua_shared_dict name, deliverer = 0 | worker id | "agent",
+--   poll_interval = 0.02}`. With `shm` (not with `spool`) every worker only
+--   encodes and appends to a list in that dict and the `deliverer` (a worker,
+--   or the privileged agent, which needs OpenResty) sends for all; stats are
+--   shared, `max_queue` bounds the list.
 -- @return queue, or nil, err when the spool cannot be opened
 function M.new(client_config, opts)
   local phase = ngx.get_phase()
@@ -508,6 +582,31 @@ function M.new(client_config, opts)
   if opts.spool_options ~= nil and type(opts.spool_options) ~= "table" then
     bad("opts.spool_options", "must be a table")
   end
+  local shm, deliverer
+  if opts.shm ~= nil then
+    if type(opts.shm) ~= "string" or not ngx.shared[opts.shm] then
+      bad("opts.shm", "must name a lua_shared_dict (got " .. tostring(opts.shm) .. ")")
+    end
+    if opts.spool ~= nil then bad("opts.shm", "cannot be combined with opts.spool") end
+    shm = ngx.shared[opts.shm]
+    local d = opts.deliverer
+    if d == nil then d = 0 end
+    local ptype = require("ngx.process").type()
+    if d == "agent" then
+      deliverer = ptype == "privileged agent"
+    elseif type(d) == "number" and d >= 0 and d == floor(d) then
+      if d >= ngx.worker.count() then
+        bad("opts.deliverer", "is worker " .. d .. " but there are " .. ngx.worker.count() .. " workers")
+      end
+      deliverer = ptype == "worker" and ngx.worker.id() == d
+    else
+      bad("opts.deliverer", "must be \"agent\" or a worker id (got " .. tostring(d) .. ")")
+    end
+  else
+    for _, k in ipairs({ "deliverer", "poll_interval" }) do
+      if opts[k] ~= nil then bad("opts." .. k, "needs opts.shm") end
+    end
+  end
   local cfg_attempts = client_config.max_attempts
   local self = setmetatable({
     max_queue = want_number(opts, "max_queue", M.DEFAULTS.max_queue, 1, 1e9, true),
@@ -524,6 +623,8 @@ function M.new(client_config, opts)
     in_flight = 0, flushing = false, again = false, closed = false,
     paused_until = 0, timer_warned = 0,
     counters = { sent = 0, retried = 0, failed = 0, dead = 0, invalid = 0, dropped = {} },
+    shm = shm, deliverer = deliverer,
+    poll_interval = want_number(opts, "poll_interval", 0.02, 0.001, 60),
   }, Queue)
 
   -- The client does the config checks, header building and outcome rules.
@@ -552,15 +653,26 @@ function M.new(client_config, opts)
     if not sp then return nil, err end
     self.spool = sp
   end
+  if shm and not deliverer then return self end -- pushes only: no timers here
   arm(self)
   if self.spool then kick(self) end -- orders left by an earlier run
+  if shm then
+    -- other processes cannot post our semaphore: look at the list often
+    -- (an llen, no allocation) and wake or start the senders
+    local ok, err = ngx.timer.every(self.poll_interval, function(premature)
+      if premature or self.exiting then return end
+      if shared_len(self) > 0 then kick(self) end
+    end)
+    if not ok then return nil, errors.new({ kind = "internal", message = "cannot start the poll timer: " .. tostring(err) }) end
+    kick(self) -- orders left by the previous deliverer
+  end
   return self
 end
 
 local function refuse(self, err)
   local kind = err.kind == "validation" and "invalid" or err.kind or "error"
-  count(self.counters.dropped, kind)
-  if kind == "invalid" then self.counters.invalid = self.counters.invalid + 1 end
+  bump(self, "dropped", kind)
+  if kind == "invalid" then bump(self, "invalid") end
   if kind == "full" and err.bound and not err.option then
     err.option = self.spool and ("spool_" .. err.bound) or err.bound
   end
@@ -573,6 +685,8 @@ end
 --   "full" when `max_queue` (or a spool bound) is reached — checked first,
 --   so a full queue refuses without validating —, "closed", or a spool kind)
 function Queue:push(payload)
+  local shm = self.shm
+  if shm then return self:push_shared(payload, shm) end
   if self.closed or (self.exiting and not self.spool) then
     return refuse(self, errors.new({ kind = "closed", retryable = false,
       message = self.closed and "the queue is closed" or "the worker is exiting" }))
@@ -599,6 +713,32 @@ function Queue:push(payload)
   return true, warnings
 end
 
+-- Shared mode: encode here, append the bytes to the dict's list; the
+-- deliverer's poll timer picks them up. The dict outlives a reload, so an
+-- exiting worker still accepts.
+function Queue:push_shared(payload, shm)
+  if self.closed then
+    return refuse(self, errors.new({ kind = "closed", retryable = false, message = "the queue is closed" }))
+  end
+  local n = shm:llen(LIST) or 0 -- O(1): shedding load must be cheap
+  if n >= self.max_queue then
+    return refuse(self, errors.new({ kind = "full", bound = "max_queue", retryable = true,
+      message = "queue full: " .. n .. " orders waiting (max_queue " .. self.max_queue .. ")" }))
+  end
+  local json, warnings = self.encode(payload)
+  if not json then return refuse(self, warnings) end
+  local ref = payload.order.refCode
+  ref = type(ref) == "number" and string.format("%.17g", ref) or tostring(ref)
+  local ok, err = shm:rpush(LIST, pack(0, ref, json))
+  if not ok then
+    -- "no memory": the dict is the bound here
+    return refuse(self, errors.new({ kind = "full", bound = "shm", option = "shm", retryable = true,
+      message = "queue full: the lua_shared_dict has no room (" .. tostring(err) .. ")" }))
+  end
+  if self.deliverer then kick(self) end
+  return true, warnings
+end
+
 --- Counters of this worker's queue (the names of the threaded queue's).
 -- @return `{queued, in_flight, sent, retried, failed, dead, invalid,
 --   dropped = {invalid =, full =, closed =, shutdown =}, paused_for,
@@ -607,6 +747,20 @@ end
 --   failure, `failed` every order passed to on_failure (dead, and lost at
 --   exit without a spool), `invalid` pushes refused by validation
 function Queue:stats()
+  local shm = self.shm
+  if shm then
+    -- every worker reports the same (shared) numbers
+    local function c(k) return shm:get("c:" .. k) or 0 end
+    local dropped = {}
+    for _, k in ipairs(shm:get_keys(0)) do
+      local sub = k:match("^c:dropped%.(.+)$")
+      if sub then dropped[sub] = shm:get(k) end
+    end
+    local fl = c("in_flight")
+    return { shared = true, deliverer = self.deliverer, queued = shared_len(self) + c("held") - fl,
+      in_flight = fl, sent = c("sent"), retried = c("retried"), failed = c("failed"), dead = c("dead"),
+      invalid = c("invalid"), dropped = dropped, paused_for = max(0, self.paused_until - now()) }
+  end
   local st = self.counters
   local out = {
     in_flight = self.in_flight, sent = st.sent, retried = st.retried, failed = st.failed,
@@ -629,6 +783,7 @@ function Queue:stats()
 end
 
 local function left(self)
+  if self.shm then return shared_len(self) + (self.shm:get(HELD) or 0) end
   if self.spool then
     if not self.spool:is_open() then return 0 end
     local st = self.spool:stats()
