@@ -54,6 +54,26 @@ static inline void oo_setmetatable(lua_State *L, const char *tname) {
     lua_setmetatable(L, -2);
 }
 
+/* Creates the metatable `tname` once: `methods` as __index, and __gc,
+ * __close (Lua 5.4) and __tostring when given (NULL to leave one out).
+ * Leaves the stack as it was. Every userdata class of the core uses it. */
+static inline void oo_newclass(lua_State *L, const char *tname, const luaL_Reg *methods,
+                               lua_CFunction gc, lua_CFunction close, lua_CFunction tostring) {
+    if (luaL_newmetatable(L, tname)) {
+        lua_newtable(L);
+        oo_setfuncs(L, methods, 0);
+        lua_setfield(L, -2, "__index");
+        if (gc) { lua_pushcfunction(L, gc); lua_setfield(L, -2, "__gc"); }
+#if LUA_VERSION_NUM >= 504
+        if (close) { lua_pushcfunction(L, close); lua_setfield(L, -2, "__close"); }
+#else
+        (void)close;
+#endif
+        if (tostring) { lua_pushcfunction(L, tostring); lua_setfield(L, -2, "__tostring"); }
+    }
+    lua_pop(L, 1);
+}
+
 #if LUA_VERSION_NUM >= 502
 #define oo_testudata(L, i, t) luaL_testudata((L), (i), (t))
 #else

@@ -592,19 +592,6 @@ void oo_http_register(lua_State *L) {
         {"now", l_now},
         {"url_escape", l_url_escape},
         {NULL, NULL}};
-    if (luaL_newmetatable(L, OO_HTTP_MT)) {
-        lua_newtable(L);
-        oo_setfuncs(L, methods, 0);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_gc);
-        lua_setfield(L, -2, "__gc");
-#if LUA_VERSION_NUM >= 504
-        lua_pushcfunction(L, l_close);
-        lua_setfield(L, -2, "__close");
-#endif
-        lua_pushcfunction(L, l_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
-    lua_pop(L, 1);
+    oo_newclass(L, OO_HTTP_MT, methods, l_gc, l_close, l_tostring);
     oo_setfuncs(L, funcs, 0);
 }

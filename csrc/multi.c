@@ -488,16 +488,7 @@ void oo_multi_register(lua_State *L) {
         {"add", l_add}, {"perform", l_perform},
         {"free_slots", l_free_slots}, {"in_flight", l_in_flight}, {"abort", l_abort},
         {"close", l_multi_close}, {NULL, NULL}};
-    if (luaL_newmetatable(L, OO_MULTI_MT)) {
-        lua_newtable(L);
-        oo_setfuncs(L, methods, 0);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_multi_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, l_multi_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
-    lua_pop(L, 1);
+    oo_newclass(L, OO_MULTI_MT, methods, l_multi_close, l_multi_close, l_multi_tostring);
     lua_pushcfunction(L, l_multi_new);
     lua_setfield(L, -2, "multi_new");
 }

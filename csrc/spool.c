@@ -1647,20 +1647,7 @@ void oo_spool_register(lua_State *L) {
         {"spool_open", l_open},
         {"spool_now", l_now},
         {NULL, NULL}};
-    if (luaL_newmetatable(L, OO_SPOOL_MT)) {
-        lua_newtable(L);
-        oo_setfuncs(L, methods, 0);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_close);
-        lua_setfield(L, -2, "__gc");
-#if LUA_VERSION_NUM >= 504
-        lua_pushcfunction(L, l_close);
-        lua_setfield(L, -2, "__close");
-#endif
-        lua_pushcfunction(L, l_tostring);
-        lua_setfield(L, -2, "__tostring");
-    }
-    lua_pop(L, 1);
+    oo_newclass(L, OO_SPOOL_MT, methods, l_close, l_close, l_tostring);
     if (luaL_newmetatable(L, OO_SPOOL_ROWS_MT)) {
         lua_pushcfunction(L, l_rows_gc);
         lua_setfield(L, -2, "__gc");

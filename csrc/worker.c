@@ -1010,14 +1010,7 @@ void oo_worker_register(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"push", l_push}, {"notify", l_notify}, {"results", l_results}, {"stats", l_stats},
         {"wait", l_wait}, {"close", l_close}, {NULL, NULL}};
-    if (luaL_newmetatable(L, OO_WORKER_MT)) {
-        lua_newtable(L);
-        oo_setfuncs(L, methods, 0);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, l_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_pop(L, 1);
+    oo_newclass(L, OO_WORKER_MT, methods, l_gc, NULL, NULL);
     lua_pushcfunction(L, l_worker_new);
     lua_setfield(L, -2, "worker_new");
     lua_pushcfunction(L, l_thread_cputime);
