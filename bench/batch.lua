@@ -26,7 +26,7 @@ local function script_dir()
 end
 local ROOT = script_dir() .. "/.."
 local VARIANT = (type(jit) == "table") and "jit" or _VERSION:match("%d+%.%d+")
-package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. package.path
+package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/bench/?.lua;" .. package.path
 package.cpath = ROOT .. "/build/" .. VARIANT .. "/?.so;" .. package.cpath
 
 local offline = require("optimizely.offline")
@@ -39,29 +39,8 @@ local WRK_SECONDS = tonumber(arg[3]) or 2
 local CONC = 16
 local LAYOUT = os.getenv("OO_BENCH_PIN") or "split"
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-local function sh(cmd)
-  local a, _, c = os.execute(cmd)
-  if type(a) == "number" then return a == 0 end
-  return a == true and c == 0
-end
-local function capture(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("*a")
-  p:close()
-  return out
-end
-local function self_pid()
-  local f = io.open("/proc/self/stat")
-  local s = f and f:read("*l")
-  if f then f:close() end
-  return tonumber(s and s:match("^(%d+)"))
-end
-local function write(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
+local lib = require("bench_lib")
+local q, sh, capture = lib.q, lib.sh, lib.capture
 
 -- A small order (the spec §4 minimal one); refCode and price vary.
 local function payload(i)
@@ -75,27 +54,13 @@ local function payload(i)
   }
 end
 
-local pid = self_pid()
-local dir = "/tmp/oo-sandbox-bench-batch-" .. pid
-local info = assert(sandbox.start({ dir = dir, port = 0, record = false, owner_pid = pid,
-  cleanup_dir = true }))
-local work = dir .. "/bench"
-sh("mkdir -p " .. q(work))
-local url = info.base_url .. "/tracker/smart-api/orders/offline"
-local body = assert(offline.encode(payload(1)))
-local body_file = work .. "/order.json"
-write(body_file, body)
+local pid = lib.self_pid()
+local info, work, url, body_file = lib.start_sandbox("bench-batch", pid, assert(offline.encode(payload(1))))
 
 -- CPU placement ---------------------------------------------------------
-local workers = {}
-for w in capture("pgrep -P " .. info.pid .. " 2>/dev/null"):gmatch("%d+") do workers[#workers + 1] = w end
-local ncpu = tonumber(capture("nproc 2>/dev/null"):match("%d+") or "1")
-local can_pin = #workers > 0 and ncpu >= 2 and sh("command -v taskset >/dev/null 2>&1")
+local workers, can_pin = lib.nginx_workers(info)
 if LAYOUT ~= "none" and not can_pin then LAYOUT = "none" end
-local function pin(client_cpu, server_cpu)
-  sh("taskset -p -c " .. client_cpu .. " " .. pid .. " >/dev/null") -- children inherit it
-  for _, w in ipairs(workers) do sh("taskset -p -c " .. server_cpu .. " " .. w .. " >/dev/null") end
-end
+local function pin(client_cpu, server_cpu) lib.pin(pid, workers, can_pin, client_cpu, server_cpu) end
 if LAYOUT == "split" then pin(0, 1) elseif LAYOUT == "same" then pin(0, 0) end
 
 print(string.format("optimizely-offline batch bench: %s, libcurl %s, sandbox %s (record=false, 1 worker)",
@@ -146,11 +111,7 @@ local function child_cpu()
 end
 
 -- 2. C multi --------------------------------------------------------------
-local multi_bin = ROOT .. "/build/bench/batch_multi"
-if not sh("test -x " .. q(multi_bin) .. " && test " .. q(multi_bin) .. " -nt " .. q(ROOT .. "/bench/batch_multi.c")) then
-  assert(sh("mkdir -p " .. q(ROOT .. "/build/bench") .. " && cc -O2 -o " .. q(multi_bin) .. " "
-    .. q(ROOT .. "/bench/batch_multi.c") .. " -lcurl"), "cannot build batch_multi")
-end
+local multi_bin = lib.build_c(ROOT, "batch_multi")
 local function run_multi(n)
   local out = capture("OO_HTTP=1.1 " .. timed(table.concat({ q(multi_bin), q(url), q(info.ca_file),
     q(body_file), tostring(n), tostring(CONC), q(info.site), q(info.token), q(info.channel) }, " ")))
@@ -164,7 +125,7 @@ end
 local curl_cfg = work .. "/urls.curl"
 do
   local line = "url = \"" .. url .. "\"\n"
-  write(curl_cfg, line:rep(N))
+  lib.write(curl_cfg, line:rep(N))
 end
 local curl_cmd = "curl -sS --no-progress-meter --fail --http1.1 --parallel --parallel-max " .. CONC
   .. " --cacert " .. q(info.ca_file)
@@ -262,5 +223,5 @@ ratio("multi", 0.9)
 ratio("curl", 1.3)
 ratio("wrk", nil)
 
-sandbox.stop({ dir = dir })
-sh("rm -rf " .. q(dir))
+sandbox.stop({ dir = info.dir })
+sh("rm -rf " .. q(info.dir))

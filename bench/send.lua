@@ -24,7 +24,7 @@ local function script_dir()
 end
 local ROOT = script_dir() .. "/.."
 local VARIANT = (type(jit) == "table") and "jit" or _VERSION:match("%d+%.%d+")
-package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. package.path
+package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/bench/?.lua;" .. package.path
 package.cpath = ROOT .. "/build/" .. VARIANT .. "/?.so;" .. package.cpath
 
 local offline = require("optimizely.offline")
@@ -37,29 +37,8 @@ local LUASEC_N = tonumber(arg[3]) or 100
 local FRESH_N = tonumber(arg[4]) or 200
 local ROUNDS = 5
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-local function sh(cmd)
-  local a, _, c = os.execute(cmd)
-  if type(a) == "number" then return a == 0 end
-  return a == true and c == 0
-end
-local function capture(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("*a")
-  p:close()
-  return out
-end
-local function self_pid()
-  local f = io.open("/proc/self/stat")
-  local s = f and f:read("*l")
-  if f then f:close() end
-  return tonumber(s and s:match("^(%d+)"))
-end
-local function write(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
+local lib = require("bench_lib")
+local q, sh, capture = lib.q, lib.sh, lib.capture
 
 -- The spec §4 example order.
 local function payload(i)
@@ -79,28 +58,13 @@ local function payload(i)
   }
 end
 
-local pid = self_pid()
-local dir = "/tmp/oo-sandbox-bench-" .. pid
-local info = assert(sandbox.start({ dir = dir, port = 0, record = false, owner_pid = pid,
-  cleanup_dir = true }))
-local work = dir .. "/bench"
-sh("mkdir -p " .. q(work))
-local url = info.base_url .. "/tracker/smart-api/orders/offline"
+local pid = lib.self_pid()
 local body = assert(offline.encode(payload(1)))
-local body_file = work .. "/order.json"
-write(body_file, body)
+local info, work, url, body_file = lib.start_sandbox("bench", pid, body)
 
 -- CPU placement -------------------------------------------------------------
-local workers = {}
-for w in capture("pgrep -P " .. info.pid .. " 2>/dev/null"):gmatch("%d+") do workers[#workers + 1] = w end
-local can_pin = #workers > 0 and sh("command -v taskset >/dev/null 2>&1")
-  and tonumber(capture("nproc 2>/dev/null"):match("%d+") or "1") >= 2
-local function pin(client_cpu, server_cpu)
-  if not can_pin then return false end
-  sh("taskset -p -c " .. client_cpu .. " " .. pid .. " >/dev/null") -- children inherit it
-  for _, w in ipairs(workers) do sh("taskset -p -c " .. server_cpu .. " " .. w .. " >/dev/null") end
-  return true
-end
+local workers, can_pin = lib.nginx_workers(info)
+local function pin(client_cpu, server_cpu) return lib.pin(pid, workers, can_pin, client_cpu, server_cpu) end
 
 local results = {}
 local function report(name, n, secs, cpu)
@@ -111,11 +75,7 @@ print(string.format("optimizely-offline send bench: %s, libcurl %s, sandbox %s (
   (type(jit) == "table" and jit.version or _VERSION), (core.curl_version()), info.base_url))
 
 -- the C program -----------------------------------------------------------
-local easy = ROOT .. "/build/bench/send_easy"
-if not sh("test -x " .. q(easy) .. " && test " .. q(easy) .. " -nt " .. q(ROOT .. "/bench/send_easy.c")) then
-  assert(sh("mkdir -p " .. q(ROOT .. "/build/bench") .. " && cc -O2 -o " .. q(easy) .. " "
-    .. q(ROOT .. "/bench/send_easy.c") .. " -lcurl"), "cannot build send_easy")
-end
+local easy = lib.build_c(ROOT, "send_easy")
 local function run_easy(n, version)
   local out = capture(table.concat({ q(easy), q(url), q(info.ca_file), q(body_file), tostring(n),
     q(info.site), q(info.token), q(info.channel), version or "1.1" }, " "))
@@ -286,5 +246,5 @@ print(string.format("  %-40s %8.3f ms CPU/order  %7.0f orders/s", "new connectio
 print(string.format("  client CPU per new connection: %.3f ms with the fix, %.3f ms without (target < 2 ms)",
   fresh.cached_ms - fresh.reused_ms, fresh.uncached_ms - fresh.reused_ms))
 
-sandbox.stop({ dir = dir })
-sh("rm -rf " .. q(dir))
+sandbox.stop({ dir = info.dir })
+sh("rm -rf " .. q(info.dir))
