@@ -5,31 +5,12 @@ local FIX = "spec/fixtures/input/"
 local BOM = "\239\187\191"
 local HEADER = "refCode,orderDate,currency,total,itemRefCode,qty,price"
 
-local temps = {}
-local function tmp(content, ext)
-  local base = os.tmpname()
-  local path = base .. (ext or ".csv")
-  temps[#temps + 1] = base
-  temps[#temps + 1] = path
-  local f = assert(io.open(path, "wb"))
-  f:write(content)
-  f:close()
-  return path
-end
-
-local function collect(iter)
-  local out = {}
-  for rec in iter do out[#out + 1] = rec end
-  return out
-end
+local files = require("support.input_files")
+local collect = files.collect
+local function tmp(content, ext) return files.tmp(content, ext or ".csv") end
 
 -- All records of `content` read as CSV with `opts`.
-local function read(content, opts)
-  local it, st = input.open(tmp(content), opts)
-  assert(it, st)
-  local recs = collect(it)
-  return recs, st
-end
+local read = files.reader(".csv")
 
 local function errors_of(recs)
   local out = {}
@@ -46,10 +27,7 @@ local function refs(recs)
 end
 
 describe("csv reader", function()
-  after_each(function()
-    for _, p in ipairs(temps) do os.remove(p) end
-    temps = {}
-  end)
+  after_each(files.cleanup)
 
   describe("grouping rows into orders", function()
     it("maps every documented column and keeps values as strings", function()
@@ -77,7 +55,7 @@ describe("csv reader", function()
             },
           },
         },
-        file = temps[#temps], line = 2, index = 1,
+        file = files.last(), line = 2, index = 1,
       }, recs[1])
     end)
 

@@ -4,35 +4,14 @@ local cjson = require("cjson")
 
 local FIX = "spec/fixtures/input/"
 
-local temps = {}
-local function tmp(content, ext)
-  local base = os.tmpname()
-  local path = base .. (ext or ".ndjson")
-  temps[#temps + 1] = base
-  temps[#temps + 1] = path
-  local f = assert(io.open(path, "wb"))
-  f:write(content)
-  f:close()
-  return path
-end
+local files = require("support.input_files")
+local collect = files.collect
+local function tmp(content, ext) return files.tmp(content, ext or ".ndjson") end
 
-local function collect(iter)
-  local out = {}
-  for rec in iter do out[#out + 1] = rec end
-  return out
-end
-
-local function read(content, opts, ext)
-  local it, st = input.open(tmp(content, ext), opts)
-  assert(it, st)
-  return collect(it), st
-end
+local read = files.reader(".ndjson")
 
 describe("ndjson reader", function()
-  after_each(function()
-    for _, p in ipairs(temps) do os.remove(p) end
-    temps = {}
-  end)
+  after_each(files.cleanup)
 
   describe("the fixture with good and bad lines", function()
     local recs

@@ -3,29 +3,11 @@ local input = require("optimizely.offline.input")
 
 local FIX = "spec/fixtures/input/"
 
-local temps = {}
-local function tmp(content)
-  local base = os.tmpname()
-  local path = base .. ".xml"
-  temps[#temps + 1] = base
-  temps[#temps + 1] = path
-  local f = assert(io.open(path, "wb"))
-  f:write(content)
-  f:close()
-  return path
-end
+local files = require("support.input_files")
+local collect = files.collect
+local function tmp(content, ext) return files.tmp(content, ext or ".xml") end
 
-local function collect(iter)
-  local out = {}
-  for rec in iter do out[#out + 1] = rec end
-  return out
-end
-
-local function read(content, opts)
-  local it, st = input.open(tmp(content), opts)
-  assert(it, st)
-  return collect(it), st
-end
+local read = files.reader(".xml")
 
 local function order(attrs, body)
   return '<order refCode="' .. attrs .. '" orderDate="d" currency="GBP" total="1">'
@@ -46,10 +28,7 @@ local SAMPLE_PAYLOAD = {
 }
 
 describe("xml reader", function()
-  after_each(function()
-    for _, p in ipairs(temps) do os.remove(p) end
-    temps = {}
-  end)
+  after_each(files.cleanup)
 
   describe("the spec samples", function()
     it("reads the full sample to exactly the expected table", function()
