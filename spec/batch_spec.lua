@@ -8,25 +8,9 @@ local orders = require("support.orders")
 local sb = require("support.sandbox")
 
 -- Payloads with refCodes prefix1..prefixN (fresh tables every call).
-local function make(prefix, n)
-  local list = {}
-  for i = 1, n do
-    local p = orders.minimal()
-    p.order.refCode = prefix .. i
-    list[i] = p
-  end
-  return list
-end
+local make = orders.numbered
 
--- refCode -> number of times the sandbox recorded it.
-local function recorded()
-  local counts, n = {}, 0
-  for _, rec in ipairs(sb.orders()) do
-    counts[rec.refCode] = (counts[rec.refCode] or 0) + 1
-    n = n + 1
-  end
-  return counts, n
-end
+local recorded = sb.recorded
 
 local function count_keys(t)
   local n = 0

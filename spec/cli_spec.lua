@@ -83,11 +83,7 @@ local function lines_of(path)
 end
 
 -- refCode -> number of records in the sandbox
-local function recorded()
-  local t = {}
-  for _, r in ipairs(sb.orders()) do t[r.refCode] = (t[r.refCode] or 0) + 1 end
-  return t
-end
+local function recorded() return (sb.recorded()) end
 
 local function count(t)
   local n = 0

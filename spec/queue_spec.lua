@@ -19,25 +19,9 @@ local function capture(cmd)
 end
 
 -- Payloads with refCodes prefix1..prefixN.
-local function make(prefix, n, from)
-  local list = {}
-  for i = from or 1, (from or 1) + n - 1 do
-    local p = orders.minimal()
-    p.order.refCode = prefix .. i
-    list[#list + 1] = p
-  end
-  return list
-end
+local make = orders.numbered
 
--- refCode -> times the sandbox recorded it; total records.
-local function recorded()
-  local counts, n = {}, 0
-  for _, rec in ipairs(sb.orders()) do
-    counts[rec.refCode] = (counts[rec.refCode] or 0) + 1
-    n = n + 1
-  end
-  return counts, n
-end
+local recorded = sb.recorded
 
 local tmpdir
 local function tmp(name) return tmpdir .. "/" .. name end
@@ -350,6 +334,7 @@ describe("client:queue", function()
       local script = tmp("gc_exit.lua")
       local f = assert(io.open(script, "wb"))
       f:write(([[
+        package.path, package.cpath = %q, %q
         local offline = require("optimizely.offline")
         local c = offline.client({ base_url = %q, ca_file = %q, site = %q, token = %q, channel = %q })
         local qu = c:queue()
@@ -362,7 +347,8 @@ describe("client:queue", function()
         collectgarbage()
         print("exited")
         os.exit(0, true)
-      ]]):format(info.base_url, info.ca_file, info.site, info.token, info.channel))
+      ]]):format(package.path, package.cpath, info.base_url, info.ca_file, info.site, info.token,
+        info.channel))
       f:close()
       sb.faults({ count = 4, delay = 5, status = 503 })
       local exe = capture("readlink /proc/" .. sb.self_pid() .. "/exe"):gsub("%s+$", "")

@@ -38,6 +38,18 @@ M.BASE_JSON = '{"lang":"en-gb","user":{"id":"abcd1234efgh","info":{"gender":"mal
   .. '"attributes":{"attr21":"value21"}}],"attributes":{"store":"StreamlyCool Bluewater"}}}'
 
 --- The spec §4 minimal payload.
+--- Minimal payloads with refCodes prefix..from, .., prefix..(from+n-1)
+-- (from defaults to 1), fresh tables every call.
+function M.numbered(prefix, n, from)
+  local list = {}
+  for i = from or 1, (from or 1) + n - 1 do
+    local p = M.minimal()
+    p.order.refCode = prefix .. i
+    list[#list + 1] = p
+  end
+  return list
+end
+
 function M.minimal()
   return {
     user = { id = "abcd1234efgh" },

@@ -274,4 +274,14 @@ for _, name in ipairs({ "request", "post_order", "cancel", "faults", "clear_faul
   end
 end
 
+--- refCode -> how many times the shared sandbox recorded it; and the total.
+function M.recorded()
+  local counts, n = {}, 0
+  for _, rec in ipairs(M.orders()) do
+    counts[rec.refCode] = (counts[rec.refCode] or 0) + 1
+    n = n + 1
+  end
+  return counts, n
+end
+
 return M
