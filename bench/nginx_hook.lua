@@ -1,33 +1,52 @@
 --- Benchmark: the cost of the log_by_lua checkout hook on request latency.
 --
---   lua5.4 bench/nginx_hook.lua [SECONDS [ROUNDS [QUEUE [PIN]]]]   (defaults 5 3 worker nopin)
+--   lua5.4 bench/nginx_hook.lua [--seconds 8] [--rounds 7] [--queue worker|shared|shared1]
+--                               [--pin|--no-pin]
+--                               [--upstream lean|sandbox] [--upstream-prio idle|normal]
+--                               [--modes saturated,lockstep,paced] [--threads 16]
 --
--- QUEUE: "worker" (default: one nginx worker, its own memory queue, delivery
--- in the same worker), "shared" (two workers appending to a lua_shared_dict,
--- worker 0 delivers for both) or "shared1" (one worker, shared dict: the
--- dict's cost alone). PIN: "pin" puts nginx on CPU 0 and wrk + the sandbox
--- on CPU 1 (taskset), so the client and the upstream do not steal the
--- serving worker's CPU; "nopin" leaves the scheduler alone.
---
--- Starts a sandbox with record=false (the endpoint the queue delivers to, no
--- file I/O) and the example nginx.conf (one worker, memory queue), and
--- compares two locations serving the same page:
+-- Starts the endpoint (below) and the example nginx.conf, and compares two
+-- locations serving the same page:
 --   /checkout-plain   return 200
 --   /checkout         return 200 + log_by_lua hook: build an order from the
---                     query, offline.encode it, push it; the queue delivers it
---                     in the background (cosockets, TLS) in the same worker
--- in two load shapes, alternating plain/hook for ROUNDS rounds each:
---   saturated  wrk -t1 -c16 -dSECONDS --latency (closed loop: the CPU the hook
---              and its delivery take shows up as lost throughput and queueing)
---   paced      the same with a wrk script pausing 8 ms between a connection's
---              requests (~2000 req/s, the worker not saturated): the latency
---              a request sees with the hook
--- Before each round it waits until the queue is empty (a saturated hook
--- round leaves up to max_queue orders whose delivery would otherwise load
--- the CPUs during the next round, plain ones included),
--- and prints each location's median p99, the ratio hook/plain (target <= 1.10)
--- and the queue counters (a push refused because the queue is full counts as
--- dropped.full: the hook never blocks a request).
+--                     query, push it (validate + encode + append); the queue
+--                     delivers it in the background (cosockets, TLS)
+-- alternating plain/hook for ROUNDS rounds of SECONDS in each load shape:
+--   saturated  wrk -t1 -c16, closed loop: the CPU the hook and its delivery
+--              take shows up as lost throughput and queueing (informational)
+--   lockstep   wrk -t1 -c16, every connection pausing exactly 8 ms between
+--              requests: the 16 connections stay in step, so nginx gets
+--              bursts of up to 16 requests in one epoll batch and the last
+--              one waits for the hooks of the 15 before it (informational:
+--              the shape the first versions of this bench used)
+--   paced      THE TARGET (hook p99 <= 1.10 x plain p99): wrk -t16 -c16, i.e.
+--              16 clients each on its own wrk thread, pausing a random 2-14 ms
+--              between requests (own seed per thread), about 2,000 req/s:
+--              requests arrive independently, as from real browsers, and the
+--              worker is not saturated. (wrk's timers tick in whole
+--              milliseconds, so connections sharing a thread also fire
+--              together: with -t1 or -t4 a request often waits in the same
+--              epoll batch behind another one's log phase; --threads N)
+-- QUEUE: "worker" (default: one nginx worker, its own memory queue, delivery
+-- in the same worker), "shared" (two workers appending to a lua_shared_dict,
+-- worker 0 delivers for both) or "shared1" (one worker, shared dict).
+-- Pinning (default on): nginx on CPU 0, wrk and the endpoint on CPU 1, so
+-- the load generator does not share the served worker's CPU (--no-pin: the
+-- scheduler's choice; wrk then often waits for the worker's delivery work).
+-- The endpoint. In production it is another machine and its CPU costs this
+-- one nothing; here it shares the two vCPUs, so the bench keeps its work as
+-- small and as polite as it can:
+--   --upstream lean (default): a bare nginx on TLS (the sandbox's certificate)
+--              answering every POST with {"status":"OK"} without looking at
+--              it; --upstream sandbox: the sandbox itself, which parses and
+--              checks every order (several times the worker's CPU per order)
+--   --upstream-prio idle (default): the upstream runs under SCHED_IDLE, using
+--              only CPU time that wrk and nginx leave; normal: same priority
+-- Before each round the bench waits until the queue is empty, so one round's
+-- backlog is never delivered during the next. Prints each round's
+-- percentiles and the workers' CPU per request (from /proc/PID/schedstat,
+-- measured until the round's orders are delivered, so delivery is in it),
+-- each location's median p99 over the rounds and the ratio.
 local function script_dir()
   local src = debug.getinfo(1, "S").source:sub(2)
   return src:match("^(.*)/[^/]*$") or "."
@@ -39,17 +58,56 @@ local sandbox = require("optimizely.offline.sandbox")
 local nginx = require("support.nginx")
 local launch = dofile(ROOT .. "/examples/openresty/launch.lua")
 
-local SECONDS = tonumber(arg[1]) or 5
-local ROUNDS = tonumber(arg[2]) or 3
-local QUEUE = arg[3] or "worker"
-local PIN = (arg[4] or "nopin") == "pin"
-assert(SECONDS > 0 and SECONDS <= 60 and ROUNDS >= 1 and ROUNDS <= 5, "SECONDS 1..60, ROUNDS 1..5")
+local o = { seconds = 8, rounds = 7, queue = "worker", pin = true, upstream = "lean", ["upstream-prio"] = "idle",
+  modes = "saturated,lockstep,paced", threads = 16 }
+do
+  local i = 1
+  while arg[i] do
+    local a = arg[i]
+    if a == "--pin" then o.pin = true
+    elseif a == "--no-pin" then o.pin = false
+    elseif a:match("^%-%-") and o[a:sub(3)] ~= nil and arg[i + 1] then
+      local k, v = a:sub(3), arg[i + 1]
+      o[k] = type(o[k]) == "number" and assert(tonumber(v), a .. " wants a number") or v
+      i = i + 1
+    else
+      error("unknown argument " .. a .. " (see the header of bench/nginx_hook.lua)")
+    end
+    i = i + 1
+  end
+end
+assert(o.seconds >= 1 and o.seconds <= 60 and o.rounds >= 1 and o.rounds <= 9, "--seconds 1..60, --rounds 1..9")
+assert(o.upstream == "lean" or o.upstream == "sandbox", "--upstream lean|sandbox")
+assert(o["upstream-prio"] == "idle" or o["upstream-prio"] == "normal", "--upstream-prio idle|normal")
 local QUEUES = {
   worker = { workers = 1, queue = {} },
   shared = { workers = 2, queue = { shm = "optimizely_offline", deliverer = 0 } },
   shared1 = { workers = 1, queue = { shm = "optimizely_offline", deliverer = 0 } },
 }
-assert(QUEUES[QUEUE], "QUEUE is worker, shared or shared1")
+assert(QUEUES[o.queue], "--queue worker|shared|shared1")
+assert(o.threads >= 1 and o.threads <= 16, "--threads 1..16")
+local SHAPES = {
+  saturated = { threads = 1 },
+  lockstep = { threads = 1, script = "function delay() return 8 end\n" },
+  paced = { threads = o.threads, script = [[
+local n = 0
+function setup(thread) n = n + 1; thread:set("seed", n) end
+function init(args) math.randomseed(os.time() * 1000 + seed * 7919); math.random(); math.random() end
+function delay() return math.random(2, 14) end
+]] },
+}
+local MODES = {}
+for m in o.modes:gmatch("[^,]+") do
+  assert(SHAPES[m], "--modes: saturated, lockstep, paced")
+  MODES[#MODES + 1] = m
+end
+-- every shape prints the percentiles wrk's summary leaves out
+local DIST = [[
+function done(summary, latency, requests)
+  io.write(string.format("DIST %d %d %d %d\n", latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency:percentile(99.9)))
+end
+]]
 
 local function self_pid()
   return tonumber((nginx.read_file("/proc/self/stat") or ""):match("^(%d+)"))
@@ -58,38 +116,92 @@ end
 local work = nginx.mktemp("bench-nginx")
 local sb_dir = work .. "/sandbox"
 local info = assert(sandbox.start({ dir = sb_dir, port = 0, record = false, owner_pid = self_pid() }))
-local inst
+-- The lean endpoint: TLS with the sandbox's certificate (so the CA the
+-- queue trusts is the same; the sandbox itself then just idles), one canned
+-- success envelope for every order.
+local LEAN_CONF = [[
+worker_processes 1;
+daemon on;
+pid "${dir}/nginx.pid";
+error_log "${dir}/logs/error.log" warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path "${dir}/tmp";
+  server {
+    listen 127.0.0.1:${port};  # plain HTTP: the start-up health check
+    listen 127.0.0.1:${tls} ssl;
+    ssl_certificate "${certs}/server.crt";
+    ssl_certificate_key "${certs}/server.key";
+    ssl_protocols TLSv1.2 TLSv1.3;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+    location / { default_type application/json; return 200 '{"status":"OK"}'; }
+  }
+}
+]]
+local inst, lean
 local ok, err = pcall(function()
+  local base_url = info.base_url
+  if o.upstream == "lean" then
+    local dir = work .. "/lean"
+    assert(nginx.run("mkdir -p " .. nginx.q(dir .. "/logs") .. " " .. nginx.q(dir .. "/tmp")))
+    local tls
+    lean = nginx.start({ dir = dir, write = function(port)
+      tls = nginx.free_port()
+      local conf = LEAN_CONF:gsub("%${(%w+)}", { dir = dir, port = port, tls = tls, certs = sb_dir .. "/certs" })
+      local f = assert(io.open(dir .. "/nginx.conf", "w"))
+      f:write(conf)
+      f:close()
+      return dir .. "/nginx.conf"
+    end })
+    base_url = "https://127.0.0.1:" .. tls
+  end
   inst = nginx.start({ dir = work .. "/nginx", health = "/queue/stats", write = function(port)
     return launch.write({ dir = work .. "/nginx", port = port, ca_file = info.ca_file,
-      app = { site = info.site, token = info.token, channel = info.channel, base_url = info.base_url,
-        queue = QUEUES[QUEUE].queue },
-      vars = { workers = QUEUES[QUEUE].workers, extra_init_worker = nginx.watchdog_lua(self_pid()) } })
+      app = { site = info.site, token = info.token, channel = info.channel, base_url = base_url,
+        queue = QUEUES[o.queue].queue },
+      vars = { workers = QUEUES[o.queue].workers, extra_init_worker = nginx.watchdog_lua(self_pid()) } })
   end })
 end)
 if not ok then
+  if lean then lean:quit() end
   sandbox.stop({ dir = sb_dir })
   error(err)
 end
 
--- Pin a process and its children (threads included) to one CPU.
-local function pin(pid, cpu)
+-- A master process and its children (workers).
+local function family(pid)
   local pids = { pid }
   for c in nginx.capture("cat /proc/" .. pid .. "/task/*/children 2>/dev/null"):gmatch("%d+") do
     pids[#pids + 1] = c
   end
+  return pids
+end
+
+-- Pin a process family to one CPU (several nginx workers: worker 0 on cpu,
+-- worker 1 on the other).
+local function pin(pid, cpu)
+  local pids = family(pid)
   for i, p in ipairs(pids) do
-    -- several nginx workers: spread them (worker 0 -> cpu, worker 1 -> the other)
     local c = (i == 1 or #pids == 2) and cpu or (cpu + i) % 2
     nginx.run("taskset -a -pc " .. c .. " " .. p .. " >/dev/null 2>&1")
   end
 end
+
+local up_pid = lean and lean:pid()
+  or tonumber((nginx.read_file(info.pid_file or (sb_dir .. "/nginx.pid")) or ""):match("%d+"))
+assert(up_pid, "the upstream's pid was not found")
 local WRK = "wrk"
-if PIN then
+if o.pin then
   pin(inst:pid(), 0)
-  local sb_pid = tonumber((nginx.read_file(info.pid_file or (sb_dir .. "/nginx.pid")) or ""):match("%d+"))
-  if sb_pid then pin(sb_pid, 1) else print("warning: sandbox pid not found, not pinned") end
+  pin(up_pid, 1)
   WRK = "taskset -c 1 wrk"
+end
+if o["upstream-prio"] == "idle" then
+  for _, p in ipairs(family(up_pid)) do
+    assert(nginx.run("chrt -i -a -p 0 " .. p .. " >/dev/null 2>&1"), "chrt -i failed for pid " .. p)
+  end
 end
 
 local function to_ms(v, unit)
@@ -99,23 +211,23 @@ local function to_ms(v, unit)
   return v
 end
 
-local PACE_SCRIPT = work .. "/pace.lua"
-do
-  local f = assert(io.open(PACE_SCRIPT, "w"))
-  f:write("function delay() return 8 end\n")
+local SCRIPTS = {}
+for name, shape in pairs(SHAPES) do
+  SCRIPTS[name] = work .. "/" .. name .. ".lua"
+  local f = assert(io.open(SCRIPTS[name], "w"))
+  f:write((shape.script or ""), DIST)
   f:close()
 end
 
-local function wrk(path, seconds, paced)
-  local out = nginx.capture(WRK .. " -t1 -c16 -d" .. seconds .. "s --latency " .. (paced and ("-s " .. nginx.q(PACE_SCRIPT) .. " ") or "")
-    .. nginx.q(inst:url(path)) .. " 2>&1")
-  local v, unit = out:match("\n%s+99%%%s+([%d%.]+)(%a+)")
-  local v50, unit50 = out:match("\n%s+50%%%s+([%d%.]+)(%a+)")
+local function wrk(path, seconds, mode)
+  local out = nginx.capture(WRK .. " -t" .. SHAPES[mode].threads .. " -c16 -d" .. seconds .. "s --latency -s "
+    .. nginx.q(SCRIPTS[mode]) .. " " .. nginx.q(inst:url(path)) .. " 2>&1")
+  local p50, p90, p99, p999 = out:match("DIST (%d+) (%d+) (%d+) (%d+)")
   local rps = tonumber(out:match("Requests/sec:%s+([%d%.]+)"))
   local errs = out:match("Non%-2xx or 3xx responses: (%d+)")
-  assert(v and rps, "cannot parse wrk output:\n" .. out)
+  assert(p99 and rps, "cannot parse wrk output:\n" .. out)
   assert(not errs, "wrk saw non-2xx responses:\n" .. out)
-  return to_ms(v, unit), rps, to_ms(v50, unit50)
+  return { p50 = p50 / 1000, p90 = p90 / 1000, p99 = p99 / 1000, p999 = p999 / 1000, rps = rps }
 end
 
 -- A saturated hook round leaves up to max_queue orders behind; delivering
@@ -128,28 +240,42 @@ local function drain()
   end, 60, 0.2)
 end
 
+-- CPU time the nginx workers have used (ns, /proc/PID/schedstat).
+local function worker_cpu_ns()
+  local total = 0
+  for i, p in ipairs(family(inst:pid())) do
+    if i > 1 then total = total + (tonumber((nginx.read_file("/proc/" .. p .. "/schedstat") or ""):match("^(%d+)")) or 0) end
+  end
+  return total
+end
+
 local HOOK = "/checkout?sku=sku-1&qty=1&price=9.99&user=bench"
 local PLAIN = "/checkout-plain?sku=sku-1&qty=1&price=9.99&user=bench"
-local MODES = { "saturated", "paced" }
 
 local res = {}
 local run_ok, run_err = pcall(function()
-  wrk(HOOK, 1) -- warm-up: connections to the sandbox, JIT traces
-  wrk(PLAIN, 1)
+  wrk(HOOK, 1, "saturated") -- warm-up: connections to the sandbox, JIT traces
+  wrk(PLAIN, 1, "saturated")
   for _, mode in ipairs(MODES) do
     res[mode] = { plain = {}, hook = {} }
-    for r = 1, ROUNDS do
+    for r = 1, o.rounds do
       for _, which in ipairs({ "plain", "hook" }) do
         drain()
-        local p99, rps, p50 = wrk(which == "hook" and HOOK or PLAIN, SECONDS, mode == "paced")
-        res[mode][which][r] = { p99 = p99, rps = rps, p50 = p50 }
-        print(("%-9s round %d  %-5s p50 %7.3f ms  p99 %7.3f ms  %9.0f req/s"):format(mode, r, which, p50, p99, rps))
+        local cpu0 = worker_cpu_ns()
+        local x = wrk(which == "hook" and HOOK or PLAIN, o.seconds, mode)
+        -- the worker's CPU per request, delivery of this round's orders included
+        drain()
+        x.cpu_us = (worker_cpu_ns() - cpu0) / 1000 / (x.rps * o.seconds)
+        res[mode][which][r] = x
+        print(("%-9s round %d  %-5s p50 %6.3f  p90 %6.3f  p99 %6.3f  p99.9 %6.3f ms  %9.0f req/s  worker CPU %5.1f us/req"):format(
+          mode, r, which, x.p50, x.p90, x.p99, x.p999, x.rps, x.cpu_us))
       end
     end
   end
 end)
 local stats = inst:get("/queue/stats").body
 inst:quit()
+if lean then lean:quit() end
 sandbox.stop({ dir = sb_dir })
 nginx.run("rm -rf " .. nginx.q(work))
 assert(run_ok, run_err)
@@ -162,13 +288,15 @@ local function median(list, key)
   return n % 2 == 1 and v[(n + 1) / 2] or (v[n / 2] + v[n / 2 + 1]) / 2
 end
 
-print(("nginx_hook: queue %s (%d worker(s)), %s, wrk -t1 -c16 -d%ds --latency, %d alternating rounds, medians"):format(
-  QUEUE, QUEUES[QUEUE].workers, PIN and "pinned (nginx CPU 0; wrk, sandbox CPU 1)" or "not pinned", SECONDS, ROUNDS))
+print(("nginx_hook: queue %s (%d worker(s)), %s, upstream %s (%s), %d alternating %d-second rounds, medians"):format(
+  o.queue, QUEUES[o.queue].workers, o.pin and "pinned (nginx CPU 0; wrk, upstream CPU 1)" or "not pinned",
+  o.upstream, o["upstream-prio"] == "idle" and "SCHED_IDLE" or "normal priority", o.rounds, o.seconds))
 for _, mode in ipairs(MODES) do
   local p, h = res[mode].plain, res[mode].hook
   local pp, hp = median(p, "p99"), median(h, "p99")
-  print(("  %-9s plain p50 %.3f p99 %.3f ms (%.0f req/s) | hook p50 %.3f p99 %.3f ms (%.0f req/s) | p99 ratio %.2f%s"):format(
-    mode, median(p, "p50"), pp, median(p, "rps"), median(h, "p50"), hp, median(h, "rps"), hp / pp,
+  print(("  %-9s plain p50 %.3f p99 %.3f ms (%.0f req/s, %.1f us CPU) | hook p50 %.3f p99 %.3f ms (%.0f req/s, %.1f us CPU) | p99 ratio %.2f%s"):format(
+    mode, median(p, "p50"), pp, median(p, "rps"), median(p, "cpu_us"), median(h, "p50"), hp, median(h, "rps"),
+    median(h, "cpu_us"), hp / pp,
     mode == "paced" and (hp / pp <= 1.10 and "  (target <= 1.10: met)" or "  (target <= 1.10: NOT met)") or ""))
 end
 print("  queue: " .. stats:gsub("%s+$", ""))
