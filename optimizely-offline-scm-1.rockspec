@@ -48,6 +48,7 @@ build = {
       ["optimizely.offline.ngx.transport"] = "lua/optimizely/offline/ngx/transport.lua",
       ["optimizely.offline.ngx.queue"] = "lua/optimizely/offline/ngx/queue.lua",
       ["optimizely.offline.spool"] = "lua/optimizely/offline/spool.lua",
+      ["optimizely.offline.sys"] = "lua/optimizely/offline/sys.lua",
       ["optimizely.offline.sandbox"] = "lua/optimizely/offline/sandbox.lua",
       ["optimizely.offline.sandbox.handler"] = "lua/optimizely/offline/sandbox/handler.lua",
       ["optimizely.offline.sandbox.conf"] = "lua/optimizely/offline/sandbox/conf.lua",

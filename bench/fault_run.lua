@@ -47,20 +47,8 @@ do
 end
 assert(N >= 1 and N == math.floor(N), "--orders must be a positive integer")
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-local function capture(cmd)
-  local p = assert(io.popen(cmd))
-  local s = p:read("*a")
-  p:close()
-  return s
-end
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local sys = require("optimizely.offline.sys")
+local q, capture, read = sys.q, sys.capture, sys.read_file
 local function write(path, s)
   local f = assert(io.open(path, "wb"))
   f:write(s)

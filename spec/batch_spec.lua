@@ -22,17 +22,8 @@ describe("client:send_batch", function()
   local info
 
   local function new_client(extra)
-    local c = {
-      site = info.site, token = info.token, channel = info.channel,
-      base_url = info.base_url, ca_file = info.ca_file,
-      timeout = 5, connect_timeout = 2,
-      backoff_base = 0.02, backoff_max = 0.2,
-      random = function() return 0.5 end,
-    }
-    for k, v in pairs(extra or {}) do
-      if v == false then c[k] = nil else c[k] = v end
-    end
-    return offline.client(c)
+    return offline.client(sb.client_config(info,
+      { backoff_base = 0.02, backoff_max = 0.2, random = function() return 0.5 end }, extra))
   end
 
   -- on_result recorder: calls[i] = number of calls for index i.

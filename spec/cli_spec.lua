@@ -10,15 +10,8 @@ local BIN = ROOT .. "/bin/optimizely-offline"
 local FIX = ROOT .. "/spec/fixtures/cli/"
 local SECRET = "tok-S3CRET-42" -- must never show anywhere
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local sys = require("optimizely.offline.sys")
+local q, read_file = sys.q, sys.read_file
 
 local function write_file(path, s)
   local f = assert(io.open(path, "wb"))

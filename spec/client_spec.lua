@@ -201,17 +201,10 @@ describe("offline.client against the sandbox", function()
   local sleeps
   local function new_client(extra)
     sleeps = {}
-    local c = {
-      site = info.site, token = info.token, channel = info.channel,
-      base_url = info.base_url, ca_file = info.ca_file,
-      timeout = 5, connect_timeout = 2,
+    return offline.client(sb.client_config(info, {
       sleep = function(s) sleeps[#sleeps + 1] = s end,
       random = function() return 0.5 end,
-    }
-    for k, v in pairs(extra or {}) do
-      if v == false then c[k] = nil else c[k] = v end -- false drops a default
-    end
-    return offline.client(c)
+    }, extra)) -- false in extra drops a default
   end
 
   setup(function()

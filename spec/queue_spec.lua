@@ -9,14 +9,8 @@ local spool_mod = require("optimizely.offline.spool")
 local orders = require("support.orders")
 local sb = require("support.sandbox")
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
-local function capture(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  return out
-end
+local sys = require("optimizely.offline.sys")
+local q, capture = sys.q, sys.capture
 
 -- Payloads with refCodes prefix1..prefixN.
 local make = orders.numbered
@@ -40,16 +34,7 @@ describe("client:queue", function()
   local info
 
   local function new_client(extra)
-    local c = {
-      site = info.site, token = info.token, channel = info.channel,
-      base_url = info.base_url, ca_file = info.ca_file,
-      timeout = 5, connect_timeout = 2,
-      backoff_base = 0.02, backoff_max = 0.2,
-    }
-    for k, v in pairs(extra or {}) do
-      if v == false then c[k] = nil else c[k] = v end
-    end
-    return offline.client(c)
+    return offline.client(sb.client_config(info, { backoff_base = 0.02, backoff_max = 0.2 }, extra))
   end
 
   -- on_success / on_failure recorder

@@ -3,7 +3,8 @@ local sandbox = require("optimizely.offline.sandbox")
 local sb = require("support.sandbox")
 local json = sb.json
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+local sys = require("optimizely.offline.sys")
+local q, read_file = sys.q, sys.read_file
 
 local function shell(cmd)
   local p = io.popen(cmd .. " 2>&1; echo \" rc=$?\"")
@@ -16,14 +17,6 @@ end
 local function mktemp_dir(tag)
   local out = shell("mktemp -d /tmp/oo-sandbox-" .. tag .. ".XXXXXX")
   return (out:gsub("%s+$", ""))
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
 end
 
 local function alive(pid)

@@ -10,22 +10,9 @@ local T0 = 1700000000 -- a fixed "now" for the deterministic cases
 local tmpdir
 local counter = 0
 
-local function sh_quote(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
-
-local function readall(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local sys = require("optimizely.offline.sys")
+local sh_quote, exists = sys.q, sys.exists
+local function readall(path) return assert(sys.read_file(path), "cannot read " .. path) end
 
 local function fresh_path()
   counter = counter + 1

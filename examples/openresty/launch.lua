@@ -15,35 +15,10 @@ local function script_dir()
   return file:match("^(.*)/[^/]*$") or "."
 end
 
-local function capture(cmd)
-  local p = io.popen(cmd)
-  if not p then return "" end
-  local out = p:read("*a") or ""
-  p:close()
-  return out
-end
-
-local function run(cmd)
-  local a, _, c = os.execute(cmd)
-  if type(a) == "number" then return a == 0 end
-  return a == true and (c == nil or c == 0)
-end
-
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+-- the repository's Lua modules (this file may run before anything set a path)
+package.path = script_dir() .. "/../../lua/?.lua;" .. package.path
+local sys = require("optimizely.offline.sys")
+local capture, run, q, exists, read_file = sys.capture, sys.run, sys.q, sys.exists, sys.read_file
 
 local function write_file(path, data, mode)
   local f, err = io.open(path, "wb")
@@ -182,7 +157,6 @@ local function main(argv)
     assert(o.ca_file and o.site, "--base-url needs --ca-file and --site")
     app.base_url, app.site, app.token_env = o.base_url, o.site, o.token_env or "OO_SITE_TOKEN"
   else
-    package.path = root .. "/lua/?.lua;" .. package.path
     local info, err = require("optimizely.offline.sandbox").start({ dir = root .. "/.sandbox", port = 0 })
     assert(info, err)
     app.base_url, app.site, app.token, app.channel = info.base_url, info.site, info.token, info.channel

@@ -13,28 +13,8 @@
 -- @module support.nginx
 local M = {}
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function run(cmd)
-  local a, _, c = os.execute(cmd)
-  if type(a) == "number" then return a == 0 end
-  return a == true and (c == nil or c == 0)
-end
-
-local function capture(cmd)
-  local p = io.popen(cmd)
-  local out = p:read("*a")
-  p:close()
-  return out
-end
+local sys = require("optimizely.offline.sys")
+local q, read_file, run, capture = sys.q, sys.read_file, sys.run, sys.capture
 
 M.capture, M.run, M.q, M.read_file = capture, run, q, read_file
 

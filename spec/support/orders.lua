@@ -336,27 +336,8 @@ end
 --- Canonical text of a JSON document (raises on malformed JSON).
 function M.canon(json) return M.canon_of(parse(json)) end
 
---- Object keys, in order, of the object found at `keys` (list of keys/indices) in `json`.
-function M.keys_at(json, keys)
-  local v = parse(json)
-  for _, k in ipairs(keys or {}) do
-    if type(k) == "number" then
-      v = v[k]
-    else
-      local found
-      for _, kv in ipairs(v[OBJ]) do if kv[1] == k then found = kv[2] end end
-      v = found
-    end
-    if v == nil then return nil end
-  end
-  local out = {}
-  for i, kv in ipairs(v[OBJ] or {}) do out[i] = kv[1] end
-  return out
-end
-
---- Raw text of the number at `keys` in `json` (e.g. {"order","items",1,"price"}).
-function M.number_text(json, keys)
-  local v = parse(json)
+-- The value at `keys` (object keys and array indices) of a parsed document, or nil.
+local function walk(v, keys)
   for _, k in ipairs(keys) do
     if type(k) == "number" then
       v = v[k]
@@ -367,6 +348,22 @@ function M.number_text(json, keys)
     end
     if v == nil then return nil end
   end
+  return v
+end
+
+--- Object keys, in order, of the object found at `keys` (list of keys/indices) in `json`.
+function M.keys_at(json, keys)
+  local v = walk(parse(json), keys or {})
+  if v == nil then return nil end
+  local out = {}
+  for i, kv in ipairs(v[OBJ] or {}) do out[i] = kv[1] end
+  return out
+end
+
+--- Raw text of the number at `keys` in `json` (e.g. {"order","items",1,"price"}).
+function M.number_text(json, keys)
+  local v = walk(parse(json), keys)
+  if v == nil then return nil end
   return type(v) == "table" and v[NUM] or nil
 end
 

@@ -27,17 +27,8 @@ end
 
 local M = { json = json }
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local sys = require("optimizely.offline.sys")
+local q, read_file = sys.q, sys.read_file
 
 --- pid of this Lua process (the test runner).
 function M.self_pid()
@@ -55,6 +46,23 @@ end
 
 local Client = {}
 Client.__index = Client
+
+--- An offline.client config for the sandbox described by `info`: its site,
+-- token, channel, URL and CA, 5 s / 2 s timeouts, then `defaults`, then
+-- `extra` (false drops an entry).
+function M.client_config(info, defaults, extra)
+  local c = {
+    site = info.site, token = info.token, channel = info.channel,
+    base_url = info.base_url, ca_file = info.ca_file,
+    timeout = 5, connect_timeout = 2,
+  }
+  for _, over in ipairs({ defaults or {}, extra or {} }) do
+    for k, v in pairs(over) do
+      if v == false then c[k] = nil else c[k] = v end
+    end
+  end
+  return c
+end
 
 --- A client for the sandbox described by `info`.
 function M.client(info)

@@ -26,38 +26,8 @@ local STOP_TIMEOUT = 10   -- seconds until the master must be gone
 ----------------------------------------------------------------------------
 -- process and file helpers
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
--- os.execute differs: 5.1/LuaJIT return a wait status, 5.2+ return ok, how, code.
-local function run(cmd)
-  local a, _, c = os.execute(cmd)
-  if type(a) == "number" then return a == 0, a >= 256 and math.floor(a / 256) or a end
-  return a == true, c
-end
-
-local function capture(cmd)
-  local p = io.popen(cmd)
-  if not p then return nil end
-  local out = p:read("*a")
-  p:close()
-  return out
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() return true end
-  return false
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local sys = require("optimizely.offline.sys")
+local q, run, capture, exists, read_file = sys.q, sys.run, sys.capture, sys.exists, sys.read_file
 
 -- Write via a temp file + rename so readers never see half a file.
 local function write_file(path, data)
