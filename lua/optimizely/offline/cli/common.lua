@@ -44,6 +44,16 @@ M.ConfigError = ConfigError
 local function config_error(msg) error(setmetatable({ message = msg }, ConfigError), 0) end
 M.config_error = config_error
 
+--- Where a command writes its NDJSON: `out` for no path or "-", else the
+-- file (a configuration error when it cannot be created). Close it when it
+-- is not `out`.
+function M.output(path, out)
+  if not path or path == "-" then return out end
+  local fh, e = io.open(path, "wb")
+  if not fh then config_error("cannot write " .. path .. ": " .. tostring(e)) end
+  return fh
+end
+
 --- Runs fn(); a ConfigError becomes exit code 2 with its message on err.
 function M.guard(err, fn)
   local ok, res = pcall(fn)

@@ -22,12 +22,7 @@ function M.run(args, out, err)
     local core = require("optimizely.offline.core")
     local transform = common.load_transform(args.transform)
     local rejects = common.rejects(args.rejects)
-    local dest = out
-    if args.output and args.output ~= "-" then
-      local fh, e = io.open(args.output, "wb")
-      if not fh then common.config_error("cannot write " .. args.output .. ": " .. tostring(e)) end
-      dest = fh
-    end
+    local dest = common.output(args.output, out)
     local progress = common.progress(err, args.quiet, core.now or os.clock)
     local encode = offline.encode
     local good, bad, skipped = 0, 0, 0

@@ -81,12 +81,7 @@ function M.run(args, out, err)
       if not n then return fail(err, e) end
       out:write(("%d %s purged\n"):format(n, args.queued and "queued orders" or "dead letters"))
     elseif sub == "export" then
-      local dest = out
-      if args.output and args.output ~= "-" then
-        local fh, e = io.open(args.output, "wb")
-        if not fh then common.config_error("cannot write " .. args.output .. ": " .. tostring(e)) end
-        dest = fh
-      end
+      local dest = common.output(args.output, out)
       local n, e = sp:export_dead(dest)
       if dest ~= out then dest:close() end
       if not n then rc = fail(err, e) else err:write(("%d dead letters exported\n"):format(n)) end
