@@ -348,20 +348,22 @@ static int open_container(J *j, int batch, int *direct) {
     return 1;
 }
 
+/* "{}" or "[]" (p at the closing bracket): still one level of nesting. */
+static int empty_container(J *j, const unsigned char *p) {
+    if (j->depth + 1 > j->max_depth)
+        return fail(j, "Found too many nested data structures", j->p - 1, 0);
+    j->p = p + 1;
+    lua_createtable(j->L, 0, 0);
+    return 1;
+}
+
 /* j->p is just after '{'. */
 static int parse_object(J *j) {
     lua_State *L = j->L;
     const unsigned char *p = skip_ws(j->p);
     int slot, n = 0, direct;
 
-    if (*p == '}') {
-        if (++j->depth > j->max_depth)
-            return fail(j, "Found too many nested data structures", j->p - 1, 0);
-        j->depth--;
-        j->p = p + 1;
-        lua_createtable(L, 0, 0);
-        return 1;
-    }
+    if (*p == '}') return empty_container(j, p);
     if (!open_container(j, 2 * OBJ_BATCH, &direct)) return 0;
     slot = lua_gettop(L);
     for (;;) {
@@ -396,14 +398,7 @@ static int parse_array(J *j) {
     const unsigned char *p = skip_ws(j->p);
     int slot, n = 0, direct;
 
-    if (*p == ']') {
-        if (++j->depth > j->max_depth)
-            return fail(j, "Found too many nested data structures", j->p - 1, 0);
-        j->depth--;
-        j->p = p + 1;
-        lua_createtable(L, 0, 0);
-        return 1;
-    }
+    if (*p == ']') return empty_container(j, p);
     if (!open_container(j, ARR_BATCH, &direct)) return 0;
     slot = lua_gettop(L);
     for (;;) {
