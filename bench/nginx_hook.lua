@@ -145,7 +145,7 @@ local ok, err = pcall(function()
   local base_url = info.base_url
   if o.upstream == "lean" then
     local dir = work .. "/lean"
-    assert(nginx.run("mkdir -p " .. nginx.q(dir .. "/logs") .. " " .. nginx.q(dir .. "/tmp")))
+    assert(nginx.run("mkdir -p " .. nginx.q(dir .. "/logs") .. " " .. nginx.q(dir .. "/tmp")), "cannot create " .. dir)
     local tls
     lean = nginx.start({ dir = dir, write = function(port)
       tls = nginx.free_port()
@@ -189,8 +189,7 @@ local function pin(pid, cpu)
   end
 end
 
-local up_pid = lean and lean:pid()
-  or tonumber((nginx.read_file(info.pid_file or (sb_dir .. "/nginx.pid")) or ""):match("%d+"))
+local up_pid = lean and lean:pid() or info.pid
 assert(up_pid, "the upstream's pid was not found")
 local WRK = "wrk"
 if o.pin then
@@ -202,13 +201,6 @@ if o["upstream-prio"] == "idle" then
   for _, p in ipairs(family(up_pid)) do
     assert(nginx.run("chrt -i -a -p 0 " .. p .. " >/dev/null 2>&1"), "chrt -i failed for pid " .. p)
   end
-end
-
-local function to_ms(v, unit)
-  v = tonumber(v)
-  if unit == "us" then return v / 1000 end
-  if unit == "s" then return v * 1000 end
-  return v
 end
 
 local SCRIPTS = {}
@@ -256,14 +248,16 @@ local res = {}
 local run_ok, run_err = pcall(function()
   wrk(HOOK, 1, "saturated") -- warm-up: connections to the sandbox, JIT traces
   wrk(PLAIN, 1, "saturated")
+  drain()
   for _, mode in ipairs(MODES) do
     res[mode] = { plain = {}, hook = {} }
     for r = 1, o.rounds do
       for _, which in ipairs({ "plain", "hook" }) do
-        drain()
         local cpu0 = worker_cpu_ns()
         local x = wrk(which == "hook" and HOOK or PLAIN, o.seconds, mode)
-        -- the worker's CPU per request, delivery of this round's orders included
+        -- the worker's CPU per request, delivery of this round's orders
+        -- included; the empty queue also keeps this round's backlog out of
+        -- the next one
         drain()
         x.cpu_us = (worker_cpu_ns() - cpu0) / 1000 / (x.rps * o.seconds)
         res[mode][which][r] = x
