@@ -16,6 +16,7 @@
 #include "date.h"
 #include "money.h"
 #include "utf8.h"
+#include "text.h"
 
 /* Caps (documented in the README). */
 #define MAX_PROBLEMS 100      /* problems reported per payload */
@@ -220,39 +221,8 @@ static int slot_of(const schema *sc, const char *k, size_t n) {
 
 static int lower(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
 
-/* Optimal string alignment distance, capped: enough for "did you mean". */
-static int edit_distance(const char *a, size_t n, const char *b, size_t m) {
-    int d[40][40];
-    size_t i, j;
-    if (n >= 40 || m >= 40) return 99;
-    for (i = 0; i <= n; i++) d[i][0] = (int)i;
-    for (j = 0; j <= m; j++) d[0][j] = (int)j;
-    for (i = 1; i <= n; i++) {
-        for (j = 1; j <= m; j++) {
-            int cost = lower((unsigned char)a[i - 1]) != lower((unsigned char)b[j - 1]);
-            int v = d[i - 1][j] + 1;
-            if (d[i][j - 1] + 1 < v) v = d[i][j - 1] + 1;
-            if (d[i - 1][j - 1] + cost < v) v = d[i - 1][j - 1] + cost;
-            if (i > 1 && j > 1 && lower((unsigned char)a[i - 1]) == lower((unsigned char)b[j - 2]) &&
-                lower((unsigned char)a[i - 2]) == lower((unsigned char)b[j - 1]) &&
-                d[i - 2][j - 2] + 1 < v)
-                v = d[i - 2][j - 2] + 1;
-            d[i][j] = v;
-        }
-    }
-    return d[n][m];
-}
-
 static const char *suggest(const schema *sc, const char *k, size_t n) {
-    int i, best = 99;
-    const char *hit = NULL;
-    for (i = 0; i < sc->n; i++) {
-        const char *f = sc->names[i];
-        int dist = edit_distance(k, n, f, strlen(f));
-        int limit = n < 4 ? 1 : 2;
-        if (dist <= limit && dist < best) { best = dist; hit = f; }
-    }
-    return hit;
+    return oo_suggest(k, n, sc->names, sc->n);
 }
 
 /* Moves the known fields of table t into slots base..base+n-1 (nil when

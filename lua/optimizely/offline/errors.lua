@@ -48,20 +48,72 @@ function M.is(x)
   return getmetatable(x) == Error
 end
 
---- Remove every occurrence of `secret` from `s` (plain find, no patterns).
-function M.redact(s, secret)
-  if type(s) ~= "string" or type(secret) ~= "string" or secret == "" then return s end
-  local out, i = {}, 1
+-- How many leading (or trailing) characters of a secret, echoed on their
+-- own, count as an echo of it: a server or a message that cuts the token
+-- short must not leak most of it.
+local ECHO_MIN = 8
+
+local function lower_plain(s) return (s:lower()) end
+
+-- Spans [a, b] of `ls` (lower-cased text) that echo `lsec` (lower-cased
+-- secret): the whole secret, or a run of at least ECHO_MIN characters that
+-- starts like it or ends like it.
+local function echo_spans(ls, lsec)
+  local spans, n = {}, #lsec
+  local k = n < ECHO_MIN and n or ECHO_MIN
+  local head, tail = lsec:sub(1, k), lsec:sub(n - k + 1)
+  local i = 1
   while true do
-    local a, b = s:find(secret, i, true)
+    local a = ls:find(head, i, true)
     if not a then break end
-    out[#out + 1] = s:sub(i, a - 1)
-    out[#out + 1] = "[REDACTED]"
+    local b = a + k - 1
+    while b - a + 1 < n and ls:byte(b + 1) == lsec:byte(b - a + 2) do b = b + 1 end
+    spans[#spans + 1] = { a, b }
     i = b + 1
   end
-  if i == 1 then return s end
+  if k < n then
+    i = 1
+    while true do
+      local a = ls:find(tail, i, true)
+      if not a then break end
+      local b = a + k - 1
+      local j = n - k -- secret index matching ls[a - 1]
+      while j >= 1 and a > 1 and ls:byte(a - 1) == lsec:byte(j) do a, j = a - 1, j - 1 end
+      spans[#spans + 1] = { a, b }
+      i = b + 1
+    end
+  end
+  return spans
+end
+
+--- Remove every echo of `secret` from `s`: the secret itself in any letter
+-- case, and runs of 8 or more of its first or last characters (a cut-short
+-- echo). Plain matching, no patterns.
+function M.redact(s, secret)
+  if type(s) ~= "string" or type(secret) ~= "string" or secret == "" then return s end
+  local spans = echo_spans(lower_plain(s), lower_plain(secret))
+  if #spans == 0 then return s end
+  table.sort(spans, function(x, y) return x[1] < y[1] end)
+  local out, i = {}, 1
+  for _, sp in ipairs(spans) do
+    if sp[2] >= i then
+      if sp[1] > i then out[#out + 1] = s:sub(i, sp[1] - 1) end
+      out[#out + 1] = "[REDACTED]"
+      i = sp[2] + 1
+    end
+  end
   out[#out + 1] = s:sub(i)
   return table.concat(out)
+end
+
+--- `redact` for each secret of a list (the longest first).
+function M.redact_all(s, secrets)
+  if not secrets or #secrets == 0 then return s end
+  local list = {}
+  for i, v in ipairs(secrets) do list[i] = v end
+  table.sort(list, function(a, b) return #a > #b end)
+  for _, sec in ipairs(list) do s = M.redact(s, sec) end
+  return s
 end
 
 --- Build an error object from a table of fields (kind and message required).
