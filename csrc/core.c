@@ -19,5 +19,6 @@ OO_EXPORT int luaopen_optimizely_offline_core(lua_State *L) {
     oo_worker_register(L);
     oo_json_register(L);
     oo_text_register(L);
+    oo_fs_register(L);
     return 1;
 }

@@ -14,5 +14,6 @@ void oo_multi_register(lua_State *L);
 void oo_worker_register(lua_State *L);
 void oo_json_register(lua_State *L);
 void oo_text_register(lua_State *L);
+void oo_fs_register(lua_State *L);
 
 #endif
