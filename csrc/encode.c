@@ -1005,6 +1005,35 @@ static int l_enc_gc(lua_State *L) {
     return 0;
 }
 
+/*** core.ref_string(payload) -> the order's refCode as the encoder writes
+ * it (a string as is, an integer in decimal), or nil when it has none of
+ * those. The one conversion every queue, report and message uses. */
+static int l_ref_string(lua_State *L) {
+    long long iv;
+    char buf[32];
+    lua_settop(L, 1);
+    if (lua_type(L, 1) != LUA_TTABLE) { lua_pushnil(L); return 1; }
+    lua_pushliteral(L, "order");
+    lua_rawget(L, 1);
+    if (lua_type(L, -1) != LUA_TTABLE) { lua_pushnil(L); return 1; }
+    lua_pushliteral(L, "refCode");
+    lua_rawget(L, -2);
+    switch (lua_type(L, -1)) {
+    case LUA_TSTRING:
+        return 1;
+    case LUA_TNUMBER:
+        if (oo_tointeger(L, -1, &iv)) {
+            snprintf(buf, sizeof buf, "%lld", iv);
+            lua_pushstring(L, buf);
+            return 1;
+        }
+        /* fallthrough */
+    default:
+        lua_pushnil(L);
+        return 1;
+    }
+}
+
 void oo_encode_register(lua_State *L) {
     static const luaL_Reg fns[] = {{"encode", l_encode}, {"validate", l_validate}, {NULL, NULL}};
     enc *e = (enc *)lua_newuserdata(L, sizeof(enc));
@@ -1020,6 +1049,8 @@ void oo_encode_register(lua_State *L) {
     oo_setfuncs(L, fns, 1);
     lua_pushcfunction(L, l_money);
     lua_setfield(L, -2, "money");
+    lua_pushcfunction(L, l_ref_string);
+    lua_setfield(L, -2, "ref_string");
     lua_pushcfunction(L, l_format_money);
     lua_setfield(L, -2, "format_money");
     lua_createtable(L, 0, 12);

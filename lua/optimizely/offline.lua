@@ -28,6 +28,11 @@ function M.validate(payload)
   return nil, new_error(w, truncated)
 end
 
+--- The order's refCode as the encoder writes it (a string as is, an
+-- integer in decimal), or nil: the one conversion queues, reports and
+-- messages use.
+M.ref_of = core.ref_string
+
 -- Lazily loaded parts, so `require "optimizely.offline"` stays cheap and
 -- scripts that only encode never load the HTTP client.
 local lazy = {

@@ -290,10 +290,17 @@ local function emitter(on_event)
 end
 
 local function context(c)
-  local secrets, channels = {}, {}
-  for i, ch in ipairs(c.channels) do
+  local secrets, channels, index = {}, {}, {}
+  -- the default channel first: a spooled order without a channel (an
+  -- older spool file) goes out with it
+  local list = {}
+  for _, ch in ipairs(c.channels) do
+    if ch.name == c.default_channel then table.insert(list, 1, ch) else list[#list + 1] = ch end
+  end
+  for i, ch in ipairs(list) do
     secrets[#secrets + 1] = ch.token
     channels[i] = { name = ch.name, token = ch.token, headers = headers_for(c.site, ch) }
+    index[ch.name] = i
   end
   local http_opts = {
     ca_file = c.ca_file, ca_path = c.ca_path, proxy = c.proxy,
@@ -303,7 +310,7 @@ local function context(c)
   local transport = c.transport and as_transport(c.transport) or core.http_new(http_opts)
   return {
     config = c, http_opts = http_opts, custom_transport = c.transport ~= nil,
-    transport = transport, channels = channels, channel_index = c.channel_index,
+    transport = transport, channels = channels, channel_index = index,
     default_channel = c.default_channel, secrets = secrets,
     site = c.site, post_url = c.post_url,
     cancel_prefix = c.cancel_prefix, cancel_suffix = c.cancel_suffix,
