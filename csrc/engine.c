@@ -363,6 +363,11 @@ static void on_done(void *ud, oo_slot *s, CURLcode rc) {
     if (o.status == 429) e->metrics.throttled++;
     pthread_mutex_unlock(&e->mu);
     oo_policy_decide(&e->policy, &o, j->attempts, wall_now() - j->created, oo_jitter(&e->rng), &d);
+    if (e->probing && d.action != OO_ACK && d.action != OO_STOP) {
+        /* the probe told nothing about the credentials: another one later */
+        e->probing = 0;
+        e->probe_at = oo_mono_now() + e->cfg.auth_pause;
+    }
     switch (d.action) {
     case OO_ACK:
         settle_sent(e, j, &o, body, blen, s);
