@@ -231,6 +231,25 @@ describe("options and output shapes", function()
     assert.are.equal(33, #pseudonym.new({ key = KEY, encoding = "base64url", length = 33 }):id("a@b"))
   end)
 
+  it("sees every change to an opts table reused between calls", function()
+    local o = { key = KEY }
+    local full = offline.pseudonymise("jane@x.com", o)
+    o.length = 16
+    assert.are.equal(full:sub(1, 16), offline.pseudonymise("jane@x.com", o))
+    o.length = nil
+    o.key = KEY .. "-2"
+    assert.are.equal(offline.pseudonymise("jane@x.com", { key = KEY .. "-2" }), offline.pseudonymise("jane@x.com", o))
+    o.lenght = 16
+    assert.has_error(function() offline.pseudonymise("jane@x.com", o) end,
+      "optimizely.offline.pseudonymise: opts.lenght is not a known option (did you mean 'length'?)")
+    o.lenght, o.key = nil, "tiny-key"
+    local ok, msg = pcall(offline.pseudonymise, "jane@x.com", o)
+    assert.is_false(ok)
+    assert.matches("opts.key is too short", msg)
+    o.key = KEY
+    assert.are.equal(full, offline.pseudonymise("jane@x.com", o))
+  end)
+
   it("raises on unknown options with a suggestion, never showing the key", function()
     local ok, msg = pcall(pseudonym.new, { key = KEY, lenght = 32 })
     assert.is_false(ok)

@@ -297,9 +297,36 @@ end
 
 -- ------------------------------------------------ offline.pseudonymise
 
--- One pseudonymiser kept between calls (keyed in C: its key is compared in
--- constant time and never held by Lua here).
+-- One pseudonymiser kept between calls (its key is compared in C, in
+-- constant time).
 local cached
+
+-- The checked form of each opts table seen, while the caller keeps that
+-- table (weak keys) and its content is unchanged: a call with the same opts
+-- skips the schema walk, most of the cost of a call.
+local memo = setmetatable({}, { __mode = "k" })
+local DEFAULTS
+
+local function checked(o)
+  if o == nil then
+    DEFAULTS = DEFAULTS or SHAPE:check(nil)
+    return DEFAULTS
+  end
+  local m = type(o) == "table" and memo[o]
+  if m then
+    local n, raw = 0, m.raw
+    for k, v in next, o do
+      n = n + 1
+      if raw[k] ~= v then n = -1; break end
+    end
+    if n == m.n then return m.checked end
+  end
+  local c = SHAPE:check(o, 3)
+  local raw, n = {}, 0
+  for k, v in next, o do raw[k] = v; n = n + 1 end
+  memo[o] = { checked = c, raw = raw, n = n }
+  return c
+end
 
 --- `offline.pseudonymise(email [, opts]) -> id | nil, err`: the pseudonym
 -- of one address. `opts`: `key`, `length`, `encoding`, `strip_plus_tag`,
@@ -309,7 +336,7 @@ local cached
 -- @return id | nil, err (kind "validation", path "email"; or kind "config"
 --   when the environment has no usable key)
 function M.pseudonymise(email, o)
-  local c = SHAPE:check(o, 2)
+  local c = checked(o)
   local key = c.key
   if key == nil then
     local err
