@@ -28,13 +28,19 @@ local function assert_no_key(v, key)
   end
 end
 
--- A child Lua with this build, an environment and a chunk; its stdout.
+-- A child Lua with this build, an environment and a chunk; its output.
 local function child(env, code)
+  local script = os.tmpname()
+  local f = assert(io.open(script, "w"))
+  f:write(code)
+  f:close()
   local parts = { "env -u OPTIMIZELY_PSEUDONYM_KEY" }
   for k, v in pairs(env) do parts[#parts + 1] = sys.q(k .. "=" .. v) end
   parts[#parts + 1] = "LUA_PATH=" .. sys.q(package.path) .. " LUA_CPATH=" .. sys.q(package.cpath)
-  parts[#parts + 1] = LUA .. " -e " .. sys.q(code) .. " 2>&1"
-  return sys.capture(table.concat(parts, " "))
+  parts[#parts + 1] = LUA .. " " .. sys.q(script) .. " 2>&1"
+  local out = sys.capture(table.concat(parts, " "))
+  os.remove(script)
+  return out
 end
 
 describe("HMAC-SHA256", function()
