@@ -226,6 +226,29 @@ describe("optimizely-offline mapping", function()
   end)
 end)
 
+describe("optimizely-offline mapping, interrupted", function()
+  setup(function() TMP = io.popen("mktemp -d"):read("*l") end)
+  teardown(function()
+    if TMP and TMP:match("^/tmp/") then os.execute("rm -rf " .. q(TMP)) end
+  end)
+
+  it("on Ctrl-C writes nothing, removes its temporary files and exits 130", function()
+    local lines = {}
+    for i = 1, 300 do
+      lines[i] = ('{"user":{"email":"p%d@example.com"},"order":{"refCode":"I%d"}}'):format(i, i)
+    end
+    write_file(tmp("int.ndjson"), table.concat(lines, "\n") .. "\n")
+    os.execute("mkdir -p " .. q(tmp("sort")))
+    local r = cli({ "mapping", "int.ndjson", "-o", "int.csv", "--run-size", "10", "--tmpdir", "sort",
+                    "--transform", ROOT .. "/spec/fixtures/cli/interrupt.lua" },
+      { env = { OPTIMIZELY_PSEUDONYM_KEY = KEY, KILL_AT = "150" } })
+    assert.are.equal(130, r.code, r.err)
+    assert.are.equal("interrupted: no mapping written\n", r.err)
+    assert.is_nil(read_file(tmp("int.csv")))
+    assert.are.equal("", sys.capture("ls -A " .. q(tmp("sort"))))
+  end)
+end)
+
 describe("mapping's external sort", function()
   it("returns each distinct string once, in byte order, whatever the run size", function()
     local dir = io.popen("mktemp -d"):read("*l")

@@ -82,6 +82,9 @@ local FIELDS = {
   replace_email = { type = "boolean", default = true },
   fn = { type = "function" },
 }
+--- The options schema of `new` (optimizely.offline.opts), for callers that
+-- check a `pseudonymise = {...}` option of their own against it.
+-- @field schema
 local NEW = opts.schema("optimizely.offline.pseudonym", "opts", FIELDS)
 -- The options of one pseudonym (the function form has no use for the rest).
 local SHAPE = NEW:only({ "key", "length", "encoding", "strip_plus_tag", "strip_dots" },

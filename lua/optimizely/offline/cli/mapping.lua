@@ -357,6 +357,9 @@ function Mapping:summary()
   self.err:write(s, "\n")
 end
 
+--- Runs the command. Exit codes: 0 done, 1 some records left out (the file
+-- is still written) or an I/O failure, 2 usage or configuration error,
+-- 130 interrupted (no file written, temporary files removed).
 function M.run(args, out, err, getenv)
   getenv = getenv or os.getenv
   return common.guard(err, function()
@@ -367,6 +370,11 @@ function M.run(args, out, err, getenv)
     end)
     m:cleanup()
     if not ok then
+      if common.is_interrupt(e) then
+        if m.progress then m.progress:clear() end
+        err:write("interrupted: no mapping written", m.to_file and "" or " (standard output is incomplete)", "\n")
+        return 130
+      end
       if getmetatable(e) ~= RunError then error(e, 0) end
       err:write("error: ", e.message, "\n")
       return 1
