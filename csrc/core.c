@@ -23,5 +23,6 @@ OO_EXPORT int luaopen_optimizely_offline_core(lua_State *L) {
     oo_policy_register(L);
     oo_metrics_register(L);
     oo_engine_register(L);
+    oo_hmac_register(L);
     return 1;
 }

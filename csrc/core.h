@@ -18,5 +18,6 @@ void oo_classify_register(lua_State *L);
 void oo_policy_register(lua_State *L);
 void oo_metrics_register(lua_State *L);
 void oo_engine_register(lua_State *L);
+void oo_hmac_register(lua_State *L);
 
 #endif
