@@ -446,6 +446,29 @@ describe("client:send_batch", function()
     c:close()
   end)
 
+  it("stops on refused credentials: nothing more is sent, every other order ends as not sent", function()
+    sb.faults({ count = 1, status = 401, body = '{"status":"fail","errors":[{"code":"InvalidSiteToken"}]}' })
+    local c = new_client()
+    local rec = recorder()
+    local n = 50
+    local s = c:send_batch(make("auth-", n), { concurrency = 1, on_result = rec.cb })
+    assert.equal(0, s.sent)
+    assert.equal(n, s.read)
+    assert.equal(n, s.failed)
+    assert.equal(n, #s.failures)
+    assert.equal("auth", s.stopped.kind)
+    assert.equal("InvalidSiteToken", s.stopped.code)
+    assert.is_true(s.not_sent >= n - 2, "not_sent " .. s.not_sent)
+    -- one request, not fifty with the same token
+    assert.equal(1, sb.stats().requests)
+    for i = 1, n do
+      assert.equal(1, rec.calls[i], "on_result calls for order " .. i)
+      assert.equal("auth", rec.err[i].kind)
+      assert.is_false(rec.err[i].retryable)
+    end
+    c:close()
+  end)
+
   it("finishes what is in flight when the source raises", function()
     local c = new_client()
     local i = 0
