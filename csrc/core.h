@@ -5,7 +5,7 @@
 
 #include "compat.h"
 
-#define OO_VERSION "0.1.0"
+#define OO_VERSION "0.2.0"
 
 void oo_encode_register(lua_State *L);
 void oo_http_register(lua_State *L);
