@@ -139,6 +139,22 @@ install_rock() { # tree, luaver, config, rock
   fi
 }
 
+# require("optimizely.offline") from tree $1 with interpreter $2 (ABI $3),
+# nothing but that tree on the path; $4 labels messages.
+require_from() {
+  tree=$1 lua=$2 abi=$3 label=$4
+  (cd "$WORK" && env -i PATH=/usr/bin:/bin LUA_PATH="$tree/share/lua/$abi/?.lua;$tree/share/lua/$abi/?/init.lua" \
+    LUA_CPATH="$tree/lib/lua/$abi/?.so" OO_TREE="$tree" OO_VERSION="$VERSION" "$lua" -e '
+      local tree, version = os.getenv("OO_TREE"), os.getenv("OO_VERSION")
+      local offline = require("optimizely.offline")
+      local src = debug.getinfo(offline.encode, "S").source
+      assert(src:sub(1, #tree + 1) == "@" .. tree, "loaded from " .. src)
+      assert(offline.VERSION == version, "VERSION " .. tostring(offline.VERSION))
+      assert(offline.encode({ order = { refCode = "R-1", orderDate = "2024-05-16T14:25:00 GMT",
+        currency = "GBP", total = 1, items = { { refCode = "S", qty = 1, price = 1 } } } }))
+    ') >"$WORK/out" 2>&1 || fail "$label: require from the tree alone: $(cat "$WORK/out")"
+}
+
 # Runs the installed command and a require from tree $1 with interpreter $2
 # (an absolute path) for ABI $3.
 check_tree() {
@@ -163,18 +179,10 @@ check_tree() {
     fail "$label: validate legacy-orders.xml: $(tail -n 5 "$WORK/out")"
   run "$cmd" validate "$ROOT/examples/till-export.csv" --transform "$ROOT/examples/transform.lua" >"$WORK/out" 2>&1 ||
     fail "$label: validate till-export.csv: $(tail -n 5 "$WORK/out")"
-  # the library alone: nothing but the tree on the path
-  run env LUA_PATH="$tree/share/lua/$abi/?.lua;$tree/share/lua/$abi/?/init.lua" \
-    LUA_CPATH="$tree/lib/lua/$abi/?.so" OO_TREE="$tree" OO_VERSION="$VERSION" "$lua" -e '
-      local tree, version = os.getenv("OO_TREE"), os.getenv("OO_VERSION")
-      local offline = require("optimizely.offline")
-      local src = debug.getinfo(offline.encode, "S").source
-      assert(src:sub(1, #tree + 1) == "@" .. tree, "loaded from " .. src)
-      assert(offline.VERSION == version, "VERSION " .. tostring(offline.VERSION))
-      assert(offline.encode({ order = { refCode = "R-1", orderDate = "2024-05-16T14:25:00 GMT",
-        currency = "GBP", total = 1, items = { { refCode = "S", qty = 1, price = 1 } } } }))
-    ' >"$WORK/out" 2>&1 || fail "$label: require from the tree alone: $(cat "$WORK/out")"
-  [ -f "$tree/share/man/man1/optimizely-offline.1" ] || fail "$label: no share/man/man1/optimizely-offline.1"
+  require_from "$tree" "$lua" "$abi" "$label"
+  # man finds the page from PATH (<tree>/bin -> <tree>/share/man)
+  [ "$(run env PATH="$tree/bin:/usr/bin:/bin" man -w optimizely-offline 2>&1)" = \
+    "$tree/share/man/man1/optimizely-offline.1" ] || fail "$label: man -w does not find <tree>/share/man/man1/optimizely-offline.1"
   say "$label: checked"
 }
 
@@ -190,6 +198,8 @@ CFGJIT=$(config jit luajit /usr/include/luajit-2.1)
 install_rock "$WORK/tree-5.4" 5.4 "$CFG54" "$ROCK" && check_tree "$WORK/tree-5.4" /usr/bin/lua5.4 5.4
 if install_rock "$WORK/tree-5.1" 5.1 "$CFG51" "$ROCK"; then
   check_tree "$WORK/tree-5.1" /usr/bin/lua5.1 5.1
+  # LuaJIT loads a core built for PUC 5.1 from the same tree
+  command -v luajit >/dev/null 2>&1 && require_from "$WORK/tree-5.1" /usr/bin/luajit 5.1 "tree-5.1 (luajit)"
 fi
 if command -v luajit >/dev/null 2>&1 && install_rock "$WORK/tree-jit" 5.1 "$CFGJIT" "$ROCK"; then
   check_tree "$WORK/tree-jit" /usr/bin/luajit 5.1
