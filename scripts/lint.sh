@@ -14,7 +14,6 @@ STRICT=${LINT_STRICT:-0}
 [ "${1:-}" = --strict ] && STRICT=1
 
 KNOWN="
-lua/optimizely/offline/batch.lua
 lua/optimizely/offline/cli/common.lua
 lua/optimizely/offline/cli/send.lua
 lua/optimizely/offline/client.lua
