@@ -9,9 +9,11 @@
 --    sources (luacheck's parser, so strings and comments never confuse it):
 --    the functions reachable from the table a module returns (`M.f`,
 --    `M.sub.f`, the fields of `return {...}` and of `local M = {...}`, and
---    `M.f = some_local_function`), and the methods of the objects it makes:
---    every `function C:m` / `C.m = function` of a table `C` used as a
---    metatable (`C.__index = C`, `setmetatable(x, C)`, `{__index = C}`).
+--    `M.f = some_local_function`), and the methods of the objects it hands
+--    out: every `function C:m` / `C.m = function` of a table `C` used as a
+--    metatable (`C.__index = C`, `setmetatable(x, C)`, `{__index = C}`) when
+--    the module exports `C` or documents it (an `@type C`, or any of its
+--    methods); a class with neither is internal (`--list` names them).
 --    Names starting with `_` (metamethods included) are not public.
 -- 3. A module is documented when LDoc made a module of its file (a `---`
 --    comment at the top, `@module name`). A public function is documented
@@ -26,14 +28,16 @@
 -- module instead.
 local M = {}
 
---- LDoc filter: prints one `ITEM<TAB>file<TAB>line<TAB>name` line per
--- documented item, for the checker to read.
+--- LDoc filter: prints a `MODULE<TAB>file<TAB>name` line per module and an
+-- `ITEM<TAB>file<TAB>line<TAB>name<TAB>type` line per documented item, for
+-- the checker to read.
 -- @param modules LDoc's module list
 function M.items(modules)
   for mod in modules:iter() do
     io.write("MODULE\t", tostring(mod.file), "\t", tostring(mod.name), "\n")
     for item in mod.items:iter() do
-      io.write("ITEM\t", tostring(mod.file), "\t", tostring(item.lineno), "\t", tostring(item.name), "\n")
+      io.write("ITEM\t", tostring(mod.file), "\t", tostring(item.lineno), "\t", tostring(item.name), "\t",
+        tostring(item.type), "\n")
     end
   end
 end
@@ -85,11 +89,13 @@ end
 -- 2. what LDoc documented --------------------------------------------------
 local documented = {} -- "file:line" -> true
 local modules = {} -- file -> module name, for the files LDoc made a module of
+local types = {} -- "file:Name" -> true for each LDoc @type
 if not SELF_TEST then
   local out, ok = capture("LUA_PATH=" .. q(root .. "/scripts/?.lua;;") .. " ldoc --filter doc_check.items . 2>&1")
   if not ok then io.stderr:write(out, "doc_check: ldoc --filter failed\n"); os.exit(1) end
-  for file, line in out:gmatch("ITEM\t([^\t]+)\t(%d+)\t[^\n]*") do
+  for file, line, name, kind in out:gmatch("ITEM\t([^\t]+)\t(%d+)\t([^\t]*)\t([^\n]*)") do
     documented[rel(file) .. ":" .. line] = true
+    if kind == "type" then types[rel(file) .. ":" .. name] = true end
   end
   for file, name in out:gmatch("MODULE\t([^\t]+)\t([^\n]*)") do modules[rel(file)] = name end
   if not HTML then ldoc_warnings((out:gsub("ITEM\t[^\n]*\n", ""):gsub("MODULE\t[^\n]*\n", ""))) end
@@ -167,7 +173,10 @@ end
 
 local function public_name(name) return name:sub(1, 1) ~= "_" end
 
--- The public functions of one file: list of { line, name, alt_line }.
+-- The public functions of one file: a list of { line, name, alt, class }
+-- (alt: the line of the local function `M.f = f` names; class: the metatable
+-- a method belongs to), and the set of classes the module exports
+-- (`M.Client = Client`, `return { Client = Client }`).
 local function public_functions(src)
   local ast = parser.parse(decoder.decode(src))
   local stats = top_statements(ast)
@@ -179,14 +188,17 @@ local function public_functions(src)
   end
   local classes = find_classes(ast)
   local local_fns = {} -- name -> line of `local function name` / `local name = function`
-  local found = {}
-  local function add(line, name, alt) found[#found + 1] = { line = line, name = name, alt = alt } end
+  local found, exported = {}, {}
+  local function add(line, name, alt, class)
+    found[#found + 1] = { line = line, name = name, alt = alt, class = class }
+  end
   local function table_fields(tbl, prefix)
     for _, pair in ipairs(tbl) do
       if pair.tag == "Pair" and pair[1].tag == "String" and public_name(pair[1][1]) then
         local v, key = pair[2], prefix .. pair[1][1]
         if v.tag == "Function" then add(pair.line or v.line, key)
         elseif v.tag == "Id" and local_fns[v[1]] then add(pair.line or v.line, key, local_fns[v[1]])
+        elseif v.tag == "Id" and classes[v[1]] then exported[v[1]] = true
         elseif v.tag == "Table" then table_fields(v, key .. ".") end
       end
     end
@@ -209,16 +221,17 @@ local function public_functions(src)
           if name == module_name then
             if v.tag == "Function" then add(st.line, dotted)
             elseif v.tag == "Id" and local_fns[v[1]] then add(st.line, dotted, local_fns[v[1]])
+            elseif v.tag == "Id" and classes[v[1]] then exported[v[1]] = true
             elseif v.tag == "Table" then table_fields(v, dotted .. ".") end
           elseif classes[name] and #keys == 1 and v.tag == "Function" then
-            add(st.line, name .. (is_method(v) and ":" or ".") .. keys[1])
+            add(st.line, name .. (is_method(v) and ":" or ".") .. keys[1], nil, name)
           end
         end
       end
     end
   end
   if module_table then table_fields(module_table, "") end
-  return found
+  return found, exported
 end
 
 -- `--self-test`: the source walk against known answers.
@@ -242,19 +255,25 @@ function C:__tostring() end
 function Helper:not_a_class() end
 function M.make() local o = {} function o.inner() end return setmetatable(o, C) end
 do function M.in_do() end end
+M.Class = C
 return M
-]], "a@1 b@7 c@8 sub.d@9 sub.e@9 sub.x@10 C:m@11 C.n@12 make@16 in_do@17" },
+]], "a@1 b@7 c@8 sub.d@9 sub.e@9 sub.x@10 C:m@11 C.n@12 make@16 in_do@17 exported:C" },
     { [[
 local function new() end
 local Obj = {}
 function Obj:go() end
 return { new = new, go = function() end, meta = setmetatable({}, { __index = Obj }) }
-]], "Obj:go@3 new@4 go@4" },
+]], "Obj:go@3 new@4 go@4 exported:" },
   }
   local bad = 0
   for i, case in ipairs(cases) do
     local got = {}
-    for _, fn in ipairs(public_functions(case[1])) do got[#got + 1] = fn.name .. "@" .. fn.line end
+    local found, exported = public_functions(case[1])
+    for _, fn in ipairs(found) do got[#got + 1] = fn.name .. "@" .. fn.line end
+    local names = {}
+    for name in pairs(exported) do names[#names + 1] = name end
+    table.sort(names)
+    got[#got + 1] = "exported:" .. table.concat(names, ",")
     local g = table.concat(got, " ")
     if g ~= case[2] then
       bad = bad + 1
@@ -268,10 +287,10 @@ end
 local files = {}
 for path in capture("find lua -name '*.lua' | sort"):gmatch("[^\n]+") do files[#files + 1] = path end
 
-local missing, total, bad_modules = {}, 0, 0
+local missing, total, bad_modules, internal = {}, 0, 0, {}
 for _, path in ipairs(files) do
   local src = read(path)
-  local ok, found = pcall(public_functions, src)
+  local ok, found, exported = pcall(public_functions, src)
   if not ok then
     io.stderr:write(path, ": cannot parse: ", tostring(found), "\n")
     os.exit(1)
@@ -283,15 +302,32 @@ for _, path in ipairs(files) do
   end
   local source_lines = {}
   for line in (src .. "\n"):gmatch("([^\n]*)\n") do source_lines[#source_lines + 1] = line end
+  -- A metatable's methods are public when the module hands its objects out:
+  -- it exports the table, or documents the class (a @type, or any method).
+  -- Otherwise it is the module's own machinery (batch.lua's Batch).
+  local public_class = {}
   for _, f in ipairs(found) do
-    total = total + 1
-    local ok_doc = documented[path .. ":" .. f.line] or (f.alt and documented[path .. ":" .. f.alt])
-    if LIST then print(("%s:%d: %s %s"):format(path, f.line, f.name, ok_doc and "documented" or "UNDOCUMENTED")) end
-    if not ok_doc then
-      -- a `---` comment right above that LDoc did not take: say so
-      local above = source_lines[f.line - 1] or ""
-      local hint = above:match("^%s*%-%-%-") and " (LDoc does not read the --- comment above it)" or ""
-      missing[#missing + 1] = ("%s:%d: %s undocumented%s"):format(path, f.line, f.name, hint)
+    if f.class and (exported[f.class] or types[path .. ":" .. f.class] or documented[path .. ":" .. f.line]) then
+      public_class[f.class] = true
+    end
+  end
+  for _, f in ipairs(found) do
+    if f.class and not public_class[f.class] then
+      if not internal[path .. ":" .. f.class] then
+        internal[path .. ":" .. f.class] = true
+        internal[#internal + 1] = path .. ": " .. f.class
+        if LIST then print(("%s: %s: internal (not exported, nothing of it documented)"):format(path, f.class)) end
+      end
+    else
+      total = total + 1
+      local ok_doc = documented[path .. ":" .. f.line] or (f.alt and documented[path .. ":" .. f.alt])
+      if LIST then print(("%s:%d: %s %s"):format(path, f.line, f.name, ok_doc and "documented" or "UNDOCUMENTED")) end
+      if not ok_doc then
+        -- a `---` comment right above that LDoc did not take: say so
+        local above = source_lines[f.line - 1] or ""
+        local hint = above:match("^%s*%-%-%-") and " (LDoc does not read the --- comment above it)" or ""
+        missing[#missing + 1] = ("%s:%d: %s undocumented%s"):format(path, f.line, f.name, hint)
+      end
     end
   end
 end
@@ -301,7 +337,8 @@ local lines = {}
 for _, w in ipairs(warnings) do lines[#lines + 1] = w end
 for _, m in ipairs(missing) do lines[#lines + 1] = m end
 local summary = ("doc_check: %d modules, %d public functions: %d module(s) and %d function(s) undocumented;"
-  .. " %d LDoc warning(s)"):format(#files, total, bad_modules, #missing - bad_modules, #warnings)
+  .. " %d LDoc warning(s); %d internal class(es) not checked"):format(#files, total, bad_modules,
+  #missing - bad_modules, #warnings, #internal)
 if #lines > 0 then print(table.concat(lines, "\n")) end
 print(summary .. (HTML and "; reference in build/docs/index.html" or ""))
 os.execute("mkdir -p build/docs")
