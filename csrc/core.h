@@ -7,7 +7,7 @@
 
 #include "compat.h"
 
-#define OO_VERSION "0.1.0"
+#define OO_VERSION "0.2.0"
 
 #define OO_PARTS(X)                                                                       \
     X(encode) X(http) X(spool) X(worker) X(json) X(text) X(fs) X(clock) X(classify)        \
