@@ -448,7 +448,8 @@ end
 function Client:queue(o)
   local st = state(self)
   if st.custom_transport then
-    error("optimizely.offline.client: this queue needs the libcurl transport (under nginx use optimizely.offline.ngx)", 2)
+    error("optimizely.offline.client: this queue needs the libcurl transport"
+      .. " (under nginx use optimizely.offline.ngx)", 2)
   end
   local q, err = require("optimizely.offline.queue").new(st, o)
   return q, err -- not a tail call: option errors point at the caller

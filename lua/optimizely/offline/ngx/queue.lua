@@ -719,7 +719,9 @@ function M.new(client_config, o)
       if premature or self.exiting then return end
       if self:shared_len() > 0 then self:kick() end
     end)
-    if not ok then return nil, errors.new({ kind = "internal", message = "cannot start the poll timer: " .. tostring(err) }) end
+    if not ok then
+      return nil, errors.new({ kind = "internal", message = "cannot start the poll timer: " .. tostring(err) })
+    end
     self:kick() -- orders left by the previous deliverer
   end
   return self
@@ -737,7 +739,8 @@ function Queue:refuse(err)
   return nil, err
 end
 
-local PUSH_OPTS = opts.schema("optimizely.offline.ngx.queue", "push opts", { channel = { type = "string", nonempty = true } })
+local PUSH_OPTS = opts.schema("optimizely.offline.ngx.queue", "push opts",
+  { channel = { type = "string", nonempty = true } })
 
 function Queue:full_error(n)
   return errors.new({ kind = "full", bound = "max_queue", retryable = true,
