@@ -390,7 +390,7 @@ describe("sandbox", function()
         { token = "a", tokens = { store = "b" } },                 -- store's token twice
       }
       for i, o in ipairs(bad) do
-        o.dir, o.port = dir .. "/never", 0
+        o.dir, o.port, o.owner_pid, o.cleanup_dir = dir .. "/never", 0, sb.self_pid(), true
         local i2, err, kind = sandbox.start(o)
         assert.is_nil(i2, "case " .. i)
         assert.equal("config", kind, "case " .. i .. ": " .. tostring(err))
@@ -718,7 +718,7 @@ describe("sandbox", function()
 
     it("refuses bad options with a config error", function()
       for _, o in ipairs({ { delay_ms = -1 }, { max_concurrent = 2.5 }, { retry_after = "1" } }) do
-        o.dir, o.port = dir5 .. "/never", 0
+        o.dir, o.port, o.owner_pid, o.cleanup_dir = dir5 .. "/never", 0, sb.self_pid(), true
         local i, err, kind = sandbox.start(o)
         assert.is_nil(i)
         assert.equal("config", kind, tostring(err))
