@@ -633,7 +633,8 @@ describe("sandbox", function()
       for k, v in pairs(c5:auth_headers()) do h = h .. " -H " .. q(k .. ": " .. v) end
       local urls = {}
       for i = 1, n do urls[i] = "-o /dev/null " .. q(c5.info.base_url .. "/tracker/smart-api/orders/offline") end
-      local out, rc = shell("s=$(date +%s%N); timeout -k 2 60 curl -s --no-progress-meter --parallel --parallel-immediate"
+      local out, rc = shell("s=$(date +%s%N); timeout -k 2 60 curl -s --no-progress-meter"
+        .. " --parallel --parallel-immediate"
         .. " --parallel-max " .. n .. " --http1.1 --cacert " .. q(c5.info.ca_file) .. h
         .. " --data-binary " .. q(order("LAT"))
         .. " -w 'S=%{http_code} %{time_total} [%header{retry-after}]\\n' " .. table.concat(urls, " ")

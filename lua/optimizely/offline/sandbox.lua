@@ -41,7 +41,7 @@ local INFO_FILE = "sandbox.info"
 local START_TIMEOUT = 10  -- seconds until the port must answer TLS
 local STOP_TIMEOUT = 10   -- seconds until the master must be gone
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- process and file helpers
 
 local sys = require("optimizely.offline.sys")
@@ -136,7 +136,7 @@ local function first_existing(candidates)
   end
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- environment discovery
 
 local function find_nginx(opts)
@@ -191,7 +191,7 @@ local function lua_root()
   return root
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- options, info file
 
 local function check_value(name, v)
@@ -304,7 +304,7 @@ function M.read_info(path)
   return info
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- certificates
 
 local OPENSSL_CNF = [[
@@ -374,7 +374,7 @@ local function ensure_certs(dir)
   return ca_crt
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- ports
 
 -- Local ports in LISTEN state (Linux /proc); empty elsewhere, then bind decides.
@@ -402,7 +402,7 @@ local function pick_port()
   return 10000 + seed % 22000
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- probes
 
 -- coreutils `timeout` as a backstop: a curl process has been seen hanging in libc
@@ -469,7 +469,7 @@ function M.stop(opts)
   return true
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- start
 
 -- Command prefix that closes every descriptor above 2 before exec'ing its arguments.

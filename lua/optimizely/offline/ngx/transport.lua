@@ -99,7 +99,7 @@ local OPTIONS = opts_schema("optimizely.offline.ngx.transport", "opts", {
   user_agent = { type = "string", pattern = "^[^%c]*$", pattern_msg = "must not contain control characters" },
 })
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- The peer certificate's IP address and the negotiated TLS version, through
 -- OpenSSL on the session object lua-resty-core's sslhandshake returns (an
 -- SSL_SESSION *). nil when this nginx cannot give them (see the module doc).
@@ -187,7 +187,7 @@ function M.new(opts)
   return setmetatable(self, Transport)
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- URLs
 
 local function parse_url(url)
@@ -227,7 +227,7 @@ function Transport:url(url)
   return u
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Bounded reads under one deadline
 --
 -- A reader is `{sock, deadline, buf, pos}`: bytes received but not consumed
@@ -404,7 +404,7 @@ local function read_head(rd)
   return nil, "network", "too many interim (1xx) responses"
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- Connect and handshake
 
 -- sslhandshake inside pcall: lua-resty-core asserts on some internal

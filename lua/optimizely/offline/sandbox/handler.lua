@@ -67,7 +67,7 @@ local worker_max = { gen = -1, cr = 0, conc = 0 }
 local ORDERS, CANCELS = "orders.ndjson", "cancellations.ndjson"
 local ENDPOINT_HINT = "POST /tracker/smart-api/orders/offline"
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- small helpers
 
 local function json_response(status, tbl_or_string, extra_headers)
@@ -184,7 +184,7 @@ local function pct_decode(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- statistics
 
 -- Raise this worker's maximum `name` to v, publishing it under a per-worker
@@ -271,7 +271,7 @@ local function reset_stats()
   dict:incr("st:gen", 1, 0) -- every worker's local maxima start again from 0
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- settings: delay, concurrency limit (the shared dict, so POST
 -- /_sandbox/settings changes them in every worker)
 
@@ -307,7 +307,7 @@ local function store_settings(t)
   return true
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- admission: concurrency count (decremented in the log phase), limit, delay
 
 -- Two counts, both decremented in the log phase: `inflight`, every endpoint
@@ -340,7 +340,7 @@ local function admit()
   return true
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- faults: a FIFO of rules in the shared dict, consumed under a lock
 
 local function load_queue()
@@ -456,7 +456,7 @@ local function serve_fault(rule)
   return true, ngx.exit(ngx.HTTP_OK)
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- header checks shared by POST and DELETE
 
 -- The name of the configured token that `token` is (whatever the channel), or nil.
@@ -490,7 +490,7 @@ local function check_headers()
   return channel
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- body validation (the sandbox's own rules, spec §3; not the client's C validator)
 
 local function is_num(v) return type(v) == "number" end
@@ -588,7 +588,7 @@ local function remember_last(body)
   }))
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- public entry points (one per nginx location)
 
 --- Loads the configuration written by the launcher (init_by_lua, master process).
