@@ -840,6 +840,33 @@ describe("sandbox", function()
       cli("sandbox stop --dir " .. q(dir4))
     end)
 
+    it("takes --delay-ms, --max-concurrent, --retry-after and --channel-token", function()
+      local out, rc = cli("sandbox start --dir " .. q(dir4) .. " --port 0 --delay-ms 30 --max-concurrent 8"
+        .. " --retry-after 3 --channel-token callcentre=cc-Secret-9 --channel-token app=app-Secret-8")
+      assert.equal(0, rc, out)
+      assert.matches("channels:%s+app, callcentre, store", out)
+      assert.matches("delay_ms:%s+30", out)
+      assert.matches("max_concurrent:%s+8 %(429 Retry%-After 3%)", out)
+      assert.is_nil(out:find("Secret", 1, true))
+      local st = assert(sandbox.status({ dir = dir4 }))
+      assert.same({ store = "sandbox-token", callcentre = "cc-Secret-9", app = "app-Secret-8" }, st.tokens)
+      assert.equal(30, st.delay_ms)
+      local res = sb.client(st):post_order(order(ref("cli")), { channel = "app", siteToken = "app-Secret-8" })
+      assert.equal(200, res.status, res.body)
+      cli("sandbox stop --dir " .. q(dir4))
+    end)
+
+    it("exits 2 on bad values of the new options, without echoing a token", function()
+      for _, args in ipairs({ "--delay-ms soon", "--max-concurrent 2.5", "--retry-after -1",
+        "--channel-token no-equals-Secret-7", "--channel-token 'bad name=x'",
+        "--channel-token store=other-Secret-6 --token sandbox-token" }) do
+        local out, rc = cli("sandbox start --dir " .. q(dir4) .. " --port 0 " .. args)
+        assert.equal(2, rc, args .. ": " .. out)
+        assert.is_nil(out:find("Secret", 1, true), out)
+      end
+      assert.is_nil(sandbox.status({ dir = dir4 }))
+    end)
+
     it("exits 2 on usage errors", function()
       local _, rc = cli("sandbox start --port nope --dir " .. q(dir4))
       assert.equal(2, rc)
@@ -867,6 +894,9 @@ describe("support.sandbox", function()
     sb.reset()
     assert.equal(0, #sb.orders())
     assert.same({}, sb.faults())
+    local before = sb.settings()
+    assert.equal(25, sb.settings({ delay_ms = 25 }).delay_ms)
+    assert.equal(before.delay_ms, sb.settings({ delay_ms = before.delay_ms }).delay_ms)
   end)
 end)
 
