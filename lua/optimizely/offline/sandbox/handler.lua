@@ -63,6 +63,12 @@ local dict                -- lua_shared_dict oo_sandbox
 -- this worker's maxima, published per worker; `gen` is the stats generation
 -- they belong to (a reset bumps it, so every worker starts again from 0)
 local worker_max = { gen = -1, cr = 0, conc = 0 }
+-- this worker's copy of the settings, reloaded when the shared "ver" key
+-- (bumped by a settings change or a stats reset) moves: one dict read a request
+local current = { ver = -1, delay_ms = 0, max_concurrent = 0, retry_after = 1 }
+-- requests of this worker holding a max_concurrent place (ngx.ctx is only
+-- looked at in the log phase while there are some)
+local holding = 0
 
 local ORDERS, CANCELS = "orders.ndjson", "cancellations.ndjson"
 local ENDPOINT_HINT = "POST /tracker/smart-api/orders/offline"
@@ -190,10 +196,6 @@ end
 -- Raise this worker's maximum `name` to v, publishing it under a per-worker
 -- key (no cross-worker race; /_sandbox/stats takes the largest).
 local function note_max(name, v)
-  local gen = dict:get("st:gen") or 0
-  if gen ~= worker_max.gen then
-    worker_max.gen, worker_max.cr, worker_max.conc = gen, 0, 0
-  end
   if v > worker_max[name] then
     worker_max[name] = v
     dict:set("st:max" .. name .. ":" .. tostring(ngx.worker.id() or 0), v)
@@ -202,7 +204,10 @@ end
 
 -- Counts an endpoint request; the first one on a connection counts the
 -- connection and its TLS handshake, full or resumed.
+local refresh -- below: settings and the stats generation
+
 local function count_request()
+  refresh()
   dict:incr("st:requests", 1, 0)
   local var = ngx.var
   local cr = tonumber(var.connection_requests) or 1
@@ -269,6 +274,7 @@ local function reset_stats()
     dict:delete("st:maxconc:" .. id)
   end
   dict:incr("st:gen", 1, 0) -- every worker's local maxima start again from 0
+  dict:incr("ver", 1, 0)
 end
 
 -- ------------------------------------------------------------------------
@@ -281,14 +287,21 @@ local SETTINGS = {
   retry_after = { min = 0, max = 86400, integer = true },
 }
 
-local function setting(name)
-  return dict:get("set:" .. name) or 0
-end
-
 local function settings()
   local out = {}
-  for k in pairs(SETTINGS) do out[k] = setting(k) end
+  for k in pairs(SETTINGS) do out[k] = dict:get("set:" .. k) or 0 end
   return out
+end
+
+function refresh()
+  local ver = dict:get("ver") or 0
+  if ver == current.ver then return end
+  current.ver = ver
+  for k, v in pairs(settings()) do current[k] = v end
+  local gen = dict:get("st:gen") or 0
+  if gen ~= worker_max.gen then
+    worker_max.gen, worker_max.cr, worker_max.conc = gen, 0, 0
+  end
 end
 
 -- Checks every given value first, then stores them: all or nothing.
@@ -304,6 +317,7 @@ local function store_settings(t)
     end
   end
   for k, v in pairs(t) do dict:set("set:" .. k, v) end
+  dict:incr("ver", 1, 0)
   return true
 end
 
@@ -313,28 +327,28 @@ end
 -- Two counts, both decremented in the log phase: `inflight`, every endpoint
 -- request in progress (what the client has in flight: the stats' maximum),
 -- and `conc`, those admitted under max_concurrent (a 429 does not hold a place).
--- Returns true when the request may go on; otherwise the 429 has been sent.
+-- Call after count_request (fresh settings). Returns true when the request
+-- may go on; otherwise the 429 has been sent.
 local function admit()
-  local ctx = ngx.ctx
-  ctx.oo_inflight = true
   note_max("conc", dict:incr("inflight", 1, 0))
-  local limit = setting("max_concurrent")
+  local limit = current.max_concurrent
   local over = false
   if limit > 0 then
     if dict:incr("conc", 1, 0) <= limit then
-      ctx.oo_conc = true
+      ngx.ctx.oo_conc = true
+      holding = holding + 1
     else
       dict:incr("conc", -1, 0)
       over = true
     end
   end
-  local delay = setting("delay_ms")
+  local delay = current.delay_ms
   if delay > 0 then ngx.sleep(delay / 1000) end
   if over then
     dict:incr("st:throttled", 1, 0)
     dict:incr("st:status_429", 1, 0)
     fail1(429, "TooManyRequests", "more than " .. limit .. " requests in progress; retry later",
-      { ["Retry-After"] = tostring(setting("retry_after")) })
+      { ["Retry-After"] = tostring(current.retry_after) })
     return false
   end
   return true
@@ -775,9 +789,13 @@ end
 
 --- Log phase of the endpoint locations: the request is no longer in progress.
 function M.log()
-  local ctx = ngx.ctx
-  if ctx.oo_inflight then dict:incr("inflight", -1, 0) end
-  if ctx.oo_conc then dict:incr("conc", -1, 0) end
+  -- every endpoint request was admitted first thing (count_request, admit)
+  local n = dict:incr("inflight", -1, 0)
+  if n and n < 0 then dict:set("inflight", 0) end
+  if holding > 0 and ngx.ctx.oo_conc then
+    holding = holding - 1
+    dict:incr("conc", -1, 0)
+  end
 end
 
 local function ndjson_filtered(name)
