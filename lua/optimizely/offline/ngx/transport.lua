@@ -215,6 +215,9 @@ local function parse_url(url)
   }
 end
 
+--- The parsed form of `url` (cached, at most 64 entries): `{tls, host, port,
+-- path, authority, sni, ip, pool}`, or nil and a message.
+-- @local
 function Transport:url(url)
   local u = self.urls[url]
   if u then return u end
@@ -415,8 +418,10 @@ local function handshake(sock, session, sni)
   return sess, err
 end
 
--- Connect (pooled) and, for https on a fresh connection, handshake.
+--- Connect (pooled) and, for https on a fresh connection, handshake and
+-- check the certificate's IP address (IP literals) and the TLS version.
 -- @return sock, reused | nil, kind, message
+-- @local
 function Transport:connect(u, deadline)
   if u.ip and u.tls and not ssl_check then
     return nil, "tls", "cannot verify the certificate of https://" .. u.authority
@@ -482,8 +487,9 @@ local function send_all(sock, req, size, deadline)
   return true
 end
 
--- Send the request and read the whole response on a connected socket.
+--- Send the request and read the whole response on a connected socket.
 -- @return status, body, info, keepalive | nil, kind, message, stale
+-- @local
 function Transport:exchange(sock, req, size, method, deadline)
   local sent, skind, smsg, sstale = send_all(sock, req, size, deadline)
   if not sent then return nil, skind, smsg, sstale end
