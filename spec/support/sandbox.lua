@@ -264,7 +264,8 @@ function M.ensure()
   if not info then
     os.execute("rm -rf " .. q(dir)) -- leftovers of an earlier process with this pid
     local err
-    info, err = sandbox.start({ dir = dir, port = 0, owner_pid = M.self_pid(), cleanup_dir = true })
+    info, err = sandbox.start({ dir = dir, port = 0, owner_pid = M.self_pid(), cleanup_dir = true,
+      tokens = { callcentre = "sandbox-cc-token" } }) -- as scripts/sandbox.sh starts it
     assert(info, err)
   end
   shared_info = info
