@@ -101,7 +101,7 @@ function Queue:start_worker()
   local wok, w = pcall(core.worker_new, {
     http = st.http_opts, url = st.post_url, channels = st.channels,
     concurrency = o.concurrency, on_stop = "pause", auth_pause = o.auth_pause,
-    report_all = o.on_success ~= nil, policy = M.policy(st, o),
+    report_all = o.on_success ~= nil, report_retries = o.on_event ~= nil, policy = M.policy(st, o),
     max_queue = o.max_queue, spool = self.spool and self.spool.handle or nil,
     lease = o.lease, spool_poll = o.spool_poll,
   })
@@ -286,6 +286,9 @@ function Queue:handle(r)
     self:call("on_success", r.ref, delivery.success(r, r.body, r.attempts, nil, r.channel, nil))
   elseif what == "dead" or what == "dropped" or what == "stopped" then
     self:failed(r, delivery.failure(r, r.body, r.attempts, r.channel, self.st.secrets))
+  elseif what == "retry" then
+    self:call("on_event", { type = "retry", ref = r.ref, attempt = r.attempts, delay = r["until"],
+      error = delivery.failure(r, nil, r.attempts, r.channel, self.st.secrets) })
   elseif what == "paused" or what == "resumed" then
     local ev = { type = what, reason = r.why, seconds = r["until"] }
     if r.kind then ev.error = delivery.failure(r, nil, 0, nil, self.st.secrets) end
