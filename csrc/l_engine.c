@@ -206,7 +206,7 @@ int oo_push_results(lua_State *L, const oo_engine *e, oo_result *list) {
 void oo_push_engine_stats(lua_State *L, oo_engine *e) {
     lua_createtable(L, 0, 12);
     pthread_mutex_lock(&e->mu);
-#define F(name, v) oo_set_num(L, name, (double)(v))
+#define F(name, v) oo_set_int(L, name, (long long)(v))
     F("queued", e->nin + e->nready + e->nheap);
     F("retrying", e->nheap);
     F("in_flight", e->in_flight);
