@@ -198,22 +198,27 @@ static void event(oo_engine *e, oo_res_kind what, const char *why, double until,
 }
 
 /* ------------------------------------------------------------------ */
-/* The in-flight limit                                                 */
+/* The in-flight limit (limiter.h)                                     */
 
-/* A success: the limit grows by one per `limit` successes (additive
- * increase, about once per round trip of a full window). */
-static void limit_success(oo_engine *e) {
-    if (e->limit >= e->cfg.concurrency) return;
-    if (++e->grow >= e->limit) {
-        e->limit++;
-        e->grow = 0;
-    }
+/* What a finished request tells the limiter about the load. */
+static oo_lim_signal load_signal(const oo_outcome *o, const oo_decision *d) {
+    if (d->action == OO_ACK) return OO_LIM_OK;
+    if (o->status == 429) return OO_LIM_THROTTLED;
+    if (o->retryable && ((o->status >= 500 && o->status <= 599) || (o->kind && strcmp(o->kind, "timeout") == 0)))
+        return OO_LIM_OVERLOAD;
+    return OO_LIM_NEUTRAL;
 }
 
-/* Too much: halve (multiplicative decrease), at least one. */
-static void limit_halve(oo_engine *e) {
-    e->limit = e->limit > 1 ? e->limit / 2 : 1;
-    e->grow = 0;
+static void limit_update(oo_engine *e, const oo_slot *s, long connects, const oo_outcome *o,
+                         const oo_decision *d) {
+    int before = e->lim.limit;
+    oo_limiter_done(&e->lim, s->started, s->load, oo_mono_now(), connects > 0, load_signal(o, d),
+                    (int)e->in_flight);
+    if (e->lim.limit != before) { /* published for stats() */
+        pthread_mutex_lock(&e->mu);
+        e->limit_now = e->lim.limit;
+        pthread_mutex_unlock(&e->mu);
+    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -233,7 +238,6 @@ static void settle_sent(oo_engine *e, oo_job *j, const oo_outcome *o, const char
                         oo_slot *s) {
     oo_result *r = NULL;
     if (j->spool_id && e->hooks && e->hooks->ack) e->hooks->ack(e, j);
-    limit_success(e);
     if (e->cfg.report_all || o->warned) {
         r = result_new(OO_RES_SENT, j, o, body, blen);
         if (r) r->latency = oo_mono_now() - s->started;
@@ -277,7 +281,6 @@ static void pause_for(oo_engine *e, double seconds, const oo_outcome *o) {
 static void settle_retry(oo_engine *e, oo_job *j, const oo_decision *d, const oo_outcome *o) {
     int ok;
     if (d->pause > 0) pause_for(e, d->pause, o);
-    if (d->slow_down) limit_halve(e);
     if (e->cfg.report_retries) {
         oo_result *r = result_new(OO_RES_RETRY, j, o, NULL, 0);
         if (r) {
@@ -369,6 +372,7 @@ static void on_done(void *ud, oo_slot *s, CURLcode rc) {
         pthread_mutex_unlock(&e->mu);
     }
     oo_policy_decide(&e->policy, &o, j->attempts, oo_wall_now() - j->created, oo_jitter(&e->rng), &d);
+    limit_update(e, s, connects, &o, &d);
     if (e->probing && d.action != OO_ACK && d.action != OO_STOP) {
         /* the probe told nothing about the credentials: another one later */
         e->probing = 0;
@@ -436,7 +440,7 @@ static void start_ready(oo_engine *e, double now) {
         CURLcode rc;
         oo_channel *ch;
         pthread_mutex_lock(&e->mu);
-        if (e->nready == 0 || (int)e->in_flight >= e->limit || now < e->pause_until ||
+        if (e->nready == 0 || (int)e->in_flight >= e->lim.limit || now < e->pause_until ||
             (e->stopped && (e->probing || now < e->probe_at))) {
             pthread_mutex_unlock(&e->mu);
             return;
@@ -449,6 +453,7 @@ static void start_ready(oo_engine *e, double now) {
         j->started = 1;
         ch = &e->chans[j->channel >= 0 && j->channel < e->nchan ? j->channel : 0];
         s = oo_pool_start(&e->pool, j, e->url, ch->headers, j->data, j->body_len, &rc);
+        if (s) s->load = (int)e->in_flight;
         if (!s) {
             /* cannot happen with valid options: a transport failure, retried */
             oo_outcome o;
@@ -473,7 +478,7 @@ static double wait_for(oo_engine *e, double now, double max_wait) {
     pthread_mutex_lock(&e->mu);
     if (e->nin) w = 0;
     if (e->nheap && e->heap[0]->due - now < w) w = e->heap[0]->due - now;
-    if (e->nready && (int)e->in_flight < e->limit) {
+    if (e->nready && (int)e->in_flight < e->lim.limit) {
         if (now < e->pause_until) {
             if (e->pause_until - now < w) w = e->pause_until - now;
         } else if (e->stopped && !e->probing) {
@@ -486,7 +491,7 @@ static double wait_for(oo_engine *e, double now, double max_wait) {
     if (e->hooks && e->hooks->feed && !e->stopped) {
         int room, hint;
         pthread_mutex_lock(&e->mu);
-        room = e->limit - (int)e->in_flight - (int)e->nready;
+        room = e->lim.limit - (int)e->in_flight - (int)e->nready;
         hint = e->feed_hint;
         pthread_mutex_unlock(&e->mu);
         if (hint && room > 0) w = 0;
@@ -499,7 +504,7 @@ static double wait_for(oo_engine *e, double now, double max_wait) {
 static int feed_room(oo_engine *e) {
     int room;
     pthread_mutex_lock(&e->mu);
-    room = e->limit - (int)e->in_flight - (int)e->nready;
+    room = e->lim.limit - (int)e->in_flight - (int)e->nready;
     pthread_mutex_unlock(&e->mu);
     return room;
 }
@@ -640,8 +645,8 @@ int oo_engine_init(oo_engine *e, const oo_http_opts *ho, const oo_engine_cfg *cf
     if (e->cfg.max_results == 0) e->cfg.max_results = 100000;
     e->policy = *p;
     oo_metrics_init(&e->metrics);
-    e->limit = cfg->adaptive && cfg->initial_limit > 0 && cfg->initial_limit < cfg->concurrency
-                   ? cfg->initial_limit : cfg->concurrency;
+    oo_limiter_init(&e->lim, cfg->concurrency, cfg->adaptive, cfg->initial_limit);
+    e->limit_now = e->lim.limit;
     e->rng = oo_jitter_seed(e);
     if (oo_pool_init(&e->pool, ho, cfg->concurrency, err, errlen) != 0) return -1;
     return 0;

@@ -16,6 +16,7 @@
 #define OO_ENGINE_H
 
 #include <pthread.h>
+#include "limiter.h"
 #include "metrics.h"
 #include "policy.h"
 #include "pool.h"
@@ -86,8 +87,8 @@ typedef enum { OO_STOP_DRAIN = 0, OO_STOP_PAUSE = 1 } oo_stop_mode;
 
 typedef struct oo_engine_cfg {
     int concurrency;        /* slots, 1..1024 */
-    int adaptive;           /* grow/shrink the in-flight limit (AIMD) */
-    int initial_limit;      /* adaptive: where the limit starts */
+    int adaptive;           /* grow/shrink the in-flight limit (limiter.h) */
+    int initial_limit;      /* adaptive: where the limit starts (0: OO_LIM_INITIAL) */
     oo_stop_mode on_stop;   /* DRAIN: fail what is left (batch); PAUSE: hold it (queue) */
     double auth_pause;      /* PAUSE: seconds before one order probes the credentials again */
     int report_all;         /* results for every job (else failures and events only) */
@@ -117,9 +118,10 @@ typedef struct oo_engine {
     long long results_dropped;
     oo_metrics metrics;
     int stopped;            /* credentials refused */
+    int limit_now;          /* the in-flight limit, as stats() reports it */
     double pause_until;     /* monotonic */
-    /* driver only */
-    int limit, grow;        /* in-flight limit and successes toward +1 */
+    /* driver only (lim.limit is read under mu by the others) */
+    oo_limiter lim;         /* the in-flight limit */
     double probe_at;        /* stopped + PAUSE: when one job may try again */
     int probing;
     double feed_at;         /* monotonic: when feed is worth calling again */

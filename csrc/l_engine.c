@@ -218,7 +218,7 @@ void oo_push_engine_stats(lua_State *L, oo_engine *e) {
     F("pushed", e->metrics.queued);
     F("results_dropped", e->results_dropped);
     F("pending_results", e->nout);
-    F("limit", e->limit);
+    F("limit", e->limit_now);
 #undef F
     oo_set_bool(L, "stopped", e->stopped);
     oo_set_num(L, "paused_for", e->pause_until > oo_mono_now() ? e->pause_until - oo_mono_now() : 0);

@@ -79,12 +79,13 @@ int oo_pool_init(oo_pool *p, const oo_http_opts *o, int n, char *err, size_t err
     if (n < 1 || n > OO_POOL_MAX) return fail(err, errlen, "concurrency must be 1..1024");
     if (oo_http_global_init() != 0) return fail(err, errlen, "libcurl init failed");
     p->m = curl_multi_init();
+    p->share = curl_share_init();
     p->slots = (oo_slot *)calloc((size_t)n, sizeof(oo_slot));
     p->free_stack = (int *)malloc((size_t)n * sizeof(int));
     p->capfd = 16;
     p->pfds = (struct pollfd *)malloc((size_t)p->capfd * sizeof(struct pollfd));
     p->ready = (struct pollfd *)malloc((size_t)p->capfd * sizeof(struct pollfd));
-    if (!p->m || !p->slots || !p->free_stack || !p->pfds || !p->ready) {
+    if (!p->m || !p->share || !p->slots || !p->free_stack || !p->pfds || !p->ready) {
         oo_pool_free(p);
         return fail(err, errlen, "out of memory");
     }
@@ -106,6 +107,23 @@ int oo_pool_init(oo_pool *p, const oo_http_opts *o, int n, char *err, size_t err
     curl_multi_setopt(p->m, CURLMOPT_SOCKETDATA, (void *)p);
     curl_multi_setopt(p->m, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(p->m, CURLMOPT_TIMERDATA, (void *)p);
+    /* One TLS session cache for every slot: a connection opened after the
+     * first handshake resumes its session (no certificate chain to check
+     * again, no signature from the server) instead of a full handshake per
+     * slot. The pool is driven by one thread: no lock callbacks. */
+    curl_share_setopt(p->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    /* HTTP/2 (asked for, over ALPN): one connection carries up to
+     * OO_POOL_H2_STREAMS requests, so n slots need ceil(n / streams)
+     * connections. Without a cap libcurl opens one per request that finds
+     * the others full or not yet confirmed (157 for 256 in flight). The cap
+     * holds until the first answer: over HTTP/1.1 (the server declined h2)
+     * it is lifted (oo_pool_run). */
+    curl_multi_setopt(p->m, CURLMOPT_MAX_CONCURRENT_STREAMS, (long)OO_POOL_H2_STREAMS);
+    if (o->http_version == CURL_HTTP_VERSION_2TLS || o->http_version == CURL_HTTP_VERSION_2_0) {
+        p->h2_cap = 1;
+        curl_multi_setopt(p->m, CURLMOPT_MAX_HOST_CONNECTIONS,
+                          (long)((n + OO_POOL_H2_STREAMS - 1) / OO_POOL_H2_STREAMS));
+    }
     for (i = 0; i < n; i++) {
         oo_slot *s = &p->slots[i];
         oo_http_xfer_init(&s->x, o->max_body);
@@ -121,6 +139,7 @@ int oo_pool_init(oo_pool *p, const oo_http_opts *o, int n, char *err, size_t err
         if (p->no_proxy) curl_easy_setopt(s->e, CURLOPT_PROXY, "");
         /* on HTTP/2, wait for the connection to multiplex instead of opening more */
         curl_easy_setopt(s->e, CURLOPT_PIPEWAIT, 1L);
+        curl_easy_setopt(s->e, CURLOPT_SHARE, p->share);
         curl_easy_setopt(s->e, CURLOPT_PRIVATE, (void *)s);
         p->free_stack[p->nfree++] = n - 1 - i;
     }
@@ -143,6 +162,7 @@ void oo_pool_free(oo_pool *p) {
     }
     free(p->free_stack);
     if (p->m) curl_multi_cleanup(p->m); /* may still call sock_cb: pfds after */
+    if (p->share) curl_share_cleanup(p->share); /* after the handles that use it */
     free(p->pfds);
     free(p->ready);
     if (p->wake_rd >= 0) close(p->wake_rd);
@@ -198,6 +218,20 @@ static void release(oo_pool *p, oo_slot *s) {
     p->free_stack[p->nfree++] = (int)(s - p->slots);
 }
 
+/* The first answer tells whether the server speaks HTTP/2; if it does not,
+ * every slot needs a connection of its own again. */
+static void h2_settle(oo_pool *p, CURL *e) {
+    long v = 0;
+    curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &v);
+    if (v == CURL_HTTP_VERSION_2_0) {
+        p->h2_cap = 0; /* multiplexing: the cap stays */
+        return;
+    }
+    if (v == 0) return; /* no answer to tell */
+    p->h2_cap = 0;
+    curl_multi_setopt(p->m, CURLMOPT_MAX_HOST_CONNECTIONS, 0L);
+}
+
 /* Hands every finished transfer to done(). */
 static int drain(oo_pool *p, oo_pool_done_fn done, void *ud) {
     CURLMsg *msg;
@@ -208,6 +242,7 @@ static int drain(oo_pool *p, oo_pool_done_fn done, void *ud) {
         if (msg->msg != CURLMSG_DONE) continue;
         rc = msg->data.result;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s);
+        if (p->h2_cap && rc == CURLE_OK) h2_settle(p, msg->easy_handle);
         done(ud, s, rc);
         release(p, s);
         count++;

@@ -16,6 +16,7 @@ typedef struct oo_slot {
     oo_http_xfer x;       /* response capture; x.headers unused (lists belong to the caller) */
     void *job;            /* the caller's pointer while busy */
     double started;       /* monotonic seconds, for latency */
+    int load;             /* the caller's: requests in flight when it started, itself included */
     int busy;
     /* what the handle was last prepared for: the same URL and header list
      * need only the new body set */
@@ -27,6 +28,7 @@ typedef void (*oo_pool_done_fn)(void *ud, oo_slot *s, CURLcode rc);
 
 typedef struct oo_pool {
     CURLM *m;
+    CURLSH *share;        /* the slots' one TLS session cache */
     oo_slot *slots;
     int n, nfree;
     int *free_stack;
@@ -37,7 +39,12 @@ typedef struct oo_pool {
     int wake_rd, wake_wr; /* a pipe: oo_pool_wakeup() makes a waiting run return */
     int no_proxy;         /* no proxy configured or in the environment */
     int asleep;           /* the driver may be in (or entering) poll: adders wake it */
+    int h2_cap;           /* HTTP/2 asked for: connections capped until an answer tells the protocol */
 } oo_pool;
+
+/* Streams one HTTP/2 connection carries (CURLMOPT_MAX_CONCURRENT_STREAMS,
+ * libcurl's default; RFC 9113 asks servers to allow at least 100). */
+#define OO_POOL_H2_STREAMS 100
 
 #include "clock.h"
 

@@ -270,12 +270,12 @@ describe("client:send_batch", function()
     c:close()
   end)
 
-  it("halves the requests in flight after a 429", function()
+  it("halves the requests in flight after a 429 (adaptive = false)", function()
     sb.faults({ count = 1, status = 429, retry_after = "0" })
     local c = new_client()
     local lowest = 8
     local s = c:send_batch(make("aimd-", 40), {
-      concurrency = 8,
+      concurrency = 8, adaptive = false,
       progress_interval = 0,
       progress = function(sum)
         if sum.throttled > 0 then
@@ -289,6 +289,114 @@ describe("client:send_batch", function()
     -- first report after the 429 sees at most 5
     assert.is_true(lowest >= 4 and lowest <= 5, "lowest limit " .. lowest)
     c:close()
+  end)
+
+  describe("adaptive concurrency (the default)", function()
+    -- every endpoint request answered `delay_ms` late; settings outlive
+    -- sb.reset(), so each test puts them back
+    local function with_settings(t, fn)
+      sb.settings(t)
+      local ok, err = pcall(fn)
+      sb.settings({ delay_ms = 0, max_concurrent = 0, retry_after = 1 })
+      if not ok then error(err, 0) end
+    end
+
+    -- send_batch with a progress sampler: returns the summary and the
+    -- samples {elapsed, limit, in_flight, sent}
+    local function sampled(c, list, o, on_sample)
+      local samples = {}
+      o.progress_interval = o.progress_interval or 0.02
+      o.progress = function(sum)
+        samples[#samples + 1] = { elapsed = sum.elapsed, limit = sum.concurrency, in_flight = sum.in_flight,
+          sent = sum.sent }
+        if on_sample then on_sample(sum) end
+      end
+      return c:send_batch(list, o), samples
+    end
+
+    it("starts low and grows to the maximum while latency stays flat", function()
+      with_settings({ delay_ms = 20 }, function()
+        local c = new_client()
+        local s, samples = sampled(c, make("grow-", 400), { concurrency = 32 })
+        assert.equal(400, s.sent)
+        assert.is_true(samples[1].limit <= 16, "first limit " .. samples[1].limit)
+        local top = 0
+        for _, x in ipairs(samples) do top = math.max(top, x.limit) end
+        assert.equal(32, top)
+        local st = sb.stats()
+        assert.is_true(st.concurrent_max > 16 and st.concurrent_max <= 32, "peak " .. st.concurrent_max)
+        c:close()
+      end)
+    end)
+
+    it("backs off on 429s and settles near the server's limit, few requests refused", function()
+      with_settings({ delay_ms = 20, max_concurrent = 6, retry_after = 0 }, function()
+        local c = new_client({ max_attempts = 10 })
+        local n = 600
+        local s, samples = sampled(c, make("settle-", n), { concurrency = 64 })
+        assert.equal(n, s.sent)
+        local late = {}
+        for _, x in ipairs(samples) do
+          if x.sent >= n / 2 then late[#late + 1] = x.limit end
+        end
+        table.sort(late)
+        local median = late[math.ceil(#late / 2)]
+        assert.is_true(median >= 4 and median <= 7, "settled limit " .. tostring(median))
+        local st = sb.stats()
+        -- a fixed 64 would have most of its requests refused
+        assert.is_true(st.throttled / st.requests < 0.05, st.throttled .. " of " .. st.requests .. " refused")
+        assert.equal(st.throttled, s.throttled)
+        c:close()
+      end)
+    end)
+
+    it("backs off on a retryable 5xx", function()
+      sb.faults({ count = 1, status = 503, retry_after = "0" })
+      local c = new_client()
+      local s, samples = sampled(c, make("5xx-", 40), { concurrency = 8, progress_interval = 0 })
+      assert.equal(40, s.sent)
+      assert.equal(1, s.retried)
+      local lowest = 8
+      for _, x in ipairs(samples) do lowest = math.min(lowest, x.limit) end
+      assert.is_true(lowest <= 7, "lowest limit " .. lowest) -- 8 * 0.9, floored
+    end)
+
+    it("backs off when latency rises", function()
+      with_settings({ delay_ms = 10 }, function()
+        local c = new_client({ timeout = 10 })
+        local slowed, lowest = nil, math.huge
+        local s = sampled(c, make("lat-", 500), { concurrency = 16 },
+          function(sum)
+            if not slowed and sum.sent >= 150 and sum.concurrency == 16 then
+              slowed = true
+              sb.settings({ delay_ms = 150 }) -- 15 times the round trip the limiter has seen
+            elseif slowed and slowed ~= "done" then
+              lowest = math.min(lowest, sum.concurrency)
+              if sum.concurrency < 16 then
+                slowed = "done"
+                sb.settings({ delay_ms = 10 })
+              end
+            end
+          end)
+        assert.equal(500, s.sent)
+        assert.truthy(slowed, "the limit never reached 16")
+        assert.is_true(lowest < 16, "lowest limit after the slow-down " .. tostring(lowest))
+        c:close()
+      end)
+    end)
+
+    it("never exceeds the maximum", function()
+      with_settings({ delay_ms = 20 }, function()
+        local c = new_client()
+        local s, samples = sampled(c, make("max-", 200), { concurrency = 4 })
+        assert.equal(200, s.sent)
+        for _, x in ipairs(samples) do
+          assert.is_true(x.limit <= 4 and x.in_flight <= 4, "limit " .. x.limit .. ", in flight " .. x.in_flight)
+        end
+        assert.is_true(sb.stats().concurrent_max <= 4)
+        c:close()
+      end)
+    end)
   end)
 
   it("caps the rate (orders per second)", function()

@@ -42,7 +42,7 @@ M.schema = opts.schema("send_batch", "opts", {
   on_event = { type = "function" },
   channel = { type = "string", nonempty = true },
   on_interrupt = { type = "choice", choices = { "raise", "return" }, default = "raise" },
-  adaptive = { type = "boolean", default = false },
+  adaptive = { type = "boolean", default = true },
   pseudonymise = { type = "any" },
 })
 
