@@ -134,4 +134,20 @@ function M.proc_cpu(pid, children)
   return ((tonumber(u) or 0) + (tonumber(s) or 0)) / TICK
 end
 
+--- Seconds a process's threads have spent waiting for a CPU while runnable
+-- (/proc/PID/task/*/schedstat): on a shared machine, the share of a run's
+-- wall time a process waited says whether the CPU, not the code, was the
+-- limit. Threads that already ended are not counted.
+function M.cpu_wait(pid)
+  local total = 0
+  for tid in capture("ls /proc/" .. tostring(pid) .. "/task 2>/dev/null"):gmatch("%d+") do
+    local f = io.open("/proc/" .. pid .. "/task/" .. tid .. "/schedstat")
+    local line = f and f:read("*l")
+    if f then f:close() end
+    local wait = line and line:match("^%d+ (%d+)")
+    total = total + (tonumber(wait) or 0) / 1e9
+  end
+  return total
+end
+
 return M

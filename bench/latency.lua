@@ -25,7 +25,11 @@
 -- (full / resumed: handshakes happen only when connections open) and the
 -- most requests in progress at once; the client's CPU per order (us, our
 -- process with its threads, or curl's) and the nginx worker's CPU use over
--- the run (srv %: near 100 % the sandbox, not the client, is the limit).
+-- the run (srv %: near 100 % the sandbox, not the client, is the limit);
+-- cli w% / srv w%: the share of the run our process's threads (those still
+-- alive at the end) and the nginx worker spent runnable but waiting for a
+-- CPU — on a shared machine the bound cannot be reached when these are
+-- large (the load average is printed too).
 -- Targets: ours >= 0.90x the bound at every setting; HTTP/2 over <= 4
 -- connections; TLS handshakes == connections opened.
 local function script_dir()
@@ -168,9 +172,22 @@ local function server_cpu()
   return t
 end
 local function client_cpu() return lib.proc_cpu(pid) + lib.proc_cpu(pid, true) end
+local function server_wait()
+  local t = 0
+  for _, w in ipairs(workers) do t = t + lib.cpu_wait(w) end
+  return t
+end
 
-print(("\n%-5s %5s %-11s %7s %9s %9s %7s %6s %10s %6s %8s %7s"):format("http", "N", "sender", "orders",
-  "orders/s", "bound/s", "ratio", "conns", "TLS f/r", "peak", "cli us", "srv %"))
+local function loadavg()
+  local f = io.open("/proc/loadavg")
+  local l = f and f:read("*l") or "?"
+  if f then f:close() end
+  return l:match("^(%S+ %S+ %S+)") or l
+end
+print(("machine: %s CPUs, load average %s"):format(lib.capture("nproc"):match("%d+") or "?", loadavg()))
+
+print(("\n%-5s %5s %-11s %7s %9s %9s %7s %6s %10s %6s %8s %7s %7s %7s"):format("http", "N", "sender", "orders",
+  "orders/s", "bound/s", "ratio", "conns", "TLS f/r", "peak", "cli us", "srv %", "cli w%", "srv w%"))
 
 local worst, h2_conns_max, handshake_mismatch = math.huge, 0, 0
 local vs_curl = {}
@@ -185,9 +202,10 @@ for _, version in ipairs(VERSIONS) do
     local rates = {}
     for _, r in ipairs(runners) do
       lib.sandbox_reset_stats(info)
-      local c0, s0 = client_cpu(), server_cpu()
+      local c0, s0, cw0, sw0 = client_cpu(), server_cpu(), lib.cpu_wait(pid), server_wait()
       local secs = r.run(version, n_flight, n)
       local ccpu, scpu = client_cpu() - c0, server_cpu() - s0
+      local cwait, swait = lib.cpu_wait(pid) - cw0, server_wait() - sw0
       local st = lib.sandbox_stats(info) or {}
       local rate = n / secs
       rates[r.name] = rate
@@ -199,9 +217,10 @@ for _, version in ipairs(VERSIONS) do
       if ours and (st.handshakes_full or 0) + (st.handshakes_resumed or 0) ~= conns then
         handshake_mismatch = handshake_mismatch + 1
       end
-      print(("%-5s %5d %-11s %7d %9.0f %9.0f %6.2fx %6d %10s %6d %8.1f %6.0f%%"):format(version, n_flight,
-        r.name, n, rate, bound, ratio, conns, ("%d/%d"):format(st.handshakes_full or 0,
-        st.handshakes_resumed or 0), st.concurrent_max or 0, ccpu * 1e6 / n, scpu / secs * 100))
+      print(("%-5s %5d %-11s %7d %9.0f %9.0f %6.2fx %6d %10s %6d %8.1f %6.0f%% %6s %6.0f%%"):format(version,
+        n_flight, r.name, n, rate, bound, ratio, conns, ("%d/%d"):format(st.handshakes_full or 0,
+        st.handshakes_resumed or 0), st.concurrent_max or 0, ccpu * 1e6 / n, scpu / secs * 100,
+        ours and ("%.0f%%"):format(cwait / secs * 100) or "-", swait / secs * 100))
     end
     vs_curl[#vs_curl + 1] = ("HTTP/%s N=%3d: send_batch / C multi %.2f, / curl %.2f;  queue / C multi %.2f,"
       .. " / curl %.2f"):format(version, n_flight, rates.send_batch / rates["C multi"],

@@ -58,6 +58,10 @@ M.common = {
 local fields = {}
 for k, v in pairs(M.common) do fields[k] = v end
 fields.spool_poll = { type = "number", min = 0.001, max = 60, default = 0.25 }
+-- the libcurl engine's adaptive in-flight limit (as send_batch's): up to
+-- `concurrency` in flight, fewer while the endpoint answers 429/5xx or
+-- slows down (doc/topics/performance.md)
+fields.adaptive = { type = "boolean", default = true }
 
 --- This queue's options.
 M.schema = opts.schema("queue", "opts", fields)
@@ -100,7 +104,7 @@ function Queue:start_worker()
   if not ok then return nil, err end
   local wok, w = pcall(core.worker_new, {
     http = st.http_opts, url = st.post_url, channels = st.channels,
-    concurrency = o.concurrency, on_stop = "pause", auth_pause = o.auth_pause,
+    concurrency = o.concurrency, adaptive = o.adaptive, on_stop = "pause", auth_pause = o.auth_pause,
     report_all = o.on_success ~= nil, report_retries = o.on_event ~= nil, policy = M.policy(st, o),
     max_queue = o.max_queue, spool = self.spool and self.spool.handle or nil,
     lease = o.lease, spool_poll = o.spool_poll,
