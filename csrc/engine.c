@@ -230,7 +230,10 @@ static void free_job(oo_job *j) { free(j); }
 static void settled(oo_engine *e) {
     pthread_mutex_lock(&e->mu);
     e->in_flight--;
-    if (e->nin + e->nready + e->nheap + e->in_flight == 0) pthread_cond_broadcast(&e->cv);
+    if (e->nin + e->nready + e->nheap + e->in_flight == 0) {
+        e->settles++;
+        pthread_cond_broadcast(&e->cv);
+    }
     pthread_mutex_unlock(&e->mu);
 }
 

@@ -119,6 +119,7 @@ typedef struct oo_engine {
     oo_metrics metrics;
     int stopped;            /* credentials refused */
     int limit_now;          /* the in-flight limit, as stats() reports it */
+    unsigned long settles;  /* progress to wait for: times the engine went idle, spool writes done */
     double pause_until;     /* monotonic */
     /* driver only (lim.limit is read under mu by the others) */
     oo_limiter lim;         /* the in-flight limit */

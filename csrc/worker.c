@@ -32,6 +32,21 @@
  * milliseconds instead of one per put. */
 #define CLAIM_GAP 0.002
 
+/* A claim takes up to this many rows beyond the free slots (2 x the limit,
+ * 16..256): one write transaction brings the next few round trips' worth
+ * instead of one per free slot. They wait in the ready list under their
+ * lease (60 s by default), which is why the prefetch stays small. */
+#define CLAIM_MIN 16
+#define CLAIM_MAX 256
+
+/* Acks are written in groups (one transaction for many rows) once ACK_MAX
+ * are waiting, ACK_WINDOW after the first, or when the engine has nothing
+ * left to do. A row is deleted at most ACK_WINDOW late; if the process dies
+ * meanwhile it is sent again after its lease (at-least-once, as for a
+ * crash during the request). */
+#define ACK_MAX 256
+#define ACK_WINDOW 0.002
+
 typedef struct oo_worker {
     oo_engine e;
     pthread_t thread;
@@ -44,6 +59,10 @@ typedef struct oo_worker {
     double lease, spool_poll;
     double last_claim;         /* monotonic (thread only) */
     oo_spool_rows rows;
+    /* acks not written yet (thread only) */
+    long long *acks;
+    size_t nacks, capacks;
+    double ack_since;          /* monotonic: when the oldest of them came */
     long long storage_errors;  /* under e.mu */
     char storage_error[sizeof(((oo_spool_err *)0)->message)]; /* the last one, under e.mu */
 } oo_worker;
@@ -100,13 +119,16 @@ static int channel_index(const oo_engine *e, const char *name) {
 static double spool_feed(oo_engine *e, int room, double now) {
     oo_worker *w = WORKER(e);
     oo_spool_err serr;
-    size_t k;
+    size_t k, want;
     double wall, at;
-    int found = 0;
+    int found = 0, batch;
     if (now < w->last_claim + CLAIM_GAP) return w->last_claim + CLAIM_GAP;
     w->last_claim = now;
     wall = oo_wall_now();
-    if (oo_spool_claim(w->spool, (size_t)room, w->lease, wall, &w->rows, &serr) != OO_SPOOL_OK) {
+    batch = 2 * e->lim.limit;
+    batch = batch < CLAIM_MIN ? CLAIM_MIN : batch > CLAIM_MAX ? CLAIM_MAX : batch;
+    want = (size_t)(room > batch ? room : batch);
+    if (oo_spool_claim(w->spool, want, w->lease, wall, &w->rows, &serr) != OO_SPOOL_OK) {
         if (serr.code != OO_SPOOL_BUSY) storage_failed(w, &serr);
         return now + w->spool_poll; /* busy or failing: try again later */
     }
@@ -126,7 +148,7 @@ static double spool_feed(oo_engine *e, int room, double now) {
         j->attempts = (int)row->attempts;
         oo_engine_take(e, j);
     }
-    if (w->rows.n >= (size_t)room) return now; /* there may be more */
+    if (w->rows.n >= want) return now; /* there may be more */
     oo_spool_rows_free(&w->rows);
     /* drained what is due: look again when the next retry falls due, or
      * after spool_poll (other processes' orders, expired leases) */
@@ -138,10 +160,50 @@ static double spool_feed(oo_engine *e, int room, double now) {
     return at;
 }
 
+/* Writes the acks waiting (see ACK_WINDOW). */
+static void flush_acks(oo_worker *w) {
+    oo_spool_err serr;
+    size_t i;
+    if (w->nacks == 0) return;
+    for (i = 0; i < w->nacks; i++)
+        if (oo_spool_ack(w->spool, w->acks[i], &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
+    w->nacks = 0;
+    /* flush() on the Lua side waits for the spool to be empty: tell it */
+    pthread_mutex_lock(&w->e.mu);
+    w->e.settles++;
+    pthread_cond_broadcast(&w->e.cv);
+    pthread_mutex_unlock(&w->e.mu);
+}
+
 static void spool_ack(oo_engine *e, oo_job *j) {
     oo_worker *w = WORKER(e);
-    oo_spool_err serr;
-    if (oo_spool_ack(w->spool, j->spool_id, &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
+    if (w->nacks == w->capacks) {
+        size_t cap = w->capacks ? w->capacks * 2 : 64;
+        long long *a = (long long *)realloc(w->acks, cap * sizeof *a);
+        if (!a) { /* no memory to batch: write this one now */
+            oo_spool_err serr;
+            if (oo_spool_ack(w->spool, j->spool_id, &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
+            return;
+        }
+        w->acks = a;
+        w->capacks = cap;
+    }
+    if (w->nacks == 0) w->ack_since = oo_mono_now();
+    w->acks[w->nacks++] = j->spool_id;
+}
+
+/* After a turn: write the acks when enough wait, the oldest waited long
+ * enough, or nothing else is going on. Returns how long the next turn may
+ * wait before they are due. */
+static double maybe_flush_acks(oo_worker *w, double max_wait) {
+    double due;
+    if (w->nacks == 0) return max_wait;
+    due = w->ack_since + ACK_WINDOW - oo_mono_now();
+    if (w->nacks >= ACK_MAX || due <= 0 || oo_engine_pending(&w->e) == 0) {
+        flush_acks(w);
+        return max_wait;
+    }
+    return due < max_wait ? due : max_wait;
 }
 
 static int spool_retry(oo_engine *e, oo_job *j, double next_at, const oo_outcome *o) {
@@ -208,12 +270,15 @@ static int stopping(oo_worker *w) {
 static void *worker_main(void *arg) {
     oo_worker *w = (oo_worker *)arg;
     int abandoned;
+    double wait = w->spool ? w->spool_poll : 1.0;
     while (!stopping(w)) {
-        if (oo_engine_turn(&w->e, w->spool ? w->spool_poll : 1.0) < 0) {
+        if (oo_engine_turn(&w->e, wait) < 0) {
             struct timespec ts = {0, 50 * 1000 * 1000}; /* an unexpected poll error: do not spin */
             nanosleep(&ts, NULL);
         }
+        wait = maybe_flush_acks(w, w->spool ? w->spool_poll : 1.0);
     }
+    flush_acks(w);
     /* Rows we lease go back now, not when the lease runs out: a queue
      * reopened on the spool (or another process) takes them at once. The
      * server may have seen some of them: delivery is at-least-once. */
@@ -229,6 +294,7 @@ static void *worker_main(void *arg) {
 }
 
 static void worker_free(oo_worker *w) {
+    free(w->acks);
     if (w->spool) oo_spool_close(w->spool);
     oo_spool_rows_free(&w->rows);
     oo_engine_free(&w->e);
@@ -395,16 +461,23 @@ static int l_metrics(lua_State *L) {
     return 1;
 }
 
-/*** w:wait(timeout) -> idle — returns at once when results wait to be
- * collected; else blocks until the thread reports something (a result,
- * going idle) or the timeout. `idle`: nothing is queued, retrying or in
- * flight in memory (spool rows not yet claimed are not seen here: the Lua
- * side asks the spool). */
+/*** w:wait(timeout [, seen]) -> idle, progress — returns at once when
+ * results wait to be collected; else blocks until the thread reports
+ * something (a result, going idle) or the timeout. `idle`: nothing is
+ * queued, retrying or in flight in memory (spool rows not yet claimed are
+ * not seen here: the Lua side asks the spool). `progress` counts the times
+ * the thread went idle and wrote its acks to the spool; with `seen` (a
+ * progress value from an earlier call) it blocks until the progress moves
+ * past it instead, even when idle — so a flush of a spool does not spin
+ * while rows wait to be claimed or deleted. */
 static int l_wait(lua_State *L) {
     oo_worker *w = check_worker(L);
     double timeout = (double)luaL_optnumber(L, 2, 0), t;
+    int has_seen = !lua_isnoneornil(L, 3);
+    unsigned long seen = has_seen ? (unsigned long)luaL_checknumber(L, 3) : 0;
     struct timespec dl;
     int idle;
+    unsigned long progress;
     oo_engine *e = &w->e;
     if (!(timeout > 0)) timeout = 0;
     if (timeout > 3600) timeout = 3600;
@@ -413,13 +486,20 @@ static int l_wait(lua_State *L) {
     dl.tv_nsec = (long)((t - (double)dl.tv_sec) * 1e9);
     if (dl.tv_nsec >= 1000000000L) dl.tv_nsec = 999999999L;
     pthread_mutex_lock(&e->mu);
-    if (timeout > 0 && e->nout == 0 && w->started && !w->exited &&
-        e->nin + e->nready + e->nheap + e->in_flight > 0)
-        pthread_cond_timedwait(&e->cv, &e->mu, &dl);
+    if (timeout > 0 && e->nout == 0 && w->started && !w->exited) {
+        if (has_seen) {
+            while (e->settles == seen && e->nout == 0 && !w->exited &&
+                   pthread_cond_timedwait(&e->cv, &e->mu, &dl) == 0) {}
+        } else if (e->nin + e->nready + e->nheap + e->in_flight > 0) {
+            pthread_cond_timedwait(&e->cv, &e->mu, &dl);
+        }
+    }
     idle = e->nin + e->nready + e->nheap + e->in_flight == 0;
+    progress = e->settles;
     pthread_mutex_unlock(&e->mu);
     lua_pushboolean(L, idle);
-    return 1;
+    lua_pushnumber(L, (lua_Number)progress);
+    return 2;
 }
 
 /*** w:resume() — clears a credentials stop: sending starts again now. */

@@ -337,7 +337,8 @@ function Queue:flush(timeout)
   while true do
     self:poll()
     -- memory first (cheap); the spool count only once memory is idle
-    if w:wait(0) and self:spool_backlog() == 0 then
+    local idle, progress = w:wait(0)
+    if idle and self:spool_backlog() == 0 then
       self:poll()
       if w:stats().pending_results == 0 then return true end
     end
@@ -348,7 +349,7 @@ function Queue:flush(timeout)
         message = ("flush: %d orders still queued and %d in flight after %gs"):format(s.queued, s.in_flight,
           timeout) })
     end
-    w:wait(math.min(left, 0.5)) -- until the thread reports something
+    w:wait(math.min(left, 0.5), progress) -- until the thread gets something done
   end
 end
 
