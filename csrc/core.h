@@ -15,5 +15,7 @@ void oo_worker_register(lua_State *L);
 void oo_json_register(lua_State *L);
 void oo_text_register(lua_State *L);
 void oo_fs_register(lua_State *L);
+void oo_jsonw_register(lua_State *L);
+void oo_tz_register(lua_State *L);
 
 #endif
