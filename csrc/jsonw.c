@@ -21,7 +21,8 @@
  * opts (all optional): sort = true (object keys in byte order, for
  * reproducible files), first = {keys...} (these keys first, in that order,
  * at every level; the rest after them), indent = n (objects one member a
- * line, indented by n spaces per level; arrays stay on one line). */
+ * line, indented by n spaces per level; an array stays on one line, what
+ * it holds written compact). */
 #include "buf.h"
 #include "core.h"
 #include "utf8.h"
@@ -97,17 +98,20 @@ static long long array_length(lua_State *L, int idx, long long *count) {
 
 static int array(W *w, int idx, long long n, int depth) {
     long long i;
+    int indent = w->indent;
+    w->indent = 0; /* what an array holds is written compact, on its line */
     oo_buf_addc(w->b, '[');
     for (i = 1; i <= n; i++) {
         if (i > 1) {
             oo_buf_addc(w->b, ',');
-            if (w->indent) oo_buf_addc(w->b, ' ');
+            if (indent) oo_buf_addc(w->b, ' ');
         }
         lua_rawgeti(w->L, idx, (int)i);
         if (!value(w, lua_gettop(w->L), depth + 1)) return 0;
         lua_pop(w->L, 1);
     }
     oo_buf_addc(w->b, ']');
+    w->indent = indent;
     return 1;
 }
 
