@@ -222,6 +222,16 @@ end
 
 -- ------------------------------------------------------------------ files
 
+-- Do two paths name one file, even one that does not exist yet (the same
+-- name in the same directory)?
+local function same_target(a, b)
+  if a == b or files.same(a, b) then return true end
+  local da, na = a:match("^(.*)/([^/]*)$")
+  local db, nb = b:match("^(.*)/([^/]*)$")
+  da, na, db, nb = da or ".", na or a, db or ".", nb or b
+  return na == nb and files.same(da == "" and "/" or da, db == "" and "/" or db)
+end
+
 --- Refuses (exit 2) any output that is one of the inputs, whatever the
 -- spelling (`./x`, `d/../x`, a symlink, a hard link), or another output.
 -- @param inputs list of paths (order files, the transform, the config...)
@@ -237,7 +247,7 @@ function M.refuse_overwrite(inputs, outputs)
       end
       for j = 1, i - 1 do
         local other = outputs[j]
-        if other[2] and other[2] ~= "-" and (other[2] == path or files.same(other[2], path)) then
+        if other[2] and other[2] ~= "-" and same_target(other[2], path) then
           config_error(("%s and %s name the same file %s"):format(other[1], flag, M.label(path)))
         end
       end
