@@ -355,26 +355,25 @@ function M.load_transform(path)
 end
 
 -- ------------------------------------------------------------ re-exports
+-- (loaded on first use: those modules use the helpers above)
 
--- config and records use the helpers above: let their require of this
--- module find it (a require cycle would fail otherwise)
-package.loaded["optimizely.offline.cli.common"] = M
-local config = require("optimizely.offline.cli.config")
-local records = require("optimizely.offline.cli.records")
+local function lazy(mod, name)
+  return function(...) return require("optimizely.offline.cli." .. mod)[name](...) end
+end
 
 --- See `optimizely.offline.cli.config.client_config`.
-M.client_config = config.client_config
+M.client_config = lazy("config", "client_config")
 --- See `optimizely.offline.cli.config.client`.
-M.client = config.client
+M.client = lazy("config", "client")
 --- See `optimizely.offline.cli.config.settings`.
-M.settings = config.settings
+M.settings = lazy("config", "settings")
 --- See `optimizely.offline.cli.records.iter`.
-M.records = records.iter
+M.records = lazy("records", "iter")
 --- See `optimizely.offline.cli.rejects.new`.
-M.rejects = function(...) return require("optimizely.offline.cli.rejects").new(...) end
+M.rejects = lazy("rejects", "new")
 --- See `optimizely.offline.cli.progress.new`.
-M.progress = function(...) return require("optimizely.offline.cli.progress").new(...) end
+M.progress = lazy("progress", "new")
 --- See `optimizely.offline.cli.progress.isatty`.
-M.isatty = function(...) return require("optimizely.offline.cli.progress").isatty(...) end
+M.isatty = lazy("progress", "isatty")
 
 return M

@@ -101,10 +101,7 @@ function File:add(n, s)
   if col then
     if col == "" then config_error(self:at(n) .. "map. needs a column name: map.<column> = field") end
     self.map[col] = v ~= "" and v or false
-  elseif ch then
-    if not ch:match("^[%w%._%-]+$") then
-      config_error(self:at(n) .. "token.<channel>: the channel may contain only letters, digits, '.', '_' and '-'")
-    end
+  elseif ch then -- (the key's pattern keeps the channel to letters, digits, '.', '_', '-')
     self.tokens[ch] = v
   elseif k == "allow_http" then
     config_error(self:at(n) .. "allow_http is not read from a config file: plain HTTP needs --allow-http "
