@@ -1,4 +1,5 @@
---- `--date-format` and `--timezone`: order dates as a till writes them
+--- Local order dates for the date options of the command line (date
+-- format and time zone): order dates as a till writes them
 -- ("16/06/2024 14:25", local time) turned into the documented
 -- "yyyy-MM-ddTHH:mm:ss GMT" before validation, so no integrator has to
 -- convert them in a transform.

@@ -67,6 +67,7 @@ end
 local Writer = {}
 Writer.__index = Writer
 
+--- Creates the file (the default one gets its name now); idempotent.
 function Writer:open()
   if self.sink then return end
   if self.default then self.path = M.default_path() end

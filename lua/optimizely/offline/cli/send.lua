@@ -193,7 +193,7 @@ end
 
 -- ------------------------------------------------------------ accounting
 
--- The rejects writer: the one asked for, else the default unsent file,
+--- The rejects writer: the one asked for, else the default unsent file,
 -- made when the first order is not sent (none in a dry run).
 function Send:reject_writer()
   if not self.rejects and not self.dry then
@@ -243,6 +243,7 @@ function Send:account(item)
   end
 end
 
+--- Orders with an outcome so far (for the progress bar).
 function Send:done() return self.st.sent + self.st.valid + self.st.rejected end
 
 -- ----------------------------------------------------------------- check
@@ -344,7 +345,7 @@ function Send:on_result(i, res, e)
   self:warn(item, res.warnings, true)
 end
 
--- Our callbacks run inside the batch's pcall, and a batch may keep an
+--- Our callbacks run inside the batch's pcall, and a batch may keep an
 -- error raised there as a callback error: a Ctrl-C landing in one could be
 -- swallowed. Note it, and raise it again with a hook at the first
 -- instruction that runs outside every callback (back in the batch loop).
@@ -374,6 +375,7 @@ function Send:protect(fn)
   return g
 end
 
+--- The batch's progress callback: retries, a Ctrl-C it kept, the bar.
 function Send:on_progress(s)
   self.st.retried = s.retried or self.st.retried
   for _, c in ipairs(s.callback_errors or {}) do
@@ -470,6 +472,7 @@ function Send:settle()
   end
 end
 
+--- The orders in flight, then (when the run stopped early) the rest of the input.
 function Send:settle_all()
   if self.stopped then
     self:note(self.interrupted and "interrupted" or "stopped by an error",
@@ -479,7 +482,7 @@ function Send:settle_all()
   if self.stopped then self:settle_rest() end
 end
 
--- The orders in flight: their outcome is not known.
+--- The orders in flight: their outcome is not known.
 function Send:settle_inflight()
   local unknown, idx, pos = {}, {}, self.pos
   for _, i in ipairs(self.batch and self.batch.unknown or {}) do unknown[i] = true end
@@ -500,7 +503,7 @@ function Send:settle_inflight()
   end
 end
 
--- The input not read yet: not sent.
+--- The input not read yet: not sent.
 function Send:settle_rest()
   local why = self.interrupted and "not sent: the run was interrupted" or "not sent: the run stopped on an error"
   local rest = self.records
@@ -517,6 +520,7 @@ function Send:settle_rest()
   end
 end
 
+--- Puts the rejects file in place; a failure is the run's failure.
 function Send:close_rejects()
   if not self.rejects then return end
   local ok, e = pcall(self.rejects.close, self.rejects)
@@ -525,6 +529,7 @@ end
 
 -- ---------------------------------------------------------------- report
 
+--- 130 interrupted, 1 something not sent (or a failure), else 0.
 function Send:exit_code()
   local st = self.st
   if self.interrupted then return 130 end
@@ -569,7 +574,7 @@ end
 
 -- ---------------------------------------------------------------- summary
 
--- "sent 3 orders in 0.12 s (25.0 orders/s), 1 rejected, ..."
+--- "sent 3 orders in 0.12 s (25.0 orders/s), 1 rejected, ..."
 function Send:summary_line()
   local st, elapsed = self.st, self.clock() - self.t0
   local s = {}
@@ -590,7 +595,7 @@ function Send:summary_line()
   return table.concat(s, ", ")
 end
 
--- "errors: SandboxFault 2, validation 1" (most frequent first)
+--- "errors: SandboxFault 2, validation 1" (most frequent first)
 function Send:errors_line()
   local errs, keys, parts = self.st.errors, {}, {}
   for k in pairs(errs) do keys[#keys + 1] = k end

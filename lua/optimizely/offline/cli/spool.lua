@@ -44,6 +44,8 @@ end
 
 local sub = {}
 
+-- Each subcommand: function(spool, args, out, err) -> exit code.
+
 function sub.stats(sp, args, out, err)
   local s, e = sp:stats()
   if not s then return fail(err, e) end

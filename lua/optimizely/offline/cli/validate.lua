@@ -35,8 +35,13 @@ local Check = {}
 Check.__index = Check
 M.Check = Check
 
---- A checking run: `to` is where failure lines go (stdout for validate,
--- stderr for convert, whose stdout holds the data).
+--- A checking run over the records of `args` (the rejects file, the
+-- progress bar and the records iterator are set up here).
+-- @param args parsed arguments
+-- @param out standard output
+-- @param err standard error
+-- @param to where failure lines go (stdout for validate, stderr for
+--   convert, whose stdout holds the data)
 -- @param outputs extra `{flag, path}` outputs to keep off the inputs
 function Check.new(args, out, err, to, outputs)
   local core = require("optimizely.offline.core")
