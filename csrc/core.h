@@ -10,11 +10,15 @@
 void oo_encode_register(lua_State *L);
 void oo_http_register(lua_State *L);
 void oo_spool_register(lua_State *L);
-void oo_multi_register(lua_State *L);
 void oo_worker_register(lua_State *L);
 void oo_json_register(lua_State *L);
 void oo_text_register(lua_State *L);
 void oo_fs_register(lua_State *L);
+void oo_classify_register(lua_State *L);
+void oo_policy_register(lua_State *L);
+void oo_metrics_register(lua_State *L);
+void oo_engine_register(lua_State *L);
+void oo_hmac_register(lua_State *L);
 void oo_jsonw_register(lua_State *L);
 void oo_tz_register(lua_State *L);
 

@@ -78,7 +78,7 @@ static const char *const SQL[ST_COUNT] = {
     [ST_CLAIM] = "UPDATE orders SET claimed_by = ?1, claimed_until = ?2 WHERE id IN"
                  " (SELECT id FROM orders WHERE next_at <= ?3 AND " FREE_AT("?3")
                  " ORDER BY next_at, id LIMIT ?4)"
-                 " RETURNING id, ref, body, attempts, next_at",
+                 " RETURNING id, ref, body, attempts, next_at, created_at",
     [ST_ACK] = "DELETE FROM orders WHERE id = ?1 AND claimed_by = ?2",
     [ST_RETRY] = "UPDATE orders SET attempts = attempts + 1, next_at = ?3, last_error = ?4,"
                  " claimed_by = NULL, claimed_until = NULL WHERE id = ?1 AND claimed_by = ?2",
@@ -240,6 +240,7 @@ void oo_spool_rows_free(oo_spool_rows *r) {
         oo_spool_row *w = &r->v[i];
         free(w->ref);
         free(w->body);
+        free(w->channel);
         free(w->claimed_by);
         free(w->last_error);
         free(w->kind);
@@ -761,6 +762,7 @@ int oo_spool_claim(oo_spool *s, size_t max_n, double lease, double now, oo_spool
         w->bytes = (long long)w->body_len;
         w->attempts = sqlite3_column_int64(st, 3);
         w->next_at = sqlite3_column_double(st, 4);
+        w->created_at = sqlite3_column_double(st, 5);
         w->claimed_until = now + lease;
     }
     sqlite3_reset(st);

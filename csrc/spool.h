@@ -72,6 +72,8 @@ typedef struct oo_spool_item {
     size_t body_len;
     const char *ref;
     size_t ref_len;
+    const char *channel; /* the order's channel name; NULL: the client's default */
+    size_t channel_len;
 } oo_spool_item;
 
 /* Why an order failed for good (oo_spool_kill). All fields optional:
@@ -93,7 +95,9 @@ typedef struct oo_spool_row {
     size_t body_len;
     long long bytes;     /* body length */
     long long attempts;
-    double created_at;
+    double created_at;   /* claim and list */
+    char *channel;       /* claim and list; NULL: the client's default channel */
+    size_t channel_len;
     /* queued rows (list of orders) */
     double next_at;
     double claimed_until; /* 0 when unclaimed */

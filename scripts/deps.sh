@@ -6,7 +6,7 @@ set -eu
 PKGS="build-essential cmake pkg-config git ca-certificates openssl curl
 lua5.1 liblua5.1-0-dev lua5.3 liblua5.3-dev lua5.4 liblua5.4-dev
 luajit2 libluajit2-5.1-dev luarocks lua-busted lua-cjson lua-expat lua-argparse
-lua-sec lua-socket libcurl4-openssl-dev libsqlite3-dev clang
+lua-sec lua-socket libcurl4-openssl-dev libsqlite3-dev libssl-dev clang
 nginx libnginx-mod-http-lua wrk valgrind"
 missing=""
 for p in $PKGS; do

@@ -82,11 +82,13 @@ else
   tail -n 30 "$LOGDIR/fault.out"; echo "!! fault run lost orders"; status=1
 fi
 
-# A bounded libFuzzer run over the C parsers (dates, money, UTF-8, escaping).
+# A bounded libFuzzer run over the C parsers (dates, money, UTF-8, escaping)
+# and the pseudonymiser (normalisation + HMAC).
 echo "== fuzz"
 if command -v clang >/dev/null 2>&1; then
   if make -s -C fuzz run FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >"$LOGDIR/fuzz.out" 2>&1 &&
      make -s -C fuzz run-json FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
+     make -s -C fuzz run-hmac FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
      make -s -C fuzz run-tz FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1; then
     tail -n 2 "$LOGDIR/fuzz.out"
   else

@@ -172,15 +172,15 @@ describe("CLI output", function()
       assert.is_nil(r.all:find("\7", 1, true))
       assert.matches('order.attributes["a\\nb"]: value must be a string, number or boolean', r.out, 1, true)
       assert.matches('order["x\\x1b]0;pwn\\x07"]: unknown field', r.out, 1, true)
-      assert.matches('user.email: must be an e-mail address (one @, non-empty local part and domain, no spaces), '
-        .. 'got 29 bytes, domain "example.com"', r.out, 1, true)
+      assert.matches("user.email: must be an e-mail address: contains a space or control character (at offset 10)",
+        r.out, 1, true)
       assert.is_nil(r.all:find("john.smith", 1, true))
       -- the encoder itself (the library's messages)
       local ok, e = offline.validate({ user = { email = "no-at-sign" }, order = { refCode = "A", attributes = { ["k\r\n"] = {} } } })
       assert.is_nil(ok)
       local s = tostring(e)
       assert.is_nil(s:find("no-at-sign", 1, true))
-      assert.matches("got 10 bytes without @", s, 1, true)
+      assert.matches("must be an e-mail address: has no @", s, 1, true)
       assert.matches('order.attributes["k\\r\\n"]', s, 1, true)
     end)
 

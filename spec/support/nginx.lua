@@ -287,6 +287,31 @@ function H.client()
   return reply({ ok = false, err = err_doc(err), problems = err.problems })
 end
 
+--- /test/contract?max_attempts=&timeout=&retry_after_max= : one order
+-- through the client over cosockets (the nginx path of the transport
+-- contract spec); reports the result record's fields.
+function H.contract()
+  local args = ngx.req.get_uri_args()
+  local cfg = {}
+  for k, v in pairs(H.config) do cfg[k] = v end
+  cfg.max_attempts = tonumber(args.max_attempts) or 3
+  cfg.backoff_base, cfg.backoff_max = 0.01, 0.05
+  cfg.retry_after_max = tonumber(args.retry_after_max) or 2
+  cfg.timeout = tonumber(args.timeout) or 1
+  local c = require("optimizely.offline.ngx").client(cfg)
+  local payload = {
+    user = { id = "u-contract" },
+    order = { refCode = args.ref or "C", orderDate = "2016-05-16T14:25:00 GMT", currency = "GBP",
+      total = "12.50", items = { { refCode = "sku-1", qty = 1, price = "12.50" } } },
+  }
+  local res, err = c:send(payload)
+  local r = res or err
+  local w = res and res.warnings and res.warnings[1]
+  return reply({ ok = res ~= nil, kind = err and err.kind, status = r.status, code = err and err.code,
+    retryable = err and err.retryable, stop = err and err.stop, attempts = r.attempts,
+    message = err and err.message, warning_code = w and w.code })
+end
+
 --- /test/push?n=&prefix= : push n orders to TEST_QUEUE without yielding in between.
 function H.push()
   local args = ngx.req.get_uri_args()

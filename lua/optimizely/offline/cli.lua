@@ -11,7 +11,7 @@ local argparse = require("argparse")
 local M = {}
 
 --- Command names in help order.
-M.COMMANDS = { "validate", "send", "convert", "cancel", "spool", "sandbox" }
+M.COMMANDS = { "validate", "send", "convert", "cancel", "spool", "sandbox", "mapping" }
 
 M.EXIT_OK, M.EXIT_FAILURE, M.EXIT_USAGE = 0, 1, 2
 

@@ -5,11 +5,12 @@
 -- A config file is data, never code: `key = value` lines, `#` starts a
 -- comment line, values may be quoted ('…' or "…"). Keys:
 --
---   * client options: `site`, `token`, `channel`, `env`, `sitename`,
---     `base_url`, `ca_file`, `ca_path`, `proxy`, `cancel_path`, `timeout`,
---     `connect_timeout`, `max_attempts`, `backoff_base`, `backoff_max`,
---     `retry_after_max`, `allow_custom_channel`, `verbose`, `http_version`
---     (`-` and `_` are the same: `base-url` = `base_url`);
+--   * the client's options that can be written as text (its schema:
+--     `site`, `token`, `channel`, `env`, `sitename`, `base_url`, `ca_file`,
+--     `ca_path`, `proxy`, `cancel_path`, `timeout`, `connect_timeout`,
+--     `max_attempts`, `max_age`, `backoff_base`, `backoff_max`,
+--     `retry_after_max`, `allow_custom_channel`, `verbose`, `http_version`;
+--     `-` and `_` are the same: `base-url` = `base_url`);
 --   * `token.<channel>`: the siteToken of one channel (`token.store = …`);
 --   * `map.<column> = field`: a CSV column rename (as `--map column=field`);
 --   * `delimiter`, `format`, `date_format`, `timezone`: the input options;
@@ -28,13 +29,21 @@ local config_error, label = common.config_error, common.label
 
 local M = {}
 
---- Client options a config file may hold (the data ones: `sleep`,
--- `random` and `transport` are functions, `allow_http` needs the flag).
-M.CLIENT_KEYS = {
-  "site", "token", "channel", "allow_custom_channel", "env", "sitename", "base_url",
-  "cancel_path", "ca_file", "ca_path", "proxy", "timeout", "connect_timeout",
-  "max_attempts", "backoff_base", "backoff_max", "retry_after_max", "verbose", "http_version",
-}
+local client_schema = require("optimizely.offline.client").schema
+
+-- The client options a file can spell as text: not the functions and
+-- tables (`sleep`, `transport`, `tokens`: `token.<channel>` lines give
+-- those), and not `allow_http` (it needs the flag).
+local function is_text_option(k, f)
+  return k ~= "allow_http" and f.type ~= "function" and f.type ~= "table" and f.type ~= "any"
+end
+
+--- Client options a config file may hold: the client's own option names
+-- (`optimizely.offline.client.schema`) that can be written as text.
+M.CLIENT_KEYS = {}
+for _, k in ipairs(client_schema:keys()) do
+  if is_text_option(k, client_schema.fields[k]) then M.CLIENT_KEYS[#M.CLIENT_KEYS + 1] = k end
+end
 
 --- Keys only the command line uses.
 M.CLI_KEYS = { "delimiter", "format", "date_format", "timezone", "pseudonym_key" }
@@ -42,10 +51,6 @@ M.CLI_KEYS = { "delimiter", "format", "date_format", "timezone", "pseudonym_key"
 --- The channels whose token the environment may carry without the config
 -- file naming them (`OPTIMIZELY_SITE_TOKEN_<CHANNEL>`).
 M.CHANNELS = { "store", "mobileapp", "tv", "callcentre" }
-
-local NUMERIC = { timeout = true, connect_timeout = true, max_attempts = true,
-                  backoff_base = true, backoff_max = true, retry_after_max = true }
-local BOOLEAN = { allow_custom_channel = true, verbose = true }
 
 -- Other spellings of a key (compared lower-case, without '_' and '-'):
 -- the vendor's header names first of all.
@@ -198,18 +203,17 @@ local function channel_tokens(file, channel, getenv)
   return next(tokens) and tokens or nil
 end
 
--- Strings to numbers and booleans; `origin[k]` says where a value came from.
+-- Strings to the numbers and booleans the client's schema asks for (the
+-- client checks ranges and choices); `origin[k]` says where a value came from.
 local function convert_types(conf, origin)
-  for k in pairs(NUMERIC) do
-    if conf[k] ~= nil then
-      local n = tonumber(conf[k])
+  for k, v in pairs(conf) do
+    local f = client_schema.fields[k]
+    local t = f and type(v) == "string" and f.type
+    if t == "number" or t == "integer" then
+      local n = tonumber(v)
       if not n then config_error(origin[k] .. k .. " must be a number") end
       conf[k] = n
-    end
-  end
-  for k in pairs(BOOLEAN) do
-    local v = conf[k]
-    if type(v) == "string" then
+    elseif t == "boolean" then
       if v == "true" or v == "yes" or v == "1" then conf[k] = true
       elseif v == "false" or v == "no" or v == "0" then conf[k] = false
       else config_error(origin[k] .. k .. " must be true or false") end
@@ -307,12 +311,6 @@ function M.client(args, getenv, err)
   for _, n in ipairs(notes) do common.say(err or io.stderr, n) end
   local secrets = M.secrets(conf, M.settings(args, getenv))
   local ok, client = pcall(offline.client, conf)
-  if not ok and conf.tokens and tostring(client):find("config.tokens is not a known option", 1, true) then
-    -- a client without per-channel tokens: this run sends every order under
-    -- conf.channel with conf.token, which is all the command line asks for
-    conf.tokens = nil
-    ok, client = pcall(offline.client, conf)
-  end
   if not ok then
     local msg = tostring(client):gsub("^[^:]*:%d+: ", "")
     config_error(errors.redact_all(msg, secrets))
