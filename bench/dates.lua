@@ -17,8 +17,10 @@ for i = 1, 1000 do
 end
 local order = {
   user = { id = "cust-1" },
-  order = { refCode = "ord-1", orderDate = "2024-06-16T13:25:00 GMT", currency = "GBP", total = "29.97",
-            items = { { refCode = "sku-1", qty = 1, price = "9.99" }, { refCode = "sku-2", qty = 2, price = "9.99" } } },
+  order = { refCode = "ord-1", orderDate = "2024-06-16T13:25:00 GMT", currency = "GBP",
+            total = "29.97",
+            items = { { refCode = "sku-1", qty = 1, price = "9.99" },
+                      { refCode = "sku-2", qty = 2, price = "9.99" } } },
 }
 
 local function best_of(fn)

@@ -28,7 +28,7 @@ describe("send --check-first", function()
   before_each(function() sb.reset() end)
 
   it("one invalid order among many: nothing is sent, the failures are grouped, exit 1", function()
-    local file = cli.orders(tmp("cf.ndjson"), 200, "CF", function(i)
+    cli.orders(tmp("cf.ndjson"), 200, "CF", function(i)
       return (i == 150 or i == 180) and '"2024-02-30T10:00:00 GMT"' or '"2024-03-15T09:12:00 GMT"'
     end)
     local r = run({ "send", "cf.ndjson", "--check-first", "--rejects", "cf-rej.ndjson", "--report", "cf-rep.json" },

@@ -56,8 +56,8 @@ describe("CLI files", function()
       assert.equal(2, r.code)
       assert.matches("%-%-rejects and %-%-report name the same file", r.err)
       -- nor the transform or the config file
-      r = run({ "send", "in.ndjson", "--transform", cli.FIX .. "transform.lua", "--report", cli.FIX .. "transform.lua" },
-        { env = cli.creds() })
+      local tx = cli.FIX .. "transform.lua"
+      r = run({ "send", "in.ndjson", "--transform", tx, "--report", tx }, { env = cli.creds() })
       assert.equal(2, r.code)
       assert.equal(before, read_file(input))
       assert.equal(0, sb.stats().requests)

@@ -48,7 +48,7 @@ describe("CLI output", function()
 
   describe("grouped summaries", function()
     it("validate: 1,001 orders with the same wrong date end with one grouped problem", function()
-      local file = cli.orders(tmp("same-date.ndjson"), 1001, "D", function() return '"2024-13-01T10:00:00 GMT"' end)
+      cli.orders(tmp("same-date.ndjson"), 1001, "D", function() return '"2024-13-01T10:00:00 GMT"' end)
       local r = run({ "validate", "same-date.ndjson" })
       assert.equal(1, r.code)
       -- the first 50 in full, then a pointer to the summary
@@ -64,7 +64,9 @@ describe("CLI output", function()
     end)
 
     it("groups one problem with different values under a pattern", function()
-      local file = cli.orders(tmp("many-dates.ndjson"), 30, "M", function(i) return ('"2024-%02d-40T10:00:00 GMT"'):format(i % 12 + 1) end)
+      local file = cli.orders(tmp("many-dates.ndjson"), 30, "M", function(i)
+        return ('"2024-%02d-40T10:00:00 GMT"'):format(i % 12 + 1)
+      end)
       local r = run({ "validate", file, "-q" })
       assert.equal(30, count(r.out, "no such day in that month"))
       r = run({ "validate", file })
@@ -72,7 +74,7 @@ describe("CLI output", function()
     end)
 
     it("send: the failures grouped by problem, with where they were", function()
-      local file = cli.orders(tmp("send-groups.ndjson"), 6, "G", function(i)
+      cli.orders(tmp("send-groups.ndjson"), 6, "G", function(i)
         return i <= 2 and '"not a date"' or '"2024-03-15T09:12:00 GMT"'
       end)
       sb.faults({ count = 3, status = 400, match = "POST" })
@@ -80,7 +82,8 @@ describe("CLI output", function()
         "--report", tmp("g-rep.json") }, { env = cli.creds() })
       assert.equal(1, r.code, r.all)
       assert.matches("failed orders by problem:", r.err)
-      assert.matches("\n%s+3  send: http: server answered HTTP 400: SandboxFault: [^\n]*\n%s+at send%-groups%.ndjson:%d, ", r.err)
+      assert.matches("\n%s+3  send: http: server answered HTTP 400: SandboxFault: [^\n]*\n"
+        .. "%s+at send%-groups%.ndjson:%d, ", r.err)
       assert.matches("\n%s+2  order%.orderDate: must be a date like [^\n]*, got \"not a date\"\n%s+at "
         .. "send%-groups%.ndjson:1, send%-groups%.ndjson:2\n", r.err)
       local rep = cli.json_file(tmp("g-rep.json"))
@@ -148,8 +151,9 @@ describe("CLI output", function()
     end
     local ORDER = '"orderDate":"2024-03-15T09:12:00 GMT","currency":"GBP","items":[{"refCode":"s","qty":1,"price":1}]'
 
-    it("escape control characters in refCodes: a newline cannot forge a report line, ESC never reaches the terminal", function()
-      local path = ndjson("forge.ndjson", '{"user":{"id":"u"},"order":{"refCode":"X\\nforge.ndjson:9: order FAKE: sent\\u001b[2J",' .. ORDER .. '}}')
+    it("escape control characters in refCodes: no forged report line, no ESC to the terminal", function()
+      ndjson("forge.ndjson", '{"user":{"id":"u"},"order":{"refCode":"X\\nforge.ndjson:9: order FAKE: sent\\u001b[2J",'
+        .. ORDER .. '}}')
       local r = run({ "validate", "forge.ndjson" })
       assert.equal(1, r.code)
       assert.is_nil(r.all:find("\27", 1, true), "an ESC byte reached the output")
@@ -176,7 +180,8 @@ describe("CLI output", function()
         r.out, 1, true)
       assert.is_nil(r.all:find("john.smith", 1, true))
       -- the encoder itself (the library's messages)
-      local ok, e = offline.validate({ user = { email = "no-at-sign" }, order = { refCode = "A", attributes = { ["k\r\n"] = {} } } })
+      local ok, e = offline.validate({ user = { email = "no-at-sign" },
+                                       order = { refCode = "A", attributes = { ["k\r\n"] = {} } } })
       assert.is_nil(ok)
       local s = tostring(e)
       assert.is_nil(s:find("no-at-sign", 1, true))

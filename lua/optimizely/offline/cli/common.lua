@@ -83,12 +83,10 @@ M.ConfigError = ConfigError
 function M.config_error(msg) error(setmetatable({ message = msg }, ConfigError), 0) end
 local config_error = M.config_error
 
---- Is `e` the error the interpreter raises on SIGINT (Ctrl-C)? lua.c and
--- luajit.c raise "interrupted!" (with a position prefix) at the next Lua
--- instruction after the signal.
-function M.is_interrupt(e)
-  return type(e) == "string" and e:find("interrupted!%s*$") ~= nil
-end
+--- Is `e` an interrupt (Ctrl-C)? The library's one test
+-- (`optimizely.offline.errors.is_interrupt`): lua.c's "interrupted!", or
+-- the interrupt `send_batch` raises again with its summary.
+M.is_interrupt = require("optimizely.offline.errors").is_interrupt
 
 --- Runs fn(); a ConfigError becomes exit code 2 with its message on err,
 -- another error message exit code 1; Ctrl-C is raised again. Output files
@@ -200,7 +198,7 @@ end
 -- its field path), else one for the error.
 function M.failure_lines(item, e)
   local lines = {}
-  if type(e) == "table" and e.kind == "validation" and e.problems then
+  if type(e) == "table" and e.problems then
     local h = M.head(item)
     for _, p in ipairs(e.problems) do
       lines[#lines + 1] = h .. (p.path ~= "" and (p.path .. ": ") or "") .. tostring(p.message)

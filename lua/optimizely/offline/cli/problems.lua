@@ -81,7 +81,7 @@ end
 function Tally:failure(item, e)
   e = e or item.error or item.message
   self.items = self.items + 1
-  if type(e) == "table" and e.kind == "validation" and e.problems then
+  if type(e) == "table" and e.problems then
     for _, p in ipairs(e.problems) do self:add(item, p.path, p.message) end
     return
   end

@@ -16,11 +16,10 @@
 -- rejects file), then `report` and `summary`.
 --
 -- Ctrl-C: the interpreter raises "interrupted!" at the next Lua
--- instruction. Inside the batch loop `send_batch` catches it and reports
--- what was in flight; inside one of our callbacks (which the batch calls
--- protected) we note it and raise it again once control is back in the
--- batch loop. Then the rest of the input is read again from the last
--- record accounted for, so nothing is left unaccounted.
+-- instruction. Wherever it lands in the batch (our callbacks included)
+-- `send_batch` stops and returns what it knows: the orders whose outcome is
+-- unknown and those never started. Then the rest of the input is read again
+-- from the last record accounted for, so nothing is left unaccounted.
 -- @module optimizely.offline.cli.send
 local common = require("optimizely.offline.cli.common")
 local problems = require("optimizely.offline.cli.problems")
@@ -86,8 +85,6 @@ function Send.new(args, out, err)
     inflight = {},          -- batch index -> item, only until its result arrives
     nbatch = 0,
     pos = { fi = 1, after = 0 }, -- the last record accounted for
-    stop = false,           -- Ctrl-C was caught inside one of our callbacks
-    guarded = {},           -- our protected callbacks (see redeliver)
   }, Send)
 end
 
@@ -306,7 +303,6 @@ end
 function Send:next_payload()
   local st = self.st
   while true do
-    if self.stop then error("interrupted!", 0) end
     local item = self.records()
     if item == nil then
       -- every record read ends up sent or rejected, but the skipped ones
@@ -345,63 +341,29 @@ function Send:on_result(i, res, e)
   self:warn(item, res.warnings, true)
 end
 
---- Our callbacks run inside the batch's pcall, and a batch may keep an
--- error raised there as a callback error: a Ctrl-C landing in one could be
--- swallowed. Note it, and raise it again with a hook at the first
--- instruction that runs outside every callback (back in the batch loop).
-function Send:redeliver()
-  self.stop = true
-  local guarded = self.guarded
-  debug.sethook(function()
-    for level = 2, 200 do
-      local info = debug.getinfo(level, "f")
-      if not info then break end
-      if guarded[info.func] then return end
-    end
-    debug.sethook()
-    error("interrupted!", 0)
-  end, "", 1)
-end
-
---- `fn` for the batch to call: a Ctrl-C inside it is redelivered.
-function Send:protect(fn)
-  local g = function(...)
-    local ok, e = pcall(fn, ...)
-    if not ok then
-      if common.is_interrupt(e) then self:redeliver() else error(e, 0) end
-    end
-  end
-  self.guarded[g] = true
-  return g
-end
-
---- The batch's progress callback: retries, a Ctrl-C it kept, the bar.
+--- The batch's progress callback: retries and the bar.
 function Send:on_progress(s)
   self.st.retried = s.retried or self.st.retried
-  for _, c in ipairs(s.callback_errors or {}) do
-    -- a Ctrl-C that hit our callback before its own pcall
-    if common.is_interrupt(c.message) and not self.stop then self:redeliver() end
-  end
   self.progress:update(self:done(), self.st.rejected, false)
 end
 
---- The real run. @return true when it stopped before the end of the input
+--- The real run. A Ctrl-C anywhere in it (our callbacks included: the
+-- batch raises it again) ends the batch, which returns what it knows.
+-- @return true when it stopped before the end of the input
 function Send:run_batch()
   local summary = self.client:send_batch(function() return self:next_payload() end, {
-    concurrency = self.concurrency, rate = self.rate,
-    on_result = self:protect(function(i, res, e) self:on_result(i, res, e) end),
-    progress = self:protect(function(s) self:on_progress(s) end),
+    concurrency = self.concurrency, rate = self.rate, on_interrupt = "return",
+    on_result = function(i, res, e) self:on_result(i, res, e) end,
+    progress = function(s) self:on_progress(s) end,
   })
-  debug.sethook()
   self.batch = summary
   self.st.retried = summary.retried or self.st.retried
   -- the batch stopped early on an error (not Ctrl-C): account for the rest
   if summary.error and not common.is_interrupt(summary.error) then self.failure = summary.error end
   for _, c in ipairs(summary.callback_errors or {}) do
-    if common.is_interrupt(c.message) then self.stop = true
-    elseif not self.failure then self.failure = "internal error while recording a result: " .. c.message end
+    if not self.failure then self.failure = "internal error while recording a result: " .. c.message end
   end
-  return summary.interrupted or self.stop or self.failure ~= nil
+  return summary.interrupted or self.failure ~= nil
 end
 
 --- The dry run: every record read, transformed, validated and encoded.
@@ -432,7 +394,6 @@ end
 --- Sends (or dry-runs) the input; notes whether and why it stopped early.
 function Send:deliver()
   local ok, res = pcall(self.dry and self.run_dry or self.run_batch, self)
-  debug.sethook()
   self.stopped = false -- the run ended before the end of the input
   if not ok then
     if not common.is_interrupt(res) then
@@ -484,8 +445,9 @@ end
 
 --- The orders in flight: their outcome is not known.
 function Send:settle_inflight()
-  local unknown, idx, pos = {}, {}, self.pos
+  local unknown, unsent, idx, pos = {}, {}, {}, self.pos
   for _, i in ipairs(self.batch and self.batch.unknown or {}) do unknown[i] = true end
+  for _, i in ipairs(self.batch and self.batch.unsent or {}) do unsent[i] = true end
   for i, item in pairs(self.inflight) do
     idx[#idx + 1] = i
     if item.fi > pos.fi or (item.fi == pos.fi and (item.rec.index or 0) > pos.after) then
@@ -497,6 +459,7 @@ function Send:settle_inflight()
     local stage, msg = "interrupted", unknown[i]
       and "interrupted in flight or awaiting a retry: the endpoint may or may not have it"
       or "interrupted before its result was known"
+    if unsent[i] then stage, msg = "not_sent", "not sent: the run was interrupted before it started" end
     if not self.stopped then stage, msg = "unknown", "no result was recorded for this order" end
     self:reject(self.inflight[i], stage, { kind = stage, message = msg }, true)
     self.inflight[i] = nil
@@ -590,7 +553,7 @@ function Send:summary_line()
   end
   if st.not_sent > 0 then s[#s + 1] = st.not_sent .. " not sent" end
   if st.skipped > 0 then s[#s + 1] = st.skipped .. " skipped by the transform" end
-  if st.retried > 0 then s[#s + 1] = st.retried .. (st.retried == 1 and " retry" or " retries") end
+  if st.retried > 0 then s[#s + 1] = ("%d %s"):format(st.retried, st.retried == 1 and "retry" or "retries") end
   if st.warnings > 0 then s[#s + 1] = plural(st.warnings, "warning") end
   return table.concat(s, ", ")
 end

@@ -24,7 +24,8 @@ function M.register(parser)
   p:flag("--queued", "Purge queued (not yet delivered) orders instead. They are lost.")
   p:option("--older-than", "Only rows older than this many seconds.")
   local e = with_file(cmd:command("export", "Write dead letters as NDJSON that `send` accepts."))
-  e:option("-o --output", "Output file (default: standard output; written 0600, in place when complete)."):argname("<file>")
+  e:option("-o --output", "Output file (default: standard output; written 0600, in place when complete).")
+    :argname("<file>")
 end
 
 local function open(args)
@@ -46,7 +47,7 @@ local sub = {}
 
 -- Each subcommand: function(spool, args, out, err) -> exit code.
 
-function sub.stats(sp, args, out, err)
+function sub.stats(sp, _, out, err)
   local s, e = sp:stats()
   if not s then return fail(err, e) end
   common.say(out, ("queued %d  due %d  claimed %d  dead %d  bytes %d  oldest %.0fs"):format(
