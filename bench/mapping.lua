@@ -44,8 +44,8 @@ end
 -- Runs the CLI under /usr/bin/time -v: wall seconds, peak RSS MiB.
 local function timed(args)
   local tf = os.tmpname()
-  local cmd = ("env OPTIMIZELY_PSEUDONYM_KEY=bench-key-0123456789abcdef /usr/bin/time -v -o %s %s bin/optimizely-offline %s"
-    .. " >/dev/null 2>%s.err"):format(q(tf), LUA, args, q(tf))
+  local cmd = ("env OPTIMIZELY_PSEUDONYM_KEY=bench-key-0123456789abcdef /usr/bin/time -v -o %s %s"
+    .. " bin/optimizely-offline %s >/dev/null 2>%s.err"):format(q(tf), LUA, args, q(tf))
   local ok, code = sys.run(cmd)
   local t = sys.read_file(tf) or ""
   local err = sys.read_file(tf .. ".err") or ""

@@ -236,7 +236,9 @@ end
 local function worker_cpu_ns()
   local total = 0
   for i, p in ipairs(family(inst:pid())) do
-    if i > 1 then total = total + (tonumber((nginx.read_file("/proc/" .. p .. "/schedstat") or ""):match("^(%d+)")) or 0) end
+    if i > 1 then
+      total = total + (tonumber((nginx.read_file("/proc/" .. p .. "/schedstat") or ""):match("^(%d+)")) or 0)
+    end
   end
   return total
 end
@@ -261,7 +263,8 @@ local run_ok, run_err = pcall(function()
         drain()
         x.cpu_us = (worker_cpu_ns() - cpu0) / 1000 / (x.rps * o.seconds)
         res[mode][which][r] = x
-        print(("%-9s round %d  %-5s p50 %6.3f  p90 %6.3f  p99 %6.3f  p99.9 %6.3f ms  %9.0f req/s  worker CPU %5.1f us/req"):format(
+        print(("%-9s round %d  %-5s p50 %6.3f  p90 %6.3f  p99 %6.3f  p99.9 %6.3f ms  %9.0f req/s"
+          .. "  worker CPU %5.1f us/req"):format(
           mode, r, which, x.p50, x.p90, x.p99, x.p999, x.rps, x.cpu_us))
       end
     end
@@ -288,7 +291,8 @@ print(("nginx_hook: queue %s (%d worker(s)), %s, upstream %s (%s), %d alternatin
 for _, mode in ipairs(MODES) do
   local p, h = res[mode].plain, res[mode].hook
   local pp, hp = median(p, "p99"), median(h, "p99")
-  print(("  %-9s plain p50 %.3f p99 %.3f ms (%.0f req/s, %.1f us CPU) | hook p50 %.3f p99 %.3f ms (%.0f req/s, %.1f us CPU) | p99 ratio %.2f%s"):format(
+  print(("  %-9s plain p50 %.3f p99 %.3f ms (%.0f req/s, %.1f us CPU)"
+    .. " | hook p50 %.3f p99 %.3f ms (%.0f req/s, %.1f us CPU) | p99 ratio %.2f%s"):format(
     mode, median(p, "p50"), pp, median(p, "rps"), median(p, "cpu_us"), median(h, "p50"), hp, median(h, "rps"),
     median(h, "cpu_us"), hp / pp,
     mode == "paced" and (hp / pp <= 1.10 and "  (target <= 1.10: met)" or "  (target <= 1.10: NOT met)") or ""))

@@ -16,7 +16,8 @@ local KEY = "bench-key-0123456789abcdef0123456789"
 
 local function bench(fn, min_time)
   for i = 1, 1000 do fn(i) end -- warm up
-  local n, elapsed = 1000, 0
+  local n = 1000
+  local elapsed
   while true do
     local t0 = clock()
     for i = 1, n do fn(i) end

@@ -2,6 +2,7 @@
  * core.classify_failure, core.envelope. */
 #include "classify.h"
 #include "core.h"
+#include "clock.h"
 #include "policy.h"
 
 #include <stdio.h>
@@ -133,33 +134,23 @@ void oo_classify_failure(const char *kind, const char *message, oo_outcome *o) {
 /* ------------------------------------------------------------------ */
 /* Lua                                                                 */
 
-static double wall_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Pushes the outcome as a table {ok, kind, status, code, message,
  * retryable, retry_after, stop, warned} (absent/false fields left out). */
 void oo_push_outcome(lua_State *L, const oo_outcome *o) {
     lua_createtable(L, 0, 8);
-    lua_pushboolean(L, o->ok);
-    lua_setfield(L, -2, "ok");
-    if (o->status) { lua_pushinteger(L, o->status); lua_setfield(L, -2, "status"); }
+    oo_set_bool(L, "ok", o->ok);
+    if (o->status) oo_set_int(L, "status", o->status);
     if (o->ok) {
-        if (o->warned) { lua_pushboolean(L, 1); lua_setfield(L, -2, "warned"); }
+        if (o->warned) oo_set_bool(L, "warned", 1);
         return;
     }
-    lua_pushstring(L, o->kind);
-    lua_setfield(L, -2, "kind");
-    lua_pushstring(L, o->message);
-    lua_setfield(L, -2, "message");
-    lua_pushboolean(L, o->retryable);
-    lua_setfield(L, -2, "retryable");
-    if (o->code[0]) { lua_pushstring(L, o->code); lua_setfield(L, -2, "code"); }
-    if (o->retry_after >= 0) { lua_pushnumber(L, o->retry_after); lua_setfield(L, -2, "retry_after"); }
-    if (o->stop) { lua_pushboolean(L, 1); lua_setfield(L, -2, "stop"); }
-    if (o->transport_code) { lua_pushinteger(L, o->transport_code); lua_setfield(L, -2, "curl_code"); }
+    oo_set_str(L, "kind", o->kind);
+    oo_set_str(L, "message", o->message);
+    oo_set_bool(L, "retryable", o->retryable);
+    if (o->code[0]) oo_set_str(L, "code", o->code);
+    if (o->retry_after >= 0) oo_set_num(L, "retry_after", o->retry_after);
+    if (o->stop) oo_set_bool(L, "stop", 1);
+    if (o->transport_code) oo_set_int(L, "curl_code", o->transport_code);
 }
 
 /*** core.classify(status, body [, retry_after [, now]]) -> record */
@@ -171,7 +162,7 @@ static int l_classify(lua_State *L) {
     const char *ra = luaL_optstring(L, 3, NULL);
     double now = (double)luaL_optnumber(L, 4, 0);
     luaL_argcheck(L, status >= 100 && status <= 999, 1, "HTTP status must be 100..999");
-    oo_classify_response((int)status, ra, body, len, now > 0 ? now : wall_now(), &o, NULL);
+    oo_classify_response((int)status, ra, body, len, now > 0 ? now : oo_wall_now(), &o, NULL);
     oo_push_outcome(L, &o);
     return 1;
 }
@@ -185,9 +176,7 @@ static int l_classify_failure(lua_State *L) {
 }
 
 static void set_opt_string(lua_State *L, const char *k, const char *v) {
-    if (!v) return;
-    lua_pushstring(L, v);
-    lua_setfield(L, -2, k);
+    if (v) oo_set_str(L, k, v);
 }
 
 /*** core.envelope(body) -> {status, errors = {{code, message}...},
@@ -204,10 +193,7 @@ static int l_envelope(lua_State *L) {
     }
     lua_createtable(L, 0, 5);
     set_opt_string(L, "status", env->status);
-    if (env->status_present && !env->status) {
-        lua_pushboolean(L, 1);
-        lua_setfield(L, -2, "status_not_string");
-    }
+    if (env->status_present && !env->status) oo_set_bool(L, "status_not_string", 1);
     n = env->nerrors < OO_ENV_ITEMS ? env->nerrors : OO_ENV_ITEMS;
     lua_createtable(L, n, 0);
     for (i = 0; i < n; i++) {
@@ -226,10 +212,8 @@ static int l_envelope(lua_State *L) {
         }
     }
     lua_setfield(L, -2, "warnings");
-    lua_pushinteger(L, env->nerrors);
-    lua_setfield(L, -2, "nerrors");
-    lua_pushinteger(L, env->nwarnings);
-    lua_setfield(L, -2, "nwarnings");
+    oo_set_int(L, "nerrors", env->nerrors);
+    oo_set_int(L, "nwarnings", env->nwarnings);
     return 1;
 }
 

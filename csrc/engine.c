@@ -2,6 +2,7 @@
  * results, the in-flight limit, settling a finished request, one turn. */
 #define _GNU_SOURCE
 #include "engine.h"
+#include "clock.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,12 +10,6 @@
 #include <time.h>
 
 #define OO_RESULT_BODY_MAX 65536
-
-static double wall_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* ------------------------------------------------------------------ */
 /* Jobs and lists                                                      */
@@ -286,7 +281,7 @@ static void settle_retry(oo_engine *e, oo_job *j, const oo_decision *d, const oo
     pthread_mutex_lock(&e->mu);
     e->metrics.retried++;
     pthread_mutex_unlock(&e->mu);
-    if (j->spool_id && e->hooks && e->hooks->retry && e->hooks->retry(e, j, wall_now() + d->delay, o)) {
+    if (j->spool_id && e->hooks && e->hooks->retry && e->hooks->retry(e, j, oo_wall_now() + d->delay, o)) {
         free_job(j);
         return;
     }
@@ -350,7 +345,7 @@ static void on_done(void *ud, oo_slot *s, CURLcode rc) {
             body = s->x.body.data;
             blen = s->x.body.len;
         }
-        oo_classify_response((int)status, s->x.retry_after, body, blen, wall_now(), &o, NULL);
+        oo_classify_response((int)status, s->x.retry_after, body, blen, oo_wall_now(), &o, NULL);
     } else {
         char msg[CURL_ERROR_SIZE + 64];
         oo_http_failure_message(rc, &s->x, msg, sizeof msg);
@@ -362,7 +357,7 @@ static void on_done(void *ud, oo_slot *s, CURLcode rc) {
     oo_metrics_attempt(&e->metrics, latency, j->body_len);
     if (o.status == 429) e->metrics.throttled++;
     pthread_mutex_unlock(&e->mu);
-    oo_policy_decide(&e->policy, &o, j->attempts, wall_now() - j->created, oo_jitter(&e->rng), &d);
+    oo_policy_decide(&e->policy, &o, j->attempts, oo_wall_now() - j->created, oo_jitter(&e->rng), &d);
     if (e->probing && d.action != OO_ACK && d.action != OO_STOP) {
         /* the probe told nothing about the credentials: another one later */
         e->probing = 0;
@@ -449,7 +444,7 @@ static void start_ready(oo_engine *e, double now) {
             oo_decision d;
             oo_classify_failure("network", curl_easy_strerror(rc), &o);
             j->attempts++;
-            oo_policy_decide(&e->policy, &o, j->attempts, wall_now() - j->created, oo_jitter(&e->rng), &d);
+            oo_policy_decide(&e->policy, &o, j->attempts, oo_wall_now() - j->created, oo_jitter(&e->rng), &d);
             if (d.action == OO_RETRY) {
                 settle_retry(e, j, &d, &o);
             } else {

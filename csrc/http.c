@@ -553,26 +553,6 @@ static int l_curl_version(lua_State *L) {
     return 2;
 }
 
-/*** core.sleep(seconds): blocks the calling OS thread (not for nginx). */
-static int l_sleep(lua_State *L) {
-    lua_Number s = luaL_checknumber(L, 1);
-    struct timespec ts, rem;
-    if (!(s >= 0) || s > 86400.0 * 365) return luaL_argerror(L, 1, "seconds out of range");
-    ts.tv_sec = (time_t)s;
-    ts.tv_nsec = (long)((s - (lua_Number)ts.tv_sec) * 1e9);
-    if (ts.tv_nsec >= 1000000000L) ts.tv_nsec = 999999999L;
-    while (nanosleep(&ts, &rem) != 0 && errno == EINTR) ts = rem;
-    return 0;
-}
-
-/*** core.now() → monotonic seconds (for durations, not dates). */
-static int l_now(lua_State *L) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
-    return 1;
-}
-
 /*** core.url_escape(s): percent-encodes all but unreserved A-Za-z0-9-._~ */
 static int l_url_escape(lua_State *L) {
     static const char hex[] = "0123456789ABCDEF";
@@ -603,8 +583,6 @@ void oo_http_register(lua_State *L) {
     static const luaL_Reg funcs[] = {
         {"http_new", l_http_new},
         {"curl_version", l_curl_version},
-        {"sleep", l_sleep},
-        {"now", l_now},
         {"url_escape", l_url_escape},
         {NULL, NULL}};
     oo_newclass(L, OO_HTTP_MT, methods, l_gc, l_close, l_tostring);

@@ -38,7 +38,7 @@
 typedef struct {
     const char *s;
     size_t n;
-    int idx;  /* position of the original key in the key list table */
+    int idx;   /* position of the original key in the key list table */
     int rank;  /* < 0: position in opts.first (earlier first); 0 for the rest */
     int bytes; /* order the rest by bytes (opts.sort), else as pairs() gave them */
 } key_ref;
@@ -62,8 +62,14 @@ static void number(oo_buf *b, lua_State *L, int idx) {
     char tmp[40];
     lua_Number v = lua_tonumber(L, idx);
     int n, i;
-    if (oo_tointeger(L, idx, &iv)) { oo_buf_addint(b, iv); return; }
-    if (v != v || isinf(v)) { oo_buf_addlit(b, "null"); return; }
+    if (oo_tointeger(L, idx, &iv)) {
+        oo_buf_addint(b, iv);
+        return;
+    }
+    if (v != v || isinf(v)) {
+        oo_buf_addlit(b, "null");
+        return;
+    }
     n = snprintf(tmp, sizeof tmp, "%.14g", (double)v);
     for (i = 0; i < n; i++)
         if (tmp[i] == ',') tmp[i] = '.'; /* a decimal comma from the C locale of an embedder */
@@ -119,7 +125,10 @@ static int array(W *w, int idx, long long n, int depth) {
  * as a number. Leaves the text on the stack (replacing nothing). */
 static int key_text(W *w) {
     lua_State *L = w->L;
-    if (lua_type(L, -1) == LUA_TSTRING) { lua_pushvalue(L, -1); return 1; }
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        lua_pushvalue(L, -1);
+        return 1;
+    }
     if (lua_type(L, -1) == LUA_TNUMBER) {
         oo_buf tmp;
         oo_buf_init(&tmp);
@@ -128,7 +137,8 @@ static int key_text(W *w) {
         oo_buf_free(&tmp);
         return 1;
     }
-    snprintf(w->errbuf, sizeof w->errbuf, "cannot write a table key of type %s", luaL_typename(L, -1));
+    snprintf(w->errbuf, sizeof w->errbuf, "cannot write a table key of type %s",
+             luaL_typename(L, -1));
     fail(w, w->errbuf);
     return 0;
 }
@@ -230,12 +240,19 @@ static int table(W *w, int idx, int depth) {
         fail(w, "nested more than 100 levels deep (a table that contains itself?)");
         return 0;
     }
-    if (!lua_checkstack(w->L, 12)) { fail(w, "nested too deep for the Lua stack"); return 0; }
+    if (!lua_checkstack(w->L, 12)) {
+        fail(w, "nested too deep for the Lua stack");
+        return 0;
+    }
     n = array_length(w->L, idx, &count);
-    if (count == 0) { oo_buf_addlit(w->b, "{}"); return 1; }
+    if (count == 0) {
+        oo_buf_addlit(w->b, "{}");
+        return 1;
+    }
     if (n > 0) return array(w, idx, n, depth);
     oo_buf_addc(w->b, '{');
-    ok = (w->sort || w->first_idx) ? object_ordered(w, idx, count, depth) : object_plain(w, idx, depth);
+    ok = (w->sort || w->first_idx) ? object_ordered(w, idx, count, depth)
+                                   : object_plain(w, idx, depth);
     if (!ok) return 0;
     if (w->indent) newline(w, depth);
     oo_buf_addc(w->b, '}');
@@ -259,7 +276,10 @@ static int value(W *w, int idx, int depth) {
     }
     case LUA_TTABLE: return table(w, idx, depth);
     case LUA_TLIGHTUSERDATA:
-        if (lua_touserdata(L, idx) == NULL) { oo_buf_addlit(w->b, "null"); return 1; }
+        if (lua_touserdata(L, idx) == NULL) {
+            oo_buf_addlit(w->b, "null");
+            return 1;
+        }
         break;
     default: break;
     }
@@ -285,7 +305,8 @@ static void read_opts(W *w, lua_State *L) {
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
     } else {
-        luaL_argcheck(L, lua_type(L, -1) == LUA_TTABLE, 2, "opts.first must be a list of key names");
+        luaL_argcheck(L, lua_type(L, -1) == LUA_TTABLE, 2,
+                      "opts.first must be a list of key names");
         w->first_idx = lua_gettop(L); /* stays on the stack for the whole call */
     }
 }

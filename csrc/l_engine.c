@@ -161,34 +161,26 @@ static const char *what_name(oo_res_kind k) {
     return "?";
 }
 
-static void set_str(lua_State *L, const char *k, const char *v) {
-    lua_pushstring(L, v);
-    lua_setfield(L, -2, k);
-}
-
 /* One result as a table: what, id, ref, attempts, channel (name), latency,
  * why, until, body, and the record's fields (ok, kind, status, code,
  * message, retryable, retry_after, stop, warned). */
 static void push_result(lua_State *L, const oo_engine *e, const oo_result *r) {
     oo_push_outcome(L, &r->o);
-    set_str(L, "what", what_name(r->what));
+    oo_set_str(L, "what", what_name(r->what));
     if (r->what == OO_RES_PAUSED || r->what == OO_RES_RESUMED) {
-        if (r->why) set_str(L, "why", r->why);
-        if (r->until >= 0) { lua_pushnumber(L, r->until); lua_setfield(L, -2, "until"); }
+        if (r->why) oo_set_str(L, "why", r->why);
+        if (r->until >= 0) oo_set_num(L, "until", r->until);
         if (r->o.kind == NULL) { lua_pushnil(L); lua_setfield(L, -2, "ok"); }
         return;
     }
-    lua_pushinteger(L, (lua_Integer)r->id);
-    lua_setfield(L, -2, "id");
-    if (r->ref) set_str(L, "ref", r->ref);
-    lua_pushinteger(L, r->attempts);
-    lua_setfield(L, -2, "attempts");
+    oo_set_int(L, "id", r->id);
+    if (r->ref) oo_set_str(L, "ref", r->ref);
+    oo_set_int(L, "attempts", r->attempts);
     if (r->channel >= 0 && r->channel < e->nchan && e->chans[r->channel].name)
-        set_str(L, "channel", e->chans[r->channel].name);
-    lua_pushinteger(L, r->channel + 1);
-    lua_setfield(L, -2, "channel_index");
-    if (r->why) set_str(L, "why", r->why);
-    if (r->latency > 0) { lua_pushnumber(L, r->latency); lua_setfield(L, -2, "latency"); }
+        oo_set_str(L, "channel", e->chans[r->channel].name);
+    oo_set_int(L, "channel_index", r->channel + 1);
+    if (r->why) oo_set_str(L, "why", r->why);
+    if (r->latency > 0) oo_set_num(L, "latency", r->latency);
     if (r->body) {
         lua_pushlstring(L, r->body, r->body_len);
         lua_setfield(L, -2, "body");
@@ -210,7 +202,7 @@ int oo_push_results(lua_State *L, const oo_engine *e, oo_result *list) {
 void oo_push_engine_stats(lua_State *L, oo_engine *e) {
     lua_createtable(L, 0, 12);
     pthread_mutex_lock(&e->mu);
-#define F(name, v) lua_pushnumber(L, (lua_Number)(v)); lua_setfield(L, -2, name)
+#define F(name, v) oo_set_num(L, name, (double)(v))
     F("queued", e->nin + e->nready + e->nheap);
     F("retrying", e->nheap);
     F("in_flight", e->in_flight);
@@ -224,13 +216,8 @@ void oo_push_engine_stats(lua_State *L, oo_engine *e) {
     F("pending_results", e->nout);
     F("limit", e->limit);
 #undef F
-    lua_pushboolean(L, e->stopped);
-    lua_setfield(L, -2, "stopped");
-    {
-        double left = e->pause_until - oo_mono_now();
-        lua_pushnumber(L, left > 0 ? left : 0);
-        lua_setfield(L, -2, "paused_for");
-    }
+    oo_set_bool(L, "stopped", e->stopped);
+    oo_set_num(L, "paused_for", e->pause_until > oo_mono_now() ? e->pause_until - oo_mono_now() : 0);
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -281,11 +268,7 @@ static int l_add(lua_State *L) {
     luaL_argcheck(L, ch >= 1 && ch <= e->nchan, 4, "no such channel");
     j = oo_job_new((long long)id, body, blen, ref, rlen, (int)ch - 1, created);
     if (!j) return luaL_error(L, "engine: out of memory");
-    if (created <= 0) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        j->created = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-    }
+    if (created <= 0) j->created = oo_wall_now();
     oo_engine_add(e, j);
     return 0;
 }

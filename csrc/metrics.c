@@ -49,10 +49,7 @@ void oo_metrics_failed(oo_metrics *m, const oo_outcome *o, int dead) {
     }
 }
 
-static void set_int(lua_State *L, const char *k, long long v) {
-    lua_pushnumber(L, (lua_Number)v);
-    lua_setfield(L, -2, k);
-}
+#define set_int oo_set_num /* counters as numbers: 2^53, on every Lua */
 
 void oo_metrics_push(lua_State *L, const oo_metrics *m) {
     int i;
@@ -79,8 +76,7 @@ void oo_metrics_push(lua_State *L, const oo_metrics *m) {
         lua_rawseti(L, -2, i + 1);
     }
     lua_setfield(L, -2, "counts");
-    lua_pushnumber(L, m->lat_sum);
-    lua_setfield(L, -2, "sum");
+    oo_set_num(L, "sum", m->lat_sum);
     set_int(L, "count", m->lat_count);
     lua_setfield(L, -2, "latency");
     /* failures by label */
@@ -88,10 +84,9 @@ void oo_metrics_push(lua_State *L, const oo_metrics *m) {
     for (i = 0; i < m->nfail; i++) {
         const oo_fail_label *f = &m->fail[i];
         lua_createtable(L, 0, 4);
-        lua_pushstring(L, f->kind);
-        lua_setfield(L, -2, "kind");
+        oo_set_str(L, "kind", f->kind);
         if (f->status) set_int(L, "status", f->status);
-        if (f->code[0]) { lua_pushstring(L, f->code); lua_setfield(L, -2, "code"); }
+        if (f->code[0]) oo_set_str(L, "code", f->code);
         set_int(L, "n", f->n);
         lua_rawseti(L, -2, i + 1);
     }

@@ -283,25 +283,6 @@ static int l_delay(lua_State *L) {
     return 1;
 }
 
-/*** p:settings() -> table of the policy's fields */
-static int l_settings(lua_State *L) {
-    oo_policy *p = &((oo_policy_ud *)luaL_checkudata(L, 1, OO_POLICY_MT))->p;
-    lua_createtable(L, 0, 6);
-    if (p->max_attempts) lua_pushinteger(L, p->max_attempts); else lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "max_attempts");
-    lua_pushnumber(L, p->max_age);
-    lua_setfield(L, -2, "max_age");
-    lua_pushnumber(L, p->backoff_base);
-    lua_setfield(L, -2, "backoff_base");
-    lua_pushnumber(L, p->backoff_max);
-    lua_setfield(L, -2, "backoff_max");
-    lua_pushnumber(L, p->backoff_floor);
-    lua_setfield(L, -2, "backoff_floor");
-    lua_pushnumber(L, p->retry_after_max);
-    lua_setfield(L, -2, "retry_after_max");
-    return 1;
-}
-
 /*** core.policy_new(opts) -> policy */
 static int l_policy_new(lua_State *L) {
     oo_policy_ud *u = (oo_policy_ud *)lua_newuserdata(L, sizeof *u);
@@ -327,7 +308,7 @@ static int l_parse_http_date(lua_State *L) {
 
 void oo_policy_register(lua_State *L) {
     static const luaL_Reg methods[] = {
-        {"decide", l_decide}, {"delay", l_delay}, {"settings", l_settings}, {NULL, NULL}};
+        {"decide", l_decide}, {"delay", l_delay}, {NULL, NULL}};
     static const luaL_Reg funcs[] = {
         {"policy_new", l_policy_new}, {"parse_retry_after", l_parse_retry_after},
         {"parse_http_date", l_parse_http_date}, {NULL, NULL}};

@@ -13,12 +13,6 @@
 
 #define OO_POOL_MAX 1024
 
-double oo_mono_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ------------------------------------------------------------------ */
 /* curl's socket and timer callbacks                                   */
 

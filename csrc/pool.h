@@ -39,8 +39,7 @@ typedef struct oo_pool {
     int asleep;           /* the driver may be in (or entering) poll: adders wake it */
 } oo_pool;
 
-/* Monotonic seconds. */
-double oo_mono_now(void);
+#include "clock.h"
 
 /* Sets up n slots (1..1024) with the per-handle options. 0 on success,
  * else -1 with a message in err. */

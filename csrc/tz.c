@@ -64,7 +64,8 @@ static int64_t be64(const unsigned char *p) {
 }
 
 static int32_t be32(const unsigned char *p) {
-    return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3]);
+    return (int32_t)(((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) |
+                     p[3]);
 }
 
 static int is_leap(long long y) { return oo_days_in_month(y, 2) == 29; }
@@ -83,7 +84,9 @@ static long long rule_day(const tz_date *d, long long y) {
     return first + day - 1;
 }
 
-static long long floor_div(long long a, long long b) { return a / b - (a % b != 0 && (a < 0) != (b < 0)); }
+static long long floor_div(long long a, long long b) {
+    return a / b - (a % b != 0 && (a < 0) != (b < 0));
+}
 
 /* Offset in effect at t under the POSIX rule (after the last transition). */
 static long rule_offset(const tz_rule *r, long long t, int *isdst) {
@@ -95,16 +98,21 @@ static long rule_offset(const tz_rule *r, long long t, int *isdst) {
     y0 = 1970 + floor_div(t, 31556952); /* the mean Gregorian year: off by one at most */
     for (i = -2; i <= 1; i++) {
         long long y = y0 + i;
-        when[n] = rule_day(&r->start, y) * 86400 + r->start.secs - r->std_off; /* given in standard time */
+        when[n] = rule_day(&r->start, y) * 86400 + r->start.secs -
+                  r->std_off; /* given in standard time */
         dst[n++] = 1;
-        when[n] = rule_day(&r->end, y) * 86400 + r->end.secs - r->dst_off; /* given in summer time */
+        when[n] =
+            rule_day(&r->end, y) * 86400 + r->end.secs - r->dst_off; /* given in summer time */
         dst[n++] = 0;
     }
     for (i = 1; i < n; i++) /* insertion sort: 8 entries */
         for (j = i; j > 0 && when[j] < when[j - 1]; j--) {
-            long long tw = when[j]; int td = dst[j];
-            when[j] = when[j - 1]; dst[j] = dst[j - 1];
-            when[j - 1] = tw; dst[j - 1] = td;
+            long long tw = when[j];
+            int td = dst[j];
+            when[j] = when[j - 1];
+            dst[j] = dst[j - 1];
+            when[j - 1] = tw;
+            dst[j - 1] = td;
         }
     for (i = 0; i < n && when[i] <= t; i++) *isdst = dst[i];
     return *isdst ? r->dst_off : r->std_off;
@@ -122,7 +130,8 @@ static long zone_offset(const tz_zone *z, long long t, int *isdst) {
         hi = z->ntimes - 1; /* times[lo] <= t < times[hi] */
         while (hi - lo > 1) {
             int mid = lo + (hi - lo) / 2;
-            if (z->times[mid] <= t) lo = mid; else hi = mid;
+            if (z->times[mid] <= t) lo = mid;
+            else hi = mid;
         }
         type = z->idx[lo];
     }
@@ -144,7 +153,10 @@ static const char *posix_name(const char *s) {
 
 static const char *posix_num(const char *s, int lo, int hi, int *v) {
     int n = 0, k = 0;
-    while (*s >= '0' && *s <= '9' && k < 4) { n = n * 10 + (*s++ - '0'); k++; }
+    while (*s >= '0' && *s <= '9' && k < 4) {
+        n = n * 10 + (*s++ - '0');
+        k++;
+    }
     if (k == 0 || n < lo || n > hi) return NULL;
     *v = n;
     return s;
@@ -223,8 +235,10 @@ static const char *tzif_block(const unsigned char *p, size_t n, size_t at, int t
     types = (uint32_t)be32(p + at + 36);
     chars = (uint32_t)be32(p + at + 40);
     if (leap) return "has leap seconds (a right/ zone): use the zone without them";
-    if (types < 1 || types > TZ_MAX_TYPES || times > TZ_MAX_TIMES || chars > 65536) return "is corrupt (counts)";
-    if ((isut && isut != types) || (isstd && isstd != types)) return "is corrupt (indicator counts)";
+    if (types < 1 || types > TZ_MAX_TYPES || times > TZ_MAX_TIMES || chars > 65536)
+        return "is corrupt (counts)";
+    if ((isut && isut != types) || (isstd && isstd != types))
+        return "is corrupt (indicator counts)";
     need = (size_t)times * (size_t)(tsize + 1) + (size_t)types * 6 + chars + isstd + isut;
     if (n - (at + 44) < need) return "is truncated";
     f->ntimes = (int)times;
@@ -355,7 +369,9 @@ static int l_tz_load(lua_State *L) {
     return 1;
 }
 
-static tz_zone *check_zone(lua_State *L, int i) { return (tz_zone *)luaL_checkudata(L, i, ZONE_MT); }
+static tz_zone *check_zone(lua_State *L, int i) {
+    return (tz_zone *)luaL_checkudata(L, i, ZONE_MT);
+}
 
 /*** zone:offset(t) -> seconds east of UTC, is_dst */
 static int l_zone_offset(lua_State *L) {
@@ -391,10 +407,11 @@ typedef struct {
     char why[96];
 } input;
 
-static const char *const months[] = {"january", "february", "march", "april", "may", "june", "july",
-                                     "august", "september", "october", "november", "december"};
-static const char *const days[] = {"sunday", "monday", "tuesday", "wednesday", "thursday", "friday",
-                                   "saturday"};
+static const char *const months[] = {"january",   "february", "march",    "april",
+                                     "may",       "june",     "july",     "august",
+                                     "september", "october",  "november", "december"};
+static const char *const days[] = {"sunday",   "monday", "tuesday", "wednesday",
+                                   "thursday", "friday", "saturday"};
 
 static int lower(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
 
@@ -409,7 +426,10 @@ static int read_digits(input *in, int lo, int hi, int *v, const char *what) {
         n = n * 10 + (in->s[in->i++] - '0');
         k++;
     }
-    if (k < lo) { in->i -= (size_t)k; return expect(in, what); }
+    if (k < lo) {
+        in->i -= (size_t)k;
+        return expect(in, what);
+    }
     *v = n;
     return 1;
 }
@@ -419,7 +439,10 @@ static int read_name(input *in, const char *const *names, int count, int *v, con
     int k;
     for (k = 0; k < count; k++) {
         size_t len = strlen(names[k]), j, m = 0;
-        for (j = 0; j < len && in->i + j < in->n && lower((unsigned char)in->s[in->i + j]) == names[k][j]; j++) m++;
+        for (j = 0;
+             j < len && in->i + j < in->n && lower((unsigned char)in->s[in->i + j]) == names[k][j];
+             j++)
+            m++;
         if (m == len || m == 3) {
             /* "Mar" must not swallow the start of "March": take the full name when it is there */
             in->i += m == len ? len : 3;
@@ -432,7 +455,12 @@ static int read_name(input *in, const char *const *names, int count, int *v, con
 
 static int read_offset(input *in, fields *f) {
     int sign, h, m = 0;
-    if (in->i < in->n && in->s[in->i] == 'Z') { in->i++; f->has_off = 1; f->off = 0; return 1; }
+    if (in->i < in->n && in->s[in->i] == 'Z') {
+        in->i++;
+        f->has_off = 1;
+        f->off = 0;
+        return 1;
+    }
     if (in->i >= in->n || (in->s[in->i] != '+' && in->s[in->i] != '-'))
         return expect(in, "a UTC offset like +01:00 or Z (%z)");
     sign = in->s[in->i++] == '-' ? -1 : 1;
@@ -441,7 +469,10 @@ static int read_offset(input *in, fields *f) {
     if (in->i < in->n && in->s[in->i] >= '0' && in->s[in->i] <= '9' &&
         !read_digits(in, 2, 2, &m, "the minutes of a UTC offset (%z)"))
         return 0;
-    if (h > 23 || m > 59) { snprintf(in->why, sizeof in->why, "UTC offset out of range"); return 0; }
+    if (h > 23 || m > 59) {
+        snprintf(in->why, sizeof in->why, "UTC offset out of range");
+        return 0;
+    }
     f->has_off = 1;
     f->off = sign * (h * 3600L + m * 60L);
     return 1;
@@ -463,9 +494,7 @@ static int directive(char c, input *in, fields *f, int depth) {
         /* fall through */
     case 'd': return read_digits(in, 1, 2, &f->D, "a day of the month (%d)");
     case 'H': return read_digits(in, 1, 2, &f->h, "an hour 00-23 (%H)");
-    case 'I':
-        f->has_I = 1;
-        return read_digits(in, 1, 2, &f->I, "an hour 1-12 (%I)");
+    case 'I': f->has_I = 1; return read_digits(in, 1, 2, &f->I, "an hour 1-12 (%I)");
     case 'M': return read_digits(in, 2, 2, &f->mi, "2-digit minutes (%M)");
     case 'S': return read_digits(in, 2, 2, &f->s, "2-digit seconds (%S)");
     case 'f': return read_digits(in, 1, 9, &v, "fractions of a second (%f)");
@@ -478,17 +507,23 @@ static int directive(char c, input *in, fields *f, int depth) {
         in->i += 2;
         return 1;
     }
-    case 'b': case 'B': case 'h':
+    case 'b':
+    case 'B':
+    case 'h':
         if (!read_name(in, months, 12, &v, "an English month name (%b)")) return 0;
         f->M = v + 1;
         return 1;
-    case 'a': case 'A': return read_name(in, days, 7, &v, "an English day name (%a)");
+    case 'a':
+    case 'A': return read_name(in, days, 7, &v, "an English day name (%a)");
     case 'z': return read_offset(in, f);
     case 'T': return match("%H:%M:%S", in, f, depth + 1);
     case 'R': return match("%H:%M", in, f, depth + 1);
     case 'F': return match("%Y-%m-%d", in, f, depth + 1);
     case '%':
-        if (in->i < in->n && in->s[in->i] == '%') { in->i++; return 1; }
+        if (in->i < in->n && in->s[in->i] == '%') {
+            in->i++;
+            return 1;
+        }
         return expect(in, "'%'");
     default: return 0; /* refused by check_format first */
     }
@@ -522,19 +557,39 @@ static const char *check_format(const char *fmt) {
         if ((unsigned char)*s < 0x20 || *s == 0x7f) return "contains a control character";
         if (*s != '%') continue;
         switch (*++s) {
-        case 'Y': case 'y': y++; break;
-        case 'm': case 'b': case 'B': case 'h': m++; break;
-        case 'd': case 'e': d++; break;
-        case 'F': y++; m++; d++; break;
-        case 'H': case 'T': case 'R': H++; break;
+        case 'Y':
+        case 'y': y++; break;
+        case 'm':
+        case 'b':
+        case 'B':
+        case 'h': m++; break;
+        case 'd':
+        case 'e': d++; break;
+        case 'F':
+            y++;
+            m++;
+            d++;
+            break;
+        case 'H':
+        case 'T':
+        case 'R': H++; break;
         case 'I': I++; break;
         case 'p': p++; break;
-        case 'M': case 'S': case 'f': case 'a': case 'A': case 'z': case '%': break;
+        case 'M':
+        case 'S':
+        case 'f':
+        case 'a':
+        case 'A':
+        case 'z':
+        case '%': break;
         case '\0': return "ends with a lone %";
-        default: return "has an unknown directive (known: %Y %y %m %d %e %b %B %H %I %p %M %S %f %z %a %F %T %R %%)";
+        default:
+            return "has an unknown directive (known: %Y %y %m %d %e %b %B %H %I %p %M %S %f %z %a "
+                   "%F %T %R %%)";
         }
     }
-    if (y != 1 || m != 1 || d != 1) return "must name the year (%Y or %y), the month (%m or %b) and the day (%d) once each";
+    if (y != 1 || m != 1 || d != 1)
+        return "must name the year (%Y or %y), the month (%m or %b) and the day (%d) once each";
     if (H > 1 || I > 1 || (H && I)) return "must give the hour once (%H, or %I with %p)";
     if ((I > 0) != (p > 0)) return "needs %I and %p together (12-hour clock)";
     return NULL;
@@ -543,7 +598,10 @@ static const char *check_format(const char *fmt) {
 /*** core.date_check_format(fmt) -> true | nil, message */
 static int l_date_check_format(lua_State *L) {
     const char *why = check_format(luaL_checkstring(L, 1));
-    if (!why) { lua_pushboolean(L, 1); return 1; }
+    if (!why) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
     lua_pushnil(L);
     lua_pushstring(L, why);
     return 2;
@@ -577,13 +635,18 @@ static int local_to_utc(const tz_zone *z, long long L, long long *t, long *off_u
     if (nfound == 0) return -1;
     /* the earlier instant has the larger offset */
     for (k = 1; k < nfound; k++)
-        if (found[k] > found[0]) { long x = found[0]; found[0] = found[k]; found[k] = x; }
+        if (found[k] > found[0]) {
+            long x = found[0];
+            found[0] = found[k];
+            found[k] = x;
+        }
     *off_used = found[0];
     *t = L - found[0];
     return nfound > 1;
 }
 
-static int try_format(const char *fmt, const char *s, size_t n, fields *f, char *why, size_t whycap) {
+static int try_format(const char *fmt, const char *s, size_t n, fields *f, char *why,
+                      size_t whycap) {
     input in;
     in.s = s;
     in.n = n;
@@ -601,8 +664,8 @@ static int try_format(const char *fmt, const char *s, size_t n, fields *f, char 
 /*** core.date_convert(s, fmt|nil, zone|nil) -> documented form, warning|nil
  *   | nil, message, kind */
 static int l_date_convert(lua_State *L) {
-    static const char *const local_forms[] = {"%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M",
-                                              "%Y-%m-%d %H:%M", NULL};
+    static const char *const local_forms[] = {"%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S",
+                                              "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", NULL};
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n), *fmt = luaL_optstring(L, 2, NULL), *why;
     tz_zone *z = lua_isnoneornil(L, 3) ? NULL : check_zone(L, 3);
@@ -615,7 +678,8 @@ static int l_date_convert(lua_State *L) {
         if ((why = check_format(fmt)) != NULL) return luaL_argerror(L, 2, why);
         ok = try_format(fmt, s, n, &f, msg, sizeof msg);
     } else {
-        for (k = 0; local_forms[k] && !ok; k++) ok = try_format(local_forms[k], s, n, &f, msg, sizeof msg);
+        for (k = 0; local_forms[k] && !ok; k++)
+            ok = try_format(local_forms[k], s, n, &f, msg, sizeof msg);
         if (!ok) snprintf(msg, sizeof msg, "not a local date and time like 2024-06-16 14:25:00");
     }
     if (!ok) {
@@ -635,25 +699,28 @@ static int l_date_convert(lua_State *L) {
     if (f.h > 23) return push_err(L, "impossible", "hour must be 00-23");
     if (f.mi > 59) return push_err(L, "impossible", "minute must be 00-59");
     if (f.s > 59) return push_err(L, "impossible", "second must be 00-59");
-    local = oo_days_from_civil(f.Y, (unsigned)f.M, (unsigned)f.D) * 86400 + f.h * 3600L + f.mi * 60L + f.s;
+    local = oo_days_from_civil(f.Y, (unsigned)f.M, (unsigned)f.D) * 86400 + f.h * 3600L +
+            f.mi * 60L + f.s;
     if (f.has_off || !z) {
         t = local - f.off;
     } else {
         amb = local_to_utc(z, local, &t, &off);
         if (amb < 0) {
-            snprintf(msg, sizeof msg, "does not exist in %s (the clocks went forward past it)", z->name);
+            snprintf(msg, sizeof msg, "does not exist in %s (the clocks went forward past it)",
+                     z->name);
             return push_err(L, "nonexistent", msg);
         }
     }
-    if (t < OO_DATE_MIN || t > OO_DATE_MAX) return push_err(L, "range", "must be between 1970 and 9999");
+    if (t < OO_DATE_MIN || t > OO_DATE_MAX)
+        return push_err(L, "range", "must be between 1970 and 9999");
 done:
     oo_date_format(t, out);
     lua_pushlstring(L, out, 23);
     if (amb > 0) {
         char o[32];
         offset_text(o, sizeof o, off);
-        snprintf(msg, sizeof msg, "happened twice in %s (the clocks went back): took the earlier, %s",
-                 z->name, o);
+        snprintf(msg, sizeof msg,
+                 "happened twice in %s (the clocks went back): took the earlier, %s", z->name, o);
         lua_pushstring(L, msg);
         return 2;
     }
@@ -661,7 +728,8 @@ done:
 }
 
 void oo_tz_register(lua_State *L) {
-    static const luaL_Reg methods[] = {{"offset", l_zone_offset}, {"name", l_zone_name}, {NULL, NULL}};
+    static const luaL_Reg methods[] = {
+        {"offset", l_zone_offset}, {"name", l_zone_name}, {NULL, NULL}};
     static const luaL_Reg funcs[] = {{"tz_load", l_tz_load},
                                      {"date_check_format", l_date_check_format},
                                      {"date_convert", l_date_convert},

@@ -11,6 +11,7 @@
  * (the pid is checked) and never inherits the parent's jobs. */
 #define _GNU_SOURCE
 #include "core.h"
+#include "clock.h"
 #include "l_engine.h"
 #include "spool.h"
 
@@ -50,12 +51,6 @@ typedef struct oo_worker {
 typedef struct oo_worker_ud {
     oo_worker *w;
 } oo_worker_ud;
-
-static double wall_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 #define WORKER(e) ((oo_worker *)(e)->hook_ud)
 
@@ -110,7 +105,7 @@ static double spool_feed(oo_engine *e, int room, double now) {
     int found = 0;
     if (now < w->last_claim + CLAIM_GAP) return w->last_claim + CLAIM_GAP;
     w->last_claim = now;
-    wall = wall_now();
+    wall = oo_wall_now();
     if (oo_spool_claim(w->spool, (size_t)room, w->lease, wall, &w->rows, &serr) != OO_SPOOL_OK) {
         if (serr.code != OO_SPOOL_BUSY) storage_failed(w, &serr);
         return now + w->spool_poll; /* busy or failing: try again later */
@@ -137,7 +132,7 @@ static double spool_feed(oo_engine *e, int room, double now) {
      * after spool_poll (other processes' orders, expired leases) */
     at = now + w->spool_poll;
     if (oo_spool_next_due(w->spool, wall, &wall, &found, &serr) == OO_SPOOL_OK && found) {
-        double due = now + (wall - wall_now());
+        double due = now + (wall - oo_wall_now());
         if (due < at) at = due > now ? due : now + 0.01;
     }
     return at;
@@ -158,7 +153,7 @@ static int spool_retry(oo_engine *e, oo_job *j, double next_at, const oo_outcome
      * the backoff. If this fails the lease runs out and the row is claimed
      * again: late, never lost. */
     if (oo_spool_retry(w->spool, j->spool_id, next_at, why, &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
-    oo_engine_feed_by(e, oo_mono_now() + (next_at - wall_now()));
+    oo_engine_feed_by(e, oo_mono_now() + (next_at - oo_wall_now()));
     return 1;
 }
 
@@ -175,7 +170,7 @@ static void spool_dead(oo_engine *e, oo_job *j, const oo_outcome *o, const char 
     f.status = o->status;
     f.code = o->code[0] ? o->code : NULL;
     f.message = msg;
-    if (oo_spool_kill(w->spool, j->spool_id, &f, wall_now(), &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
+    if (oo_spool_kill(w->spool, j->spool_id, &f, oo_wall_now(), &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
 }
 
 static void spool_release(oo_engine *e, oo_job *j) {
@@ -265,7 +260,7 @@ static int worker_stop(oo_worker *w, double timeout) {
     w->stop = 1;
     pthread_mutex_unlock(&w->e.mu);
     oo_pool_wakeup(&w->e.pool);
-    end = wall_now() + (timeout > 0 ? timeout : 0);
+    end = oo_wall_now() + (timeout > 0 ? timeout : 0);
     dl.tv_sec = (time_t)end;
     dl.tv_nsec = (long)((end - (double)dl.tv_sec) * 1e9);
     if (dl.tv_nsec >= 1000000000L) dl.tv_nsec = 999999999L;
@@ -355,7 +350,7 @@ static int l_push(lua_State *L) {
         return 1;
     }
     ensure_started(L, w); /* before the allocation: it may raise */
-    j = oo_job_new(0, body, blen, ref, rlen, (int)ch - 1, wall_now());
+    j = oo_job_new(0, body, blen, ref, rlen, (int)ch - 1, oo_wall_now());
     if (!j) return luaL_error(L, "push: out of memory");
     oo_engine_add(&w->e, j);
     lua_pushboolean(L, 1);
@@ -388,14 +383,9 @@ static int l_stats(lua_State *L) {
     oo_worker *w = check_worker(L);
     oo_push_engine_stats(L, &w->e);
     pthread_mutex_lock(&w->e.mu);
-    lua_pushboolean(L, w->started && !w->exited);
-    lua_setfield(L, -2, "running");
-    lua_pushnumber(L, (lua_Number)w->storage_errors);
-    lua_setfield(L, -2, "storage_errors");
-    if (w->storage_error[0]) {
-        lua_pushstring(L, w->storage_error);
-        lua_setfield(L, -2, "storage_error");
-    }
+    oo_set_bool(L, "running", w->started && !w->exited);
+    oo_set_num(L, "storage_errors", (double)w->storage_errors);
+    if (w->storage_error[0]) oo_set_str(L, "storage_error", w->storage_error);
     pthread_mutex_unlock(&w->e.mu);
     return 1;
 }
@@ -418,7 +408,7 @@ static int l_wait(lua_State *L) {
     oo_engine *e = &w->e;
     if (!(timeout > 0)) timeout = 0;
     if (timeout > 3600) timeout = 3600;
-    t = wall_now() + timeout;
+    t = oo_wall_now() + timeout;
     dl.tv_sec = (time_t)t;
     dl.tv_nsec = (long)((t - (double)dl.tv_sec) * 1e9);
     if (dl.tv_nsec >= 1000000000L) dl.tv_nsec = 999999999L;
@@ -482,28 +472,12 @@ static int l_gc(lua_State *L) {
     return 0;
 }
 
-/* CPU seconds used by the calling thread (benchmarks: the cost of push
- * without the worker thread's own work). */
-static int l_thread_cputime(lua_State *L) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
-    return 1;
-}
-
-static int l_getpid(lua_State *L) {
-    lua_pushinteger(L, (lua_Integer)getpid());
-    return 1;
-}
-
 void oo_worker_register(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"push", l_push}, {"notify", l_notify}, {"results", l_results}, {"stats", l_stats},
         {"metrics", l_metrics}, {"wait", l_wait}, {"resume", l_resume}, {"close", l_close},
         {NULL, NULL}};
-    static const luaL_Reg funcs[] = {
-        {"worker_new", l_worker_new}, {"thread_cputime", l_thread_cputime}, {"getpid", l_getpid},
-        {NULL, NULL}};
+    static const luaL_Reg funcs[] = {{"worker_new", l_worker_new}, {NULL, NULL}};
     oo_newclass(L, OO_WORKER_MT, methods, l_gc, NULL, NULL);
     oo_setfuncs(L, funcs, 0);
 }

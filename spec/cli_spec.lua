@@ -472,9 +472,11 @@ describe("optimizely-offline (command line)", function()
       end
       bad_config("token " .. SECRET .. "\n", "bad.conf:1: expected key = value")
       bad_config('token = " ' .. SECRET .. '"\n', "token has leading or trailing spaces")
-      bad_config("token = " .. SECRET .. "\ntokn = " .. SECRET .. "\n", "bad.conf:2: unknown key tokn %(did you mean token%?%)")
+      bad_config("token = " .. SECRET .. "\ntokn = " .. SECRET .. "\n",
+        "bad.conf:2: unknown key tokn %(did you mean token%?%)")
       bad_config("token = " .. SECRET .. "\ntimeout = " .. SECRET .. "\n", "timeout must be a number")
-      bad_config("token = " .. SECRET .. "\nallow_http = " .. SECRET .. "\n", "allow_http is not read from a config file")
+      bad_config("token = " .. SECRET .. "\nallow_http = " .. SECRET .. "\n",
+        "allow_http is not read from a config file")
       bad_config("token = " .. SECRET .. "\ncancel_path = /x\n", "cancel_path must contain {refCode}")
 
       for _, args in ipairs({ { "send", "--token", SECRET, FIX .. "spec-sample.xml" },

@@ -340,7 +340,8 @@ describe("keys", function()
     local code = [[
       local o = require("optimizely.offline")
       local id, err = o.pseudonymise(" Jane@X.com ")
-      io.write(tostring(id), "|", tostring(err), "|", o.pseudonymise("jane@x.com", {key = ]] .. ("%q"):format(KEY) .. [[}))
+      io.write(tostring(id), "|", tostring(err), "|",
+        o.pseudonymise("jane@x.com", {key = ]] .. ("%q"):format(KEY) .. [[}))
     ]]
     local good = child({ OPTIMIZELY_PSEUDONYM_KEY = KEY }, code)
     local id, with_opts = good:match("^(%x+)|nil|(%x+)$")

@@ -43,6 +43,7 @@ M.schema = opts.schema("send_batch", "opts", {
   channel = { type = "string", nonempty = true },
   on_interrupt = { type = "choice", choices = { "raise", "return" }, default = "raise" },
   adaptive = { type = "boolean", default = false },
+  pseudonymise = { type = "any" },
 })
 
 -- An array or an iterator function as an iterator of payload, channel.
@@ -82,6 +83,9 @@ function Batch.new(st, source, o)
     warnings_of = {},    -- encoder warnings of orders in the engine, by index
     exhausted = false, index = 0,
     started = now(),
+    -- the batch's own pseudonymiser, else the client's
+    pseudonym = o.pseudonymise ~= nil and require("optimizely.offline.client").pseudonymiser(o.pseudonymise, 3)
+      or nil,
   }, Batch)
   self.last_progress = self.started
   -- a token bucket of at most `burst` tokens (no catch-up burst after a
@@ -156,9 +160,10 @@ function Batch:admit(payload, channel)
   local i = self.index + 1
   self.index = i
   self.summary.read = i
-  local ch, cerr = require("optimizely.offline.client").channel_of(self.st, channel or self.o.channel)
+  local client = require("optimizely.offline.client")
+  local ch, cerr = client.channel_of(self.st, channel or self.o.channel)
   if not ch then return self:rejected(i, cerr, false) end
-  local json, w = self.st.encode(payload)
+  local json, w = client.prepare(self.st, payload, self.pseudonym)
   if not json then return self:rejected(i, w, true) end
   if w[1] then self.warnings_of[i] = w end
   self.engine:add(i, json, ch)

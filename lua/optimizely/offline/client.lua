@@ -129,7 +129,10 @@ M.schema = opts.schema("optimizely.offline.client", "config", {
   verbose = { type = "boolean", default = false },
   http_version = { type = "choice", choices = { "1.1", "2" }, default = "1.1" },
   transport = { type = "any", check = check_transport },
-  pseudonymise = { type = "table" },
+  pseudonymise = { type = "any", check = function(v)
+    if v == true or type(v) == "table" then return true end
+    return nil, "must be true (the key from $OPTIMIZELY_PSEUDONYM_KEY) or a table of pseudonymiser options"
+  end },
   on_event = { type = "function" },
 })
 
@@ -289,6 +292,16 @@ local function emitter(on_event)
   end
 end
 
+--- A pseudonymiser from a `pseudonymise` option (true or a table; nil:
+-- none). A missing or short key raises: it is configuration, found when
+-- the client, queue or batch is made, never at the first order.
+function M.pseudonymiser(o, level)
+  if o == nil or o == false then return nil end
+  local p, err = require("optimizely.offline.pseudonym").resolve(o == true and {} or o)
+  if not p then error("optimizely.offline: pseudonymise: " .. err.message, (level or 1) + 1) end
+  return p
+end
+
 local function context(c)
   local secrets, channels, index = {}, {}, {}
   -- the default channel first: a spooled order without a channel (an
@@ -318,6 +331,7 @@ local function context(c)
     policy = retry.new({ max_attempts = c.max_attempts, max_age = c.max_age, backoff_base = c.backoff_base,
       backoff_max = c.backoff_max, retry_after_max = c.retry_after_max, random = c.random }),
     metrics = core.metrics_new(),
+    pseudonym = M.pseudonymiser(c.pseudonymise, 5),
     emit = emitter(c.on_event),
     on_event = c.on_event,
   }
@@ -360,6 +374,28 @@ local function send_channel(st, o)
   return i, err
 end
 
+--- The one way an order becomes bytes: pseudonymise (when asked) before
+-- validation, then encode. The pseudonymiser's warnings come first.
+-- @param st the delivery context; p an override pseudonymiser (a queue's
+--   or batch's own), false for none
+-- @return json, warnings | nil, err
+function M.prepare(st, payload, p)
+  if p == nil then p = st.pseudonym end
+  local pw
+  if p then
+    local p2, w = p:apply(payload)
+    if not p2 then return nil, w end
+    payload, pw = p2, w
+  end
+  local json, warnings = st.encode(payload)
+  if not json then return nil, warnings end
+  if pw and pw[1] then
+    for i = 1, #warnings do pw[#pw + 1] = warnings[i] end
+    warnings = pw
+  end
+  return json, warnings
+end
+
 local function post(st, json, i, warnings)
   st.metrics:queued()
   local ch = st.channels[i]
@@ -374,7 +410,7 @@ function Client:send(payload, o)
   local st = state(self)
   local i, cerr = send_channel(st, o)
   if not i then return nil, cerr end
-  local json, warnings = st.encode(payload)
+  local json, warnings = M.prepare(st, payload)
   if not json then
     warnings.attempts = 0
     return nil, warnings
@@ -448,7 +484,8 @@ end
 function Client:queue(o)
   local st = state(self)
   if st.custom_transport then
-    error("optimizely.offline.client: this queue needs the libcurl transport (under nginx use optimizely.offline.ngx)", 2)
+    error("optimizely.offline.client: this queue needs the libcurl transport"
+      .. " (under nginx use optimizely.offline.ngx)", 2)
   end
   local q, err = require("optimizely.offline.queue").new(st, o)
   return q, err -- not a tail call: option errors point at the caller

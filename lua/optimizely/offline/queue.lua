@@ -52,6 +52,7 @@ M.common = {
   on_success = { type = "function" },
   on_failure = { type = "function" },
   on_event = { type = "function" },
+  pseudonymise = { type = "any" },
 }
 
 local fields = {}
@@ -127,7 +128,9 @@ function M.new(st, o)
   if o ~= nil and type(o) ~= "table" then error("queue: opts must be a table, got " .. type(o), 3) end
   o = M.schema:check(o, 3)
   check_lease(o, st)
-  local self = setmetatable({ st = st, o = o, encode = st.encode,
+  local client = require("optimizely.offline.client")
+  local self = setmetatable({ st = st, o = o,
+    pseudonym = o.pseudonymise ~= nil and client.pseudonymiser(o.pseudonymise, 3) or nil,
     counts = { invalid = 0, full = 0, failed = 0, callback_errors = 0, dropped = {} } }, Queue)
   local ok, err = self:start_worker()
   if not ok then return nil, err end
@@ -147,6 +150,11 @@ function Queue:check_pid()
 end
 
 local PUSH_OPTS = opts.schema("queue", "push opts", { channel = { type = "string", nonempty = true } })
+
+-- Pseudonymise (the queue's own, else the client's) and encode.
+function Queue:prepare(payload)
+  return require("optimizely.offline.client").prepare(self.st, payload, self.pseudonym)
+end
 
 function Queue:refuse(kind, err)
   local d = self.counts.dropped
@@ -190,7 +198,7 @@ function Queue:push(payload, po)
   local ch, cerr = require("optimizely.offline.client").channel_of(self.st,
     (po and po.channel) or self.o.channel)
   if not ch then return self:refuse("config", cerr) end
-  local json, w = self.encode(payload)
+  local json, w = self:prepare(payload)
   if not json then
     self.counts.invalid = self.counts.invalid + 1
     return self:refuse("invalid", w)
@@ -215,7 +223,7 @@ function Queue:push_many(list)
     if type(item) == "table" and rawget(item, "payload") ~= nil then payload, channel = item.payload, item.channel end
     local ch, cerr = client.channel_of(self.st, channel or self.o.channel)
     local json, w
-    if ch then json, w = self.encode(payload) else w = cerr end
+    if ch then json, w = self:prepare(payload) else w = cerr end
     if json then
       batch[#batch + 1] = { body = json, ref = core.ref_string(payload) or "", index = i, ch = ch,
         channel = self.st.channels[ch].name }

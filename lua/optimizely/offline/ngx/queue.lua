@@ -702,8 +702,9 @@ function M.new(client_config, o)
       callback_errors = 0, storage_errors = 0, pushed = 0 },
     shm = shm, deliverer = shm and deliverer_role(o),
     lease = o.lease or max(30, 2 * timeout),
-    encode = require("optimizely.offline").encode,
   }, Queue)
+  self.pseudonym = o.pseudonymise ~= nil and require("optimizely.offline.client").pseudonymiser(o.pseudonymise, 2)
+    or nil
   if o.spool then
     local sp, err = open_spool(o, phase)
     if not sp then return nil, err end
@@ -719,7 +720,9 @@ function M.new(client_config, o)
       if premature or self.exiting then return end
       if self:shared_len() > 0 then self:kick() end
     end)
-    if not ok then return nil, errors.new({ kind = "internal", message = "cannot start the poll timer: " .. tostring(err) }) end
+    if not ok then
+      return nil, errors.new({ kind = "internal", message = "cannot start the poll timer: " .. tostring(err) })
+    end
     self:kick() -- orders left by the previous deliverer
   end
   return self
@@ -737,7 +740,8 @@ function Queue:refuse(err)
   return nil, err
 end
 
-local PUSH_OPTS = opts.schema("optimizely.offline.ngx.queue", "push opts", { channel = { type = "string", nonempty = true } })
+local PUSH_OPTS = opts.schema("optimizely.offline.ngx.queue", "push opts",
+  { channel = { type = "string", nonempty = true } })
 
 function Queue:full_error(n)
   return errors.new({ kind = "full", bound = "max_queue", retryable = true,
@@ -772,7 +776,7 @@ function Queue:push(payload, po)
   if n and n >= self.o.max_queue then return self:refuse(self:full_error(n)) end
   local channel, cerr = self:channel_of(po)
   if not channel then return self:refuse(cerr) end
-  local json, warnings = self.encode(payload)
+  local json, warnings = require("optimizely.offline.client").prepare(self.st, payload, self.pseudonym)
   if not json then return self:refuse(warnings) end
   local it = { json = json, ref = core.ref_string(payload) or "", attempts = 0, next_at = 0,
     channel = channel, created = os.time() }
