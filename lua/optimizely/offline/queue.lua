@@ -330,6 +330,15 @@ function Queue:spool_backlog()
   return s and s.queued or 0
 end
 
+--- Is everything pushed so far settled and reported (nothing in memory,
+-- nothing in the spool, no result waiting for poll)? Never blocks.
+function Queue:idle()
+  if self.closed then return true end
+  self:check_pid()
+  local w = self.worker
+  return w:wait(0) and self:spool_backlog() == 0 and w:stats().pending_results == 0
+end
+
 --- Wait until everything pushed so far is delivered or failed (dead).
 -- With a spool, "everything" is every order in the spool file (also those
 -- other processes put there).
