@@ -3,7 +3,6 @@
 -- nginx + lua module, delivering over real TLS to the sandbox.
 local sb = require("support.sandbox")
 local nginx = require("support.nginx")
-local launch = dofile("examples/openresty/launch.lua")
 local json = sb.json
 
 local uid = 0
@@ -27,22 +26,17 @@ local function arrived(refs, timeout)
 end
 
 describe("OpenResty path with the libcurl engine on a thread (engine = thread)", function()
-  local info, dir, inst
+  local info, inst
 
   local function start(queue_opts, workers)
-    dir = nginx.mktemp("nginx-thread")
-    local app = { site = info.site, token = info.token, channel = info.channel, base_url = info.base_url,
-      ca_file = info.ca_file, backoff_base = 0.05, backoff_max = 0.3, queue = queue_opts }
-    inst = nginx.start({ dir = dir, health = "/queue/stats", write = function(port)
-      return launch.write({ dir = dir, port = port, app = app, ca_file = info.ca_file,
-        vars = { workers = workers or 1, extra_init_worker = nginx.watchdog_lua(sb.self_pid()) } })
-    end })
+    inst = nginx.start_example({ tag = "nginx-thread", info = info, workers = workers,
+      app = { site = info.site, token = info.token, channel = info.channel, base_url = info.base_url,
+        ca_file = info.ca_file, backoff_base = 0.05, backoff_max = 0.3, queue = queue_opts } })
   end
 
   local function stop()
-    if inst then inst:quit() end
-    if dir and not os.getenv("OO_KEEP") then nginx.run("rm -rf " .. nginx.q(dir)) end
-    inst, dir = nil, nil
+    if inst then inst:destroy() end
+    inst = nil
   end
 
   setup(function()
