@@ -278,6 +278,15 @@ static void settle_retry(oo_engine *e, oo_job *j, const oo_decision *d, const oo
     int ok;
     if (d->pause > 0) pause_for(e, d->pause, o);
     if (d->slow_down) limit_halve(e);
+    if (e->cfg.report_retries) {
+        oo_result *r = result_new(OO_RES_RETRY, j, o, NULL, 0);
+        if (r) {
+            r->until = d->delay;
+            pthread_mutex_lock(&e->mu);
+            result_add(e, r);
+            pthread_mutex_unlock(&e->mu);
+        }
+    }
     pthread_mutex_lock(&e->mu);
     e->metrics.retried++;
     pthread_mutex_unlock(&e->mu);
@@ -353,10 +362,12 @@ static void on_done(void *ud, oo_slot *s, CURLcode rc) {
         o.transport_code = (int)rc;
     }
     curl_easy_getinfo(s->e, CURLINFO_NUM_CONNECTS, &connects);
-    pthread_mutex_lock(&e->mu);
-    oo_metrics_attempt(&e->metrics, latency, j->body_len);
-    if (o.status == 429) e->metrics.throttled++;
-    pthread_mutex_unlock(&e->mu);
+    if (!e->cfg.no_metrics) {
+        pthread_mutex_lock(&e->mu);
+        oo_metrics_attempt(&e->metrics, latency, j->body_len);
+        if (o.status == 429) e->metrics.throttled++;
+        pthread_mutex_unlock(&e->mu);
+    }
     oo_policy_decide(&e->policy, &o, j->attempts, oo_wall_now() - j->created, oo_jitter(&e->rng), &d);
     if (e->probing && d.action != OO_ACK && d.action != OO_STOP) {
         /* the probe told nothing about the credentials: another one later */

@@ -40,6 +40,7 @@ typedef enum {
     OO_RES_DEAD,         /* given up: rejected, attempts or age exhausted */
     OO_RES_STOPPED,      /* not sent: the credentials were refused (batch) */
     OO_RES_DROPPED,      /* not sent: the queue closed first (memory only) */
+    OO_RES_RETRY,        /* event: an attempt failed, another follows after `until` seconds */
     OO_RES_PAUSED,       /* event: the engine paused (429 or credentials) */
     OO_RES_RESUMED       /* event: sending again */
 } oo_res_kind;
@@ -90,6 +91,8 @@ typedef struct oo_engine_cfg {
     oo_stop_mode on_stop;   /* DRAIN: fail what is left (batch); PAUSE: hold it (queue) */
     double auth_pause;      /* PAUSE: seconds before one order probes the credentials again */
     int report_all;         /* results for every job (else failures and events only) */
+    int report_retries;     /* a RETRY event for every failed attempt that is retried */
+    int no_metrics;         /* count nothing (the metrics-off baseline of the benches) */
     size_t max_results;     /* results kept for the Lua side; beyond, the oldest go */
 } oo_engine_cfg;
 

@@ -110,6 +110,8 @@ void oo_engine_read_cfg(lua_State *L, int idx, oo_engine_cfg *cfg, oo_policy *po
     cfg->initial_limit = (int)num_field(L, idx, "initial_limit", 0);
     cfg->auth_pause = num_field(L, idx, "auth_pause", 300);
     cfg->report_all = bool_field(L, idx, "report_all");
+    cfg->report_retries = bool_field(L, idx, "report_retries");
+    cfg->no_metrics = bool_field(L, idx, "no_metrics");
     cfg->max_results = (size_t)num_field(L, idx, "max_results", 100000);
     lua_getfield(L, idx, "on_stop");
     on_stop = lua_tostring(L, -1);
@@ -155,6 +157,7 @@ static const char *what_name(oo_res_kind k) {
     case OO_RES_DEAD: return "dead";
     case OO_RES_STOPPED: return "stopped";
     case OO_RES_DROPPED: return "dropped";
+    case OO_RES_RETRY: return "retry";
     case OO_RES_PAUSED: return "paused";
     case OO_RES_RESUMED: return "resumed";
     }
@@ -181,6 +184,7 @@ static void push_result(lua_State *L, const oo_engine *e, const oo_result *r) {
     oo_set_int(L, "channel_index", r->channel + 1);
     if (r->why) oo_set_str(L, "why", r->why);
     if (r->latency > 0) oo_set_num(L, "latency", r->latency);
+    if (r->until >= 0) oo_set_num(L, "until", r->until);
     if (r->body) {
         lua_pushlstring(L, r->body, r->body_len);
         lua_setfield(L, -2, "body");
@@ -202,7 +206,7 @@ int oo_push_results(lua_State *L, const oo_engine *e, oo_result *list) {
 void oo_push_engine_stats(lua_State *L, oo_engine *e) {
     lua_createtable(L, 0, 12);
     pthread_mutex_lock(&e->mu);
-#define F(name, v) oo_set_num(L, name, (double)(v))
+#define F(name, v) oo_set_int(L, name, (long long)(v))
     F("queued", e->nin + e->nready + e->nheap);
     F("retrying", e->nheap);
     F("in_flight", e->in_flight);

@@ -9,7 +9,7 @@
  * options layer; raises on what slipped through):
  *   http = <http options>, url = "...", channels = {{name, token, headers}...},
  *   concurrency, adaptive, initial_limit, on_stop = "drain" | "pause",
- *   auth_pause, report_all, max_results, policy = {max_attempts, max_age,
+ *   auth_pause, report_all, report_retries, no_metrics, max_results, policy = {max_attempts, max_age,
  *   backoff_base, backoff_max, backoff_floor, retry_after_max}
  * and sets up e (oo_engine_init). */
 int oo_engine_setup(lua_State *L, int idx, oo_engine *e);

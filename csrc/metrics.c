@@ -49,7 +49,7 @@ void oo_metrics_failed(oo_metrics *m, const oo_outcome *o, int dead) {
     }
 }
 
-#define set_int oo_set_num /* counters as numbers: 2^53, on every Lua */
+#define set_int oo_set_int
 
 void oo_metrics_push(lua_State *L, const oo_metrics *m) {
     int i;

@@ -88,6 +88,7 @@ echo "== fuzz"
 if command -v clang >/dev/null 2>&1; then
   if make -s -C fuzz run FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >"$LOGDIR/fuzz.out" 2>&1 &&
      make -s -C fuzz run-json FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
+     make -s -C fuzz run-classify FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
      make -s -C fuzz run-hmac FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
      make -s -C fuzz run-tz FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1; then
     tail -n 2 "$LOGDIR/fuzz.out"

@@ -99,6 +99,7 @@ function Batch.new(st, source, o)
     http = st.http_opts, url = st.post_url, channels = st.channels,
     concurrency = o.concurrency, adaptive = o.adaptive, on_stop = "drain",
     report_all = o.on_result ~= nil,
+    report_retries = (o.on_event or st.on_event) ~= nil,
     policy = st.policy,
   })
   return self
@@ -231,6 +232,9 @@ function Batch:handle(r)
       end
     end
     self:fail(i, err)
+  elseif what == "retry" then
+    self:emit("retry", { index = i, ref = r.ref, attempt = r.attempts, delay = r["until"],
+      error = delivery.failure(r, nil, r.attempts, r.channel, self.st.secrets) })
   elseif what == "paused" then
     self:emit("paused", { reason = r.why, seconds = r["until"] })
   elseif what == "resumed" then
