@@ -13,6 +13,7 @@ local M = {}
 function M.register(parser)
   local cmd = parser:command("convert", "Turn order files into payload NDJSON (normalised request bodies).")
   common.input_options(cmd)
+  require("optimizely.offline.cli.pseudonymise").options(cmd, true)
   common.config_option(cmd)
   common.output_options(cmd)
   cmd:option("--to", "Output format (ndjson).", "ndjson"):choices({ "ndjson" })

@@ -65,6 +65,25 @@ local function converted(convert, item)
   return item
 end
 
+-- Pseudonymise a payload item (--pseudonymise): a problem makes it a
+-- validation failure, warnings (an id that disagrees) ride along.
+local function pseudonymised(p, item)
+  local payload, w = p:apply(item.payload)
+  if not payload then
+    item.stage = "validation"
+    item.error = w
+    item.message = tostring(w)
+    return item
+  end
+  item.payload = payload
+  if w[1] then
+    local all = item.warnings or {}
+    for _, x in ipairs(w) do all[#all + 1] = x end
+    item.warnings = all
+  end
+  return item
+end
+
 -- The item for one record read from a file (nil: skip it).
 local function item_of(self, rec, fi)
   if rec.error then
@@ -78,6 +97,7 @@ local function item_of(self, rec, fi)
     item = { payload = rec.payload, rec = rec, transformed = rec.transformed, fi = fi }
   end
   if item.payload and self.convert then converted(self.convert, item) end
+  if item.payload and not item.stage and self.pseudonym then pseudonymised(self.pseudonym, item) end
   return item
 end
 
@@ -93,7 +113,8 @@ end
 --     the date could not be converted (`--date-format`, `--timezone`)
 --   { skipped = true, rec = r }                      the transform returned nil
 --
--- Items with a `stage` are not sendable. A record from a rejects file
+-- With --pseudonymise, `user.email` has become the pseudonymised `user.id`
+-- (a bad address: a validation item). Items with a `stage` are not sendable. A record from a rejects file
 -- (`rec.transformed`) is not transformed again. Ctrl-C inside the
 -- transform or a reader is raised again, never reported as a bad record.
 -- @param args parsed arguments (files, format, delimiter, map, config, date options)
@@ -107,6 +128,7 @@ function M.iter(args, transform, progress, resume)
   local self = {
     files = args.files, opts = M.reader_opts(settings), convert = dates.converter(settings),
     transform = transform, ctx = { state = {} },
+    pseudonym = args.pseudonymise and require("optimizely.offline.cli.pseudonymise").build(args) or nil,
   }
   local fi = resume and resume.fi - 1 or 0
   local skip_to = resume and resume.after or 0

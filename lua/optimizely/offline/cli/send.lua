@@ -36,6 +36,7 @@ M.MAX_PRINTED = 50
 function M.register(parser)
   local cmd = parser:command("send", "Validate and send orders (streamed, concurrent, with retries).")
   common.input_options(cmd)
+  require("optimizely.offline.cli.pseudonymise").options(cmd, true)
   common.credential_options(cmd)
   common.output_options(cmd)
   cmd:option("--concurrency", "Requests in flight at once (1..1024).", "8"):argname("<n>")

@@ -20,6 +20,7 @@ M.MAX_PRINTED = 50
 function M.register(parser)
   local cmd = parser:command("validate", "Check order files without sending anything.")
   common.input_options(cmd)
+  require("optimizely.offline.cli.pseudonymise").options(cmd, true)
   common.config_option(cmd)
   common.output_options(cmd)
   cmd:option("--rejects", "Write invalid orders (with their error) to this NDJSON file."):argname("<file>")
