@@ -83,6 +83,31 @@ static size_t path_push_index(enc *e, long long i) {
 
 static void path_pop(enc *e, size_t mark) { e->path.len = mark; }
 
+/* A key in a field path: `.key` when it reads safely in a message (valid
+ * UTF-8, at most 64 bytes, no control character, quote, backslash or
+ * bracket), else `["key"]` quoted by oo_buf_quote (control characters
+ * escaped, length capped), so a key can never forge a line of a report or
+ * reach the terminal as an escape sequence. */
+static size_t path_push_key(enc *e, const char *k, size_t n) {
+    size_t mark = e->path.len, i;
+    int plain = n > 0 && n <= 64 && oo_utf8_check(k, n) == 0;
+    for (i = 0; plain && i < n; i++) {
+        unsigned char c = (unsigned char)k[i];
+        if (c < 0x20 || c == 0x7f || c == '"' || c == '\\' || c == '[' || c == ']') plain = 0;
+        /* C1 controls (U+0080..U+009F) are terminal controls too */
+        if (c == 0xC2 && i + 1 < n && (unsigned char)k[i + 1] < 0xA0) plain = 0;
+    }
+    if (plain) {
+        if (mark > 0) oo_buf_addc(&e->path, '.');
+        oo_buf_add(&e->path, k, n);
+    } else {
+        oo_buf_addc(&e->path, '[');
+        oo_buf_quote(&e->path, k, n, 48);
+        oo_buf_addc(&e->path, ']');
+    }
+    return mark;
+}
+
 /* ------------------------------------------------------------- messages */
 
 /* A short, printable rendering of a value for "got ..." (never raw bytes:
@@ -276,8 +301,7 @@ static void report_unknown(enc *e, const schema *sc, unknown_list *u) {
             size_t ok = oo_utf8_check(k->k, k->klen) == 0 && k->klen > 0 && k->klen <= 64;
             const char *hint = suggest(sc, k->k, k->klen);
             if (ok) {
-                size_t mark = path_pushlit(e, ".");
-                oo_buf_add(&e->path, k->k, k->klen);
+                size_t mark = path_push_key(e, k->k, k->klen);
                 if (hint) problem(e, "unknown field (did you mean %s?)", hint);
                 else problem(e, "unknown field");
                 path_pop(e, mark);
@@ -580,8 +604,7 @@ static void enc_map(enc *e, int t) {
             if (m->k_in_num) {
                 problem(e, "%s, got key %s", m->bad, m->num);
             } else {
-                size_t mark = path_pushlit(e, ".");
-                oo_buf_add(&e->path, m->k, m->klen);
+                size_t mark = path_push_key(e, m->k, m->klen);
                 if (m->bad == bad_value_type) problem(e, "%s, got %s", m->bad, m->num);
                 else problem(e, "%s", m->bad);
                 path_pop(e, mark);

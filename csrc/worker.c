@@ -212,9 +212,14 @@ static int spool_retry(oo_engine *e, oo_job *j, double next_at, const oo_outcome
     char why[sizeof o->message];
     scrub_line(why, sizeof why, o->message, e->chans[j->channel].token);
     /* attempts and the next attempt time live in the row: a restart keeps
-     * the backoff. If this fails the lease runs out and the row is claimed
-     * again: late, never lost. */
-    if (oo_spool_retry(w->spool, j->spool_id, next_at, why, &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
+     * the backoff. If the write fails (a full disk), the engine keeps the
+     * job and retries it from memory; the row stays ours under its lease
+     * (or, should we die, is claimed again when the lease runs out): late,
+     * never lost. */
+    if (oo_spool_retry(w->spool, j->spool_id, next_at, why, &serr) != OO_SPOOL_OK) {
+        storage_failed(w, &serr);
+        return 0;
+    }
     oo_engine_feed_by(e, oo_mono_now() + (next_at - oo_wall_now()));
     return 1;
 }

@@ -62,12 +62,15 @@ end
 
 local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
+-- Output and success of a shell command. Lua 5.1's popen close tells
+-- nothing about the exit status, so the shell reports it on a last line.
 local function capture(cmd)
-  local p = assert(io.popen(cmd, "r"))
+  local p = assert(io.popen("(" .. cmd .. "); echo \"__EXIT__ $?\"", "r"))
   local out = p:read("*a")
-  local ok, _, code = p:close()
-  if type(ok) == "number" then code = ok; ok = code == 0 end -- 5.1
-  return out, ok == true or ok == 0, code
+  p:close()
+  local code = tonumber(out:match("__EXIT__ (%d+)%s*$")) or 1
+  out = out:gsub("__EXIT__ %d+%s*$", "")
+  return out, code == 0, code
 end
 
 local root = capture("pwd"):gsub("%s+$", "")

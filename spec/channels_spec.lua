@@ -215,3 +215,54 @@ while true do q:poll(); require("optimizely.offline.core").sleep(0.05) end
     end)
   end)
 end)
+
+describe("the command line's --pseudonymise", function()
+  local cli = require("support.cli")
+  local KEY2 = "cli-pseudonym-key-0123456789"
+
+  teardown(function() cli.cleanup() end)
+
+  local function input(lines)
+    local path = cli.tmp("ps-" .. math.random(1e6) .. ".ndjson")
+    cli.write_file(path, table.concat(lines, "\n") .. "\n")
+    return path
+  end
+
+  local function order_line(ref, user)
+    return sb.json.encode({ user = user, order = { refCode = ref, orderDate = "2016-05-16T14:25:00 GMT",
+      currency = "GBP", total = 1, items = { { refCode = "a", qty = 1, price = 1 } } } })
+  end
+
+  it("send --pseudonymise sends the pseudonymised id and not the e-mail", function()
+    sb.ensure()
+    sb.reset()
+    local path = input({ order_line("cli-ps-1", { email = "Cli.User@Example.com" }) })
+    local env = cli.creds({ OPTIMIZELY_PSEUDONYM_KEY = KEY2 })
+    local r = cli.run({ "send", "--pseudonymise", path }, { env = env })
+    assert.equal(0, r.code, r.all)
+    local u = sb.json.decode(sb.orders({ refCode = "cli-ps-1" })[1].body).user
+    assert.equal(assert(offline.pseudonymise("cli.user@example.com", { key = KEY2 })), u.id)
+    assert.is_nil(u.email)
+    assert.is_nil(r.all:find(KEY2, 1, true))
+  end)
+
+  it("convert --pseudonymise writes what send would send; a bad address is a validation failure", function()
+    local path = input({ order_line("cli-ps-2", { email = "a@example.com" }),
+      order_line("cli-ps-3", { email = "no-at" }) })
+    local out = cli.tmp("ps-out.ndjson")
+    local r = cli.run({ "convert", "--pseudonymise", path, "-o", out },
+      { env = { OPTIMIZELY_PSEUDONYM_KEY = KEY2 } })
+    assert.equal(1, r.code, r.all)
+    local lines = cli.lines_of(out)
+    assert.equal(1, #lines)
+    assert.equal(assert(offline.pseudonymise("a@example.com", { key = KEY2 })), lines[1].user.id)
+    assert.matches("user%.email", r.all)
+  end)
+
+  it("without a key it is a configuration error (exit 2) naming the variable", function()
+    local path = input({ order_line("cli-ps-4", { email = "a@example.com" }) })
+    local r = cli.run({ "validate", "--pseudonymise", path })
+    assert.equal(2, r.code, r.all)
+    assert.matches("OPTIMIZELY_PSEUDONYM_KEY", r.all)
+  end)
+end)

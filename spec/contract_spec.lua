@@ -10,7 +10,6 @@ local core = require("optimizely.offline.core")
 local orders = require("support.orders")
 local sb = require("support.sandbox")
 local nginx = require("support.nginx")
-local launch = dofile("examples/openresty/launch.lua")
 
 local BIG = string.rep("x", 1024 * 1024 + 1)
 local OK = '{"status":"OK"}'
@@ -124,29 +123,20 @@ local function timed(fn)
 end
 
 describe("the transport contract", function()
-  local info, dir, inst
+  local info, inst
 
   setup(function()
     info = sb.ensure()
     sb.clear_faults()
-    dir = nginx.mktemp("contract")
-    local app = { site = info.site, token = info.token, channel = info.channel, base_url = info.base_url,
-      queue = { flush_interval = 0.2 } }
-    inst = nginx.start({ dir = dir, health = "/queue/stats", write = function(port)
-      return launch.write({ dir = dir, port = port, app = app, ca_file = info.ca_file, vars = {
-        extra_init_worker = ("TEST = dofile(%q).handlers\n"
-          .. "    TEST.config = { site = %q, token = %q, channel = %q, base_url = %q }\n    %s"):format(
-            launch.root() .. "/spec/support/nginx.lua", info.site, info.token, info.channel, info.base_url,
-            nginx.watchdog_lua(sb.self_pid())),
-        extra_locations = "    location = /test/contract { content_by_lua_block { TEST.contract() } }\n",
-      } })
-    end })
+    inst = nginx.start_example({ tag = "contract", info = info,
+      app = { site = info.site, token = info.token, channel = info.channel, base_url = info.base_url,
+        queue = { flush_interval = 0.2 } },
+      locations = "    location = /test/contract { content_by_lua_block { TEST.contract() } }\n" })
   end)
 
   teardown(function()
     sb.clear_faults()
-    if inst then inst:quit() end
-    if dir and not os.getenv("OO_KEEP") then nginx.run("rm -rf " .. nginx.q(dir)) end
+    if inst then inst:destroy() end
   end)
 
   local function client(extra)

@@ -540,6 +540,38 @@ describe("client:queue", function()
       c:close()
     end)
 
+    it("reports a full disk through stats and on_event, and delivers once there is room", function()
+      if capture("id -u"):match("^%s*(%d+)") ~= "0" then
+        pending("needs root to mount a small tmpfs")
+        return
+      end
+      local dir = tmp("fulldisk")
+      os.execute("mkdir -p " .. q(dir))
+      os.execute("mount -t tmpfs -o size=1m tmpfs " .. q(dir))
+      finally(function() os.execute("umount " .. q(dir) .. " 2>/dev/null") end)
+      local events = {}
+      local qu = assert(new_client():queue({ spool = dir .. "/q.db", concurrency = 2,
+        on_event = function(ev) if ev.type == "storage" then events[#events + 1] = ev end end }))
+      sb.faults({ count = 100000, status = 503 }) -- the rows stay, retried: every retry is a write
+      for _, p in ipairs(make("disk-", 5)) do assert.is_true(qu:push(p)) end
+      -- fill the disk: the thread's claims and retries (writes) now fail
+      os.execute("dd if=/dev/zero of=" .. q(dir .. "/filler") .. " bs=16k >/dev/null 2>&1")
+      assert.is_true(eventually(function()
+        qu:poll()
+        return qu:stats().storage_errors > 0
+      end, 20), "no storage error reported")
+      assert.is_true(#events >= 1)
+      assert.equal("storage", events[1].error.kind)
+      assert.is_string(qu:stats().storage_error)
+      -- room again: delivery goes on, nothing was lost
+      os.remove(dir .. "/filler")
+      sb.clear_faults()
+      assert.is_true(qu:flush(30))
+      local counts = recorded()
+      for i = 1, 5 do assert.equal(1, counts["disk-" .. i], "disk-" .. i) end
+      qu:close()
+    end)
+
     it("keeps undelivered orders with their retry counts across a restart", function()
       local path = tmp("restart.db")
       local c = new_client({ backoff_base = 0.05, backoff_max = 0.1 })

@@ -120,6 +120,31 @@ function M.start(o)
   end
 end
 
+--- Start the example app (examples/openresty) in a new temporary directory,
+-- with this module's test handlers loaded as TEST (TEST.config = the
+-- sandbox's client settings) and a watchdog on the test process.
+-- @param o `{tag, info (the sandbox's), app (the app config), workers,
+--   init (more init_worker Lua), locations (more location blocks)}`
+-- @return instance (`:destroy()` stops it and removes its directory)
+function M.start_example(o)
+  local launch = dofile("examples/openresty/launch.lua")
+  local info = o.info
+  local dir = M.mktemp(o.tag or "nginx")
+  local init = ("TEST = dofile(%q).handlers\n    TEST.config = { site = %q, token = %q, channel = %q,"
+    .. " base_url = %q }\n    %s\n    %s"):format(launch.root() .. "/spec/support/nginx.lua", info.site, info.token,
+    info.channel, info.base_url, M.watchdog_lua(require("support.sandbox").self_pid()), o.init or "")
+  return M.start({ dir = dir, health = "/queue/stats", write = function(port)
+    return launch.write({ dir = dir, port = port, app = o.app, ca_file = info.ca_file,
+      vars = { workers = o.workers or 1, extra_init_worker = init, extra_locations = o.locations or "" } })
+  end })
+end
+
+--- Stop (SIGQUIT) and remove the directory (kept with OO_KEEP set).
+function Inst:destroy()
+  self:quit()
+  if not os.getenv("OO_KEEP") then M.run("rm -rf " .. M.q(self.dir)) end
+end
+
 function Inst:url(path) return "http://127.0.0.1:" .. self.port .. path end
 
 function Inst:pid()

@@ -79,7 +79,12 @@ end
 -- @return queue, or nil, err (the spool could not be opened)
 -- @see optimizely.offline.ngx.queue
 function M.queue(client_config, opts)
-  return require("optimizely.offline.ngx.queue").new(client_config, opts)
+  if type(opts) == "table" and opts.engine == "thread" then
+    local q, err = require("optimizely.offline.ngx.thread_queue").new(client_config, opts)
+    return q, err
+  end
+  local q, err = require("optimizely.offline.ngx.queue").new(client_config, opts)
+  return q, err
 end
 
 return M

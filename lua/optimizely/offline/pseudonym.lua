@@ -43,9 +43,11 @@ local M = {}
 
 --- The environment variable the key is read from when none is given.
 M.ENV = "OPTIMIZELY_PSEUDONYM_KEY"
---- Key length in bytes: at least 16 (a shorter key is an error, not a weak hash), at most 1024.
-M.KEY_MIN, M.KEY_MAX = 16, 1024
---- Output lengths (characters) per encoding: `{min, max, default}`. Hex
+--- Shortest key in bytes: a shorter key is an error, not a weak hash.
+M.KEY_MIN = 16
+--- Longest key in bytes.
+M.KEY_MAX = 1024
+-- Output lengths (characters) per encoding: `{min, max, default}`. Hex
 -- lengths are even (whole bytes); 16 hex characters are 64 bits, 22
 -- base64url characters 132 bits.
 M.LENGTHS = { hex = { 16, 64, 64 }, base64url = { 22, 43, 43 } }

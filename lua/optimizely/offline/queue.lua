@@ -305,18 +305,42 @@ function Queue:take_results(results)
   return #results
 end
 
+-- A spool write the thread could not make (a full disk, say) must not stop
+-- delivery silently: each new one reaches on_event (type "storage").
+function Queue:storage_check()
+  if not self.spool then return end
+  local st = self.worker:stats()
+  local seen = self.storage_seen or 0
+  if st.storage_errors > seen then
+    self.storage_seen = st.storage_errors
+    self:call("on_event", { type = "storage", count = st.storage_errors - seen,
+      error = errors.new({ kind = "storage", retryable = true, message = st.storage_error or "spool write failed" }) })
+  end
+end
+
 --- Run the callbacks for every result the thread reported since last time.
 -- @return how many results were processed
 function Queue:poll()
   if self.closed then return 0 end
   self:check_pid()
-  return self:take_results(self.worker:results())
+  local n = self:take_results(self.worker:results())
+  self:storage_check()
+  return n
 end
 
 function Queue:spool_backlog()
   if not self.spool then return 0 end
   local s = self.spool:stats()
   return s and s.queued or 0
+end
+
+--- Is everything pushed so far settled and reported (nothing in memory,
+-- nothing in the spool, no result waiting for poll)? Never blocks.
+function Queue:idle()
+  if self.closed then return true end
+  self:check_pid()
+  local w = self.worker
+  return w:wait(0) and self:spool_backlog() == 0 and w:stats().pending_results == 0
 end
 
 --- Wait until everything pushed so far is delivered or failed (dead).

@@ -43,11 +43,7 @@ function M.register(parser)
     .. "replaced only once complete."):argname("<mapping.csv>")
   cmd:option("--config", "Config file with a pseudonym_key = ... line "
     .. "(default: $OPTIMIZELY_PSEUDONYM_KEY, which wins over the file)."):argname("<file>")
-  cmd:option("--length", "Id length in characters (hex: 16..64, even, default 64; "
-    .. "base64url: 22..43, default 43)."):argname("<n>")
-  cmd:option("--encoding", "Id encoding: hex (default) or base64url."):choices({ "hex", "base64url" })
-  cmd:flag("--strip-plus-tag", "Cut the local part at its first + before hashing (jane+x@ -> jane@).")
-  cmd:flag("--strip-dots", "Remove the dots of the local part before hashing (ja.ne@ -> jane@).")
+  require("optimizely.offline.cli.pseudonymise").options(cmd, false)
   cmd:option("--tmpdir", "Directory for the temporary sort files (default: the output's directory, "
     .. "else $TMPDIR or /tmp)."):argname("<dir>")
   cmd:option("--run-size"):hidden(true) -- specs: force many runs and merge passes
@@ -55,48 +51,6 @@ function M.register(parser)
 end
 
 -- ---------------------------------------------------------------- config
-
--- The pseudonym_key of a config file (key = value lines, '#' comments, the
--- grammar of `send --config`). Messages name the line, never its content.
--- TODO(lead): use cli/common's reader once it is exported (it is local there).
-local function config_key(path)
-  if not path then return nil end
-  local fh, e = io.open(path, "r")
-  if not fh then config_error("cannot read config file: " .. tostring(e)) end
-  local conf, n = {}, 0
-  for line in fh:lines() do
-    n = n + 1
-    local s = line:gsub("^%s+", ""):gsub("%s+$", "")
-    if s ~= "" and s:sub(1, 1) ~= "#" then
-      local k, v = s:match("^([%w_%.%-]+)%s*=%s*(.-)$")
-      if not k then fh:close(); config_error(("%s:%d: expected key = value"):format(path, n)) end
-      conf[(k:gsub("-", "_"))] = v:match('^"(.*)"$') or v:match("^'(.*)'$") or v
-    end
-  end
-  fh:close()
-  return conf
-end
-
--- The pseudonymiser from the flags, the environment and --config; any
--- problem is a usage/configuration error (exit 2), never showing the key.
-local function pseudonymiser(args, getenv)
-  local pseudonym = require("optimizely.offline.pseudonym")
-  local key, err = pseudonym.key_from(getenv, config_key(args.config))
-  if not key then config_error(err.message) end
-  local o = {
-    key = key, encoding = args.encoding,
-    length = common.int_option(args.length, "length", 1),
-    strip_plus_tag = args.strip_plus_tag or nil, strip_dots = args.strip_dots or nil,
-  }
-  local ok, p = pcall(pseudonym.new, o)
-  if not ok then
-    -- "opts.length must be ..." -> "--length must be ..."; the schema has
-    -- already redacted the key
-    local msg = tostring(p):gsub("^[^:]*:%d+: ", ""):gsub("^optimizely%.offline%.pseudonym: opts%.", "--")
-    config_error((msg:gsub("^%-%-(%w+)_(%w+)", "--%1-%2")))
-  end
-  return p
-end
 
 -- ------------------------------------------------------------ temp files
 
@@ -260,7 +214,7 @@ function Mapping.new(args, out, err, getenv)
                               bad = 0, skipped = 0, written = 0 }, Mapping)
   self.to_file = args.output ~= nil and args.output ~= "-"
   if self.to_file then check_output(args) end
-  self.p = pseudonymiser(args, getenv)
+  self.p = require("optimizely.offline.cli.pseudonymise").build(args, getenv)
   self.transform = common.load_transform(args.transform)
   local dir = args.tmpdir or (self.to_file and dirname(args.output)) or getenv("TMPDIR") or "/tmp"
   local ok, fh, path = pcall(temp_file, dir) -- fail now, not after reading gigabytes
