@@ -94,16 +94,21 @@ static oo_job *heap_pop(oo_engine *e) {
 }
 
 void oo_engine_add(oo_engine *e, oo_job *j) {
+    int room;
     pthread_mutex_lock(&e->mu);
     list_push(&e->in_head, &e->in_tail, j);
     e->nin++;
     e->metrics.queued++;
+    /* can the driver start it now? when every place up to the limit is
+     * taken it would only wake to wait again: a transfer that finishes
+     * wakes it anyway (a pusher far ahead of delivery costs no syscall) */
+    room = (int)(e->in_flight + e->nready + e->nin) <= e->limit_now;
     pthread_mutex_unlock(&e->mu);
     /* Dekker-style: the driver sets `asleep` before it looks at the inbox
      * one last time; we look at `asleep` after adding. One of us sees the
-     * other, so a job never waits for a poll timeout. A busy driver sees
-     * the job on its next round: no syscall then. */
-    if (__atomic_load_n(&e->pool.asleep, __ATOMIC_SEQ_CST)) oo_pool_wakeup(&e->pool);
+     * other, so a job that can start never waits for a poll timeout. A busy
+     * driver sees the job on its next round: no syscall then. */
+    if (room && __atomic_load_n(&e->pool.asleep, __ATOMIC_SEQ_CST)) oo_pool_wakeup(&e->pool);
 }
 
 void oo_engine_take(oo_engine *e, oo_job *j) {
@@ -571,10 +576,15 @@ oo_result *oo_engine_collect(oo_engine *e) {
 }
 
 void oo_engine_hint_feed(oo_engine *e) {
+    int wake;
     pthread_mutex_lock(&e->mu);
+    /* one wake-up per hint the driver has not taken yet, and only when it
+     * has room for what the store brings (else a finishing transfer wakes
+     * it and it finds the hint then) */
+    wake = !e->feed_hint && (int)(e->in_flight + e->nready) < e->limit_now;
     e->feed_hint = 1;
     pthread_mutex_unlock(&e->mu);
-    if (__atomic_load_n(&e->pool.asleep, __ATOMIC_SEQ_CST)) oo_pool_wakeup(&e->pool);
+    if (wake && __atomic_load_n(&e->pool.asleep, __ATOMIC_SEQ_CST)) oo_pool_wakeup(&e->pool);
 }
 
 void oo_engine_feed_by(oo_engine *e, double at) {
