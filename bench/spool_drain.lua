@@ -89,9 +89,9 @@ local function run_spool()
   local path = work .. "/drain-" .. round .. ".db"
   local sp = assert(spool.open(path))
   local chunk = {}
-  for i = 1, N, 1000 do
-    for k = 1, math.min(1000, N - i + 1) do chunk[k] = items[i + k - 1] end
-    for k = math.min(1000, N - i + 1) + 1, #chunk do chunk[k] = nil end
+  for i = 1, N, 100 do
+    for k = 1, math.min(100, N - i + 1) do chunk[k] = items[i + k - 1] end
+    for k = math.min(100, N - i + 1) + 1, #chunk do chunk[k] = nil end
     assert(sp:put_many(chunk))
   end
   sp:close()

@@ -63,6 +63,7 @@ typedef struct oo_worker {
     long long *acks;
     size_t nacks, capacks;
     double ack_since;          /* monotonic: when the oldest of them came */
+    int store_drained;         /* under e.mu: the last claim found nothing more due (and no put since) */
     long long storage_errors;  /* under e.mu */
     char storage_error[sizeof(((oo_spool_err *)0)->message)]; /* the last one, under e.mu */
 } oo_worker;
@@ -115,6 +116,19 @@ static int channel_index(const oo_engine *e, const char *name) {
     return -1;
 }
 
+/* The store has nothing more due: the Lua side's flush may look at it now
+ * (the look is a scan; without this it would look whenever the memory side
+ * went idle between two claims). */
+static void store_drained(oo_worker *w) {
+    pthread_mutex_lock(&w->e.mu);
+    if (!w->store_drained && !w->e.feed_hint) {
+        w->store_drained = 1;
+        w->e.settles++;
+        pthread_cond_broadcast(&w->e.cv);
+    }
+    pthread_mutex_unlock(&w->e.mu);
+}
+
 /* Leases what is due into the ready list; returns when to look again. */
 static double spool_feed(oo_engine *e, int room, double now) {
     oo_worker *w = WORKER(e);
@@ -150,6 +164,7 @@ static double spool_feed(oo_engine *e, int room, double now) {
     }
     if (w->rows.n >= want) return now; /* there may be more */
     oo_spool_rows_free(&w->rows);
+    store_drained(w);
     /* drained what is due: look again when the next retry falls due, or
      * after spool_poll (other processes' orders, expired leases) */
     at = now + w->spool_poll;
@@ -434,11 +449,10 @@ static int l_notify(lua_State *L) {
     oo_worker *w = check_worker(L);
     lua_Integer n = luaL_optinteger(L, 2, 0);
     ensure_started(L, w);
-    if (n > 0) {
-        pthread_mutex_lock(&w->e.mu);
-        w->e.metrics.queued += (long long)n;
-        pthread_mutex_unlock(&w->e.mu);
-    }
+    pthread_mutex_lock(&w->e.mu);
+    if (n > 0) w->e.metrics.queued += (long long)n;
+    w->store_drained = 0;
+    pthread_mutex_unlock(&w->e.mu);
     oo_engine_hint_feed(&w->e);
     return 0;
 }
@@ -469,8 +483,9 @@ static int l_metrics(lua_State *L) {
 /*** w:wait(timeout [, seen]) -> idle, progress — returns at once when
  * results wait to be collected; else blocks until the thread reports
  * something (a result, going idle) or the timeout. `idle`: nothing is
- * queued, retrying or in flight in memory (spool rows not yet claimed are
- * not seen here: the Lua side asks the spool). `progress` counts the times
+ * queued, retrying or in flight in memory and, with a spool, the thread's
+ * last look found nothing more due there (rows due later or leased by
+ * another process are not seen here: the Lua side asks the spool). `progress` counts the times
  * the thread went idle and wrote its acks to the spool; with `seen` (a
  * progress value from an earlier call) it blocks until the progress moves
  * past it instead, even when idle — so a flush of a spool does not spin
@@ -499,7 +514,7 @@ static int l_wait(lua_State *L) {
             pthread_cond_timedwait(&e->cv, &e->mu, &dl);
         }
     }
-    idle = e->nin + e->nready + e->nheap + e->in_flight == 0;
+    idle = e->nin + e->nready + e->nheap + e->in_flight == 0 && (!w->spool || w->store_drained || !w->started);
     progress = e->settles;
     pthread_mutex_unlock(&e->mu);
     lua_pushboolean(L, idle);
