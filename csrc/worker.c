@@ -33,10 +33,10 @@
 #define CLAIM_GAP 0.002
 
 /* A claim takes up to this many rows beyond the free slots (2 x the limit,
- * 16..256): one write transaction brings the next few round trips' worth
+ * 64..256): one write transaction brings the next few round trips' worth
  * instead of one per free slot. They wait in the ready list under their
  * lease (60 s by default), which is why the prefetch stays small. */
-#define CLAIM_MIN 16
+#define CLAIM_MIN 64
 #define CLAIM_MAX 256
 
 /* Acks are written in groups (one transaction for many rows) once ACK_MAX
@@ -45,7 +45,7 @@
  * meanwhile it is sent again after its lease (at-least-once, as for a
  * crash during the request). */
 #define ACK_MAX 256
-#define ACK_WINDOW 0.002
+#define ACK_WINDOW 0.005
 
 typedef struct oo_worker {
     oo_engine e;
