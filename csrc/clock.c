@@ -5,6 +5,7 @@
 #include "core.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,9 +43,26 @@ static int l_thread_cputime(lua_State *L) {
     return 1;
 }
 
+/* The pid, cached: getpid() is a system call (glibc stopped caching it),
+ * ~1.4 us on a VM, and a queue asks on every push. A fork through libc
+ * refreshes the cache in the child (pthread_atfork). */
+static pid_t cached_pid;
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+
+static void pid_refresh(void) { __atomic_store_n(&cached_pid, getpid(), __ATOMIC_RELAXED); }
+static void pid_init(void) {
+    pid_refresh();
+    pthread_atfork(NULL, NULL, pid_refresh);
+}
+
+pid_t oo_getpid(void) {
+    pthread_once(&pid_once, pid_init);
+    return __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
+}
+
 /*** core.getpid() → the process id (a queue notices a fork by it). */
 static int l_getpid(lua_State *L) {
-    lua_pushinteger(L, (lua_Integer)getpid());
+    lua_pushinteger(L, (lua_Integer)oo_getpid());
     return 1;
 }
 

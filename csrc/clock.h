@@ -4,7 +4,12 @@
 #ifndef OO_CLOCK_H
 #define OO_CLOCK_H
 
+#include <sys/types.h>
+
 double oo_mono_now(void);
 double oo_wall_now(void);
+
+/* getpid(), without a system call per ask (refreshed in a forked child). */
+pid_t oo_getpid(void);
 
 #endif

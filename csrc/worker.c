@@ -373,7 +373,7 @@ static int worker_stop(oo_worker *w, double timeout) {
 static oo_worker *check_worker(lua_State *L) {
     oo_worker_ud *u = (oo_worker_ud *)luaL_checkudata(L, 1, OO_WORKER_MT);
     if (!u->w) luaL_error(L, "queue worker is closed");
-    if (u->w->pid != getpid()) luaL_error(L, "queue worker belongs to another process (forked): make a new queue");
+    if (u->w->pid != oo_getpid()) luaL_error(L, "queue worker belongs to another process (forked): make a new queue");
     return u->w;
 }
 
@@ -405,7 +405,7 @@ static int l_worker_new(lua_State *L) {
     oo_engine_setup(L, 1, &w->e); /* raises on misuse: w leaks only then */
     u->w = w;
     w->e.hook_ud = w;
-    w->pid = getpid();
+    w->pid = oo_getpid();
     w->max_queue = (size_t)opt_num(L, 1, "max_queue", 10000);
     w->lease = opt_num(L, 1, "lease", 60);
     w->spool_poll = opt_num(L, 1, "spool_poll", 0.25);
@@ -547,7 +547,7 @@ static int l_close(lua_State *L) {
         return 2;
     }
     u->w = NULL;
-    if (w->pid != getpid()) {
+    if (w->pid != oo_getpid()) {
         /* a forked copy: the thread lives in the parent; forget our copy */
         lua_pushboolean(L, 1);
         lua_newtable(L);
