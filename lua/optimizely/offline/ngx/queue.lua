@@ -282,14 +282,14 @@ function Queue:attempt(it)
     log(ERR, "optimizely.offline queue: send raised: ", tostring(rec))
     return { ok = false, kind = "internal", retryable = true, message = tostring(rec) }, "", {}
   end
-  self.metrics:attempt(took, #it.json)
-  if rec.status == 429 then self.metrics:throttled() end
+  self.meter:attempt(took, #it.json)
+  if rec.status == 429 then self.meter:throttled() end
   return rec, body, info
 end
 
 function Queue:acked(it, rec, body, info, attempts)
   self:bump("sent")
-  self.metrics:sent(it.channel)
+  self.meter:sent(it.channel)
   if self.spool then
     local ok, err = self.spool:ack(it.id)
     -- lease lost: another worker may send it again (at-least-once)
@@ -309,7 +309,7 @@ end
 function Queue:dead(it, err, why)
   self:bump("dead")
   self:bump("failed")
-  self.metrics:failed(err, true, it.channel)
+  self.meter:failed(err, true, it.channel)
   err.retryable = false -- it is dead: retries are over
   if self.spool then
     local ok, kerr = self.spool:kill(it.id, err)
@@ -345,7 +345,7 @@ function Queue:lost(it, attempts, err)
   self:bump("failed")
   local e = errors.new({ kind = "shutdown", retryable = false, attempts = attempts, cause = err,
     message = "worker exiting before the order was delivered (last error: " .. tostring(err) .. ")" })
-  self.metrics:failed(e, false, it.channel)
+  self.meter:failed(e, false, it.channel)
   self:call("on_failure", it.ref, e)
   -- every lost order gets its line (never rate-limited), with its refCode
   self:event("dropped", { reason = "shutdown", ref = it.ref, attempt = attempts, error = e },
@@ -379,7 +379,7 @@ end
 function Queue:settle_late(it, rec, body)
   local action = self.policy:decide(rec, it.attempts + 1, 0)
   if action == "ack" then
-    self.metrics:sent(it.channel)
+    self.meter:sent(it.channel)
     if self.spool then self.spool:ack(it.id) end
     self.events:log("warn", "order " .. core.quote(it.ref) .. " was delivered after all (its answer came after"
       .. " the shutdown grace; it was reported lost)", false)
@@ -409,13 +409,13 @@ function Queue:settle(it, rec, body, info, final)
   if pause and pause > 0 then self:pause_for(pause, err) end
   if slow_down then self.limit, self.grow = max(1, floor(self.limit / 2)), 0 end
   if action == "stop" then
-    self.metrics:retried()
+    self.meter:retried()
     return self:stop_for_credentials(it, err)
   end
   if action == "dead" then return self:dead(it, err, why) end
   if final and not self.spool then return self:lost(it, attempts, err) end
   self:bump("retried")
-  self.metrics:retried()
+  self.meter:retried()
   self:event("retry", { ref = it.ref, attempt = attempts, delay = delay, error = err })
   update_time()
   self:later(it, attempts, now() + delay, err)
@@ -760,7 +760,7 @@ function M.new(client_config, o)
     policy = require("optimizely.offline.retry").new({ max_attempts = o.max_attempts or false,
       max_age = o.max_age, backoff_base = client_config.backoff_base, backoff_max = client_config.backoff_max,
       retry_after_max = client_config.retry_after_max, random = client_config.random }),
-    metrics = client_config.metrics == false and metrics.null() or core.metrics_new(),
+    meter = client_config.metrics == false and metrics.null() or core.metrics_new(), -- the counts
     metrics_dict = o.metrics_shm and ngx.shared[o.metrics_shm], flying = {},
     ready = {}, head = 1, tail = 0, waiting = {},
     claimed = {}, claimed_next = 1, claimed_n = 0,
@@ -860,7 +860,7 @@ function Queue:push(payload, po)
   local ok, err = self:store(it)
   if not ok then return self:refuse(err) end
   self:bump("pushed")
-  self.metrics:queued()
+  self.meter:queued()
   if not shm or self.deliverer then self:kick() end
   return true, warnings
 end
@@ -940,7 +940,7 @@ end
 -- optimizely.offline.metrics). Per worker; `metrics_shm` sums every worker's.
 -- @return the metrics table
 function Queue:metrics()
-  local m = self.metrics:get()
+  local m = self.meter:get()
   local c = self.counters
   m.invalid, m.callback_errors, m.storage_errors = c.invalid, c.callback_errors, c.storage_errors
   m.dropped = {}
