@@ -148,6 +148,8 @@ function Events:emit(kind, fields, message)
   end
 end
 
+local UAT = "https://uat.peerius.com" -- where a config without env or base_url posts
+
 --- The startup line of a queue: the URL it posts to and its channels
 -- (never a token). A client without `env` or `base_url` posts to the UAT
 -- test endpoint: said as a warning.
@@ -157,8 +159,8 @@ function Events:started(what, st, extra)
   local c = st.config or {}
   local msg = ("%s started: posting to %s as site %s, channel%s %s%s"):format(what, st.post_url, quote(st.site),
     #names == 1 and "" or "s", table.concat(names, ", "), extra and ("; " .. extra) or "")
-  if c.env == nil and c.base_url == nil then
-    self:log("warn", msg .. " (no env or base_url in the config: the UAT test endpoint)", false)
+  if c.env == nil and c.base_url == UAT then
+    self:log("warn", msg .. " (the UAT test endpoint: the config names no env or base_url)", false)
   else
     self:log("notice", msg, false)
   end

@@ -719,7 +719,7 @@ function Queue:started()
     or "in memory"
   if self.metrics_dict then how = how .. "; metrics in " .. o.metrics_shm end
   local c = self.st.config
-  if c.env == nil and c.base_url == nil then
+  if c.env == nil and c.base_url == "https://uat.peerius.com" then
     how = how .. "; if base_url comes from os.getenv, declare the variable with `env NAME;` in nginx.conf"
   end
   self.events:started("queue of worker " .. tostring(ngx.worker.id()), self.st, how)
