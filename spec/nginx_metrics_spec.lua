@@ -169,6 +169,19 @@ describe("metrics under nginx (two workers, one lua_shared_dict)", function()
     parse_with_real_parsers(text)
   end)
 
+  it("ships alerting rules promtool accepts, on metrics that exist", function()
+    local out = nginx.capture("promtool check rules examples/openresty/alerts.yml 2>&1; echo rc=$?")
+    assert.matches("SUCCESS: %d+ rules found", out)
+    assert.matches("rc=0", out)
+    local text = scrape()
+    local rules = assert(nginx.read_file("examples/openresty/alerts.yml"))
+    for name in rules:gmatch("(optimizely_offline_[%w_]+)") do
+      local family = name:gsub("_bucket$", "")
+      assert.truthy(text:find("# TYPE " .. family .. " ", 1, true)
+        or family:match("_dropped_total$") or family:match("^optimizely_offline_spool_"), name)
+    end
+  end)
+
   it("keeps the totals across nginx -s reload (the counters live in the dict)", function()
     local _, before = scrape()
     local sent_before = total(before, "optimizely_offline_orders_sent_total")

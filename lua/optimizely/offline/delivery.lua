@@ -179,8 +179,8 @@ end
 -- `ctx.sleep` between attempts (the client's, or ngx.sleep under nginx).
 -- ctx: {transport, policy (optimizely.offline.retry), sleep, secrets,
 -- metrics (core.metrics_new object or nil), emit (function(kind, fields) or
--- nil: the `retry` and `failure` events, see optimizely.offline.events)}
--- @param ref the order's refCode for events (optional)
+-- nil: the `retry` and `failure` events, see optimizely.offline.events)};
+-- `ref` the order's refCode for those events (optional).
 -- @return res or nil, err
 function M.send(ctx, method, url, headers, body, channel, enc_warnings, ref)
   local attempt, age0 = 0, now()

@@ -129,7 +129,8 @@ local function line(ev)
 end
 
 --- Emit an event: `on_event` (protected), then one log line.
--- @param kind the event type; fields its table (gets `type`)
+-- @param kind the event type
+-- @param fields its table (gets `type`)
 -- @param message the log line instead of the default one (optional)
 function Events:emit(kind, fields, message)
   fields.type = kind

@@ -282,7 +282,10 @@ end
 --- Set this process's gauges in the shared dict (keys that expire after
 -- `ttl` seconds unless set again: a crashed worker's vanish), or remove
 -- them (`t` nil: the process is exiting).
+-- @param dict the `ngx.shared` dict
 -- @param id this process (its pid)
+-- @param t its metrics table (gauges `depth`, `in_flight`, `paused`, `spool`), or nil
+-- @param ttl seconds the keys live unless set again
 -- @param spool_id with a spool shared by several processes, its path: the
 --   spool's gauges and `depth` (the file's, the same in every process) are
 --   kept once under it instead of once per process

@@ -15,8 +15,11 @@
 --
 -- Results come back to Lua when you call `poll`, `flush` or `close`: the
 -- `on_success(ref, res)` / `on_failure(ref, err)` / `on_event(ev)` callbacks
--- run there, protected. Delivery itself goes on in the thread whether or
--- not you poll.
+-- run there, protected, and the `logger(level, message)` (the queue's, else
+-- the client's) gets one rate-limited line per event (optimizely.offline.events).
+-- Delivery itself goes on in the thread whether or not you poll. The
+-- queue logs one line when it starts (URL, site, channels; never the
+-- token); `metrics()` returns its counters and gauges.
 --
 -- Several processes may share one spool file: each claims orders under a
 -- lease (`lease`, longer than the client's timeout), so an order is never

@@ -32,10 +32,18 @@
 --
 -- Worker exit (reload, stop): the periodic timer runs prematurely and makes
 -- a final attempt within `shutdown_timeout`: without a spool for every
--- order in memory, retries not yet due included, and what still fails is
--- reported — logged with its refCode, counted as `dropped.shutdown`,
--- passed to on_failure with kind "shutdown"; with a spool the rows stay on
--- disk for the next worker (leases make sharing one file safe).
+-- order in memory, retries not yet due included, and what still fails —
+-- or is still in flight when the grace ends (tracked while it is) — is
+-- reported: logged with its refCode, counted as `dropped.shutdown`,
+-- passed to on_failure with kind "shutdown" (an answer that comes later is
+-- logged too); with a spool the rows stay on disk for the next worker
+-- (leases make sharing one file safe). nginx does not tell Lua its
+-- `worker_shutdown_timeout`: keep `shutdown_timeout` below it.
+--
+-- Observability: `metrics()` (this worker), `metrics_shm` (every worker's
+-- counts in one lua_shared_dict, surviving reloads), `on_event` and
+-- `logger` (default `ngx.log`, rate-limited), one startup line naming the
+-- URL and channels (optimizely.offline.events, doc/topics/operating.md).
 --
 -- Shared mode (`opts.shm`): pushes append "attempts, ref, channel, json" to
 -- a list in a lua_shared_dict (bounded by max_queue and the dict's size,
