@@ -520,11 +520,11 @@ function M.prometheus(...)
         lines[#lines + 1] = name .. s[1] .. labels(g.labels, s[2]) .. " " .. number(s[3])
       end
     end
-    if #lines > 0 then
-      out[#out + 1] = "# HELP " .. name .. " " .. help
-      out[#out + 1] = "# TYPE " .. name .. " " .. kind
-      for _, l in ipairs(lines) do out[#out + 1] = l end
-    end
+    -- every family is declared, with samples or not (e.g. no failure yet):
+    -- a scraper sees the whole vocabulary from the first scrape
+    out[#out + 1] = "# HELP " .. name .. " " .. help
+    out[#out + 1] = "# TYPE " .. name .. " " .. kind
+    for _, l in ipairs(lines) do out[#out + 1] = l end
   end
   return concat(out, "\n") .. "\n"
 end
