@@ -9,9 +9,15 @@
 --
 -- 1. send_batch throughput (orders/s, concurrency 16) against a local
 --    sandbox (real nginx, TLS, record=false): metrics on and off alternate,
---    each keeps its median. Target: on at most 3 % slower.
+--    each keeps its best round (as bench/batch.lua; medians shown too).
+--    Target: on at most 3 % slower. On a shared 2-vCPU VM rounds vary by
+--    tens of %, so the direct cost is shown beside it: counting one order
+--    (attempt + sent) in a metrics object, timed alone, as a share of the
+--    time one order takes at the measured rate — an upper bound (the
+--    engine counts in C without the Lua call).
 -- 2. queue push: main-thread CPU per `q:push` into a memory queue (the
---    thread delivering meanwhile), on vs off. Target: the same, +-3 %.
+--    thread delivering meanwhile), on vs off, best rounds. The push path is
+--    the same code either way (the thread counts): the ratio shows the noise.
 -- 3. nginx (LuaJIT, inside a worker): the per-order cost of counting in the
 --    worker's own metrics object (what the nginx queue does) vs incrementing
 --    the same counters in a lua_shared_dict directly, and the cost of one
@@ -88,12 +94,27 @@ for r = 1, ROUNDS do
   local order = r % 2 == 1 and { true, false } or { false, true }
   for _, on in ipairs(order) do table.insert(rate[on], batch(on)) end
 end
-local on_rate, off_rate = median(rate[true]), median(rate[false])
+local unpack = table.unpack or unpack -- luacheck: ignore
+local function best(t) return math.max(unpack(t)) end
+local on_rate, off_rate = best(rate[true]), best(rate[false])
 local slower = (off_rate - on_rate) / off_rate * 100
-print(("\n1. send_batch, %d orders x %d rounds, concurrency %d (medians)"):format(N, ROUNDS, CONC))
-print(("   metrics off %9.0f orders/s   (baseline)"):format(off_rate))
-print(("   metrics on  %9.0f orders/s   %+.1f %% slower   target <= %d %%   %s"):format(on_rate, slower, TARGET,
-  slower <= TARGET and "met" or "NOT MET (noise on a shared VM is a few %: rerun)"))
+print(("\n1. send_batch, %d orders x %d rounds, concurrency %d (best rounds)"):format(N, ROUNDS, CONC))
+print(("   metrics off %9.0f orders/s   (baseline; median %.0f)"):format(off_rate, median(rate[false])))
+print(("   metrics on  %9.0f orders/s   %.3fx, %.1f %% %s   target <= %d %% slower   %s   (median %.0f)"):format(
+  on_rate, on_rate / off_rate, math.abs(slower), slower >= 0 and "slower" or "faster", TARGET,
+  slower <= TARGET and "met" or "NOT MET (rounds vary by tens of % here: rerun)", median(rate[true])))
+do -- the direct cost, without the network's noise
+  local mm = core.metrics_new()
+  local k = 200000
+  local t0 = core.thread_cputime()
+  for _ = 1, k do
+    mm:attempt(0.003, 200)
+    mm:sent("store")
+  end
+  local per = (core.thread_cputime() - t0) / k
+  print(("   counting one order alone: %.0f ns = %.3f %% of an order's %.0f us at %.0f orders/s"):format(per * 1e9,
+    per * off_rate * 100, 1e6 / off_rate, off_rate))
+end
 print(("   rounds off: %s"):format(table.concat((function()
   local t = {} for i, v in ipairs(rate[false]) do t[i] = ("%.0f"):format(v) end return t end)(), " ")))
 print(("   rounds on:  %s"):format(table.concat((function()
@@ -129,11 +150,13 @@ for r = 1, ROUNDS do
   local order = r % 2 == 1 and { true, false } or { false, true }
   for _, on in ipairs(order) do table.insert(push[on], pushes(on)) end
 end
-local on_push, off_push = median(push[true]), median(push[false])
-print(("\n2. queue push (memory), %d pushes x %d rounds, main-thread CPU per push (medians)"):format(PUSHES, ROUNDS))
-print(("   metrics off %6.2f us   (baseline)"):format(off_push))
-print(("   metrics on  %6.2f us   %+.1f %%   target <= %d %%"):format(on_push, (on_push - off_push) / off_push * 100,
-  TARGET))
+local function least(t) return math.min(unpack(t)) end
+local on_push, off_push = least(push[true]), least(push[false])
+print(("\n2. queue push (memory), %d pushes x %d rounds, main-thread CPU per push (best rounds)"):format(PUSHES,
+  ROUNDS))
+print(("   metrics off %6.2f us   (baseline; median %.2f)"):format(off_push, median(push[false])))
+print(("   metrics on  %6.2f us   %+.1f %%   target <= %d %%   (median %.2f)"):format(on_push,
+  (on_push - off_push) / off_push * 100, TARGET, median(push[true])))
 
 for _, c in pairs(clients) do c:close() end
 

@@ -338,7 +338,8 @@ function Queue:later(it, attempts, next_at, err)
   end
 end
 
--- Shutting down: nowhere to keep an order held only in memory.
+-- Shutting down: nowhere to keep an order held only in memory. Returns
+-- "requeued" when the shared list took it back, else "lost" (reported).
 function Queue:lost(it, attempts, err)
   if self.shm then
     -- the shared dict outlives this worker on reload: the next deliverer sends it
@@ -346,7 +347,7 @@ function Queue:lost(it, attempts, err)
     if self.shm:rpush(LIST, pack(it)) then
       self.events:log("warn", "worker exiting, order " .. core.quote(it.ref)
         .. " put back in the shared dict (lost if nginx is stopping)", false)
-      return
+      return "requeued"
     end
   end
   self:bump("dropped", "shutdown")
@@ -358,6 +359,7 @@ function Queue:lost(it, attempts, err)
   -- every lost order gets its line (never rate-limited), with its refCode
   self:event("dropped", { reason = "shutdown", ref = it.ref, attempt = attempts, error = e },
     "worker exiting, order " .. core.quote(it.ref) .. " not delivered: " .. tostring(err))
+  return "lost"
 end
 
 function Queue:pause_for(seconds, err)
@@ -390,9 +392,11 @@ function Queue:settle_late(it, rec, body)
     self.meter:sent(it.channel)
     if self.spool then self.spool:ack(it.id) end
     self.events:log("warn", "order " .. core.quote(it.ref) .. " was delivered after all (its answer came after"
-      .. " the shutdown grace; it was reported lost)", false)
+      .. " the shutdown grace; it was " .. (it.reported == "lost" and "reported lost" or "put back in the shared dict")
+      .. ")", false)
   else
-    self.events:log("warn", "order " .. core.quote(it.ref) .. " (reported lost at exit): the late answer was "
+    self.events:log("warn", "order " .. core.quote(it.ref) .. " (" .. (it.reported == "lost" and "reported lost"
+      or "put back in the shared dict") .. " at exit): the late answer was "
       .. tostring(delivery.failure(rec, body, it.attempts + 1, it.channel, self.st.secrets)), false)
   end
   self:flush_metrics()
@@ -560,8 +564,8 @@ function Queue:report_lost()
   for it in pairs(self.flying) do flying[#flying + 1] = it end
   table.sort(flying, function(a, b) return tostring(a.ref) < tostring(b.ref) end)
   for _, it in ipairs(flying) do
-    it.reported = true
-    self:lost(it, it.attempts + 1, "still in flight when the shutdown grace (shutdown_timeout "
+    -- its answer, if it comes, is only said: the order is accounted now
+    it.reported = self:lost(it, it.attempts + 1, "still in flight when the shutdown grace (shutdown_timeout "
       .. self.o.shutdown_timeout .. " s) ended: the endpoint may or may not have it")
   end
   self:publish()
