@@ -399,7 +399,7 @@ function Queue:settle_late(it, rec, body)
       or "put back in the shared dict") .. " at exit): the late answer was "
       .. tostring(delivery.failure(rec, body, it.attempts + 1, it.channel, self.st.secrets)), false)
   end
-  self:flush_metrics()
+  self:flush_metrics(true) -- the worker is exiting: its gauges stay removed
 end
 
 -- After one attempt: the policy's decision, carried out. `final`: the
