@@ -259,6 +259,22 @@ function M.unflatten(flat)
   return t
 end
 
+--- A publisher of one process's metrics into a shared dict (nginx): each
+-- call adds what changed since the last call (`shm_add`) and sets this
+-- process's gauges (`shm_gauges`; `exiting` removes them).
+-- @param dict the `ngx.shared` dict
+-- @param o `{id = pid, ttl = seconds, spool_id = path or nil, on_error = fn(message)}`
+-- @return function(t, exiting)
+function M.shm_publisher(dict, o)
+  local last
+  return function(t, exiting)
+    local ierr
+    last, ierr = M.shm_add(dict, t, last)
+    if ierr and o.on_error then o.on_error(ierr) end
+    M.shm_gauges(dict, o.id, not exiting and t or nil, o.ttl, o.spool_id)
+  end
+end
+
 --- Add what changed since `last` (a `flatten` result, or nil) to the
 -- shared dict: one `incr` per changed counter.
 -- @return the new `last` (pass it next time), and the first error of

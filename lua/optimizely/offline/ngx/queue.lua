@@ -987,17 +987,13 @@ end
 function Queue:flush_metrics(exiting)
   local dict = self.metrics_dict
   if not dict then return end
-  local ok, err = pcall(function()
-    local t = self:metrics()
-    local last, ierr = metrics.shm_add(dict, t, self.shm_last)
-    self.shm_last = last
-    if ierr then
+  self.metrics_publisher = self.metrics_publisher or metrics.shm_publisher(dict, { id = ngx.worker.pid(),
+    ttl = max(10, 5 * self.o.flush_interval), spool_id = self.spool and self.spool.path,
+    on_error = function(ierr)
       self.events:log("error", "metrics_shm " .. core.quote(self.o.metrics_shm) .. ": " .. tostring(ierr)
         .. " (make the lua_shared_dict larger)", "metrics_shm")
-    end
-    local ttl = max(10, 5 * self.o.flush_interval)
-    metrics.shm_gauges(dict, ngx.worker.pid(), not exiting and t or nil, ttl, self.spool and self.spool.path)
-  end)
+    end })
+  local ok, err = pcall(self.metrics_publisher, self:metrics(), exiting)
   if not ok then log(ERR, "optimizely.offline queue: metrics flush failed: ", tostring(err)) end
 end
 
