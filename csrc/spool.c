@@ -16,6 +16,7 @@
 #include <sqlite3.h>
 
 #include "spool.h"
+#include "spool_wal.h"
 
 /* ------------------------------------------------------------------ */
 /* Schema                                                              */
@@ -171,6 +172,7 @@ typedef struct spool_db {
     const char *what;           /* the call in progress, for messages */
     int refs;                   /* handles on this connection (under mu) */
     pid_t pid;
+    unsigned fork_gen;          /* fork_gen when opened */
     double busy_timeout;
     double busy_deadline;       /* of the lock wait in progress (monotonic) */
     int wal_frames;             /* WAL size after the last commit (wal hook) */
@@ -544,6 +546,18 @@ static void maybe_checkpoint(oo_spool *s) {
 /* ------------------------------------------------------------------ */
 /* Calls and transactions                                              */
 
+/* Counts forks (in the child), so a call can tell it is in another
+ * process than the handle's without a getpid() system call each time. */
+static volatile unsigned fork_gen;
+
+static void after_fork_in_child(void) { fork_gen++; }
+
+static void watch_forks(void) { pthread_atfork(NULL, NULL, after_fork_in_child); }
+
+static int other_process(const spool_db *d) {
+    return d->fork_gen != fork_gen || d->pid != getpid();
+}
+
 enum { TX_NONE, TX_READ, TX_WRITE };
 typedef int (*tx_body)(oo_spool *s, void *ctx, oo_spool_err *err);
 
@@ -555,16 +569,14 @@ typedef int (*tx_body)(oo_spool *s, void *ctx, oo_spool_err *err);
 static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *ctx,
                     oo_spool_err *err) {
     spool_db *d;
-    pid_t me;
     int rc, code;
     if (!s || !s->d || !s->d->db) return misuse(err, what, "handle is closed");
     d = s->d;
-    me = getpid();
-    if (me != d->pid)
+    if (d->fork_gen != fork_gen)
         return set_err(err, OO_SPOOL_MISUSE, 0, NULL,
                        "spool %s: %s: handle was opened by process %ld, used in process %ld"
                        " (open the spool after fork)",
-                       d->path, what, (long)d->pid, (long)me);
+                       d->path, what, (long)d->pid, (long)getpid());
     pthread_mutex_lock(&d->mu);
     d->what = what;
     if (tx != TX_NONE && (rc = exec(d, tx == TX_WRITE ? ST_BEGIN : ST_BEGIN_READ, "")) != SQLITE_OK) {
@@ -814,7 +826,7 @@ static int db_connect(spool_db *d, const oo_spool_opts *o, oo_spool_err *err) {
     if ((code = create_private(d->path, err)) != OO_SPOOL_OK) return code;
     if ((code = sniff(d->path, err)) != OO_SPOOL_OK) return code;
     if (!(name = sqlite_name(d->path))) return nomem(d, err);
-    rc = sqlite3_open_v2(name, &d->db, flags, NULL);
+    rc = sqlite3_open_v2(name, &d->db, flags, oo_spool_vfs());
     free(name);
     if (rc != SQLITE_OK) return db_fail(d, err, rc);
     sqlite3_extended_result_codes(d->db, 1);
@@ -853,6 +865,8 @@ static oo_spool *handle_new(spool_db *d, const oo_spool_opts *o) {
     return s;
 }
 
+static pthread_once_t fork_watch = PTHREAD_ONCE_INIT;
+
 int oo_spool_open(const char *path, const oo_spool_opts *o, oo_spool **out, oo_spool_err *err) {
     spool_db *d;
     oo_spool_opts defaults;
@@ -874,7 +888,9 @@ int oo_spool_open(const char *path, const oo_spool_opts *o, oo_spool **out, oo_s
     d = (spool_db *)calloc(1, sizeof *d + plen + 1);
     if (!d) return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: out of memory", path);
     memcpy(d->path, path, plen + 1);
+    pthread_once(&fork_watch, watch_forks);
     d->pid = getpid();
+    d->fork_gen = fork_gen;
     d->busy_timeout = o->busy_timeout;
     d->refs = 1;
     d->what = "open";
@@ -893,7 +909,7 @@ int oo_spool_reopen(const oo_spool *s, oo_spool **out, oo_spool_err *err) {
     *out = NULL;
     if (!s || !s->d || !s->d->db) return misuse(err, "reopen", "handle is closed");
     d = s->d;
-    if (getpid() != d->pid) return misuse(err, "reopen", "handle was opened by another process");
+    if (other_process(d)) return misuse(err, "reopen", "handle was opened by another process");
     pthread_mutex_lock(&d->mu);
     if ((*out = handle_new(d, &s->opts)) != NULL) d->refs++;
     pthread_mutex_unlock(&d->mu);
@@ -909,7 +925,7 @@ void oo_spool_close(oo_spool *s) {
     free(s);
     /* A copy inherited through fork is abandoned (a small leak): closing it
      * here could checkpoint or unlock state the parent still relies on. */
-    if (!d || getpid() != d->pid) return;
+    if (!d || other_process(d)) return;
     pthread_mutex_lock(&d->mu);
     last = --d->refs == 0;
     pthread_mutex_unlock(&d->mu);
