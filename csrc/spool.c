@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,7 +80,7 @@ static const char INSPECT_SQL[] =
 enum {
     ST_BEGIN, ST_BEGIN_READ, ST_COMMIT, ST_ROLLBACK,
     ST_TOTALS, ST_INSERT, ST_MIN_CREATED, ST_EXPIRE_COPY, ST_EXPIRE_DEL,
-    ST_OLDEST_FREE, ST_MOVE_COPY, ST_MOVE_DEL, ST_CLAIM, ST_ACK, ST_RETRY,
+    ST_OLDEST_FREE, ST_MOVE_COPY, ST_MOVE_DEL, ST_CLAIM, ST_CLAIM_MARK, ST_ACK, ST_RETRY,
     ST_RELEASE, ST_OWNER, ST_DEAD_SUM, ST_REQUEUE_COPY, ST_REQUEUE_DEL,
     ST_PURGE_DEAD, ST_PURGE_QUEUED, ST_STATS_SCAN, ST_DEAD_COUNT, ST_LIST_QUEUED,
     ST_LIST_DEAD, ST_NEXT_DUE,
@@ -109,10 +110,9 @@ static const char *const SQL[ST_COUNT] = {
                      " SELECT id, ref, body, created_at, ?2, attempts + ?3, ?4, ?5, ?6, ?7, channel"
                      " FROM orders WHERE id = ?1 AND (?8 IS NULL OR claimed_by = ?8)",
     [ST_MOVE_DEL] = "DELETE FROM orders WHERE id = ?1 AND (?2 IS NULL OR claimed_by = ?2)",
-    [ST_CLAIM] = "UPDATE orders SET claimed_by = ?1, claimed_until = ?2 WHERE id IN"
-                 " (SELECT id FROM orders WHERE next_at <= ?3 AND " FREE_AT("?3")
-                 " ORDER BY next_at, id LIMIT ?4)"
-                 " RETURNING id, ref, body, bytes, attempts, created_at, next_at, channel",
+    [ST_CLAIM] = "SELECT id, ref, body, bytes, attempts, created_at, next_at, channel FROM orders"
+                 " WHERE next_at <= ?1 AND " FREE_AT("?1") " ORDER BY next_at, id LIMIT ?2",
+    [ST_CLAIM_MARK] = "UPDATE orders SET claimed_by = ?2, claimed_until = ?3 WHERE id = ?1",
     [ST_ACK] = "DELETE FROM orders WHERE id = ?1 AND claimed_by = ?2",
     [ST_RETRY] = "UPDATE orders SET attempts = attempts + 1, next_at = ?3, last_error = ?4,"
                  " claimed_by = NULL, claimed_until = NULL WHERE id = ?1 AND claimed_by = ?2",
@@ -153,13 +153,12 @@ static const unsigned char DEAD_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_CREA
                                             F_CHANNEL, F_END};
 
 /* New files only (a WAL database keeps the page size it was made with). */
-#define PAGE_SIZE 4096
-/* Checkpoints, in WAL frames (pages) written since the last one: a handle
- * that delivers checkpoints at the first, any handle at the second. */
-#define CKPT_DELIVERY_FRAMES 4096
-#define CKPT_ANY_FRAMES 16384
-/* The WAL file is cut back to this after a checkpoint restarts it. */
-#define WAL_KEEP_BYTES (64 * 1024 * 1024)
+#define PAGE_SIZE 2048
+/* Checkpoints (see checkpointer()): copy the WAL back every CKPT_BYTES
+ * written to it, and start it over once it holds WAL_RESTART_BYTES (the
+ * WAL file keeps that size, so it is rewritten in place, not regrown). */
+#define CKPT_BYTES (16 * 1024 * 1024)
+#define WAL_RESTART_BYTES (64 * 1024 * 1024)
 /* Purge/requeue "everything": a cutoff no stored time reaches. */
 #define FAR_FUTURE 1e300
 
@@ -174,16 +173,25 @@ typedef struct spool_db {
     pid_t pid;
     unsigned fork_gen;          /* fork_gen when opened */
     double busy_timeout;
+    int sync_full;
     double busy_deadline;       /* of the lock wait in progress (monotonic) */
+    int page_size;
     int wal_frames;             /* WAL size after the last commit (wal hook) */
-    int ckpt_frames;            /* of those, copied back by our last checkpoint */
+    int ckpt_frames;            /* of those, copied back by the last checkpoint */
+    /* the checkpoint thread (started on first need) and its connection */
+    pthread_t ckpt_thread;
+    pthread_cond_t ckpt_cv;     /* with mu: a checkpoint is wanted, or stop */
+    int ckpt_state;             /* CKPT_* */
+    int ckpt_wanted, ckpt_stop;
+    sqlite3 *ckpt_db;
     char path[];                /* as given to open */
 } spool_db;
+
+enum { CKPT_NONE, CKPT_RUNNING, CKPT_INLINE /* no thread: the writer does it */ };
 
 struct oo_spool {
     spool_db *d;
     oo_spool_opts opts;
-    int delivers; /* has claimed: checkpoints the WAL early */
     char owner[48];
 };
 
@@ -528,19 +536,115 @@ static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames) {
     return SQLITE_OK;
 }
 
-/* After a write: copies the WAL back into the database once it has grown
- * enough, between transactions (with the lock, so nothing in this process
- * writes meanwhile and the next write can start the WAL over). A passive
- * checkpoint never waits for another process; a failure here surfaces in
- * the next write. */
-static void maybe_checkpoint(oo_spool *s) {
-    spool_db *d = s->d;
-    int log = 0, done = 0;
+/* SQLite may be built to read "file:..." as a URI whatever the open flags
+ * say (Debian's is): such a relative name gets "./" in front. */
+static char *sqlite_name(const char *path) {
+    size_t n = strlen(path);
+    int dot = strncasecmp(path, "file:", 5) == 0;
+    char *out = (char *)malloc(n + 3);
+    if (out) snprintf(out, n + 3, "%s%s", dot ? "./" : "", path);
+    return out;
+}
+
+/* Checkpoints. SQLite's own would run inside the put that crosses its
+ * threshold, with two fsyncs (WAL, then database) under synchronous=NORMAL:
+ * tens of milliseconds on a busy disk, in the caller's put. Instead a
+ * thread per connection (started when first needed) copies the WAL back
+ * on its own connection, without the connection lock, so puts and claims
+ * go on meanwhile. Starting the WAL over needs every frame copied before
+ * the next write begins, which never happens while writes keep coming: so
+ * once the WAL holds WAL_RESTART_BYTES the thread copies the remaining tail
+ * holding the lock, and the next write starts the WAL from the top. */
+
+static int ckpt_open(spool_db *d) {
+    char *name = sqlite_name(d->path);
+    int rc;
+    if (!name) return SQLITE_NOMEM;
+    rc = sqlite3_open_v2(name, &d->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                         oo_spool_vfs());
+    free(name);
+    if (rc == SQLITE_OK) {
+        /* a checkpoint syncs as its connection's synchronous says */
+        rc = sqlite3_exec(d->ckpt_db, d->sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+                          NULL, NULL, NULL);
+        sqlite3_busy_timeout(d->ckpt_db, (int)(d->busy_timeout * 1000.0 + 0.5));
+        sqlite3_db_config(d->ckpt_db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+        sqlite3_wal_autocheckpoint(d->ckpt_db, 0);
+    }
+    /* a connection finds the WAL at its first read */
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(d->ckpt_db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        sqlite3_close_v2(d->ckpt_db);
+        d->ckpt_db = NULL;
+    }
+    return rc;
+}
+
+/* One passive checkpoint on db (a failure surfaces in the next write). */
+static void ckpt_pass(sqlite3 *db) {
+    sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+}
+
+static void *checkpointer(void *arg) {
+    spool_db *d = (spool_db *)arg;
+    pthread_mutex_lock(&d->mu);
+    for (;;) {
+        int restart;
+        while (!d->ckpt_wanted && !d->ckpt_stop) pthread_cond_wait(&d->ckpt_cv, &d->mu);
+        if (d->ckpt_stop) break;
+        d->ckpt_wanted = 0;
+        pthread_mutex_unlock(&d->mu);
+        ckpt_pass(d->ckpt_db);
+        pthread_mutex_lock(&d->mu);
+        restart = (long long)d->wal_frames * d->page_size >= WAL_RESTART_BYTES;
+        if (restart && !d->ckpt_stop) ckpt_pass(d->ckpt_db);
+    }
+    pthread_mutex_unlock(&d->mu);
+    return NULL;
+}
+
+/* The thread, or CKPT_INLINE when it cannot be had. It blocks every
+ * signal: they stay with the host's threads (nginx's, for one). */
+static void ckpt_start(spool_db *d) {
+    sigset_t all, old;
+    d->ckpt_state = CKPT_INLINE;
+    if (ckpt_open(d) != SQLITE_OK || pthread_cond_init(&d->ckpt_cv, NULL) != 0) return;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    if (pthread_create(&d->ckpt_thread, NULL, checkpointer, d) == 0) d->ckpt_state = CKPT_RUNNING;
+    else pthread_cond_destroy(&d->ckpt_cv);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* After a write (lock held): wants a checkpoint once CKPT_BYTES more went
+ * to the WAL. A failure to checkpoint surfaces in the next write. */
+static void want_checkpoint(spool_db *d) {
     if (d->wal_frames < d->ckpt_frames) d->ckpt_frames = 0; /* the WAL started over */
-    if (d->wal_frames - d->ckpt_frames < (s->delivers ? CKPT_DELIVERY_FRAMES : CKPT_ANY_FRAMES))
-        return;
-    if (sqlite3_wal_checkpoint_v2(d->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done) == SQLITE_OK)
-        d->ckpt_frames = done;
+    if ((long long)(d->wal_frames - d->ckpt_frames) * d->page_size < CKPT_BYTES) return;
+    if (d->ckpt_state == CKPT_NONE) ckpt_start(d);
+    /* what is in the WAL now will be copied: the next want is CKPT_BYTES on */
+    d->ckpt_frames = d->wal_frames;
+    if (d->ckpt_state == CKPT_RUNNING) {
+        d->ckpt_wanted = 1;
+        pthread_cond_signal(&d->ckpt_cv);
+    } else {
+        ckpt_pass(d->db); /* no thread: here, between transactions */
+    }
+}
+
+static void ckpt_stop(spool_db *d) {
+    if (d->ckpt_state == CKPT_RUNNING) {
+        pthread_mutex_lock(&d->mu);
+        d->ckpt_stop = 1;
+        pthread_cond_signal(&d->ckpt_cv);
+        pthread_mutex_unlock(&d->mu);
+        pthread_join(d->ckpt_thread, NULL);
+        pthread_cond_destroy(&d->ckpt_cv);
+    }
+    if (d->ckpt_db) sqlite3_close_v2(d->ckpt_db);
+    d->ckpt_db = NULL;
+    d->ckpt_state = CKPT_NONE;
 }
 
 /* ------------------------------------------------------------------ */
@@ -589,7 +693,7 @@ static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *c
             if (code != OO_SPOOL_OK) rollback(d);
         }
     }
-    if (code == OO_SPOOL_OK && tx != TX_READ) maybe_checkpoint(s);
+    if (code == OO_SPOOL_OK && tx != TX_READ) want_checkpoint(d);
     pthread_mutex_unlock(&d->mu);
     return code;
 }
@@ -714,10 +818,11 @@ static int set_pragmas(spool_db *d, const oo_spool_opts *o, oo_spool_err *err) {
     long long page = 0, pages = 0;
     int rc;
     snprintf(sql, sizeof sql, "PRAGMA synchronous=%s; PRAGMA journal_size_limit=%d;",
-             o->sync == OO_SPOOL_SYNC_FULL ? "FULL" : "NORMAL", WAL_KEEP_BYTES);
+             o->sync == OO_SPOOL_SYNC_FULL ? "FULL" : "NORMAL", WAL_RESTART_BYTES);
     rc = sqlite3_exec(d->db, sql, NULL, NULL, NULL);
-    if (rc == SQLITE_OK && o->max_file_bytes > 0 &&
-        (rc = row_ints(d, "PRAGMA page_size", &page, 1)) == SQLITE_OK && page > 0) {
+    if (rc == SQLITE_OK && (rc = row_ints(d, "PRAGMA page_size", &page, 1)) == SQLITE_OK)
+        d->page_size = page > 0 ? (int)page : PAGE_SIZE;
+    if (rc == SQLITE_OK && o->max_file_bytes > 0) {
         pages = o->max_file_bytes / page;
         snprintf(sql, sizeof sql, "PRAGMA max_page_count=%lld", pages > 1 ? pages : 1);
         rc = row_ints(d, sql, &pages, 1);
@@ -794,18 +899,9 @@ static int sniff(const char *path, oo_spool_err *err) {
     return OO_SPOOL_OK;
 }
 
-/* SQLite may be built to read "file:..." as a URI whatever the open flags
- * say (Debian's is): such a relative name gets "./" in front. */
-static char *sqlite_name(const char *path) {
-    size_t n = strlen(path);
-    int dot = strncasecmp(path, "file:", 5) == 0;
-    char *out = (char *)malloc(n + 3);
-    if (out) snprintf(out, n + 3, "%s%s", dot ? "./" : "", path);
-    return out;
-}
-
 static void db_free(spool_db *d) {
     int i;
+    ckpt_stop(d);
     if (d->db) {
         for (i = 0; i < ST_COUNT; i++) sqlite3_finalize(d->st[i]);
         sqlite3_close_v2(d->db);
@@ -892,6 +988,7 @@ int oo_spool_open(const char *path, const oo_spool_opts *o, oo_spool **out, oo_s
     d->pid = getpid();
     d->fork_gen = fork_gen;
     d->busy_timeout = o->busy_timeout;
+    d->sync_full = o->sync == OO_SPOOL_SYNC_FULL;
     d->refs = 1;
     d->what = "open";
     if (pthread_mutex_init(&d->mu, NULL) != 0) {
@@ -1149,10 +1246,15 @@ static int claim_body(oo_spool *s, void *ctx, oo_spool_err *err) {
     int rc, code;
     long long limit = c->max_n > (size_t)1 << 40 ? (long long)1 << 40 : (long long)c->max_n;
     if ((rc = expire(s, c->now)) != SQLITE_OK) return db_fail(d, err, rc);
-    rc = query(d, ST_CLAIM, &st, "sddi", s->owner, c->now + c->lease, c->now, limit);
+    rc = query(d, ST_CLAIM, &st, "di", c->now, limit);
     /* a failure rolls back: nothing stays claimed that the caller did not receive */
     if ((code = collect_rows(d, st, rc, CLAIM_FIELDS, c->out, err)) != OO_SPOOL_OK) return code;
-    for (i = 0; i < c->out->n; i++) c->out->v[i].claimed_until = c->now + c->lease;
+    for (i = 0; i < c->out->n; i++) {
+        oo_spool_row *w = &c->out->v[i];
+        w->claimed_until = c->now + c->lease;
+        rc = exec(d, ST_CLAIM_MARK, "isd", w->id, s->owner, w->claimed_until);
+        if (rc != SQLITE_OK) return db_fail(d, err, rc);
+    }
     return OO_SPOOL_OK;
 }
 
@@ -1166,7 +1268,6 @@ int oo_spool_claim(oo_spool *s, size_t max_n, double lease, double now, oo_spool
     c.lease = lease;
     c.now = now;
     c.out = out;
-    if (s) s->delivers = 1;
     code = transact(s, "claim", TX_WRITE, claim_body, &c, err);
     if (code != OO_SPOOL_OK) oo_spool_rows_free(out);
     else if (out->n > 1) qsort(out->v, out->n, sizeof out->v[0], cmp_row_id);
