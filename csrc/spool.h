@@ -30,11 +30,11 @@
  * must not cross fork(): open the spool in the child (calls from another
  * pid fail with OO_SPOOL_MISUSE).
  *
- * Checkpoints: SQLite's automatic checkpoint would run inside a put (with
- * two fsyncs under synchronous=NORMAL). Instead a handle that delivers
- * (has claimed) checkpoints the WAL after its own transactions once it
- * grows past a few MiB; a handle that only puts does so only past a larger
- * size (nobody else is delivering).
+ * Checkpoints: SQLite's automatic checkpoint would run inside a put (two
+ * fsyncs under synchronous=NORMAL). Instead each connection starts a thread
+ * (when the WAL first passes 16 MiB) that copies the WAL back on a
+ * connection of its own while puts and claims go on, and starts the WAL
+ * over once it holds 64 MiB (the only moment it holds the lock).
  *
  * Time: all times are wall-clock seconds since the epoch (REAL), because
  * they are stored and compared across processes and restarts. Every call
