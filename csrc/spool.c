@@ -893,9 +893,9 @@ static int sniff(const char *path, oo_spool_err *err) {
                        path, app);
     if (h[18] != 2 || h[19] != 2)
         return set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
-                       "spool %s: not a spool file: an SQLite database not in WAL mode (user_version"
-                       " %lu); nothing was written to it",
-                       path, be32(h + 60));
+                       "spool %s: not a spool file: an SQLite database in rollback-journal mode"
+                       " (a spool is always in WAL mode); nothing was written to it",
+                       path);
     return OO_SPOOL_OK;
 }
 

@@ -1039,7 +1039,7 @@ describe("spool refuses files that are not its own", function()
     if not has_sqlite3_cli() then return pending("sqlite3 CLI not installed") end
     local path = fresh_path()
     sqlite3_cli(path, "CREATE TABLE contacts(email TEXT); INSERT INTO contacts VALUES ('a@example.com');")
-    refused(path, "not a spool file: an SQLite database not in WAL mode")
+    refused(path, "not a spool file: an SQLite database in rollback-journal mode")
     assert.is_false(exists(path .. "-wal"))
     assert.is_false(exists(path .. "-shm"))
     assert.equal("delete", sqlite3_cli(path, "PRAGMA journal_mode"))
