@@ -205,7 +205,8 @@ local ok, err = pcall(function()
   end, 1, QUICK and 500 or 2000, 1))
   sp:close()
   print(("load average after: %s. Ratios are to the target (>= 1.00 meets it); the CPU"
-    .. " column counts\nevery thread of this process (checkpoints included), not the drainer process."):format(loadavg()))
+    .. " column counts\nevery thread of this process (checkpoints included), not the drainer"
+    .. " process."):format(loadavg()))
 end)
 sys.run("rm -rf " .. q(dir))
 if not ok then

@@ -35,7 +35,7 @@ static void die(const char *what, const oo_spool_err *e) {
 
 typedef struct drainer {
     oo_spool *s;
-    volatile int stop; /* the putter is done: drain what is left, then end */
+    int stop;          /* the putter is done: drain what is left, then end (atomic) */
     long long acked;
     double busy;       /* seconds inside claim + ack_many */
     double cpu;        /* CPU seconds of the thread */
@@ -58,7 +58,7 @@ static void *drain(void *arg) {
         d->busy += mono() - t0;
         if (rows.n == 0) {
             struct timespec pause = {0, 200 * 1000};
-            if (d->stop) break;
+            if (__atomic_load_n(&d->stop, __ATOMIC_ACQUIRE)) break;
             nanosleep(&pause, NULL); /* the worker waits for a put's notify */
         }
     }
@@ -134,7 +134,7 @@ int main(int argc, char **argv) {
     }
     pthread_create(&th, NULL, drain, &dr);
     done = put_loop(s, body, len, n, secs, &took, &cpu_took);
-    dr.stop = 1;
+    __atomic_store_n(&dr.stop, 1, __ATOMIC_RELEASE);
     pthread_join(th, NULL);
     printf("put_with_drain %lld %.6f %.6f\n", done, took, cpu_took);
     printf("drain_during_put %lld %.6f %.6f\n", dr.acked, dr.busy, dr.cpu);

@@ -140,7 +140,6 @@ static int g_unfetch(sqlite3_file *f, sqlite3_int64 off, void *p) {
 static int g_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags, int *out_flags) {
     gather_file *g = (gather_file *)f;
     int rc;
-    (void)vfs;
     if (!(flags & SQLITE_OPEN_WAL)) return real_vfs->xOpen(real_vfs, name, f, flags, out_flags);
     memset(g, 0, sizeof *g);
     g->real = (sqlite3_file *)(void *)(g + 1);
@@ -150,52 +149,27 @@ static int g_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags
     return rc;
 }
 
+/* The rest of the VFS is the default one's. */
 static int v_delete(sqlite3_vfs *v, const char *name, int sync_dir) {
-    (void)v;
     return real_vfs->xDelete(real_vfs, name, sync_dir);
 }
 static int v_access(sqlite3_vfs *v, const char *name, int flags, int *out) {
-    (void)v;
     return real_vfs->xAccess(real_vfs, name, flags, out);
 }
 static int v_full_pathname(sqlite3_vfs *v, const char *name, int n, char *out) {
-    (void)v;
     return real_vfs->xFullPathname(real_vfs, name, n, out);
 }
-static int v_randomness(sqlite3_vfs *v, int n, char *out) {
-    (void)v;
-    return real_vfs->xRandomness(real_vfs, n, out);
-}
-static int v_sleep(sqlite3_vfs *v, int us) {
-    (void)v;
-    return real_vfs->xSleep(real_vfs, us);
-}
-static int v_current_time(sqlite3_vfs *v, double *out) {
-    (void)v;
-    return real_vfs->xCurrentTime(real_vfs, out);
-}
-static int v_last_error(sqlite3_vfs *v, int n, char *out) {
-    (void)v;
-    return real_vfs->xGetLastError(real_vfs, n, out);
-}
-static void *v_dl_open(sqlite3_vfs *v, const char *name) {
-    (void)v;
-    return real_vfs->xDlOpen(real_vfs, name);
-}
-static void v_dl_error(sqlite3_vfs *v, int n, char *out) {
-    (void)v;
-    real_vfs->xDlError(real_vfs, n, out);
-}
+static void *v_dl_open(sqlite3_vfs *v, const char *name) { return real_vfs->xDlOpen(real_vfs, name); }
+static void v_dl_error(sqlite3_vfs *v, int n, char *out) { real_vfs->xDlError(real_vfs, n, out); }
 static void (*v_dl_sym(sqlite3_vfs *v, void *h, const char *sym))(void) {
-    (void)v;
     return real_vfs->xDlSym(real_vfs, h, sym);
 }
-static void v_dl_close(sqlite3_vfs *v, void *h) {
-    (void)v;
-    real_vfs->xDlClose(real_vfs, h);
-}
+static void v_dl_close(sqlite3_vfs *v, void *h) { real_vfs->xDlClose(real_vfs, h); }
+static int v_randomness(sqlite3_vfs *v, int n, char *out) { return real_vfs->xRandomness(real_vfs, n, out); }
+static int v_sleep(sqlite3_vfs *v, int us) { return real_vfs->xSleep(real_vfs, us); }
+static int v_current_time(sqlite3_vfs *v, double *out) { return real_vfs->xCurrentTime(real_vfs, out); }
+static int v_last_error(sqlite3_vfs *v, int n, char *out) { return real_vfs->xGetLastError(real_vfs, n, out); }
 static int v_current_time64(sqlite3_vfs *v, sqlite3_int64 *out) {
-    (void)v;
     return real_vfs->xCurrentTimeInt64(real_vfs, out);
 }
 

@@ -127,6 +127,12 @@ describe("spool.open", function()
     end
     assert.has_error(function() spool.open(nil) end)
     assert.has_error(function() spool.open("") end)
+    -- the C binding checks too, for callers of the core module
+    assert.has_error(function() core.spool_open(path, { bogus = 1 }) end,
+      "spool.open: unknown option opts.bogus (expected busy_timeout, sync, max_orders, max_bytes,"
+      .. " max_age, on_full, max_file_bytes)")
+    assert.has_error(function() core.spool_open(path, { max_orders = 0 }) end,
+      "spool.open: opts.max_orders must be an integer from 1 to 1000000000000000, got 0")
   end)
 
   it("accepts every documented option", function()
@@ -813,7 +819,9 @@ describe("spool locking", function()
         -- interleave single puts, small batches and claim+ack rounds
         if i %% 3 == 0 then
           local batch = {}
-          for k = 1, math.min(5, per - i) do batch[k] = { body = me .. "-body-" .. (i + k), ref = me .. "-" .. (i + k) } end
+          for k = 1, math.min(5, per - i) do
+            batch[k] = { body = me .. "-body-" .. (i + k), ref = me .. "-" .. (i + k) }
+          end
           assert(sp:put_many(batch))
           i = i + #batch
         else
@@ -921,7 +929,8 @@ describe("spool channels", function()
   end)
 
   it("raises on a channel that is not a string", function()
-    assert.has_error(function() sp:put(body(1), "R1", T0, 5) end, "spool:put: channel must be a string or nil, got number")
+    assert.has_error(function() sp:put(body(1), "R1", T0, 5) end,
+      "spool:put: channel must be a string or nil, got number")
     local ok, err = pcall(sp.put_many, sp, { { body = body(1), channel = {} } }, T0)
     assert.is_false(ok)
     assert.matches("list[1].channel must be a string or nil", err, 1, true)
@@ -949,7 +958,8 @@ describe("spool ack_many", function()
     local ok, err = a:ack_many({ rows[1].id, rows[2].id, rows[3].id })
     assert.is_nil(ok)
     assert.equal("lease", err.kind)
-    assert.matches("order " .. rows[1].id .. " refused: it is claimed by " .. b:owner(), err.message, 1, true)
+    assert.matches("order " .. rows[1].id .. " refused: it is claimed by " .. b:owner(), err.message,
+      1, true)
     assert.matches("(1 of 3 in this batch)", err.message, 1, true)
     local left = a:list()
     assert.equal(1, #left) -- the two a still held are gone, b's is not

@@ -171,6 +171,7 @@ function Spool:claim(max_n, lease_seconds, now)
 end
 
 --- Delivered: delete the order. Only the handle holding its lease may.
+-- @param id the order's id
 -- @return true, or nil, err (kind "lease": not ours any more)
 function Spool:ack(id)
   return wrap(self.handle:ack(id))
@@ -186,7 +187,10 @@ function Spool:ack_many(ids)
 end
 
 --- Failed for now: attempts + 1, due again at `next_at`, lease cleared.
--- @param err the error (object or string; stored as text) or nil
+-- @param id the order's id (claimed by this handle)
+-- @param next_at epoch seconds at which it is due again
+-- @param err the error (object or string; stored as `last_error` text) or nil
+-- @return true, or nil, err (kind "lease": not ours any more)
 function Spool:retry(id, next_at, err)
   if err ~= nil and type(err) ~= "string" then err = tostring(err) end
   return wrap(self.handle:retry(id, next_at, err))
@@ -194,24 +198,34 @@ end
 
 --- Failed for good: move the order to the dead letters (attempts + 1),
 -- keeping its body, refCode and channel.
--- @param err `{kind=, status=, code=, message=}` (an error object fits) or a string
+-- @param id the order's id (claimed by this handle)
+-- @param err `{kind=, status=, code=, message=}` (an error object fits), a message
+--   string (kind "failed"), or nil
+-- @param now epoch seconds (default: the clock)
+-- @return true, or nil, err (kind "lease": not ours any more)
 function Spool:kill(id, err, now)
   return wrap(self.handle:kill(id, err, now))
 end
 
 --- Give a claimed order back without counting an attempt.
+-- @param id the order's id (claimed by this handle)
+-- @return true, or nil, err (kind "lease": not ours any more)
 function Spool:release(id)
   return wrap(self.handle:release(id))
 end
 
 --- Counts: `{queued, due, claimed, dead, bytes, oldest_age}`. `due` and
 -- `claimed` scan the queue: for monitoring, not for every order.
+-- @param now epoch seconds (default: the clock)
+-- @return the counts table, or nil, err
 function Spool:stats(now)
   return wrap(self.handle:stats(now))
 end
 
 --- Epoch seconds at which the earliest unclaimed order is due (may be in
 -- the past), or false when nothing waits. Lets a timer sleep just long enough.
+-- @param now epoch seconds (default: the clock)
+-- @return epoch seconds, false, or nil, err
 function Spool:next_due(now)
   return wrap(self.handle:next_due(now))
 end
@@ -227,7 +241,8 @@ end
 -- channel (max_age counts from the requeue). Bounds refuse (kind "full")
 -- rather than drop anything.
 -- @param which an id or "all"
--- @return how many were requeued, or nil, err
+-- @param now epoch seconds (default: the clock)
+-- @return how many were requeued, or nil, err (kind "full")
 function Spool:requeue_dead(which, now)
   return wrap(self.handle:requeue_dead(which, now))
 end
@@ -282,7 +297,7 @@ function Spool:export_dead(sink, options)
   end
 end
 
---- This handle's lease owner token ("pid:hex").
+--- This handle's lease owner token ("pid:hex"), as `claimed_by` shows it.
 function Spool:owner()
   return self.handle:owner()
 end
