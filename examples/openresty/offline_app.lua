@@ -53,6 +53,8 @@ function M.init_worker()
   assert(config, "offline_app: configure() was not called in init_by_lua")
   local client_cfg = {}
   for _, k in ipairs(CLIENT_KEYS) do client_cfg[k] = config[k] end
+  -- engine "thread": libcurl delivers from a thread, with its own CA file
+  if (config.queue or {}).engine == "thread" then client_cfg.ca_file = config.ca_file end
   local qopts = {}
   for k, v in pairs(config.queue or {}) do qopts[k] = v end
   qopts.on_failure = function(ref, err)

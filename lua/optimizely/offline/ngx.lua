@@ -70,14 +70,21 @@ end
 
 --- This worker's delivery queue (create it in `init_worker_by_lua*`).
 -- @param client_config the client's config (site, token, channel, base_url, ...)
--- @param opts `{max_queue, concurrency, flush_interval, max_attempts,
---   on_success, on_failure, spool, spool_options, lease, shutdown_timeout, transport,
---   shm, deliverer, poll_interval}` (`shm`: shared delivery, one process sends
---   for all workers)
+-- @param opts the queue options shared with the threaded queue
+--   (optimizely.offline.queue: `max_queue, concurrency, spool, spool_max_orders,
+--   spool_max_bytes, spool_on_full, spool_sync, lease, max_attempts, max_age,
+--   auth_pause, channel, on_success, on_failure, on_event`) plus
+--   `flush_interval, shutdown_timeout, transport, shm, deliverer, poll_interval`
+--   (`shm`: shared delivery, one process sends for all workers)
 -- @return queue, or nil, err (the spool could not be opened)
 -- @see optimizely.offline.ngx.queue
 function M.queue(client_config, opts)
-  return require("optimizely.offline.ngx.queue").new(client_config, opts)
+  if type(opts) == "table" and opts.engine == "thread" then
+    local q, err = require("optimizely.offline.ngx.thread_queue").new(client_config, opts)
+    return q, err
+  end
+  local q, err = require("optimizely.offline.ngx.queue").new(client_config, opts)
+  return q, err
 end
 
 return M
