@@ -28,6 +28,11 @@
  * order keeps one id for life (queue → dead → queue) and a log line naming
  * an id stays unambiguous. (Version 1 used AUTOINCREMENT for that, which
  * writes one more page, sqlite_sequence, on every put.) */
+/* The live leases, for stats() without a scan of the queue (a put, which
+ * leaves claimed_by NULL, does not touch it). */
+#define ORDERS_LEASED_INDEX                                                                \
+    "CREATE INDEX orders_leased ON orders(claimed_until) WHERE claimed_by IS NOT NULL;"
+
 #define ORDERS_INS_TRIGGER                                                                 \
     "CREATE TRIGGER orders_ins AFTER INSERT ON orders BEGIN"                               \
     " UPDATE totals SET n = n + 1, bytes = bytes + NEW.bytes, seq = max(seq, NEW.id)"      \
@@ -41,6 +46,7 @@ static const char SCHEMA_SQL[] =
     " channel TEXT);"
     "CREATE INDEX orders_next_at ON orders(next_at);"
     "CREATE INDEX orders_created_at ON orders(created_at);"
+    ORDERS_LEASED_INDEX
     "CREATE TABLE dead("
     " id INTEGER PRIMARY KEY, ref TEXT, body BLOB NOT NULL, created_at REAL,"
     " failed_at REAL NOT NULL, attempts INT NOT NULL, kind TEXT NOT NULL,"
@@ -62,7 +68,7 @@ static const char MIGRATE_V1_SQL[] =
     "UPDATE totals SET seq = max("
     " (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'orders'),"
     " (SELECT coalesce(max(id), 0) FROM orders), (SELECT coalesce(max(id), 0) FROM dead));"
-    "DROP TRIGGER orders_ins;" ORDERS_INS_TRIGGER;
+    "DROP TRIGGER orders_ins;" ORDERS_INS_TRIGGER ORDERS_LEASED_INDEX;
 
 /* What a file holds, read in one snapshot before anything is written. */
 static const char INSPECT_SQL[] =
@@ -82,7 +88,7 @@ enum {
     ST_TOTALS, ST_INSERT, ST_MIN_CREATED, ST_EXPIRE_COPY, ST_EXPIRE_DEL,
     ST_OLDEST_FREE, ST_MOVE_COPY, ST_MOVE_DEL, ST_CLAIM, ST_CLAIM_MARK, ST_ACK, ST_RETRY,
     ST_RELEASE, ST_OWNER, ST_DEAD_SUM, ST_REQUEUE_COPY, ST_REQUEUE_DEL,
-    ST_PURGE_DEAD, ST_PURGE_QUEUED, ST_STATS_SCAN, ST_DEAD_COUNT, ST_LIST_QUEUED,
+    ST_PURGE_DEAD, ST_PURGE_QUEUED, ST_WAITING, ST_LEASED, ST_DEAD_COUNT, ST_LIST_QUEUED,
     ST_LIST_DEAD, ST_NEXT_DUE,
     ST_COUNT
 };
@@ -126,8 +132,9 @@ static const char *const SQL[ST_COUNT] = {
     [ST_REQUEUE_DEL] = "DELETE FROM dead WHERE " DEAD_ONE_OR_ALL,
     [ST_PURGE_DEAD] = "DELETE FROM dead WHERE failed_at < ?1",
     [ST_PURGE_QUEUED] = "DELETE FROM orders WHERE created_at < ?1 AND " FREE_AT("?2"),
-    [ST_STATS_SCAN] = "SELECT total(next_at <= ?1 AND " FREE_AT("?1") "),"
-                      " total(claimed_until > ?1) FROM orders",
+    [ST_WAITING] = "SELECT count(*) FROM orders WHERE next_at > ?1",
+    [ST_LEASED] = "SELECT count(*), total(next_at <= ?1) FROM orders"
+                  " WHERE claimed_by IS NOT NULL AND claimed_until > ?1",
     [ST_DEAD_COUNT] = "SELECT count(*) FROM dead",
     [ST_LIST_QUEUED] = "SELECT id, ref, CASE WHEN ?4 THEN body END, bytes, created_at, attempts,"
                        " next_at, claimed_by, claimed_until, last_error, channel"
@@ -190,7 +197,10 @@ typedef struct spool_db {
 enum { CKPT_NONE, CKPT_RUNNING, CKPT_INLINE /* no thread: the writer does it */ };
 
 struct oo_spool {
-    spool_db *d;
+    spool_db *d;          /* the connection for writes, shared with reopened handles */
+    spool_db *r;          /* this handle's own connection for reads (opened on first read) */
+    int r_failed;         /* it could not be opened: reads use d */
+    pthread_mutex_t r_mu; /* guards opening r */
     oo_spool_opts opts;
     char owner[48];
 };
@@ -662,38 +672,42 @@ static int other_process(const spool_db *d) {
     return d->fork_gen != fork_gen || d->pid != getpid();
 }
 
-enum { TX_NONE, TX_READ, TX_WRITE };
-typedef int (*tx_body)(oo_spool *s, void *ctx, oo_spool_err *err);
+/* How a call runs: TX_ONE one statement on its own, TX_WRITE a BEGIN
+ * IMMEDIATE transaction, both on the shared connection; TX_READ one
+ * snapshot and TX_READ_ONE one statement, both on the handle's reader. */
+enum { TX_ONE, TX_WRITE, TX_READ, TX_READ_ONE };
+typedef int (*tx_body)(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err);
+
+static spool_db *reader(oo_spool *s);
 
 /* Every call: a live handle in the process that opened it, the
- * connection's lock for the whole call, then `body` inside a transaction
- * (TX_READ: one snapshot; TX_WRITE: BEGIN IMMEDIATE; TX_NONE: body's own
- * single statement). body returns an OO_SPOOL code (SQLite failures
+ * connection's lock for the whole call, then `body` (in a transaction for
+ * TX_WRITE and TX_READ). body returns an OO_SPOOL code (SQLite failures
  * through db_fail); anything but OK rolls back. */
 static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *ctx,
                     oo_spool_err *err) {
     spool_db *d;
-    int rc, code;
+    int rc, code, begin = tx == TX_WRITE ? ST_BEGIN : tx == TX_READ ? ST_BEGIN_READ : -1;
     if (!s || !s->d || !s->d->db) return misuse(err, what, "handle is closed");
-    d = s->d;
-    if (d->fork_gen != fork_gen)
+    if (s->d->fork_gen != fork_gen)
         return set_err(err, OO_SPOOL_MISUSE, 0, NULL,
                        "spool %s: %s: handle was opened by process %ld, used in process %ld"
                        " (open the spool after fork)",
-                       d->path, what, (long)d->pid, (long)getpid());
+                       s->d->path, what, (long)s->d->pid, (long)getpid());
+    d = tx == TX_READ || tx == TX_READ_ONE ? reader(s) : s->d;
     pthread_mutex_lock(&d->mu);
     d->what = what;
-    if (tx != TX_NONE && (rc = exec(d, tx == TX_WRITE ? ST_BEGIN : ST_BEGIN_READ, "")) != SQLITE_OK) {
+    if (begin >= 0 && (rc = exec(d, begin, "")) != SQLITE_OK) {
         code = db_fail(d, err, rc);
     } else {
-        code = body(s, ctx, err);
-        if (tx != TX_NONE) {
+        code = body(s, d, ctx, err);
+        if (begin >= 0) {
             if (code == OO_SPOOL_OK && (rc = exec(d, ST_COMMIT, "")) != SQLITE_OK)
                 code = db_fail(d, err, rc);
             if (code != OO_SPOOL_OK) rollback(d);
         }
     }
-    if (code == OO_SPOOL_OK && tx != TX_READ) want_checkpoint(d);
+    if (code == OO_SPOOL_OK && d == s->d && tx != TX_READ && tx != TX_READ_ONE) want_checkpoint(d);
     pthread_mutex_unlock(&d->mu);
     return code;
 }
@@ -946,12 +960,50 @@ static int db_connect(spool_db *d, const oo_spool_opts *o, oo_spool_err *err) {
     return OO_SPOOL_OK;
 }
 
+static pthread_once_t fork_watch = PTHREAD_ONCE_INIT;
+
+/* A connection's state before it is connected (refs 1). */
+static spool_db *db_new(const char *path, const oo_spool_opts *o) {
+    size_t plen = strlen(path);
+    spool_db *d = (spool_db *)calloc(1, sizeof *d + plen + 1);
+    if (!d) return NULL;
+    if (pthread_mutex_init(&d->mu, NULL) != 0) {
+        free(d);
+        return NULL;
+    }
+    memcpy(d->path, path, plen + 1);
+    pthread_once(&fork_watch, watch_forks);
+    d->pid = getpid();
+    d->fork_gen = fork_gen;
+    d->busy_timeout = o->busy_timeout;
+    d->sync_full = o->sync == OO_SPOOL_SYNC_FULL;
+    d->refs = 1;
+    d->what = "open";
+    return d;
+}
+
+/* Drops one reference; the last closes. A copy inherited through fork is
+ * abandoned (a small leak): closing it here could checkpoint or unlock
+ * state the parent still relies on. */
+static void db_release(spool_db *d) {
+    int last;
+    if (!d || other_process(d)) return;
+    pthread_mutex_lock(&d->mu);
+    last = --d->refs == 0;
+    pthread_mutex_unlock(&d->mu);
+    if (last) db_free(d);
+}
+
 static oo_spool *handle_new(spool_db *d, const oo_spool_opts *o) {
     unsigned char r[8];
     char *p;
     int i;
     oo_spool *s = (oo_spool *)calloc(1, sizeof *s);
     if (!s) return NULL;
+    if (pthread_mutex_init(&s->r_mu, NULL) != 0) {
+        free(s);
+        return NULL;
+    }
     s->d = d;
     s->opts = *o;
     /* SQLite's PRNG is seeded from the OS; the pid keeps forked copies apart. */
@@ -961,12 +1013,37 @@ static oo_spool *handle_new(spool_db *d, const oo_spool_opts *o) {
     return s;
 }
 
-static pthread_once_t fork_watch = PTHREAD_ONCE_INIT;
+/* Reads (stats, list, next_due) run on a connection of the handle's own:
+ * a scan of a big queue then never holds up the claims and acks of a
+ * delivery thread on the shared connection (a WAL reader does not block
+ * the writer). Opened on the first read, for a file already known to be a
+ * spool; if it cannot be, reads use the shared connection. */
+static spool_db *reader(oo_spool *s) {
+    spool_db *r;
+    pthread_mutex_lock(&s->r_mu);
+    if (!s->r && !s->r_failed && (r = db_new(s->d->path, &s->opts)) != NULL) {
+        char *name = sqlite_name(r->path);
+        int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
+        if (!name || sqlite3_open_v2(name, &r->db, flags, oo_spool_vfs()) != SQLITE_OK) {
+            db_free(r);
+            r = NULL;
+        } else {
+            sqlite3_extended_result_codes(r->db, 1);
+            sqlite3_busy_handler(r->db, on_busy, r);
+            sqlite3_db_config(r->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+        }
+        free(name);
+        s->r = r;
+    }
+    if (!s->r) s->r_failed = 1;
+    r = s->r ? s->r : s->d;
+    pthread_mutex_unlock(&s->r_mu);
+    return r;
+}
 
 int oo_spool_open(const char *path, const oo_spool_opts *o, oo_spool **out, oo_spool_err *err) {
     spool_db *d;
     oo_spool_opts defaults;
-    size_t plen;
     int code;
 
     *out = NULL;
@@ -979,22 +1056,8 @@ int oo_spool_open(const char *path, const oo_spool_opts *o, oo_spool **out, oo_s
     if (!(o->busy_timeout >= 0 && o->busy_timeout <= 86400) || o->max_orders < 0 ||
         o->max_bytes < 0 || !(o->max_age >= 0) || o->max_file_bytes < 0)
         return misuse(err, "open", "option out of range");
-
-    plen = strlen(path);
-    d = (spool_db *)calloc(1, sizeof *d + plen + 1);
-    if (!d) return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: out of memory", path);
-    memcpy(d->path, path, plen + 1);
-    pthread_once(&fork_watch, watch_forks);
-    d->pid = getpid();
-    d->fork_gen = fork_gen;
-    d->busy_timeout = o->busy_timeout;
-    d->sync_full = o->sync == OO_SPOOL_SYNC_FULL;
-    d->refs = 1;
-    d->what = "open";
-    if (pthread_mutex_init(&d->mu, NULL) != 0) {
-        free(d);
-        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: cannot create a mutex", path);
-    }
+    if (!(d = db_new(path, o)))
+        return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: out of memory", path);
     if ((code = db_connect(d, o, err)) == OO_SPOOL_OK && !(*out = handle_new(d, o)))
         code = nomem(d, err);
     if (code != OO_SPOOL_OK) db_free(d);
@@ -1015,18 +1078,11 @@ int oo_spool_reopen(const oo_spool *s, oo_spool **out, oo_spool_err *err) {
 }
 
 void oo_spool_close(oo_spool *s) {
-    spool_db *d;
-    int last;
     if (!s) return;
-    d = s->d;
+    db_release(s->r);
+    db_release(s->d);
+    pthread_mutex_destroy(&s->r_mu);
     free(s);
-    /* A copy inherited through fork is abandoned (a small leak): closing it
-     * here could checkpoint or unlock state the parent still relies on. */
-    if (!d || other_process(d)) return;
-    pthread_mutex_lock(&d->mu);
-    last = --d->refs == 0;
-    pthread_mutex_unlock(&d->mu);
-    if (last) db_free(d);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1148,9 +1204,8 @@ typedef struct put_ctx {
     long long *ids;
 } put_ctx;
 
-static int put_body(oo_spool *s, void *ctx, oo_spool_err *err) {
+static int put_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     put_ctx *c = (put_ctx *)ctx;
-    spool_db *d = s->d;
     size_t i;
     int rc, code;
     if ((rc = expire(s, c->now)) != SQLITE_OK) return db_fail(d, err, rc);
@@ -1238,9 +1293,8 @@ static int collect_rows(spool_db *d, sqlite3_stmt *st, int rc, const unsigned ch
     return code;
 }
 
-static int claim_body(oo_spool *s, void *ctx, oo_spool_err *err) {
+static int claim_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     claim_ctx *c = (claim_ctx *)ctx;
-    spool_db *d = s->d;
     sqlite3_stmt *st;
     size_t i;
     int rc, code;
@@ -1285,9 +1339,8 @@ typedef struct owned_ctx {
     long long first_missed;
 } owned_ctx;
 
-static int owned_body(oo_spool *s, void *ctx, oo_spool_err *err) {
+static int owned_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     owned_ctx *c = (owned_ctx *)ctx;
-    spool_db *d = s->d;
     size_t i;
     int rc;
     for (i = 0; i < c->n; i++) {
@@ -1321,7 +1374,7 @@ static int owned_write(oo_spool *s, int which, const long long *ids, size_t n, d
     c.text = text;
     if (n == 0) return OO_SPOOL_OK;
     /* one statement commits on its own; a batch is one transaction */
-    code = transact(s, what, n == 1 ? TX_NONE : TX_WRITE, owned_body, &c, err);
+    code = transact(s, what, n == 1 ? TX_ONE : TX_WRITE, owned_body, &c, err);
     return code == OO_SPOOL_OK && c.missed ? OO_SPOOL_LEASE : code;
 }
 
@@ -1349,10 +1402,10 @@ typedef struct kill_ctx {
     double now;
 } kill_ctx;
 
-static int kill_body(oo_spool *s, void *ctx, oo_spool_err *err) {
+static int kill_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     kill_ctx *c = (kill_ctx *)ctx;
-    int moved = 0, rc = move_to_dead(s->d, c->id, s->owner, c->now, 1, c->f, &moved);
-    if (rc != SQLITE_OK) return db_fail(s->d, err, rc);
+    int moved = 0, rc = move_to_dead(d, c->id, s->owner, c->now, 1, c->f, &moved);
+    if (rc != SQLITE_OK) return db_fail(d, err, rc);
     return moved ? OO_SPOOL_OK : lease_err(s, c->id, err);
 }
 
@@ -1375,17 +1428,20 @@ typedef struct stats_ctx {
     oo_spool_counts *out;
 } stats_ctx;
 
-static int stats_body(oo_spool *s, void *ctx, oo_spool_err *err) {
+static int stats_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     stats_ctx *c = (stats_ctx *)ctx;
-    spool_db *d = s->d;
     scalar v;
     int rc;
     if ((rc = query_scalar(d, ST_TOTALS, &v, "")) != SQLITE_OK) return db_fail(d, err, rc);
     c->out->queued = v.a;
     c->out->bytes = v.b;
-    if ((rc = query_scalar(d, ST_STATS_SCAN, &v, "d", c->now)) != SQLITE_OK) return db_fail(d, err, rc);
-    c->out->due = v.a;
-    c->out->claimed = v.b;
+    /* due = queued - not yet due - leased and due: two index ranges, no scan */
+    if ((rc = query_scalar(d, ST_WAITING, &v, "d", c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    c->out->due = c->out->queued - v.a;
+    if ((rc = query_scalar(d, ST_LEASED, &v, "d", c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    c->out->claimed = v.a;
+    c->out->due -= v.b;
+    if (c->out->due < 0) c->out->due = 0;
     if ((rc = query_scalar(d, ST_DEAD_COUNT, &v, "")) != SQLITE_OK) return db_fail(d, err, rc);
     c->out->dead = v.a;
     if ((rc = query_scalar(d, ST_MIN_CREATED, &v, "")) != SQLITE_OK) return db_fail(d, err, rc);
@@ -1407,11 +1463,11 @@ typedef struct next_due_ctx {
     int *found;
 } next_due_ctx;
 
-static int next_due_body(oo_spool *s, void *ctx, oo_spool_err *err) {
+static int next_due_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     next_due_ctx *c = (next_due_ctx *)ctx;
     scalar v;
-    int rc = query_scalar(s->d, ST_NEXT_DUE, &v, "d", c->now);
-    if (rc != SQLITE_OK) return db_fail(s->d, err, rc);
+    int rc = query_scalar(d, ST_NEXT_DUE, &v, "d", c->now);
+    if (rc != SQLITE_OK) return db_fail(d, err, rc);
     *c->found = v.found;
     *c->at = v.found ? v.x : 0;
     return OO_SPOOL_OK;
@@ -1424,7 +1480,7 @@ int oo_spool_next_due(oo_spool *s, double now, double *at, int *found, oo_spool_
     c.now = now;
     c.at = at;
     c.found = found;
-    return transact(s, "next_due", TX_NONE, next_due_body, &c, err);
+    return transact(s, "next_due", TX_READ_ONE, next_due_body, &c, err);
 }
 
 typedef struct list_ctx {
@@ -1432,13 +1488,13 @@ typedef struct list_ctx {
     oo_spool_rows *out;
 } list_ctx;
 
-static int list_body(oo_spool *s, void *ctx, oo_spool_err *err) {
+static int list_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     list_ctx *c = (list_ctx *)ctx;
     sqlite3_stmt *st;
     const oo_spool_list_opts *o = c->o;
-    int rc = query(s->d, o->dead ? ST_LIST_DEAD : ST_LIST_QUEUED, &st, "iiio", o->after_id,
+    int rc = query(d, o->dead ? ST_LIST_DEAD : ST_LIST_QUEUED, &st, "iiio", o->after_id,
                    o->limit, o->offset, o->with_body ? 1 : 0);
-    return collect_rows(s->d, st, rc, o->dead ? DEAD_FIELDS : QUEUED_FIELDS, c->out, err);
+    return collect_rows(d, st, rc, o->dead ? DEAD_FIELDS : QUEUED_FIELDS, c->out, err);
 }
 
 int oo_spool_list(oo_spool *s, const oo_spool_list_opts *o, oo_spool_rows *out,
@@ -1450,7 +1506,7 @@ int oo_spool_list(oo_spool *s, const oo_spool_list_opts *o, oo_spool_rows *out,
         return misuse(err, "list", "limit must be >= 1 and offset >= 0");
     c.o = o;
     c.out = out;
-    code = transact(s, "list", TX_NONE, list_body, &c, err);
+    code = transact(s, "list", TX_READ_ONE, list_body, &c, err);
     if (code != OO_SPOOL_OK) oo_spool_rows_free(out);
     return code;
 }
@@ -1462,9 +1518,8 @@ typedef struct count_ctx {
     long long *n;
 } count_ctx;
 
-static int requeue_body(oo_spool *s, void *ctx, oo_spool_err *err) {
+static int requeue_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     count_ctx *c = (count_ctx *)ctx;
-    spool_db *d = s->d;
     scalar dead, totals;
     int rc, code;
     /* ?1 = the id, NULL (id 0) for every dead letter */
@@ -1493,9 +1548,8 @@ int oo_spool_requeue_dead(oo_spool *s, long long id, double now, long long *n,
     return code;
 }
 
-static int purge_body(oo_spool *s, void *ctx, oo_spool_err *err) {
+static int purge_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     count_ctx *c = (count_ctx *)ctx;
-    spool_db *d = s->d;
     int rc;
     if (c->which & OO_SPOOL_PURGE_DEAD) {
         if ((rc = exec(d, ST_PURGE_DEAD, "d", c->cutoff)) != SQLITE_OK) return db_fail(d, err, rc);

@@ -22,13 +22,15 @@
  * makes the row claimable again.
  *
  * Threads: oo_spool_reopen() gives a second handle (its own owner token)
- * on the same SQLite connection: the delivery thread and the thread that
- * puts then take turns on one connection under one mutex (each call is one
- * transaction), which costs far less than two connections contending for
- * the file lock. Every handle is safe to share between threads; whoever got
- * a handle closes it (the connection closes with the last one). A handle
- * must not cross fork(): open the spool in the child (calls from another
- * pid fail with OO_SPOOL_MISUSE).
+ * on the same SQLite connection for writes: the delivery thread and the
+ * thread that puts then take turns on one connection under one mutex (each
+ * call is one transaction), which costs far less than two connections
+ * contending for the file lock. Reads (stats, list, next_due) run on a
+ * connection of each handle's own, so they never hold up the other
+ * handle's writes. Every handle is safe to share between threads; whoever
+ * got a handle closes it (the write connection closes with the last one).
+ * A handle must not cross fork(): open the spool in the child (calls from
+ * another pid fail with OO_SPOOL_MISUSE).
  *
  * Checkpoints: SQLite's automatic checkpoint would run inside a put (two
  * fsyncs under synchronous=NORMAL). Instead each connection starts a thread
@@ -207,7 +209,8 @@ int oo_spool_kill(oo_spool *s, long long id, const oo_spool_failure *f, double n
 /* Gives the row back without counting an attempt. */
 int oo_spool_release(oo_spool *s, long long id, oo_spool_err *err);
 
-/* Counts; `due` and `claimed` scan the queue (monitoring, not per order). */
+/* Counts, from the totals row and two index ranges (orders not yet due,
+ * live leases): no scan of the queue, cheap enough to call often. */
 int oo_spool_stats(oo_spool *s, double now, oo_spool_counts *st, oo_spool_err *err);
 /* Earliest next_at among unclaimed rows; *found = 0 when there is none. */
 int oo_spool_next_due(oo_spool *s, double now, double *at, int *found, oo_spool_err *err);

@@ -463,6 +463,22 @@ describe("spool leases", function()
     b:close()
   end)
 
+  it("stats counts due, claimed and waiting orders apart", function()
+    local sp = open()
+    local ids = assert(sp:put_many({ body(1), body(2), body(3), body(4), body(5), body(6) }, T0))
+    local rows = sp:claim(3, 30, T0)
+    assert(sp:retry(rows[1].id, T0 + 100, "later")) -- waiting
+    local st = sp:stats(T0 + 10)
+    assert.same({ 6, 3, 2, 0 }, { st.queued, st.due, st.claimed, st.dead })
+    assert.equal(10, st.oldest_age)
+    st = sp:stats(T0 + 40) -- the leases ran out: those two are due again
+    assert.same({ 5, 0 }, { st.due, st.claimed })
+    st = sp:stats(T0 + 100)
+    assert.same({ 6, 0 }, { st.due, st.claimed })
+    assert.equal(6, #ids)
+    sp:close()
+  end)
+
   it("next_due says when the earliest unclaimed order is due", function()
     local sp = open()
     assert.is_false(sp:next_due(T0))

@@ -214,8 +214,10 @@ function Spool:release(id)
   return wrap(self.handle:release(id))
 end
 
---- Counts: `{queued, due, claimed, dead, bytes, oldest_age}`. `due` and
--- `claimed` scan the queue: for monitoring, not for every order.
+--- Counts: `{queued, due, claimed, dead, bytes, oldest_age}` (`due`: ready
+-- to claim now; `claimed`: under a live lease; `oldest_age`: seconds since
+-- the oldest queued order was put). From the totals row and two index
+-- ranges, not a scan of the queue: cheap enough to call often.
 -- @param now epoch seconds (default: the clock)
 -- @return the counts table, or nil, err
 function Spool:stats(now)
