@@ -1040,6 +1040,12 @@ describe("spool migration from version 1", function()
     sp:close()
     assert.equal("2", sqlite3_cli(path, "PRAGMA user_version"))
     assert.equal(tostring(0x4F4F5350), sqlite3_cli(path, "PRAGMA application_id"))
+    -- the same schema as a new spool's
+    local schema = "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_master"
+      .. " WHERE name NOT LIKE 'sqlite_%' ORDER BY name)"
+    local made, fresh = open()
+    made:close()
+    assert.equal(sqlite3_cli(fresh, schema), sqlite3_cli(path, schema))
     -- a second open finds nothing to do
     local again = open(nil, path)
     assert.equal(3, again:stats(T0).queued)
