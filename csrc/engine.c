@@ -251,7 +251,7 @@ static void settle_sent(oo_engine *e, oo_job *j, const oo_outcome *o, const char
         if (r) r->latency = oo_mono_now() - s->started;
     }
     pthread_mutex_lock(&e->mu);
-    e->metrics.sent++;
+    oo_metrics_sent(&e->metrics, e->chans[j->channel].name);
     if (r) result_add(e, r);
     pthread_mutex_unlock(&e->mu);
     if (e->probing) {
@@ -270,7 +270,7 @@ static void settle_dead(oo_engine *e, oo_job *j, const oo_outcome *o, const char
     r = result_new(what, j, o, body, blen);
     if (r) r->why = why;
     pthread_mutex_lock(&e->mu);
-    oo_metrics_failed(&e->metrics, o, what == OO_RES_DEAD);
+    oo_metrics_failed(&e->metrics, o, what == OO_RES_DEAD, e->chans[j->channel].name);
     if (r) result_add(e, r);
     pthread_mutex_unlock(&e->mu);
 }
@@ -560,7 +560,7 @@ int oo_engine_turn(oo_engine *e, double max_wait) {
 void oo_engine_report(oo_engine *e, oo_res_kind what, const oo_job *j, const oo_outcome *o) {
     oo_result *r = result_new(what, j, o, NULL, 0);
     pthread_mutex_lock(&e->mu);
-    if (what != OO_RES_SENT) oo_metrics_failed(&e->metrics, o, 0);
+    if (what != OO_RES_SENT) oo_metrics_failed(&e->metrics, o, 0, e->chans[j->channel].name);
     if (r) result_add(e, r);
     pthread_mutex_unlock(&e->mu);
 }

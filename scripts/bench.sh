@@ -13,6 +13,7 @@ for lua in lua5.4 luajit; do
   $lua bench/batch.lua             # send_batch vs a C curl-multi client, curl --parallel, wrk
   $lua bench/queue.lua             # push cost, spool throughput
   $lua bench/spool.lua             # spool operations
+  $lua bench/metrics.lua           # metrics on vs off: send_batch, push; nginx shared-dict cost
 done
 sh bench/validate_big.sh           # 1M-line NDJSON validate: orders/s and peak RSS
 lua5.4 bench/nginx_hook.lua        # wrk p99 with and without the log_by_lua hook

@@ -51,6 +51,7 @@ local lazy = {
   client = "optimizely.offline.client",
   queue = "optimizely.offline.queue",
   pseudonymise = "optimizely.offline.pseudonym",
+  metrics = "optimizely.offline.metrics",
 }
 setmetatable(M, {
   __index = function(t, k)

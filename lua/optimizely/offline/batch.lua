@@ -24,6 +24,7 @@ local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
 local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
+local events = require("optimizely.offline.events")
 
 local M = {}
 
@@ -88,6 +89,9 @@ function Batch.new(st, source, o)
       or nil,
   }, Batch)
   self.last_progress = self.started
+  -- the batch's on_event, else the client's; the client's logger
+  self.events = events.new({ on_event = o.on_event or st.on_event, logger = st.logger,
+    prefix = "optimizely.offline send_batch: " })
   -- a token bucket of at most `burst` tokens (no catch-up burst after a
   -- pause), refilled at `rate` per second
   if o.rate and o.rate ~= huge then
@@ -99,7 +103,8 @@ function Batch.new(st, source, o)
     http = st.http_opts, url = st.post_url, channels = st.channels,
     concurrency = o.concurrency, adaptive = o.adaptive, on_stop = "drain",
     report_all = o.on_result ~= nil,
-    report_retries = (o.on_event or st.on_event) ~= nil,
+    report_retries = (self.events.on_event or self.events.logger) ~= nil,
+    no_metrics = st.metrics == nil,
     policy = st.policy,
   })
   return self
@@ -125,10 +130,7 @@ function Batch:result_callback(i, res, err)
 end
 
 function Batch:emit(kind, fields)
-  local on_event = self.o.on_event or self.st.on_event
-  if not on_event then return end
-  fields.type = kind
-  self:callback(on_event, fields)
+  self.events:emit(kind, fields)
 end
 
 function Batch:fail(i, err)
@@ -167,7 +169,7 @@ function Batch:admit(payload, channel)
   local json, w = client.prepare(self.st, payload, self.pseudonym)
   if not json then return self:rejected(i, w, true) end
   if w[1] then self.warnings_of[i] = w end
-  self.engine:add(i, json, ch)
+  self.engine:add(i, json, ch, core.ref_string(payload))
 end
 
 function Batch:rate_allows(t)
@@ -205,10 +207,13 @@ function Batch:drain_not_sent()
     self.index = self.index + 1
     self.summary.read = self.index
     self.summary.not_sent = self.summary.not_sent + 1
+    self.drained = (self.drained or 0) + 1
     local err = errors.new({ kind = why.kind, status = why.status, code = why.code, retryable = false,
       stop = true, attempts = 0, channel = why.channel,
       message = "not sent: " .. why.message })
     self:fail(self.index, err)
+    self:emit("failure", { index = self.index, ref = type(payload) == "table" and core.ref_string(payload) or nil,
+      attempt = 0, error = err, reason = "credentials" })
   end
 end
 
@@ -232,11 +237,14 @@ function Batch:handle(r)
       end
     end
     self:fail(i, err)
+    self:emit("failure", { index = i, ref = r.ref, attempt = r.attempts, error = err,
+      reason = what == "stopped" and "credentials" or r.why })
   elseif what == "retry" then
     self:emit("retry", { index = i, ref = r.ref, attempt = r.attempts, delay = r["until"],
       error = delivery.failure(r, nil, r.attempts, r.channel, self.st.secrets) })
   elseif what == "paused" then
-    self:emit("paused", { reason = r.why, seconds = r["until"] })
+    self:emit("paused", { reason = r.why, seconds = r["until"],
+      error = r.kind and delivery.failure(r, nil, 0, nil, self.st.secrets) or nil })
   elseif what == "resumed" then
     self:emit("resumed", { reason = r.why })
   end
@@ -309,7 +317,17 @@ function Batch:finish(ok, lerr)
   if self.o.progress then self:report(now()) end
   self:refresh()
   self.summary.in_flight = 0
-  self.st.metrics:merge(self.engine:metrics())
+  if self.st.metrics then
+    local m = self.engine:metrics()
+    -- the orders refused before the engine, and those a stop left in the source
+    m.invalid = self.summary.invalid
+    if self.drained then
+      local why = self.stopped
+      m.failed = m.failed + self.drained
+      m.failures[#m.failures + 1] = { kind = why.kind, status = why.status, code = why.code, n = self.drained }
+    end
+    self.st.metrics:merge(m)
+  end
   self.engine:close()
   if not ok and is_interrupt(lerr) and self.o.on_interrupt == "raise" then
     error(errors.interrupted(self.summary), 0)

@@ -134,6 +134,11 @@ M.schema = opts.schema("optimizely.offline.client", "config", {
     return nil, "must be true (the key from $OPTIMIZELY_PSEUDONYM_KEY) or a table of pseudonymiser options"
   end },
   on_event = { type = "function" },
+  logger = { type = "any", check = function(v)
+    if v == false or type(v) == "function" then return true end
+    return nil, "must be a function(level, message) or false"
+  end },
+  metrics = { type = "boolean", default = true },
 })
 
 local function config_error(cfg, field, msg)
@@ -281,15 +286,12 @@ local function as_transport(tr)
   return tr
 end
 
--- The on_event hook, protected: a failing hook must not break delivery
--- (its errors already carry no token: delivery.failure redacts them).
-local function emitter(on_event)
-  if not on_event then return nil end
-  return function(kind, fields)
-    fields.type = kind
-    local ok, err = pcall(on_event, fields)
-    if not ok and type(err) == "string" and err:find("interrupted!", 1, true) then error(err, 0) end
-  end
+-- The events of the synchronous loop (optimizely.offline.events): the
+-- on_event hook, protected, and the logger. A failing hook must not break
+-- delivery (its errors already carry no token: delivery.failure redacts them).
+local function emitter(ev)
+  if not ev.on_event and not ev.logger then return nil end
+  return function(kind, fields) ev:emit(kind, fields) end
 end
 
 --- A pseudonymiser from a `pseudonymise` option (true or a table; nil:
@@ -321,6 +323,8 @@ local function context(c)
     user_agent = user_agent(), verbose = c.verbose, http_version = c.http_version,
   }
   local transport = c.transport and as_transport(c.transport) or core.http_new(http_opts)
+  local ev = require("optimizely.offline.events").new({ on_event = c.on_event, logger = c.logger,
+    prefix = "optimizely.offline client: " })
   return {
     config = c, http_opts = http_opts, custom_transport = c.transport ~= nil,
     transport = transport, channels = channels, channel_index = index,
@@ -330,10 +334,10 @@ local function context(c)
     sleep = c.sleep or core.sleep, encode = require("optimizely.offline").encode,
     policy = retry.new({ max_attempts = c.max_attempts, max_age = c.max_age, backoff_base = c.backoff_base,
       backoff_max = c.backoff_max, retry_after_max = c.retry_after_max, random = c.random }),
-    metrics = core.metrics_new(),
+    metrics = c.metrics and core.metrics_new() or nil,
     pseudonym = M.pseudonymiser(c.pseudonymise, 5),
-    emit = emitter(c.on_event),
-    on_event = c.on_event,
+    events = ev, emit = emitter(ev),
+    on_event = c.on_event, logger = c.logger,
   }
 end
 
@@ -396,10 +400,10 @@ function M.prepare(st, payload, p)
   return json, warnings
 end
 
-local function post(st, json, i, warnings)
-  st.metrics:queued()
+local function post(st, json, i, warnings, ref)
+  if st.metrics then st.metrics:queued() end
   local ch = st.channels[i]
-  return delivery.send(st, "POST", st.post_url, ch.headers, json, ch.name, warnings)
+  return delivery.send(st, "POST", st.post_url, ch.headers, json, ch.name, warnings, ref)
 end
 
 --- Validate, encode and send one order.
@@ -412,10 +416,11 @@ function Client:send(payload, o)
   if not i then return nil, cerr end
   local json, warnings = M.prepare(st, payload)
   if not json then
+    if st.metrics then st.metrics:invalid() end
     warnings.attempts = 0
     return nil, warnings
   end
-  return post(st, json, i, warnings)
+  return post(st, json, i, warnings, core.ref_string(payload))
 end
 
 --- Send bytes that `offline.encode` already produced.
@@ -462,7 +467,7 @@ function Client:cancel(ref_code, o)
   if not i then return nil, cerr end
   local ch = st.channels[i]
   local url = st.cancel_prefix .. segment(ref_code) .. st.cancel_suffix
-  return delivery.send(st, "DELETE", url, ch.headers, nil, ch.name, nil)
+  return delivery.send(st, "DELETE", url, ch.headers, nil, ch.name, nil, ref_code)
 end
 
 --- The URL orders are posted to.
@@ -491,9 +496,15 @@ function Client:queue(o)
   return q, err -- not a tail call: option errors point at the caller
 end
 
---- Counters of this client's own sends and cancels (see optimizely.offline.metrics).
+--- Counters of this client's own sends, cancels and finished `send_batch`
+-- runs (not its queues': each queue has its own).
+-- @return the metrics table (see optimizely.offline.metrics); all zeros
+--   when the config says `metrics = false`
 function Client:metrics()
-  return private[self].metrics:get()
+  local st = private[self]
+  if not st then error("optimizely.offline.client: not a client object", 2) end
+  if not st.metrics then return require("optimizely.offline.metrics").empty() end
+  return st.metrics:get()
 end
 
 --- Free the connection; the client cannot be used afterwards.

@@ -178,27 +178,34 @@ end
 --- Send one request, retrying as the policy says, sleeping with
 -- `ctx.sleep` between attempts (the client's, or ngx.sleep under nginx).
 -- ctx: {transport, policy (optimizely.offline.retry), sleep, secrets,
--- metrics (core.metrics_new object or nil), emit (function(kind, fields) or nil)}
+-- metrics (core.metrics_new object or nil), emit (function(kind, fields) or
+-- nil: the `retry` and `failure` events, see optimizely.offline.events)};
+-- `ref` the order's refCode for those events (optional).
 -- @return res or nil, err
-function M.send(ctx, method, url, headers, body, channel, enc_warnings)
+function M.send(ctx, method, url, headers, body, channel, enc_warnings, ref)
   local attempt, age0 = 0, now()
   local metrics, emit = ctx.metrics, ctx.emit
+  -- a cancel is a request, not an order: it counts in requests and latency only
+  local orders = metrics and method == "POST" and metrics
   while true do
     attempt = attempt + 1
     local rec, rbody, info, took = M.attempt(ctx.transport, method, url, headers, body)
-    if metrics then metrics:attempt(took, body and #body or 0) end
-    local action, delay = ctx.policy:decide(rec, attempt, now() - age0)
+    if metrics then
+      metrics:attempt(took, body and #body or 0)
+      if rec.status == 429 then metrics:throttled() end
+    end
+    local action, delay, _, _, why = ctx.policy:decide(rec, attempt, now() - age0)
     if action ~= "retry" then
       local res, err = M.result(rec, rbody, attempt, info, channel, ctx.secrets, enc_warnings)
-      if metrics then
-        if res then metrics:sent() else metrics:failed(rec, action == "dead") end
+      if orders then
+        if res then orders:sent(channel) else orders:failed(rec, action == "dead", channel) end
       end
-      if err and emit then emit("failure", { error = err, attempt = attempt }) end
+      if err and emit then emit("failure", { ref = ref, attempt = attempt, error = err, reason = why }) end
       return res, err
     end
-    if metrics then metrics:retried() end
+    if orders then orders:retried() end
     if emit then
-      emit("retry", { attempt = attempt, delay = delay,
+      emit("retry", { ref = ref, attempt = attempt, delay = delay,
         error = M.failure(rec, rbody, attempt, channel, ctx.secrets) })
     end
     ctx.sleep(delay)

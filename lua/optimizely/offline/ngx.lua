@@ -73,9 +73,11 @@ end
 -- @param opts the queue options shared with the threaded queue
 --   (optimizely.offline.queue: `max_queue, concurrency, spool, spool_max_orders,
 --   spool_max_bytes, spool_on_full, spool_sync, lease, max_attempts, max_age,
---   auth_pause, channel, on_success, on_failure, on_event`) plus
---   `flush_interval, shutdown_timeout, transport, shm, deliverer, poll_interval`
---   (`shm`: shared delivery, one process sends for all workers)
+--   auth_pause, channel, on_success, on_failure, on_event, logger`) plus
+--   `flush_interval, shutdown_timeout, transport, shm, deliverer, poll_interval,
+--   metrics_shm` (`shm`: shared delivery, one process sends for all workers;
+--   `metrics_shm`: a lua_shared_dict every worker adds its metrics to, read by
+--   `optimizely.offline.metrics.prometheus(ngx.shared[name])`)
 -- @return queue, or nil, err (the spool could not be opened)
 -- @see optimizely.offline.ngx.queue
 function M.queue(client_config, opts)

@@ -15,8 +15,11 @@
 --
 -- Results come back to Lua when you call `poll`, `flush` or `close`: the
 -- `on_success(ref, res)` / `on_failure(ref, err)` / `on_event(ev)` callbacks
--- run there, protected. Delivery itself goes on in the thread whether or
--- not you poll.
+-- run there, protected, and the `logger(level, message)` (the queue's, else
+-- the client's) gets one rate-limited line per event (optimizely.offline.events).
+-- Delivery itself goes on in the thread whether or not you poll. The
+-- queue logs one line when it starts (URL, site, channels; never the
+-- token); `metrics()` returns its counters and gauges.
 --
 -- Several processes may share one spool file: each claims orders under a
 -- lease (`lease`, longer than the client's timeout), so an order is never
@@ -28,6 +31,7 @@ local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
 local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
+local events = require("optimizely.offline.events")
 
 local M = {}
 
@@ -52,6 +56,10 @@ M.common = {
   on_success = { type = "function" },
   on_failure = { type = "function" },
   on_event = { type = "function" },
+  logger = { type = "any", check = function(v)
+    if v == false or type(v) == "function" then return true end
+    return nil, "must be a function(level, message) or false"
+  end },
   pseudonymise = { type = "any" },
 }
 
@@ -105,7 +113,8 @@ function Queue:start_worker()
   local wok, w = pcall(core.worker_new, {
     http = st.http_opts, url = st.post_url, channels = st.channels,
     concurrency = o.concurrency, adaptive = o.adaptive, on_stop = "pause", auth_pause = o.auth_pause,
-    report_all = o.on_success ~= nil, report_retries = o.on_event ~= nil, policy = M.policy(st, o),
+    report_all = o.on_success ~= nil, report_retries = (self.events.on_event or self.events.logger) ~= nil,
+    no_metrics = st.metrics == nil, policy = M.policy(st, o),
     max_queue = o.max_queue, spool = self.spool and self.spool.handle or nil,
     lease = o.lease, spool_poll = o.spool_poll,
   })
@@ -115,6 +124,7 @@ function Queue:start_worker()
   end
   self.worker = w
   self.pid = core.getpid()
+  self.events:started("queue", st, self.spool and ("spool " .. self.o.spool) or "in memory")
   -- orders left in the spool by an earlier run (or another process) are
   -- delivered from now on, without waiting for the first push
   if self.spool then
@@ -135,7 +145,12 @@ function M.new(st, o)
   local client = require("optimizely.offline.client")
   local self = setmetatable({ st = st, o = o,
     pseudonym = o.pseudonymise ~= nil and client.pseudonymiser(o.pseudonymise, 3) or nil,
-    counts = { invalid = 0, full = 0, failed = 0, callback_errors = 0, dropped = {} } }, Queue)
+    counts = { invalid = 0, full = 0, failed = 0, callback_errors = 0, dropped = {} }, storage_seen = 0 }, Queue)
+  -- the queue's logger, else the client's
+  local logger = o.logger
+  if logger == nil then logger = st.logger end
+  self.events = events.new({ on_event = o.on_event, logger = logger, prefix = "optimizely.offline queue: ",
+    on_error = function() self.counts.callback_errors = self.counts.callback_errors + 1 end })
   local ok, err = self:start_worker()
   if not ok then return nil, err end
   return self
@@ -280,8 +295,12 @@ function Queue:failed(r, err)
   end
   err.retryable = false -- settled: retries are over
   self:call("on_failure", r.ref, err)
-  self:call("on_event", { type = r.what == "dropped" and "dropped" or "dead", ref = r.ref,
-    attempt = r.attempts, error = err, reason = r.why })
+  if r.what == "dropped" then
+    self.events:emit("dropped", { ref = r.ref, attempt = r.attempts, error = err, reason = "shutdown" })
+  else
+    self.events:emit("dead", { ref = r.ref, attempt = r.attempts, error = err,
+      reason = r.what == "stopped" and "credentials" or r.why })
+  end
 end
 
 function Queue:handle(r)
@@ -291,12 +310,25 @@ function Queue:handle(r)
   elseif what == "dead" or what == "dropped" or what == "stopped" then
     self:failed(r, delivery.failure(r, r.body, r.attempts, r.channel, self.st.secrets))
   elseif what == "retry" then
-    self:call("on_event", { type = "retry", ref = r.ref, attempt = r.attempts, delay = r["until"],
+    self.events:emit("retry", { ref = r.ref, attempt = r.attempts, delay = r["until"],
       error = delivery.failure(r, nil, r.attempts, r.channel, self.st.secrets) })
   elseif what == "paused" or what == "resumed" then
-    local ev = { type = what, reason = r.why, seconds = r["until"] }
+    local ev = { reason = r.why, seconds = r["until"] }
     if r.kind then ev.error = delivery.failure(r, nil, 0, nil, self.st.secrets) end
-    self:call("on_event", ev)
+    self.events:emit(what, ev)
+  end
+end
+
+-- A spool call of the thread failed since the last look: one event (the
+-- thread keeps the count and the last message).
+function Queue:storage_check()
+  if not self.spool then return end
+  local w = self.worker:stats()
+  if w.storage_errors > self.storage_seen then
+    local n = w.storage_errors - self.storage_seen
+    self.storage_seen = w.storage_errors
+    self.events:emit("storage", { operation = "delivery", count = n, error = errors.new({ kind = "storage",
+      message = errors.redact_all(tostring(w.storage_error), self.st.secrets) }) })
   end
 end
 
@@ -388,7 +420,7 @@ function Queue:close(timeout)
   local ok, err = self:flush(timeout or 10)
   self:poll()
   local stats = self:stats()
-  self.final_metrics = self.worker:metrics()
+  local final = self.worker:metrics()
   self.closed = true
   -- the flush had its time: in-flight transfers are abandoned (their spool
   -- rows go back at once), the thread is given 2 s to notice
@@ -400,6 +432,18 @@ function Queue:close(timeout)
   if self.spool then self.spool:close() end
   stats.running = false
   self.final_stats = stats
+  -- the thread's last counts (the orders dropped while it stopped included)
+  local metrics = require("optimizely.offline.metrics")
+  local m = metrics.merge(metrics.empty(), self:complete_metrics(final, stats))
+  for _, r in ipairs(leftovers or {}) do
+    if r.what == "dropped" then
+      metrics.merge(m, { failed = 1, failures = { { kind = "shutdown", channel = r.channel, n = 1 } },
+        channels = r.channel and { [r.channel] = { failed = 1 } } or nil })
+    end
+  end
+  m.depth, m.in_flight = 0, 0
+  if m.paused then m.paused = { throttled = 0, credentials = 0 } end
+  self.final_metrics = m
   if ok then return true end
   if not self.spool then
     err.message = err.message .. "; without a spool these orders are reported to on_failure (kind shutdown)"
@@ -448,11 +492,27 @@ function Queue:stats()
   }
 end
 
---- Delivery metrics of this queue (see optimizely.offline.metrics).
+-- The Lua side's counts and the gauges, added to the thread's metrics.
+function Queue:complete_metrics(m, stats)
+  m.invalid = self.counts.invalid
+  m.dropped = stats.dropped
+  m.callback_errors, m.storage_errors = self.counts.callback_errors, stats.storage_errors or 0
+  m.depth, m.in_flight = stats.queued or 0, stats.in_flight or 0
+  m.paused = { throttled = stats.paused == "throttled" and 1 or 0,
+    credentials = stats.paused == "credentials" and 1 or 0 }
+  if stats.spool then m.spool = { orders = stats.spool.queued, bytes = stats.spool.bytes, dead = stats.spool.dead } end
+  return m
+end
+
+--- Delivery metrics of this queue: the thread's counters plus `invalid`,
+-- `dropped`, `callback_errors`, `storage_errors` and the gauges `depth`,
+-- `in_flight`, `paused` and `spool` (see optimizely.offline.metrics for the
+-- shape). After `close`, the last values.
+-- @return the metrics table
 function Queue:metrics()
-  if self.closed then return self.final_metrics or {} end
+  if self.closed then return self.final_metrics or require("optimizely.offline.metrics").empty() end
   self:check_pid()
-  return self.worker:metrics()
+  return self:complete_metrics(self.worker:metrics(), self:stats())
 end
 
 function Queue:__tostring()

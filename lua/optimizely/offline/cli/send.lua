@@ -47,7 +47,10 @@ function M.register(parser)
     .. "record fails (or an order's CSV rows are apart), send nothing and exit 1.")
   cmd:option("--rejects", "Write orders not sent (with their error) to this NDJSON file; "
     .. "it can be sent again as it is."):argname("<file>")
-  cmd:option("--report", "Write a JSON summary (counts, rate, error codes) to this file."):argname("<file>")
+  cmd:option("--report", "Write a JSON summary (counts, rate, error codes, latency percentiles) to this "
+    .. "file."):argname("<file>")
+  cmd:option("--metrics", "Write the run's metrics in the Prometheus text format to this file (for "
+    .. "node-exporter's textfile collector; 0600, replaced when complete)."):argname("<file>")
 end
 
 -- The key an error is counted under in the report: the API's code, else
@@ -67,7 +70,7 @@ local REPORT_ORDER = {
   "command", "dry_run", "files", "started_at", "finished_at", "elapsed_seconds",
   "read", "sent", "valid", "rejected", "skipped", "not_sent", "unknown_outcome",
   "retried", "warnings", "orders_per_second", "rejected_by_stage", "errors", "problems",
-  "warning_kinds", "check_failed", "interrupted", "error", "rejects_file", "exit_code",
+  "warning_kinds", "latency_seconds", "check_failed", "interrupted", "error", "rejects_file", "exit_code",
 }
 
 local Send = {}
@@ -112,6 +115,7 @@ function Send:main()
   self:settle()
   self:close_rejects()
   local code = self:report(self:exit_code())
+  code = self:write_metrics(code)
   self:summary()
   if self.client then self.client:close() end
   return code
@@ -146,12 +150,14 @@ function Send:setup()
       common.config_error("--check-first reads the input twice: give files, not standard input")
     end
   end
-  common.refuse_overwrite(common.inputs_of(args), { { "--rejects", args.rejects }, { "--report", args.report } })
+  common.refuse_overwrite(common.inputs_of(args), { { "--rejects", args.rejects }, { "--report", args.report },
+    { "--metrics", args.metrics } })
   self.transform = common.load_transform(args.transform)
   self.client = not self.dry and common.client(args, nil, self.err) or nil
   self.rejects = rejects.new(args.rejects, { keep = true })
   -- opened now: a typo in its path fails before anything is sent
   self.report_sink = args.report and common.open_output(args.report, "the report")
+  self.metrics_sink = args.metrics and common.open_output(args.metrics, "the metrics file")
   self.progress = progress.new(self.err, self.quiet, self.clock, args.files)
   self.records = common.records(args, self.transform, self.progress)
   self.started_at, self.t0 = os.time(), self.clock()
@@ -283,7 +289,7 @@ function Send:refuse()
   local c = self.checked
   if self.rejects then self.rejects:abort() end -- nothing was sent: the input holds every order
   self.st.read, self.st.rejected = c.read, c.failed
-  local code = self:report(1)
+  local code = self:write_metrics(self:report(1))
   if not self.quiet then
     for _, l in ipairs(self.failures:lines("failed records by problem:")) do self:note(l) end
   end
@@ -521,6 +527,7 @@ function Send:report(code)
     rejected_by_stage = st.by_stage, errors = st.errors,
     problems = self.failures.items > 0 and self.failures:list() or nil,
     warning_kinds = self.warned.items > 0 and self.warned:list() or nil,
+    latency_seconds = self:latency(),
     check_failed = self.checked and self.checked.failed > 0 or nil,
     interrupted = self.interrupted or false, error = self.failure,
     rejects_file = r and r.count > 0 and r.path or nil,
@@ -531,6 +538,32 @@ function Send:report(code)
   if not ok then
     self.report_sink:abort()
     self:note("error: cannot write the report: ", tostring(e))
+    return code == 0 and 1 or code
+  end
+  return code
+end
+
+--- The request latency of the run: `{p50, p90, p99}` in seconds (estimated
+-- from the client's latency histogram), or nil when nothing was sent.
+function Send:latency()
+  if not self.client then return nil end
+  local q = require("optimizely.offline.metrics").percentiles(self.client:metrics().latency, { 0.5, 0.9, 0.99 })
+  if q[1] == nil then return nil end
+  local function ms(x) return math.floor(x * 1e6 + 0.5) / 1e6 end
+  return { p50 = ms(q[1]), p90 = ms(q[2]), p99 = ms(q[3]) }
+end
+
+--- The --metrics file: the Prometheus text of this run's client (requests,
+-- orders sent and failed by kind/status/code/channel, the latency
+-- histogram). @return the exit code (1 when the file could not be written)
+function Send:write_metrics(code)
+  if not self.metrics_sink then return code end
+  local text = self.client and require("optimizely.offline.metrics").prometheus(self.client)
+    or require("optimizely.offline.metrics").prometheus(require("optimizely.offline.metrics").empty())
+  local ok, e = pcall(function() self.metrics_sink:write(text); self.metrics_sink:close() end)
+  if not ok then
+    self.metrics_sink:abort()
+    self:note("error: cannot write the metrics file: ", tostring(e))
     return code == 0 and 1 or code
   end
   return code

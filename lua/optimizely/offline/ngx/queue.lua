@@ -32,10 +32,18 @@
 --
 -- Worker exit (reload, stop): the periodic timer runs prematurely and makes
 -- a final attempt within `shutdown_timeout`: without a spool for every
--- order in memory, retries not yet due included, and what still fails is
--- reported — logged with its refCode, counted as `dropped.shutdown`,
--- passed to on_failure with kind "shutdown"; with a spool the rows stay on
--- disk for the next worker (leases make sharing one file safe).
+-- order in memory, retries not yet due included, and what still fails —
+-- or is still in flight when the grace ends (tracked while it is) — is
+-- reported: logged with its refCode, counted as `dropped.shutdown`,
+-- passed to on_failure with kind "shutdown" (an answer that comes later is
+-- logged too); with a spool the rows stay on disk for the next worker
+-- (leases make sharing one file safe). nginx does not tell Lua its
+-- `worker_shutdown_timeout`: keep `shutdown_timeout` below it.
+--
+-- Observability: `metrics()` (this worker), `metrics_shm` (every worker's
+-- counts in one lua_shared_dict, surviving reloads), `on_event` and
+-- `logger` (default `ngx.log`, rate-limited), one startup line naming the
+-- URL and channels (optimizely.offline.events, doc/topics/operating.md).
 --
 -- Shared mode (`opts.shm`): pushes append "attempts, ref, channel, json" to
 -- a list in a lua_shared_dict (bounded by max_queue and the dict's size,
@@ -49,6 +57,8 @@ local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
 local common = require("optimizely.offline.queue").common
 local transport = require("optimizely.offline.ngx.transport")
+local events = require("optimizely.offline.events")
+local metrics = require("optimizely.offline.metrics")
 local semaphore = require("ngx.semaphore")
 
 local now, update_time, log, ERR, WARN = ngx.now, ngx.update_time, ngx.log, ngx.ERR, ngx.WARN
@@ -65,10 +75,14 @@ fields.transport = { type = "table" }
 fields.shm = { type = "string", nonempty = true }
 fields.deliverer = { type = "any" }
 fields.poll_interval = { type = "number", min = 0.001, max = 60, default = 0.02, requires = "shm" }
+fields.metrics_shm = { type = "string", nonempty = true }
 
 --- The nginx queue's options: the shared vocabulary plus `flush_interval`,
 -- `shutdown_timeout`, `transport` (cosocket transport options), `shm`,
--- `deliverer`, `poll_interval`.
+-- `deliverer`, `poll_interval`, `metrics_shm` (a `lua_shared_dict` every
+-- worker adds its metrics to, every `flush_interval` and at exit: it
+-- outlives reloads; `optimizely.offline.metrics.prometheus(ngx.shared[name])`
+-- reads it).
 M.schema = opts.schema("optimizely.offline.ngx.queue", "opts", fields)
 
 -- Options of the libcurl client that mean nothing here; refusing them beats
@@ -105,8 +119,9 @@ function Queue:call(name, ...)
   end
 end
 
-function Queue:event(ev)
-  self:call("on_event", ev)
+-- An event: on_event (protected) and a log line (optimizely.offline.events).
+function Queue:event(kind, ev, line)
+  self.events:emit(kind, ev, line)
 end
 
 -- List item: "<attempts> <created> <#ref> <ref><#ch> <ch><json>" (any byte in ref).
@@ -258,8 +273,7 @@ end
 function Queue:storage_failed(what, err)
   self.counters.storage_errors = self.counters.storage_errors + 1
   self.storage_error = tostring(err)
-  log(ERR, "optimizely.offline queue: spool ", what, " failed: ", tostring(err))
-  self:event({ type = "storage", operation = what, error = err })
+  self:event("storage", { operation = what, error = err })
 end
 
 -- -------------------------------------------------------------- outcomes
@@ -276,14 +290,14 @@ function Queue:attempt(it)
     log(ERR, "optimizely.offline queue: send raised: ", tostring(rec))
     return { ok = false, kind = "internal", retryable = true, message = tostring(rec) }, "", {}
   end
-  self.metrics:attempt(took, #it.json)
-  if rec.status == 429 then self.metrics:throttled() end
+  self.meter:attempt(took, #it.json)
+  if rec.status == 429 then self.meter:throttled() end
   return rec, body, info
 end
 
 function Queue:acked(it, rec, body, info, attempts)
   self:bump("sent")
-  self.metrics:sent()
+  self.meter:sent(it.channel)
   if self.spool then
     local ok, err = self.spool:ack(it.id)
     -- lease lost: another worker may send it again (at-least-once)
@@ -295,8 +309,7 @@ function Queue:acked(it, rec, body, info, attempts)
   end
   if self.stopped then
     self.stopped, self.probing = false, false
-    log(WARN, "optimizely.offline queue: the credentials work again; sending resumes")
-    self:event({ type = "resumed", reason = "credentials" })
+    self:event("resumed", { reason = "credentials" })
   end
   self:call("on_success", it.ref, delivery.success(rec, body, attempts, info, it.channel, nil))
 end
@@ -304,15 +317,14 @@ end
 function Queue:dead(it, err, why)
   self:bump("dead")
   self:bump("failed")
-  self.metrics:failed(err, true)
+  self.meter:failed(err, true, it.channel)
   err.retryable = false -- it is dead: retries are over
   if self.spool then
     local ok, kerr = self.spool:kill(it.id, err)
     if not ok then self:storage_failed("kill", kerr) end
   end
-  log(WARN, "optimizely.offline queue: order ", core.quote(it.ref), " failed for good (", why, "): ", tostring(err))
   self:call("on_failure", it.ref, err)
-  self:event({ type = "dead", ref = it.ref, attempt = err.attempts, error = err, reason = why })
+  self:event("dead", { ref = it.ref, attempt = err.attempts, error = err, reason = why })
 end
 
 -- Keep an order for later: the spool row or the waiting list.
@@ -326,47 +338,42 @@ function Queue:later(it, attempts, next_at, err)
   end
 end
 
--- Shutting down: nowhere to keep an order held only in memory.
+-- Shutting down: nowhere to keep an order held only in memory. Returns
+-- "requeued" when the shared list took it back, else "lost" (reported).
 function Queue:lost(it, attempts, err)
   if self.shm then
     -- the shared dict outlives this worker on reload: the next deliverer sends it
     it.attempts = attempts
     if self.shm:rpush(LIST, pack(it)) then
-      log(WARN, "optimizely.offline queue: worker exiting, order ", core.quote(it.ref),
-        " put back in the shared dict (lost if nginx is stopping)")
-      return
+      self.events:log("warn", "worker exiting, order " .. core.quote(it.ref)
+        .. " put back in the shared dict (lost if nginx is stopping)", false)
+      return "requeued"
     end
   end
   self:bump("dropped", "shutdown")
   self:bump("failed")
-  log(ERR, "optimizely.offline queue: worker exiting, order ", core.quote(it.ref), " not delivered: ",
-    tostring(err))
   local e = errors.new({ kind = "shutdown", retryable = false, attempts = attempts, cause = err,
     message = "worker exiting before the order was delivered (last error: " .. tostring(err) .. ")" })
-  self.metrics:failed(e, false)
+  self.meter:failed(e, false, it.channel)
   self:call("on_failure", it.ref, e)
-  self:event({ type = "dropped", reason = "shutdown", ref = it.ref, error = e })
+  -- every lost order gets its line (never rate-limited), with its refCode
+  self:event("dropped", { reason = "shutdown", ref = it.ref, attempt = attempts, error = e },
+    "worker exiting, order " .. core.quote(it.ref) .. " not delivered: " .. tostring(err))
+  return "lost"
 end
 
 function Queue:pause_for(seconds, err)
   local t = now()
   local was = self.paused_until > t
   self.paused_until = max(self.paused_until, t + seconds)
-  if not was then
-    log(WARN, "optimizely.offline queue: paused for ", seconds, " s (429)")
-    self:event({ type = "paused", reason = "throttled", seconds = seconds, error = err })
-  end
+  if not was then self:event("paused", { reason = "throttled", seconds = seconds, error = err }) end
 end
 
 function Queue:stop_for_credentials(it, err)
   local first = not self.stopped
   self.stopped, self.probing = true, false
   self.probe_at = now() + self.o.auth_pause
-  if first then
-    log(ERR, "optimizely.offline queue: the endpoint refused the credentials; paused, probing every ",
-      self.o.auth_pause, " s: ", tostring(err))
-    self:event({ type = "paused", reason = "credentials", error = err, seconds = self.o.auth_pause })
-  end
+  if first then self:event("paused", { reason = "credentials", error = err, seconds = self.o.auth_pause }) end
   -- the order waits with the others, first in line to probe next time
   if self.spool then
     local ok, rerr = self.spool:release(it.id)
@@ -377,8 +384,29 @@ function Queue:stop_for_credentials(it, err)
   end
 end
 
--- After one attempt: the policy's decision, carried out.
+-- The answer to an order that was reported lost at exit (it was still in
+-- flight when the grace ended) came after all: said, and counted if sent.
+function Queue:settle_late(it, rec, body)
+  local action = self.policy:decide(rec, it.attempts + 1, 0)
+  if action == "ack" then
+    self.meter:sent(it.channel)
+    if self.spool then self.spool:ack(it.id) end
+    self.events:log("warn", "order " .. core.quote(it.ref) .. " was delivered after all (its answer came after"
+      .. " the shutdown grace; it was " .. (it.reported == "lost" and "reported lost" or "put back in the shared dict")
+      .. ")", false)
+  else
+    self.events:log("warn", "order " .. core.quote(it.ref) .. " (" .. (it.reported == "lost" and "reported lost"
+      or "put back in the shared dict") .. " at exit): the late answer was "
+      .. tostring(delivery.failure(rec, body, it.attempts + 1, it.channel, self.st.secrets)), false)
+  end
+  self:flush_metrics(true) -- the worker is exiting: its gauges stay removed
+end
+
+-- After one attempt: the policy's decision, carried out. `final`: the
+-- worker is exiting (no later attempt for a memory order).
 function Queue:settle(it, rec, body, info, final)
+  if it.reported then return self:settle_late(it, rec, body) end
+  final = final or self.exit_reported
   local attempts = it.attempts + 1
   local st = self.st
   local action, delay, pause, slow_down, why = self.policy:decide(rec, attempts, os.time() - (it.created or 0))
@@ -393,14 +421,14 @@ function Queue:settle(it, rec, body, info, final)
   if pause and pause > 0 then self:pause_for(pause, err) end
   if slow_down then self.limit, self.grow = max(1, floor(self.limit / 2)), 0 end
   if action == "stop" then
-    self.metrics:retried()
+    self.meter:retried()
     return self:stop_for_credentials(it, err)
   end
   if action == "dead" then return self:dead(it, err, why) end
   if final and not self.spool then return self:lost(it, attempts, err) end
   self:bump("retried")
-  self.metrics:retried()
-  self:event({ type = "retry", ref = it.ref, attempt = attempts, delay = delay, error = err })
+  self.meter:retried()
+  self:event("retry", { ref = it.ref, attempt = attempts, delay = delay, error = err })
   update_time()
   self:later(it, attempts, now() + delay, err)
 end
@@ -420,8 +448,10 @@ local function sender(self, final)
       if not self.sema:wait(self.linger) then return end -- idle long enough
     else
       self.in_flight = self.in_flight + 1
+      self.flying[it] = true -- accounted at exit even when its answer never comes
       self:publish()
       local rec, body, info = self:attempt(it)
+      self.flying[it] = nil
       self.in_flight = self.in_flight - 1
       local sok, serr = pcall(self.settle, self, it, rec, body, info, fin)
       if not sok then log(ERR, "optimizely.offline queue: settle raised: ", tostring(serr)) end
@@ -518,14 +548,25 @@ function Queue:kick()
   end
 end
 
--- What is left in memory at exit is reported, one by one.
+-- What is left in memory at exit is reported, one by one: the orders
+-- waiting, then those still in flight when the grace ended (their answer
+-- may come later: settle_late says so). With a spool they stay in it.
 function Queue:report_lost()
+  self.exit_reported = true
   if self.spool then return end
   self:promote(true)
   while true do
     local it = self:ready_pop()
     if not it then break end
     self:lost(it, it.attempts, "the worker exited before the order could be sent")
+  end
+  local flying = {}
+  for it in pairs(self.flying) do flying[#flying + 1] = it end
+  table.sort(flying, function(a, b) return tostring(a.ref) < tostring(b.ref) end)
+  for _, it in ipairs(flying) do
+    -- its answer, if it comes, is only said: the order is accounted now
+    it.reported = self:lost(it, it.attempts + 1, "still in flight when the shutdown grace (shutdown_timeout "
+      .. self.o.shutdown_timeout .. " s) ended: the endpoint may or may not have it")
   end
   self:publish()
   local lost = self.counters.dropped.shutdown
@@ -545,6 +586,7 @@ function Queue:final_flush()
     if not ok then log(ERR, "optimizely.offline queue: final flush failed: ", tostring(err)) end
   end
   self:report_lost()
+  self:flush_metrics(true)
   -- the spool stays open: requests still finishing may push (durably) until
   -- the process ends; the next worker sends those
 end
@@ -560,6 +602,7 @@ end
 
 tick = function(premature, self)
   if premature then return self:final_flush() end
+  self:flush_metrics()
   if self.closed and not self.shm and not self.flushing and self.in_flight == 0 then
     if self.spool then
       -- what is left stays in the spool for the next worker
@@ -637,7 +680,22 @@ local function deliverer_role(o)
     .. tostring(d) .. ")", 5)
 end
 
+-- Missing credentials under nginx are almost always an environment
+-- variable nginx did not pass: it clears the environment of its workers
+-- except for the variables named by `env` directives.
+local function check_credentials(cc)
+  if cc.token == nil and cc.tokens == nil then
+    error("optimizely.offline.ngx.queue: client_config.token is missing (nil). If the config reads it with"
+      .. " os.getenv(\"NAME\"), declare the variable in the main context of nginx.conf with `env NAME;`:"
+      .. " nginx clears the environment of its workers otherwise", 4)
+  end
+end
+
 local function check_opts(o)
+  if o.metrics_shm ~= nil and not ngx.shared[o.metrics_shm] then
+    error("optimizely.offline.ngx.queue: opts.metrics_shm must name a lua_shared_dict (got "
+      .. core.quote(o.metrics_shm) .. ")", 4)
+  end
   if o.shm ~= nil then
     if not ngx.shared[o.shm] then
       error("optimizely.offline.ngx.queue: opts.shm must name a lua_shared_dict (got " .. core.quote(o.shm) .. ")", 4)
@@ -665,6 +723,29 @@ local function make_client(cc, o)
   return c, client.state(c)
 end
 
+-- The one startup line: where orders go and how they are held (no token).
+function Queue:started()
+  local o = self.o
+  local how = self.spool and ("spool " .. o.spool)
+    or (self.shm and ("shared dict " .. o.shm .. (self.deliverer and ", delivering" or ", pushing only")))
+    or "in memory"
+  if self.metrics_dict then how = how .. "; metrics in " .. o.metrics_shm end
+  local c = self.st.config
+  if c.env == nil and c.base_url == "https://uat.peerius.com" then
+    how = how .. "; if base_url comes from os.getenv, declare the variable with `env NAME;` in nginx.conf"
+  end
+  self.events:started("queue of worker " .. tostring(ngx.worker.id()), self.st, how)
+end
+
+-- A worker that only pushes (shared mode) has no delivery timer: its
+-- metrics go to metrics_shm on a timer of their own (and at exit).
+function Queue:pusher_timer()
+  if not self.metrics_dict then return self end
+  local ok, err = ngx.timer.every(self.o.flush_interval, function(premature) self:flush_metrics(premature) end)
+  if not ok then log(ERR, "optimizely.offline queue: cannot start the metrics timer: ", tostring(err)) end
+  return self
+end
+
 --- Create this worker's queue (call it in `init_worker_by_lua*`).
 -- @param client_config the `offline.client` config (site, token or tokens,
 --   channel, base_url/env, timeout, connect_timeout, backoff_*,
@@ -680,6 +761,7 @@ function M.new(client_config, o)
       .. " (timers and spool handles do not survive the fork)", 2)
   end
   check_client_config(client_config)
+  check_credentials(client_config)
   o = M.schema:check(o, 2)
   check_opts(o)
   local shm = o.shm and ngx.shared[o.shm]
@@ -690,7 +772,8 @@ function M.new(client_config, o)
     policy = require("optimizely.offline.retry").new({ max_attempts = o.max_attempts or false,
       max_age = o.max_age, backoff_base = client_config.backoff_base, backoff_max = client_config.backoff_max,
       retry_after_max = client_config.retry_after_max, random = client_config.random }),
-    metrics = core.metrics_new(),
+    meter = client_config.metrics == false and metrics.null() or core.metrics_new(), -- the counts
+    metrics_dict = o.metrics_shm and ngx.shared[o.metrics_shm], flying = {},
     ready = {}, head = 1, tail = 0, waiting = {},
     claimed = {}, claimed_next = 1, claimed_n = 0,
     sema = semaphore.new(0),
@@ -703,6 +786,11 @@ function M.new(client_config, o)
     shm = shm, deliverer = shm and deliverer_role(o),
     lease = o.lease or max(30, 2 * timeout),
   }, Queue)
+  self.events = events.new({ on_event = o.on_event, logger = o.logger, prefix = "optimizely.offline queue: ",
+    on_error = function(name, err)
+      self.counters.callback_errors = self.counters.callback_errors + 1
+      log(ERR, "optimizely.offline queue: ", name, " raised: ", tostring(err))
+    end })
   self.pseudonym = o.pseudonymise ~= nil and require("optimizely.offline.client").pseudonymiser(o.pseudonymise, 2)
     or nil
   if o.spool then
@@ -710,7 +798,8 @@ function M.new(client_config, o)
     if not sp then return nil, err end
     self.spool = sp
   end
-  if shm and not self.deliverer then return self end -- pushes only: no timers here
+  self:started()
+  if shm and not self.deliverer then return self:pusher_timer() end -- pushes only: no delivery timers
   self:arm()
   if self.spool then self:kick() end -- orders left by an earlier run
   if shm then
@@ -783,7 +872,7 @@ function Queue:push(payload, po)
   local ok, err = self:store(it)
   if not ok then return self:refuse(err) end
   self:bump("pushed")
-  self.metrics:queued()
+  self.meter:queued()
   if not shm or self.deliverer then self:kick() end
   return true, warnings
 end
@@ -857,9 +946,55 @@ function Queue:stats()
   return out
 end
 
---- Delivery metrics of this worker's queue (see optimizely.offline.metrics).
+--- Delivery metrics of this worker's queue: the counters plus `invalid`,
+-- `dropped`, `callback_errors`, `storage_errors` and the gauges `depth`,
+-- `in_flight`, `paused` and, with a spool, `spool` (the shape:
+-- optimizely.offline.metrics). Per worker; `metrics_shm` sums every worker's.
+-- @return the metrics table
 function Queue:metrics()
-  return self.metrics:get()
+  local m = self.meter:get()
+  local c = self.counters
+  m.invalid, m.callback_errors, m.storage_errors = c.invalid, c.callback_errors, c.storage_errors
+  m.dropped = {}
+  for k, v in pairs(c.dropped) do m.dropped[k] = v end
+  m.in_flight = self.in_flight
+  local t = now()
+  m.paused = { throttled = self.paused_until > t and 1 or 0, credentials = self.stopped and 1 or 0 }
+  if self.shm then
+    -- the shared list is the deliverer's to report (once, not per worker)
+    m.depth = self.deliverer and max(0, self:shared_len() + self:ready_size() + #self.waiting) or 0
+  elseif self.spool then
+    local sst = self.spool:is_open() and self.spool:stats()
+    m.depth = sst and max(0, sst.queued - sst.claimed) or 0
+    if sst then m.spool = { orders = sst.queued, bytes = sst.bytes, dead = sst.dead } end
+  else
+    m.depth = self:ready_size() + #self.waiting
+  end
+  return m
+end
+
+--- Add this worker's metrics to the `metrics_shm` dict now (the queue does
+-- it every `flush_interval` and at exit; a `/metrics` handler may call it
+-- first so that its own worker's numbers are current). No-op without
+-- `metrics_shm`.
+function Queue:publish_metrics()
+  self:flush_metrics()
+end
+
+-- The deltas since the last time into the dict, and this worker's gauges
+-- (removed at exit). A spool's gauges are the file's: kept under its path,
+-- so that workers sharing it are not counted twice.
+function Queue:flush_metrics(exiting)
+  local dict = self.metrics_dict
+  if not dict then return end
+  self.metrics_publisher = self.metrics_publisher or metrics.shm_publisher(dict, { id = ngx.worker.pid(),
+    ttl = max(10, 5 * self.o.flush_interval), spool_id = self.spool and self.spool.path,
+    on_error = function(ierr)
+      self.events:log("error", "metrics_shm " .. core.quote(self.o.metrics_shm) .. ": " .. tostring(ierr)
+        .. " (make the lua_shared_dict larger)", "metrics_shm")
+    end })
+  local ok, err = pcall(self.metrics_publisher, self:metrics(), exiting)
+  if not ok then log(ERR, "optimizely.offline queue: metrics flush failed: ", tostring(err)) end
 end
 
 function Queue:left()

@@ -39,10 +39,12 @@ fields.engine = { type = "choice", choices = { "thread" } }
 fields.flush_interval = { type = "number", min = 0.01, max = 3600, default = 0.2 }
 fields.shutdown_timeout = { type = "number", min = 0, max = 3600, default = 3 }
 fields.spool_poll = { type = "number", min = 0.001, max = 60, default = 0.25 }
+fields.metrics_shm = { type = "string", nonempty = true }
 
 --- The options: the shared queue vocabulary plus `engine = "thread"`,
--- `flush_interval` (how often the event loop collects results), `shutdown_timeout`
--- and `spool_poll`.
+-- `flush_interval` (how often the event loop collects results and, with
+-- `metrics_shm`, adds this worker's metrics to that lua_shared_dict),
+-- `shutdown_timeout` and `spool_poll`.
 M.schema = opts.schema("optimizely.offline.ngx.queue", "opts", fields)
 
 local YIELDABLE = { rewrite = true, access = true, content = true, timer = true }
@@ -81,9 +83,19 @@ function M.new(client_config, o)
   local q, err = client:queue(qopts)
   if not q then return nil, err end
   local self = setmetatable({ q = q, client = client, o = o }, Queue)
+  if o.metrics_shm then
+    local dict = ngx.shared[o.metrics_shm]
+    if not dict then
+      error("optimizely.offline.ngx.queue: opts.metrics_shm must name a lua_shared_dict (got "
+        .. core.quote(o.metrics_shm) .. ")", 3)
+    end
+    self.metrics_publisher = require("optimizely.offline.metrics").shm_publisher(dict, { id = ngx.worker.pid(),
+      ttl = math.max(10, 5 * o.flush_interval), spool_id = o.spool,
+      on_error = function(e) log(ERR, "optimizely.offline queue: metrics_shm: ", tostring(e)) end })
+  end
   local ok, terr = ngx.timer.every(o.flush_interval, function(premature)
     if premature then return self:final() end
-    local pok, perr = pcall(q.poll, q)
+    local pok, perr = pcall(self.tick, self)
     if not pok then log(ERR, "optimizely.offline queue: poll failed: ", tostring(perr)) end
   end)
   if not ok then
@@ -92,6 +104,17 @@ function M.new(client_config, o)
       message = "cannot start the result timer: " .. tostring(terr) })
   end
   return self
+end
+
+-- Every flush_interval: the callbacks, then the metrics into the dict.
+function Queue:tick(exiting)
+  self.q:poll()
+  if self.metrics_publisher then self.metrics_publisher(self.q:metrics(), exiting) end
+end
+
+--- Add this worker's metrics to `metrics_shm` now (a /metrics handler may).
+function Queue:publish_metrics()
+  if self.metrics_publisher then self.metrics_publisher(self.q:metrics()) end
 end
 
 --- Queue one order: no network I/O, no yield (any phase).
@@ -154,6 +177,7 @@ function Queue:final()
   self.closed = true
   local ok, err = self.q:close(0)
   if not ok then log(WARN, "optimizely.offline queue: ", tostring(err)) end
+  if self.metrics_publisher then pcall(self.metrics_publisher, self.q:metrics(), true) end
 end
 
 --- Refuse further pushes; where yielding is allowed flush first.
