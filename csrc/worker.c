@@ -175,13 +175,13 @@ static double spool_feed(oo_engine *e, int room, double now) {
     return at;
 }
 
-/* Writes the acks waiting (see ACK_WINDOW). */
+/* Writes the acks waiting (see ACK_WINDOW), in one transaction. A row we
+ * no longer hold (our lease ran out) is skipped and reported like any
+ * storage error: another process may have sent it again. */
 static void flush_acks(oo_worker *w) {
     oo_spool_err serr;
-    size_t i;
     if (w->nacks == 0) return;
-    for (i = 0; i < w->nacks; i++)
-        if (oo_spool_ack(w->spool, w->acks[i], &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
+    if (oo_spool_ack_many(w->spool, w->acks, w->nacks, &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
     w->nacks = 0;
     /* flush() on the Lua side waits for the spool to be empty: tell it */
     pthread_mutex_lock(&w->e.mu);
