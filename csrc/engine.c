@@ -93,9 +93,15 @@ static oo_job *heap_pop(oo_engine *e) {
     return top;
 }
 
-void oo_engine_add(oo_engine *e, oo_job *j) {
+void oo_engine_add(oo_engine *e, oo_job *j) { (void)oo_engine_add_bounded(e, j, 0); }
+
+int oo_engine_add_bounded(oo_engine *e, oo_job *j, size_t max_pending) {
     int room;
     pthread_mutex_lock(&e->mu);
+    if (max_pending && e->nin + e->nready + e->nheap + e->in_flight >= max_pending) {
+        pthread_mutex_unlock(&e->mu);
+        return 0;
+    }
     list_push(&e->in_head, &e->in_tail, j);
     e->nin++;
     e->metrics.queued++;
@@ -109,6 +115,7 @@ void oo_engine_add(oo_engine *e, oo_job *j) {
      * other, so a job that can start never waits for a poll timeout. A busy
      * driver sees the job on its next round: no syscall then. */
     if (room && __atomic_load_n(&e->pool.asleep, __ATOMIC_SEQ_CST)) oo_pool_wakeup(&e->pool);
+    return 1;
 }
 
 void oo_engine_take(oo_engine *e, oo_job *j) {

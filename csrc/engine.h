@@ -144,6 +144,9 @@ oo_job *oo_job_new(long long id, const char *body, size_t blen, const char *ref,
 /* Any thread: queue a job (the engine owns it from here); wakes the
  * driver when it is waiting. */
 void oo_engine_add(oo_engine *e, oo_job *j);
+/* The same, unless max_pending (> 0) jobs are pending already: then 0 and
+ * the job is still the caller's. One lock for the check and the add. */
+int oo_engine_add_bounded(oo_engine *e, oo_job *j, size_t max_pending);
 
 /* The driver, from a feed hook: put a job straight into the ready list. */
 void oo_engine_take(oo_engine *e, oo_job *j);

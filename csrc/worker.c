@@ -431,14 +431,14 @@ static int l_push(lua_State *L) {
     lua_Integer ch = luaL_optinteger(L, 4, 1);
     oo_job *j;
     luaL_argcheck(L, ch >= 1 && ch <= w->e.nchan, 4, "no such channel");
-    if (oo_engine_pending(&w->e) >= w->max_queue) {
-        lua_pushboolean(L, 0);
-        return 1;
-    }
     ensure_started(L, w); /* before the allocation: it may raise */
     j = oo_job_new(0, body, blen, ref, rlen, (int)ch - 1, oo_wall_now());
     if (!j) return luaL_error(L, "push: out of memory");
-    oo_engine_add(&w->e, j);
+    if (!oo_engine_add_bounded(&w->e, j, w->max_queue)) { /* full: checked under the same lock as the add */
+        free(j);
+        lua_pushboolean(L, 0);
+        return 1;
+    }
     lua_pushboolean(L, 1);
     return 1;
 }
