@@ -16,9 +16,10 @@
  * never below backoff_floor (a Retry-After of 0 included).
  * The 429 rule, the same for every engine: a 429 holds back every new
  * request of the engine for the order's delay (`pause`: its Retry-After or
- * the backoff) and halves the number of requests in flight (`slow_down`),
- * which grows back by one per window of successes. Another retryable answer
- * (a 503 with Retry-After, say) delays only its own order. */
+ * the backoff) and lowers the number of requests in flight (`slow_down`:
+ * halved, growing back by one per window of successes; the libcurl
+ * engine's adaptive limit backs off its own way, limiter.h). Another
+ * retryable answer (a 503 with Retry-After, say) delays only its own order. */
 #ifndef OO_POLICY_H
 #define OO_POLICY_H
 

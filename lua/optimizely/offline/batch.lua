@@ -342,16 +342,27 @@ end
 -- @param o options: `{concurrency = 8, rate = orders/s, on_result =
 --   fn(i, res, err), progress = fn(summary), progress_interval = 0.2,
 --   on_event = fn(event), channel = name (default: config.channel),
---   on_interrupt = "raise" | "return", adaptive = false}`
+--   on_interrupt = "raise" | "return", adaptive = true}`. `concurrency`
+--   is the most requests in flight. `adaptive` (the default): the number
+--   in flight starts at 8 (at most `concurrency`), doubles per round trip
+--   until the first sign of overload, then grows by about 6 % a round trip
+--   (+1 per 16 round trips within one of the limit that last backed off);
+--   it backs off on a 429 to 0.9 x the limit and at most the number the
+--   server held when it refused, on a retryable 5xx or a timeout to 0.9 x,
+--   and when a round trip's mean latency exceeds 3 x the baseline and the
+--   baseline + 20 ms (csrc/limiter.h; doc/topics/performance.md).
+--   `adaptive = false`: `concurrency` in flight, halved by a 429 and
+--   growing back by one per window of successes.
 -- @return summary `{sent, failed, retried, invalid, not_sent, elapsed,
 --   failures = {{index, err}}, callback_errors = {{index | progress, message}},
 --   read, throttled, in_flight, concurrency}`: `failed` counts every order
 --   not sent (invalid and not_sent included), so `failed == #failures` and
 --   `sent + failed == read`; `retried` attempts repeated; `throttled` 429
---   answers; `in_flight` and `concurrency` (the current limit) are for
---   progress callbacks. When the batch stopped early also `error`; after
---   refused credentials `stopped` (the error); after an interruption
---   `interrupted`, `unknown` and `unsent` (indexes, sorted).
+--   answers; `in_flight` and `concurrency` (the current in-flight limit,
+--   which the adaptive limit moves) are for progress callbacks. When the
+--   batch stopped early also `error`; after refused credentials `stopped`
+--   (the error); after an interruption `interrupted`, `unknown` and
+--   `unsent` (indexes, sorted).
 function M.run(st, source, o)
   if o ~= nil and type(o) ~= "table" then error("send_batch: opts must be a table, got " .. type(o), 3) end
   o = M.schema:check(o, 3)
