@@ -485,11 +485,11 @@ static int l_metrics(lua_State *L) {
  * something (a result, going idle) or the timeout. `idle`: nothing is
  * queued, retrying or in flight in memory and, with a spool, the thread's
  * last look found nothing more due there (rows due later or leased by
- * another process are not seen here: the Lua side asks the spool). `progress` counts the times
- * the thread went idle and wrote its acks to the spool; with `seen` (a
- * progress value from an earlier call) it blocks until the progress moves
- * past it instead, even when idle — so a flush of a spool does not spin
- * while rows wait to be claimed or deleted. */
+ * another process are not seen here: the Lua side asks the spool).
+ * `progress` counts the times the thread went idle and wrote its acks to
+ * the spool; with `seen` (a progress value from an earlier call) it blocks
+ * until the progress moves past it instead, even when idle — so a flush of
+ * a spool does not spin while rows wait to be claimed or deleted. */
 static int l_wait(lua_State *L) {
     oo_worker *w = check_worker(L);
     double timeout = (double)luaL_optnumber(L, 2, 0), t;
