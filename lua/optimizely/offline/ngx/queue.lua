@@ -1014,8 +1014,7 @@ end
 -- @return true, or nil, err (kind "timeout")
 function Queue:close(timeout)
   if self.closed then return true end
-  local ok, err = true, nil
-  if YIELDABLE[ngx.get_phase()] then ok, err = self:flush(timeout) end
+  local ok, err = waiting.flush_first(self, timeout)
   self.closed = true
   self:wake_all() -- lingering senders end; the periodic timer closes the spool
   return ok, err

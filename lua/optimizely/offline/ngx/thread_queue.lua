@@ -48,7 +48,6 @@ fields.metrics_shm = { type = "string", nonempty = true }
 M.schema = opts.schema("optimizely.offline.ngx.queue", "opts", fields)
 
 local wait = require("optimizely.offline.ngx.wait")
-local YIELDABLE = wait.YIELDABLE
 
 local Queue = {}
 Queue.__index = Queue
@@ -175,8 +174,7 @@ end
 --- Refuse further pushes; where yielding is allowed flush first.
 function Queue:close(timeout)
   if self.closed then return true end
-  local ok, err = true, nil
-  if YIELDABLE[ngx.get_phase()] then ok, err = self:flush(timeout) end
+  local ok, err = wait.flush_first(self, timeout)
   self.closed = true
   self.q:close(0)
   return ok, err

@@ -38,4 +38,12 @@ function M.until_done(done, timeout, step, max_pause)
   end
 end
 
+--- Where yielding is allowed, `q:flush(timeout)`; elsewhere (log phase,
+-- init_worker) nothing to wait for: true.
+-- @return true, or flush's nil, err
+function M.flush_first(q, timeout)
+  if not M.YIELDABLE[ngx.get_phase()] then return true end
+  return q:flush(timeout)
+end
+
 return M
