@@ -910,18 +910,20 @@ function Queue:stats()
     storage_error = self.storage_error, running = not self.closed,
   }
   for k, v in pairs(st.dropped) do out.dropped[k] = v end
-  if self.spool and self.spool:is_open() then
-    local sst, err = self.spool:stats()
-    if sst then
-      out.spool = sst
-      out.queued = sst.queued - sst.claimed -- claimed rows are in flight (here or elsewhere)
-    else
-      out.spool_error = tostring(err)
-    end
-  else
-    out.queued = self:ready_size() + #self.waiting
-  end
+  local serr
+  out.queued, out.spool, serr = self:depth()
+  if serr then out.spool_error = tostring(serr) end
   return out
+end
+
+-- Orders waiting (not in flight), and with a spool its stats (or the error
+-- reading them). A spool's claimed rows are in flight, here or elsewhere.
+function Queue:depth()
+  if not self.spool then return self:ready_size() + #self.waiting end
+  if not self.spool:is_open() then return 0 end
+  local sst, err = self.spool:stats()
+  if not sst then return 0, nil, err end
+  return max(0, sst.queued - sst.claimed), sst
 end
 
 --- Delivery metrics of this worker's queue: the counters plus `invalid`,
@@ -941,13 +943,11 @@ function Queue:metrics()
   if self.shm then
     -- the shared list is the deliverer's to report (once, not per worker)
     m.depth = self.deliverer and max(0, self:shared_len() + self:ready_size() + #self.waiting) or 0
-  elseif self.spool then
-    local sst = self.spool:is_open() and self.spool:stats()
-    m.depth = sst and max(0, sst.queued - sst.claimed) or 0
-    if sst then m.spool = { orders = sst.queued, bytes = sst.bytes, dead = sst.dead } end
-  else
-    m.depth = self:ready_size() + #self.waiting
+    return m
   end
+  local sst
+  m.depth, sst = self:depth()
+  if sst then m.spool = { orders = sst.queued, bytes = sst.bytes, dead = sst.dead } end
   return m
 end
 
