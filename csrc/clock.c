@@ -36,6 +36,13 @@ static int l_sleep(lua_State *L) {
     return 0;
 }
 
+/*** core.wall_now() (also core.spool_now: the spool's time base) → wall-clock
+ * epoch seconds, for what is stored or compared across processes. */
+static int l_wall_now(lua_State *L) {
+    lua_pushnumber(L, (lua_Number)oo_wall_now());
+    return 1;
+}
+
 /*** core.thread_cputime() → CPU seconds of the calling thread (benchmarks:
  * the cost of a push without the delivery thread's own work). */
 static int l_thread_cputime(lua_State *L) {
@@ -68,7 +75,8 @@ static int l_getpid(lua_State *L) {
 
 void oo_clock_register(lua_State *L) {
     static const luaL_Reg funcs[] = {
-        {"now", l_now}, {"sleep", l_sleep}, {"thread_cputime", l_thread_cputime}, {"getpid", l_getpid},
+        {"now", l_now}, {"wall_now", l_wall_now}, {"spool_now", l_wall_now}, {"sleep", l_sleep},
+        {"thread_cputime", l_thread_cputime}, {"getpid", l_getpid},
         {NULL, NULL}};
     oo_setfuncs(L, funcs, 0);
 }

@@ -1,5 +1,5 @@
 /* Lua binding of the spool (the store is spool.c): core.spool_open,
- * core.spool_now and the spool userdata's methods. Runtime failures return
+ * the spool userdata's methods. Runtime failures return
  * nil, {kind=, message=, retryable=, sqlite_code=?, bound=?} (spool.lua
  * makes them error objects); misuse raises, naming the argument. */
 #define _POSIX_C_SOURCE 200809L
@@ -611,12 +611,6 @@ static int l_tostring(lua_State *L) {
     return 1;
 }
 
-/*** core.spool_now() → wall-clock epoch seconds (the spool's time base). */
-static int l_now(lua_State *L) {
-    lua_pushnumber(L, (lua_Number)oo_spool_now());
-    return 1;
-}
-
 void oo_spool_register(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"put", l_put},
@@ -639,7 +633,6 @@ void oo_spool_register(lua_State *L) {
         {NULL, NULL}};
     static const luaL_Reg funcs[] = {
         {"spool_open", l_open},
-        {"spool_now", l_now},
         {NULL, NULL}};
     oo_newclass(L, OO_SPOOL_MT, methods, l_close, l_close, l_tostring);
     if (luaL_newmetatable(L, OO_SPOOL_ROWS_MT)) {

@@ -17,6 +17,7 @@
 #include <sqlite3.h>
 
 #include "spool.h"
+#include "clock.h"
 #include "spool_wal.h"
 
 /* ------------------------------------------------------------------ */
@@ -504,11 +505,7 @@ void oo_spool_opts_init(oo_spool_opts *o) {
     o->on_full = OO_SPOOL_REFUSE;
 }
 
-double oo_spool_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+double oo_spool_now(void) { return oo_wall_now(); }
 
 static double mono_now(void) {
     struct timespec ts;

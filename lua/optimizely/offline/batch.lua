@@ -113,10 +113,7 @@ end
 -- -------------------------------------------------------------- callbacks
 
 function Batch:callback(fn, ...)
-  local ok, cerr = pcall(fn, ...)
-  if ok then return end
-  if is_interrupt(cerr) then error(cerr, 0) end
-  return tostring(cerr)
+  return errors.callback(fn, ...)
 end
 
 function Batch:result_callback(i, res, err)

@@ -135,6 +135,16 @@ function M.is_interrupt(e)
   return type(e) == "string" and e:find("interrupted!%s*$") ~= nil
 end
 
+--- Call a user's callback protected: its error must not break delivery
+-- (the caller counts or logs it), but an interrupt (Ctrl-C) is raised again.
+-- @return nil when it returned, else the text of its error
+function M.callback(fn, ...)
+  local ok, err = pcall(fn, ...)
+  if ok then return nil end
+  if M.is_interrupt(err) then error(err, 0) end
+  return tostring(err)
+end
+
 --- Build an error object from a table of fields (kind and message required).
 function M.new(fields)
   assert(type(fields) == "table" and fields.kind and fields.message, "errors.new needs kind and message")

@@ -134,14 +134,8 @@ end
 -- @param message the log line instead of the default one (optional)
 function Events:emit(kind, fields, message)
   fields.type = kind
-  local fn = self.on_event
-  if fn then
-    local ok, err = pcall(fn, fields)
-    if not ok then
-      if is_interrupt(err) then error(err, 0) end
-      if self.on_error then self.on_error("on_event", err) end
-    end
-  end
+  local err = self.on_event and require("optimizely.offline.errors").callback(self.on_event, fields)
+  if err and self.on_error then self.on_error("on_event", err) end
   if self.logger then
     local level = M.LEVELS[kind] or "warn"
     if kind == "paused" and fields.reason == "credentials" then level = "error" end

@@ -42,30 +42,10 @@ end
 --   options instead of a transport
 -- @return client
 function M.client(config)
-  if type(config) ~= "table" then
-    error("optimizely.offline.ngx.client: config must be a table, got " .. type(config), 2)
-  end
-  for k, why in pairs(transport.CURL_ONLY) do
-    if config[k] ~= nil then
-      error("optimizely.offline.ngx.client: config." .. k .. " is not used under nginx: " .. why, 2)
-    end
-  end
-  if config.http_version ~= nil and config.http_version ~= "1.1" then
-    error("optimizely.offline.ngx.client: config.http_version must be \"1.1\" under nginx", 2)
-  end
-  local cfg = {}
-  for k, v in pairs(config) do cfg[k] = v end
-  -- a table without :request is a table of transport options
-  local topts = type(cfg.transport) == "table" and cfg.transport.request == nil and cfg.transport
-  if cfg.transport == nil or topts then
-    local o = {}
-    for k, v in pairs(topts or {}) do o[k] = v end
-    o.timeout = o.timeout or cfg.timeout
-    o.connect_timeout = o.connect_timeout or cfg.connect_timeout
-    cfg.transport = transport.new(o)
-  end
+  local cfg = transport.client_config(config, "optimizely.offline.ngx.client: config", nil, nil, 2)
   cfg.sleep = cfg.sleep or ngx.sleep
-  return require("optimizely.offline.client").client(cfg)
+  local c = require("optimizely.offline.client").client(cfg)
+  return c
 end
 
 --- This worker's delivery queue (create it in `init_worker_by_lua*`).

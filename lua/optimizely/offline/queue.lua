@@ -279,12 +279,7 @@ end
 
 function Queue:call(name, ...)
   local fn = self.o[name]
-  if not fn then return end
-  local ok, err = pcall(fn, ...)
-  if not ok then
-    if errors.is_interrupt(err) then error(err, 0) end
-    self.counts.callback_errors = self.counts.callback_errors + 1
-  end
+  if fn and errors.callback(fn, ...) then self.counts.callback_errors = self.counts.callback_errors + 1 end
 end
 
 function Queue:failed(r, err)

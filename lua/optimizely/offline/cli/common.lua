@@ -49,6 +49,19 @@ function M.input_options(cmd)
     .. "(default: an order's rows must be consecutive).")
 end
 
+--- A command that reads orders (send, validate, convert): the input, the
+-- pseudonymiser and the output options, plus `--config` (with `credentials`
+-- the whole set of where-and-as-whom options).
+-- @return the argparse command
+function M.order_command(parser, name, help, credentials)
+  local cmd = parser:command(name, help)
+  M.input_options(cmd)
+  require("optimizely.offline.cli.pseudonymise").options(cmd, true)
+  if credentials then M.credential_options(cmd) else M.config_option(cmd) end
+  M.output_options(cmd)
+  return cmd
+end
+
 --- Options that say where and as whom to send.
 -- The token has no option on purpose (it would show in `ps` and shell
 -- history): `--token` exists, hidden, only to say so.

@@ -11,11 +11,8 @@ local M = {}
 
 --- Adds the `convert` command and its options to the argparse parser.
 function M.register(parser)
-  local cmd = parser:command("convert", "Turn order files into payload NDJSON (normalised request bodies).")
-  common.input_options(cmd)
-  require("optimizely.offline.cli.pseudonymise").options(cmd, true)
-  common.config_option(cmd)
-  common.output_options(cmd)
+  local cmd = common.order_command(parser, "convert",
+    "Turn order files into payload NDJSON (normalised request bodies).")
   cmd:option("--to", "Output format (ndjson).", "ndjson"):choices({ "ndjson" })
   cmd:option("-o --output", "Output file (default: standard output)."):argname("<file>")
   cmd:option("--rejects", "Write invalid orders (with their error) to this NDJSON file."):argname("<file>")

@@ -34,11 +34,8 @@ M.MAX_PRINTED = 50
 
 --- Adds the `send` command and its options to the argparse parser.
 function M.register(parser)
-  local cmd = parser:command("send", "Validate and send orders (streamed, concurrent, with retries).")
-  common.input_options(cmd)
-  require("optimizely.offline.cli.pseudonymise").options(cmd, true)
-  common.credential_options(cmd)
-  common.output_options(cmd)
+  local cmd = common.order_command(parser, "send", "Validate and send orders (streamed, concurrent, with retries).",
+    true)
   cmd:option("--concurrency", "Requests in flight at once (1..1024).", "8"):argname("<n>")
   cmd:option("--rate", "Send at most this many orders per second."):argname("<orders/s>")
   cmd:option("--max-attempts", "Attempts per order, first one included (default 4)."):argname("<n>")

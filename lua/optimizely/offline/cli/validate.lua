@@ -18,11 +18,7 @@ M.MAX_PRINTED = 50
 
 --- Adds the `validate` command and its options to the argparse parser.
 function M.register(parser)
-  local cmd = parser:command("validate", "Check order files without sending anything.")
-  common.input_options(cmd)
-  require("optimizely.offline.cli.pseudonymise").options(cmd, true)
-  common.config_option(cmd)
-  common.output_options(cmd)
+  local cmd = common.order_command(parser, "validate", "Check order files without sending anything.")
   cmd:option("--rejects", "Write invalid orders (with their error) to this NDJSON file."):argname("<file>")
 end
 

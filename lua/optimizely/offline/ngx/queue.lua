@@ -60,6 +60,7 @@ local transport = require("optimizely.offline.ngx.transport")
 local events = require("optimizely.offline.events")
 local metrics = require("optimizely.offline.metrics")
 local semaphore = require("ngx.semaphore")
+local waiting = require("optimizely.offline.ngx.wait")
 
 local now, update_time, log, ERR, WARN = ngx.now, ngx.update_time, ngx.log, ngx.ERR, ngx.WARN
 local timer_at, spawn, wait = ngx.timer.at, ngx.thread.spawn, ngx.thread.wait
@@ -87,10 +88,8 @@ M.schema = opts.schema("optimizely.offline.ngx.queue", "opts", fields)
 
 -- Options of the libcurl client that mean nothing here; refusing them beats
 -- silently ignoring a TLS setting.
-local CURL_ONLY = { sleep = "the queue schedules its own retries" }
-for k, why in pairs(transport.CURL_ONLY) do CURL_ONLY[k] = why end
 
-local YIELDABLE = { rewrite = true, access = true, content = true, timer = true }
+local YIELDABLE = waiting.YIELDABLE
 
 local Queue = {}
 Queue.__index = Queue
@@ -111,11 +110,10 @@ end
 -- pcall a user callback; its failure must not break delivery.
 function Queue:call(name, ...)
   local fn = self.o[name]
-  if not fn then return end
-  local ok, err = pcall(fn, ...)
-  if not ok then
+  local err = fn and errors.callback(fn, ...)
+  if err then
     self.counters.callback_errors = self.counters.callback_errors + 1
-    log(ERR, "optimizely.offline queue: ", name, " raised: ", tostring(err))
+    log(ERR, "optimizely.offline queue: ", name, " raised: ", err)
   end
 end
 
@@ -649,20 +647,6 @@ end
 
 -- ------------------------------------------------------------ the constructor
 
-local function check_client_config(cc)
-  if type(cc) ~= "table" then
-    error("optimizely.offline.ngx.queue: client_config must be a table, got " .. type(cc), 4)
-  end
-  for k, why in pairs(CURL_ONLY) do
-    if cc[k] ~= nil then
-      error("optimizely.offline.ngx.queue: client_config." .. k .. " is not used under nginx: " .. why, 4)
-    end
-  end
-  if cc.http_version ~= nil and cc.http_version ~= "1.1" then
-    error("optimizely.offline.ngx.queue: client_config.http_version must be \"1.1\" under nginx", 4)
-  end
-end
-
 -- The shared-mode role of this process: the deliverer (true) or a pusher.
 local function deliverer_role(o)
   local d = o.deliverer
@@ -708,16 +692,11 @@ end
 
 -- The client whose context (transport, headers per channel, secrets)
 -- the senders use; its cosocket transport built from opts.transport.
+-- The client whose context (transport, headers per channel, secrets)
+-- the senders use; its cosocket transport built from opts.transport.
 local function make_client(cc, o)
-  local cfg = {}
-  for k, v in pairs(cc) do cfg[k] = v end
-  if cfg.transport == nil then
-    local topts = {}
-    for k, v in pairs(o.transport or {}) do topts[k] = v end
-    topts.timeout = topts.timeout or cc.timeout
-    topts.connect_timeout = topts.connect_timeout or cc.connect_timeout
-    cfg.transport = transport.new(topts)
-  end
+  local cfg = transport.client_config(cc, "optimizely.offline.ngx.queue: client_config", o.transport,
+    { sleep = "the queue schedules its own retries" }, 4)
   local client = require("optimizely.offline.client")
   local c = client.client(cfg)
   return c, client.state(c)
@@ -760,7 +739,6 @@ function M.new(client_config, o)
     error("optimizely.offline.ngx.queue: create the queue in init_worker_by_lua*, not init_by_lua*"
       .. " (timers and spool handles do not survive the fork)", 2)
   end
-  check_client_config(client_config)
   check_credentials(client_config)
   o = M.schema:check(o, 2)
   check_opts(o)
@@ -932,18 +910,20 @@ function Queue:stats()
     storage_error = self.storage_error, running = not self.closed,
   }
   for k, v in pairs(st.dropped) do out.dropped[k] = v end
-  if self.spool and self.spool:is_open() then
-    local sst, err = self.spool:stats()
-    if sst then
-      out.spool = sst
-      out.queued = sst.queued - sst.claimed -- claimed rows are in flight (here or elsewhere)
-    else
-      out.spool_error = tostring(err)
-    end
-  else
-    out.queued = self:ready_size() + #self.waiting
-  end
+  local serr
+  out.queued, out.spool, serr = self:depth()
+  if serr then out.spool_error = tostring(serr) end
   return out
+end
+
+-- Orders waiting (not in flight), and with a spool its stats (or the error
+-- reading them). A spool's claimed rows are in flight, here or elsewhere.
+function Queue:depth()
+  if not self.spool then return self:ready_size() + #self.waiting end
+  if not self.spool:is_open() then return 0 end
+  local sst, err = self.spool:stats()
+  if not sst then return 0, nil, err end
+  return max(0, sst.queued - sst.claimed), sst
 end
 
 --- Delivery metrics of this worker's queue: the counters plus `invalid`,
@@ -963,13 +943,11 @@ function Queue:metrics()
   if self.shm then
     -- the shared list is the deliverer's to report (once, not per worker)
     m.depth = self.deliverer and max(0, self:shared_len() + self:ready_size() + #self.waiting) or 0
-  elseif self.spool then
-    local sst = self.spool:is_open() and self.spool:stats()
-    m.depth = sst and max(0, sst.queued - sst.claimed) or 0
-    if sst then m.spool = { orders = sst.queued, bytes = sst.bytes, dead = sst.dead } end
-  else
-    m.depth = self:ready_size() + #self.waiting
+    return m
   end
+  local sst
+  m.depth, sst = self:depth()
+  if sst then m.spool = { orders = sst.queued, bytes = sst.bytes, dead = sst.dead } end
   return m
 end
 
@@ -1013,29 +991,20 @@ end
 -- @param timeout seconds (default 10)
 -- @return true, or nil, err (kind "timeout")
 function Queue:flush(timeout)
-  local phase = ngx.get_phase()
-  if not YIELDABLE[phase] then
-    error("optimizely.offline.ngx.queue: flush cannot wait in the " .. tostring(phase)
-      .. " phase (use it in a timer, rewrite, access or content handler)", 2)
-  end
+  waiting.check_phase("optimizely.offline.ngx.queue: flush", 2)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
     error("optimizely.offline.ngx.queue: flush timeout must be a number >= 0", 2)
   end
-  update_time()
-  local deadline = now() + (timeout or 10)
-  local pause = 0.005
-  while true do
-    local n = self:left()
-    if n == 0 then return true end
-    update_time()
-    if now() >= deadline then
-      return nil, errors.new({ kind = "timeout", retryable = true,
-        message = "queue not empty after " .. (timeout or 10) .. " s (" .. n .. " orders left)" })
-    end
+  local left
+  local ok = waiting.until_done(function()
+    left = self:left()
+    return left == 0
+  end, timeout or 10, function()
     if not self.flushing and self:has_due() then self:kick() end
-    ngx.sleep(min(pause, max(0.001, deadline - now())))
-    pause = min(pause * 2, 0.1)
-  end
+  end)
+  if ok then return true end
+  return nil, errors.new({ kind = "timeout", retryable = true,
+    message = "queue not empty after " .. (timeout or 10) .. " s (" .. left .. " orders left)" })
 end
 
 --- Refuse further pushes and, where yielding is allowed, flush first.
@@ -1045,8 +1014,7 @@ end
 -- @return true, or nil, err (kind "timeout")
 function Queue:close(timeout)
   if self.closed then return true end
-  local ok, err = true, nil
-  if YIELDABLE[ngx.get_phase()] then ok, err = self:flush(timeout) end
+  local ok, err = waiting.flush_first(self, timeout)
   self.closed = true
   self:wake_all() -- lingering senders end; the periodic timer closes the spool
   return ok, err

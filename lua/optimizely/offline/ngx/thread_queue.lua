@@ -47,7 +47,7 @@ fields.metrics_shm = { type = "string", nonempty = true }
 -- `shutdown_timeout` and `spool_poll`.
 M.schema = opts.schema("optimizely.offline.ngx.queue", "opts", fields)
 
-local YIELDABLE = { rewrite = true, access = true, content = true, timer = true }
+local wait = require("optimizely.offline.ngx.wait")
 
 local Queue = {}
 Queue.__index = Queue
@@ -141,16 +141,10 @@ function Queue:resume() return self.q:resume() end
 
 -- Wait (yielding) until everything is settled or `timeout` passes.
 function Queue:settle(timeout)
-  local deadline = ngx.now() + timeout
-  local pause = 0.005
-  while true do
+  return (wait.until_done(function()
     self.q:poll()
-    if self.q:idle() then return true end
-    ngx.update_time()
-    if ngx.now() >= deadline then return false end
-    ngx.sleep(math.min(pause, math.max(0.001, deadline - ngx.now())))
-    pause = math.min(pause * 2, 0.05)
-  end
+    return self.q:idle()
+  end, timeout, nil, 0.05))
 end
 
 --- Wait until every queued order is delivered or dead. Only where
@@ -158,10 +152,7 @@ end
 -- @param timeout seconds (default 10)
 -- @return true, or nil, err (kind "timeout")
 function Queue:flush(timeout)
-  if not YIELDABLE[ngx.get_phase()] then
-    error("optimizely.offline.ngx.queue: flush cannot wait in the " .. tostring(ngx.get_phase())
-      .. " phase (use it in a timer, rewrite, access or content handler)", 2)
-  end
+  wait.check_phase("optimizely.offline.ngx.queue: flush", 2)
   timeout = timeout or 10
   if self:settle(timeout) then return true end
   local s = self.q:stats()
@@ -183,8 +174,7 @@ end
 --- Refuse further pushes; where yielding is allowed flush first.
 function Queue:close(timeout)
   if self.closed then return true end
-  local ok, err = true, nil
-  if YIELDABLE[ngx.get_phase()] then ok, err = self:flush(timeout) end
+  local ok, err = wait.flush_first(self, timeout)
   self.closed = true
   self.q:close(0)
   return ok, err

@@ -90,6 +90,42 @@ M.CURL_ONLY = {
   verbose = "use nginx's error_log",
 }
 
+--- A client config for the nginx path: the caller's, checked for what the
+-- cosocket transport cannot honour (`CURL_ONLY` and `refuse`: raised,
+-- naming `who`), with `transport` built from `topts` (or from
+-- `config.transport` when that is a table of options), the client's
+-- timeouts by default.
+-- @param config the offline.client config
+-- @param who the caller, for messages (e.g. "optimizely.offline.ngx.client: config")
+-- @param topts transport options, or nil
+-- @param refuse more keys to refuse, `{key = why}`, or nil
+-- @param level as error's, from the caller
+-- @return a new config table
+function M.client_config(config, who, topts, refuse, level)
+  level = (level or 1) + 1
+  if type(config) ~= "table" then error(who .. " must be a table, got " .. type(config), level) end
+  for _, list in ipairs({ M.CURL_ONLY, refuse or {} }) do
+    for k, why in pairs(list) do
+      if config[k] ~= nil then error(who .. "." .. k .. " is not used under nginx: " .. why, level) end
+    end
+  end
+  if config.http_version ~= nil and config.http_version ~= "1.1" then
+    error(who .. ".http_version must be \"1.1\" under nginx", level)
+  end
+  local cfg = {}
+  for k, v in pairs(config) do cfg[k] = v end
+  -- a table without :request is a table of transport options
+  if type(cfg.transport) == "table" and cfg.transport.request == nil then topts, cfg.transport = cfg.transport, nil end
+  if cfg.transport == nil then
+    local o = {}
+    for k, v in pairs(topts or {}) do o[k] = v end
+    o.timeout = o.timeout or cfg.timeout
+    o.connect_timeout = o.connect_timeout or cfg.connect_timeout
+    cfg.transport = M.new(o)
+  end
+  return cfg
+end
+
 local OPTIONS = opts_schema("optimizely.offline.ngx.transport", "opts", {
   timeout = { type = "number", min = 0.001, max = 86400, default = 10 },
   connect_timeout = { type = "number", min = 0.001, max = 86400, default = 5 },
