@@ -184,7 +184,7 @@ local function loadavg()
   if f then f:close() end
   return l:match("^(%S+ %S+ %S+)") or l
 end
-print(("machine: %s CPUs, load average %s"):format(lib.capture("nproc"):match("%d+") or "?", loadavg()))
+print(("machine: %s CPUs, load average %s"):format(lib.capture("nproc --all"):match("%d+") or "?", loadavg()))
 
 print(("\n%-5s %5s %-11s %7s %9s %9s %7s %6s %10s %6s %8s %7s %7s %7s"):format("http", "N", "sender", "orders",
   "orders/s", "bound/s", "ratio", "conns", "TLS f/r", "peak", "cli us", "srv %", "cli w%", "srv w%"))
