@@ -24,7 +24,11 @@
 
 #include "spool_wal.h"
 
-#define GATHER_MAX (1024 * 1024) /* flush past this many pending bytes */
+/* Flush past this many pending bytes. It must stay below 128 KiB: the unix
+ * VFS's write masks the length of one write to 17 bits (seekAndWriteFd's
+ * `nBuf &= 0x1ffff`), so a longer write ends short and is reported as
+ * SQLITE_FULL ("disk full") — a put_many of ~100 KB failed so. */
+#define GATHER_MAX (64 * 1024)
 #define FRAME_HEADER 24
 
 typedef struct gather_file {
@@ -55,7 +59,7 @@ static int g_write(sqlite3_file *f, const void *p, int amt, sqlite3_int64 off) {
     size_t n = (size_t)amt;
     if (g->len > 0 && off != g->off + (sqlite3_int64)g->len && (rc = flush(g)) != SQLITE_OK) return rc;
     if (g->len + n > g->cap) {
-        size_t cap = g->cap ? g->cap : 64 * 1024;
+        size_t cap = g->cap ? g->cap : 16 * 1024;
         unsigned char *nb;
         while (cap < g->len + n) cap *= 2;
         if (g->len + n > GATHER_MAX || !(nb = (unsigned char *)realloc(g->buf, cap))) {
