@@ -13,13 +13,22 @@
 --    out: every `function C:m` / `C.m = function` of a table `C` used as a
 --    metatable (`C.__index = C`, `setmetatable(x, C)`, `{__index = C}`) when
 --    the module exports `C` or documents it (an `@type C`, or any of its
---    methods); a class with neither is internal (`--list` names them).
---    Names starting with `_` (metamethods included) are not public.
+--    methods without `@local`); a class with neither is internal (`--list`
+--    names them).
 -- 3. A module is documented when LDoc made a module of its file (a `---`
 --    comment at the top, `@module name`). A public function is documented
 --    when LDoc itself documented it: LDoc has an item at its definition
 --    line (or, for `M.f = f`, at f's). So a `---` comment LDoc cannot parse
 --    counts as missing, as it is missing from the reference.
+--
+-- What is not public, and the one rule for it: a name starting with `_`
+-- (metamethods, `Pseudonym:_id`) is private by its name and needs no doc
+-- comment; a function or method that a user could reach but that is an
+-- internal step of its object (the queues' helper methods, say) carries a
+-- real `---` comment tagged `@local`: LDoc reads it (its warnings count)
+-- but leaves it out of the reference, and the checker counts it as
+-- documented and internal (the summary gives the count, `--list` names
+-- each). An `@local` comment that LDoc cannot read is as missing as any.
 -- Prints `file:line: name undocumented` for each, and LDoc's warnings, also
 -- into build/docs/undocumented.txt. Exits 1 with `--strict` (or
 -- DOCS_STRICT=1) if there is any; otherwise 0 (only a broken build fails).
@@ -90,18 +99,30 @@ if HTML and not SELF_TEST then
 end
 
 -- 2. what LDoc documented --------------------------------------------------
-local documented = {} -- "file:line" -> true
-local modules = {} -- file -> module name, for the files LDoc made a module of
-local types = {} -- "file:Name" -> true for each LDoc @type
-if not SELF_TEST then
-  local out, ok = capture("LUA_PATH=" .. q(root .. "/scripts/?.lua;;") .. " ldoc --filter doc_check.items . 2>&1")
+-- Runs LDoc with `--all` (so that `@local` items are listed, as type
+-- "lfunction") and this file as its filter, on `target` (run in `dir`).
+-- Returns documented ("file:line" -> LDoc's item type), modules (file ->
+-- module name, for the files LDoc made a module of), types ("file:Name" ->
+-- true for each @type) and LDoc's own output (its warnings).
+local function ldoc_items(dir, target)
+  local out, ok = capture("cd " .. q(dir) .. " && LUA_PATH=" .. q(root .. "/scripts/?.lua;;")
+    .. " ldoc --all --filter doc_check.items " .. q(target) .. " 2>&1")
   if not ok then io.stderr:write(out, "doc_check: ldoc --filter failed\n"); os.exit(1) end
+  local function relto(file) return rel((file:gsub("^%./", ""))) end
+  local documented, modules, types = {}, {}, {}
   for file, line, name, kind in out:gmatch("ITEM\t([^\t]+)\t(%d+)\t([^\t]*)\t([^\n]*)") do
-    documented[rel(file) .. ":" .. line] = true
-    if kind == "type" then types[rel(file) .. ":" .. name] = true end
+    documented[relto(file) .. ":" .. line] = kind
+    if kind == "type" then types[relto(file) .. ":" .. name] = true end
   end
-  for file, name in out:gmatch("MODULE\t([^\t]+)\t([^\n]*)") do modules[rel(file)] = name end
-  if not HTML then ldoc_warnings((out:gsub("ITEM\t[^\n]*\n", ""):gsub("MODULE\t[^\n]*\n", ""))) end
+  for file, name in out:gmatch("MODULE\t([^\t]+)\t([^\n]*)") do modules[relto(file)] = name end
+  return documented, modules, types, (out:gsub("ITEM\t[^\n]*\n", ""):gsub("MODULE\t[^\n]*\n", ""))
+end
+
+local documented, modules, types = {}, {}, {}
+if not SELF_TEST then
+  local out
+  documented, modules, types, out = ldoc_items(root, ".")
+  if not HTML then ldoc_warnings(out) end
 end
 
 -- 3. the public functions, from the sources --------------------------------
@@ -237,7 +258,71 @@ local function public_functions(src)
   return found, exported
 end
 
--- `--self-test`: the source walk against known answers.
+-- LDoc's pattern for a `---` line that is a rule, not a doc comment
+-- (`--- like this ---`): any `--` in the first line followed by no other
+-- dash matches it, so `--- The \`--version\` text.` is silently dropped.
+local LDOC_RULE = "[^%-]%-%-+[^-]*$"
+
+-- Why LDoc has no item for the function defined at `line`, when there is
+-- a `---` comment right above it.
+local function hint(source_lines, line)
+  local i = line - 1
+  if not (source_lines[i] or ""):match("^%s*%-%-") then return "" end
+  while i > 1 and (source_lines[i] or ""):match("^%s*%-%-") and not source_lines[i]:match("^%s*%-%-%-") do
+    i = i - 1
+  end
+  local first = source_lines[i] or ""
+  if not first:match("^%s*%-%-%-") then return "" end
+  if (first:gsub("^%s*%-%-%-+", "")):match(LDOC_RULE) then
+    return " (LDoc drops the --- comment above it: a `--` in its first line reads as a `--- rule ---`)"
+  end
+  return " (LDoc does not read the --- comment above it)"
+end
+
+-- The public functions of one file against what LDoc documented: a list of
+-- { line, name, status = "documented" | "internal" (@local) |
+-- "undocumented", hint }, the internal classes (not checked), and whether
+-- LDoc made a module of the file.
+local function check_file(path, src, doc)
+  local found, exported = public_functions(src)
+  local source_lines = {}
+  for line in (src .. "\n"):gmatch("([^\n]*)\n") do source_lines[#source_lines + 1] = line end
+  local function item(f)
+    local kind = doc.documented[path .. ":" .. f.line]
+    if not kind and f.alt then kind = doc.documented[path .. ":" .. f.alt] end
+    return kind
+  end
+  -- A metatable's methods are public when the module hands its objects out:
+  -- it exports the table, or documents the class (a @type, or a method
+  -- without @local). Otherwise it is the module's own machinery (batch.lua's
+  -- Batch).
+  local public_class = {}
+  for _, f in ipairs(found) do
+    local kind = item(f)
+    if f.class and (exported[f.class] or doc.types[path .. ":" .. f.class] or (kind and kind ~= "lfunction")) then
+      public_class[f.class] = true
+    end
+  end
+  local results, classes, seen = {}, {}, {}
+  for _, f in ipairs(found) do
+    if f.class and not public_class[f.class] then
+      if not seen[f.class] then
+        seen[f.class] = true
+        classes[#classes + 1] = f.class
+      end
+    else
+      local kind = item(f)
+      local status = not kind and "undocumented" or kind == "lfunction" and "internal" or "documented"
+      results[#results + 1] = { line = f.line, name = f.name, status = status,
+        hint = status == "undocumented" and hint(source_lines, f.line) or nil }
+    end
+  end
+  return results, classes, doc.modules[path] ~= nil
+end
+
+-- `--self-test`: the source walk against known answers, and the rule for
+-- what counts as documented against LDoc itself (on a file in a temporary
+-- directory).
 if SELF_TEST then
   local cases = {
     { [[
@@ -283,6 +368,78 @@ return { new = new, go = function() end, meta = setmetatable({}, { __index = Obj
       io.stderr:write(("doc_check self-test %d:\n  want %s\n  got  %s\n"):format(i, case[2], g))
     end
   end
+  local fixture = [[
+--- A module.
+-- @module fixture
+local M = {}
+local C = {}
+C.__index = C
+local Inner = {}
+Inner.__index = Inner
+
+--- Documented.
+function M.a() end
+
+function M.b() end
+
+--- The `--version` text: LDoc drops this comment.
+function M.c() end
+
+--- An object.
+function M.new() return setmetatable({}, C) end
+
+--- A public method.
+function C:m() end
+
+--- A step of the object, documented and internal.
+-- @local
+function C:step() end
+
+function C:bare() end
+
+function C:_private() end
+
+--- Internal steps only: the class stays internal.
+-- @local
+function Inner:x() end
+function Inner:y() end
+
+M.inner = function() return setmetatable({}, Inner) end
+return M
+]]
+  local want = "a@10:documented b@12:undocumented c@15:undocumented(rule) new@18:documented"
+    .. " inner@36:undocumented C:m@21:documented C:step@25:internal C:bare@27:undocumented"
+    .. " classes:Inner module:true"
+  local dir = capture("mktemp -d"):gsub("%s+$", "")
+  local fh = assert(io.open(dir .. "/fixture.lua", "w"))
+  fh:write(fixture)
+  fh:close()
+  local f_documented, mods, tys = ldoc_items(dir, "fixture.lua")
+  local doc = { documented = {}, modules = {}, types = {} }
+  -- the fixture's paths, relative to its directory
+  local function strip(t, out)
+    for k, v in pairs(t) do out[(k:gsub("^.*/", ""))] = v end
+  end
+  strip(f_documented, doc.documented)
+  strip(mods, doc.modules)
+  strip(tys, doc.types)
+  local results, classes, is_module = check_file("fixture.lua", fixture, doc)
+  os.execute("rm -rf " .. q(dir))
+  table.sort(results, function(x, y)
+    if (x.name:find("[:.]") ~= nil) ~= (y.name:find("[:.]") ~= nil) then return not x.name:find("[:.]") end
+    return x.line < y.line
+  end)
+  local got = {}
+  for _, r in ipairs(results) do
+    got[#got + 1] = ("%s@%d:%s%s"):format(r.name, r.line, r.status, r.hint and r.hint:find("rule") and "(rule)" or "")
+  end
+  got[#got + 1] = "classes:" .. table.concat(classes, ",")
+  got[#got + 1] = "module:" .. tostring(is_module)
+  local g = table.concat(got, " ")
+  if g ~= want then
+    bad = bad + 1
+    io.stderr:write(("doc_check self-test (LDoc):\n  want %s\n  got  %s\n"):format(want, g))
+  end
   print(("doc_check: self-test %s"):format(bad == 0 and "ok" or "FAILED"))
   os.exit(bad == 0 and 0 or 1)
 end
@@ -290,47 +447,33 @@ end
 local files = {}
 for path in capture("find lua -name '*.lua' | sort"):gmatch("[^\n]+") do files[#files + 1] = path end
 
-local missing, total, bad_modules, internal = {}, 0, 0, {}
+local doc = { documented = documented, modules = modules, types = types }
+local missing, total, bad_modules, internal, locals = {}, 0, 0, {}, 0
 for _, path in ipairs(files) do
   local src = read(path)
-  local ok, found, exported = pcall(public_functions, src)
+  local ok, results, classes, is_module = pcall(check_file, path, src, doc)
   if not ok then
-    io.stderr:write(path, ": cannot parse: ", tostring(found), "\n")
+    io.stderr:write(path, ": cannot parse: ", tostring(results), "\n")
     os.exit(1)
   end
-  if not modules[path] then
+  if not is_module then
     bad_modules = bad_modules + 1
     missing[#missing + 1] = ("%s:1: module %s undocumented (no --- comment with @module at the top)")
       :format(path, path:gsub("^lua/", ""):gsub("%.lua$", ""):gsub("/", "."))
   end
-  local source_lines = {}
-  for line in (src .. "\n"):gmatch("([^\n]*)\n") do source_lines[#source_lines + 1] = line end
-  -- A metatable's methods are public when the module hands its objects out:
-  -- it exports the table, or documents the class (a @type, or any method).
-  -- Otherwise it is the module's own machinery (batch.lua's Batch).
-  local public_class = {}
-  for _, f in ipairs(found) do
-    if f.class and (exported[f.class] or types[path .. ":" .. f.class] or documented[path .. ":" .. f.line]) then
-      public_class[f.class] = true
-    end
+  for _, class in ipairs(classes) do
+    internal[#internal + 1] = path .. ": " .. class
+    if LIST then print(("%s: %s: internal class (not exported, nothing of it documented)"):format(path, class)) end
   end
-  for _, f in ipairs(found) do
-    if f.class and not public_class[f.class] then
-      if not internal[path .. ":" .. f.class] then
-        internal[path .. ":" .. f.class] = true
-        internal[#internal + 1] = path .. ": " .. f.class
-        if LIST then print(("%s: %s: internal (not exported, nothing of it documented)"):format(path, f.class)) end
-      end
-    else
-      total = total + 1
-      local ok_doc = documented[path .. ":" .. f.line] or (f.alt and documented[path .. ":" .. f.alt])
-      if LIST then print(("%s:%d: %s %s"):format(path, f.line, f.name, ok_doc and "documented" or "UNDOCUMENTED")) end
-      if not ok_doc then
-        -- a `---` comment right above that LDoc did not take: say so
-        local above = source_lines[f.line - 1] or ""
-        local hint = above:match("^%s*%-%-%-") and " (LDoc does not read the --- comment above it)" or ""
-        missing[#missing + 1] = ("%s:%d: %s undocumented%s"):format(path, f.line, f.name, hint)
-      end
+  for _, r in ipairs(results) do
+    total = total + 1
+    if r.status == "internal" then locals = locals + 1 end
+    if LIST then
+      print(("%s:%d: %s %s"):format(path, r.line, r.name, r.status == "undocumented" and "UNDOCUMENTED"
+        or r.status == "internal" and "documented, internal (@local)" or "documented"))
+    end
+    if r.status == "undocumented" then
+      missing[#missing + 1] = ("%s:%d: %s undocumented%s"):format(path, r.line, r.name, r.hint or "")
     end
   end
 end
@@ -339,9 +482,9 @@ end
 local lines = {}
 for _, w in ipairs(warnings) do lines[#lines + 1] = w end
 for _, m in ipairs(missing) do lines[#lines + 1] = m end
-local summary = ("doc_check: %d modules, %d public functions: %d module(s) and %d function(s) undocumented;"
-  .. " %d LDoc warning(s); %d internal class(es) not checked"):format(#files, total, bad_modules,
-  #missing - bad_modules, #warnings, #internal)
+local summary = ("doc_check: %d modules, %d public functions (%d of them internal steps, @local): %d module(s)"
+  .. " and %d function(s) undocumented; %d LDoc warning(s); %d internal class(es) not checked"):format(#files,
+  total, locals, bad_modules, #missing - bad_modules, #warnings, #internal)
 if #lines > 0 then print(table.concat(lines, "\n")) end
 print(summary .. (HTML and "; reference in build/docs/index.html" or ""))
 os.execute("mkdir -p build/docs")
