@@ -13,7 +13,12 @@ local M = {}
 --- Command names in help order.
 M.COMMANDS = { "validate", "send", "convert", "cancel", "spool", "sandbox", "mapping" }
 
-M.EXIT_OK, M.EXIT_FAILURE, M.EXIT_USAGE = 0, 1, 2
+--- Exit code 0: all done.
+M.EXIT_OK = 0
+--- Exit code 1: some orders failed (130, interrupted, is the commands' own).
+M.EXIT_FAILURE = 1
+--- Exit code 2: a usage or configuration error.
+M.EXIT_USAGE = 2
 
 local function load_command(name)
   local modname = "optimizely.offline.cli." .. name
@@ -27,7 +32,9 @@ end
 local UsageError = {}
 local VersionRequest = {}
 
---- The `--version` text: this program, libcurl and the Lua running it.
+--- The version text: this program, libcurl (and its TLS library) and the
+-- Lua running it, one per line (`-V`, `--version`).
+-- @return the text, without a final newline
 function M.version()
   local core = require("optimizely.offline.core")
   local lua = (type(jit) == "table" and jit.version) or _VERSION
@@ -36,7 +43,10 @@ function M.version()
     tls and (" (" .. tostring(tls) .. ")") or "", lua)
 end
 
---- Builds the parser. @return parser, handlers (command name -> module)
+--- Builds the argparse parser with every command of `M.COMMANDS` that has
+-- a module. A usage error raises a private value that `main` turns into
+-- exit code 2 (argparse would print and exit 1).
+-- @return parser, handlers (command name -> its module)
 function M.parser()
   local parser = argparse("optimizely-offline",
     "Send in-store orders to Optimizely Product Recommendations (offline orders API).")
@@ -63,8 +73,10 @@ end
 
 --- Runs the command line.
 -- @param argv the script's `arg` table (only the positive indices are used)
--- @param out, err writers (default io.stdout, io.stderr)
--- @return exit code
+-- @param out writer for results (anything with `:write`; default io.stdout)
+-- @param err writer for messages (default io.stderr)
+-- @return exit code: 0 all done, 1 some orders failed, 2 usage or
+--   configuration error, 130 interrupted (`M.EXIT_*`)
 function M.main(argv, out, err)
   out, err = out or io.stdout, err or io.stderr
   local args = {}

@@ -42,7 +42,7 @@ M.DEFAULT_CANCEL_PATH = "/smart-api/orders/offline/{refCode}"
 -- header lists carry the tokens.
 local private = setmetatable({}, { __mode = "k" })
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- Configuration
 
 local LABEL = "^[%w%._%-]+$"
@@ -260,9 +260,12 @@ function M.check_config(cfg)
   return c
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- The delivery context
 
+--- The User-Agent every request sends:
+-- `optimizely-offline/<version> libcurl/<version> <Lua or LuaJIT version>`.
+-- @return the header's value
 local function user_agent()
   local lua = (type(jit) == "table" and jit.version) or _VERSION
   return "optimizely-offline/" .. core.VERSION .. " libcurl/" .. (core.curl_version()) .. " " .. lua
@@ -356,7 +359,7 @@ function M.channel_of(st, name)
   return i
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- The client object
 
 local Client = {}
@@ -380,9 +383,12 @@ end
 
 --- The one way an order becomes bytes: pseudonymise (when asked) before
 -- validation, then encode. The pseudonymiser's warnings come first.
--- @param st the delivery context; p an override pseudonymiser (a queue's
---   or batch's own), false for none
--- @return json, warnings | nil, err
+-- @param st the delivery context (`M.state`)
+-- @param payload `{lang?, user?, order}` as `offline.encode` takes it
+-- @param p a pseudonymiser instead of the client's (a queue's or batch's
+--   own), false for none, nil for the client's
+-- @return json, warnings (a list, maybe empty) | nil, err (kind
+--   "validation", with `problems`)
 function M.prepare(st, payload, p)
   if p == nil then p = st.pseudonym end
   local pw

@@ -37,6 +37,7 @@ end
 --- Open `path` for writing as a private file: created 0600, an existing
 -- file truncated ("w") or appended to ("a") and made 0600; a symlink at
 -- `path` is refused.
+-- @param path the file
 -- @param mode "w" (default) or "a"
 -- @return file or nil, err
 function M.open_private(path, mode)

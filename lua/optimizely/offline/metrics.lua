@@ -186,7 +186,7 @@ function M.percentiles(hist, qs)
   return out
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- The shared dict (nginx: every worker adds its deltas)
 
 local PREFIX = "m:"
@@ -354,7 +354,7 @@ function M.from_shm(dict)
   return t
 end
 
----------------------------------------------------------------------------
+-- -------------------------------------------------------------------------
 -- Prometheus text exposition format 0.0.4
 
 local NAME = "optimizely_offline_"

@@ -35,6 +35,9 @@ function M.read_file(path)
   return s
 end
 
+--- Whether `path` can be opened for reading (a file that exists but cannot
+-- be read counts as absent).
+-- @return true or false
 function M.exists(path)
   local f = io.open(path, "rb")
   if f then f:close() return true end

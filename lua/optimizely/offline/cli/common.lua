@@ -12,7 +12,8 @@ local M = {}
 
 -- ---------------------------------------------------------------- options
 
---- The environment variables the commands read (for `--help`).
+--- The environment variables the commands read, their precedence and the
+-- exit codes: the epilog of `send --help` and `cancel --help`.
 M.ENV_HELP = table.concat({
   "Environment:",
   "   OPTIMIZELY_SITE                  site code (--site)",
@@ -27,7 +28,10 @@ M.ENV_HELP = table.concat({
   "Exit codes: 0 all done, 1 some orders failed, 2 usage or configuration error, 130 interrupted.",
 }, "\n")
 
---- `--config FILE` (key = value lines; see doc/topics/cli.md).
+--- Adds the config file option to an argparse command:
+-- `--config FILE`, key = value lines (doc/topics/cli.md; read by
+-- optimizely.offline.cli.config).
+-- @param cmd the argparse command
 function M.config_option(cmd)
   cmd:option("--config", "Config file: key = value lines (site, token, token.<channel>, channel, "
     .. "base_url, map.<column>, delimiter, date_format, timezone, ...)."):argname("<file>")
@@ -80,7 +84,9 @@ function M.credential_options(cmd)
   cmd:epilog(M.ENV_HELP)
 end
 
---- -q/--quiet and -v/--verbose.
+--- Adds the quiet and verbose flags to an argparse command:
+-- `-q`/`--quiet` (errors only) and `-v`/`--verbose` (every order's result).
+-- @param cmd the argparse command
 function M.output_options(cmd)
   cmd:flag("-q --quiet", "Print nothing but errors (failed orders and fatal errors).")
   cmd:flag("-v --verbose", "Print every order's result.")
@@ -266,8 +272,10 @@ function M.refuse_overwrite(inputs, outputs)
   end
 end
 
---- The paths a command reads from: its input files and its --transform and
--- --config scripts (none of them may be overwritten by an output).
+--- The paths a command reads from, which no output may overwrite (see
+-- `refuse_overwrite`): its input files and its `--transform` and `--config` files.
+-- @param args the parsed arguments
+-- @return a list of paths (a missing transform or config leaves no entry)
 function M.inputs_of(args)
   local list = {}
   for _, f in ipairs(args.files or {}) do list[#list + 1] = f end

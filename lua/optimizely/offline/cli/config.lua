@@ -1,6 +1,6 @@
---- The run's configuration: the `--config` file, the environment and the
+--- The run's configuration: the config file, the environment and the
 -- command line, merged in that order of precedence: command line first,
--- then environment, then file.
+-- then environment, then the file named by `--config`.
 --
 -- A config file is data, never code: `key = value` lines, `#` starts a
 -- comment line, values may be quoted ('…' or "…"). Keys:

@@ -1,6 +1,6 @@
---- `optimizely-offline convert FILE… --to ndjson`: inputs (after the
--- transform) to NDJSON, one normalised request body per line — exactly the
--- bytes `send` would post. Invalid orders are reported and left out. The
+--- The `convert` command: inputs (after the transform) to NDJSON, one
+-- normalised request body per line — exactly the bytes `send` would post:
+-- `optimizely-offline convert FILE… --to ndjson [-o FILE]`. Invalid orders are reported and left out. The
 -- output file (`-o`) is private (0600) and appears only when complete; it
 -- can never be one of the inputs.
 -- @module optimizely.offline.cli.convert

@@ -35,6 +35,7 @@ local config_error = common.config_error
 local RunError = {}
 local function run_error(msg) error(setmetatable({ message = msg }, RunError), 0) end
 
+--- Adds the `mapping` command and its options to the argparse parser.
 function M.register(parser)
   local cmd = parser:command("mapping",
     "Write the one-time e-mail -> pseudonymised id mapping file (CSV: email,id) for Optimizely.")
@@ -84,11 +85,26 @@ end
 local Distinct = {}
 Distinct.__index = Distinct
 
+--- An external sort of distinct strings (`M.Distinct`; the e-mail
+-- addresses of `mapping`): strings (no line breaks) are added in any order
+-- and read back with `each`, sorted by their bytes, each once, with at
+-- most `run_size` of them in memory; the rest wait in sorted runs on disk.
+-- A temporary file that cannot be written raises the command's run error
+-- (exit 1).
+-- @param dir the directory for the run files (private, 0600; `cleanup`
+--   removes them)
+-- @param run_size distinct strings held in memory before a run is written
+--   (`M.RUN_SIZE` in the command)
+-- @return the sorter
 function Distinct.new(dir, run_size)
   return setmetatable({ dir = dir, run_size = run_size, set = {}, n = 0, runs = {}, count = 0 },
     Distinct)
 end
 
+--- Adds a string (again: ignored while it is in the current run; a string
+-- already on disk is dropped when the runs are merged). Writes the run
+-- out when it reaches `run_size`.
+-- @param s the string (no line break)
 function Distinct:add(s)
   if self.set[s] then return end
   self.set[s] = true
@@ -103,7 +119,9 @@ local function sorted_keys(set)
   return list, n
 end
 
--- The current run, sorted, to a new temporary file.
+--- Writes the current run, sorted, to a new temporary file and starts an
+-- empty one (a step of `add` and `each`).
+-- @local
 function Distinct:spill()
   if self.n == 0 then return end
   local list, n = sorted_keys(self.set)
@@ -186,8 +204,10 @@ end
 
 -- ------------------------------------------------------------------- run
 
--- RFC 4180: a field with a comma, a quote or a line break is quoted, its
--- quotes doubled.
+--- A CSV field as RFC 4180 writes it: a value with a comma, a quote or a
+-- line break is quoted, its quotes doubled; any other is as it is.
+-- @param s the value
+-- @return the field
 local function csv_field(s)
   if s:find('[,"\r\n]') then return '"' .. s:gsub('"', '""') .. '"' end
   return s

@@ -42,7 +42,15 @@ end
 local Tally = {}
 Tally.__index = Tally
 
--- One problem of one item, under `path` (may be "") with `msg`.
+--- Counts one problem of one item in its group: the path with its indexes
+-- dropped and the message with its varying parts masked; past
+-- `M.MAX_GROUPS` groups, in the catch-all "other problems". An item counts
+-- once per group however many of its problems fall in it (the step behind
+-- `failure` and `warnings`).
+-- @param item a records item (its `rec` gives the place)
+-- @param path the field path, or "" (or nil) for the whole order
+-- @param msg the message
+-- @local
 function Tally:add(item, path, msg)
   path = (path or ""):gsub("%[%d+%]", "[]")
   msg = tostring(msg)

@@ -36,7 +36,14 @@ function Progress:fraction()
   return s > 0 and math.min(b / s, 1) or nil
 end
 
--- The bar's text for `done` orders, `failed` of them failed.
+--- The bar's text (the step behind `update`): a carriage return, the bar
+-- and percentage when the share done is known, the counts, the rate and an
+-- ETA, then an erase-to-end-of-line.
+-- @param done orders done
+-- @param failed how many of them failed
+-- @param now the clock's time
+-- @return the text
+-- @local
 function Progress:line(done, failed, now)
   local el = now - self.started
   local rate = el > 0 and done / el or 0

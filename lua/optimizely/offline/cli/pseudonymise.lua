@@ -1,13 +1,19 @@
---- The command line's pseudonymiser: the flags (`--pseudonymise` on send,
--- validate and convert; the id options shared with `mapping`) and the one
--- way a pseudonymiser is built from them, the environment and `--config`,
--- so that `mapping` and `send --pseudonymise` always compute the same ids.
+--- The command line's pseudonymiser: its flags (the switch on send,
+-- validate and convert, `--pseudonymise`; the id options shared with
+-- `mapping`) and the one way a pseudonymiser is built from them, the
+-- environment and `--config`, so that `mapping` and `send --pseudonymise`
+-- always compute the same ids.
 -- @module optimizely.offline.cli.pseudonymise
 local common = require("optimizely.offline.cli.common")
 
 local M = {}
 
---- Adds the id options (and, with `flag`, the `--pseudonymise` switch).
+--- Adds the pseudonym id options to an argparse command:
+-- `--length`, `--encoding`, `--strip-plus-tag`, `--strip-dots` and, with
+-- `flag`, the `--pseudonymise` switch (send, validate and convert;
+-- `mapping` always pseudonymises).
+-- @param cmd the argparse command
+-- @param flag add `--pseudonymise` too
 function M.options(cmd, flag)
   if flag then
     cmd:flag("--pseudonymise", "Replace user.email with its pseudonymised user.id (HMAC-SHA256 with "

@@ -120,6 +120,7 @@ end
 
 --- Ctrl-C outside the phases that account for it: before anything was
 -- sent, or while the summary was written.
+-- @local
 function Send:interrupted_outside()
   if self.phase == "setup" or self.phase == "check" then
     if self.rejects then self.rejects:abort() end
@@ -137,6 +138,7 @@ end
 
 --- Options, output files, transform, client, progress and the records
 -- iterator: every usage error surfaces here, before anything is read.
+-- @local
 function Send:setup()
   local args = self.args
   self.concurrency = common.int_option(args.concurrency, "concurrency", 1, 1024)
@@ -163,6 +165,7 @@ end
 -- ------------------------------------------------------------- messages
 
 --- A message line on stderr that does not collide with the progress bar.
+-- @local
 function Send:note(...)
   if self.progress then self.progress:clear() end
   common.say(self.err, ...)
@@ -170,6 +173,7 @@ end
 
 --- Prints why an item failed (the first MAX_PRINTED, all with -v; -q too:
 -- these are the errors it prints).
+-- @local
 function Send:print_failure(item, e)
   local st = self.st
   st.printed = st.printed + 1
@@ -183,6 +187,7 @@ function Send:print_failure(item, e)
 end
 
 --- Counts warnings of an item; with -v prints them under its line.
+-- @local
 function Send:warn(item, list, print_them)
   if not list or #list == 0 then return end
   self.st.warnings = self.st.warnings + #list
@@ -196,6 +201,7 @@ end
 
 --- The rejects writer: the one asked for, else the default unsent file,
 -- made when the first order is not sent (none in a dry run).
+-- @local
 function Send:reject_writer()
   if not self.rejects and not self.dry then
     self.rejects = rejects.new(nil, { default = true, keep = true })
@@ -204,6 +210,7 @@ function Send:reject_writer()
 end
 
 --- Counts and records one order that was not sent.
+-- @local
 function Send:reject(item, stage, e, quietly)
   local st = self.st
   item.stage = stage
@@ -224,6 +231,7 @@ function Send:reject(item, stage, e, quietly)
 end
 
 --- Records that are not sendable: rejected at once, or skipped.
+-- @local
 function Send:other(item)
   if item.skipped then
     self.st.skipped = self.st.skipped + 1
@@ -235,6 +243,7 @@ end
 
 --- Moves the resume point past `item` (the place to read on from after
 -- an interruption).
+-- @local
 function Send:account(item)
   local pos = self.pos
   if item.rec and item.rec.line == 0 and (item.rec.index or 0) == 0 and item.stage == "input" then
@@ -245,6 +254,7 @@ function Send:account(item)
 end
 
 --- Orders with an outcome so far (for the progress bar).
+-- @local
 function Send:done() return self.st.sent + self.st.valid + self.st.rejected end
 
 -- ----------------------------------------------------------------- check
@@ -252,6 +262,7 @@ function Send:done() return self.st.sent + self.st.valid + self.st.rejected end
 --- --check-first: reads and validates the whole input once. Failures are
 -- printed and grouped; nothing is written to the rejects file.
 -- @return true when every record passed
+-- @local
 function Send:check()
   self.phase = "check"
   local validate = require("optimizely.offline").validate
@@ -282,6 +293,7 @@ function Send:check()
 end
 
 --- After a failed check: nothing sent, the grouped failures, exit 1.
+-- @local
 function Send:refuse()
   local c = self.checked
   if self.rejects then self.rejects:abort() end -- nothing was sent: the input holds every order
@@ -304,6 +316,7 @@ end
 
 --- The batch's source: the next sendable payload (the others are
 -- accounted for on the way).
+-- @local
 function Send:next_payload()
   local st = self.st
   while true do
@@ -327,6 +340,7 @@ function Send:next_payload()
 end
 
 --- One order's result from the batch.
+-- @local
 function Send:on_result(i, res, e)
   local item = self.inflight[i]
   if not item then return end
@@ -346,6 +360,7 @@ function Send:on_result(i, res, e)
 end
 
 --- The batch's progress callback: retries and the bar.
+-- @local
 function Send:on_progress(s)
   self.st.retried = s.retried or self.st.retried
   self.progress:update(self:done(), self.st.rejected, false)
@@ -354,6 +369,7 @@ end
 --- The real run. A Ctrl-C anywhere in it (our callbacks included: the
 -- batch raises it again) ends the batch, which returns what it knows.
 -- @return true when it stopped before the end of the input
+-- @local
 function Send:run_batch()
   local summary = self.client:send_batch(function() return self:next_payload() end, {
     concurrency = self.concurrency, rate = self.rate, on_interrupt = "return",
@@ -371,6 +387,7 @@ function Send:run_batch()
 end
 
 --- The dry run: every record read, transformed, validated and encoded.
+-- @local
 function Send:run_dry()
   local encode = require("optimizely.offline").encode
   local st = self.st
@@ -396,6 +413,7 @@ function Send:run_dry()
 end
 
 --- Sends (or dry-runs) the input; notes whether and why it stopped early.
+-- @local
 function Send:deliver()
   local ok, res = pcall(self.dry and self.run_dry or self.run_batch, self)
   self.stopped = false -- the run ended before the end of the input
@@ -420,6 +438,7 @@ end
 -- flight, then the rest of the input (read again from the last record
 -- accounted for). A failure on the way is noted, with where the input
 -- stops being accounted for.
+-- @local
 function Send:settle()
   if self.dry then
     if self.stopped then self:note("interrupted: nothing was sent (dry run); the input was not read to the end") end
@@ -438,6 +457,7 @@ function Send:settle()
 end
 
 --- The orders in flight, then (when the run stopped early) the rest of the input.
+-- @local
 function Send:settle_all()
   if self.stopped then
     self:note(self.interrupted and "interrupted" or "stopped by an error",
@@ -448,6 +468,7 @@ function Send:settle_all()
 end
 
 --- The orders in flight: their outcome is not known.
+-- @local
 function Send:settle_inflight()
   local unknown, unsent, idx, pos = {}, {}, {}, self.pos
   for _, i in ipairs(self.batch and self.batch.unknown or {}) do unknown[i] = true end
@@ -471,6 +492,7 @@ function Send:settle_inflight()
 end
 
 --- The input not read yet: not sent.
+-- @local
 function Send:settle_rest()
   local why = self.interrupted and "not sent: the run was interrupted" or "not sent: the run stopped on an error"
   local rest = self.records
@@ -488,6 +510,7 @@ function Send:settle_rest()
 end
 
 --- Puts the rejects file in place; a failure is the run's failure.
+-- @local
 function Send:close_rejects()
   if not self.rejects then return end
   local ok, e = pcall(self.rejects.close, self.rejects)
@@ -497,6 +520,7 @@ end
 -- ---------------------------------------------------------------- report
 
 --- 130 interrupted, 1 something not sent (or a failure), else 0.
+-- @local
 function Send:exit_code()
   local st = self.st
   if self.interrupted then return 130 end
@@ -504,8 +528,14 @@ function Send:exit_code()
   return 0
 end
 
---- The --report file (JSON), for `code`. @return the exit code (1 when
--- the report could not be written)
+--- Writes the JSON report when the run was asked for one
+-- (`--report FILE`): the counts, rate, error codes, grouped problems and
+-- warnings, latency percentiles and `exit_code = code`. The file is
+-- private (0600) and appears only when complete.
+-- @param code the run's exit code so far
+-- @return the exit code: `code`, or 1 when the report could not be written
+--   (said on stderr)
+-- @local
 function Send:report(code)
   if not self.report_sink then return code end
   local st, elapsed = self.st, self.clock() - (self.t0 or self.clock())
@@ -542,6 +572,7 @@ end
 
 --- The request latency of the run: `{p50, p90, p99}` in seconds (estimated
 -- from the client's latency histogram), or nil when nothing was sent.
+-- @local
 function Send:latency()
   if not self.client then return nil end
   local q = require("optimizely.offline.metrics").percentiles(self.client:metrics().latency, { 0.5, 0.9, 0.99 })
@@ -550,9 +581,15 @@ function Send:latency()
   return { p50 = ms(q[1]), p90 = ms(q[2]), p99 = ms(q[3]) }
 end
 
---- The --metrics file: the Prometheus text of this run's client (requests,
+--- Writes the metrics file when the run was asked for one
+-- (`--metrics FILE`): the Prometheus text of this run's client (requests,
 -- orders sent and failed by kind/status/code/channel, the latency
--- histogram). @return the exit code (1 when the file could not be written)
+-- histogram; all zero in a dry run). Private (0600), replaced only when
+-- complete.
+-- @param code the run's exit code so far
+-- @return the exit code: `code`, or 1 when the file could not be written
+--   (said on stderr)
+-- @local
 function Send:write_metrics(code)
   if not self.metrics_sink then return code end
   local text = self.client and require("optimizely.offline.metrics").prometheus(self.client)
@@ -569,6 +606,7 @@ end
 -- ---------------------------------------------------------------- summary
 
 --- "sent 3 orders in 0.12 s (25.0 orders/s), 1 rejected, ..."
+-- @local
 function Send:summary_line()
   local st, elapsed = self.st, self.clock() - self.t0
   local s = {}
@@ -590,6 +628,7 @@ function Send:summary_line()
 end
 
 --- "errors: SandboxFault 2, validation 1" (most frequent first)
+-- @local
 function Send:errors_line()
   local errs, keys, parts = self.st.errors, {}, {}
   for k in pairs(errs) do keys[#keys + 1] = k end
@@ -604,6 +643,7 @@ end
 
 --- The end of a run on stderr: errors always; with -q nothing else but
 -- where the orders not sent are.
+-- @local
 function Send:summary()
   if self.failure then self:note("error: ", self.failure) end
   if self.lost then

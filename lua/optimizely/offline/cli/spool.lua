@@ -1,5 +1,5 @@
---- `optimizely-offline spool stats|list|retry|purge|export --spool FILE`:
--- look into and manage a queue's SQLite spool.
+--- The `spool` command: look into and manage a queue's SQLite spool:
+-- `optimizely-offline spool stats|list|retry|purge|export --spool FILE`.
 -- @module optimizely.offline.cli.spool
 local common = require("optimizely.offline.cli.common")
 
