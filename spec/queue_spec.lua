@@ -549,9 +549,10 @@ describe("client:queue", function()
       os.execute("mkdir -p " .. q(dir))
       os.execute("mount -t tmpfs -o size=1m tmpfs " .. q(dir))
       finally(function() os.execute("umount " .. q(dir) .. " 2>/dev/null") end)
-      local events = {}
+      local events, logged = {}, {}
       local qu = assert(new_client():queue({ spool = dir .. "/q.db", concurrency = 2,
-        on_event = function(ev) if ev.type == "storage" then events[#events + 1] = ev end end }))
+        on_event = function(ev) if ev.type == "storage" then events[#events + 1] = ev end end,
+        logger = function(level, msg) logged[#logged + 1] = level .. " " .. msg end }))
       sb.faults({ count = 100000, status = 503 }) -- the rows stay, retried: every retry is a write
       for _, p in ipairs(make("disk-", 5)) do assert.is_true(qu:push(p)) end
       -- fill the disk: the thread's claims and retries (writes) now fail
@@ -562,6 +563,12 @@ describe("client:queue", function()
       end, 20), "no storage error reported")
       assert.is_true(#events >= 1)
       assert.equal("storage", events[1].error.kind)
+      assert.equal("delivery", events[1].operation)
+      -- and one error line in the log (optimizely.offline.events)
+      local line
+      for _, l in ipairs(logged) do if l:find("spool delivery failed", 1, true) then line = l end end
+      assert.is_truthy(line, "no log line for the storage failure")
+      assert.equal("error", line:match("^(%S+)"))
       assert.is_string(qu:stats().storage_error)
       -- room again: delivery goes on, nothing was lost
       os.remove(dir .. "/filler")

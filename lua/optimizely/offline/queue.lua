@@ -38,6 +38,16 @@ local M = {}
 --- The default age limit of a queued order: 3 days.
 M.MAX_AGE = 3 * 86400
 
+--- The `logger` option's check: a `function(level, message)`, or false
+-- for no log lines (nil: the client's logger).
+-- @param v the option's value
+-- @return true | nil, message
+-- @local
+local function check_logger(v)
+  if v == false or type(v) == "function" then return true end
+  return nil, "must be a function(level, message) or false"
+end
+
 --- The options both queues (this one and optimizely.offline.ngx.queue)
 -- share: one vocabulary.
 M.common = {
@@ -56,10 +66,7 @@ M.common = {
   on_success = { type = "function" },
   on_failure = { type = "function" },
   on_event = { type = "function" },
-  logger = { type = "any", check = function(v)
-    if v == false or type(v) == "function" then return true end
-    return nil, "must be a function(level, message) or false"
-  end },
+  logger = { type = "any", check = check_logger },
   pseudonymise = { type = "any" },
 }
 
@@ -94,6 +101,11 @@ function M.policy(st, o)
     backoff_max = p.backoff_max, backoff_floor = p.backoff_floor, retry_after_max = p.retry_after_max }
 end
 
+--- Opens the spool named by `opts.spool` (nothing without one) with the
+-- queue's bounds, into `self.spool` (a step of `start_worker`).
+-- @return true | nil, err (optimizely.offline.spool's kinds: "foreign",
+--   "storage", "busy")
+-- @local
 function Queue:open_spool()
   local o = self.o
   if not o.spool then return true end
@@ -106,6 +118,13 @@ function Queue:open_spool()
   return true
 end
 
+--- Opens the spool and starts the delivery thread (csrc/worker.c) with the
+-- client's HTTP options, channels and policy; logs the startup line, and
+-- wakes the thread at once when the spool already holds orders. Run by
+-- `new`, and again in a forked child (`check_pid`).
+-- @return true | nil, err (a spool error, or kind "storage" when the thread
+--   could not be made; the spool is closed again)
+-- @local
 function Queue:start_worker()
   local st, o = self.st, self.o
   local ok, err = self:open_spool()
@@ -156,9 +175,11 @@ function M.new(st, o)
   return self
 end
 
--- After fork(): the thread and the SQLite connection stay with the parent.
--- The child gets its own (in-memory orders pushed before the fork belong
--- to the parent, which delivers them).
+--- After fork(), a queue used in the child starts a thread and a SQLite
+-- connection of its own: the parent's stay with the parent (in-memory
+-- orders pushed before the fork belong to the parent, which delivers
+-- them). Called by every public method; raises when the restart fails.
+-- @local
 function Queue:check_pid()
   if self.pid ~= core.getpid() then
     self.worker:close(0) -- only forgets the parent's copy
@@ -170,18 +191,34 @@ end
 
 local PUSH_OPTS = opts.schema("queue", "push opts", { channel = { type = "string", nonempty = true } })
 
--- Pseudonymise (the queue's own, else the client's) and encode.
+--- Pseudonymises (the queue's `pseudonymise` option, else the client's)
+-- and encodes one order: `client.prepare`.
+-- @param payload the order
+-- @return json, warnings | nil, err (kind "validation")
+-- @local
 function Queue:prepare(payload)
   return require("optimizely.offline.client").prepare(self.st, payload, self.pseudonym)
 end
 
+--- Counts a refused push in `stats().dropped[kind]` and returns its error.
+-- @param kind the `dropped` key ("full", "invalid", "config", a spool kind)
+-- @param err the error returned to the caller
+-- @return nil, err
+-- @local
 function Queue:refuse(kind, err)
   local d = self.counts.dropped
   d[kind] = (d[kind] or 0) + 1
   return nil, err
 end
 
--- One encoded order into the spool or the thread's inbox.
+--- Hands one encoded order to the spool (then wakes the thread) or, without
+-- a spool, to the thread's inbox.
+-- @param json the request body
+-- @param ref its refCode as a string
+-- @param ch the channel's index in the client's channels
+-- @return true | nil, err (kind "full", with `bound` and `option`
+--   ("max_queue", "spool_max_orders", "spool_max_bytes"), or a spool kind)
+-- @local
 function Queue:hand_over(json, ref, ch)
   if self.spool then
     local id, err = self.spool:put(json, ref, nil, self.st.channels[ch].name)
@@ -277,11 +314,22 @@ end
 
 -- --------------------------------------------------------------- results
 
+--- Calls the user's callback `opts[name]`, protected: a raise is counted in
+-- `callback_errors` and never stops delivery (Ctrl-C still goes through).
+-- @param name "on_success" or "on_failure"
+-- @param ... its arguments
+-- @local
 function Queue:call(name, ...)
   local fn = self.o[name]
   if fn and errors.callback(fn, ...) then self.counts.callback_errors = self.counts.callback_errors + 1 end
 end
 
+--- Settles an order given up (a dead letter, an order refused with the
+-- credentials, or one dropped at shutdown): counts it, calls `on_failure`
+-- with `err` (no longer retryable) and emits a `dead` or `dropped` event.
+-- @param r the thread's result record
+-- @param err its error (optimizely.offline.delivery's failure)
+-- @local
 function Queue:failed(r, err)
   self.counts.failed = self.counts.failed + 1
   if r.what == "dropped" then
@@ -298,6 +346,12 @@ function Queue:failed(r, err)
   end
 end
 
+--- Turns one result record of the thread into callbacks and events:
+-- "sent" calls `on_success`; "dead", "dropped" and "stopped" go to
+-- `failed`; "retry", "paused" and "resumed" become events.
+-- @param r the record (`what`, `ref`, `attempts`, `channel`, status and
+--   body or kind, `until`, `why`)
+-- @local
 function Queue:handle(r)
   local what = r.what
   if what == "sent" then
@@ -314,8 +368,11 @@ function Queue:handle(r)
   end
 end
 
--- A spool call of the thread failed since the last look: one event (the
--- thread keeps the count and the last message).
+--- Reports the spool calls of the thread that failed since the last look
+-- (a full disk, say) as one `storage` event (on_event and an error log
+-- line) with their count and the last message: delivery must not stop
+-- silently. The thread keeps the count and the last message.
+-- @local
 function Queue:storage_check()
   if not self.spool then return end
   local w = self.worker:stats()
@@ -323,26 +380,17 @@ function Queue:storage_check()
     local n = w.storage_errors - self.storage_seen
     self.storage_seen = w.storage_errors
     self.events:emit("storage", { operation = "delivery", count = n, error = errors.new({ kind = "storage",
-      message = errors.redact_all(tostring(w.storage_error), self.st.secrets) }) })
+      message = errors.redact_all(tostring(w.storage_error or "spool write failed"), self.st.secrets) }) })
   end
 end
 
+--- Handles a list of result records (see `handle`).
+-- @param results the records
+-- @return how many there were
+-- @local
 function Queue:take_results(results)
   for i = 1, #results do self:handle(results[i]) end
   return #results
-end
-
--- A spool write the thread could not make (a full disk, say) must not stop
--- delivery silently: each new one reaches on_event (type "storage").
-function Queue:storage_check()
-  if not self.spool then return end
-  local st = self.worker:stats()
-  local seen = self.storage_seen or 0
-  if st.storage_errors > seen then
-    self.storage_seen = st.storage_errors
-    self:call("on_event", { type = "storage", count = st.storage_errors - seen,
-      error = errors.new({ kind = "storage", retryable = true, message = st.storage_error or "spool write failed" }) })
-  end
 end
 
 --- Run the callbacks for every result the thread reported since last time.
@@ -355,6 +403,9 @@ function Queue:poll()
   return n
 end
 
+--- Orders in the spool file, from every process sharing it (0 without a
+-- spool, or when the spool cannot be read).
+-- @local
 function Queue:spool_backlog()
   if not self.spool then return 0 end
   local s = self.spool:stats()
@@ -455,6 +506,11 @@ function Queue:resume()
   self.worker:resume()
 end
 
+--- The `dropped` table of `stats()`: `full`, `invalid`, `results` (result
+-- records the thread let go, oldest first, while nobody polled: the orders
+-- were settled all the same, their callbacks are lost) and the refusals by
+-- kind (`config`, spool kinds, `shutdown`).
+-- @local
 function Queue:dropped_counts()
   local d = { full = self.counts.full, invalid = self.counts.invalid,
     results = self.worker and self.worker:stats().results_dropped or self.results_dropped or 0 }
@@ -487,7 +543,13 @@ function Queue:stats()
   }
 end
 
--- The Lua side's counts and the gauges, added to the thread's metrics.
+--- Adds the Lua side's counts (`invalid`, `dropped`, `callback_errors`,
+-- `storage_errors`) and the gauges (`depth`, `in_flight`, `paused`,
+-- `spool`) to the thread's metrics.
+-- @param m the thread's metrics table (completed in place)
+-- @param stats `stats()` of the same moment
+-- @return m
+-- @local
 function Queue:complete_metrics(m, stats)
   m.invalid = self.counts.invalid
   m.dropped = stats.dropped
