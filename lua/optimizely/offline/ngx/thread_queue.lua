@@ -106,7 +106,11 @@ function M.new(client_config, o)
   return self
 end
 
--- Every flush_interval: the callbacks, then the metrics into the dict.
+--- The periodic timer's work, every `flush_interval`: run the callbacks of
+-- the results the thread reported (`poll`), then add the metrics to
+-- `metrics_shm` (when set).
+-- @param exiting true at worker exit (the publisher's last delta)
+-- @local
 function Queue:tick(exiting)
   self.q:poll()
   if self.metrics_publisher then self.metrics_publisher(self.q:metrics(), exiting) end
@@ -139,7 +143,12 @@ function Queue:metrics() return self.q:metrics() end
 --- Try the credentials again now.
 function Queue:resume() return self.q:resume() end
 
--- Wait (yielding) until everything is settled or `timeout` passes.
+--- Waits, yielding, until everything pushed is settled and reported
+-- (polling from every 5 ms to every 50 ms) or `timeout` passes (a step of
+-- `flush` and `final`).
+-- @param timeout seconds
+-- @return true when settled, else false
+-- @local
 function Queue:settle(timeout)
   return (wait.until_done(function()
     self.q:poll()
@@ -160,8 +169,11 @@ function Queue:flush(timeout)
     message = ("queue not empty after %g s (%d queued, %d in flight)"):format(timeout, s.queued, s.in_flight) })
 end
 
--- Worker exit: a bounded grace for the thread, then close (what is left is
--- reported or stays in the spool).
+--- Worker exit (the timer runs prematurely): a grace of `shutdown_timeout`
+-- for the thread, then close; what is left is reported to on_failure
+-- (kind "shutdown") or stays in the spool, and the last metrics go to
+-- `metrics_shm`.
+-- @local
 function Queue:final()
   if self.closed then return end
   self:settle(self.o.shutdown_timeout)
