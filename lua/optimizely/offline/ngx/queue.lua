@@ -86,9 +86,6 @@ fields.metrics_shm = { type = "string", nonempty = true }
 -- reads it).
 M.schema = opts.schema("optimizely.offline.ngx.queue", "opts", fields)
 
--- Options of the libcurl client that mean nothing here; refusing them beats
--- silently ignoring a TLS setting.
-
 local YIELDABLE = waiting.YIELDABLE
 
 local Queue = {}
@@ -100,6 +97,12 @@ Queue.__index = Queue
 -- means the same in every worker.
 local LIST, HELD, INFLIGHT = "q", "c:held", "c:in_flight"
 
+--- Adds one to a counter of `stats()`: `counters[key]`, or with `sub`
+-- `counters[key][sub]` (`dropped.shutdown`, say). In shared mode the dict's
+-- copy too, so that every worker's `stats()` says the same.
+-- @param key the counter
+-- @param sub the sub-key, or nil
+-- @local
 function Queue:bump(key, sub)
   local st = self.counters
   if sub then st[key][sub] = (st[key][sub] or 0) + 1 else st[key] = st[key] + 1 end
@@ -107,7 +110,12 @@ function Queue:bump(key, sub)
   if shm then shm:incr("c:" .. key .. (sub and ("." .. sub) or ""), 1, 0) end
 end
 
--- pcall a user callback; its failure must not break delivery.
+--- Calls the user's callback `opts[name]`, protected: a raise is counted
+-- in `callback_errors` and logged, and never breaks delivery (Ctrl-C still
+-- goes through).
+-- @param name "on_success" or "on_failure"
+-- @param ... its arguments
+-- @local
 function Queue:call(name, ...)
   local fn = self.o[name]
   local err = fn and errors.callback(fn, ...)
@@ -117,7 +125,12 @@ function Queue:call(name, ...)
   end
 end
 
--- An event: on_event (protected) and a log line (optimizely.offline.events).
+--- Emits an event: `on_event` (protected) and a log line
+-- (optimizely.offline.events).
+-- @param kind the event type ("retry", "dead", "dropped", "paused", ...)
+-- @param ev its fields
+-- @param line the log line instead of the default one (optional)
+-- @local
 function Queue:event(kind, ev, line)
   self.events:emit(kind, ev, line)
 end
@@ -141,7 +154,10 @@ local function unpack_item(s)
     channel = ch ~= "" and ch or nil, json = s:sub(q + clen), next_at = 0 }
 end
 
--- The deliverer says how many orders it holds (ready, waiting, in flight).
+--- Shared mode, in the deliverer: writes how many orders it holds (ready,
+-- waiting, in flight) and how many are in flight to the dict, for every
+-- worker's `stats()`.
+-- @local
 function Queue:publish()
   local shm = self.shm
   if not shm or not self.deliverer then return end
@@ -149,20 +165,31 @@ function Queue:publish()
   shm:set(INFLIGHT, self.in_flight)
 end
 
+--- Shared mode: the length of the dict's list (orders pushed, not yet
+-- taken by the deliverer).
+-- @local
 function Queue:shared_len()
   return self.shm:llen(LIST) or 0
 end
 
 -- --------------------------------------------------- the in-memory store
 
+--- Orders in the in-memory ring, ready to send.
+-- @local
 function Queue:ready_size() return self.tail - self.head + 1 end
 
+--- Appends an order to the in-memory ring.
+-- @param it the order item (`json`, `ref`, `channel`, `attempts`, `created`)
+-- @local
 function Queue:ready_push(it)
   local t = self.tail + 1
   self.tail = t
   self.ready[t] = it
 end
 
+--- Takes the first order of the in-memory ring.
+-- @return the item, or nil when the ring is empty
+-- @local
 function Queue:ready_pop()
   local h = self.head
   if h > self.tail then return nil end
@@ -172,7 +199,10 @@ function Queue:ready_pop()
   return it
 end
 
--- Waiting orders whose time has come (all of them when `all`) to the ring.
+--- Moves the waiting orders whose retry is due (all of them with `all`) to
+-- the ring.
+-- @param all true: every waiting order (the last chance before exit)
+-- @local
 function Queue:promote(all)
   local w = self.waiting
   if #w == 0 then return end
@@ -187,6 +217,9 @@ end
 
 -- ------------------------------------------- taking orders (the senders)
 
+--- Has the exit deadline (`shutdown_timeout` after the worker began to
+-- exit) passed?
+-- @local
 function Queue:stopping()
   if self.deadline then
     update_time()
@@ -195,9 +228,11 @@ function Queue:stopping()
   return false
 end
 
--- Held back: a 429 pause, refused credentials (one probe at a time when
--- its time has come), or the in-flight limit. At the last chance before
--- exit, memory orders are tried anyway.
+--- Are the senders held back: a 429 pause, refused credentials (one probe
+-- at a time, once its time has come) or the in-flight limit? At the last
+-- chance before exit (`final`) orders held only in memory are tried anyway.
+-- @param final the worker is exiting
+-- @local
 function Queue:held(final)
   if final and not self.spool then return false end
   local t = now()
@@ -206,14 +241,23 @@ function Queue:held(final)
   return self.in_flight >= self.limit
 end
 
--- An order taken while the credentials are in doubt is the one probe.
+--- Marks an order as taken: while the credentials are in doubt it is the
+-- one probe.
+-- @return it
+-- @local
 function Queue:taken(it)
   if self.stopped then self.probing = true end
   return it
 end
 
--- The next order to send: it, or nil and why ("empty" when there is simply
--- nothing due; "stop" when held, past the exit deadline or on error).
+--- The next order to send without a spool: from the ring or, in shared
+-- mode, the dict's list (an item this version cannot read is dropped and
+-- logged). At the last chance before exit every waiting order is made
+-- ready first.
+-- @param final the worker is exiting
+-- @return the item | nil, why ("empty" when nothing is due, "stop" when
+--   held or past the exit deadline)
+-- @local
 function Queue:take_memory(final)
   if self:stopping() or self:held(final) then return nil, "stop" end
   if final and not self.final_promoted then
@@ -234,6 +278,13 @@ function Queue:take_memory(final)
   return nil, "empty"
 end
 
+--- The next order to send with a spool: claims up to `concurrency` due
+-- rows at a time under the queue's lease and hands them out one by one.
+-- @param final the worker is exiting
+-- @return the item (with the row's `id`) | nil, why ("empty", or "stop"
+--   when closed, held, past the exit deadline or when the claim failed: a
+--   storage event)
+-- @local
 function Queue:take_spool(final)
   if self.closed or self:stopping() or self:held(final) then return nil, "stop" end
   if self.claimed_next > self.claimed_n then
@@ -253,7 +304,9 @@ function Queue:take_spool(final)
     channel = row.channel, created = row.created_at or now() })
 end
 
--- Rows claimed but not started go back without counting an attempt.
+--- Gives back the rows claimed but not started, without counting an
+-- attempt (at the end of a flush).
+-- @local
 function Queue:release_claimed()
   if not self.spool then return end
   local buf = self.claimed
@@ -267,7 +320,12 @@ function Queue:release_claimed()
   self.claimed, self.claimed_next, self.claimed_n = {}, 1, 0
 end
 
--- A full disk must not stop delivery silently: counted, logged, an event.
+--- A spool call failed (a full disk, say): it must not stop delivery
+-- silently, so it is counted (`storage_errors`, `storage_error`), logged
+-- and emitted as a `storage` event.
+-- @param what the operation ("claim", "ack", "retry", "kill", "release")
+-- @param err its error
+-- @local
 function Queue:storage_failed(what, err)
   self.counters.storage_errors = self.counters.storage_errors + 1
   self.storage_error = tostring(err)
@@ -276,7 +334,14 @@ end
 
 -- -------------------------------------------------------------- outcomes
 
--- The one attempt of a sender: what the transport said, classified.
+--- The one attempt of a sender: POSTs the order with its channel's
+-- headers through the cosocket transport and classifies the answer
+-- (optimizely.offline.delivery), counting the request in the metrics. A
+-- raise is a bug, not the network: the order is kept (a retryable
+-- "internal" outcome) and the raise logged.
+-- @param it the order item
+-- @return the outcome record, the body, the transfer info
+-- @local
 function Queue:attempt(it)
   local st = self.st
   local ch = st.channel_index[it.channel or st.default_channel] or 1
@@ -293,6 +358,17 @@ function Queue:attempt(it)
   return rec, body, info
 end
 
+--- An order the endpoint accepted: counted, its spool row deleted (a lost
+-- lease is a storage event: another worker may send it again), the
+-- in-flight limit grown by one after `limit` successes while below
+-- `concurrency`, a credentials pause ended (`resumed` event), then
+-- `on_success(ref, result)`.
+-- @param it the order item
+-- @param rec the outcome record
+-- @param body the response body
+-- @param info the transfer info
+-- @param attempts attempts made, this one included
+-- @local
 function Queue:acked(it, rec, body, info, attempts)
   self:bump("sent")
   self.meter:sent(it.channel)
@@ -312,6 +388,13 @@ function Queue:acked(it, rec, body, info, attempts)
   self:call("on_success", it.ref, delivery.success(rec, body, attempts, info, it.channel, nil))
 end
 
+--- An order given up (a dead letter): counted, killed in the spool (kept
+-- there as a dead letter), `on_failure(ref, err)` with `err` no longer
+-- retryable, and a `dead` event.
+-- @param it the order item
+-- @param err its error
+-- @param why the policy's reason ("rejected", "attempts", "expired")
+-- @local
 function Queue:dead(it, err, why)
   self:bump("dead")
   self:bump("failed")
@@ -325,7 +408,13 @@ function Queue:dead(it, err, why)
   self:event("dead", { ref = it.ref, attempt = err.attempts, error = err, reason = why })
 end
 
--- Keep an order for later: the spool row or the waiting list.
+--- Keeps an order for a later attempt: its spool row rescheduled, or
+-- without a spool the in-memory waiting list.
+-- @param it the order item
+-- @param attempts attempts made so far
+-- @param next_at when it is due (ngx.now() time)
+-- @param err the last error (stored with a spool row)
+-- @local
 function Queue:later(it, attempts, next_at, err)
   if self.spool then
     local ok, rerr = self.spool:retry(it.id, next_at, err)
@@ -336,8 +425,16 @@ function Queue:later(it, attempts, next_at, err)
   end
 end
 
--- Shutting down: nowhere to keep an order held only in memory. Returns
--- "requeued" when the shared list took it back, else "lost" (reported).
+--- At exit, an order held only in memory has nowhere to wait: in shared
+-- mode it goes back to the dict's list (the next deliverer sends it), else
+-- it is reported lost: counted in `dropped.shutdown`, `on_failure` with
+-- kind "shutdown", and a `dropped` event logged for every order (never
+-- rate-limited) with its refCode.
+-- @param it the order item
+-- @param attempts attempts made
+-- @param err the last error, or why it was not sent
+-- @return "requeued" or "lost"
+-- @local
 function Queue:lost(it, attempts, err)
   if self.shm then
     -- the shared dict outlives this worker on reload: the next deliverer sends it
@@ -360,6 +457,11 @@ function Queue:lost(it, attempts, err)
   return "lost"
 end
 
+--- Pauses every sender for `seconds` (a 429): the pause is extended, never
+-- shortened; a `paused` event when it begins.
+-- @param seconds the pause
+-- @param err the answer that asked for it
+-- @local
 function Queue:pause_for(seconds, err)
   local t = now()
   local was = self.paused_until > t
@@ -367,6 +469,13 @@ function Queue:pause_for(seconds, err)
   if not was then self:event("paused", { reason = "throttled", seconds = seconds, error = err }) end
 end
 
+--- The endpoint refused the credentials: the queue pauses, and one order
+-- probes again every `auth_pause` seconds (a `paused` event the first
+-- time). The order waits first in line: its spool row released, or back at
+-- the head of the ring.
+-- @param it the order item
+-- @param err the refusal
+-- @local
 function Queue:stop_for_credentials(it, err)
   local first = not self.stopped
   self.stopped, self.probing = true, false
@@ -382,8 +491,13 @@ function Queue:stop_for_credentials(it, err)
   end
 end
 
--- The answer to an order that was reported lost at exit (it was still in
--- flight when the grace ended) came after all: said, and counted if sent.
+--- The answer to an order already reported at exit (lost, or put back in
+-- the dict: it was still in flight when the grace ended) came after all:
+-- logged, counted as sent when it was, its spool row acked.
+-- @param it the order item (`reported` says how it was reported)
+-- @param rec the outcome record
+-- @param body the response body
+-- @local
 function Queue:settle_late(it, rec, body)
   local action = self.policy:decide(rec, it.attempts + 1, 0)
   if action == "ack" then
@@ -400,8 +514,16 @@ function Queue:settle_late(it, rec, body)
   self:flush_metrics(true) -- the worker is exiting: its gauges stay removed
 end
 
--- After one attempt: the policy's decision, carried out. `final`: the
--- worker is exiting (no later attempt for a memory order).
+--- After one attempt: the policy's decision, carried out: ack, a pause
+-- and a halved in-flight limit (a 429), the credentials stop, a dead
+-- letter, or a retry later (at exit, without a spool: lost). A probe for the credentials that neither succeeds nor is
+-- refused schedules the next probe.
+-- @param it the order item
+-- @param rec the outcome record
+-- @param body the response body
+-- @param info the transfer info
+-- @param final the worker is exiting (no later attempt for a memory order)
+-- @local
 function Queue:settle(it, rec, body, info, final)
   if it.reported then return self:settle_late(it, rec, body) end
   final = final or self.exit_reported
@@ -458,6 +580,10 @@ local function sender(self, final)
   end
 end
 
+--- One flush: `concurrency` light threads (`sender`) taking and sending
+-- orders until none is due, then the claimed rows not started go back.
+-- @param final the worker is exiting
+-- @local
 function Queue:run_flush(final)
   local threads = {}
   for _ = 1, self.o.concurrency do
@@ -475,18 +601,22 @@ function Queue:run_flush(final)
   self:release_claimed()
 end
 
--- Wake one lingering sender, if any (any phase: posting never yields).
+--- Wakes one lingering sender, if any (any phase: posting never yields).
+-- @local
 function Queue:wake()
   if self.sema:count() < 0 then self.sema:post(1) end
 end
 
--- Wake every lingering sender (exit, close).
+--- Wakes every lingering sender (exit, close).
+-- @local
 function Queue:wake_all()
   local c = self.sema:count()
   if c < 0 then self.sema:post(-c) end
 end
 
--- Is anything due right now?
+--- Is an order due right now (no pause in the way): a spool row due, or a
+-- ready or due waiting order, or an item in the dict's list?
+-- @local
 function Queue:has_due()
   local t = now()
   if self.paused_until > t then return false end
@@ -499,7 +629,10 @@ function Queue:has_due()
   return self:ready_size() > 0 or (self.shm ~= nil and self:shared_len() > 0)
 end
 
--- Runs flushes until nothing that arrived meanwhile is left (bounded).
+--- Runs flushes until nothing that arrived meanwhile is left (at most
+-- 1,000), stopping at the exit deadline.
+-- @param final the worker is exiting
+-- @local
 function Queue:flush_loop(final)
   for _ = 1, 1000 do
     self.again = false
@@ -510,6 +643,9 @@ function Queue:flush_loop(final)
   end
 end
 
+--- Marks the worker as exiting (once) and sets the deadline:
+-- `shutdown_timeout` seconds from now.
+-- @local
 function Queue:begin_exit()
   if self.exiting then return end
   self.exiting = true
@@ -525,7 +661,11 @@ local function flush_timer(premature, self)
   if not ok then log(ERR, "optimizely.offline queue: flush failed: ", tostring(err)) end
 end
 
--- Start a flush unless one is running (any phase: only creates a timer).
+--- Starts a flush (a zero-delay timer) unless one is running, which is then
+-- asked to go round again and a lingering sender woken. Any phase: it only
+-- creates a timer. Nothing during a 429 pause, at exit, or in a process
+-- that only pushes (shared mode).
+-- @local
 function Queue:kick()
   if self.exiting or self.shm and not self.deliverer then return end -- the final flush is running or done
   if self.flushing then
@@ -546,9 +686,11 @@ function Queue:kick()
   end
 end
 
--- What is left in memory at exit is reported, one by one: the orders
--- waiting, then those still in flight when the grace ended (their answer
--- may come later: settle_late says so). With a spool they stay in it.
+--- At exit, without a spool: reports what is left in memory, one order at
+-- a time (`lost`): the orders waiting, then those still in flight when the
+-- grace ended (their answer may still come: `settle_late` says so). With
+-- a spool the rows stay in it.
+-- @local
 function Queue:report_lost()
   self.exit_reported = true
   if self.spool then return end
@@ -573,6 +715,10 @@ function Queue:report_lost()
   end
 end
 
+--- Worker exit (the periodic timer runs prematurely): wakes the senders,
+-- waits for the running flush or makes a final one until the deadline,
+-- reports what is left and publishes the last metrics.
+-- @local
 function Queue:final_flush()
   self:begin_exit()
   self:wake_all()
@@ -591,6 +737,9 @@ end
 
 local tick
 
+--- Arms the periodic timer (`flush_interval`) once more; a failure is
+-- logged unless the worker is exiting.
+-- @local
 function Queue:arm()
   local ok, err = timer_at(self.o.flush_interval, tick, self)
   if not ok and not ngx.worker.exiting() then
@@ -692,8 +841,8 @@ end
 
 -- The client whose context (transport, headers per channel, secrets)
 -- the senders use; its cosocket transport built from opts.transport.
--- The client whose context (transport, headers per channel, secrets)
--- the senders use; its cosocket transport built from opts.transport.
+-- Options of the libcurl client that mean nothing here are refused
+-- (transport.client_config): that beats silently ignoring a TLS setting.
 local function make_client(cc, o)
   local cfg = transport.client_config(cc, "optimizely.offline.ngx.queue: client_config", o.transport,
     { sleep = "the queue schedules its own retries" }, 4)
@@ -702,7 +851,9 @@ local function make_client(cc, o)
   return c, client.state(c)
 end
 
--- The one startup line: where orders go and how they are held (no token).
+--- Logs the one startup line: the URL, site and channels (never a token)
+-- and how orders are held (spool, shared dict, memory).
+-- @local
 function Queue:started()
   local o = self.o
   local how = self.spool and ("spool " .. o.spool)
@@ -716,8 +867,11 @@ function Queue:started()
   self.events:started("queue of worker " .. tostring(ngx.worker.id()), self.st, how)
 end
 
--- A worker that only pushes (shared mode) has no delivery timer: its
--- metrics go to metrics_shm on a timer of their own (and at exit).
+--- A process that only pushes (shared mode) has no delivery timer: with
+-- `metrics_shm` its metrics go to the dict on a timer of their own (and at
+-- exit).
+-- @return self
+-- @local
 function Queue:pusher_timer()
   if not self.metrics_dict then return self end
   local ok, err = ngx.timer.every(self.o.flush_interval, function(premature) self:flush_metrics(premature) end)
@@ -797,6 +951,12 @@ end
 
 -- ------------------------------------------------------------------ push
 
+--- Counts a refused push in `stats().dropped` under its kind ("invalid"
+-- for a validation error, also counted in `invalid`) and names the bound's
+-- option of a "full" error.
+-- @param err the error
+-- @return nil, err
+-- @local
 function Queue:refuse(err)
   local kind = err.kind == "validation" and "invalid" or err.kind or "error"
   self:bump("dropped", kind)
@@ -810,12 +970,20 @@ end
 local PUSH_OPTS = opts.schema("optimizely.offline.ngx.queue", "push opts",
   { channel = { type = "string", nonempty = true } })
 
+--- The error of a push refused because `max_queue` orders wait.
+-- @param n how many wait
+-- @return the error (kind "full", `bound` "max_queue", retryable)
+-- @local
 function Queue:full_error(n)
   return errors.new({ kind = "full", bound = "max_queue", retryable = true,
     message = "queue full: " .. n .. " orders waiting (max_queue " .. self.o.max_queue .. ")" })
 end
 
--- The order's channel (a name), or nil, err.
+--- The channel of a push: `po.channel`, else the queue's `channel`, else
+-- the client's.
+-- @param po the push options, or nil
+-- @return the channel's name | nil, err (kind "config")
+-- @local
 function Queue:channel_of(po)
   local name = (po and po.channel) or self.o.channel
   local i, err = require("optimizely.offline.client").channel_of(self.st, name)
@@ -855,7 +1023,12 @@ function Queue:push(payload, po)
   return true, warnings
 end
 
--- Into the shared list, the spool or the ring.
+--- Stores a pushed order: the dict's list (shared mode), the spool, or the
+-- in-memory ring.
+-- @param it the order item
+-- @return true | nil, err (kind "full" when the dict has no room, `bound`
+--   and `option` "shm"; or the spool's error)
+-- @local
 function Queue:store(it)
   if self.shm then
     local ok, err = self.shm:rpush(LIST, pack(it))
@@ -877,6 +1050,9 @@ end
 
 -- ------------------------------------------------------------------ stats
 
+--- `stats()` in shared mode: the dict's counts, the same in every worker,
+-- plus `shared` and `deliverer`.
+-- @local
 function Queue:shared_stats()
   local shm = self.shm
   local function c(k) return shm:get("c:" .. k) or 0 end
@@ -916,8 +1092,11 @@ function Queue:stats()
   return out
 end
 
--- Orders waiting (not in flight), and with a spool its stats (or the error
--- reading them). A spool's claimed rows are in flight, here or elsewhere.
+--- Orders waiting (not in flight) and, with a spool, its stats, or the
+-- error reading them. A spool's claimed rows are in flight, here or in
+-- another worker.
+-- @return depth, spool stats or nil, err or nil
+-- @local
 function Queue:depth()
   if not self.spool then return self:ready_size() + #self.waiting end
   if not self.spool:is_open() then return 0 end
@@ -959,9 +1138,12 @@ function Queue:publish_metrics()
   self:flush_metrics()
 end
 
--- The deltas since the last time into the dict, and this worker's gauges
--- (removed at exit). A spool's gauges are the file's: kept under its path,
--- so that workers sharing it are not counted twice.
+--- Adds the metrics' deltas since the last time to `metrics_shm`, and this
+-- worker's gauges (removed at exit). A spool's gauges are the file's, kept
+-- under its path, so that workers sharing it are not counted twice. No-op
+-- without `metrics_shm`.
+-- @param exiting true at worker exit
+-- @local
 function Queue:flush_metrics(exiting)
   local dict = self.metrics_dict
   if not dict then return end
@@ -975,6 +1157,11 @@ function Queue:flush_metrics(exiting)
   if not ok then log(ERR, "optimizely.offline queue: metrics flush failed: ", tostring(err)) end
 end
 
+--- Orders not settled yet, for `flush`: the dict's list and what the
+-- deliverer holds (shared mode), the spool's queued rows (1 when its stats
+-- cannot be read, so that flush does not claim success), or the ring,
+-- waiting list and in-flight orders.
+-- @local
 function Queue:left()
   if self.shm then return self:shared_len() + (self.shm:get(HELD) or 0) end
   if self.spool then
