@@ -137,7 +137,8 @@ describe("offline.client configuration", function()
       raises(base_cfg({ retry_after_max = 0 / 0 })))
     assert.matches("config%.sleep must be a function", raises(base_cfg({ sleep = 1 })))
     assert.matches("config%.random must be a function", raises(base_cfg({ random = 0.5 })))
-    assert.matches('config%.http_version must be one of "1%.1", "2" %(got "3"%)', raises(base_cfg({ http_version = "3" })))
+    assert.matches('config%.http_version must be one of "1%.1", "2" %(got "3"%)',
+      raises(base_cfg({ http_version = "3" })))
   end)
 
   it("refuses unknown keys and suggests the right one", function()
@@ -417,7 +418,8 @@ describe("offline.client against the sandbox", function()
     assert.same({ code = "Other", message = "m2" }, err.errors[2])
     assert.equal(1, err.attempts)
     assert.is_false(err.retryable)
-    assert.matches("^api: order rejected: MalformedJson: Json Parsing exception: Malformed JSON%. %(%+1 more%)", tostring(err))
+    assert.matches("^api: order rejected: MalformedJson: Json Parsing exception: Malformed JSON%. %(%+1 more%)",
+      tostring(err))
     c:close()
   end)
 

@@ -298,7 +298,8 @@ describe("map key sorting is by bytes, with length", function()
   end)
 
   it("orders bytes above 0x7F after ASCII (unsigned compare)", function()
-    local json = accepts(O.with("order.attributes", { ["\195\169"] = "1", z = "2", ["\240\159\152\128"] = "3", ["~"] = "4" }))
+    local json = accepts(O.with("order.attributes",
+      { ["\195\169"] = "1", z = "2", ["\240\159\152\128"] = "3", ["~"] = "4" }))
     assert.same({ "z", "~", "\195\169", "\240\159\152\128" }, O.keys_at(json, { "order", "attributes" }))
   end)
 

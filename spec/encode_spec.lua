@@ -388,8 +388,8 @@ describe("order", function()
   end)
 
   it("writes order keys in spec order", function()
-    assert.same({ "refCode", "orderDate", "customerId", "currency", "shipping", "subTotal", "total", "items", "attributes" },
-      O.keys_at(accepts(O.base()), { "order" }))
+    assert.same({ "refCode", "orderDate", "customerId", "currency", "shipping", "subTotal", "total", "items",
+      "attributes" }, O.keys_at(accepts(O.base()), { "order" }))
   end)
 
   it("omits optional order fields that are absent", function()
@@ -597,7 +597,8 @@ describe("money", function()
         assert.equal("0.00", money_text(path, "0"))
       end)
 
-      for _, v in ipairs({ "1,50", "\194\1633", "1e3", " 12", "12 ", "-1", "", "abc", "1.2.3", "0x10", "nan", "inf" }) do
+      for _, v in ipairs({ "1,50", "\194\1633", "1e3", " 12", "12 ", "-1", "", "abc", "1.2.3", "0x10", "nan",
+        "inf" }) do
         it(string.format("rejects the string %q", v), function()
           rejects(O.with(path, v), path)
         end)
@@ -647,7 +648,8 @@ describe("money", function()
       { "12.5000000", "GBP", "12.50" }, { "0.004", "GBP", "0.00" },
     }
     for _, c in ipairs(cases) do
-      it(string.format("%s %s -> %s", type(c[1]) == "string" and string.format("%q", c[1]) or string.format("%.17g", c[1]), c[2], c[3]), function()
+      local shown = type(c[1]) == "string" and string.format("%q", c[1]) or string.format("%.17g", c[1])
+      it(string.format("%s %s -> %s", shown, c[2], c[3]), function()
         assert.equal(c[3], (money_text("order.total", c[1], c[2])))
       end)
     end

@@ -264,7 +264,9 @@ local function date_input(r, t)
   elseif form == 3 then v = ymd .. "T" .. hms .. " UTC"
   elseif form == 4 then v = ymd .. "T" .. two(c.h) .. ":" .. two(c.mi) .. r.pick({ " GMT", " UTC" })
   elseif form == 5 then v = ymd .. "T" .. hms .. "Z"
-  elseif form == 6 then v = ymd .. "T" .. hms .. "." .. string.format("%03d", r.int(0, 499)) .. "Z" -- < .5 s: truncating and rounding agree
+  elseif form == 6 then
+    -- < .5 s: truncating and rounding agree
+    v = ymd .. "T" .. hms .. "." .. string.format("%03d", r.int(0, 499)) .. "Z"
   elseif form == 7 or form == 8 then
     local off = r.int(-56, 56) * 15 -- minutes, -14:00 .. +14:00
     local l = O.civil(t + off * 60)
@@ -448,9 +450,13 @@ local function locations(p)
     local base = "order.items[" .. i .. "]"
     add({ "order", "items", i }, base)
     for _, f in ipairs({ "refCode", "qty", "price" }) do add({ "order", "items", i, f }, base .. "." .. f) end
-    if type(it) == "table" and type(it.attributes) == "table" then walk_map({ "order", "items", i, "attributes" }, base .. ".attributes", it.attributes) end
+    if type(it) == "table" and type(it.attributes) == "table" then
+      walk_map({ "order", "items", i, "attributes" }, base .. ".attributes", it.attributes)
+    end
   end
-  if type(p.order.attributes) == "table" then walk_map({ "order", "attributes" }, "order.attributes", p.order.attributes) end
+  if type(p.order.attributes) == "table" then
+    walk_map({ "order", "attributes" }, "order.attributes", p.order.attributes)
+  end
   return out
 end
 

@@ -311,7 +311,8 @@ describe("sandbox", function()
       local url = info.base_url .. "/tracker/smart-api/orders/offline"
       local h = ""
       for k, v in pairs(c:auth_headers()) do h = h .. " -H " .. q(k .. ": " .. v) end
-      local one = " --http1.1 --cacert " .. q(info.ca_file) .. h .. " --data-binary " .. q(order(ref())) .. " " .. q(url)
+      local one = " --http1.1 --cacert " .. q(info.ca_file) .. h .. " --data-binary " .. q(order(ref()))
+        .. " " .. q(url)
       -- three requests over one connection (curl reuses it across --next)
       local out, rc = shell("timeout -k 2 60 curl -sS -o /dev/null" .. one .. " --next -o /dev/null" .. one
         .. " --next -o /dev/null" .. one)

@@ -160,12 +160,15 @@ function Inst:start()
   local log = self.dir .. "/logs/error.log"
   os.remove(self.dir .. "/logs/nginx.out")
   -- no inherited descriptors: nginx must not hold busted's pipes
-  local closefds = [[for f in /proc/$$/fd/*; do f=${f##*/}; case $f in 0|1|2) ;; *) eval "exec $f>&-" ;; esac; done; exec "$@"]]
+  local closefds = [[for f in /proc/$$/fd/*; do f=${f##*/}; ]]
+    .. [[case $f in 0|1|2) ;; *) eval "exec $f>&-" ;; esac; done; exec "$@"]]
   local env = ""
   for k, v in pairs(self.env or {}) do env = env .. k .. "=" .. q(v) .. " " end
   local ok = run(env .. "bash -c " .. q(closefds) .. " x nginx -p " .. q(self.dir) .. " -c " .. q(self.conf)
     .. " -e " .. q(log) .. " </dev/null >>" .. q(self.dir .. "/logs/nginx.out") .. " 2>&1")
-  if not ok then error("nginx failed to start:\n" .. self:error_log() .. (read_file(self.dir .. "/logs/nginx.out") or "")) end
+  if not ok then
+    error("nginx failed to start:\n" .. self:error_log() .. (read_file(self.dir .. "/logs/nginx.out") or ""))
+  end
   local up = M.wait_until(function()
     return self:get(self.health, { timeout = 2 }).status == 200
   end, 15)
@@ -372,17 +375,17 @@ end
 --- /test/push?n=&prefix= : push n orders to TEST_QUEUE without yielding in between.
 function H.push()
   local args = ngx.req.get_uri_args()
-  local q = H.queues[args.queue or "full"]
+  local queue = H.queues[args.queue or "full"]
   local out = {}
   for i = 1, tonumber(args.n) or 1 do
-    local ok, err = q:push({
+    local ok, err = queue:push({
       order = { refCode = (args.prefix or "P") .. "-" .. i, orderDate = "2016-05-16T14:25:00 GMT",
         currency = "GBP", total = 5, items = { { refCode = "sku-1", qty = 1, price = 5 } } },
     })
     out[i] = ok and { ok = true }
       or { ok = false, kind = err.kind, message = err.message, bound = err.bound, option = err.option }
   end
-  return reply({ results = out, stats = q:stats() })
+  return reply({ results = out, stats = queue:stats() })
 end
 
 --- /test/flush?timeout= : the app queue's flush from a content handler.
@@ -407,17 +410,17 @@ end
 
 --- /test/close: push two orders to the "closing" queue, close it, push again.
 function H.close()
-  local q = H.queues.closing
+  local queue = H.queues.closing
   local args = ngx.req.get_uri_args()
   local pushed = {}
   for i = 1, 2 do
-    pushed[i] = q:push({ order = { refCode = args.prefix .. "-" .. i, orderDate = "2016-05-16T14:25:00 GMT",
+    pushed[i] = queue:push({ order = { refCode = args.prefix .. "-" .. i, orderDate = "2016-05-16T14:25:00 GMT",
       currency = "GBP", total = 5, items = { { refCode = "sku-1", qty = 1, price = 5 } } } }) == true
   end
-  local ok, err = q:close(10)
-  local again, aerr = q:push({ order = { refCode = args.prefix .. "-3" } })
+  local ok, err = queue:close(10)
+  local again, aerr = queue:push({ order = { refCode = args.prefix .. "-3" } })
   return reply({ pushed = pushed, closed = ok == true, close_err = err and err_doc(err),
-    again = again == true, again_kind = aerr and aerr.kind, stats = q:stats() })
+    again = again == true, again_kind = aerr and aerr.kind, stats = queue:stats() })
 end
 
 --- /test/badopts: what queue() says about bad arguments (it must raise, naming the field).

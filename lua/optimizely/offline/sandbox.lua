@@ -360,7 +360,8 @@ local function ensure_certs(dir)
     os.remove(crt) -- a new CA invalidates the old server cert
   end
   -- reuse the server cert unless missing or expiring within a day
-  if exists(crt) and exists(key) and run("openssl x509 -checkend 86400 -noout -in " .. q(crt) .. " >/dev/null 2>&1") then
+  if exists(crt) and exists(key)
+    and run("openssl x509 -checkend 86400 -noout -in " .. q(crt) .. " >/dev/null 2>&1") then
     return ca_crt
   end
   local ok, err = ssl("req -new " .. newkey .. " -keyout server.key -out server.csr"
@@ -473,7 +474,8 @@ end
 -- start
 
 -- Command prefix that closes every descriptor above 2 before exec'ing its arguments.
-local CLOSE_FDS = [[for f in /proc/$$/fd/*; do f=${f##*/}; case $f in 0|1|2) ;; *) eval "exec $f>&-" ;; esac; done; exec "$@"]]
+local CLOSE_FDS = [[for f in /proc/$$/fd/*; do f=${f##*/}; ]]
+  .. [[case $f in 0|1|2) ;; *) eval "exec $f>&-" ;; esac; done; exec "$@"]]
 local detached_prefix
 local function detached()
   if detached_prefix == nil then

@@ -620,7 +620,8 @@ function M.configure(path)
     retry_after = c.retry_after or 1 }))
 end
 
-local CLOSE_FDS = [[for f in /proc/$$/fd/*; do f=${f##*/}; case $f in 0|1|2) ;; *) eval "exec $f>&-" ;; esac; done; exec "$@"]]
+local CLOSE_FDS = [[for f in /proc/$$/fd/*; do f=${f##*/}; ]]
+  .. [[case $f in 0|1|2) ;; *) eval "exec $f>&-" ;; esac; done; exec "$@"]]
 
 local function owner_alive(ffi, pid)
   if ffi.C.kill(pid, 0) == 0 then
