@@ -14,24 +14,9 @@ STRICT=${LINT_STRICT:-0}
 [ "${1:-}" = --strict ] && STRICT=1
 
 KNOWN="
-lua/optimizely/offline/cli/common.lua
-lua/optimizely/offline/cli/send.lua
-lua/optimizely/offline/client.lua
 lua/optimizely/offline/input/csv.lua
 lua/optimizely/offline/input/ndjson.lua
 lua/optimizely/offline/input/xml.lua
-lua/optimizely/offline/ngx/queue.lua
-lua/optimizely/offline/ngx/transport.lua
-lua/optimizely/offline/sandbox.lua
-lua/optimizely/offline/sandbox/handler.lua
-spec/batch_spec.lua
-spec/client_spec.lua
-spec/encode_edge_spec.lua
-spec/encode_spec.lua
-spec/property_spec.lua
-spec/sandbox_spec.lua
-spec/spool_spec.lua
-spec/support/nginx.lua
 "
 status=0
 
