@@ -42,8 +42,9 @@ docs: build/5.4/optimizely/offline/core.so
 	@lua5.1 scripts/doc_check.lua
 	@sh scripts/man_check.sh
 
-# luacheck over the Lua, clang-format (report only) over csrc/. LINT_STRICT=1
-# fails on every luacheck warning, not only on files that were clean.
+# luacheck over the Lua, clang-format over csrc/ (scripts/lint.sh): each
+# fails on files that were clean or are new. LINT_STRICT=1 fails on every
+# luacheck warning, CLANG_FORMAT_STRICT=1 on every C file.
 lint:
 	@sh scripts/lint.sh
 

@@ -4,10 +4,17 @@
 #     command. It fails on a warning in any file not listed in KNOWN below:
 #     the files that had warnings when lint was added. Clean files stay clean;
 #     a file's owner clears its warnings and deletes its line here.
-#     LINT_STRICT=1 (or --strict) fails on every warning: turn it on once
-#     KNOWN is empty.
-#   - clang-format --dry-run (.clang-format) over csrc/: report only (the C
-#     sources were written before .clang-format); CLANG_FORMAT_STRICT=1 fails.
+#     LINT_STRICT=1 (or --strict) fails on every warning, KNOWN or not: CI
+#     sets it once KNOWN is empty.
+#   - clang-format (.clang-format) over csrc/: it fails on a file that
+#     clang-format would change unless the file is listed in C_KNOWN below:
+#     the sources written before .clang-format, in a denser style than any
+#     clang-format setting keeps (`{ a; b; }` blocks on one line, several
+#     case labels or statements on a line, hand-aligned tables and comment
+#     columns), so reformatting them would restyle hundreds of lines for
+#     nothing. New C files and the files already clean stay clean (format
+#     them with `clang-format -i csrc/FILE`); CLANG_FORMAT_STRICT=1 fails on
+#     the listed files too.
 set -u
 cd "$(dirname "$0")/.."
 STRICT=${LINT_STRICT:-0}
@@ -41,21 +48,64 @@ else
   echo "lint: luacheck: clean"
 fi
 
+# The C sources clang-format would still change (see the header).
+C_KNOWN="
+csrc/buf.c
+csrc/classify.c
+csrc/classify.h
+csrc/clock.c
+csrc/compat.h
+csrc/core.h
+csrc/date.c
+csrc/encode.c
+csrc/engine.c
+csrc/engine.h
+csrc/fs.c
+csrc/hmac.c
+csrc/hmac.h
+csrc/http.c
+csrc/http.h
+csrc/json.c
+csrc/json.h
+csrc/l_engine.c
+csrc/l_spool.c
+csrc/metrics.c
+csrc/metrics.h
+csrc/money.c
+csrc/policy.c
+csrc/policy.h
+csrc/pool.c
+csrc/pool.h
+csrc/spool.c
+csrc/spool.h
+csrc/spool_wal.c
+csrc/text.c
+csrc/utf8.c
+csrc/worker.c
+"
 if command -v clang-format >/dev/null 2>&1; then
   files=$(ls csrc/*.c csrc/*.h)
-  lines=0; dirty=""
+  lines=0; known=""; new=""
   for f in $files; do
     n=$(clang-format --style=file "$f" | diff "$f" - | grep -c '^<')
-    [ "$n" -eq 0 ] || { lines=$((lines + n)); dirty="$dirty $f($n)"; }
+    [ "$n" -eq 0 ] && continue
+    lines=$((lines + n))
+    if printf '%s\n' "$C_KNOWN" | grep -qx "$f"; then known="$known $f($n)"; else new="$new $f($n)"; fi
   done
   if [ $lines -eq 0 ]; then
     echo "lint: clang-format: csrc/ formatted"
+  elif [ -n "$new" ]; then
+    echo "lint: clang-format: files that must be formatted (clang-format -i FILE; see clang-format --dry-run FILE):$new"
+    status=1
+  elif [ "${CLANG_FORMAT_STRICT:-0}" = 1 ]; then
+    echo "lint: clang-format: $lines line(s) would change (strict):$known"
+    status=1
   else
-    echo "lint: clang-format: $lines line(s) would change:$dirty"
-    echo "      (see one: clang-format --dry-run csrc/FILE.c; report only unless CLANG_FORMAT_STRICT=1)"
-    [ "${CLANG_FORMAT_STRICT:-0}" = 1 ] && status=1
+    echo "lint: clang-format: $lines line(s) would change, all in files listed in scripts/lint.sh C_KNOWN"
+    echo "      (not failing; CLANG_FORMAT_STRICT=1 fails on them too)"
   fi
 else
   echo "lint: clang-format not found (Debian: apt-get install clang-format): C not checked"
+  [ "$STRICT" = 1 ] && status=1
 fi
 exit $status
