@@ -29,8 +29,9 @@
 -- but leaves it out of the reference, and the checker counts it as
 -- documented and internal (the summary gives the count, `--list` names
 -- each). An `@local` comment that LDoc cannot read is as missing as any.
--- Prints `file:line: name undocumented` for each, and LDoc's warnings, also
--- into build/docs/undocumented.txt. Exits 1 with `--strict` (or
+-- 4. Every topic (doc/topics/*.md) is linked from README.md, the front door.
+-- Prints `file:line: name undocumented` for each, LDoc's warnings and the
+-- topics the README does not link, also into build/docs/undocumented.txt. Exits 1 with `--strict` (or
 -- DOCS_STRICT=1) if there is any; otherwise 0 (only a broken build fails).
 --
 -- Loaded by LDoc as `--filter doc_check.items` (step 3), this file is a
@@ -478,13 +479,24 @@ for _, path in ipairs(files) do
   end
 end
 
--- 4. the report -------------------------------------------------------------
+-- 4. the README, the front door, links every topic -------------------------
+local unlinked = {}
+local readme = read("README.md")
+for topic in capture("ls doc/topics/*.md | sort"):gmatch("[^\n]+") do
+  if not readme:find("(" .. topic .. ")", 1, true) then
+    unlinked[#unlinked + 1] = ("README.md:1: topic %s not linked from the Documentation list"):format(topic)
+  end
+end
+
+-- 5. the report -------------------------------------------------------------
 local lines = {}
 for _, w in ipairs(warnings) do lines[#lines + 1] = w end
 for _, m in ipairs(missing) do lines[#lines + 1] = m end
+for _, u in ipairs(unlinked) do lines[#lines + 1] = u end
 local summary = ("doc_check: %d modules, %d public functions (%d of them internal steps, @local): %d module(s)"
-  .. " and %d function(s) undocumented; %d LDoc warning(s); %d internal class(es) not checked"):format(#files,
-  total, locals, bad_modules, #missing - bad_modules, #warnings, #internal)
+  .. " and %d function(s) undocumented; %d LDoc warning(s); %d internal class(es) not checked;"
+  .. " %d topic(s) not linked from README.md"):format(#files, total, locals, bad_modules, #missing - bad_modules,
+  #warnings, #internal, #unlinked)
 if #lines > 0 then print(table.concat(lines, "\n")) end
 print(summary .. (HTML and "; reference in build/docs/index.html" or ""))
 os.execute("mkdir -p build/docs")
