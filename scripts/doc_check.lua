@@ -29,7 +29,8 @@
 -- but leaves it out of the reference, and the checker counts it as
 -- documented and internal (the summary gives the count, `--list` names
 -- each). An `@local` comment that LDoc cannot read is as missing as any.
--- 4. Every topic (doc/topics/*.md) is linked from README.md, the front door.
+-- 4. Every topic (doc/topics/*.md) is linked from README.md, the front door;
+--    no LDoc tag sits in the middle of a comment line (LDoc shows it as text).
 -- Prints `file:line: name undocumented` for each, LDoc's warnings and the
 -- topics the README does not link, also into build/docs/undocumented.txt. Exits 1 with `--strict` (or
 -- DOCS_STRICT=1) if there is any; otherwise 0 (only a broken build fails).
@@ -479,6 +480,27 @@ for _, path in ipairs(files) do
   end
 end
 
+-- A tag in the middle of a comment line (`--- Runs it. @return code`) is
+-- not a tag to LDoc: it shows as text and the return goes undocumented.
+local misplaced = {}
+local TAGS = { param = true, ["return"] = true, raise = true, usage = true, tparam = true, treturn = true,
+  field = true, tfield = true, see = true, ["local"] = true }
+for _, path in ipairs(files) do
+  local n = 0
+  for line in (read(path) .. "\n"):gmatch("([^\n]*)\n") do
+    n = n + 1
+    local text = line:match("^%s*%-%-+(.*)$")
+    if text then
+      for tag in text:gmatch("%S%s+@(%a+)") do
+        if TAGS[tag] then
+          misplaced[#misplaced + 1] = ("%s:%d: @%s inside a comment line: LDoc reads a tag only at the start of"
+            .. " a line"):format(path, n, tag)
+        end
+      end
+    end
+  end
+end
+
 -- 4. the README, the front door, links every topic -------------------------
 local unlinked = {}
 local readme = read("README.md")
@@ -492,11 +514,12 @@ end
 local lines = {}
 for _, w in ipairs(warnings) do lines[#lines + 1] = w end
 for _, m in ipairs(missing) do lines[#lines + 1] = m end
+for _, m in ipairs(misplaced) do lines[#lines + 1] = m end
 for _, u in ipairs(unlinked) do lines[#lines + 1] = u end
 local summary = ("doc_check: %d modules, %d public functions (%d of them internal steps, @local): %d module(s)"
   .. " and %d function(s) undocumented; %d LDoc warning(s); %d internal class(es) not checked;"
-  .. " %d topic(s) not linked from README.md"):format(#files, total, locals, bad_modules, #missing - bad_modules,
-  #warnings, #internal, #unlinked)
+  .. " %d tag(s) inside a line; %d topic(s) not linked from README.md"):format(#files, total, locals, bad_modules,
+  #missing - bad_modules, #warnings, #internal, #misplaced, #unlinked)
 if #lines > 0 then print(table.concat(lines, "\n")) end
 print(summary .. (HTML and "; reference in build/docs/index.html" or ""))
 os.execute("mkdir -p build/docs")

@@ -58,9 +58,11 @@ end
 local Events = {}
 Events.__index = Events
 
---- An emitter. @param o `{on_event = fn, logger = fn | false | nil, prefix =
+--- An emitter.
+-- @param o `{on_event = fn, logger = fn | false | nil, prefix =
 --   "optimizely.offline queue: ", on_error = fn(name, err) (a raising
 --   callback; default: ignored)}`
+-- @return the emitter
 function M.new(o)
   local logger = o.logger
   if logger == nil then logger = ngx_logger() end

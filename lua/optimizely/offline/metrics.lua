@@ -96,7 +96,8 @@ local function add_gauges(into, t)
 end
 
 --- Add the metrics table `t` into `into` (counters, histogram, labels and
--- gauges are summed). @return into
+-- gauges are summed).
+-- @return into
 function M.merge(into, t)
   for _, k in ipairs(COUNTERS) do into[k] = num(into[k]) + num(t[k]) end
   local lat, il = t.latency, into.latency
@@ -127,7 +128,8 @@ function M.merge(into, t)
   return into
 end
 
---- The sum of metrics tables. @return a new table
+--- The sum of metrics tables.
+-- @return a new table
 function M.sum(...)
   local out = M.empty()
   for i = 1, select("#", ...) do M.merge(out, (select(i, ...))) end
@@ -228,7 +230,8 @@ local function split(s)
   return parts
 end
 
---- The inverse of `flatten`. @return a metrics table
+--- The inverse of `flatten`.
+-- @return a metrics table
 function M.unflatten(flat)
   local t = M.empty()
   local counter = {}

@@ -39,7 +39,7 @@ local function refs_of(args)
   end
 end
 
--- One cancel: a result line on `out`. @return true when cancelled
+-- One cancel: a result line on `out`; true when cancelled.
 local function cancel_one(client, ref, args, out)
   local res, e = client:cancel(ref)
   if res then
@@ -65,8 +65,9 @@ local function interrupted(err, counts, current, next_ref)
   return 130
 end
 
---- Runs a parsed `cancel` command. @return exit code: 0 all cancelled,
--- 1 some failed, 2 usage or configuration error, 130 interrupted
+--- Runs a parsed `cancel` command.
+-- @return exit code: 0 all cancelled, 1 some failed, 2 usage or
+--   configuration error, 130 interrupted
 function M.run(args, out, err)
   return common.guard(err, function()
     local client = common.client(args, nil, err)

@@ -18,8 +18,9 @@ function M.register(parser)
   cmd:option("--rejects", "Write invalid orders (with their error) to this NDJSON file."):argname("<file>")
 end
 
---- Runs a parsed `convert` command. @return exit code: 0 all converted,
--- 1 some invalid, 2 usage error, 130 interrupted
+--- Runs a parsed `convert` command.
+-- @return exit code: 0 all converted, 1 some invalid, 2 usage error, 130
+--   interrupted
 function M.run(args, out, err)
   return validate.command(err, function()
     local encode = require("optimizely.offline").encode

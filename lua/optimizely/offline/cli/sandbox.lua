@@ -110,7 +110,8 @@ local function print_info(out, info, headline, given_token)
     "  pid:      ", tostring(info.pid), "\n")
 end
 
---- Runs a parsed `sandbox` command. @return exit code
+--- Runs a parsed `sandbox` command.
+-- @return exit code
 function M.run(args, out, err)
   out, err = out or io.stdout, err or io.stderr
   local sub = args.sandbox_command

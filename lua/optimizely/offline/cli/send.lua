@@ -89,8 +89,9 @@ function Send.new(args, out, err)
   }, Send)
 end
 
---- Runs a parsed `send` command. @return exit code: 0 all sent, 1 some
--- not sent, 2 usage or configuration error, 130 interrupted
+--- Runs a parsed `send` command.
+-- @return exit code: 0 all sent, 1 some not sent, 2 usage or
+--   configuration error, 130 interrupted
 function M.run(args, out, err)
   local self = Send.new(args, out, err)
   local ok, res = pcall(common.guard, err, function() return self:main() end)
@@ -103,7 +104,8 @@ function M.run(args, out, err)
   return self:interrupted_outside()
 end
 
---- The steps of a run. @return exit code
+--- Runs the command: the steps of a run.
+-- @return exit code (as `run`)
 function Send:main()
   self:setup()
   if self.args.check_first and not self:check() then return self:refuse() end

@@ -112,8 +112,8 @@ function sub.export(sp, args, out, err)
   return 0
 end
 
---- Runs a parsed `spool` command. @return exit code: 0 done, 1 failed,
--- 2 usage error
+--- Runs a parsed `spool` command.
+-- @return exit code: 0 done, 1 failed, 2 usage error
 function M.run(args, out, err)
   return common.guard(err, function()
     common.refuse_overwrite({ args.spool, args.spool .. "-wal", args.spool .. "-shm" },

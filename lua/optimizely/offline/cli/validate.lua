@@ -92,7 +92,8 @@ function Check:run(each)
 end
 
 --- Closes the rejects file and prints the summary (`counts`: the first
--- line) unless -q. @return exit code
+-- line) unless -q.
+-- @return exit code
 function Check:finish(counts)
   if self.rejects then self.rejects:close() end
   if not self.args.quiet then
@@ -114,8 +115,9 @@ function M.command(err, fn)
   return 130
 end
 
---- Runs a parsed `validate` command. @return exit code: 0 all valid, 1
--- some invalid, 2 usage error, 130 interrupted
+--- Runs a parsed `validate` command.
+-- @return exit code: 0 all valid, 1 some invalid, 2 usage error, 130
+--   interrupted
 function M.run(args, out, err)
   return M.command(err, function()
     local validate = require("optimizely.offline").validate
