@@ -20,5 +20,6 @@ OO_EXPORT int luaopen_optimizely_offline_core(lua_State *L) {
     oo_json_register(L);
     oo_text_register(L);
     oo_fs_register(L);
+    oo_csv_register(L);
     return 1;
 }

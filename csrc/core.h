@@ -15,5 +15,6 @@ void oo_worker_register(lua_State *L);
 void oo_json_register(lua_State *L);
 void oo_text_register(lua_State *L);
 void oo_fs_register(lua_State *L);
+void oo_csv_register(lua_State *L);
 
 #endif

@@ -21,7 +21,7 @@ end
 local function refs(recs)
   local out = {}
   for _, r in ipairs(recs) do
-    out[#out + 1] = r.payload and r.payload.order.refCode or ("ERR:" .. (r.refCode or "?"))
+    out[#out + 1] = r.payload and r.payload.order.refCode or ("ERR:" .. (r.ref or "?"))
   end
   return out
 end
@@ -89,7 +89,7 @@ describe("csv reader", function()
       assert.matches(":2: order \"A\": line 3: column \"currency\" is \"EUR\" but was \"GBP\" on line 2",
         recs[1].error, 1, true)
       assert.equal(2, recs[1].line)
-      assert.equal("A", recs[1].refCode)
+      assert.equal("A", recs[1].ref)
       assert.equal("B", recs[2].payload.order.refCode)
     end)
 

@@ -1,0 +1,593 @@
+/* Bounded-memory stores of the CSV reader (see csv.h).
+ *
+ * The seen set maps a refCode to the value it was first added with (a line,
+ * or a group number). Memory stays fixed however long the file:
+ *  - a blocked Bloom filter (filter_bytes, 8 bits set in one 64-byte block)
+ *    answers "never seen" for almost every new refCode without touching disk;
+ *  - the most recent refCodes (up to PENDING_MAX, or PENDING_BYTES of text)
+ *    sit in an exact hash table;
+ *  - when that fills, its entries are sorted by hash and appended to a
+ *    temporary SQLite database as one "run" of packed blocks (~4 KiB each;
+ *    one SQLite row per block, so the per-refCode cost is a memcpy, not an
+ *    INSERT). The first hash of every block stays in memory, so a lookup
+ *    reads one block per run. Runs are merged FANOUT at a time (a k-way merge
+ *    of sorted blocks), so a lookup probes O(log n) runs.
+ * A filter hit is confirmed exactly: the hash table, then the runs, comparing
+ * the refCode's bytes. The database is SQLite's private temporary file
+ * (created 0600, unlinked at once, gone when closed).
+ *
+ * The spill keeps every row of a grouped read in another temporary database
+ * and reads it back ordered by (group, row): a group is the row number where
+ * its refCode first appeared, found through a seen set. */
+#include "csv.h"
+
+#include <sqlite3.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define PENDING_MAX 65536           /* refCodes in the exact table */
+#define PENDING_BYTES (8u << 20)    /* ... or this much refCode text */
+#define SLOTS (PENDING_MAX * 2)     /* open addressing, load <= 1/2 */
+#define BLOCK_BYTES 4096
+#define FANOUT 4                    /* runs merged at a time */
+#define ENTRY_HEAD 20               /* hash 8, value 8, length 4 */
+
+typedef struct {
+    uint64_t h;
+    uint32_t off, len; /* in the pending arena */
+    long long value;
+} pending_entry;
+
+typedef struct {
+    int level;
+    long long first_id;  /* block rowids first_id .. first_id + nblocks - 1 */
+    size_t nblocks;
+    uint64_t *fence;     /* first hash of each block */
+} run;
+
+struct oo_csv_seen {
+    uint64_t *filter;
+    size_t filter_bytes;
+    size_t filter_mask;   /* blocks - 1 (a block is 8 words) */
+    /* the exact table of recent refCodes */
+    uint32_t *slot;       /* entry index + 1; 0 = empty */
+    pending_entry *entry;
+    size_t nentry;
+    char *arena;
+    size_t arena_len, arena_cap;
+    /* older refCodes */
+    sqlite3 *db;
+    sqlite3_stmt *put, *get, *drop;
+    run *runs;
+    size_t nruns, capruns;
+    char errmsg[160];
+};
+
+/* ------------------------------------------------------------- hashing */
+
+static uint64_t hash64(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a, then a finaliser */
+    size_t i;
+    for (i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ULL;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+/* Sets the refCode's 8 bits; 1 when they all were set already (maybe seen).
+ * The block comes from the hash's top 24 bits, the bits inside it from
+ * 9-bit windows of the low 36 bits and of a second mix. */
+static int filter_test_set(oo_csv_seen *s, uint64_t h) {
+    uint64_t *b = s->filter + ((h >> 40) & s->filter_mask) * 8;
+    uint64_t g = (h ^ (h >> 31)) * 0x9E3779B97F4A7C15ULL;
+    int i, all = 1;
+    for (i = 0; i < 8; i++) {
+        unsigned bit = (unsigned)(i < 4 ? h >> (9 * i) : g >> (9 * i - 16)) & 511u;
+        uint64_t m = 1ULL << (bit & 63);
+        if (!(b[bit >> 6] & m)) { all = 0; b[bit >> 6] |= m; }
+    }
+    return all;
+}
+
+/* --------------------------------------------------------- the database */
+
+static long long fail(oo_csv_seen *s, const char *what, const char **err) {
+    snprintf(s->errmsg, sizeof s->errmsg, "%s: %s", what, s->db ? sqlite3_errmsg(s->db) : "no database");
+    *err = s->errmsg;
+    return -1;
+}
+
+/* SQLite's private temporary database: "" opens one that is created 0600,
+ * unlinked as soon as it exists, and kept in memory while it is small. */
+static sqlite3 *open_temp(int cache_kib) {
+    sqlite3 *db = NULL;
+    char sql[160];
+    if (sqlite3_open_v2("", &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) != SQLITE_OK) {
+        sqlite3_close(db);
+        return NULL;
+    }
+    snprintf(sql, sizeof sql,
+             "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA temp_store=FILE;"
+             "PRAGMA locking_mode=EXCLUSIVE; PRAGMA cache_size=-%d;", cache_kib);
+    if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK) {
+        sqlite3_close(db);
+        return NULL;
+    }
+    return db;
+}
+
+static int open_db(oo_csv_seen *s) {
+    s->db = open_temp(2048);
+    if (!s->db) return 0;
+    return sqlite3_exec(s->db, "CREATE TABLE blocks(id INTEGER PRIMARY KEY, data BLOB NOT NULL)",
+                        NULL, NULL, NULL) == SQLITE_OK &&
+           sqlite3_prepare_v2(s->db, "INSERT INTO blocks(data) VALUES(?1)", -1, &s->put, NULL) ==
+               SQLITE_OK &&
+           sqlite3_prepare_v2(s->db, "SELECT data FROM blocks WHERE id = ?1", -1, &s->get, NULL) ==
+               SQLITE_OK &&
+           sqlite3_prepare_v2(s->db, "DELETE FROM blocks WHERE id BETWEEN ?1 AND ?2", -1, &s->drop,
+                              NULL) == SQLITE_OK;
+}
+
+/* ------------------------------------------------------ blocks and runs */
+
+/* Builds one run: blocks are appended through put_block, fences kept. */
+typedef struct {
+    oo_csv_seen *s;
+    run r;
+    size_t capfence;
+    char *buf;
+    size_t len, cap;
+    uint64_t first;
+    int failed;
+} run_writer;
+
+static void writer_init(run_writer *w, oo_csv_seen *s, int level) {
+    memset(w, 0, sizeof *w);
+    w->s = s;
+    w->r.level = level;
+    w->r.first_id = -1;
+}
+
+static int put_block(run_writer *w) {
+    oo_csv_seen *s = w->s;
+    int rc;
+    if (!w->len) return 1;
+    if (w->r.nblocks == w->capfence) {
+        size_t cap = w->capfence ? w->capfence * 2 : 16;
+        uint64_t *f = realloc(w->r.fence, cap * sizeof *f);
+        if (!f) return 0;
+        w->r.fence = f;
+        w->capfence = cap;
+    }
+    sqlite3_bind_blob(s->put, 1, w->buf, (int)w->len, SQLITE_STATIC);
+    rc = sqlite3_step(s->put);
+    sqlite3_reset(s->put);
+    if (rc != SQLITE_DONE) return 0;
+    if (w->r.first_id < 0) w->r.first_id = sqlite3_last_insert_rowid(s->db);
+    w->r.fence[w->r.nblocks++] = w->first;
+    w->len = 0;
+    return 1;
+}
+
+static int write_entry(run_writer *w, uint64_t h, long long value, const char *ref, uint32_t n) {
+    size_t need = ENTRY_HEAD + n;
+    if (w->len && w->len + need > BLOCK_BYTES && !put_block(w)) return 0;
+    if (w->len + need > w->cap) {
+        size_t cap = w->cap ? w->cap : BLOCK_BYTES;
+        char *b;
+        while (cap < w->len + need) cap *= 2;
+        b = realloc(w->buf, cap);
+        if (!b) return 0;
+        w->buf = b;
+        w->cap = cap;
+    }
+    if (!w->len) w->first = h;
+    memcpy(w->buf + w->len, &h, 8);
+    memcpy(w->buf + w->len + 8, &value, 8);
+    memcpy(w->buf + w->len + 16, &n, 4);
+    memcpy(w->buf + w->len + ENTRY_HEAD, ref, n);
+    w->len += need;
+    return 1;
+}
+
+/* Adds the finished run to the list; 0 on failure. */
+static int writer_finish(run_writer *w) {
+    oo_csv_seen *s = w->s;
+    int ok = put_block(w);
+    free(w->buf);
+    if (ok && s->nruns == s->capruns) {
+        size_t cap = s->capruns ? s->capruns * 2 : 8;
+        run *r = realloc(s->runs, cap * sizeof *r);
+        if (r) { s->runs = r; s->capruns = cap; } else ok = 0;
+    }
+    if (!ok || !w->r.nblocks) { free(w->r.fence); return ok; }
+    s->runs[s->nruns++] = w->r;
+    return 1;
+}
+
+/* Reads block `id` into *buf (grown as needed); returns its size or -1. */
+static long read_block(oo_csv_seen *s, long long id, char **buf, size_t *cap) {
+    long n = -1;
+    sqlite3_bind_int64(s->get, 1, id);
+    if (sqlite3_step(s->get) == SQLITE_ROW) {
+        const void *p = sqlite3_column_blob(s->get, 0);
+        n = sqlite3_column_bytes(s->get, 0);
+        if ((size_t)n > *cap) {
+            char *b = realloc(*buf, (size_t)n);
+            if (!b) n = -1; else { *buf = b; *cap = (size_t)n; }
+        }
+        if (n > 0) memcpy(*buf, p, (size_t)n);
+    }
+    sqlite3_reset(s->get);
+    return n;
+}
+
+typedef struct {
+    const run *r;
+    size_t block;       /* next block to read */
+    char *buf;
+    size_t cap, len, at;
+    uint64_t h;         /* the current entry */
+    long long value;
+    uint32_t n;
+    const char *ref;
+    int live;
+} cursor;
+
+static int cursor_next(oo_csv_seen *s, cursor *c) {
+    if (c->at >= c->len) {
+        long n;
+        if (c->block == c->r->nblocks) { c->live = 0; return 1; }
+        n = read_block(s, c->r->first_id + (long long)c->block++, &c->buf, &c->cap);
+        if (n < ENTRY_HEAD) return 0;
+        c->len = (size_t)n;
+        c->at = 0;
+    }
+    memcpy(&c->h, c->buf + c->at, 8);
+    memcpy(&c->value, c->buf + c->at + 8, 8);
+    memcpy(&c->n, c->buf + c->at + 16, 4);
+    c->ref = c->buf + c->at + ENTRY_HEAD;
+    c->at += ENTRY_HEAD + c->n;
+    c->live = 1;
+    return 1;
+}
+
+
+/* Merges the last `k` runs (all of one level) into one run a level up. */
+static int merge_runs(oo_csv_seen *s, size_t k) {
+    cursor cur[FANOUT];
+    run_writer w;
+    size_t i, first = s->nruns - k;
+    int ok = 1;
+    writer_init(&w, s, s->runs[first].level + 1);
+    memset(cur, 0, sizeof cur);
+    for (i = 0; i < k; i++) {
+        cur[i].r = &s->runs[first + i];
+        ok = ok && cursor_next(s, &cur[i]);
+    }
+    while (ok) {
+        cursor *min = NULL;
+        for (i = 0; i < k; i++) {
+            if (cur[i].live && (!min || cur[i].h < min->h)) min = &cur[i];
+        }
+        if (!min) break;
+        ok = write_entry(&w, min->h, min->value, min->ref, min->n) && cursor_next(s, min);
+    }
+    for (i = 0; i < k; i++) free(cur[i].buf);
+    if (ok) {
+        /* the merged blocks go; their pages are reused by later runs */
+        for (i = first; i < s->nruns; i++) {
+            const run *r = &s->runs[i];
+            sqlite3_bind_int64(s->drop, 1, r->first_id);
+            sqlite3_bind_int64(s->drop, 2, r->first_id + (long long)r->nblocks - 1);
+            ok = ok && sqlite3_step(s->drop) == SQLITE_DONE;
+            sqlite3_reset(s->drop);
+        }
+    }
+    for (i = first; i < s->nruns; i++) free(s->runs[i].fence);
+    s->nruns = first;
+    return ok && writer_finish(&w);
+}
+
+/* Runs are sorted by hash only: a lookup reads every entry of its hash. */
+static int by_hash(const void *a, const void *b) {
+    uint64_t x = ((const pending_entry *)a)->h, y = ((const pending_entry *)b)->h;
+    return x < y ? -1 : x > y;
+}
+
+/* Moves the exact table into a new run, then merges full levels. */
+static int flush_pending(oo_csv_seen *s) {
+    run_writer w;
+    size_t i;
+    int ok = 1;
+    if (!s->db && !open_db(s)) return 0;
+    /* the slots point at entries by index: they are cleared below */
+    qsort(s->entry, s->nentry, sizeof *s->entry, by_hash);
+    if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) return 0;
+    writer_init(&w, s, 0);
+    for (i = 0; ok && i < s->nentry; i++) {
+        const pending_entry *e = &s->entry[i];
+        ok = write_entry(&w, e->h, e->value, s->arena + e->off, e->len);
+    }
+    ok = writer_finish(&w) && ok;
+    while (ok && s->nruns >= FANOUT && s->runs[s->nruns - 1].level == s->runs[s->nruns - FANOUT].level)
+        ok = merge_runs(s, FANOUT);
+    if (sqlite3_exec(s->db, ok ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK) ok = 0;
+    memset(s->slot, 0, SLOTS * sizeof *s->slot);
+    s->nentry = 0;
+    s->arena_len = 0;
+    return ok;
+}
+
+/* The value of ref in run r, 0 when absent, -1 on failure. */
+static long long run_find(oo_csv_seen *s, const run *r, uint64_t h, const char *ref, size_t n,
+                          char **buf, size_t *cap) {
+    size_t lo = 0, hi = r->nblocks, b;
+    /* the first block whose fence is >= h; an equal hash may start one earlier */
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (r->fence[mid] < h) lo = mid + 1; else hi = mid;
+    }
+    for (b = lo ? lo - 1 : 0; b < r->nblocks && (b < lo || r->fence[b] <= h); b++) {
+        long len = read_block(s, r->first_id + (long long)b, buf, cap);
+        size_t at = 0;
+        if (len < 0) return -1;
+        while (at + ENTRY_HEAD <= (size_t)len) {
+            uint64_t eh;
+            uint32_t en;
+            long long v;
+            memcpy(&eh, *buf + at, 8);
+            memcpy(&en, *buf + at + 16, 4);
+            if (eh > h) return 0;
+            if (eh == h && en == n && memcmp(*buf + at + ENTRY_HEAD, ref, n) == 0) {
+                memcpy(&v, *buf + at + 8, 8);
+                return v;
+            }
+            at += ENTRY_HEAD + en;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ the set */
+
+/* The filter's memory: zero pages mapped on first touch. Every refCode
+ * touches a random block, so large pages (where the kernel gives them)
+ * save a TLB miss and a page fault per lookup on big files. */
+static uint64_t *filter_alloc(size_t bytes) {
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+#ifdef MADV_HUGEPAGE
+    if (bytes >= (2u << 20)) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+oo_csv_seen *oo_csv_seen_new(size_t filter_bytes) {
+    oo_csv_seen *s = calloc(1, sizeof *s);
+    size_t blocks = 1;
+    if (!s) return NULL;
+    while (blocks * 2 * 64 <= filter_bytes) blocks *= 2;
+    s->filter_bytes = blocks * 64;
+    s->filter = filter_alloc(s->filter_bytes);
+    s->filter_mask = blocks - 1;
+    s->slot = calloc(SLOTS, sizeof *s->slot);
+    s->entry = malloc(PENDING_MAX * sizeof *s->entry);
+    if (!s->filter || !s->slot || !s->entry) {
+        oo_csv_seen_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void oo_csv_seen_free(oo_csv_seen *s) {
+    size_t i;
+    if (!s) return;
+    sqlite3_finalize(s->put);
+    sqlite3_finalize(s->get);
+    sqlite3_finalize(s->drop);
+    sqlite3_close(s->db);
+    for (i = 0; i < s->nruns; i++) free(s->runs[i].fence);
+    free(s->runs);
+    if (s->filter) munmap(s->filter, s->filter_bytes);
+    free(s->slot);
+    free(s->entry);
+    free(s->arena);
+    free(s);
+}
+
+static uint32_t *pending_slot(oo_csv_seen *s, uint64_t h, const char *ref, size_t n) {
+    size_t i = (size_t)h & (SLOTS - 1);
+    for (;; i = (i + 1) & (SLOTS - 1)) {
+        const pending_entry *e;
+        if (!s->slot[i]) return &s->slot[i];
+        e = &s->entry[s->slot[i] - 1];
+        if (e->h == h && e->len == n && memcmp(s->arena + e->off, ref, n) == 0) return &s->slot[i];
+    }
+}
+
+static int pending_add(oo_csv_seen *s, uint32_t *slot, uint64_t h, const char *ref, size_t n,
+                       long long value) {
+    pending_entry *e;
+    if (s->arena_len + n > s->arena_cap) {
+        size_t cap = s->arena_cap ? s->arena_cap : 65536;
+        char *a;
+        while (cap < s->arena_len + n) cap *= 2;
+        a = realloc(s->arena, cap);
+        if (!a) return 0;
+        s->arena = a;
+        s->arena_cap = cap;
+    }
+    e = &s->entry[s->nentry];
+    e->h = h;
+    e->off = (uint32_t)s->arena_len;
+    e->len = (uint32_t)n;
+    e->value = value;
+    memcpy(s->arena + s->arena_len, ref, n);
+    s->arena_len += n;
+    *slot = (uint32_t)++s->nentry;
+    return 1;
+}
+
+void oo_csv_seen_prefetch(oo_csv_seen *s, const char *ref, size_t n) {
+#if defined(__GNUC__)
+    uint64_t h = hash64(ref, n);
+    __builtin_prefetch(s->filter + ((h >> 40) & s->filter_mask) * 8, 1);
+    __builtin_prefetch(&s->slot[(size_t)h & (SLOTS - 1)], 0);
+#else
+    (void)s, (void)ref, (void)n;
+#endif
+}
+
+long long oo_csv_seen_add(oo_csv_seen *s, const char *ref, size_t n, long long value,
+                          const char **err) {
+    uint64_t h = hash64(ref, n);
+    uint32_t *slot;
+    if (n > UINT32_MAX / 2) { *err = "refCode too long"; return -1; }
+    if (filter_test_set(s, h)) { /* maybe seen: confirm */
+        char *buf = NULL;
+        size_t cap = 0, i;
+        slot = pending_slot(s, h, ref, n);
+        if (*slot) return s->entry[*slot - 1].value;
+        for (i = s->nruns; i-- > 0;) {
+            long long v = run_find(s, &s->runs[i], h, ref, n, &buf, &cap);
+            if (v != 0) {
+                free(buf);
+                return v < 0 ? fail(s, "reading the seen refCodes", err) : v;
+            }
+        }
+        free(buf);
+    } else {
+        slot = pending_slot(s, h, ref, n);
+    }
+    if (!pending_add(s, slot, h, ref, n, value)) { *err = "out of memory"; return -1; }
+    if ((s->nentry == PENDING_MAX || s->arena_len >= PENDING_BYTES) && !flush_pending(s))
+        return fail(s, "writing the seen refCodes", err);
+    return 0;
+}
+
+/* ------------------------------------------------------------ the spill */
+
+struct oo_csv_spill {
+    sqlite3 *db;
+    sqlite3_stmt *put, *get;
+    oo_csv_seen *groups;
+    long long seq;
+    char *last;          /* the previous row's ref and group: rows of one */
+    size_t last_len, last_cap; /* order usually come together */
+    long long last_grp;
+    int reading, ended;
+    char errmsg[160];
+};
+
+static int spill_fail(oo_csv_spill *s, const char *what, const char **err) {
+    snprintf(s->errmsg, sizeof s->errmsg, "%s: %s", what, s->db ? sqlite3_errmsg(s->db) : "no database");
+    *err = s->errmsg;
+    return -1;
+}
+
+oo_csv_spill *oo_csv_spill_new(size_t filter_bytes, const char **err) {
+    oo_csv_spill *s = calloc(1, sizeof *s);
+    if (!s) { *err = "out of memory"; return NULL; }
+    s->groups = oo_csv_seen_new(filter_bytes);
+    s->db = open_temp(8192);
+    if (!s->groups || !s->db ||
+        sqlite3_exec(s->db, "CREATE TABLE rows(grp INTEGER NOT NULL, line INTEGER NOT NULL, raw BLOB);"
+                            "BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->db, "INSERT INTO rows(grp, line, raw) VALUES(?1, ?2, ?3)", -1, &s->put,
+                           NULL) != SQLITE_OK) {
+        *err = s->db ? sqlite3_errmsg(s->db) : "cannot open a temporary database";
+        snprintf(s->errmsg, sizeof s->errmsg, "%s", *err);
+        *err = s->errmsg;
+        oo_csv_spill_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void oo_csv_spill_free(oo_csv_spill *s) {
+    if (!s) return;
+    sqlite3_finalize(s->put);
+    sqlite3_finalize(s->get);
+    sqlite3_close(s->db);
+    oo_csv_seen_free(s->groups);
+    free(s->last);
+    free(s);
+}
+
+/* The group of a row: the row number where its ref first appeared. */
+static long long group_of(oo_csv_spill *s, const char *ref, size_t n, const char **err) {
+    long long grp;
+    if (!n) return s->seq; /* a row of its own */
+    if (s->last_grp && n == s->last_len && memcmp(ref, s->last, n) == 0) return s->last_grp;
+    grp = oo_csv_seen_add(s->groups, ref, n, s->seq, err);
+    if (grp < 0) return -1;
+    if (grp == 0) grp = s->seq;
+    if (n > s->last_cap) {
+        char *p = realloc(s->last, n);
+        if (!p) { *err = "out of memory"; return -1; }
+        s->last = p;
+        s->last_cap = n;
+    }
+    memcpy(s->last, ref, n);
+    s->last_len = n;
+    s->last_grp = grp;
+    return grp;
+}
+
+int oo_csv_spill_add(oo_csv_spill *s, const char *ref, size_t n, long long line, const char *raw,
+                     size_t raw_len, const char **err) {
+    long long grp;
+    int rc;
+    if (s->reading) { *err = "rows added after reading began"; return 0; }
+    s->seq++;
+    grp = group_of(s, ref, ref ? n : 0, err);
+    if (grp < 0) return 0;
+    sqlite3_bind_int64(s->put, 1, grp);
+    sqlite3_bind_int64(s->put, 2, line);
+    sqlite3_bind_blob(s->put, 3, raw_len ? raw : "", (int)raw_len, SQLITE_STATIC);
+    rc = sqlite3_step(s->put);
+    sqlite3_reset(s->put);
+    if (rc != SQLITE_DONE) {
+        spill_fail(s, "spilling a row", err);
+        return 0;
+    }
+    return 1;
+}
+
+int oo_csv_spill_next(oo_csv_spill *s, long long *line, const char **raw, size_t *raw_len,
+                      const char **err) {
+    int rc;
+    if (!s->reading) {
+        s->reading = 1;
+        /* the groups are no longer needed: free their memory before sorting */
+        oo_csv_seen_free(s->groups);
+        s->groups = NULL;
+        if (sqlite3_exec(s->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK ||
+            sqlite3_prepare_v2(s->db, "SELECT line, raw FROM rows ORDER BY grp, rowid", -1, &s->get,
+                               NULL) != SQLITE_OK)
+            return spill_fail(s, "reading the spilled rows", err);
+    }
+    if (s->ended) return 0; /* a finished statement would start again */
+    rc = sqlite3_step(s->get);
+    if (rc == SQLITE_DONE) {
+        s->ended = 1;
+        return 0;
+    }
+    if (rc != SQLITE_ROW) return spill_fail(s, "reading the spilled rows", err);
+    *line = sqlite3_column_int64(s->get, 0);
+    *raw = sqlite3_column_blob(s->get, 1);
+    *raw_len = (size_t)sqlite3_column_bytes(s->get, 1);
+    if (!*raw) *raw = "";
+    return 1;
+}
