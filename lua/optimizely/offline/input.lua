@@ -41,6 +41,8 @@
 --   started earlier in the file (at `first_line`); `ref` names the order. The
 --   earlier rows were returned as an order already: a caller that must not
 --   send part of an order checks the whole file first, or reads it grouped;
+-- * `"structure"`: XML outside any order: an unknown element or stray text
+--   between orders (skipped; reading goes on);
 -- * `"row"`: a CSV row that belongs to no order (empty refCode, wrong field
 --   count or bad quoting before the refCode);
 -- * `"header"`: the CSV header is unusable (unknown, duplicate or missing

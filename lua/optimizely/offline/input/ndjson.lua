@@ -9,18 +9,20 @@
 -- than `opts.max_record_bytes` (default 8 MiB) is reported and skipped
 -- without being held in memory.
 --
--- **Wrapper lines.** A line with a `payload` and no `order` is not itself a
--- payload, so nothing unknown ever reaches the endpoint:
+-- **Wrapper lines.** Two kinds of line carry a payload instead of being one,
+-- so that nothing unknown ever reaches the endpoint:
 --
--- * a channel wrapper, `{"channel": "callcentre", "payload": {…}}`: the
---   payload is sent on that channel (`record.channel`). `channel` is optional
---   (absent: the client's default channel) and must be a non-empty string;
---   any other key makes the line an error record (`code = "wrapper"`), so a
---   misspelt `"chanel"` never sends an order on the wrong channel;
--- * a line of a rejects file — it also has an `error` — is unwrapped into its
---   payload, with `record.transformed` set from its `transformed` flag,
---   `record.origin` from its `origin` (or `source`) and `record.channel` from
---   its `channel`, so rejects re-send as they are.
+-- * a channel wrapper, `{"channel": "callcentre", "payload": {…}}` (both
+--   keys, no `order`): the payload is sent on that channel
+--   (`record.channel`). `channel` must be a non-empty string and `payload` an
+--   object; any other key makes the line an error record (`code =
+--   "wrapper"`), so nothing is sent from a line that says more than we read.
+--   A line without a `channel` is a plain payload (the client's default
+--   channel);
+-- * a line of a rejects file — a `payload` and an `error`, no `order` — is
+--   unwrapped into its payload, with `record.transformed` set from its
+--   `transformed` flag, `record.origin` from its `origin` (or `source`) and
+--   `record.channel` from its `channel`, so rejects re-send as they are.
 -- @module optimizely.offline.input.ndjson
 local cjson = require("cjson.safe")
 local records = require("optimizely.offline.input.records")
@@ -61,6 +63,14 @@ end
 local function escaped(s, cap)
   local body, tail = quote(s, cap):match('^"(.*)"(.*)$')
   return body .. tail
+end
+
+-- JSON text for a message: printable ASCII as it is (capped), anything
+-- else escaped.
+local function shown(text, cap)
+  if find(text, "[^ -~]") then return escaped(text, cap) end
+  if #text <= cap then return text end
+  return sub(text, 1, cap) .. ("...(%d bytes)"):format(#text)
 end
 
 local Reader = {}
@@ -168,8 +178,8 @@ local function wrapper(self, value, line, n)
     if k ~= "channel" and k ~= "payload" then
       k = tostring(k)
       local hint = core and core.suggest and core.suggest(k, WRAPPER_KEYS)
-      return fail(self.name, n, "wrapper", ('unknown key %s in a wrapper line%s (a line with "payload" '
-        .. 'and no "order" holds only "channel" and "payload")')
+      return fail(self.name, n, "wrapper", ('unknown key %s in a wrapper line%s (a line with "channel" '
+        .. 'and "payload" and no "order" holds nothing else)')
         :format(quote(k, 60), hint and (" (did you mean %s?)"):format(quote(hint, 60)) or ""), { raw = line })
     end
   end
@@ -188,8 +198,8 @@ local function not_object(value, text)
   if value == cjson.null then return "null" end
   local t = type(value)
   if t == "string" then return "a string (" .. quote(value, 60) .. ")" end
-  if t == "table" then return "an array (" .. escaped(text, 60) .. ")" end
-  return ("a %s (%s)"):format(t, escaped(text, 60))
+  if t == "table" then return "an array (" .. shown(text, 60) .. ")" end
+  return ("a %s (%s)"):format(t, shown(text, 60))
 end
 
 --- The record of a non-blank line that is not a plain payload with an
@@ -208,7 +218,7 @@ local function record(self, value, err, line, s, n)
     if value.error ~= nil then
       local rec = rejected(self, value, line, n)
       if rec then return rec end
-    elseif value.payload ~= nil then
+    elseif value.channel ~= nil and value.payload ~= nil then
       return wrapper(self, value, line, n)
     end
   end

@@ -69,7 +69,7 @@ end
 
 --- A problem of the current order if there is one, else a record.
 function Doc:problem_here(line, msg)
-  if self.cur then self:problem(line, msg) else self:fail(line, "order", msg) end
+  if self.cur then self:problem(line, msg) else self:fail(line, "structure", msg) end
 end
 
 --- Refuses the whole document: one record, and the parser stops.
@@ -86,7 +86,7 @@ function Doc:take_attrs(line, el, attrs, allowed, into)
     if allowed[a] then
       if into then into[a] = attrs[a] end
     else
-      self:problem(line, ("unknown attribute %s on %s"):format(quote(a, 60), tag(el)))
+      self:problem(line, ("unknown attribute %s on %s"):format(quote(a), tag(el)))
     end
   end
 end
@@ -122,7 +122,7 @@ function Doc:start_attribute(line, attrs, owner)
   for i = 1, #attrs do
     local a = attrs[i]
     if a == "key" then key = attrs[a]
-    else self:problem(line, ("unknown attribute %s on <attribute>"):format(quote(a, 60))) end
+    else self:problem(line, ("unknown attribute %s on <attribute>"):format(quote(a))) end
   end
   if key == nil then self:problem(line, "<attribute> without a key") end
   return { kind = "attribute", owner = owner, line = line, parts = {}, key = key }
@@ -134,7 +134,7 @@ function Doc:end_attribute(entry)
   local attrs = owner.attributes
   if not attrs then attrs = {}; owner.attributes = attrs end
   if attrs[entry.key] ~= nil then
-    self:problem(entry.line, ("attribute key %s given twice in <%s>"):format(quote(entry.key, 60), entry.owner))
+    self:problem(entry.line, ("attribute key %s given twice in <%s>"):format(quote(entry.key), entry.owner))
   else
     attrs[entry.key] = concat(entry.parts)
   end
@@ -166,12 +166,12 @@ function Doc:open_element(p, line, el, attrs, parent)
       return nil
     end
     if #attrs > 0 then
-      self:fail(line, "order", ("unknown attribute %s on <orders>"):format(quote(attrs[1], 60)))
+      self:fail(line, "structure", ("unknown attribute %s on <orders>"):format(quote(attrs[1])))
     end
     return { kind = "orders" }
   elseif parent == "orders" then
     if el == "order" then return self:start_order(line, attrs) end
-    self:fail(line, "order", ("unknown element %s in <orders> (skipped)"):format(tag(el)))
+    self:fail(line, "structure", ("unknown element %s in <orders> (skipped)"):format(tag(el)))
     return nil
   elseif parent == "order" then
     return self:open_in_order(p, line, el, attrs)
