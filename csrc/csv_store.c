@@ -30,7 +30,8 @@
 
 #define PENDING_MAX 65536           /* refCodes in the exact table */
 #define PENDING_BYTES (8u << 20)    /* ... or this much refCode text */
-#define SLOTS (PENDING_MAX * 2)     /* open addressing, load <= 1/2 */
+#define SLOTS_MIN 1024              /* open addressing, load <= 1/2: the table */
+                                    /* doubles up to 2 * PENDING_MAX slots */
 #define BLOCK_BYTES 4096
 #define FANOUT 4                    /* runs merged at a time */
 #define ENTRY_HEAD 20               /* hash 8, value 8, length 4 */
@@ -54,7 +55,8 @@ struct oo_csv_seen {
     size_t filter_mask;   /* blocks - 1 (a block is 8 words) */
     /* the exact table of recent refCodes */
     uint32_t *slot;       /* entry index + 1; 0 = empty */
-    pending_entry *entry;
+    size_t nslots;        /* a power of two */
+    pending_entry *entry; /* nslots / 2 of them */
     size_t nentry;
     char *arena;
     size_t arena_len, arena_cap;
@@ -299,10 +301,32 @@ static int merge_runs(oo_csv_seen *s, size_t k) {
     return ok && writer_finish(&w);
 }
 
-/* Runs are sorted by hash only: a lookup reads every entry of its hash. */
-static int by_hash(const void *a, const void *b) {
-    uint64_t x = ((const pending_entry *)a)->h, y = ((const pending_entry *)b)->h;
-    return x < y ? -1 : x > y;
+/* Sorts entries by hash (a lookup reads every entry of its hash, so ties
+ * need no order). Hashes are uniform: a counting sort on the top 16 bits
+ * leaves buckets of about one entry, finished by insertion sort. */
+static int sort_by_hash(pending_entry *e, size_t n) {
+    size_t *start = calloc(65537, sizeof *start), i, b;
+    pending_entry *out = malloc(n * sizeof *out);
+    if (!start || !out) {
+        free(start);
+        free(out);
+        return 0;
+    }
+    for (i = 0; i < n; i++) start[(e[i].h >> 48) + 1]++;
+    for (b = 1; b <= 65536; b++) start[b] += start[b - 1];
+    for (i = 0; i < n; i++) out[start[e[i].h >> 48]++] = e[i]; /* start[b] ends as bucket b's end */
+    for (b = 0, i = 0; b < 65536; i = start[b++]) {
+        size_t j, k;
+        for (j = i + 1; j < start[b]; j++) {
+            pending_entry x = out[j];
+            for (k = j; k > i && out[k - 1].h > x.h; k--) out[k] = out[k - 1];
+            out[k] = x;
+        }
+    }
+    memcpy(e, out, n * sizeof *e);
+    free(out);
+    free(start);
+    return 1;
 }
 
 /* Moves the exact table into a new run, then merges full levels. */
@@ -312,7 +336,7 @@ static int flush_pending(oo_csv_seen *s) {
     int ok = 1;
     if (!s->db && !open_db(s)) return 0;
     /* the slots point at entries by index: they are cleared below */
-    qsort(s->entry, s->nentry, sizeof *s->entry, by_hash);
+    if (!sort_by_hash(s->entry, s->nentry)) return 0;
     if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) return 0;
     writer_init(&w, s, 0);
     for (i = 0; ok && i < s->nentry; i++) {
@@ -323,7 +347,7 @@ static int flush_pending(oo_csv_seen *s) {
     while (ok && s->nruns >= FANOUT && s->runs[s->nruns - 1].level == s->runs[s->nruns - FANOUT].level)
         ok = merge_runs(s, FANOUT);
     if (sqlite3_exec(s->db, ok ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK) ok = 0;
-    memset(s->slot, 0, SLOTS * sizeof *s->slot);
+    memset(s->slot, 0, s->nslots * sizeof *s->slot);
     s->nentry = 0;
     s->arena_len = 0;
     return ok;
@@ -381,8 +405,9 @@ oo_csv_seen *oo_csv_seen_new(size_t filter_bytes) {
     s->filter_bytes = blocks * 64;
     s->filter = filter_alloc(s->filter_bytes);
     s->filter_mask = blocks - 1;
-    s->slot = calloc(SLOTS, sizeof *s->slot);
-    s->entry = malloc(PENDING_MAX * sizeof *s->entry);
+    s->nslots = SLOTS_MIN;
+    s->slot = calloc(s->nslots, sizeof *s->slot);
+    s->entry = malloc(s->nslots / 2 * sizeof *s->entry);
     if (!s->filter || !s->slot || !s->entry) {
         oo_csv_seen_free(s);
         return NULL;
@@ -407,13 +432,35 @@ void oo_csv_seen_free(oo_csv_seen *s) {
 }
 
 static uint32_t *pending_slot(oo_csv_seen *s, uint64_t h, const char *ref, size_t n) {
-    size_t i = (size_t)h & (SLOTS - 1);
-    for (;; i = (i + 1) & (SLOTS - 1)) {
+    size_t mask = s->nslots - 1, i = (size_t)h & mask;
+    for (;; i = (i + 1) & mask) {
         const pending_entry *e;
         if (!s->slot[i]) return &s->slot[i];
         e = &s->entry[s->slot[i] - 1];
         if (e->h == h && e->len == n && memcmp(s->arena + e->off, ref, n) == 0) return &s->slot[i];
     }
+}
+
+/* Doubles the exact table (entries keep their indexes; slots are rebuilt). */
+static int pending_grow(oo_csv_seen *s) {
+    size_t n = s->nslots * 2, i;
+    uint32_t *slot = calloc(n, sizeof *slot);
+    pending_entry *entry = realloc(s->entry, n / 2 * sizeof *entry);
+    if (!slot || !entry) {
+        free(slot);
+        if (entry) s->entry = entry;
+        return 0;
+    }
+    for (i = 0; i < s->nentry; i++) {
+        size_t j = (size_t)entry[i].h & (n - 1);
+        while (slot[j]) j = (j + 1) & (n - 1);
+        slot[j] = (uint32_t)i + 1;
+    }
+    free(s->slot);
+    s->slot = slot;
+    s->entry = entry;
+    s->nslots = n;
+    return 1;
 }
 
 static int pending_add(oo_csv_seen *s, uint32_t *slot, uint64_t h, const char *ref, size_t n,
@@ -436,6 +483,7 @@ static int pending_add(oo_csv_seen *s, uint32_t *slot, uint64_t h, const char *r
     memcpy(s->arena + s->arena_len, ref, n);
     s->arena_len += n;
     *slot = (uint32_t)++s->nentry;
+    if (s->nentry == s->nslots / 2 && s->nentry < PENDING_MAX) return pending_grow(s);
     return 1;
 }
 
@@ -443,7 +491,7 @@ void oo_csv_seen_prefetch(oo_csv_seen *s, const char *ref, size_t n) {
 #if defined(__GNUC__)
     uint64_t h = hash64(ref, n);
     __builtin_prefetch(s->filter + ((h >> 40) & s->filter_mask) * 8, 1);
-    __builtin_prefetch(&s->slot[(size_t)h & (SLOTS - 1)], 0);
+    __builtin_prefetch(&s->slot[(size_t)h & (s->nslots - 1)], 0);
 #else
     (void)s, (void)ref, (void)n;
 #endif
