@@ -155,6 +155,8 @@ static int parse_row(oo_csv_tok *t) {
     t->nf = t->count = t->nonempty = 0;
     t->textlen = 0;
     t->err = OO_CSV_E_NONE;
+    t->err_field = 0;
+    t->err_line = 0;
     t->in_quote = 0;
     t->row_line = t->line;
     for (;;) {
@@ -217,6 +219,7 @@ static int parse_row(oo_csv_tok *t) {
     }
     t->raw_at = t->pos;
     t->raw_len = (size_t)(row_end - s);
+    t->row_len = (size_t)(p - s);
     t->pos = (size_t)(p - t->buf);
     t->line += nl;
     return OO_CSV_ROW;

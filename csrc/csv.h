@@ -52,7 +52,9 @@ typedef struct {
     int nonempty;           /* some field is not empty */
     char *text;             /* unescaped quoted fields ("" -> ") */
     size_t textcap, textlen;
-    size_t raw_at, raw_len; /* the row's bytes in buf, without its line break */
+    size_t raw_at;          /* where the row starts in buf */
+    size_t raw_len;         /* its bytes without the line break (shown in messages) */
+    size_t row_len;         /* all the bytes it took, line break included (replayed) */
     long long row_line;
     int err, err_field;
     long long err_line;

@@ -505,7 +505,7 @@ static int spill_rows(lua_State *L, reader *r) {
         if (blank(t)) continue;
         ref = r->ref_col < t->nf ? &t->f[r->ref_col] : NULL;
         if (!oo_csv_spill_add(r->spill, ref ? ref->p : NULL, ref ? ref->n : 0, t->row_line,
-                              t->buf + t->raw_at, t->raw_len, &err)) {
+                              t->buf + t->raw_at, t->row_len, &err)) {
             storage_failed(r, err, t->row_line);
             break;
         }

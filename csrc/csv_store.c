@@ -385,16 +385,24 @@ static long long run_find(oo_csv_seen *s, const run *r, uint64_t h, const char *
 
 /* ------------------------------------------------------------ the set */
 
-/* The filter's memory: zero pages mapped on first touch. Every refCode
- * touches a random block, so large pages (where the kernel gives them)
- * save a TLB miss and a page fault per lookup on big files. */
+/* The filter's memory. A big one is mapped (zero pages on first touch):
+ * every refCode touches a random block, so large pages (where the kernel
+ * gives them) save a TLB miss and a page fault per lookup on big files. */
+#define FILTER_MAPPED (1u << 20)
 static uint64_t *filter_alloc(size_t bytes) {
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *p;
+    if (bytes < FILTER_MAPPED) return calloc(bytes / 8, 8);
+    p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return NULL;
 #ifdef MADV_HUGEPAGE
-    if (bytes >= (2u << 20)) madvise(p, bytes, MADV_HUGEPAGE);
+    madvise(p, bytes, MADV_HUGEPAGE);
 #endif
     return p;
+}
+
+static void filter_free(uint64_t *f, size_t bytes) {
+    if (!f) return;
+    if (bytes < FILTER_MAPPED) free(f); else munmap(f, bytes);
 }
 
 oo_csv_seen *oo_csv_seen_new(size_t filter_bytes) {
@@ -424,7 +432,7 @@ void oo_csv_seen_free(oo_csv_seen *s) {
     sqlite3_close(s->db);
     for (i = 0; i < s->nruns; i++) free(s->runs[i].fence);
     free(s->runs);
-    if (s->filter) munmap(s->filter, s->filter_bytes);
+    filter_free(s->filter, s->filter_bytes);
     free(s->slot);
     free(s->entry);
     free(s->arena);
