@@ -266,24 +266,36 @@ static void push_span(lua_State *L, const reader *r, const span *s) {
     lua_pushlstring(L, r->arena.data + s->off, s->len);
 }
 
-/* keys[col + 1] -> the key string of a column */
-static void push_key(lua_State *L, int keys, int col) { lua_rawgeti(L, keys, col + 1); }
+/* The keys table: keys[col + 1] is the key of column col; after the
+ * columns come the payload's own names (strings made once, not per order). */
+enum { N_ORDER, N_REFCODE, N_ITEMS, N_ATTRIBUTES, N_USER, N_INFO, N_SEGMENTS, N_LANG, N_COUNT };
+static const char *const payload_names[N_COUNT] = {
+    "order", "refCode", "items", "attributes", "user", "info", "segments", "lang"};
 
-/* Sets t[key] = value for the value on top; t at index `t`. */
-static void set_keyed(lua_State *L, int t, int keys, int col) {
-    push_key(L, keys, col);
+/* Sets t[keys[at]] = the value on top (popped). */
+static void set_at(lua_State *L, int t, int keys, int at) {
+    lua_rawgeti(L, keys, at);
     lua_insert(L, -2);
     lua_rawset(L, t);
 }
 
+/* t[column col's key] = the value on top */
+static void set_keyed(lua_State *L, int t, int keys, int col) { set_at(L, t, keys, col + 1); }
+
+/* t[name] = the value on top */
+static void set_name(lua_State *L, const reader *r, int t, int keys, int name) {
+    set_at(L, t, keys, r->ncols + 1 + name);
+}
+
 /* Gets (creating it) the subtable `name` of the table at `t`; pushes it. */
-static int subtable(lua_State *L, int t, const char *name) {
-    lua_getfield(L, t, name);
+static int subtable(lua_State *L, const reader *r, int t, int keys, int name) {
+    lua_rawgeti(L, keys, r->ncols + 1 + name);
+    lua_rawget(L, t);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         lua_createtable(L, 0, 2);
         lua_pushvalue(L, -1);
-        lua_setfield(L, t, name);
+        set_name(L, r, t, keys, name);
     }
     return lua_gettop(L);
 }
@@ -316,7 +328,7 @@ static void push_items(lua_State *L, const reader *r, int keys) {
                 push_span(L, r, &item[i]);
                 set_keyed(L, t, keys, r->icol[i].col);
             } else {
-                if (!attrs) attrs = subtable(L, t, "attributes");
+                if (!attrs) attrs = subtable(L, r, t, keys, N_ATTRIBUTES);
                 push_span(L, r, &item[i]);
                 set_keyed(L, attrs, keys, r->icol[i].col);
             }
@@ -336,11 +348,11 @@ static void push_payload(lua_State *L, reader *r) {
     lua_createtable(L, 0, 8);
     order = lua_gettop(L);
     lua_pushvalue(L, order);
-    lua_setfield(L, payload, "order");
+    set_name(L, r, payload, keys, N_ORDER);
     lua_pushlstring(L, r->arena.data, r->ref_len);
-    lua_setfield(L, order, "refCode");
+    set_name(L, r, order, keys, N_REFCODE);
     push_items(L, r, keys);
-    lua_setfield(L, order, "items");
+    set_name(L, r, order, keys, N_ITEMS);
     for (i = 0; i < r->nocol; i++) {
         const span *v = &r->vals[i];
         int col = r->ocol[i].col;
@@ -351,28 +363,28 @@ static void push_payload(lua_State *L, reader *r) {
             set_keyed(L, order, keys, col);
             break;
         case K_ATTR:
-            sub = subtable(L, order, "attributes");
+            sub = subtable(L, r, order, keys, N_ATTRIBUTES);
             push_span(L, r, v);
             set_keyed(L, sub, keys, col);
             lua_pop(L, 1);
             break;
         case K_LANG:
             push_span(L, r, v);
-            lua_setfield(L, payload, "lang");
+            set_name(L, r, payload, keys, N_LANG);
             break;
         case K_CHANNEL:
             channel = i + 1;
             break;
         default: /* user.* */
-            if (!user) user = subtable(L, payload, "user");
+            if (!user) user = subtable(L, r, payload, keys, N_USER);
             if (r->ocol[i].kind == K_USER) {
                 push_span(L, r, v);
                 set_keyed(L, user, keys, col);
             } else if (r->ocol[i].kind == K_SEGMENTS) {
                 push_segments(L, r->arena.data + v->off, v->len);
-                lua_setfield(L, user, "segments");
+                set_name(L, r, user, keys, N_SEGMENTS);
             } else { /* K_INFO */
-                sub = subtable(L, user, "info");
+                sub = subtable(L, r, user, keys, N_INFO);
                 push_span(L, r, v);
                 set_keyed(L, sub, keys, col);
                 lua_pop(L, 1);
@@ -638,7 +650,7 @@ static int l_plan(lua_State *L) {
     r->ucol = calloc((size_t)n, sizeof *r->ucol);
     r->vals = calloc((size_t)n, sizeof *r->vals);
     if (!r->ocol || !r->icol || !r->ucol || !r->vals) return luaL_error(L, "csv reader: out of memory");
-    lua_createtable(L, n, 0); /* keys */
+    lua_createtable(L, n + N_COUNT, 0); /* keys */
     for (i = 1; i <= n; i++) {
         int kind;
         lua_rawgeti(L, 2, i);
@@ -652,6 +664,10 @@ static int l_plan(lua_State *L) {
         lua_pop(L, 3);
     }
     if (r->ref_col < 0) return luaL_error(L, "csv reader: the plan has no ref column");
+    for (i = 0; i < N_COUNT; i++) {
+        lua_pushstring(L, payload_names[i]);
+        lua_rawseti(L, 3, n + 1 + i);
+    }
     r->keys_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     /* a row needs its columns and one more (to tell "too many") */
     r->tok.maxf = n + 1;
