@@ -58,7 +58,7 @@ M.CHUNK = 65536
 M.MAX_RECORD = 4 * 1024 * 1024
 M.FILTER_MAX = 16 * 1024 * 1024
 
----------------------------------------------------------------- the header
+-- -------------------------------------------------------------- the header
 
 -- Columns with a fixed name: name -> { kind, key } (the C reader's plan).
 local FIXED = {
@@ -81,7 +81,7 @@ local KNOWN = "refCode, orderDate, customerId, currency, shipping, subTotal, tot
   .. "user.id, user.email, user.segments, user.info.<key>, attr.<key>, itemRefCode, qty, price, "
   .. "item.attr.<key>"
 
---- The kind and key of a column name (after the map), or nil when unknown.
+-- The kind and key of a column name (after the map), or nil when unknown.
 local function classify(name)
   local f = FIXED[name]
   if f then return f[1], f[2] end
@@ -93,7 +93,7 @@ local function classify(name)
   return nil
 end
 
---- The known column closest to an unknown name. A prefixed form keeps the
+-- The known column closest to an unknown name. A prefixed form keeps the
 -- key as written: "attrs.store" -> "attr.store".
 local function closest(name)
   local names = {}
@@ -115,7 +115,7 @@ local function blank(fields)
   return true
 end
 
---- The column plan of a header row, or nil and the problems found.
+-- The column plan of a header row, or nil and the problems found.
 -- @param fields the header's cells
 -- @param map source name -> column name or false
 local function plan_columns(fields, map)
@@ -153,12 +153,12 @@ local function plan_columns(fields, map)
   return plan
 end
 
----------------------------------------------------------------- the reader
+-- -------------------------------------------------------------- the reader
 
 local Reader = {}
 Reader.__index = Reader
 
---- Reads more input into the C reader: a chunk, or more when the row being
+-- Reads more input into the C reader: a chunk, or more when the row being
 -- parsed already holds `buffered` bytes (reads double, so a long row costs
 -- linear time).
 function Reader:fill(buffered)
@@ -173,7 +173,7 @@ function Reader:fill(buffered)
   end
 end
 
---- Calls a C reader method until it stops asking for input.
+-- Calls a C reader method until it stops asking for input.
 function Reader:pull(method)
   local c = self.c
   while true do
@@ -183,7 +183,7 @@ function Reader:pull(method)
   end
 end
 
---- Reads the header and gives the C reader its plan. False when the file
+-- Reads the header and gives the C reader its plan. False when the file
 -- is not read (no header, or a header with problems: reported).
 function Reader:read_header()
   local status, fields, line, err, raw
@@ -241,7 +241,7 @@ function ON.fatal(self, line, message, code)
   self.queue:push(fail(self.name, line, code, message))
 end
 
---- Queues the rows held back while an order was open.
+-- Queues the rows held back while an order was open.
 function Reader:release()
   local d = self.deferred
   if d then
@@ -250,7 +250,7 @@ function Reader:release()
   end
 end
 
---- Ends the stream: a read error becomes the last record; the C reader's
+-- Ends the stream: a read error becomes the last record; the C reader's
 -- memory and temporary database go.
 function Reader:finish()
   self:release()
@@ -263,7 +263,7 @@ function Reader:finish()
   self.done = true
 end
 
---- The next record, or nil at the end. An order with no rows held back
+-- The next record, or nil at the end. An order with no rows held back
 -- before it (almost every one) skips the queue.
 function Reader:next_record()
   local queue, c = self.queue, self.c
@@ -294,7 +294,7 @@ function Reader:next_record()
   end
 end
 
---- The seen filter's size: what the caller asked, else about one byte per
+-- The seen filter's size: what the caller asked, else about one byte per
 -- 8 of input (a refCode needs a row, a row a few bytes), capped at 16 MiB,
 -- so a small file does not pay for a big filter. Nil: the C default.
 local function filter_bytes(opts, size)

@@ -79,7 +79,7 @@ Reader.__index = Reader
 -- The methods call each other through these locals, not `self:`: a line
 -- costs a few table lookups fewer (this reader is the speed baseline).
 
---- Appends the next chunk to the unread text; false at the end. The first
+-- Appends the next chunk to the unread text; false at the end. The first
 -- read takes at least 3 bytes, so a BOM is seen whole.
 local function fill(self)
   local size = self.chunk_size
@@ -97,7 +97,7 @@ local function fill(self)
   return true
 end
 
---- The next physical line without its terminator, or nil at the end.
+-- The next physical line without its terminator, or nil at the end.
 -- Second value: true when the line was too long and was skipped.
 local function next_line(self)
   local buf, pos = self.buf, self.pos
@@ -202,7 +202,7 @@ local function not_object(value, text)
   return ("a %s (%s)"):format(t, shown(text, 60))
 end
 
---- The record of a non-blank line that is not a plain payload with an
+-- The record of a non-blank line that is not a plain payload with an
 -- `order` (those take next_record's fast path): a JSON error, a value that
 -- is not an object, a wrapper line, or an object without `order`.
 local function record(self, value, err, line, s, n)
@@ -225,14 +225,14 @@ local function record(self, value, err, line, s, n)
   return { payload = value, file = self.name, line = n }
 end
 
---- The record at the end: nil, or the read error.
+-- The record at the end: nil, or the read error.
 local function finish(self)
   self.done = true
   if not self.read_error then return nil end
   return fail(self.name, self.lineno + 1, "read_error", "read error: " .. tostring(self.read_error))
 end
 
---- The next record, or nil at the end.
+-- The next record, or nil at the end.
 local function next_record(self)
   if self.done then return nil end
   local state = self.state

@@ -32,7 +32,7 @@ function Queue:push(rec)
   self[t] = rec
 end
 
---- The oldest record, numbered, or nil when the queue is empty.
+-- The oldest record, numbered, or nil when the queue is empty.
 function Queue:pop()
   local h = self.head
   if h > self.tail then return nil end

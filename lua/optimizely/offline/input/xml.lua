@@ -51,9 +51,9 @@ end
 local Doc = {}
 Doc.__index = Doc
 
----------------------------------------------------------------- problems
+-- -------------------------------------------------------------- problems
 
---- Notes a problem of the order being read (the first MAX_PROBLEMS are kept).
+-- Notes a problem of the order being read (the first MAX_PROBLEMS are kept).
 function Doc:problem(line, msg)
   local o = self.cur
   o.nproblems = o.nproblems + 1
@@ -62,24 +62,24 @@ function Doc:problem(line, msg)
   end
 end
 
---- A problem outside any order: a record of its own.
+-- A problem outside any order: a record of its own.
 function Doc:fail(line, code, msg)
   self.queue:push(fail(self.name, line, code, msg))
 end
 
---- A problem of the current order if there is one, else a record.
+-- A problem of the current order if there is one, else a record.
 function Doc:problem_here(line, msg)
   if self.cur then self:problem(line, msg) else self:fail(line, "structure", msg) end
 end
 
---- Refuses the whole document: one record, and the parser stops.
+-- Refuses the whole document: one record, and the parser stops.
 function Doc:refuse(p, line, msg)
   self:fail(line, "document", msg .. "; file not read")
   self.fatal = true
   p:stop()
 end
 
---- Reports attributes of `el` not in `allowed`; copies the allowed ones to `into`.
+-- Reports attributes of `el` not in `allowed`; copies the allowed ones to `into`.
 function Doc:take_attrs(line, el, attrs, allowed, into)
   for i = 1, #attrs do
     local a = attrs[i]
@@ -91,7 +91,7 @@ function Doc:take_attrs(line, el, attrs, allowed, into)
   end
 end
 
----------------------------------------------------------------- orders
+-- -------------------------------------------------------------- orders
 
 function Doc:start_order(line, attrs)
   local order = { items = {} }
@@ -182,7 +182,7 @@ function Doc:open_element(p, line, el, attrs, parent)
   return nil
 end
 
----------------------------------------------------------------- expat events
+-- -------------------------------------------------------------- expat events
 
 function Doc:StartElement(p, el, attrs)
   if self.fatal then return end
@@ -249,9 +249,9 @@ function Doc:StartDoctypeDecl(p, name, sysid, pubid, has_internal_subset)
   end
 end
 
----------------------------------------------------------------- feeding
+-- -------------------------------------------------------------- feeding
 
---- The parse failed: one record with line and column, unless it was our own stop.
+-- The parse failed: one record with line and column, unless it was our own stop.
 function Doc:broken(msg, line, col)
   if self.fatal then return end
   line = line or 1
@@ -262,7 +262,7 @@ function Doc:broken(msg, line, col)
   })
 end
 
---- Parses the next chunk (or the end); queues what it finds.
+-- Parses the next chunk (or the end); queues what it finds.
 function Doc:feed()
   local parser = self.parser
   local chunk, rerr = self.fh:read(self.chunk_size)
@@ -283,7 +283,7 @@ function Doc:feed()
   self.state.bytes = self.fed
 end
 
---- The next record, or nil at the end.
+-- The next record, or nil at the end.
 function Doc:next_record()
   while true do
     local rec = self.queue:pop()
