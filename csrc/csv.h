@@ -76,8 +76,11 @@ size_t oo_csv_tell(const oo_csv_tok *t);
 
 /* ------------------------------------------------------------ the stores */
 typedef struct oo_csv_seen oo_csv_seen;
-/* filter_bytes: the filter's size (rounded to a power of two). */
-oo_csv_seen *oo_csv_seen_new(size_t filter_bytes);
+/* filter_max: the most the filter may take; total_bytes: the input's size,
+ * or 0 when unknown (the filter then takes filter_max). */
+oo_csv_seen *oo_csv_seen_new(size_t filter_max, unsigned long long total_bytes);
+/* How many input bytes have been read (sizes the filter when it is made). */
+void oo_csv_seen_read(oo_csv_seen *s, unsigned long long bytes);
 void oo_csv_seen_free(oo_csv_seen *s);
 /* Brings what oo_csv_seen_add(ref) will read into the cache, ahead. */
 void oo_csv_seen_prefetch(oo_csv_seen *s, const char *ref, size_t n);
@@ -87,7 +90,8 @@ long long oo_csv_seen_add(oo_csv_seen *s, const char *ref, size_t n, long long l
                           const char **err);
 
 typedef struct oo_csv_spill oo_csv_spill;
-oo_csv_spill *oo_csv_spill_new(size_t filter_bytes, const char **err);
+oo_csv_spill *oo_csv_spill_new(size_t filter_max, unsigned long long total_bytes, const char **err);
+void oo_csv_spill_read(oo_csv_spill *s, unsigned long long bytes);
 void oo_csv_spill_free(oo_csv_spill *s);
 /* Keeps a row: `ref` groups it (NULL/0: a row of its own). 0 on failure. */
 int oo_csv_spill_add(oo_csv_spill *s, const char *ref, size_t n, long long line,

@@ -82,7 +82,8 @@ typedef struct {
     int done;
     /* order_rows */
     int grouped, spilling;
-    size_t filter_bytes;
+    size_t filter_bytes;   /* the most the seen filter may take */
+    unsigned long long size; /* the input's size, 0 when unknown */
     oo_csv_seen *seen;
     oo_csv_spill *spill;
     oo_csv_tok replay;
@@ -149,6 +150,7 @@ static int order_seen(reader *r) {
     long long first;
     oo_buf b;
     if (!r->seen) return 1;
+    oo_csv_seen_read(r->seen, oo_csv_tell(&r->tok));
     first = oo_csv_seen_add(r->seen, r->arena.data, r->ref_len, r->oline, &err);
     if (first < 0) {
         storage_failed(r, err, r->oline);
@@ -516,6 +518,7 @@ static int spill_rows(lua_State *L, reader *r) {
         if (rc == OO_CSV_END) break;
         if (blank(t)) continue;
         ref = r->ref_col < t->nf ? &t->f[r->ref_col] : NULL;
+        oo_csv_spill_read(r->spill, oo_csv_tell(t));
         if (!oo_csv_spill_add(r->spill, ref ? ref->p : NULL, ref ? ref->n : 0, t->row_line,
                               t->buf + t->raw_at, t->row_len, &err)) {
             storage_failed(r, err, t->row_line);
@@ -675,11 +678,11 @@ static int l_plan(lua_State *L) {
     r->planned = 1;
     if (r->grouped) {
         const char *err = NULL;
-        r->spill = oo_csv_spill_new(r->filter_bytes, &err);
+        r->spill = oo_csv_spill_new(r->filter_bytes, r->size, &err);
         if (!r->spill) return luaL_error(L, "csv reader: cannot create the spill database: %s", err);
         r->spilling = 1;
     } else {
-        r->seen = oo_csv_seen_new(r->filter_bytes);
+        r->seen = oo_csv_seen_new(r->filter_bytes, r->size);
         if (!r->seen) return luaL_error(L, "csv reader: out of memory");
     }
     return 0;
@@ -744,13 +747,14 @@ static lua_Integer opt_int(lua_State *L, int t, const char *name, lua_Integer df
 }
 
 /* core.csv_reader{delimiter=",", max_record=4 MiB, order_rows="contiguous"|"grouped",
- *                 filter_bytes=16 MiB} */
+ *                 filter_bytes=16 MiB (the most), size=input bytes (0: unknown)} */
 static int l_new(lua_State *L) {
     static const char *const modes[] = {"contiguous", "grouped", NULL};
     const char *delim = ",";
     size_t dn = 1;
     int grouped;
     size_t max_record, filter;
+    unsigned long long size;
     reader *r;
     if (lua_isnoneornil(L, 1)) lua_newtable(L);
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -763,6 +767,7 @@ static int l_new(lua_State *L) {
     grouped = luaL_checkoption(L, -1, "contiguous", modes);
     max_record = (size_t)opt_int(L, 1, "max_record", 4 << 20, 16, (lua_Integer)1 << 40);
     filter = (size_t)opt_int(L, 1, "filter_bytes", 16 << 20, 64, (lua_Integer)1 << 30);
+    size = (unsigned long long)opt_int(L, 1, "size", 0, 0, (lua_Integer)(~0ULL >> 1));
     r = lua_newuserdata(L, sizeof *r);
     memset(r, 0, sizeof *r);
     r->keys_ref = LUA_NOREF;
@@ -773,6 +778,7 @@ static int l_new(lua_State *L) {
     oo_buf_init(&r->problems);
     r->grouped = grouped;
     r->filter_bytes = filter;
+    r->size = size;
     return 1;
 }
 

@@ -2,10 +2,13 @@
  *
  * The seen set maps a refCode to the value it was first added with (a line,
  * or a group number). Memory stays fixed however long the file:
- *  - a blocked Bloom filter (filter_bytes, 8 bits set in one 64-byte block)
- *    answers "never seen" for almost every new refCode without touching disk;
  *  - the most recent refCodes (up to PENDING_MAX, or PENDING_BYTES of text)
  *    sit in an exact hash table;
+ *  - once refCodes leave that table, a blocked Bloom filter (8 bits set in
+ *    one 64-byte block) answers "never seen" for almost every new refCode
+ *    without touching disk. It is made then, sized for ~24 bits a refCode of
+ *    the whole input (estimated from the bytes read per refCode so far; at
+ *    most filter_max): a filter bigger than needed costs a TLB miss a lookup;
  *  - when that fills, its entries are sorted by hash and appended to a
  *    temporary SQLite database as one "run" of packed blocks (~4 KiB each;
  *    one SQLite row per block, so the per-refCode cost is a memcpy, not an
@@ -50,9 +53,12 @@ typedef struct {
 } run;
 
 struct oo_csv_seen {
-    uint64_t *filter;
+    uint64_t *filter;     /* NULL until the first refCodes leave the exact table */
     size_t filter_bytes;
     size_t filter_mask;   /* blocks - 1 (a block is 8 words) */
+    size_t filter_max;
+    unsigned long long total, read; /* input bytes (0: unknown), and read so far */
+    unsigned long long added;       /* refCodes added */
     /* the exact table of recent refCodes */
     uint32_t *slot;       /* entry index + 1; 0 = empty */
     size_t nslots;        /* a power of two */
@@ -138,6 +144,44 @@ static int open_db(oo_csv_seen *s) {
                SQLITE_OK &&
            sqlite3_prepare_v2(s->db, "DELETE FROM blocks WHERE id BETWEEN ?1 AND ?2", -1, &s->drop,
                               NULL) == SQLITE_OK;
+}
+
+/* The filter's memory. A big one is mapped (zero pages on first touch):
+ * every refCode touches a random block, so large pages (where the kernel
+ * gives them) save a TLB miss and a page fault per lookup on big files. */
+#define FILTER_MAPPED (1u << 20)
+static uint64_t *filter_alloc(size_t bytes) {
+    void *p;
+    if (bytes < FILTER_MAPPED) return calloc(bytes / 8, 8);
+    p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+static void filter_free(uint64_t *f, size_t bytes) {
+    if (!f) return;
+    if (bytes < FILTER_MAPPED) free(f); else munmap(f, bytes);
+}
+
+/* Makes the filter and puts the exact table's refCodes in it. */
+static int filter_make(oo_csv_seen *s) {
+    size_t want = s->filter_max, blocks = 1, i;
+    if (s->total && s->read) {
+        double refs = (double)s->added * (double)s->total / (double)s->read * 1.25;
+        want = 65536;
+        while (want < s->filter_max && (double)want * 8 < refs * 24) want *= 2;
+        if (want > s->filter_max) want = s->filter_max;
+    }
+    while (blocks * 2 * 64 <= want) blocks *= 2;
+    s->filter_bytes = blocks * 64;
+    s->filter_mask = blocks - 1;
+    s->filter = filter_alloc(s->filter_bytes);
+    if (!s->filter) return 0;
+    for (i = 0; i < s->nentry; i++) filter_test_set(s, s->entry[i].h);
+    return 1;
 }
 
 /* ------------------------------------------------------ blocks and runs */
@@ -334,6 +378,7 @@ static int flush_pending(oo_csv_seen *s) {
     run_writer w;
     size_t i;
     int ok = 1;
+    if (!s->filter && !filter_make(s)) return 0;
     if (!s->db && !open_db(s)) return 0;
     /* the slots point at entries by index: they are cleared below */
     if (!sort_by_hash(s->entry, s->nentry)) return 0;
@@ -385,43 +430,22 @@ static long long run_find(oo_csv_seen *s, const run *r, uint64_t h, const char *
 
 /* ------------------------------------------------------------ the set */
 
-/* The filter's memory. A big one is mapped (zero pages on first touch):
- * every refCode touches a random block, so large pages (where the kernel
- * gives them) save a TLB miss and a page fault per lookup on big files. */
-#define FILTER_MAPPED (1u << 20)
-static uint64_t *filter_alloc(size_t bytes) {
-    void *p;
-    if (bytes < FILTER_MAPPED) return calloc(bytes / 8, 8);
-    p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return NULL;
-#ifdef MADV_HUGEPAGE
-    madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-    return p;
-}
-
-static void filter_free(uint64_t *f, size_t bytes) {
-    if (!f) return;
-    if (bytes < FILTER_MAPPED) free(f); else munmap(f, bytes);
-}
-
-oo_csv_seen *oo_csv_seen_new(size_t filter_bytes) {
+oo_csv_seen *oo_csv_seen_new(size_t filter_max, unsigned long long total_bytes) {
     oo_csv_seen *s = calloc(1, sizeof *s);
-    size_t blocks = 1;
     if (!s) return NULL;
-    while (blocks * 2 * 64 <= filter_bytes) blocks *= 2;
-    s->filter_bytes = blocks * 64;
-    s->filter = filter_alloc(s->filter_bytes);
-    s->filter_mask = blocks - 1;
+    s->filter_max = filter_max < 64 ? 64 : filter_max;
+    s->total = total_bytes;
     s->nslots = SLOTS_MIN;
     s->slot = calloc(s->nslots, sizeof *s->slot);
     s->entry = malloc(s->nslots / 2 * sizeof *s->entry);
-    if (!s->filter || !s->slot || !s->entry) {
+    if (!s->slot || !s->entry) {
         oo_csv_seen_free(s);
         return NULL;
     }
     return s;
 }
+
+void oo_csv_seen_read(oo_csv_seen *s, unsigned long long bytes) { s->read = bytes; }
 
 void oo_csv_seen_free(oo_csv_seen *s) {
     size_t i;
@@ -474,6 +498,7 @@ static int pending_grow(oo_csv_seen *s) {
 static int pending_add(oo_csv_seen *s, uint32_t *slot, uint64_t h, const char *ref, size_t n,
                        long long value) {
     pending_entry *e;
+    s->added++;
     if (s->arena_len + n > s->arena_cap) {
         size_t cap = s->arena_cap ? s->arena_cap : 65536;
         char *a;
@@ -498,7 +523,7 @@ static int pending_add(oo_csv_seen *s, uint32_t *slot, uint64_t h, const char *r
 void oo_csv_seen_prefetch(oo_csv_seen *s, const char *ref, size_t n) {
 #if defined(__GNUC__)
     uint64_t h = hash64(ref, n);
-    __builtin_prefetch(s->filter + ((h >> 40) & s->filter_mask) * 8, 1);
+    if (s->filter) __builtin_prefetch(s->filter + ((h >> 40) & s->filter_mask) * 8, 1);
     __builtin_prefetch(&s->slot[(size_t)h & (s->nslots - 1)], 0);
 #else
     (void)s, (void)ref, (void)n;
@@ -510,7 +535,7 @@ long long oo_csv_seen_add(oo_csv_seen *s, const char *ref, size_t n, long long v
     uint64_t h = hash64(ref, n);
     uint32_t *slot;
     if (n > UINT32_MAX / 2) { *err = "refCode too long"; return -1; }
-    if (filter_test_set(s, h)) { /* maybe seen: confirm */
+    if (!s->filter || filter_test_set(s, h)) { /* maybe seen: confirm */
         char *buf = NULL;
         size_t cap = 0, i;
         slot = pending_slot(s, h, ref, n);
@@ -552,10 +577,10 @@ static int spill_fail(oo_csv_spill *s, const char *what, const char **err) {
     return -1;
 }
 
-oo_csv_spill *oo_csv_spill_new(size_t filter_bytes, const char **err) {
+oo_csv_spill *oo_csv_spill_new(size_t filter_max, unsigned long long total_bytes, const char **err) {
     oo_csv_spill *s = calloc(1, sizeof *s);
     if (!s) { *err = "out of memory"; return NULL; }
-    s->groups = oo_csv_seen_new(filter_bytes);
+    s->groups = oo_csv_seen_new(filter_max, total_bytes);
     s->db = open_temp(8192);
     if (!s->groups || !s->db ||
         sqlite3_exec(s->db, "CREATE TABLE rows(grp INTEGER NOT NULL, line INTEGER NOT NULL, raw BLOB);"
@@ -579,6 +604,10 @@ void oo_csv_spill_free(oo_csv_spill *s) {
     oo_csv_seen_free(s->groups);
     free(s->last);
     free(s);
+}
+
+void oo_csv_spill_read(oo_csv_spill *s, unsigned long long bytes) {
+    if (s->groups) oo_csv_seen_read(s->groups, bytes);
 }
 
 /* The group of a row: the row number where its ref first appeared. */

@@ -86,9 +86,9 @@ end
 -- @field order_rows CSV: "contiguous" (default; a later fragment of an order
 --   is a `split_order` error) or "grouped" (rows grouped by refCode across
 --   the whole file through a temporary database)
--- @field seen_filter_bytes CSV, contiguous: the size of the filter that
---   remembers refCodes (default: about one byte per 8 of input, at most
---   16 MiB)
+-- @field seen_filter_bytes CSV: the most memory the filter that remembers
+--   refCodes may take (default 16 MiB; it is sized for ~24 bits a refCode of
+--   the file, so files under ~5 million orders take less)
 -- @field chunk_size bytes read at a time (default 64 KiB)
 -- @field max_record_bytes the longest line (NDJSON, default 8 MiB) or row
 --   (CSV, default 4 MiB)

@@ -28,9 +28,11 @@
 --   `first_line`; the earlier fragment has already been returned as an order,
 --   so a caller that must not send partial orders checks the whole file first
 --   (`code == "split_order"` on any record) or reads it grouped. Memory stays
---   fixed: a 16 MiB filter (`opts.seen_filter_bytes`) answers for new
---   refCodes, and a hit is confirmed exactly against the refCodes seen, kept
---   in a temporary SQLite database.
+--   bounded: the last 65,536 refCodes are kept exactly, older ones in a
+--   temporary SQLite database, and a Bloom filter (made when the first ones
+--   go there, ~24 bits a refCode of the whole file, at most 16 MiB:
+--   `opts.seen_filter_bytes`) answers "never seen" for almost every new
+--   refCode; a hit is confirmed exactly.
 -- * `"grouped"`: rows are grouped by refCode across the whole file. Every row
 --   is first written to a temporary SQLite database (created 0600, unlinked at
 --   once, gone when the reader ends), then orders come out complete, in the
@@ -56,7 +58,6 @@ local M = {}
 
 M.CHUNK = 65536
 M.MAX_RECORD = 4 * 1024 * 1024
-M.FILTER_MAX = 16 * 1024 * 1024
 
 -- -------------------------------------------------------------- the header
 
@@ -294,17 +295,6 @@ function Reader:next_record()
   end
 end
 
--- The seen filter's size: what the caller asked, else about one byte per
--- 8 of input (a refCode needs a row, a row a few bytes), capped at 16 MiB,
--- so a small file does not pay for a big filter. Nil: the C default.
-local function filter_bytes(opts, size)
-  if opts.seen_filter_bytes then return opts.seen_filter_bytes end
-  if not size then return nil end
-  local b = 65536
-  while b < size / 8 and b < M.FILTER_MAX do b = b * 2 end
-  return b
-end
-
 --- Iterator over the records of one CSV stream (see the module doc and
 -- `optimizely.offline.input` for the record shape and error codes).
 -- @param fh readable handle
@@ -320,7 +310,8 @@ function M.new(fh, name, opts, state)
   local delimiter = opts.delimiter or ","
   local ok, c = pcall(core.csv_reader, {
     delimiter = delimiter, order_rows = opts.order_rows,
-    max_record = opts.max_record_bytes or M.MAX_RECORD, filter_bytes = filter_bytes(opts, state.size),
+    max_record = opts.max_record_bytes or M.MAX_RECORD, filter_bytes = opts.seen_filter_bytes,
+    size = state.size and state.size < 2 ^ 53 and state.size or nil, -- (a directory's is not)
   })
   if not ok then error("csv: " .. tostring(c):gsub("^csv_reader: ", ""), 3) end
   local self = setmetatable({
