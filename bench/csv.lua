@@ -2,7 +2,7 @@
 -- the same orders, through the CLI users run.
 --
 --   lua5.4 bench/csv.lua [--orders N] [--quick] [--repeat R] [--lua lua5.4] [--xml]
---                        [--grouped] [--keep] [--send --base-url URL --ca-file PEM]
+--                        [--grouped] [--send] [--keep]
 --
 -- Generates N orders (default 1,000,000; --quick: 100,000) written three ways
 -- into build/bench/: NDJSON (one line each), CSV (2 rows per order, an order
@@ -11,7 +11,8 @@
 -- under /usr/bin/time -v (peak RSS), prints orders/s, the CSV/NDJSON ratio
 -- with its target (>= 0.8) and the CSV peak RSS with its target (< 64 MiB).
 -- --grouped adds the CSV read with `--group-orders`-style grouping (no target).
--- With --send (and the sandbox's --base-url/--ca-file), `send` as well.
+-- --send adds `send` to a sandbox this script starts (real nginx over TLS on
+-- loopback, not recording; stopped at the end).
 -- Each measurement runs R times (default 3), the formats interleaved so they
 -- share the machine's noise; the best wall time counts, and the ratio of CPU
 -- seconds (user + sys) is printed beside it. Figures are indicative on a
@@ -30,8 +31,6 @@ while i <= #argv do
   elseif a == "--repeat" then i = i + 1; opts.rounds = assert(tonumber(argv[i]), "--repeat R")
   elseif a == "--grouped" then opts.grouped = true
   elseif a == "--send" then opts.commands[#opts.commands + 1] = "send"
-  elseif a == "--base-url" then i = i + 1; opts.base_url = argv[i]
-  elseif a == "--ca-file" then i = i + 1; opts.ca_file = argv[i]
   else
     io.stderr:write("unknown argument ", a, "\n"); os.exit(2)
   end
@@ -135,7 +134,7 @@ end
 -- Runs a command under /usr/bin/time -v; exits on failure.
 local function timed(cmd, what)
   local timef, outf = os.tmpname(), os.tmpname()
-  local ok = sh(fmt("OPTIMIZELY_SITE_TOKEN=bench-token /usr/bin/time -v -o %s %s >%s 2>&1",
+  local ok = sh(fmt("/usr/bin/time -v -o %s %s >%s 2>&1",
     q(timef), cmd, q(outf)))
   local t, out = slurp(timef), slurp(outf)
   os.remove(timef); os.remove(outf)
@@ -147,12 +146,17 @@ local function timed(cmd, what)
 end
 
 -- One CLI command over `path`: wall seconds, CPU seconds, peak RSS (KiB).
+local sandbox_info -- set when --send started one
 local function run_cli(command, path)
   local args = { opts.lua, "bin/optimizely-offline", command, "-q" }
   if command == "convert" then args[#args + 1] = "-o /dev/null" end
   if command == "send" then
-    args[#args + 1] = "--base-url " .. q(opts.base_url)
-    if opts.ca_file then args[#args + 1] = "--ca-file " .. q(opts.ca_file) end
+    local sb = sandbox_info
+    args[1] = "env OPTIMIZELY_SITE_TOKEN=" .. q(sb.token) .. " " .. args[1]
+    for _, a in ipairs({ "--base-url", sb.base_url, "--ca-file", sb.ca_file, "--site", sb.site,
+      "--channel", sb.channel, "--concurrency", "16" }) do
+      args[#args + 1] = q(a)
+    end
   end
   args[#args + 1] = q(path)
   return timed(table.concat(args, " "), command .. " " .. path)
@@ -183,9 +187,15 @@ end
 
 ---------------------------------------------------------------- main
 sh("mkdir -p " .. DIR)
-if (opts.base_url == nil) ~= (not table.concat(opts.commands, ","):find("send")) then
-  io.stderr:write("--send needs --base-url (and --ca-file) from `sh scripts/sandbox.sh start`\n")
-  os.exit(2)
+if table.concat(opts.commands, ","):find("send") then
+  package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+  package.cpath = "build/5.4/?.so;" .. package.cpath
+  local sandbox = require("optimizely.offline.sandbox")
+  local f = assert(io.open("/proc/self/stat"))
+  local pid = tonumber(f:read("*l"):match("^(%d+)"))
+  f:close()
+  sandbox_info = assert(sandbox.start({ dir = "/tmp/oo-sandbox-csvbench-" .. pid, port = 0,
+    record = false, owner_pid = pid, cleanup_dir = true }))
 end
 do
   local f = assert(io.open(driver_path, "wb"))
@@ -258,6 +268,7 @@ if opts.grouped then
   report("reader", labels, best)
 end
 print(all_met and "csv targets: met" or "csv targets: NOT met")
+if sandbox_info then require("optimizely.offline.sandbox").stop({ dir = sandbox_info.dir }) end
 os.remove(driver_path)
 if not opts.keep then
   for _, p in pairs(paths) do os.remove(p) end
