@@ -191,8 +191,9 @@ function Reader:read_header()
   repeat
     status, fields, line, err, raw = self:pull(self.c.row)
     if status == "end" then return false end
-    if status == "fatal" then -- "fatal", line, message, code
-      self.queue:push(fail(self.name, fields, err, line))
+    if status == "fatal" then
+      local at, message, code = fields, line, err -- "fatal", line, message, code
+      self.queue:push(fail(self.name, at, code, message))
       return false
     end
   until err or not blank(fields)
@@ -210,16 +211,15 @@ function Reader:read_header()
   return true
 end
 
--- What each C event becomes. Rows that belong to no order, found while an
--- order is still open, wait until that order is out, so records come in
--- file order.
+-- What each C event becomes (next_record returns most orders without
+-- them). Rows that belong to no order, found while an order is still open,
+-- wait until that order is out, so records come in file order.
 local ON = {}
 
 function ON.order(self, payload, line, channel)
   self.queue:push({ payload = payload, file = self.name, line = line, channel = channel })
   self:release()
 end
--- (next_record returns most orders without this queue)
 
 function ON.bad_order(self, ref, line, message, first_line)
   self.queue:push(fail(self.name, line, first_line and "split_order" or "order",
