@@ -76,9 +76,14 @@ size_t oo_csv_tell(const oo_csv_tok *t);
 
 /* ------------------------------------------------------------ the stores */
 typedef struct oo_csv_seen oo_csv_seen;
-/* filter_max: the most the filter may take; total_bytes: the input's size,
- * or 0 when unknown (the filter then takes filter_max). */
-oo_csv_seen *oo_csv_seen_new(size_t filter_max, unsigned long long total_bytes);
+typedef struct {
+    size_t filter_max;             /* the most the filter may take (bytes) */
+    unsigned long long total_bytes; /* the input's size, 0 when unknown (the
+                                       filter then takes filter_max) */
+    size_t exact_max;              /* refCodes kept exactly in memory (>= 16) */
+} oo_csv_seen_config;
+#define OO_CSV_EXACT_DEFAULT (1u << 18)
+oo_csv_seen *oo_csv_seen_new(const oo_csv_seen_config *cfg);
 /* How many input bytes have been read (sizes the filter when it is made). */
 void oo_csv_seen_read(oo_csv_seen *s, unsigned long long bytes);
 void oo_csv_seen_free(oo_csv_seen *s);
@@ -90,7 +95,7 @@ long long oo_csv_seen_add(oo_csv_seen *s, const char *ref, size_t n, long long l
                           const char **err);
 
 typedef struct oo_csv_spill oo_csv_spill;
-oo_csv_spill *oo_csv_spill_new(size_t filter_max, unsigned long long total_bytes, const char **err);
+oo_csv_spill *oo_csv_spill_new(const oo_csv_seen_config *cfg, const char **err);
 void oo_csv_spill_read(oo_csv_spill *s, unsigned long long bytes);
 void oo_csv_spill_free(oo_csv_spill *s);
 /* Keeps a row: `ref` groups it (NULL/0: a row of its own). 0 on failure. */

@@ -82,8 +82,7 @@ typedef struct {
     int done;
     /* order_rows */
     int grouped, spilling;
-    size_t filter_bytes;   /* the most the seen filter may take */
-    unsigned long long size; /* the input's size, 0 when unknown */
+    oo_csv_seen_config seen_cfg;
     oo_csv_seen *seen;
     oo_csv_spill *spill;
     oo_csv_tok replay;
@@ -678,11 +677,11 @@ static int l_plan(lua_State *L) {
     r->planned = 1;
     if (r->grouped) {
         const char *err = NULL;
-        r->spill = oo_csv_spill_new(r->filter_bytes, r->size, &err);
+        r->spill = oo_csv_spill_new(&r->seen_cfg, &err);
         if (!r->spill) return luaL_error(L, "csv reader: cannot create the spill database: %s", err);
         r->spilling = 1;
     } else {
-        r->seen = oo_csv_seen_new(r->filter_bytes, r->size);
+        r->seen = oo_csv_seen_new(&r->seen_cfg);
         if (!r->seen) return luaL_error(L, "csv reader: out of memory");
     }
     return 0;
@@ -747,13 +746,14 @@ static lua_Integer opt_int(lua_State *L, int t, const char *name, lua_Integer df
 }
 
 /* core.csv_reader{delimiter=",", max_record=4 MiB, order_rows="contiguous"|"grouped",
- *                 filter_bytes=16 MiB (the most), size=input bytes (0: unknown)} */
+ *                 filter_bytes=16 MiB (the most), size=input bytes (0: unknown),
+ *                 exact=262144 (refCodes kept exactly in memory)} */
 static int l_new(lua_State *L) {
     static const char *const modes[] = {"contiguous", "grouped", NULL};
     const char *delim = ",";
     size_t dn = 1;
     int grouped;
-    size_t max_record, filter;
+    size_t max_record, filter, exact;
     unsigned long long size;
     reader *r;
     if (lua_isnoneornil(L, 1)) lua_newtable(L);
@@ -768,6 +768,7 @@ static int l_new(lua_State *L) {
     max_record = (size_t)opt_int(L, 1, "max_record", 4 << 20, 16, (lua_Integer)1 << 40);
     filter = (size_t)opt_int(L, 1, "filter_bytes", 16 << 20, 64, (lua_Integer)1 << 30);
     size = (unsigned long long)opt_int(L, 1, "size", 0, 0, (lua_Integer)(~0ULL >> 1));
+    exact = (size_t)opt_int(L, 1, "exact", OO_CSV_EXACT_DEFAULT, 16, 1 << 24);
     r = lua_newuserdata(L, sizeof *r);
     memset(r, 0, sizeof *r);
     r->keys_ref = LUA_NOREF;
@@ -777,8 +778,9 @@ static int l_new(lua_State *L) {
     oo_buf_init(&r->arena);
     oo_buf_init(&r->problems);
     r->grouped = grouped;
-    r->filter_bytes = filter;
-    r->size = size;
+    r->seen_cfg.filter_max = filter;
+    r->seen_cfg.total_bytes = size;
+    r->seen_cfg.exact_max = exact;
     return 1;
 }
 

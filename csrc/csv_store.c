@@ -2,7 +2,7 @@
  *
  * The seen set maps a refCode to the value it was first added with (a line,
  * or a group number). Memory stays fixed however long the file:
- *  - the most recent refCodes (up to PENDING_MAX, or PENDING_BYTES of text)
+ *  - the most recent refCodes (up to exact_max, or PENDING_BYTES of text)
  *    sit in an exact hash table;
  *  - once refCodes leave that table, a blocked Bloom filter (8 bits set in
  *    one 64-byte block) answers "never seen" for almost every new refCode
@@ -14,7 +14,9 @@
  *    one SQLite row per block, so the per-refCode cost is a memcpy, not an
  *    INSERT). The first hash of every block stays in memory, so a lookup
  *    reads one block per run. Runs are merged FANOUT at a time (a k-way merge
- *    of sorted blocks), so a lookup probes O(log n) runs.
+ *    of sorted blocks), so a lookup probes O(log n) runs. Big first runs and
+ *    a wide merge keep the writes near one copy of each refCode (the disk's
+ *    share of a long file's time was the temporary database's writes).
  * A filter hit is confirmed exactly: the hash table, then the runs, comparing
  * the refCode's bytes. The database is SQLite's private temporary file
  * (created 0600, unlinked at once, gone when closed).
@@ -31,13 +33,11 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#define PENDING_MAX 65536           /* refCodes in the exact table */
 #define PENDING_BYTES (8u << 20)    /* ... or this much refCode text */
 #define SLOTS_MIN 1024              /* open addressing, load <= 1/2: the table */
-                                    /* doubles up to 2 * PENDING_MAX slots */
+                                    /* doubles up to 2 * exact_max slots */
 #define BLOCK_BYTES 4096
-#define FANOUT 4                    /* runs merged at a time */
-#define ENTRY_HEAD 20               /* hash 8, value 8, length 4 */
+#define FANOUT 16                   /* runs merged at a time */
 
 typedef struct {
     uint64_t h;
@@ -57,6 +57,7 @@ struct oo_csv_seen {
     size_t filter_bytes;
     size_t filter_mask;   /* blocks - 1 (a block is 8 words) */
     size_t filter_max;
+    size_t exact_max;     /* refCodes in the exact table before a flush */
     unsigned long long total, read; /* input bytes (0: unknown), and read so far */
     unsigned long long added;       /* refCodes added */
     /* the exact table of recent refCodes */
@@ -186,6 +187,63 @@ static int filter_make(oo_csv_seen *s) {
 
 /* ------------------------------------------------------ blocks and runs */
 
+/* An entry in a block: the hash (8 bytes), the value and the refCode's
+ * length (LEB128), the refCode. */
+typedef struct {
+    uint64_t h;
+    unsigned long long value;
+    uint32_t n;
+    const char *ref;
+} entry;
+
+static size_t varint_put(unsigned char *p, unsigned long long v) {
+    size_t i = 0;
+    while (v >= 0x80) { p[i++] = (unsigned char)(v | 0x80); v >>= 7; }
+    p[i++] = (unsigned char)v;
+    return i;
+}
+
+/* Reads a LEB128 number from p[0..end); returns its size, 0 when malformed. */
+static size_t varint_get(const unsigned char *p, const unsigned char *end, unsigned long long *v) {
+    size_t i = 0;
+    int shift = 0;
+    *v = 0;
+    while (p + i < end && shift < 64) {
+        *v |= (unsigned long long)(p[i] & 0x7f) << shift;
+        if (!(p[i++] & 0x80)) return i;
+        shift += 7;
+    }
+    return 0;
+}
+
+#define ENTRY_MAX_HEAD (8 + 10 + 5)
+
+static size_t entry_put(char *out, const entry *e) {
+    unsigned char *p = (unsigned char *)out;
+    size_t k;
+    memcpy(p, &e->h, 8);
+    k = 8 + varint_put(p + 8, e->value);
+    k += varint_put(p + k, e->n);
+    memcpy(p + k, e->ref, e->n);
+    return k + e->n;
+}
+
+/* The entry at buf[at..len): returns the offset after it, 0 when malformed. */
+static size_t entry_get(const char *buf, size_t len, size_t at, entry *e) {
+    const unsigned char *p = (const unsigned char *)buf + at, *end = (const unsigned char *)buf + len;
+    unsigned long long n;
+    size_t a, b;
+    if (at + 8 >= len) return 0;
+    memcpy(&e->h, p, 8);
+    a = varint_get(p + 8, end, &e->value);
+    if (!a) return 0;
+    b = varint_get(p + 8 + a, end, &n);
+    if (!b || n > (unsigned long long)(end - (p + 8 + a + b))) return 0;
+    e->n = (uint32_t)n;
+    e->ref = (const char *)p + 8 + a + b;
+    return at + 8 + a + b + (size_t)n;
+}
+
 /* Builds one run: blocks are appended through put_block, fences kept. */
 typedef struct {
     oo_csv_seen *s;
@@ -225,8 +283,8 @@ static int put_block(run_writer *w) {
     return 1;
 }
 
-static int write_entry(run_writer *w, uint64_t h, long long value, const char *ref, uint32_t n) {
-    size_t need = ENTRY_HEAD + n;
+static int write_entry(run_writer *w, const entry *e) {
+    size_t need = ENTRY_MAX_HEAD + e->n;
     if (w->len && w->len + need > BLOCK_BYTES && !put_block(w)) return 0;
     if (w->len + need > w->cap) {
         size_t cap = w->cap ? w->cap : BLOCK_BYTES;
@@ -237,12 +295,8 @@ static int write_entry(run_writer *w, uint64_t h, long long value, const char *r
         w->buf = b;
         w->cap = cap;
     }
-    if (!w->len) w->first = h;
-    memcpy(w->buf + w->len, &h, 8);
-    memcpy(w->buf + w->len + 8, &value, 8);
-    memcpy(w->buf + w->len + 16, &n, 4);
-    memcpy(w->buf + w->len + ENTRY_HEAD, ref, n);
-    w->len += need;
+    if (!w->len) w->first = e->h;
+    w->len += entry_put(w->buf + w->len, e);
     return 1;
 }
 
@@ -283,10 +337,7 @@ typedef struct {
     size_t block;       /* next block to read */
     char *buf;
     size_t cap, len, at;
-    uint64_t h;         /* the current entry */
-    long long value;
-    uint32_t n;
-    const char *ref;
+    entry e;            /* the current entry */
     int live;
 } cursor;
 
@@ -295,17 +346,13 @@ static int cursor_next(oo_csv_seen *s, cursor *c) {
         long n;
         if (c->block == c->r->nblocks) { c->live = 0; return 1; }
         n = read_block(s, c->r->first_id + (long long)c->block++, &c->buf, &c->cap);
-        if (n < ENTRY_HEAD) return 0;
+        if (n <= 0) return 0;
         c->len = (size_t)n;
         c->at = 0;
     }
-    memcpy(&c->h, c->buf + c->at, 8);
-    memcpy(&c->value, c->buf + c->at + 8, 8);
-    memcpy(&c->n, c->buf + c->at + 16, 4);
-    c->ref = c->buf + c->at + ENTRY_HEAD;
-    c->at += ENTRY_HEAD + c->n;
+    c->at = entry_get(c->buf, c->len, c->at, &c->e);
     c->live = 1;
-    return 1;
+    return c->at != 0;
 }
 
 
@@ -324,10 +371,10 @@ static int merge_runs(oo_csv_seen *s, size_t k) {
     while (ok) {
         cursor *min = NULL;
         for (i = 0; i < k; i++) {
-            if (cur[i].live && (!min || cur[i].h < min->h)) min = &cur[i];
+            if (cur[i].live && (!min || cur[i].e.h < min->e.h)) min = &cur[i];
         }
         if (!min) break;
-        ok = write_entry(&w, min->h, min->value, min->ref, min->n) && cursor_next(s, min);
+        ok = write_entry(&w, &min->e) && cursor_next(s, min);
     }
     for (i = 0; i < k; i++) free(cur[i].buf);
     if (ok) {
@@ -345,49 +392,55 @@ static int merge_runs(oo_csv_seen *s, size_t k) {
     return ok && writer_finish(&w);
 }
 
-/* Sorts entries by hash (a lookup reads every entry of its hash, so ties
- * need no order). Hashes are uniform: a counting sort on the top 16 bits
- * leaves buckets of about one entry, finished by insertion sort. */
-static int sort_by_hash(pending_entry *e, size_t n) {
+/* The entries' indexes in hash order (a lookup reads every entry of its
+ * hash, so ties need no order), or NULL. Hashes are uniform: a counting sort
+ * on the top 16 bits leaves buckets of about one entry, finished by
+ * insertion sort. Indexes, not entries, are moved: 4 bytes each. */
+static uint32_t *sort_by_hash(const pending_entry *e, size_t n) {
     size_t *start = calloc(65537, sizeof *start), i, b;
-    pending_entry *out = malloc(n * sizeof *out);
+    uint32_t *out = malloc((n ? n : 1) * sizeof *out);
     if (!start || !out) {
         free(start);
         free(out);
-        return 0;
+        return NULL;
     }
     for (i = 0; i < n; i++) start[(e[i].h >> 48) + 1]++;
     for (b = 1; b <= 65536; b++) start[b] += start[b - 1];
-    for (i = 0; i < n; i++) out[start[e[i].h >> 48]++] = e[i]; /* start[b] ends as bucket b's end */
+    for (i = 0; i < n; i++) out[start[e[i].h >> 48]++] = (uint32_t)i; /* start[b]: bucket b's end */
     for (b = 0, i = 0; b < 65536; i = start[b++]) {
         size_t j, k;
         for (j = i + 1; j < start[b]; j++) {
-            pending_entry x = out[j];
-            for (k = j; k > i && out[k - 1].h > x.h; k--) out[k] = out[k - 1];
+            uint32_t x = out[j];
+            for (k = j; k > i && e[out[k - 1]].h > e[x].h; k--) out[k] = out[k - 1];
             out[k] = x;
         }
     }
-    memcpy(e, out, n * sizeof *e);
-    free(out);
     free(start);
-    return 1;
+    return out;
 }
 
 /* Moves the exact table into a new run, then merges full levels. */
 static int flush_pending(oo_csv_seen *s) {
     run_writer w;
+    uint32_t *order;
     size_t i;
     int ok = 1;
     if (!s->filter && !filter_make(s)) return 0;
     if (!s->db && !open_db(s)) return 0;
-    /* the slots point at entries by index: they are cleared below */
-    if (!sort_by_hash(s->entry, s->nentry)) return 0;
-    if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) return 0;
+    order = sort_by_hash(s->entry, s->nentry);
+    if (!order) return 0;
+    if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) { free(order); return 0; }
     writer_init(&w, s, 0);
     for (i = 0; ok && i < s->nentry; i++) {
-        const pending_entry *e = &s->entry[i];
-        ok = write_entry(&w, e->h, e->value, s->arena + e->off, e->len);
+        const pending_entry *p = &s->entry[order[i]];
+        entry e;
+        e.h = p->h;
+        e.value = (unsigned long long)p->value;
+        e.n = p->len;
+        e.ref = s->arena + p->off;
+        ok = write_entry(&w, &e);
     }
+    free(order);
     ok = writer_finish(&w) && ok;
     while (ok && s->nruns >= FANOUT && s->runs[s->nruns - 1].level == s->runs[s->nruns - FANOUT].level)
         ok = merge_runs(s, FANOUT);
@@ -410,19 +463,13 @@ static long long run_find(oo_csv_seen *s, const run *r, uint64_t h, const char *
     for (b = lo ? lo - 1 : 0; b < r->nblocks && (b < lo || r->fence[b] <= h); b++) {
         long len = read_block(s, r->first_id + (long long)b, buf, cap);
         size_t at = 0;
+        entry e;
         if (len < 0) return -1;
-        while (at + ENTRY_HEAD <= (size_t)len) {
-            uint64_t eh;
-            uint32_t en;
-            long long v;
-            memcpy(&eh, *buf + at, 8);
-            memcpy(&en, *buf + at + 16, 4);
-            if (eh > h) return 0;
-            if (eh == h && en == n && memcmp(*buf + at + ENTRY_HEAD, ref, n) == 0) {
-                memcpy(&v, *buf + at + 8, 8);
-                return v;
-            }
-            at += ENTRY_HEAD + en;
+        while (at < (size_t)len) {
+            at = entry_get(*buf, (size_t)len, at, &e);
+            if (!at) return -1;
+            if (e.h > h) return 0;
+            if (e.h == h && e.n == n && memcmp(e.ref, ref, n) == 0) return (long long)e.value;
         }
     }
     return 0;
@@ -430,11 +477,12 @@ static long long run_find(oo_csv_seen *s, const run *r, uint64_t h, const char *
 
 /* ------------------------------------------------------------ the set */
 
-oo_csv_seen *oo_csv_seen_new(size_t filter_max, unsigned long long total_bytes) {
+oo_csv_seen *oo_csv_seen_new(const oo_csv_seen_config *cfg) {
     oo_csv_seen *s = calloc(1, sizeof *s);
     if (!s) return NULL;
-    s->filter_max = filter_max < 64 ? 64 : filter_max;
-    s->total = total_bytes;
+    s->filter_max = cfg->filter_max < 64 ? 64 : cfg->filter_max;
+    s->total = cfg->total_bytes;
+    s->exact_max = cfg->exact_max < 16 ? 16 : cfg->exact_max;
     s->nslots = SLOTS_MIN;
     s->slot = calloc(s->nslots, sizeof *s->slot);
     s->entry = malloc(s->nslots / 2 * sizeof *s->entry);
@@ -516,7 +564,7 @@ static int pending_add(oo_csv_seen *s, uint32_t *slot, uint64_t h, const char *r
     memcpy(s->arena + s->arena_len, ref, n);
     s->arena_len += n;
     *slot = (uint32_t)++s->nentry;
-    if (s->nentry == s->nslots / 2 && s->nentry < PENDING_MAX) return pending_grow(s);
+    if (s->nentry == s->nslots / 2 && s->nentry < s->exact_max) return pending_grow(s);
     return 1;
 }
 
@@ -552,7 +600,7 @@ long long oo_csv_seen_add(oo_csv_seen *s, const char *ref, size_t n, long long v
         slot = pending_slot(s, h, ref, n);
     }
     if (!pending_add(s, slot, h, ref, n, value)) { *err = "out of memory"; return -1; }
-    if ((s->nentry == PENDING_MAX || s->arena_len >= PENDING_BYTES) && !flush_pending(s))
+    if ((s->nentry >= s->exact_max || s->arena_len >= PENDING_BYTES) && !flush_pending(s))
         return fail(s, "writing the seen refCodes", err);
     return 0;
 }
@@ -577,10 +625,10 @@ static int spill_fail(oo_csv_spill *s, const char *what, const char **err) {
     return -1;
 }
 
-oo_csv_spill *oo_csv_spill_new(size_t filter_max, unsigned long long total_bytes, const char **err) {
+oo_csv_spill *oo_csv_spill_new(const oo_csv_seen_config *cfg, const char **err) {
     oo_csv_spill *s = calloc(1, sizeof *s);
     if (!s) { *err = "out of memory"; return NULL; }
-    s->groups = oo_csv_seen_new(filter_max, total_bytes);
+    s->groups = oo_csv_seen_new(cfg);
     s->db = open_temp(8192);
     if (!s->groups || !s->db ||
         sqlite3_exec(s->db, "CREATE TABLE rows(grp INTEGER NOT NULL, line INTEGER NOT NULL, raw BLOB);"

@@ -449,10 +449,10 @@ describe("csv reader", function()
     end
 
     it("finds a split order however far back its first rows are (exact set, runs on disk, merges)", function()
-      -- 300,000 refCodes: more than the 65,536 kept in memory, written out as
-      -- sorted runs that merge four at a time
+      -- 300,000 refCodes; 1,024 kept in memory, so older ones go to disk in
+      -- sorted runs that merge sixteen at a time, twice over
       local tail = { "R1", "R70000", "R262144", "R299999", "NEW" }
-      local errs, count = split_errors(orders_file(300000, tail))
+      local errs, count = split_errors(orders_file(300000, tail), { seen_exact = 1024 })
       assert.equal(300000 + #tail, count)
       assert.equal(4, #errs)
       for k = 1, 4 do
@@ -466,7 +466,7 @@ describe("csv reader", function()
     it("confirms every filter hit exactly: a saturated filter reports no false split", function()
       -- 64 bytes of filter: after a few hundred refCodes every lookup hits
       local errs, count = split_errors(orders_file(140000, { "R5", "R139999", "R140001" }),
-        { seen_filter_bytes = 64 })
+        { seen_filter_bytes = 64, seen_exact = 16384 })
       assert.equal(140003, count)
       assert.equal(2, #errs)
       assert.same({ "R5", "R139999" }, { errs[1].ref, errs[2].ref })

@@ -89,6 +89,9 @@ end
 -- @field seen_filter_bytes CSV: the most memory the filter that remembers
 --   refCodes may take (default 16 MiB; it is sized for ~24 bits a refCode of
 --   the file, so files under ~5 million orders take less)
+-- @field seen_exact CSV: how many of the latest refCodes are kept exactly in
+--   memory before they go to the temporary database (default 262,144, about
+--   10 MB; fewer trade memory for disk writes)
 -- @field chunk_size bytes read at a time (default 64 KiB)
 -- @field max_record_bytes the longest line (NDJSON, default 8 MiB) or row
 --   (CSV, default 4 MiB)
@@ -98,6 +101,7 @@ local OPTIONS = opts_schema.schema("optimizely.offline.input", "opts", {
   delimiter = { type = "string", check = one_char },
   order_rows = { type = "choice", choices = { "contiguous", "grouped" } },
   seen_filter_bytes = { type = "integer", min = 64, max = 1024 * 1024 * 1024 },
+  seen_exact = { type = "integer", min = 16, max = 16 * 1024 * 1024 },
   chunk_size = { type = "integer", min = 1 },
   max_record_bytes = { type = "integer", min = 16 },
 })

@@ -28,11 +28,11 @@
 --   `first_line`; the earlier fragment has already been returned as an order,
 --   so a caller that must not send partial orders checks the whole file first
 --   (`code == "split_order"` on any record) or reads it grouped. Memory stays
---   bounded: the last 65,536 refCodes are kept exactly, older ones in a
---   temporary SQLite database, and a Bloom filter (made when the first ones
---   go there, ~24 bits a refCode of the whole file, at most 16 MiB:
---   `opts.seen_filter_bytes`) answers "never seen" for almost every new
---   refCode; a hit is confirmed exactly.
+--   bounded: the last 262,144 refCodes (`opts.seen_exact`) are kept exactly,
+--   older ones in a temporary SQLite database, and a Bloom filter (made when
+--   the first ones go there, ~24 bits a refCode of the whole file, at most
+--   16 MiB: `opts.seen_filter_bytes`) answers "never seen" for almost every
+--   new refCode; a hit is confirmed exactly.
 -- * `"grouped"`: rows are grouped by refCode across the whole file. Every row
 --   is first written to a temporary SQLite database (created 0600, unlinked at
 --   once, gone when the reader ends), then orders come out complete, in the
@@ -300,7 +300,7 @@ end
 -- @param fh readable handle
 -- @param name file name for messages
 -- @param opts `map`, `delimiter` (one character, default ","), `order_rows`
---   ("contiguous" or "grouped"), `seen_filter_bytes`, `chunk_size`,
+--   ("contiguous" or "grouped"), `seen_filter_bytes`, `seen_exact`, `chunk_size`,
 --   `max_record_bytes` (checked by `optimizely.offline.input`)
 -- @param state progress table (`bytes` is updated)
 -- @return iterator
@@ -312,6 +312,7 @@ function M.new(fh, name, opts, state)
     delimiter = delimiter, order_rows = opts.order_rows,
     max_record = opts.max_record_bytes or M.MAX_RECORD, filter_bytes = opts.seen_filter_bytes,
     size = state.size and state.size < 2 ^ 53 and state.size or nil, -- (a directory's is not)
+    exact = opts.seen_exact,
   })
   if not ok then error("csv: " .. tostring(c):gsub("^csv_reader: ", ""), 3) end
   local self = setmetatable({
