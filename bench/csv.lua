@@ -268,7 +268,10 @@ if opts.grouped then
   report("reader", labels, best)
 end
 print(all_met and "csv targets: met" or "csv targets: NOT met")
-if sandbox_info then require("optimizely.offline.sandbox").stop({ dir = sandbox_info.dir }) end
+if sandbox_info then
+  require("optimizely.offline.sandbox").stop({ dir = sandbox_info.dir })
+  sh("rm -rf " .. q(sandbox_info.dir))
+end
 os.remove(driver_path)
 if not opts.keep then
   for _, p in pairs(paths) do os.remove(p) end
