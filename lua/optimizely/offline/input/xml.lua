@@ -48,13 +48,16 @@ local function tag(name)
   return "<" .. name .. ">"
 end
 
-local Doc = {}
-Doc.__index = Doc
+-- One document's state is a plain table (`self`): the parser, the record
+-- queue, the element stack (entries {kind=, ...}), `skip` (the depth inside
+-- an unknown element whose content is ignored: it was reported once), the
+-- order being read (`cur`). Its steps are local functions, not methods: the
+-- element events run for every element of the file.
 
 -- -------------------------------------------------------------- problems
 
 -- Notes a problem of the order being read (the first MAX_PROBLEMS are kept).
-function Doc:problem(line, msg)
+local function problem(self, line, msg)
   local o = self.cur
   o.nproblems = o.nproblems + 1
   if #o.problems < M.MAX_PROBLEMS then
@@ -63,44 +66,44 @@ function Doc:problem(line, msg)
 end
 
 -- A problem outside any order: a record of its own.
-function Doc:fail(line, code, msg)
+local function report(self, line, code, msg)
   self.queue:push(fail(self.name, line, code, msg))
 end
 
 -- A problem of the current order if there is one, else a record.
-function Doc:problem_here(line, msg)
-  if self.cur then self:problem(line, msg) else self:fail(line, "structure", msg) end
+local function problem_here(self, line, msg)
+  if self.cur then problem(self, line, msg) else report(self, line, "structure", msg) end
 end
 
 -- Refuses the whole document: one record, and the parser stops.
-function Doc:refuse(p, line, msg)
-  self:fail(line, "document", msg .. "; file not read")
+local function refuse(self, p, line, msg)
+  report(self, line, "document", msg .. "; file not read")
   self.fatal = true
   p:stop()
 end
 
 -- Reports attributes of `el` not in `allowed`; copies the allowed ones to `into`.
-function Doc:take_attrs(line, el, attrs, allowed, into)
+local function take_attrs(self, line, el, attrs, allowed, into)
   for i = 1, #attrs do
     local a = attrs[i]
     if allowed[a] then
       if into then into[a] = attrs[a] end
     else
-      self:problem(line, ("unknown attribute %s on %s"):format(quote(a), tag(el)))
+      problem(self, line, ("unknown attribute %s on %s"):format(quote(a), tag(el)))
     end
   end
 end
 
 -- -------------------------------------------------------------- orders
 
-function Doc:start_order(line, attrs)
+local function start_order(self, line, attrs)
   local order = { items = {} }
   self.cur = { line = line, payload = { order = order }, problems = {}, nproblems = 0, nitems = 0 }
-  self:take_attrs(line, "order", attrs, ORDER_ATTRS, order)
+  take_attrs(self, line, "order", attrs, ORDER_ATTRS, order)
   return { kind = "order" }
 end
 
-function Doc:finish_order()
+local function finish_order(self)
   local o = self.cur
   self.cur = nil
   if o.nproblems == 0 then
@@ -117,78 +120,78 @@ function Doc:finish_order()
 end
 
 -- An <attribute> element: its key now, its text when it ends.
-function Doc:start_attribute(line, attrs, owner)
+local function start_attribute(self, line, attrs, owner)
   local key
   for i = 1, #attrs do
     local a = attrs[i]
     if a == "key" then key = attrs[a]
-    else self:problem(line, ("unknown attribute %s on <attribute>"):format(quote(a))) end
+    else problem(self, line, ("unknown attribute %s on <attribute>"):format(quote(a))) end
   end
-  if key == nil then self:problem(line, "<attribute> without a key") end
+  if key == nil then problem(self, line, "<attribute> without a key") end
   return { kind = "attribute", owner = owner, line = line, parts = {}, key = key }
 end
 
-function Doc:end_attribute(entry)
+local function end_attribute(self, entry)
   if entry.key == nil then return end
   local owner = entry.owner == "order" and self.cur.payload.order or self.stack[self.top].item
   local attrs = owner.attributes
   if not attrs then attrs = {}; owner.attributes = attrs end
   if attrs[entry.key] ~= nil then
-    self:problem(entry.line, ("attribute key %s given twice in <%s>"):format(quote(entry.key), entry.owner))
+    problem(self, entry.line, ("attribute key %s given twice in <%s>"):format(quote(entry.key), entry.owner))
   else
     attrs[entry.key] = concat(entry.parts)
   end
 end
 
 -- The stack entry for element `el` inside `parent` (nil: skip it).
-function Doc:open_in_order(p, line, el, attrs)
+local function open_in_order(self, p, line, el, attrs)
   if el == "user" then
-    if self.cur.payload.user then self:problem(line, "more than one <user>") end
+    if self.cur.payload.user then problem(self, line, "more than one <user>") end
     local user = {}
-    self:take_attrs(line, el, attrs, USER_ATTRS, user)
+    take_attrs(self, line, el, attrs, USER_ATTRS, user)
     self.cur.payload.user = user
     return { kind = "user" }
   elseif el == "product" then
     local item = {}
-    self:take_attrs(line, el, attrs, PRODUCT_ATTRS, item)
+    take_attrs(self, line, el, attrs, PRODUCT_ATTRS, item)
     return { kind = "product", item = item }
   elseif el == "attribute" then
-    return self:start_attribute(line, attrs, "order")
+    return start_attribute(self, line, attrs, "order")
   end
-  self:problem(line, ("unknown element %s in <order>"):format(tag(el)))
+  problem(self, line, ("unknown element %s in <order>"):format(tag(el)))
   return nil
 end
 
-function Doc:open_element(p, line, el, attrs, parent)
+local function open_element(self, p, line, el, attrs, parent)
   if parent == nil then
     if el ~= "orders" then
-      self:refuse(p, line, ("root element is %s, expected <orders>"):format(tag(el)))
+      refuse(self, p, line, ("root element is %s, expected <orders>"):format(tag(el)))
       return nil
     end
     if #attrs > 0 then
-      self:fail(line, "structure", ("unknown attribute %s on <orders>"):format(quote(attrs[1])))
+      report(self, line, "structure", ("unknown attribute %s on <orders>"):format(quote(attrs[1])))
     end
     return { kind = "orders" }
   elseif parent == "orders" then
-    if el == "order" then return self:start_order(line, attrs) end
-    self:fail(line, "structure", ("unknown element %s in <orders> (skipped)"):format(tag(el)))
+    if el == "order" then return start_order(self, line, attrs) end
+    report(self, line, "structure", ("unknown element %s in <orders> (skipped)"):format(tag(el)))
     return nil
   elseif parent == "order" then
-    return self:open_in_order(p, line, el, attrs)
+    return open_in_order(self, p, line, el, attrs)
   elseif parent == "product" and el == "attribute" then
-    return self:start_attribute(line, attrs, "product")
+    return start_attribute(self, line, attrs, "product")
   end
-  self:problem(line, ("unknown element %s in <%s>"):format(tag(el), parent))
+  problem(self, line, ("unknown element %s in <%s>"):format(tag(el), parent))
   return nil
 end
 
 -- -------------------------------------------------------------- expat events
 
-function Doc:StartElement(p, el, attrs)
+local function StartElement(self, p, el, attrs)
   if self.fatal then return end
   if self.skip > 0 then self.skip = self.skip + 1; return end
   local parent = self.top > 0 and self.stack[self.top].kind or nil
-  local entry = self:open_element(p, p:pos(), el, attrs, parent)
+  local entry = open_element(self, p, p:pos(), el, attrs, parent)
   if not entry then
     if not self.fatal then self.skip = 1 end -- an unknown element: its content is ignored
     return
@@ -197,7 +200,7 @@ function Doc:StartElement(p, el, attrs)
   self.stack[self.top] = entry
 end
 
-function Doc:EndElement(p, el)
+local function EndElement(self, p, el)
   if self.fatal then return end
   if self.skip > 0 then self.skip = self.skip - 1; return end
   local entry = self.stack[self.top]
@@ -205,17 +208,17 @@ function Doc:EndElement(p, el)
   self.top = self.top - 1
   local kind = entry.kind
   if kind == "order" then
-    self:finish_order()
+    finish_order(self)
   elseif kind == "product" then
     local o = self.cur
     o.nitems = o.nitems + 1
     o.payload.order.items[o.nitems] = entry.item
   elseif kind == "attribute" then
-    self:end_attribute(entry)
+    end_attribute(self, entry)
   end
 end
 
-function Doc:CharacterData(p, s)
+local function CharacterData(self, p, s)
   if self.fatal or self.skip > 0 or self.top == 0 then return end
   local entry = self.stack[self.top]
   if entry.kind == "attribute" then
@@ -230,21 +233,21 @@ function Doc:CharacterData(p, s)
   -- the text ends: step back over the line breaks after its first word.
   local _, nls = s:sub(first):gsub("\n", "")
   local shown = s:gsub("^%s+", ""):gsub("%s+$", ""):gsub("%s+", " ")
-  self:problem_here(p:pos() - nls, ("unexpected text %s in <%s>"):format(quote(shown, 40), entry.kind))
+  problem_here(self, p:pos() - nls, ("unexpected text %s in <%s>"):format(quote(shown, 40), entry.kind))
 end
 
 -- An entity reference expat could not expand (declared in a DTD outside
 -- the file, which is never read): the text would silently lose it.
-function Doc:SkippedEntity(p, name)
+local function SkippedEntity(self, p, name)
   if self.fatal then return end
-  self:problem_here(p:pos(), ("entity &%s; is not defined in the file (an outside DTD is not read)")
+  problem_here(self, p:pos(), ("entity &%s; is not defined in the file (an outside DTD is not read)")
     :format(#name > 60 and sub(name, 1, 57) .. "..." or name))
 end
 
 -- Entity and attribute-list declarations live in the internal subset.
-function Doc:StartDoctypeDecl(p, name, sysid, pubid, has_internal_subset)
+local function StartDoctypeDecl(self, p, name, sysid, pubid, has_internal_subset)
   if has_internal_subset then
-    self:refuse(p, (p:pos()), "the DOCTYPE has an internal subset ([...]), whose entity and "
+    refuse(self, p, (p:pos()), "the DOCTYPE has an internal subset ([...]), whose entity and "
       .. "attribute declarations could change or drop order text; remove it")
   end
 end
@@ -252,7 +255,7 @@ end
 -- -------------------------------------------------------------- feeding
 
 -- The parse failed: one record with line and column, unless it was our own stop.
-function Doc:broken(msg, line, col)
+local function broken(self, msg, line, col)
   if self.fatal then return end
   line = line or 1
   self.queue:push({
@@ -263,7 +266,7 @@ function Doc:broken(msg, line, col)
 end
 
 -- Parses the next chunk (or the end); queues what it finds.
-function Doc:feed()
+local function feed(self)
   local parser = self.parser
   local chunk, rerr = self.fh:read(self.chunk_size)
   if not chunk and rerr then
@@ -273,10 +276,10 @@ function Doc:feed()
   elseif chunk then
     self.fed = self.fed + #chunk
     local ok, msg, line, col = parser:parse(chunk)
-    if not ok then self:broken(msg, line, col); self.done = true end
+    if not ok then broken(self, msg, line, col); self.done = true end
   else
     local ok, msg, line, col = parser:parse()
-    if not ok then self:broken(msg, line, col) end
+    if not ok then broken(self, msg, line, col) end
     self.done = true
   end
   if self.done then pcall(parser.close, parser) end
@@ -284,16 +287,28 @@ function Doc:feed()
 end
 
 -- The next record, or nil at the end.
-function Doc:next_record()
+local function next_record(self)
   while true do
     local rec = self.queue:pop()
     if rec then return rec end
     if self.done then return nil end
-    self:feed()
+    feed(self)
   end
 end
 
-local EVENTS = { "StartElement", "EndElement", "CharacterData", "SkippedEntity", "StartDoctypeDecl" }
+-- expat's callbacks, bound to one document. Fixed arguments, not `...`:
+-- the three element events run for every element of the file.
+local function callbacks_for(self)
+  return {
+    StartElement = function(p, el, attrs) StartElement(self, p, el, attrs) end,
+    EndElement = function(p, el) EndElement(self, p, el) end,
+    CharacterData = function(p, s) CharacterData(self, p, s) end,
+    SkippedEntity = function(p, name) SkippedEntity(self, p, name) end,
+    StartDoctypeDecl = function(p, name, sysid, pubid, internal)
+      StartDoctypeDecl(self, p, name, sysid, pubid, internal)
+    end,
+  }
+end
 
 --- Iterator over the records of one XML stream (see
 -- `optimizely.offline.input` for the record shape and error codes).
@@ -303,19 +318,12 @@ local EVENTS = { "StartElement", "EndElement", "CharacterData", "SkippedEntity",
 -- @param state progress table (`bytes` is updated)
 -- @return iterator
 function M.new(fh, name, opts, state)
-  local self = setmetatable({
+  local self = {
     fh = fh, name = name, state = state, chunk_size = opts.chunk_size or M.CHUNK,
     queue = records.queue(), stack = {}, top = 0, skip = 0, fed = 0, fatal = false, done = false,
-  }, Doc)
-  -- Element stack: each entry {kind=, ...}; `skip` counts the depth inside
-  -- an unknown element whose content is ignored (it was reported once).
-  local callbacks = {}
-  for _, ev in ipairs(EVENTS) do
-    local method = Doc[ev]
-    callbacks[ev] = function(p, ...) return method(self, p, ...) end
-  end
-  self.parser = lxp.new(callbacks)
-  return function() return self:next_record() end
+  }
+  self.parser = lxp.new(callbacks_for(self))
+  return function() return next_record(self) end
 end
 
 return M
