@@ -47,18 +47,18 @@ local fmt = string.format
 
 ---------------------------------------------------------------- the orders
 -- Order i: 2 items, lang, user id, a store attribute with a comma in it.
-local function order(i)
-  local c1, c2 = (i * 7 + 13) % 10000, (i * 11 + 29) % 10000
+local function order(n)
+  local c1, c2 = (n * 7 + 13) % 10000, (n * 11 + 29) % 10000
   local total = c1 + 2 * c2
   return {
-    ref = "ord-" .. i,
-    date = fmt("2024-%02d-%02dT%02d:%02d:00 GMT", i % 12 + 1, i % 28 + 1, i % 24, i % 60),
+    ref = "ord-" .. n,
+    date = fmt("2024-%02d-%02dT%02d:%02d:00 GMT", n % 12 + 1, n % 28 + 1, n % 24, n % 60),
     total = fmt("%d.%02d", total // 100, total % 100),
-    user = "cust-" .. (i % 100000),
-    store = fmt("Store %d, Bluewater", i % 200),
+    user = "cust-" .. (n % 100000),
+    store = fmt("Store %d, Bluewater", n % 200),
     items = {
-      { ref = "sku-" .. (i % 5000), qty = 1, price = fmt("%d.%02d", c1 // 100, c1 % 100) },
-      { ref = "sku-" .. ((i + 1) % 5000), qty = 2, price = fmt("%d.%02d", c2 // 100, c2 % 100) },
+      { ref = "sku-" .. (n % 5000), qty = 1, price = fmt("%d.%02d", c1 // 100, c1 % 100) },
+      { ref = "sku-" .. ((n + 1) % 5000), qty = 2, price = fmt("%d.%02d", c2 // 100, c2 % 100) },
     },
   }
 end

@@ -93,7 +93,10 @@ static int add_field(oo_csv_tok *t, const char *p, size_t n) {
     if (t->nf == t->capf) {
         int cap = t->capf ? t->capf * 2 : 16;
         oo_csv_field *f = realloc(t->f, (size_t)cap * sizeof *f);
-        if (!f) { t->oom = 1; return 0; }
+        if (!f) {
+            t->oom = 1;
+            return 0;
+        }
         t->f = f;
         t->capf = cap;
     }
@@ -120,8 +123,16 @@ static int quoted_field(oo_csv_tok *t, const char **pp, const char *end, int *nl
             *pp = end;
             return 0;
         }
-        if (*q == '\n') { (*nl)++; q++; continue; }
-        if (*q == '\0') { set_err(t, OO_CSV_E_NUL, t->count + 1); q++; continue; }
+        if (*q == '\n') {
+            (*nl)++;
+            q++;
+            continue;
+        }
+        if (*q == '\0') {
+            set_err(t, OO_CSV_E_NUL, t->count + 1);
+            q++;
+            continue;
+        }
         /* a quote: doubled, or the closing one */
         if (q + 1 == end && !t->eof) return 0;
         if (q + 1 < end && q[1] == '"') {
@@ -164,7 +175,10 @@ static int parse_row(oo_csv_tok *t) {
             int r = quoted_field(t, &p, end, &nl);
             if (r < 0) return OO_CSV_NEED;
             if (r == 0) {
-                if (!t->eof) { t->in_quote = 1; return OO_CSV_NEED; }
+                if (!t->eof) {
+                    t->in_quote = 1;
+                    return OO_CSV_NEED;
+                }
                 row_end = p; /* unterminated: the row runs to the end */
                 break;
             }
@@ -174,15 +188,27 @@ static int parse_row(oo_csv_tok *t) {
                 row_end = p;
                 break;
             }
-            if (*p == delim) { p++; continue; }
-            if (*p == '\n') { row_end = p++; nl++; break; }
+            if (*p == delim) {
+                p++;
+                continue;
+            }
+            if (*p == '\n') {
+                row_end = p++;
+                nl++;
+                break;
+            }
             if (*p == '\r') {
                 if (p + 1 == end) {
                     if (!t->eof) return OO_CSV_NEED;
                     row_end = p++;
                     break;
                 }
-                if (p[1] == '\n') { row_end = p; p += 2; nl++; break; }
+                if (p[1] == '\n') {
+                    row_end = p;
+                    p += 2;
+                    nl++;
+                    break;
+                }
             }
             set_err(t, OO_CSV_E_AFTER_QUOTE, t->count);
             while (p < end && *p != delim && *p != '\n') p++;
@@ -191,7 +217,11 @@ static int parse_row(oo_csv_tok *t) {
                 row_end = p;
                 break;
             }
-            if (*p == '\n') { row_end = p++; nl++; break; }
+            if (*p == '\n') {
+                row_end = p++;
+                nl++;
+                break;
+            }
             p++;
             continue;
         } else {
@@ -209,8 +239,15 @@ static int parse_row(oo_csv_tok *t) {
             fe = q;
             if ((q == end || *q == '\n') && fe > p && fe[-1] == '\r') fe--;
             if (!add_field(t, p, (size_t)(fe - p))) return OO_CSV_NEED;
-            if (q == end) { row_end = fe; p = q; break; }
-            if (*q == delim) { p = q + 1; continue; }
+            if (q == end) {
+                row_end = fe;
+                p = q;
+                break;
+            }
+            if (*q == delim) {
+                p = q + 1;
+                continue;
+            }
             row_end = fe; /* '\n' */
             p = q + 1;
             nl++;
@@ -250,16 +287,15 @@ const char *oo_csv_error_text(const oo_csv_tok *t, char *out, size_t size) {
                  t->err_field);
         break;
     case OO_CSV_E_NUL:
-        snprintf(out, size,
-                 "NUL byte in field %d (a binary or UTF-16 file? save it as UTF-8 CSV)",
+        snprintf(out, size, "NUL byte in field %d (a binary or UTF-16 file? save it as UTF-8 CSV)",
                  t->err_field);
         break;
     case OO_CSV_E_UNTERMINATED:
-        snprintf(out, size, "unterminated quoted field (the quote opened on line %lld is never closed)",
+        snprintf(out, size,
+                 "unterminated quoted field (the quote opened on line %lld is never closed)",
                  t->err_line);
         break;
-    default:
-        return NULL;
+    default: return NULL;
     }
     return out;
 }

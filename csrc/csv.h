@@ -18,9 +18,9 @@
 #include <stddef.h>
 
 /* oo_csv_next_row results */
-#define OO_CSV_ROW 1      /* a row is in tok->f / tok->count */
-#define OO_CSV_NEED 0     /* feed more input (or mark the end) first */
-#define OO_CSV_END (-1)   /* no more rows */
+#define OO_CSV_ROW 1        /* a row is in tok->f / tok->count */
+#define OO_CSV_NEED 0       /* feed more input (or mark the end) first */
+#define OO_CSV_END (-1)     /* no more rows */
 #define OO_CSV_TOOLONG (-2) /* the row outgrew max_record: the stream ends */
 
 /* Row errors (the first one found wins, except an unterminated quote). */
@@ -39,26 +39,26 @@ typedef struct {
     /* input: the unread text is buf[pos..len) */
     char *buf;
     size_t len, cap, pos;
-    size_t dropped;        /* bytes consumed before buf[0] (BOM included) */
+    size_t dropped; /* bytes consumed before buf[0] (BOM included) */
     int eof, started;
     unsigned char delim;
     unsigned char cls[256]; /* byte classes of an unquoted field */
     size_t max_record;
-    long long line;         /* the line the next row starts on */
+    long long line; /* the line the next row starts on */
     /* the row just returned (valid until the next feed) */
     oo_csv_field *f;
-    int nf, capf, maxf;     /* fields stored: at most maxf (0: no limit) */
-    int count;              /* fields in the row, stored or not */
-    int nonempty;           /* some field is not empty */
-    char *text;             /* unescaped quoted fields ("" -> ") */
+    int nf, capf, maxf; /* fields stored: at most maxf (0: no limit) */
+    int count;          /* fields in the row, stored or not */
+    int nonempty;       /* some field is not empty */
+    char *text;         /* unescaped quoted fields ("" -> ") */
     size_t textcap, textlen;
-    size_t raw_at;          /* where the row starts in buf */
-    size_t raw_len;         /* its bytes without the line break (shown in messages) */
-    size_t row_len;         /* all the bytes it took, line break included (replayed) */
+    size_t raw_at;  /* where the row starts in buf */
+    size_t raw_len; /* its bytes without the line break (shown in messages) */
+    size_t row_len; /* all the bytes it took, line break included (replayed) */
     long long row_line;
     int err, err_field;
     long long err_line;
-    int in_quote;           /* when NEED/TOOLONG: the row ends inside a quote */
+    int in_quote; /* when NEED/TOOLONG: the row ends inside a quote */
     int oom;
 } oo_csv_tok;
 
@@ -77,10 +77,10 @@ size_t oo_csv_tell(const oo_csv_tok *t);
 /* ------------------------------------------------------------ the stores */
 typedef struct oo_csv_seen oo_csv_seen;
 typedef struct {
-    size_t filter_max;             /* the most the filter may take (bytes) */
+    size_t filter_max;              /* the most the filter may take (bytes) */
     unsigned long long total_bytes; /* the input's size, 0 when unknown (the
                                        filter then takes filter_max) */
-    size_t exact_max;              /* refCodes kept exactly in memory (>= 16) */
+    size_t exact_max;               /* refCodes kept exactly in memory (>= 16) */
 } oo_csv_seen_config;
 #define OO_CSV_EXACT_DEFAULT (1u << 18)
 oo_csv_seen *oo_csv_seen_new(const oo_csv_seen_config *cfg);
@@ -99,8 +99,8 @@ oo_csv_spill *oo_csv_spill_new(const oo_csv_seen_config *cfg, const char **err);
 void oo_csv_spill_read(oo_csv_spill *s, unsigned long long bytes);
 void oo_csv_spill_free(oo_csv_spill *s);
 /* Keeps a row: `ref` groups it (NULL/0: a row of its own). 0 on failure. */
-int oo_csv_spill_add(oo_csv_spill *s, const char *ref, size_t n, long long line,
-                     const char *raw, size_t raw_len, const char **err);
+int oo_csv_spill_add(oo_csv_spill *s, const char *ref, size_t n, long long line, const char *raw,
+                     size_t raw_len, const char **err);
 /* Reads the rows back, grouped by refCode in order of first appearance and
  * in file order inside a group. Returns 1 with a row, 0 at the end, -1 on
  * failure (*err set). The row's text stays valid until the next call. */

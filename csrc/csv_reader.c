@@ -36,43 +36,52 @@
 
 /* Column kinds (the plan's `kind` strings, in this order). */
 enum {
-    K_IGNORE, K_REF, K_ORDER, K_LANG, K_USER, K_SEGMENTS, K_INFO, K_ATTR, K_CHANNEL,
-    K_ITEM, K_ITEMATTR, K_UNNAMED
+    K_IGNORE,
+    K_REF,
+    K_ORDER,
+    K_LANG,
+    K_USER,
+    K_SEGMENTS,
+    K_INFO,
+    K_ATTR,
+    K_CHANNEL,
+    K_ITEM,
+    K_ITEMATTR,
+    K_UNNAMED
 };
-static const char *const kind_names[] = {
-    "ignore", "ref", "order", "lang", "user", "segments", "info", "attr", "channel",
-    "item", "itemattr", "unnamed", NULL
-};
+static const char *const kind_names[] = {"ignore",   "ref",     "order", "lang",    "user",
+                                         "segments", "info",    "attr",  "channel", "item",
+                                         "itemattr", "unnamed", NULL};
 
 typedef struct {
-    size_t off, len;  /* in the order's arena */
-    long long line;   /* where the value was first given (order level) */
+    size_t off, len; /* in the order's arena */
+    long long line;  /* where the value was first given (order level) */
 } span;
 
 typedef struct {
-    int col;          /* 0-based column */
+    int col; /* 0-based column */
     int kind;
-    char *label;      /* for messages: "\"Cur\" (mapped to \"currency\")" */
+    char *label; /* for messages: "\"Cur\" (mapped to \"currency\")" */
 } column;
 
 typedef struct {
     oo_csv_tok tok;
     int planned, ncols, ref_col;
-    column *ocol, *icol;   /* order-level and item-level columns */
+    column *ocol, *icol; /* order-level and item-level columns */
     int nocol, nicol;
-    int *ucol, nucol;      /* columns without a header */
-    int keys_ref;          /* registry: table, column (1-based) -> key string */
+    int *ucol, nucol; /* columns without a header */
+    int keys_ref;     /* registry: table, column (1-based) -> key string */
     /* the order being read */
     int open;
     long long oline;
-    oo_buf arena;          /* ref, then values */
-    size_t ref_len;        /* the ref is arena[0..ref_len) */
-    span *vals;            /* per order-level column; len == 0: not given */
-    span *items;           /* nitems * nicol */
+    oo_buf arena;   /* ref, then values */
+    size_t ref_len; /* the ref is arena[0..ref_len) */
+    span *vals;     /* per order-level column; len == 0: not given */
+    span *items;    /* nitems * nicol */
     size_t nitems, capitems;
     oo_buf problems;
     int nproblems;
-    size_t cut;            /* problems.len after MAX_PROBLEMS - 1 of them */
+    size_t cut; /* problems.len after MAX_PROBLEMS - 1 of them */
     long long split_line;
     /* a problem that ends the stream: now (storage) or after the last order */
     int fatal_now, fatal_at_end;
@@ -247,7 +256,10 @@ static void order_row(reader *r, const oo_csv_tok *t) {
     if ((r->nitems + 1) * (size_t)r->nicol > r->capitems) {
         size_t cap = r->capitems ? r->capitems * 2 : (size_t)r->nicol * 8;
         span *p = realloc(r->items, cap * sizeof *p);
-        if (!p) { r->arena.oom = 1; return; }
+        if (!p) {
+            r->arena.oom = 1;
+            return;
+        }
         r->items = p;
         r->capitems = cap;
     }
@@ -270,8 +282,8 @@ static void push_span(lua_State *L, const reader *r, const span *s) {
 /* The keys table: keys[col + 1] is the key of column col; after the
  * columns come the payload's own names (strings made once, not per order). */
 enum { N_ORDER, N_REFCODE, N_ITEMS, N_ATTRIBUTES, N_USER, N_INFO, N_SEGMENTS, N_LANG, N_COUNT };
-static const char *const payload_names[N_COUNT] = {
-    "order", "refCode", "items", "attributes", "user", "info", "segments", "lang"};
+static const char *const payload_names[N_COUNT] = {"order", "refCode", "items",    "attributes",
+                                                   "user",  "info",    "segments", "lang"};
 
 /* Sets t[keys[at]] = the value on top (popped). */
 static void set_at(lua_State *L, int t, int keys, int at) {
@@ -373,9 +385,7 @@ static void push_payload(lua_State *L, reader *r) {
             push_span(L, r, v);
             set_name(L, r, payload, keys, N_LANG);
             break;
-        case K_CHANNEL:
-            channel = i + 1;
-            break;
+        case K_CHANNEL: channel = i + 1; break;
         default: /* user.* */
             if (!user) user = subtable(L, r, payload, keys, N_USER);
             if (r->ocol[i].kind == K_USER) {
@@ -423,7 +433,7 @@ static int order_finish(lua_State *L, reader *r) {
     lua_pushliteral(L, "order");
     push_payload(L, r); /* payload, channel */
     lua_pushinteger(L, (lua_Integer)r->oline);
-    lua_insert(L, -2);  /* payload, line, channel */
+    lua_insert(L, -2); /* payload, line, channel */
     lua_pushinteger(L, (lua_Integer)oo_csv_tell(&r->tok));
     order_reset(r);
     return 5;
@@ -477,8 +487,9 @@ static int push_need(lua_State *L, const oo_csv_tok *t) {
 /* The row at the tokenizer's position outgrew max_record: the stream ends
  * there, after the last order. */
 static void too_long(reader *r, const oo_csv_tok *t) {
-    snprintf(r->fatal_msg, sizeof r->fatal_msg, "row starting on line %lld is longer than %lu bytes%s",
-             t->line, (unsigned long)t->max_record, t->in_quote ? " (unterminated quote?)" : "");
+    snprintf(r->fatal_msg, sizeof r->fatal_msg,
+             "row starting on line %lld is longer than %lu bytes%s", t->line,
+             (unsigned long)t->max_record, t->in_quote ? " (unterminated quote?)" : "");
     r->fatal_line = t->line;
     r->fatal_code = "too_long";
     r->fatal_at_end = 1;
@@ -513,7 +524,10 @@ static int spill_rows(lua_State *L, reader *r) {
         int rc = oo_csv_next_row(t);
         if (t->oom) return luaL_error(L, "csv reader: out of memory");
         if (rc == OO_CSV_NEED) return push_need(L, t);
-        if (rc == OO_CSV_TOOLONG) { too_long(r, t); break; }
+        if (rc == OO_CSV_TOOLONG) {
+            too_long(r, t);
+            break;
+        }
         if (rc == OO_CSV_END) break;
         if (blank(t)) continue;
         ref = r->ref_col < t->nf ? &t->f[r->ref_col] : NULL;
@@ -534,9 +548,15 @@ static int replay_row(reader *r) {
     const char *raw, *err = NULL;
     size_t n;
     int rc = oo_csv_spill_next(r->spill, &line, &raw, &n, &err);
-    if (rc < 0) { storage_failed(r, err, line); return OO_CSV_END; }
+    if (rc < 0) {
+        storage_failed(r, err, line);
+        return OO_CSV_END;
+    }
     if (rc == 0) return OO_CSV_END;
-    if (!oo_csv_replay(&r->replay, raw, n, line)) { r->replay.oom = 1; return OO_CSV_END; }
+    if (!oo_csv_replay(&r->replay, raw, n, line)) {
+        r->replay.oom = 1;
+        return OO_CSV_END;
+    }
     return oo_csv_next_row(&r->replay);
 }
 
@@ -604,7 +624,10 @@ static int l_row(lua_State *L) {
     rc = oo_csv_next_row(t);
     if (t->oom) return luaL_error(L, "csv reader: out of memory");
     if (rc == OO_CSV_NEED) return push_need(L, t);
-    if (rc == OO_CSV_END) { lua_pushliteral(L, "end"); return 1; }
+    if (rc == OO_CSV_END) {
+        lua_pushliteral(L, "end");
+        return 1;
+    }
     if (rc == OO_CSV_TOOLONG) {
         too_long(r, t);
         return push_fatal(L, r);
@@ -627,8 +650,14 @@ static int l_row(lua_State *L) {
 static void add_column(lua_State *L, reader *r, int col, int kind, const char *label) {
     column *c;
     if (kind == K_IGNORE) return;
-    if (kind == K_REF) { r->ref_col = col; return; }
-    if (kind == K_UNNAMED) { r->ucol[r->nucol++] = col; return; }
+    if (kind == K_REF) {
+        r->ref_col = col;
+        return;
+    }
+    if (kind == K_UNNAMED) {
+        r->ucol[r->nucol++] = col;
+        return;
+    }
     c = (kind == K_ITEM || kind == K_ITEMATTR) ? &r->icol[r->nicol++] : &r->ocol[r->nocol++];
     c->col = col;
     c->kind = kind;
@@ -651,7 +680,8 @@ static int l_plan(lua_State *L) {
     r->icol = calloc((size_t)n, sizeof *r->icol);
     r->ucol = calloc((size_t)n, sizeof *r->ucol);
     r->vals = calloc((size_t)n, sizeof *r->vals);
-    if (!r->ocol || !r->icol || !r->ucol || !r->vals) return luaL_error(L, "csv reader: out of memory");
+    if (!r->ocol || !r->icol || !r->ucol || !r->vals)
+        return luaL_error(L, "csv reader: out of memory");
     lua_createtable(L, n + N_COUNT, 0); /* keys */
     for (i = 1; i <= n; i++) {
         int kind;
@@ -678,7 +708,8 @@ static int l_plan(lua_State *L) {
     if (r->grouped) {
         const char *err = NULL;
         r->spill = oo_csv_spill_new(&r->seen_cfg, &err);
-        if (!r->spill) return luaL_error(L, "csv reader: cannot create the spill database: %s", err);
+        if (!r->spill)
+            return luaL_error(L, "csv reader: cannot create the spill database: %s", err);
         r->spilling = 1;
     } else {
         r->seen = oo_csv_seen_new(&r->seen_cfg);
@@ -692,7 +723,10 @@ static int l_feed(lua_State *L) {
     reader *r = check_reader(L);
     size_t n;
     const char *s = luaL_optlstring(L, 2, NULL, &n);
-    if (!s) { r->tok.eof = 1; return 0; }
+    if (!s) {
+        r->tok.eof = 1;
+        return 0;
+    }
     if (r->tok.eof) return luaL_error(L, "csv reader: feed() after the end");
     if (!oo_csv_feed(&r->tok, s, n)) return luaL_error(L, "csv reader: out of memory");
     return 0;
@@ -738,7 +772,10 @@ static lua_Integer opt_int(lua_State *L, int t, const char *name, lua_Integer df
                            lua_Integer hi) {
     lua_Integer v;
     lua_getfield(L, t, name);
-    if (lua_isnil(L, -1)) { lua_pop(L, 1); return dflt; }
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return dflt;
+    }
     v = luaL_checkinteger(L, -1);
     if (v < lo || v > hi) luaL_error(L, "csv_reader: %s out of range", name);
     lua_pop(L, 1);
@@ -791,9 +828,9 @@ static int l_gc(lua_State *L) {
 }
 
 void oo_csv_register(lua_State *L) {
-    static const luaL_Reg methods[] = {
-        {"feed", l_feed}, {"row", l_row}, {"plan", l_plan}, {"next", l_next},
-        {"tell", l_tell}, {"close", l_close}, {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"feed", l_feed}, {"row", l_row},   {"plan", l_plan},
+                                       {"next", l_next}, {"tell", l_tell}, {"close", l_close},
+                                       {NULL, NULL}};
     static const luaL_Reg funcs[] = {{"csv_reader", l_new}, {NULL, NULL}};
     oo_newclass(L, READER_MT, methods, l_gc, l_close, NULL);
     oo_setfuncs(L, funcs, 0);

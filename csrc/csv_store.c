@@ -33,11 +33,11 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#define PENDING_BYTES (8u << 20)    /* ... or this much refCode text */
-#define SLOTS_MIN 1024              /* open addressing, load <= 1/2: the table */
-                                    /* doubles up to 2 * exact_max slots */
+#define PENDING_BYTES (8u << 20) /* ... or this much refCode text */
+#define SLOTS_MIN 1024           /* open addressing, load <= 1/2: the table */
+                                 /* doubles up to 2 * exact_max slots */
 #define BLOCK_BYTES 4096
-#define FANOUT 16                   /* runs merged at a time */
+#define FANOUT 16 /* runs merged at a time */
 
 typedef struct {
     uint64_t h;
@@ -47,17 +47,17 @@ typedef struct {
 
 typedef struct {
     int level;
-    long long first_id;  /* block rowids first_id .. first_id + nblocks - 1 */
+    long long first_id; /* block rowids first_id .. first_id + nblocks - 1 */
     size_t nblocks;
-    uint64_t *fence;     /* first hash of each block */
+    uint64_t *fence; /* first hash of each block */
 } run;
 
 struct oo_csv_seen {
-    uint64_t *filter;     /* NULL until the first refCodes leave the exact table */
+    uint64_t *filter; /* NULL until the first refCodes leave the exact table */
     size_t filter_bytes;
-    size_t filter_mask;   /* blocks - 1 (a block is 8 words) */
+    size_t filter_mask; /* blocks - 1 (a block is 8 words) */
     size_t filter_max;
-    size_t exact_max;     /* refCodes in the exact table before a flush */
+    size_t exact_max;               /* refCodes in the exact table before a flush */
     unsigned long long total, read; /* input bytes (0: unknown), and read so far */
     unsigned long long added;       /* refCodes added */
     /* the exact table of recent refCodes */
@@ -102,7 +102,10 @@ static int filter_test_set(oo_csv_seen *s, uint64_t h) {
     for (i = 0; i < 8; i++) {
         unsigned bit = (unsigned)(i < 4 ? h >> (9 * i) : g >> (9 * i - 16)) & 511u;
         uint64_t m = 1ULL << (bit & 63);
-        if (!(b[bit >> 6] & m)) { all = 0; b[bit >> 6] |= m; }
+        if (!(b[bit >> 6] & m)) {
+            all = 0;
+            b[bit >> 6] |= m;
+        }
     }
     return all;
 }
@@ -110,7 +113,8 @@ static int filter_test_set(oo_csv_seen *s, uint64_t h) {
 /* --------------------------------------------------------- the database */
 
 static long long fail(oo_csv_seen *s, const char *what, const char **err) {
-    snprintf(s->errmsg, sizeof s->errmsg, "%s: %s", what, s->db ? sqlite3_errmsg(s->db) : "no database");
+    snprintf(s->errmsg, sizeof s->errmsg, "%s: %s", what,
+             s->db ? sqlite3_errmsg(s->db) : "no database");
     *err = s->errmsg;
     return -1;
 }
@@ -126,7 +130,8 @@ static sqlite3 *open_temp(int cache_kib) {
     }
     snprintf(sql, sizeof sql,
              "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA temp_store=FILE;"
-             "PRAGMA locking_mode=EXCLUSIVE; PRAGMA cache_size=-%d;", cache_kib);
+             "PRAGMA locking_mode=EXCLUSIVE; PRAGMA cache_size=-%d;",
+             cache_kib);
     if (sqlite3_exec(db, sql, NULL, NULL, NULL) != SQLITE_OK) {
         sqlite3_close(db);
         return NULL;
@@ -164,7 +169,8 @@ static uint64_t *filter_alloc(size_t bytes) {
 
 static void filter_free(uint64_t *f, size_t bytes) {
     if (!f) return;
-    if (bytes < FILTER_MAPPED) free(f); else munmap(f, bytes);
+    if (bytes < FILTER_MAPPED) free(f);
+    else munmap(f, bytes);
 }
 
 /* Makes the filter and puts the exact table's refCodes in it. */
@@ -198,7 +204,10 @@ typedef struct {
 
 static size_t varint_put(unsigned char *p, unsigned long long v) {
     size_t i = 0;
-    while (v >= 0x80) { p[i++] = (unsigned char)(v | 0x80); v >>= 7; }
+    while (v >= 0x80) {
+        p[i++] = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
     p[i++] = (unsigned char)v;
     return i;
 }
@@ -230,7 +239,8 @@ static size_t entry_put(char *out, const entry *e) {
 
 /* The entry at buf[at..len): returns the offset after it, 0 when malformed. */
 static size_t entry_get(const char *buf, size_t len, size_t at, entry *e) {
-    const unsigned char *p = (const unsigned char *)buf + at, *end = (const unsigned char *)buf + len;
+    const unsigned char *p = (const unsigned char *)buf + at,
+                        *end = (const unsigned char *)buf + len;
     unsigned long long n;
     size_t a, b;
     if (at + 8 >= len) return 0;
@@ -308,9 +318,15 @@ static int writer_finish(run_writer *w) {
     if (ok && s->nruns == s->capruns) {
         size_t cap = s->capruns ? s->capruns * 2 : 8;
         run *r = realloc(s->runs, cap * sizeof *r);
-        if (r) { s->runs = r; s->capruns = cap; } else ok = 0;
+        if (r) {
+            s->runs = r;
+            s->capruns = cap;
+        } else ok = 0;
     }
-    if (!ok || !w->r.nblocks) { free(w->r.fence); return ok; }
+    if (!ok || !w->r.nblocks) {
+        free(w->r.fence);
+        return ok;
+    }
     s->runs[s->nruns++] = w->r;
     return 1;
 }
@@ -324,7 +340,11 @@ static long read_block(oo_csv_seen *s, long long id, char **buf, size_t *cap) {
         n = sqlite3_column_bytes(s->get, 0);
         if ((size_t)n > *cap) {
             char *b = realloc(*buf, (size_t)n);
-            if (!b) n = -1; else { *buf = b; *cap = (size_t)n; }
+            if (!b) n = -1;
+            else {
+                *buf = b;
+                *cap = (size_t)n;
+            }
         }
         if (n > 0) memcpy(*buf, p, (size_t)n);
     }
@@ -334,17 +354,20 @@ static long read_block(oo_csv_seen *s, long long id, char **buf, size_t *cap) {
 
 typedef struct {
     const run *r;
-    size_t block;       /* next block to read */
+    size_t block; /* next block to read */
     char *buf;
     size_t cap, len, at;
-    entry e;            /* the current entry */
+    entry e; /* the current entry */
     int live;
 } cursor;
 
 static int cursor_next(oo_csv_seen *s, cursor *c) {
     if (c->at >= c->len) {
         long n;
-        if (c->block == c->r->nblocks) { c->live = 0; return 1; }
+        if (c->block == c->r->nblocks) {
+            c->live = 0;
+            return 1;
+        }
         n = read_block(s, c->r->first_id + (long long)c->block++, &c->buf, &c->cap);
         if (n <= 0) return 0;
         c->len = (size_t)n;
@@ -354,7 +377,6 @@ static int cursor_next(oo_csv_seen *s, cursor *c) {
     c->live = 1;
     return c->at != 0;
 }
-
 
 /* Merges the last `k` runs (all of one level) into one run a level up. */
 static int merge_runs(oo_csv_seen *s, size_t k) {
@@ -429,7 +451,10 @@ static int flush_pending(oo_csv_seen *s) {
     if (!s->db && !open_db(s)) return 0;
     order = sort_by_hash(s->entry, s->nentry);
     if (!order) return 0;
-    if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) { free(order); return 0; }
+    if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        free(order);
+        return 0;
+    }
     writer_init(&w, s, 0);
     for (i = 0; ok && i < s->nentry; i++) {
         const pending_entry *p = &s->entry[order[i]];
@@ -442,7 +467,8 @@ static int flush_pending(oo_csv_seen *s) {
     }
     free(order);
     ok = writer_finish(&w) && ok;
-    while (ok && s->nruns >= FANOUT && s->runs[s->nruns - 1].level == s->runs[s->nruns - FANOUT].level)
+    while (ok && s->nruns >= FANOUT &&
+           s->runs[s->nruns - 1].level == s->runs[s->nruns - FANOUT].level)
         ok = merge_runs(s, FANOUT);
     if (sqlite3_exec(s->db, ok ? "COMMIT" : "ROLLBACK", NULL, NULL, NULL) != SQLITE_OK) ok = 0;
     memset(s->slot, 0, s->nslots * sizeof *s->slot);
@@ -458,7 +484,8 @@ static long long run_find(oo_csv_seen *s, const run *r, uint64_t h, const char *
     /* the first block whose fence is >= h; an equal hash may start one earlier */
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (r->fence[mid] < h) lo = mid + 1; else hi = mid;
+        if (r->fence[mid] < h) lo = mid + 1;
+        else hi = mid;
     }
     for (b = lo ? lo - 1 : 0; b < r->nblocks && (b < lo || r->fence[b] <= h); b++) {
         long len = read_block(s, r->first_id + (long long)b, buf, cap);
@@ -582,7 +609,10 @@ long long oo_csv_seen_add(oo_csv_seen *s, const char *ref, size_t n, long long v
                           const char **err) {
     uint64_t h = hash64(ref, n);
     uint32_t *slot;
-    if (n > UINT32_MAX / 2) { *err = "refCode too long"; return -1; }
+    if (n > UINT32_MAX / 2) {
+        *err = "refCode too long";
+        return -1;
+    }
     if (!s->filter || filter_test_set(s, h)) { /* maybe seen: confirm */
         char *buf = NULL;
         size_t cap = 0, i;
@@ -599,7 +629,10 @@ long long oo_csv_seen_add(oo_csv_seen *s, const char *ref, size_t n, long long v
     } else {
         slot = pending_slot(s, h, ref, n);
     }
-    if (!pending_add(s, slot, h, ref, n, value)) { *err = "out of memory"; return -1; }
+    if (!pending_add(s, slot, h, ref, n, value)) {
+        *err = "out of memory";
+        return -1;
+    }
     if ((s->nentry >= s->exact_max || s->arena_len >= PENDING_BYTES) && !flush_pending(s))
         return fail(s, "writing the seen refCodes", err);
     return 0;
@@ -612,7 +645,7 @@ struct oo_csv_spill {
     sqlite3_stmt *put, *get;
     oo_csv_seen *groups;
     long long seq;
-    char *last;          /* the previous row's ref and group: rows of one */
+    char *last;                /* the previous row's ref and group: rows of one */
     size_t last_len, last_cap; /* order usually come together */
     long long last_grp;
     int reading, ended;
@@ -620,21 +653,27 @@ struct oo_csv_spill {
 };
 
 static int spill_fail(oo_csv_spill *s, const char *what, const char **err) {
-    snprintf(s->errmsg, sizeof s->errmsg, "%s: %s", what, s->db ? sqlite3_errmsg(s->db) : "no database");
+    snprintf(s->errmsg, sizeof s->errmsg, "%s: %s", what,
+             s->db ? sqlite3_errmsg(s->db) : "no database");
     *err = s->errmsg;
     return -1;
 }
 
 oo_csv_spill *oo_csv_spill_new(const oo_csv_seen_config *cfg, const char **err) {
     oo_csv_spill *s = calloc(1, sizeof *s);
-    if (!s) { *err = "out of memory"; return NULL; }
+    if (!s) {
+        *err = "out of memory";
+        return NULL;
+    }
     s->groups = oo_csv_seen_new(cfg);
     s->db = open_temp(8192);
     if (!s->groups || !s->db ||
-        sqlite3_exec(s->db, "CREATE TABLE rows(grp INTEGER NOT NULL, line INTEGER NOT NULL, raw BLOB);"
-                            "BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(s->db, "INSERT INTO rows(grp, line, raw) VALUES(?1, ?2, ?3)", -1, &s->put,
-                           NULL) != SQLITE_OK) {
+        sqlite3_exec(s->db,
+                     "CREATE TABLE rows(grp INTEGER NOT NULL, line INTEGER NOT NULL, raw BLOB);"
+                     "BEGIN",
+                     NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->db, "INSERT INTO rows(grp, line, raw) VALUES(?1, ?2, ?3)", -1,
+                           &s->put, NULL) != SQLITE_OK) {
         *err = s->db ? sqlite3_errmsg(s->db) : "cannot open a temporary database";
         snprintf(s->errmsg, sizeof s->errmsg, "%s", *err);
         *err = s->errmsg;
@@ -668,7 +707,10 @@ static long long group_of(oo_csv_spill *s, const char *ref, size_t n, const char
     if (grp == 0) grp = s->seq;
     if (n > s->last_cap) {
         char *p = realloc(s->last, n);
-        if (!p) { *err = "out of memory"; return -1; }
+        if (!p) {
+            *err = "out of memory";
+            return -1;
+        }
         s->last = p;
         s->last_cap = n;
     }
@@ -682,7 +724,10 @@ int oo_csv_spill_add(oo_csv_spill *s, const char *ref, size_t n, long long line,
                      size_t raw_len, const char **err) {
     long long grp;
     int rc;
-    if (s->reading) { *err = "rows added after reading began"; return 0; }
+    if (s->reading) {
+        *err = "rows added after reading began";
+        return 0;
+    }
     s->seq++;
     grp = group_of(s, ref, ref ? n : 0, err);
     if (grp < 0) return 0;

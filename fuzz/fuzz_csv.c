@@ -32,7 +32,13 @@
 #include "../csrc/core.h"
 #include "../csrc/csv.h"
 
-#define CHECK(c) do { if (!(c)) { fprintf(stderr, "fuzz_csv: %s (line %d)\n", #c, __LINE__); abort(); } } while (0)
+#define CHECK(c)                                                                                   \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fprintf(stderr, "fuzz_csv: %s (line %d)\n", #c, __LINE__);                             \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
 
 /* Appends a description of the tokenizer's current row to out. */
 static void describe_row(oo_buf *out, const oo_csv_tok *t) {
@@ -189,7 +195,8 @@ static const char DRIVER[] =
     "    if rec.code then seen[rec.code] = true end\n"
     "    dump(rec, out)\n"
     "  end\n"
-    "  if not (seen.too_long or seen.header or seen.storage) then assert(state.bytes == #data, 'bytes') end\n"
+    "  if not (seen.too_long or seen.header or seen.storage) then assert(state.bytes == #data, "
+    "'bytes') end\n"
     "  return table.concat(out, ' '), seen\n"
     "end\n"
     "function fuzz(data, flags)\n"

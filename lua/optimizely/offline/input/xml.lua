@@ -144,7 +144,7 @@ local function end_attribute(self, entry)
 end
 
 -- The stack entry for element `el` inside `parent` (nil: skip it).
-local function open_in_order(self, p, line, el, attrs)
+local function open_in_order(self, line, el, attrs)
   if el == "user" then
     if self.cur.payload.user then problem(self, line, "more than one <user>") end
     local user = {}
@@ -177,7 +177,7 @@ local function open_element(self, p, line, el, attrs, parent)
     report(self, line, "structure", ("unknown element %s in <orders> (skipped)"):format(tag(el)))
     return nil
   elseif parent == "order" then
-    return open_in_order(self, p, line, el, attrs)
+    return open_in_order(self, line, el, attrs)
   elseif parent == "product" and el == "attribute" then
     return start_attribute(self, line, attrs, "product")
   end
@@ -200,7 +200,7 @@ local function StartElement(self, p, el, attrs)
   self.stack[self.top] = entry
 end
 
-local function EndElement(self, p, el)
+local function EndElement(self)
   if self.fatal then return end
   if self.skip > 0 then self.skip = self.skip - 1; return end
   local entry = self.stack[self.top]
@@ -245,7 +245,7 @@ local function SkippedEntity(self, p, name)
 end
 
 -- Entity and attribute-list declarations live in the internal subset.
-local function StartDoctypeDecl(self, p, name, sysid, pubid, has_internal_subset)
+local function StartDoctypeDecl(self, p, has_internal_subset)
   if has_internal_subset then
     refuse(self, p, (p:pos()), "the DOCTYPE has an internal subset ([...]), whose entity and "
       .. "attribute declarations could change or drop order text; remove it")
@@ -301,12 +301,10 @@ end
 local function callbacks_for(self)
   return {
     StartElement = function(p, el, attrs) StartElement(self, p, el, attrs) end,
-    EndElement = function(p, el) EndElement(self, p, el) end,
+    EndElement = function() EndElement(self) end,
     CharacterData = function(p, s) CharacterData(self, p, s) end,
     SkippedEntity = function(p, name) SkippedEntity(self, p, name) end,
-    StartDoctypeDecl = function(p, name, sysid, pubid, internal)
-      StartDoctypeDecl(self, p, name, sysid, pubid, internal)
-    end,
+    StartDoctypeDecl = function(p, _, _, _, internal) StartDoctypeDecl(self, p, internal) end,
   }
 end
 
