@@ -7,7 +7,7 @@ VARIANTS ?= 5.4 jit
 JOBS     ?= 2
 BUSTED    = busted --lpath='lua/?.lua;lua/?/init.lua;spec/?.lua'
 
-.PHONY: all deps build demo test test-fast asan valgrind bench install clean
+.PHONY: all deps build demo test test-fast asan valgrind bench install clean docs lint
 
 all: build
 
@@ -33,6 +33,19 @@ test: deps
 
 bench: build
 	@sh scripts/bench.sh
+
+# The API reference from the LDoc comments and doc/topics/*.md, into
+# build/docs/index.html; lists undocumented public functions and LDoc's
+# warnings, and checks the man page. DOCS_STRICT=1 makes either fail.
+docs: build/5.4/optimizely/offline/core.so
+	@lua5.1 scripts/doc_check.lua --self-test
+	@lua5.1 scripts/doc_check.lua
+	@sh scripts/man_check.sh
+
+# luacheck over the Lua, clang-format (report only) over csrc/. LINT_STRICT=1
+# fails on every luacheck warning, not only on files that were clean.
+lint:
+	@sh scripts/lint.sh
 
 install: deps
 	luarocks --lua-version=5.4 make --deps-mode=none optimizely-offline-scm-1.rockspec

@@ -1,8 +1,15 @@
+-- The development rockspec. From a checkout, `luarocks make` builds the
+-- working tree (source.url is not used). `luarocks build` and `luarocks pack`
+-- fetch source.url: the project's repository, a placeholder until it is
+-- published (doc/topics/install.md: make a rock for an internal server).
+-- optimizely-offline-<version>-1.rockspec is the same file with a version and
+-- a tag; scripts/rock_check.sh fails if the two differ anywhere else.
 rockspec_format = "3.0"
 package = "optimizely-offline"
 version = "scm-1"
 source = {
-   url = "git+file:///dev/null", -- a checkout: `luarocks make` builds it in place
+   url = "git+https://github.com/optimizely-offline/optimizely-offline.git",
+   branch = "main",
 }
 description = {
    summary = "Send in-store (offline) orders to Optimizely Product Recommendations",
@@ -10,26 +17,40 @@ description = {
 A C core validates, normalises and encodes orders and talks HTTPS through
 libcurl; a Lua layer gives an idiomatic table-based API, a command line and
 an OpenResty path.]],
+   homepage = "https://github.com/optimizely-offline/optimizely-offline",
    license = "MIT",
+   labels = { "http", "json", "openresty", "ecommerce" },
 }
 dependencies = {
    "lua >= 5.1",
+   "argparse >= 0.6.0", -- the command line (optimizely.offline.cli)
+   "luaexpat >= 1.3.0", -- the legacy XML reader (optimizely.offline.input.xml, require "lxp")
 }
 external_dependencies = {
    CURL = { library = "curl" }, -- by library: Debian keeps curl.h in a multiarch dir
    SQLITE = { library = "sqlite3" },
+   OPENSSL = { library = "crypto" }, -- libcrypto of OpenSSL >= 3.0 (Debian: libssl-dev)
 }
 build = {
-   -- CMakeLists.txt holds the one list of C sources and installs lua/.
+   -- CMakeLists.txt holds the one list of C sources and installs lua/, the
+   -- command (its first line naming this Lua) and the man page.
    type = "cmake",
    variables = {
-      LUA_VERSION = "$(LUA_VERSION)",
+      LUA = "$(LUA)",
       LUA_INCDIR = "$(LUA_INCDIR)",
+      CMAKE_INSTALL_PREFIX = "$(PREFIX)",
       INSTALL_CMOD = "$(LIBDIR)",
       INSTALL_LMOD = "$(LUADIR)",
+      INSTALL_BIN = "$(BINDIR)",
+      -- outside the rock's own directory: LuaRocks deploys only bin/, lua/
+      -- and lib/, and man(1) looks in <tree>/share/man
+      INSTALL_MAN = "$(SCRIPTS_DIR)/../share/man/man1",
       CMAKE_BUILD_TYPE = "Release",
    },
-   install = {
-      bin = { ["optimizely-offline"] = "bin/optimizely-offline" },
-   },
+}
+deploy = {
+   -- The command is copied as it is: it finds its tree from where it lives.
+   -- LuaRocks' wrapper would hard-code the trees it knew at install time
+   -- (none with --deps-mode=none).
+   wrap_bin_scripts = false,
 }

@@ -38,11 +38,13 @@ end
 
 --- A sandbox with record=false owned by this process (it quits and removes
 -- its directory when we are gone), plus a work directory holding `body`.
+-- `extra`: more sandbox.start options (delay_ms, max_concurrent, ...).
 -- @return info, work_dir, post_url, body_file
-function M.start_sandbox(tag, pid, body)
+function M.start_sandbox(tag, pid, body, extra)
   local dir = "/tmp/oo-sandbox-" .. tag .. "-" .. pid
-  local info = assert(sandbox.start({ dir = dir, port = 0, record = false, owner_pid = pid,
-    cleanup_dir = true }))
+  local o = { dir = dir, port = 0, record = false, owner_pid = pid, cleanup_dir = true }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  local info = assert(sandbox.start(o))
   local work = dir .. "/bench"
   sh("mkdir -p " .. q(work))
   local body_file = work .. "/order.json"
@@ -77,6 +79,75 @@ function M.build_c(root, name)
       .. q(src) .. " -lcurl"), "cannot build " .. name)
   end
   return bin
+end
+
+--- A control endpoint of the sandbox (GET/POST/DELETE /_sandbox/...) through
+-- the curl CLI over TLS; returns the decoded JSON answer (or nil).
+function M.control(info, method, path, body)
+  local core = require("optimizely.offline.core")
+  local cmd = "curl -sS --max-time 10 --cacert " .. q(info.ca_file) .. " -X " .. method
+  if body then cmd = cmd .. " -H 'Content-Type: application/json' --data-binary " .. q(body) end
+  local out = capture(cmd .. " " .. q(info.base_url .. path) .. " 2>/dev/null")
+  local ok, v = pcall(core.json_decode, out)
+  return ok and v or nil
+end
+
+--- The sandbox's stats since the last reset (doc/topics/sandbox.md).
+function M.sandbox_stats(info) return M.control(info, "GET", "/_sandbox/stats") end
+function M.sandbox_reset_stats(info) M.control(info, "DELETE", "/_sandbox/stats") end
+
+--- Changes the running sandbox's settings ({delay_ms =, max_concurrent =, retry_after =}).
+function M.sandbox_settings(info, t)
+  local parts = {}
+  for k, v in pairs(t) do parts[#parts + 1] = ("%q:%s"):format(k, tostring(v)) end
+  return M.control(info, "POST", "/_sandbox/settings", "{" .. table.concat(parts, ",") .. "}")
+end
+
+--- The median of a list of numbers (nil when empty).
+function M.median(list)
+  local t = {}
+  for i, v in ipairs(list) do t[i] = v end
+  table.sort(t)
+  local n = #t
+  if n == 0 then return nil end
+  if n % 2 == 1 then return t[(n + 1) / 2] end
+  return (t[n / 2] + t[n / 2 + 1]) / 2
+end
+
+-- /proc/PID/stat fields after the command name (which may hold spaces)
+local function stat_fields(pid)
+  local f = io.open("/proc/" .. tostring(pid) .. "/stat")
+  local s = f and f:read("*l")
+  if f then f:close() end
+  local rest = s and s:match("%) (.*)$")
+  local t = {}
+  for x in (rest or ""):gmatch("%S+") do t[#t + 1] = x end
+  return t
+end
+local TICK = tonumber(capture("getconf CLK_TCK 2>/dev/null"):match("%d+") or "100") or 100
+
+--- CPU seconds (user + system) a process has used so far; with `children`,
+-- those of its waited-for children instead (e.g. a command run by os.execute).
+function M.proc_cpu(pid, children)
+  local t = stat_fields(pid)
+  local u, s = children and t[14] or t[12], children and t[15] or t[13] -- fields 16/17 or 14/15
+  return ((tonumber(u) or 0) + (tonumber(s) or 0)) / TICK
+end
+
+--- Seconds a process's threads have spent waiting for a CPU while runnable
+-- (/proc/PID/task/*/schedstat): on a shared machine, the share of a run's
+-- wall time a process waited says whether the CPU, not the code, was the
+-- limit. Threads that already ended are not counted.
+function M.cpu_wait(pid)
+  local total = 0
+  for tid in capture("ls /proc/" .. tostring(pid) .. "/task 2>/dev/null"):gmatch("%d+") do
+    local f = io.open("/proc/" .. pid .. "/task/" .. tid .. "/schedstat")
+    local line = f and f:read("*l")
+    if f then f:close() end
+    local wait = line and line:match("^%d+ (%d+)")
+    total = total + (tonumber(wait) or 0) / 1e9
+  end
+  return total
 end
 
 return M

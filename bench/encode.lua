@@ -29,7 +29,7 @@ end
 local function bench(fn, arg, min_time)
   -- warm up, then run in growing batches until min_time of CPU has passed
   for _ = 1, 1000 do fn(arg) end
-  local n, elapsed = 1000, 0
+  local n, elapsed = 1000
   while true do
     local t0 = clock()
     for _ = 1, n do fn(arg) end

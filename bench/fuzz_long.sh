@@ -20,9 +20,12 @@ RUNS=${1:-${RUNS:-10000000}}
 ONLY="$*"
 
 TARGETS='
-fuzz_scalars  corpus       seeds       128
-fuzz_json     corpus-json  seeds-json  4096
-fuzz_csv      corpus-csv   seeds-csv   4096
+fuzz_scalars   corpus           seeds            128
+fuzz_json      corpus-json      seeds-json       4096
+fuzz_hmac      corpus-hmac      seeds-hmac       512
+fuzz_classify  corpus-classify  seeds-classify   4096
+fuzz_tz        corpus-tz        seeds-tz         8192
+fuzz_csv       corpus-csv       seeds-csv        4096
 '
 
 command -v clang >/dev/null 2>&1 || { echo "fuzz_long: clang is needed (apt-get install -y clang)"; exit 2; }

@@ -7,9 +7,11 @@
 -- Baselines, measured in the same run on the same payloads:
 --   offline.encode (validate + encode, what push does first) and cjson.encode;
 --   spool:put / spool:put_many on a spool with no worker attached.
--- Targets: push without spool <= 5 us of main-thread CPU; push_many with a
--- spool >= 20,000 orders/s sustained. Every phase is bounded in count and time.
-package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
+-- Targets: push without spool <= 5 us of main-thread CPU; single push with a
+-- spool >= 20,000 orders/s in every one of OO_BENCH_RUNS (5) runs, each on a
+-- new file with the worker delivering from it; push_many with a spool >=
+-- 20,000 orders/s sustained. Every phase is bounded in count and time.
+package.path = "lua/?.lua;lua/?/init.lua;bench/?.lua;" .. package.path
 local variant = (type(jit) == "table") and "jit" or _VERSION:match("%d+%.%d+")
 package.cpath = (os.getenv("OO_CPATH") or ("build/" .. variant .. "/?.so")) .. ";" .. package.cpath
 
@@ -18,10 +20,12 @@ local core = require("optimizely.offline.core")
 local spool = require("optimizely.offline.spool")
 local sandbox = require("optimizely.offline.sandbox")
 local okjson, cjson = pcall(require, "cjson")
+local lib = require("bench_lib")
 
 local N = tonumber(os.getenv("OO_BENCH_N") or "") or 50000
 local PUSH_TARGET_US, SPOOL_TARGET = 5, 20000
 local GROUP = 64
+local SPOOL_RUNS = tonumber(os.getenv("OO_BENCH_RUNS") or "") or 5
 local MAX_TIME = 15 -- seconds per phase at most
 local now, cpu = core.now, core.thread_cputime
 
@@ -80,8 +84,9 @@ local ok, err = pcall(function()
   local enc = offline.encode
   local bw, bc = measure(function(i) enc(SAMPLE[i % 1024 + 1]) end, N)
   row("baseline: offline.encode", bw, bc, N)
-  local jw, jc = 0, 0
+  local jc -- the cjson baseline's CPU, when lua-cjson is there
   if okjson then
+    local jw
     jw, jc = measure(function(i) cjson.encode(SAMPLE[i % 1024 + 1]) end, N)
     row("baseline: cjson.encode (no validation)", jw, jc, N)
   end
@@ -111,13 +116,31 @@ local ok, err = pcall(function()
   row(("baseline: spool:put_many(%d)"):format(GROUP), mw, mc, N)
   sp:close()
 
-  -- spool-backed queue, single pushes, worker delivering from the same file
-  q = assert(client:queue({ spool = dir .. "/q1.db", concurrency = 4 }))
+  -- spool-backed queue, single pushes, worker delivering from the same file:
+  -- SPOOL_RUNS runs, each on a new file (the target holds for every run)
+  -- Each run is paired with one whose delivery is stalled (the sandbox
+  -- holds every answer 30 s: the thread claims one batch and waits), so the
+  -- share of the push rate the delivery thread costs is seen apart from
+  -- what the store and the machine allow.
   local n1 = math.min(N, 20000)
-  local s1w, s1c, s1n = measure(function(i) assert(q:push(SAMPLE[i % 1024 + 1])) end, n1)
-  row("q:push (spool, 1 transaction each)", s1w, s1c, s1n)
-  local ok1 = q:close(0.5) -- leave the rest in the file: delivery is not measured here
-  if not ok1 then print("  (closed with orders left in the spool, as intended)") end
+  local s1w, spool_rates, stalled_rates = 0, {}, {}
+  local function spool_push(tag, r)
+    q = assert(client:queue({ spool = dir .. "/q1-" .. tag .. r .. ".db", concurrency = 4 }))
+    local w, c, n = measure(function(i) assert(q:push(SAMPLE[i % 1024 + 1])) end, n1)
+    q:close(0.2) -- leave the rest in the file: delivery is not measured here
+    return w, c, n
+  end
+  for r = 1, SPOOL_RUNS do
+    local w, c, n = spool_push("d", r)
+    row(("q:push (spool, 1 transaction each) run %d"):format(r), w, c, n)
+    spool_rates[r] = 1 / w
+    s1w = s1w + w / SPOOL_RUNS
+    lib.sandbox_settings(info, { delay_ms = 30000 })
+    w, c, n = spool_push("s", r)
+    lib.sandbox_settings(info, { delay_ms = 0 })
+    row(("  the same, delivery stalled, run %d"):format(r), w, c, n)
+    stalled_rates[r] = 1 / w
+  end
 
   -- spool-backed queue, push_many groups (group commit)
   q = assert(client:queue({ spool = dir .. "/q2.db", concurrency = 4 }))
@@ -141,8 +164,23 @@ local ok, err = pcall(function()
   print(("push (memory) / offline.encode: %.2fx CPU (hand-over overhead %.2f us)")
     :format(pc / bc, us(pc - bc)))
   if okjson then print(("push (memory) / cjson.encode: %.2fx CPU"):format(pc / jc)) end
-  print(("push (spool): %.0f orders/s vs target %d: ratio %.2f; vs bare spool:put %.2fx")
-    :format(1 / s1w, SPOOL_TARGET, (1 / s1w) / SPOOL_TARGET, sw / s1w))
+  local worst = math.huge
+  local each = {}
+  for r, v in ipairs(spool_rates) do
+    worst = math.min(worst, v)
+    each[r] = ("%.0f"):format(v)
+  end
+  print(("push (spool), %d runs: %s orders/s; the slowest %.0f vs target %d: ratio %.2f (target >= 1.00 in"
+    .. " every run: %s); mean vs bare spool:put %.2fx"):format(SPOOL_RUNS, table.concat(each, " "), worst,
+    SPOOL_TARGET, worst / SPOOL_TARGET, worst >= SPOOL_TARGET and "met" or "NOT met", sw / s1w))
+  local pair = {}
+  for r = 1, SPOOL_RUNS do pair[r] = spool_rates[r] / stalled_rates[r] end
+  print(("push (spool) while the thread delivers / while delivery is stalled: median %.2f (per run %s):"
+    .. " what delivery costs the pusher"):format(lib.median(pair), table.concat((function()
+      local t = {}
+      for r, v in ipairs(pair) do t[r] = ("%.2f"):format(v) end
+      return t
+    end)(), " ")))
   print(("push_many (spool): %.0f orders/s vs target %d: ratio %.2f (target >= 1.00); vs bare put_many %.2fx")
     :format(1 / s2w, SPOOL_TARGET, (1 / s2w) / SPOOL_TARGET, mw / s2w))
 end)

@@ -1,28 +1,46 @@
--- Spool benchmark: sustained put rate with group commit (put_many of 64)
--- against one transaction per put, ~600-byte bodies, on a real file.
---   lua5.4 bench/spool.lua        (make bench runs it for every built Lua)
+-- Spool benchmark: the store's costs on a real file (~640-byte bodies).
+--   lua5.4 bench/spool.lua          (make bench runs it for every built Lua)
+--   lua5.4 bench/spool.lua --quick  (fewer orders)
 --   OO_CPATH='/other/build/?.so' lua5.4 bench/spool.lua   (another build)
--- Prints put_many orders/s and its ratio to the 20,000/s target (>= 1.00 meets it).
--- Every phase is bounded in count and in time.
+--
+-- What it measures, each against its target (issue 14, section 4):
+--   put              spool:put in a loop, one transaction per order, durable
+--                    on return (sync=normal)            target >= 20,000/s
+--   put + drainer    the same while another process claims(64) and
+--                    ack_many()s on its own connection   target >= 20,000/s
+--   put + thread     (C, bench/spool_threads.c) puts while a delivery thread
+--                    claims and acks on a reopened handle, as the queue's
+--                    worker does                         target >= 20,000/s
+--   claim + ack_many claim(64) then ack_many, one thread  target >= 88,000/s:
+--                    a delivery loop at 22,000/s from memory spends at most
+--                    a quarter more per order on the spool, so it drains at
+--                    >= 0.8x the in-memory rate
+-- and, for reference, put_many(64), claim(8) + ack_many, and sync=full puts.
+--
+-- The machine is shared: wall-clock rates move with the load (printed).
+-- Each rate is also given per CPU-second of this process (all its threads,
+-- checkpoints included), which moves much less: on an otherwise idle core
+-- the wall rate would approach it. Every phase is bounded in count and time.
 package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 local variant = (type(jit) == "table") and "jit" or _VERSION:match("%d+%.%d+")
 package.cpath = (os.getenv("OO_CPATH") or ("build/" .. variant .. "/?.so")) .. ";" .. package.cpath
 local spool = require("optimizely.offline.spool")
 local core = require("optimizely.offline.core")
+local sys = require("optimizely.offline.sys")
 
-local TARGET = 20000
-local BATCH = 64
-local now = core.now -- monotonic
+local QUICK = arg[1] == "--quick"
+local N = QUICK and 10000 or 30000 -- orders per put phase
+local SECONDS = QUICK and 2 or 4   -- time bound per phase
+local PUT_TARGET, DRAIN_TARGET = 20000, 88000
+local now, clock, q = core.now, os.clock, sys.q
+local interp = arg[-1] or "lua5.4"
+local unpack = table.unpack or unpack
 
 local dir = os.tmpname()
 os.remove(dir)
-assert(os.execute("mkdir -p '" .. dir .. "'"))
+assert(sys.run("mkdir -p " .. q(dir)))
 
-local function cleanup()
-  os.execute("rm -rf '" .. dir .. "'")
-end
-
--- ~600 bytes of encoder-like JSON, distinct per order
+-- ~640 bytes of encoder-like JSON, distinct per order
 local function body(i)
   local b = ('{"lang":"en-gb","user":{"id":"abcd1234efgh"},"order":{"refCode":"ORD-%08d",'
     .. '"orderDate":"2024-05-16T14:25:00Z","currency":"GBP","shipping":4.95,"total":123.45,"items":[')
@@ -36,75 +54,161 @@ end
 
 local SAMPLE = {}
 for i = 1, 1024 do SAMPLE[i] = body(i) end
-local AVG = 0
-for i = 1, #SAMPLE do AVG = AVG + #SAMPLE[i] end
-AVG = AVG / #SAMPLE
 
--- Runs step(i) (which stores `per` orders) until max_orders or max_time.
-local function measure(step, per, max_orders, max_time)
-  local n, t0 = 0, now()
-  while n < max_orders do
-    step(n)
-    n = n + per
-    if now() - t0 >= max_time then break end
+local function loadavg()
+  local s = sys.read_file("/proc/loadavg")
+  return s and s:match("^(%S+)") or "?"
+end
+
+-- One line: orders/s and orders per CPU-second, each with its ratio to the
+-- target when there is one.
+local function report(name, target, orders, wall, cpu)
+  local rate, per_cpu = orders / wall, (cpu and cpu > 0) and orders / cpu or nil
+  local function ratio(r) return (target and r) and ("%.2f"):format(r / target) or "" end
+  print(("%-28s %7d %9.0f %6s %10s %6s %8s"):format(name, orders, rate, ratio(rate),
+    per_cpu and ("%.0f"):format(per_cpu) or "-", ratio(per_cpu), target or ""))
+end
+
+-- Runs step(i) until n orders (step stores `per`) or the time bound.
+local function measure(step, per, n, seconds)
+  local done, t0, c0 = 0, now(), clock()
+  while done < n do
+    step(done)
+    done = done + per
+    if done % 256 == 0 and now() - t0 >= seconds then break end
   end
-  return n / (now() - t0), n
+  return done, now() - t0, clock() - c0
 end
 
 local function fresh(name, opts)
-  local sp = assert(spool.open(dir .. "/" .. name .. ".db", opts))
-  return sp
+  return assert(spool.open(dir .. "/" .. name .. ".db", opts))
+end
+
+local function put_loop(sp)
+  return measure(function(i) assert(sp:put(SAMPLE[i % 1024 + 1], "R" .. i)) end, 1, N, SECONDS)
+end
+
+-- Another process on the same file: claim(64) + ack_many until told to stop
+-- and the queue is empty. Returns a function that stops it and returns how
+-- many it acked.
+local function start_drainer(path)
+  local script, stop, out = dir .. "/drainer.lua", dir .. "/stop", dir .. "/drained"
+  local f = assert(io.open(script, "wb"))
+  f:write(("package.path = %q\npackage.cpath = %q\n"):format(package.path, package.cpath))
+  f:write(([[
+    local spool = require("optimizely.offline.spool")
+    local core = require("optimizely.offline.core")
+    local sp = assert(spool.open(%q, { busy_timeout = 30 }))
+    local acked, ids = 0, {}
+    while true do
+      local rows = assert(sp:claim(64, 60))
+      for i = 1, #rows do ids[i] = rows[i].id end
+      for i = #rows + 1, #ids do ids[i] = nil end
+      if #rows > 0 then assert(sp:ack_many(ids)) end
+      acked = acked + #rows
+      if #rows == 0 then
+        local s = io.open(%q)
+        if s then s:close() break end
+        core.sleep(0.0005)
+      end
+    end
+    sp:close()
+    local o = assert(io.open(%q, "w"))
+    o:write(acked)
+    o:close()
+  ]]):format(path, stop, out))
+  f:close()
+  os.remove(stop)
+  local p = assert(io.popen(interp .. " " .. q(script) .. " 2>&1", "r"))
+  return function()
+    assert(io.open(stop, "w")):close()
+    local msg = p:read("*a")
+    p:close()
+    return tonumber(sys.read_file(out) or "") or error("drainer failed: " .. msg)
+  end
+end
+
+-- bench/spool_threads.c against this tree's store, built when missing or older.
+local function run_c()
+  local bin = "build/bench/spool_threads"
+  local srcs = "bench/spool_threads.c csrc/spool.c csrc/spool_wal.c"
+  if not sys.run("test -x " .. bin .. " && test " .. bin .. " -nt csrc/spool.c && test " .. bin
+      .. " -nt bench/spool_threads.c && test " .. bin .. " -nt csrc/spool_wal.c") then
+    assert(sys.run("mkdir -p build/bench && cc -O2 -o " .. bin .. " " .. srcs .. " -lsqlite3 -lpthread"),
+      "cannot build " .. bin)
+  end
+  local c_dir = dir .. "/c"
+  assert(sys.run("mkdir -p " .. q(c_dir)))
+  local out = sys.capture(bin .. " " .. q(c_dir) .. " " .. N .. " " .. SECONDS .. " " .. #SAMPLE[1] .. " 2>&1")
+  local got = {}
+  for name, n, wall, cpu in out:gmatch("(%S+) (%d+) (%S+) (%S+)") do
+    got[name] = { tonumber(n), tonumber(wall), tonumber(cpu) }
+  end
+  assert(got.put_with_drain, "spool_threads failed: " .. out)
+  return got
 end
 
 local ok, err = pcall(function()
   local lua_name = (type(jit) == "table" and jit.version) or _VERSION
-  print(("spool benchmark (%s) — %d-byte bodies, WAL, file in %s"):format(lua_name, math.floor(AVG), dir))
-  print(("%-38s %12s %10s"):format("operation", "orders/s", "orders"))
+  print(("spool benchmark (%s): %d-byte bodies, WAL, file in %s, load average %s"):format(
+    lua_name, #SAMPLE[1], dir, loadavg()))
+  print(("%-28s %7s %9s %6s %10s %6s %8s"):format("operation", "orders", "orders/s", "ratio",
+    "per CPU-s", "ratio", "target"))
 
-  local sp = fresh("single")
-  local single, n1 = measure(function(i)
-    assert(sp:put(SAMPLE[i % 1024 + 1], "R" .. i))
-  end, 1, 20000, 2.0)
-  print(("%-38s %12.0f %10d"):format("put (1 per transaction, sync=normal)", single, n1))
+  local sp = fresh("put")
+  report("put", PUT_TARGET, put_loop(sp))
   sp:close()
+
+  sp = fresh("put-drainer")
+  local stop = start_drainer(dir .. "/put-drainer.db")
+  local n, wall, cpu = put_loop(sp)
+  local drained = stop()
+  report("put + drainer process", PUT_TARGET, n, wall, cpu)
+  assert(drained == n, ("the drainer acked %d of %d"):format(drained, n))
+  sp:close()
+
+  local c = run_c()
+  report("put + delivery thread (C)", PUT_TARGET, unpack(c.put_with_drain))
+  report("  (its delivery thread)", nil, c.drain_during_put[1], c.put_with_drain[2], c.drain_during_put[3])
+  report("put (C, no Lua)", nil, unpack(c.put))
 
   sp = fresh("batch")
   local list = {}
-  for k = 1, BATCH do list[k] = { body = "", ref = "" } end
-  local batched, n2 = measure(function(i)
-    for k = 1, BATCH do
-      local e = list[k]
-      e.body = SAMPLE[(i + k) % 1024 + 1]
-      e.ref = "R" .. (i + k)
+  for k = 1, 64 do list[k] = { body = "", ref = "" } end
+  local stored, bw, bc = measure(function(i)
+    for k = 1, 64 do
+      list[k].body = SAMPLE[(i + k) % 1024 + 1]
+      list[k].ref = "R" .. (i + k)
     end
     assert(sp:put_many(list))
-  end, BATCH, 200000, 3.0)
-  print(("%-38s %12.0f %10d"):format(("put_many (%d per transaction)"):format(BATCH), batched, n2))
-
-  -- drain what put_many stored: claim 64 under a lease, ack each
-  local drained = 0
-  local rate = measure(function()
-    local rows = assert(sp:claim(BATCH, 60))
-    for r = 1, #rows do assert(sp:ack(rows[r].id)) end
-    drained = drained + #rows
-    if #rows == 0 then error("nothing left to claim") end
-  end, BATCH, n2 - BATCH, 3.0)
-  print(("%-38s %12.0f %10d"):format("claim(64) + ack each", rate, drained))
-  local st = assert(sp:stats())
+  end, 64, N * 4, SECONDS)
+  report("put_many(64)", nil, stored, bw, bc)
+  local ids = {}
+  local function drain(max_n, limit)
+    return measure(function()
+      local rows = assert(sp:claim(max_n, 60))
+      assert(#rows == max_n, "ran out of orders to claim")
+      for i = 1, #rows do ids[i] = rows[i].id end
+      for i = #rows + 1, #ids do ids[i] = nil end
+      assert(sp:ack_many(ids))
+    end, max_n, limit, SECONDS)
+  end
+  -- three quarters of what was stored for claim(64), the rest for claim(8)
+  local big = math.floor(stored * 3 / 4 / 64) * 64
+  report("claim(64) + ack_many", DRAIN_TARGET, drain(64, big))
+  report("claim(8) + ack_many", nil, drain(8, math.floor((stored - big) / 8) * 8 - 8))
   sp:close()
 
   sp = fresh("full", { sync = "full" })
-  local full, n3 = measure(function(i)
+  report("put, sync=full (fsync each)", nil, measure(function(i)
     assert(sp:put(SAMPLE[i % 1024 + 1], "R" .. i))
-  end, 1, 2000, 1.0)
-  print(("%-38s %12.0f %10d"):format("put (1 per transaction, sync=full)", full, n3))
+  end, 1, QUICK and 500 or 2000, 1))
   sp:close()
-
-  print(("queue left after drain: %d queued, %d dead"):format(st.queued, st.dead))
-  print(("group commit speed-up: %.1fx over single puts"):format(batched / single))
-  print(("put_many %.0f orders/s vs target %d: ratio %.2f (target >= 1.00)"):format(batched, TARGET, batched / TARGET))
+  print(("load average after: %s. Ratios are to the target (>= 1.00 meets it); the CPU"
+    .. " column counts\nevery thread of this process (checkpoints included), not the drainer"
+    .. " process."):format(loadavg()))
 end)
-cleanup()
+sys.run("rm -rf " .. q(dir))
 if not ok then
   io.stderr:write("bench failed: ", tostring(err), "\n")
   os.exit(1)

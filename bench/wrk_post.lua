@@ -20,7 +20,7 @@ wrk.headers["channel"] = env("WRK_CHANNEL")
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json"
 
-function done(summary, latency, requests)
+function done(summary, _latency, _requests) -- wrk calls done(summary, latency, requests)
   local e = summary.errors
   local errors = e.connect + e.read + e.write + e.status + e.timeout
   local secs = summary.duration / 1e6

@@ -74,6 +74,25 @@ static inline void oo_newclass(lua_State *L, const char *tname, const luaL_Reg *
     lua_pop(L, 1);
 }
 
+/* t[k] = v for the table on top of the stack: the one way the core fills
+ * the tables it returns (results, stats, rows). */
+static inline void oo_set_str(lua_State *L, const char *k, const char *v) {
+    lua_pushstring(L, v);
+    lua_setfield(L, -2, k);
+}
+static inline void oo_set_num(lua_State *L, const char *k, double v) {
+    lua_pushnumber(L, (lua_Number)v);
+    lua_setfield(L, -2, k);
+}
+static inline void oo_set_int(lua_State *L, const char *k, long long v) {
+    lua_pushinteger(L, (lua_Integer)v);
+    lua_setfield(L, -2, k);
+}
+static inline void oo_set_bool(lua_State *L, const char *k, int v) {
+    lua_pushboolean(L, v);
+    lua_setfield(L, -2, k);
+}
+
 #if LUA_VERSION_NUM >= 502
 #define oo_testudata(L, i, t) luaL_testudata((L), (i), (t))
 #else

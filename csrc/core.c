@@ -12,14 +12,8 @@ OO_EXPORT int luaopen_optimizely_offline_core(lua_State *L) {
     lua_newtable(L);
     lua_pushliteral(L, OO_VERSION);
     lua_setfield(L, -2, "VERSION");
-    oo_encode_register(L);
-    oo_http_register(L);
-    oo_spool_register(L);
-    oo_multi_register(L);
-    oo_worker_register(L);
-    oo_json_register(L);
-    oo_text_register(L);
-    oo_fs_register(L);
-    oo_csv_register(L);
+#define OO_REGISTER_PART(name) oo_##name##_register(L);
+    OO_PARTS(OO_REGISTER_PART)
+#undef OO_REGISTER_PART
     return 1;
 }

@@ -1,20 +1,20 @@
 /* Each concern registers its functions into the module table (on top of the
- * stack) through one of these; core.c only wires them together. */
+ * stack) through oo_<part>_register; core.c only wires them together.
+ * OO_PARTS is the one list of parts: adding a concern = a C file in
+ * CMakeLists.txt's OO_SOURCES and its name here. */
 #ifndef OO_CORE_H
 #define OO_CORE_H
 
 #include "compat.h"
 
-#define OO_VERSION "0.1.0"
+#define OO_VERSION "0.2.0"
 
-void oo_encode_register(lua_State *L);
-void oo_http_register(lua_State *L);
-void oo_spool_register(lua_State *L);
-void oo_multi_register(lua_State *L);
-void oo_worker_register(lua_State *L);
-void oo_json_register(lua_State *L);
-void oo_text_register(lua_State *L);
-void oo_fs_register(lua_State *L);
-void oo_csv_register(lua_State *L);
+#define OO_PARTS(X)                                                                       \
+    X(encode) X(http) X(spool) X(worker) X(json) X(text) X(fs) X(clock) X(classify)        \
+    X(policy) X(metrics) X(engine) X(hmac) X(jsonw) X(tz) X(csv)
+
+#define OO_DECLARE_PART(name) void oo_##name##_register(lua_State *L);
+OO_PARTS(OO_DECLARE_PART)
+#undef OO_DECLARE_PART
 
 #endif

@@ -36,6 +36,9 @@ static unsigned days_in_month(long long y, unsigned m) {
     return m == 2 && is_leap(y) ? 29 : dim[m - 1];
 }
 
+long long oo_days_from_civil(long long y, unsigned m, unsigned d) { return days_from_civil(y, m, d); }
+unsigned oo_days_in_month(long long y, unsigned m) { return days_in_month(y, m); }
+
 /* Reads exactly k digits at s[*i]; -1 if they are not all digits. */
 static int digits(const char *s, size_t n, size_t *i, int k) {
     int v = 0, j;

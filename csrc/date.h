@@ -20,6 +20,11 @@ typedef enum {
  * On OO_DATE_IMPOSSIBLE, *why names the bad component. */
 oo_date_status oo_date_parse(const char *s, size_t n, long long *epoch, const char **why);
 
+/* Days since 1970-01-01 of a proleptic Gregorian date, and the length of
+ * month m (1..12) of year y: the calendar for the time-zone code (tz.c). */
+long long oo_days_from_civil(long long y, unsigned m, unsigned d);
+unsigned oo_days_in_month(long long y, unsigned m);
+
 /* Writes the documented form (23 bytes + NUL) into out[24]. */
 void oo_date_format(long long epoch, char out[24]);
 

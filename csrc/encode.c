@@ -14,6 +14,7 @@
 #include "core.h"
 #include "buf.h"
 #include "date.h"
+#include "hmac.h"
 #include "money.h"
 #include "utf8.h"
 #include "text.h"
@@ -81,6 +82,31 @@ static size_t path_push_index(enc *e, long long i) {
 }
 
 static void path_pop(enc *e, size_t mark) { e->path.len = mark; }
+
+/* A key in a field path: `.key` when it reads safely in a message (valid
+ * UTF-8, at most 64 bytes, no control character, quote, backslash or
+ * bracket), else `["key"]` quoted by oo_buf_quote (control characters
+ * escaped, length capped), so a key can never forge a line of a report or
+ * reach the terminal as an escape sequence. */
+static size_t path_push_key(enc *e, const char *k, size_t n) {
+    size_t mark = e->path.len, i;
+    int plain = n > 0 && n <= 64 && oo_utf8_check(k, n) == 0;
+    for (i = 0; plain && i < n; i++) {
+        unsigned char c = (unsigned char)k[i];
+        if (c < 0x20 || c == 0x7f || c == '"' || c == '\\' || c == '[' || c == ']') plain = 0;
+        /* C1 controls (U+0080..U+009F) are terminal controls too */
+        if (c == 0xC2 && i + 1 < n && (unsigned char)k[i + 1] < 0xA0) plain = 0;
+    }
+    if (plain) {
+        if (mark > 0) oo_buf_addc(&e->path, '.');
+        oo_buf_add(&e->path, k, n);
+    } else {
+        oo_buf_addc(&e->path, '[');
+        oo_buf_quote(&e->path, k, n, 48);
+        oo_buf_addc(&e->path, ']');
+    }
+    return mark;
+}
 
 /* ------------------------------------------------------------- messages */
 
@@ -275,8 +301,7 @@ static void report_unknown(enc *e, const schema *sc, unknown_list *u) {
             size_t ok = oo_utf8_check(k->k, k->klen) == 0 && k->klen > 0 && k->klen <= 64;
             const char *hint = suggest(sc, k->k, k->klen);
             if (ok) {
-                size_t mark = path_pushlit(e, ".");
-                oo_buf_add(&e->path, k->k, k->klen);
+                size_t mark = path_push_key(e, k->k, k->klen);
                 if (hint) problem(e, "unknown field (did you mean %s?)", hint);
                 else problem(e, "unknown field");
                 path_pop(e, mark);
@@ -579,8 +604,7 @@ static void enc_map(enc *e, int t) {
             if (m->k_in_num) {
                 problem(e, "%s, got key %s", m->bad, m->num);
             } else {
-                size_t mark = path_pushlit(e, ".");
-                oo_buf_add(&e->path, m->k, m->klen);
+                size_t mark = path_push_key(e, m->k, m->klen);
                 if (m->bad == bad_value_type) problem(e, "%s, got %s", m->bad, m->num);
                 else problem(e, "%s", m->bad);
                 path_pop(e, mark);
@@ -644,19 +668,17 @@ static void enc_user(enc *e, int t) {
         path_pop(e, mark);
     }
     if (!lua_isnil(L, base + U_EMAIL)) {
-        size_t n, at = 0, i, ats = 0, bad = 0;
+        size_t n;
         const char *s;
+        char why[96];
         KEY(e, &first, "email");
         mark = path_pushlit(e, ".email");
         if (lua_type(L, base + U_EMAIL) != LUA_TSTRING) {
             problem_got(e, base + U_EMAIL, "must be an e-mail address");
         } else if ((s = check_string(e, base + U_EMAIL, MAX_EMAIL, 1, &n)) != NULL) {
-            for (i = 0; i < n; i++) {
-                if (s[i] == '@') { ats++; at = i; }
-                else if ((unsigned char)s[i] <= 0x20 || s[i] == 0x7f) bad = 1;
-            }
-            if (ats != 1 || at == 0 || at == n - 1 || bad)
-                problem_got(e, base + U_EMAIL, "must be an e-mail address (one @, non-empty local part and domain, no spaces)");
+            /* the one rule (hmac.c); the address itself is not echoed */
+            if (oo_email_check(s, n, why, sizeof why) != 0)
+                problem(e, "must be an e-mail address: %s", why);
             else {
                 oo_json_string(&e->out, s, n);
                 warning(e, "deprecated: send a pseudonymised user.id instead of user.email");
@@ -1005,6 +1027,35 @@ static int l_enc_gc(lua_State *L) {
     return 0;
 }
 
+/*** core.ref_string(payload) -> the order's refCode as the encoder writes
+ * it (a string as is, an integer in decimal), or nil when it has none of
+ * those. The one conversion every queue, report and message uses. */
+static int l_ref_string(lua_State *L) {
+    long long iv;
+    char buf[32];
+    lua_settop(L, 1);
+    if (lua_type(L, 1) != LUA_TTABLE) { lua_pushnil(L); return 1; }
+    lua_pushliteral(L, "order");
+    lua_rawget(L, 1);
+    if (lua_type(L, -1) != LUA_TTABLE) { lua_pushnil(L); return 1; }
+    lua_pushliteral(L, "refCode");
+    lua_rawget(L, -2);
+    switch (lua_type(L, -1)) {
+    case LUA_TSTRING:
+        return 1;
+    case LUA_TNUMBER:
+        if (oo_tointeger(L, -1, &iv)) {
+            snprintf(buf, sizeof buf, "%lld", iv);
+            lua_pushstring(L, buf);
+            return 1;
+        }
+        /* fallthrough */
+    default:
+        lua_pushnil(L);
+        return 1;
+    }
+}
+
 void oo_encode_register(lua_State *L) {
     static const luaL_Reg fns[] = {{"encode", l_encode}, {"validate", l_validate}, {NULL, NULL}};
     enc *e = (enc *)lua_newuserdata(L, sizeof(enc));
@@ -1020,6 +1071,8 @@ void oo_encode_register(lua_State *L) {
     oo_setfuncs(L, fns, 1);
     lua_pushcfunction(L, l_money);
     lua_setfield(L, -2, "money");
+    lua_pushcfunction(L, l_ref_string);
+    lua_setfield(L, -2, "ref_string");
     lua_pushcfunction(L, l_format_money);
     lua_setfield(L, -2, "format_money");
     lua_createtable(L, 0, 12);

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -31,15 +32,28 @@ int oo_http_global_init(void) {
 /* Error classification                                                */
 
 const char *oo_http_kind(CURLcode rc) {
-    switch ((int)rc) {
-    case 28: /* CURLE_OPERATION_TIMEDOUT */
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT:
         return "timeout";
-    case 35: case 51: case 53: case 54: case 58: case 59: case 60: case 64:
-    case 66: case 77: case 80: case 82: case 83: case 90: case 91:
+    case CURLE_SSL_CONNECT_ERROR: case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_ENGINE_NOTFOUND: case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_CERTPROBLEM: case CURLE_SSL_CIPHER: case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_SHUTDOWN_FAILED: case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR: case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS: case CURLE_SSL_CLIENTCERT:
         return "tls";
     default:
         return "network";
     }
+}
+
+void oo_http_failure_message(CURLcode rc, const oo_http_xfer *x, char *buf, size_t n) {
+    if (rc == CURLE_WRITE_ERROR && x->too_big)
+        snprintf(buf, n, "response body larger than %lu bytes", (unsigned long)x->max_body);
+    else if (rc == CURLE_WRITE_ERROR && x->body.oom)
+        snprintf(buf, n, "out of memory storing the response body");
+    else
+        snprintf(buf, n, "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
 }
 
 /* ------------------------------------------------------------------ */
@@ -199,6 +213,7 @@ CURLcode oo_http_apply_opts(CURL *e, const oo_http_opts *o) {
     OO_SET(CURLOPT_NOSIGNAL, 1L);
     OO_SET(CURLOPT_SSL_VERIFYPEER, 1L);
     OO_SET(CURLOPT_SSL_VERIFYHOST, 2L);
+    OO_SET(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2); /* TLS 1.2 at least, on every path */
     OO_SET(CURLOPT_FOLLOWLOCATION, 0L); /* never carry the token elsewhere */
     OO_SET(CURLOPT_TCP_KEEPALIVE, 1L);
     (void)curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https"); /* 7.85+ */
@@ -316,8 +331,11 @@ static size_t oo_write_cb(char *ptr, size_t size, size_t nmemb, void *ud) {
         x->too_big = 1;
         return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
     }
+    /* one byte more: the body stays '\0'-terminated for the classifier */
+    if (!oo_buf_reserve(&x->body, n + 1)) return 0;
     oo_buf_add(&x->body, ptr, n);
-    return x->body.oom ? 0 : n;
+    x->body.data[x->body.len] = '\0';
+    return n;
 }
 
 static int oo_header_is(const char *line, size_t n, const char *name) {
@@ -399,14 +417,11 @@ int oo_http_push_result(lua_State *L, CURL *e, CURLcode rc, oo_http_xfer *x) {
     long status = 0, connects = 0, version = 0;
     double total = 0;
     if (rc != CURLE_OK) {
+        char msg[CURL_ERROR_SIZE + 64];
+        oo_http_failure_message(rc, x, msg, sizeof msg);
         lua_pushnil(L);
         lua_pushstring(L, oo_http_kind(rc));
-        if (rc == CURLE_WRITE_ERROR && x->too_big)
-            lua_pushfstring(L, "response body larger than %d bytes", (int)x->max_body);
-        else if (rc == CURLE_WRITE_ERROR && x->body.oom)
-            lua_pushliteral(L, "out of memory storing the response body");
-        else
-            lua_pushstring(L, x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+        lua_pushstring(L, msg);
         lua_pushinteger(L, (lua_Integer)rc);
         return 4;
     }
@@ -538,26 +553,6 @@ static int l_curl_version(lua_State *L) {
     return 2;
 }
 
-/*** core.sleep(seconds): blocks the calling OS thread (not for nginx). */
-static int l_sleep(lua_State *L) {
-    lua_Number s = luaL_checknumber(L, 1);
-    struct timespec ts, rem;
-    if (!(s >= 0) || s > 86400.0 * 365) return luaL_argerror(L, 1, "seconds out of range");
-    ts.tv_sec = (time_t)s;
-    ts.tv_nsec = (long)((s - (lua_Number)ts.tv_sec) * 1e9);
-    if (ts.tv_nsec >= 1000000000L) ts.tv_nsec = 999999999L;
-    while (nanosleep(&ts, &rem) != 0 && errno == EINTR) ts = rem;
-    return 0;
-}
-
-/*** core.now() → monotonic seconds (for durations, not dates). */
-static int l_now(lua_State *L) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
-    return 1;
-}
-
 /*** core.url_escape(s): percent-encodes all but unreserved A-Za-z0-9-._~ */
 static int l_url_escape(lua_State *L) {
     static const char hex[] = "0123456789ABCDEF";
@@ -588,8 +583,6 @@ void oo_http_register(lua_State *L) {
     static const luaL_Reg funcs[] = {
         {"http_new", l_http_new},
         {"curl_version", l_curl_version},
-        {"sleep", l_sleep},
-        {"now", l_now},
         {"url_escape", l_url_escape},
         {NULL, NULL}};
     oo_newclass(L, OO_HTTP_MT, methods, l_gc, l_close, l_tostring);

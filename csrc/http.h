@@ -73,6 +73,10 @@ CURLcode oo_http_prepare(CURL *e, oo_http_xfer *x, const char *method,
 /* "network" | "timeout" | "tls" for a failed transfer. */
 const char *oo_http_kind(CURLcode rc);
 
+/* One line saying why a transfer failed (the body cap, memory, or curl's
+ * own words), the same on every path. */
+void oo_http_failure_message(CURLcode rc, const oo_http_xfer *x, char *buf, size_t n);
+
 /* Pushes `status, body, info` or `nil, kind, message, curl_code`.
  * Returns the number of values pushed. */
 int oo_http_push_result(lua_State *L, CURL *e, CURLcode rc, oo_http_xfer *x);

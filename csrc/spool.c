@@ -1,59 +1,101 @@
 /* Durable spool: SQLite storage of encoded orders (see spool.h for the
- * contract). The first half is the Lua-free C API used by the delivery
- * worker thread; the second half is the Lua binding. */
+ * contract). No Lua here: the binding is l_spool.c, and the delivery
+ * thread calls this API directly. */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <sqlite3.h>
 
 #include "spool.h"
+#include "clock.h"
+#include "spool_wal.h"
 
 /* ------------------------------------------------------------------ */
 /* Schema                                                              */
 
 /* `totals` is kept by triggers so the bounds check on every put is O(1),
  * whichever path (ours, or an operator's sqlite3 shell) changes `orders`.
- * AUTOINCREMENT: ids are never reused, so an order keeps one id for life
- * (queue → dead → queue) and a log line naming an id stays unambiguous. */
+ * It also holds `seq`, the last id handed out: ids are never reused, so an
+ * order keeps one id for life (queue → dead → queue) and a log line naming
+ * an id stays unambiguous. (Version 1 used AUTOINCREMENT for that, which
+ * writes one more page, sqlite_sequence, on every put.) */
+/* The live leases, for stats() without a scan of the queue (a put, which
+ * leaves claimed_by NULL, does not touch it). */
+#define ORDERS_LEASED_INDEX                                                                \
+    "CREATE INDEX orders_leased ON orders(claimed_until) WHERE claimed_by IS NOT NULL;"
+
+#define ORDERS_INS_TRIGGER                                                                 \
+    "CREATE TRIGGER orders_ins AFTER INSERT ON orders BEGIN"                               \
+    " UPDATE totals SET n = n + 1, bytes = bytes + NEW.bytes, seq = max(seq, NEW.id)"      \
+    " WHERE one = 1; END;"
+
 static const char SCHEMA_SQL[] =
     "CREATE TABLE orders("
-    " id INTEGER PRIMARY KEY AUTOINCREMENT, ref TEXT, body BLOB NOT NULL,"
+    " id INTEGER PRIMARY KEY, ref TEXT, body BLOB NOT NULL,"
     " bytes INT NOT NULL, created_at REAL NOT NULL, attempts INT NOT NULL DEFAULT 0,"
-    " next_at REAL NOT NULL, claimed_by TEXT, claimed_until REAL, last_error TEXT);"
+    " next_at REAL NOT NULL, claimed_by TEXT, claimed_until REAL, last_error TEXT,"
+    " channel TEXT);"
     "CREATE INDEX orders_next_at ON orders(next_at);"
     "CREATE INDEX orders_created_at ON orders(created_at);"
+    ORDERS_LEASED_INDEX
     "CREATE TABLE dead("
     " id INTEGER PRIMARY KEY, ref TEXT, body BLOB NOT NULL, created_at REAL,"
     " failed_at REAL NOT NULL, attempts INT NOT NULL, kind TEXT NOT NULL,"
-    " status INT, code TEXT, message TEXT);"
+    " status INT, code TEXT, message TEXT, channel TEXT);"
     "CREATE INDEX dead_failed_at ON dead(failed_at);"
     "CREATE TABLE totals(one INTEGER PRIMARY KEY CHECK (one = 1),"
-    " n INT NOT NULL, bytes INT NOT NULL);"
-    "INSERT INTO totals VALUES (1, 0, 0);"
-    "CREATE TRIGGER orders_ins AFTER INSERT ON orders BEGIN"
-    " UPDATE totals SET n = n + 1, bytes = bytes + NEW.bytes WHERE one = 1; END;"
+    " n INT NOT NULL, bytes INT NOT NULL, seq INT NOT NULL DEFAULT 0);"
+    "INSERT INTO totals VALUES (1, 0, 0, 0);"
+    ORDERS_INS_TRIGGER
     "CREATE TRIGGER orders_del AFTER DELETE ON orders BEGIN"
-    " UPDATE totals SET n = n - 1, bytes = bytes - OLD.bytes WHERE one = 1; END;"
-    "PRAGMA user_version = 1;";
+    " UPDATE totals SET n = n - 1, bytes = bytes - OLD.bytes WHERE one = 1; END;";
+
+/* Version 1 → 2: channels, and ids from totals.seq. ADD COLUMN appends, so
+ * a migrated file has the same column order as a new one. */
+static const char MIGRATE_V1_SQL[] =
+    "ALTER TABLE orders ADD COLUMN channel TEXT;"
+    "ALTER TABLE dead ADD COLUMN channel TEXT;"
+    "ALTER TABLE totals ADD COLUMN seq INT NOT NULL DEFAULT 0;"
+    "UPDATE totals SET seq = max("
+    " (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'orders'),"
+    " (SELECT coalesce(max(id), 0) FROM orders), (SELECT coalesce(max(id), 0) FROM dead));"
+    "DROP TRIGGER orders_ins;" ORDERS_INS_TRIGGER ORDERS_LEASED_INDEX;
+
+/* What a file holds, read in one snapshot before anything is written. */
+static const char INSPECT_SQL[] =
+    "SELECT (SELECT application_id FROM pragma_application_id),"
+    " (SELECT user_version FROM pragma_user_version),"
+    " (SELECT count(*) FROM sqlite_master),"
+    " (SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+    "  AND name IN ('orders', 'dead', 'totals'))";
 
 /* "Free" = no live lease: never claimed, released, or its lease ran out. */
 #define FREE_AT(p) "(claimed_until IS NULL OR claimed_until <= " p ")"
-#define DEAD_COLS "id, ref, body, created_at, failed_at, attempts, kind, status, code, message"
+#define DEAD_COLS \
+    "id, ref, body, created_at, failed_at, attempts, kind, status, code, message, channel"
 
 enum {
     ST_BEGIN, ST_BEGIN_READ, ST_COMMIT, ST_ROLLBACK,
     ST_TOTALS, ST_INSERT, ST_MIN_CREATED, ST_EXPIRE_COPY, ST_EXPIRE_DEL,
-    ST_OLDEST_FREE, ST_MOVE_COPY, ST_MOVE_DEL, ST_CLAIM, ST_ACK, ST_RETRY,
-    ST_RELEASE, ST_OWNER, ST_DEAD_SUM_ONE, ST_DEAD_SUM_ALL, ST_REQ_ONE_COPY,
-    ST_REQ_ONE_DEL, ST_REQ_ALL_COPY, ST_REQ_ALL_DEL, ST_PURGE_DEAD, ST_PURGE_QUEUED,
-    ST_STATS_SCAN, ST_DEAD_COUNT, ST_LIST_QUEUED, ST_LIST_DEAD, ST_NEXT_DUE,
+    ST_OLDEST_FREE, ST_MOVE_COPY, ST_MOVE_DEL, ST_CLAIM, ST_CLAIM_MARK, ST_ACK, ST_RETRY,
+    ST_RELEASE, ST_OWNER, ST_DEAD_SUM, ST_REQUEUE_COPY, ST_REQUEUE_DEL,
+    ST_PURGE_DEAD, ST_PURGE_QUEUED, ST_WAITING, ST_LEASED, ST_DEAD_COUNT, ST_LIST_QUEUED,
+    ST_LIST_DEAD, ST_NEXT_DUE,
     ST_COUNT
 };
+
+/* Requeue and dead sums take ?1 = id, or ?1 = NULL for every dead letter. */
+#define DEAD_ONE_OR_ALL "(?1 IS NULL OR id = ?1)"
 
 static const char *const SQL[ST_COUNT] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -61,64 +103,108 @@ static const char *const SQL[ST_COUNT] = {
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_TOTALS] = "SELECT n, bytes FROM totals WHERE one = 1",
-    [ST_INSERT] = "INSERT INTO orders(ref, body, bytes, created_at, attempts, next_at)"
-                  " VALUES (?1, ?2, ?3, ?4, 0, ?4)",
+    [ST_INSERT] = "INSERT INTO orders(id, ref, body, bytes, created_at, attempts, next_at, channel)"
+                  " VALUES ((SELECT seq + 1 FROM totals WHERE one = 1), ?1, ?2, ?3, ?4, 0, ?4, ?5)",
     [ST_MIN_CREATED] = "SELECT min(created_at) FROM orders",
     [ST_EXPIRE_COPY] = "INSERT INTO dead(" DEAD_COLS ")"
                        " SELECT id, ref, body, created_at, ?2, attempts, 'expired', NULL, NULL,"
-                       " ?3 || coalesce('; last error: ' || last_error, '')"
+                       " ?3 || coalesce('; last error: ' || last_error, ''), channel"
                        " FROM orders WHERE created_at < ?1 AND " FREE_AT("?2"),
     [ST_EXPIRE_DEL] = "DELETE FROM orders WHERE created_at < ?1 AND " FREE_AT("?2"),
     [ST_OLDEST_FREE] = "SELECT id, bytes FROM orders WHERE " FREE_AT("?1")
                        " ORDER BY created_at, id LIMIT 1",
     [ST_MOVE_COPY] = "INSERT INTO dead(" DEAD_COLS ")"
-                     " SELECT id, ref, body, created_at, ?2, attempts + ?3, ?4, ?5, ?6, ?7"
+                     " SELECT id, ref, body, created_at, ?2, attempts + ?3, ?4, ?5, ?6, ?7, channel"
                      " FROM orders WHERE id = ?1 AND (?8 IS NULL OR claimed_by = ?8)",
     [ST_MOVE_DEL] = "DELETE FROM orders WHERE id = ?1 AND (?2 IS NULL OR claimed_by = ?2)",
-    [ST_CLAIM] = "UPDATE orders SET claimed_by = ?1, claimed_until = ?2 WHERE id IN"
-                 " (SELECT id FROM orders WHERE next_at <= ?3 AND " FREE_AT("?3")
-                 " ORDER BY next_at, id LIMIT ?4)"
-                 " RETURNING id, ref, body, attempts, next_at",
+    [ST_CLAIM] = "SELECT id, ref, body, bytes, attempts, created_at, next_at, channel FROM orders"
+                 " WHERE next_at <= ?1 AND " FREE_AT("?1") " ORDER BY next_at, id LIMIT ?2",
+    [ST_CLAIM_MARK] = "UPDATE orders SET claimed_by = ?2, claimed_until = ?3 WHERE id = ?1",
     [ST_ACK] = "DELETE FROM orders WHERE id = ?1 AND claimed_by = ?2",
     [ST_RETRY] = "UPDATE orders SET attempts = attempts + 1, next_at = ?3, last_error = ?4,"
                  " claimed_by = NULL, claimed_until = NULL WHERE id = ?1 AND claimed_by = ?2",
     [ST_RELEASE] = "UPDATE orders SET claimed_by = NULL, claimed_until = NULL"
                    " WHERE id = ?1 AND claimed_by = ?2",
     [ST_OWNER] = "SELECT claimed_by FROM orders WHERE id = ?1",
-    [ST_DEAD_SUM_ONE] = "SELECT count(*), total(length(body)) FROM dead WHERE id = ?1",
-    [ST_DEAD_SUM_ALL] = "SELECT count(*), total(length(body)) FROM dead",
-    [ST_REQ_ONE_COPY] = "INSERT INTO orders(id, ref, body, bytes, created_at, attempts, next_at)"
-                        " SELECT id, ref, body, length(body), ?2, 0, ?2 FROM dead WHERE id = ?1",
-    [ST_REQ_ONE_DEL] = "DELETE FROM dead WHERE id = ?1",
-    [ST_REQ_ALL_COPY] = "INSERT INTO orders(id, ref, body, bytes, created_at, attempts, next_at)"
-                        " SELECT id, ref, body, length(body), ?1, 0, ?1 FROM dead ORDER BY id",
-    [ST_REQ_ALL_DEL] = "DELETE FROM dead",
+    [ST_DEAD_SUM] = "SELECT count(*), total(length(body)) FROM dead WHERE " DEAD_ONE_OR_ALL,
+    [ST_REQUEUE_COPY] = "INSERT INTO orders(id, ref, body, bytes, created_at, attempts, next_at,"
+                        " channel) SELECT id, ref, body, length(body), ?2, 0, ?2, channel"
+                        " FROM dead WHERE " DEAD_ONE_OR_ALL " ORDER BY id",
+    [ST_REQUEUE_DEL] = "DELETE FROM dead WHERE " DEAD_ONE_OR_ALL,
     [ST_PURGE_DEAD] = "DELETE FROM dead WHERE failed_at < ?1",
     [ST_PURGE_QUEUED] = "DELETE FROM orders WHERE created_at < ?1 AND " FREE_AT("?2"),
-    [ST_STATS_SCAN] = "SELECT total(next_at <= ?1 AND " FREE_AT("?1") "),"
-                      " total(claimed_until > ?1) FROM orders",
+    [ST_WAITING] = "SELECT count(*) FROM orders WHERE next_at > ?1",
+    [ST_LEASED] = "SELECT count(*), total(next_at <= ?1) FROM orders"
+                  " WHERE claimed_by IS NOT NULL AND claimed_until > ?1",
     [ST_DEAD_COUNT] = "SELECT count(*) FROM dead",
     [ST_LIST_QUEUED] = "SELECT id, ref, CASE WHEN ?4 THEN body END, bytes, created_at, attempts,"
-                       " next_at, claimed_by, claimed_until, last_error"
+                       " next_at, claimed_by, claimed_until, last_error, channel"
                        " FROM orders WHERE id > ?1 ORDER BY id LIMIT ?2 OFFSET ?3",
     [ST_LIST_DEAD] = "SELECT id, ref, CASE WHEN ?4 THEN body END, length(body), created_at,"
-                     " attempts, failed_at, kind, status, code, message"
+                     " attempts, failed_at, kind, status, code, message, channel"
                      " FROM dead WHERE id > ?1 ORDER BY id LIMIT ?2 OFFSET ?3",
     [ST_NEXT_DUE] = "SELECT next_at FROM orders WHERE " FREE_AT("?1") " ORDER BY next_at LIMIT 1",
 };
 
-struct oo_spool {
+/* Row fields, listed per statement in column order (read_row). */
+enum {
+    F_END, F_ID, F_REF, F_BODY, F_BYTES, F_CREATED, F_ATTEMPTS, F_NEXT_AT, F_CLAIMED_BY,
+    F_CLAIMED_UNTIL, F_LAST_ERROR, F_FAILED_AT, F_KIND, F_STATUS, F_CODE, F_MESSAGE, F_CHANNEL
+};
+static const unsigned char CLAIM_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_ATTEMPTS,
+                                             F_CREATED, F_NEXT_AT, F_CHANNEL, F_END};
+static const unsigned char QUEUED_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_CREATED, F_ATTEMPTS,
+                                              F_NEXT_AT, F_CLAIMED_BY, F_CLAIMED_UNTIL,
+                                              F_LAST_ERROR, F_CHANNEL, F_END};
+static const unsigned char DEAD_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_CREATED, F_ATTEMPTS,
+                                            F_FAILED_AT, F_KIND, F_STATUS, F_CODE, F_MESSAGE,
+                                            F_CHANNEL, F_END};
+
+/* New files only (a WAL database keeps the page size it was made with). */
+#define PAGE_SIZE 2048
+/* Checkpoints (see checkpointer()): copy the WAL back every CKPT_BYTES
+ * written to it, and start it over once it holds WAL_RESTART_BYTES (the
+ * WAL file keeps that size, so it is rewritten in place, not regrown). */
+#define CKPT_BYTES (16 * 1024 * 1024)
+#define WAL_RESTART_BYTES (64 * 1024 * 1024)
+/* Purge/requeue "everything": a cutoff no stored time reaches. */
+#define FAR_FUTURE 1e300
+
+/* One SQLite connection, shared by a handle and the handles reopened from
+ * it. `mu` is held for a whole call (one transaction). */
+typedef struct spool_db {
     sqlite3 *db;
     pthread_mutex_t mu;
     sqlite3_stmt *st[ST_COUNT]; /* prepared on first use, kept until close */
-    oo_spool_opts opts;
+    const char *what;           /* the call in progress, for messages */
+    int refs;                   /* handles on this connection (under mu) */
     pid_t pid;
-    char owner[48];
-    char path[]; /* as given to open */
-};
+    unsigned fork_gen;          /* fork_gen when opened */
+    double busy_timeout;
+    int sync_full;
+    double busy_deadline;       /* of the lock wait in progress (monotonic) */
+    int page_size;
+    int wal_frames;             /* WAL size after the last commit (wal hook) */
+    int ckpt_frames;            /* of those, copied back by the last checkpoint */
+    /* the checkpoint thread (started on first need) and its connection */
+    pthread_t ckpt_thread;
+    pthread_cond_t ckpt_cv;     /* with mu: a checkpoint is wanted, or stop */
+    int ckpt_state;             /* CKPT_* */
+    int ckpt_wanted, ckpt_stop;
+    sqlite3 *ckpt_db;
+    char path[];                /* as given to open */
+} spool_db;
 
-/* Purge/requeue "everything": a cutoff no stored time reaches. */
-#define FAR_FUTURE 1e300
+enum { CKPT_NONE, CKPT_RUNNING, CKPT_INLINE /* no thread: the writer does it */ };
+
+struct oo_spool {
+    spool_db *d;          /* the connection for writes, shared with reopened handles */
+    spool_db *r;          /* this handle's own connection for reads (opened on first read) */
+    int r_failed;         /* it could not be opened: reads use d */
+    pthread_mutex_t r_mu; /* guards opening r */
+    oo_spool_opts opts;
+    char owner[48];
+};
 
 /* ------------------------------------------------------------------ */
 /* Errors                                                              */
@@ -130,6 +216,7 @@ const char *oo_spool_kind(int code) {
     case OO_SPOOL_BUSY: return "busy";
     case OO_SPOOL_LEASE: return "lease";
     case OO_SPOOL_MISUSE: return "misuse";
+    case OO_SPOOL_FOREIGN: return "foreign";
     default: return "storage";
     }
 }
@@ -151,83 +238,170 @@ static int set_err(oo_spool_err *err, int code, int sqlite_code, const char *bou
     return code;
 }
 
-/* A failed SQLite call. Must run before anything else touches the
- * connection (a rollback would overwrite sqlite3_errmsg). */
-static int db_fail(oo_spool *s, oo_spool_err *err, int rc, const char *what) {
-    int prim = rc & 0xff;
-    const char *msg = (s && s->db) ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc);
-    const char *path = s ? s->path : "?";
-    if (prim == SQLITE_BUSY || prim == SQLITE_LOCKED)
-        return set_err(err, OO_SPOOL_BUSY, rc, NULL,
-                       "spool %s: %s: %s (still locked after busy_timeout %g s)", path, what,
-                       msg, s ? s->opts.busy_timeout : 0.0);
-    return set_err(err, OO_SPOOL_STORAGE, rc, NULL, "spool %s: %s: %s", path, what, msg);
+/* Plain words before SQLite's own for the failures an operator must act on. */
+static const char *rc_words(int rc) {
+    switch (rc & 0xff) {
+    case SQLITE_FULL: return "disk full (or max_file_bytes reached): ";
+    case SQLITE_IOERR: return "I/O error: ";
+    case SQLITE_CORRUPT: return "the file is damaged: ";
+    case SQLITE_READONLY: return "cannot write: ";
+    default: return "";
+    }
 }
 
-static int nomem(oo_spool *s, oo_spool_err *err, const char *what) {
+/* A failed SQLite call. Must run before anything else touches the
+ * connection (a rollback would overwrite sqlite3_errmsg). */
+static int db_fail(spool_db *d, oo_spool_err *err, int rc) {
+    const char *msg = d->db ? sqlite3_errmsg(d->db) : sqlite3_errstr(rc);
+    int prim = rc & 0xff;
+    if (prim == SQLITE_BUSY || prim == SQLITE_LOCKED)
+        return set_err(err, OO_SPOOL_BUSY, rc, NULL,
+                       "spool %s: %s: %s (still locked after busy_timeout %g s)", d->path,
+                       d->what, msg, d->busy_timeout);
+    return set_err(err, OO_SPOOL_STORAGE, rc, NULL, "spool %s: %s: %s%s", d->path, d->what,
+                   rc_words(rc), msg);
+}
+
+static int nomem(spool_db *d, oo_spool_err *err) {
     return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: %s: out of memory",
-                   s->path, what);
+                   d->path, d->what);
+}
+
+static int misuse(oo_spool_err *err, const char *what, const char *why) {
+    return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool %s: %s", what, why);
 }
 
 /* ------------------------------------------------------------------ */
-/* Statements and transactions                                         */
+/* Statements                                                          */
 
-static sqlite3_stmt *prep(oo_spool *s, int i, int *rc) {
-    if (!s->st[i]) {
-        *rc = sqlite3_prepare_v3(s->db, SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
+static sqlite3_stmt *stmt(spool_db *d, int i, int *rc) {
+    if (!d->st[i]) {
+        *rc = sqlite3_prepare_v3(d->db, SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &d->st[i], NULL);
         if (*rc != SQLITE_OK) {
-            s->st[i] = NULL;
+            d->st[i] = NULL;
             return NULL;
         }
     }
-    return s->st[i];
+    return d->st[i];
 }
 
-/* Steps a statement that returns no rows, then resets it. SQLITE_OK or the error. */
-static int run(sqlite3_stmt *st) {
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    return rc == SQLITE_DONE ? SQLITE_OK : rc;
-}
-
-static int run_plain(oo_spool *s, int i) {
-    int rc;
-    sqlite3_stmt *st = prep(s, i, &rc);
-    return st ? run(st) : rc;
-}
-
-static void rollback(oo_spool *s) {
-    if (!sqlite3_get_autocommit(s->db)) {
-        if (run_plain(s, ST_ROLLBACK) != SQLITE_OK) sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+/* Binds the arguments `fmt` describes, one letter each:
+ *   i long long   I long long, 0 = NULL   d double   o int, 0 = NULL
+ *   s const char * (NUL-terminated; NULL = NULL)
+ *   t const char *, size_t (text; NULL = NULL)   b const void *, size_t (blob)
+ * Pointers are bound SQLITE_STATIC: finish() clears them after the step. */
+static void bind_args(sqlite3_stmt *st, const char *fmt, va_list ap) {
+    int i;
+    for (i = 1; *fmt; fmt++, i++) {
+        switch (*fmt) {
+        case 'i': sqlite3_bind_int64(st, i, (sqlite3_int64)va_arg(ap, long long)); break;
+        case 'I': {
+            long long v = va_arg(ap, long long);
+            if (v) sqlite3_bind_int64(st, i, (sqlite3_int64)v);
+            else sqlite3_bind_null(st, i);
+            break;
+        }
+        case 'd': sqlite3_bind_double(st, i, va_arg(ap, double)); break;
+        case 'o': {
+            int v = va_arg(ap, int);
+            if (v) sqlite3_bind_int(st, i, v);
+            else sqlite3_bind_null(st, i);
+            break;
+        }
+        case 's': {
+            const char *p = va_arg(ap, const char *);
+            if (p) sqlite3_bind_text(st, i, p, -1, SQLITE_STATIC);
+            else sqlite3_bind_null(st, i);
+            break;
+        }
+        case 't': {
+            const char *p = va_arg(ap, const char *);
+            size_t n = va_arg(ap, size_t);
+            if (p) sqlite3_bind_text64(st, i, p, (sqlite3_uint64)n, SQLITE_STATIC, SQLITE_UTF8);
+            else sqlite3_bind_null(st, i);
+            break;
+        }
+        case 'b': {
+            const void *p = va_arg(ap, const void *);
+            size_t n = va_arg(ap, size_t);
+            sqlite3_bind_blob64(st, i, p, (sqlite3_uint64)n, SQLITE_STATIC);
+            break;
+        }
+        }
     }
 }
 
-static void bind_text_or_null(sqlite3_stmt *st, int i, const char *p, size_t n) {
-    if (p) sqlite3_bind_text64(st, i, p, (sqlite3_uint64)n, SQLITE_STATIC, SQLITE_UTF8);
-    else sqlite3_bind_null(st, i);
+static void finish(sqlite3_stmt *st) {
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
 }
 
-static void bind_str(sqlite3_stmt *st, int i, const char *p) {
-    if (p) sqlite3_bind_text(st, i, p, -1, SQLITE_STATIC);
-    else sqlite3_bind_null(st, i);
+/* Prepares statement i, binds ap and steps once. */
+static int step_first(spool_db *d, int i, sqlite3_stmt **out, const char *fmt, va_list ap) {
+    int rc;
+    *out = stmt(d, i, &rc);
+    if (!*out) return rc;
+    bind_args(*out, fmt, ap);
+    return sqlite3_step(*out);
 }
 
-/* Every call: a live handle in the process that opened it, then the lock. */
-static int enter(oo_spool *s, oo_spool_err *err, const char *what) {
-    pid_t me;
-    if (!s || !s->db) return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool %s: handle is closed", what);
-    me = getpid();
-    if (me != s->pid)
-        return set_err(err, OO_SPOOL_MISUSE, 0, NULL,
-                       "spool %s: %s: handle was opened by process %ld, used in process %ld"
-                       " (open the spool after fork)",
-                       s->path, what, (long)s->pid, (long)me);
-    pthread_mutex_lock(&s->mu);
-    return OO_SPOOL_OK;
+/* Starts statement i with its arguments: SQLITE_ROW (*out is on the first
+ * row; step on, then finish(*out)), SQLITE_DONE (already finished) or an
+ * error (finished). */
+static int query(spool_db *d, int i, sqlite3_stmt **out, const char *fmt, ...) {
+    int rc;
+    va_list ap;
+    va_start(ap, fmt);
+    rc = step_first(d, i, out, fmt, ap);
+    va_end(ap);
+    if (*out && rc != SQLITE_ROW) finish(*out);
+    return rc;
 }
 
-static void leave(oo_spool *s) {
-    pthread_mutex_unlock(&s->mu);
+/* Runs statement i to completion: SQLITE_OK or the error. */
+static int exec(spool_db *d, int i, const char *fmt, ...) {
+    int rc;
+    va_list ap;
+    sqlite3_stmt *st;
+    va_start(ap, fmt);
+    rc = step_first(d, i, &st, fmt, ap);
+    va_end(ap);
+    if (!st) return rc;
+    while (rc == SQLITE_ROW) rc = sqlite3_step(st);
+    finish(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* The one-row queries: up to two integers (a, b) or a real (x) from
+ * column 0, found = whether there was a row and column 0 was not NULL. */
+typedef struct scalar {
+    long long a, b;
+    double x;
+    int found;
+} scalar;
+
+static int query_scalar(spool_db *d, int i, scalar *v, const char *fmt, ...) {
+    int rc;
+    va_list ap;
+    sqlite3_stmt *st;
+    memset(v, 0, sizeof *v);
+    va_start(ap, fmt);
+    rc = step_first(d, i, &st, fmt, ap);
+    va_end(ap);
+    if (!st) return rc;
+    if (rc == SQLITE_ROW) {
+        v->found = sqlite3_column_type(st, 0) != SQLITE_NULL;
+        v->a = sqlite3_column_int64(st, 0);
+        v->x = sqlite3_column_double(st, 0);
+        if (sqlite3_column_count(st) > 1) v->b = sqlite3_column_int64(st, 1);
+    }
+    finish(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static void rollback(spool_db *d) {
+    if (!sqlite3_get_autocommit(d->db) && exec(d, ST_ROLLBACK, "") != SQLITE_OK)
+        sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
 }
 
 /* ------------------------------------------------------------------ */
@@ -240,6 +414,7 @@ void oo_spool_rows_free(oo_spool_rows *r) {
         oo_spool_row *w = &r->v[i];
         free(w->ref);
         free(w->body);
+        free(w->channel);
         free(w->claimed_by);
         free(w->last_error);
         free(w->kind);
@@ -269,10 +444,10 @@ static char *dup_col(sqlite3_stmt *st, int i, size_t *len, int *oom) {
     const void *p;
     int n;
     char *out;
-    if (sqlite3_column_type(st, i) == SQLITE_NULL) {
-        if (len) *len = 0;
-        return NULL;
-    }
+    size_t ignored;
+    if (!len) len = &ignored;
+    *len = 0;
+    if (sqlite3_column_type(st, i) == SQLITE_NULL) return NULL;
     p = sqlite3_column_blob(st, i);
     n = sqlite3_column_bytes(st, i);
     out = (char *)malloc((size_t)n + 1);
@@ -282,8 +457,37 @@ static char *dup_col(sqlite3_stmt *st, int i, size_t *len, int *oom) {
     }
     if (n > 0) memcpy(out, p, (size_t)n);
     out[n] = '\0';
-    if (len) *len = (size_t)n;
+    *len = (size_t)n;
     return out;
+}
+
+/* Appends the current row of st to out, its columns being `fields`.
+ * Returns 0, or -1 when out of memory (the row may be partly filled). */
+static int read_row(sqlite3_stmt *st, const unsigned char *fields, oo_spool_rows *out) {
+    oo_spool_row *w = rows_push(out);
+    int c, oom = 0;
+    if (!w) return -1;
+    for (c = 0; fields[c] != F_END; c++) {
+        switch (fields[c]) {
+        case F_ID: w->id = sqlite3_column_int64(st, c); break;
+        case F_REF: w->ref = dup_col(st, c, &w->ref_len, &oom); break;
+        case F_BODY: w->body = dup_col(st, c, &w->body_len, &oom); break;
+        case F_BYTES: w->bytes = sqlite3_column_int64(st, c); break;
+        case F_CREATED: w->created_at = sqlite3_column_double(st, c); break;
+        case F_ATTEMPTS: w->attempts = sqlite3_column_int64(st, c); break;
+        case F_NEXT_AT: w->next_at = sqlite3_column_double(st, c); break;
+        case F_CLAIMED_BY: w->claimed_by = dup_col(st, c, NULL, &oom); break;
+        case F_CLAIMED_UNTIL: w->claimed_until = sqlite3_column_double(st, c); break;
+        case F_LAST_ERROR: w->last_error = dup_col(st, c, NULL, &oom); break;
+        case F_FAILED_AT: w->failed_at = sqlite3_column_double(st, c); break;
+        case F_KIND: w->kind = dup_col(st, c, NULL, &oom); break;
+        case F_STATUS: w->status = sqlite3_column_int(st, c); break;
+        case F_CODE: w->code = dup_col(st, c, NULL, &oom); break;
+        case F_MESSAGE: w->message = dup_col(st, c, NULL, &oom); break;
+        case F_CHANNEL: w->channel = dup_col(st, c, &w->channel_len, &oom); break;
+        }
+    }
+    return oom ? -1 : 0;
 }
 
 static int cmp_row_id(const void *a, const void *b) {
@@ -292,7 +496,7 @@ static int cmp_row_id(const void *a, const void *b) {
 }
 
 /* ------------------------------------------------------------------ */
-/* Open / close                                                        */
+/* Clocks, waits, checkpoints                                          */
 
 void oo_spool_opts_init(oo_spool_opts *o) {
     memset(o, 0, sizeof *o);
@@ -301,85 +505,543 @@ void oo_spool_opts_init(oo_spool_opts *o) {
     o->on_full = OO_SPOOL_REFUSE;
 }
 
-double oo_spool_now(void) {
+double oo_spool_now(void) { return oo_wall_now(); }
+
+static double mono_now(void) {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-const char *oo_spool_path(const oo_spool *s) { return s->path; }
+static void sleep_for(double seconds) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)seconds;
+    ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
+    nanosleep(&ts, NULL);
+}
+
+/* Another process holds the lock: poll in short, growing sleeps (50 µs to
+ * 2 ms) until busy_timeout. SQLite's own handler sleeps 1 ms at the first
+ * retry and up to 100 ms later, far longer than a spool transaction holds
+ * the lock. */
+static int on_busy(void *arg, int n) {
+    spool_db *d = (spool_db *)arg;
+    double now = mono_now(), pause = 50e-6 * (double)(1 << (n < 6 ? n : 6));
+    if (n == 0) d->busy_deadline = now + d->busy_timeout;
+    if (now >= d->busy_deadline) return 0;
+    if (pause > 2e-3) pause = 2e-3;
+    if (pause > d->busy_deadline - now) pause = d->busy_deadline - now;
+    sleep_for(pause);
+    return 1;
+}
+
+/* Replaces SQLite's autocheckpoint: only notes the WAL's size. */
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames) {
+    (void)db;
+    (void)name;
+    ((spool_db *)arg)->wal_frames = frames;
+    return SQLITE_OK;
+}
+
+/* SQLite may be built to read "file:..." as a URI whatever the open flags
+ * say (Debian's is): such a relative name gets "./" in front. */
+static char *sqlite_name(const char *path) {
+    size_t n = strlen(path);
+    int dot = strncasecmp(path, "file:", 5) == 0;
+    char *out = (char *)malloc(n + 3);
+    if (out) snprintf(out, n + 3, "%s%s", dot ? "./" : "", path);
+    return out;
+}
+
+/* Checkpoints. SQLite's own would run inside the put that crosses its
+ * threshold, with two fsyncs (WAL, then database) under synchronous=NORMAL:
+ * tens of milliseconds on a busy disk, in the caller's put. Instead a
+ * thread per connection (started when first needed) copies the WAL back
+ * on its own connection, without the connection lock, so puts and claims
+ * go on meanwhile. Starting the WAL over needs every frame copied before
+ * the next write begins, which never happens while writes keep coming: so
+ * once the WAL holds WAL_RESTART_BYTES the thread copies the remaining tail
+ * holding the lock, and the next write starts the WAL from the top. */
+
+static int ckpt_open(spool_db *d) {
+    char *name = sqlite_name(d->path);
+    int rc;
+    if (!name) return SQLITE_NOMEM;
+    rc = sqlite3_open_v2(name, &d->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                         oo_spool_vfs());
+    free(name);
+    if (rc == SQLITE_OK) {
+        /* a checkpoint syncs as its connection's synchronous says */
+        rc = sqlite3_exec(d->ckpt_db, d->sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+                          NULL, NULL, NULL);
+        sqlite3_busy_timeout(d->ckpt_db, (int)(d->busy_timeout * 1000.0 + 0.5));
+        sqlite3_db_config(d->ckpt_db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+        sqlite3_wal_autocheckpoint(d->ckpt_db, 0);
+    }
+    /* a connection finds the WAL at its first read */
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(d->ckpt_db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        sqlite3_close_v2(d->ckpt_db);
+        d->ckpt_db = NULL;
+    }
+    return rc;
+}
+
+/* One passive checkpoint on db (a failure surfaces in the next write). */
+static void ckpt_pass(sqlite3 *db) {
+    sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+}
+
+static void *checkpointer(void *arg) {
+    spool_db *d = (spool_db *)arg;
+    pthread_mutex_lock(&d->mu);
+    for (;;) {
+        int restart;
+        while (!d->ckpt_wanted && !d->ckpt_stop) pthread_cond_wait(&d->ckpt_cv, &d->mu);
+        if (d->ckpt_stop) break;
+        d->ckpt_wanted = 0;
+        pthread_mutex_unlock(&d->mu);
+        ckpt_pass(d->ckpt_db);
+        pthread_mutex_lock(&d->mu);
+        restart = (long long)d->wal_frames * d->page_size >= WAL_RESTART_BYTES;
+        if (restart && !d->ckpt_stop) ckpt_pass(d->ckpt_db);
+    }
+    pthread_mutex_unlock(&d->mu);
+    return NULL;
+}
+
+/* The thread, or CKPT_INLINE when it cannot be had. It blocks every
+ * signal: they stay with the host's threads (nginx's, for one). */
+static void ckpt_start(spool_db *d) {
+    sigset_t all, old;
+    d->ckpt_state = CKPT_INLINE;
+    if (ckpt_open(d) != SQLITE_OK || pthread_cond_init(&d->ckpt_cv, NULL) != 0) return;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    if (pthread_create(&d->ckpt_thread, NULL, checkpointer, d) == 0) d->ckpt_state = CKPT_RUNNING;
+    else pthread_cond_destroy(&d->ckpt_cv);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* After a write (lock held): wants a checkpoint once CKPT_BYTES more went
+ * to the WAL. A failure to checkpoint surfaces in the next write. */
+static void want_checkpoint(spool_db *d) {
+    if (d->wal_frames < d->ckpt_frames) d->ckpt_frames = 0; /* the WAL started over */
+    if ((long long)(d->wal_frames - d->ckpt_frames) * d->page_size < CKPT_BYTES) return;
+    if (d->ckpt_state == CKPT_NONE) ckpt_start(d);
+    /* what is in the WAL now will be copied: the next want is CKPT_BYTES on */
+    d->ckpt_frames = d->wal_frames;
+    if (d->ckpt_state == CKPT_RUNNING) {
+        d->ckpt_wanted = 1;
+        pthread_cond_signal(&d->ckpt_cv);
+    } else {
+        ckpt_pass(d->db); /* no thread: here, between transactions */
+    }
+}
+
+static void ckpt_stop(spool_db *d) {
+    if (d->ckpt_state == CKPT_RUNNING) {
+        pthread_mutex_lock(&d->mu);
+        d->ckpt_stop = 1;
+        pthread_cond_signal(&d->ckpt_cv);
+        pthread_mutex_unlock(&d->mu);
+        pthread_join(d->ckpt_thread, NULL);
+        pthread_cond_destroy(&d->ckpt_cv);
+    }
+    if (d->ckpt_db) sqlite3_close_v2(d->ckpt_db);
+    d->ckpt_db = NULL;
+    d->ckpt_state = CKPT_NONE;
+}
+
+/* ------------------------------------------------------------------ */
+/* Calls and transactions                                              */
+
+/* Counts forks (in the child), so a call can tell it is in another
+ * process than the handle's without a getpid() system call each time. */
+static volatile unsigned fork_gen;
+
+static void after_fork_in_child(void) { fork_gen++; }
+
+static void watch_forks(void) { pthread_atfork(NULL, NULL, after_fork_in_child); }
+
+static int other_process(const spool_db *d) {
+    return d->fork_gen != fork_gen || d->pid != getpid();
+}
+
+/* How a call runs: TX_ONE one statement on its own, TX_WRITE a BEGIN
+ * IMMEDIATE transaction, both on the shared connection; TX_READ one
+ * snapshot and TX_READ_ONE one statement, both on the handle's reader. */
+enum { TX_ONE, TX_WRITE, TX_READ, TX_READ_ONE };
+typedef int (*tx_body)(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err);
+
+static spool_db *reader(oo_spool *s);
+
+/* Every call: a live handle in the process that opened it, the
+ * connection's lock for the whole call, then `body` (in a transaction for
+ * TX_WRITE and TX_READ). body returns an OO_SPOOL code (SQLite failures
+ * through db_fail); anything but OK rolls back. */
+static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *ctx,
+                    oo_spool_err *err) {
+    spool_db *d;
+    int rc, code, begin = tx == TX_WRITE ? ST_BEGIN : tx == TX_READ ? ST_BEGIN_READ : -1;
+    if (!s || !s->d || !s->d->db) return misuse(err, what, "handle is closed");
+    if (s->d->fork_gen != fork_gen)
+        return set_err(err, OO_SPOOL_MISUSE, 0, NULL,
+                       "spool %s: %s: handle was opened by process %ld, used in process %ld"
+                       " (open the spool after fork)",
+                       s->d->path, what, (long)s->d->pid, (long)getpid());
+    d = tx == TX_READ || tx == TX_READ_ONE ? reader(s) : s->d;
+    pthread_mutex_lock(&d->mu);
+    d->what = what;
+    if (begin >= 0 && (rc = exec(d, begin, "")) != SQLITE_OK) {
+        code = db_fail(d, err, rc);
+    } else {
+        code = body(s, d, ctx, err);
+        if (begin >= 0) {
+            if (code == OO_SPOOL_OK && (rc = exec(d, ST_COMMIT, "")) != SQLITE_OK)
+                code = db_fail(d, err, rc);
+            if (code != OO_SPOOL_OK) rollback(d);
+        }
+    }
+    if (code == OO_SPOOL_OK && d == s->d && tx != TX_READ && tx != TX_READ_ONE) want_checkpoint(d);
+    pthread_mutex_unlock(&d->mu);
+    return code;
+}
+
+/* ------------------------------------------------------------------ */
+/* Open / close                                                        */
+
+const char *oo_spool_path(const oo_spool *s) { return s->d->path; }
 const char *oo_spool_owner(const oo_spool *s) { return s->owner; }
 const oo_spool_opts *oo_spool_get_opts(const oo_spool *s) { return &s->opts; }
 
-static int exec_sql(oo_spool *s, const char *sql) {
-    return sqlite3_exec(s->db, sql, NULL, NULL, NULL);
-}
-
-/* Reads a one-value pragma/query as text into buf. */
-static int query_text(oo_spool *s, const char *sql, char *buf, size_t n) {
+/* Runs a one-off query and reads n integers from its first row (left 0
+ * when there is none). */
+static int row_ints(spool_db *d, const char *sql, long long *v, int n) {
     sqlite3_stmt *st;
-    int rc = sqlite3_prepare_v2(s->db, sql, -1, &st, NULL);
+    int i, rc = sqlite3_prepare_v2(d->db, sql, -1, &st, NULL);
     if (rc != SQLITE_OK) return rc;
     rc = sqlite3_step(st);
-    buf[0] = '\0';
-    if (rc == SQLITE_ROW) {
-        const unsigned char *t = sqlite3_column_text(st, 0);
-        snprintf(buf, n, "%s", t ? (const char *)t : "");
-        rc = SQLITE_OK;
-    } else if (rc == SQLITE_DONE) {
-        rc = SQLITE_OK;
+    for (i = 0; i < n; i++) v[i] = rc == SQLITE_ROW ? sqlite3_column_int64(st, i) : 0;
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* What the database is to us. */
+enum { DB_EMPTY, DB_READY, DB_V1, DB_NEWER, DB_FOREIGN };
+
+static int classify(spool_db *d, int *state, long long *version, oo_spool_err *err) {
+    long long v[4]; /* INSPECT_SQL's columns */
+    long long app, objects, ours;
+    int rc = row_ints(d, INSPECT_SQL, v, 4);
+    if (rc != SQLITE_OK) return rc;
+    app = v[0];
+    *version = v[1];
+    objects = v[2];
+    ours = v[3];
+    if (app == OO_SPOOL_APP_ID)
+        *state = *version > OO_SPOOL_SCHEMA_VERSION ? DB_NEWER
+               : *version == OO_SPOOL_SCHEMA_VERSION ? DB_READY
+               : *version == 1 && ours == 3        ? DB_V1
+                                                   : DB_FOREIGN;
+    else if (app == 0 && objects == 0)
+        *state = DB_EMPTY; /* new, or another process is creating it */
+    else if (app == 0 && *version == 1 && ours == 3)
+        *state = DB_V1; /* made by version 1, before application_id */
+    else
+        *state = DB_FOREIGN;
+    if (*state == DB_NEWER)
+        set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
+                "spool %s: written by a newer version of this library (schema version %lld;"
+                " this one reads up to %d); nothing was written to it",
+                d->path, *version, OO_SPOOL_SCHEMA_VERSION);
+    else if (*state == DB_FOREIGN && app != 0 && app != OO_SPOOL_APP_ID)
+        set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
+                "spool %s: not a spool file: an SQLite database of another application"
+                " (application_id 0x%08llx); nothing was written to it",
+                d->path, (unsigned long long)app & 0xffffffffULL);
+    else if (*state == DB_FOREIGN)
+        set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
+                "spool %s: not a spool file: an SQLite database without the spool's tables"
+                " (user_version %lld); nothing was written to it",
+                d->path, *version);
+    return SQLITE_OK;
+}
+
+/* Creates or migrates the schema under the write lock, looking again
+ * first: concurrent first opens serialize here and all but one find the
+ * work done. */
+static int upgrade_schema(spool_db *d, oo_spool_err *err) {
+    char stamp[96];
+    long long version = 0;
+    int state = DB_FOREIGN, rc, code = OO_SPOOL_OK;
+    snprintf(stamp, sizeof stamp, "PRAGMA application_id = %d; PRAGMA user_version = %d;",
+             OO_SPOOL_APP_ID, OO_SPOOL_SCHEMA_VERSION);
+    if ((rc = sqlite3_exec(d->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK)
+        return db_fail(d, err, rc);
+    rc = classify(d, &state, &version, err);
+    if (rc == SQLITE_OK && state == DB_EMPTY) rc = sqlite3_exec(d->db, SCHEMA_SQL, NULL, NULL, NULL);
+    if (rc == SQLITE_OK && state == DB_V1) rc = sqlite3_exec(d->db, MIGRATE_V1_SQL, NULL, NULL, NULL);
+    if (rc == SQLITE_OK && (state == DB_EMPTY || state == DB_V1))
+        rc = sqlite3_exec(d->db, stamp, NULL, NULL, NULL);
+    if (rc == SQLITE_OK && (state == DB_NEWER || state == DB_FOREIGN)) code = OO_SPOOL_FOREIGN;
+    if (rc == SQLITE_OK && code == OO_SPOOL_OK) rc = sqlite3_exec(d->db, "COMMIT", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) code = db_fail(d, err, rc);
+    if (code != OO_SPOOL_OK) rollback(d);
+    return code;
+}
+
+/* Switching a database to WAL takes an exclusive lock that SQLite does not
+ * wait for (no busy handler on that path): retry within busy_timeout. */
+static int set_wal(spool_db *d, oo_spool_err *err) {
+    double deadline = mono_now() + d->busy_timeout;
+    char mode[16] = "";
+    sqlite3_stmt *st;
+    int rc;
+    for (;;) {
+        if ((rc = sqlite3_prepare_v2(d->db, "PRAGMA journal_mode=WAL", -1, &st, NULL)) != SQLITE_OK)
+            return db_fail(d, err, rc);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            snprintf(mode, sizeof mode, "%s", (const char *)sqlite3_column_text(st, 0));
+        if (rc != SQLITE_BUSY) break;
+        sqlite3_finalize(st);
+        if (mono_now() >= deadline) return db_fail(d, err, rc);
+        sleep_for(0.01);
+    }
+    if (rc != SQLITE_ROW) {
+        rc = db_fail(d, err, rc);
+        sqlite3_finalize(st);
+        return rc;
     }
     sqlite3_finalize(st);
-    return rc;
+    if (strcmp(mode, "wal") != 0)
+        return set_err(err, OO_SPOOL_STORAGE, 0, NULL,
+                       "spool %s: open: could not switch to WAL mode (journal mode is '%s')",
+                       d->path, mode);
+    return OO_SPOOL_OK;
 }
 
-static int user_version(oo_spool *s, long *v) {
-    char buf[32];
-    int rc = query_text(s, "PRAGMA user_version", buf, sizeof buf);
-    if (rc == SQLITE_OK) *v = strtol(buf, NULL, 10);
-    return rc;
-}
-
-/* Creates the schema once; concurrent first opens serialize on BEGIN IMMEDIATE. */
-static int ensure_schema(oo_spool *s, oo_spool_err *err) {
-    long v = 0;
-    int rc = user_version(s, &v);
-    if (rc != SQLITE_OK) return db_fail(s, err, rc, "reading the schema version");
-    if (v == OO_SPOOL_SCHEMA_VERSION) return OO_SPOOL_OK;
-    if (v == 0) {
-        if ((rc = exec_sql(s, "BEGIN IMMEDIATE")) != SQLITE_OK) return db_fail(s, err, rc, "creating the schema");
-        rc = user_version(s, &v);
-        if (rc == SQLITE_OK && v == 0) rc = exec_sql(s, SCHEMA_SQL);
-        if (rc == SQLITE_OK) rc = exec_sql(s, "COMMIT");
-        if (rc != SQLITE_OK) {
-            int code = db_fail(s, err, rc, "creating the schema");
-            rollback(s);
-            return code;
-        }
-        if (v == 0 || v == OO_SPOOL_SCHEMA_VERSION) return OO_SPOOL_OK;
+/* Per-connection settings (none of them writes to the file). */
+static int set_pragmas(spool_db *d, const oo_spool_opts *o, oo_spool_err *err) {
+    char sql[160];
+    long long page = 0, pages = 0;
+    int rc;
+    snprintf(sql, sizeof sql, "PRAGMA synchronous=%s; PRAGMA journal_size_limit=%d;",
+             o->sync == OO_SPOOL_SYNC_FULL ? "FULL" : "NORMAL", WAL_RESTART_BYTES);
+    rc = sqlite3_exec(d->db, sql, NULL, NULL, NULL);
+    if (rc == SQLITE_OK && (rc = row_ints(d, "PRAGMA page_size", &page, 1)) == SQLITE_OK)
+        d->page_size = page > 0 ? (int)page : PAGE_SIZE;
+    if (rc == SQLITE_OK && o->max_file_bytes > 0) {
+        pages = o->max_file_bytes / page;
+        snprintf(sql, sizeof sql, "PRAGMA max_page_count=%lld", pages > 1 ? pages : 1);
+        rc = row_ints(d, sql, &pages, 1);
     }
-    return set_err(err, OO_SPOOL_STORAGE, 0, NULL,
-                   "spool %s: schema version %ld is not %d (a different version of this"
-                   " library, or not a spool file)",
-                   s->path, v, OO_SPOOL_SCHEMA_VERSION);
+    if (rc != SQLITE_OK) return db_fail(d, err, rc);
+    sqlite3_wal_hook(d->db, on_wal_commit, d);
+    return OO_SPOOL_OK;
 }
 
-static void make_owner(oo_spool *s) {
-    unsigned char r[8];
+/* Creates the file 0600 (whatever the umask, never through a symlink)
+ * unless it exists: SQLite then gives the -wal and -shm files the same mode.
+ * An existing path must be a regular file (through a symlink is fine, a
+ * dangling symlink is refused rather than have SQLite create its target). */
+static int create_private(const char *path, oo_spool_err *err) {
+    struct stat st;
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        int bad = fchmod(fd, 0600) != 0;
+        int e = errno;
+        close(fd);
+        if (!bad) return OO_SPOOL_OK;
+        unlink(path);
+        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: cannot make the file private: %s",
+                       path, strerror(e));
+    }
+    if (errno != EEXIST)
+        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: cannot create the file: %s", path,
+                       strerror(errno));
+    if (stat(path, &st) != 0)
+        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: %s", path,
+                       errno == ENOENT ? "is a symbolic link to a missing file (refusing to"
+                                         " create its target)"
+                                       : strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: is a %s, not a file", path,
+                       S_ISDIR(st.st_mode) ? "directory" : "special file");
+    return OO_SPOOL_OK;
+}
+
+static unsigned long be32(const unsigned char *p) {
+    return (unsigned long)p[0] << 24 | (unsigned long)p[1] << 16 | (unsigned long)p[2] << 8 | p[3];
+}
+
+/* Refuses, from its first 100 bytes and before SQLite opens it, a file
+ * that cannot be ours: not SQLite, another application's id, or not in WAL
+ * mode (a spool is from its first page on). The rest is for classify(). */
+static int sniff(const char *path, oo_spool_err *err) {
+    unsigned char h[100];
+    ssize_t n;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    unsigned long app;
+    if (fd < 0)
+        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: cannot open the file: %s", path,
+                       strerror(errno));
+    n = pread(fd, h, sizeof h, 0);
+    close(fd);
+    if (n == 0) return OO_SPOOL_OK;
+    if (n < (ssize_t)sizeof h || memcmp(h, "SQLite format 3", 16) != 0)
+        return set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
+                       "spool %s: not a spool file: not an SQLite database; nothing was written"
+                       " to it",
+                       path);
+    app = be32(h + 68);
+    if (app != 0 && app != OO_SPOOL_APP_ID)
+        return set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
+                       "spool %s: not a spool file: an SQLite database of another application"
+                       " (application_id 0x%08lx); nothing was written to it",
+                       path, app);
+    if (h[18] != 2 || h[19] != 2)
+        return set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
+                       "spool %s: not a spool file: an SQLite database in rollback-journal mode"
+                       " (a spool is always in WAL mode); nothing was written to it",
+                       path);
+    return OO_SPOOL_OK;
+}
+
+static void db_free(spool_db *d) {
     int i;
+    ckpt_stop(d);
+    if (d->db) {
+        for (i = 0; i < ST_COUNT; i++) sqlite3_finalize(d->st[i]);
+        sqlite3_close_v2(d->db);
+    }
+    pthread_mutex_destroy(&d->mu);
+    free(d);
+}
+
+/* Opens SQLite on the file and makes it a usable spool, refusing one that
+ * is not ours before any write. */
+static int db_connect(spool_db *d, const oo_spool_opts *o, oo_spool_err *err) {
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, rc, code, state = DB_FOREIGN;
+    long long version = 0;
+    char *name;
+#ifdef SQLITE_OPEN_EXRESCODE
+    flags |= SQLITE_OPEN_EXRESCODE;
+#endif
+    if ((code = create_private(d->path, err)) != OO_SPOOL_OK) return code;
+    if ((code = sniff(d->path, err)) != OO_SPOOL_OK) return code;
+    if (!(name = sqlite_name(d->path))) return nomem(d, err);
+    rc = sqlite3_open_v2(name, &d->db, flags, oo_spool_vfs());
+    free(name);
+    if (rc != SQLITE_OK) return db_fail(d, err, rc);
+    sqlite3_extended_result_codes(d->db, 1);
+    if (sqlite3_db_readonly(d->db, "main") == 1)
+        return set_err(err, OO_SPOOL_STORAGE, SQLITE_READONLY, NULL,
+                       "spool %s: open: the file is read-only", d->path);
+    sqlite3_busy_handler(d->db, on_busy, d);
+    /* until the file is known to be ours, closing must not write to it */
+    sqlite3_db_config(d->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+    if ((rc = classify(d, &state, &version, err)) != SQLITE_OK) return db_fail(d, err, rc);
+    if (state == DB_NEWER || state == DB_FOREIGN) return OO_SPOOL_FOREIGN;
+    if (state == DB_EMPTY) {
+        char sql[48];
+        snprintf(sql, sizeof sql, "PRAGMA page_size=%d", PAGE_SIZE);
+        if ((rc = sqlite3_exec(d->db, sql, NULL, NULL, NULL)) != SQLITE_OK) return db_fail(d, err, rc);
+    }
+    if ((code = set_wal(d, err)) != OO_SPOOL_OK) return code;
+    if ((code = set_pragmas(d, o, err)) != OO_SPOOL_OK) return code;
+    if (state != DB_READY && (code = upgrade_schema(d, err)) != OO_SPOOL_OK) return code;
+    sqlite3_db_config(d->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, NULL);
+    return OO_SPOOL_OK;
+}
+
+static pthread_once_t fork_watch = PTHREAD_ONCE_INIT;
+
+/* A connection's state before it is connected (refs 1). */
+static spool_db *db_new(const char *path, const oo_spool_opts *o) {
+    size_t plen = strlen(path);
+    spool_db *d = (spool_db *)calloc(1, sizeof *d + plen + 1);
+    if (!d) return NULL;
+    if (pthread_mutex_init(&d->mu, NULL) != 0) {
+        free(d);
+        return NULL;
+    }
+    memcpy(d->path, path, plen + 1);
+    pthread_once(&fork_watch, watch_forks);
+    d->pid = getpid();
+    d->fork_gen = fork_gen;
+    d->busy_timeout = o->busy_timeout;
+    d->sync_full = o->sync == OO_SPOOL_SYNC_FULL;
+    d->refs = 1;
+    d->what = "open";
+    return d;
+}
+
+/* Drops one reference; the last closes. A copy inherited through fork is
+ * abandoned (a small leak): closing it here could checkpoint or unlock
+ * state the parent still relies on. */
+static void db_release(spool_db *d) {
+    int last;
+    if (!d || other_process(d)) return;
+    pthread_mutex_lock(&d->mu);
+    last = --d->refs == 0;
+    pthread_mutex_unlock(&d->mu);
+    if (last) db_free(d);
+}
+
+static oo_spool *handle_new(spool_db *d, const oo_spool_opts *o) {
+    unsigned char r[8];
     char *p;
+    int i;
+    oo_spool *s = (oo_spool *)calloc(1, sizeof *s);
+    if (!s) return NULL;
+    if (pthread_mutex_init(&s->r_mu, NULL) != 0) {
+        free(s);
+        return NULL;
+    }
+    s->d = d;
+    s->opts = *o;
     /* SQLite's PRNG is seeded from the OS; the pid keeps forked copies apart. */
     sqlite3_randomness((int)sizeof r, r);
-    p = s->owner + snprintf(s->owner, sizeof s->owner, "%ld:", (long)s->pid);
+    p = s->owner + snprintf(s->owner, sizeof s->owner, "%ld:", (long)d->pid);
     for (i = 0; i < 8; i++) p += sprintf(p, "%02x", r[i]);
+    return s;
+}
+
+/* Reads (stats, list, next_due) run on a connection of the handle's own:
+ * a scan of a big queue then never holds up the claims and acks of a
+ * delivery thread on the shared connection (a WAL reader does not block
+ * the writer). Opened on the first read, for a file already known to be a
+ * spool; if it cannot be, reads use the shared connection. */
+static spool_db *reader(oo_spool *s) {
+    spool_db *r;
+    pthread_mutex_lock(&s->r_mu);
+    if (!s->r && !s->r_failed && (r = db_new(s->d->path, &s->opts)) != NULL) {
+        char *name = sqlite_name(r->path);
+        int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
+        if (!name || sqlite3_open_v2(name, &r->db, flags, oo_spool_vfs()) != SQLITE_OK) {
+            db_free(r);
+            r = NULL;
+        } else {
+            sqlite3_extended_result_codes(r->db, 1);
+            sqlite3_busy_handler(r->db, on_busy, r);
+            sqlite3_db_config(r->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+        }
+        free(name);
+        s->r = r;
+    }
+    if (!s->r) s->r_failed = 1;
+    r = s->r ? s->r : s->d;
+    pthread_mutex_unlock(&s->r_mu);
+    return r;
 }
 
 int oo_spool_open(const char *path, const oo_spool_opts *o, oo_spool **out, oo_spool_err *err) {
-    oo_spool *s;
+    spool_db *d;
     oo_spool_opts defaults;
-    size_t plen;
-    int rc, code, flags;
-    char mode[32], pragma[96];
+    int code;
 
     *out = NULL;
     if (!o) {
@@ -387,344 +1049,220 @@ int oo_spool_open(const char *path, const oo_spool_opts *o, oo_spool **out, oo_s
         o = &defaults;
     }
     if (!path || !*path || strcmp(path, ":memory:") == 0)
-        return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool open: a file path is required");
+        return misuse(err, "open", "a file path is required");
     if (!(o->busy_timeout >= 0 && o->busy_timeout <= 86400) || o->max_orders < 0 ||
-        o->max_bytes < 0 || !(o->max_age >= 0))
-        return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool open: option out of range");
-
-    plen = strlen(path);
-    s = (oo_spool *)calloc(1, sizeof *s + plen + 1);
-    if (!s) return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: out of memory", path);
-    memcpy(s->path, path, plen + 1);
-    s->opts = *o;
-    s->pid = getpid();
-    if (pthread_mutex_init(&s->mu, NULL) != 0) {
-        free(s);
-        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: cannot create a mutex", path);
-    }
-
-    /* NOMUTEX: our own mutex serializes each handle's calls, and it must
-     * cover whole transactions, which SQLite's per-call mutex would not. */
-    flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
-#ifdef SQLITE_OPEN_EXRESCODE
-    flags |= SQLITE_OPEN_EXRESCODE;
-#endif
-    rc = sqlite3_open_v2(path, &s->db, flags, NULL);
-    if (rc != SQLITE_OK) {
-        code = db_fail(s, err, rc, "open");
-        goto fail;
-    }
-    sqlite3_extended_result_codes(s->db, 1);
-    if (sqlite3_db_readonly(s->db, "main") == 1) {
-        code = set_err(err, OO_SPOOL_STORAGE, SQLITE_READONLY, NULL,
-                       "spool %s: open: the file is read-only", path);
-        goto fail;
-    }
-    sqlite3_busy_timeout(s->db, (int)(o->busy_timeout * 1000.0 + 0.5));
-
-    /* Switching a new file to WAL takes an exclusive lock that SQLite does
-     * not wait for (no busy handler on this path): when several processes
-     * create the spool at once, retry within busy_timeout. */
-    {
-        double deadline = oo_spool_now() + o->busy_timeout;
-        while ((rc = query_text(s, "PRAGMA journal_mode=WAL", mode, sizeof mode)) == SQLITE_BUSY &&
-               oo_spool_now() < deadline) {
-            struct timespec ts = {0, 10 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-        }
-    }
-    if (rc != SQLITE_OK) {
-        code = db_fail(s, err, rc, "open (setting WAL mode)");
-        goto fail;
-    }
-    if (strcmp(mode, "wal") != 0) {
-        code = set_err(err, OO_SPOOL_STORAGE, 0, NULL,
-                       "spool %s: open: could not switch to WAL mode (journal mode is '%s')",
-                       path, mode);
-        goto fail;
-    }
-    snprintf(pragma, sizeof pragma,
-             "PRAGMA synchronous=%s; PRAGMA journal_size_limit=67108864",
-             o->sync == OO_SPOOL_SYNC_FULL ? "FULL" : "NORMAL");
-    if ((rc = exec_sql(s, pragma)) != SQLITE_OK) {
-        code = db_fail(s, err, rc, "open (pragmas)");
-        goto fail;
-    }
-    if ((code = ensure_schema(s, err)) != OO_SPOOL_OK) goto fail;
-    make_owner(s);
-    *out = s;
-    return OO_SPOOL_OK;
-
-fail:
-    oo_spool_close(s);
+        o->max_bytes < 0 || !(o->max_age >= 0) || o->max_file_bytes < 0)
+        return misuse(err, "open", "option out of range");
+    if (!(d = db_new(path, o)))
+        return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: out of memory", path);
+    if ((code = db_connect(d, o, err)) == OO_SPOOL_OK && !(*out = handle_new(d, o)))
+        code = nomem(d, err);
+    if (code != OO_SPOOL_OK) db_free(d);
     return code;
 }
 
 int oo_spool_reopen(const oo_spool *s, oo_spool **out, oo_spool_err *err) {
+    spool_db *d;
     *out = NULL;
-    if (!s || !s->db) return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool reopen: handle is closed");
-    return oo_spool_open(s->path, &s->opts, out, err);
+    if (!s || !s->d || !s->d->db) return misuse(err, "reopen", "handle is closed");
+    d = s->d;
+    if (other_process(d)) return misuse(err, "reopen", "handle was opened by another process");
+    pthread_mutex_lock(&d->mu);
+    if ((*out = handle_new(d, &s->opts)) != NULL) d->refs++;
+    pthread_mutex_unlock(&d->mu);
+    if (!*out) return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: out of memory", d->path);
+    return OO_SPOOL_OK;
 }
 
 void oo_spool_close(oo_spool *s) {
-    int i;
     if (!s) return;
-    if (s->db) {
-        if (s->pid == getpid()) {
-            for (i = 0; i < ST_COUNT; i++) sqlite3_finalize(s->st[i]);
-            sqlite3_close_v2(s->db);
-        }
-        /* else: a copy inherited through fork. Closing it here could
-         * checkpoint or unlock state the parent still relies on, so the
-         * connection is abandoned (a small leak) instead. */
-        s->db = NULL;
-    }
-    pthread_mutex_destroy(&s->mu);
+    db_release(s->r);
+    db_release(s->d);
+    pthread_mutex_destroy(&s->r_mu);
     free(s);
 }
 
 /* ------------------------------------------------------------------ */
-/* Shared steps (called inside a transaction, lock held)               */
+/* Shared steps (inside a transaction, lock held)                      */
 
 /* max_age: moves unclaimed rows older than now - max_age to dead letters.
  * Costs one index probe when nothing is old enough. */
 static int expire(oo_spool *s, double now) {
+    spool_db *d = s->d;
     double cutoff;
     char msg[96];
+    scalar oldest;
     int rc;
-    sqlite3_stmt *st;
     if (!(s->opts.max_age > 0)) return SQLITE_OK;
     cutoff = now - s->opts.max_age;
-    if (!(st = prep(s, ST_MIN_CREATED, &rc))) return rc;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        int old = sqlite3_column_type(st, 0) != SQLITE_NULL && sqlite3_column_double(st, 0) < cutoff;
-        sqlite3_reset(st);
-        if (!old) return SQLITE_OK;
-    } else {
-        sqlite3_reset(st);
-        return rc == SQLITE_DONE ? SQLITE_OK : rc;
-    }
+    if ((rc = query_scalar(d, ST_MIN_CREATED, &oldest, "")) != SQLITE_OK) return rc;
+    if (!oldest.found || !(oldest.x < cutoff)) return SQLITE_OK;
     snprintf(msg, sizeof msg, "queued longer than max_age %g s", s->opts.max_age);
-    if (!(st = prep(s, ST_EXPIRE_COPY, &rc))) return rc;
-    sqlite3_bind_double(st, 1, cutoff);
-    sqlite3_bind_double(st, 2, now);
-    sqlite3_bind_text(st, 3, msg, -1, SQLITE_STATIC);
-    if ((rc = run(st)) != SQLITE_OK) return rc;
-    if (!(st = prep(s, ST_EXPIRE_DEL, &rc))) return rc;
-    sqlite3_bind_double(st, 1, cutoff);
-    sqlite3_bind_double(st, 2, now);
-    return run(st);
+    if ((rc = exec(d, ST_EXPIRE_COPY, "dds", cutoff, now, msg)) != SQLITE_OK) return rc;
+    return exec(d, ST_EXPIRE_DEL, "dd", cutoff, now);
 }
 
 /* Copies one row to dead letters and deletes it. owner NULL = any holder.
  * *moved = 0 when the row is absent or held by someone else. */
-static int move_to_dead(oo_spool *s, long long id, const char *owner, double now,
+static int move_to_dead(spool_db *d, long long id, const char *owner, double now,
                         int attempts_add, const oo_spool_failure *f, int *moved) {
     int rc;
-    sqlite3_stmt *st;
     *moved = 0;
-    if (!(st = prep(s, ST_MOVE_COPY, &rc))) return rc;
-    sqlite3_bind_int64(st, 1, id);
-    sqlite3_bind_double(st, 2, now);
-    sqlite3_bind_int(st, 3, attempts_add);
-    bind_str(st, 4, f->kind ? f->kind : "failed");
-    if (f->status) sqlite3_bind_int(st, 5, f->status);
-    else sqlite3_bind_null(st, 5);
-    bind_str(st, 6, f->code);
-    bind_str(st, 7, f->message);
-    bind_str(st, 8, owner);
-    if ((rc = run(st)) != SQLITE_OK) return rc;
-    if (sqlite3_changes(s->db) == 0) return SQLITE_OK;
-    if (!(st = prep(s, ST_MOVE_DEL, &rc))) return rc;
-    sqlite3_bind_int64(st, 1, id);
-    bind_str(st, 2, owner);
-    if ((rc = run(st)) != SQLITE_OK) return rc;
-    *moved = 1;
-    return SQLITE_OK;
-}
-
-static int read_totals(oo_spool *s, long long *n, long long *bytes) {
-    int rc;
-    sqlite3_stmt *st = prep(s, ST_TOTALS, &rc);
-    if (!st) return rc;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        *n = sqlite3_column_int64(st, 0);
-        *bytes = sqlite3_column_int64(st, 1);
-        rc = SQLITE_OK;
-    } else if (rc == SQLITE_DONE) {
-        *n = *bytes = 0;
-        rc = SQLITE_OK;
-    }
-    sqlite3_reset(st);
+    rc = exec(d, ST_MOVE_COPY, "idisosss", id, now, attempts_add, f->kind ? f->kind : "failed",
+              f->status, f->code, f->message, owner);
+    if (rc != SQLITE_OK || sqlite3_changes(d->db) == 0) return rc;
+    if ((rc = exec(d, ST_MOVE_DEL, "is", id, owner)) == SQLITE_OK) *moved = 1;
     return rc;
 }
 
 /* Would n more orders of add bytes break a bound? Fills err (FULL) if so. */
-static int over_bounds(oo_spool *s, long long cnt, long long bytes, long long n, long long add,
+static int over_bounds(oo_spool *s, const scalar *totals, long long n, long long add,
                        const char *what, const char *tail, oo_spool_err *err) {
     const oo_spool_opts *o = &s->opts;
-    if (o->max_orders > 0 && cnt + n > o->max_orders)
+    if (o->max_orders > 0 && totals->a + n > o->max_orders)
         return set_err(err, OO_SPOOL_FULL, 0, "max_orders",
                        "spool %s is full: max_orders %lld reached (%lld queued, %lld new); %s%s",
-                       s->path, o->max_orders, cnt, n, what, tail);
-    if (o->max_bytes > 0 && bytes + add > o->max_bytes)
+                       s->d->path, o->max_orders, totals->a, n, what, tail);
+    if (o->max_bytes > 0 && totals->b + add > o->max_bytes)
         return set_err(err, OO_SPOOL_FULL, 0, "max_bytes",
                        "spool %s is full: max_bytes %lld would be exceeded (%lld bytes queued,"
                        " %lld new); %s%s",
-                       s->path, o->max_bytes, bytes, add, what, tail);
+                       s->d->path, o->max_bytes, totals->b, add, what, tail);
     return OO_SPOOL_OK;
 }
 
-/* Applies the bounds for n new orders of add bytes. Returns an SQLite rc;
- * *code becomes OO_SPOOL_FULL (err filled) when the orders must be refused. */
-static int make_room(oo_spool *s, long long n, long long add, double now, int *code,
-                     oo_spool_err *err) {
-    long long cnt, bytes;
-    int rc;
+/* Applies the bounds for n new orders of add bytes: OK, FULL (err filled)
+ * when the orders must be refused, or an SQLite failure. */
+static int make_room(oo_spool *s, long long n, long long add, double now, oo_spool_err *err) {
+    spool_db *d = s->d;
+    scalar totals, oldest;
     char msg[160];
     oo_spool_failure f;
-    *code = OO_SPOOL_OK;
-    if (s->opts.max_orders <= 0 && s->opts.max_bytes <= 0) return SQLITE_OK;
-    if ((rc = read_totals(s, &cnt, &bytes)) != SQLITE_OK) return rc;
-    if (over_bounds(s, cnt, bytes, n, add, "", "", NULL) == OO_SPOOL_OK) return SQLITE_OK;
-    if (s->opts.on_full != OO_SPOOL_DROP_OLDEST) {
-        *code = over_bounds(s, cnt, bytes, n, add, "order refused", " (on_full=refuse)", err);
-        return SQLITE_OK;
-    }
+    int rc, moved;
+    if (s->opts.max_orders <= 0 && s->opts.max_bytes <= 0) return OO_SPOOL_OK;
+    if ((rc = query_scalar(d, ST_TOTALS, &totals, "")) != SQLITE_OK) return db_fail(d, err, rc);
+    if (over_bounds(s, &totals, n, add, "", "", NULL) == OO_SPOOL_OK) return OO_SPOOL_OK;
+    if (s->opts.on_full != OO_SPOOL_DROP_OLDEST)
+        return over_bounds(s, &totals, n, add, "order refused", " (on_full=refuse)", err);
     memset(&f, 0, sizeof f);
     f.kind = "dropped";
     f.message = msg;
-    while (over_bounds(s, cnt, bytes, n, add, "", "", NULL) != OO_SPOOL_OK) {
-        sqlite3_stmt *st = prep(s, ST_OLDEST_FREE, &rc);
-        long long id, b;
-        int moved;
-        if (!st) return rc;
-        sqlite3_bind_double(st, 1, now);
-        rc = sqlite3_step(st);
-        if (rc != SQLITE_ROW) {
-            sqlite3_reset(st);
-            if (rc != SQLITE_DONE) return rc;
-            *code = over_bounds(s, cnt, bytes, n, add, "order refused",
-                                " (on_full=drop_oldest: every queued order is being delivered)",
-                                err);
-            return SQLITE_OK;
-        }
-        id = sqlite3_column_int64(st, 0);
-        b = sqlite3_column_int64(st, 1);
-        sqlite3_reset(st);
+    while (over_bounds(s, &totals, n, add, "", "", NULL) != OO_SPOOL_OK) {
+        if ((rc = query_scalar(d, ST_OLDEST_FREE, &oldest, "d", now)) != SQLITE_OK)
+            return db_fail(d, err, rc);
+        if (!oldest.found)
+            return over_bounds(s, &totals, n, add, "order refused",
+                               " (on_full=drop_oldest: every queued order is being delivered)", err);
         snprintf(msg, sizeof msg, "dropped to make room for newer orders (on_full=drop_oldest, %s)",
-                 s->opts.max_orders > 0 && cnt + n > s->opts.max_orders ? "max_orders" : "max_bytes");
-        if ((rc = move_to_dead(s, id, NULL, now, 0, &f, &moved)) != SQLITE_OK) return rc;
-        cnt -= 1;
-        bytes -= b;
+                 s->opts.max_orders > 0 && totals.a + n > s->opts.max_orders ? "max_orders"
+                                                                             : "max_bytes");
+        if ((rc = move_to_dead(d, oldest.a, NULL, now, 0, &f, &moved)) != SQLITE_OK)
+            return db_fail(d, err, rc);
+        totals.a -= 1;
+        totals.b -= oldest.b;
     }
-    return SQLITE_OK;
+    return OO_SPOOL_OK;
 }
 
 /* Explains why ack/retry/kill/release found no row held by us. */
-static int lease_err(oo_spool *s, long long id, const char *what, oo_spool_err *err) {
-    int rc;
-    sqlite3_stmt *st = prep(s, ST_OWNER, &rc);
+static int lease_err(oo_spool *s, long long id, oo_spool_err *err) {
+    spool_db *d = s->d;
+    sqlite3_stmt *st;
     char holder[64] = "";
-    int found = 0;
-    if (st) {
-        sqlite3_bind_int64(st, 1, id);
-        if (sqlite3_step(st) == SQLITE_ROW) {
-            const unsigned char *t = sqlite3_column_text(st, 0);
-            found = 1;
-            snprintf(holder, sizeof holder, "%s", t ? (const char *)t : "");
-        }
-        sqlite3_reset(st);
+    int found = query(d, ST_OWNER, &st, "i", id) == SQLITE_ROW;
+    if (found) {
+        const unsigned char *t = sqlite3_column_text(st, 0);
+        snprintf(holder, sizeof holder, "%s", t ? (const char *)t : "");
+        finish(st);
     }
     if (!found)
         return set_err(err, OO_SPOOL_LEASE, 0, NULL,
                        "spool %s: %s of order %lld refused: it is no longer queued"
                        " (acked, purged or moved to dead letters)",
-                       s->path, what, id);
+                       d->path, d->what, id);
     if (!holder[0])
         return set_err(err, OO_SPOOL_LEASE, 0, NULL,
                        "spool %s: %s of order %lld refused: it is not claimed (lease released)",
-                       s->path, what, id);
+                       d->path, d->what, id);
     return set_err(err, OO_SPOOL_LEASE, 0, NULL,
                    "spool %s: %s of order %lld refused: it is claimed by %s, not by this"
                    " handle (%s); our lease expired",
-                   s->path, what, id, holder, s->owner);
+                   d->path, d->what, id, holder, s->owner);
 }
 
 /* ------------------------------------------------------------------ */
 /* Operations                                                          */
 
-int oo_spool_put_many(oo_spool *s, const oo_spool_item *items, size_t n, double now,
-                      long long *ids, oo_spool_err *err) {
-    long long add = 0;
+typedef struct put_ctx {
+    const oo_spool_item *items;
+    size_t n;
+    long long add;
+    double now;
+    long long *ids;
+} put_ctx;
+
+static int put_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    put_ctx *c = (put_ctx *)ctx;
     size_t i;
     int rc, code;
-    sqlite3_stmt *st;
-    if ((code = enter(s, err, "put")) != OO_SPOOL_OK) return code;
+    if ((rc = expire(s, c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    if ((code = make_room(s, (long long)c->n, c->add, c->now, err)) != OO_SPOOL_OK) return code;
+    for (i = 0; i < c->n; i++) {
+        const oo_spool_item *it = &c->items[i];
+        rc = exec(d, ST_INSERT, "tbidt", it->ref, it->ref_len, it->body, it->body_len,
+                  (long long)it->body_len, c->now, it->channel, it->channel_len);
+        if (rc != SQLITE_OK) return db_fail(d, err, rc);
+        if (c->ids) c->ids[i] = (long long)sqlite3_last_insert_rowid(d->db);
+    }
+    return OO_SPOOL_OK;
+}
+
+/* The checks that need no database: empty bodies and single orders or
+ * batches that no amount of room could take. */
+static int check_items(oo_spool *s, const oo_spool_item *items, size_t n, long long *add,
+                       oo_spool_err *err) {
+    const oo_spool_opts *o = &s->opts;
+    const char *path = s->d->path;
+    size_t i;
+    *add = 0;
     for (i = 0; i < n; i++) {
-        if (!items[i].body || items[i].body_len == 0) {
-            leave(s);
+        if (!items[i].body || items[i].body_len == 0)
             return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool put: order %zu has an empty body", i + 1);
-        }
-        if (s->opts.max_bytes > 0 && (long long)items[i].body_len > s->opts.max_bytes) {
-            leave(s);
+        if (o->max_bytes > 0 && (long long)items[i].body_len > o->max_bytes)
             return set_err(err, OO_SPOOL_FULL, 0, "max_bytes",
                            "spool %s: order of %zu bytes is larger than max_bytes %lld; order refused",
-                           s->path, items[i].body_len, s->opts.max_bytes);
-        }
-        add += (long long)items[i].body_len;
+                           path, items[i].body_len, o->max_bytes);
+        *add += (long long)items[i].body_len;
     }
-    if (n == 0) {
-        leave(s);
-        return OO_SPOOL_OK;
-    }
-    if (s->opts.max_orders > 0 && (long long)n > s->opts.max_orders) {
-        leave(s);
+    if (o->max_orders > 0 && (long long)n > o->max_orders)
         return set_err(err, OO_SPOOL_FULL, 0, "max_orders",
                        "spool %s: %zu orders in one put exceed max_orders %lld; orders refused",
-                       s->path, n, s->opts.max_orders);
-    }
-    if (s->opts.max_bytes > 0 && add > s->opts.max_bytes) {
-        leave(s);
+                       path, n, o->max_orders);
+    if (o->max_bytes > 0 && *add > o->max_bytes)
         return set_err(err, OO_SPOOL_FULL, 0, "max_bytes",
                        "spool %s: %zu orders of %lld bytes in one put exceed max_bytes %lld;"
                        " orders refused",
-                       s->path, n, add, s->opts.max_bytes);
-    }
-    if ((rc = run_plain(s, ST_BEGIN)) != SQLITE_OK) goto fail;
-    if ((rc = expire(s, now)) != SQLITE_OK) goto fail;
-    if ((rc = make_room(s, (long long)n, add, now, &code, err)) != SQLITE_OK) goto fail;
-    if (code != OO_SPOOL_OK) {
-        rollback(s);
-        leave(s);
-        return code;
-    }
-    if (!(st = prep(s, ST_INSERT, &rc))) goto fail;
-    for (i = 0; i < n; i++) {
-        bind_text_or_null(st, 1, items[i].ref, items[i].ref_len);
-        sqlite3_bind_blob64(st, 2, items[i].body, (sqlite3_uint64)items[i].body_len, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, (sqlite3_int64)items[i].body_len);
-        sqlite3_bind_double(st, 4, now);
-        if ((rc = run(st)) != SQLITE_OK) goto fail;
-        if (ids) ids[i] = (long long)sqlite3_last_insert_rowid(s->db);
-    }
-    sqlite3_clear_bindings(st); /* drop pointers into the caller's buffers */
-    if ((rc = run_plain(s, ST_COMMIT)) != SQLITE_OK) goto fail;
-    leave(s);
+                       path, n, *add, o->max_bytes);
     return OO_SPOOL_OK;
-fail:
-    code = db_fail(s, err, rc, "put");
-    if (s->st[ST_INSERT]) sqlite3_clear_bindings(s->st[ST_INSERT]);
-    rollback(s);
-    leave(s);
-    return code;
+}
+
+int oo_spool_put_many(oo_spool *s, const oo_spool_item *items, size_t n, double now,
+                      long long *ids, oo_spool_err *err) {
+    put_ctx c;
+    int code;
+    if (!s || !s->d) return misuse(err, "put", "handle is closed");
+    if ((code = check_items(s, items, n, &c.add, err)) != OO_SPOOL_OK || n == 0) return code;
+    c.items = items;
+    c.n = n;
+    c.now = now;
+    c.ids = ids;
+    return transact(s, "put", TX_WRITE, put_body, &c, err);
 }
 
 int oo_spool_put(oo_spool *s, const char *body, size_t body_len, const char *ref,
                  size_t ref_len, double now, long long *id, oo_spool_err *err) {
     oo_spool_item it;
+    memset(&it, 0, sizeof it);
     it.body = body;
     it.body_len = body_len;
     it.ref = ref;
@@ -732,926 +1270,307 @@ int oo_spool_put(oo_spool *s, const char *body, size_t body_len, const char *ref
     return oo_spool_put_many(s, &it, 1, now, id, err);
 }
 
-int oo_spool_claim(oo_spool *s, size_t max_n, double lease, double now, oo_spool_rows *out,
-                   oo_spool_err *err) {
-    int rc, code, oom = 0;
-    sqlite3_stmt *st;
-    oo_spool_rows_free(out);
-    if ((code = enter(s, err, "claim")) != OO_SPOOL_OK) return code;
-    if (max_n == 0 || !(lease > 0)) {
-        leave(s);
-        return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool claim: max_n and lease must be positive");
-    }
-    if ((rc = run_plain(s, ST_BEGIN)) != SQLITE_OK) goto fail;
-    if ((rc = expire(s, now)) != SQLITE_OK) goto fail;
-    if (!(st = prep(s, ST_CLAIM, &rc))) goto fail;
-    sqlite3_bind_text(st, 1, s->owner, -1, SQLITE_STATIC);
-    sqlite3_bind_double(st, 2, now + lease);
-    sqlite3_bind_double(st, 3, now);
-    sqlite3_bind_int64(st, 4, max_n > (size_t)1 << 40 ? (sqlite3_int64)1 << 40 : (sqlite3_int64)max_n);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        oo_spool_row *w = rows_push(out);
-        if (!w) {
-            oom = 1;
-            continue; /* keep stepping: RETURNING must run to completion */
-        }
-        w->id = sqlite3_column_int64(st, 0);
-        w->ref = dup_col(st, 1, &w->ref_len, &oom);
-        w->body = dup_col(st, 2, &w->body_len, &oom);
-        w->bytes = (long long)w->body_len;
-        w->attempts = sqlite3_column_int64(st, 3);
-        w->next_at = sqlite3_column_double(st, 4);
-        w->claimed_until = now + lease;
-    }
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE) goto fail;
-    if (oom) {
-        /* nothing may stay claimed that the caller did not receive */
-        rollback(s);
-        leave(s);
-        oo_spool_rows_free(out);
-        return nomem(s, err, "claim");
-    }
-    if ((rc = run_plain(s, ST_COMMIT)) != SQLITE_OK) goto fail;
-    leave(s);
-    if (out->n > 1) qsort(out->v, out->n, sizeof out->v[0], cmp_row_id);
-    return OO_SPOOL_OK;
-fail:
-    code = db_fail(s, err, rc, "claim");
-    rollback(s);
-    leave(s);
-    oo_spool_rows_free(out);
+typedef struct claim_ctx {
+    size_t max_n;
+    double lease, now;
+    oo_spool_rows *out;
+} claim_ctx;
+
+/* Steps a query started by query() (rc, its first step) to the end,
+ * appending every row: OK, or the failure. Out of memory, it still runs to
+ * the end (a RETURNING statement must complete) and then fails. */
+static int collect_rows(spool_db *d, sqlite3_stmt *st, int rc, const unsigned char *fields,
+                        oo_spool_rows *out, oo_spool_err *err) {
+    int code = OO_SPOOL_OK, oom = 0;
+    for (; rc == SQLITE_ROW; rc = sqlite3_step(st))
+        if (read_row(st, fields, out) != 0) oom = 1;
+    if (rc != SQLITE_DONE) code = db_fail(d, err, rc);
+    else if (oom) code = nomem(d, err);
+    if (st) finish(st);
     return code;
 }
 
-/* ack / release / retry: one UPDATE or DELETE on a row we hold. An
- * autocommit statement starts its own write transaction under the busy
- * handler, so no explicit BEGIN is needed for a single statement. */
-static int owned_write(oo_spool *s, int which, long long id, double next_at, const char *text,
-                       const char *what, oo_spool_err *err) {
-    int rc, code;
+static int claim_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    claim_ctx *c = (claim_ctx *)ctx;
     sqlite3_stmt *st;
-    if ((code = enter(s, err, what)) != OO_SPOOL_OK) return code;
-    if (!(st = prep(s, which, &rc))) goto fail;
-    sqlite3_bind_int64(st, 1, id);
-    sqlite3_bind_text(st, 2, s->owner, -1, SQLITE_STATIC);
-    if (which == ST_RETRY) {
-        sqlite3_bind_double(st, 3, next_at);
-        bind_str(st, 4, text);
+    size_t i;
+    int rc, code;
+    long long limit = c->max_n > (size_t)1 << 40 ? (long long)1 << 40 : (long long)c->max_n;
+    if ((rc = expire(s, c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    rc = query(d, ST_CLAIM, &st, "di", c->now, limit);
+    /* a failure rolls back: nothing stays claimed that the caller did not receive */
+    if ((code = collect_rows(d, st, rc, CLAIM_FIELDS, c->out, err)) != OO_SPOOL_OK) return code;
+    for (i = 0; i < c->out->n; i++) {
+        oo_spool_row *w = &c->out->v[i];
+        w->claimed_until = c->now + c->lease;
+        rc = exec(d, ST_CLAIM_MARK, "isd", w->id, s->owner, w->claimed_until);
+        if (rc != SQLITE_OK) return db_fail(d, err, rc);
     }
-    rc = run(st);
-    if (which == ST_RETRY) sqlite3_clear_bindings(st);
-    if (rc != SQLITE_OK) goto fail;
-    code = sqlite3_changes(s->db) == 0 ? lease_err(s, id, what, err) : OO_SPOOL_OK;
-    leave(s);
+    return OO_SPOOL_OK;
+}
+
+int oo_spool_claim(oo_spool *s, size_t max_n, double lease, double now, oo_spool_rows *out,
+                   oo_spool_err *err) {
+    claim_ctx c;
+    int code;
+    oo_spool_rows_free(out);
+    if (max_n == 0 || !(lease > 0)) return misuse(err, "claim", "max_n and lease must be positive");
+    c.max_n = max_n;
+    c.lease = lease;
+    c.now = now;
+    c.out = out;
+    code = transact(s, "claim", TX_WRITE, claim_body, &c, err);
+    if (code != OO_SPOOL_OK) oo_spool_rows_free(out);
+    else if (out->n > 1) qsort(out->v, out->n, sizeof out->v[0], cmp_row_id);
     return code;
-fail:
-    code = db_fail(s, err, rc, what);
-    leave(s);
-    return code;
+}
+
+/* ack / release / retry of rows we hold: one UPDATE or DELETE each. */
+typedef struct owned_ctx {
+    int which;
+    const long long *ids;
+    size_t n;
+    double next_at;
+    const char *text;
+    size_t missed; /* ids not held by us */
+    long long first_missed;
+} owned_ctx;
+
+static int owned_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    owned_ctx *c = (owned_ctx *)ctx;
+    size_t i;
+    int rc;
+    for (i = 0; i < c->n; i++) {
+        rc = c->which == ST_RETRY ? exec(d, ST_RETRY, "isds", c->ids[i], s->owner, c->next_at, c->text)
+                                  : exec(d, c->which, "is", c->ids[i], s->owner);
+        if (rc != SQLITE_OK) return db_fail(d, err, rc);
+        if (sqlite3_changes(d->db) == 0 && c->missed++ == 0) c->first_missed = c->ids[i];
+    }
+    if (c->missed == 0) return OO_SPOOL_OK;
+    lease_err(s, c->first_missed, err);
+    /* one row: nothing changed, the call fails; a batch: the rows we held
+     * are acked all the same (committed), and the call reports the rest */
+    if (c->n == 1) return OO_SPOOL_LEASE;
+    {
+        size_t len = strlen(err->message);
+        snprintf(err->message + len, sizeof err->message - len, " (%zu of %zu in this batch)",
+                 c->missed, c->n);
+    }
+    return OO_SPOOL_OK;
+}
+
+static int owned_write(oo_spool *s, int which, const long long *ids, size_t n, double next_at,
+                       const char *text, const char *what, oo_spool_err *err) {
+    owned_ctx c;
+    int code;
+    memset(&c, 0, sizeof c);
+    c.which = which;
+    c.ids = ids;
+    c.n = n;
+    c.next_at = next_at;
+    c.text = text;
+    if (n == 0) return OO_SPOOL_OK;
+    /* one statement commits on its own; a batch is one transaction */
+    code = transact(s, what, n == 1 ? TX_ONE : TX_WRITE, owned_body, &c, err);
+    return code == OO_SPOOL_OK && c.missed ? OO_SPOOL_LEASE : code;
 }
 
 int oo_spool_ack(oo_spool *s, long long id, oo_spool_err *err) {
-    return owned_write(s, ST_ACK, id, 0, NULL, "ack", err);
+    return owned_write(s, ST_ACK, &id, 1, 0, NULL, "ack", err);
+}
+
+int oo_spool_ack_many(oo_spool *s, const long long *ids, size_t n, oo_spool_err *err) {
+    if (n > 0 && !ids) return misuse(err, "ack_many", "ids is NULL");
+    return owned_write(s, ST_ACK, ids, n, 0, NULL, "ack", err);
 }
 
 int oo_spool_release(oo_spool *s, long long id, oo_spool_err *err) {
-    return owned_write(s, ST_RELEASE, id, 0, NULL, "release", err);
+    return owned_write(s, ST_RELEASE, &id, 1, 0, NULL, "release", err);
 }
 
 int oo_spool_retry(oo_spool *s, long long id, double next_at, const char *err_text,
                    oo_spool_err *err) {
-    return owned_write(s, ST_RETRY, id, next_at, err_text, "retry", err);
+    return owned_write(s, ST_RETRY, &id, 1, next_at, err_text, "retry", err);
+}
+
+typedef struct kill_ctx {
+    long long id;
+    const oo_spool_failure *f;
+    double now;
+} kill_ctx;
+
+static int kill_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    kill_ctx *c = (kill_ctx *)ctx;
+    int moved = 0, rc = move_to_dead(d, c->id, s->owner, c->now, 1, c->f, &moved);
+    if (rc != SQLITE_OK) return db_fail(d, err, rc);
+    return moved ? OO_SPOOL_OK : lease_err(s, c->id, err);
 }
 
 int oo_spool_kill(oo_spool *s, long long id, const oo_spool_failure *f, double now,
                   oo_spool_err *err) {
-    int rc, code, moved = 0;
     oo_spool_failure none;
-    if ((code = enter(s, err, "kill")) != OO_SPOOL_OK) return code;
+    kill_ctx c;
     if (!f) {
         memset(&none, 0, sizeof none);
         f = &none;
     }
-    if ((rc = run_plain(s, ST_BEGIN)) != SQLITE_OK) goto fail;
-    rc = move_to_dead(s, id, s->owner, now, 1, f, &moved);
-    if (s->st[ST_MOVE_COPY]) sqlite3_clear_bindings(s->st[ST_MOVE_COPY]);
-    if (rc != SQLITE_OK) goto fail;
-    if (!moved) {
-        rollback(s);
-        code = lease_err(s, id, "kill", err);
-        leave(s);
-        return code;
-    }
-    if ((rc = run_plain(s, ST_COMMIT)) != SQLITE_OK) goto fail;
-    leave(s);
-    return OO_SPOOL_OK;
-fail:
-    code = db_fail(s, err, rc, "kill");
-    rollback(s);
-    leave(s);
-    return code;
+    c.id = id;
+    c.f = f;
+    c.now = now;
+    return transact(s, "kill", TX_WRITE, kill_body, &c, err);
 }
 
-static int step_two_ints(sqlite3_stmt *st, long long *a, long long *b) {
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        *a = sqlite3_column_int64(st, 0);
-        if (b) *b = sqlite3_column_int64(st, 1);
-        rc = SQLITE_OK;
-    }
-    sqlite3_reset(st);
-    return rc;
+typedef struct stats_ctx {
+    double now;
+    oo_spool_counts *out;
+} stats_ctx;
+
+static int stats_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    stats_ctx *c = (stats_ctx *)ctx;
+    scalar v;
+    int rc;
+    if ((rc = query_scalar(d, ST_TOTALS, &v, "")) != SQLITE_OK) return db_fail(d, err, rc);
+    c->out->queued = v.a;
+    c->out->bytes = v.b;
+    /* due = queued - not yet due - leased and due: two index ranges, no scan */
+    if ((rc = query_scalar(d, ST_WAITING, &v, "d", c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    c->out->due = c->out->queued - v.a;
+    if ((rc = query_scalar(d, ST_LEASED, &v, "d", c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    c->out->claimed = v.a;
+    c->out->due -= v.b;
+    if (c->out->due < 0) c->out->due = 0;
+    if ((rc = query_scalar(d, ST_DEAD_COUNT, &v, "")) != SQLITE_OK) return db_fail(d, err, rc);
+    c->out->dead = v.a;
+    if ((rc = query_scalar(d, ST_MIN_CREATED, &v, "")) != SQLITE_OK) return db_fail(d, err, rc);
+    if (v.found && c->now - v.x > 0) c->out->oldest_age = c->now - v.x;
+    return OO_SPOOL_OK;
 }
 
 int oo_spool_stats(oo_spool *s, double now, oo_spool_counts *out, oo_spool_err *err) {
-    int rc, code;
-    sqlite3_stmt *st;
+    stats_ctx c;
     memset(out, 0, sizeof *out);
-    if ((code = enter(s, err, "stats")) != OO_SPOOL_OK) return code;
+    c.now = now;
+    c.out = out;
     /* one read transaction: all counts from the same snapshot */
-    if ((rc = run_plain(s, ST_BEGIN_READ)) != SQLITE_OK) goto fail;
-    if ((rc = read_totals(s, &out->queued, &out->bytes)) != SQLITE_OK) goto fail;
-    if (!(st = prep(s, ST_STATS_SCAN, &rc))) goto fail;
-    sqlite3_bind_double(st, 1, now);
-    if ((rc = step_two_ints(st, &out->due, &out->claimed)) != SQLITE_OK) goto fail;
-    if (!(st = prep(s, ST_DEAD_COUNT, &rc))) goto fail;
-    if ((rc = step_two_ints(st, &out->dead, NULL)) != SQLITE_OK) goto fail;
-    if (!(st = prep(s, ST_MIN_CREATED, &rc))) goto fail;
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        if (sqlite3_column_type(st, 0) != SQLITE_NULL) {
-            double age = now - sqlite3_column_double(st, 0);
-            out->oldest_age = age > 0 ? age : 0;
-        }
-        rc = SQLITE_OK;
-    }
-    sqlite3_reset(st);
-    if (rc != SQLITE_OK) goto fail;
-    if ((rc = run_plain(s, ST_COMMIT)) != SQLITE_OK) goto fail;
-    leave(s);
+    return transact(s, "stats", TX_READ, stats_body, &c, err);
+}
+
+typedef struct next_due_ctx {
+    double now, *at;
+    int *found;
+} next_due_ctx;
+
+static int next_due_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    next_due_ctx *c = (next_due_ctx *)ctx;
+    scalar v;
+    int rc = query_scalar(d, ST_NEXT_DUE, &v, "d", c->now);
+    if (rc != SQLITE_OK) return db_fail(d, err, rc);
+    *c->found = v.found;
+    *c->at = v.found ? v.x : 0;
     return OO_SPOOL_OK;
-fail:
-    code = db_fail(s, err, rc, "stats");
-    rollback(s);
-    leave(s);
-    return code;
 }
 
 int oo_spool_next_due(oo_spool *s, double now, double *at, int *found, oo_spool_err *err) {
-    int rc, code;
-    sqlite3_stmt *st;
+    next_due_ctx c;
     *found = 0;
     *at = 0;
-    if ((code = enter(s, err, "next_due")) != OO_SPOOL_OK) return code;
-    if (!(st = prep(s, ST_NEXT_DUE, &rc))) goto fail;
-    sqlite3_bind_double(st, 1, now);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        *at = sqlite3_column_double(st, 0);
-        *found = 1;
-        rc = SQLITE_DONE;
-    }
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE) goto fail;
-    leave(s);
-    return OO_SPOOL_OK;
-fail:
-    code = db_fail(s, err, rc, "next_due");
-    leave(s);
-    return code;
+    c.now = now;
+    c.at = at;
+    c.found = found;
+    return transact(s, "next_due", TX_READ_ONE, next_due_body, &c, err);
+}
+
+typedef struct list_ctx {
+    const oo_spool_list_opts *o;
+    oo_spool_rows *out;
+} list_ctx;
+
+static int list_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    list_ctx *c = (list_ctx *)ctx;
+    sqlite3_stmt *st;
+    const oo_spool_list_opts *o = c->o;
+    int rc = query(d, o->dead ? ST_LIST_DEAD : ST_LIST_QUEUED, &st, "iiio", o->after_id,
+                   o->limit, o->offset, o->with_body ? 1 : 0);
+    return collect_rows(d, st, rc, o->dead ? DEAD_FIELDS : QUEUED_FIELDS, c->out, err);
 }
 
 int oo_spool_list(oo_spool *s, const oo_spool_list_opts *o, oo_spool_rows *out,
                   oo_spool_err *err) {
-    int rc, code, oom = 0;
-    sqlite3_stmt *st;
+    list_ctx c;
+    int code;
     oo_spool_rows_free(out);
-    if ((code = enter(s, err, "list")) != OO_SPOOL_OK) return code;
-    if (o->limit < 1 || o->offset < 0) {
-        leave(s);
-        return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool list: limit must be >= 1 and offset >= 0");
-    }
-    if (!(st = prep(s, o->dead ? ST_LIST_DEAD : ST_LIST_QUEUED, &rc))) goto fail;
-    sqlite3_bind_int64(st, 1, o->after_id);
-    sqlite3_bind_int64(st, 2, o->limit);
-    sqlite3_bind_int64(st, 3, o->offset);
-    sqlite3_bind_int(st, 4, o->with_body ? 1 : 0);
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        oo_spool_row *w = rows_push(out);
-        if (!w) {
-            oom = 1;
-            break;
-        }
-        w->id = sqlite3_column_int64(st, 0);
-        w->ref = dup_col(st, 1, &w->ref_len, &oom);
-        w->body = dup_col(st, 2, &w->body_len, &oom);
-        w->bytes = sqlite3_column_int64(st, 3);
-        w->created_at = sqlite3_column_double(st, 4);
-        w->attempts = sqlite3_column_int64(st, 5);
-        if (o->dead) {
-            w->failed_at = sqlite3_column_double(st, 6);
-            w->kind = dup_col(st, 7, NULL, &oom);
-            w->status = sqlite3_column_int(st, 8);
-            w->code = dup_col(st, 9, NULL, &oom);
-            w->message = dup_col(st, 10, NULL, &oom);
-        } else {
-            w->next_at = sqlite3_column_double(st, 6);
-            w->claimed_by = dup_col(st, 7, NULL, &oom);
-            w->claimed_until = sqlite3_column_double(st, 8);
-            w->last_error = dup_col(st, 9, NULL, &oom);
-        }
-    }
-    sqlite3_reset(st);
-    if (oom) {
-        leave(s);
-        oo_spool_rows_free(out);
-        return nomem(s, err, "list");
-    }
-    if (rc != SQLITE_DONE) goto fail;
-    leave(s);
-    return OO_SPOOL_OK;
-fail:
-    code = db_fail(s, err, rc, "list");
-    leave(s);
-    oo_spool_rows_free(out);
+    if (o->limit < 1 || o->offset < 0)
+        return misuse(err, "list", "limit must be >= 1 and offset >= 0");
+    c.o = o;
+    c.out = out;
+    code = transact(s, "list", TX_READ_ONE, list_body, &c, err);
+    if (code != OO_SPOOL_OK) oo_spool_rows_free(out);
     return code;
+}
+
+typedef struct count_ctx {
+    long long id; /* requeue: 0 = all */
+    int which;    /* purge */
+    double cutoff, now;
+    long long *n;
+} count_ctx;
+
+static int requeue_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    count_ctx *c = (count_ctx *)ctx;
+    scalar dead, totals;
+    int rc, code;
+    /* ?1 = the id, NULL (id 0) for every dead letter */
+    if ((rc = query_scalar(d, ST_DEAD_SUM, &dead, "I", c->id)) != SQLITE_OK) return db_fail(d, err, rc);
+    if (dead.a == 0) return OO_SPOOL_OK;
+    if ((rc = query_scalar(d, ST_TOTALS, &totals, "")) != SQLITE_OK) return db_fail(d, err, rc);
+    if ((code = over_bounds(s, &totals, dead.a, dead.b, "requeue refused", "", err)) != OO_SPOOL_OK)
+        return code;
+    if ((rc = exec(d, ST_REQUEUE_COPY, "Id", c->id, c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    *c->n = sqlite3_changes(d->db);
+    if ((rc = exec(d, ST_REQUEUE_DEL, "I", c->id)) != SQLITE_OK) return db_fail(d, err, rc);
+    return OO_SPOOL_OK;
 }
 
 int oo_spool_requeue_dead(oo_spool *s, long long id, double now, long long *n,
                           oo_spool_err *err) {
-    int rc, code, all = id <= 0;
-    long long cnt, bytes, add_n = 0, add_b = 0;
-    sqlite3_stmt *st;
+    count_ctx c;
+    int code;
     *n = 0;
-    if ((code = enter(s, err, "requeue_dead")) != OO_SPOOL_OK) return code;
-    if ((rc = run_plain(s, ST_BEGIN)) != SQLITE_OK) goto fail;
-    if (!(st = prep(s, all ? ST_DEAD_SUM_ALL : ST_DEAD_SUM_ONE, &rc))) goto fail;
-    if (!all) sqlite3_bind_int64(st, 1, id);
-    if ((rc = step_two_ints(st, &add_n, &add_b)) != SQLITE_OK) goto fail;
-    if (add_n == 0) {
-        rollback(s);
-        leave(s);
-        return OO_SPOOL_OK;
-    }
-    if ((rc = read_totals(s, &cnt, &bytes)) != SQLITE_OK) goto fail;
-    code = over_bounds(s, cnt, bytes, add_n, add_b, "requeue refused", "", err);
-    if (code != OO_SPOOL_OK) {
-        rollback(s);
-        leave(s);
-        return code;
-    }
-    if (!(st = prep(s, all ? ST_REQ_ALL_COPY : ST_REQ_ONE_COPY, &rc))) goto fail;
-    if (all) {
-        sqlite3_bind_double(st, 1, now);
-    } else {
-        sqlite3_bind_int64(st, 1, id);
-        sqlite3_bind_double(st, 2, now);
-    }
-    if ((rc = run(st)) != SQLITE_OK) goto fail;
-    *n = sqlite3_changes(s->db);
-    if (!(st = prep(s, all ? ST_REQ_ALL_DEL : ST_REQ_ONE_DEL, &rc))) goto fail;
-    if (!all) sqlite3_bind_int64(st, 1, id);
-    if ((rc = run(st)) != SQLITE_OK) goto fail;
-    if ((rc = run_plain(s, ST_COMMIT)) != SQLITE_OK) goto fail;
-    leave(s);
-    return OO_SPOOL_OK;
-fail:
-    *n = 0;
-    code = db_fail(s, err, rc, "requeue_dead");
-    rollback(s);
-    leave(s);
+    memset(&c, 0, sizeof c);
+    c.id = id > 0 ? id : 0;
+    c.now = now;
+    c.n = n;
+    code = transact(s, "requeue_dead", TX_WRITE, requeue_body, &c, err);
+    if (code != OO_SPOOL_OK) *n = 0;
     return code;
+}
+
+static int purge_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    count_ctx *c = (count_ctx *)ctx;
+    int rc;
+    if (c->which & OO_SPOOL_PURGE_DEAD) {
+        if ((rc = exec(d, ST_PURGE_DEAD, "d", c->cutoff)) != SQLITE_OK) return db_fail(d, err, rc);
+        *c->n += sqlite3_changes(d->db);
+    }
+    if (c->which & OO_SPOOL_PURGE_QUEUED) {
+        if ((rc = exec(d, ST_PURGE_QUEUED, "dd", c->cutoff, c->now)) != SQLITE_OK)
+            return db_fail(d, err, rc);
+        *c->n += sqlite3_changes(d->db);
+    }
+    return OO_SPOOL_OK;
 }
 
 int oo_spool_purge(oo_spool *s, int which, double older_than, double now, long long *n,
                    oo_spool_err *err) {
-    int rc, code;
-    double cutoff = older_than < 0 ? FAR_FUTURE : now - older_than;
-    sqlite3_stmt *st;
+    count_ctx c;
+    int code;
     *n = 0;
-    if ((code = enter(s, err, "purge")) != OO_SPOOL_OK) return code;
-    if ((rc = run_plain(s, ST_BEGIN)) != SQLITE_OK) goto fail;
-    if (which & OO_SPOOL_PURGE_DEAD) {
-        if (!(st = prep(s, ST_PURGE_DEAD, &rc))) goto fail;
-        sqlite3_bind_double(st, 1, cutoff);
-        if ((rc = run(st)) != SQLITE_OK) goto fail;
-        *n += sqlite3_changes(s->db);
-    }
-    if (which & OO_SPOOL_PURGE_QUEUED) {
-        if (!(st = prep(s, ST_PURGE_QUEUED, &rc))) goto fail;
-        sqlite3_bind_double(st, 1, cutoff);
-        sqlite3_bind_double(st, 2, now);
-        if ((rc = run(st)) != SQLITE_OK) goto fail;
-        *n += sqlite3_changes(s->db);
-    }
-    if ((rc = run_plain(s, ST_COMMIT)) != SQLITE_OK) goto fail;
-    leave(s);
-    return OO_SPOOL_OK;
-fail:
-    *n = 0;
-    code = db_fail(s, err, rc, "purge");
-    rollback(s);
-    leave(s);
+    memset(&c, 0, sizeof c);
+    c.which = which;
+    c.cutoff = older_than < 0 ? FAR_FUTURE : now - older_than;
+    c.now = now;
+    c.n = n;
+    code = transact(s, "purge", TX_WRITE, purge_body, &c, err);
+    if (code != OO_SPOOL_OK) *n = 0;
     return code;
-}
-
-/* ================================================================== */
-/* Lua binding                                                         */
-
-#define OO_SPOOL_ROWS_MT "optimizely.offline.spool.rows"
-
-/* luaL_error with printf formats (%lld, %g, %zu), which lua_pushfstring
- * lacks on some Lua versions. */
-static int raisef(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static int raisef(lua_State *L, const char *fmt, ...) {
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    return luaL_error(L, "%s", buf);
-}
-
-typedef struct l_spool {
-    oo_spool *s; /* NULL once closed */
-} l_spool;
-
-oo_spool *oo_spool_check(lua_State *L, int idx) {
-    l_spool *b = (l_spool *)luaL_checkudata(L, idx, OO_SPOOL_MT);
-    if (!b->s) raisef(L, "spool is closed");
-    return b->s;
-}
-
-/* Runtime failure → nil, {kind, message, retryable, sqlite_code?, bound?};
- * misuse → raise. */
-static int push_err(lua_State *L, const oo_spool_err *e) {
-    if (e->code == OO_SPOOL_MISUSE) return raisef(L, "%s", e->message);
-    lua_pushnil(L);
-    lua_createtable(L, 0, 5);
-    lua_pushstring(L, oo_spool_kind(e->code));
-    lua_setfield(L, -2, "kind");
-    lua_pushstring(L, e->message);
-    lua_setfield(L, -2, "message");
-    lua_pushboolean(L, e->code == OO_SPOOL_BUSY);
-    lua_setfield(L, -2, "retryable");
-    if (e->sqlite_code) {
-        lua_pushinteger(L, e->sqlite_code);
-        lua_setfield(L, -2, "sqlite_code");
-    }
-    if (e->bound) {
-        lua_pushstring(L, e->bound);
-        lua_setfield(L, -2, "bound");
-    }
-    return 2;
-}
-
-static int is_finite(lua_Number n) {
-    return n == n && n > -1e300 && n < 1e300;
-}
-
-/* Optional "now" argument: a finite number, default the wall clock. */
-static double opt_now(lua_State *L, int idx, const char *fn) {
-    lua_Number n;
-    if (lua_isnoneornil(L, idx)) return oo_spool_now();
-    if (lua_type(L, idx) != LUA_TNUMBER || !is_finite(n = lua_tonumber(L, idx)))
-        raisef(L, "spool:%s: now must be a number (epoch seconds), got %s", fn,
-                   luaL_typename(L, idx));
-    return (double)lua_tonumber(L, idx);
-}
-
-static long long check_id(lua_State *L, int idx, const char *fn) {
-    long long id = 0;
-    if (lua_type(L, idx) != LUA_TNUMBER || !oo_tointeger(L, idx, &id) || id < 1)
-        raisef(L, "spool:%s: id must be a positive integer, got %s", fn,
-                   lua_type(L, idx) == LUA_TNUMBER ? lua_tostring(L, idx) : luaL_typename(L, idx));
-    return id;
-}
-
-static const char *opt_string(lua_State *L, int idx, size_t *len, const char *fn, const char *name) {
-    if (lua_isnoneornil(L, idx)) {
-        if (len) *len = 0;
-        return NULL;
-    }
-    if (lua_type(L, idx) != LUA_TSTRING)
-        raisef(L, "spool:%s: %s must be a string or nil, got %s", fn, name, luaL_typename(L, idx));
-    return lua_tolstring(L, idx, len);
-}
-
-/* Number field of an options table (at -1): raises naming opts.<key>. */
-static lua_Number opt_number(lua_State *L, const char *fn, const char *key, lua_Number lo,
-                             int strictly_above) {
-    lua_Number v;
-    if (lua_type(L, -1) != LUA_TNUMBER)
-        raisef(L, "%s: opts.%s must be a number, got %s", fn, key, luaL_typename(L, -1));
-    v = lua_tonumber(L, -1);
-    if (!is_finite(v) || (strictly_above ? !(v > lo) : !(v >= lo)))
-        raisef(L, "%s: opts.%s must be %s %g, got %s", fn, key, strictly_above ? ">" : ">=",
-                   (double)lo, lua_tostring(L, -1));
-    return v;
-}
-
-static long long opt_integer(lua_State *L, const char *fn, const char *key, long long lo) {
-    long long v = 0;
-    if (lua_type(L, -1) != LUA_TNUMBER || !oo_tointeger(L, -1, &v) || v < lo)
-        raisef(L, "%s: opts.%s must be an integer >= %lld, got %s", fn, key, lo,
-                   lua_type(L, -1) == LUA_TNUMBER ? lua_tostring(L, -1) : luaL_typename(L, -1));
-    return v;
-}
-
-static int opt_bool(lua_State *L, const char *fn, const char *key) {
-    if (lua_type(L, -1) != LUA_TBOOLEAN)
-        raisef(L, "%s: opts.%s must be a boolean, got %s", fn, key, luaL_typename(L, -1));
-    return lua_toboolean(L, -1);
-}
-
-/* One of the listed words, else a raise naming them. */
-static int opt_choice(lua_State *L, const char *fn, const char *key, const char *const *words) {
-    const char *v;
-    int i;
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        v = lua_tostring(L, -1);
-        for (i = 0; words[i]; i++)
-            if (strcmp(v, words[i]) == 0) return i;
-    }
-    return raisef(L, "%s: opts.%s must be \"%s\" or \"%s\", got %s", fn, key, words[0],
-                      words[1], lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : luaL_typename(L, -1));
-}
-
-/* Walks an options table: calls back per key; unknown keys raise. Keys
- * must be strings. The value is at -1 during the callback. */
-static void check_table_arg(lua_State *L, int idx, const char *fn) {
-    if (!lua_isnoneornil(L, idx) && lua_type(L, idx) != LUA_TTABLE)
-        raisef(L, "%s: opts must be a table or nil, got %s", fn, luaL_typename(L, idx));
-}
-
-static const char *next_key(lua_State *L, const char *fn) {
-    if (lua_type(L, -2) != LUA_TSTRING)
-        raisef(L, "%s: opts keys must be strings, got %s", fn, luaL_typename(L, -2));
-    return lua_tostring(L, -2);
-}
-
-void oo_spool_read_opts(lua_State *L, int idx, oo_spool_opts *o) {
-    static const char *const sync_words[] = {"normal", "full", NULL};
-    static const char *const full_words[] = {"refuse", "drop_oldest", NULL};
-    const char *fn = "spool.open";
-    oo_spool_opts_init(o);
-    check_table_arg(L, idx, fn);
-    if (lua_isnoneornil(L, idx)) return;
-    idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        const char *k = next_key(L, fn);
-        if (strcmp(k, "busy_timeout") == 0) {
-            o->busy_timeout = opt_number(L, fn, k, 0, 0);
-            if (o->busy_timeout > 86400) raisef(L, "%s: opts.busy_timeout must be <= 86400", fn);
-        } else if (strcmp(k, "sync") == 0) {
-            o->sync = opt_choice(L, fn, k, sync_words) ? OO_SPOOL_SYNC_FULL : OO_SPOOL_SYNC_NORMAL;
-        } else if (strcmp(k, "max_orders") == 0) {
-            o->max_orders = opt_integer(L, fn, k, 1);
-        } else if (strcmp(k, "max_bytes") == 0) {
-            o->max_bytes = opt_integer(L, fn, k, 1);
-        } else if (strcmp(k, "max_age") == 0) {
-            o->max_age = opt_number(L, fn, k, 0, 1);
-        } else if (strcmp(k, "on_full") == 0) {
-            o->on_full = opt_choice(L, fn, k, full_words) ? OO_SPOOL_DROP_OLDEST : OO_SPOOL_REFUSE;
-        } else {
-            raisef(L, "%s: unknown option opts.%s (expected busy_timeout, sync, max_orders,"
-                          " max_bytes, max_age, on_full)", fn, k);
-        }
-        lua_pop(L, 1);
-    }
-}
-
-/* A userdata box around oo_spool_rows: freed by __gc even if building the
- * Lua result raises (out of memory). */
-static oo_spool_rows *new_rows_box(lua_State *L) {
-    oo_spool_rows *r = (oo_spool_rows *)lua_newuserdata(L, sizeof *r);
-    memset(r, 0, sizeof *r);
-    oo_setmetatable(L, OO_SPOOL_ROWS_MT);
-    return r;
-}
-
-static int l_rows_gc(lua_State *L) {
-    oo_spool_rows_free((oo_spool_rows *)luaL_checkudata(L, 1, OO_SPOOL_ROWS_MT));
-    return 0;
-}
-
-static void set_str(lua_State *L, const char *k, const char *v, size_t len) {
-    if (!v) return;
-    lua_pushlstring(L, v, len);
-    lua_setfield(L, -2, k);
-}
-
-static void set_cstr(lua_State *L, const char *k, const char *v) {
-    if (v) set_str(L, k, v, strlen(v));
-}
-
-static void set_num(lua_State *L, const char *k, double v) {
-    lua_pushnumber(L, (lua_Number)v);
-    lua_setfield(L, -2, k);
-}
-
-static void set_int(lua_State *L, const char *k, long long v) {
-    lua_pushinteger(L, (lua_Integer)v);
-    lua_setfield(L, -2, k);
-}
-
-/*** core.spool_open(path, opts) → spool | nil, err
- * opts: busy_timeout, sync ("normal"|"full"), max_orders, max_bytes,
- * max_age, on_full ("refuse"|"drop_oldest"). */
-static int l_open(lua_State *L) {
-    size_t plen;
-    const char *path = luaL_checklstring(L, 1, &plen);
-    oo_spool_opts o;
-    oo_spool_err err;
-    l_spool *b;
-    if (plen == 0 || strlen(path) != plen) raisef(L, "spool.open: path must be a non-empty string without NUL");
-    oo_spool_read_opts(L, 2, &o);
-    b = (l_spool *)lua_newuserdata(L, sizeof *b);
-    b->s = NULL;
-    oo_setmetatable(L, OO_SPOOL_MT);
-    if (oo_spool_open(path, &o, &b->s, &err) != OO_SPOOL_OK) return push_err(L, &err);
-    return 1;
-}
-
-/*** sp:put(body, ref, now) → id | nil, err */
-static int l_put(lua_State *L) {
-    oo_spool *s = oo_spool_check(L, 1);
-    oo_spool_item it;
-    oo_spool_err err;
-    long long id;
-    double now;
-    if (lua_type(L, 2) != LUA_TSTRING || oo_rawlen(L, 2) == 0)
-        raisef(L, "spool:put: body must be a non-empty string, got %s",
-                   lua_type(L, 2) == LUA_TSTRING ? "an empty string" : luaL_typename(L, 2));
-    it.body = lua_tolstring(L, 2, &it.body_len);
-    it.ref = opt_string(L, 3, &it.ref_len, "put", "ref");
-    now = opt_now(L, 4, "put");
-    if (oo_spool_put_many(s, &it, 1, now, &id, &err) != OO_SPOOL_OK) return push_err(L, &err);
-    lua_pushinteger(L, (lua_Integer)id);
-    return 1;
-}
-
-/*** sp:put_many({ {body=, ref=} | body, ... }, now) → {ids} | nil, err
- * One transaction: all stored or none. */
-static int l_put_many(lua_State *L) {
-    oo_spool *s = oo_spool_check(L, 1);
-    size_t n, i;
-    oo_spool_item *items;
-    long long *ids;
-    oo_spool_err err;
-    double now;
-    if (lua_type(L, 2) != LUA_TTABLE)
-        raisef(L, "spool:put_many: list must be a table, got %s", luaL_typename(L, 2));
-    now = opt_now(L, 3, "put_many");
-    n = (size_t)oo_rawlen(L, 2);
-    if (n > 1000000) raisef(L, "spool:put_many: at most 1000000 orders per call");
-    /* scratch memory the GC owns, so a raise below leaks nothing */
-    items = (oo_spool_item *)lua_newuserdata(L, (n ? n : 1) * (sizeof *items + sizeof *ids));
-    ids = (long long *)(void *)(items + (n ? n : 1));
-    for (i = 0; i < n; i++) {
-        int t;
-        lua_rawgeti(L, 2, (int)(i + 1));
-        t = lua_type(L, -1);
-        items[i].ref = NULL;
-        items[i].ref_len = 0;
-        if (t == LUA_TSTRING) {
-            items[i].body = lua_tolstring(L, -1, &items[i].body_len);
-        } else if (t == LUA_TTABLE) {
-            lua_pushliteral(L, "body");
-            lua_rawget(L, -2);
-            if (lua_type(L, -1) != LUA_TSTRING)
-                raisef(L, "spool:put_many: list[%d].body must be a string, got %s", (int)(i + 1),
-                           luaL_typename(L, -1));
-            /* stays alive: the list (argument 2) references the entry, the entry the string */
-            items[i].body = lua_tolstring(L, -1, &items[i].body_len);
-            lua_pop(L, 1);
-            lua_pushliteral(L, "ref");
-            lua_rawget(L, -2);
-            if (!lua_isnil(L, -1)) {
-                if (lua_type(L, -1) != LUA_TSTRING)
-                    raisef(L, "spool:put_many: list[%d].ref must be a string or nil, got %s",
-                               (int)(i + 1), luaL_typename(L, -1));
-                items[i].ref = lua_tolstring(L, -1, &items[i].ref_len);
-            }
-            lua_pop(L, 1);
-        } else {
-            raisef(L, "spool:put_many: list[%d] must be a table {body=, ref=} or a string, got %s",
-                       (int)(i + 1), luaL_typename(L, -1));
-        }
-        if (items[i].body_len == 0)
-            raisef(L, "spool:put_many: list[%d].body must be a non-empty string", (int)(i + 1));
-        lua_pop(L, 1);
-    }
-    if (oo_spool_put_many(s, items, n, now, ids, &err) != OO_SPOOL_OK) return push_err(L, &err);
-    lua_createtable(L, (int)n, 0);
-    for (i = 0; i < n; i++) {
-        lua_pushinteger(L, (lua_Integer)ids[i]);
-        lua_rawseti(L, -2, (int)(i + 1));
-    }
-    return 1;
-}
-
-/*** sp:claim(max_n, lease_seconds, now) → { {id, ref, body, attempts}, ... } | nil, err */
-static int l_claim(lua_State *L) {
-    oo_spool *s = oo_spool_check(L, 1);
-    long long max_n = 0;
-    lua_Number lease = 0;
-    double now;
-    oo_spool_rows *rows;
-    oo_spool_err err;
-    size_t i;
-    if (lua_type(L, 2) != LUA_TNUMBER || !oo_tointeger(L, 2, &max_n) || max_n < 1 || max_n > 100000)
-        raisef(L, "spool:claim: max_n must be an integer from 1 to 100000");
-    if (lua_type(L, 3) != LUA_TNUMBER || !is_finite(lease = lua_tonumber(L, 3)) || !(lease > 0))
-        raisef(L, "spool:claim: lease_seconds must be a positive number");
-    now = opt_now(L, 4, "claim");
-    rows = new_rows_box(L);
-    if (oo_spool_claim(s, (size_t)max_n, (double)lease, now, rows, &err) != OO_SPOOL_OK)
-        return push_err(L, &err);
-    lua_createtable(L, (int)rows->n, 0);
-    for (i = 0; i < rows->n; i++) {
-        oo_spool_row *w = &rows->v[i];
-        lua_createtable(L, 0, 4);
-        set_int(L, "id", w->id);
-        set_str(L, "ref", w->ref, w->ref_len);
-        set_str(L, "body", w->body, w->body_len);
-        set_int(L, "attempts", w->attempts);
-        lua_rawseti(L, -2, (int)(i + 1));
-    }
-    oo_spool_rows_free(rows);
-    return 1;
-}
-
-static int push_ok(lua_State *L, int code, const oo_spool_err *err) {
-    if (code != OO_SPOOL_OK) return push_err(L, err);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/*** sp:ack(id) → true | nil, err (kind "lease" unless this handle holds the row) */
-static int l_ack(lua_State *L) {
-    oo_spool *s = oo_spool_check(L, 1);
-    oo_spool_err err;
-    return push_ok(L, oo_spool_ack(s, check_id(L, 2, "ack"), &err), &err);
-}
-
-/*** sp:release(id) → true | nil, err */
-static int l_release(lua_State *L) {
-    oo_spool *s = oo_spool_check(L, 1);
-    oo_spool_err err;
-    return push_ok(L, oo_spool_release(s, check_id(L, 2, "release"), &err), &err);
-}
-
-/*** sp:retry(id, next_at, err_text) → true | nil, err */
-static int l_retry(lua_State *L) {
-    oo_spool *s = oo_spool_check(L, 1);
-    oo_spool_err err;
-    long long id = check_id(L, 2, "retry");
-    lua_Number next_at = 0;
-    const char *text;
-    if (lua_type(L, 3) != LUA_TNUMBER || !is_finite(next_at = lua_tonumber(L, 3)))
-        raisef(L, "spool:retry: next_at must be a number (epoch seconds), got %s", luaL_typename(L, 3));
-    text = opt_string(L, 4, NULL, "retry", "err_text");
-    return push_ok(L, oo_spool_retry(s, id, (double)next_at, text, &err), &err);
-}
-
-/* A string field of the failure table at idx, or NULL. */
-static const char *failure_field(lua_State *L, int idx, const char *k) {
-    const char *v = NULL;
-    lua_getfield(L, idx, k);
-    if (!lua_isnil(L, -1)) {
-        if (lua_type(L, -1) != LUA_TSTRING)
-            raisef(L, "spool:kill: err.%s must be a string or nil, got %s", k, luaL_typename(L, -1));
-        v = lua_tostring(L, -1); /* anchored: the caller's table keeps it */
-    }
-    lua_pop(L, 1);
-    return v;
-}
-
-/*** sp:kill(id, err, now) → true | nil, err
- * err: {kind=, status=, code=, message=} (an error object fits) or a message string. */
-static int l_kill(lua_State *L) {
-    oo_spool *s = oo_spool_check(L, 1);
-    oo_spool_err err;
-    oo_spool_failure f;
-    long long id = check_id(L, 2, "kill");
-    double now = opt_now(L, 4, "kill");
-    memset(&f, 0, sizeof f);
-    if (lua_type(L, 3) == LUA_TSTRING) {
-        f.message = lua_tostring(L, 3);
-    } else if (lua_type(L, 3) == LUA_TTABLE) {
-        long long st = 0;
-        f.kind = failure_field(L, 3, "kind");
-        f.code = failure_field(L, 3, "code");
-        f.message = failure_field(L, 3, "message");
-        lua_getfield(L, 3, "status");
-        if (!lua_isnil(L, -1)) {
-            if (lua_type(L, -1) != LUA_TNUMBER || !oo_tointeger(L, -1, &st) || st < 0 || st > 999)
-                raisef(L, "spool:kill: err.status must be an integer HTTP status or nil");
-            f.status = (int)st;
-        }
-        lua_pop(L, 1);
-    } else if (!lua_isnoneornil(L, 3)) {
-        raisef(L, "spool:kill: err must be a table, a string or nil, got %s", luaL_typename(L, 3));
-    }
-    return push_ok(L, oo_spool_kill(s, id, &f, now, &err), &err);
-}
-
-/*** sp:stats(now) → {queued, due, claimed, dead, bytes, oldest_age} | nil, err */
-static int l_stats(lua_State *L) {
-    oo_spool *s = oo_spool_check(L, 1);
-    oo_spool_counts st;
-    oo_spool_err err;
-    if (oo_spool_stats(s, opt_now(L, 2, "stats"), &st, &err) != OO_SPOOL_OK) return push_err(L, &err);
-    lua_createtable(L, 0, 6);
-    set_int(L, "queued", st.queued);
-    set_int(L, "due", st.due);
-    set_int(L, "claimed", st.claimed);
-    set_int(L, "dead", st.dead);
-    set_int(L, "bytes", st.bytes);
-    set_num(L, "oldest_age", st.oldest_age);
-    return 1;
-}
-
-/*** sp:next_due(now) → epoch seconds of the earliest unclaimed order | false | nil, err */
-static int l_next_due(lua_State *L) {
-    oo_spool *s = oo_spool_check(L, 1);
-    oo_spool_err err;
-    double at;
-    int found;
-    if (oo_spool_next_due(s, opt_now(L, 2, "next_due"), &at, &found, &err) != OO_SPOOL_OK)
-        return push_err(L, &err);
-    if (found) lua_pushnumber(L, (lua_Number)at);
-    else lua_pushboolean(L, 0);
-    return 1;
-}
-
-/*** sp:list{dead=, limit=100, offset=0, after=id, body=false} → rows | nil, err */
-static int l_list(lua_State *L) {
-    oo_spool *s = oo_spool_check(L, 1);
-    oo_spool_list_opts o;
-    oo_spool_rows *rows;
-    oo_spool_err err;
-    const char *fn = "spool:list";
-    size_t i;
-    memset(&o, 0, sizeof o);
-    o.limit = 100;
-    check_table_arg(L, 2, fn);
-    if (lua_type(L, 2) == LUA_TTABLE) {
-        lua_pushnil(L);
-        while (lua_next(L, 2)) {
-            const char *k = next_key(L, fn);
-            if (strcmp(k, "dead") == 0) o.dead = opt_bool(L, fn, k);
-            else if (strcmp(k, "body") == 0) o.with_body = opt_bool(L, fn, k);
-            else if (strcmp(k, "limit") == 0) o.limit = opt_integer(L, fn, k, 1);
-            else if (strcmp(k, "offset") == 0) o.offset = opt_integer(L, fn, k, 0);
-            else if (strcmp(k, "after") == 0) o.after_id = opt_integer(L, fn, k, 0);
-            else raisef(L, "%s: unknown option opts.%s (expected dead, limit, offset, after, body)", fn, k);
-            lua_pop(L, 1);
-        }
-    }
-    rows = new_rows_box(L);
-    if (oo_spool_list(s, &o, rows, &err) != OO_SPOOL_OK) return push_err(L, &err);
-    lua_createtable(L, (int)rows->n, 0);
-    for (i = 0; i < rows->n; i++) {
-        oo_spool_row *w = &rows->v[i];
-        lua_createtable(L, 0, 10);
-        set_int(L, "id", w->id);
-        set_str(L, "ref", w->ref, w->ref_len);
-        set_str(L, "body", w->body, w->body_len);
-        set_int(L, "bytes", w->bytes);
-        set_num(L, "created_at", w->created_at);
-        set_int(L, "attempts", w->attempts);
-        if (o.dead) {
-            set_num(L, "failed_at", w->failed_at);
-            set_cstr(L, "kind", w->kind);
-            if (w->status) set_int(L, "status", w->status);
-            set_cstr(L, "code", w->code);
-            set_cstr(L, "message", w->message);
-        } else {
-            set_num(L, "next_at", w->next_at);
-            set_cstr(L, "claimed_by", w->claimed_by);
-            if (w->claimed_by) set_num(L, "claimed_until", w->claimed_until);
-            set_cstr(L, "last_error", w->last_error);
-        }
-        lua_rawseti(L, -2, (int)(i + 1));
-    }
-    oo_spool_rows_free(rows);
-    return 1;
-}
-
-/*** sp:requeue_dead(id | "all", now) → n | nil, err */
-static int l_requeue_dead(lua_State *L) {
-    oo_spool *s = oo_spool_check(L, 1);
-    oo_spool_err err;
-    long long id, n;
-    double now;
-    if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "all") == 0) id = 0;
-    else if (lua_type(L, 2) == LUA_TNUMBER) id = check_id(L, 2, "requeue_dead");
-    else id = raisef(L, "spool:requeue_dead: expected an id or \"all\", got %s", luaL_typename(L, 2));
-    now = opt_now(L, 3, "requeue_dead");
-    if (oo_spool_requeue_dead(s, id, now, &n, &err) != OO_SPOOL_OK) return push_err(L, &err);
-    lua_pushinteger(L, (lua_Integer)n);
-    return 1;
-}
-
-/*** sp:purge{dead=true, queued=true, older_than=secs, now=} → n | nil, err */
-static int l_purge(lua_State *L) {
-    oo_spool *s = oo_spool_check(L, 1);
-    oo_spool_err err;
-    const char *fn = "spool:purge";
-    int which = 0;
-    double older = -1, now = 0;
-    int have_now = 0;
-    long long n;
-    if (lua_type(L, 2) != LUA_TTABLE) raisef(L, "%s: opts must be a table {dead=true|queued=true, older_than=}", fn);
-    lua_pushnil(L);
-    while (lua_next(L, 2)) {
-        const char *k = next_key(L, fn);
-        if (strcmp(k, "dead") == 0) which |= opt_bool(L, fn, k) ? OO_SPOOL_PURGE_DEAD : 0;
-        else if (strcmp(k, "queued") == 0) which |= opt_bool(L, fn, k) ? OO_SPOOL_PURGE_QUEUED : 0;
-        else if (strcmp(k, "older_than") == 0) older = opt_number(L, fn, k, 0, 0);
-        else if (strcmp(k, "now") == 0) {
-            now = opt_number(L, fn, k, -1e300, 0);
-            have_now = 1;
-        } else raisef(L, "%s: unknown option opts.%s (expected dead, queued, older_than, now)", fn, k);
-        lua_pop(L, 1);
-    }
-    if (!which) raisef(L, "%s: say what to purge: opts.dead = true and/or opts.queued = true", fn);
-    if (!have_now) now = oo_spool_now();
-    if (oo_spool_purge(s, which, older, now, &n, &err) != OO_SPOOL_OK) return push_err(L, &err);
-    lua_pushinteger(L, (lua_Integer)n);
-    return 1;
-}
-
-/*** sp:owner() → this handle's lease token; sp:path() → the file */
-static int l_owner(lua_State *L) {
-    lua_pushstring(L, oo_spool_owner(oo_spool_check(L, 1)));
-    return 1;
-}
-
-static int l_path(lua_State *L) {
-    lua_pushstring(L, oo_spool_path(oo_spool_check(L, 1)));
-    return 1;
-}
-
-static int l_close(lua_State *L) {
-    l_spool *b = (l_spool *)luaL_checkudata(L, 1, OO_SPOOL_MT);
-    oo_spool_close(b->s);
-    b->s = NULL;
-    return 0;
-}
-
-static int l_is_open(lua_State *L) {
-    l_spool *b = (l_spool *)luaL_checkudata(L, 1, OO_SPOOL_MT);
-    lua_pushboolean(L, b->s != NULL);
-    return 1;
-}
-
-static int l_tostring(lua_State *L) {
-    l_spool *b = (l_spool *)luaL_checkudata(L, 1, OO_SPOOL_MT);
-    if (b->s) lua_pushfstring(L, "optimizely.offline.spool (%s)", b->s->path);
-    else lua_pushliteral(L, "optimizely.offline.spool (closed)");
-    return 1;
-}
-
-/*** core.spool_now() → wall-clock epoch seconds (the spool's time base). */
-static int l_now(lua_State *L) {
-    lua_pushnumber(L, (lua_Number)oo_spool_now());
-    return 1;
-}
-
-void oo_spool_register(lua_State *L) {
-    static const luaL_Reg methods[] = {
-        {"put", l_put},
-        {"put_many", l_put_many},
-        {"claim", l_claim},
-        {"ack", l_ack},
-        {"retry", l_retry},
-        {"kill", l_kill},
-        {"release", l_release},
-        {"stats", l_stats},
-        {"next_due", l_next_due},
-        {"list", l_list},
-        {"requeue_dead", l_requeue_dead},
-        {"purge", l_purge},
-        {"owner", l_owner},
-        {"path", l_path},
-        {"is_open", l_is_open},
-        {"close", l_close},
-        {NULL, NULL}};
-    static const luaL_Reg funcs[] = {
-        {"spool_open", l_open},
-        {"spool_now", l_now},
-        {NULL, NULL}};
-    oo_newclass(L, OO_SPOOL_MT, methods, l_close, l_close, l_tostring);
-    if (luaL_newmetatable(L, OO_SPOOL_ROWS_MT)) {
-        lua_pushcfunction(L, l_rows_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_pop(L, 1);
-    oo_setfuncs(L, funcs, 0);
 }

@@ -29,6 +29,9 @@ OPTIMIZELY_CHANNEL=$(info channel)
 OPTIMIZELY_BASE_URL=$(info base_url)
 OPTIMIZELY_CA_FILE=$(info ca_file)
 export OPTIMIZELY_SITE OPTIMIZELY_SITE_TOKEN OPTIMIZELY_CHANNEL OPTIMIZELY_BASE_URL OPTIMIZELY_CA_FILE
+# examples/transform.lua pseudonymises e-mails with this key; a fixed demo
+# value here, a secret of your own (e.g. `openssl rand -hex 32`) in production
+export OPTIMIZELY_PSEUDONYM_KEY="${OPTIMIZELY_PSEUDONYM_KEY:-demo-pseudonym-key-not-a-secret}"
 
 # a clean record for this run
 curl -sS --cacert "$OPTIMIZELY_CA_FILE" -X POST "$OPTIMIZELY_BASE_URL/_sandbox/reset" >/dev/null

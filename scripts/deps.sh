@@ -6,8 +6,10 @@ set -eu
 PKGS="build-essential cmake pkg-config git ca-certificates openssl curl
 lua5.1 liblua5.1-0-dev lua5.3 liblua5.3-dev lua5.4 liblua5.4-dev
 luajit2 libluajit2-5.1-dev luarocks lua-busted lua-cjson lua-expat lua-argparse
-lua-sec lua-socket libcurl4-openssl-dev libsqlite3-dev clang
-nginx libnginx-mod-http-lua wrk valgrind"
+lua-sec lua-socket libcurl4-openssl-dev libsqlite3-dev libssl-dev clang
+nginx libnginx-mod-http-lua wrk valgrind
+lua-ldoc lua-discount lua-check clang-format man-db groff-base
+prometheus python3-prometheus-client"
 missing=""
 for p in $PKGS; do
   st=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

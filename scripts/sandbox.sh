@@ -8,7 +8,8 @@ DIR=${OO_SANDBOX_DIR:-$(pwd)/build/sandbox}
 export LUA_PATH_5_4="$(pwd)/lua/?.lua;$(pwd)/lua/?/init.lua;;"
 case "${1:-}" in
   start)
-    lua5.4 bin/optimizely-offline sandbox start --dir "$DIR" --port 0 >&2
+    # a second channel with its own token: the specs send mixed-channel runs
+    lua5.4 bin/optimizely-offline sandbox start --dir "$DIR" --port 0 --channel-token callcentre=sandbox-cc-token >&2
     echo "export OO_SANDBOX_INFO='$DIR/sandbox.info'"
     ;;
   stop)

@@ -270,12 +270,12 @@ describe("client:send_batch", function()
     c:close()
   end)
 
-  it("halves the requests in flight after a 429", function()
+  it("halves the requests in flight after a 429 (adaptive = false)", function()
     sb.faults({ count = 1, status = 429, retry_after = "0" })
     local c = new_client()
     local lowest = 8
     local s = c:send_batch(make("aimd-", 40), {
-      concurrency = 8,
+      concurrency = 8, adaptive = false,
       progress_interval = 0,
       progress = function(sum)
         if sum.throttled > 0 then
@@ -289,6 +289,114 @@ describe("client:send_batch", function()
     -- first report after the 429 sees at most 5
     assert.is_true(lowest >= 4 and lowest <= 5, "lowest limit " .. lowest)
     c:close()
+  end)
+
+  describe("adaptive concurrency (the default)", function()
+    -- every endpoint request answered `delay_ms` late; settings outlive
+    -- sb.reset(), so each test puts them back
+    local function with_settings(t, fn)
+      sb.settings(t)
+      local ok, err = pcall(fn)
+      sb.settings({ delay_ms = 0, max_concurrent = 0, retry_after = 1 })
+      if not ok then error(err, 0) end
+    end
+
+    -- send_batch with a progress sampler: returns the summary and the
+    -- samples {elapsed, limit, in_flight, sent}
+    local function sampled(c, list, o, on_sample)
+      local samples = {}
+      o.progress_interval = o.progress_interval or 0.02
+      o.progress = function(sum)
+        samples[#samples + 1] = { elapsed = sum.elapsed, limit = sum.concurrency, in_flight = sum.in_flight,
+          sent = sum.sent }
+        if on_sample then on_sample(sum) end
+      end
+      return c:send_batch(list, o), samples
+    end
+
+    it("starts low and grows to the maximum while latency stays flat", function()
+      with_settings({ delay_ms = 20 }, function()
+        local c = new_client()
+        local s, samples = sampled(c, make("grow-", 400), { concurrency = 32 })
+        assert.equal(400, s.sent)
+        assert.is_true(samples[1].limit <= 16, "first limit " .. samples[1].limit)
+        local top = 0
+        for _, x in ipairs(samples) do top = math.max(top, x.limit) end
+        assert.equal(32, top)
+        local st = sb.stats()
+        assert.is_true(st.concurrent_max > 16 and st.concurrent_max <= 32, "peak " .. st.concurrent_max)
+        c:close()
+      end)
+    end)
+
+    it("backs off on 429s and settles near the server's limit, few requests refused", function()
+      with_settings({ delay_ms = 20, max_concurrent = 6, retry_after = 0 }, function()
+        local c = new_client({ max_attempts = 10 })
+        local n = 600
+        local s, samples = sampled(c, make("settle-", n), { concurrency = 64 })
+        assert.equal(n, s.sent)
+        local late = {}
+        for _, x in ipairs(samples) do
+          if x.sent >= n / 2 then late[#late + 1] = x.limit end
+        end
+        table.sort(late)
+        local median = late[math.ceil(#late / 2)]
+        assert.is_true(median >= 4 and median <= 7, "settled limit " .. tostring(median))
+        local st = sb.stats()
+        -- a fixed 64 would have most of its requests refused
+        assert.is_true(st.throttled / st.requests < 0.05, st.throttled .. " of " .. st.requests .. " refused")
+        assert.equal(st.throttled, s.throttled)
+        c:close()
+      end)
+    end)
+
+    it("backs off on a retryable 5xx", function()
+      sb.faults({ count = 1, status = 503, retry_after = "0" })
+      local c = new_client()
+      local s, samples = sampled(c, make("5xx-", 40), { concurrency = 8, progress_interval = 0 })
+      assert.equal(40, s.sent)
+      assert.equal(1, s.retried)
+      local lowest = 8
+      for _, x in ipairs(samples) do lowest = math.min(lowest, x.limit) end
+      assert.is_true(lowest <= 7, "lowest limit " .. lowest) -- 8 * 0.9, floored
+    end)
+
+    it("backs off when latency rises", function()
+      with_settings({ delay_ms = 10 }, function()
+        local c = new_client({ timeout = 10 })
+        local slowed, lowest = nil, math.huge
+        local s = sampled(c, make("lat-", 500), { concurrency = 16 },
+          function(sum)
+            if not slowed and sum.sent >= 150 and sum.concurrency == 16 then
+              slowed = true
+              sb.settings({ delay_ms = 150 }) -- 15 times the round trip the limiter has seen
+            elseif slowed and slowed ~= "done" then
+              lowest = math.min(lowest, sum.concurrency)
+              if sum.concurrency < 16 then
+                slowed = "done"
+                sb.settings({ delay_ms = 10 })
+              end
+            end
+          end)
+        assert.equal(500, s.sent)
+        assert.truthy(slowed, "the limit never reached 16")
+        assert.is_true(lowest < 16, "lowest limit after the slow-down " .. tostring(lowest))
+        c:close()
+      end)
+    end)
+
+    it("never exceeds the maximum", function()
+      with_settings({ delay_ms = 20 }, function()
+        local c = new_client()
+        local s, samples = sampled(c, make("max-", 200), { concurrency = 4 })
+        assert.equal(200, s.sent)
+        for _, x in ipairs(samples) do
+          assert.is_true(x.limit <= 4 and x.in_flight <= 4, "limit " .. x.limit .. ", in flight " .. x.in_flight)
+        end
+        assert.is_true(sb.stats().concurrent_max <= 4)
+        c:close()
+      end)
+    end)
   end)
 
   it("caps the rate (orders per second)", function()
@@ -446,6 +554,29 @@ describe("client:send_batch", function()
     c:close()
   end)
 
+  it("stops on refused credentials: nothing more is sent, every other order ends as not sent", function()
+    sb.faults({ count = 1, status = 401, body = '{"status":"fail","errors":[{"code":"InvalidSiteToken"}]}' })
+    local c = new_client()
+    local rec = recorder()
+    local n = 50
+    local s = c:send_batch(make("auth-", n), { concurrency = 1, on_result = rec.cb })
+    assert.equal(0, s.sent)
+    assert.equal(n, s.read)
+    assert.equal(n, s.failed)
+    assert.equal(n, #s.failures)
+    assert.equal("auth", s.stopped.kind)
+    assert.equal("InvalidSiteToken", s.stopped.code)
+    assert.is_true(s.not_sent >= n - 2, "not_sent " .. s.not_sent)
+    -- one request, not fifty with the same token
+    assert.equal(1, sb.stats().requests)
+    for i = 1, n do
+      assert.equal(1, rec.calls[i], "on_result calls for order " .. i)
+      assert.equal("auth", rec.err[i].kind)
+      assert.is_false(rec.err[i].retryable)
+    end
+    c:close()
+  end)
+
   it("finishes what is in flight when the source raises", function()
     local c = new_client()
     local i = 0
@@ -472,7 +603,7 @@ describe("client:send_batch", function()
     local t0 = core.now()
     local first = true
     local s = c:send_batch(make("int-", 20), {
-      concurrency = 4,
+      concurrency = 4, on_interrupt = "return",
       on_result = function()
         -- what lua.c raises on Ctrl-C: must not be swallowed like other errors
         if first then first = false; error("interrupted!") end
@@ -487,6 +618,21 @@ describe("client:send_batch", function()
     for k = 2, #s.unknown do assert.is_true(s.unknown[k] > s.unknown[k - 1]) end
     assert.same({}, s.callback_errors)
     assert.is_true(core.now() - t0 < 60)
+    c:close()
+  end)
+
+  it("raises the interrupt again after stopping, carrying the summary (the default)", function()
+    local c = new_client()
+    local ok, e = pcall(c.send_batch, c, make("intr-", 10), {
+      concurrency = 2,
+      on_result = function() error("interrupted!") end,
+    })
+    assert.is_false(ok)
+    assert.equal("interrupted!", tostring(e)) -- lua.c prints what it always prints
+    assert.is_true(require("optimizely.offline.errors").is_interrupt(e))
+    assert.is_true(e.summary.interrupted)
+    assert.is_true(e.summary.read >= 1)
+    assert.is_table(e.summary.unknown)
     c:close()
   end)
 
@@ -532,19 +678,19 @@ describe("client:send_batch", function()
       assert.matches(pattern, tostring(err))
     end
     raises("opts must be a table", list, "fast")
-    raises("unknown option 'concurency'", list, { concurency = 4 })
-    raises("concurrency must be an integer 1%.%.1024", list, { concurrency = 0 })
+    raises("opts%.concurency is not a known option %(did you mean 'concurrency'%?%)", list, { concurency = 4 })
+    raises("concurrency must be an integer in 1%.%.1024", list, { concurrency = 0 })
     raises("concurrency must be an integer", list, { concurrency = 1.5 })
     raises("concurrency must be an integer", list, { concurrency = "4" })
     raises("concurrency must be an integer", list, { concurrency = 2000 })
     raises("concurrency must be an integer", list, { concurrency = 0 / 0 })
-    raises("rate must be a positive number", list, { rate = 0 })
-    raises("rate must be a positive number", list, { rate = -5 })
-    raises("rate must be a positive number", list, { rate = 0 / 0 })
-    raises("rate must be a positive number", list, { rate = "10" })
+    raises("rate must be > 0", list, { rate = 0 })
+    raises("rate must be > 0", list, { rate = -5 })
+    raises("rate must be a finite number", list, { rate = 0 / 0 })
+    raises("rate must be a finite number, got string", list, { rate = "10" })
     raises("on_result must be a function", list, { on_result = true })
     raises("progress must be a function", list, { progress = {} })
-    raises("progress_interval must be a number", list, { progress_interval = -1 })
+    raises("progress_interval must be in 0%.%.86400", list, { progress_interval = -1 })
     raises("source must be an array of payloads or an iterator function, got string", "x")
     raises("source must be an array of payloads or an iterator function, got nil", nil)
     -- the error points at the caller
@@ -563,7 +709,7 @@ describe("client:send_batch", function()
   end)
 end)
 
-describe("core multi handle", function()
+describe("core engine (send_batch's, driven from the calling thread)", function()
   local info, url, headers
   setup(function()
     info = sb.ensure()
@@ -573,77 +719,72 @@ describe("core multi handle", function()
   end)
   before_each(function() sb.reset() end)
 
-  -- drive until every transfer is done; returns the results by id
-  local function drain(m)
+  local function engine(extra, http)
+    local cfg = { http = http or { ca_file = info.ca_file, http_version = "1.1" }, url = url,
+      channels = { { name = info.channel, token = info.token, headers = headers } },
+      concurrency = 2, report_all = true, policy = { max_attempts = 1 } }
+    for k, v in pairs(extra or {}) do cfg[k] = v end
+    return core.engine_new(cfg)
+  end
+
+  -- drive until every job is settled; returns the results by id
+  local function drain(e)
     local by = {}
     local deadline = core.now() + 30
-    while m:in_flight() > 0 and core.now() < deadline do
-      local res = m:perform(1)
-      for _, r in ipairs(res or {}) do
-        if type(r) == "number" then by[r] = "plain" else by[r.id] = r end
-      end
+    while e:pending() > 0 and core.now() < deadline do
+      e:turn(1)
+      for _, r in ipairs(e:results()) do if r.id then by[r.id] = r end end
     end
+    for _, r in ipairs(e:results()) do if r.id then by[r.id] = r end end
     return by
   end
 
-  it("runs transfers in a fixed pool of slots", function()
-    local m = core.multi_new({ ca_file = info.ca_file, http_version = "1.1" }, 2)
-    m:set_headers(headers)
-    assert.matches("2 slots, 0 in flight", tostring(m))
+  it("runs jobs through a fixed pool of slots and classifies every answer once", function()
+    local e = engine()
     local body = assert(offline.encode(orders.minimal()))
-    assert.is_true(m:add(1, "POST", url, body))
-    assert.is_true(m:add(2, "POST", url, "{}"))
-    assert.is_false(m:add(3, "POST", url, body)) -- every slot busy
-    assert.equal(0, m:free_slots())
-    assert.equal(2, m:in_flight())
-    assert.has_error(function() m:set_headers(headers) end) -- not while in flight
-    local by = drain(m)
-    assert.equal(200, by[1].status)
+    e:add(1, body, 1)
+    e:add(2, "{}", 1) -- the sandbox answers 400
+    e:add(3, body, 1)
+    assert.equal(3, e:pending())
+    local by = drain(e)
+    assert.equal("sent", by[1].what)
+    assert.is_true(by[1].ok)
     assert.equal('{"status":"OK"}', by[1].body)
-    assert.equal("application/json", by[1].content_type)
+    assert.equal("dead", by[2].what)
+    assert.equal("http", by[2].kind)
     assert.equal(400, by[2].status)
-    assert.equal(2, m:free_slots())
-    -- plain answers become bare ids; other answers stay tables
-    m:set_plain_ok('{"status":"OK"}')
-    assert.is_true(m:add(7, "POST", url, body))
-    assert.is_true(m:add(8, "POST", url, "{}"))
-    by = drain(m)
-    assert.equal("plain", by[7])
-    assert.equal(400, by[8].status)
-    m:set_plain_ok(nil)
-    assert.is_true(m:add(9, "POST", url, body))
-    assert.equal(200, drain(m)[9].status)
-    -- a GET on the same handle after POSTs, then a POST again
-    assert.is_true(m:add(10, "GET", info.base_url .. "/_sandbox/health"))
-    assert.equal(200, drain(m)[10].status)
-    assert.is_true(m:add(11, "POST", url, body))
-    assert.equal(200, drain(m)[11].status)
-    assert.equal(4, #sb.orders()) -- 1, 7, 9 and 11
-    m:close()
-    assert.matches("closed", tostring(m))
-    assert.has_error(function() m:add(1, "POST", url, body) end)
-    m:close() -- twice is fine
+    assert.equal("rejected", by[2].why)
+    assert.equal("sent", by[3].what)
+    local st = e:stats()
+    assert.equal(2, st.sent)
+    assert.equal(1, st.dead)
+    assert.equal(0, st.in_flight)
+    assert.equal(2, #sb.orders())
+    e:close()
+    assert.has_error(function() e:add(1, body, 1) end)
+    e:close() -- twice is fine
   end)
 
-  it("reports transport failures and aborts what is in flight", function()
-    local m = core.multi_new({ ca_file = info.ca_file, timeout = 5 }, 3)
-    m:set_headers(headers)
-    assert.is_true(m:add(1, "POST", "https://127.0.0.1:1/x", "{}"))
-    local r = drain(m)[1]
+  it("reports transport failures and drops what is in flight", function()
+    local e = engine({ url = "https://127.0.0.1:1/x" }, { ca_file = info.ca_file, timeout = 5 })
+    e:add(1, "{}", 1)
+    local r = drain(e)[1]
     assert.equal("network", r.kind)
     assert.equal(7, r.curl_code)
     assert.is_string(r.message)
+    e:close()
     sb.faults({ count = 2, delay = 3, close = true })
-    assert.is_true(m:add(5, "POST", url, "{}"))
-    assert.is_true(m:add(6, "POST", url, "{}"))
-    m:perform(0.2)
-    local ids = m:abort()
-    table.sort(ids)
-    assert.same({ 5, 6 }, ids)
-    assert.equal(0, m:in_flight())
-    assert.equal(3, m:free_slots())
-    m = nil
-    collectgarbage("collect") -- __gc frees an unclosed handle
+    e = engine({ concurrency = 3 })
+    e:add(5, "{}", 1)
+    e:add(6, "{}", 1)
+    e:turn(0.2)
+    local unknown, unsent = e:drop()
+    table.sort(unknown)
+    assert.same({ 5, 6 }, unknown)
+    assert.same({}, unsent)
+    assert.equal(0, e:pending())
+    e = nil
+    collectgarbage("collect") -- __gc frees an unclosed engine
   end)
 
   it("sends the User-Agent once, unless the header list has its own", function()
@@ -654,34 +795,31 @@ describe("core multi handle", function()
       end
       return v, n
     end
-    local m = core.multi_new({ ca_file = info.ca_file, user_agent = "probe/1.0" }, 1)
-    assert.is_true(m:add(1, "POST", url, "{}")) -- no set_headers at all
-    drain(m)
+    local e = engine({}, { ca_file = info.ca_file, user_agent = "probe/1.0" })
+    e:add(1, "{}", 1)
+    drain(e)
     assert.same({ "probe/1.0", 1 }, { ua_of_last() })
-    m:set_headers(headers)
-    assert.is_true(m:add(2, "POST", url, "{}"))
-    drain(m)
-    assert.same({ "probe/1.0", 1 }, { ua_of_last() })
+    e:close()
     local own = { "user-agent: mine/2" }
     for _, h in ipairs(headers) do own[#own + 1] = h end
-    m:set_headers(own)
-    assert.is_true(m:add(3, "POST", url, "{}"))
-    drain(m)
+    e = engine({ channels = { { name = info.channel, headers = own } } },
+      { ca_file = info.ca_file, user_agent = "probe/1.0" })
+    e:add(3, "{}", 1)
+    drain(e)
     assert.same({ "mine/2", 1 }, { ua_of_last() })
-    m:close()
-    assert.has_error(function() core.multi_new({ user_agent = "a\r\nX-Evil: 1" }, 1) end)
+    e:close()
+    assert.has_error(function() engine({}, { user_agent = "a\r\nX-Evil: 1" }) end)
   end)
 
   it("refuses bad arguments", function()
-    assert.has_error(function() core.multi_new({}, 0) end)
-    assert.has_error(function() core.multi_new({}, 1025) end)
-    assert.has_error(function() core.multi_new({ nope = 1 }, 2) end)
-    local m = core.multi_new({}, 1)
-    assert.has_error(function() m:add(1, "post", url, "{}") end)
-    assert.has_error(function() m:add(1, "", url, "{}") end)
-    assert.has_error(function() m:add("x", "POST", url, "{}") end)
-    assert.has_error(function() m:set_headers({ "bad\r\nheader: 1" }) end)
-    assert.is_nil((m:perform(0))) -- nothing in flight: returns at once
-    m:close()
+    assert.has_error(function() engine({ concurrency = 0 }) end)
+    assert.has_error(function() engine({ concurrency = 1025 }) end)
+    assert.has_error(function() engine({}, { nope = 1 }) end)
+    assert.has_error(function() engine({ channels = { { headers = { "bad\r\nheader: 1" } } } }) end)
+    local e = engine()
+    assert.has_error(function() e:add("x", "{}", 1) end)
+    assert.has_error(function() e:add(1, "{}", 2) end) -- no such channel
+    assert.equal(0, e:turn(0)) -- nothing to do: returns at once
+    e:close()
   end)
 end)

@@ -622,7 +622,15 @@ describe("csv reader", function()
     end)
 
     it("goes through examples/transform.lua", function()
-      local transform = dofile("examples/transform.lua")
+      -- the example reads its pseudonym key from the environment when it loads
+      local getenv = os.getenv
+      os.getenv = function(k) -- luacheck: ignore
+        if k == "OPTIMIZELY_PSEUDONYM_KEY" then return "example-pseudonym-key-0123456789" end
+        return getenv(k)
+      end
+      local ok, transform = pcall(dofile, "examples/transform.lua")
+      os.getenv = getenv -- luacheck: ignore
+      assert(ok, transform)
       local it = assert(input.open("examples/till-export.csv"))
       local out = {}
       for rec in it do
@@ -635,7 +643,8 @@ describe("csv reader", function()
       assert.equal("GBP", third.order.currency)
       assert.equal("StreamlyCool Bluewater", third.order.attributes.store)
       assert.is_nil(third.user.email)
-      assert.matches("^%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x$", third.user.id)
+      assert.equal(require("optimizely.offline").pseudonymise("james.okafor@example.com",
+        { key = "example-pseudonym-key-0123456789" }), third.user.id)
       -- stable: the same customer gets the same id in every order, any case
       assert.equal(out[1].user.id, out[8].user.id)
       assert.is_nil(out[2].user) -- walk-in customer without an e-mail

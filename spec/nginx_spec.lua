@@ -107,7 +107,7 @@ local function writer(dir, info, app, vars)
     TEST.queues.closing = ngxo.queue(TEST.config)
     -- one file per worker: no other worker may drain it during a test
     TEST.queues.spoolfull = ngxo.queue(TEST.config, { spool = %q .. ngx.worker.id() .. ".db",
-      spool_options = { max_orders = 2 } })
+      spool_max_orders = 2 })
     %s]]):format(ROOT .. "/spec/support/nginx.lua", client_literal(info), dir .. "/bounded-",
       nginx.watchdog_lua(sb.self_pid())),
       extra_locations = TEST_LOCATIONS,
@@ -364,7 +364,7 @@ describe("OpenResty path (nginx + cosockets)", function()
     it("raises on bad queue arguments, naming the field and never the token", function()
       local d = decode(inst:get("/test/badopts"))
       assert.matches("opts%.max_qeue is not a known option", d.unknown)
-      assert.matches("opts%.concurrency must be a number in 1%.%.256", d.concurrency)
+      assert.matches("opts%.concurrency must be an integer in 1%.%.256", d.concurrency)
       assert.matches("client_config%.ca_file is not used under nginx: set lua_ssl_trusted_certificate", d.ca_file)
       assert.matches("config%.channel must be one of", d.channel)
       assert.is_nil(d.channel:find("tok-S3CRET-42", 1, true))
@@ -451,7 +451,8 @@ describe("OpenResty path (nginx + cosockets)", function()
       sb.clear_faults()
       local log = inst:error_log()
       for _, r in ipairs(refs) do
-        assert.matches("worker exiting, order " .. r:gsub("%-", "%%-") .. " not delivered", log)
+        -- the refCode is quoted (escaped) in the log line
+        assert.matches('worker exiting, order "' .. r:gsub("%-", "%%-") .. '" not delivered', log)
         assert.matches("order " .. r:gsub("%-", "%%-") .. " was not delivered: shutdown", log)
       end
       inst:start()

@@ -261,6 +261,27 @@ describe("client:queue", function()
       qu:close()
     end)
 
+    it("pauses on refused credentials and resumes when a probe gets through", function()
+      local rec, events = recorder(), {}
+      sb.faults({ count = 1, status = 401, body = '{"status":"fail","errors":[{"code":"InvalidSiteToken"}]}' })
+      local qu = new_client():queue({ concurrency = 1, auth_pause = 0.5, on_success = rec.on_success,
+        on_failure = rec.on_failure, on_event = function(ev) events[#events + 1] = ev end })
+      for _, p in ipairs(make("auth-", 3)) do assert.is_true(qu:push(p)) end
+      assert.is_true(qu:flush(20))
+      assert.equal(3, rec.nok)
+      assert.equal(0, rec.nfail)
+      assert.equal(4, sb.stats().requests) -- the refused one, then three (its probe included)
+      local paused, resumed
+      for _, ev in ipairs(events) do
+        if ev.type == "paused" and ev.reason == "credentials" then paused = ev end
+        if ev.type == "resumed" and ev.reason == "credentials" then resumed = ev end
+      end
+      assert.is_table(paused)
+      assert.equal("auth", paused.error.kind)
+      assert.is_table(resumed)
+      qu:close()
+    end)
+
     it("is bounded: with max_queue orders waiting push returns kind full", function()
       local qu = new_client():queue({ max_queue = 3, concurrency = 1 })
       sb.faults({ count = 1, delay = 2 }) -- holds the first request, then records it
@@ -292,16 +313,21 @@ describe("client:queue", function()
       assert.equal(1, recorded()["cl-1"])
     end)
 
-    it("close with a short timeout gives up on what is undelivered, saying so", function()
-      local qu = new_client():queue({ concurrency = 1 })
+    it("close with a short timeout gives up on what is undelivered, reporting each order", function()
+      local rec = recorder()
+      local qu = new_client():queue({ concurrency = 1, on_failure = rec.on_failure })
       sb.faults({ count = 1, delay = 3, status = 503 })
       assert.is_true(qu:push(make("short-", 1)[1]))
       local t0 = core.now()
       local ok, err = qu:close(0.3)
       assert.is_nil(ok)
       assert.equal("timeout", err.kind)
-      assert.truthy(err.message:find("lost", 1, true))
+      assert.truthy(err.message:find("shutdown", 1, true))
       assert.is_true(core.now() - t0 < 10, "close hung")
+      -- never silent: the order reaches on_failure and the counters
+      assert.equal("shutdown", rec.fail["short-1"].kind)
+      assert.equal(1, qu:stats().dropped.shutdown)
+      assert.equal(1, qu:stats().failed)
     end)
 
     it("an unclosed queue is collected without hanging or crashing", function()
@@ -344,7 +370,7 @@ describe("client:queue", function()
 
     it("checks its options", function()
       local c = new_client()
-      assert.has_error(function() c:queue({ nope = 1 }) end, "queue: unknown option opts.nope")
+      assert.has_error(function() c:queue({ nope = 1 }) end, "queue: opts.nope is not a known option")
       assert.has_error(function() c:queue({ concurrency = 0 }) end)
       assert.has_error(function() c:queue({ concurrency = 2.5 }) end)
       assert.has_error(function() c:queue({ max_queue = -1 }) end)
@@ -481,6 +507,68 @@ describe("client:queue", function()
       assert.equal(2, rec.nfail)
       assert.equal(1, qu:stats().retried)
       sp:close()
+      qu:close()
+    end)
+
+    it("outlasts a 30-second outage with the defaults: every order delivered, none dead", function()
+      -- before max_age, the defaults (4 attempts, 0.25 s backoff) sent all
+      -- of these to the dead letters within two seconds (issue 11)
+      local rec = recorder()
+      local path = tmp("outage.db")
+      local c = offline.client(sb.client_config(info, {}, {}))
+      local qu = assert(c:queue({ spool = path, concurrency = 4, on_success = rec.on_success,
+        on_failure = rec.on_failure }))
+      sb.faults({ count = 1000000, close = true }) -- every connection dropped: the endpoint is down
+      local n = 40
+      for _, p in ipairs(make("outage-", n)) do assert.is_true(qu:push(p)) end
+      local t0 = core.now()
+      while core.now() - t0 < 30 do
+        qu:poll()
+        core.sleep(0.5)
+      end
+      assert.equal(0, qu:stats().dead)
+      assert.equal(0, rec.nfail)
+      assert.is_true(qu:stats().retried > n, "retried " .. qu:stats().retried)
+      sb.clear_faults()
+      assert.is_true(qu:flush(60))
+      assert.equal(n, rec.nok)
+      assert.equal(0, qu:stats().dead)
+      local counts, total = recorded()
+      assert.equal(n, total)
+      for i = 1, n do assert.equal(1, counts["outage-" .. i]) end
+      qu:close()
+      c:close()
+    end)
+
+    it("reports a full disk through stats and on_event, and delivers once there is room", function()
+      if capture("id -u"):match("^%s*(%d+)") ~= "0" then
+        pending("needs root to mount a small tmpfs")
+        return
+      end
+      local dir = tmp("fulldisk")
+      os.execute("mkdir -p " .. q(dir))
+      os.execute("mount -t tmpfs -o size=1m tmpfs " .. q(dir))
+      finally(function() os.execute("umount " .. q(dir) .. " 2>/dev/null") end)
+      local events = {}
+      local qu = assert(new_client():queue({ spool = dir .. "/q.db", concurrency = 2,
+        on_event = function(ev) if ev.type == "storage" then events[#events + 1] = ev end end }))
+      sb.faults({ count = 100000, status = 503 }) -- the rows stay, retried: every retry is a write
+      for _, p in ipairs(make("disk-", 5)) do assert.is_true(qu:push(p)) end
+      -- fill the disk: the thread's claims and retries (writes) now fail
+      os.execute("dd if=/dev/zero of=" .. q(dir .. "/filler") .. " bs=16k >/dev/null 2>&1")
+      assert.is_true(eventually(function()
+        qu:poll()
+        return qu:stats().storage_errors > 0
+      end, 20), "no storage error reported")
+      assert.is_true(#events >= 1)
+      assert.equal("storage", events[1].error.kind)
+      assert.is_string(qu:stats().storage_error)
+      -- room again: delivery goes on, nothing was lost
+      os.remove(dir .. "/filler")
+      sb.clear_faults()
+      assert.is_true(qu:flush(30))
+      local counts = recorded()
+      for i = 1, 5 do assert.equal(1, counts["disk-" .. i], "disk-" .. i) end
       qu:close()
     end)
 

@@ -56,7 +56,9 @@ describe("retry.parse_retry_after", function()
   end)
 
   it("ignores garbage, negatives and missing values", function()
-    for _, v in ipairs({ "", "soon", "-5", "1.5", "Sun, 06 Nov 1994 25:00:00 GMT",
+    -- delay-seconds is digits only (RFC 9110): "0x10", "3.5" and "1e1" are
+    -- not honoured by any engine (they once were by the C worker alone)
+    for _, v in ipairs({ "", "soon", "-5", "1.5", "0x10", "3.5", "1e1", "Sun, 06 Nov 1994 25:00:00 GMT",
       "Sun, 06 Foo 1994 08:49:37 GMT", "Sun, 06 Nov 1994 08:49:37 CET" }) do
       assert.is_nil(retry.parse_retry_after(v, NOW), v)
     end
@@ -95,7 +97,8 @@ describe("retry.delay", function()
 
   it("lets a Retry-After replace the computed delay, capped", function()
     assert.equal(3, retry.delay(1, "3", opts(0.9)))
-    assert.equal(0, retry.delay(5, "0", opts(0.9)))
+    -- a Retry-After of 0 keeps the floor: it must not skip the backoff (issue 11)
+    assert.equal(0.05, retry.delay(5, "0", opts(0.9)))
     assert.equal(60, retry.delay(1, "86400", opts(0.9)))
     assert.equal(7, retry.delay(1, "120", opts(0.9, { retry_after_max = 7 })))
     assert.equal(30, retry.delay(1, "Sun, 06 Nov 1994 08:50:07 GMT",

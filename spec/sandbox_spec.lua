@@ -55,7 +55,8 @@ describe("sandbox", function()
     dir = mktemp_dir("spec")
     local err
     -- owner_pid: nginx also goes away if this test process dies mid-run
-    info, err = sandbox.start({ dir = dir, port = 0, owner_pid = sb.self_pid(), cleanup_dir = true })
+    info, err = sandbox.start({ dir = dir, port = 0, owner_pid = sb.self_pid(), cleanup_dir = true,
+      tokens = { callcentre = "cc-Token-1" } })
     assert(info, err)
     c = sb.client(info)
   end)
@@ -324,6 +325,117 @@ describe("sandbox", function()
     end)
   end)
 
+  describe("tokens per channel", function()
+    it("accepts each channel with its own token and records channel and token_id, never a token", function()
+      local a, b = ref("store"), ref("cc")
+      assert.equal(200, c:post_order(order(a)).status)
+      local res = c:post_order(order(b), { channel = "callcentre", siteToken = "cc-Token-1" })
+      assert.equal(200, res.status, res.body)
+      local ra, rb = c:orders({ refCode = a })[1], c:orders({ refCode = b })[1]
+      assert.equal("store", ra.channel)
+      assert.equal("store", ra.token_id)
+      assert.equal("callcentre", rb.channel)
+      assert.equal("callcentre", rb.token_id)
+      assert.equal(200, c:cancel(b, false, { channel = "callcentre", siteToken = "cc-Token-1" }).status)
+      local cancel = c:cancellations({ refCode = b })[1]
+      assert.equal("callcentre", cancel.channel)
+      assert.equal("callcentre", cancel.token_id)
+      for _, name in ipairs({ "orders.ndjson", "cancellations.ndjson" }) do
+        local data = read_file(dir .. "/" .. name)
+        assert.is_nil(data:find("cc-Token-1", 1, true), name)
+        assert.is_nil(data:find(info.token, 1, true), name)
+      end
+    end)
+
+    it("answers 401 to another channel's token, 403 to an unknown channel with a known token", function()
+      local res = c:post_order(order(ref()), { channel = "callcentre" }) -- the store token
+      assert.equal(401, res.status)
+      assert.equal("InvalidSiteToken", first_code(res))
+      assert.is_nil(res.body:find(info.token, 1, true))
+      res = c:post_order(order(ref()), { siteToken = "cc-Token-1" }) -- channel store
+      assert.equal(401, res.status)
+      assert.is_nil(res.body:find("cc-Token-1", 1, true))
+      res = c:post_order(order(ref()), { channel = "web", siteToken = "cc-Token-1" })
+      assert.equal(403, res.status)
+      assert.equal("ChannelNotRecognized", first_code(res))
+      res = c:post_order(order(ref()), { channel = "web", siteToken = "guess" })
+      assert.equal(401, res.status)
+      assert.equal(0, #c:orders())
+    end)
+
+    it("names the received token in /_sandbox/last by its channel, not its value", function()
+      c:post_order(order(ref()), { channel = "callcentre" }, { http = "1.1" })
+      local last = c:last()
+      assert.is_false(last.token_ok)
+      assert.equal("store", last.token_id)
+      assert.is_nil(json.encode(last):find(info.token, 1, true))
+      c:post_order(order(ref()), { channel = "callcentre", siteToken = "cc-Token-1" })
+      last = c:last()
+      assert.is_true(last.token_ok)
+      assert.equal("callcentre", last.token_id)
+    end)
+
+    it("reports the channels in the info and the info file", function()
+      assert.same({ store = "sandbox-token", callcentre = "cc-Token-1" }, info.tokens)
+      local again = assert(sandbox.read_info(dir .. "/sandbox.info"))
+      assert.same(info.tokens, again.tokens)
+    end)
+
+    it("refuses bad token maps with a config error", function()
+      local bad = {
+        { tokens = { callcentre = "sandbox-token" } },            -- same token as store
+        { tokens = { ["call centre"] = "x" } },                    -- channel name
+        { tokens = { callcentre = "" } },
+        { tokens = "cc=x" },
+        { token = "a", tokens = { store = "b" } },                 -- store's token twice
+      }
+      for i, o in ipairs(bad) do
+        o.dir, o.port, o.owner_pid, o.cleanup_dir = dir .. "/never", 0, sb.self_pid(), true
+        local i2, err, kind = sandbox.start(o)
+        assert.is_nil(i2, "case " .. i)
+        assert.equal("config", kind, "case " .. i .. ": " .. tostring(err))
+        assert.matches("token", err)
+      end
+    end)
+  end)
+
+  describe("stats: connections and TLS handshakes", function()
+    local function curl(args)
+      local out, rc = shell("timeout -k 2 60 curl -sS " .. args)
+      assert.equal(0, rc, out)
+      return out
+    end
+    local function one(extra)
+      local h = ""
+      for k, v in pairs(c:auth_headers()) do h = h .. " -H " .. q(k .. ": " .. v) end
+      return " --cacert " .. q(info.ca_file) .. h .. (extra or "") .. " --data-binary " .. q(order(ref()))
+        .. " -o /dev/null " .. q(info.base_url .. "/tracker/smart-api/orders/offline")
+    end
+
+    it("counts connections, full and resumed handshakes, requests per connection (HTTP/1.1)", function()
+      -- one curl: a connection closed after one request, then a second one
+      -- (resuming the TLS session) carrying two requests
+      curl("--http1.1" .. one(" -H 'Connection: close'") .. " --next --http1.1" .. one()
+        .. " --next --http1.1" .. one())
+      local st = c:stats()
+      assert.equal(3, st.requests)
+      assert.equal(2, st.connections)
+      assert.equal(1, st.handshakes_full)
+      assert.equal(1, st.handshakes_resumed)
+      assert.equal(1, st.reused)
+      assert.equal(2, st.max_connection_requests)
+    end)
+
+    it("counts HTTP/2 streams on one connection", function()
+      curl("--http2" .. one() .. " --next --http2" .. one() .. " --next --http2" .. one())
+      local st = c:stats()
+      assert.equal(3, st.requests)
+      assert.equal(1, st.connections)
+      assert.equal(1, st.handshakes_full)
+      assert.equal(3, st.max_connection_requests)
+    end)
+  end)
+
   describe("cancellation", function()
     it("cancels a recorded order on both paths and 404s unknown ones", function()
       local r = "store 7/order#1"
@@ -495,6 +607,173 @@ describe("sandbox", function()
     end)
   end)
 
+  describe("delay_ms and max_concurrent", function()
+    local dir5, c5
+    setup(function()
+      dir5 = mktemp_dir("latency")
+      c5 = sb.client(assert(sandbox.start({ dir = dir5, port = 0, owner_pid = sb.self_pid(), cleanup_dir = true,
+        delay_ms = 500, max_concurrent = 3, retry_after = 2 })))
+    end)
+    teardown(function()
+      sandbox.stop({ dir = dir5 })
+      shell("rm -rf " .. q(dir5))
+    end)
+    before_each(function() c5:reset() end)
+
+    local function settings(t)
+      local res = c5:request({ method = t and "POST" or "GET", path = "/_sandbox/settings",
+        body = t and json.encode(t) })
+      return res.status, json.decode(res.body)
+    end
+
+    -- n POSTs at once (curl --parallel, one connection each): their status,
+    -- seconds and Retry-After, and the wall time of the whole run
+    local function parallel(n)
+      local h = ""
+      for k, v in pairs(c5:auth_headers()) do h = h .. " -H " .. q(k .. ": " .. v) end
+      local urls = {}
+      for i = 1, n do urls[i] = "-o /dev/null " .. q(c5.info.base_url .. "/tracker/smart-api/orders/offline") end
+      local out, rc = shell("s=$(date +%s%N); timeout -k 2 60 curl -s --no-progress-meter"
+        .. " --parallel --parallel-immediate"
+        .. " --parallel-max " .. n .. " --http1.1 --cacert " .. q(c5.info.ca_file) .. h
+        .. " --data-binary " .. q(order("LAT"))
+        .. " -w 'S=%{http_code} %{time_total} [%header{retry-after}]\\n' " .. table.concat(urls, " ")
+        .. " 2>&1; e=$(date +%s%N); echo wall=$(( (e - s) / 1000000 ))")
+      assert.equal(0, rc, out)
+      local res = {}
+      for code, t, ra in out:gmatch("S=(%d+) ([%d.]+) %[([^%]]*)%]") do
+        res[#res + 1] = { status = tonumber(code), time = tonumber(t), retry_after = ra }
+      end
+      assert.equal(n, #res, out)
+      return res, tonumber(out:match("wall=(%d+)")) / 1000
+    end
+
+    it("starts with the configured values", function()
+      local st, doc = settings()
+      assert.equal(200, st)
+      assert.same({ delay_ms = 500, max_concurrent = 3, retry_after = 2 }, doc)
+      assert.equal(500, c5.info.delay_ms)
+      assert.equal(3, c5.info.max_concurrent)
+    end)
+
+    it("answers after delay_ms without blocking nginx: 8 at once take about D, not 8 D", function()
+      assert.equal(200, (settings({ delay_ms = 500, max_concurrent = 0 })))
+      local res, wall = parallel(8)
+      for _, r in ipairs(res) do
+        assert.equal(200, r.status)
+        assert.is_true(r.time >= 0.5, "answered after " .. r.time .. " s")
+      end
+      -- one worker: blocking sleeps would take 8 x 0.5 = 4 s
+      assert.is_true(wall < 1.5, "8 requests took " .. wall .. " s")
+      local st = c5:stats()
+      assert.equal(8, st.accepted)
+      assert.equal(8, st.concurrent_max)
+      assert.equal(0, st.concurrent_now)
+    end)
+
+    it("answers 429 with Retry-After above max_concurrent requests in progress", function()
+      assert.equal(200, (settings({ delay_ms = 500, max_concurrent = 3, retry_after = 2 })))
+      local res = parallel(8)
+      local n = {}
+      for _, r in ipairs(res) do
+        n[r.status] = (n[r.status] or 0) + 1
+        if r.status == 429 then assert.equal("2", r.retry_after) end
+      end
+      assert.same({ [200] = 3, [429] = 5 }, n)
+      local st = c5:stats()
+      assert.equal(3, st.accepted)
+      assert.equal(5, st.throttled)
+      assert.equal(5, st.status_429)
+      assert.equal(8, st.concurrent_max) -- what the client had in flight
+      assert.equal(0, st.concurrent_now)
+      local one = c5:post_order(order(ref("after")))
+      assert.equal(200, one.status)
+      one = c5:post_order(order(ref("after")), nil, { http = "1.1" })
+      assert.equal(200, one.status)
+      -- the 429 body is the documented envelope
+      settings({ max_concurrent = 1, delay_ms = 300 })
+      res = parallel(2)
+      table.sort(res, function(x, y) return x.status < y.status end)
+      assert.equal(429, res[2].status)
+    end)
+
+    it("counts a fault rule's 429 in status_429, not in throttled", function()
+      settings({ delay_ms = 0, max_concurrent = 0 })
+      c5:faults({ count = 1, status = 429, retry_after = "1" })
+      assert.equal(429, c5:post_order(order(ref())).status)
+      local st = c5:stats()
+      assert.equal(1, st.status_429)
+      assert.equal(0, st.throttled)
+    end)
+
+    it("refuses bad settings and keeps the old ones", function()
+      settings({ delay_ms = 20, max_concurrent = 4 })
+      for _, bad in ipairs({ '{"delay_ms":-1}', '{"max_concurrent":1.5}', '{"nope":1}', '[1]', "x",
+        '{"delay_ms":10,"retry_after":"1"}' }) do
+        local res = c5:request({ method = "POST", path = "/_sandbox/settings", body = bad })
+        assert.equal(400, res.status, bad)
+      end
+      local _, doc = settings()
+      assert.same({ delay_ms = 20, max_concurrent = 4, retry_after = 2 }, doc)
+    end)
+
+    it("refuses bad options with a config error", function()
+      for _, o in ipairs({ { delay_ms = -1 }, { max_concurrent = 2.5 }, { retry_after = "1" } }) do
+        o.dir, o.port, o.owner_pid, o.cleanup_dir = dir5 .. "/never", 0, sb.self_pid(), true
+        local i, err, kind = sandbox.start(o)
+        assert.is_nil(i)
+        assert.equal("config", kind, tostring(err))
+      end
+    end)
+  end)
+
+  describe("private recordings", function()
+    local core = require("optimizely.offline.core")
+    local dir6, c6
+
+    local function mode(path)
+      return (shell("stat -c %a " .. q(path)):gsub("%s+$", ""))
+    end
+
+    setup(function()
+      dir6 = mktemp_dir("umask")
+      local old = core.umask(tonumber("022", 8))
+      local i6, err = sandbox.start({ dir = dir6, port = 0, owner_pid = sb.self_pid(), cleanup_dir = true })
+      core.umask(old)
+      c6 = sb.client(assert(i6, err))
+    end)
+    teardown(function()
+      sandbox.stop({ dir = dir6 })
+      shell("rm -rf " .. q(dir6))
+    end)
+
+    it("creates the records, the info file and the handler config 0600 under umask 022", function()
+      local r = ref("priv")
+      assert.equal(200, c6:post_order(order(r)).status)
+      assert.equal(200, c6:cancel(r).status)
+      for _, name in ipairs({ "orders.ndjson", "cancellations.ndjson", "sandbox.info", "conf/config.lua" }) do
+        assert.equal("600", mode(dir6 .. "/" .. name), name)
+      end
+    end)
+
+    it("keeps records 0600 when an nginx worker creates them", function()
+      os.remove(dir6 .. "/orders.ndjson")
+      os.remove(dir6 .. "/cancellations.ndjson")
+      local r = ref("priv2")
+      assert.equal(200, c6:post_order(order(r)).status)
+      assert.equal(200, c6:cancel(r).status)
+      assert.equal("600", mode(dir6 .. "/orders.ndjson"))
+      assert.equal("600", mode(dir6 .. "/cancellations.ndjson"))
+    end)
+
+    it("makes an older sandbox's world-readable records 0600 on start", function()
+      assert.is_true(sandbox.stop({ dir = dir6 }))
+      shell("chmod 644 " .. q(dir6 .. "/orders.ndjson"))
+      c6 = sb.client(assert(sandbox.start({ dir = dir6, port = 0, owner_pid = sb.self_pid(), cleanup_dir = true })))
+      assert.equal("600", mode(dir6 .. "/orders.ndjson"))
+    end)
+  end)
+
   describe("restart", function()
     it("keeps records and certificates, and stop removes the process", function()
       local r = ref("keep")
@@ -508,7 +787,8 @@ describe("sandbox", function()
       assert.is_nil(read_file(dir .. "/nginx.pid"))
       assert.is_true(sandbox.stop({ dir = dir })) -- stopping twice is fine
 
-      local again = assert(sandbox.start({ dir = dir, port = 0, owner_pid = sb.self_pid(), cleanup_dir = true }))
+      local again = assert(sandbox.start({ dir = dir, port = 0, owner_pid = sb.self_pid(), cleanup_dir = true,
+        tokens = { callcentre = "cc-Token-1" } }))
       assert.are_not.equal(old_pid, again.pid)
       assert.equal(ca_before, read_file(again.ca_file))
       assert.equal(crt_before, read_file(dir .. "/certs/server.crt"))
@@ -560,6 +840,33 @@ describe("sandbox", function()
       cli("sandbox stop --dir " .. q(dir4))
     end)
 
+    it("takes --delay-ms, --max-concurrent, --retry-after and --channel-token", function()
+      local out, rc = cli("sandbox start --dir " .. q(dir4) .. " --port 0 --delay-ms 30 --max-concurrent 8"
+        .. " --retry-after 3 --channel-token callcentre=cc-Secret-9 --channel-token app=app-Secret-8")
+      assert.equal(0, rc, out)
+      assert.matches("channels:%s+app, callcentre, store", out)
+      assert.matches("delay_ms:%s+30", out)
+      assert.matches("max_concurrent:%s+8 %(429 Retry%-After 3%)", out)
+      assert.is_nil(out:find("Secret", 1, true))
+      local st = assert(sandbox.status({ dir = dir4 }))
+      assert.same({ store = "sandbox-token", callcentre = "cc-Secret-9", app = "app-Secret-8" }, st.tokens)
+      assert.equal(30, st.delay_ms)
+      local res = sb.client(st):post_order(order(ref("cli")), { channel = "app", siteToken = "app-Secret-8" })
+      assert.equal(200, res.status, res.body)
+      cli("sandbox stop --dir " .. q(dir4))
+    end)
+
+    it("exits 2 on bad values of the new options, without echoing a token", function()
+      for _, args in ipairs({ "--delay-ms soon", "--max-concurrent 2.5", "--retry-after -1",
+        "--channel-token no-equals-Secret-7", "--channel-token 'bad name=x'",
+        "--channel-token store=other-Secret-6 --token sandbox-token" }) do
+        local out, rc = cli("sandbox start --dir " .. q(dir4) .. " --port 0 " .. args)
+        assert.equal(2, rc, args .. ": " .. out)
+        assert.is_nil(out:find("Secret", 1, true), out)
+      end
+      assert.is_nil(sandbox.status({ dir = dir4 }))
+    end)
+
     it("exits 2 on usage errors", function()
       local _, rc = cli("sandbox start --port nope --dir " .. q(dir4))
       assert.equal(2, rc)
@@ -587,5 +894,59 @@ describe("support.sandbox", function()
     sb.reset()
     assert.equal(0, #sb.orders())
     assert.same({}, sb.faults())
+    local before = sb.settings()
+    assert.equal(25, sb.settings({ delay_ms = 25 }).delay_ms)
+    assert.equal(before.delay_ms, sb.settings({ delay_ms = before.delay_ms }).delay_ms)
+  end)
+end)
+
+describe("examples/openresty/launch.lua", function()
+  local nginx = require("support.nginx")
+  local work, sdir
+
+  local function launch(args)
+    return shell("LUA_PATH='lua/?.lua;lua/?/init.lua;;' timeout -k 2 120 lua5.4 examples/openresty/launch.lua " .. args)
+  end
+
+  local function master(d)
+    local pid = tonumber((read_file(d .. "/nginx.pid") or ""):match("%d+"))
+    return pid and alive(pid) and pid or nil
+  end
+
+  setup(function()
+    work = mktemp_dir("launch")
+    sdir = work .. "/sandbox"
+  end)
+  teardown(function()
+    launch("stop --dir " .. q(work .. "/app"))
+    sandbox.stop({ dir = sdir })
+    shell("rm -rf " .. q(work))
+  end)
+
+  it("stop also stops the sandbox that start started", function()
+    local app = work .. "/app"
+    local out, rc = launch("start --dir " .. q(app) .. " --port " .. nginx.free_port() .. " --sandbox-dir " .. q(sdir))
+    assert.equal(0, rc, out)
+    local sb_info = assert(sandbox.status({ dir = sdir }), out)
+    local app_pid = assert(master(app), out)
+    out, rc = launch("stop --dir " .. q(app))
+    assert.equal(0, rc, out)
+    assert.matches("sandbox stopped", out)
+    assert.is_false(alive(app_pid))
+    assert.is_false(alive(sb_info.pid))
+    assert.is_nil(sandbox.status({ dir = sdir }))
+  end)
+
+  it("leaves a sandbox it did not start running", function()
+    local app = work .. "/app"
+    local running = assert(sandbox.start({ dir = sdir, port = 0, owner_pid = sb.self_pid() }))
+    local out, rc = launch("start --dir " .. q(app) .. " --port " .. nginx.free_port() .. " --sandbox-dir " .. q(sdir))
+    assert.equal(0, rc, out)
+    assert.matches("already running", out)
+    out, rc = launch("stop --dir " .. q(app))
+    assert.equal(0, rc, out)
+    assert.is_nil(out:find("sandbox stopped", 1, true))
+    assert.is_true(alive(running.pid))
+    assert.is_true(sandbox.stop({ dir = sdir }))
   end)
 end)

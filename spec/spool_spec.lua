@@ -69,7 +69,7 @@ teardown(function()
 end)
 
 describe("spool.open", function()
-  it("creates a WAL-mode file with a versioned schema", function()
+  it("creates a WAL-mode file with a versioned, stamped schema", function()
     local sp, path = open()
     assert.is_true(sp:is_open())
     assert.matches("^%d+:%x+$", sp:owner())
@@ -77,7 +77,8 @@ describe("spool.open", function()
     sp:close()
     assert.is_false(sp:is_open())
     if has_sqlite3_cli() then
-      assert.equal("1", sqlite3_cli(path, "PRAGMA user_version"))
+      assert.equal("2", sqlite3_cli(path, "PRAGMA user_version"))
+      assert.equal(tostring(0x4F4F5350), sqlite3_cli(path, "PRAGMA application_id"))
       assert.equal("wal", sqlite3_cli(path, "PRAGMA journal_mode"))
       local tables = sqlite3_cli(path, "SELECT group_concat(name, ',') FROM"
         .. " (SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name)")
@@ -115,7 +116,8 @@ describe("spool.open", function()
       { { busy_timeout = -1 }, "opts.busy_timeout" },
       { { sync = "fast" }, "opts.sync" },
       { { on_full = "drop_newest" }, "opts.on_full" },
-      { { maxorders = 5 }, "unknown option opts.maxorders" },
+      { { maxorders = 5 }, "opts.maxorders is not a known option (did you mean 'max_orders'?)" },
+      { { max_file_bytes = 100 }, "opts.max_file_bytes" },
       { "nope", "opts must be a table" },
     }
     for _, c in ipairs(cases) do
@@ -125,11 +127,17 @@ describe("spool.open", function()
     end
     assert.has_error(function() spool.open(nil) end)
     assert.has_error(function() spool.open("") end)
+    -- the C binding checks too, for callers of the core module
+    assert.has_error(function() core.spool_open(path, { bogus = 1 }) end,
+      "spool.open: unknown option opts.bogus (expected busy_timeout, sync, max_orders, max_bytes,"
+      .. " max_age, on_full, max_file_bytes)")
+    assert.has_error(function() core.spool_open(path, { max_orders = 0 }) end,
+      "spool.open: opts.max_orders must be an integer from 1 to 1000000000000000, got 0")
   end)
 
   it("accepts every documented option", function()
     local sp = open({ busy_timeout = 0.5, sync = "full", max_orders = 10, max_bytes = 10000,
-                      max_age = 3600, on_full = "drop_oldest" })
+                      max_age = 3600, on_full = "drop_oldest", max_file_bytes = 1e9 })
     assert(sp:put(body(1), "R1"))
     sp:close()
   end)
@@ -141,7 +149,7 @@ describe("spool.open", function()
     assert.is_true(errors.is(err))
     assert.equal("storage", err.kind)
     assert.matches(path, err.message, 1, true)
-    assert.matches("unable to open", err.message, 1, true)
+    assert.matches("cannot create the file: No such file or directory", err.message, 1, true)
   end)
 
   it("returns nil, err when the path is a directory", function()
@@ -149,20 +157,24 @@ describe("spool.open", function()
     assert.is_nil(sp)
     assert.equal("storage", err.kind)
     assert.matches(tmpdir, err.message, 1, true)
+    assert.matches("is a directory", err.message, 1, true)
   end)
 
-  it("returns nil, err for a corrupt file, with SQLite's reason", function()
+  it("returns nil, err (kind foreign) for a file that is not SQLite, and leaves it alone", function()
     local path = fresh_path()
     local f = assert(io.open(path, "wb"))
-    f:write(("this is not a database\0"):rep(400))
+    local junk = ("this is not a database\0"):rep(400)
+    f:write(junk)
     f:close()
     local sp, err = spool.open(path)
     assert.is_nil(sp)
-    assert.equal("storage", err.kind)
+    assert.equal("foreign", err.kind)
     assert.matches(path, err.message, 1, true)
-    assert.matches("not a database", err.message, 1, true)
-    assert.is_number(err.sqlite_code)
-    assert.matches("^storage: spool ", tostring(err))
+    assert.matches("not an SQLite database; nothing was written to it", err.message, 1, true)
+    assert.matches("^foreign: spool ", tostring(err))
+    assert.equal(junk, readall(path))
+    assert.is_false(exists(path .. "-wal"))
+    assert.is_false(exists(path .. "-shm"))
   end)
 
   it("returns nil, err (never crashes) when the file is corrupted while in use", function()
@@ -196,13 +208,19 @@ describe("spool.open", function()
     bad:close()
   end)
 
-  it("refuses a SQLite file of another schema version", function()
+  it("refuses a spool written by a newer version, leaving it alone", function()
     if not has_sqlite3_cli() then return pending("sqlite3 CLI not installed") end
-    local path = fresh_path()
+    local sp, path = open()
+    assert(sp:put(body(1), "R1", T0))
+    sp:close()
     sqlite3_cli(path, "PRAGMA user_version = 7")
-    local sp, err = spool.open(path)
-    assert.is_nil(sp)
-    assert.matches("schema version 7", err.message, 1, true)
+    local before = readall(path)
+    local again, err = spool.open(path)
+    assert.is_nil(again)
+    assert.equal("foreign", err.kind)
+    assert.matches("newer version of this library (schema version 7; this one reads up to 2)",
+      err.message, 1, true)
+    assert.equal(before, readall(path))
   end)
 end)
 
@@ -219,9 +237,9 @@ describe("spool put / claim / ack", function()
     assert.is_true(a < b and b < c)
     local rows = assert(sp:claim(10, 30, T0 + 5))
     assert.equal(3, #rows)
-    assert.same({ id = a, ref = "R1", body = body(1), attempts = 0 }, rows[1])
-    assert.same({ id = b, ref = "R2", body = bin, attempts = 0 }, rows[2])
-    assert.same({ id = c, body = body(3), attempts = 0 }, rows[3])
+    assert.same({ id = a, ref = "R1", body = body(1), attempts = 0, created_at = T0 }, rows[1])
+    assert.same({ id = b, ref = "R2", body = bin, attempts = 0, created_at = T0 + 1 }, rows[2])
+    assert.same({ id = c, body = body(3), attempts = 0, created_at = T0 + 2 }, rows[3])
   end)
 
   it("claims only due orders, at most max_n", function()
@@ -271,6 +289,18 @@ describe("spool put / claim / ack", function()
     assert.is_nil(rows[65].ref)
     assert.equal(body(65), rows[65].body)
     assert.same({}, assert(sp:put_many({}, T0)))
+  end)
+
+  it("put_many stores a group of several megabytes in one transaction (long WAL writes)", function()
+    -- the WAL writes are gathered; one write of 128 KiB or more came back
+    -- short from SQLite's unix VFS and the group failed as "disk full"
+    local list = {}
+    for i = 1, 400 do list[i] = { body = body(i) .. string.rep(" ", 5000), ref = "BIG" .. i } end
+    local ids = assert(sp:put_many(list, T0))
+    assert.equal(400, #ids)
+    local rows = sp:claim(500, 30, T0)
+    assert.equal(400, #rows)
+    for i = 1, 400 do assert.equal(list[i].body, rows[i].body) end
   end)
 
   it("put_many raises on a bad entry, naming it, and stores nothing", function()
@@ -443,6 +473,22 @@ describe("spool leases", function()
     assert.is_true(b:ack(id))
     a:close()
     b:close()
+  end)
+
+  it("stats counts due, claimed and waiting orders apart", function()
+    local sp = open()
+    local ids = assert(sp:put_many({ body(1), body(2), body(3), body(4), body(5), body(6) }, T0))
+    local rows = sp:claim(3, 30, T0)
+    assert(sp:retry(rows[1].id, T0 + 100, "later")) -- waiting
+    local st = sp:stats(T0 + 10)
+    assert.same({ 6, 3, 2, 0 }, { st.queued, st.due, st.claimed, st.dead })
+    assert.equal(10, st.oldest_age)
+    st = sp:stats(T0 + 40) -- the leases ran out: those two are due again
+    assert.same({ 5, 0 }, { st.due, st.claimed })
+    st = sp:stats(T0 + 100)
+    assert.same({ 6, 0 }, { st.due, st.claimed })
+    assert.equal(6, #ids)
+    sp:close()
   end)
 
   it("next_due says when the earliest unclaimed order is due", function()
@@ -801,7 +847,9 @@ describe("spool locking", function()
         -- interleave single puts, small batches and claim+ack rounds
         if i %% 3 == 0 then
           local batch = {}
-          for k = 1, math.min(5, per - i) do batch[k] = { body = me .. "-body-" .. (i + k), ref = me .. "-" .. (i + k) } end
+          for k = 1, math.min(5, per - i) do
+            batch[k] = { body = me .. "-body-" .. (i + k), ref = me .. "-" .. (i + k) }
+          end
           assert(sp:put_many(batch))
           i = i + #batch
         else
@@ -851,5 +899,363 @@ describe("spool locking", function()
     assert.equal(0, st.queued)
     assert.equal(0, st.dead)
     sp:close()
+  end)
+end)
+
+describe("spool channels", function()
+  local sp
+  before_each(function() sp = open() end)
+  after_each(function() sp:close() end)
+
+  it("put and put_many store each order's channel; claim and list return it", function()
+    local a = assert(sp:put(body(1), "R1", T0, "store"))
+    local b = assert(sp:put(body(2), "R2", T0))
+    local ids = assert(sp:put_many({ { body = body(3), ref = "R3", channel = "callcentre" },
+      { body = body(4), ref = "R4" }, body(5) }, T0))
+    local rows = assert(sp:claim(10, 30, T0))
+    local by_id = {}
+    for _, r in ipairs(rows) do by_id[r.id] = r end
+    assert.equal("store", by_id[a].channel)
+    assert.is_nil(by_id[b].channel) -- the client's default channel
+    assert.equal("callcentre", by_id[ids[1]].channel)
+    assert.is_nil(by_id[ids[2]].channel)
+    assert.is_nil(by_id[ids[3]].channel)
+    assert.equal(T0, by_id[a].created_at)
+    local listed = sp:list()
+    assert.equal("store", listed[1].channel)
+    assert.equal("callcentre", listed[3].channel)
+  end)
+
+  it("a dead letter keeps its channel (kill, expiry, drop) and requeue brings it back", function()
+    sp:close()
+    local path
+    sp, path = open({ max_age = 100, max_orders = 2, on_full = "drop_oldest" })
+    local killed = assert(sp:put(body(1), "K", T0, "store"))
+    assert.equal(1, #sp:claim(1, 30, T0))
+    assert(sp:kill(killed, { kind = "api", status = 400 }, T0))
+    assert(sp:put(body(2), "E", T0, "app"))        -- expires at T0 + 150
+    assert(sp:put(body(3), "D", T0 + 120, "till"))  -- dropped for F and G
+    assert(sp:put(body(4), "F", T0 + 150, "web"))   -- expiry of E makes room for F
+    assert(sp:put(body(5), "G", T0 + 151))          -- drops D
+    local dead = {}
+    for _, d in ipairs(sp:list({ dead = true })) do dead[d.ref] = d end
+    assert.equal("store", dead.K.channel)
+    assert.equal("app", dead.E.channel)
+    assert.equal("expired", dead.E.kind)
+    assert.equal("till", dead.D.channel)
+    assert.equal("dropped", dead.D.kind)
+    assert(sp:purge({ queued = true, now = T0 + 151 }))
+    sp:close()
+    sp = open(nil, path) -- no max_orders: room for all three
+    assert.equal(3, sp:requeue_dead("all", T0 + 200))
+    local back = {}
+    for _, r in ipairs(sp:claim(10, 30, T0 + 200)) do back[r.ref] = r end
+    assert.equal("store", back.K.channel)
+    assert.equal("app", back.E.channel)
+    assert.equal("till", back.D.channel)
+    assert.equal(T0 + 200, back.K.created_at)
+  end)
+
+  it("raises on a channel that is not a string", function()
+    assert.has_error(function() sp:put(body(1), "R1", T0, 5) end,
+      "spool:put: channel must be a string or nil, got number")
+    local ok, err = pcall(sp.put_many, sp, { { body = body(1), channel = {} } }, T0)
+    assert.is_false(ok)
+    assert.matches("list[1].channel must be a string or nil", err, 1, true)
+  end)
+end)
+
+describe("spool ack_many", function()
+  it("acks a batch in one call", function()
+    local sp = open()
+    assert(sp:put_many({ body(1), body(2), body(3) }, T0))
+    local rows = sp:claim(3, 30, T0)
+    assert.is_true(sp:ack_many({ rows[1].id, rows[2].id, rows[3].id }))
+    assert.equal(0, sp:stats(T0).queued)
+    assert.is_true(sp:ack_many({}))
+    sp:close()
+  end)
+
+  it("acks the orders it holds and reports the ones it lost (kind lease)", function()
+    local a, path = open()
+    local b = open(nil, path)
+    assert(a:put_many({ body(1), body(2), body(3) }, T0))
+    local rows = a:claim(3, 30, T0)
+    local taken = b:claim(1, 30, T0 + 30) -- a's leases ran out: b takes the oldest
+    assert.equal(rows[1].id, taken[1].id)
+    local ok, err = a:ack_many({ rows[1].id, rows[2].id, rows[3].id })
+    assert.is_nil(ok)
+    assert.equal("lease", err.kind)
+    assert.matches("order " .. rows[1].id .. " refused: it is claimed by " .. b:owner(), err.message,
+      1, true)
+    assert.matches("(1 of 3 in this batch)", err.message, 1, true)
+    local left = a:list()
+    assert.equal(1, #left) -- the two a still held are gone, b's is not
+    assert.equal(rows[1].id, left[1].id)
+    assert.has_error(function() a:ack_many({ 1, "2" }) end)
+    a:close()
+    b:close()
+  end)
+end)
+
+-- A version-1 spool as the previous release wrote it (schema and data).
+local V1_SQL = [[
+PRAGMA journal_mode=WAL;
+CREATE TABLE orders( id INTEGER PRIMARY KEY AUTOINCREMENT, ref TEXT, body BLOB NOT NULL, bytes INT NOT NULL,
+ created_at REAL NOT NULL, attempts INT NOT NULL DEFAULT 0, next_at REAL NOT NULL, claimed_by TEXT,
+ claimed_until REAL, last_error TEXT);
+CREATE INDEX orders_next_at ON orders(next_at);
+CREATE INDEX orders_created_at ON orders(created_at);
+CREATE TABLE dead( id INTEGER PRIMARY KEY, ref TEXT, body BLOB NOT NULL, created_at REAL,
+ failed_at REAL NOT NULL, attempts INT NOT NULL, kind TEXT NOT NULL, status INT, code TEXT, message TEXT);
+CREATE INDEX dead_failed_at ON dead(failed_at);
+CREATE TABLE totals(one INTEGER PRIMARY KEY CHECK (one = 1), n INT NOT NULL, bytes INT NOT NULL);
+INSERT INTO totals VALUES (1, 0, 0);
+CREATE TRIGGER orders_ins AFTER INSERT ON orders BEGIN
+ UPDATE totals SET n = n + 1, bytes = bytes + NEW.bytes WHERE one = 1; END;
+CREATE TRIGGER orders_del AFTER DELETE ON orders BEGIN
+ UPDATE totals SET n = n - 1, bytes = bytes - OLD.bytes WHERE one = 1; END;
+PRAGMA user_version = 1;
+INSERT INTO orders(ref, body, bytes, created_at, next_at, attempts, last_error)
+ VALUES ('Q1', 'queued-1', 8, 1700000000, 1700000100, 2, 'timeout');
+INSERT INTO orders(ref, body, bytes, created_at, next_at) VALUES ('A2', 'acked-2', 7, 1700000000, 1700000000);
+INSERT INTO orders(ref, body, bytes, created_at, next_at) VALUES ('D3', 'dead-3', 6, 1700000000, 1700000000);
+INSERT INTO dead SELECT id, ref, body, created_at, 1700000050, 1, 'api', 400, 'Bad', 'bad order'
+ FROM orders WHERE id = 3;
+DELETE FROM orders WHERE id IN (2, 3);
+INSERT INTO orders(ref, body, bytes, created_at, next_at) VALUES ('A4', 'acked-4', 7, 1700000000, 1700000000);
+DELETE FROM orders WHERE id = 4;
+]]
+
+describe("spool migration from version 1", function()
+  it("adds channels in place, keeps every row and never reuses an id", function()
+    if not has_sqlite3_cli() then return pending("sqlite3 CLI not installed") end
+    local path = fresh_path()
+    sqlite3_cli(path, V1_SQL)
+    assert.equal("1", sqlite3_cli(path, "PRAGMA user_version"))
+    local sp = open(nil, path)
+    local st = sp:stats(T0)
+    assert.equal(1, st.queued)
+    assert.equal(8, st.bytes)
+    assert.equal(1, st.dead)
+    local q = sp:list()[1]
+    assert.same({ 1, "Q1", 2, "timeout", T0 + 100 }, { q.id, q.ref, q.attempts, q.last_error, q.next_at })
+    assert.is_nil(q.channel)
+    local d = sp:list({ dead = true, body = true })[1]
+    assert.same({ 3, "D3", "dead-3", "api", 400 }, { d.id, d.ref, d.body, d.kind, d.status })
+    -- ids continue after every id ever handed out (4 was acked), in orders and dead
+    assert.equal(5, assert(sp:put(body(5), "N5", T0, "store")))
+    assert.equal(1, assert(sp:requeue_dead(3, T0)))
+    local rows = sp:claim(10, 30, T0 + 100)
+    assert.equal(3, #rows)
+    assert.equal("store", rows[3].channel)
+    sp:close()
+    assert.equal("2", sqlite3_cli(path, "PRAGMA user_version"))
+    assert.equal(tostring(0x4F4F5350), sqlite3_cli(path, "PRAGMA application_id"))
+    -- the same schema as a new spool's
+    local schema = "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_master"
+      .. " WHERE name NOT LIKE 'sqlite_%' ORDER BY name)"
+    local made, fresh = open()
+    made:close()
+    assert.equal(sqlite3_cli(fresh, schema), sqlite3_cli(path, schema))
+    -- a second open finds nothing to do
+    local again = open(nil, path)
+    assert.equal(3, again:stats(T0).queued)
+    again:close()
+  end)
+end)
+
+describe("spool refuses files that are not its own", function()
+  local function refused(path, pattern)
+    local before = readall(path)
+    local sp, err = spool.open(path)
+    assert.is_nil(sp)
+    assert.is_true(errors.is(err))
+    assert.equal("foreign", err.kind)
+    assert.matches(path, err.message, 1, true)
+    assert.matches(pattern, err.message, 1, true)
+    assert.matches("nothing was written to it", err.message, 1, true)
+    assert.equal(before, readall(path)) -- byte for byte
+    return err
+  end
+
+  it("another application's SQLite database: unchanged, no -wal, journal mode kept", function()
+    if not has_sqlite3_cli() then return pending("sqlite3 CLI not installed") end
+    local path = fresh_path()
+    sqlite3_cli(path, "CREATE TABLE contacts(email TEXT); INSERT INTO contacts VALUES ('a@example.com');")
+    refused(path, "not a spool file: an SQLite database in rollback-journal mode")
+    assert.is_false(exists(path .. "-wal"))
+    assert.is_false(exists(path .. "-shm"))
+    assert.equal("delete", sqlite3_cli(path, "PRAGMA journal_mode"))
+    assert.equal("contacts", sqlite3_cli(path, "SELECT group_concat(name) FROM sqlite_master"))
+  end)
+
+  it("a database stamped with another application_id", function()
+    if not has_sqlite3_cli() then return pending("sqlite3 CLI not installed") end
+    local path = fresh_path()
+    sqlite3_cli(path, "PRAGMA journal_mode=WAL; PRAGMA application_id = 1234; CREATE TABLE t(x);")
+    refused(path, "another application (application_id 0x000004d2)")
+  end)
+
+  it("a WAL-mode database without the spool's tables: its file stays unchanged", function()
+    if not has_sqlite3_cli() then return pending("sqlite3 CLI not installed") end
+    local path = fresh_path()
+    sqlite3_cli(path, "PRAGMA journal_mode=WAL; CREATE TABLE orders(x); INSERT INTO orders VALUES (1);")
+    refused(path, "an SQLite database without the spool's tables")
+    assert.equal("1", sqlite3_cli(path, "SELECT count(*) FROM orders"))
+    assert.equal("0", sqlite3_cli(path, "SELECT count(*) FROM sqlite_master WHERE name = 'dead'"))
+  end)
+
+  it("a text file, however short", function()
+    for _, text in ipairs({ "x", "order,total\nR1,9.99\n" }) do
+      local path = fresh_path()
+      local f = assert(io.open(path, "wb"))
+      f:write(text)
+      f:close()
+      refused(path, "not an SQLite database")
+    end
+  end)
+
+  it("a dangling symbolic link (rather than create its target)", function()
+    local link, target = tmpdir .. "/dangling.db", tmpdir .. "/missing-target.db"
+    assert(sys.run("ln -s " .. sh_quote(target) .. " " .. sh_quote(link)))
+    local sp, err = spool.open(link)
+    assert.is_nil(sp)
+    assert.equal("storage", err.kind)
+    assert.matches("symbolic link to a missing file", err.message, 1, true)
+    assert.is_false(exists(target))
+  end)
+end)
+
+describe("spool files", function()
+  it("takes a path beginning with file: as a file name, never an SQLite URI", function()
+    local dir = tmpdir .. "/uri"
+    assert(sys.run("mkdir -p " .. sh_quote(dir)))
+    local name = "file:plain.db?mode=memory&cache=shared"
+    local script = child_script("uri", ([[
+      local spool = require("optimizely.offline.spool")
+      local sp = assert(spool.open(%q))
+      assert(sp:put("body", "R1", 1))
+      sp:close()
+      io.stdout:write("ok\n")
+    ]]):format(name))
+    local out = sys.capture("cd " .. sh_quote(dir) .. " && " .. interpreter() .. " " .. sh_quote(script) .. " 2>&1")
+    assert.equal("ok\n", out)
+    -- a real file of exactly that name holds the order (a URI would have
+    -- made an in-memory database, or a file named plain.db)
+    assert.is_true(exists(dir .. "/" .. name))
+    assert.is_false(exists(dir .. "/plain.db"))
+    local sp = open(nil, dir .. "/" .. name)
+    assert.equal(1, sp:stats().queued)
+    sp:close()
+  end)
+
+  it("creates the spool, its -wal and -shm 0600 under umask 022", function()
+    local old = core.umask(tonumber("022", 8))
+    local ok, err = pcall(function()
+      local sp, path = open()
+      assert(sp:put(body(1), "R1", T0))
+      for _, p in ipairs({ path, path .. "-wal", path .. "-shm" }) do
+        local id, kind, mode = core.file_id(p)
+        assert(id, kind)
+        assert.equal("file", kind)
+        assert.equal("600", ("%o"):format(mode), p)
+      end
+      sp:close()
+    end)
+    core.umask(old)
+    assert(ok, err)
+  end)
+end)
+
+describe("spool on a full disk", function()
+  -- Fills the spool with 2 KiB orders until a put fails; returns that error
+  -- and the ids stored.
+  local function fill(sp)
+    local ids = {}
+    for i = 1, 100000 do
+      local id, err = sp:put(("x"):rep(2048) .. i, "R" .. i, T0)
+      if not id then return err, ids end
+      ids[#ids + 1] = id
+    end
+    error("the spool never filled up")
+  end
+
+  local function assert_disk_full(err, path)
+    assert.is_true(errors.is(err))
+    assert.equal("storage", err.kind)
+    assert.equal(13, err.sqlite_code % 256) -- SQLITE_FULL
+    assert.is_false(err.retryable)
+    assert.matches(path, err.message, 1, true)
+    assert.matches("disk full", err.message, 1, true)
+  end
+
+  it("every write reports kind storage, 'disk full', and the spool works again once room is made", function()
+    local sp, path = open({ max_file_bytes = 256 * 1024 })
+    assert(sp:put_many({ body(1), body(2), body(3) }, T0))
+    local held = assert(sp:claim(3, 600, T0)) -- being delivered while the disk fills
+    local err, ids = fill(sp)
+    assert_disk_full(err, path)
+    assert.is_true(#ids > 20)
+    local _, many = sp:put_many({ ("y"):rep(4096), ("z"):rep(4096) }, T0)
+    assert_disk_full(many, path)
+    assert.equal(#ids + 3, sp:stats(T0).queued) -- nothing half-stored
+    local rows, cerr = sp:claim(10, 30, T0) -- claims are writes: they may need room too
+    if not rows then assert_disk_full(cerr, path) end
+    -- delivering makes room: the acks free pages
+    assert(sp:ack_many({ held[1].id, held[2].id, held[3].id }))
+    assert(sp:put(body(4), "AFTER", T0))
+    sp:close()
+  end)
+
+  it("a real full filesystem (tmpfs; needs root): puts and claims fail with 'disk full'", function()
+    local mnt = tmpdir .. "/tiny"
+    assert(sys.run("mkdir -p " .. sh_quote(mnt)))
+    if not sys.run("mount -t tmpfs -o size=512k tmpfs " .. sh_quote(mnt) .. " 2>/dev/null") then
+      return pending("cannot mount a tmpfs here (not root, or not permitted)")
+    end
+    local ok, perr = pcall(function()
+      local path = mnt .. "/spool.db"
+      local sp = open(nil, path)
+      local err = fill(sp)
+      assert_disk_full(err, path)
+      local rows, cerr = sp:claim(10, 30, T0) -- claims are writes too
+      if not rows then assert_disk_full(cerr, path) end
+      sp:close()
+    end)
+    sys.run("umount " .. sh_quote(mnt))
+    assert(ok, perr)
+  end)
+end)
+
+describe("spool WAL", function()
+  it("stays bounded while orders keep coming (checkpoints run beside the puts)", function()
+    local sp, path = open()
+    local batch = {}
+    for k = 1, 64 do batch[k] = { body = body(k), ref = "W" .. k } end
+    local function wal_size()
+      local f = io.open(path .. "-wal", "rb")
+      if not f then return 0 end
+      local n = f:seek("end")
+      f:close()
+      return n
+    end
+    local biggest, total = 0, 0
+    for round = 1, 1500 do
+      assert(sp:put_many(batch, T0))
+      local rows = assert(sp:claim(64, 60, T0))
+      local ids = {}
+      for i, r in ipairs(rows) do ids[i] = r.id end
+      assert(sp:ack_many(ids))
+      total = total + #rows
+      if round % 50 == 0 then biggest = math.max(biggest, wal_size()) end
+    end
+    assert.equal(1500 * 64, total)
+    assert.equal(0, sp:stats(T0).queued)
+    -- far more than 200 MB went through the WAL; it was started over at ~64 MB
+    assert.is_true(biggest > 16 * 1024 * 1024, "the WAL never grew: " .. biggest)
+    assert.is_true(biggest < 96 * 1024 * 1024, "the WAL grew to " .. biggest)
+    sp:close()
+    assert.is_false(exists(path .. "-wal")) -- the last close checkpoints and removes it
   end)
 end)

@@ -2,11 +2,15 @@
 --
 --   lua5.4 examples/openresty/launch.lua start [--dir .openresty] [--port 8080]
 --          [--spool PATH] [--base-url URL --ca-file CA --site S --token-env VAR]
+--          [--sandbox-dir .sandbox]
 --   lua5.4 examples/openresty/launch.lua stop [--dir .openresty]
 --
 -- Without --base-url it starts (or reuses) the local sandbox in .sandbox and
--- points the queue at it, trusting the sandbox CA. As a module (the specs and
--- the benchmark use it): `render(vars)`, `write(opts)`, `defaults()`.
+-- points the queue at it, trusting the sandbox CA; `stop` stops that
+-- sandbox too when `start` started it (DIR/sandbox.dir remembers it; a
+-- sandbox that was already running is left alone). As a module (the specs
+-- and the benchmark use it): `render(vars)`, `write(opts)`, `defaults()`.
+-- @script launch
 local M = {}
 
 local function script_dir()
@@ -126,11 +130,44 @@ end
 
 local function usage()
   io.stderr:write([[
-usage: launch.lua start [--dir DIR] [--port N] [--spool PATH]
+usage: launch.lua start [--dir DIR] [--port N] [--spool PATH] [--sandbox-dir DIR]
                         [--base-url URL --ca-file CA --site S --channel C --token-env VAR]
        launch.lua stop [--dir DIR]
 ]])
   os.exit(2)
+end
+
+local function alive(pid)
+  local st = read_file("/proc/" .. pid .. "/stat")
+  if st then return not st:match("^%d+ %b() Z") end
+  return run("kill -0 " .. pid .. " 2>/dev/null")
+end
+
+-- QUIT nginx and wait (up to 15 s) until the master is gone.
+local function stop_nginx(dir)
+  local pid = (read_file(dir .. "/nginx.pid") or ""):match("%d+")
+  if not pid or not alive(pid) then return nil end
+  run("kill -QUIT " .. pid)
+  for _ = 1, 150 do
+    if not alive(pid) then return pid end
+    run("sleep 0.1")
+  end
+  io.stderr:write("nginx " .. pid .. " did not exit within 15 s\n")
+  return pid
+end
+
+-- Stop the sandbox this launcher started (DIR/sandbox.dir), if any.
+local function stop_own_sandbox(dir)
+  local marker = dir .. "/sandbox.dir"
+  local sdir = (read_file(marker) or ""):match("[^\n]+")
+  if not sdir then return end
+  local ok, err = require("optimizely.offline.sandbox").stop({ dir = sdir })
+  if not ok then
+    io.stderr:write("cannot stop the sandbox in " .. sdir .. ": " .. tostring(err) .. "\n")
+    return
+  end
+  os.remove(marker)
+  print("sandbox stopped (" .. sdir .. ")")
 end
 
 local function main(argv)
@@ -145,9 +182,9 @@ local function main(argv)
   end
   o.dir = absolute(o.dir)
   if cmd == "stop" then
-    local pid = (read_file(o.dir .. "/nginx.pid") or ""):match("%d+")
-    if pid then run("kill -QUIT " .. pid) end
-    print(pid and ("stopping nginx " .. pid) or "not running")
+    local pid = stop_nginx(o.dir)
+    print(pid and ("nginx " .. pid .. " stopped") or "nginx not running")
+    stop_own_sandbox(o.dir)
     return
   end
   if cmd ~= "start" then usage() end
@@ -157,11 +194,16 @@ local function main(argv)
     assert(o.ca_file and o.site, "--base-url needs --ca-file and --site")
     app.base_url, app.site, app.token_env = o.base_url, o.site, o.token_env or "OO_SITE_TOKEN"
   else
-    local info, err = require("optimizely.offline.sandbox").start({ dir = root .. "/.sandbox", port = 0 })
+    local sandbox = require("optimizely.offline.sandbox")
+    local sdir = absolute(o.sandbox_dir or (root .. "/.sandbox"))
+    local running = sandbox.status({ dir = sdir })
+    local info, err = sandbox.start({ dir = sdir, port = 0 })
     assert(info, err)
     app.base_url, app.site, app.token, app.channel = info.base_url, info.site, info.token, info.channel
     o.ca_file = info.ca_file
-    print("sandbox: " .. info.base_url)
+    assert(run("mkdir -p " .. q(o.dir)), "cannot create " .. o.dir)
+    if not running then assert(write_file(o.dir .. "/sandbox.dir", sdir .. "\n")) end
+    print("sandbox: " .. info.base_url .. (running and " (already running: stop leaves it)" or ""))
   end
   if o.spool then app.queue.spool = absolute(o.spool) end
   local conf = M.write({ dir = o.dir, port = tonumber(o.port), app = app, ca_file = absolute(o.ca_file) })

@@ -6,13 +6,18 @@
 --   location = /pos/orders   content_by_lua_block { require("offline_app").pos_orders() }
 --   location = /checkout     log_by_lua_block     { require("offline_app").checkout_log() }
 --   location = /queue/stats  content_by_lua_block { require("offline_app").stats() }
+--   location = /metrics      content_by_lua_block { require("offline_app").metrics() }
 --
 -- The config file returns a table: the client config (`site`, `channel`,
--- `base_url` or `env`, `token` or `token_env` naming an environment variable
--- that nginx passes through with the `env` directive, `timeout`, ...) plus
--- the queue options under `queue` (`spool`, `max_queue`, `concurrency`, ...).
+-- `base_url` or `env`, `token`, `timeout`, ...) plus the queue options under
+-- `queue` (`spool`, `max_queue`, `concurrency`, `metrics_shm`, ...). Any
+-- client key may instead come from the environment: `token_env = "NAME"`
+-- (or `base_url_env`, `site_env`, ...) reads `NAME` in each worker, which
+-- needs `env NAME;` in nginx.conf; a variable nginx did not pass stops the
+-- worker's queue at init_worker with a message naming the directive.
 local offline = require("optimizely.offline")
 local offline_ngx = require("optimizely.offline.ngx")
+local metrics = require("optimizely.offline.metrics")
 local cjson = require("cjson.safe").new()
 
 local ngx = ngx
@@ -22,6 +27,7 @@ local config   -- loaded in the master by configure(), inherited by the workers
 M.queue = nil  -- this worker's queue, made by init_worker()
 
 local MAX_UPLOAD = 1000 -- orders per POS request
+local METRICS_SHM = "optimizely_offline_metrics" -- the lua_shared_dict of nginx.conf
 
 local CLIENT_KEYS = {
   "site", "token", "channel", "allow_custom_channel", "env", "sitename", "base_url",
@@ -33,11 +39,6 @@ local CLIENT_KEYS = {
 function M.configure(path)
   local c = dofile(path)
   assert(type(c) == "table", "offline_app: " .. path .. " must return a table")
-  if c.token == nil and c.token_env then
-    c.token = os.getenv(c.token_env) -- needs `env NAME;` in nginx.conf
-    assert(c.token and c.token ~= "", "offline_app: environment variable " .. c.token_env
-      .. " is empty (declare it with the env directive in nginx.conf)")
-  end
   config = c
   local q = c.queue
   if q and q.deliverer == "agent" then
@@ -48,13 +49,52 @@ function M.configure(path)
   end
 end
 
---- Create this worker's queue (init_worker_by_lua).
+-- Fail loudly: a critical line in the error log, then the error itself.
+local function fatal(msg)
+  ngx.log(ngx.CRIT, msg)
+  error(msg, 0)
+end
+
+-- The client config, `X_env` keys read from this worker's environment.
+-- Read here, not in init_by_lua: the master's environment is whole at the
+-- first start but cleared on reload, so a missing `env` directive would
+-- only show after the first `nginx -s reload` (as a queue sending with no
+-- token, or to the default URL).
+local NUMERIC = { timeout = true, connect_timeout = true, max_attempts = true, backoff_base = true,
+  backoff_max = true, retry_after_max = true }
+
+local function client_config()
+  local cfg = {}
+  for _, k in ipairs(CLIENT_KEYS) do
+    local name = config[k .. "_env"]
+    if config[k] == nil and name ~= nil then
+      local v = os.getenv(name)
+      if v == nil or v == "" then
+        fatal("offline_app: config." .. k .. "_env names the environment variable " .. name
+          .. ", which this nginx worker does not have: declare it with `env " .. name .. ";` in the main"
+          .. " context of nginx.conf (nginx clears the environment of its workers otherwise) and set it"
+          .. " where nginx starts")
+      end
+      cfg[k] = NUMERIC[k] and tonumber(v) or v
+    else
+      cfg[k] = config[k]
+    end
+  end
+  return cfg
+end
+
+--- Create this worker's queue (init_worker_by_lua). Raises, after a
+-- critical log line, on missing configuration.
 function M.init_worker()
   assert(config, "offline_app: configure() was not called in init_by_lua")
-  local client_cfg = {}
-  for _, k in ipairs(CLIENT_KEYS) do client_cfg[k] = config[k] end
+  local client_cfg = client_config()
+  -- engine "thread": libcurl delivers from a thread, with its own CA file
+  if (config.queue or {}).engine == "thread" then client_cfg.ca_file = config.ca_file end
   local qopts = {}
   for k, v in pairs(config.queue or {}) do qopts[k] = v end
+  -- every worker adds its metrics to the dict of nginx.conf (false: don't)
+  if qopts.metrics_shm == nil and ngx.shared[METRICS_SHM] then qopts.metrics_shm = METRICS_SHM end
+  if qopts.metrics_shm == false then qopts.metrics_shm = nil end
   qopts.on_failure = function(ref, err)
     ngx.log(ngx.ERR, "order ", ref, " was not delivered: ", tostring(err))
   end
@@ -183,6 +223,18 @@ function M.checkout_log()
       hook_warned, hook_skipped = t, 0
     end
   end
+end
+
+--- GET /metrics: the Prometheus text of every worker's queue (the
+-- metrics_shm dict: totals since nginx started, reloads included).
+function M.metrics()
+  local q = M.queue
+  if q then q:publish_metrics() end -- this worker's latest numbers first
+  local name = q and q.o.metrics_shm or METRICS_SHM
+  local dict = ngx.shared[name]
+  if not dict and not q then return reply(503, { error = "the order queue is not available" }) end
+  ngx.header["Content-Type"] = metrics.CONTENT_TYPE
+  ngx.print(metrics.prometheus(dict or q))
 end
 
 --- GET /queue/stats: this worker's counters (JSON).

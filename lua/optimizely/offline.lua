@@ -28,12 +28,30 @@ function M.validate(payload)
   return nil, new_error(w, truncated)
 end
 
+--- The order's refCode as the encoder writes it (a string as is, an
+-- integer in decimal), or nil: the one conversion queues, reports and
+-- messages use.
+M.ref_of = core.ref_string
+
+--- The pseudonym of an e-mail address: HMAC-SHA256 with a secret key of
+-- the address trimmed and ASCII-lower-cased, as 64 lower-case hex
+-- characters (see optimizely.offline.pseudonym and
+-- doc/topics/pseudonymisation.md).
+-- @function pseudonymise
+-- @param email string
+-- @param opts optional `{key=, length=, encoding=, strip_plus_tag=, strip_dots=}`;
+--   without `key`, the key is `$OPTIMIZELY_PSEUDONYM_KEY`
+-- @return id  or  nil, err (kind "validation" naming `email`, or "config"
+--   when the environment has no usable key); raises on bad `opts`
+
 -- Lazily loaded parts, so `require "optimizely.offline"` stays cheap and
 -- scripts that only encode never load the HTTP client.
 local lazy = {
   order = "optimizely.offline.order",
   client = "optimizely.offline.client",
   queue = "optimizely.offline.queue",
+  pseudonymise = "optimizely.offline.pseudonym",
+  metrics = "optimizely.offline.metrics",
 }
 setmetatable(M, {
   __index = function(t, k)

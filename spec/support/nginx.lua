@@ -105,10 +105,11 @@ end
 local Inst = {}
 Inst.__index = Inst
 
---- Start nginx. @param o `{dir, write = function(port) -> conf path, health = path}`
+--- Start nginx. @param o `{dir, write = function(port) -> conf path, health = path,
+--   env = {NAME = value} (nginx's environment besides ours)}`
 -- @return instance (raises when nginx does not come up)
 function M.start(o)
-  local self = setmetatable({ dir = o.dir, health = o.health or "/" }, Inst)
+  local self = setmetatable({ dir = o.dir, health = o.health or "/", env = o.env }, Inst)
   for attempt = 1, 5 do
     self.port = M.free_port()
     self.conf = o.write(self.port)
@@ -117,6 +118,31 @@ function M.start(o)
     -- another process took the port between the check and the bind
     if attempt == 5 or not tostring(err):find("in use", 1, true) then error(err, 0) end
   end
+end
+
+--- Start the example app (examples/openresty) in a new temporary directory,
+-- with this module's test handlers loaded as TEST (TEST.config = the
+-- sandbox's client settings) and a watchdog on the test process.
+-- @param o `{tag, info (the sandbox's), app (the app config), workers,
+--   init (more init_worker Lua), locations (more location blocks)}`
+-- @return instance (`:destroy()` stops it and removes its directory)
+function M.start_example(o)
+  local launch = dofile("examples/openresty/launch.lua")
+  local info = o.info
+  local dir = M.mktemp(o.tag or "nginx")
+  local init = ("TEST = dofile(%q).handlers\n    TEST.config = { site = %q, token = %q, channel = %q,"
+    .. " base_url = %q }\n    %s\n    %s"):format(launch.root() .. "/spec/support/nginx.lua", info.site, info.token,
+    info.channel, info.base_url, M.watchdog_lua(require("support.sandbox").self_pid()), o.init or "")
+  return M.start({ dir = dir, health = "/queue/stats", write = function(port)
+    return launch.write({ dir = dir, port = port, app = o.app, ca_file = info.ca_file,
+      vars = { workers = o.workers or 1, extra_init_worker = init, extra_locations = o.locations or "" } })
+  end })
+end
+
+--- Stop (SIGQUIT) and remove the directory (kept with OO_KEEP set).
+function Inst:destroy()
+  self:quit()
+  if not os.getenv("OO_KEEP") then M.run("rm -rf " .. M.q(self.dir)) end
 end
 
 function Inst:url(path) return "http://127.0.0.1:" .. self.port .. path end
@@ -135,13 +161,19 @@ function Inst:start()
   os.remove(self.dir .. "/logs/nginx.out")
   -- no inherited descriptors: nginx must not hold busted's pipes
   local closefds = [[for f in /proc/$$/fd/*; do f=${f##*/}; case $f in 0|1|2) ;; *) eval "exec $f>&-" ;; esac; done; exec "$@"]]
-  local ok = run("bash -c " .. q(closefds) .. " x nginx -p " .. q(self.dir) .. " -c " .. q(self.conf)
+  local env = ""
+  for k, v in pairs(self.env or {}) do env = env .. k .. "=" .. q(v) .. " " end
+  local ok = run(env .. "bash -c " .. q(closefds) .. " x nginx -p " .. q(self.dir) .. " -c " .. q(self.conf)
     .. " -e " .. q(log) .. " </dev/null >>" .. q(self.dir .. "/logs/nginx.out") .. " 2>&1")
   if not ok then error("nginx failed to start:\n" .. self:error_log() .. (read_file(self.dir .. "/logs/nginx.out") or "")) end
   local up = M.wait_until(function()
     return self:get(self.health, { timeout = 2 }).status == 200
   end, 15)
-  if not up then error("nginx did not answer on " .. self:url(self.health) .. ":\n" .. self:error_log()) end
+  if not up then
+    local errors = self:error_log()
+    self:quit(5) -- a master whose workers died must not linger
+    error("nginx did not answer on " .. self:url(self.health) .. ":\n" .. errors)
+  end
   return self
 end
 
@@ -234,22 +266,47 @@ local function auth_headers()
     "Content-Type: application/json", "Accept: application/json" }
 end
 
---- /test/transport?url=&n=&timeout=&connect_timeout=&method=&body=
--- Raw transport requests; reports each outcome.
-function H.transport()
+--- /test/transport?url=&n=&timeout=&connect_timeout=&method=&body=&body_size=
+-- Raw transport requests; reports each outcome (a raise too, as kind
+-- "raised") and its `elapsed` seconds. `body_size` sends that many bytes.
+local function transport_results()
   local args = ngx.req.get_uri_args()
   local t = require("optimizely.offline.ngx").transport({
     timeout = tonumber(args.timeout), connect_timeout = tonumber(args.connect_timeout) })
+  local body = args.body or (args.body_size and string.rep("b", tonumber(args.body_size)))
   local out = {}
   for i = 1, tonumber(args.n) or 1 do
-    local status, body, info, code = t:request(args.method or "POST", args.url, auth_headers(), args.body)
-    if status then
-      out[i] = { status = status, body = body, body_len = #body, reused = info.reused,
-        content_type = info.content_type, retry_after = info.retry_after, http_version = info.http_version }
+    ngx.update_time()
+    local t0 = ngx.now()
+    local ok, status, rbody, info, code = pcall(t.request, t, args.method or "POST", args.url, auth_headers(), body)
+    ngx.update_time()
+    local elapsed = ngx.now() - t0
+    if not ok then
+      out[i] = { kind = "raised", message = tostring(status), elapsed = elapsed }
+    elseif status then
+      out[i] = { status = status, body = rbody, body_len = #rbody, reused = info.reused,
+        content_type = info.content_type, retry_after = info.retry_after, http_version = info.http_version,
+        elapsed = elapsed }
     else
-      out[i] = { kind = body, message = info, code = code }
+      out[i] = { kind = rbody, message = info, code = code, elapsed = elapsed }
     end
   end
+  return out
+end
+
+function H.transport()
+  return reply(transport_results())
+end
+
+--- /test/transport-raising-handshake?url= : the transport while sslhandshake
+-- raises (as lua-resty-core's internal assertions do).
+function H.transport_raising_handshake()
+  local mt = debug.getregistry().__tcp_cosocket_mt
+  local orig = mt.sslhandshake
+  mt.sslhandshake = function() error("assertion failed!") end
+  local ok, out = pcall(transport_results)
+  mt.sslhandshake = orig
+  if not ok then error(out, 0) end
   return reply(out)
 end
 
@@ -285,6 +342,31 @@ function H.client()
     return reply({ ok = true, status = res.status, attempts = res.attempts, reused = res.info and res.info.reused })
   end
   return reply({ ok = false, err = err_doc(err), problems = err.problems })
+end
+
+--- /test/contract?max_attempts=&timeout=&retry_after_max= : one order
+-- through the client over cosockets (the nginx path of the transport
+-- contract spec); reports the result record's fields.
+function H.contract()
+  local args = ngx.req.get_uri_args()
+  local cfg = {}
+  for k, v in pairs(H.config) do cfg[k] = v end
+  cfg.max_attempts = tonumber(args.max_attempts) or 3
+  cfg.backoff_base, cfg.backoff_max = 0.01, 0.05
+  cfg.retry_after_max = tonumber(args.retry_after_max) or 2
+  cfg.timeout = tonumber(args.timeout) or 1
+  local c = require("optimizely.offline.ngx").client(cfg)
+  local payload = {
+    user = { id = "u-contract" },
+    order = { refCode = args.ref or "C", orderDate = "2016-05-16T14:25:00 GMT", currency = "GBP",
+      total = "12.50", items = { { refCode = "sku-1", qty = 1, price = "12.50" } } },
+  }
+  local res, err = c:send(payload)
+  local r = res or err
+  local w = res and res.warnings and res.warnings[1]
+  return reply({ ok = res ~= nil, kind = err and err.kind, status = r.status, code = err and err.code,
+    retryable = err and err.retryable, stop = err and err.stop, attempts = r.attempts,
+    message = err and err.message, warning_code = w and w.code })
 end
 
 --- /test/push?n=&prefix= : push n orders to TEST_QUEUE without yielding in between.
@@ -366,5 +448,98 @@ function H.badopts()
 end
 
 H.queues = {}
+
+---------------------------------------------------------------------------
+-- A hostile endpoint (run inside nginx): each handler answers on the raw
+-- request socket with bytes no honest server sends. Streams are capped
+-- (`STREAM_CAP`) and then hang, so an unbounded reader shows as a timeout,
+-- not as gigabytes of memory on a shared machine.
+
+local HOSTILE = {}
+H.hostile = HOSTILE
+
+local STREAM_CAP = 4 * 1024 * 1024
+local OK_HEAD = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+
+local function raw()
+  ngx.req.read_body()
+  local sock = assert(ngx.req.socket(true))
+  sock:settimeout(5000)
+  return sock
+end
+
+-- Wait (up to `seconds`) for the client to close, then end the handler.
+local function hang(sock, seconds)
+  sock:settimeout(250)
+  for _ = 1, (seconds or 30) * 4 do
+    local _, err = sock:receive(1)
+    if err and err ~= "timeout" then return end
+  end
+end
+
+-- `head`, then `filler` repeated up to STREAM_CAP bytes, then hang.
+local function stream(head, filler)
+  local sock = raw()
+  if not sock:send(head) then return end
+  local piece = string.rep(filler, math.ceil(16384 / #filler))
+  local sent = 0
+  while sent < STREAM_CAP do
+    if not sock:send(piece) then return end
+    sent = sent + #piece
+  end
+  return hang(sock)
+end
+
+-- `head`, then one byte of `trickle` every `every` seconds.
+local function trickle(head, bytes, every)
+  local sock = raw()
+  if not sock:send(head) then return end
+  for i = 1, #bytes do
+    ngx.sleep(every)
+    if not sock:send(bytes:sub(i, i)) then return end
+  end
+  return hang(sock)
+end
+
+function HOSTILE.status_line() return stream("HTTP/1.1 200 OK", "a") end
+function HOSTILE.header_line() return stream(OK_HEAD .. "X-Long: ", "a") end
+function HOSTILE.headers() return stream(OK_HEAD, "X-Many: a\r\n") end
+function HOSTILE.many_headers()
+  local sock = raw()
+  sock:send(OK_HEAD .. string.rep("X-Many: a\r\n", 300) .. "Content-Length: 2\r\n\r\n{}")
+  return hang(sock, 5)
+end
+function HOSTILE.chunk_size() return stream(OK_HEAD .. "Transfer-Encoding: chunked\r\n\r\n", "1") end
+function HOSTILE.chunk_end()
+  return stream(OK_HEAD .. "Transfer-Encoding: chunked\r\n\r\n2\r\n{}", "x")
+end
+function HOSTILE.trailer_line()
+  return stream(OK_HEAD .. "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: ", "a")
+end
+function HOSTILE.trailers()
+  return stream(OK_HEAD .. "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n", "X-T: a\r\n")
+end
+-- 2 MiB bodies in every framing
+function HOSTILE.body_chunked()
+  return stream(OK_HEAD .. "Transfer-Encoding: chunked\r\n\r\n", "4000\r\n" .. string.rep("x", 16384) .. "\r\n")
+end
+function HOSTILE.body_length()
+  return stream(OK_HEAD .. "Content-Length: " .. 2 * 1024 * 1024 .. "\r\n\r\n", "x")
+end
+function HOSTILE.body_close() return stream(OK_HEAD .. "Connection: close\r\n\r\n", "x") end
+-- slow servers: every byte in time for a per-read timeout, never for the deadline
+function HOSTILE.trickle_head() return trickle("HTTP/1.1 200 OK\r\n", string.rep("X-Slow: a\r\n", 4), 0.4) end
+function HOSTILE.trickle_body()
+  return trickle(OK_HEAD .. "Content-Length: 40\r\n\r\n", string.rep("x", 40), 0.4)
+end
+function HOSTILE.trickle_chunked()
+  return trickle(OK_HEAD .. "Transfer-Encoding: chunked\r\n\r\n", string.rep("1\r\nx\r\n", 8), 0.4)
+end
+-- an honest answer over the raw socket, for comparison
+function HOSTILE.fine()
+  local sock = raw()
+  sock:send(OK_HEAD .. "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n3\r\n1}\n\r\n0\r\nX-T: 1\r\n\r\n")
+  return hang(sock, 5)
+end
 
 return M

@@ -231,6 +231,14 @@ function Client:last()
   return json.decode(ok_or_error(self:request({ path = "/_sandbox/last" }), "last").body)
 end
 
+--- The running settings `{delay_ms, max_concurrent, retry_after}`; with a
+-- table, change those it names first (all or nothing; raises on a bad value).
+function Client:settings(t)
+  local res = self:request({ method = t and "POST" or "GET", path = "/_sandbox/settings",
+    body = t and json.encode(t) })
+  return json.decode(ok_or_error(res, "settings").body)
+end
+
 ----------------------------------------------------------------------------
 -- the shared sandbox of this test process
 
@@ -256,7 +264,8 @@ function M.ensure()
   if not info then
     os.execute("rm -rf " .. q(dir)) -- leftovers of an earlier process with this pid
     local err
-    info, err = sandbox.start({ dir = dir, port = 0, owner_pid = M.self_pid(), cleanup_dir = true })
+    info, err = sandbox.start({ dir = dir, port = 0, owner_pid = M.self_pid(), cleanup_dir = true,
+      tokens = { callcentre = "sandbox-cc-token" } }) -- as scripts/sandbox.sh starts it
     assert(info, err)
   end
   shared_info = info
@@ -275,7 +284,7 @@ end
 
 -- module-level shortcuts on the shared sandbox
 for _, name in ipairs({ "request", "post_order", "cancel", "faults", "clear_faults", "orders",
-  "cancellations", "reset", "stats", "last", "auth_headers" }) do
+  "cancellations", "reset", "stats", "last", "auth_headers", "settings" }) do
   M[name] = function(...)
     local c = M.client(M.ensure())
     return c[name](c, ...)

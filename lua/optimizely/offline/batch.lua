@@ -1,343 +1,374 @@
---- Concurrent batch sending over one curl multi handle (`client:send_batch`).
--- The source is streamed: only the orders in flight or waiting for a retry
--- are held, so memory stays flat however long the source is. Every order
--- follows the same rules as `client:send` — validation first, the retry
--- policy of `optimizely.offline.retry`, Retry-After — and a 429 slows the
--- whole batch: no new request starts until its delay has passed, and the
--- number of requests in flight is halved (it grows back by one per round of
--- successes). `on_result` runs once per order, in completion order (not
--- source order). Callbacks run in Lua between curl calls (never inside
--- them), protected: an error in one is recorded in `summary.callback_errors`
--- and the batch goes on.
+--- Concurrent batch sending: `client:send_batch(source, opts)`.
+--
+-- The libcurl engine (csrc/engine.c) does the sending: its slot pool, the
+-- retry schedule, the 429 pause and the in-flight limit, the classifier and
+-- the policy are the ones the queue's thread uses. This module feeds it
+-- from the source — streamed, so only the orders in flight or waiting for a
+-- retry are held and memory stays flat however long the source is — and
+-- turns what comes back into results and callbacks. Callbacks run in Lua
+-- between engine turns (never inside curl), protected: an error in one is
+-- recorded in `summary.callback_errors` and the batch goes on.
+--
+-- Credentials refused (kind "auth": a 401/403 or an envelope naming the
+-- site, token or channel) stop the batch: nothing more is sent with them,
+-- and every order not sent yet ends as failed with that error (counted in
+-- `summary.not_sent`), never as lost.
+--
+-- Ctrl-C: the transfers stop; `summary.interrupted` is set, `unknown` lists
+-- the orders whose outcome is not known (in flight or waiting for a
+-- retry) and `unsent` those never started; then the interrupt is raised
+-- again (an `errors.Interrupted` carrying the summary) so a script does not
+-- go on as if nothing happened — unless `on_interrupt = "return"`.
 -- @module optimizely.offline.batch
 local core = require("optimizely.offline.core")
+local errors = require("optimizely.offline.errors")
+local opts = require("optimizely.offline.opts")
+local delivery = require("optimizely.offline.delivery")
+local events = require("optimizely.offline.events")
 
 local M = {}
 
 local now, sleep = core.now, core.sleep
-local floor, min, max, huge = math.floor, math.min, math.max, math.huge
+local min, max, floor, huge = math.min, math.max, math.floor, math.huge
 local type, pcall, tostring = type, pcall, tostring
+local is_interrupt = errors.is_interrupt
 
--- The documented success envelope, byte for byte (what the endpoint and the
--- sandbox answer); outcome() decodes it to a success without warnings.
-local OK_BODY = '{"status":"OK"}'
+--- The options of `send_batch`.
+M.schema = opts.schema("send_batch", "opts", {
+  concurrency = { type = "integer", min = 1, max = 1024, default = 8 },
+  rate = { type = "number", above = 0 },
+  on_result = { type = "function" },
+  progress = { type = "function" },
+  progress_interval = { type = "number", min = 0, max = 86400, default = 0.2 },
+  on_event = { type = "function" },
+  channel = { type = "string", nonempty = true },
+  on_interrupt = { type = "choice", choices = { "raise", "return" }, default = "raise" },
+  adaptive = { type = "boolean", default = true },
+  pseudonymise = { type = "any" },
+})
 
--- Turn an array or an iterator function into a function returning payloads.
+-- An array or an iterator function as an iterator of payload, channel.
+-- An array item may be `{payload = p, channel = name}` (a payload never has
+-- a `payload` key).
 local function source_iter(source)
-  if type(source) == "function" then return source end
-  if type(source) == "table" then
+  local t = type(source)
+  if t == "function" then return source end
+  if t == "table" then
     local i = 0
     return function()
       i = i + 1
-      return source[i]
+      local item = source[i]
+      if type(item) == "table" and rawget(item, "payload") ~= nil then
+        return rawget(item, "payload"), rawget(item, "channel")
+      end
+      return item
     end
   end
-  error("send_batch: source must be an array of payloads or an iterator function, got " .. type(source), 3)
+  -- level 5: source_iter < Batch.new < M.run < Client:send_batch < the caller
+  error("send_batch: source must be an array of payloads or an iterator function, got " .. t, 5)
 end
 
-local OPTS = { concurrency = true, rate = true, on_result = true, progress = true,
-               progress_interval = true }
+local Batch = {}
+Batch.__index = Batch
 
-local function check_opts(opts)
-  if opts == nil then return {} end
-  if type(opts) ~= "table" then error("send_batch: opts must be a table, got " .. type(opts), 3) end
-  for k in pairs(opts) do
-    if not OPTS[k] then error("send_batch: unknown option '" .. tostring(k) .. "'", 3) end
+local function new_summary(concurrency)
+  return { sent = 0, failed = 0, retried = 0, invalid = 0, not_sent = 0, elapsed = 0,
+    failures = {}, callback_errors = {}, read = 0, throttled = 0,
+    in_flight = 0, concurrency = concurrency }
+end
+
+function Batch.new(st, source, o)
+  local self = setmetatable({
+    st = st, o = o, next_item = source_iter(source),
+    summary = new_summary(o.concurrency),
+    warnings_of = {},    -- encoder warnings of orders in the engine, by index
+    exhausted = false, index = 0,
+    started = now(),
+    -- the batch's own pseudonymiser, else the client's
+    pseudonym = o.pseudonymise ~= nil and require("optimizely.offline.client").pseudonymiser(o.pseudonymise, 3)
+      or nil,
+  }, Batch)
+  self.last_progress = self.started
+  -- the batch's on_event, else the client's; the client's logger
+  self.events = events.new({ on_event = o.on_event or st.on_event, logger = st.logger,
+    prefix = "optimizely.offline send_batch: " })
+  -- a token bucket of at most `burst` tokens (no catch-up burst after a
+  -- pause), refilled at `rate` per second
+  if o.rate and o.rate ~= huge then
+    self.rate = o.rate
+    self.burst = max(1, min(o.concurrency, floor(o.rate / 50)))
+    self.tokens, self.refilled = 1, self.started
   end
-  local c = opts.concurrency
-  if c ~= nil and (type(c) ~= "number" or not (c >= 1 and c <= 1024) or c ~= floor(c)) then
-    error("send_batch: opts.concurrency must be an integer 1..1024", 3)
+  self.engine = core.engine_new({
+    http = st.http_opts, url = st.post_url, channels = st.channels,
+    concurrency = o.concurrency, adaptive = o.adaptive, on_stop = "drain",
+    report_all = o.on_result ~= nil,
+    report_retries = (self.events.on_event or self.events.logger) ~= nil,
+    no_metrics = st.metrics == nil,
+    policy = st.policy,
+  })
+  return self
+end
+
+-- -------------------------------------------------------------- callbacks
+
+function Batch:callback(fn, ...)
+  return errors.callback(fn, ...)
+end
+
+function Batch:result_callback(i, res, err)
+  local on_result = self.o.on_result
+  if not on_result then return end
+  local msg = self:callback(on_result, i, res, err)
+  if msg then
+    local list = self.summary.callback_errors
+    list[#list + 1] = { index = i, message = msg }
   end
-  local r = opts.rate
-  if r ~= nil and (type(r) ~= "number" or not (r > 0)) then
-    error("send_batch: opts.rate must be a positive number (orders per second)", 3)
-  end
-  local pi = opts.progress_interval
-  if pi ~= nil and (type(pi) ~= "number" or not (pi >= 0 and pi < huge)) then
-    error("send_batch: opts.progress_interval must be a number of seconds >= 0", 3)
-  end
-  for _, f in ipairs({ "on_result", "progress" }) do
-    if opts[f] ~= nil and type(opts[f]) ~= "function" then
-      error("send_batch: opts." .. f .. " must be a function", 3)
+end
+
+function Batch:emit(kind, fields)
+  self.events:emit(kind, fields)
+end
+
+function Batch:fail(i, err)
+  local s = self.summary
+  s.failed = s.failed + 1
+  s.failures[#s.failures + 1] = { index = i, err = err }
+  self:result_callback(i, nil, err)
+end
+
+-- ----------------------------------------------------------------- feeding
+
+-- The next payload and its channel; a failing source ends the batch early
+-- (what is in flight still finishes).
+function Batch:pull()
+  local ok, payload, channel = pcall(self.next_item)
+  if ok then return payload, channel end
+  if is_interrupt(payload) then error(payload, 0) end
+  self.summary.error = "send_batch: the source raised an error: " .. tostring(payload)
+  return nil
+end
+
+function Batch:rejected(i, err, invalid)
+  err.attempts = 0
+  if invalid then self.summary.invalid = self.summary.invalid + 1 end
+  self:fail(i, err)
+end
+
+-- One order from the source into the engine (or refused on the spot).
+function Batch:admit(payload, channel)
+  local i = self.index + 1
+  self.index = i
+  self.summary.read = i
+  local client = require("optimizely.offline.client")
+  local ch, cerr = client.channel_of(self.st, channel or self.o.channel)
+  if not ch then return self:rejected(i, cerr, false) end
+  local json, w = client.prepare(self.st, payload, self.pseudonym)
+  if not json then return self:rejected(i, w, true) end
+  if w[1] then self.warnings_of[i] = w end
+  self.engine:add(i, json, ch, core.ref_string(payload))
+end
+
+function Batch:rate_allows(t)
+  if not self.rate then return true end
+  self.tokens = min(self.burst, self.tokens + (t - self.refilled) * self.rate)
+  self.refilled = t
+  return self.tokens >= 1
+end
+
+-- Keep the engine supplied: up to twice its slots waiting or in flight,
+-- within the rate.
+function Batch:feed(t)
+  local budget = self.o.concurrency * 2
+  while not self.exhausted and not self.stopped and self.engine:pending() < budget and self:rate_allows(t) do
+    local payload, channel = self:pull()
+    if payload == nil then
+      self.exhausted = true
+      return
     end
-  end
-  return opts
-end
-
--- Retries waiting for their time: a binary heap ordered by due time (ties
--- by order index, so equal delays go out in source order).
-local function before(a, b)
-  return a.due < b.due or (a.due == b.due and a.id < b.id)
-end
-
-local function heap_push(h, item)
-  local i = #h + 1
-  h[i] = item
-  while i > 1 do
-    local p = floor(i / 2)
-    if not before(h[i], h[p]) then break end
-    h[p], h[i] = h[i], h[p]
-    i = p
+    self:admit(payload, channel)
+    if self.rate then self.tokens = self.tokens - 1 end
   end
 end
 
-local function heap_pop(h)
-  local n = #h
-  local top = h[1]
-  -- two statements: `h[1], h[n] = h[n], nil` leaves h[1] in place when n == 1
-  h[1] = h[n]
-  h[n] = nil
-  n = n - 1
-  local i = 1
+-- After a stop, every order still in the source ends as not sent, with
+-- the error that stopped the batch.
+function Batch:drain_not_sent()
+  local why = self.stopped
+  while not self.exhausted do
+    local payload = self:pull()
+    if payload == nil then
+      self.exhausted = true
+      return
+    end
+    self.index = self.index + 1
+    self.summary.read = self.index
+    self.summary.not_sent = self.summary.not_sent + 1
+    self.drained = (self.drained or 0) + 1
+    local err = errors.new({ kind = why.kind, status = why.status, code = why.code, retryable = false,
+      stop = true, attempts = 0, channel = why.channel,
+      message = "not sent: " .. why.message })
+    self:fail(self.index, err)
+    self:emit("failure", { index = self.index, ref = type(payload) == "table" and core.ref_string(payload) or nil,
+      attempt = 0, error = err, reason = "credentials" })
+  end
+end
+
+-- ----------------------------------------------------------------- results
+
+function Batch:handle(r)
+  local what, i = r.what, r.id
+  if what == "sent" then
+    local w = self.warnings_of[i]
+    self.warnings_of[i] = nil
+    self:result_callback(i, delivery.success(r, r.body, r.attempts, nil, r.channel, w), nil)
+  elseif what == "dead" or what == "stopped" then
+    self.warnings_of[i] = nil
+    local err = delivery.failure(r, r.body, r.attempts, r.channel, self.st.secrets)
+    if what == "stopped" then
+      self.summary.not_sent = self.summary.not_sent + (r.attempts == 0 and 1 or 0)
+      if not self.stopped then
+        self.stopped = err
+        self.summary.stopped = err
+        self:emit("paused", { reason = "credentials", error = err })
+      end
+    end
+    self:fail(i, err)
+    self:emit("failure", { index = i, ref = r.ref, attempt = r.attempts, error = err,
+      reason = what == "stopped" and "credentials" or r.why })
+  elseif what == "retry" then
+    self:emit("retry", { index = i, ref = r.ref, attempt = r.attempts, delay = r["until"],
+      error = delivery.failure(r, nil, r.attempts, r.channel, self.st.secrets) })
+  elseif what == "paused" then
+    self:emit("paused", { reason = r.why, seconds = r["until"],
+      error = r.kind and delivery.failure(r, nil, 0, nil, self.st.secrets) or nil })
+  elseif what == "resumed" then
+    self:emit("resumed", { reason = r.why })
+  end
+end
+
+function Batch:collect()
+  local results = self.engine:results()
+  for k = 1, #results do self:handle(results[k]) end
+end
+
+-- ----------------------------------------------------------------- the loop
+
+function Batch:refresh()
+  local s, e = self.summary, self.engine:stats()
+  s.sent, s.retried, s.throttled = e.sent, e.retried, e.throttled
+  s.in_flight, s.concurrency = e.in_flight, e.limit
+  s.elapsed = now() - self.started
+end
+
+function Batch:report(t)
+  self.last_progress = t
+  self:refresh()
+  if self.finishing then self.summary.in_flight = 0 end
+  local msg = self:callback(self.o.progress, self.summary)
+  if msg then
+    local list = self.summary.callback_errors
+    list[#list + 1] = { progress = true, message = msg }
+  end
+end
+
+-- How long the engine may wait: completions wake it anyway; a rate token
+-- or the next progress report may be due first.
+function Batch:wait_time(t)
+  local wake = 1
+  if self.rate and self.tokens < 1 and not self.exhausted then wake = min(wake, (1 - self.tokens) / self.rate) end
+  if self.o.progress then wake = min(wake, max(0, self.last_progress + self.o.progress_interval - t)) end
+  return max(wake, 0)
+end
+
+function Batch:loop()
+  local engine = self.engine
   while true do
-    local l, r, s = 2 * i, 2 * i + 1, i
-    if l <= n and before(h[l], h[s]) then s = l end
-    if r <= n and before(h[r], h[s]) then s = r end
-    if s == i then break end
-    h[s], h[i] = h[i], h[s]
-    i = s
+    local t = now()
+    self:feed(t)
+    if self.exhausted and engine:pending() == 0 then break end
+    if self.stopped and engine:pending() == 0 then break end
+    engine:turn(self:wait_time(t))
+    self:collect()
+    if self.o.progress and now() - self.last_progress >= self.o.progress_interval then self:report(now()) end
   end
-  return top
+  self:collect()
+  if self.stopped then self:drain_not_sent() end
 end
 
--- A Ctrl-C (lua.c's "interrupted!") must stop the batch even when it lands
--- inside a callback or the source iterator, whose errors are otherwise kept.
-local function is_interrupt(e)
-  return type(e) == "string" and e:find("interrupted!", 1, true) ~= nil
+-- After an interrupt (or a bug): stop the transfers and say what is unknown.
+function Batch:abandon(lerr)
+  local s = self.summary
+  s.interrupted = true
+  s.error = tostring(lerr)
+  local unknown, unsent = self.engine:drop()
+  table.sort(unknown)
+  table.sort(unsent)
+  s.unknown, s.unsent = unknown, unsent
+  self:collect()
+end
+
+function Batch:finish(ok, lerr)
+  if not ok then self:abandon(lerr) end
+  self.finishing = true
+  if self.o.progress then self:report(now()) end
+  self:refresh()
+  self.summary.in_flight = 0
+  if self.st.metrics then
+    local m = self.engine:metrics()
+    -- the orders refused before the engine, and those a stop left in the source
+    m.invalid = self.summary.invalid
+    if self.drained then
+      local why = self.stopped
+      m.failed = m.failed + self.drained
+      m.failures[#m.failures + 1] = { kind = why.kind, status = why.status, code = why.code, n = self.drained }
+    end
+    self.st.metrics:merge(m)
+  end
+  self.engine:close()
+  if not ok and is_interrupt(lerr) and self.o.on_interrupt == "raise" then
+    error(errors.interrupted(self.summary), 0)
+  end
+  return self.summary
 end
 
 --- Run a batch. Called by `client:send_batch`.
--- @param st the client's private state (http_opts, headers, policy, encode, post_url)
--- @param outcome function(st, status, body, info, curl_code) -> res | nil, err
--- @param source array of payloads, or an iterator function returning payloads until nil
--- @param opts {concurrency=8, rate=nil, on_result=fn(i, res, err), progress=fn(summary),
---   progress_interval=0.2}
--- @return summary `{sent, failed, retried, invalid, elapsed, failures={{index, err}},
---   callback_errors={{index, message}}, read, throttled, in_flight, concurrency}`
---   (`failed` counts every order not sent, invalid ones included, so `failed ==
---   #failures` and `sent + failed == read`; `read`: orders taken from the source;
---   `retried`: attempts repeated; `throttled`: 429 answers; `in_flight` and
---   `concurrency`, the current limit, are for progress callbacks); when the batch
---   stopped early also `error` (message), and after an interruption `interrupted`
---   and `unknown` (indexes whose outcome is not known: in flight or awaiting a retry)
-function M.run(st, outcome, source, opts)
-  opts = check_opts(opts)
-  local next_payload = source_iter(source)
-  local concurrency = opts.concurrency or 8
-  local rate, on_result, progress = opts.rate, opts.on_result, opts.progress
-  if rate == huge then rate = nil end
-  local interval = opts.progress_interval or 0.2
-  local policy, encode, url = st.policy, st.encode, st.post_url
-
-  local multi = core.multi_new(st.http_opts, concurrency)
-  multi:set_headers(st.headers)
-  if not on_result then multi:set_plain_ok(OK_BODY) end
-
-  local summary = { sent = 0, failed = 0, retried = 0, invalid = 0, elapsed = 0,
-                    failures = {}, callback_errors = {}, read = 0, throttled = 0,
-                    in_flight = 0, concurrency = concurrency }
-  local failures, cb_errors = summary.failures, summary.callback_errors
-  -- per order in flight or awaiting a retry, by index (no table per order)
-  local json_of, attempts_of, warnings_of = {}, {}, {}
-  local retries = {}      -- heap of {due, id}
-  local exhausted = false
-  local index = 0
-  local started = now()
-  local in_flight = 0
-  local limit = concurrency -- lowered by a 429, grown back by successes
-  local grow = 0
-  local pause_until = 0     -- a 429 holds back every new request until then
-  -- rate: a token bucket holding at most `burst` tokens (no catch-up burst
-  -- after a pause), refilled at `rate` per second
-  local burst = rate and max(1, min(concurrency, floor(rate / 50))) or 0
-  local tokens, refilled = 1, started
-  local last_progress = started
-
-  local function callback(i, res, err)
-    local ok, cerr = pcall(on_result, i, res, err)
-    if not ok then
-      if is_interrupt(cerr) then error(cerr, 0) end
-      cb_errors[#cb_errors + 1] = { index = i, message = tostring(cerr) }
-    end
-  end
-
-  local function fail(i, err)
-    summary.failed = summary.failed + 1
-    failures[#failures + 1] = { index = i, err = err }
-    if on_result then callback(i, nil, err) end
-  end
-
-  local function pull()
-    local ok, payload = pcall(next_payload)
-    if ok then return payload end
-    if is_interrupt(payload) then error(payload, 0) end
-    -- a failing source ends the batch early; what is in flight still finishes
-    summary.error = "send_batch: the source raised an error: " .. tostring(payload)
-    return nil
-  end
-
-  -- Next request to start: a due retry first, else the next source payload.
-  local function next_request(t)
-    local r = retries[1]
-    if r and r.due <= t then
-      heap_pop(retries)
-      return r.id
-    end
-    while not exhausted do
-      local payload = pull()
-      if payload == nil then exhausted = true; break end
-      index = index + 1
-      summary.read = index
-      local json, w = encode(payload)
-      if json then
-        json_of[index], attempts_of[index] = json, 0
-        if w[1] then warnings_of[index] = w end
-        return index
-      end
-      w.attempts = 0
-      summary.invalid = summary.invalid + 1
-      summary.failed = summary.failed + 1
-      failures[#failures + 1] = { index = index, err = w }
-      if on_result then callback(index, nil, w) end
-    end
-    return nil
-  end
-
-  local function forget(id)
-    json_of[id], attempts_of[id], warnings_of[id] = nil, nil, nil
-  end
-
-  local function succeeded()
-    summary.sent = summary.sent + 1
-    if limit < concurrency then
-      grow = grow + 1
-      if grow >= limit then limit, grow = limit + 1, 0 end
-    end
-  end
-
-  local function handle(r)
-    if type(r) == "number" then
-      -- the endpoint's plain success (200 with OK_BODY, see set_plain_ok)
-      -- and nobody asked for the result object: outcome() would say the
-      -- same, without warnings
-      forget(r)
-      succeeded()
-      return
-    end
-    local id = r.id
-    local attempt = attempts_of[id]
-    local status = r.status
-    local res, err
-    if status then
-      res, err = outcome(st, r.status, r.body, r, nil)
-    else
-      res, err = outcome(st, nil, r.kind, r.message, r.curl_code)
-    end
-    if res then
-      res.attempts = attempt
-      local w = warnings_of[id]
-      if w then
-        -- the encoder's warnings first, then the server's (as client:send)
-        for i = 1, #res.warnings do w[#w + 1] = res.warnings[i] end
-        res.warnings = w
-      end
-      forget(id)
-      succeeded()
-      if on_result then callback(id, res, nil) end
-      return
-    end
-    err.attempts = attempt
-    if status == 429 then
-      summary.throttled = summary.throttled + 1
-      limit, grow = max(1, floor(limit / 2)), 0
-    end
-    if err.retryable and attempt < policy.max_attempts then
-      local t = now()
-      local d = policy:delay(attempt, r.retry_after)
-      summary.retried = summary.retried + 1
-      heap_push(retries, { due = t + d, id = id })
-      if status == 429 then pause_until = max(pause_until, t + d) end
-      return
-    end
-    forget(id)
-    fail(id, err)
-  end
-
-  local function report(t)
-    last_progress = t
-    summary.elapsed = t - started
-    summary.in_flight = in_flight
-    summary.concurrency = limit
-    local ok, perr = pcall(progress, summary)
-    if not ok then
-      if is_interrupt(perr) then error(perr, 0) end
-      cb_errors[#cb_errors + 1] = { progress = true, message = tostring(perr) }
-    end
-  end
-
-  local function loop()
-    while true do
-      local t = now()
-      if rate then
-        tokens = min(burst, tokens + (t - refilled) * rate)
-        refilled = t
-      end
-      -- start what we may: a free slot, not paused, a rate token
-      if t >= pause_until then
-        while in_flight < limit and (not rate or tokens >= 1) do
-          local id = next_request(t)
-          if not id then break end
-          attempts_of[id] = attempts_of[id] + 1
-          multi:add(id, "POST", url, json_of[id])
-          in_flight = in_flight + 1
-          if rate then tokens = tokens - 1 end
-        end
-      end
-      if in_flight == 0 and exhausted and not retries[1] then break end
-      -- How long to wait: completions wake perform() anyway; a free slot
-      -- also waits for the end of a pause, a rate token or a due retry.
-      local wake = 1
-      if t < pause_until then
-        wake = pause_until - t
-      elseif in_flight < limit then
-        if rate and tokens < 1 then wake = min(wake, (1 - tokens) / rate) end
-        if retries[1] then wake = min(wake, retries[1].due - t) end
-      end
-      if progress then wake = min(wake, max(0, last_progress + interval - t)) end
-      if wake < 0 then wake = 0 end
-      if in_flight > 0 then
-        local results
-        results, in_flight = multi:perform(wake)
-        if results then
-          for k = 1, #results do handle(results[k]) end
-        end
-      elseif wake > 0 then
-        sleep(wake)
-      end
-      if progress then
-        local tt = now()
-        if tt - last_progress >= interval then report(tt) end
-      end
-    end
-  end
-
-  local ok, lerr = pcall(loop)
-  summary.elapsed = now() - started
-  if not ok then
-    -- Interrupted (Ctrl-C) or a bug: stop the transfers; what was in flight
-    -- has an unknown outcome and what waited for a retry was not delivered.
-    summary.interrupted = true
-    summary.error = tostring(lerr)
-    local unknown = {}
-    for _, id in ipairs(multi:abort()) do unknown[#unknown + 1] = id end
-    for _, r in ipairs(retries) do unknown[#unknown + 1] = r.id end
-    table.sort(unknown)
-    summary.unknown = unknown
-  end
-  summary.in_flight = 0
-  multi:close()
-  if progress then report(now()) end
-  return summary
+-- @param st the client's delivery context
+-- @param source array of payloads (or `{payload =, channel =}` items), or
+--   an iterator function returning `payload [, channel]` until nil
+-- @param o options: `{concurrency = 8, rate = orders/s, on_result =
+--   fn(i, res, err), progress = fn(summary), progress_interval = 0.2,
+--   on_event = fn(event), channel = name (default: config.channel),
+--   on_interrupt = "raise" | "return", adaptive = true}`. `concurrency`
+--   is the most requests in flight. `adaptive` (the default): the number
+--   in flight starts at 8 (at most `concurrency`), doubles per round trip
+--   until the first sign of overload, then grows by about 6 % a round trip
+--   (+1 per 16 round trips within one of the limit that last backed off);
+--   it backs off on a 429 to 0.9 x the limit and at most the number the
+--   server held when it refused, on a retryable 5xx or a timeout to 0.9 x,
+--   and when a round trip's mean latency exceeds 3 x the baseline and the
+--   baseline + 20 ms (csrc/limiter.h; doc/topics/performance.md).
+--   `adaptive = false`: `concurrency` in flight, halved by a 429 and
+--   growing back by one per window of successes.
+-- @return summary `{sent, failed, retried, invalid, not_sent, elapsed,
+--   failures = {{index, err}}, callback_errors = {{index | progress, message}},
+--   read, throttled, in_flight, concurrency}`: `failed` counts every order
+--   not sent (invalid and not_sent included), so `failed == #failures` and
+--   `sent + failed == read`; `retried` attempts repeated; `throttled` 429
+--   answers; `in_flight` and `concurrency` (the current in-flight limit,
+--   which the adaptive limit moves) are for progress callbacks. When the
+--   batch stopped early also `error`; after refused credentials `stopped`
+--   (the error); after an interruption `interrupted`, `unknown` and
+--   `unsent` (indexes, sorted).
+function M.run(st, source, o)
+  if o ~= nil and type(o) ~= "table" then error("send_batch: opts must be a table, got " .. type(o), 3) end
+  o = M.schema:check(o, 3)
+  local self = Batch.new(st, source, o)
+  local ok, lerr = pcall(self.loop, self)
+  return self:finish(ok, lerr)
 end
+
+-- the block kept for callers that drive a sleep themselves (benchmarks)
+M.sleep = sleep
 
 return M

@@ -11,7 +11,7 @@ local argparse = require("argparse")
 local M = {}
 
 --- Command names in help order.
-M.COMMANDS = { "validate", "send", "convert", "cancel", "spool", "sandbox" }
+M.COMMANDS = { "validate", "send", "convert", "cancel", "spool", "sandbox", "mapping" }
 
 M.EXIT_OK, M.EXIT_FAILURE, M.EXIT_USAGE = 0, 1, 2
 
@@ -25,6 +25,16 @@ local function load_command(name)
 end
 
 local UsageError = {}
+local VersionRequest = {}
+
+--- The `--version` text: this program, libcurl and the Lua running it.
+function M.version()
+  local core = require("optimizely.offline.core")
+  local lua = (type(jit) == "table" and jit.version) or _VERSION
+  local curl, tls = core.curl_version()
+  return ("optimizely-offline %s\nlibcurl %s%s\n%s"):format(core.VERSION, tostring(curl),
+    tls and (" (" .. tostring(tls) .. ")") or "", lua)
+end
 
 --- Builds the parser. @return parser, handlers (command name -> module)
 function M.parser()
@@ -36,6 +46,10 @@ function M.parser()
   parser.error = function(p, msg)
     error(setmetatable({ usage = p:get_usage(), message = msg }, UsageError), 0)
   end
+  parser:flag("-V --version", "Print the version (and libcurl's and Lua's) and exit.")
+    :action(function() error(VersionRequest, 0) end)
+  parser:epilog("Exit codes: 0 all done, 1 some orders failed, 2 usage or configuration error, "
+    .. "130 interrupted. See `optimizely-offline <command> --help`.")
   local handlers = {}
   for _, name in ipairs(M.COMMANDS) do
     local mod = load_command(name)
@@ -58,6 +72,10 @@ function M.main(argv, out, err)
   local parser, handlers = M.parser()
   local ok, parsed = pcall(parser.parse, parser, args)
   if not ok then
+    if parsed == VersionRequest then
+      out:write(M.version(), "\n")
+      return M.EXIT_OK
+    end
     if getmetatable(parsed) == UsageError then
       err:write(parsed.usage, "\n\nerror: ", parsed.message, "\n")
       return M.EXIT_USAGE

@@ -1,19 +1,29 @@
---- HTTPS client for the offline-orders endpoint (libcurl, one reused handle).
+--- HTTPS client for the offline-orders endpoint.
 --
 --     local offline = require("optimizely.offline")
 --     local client = offline.client{ site = "demo", token = TOKEN, channel = "store" }
 --     local res, err = client:send(payload)
 --
--- Delivery is at-least-once: a network error or timeout is retried even when
--- the server may already have stored the order (the request can time out
--- after it arrived), so the endpoint can see the same order twice.
+-- Several channels, each with its own token (the endpoint binds a token to
+-- one channel):
+--
+--     local client = offline.client{ site = "demo", channel = "store",
+--       tokens = { store = T1, callcentre = T2 } }
+--     client:send(payload, { channel = "callcentre" })
+--
+-- The client turns configuration into a delivery context (transport,
+-- headers per channel, policy, metrics) once; every front door below uses
+-- it: `send` and `cancel` (the synchronous loop of optimizely.offline.delivery
+-- over libcurl's easy handle or the given transport), `send_batch` (the
+-- libcurl engine driven from here) and `queue` (the libcurl engine on its
+-- own thread). Delivery is at-least-once: a network error or timeout is
+-- retried even when the server may already have stored the order.
 -- @module optimizely.offline.client
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
 local retry = require("optimizely.offline.retry")
-
-local okjson, cjson = pcall(require, "cjson.safe")
-if not okjson then cjson = nil end
+local opts = require("optimizely.offline.opts")
+local delivery = require("optimizely.offline.delivery")
 
 local M = {}
 
@@ -28,384 +38,322 @@ local ENVS = {
 local POST_PATH = "/tracker/smart-api/orders/offline"
 M.DEFAULT_CANCEL_PATH = "/smart-api/orders/offline/{refCode}"
 
-local KNOWN = {
-  "site", "token", "channel", "allow_custom_channel", "env", "sitename", "base_url",
-  "cancel_path", "allow_http", "ca_file", "ca_path", "proxy", "timeout",
-  "connect_timeout", "max_attempts", "backoff_base", "backoff_max", "retry_after_max",
-  "sleep", "random", "verbose", "http_version", "transport",
-}
-local KNOWN_SET = {}
-for _, k in ipairs(KNOWN) do KNOWN_SET[k] = true end
-
 -- Private state per client, out of reach of pairs()/inspection: the
--- header list carries the token.
+-- header lists carry the tokens.
 local private = setmetatable({}, { __mode = "k" })
 
 ---------------------------------------------------------------------------
 -- Configuration
 
-local function levenshtein(a, b)
-  local prev = {}
-  for j = 0, #b do prev[j] = j end
-  for i = 1, #a do
-    local cur = { [0] = i }
-    for j = 1, #b do
-      local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
-      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+local LABEL = "^[%w%._%-]+$"
+local LABEL_MSG = "may contain only letters, digits, '.', '_' and '-'"
+
+local function token_problem(v)
+  if v:find("[%z\1-\31\127]") then return "contains a control character (CR, LF, ...)" end
+  if v:match("^%s") or v:match("%s$") then return "has leading or trailing spaces" end
+  return nil
+end
+
+local function check_token(v)
+  local p = token_problem(v)
+  if p then return nil, p end
+  return true
+end
+
+local function check_tokens(t)
+  local n = 0
+  for k, v in pairs(t) do
+    n = n + 1
+    if type(k) ~= "string" or not k:find(LABEL) then
+      return nil, "must map channel names to tokens (a key is " .. opts.show(k) .. ")"
     end
-    prev = cur
+    if type(v) ~= "string" or v == "" then return nil, "." .. k .. " must be a non-empty string" end
+    local p = token_problem(v)
+    if p then return nil, "." .. k .. " " .. p end
   end
-  return prev[#b]
+  if n == 0 then return nil, "must name at least one channel" end
+  return true
 end
 
-local function did_you_mean(key)
-  local best, bestd
-  for _, k in ipairs(KNOWN) do
-    local d = levenshtein(key:lower(), k)
-    if not bestd or d < bestd then best, bestd = k, d end
-  end
-  if bestd and bestd <= math.max(2, math.floor(#key / 3)) then
-    return " (did you mean '" .. best .. "'?)"
-  end
-  return ""
+local function check_readable(path)
+  local f = io.open(path, "rb")
+  if not f then return nil, "cannot be read: " .. opts.show(path) end
+  f:close()
+  return true
 end
 
--- Raised config errors go through this so the token never shows, whatever
--- field the caller put it in by mistake.
-local ConfigError = {}
-
-local function bad(field, msg)
-  error(setmetatable({ msg = "optimizely.offline.client: config." .. field .. " " .. msg },
-    ConfigError))
+local function check_transport(tr)
+  local t = type(tr)
+  if t == "function" then return true end
+  if (t == "table" or t == "userdata") and tr.request then return true end
+  return nil, "must be a function or an object with :request(), got " .. t
 end
 
-local function show(v)
-  if type(v) == "string" then return string.format("%q", v) end
-  return tostring(v)
+local function check_backoff_max(v, all)
+  local base = all.backoff_base
+  if type(base) == "number" and v < base then return nil, "must be >= backoff_base" end
+  return true
+end
+
+local function at_most(limit)
+  return function(v) if v > limit then return nil, "must be <= " .. limit end return true end
+end
+
+local string_opt = { type = "string", nonempty = true }
+
+--- The client's options (one schema: the CLI's config file and the nginx
+-- client check against it too).
+M.schema = opts.schema("optimizely.offline.client", "config", {
+  site = { type = "string", required = true, nonempty = true, pattern = LABEL, pattern_msg = LABEL_MSG },
+  token = { type = "string", secret = true, nonempty = true, check = check_token },
+  tokens = { type = "table", secret = true, check = check_tokens },
+  channel = { type = "string", nonempty = true },
+  allow_custom_channel = { type = "boolean", default = false },
+  env = { type = "choice", choices = { "uat", "uk", "se", "us" } },
+  sitename = { type = "string", nonempty = true, pattern = LABEL, pattern_msg = LABEL_MSG },
+  base_url = string_opt,
+  cancel_path = string_opt,
+  allow_http = { type = "boolean", default = false },
+  ca_file = { type = "string", nonempty = true, check = check_readable },
+  ca_path = string_opt,
+  proxy = string_opt,
+  timeout = { type = "number", min = 0.001, default = 10 },
+  connect_timeout = { type = "number", min = 0.001, default = 5 },
+  max_attempts = { type = "integer", min = 1, default = 4, check = at_most(100) },
+  max_age = { type = "number", min = 0 },
+  backoff_base = { type = "number", min = 0, default = 0.25 },
+  backoff_max = { type = "number", min = 0, default = 10, check = check_backoff_max },
+  retry_after_max = { type = "number", min = 0, default = 60 },
+  sleep = { type = "function" },
+  random = { type = "function" },
+  verbose = { type = "boolean", default = false },
+  http_version = { type = "choice", choices = { "1.1", "2" }, default = "1.1" },
+  transport = { type = "any", check = check_transport },
+  pseudonymise = { type = "any", check = function(v)
+    if v == true or type(v) == "table" then return true end
+    return nil, "must be true (the key from $OPTIMIZELY_PSEUDONYM_KEY) or a table of pseudonymiser options"
+  end },
+  on_event = { type = "function" },
+  logger = { type = "any", check = function(v)
+    if v == false or type(v) == "function" then return true end
+    return nil, "must be a function(level, message) or false"
+  end },
+  metrics = { type = "boolean", default = true },
+})
+
+local function config_error(cfg, field, msg)
+  M.schema:fail(cfg, field, msg, 4)
 end
 
 local function has_ctl(s) return s:find("[%z\1-\31\127]") ~= nil end
 
-local function want_string(cfg, field, required)
-  local v = cfg[field]
-  if v == nil then
-    if required then bad(field, "is required") end
-    return nil
-  end
-  if type(v) ~= "string" then bad(field, "must be a string, got " .. type(v)) end
-  if v == "" then bad(field, "must not be empty") end
-  return v
-end
-
-local function want_label(cfg, field, required)
-  local v = want_string(cfg, field, required)
-  if v and not v:match("^[%w%._%-]+$") then
-    bad(field, "may contain only letters, digits, '.', '_' and '-' (got " .. show(v) .. ")")
-  end
-  return v
-end
-
-local function want_bool(cfg, field)
-  local v = cfg[field]
-  if v ~= nil and type(v) ~= "boolean" then bad(field, "must be a boolean, got " .. type(v)) end
-  return v == true
-end
-
-local function want_number(cfg, field, dflt, lo, integer)
-  local v = cfg[field]
-  if v == nil then return dflt end
-  if type(v) ~= "number" or v ~= v or v == math.huge then
-    bad(field, "must be a finite number, got " .. show(v))
-  end
-  if v < lo then bad(field, "must be >= " .. lo .. " (got " .. show(v) .. ")") end
-  if integer and v ~= math.floor(v) then bad(field, "must be an integer (got " .. show(v) .. ")") end
-  return v
-end
-
-local function want_func(cfg, field)
-  local v = cfg[field]
-  if v ~= nil and type(v) ~= "function" then bad(field, "must be a function, got " .. type(v)) end
-  return v
-end
-
 -- scheme://host[:port][/prefix] → normalised base (no trailing slash), scheme
-local function parse_base_url(u)
-  if has_ctl(u) or u:find("%s") then bad("base_url", "must not contain spaces or control characters") end
+local function parse_base_url(cfg, u)
+  local function bad(msg) config_error(cfg, "base_url", msg) end
+  if has_ctl(u) or u:find("%s") then bad("must not contain spaces or control characters") end
   local scheme, authority, path = u:match("^(%a[%w+.-]*)://([^/?#]*)(.*)$")
-  if not scheme then bad("base_url", "must look like https://host[:port][/prefix] (got " .. show(u) .. ")") end
+  if not scheme then bad("must look like https://host[:port][/prefix] (got " .. opts.show(u) .. ")") end
   scheme = scheme:lower()
   if scheme ~= "https" and scheme ~= "http" then
-    bad("base_url", "must use https (got scheme " .. show(scheme) .. ")")
+    bad("must use https (got scheme " .. opts.show(scheme) .. ")")
   end
-  if authority:find("@", 1, true) then bad("base_url", "must not contain user information") end
+  if authority:find("@", 1, true) then bad("must not contain user information") end
   local host, port = authority:match("^([%w%.%-]+):?(%d*)$")
   if not host then host, port = authority:match("^(%[[%x:%.]+%]):?(%d*)$") end
-  if not host or host == "" then bad("base_url", "has no valid host (got " .. show(u) .. ")") end
+  if not host or host == "" then bad("has no valid host (got " .. opts.show(u) .. ")") end
   if port ~= "" and (tonumber(port) < 1 or tonumber(port) > 65535) then
-    bad("base_url", "has an invalid port " .. show(port))
+    bad("has an invalid port " .. opts.show(port))
   end
-  if authority:sub(-1) == ":" then bad("base_url", "has an empty port") end
-  if path:find("[?#]") then bad("base_url", "must not contain a query or fragment") end
+  if authority:sub(-1) == ":" then bad("has an empty port") end
+  if path:find("[?#]") then bad("must not contain a query or fragment") end
   path = path:gsub("/+$", "")
   return scheme .. "://" .. authority .. path, scheme
 end
+
+local function check_channel_name(cfg, field, name, custom)
+  if not CHANNELS[name] then
+    if not custom then
+      config_error(cfg, field, "must be one of " .. CHANNEL_LIST .. " (got " .. opts.show(name)
+        .. "); set allow_custom_channel = true for a channel agreed with Optimizely")
+    end
+    if not name:find(LABEL) then config_error(cfg, field, LABEL_MSG .. " (got " .. opts.show(name) .. ")") end
+  end
+end
+
+-- The channels and their tokens: { {name =, token =}, ... } and the default.
+local function channel_list(cfg, c)
+  local list, by_name = {}, {}
+  local function add(name, token, field)
+    check_channel_name(cfg, field, name, c.allow_custom_channel)
+    if by_name[name] then
+      if list[by_name[name]].token ~= token then
+        config_error(cfg, "token", "and config.tokens." .. name .. " differ: give one token per channel")
+      end
+      return
+    end
+    list[#list + 1] = { name = name, token = token }
+    by_name[name] = #list
+  end
+  if c.tokens then
+    local names = {}
+    for name in pairs(c.tokens) do names[#names + 1] = name end
+    table.sort(names)
+    for _, name in ipairs(names) do add(name, c.tokens[name], "tokens." .. name) end
+  end
+  if c.token then
+    if not c.channel then config_error(cfg, "channel", "is required") end
+    add(c.channel, c.token, "channel")
+  elseif not c.tokens then
+    config_error(cfg, "token", "is required")
+  end
+  local default = c.channel
+  if default then
+    check_channel_name(cfg, "channel", default, c.allow_custom_channel)
+    if not by_name[default] then
+      config_error(cfg, "channel", "has no token: add it to config.tokens (got " .. opts.show(default) .. ")")
+    end
+  elseif #list == 1 then
+    default = list[1].name
+  end
+  return list, by_name, default
+end
+
+local function base_of(cfg, c)
+  if c.base_url then
+    if c.env then config_error(cfg, "env", "and config.base_url are exclusive: give one of them") end
+    local base, scheme = parse_base_url(cfg, c.base_url)
+    if scheme == "http" and not c.allow_http then
+      config_error(cfg, "base_url", "uses http://; HTTPS is required (set allow_http = true for local testing only)")
+    end
+    return base
+  end
+  return ENVS[c.env or "uat"](c.sitename or c.site)
+end
+
+local function cancel_parts(cfg, c, base)
+  local cp = c.cancel_path or M.DEFAULT_CANCEL_PATH
+  if cp:sub(1, 1) ~= "/" then config_error(cfg, "cancel_path", "must start with '/'") end
+  local a = cp:find("{refCode}", 1, true)
+  if not a or cp:find("{refCode}", a + 1, true) then
+    config_error(cfg, "cancel_path", "must contain {refCode} exactly once (got " .. opts.show(cp) .. ")")
+  end
+  if has_ctl(cp) or cp:find("[%s?#]") then
+    config_error(cfg, "cancel_path", "must not contain spaces, control characters, '?' or '#'")
+  end
+  return base .. cp:sub(1, a - 1), cp:sub(a + #"{refCode}")
+end
+
+--- Check a client configuration. Raises on misuse (the message names the
+-- field and never contains a token).
+-- @return the checked configuration with defaults, plus derived fields
+--   (channels, channel_index, default_channel, base_url, post_url,
+--   cancel_prefix, cancel_suffix)
+function M.check_config(cfg)
+  if type(cfg) ~= "table" then
+    error("optimizely.offline.client: config must be a table, got " .. type(cfg), 3)
+  end
+  local c = M.schema:check(cfg, 3)
+  c.channels, c.channel_index, c.default_channel = channel_list(cfg, c)
+  c.base_url = base_of(cfg, c)
+  c.post_url = c.base_url .. POST_PATH
+  c.cancel_prefix, c.cancel_suffix = cancel_parts(cfg, c, c.base_url)
+  return c
+end
+
+---------------------------------------------------------------------------
+-- The delivery context
 
 local function user_agent()
   local lua = (type(jit) == "table" and jit.version) or _VERSION
   return "optimizely-offline/" .. core.VERSION .. " libcurl/" .. (core.curl_version()) .. " " .. lua
 end
 
-local function check_config(cfg)
-  if type(cfg) ~= "table" then
-    error(setmetatable({ msg = "optimizely.offline.client: config must be a table, got " .. type(cfg) },
-      ConfigError))
-  end
-  local keys = {}
-  for k in pairs(cfg) do
-    if type(k) ~= "string" then bad("?", "has a non-string key " .. show(k)) end
-    if not KNOWN_SET[k] then keys[#keys + 1] = k end
-  end
-  if #keys > 0 then
-    table.sort(keys)
-    bad(keys[1], "is not a known option" .. did_you_mean(keys[1]))
-  end
-
-  local c = {}
-  c.site = want_label(cfg, "site", true)
-  local token = want_string(cfg, "token", true)
-  -- Never echo the token, not even in part.
-  if has_ctl(token) then bad("token", "contains a control character (CR, LF, ...)") end
-  if token:match("^%s") or token:match("%s$") then bad("token", "has leading or trailing spaces") end
-  c.token = token
-
-  local channel = want_string(cfg, "channel", true)
-  c.allow_custom_channel = want_bool(cfg, "allow_custom_channel")
-  if not CHANNELS[channel] then
-    if not c.allow_custom_channel then
-      bad("channel", "must be one of " .. CHANNEL_LIST .. " (got " .. show(channel)
-        .. "); set allow_custom_channel = true for a channel agreed with Optimizely")
-    end
-    if not channel:match("^[%w%._%-]+$") then
-      bad("channel", "may contain only letters, digits, '.', '_' and '-' (got " .. show(channel) .. ")")
-    end
-  end
-  c.channel = channel
-
-  local env = want_string(cfg, "env", false)
-  local sitename = want_label(cfg, "sitename", false)
-  local base = want_string(cfg, "base_url", false)
-  c.allow_http = want_bool(cfg, "allow_http")
-  local scheme
-  if base then
-    if env then bad("env", "and config.base_url are exclusive: give one of them") end
-    base, scheme = parse_base_url(base)
-    if scheme == "http" and not c.allow_http then
-      bad("base_url", "uses http://; HTTPS is required (set allow_http = true for local testing only)")
-    end
-  else
-    env = env or "uat"
-    local mk = ENVS[env]
-    if not mk then bad("env", "must be one of uat, uk, se, us (got " .. show(env) .. ")") end
-    base = mk(sitename or c.site)
-  end
-  c.base_url = base
-  c.post_url = base .. POST_PATH
-
-  local cp = want_string(cfg, "cancel_path", false) or M.DEFAULT_CANCEL_PATH
-  if cp:sub(1, 1) ~= "/" then bad("cancel_path", "must start with '/'") end
-  local a = cp:find("{refCode}", 1, true)
-  if not a or cp:find("{refCode}", a + 1, true) then
-    bad("cancel_path", "must contain {refCode} exactly once (got " .. show(cp) .. ")")
-  end
-  if has_ctl(cp) or cp:find("[%s?#]") then
-    bad("cancel_path", "must not contain spaces, control characters, '?' or '#'")
-  end
-  c.cancel_prefix = base .. cp:sub(1, a - 1)
-  c.cancel_suffix = cp:sub(a + #"{refCode}")
-
-  local ca_file = want_string(cfg, "ca_file", false)
-  if ca_file then
-    local f = io.open(ca_file, "rb")
-    if not f then bad("ca_file", "cannot be read: " .. show(ca_file)) end
-    f:close()
-  end
-  c.ca_file = ca_file
-  c.ca_path = want_string(cfg, "ca_path", false)
-  c.proxy = want_string(cfg, "proxy", false)
-
-  c.timeout = want_number(cfg, "timeout", 10, 0.001)
-  c.connect_timeout = want_number(cfg, "connect_timeout", 5, 0.001)
-  c.max_attempts = want_number(cfg, "max_attempts", 4, 1, true)
-  if c.max_attempts > 100 then bad("max_attempts", "must be <= 100") end
-  c.backoff_base = want_number(cfg, "backoff_base", 0.25, 0)
-  c.backoff_max = want_number(cfg, "backoff_max", 10, 0)
-  if c.backoff_max < c.backoff_base then bad("backoff_max", "must be >= backoff_base") end
-  c.retry_after_max = want_number(cfg, "retry_after_max", 60, 0)
-  c.sleep = want_func(cfg, "sleep") or core.sleep
-  -- Another transport than libcurl (the nginx cosocket one, or a function
-  -- for tests): an object with :request(method, url, headers, body) and
-  -- :close(), or a bare function(method, url, headers, body). It returns
-  -- status, body, info | nil, kind, message, curl_code — like core.http_new's.
-  local tr = cfg.transport
-  if tr ~= nil then
-    if type(tr) == "function" then
-      local fn = tr
-      tr = { request = function(_, ...) return fn(...) end, close = function() end }
-    elseif type(tr) ~= "table" and type(tr) ~= "userdata" or not tr.request then
-      bad("transport", "must be a function or an object with :request(), got " .. type(tr))
-    end
-    c.transport = tr
-  end
-  c.random = want_func(cfg, "random")
-  c.verbose = want_bool(cfg, "verbose")
-  -- HTTP/1.1 by default: one request at a time gains nothing from HTTP/2
-  -- multiplexing, and 1.1 keep-alive costs ~20% less CPU per order (bench).
-  c.http_version = want_string(cfg, "http_version", false) or "1.1"
-  if c.http_version ~= "1.1" and c.http_version ~= "2" then
-    bad("http_version", "must be \"1.1\" or \"2\" (got " .. show(c.http_version) .. ")")
-  end
-  return c
+-- The only place a token is used: the request headers of its channel.
+local function headers_for(site, ch)
+  return {
+    "site: " .. site,
+    "siteToken: " .. ch.token,
+    "channel: " .. ch.name,
+    "Content-Type: application/json",
+    "Accept: application/json",
+  }
 end
 
----------------------------------------------------------------------------
--- Responses
-
--- Drop commas that directly precede '}' or ']' outside strings: the docs'
--- own success example is {"status":"OK",}.
-local function strip_trailing_commas(s)
-  local out, i, n, instr = {}, 1, #s, false
-  local start = 1
-  while i <= n do
-    local c = s:sub(i, i)
-    if instr then
-      if c == "\\" then i = i + 1 elseif c == '"' then instr = false end
-    elseif c == '"' then
-      instr = true
-    elseif c == "," then
-      local j = i + 1
-      while j <= n and s:sub(j, j):match("%s") do j = j + 1 end
-      local nx = s:sub(j, j)
-      if nx == "}" or nx == "]" then
-        out[#out + 1] = s:sub(start, i - 1)
-        start = i + 1
-      end
-    end
-    i = i + 1
+local function as_transport(tr)
+  if type(tr) == "function" then
+    return { request = function(_, ...) return tr(...) end, close = function() end }
   end
-  out[#out + 1] = s:sub(start)
-  return table.concat(out)
+  return tr
 end
 
---- Decode a response envelope leniently.
--- @return the decoded object (a table), or nil when the body is empty or not
---   a JSON object
-function M.decode_envelope(body)
-  if not cjson or type(body) ~= "string" then return nil end
-  if body:byte(1) ~= 123 and not body:find("^%s*{") then return nil end -- 123 = "{"
-  local v = cjson.decode(body)
-  if v == nil then v = cjson.decode(strip_trailing_commas(body)) end
-  if type(v) ~= "table" then return nil end
-  return v
+-- The events of the synchronous loop (optimizely.offline.events): the
+-- on_event hook, protected, and the logger. A failing hook must not break
+-- delivery (its errors already carry no token: delivery.failure redacts them).
+local function emitter(ev)
+  if not ev.on_event and not ev.logger then return nil end
+  return function(kind, fields) ev:emit(kind, fields) end
 end
 
-local function str(v)
-  if type(v) == "string" then return v end
-  if type(v) == "number" or type(v) == "boolean" then return tostring(v) end
-  return nil
+--- A pseudonymiser from a `pseudonymise` option (true or a table; nil:
+-- none). A missing or short key raises: it is configuration, found when
+-- the client, queue or batch is made, never at the first order.
+function M.pseudonymiser(o, level)
+  if o == nil or o == false then return nil end
+  local p, err = require("optimizely.offline.pseudonym").resolve(o == true and {} or o)
+  if not p then error("optimizely.offline: pseudonymise: " .. err.message, (level or 1) + 1) end
+  return p
 end
 
--- {code, message} pairs from the envelope's `errors`.
-local function envelope_errors(env)
+local function context(c)
+  local secrets, channels, index = {}, {}, {}
+  -- the default channel first: a spooled order without a channel (an
+  -- older spool file) goes out with it
   local list = {}
-  if env and type(env.errors) == "table" then
-    for _, e in ipairs(env.errors) do
-      if type(e) == "table" then
-        list[#list + 1] = { code = str(e.code), message = str(e.message) }
-      elseif str(e) then
-        list[#list + 1] = { message = str(e) }
-      end
-    end
+  for _, ch in ipairs(c.channels) do
+    if ch.name == c.default_channel then table.insert(list, 1, ch) else list[#list + 1] = ch end
   end
-  return list
-end
-
-local function env_status(env)
-  local s = env and str(env.status)
-  return s and s:lower() or nil
-end
-
-local function one_line(s, limit)
-  s = tostring(s):gsub("[%c]+", " ")
-  if #s > limit then s = s:sub(1, limit) .. "..." end
-  return s
-end
-
-local function describe(list)
-  local e = list[1]
-  if not e then return nil end
-  local s = e.code or ""
-  if e.message then s = (s ~= "" and (s .. ": ") or "") .. e.message end
-  if #list > 1 then s = s .. " (+" .. (#list - 1) .. " more)" end
-  return s
-end
-
--- The one exit for failures: every string is scrubbed of the token.
-local function make_error(st, fields)
-  local tok = st.token
-  fields.message = one_line(errors.redact(fields.message, tok), 500)
-  if fields.body then fields.body = errors.redact(fields.body, tok) end
-  if fields.errors then
-    for _, e in ipairs(fields.errors) do
-      e.code = errors.redact(e.code, tok)
-      e.message = errors.redact(e.message, tok)
-    end
-    fields.code = fields.errors[1] and fields.errors[1].code or nil
+  for i, ch in ipairs(list) do
+    secrets[#secrets + 1] = ch.token
+    channels[i] = { name = ch.name, token = ch.token, headers = headers_for(c.site, ch) }
+    index[ch.name] = i
   end
-  return errors.new(fields)
+  local http_opts = {
+    ca_file = c.ca_file, ca_path = c.ca_path, proxy = c.proxy,
+    timeout = c.timeout, connect_timeout = c.connect_timeout,
+    user_agent = user_agent(), verbose = c.verbose, http_version = c.http_version,
+  }
+  local transport = c.transport and as_transport(c.transport) or core.http_new(http_opts)
+  local ev = require("optimizely.offline.events").new({ on_event = c.on_event, logger = c.logger,
+    prefix = "optimizely.offline client: " })
+  return {
+    config = c, http_opts = http_opts, custom_transport = c.transport ~= nil,
+    transport = transport, channels = channels, channel_index = index,
+    default_channel = c.default_channel, secrets = secrets,
+    site = c.site, post_url = c.post_url,
+    cancel_prefix = c.cancel_prefix, cancel_suffix = c.cancel_suffix,
+    sleep = c.sleep or core.sleep, encode = require("optimizely.offline").encode,
+    policy = retry.new({ max_attempts = c.max_attempts, max_age = c.max_age, backoff_base = c.backoff_base,
+      backoff_max = c.backoff_max, retry_after_max = c.retry_after_max, random = c.random }),
+    metrics = c.metrics and core.metrics_new() or nil,
+    pseudonym = M.pseudonymiser(c.pseudonymise, 5),
+    events = ev, emit = emitter(ev),
+    on_event = c.on_event, logger = c.logger,
+  }
 end
 
--- One attempt's outcome: res (success) or err with retryable set.
-local function outcome(st, status, body, info, curl_code)
-  if not status then
-    -- transport failure: body = kind, info = message
-    return nil, make_error(st, { kind = body, message = info, curl_code = curl_code,
-      retryable = retry.classify(body) })
+--- The channel index for an order, or nil, err (kind "config": no token).
+function M.channel_of(st, name)
+  name = name or st.default_channel
+  if name == nil then
+    return nil, errors.new({ kind = "config", retryable = false,
+      message = "the order names no channel and the client has no default (config.channel)" })
   end
-  local env = M.decode_envelope(body)
-  local es = env_status(env)
-  if status >= 200 and status < 300 then
-    if es == "ok" and env.warnings == nil then -- the common case, kept cheap
-      return { status = status, body = body, envelope = env, warnings = {}, info = info }
-    end
-    local list = envelope_errors(env)
-    if es == "fail" then
-      return nil, make_error(st, { kind = "api", status = status, body = body, envelope = env,
-        errors = list, retryable = false,
-        message = "order rejected: " .. (describe(list) or "status fail") })
-    end
-    local warnings = {}
-    if es == "warning" then
-      for _, e in ipairs(list) do
-        warnings[#warnings + 1] = { source = "api", code = e.code, message = e.message }
-      end
-    end
-    if env and type(env.warnings) == "table" then
-      for _, w in ipairs(env.warnings) do
-        local m = type(w) == "table" and (str(w.warning) or str(w.message)) or str(w)
-        if m then warnings[#warnings + 1] = { source = "api", message = m } end
-      end
-    end
-    if env and es ~= "ok" and es ~= "warning" then
-      warnings[#warnings + 1] = { source = "api",
-        message = "unrecognised response status " .. string.format("%q", tostring(env.status)) }
-    end
-    return { status = status, body = body, envelope = env, warnings = warnings, info = info }
+  local i = st.channel_index[name]
+  if not i then
+    return nil, errors.new({ kind = "config", retryable = false, channel = tostring(name),
+      message = "no token for channel " .. opts.show(name) .. " (config.tokens)" })
   end
-  local list = envelope_errors(env)
-  local what = describe(list)
-  return nil, make_error(st, { kind = "http", status = status, body = body, envelope = env,
-    errors = list, retryable = retry.classify(status), retry_after = info.retry_after,
-    message = "server answered HTTP " .. status .. (what and (": " .. what) or "") })
+  return i
 end
 
 ---------------------------------------------------------------------------
@@ -417,154 +365,184 @@ Client.__index = Client
 local function state(self)
   local st = private[self]
   if not st then error("optimizely.offline.client: not a client object", 3) end
-  if not st.http then error("optimizely.offline.client: client is closed", 3) end
+  if not st.transport then error("optimizely.offline.client: client is closed", 3) end
   return st
 end
 
--- Send one request, retrying per the policy. Returns res or nil, err.
-local function deliver(st, method, url, body, warnings)
-  local attempt = 0
-  while true do
-    attempt = attempt + 1
-    local status, rbody, info, curl_code = st.http:request(method, url, st.headers, body)
-    local res, err = outcome(st, status, rbody, info, curl_code)
-    if res then
-      res.attempts = attempt
-      if warnings and #warnings > 0 then
-        -- the encoder's warnings first, then the server's
-        local all = {}
-        for i = 1, #warnings do all[i] = warnings[i] end
-        for i = 1, #res.warnings do all[#all + 1] = res.warnings[i] end
-        res.warnings = all
-      end
-      return res
-    end
-    err.attempts = attempt
-    if not err.retryable or attempt >= st.policy.max_attempts then return nil, err end
-    st.sleep(st.policy:delay(attempt, status and info.retry_after or nil))
+local SEND_OPTS = opts.schema("optimizely.offline.client", "opts", { channel = { type = "string" } })
+
+local function send_channel(st, o)
+  if o ~= nil then o = SEND_OPTS:check(o, 3) end
+  local i, err = M.channel_of(st, o and o.channel)
+  if not i then err.attempts = 0 end
+  return i, err
+end
+
+--- The one way an order becomes bytes: pseudonymise (when asked) before
+-- validation, then encode. The pseudonymiser's warnings come first.
+-- @param st the delivery context; p an override pseudonymiser (a queue's
+--   or batch's own), false for none
+-- @return json, warnings | nil, err
+function M.prepare(st, payload, p)
+  if p == nil then p = st.pseudonym end
+  local pw
+  if p then
+    local p2, w = p:apply(payload)
+    if not p2 then return nil, w end
+    payload, pw = p2, w
   end
+  local json, warnings = st.encode(payload)
+  if not json then return nil, warnings end
+  if pw and pw[1] then
+    for i = 1, #warnings do pw[#pw + 1] = warnings[i] end
+    warnings = pw
+  end
+  return json, warnings
+end
+
+local function post(st, json, i, warnings, ref)
+  if st.metrics then st.metrics:queued() end
+  local ch = st.channels[i]
+  return delivery.send(st, "POST", st.post_url, ch.headers, json, ch.name, warnings, ref)
 end
 
 --- Validate, encode and send one order.
 -- @param payload `{lang?, user?, order}` as accepted by `offline.encode`
--- @return res `{status, attempts, body, envelope, warnings, info}` or nil, err
-function Client:send(payload)
+-- @param o optional `{channel = name}` (default: config.channel)
+-- @return res (see optimizely.offline.delivery) or nil, err
+function Client:send(payload, o)
   local st = state(self)
-  local json, warnings = st.encode(payload)
+  local i, cerr = send_channel(st, o)
+  if not i then return nil, cerr end
+  local json, warnings = M.prepare(st, payload)
   if not json then
+    if st.metrics then st.metrics:invalid() end
     warnings.attempts = 0
     return nil, warnings
   end
-  return deliver(st, "POST", st.post_url, json, warnings)
+  return post(st, json, i, warnings, core.ref_string(payload))
 end
 
---- Send bytes that `offline.encode` already produced (queue, batch).
+--- Send bytes that `offline.encode` already produced.
 -- @param json the request body, sent unchanged
+-- @param o optional `{channel = name}`
 -- @return res or nil, err
-function Client:send_encoded(json)
+function Client:send_encoded(json, o)
   local st = state(self)
   if type(json) ~= "string" then
     error("optimizely.offline.client: send_encoded expects a string, got " .. type(json), 2)
   end
-  return deliver(st, "POST", st.post_url, json, nil)
+  local i, cerr = send_channel(st, o)
+  if not i then return nil, cerr end
+  return post(st, json, i, nil)
+end
+
+-- A path segment: percent-encoded, and '.' too (libcurl would remove
+-- "." and ".." segments and reach another URL).
+local function segment(ref)
+  return (core.url_escape(ref):gsub("%.", "%%2E"))
 end
 
 --- Cancel an order: DELETE on the cancel path with `refCode` percent-encoded.
 -- @param ref_code the order's refCode (string, or an integer)
+-- @param o optional `{channel = name}`: the channel the order was sent with
 -- @return res or nil, err
-function Client:cancel(ref_code)
+function Client:cancel(ref_code, o)
   local st = state(self)
   if type(ref_code) == "number" and ref_code == math.floor(ref_code) then
     ref_code = string.format("%d", ref_code)
   end
+  local problem
   if type(ref_code) ~= "string" or ref_code == "" then
-    local e = errors.validation({ { path = "refCode", message = "must be a non-empty string" } })
+    problem = "must be a non-empty string"
+  elseif ref_code:match("^%.+$") then
+    problem = "must not be only dots (it would name another URL)"
+  end
+  if problem then
+    local e = errors.validation({ { path = "refCode", message = problem } })
     e.attempts = 0
     return nil, e
   end
-  local url = st.cancel_prefix .. core.url_escape(ref_code) .. st.cancel_suffix
-  return deliver(st, "DELETE", url, nil, nil)
+  local i, cerr = send_channel(st, o)
+  if not i then return nil, cerr end
+  local ch = st.channels[i]
+  local url = st.cancel_prefix .. segment(ref_code) .. st.cancel_suffix
+  return delivery.send(st, "DELETE", url, ch.headers, nil, ch.name, nil, ref_code)
 end
 
 --- The URL orders are posted to.
 function Client:url() return private[self].post_url end
 
---- Send many orders concurrently through one curl multi handle.
--- @param source an array of payloads, or an iterator function returning
---   payloads until nil (streamed: memory stays flat)
--- @param opts {concurrency=8, rate=orders/s, on_result=fn(i, res, err),
---   progress=fn(summary)}
--- @return summary {sent, failed, retried, invalid, elapsed, failures={{index, err}}}
+--- Send many orders concurrently (the libcurl engine).
 -- @see optimizely.offline.batch
-function Client:send_batch(source, opts)
-  if private[self] and private[self].transport then
-    error("optimizely.offline.client: send_batch needs the libcurl transport (use a queue under nginx)", 2)
+function Client:send_batch(source, o)
+  local st = state(self)
+  if st.custom_transport then
+    error("optimizely.offline.client: send_batch needs the libcurl transport (under nginx use a queue)", 2)
   end
-  return require("optimizely.offline.batch").run(state(self), outcome, source, opts)
+  local summary = require("optimizely.offline.batch").run(st, source, o)
+  return summary -- not a tail call: option errors point at the caller
 end
 
---- An asynchronous queue delivering in the background (a C worker thread).
+--- An asynchronous queue delivering in the background (its own thread).
 -- @see optimizely.offline.queue
-function Client:queue(opts)
-  if private[self] and private[self].transport then
-    error("optimizely.offline.client: this queue needs the libcurl transport (under nginx use optimizely.offline.ngx)", 2)
+function Client:queue(o)
+  local st = state(self)
+  if st.custom_transport then
+    error("optimizely.offline.client: this queue needs the libcurl transport"
+      .. " (under nginx use optimizely.offline.ngx)", 2)
   end
-  return require("optimizely.offline.queue").new(state(self), outcome, opts)
+  local q, err = require("optimizely.offline.queue").new(st, o)
+  return q, err -- not a tail call: option errors point at the caller
+end
+
+--- Counters of this client's own sends, cancels and finished `send_batch`
+-- runs (not its queues': each queue has its own).
+-- @return the metrics table (see optimizely.offline.metrics); all zeros
+--   when the config says `metrics = false`
+function Client:metrics()
+  local st = private[self]
+  if not st then error("optimizely.offline.client: not a client object", 2) end
+  if not st.metrics then return require("optimizely.offline.metrics").empty() end
+  return st.metrics:get()
 end
 
 --- Free the connection; the client cannot be used afterwards.
 function Client:close()
   local st = private[self]
-  if st and st.http then
-    st.http:close()
-    st.http = nil
+  if st and st.transport then
+    if st.transport.close then st.transport:close() end
+    st.transport = nil
   end
 end
 
 function Client:__tostring()
   local st = private[self]
   if not st then return "optimizely.offline.client" end
+  local names = {}
+  for i, ch in ipairs(st.channels) do names[i] = ch.name end
   return string.format("optimizely.offline.client{site=%s, channel=%s, url=%s%s}",
-    st.site, st.channel, st.post_url, st.http and "" or ", closed")
+    st.site, #names == 1 and names[1] or ((st.default_channel or "-") .. " of " .. table.concat(names, ",")),
+    st.post_url, st.transport and "" or ", closed")
 end
 
 --- Create a client. Raises on bad configuration (the message names the
--- field and never contains the token).
--- @param config see the module documentation
+-- field and never contains a token).
+-- @param config see the schema above and doc/topics/client.md
 -- @return client
 function M.client(config)
-  local ok, c = pcall(check_config, config)
-  if not ok then
-    local tok = type(config) == "table" and type(config.token) == "string" and config.token or nil
-    local msg = getmetatable(c) == ConfigError and c.msg or tostring(c)
-    error(errors.redact(msg, tok), 2)
-  end
-  local http_opts = {
-    ca_file = c.ca_file, ca_path = c.ca_path, proxy = c.proxy,
-    timeout = c.timeout, connect_timeout = c.connect_timeout,
-    user_agent = user_agent(), verbose = c.verbose, http_version = c.http_version,
-  }
-  local http = c.transport or core.http_new(http_opts)
-  -- The only place the token is used: the request headers.
-  local headers = {
-    "site: " .. c.site,
-    "siteToken: " .. c.token,
-    "channel: " .. c.channel,
-    "Content-Type: application/json",
-    "Accept: application/json",
-  }
+  local c = M.check_config(config)
   local self = setmetatable({}, Client)
-  private[self] = {
-    http_opts = http_opts, -- send_batch builds its curl multi pool from these
-    transport = c.transport,
-    http = http, headers = headers, token = c.token,
-    site = c.site, channel = c.channel, post_url = c.post_url,
-    cancel_prefix = c.cancel_prefix, cancel_suffix = c.cancel_suffix,
-    sleep = c.sleep, encode = require("optimizely.offline").encode,
-    policy = retry.new({ max_attempts = c.max_attempts, backoff_base = c.backoff_base,
-      backoff_max = c.backoff_max, retry_after_max = c.retry_after_max, random = c.random }),
-  }
+  private[self] = context(c)
   return self
+end
+
+--- The private delivery context of a client (for the queue and batch
+-- modules and the nginx engine).
+function M.state(client)
+  local st = private[client]
+  if not st then error("optimizely.offline.client: not a client object", 3) end
+  return st
 end
 
 M.Client = Client

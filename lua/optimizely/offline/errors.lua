@@ -116,6 +116,35 @@ function M.redact_all(s, secrets)
   return s
 end
 
+-- The interrupt raised again after send_batch returned its summary: prints
+-- as lua.c's own "interrupted!" (so an uncaught one looks as usual) and
+-- carries the summary for whoever catches it.
+local Interrupted = { __tostring = function() return "interrupted!" end }
+M.Interrupted = Interrupted
+
+--- An interrupt (Ctrl-C) carrying what was done before it.
+function M.interrupted(summary)
+  return setmetatable({ kind = "interrupted", message = "interrupted!", summary = summary }, Interrupted)
+end
+
+--- Is `e` an interrupt: lua.c's / luajit's "interrupted!" error (with its
+-- position prefix) raised at the next Lua instruction after SIGINT, or one
+-- of ours carrying a summary?
+function M.is_interrupt(e)
+  if getmetatable(e) == Interrupted then return true end
+  return type(e) == "string" and e:find("interrupted!%s*$") ~= nil
+end
+
+--- Call a user's callback protected: its error must not break delivery
+-- (the caller counts or logs it), but an interrupt (Ctrl-C) is raised again.
+-- @return nil when it returned, else the text of its error
+function M.callback(fn, ...)
+  local ok, err = pcall(fn, ...)
+  if ok then return nil end
+  if M.is_interrupt(err) then error(err, 0) end
+  return tostring(err)
+end
+
 --- Build an error object from a table of fields (kind and message required).
 function M.new(fields)
   assert(type(fields) == "table" and fields.kind and fields.message, "errors.new needs kind and message")

@@ -42,42 +42,31 @@ end
 --   options instead of a transport
 -- @return client
 function M.client(config)
-  if type(config) ~= "table" then
-    error("optimizely.offline.ngx.client: config must be a table, got " .. type(config), 2)
-  end
-  for k, why in pairs(transport.CURL_ONLY) do
-    if config[k] ~= nil then
-      error("optimizely.offline.ngx.client: config." .. k .. " is not used under nginx: " .. why, 2)
-    end
-  end
-  if config.http_version ~= nil and config.http_version ~= "1.1" then
-    error("optimizely.offline.ngx.client: config.http_version must be \"1.1\" under nginx", 2)
-  end
-  local cfg = {}
-  for k, v in pairs(config) do cfg[k] = v end
-  -- a table without :request is a table of transport options
-  local topts = type(cfg.transport) == "table" and cfg.transport.request == nil and cfg.transport
-  if cfg.transport == nil or topts then
-    local o = {}
-    for k, v in pairs(topts or {}) do o[k] = v end
-    o.timeout = o.timeout or cfg.timeout
-    o.connect_timeout = o.connect_timeout or cfg.connect_timeout
-    cfg.transport = transport.new(o)
-  end
+  local cfg = transport.client_config(config, "optimizely.offline.ngx.client: config", nil, nil, 2)
   cfg.sleep = cfg.sleep or ngx.sleep
-  return require("optimizely.offline.client").client(cfg)
+  local c = require("optimizely.offline.client").client(cfg)
+  return c
 end
 
 --- This worker's delivery queue (create it in `init_worker_by_lua*`).
 -- @param client_config the client's config (site, token, channel, base_url, ...)
--- @param opts `{max_queue, concurrency, flush_interval, max_attempts,
---   on_success, on_failure, spool, spool_options, lease, shutdown_timeout, transport,
---   shm, deliverer, poll_interval}` (`shm`: shared delivery, one process sends
---   for all workers)
+-- @param opts the queue options shared with the threaded queue
+--   (optimizely.offline.queue: `max_queue, concurrency, spool, spool_max_orders,
+--   spool_max_bytes, spool_on_full, spool_sync, lease, max_attempts, max_age,
+--   auth_pause, channel, on_success, on_failure, on_event, logger`) plus
+--   `flush_interval, shutdown_timeout, transport, shm, deliverer, poll_interval,
+--   metrics_shm` (`shm`: shared delivery, one process sends for all workers;
+--   `metrics_shm`: a lua_shared_dict every worker adds its metrics to, read by
+--   `optimizely.offline.metrics.prometheus(ngx.shared[name])`)
 -- @return queue, or nil, err (the spool could not be opened)
 -- @see optimizely.offline.ngx.queue
 function M.queue(client_config, opts)
-  return require("optimizely.offline.ngx.queue").new(client_config, opts)
+  if type(opts) == "table" and opts.engine == "thread" then
+    local q, err = require("optimizely.offline.ngx.thread_queue").new(client_config, opts)
+    return q, err
+  end
+  local q, err = require("optimizely.offline.ngx.queue").new(client_config, opts)
+  return q, err
 end
 
 return M

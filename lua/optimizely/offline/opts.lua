@@ -15,7 +15,8 @@
 -- `table`, `choice` (one of `choices`), `any`. Field keys: `min`, `max`
 -- (inclusive), `above` (exclusive lower bound), `default`, `required`,
 -- `nonempty` (strings), `pattern` + `pattern_msg` (strings), `secret` (the
--- value is never shown, and is scrubbed from every message of this check),
+-- value — or, for a table, each string in it — is never shown, and is
+-- scrubbed from every message of this check),
 -- `requires` (another field that must be given too), `check`
 -- (`function(value, all) -> true | nil, message` for what the rest cannot say).
 --
@@ -70,12 +71,14 @@ local function problem(f, v, all)
   local shown = f.secret and "" or (" (got " .. show(v) .. ")")
   if want == "integer" or want == "number" then
     if t ~= "number" or v ~= v or v == huge or v == -huge then
-      if t == "number" then return "must be a finite number" .. shown end
+      if t == "number" then
+        return (want == "integer" and "must be an integer" or "must be a finite number") .. shown
+      end
       return "must be a" .. (want == "integer" and "n integer" or " finite number") .. ", got " .. t
     end
     if want == "integer" and v ~= floor(v) then return "must be an integer" .. shown end
     if (f.min and v < f.min) or (f.max and v > f.max) or (f.above and v <= f.above) then
-      return "must be " .. range_text(f) .. shown
+      return "must be " .. (want == "integer" and "an integer " or "") .. range_text(f) .. shown
     end
   elseif want == "choice" then
     local ok = false
@@ -121,6 +124,11 @@ function Schema:secrets(t)
     for _, k in ipairs(self.names) do
       local v = self.fields[k].secret and rawget(t, k)
       if type(v) == "string" and v ~= "" then list[#list + 1] = v end
+      if type(v) == "table" then -- a map of secrets (tokens per channel)
+        for _, s in pairs(v) do
+          if type(s) == "string" and s ~= "" then list[#list + 1] = s end
+        end
+      end
     end
   end
   return list

@@ -1,228 +1,263 @@
 --- Asynchronous delivery outside nginx: `client:queue(opts)`.
--- `push` validates and encodes at once, then hands the bytes to a background
--- C thread (csrc/worker.c) without any network I/O; with a spool the order
--- is in SQLite — durable — before `push` returns, and the thread delivers
--- from the spool, so a restart (or `kill -9`) loses nothing: what was not
--- acknowledged is still there, with its retry count and next attempt time.
+-- `push` validates and encodes at once, then hands the bytes to the libcurl
+-- engine running on a thread of its own (csrc/worker.c) without any network
+-- I/O; with a spool the order is in SQLite — durable — before `push`
+-- returns, and the thread delivers from the spool, so a restart (or `kill
+-- -9`) loses nothing: what was not acknowledged is still there, with its
+-- attempt count and next attempt time.
+--
+-- A queue outlasts outages: retryable failures are retried with capped
+-- backoff until the order is `max_age` old (default 3 days), not a small
+-- number of attempts; dead letters are for orders the endpoint rejects or
+-- that outlive `max_age`. Refused credentials pause the queue (the orders
+-- wait) and one order tries again every `auth_pause` seconds, or at once
+-- after `queue:resume()`.
 --
 -- Results come back to Lua when you call `poll`, `flush` or `close`: the
--- `on_success(order_ref, res)` / `on_failure(order_ref, err)` callbacks run
--- there, protected. Delivery itself (and retrying) goes on in the thread
--- whether or not you poll.
+-- `on_success(ref, res)` / `on_failure(ref, err)` / `on_event(ev)` callbacks
+-- run there, protected, and the `logger(level, message)` (the queue's, else
+-- the client's) gets one rate-limited line per event (optimizely.offline.events).
+-- Delivery itself goes on in the thread whether or not you poll. The
+-- queue logs one line when it starts (URL, site, channels; never the
+-- token); `metrics()` returns its counters and gauges.
 --
--- The thread is started by the first push (or at once when the spool
--- already holds orders), and again in a forked child (the pid is checked on
--- every call). Several processes may share one spool file: each claims
--- orders under a lease (`lease`, longer than the client's timeout), so an
--- order is never sent by two of them at once; `flush` waits for the whole
--- file. Callbacks run in the process that delivered the order.
+-- Several processes may share one spool file: each claims orders under a
+-- lease (`lease`, longer than the client's timeout), so an order is never
+-- sent by two of them at once; `flush` waits for the whole file. The thread
+-- is started by the first push (or at once when the spool holds orders),
+-- and again in a forked child (the pid is checked on every call).
 -- @module optimizely.offline.queue
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
-local retry = require("optimizely.offline.retry")
+local opts = require("optimizely.offline.opts")
+local delivery = require("optimizely.offline.delivery")
+local events = require("optimizely.offline.events")
 
 local M = {}
+
+--- The default age limit of a queued order: 3 days.
+M.MAX_AGE = 3 * 86400
+
+--- The options both queues (this one and optimizely.offline.ngx.queue)
+-- share: one vocabulary.
+M.common = {
+  max_queue = { type = "integer", min = 1, max = 1e9, default = 10000 },
+  concurrency = { type = "integer", min = 1, max = 256, default = 4 },
+  spool = { type = "string", nonempty = true },
+  spool_max_orders = { type = "integer", min = 1, max = 1e15, requires = "spool" },
+  spool_max_bytes = { type = "integer", min = 1, max = 1e15, requires = "spool" },
+  spool_on_full = { type = "choice", choices = { "refuse", "drop_oldest" }, requires = "spool" },
+  spool_sync = { type = "choice", choices = { "normal", "full" }, requires = "spool" },
+  lease = { type = "number", min = 1, max = 86400 * 7 },
+  max_attempts = { type = "integer", min = 1, max = 1e6 },
+  max_age = { type = "number", above = 0, max = 86400 * 3650, default = M.MAX_AGE },
+  auth_pause = { type = "number", min = 0.01, max = 86400, default = 300 },
+  channel = { type = "string", nonempty = true },
+  on_success = { type = "function" },
+  on_failure = { type = "function" },
+  on_event = { type = "function" },
+  logger = { type = "any", check = function(v)
+    if v == false or type(v) == "function" then return true end
+    return nil, "must be a function(level, message) or false"
+  end },
+  pseudonymise = { type = "any" },
+}
+
+local fields = {}
+for k, v in pairs(M.common) do fields[k] = v end
+fields.spool_poll = { type = "number", min = 0.001, max = 60, default = 0.25 }
+-- the libcurl engine's adaptive in-flight limit (as send_batch's): up to
+-- `concurrency` in flight, fewer while the endpoint answers 429/5xx or
+-- slows down (doc/topics/performance.md)
+fields.adaptive = { type = "boolean", default = true }
+
+--- This queue's options.
+M.schema = opts.schema("queue", "opts", fields)
 
 local Queue = {}
 Queue.__index = Queue
 
-local OPTS = {
-  max_queue = "number", concurrency = "number", spool = "string", on_success = "function",
-  on_failure = "function", lease = "number", max_attempts = "number",
-  spool_max_orders = "number", spool_max_bytes = "number", spool_max_age = "number",
-  spool_on_full = "string", spool_sync = "string", spool_poll = "number",
-}
-local CHOICES = {
-  spool_on_full = { refuse = true, drop_oldest = true },
-  spool_sync = { normal = true, full = true },
-}
--- integer options and their ranges (seconds options below)
-local INTEGERS = { max_queue = { 1, 1e9 }, concurrency = { 1, 256 }, max_attempts = { 1, 100 },
-  spool_max_orders = { 1, 1e15 }, spool_max_bytes = { 1, 1e15 } }
-local SECONDS = { lease = { 0.001, 86400 * 7 }, spool_max_age = { 0.001, 86400 * 3650 },
-  spool_poll = { 0.001, 60 } }
-
-local function check_opts(opts, st)
-  if opts == nil then opts = {} end
-  if type(opts) ~= "table" then error("queue: opts must be a table, got " .. type(opts), 3) end
-  for k, v in pairs(opts) do
-    local want = OPTS[k]
-    if not want then error("queue: unknown option opts." .. tostring(k), 3) end
-    if type(v) ~= want then error(("queue: opts.%s must be a %s, got %s"):format(k, want, type(v)), 3) end
-    if want == "number" and (v ~= v or v == math.huge or v == -math.huge) then
-      error(("queue: opts.%s must be a finite number"):format(k), 3)
-    end
-    local r = INTEGERS[k]
-    if r and (v ~= math.floor(v) or v < r[1] or v > r[2]) then
-      error(("queue: opts.%s must be an integer in %d..%.0f (got %s)"):format(k, r[1], r[2], tostring(v)), 3)
-    end
-    r = SECONDS[k]
-    if r and (v < r[1] or v > r[2]) then
-      error(("queue: opts.%s must be %g..%g seconds (got %s)"):format(k, r[1], r[2], tostring(v)), 3)
-    end
-    if CHOICES[k] and not CHOICES[k][v] then
-      local names = {}
-      for c in pairs(CHOICES[k]) do names[#names + 1] = '"' .. c .. '"' end
-      table.sort(names)
-      error(("queue: opts.%s must be one of %s (got %q)"):format(k, table.concat(names, ", "), v), 3)
-    end
+-- A lease shorter than a request would let another process claim an
+-- order that is still being sent: a duplicate for nothing.
+local function check_lease(o, st)
+  local timeout = st.http_opts.timeout or 10
+  if o.lease and o.lease <= timeout then
+    error(("queue: opts.lease (%gs) must be longer than the client's timeout (%gs)"):format(o.lease, timeout), 4)
   end
-  if not opts.spool then
-    for k in pairs(opts) do
-      if k:match("^spool_") then error("queue: opts." .. k .. " needs opts.spool", 3) end
-    end
-  end
-  -- A lease shorter than a request would let another process claim an
-  -- order that is still being sent: a duplicate for nothing.
-  local timeout = st.http_opts and st.http_opts.timeout or 10
-  if opts.lease and opts.lease <= timeout then
-    error(("queue: opts.lease (%gs) must be longer than the client's timeout (%gs)"):format(
-      opts.lease, timeout), 3)
-  end
-  return opts
 end
 
-local function list_keys(set)
-  local out = {}
-  for k, v in pairs(set) do if v then out[#out + 1] = k end end
-  table.sort(out, function(a, b) return tostring(a) < tostring(b) end)
-  return out
+--- The engine's delivery policy for a queue: the client's backoff, no
+-- attempt limit unless asked, the age limit.
+function M.policy(st, o)
+  local p = st.policy
+  return { max_attempts = o.max_attempts or false, max_age = o.max_age, backoff_base = p.backoff_base,
+    backoff_max = p.backoff_max, backoff_floor = p.backoff_floor, retry_after_max = p.retry_after_max }
 end
 
--- The order's refCode as a string, for the spool and the callbacks.
-local function ref_of(payload)
-  local o = type(payload) == "table" and rawget(payload, "order")
-  local r = type(o) == "table" and rawget(o, "refCode")
-  if r == nil then return "" end
-  if type(r) == "number" and r == math.floor(r) then return string.format("%d", r) end
-  return tostring(r)
-end
-
-local function start_worker(self)
-  local st, o = self.st, self.opts
-  local spool
-  if o.spool then
-    local sp, err = require("optimizely.offline.spool").open(o.spool, {
-      max_orders = o.spool_max_orders, max_bytes = o.spool_max_bytes, max_age = o.spool_max_age,
-      on_full = o.spool_on_full, sync = o.spool_sync,
-    })
-    if not sp then return nil, err end
-    spool = sp
-  end
-  local policy = st.policy
-  local ok, w = pcall(core.worker_new, {
-    http = st.http_opts, url = st.post_url, headers = st.headers,
-    concurrency = o.concurrency or 4, max_queue = o.max_queue or 10000,
-    max_attempts = o.max_attempts or policy.max_attempts,
-    backoff_base = policy.backoff_base, backoff_max = policy.backoff_max,
-    backoff_floor = policy.backoff_floor, retry_after_max = policy.retry_after_max,
-    retry_status = list_keys(retry.RETRYABLE_STATUS), retry_kinds = list_keys(retry.RETRYABLE_KIND),
-    spool = spool and spool.handle or nil, lease = o.lease, spool_poll = o.spool_poll,
+function Queue:open_spool()
+  local o = self.o
+  if not o.spool then return true end
+  local sp, err = require("optimizely.offline.spool").open(o.spool, {
+    max_orders = o.spool_max_orders, max_bytes = o.spool_max_bytes, max_age = o.max_age,
+    on_full = o.spool_on_full, sync = o.spool_sync,
   })
-  if not ok then
-    if spool then spool:close() end
-    return nil, errors.new({ kind = "storage", message = "queue: " .. errors.redact(tostring(w), st.token) })
+  if not sp then return nil, err end
+  self.spool = sp
+  return true
+end
+
+function Queue:start_worker()
+  local st, o = self.st, self.o
+  local ok, err = self:open_spool()
+  if not ok then return nil, err end
+  local wok, w = pcall(core.worker_new, {
+    http = st.http_opts, url = st.post_url, channels = st.channels,
+    concurrency = o.concurrency, adaptive = o.adaptive, on_stop = "pause", auth_pause = o.auth_pause,
+    report_all = o.on_success ~= nil, report_retries = (self.events.on_event or self.events.logger) ~= nil,
+    no_metrics = st.metrics == nil, policy = M.policy(st, o),
+    max_queue = o.max_queue, spool = self.spool and self.spool.handle or nil,
+    lease = o.lease, spool_poll = o.spool_poll,
+  })
+  if not wok then
+    if self.spool then self.spool:close() end
+    return nil, errors.new({ kind = "storage", message = "queue: " .. errors.redact_all(tostring(w), st.secrets) })
   end
-  self.spool, self.worker = spool, w
+  self.worker = w
   self.pid = core.getpid()
-  -- Orders left in the spool by an earlier run (or another process) are
-  -- delivered from now on, without waiting for the first push.
-  if spool then
-    local s = spool:stats()
+  self.events:started("queue", st, self.spool and ("spool " .. self.o.spool) or "in memory")
+  -- orders left in the spool by an earlier run (or another process) are
+  -- delivered from now on, without waiting for the first push
+  if self.spool then
+    local s = self.spool:stats()
     if s and s.queued > 0 then w:notify() end
   end
   return true
 end
 
--- After fork(): the thread and the SQLite connection stay with the parent.
--- The child gets its own (in-memory orders pushed before the fork belong
--- to the parent, which delivers them).
-local function check_pid(self)
-  if self.pid ~= core.getpid() then
-    self.worker:close(0) -- only forgets the parent's copy
-    self.worker, self.spool = nil, nil -- the inherited handle is abandoned, never used
-    local ok, err = start_worker(self)
-    if not ok then error("queue: cannot restart after fork: " .. tostring(err), 3) end
-  end
-end
-
 --- Create a queue. Called by `client:queue(opts)` / `offline.queue(client, opts)`.
--- @param st the client's private state; outcome: the client's response classifier
--- @param opts {max_queue=10000 (in-memory bound), concurrency=4, spool=path,
---   spool_max_orders=, spool_max_bytes=, spool_max_age=,
---   spool_on_full="refuse"|"drop_oldest", spool_sync="normal"|"full",
---   on_success=fn(ref, res), on_failure=fn(ref, err), lease=60 (seconds a
---   claimed spool order stays ours), max_attempts=(client's), spool_poll=0.25
---   (seconds between looks for other processes' orders)}; bad options raise
+-- @param st the client's delivery context
+-- @param o options (see `M.common` and doc/topics/queue.md); bad options raise
 -- @return queue, or nil, err (the spool could not be opened)
-function M.new(st, outcome, opts)
-  opts = check_opts(opts, st)
-  local self = setmetatable({ st = st, outcome = outcome, opts = opts, encode = st.encode,
-    counts = { invalid = 0, full = 0, failed = 0, callback_errors = 0 } }, Queue)
-  local ok, err = start_worker(self)
+function M.new(st, o)
+  if o ~= nil and type(o) ~= "table" then error("queue: opts must be a table, got " .. type(o), 3) end
+  o = M.schema:check(o, 3)
+  check_lease(o, st)
+  local client = require("optimizely.offline.client")
+  local self = setmetatable({ st = st, o = o,
+    pseudonym = o.pseudonymise ~= nil and client.pseudonymiser(o.pseudonymise, 3) or nil,
+    counts = { invalid = 0, full = 0, failed = 0, callback_errors = 0, dropped = {} }, storage_seen = 0 }, Queue)
+  -- the queue's logger, else the client's
+  local logger = o.logger
+  if logger == nil then logger = st.logger end
+  self.events = events.new({ on_event = o.on_event, logger = logger, prefix = "optimizely.offline queue: ",
+    on_error = function() self.counts.callback_errors = self.counts.callback_errors + 1 end })
+  local ok, err = self:start_worker()
   if not ok then return nil, err end
   return self
 end
 
---- Validate, encode and hand over one order. No network I/O.
--- @return true, or nil, err (kind "validation", "full", or a spool error)
-function Queue:push(payload)
-  if self.closed then error("queue: push on a closed queue", 2) end
-  check_pid(self)
-  local json, w = self.encode(payload)
-  if not json then
-    self.counts.invalid = self.counts.invalid + 1
-    return nil, w
+-- After fork(): the thread and the SQLite connection stay with the parent.
+-- The child gets its own (in-memory orders pushed before the fork belong
+-- to the parent, which delivers them).
+function Queue:check_pid()
+  if self.pid ~= core.getpid() then
+    self.worker:close(0) -- only forgets the parent's copy
+    self.worker, self.spool = nil, nil -- the inherited handle is abandoned, never used
+    local ok, err = self:start_worker()
+    if not ok then error("queue: cannot restart after fork: " .. tostring(err), 3) end
   end
-  local ref = ref_of(payload)
+end
+
+local PUSH_OPTS = opts.schema("queue", "push opts", { channel = { type = "string", nonempty = true } })
+
+-- Pseudonymise (the queue's own, else the client's) and encode.
+function Queue:prepare(payload)
+  return require("optimizely.offline.client").prepare(self.st, payload, self.pseudonym)
+end
+
+function Queue:refuse(kind, err)
+  local d = self.counts.dropped
+  d[kind] = (d[kind] or 0) + 1
+  return nil, err
+end
+
+-- One encoded order into the spool or the thread's inbox.
+function Queue:hand_over(json, ref, ch)
   if self.spool then
-    local id, err = self.spool:put(json, ref)
+    local id, err = self.spool:put(json, ref, nil, self.st.channels[ch].name)
     if not id then
       if err.kind == "full" then
         self.counts.full = self.counts.full + 1
         err.option = err.bound and ("spool_" .. err.bound) or nil
+        return self:refuse("full", err)
       end
-      return nil, err
+      return self:refuse(err.kind, err)
     end
     self.worker:notify(1)
     return true
   end
-  if not self.worker:push(json, ref) then
+  if not self.worker:push(json, ref, ch) then
     self.counts.full = self.counts.full + 1
-    return nil, errors.new({ kind = "full", retryable = true, bound = "max_queue",
+    return self:refuse("full", errors.new({ kind = "full", retryable = true, bound = "max_queue",
       option = "max_queue", message = ("queue full: %d orders waiting (max_queue); the order"
-        .. " was not queued"):format(self.opts.max_queue or 10000) })
+        .. " was not queued"):format(self.o.max_queue) }))
   end
   return true
 end
 
+--- Validate, encode and hand over one order. No network I/O.
+-- @param payload `{lang?, user?, order}` as accepted by `offline.encode`
+-- @param po optional `{channel = name}` (default: opts.channel, then the client's)
+-- @return true, warnings; or nil, err (kind "validation", "config" (no
+--   token for the channel), "full", or a spool kind)
+function Queue:push(payload, po)
+  if self.closed then error("queue: push on a closed queue", 2) end
+  if po ~= nil then po = PUSH_OPTS:check(po, 2) end
+  self:check_pid()
+  local ch, cerr = require("optimizely.offline.client").channel_of(self.st,
+    (po and po.channel) or self.o.channel)
+  if not ch then return self:refuse("config", cerr) end
+  local json, w = self:prepare(payload)
+  if not json then
+    self.counts.invalid = self.counts.invalid + 1
+    return self:refuse("invalid", w)
+  end
+  local ok, err = self:hand_over(json, core.ref_string(payload) or "", ch)
+  if not ok then return nil, err end
+  return true, w
+end
+
 --- Hand over many orders; with a spool they are stored in one transaction
 -- (group commit). All are validated first; invalid ones are skipped.
+-- @param list array of payloads (or `{payload =, channel =}` items)
 -- @return number accepted, list of {index, err} for the refused ones
 function Queue:push_many(list)
   if self.closed then error("queue: push_many on a closed queue", 2) end
   if type(list) ~= "table" then error("queue: push_many expects an array of payloads, got " .. type(list), 2) end
-  check_pid(self)
+  self:check_pid()
+  local client = require("optimizely.offline.client")
   local refused, batch = {}, {}
-  for i, payload in ipairs(list) do
-    local json, w = self.encode(payload)
+  for i, item in ipairs(list) do
+    local payload, channel = item, nil
+    if type(item) == "table" and rawget(item, "payload") ~= nil then payload, channel = item.payload, item.channel end
+    local ch, cerr = client.channel_of(self.st, channel or self.o.channel)
+    local json, w
+    if ch then json, w = self:prepare(payload) else w = cerr end
     if json then
-      batch[#batch + 1] = { body = json, ref = ref_of(payload), index = i }
+      batch[#batch + 1] = { body = json, ref = core.ref_string(payload) or "", index = i, ch = ch,
+        channel = self.st.channels[ch].name }
     else
-      self.counts.invalid = self.counts.invalid + 1
+      if ch then self.counts.invalid = self.counts.invalid + 1 end
       refused[#refused + 1] = { index = i, err = w }
     end
   end
   if not self.spool then
     local n = 0
     for _, b in ipairs(batch) do
-      if self.worker:push(b.body, b.ref) then n = n + 1
-      else
-        self.counts.full = self.counts.full + 1
-        refused[#refused + 1] = { index = b.index, err = errors.new({ kind = "full", retryable = true,
-          bound = "max_queue", option = "max_queue", message = "queue full (max_queue)" }) }
-      end
+      local ok, err = self:hand_over(b.body, b.ref, b.ch)
+      if ok then n = n + 1 else refused[#refused + 1] = { index = b.index, err = err } end
     end
+    table.sort(refused, function(a, b) return a.index < b.index end)
     return n, refused
   end
   if #batch == 0 then return 0, refused end
@@ -240,58 +275,112 @@ function Queue:push_many(list)
   return #batch, refused
 end
 
---- Run the callbacks for every result the worker reported since last time.
--- @return how many results were processed
-function Queue:poll()
-  if self.closed then return 0 end
-  check_pid(self)
-  local results = self.worker:results()
-  local st, outcome, o = self.st, self.outcome, self.opts
-  for i = 1, #results do
-    local r = results[i]
-    local res, err
-    if r.status then
-      res, err = outcome(st, r.status, r.body or "", r, nil)
-    else
-      res, err = outcome(st, nil, r.kind or "network", r.message or "transport failure", r.curl_code)
-    end
-    if r.outcome == "sent" and res then
-      res.attempts = r.attempts
-      if o.on_success and not pcall(o.on_success, r.ref, res) then
-        self.counts.callback_errors = self.counts.callback_errors + 1
-      end
-    else
-      if res then -- the C side saw a fail envelope the Lua decoder did not: keep it an error
-        err = errors.new({ kind = "api", status = r.status, message = "order rejected", retryable = false })
-      end
-      err.attempts = r.attempts
-      err.retryable = false -- it is dead: retries are over
-      self.counts.failed = self.counts.failed + 1
-      if o.on_failure and not pcall(o.on_failure, r.ref, err) then
-        self.counts.callback_errors = self.counts.callback_errors + 1
-      end
-    end
+-- --------------------------------------------------------------- results
+
+function Queue:call(name, ...)
+  local fn = self.o[name]
+  if fn and errors.callback(fn, ...) then self.counts.callback_errors = self.counts.callback_errors + 1 end
+end
+
+function Queue:failed(r, err)
+  self.counts.failed = self.counts.failed + 1
+  if r.what == "dropped" then
+    local d = self.counts.dropped
+    d.shutdown = (d.shutdown or 0) + 1
   end
+  err.retryable = false -- settled: retries are over
+  self:call("on_failure", r.ref, err)
+  if r.what == "dropped" then
+    self.events:emit("dropped", { ref = r.ref, attempt = r.attempts, error = err, reason = "shutdown" })
+  else
+    self.events:emit("dead", { ref = r.ref, attempt = r.attempts, error = err,
+      reason = r.what == "stopped" and "credentials" or r.why })
+  end
+end
+
+function Queue:handle(r)
+  local what = r.what
+  if what == "sent" then
+    self:call("on_success", r.ref, delivery.success(r, r.body, r.attempts, nil, r.channel, nil))
+  elseif what == "dead" or what == "dropped" or what == "stopped" then
+    self:failed(r, delivery.failure(r, r.body, r.attempts, r.channel, self.st.secrets))
+  elseif what == "retry" then
+    self.events:emit("retry", { ref = r.ref, attempt = r.attempts, delay = r["until"],
+      error = delivery.failure(r, nil, r.attempts, r.channel, self.st.secrets) })
+  elseif what == "paused" or what == "resumed" then
+    local ev = { reason = r.why, seconds = r["until"] }
+    if r.kind then ev.error = delivery.failure(r, nil, 0, nil, self.st.secrets) end
+    self.events:emit(what, ev)
+  end
+end
+
+-- A spool call of the thread failed since the last look: one event (the
+-- thread keeps the count and the last message).
+function Queue:storage_check()
+  if not self.spool then return end
+  local w = self.worker:stats()
+  if w.storage_errors > self.storage_seen then
+    local n = w.storage_errors - self.storage_seen
+    self.storage_seen = w.storage_errors
+    self.events:emit("storage", { operation = "delivery", count = n, error = errors.new({ kind = "storage",
+      message = errors.redact_all(tostring(w.storage_error), self.st.secrets) }) })
+  end
+end
+
+function Queue:take_results(results)
+  for i = 1, #results do self:handle(results[i]) end
   return #results
 end
 
-local function spool_backlog(self)
+-- A spool write the thread could not make (a full disk, say) must not stop
+-- delivery silently: each new one reaches on_event (type "storage").
+function Queue:storage_check()
+  if not self.spool then return end
+  local st = self.worker:stats()
+  local seen = self.storage_seen or 0
+  if st.storage_errors > seen then
+    self.storage_seen = st.storage_errors
+    self:call("on_event", { type = "storage", count = st.storage_errors - seen,
+      error = errors.new({ kind = "storage", retryable = true, message = st.storage_error or "spool write failed" }) })
+  end
+end
+
+--- Run the callbacks for every result the thread reported since last time.
+-- @return how many results were processed
+function Queue:poll()
+  if self.closed then return 0 end
+  self:check_pid()
+  local n = self:take_results(self.worker:results())
+  self:storage_check()
+  return n
+end
+
+function Queue:spool_backlog()
   if not self.spool then return 0 end
   local s = self.spool:stats()
   return s and s.queued or 0
+end
+
+--- Is everything pushed so far settled and reported (nothing in memory,
+-- nothing in the spool, no result waiting for poll)? Never blocks.
+function Queue:idle()
+  if self.closed then return true end
+  self:check_pid()
+  local w = self.worker
+  return w:wait(0) and self:spool_backlog() == 0 and w:stats().pending_results == 0
 end
 
 --- Wait until everything pushed so far is delivered or failed (dead).
 -- With a spool, "everything" is every order in the spool file (also those
 -- other processes put there).
 -- @param timeout seconds (default 10)
--- @return true, or nil, err (kind "timeout", with `queued`)
+-- @return true, or nil, err (kind "timeout", with `queued` and `in_flight`)
 function Queue:flush(timeout)
   if self.closed then return true end
   if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
     error("queue: flush timeout must be a number of seconds >= 0", 2)
   end
-  check_pid(self)
+  self:check_pid()
   timeout = timeout or 10
   local w = self.worker
   if self.spool then w:notify() end -- claim now (and start the thread if need be)
@@ -299,53 +388,88 @@ function Queue:flush(timeout)
   while true do
     self:poll()
     -- memory first (cheap); the spool count only once memory is idle
-    if w:wait(0) and spool_backlog(self) == 0 then
+    local idle, progress = w:wait(0)
+    if idle and self:spool_backlog() == 0 then
       self:poll()
       if w:stats().pending_results == 0 then return true end
     end
     local left = deadline - core.now()
     if left <= 0 then
       local s = self:stats()
-      return nil, errors.new({ kind = "timeout", retryable = true, queued = s.queued,
-        in_flight = s.in_flight, message = ("flush: %d orders still queued and %d in flight after %gs"):format(
-          s.queued, s.in_flight, timeout) })
+      return nil, errors.new({ kind = "timeout", retryable = true, queued = s.queued, in_flight = s.in_flight,
+        message = ("flush: %d orders still queued and %d in flight after %gs"):format(s.queued, s.in_flight,
+          timeout) })
     end
-    -- sleeps until the thread reports something (a result, a retry, idle)
-    w:wait(math.min(left, 0.5))
+    w:wait(math.min(left, 0.5), progress) -- until the thread gets something done
   end
 end
 
---- Flush, then stop the worker. Undelivered orders stay in the spool (if
--- any); without a spool they are reported in the error. Closing twice is
+--- Flush, then stop the thread. Undelivered orders stay in the spool (if
+-- any); without a spool each is reported to on_failure (kind "shutdown",
+-- counted in `dropped.shutdown`) — never lost silently. Closing twice is
 -- fine; pushing after close raises.
 -- @param timeout seconds for the flush (default 10)
 -- @return true, or nil, err
 function Queue:close(timeout)
   if self.closed then return true end
   local ok, err = self:flush(timeout or 10)
+  self:poll()
   local stats = self:stats()
+  local final = self.worker:metrics()
   self.closed = true
   -- the flush had its time: in-flight transfers are abandoned (their spool
   -- rows go back at once), the thread is given 2 s to notice
-  self.worker:close(2)
+  self.results_dropped = self.worker:stats().results_dropped
+  local _, leftovers = self.worker:close(2)
   self.worker = nil
+  self:take_results(leftovers or {})
+  stats.failed, stats.dropped = self.counts.failed, self:dropped_counts()
   if self.spool then self.spool:close() end
   stats.running = false
   self.final_stats = stats
+  -- the thread's last counts (the orders dropped while it stopped included)
+  local metrics = require("optimizely.offline.metrics")
+  local m = metrics.merge(metrics.empty(), self:complete_metrics(final, stats))
+  for _, r in ipairs(leftovers or {}) do
+    if r.what == "dropped" then
+      metrics.merge(m, { failed = 1, failures = { { kind = "shutdown", channel = r.channel, n = 1 } },
+        channels = r.channel and { [r.channel] = { failed = 1 } } or nil })
+    end
+  end
+  m.depth, m.in_flight = 0, 0
+  if m.paused then m.paused = { throttled = 0, credentials = 0 } end
+  self.final_metrics = m
   if ok then return true end
   if not self.spool then
-    err.message = err.message .. "; without a spool these orders are lost"
+    err.message = err.message .. "; without a spool these orders are reported to on_failure (kind shutdown)"
   else
-    err.message = err.message .. "; they stay in the spool " .. self.opts.spool
+    err.message = err.message .. "; they stay in the spool " .. self.o.spool
   end
   return nil, err
 end
 
---- Counters: queued, in_flight, sent, retried, failed, dead, invalid,
--- dropped = {full = refused pushes, results = callbacks lost (over 100000 unpolled)}.
+--- Try the credentials again now (after a pause for refused credentials).
+function Queue:resume()
+  if self.closed then return end
+  self:check_pid()
+  self.worker:resume()
+end
+
+function Queue:dropped_counts()
+  local d = { full = self.counts.full, invalid = self.counts.invalid,
+    results = self.worker and self.worker:stats().results_dropped or self.results_dropped or 0 }
+  for k, v in pairs(self.counts.dropped) do if d[k] == nil then d[k] = v end end
+  return d
+end
+
+--- Counters, the same keys as the nginx queue's: `{queued, in_flight,
+-- sent, retried, failed, dead, invalid, pushed, paused_for, paused =
+-- reason | nil, running, callback_errors, storage_errors, storage_error?,
+-- dropped = {full, invalid, results, shutdown?, config?}, spool = spool
+-- stats (with a spool)}`.
 function Queue:stats()
   if self.closed then return self.final_stats end
-  check_pid(self)
+  self:check_pid()
   local w = self.worker:stats()
   local queued = w.queued
   local sp
@@ -355,23 +479,47 @@ function Queue:stats()
   end
   return {
     queued = queued, in_flight = w.in_flight, sent = w.sent, retried = w.retried,
-    dead = w.dead + 0, failed = self.counts.failed, invalid = self.counts.invalid,
+    dead = w.dead, failed = self.counts.failed, invalid = self.counts.invalid,
     pushed = w.pushed, running = w.running, callback_errors = self.counts.callback_errors,
-    dropped = { full = self.counts.full, invalid = self.counts.invalid, results = w.results_dropped },
-    spool = sp,
+    paused_for = w.paused_for, paused = w.stopped and "credentials" or (w.paused_for > 0 and "throttled" or nil),
+    storage_errors = w.storage_errors, storage_error = w.storage_error,
+    dropped = self:dropped_counts(), spool = sp,
   }
+end
+
+-- The Lua side's counts and the gauges, added to the thread's metrics.
+function Queue:complete_metrics(m, stats)
+  m.invalid = self.counts.invalid
+  m.dropped = stats.dropped
+  m.callback_errors, m.storage_errors = self.counts.callback_errors, stats.storage_errors or 0
+  m.depth, m.in_flight = stats.queued or 0, stats.in_flight or 0
+  m.paused = { throttled = stats.paused == "throttled" and 1 or 0,
+    credentials = stats.paused == "credentials" and 1 or 0 }
+  if stats.spool then m.spool = { orders = stats.spool.queued, bytes = stats.spool.bytes, dead = stats.spool.dead } end
+  return m
+end
+
+--- Delivery metrics of this queue: the thread's counters plus `invalid`,
+-- `dropped`, `callback_errors`, `storage_errors` and the gauges `depth`,
+-- `in_flight`, `paused` and `spool` (see optimizely.offline.metrics for the
+-- shape). After `close`, the last values.
+-- @return the metrics table
+function Queue:metrics()
+  if self.closed then return self.final_metrics or require("optimizely.offline.metrics").empty() end
+  self:check_pid()
+  return self:complete_metrics(self.worker:metrics(), self:stats())
 end
 
 function Queue:__tostring()
   local s = self.closed and "closed" or ("%d queued"):format(self:stats().queued)
-  return "optimizely.offline.queue (" .. s .. (self.opts.spool and (", spool " .. self.opts.spool) or "") .. ")"
+  return "optimizely.offline.queue (" .. s .. (self.o.spool and (", spool " .. self.o.spool) or "") .. ")"
 end
 
 M.Queue = Queue
 
 --- `offline.queue(client, opts)`: the same as `client:queue(opts)`.
-function M.queue(client, opts)
-  return client:queue(opts)
+function M.queue(client, o)
+  return client:queue(o)
 end
 
 return M

@@ -4,11 +4,26 @@
 -- command-line tools. Everything lives in one directory: certs/ (CA + server
 -- cert, made once and reused), conf/, logs/, tmp/, nginx.pid, sandbox.info,
 -- orders.ndjson and cancellations.ndjson. Endpoint behaviour is described in
--- `optimizely.offline.sandbox.handler`.
+-- `optimizely.offline.sandbox.handler`; the user guide is doc/topics/sandbox.md.
+--
+-- Files holding orders or tokens (the records, sandbox.info, conf/config.lua)
+-- are 0600 whatever the umask: created so here, and the nginx workers that
+-- write the records run with umask 077.
 -- @module optimizely.offline.sandbox
 local M = {}
 
 --- Default options; `token` is a fixed, non-secret sandbox value.
+-- @table DEFAULTS
+-- @field dir ".sandbox"
+-- @field port 8443 (0 picks a free port)
+-- @field site "sandbox"
+-- @field token "sandbox-token": the token of `channel`
+-- @field channel "store"
+-- @field record true: keep accepted orders in orders.ndjson
+-- @field workers 1
+-- @field delay_ms 0: answer every endpoint request this much later (not blocking nginx)
+-- @field max_concurrent 0: above this many endpoint requests in progress, answer 429 (0: no limit)
+-- @field retry_after 1: the Retry-After (seconds) of those 429 answers
 M.DEFAULTS = {
   dir = ".sandbox",
   port = 8443,
@@ -17,21 +32,36 @@ M.DEFAULTS = {
   channel = "store",
   record = true,
   workers = 1,
+  delay_ms = 0,
+  max_concurrent = 0,
+  retry_after = 1,
 }
 
 local INFO_FILE = "sandbox.info"
 local START_TIMEOUT = 10  -- seconds until the port must answer TLS
 local STOP_TIMEOUT = 10   -- seconds until the master must be gone
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- process and file helpers
 
 local sys = require("optimizely.offline.sys")
 local q, run, capture, exists, read_file = sys.q, sys.run, sys.capture, sys.exists, sys.read_file
 
--- Write via a temp file + rename so readers never see half a file.
-local function write_file(path, data)
+-- Create `path` if missing and make it 0600, whatever our umask (the file
+-- is created under umask 077, so it is never readable by others meanwhile).
+local function touch_private(path)
+  if run("umask 077 && : >>" .. q(path) .. " && chmod 600 " .. q(path)) then return true end
+  return nil, "cannot create " .. path
+end
+
+-- Write via a temp file + rename so readers never see half a file;
+-- `private`: the file is 0600.
+local function write_file(path, data, private)
   local tmp = path .. ".tmp"
+  if private then
+    local ok, err = touch_private(tmp)
+    if not ok then return nil, err end
+  end
   local f, err = io.open(tmp, "wb")
   if not f then return nil, err end
   f:write(data)
@@ -106,7 +136,7 @@ local function first_existing(candidates)
   end
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- environment discovery
 
 local function find_nginx(opts)
@@ -161,12 +191,49 @@ local function lua_root()
   return root
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- options, info file
 
 local function check_value(name, v)
   if type(v) ~= "string" or v == "" then return name .. " must be a non-empty string" end
   if v:find("[%c]") then return name .. " must not contain control characters" end
+end
+
+local function check_number(o, name, lo, hi, integer)
+  local v = o[name]
+  if type(v) ~= "number" or v ~= v or v < lo or v > hi or (integer and v ~= math.floor(v)) then
+    return name .. " must be a" .. (integer and "n integer" or " number") .. " in " .. lo .. ".." .. hi
+  end
+end
+
+-- The channel -> token map: `tokens` plus `channel` = `token`. Tokens must
+-- differ (the record names the token that matched by its channel).
+local function merge_tokens(o, given)
+  local merged = {}
+  if o.tokens ~= nil then
+    if type(o.tokens) ~= "table" then return nil, "tokens must be a table {channel = token}" end
+    for name, tok in pairs(o.tokens) do
+      if type(name) ~= "string" or not name:match("^[%w_.-]+$") or #name > 64 then
+        return nil, "tokens: channel names must be 1..64 letters, digits, '_', '.' or '-'"
+      end
+      local err = check_value("tokens." .. name, tok)
+      if err then return nil, err end
+      merged[name] = tok
+    end
+  end
+  local own = merged[o.channel]
+  if own and given.token ~= nil and own ~= o.token then
+    return nil, "token and tokens." .. o.channel .. " disagree; give the token of channel "
+      .. o.channel .. " once"
+  end
+  merged[o.channel] = own or o.token
+  local seen = {}
+  for name, tok in pairs(merged) do
+    if seen[tok] then return nil, "tokens: channels " .. seen[tok] .. " and " .. name .. " have the same token" end
+    seen[tok] = name
+  end
+  o.token = merged[o.channel]
+  return merged
 end
 
 local function normalise(opts)
@@ -189,37 +256,55 @@ local function normalise(opts)
     local err = check_value(k, o[k])
     if err then return nil, err end
   end
+  if not o.channel:match("^[%w_.-]+$") then
+    return nil, "channel must be letters, digits, '_', '.' or '-'"
+  end
+  local tokens, terr = merge_tokens(o, opts)
+  if not tokens then return nil, terr end
+  o.tokens = tokens
+  local nerr = check_number(o, "delay_ms", 0, 600000)
+    or check_number(o, "max_concurrent", 0, 1e6, true)
+    or check_number(o, "retry_after", 0, 86400, true)
+  if nerr then return nil, nerr end
   if type(o.record) ~= "boolean" then return nil, "record must be a boolean" end
   if o.owner_pid ~= nil and type(o.owner_pid) ~= "number" then return nil, "owner_pid must be a number" end
   return o
 end
 
 local INFO_KEYS = { "base_url", "ca_file", "site", "token", "channel", "dir", "pid", "port",
-  "record", "workers" }
+  "record", "workers", "delay_ms", "max_concurrent", "retry_after" }
+local INFO_NUMBERS = { "pid", "port", "workers", "delay_ms", "max_concurrent", "retry_after" }
 
+-- `key=value` lines; the tokens as `token.<channel>=<token>`.
 local function encode_info(info)
   local out = {}
   for _, k in ipairs(INFO_KEYS) do out[#out + 1] = k .. "=" .. tostring(info[k]) end
+  local names = {}
+  for name in pairs(info.tokens) do names[#names + 1] = name end
+  table.sort(names)
+  for _, name in ipairs(names) do out[#out + 1] = "token." .. name .. "=" .. info.tokens[name] end
   return table.concat(out, "\n") .. "\n"
 end
 
 --- Reads an info file (`key=value` lines, as written by `start`).
 -- @param path path of `DIR/sandbox.info`
--- @return info table, or nil and a message
+-- @return info table (as `start` returns it), or nil and a message
 function M.read_info(path)
   local s = read_file(path)
   if not s then return nil, "no sandbox info at " .. path end
-  local info = {}
-  for k, v in s:gmatch("([%w_]+)=([^\n]*)") do info[k] = v end
+  local info = { tokens = {} }
+  for k, v in s:gmatch("([%w_.-]+)=([^\n]*)") do
+    local name = k:match("^token%.(.+)$")
+    if name then info.tokens[name] = v else info[k] = v end
+  end
   if not info.base_url then return nil, "not a sandbox info file: " .. path end
-  info.pid = tonumber(info.pid)
-  info.port = tonumber(info.port)
-  info.workers = tonumber(info.workers)
+  for _, k in ipairs(INFO_NUMBERS) do info[k] = tonumber(info[k]) end
   info.record = info.record == "true"
+  if next(info.tokens) == nil and info.channel then info.tokens[info.channel] = info.token end
   return info
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- certificates
 
 local OPENSSL_CNF = [[
@@ -289,7 +374,7 @@ local function ensure_certs(dir)
   return ca_crt
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- ports
 
 -- Local ports in LISTEN state (Linux /proc); empty elsewhere, then bind decides.
@@ -317,7 +402,7 @@ local function pick_port()
   return 10000 + seed % 22000
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- probes
 
 -- coreutils `timeout` as a backstop: a curl process has been seen hanging in libc
@@ -384,7 +469,7 @@ function M.stop(opts)
   return true
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- start
 
 -- Command prefix that closes every descriptor above 2 before exec'ing its arguments.
@@ -410,17 +495,29 @@ local function fill(template, vars)
 end
 
 local function lua_literal(v)
-  if type(v) == "string" then return string.format("%q", v):gsub("\\\n", "\\n") end
+  if type(v) == "string" then return (string.format("%q", v):gsub("\\\n", "\\n")) end
+  if type(v) == "table" then
+    local keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys)
+    local out = {}
+    for _, k in ipairs(keys) do out[#out + 1] = "[" .. lua_literal(k) .. "] = " .. lua_literal(v[k]) end
+    return "{ " .. table.concat(out, ", ") .. " }"
+  end
   return tostring(v)
 end
 
+local HANDLER_KEYS = { "dir", "site", "tokens", "record", "owner_pid", "cleanup_dir", "delay_ms",
+  "max_concurrent", "retry_after" }
+
 local function write_config(o, port, root)
   local handler_cfg = { "return {" }
-  for _, k in ipairs({ "dir", "site", "token", "channel", "record", "owner_pid", "cleanup_dir" }) do
+  for _, k in ipairs(HANDLER_KEYS) do
     if o[k] ~= nil then handler_cfg[#handler_cfg + 1] = "  " .. k .. " = " .. lua_literal(o[k]) .. "," end
   end
   handler_cfg[#handler_cfg + 1] = "}\n"
-  local ok, err = write_file(o.dir .. "/conf/config.lua", table.concat(handler_cfg, "\n"))
+  -- holds the tokens
+  local ok, err = write_file(o.dir .. "/conf/config.lua", table.concat(handler_cfg, "\n"), true)
   if not ok then return nil, err end
   local conf = fill(require("optimizely.offline.sandbox.conf"), {
     load_modules = module_lines(o),
@@ -442,20 +539,30 @@ local function make_info(o, port, ca_file, pid)
     site = o.site,
     token = o.token,
     channel = o.channel,
+    tokens = o.tokens,
     dir = o.dir,
     pid = pid,
     port = port,
     record = o.record,
     workers = o.workers,
+    delay_ms = o.delay_ms,
+    max_concurrent = o.max_concurrent,
+    retry_after = o.retry_after,
   }
 end
 
 --- Starts the sandbox (or returns the one already running in `opts.dir`).
 -- @param opts table: `dir` (default `.sandbox`), `port` (8443; 0 = a free port),
---   `site`, `token`, `channel`, `record` (true), `workers` (1), `log` (access log in
---   dir), `nginx` (binary), `owner_pid` (nginx quits once that process is gone),
---   `cleanup_dir` (with owner_pid: also remove dir then).
--- @return info `{base_url, ca_file, site, token, channel, dir, pid, port, record, workers}`,
+--   `site`, `token` and `channel` (one channel and its token), `tokens`
+--   (`{channel = token, ...}`: more channels, each with its own token; tokens
+--   must differ), `record` (true), `workers` (1), `delay_ms` (0: answer each
+--   endpoint request that much later, without blocking nginx), `max_concurrent`
+--   (0: no limit; above it, 429 TooManyRequests), `retry_after` (1: seconds, the
+--   Retry-After of those 429s), `log` (access log in dir), `nginx` (binary),
+--   `owner_pid` (nginx quits once that process is gone), `cleanup_dir` (with
+--   owner_pid: also remove dir then). See `DEFAULTS`.
+-- @return info `{base_url, ca_file, site, token, channel, tokens, dir, pid, port,
+--   record, workers, delay_ms, max_concurrent, retry_after}`,
 --   or nil, message, kind ("config" for bad options/environment, "runtime" otherwise)
 function M.start(opts)
   local o, err = normalise(opts)
@@ -481,11 +588,10 @@ function M.start(opts)
   end
   local ca_file, cerr = ensure_certs(o.dir)
   if not ca_file then return nil, cerr, "runtime" end
-  -- create the record files here so they get the caller's umask, not nginx's
+  -- the records hold orders: 0600 (an older sandbox's files are fixed too)
   for _, name in ipairs({ "orders.ndjson", "cancellations.ndjson" }) do
-    local f = io.open(o.dir .. "/" .. name, "ab")
-    if not f then return nil, "cannot create " .. o.dir .. "/" .. name, "runtime" end
-    f:close()
+    local ok, terr = touch_private(o.dir .. "/" .. name)
+    if not ok then return nil, terr, "runtime" end
   end
 
   local errlog = o.dir .. "/logs/error.log"
@@ -519,7 +625,7 @@ function M.start(opts)
     if code ~= 0 and code ~= 200 then break end -- answering, but broken (e.g. a Lua error)
     if code == 200 then
       info.pid = pid
-      local ok, ierr = write_file(o.dir .. "/" .. INFO_FILE, encode_info(info))
+      local ok, ierr = write_file(o.dir .. "/" .. INFO_FILE, encode_info(info), true)
       if not ok then
         M.stop({ dir = o.dir })
         return nil, "cannot write sandbox info: " .. tostring(ierr), "runtime"

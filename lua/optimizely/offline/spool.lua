@@ -1,38 +1,62 @@
 --- Durable on-disk spool of encoded orders (SQLite in WAL mode).
 --
--- An order is stored as the exact request body (`offline.encode(payload)`)
--- plus its refCode, claimed under a lease by one delivery loop, and removed
--- only when that loop `ack`s it (the endpoint accepted it) or `kill`s it
--- (a permanent failure: it moves to the dead letters with its error).
+-- An order is stored as the exact request body (`offline.encode(payload)`),
+-- its refCode and its channel, claimed under a lease by one delivery loop,
+-- and removed only when that loop `ack`s it (the endpoint accepted it) or
+-- `kill`s it (a permanent failure: it moves to the dead letters with its
+-- error). See the topic `spool.md` for the whole picture (files, sharing,
+-- bounds, migration, the CLI).
 --
--- Several processes (nginx workers, the CLI, a daemon) may share one file:
--- writes take the lock with `BEGIN IMMEDIATE` and wait up to `busy_timeout`;
--- a claim stamps the rows with this handle's owner token and a lease end, so
--- two handles never deliver one order at the same time, and a lease that runs
--- out (its process died) makes the row claimable again.
+-- **The file** is created mode 0600 whatever the umask (and so are SQLite's
+-- `-wal` and `-shm` beside it). A path is a plain file name, never an SQLite
+-- URI: `"file:x.db"` is the file `./file:x.db`. A file that is not a spool
+-- (another program's SQLite database, a text file, a spool written by a
+-- newer version) is refused with kind `"foreign"` and left byte for byte as
+-- it was. A spool written by version 1 of this library is migrated in place
+-- (one transaction) the first time it is opened.
 --
--- Bounds, each refusing with an error of kind `"full"` that names the bound
--- (`err.bound`), never dropping silently:
---   max_orders  queued orders
---   max_bytes   queued body bytes (dead letters are not counted; `purge` them)
---   max_age     seconds an order may wait; older unclaimed orders move to the
---               dead letters with kind `"expired"` (checked on put and claim)
---   on_full     `"refuse"` (default) or `"drop_oldest"`: make room by moving
---               the oldest unclaimed orders to the dead letters, kind `"dropped"`
+-- **Several processes** (nginx workers, the CLI, a daemon) may share one
+-- file: writes take the lock with `BEGIN IMMEDIATE` and wait up to
+-- `busy_timeout`; a claim stamps the rows with this handle's owner token and
+-- a lease end, so two handles never deliver one order at the same time, and
+-- a lease that runs out (its process died) makes the row claimable again.
 --
--- Durability: `sync = "normal"` (default) keeps every returned put across a
--- crash or `kill -9` of the process; `sync = "full"` (an fsync per commit)
+-- **Bounds**, each refusing with an error of kind `"full"` that names the
+-- bound (`err.bound`), never dropping silently:
+--
+-- - `max_orders`: queued orders
+-- - `max_bytes`: queued body bytes (dead letters are not counted; `purge` them)
+-- - `max_age`: seconds an order may wait; older unclaimed orders move to the
+--   dead letters with kind `"expired"` (checked on put and claim)
+-- - `on_full`: `"refuse"` (default) or `"drop_oldest"`: make room by moving
+--   the oldest unclaimed orders to the dead letters, kind `"dropped"`
+--
+-- **Durability**: `sync = "normal"` (default) keeps every returned put across
+-- a crash or `kill -9` of the process; `sync = "full"` (an fsync per commit)
 -- also across power loss.
 --
--- Times are wall-clock epoch seconds (`spool.now()`); every call that needs
--- the time takes an optional `now` (tests pass their own clock).
+-- **Times** are wall-clock epoch seconds (`spool.now()`); every call that
+-- needs the time takes an optional `now` (tests pass their own clock).
 --
--- Runtime failures return `nil, err` (an `errors` object: kind `"full"`,
--- `"busy"` (retryable), `"lease"` or `"storage"`, with a message naming the
--- file and SQLite's reason); misuse (bad arguments, closed spool) raises.
+-- **Errors**: runtime failures return `nil, err`, an `errors` object whose
+-- message names the file (and SQLite's reason), with `kind`:
+--
+-- - `"full"`: a bound refused the orders; `err.bound` is `"max_orders"` or `"max_bytes"`
+-- - `"busy"`: another process held the lock longer than `busy_timeout`
+--   (`err.retryable` is true)
+-- - `"lease"`: ack/retry/kill/release of an order this handle does not hold
+--   (its lease ran out and another handle took it, or it is gone)
+-- - `"storage"`: SQLite failed: disk full (the message says "disk full"),
+--   I/O error, damaged file, out of memory; `err.sqlite_code` is SQLite's
+--   extended result code
+-- - `"foreign"` (open only): the file is not a spool this version can use;
+--   nothing was written to it
+--
+-- Misuse (bad arguments, a closed spool) raises.
 -- @module optimizely.offline.spool
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
+local opts = require("optimizely.offline.opts")
 
 local M = {}
 
@@ -47,101 +71,189 @@ local function wrap(v, e)
   return v
 end
 
+--- Options of `spool.open` (all optional).
+-- @table open_options
+-- @field busy_timeout seconds to wait for another process's lock (default 5, at most 86400)
+-- @field sync `"normal"` (default: survives a process crash) or `"full"` (fsync per commit:
+--   survives power loss)
+-- @field max_orders bound on queued orders (integer >= 1)
+-- @field max_bytes bound on queued body bytes (integer >= 1)
+-- @field max_age seconds an unclaimed order may wait before it expires to the dead letters
+-- @field on_full `"refuse"` (default) or `"drop_oldest"`
+-- @field max_file_bytes hard cap on the database file's size (integer >= 4096): past it every
+--   write fails with kind `"storage"` like a full disk. Prefer `max_bytes`, which refuses
+--   gracefully; this one guards the disk.
+local OPEN = opts.schema("optimizely.offline.spool.open", "opts", {
+  busy_timeout = { type = "number", min = 0, max = 86400 },
+  sync = { type = "choice", choices = { "normal", "full" } },
+  max_orders = { type = "integer", min = 1, max = 1e15 },
+  max_bytes = { type = "integer", min = 1, max = 1e15 },
+  max_age = { type = "number", above = 0 },
+  on_full = { type = "choice", choices = { "refuse", "drop_oldest" } },
+  max_file_bytes = { type = "integer", min = 4096, max = 1e15 },
+})
+
+local EXPORT = opts.schema("optimizely.offline.spool:export_dead", "opts", {
+  batch = { type = "integer", min = 1, max = 1e6, default = 256 },
+})
+
 --- Wall-clock epoch seconds, the spool's time base.
+-- @function now
 M.now = core.spool_now
 
 --- Open (creating on first use) the spool file at `path`.
--- @param path file path (its directory must exist)
--- @param opts {busy_timeout=5, sync="normal"|"full", max_orders=, max_bytes=,
---   max_age=, on_full="refuse"|"drop_oldest"} (all optional; unknown keys raise)
--- @return spool, or nil, err
-function M.open(path, opts)
+-- @param path file path (its directory must exist); a plain name, never a URI
+-- @param options see `open_options`; unknown keys raise (with a did-you-mean)
+-- @return spool, or nil, err (kind `"foreign"`, `"storage"` or `"busy"`)
+function M.open(path, options)
   if type(path) ~= "string" or path == "" then
-    error("spool.open: path must be a non-empty string, got " .. type(path), 2)
+    error("spool.open: path must be a non-empty string, got " .. (path == "" and "an empty string" or type(path)), 2)
   end
-  local h, e = core.spool_open(path, opts)
+  local h, e = core.spool_open(path, OPEN:check(options, 2))
   if not h then return nil, new_error(e) end
   return setmetatable({ handle = h, path = path }, Spool)
 end
 
---- Store one order. @return id, or nil, err (kind "full" names the bound)
-function Spool:put(body, ref, now)
-  return wrap(self.handle:put(body, ref, now))
+--- A claimed order, as `claim` returns it.
+-- @table claimed_row
+-- @field id the order's id (never reused: it keeps it through dead letters and requeue)
+-- @field ref its refCode, or nil
+-- @field body the request body, byte for byte as stored
+-- @field attempts failed attempts so far
+-- @field created_at when it was put (or requeued), epoch seconds
+-- @field channel its channel, or nil for the client's default channel
+
+--- A queued order, as `list` returns it: the `claimed_row` fields (`body` only with
+-- `list{body=true}`) and:
+-- @table queued_row
+-- @field bytes body length
+-- @field next_at when it is due, epoch seconds
+-- @field claimed_by lease owner token, or nil when not claimed
+-- @field claimed_until lease end (only when claimed)
+-- @field last_error the last retry's error text, or nil
+
+--- A dead letter, as `list{dead=true}` returns it: the `claimed_row` fields (`body`
+-- only with `body=true`) and:
+-- @table dead_row
+-- @field bytes body length
+-- @field failed_at when it died, epoch seconds
+-- @field kind why: an error kind (`"api"`, `"http"`, ...), `"failed"`, `"expired"` (max_age)
+--   or `"dropped"` (on_full = "drop_oldest")
+-- @field status HTTP status, or nil
+-- @field code the endpoint's error code, or nil
+-- @field message the error message, or nil
+
+--- Store one order.
+-- @param body the request body (non-empty string)
+-- @param ref its refCode (string or nil)
+-- @param now epoch seconds (default: the clock)
+-- @param channel its channel name (string or nil: the client's default channel)
+-- @return id, or nil, err (kind "full" names the bound)
+function Spool:put(body, ref, now, channel)
+  return wrap(self.handle:put(body, ref, now, channel))
 end
 
 --- Store many orders in one transaction (group commit): all or none.
--- @param list array of `{body=, ref=}` tables or body strings
+-- @param list array of `{body=, ref=, channel=}` tables or body strings
+-- @param now epoch seconds (default: the clock)
 -- @return array of ids (same order), or nil, err
 function Spool:put_many(list, now)
   return wrap(self.handle:put_many(list, now))
 end
 
 --- Lease up to `max_n` due orders for `lease_seconds`.
--- @return array of `{id=, ref=, body=, attempts=}` (oldest first; empty when
---   nothing is due), or nil, err
+-- @param max_n 1 to 100000
+-- @param lease_seconds how long the orders stay ours without an ack
+-- @param now epoch seconds (default: the clock)
+-- @return array of `claimed_row` (oldest first; empty when nothing is due), or nil, err
 function Spool:claim(max_n, lease_seconds, now)
   return wrap(self.handle:claim(max_n, lease_seconds, now))
 end
 
 --- Delivered: delete the order. Only the handle holding its lease may.
+-- @param id the order's id
 -- @return true, or nil, err (kind "lease": not ours any more)
 function Spool:ack(id)
   return wrap(self.handle:ack(id))
 end
 
+--- Delivered, many at once: one transaction. Every order this handle holds
+-- is deleted; if some were not ours any more the call returns kind "lease"
+-- (saying how many), the others being acked all the same.
+-- @param ids array of ids
+-- @return true, or nil, err
+function Spool:ack_many(ids)
+  return wrap(self.handle:ack_many(ids))
+end
+
 --- Failed for now: attempts + 1, due again at `next_at`, lease cleared.
--- @param err the error (object or string; stored as text) or nil
+-- @param id the order's id (claimed by this handle)
+-- @param next_at epoch seconds at which it is due again
+-- @param err the error (object or string; stored as `last_error` text) or nil
+-- @return true, or nil, err (kind "lease": not ours any more)
 function Spool:retry(id, next_at, err)
   if err ~= nil and type(err) ~= "string" then err = tostring(err) end
   return wrap(self.handle:retry(id, next_at, err))
 end
 
---- Failed for good: move the order to the dead letters (attempts + 1).
--- @param err `{kind=, status=, code=, message=}` (an error object fits) or a string
+--- Failed for good: move the order to the dead letters (attempts + 1),
+-- keeping its body, refCode and channel.
+-- @param id the order's id (claimed by this handle)
+-- @param err `{kind=, status=, code=, message=}` (an error object fits), a message
+--   string (kind "failed"), or nil
+-- @param now epoch seconds (default: the clock)
+-- @return true, or nil, err (kind "lease": not ours any more)
 function Spool:kill(id, err, now)
   return wrap(self.handle:kill(id, err, now))
 end
 
 --- Give a claimed order back without counting an attempt.
+-- @param id the order's id (claimed by this handle)
+-- @return true, or nil, err (kind "lease": not ours any more)
 function Spool:release(id)
   return wrap(self.handle:release(id))
 end
 
---- Counts: `{queued, due, claimed, dead, bytes, oldest_age}`. `due` and
--- `claimed` scan the queue: for monitoring, not for every order.
+--- Counts: `{queued, due, claimed, dead, bytes, oldest_age}` (`due`: ready
+-- to claim now; `claimed`: under a live lease; `oldest_age`: seconds since
+-- the oldest queued order was put). From the totals row and two index
+-- ranges, not a scan of the queue: cheap enough to call often.
+-- @param now epoch seconds (default: the clock)
+-- @return the counts table, or nil, err
 function Spool:stats(now)
   return wrap(self.handle:stats(now))
 end
 
 --- Epoch seconds at which the earliest unclaimed order is due (may be in
 -- the past), or false when nothing waits. Lets a timer sleep just long enough.
+-- @param now epoch seconds (default: the clock)
+-- @return epoch seconds, false, or nil, err
 function Spool:next_due(now)
   return wrap(self.handle:next_due(now))
 end
 
 --- Rows in id order.
--- @param opts {dead=false, limit=100, offset=0, after=id, body=false}
--- @return array of rows: queued `{id, ref, bytes, created_at, attempts,
---   next_at, claimed_by?, claimed_until?, last_error?, body?}` or dead
---   `{id, ref, bytes, created_at, failed_at, attempts, kind, status?, code?,
---   message?, body?}`; or nil, err
-function Spool:list(opts)
-  return wrap(self.handle:list(opts))
+-- @param options {dead=false, limit=100, offset=0, after=id, body=false}
+-- @return array of `queued_row` or `dead_row`; or nil, err
+function Spool:list(options)
+  return wrap(self.handle:list(options))
 end
 
---- Put dead letters back in the queue, due now, attempts 0 (max_age counts
--- from the requeue). Bounds refuse (kind "full") rather than drop anything.
+--- Put dead letters back in the queue, due now, attempts 0, with their
+-- channel (max_age counts from the requeue). Bounds refuse (kind "full")
+-- rather than drop anything.
 -- @param which an id or "all"
--- @return how many were requeued, or nil, err
+-- @param now epoch seconds (default: the clock)
+-- @return how many were requeued, or nil, err (kind "full")
 function Spool:requeue_dead(which, now)
   return wrap(self.handle:requeue_dead(which, now))
 end
 
 --- Delete dead letters and/or unclaimed queued orders.
--- @param opts {dead=true, queued=true, older_than=seconds (default: all), now=}
+-- @param options {dead=true, queued=true, older_than=seconds (default: all), now=}
 -- @return how many rows were deleted, or nil, err
-function Spool:purge(opts)
-  return wrap(self.handle:purge(opts))
+function Spool:purge(options)
+  return wrap(self.handle:purge(options))
 end
 
 --- Every dead letter, in id order, read in pages (keyset paging, so rows
@@ -149,20 +261,10 @@ end
 -- @param sink a function `sink(row)` (row as in `list{dead=true, body=true}`;
 --   returning `false` or `nil, err` stops the export), or an open file: each
 --   body is written as one line (NDJSON that `send` accepts)
--- @param opts {batch=256}
+-- @param options {batch=256}
 -- @return the number exported, or nil, err
-function Spool:export_dead(sink, opts)
-  local batch = 256
-  if opts ~= nil then
-    if type(opts) ~= "table" then error("spool:export_dead: opts must be a table or nil", 2) end
-    for k, v in pairs(opts) do
-      if k ~= "batch" then error("spool:export_dead: unknown option opts." .. tostring(k), 2) end
-      if type(v) ~= "number" or v < 1 or v ~= math.floor(v) then
-        error("spool:export_dead: opts.batch must be a positive integer", 2)
-      end
-      batch = v
-    end
-  end
+function Spool:export_dead(sink, options)
+  local batch = EXPORT:check(options, 2).batch
   local file = io.type(sink) == "file" and sink or nil
   if not file and type(sink) ~= "function" then
     error("spool:export_dead: sink must be a function or an open file, got " .. type(sink), 2)
@@ -197,7 +299,7 @@ function Spool:export_dead(sink, opts)
   end
 end
 
---- This handle's lease owner token ("pid:hex").
+--- This handle's lease owner token ("pid:hex"), as `claimed_by` shows it.
 function Spool:owner()
   return self.handle:owner()
 end

@@ -39,48 +39,57 @@ local function refs_of(args)
   end
 end
 
+-- One cancel: a result line on `out`. @return true when cancelled
+local function cancel_one(client, ref, args, out)
+  local res, e = client:cancel(ref)
+  if res then
+    if not args.quiet then
+      common.say(out, common.label(ref), ": cancelled (HTTP ", tostring(res.status),
+        res.attempts and res.attempts > 1 and (", " .. res.attempts .. " attempts") or "", ")")
+    end
+    return true
+  end
+  common.say(out, common.label(ref), ": not cancelled: ", tostring(e))
+  return false
+end
+
+-- After Ctrl-C: what was done and what was not.
+local function interrupted(err, counts, current, next_ref)
+  local rest = {}
+  if current then rest[1] = common.label(current) end
+  for ref in next_ref do rest[#rest + 1] = common.label(ref) end
+  common.say(err, "")
+  common.say(err, ("interrupted: %d cancelled, %d failed, %d not done%s%s"):format(counts.ok, counts.failed,
+    #rest, current and (" (the cancel of " .. common.label(current) .. " may or may not have arrived)") or "",
+    #rest > 0 and (": " .. table.concat(rest, " ")) or ""))
+  return 130
+end
+
 --- Runs a parsed `cancel` command. @return exit code: 0 all cancelled,
 -- 1 some failed, 2 usage or configuration error, 130 interrupted
 function M.run(args, out, err)
   return common.guard(err, function()
-    local client = common.client(args)
-    local ok_n, failed, attempted = 0, 0, 0
+    local client = common.client(args, nil, err)
+    local counts = { ok = 0, failed = 0 }
     local next_ref = refs_of(args)
     local current
     local run_ok, perr = pcall(function()
       for ref in next_ref do
         current = ref
-        attempted = attempted + 1
-        local res, e = client:cancel(ref)
-        if res then
-          ok_n = ok_n + 1
-          if not args.quiet then
-            out:write(ref, ": cancelled (HTTP ", tostring(res.status),
-              res.attempts and res.attempts > 1 and (", " .. res.attempts .. " attempts") or "", ")\n")
-          end
-        else
-          failed = failed + 1
-          out:write(ref, ": not cancelled: ", tostring(e), "\n")
-        end
+        local k = cancel_one(client, ref, args, out) and "ok" or "failed"
+        counts[k] = counts[k] + 1
         current = nil
       end
     end)
     client:close()
     if not run_ok then
       if not common.is_interrupt(perr) then error(perr, 0) end
-      -- Ctrl-C: say what was done and what was not
-      local rest = {}
-      if current then rest[1] = current end
-      for ref in next_ref do rest[#rest + 1] = ref end
-      err:write(("\ninterrupted: %d cancelled, %d failed, %d not done%s%s\n"):format(ok_n, failed,
-        #rest, current and (" (the cancel of " .. current .. " may or may not have arrived)") or "",
-        #rest > 0 and (": " .. table.concat(rest, " ")) or ""))
-      return 130
+      return interrupted(err, counts, current, next_ref)
     end
     if not args.quiet then
-      err:write(("%d cancelled, %d failed\n"):format(ok_n, failed))
+      common.say(err, ("%d cancelled, %d failed"):format(counts.ok, counts.failed))
     end
-    return failed > 0 and 1 or 0
+    return counts.failed > 0 and 1 or 0
   end)
 end
 

@@ -1,58 +1,37 @@
 --- `optimizely-offline convert FILE… --to ndjson`: inputs (after the
 -- transform) to NDJSON, one normalised request body per line — exactly the
--- bytes `send` would post. Invalid orders are reported and left out.
+-- bytes `send` would post. Invalid orders are reported and left out. The
+-- output file (`-o`) is private (0600) and appears only when complete; it
+-- can never be one of the inputs.
 -- @module optimizely.offline.cli.convert
 local common = require("optimizely.offline.cli.common")
-local validate_cmd = require("optimizely.offline.cli.validate")
+local validate = require("optimizely.offline.cli.validate")
 
 local M = {}
 
+--- Adds the `convert` command and its options to the argparse parser.
 function M.register(parser)
-  local cmd = parser:command("convert", "Turn order files into payload NDJSON (normalised request bodies).")
-  common.input_options(cmd)
-  common.output_options(cmd)
+  local cmd = common.order_command(parser, "convert",
+    "Turn order files into payload NDJSON (normalised request bodies).")
   cmd:option("--to", "Output format (ndjson).", "ndjson"):choices({ "ndjson" })
-  cmd:option("-o --output", "Output file (default: standard output).")
-  cmd:option("--rejects", "Write invalid orders (with their error) to this NDJSON file.")
+  cmd:option("-o --output", "Output file (default: standard output)."):argname("<file>")
+  cmd:option("--rejects", "Write invalid orders (with their error) to this NDJSON file."):argname("<file>")
 end
 
+--- Runs a parsed `convert` command. @return exit code: 0 all converted,
+-- 1 some invalid, 2 usage error, 130 interrupted
 function M.run(args, out, err)
-  return common.guard(err, function()
-    local offline = require("optimizely.offline")
-    local core = require("optimizely.offline.core")
-    local transform = common.load_transform(args.transform)
-    local rejects = common.rejects(args.rejects)
+  return validate.command(err, function()
+    local encode = require("optimizely.offline").encode
+    local check = validate.Check.new(args, out, err, err, { { "--output", args.output } })
     local dest = common.output(args.output, out)
-    local progress = common.progress(err, args.quiet, core.now or os.clock)
-    local encode = offline.encode
-    local good, bad, skipped = 0, 0, 0
-    for item in common.records(args, transform, progress) do
-      if item.payload then
-        local json, e = encode(item.payload)
-        if json then
-          dest:write(json, "\n")
-          good = good + 1
-        else
-          bad = bad + 1
-          validate_cmd.report(err, item, e)
-          if rejects then rejects.add(item, e) end
-        end
-      elseif item.skipped then
-        skipped = skipped + 1
-      else
-        bad = bad + 1
-        validate_cmd.report(err, item)
-        if rejects then rejects.add(item) end
-      end
-      if (good + bad) % 512 == 0 then progress:update(good + bad, bad) end
-    end
-    progress:finish()
+    check:run(function(item)
+      local json, e = encode(item.payload)
+      if json then dest:write(json, "\n") end
+      return json, e
+    end)
     if dest ~= out then dest:close() end
-    if rejects then rejects.close() end
-    if not args.quiet then
-      err:write(("%d converted, %d invalid, %d skipped\n"):format(good, bad, skipped))
-    end
-    return bad > 0 and 1 or 0
+    return check:finish(("%d converted, %d invalid, %d skipped"):format(check.good, check.bad, check.skipped))
   end)
 end
 

@@ -9,48 +9,45 @@
 -- (written to the rejects file too, stage "interrupted" when its outcome is
 -- unknown, "not_sent" when it never left).
 --
+-- A run is a `Send` object going through named steps: `setup` (options,
+-- files, client), `check` (with --check-first: the whole input read and
+-- validated once; any failure and nothing is sent), `deliver` (the batch,
+-- or the dry run), `settle` (what was not confirmed sent goes to the
+-- rejects file), then `report` and `summary`.
+--
 -- Ctrl-C: the interpreter raises "interrupted!" at the next Lua
--- instruction. Inside the batch loop `send_batch` catches it and reports
--- what was in flight; inside one of our callbacks (which the batch calls
--- protected) we note it and raise it again once control is back in the
--- batch loop. Then the rest of the input is read again from the last
--- record accounted for, so nothing is left unaccounted.
+-- instruction. Wherever it lands in the batch (our callbacks included)
+-- `send_batch` stops and returns what it knows: the orders whose outcome is
+-- unknown and those never started. Then the rest of the input is read again
+-- from the last record accounted for, so nothing is left unaccounted.
 -- @module optimizely.offline.cli.send
 local common = require("optimizely.offline.cli.common")
+local problems = require("optimizely.offline.cli.problems")
+local rejects = require("optimizely.offline.cli.rejects")
+local progress = require("optimizely.offline.cli.progress")
 
 local M = {}
 
 --- How many failure lines are printed before the rest go only to the
--- rejects file (--verbose prints them all).
+-- rejects file and the summary (--verbose prints them all).
 M.MAX_PRINTED = 50
 
 --- Adds the `send` command and its options to the argparse parser.
 function M.register(parser)
-  local cmd = parser:command("send", "Validate and send orders (streamed, concurrent, with retries).")
-  common.input_options(cmd)
-  common.credential_options(cmd)
-  common.output_options(cmd)
+  local cmd = common.order_command(parser, "send", "Validate and send orders (streamed, concurrent, with retries).",
+    true)
   cmd:option("--concurrency", "Requests in flight at once (1..1024).", "8"):argname("<n>")
   cmd:option("--rate", "Send at most this many orders per second."):argname("<orders/s>")
   cmd:option("--max-attempts", "Attempts per order, first one included (default 4)."):argname("<n>")
   cmd:flag("-n --dry-run", "Read, transform, validate and encode; send nothing (no credentials needed).")
+  cmd:flag("--check-first", "Read and validate the whole input before sending anything: if any "
+    .. "record fails (or an order's CSV rows are apart), send nothing and exit 1.")
   cmd:option("--rejects", "Write orders not sent (with their error) to this NDJSON file; "
     .. "it can be sent again as it is."):argname("<file>")
-  cmd:option("--report", "Write a JSON summary (counts, rate, error codes) to this file."):argname("<file>")
-end
-
-local function ref_of(payload)
-  local o = type(payload) == "table" and payload.order
-  local r = type(o) == "table" and o.refCode
-  if type(r) == "string" or type(r) == "number" then return tostring(r) end
-  return nil
-end
-
-local function head(item)
-  local ref = ref_of(item.payload)
-  local origin = item.rec.origin
-  return common.where(item.rec) .. (origin and (" (from " .. origin .. ")") or "") .. ": "
-    .. (ref and ("order " .. ref .. ": ") or "")
+  cmd:option("--report", "Write a JSON summary (counts, rate, error codes, latency percentiles) to this "
+    .. "file."):argname("<file>")
+  cmd:option("--metrics", "Write the run's metrics in the Prometheus text format to this file (for "
+    .. "node-exporter's textfile collector; 0600, replaced when complete)."):argname("<file>")
 end
 
 -- The key an error is counted under in the report: the API's code, else
@@ -64,486 +61,570 @@ local function error_key(e, stage)
   return stage
 end
 
-local function same_path(a, b)
-  local function norm(p) return (p:gsub("^%./", ""):gsub("/+", "/")) end
-  return norm(a) == norm(b)
-end
-
--- A file name in the current directory that does not exist yet.
-local function default_unsent_path()
-  local base = "optimizely-offline-unsent-" .. os.date("%Y%m%d-%H%M%S")
-  local path, n = base .. ".ndjson", 1
-  while true do
-    local f = io.open(path, "r")
-    if not f then return path end
-    f:close()
-    n = n + 1
-    path = base .. "-" .. n .. ".ndjson"
-  end
-end
-
--- A small JSON writer with a fixed key order, so the report reads well.
-local function report_json(t, order, indent)
-  local cjson = require("cjson")
-  local enc = cjson.encode
-  cjson = { encode = function(v) return common.unslash(enc(v)) end }
-  indent = indent or ""
-  local inner = indent .. "  "
-  local parts, keys = {}, {}
-  if order then
-    for _, k in ipairs(order) do if t[k] ~= nil then keys[#keys + 1] = k end end
-  else
-    for k in pairs(t) do keys[#keys + 1] = k end
-    table.sort(keys)
-  end
-  for _, k in ipairs(keys) do
-    local v = t[k]
-    local s
-    if type(v) == "table" then
-      if next(v) == nil then s = "{}"
-      elseif #v > 0 then
-        local items = {}
-        for i, x in ipairs(v) do items[i] = cjson.encode(x) end
-        s = "[" .. table.concat(items, ", ") .. "]"
-      else
-        s = report_json(v, nil, inner)
-      end
-    else
-      s = cjson.encode(v)
-    end
-    parts[#parts + 1] = inner .. cjson.encode(tostring(k)) .. ": " .. s
-  end
-  if #parts == 0 then return "{}" end
-  return "{\n" .. table.concat(parts, ",\n") .. "\n" .. indent .. "}"
-end
+local function plural(n, w) return n .. " " .. w .. (n == 1 and "" or "s") end
 
 local REPORT_ORDER = {
   "command", "dry_run", "files", "started_at", "finished_at", "elapsed_seconds",
   "read", "sent", "valid", "rejected", "skipped", "not_sent", "unknown_outcome",
-  "retried", "warnings", "orders_per_second", "rejected_by_stage", "errors",
-  "interrupted", "error", "rejects_file", "exit_code",
+  "retried", "warnings", "orders_per_second", "rejected_by_stage", "errors", "problems",
+  "warning_kinds", "latency_seconds", "check_failed", "interrupted", "error", "rejects_file", "exit_code",
 }
+
+local Send = {}
+Send.__index = Send
+M.Send = Send
+
+--- A run of the command (nothing happens until `main`).
+function Send.new(args, out, err)
+  local core = require("optimizely.offline.core")
+  return setmetatable({
+    args = args, out = out, err = err, clock = core.now or os.clock,
+    quiet = args.quiet, verbose = args.verbose, dry = args.dry_run, phase = "setup",
+    st = { read = 0, sent = 0, valid = 0, skipped = 0, rejected = 0, not_sent = 0, unknown = 0,
+           retried = 0, warnings = 0, printed = 0, by_stage = {}, errors = {} },
+    failures = problems.new(), warned = problems.new(),
+    inflight = {},          -- batch index -> item, only until its result arrives
+    nbatch = 0,
+    pos = { fi = 1, after = 0 }, -- the last record accounted for
+  }, Send)
+end
 
 --- Runs a parsed `send` command. @return exit code: 0 all sent, 1 some
 -- not sent, 2 usage or configuration error, 130 interrupted
 function M.run(args, out, err)
-  local ok, res = pcall(common.guard, err, function() return M.send(args, out, err) end)
-  if ok then return res end
-  if not common.is_interrupt(res) then
-    -- e.g. the rejects file cannot be written (disk full): say so, no traceback
-    err:write("error: ", tostring(res), "\n")
-    return 1
+  local self = Send.new(args, out, err)
+  local ok, res = pcall(common.guard, err, function() return self:main() end)
+  if ok then
+    -- a usage error during setup: nothing was read, no rejects file is left
+    if self.phase == "setup" and self.rejects then self.rejects:abort() end
+    return res
   end
-  -- Ctrl-C outside the phases that account for it: before anything was
-  -- read, or while the summary was written
-  err:write(M.phase == "setup" and "\ninterrupted: nothing was sent\n"
-    or "\ninterrupted while writing the summary: the rejects file and report may be incomplete\n")
+  if not common.is_interrupt(res) then error(res, 0) end
+  return self:interrupted_outside()
+end
+
+--- The steps of a run. @return exit code
+function Send:main()
+  self:setup()
+  if self.args.check_first and not self:check() then return self:refuse() end
+  self.phase = "send"
+  self:deliver()
+  self:settle()
+  self:close_rejects()
+  local code = self:report(self:exit_code())
+  code = self:write_metrics(code)
+  self:summary()
+  if self.client then self.client:close() end
+  return code
+end
+
+--- Ctrl-C outside the phases that account for it: before anything was
+-- sent, or while the summary was written.
+function Send:interrupted_outside()
+  if self.phase == "setup" or self.phase == "check" then
+    if self.rejects then self.rejects:abort() end
+    common.say(self.err, "")
+    common.say(self.err, "interrupted: nothing was sent")
+  else
+    if self.rejects then pcall(self.rejects.close, self.rejects) end
+    common.say(self.err, "")
+    common.say(self.err, "interrupted while writing the summary: the rejects file and report may be incomplete")
+  end
   return 130
 end
 
---- The command itself (inside `common.guard`). @return exit code
-function M.send(args, out, err)
-  local core = require("optimizely.offline.core")
-  local clock = core.now or os.clock
-  local quiet, verbose, dry = args.quiet, args.verbose, args.dry_run
-  M.phase = "setup"
-  local concurrency = common.int_option(args.concurrency, "concurrency", 1, 1024)
-  local rate = common.number_option(args.rate, "rate")
+-- ------------------------------------------------------------------ setup
+
+--- Options, output files, transform, client, progress and the records
+-- iterator: every usage error surfaces here, before anything is read.
+function Send:setup()
+  local args = self.args
+  self.concurrency = common.int_option(args.concurrency, "concurrency", 1, 1024)
+  self.rate = common.number_option(args.rate, "rate")
   common.int_option(args.max_attempts, "max-attempts", 1, 100)
-
   for _, f in ipairs(args.files) do
-    for _, o in ipairs({ "rejects", "report" }) do
-      if args[o] and f ~= "-" and same_path(args[o], f) then
-        common.config_error(("--%s %s is also an input file; write it elsewhere"):format(o, f))
-      end
+    if args.check_first and f == "-" then
+      common.config_error("--check-first reads the input twice: give files, not standard input")
     end
   end
+  common.refuse_overwrite(common.inputs_of(args), { { "--rejects", args.rejects }, { "--report", args.report },
+    { "--metrics", args.metrics } })
+  self.transform = common.load_transform(args.transform)
+  self.client = not self.dry and common.client(args, nil, self.err) or nil
+  self.rejects = rejects.new(args.rejects, { keep = true })
+  -- opened now: a typo in its path fails before anything is sent
+  self.report_sink = args.report and common.open_output(args.report, "the report")
+  self.metrics_sink = args.metrics and common.open_output(args.metrics, "the metrics file")
+  self.progress = progress.new(self.err, self.quiet, self.clock, args.files)
+  self.records = common.records(args, self.transform, self.progress)
+  self.started_at, self.t0 = os.time(), self.clock()
+end
 
-  local transform = common.load_transform(args.transform)
-  local client = not dry and common.client(args) or nil
-  local rejects = common.rejects(args.rejects)
-  -- the report file is opened now: a typo in its path fails before anything is sent
-  local report_fh
-  if args.report then
+-- ------------------------------------------------------------- messages
+
+--- A message line on stderr that does not collide with the progress bar.
+function Send:note(...)
+  if self.progress then self.progress:clear() end
+  common.say(self.err, ...)
+end
+
+--- Prints why an item failed (the first MAX_PRINTED, all with -v; -q too:
+-- these are the errors it prints).
+function Send:print_failure(item, e)
+  local st = self.st
+  st.printed = st.printed + 1
+  if st.printed > M.MAX_PRINTED and not self.verbose then
+    if st.printed == M.MAX_PRINTED + 1 then
+      self:note("(more failures: see the summary and the rejects file; --verbose prints them all)")
+    end
+    return
+  end
+  for _, line in ipairs(common.failure_lines(item, e)) do self:note(line) end
+end
+
+--- Counts warnings of an item; with -v prints them under its line.
+function Send:warn(item, list, print_them)
+  if not list or #list == 0 then return end
+  self.st.warnings = self.st.warnings + #list
+  self.warned:warnings(item, list)
+  if print_them and self.verbose then
+    for _, w in ipairs(list) do common.say(self.out, "    warning: ", common.warning_text(w)) end
+  end
+end
+
+-- ------------------------------------------------------------ accounting
+
+--- The rejects writer: the one asked for, else the default unsent file,
+-- made when the first order is not sent (none in a dry run).
+function Send:reject_writer()
+  if not self.rejects and not self.dry then
+    self.rejects = rejects.new(nil, { default = true, keep = true })
+  end
+  return self.rejects
+end
+
+--- Counts and records one order that was not sent.
+function Send:reject(item, stage, e, quietly)
+  local st = self.st
+  item.stage = stage
+  local w = self:reject_writer()
+  if w then w:add(item, e or item.message) end
+  st.by_stage[stage] = (st.by_stage[stage] or 0) + 1
+  if stage == "interrupted" or stage == "unknown" then
+    st.unknown = st.unknown + 1
+  elseif stage == "not_sent" then
+    st.not_sent = st.not_sent + 1
+  else
+    st.rejected = st.rejected + 1
+    local k = error_key(e, stage)
+    st.errors[k] = (st.errors[k] or 0) + 1
+    self.failures:failure(item, e)
+  end
+  if not quietly then self:print_failure(item, e) end
+end
+
+--- Records that are not sendable: rejected at once, or skipped.
+function Send:other(item)
+  if item.skipped then
+    self.st.skipped = self.st.skipped + 1
+    if self.verbose then self:note(common.where(item.rec), ": skipped by the transform") end
+  else
+    self:reject(item, item.stage, item.error or item.message)
+  end
+end
+
+--- Moves the resume point past `item` (the place to read on from after
+-- an interruption).
+function Send:account(item)
+  local pos = self.pos
+  if item.rec and item.rec.line == 0 and (item.rec.index or 0) == 0 and item.stage == "input" then
+    pos.fi, pos.after = item.fi + 1, 0 -- the file could not be opened: it is done
+  else
+    pos.fi, pos.after = item.fi, item.rec.index or 0
+  end
+end
+
+--- Orders with an outcome so far (for the progress bar).
+function Send:done() return self.st.sent + self.st.valid + self.st.rejected end
+
+-- ----------------------------------------------------------------- check
+
+--- --check-first: reads and validates the whole input once. Failures are
+-- printed and grouped; nothing is written to the rejects file.
+-- @return true when every record passed
+function Send:check()
+  self.phase = "check"
+  local validate = require("optimizely.offline").validate
+  local bar = progress.new(self.err, self.quiet, self.clock, self.args.files)
+  local saved = self.progress
+  self.progress = bar
+  local checked = { read = 0, failed = 0, split = 0 }
+  for item in common.records(self.args, self.transform, bar) do
+    checked.read = checked.read + 1
     local e
-    report_fh, e = io.open(args.report, "w")
-    if not report_fh then common.config_error("cannot write the report: " .. tostring(e)) end
+    if item.stage then
+      e = item.error or item.message
+    elseif item.payload then
+      local ok, verr = validate(item.payload)
+      if not ok then e, item.stage = verr, "validation" end
+    end
+    if e then
+      checked.failed = checked.failed + 1
+      if item.code == "split_order" then checked.split = checked.split + 1 end
+      self.failures:failure(item, e)
+      self:print_failure(item, e)
+    end
+    if checked.read % 256 == 0 then bar:update(checked.read, checked.failed) end
   end
-  local progress = common.progress(err, quiet, clock, args.files)
+  bar:finish()
+  self.progress, self.checked = saved, checked
+  return checked.failed == 0
+end
 
-  local started_at, t0 = os.time(), clock()
-  local st = {
-    read = 0, sent = 0, valid = 0, skipped = 0, rejected = 0, not_sent = 0, unknown = 0,
-    retried = 0, warnings = 0, printed = 0,
-    by_stage = {}, errors = {},
-  }
-
-  -- A line on stderr that does not collide with the progress bar.
-  local function note(...)
-    progress:clear()
-    err:write(...)
+--- After a failed check: nothing sent, the grouped failures, exit 1.
+function Send:refuse()
+  local c = self.checked
+  if self.rejects then self.rejects:abort() end -- nothing was sent: the input holds every order
+  self.st.read, self.st.rejected = c.read, c.failed
+  local code = self:write_metrics(self:report(1))
+  if not self.quiet then
+    for _, l in ipairs(self.failures:lines("failed records by problem:")) do self:note(l) end
   end
+  if c.split > 0 then
+    self:note(("%s of orders whose rows are apart in the file: --group-orders gathers them")
+      :format(plural(c.split, "later fragment")))
+  end
+  self:note(("nothing was sent (--check-first): %d of %s failed the check; fix them and run again")
+    :format(c.failed, plural(c.read, "record")))
+  if self.client then self.client:close() end
+  return code
+end
 
-  local function print_failure(item, e)
-    if quiet then return end
-    st.printed = st.printed + 1
-    if st.printed > M.MAX_PRINTED and not verbose then
-      if st.printed == M.MAX_PRINTED + 1 then
-        note("(more failures: see the rejects file and the summary; --verbose prints them all)\n")
+-- --------------------------------------------------------------- deliver
+
+--- The batch's source: the next sendable payload (the others are
+-- accounted for on the way).
+function Send:next_payload()
+  local st = self.st
+  while true do
+    local item = self.records()
+    if item == nil then
+      -- every record read ends up sent or rejected, but the skipped ones
+      self.progress.total = st.read - st.skipped
+      return nil
+    end
+    st.read = st.read + 1
+    if item.payload and not item.stage then
+      self:warn(item, item.warnings)
+      self.nbatch = self.nbatch + 1
+      self.inflight[self.nbatch] = item
+      self:account(item)
+      return item.payload
+    end
+    self:other(item)
+    self:account(item)
+  end
+end
+
+--- One order's result from the batch.
+function Send:on_result(i, res, e)
+  local item = self.inflight[i]
+  if not item then return end
+  self.inflight[i] = nil
+  if not res then
+    local stage = (type(e) == "table" and e.kind == "validation" and (e.attempts or 0) == 0)
+      and "validation" or "send"
+    return self:reject(item, stage, e)
+  end
+  self.st.sent = self.st.sent + 1
+  if self.verbose then
+    common.say(self.out, common.head(item), "sent (HTTP ", tostring(res.status), ", ", tostring(res.attempts),
+      res.attempts == 1 and " attempt" or " attempts", ")")
+    for _, w in ipairs(item.warnings or {}) do common.say(self.out, "    warning: ", common.warning_text(w)) end
+  end
+  self:warn(item, res.warnings, true)
+end
+
+--- The batch's progress callback: retries and the bar.
+function Send:on_progress(s)
+  self.st.retried = s.retried or self.st.retried
+  self.progress:update(self:done(), self.st.rejected, false)
+end
+
+--- The real run. A Ctrl-C anywhere in it (our callbacks included: the
+-- batch raises it again) ends the batch, which returns what it knows.
+-- @return true when it stopped before the end of the input
+function Send:run_batch()
+  local summary = self.client:send_batch(function() return self:next_payload() end, {
+    concurrency = self.concurrency, rate = self.rate, on_interrupt = "return",
+    on_result = function(i, res, e) self:on_result(i, res, e) end,
+    progress = function(s) self:on_progress(s) end,
+  })
+  self.batch = summary
+  self.st.retried = summary.retried or self.st.retried
+  -- the batch stopped early on an error (not Ctrl-C): account for the rest
+  if summary.error and not common.is_interrupt(summary.error) then self.failure = summary.error end
+  for _, c in ipairs(summary.callback_errors or {}) do
+    if not self.failure then self.failure = "internal error while recording a result: " .. c.message end
+  end
+  return summary.interrupted or self.failure ~= nil
+end
+
+--- The dry run: every record read, transformed, validated and encoded.
+function Send:run_dry()
+  local encode = require("optimizely.offline").encode
+  local st = self.st
+  for item in self.records do
+    st.read = st.read + 1
+    if item.payload and not item.stage then
+      local json, e = encode(item.payload)
+      if json then
+        st.valid = st.valid + 1
+        if self.verbose then common.say(self.out, common.head(item), "valid (", tostring(#json), " bytes)") end
+        self:warn(item, item.warnings, true)
+        self:warn(item, e, true)
+      else
+        self:reject(item, "validation", e)
       end
-      return
-    end
-    if type(e) == "table" and e.kind == "validation" and e.problems then
-      -- one line per problem, with its field path
-      local h = head(item)
-      for _, p in ipairs(e.problems) do
-        note(h, p.path ~= "" and (p.path .. ": ") or "", tostring(p.message), "\n")
-      end
-      if e.truncated then note(h, "(more problems not shown)\n") end
-    elseif type(e) == "table" then
-      note(head(item), tostring(e), "\n")
     else
-      note(tostring(e or item.message), "\n")
+      self:other(item)
     end
+    self:account(item)
+    if st.read % 256 == 0 then self.progress:update(self:done(), st.rejected, false) end
   end
+  return false
+end
 
-  -- The default rejects file is made only when something is not sent.
-  local function reject_writer()
-    if not rejects and not dry then
-      rejects = common.rejects(default_unsent_path(), { lazy = true })
-      rejects.default = true
+--- Sends (or dry-runs) the input; notes whether and why it stopped early.
+function Send:deliver()
+  local ok, res = pcall(self.dry and self.run_dry or self.run_batch, self)
+  self.stopped = false -- the run ended before the end of the input
+  if not ok then
+    if not common.is_interrupt(res) then
+      if getmetatable(res) == common.ConfigError then error(res, 0) end
+      self.failure = tostring(res)
     end
-    return rejects
+    self.stopped = true
+  else
+    self.stopped = res and true or false
   end
+  self.interrupted = self.stopped and not self.failure
+  if not self.stopped then self.progress.total = self.st.read - self.st.skipped end
+  self.progress.done, self.progress.failed = self:done(), self.st.rejected
+  self.progress:finish()
+end
 
-  --- Counts and records one order that was not sent.
-  local function reject(item, stage, e, quietly)
-    item.stage = stage
-    local w = reject_writer()
-    if w then w.add(item, e or item.message) end
-    st.by_stage[stage] = (st.by_stage[stage] or 0) + 1
-    if stage == "interrupted" or stage == "unknown" then
-      st.unknown = st.unknown + 1
-    elseif stage == "not_sent" then
-      st.not_sent = st.not_sent + 1
-    else
-      st.rejected = st.rejected + 1
-      local k = error_key(e, stage)
-      st.errors[k] = (st.errors[k] or 0) + 1
-    end
-    if not quietly then print_failure(item, e) end
+-- ---------------------------------------------------------------- settle
+
+--- Everything not confirmed sent goes to the rejects file: what was in
+-- flight, then the rest of the input (read again from the last record
+-- accounted for). A failure on the way is noted, with where the input
+-- stops being accounted for.
+function Send:settle()
+  if self.dry then
+    if self.stopped then self:note("interrupted: nothing was sent (dry run); the input was not read to the end") end
+    return
   end
-
-  local function done() return st.sent + st.valid + st.rejected end
-  local function show_progress(force) progress:update(done(), st.rejected, force) end
-
-  -- Records that are not payloads: rejected at once, or skipped.
-  local function other(item)
-    if item.skipped then
-      st.skipped = st.skipped + 1
-      if verbose then note(common.where(item.rec), ": skipped by the transform\n") end
-    else
-      reject(item, item.stage, item.message)
-    end
+  if not self.stopped and next(self.inflight) == nil then return end
+  local ok, e = pcall(self.settle_all, self)
+  if ok then return end
+  if common.is_interrupt(e) then error(e, 0) end
+  local pos = self.pos
+  self.lost = ("record %d of %s"):format(pos.after + 1, common.label(self.args.files[pos.fi] or "the input"))
+  e = tostring(e)
+  if not (self.failure and self.failure:find(e, 1, true)) then
+    self.failure = (self.failure and (self.failure .. "; ") or "") .. e
   end
+end
 
-  -- pos: the last record accounted for (file number, record index), the
-  -- place to read on from after an interruption.
-  local pos = { fi = 1, after = 0 }
-  local function account(item)
-    if item.rec and item.rec.line == 0 and (item.rec.index or 0) == 0 and item.stage == "input" then
-      pos.fi, pos.after = item.fi + 1, 0 -- the file could not be opened: it is done
-    else
+--- The orders in flight, then (when the run stopped early) the rest of the input.
+function Send:settle_all()
+  if self.stopped then
+    self:note(self.interrupted and "interrupted" or "stopped by an error",
+      ": accounting for the orders not sent (Ctrl-C again aborts)")
+  end
+  self:settle_inflight()
+  if self.stopped then self:settle_rest() end
+end
+
+--- The orders in flight: their outcome is not known.
+function Send:settle_inflight()
+  local unknown, unsent, idx, pos = {}, {}, {}, self.pos
+  for _, i in ipairs(self.batch and self.batch.unknown or {}) do unknown[i] = true end
+  for _, i in ipairs(self.batch and self.batch.unsent or {}) do unsent[i] = true end
+  for i, item in pairs(self.inflight) do
+    idx[#idx + 1] = i
+    if item.fi > pos.fi or (item.fi == pos.fi and (item.rec.index or 0) > pos.after) then
       pos.fi, pos.after = item.fi, item.rec.index or 0
     end
   end
-
-  local records = common.records(args, transform, progress)
-  local inflight = {}  -- batch index -> item, only until its result arrives
-  local nbatch = 0
-  local stop = false   -- Ctrl-C was caught inside one of our callbacks
-  local summary
-  local failure        -- a non-interrupt error that ended the batch
-
-  ---------------------------------------------------------------- phase 1
-  local function source()
-    while true do
-      if stop then error("interrupted!", 0) end
-      local item = records()
-      if item == nil then
-        -- every record read ends up sent or rejected, but the skipped ones
-        progress.total = st.read - st.skipped
-        return nil
-      end
-      st.read = st.read + 1
-      if item.payload then
-        nbatch = nbatch + 1
-        inflight[nbatch] = item
-        account(item)
-        return item.payload
-      end
-      other(item)
-      account(item)
-    end
+  table.sort(idx)
+  for _, i in ipairs(idx) do
+    local stage, msg = "interrupted", unknown[i]
+      and "interrupted in flight or awaiting a retry: the endpoint may or may not have it"
+      or "interrupted before its result was known"
+    if unsent[i] then stage, msg = "not_sent", "not sent: the run was interrupted before it started" end
+    if not self.stopped then stage, msg = "unknown", "no result was recorded for this order" end
+    self:reject(self.inflight[i], stage, { kind = stage, message = msg }, true)
+    self.inflight[i] = nil
   end
+end
 
-  local function on_result(i, res, e)
-    local item = inflight[i]
-    if not item then return end
-    if res then
-      st.sent = st.sent + 1
-      inflight[i] = nil
-      local w = res.warnings
-      if w and #w > 0 then st.warnings = st.warnings + #w end
-      if verbose then
-        out:write(head(item), "sent (HTTP ", tostring(res.status), ", ", tostring(res.attempts),
-          res.attempts == 1 and " attempt" or " attempts", ")\n")
-        for _, x in ipairs(w or {}) do
-          out:write("    warning: ", x.path and (x.path .. ": ") or (x.code and (x.code .. ": ")) or "",
-            tostring(x.message), "\n")
-        end
-      end
+--- The input not read yet: not sent.
+function Send:settle_rest()
+  local why = self.interrupted and "not sent: the run was interrupted" or "not sent: the run stopped on an error"
+  local rest = self.records
+  if self.args.files[self.pos.fi] ~= "-" then
+    rest = common.records(self.args, self.transform, nil, self.pos)
+  end
+  for item in rest do
+    self.st.read = self.st.read + 1
+    if item.payload and not item.stage then
+      self:reject(item, "not_sent", { kind = "not_sent", message = why }, true)
     else
-      local stage = (type(e) == "table" and e.kind == "validation" and (e.attempts or 0) == 0)
-        and "validation" or "send"
-      reject(item, stage, e)
-      inflight[i] = nil
+      self:other(item)
     end
   end
+end
 
-  -- Our callbacks run inside the batch's pcall, and a batch may keep an
-  -- error raised there as a callback error: a Ctrl-C landing in one could be
-  -- swallowed. Note it, and raise it again with a hook at the first
-  -- instruction that runs outside every callback (back in the batch loop).
-  local guarded = {}
-  local function redeliver()
-    stop = true
-    debug.sethook(function()
-      for level = 2, 200 do
-        local info = debug.getinfo(level, "f")
-        if not info then break end
-        if guarded[info.func] then return end
-      end
-      debug.sethook()
-      error("interrupted!", 0)
-    end, "", 1)
-  end
-  local function protect(fn)
-    local g = function(...)
-      local ok, e = pcall(fn, ...)
-      if not ok then
-        if common.is_interrupt(e) then redeliver() else error(e, 0) end
-      end
-    end
-    guarded[g] = true
-    return g
-  end
+--- Puts the rejects file in place; a failure is the run's failure.
+function Send:close_rejects()
+  if not self.rejects then return end
+  local ok, e = pcall(self.rejects.close, self.rejects)
+  if not ok then self.failure = (self.failure and (self.failure .. "; ") or "") .. tostring(e) end
+end
 
-  local function on_progress(s)
-    st.retried = s.retried or st.retried
-    for _, c in ipairs(s.callback_errors or {}) do
-      -- a Ctrl-C that hit our callback before its own pcall
-      if common.is_interrupt(c.message) and not stop then redeliver() end
-    end
-    show_progress(false)
-  end
+-- ---------------------------------------------------------------- report
 
-  local function run_batch()
-    summary = client:send_batch(source, {
-      concurrency = concurrency, rate = rate,
-      on_result = protect(on_result), progress = protect(on_progress),
-    })
-    debug.sethook()
-    st.retried = summary.retried or st.retried
-    -- the batch stopped early on an error (not Ctrl-C): account for the rest
-    if summary.error and not common.is_interrupt(summary.error) then
-      failure = summary.error
-    end
-    for _, c in ipairs(summary.callback_errors or {}) do
-      if common.is_interrupt(c.message) then stop = true
-      elseif not failure then failure = "internal error while recording a result: " .. c.message end
-    end
-    return summary.interrupted or stop or failure ~= nil
-  end
+--- 130 interrupted, 1 something not sent (or a failure), else 0.
+function Send:exit_code()
+  local st = self.st
+  if self.interrupted then return 130 end
+  if st.rejected + st.not_sent + st.unknown > 0 or self.failure then return 1 end
+  return 0
+end
 
-  local function run_dry()
-    local encode = require("optimizely.offline").encode
-    for item in records do
-      st.read = st.read + 1
-      if item.payload then
-        local json, e = encode(item.payload)
-        if json then
-          st.valid = st.valid + 1
-          if e and #e > 0 then st.warnings = st.warnings + #e end
-          if verbose then out:write(head(item), "valid (", tostring(#json), " bytes)\n") end
-        else
-          reject(item, "validation", e)
-        end
-      else
-        other(item)
-      end
-      account(item)
-      if st.read % 256 == 0 then show_progress(false) end
-    end
-  end
-
-  M.phase = "send"
-  local ok, perr = pcall(dry and run_dry or run_batch)
-  debug.sethook()
-  local stopped = false -- the run ended before the end of the input
+--- The --report file (JSON), for `code`. @return the exit code (1 when
+-- the report could not be written)
+function Send:report(code)
+  if not self.report_sink then return code end
+  local st, elapsed = self.st, self.clock() - (self.t0 or self.clock())
+  local files = {}
+  for i, f in ipairs(self.args.files) do files[i] = f end
+  local r = self.rejects
+  local rep = {
+    command = "send", dry_run = self.dry and true or false, files = files,
+    started_at = os.date("!%Y-%m-%dT%H:%M:%SZ", self.started_at or os.time()),
+    finished_at = os.date("!%Y-%m-%dT%H:%M:%SZ"),
+    elapsed_seconds = math.floor(elapsed * 1000 + 0.5) / 1000,
+    read = st.read, sent = st.sent, valid = self.dry and st.valid or nil,
+    rejected = st.rejected, skipped = st.skipped, not_sent = st.not_sent, unknown_outcome = st.unknown,
+    retried = st.retried, warnings = st.warnings,
+    orders_per_second = elapsed > 0 and math.floor(((self.dry and st.valid or st.sent) / elapsed) * 10 + 0.5) / 10 or 0,
+    rejected_by_stage = st.by_stage, errors = st.errors,
+    problems = self.failures.items > 0 and self.failures:list() or nil,
+    warning_kinds = self.warned.items > 0 and self.warned:list() or nil,
+    latency_seconds = self:latency(),
+    check_failed = self.checked and self.checked.failed > 0 or nil,
+    interrupted = self.interrupted or false, error = self.failure,
+    rejects_file = r and r.count > 0 and r.path or nil,
+    exit_code = code,
+  }
+  local json = require("optimizely.offline.core").json_encode(rep, { first = REPORT_ORDER, sort = true, indent = 2 })
+  local ok, e = pcall(function() self.report_sink:write(json, "\n"); self.report_sink:close() end)
   if not ok then
-    if not common.is_interrupt(perr) then
-      if getmetatable(perr) == common.ConfigError then error(perr, 0) end
-      failure = tostring(perr)
-    end
-    stopped = true
-  elseif not dry then
-    stopped = perr and true or false
+    self.report_sink:abort()
+    self:note("error: cannot write the report: ", tostring(e))
+    return code == 0 and 1 or code
   end
-  local interrupted = stopped and not failure
-  if not stopped then progress.total = st.read - st.skipped end
-  progress.done, progress.failed = done(), st.rejected
-  progress:finish()
-
-  ---------------------------------------------------------------- phase 2
-  -- Account for everything not confirmed sent: what was in flight, then the
-  -- rest of the input (read again from the last record accounted for).
-  local leftovers = false
-  for _ in pairs(inflight) do leftovers = true; break end
-  local lost -- where the input stops being accounted for, if the rejects file broke
-  local function phase2()
-    local unknown = {}
-    for _, i in ipairs(summary and summary.unknown or {}) do unknown[i] = true end
-    local idx = {}
-    for i, item in pairs(inflight) do
-      idx[#idx + 1] = i
-      if item.fi > pos.fi or (item.fi == pos.fi and (item.rec.index or 0) > pos.after) then
-        pos.fi, pos.after = item.fi, item.rec.index or 0
-      end
-    end
-    table.sort(idx)
-    if stopped then
-      note(interrupted and "interrupted" or "stopped by an error",
-        ": accounting for the orders not sent (Ctrl-C again aborts)\n")
-    end
-    for _, i in ipairs(idx) do
-      local stage, msg = "interrupted", unknown[i]
-        and "interrupted in flight or awaiting a retry: the endpoint may or may not have it"
-        or "interrupted before its result was known"
-      if not stopped then stage, msg = "unknown", "no result was recorded for this order" end
-      reject(inflight[i], stage, { kind = stage, message = msg }, true)
-      inflight[i] = nil
-    end
-    if stopped then
-      local why = interrupted and "not sent: the run was interrupted" or "not sent: the run stopped on an error"
-      local rest = records
-      if args.files[pos.fi] ~= "-" then
-        rest = common.records(args, transform, nil, pos)
-      end
-      for item in rest do
-        st.read = st.read + 1
-        if item.payload then
-          reject(item, "not_sent", { kind = "not_sent", message = why }, true)
-        else
-          other(item)
-        end
-      end
-    end
-  end
-  if (stopped or leftovers) and not dry then
-    local ok2, e2 = pcall(phase2)
-    if not ok2 then
-      if common.is_interrupt(e2) then error(e2, 0) end
-      lost = ("record %d of %s"):format(pos.after + 1, tostring(args.files[pos.fi] or "the input"))
-      e2 = tostring(e2)
-      if not (failure and failure:find(e2, 1, true)) then
-        failure = (failure and (failure .. "; ") or "") .. e2
-      end
-    end
-  elseif stopped and dry then
-    note("interrupted: nothing was sent (dry run); the input was not read to the end\n")
-  end
-  if rejects then
-    local ok3, e3 = pcall(rejects.close)
-    if not ok3 then failure = (failure and (failure .. "; ") or "") .. tostring(e3) end
-  end
-
-  ---------------------------------------------------------------- report
-  local elapsed = clock() - t0
-  local unsent = st.rejected + st.not_sent + st.unknown
-  local code = 0
-  if interrupted then code = 130
-  elseif unsent > 0 or failure then code = 1 end
-
-  if args.report then
-    local files = {}
-    for i, f in ipairs(args.files) do files[i] = f end
-    local rep = {
-      command = "send", dry_run = dry and true or false, files = files,
-      started_at = os.date("!%Y-%m-%dT%H:%M:%SZ", started_at),
-      finished_at = os.date("!%Y-%m-%dT%H:%M:%SZ"),
-      elapsed_seconds = math.floor(elapsed * 1000 + 0.5) / 1000,
-      read = st.read, sent = st.sent, valid = dry and st.valid or nil,
-      rejected = st.rejected, skipped = st.skipped,
-      not_sent = st.not_sent, unknown_outcome = st.unknown,
-      retried = st.retried, warnings = st.warnings,
-      orders_per_second = elapsed > 0 and math.floor(((dry and st.valid or st.sent) / elapsed) * 10 + 0.5) / 10 or 0,
-      rejected_by_stage = st.by_stage, errors = st.errors,
-      interrupted = interrupted, error = failure,
-      rejects_file = rejects and (rejects.count > 0 or not rejects.default) and rejects.path or nil,
-      exit_code = code,
-    }
-    local okw, e = report_fh:write(report_json(rep, REPORT_ORDER), "\n")
-    if okw then okw, e = report_fh:close() else report_fh:close() end
-    if not okw then
-      note("error: cannot write the report: ", tostring(e), "\n")
-      if code == 0 then code = 1 end
-    end
-  end
-
-  if failure then note("error: ", failure, "\n") end
-  if lost then
-    note("error: the orders not sent could not all be written down; nothing from ", lost,
-      " on was sent, and the orders in flight may or may not have arrived\n")
-  end
-  local function plural(n, w) return n .. " " .. w .. (n == 1 and "" or "s") end
-  if not quiet or stopped then
-    local s = {}
-    if dry then
-      s[#s + 1] = ("dry run: %s valid, nothing sent"):format(plural(st.valid, "order"))
-    else
-      s[#s + 1] = ("sent %s in %.2f s (%.1f orders/s)"):format(plural(st.sent, "order"), elapsed,
-        elapsed > 0 and st.sent / elapsed or 0)
-    end
-    if st.rejected > 0 then s[#s + 1] = st.rejected .. " rejected" end
-    if st.unknown > 0 then
-      s[#s + 1] = st.unknown .. (stopped and " interrupted in flight" or " without a result") .. " (outcome unknown)"
-    end
-    if st.not_sent > 0 then s[#s + 1] = st.not_sent .. " not sent" end
-    if st.skipped > 0 then s[#s + 1] = st.skipped .. " skipped by the transform" end
-    if st.retried > 0 then s[#s + 1] = st.retried .. (st.retried == 1 and " retry" or " retries") end
-    note(table.concat(s, ", "), "\n")
-    if next(st.errors) then
-      local keys = {}
-      for k in pairs(st.errors) do keys[#keys + 1] = k end
-      table.sort(keys, function(a, b)
-        if st.errors[a] ~= st.errors[b] then return st.errors[a] > st.errors[b] end
-        return a < b
-      end)
-      local parts = {}
-      for _, k in ipairs(keys) do parts[#parts + 1] = k .. " " .. st.errors[k] end
-      note("errors: ", table.concat(parts, ", "), "\n")
-    end
-  end
-  -- the default file is named even with --quiet: nobody would find it otherwise
-  if rejects and rejects.count > 0 and (not quiet or stopped or rejects.default) then
-    note(("%s %s %s (send %s again with: optimizely-offline send %s)\n"):format(
-      plural(rejects.count, "order"), rejects.default and "not sent, saved to" or "written to",
-      rejects.path, rejects.count == 1 and "it" or "them", rejects.path))
-  end
-  if args.report and not quiet then note("report: ", args.report, "\n") end
-  if client then client:close() end
   return code
+end
+
+--- The request latency of the run: `{p50, p90, p99}` in seconds (estimated
+-- from the client's latency histogram), or nil when nothing was sent.
+function Send:latency()
+  if not self.client then return nil end
+  local q = require("optimizely.offline.metrics").percentiles(self.client:metrics().latency, { 0.5, 0.9, 0.99 })
+  if q[1] == nil then return nil end
+  local function ms(x) return math.floor(x * 1e6 + 0.5) / 1e6 end
+  return { p50 = ms(q[1]), p90 = ms(q[2]), p99 = ms(q[3]) }
+end
+
+--- The --metrics file: the Prometheus text of this run's client (requests,
+-- orders sent and failed by kind/status/code/channel, the latency
+-- histogram). @return the exit code (1 when the file could not be written)
+function Send:write_metrics(code)
+  if not self.metrics_sink then return code end
+  local text = self.client and require("optimizely.offline.metrics").prometheus(self.client)
+    or require("optimizely.offline.metrics").prometheus(require("optimizely.offline.metrics").empty())
+  local ok, e = pcall(function() self.metrics_sink:write(text); self.metrics_sink:close() end)
+  if not ok then
+    self.metrics_sink:abort()
+    self:note("error: cannot write the metrics file: ", tostring(e))
+    return code == 0 and 1 or code
+  end
+  return code
+end
+
+-- ---------------------------------------------------------------- summary
+
+--- "sent 3 orders in 0.12 s (25.0 orders/s), 1 rejected, ..."
+function Send:summary_line()
+  local st, elapsed = self.st, self.clock() - self.t0
+  local s = {}
+  if self.dry then
+    s[1] = ("dry run: %s valid, nothing sent"):format(plural(st.valid, "order"))
+  else
+    s[1] = ("sent %s in %.2f s (%.1f orders/s)"):format(plural(st.sent, "order"), elapsed,
+      elapsed > 0 and st.sent / elapsed or 0)
+  end
+  if st.rejected > 0 then s[#s + 1] = st.rejected .. " rejected" end
+  if st.unknown > 0 then
+    s[#s + 1] = st.unknown .. (self.stopped and " interrupted in flight" or " without a result") .. " (outcome unknown)"
+  end
+  if st.not_sent > 0 then s[#s + 1] = st.not_sent .. " not sent" end
+  if st.skipped > 0 then s[#s + 1] = st.skipped .. " skipped by the transform" end
+  if st.retried > 0 then s[#s + 1] = ("%d %s"):format(st.retried, st.retried == 1 and "retry" or "retries") end
+  if st.warnings > 0 then s[#s + 1] = plural(st.warnings, "warning") end
+  return table.concat(s, ", ")
+end
+
+--- "errors: SandboxFault 2, validation 1" (most frequent first)
+function Send:errors_line()
+  local errs, keys, parts = self.st.errors, {}, {}
+  for k in pairs(errs) do keys[#keys + 1] = k end
+  if #keys == 0 then return nil end
+  table.sort(keys, function(a, b)
+    if errs[a] ~= errs[b] then return errs[a] > errs[b] end
+    return a < b
+  end)
+  for _, k in ipairs(keys) do parts[#parts + 1] = k .. " " .. errs[k] end
+  return "errors: " .. table.concat(parts, ", ")
+end
+
+--- The end of a run on stderr: errors always; with -q nothing else but
+-- where the orders not sent are.
+function Send:summary()
+  if self.failure then self:note("error: ", self.failure) end
+  if self.lost then
+    self:note("error: the orders not sent could not all be written down; nothing from ", self.lost,
+      " on was sent, and the orders in flight may or may not have arrived")
+  end
+  if not self.quiet or self.stopped then
+    self:note(self:summary_line())
+    local el = self:errors_line()
+    if el then self:note(el) end
+    for _, l in ipairs(self.failures:lines("failed orders by problem:")) do self:note(l) end
+    for _, l in ipairs(self.warned:lines("warnings by kind:")) do self:note(l) end
+  end
+  local r = self.rejects
+  -- the default file is named even with --quiet: nobody would find it otherwise
+  if r and r.count > 0 and (not self.quiet or self.stopped or r.default) then
+    self:note(("%s %s %s (send %s again with: optimizely-offline send %s)"):format(
+      plural(r.count, "order"), r.default and "not sent, saved to" or "written to",
+      common.label(r.path), r.count == 1 and "it" or "them", common.label(r.path)))
+  end
+  if self.args.report and not self.quiet then self:note("report: ", common.label(self.args.report)) end
 end
 
 return M

@@ -1,71 +1,131 @@
---- `optimizely-offline validate FILE…`: report every invalid order with its
--- file, line and field path; exit 1 if any. Nothing is sent.
+--- `optimizely-offline validate FILE…`: check every order (file, line and
+-- field path of each problem), end with the problems grouped; exit 1 if
+-- any. Nothing is sent.
+--
+-- The loop it shares with `convert` is the `Check` object: records in,
+-- failures counted, printed (the first MAX_PRINTED; all with -v; with -q
+-- too: they are the errors), grouped and written to the rejects file.
 -- @module optimizely.offline.cli.validate
 local common = require("optimizely.offline.cli.common")
+local problems = require("optimizely.offline.cli.problems")
+local rejects = require("optimizely.offline.cli.rejects")
+local progress = require("optimizely.offline.cli.progress")
 
 local M = {}
 
+--- Failure lines printed before the rest go only to the summary.
+M.MAX_PRINTED = 50
+
+--- Adds the `validate` command and its options to the argparse parser.
 function M.register(parser)
-  local cmd = parser:command("validate", "Check order files without sending anything.")
-  common.input_options(cmd)
-  common.output_options(cmd)
-  cmd:option("--rejects", "Write invalid orders (with their error) to this NDJSON file.")
+  local cmd = common.order_command(parser, "validate", "Check order files without sending anything.")
+  cmd:option("--rejects", "Write invalid orders (with their error) to this NDJSON file."):argname("<file>")
 end
 
--- "file:line: order REF: path: message", one line per problem
-local function report(out, item, err)
-  local rec = item.rec
-  local ref = item.payload and type(item.payload.order) == "table" and item.payload.order.refCode
-  local head = common.where(rec) .. ": " .. (ref ~= nil and ("order " .. tostring(ref) .. ": ") or "")
-  if type(err) == "table" and err.problems then
-    for _, p in ipairs(err.problems) do
-      out:write(head, p.path ~= "" and (p.path .. ": ") or "", p.message, "\n")
-    end
-    if err.truncated then out:write(head, "(more problems not shown)\n") end
-  else
-    out:write(tostring(err or item.message), "\n")
+--- Prints the problems of one item on `out` ("file:line: order REF: path:
+-- message", one line per problem).
+function M.report(out, item, err)
+  for _, line in ipairs(common.failure_lines(item, err)) do common.say(out, line) end
+end
+
+local Check = {}
+Check.__index = Check
+M.Check = Check
+
+--- A checking run over the records of `args` (the rejects file, the
+-- progress bar and the records iterator are set up here).
+-- @param args parsed arguments
+-- @param out standard output
+-- @param err standard error
+-- @param to where failure lines go (stdout for validate, stderr for
+--   convert, whose stdout holds the data)
+-- @param outputs extra `{flag, path}` outputs to keep off the inputs
+function Check.new(args, out, err, to, outputs)
+  local core = require("optimizely.offline.core")
+  local self = setmetatable({ args = args, out = out, err = err, to = to, good = 0, bad = 0, skipped = 0,
+    printed = 0, failures = problems.new(), warned = problems.new() }, Check)
+  table.insert(outputs, 1, { "--rejects", args.rejects })
+  common.refuse_overwrite(common.inputs_of(args), outputs)
+  self.transform = common.load_transform(args.transform)
+  self.rejects = rejects.new(args.rejects)
+  self.progress = progress.new(err, args.quiet, core.now or os.clock, args.files)
+  self.records = common.records(args, self.transform, self.progress)
+  return self
+end
+
+--- Counts, prints, groups and writes down one failed item.
+function Check:fail(item, e)
+  self.bad = self.bad + 1
+  self.failures:failure(item, e)
+  if self.rejects then self.rejects:add(item, e) end
+  self.printed = self.printed + 1
+  if self.printed <= M.MAX_PRINTED or self.args.verbose then
+    self.progress:clear()
+    M.report(self.to, item, e)
+  elseif self.printed == M.MAX_PRINTED + 1 then
+    self.progress:clear()
+    common.say(self.to, "(more invalid records: see the summary; --verbose prints them all)")
   end
 end
-M.report = report
 
-function M.run(args, out, err)
-  return common.guard(err, function()
-    local offline = require("optimizely.offline")
-    local core = require("optimizely.offline.core")
-    local now = core.now or os.clock
-    local transform = common.load_transform(args.transform)
-    local rejects = common.rejects(args.rejects)
-    local progress = common.progress(err, args.quiet, now)
-    local validate = offline.validate
-    local valid, invalid, skipped, n = 0, 0, 0, 0
-    for item in common.records(args, transform, progress) do
-      n = n + 1
-      if item.payload then
-        local ok, e = validate(item.payload)
-        if ok then
-          valid = valid + 1
-          if args.verbose then out:write(common.where(item.rec), ": ok\n") end
-        else
-          invalid = invalid + 1
-          report(out, item, e)
-          if rejects then rejects.add(item, e) end
-        end
-      elseif item.skipped then
-        skipped = skipped + 1
+--- Runs `each(item) -> ok, err_or_warnings` over the sendable items.
+function Check:run(each)
+  for item in self.records do
+    if item.payload and not item.stage then
+      local ok, e = each(item)
+      if ok then
+        self.good = self.good + 1
+        self.warned:warnings(item, item.warnings)
+        self.warned:warnings(item, e)
       else
-        invalid = invalid + 1
-        report(out, item)
-        if rejects then rejects.add(item) end
+        self:fail(item, e)
       end
-      if n % 512 == 0 then progress:update(valid + invalid, invalid) end
+    elseif item.skipped then
+      self.skipped = self.skipped + 1
+    else
+      self:fail(item, item.error or item.message)
     end
-    progress:update(valid + invalid, invalid, true)
-    progress:finish()
-    if rejects then rejects.close() end
-    if not args.quiet then
-      err:write(("%d valid, %d invalid, %d skipped\n"):format(valid, invalid, skipped))
-    end
-    return invalid > 0 and 1 or 0
+    if (self.good + self.bad) % 512 == 0 then self.progress:update(self.good + self.bad, self.bad) end
+  end
+  self.progress:update(self.good + self.bad, self.bad, true)
+  self.progress:finish()
+end
+
+--- Closes the rejects file and prints the summary (`counts`: the first
+-- line) unless -q. @return exit code
+function Check:finish(counts)
+  if self.rejects then self.rejects:close() end
+  if not self.args.quiet then
+    common.say(self.err, counts)
+    for _, l in ipairs(self.failures:lines("invalid records by problem:")) do common.say(self.err, l) end
+    for _, l in ipairs(self.warned:lines("warnings by kind:")) do common.say(self.err, l) end
+  end
+  return self.bad > 0 and 1 or 0
+end
+
+--- Runs `fn` as a command: usage errors exit 2, Ctrl-C 130 (and the
+-- outputs are thrown away).
+function M.command(err, fn)
+  local ok, res = pcall(common.guard, err, fn)
+  if ok then return res end
+  if not common.is_interrupt(res) then error(res, 0) end
+  common.say(err, "")
+  common.say(err, "interrupted: no output file was written")
+  return 130
+end
+
+--- Runs a parsed `validate` command. @return exit code: 0 all valid, 1
+-- some invalid, 2 usage error, 130 interrupted
+function M.run(args, out, err)
+  return M.command(err, function()
+    local validate = require("optimizely.offline").validate
+    local check = Check.new(args, out, err, out, {})
+    check:run(function(item)
+      local ok, e = validate(item.payload)
+      if ok and args.verbose then common.say(out, common.where(item.rec), ": ok") end
+      return ok, e
+    end)
+    return check:finish(("%d valid, %d invalid, %d skipped"):format(check.good, check.bad, check.skipped))
   end)
 end
 

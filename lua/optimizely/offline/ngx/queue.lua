@@ -1,5 +1,5 @@
---- Per-worker delivery queue inside nginx: push in any phase, deliver from
--- timers over the cosocket transport.
+--- The nginx engine: a per-worker delivery queue inside nginx. Push in any
+-- phase, deliver from timers over the cosocket transport.
 --
 --     -- init_worker_by_lua_block (one queue per worker):
 --     Q = require("optimizely.offline.ngx").queue(
@@ -8,45 +8,59 @@
 --     -- any phase, log_by_lua included:
 --     local ok, err = Q:push(payload)
 --
--- `push` validates and encodes at once (a bad order is refused there, with the
--- usual validation error), then only appends the bytes to a Lua ring buffer
--- (or, with a spool, writes them to SQLite: durable when push returns) and
--- either wakes an idle sender of the running flush (a semaphore post) or, if
--- no flush is running, starts one with `ngx.timer.at(0)`. No network I/O and
--- no yielding, so it works in log_by_lua.
+-- The same semantics as the threaded queue (optimizely.offline.queue): the
+-- same options (`queue.common`), the same `push` return, the same `stats()`
+-- keys, and every decision from the one classifier and policy in the C
+-- core (optimizely.offline.delivery, retry): a retryable failure waits its
+-- backoff, without an attempt limit unless `max_attempts` asks, until the
+-- order is `max_age` old; a 429 pauses the whole queue and halves the
+-- senders in flight; refused credentials pause it until one order, every
+-- `auth_pause` seconds, gets through.
+--
+-- `push` validates and encodes at once, then only appends the bytes to a
+-- Lua ring buffer (or, with a spool, writes them to SQLite: durable when
+-- push returns) and wakes an idle sender (a semaphore post) or starts a
+-- flush with `ngx.timer.at(0)`. No network I/O and no yielding, so it works
+-- in log_by_lua.
 --
 -- Delivery: ONE flush in flight per worker; it runs `concurrency` light
--- threads, each taking orders and sending them with `client:send_encoded` on
--- a client whose transport is the cosocket one and whose `max_attempts` is 1.
--- A sender with nothing to do lingers a second for the next push, so a
--- steady trickle costs no timer per order. The queue schedules retries itself
--- (`retry.lua` decides what and when), so one slow order never holds the
--- others: a retryable failure waits until `next_at`; a periodic timer
--- (`flush_interval`) hands due retries (and, with a spool, due rows of any
--- worker) to the senders; after `max_attempts` or a permanent failure the
--- order is dead (counted, passed to `on_failure`, moved to the spool's dead
--- letters). A 429 pauses the whole queue until its Retry-After.
+-- threads, each taking orders and making one attempt at a time. A sender
+-- with nothing to do lingers a second for the next push, so a steady
+-- trickle costs no timer per order. A periodic timer (`flush_interval`)
+-- hands due retries (and, with a spool, due rows of any worker) to the
+-- senders.
 --
--- Worker exit (reload, stop): the periodic timer runs prematurely and makes a
--- final attempt within `shutdown_timeout`: without a spool for every order in
--- memory, retries not yet due included, and what still fails is lost
--- (counted as dropped.shutdown, logged, passed to on_failure with kind
--- "shutdown"); with a spool for the rows due now, and everything else stays
--- on disk for the next worker to claim (leases make sharing one file safe).
--- With a spool, pushes from requests still finishing are accepted until the
--- process ends.
+-- Worker exit (reload, stop): the periodic timer runs prematurely and makes
+-- a final attempt within `shutdown_timeout`: without a spool for every
+-- order in memory, retries not yet due included, and what still fails —
+-- or is still in flight when the grace ends (tracked while it is) — is
+-- reported: logged with its refCode, counted as `dropped.shutdown`,
+-- passed to on_failure with kind "shutdown" (an answer that comes later is
+-- logged too); with a spool the rows stay on disk for the next worker
+-- (leases make sharing one file safe). nginx does not tell Lua its
+-- `worker_shutdown_timeout`: keep `shutdown_timeout` below it.
 --
--- Shared mode (`opts.shm`): pushes append "attempts, ref, json" to a list in
--- a lua_shared_dict (bounded by max_queue and the dict's size, kind "full")
--- and never start a timer; only the deliverer process runs the machinery
--- above, fed from the list by a poll timer. At its exit what it could not
--- send goes back to the list (kept across a reload, lost on stop).
+-- Observability: `metrics()` (this worker), `metrics_shm` (every worker's
+-- counts in one lua_shared_dict, surviving reloads), `on_event` and
+-- `logger` (default `ngx.log`, rate-limited), one startup line naming the
+-- URL and channels (optimizely.offline.events, doc/topics/operating.md).
+--
+-- Shared mode (`opts.shm`): pushes append "attempts, ref, channel, json" to
+-- a list in a lua_shared_dict (bounded by max_queue and the dict's size,
+-- kind "full") and never start a timer; only the deliverer process runs
+-- the machinery above, fed from the list by a poll timer.
 -- @module optimizely.offline.ngx.queue
 local ngx = ngx
+local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
-local retry = require("optimizely.offline.retry")
+local opts = require("optimizely.offline.opts")
+local delivery = require("optimizely.offline.delivery")
+local common = require("optimizely.offline.queue").common
 local transport = require("optimizely.offline.ngx.transport")
+local events = require("optimizely.offline.events")
+local metrics = require("optimizely.offline.metrics")
 local semaphore = require("ngx.semaphore")
+local waiting = require("optimizely.offline.ngx.wait")
 
 local now, update_time, log, ERR, WARN = ngx.now, ngx.update_time, ngx.log, ngx.ERR, ngx.WARN
 local timer_at, spawn, wait = ngx.timer.at, ngx.thread.spawn, ngx.thread.wait
@@ -54,136 +68,126 @@ local max, min, floor = math.max, math.min, math.floor
 
 local M = {}
 
-M.DEFAULTS = {
-  max_queue = 10000,
-  concurrency = 4,
-  flush_interval = 1,
-  max_attempts = 4,
-  shutdown_timeout = 3,
-}
+local fields = {}
+for k, v in pairs(common) do fields[k] = v end
+fields.flush_interval = { type = "number", min = 0.01, max = 3600, default = 1 }
+fields.shutdown_timeout = { type = "number", min = 0, max = 3600, default = 3 }
+fields.transport = { type = "table" }
+fields.shm = { type = "string", nonempty = true }
+fields.deliverer = { type = "any" }
+fields.poll_interval = { type = "number", min = 0.001, max = 60, default = 0.02, requires = "shm" }
+fields.metrics_shm = { type = "string", nonempty = true }
 
-local KNOWN = {
-  max_queue = true, concurrency = true, flush_interval = true, max_attempts = true,
-  on_success = true, on_failure = true, spool = true, spool_options = true, lease = true,
-  shutdown_timeout = true, transport = true, shm = true, deliverer = true, poll_interval = true,
-}
+--- The nginx queue's options: the shared vocabulary plus `flush_interval`,
+-- `shutdown_timeout`, `transport` (cosocket transport options), `shm`,
+-- `deliverer`, `poll_interval`, `metrics_shm` (a `lua_shared_dict` every
+-- worker adds its metrics to, every `flush_interval` and at exit: it
+-- outlives reloads; `optimizely.offline.metrics.prometheus(ngx.shared[name])`
+-- reads it).
+M.schema = opts.schema("optimizely.offline.ngx.queue", "opts", fields)
 
 -- Options of the libcurl client that mean nothing here; refusing them beats
 -- silently ignoring a TLS setting.
-local CURL_ONLY = { sleep = "the queue schedules its own retries" }
-for k, why in pairs(transport.CURL_ONLY) do CURL_ONLY[k] = why end
 
-local YIELDABLE = { rewrite = true, access = true, content = true, timer = true }
+local YIELDABLE = waiting.YIELDABLE
 
 local Queue = {}
 Queue.__index = Queue
 
-local function bad(field, msg)
-  error("optimizely.offline.ngx.queue: " .. field .. " " .. msg, 3)
-end
+-- ------------------------------------------------------------ counting
 
-local function want_number(opts, field, dflt, lo, hi, integer)
-  local v = opts[field]
-  if v == nil then return dflt end
-  if type(v) ~= "number" or v ~= v or v < lo or v > hi then
-    bad("opts." .. field, "must be a number in " .. lo .. ".." .. hi .. " (got " .. tostring(v) .. ")")
-  end
-  if integer and v ~= floor(v) then bad("opts." .. field, "must be an integer") end
-  return v
-end
-
--- pcall a user callback; its failure must not break delivery.
-local function call(self, name, ref, x)
-  local fn = self[name]
-  if not fn then return end
-  local ok, err = pcall(fn, ref, x)
-  if not ok then log(ERR, "optimizely.offline queue: ", name, " raised: ", tostring(err)) end
-end
-
-local function count(t, key)
-  t[key] = (t[key] or 0) + 1
-end
-
--- Shared mode (opts.shm): every worker appends encoded orders to one list in
--- a lua_shared_dict; one process (the deliverer) drains it. Counters live in
--- the dict so that stats() means the same in every worker.
+-- Shared mode: the list and the counters live in the dict so that stats()
+-- means the same in every worker.
 local LIST, HELD, INFLIGHT = "q", "c:held", "c:in_flight"
 
--- Count one event: in this process, and in the dict when shared.
-local function bump(self, key, sub)
+function Queue:bump(key, sub)
   local st = self.counters
-  if sub then count(st[key], sub) else st[key] = st[key] + 1 end
+  if sub then st[key][sub] = (st[key][sub] or 0) + 1 else st[key] = st[key] + 1 end
   local shm = self.shm
   if shm then shm:incr("c:" .. key .. (sub and ("." .. sub) or ""), 1, 0) end
 end
 
--- List item: "<attempts> <#ref> <ref><json>" (the ref may hold any byte).
-local function pack(attempts, ref, json)
-  return attempts .. " " .. #ref .. " " .. ref .. json
+-- pcall a user callback; its failure must not break delivery.
+function Queue:call(name, ...)
+  local fn = self.o[name]
+  local err = fn and errors.callback(fn, ...)
+  if err then
+    self.counters.callback_errors = self.counters.callback_errors + 1
+    log(ERR, "optimizely.offline queue: ", name, " raised: ", err)
+  end
+end
+
+-- An event: on_event (protected) and a log line (optimizely.offline.events).
+function Queue:event(kind, ev, line)
+  self.events:emit(kind, ev, line)
+end
+
+-- List item: "<attempts> <created> <#ref> <ref><#ch> <ch><json>" (any byte in ref).
+local function pack(it)
+  local ch = it.channel or ""
+  return it.attempts .. " " .. floor(it.created) .. " " .. #it.ref .. " " .. it.ref .. #ch .. " " .. ch .. it.json
 end
 
 local function unpack_item(s)
-  local attempts, rlen, p = s:match("^(%d+) (%d+) ()")
+  local attempts, created, rlen, p = s:match("^(%d+) (%d+) (%d+) ()")
   if not attempts then return nil end
   rlen = tonumber(rlen)
-  return { attempts = tonumber(attempts), ref = s:sub(p, p + rlen - 1), json = s:sub(p + rlen), next_at = 0 }
+  local ref = s:sub(p, p + rlen - 1)
+  local clen, q = s:match("^(%d+) ()", p + rlen)
+  if not clen then return nil end
+  clen = tonumber(clen)
+  local ch = s:sub(q, q + clen - 1)
+  return { attempts = tonumber(attempts), created = tonumber(created), ref = ref,
+    channel = ch ~= "" and ch or nil, json = s:sub(q + clen), next_at = 0 }
 end
 
 -- The deliverer says how many orders it holds (ready, waiting, in flight).
-local function publish(self)
+function Queue:publish()
   local shm = self.shm
   if not shm or not self.deliverer then return end
   shm:set(HELD, self.tail - self.head + 1 + #self.waiting + self.in_flight)
   shm:set(INFLIGHT, self.in_flight)
 end
 
-local function shared_len(self)
+function Queue:shared_len()
   return self.shm:llen(LIST) or 0
 end
 
----------------------------------------------------------------------------
--- In-memory store: a ring of ready orders plus a list waiting for next_at
+-- --------------------------------------------------- the in-memory store
 
-local function ready_size(self)
-  return self.tail - self.head + 1
-end
+function Queue:ready_size() return self.tail - self.head + 1 end
 
-local function ready_push(self, it)
+function Queue:ready_push(it)
   local t = self.tail + 1
   self.tail = t
   self.ready[t] = it
 end
 
-local function ready_pop(self)
+function Queue:ready_pop()
   local h = self.head
   if h > self.tail then return nil end
   local it = self.ready[h]
   self.ready[h] = nil
-  if h == self.tail then
-    self.head, self.tail = 1, 0
-  else
-    self.head = h + 1
-  end
+  if h == self.tail then self.head, self.tail = 1, 0 else self.head = h + 1 end
   return it
 end
 
--- Move waiting orders whose time has come (all of them when `all`) to the ring.
-local function promote(self, all)
+-- Waiting orders whose time has come (all of them when `all`) to the ring.
+function Queue:promote(all)
   local w = self.waiting
   if #w == 0 then return end
   local t = now()
   local keep = {}
   for i = 1, #w do
     local it = w[i]
-    if all or it.next_at <= t then ready_push(self, it) else keep[#keep + 1] = it end
+    if all or it.next_at <= t then self:ready_push(it) else keep[#keep + 1] = it end
   end
   self.waiting = keep
 end
 
----------------------------------------------------------------------------
--- Taking orders (shared by the light threads of one flush)
+-- ------------------------------------------- taking orders (the senders)
 
-local function stopping(self)
+function Queue:stopping()
   if self.deadline then
     update_time()
     return now() >= self.deadline
@@ -191,39 +195,51 @@ local function stopping(self)
   return false
 end
 
-local function paused(self, final)
-  if final and not self.spool then return false end -- memory: last chance, try anyway
-  return self.paused_until > now()
+-- Held back: a 429 pause, refused credentials (one probe at a time when
+-- its time has come), or the in-flight limit. At the last chance before
+-- exit, memory orders are tried anyway.
+function Queue:held(final)
+  if final and not self.spool then return false end
+  local t = now()
+  if self.paused_until > t then return true end
+  if self.stopped then return self.probing or t < self.probe_at end
+  return self.in_flight >= self.limit
+end
+
+-- An order taken while the credentials are in doubt is the one probe.
+function Queue:taken(it)
+  if self.stopped then self.probing = true end
+  return it
 end
 
 -- The next order to send: it, or nil and why ("empty" when there is simply
--- nothing due; "stop" when paused, past the exit deadline or on error).
-local function take_memory(self, final)
-  if stopping(self) or paused(self, final) then return nil, "stop" end
+-- nothing due; "stop" when held, past the exit deadline or on error).
+function Queue:take_memory(final)
+  if self:stopping() or self:held(final) then return nil, "stop" end
   if final and not self.final_promoted then
     self.final_promoted = true
-    promote(self, true) -- one last attempt for everything waiting in memory
+    self:promote(true) -- one last attempt for everything waiting in memory
   end
-  local it = ready_pop(self)
-  if it then return it end
+  local it = self:ready_pop()
+  if it then return self:taken(it) end
   if self.shm then
     for _ = 1, 10 do -- skips (and logs) items this version cannot read
       local s = self.shm:lpop(LIST)
       if not s then break end
       it = unpack_item(s)
-      if it then return it end
+      if it then return self:taken(it) end
       log(ERR, "optimizely.offline queue: unreadable item in the shared list dropped")
     end
   end
   return nil, "empty"
 end
 
-local function take_spool(self, final)
-  if self.closed or stopping(self) or paused(self, final) then return nil, "stop" end
+function Queue:take_spool(final)
+  if self.closed or self:stopping() or self:held(final) then return nil, "stop" end
   if self.claimed_next > self.claimed_n then
-    local rows, err = self.spool:claim(self.concurrency, self.lease)
+    local rows, err = self.spool:claim(self.o.concurrency, self.lease)
     if not rows then
-      log(ERR, "optimizely.offline queue: spool claim failed: ", tostring(err))
+      self:storage_failed("claim", err)
       return nil, "stop"
     end
     self.claimed, self.claimed_next, self.claimed_n = rows, 1, #rows
@@ -233,108 +249,195 @@ local function take_spool(self, final)
   local row = self.claimed[i]
   self.claimed[i] = false
   self.claimed_next = i + 1
-  return { id = row.id, ref = row.ref, json = row.body, attempts = row.attempts }
+  return self:taken({ id = row.id, ref = row.ref, json = row.body, attempts = row.attempts,
+    channel = row.channel, created = row.created_at or now() })
 end
 
 -- Rows claimed but not started go back without counting an attempt.
-local function release_claimed(self)
+function Queue:release_claimed()
   if not self.spool then return end
   local buf = self.claimed
   for i = self.claimed_next, self.claimed_n do
     local row = buf[i]
     if row then
       local ok, err = self.spool:release(row.id)
-      if not ok then log(WARN, "optimizely.offline queue: spool release failed: ", tostring(err)) end
+      if not ok then self:storage_failed("release", err) end
     end
   end
   self.claimed, self.claimed_next, self.claimed_n = {}, 1, 0
 end
 
----------------------------------------------------------------------------
--- Outcomes
+-- A full disk must not stop delivery silently: counted, logged, an event.
+function Queue:storage_failed(what, err)
+  self.counters.storage_errors = self.counters.storage_errors + 1
+  self.storage_error = tostring(err)
+  self:event("storage", { operation = what, error = err })
+end
 
-local function dead(self, it, err)
-  bump(self, "dead")
-  bump(self, "failed")
+-- -------------------------------------------------------------- outcomes
+
+-- The one attempt of a sender: what the transport said, classified.
+function Queue:attempt(it)
+  local st = self.st
+  local ch = st.channel_index[it.channel or st.default_channel] or 1
+  local headers = st.channels[ch].headers
+  update_time()
+  local ok, rec, body, info, took = pcall(delivery.attempt, st.transport, "POST", st.post_url, headers, it.json)
+  if not ok then
+    -- a bug, not the network: keep the order (retryable) and say why
+    log(ERR, "optimizely.offline queue: send raised: ", tostring(rec))
+    return { ok = false, kind = "internal", retryable = true, message = tostring(rec) }, "", {}
+  end
+  self.meter:attempt(took, #it.json)
+  if rec.status == 429 then self.meter:throttled() end
+  return rec, body, info
+end
+
+function Queue:acked(it, rec, body, info, attempts)
+  self:bump("sent")
+  self.meter:sent(it.channel)
+  if self.spool then
+    local ok, err = self.spool:ack(it.id)
+    -- lease lost: another worker may send it again (at-least-once)
+    if not ok then self:storage_failed("ack", err) end
+  end
+  if self.limit < self.o.concurrency then
+    self.grow = self.grow + 1
+    if self.grow >= self.limit then self.limit, self.grow = self.limit + 1, 0 end
+  end
+  if self.stopped then
+    self.stopped, self.probing = false, false
+    self:event("resumed", { reason = "credentials" })
+  end
+  self:call("on_success", it.ref, delivery.success(rec, body, attempts, info, it.channel, nil))
+end
+
+function Queue:dead(it, err, why)
+  self:bump("dead")
+  self:bump("failed")
+  self.meter:failed(err, true, it.channel)
   err.retryable = false -- it is dead: retries are over
   if self.spool then
     local ok, kerr = self.spool:kill(it.id, err)
-    if not ok then log(ERR, "optimizely.offline queue: spool kill failed: ", tostring(kerr)) end
+    if not ok then self:storage_failed("kill", kerr) end
   end
-  log(WARN, "optimizely.offline queue: order ", tostring(it.ref), " failed for good: ", tostring(err))
-  call(self, "on_failure", it.ref, err)
+  self:call("on_failure", it.ref, err)
+  self:event("dead", { ref = it.ref, attempt = err.attempts, error = err, reason = why })
 end
 
-local function settle(self, it, res, err, final)
-  local attempts = it.attempts + 1
-  if res then
-    bump(self, "sent")
-    if self.spool then
-      local ok, aerr = self.spool:ack(it.id)
-      -- lease lost: another worker may send it again (at-least-once)
-      if not ok then log(WARN, "optimizely.offline queue: spool ack failed: ", tostring(aerr)) end
-    end
-    res.attempts = attempts
-    call(self, "on_success", it.ref, res)
-    return
-  end
-  err.attempts = attempts
-  update_time()
-  local t = now()
-  local wait_s
-  if err.kind == "http" and err.status == 429 then
-    -- the server asked everyone to slow down: pause the whole queue
-    local ra = retry.parse_retry_after(err.retry_after)
-    wait_s = ra and min(ra, self.policy.retry_after_max) or self.policy:delay(attempts)
-    self.paused_until = max(self.paused_until, t + wait_s)
-  end
-  if not (err.retryable and attempts < self.max_attempts) then
-    return dead(self, it, err)
-  end
-  if final and self.shm then
-    -- the shared dict outlives this worker on reload: the next deliverer
-    -- sends it (on stop it is lost with the dict)
-    bump(self, "retried")
-    local ok, perr = self.shm:rpush(LIST, pack(attempts, it.ref, it.json))
-    if ok then
-      log(WARN, "optimizely.offline queue: worker exiting, order ", tostring(it.ref),
-        " put back in the shared dict (lost if nginx is stopping): ", tostring(err))
-      return
-    end
-    log(ERR, "optimizely.offline queue: cannot put order ", tostring(it.ref), " back: ", tostring(perr))
-  end
-  if final and not self.spool then
-    -- shutting down without a spool: nowhere to keep it
-    bump(self, "dropped", "shutdown")
-    bump(self, "failed")
-    log(ERR, "optimizely.offline queue: worker exiting, order ", tostring(it.ref),
-      " not delivered: ", tostring(err))
-    call(self, "on_failure", it.ref, errors.new({ kind = "shutdown", retryable = false,
-      attempts = attempts, cause = err,
-      message = "worker exiting before the order was delivered (last error: " .. tostring(err) .. ")" }))
-    return
-  end
-  bump(self, "retried")
-  local next_at = t + (wait_s or self.policy:delay(attempts, err.retry_after))
+-- Keep an order for later: the spool row or the waiting list.
+function Queue:later(it, attempts, next_at, err)
   if self.spool then
     local ok, rerr = self.spool:retry(it.id, next_at, err)
-    if not ok then log(ERR, "optimizely.offline queue: spool retry failed: ", tostring(rerr)) end
+    if not ok then self:storage_failed("retry", rerr) end
   else
     it.attempts, it.next_at = attempts, next_at
-    local w = self.waiting
-    w[#w + 1] = it
+    self.waiting[#self.waiting + 1] = it
   end
 end
 
----------------------------------------------------------------------------
--- The flush: light threads sharing one take()
+-- Shutting down: nowhere to keep an order held only in memory. Returns
+-- "requeued" when the shared list took it back, else "lost" (reported).
+function Queue:lost(it, attempts, err)
+  if self.shm then
+    -- the shared dict outlives this worker on reload: the next deliverer sends it
+    it.attempts = attempts
+    if self.shm:rpush(LIST, pack(it)) then
+      self.events:log("warn", "worker exiting, order " .. core.quote(it.ref)
+        .. " put back in the shared dict (lost if nginx is stopping)", false)
+      return "requeued"
+    end
+  end
+  self:bump("dropped", "shutdown")
+  self:bump("failed")
+  local e = errors.new({ kind = "shutdown", retryable = false, attempts = attempts, cause = err,
+    message = "worker exiting before the order was delivered (last error: " .. tostring(err) .. ")" })
+  self.meter:failed(e, false, it.channel)
+  self:call("on_failure", it.ref, e)
+  -- every lost order gets its line (never rate-limited), with its refCode
+  self:event("dropped", { reason = "shutdown", ref = it.ref, attempt = attempts, error = e },
+    "worker exiting, order " .. core.quote(it.ref) .. " not delivered: " .. tostring(err))
+  return "lost"
+end
+
+function Queue:pause_for(seconds, err)
+  local t = now()
+  local was = self.paused_until > t
+  self.paused_until = max(self.paused_until, t + seconds)
+  if not was then self:event("paused", { reason = "throttled", seconds = seconds, error = err }) end
+end
+
+function Queue:stop_for_credentials(it, err)
+  local first = not self.stopped
+  self.stopped, self.probing = true, false
+  self.probe_at = now() + self.o.auth_pause
+  if first then self:event("paused", { reason = "credentials", error = err, seconds = self.o.auth_pause }) end
+  -- the order waits with the others, first in line to probe next time
+  if self.spool then
+    local ok, rerr = self.spool:release(it.id)
+    if not ok then self:storage_failed("release", rerr) end
+  else
+    self.head = self.head - 1
+    self.ready[self.head] = it
+  end
+end
+
+-- The answer to an order that was reported lost at exit (it was still in
+-- flight when the grace ended) came after all: said, and counted if sent.
+function Queue:settle_late(it, rec, body)
+  local action = self.policy:decide(rec, it.attempts + 1, 0)
+  if action == "ack" then
+    self.meter:sent(it.channel)
+    if self.spool then self.spool:ack(it.id) end
+    self.events:log("warn", "order " .. core.quote(it.ref) .. " was delivered after all (its answer came after"
+      .. " the shutdown grace; it was " .. (it.reported == "lost" and "reported lost" or "put back in the shared dict")
+      .. ")", false)
+  else
+    self.events:log("warn", "order " .. core.quote(it.ref) .. " (" .. (it.reported == "lost" and "reported lost"
+      or "put back in the shared dict") .. " at exit): the late answer was "
+      .. tostring(delivery.failure(rec, body, it.attempts + 1, it.channel, self.st.secrets)), false)
+  end
+  self:flush_metrics(true) -- the worker is exiting: its gauges stay removed
+end
+
+-- After one attempt: the policy's decision, carried out. `final`: the
+-- worker is exiting (no later attempt for a memory order).
+function Queue:settle(it, rec, body, info, final)
+  if it.reported then return self:settle_late(it, rec, body) end
+  final = final or self.exit_reported
+  local attempts = it.attempts + 1
+  local st = self.st
+  local action, delay, pause, slow_down, why = self.policy:decide(rec, attempts, os.time() - (it.created or 0))
+  if self.probing then
+    -- the probe is over; neither a success nor a refusal says nothing new
+    -- about the credentials: probe again later
+    self.probing = false
+    if action ~= "ack" and action ~= "stop" then self.probe_at = now() + self.o.auth_pause end
+  end
+  if action == "ack" then return self:acked(it, rec, body, info, attempts) end
+  local err = delivery.failure(rec, body, attempts, it.channel, st.secrets)
+  if pause and pause > 0 then self:pause_for(pause, err) end
+  if slow_down then self.limit, self.grow = max(1, floor(self.limit / 2)), 0 end
+  if action == "stop" then
+    self.meter:retried()
+    return self:stop_for_credentials(it, err)
+  end
+  if action == "dead" then return self:dead(it, err, why) end
+  if final and not self.spool then return self:lost(it, attempts, err) end
+  self:bump("retried")
+  self.meter:retried()
+  self:event("retry", { ref = it.ref, attempt = attempts, delay = delay, error = err })
+  update_time()
+  self:later(it, attempts, now() + delay, err)
+end
+
+-- ---------------------------------------------- the flush: light threads
 
 -- One light thread of a flush. When the queue runs dry it lingers on the
 -- semaphore (push posts to it) instead of ending, so a steady trickle of
 -- orders does not cost a new timer and new threads per order.
 local function sender(self, final)
-  local take = self.spool and take_spool or take_memory
-  local client = self.client
+  local take = self.spool and self.take_spool or self.take_memory
   while true do
     local fin = final or self.exiting
     local it, why = take(self, fin)
@@ -343,24 +446,21 @@ local function sender(self, final)
       if not self.sema:wait(self.linger) then return end -- idle long enough
     else
       self.in_flight = self.in_flight + 1
-      publish(self)
-      local ok, res, err = pcall(client.send_encoded, client, it.json)
+      self.flying[it] = true -- accounted at exit even when its answer never comes
+      self:publish()
+      local rec, body, info = self:attempt(it)
+      self.flying[it] = nil
       self.in_flight = self.in_flight - 1
-      if not ok then
-        -- a bug, not the network: keep the order and say why
-        log(ERR, "optimizely.offline queue: send raised: ", tostring(res))
-        res, err = nil, errors.new({ kind = "internal", message = tostring(res), retryable = true })
-      end
-      local sok, serr = pcall(settle, self, it, res, err, fin)
+      local sok, serr = pcall(self.settle, self, it, rec, body, info, fin)
       if not sok then log(ERR, "optimizely.offline queue: settle raised: ", tostring(serr)) end
-      publish(self)
+      self:publish()
     end
   end
 end
 
-local function run_flush(self, final)
+function Queue:run_flush(final)
   local threads = {}
-  for _ = 1, self.concurrency do
+  for _ = 1, self.o.concurrency do
     local th, err = spawn(sender, self, final)
     if not th then
       log(ERR, "optimizely.offline queue: cannot spawn a sender: ", tostring(err))
@@ -372,65 +472,65 @@ local function run_flush(self, final)
     local ok, err = wait(threads[i])
     if not ok then log(ERR, "optimizely.offline queue: sender failed: ", tostring(err)) end
   end
-  release_claimed(self)
+  self:release_claimed()
 end
 
 -- Wake one lingering sender, if any (any phase: posting never yields).
-local function wake(self)
+function Queue:wake()
   if self.sema:count() < 0 then self.sema:post(1) end
 end
 
 -- Wake every lingering sender (exit, close).
-local function wake_all(self)
+function Queue:wake_all()
   local c = self.sema:count()
   if c < 0 then self.sema:post(-c) end
 end
 
 -- Is anything due right now?
-local function has_due(self)
-  if self.paused_until > now() then return false end
+function Queue:has_due()
+  local t = now()
+  if self.paused_until > t then return false end
+  if self.stopped and t < self.probe_at then return false end
   if self.spool then
     local at = self.spool:next_due()
-    return at and at <= now() + 0.001 or false
+    return at and at <= t + 0.001 or false
   end
-  promote(self)
-  return ready_size(self) > 0 or (self.shm ~= nil and shared_len(self) > 0)
+  self:promote()
+  return self:ready_size() > 0 or (self.shm ~= nil and self:shared_len() > 0)
 end
 
 -- Runs flushes until nothing that arrived meanwhile is left (bounded).
-local function flush_loop(self, final)
+function Queue:flush_loop(final)
   for _ = 1, 1000 do
     self.again = false
-    run_flush(self, final)
-    if stopping(self) then return end
-    if not self.again and not (not self.spool and (ready_size(self) > 0 or (self.shm and shared_len(self) > 0))
-        and not paused(self, final)) then
-      return
-    end
+    self:run_flush(final)
+    if self:stopping() then return end
+    local more = not self.spool and (self:ready_size() > 0 or (self.shm and self:shared_len() > 0))
+    if not self.again and not (more and not self:held(final)) then return end
   end
 end
 
-local function begin_exit(self)
+function Queue:begin_exit()
   if self.exiting then return end
   self.exiting = true
   update_time()
-  self.deadline = now() + self.shutdown_timeout
+  self.deadline = now() + self.o.shutdown_timeout
 end
 
 local function flush_timer(premature, self)
   local final = premature or ngx.worker.exiting()
-  if final then begin_exit(self) end
-  local ok, err = pcall(flush_loop, self, final)
+  if final then self:begin_exit() end
+  local ok, err = pcall(self.flush_loop, self, final)
   self.flushing = false
   if not ok then log(ERR, "optimizely.offline queue: flush failed: ", tostring(err)) end
 end
 
 -- Start a flush unless one is running (any phase: only creates a timer).
-local function kick(self)
+function Queue:kick()
   if self.exiting or self.shm and not self.deliverer then return end -- the final flush is running or done
   if self.flushing then
     self.again = true
-    wake(self)
+    self:wake()
     return
   end
   if self.paused_until > now() then return end
@@ -446,76 +546,82 @@ local function kick(self)
   end
 end
 
--- What is left in memory at exit is lost: count and report each order.
-local function report_lost(self)
+-- What is left in memory at exit is reported, one by one: the orders
+-- waiting, then those still in flight when the grace ended (their answer
+-- may come later: settle_late says so). With a spool they stay in it.
+function Queue:report_lost()
+  self.exit_reported = true
   if self.spool then return end
-  promote(self, true)
+  self:promote(true)
   while true do
-    local it = ready_pop(self)
+    local it = self:ready_pop()
     if not it then break end
-    -- shared: handed back to the list for the next deliverer (reload)
-    if not (self.shm and self.shm:rpush(LIST, pack(it.attempts, it.ref, it.json))) then
-      bump(self, "dropped", "shutdown")
-      bump(self, "failed")
-      call(self, "on_failure", it.ref, errors.new({ kind = "shutdown", retryable = false,
-        attempts = it.attempts, message = "worker exiting before the order could be sent" }))
-    end
+    self:lost(it, it.attempts, "the worker exited before the order could be sent")
   end
-  publish(self)
+  local flying = {}
+  for it in pairs(self.flying) do flying[#flying + 1] = it end
+  table.sort(flying, function(a, b) return tostring(a.ref) < tostring(b.ref) end)
+  for _, it in ipairs(flying) do
+    -- its answer, if it comes, is only said: the order is accounted now
+    it.reported = self:lost(it, it.attempts + 1, "still in flight when the shutdown grace (shutdown_timeout "
+      .. self.o.shutdown_timeout .. " s) ended: the endpoint may or may not have it")
+  end
+  self:publish()
   local lost = self.counters.dropped.shutdown
   if lost and lost > 0 then
-    log(ERR, "optimizely.offline queue: worker exiting, ", lost,
-      " order(s) not delivered (no spool configured)")
+    log(ERR, "optimizely.offline queue: worker exiting, ", lost, " order(s) not delivered (no spool configured)")
   end
 end
 
-local function final_flush(self)
-  begin_exit(self)
-  wake_all(self)
-  while self.flushing and not stopping(self) do ngx.sleep(0.02) end
+function Queue:final_flush()
+  self:begin_exit()
+  self:wake_all()
+  while self.flushing and not self:stopping() do ngx.sleep(0.02) end
   if not self.flushing then
     self.flushing = true
-    local ok, err = pcall(flush_loop, self, true)
+    local ok, err = pcall(self.flush_loop, self, true)
     self.flushing = false
     if not ok then log(ERR, "optimizely.offline queue: final flush failed: ", tostring(err)) end
   end
-  report_lost(self)
+  self:report_lost()
+  self:flush_metrics(true)
   -- the spool stays open: requests still finishing may push (durably) until
   -- the process ends; the next worker sends those
 end
 
 local tick
 
-local function arm(self)
-  local ok, err = timer_at(self.flush_interval, tick, self)
+function Queue:arm()
+  local ok, err = timer_at(self.o.flush_interval, tick, self)
   if not ok and not ngx.worker.exiting() then
     log(ERR, "optimizely.offline queue: cannot arm the periodic timer: ", tostring(err))
   end
 end
 
 tick = function(premature, self)
-  if premature then return final_flush(self) end
+  if premature then return self:final_flush() end
+  self:flush_metrics()
   if self.closed and not self.shm and not self.flushing and self.in_flight == 0 then
     if self.spool then
       -- what is left stays in the spool for the next worker
-      release_claimed(self)
+      self:release_claimed()
       if self.spool:is_open() then self.spool:close() end
       return
     end
-    if ready_size(self) == 0 and #self.waiting == 0 then return end
+    if self:ready_size() == 0 and #self.waiting == 0 then return end
   end
-  arm(self) -- first, so an error below cannot stop the loop
+  self:arm() -- first, so an error below cannot stop the loop
   if self.closed and self.spool then return end
-  local ok, due = pcall(has_due, self)
+  local ok, due = pcall(self.has_due, self)
   if not ok then
     log(ERR, "optimizely.offline queue: ", tostring(due))
     return
   end
   if self.flushing then
-    if due then wake(self) end -- retries now due, senders lingering
+    if due then self:wake() end -- retries now due, senders lingering
   elseif due then
     self.flushing = true
-    local fok, err = pcall(flush_loop, self, false)
+    local fok, err = pcall(self.flush_loop, self, false)
     self.flushing = false
     if not fok then log(ERR, "optimizely.offline queue: flush failed: ", tostring(err)) end
   end
@@ -525,271 +631,358 @@ end
 -- once (without waiting busy_timeout) when two connections set WAL mode on a
 -- new file, so a busy open is retried for up to ~2 s. init_worker cannot
 -- yield; a short blocking wait there delays only this worker's start.
-local function open_spool(path, sopts, phase)
+local function open_spool(o, phase)
   local spool = require("optimizely.offline.spool")
-  local pause = YIELDABLE[phase] and ngx.sleep or require("optimizely.offline.core").sleep
+  local pause = YIELDABLE[phase] and ngx.sleep or core.sleep
+  local sopts = { max_orders = o.spool_max_orders, max_bytes = o.spool_max_bytes, max_age = o.max_age,
+    on_full = o.spool_on_full, sync = o.spool_sync }
   local sp, err
   for i = 1, 40 do
-    sp, err = spool.open(path, sopts)
+    sp, err = spool.open(o.spool, sopts)
     if sp or err.kind ~= "busy" then break end
     pause(min(0.01 * i, 0.1))
   end
   return sp, err
 end
 
----------------------------------------------------------------------------
--- Public API
+-- ------------------------------------------------------------ the constructor
+
+-- The shared-mode role of this process: the deliverer (true) or a pusher.
+local function deliverer_role(o)
+  local d = o.deliverer
+  if d == nil then d = 0 end
+  local ptype = require("ngx.process").type()
+  if d == "agent" then return ptype == "privileged agent" end
+  if type(d) == "number" and d >= 0 and d == floor(d) then
+    if d >= ngx.worker.count() then
+      error("optimizely.offline.ngx.queue: opts.deliverer is worker " .. d .. " but there are "
+        .. ngx.worker.count() .. " workers", 5)
+    end
+    return ptype == "worker" and ngx.worker.id() == d
+  end
+  error("optimizely.offline.ngx.queue: opts.deliverer must be \"agent\" or a worker id (got "
+    .. tostring(d) .. ")", 5)
+end
+
+-- Missing credentials under nginx are almost always an environment
+-- variable nginx did not pass: it clears the environment of its workers
+-- except for the variables named by `env` directives.
+local function check_credentials(cc)
+  if cc.token == nil and cc.tokens == nil then
+    error("optimizely.offline.ngx.queue: client_config.token is missing (nil). If the config reads it with"
+      .. " os.getenv(\"NAME\"), declare the variable in the main context of nginx.conf with `env NAME;`:"
+      .. " nginx clears the environment of its workers otherwise", 4)
+  end
+end
+
+local function check_opts(o)
+  if o.metrics_shm ~= nil and not ngx.shared[o.metrics_shm] then
+    error("optimizely.offline.ngx.queue: opts.metrics_shm must name a lua_shared_dict (got "
+      .. core.quote(o.metrics_shm) .. ")", 4)
+  end
+  if o.shm ~= nil then
+    if not ngx.shared[o.shm] then
+      error("optimizely.offline.ngx.queue: opts.shm must name a lua_shared_dict (got " .. core.quote(o.shm) .. ")", 4)
+    end
+    if o.spool ~= nil then error("optimizely.offline.ngx.queue: opts.shm cannot be combined with opts.spool", 4) end
+  elseif o.deliverer ~= nil then
+    error("optimizely.offline.ngx.queue: opts.deliverer needs opts.shm", 4)
+  end
+end
+
+-- The client whose context (transport, headers per channel, secrets)
+-- the senders use; its cosocket transport built from opts.transport.
+-- The client whose context (transport, headers per channel, secrets)
+-- the senders use; its cosocket transport built from opts.transport.
+local function make_client(cc, o)
+  local cfg = transport.client_config(cc, "optimizely.offline.ngx.queue: client_config", o.transport,
+    { sleep = "the queue schedules its own retries" }, 4)
+  local client = require("optimizely.offline.client")
+  local c = client.client(cfg)
+  return c, client.state(c)
+end
+
+-- The one startup line: where orders go and how they are held (no token).
+function Queue:started()
+  local o = self.o
+  local how = self.spool and ("spool " .. o.spool)
+    or (self.shm and ("shared dict " .. o.shm .. (self.deliverer and ", delivering" or ", pushing only")))
+    or "in memory"
+  if self.metrics_dict then how = how .. "; metrics in " .. o.metrics_shm end
+  local c = self.st.config
+  if c.env == nil and c.base_url == "https://uat.peerius.com" then
+    how = how .. "; if base_url comes from os.getenv, declare the variable with `env NAME;` in nginx.conf"
+  end
+  self.events:started("queue of worker " .. tostring(ngx.worker.id()), self.st, how)
+end
+
+-- A worker that only pushes (shared mode) has no delivery timer: its
+-- metrics go to metrics_shm on a timer of their own (and at exit).
+function Queue:pusher_timer()
+  if not self.metrics_dict then return self end
+  local ok, err = ngx.timer.every(self.o.flush_interval, function(premature) self:flush_metrics(premature) end)
+  if not ok then log(ERR, "optimizely.offline queue: cannot start the metrics timer: ", tostring(err)) end
+  return self
+end
 
 --- Create this worker's queue (call it in `init_worker_by_lua*`).
--- @param client_config the `offline.client` config (site, token, channel,
---   base_url/env, timeout, connect_timeout, backoff_*, retry_after_max,
---   max_attempts as the queue's default); `transport` defaults to the
---   cosocket one. libcurl-only options (ca_file, proxy, ...) are refused.
--- @param opts `{max_queue = 10000, concurrency = 4, flush_interval = 1,
---   max_attempts = 4, on_success = fn(ref, res), on_failure = fn(ref, err),
---   spool = path, spool_options = {...}, lease = seconds, shutdown_timeout = 3,
---   transport = {keepalive_timeout, pool_size, max_body, user_agent},
---   shm = lua_shared_dict name, deliverer = 0 | worker id | "agent",
---   poll_interval = 0.02}`. With `shm` (not with `spool`) every worker only
---   encodes and appends to a list in that dict and the `deliverer` (a worker,
---   or the privileged agent, which needs OpenResty) sends for all; stats are
---   shared, `max_queue` bounds the list.
+-- @param client_config the `offline.client` config (site, token or tokens,
+--   channel, base_url/env, timeout, connect_timeout, backoff_*,
+--   retry_after_max); `transport` defaults to the cosocket one.
+--   libcurl-only options (ca_file, proxy, ...) are refused.
+-- @param o the options of `M.schema` (see optimizely.offline.queue for the
+--   shared ones)
 -- @return queue, or nil, err when the spool cannot be opened
-function M.new(client_config, opts)
+function M.new(client_config, o)
   local phase = ngx.get_phase()
   if phase == "init" then
     error("optimizely.offline.ngx.queue: create the queue in init_worker_by_lua*, not init_by_lua*"
       .. " (timers and spool handles do not survive the fork)", 2)
   end
-  if type(client_config) ~= "table" then bad("client_config", "must be a table, got " .. type(client_config)) end
-  if opts ~= nil and type(opts) ~= "table" then bad("opts", "must be a table, got " .. type(opts)) end
-  opts = opts or {}
-  for k in pairs(opts) do
-    if not KNOWN[k] then bad("opts." .. tostring(k), "is not a known option") end
-  end
-  for k, why in pairs(CURL_ONLY) do
-    if client_config[k] ~= nil then bad("client_config." .. k, "is not used under nginx: " .. why) end
-  end
-  if client_config.http_version ~= nil and client_config.http_version ~= "1.1" then
-    bad("client_config.http_version", "must be \"1.1\" under nginx")
-  end
-  for _, f in ipairs({ "on_success", "on_failure" }) do
-    if opts[f] ~= nil and type(opts[f]) ~= "function" then bad("opts." .. f, "must be a function") end
-  end
-  if opts.spool ~= nil and (type(opts.spool) ~= "string" or opts.spool == "") then
-    bad("opts.spool", "must be a file path")
-  end
-  if opts.spool_options ~= nil and type(opts.spool_options) ~= "table" then
-    bad("opts.spool_options", "must be a table")
-  end
-  local shm, deliverer
-  if opts.shm ~= nil then
-    if type(opts.shm) ~= "string" or not ngx.shared[opts.shm] then
-      bad("opts.shm", "must name a lua_shared_dict (got " .. tostring(opts.shm) .. ")")
-    end
-    if opts.spool ~= nil then bad("opts.shm", "cannot be combined with opts.spool") end
-    shm = ngx.shared[opts.shm]
-    local d = opts.deliverer
-    if d == nil then d = 0 end
-    local ptype = require("ngx.process").type()
-    if d == "agent" then
-      deliverer = ptype == "privileged agent"
-    elseif type(d) == "number" and d >= 0 and d == floor(d) then
-      if d >= ngx.worker.count() then
-        bad("opts.deliverer", "is worker " .. d .. " but there are " .. ngx.worker.count() .. " workers")
-      end
-      deliverer = ptype == "worker" and ngx.worker.id() == d
-    else
-      bad("opts.deliverer", "must be \"agent\" or a worker id (got " .. tostring(d) .. ")")
-    end
-  else
-    for _, k in ipairs({ "deliverer", "poll_interval" }) do
-      if opts[k] ~= nil then bad("opts." .. k, "needs opts.shm") end
-    end
-  end
-  local cfg_attempts = client_config.max_attempts
+  check_credentials(client_config)
+  o = M.schema:check(o, 2)
+  check_opts(o)
+  local shm = o.shm and ngx.shared[o.shm]
+  local client, st = make_client(client_config, o)
+  local timeout = (client_config.timeout or 10) + (client_config.connect_timeout or 5)
   local self = setmetatable({
-    max_queue = want_number(opts, "max_queue", M.DEFAULTS.max_queue, 1, 1e9, true),
-    concurrency = want_number(opts, "concurrency", M.DEFAULTS.concurrency, 1, 256, true),
-    flush_interval = want_number(opts, "flush_interval", M.DEFAULTS.flush_interval, 0.01, 3600),
-    max_attempts = want_number(opts, "max_attempts",
-      type(cfg_attempts) == "number" and cfg_attempts or M.DEFAULTS.max_attempts, 1, 100, true),
-    shutdown_timeout = want_number(opts, "shutdown_timeout", M.DEFAULTS.shutdown_timeout, 0, 3600),
-    on_success = opts.on_success, on_failure = opts.on_failure,
+    o = o, client = client, st = st,
+    policy = require("optimizely.offline.retry").new({ max_attempts = o.max_attempts or false,
+      max_age = o.max_age, backoff_base = client_config.backoff_base, backoff_max = client_config.backoff_max,
+      retry_after_max = client_config.retry_after_max, random = client_config.random }),
+    meter = client_config.metrics == false and metrics.null() or core.metrics_new(), -- the counts
+    metrics_dict = o.metrics_shm and ngx.shared[o.metrics_shm], flying = {},
     ready = {}, head = 1, tail = 0, waiting = {},
     claimed = {}, claimed_next = 1, claimed_n = 0,
     sema = semaphore.new(0),
     linger = 1, -- seconds an idle sender waits for the next push
     in_flight = 0, flushing = false, again = false, closed = false,
-    paused_until = 0, timer_warned = 0,
-    counters = { sent = 0, retried = 0, failed = 0, dead = 0, invalid = 0, dropped = {} },
-    shm = shm, deliverer = deliverer,
-    poll_interval = want_number(opts, "poll_interval", 0.02, 0.001, 60),
+    limit = o.concurrency, grow = 0,
+    paused_until = 0, stopped = false, probe_at = 0, probing = false, timer_warned = 0,
+    counters = { sent = 0, retried = 0, failed = 0, dead = 0, invalid = 0, dropped = {},
+      callback_errors = 0, storage_errors = 0, pushed = 0 },
+    shm = shm, deliverer = shm and deliverer_role(o),
+    lease = o.lease or max(30, 2 * timeout),
   }, Queue)
-
-  -- The client does the config checks, header building and outcome rules.
-  local cfg = {}
-  for k, v in pairs(client_config) do cfg[k] = v end
-  if cfg.transport == nil then
-    local topts = {}
-    for k, v in pairs(opts.transport or {}) do topts[k] = v end
-    topts.timeout = topts.timeout or client_config.timeout
-    topts.connect_timeout = topts.connect_timeout or client_config.connect_timeout
-    cfg.transport = transport.new(topts)
-  end
-  cfg.max_attempts = 1 -- the queue retries, not the client
-  self.client = require("optimizely.offline.client").client(cfg)
-  self.policy = retry.new({
-    max_attempts = self.max_attempts, backoff_base = client_config.backoff_base,
-    backoff_max = client_config.backoff_max, retry_after_max = client_config.retry_after_max,
-    random = client_config.random,
-  })
-  self.encode = require("optimizely.offline").encode
-  local timeout = (client_config.timeout or 10) + (client_config.connect_timeout or 5)
-  self.lease = want_number(opts, "lease", max(30, 2 * timeout), 1, 86400)
-
-  if opts.spool then
-    local sp, err = open_spool(opts.spool, opts.spool_options, phase)
+  self.events = events.new({ on_event = o.on_event, logger = o.logger, prefix = "optimizely.offline queue: ",
+    on_error = function(name, err)
+      self.counters.callback_errors = self.counters.callback_errors + 1
+      log(ERR, "optimizely.offline queue: ", name, " raised: ", tostring(err))
+    end })
+  self.pseudonym = o.pseudonymise ~= nil and require("optimizely.offline.client").pseudonymiser(o.pseudonymise, 2)
+    or nil
+  if o.spool then
+    local sp, err = open_spool(o, phase)
     if not sp then return nil, err end
     self.spool = sp
   end
-  if shm and not deliverer then return self end -- pushes only: no timers here
-  arm(self)
-  if self.spool then kick(self) end -- orders left by an earlier run
+  self:started()
+  if shm and not self.deliverer then return self:pusher_timer() end -- pushes only: no delivery timers
+  self:arm()
+  if self.spool then self:kick() end -- orders left by an earlier run
   if shm then
     -- other processes cannot post our semaphore: look at the list often
     -- (an llen, no allocation) and wake or start the senders
-    local ok, err = ngx.timer.every(self.poll_interval, function(premature)
+    local ok, err = ngx.timer.every(o.poll_interval, function(premature)
       if premature or self.exiting then return end
-      if shared_len(self) > 0 then kick(self) end
+      if self:shared_len() > 0 then self:kick() end
     end)
-    if not ok then return nil, errors.new({ kind = "internal", message = "cannot start the poll timer: " .. tostring(err) }) end
-    kick(self) -- orders left by the previous deliverer
+    if not ok then
+      return nil, errors.new({ kind = "internal", message = "cannot start the poll timer: " .. tostring(err) })
+    end
+    self:kick() -- orders left by the previous deliverer
   end
   return self
 end
 
-local function refuse(self, err)
+-- ------------------------------------------------------------------ push
+
+function Queue:refuse(err)
   local kind = err.kind == "validation" and "invalid" or err.kind or "error"
-  bump(self, "dropped", kind)
-  if kind == "invalid" then bump(self, "invalid") end
+  self:bump("dropped", kind)
+  if kind == "invalid" then self:bump("invalid") end
   if kind == "full" and err.bound and not err.option then
     err.option = self.spool and ("spool_" .. err.bound) or err.bound
   end
   return nil, err
 end
 
+local PUSH_OPTS = opts.schema("optimizely.offline.ngx.queue", "push opts",
+  { channel = { type = "string", nonempty = true } })
+
+function Queue:full_error(n)
+  return errors.new({ kind = "full", bound = "max_queue", retryable = true,
+    message = "queue full: " .. n .. " orders waiting (max_queue " .. self.o.max_queue .. ")" })
+end
+
+-- The order's channel (a name), or nil, err.
+function Queue:channel_of(po)
+  local name = (po and po.channel) or self.o.channel
+  local i, err = require("optimizely.offline.client").channel_of(self.st, name)
+  if not i then return nil, err end
+  return self.st.channels[i].name
+end
+
 --- Queue one order. No network I/O, no yield: any phase, log_by_lua included.
 -- @param payload `{lang?, user?, order}` as accepted by `offline.encode`
+-- @param po optional `{channel = name}`
 -- @return true, warnings  or  nil, err (kind "validation" with problems,
 --   "full" when `max_queue` (or a spool bound) is reached — checked first,
---   so a full queue refuses without validating —, "closed", or a spool kind)
-function Queue:push(payload)
+--   so a full queue refuses without validating —, "config" (no token for
+--   the channel), "closed", or a spool kind)
+function Queue:push(payload, po)
+  if po ~= nil then po = PUSH_OPTS:check(po, 2) end
   local shm = self.shm
-  if shm then return self:push_shared(payload, shm) end
-  if self.closed or (self.exiting and not self.spool) then
-    return refuse(self, errors.new({ kind = "closed", retryable = false,
+  if self.closed or (self.exiting and not self.spool and not shm) then
+    return self:refuse(errors.new({ kind = "closed", retryable = false,
       message = self.closed and "the queue is closed" or "the worker is exiting" }))
   end
-  if not self.spool then
-    -- checked before encoding: shedding load must be cheap
-    local n = ready_size(self) + #self.waiting + self.in_flight
-    if n >= self.max_queue then
-      return refuse(self, errors.new({ kind = "full", bound = "max_queue", retryable = true,
-        message = "queue full: " .. n .. " orders waiting (max_queue " .. self.max_queue .. ")" }))
+  -- checked before encoding: shedding load must be cheap
+  local n = shm and (shm:llen(LIST) or 0)
+    or (not self.spool and (self:ready_size() + #self.waiting + self.in_flight))
+  if n and n >= self.o.max_queue then return self:refuse(self:full_error(n)) end
+  local channel, cerr = self:channel_of(po)
+  if not channel then return self:refuse(cerr) end
+  local json, warnings = require("optimizely.offline.client").prepare(self.st, payload, self.pseudonym)
+  if not json then return self:refuse(warnings) end
+  local it = { json = json, ref = core.ref_string(payload) or "", attempts = 0, next_at = 0,
+    channel = channel, created = os.time() }
+  local ok, err = self:store(it)
+  if not ok then return self:refuse(err) end
+  self:bump("pushed")
+  self.meter:queued()
+  if not shm or self.deliverer then self:kick() end
+  return true, warnings
+end
+
+-- Into the shared list, the spool or the ring.
+function Queue:store(it)
+  if self.shm then
+    local ok, err = self.shm:rpush(LIST, pack(it))
+    if not ok then
+      -- "no memory": the dict is the bound here
+      return nil, errors.new({ kind = "full", bound = "shm", option = "shm", retryable = true,
+        message = "queue full: the lua_shared_dict has no room (" .. tostring(err) .. ")" })
     end
+    return true
   end
-  local json, warnings = self.encode(payload)
-  if not json then return refuse(self, warnings) end
-  local ref = payload.order.refCode
-  ref = type(ref) == "number" and string.format("%.17g", ref) or tostring(ref)
   if self.spool then
-    local id, err = self.spool:put(json, ref)
-    if not id then return refuse(self, err) end
-  else
-    ready_push(self, { json = json, ref = ref, attempts = 0, next_at = 0 })
+    local id, err = self.spool:put(it.json, it.ref, nil, it.channel)
+    if not id then return nil, err end
+    return true
   end
-  kick(self)
-  return true, warnings
+  self:ready_push(it)
+  return true
 end
 
--- Shared mode: encode here, append the bytes to the dict's list; the
--- deliverer's poll timer picks them up. The dict outlives a reload, so an
--- exiting worker still accepts.
-function Queue:push_shared(payload, shm)
-  if self.closed then
-    return refuse(self, errors.new({ kind = "closed", retryable = false, message = "the queue is closed" }))
-  end
-  local n = shm:llen(LIST) or 0 -- O(1): shedding load must be cheap
-  if n >= self.max_queue then
-    return refuse(self, errors.new({ kind = "full", bound = "max_queue", retryable = true,
-      message = "queue full: " .. n .. " orders waiting (max_queue " .. self.max_queue .. ")" }))
-  end
-  local json, warnings = self.encode(payload)
-  if not json then return refuse(self, warnings) end
-  local ref = payload.order.refCode
-  ref = type(ref) == "number" and string.format("%.17g", ref) or tostring(ref)
-  local ok, err = shm:rpush(LIST, pack(0, ref, json))
-  if not ok then
-    -- "no memory": the dict is the bound here
-    return refuse(self, errors.new({ kind = "full", bound = "shm", option = "shm", retryable = true,
-      message = "queue full: the lua_shared_dict has no room (" .. tostring(err) .. ")" }))
-  end
-  if self.deliverer then kick(self) end
-  return true, warnings
-end
+-- ------------------------------------------------------------------ stats
 
---- Counters of this worker's queue (the names of the threaded queue's).
--- @return `{queued, in_flight, sent, retried, failed, dead, invalid,
---   dropped = {invalid =, full =, closed =, shutdown =}, paused_for,
---   spool = spool:stats() (with a spool)}`: `retried` counts rescheduled
---   attempts, `dead` orders given up after their attempts or a permanent
---   failure, `failed` every order passed to on_failure (dead, and lost at
---   exit without a spool), `invalid` pushes refused by validation
-function Queue:stats()
+function Queue:shared_stats()
   local shm = self.shm
-  if shm then
-    -- every worker reports the same (shared) numbers
-    local function c(k) return shm:get("c:" .. k) or 0 end
-    local dropped = {}
-    for _, k in ipairs(shm:get_keys(0)) do
-      local sub = k:match("^c:dropped%.(.+)$")
-      if sub then dropped[sub] = shm:get(k) end
-    end
-    local fl = c("in_flight")
-    return { shared = true, deliverer = self.deliverer, queued = shared_len(self) + c("held") - fl,
-      in_flight = fl, sent = c("sent"), retried = c("retried"), failed = c("failed"), dead = c("dead"),
-      invalid = c("invalid"), dropped = dropped, paused_for = max(0, self.paused_until - now()) }
+  local function c(k) return shm:get("c:" .. k) or 0 end
+  local dropped = {}
+  for _, k in ipairs(shm:get_keys(0)) do
+    local sub = k:match("^c:dropped%.(.+)$")
+    if sub then dropped[sub] = shm:get(k) end
   end
+  local fl = c("in_flight")
+  return { shared = true, deliverer = self.deliverer, queued = self:shared_len() + c("held") - fl,
+    in_flight = fl, sent = c("sent"), retried = c("retried"), failed = c("failed"), dead = c("dead"),
+    invalid = c("invalid"), pushed = c("pushed"), dropped = dropped,
+    paused_for = max(0, self.paused_until - now()) }
+end
+
+--- Counters of this worker's queue: the same keys as the threaded queue's
+-- (`{queued, in_flight, sent, retried, failed, dead, invalid, pushed,
+-- paused_for, paused, callback_errors, storage_errors, storage_error?,
+-- dropped = {invalid =, full =, closed =, shutdown =, config =}, spool =
+-- spool:stats() (with a spool)}`; in shared mode the dict's numbers, the
+-- same in every worker, plus `shared` and `deliverer`).
+function Queue:stats()
+  if self.shm then return self:shared_stats() end
   local st = self.counters
   local out = {
     in_flight = self.in_flight, sent = st.sent, retried = st.retried, failed = st.failed,
-    dead = st.dead, invalid = st.invalid, dropped = {},
+    dead = st.dead, invalid = st.invalid, pushed = st.pushed, dropped = {},
     paused_for = max(0, self.paused_until - now()),
+    paused = self.stopped and "credentials" or (self.paused_until > now() and "throttled" or nil),
+    callback_errors = st.callback_errors, storage_errors = st.storage_errors,
+    storage_error = self.storage_error, running = not self.closed,
   }
   for k, v in pairs(st.dropped) do out.dropped[k] = v end
-  if self.spool and self.spool:is_open() then
-    local sst, err = self.spool:stats()
-    if sst then
-      out.spool = sst
-      out.queued = sst.queued - sst.claimed -- claimed rows are in flight (here or elsewhere)
-    else
-      out.spool_error = tostring(err)
-    end
-  else
-    out.queued = ready_size(self) + #self.waiting
-  end
+  local serr
+  out.queued, out.spool, serr = self:depth()
+  if serr then out.spool_error = tostring(serr) end
   return out
 end
 
-local function left(self)
-  if self.shm then return shared_len(self) + (self.shm:get(HELD) or 0) end
+-- Orders waiting (not in flight), and with a spool its stats (or the error
+-- reading them). A spool's claimed rows are in flight, here or elsewhere.
+function Queue:depth()
+  if not self.spool then return self:ready_size() + #self.waiting end
+  if not self.spool:is_open() then return 0 end
+  local sst, err = self.spool:stats()
+  if not sst then return 0, nil, err end
+  return max(0, sst.queued - sst.claimed), sst
+end
+
+--- Delivery metrics of this worker's queue: the counters plus `invalid`,
+-- `dropped`, `callback_errors`, `storage_errors` and the gauges `depth`,
+-- `in_flight`, `paused` and, with a spool, `spool` (the shape:
+-- optimizely.offline.metrics). Per worker; `metrics_shm` sums every worker's.
+-- @return the metrics table
+function Queue:metrics()
+  local m = self.meter:get()
+  local c = self.counters
+  m.invalid, m.callback_errors, m.storage_errors = c.invalid, c.callback_errors, c.storage_errors
+  m.dropped = {}
+  for k, v in pairs(c.dropped) do m.dropped[k] = v end
+  m.in_flight = self.in_flight
+  local t = now()
+  m.paused = { throttled = self.paused_until > t and 1 or 0, credentials = self.stopped and 1 or 0 }
+  if self.shm then
+    -- the shared list is the deliverer's to report (once, not per worker)
+    m.depth = self.deliverer and max(0, self:shared_len() + self:ready_size() + #self.waiting) or 0
+    return m
+  end
+  local sst
+  m.depth, sst = self:depth()
+  if sst then m.spool = { orders = sst.queued, bytes = sst.bytes, dead = sst.dead } end
+  return m
+end
+
+--- Add this worker's metrics to the `metrics_shm` dict now (the queue does
+-- it every `flush_interval` and at exit; a `/metrics` handler may call it
+-- first so that its own worker's numbers are current). No-op without
+-- `metrics_shm`.
+function Queue:publish_metrics()
+  self:flush_metrics()
+end
+
+-- The deltas since the last time into the dict, and this worker's gauges
+-- (removed at exit). A spool's gauges are the file's: kept under its path,
+-- so that workers sharing it are not counted twice.
+function Queue:flush_metrics(exiting)
+  local dict = self.metrics_dict
+  if not dict then return end
+  self.metrics_publisher = self.metrics_publisher or metrics.shm_publisher(dict, { id = ngx.worker.pid(),
+    ttl = max(10, 5 * self.o.flush_interval), spool_id = self.spool and self.spool.path,
+    on_error = function(ierr)
+      self.events:log("error", "metrics_shm " .. core.quote(self.o.metrics_shm) .. ": " .. tostring(ierr)
+        .. " (make the lua_shared_dict larger)", "metrics_shm")
+    end })
+  local ok, err = pcall(self.metrics_publisher, self:metrics(), exiting)
+  if not ok then log(ERR, "optimizely.offline queue: metrics flush failed: ", tostring(err)) end
+end
+
+function Queue:left()
+  if self.shm then return self:shared_len() + (self.shm:get(HELD) or 0) end
   if self.spool then
     if not self.spool:is_open() then return 0 end
     local st = self.spool:stats()
     return st and st.queued or 1
   end
-  return ready_size(self) + #self.waiting + self.in_flight
+  return self:ready_size() + #self.waiting + self.in_flight
 end
 
 --- Wait until every queued order is delivered or dead (with a spool: until
@@ -798,29 +991,20 @@ end
 -- @param timeout seconds (default 10)
 -- @return true, or nil, err (kind "timeout")
 function Queue:flush(timeout)
-  local phase = ngx.get_phase()
-  if not YIELDABLE[phase] then
-    error("optimizely.offline.ngx.queue: flush cannot wait in the " .. tostring(phase)
-      .. " phase (use it in a timer, rewrite, access or content handler)", 2)
-  end
+  waiting.check_phase("optimizely.offline.ngx.queue: flush", 2)
   if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
     error("optimizely.offline.ngx.queue: flush timeout must be a number >= 0", 2)
   end
-  update_time()
-  local deadline = now() + (timeout or 10)
-  local pause = 0.005
-  while true do
-    local n = left(self)
-    if n == 0 then return true end
-    update_time()
-    if now() >= deadline then
-      return nil, errors.new({ kind = "timeout", retryable = true,
-        message = "queue not empty after " .. (timeout or 10) .. " s (" .. n .. " orders left)" })
-    end
-    if not self.flushing and has_due(self) then kick(self) end
-    ngx.sleep(min(pause, max(0.001, deadline - now())))
-    pause = min(pause * 2, 0.1)
-  end
+  local left
+  local ok = waiting.until_done(function()
+    left = self:left()
+    return left == 0
+  end, timeout or 10, function()
+    if not self.flushing and self:has_due() then self:kick() end
+  end)
+  if ok then return true end
+  return nil, errors.new({ kind = "timeout", retryable = true,
+    message = "queue not empty after " .. (timeout or 10) .. " s (" .. left .. " orders left)" })
 end
 
 --- Refuse further pushes and, where yielding is allowed, flush first.
@@ -830,11 +1014,17 @@ end
 -- @return true, or nil, err (kind "timeout")
 function Queue:close(timeout)
   if self.closed then return true end
-  local ok, err = true, nil
-  if YIELDABLE[ngx.get_phase()] then ok, err = self:flush(timeout) end
+  local ok, err = waiting.flush_first(self, timeout)
   self.closed = true
-  wake_all(self) -- lingering senders end; the periodic timer closes the spool
+  self:wake_all() -- lingering senders end; the periodic timer closes the spool
   return ok, err
+end
+
+--- Try the credentials again now (after a pause for refused credentials).
+function Queue:resume()
+  self.probe_at = 0
+  self.paused_until = 0
+  self:kick()
 end
 
 function Queue:__tostring()

@@ -6,10 +6,33 @@
 -- `reused`, `http_version`, `total_time`) or `nil, kind, message` with kind
 -- `network` | `timeout` | `tls`.
 --
--- TLS: the certificate is always verified (`ssl_verify = true`) against the
--- CAs of nginx's `lua_ssl_trusted_certificate`; host names are checked
--- against the certificate too. An IP-literal URL sends no SNI (RFC 6066) and
--- gets the chain check only.
+-- **Time.** `timeout` is a deadline for the whole exchange — connect, TLS
+-- handshake, sending, the response head and the body — like libcurl's
+-- `CURLOPT_TIMEOUT`: a server trickling one byte a second cannot keep a
+-- request alive past it. Every read takes what has arrived (`receiveany`)
+-- under the time left, so no single read can outlast the deadline. Name
+-- resolution is nginx's (`resolver`, `resolver_timeout`) and not covered:
+-- keep `resolver_timeout` below `timeout`.
+--
+-- **Size.** Every read is bounded: the response head (status line and
+-- headers) at `MAX_HEAD` (64 KiB) and `MAX_HEADER_LINES` (256) lines, a chunk-size
+-- line or a trailer line at `MAX_LINE` (8 KiB), all trailers together at
+-- `MAX_HEAD`, the body at `max_body` (1 MiB, as the libcurl path). Past a cap
+-- the request fails with kind `network` and a message naming the cap; the
+-- connection is closed, never returned to the pool.
+--
+-- **TLS.** The certificate is always verified (`ssl_verify = true`) against
+-- the CAs of nginx's `lua_ssl_trusted_certificate`. A host name is sent as
+-- SNI and checked against the certificate by nginx. An IP-literal URL sends
+-- no SNI (RFC 6066) and its address is checked against the certificate's IP
+-- subject-alternative names here, through OpenSSL (`X509_check_ip_asc` on the
+-- handshake's session) — like libcurl; where that cannot be done (an nginx
+-- whose lua module gives no session object, or OpenSSL symbols not visible
+-- to LuaJIT's FFI) an IP-literal `https` URL is refused with kind `tls`
+-- rather than accepted unchecked. A handshake that negotiated less than
+-- TLS 1.2 is refused (set `lua_ssl_protocols TLSv1.2 TLSv1.3;` too).
+-- Proxies: cosockets connect directly; `https_proxy` and friends are not
+-- honoured on this path (libcurl's path honours them).
 --
 -- Connections are kept alive in the worker's cosocket pool (one pool per
 -- host:port:sni), TLS sessions are resumed on new connections.
@@ -23,16 +46,34 @@ if type(ngx) ~= "table" or not ngx.socket then
   error("optimizely.offline.ngx needs ngx_http_lua_module (OpenResty or nginx + lua module)", 2)
 end
 
+local opts_schema = require("optimizely.offline.opts").schema
+
 local tcp, now, update_time, get_phase = ngx.socket.tcp, ngx.now, ngx.update_time, ngx.get_phase
 local concat, tonumber, lower, floor, gmatch = table.concat, tonumber, string.lower, math.floor, string.gmatch
+local find, sub, match, pcall, type = string.find, string.sub, string.match, pcall, type
 
 local M = {}
 
 --- Response bodies above this many bytes are refused (as libcurl's max_body).
 M.MAX_BODY = 1024 * 1024
 
-local MAX_HEADER_LINES = 200
-local MAX_HEAD = 65536
+--- The response head (status line + header lines, each 1xx interim head
+-- counted on its own) may not exceed this many bytes; nor may the trailers.
+M.MAX_HEAD = 64 * 1024
+
+--- Header lines in one response head, at most.
+M.MAX_HEADER_LINES = 256
+
+--- A chunk-size line, a chunk's closing line or a trailer line may not exceed
+-- this many bytes.
+M.MAX_LINE = 8 * 1024
+
+local MAX_HEAD, MAX_LINE, MAX_HEADER_LINES = M.MAX_HEAD, M.MAX_LINE, M.MAX_HEADER_LINES
+-- One receiveany() at most; ngx_lua's own buffer (lua_socket_buffer_size)
+-- may return less.
+local READ_SIZE = 16 * 1024
+-- Requests above this size go out in pieces, the deadline checked between them.
+local SEND_PIECE = 64 * 1024
 
 local COSOCKET_PHASES = {
   rewrite = true, access = true, content = true, timer = true,
@@ -49,21 +90,101 @@ M.CURL_ONLY = {
   verbose = "use nginx's error_log",
 }
 
-local KNOWN = { timeout = true, connect_timeout = true, keepalive_timeout = true,
-  pool_size = true, max_body = true, user_agent = true }
+--- A client config for the nginx path: the caller's, checked for what the
+-- cosocket transport cannot honour (`CURL_ONLY` and `refuse`: raised,
+-- naming `who`), with `transport` built from `topts` (or from
+-- `config.transport` when that is a table of options), the client's
+-- timeouts by default.
+-- @param config the offline.client config
+-- @param who the caller, for messages (e.g. "optimizely.offline.ngx.client: config")
+-- @param topts transport options, or nil
+-- @param refuse more keys to refuse, `{key = why}`, or nil
+-- @param level as error's, from the caller
+-- @return a new config table
+function M.client_config(config, who, topts, refuse, level)
+  level = (level or 1) + 1
+  if type(config) ~= "table" then error(who .. " must be a table, got " .. type(config), level) end
+  for _, list in ipairs({ M.CURL_ONLY, refuse or {} }) do
+    for k, why in pairs(list) do
+      if config[k] ~= nil then error(who .. "." .. k .. " is not used under nginx: " .. why, level) end
+    end
+  end
+  if config.http_version ~= nil and config.http_version ~= "1.1" then
+    error(who .. ".http_version must be \"1.1\" under nginx", level)
+  end
+  local cfg = {}
+  for k, v in pairs(config) do cfg[k] = v end
+  -- a table without :request is a table of transport options
+  if type(cfg.transport) == "table" and cfg.transport.request == nil then topts, cfg.transport = cfg.transport, nil end
+  if cfg.transport == nil then
+    local o = {}
+    for k, v in pairs(topts or {}) do o[k] = v end
+    o.timeout = o.timeout or cfg.timeout
+    o.connect_timeout = o.connect_timeout or cfg.connect_timeout
+    cfg.transport = M.new(o)
+  end
+  return cfg
+end
+
+local OPTIONS = opts_schema("optimizely.offline.ngx.transport", "opts", {
+  timeout = { type = "number", min = 0.001, max = 86400, default = 10 },
+  connect_timeout = { type = "number", min = 0.001, max = 86400, default = 5 },
+  keepalive_timeout = { type = "number", min = 0, max = 86400, default = 60 },
+  pool_size = { type = "integer", min = 1, max = 10000, default = 16 },
+  max_body = { type = "integer", min = 1, max = 1024 ^ 3, default = M.MAX_BODY },
+  user_agent = { type = "string", pattern = "^[^%c]*$", pattern_msg = "must not contain control characters" },
+})
+
+-- ------------------------------------------------------------------------
+-- The peer certificate's IP address and the negotiated TLS version, through
+-- OpenSSL on the session object lua-resty-core's sslhandshake returns (an
+-- SSL_SESSION *). nil when this nginx cannot give them (see the module doc).
+
+local ssl_check = (function()
+  local ok, ffi = pcall(require, "ffi")
+  if not ok then return nil end
+  for _, decl in ipairs({
+    "void *SSL_SESSION_get0_peer(void *s);",
+    "int SSL_SESSION_get_protocol_version(const void *s);",
+    "int X509_check_ip_asc(void *x, const char *address, unsigned int flags);",
+  }) do
+    pcall(ffi.cdef, decl) -- already declared (same signature) by another module: fine
+  end
+  local C = ffi.C
+  local found = pcall(function()
+    return C.SSL_SESSION_get0_peer and C.SSL_SESSION_get_protocol_version and C.X509_check_ip_asc
+  end)
+  if not found then return nil end
+  local TLS1_2 = 0x0303
+  -- @return true | nil, message
+  return function(sess, ip)
+    if type(sess) ~= "cdata" or sess == nil then
+      -- a host name was checked by nginx; an address cannot be
+      if ip then return nil, "no TLS session to check IP address " .. ip .. " against" end
+      return true
+    end
+    local version = C.SSL_SESSION_get_protocol_version(sess)
+    if version < TLS1_2 then
+      return nil, ("the server negotiated TLS below 1.2 (0x%04x)"):format(version)
+    end
+    if ip then
+      local cert = C.SSL_SESSION_get0_peer(sess)
+      if cert == nil then return nil, "no peer certificate" end
+      if C.X509_check_ip_asc(cert, ip, 0) ~= 1 then
+        return nil, "the certificate is not valid for IP address " .. ip
+          .. " (no matching IP subjectAltName)"
+      end
+    end
+    return true
+  end
+end)()
+
+--- Can this nginx check an IP-literal `https` URL's certificate (and the
+-- TLS version)? When false, such URLs are refused with kind `tls`.
+M.CAN_CHECK_IP = ssl_check ~= nil
 
 local Transport = {}
 Transport.__index = Transport
-
-local function opt_number(opts, name, dflt, lo, hi)
-  local v = opts[name]
-  if v == nil then return dflt end
-  if type(v) ~= "number" or v ~= v or v < lo or v > hi then
-    error("optimizely.offline.ngx.transport: opts." .. name .. " must be a number in "
-      .. lo .. ".." .. hi .. " (got " .. tostring(v) .. ")", 3)
-  end
-  return v
-end
 
 local function default_user_agent()
   local ok, core = pcall(require, "optimizely.offline.core")
@@ -74,32 +195,27 @@ local function default_user_agent()
 end
 
 --- Create a cosocket transport.
--- @param opts `{timeout = 10, connect_timeout = 5, keepalive_timeout = 60,
---   pool_size = 16, max_body = 1 MiB, user_agent = ...}` (seconds; all optional).
---   `timeout` bounds the whole exchange, connect included (like libcurl's
---   CURLOPT_TIMEOUT); `connect_timeout` the TCP connect within it.
+-- @tparam[opt] table opts all optional, seconds for times:
+--
+--  - `timeout` (10): deadline of the whole exchange (connect, TLS, send,
+--    response head and body), like libcurl's CURLOPT_TIMEOUT;
+--  - `connect_timeout` (5): the TCP connect within it;
+--  - `keepalive_timeout` (60): idle time of a pooled connection;
+--  - `pool_size` (16): connections kept per pool (host:port:sni) and worker;
+--  - `max_body` (1 MiB): larger response bodies fail with kind `network`;
+--  - `user_agent`: the User-Agent line (default names the library, ngx_lua, Lua).
+--
+-- Unknown options and bad values raise (programmer errors).
 -- @return transport object with `:request()` and `:close()`
 function M.new(opts)
-  if opts ~= nil and type(opts) ~= "table" then
-    error("optimizely.offline.ngx.transport: opts must be a table, got " .. type(opts), 2)
-  end
-  opts = opts or {}
-  for k in pairs(opts) do
-    if not KNOWN[k] then
-      error("optimizely.offline.ngx.transport: unknown option opts." .. tostring(k), 2)
-    end
-  end
-  local ua = opts.user_agent
-  if ua ~= nil and (type(ua) ~= "string" or ua:find("[%c]")) then
-    error("optimizely.offline.ngx.transport: opts.user_agent must be a string without control characters", 2)
-  end
+  local o = OPTIONS:check(opts, 2)
   local self = {
-    timeout = opt_number(opts, "timeout", 10, 0.001, 86400),
-    connect_timeout = opt_number(opts, "connect_timeout", 5, 0.001, 86400),
-    keepalive_ms = floor(opt_number(opts, "keepalive_timeout", 60, 0, 86400) * 1000),
-    pool_size = floor(opt_number(opts, "pool_size", 16, 1, 10000)),
-    max_body = floor(opt_number(opts, "max_body", M.MAX_BODY, 1, 1024 ^ 3)),
-    user_agent_line = "User-Agent: " .. (ua or default_user_agent()),
+    timeout = o.timeout,
+    connect_timeout = o.connect_timeout,
+    keepalive_ms = floor(o.keepalive_timeout * 1000),
+    pool_size = o.pool_size,
+    max_body = o.max_body,
+    user_agent_line = "User-Agent: " .. (o.user_agent or default_user_agent()),
     sessions = {}, -- pool name -> TLS session of the last handshake
     blocks = setmetatable({}, { __mode = "k" }), -- headers table -> header block
     urls = {}, nurls = 0,
@@ -107,7 +223,7 @@ function M.new(opts)
   return setmetatable(self, Transport)
 end
 
----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- URLs
 
 local function parse_url(url)
@@ -116,24 +232,28 @@ local function parse_url(url)
   scheme = lower(scheme)
   if scheme ~= "https" and scheme ~= "http" then return nil, "unsupported scheme " .. scheme end
   local host, port = authority:match("^(%[[%x:%.]+%]):?(%d*)$")
-  local literal = host ~= nil
+  local ip = host and host:sub(2, -2)
   if not host then
     host, port = authority:match("^([%w%.%-]+):?(%d*)$")
     if not host then return nil, "bad host in URL" end
-    literal = host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil
+    ip = host:match("^%d+%.%d+%.%d+%.%d+$")
   end
   port = tonumber(port) or (scheme == "https" and 443 or 80)
   if path == "" then path = "/" end
   path = path:gsub("#.*$", "")
   local tls = scheme == "https"
-  -- no SNI for IP literals (RFC 6066 §3)
-  local sni = tls and not literal and host or nil
+  -- no SNI for IP literals (RFC 6066 §3); their certificate is checked by address
+  local sni = tls and not ip and host or nil
   return {
     tls = tls, host = host, port = port, path = path, authority = authority, sni = sni,
+    ip = tls and ip or nil,
     pool = "optimizely-offline:" .. host .. ":" .. port .. ":" .. (sni or (tls and "-" or "plain")),
   }
 end
 
+--- The parsed form of `url` (cached, at most 64 entries): `{tls, host, port,
+-- path, authority, sni, ip, pool}`, or nil and a message.
+-- @local
 function Transport:url(url)
   local u = self.urls[url]
   if u then return u end
@@ -146,8 +266,13 @@ function Transport:url(url)
   return u
 end
 
----------------------------------------------------------------------------
--- One exchange
+-- ------------------------------------------------------------------------
+-- Bounded reads under one deadline
+--
+-- A reader is `{sock, deadline, buf, pos}`: bytes received but not consumed
+-- are buf[pos..]. Every socket read is one receiveany() with the time left
+-- as its timeout, so a read returns as soon as anything arrives and the
+-- deadline holds however slowly bytes come.
 
 -- Milliseconds to the deadline. ngx.now() is the event loop's cached clock,
 -- refreshed whenever a socket operation yields: no syscall per read.
@@ -155,80 +280,132 @@ local function ms_left(deadline)
   return floor((deadline - now()) * 1000)
 end
 
-local function io_kind(err)
-  return err == "timeout" and "timeout" or "network"
+-- One socket read of at most `max` bytes: data | nil, kind, message, closed
+local function recv(rd, max, what)
+  local left = ms_left(rd.deadline)
+  if left <= 0 then return nil, "timeout", "timed out reading the " .. what end
+  local sock = rd.sock
+  sock:settimeout(left)
+  local data, err = sock:receiveany(max)
+  if not data then
+    if err == "timeout" then return nil, "timeout", "timed out reading the " .. what end
+    return nil, "network", "connection " .. tostring(err) .. " while reading the " .. what, err == "closed"
+  end
+  return data
 end
 
--- Reads one CRLF line under the deadline: line or nil, kind, message.
-local function read_line(sock, deadline, what)
-  local left = ms_left(deadline)
-  if left <= 0 then return nil, "timeout", "timed out reading the " .. what end
-  sock:settimeout(left)
-  local line, err = sock:receive("*l")
-  if not line then
-    if err == "timeout" then return nil, "timeout", "timed out reading the " .. what end
-    return nil, "network", "connection " .. tostring(err) .. " while reading the " .. what
+local function too_long(what, cap)
+  return nil, "network", what .. " longer than " .. cap .. " bytes"
+end
+
+-- Bytes up to `pat` (consumed, not returned), at most `cap` bytes before it.
+-- Linear however the bytes are split across reads: only the last #pat - 1
+-- bytes are carried over, the rest is parked in `parts`.
+-- @return data | nil, kind, message, nothing (true: not one byte came)
+local function read_until(rd, pat, cap, what)
+  local buf, pos = rd.buf, rd.pos
+  local keep = #pat - 1
+  local parts, parked = nil, 0
+  while true do
+    local s, e = find(buf, pat, pos, true)
+    if s then
+      if parked + (s - pos) > cap then return too_long(what, cap) end
+      rd.buf, rd.pos = buf, e + 1
+      local piece = sub(buf, pos, s - 1)
+      if not parts then return piece end
+      parts[#parts + 1] = piece
+      return concat(parts)
+    end
+    local pending = #buf - pos + 1
+    if parked + pending > cap + keep then return too_long(what, cap) end
+    if pending > keep then -- park all but the tail the pattern may start in
+      parts = parts or {}
+      parts[#parts + 1] = sub(buf, pos, #buf - keep)
+      parked = parked + pending - keep
+      pos = #buf - keep + 1
+    end
+    local data, kind, msg = recv(rd, READ_SIZE, what)
+    if not data then return nil, kind, msg, parked == 0 and pos > #buf end
+    buf = sub(buf, pos) .. data
+    pos = 1
   end
+end
+
+-- A line ending in LF (a CR before it dropped), at most MAX_LINE bytes.
+local function read_line(rd, what)
+  local line, kind, msg = read_until(rd, "\n", MAX_LINE, what)
+  if not line then return nil, kind, msg end
+  if sub(line, -1) == "\r" then line = sub(line, 1, -2) end
   return line
 end
 
-local function read_bytes(sock, n, deadline)
-  local left = ms_left(deadline)
-  if left <= 0 then return nil, "timeout", "timed out reading the response body" end
-  sock:settimeout(left)
-  local data, err = sock:receive(n)
-  if not data then
-    if err == "timeout" then return nil, "timeout", "timed out reading the response body" end
-    return nil, "network", "connection " .. tostring(err) .. " while reading the response body"
+-- Exactly n bytes (n already checked against max_body).
+local function read_bytes(rd, n, what)
+  local buf, pos = rd.buf, rd.pos
+  local avail = #buf - pos + 1
+  if avail >= n then
+    rd.pos = pos + n
+    return sub(buf, pos, pos + n - 1)
   end
-  return data
+  local parts, have = { sub(buf, pos) }, avail
+  rd.buf, rd.pos = "", 1
+  while have < n do
+    local want = n - have
+    local data, kind, msg = recv(rd, want < READ_SIZE and want or READ_SIZE, what)
+    if not data then return nil, kind, msg end
+    parts[#parts + 1] = data
+    have = have + #data
+  end
+  return concat(parts)
 end
 
 local function too_big(self)
   return nil, "network", "response body larger than " .. self.max_body .. " bytes"
 end
 
--- Body framed by chunked transfer coding.
-local function read_chunked(self, sock, deadline)
+-- Body framed by chunked transfer coding, trailers read and dropped.
+local function read_chunked(self, rd)
   local parts, total = {}, 0
   while true do
-    local line, kind, msg = read_line(sock, deadline, "chunk size")
+    local line, kind, msg = read_line(rd, "chunk size line")
     if not line then return nil, kind, msg end
-    local hex = line:match("^%s*(%x+)")
+    local hex = match(line, "^%s*(%x+)")
     local size = hex and #hex <= 8 and tonumber(hex, 16)
     if not size then return nil, "network", "malformed chunk size line" end
     if size == 0 then
-      for _ = 1, MAX_HEADER_LINES do -- trailers, up to the blank line
-        line, kind, msg = read_line(sock, deadline, "chunked trailer")
+      local trailers = 0
+      for _ = 1, MAX_HEADER_LINES do
+        line, kind, msg = read_line(rd, "chunked trailer line")
         if not line then return nil, kind, msg end
         if line == "" then return concat(parts) end
+        trailers = trailers + #line
+        if trailers > MAX_HEAD then return too_long("chunked trailers", MAX_HEAD) end
       end
-      return nil, "network", "too many trailer lines"
+      return nil, "network", "more than " .. MAX_HEADER_LINES .. " trailer lines"
     end
     total = total + size
     if total > self.max_body then return too_big(self) end
     local data
-    data, kind, msg = read_bytes(sock, size, deadline)
+    data, kind, msg = read_bytes(rd, size, "response body")
     if not data then return nil, kind, msg end
     parts[#parts + 1] = data
-    line, kind, msg = read_line(sock, deadline, "chunk end")
+    line, kind, msg = read_line(rd, "chunk end")
     if not line then return nil, kind, msg end
     if line ~= "" then return nil, "network", "malformed chunk (no CRLF after the data)" end
   end
 end
 
 -- Body delimited by the connection's end.
-local function read_to_close(self, sock, deadline)
-  local parts, total = {}, 0
+local function read_to_close(self, rd)
+  local parts, total = {}, #rd.buf - rd.pos + 1
+  if total > self.max_body then return too_big(self) end
+  parts[1] = sub(rd.buf, rd.pos)
+  rd.buf, rd.pos = "", 1
   while true do
-    local left = ms_left(deadline)
-    if left <= 0 then return nil, "timeout", "timed out reading the response body" end
-    sock:settimeout(left)
-    local data, err = sock:receiveany(65536)
+    local data, kind, msg, closed = recv(rd, READ_SIZE, "response body")
     if not data then
-      if err == "closed" then return concat(parts) end
-      if err == "timeout" then return nil, "timeout", "timed out reading the response body" end
-      return nil, "network", "connection " .. tostring(err) .. " while reading the response body"
+      if closed then return concat(parts) end
+      return nil, kind, msg
     end
     total = total + #data
     if total > self.max_body then return too_big(self) end
@@ -236,59 +413,66 @@ local function read_to_close(self, sock, deadline)
   end
 end
 
--- The response head (status line + headers) up to the blank line, in one
--- read: nil, kind, message, early (nothing at all came back).
-local function read_head_block(sock, deadline)
-  local left = ms_left(deadline)
-  if left <= 0 then return nil, "timeout", "timed out waiting for the response" end
-  sock:settimeout(left)
-  local reader = sock:receiveuntil("\r\n\r\n")
-  local parts, total = {}, 0
-  while true do
-    local data, err, partial = reader(16384)
-    if not data then
-      if not err then return concat(parts) end
-      local early = total == 0 and (partial == nil or partial == "")
-      if err == "timeout" then return nil, "timeout", "timed out reading the response head", early end
-      return nil, "network", "connection " .. tostring(err) .. " while reading the response head", early
-    end
-    total = total + #data
-    if total > MAX_HEAD then return nil, "network", "response head larger than " .. MAX_HEAD .. " bytes" end
-    parts[#parts + 1] = data
-  end
-end
+-- The headers this transport uses; others are skipped (bounded work).
+local WANTED = { ["connection"] = true, ["transfer-encoding"] = true, ["content-length"] = true,
+  ["retry-after"] = true, ["content-type"] = true }
 
 -- Status line + headers (skipping 1xx interim responses).
 -- @return status, minor, headers{lower-case name -> value} | nil, kind, msg, early
-local function read_head(sock, deadline)
+local function read_head(rd)
   for i = 1, 5 do
-    local head, kind, msg, early = read_head_block(sock, deadline)
+    local head, kind, msg, early = read_until(rd, "\r\n\r\n", MAX_HEAD, "response head")
     if not head then return nil, kind, msg, early and i == 1 end
-    local major, minor, status = head:match("^HTTP/(%d)%.(%d) (%d%d%d)")
+    local major, minor, status = match(head, "^HTTP/(%d)%.(%d) (%d%d%d)")
     if major ~= "1" then return nil, "network", "malformed HTTP status line" end
     status = tonumber(status)
-    -- one pass over "name: value" lines (a line without a colon is ignored)
-    local h = {}
+    local h, lines = {}, 0
     for name, value in gmatch(head, "\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
+      lines = lines + 1
+      if lines > MAX_HEADER_LINES then
+        return nil, "network", "more than " .. MAX_HEADER_LINES .. " header lines"
+      end
       name = lower(name)
-      local old = h[name]
-      h[name] = old and (old .. ", " .. value) or value
+      if WANTED[name] then
+        local old = h[name]
+        h[name] = old and (old .. ", " .. value) or value
+      end
     end
     if status >= 200 or status == 101 then return status, tonumber(minor), h end
   end
   return nil, "network", "too many interim (1xx) responses"
 end
 
--- Connect (pooled) and, for https on a fresh connection, handshake.
+-- ------------------------------------------------------------------------
+-- Connect and handshake
+
+-- sslhandshake inside pcall: lua-resty-core asserts on some internal
+-- states; a raise there must become a `tls` failure, not abort the caller.
+local function handshake(sock, session, sni)
+  local ok, sess, err = pcall(sock.sslhandshake, sock, session, sni, true)
+  if not ok then return nil, "sslhandshake raised: " .. tostring(sess) end
+  return sess, err
+end
+
+--- Connect (pooled) and, for https on a fresh connection, handshake and
+-- check the certificate's IP address (IP literals) and the TLS version.
 -- @return sock, reused | nil, kind, message
+-- @local
 function Transport:connect(u, deadline)
+  if u.ip and u.tls and not ssl_check then
+    return nil, "tls", "cannot verify the certificate of https://" .. u.authority
+      .. ": this nginx's lua module gives no TLS session to check an IP address against"
+      .. " (use a host name in base_url)"
+  end
   local sock = tcp()
   local cms = floor(self.connect_timeout * 1000)
   local left = ms_left(deadline)
+  if left <= 0 then return nil, "timeout", "timed out before connecting" end
   sock:settimeouts(cms < left and cms or left, left, left)
   local ok, err = sock:connect(u.host, u.port, { pool = u.pool, pool_size = self.pool_size })
   if not ok then
-    return nil, io_kind(err), "connect to " .. u.host .. ":" .. u.port .. " failed: " .. tostring(err)
+    return nil, err == "timeout" and "timeout" or "network",
+      "connect to " .. u.host .. ":" .. u.port .. " failed: " .. tostring(err)
   end
   local reused = sock:getreusedtimes() or 0
   if u.tls and reused == 0 then
@@ -298,7 +482,11 @@ function Transport:connect(u, deadline)
       return nil, "timeout", "timed out before the TLS handshake"
     end
     sock:settimeout(left)
-    local sess, herr = sock:sslhandshake(self.sessions[u.pool], u.sni, true)
+    local sess, herr = handshake(sock, self.sessions[u.pool], u.sni)
+    if sess and ssl_check then
+      local checked, why = ssl_check(sess, u.ip)
+      if not checked then sess, herr = nil, why end
+    end
     if not sess then
       sock:close()
       -- a failed resumption must not poison the next attempt
@@ -313,40 +501,60 @@ end
 
 local NO_BODY_STATUS = { [204] = true, [304] = true }
 
--- Send the request and read the whole response on a connected socket.
--- @return status, body, info, keepalive | nil, kind, message, stale
-function Transport:exchange(sock, u, req, method, deadline)
-  local left = ms_left(deadline)
-  if left <= 0 then return nil, "timeout", "timed out before sending the request" end
-  sock:settimeout(left)
-  local _, err = sock:send(req)
-  if err then
-    if err == "timeout" then return nil, "timeout", "timed out sending the request" end
-    return nil, "network", "connection " .. tostring(err) .. " while sending the request", true
+-- The request bytes, in pieces of at most SEND_PIECE above that size, each
+-- under the time left.
+local function send_all(sock, req, size, deadline)
+  local pieces = { req }
+  if size > SEND_PIECE then
+    local s = concat(req)
+    pieces = {}
+    for i = 1, #s, SEND_PIECE do pieces[#pieces + 1] = sub(s, i, i + SEND_PIECE - 1) end
   end
-  local status, minor, h, early = read_head(sock, deadline)
+  for i = 1, #pieces do
+    local left = ms_left(deadline)
+    if left <= 0 then return nil, "timeout", "timed out sending the request" end
+    sock:settimeout(left)
+    local _, err = sock:send(pieces[i])
+    if err then
+      if err == "timeout" then return nil, "timeout", "timed out sending the request" end
+      return nil, "network", "connection " .. tostring(err) .. " while sending the request", i == 1
+    end
+  end
+  return true
+end
+
+--- Send the request and read the whole response on a connected socket.
+-- @return status, body, info, keepalive | nil, kind, message, stale
+-- @local
+function Transport:exchange(sock, req, size, method, deadline)
+  local sent, skind, smsg, sstale = send_all(sock, req, size, deadline)
+  if not sent then return nil, skind, smsg, sstale end
+  local rd = { sock = sock, deadline = deadline, buf = "", pos = 1 }
+  local status, minor, h, early = read_head(rd)
   if not status then return nil, minor, h, early and minor == "network" end
   local body, kind, msg
   local keepalive = true
   local conn = h["connection"] and lower(h["connection"]) or ""
-  if conn:find("close", 1, true) or (minor == 0 and not conn:find("keep-alive", 1, true)) then
+  if find(conn, "close", 1, true) or (minor == 0 and not find(conn, "keep-alive", 1, true)) then
     keepalive = false
   end
   local te = h["transfer-encoding"]
   if method == "HEAD" or NO_BODY_STATUS[status] then
     body = ""
-  elseif te and lower(te):find("chunked", 1, true) then
-    body, kind, msg = read_chunked(self, sock, deadline)
+  elseif te and find(lower(te), "chunked", 1, true) then
+    body, kind, msg = read_chunked(self, rd)
   elseif h["content-length"] then
-    local n = tonumber(h["content-length"]:match("^(%d+)%s*$"))
+    local n = tonumber(match(h["content-length"], "^(%d+)%s*$"))
     if not n then return nil, "network", "malformed Content-Length" end
     if n > self.max_body then return too_big(self) end
-    if n == 0 then body = "" else body, kind, msg = read_bytes(sock, n, deadline) end
+    body, kind, msg = read_bytes(rd, n, "response body")
   else
     keepalive = false
-    body, kind, msg = read_to_close(self, sock, deadline)
+    body, kind, msg = read_to_close(self, rd)
   end
   if not body then return nil, kind, msg end
+  -- bytes beyond the response: the connection's state is unknown, drop it
+  if rd.pos <= #rd.buf then keepalive = false end
   return status, body, {
     retry_after = h["retry-after"],
     content_type = h["content-type"],
@@ -376,6 +584,7 @@ local function header_block(self, headers)
   return block
 end
 
+-- @return request pieces (for sock:send), total size
 local function build_request(self, method, u, headers, body)
   local req = { method, " ", u.path, " HTTP/1.1\r\nHost: ", u.authority, "\r\n",
     header_block(self, headers), "", "Connection: keep-alive\r\n\r\n", body }
@@ -384,7 +593,9 @@ local function build_request(self, method, u, headers, body)
   elseif method == "POST" or method == "PUT" then
     req[8] = "Content-Length: 0\r\n"
   end
-  return req
+  local size = 0
+  for i = 1, #req do size = size + #req[i] end
+  return req, size
 end
 
 --- Make one HTTP request.
@@ -392,7 +603,12 @@ end
 -- @param url absolute http(s) URL
 -- @param headers array of "Name: value" lines
 -- @param body request body string or nil
--- @return status, body, info  or  nil, kind, message
+-- @return status, body, info (`retry_after`, `content_type`, `reused`,
+--   `http_version`, `total_time`)
+-- @return or nil, kind, message: kind `network` (refused, reset, closed,
+--   malformed or oversized answer), `timeout` (the deadline passed) or `tls`
+--   (handshake, certificate, name or IP address, TLS version)
+-- @raise outside the cosocket phases, on a bad method, body or header line
 function Transport:request(method, url, headers, body)
   local phase = get_phase()
   if not COSOCKET_PHASES[phase] then
@@ -407,7 +623,7 @@ function Transport:request(method, url, headers, body)
   end
   local u, uerr = self:url(url)
   if not u then return nil, "network", "cannot use URL: " .. uerr end
-  local req = build_request(self, method, u, headers, body)
+  local req, size = build_request(self, method, u, headers, body)
   update_time()
   local started = now()
   local deadline = started + self.timeout -- total, connect included (as libcurl's)
@@ -416,7 +632,7 @@ function Transport:request(method, url, headers, body)
   for _ = 1, 2 do
     local sock, reused, msg = self:connect(u, deadline)
     if not sock then return nil, reused, msg end
-    local status, rbody, info, flag = self:exchange(sock, u, req, method, deadline)
+    local status, rbody, info, flag = self:exchange(sock, req, size, method, deadline)
     if status then
       if flag then -- keep-alive
         sock:setkeepalive(self.keepalive_ms, self.pool_size)

@@ -60,14 +60,18 @@ http {
     ssl_session_cache shared:OOSANDBOX:1m;
     ssl_session_timeout 10m;
 
+    # log phase: the request is no longer in progress (concurrency count)
     location = /tracker/smart-api/orders/offline {
       content_by_lua_block { require("optimizely.offline.sandbox.handler").order() }
+      log_by_lua_block { require("optimizely.offline.sandbox.handler").log() }
     }
     location /tracker/smart-api/orders/offline/ {
       content_by_lua_block { require("optimizely.offline.sandbox.handler").cancel() }
+      log_by_lua_block { require("optimizely.offline.sandbox.handler").log() }
     }
     location /smart-api/orders/offline/ {
       content_by_lua_block { require("optimizely.offline.sandbox.handler").cancel() }
+      log_by_lua_block { require("optimizely.offline.sandbox.handler").log() }
     }
     location /_sandbox/ {
       content_by_lua_block { require("optimizely.offline.sandbox.handler").control() }

@@ -6,10 +6,17 @@
 -- these are the sandbox's choices, every failure uses the documented
 -- `{"status":"fail","errors":[{code,message}]}` envelope):
 --
+--   Every endpoint request (POST and DELETE below) is first counted, then
+--   answered 429 TooManyRequests (with `Retry-After: retry_after`) when more
+--   than `max_concurrent` (0: no limit) are in progress, and waits `delay_ms`
+--   (ngx.sleep: other requests go on meanwhile) before it is answered.
+--
 --   POST /tracker/smart-api/orders/offline
 --     site missing/unknown      403 SiteNotRecognized
---     siteToken missing/wrong   401 InvalidSiteToken   (the received value is never echoed)
---     channel missing/unknown   403 ChannelNotRecognized
+--     siteToken missing, or not 401 InvalidSiteToken   (the received value is never echoed)
+--       the token of the request's channel
+--     channel missing/unknown   403 ChannelNotRecognized (when the token is one of the
+--                               configured ones; else 401 as above)
 --     Content-Type not JSON     415 UnsupportedMediaType
 --     body not a JSON object    400 MalformedJson ("Json Parsing exception: ...")
 --     `order` missing/not obj   400 MalformedJson (spec §5.3: a missing mandatory element)
@@ -30,12 +37,19 @@
 --   DELETE /_sandbox/orders          clears orders and cancellations
 --   GET    /_sandbox/cancellations   NDJSON (same filters); DELETE clears them only
 --   GET/POST/DELETE /_sandbox/faults queue / add a rule / clear
---   GET    /_sandbox/stats           counters; DELETE resets them
+--   GET    /_sandbox/stats           counters (see `stats` below); DELETE resets them
+--   GET    /_sandbox/settings        {"delay_ms","max_concurrent","retry_after"}; POST a JSON
+--                                    object with any of them to change them while running
 --   GET    /_sandbox/last            last endpoint request (recording sandboxes only)
---   POST   /_sandbox/reset           clears records, faults, stats and last
+--   POST   /_sandbox/reset           clears records, faults, stats and last (not settings)
 --
--- Record line: {"received_at":epoch_seconds,"site","channel","refCode","token_ok":true,
---   "headers":{request headers as sent, siteToken removed},"body":"raw body"}.
+-- Record line: {"received_at":epoch_seconds,"site","channel","token_id","refCode",
+--   "token_ok":true,"headers":{request headers as sent, siteToken removed},"body":"raw body"}.
+--   `channel` is the request's channel header; `token_id` the name of the configured
+--   token it matched (the channel it is configured for), never the token.
+--
+-- Files the workers create (the records) are 0600: init_worker sets umask 077
+-- (nginx's daemon mode leaves the workers with umask 0).
 -- @module optimizely.offline.sandbox.handler
 local cjson = require("cjson.safe").new()
 cjson.decode_invalid_numbers(false) -- JSON has no NaN/Infinity/hex
@@ -46,12 +60,20 @@ local M = {}
 
 local cfg = {}            -- set by configure() in the master, inherited by workers
 local dict                -- lua_shared_dict oo_sandbox
-local worker_max_cr = 0   -- largest connection_requests seen by this worker
+-- this worker's maxima, published per worker; `gen` is the stats generation
+-- they belong to (a reset bumps it, so every worker starts again from 0)
+local worker_max = { gen = -1, cr = 0, conc = 0 }
+-- this worker's copy of the settings, reloaded when the shared "ver" key
+-- (bumped by a settings change or a stats reset) moves: one dict read a request
+local current = { ver = -1, delay_ms = 0, max_concurrent = 0, retry_after = 1 }
+-- requests of this worker holding a max_concurrent place (ngx.ctx is only
+-- looked at in the log phase while there are some)
+local holding = 0
 
 local ORDERS, CANCELS = "orders.ndjson", "cancellations.ndjson"
 local ENDPOINT_HINT = "POST /tracker/smart-api/orders/offline"
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- small helpers
 
 local function json_response(status, tbl_or_string, extra_headers)
@@ -168,31 +190,76 @@ local function pct_decode(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- statistics
 
-local function count_request()
-  dict:incr("st:requests", 1, 0)
-  local cr = tonumber(ngx.var.connection_requests) or 1
-  if cr > 1 then dict:incr("st:reused", 1, 0) end
-  if cr > worker_max_cr then
-    -- per-worker key: no cross-worker race, summed up by /_sandbox/stats
-    worker_max_cr = cr
-    dict:set("st:maxcr:" .. tostring(ngx.worker.id() or 0), cr)
+-- Raise this worker's maximum `name` to v, publishing it under a per-worker
+-- key (no cross-worker race; /_sandbox/stats takes the largest).
+local function note_max(name, v)
+  if v > worker_max[name] then
+    worker_max[name] = v
+    dict:set("st:max" .. name .. ":" .. tostring(ngx.worker.id() or 0), v)
   end
 end
 
-local STAT_KEYS = { "requests", "accepted", "rejected", "cancelled", "faults_served", "reused" }
+-- Counts an endpoint request; the first one on a connection counts the
+-- connection and its TLS handshake, full or resumed.
+local refresh -- below: settings and the stats generation
 
+local function count_request()
+  refresh()
+  dict:incr("st:requests", 1, 0)
+  local var = ngx.var
+  local cr = tonumber(var.connection_requests) or 1
+  if cr > 1 then
+    dict:incr("st:reused", 1, 0)
+  else
+    dict:incr("st:connections", 1, 0)
+    if var.ssl_session_reused == "r" then
+      dict:incr("st:handshakes_resumed", 1, 0)
+    else
+      dict:incr("st:handshakes_full", 1, 0)
+    end
+  end
+  note_max("cr", cr)
+end
+
+local STAT_KEYS = { "requests", "accepted", "rejected", "cancelled", "faults_served", "reused",
+  "connections", "handshakes_full", "handshakes_resumed", "throttled", "status_429" }
+
+local function max_over_workers(name)
+  local m = 0
+  for id = 0, math.max(ngx.worker.count(), 1) - 1 do
+    local v = dict:get("st:max" .. name .. ":" .. id) or 0
+    if v > m then m = v end
+  end
+  return m
+end
+
+--- The counters of GET /_sandbox/stats (since start or the last reset):
+--
+--  - `requests`: endpoint requests (POST orders, DELETE cancels), all answers;
+--  - `accepted`, `cancelled`: 200 answers; `rejected`: failure envelopes
+--    (4xx/5xx the sandbox chose, 429 TooManyRequests included);
+--  - `faults_served`: requests a fault rule took;
+--  - `connections`: connections whose first request was an endpoint request;
+--    `handshakes_full` / `handshakes_resumed`: their TLS handshakes
+--    (`$ssl_session_reused`);
+--  - `reused` (also `connections_reused`): requests on an already used connection;
+--  - `max_connection_requests`: most requests seen on one connection;
+--  - `concurrent_max`: most endpoint requests in progress at once (those
+--    being answered 429 included: what clients had in flight);
+--    `concurrent_now`: in progress now;
+--  - `throttled`: 429 answers of `max_concurrent`; `status_429`: every 429
+--    answer (throttled or a fault rule);
+--  - `workers`, `record`, `faults_pending`, and the current `settings`.
+-- @local
 local function stats()
   local out = {}
   for _, k in ipairs(STAT_KEYS) do out[k] = dict:get("st:" .. k) or 0 end
-  local maxcr = 0
-  for id = 0, math.max(ngx.worker.count(), 1) - 1 do
-    local v = dict:get("st:maxcr:" .. id) or 0
-    if v > maxcr then maxcr = v end
-  end
-  out.max_connection_requests = maxcr
+  out.max_connection_requests = max_over_workers("cr")
+  out.concurrent_max = max_over_workers("conc")
+  out.concurrent_now = dict:get("inflight") or 0
   out.connections_reused = out.reused -- requests that came on an already used connection
   out.workers = ngx.worker.count()
   out.record = cfg.record
@@ -202,12 +269,92 @@ end
 
 local function reset_stats()
   for _, k in ipairs(STAT_KEYS) do dict:delete("st:" .. k) end
-  for id = 0, math.max(ngx.worker.count(), 1) - 1 do dict:delete("st:maxcr:" .. id) end
-  -- other workers keep their local maximum; they publish again once exceeded
-  worker_max_cr = 0
+  for id = 0, math.max(ngx.worker.count(), 1) - 1 do
+    dict:delete("st:maxcr:" .. id)
+    dict:delete("st:maxconc:" .. id)
+  end
+  dict:incr("st:gen", 1, 0) -- every worker's local maxima start again from 0
+  dict:incr("ver", 1, 0)
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
+-- settings: delay, concurrency limit (the shared dict, so POST
+-- /_sandbox/settings changes them in every worker)
+
+local SETTINGS = {
+  delay_ms = { min = 0, max = 600000 },
+  max_concurrent = { min = 0, max = 1e6, integer = true },
+  retry_after = { min = 0, max = 86400, integer = true },
+}
+
+local function settings()
+  local out = {}
+  for k in pairs(SETTINGS) do out[k] = dict:get("set:" .. k) or 0 end
+  return out
+end
+
+function refresh()
+  local ver = dict:get("ver") or 0
+  if ver == current.ver then return end
+  current.ver = ver
+  for k, v in pairs(settings()) do current[k] = v end
+  local gen = dict:get("st:gen") or 0
+  if gen ~= worker_max.gen then
+    worker_max.gen, worker_max.cr, worker_max.conc = gen, 0, 0
+  end
+end
+
+-- Checks every given value first, then stores them: all or nothing.
+local function store_settings(t)
+  if type(t) ~= "table" then return nil, "settings must be a JSON object" end
+  for k, v in pairs(t) do
+    local spec = SETTINGS[k]
+    if not spec then return nil, "unknown setting " .. cjson.encode(tostring(k)) end
+    if type(v) ~= "number" or v ~= v or v < spec.min or v > spec.max
+        or (spec.integer and v ~= math.floor(v)) then
+      return nil, k .. " must be a" .. (spec.integer and "n integer" or " number") .. " in "
+        .. spec.min .. ".." .. spec.max
+    end
+  end
+  for k, v in pairs(t) do dict:set("set:" .. k, v) end
+  dict:incr("ver", 1, 0)
+  return true
+end
+
+-- ------------------------------------------------------------------------
+-- admission: concurrency count (decremented in the log phase), limit, delay
+
+-- Two counts, both decremented in the log phase: `inflight`, every endpoint
+-- request in progress (what the client has in flight: the stats' maximum),
+-- and `conc`, those admitted under max_concurrent (a 429 does not hold a place).
+-- Call after count_request (fresh settings). Returns true when the request
+-- may go on; otherwise the 429 has been sent.
+local function admit()
+  note_max("conc", dict:incr("inflight", 1, 0))
+  local limit = current.max_concurrent
+  local over = false
+  if limit > 0 then
+    if dict:incr("conc", 1, 0) <= limit then
+      ngx.ctx.oo_conc = true
+      holding = holding + 1
+    else
+      dict:incr("conc", -1, 0)
+      over = true
+    end
+  end
+  local delay = current.delay_ms
+  if delay > 0 then ngx.sleep(delay / 1000) end
+  if over then
+    dict:incr("st:throttled", 1, 0)
+    dict:incr("st:status_429", 1, 0)
+    fail1(429, "TooManyRequests", "more than " .. limit .. " requests in progress; retry later",
+      { ["Retry-After"] = tostring(current.retry_after) })
+    return false
+  end
+  return true
+end
+
+-- ------------------------------------------------------------------------
 -- faults: a FIFO of rules in the shared dict, consumed under a lock
 
 local function load_queue()
@@ -309,6 +456,7 @@ end
 -- Applies a consumed rule. Returns true when the response has been produced.
 local function serve_fault(rule)
   dict:incr("st:faults_served", 1, 0)
+  if rule.status == 429 then dict:incr("st:status_429", 1, 0) end
   if rule.delay and rule.delay > 0 then ngx.sleep(rule.delay) end
   if not (rule.close or rule.status) then return false end
   -- read the body first so the client has finished sending when we answer
@@ -322,9 +470,18 @@ local function serve_fault(rule)
   return true, ngx.exit(ngx.HTTP_OK)
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- header checks shared by POST and DELETE
 
+-- The name of the configured token that `token` is (whatever the channel), or nil.
+local function token_id(token)
+  return token and cfg.token_ids[token]
+end
+
+-- Site, then token, then channel. A token that is none of the configured
+-- ones is 401 whatever the channel says (as with one token); a known token
+-- with an unknown channel is 403; a known token of another channel is 401.
+-- @return the request's channel (= the matching token's name) when all pass
 local function check_headers()
   local var = ngx.var
   local site = var.http_site
@@ -333,20 +490,21 @@ local function check_headers()
       or "site header is missing")
   end
   local token = var.http_sitetoken
-  if token ~= cfg.token then
+  local channel = var.http_channel
+  local expected = channel and cfg.tokens[channel]
+  if token == nil or (expected ~= token and not (expected == nil and token_id(token))) then
     -- never echo the received value
     return fail1(401, "InvalidSiteToken", token and "siteToken is not valid for this site and channel"
       or "siteToken header is missing")
   end
-  local channel = var.http_channel
-  if channel ~= cfg.channel then
+  if expected == nil then
     return fail1(403, "ChannelNotRecognized", channel and ("channel '" .. channel .. "' is not recognized")
       or "channel header is missing")
   end
-  return true
+  return channel
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- body validation (the sandbox's own rules, spec §3; not the client's C validator)
 
 local function is_num(v) return type(v) == "number" end
@@ -419,6 +577,7 @@ local function is_json_type(ct)
 end
 
 local function remember_last(body)
+  local token = ngx.var.http_sitetoken
   local h = {}
   for k, v in pairs(ngx.req.get_headers(0, true)) do
     if type(k) == "string" and k:lower() == "sitetoken" then v = "[REDACTED]" end
@@ -436,23 +595,29 @@ local function remember_last(body)
     http_version = ngx.req.http_version(),
     headers = h,
     raw_header = raw,
-    token_ok = ngx.var.http_sitetoken == cfg.token,
+    token_ok = token ~= nil and token == cfg.tokens[ngx.var.http_channel or ""],
+    token_id = token_id(token),
     body = body or "",
     received_at = ngx.now(),
   }))
 end
 
-----------------------------------------------------------------------------
+-- ------------------------------------------------------------------------
 -- public entry points (one per nginx location)
 
 --- Loads the configuration written by the launcher (init_by_lua, master process).
 -- @param path absolute path of `DIR/conf/config.lua`
 function M.configure(path)
   local c = dofile(path)
-  assert(type(c) == "table" and c.dir and c.site and c.token and c.channel, "bad sandbox config " .. path)
+  assert(type(c) == "table" and c.dir and c.site and type(c.tokens) == "table", "bad sandbox config " .. path)
+  c.token_ids = {}
+  for name, token in pairs(c.tokens) do c.token_ids[token] = name end
   cfg = c
   dict = ngx.shared.oo_sandbox
   assert(dict, "lua_shared_dict oo_sandbox is missing")
+  -- the start values; POST /_sandbox/settings changes them (a reload starts over)
+  assert(store_settings({ delay_ms = c.delay_ms or 0, max_concurrent = c.max_concurrent or 0,
+    retry_after = c.retry_after or 1 }))
 end
 
 local CLOSE_FDS = [[for f in /proc/$$/fd/*; do f=${f##*/}; case $f in 0|1|2) ;; *) eval "exec $f>&-" ;; esac; done; exec "$@"]]
@@ -468,12 +633,15 @@ local function owner_alive(ffi, pid)
   return ffi.errno() ~= 3 -- ESRCH
 end
 
---- Per-worker start: the owner watchdog (test runs) in worker 0.
+--- Per-worker start: umask 077 (the records a worker creates are private),
+-- and the owner watchdog (test runs) in worker 0.
 function M.init_worker()
   dict = ngx.shared.oo_sandbox
+  local ffi = require("ffi")
+  pcall(ffi.cdef, "unsigned int umask(unsigned int mask);")
+  ffi.C.umask(tonumber("077", 8)) -- nginx's daemon() left it at 0: files would be 0666
   local owner = tonumber(cfg.owner_pid)
   if not owner or ngx.worker.id() ~= 0 then return end
-  local ffi = require("ffi")
   pcall(ffi.cdef, "int kill(int pid, int sig); int getppid(void); int getpid(void);")
   local master = ffi.C.getppid() -- our master, remembered while it is surely alive
   local function check(premature)
@@ -501,6 +669,7 @@ end
 --- POST /tracker/smart-api/orders/offline
 function M.order()
   count_request()
+  if not admit() then return end
   local method = ngx.req.get_method()
   local rule = take_fault(method)
   if rule and serve_fault(rule) then return end
@@ -514,7 +683,8 @@ function M.order()
     body = read_body()
     remember_last(body)
   end
-  if check_headers() ~= true then return end
+  local channel = check_headers()
+  if not channel then return end
   if not is_json_type(ngx.var.content_type) then
     return fail1(415, "UnsupportedMediaType", "Content-Type must be application/json")
   end
@@ -534,7 +704,8 @@ function M.order()
     local line = cjson.encode({
       received_at = ngx.now(),
       site = cfg.site,
-      channel = cfg.channel,
+      channel = channel,
+      token_id = channel,
       refCode = doc.order.refCode,
       token_ok = true,
       headers = safe_headers(),
@@ -572,6 +743,7 @@ end
 --- DELETE /smart-api/orders/offline/<ref> and /tracker/smart-api/orders/offline/<ref>
 function M.cancel()
   count_request()
+  if not admit() then return end
   local method = ngx.req.get_method()
   local rule = take_fault(method)
   if rule and serve_fault(rule) then return end
@@ -580,7 +752,8 @@ function M.cancel()
       { Allow = "DELETE" })
   end
   if cfg.record then remember_last(read_body()) end
-  if check_headers() ~= true then return end
+  local channel = check_headers()
+  if not channel then return end
   -- the raw path keeps %2F inside the segment (ngx.var.uri would have decoded it)
   local path = ngx.var.request_uri:gsub("%?.*$", "")
   local form, seg = "documented", path:match("^/smart%-api/orders/offline/(.*)$")
@@ -598,7 +771,8 @@ function M.cancel()
     local ok, err = append_line(CANCELS, cjson.encode({
       received_at = ngx.now(),
       site = cfg.site,
-      channel = cfg.channel,
+      channel = channel,
+      token_id = channel,
       refCode = ref,
       path = form,
       uri = ngx.var.request_uri,
@@ -611,6 +785,17 @@ function M.cancel()
   end
   dict:incr("st:cancelled", 1, 0)
   return json_response(200, OK_BODY)
+end
+
+--- Log phase of the endpoint locations: the request is no longer in progress.
+function M.log()
+  -- every endpoint request was admitted first thing (count_request, admit)
+  local n = dict:incr("inflight", -1, 0)
+  if n and n < 0 then dict:set("inflight", 0) end
+  if holding > 0 and ngx.ctx.oo_conc then
+    holding = holding - 1
+    dict:incr("conc", -1, 0)
+  end
 end
 
 local function ndjson_filtered(name)
@@ -682,6 +867,13 @@ function M.control()
     if method == "DELETE" then
       reset_stats()
       return json_response(200, OK_BODY)
+    end
+  elseif uri == "/_sandbox/settings" then
+    if method == "GET" then return json_response(200, settings()) end
+    if method == "POST" then
+      local ok, err = store_settings(cjson.decode(read_body()))
+      if not ok then return control_fail(400, err) end
+      return json_response(200, settings())
     end
   elseif uri == "/_sandbox/last" then
     if method == "GET" then

@@ -1,0 +1,225 @@
+/* The one response classifier (see classify.h). Lua: core.classify,
+ * core.classify_failure, core.envelope. */
+#include "classify.h"
+#include "core.h"
+#include "clock.h"
+#include "policy.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+int oo_status_retryable(int status) {
+    switch (status) {
+    case 408: case 429: case 500: case 502: case 503: case 504: return 1;
+    default: return 0;
+    }
+}
+
+/* Credential codes: the documented ones (SiteNotRecognized,
+ * InvalidSiteToken, ChannelNotRecognized, ...) and any code that names the
+ * site, token or channel together with a word saying it is wrong. */
+int oo_code_is_credentials(const char *code) {
+    static const char *const subjects[] = {"token", "site", "channel", "credential", NULL};
+    static const char *const verdicts[] = {"invalid", "unknown", "notrecogni", "missing", "wrong",
+                                           "expired", "unauthori", "forbidden", "denied", "mismatch",
+                                           "revoked", "notfound", NULL};
+    char low[64];
+    size_t i, n;
+    int subject = 0;
+    if (!code || !code[0]) return 0;
+    n = strlen(code);
+    if (n >= sizeof low) n = sizeof low - 1;
+    for (i = 0; i < n; i++) low[i] = (char)((code[i] >= 'A' && code[i] <= 'Z') ? code[i] + 32 : code[i]);
+    low[n] = '\0';
+    if (strcmp(low, "unauthorized") == 0 || strcmp(low, "forbidden") == 0 || strcmp(low, "accessdenied") == 0)
+        return 1;
+    for (i = 0; subjects[i] && !subject; i++) subject = strstr(low, subjects[i]) != NULL;
+    if (!subject) return 0;
+    for (i = 0; verdicts[i]; i++)
+        if (strstr(low, verdicts[i])) return 1;
+    return 0;
+}
+
+/* Appends text to o->message as one line (control bytes become spaces),
+ * ending with "..." when it does not fit. */
+static void say(oo_outcome *o, const char *text) {
+    size_t cap = sizeof o->message, n = strlen(o->message);
+    for (; text && *text; text++) {
+        unsigned char c = (unsigned char)*text;
+        if (n + 1 >= cap) {
+            memcpy(o->message + cap - 4, "...", 4);
+            return;
+        }
+        o->message[n++] = (char)(c < 0x20 || c == 0x7f ? ' ' : c);
+    }
+    o->message[n] = '\0';
+}
+
+/* "code: message (+N more)" of the envelope's errors, after a prefix. */
+static void describe(oo_outcome *o, const oo_envelope *env) {
+    const oo_env_item *e = &env->errors[0];
+    char more[32];
+    if (env->nerrors == 0) return;
+    say(o, ": ");
+    if (e->code) say(o, e->code);
+    if (e->code && e->message) say(o, ": ");
+    if (e->message) say(o, e->message);
+    if (!e->code && !e->message) say(o, "(no code)");
+    if (env->nerrors > 1) {
+        snprintf(more, sizeof more, " (+%d more)", env->nerrors - 1);
+        say(o, more);
+    }
+}
+
+static void reset(oo_outcome *o) {
+    o->ok = o->retryable = o->stop = o->warned = o->transport_code = 0;
+    o->kind = NULL;
+    o->status = 0;
+    o->retry_after = -1;
+    o->code[0] = o->message[0] = '\0';
+}
+
+static void set_code(oo_outcome *o, const oo_envelope *env) {
+    const char *c = env->nerrors > 0 ? env->errors[0].code : NULL;
+    if (c) snprintf(o->code, sizeof o->code, "%s", c);
+}
+
+static int status_is(const char *s, const char *word) {
+    return s && strcasecmp(s, word) == 0;
+}
+
+void oo_classify_response(int status, const char *retry_after, const char *body, size_t len,
+                          double now, oo_outcome *o, oo_envelope *env) {
+    oo_envelope local;
+    char head[64];
+    if (!env) env = &local;
+    reset(o);
+    o->status = status;
+    oo_json_envelope(body ? body : "", body ? len : 0, env);
+    set_code(o, env);
+    if (status >= 200 && status < 300) {
+        if (env->object && status_is(env->status, "fail")) {
+            o->stop = oo_code_is_credentials(o->code);
+            o->kind = o->stop ? "auth" : "api";
+            say(o, o->stop ? "credentials refused: order rejected" : "order rejected");
+            if (env->nerrors) describe(o, env); else say(o, ": status fail");
+            return;
+        }
+        o->ok = 1;
+        /* "OK" without warnings is the common case; anything else in an
+         * envelope (warnings, errors, an odd status) is worth reading */
+        o->warned = env->object && (!status_is(env->status, "ok") || env->nwarnings > 0 || env->nerrors > 0);
+        return;
+    }
+    o->retry_after = oo_retry_after(retry_after, now);
+    o->stop = status == 401 || status == 403 || oo_code_is_credentials(o->code);
+    o->retryable = !o->stop && oo_status_retryable(status);
+    o->kind = o->stop ? "auth" : "http";
+    snprintf(head, sizeof head, "%sserver answered HTTP %d", o->stop ? "credentials refused: " : "", status);
+    say(o, head);
+    describe(o, env);
+}
+
+void oo_classify_failure(const char *kind, const char *message, oo_outcome *o) {
+    reset(o);
+    if (kind && strcmp(kind, "timeout") == 0) o->kind = "timeout";
+    else if (kind && strcmp(kind, "tls") == 0) o->kind = "tls";
+    else o->kind = "network";
+    o->retryable = strcmp(o->kind, "tls") != 0; /* a bad certificate does not fix itself */
+    say(o, message && message[0] ? message : "transport failure");
+}
+
+/* ------------------------------------------------------------------ */
+/* Lua                                                                 */
+
+/* Pushes the outcome as a table {ok, kind, status, code, message,
+ * retryable, retry_after, stop, warned} (absent/false fields left out). */
+void oo_push_outcome(lua_State *L, const oo_outcome *o) {
+    lua_createtable(L, 0, 8);
+    oo_set_bool(L, "ok", o->ok);
+    if (o->status) oo_set_int(L, "status", o->status);
+    if (o->ok) {
+        if (o->warned) oo_set_bool(L, "warned", 1);
+        return;
+    }
+    oo_set_str(L, "kind", o->kind);
+    oo_set_str(L, "message", o->message);
+    oo_set_bool(L, "retryable", o->retryable);
+    if (o->code[0]) oo_set_str(L, "code", o->code);
+    if (o->retry_after >= 0) oo_set_num(L, "retry_after", o->retry_after);
+    if (o->stop) oo_set_bool(L, "stop", 1);
+    if (o->transport_code) oo_set_int(L, "curl_code", o->transport_code);
+}
+
+/*** core.classify(status, body [, retry_after [, now]]) -> record */
+static int l_classify(lua_State *L) {
+    oo_outcome o;
+    size_t len = 0;
+    lua_Integer status = luaL_checkinteger(L, 1);
+    const char *body = luaL_optlstring(L, 2, "", &len);
+    const char *ra = luaL_optstring(L, 3, NULL);
+    double now = (double)luaL_optnumber(L, 4, 0);
+    luaL_argcheck(L, status >= 100 && status <= 999, 1, "HTTP status must be 100..999");
+    oo_classify_response((int)status, ra, body, len, now > 0 ? now : oo_wall_now(), &o, NULL);
+    oo_push_outcome(L, &o);
+    return 1;
+}
+
+/*** core.classify_failure(kind, message) -> record */
+static int l_classify_failure(lua_State *L) {
+    oo_outcome o;
+    oo_classify_failure(luaL_optstring(L, 1, "network"), luaL_optstring(L, 2, NULL), &o);
+    oo_push_outcome(L, &o);
+    return 1;
+}
+
+static void set_opt_string(lua_State *L, const char *k, const char *v) {
+    if (v) oo_set_str(L, k, v);
+}
+
+/*** core.envelope(body) -> {status, errors = {{code, message}...},
+ * warnings = {"..."}, nerrors, nwarnings} or nil when the body is not a
+ * JSON object. Only the first 16 errors/warnings are listed. */
+static int l_envelope(lua_State *L) {
+    size_t len;
+    const char *body = luaL_checklstring(L, 1, &len);
+    oo_envelope *env = (oo_envelope *)lua_newuserdata(L, sizeof *env); /* 4 KiB: not on the C stack */
+    int i, n;
+    if (!oo_json_envelope(body, len, env)) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_createtable(L, 0, 5);
+    set_opt_string(L, "status", env->status);
+    if (env->status_present && !env->status) oo_set_bool(L, "status_not_string", 1);
+    n = env->nerrors < OO_ENV_ITEMS ? env->nerrors : OO_ENV_ITEMS;
+    lua_createtable(L, n, 0);
+    for (i = 0; i < n; i++) {
+        lua_createtable(L, 0, 2);
+        set_opt_string(L, "code", env->errors[i].code);
+        set_opt_string(L, "message", env->errors[i].message);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "errors");
+    n = env->nwarnings < OO_ENV_ITEMS ? env->nwarnings : OO_ENV_ITEMS;
+    lua_createtable(L, n, 0);
+    for (i = 0; i < n; i++) {
+        if (env->warnings[i]) {
+            lua_pushstring(L, env->warnings[i]);
+            lua_rawseti(L, -2, (int)oo_rawlen(L, -2) + 1);
+        }
+    }
+    lua_setfield(L, -2, "warnings");
+    oo_set_int(L, "nerrors", env->nerrors);
+    oo_set_int(L, "nwarnings", env->nwarnings);
+    return 1;
+}
+
+void oo_classify_register(lua_State *L) {
+    static const luaL_Reg funcs[] = {
+        {"classify", l_classify}, {"classify_failure", l_classify_failure},
+        {"envelope", l_envelope}, {NULL, NULL}};
+    oo_setfuncs(L, funcs, 0);
+}

@@ -1,0 +1,67 @@
+/* Delivery metrics, counted once in the one core: the libcurl engine
+ * counts here directly, the nginx engine and the synchronous send loop
+ * through core.metrics_new() (the same struct, the same rules). The table
+ * shape, the Prometheus names and their meanings: optimizely.offline.metrics
+ * (Lua). Counters only grow. */
+#ifndef OO_METRICS_H
+#define OO_METRICS_H
+
+#include "classify.h"
+
+/* Request latency buckets, upper bounds in seconds (+Inf implied). */
+#define OO_LAT_BUCKETS 12
+extern const double oo_lat_bounds[OO_LAT_BUCKETS];
+
+#define OO_FAIL_LABELS 32 /* distinct {kind, status, code, channel} kept; the rest counted apart */
+#define OO_CHAN_LABELS 16 /* distinct channels kept (the engine allows 64; more is unusual) */
+#define OO_CHAN_NAME 32
+
+typedef struct oo_fail_label {
+    char kind[16];
+    int status;
+    char code[48];
+    char channel[OO_CHAN_NAME];
+    long long n;
+} oo_fail_label;
+
+typedef struct oo_chan_count {
+    char name[OO_CHAN_NAME];
+    long long sent, failed;
+} oo_chan_count;
+
+typedef struct oo_metrics {
+    long long queued;      /* orders accepted for delivery */
+    long long sent;        /* orders the endpoint acknowledged */
+    long long failed;      /* orders given up (dead, or not sent after a stop, or dropped) */
+    long long dead;        /* of which dead-lettered / rejected for good */
+    long long invalid;     /* orders refused by validation before any request */
+    long long retried;     /* attempts scheduled again */
+    long long throttled;   /* 429 answers */
+    long long requests;    /* HTTP requests made (attempts) */
+    long long bytes_sent;  /* request body bytes */
+    long long lat_count;
+    double lat_sum;
+    long long lat_buckets[OO_LAT_BUCKETS + 1]; /* non-cumulative; last = +Inf */
+    int nfail, nchan;
+    oo_fail_label fail[OO_FAIL_LABELS];
+    long long fail_other;  /* failures whose label did not fit */
+    oo_chan_count chan[OO_CHAN_LABELS];
+} oo_metrics;
+
+void oo_metrics_init(oo_metrics *m);
+
+/* One attempt: its latency (seconds) and request bytes. */
+void oo_metrics_attempt(oo_metrics *m, double latency, size_t bytes);
+
+/* One order acknowledged; channel may be NULL (unknown). */
+void oo_metrics_sent(oo_metrics *m, const char *channel);
+
+/* One order given up, by its last outcome; channel may be NULL. */
+void oo_metrics_failed(oo_metrics *m, const oo_outcome *o, int dead, const char *channel);
+
+/* Pushes the metrics as a Lua table (see optimizely.offline.metrics). */
+void oo_metrics_push(lua_State *L, const oo_metrics *m);
+
+void oo_metrics_register(lua_State *L);
+
+#endif

@@ -1,0 +1,317 @@
+/* The one retry policy (see policy.h). Lua: core.policy_new(opts) ->
+ * policy with :decide(record, attempts, age [, r]) and :delay(attempt,
+ * retry_after [, r]); core.parse_retry_after(value [, now]),
+ * core.parse_http_date(s). */
+#include "policy.h"
+#include "core.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#define OO_POLICY_MT "optimizely.offline.policy"
+
+/* The Lua object: the settings and its own jitter source, seeded per
+ * object (a fleet of workers must not back off in step). */
+typedef struct oo_policy_ud {
+    oo_policy p;
+    unsigned long long rng;
+} oo_policy_ud;
+
+double oo_jitter(unsigned long long *state) {
+    unsigned long long x = *state ? *state : 88172645463325252ULL;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return (double)((x * 2685821657736338717ULL) >> 11) / 9007199254740992.0;
+}
+
+unsigned long long oo_jitter_seed(const void *salt) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ((unsigned long long)ts.tv_nsec << 20) ^ (unsigned long long)ts.tv_sec ^
+           ((unsigned long long)getpid() << 40) ^ (unsigned long long)(size_t)salt;
+}
+
+void oo_policy_defaults(oo_policy *p) {
+    p->max_attempts = 4;
+    p->max_age = 0;
+    p->backoff_base = 0.25;
+    p->backoff_max = 10;
+    p->backoff_floor = 0.05;
+    p->retry_after_max = 60;
+}
+
+/* ------------------------------------------------------------------ */
+/* Retry-After                                                         */
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (Hinnant). */
+static long long days_from_civil(long long y, int m, int d) {
+    long long era, yoe, doy, doe;
+    y -= m <= 2;
+    era = (y >= 0 ? y : y - 399) / 400;
+    yoe = y - era * 400;
+    doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static int month_of(const char *s) {
+    static const char names[] = "janfebmaraprmayjunjulaugsepoctnovdec";
+    int i;
+    for (i = 0; i < 12; i++)
+        if (strncasecmp(s, names + 3 * i, 3) == 0) return i + 1;
+    return 0;
+}
+
+/* n digits at *p into *v (exactly n, or 1..n when `upto`). */
+static int digits(const char **p, int n, int upto, int *v) {
+    int k = 0;
+    *v = 0;
+    while (k < n && (*p)[k] >= '0' && (*p)[k] <= '9') { *v = *v * 10 + ((*p)[k] - '0'); k++; }
+    if (k == 0 || (!upto && k != n)) return 0;
+    *p += k;
+    return 1;
+}
+
+static int lit(const char **p, const char *s) {
+    size_t n = strlen(s);
+    if (strncmp(*p, s, n) != 0) return 0;
+    *p += n;
+    return 1;
+}
+
+static int alpha_run(const char **p, int min, int max) {
+    int k = 0;
+    while (((*p)[k] >= 'a' && (*p)[k] <= 'z') || ((*p)[k] >= 'A' && (*p)[k] <= 'Z')) k++;
+    if (k < min || k > max) return 0;
+    *p += k;
+    return 1;
+}
+
+static double epoch(int y, int mon, int d, int hh, int mm, int ss) {
+    if (!mon || d < 1 || d > 31 || hh > 23 || mm > 59 || ss > 60) return -1;
+    return (double)(days_from_civil(y, mon, d) * 86400 + hh * 3600 + mm * 60 + ss);
+}
+
+static int hms(const char **p, int *hh, int *mm, int *ss) {
+    return digits(p, 2, 0, hh) && lit(p, ":") && digits(p, 2, 0, mm) && lit(p, ":") && digits(p, 2, 0, ss);
+}
+
+double oo_http_date(const char *s) {
+    const char *p = s;
+    int d, y, hh, mm, ss, mon;
+    if (!s) return -1;
+    /* IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT */
+    if (alpha_run(&p, 3, 3) && lit(&p, ", ") && digits(&p, 2, 1, &d) && lit(&p, " ") &&
+        (mon = month_of(p)) && alpha_run(&p, 3, 3) && lit(&p, " ") && digits(&p, 4, 0, &y) &&
+        lit(&p, " ") && hms(&p, &hh, &mm, &ss) && lit(&p, " GMT") && !*p)
+        return epoch(y, mon, d, hh, mm, ss);
+    /* RFC 850: Sunday, 06-Nov-94 08:49:37 GMT */
+    p = s;
+    if (alpha_run(&p, 6, 9) && lit(&p, ", ") && digits(&p, 2, 0, &d) && lit(&p, "-") &&
+        (mon = month_of(p)) && alpha_run(&p, 3, 3) && lit(&p, "-") && digits(&p, 2, 0, &y) &&
+        lit(&p, " ") && hms(&p, &hh, &mm, &ss) && lit(&p, " GMT") && !*p)
+        return epoch(y < 70 ? 2000 + y : 1900 + y, mon, d, hh, mm, ss);
+    /* asctime: Sun Nov  6 08:49:37 1994 */
+    p = s;
+    if (alpha_run(&p, 3, 3) && lit(&p, " ") && (mon = month_of(p)) && alpha_run(&p, 3, 3) &&
+        lit(&p, " ")) {
+        while (*p == ' ') p++;
+        if (digits(&p, 2, 1, &d) && lit(&p, " ") && hms(&p, &hh, &mm, &ss) && lit(&p, " ") &&
+            digits(&p, 4, 0, &y) && !*p)
+            return epoch(y, mon, d, hh, mm, ss);
+    }
+    return -1;
+}
+
+double oo_retry_after(const char *value, double now) {
+    char buf[64];
+    const char *a, *b;
+    size_t n;
+    if (!value) return -1;
+    for (a = value; *a == ' ' || *a == '\t'; a++) {}
+    for (b = a + strlen(a); b > a && (b[-1] == ' ' || b[-1] == '\t'); b--) {}
+    n = (size_t)(b - a);
+    if (n == 0 || n >= sizeof buf) return -1;
+    memcpy(buf, a, n);
+    buf[n] = '\0';
+    if (strspn(buf, "0123456789") == n) {
+        /* delay-seconds; ten digits or more is "a very long time" */
+        return n >= 10 ? 1e10 : strtod(buf, NULL);
+    }
+    {
+        double t = oo_http_date(buf);
+        if (t < 0) return -1;
+        return t > now ? t - now : 0;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Decisions                                                           */
+
+double oo_policy_delay(const oo_policy *p, int attempt, double retry_after, double r) {
+    double cap, d, floor_;
+    if (retry_after >= 0) {
+        d = retry_after < p->retry_after_max ? retry_after : p->retry_after_max;
+        return d > p->backoff_floor ? d : p->backoff_floor;
+    }
+    cap = p->backoff_base * pow(2.0, attempt > 1 ? attempt - 1 : 0);
+    if (cap > p->backoff_max) cap = p->backoff_max;
+    if (!(r >= 0)) r = 0;
+    if (r > 1) r = 1;
+    d = r * cap;
+    floor_ = p->backoff_floor < cap ? p->backoff_floor : cap;
+    return d > floor_ ? d : floor_;
+}
+
+void oo_policy_decide(const oo_policy *p, const oo_outcome *o, int attempts, double age, double r,
+                      oo_decision *d) {
+    d->action = OO_ACK;
+    d->delay = d->pause = 0;
+    d->slow_down = 0;
+    d->why = NULL;
+    if (o->ok) return;
+    if (o->stop) {
+        d->action = OO_STOP;
+        d->why = "credentials";
+        return;
+    }
+    if (!o->retryable) {
+        d->action = OO_DEAD;
+        d->why = "rejected";
+        return;
+    }
+    d->delay = oo_policy_delay(p, attempts, o->retry_after, r);
+    if (o->status == 429) { /* the server asked everyone to slow down */
+        d->pause = d->delay;
+        d->slow_down = 1;
+    }
+    if (p->max_attempts > 0 && attempts >= p->max_attempts) {
+        d->action = OO_DEAD;
+        d->why = "attempts";
+    } else if (p->max_age > 0 && age + d->delay > p->max_age) {
+        d->action = OO_DEAD;
+        d->why = "expired";
+    } else {
+        d->action = OO_RETRY;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Lua                                                                 */
+
+static double field_num(lua_State *L, int idx, const char *k, double dflt, double lo) {
+    double v;
+    lua_getfield(L, idx, k);
+    if (lua_isnil(L, -1)) { lua_pop(L, 1); return dflt; }
+    if (lua_type(L, -1) != LUA_TNUMBER) luaL_error(L, "policy: %s must be a number", k);
+    v = (double)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    if (!(v >= lo) || v > 1e15) luaL_error(L, "policy: %s out of range", k);
+    return v;
+}
+
+void oo_policy_read(lua_State *L, int idx, oo_policy *p) {
+    oo_policy_defaults(p);
+    if (lua_isnoneornil(L, idx)) return;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    /* max_attempts false/0: no limit (durable queues live by max_age) */
+    lua_getfield(L, idx, "max_attempts");
+    if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) p->max_attempts = 0;
+    lua_pop(L, 1);
+    if (p->max_attempts) p->max_attempts = (int)field_num(L, idx, "max_attempts", 4, 0);
+    p->max_age = field_num(L, idx, "max_age", 0, 0);
+    p->backoff_base = field_num(L, idx, "backoff_base", p->backoff_base, 0);
+    p->backoff_max = field_num(L, idx, "backoff_max", p->backoff_max, 0);
+    p->backoff_floor = field_num(L, idx, "backoff_floor", p->backoff_floor, 0);
+    p->retry_after_max = field_num(L, idx, "retry_after_max", p->retry_after_max, 0);
+}
+
+static const char *const action_names[] = {"ack", "retry", "dead", "stop"};
+
+/* Reads the record table at idx into an outcome (only what decide uses). */
+static void outcome_from(lua_State *L, int idx, oo_outcome *o) {
+    memset(o, 0, sizeof *o);
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_getfield(L, idx, "ok");
+    o->ok = lua_toboolean(L, -1);
+    lua_getfield(L, idx, "stop");
+    o->stop = lua_toboolean(L, -1);
+    lua_getfield(L, idx, "retryable");
+    o->retryable = lua_toboolean(L, -1);
+    lua_getfield(L, idx, "status");
+    o->status = lua_type(L, -1) == LUA_TNUMBER ? (int)lua_tointeger(L, -1) : 0;
+    lua_getfield(L, idx, "retry_after");
+    o->retry_after = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : -1;
+    lua_pop(L, 5);
+}
+
+/*** p:decide(record, attempts, age [, r]) -> action, delay, pause, slow_down, why */
+static int l_decide(lua_State *L) {
+    oo_policy_ud *u = (oo_policy_ud *)luaL_checkudata(L, 1, OO_POLICY_MT);
+    oo_outcome o;
+    oo_decision d;
+    int attempts = (int)luaL_checkinteger(L, 3);
+    double age = (double)luaL_optnumber(L, 4, 0);
+    double r = lua_isnoneornil(L, 5) ? oo_jitter(&u->rng) : (double)luaL_checknumber(L, 5);
+    outcome_from(L, 2, &o);
+    oo_policy_decide(&u->p, &o, attempts, age, r, &d);
+    lua_pushstring(L, action_names[d.action]);
+    lua_pushnumber(L, d.delay);
+    lua_pushnumber(L, d.pause);
+    lua_pushboolean(L, d.slow_down);
+    if (d.why) lua_pushstring(L, d.why); else lua_pushnil(L);
+    return 5;
+}
+
+/*** p:delay(attempt, retry_after_raw_or_seconds [, r [, now]]) -> seconds */
+static int l_delay(lua_State *L) {
+    oo_policy_ud *u = (oo_policy_ud *)luaL_checkudata(L, 1, OO_POLICY_MT);
+    oo_policy *p = &u->p;
+    int attempt = (int)luaL_checkinteger(L, 2);
+    double r = lua_isnoneornil(L, 4) ? oo_jitter(&u->rng) : (double)luaL_checknumber(L, 4);
+    double now = (double)luaL_optnumber(L, 5, (double)time(NULL));
+    double ra = -1;
+    if (lua_type(L, 3) == LUA_TNUMBER) ra = lua_tonumber(L, 3) >= 0 ? (double)lua_tonumber(L, 3) : -1;
+    else if (lua_type(L, 3) == LUA_TSTRING) ra = oo_retry_after(lua_tostring(L, 3), now);
+    lua_pushnumber(L, oo_policy_delay(p, attempt, ra, r));
+    return 1;
+}
+
+/*** core.policy_new(opts) -> policy */
+static int l_policy_new(lua_State *L) {
+    oo_policy_ud *u = (oo_policy_ud *)lua_newuserdata(L, sizeof *u);
+    oo_policy_read(L, 1, &u->p);
+    u->rng = oo_jitter_seed(u);
+    oo_setmetatable(L, OO_POLICY_MT);
+    return 1;
+}
+
+/*** core.parse_retry_after(value [, now]) -> seconds | nil */
+static int l_parse_retry_after(lua_State *L) {
+    double v = oo_retry_after(luaL_optstring(L, 1, NULL), (double)luaL_optnumber(L, 2, (double)time(NULL)));
+    if (v < 0) lua_pushnil(L); else lua_pushnumber(L, v);
+    return 1;
+}
+
+/*** core.parse_http_date(s) -> epoch seconds | nil */
+static int l_parse_http_date(lua_State *L) {
+    double v = oo_http_date(luaL_optstring(L, 1, NULL));
+    if (v < 0) lua_pushnil(L); else lua_pushnumber(L, v);
+    return 1;
+}
+
+void oo_policy_register(lua_State *L) {
+    static const luaL_Reg methods[] = {
+        {"decide", l_decide}, {"delay", l_delay}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {
+        {"policy_new", l_policy_new}, {"parse_retry_after", l_parse_retry_after},
+        {"parse_http_date", l_parse_http_date}, {NULL, NULL}};
+    oo_newclass(L, OO_POLICY_MT, methods, NULL, NULL, NULL);
+    oo_setfuncs(L, funcs, 0);
+}

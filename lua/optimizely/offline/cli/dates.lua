@@ -1,0 +1,69 @@
+--- Local order dates for the date options of the command line (date
+-- format and time zone): order dates as a till writes them
+-- ("16/06/2024 14:25", local time) turned into the documented
+-- "yyyy-MM-ddTHH:mm:ss GMT" before validation, so no integrator has to
+-- convert them in a transform.
+--
+-- * With `--timezone` alone, `order.orderDate` is a local time in that zone,
+--   written `YYYY-MM-DD HH:MM[:SS]` or `YYYY-MM-DDTHH:MM[:SS]`.
+-- * With `--date-format`, it is written as the format says (directives:
+--   `%Y` 4-digit year, `%y` 2-digit year (69-99: 19xx), `%m` month 1-12,
+--   `%d`/`%e` day, `%b`/`%B` English month name or its first three letters,
+--   `%H` hour 0-23, `%I` hour 1-12 with `%p` AM/PM, `%M` minutes, `%S`
+--   seconds, `%f` fractions of a second (ignored), `%z` `Z` or `±hh[:]mm`,
+--   `%a`/`%A` day name (ignored), `%F` = `%Y-%m-%d`, `%T` = `%H:%M:%S`,
+--   `%R` = `%H:%M`, `%%` a percent sign; a space matches one or more
+--   spaces; anything else matches itself). Without `--timezone` and `%z`
+--   the time is UTC, as the encoder reads `YYYY-MM-DD HH:MM:SS`.
+-- * A value already absolute (`… GMT`, `…Z`, `…+01:00`) is kept as that
+--   instant, so a rejects file written after the conversion is sent again
+--   as it is; a number (epoch seconds) is left to the encoder.
+-- * Time zones come from the system's zoneinfo (`$TZDIR` or
+--   /usr/share/zoneinfo), so summer time follows the real rules. A local
+--   time the clocks skipped is an error; one that happened twice is taken
+--   as the earlier of the two, with a warning.
+-- @module optimizely.offline.cli.dates
+local core = require("optimizely.offline.core")
+local common = require("optimizely.offline.cli.common")
+
+local M = {}
+
+local PATH = "order.orderDate"
+
+--- A converter for a run's input settings, or nil when there is nothing to
+-- convert. A bad format or an unknown zone is a usage error (exit 2).
+-- @param input `{date_format =, timezone =}`
+-- @return function(payload) -> problems | nil, warnings | nil (lists of
+--   `{path, message}`)
+function M.converter(input)
+  local fmt, tz = input.date_format, input.timezone
+  if fmt == nil and tz == nil then return nil end
+  if fmt ~= nil then
+    local ok, why = core.date_check_format(fmt)
+    if not ok then common.config_error("--date-format " .. core.quote(fmt, 60) .. " " .. why) end
+  end
+  local zone
+  if tz ~= nil then
+    local e
+    zone, e = core.tz_load(tz)
+    if not zone then common.config_error("--timezone: " .. tostring(e)) end
+  end
+  local convert, quote = core.date_convert, core.quote
+  local expected = fmt and ("the date format " .. quote(fmt, 60)) or "a local date and time"
+  return function(payload)
+    local o = type(payload) == "table" and payload.order
+    local v = type(o) == "table" and o.orderDate
+    if type(v) ~= "string" then return nil end
+    local out, note, kind = convert(v, fmt, zone)
+    if not out then
+      local msg = kind == "format" and ("must match " .. expected .. " (" .. note .. "), got " .. quote(v, 60))
+        or (note .. ", got " .. quote(v, 60))
+      return { { path = PATH, message = msg } }
+    end
+    o.orderDate = out
+    if note then return nil, { { path = PATH, message = note .. " (" .. quote(v, 60) .. ")" } } end
+    return nil
+  end
+end
+
+return M

@@ -1,0 +1,342 @@
+--- `optimizely-offline mapping FILE… [-o mapping.csv]`: the one-time
+-- e-mail → pseudonymised id mapping Optimizely asks for before a retailer
+-- switches from `user.email` to `user.id`.
+--
+-- Reads the same inputs as `send` (NDJSON, CSV, legacy XML, `--transform`)
+-- and writes CSV: a header `email,id`, then one line per distinct e-mail
+-- address (trimmed, ASCII-lower-cased), sorted by its bytes, with its
+-- pseudonym (optimizely.offline.pseudonym: the same key and options as the
+-- sending side). UTF-8, LF line ends, RFC 4180 quoting.
+--
+-- Memory stays bounded however many customers: distinct addresses are
+-- gathered in runs of `RUN_SIZE`, each sorted and written to a private
+-- temporary file (0600, removed at the end, also on failure or Ctrl-C),
+-- then merged (an external sort), so only one run and one line per run
+-- file are in memory. The output is written to a temporary file renamed
+-- into place when complete (0600); `-o` naming an input is refused.
+-- Guide: doc/topics/pseudonymisation.md.
+-- @module optimizely.offline.cli.mapping
+local common = require("optimizely.offline.cli.common")
+local validate_cmd = require("optimizely.offline.cli.validate")
+local files = require("optimizely.offline.files")
+local core = require("optimizely.offline.core")
+
+local M = {}
+
+--- Distinct addresses held in memory before a run is sorted to disk.
+M.RUN_SIZE = 50000
+--- Run files merged at once (more runs merge in several passes).
+M.FAN_IN = 16
+
+local config_error = common.config_error
+
+-- A failure of the run itself (a temporary file cannot be written...):
+-- exit 1 with its message.
+local RunError = {}
+local function run_error(msg) error(setmetatable({ message = msg }, RunError), 0) end
+
+function M.register(parser)
+  local cmd = parser:command("mapping",
+    "Write the one-time e-mail -> pseudonymised id mapping file (CSV: email,id) for Optimizely.")
+  common.input_options(cmd)
+  cmd:option("-o --output", "Mapping file to write (default: standard output); created 0600, "
+    .. "replaced only once complete."):argname("<mapping.csv>")
+  cmd:option("--config", "Config file with a pseudonym_key = ... line "
+    .. "(default: $OPTIMIZELY_PSEUDONYM_KEY, which wins over the file)."):argname("<file>")
+  require("optimizely.offline.cli.pseudonymise").options(cmd, false)
+  cmd:option("--tmpdir", "Directory for the temporary sort files (default: the output's directory, "
+    .. "else $TMPDIR or /tmp)."):argname("<dir>")
+  cmd:option("--run-size"):hidden(true) -- specs: force many runs and merge passes
+  cmd:flag("-q --quiet", "Print nothing but errors.")
+end
+
+-- ---------------------------------------------------------------- config
+
+-- ------------------------------------------------------------ temp files
+
+local function dirname(path)
+  return path:match("^(.*)/[^/]*$") or "."
+end
+
+-- A new private file (0600, O_EXCL|O_NOFOLLOW) in dir with an unguessable name.
+local function temp_file(dir)
+  local last
+  for _ = 1, 20 do
+    local path = ("%s/.optimizely-mapping-%d%06d%06d.tmp"):format(dir, os.time() % 100000,
+      math.random(0, 999999), math.random(0, 999999))
+    local fh, e = files.create_new(path)
+    if fh then return fh, path end
+    last = e
+  end
+  run_error("cannot create a temporary file in " .. dir .. ": " .. tostring(last))
+end
+
+-- The result of an I/O call (ok, err), or a RunError saying `what` failed.
+local function must(what, ok, e)
+  if not ok then run_error(what .. ": " .. tostring(e)) end
+  return ok
+end
+
+-- ---------------------------------------------------------- external sort
+
+-- Distinct strings (no line breaks), given in any order, read back sorted
+-- by bytes and each once, in bounded memory.
+local Distinct = {}
+Distinct.__index = Distinct
+
+function Distinct.new(dir, run_size)
+  return setmetatable({ dir = dir, run_size = run_size, set = {}, n = 0, runs = {}, count = 0 },
+    Distinct)
+end
+
+function Distinct:add(s)
+  if self.set[s] then return end
+  self.set[s] = true
+  self.n = self.n + 1
+  if self.n >= self.run_size then self:spill() end
+end
+
+local function sorted_keys(set)
+  local list, n = {}, 0
+  for k in next, set do n = n + 1; list[n] = k end
+  table.sort(list)
+  return list, n
+end
+
+-- The current run, sorted, to a new temporary file.
+function Distinct:spill()
+  if self.n == 0 then return end
+  local list, n = sorted_keys(self.set)
+  self.set, self.n = {}, 0
+  local fh, path = temp_file(self.dir)
+  self.runs[#self.runs + 1] = path
+  local what = "cannot write " .. path
+  for i = 1, n do must(what, fh:write(list[i], "\n")) end
+  must(what, fh:close())
+end
+
+-- Merges the sorted files `paths` (each line once overall) into emit(line).
+local function merge(paths, emit)
+  local fhs, heads, heap = {}, {}, {}
+  local function less(a, b) return heads[heap[a]] < heads[heap[b]] end
+  local function swap(a, b) heap[a], heap[b] = heap[b], heap[a] end
+  local function down(i)
+    local n = #heap
+    while true do
+      local l, r, m = 2 * i, 2 * i + 1, i
+      if l <= n and less(l, m) then m = l end
+      if r <= n and less(r, m) then m = r end
+      if m == i then return end
+      swap(i, m)
+      i = m
+    end
+  end
+  for i, p in ipairs(paths) do
+    fhs[i] = must("cannot read back " .. p, io.open(p, "rb"))
+    heads[i] = fhs[i]:read("*l")
+    if heads[i] then heap[#heap + 1] = i end
+  end
+  for i = math.floor(#heap / 2), 1, -1 do down(i) end
+  local last
+  while #heap > 0 do
+    local f = heap[1]
+    local line = heads[f]
+    if line ~= last then emit(line); last = line end
+    heads[f] = fhs[f]:read("*l")
+    if not heads[f] then
+      heap[1] = heap[#heap]
+      heap[#heap] = nil
+    end
+    if #heap > 0 then down(1) end
+  end
+  for _, fh in ipairs(fhs) do fh:close() end
+end
+
+--- Calls emit(s) for each distinct string in byte order; returns the count.
+function Distinct:each(emit)
+  local count = 0
+  local function counted(s) count = count + 1; emit(s) end
+  if #self.runs == 0 then
+    local list, n = sorted_keys(self.set)
+    self.set, self.n = {}, 0
+    for i = 1, n do counted(list[i]) end
+    return count
+  end
+  self:spill()
+  local runs = self.runs
+  while #runs > M.FAN_IN do -- merge passes until one pass can take them all
+    local group = {}
+    for i = 1, M.FAN_IN do group[i] = table.remove(runs, 1) end
+    local fh, path = temp_file(self.dir)
+    runs[#runs + 1] = path
+    local what = "cannot write " .. path
+    merge(group, function(s) must(what, fh:write(s, "\n")) end)
+    must(what, fh:close())
+    for _, p in ipairs(group) do os.remove(p) end
+  end
+  merge(runs, counted)
+  return count
+end
+
+--- Removes every temporary file left.
+function Distinct:cleanup()
+  for _, p in ipairs(self.runs) do os.remove(p) end
+  self.runs, self.set = {}, {}
+end
+
+-- ------------------------------------------------------------------- run
+
+-- RFC 4180: a field with a comma, a quote or a line break is quoted, its
+-- quotes doubled.
+local function csv_field(s)
+  if s:find('[,"\r\n]') then return '"' .. s:gsub('"', '""') .. '"' end
+  return s
+end
+M.csv_field = csv_field
+
+-- Refuses -o naming one of the command's own inputs (whatever the spelling).
+local function check_output(args)
+  local path = args.output
+  local inputs = { args.config, args.transform }
+  for _, f in ipairs(args.files) do inputs[#inputs + 1] = f end
+  for _, f in pairs(inputs) do
+    if f ~= "-" and files.same(path, f) then
+      config_error(("-o %s names an input of this command (%s): refusing to overwrite it"):format(path, f))
+    end
+  end
+end
+
+local Mapping = {}
+Mapping.__index = Mapping
+
+function Mapping.new(args, out, err, getenv)
+  local self = setmetatable({ args = args, out = out, err = err, read = 0, invalid = 0, id_only = 0,
+                              bad = 0, skipped = 0, written = 0 }, Mapping)
+  self.to_file = args.output ~= nil and args.output ~= "-"
+  if self.to_file then check_output(args) end
+  self.p = require("optimizely.offline.cli.pseudonymise").build(args, getenv)
+  self.transform = common.load_transform(args.transform)
+  local dir = args.tmpdir or (self.to_file and dirname(args.output)) or getenv("TMPDIR") or "/tmp"
+  local ok, fh, path = pcall(temp_file, dir) -- fail now, not after reading gigabytes
+  if not ok then config_error(fh.message or tostring(fh)) end
+  fh:close()
+  os.remove(path)
+  self.distinct = Distinct.new(dir, common.int_option(args.run_size, "run-size", 1) or M.RUN_SIZE)
+  self.clock = core.now or os.clock
+  return self
+end
+
+function Mapping:report(item, problem)
+  self.progress:clear()
+  validate_cmd.report(self.err, item, problem)
+end
+
+-- One record: its user.email, when it has one, joins the distinct set.
+function Mapping:take(item)
+  if item.skipped then self.skipped = self.skipped + 1; return end
+  if not item.payload then
+    self.bad = self.bad + 1
+    self:report(item)
+    return
+  end
+  local user = type(item.payload) == "table" and item.payload.user
+  if type(user) ~= "table" then return end
+  if user.email == nil then
+    if user.id ~= nil then self.id_only = self.id_only + 1 end
+    return
+  end
+  self.read = self.read + 1
+  local norm, why = core.email_normalise(user.email)
+  if norm then return self.distinct:add(norm) end
+  self.invalid = self.invalid + 1
+  self:report(item, { problems = { { path = "user.email", message = why } } })
+end
+
+function Mapping:gather()
+  local args = self.args
+  self.progress = common.progress(self.err, args.quiet, self.clock, args.files)
+  local n = 0
+  for item in common.records(args, self.transform, self.progress) do
+    self:take(item)
+    n = n + 1
+    if n % 512 == 0 then self.progress:update(n, self.bad + self.invalid) end
+  end
+  self.progress:update(n, self.bad + self.invalid, true)
+  self.progress:finish()
+end
+
+function Mapping:write()
+  local dest, writer = self.out, nil
+  if self.to_file then
+    local e
+    writer, e = files.atomic(self.args.output)
+    if not writer then run_error("cannot write " .. self.args.output .. ": " .. tostring(e)) end
+    self.writer, dest = writer, writer.fh
+  end
+  local progress = common.progress(self.err, self.args.quiet, self.clock)
+  local p = self.p
+  local what = "cannot write " .. (self.to_file and self.args.output or "standard output")
+  must(what, dest:write("email,id\n"))
+  self.distinct:each(function(email)
+    local id = assert(p:id(email)) -- normalised and checked already
+    must(what, dest:write(csv_field(email), ",", id, "\n"))
+    self.written = self.written + 1
+    if self.written % 4096 == 0 then progress:update(self.written, 0) end
+  end)
+  progress:finish()
+  if writer then
+    must(what, writer:commit())
+    self.writer = nil
+  else
+    must(what, dest:flush())
+  end
+end
+
+function Mapping:cleanup()
+  if self.writer then self.writer:abort(); self.writer = nil end
+  self.distinct:cleanup()
+  if self.p then self.p:close() end
+end
+
+function Mapping:summary()
+  if self.args.quiet then return end
+  local s = ("%d e-mails read, %d distinct, %d written to %s"):format(self.read, self.written,
+    self.written, self.to_file and self.args.output or "standard output")
+  local extra = {}
+  if self.invalid > 0 then extra[#extra + 1] = self.invalid .. " invalid e-mails" end
+  if self.bad > 0 then extra[#extra + 1] = self.bad .. " unreadable records" end
+  if self.id_only > 0 then extra[#extra + 1] = self.id_only .. " records with a user.id and no e-mail" end
+  if self.skipped > 0 then extra[#extra + 1] = self.skipped .. " skipped by the transform" end
+  if #extra > 0 then s = s .. "; " .. table.concat(extra, ", ") end
+  self.err:write(s, "\n")
+end
+
+--- Runs the command. Exit codes: 0 done, 1 some records left out (the file
+-- is still written) or an I/O failure, 2 usage or configuration error,
+-- 130 interrupted (no file written, temporary files removed).
+function M.run(args, out, err, getenv)
+  getenv = getenv or os.getenv
+  return common.guard(err, function()
+    local m = Mapping.new(args, out, err, getenv)
+    local ok, e = pcall(function()
+      m:gather()
+      m:write()
+    end)
+    m:cleanup()
+    if not ok then
+      if common.is_interrupt(e) then
+        if m.progress then m.progress:clear() end
+        err:write("interrupted: no mapping written", m.to_file and "" or " (standard output is incomplete)", "\n")
+        return 130
+      end
+      if getmetatable(e) ~= RunError then error(e, 0) end
+      err:write("error: ", e.message, "\n")
+      return 1
+    end
+    m:summary()
+    return (m.invalid > 0 or m.bad > 0) and 1 or 0
+  end)
+end
+
+M.Distinct = Distinct
+return M

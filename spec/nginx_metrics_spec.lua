@@ -1,0 +1,279 @@
+-- Observability under nginx: the example app's /metrics (every worker's
+-- metrics in one lua_shared_dict) against what the sandbox recorded, across
+-- a reload; an order in flight during a reload is accounted; missing
+-- configuration fails loudly at init_worker. Real nginx, real TLS.
+local sb = require("support.sandbox")
+local nginx = require("support.nginx")
+local launch = dofile("examples/openresty/launch.lua")
+local json = sb.json
+
+local uid = 0
+local function ref(prefix)
+  uid = uid + 1
+  return (prefix or "NM") .. "-" .. os.time() .. "-" .. math.random(1000, 9999) .. "-" .. uid
+end
+
+local function payload(r)
+  return { user = { id = "till-9" }, order = { refCode = r, orderDate = "2016-05-16T14:25:00 GMT",
+    currency = "GBP", total = "21.00", items = { { refCode = "sku-1", qty = 2, price = "10.50" } } } }
+end
+
+-- The samples of a Prometheus text: {name = {{labels = {...}, value = n}, ...}}.
+local function samples(text)
+  local out = {}
+  for line in text:gmatch("[^\n]+") do
+    if line:sub(1, 1) ~= "#" then
+      local name, lbl, value = line:match("^([%w_:]+)(%b{}) (%S+)$")
+      if not name then
+        name, value = line:match("^([%w_:]+) (%S+)$")
+        lbl = "{}"
+      end
+      assert(name, "unparsable line: " .. line)
+      local labels = {}
+      for k, v in lbl:gmatch('([%w_]+)="(.-)"') do labels[k] = v end
+      out[name] = out[name] or {}
+      table.insert(out[name], { labels = labels, value = tonumber(value) })
+    end
+  end
+  return out
+end
+
+-- Sum of a metric's samples whose labels include `want`.
+local function total(s, name, want)
+  local n = 0
+  for _, x in ipairs(s[name] or {}) do
+    local ok = true
+    for k, v in pairs(want or {}) do if x.labels[k] ~= v then ok = false end end
+    if ok then n = n + x.value end
+  end
+  return n
+end
+
+local function write_tmp(text)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+-- promtool and Python's prometheus_client both accept the text.
+local function parse_with_real_parsers(text)
+  local path = write_tmp(text)
+  local out = nginx.capture("promtool check metrics < " .. nginx.q(path) .. " 2>&1; echo rc=$?")
+  assert.matches("rc=0", out, out)
+  assert.is_nil(out:find("error", 1, true), out)
+  local py = nginx.capture("/usr/bin/python3 -c " .. nginx.q([[
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+n = 0
+for fam in text_string_to_metric_families(open(sys.argv[1]).read()):
+    assert fam.name.startswith("optimizely_offline_"), fam.name
+    n += len(fam.samples)
+print("samples", n)
+]]) .. " " .. nginx.q(path) .. " 2>&1")
+  os.remove(path)
+  assert.matches("^samples %d+", py, py)
+end
+
+-- One order per worker pushed at its start (init_worker): both workers
+-- deliver, whatever the kernel does with connections.
+local INIT_PUSH = [[
+    ngx.timer.at(0, function()
+      local q = require("offline_app").queue
+      if not q then return end
+      for i = 1, 2 do
+        q:push({ user = { id = "w" }, order = { refCode = "INIT-" .. ngx.worker.pid() .. "-" .. i,
+          orderDate = "2016-05-16T14:25:00 GMT", currency = "GBP", total = 5,
+          items = { { refCode = "sku-1", qty = 1, price = 5 } } } })
+      end
+    end)]]
+
+local function start(dir, info, app, vars)
+  return nginx.start({ dir = dir, health = vars and vars.health or "/queue/stats", env = vars and vars.env,
+    write = function(port)
+      local v = { workers = 2, log_level = "notice",
+        extra_init_worker = INIT_PUSH .. "\n" .. nginx.watchdog_lua(sb.self_pid()) }
+      for k, x in pairs(vars or {}) do if k ~= "health" and k ~= "env" then v[k] = x end end
+      return launch.write({ dir = dir, port = port, app = app, ca_file = info.ca_file, vars = v })
+    end })
+end
+
+local function app_config(info, queue)
+  return { site = info.site, token = info.token, channel = info.channel, base_url = info.base_url,
+    backoff_base = 0.05, backoff_max = 0.2, queue = queue }
+end
+
+describe("metrics under nginx (two workers, one lua_shared_dict)", function()
+  local info, dir, inst
+
+  setup(function()
+    info = sb.ensure()
+    sb.clear_faults()
+    sb.reset()
+    dir = nginx.mktemp("nginx-metrics")
+    inst = start(dir, info, app_config(info, { flush_interval = 0.1, concurrency = 2, shutdown_timeout = 1 }))
+  end)
+
+  teardown(function()
+    sb.clear_faults()
+    if inst then inst:quit() end
+    if dir and not os.getenv("OO_KEEP") then nginx.run("rm -rf " .. nginx.q(dir)) end
+  end)
+
+  local function scrape()
+    local res = inst:get("/metrics")
+    assert.equal(200, res.status, res.body)
+    return res.body, samples(res.body)
+  end
+
+  -- /metrics agrees with the sandbox: orders recorded = sent, requests = requests.
+  local function agrees()
+    return nginx.wait_until(function()
+      local st = sb.stats()
+      local _, s = scrape()
+      return total(s, "optimizely_offline_orders_sent_total") == st.accepted
+        and total(s, "optimizely_offline_requests_total") == st.requests
+        and total(s, "optimizely_offline_queue_depth") == 0 and s
+    end, 20)
+  end
+
+  it("sums every worker's counts: /metrics equals what the sandbox recorded", function()
+    local refs = {}
+    for i = 1, 6 do refs[i] = ref("NMS") end
+    sb.faults({ count = 2, status = 503, match = "POST" })
+    for i = 1, 6, 2 do
+      local res = inst:request("/pos/orders", { method = "POST",
+        body = json.encode({ payload(refs[i]), payload(refs[i + 1]) }) })
+      assert.equal(202, res.status, res.body)
+    end
+    local s = agrees()
+    assert.is_table(s, "the metrics never matched the sandbox's stats")
+    local st = sb.stats()
+    assert.equal(6 + 4, st.accepted) -- the uploads and two init pushes per worker
+    assert.equal(st.accepted + 2, st.requests)
+    assert.equal(2, total(s, "optimizely_offline_retries_total"))
+    assert.equal(st.accepted, total(s, "optimizely_offline_orders_sent_total", { channel = info.channel }))
+    assert.equal(st.requests, total(s, "optimizely_offline_request_duration_seconds_count"))
+    assert.equal(0, total(s, "optimizely_offline_orders_failed_total"))
+    -- every init push arrived: both workers delivered
+    local inits = 0
+    for _, rec in ipairs(sb.orders()) do if rec.refCode:match("^INIT%-") then inits = inits + 1 end end
+    assert.equal(4, inits)
+  end)
+
+  it("writes text that promtool and prometheus_client parse", function()
+    local text = scrape()
+    assert.matches("# TYPE optimizely_offline_request_duration_seconds histogram", text, 1, true)
+    assert.matches('optimizely_offline_request_duration_seconds_bucket{le="+Inf"}', text, 1, true)
+    parse_with_real_parsers(text)
+  end)
+
+  it("ships alerting rules promtool accepts, on metrics that exist", function()
+    local out = nginx.capture("promtool check rules examples/openresty/alerts.yml 2>&1; echo rc=$?")
+    assert.matches("SUCCESS: %d+ rules found", out)
+    assert.matches("rc=0", out)
+    local text = scrape()
+    local rules = assert(nginx.read_file("examples/openresty/alerts.yml"))
+    for name in rules:gmatch("(optimizely_offline_[%w_]+)") do
+      local family = name:gsub("_bucket$", "")
+      assert.truthy(text:find("# TYPE " .. family .. " ", 1, true), name)
+    end
+  end)
+
+  it("keeps the totals across nginx -s reload (the counters live in the dict)", function()
+    local _, before = scrape()
+    local sent_before = total(before, "optimizely_offline_orders_sent_total")
+    assert.is_true(sent_before > 0)
+    assert.is_true(nginx.run("kill -HUP " .. inst:pid()))
+    -- the new workers push their init orders; the old ones' counts stay
+    assert.is_true(nginx.wait_until(function() return sb.stats().accepted >= sent_before + 4 end, 20))
+    local s = agrees()
+    assert.is_table(s, "the metrics never matched the sandbox's stats after the reload")
+    assert.is_true(total(s, "optimizely_offline_orders_sent_total") >= sent_before + 4)
+  end)
+
+  it("accounts for an order in flight during a reload: delivered or reported, never silent", function()
+    local r = ref("INFLIGHT")
+    local served = sb.stats().requests
+    sb.faults({ count = 1, delay = 4, match = "POST" }) -- longer than shutdown_timeout (1 s)
+    local res = inst:request("/pos/orders", { method = "POST", body = json.encode({ payload(r) }) })
+    assert.equal(202, res.status, res.body)
+    assert.is_true(nginx.wait_until(function() return sb.stats().requests > served end, 10), "not attempted")
+    assert.is_true(nginx.run("kill -HUP " .. inst:pid()))
+    -- the grace (1 s) ends before the answer (4 s): reported; the answer then
+    -- comes to a worker still finishing: said too
+    local log = nginx.wait_until(function()
+      local l = inst:error_log()
+      return l:find('order "' .. r .. '" was delivered after all', 1, true) and l
+    end, 20)
+    assert.is_string(log, "no line about the late answer")
+    assert.truthy(log:find('worker exiting, order "' .. r .. '" not delivered', 1, true), "no log line")
+    assert.truthy(log:find("order " .. r .. " was not delivered: shutdown", 1, true), "no on_failure call")
+    assert.equal(1, #sb.orders({ refCode = r }))
+    local _, s = scrape()
+    assert.is_true(total(s, "optimizely_offline_orders_dropped_total", { reason = "shutdown" }) >= 1)
+    assert.is_true(total(s, "optimizely_offline_orders_failed_total", { kind = "shutdown" }) >= 1)
+    assert.is_nil(log:find(info.token, 1, true))
+  end)
+
+  it("reports an order in flight during a reload whose late answer is a 503 (the reproduced loss)", function()
+    local r = ref("INFLIGHT503")
+    local served = sb.stats().requests
+    local _, before = scrape()
+    local dropped0 = total(before, "optimizely_offline_orders_dropped_total", { reason = "shutdown" })
+    sb.faults({ count = 1, delay = 3, status = 503, match = "POST" })
+    local res = inst:request("/pos/orders", { method = "POST", body = json.encode({ payload(r) }) })
+    assert.equal(202, res.status, res.body)
+    assert.is_true(nginx.wait_until(function() return sb.stats().requests > served end, 10), "not attempted")
+    assert.is_true(nginx.run("kill -HUP " .. inst:pid()))
+    local log = nginx.wait_until(function()
+      local l = inst:error_log()
+      return l:find('order "' .. r .. '" (reported lost at exit): the late answer was', 1, true) and l
+    end, 20)
+    assert.is_string(log, "no line about the late answer")
+    assert.truthy(log:find('worker exiting, order "' .. r .. '" not delivered', 1, true), "no log line")
+    assert.truthy(log:find("order " .. r .. " was not delivered: shutdown", 1, true), "no on_failure call")
+    assert.equal(0, #sb.orders({ refCode = r }))
+    assert.is_true(nginx.wait_until(function()
+      local _, s = scrape()
+      return total(s, "optimizely_offline_orders_dropped_total", { reason = "shutdown" }) == dropped0 + 1
+    end, 10))
+  end)
+
+  it("logs one startup line per queue naming the URL and channel, never the token", function()
+    local log = inst:error_log()
+    local url = info.base_url .. "/tracker/smart-api/orders/offline"
+    assert.truthy(log:find("queue of worker 0 started: posting to " .. url .. ' as site "' .. info.site
+      .. '", channel ' .. info.channel, 1, true), log)
+    assert.truthy(log:find("metrics in optimizely_offline_metrics", 1, true))
+    assert.is_nil(log:find(info.token, 1, true))
+  end)
+end)
+
+describe("missing configuration under nginx", function()
+  local info, dir, inst
+
+  setup(function()
+    info = sb.ensure()
+    dir = nginx.mktemp("nginx-noenv")
+  end)
+
+  teardown(function()
+    if inst then inst:quit() end
+    if dir and not os.getenv("OO_KEEP") then nginx.run("rm -rf " .. nginx.q(dir)) end
+  end)
+
+  it("fails at init_worker naming the env directive when the token's variable is not passed", function()
+    local app = app_config(info, {})
+    app.token, app.token_env = nil, "OO_TEST_NOT_PASSED"
+    -- set for nginx, but without `env OO_TEST_NOT_PASSED;` its workers do not see it
+    inst = start(dir, info, app, { health = "/checkout-plain", env = { OO_TEST_NOT_PASSED = info.token } })
+    local log = inst:error_log()
+    assert.truthy(log:find("env OO_TEST_NOT_PASSED;", 1, true), log)
+    assert.truthy(log:find("[crit]", 1, true), log)
+    local res = inst:request("/pos/orders", { method = "POST", body = json.encode({ payload(ref("NOENV")) }) })
+    assert.equal(503, res.status)
+    assert.is_nil(log:find(info.token, 1, true))
+  end)
+end)
