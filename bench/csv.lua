@@ -10,7 +10,8 @@
 -- `bin/optimizely-offline validate -q` and `convert -q -o /dev/null` on each
 -- under /usr/bin/time -v (peak RSS), prints orders/s, the CSV/NDJSON ratio
 -- with its target (>= 0.8) and the CSV peak RSS with its target (< 64 MiB).
--- --grouped adds the CSV read with `--group-orders`-style grouping (no target).
+-- --grouped adds CSV with `--group-orders` (no target), and the readers alone
+-- in-process (input.open + validate, no CLI), grouped and not.
 -- --send adds `send` to a sandbox this script starts (real nginx over TLS on
 -- loopback, not recording; stopped at the end).
 -- Each measurement runs R times (default 3), the formats interleaved so they
@@ -147,8 +148,8 @@ end
 
 -- One CLI command over `path`: wall seconds, CPU seconds, peak RSS (KiB).
 local sandbox_info -- set when --send started one
-local function run_cli(command, path)
-  local args = { opts.lua, "bin/optimizely-offline", command, "-q" }
+local function run_cli(command, path, extra)
+  local args = { opts.lua, "bin/optimizely-offline", command, "-q", extra }
   if command == "convert" then args[#args + 1] = "-o /dev/null" end
   if command == "send" then
     local sb = sandbox_info
@@ -253,10 +254,16 @@ end
 
 for _, command in ipairs(opts.commands) do
   local cases = {}
+  local labels = {}
   for k, f in ipairs(opts.formats) do
+    labels[k] = f
     cases[k] = { run = function() return run_cli(command, paths[f]) end }
   end
-  report(command, opts.formats, measure(cases))
+  if opts.grouped and command ~= "send" then
+    labels[#labels + 1] = "csv-grouped"
+    cases[#cases + 1] = { run = function() return run_cli(command, paths.csv, "--group-orders") end }
+  end
+  report(command, labels, measure(cases))
 end
 if opts.grouped then
   local labels = { "ndjson", "csv", "csv-grouped" }
