@@ -218,11 +218,7 @@ end
 -- @param path file path
 function M.total_hint(path)
   if path == "-" then return nil end
-  local fh = io.open(path, "rb")
-  if not fh then return nil end
-  local size = fh:seek("end")
-  fh:close()
-  return size
+  return require("optimizely.offline.sys").file_size(path)
 end
 
 return M
