@@ -496,6 +496,61 @@ static int cmp_row_id(const void *a, const void *b) {
 }
 
 /* ------------------------------------------------------------------ */
+/* Fork safety                                                         */
+
+/* A fork while another thread (a delivery thread, a checkpointer) is
+ * inside SQLite, holding its allocator's, VFS's or PRNG's mutex, leaves the
+ * child a mutex no one will unlock: the child's first SQLite call hangs. So
+ * every SQLite call of a spool runs inside the gate, and fork (the
+ * pthread_atfork prepare handler) closes it and waits until no thread is
+ * inside. Order: the gate before a connection's lock, never inside one;
+ * never entered twice by one thread. */
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
+static int gate_inside, gate_closed;
+
+/* Counts forks (in the child), so a call can tell it is in another
+ * process than the handle's without a getpid() system call each time. */
+static volatile unsigned fork_gen;
+
+static void gate_enter(void) {
+    pthread_mutex_lock(&gate_mu);
+    while (gate_closed) pthread_cond_wait(&gate_cv, &gate_mu);
+    gate_inside++;
+    pthread_mutex_unlock(&gate_mu);
+}
+
+static void gate_leave(void) {
+    pthread_mutex_lock(&gate_mu);
+    if (--gate_inside == 0 && gate_closed) pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+}
+
+/* Returns holding gate_mu, the gate closed and empty, until the fork is done. */
+static void before_fork(void) {
+    pthread_mutex_lock(&gate_mu);
+    gate_closed = 1;
+    while (gate_inside > 0) pthread_cond_wait(&gate_cv, &gate_mu);
+}
+
+static void after_fork_in_parent(void) {
+    gate_closed = 0;
+    pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+}
+
+/* The child's only thread is the forking one: the gate starts afresh
+ * (its waiters were other threads, gone with the fork). */
+static void after_fork_in_child(void) {
+    pthread_mutex_init(&gate_mu, NULL);
+    pthread_cond_init(&gate_cv, NULL);
+    gate_inside = gate_closed = 0;
+    fork_gen++;
+}
+
+static void watch_forks(void) { pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child); }
+
+/* ------------------------------------------------------------------ */
 /* Clocks, waits, checkpoints                                          */
 
 void oo_spool_opts_init(oo_spool_opts *o) {
@@ -602,10 +657,14 @@ static void *checkpointer(void *arg) {
         if (d->ckpt_stop) break;
         d->ckpt_wanted = 0;
         pthread_mutex_unlock(&d->mu);
+        gate_enter(); /* before the lock, as every call */
         ckpt_pass(d->ckpt_db);
         pthread_mutex_lock(&d->mu);
         restart = (long long)d->wal_frames * d->page_size >= WAL_RESTART_BYTES;
         if (restart && !d->ckpt_stop) ckpt_pass(d->ckpt_db);
+        pthread_mutex_unlock(&d->mu);
+        gate_leave();
+        pthread_mutex_lock(&d->mu);
     }
     pthread_mutex_unlock(&d->mu);
     return NULL;
@@ -640,7 +699,8 @@ static void want_checkpoint(spool_db *d) {
     }
 }
 
-static void ckpt_stop(spool_db *d) {
+/* Stops the thread. Outside the gate: the thread may be waiting at it. */
+static void ckpt_halt(spool_db *d) {
     if (d->ckpt_state == CKPT_RUNNING) {
         pthread_mutex_lock(&d->mu);
         d->ckpt_stop = 1;
@@ -648,22 +708,12 @@ static void ckpt_stop(spool_db *d) {
         pthread_mutex_unlock(&d->mu);
         pthread_join(d->ckpt_thread, NULL);
         pthread_cond_destroy(&d->ckpt_cv);
+        d->ckpt_state = CKPT_INLINE;
     }
-    if (d->ckpt_db) sqlite3_close_v2(d->ckpt_db);
-    d->ckpt_db = NULL;
-    d->ckpt_state = CKPT_NONE;
 }
 
 /* ------------------------------------------------------------------ */
 /* Calls and transactions                                              */
-
-/* Counts forks (in the child), so a call can tell it is in another
- * process than the handle's without a getpid() system call each time. */
-static volatile unsigned fork_gen;
-
-static void after_fork_in_child(void) { fork_gen++; }
-
-static void watch_forks(void) { pthread_atfork(NULL, NULL, after_fork_in_child); }
 
 static int other_process(const spool_db *d) {
     return d->fork_gen != fork_gen || d->pid != getpid();
@@ -691,6 +741,7 @@ static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *c
                        "spool %s: %s: handle was opened by process %ld, used in process %ld"
                        " (open the spool after fork)",
                        s->d->path, what, (long)s->d->pid, (long)getpid());
+    gate_enter();
     d = tx == TX_READ || tx == TX_READ_ONE ? reader(s) : s->d;
     pthread_mutex_lock(&d->mu);
     d->what = what;
@@ -706,6 +757,7 @@ static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *c
     }
     if (code == OO_SPOOL_OK && d == s->d && tx != TX_READ && tx != TX_READ_ONE) want_checkpoint(d);
     pthread_mutex_unlock(&d->mu);
+    gate_leave();
     return code;
 }
 
@@ -910,9 +962,10 @@ static int sniff(const char *path, oo_spool_err *err) {
     return OO_SPOOL_OK;
 }
 
+/* Closes a connection whose checkpoint thread is halted (inside the gate). */
 static void db_free(spool_db *d) {
     int i;
-    ckpt_stop(d);
+    if (d->ckpt_db) sqlite3_close_v2(d->ckpt_db);
     if (d->db) {
         for (i = 0; i < ST_COUNT; i++) sqlite3_finalize(d->st[i]);
         sqlite3_close_v2(d->db);
@@ -988,7 +1041,11 @@ static void db_release(spool_db *d) {
     pthread_mutex_lock(&d->mu);
     last = --d->refs == 0;
     pthread_mutex_unlock(&d->mu);
-    if (last) db_free(d);
+    if (!last) return;
+    ckpt_halt(d);
+    gate_enter();
+    db_free(d);
+    gate_leave();
 }
 
 static oo_spool *handle_new(spool_db *d, const oo_spool_opts *o) {
@@ -1055,9 +1112,11 @@ int oo_spool_open(const char *path, const oo_spool_opts *o, oo_spool **out, oo_s
         return misuse(err, "open", "option out of range");
     if (!(d = db_new(path, o)))
         return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: out of memory", path);
+    gate_enter();
     if ((code = db_connect(d, o, err)) == OO_SPOOL_OK && !(*out = handle_new(d, o)))
         code = nomem(d, err);
     if (code != OO_SPOOL_OK) db_free(d);
+    gate_leave();
     return code;
 }
 
@@ -1067,9 +1126,11 @@ int oo_spool_reopen(const oo_spool *s, oo_spool **out, oo_spool_err *err) {
     if (!s || !s->d || !s->d->db) return misuse(err, "reopen", "handle is closed");
     d = s->d;
     if (other_process(d)) return misuse(err, "reopen", "handle was opened by another process");
+    gate_enter(); /* handle_new asks SQLite's PRNG */
     pthread_mutex_lock(&d->mu);
     if ((*out = handle_new(d, &s->opts)) != NULL) d->refs++;
     pthread_mutex_unlock(&d->mu);
+    gate_leave();
     if (!*out) return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: out of memory", d->path);
     return OO_SPOOL_OK;
 }

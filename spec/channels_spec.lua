@@ -266,3 +266,57 @@ describe("the command line's --pseudonymise", function()
     assert.matches("OPTIMIZELY_PSEUDONYM_KEY", r.all)
   end)
 end)
+
+describe("the command line's channels (CSV channel column, NDJSON wrapper lines)", function()
+  local cli = require("support.cli")
+  local info
+
+  setup(function() info = sb.ensure() end)
+  before_each(function() sb.reset() end)
+  teardown(function() cli.cleanup() end)
+
+  local function env()
+    return cli.creds({ OPTIMIZELY_SITE_TOKEN_CALLCENTRE = info.tokens.callcentre })
+  end
+
+  local CSV = table.concat({
+    "refCode,orderDate,currency,total,channel,itemRefCode,qty,price",
+    "csv-ch-1,2016-05-16T14:25:00 GMT,GBP,1,,a,1,1",
+    "csv-ch-2,2016-05-16T14:25:00 GMT,GBP,1,callcentre,a,1,1",
+    "csv-ch-3,2016-05-16T14:25:00 GMT,GBP,1,tv,a,1,1", "" }, "\n")
+
+  it("send posts each CSV row's order under its channel's token; a channel without one goes to the rejects file",
+    function()
+      local path = cli.tmp("ch-" .. math.random(1e6) .. ".csv")
+      cli.write_file(path, CSV)
+      local rejects = cli.tmp("ch-rejects-" .. math.random(1e6) .. ".ndjson")
+      local r = cli.run({ "send", path, "--rejects", rejects }, { env = env() })
+      assert.equal(1, r.code, r.all)
+      assert.equal("store", recorded("csv-ch-1").token_id)
+      assert.equal("callcentre", recorded("csv-ch-2").token_id)
+      assert.equal("callcentre", recorded("csv-ch-2").channel)
+      assert.is_nil(recorded("csv-ch-3"))
+      local lines = cli.lines_of(rejects)
+      assert.equal(1, #lines)
+      assert.equal("tv", lines[1].channel)
+      assert.equal("csv-ch-3", lines[1].payload.order.refCode)
+      assert.is_nil(r.all:find(info.tokens.callcentre, 1, true))
+    end)
+
+  it("convert keeps the channel as a wrapper line, and send of that output posts it on the channel", function()
+    local path = cli.tmp("ch-" .. math.random(1e6) .. ".csv")
+    cli.write_file(path, CSV)
+    local out = cli.tmp("ch-out-" .. math.random(1e6) .. ".ndjson")
+    local r = cli.run({ "convert", path, "-o", out }, { env = env() })
+    assert.equal(0, r.code, r.all)
+    local lines = cli.lines_of(out)
+    assert.equal(3, #lines)
+    assert.equal("csv-ch-1", lines[1].order.refCode)
+    assert.equal("callcentre", lines[2].channel)
+    assert.equal("csv-ch-2", lines[2].payload.order.refCode)
+    r = cli.run({ "send", out, "--rejects", out .. ".rejects" }, { env = env() })
+    assert.equal(1, r.code, r.all)
+    assert.equal("callcentre", recorded("csv-ch-2").token_id)
+    assert.equal("store", recorded("csv-ch-1").token_id)
+  end)
+end)

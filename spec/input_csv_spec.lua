@@ -21,7 +21,7 @@ end
 local function refs(recs)
   local out = {}
   for _, r in ipairs(recs) do
-    out[#out + 1] = r.payload and r.payload.order.refCode or ("ERR:" .. (r.refCode or "?"))
+    out[#out + 1] = r.payload and r.payload.order.refCode or ("ERR:" .. (r.ref or "?"))
   end
   return out
 end
@@ -89,7 +89,7 @@ describe("csv reader", function()
       assert.matches(":2: order \"A\": line 3: column \"currency\" is \"EUR\" but was \"GBP\" on line 2",
         recs[1].error, 1, true)
       assert.equal(2, recs[1].line)
-      assert.equal("A", recs[1].refCode)
+      assert.equal("A", recs[1].ref)
       assert.equal("B", recs[2].payload.order.refCode)
     end)
 
@@ -100,6 +100,34 @@ describe("csv reader", function()
       assert.matches("rows for order \"A\" are not contiguous (first seen at line 2)",
         recs[3].error, 1, true)
       assert.equal(4, recs[3].line)
+    end)
+
+    it("marks a later fragment of an order as split_order, with its ref and first line", function()
+      local recs = read(HEADER .. "\nA,d,GBP,1,S1,1,1\nB,d,GBP,1,S2,1,1\nA,d,GBP,1,S3,1,1\n"
+        .. "A,d,EUR,1,S4,1,1\n")
+      assert.same({ "A", "B", "ERR:A" }, refs(recs))
+      assert.equal("split_order", recs[3].code)
+      assert.equal("A", recs[3].ref)
+      assert.equal(2, recs[3].first_line)
+      assert.equal(4, recs[3].line)
+      -- the split comes first; the fragment's own problems follow it
+      assert.matches(':4: order "A": rows for order "A" are not contiguous (first seen at line 2); '
+        .. 'line 5: column "currency" is "EUR" but was "GBP" on line 4', recs[3].error, 1, true)
+      -- an order that is only wrong is not a split order
+      recs = read(HEADER .. "\nA,d,GBP,1,S1,1,1\nA,d,EUR,1,S2,1,1\n")
+      assert.equal("order", recs[1].code)
+      assert.equal("A", recs[1].ref)
+      assert.is_nil(recs[1].first_line)
+    end)
+
+    it("gives every error record a code", function()
+      local recs = read(HEADER .. "\nA,d,GBP,1,S1,1\n,d,GBP,1,S2,1,1\n")
+      assert.same({ "order", "row" }, { recs[1].code, recs[2].code })
+      recs = read("refCode,colour\nA,red\n")
+      assert.equal("header", recs[1].code)
+      recs = read(HEADER .. ',attr.note\nA,d,GBP,1,S1,1,1,"' .. string.rep("x\n", 100),
+        { max_record_bytes = 64, chunk_size = 16 })
+      assert.equal("too_long", recs[#recs].code)
     end)
 
     it("skips blank and all-empty rows", function()
@@ -120,6 +148,71 @@ describe("csv reader", function()
       assert.equal(2, #recs[1].payload.order.items)
       assert.matches(":3: refCode is empty", recs[2].error, 1, true)
       assert.equal(3, recs[2].line)
+    end)
+  end)
+
+  describe("channels", function()
+    it("puts a channel column into rec.channel, never into the payload", function()
+      local recs = read("refCode,channel,itemRefCode\nA,callcentre,S1\nA,,S2\nB,,S3\nC,store,S4\n")
+      assert.same({ "A", "B", "C" }, refs(recs))
+      assert.equal("callcentre", recs[1].channel)
+      assert.is_nil(recs[2].channel) -- an empty cell: the client's default channel
+      assert.equal("store", recs[3].channel)
+      for _, r in ipairs(recs) do
+        assert.is_nil(r.payload.channel)
+        assert.is_nil(r.payload.order.channel)
+        assert.is_nil(r.payload.order.attributes)
+      end
+    end)
+
+    it("takes the channel from a mapped column and reports a conflict like any order cell", function()
+      local recs = read("Bon,Kanal,Artikel\nA,store,S1\nA,web,S2\nB,web,S3\n",
+        { map = { Bon = "refCode", Kanal = "channel", Artikel = "itemRefCode" } })
+      assert.same({ "ERR:A", "B" }, refs(recs))
+      assert.matches('line 3: column "Kanal" (mapped to "channel") is "web" but was "store" on line 2',
+        recs[1].error, 1, true)
+      assert.equal("web", recs[2].channel)
+    end)
+  end)
+
+  describe("NUL bytes", function()
+    it("refuses a NUL byte in an order's row, naming file and line, and goes on", function()
+      local recs = read(HEADER .. "\nA,d,GBP,1,S\0001,1,1\nB,d,GBP,1,S2,1,1\nC,d,\"G\0\",1,S3,1,1\n")
+      assert.same({ "ERR:A", "B", "ERR:C" }, refs(recs))
+      assert.matches('^' .. files.last():gsub("%p", "%%%0") .. ':2: order "A": line 2: NUL byte in field 5',
+        recs[1].error)
+      assert.matches(':4: order "C": line 4: NUL byte in field 3', recs[3].error, 1, true)
+      assert.equal("order", recs[1].code)
+    end)
+
+    it("refuses a NUL byte in a row without a refCode and in the header", function()
+      local recs = read(HEADER .. "\n,d\0,GBP,1,S1,1,1\n")
+      assert.equal(1, #recs)
+      assert.matches(":2: NUL byte in field 2", recs[1].error, 1, true)
+      assert.equal("row", recs[1].code)
+      recs = read("refCode,item\0RefCode\nA,S1\n")
+      assert.equal(1, #recs)
+      assert.matches(":1: header: NUL byte in field 2", recs[1].error, 1, true)
+    end)
+
+    it("says what a UTF-16 file looks like", function()
+      local utf16 = ("refCode,itemRefCode\nA,S1\n"):gsub(".", "%0\0")
+      local recs = read("\255\254" .. utf16)
+      assert.equal(1, #recs)
+      assert.matches("NUL byte in field 1 (a binary or UTF-16 file? save it as UTF-8 CSV)", recs[1].error,
+        1, true)
+    end)
+  end)
+
+  describe("messages", function()
+    it("escapes control characters in the values they quote and caps their length", function()
+      local ref = "A\27[31m\rX"
+      local recs = read(HEADER .. "\n" .. ref .. ",d,GBP,1,S1,1,1\n" .. ref .. ",d,EUR,1,S2,1,1\n"
+        .. "B,d,GBP,1,S3,1,1\nB,d," .. string.rep("Z", 500) .. ",1,S4,1,1\n")
+      assert.matches('order "A\\x1b[31m\\rX": line 3: column "currency"', recs[1].error, 1, true)
+      assert.is_nil(recs[1].error:find("%c"))
+      assert.equal(ref, recs[1].ref)
+      assert.matches('is "' .. string.rep("Z", 120) .. '"...(500 bytes) but was "GBP"', recs[2].error, 1, true)
     end)
   end)
 
@@ -322,9 +415,135 @@ describe("csv reader", function()
       assert.equal(200000, items)
       assert.is_true(monotonic)
       assert.equal(st.size, st.bytes)
-      -- What grows is the set of seen refCodes (50k short strings, a few MB);
-      -- the 20 MB file itself is never held.
-      assert.is_true(peak < 16 * 1024, "memory grew by " .. peak .. " KB")
+      -- Neither the 20 MB file nor the refCodes seen are held in Lua (the
+      -- seen set lives in C, in fixed memory).
+      assert.is_true(peak < 2 * 1024, "memory grew by " .. peak .. " KB")
+    end)
+  end)
+
+  describe("order_rows", function()
+    -- `n` orders of two rows each (refCodes R1..Rn, order i on lines 2i and
+    -- 2i+1), then one row for each refCode of `tail`.
+    local function orders_file(n, tail)
+      local path = tmp("")
+      local f = assert(io.open(path, "wb"))
+      f:write("refCode,itemRefCode\n")
+      local buf = {}
+      for i = 1, n do
+        buf[#buf + 1] = ("R%d,S1\nR%d,S2\n"):format(i, i)
+        if #buf == 4096 then f:write(table.concat(buf)); buf = {} end
+      end
+      f:write(table.concat(buf))
+      for _, ref in ipairs(tail or {}) do f:write(ref, ",S9\n") end
+      f:close()
+      return path
+    end
+
+    local function split_errors(path, opts)
+      local errs, count = {}, 0
+      for rec in assert(input.open(path, opts)) do
+        count = count + 1
+        if rec.error then errs[#errs + 1] = rec end
+      end
+      return errs, count
+    end
+
+    it("finds a split order however far back its first rows are (exact set, runs on disk, merges)", function()
+      -- 300,000 refCodes; 1,024 kept in memory, so older ones go to disk in
+      -- sorted runs that merge sixteen at a time, twice over
+      local tail = { "R1", "R70000", "R262144", "R299999", "NEW" }
+      local errs, count = split_errors(orders_file(300000, tail), { seen_exact = 1024 })
+      assert.equal(300000 + #tail, count)
+      assert.equal(4, #errs)
+      for k = 1, 4 do
+        assert.equal("split_order", errs[k].code)
+        assert.equal(tail[k], errs[k].ref)
+        assert.equal(2 * tonumber(tail[k]:sub(2)), errs[k].first_line)
+        assert.equal(600001 + k, errs[k].line)
+      end
+    end)
+
+    it("confirms every filter hit exactly: a saturated filter reports no false split", function()
+      -- 64 bytes of filter: after a few hundred refCodes every lookup hits
+      local errs, count = split_errors(orders_file(140000, { "R5", "R139999", "R140001" }),
+        { seen_filter_bytes = 64, seen_exact = 16384 })
+      assert.equal(140003, count)
+      assert.equal(2, #errs)
+      assert.same({ "R5", "R139999" }, { errs[1].ref, errs[2].ref })
+    end)
+
+    it("grouped: yields complete orders in order of first appearance, rows in file order", function()
+      local recs = read(HEADER .. "\nA,d,GBP,1,S1,1,1\nB,d,GBP,1,S2,1,1\nA,d,GBP,1,S3,1,1\n,,,,,,\n"
+        .. ",d,GBP,1,S4,1,1\nC,d,GBP,1,S5,1,1\nA,,,,S6,1,1\n", { order_rows = "grouped" })
+      assert.same({ "A", "B", "ERR:?", "C" }, refs(recs))
+      local a = recs[1].payload.order
+      assert.same({ "S1", "S3", "S6" }, { a.items[1].refCode, a.items[2].refCode, a.items[3].refCode })
+      assert.equal(2, recs[1].line)
+      assert.equal(3, recs[2].line)
+      assert.matches(":6: refCode is empty", recs[3].error, 1, true)
+      assert.equal(7, recs[4].line)
+      assert.same({ 1, 2, 3, 4 }, { recs[1].index, recs[2].index, recs[3].index, recs[4].index })
+    end)
+
+    it("grouped: checks cells across the fragments of an order, naming their lines", function()
+      local recs = read(HEADER .. "\nA,d,GBP,1,S1,1,1\nB,d,GBP,1,S2,1,1\nA,d,EUR,1,S3,1,1\n",
+        { order_rows = "grouped" })
+      assert.same({ "ERR:A", "B" }, refs(recs))
+      assert.equal("order", recs[1].code)
+      assert.matches(':2: order "A": line 4: column "currency" is "EUR" but was "GBP" on line 2',
+        recs[1].error, 1, true)
+    end)
+
+    it("grouped: gives the same records as contiguous for a contiguous file, whatever the chunks", function()
+      local content = BOM .. HEADER .. ',attr.note\r\nR1,d,GBP,1,S1,1,1,"a, ""b""\r\nc"\r\n'
+        .. 'R1,d,GBP,1,S2,1,1,\r\nR2,d,GBP,1,"S3"x,1,1,\r\n,d,GBP,1,S4,1,1\r\nR3,d,GBP,1,S5,1,1,"open'
+      -- records without their file name (each read writes a new temp file)
+      local function local_(recs)
+        for _, r in ipairs(recs) do
+          if r.error then r.error = r.error:sub(#r.file + 1) end
+          r.file = nil
+        end
+        return recs
+      end
+      local want = local_(read(content))
+      assert.same({ "R1", "ERR:R2", "ERR:?", "ERR:R3" }, refs(want))
+      for size = 1, 40 do
+        assert.same(want, local_(read(content, { order_rows = "grouped", chunk_size = size })))
+      end
+    end)
+
+    it("grouped: keeps rows in a temporary file that only this process can read, gone at the end", function()
+      -- enough rows that SQLite's temporary database leaves memory for disk
+      local path = orders_file(150000, { "R1" })
+      local it = assert(input.open(path, { order_rows = "grouped" }))
+      local first = it()
+      assert.equal("R1", first.payload.order.refCode)
+      assert.equal(3, #first.payload.order.items)
+      local f = assert(io.open("/proc/self/stat"))
+      local pid = f:read("*l"):match("^(%d+)")
+      f:close()
+      local function temp_files()
+        local p = io.popen("for fd in /proc/" .. pid .. "/fd/*; do l=$(readlink $fd); case $l in "
+          .. "*etilqs_*) echo \"$(stat -L -c %a $fd) $l\";; esac; done")
+        local out = p:read("*a")
+        p:close()
+        return out
+      end
+      local during = temp_files()
+      assert.matches("^600 .*etilqs_%w+ %(deleted%)\n", during)
+      for line in during:gmatch("[^\n]+") do assert.matches("^600 .*%(deleted%)$", line) end
+      local n = 1
+      for _ in it do n = n + 1 end
+      assert.equal(150000, n)
+      assert.equal("", temp_files())
+    end)
+
+    it("refuses an unknown order_rows and other unknown options, with a suggestion", function()
+      assert.has_error(function() read(HEADER .. "\n", { order_rows = "sorted" }) end,
+        "optimizely.offline.input: opts.order_rows must be one of contiguous, grouped (got \"sorted\")")
+      local ok, err = pcall(input.open, "x.csv", { order_row = "grouped" })
+      assert.is_false(ok)
+      assert.matches("opts.order_row is not a known option (did you mean 'order_rows'?)", err, 1, true)
     end)
   end)
 

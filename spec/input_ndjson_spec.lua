@@ -64,6 +64,75 @@ describe("ndjson reader", function()
     end)
   end)
 
+  describe("wrapper lines", function()
+    it("takes a channel wrapper's payload as it is, and its channel into rec.channel", function()
+      local recs = read('{"channel":"callcentre","payload":{"order":{"refCode":"o1"}}}\n'
+        .. '{"payload":{"order":{"refCode":"o2"}}}\n'
+        .. '{"order":{"refCode":"o3"}}\n')
+      assert.equal(3, #recs)
+      assert.same({ order = { refCode = "o1" } }, recs[1].payload)
+      assert.equal("callcentre", recs[1].channel)
+      -- without a channel a line is a plain payload, as it always was (the
+      -- core then reports its missing order)
+      assert.same({ payload = { order = { refCode = "o2" } } }, recs[2].payload)
+      assert.is_nil(recs[2].channel) -- the client's default channel
+      assert.is_nil(recs[3].channel)
+      assert.same({ 1, 2, 3 }, { recs[1].line, recs[2].line, recs[3].line })
+    end)
+
+    it("refuses a wrapper with an unknown key or a channel that is not a non-empty string", function()
+      local recs = read('{"channel":"web","paylod":1,"payload":{"order":{"refCode":"o1"}}}\n'
+        .. '{"channel":7,"payload":{"order":{"refCode":"o2"}}}\n'
+        .. '{"channel":"","payload":{"order":{"refCode":"o3"}}}\n'
+        .. '{"channel":"web","payload":"o4"}\n')
+      assert.equal(4, #recs)
+      for _, r in ipairs(recs) do
+        assert.is_nil(r.payload)
+        assert.equal("wrapper", r.code)
+      end
+      assert.matches(':1: unknown key "paylod" in a wrapper line (did you mean "payload"?)', recs[1].error,
+        1, true)
+      assert.matches(":2: the wrapper's channel must be a non-empty string", recs[2].error, 1, true)
+      assert.matches(":3: the wrapper's channel must be a non-empty string", recs[3].error, 1, true)
+      assert.matches(":4: the wrapper's payload must be an object", recs[4].error, 1, true)
+      assert.equal('{"channel":7,"payload":{"order":{"refCode":"o2"}}}', recs[2].raw)
+    end)
+
+    it("keeps the channel of a rejects-file line", function()
+      local recs = read('{"payload":{"order":{"refCode":"A"}},"error":{"kind":"http"},"channel":"web",'
+        .. '"source":"x.csv:4","transformed":true}\n')
+      assert.same({ order = { refCode = "A" } }, recs[1].payload)
+      assert.equal("web", recs[1].channel)
+      assert.is_true(recs[1].transformed)
+      assert.equal("x.csv:4", recs[1].origin)
+    end)
+  end)
+
+  describe("hostile lines", function()
+    it("refuses a NUL byte with file:line and goes on", function()
+      local recs = read('{"a":"x\0y"}\n{"b":1}\n{"c"\0:1}\n')
+      assert.equal(3, #recs)
+      assert.matches("^" .. files.last():gsub("%p", "%%%0") .. ":1: invalid JSON: ", recs[1].error)
+      assert.equal("syntax", recs[1].code)
+      assert.equal(1, recs[2].payload.b)
+      assert.matches(":3: invalid JSON: ", recs[3].error, 1, true)
+    end)
+
+    it("escapes control characters and caps what messages show of a line", function()
+      local recs = read('"a\\u001b[31mb"\n[' .. string.rep('"x",', 100) .. '1]\n'
+        .. '{"error":"bad\\nline \\u001b[2J","stage":"input","source":"x.csv:7"}\n')
+      assert.matches('expected an object, got a string ("a\\x1b[31mb")', recs[1].error, 1, true)
+      assert.equal("not_object", recs[1].code)
+      assert.matches("expected an object, got an array (", recs[2].error, 1, true)
+      assert.matches('got an array (["x","x",', recs[2].error, 1, true)
+      assert.matches("...(403 bytes))", recs[2].error, 1, true)
+      assert.matches("rejected record without a payload to send (x.csv:7: bad\\nline \\x1b[2J)",
+        recs[3].error, 1, true)
+      assert.equal("rejected", recs[3].code)
+      for _, r in ipairs(recs) do assert.is_nil(r.error:find("%c")) end
+    end)
+  end)
+
   it("skips blank lines, including whitespace and CR only", function()
     local recs = read('\n  \n\r\n{"a":1}\r\n\t\n{"b":2}\n\n')
     assert.equal(2, #recs)

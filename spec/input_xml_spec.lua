@@ -122,7 +122,7 @@ describe("xml reader", function()
       assert.equal("a", recs[1].payload.order.refCode)
       assert.matches(':3: order "b": line 4: unknown element <discount> in <order>$', recs[2].error)
       assert.equal(3, recs[2].line)
-      assert.equal("b", recs[2].refCode)
+      assert.equal("b", recs[2].ref)
       assert.equal("c", recs[3].payload.order.refCode)
       assert.same({ 1, 2, 3 }, { recs[1].index, recs[2].index, recs[3].index })
     end)
@@ -215,6 +215,54 @@ describe("xml reader", function()
       local recs = read('<?xml version="1.0" encoding="x-unknown"?><orders/>')
       assert.equal(1, #recs)
       assert.matches("malformed XML: ", recs[1].error, 1, true)
+    end)
+  end)
+
+  describe("DOCTYPE and entities", function()
+    it("refuses a DOCTYPE declaring an external entity used in element text (never drops it)", function()
+      local recs = read('<?xml version="1.0"?>\n<!DOCTYPE orders [\n<!ENTITY ext SYSTEM "file:///etc/passwd">\n]>\n'
+        .. "<orders>" .. order("a", '<product refCode="p" qty="1" price="1"><attribute key="k">x&ext;y'
+        .. "</attribute></product>") .. "</orders>")
+      assert.equal(1, #recs)
+      assert.is_nil(recs[1].payload)
+      assert.equal("document", recs[1].code)
+      assert.matches(":2: the DOCTYPE has an internal subset ([...]), whose entity and attribute "
+        .. "declarations could change or drop order text; remove it; file not read", recs[1].error, 1, true)
+    end)
+
+    it("refuses internal entities and attribute defaults too, and reads a plain DOCTYPE", function()
+      for _, subset in ipairs({ '<!ENTITY int "INTERNAL">', '<!ATTLIST order currency CDATA "EUR">' }) do
+        local recs = read("<!DOCTYPE orders [" .. subset .. "]><orders>" .. order("a") .. "</orders>")
+        assert.equal(1, #recs)
+        assert.equal("document", recs[1].code)
+      end
+      local recs = read("<!DOCTYPE orders>\n<orders>" .. order("a") .. "</orders>")
+      assert.equal("a", recs[1].payload.order.refCode)
+    end)
+
+    it("makes an order using an entity only an outside DTD defines an error, and goes on", function()
+      local recs = read('<!DOCTYPE orders SYSTEM "orders.dtd">\n<orders>\n'
+        .. order("a", '<product refCode="p" qty="1" price="1"><attribute key="k">x&foo;y</attribute>'
+          .. "</product>") .. "\n" .. order("b") .. "</orders>")
+      assert.equal(2, #recs)
+      assert.equal("order", recs[1].code)
+      assert.equal("a", recs[1].ref)
+      assert.matches(':3: order "a": line 3: entity &foo; is not defined in the file', recs[1].error, 1, true)
+      assert.equal("b", recs[2].payload.order.refCode)
+    end)
+  end)
+
+  describe("messages", function()
+    it("escape control characters from the file and cap long values", function()
+      local recs = read("<orders>" .. '<order refCode="a&#127;[31m&#10;b&#9;" colour="x">'
+        .. '<product refCode="p" qty="1" price="1"/>'
+        .. '<attribute key="' .. string.rep("k", 300) .. '">1</attribute>'
+        .. '<attribute key="' .. string.rep("k", 300) .. '">2</attribute></order></orders>')
+      local e = recs[1].error
+      assert.matches('order "a\\x7f[31m\\nb\\t": line 1: unknown attribute "colour" on <order>', e, 1, true)
+      assert.matches('attribute key "' .. string.rep("k", 120) .. '"...(300 bytes) given twice', e, 1, true)
+      assert.is_nil(e:find("%c"))
+      assert.equal("a\127[31m\nb\t", recs[1].ref)
     end)
   end)
 

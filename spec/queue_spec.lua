@@ -731,4 +731,40 @@ describe("client:queue", function()
     for i = 1, 40 do assert.equal(1, counts["fsp-" .. i], "fsp-" .. i) end
     for i = 1, 20 do assert.equal(1, counts["fsc-" .. i], "fsc-" .. i) end
   end)
+
+  -- A fork while the delivery thread or the checkpointer is inside SQLite
+  -- used to hand the child a locked SQLite mutex (its first spool call hung,
+  -- ~6% of forks). Each child here opens the spool and exits; one that is
+  -- not gone within 5 s is a hang.
+  ;(has_ffi and it or pending)("forks safely while the delivery thread works the spool (LuaJIT ffi fork)", function()
+    local ffi = require("ffi")
+    pcall(ffi.cdef, "int fork(void); int waitpid(int, int *, int); void _exit(int); int kill(int, int);")
+    local path = tmp("fork-stress.db")
+    local qu = assert(new_client():queue({ spool = path }))
+    local hung = 0
+    for round = 1, 150 do
+      for _, p in ipairs(make("fst" .. round .. "-", 10)) do assert.is_true(qu:push(p)) end
+      local pid = ffi.C.fork()
+      assert.is_true(pid >= 0)
+      if pid == 0 then
+        local sp = spool_mod.open(path)
+        if sp then sp:close() end
+        ffi.C._exit(sp and 0 or 1)
+      end
+      local st = ffi.new("int[1]")
+      local gone = eventually(function() return ffi.C.waitpid(pid, st, 1) == pid end, 5)
+      if not gone then
+        hung = hung + 1
+        ffi.C.kill(pid, 9)
+        ffi.C.waitpid(pid, st, 0)
+      else
+        assert.equal(0, st[0], "child could not open the spool")
+      end
+    end
+    assert.equal(0, hung, "children hung opening the spool")
+    assert.is_true(qu:flush(30))
+    qu:close()
+    local counts = recorded()
+    for i = 1, 10 do assert.equal(1, counts["fst150-" .. i]) end
+  end)
 end)

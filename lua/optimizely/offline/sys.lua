@@ -26,14 +26,24 @@ function M.capture(cmd)
   return out
 end
 
---- A whole file, or nil when it cannot be opened.
-function M.read_file(path)
+-- What `fn` makes of an open file (closed after), or nil when it cannot be
+-- opened.
+local function with_file(path, fn)
   local f = io.open(path, "rb")
   if not f then return nil end
-  local s = f:read("*a")
+  local v = fn(f)
   f:close()
-  return s
+  return v
 end
+
+local function read_all(f) return f:read("*a") end
+local function seek_end(f) return f:seek("end") end
+
+--- A whole file, or nil when it cannot be opened.
+function M.read_file(path) return with_file(path, read_all) end
+
+--- A file's size in bytes, or nil when it cannot be opened.
+function M.file_size(path) return with_file(path, seek_end) end
 
 --- Whether `path` can be opened for reading (a file that exists but cannot
 -- be read counts as absent).

@@ -1,8 +1,10 @@
 --- The `convert` command: inputs (after the transform) to NDJSON, one
 -- normalised request body per line — exactly the bytes `send` would post:
--- `optimizely-offline convert FILE… --to ndjson [-o FILE]`. Invalid orders are reported and left out. The
--- output file (`-o`) is private (0600) and appears only when complete; it
--- can never be one of the inputs.
+-- `optimizely-offline convert FILE… --to ndjson [-o FILE]`. An order read
+-- with a channel (a CSV `channel` column, an NDJSON wrapper) stays wrapped,
+-- `{"channel":…,"payload":…}`, so `send` posts it on that channel. Invalid
+-- orders are reported and left out. The output file (`-o`) is private
+-- (0600) and appears only when complete; it can never be one of the inputs.
 -- @module optimizely.offline.cli.convert
 local common = require("optimizely.offline.cli.common")
 local validate = require("optimizely.offline.cli.validate")
@@ -24,11 +26,17 @@ end
 function M.run(args, out, err)
   return validate.command(err, function()
     local encode = require("optimizely.offline").encode
+    local quote = require("optimizely.offline.core").json_encode
     local check = validate.Check.new(args, out, err, err, { { "--output", args.output } })
     local dest = common.output(args.output, out)
     check:run(function(item)
       local json, e = encode(item.payload)
-      if json then dest:write(json, "\n") end
+      local channel = item.rec and item.rec.channel
+      if json and channel then
+        dest:write('{"channel":', quote(channel), ',"payload":', json, "}\n")
+      elseif json then
+        dest:write(json, "\n")
+      end
       return json, e
     end)
     if dest ~= out then dest:close() end

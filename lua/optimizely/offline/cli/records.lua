@@ -26,8 +26,8 @@ function M.reader_opts(settings)
   local d = settings.delimiter
   if d ~= nil then
     if d == "tab" or d == "\\t" then d = "\t" end
-    if #d ~= 1 or d:find('["\r\n]') then
-      config_error("--delimiter must be one character other than a quote or a line break, got "
+    if #d ~= 1 or d:find('["\r\n]') or d == "\0" then
+      config_error("--delimiter must be one character other than a quote, a line break or NUL, got "
         .. common.label(d))
     end
     opts.delimiter = d

@@ -83,6 +83,7 @@ local function line_of(item, err)
     payload = payload, error = M.error_fields(err, item.stage, item.message),
     source = rec and ("%s:%s"):format(tostring(rec.file), tostring(rec.line or "?")) or nil,
     origin = rec and rec.origin or nil,
+    channel = rec and rec.channel or nil,
     stage = item.stage or (type(err) == "table" and err.kind) or nil,
     transformed = item.transformed or false,
     raw = (not payload and rec) and rec.raw or nil,

@@ -334,7 +334,7 @@ function Send:next_payload()
       self.nbatch = self.nbatch + 1
       self.inflight[self.nbatch] = item
       self:account(item)
-      return item.payload
+      return item.payload, item.rec and item.rec.channel
     end
     self:other(item)
     self:account(item)

@@ -1,598 +1,325 @@
 --- CSV reader (RFC 4180): one row per order line, rows grouped into orders.
 -- The header names the columns; by default they follow the payload:
---   order level: `refCode` `orderDate` `customerId` `currency` `shipping`
---     `subTotal` `total` `lang` `user.id` `user.email` `user.segments`
---     (split on `|`) `user.info.<key>` `attr.<key>` (order attributes)
---   item level:  `itemRefCode` `qty` `price` `item.attr.<key>`
--- `opts.map` renames source columns first (`{["Order No"] = "refCode"}`);
--- a column mapped to `false` is ignored (e.g. `{["Cashier"] = false}`).
--- `refCode` and `itemRefCode` are required. An unknown or duplicate column
--- is reported once against the header and the file is not read at all, so a
--- mis-mapped file is never half-sent.
+--
+-- * order level: `refCode` `orderDate` `customerId` `currency` `shipping`
+--   `subTotal` `total` `lang` `user.id` `user.email` `user.segments`
+--   (split on `|`) `user.info.<key>` `attr.<key>` (order attributes), and
+--   `channel` (the record's `channel`, never put into the payload);
+-- * item level: `itemRefCode` `qty` `price` `item.attr.<key>`.
+--
+-- `opts.map` renames source columns first (`{["Order No"] = "refCode"}`); a
+-- column mapped to `false` is ignored (`{["Cashier"] = false}`). `refCode` and
+-- `itemRefCode` are required. An unknown or duplicate column is reported once
+-- against the header (with a "did you mean") and the file is not read at all,
+-- so a mis-mapped file is never half-sent.
 --
 -- Values stay strings exactly as in the file; an empty cell means "absent".
--- Rows of one order must be consecutive. Order-level cells may repeat on
--- every row: the first non-empty value wins and a different non-empty value
--- later in the same order makes the whole order an error record. Rows whose
--- cells are all empty (blank lines, `,,,,` lines from spreadsheets) are
--- skipped. A column with an empty header is ignored while its cells are
--- empty.
+-- Order-level cells may repeat on every row of an order: the first non-empty
+-- value wins and a different non-empty value later in the same order makes
+-- the whole order an error record. Rows whose cells are all empty (blank
+-- lines, `,,,,` lines from spreadsheets) are skipped. A column with an empty
+-- header is ignored while its cells are empty.
 --
--- Parsing works on 64 KiB chunks with `string.find`; a row without quotes
--- takes a fast path. Quoted fields may hold delimiters, `""` and newlines
--- (the record's `line` is its first physical line). A row longer than
--- `opts.max_record_bytes` (default 4 MiB; usually an unterminated quote) ends
--- the file with an error, so memory stays bounded.
+-- **Rows of one order** (`opts.order_rows`):
+--
+-- * `"contiguous"` (default): an order's rows must follow each other. A row
+--   whose refCode started an order earlier in the file (a later fragment of a
+--   split order) gives an error record with `code = "split_order"`, `ref` and
+--   `first_line`; the earlier fragment has already been returned as an order,
+--   so a caller that must not send partial orders checks the whole file first
+--   (`code == "split_order"` on any record) or reads it grouped. Memory stays
+--   bounded: the last 262,144 refCodes (`opts.seen_exact`) are kept exactly,
+--   older ones in a temporary SQLite database, and a Bloom filter (made when
+--   the first ones go there, ~24 bits a refCode of the whole file, at most
+--   16 MiB: `opts.seen_filter_bytes`) answers "never seen" for almost every
+--   new refCode; a hit is confirmed exactly.
+-- * `"grouped"`: rows are grouped by refCode across the whole file. Every row
+--   is first written to a temporary SQLite database (created 0600, unlinked at
+--   once, gone when the reader ends), then orders come out complete, in the
+--   order their refCode first appeared; inside an order, rows keep their file
+--   order and messages their file lines. Nothing is returned before the whole
+--   file is read; memory stays bounded, the disk holds about the file's size.
+--
+-- Parsing and grouping run in C (`core.csv_reader`). Quoted fields may hold
+-- delimiters, `""` and line breaks (the record's `line` is its first physical
+-- line). Text after a closing quote, a stray quote in an unquoted field, a NUL
+-- byte and an unterminated quote are errors of the row's order. A row longer
+-- than `opts.max_record_bytes` (default 4 MiB; usually an unterminated quote)
+-- ends the file with an error record (`code = "too_long"`), so memory stays
+-- bounded.
 -- @module optimizely.offline.input.csv
-local M = {}
+local core = require("optimizely.offline.core")
+local records = require("optimizely.offline.input.records")
 
-local find, sub, byte, gsub = string.find, string.sub, string.byte, string.gsub
-local concat = table.concat
+local quote, suggest, concat = core.quote, core.suggest, table.concat
+local fail = records.error
+
+local M = {}
 
 M.CHUNK = 65536
 M.MAX_RECORD = 4 * 1024 * 1024
-M.MAX_PROBLEMS = 10
 
-local QUOTE, LF, CR = 34, 10, 13
+-- -------------------------------------------------------------- the header
 
--- Order-level and item-level columns with a fixed name.
-local ORDER_FIELDS = {
-  refCode = true, orderDate = true, customerId = true, currency = true,
-  shipping = true, subTotal = true, total = true,
-}
-local ITEM_FIELDS = { itemRefCode = "refCode", qty = "qty", price = "price" }
+-- Columns with a fixed name: name -> { kind, key } (the C reader's plan).
 local FIXED = {
-  "refCode", "orderDate", "customerId", "currency", "shipping", "subTotal", "total",
-  "lang", "user.id", "user.email", "user.segments", "itemRefCode", "qty", "price",
+  refCode = { "ref" },
+  orderDate = { "order", "orderDate" }, customerId = { "order", "customerId" },
+  currency = { "order", "currency" }, shipping = { "order", "shipping" },
+  subTotal = { "order", "subTotal" }, total = { "order", "total" },
+  lang = { "lang" }, channel = { "channel" },
+  ["user.id"] = { "user", "id" }, ["user.email"] = { "user", "email" },
+  ["user.segments"] = { "segments" },
+  itemRefCode = { "item", "refCode" }, qty = { "item", "qty" }, price = { "item", "price" },
 }
-local PREFIXED = { "user.info.", "attr.", "item.attr." }
+local FIXED_NAMES = {
+  "refCode", "orderDate", "customerId", "currency", "shipping", "subTotal", "total",
+  "lang", "channel", "user.id", "user.email", "user.segments", "itemRefCode", "qty", "price",
+}
+-- Prefixed columns: prefix, kind, and the dots in the prefix.
+local PREFIXED = { { "user.info.", "info", 2 }, { "attr.", "attr", 1 }, { "item.attr.", "itemattr", 2 } }
+local KNOWN = "refCode, orderDate, customerId, currency, shipping, subTotal, total, lang, channel, "
+  .. "user.id, user.email, user.segments, user.info.<key>, attr.<key>, itemRefCode, qty, price, "
+  .. "item.attr.<key>"
 
--- Column kinds.
-local K_ORDER, K_LANG, K_USER, K_SEGMENTS, K_INFO, K_ATTR = 1, 2, 3, 4, 5, 6
-local K_ITEM, K_ITEMATTR, K_UNNAMED, K_REF = 7, 8, 9, 10
-
+-- The kind and key of a column name (after the map), or nil when unknown.
 local function classify(name)
-  if name == "refCode" then return K_REF, "refCode" end
-  if ORDER_FIELDS[name] then return K_ORDER, name end
-  if ITEM_FIELDS[name] then return K_ITEM, ITEM_FIELDS[name] end
-  if name == "lang" then return K_LANG, "lang" end
-  if name == "user.id" then return K_USER, "id" end
-  if name == "user.email" then return K_USER, "email" end
-  if name == "user.segments" then return K_SEGMENTS, "segments" end
-  if name == "" then return K_UNNAMED end
-  local key = name:match("^user%.info%.(.+)$")
-  if key then return K_INFO, key end
-  key = name:match("^item%.attr%.(.+)$")
-  if key then return K_ITEMATTR, key end
-  key = name:match("^attr%.(.+)$")
-  if key then return K_ATTR, key end
-  return nil
-end
-
--- Levenshtein distance, for "did you mean" hints on short header names.
-local function distance(a, b)
-  local la, lb = #a, #b
-  if la == 0 then return lb end
-  if lb == 0 then return la end
-  local prev = {}
-  for j = 0, lb do prev[j] = j end
-  for i = 1, la do
-    local cur = { [0] = i }
-    local ca = byte(a, i)
-    for j = 1, lb do
-      local cost = (ca == byte(b, j)) and 0 or 1
-      local v = prev[j - 1] + cost
-      if prev[j] + 1 < v then v = prev[j] + 1 end
-      if cur[j - 1] + 1 < v then v = cur[j - 1] + 1 end
-      cur[j] = v
-    end
-    prev = cur
-  end
-  return prev[lb]
-end
-
-local function suggest(name)
-  local lname = name:lower()
-  local best, bestd
-  local function consider(shown, d)
-    if not bestd or d < bestd then best, bestd = shown, d end
-  end
-  for _, f in ipairs(FIXED) do consider(f, distance(lname, f:lower())) end
-  -- "attrs.store" -> "attr.store", "Item.Atr.size" -> "item.attr.size":
-  -- compare the part up to the prefix's last dot, keep the key as written.
+  local f = FIXED[name]
+  if f then return f[1], f[2] end
+  if name == "" then return "unnamed" end
   for _, p in ipairs(PREFIXED) do
-    local _, ndots = p:gsub("%.", "")
-    local cut = 0
-    for _ = 1, ndots do
-      cut = find(name, ".", cut + 1, true)
-      if not cut then break end
-    end
-    if cut and cut < #name then
-      consider(p .. sub(name, cut + 1), distance(lname:sub(1, cut), p))
-    end
+    local prefix = p[1]
+    if #name > #prefix and name:sub(1, #prefix) == prefix then return p[2], name:sub(#prefix + 1) end
   end
-  if bestd and bestd <= math.max(2, math.floor(#name / 3)) then return best end
   return nil
 end
 
--- A value quoted for a one-line message (%q would break lines on "\n").
-local function show(v)
-  if #v > 60 then v = sub(v, 1, 57) .. "..." end
-  return (("%q"):format(v):gsub("\\\n", "\\n"))
+-- The known column closest to an unknown name. A prefixed form keeps the
+-- key as written: "attrs.store" -> "attr.store".
+local function closest(name)
+  local names = {}
+  for i, n in ipairs(FIXED_NAMES) do names[i] = n end
+  for _, p in ipairs(PREFIXED) do
+    local cut = 0
+    for _ = 1, p[3] do cut = cut and name:find(".", cut + 1, true) end
+    if cut and cut < #name then names[#names + 1] = p[1] .. name:sub(cut + 1) end
+  end
+  return suggest(name, names)
 end
 
 local function trim(s)
   return (s:gsub("^%s+", ""):gsub("%s+$", ""))
 end
 
-local function split_bar(s)
-  local out, i = {}, 1
-  while true do
-    local j = find(s, "|", i, true)
-    if not j then out[#out + 1] = sub(s, i); return out end
-    out[#out + 1] = sub(s, i, j - 1)
-    i = j + 1
+local function blank(fields)
+  for i = 1, #fields do if fields[i] ~= "" then return false end end
+  return true
+end
+
+-- The column plan of a header row, or nil and the problems found.
+-- @param fields the header's cells
+-- @param map source name -> column name or false
+local function plan_columns(fields, map)
+  local plan, unknown, seen, problems = {}, {}, {}, {}
+  for i, cell in ipairs(fields) do
+    local src = trim(cell)
+    local target = map[cell]
+    if target == nil then target = map[src] end
+    if target == nil then target = src end
+    if type(target) ~= "string" and target ~= false then
+      error(("csv: map[%s] must be a column name or false"):format(quote(src)), 0)
+    end
+    local kind, key = "ignore", nil
+    if target ~= false then kind, key = classify(target) end
+    local label = target == src and quote(src) or ("%s (mapped to %s)"):format(quote(src), quote(tostring(target)))
+    if not kind then
+      local hint = closest(target)
+      unknown[#unknown + 1] = quote(src) .. (hint and (" (did you mean %s?)"):format(quote(hint)) or "")
+      kind = "ignore"
+    elseif kind ~= "ignore" and kind ~= "unnamed" then
+      if seen[target] then
+        problems[#problems + 1] = ("column %s appears twice (columns %d and %d)"):format(quote(target), seen[target], i)
+      end
+      seen[target] = seen[target] or i
+    end
+    plan[i] = { kind = kind, key = key, label = label }
+  end
+  if #unknown > 0 then
+    table.insert(problems, 1, (#unknown == 1 and "unknown column " or "unknown columns ")
+      .. concat(unknown, ", ") .. " (known: " .. KNOWN .. "; rename source columns with a map)")
+  end
+  if not seen.refCode then problems[#problems + 1] = 'required column "refCode" is missing' end
+  if not seen.itemRefCode then problems[#problems + 1] = 'required column "itemRefCode" is missing' end
+  if #problems > 0 then return nil, problems end
+  return plan
+end
+
+-- -------------------------------------------------------------- the reader
+
+local Reader = {}
+Reader.__index = Reader
+
+-- Reads more input into the C reader: a chunk, or more when the row being
+-- parsed already holds `buffered` bytes (reads double, so a long row costs
+-- linear time).
+function Reader:fill(buffered)
+  local size = self.chunk_size
+  if buffered > size then size = buffered end
+  local chunk, err = self.fh:read(size)
+  if chunk == nil or chunk == "" then
+    self.read_error = err
+    self.c:feed(nil)
+  else
+    self.c:feed(chunk)
   end
 end
 
---- Iterator over the records of one CSV stream.
--- @param fh readable handle
--- @param name file name for messages
--- @param opts `map`, `delimiter` (one character, default ","), `chunk_size`,
---   `max_record_bytes`
--- @param state progress table (`bytes` is updated)
-function M.new(fh, name, opts, state)
-  local delim = opts.delimiter or ","
-  if type(delim) ~= "string" or #delim ~= 1 or delim == '"' or delim == "\n" or delim == "\r" then
-    error("csv: delimiter must be one character other than a quote or a line break", 3)
+-- Calls a C reader method until it stops asking for input.
+function Reader:pull(method)
+  local c = self.c
+  while true do
+    local a, b, c3, d, e = method(c)
+    if a ~= "need" then return a, b, c3, d, e end
+    self:fill(b)
   end
-  local map = opts.map or {}
-  if type(map) ~= "table" then error("csv: map must be a table of column renames", 3) end
-  local chunk_size = opts.chunk_size or M.CHUNK
-  local max_len = opts.max_record_bytes or M.MAX_RECORD
-  local D = byte(delim)
-  local stop_pat = "[" .. (delim:match("%p") and "%" or "") .. delim .. "\n]"
+end
 
-  ---------------------------------------------------------------- rows
-  local buf, pos = "", 1     -- unread text is buf[pos..]
-  local consumed = 0         -- bytes before buf[1]
-  local eof = false
-  local first = true
-  local read_error
-  local nextq = 0            -- next quote at or after pos; false: none; < pos: stale
-  local lineno = 1           -- line the next row starts on
-
-  -- Append at least `want` more bytes to the unread text; false at EOF.
-  local function more(want)
-    -- the first read takes at least 3 bytes, so a BOM is seen whole
-    local chunk, rerr = fh:read(first and want < 3 and 3 or want)
-    if not chunk then eof = true; read_error = rerr; return false end
-    if first then
-      first = false
-      if sub(chunk, 1, 3) == "\239\187\191" then
-        chunk = sub(chunk, 4); consumed = consumed + 3
-      end
-    end
-    consumed = consumed + pos - 1
-    buf = sub(buf, pos) .. chunk
-    pos = 1
-    nextq = 0
-    return true
-  end
-
-  -- Grow the buffer for a row that does not fit; nil, err past the limit.
-  local function grow()
-    local have = #buf - pos + 1
-    if have >= max_len then return nil, "too long" end
-    more(have > chunk_size and have or chunk_size)
-    return true
-  end
-
-  -- A row with quotes, parsed from pos. Returns "need" when the buffer ends
-  -- before the row does (and the stream has more), else
-  -- fields, n, endpos (first byte after the row), err, unterminated_at.
-  local function quoted_row()
-    local i, len = pos, #buf
-    local fields, n = {}, 0
-    local err
-    while true do
-      local c = byte(buf, i)
-      if c == QUOTE then
-        local j, parts, np = i + 1, {}, 0
-        while true do
-          local q = find(buf, '"', j, true)
-          if not q then
-            if not eof then return "need" end
-            return fields, n, len + 1, nil, i
-          end
-          local nx = byte(buf, q + 1)
-          if nx == QUOTE then
-            np = np + 1; parts[np] = sub(buf, j, q)
-            j = q + 2
-          elseif nx == nil and not eof then
-            return "need"
-          else
-            np = np + 1; parts[np] = sub(buf, j, q - 1)
-            i = q + 1
-            break
-          end
-        end
-        n = n + 1; fields[n] = np == 1 and parts[1] or concat(parts)
-        c = byte(buf, i)
-        if c == D then
-          i = i + 1
-        elseif c == LF then
-          return fields, n, i + 1, err
-        elseif c == CR and byte(buf, i + 1) == LF then
-          return fields, n, i + 2, err
-        elseif c == nil or (c == CR and i == len) then
-          if not eof then return "need" end
-          return fields, n, len + 1, err
-        else
-          err = err or ("text after the closing quote of field %d"):format(n)
-          local k = find(buf, stop_pat, i)
-          if not k then
-            if not eof then return "need" end
-            return fields, n, len + 1, err
-          end
-          if byte(buf, k) == LF then return fields, n, k + 1, err end
-          i = k + 1
-        end
-      else
-        local k = find(buf, stop_pat, i)
-        if not k then
-          if not eof then return "need" end
-          k = len + 1
-        end
-        local e = k - 1
-        local c2 = byte(buf, k)
-        if c2 ~= D and e >= i and byte(buf, e) == CR then e = e - 1 end
-        local v = sub(buf, i, e)
-        n = n + 1; fields[n] = v
-        if find(v, '"', 1, true) then
-          err = err or ("stray quote in unquoted field %d (quote the whole field and double inner quotes)"):format(n)
-        end
-        if c2 == D then
-          i = k + 1
-        else
-          return fields, n, k + 1, err
-        end
-      end
-    end
-  end
-
-  -- Next row: fields, n, first_line, err, raw; nil at the end;
-  -- false, msg for a fatal problem.
-  local function read_row()
-    while true do
-      if pos > #buf then
-        if eof or not more(chunk_size) then return nil end
-      end
-      local nl = find(buf, "\n", pos, true)
-      if not nl and not eof then
-        local ok = grow()
-        if not ok then
-          return false, ("row starting on line %d is longer than %d bytes"):format(lineno, max_len)
-        end
-      else
-        if nextq ~= false and nextq < pos then nextq = find(buf, '"', pos, true) or false end
-        local lend = nl or #buf + 1
-        if nextq == false or nextq > lend then
-          -- fast path: one physical line, no quotes
-          local e = lend - 1
-          if e >= pos and byte(buf, e) == CR then e = e - 1 end
-          local fields, n, i = {}, 0, pos
-          while true do
-            local d = find(buf, delim, i, true)
-            if not d or d > e then
-              n = n + 1; fields[n] = sub(buf, i, e)
-              break
-            end
-            n = n + 1; fields[n] = sub(buf, i, d - 1)
-            i = d + 1
-          end
-          local line = lineno
-          pos = lend + 1
-          lineno = lineno + 1
-          return fields, n, line, nil
-        end
-        local fields, n, endpos, err, open_at = quoted_row()
-        if fields == "need" then
-          local ok = grow()
-          if not ok then
-            return false, ("row starting on line %d is longer than %d bytes (unterminated quote?)")
-              :format(lineno, max_len)
-          end
-        else
-          local raw = sub(buf, pos, endpos - 1)
-          local line = lineno
-          if open_at then
-            local _, k = gsub(sub(buf, pos, open_at), "\n", "")
-            err = ("unterminated quoted field (the quote opened on line %d is never closed)")
-              :format(line + k)
-          end
-          local _, nls = gsub(raw, "\n", "")
-          lineno = lineno + nls
-          pos = endpos
-          return fields, n, line, err, raw
-        end
-      end
-    end
-  end
-
-  ---------------------------------------------------------------- records
-  local queue, qh, qt = {}, 1, 0
-  local index = 0
-  local finished = false
-
-  local function push(rec)
-    qt = qt + 1; queue[qt] = rec
-  end
-  local function fail(line, msg, raw)
-    if raw and #raw > 4096 then raw = nil end
-    push({ error = ("%s:%d: %s"):format(name, line, msg), file = name, line = line, raw = raw })
-  end
-  -- Errors of rows that belong to no order, found while an order is still
-  -- open: held until that order is out, so records come in file order.
-  local deferred
-
-  -- Column plan, built from the header.
-  local ncols, ref_col
-  local ocols, ocount = {}, 0   -- order-level: {idx, kind, key, label}
-  local icols, icount = {}, 0   -- item-level
-  local unnamed = {}            -- indexes of columns with an empty header
-  local labels = {}
-
-  local function label(idx)
-    return labels[idx]
-  end
-
-  local function read_header()
-    local fields, n, line, err, raw
-    repeat
-      fields, n, line, err, raw = read_row()
-      if fields == nil then return false end
-      if fields == false then fail(lineno, n); return false end
-      local blank = not err
-      if blank then
-        for i = 1, n do if fields[i] ~= "" then blank = false; break end end
-      end
-    until not blank
-    if err then fail(line, "header: " .. err, raw); return false end
-    ncols = n
-    local unknown, seen, problems = {}, {}, {}
-    for i = 1, n do
-      local src = trim(fields[i])
-      local target = map[fields[i]]
-      if target == nil then target = map[src] end
-      if target == nil then target = src end
-      if type(target) ~= "string" and target ~= false then
-        error(("csv: map[%q] must be a column name or false"):format(src), 0)
-      end
-      labels[i] = target == src and ("%q"):format(src) or ("%q (mapped to %q)"):format(src, tostring(target))
-      local kind, key
-      if target ~= false then kind, key = classify(target) end
-      if target == false then
-        -- mapped to false: the column is deliberately ignored
-      elseif not kind then
-        local hint = suggest(target)
-        unknown[#unknown + 1] = ("%q%s"):format(src,
-          hint and (" (did you mean %q?)"):format(hint) or "")
-      elseif kind == K_UNNAMED then
-        unnamed[#unnamed + 1] = i
-      else
-        if seen[target] then
-          problems[#problems + 1] = ("column %q appears twice (columns %d and %d)")
-            :format(target, seen[target], i)
-        end
-        seen[target] = seen[target] or i
-        if kind == K_REF then
-          ref_col = i
-        elseif kind == K_ITEM or kind == K_ITEMATTR then
-          icount = icount + 1; icols[icount] = { i, kind, key }
-        else
-          ocount = ocount + 1; ocols[ocount] = { i, kind, key }
-        end
-      end
-    end
-    if #unknown > 0 then
-      table.insert(problems, 1, (#unknown == 1 and "unknown column " or "unknown columns ")
-        .. concat(unknown, ", ")
-        .. " (known: refCode, orderDate, customerId, currency, shipping, subTotal, total, lang, "
-        .. "user.id, user.email, user.segments, user.info.<key>, attr.<key>, itemRefCode, qty, "
-        .. "price, item.attr.<key>; rename source columns with a map)")
-    end
-    if not seen.refCode then problems[#problems + 1] = "required column \"refCode\" is missing" end
-    if not seen.itemRefCode then
-      problems[#problems + 1] = "required column \"itemRefCode\" is missing"
-    end
-    if #problems > 0 then
-      fail(line, "header: " .. concat(problems, "; ") .. "; file not read", raw or concat(fields, delim))
+-- Reads the header and gives the C reader its plan. False when the file
+-- is not read (no header, or a header with problems: reported).
+function Reader:read_header()
+  local status, fields, line, err, raw
+  repeat
+    status, fields, line, err, raw = self:pull(self.c.row)
+    if status == "end" then return false end
+    if status == "fatal" then
+      local at, message, code = fields, line, err -- "fatal", line, message, code
+      self.queue:push(fail(self.name, at, code, message))
       return false
     end
-    return true
+  until err or not blank(fields)
+  if err then
+    self.queue:push(fail(self.name, line, "header", "header: " .. err, { raw = raw }))
+    return false
   end
-
-  local seen_refs = {}  -- refCode -> first line, to catch non-contiguous orders
-  local cur             -- order being built
-
-  local function problem(o, msg)
-    local p = o.problems
-    if not p then p = {}; o.problems = p; o.items = nil end
-    o.nproblems = (o.nproblems or 0) + 1
-    if #p < M.MAX_PROBLEMS then p[#p + 1] = msg end
+  local plan, problems = plan_columns(fields, self.map)
+  if not plan then
+    self.queue:push(fail(self.name, line, "header", "header: " .. concat(problems, "; ") .. "; file not read",
+      { raw = raw or concat(fields, self.delimiter) }))
+    return false
   end
+  self.c:plan(plan)
+  return true
+end
 
-  local finish_order
-  local function finish(o)
-    finish_order(o)
-    if deferred then
-      for i = 1, #deferred do push(deferred[i]) end
-      deferred = nil
-    end
+-- What each C event becomes (next_record returns most orders without
+-- them). Rows that belong to no order, found while an order is still open,
+-- wait until that order is out, so records come in file order.
+local ON = {}
+
+function ON.order(self, payload, line, channel)
+  self.queue:push({ payload = payload, file = self.name, line = line, channel = channel })
+  self:release()
+end
+
+function ON.bad_order(self, ref, line, message, first_line)
+  self.queue:push(fail(self.name, line, first_line and "split_order" or "order",
+    ("order %s: %s"):format(quote(ref), message), { ref = ref, first_line = first_line }))
+  self:release()
+end
+
+function ON.bad_row(self, line, message, raw, order_open)
+  local rec = fail(self.name, line, "row", message, { raw = raw })
+  if order_open then
+    local d = self.deferred or {}
+    d[#d + 1] = rec
+    self.deferred = d
+  else
+    self.queue:push(rec)
   end
+end
 
-  function finish_order(o)
-    if o.problems then
-      local msg = concat(o.problems, "; ")
-      if o.nproblems > #o.problems then
-        msg = msg .. ("; and %d more"):format(o.nproblems - #o.problems)
-      end
-      push({
-        error = ("%s:%d: order %s: %s"):format(name, o.line, show(o.ref), msg),
-        file = name, line = o.line, refCode = o.ref,
-      })
-      return
-    end
-    local order = { refCode = o.ref, items = o.items }
-    local payload = { order = order }
-    local vals = o.vals
-    local user, info, attrs
-    for c = 1, ocount do
-      local col = ocols[c]
-      local v = vals[col[1]]
-      if v then
-        local kind, key = col[2], col[3]
-        if kind == K_ORDER then
-          order[key] = v
-        elseif kind == K_ATTR then
-          attrs = attrs or {}; attrs[key] = v
-        elseif kind == K_LANG then
-          payload.lang = v
-        else
-          user = user or {}
-          if kind == K_USER then
-            user[key] = v
-          elseif kind == K_SEGMENTS then
-            user.segments = split_bar(v)
-          else -- K_INFO
-            info = info or {}; info[key] = v
-          end
-        end
-      end
-    end
-    if attrs then order.attributes = attrs end
-    if info then user.info = info end
-    if user then payload.user = user end
-    push({ payload = payload, file = name, line = o.line })
+function ON.fatal(self, line, message, code)
+  self.queue:push(fail(self.name, line, code, message))
+end
+
+-- Queues the rows held back while an order was open.
+function Reader:release()
+  local d = self.deferred
+  if d then
+    for i = 1, #d do self.queue:push(d[i]) end
+    self.deferred = nil
   end
+end
 
-  local function row(fields, n, line, err, raw)
-    -- Skip all-empty rows (blank lines, ",,,," from spreadsheets).
-    if not err then
-      local blank = true
-      for i = 1, n do if fields[i] ~= "" then blank = false; break end end
-      if blank then return end
+-- Ends the stream: a read error becomes the last record; the C reader's
+-- memory and temporary database go.
+function Reader:finish()
+  self:release()
+  local bytes, line = self.c:tell()
+  if self.read_error then
+    self.queue:push(fail(self.name, line, "read_error", "read error: " .. tostring(self.read_error)))
+  end
+  self.state.bytes = bytes
+  self.c:close()
+  self.done = true
+end
+
+-- The next record, or nil at the end. An order with no rows held back
+-- before it (almost every one) skips the queue.
+function Reader:next_record()
+  local queue, c = self.queue, self.c
+  while true do
+    if queue.head <= queue.tail then
+      if not self.done then self.state.bytes = c:tell() end
+      return queue:pop()
     end
-    local ref = fields[ref_col]
-    if ref == nil or ref == "" then
-      local why = err or (n ~= ncols and ("has %d fields, the header has %d"):format(n, ncols))
-        or "refCode is empty, so the row belongs to no order"
-      raw = raw or concat(fields, delim, 1, n)
-      if cur then
-        if #raw > 4096 then raw = nil end
-        deferred = deferred or {}
-        deferred[#deferred + 1] = { error = ("%s:%d: %s"):format(name, line, why),
-          file = name, line = line, raw = raw }
+    if self.done then return nil end
+    if not self.planned then
+      self.planned = true
+      if not self:read_header() then self:finish() end
+    else
+      local ev, a, b, d, e = c:next()
+      if ev == "order" and not self.deferred then
+        self.state.bytes = e
+        local i = queue.index + 1
+        queue.index = i
+        return { payload = a, file = self.name, line = b, channel = d, index = i }
+      elseif ev == "need" then
+        self:fill(a)
+      elseif ev == nil then
+        self:finish()
       else
-        fail(line, why, raw)
+        ON[ev](self, a, b, d, e)
       end
-      return
-    end
-    if not cur or cur.ref ~= ref then
-      if cur then finish(cur) end
-      cur = { ref = ref, line = line, vals = {}, vline = {}, items = {}, nitems = 0 }
-      local first_line = seen_refs[ref]
-      if first_line then
-        problem(cur, ("rows for order %s are not contiguous (first seen at line %d)")
-          :format(show(ref), first_line))
-      else
-        seen_refs[ref] = line
-      end
-    end
-    local o = cur
-    if err then problem(o, ("line %d: %s"):format(line, err)); return end
-    if n ~= ncols then
-      problem(o, ("line %d: has %d fields, the header has %d"):format(line, n, ncols))
-      return
-    end
-    for u = 1, #unnamed do
-      local i = unnamed[u]
-      if fields[i] ~= "" then
-        problem(o, ("line %d: column %d has no header but holds %s"):format(line, i, show(fields[i])))
-      end
-    end
-    if o.problems then return end
-    local vals, vline = o.vals, o.vline
-    for c = 1, ocount do
-      local i = ocols[c][1]
-      local v = fields[i]
-      if v ~= "" then
-        local had = vals[i]
-        if had == nil then
-          vals[i] = v; vline[i] = line
-        elseif had ~= v then
-          problem(o, ("line %d: column %s is %s but was %s on line %d")
-            :format(line, label(i), show(v), show(had), vline[i]))
-        end
-      end
-    end
-    if o.problems then return end
-    local item, iattrs = {}, nil
-    for c = 1, icount do
-      local col = icols[c]
-      local v = fields[col[1]]
-      if v ~= "" then
-        if col[2] == K_ITEM then
-          item[col[3]] = v
-        else
-          iattrs = iattrs or {}; iattrs[col[3]] = v
-        end
-      end
-    end
-    if iattrs then item.attributes = iattrs end
-    local k = o.nitems + 1
-    o.nitems = k
-    o.items[k] = item
-  end
-
-  local started = false
-
-  return function()
-    while true do
-      if qh <= qt then
-        local rec = queue[qh]
-        queue[qh] = nil
-        qh = qh + 1
-        if qh > qt then qh, qt = 1, 0 end
-        index = index + 1
-        rec.index = index
-        return rec
-      end
-      if finished then return nil end
-      if not started then
-        started = true
-        if not read_header() then
-          if read_error then fail(lineno, "read error: " .. tostring(read_error)) end
-          finished = true
-        end
-      else
-        local fields, n, line, err, raw = read_row()
-        if fields == nil then
-          if cur then finish(cur); cur = nil end
-          if read_error then fail(lineno, "read error: " .. tostring(read_error)) end
-          finished = true
-        elseif fields == false then
-          if cur then finish(cur); cur = nil end
-          fail(lineno, n)
-          finished = true
-        else
-          row(fields, n, line, err, raw)
-        end
-      end
-      state.bytes = consumed + pos - 1
     end
   end
+end
+
+--- Iterator over the records of one CSV stream (see the module doc and
+-- `optimizely.offline.input` for the record shape and error codes).
+-- @param fh readable handle
+-- @param name file name for messages
+-- @param opts `map`, `delimiter` (one character, default ","), `order_rows`
+--   ("contiguous" or "grouped"), `seen_filter_bytes`, `seen_exact`, `chunk_size`,
+--   `max_record_bytes` (checked by `optimizely.offline.input`)
+-- @param state progress table (`bytes` is updated)
+-- @return iterator
+function M.new(fh, name, opts, state)
+  local map = opts.map or {}
+  if type(map) ~= "table" then error("csv: map must be a table of column renames", 3) end
+  local delimiter = opts.delimiter or ","
+  local ok, c = pcall(core.csv_reader, {
+    delimiter = delimiter, order_rows = opts.order_rows,
+    max_record = opts.max_record_bytes or M.MAX_RECORD, filter_bytes = opts.seen_filter_bytes,
+    size = state.size and state.size < 2 ^ 53 and state.size or nil, -- (a directory's is not)
+    exact = opts.seen_exact,
+  })
+  if not ok then error("csv: " .. tostring(c):gsub("^csv_reader: ", ""), 3) end
+  local self = setmetatable({
+    fh = fh, name = name, map = map, delimiter = delimiter, state = state, c = c,
+    chunk_size = opts.chunk_size or M.CHUNK, queue = records.queue(),
+  }, Reader)
+  return function() return self:next_record() end
 end
 
 return M

@@ -1,26 +1,38 @@
 --- Legacy XML offline-orders reader (spec §6), streamed through lua-expat.
 -- Mapping (attribute values stay strings, exactly as written):
---   `<order refCode orderDate currency shipping subTotal total customerId>`
---       -> `order.*`
---   `<user email id>`                          -> `user.email`, `user.id`
---   `<product refCode qty price>`              -> `order.items[]`
---   `<attribute key="k">v</attribute>` in a product -> `items[].attributes.k`,
---       in an order -> `order.attributes.k`
--- An unknown element or attribute, stray text, a repeated `<user>` or a
--- repeated attribute key inside an `<order>` makes that order an error record;
--- the reader goes on with the next order. Each order is returned as soon as
--- the chunk holding its `</order>` has been parsed, so memory stays flat.
--- Malformed XML (expat's verdict) gives one error record with line and
--- column and ends the file: orders after the break are not read.
+--
+-- * `<order refCode orderDate currency shipping subTotal total customerId>`
+--   -> `order.*`
+-- * `<user email id>` -> `user.email`, `user.id`
+-- * `<product refCode qty price>` -> `order.items[]`
+-- * `<attribute key="k">v</attribute>` in a product -> `items[].attributes.k`,
+--   in an order -> `order.attributes.k`
+--
+-- An unknown element or attribute, stray text, a repeated `<user>`, a
+-- repeated attribute key or an entity that cannot be expanded inside an
+-- `<order>` makes that order an error record (`code = "order"`); the reader
+-- goes on with the next order. Each order is returned as soon as the chunk
+-- holding its `</order>` has been parsed, so memory stays flat. Malformed XML
+-- (expat's verdict) gives one error record with line and column
+-- (`code = "syntax"`) and ends the file: orders after the break are not read.
+-- A root other than `<orders>`, and a DOCTYPE with an internal subset
+-- (`<!DOCTYPE orders [ … ]>`, where entities are declared: they could
+-- silently change or drop order text, or reach outside the file; attribute
+-- defaults there would add values the file does not show) refuse the whole
+-- document (`code = "document"`). A plain `<!DOCTYPE orders>` is fine; an
+-- entity defined only in an outside DTD (never read) is an order problem.
 -- @module optimizely.offline.input.xml
 local lxp = require("lxp")
+local core = require("optimizely.offline.core")
+local records = require("optimizely.offline.input.records")
 
 local M = {}
 
 M.CHUNK = 65536
 M.MAX_PROBLEMS = 10
 
-local concat, find = table.concat, string.find
+local concat, find, sub = table.concat, string.find, string.sub
+local quote, fail = core.quote, records.error
 
 local ORDER_ATTRS = {
   refCode = true, orderDate = true, currency = true, shipping = true,
@@ -29,239 +41,287 @@ local ORDER_ATTRS = {
 local USER_ATTRS = { email = true, id = true }
 local PRODUCT_ATTRS = { refCode = true, qty = true, price = true }
 
---- Iterator over the records of one XML stream.
+-- An element name for a message: XML names hold no control characters, but
+-- their length is the file's to choose.
+local function tag(name)
+  if #name > 60 then name = sub(name, 1, 57) .. "..." end
+  return "<" .. name .. ">"
+end
+
+-- One document's state is a plain table (`self`): the parser, the record
+-- queue, the element stack (entries {kind=, ...}), `skip` (the depth inside
+-- an unknown element whose content is ignored: it was reported once), the
+-- order being read (`cur`). Its steps are local functions, not methods: the
+-- element events run for every element of the file.
+
+-- -------------------------------------------------------------- problems
+
+-- Notes a problem of the order being read (the first MAX_PROBLEMS are kept).
+local function problem(self, line, msg)
+  local o = self.cur
+  o.nproblems = o.nproblems + 1
+  if #o.problems < M.MAX_PROBLEMS then
+    o.problems[#o.problems + 1] = ("line %d: %s"):format(line, msg)
+  end
+end
+
+-- A problem outside any order: a record of its own.
+local function report(self, line, code, msg)
+  self.queue:push(fail(self.name, line, code, msg))
+end
+
+-- A problem of the current order if there is one, else a record.
+local function problem_here(self, line, msg)
+  if self.cur then problem(self, line, msg) else report(self, line, "structure", msg) end
+end
+
+-- Refuses the whole document: one record, and the parser stops.
+local function refuse(self, p, line, msg)
+  report(self, line, "document", msg .. "; file not read")
+  self.fatal = true
+  p:stop()
+end
+
+-- Reports attributes of `el` not in `allowed`; copies the allowed ones to `into`.
+local function take_attrs(self, line, el, attrs, allowed, into)
+  for i = 1, #attrs do
+    local a = attrs[i]
+    if allowed[a] then
+      if into then into[a] = attrs[a] end
+    else
+      problem(self, line, ("unknown attribute %s on %s"):format(quote(a), tag(el)))
+    end
+  end
+end
+
+-- -------------------------------------------------------------- orders
+
+local function start_order(self, line, attrs)
+  local order = { items = {} }
+  self.cur = { line = line, payload = { order = order }, problems = {}, nproblems = 0, nitems = 0 }
+  take_attrs(self, line, "order", attrs, ORDER_ATTRS, order)
+  return { kind = "order" }
+end
+
+local function finish_order(self)
+  local o = self.cur
+  self.cur = nil
+  if o.nproblems == 0 then
+    self.queue:push({ payload = o.payload, file = self.name, line = o.line })
+    return
+  end
+  local msg = concat(o.problems, "; ")
+  if o.nproblems > #o.problems then
+    msg = msg .. ("; and %d more"):format(o.nproblems - #o.problems)
+  end
+  local ref = o.payload.order.refCode
+  self.queue:push(fail(self.name, o.line, "order",
+    ("order%s: %s"):format(ref and (" " .. quote(ref)) or "", msg), { ref = ref }))
+end
+
+-- An <attribute> element: its key now, its text when it ends.
+local function start_attribute(self, line, attrs, owner)
+  local key
+  for i = 1, #attrs do
+    local a = attrs[i]
+    if a == "key" then key = attrs[a]
+    else problem(self, line, ("unknown attribute %s on <attribute>"):format(quote(a))) end
+  end
+  if key == nil then problem(self, line, "<attribute> without a key") end
+  return { kind = "attribute", owner = owner, line = line, parts = {}, key = key }
+end
+
+local function end_attribute(self, entry)
+  if entry.key == nil then return end
+  local owner = entry.owner == "order" and self.cur.payload.order or self.stack[self.top].item
+  local attrs = owner.attributes
+  if not attrs then attrs = {}; owner.attributes = attrs end
+  if attrs[entry.key] ~= nil then
+    problem(self, entry.line, ("attribute key %s given twice in <%s>"):format(quote(entry.key), entry.owner))
+  else
+    attrs[entry.key] = concat(entry.parts)
+  end
+end
+
+-- The stack entry for element `el` inside `parent` (nil: skip it).
+local function open_in_order(self, line, el, attrs)
+  if el == "user" then
+    if self.cur.payload.user then problem(self, line, "more than one <user>") end
+    local user = {}
+    take_attrs(self, line, el, attrs, USER_ATTRS, user)
+    self.cur.payload.user = user
+    return { kind = "user" }
+  elseif el == "product" then
+    local item = {}
+    take_attrs(self, line, el, attrs, PRODUCT_ATTRS, item)
+    return { kind = "product", item = item }
+  elseif el == "attribute" then
+    return start_attribute(self, line, attrs, "order")
+  end
+  problem(self, line, ("unknown element %s in <order>"):format(tag(el)))
+  return nil
+end
+
+local function open_element(self, p, line, el, attrs, parent)
+  if parent == nil then
+    if el ~= "orders" then
+      refuse(self, p, line, ("root element is %s, expected <orders>"):format(tag(el)))
+      return nil
+    end
+    if #attrs > 0 then
+      report(self, line, "structure", ("unknown attribute %s on <orders>"):format(quote(attrs[1])))
+    end
+    return { kind = "orders" }
+  elseif parent == "orders" then
+    if el == "order" then return start_order(self, line, attrs) end
+    report(self, line, "structure", ("unknown element %s in <orders> (skipped)"):format(tag(el)))
+    return nil
+  elseif parent == "order" then
+    return open_in_order(self, line, el, attrs)
+  elseif parent == "product" and el == "attribute" then
+    return start_attribute(self, line, attrs, "product")
+  end
+  problem(self, line, ("unknown element %s in <%s>"):format(tag(el), parent))
+  return nil
+end
+
+-- -------------------------------------------------------------- expat events
+
+local function StartElement(self, p, el, attrs)
+  if self.fatal then return end
+  if self.skip > 0 then self.skip = self.skip + 1; return end
+  local parent = self.top > 0 and self.stack[self.top].kind or nil
+  local entry = open_element(self, p, p:pos(), el, attrs, parent)
+  if not entry then
+    if not self.fatal then self.skip = 1 end -- an unknown element: its content is ignored
+    return
+  end
+  self.top = self.top + 1
+  self.stack[self.top] = entry
+end
+
+local function EndElement(self)
+  if self.fatal then return end
+  if self.skip > 0 then self.skip = self.skip - 1; return end
+  local entry = self.stack[self.top]
+  self.stack[self.top] = nil
+  self.top = self.top - 1
+  local kind = entry.kind
+  if kind == "order" then
+    finish_order(self)
+  elseif kind == "product" then
+    local o = self.cur
+    o.nitems = o.nitems + 1
+    o.payload.order.items[o.nitems] = entry.item
+  elseif kind == "attribute" then
+    end_attribute(self, entry)
+  end
+end
+
+local function CharacterData(self, p, s)
+  if self.fatal or self.skip > 0 or self.top == 0 then return end
+  local entry = self.stack[self.top]
+  if entry.kind == "attribute" then
+    entry.parts[#entry.parts + 1] = s
+    return
+  end
+  local first = find(s, "%S")
+  if not first or entry.text_reported then return end
+  -- text between elements carries no meaning in this format
+  entry.text_reported = true
+  -- lxp hands over buffered text at the next event, so pos() is where
+  -- the text ends: step back over the line breaks after its first word.
+  local _, nls = s:sub(first):gsub("\n", "")
+  local shown = s:gsub("^%s+", ""):gsub("%s+$", ""):gsub("%s+", " ")
+  problem_here(self, p:pos() - nls, ("unexpected text %s in <%s>"):format(quote(shown, 40), entry.kind))
+end
+
+-- An entity reference expat could not expand (declared in a DTD outside
+-- the file, which is never read): the text would silently lose it.
+local function SkippedEntity(self, p, name)
+  if self.fatal then return end
+  problem_here(self, p:pos(), ("entity &%s; is not defined in the file (an outside DTD is not read)")
+    :format(#name > 60 and sub(name, 1, 57) .. "..." or name))
+end
+
+-- Entity and attribute-list declarations live in the internal subset.
+local function StartDoctypeDecl(self, p, has_internal_subset)
+  if has_internal_subset then
+    refuse(self, p, (p:pos()), "the DOCTYPE has an internal subset ([...]), whose entity and "
+      .. "attribute declarations could change or drop order text; remove it")
+  end
+end
+
+-- -------------------------------------------------------------- feeding
+
+-- The parse failed: one record with line and column, unless it was our own stop.
+local function broken(self, msg, line, col)
+  if self.fatal then return end
+  line = line or 1
+  self.queue:push({
+    error = ("%s:%d:%d: malformed XML: %s; the rest of the file is not read")
+      :format(self.name, line, col or 0, tostring(msg)),
+    code = "syntax", file = self.name, line = line,
+  })
+end
+
+-- Parses the next chunk (or the end); queues what it finds.
+local function feed(self)
+  local parser = self.parser
+  local chunk, rerr = self.fh:read(self.chunk_size)
+  if not chunk and rerr then
+    local line = parser:pos()
+    self.queue:push(fail(self.name, line or 1, "read_error", "read error: " .. tostring(rerr)))
+    self.done = true
+  elseif chunk then
+    self.fed = self.fed + #chunk
+    local ok, msg, line, col = parser:parse(chunk)
+    if not ok then broken(self, msg, line, col); self.done = true end
+  else
+    local ok, msg, line, col = parser:parse()
+    if not ok then broken(self, msg, line, col) end
+    self.done = true
+  end
+  if self.done then pcall(parser.close, parser) end
+  self.state.bytes = self.fed
+end
+
+-- The next record, or nil at the end.
+local function next_record(self)
+  while true do
+    local rec = self.queue:pop()
+    if rec then return rec end
+    if self.done then return nil end
+    feed(self)
+  end
+end
+
+-- expat's callbacks, bound to one document. Fixed arguments, not `...`:
+-- the three element events run for every element of the file.
+local function callbacks_for(self)
+  return {
+    StartElement = function(p, el, attrs) StartElement(self, p, el, attrs) end,
+    EndElement = function() EndElement(self) end,
+    CharacterData = function(p, s) CharacterData(self, p, s) end,
+    SkippedEntity = function(p, name) SkippedEntity(self, p, name) end,
+    StartDoctypeDecl = function(p, _, _, _, internal) StartDoctypeDecl(self, p, internal) end,
+  }
+end
+
+--- Iterator over the records of one XML stream (see
+-- `optimizely.offline.input` for the record shape and error codes).
 -- @param fh readable handle
 -- @param name file name for messages
 -- @param opts `chunk_size`
 -- @param state progress table (`bytes` is updated)
+-- @return iterator
 function M.new(fh, name, opts, state)
-  local chunk_size = opts.chunk_size or M.CHUNK
-  local queue, qh, qt = {}, 1, 0
-  local index = 0
-  local done = false
-  local fed = 0
-
-  local function push(rec)
-    qt = qt + 1; queue[qt] = rec
-  end
-  local function fail(line, msg)
-    push({ error = ("%s:%d: %s"):format(name, line, msg), file = name, line = line })
-  end
-
-  -- Element stack: each entry {kind=, ...}; `skip` counts the depth inside
-  -- an unknown element whose content is ignored (it was reported once).
-  local stack, top = {}, 0
-  local skip = 0
-  local cur            -- order being read: {line=, payload=, problems=}
-  local fatal = false
-
-  local function problem(line, msg)
-    local o = cur
-    o.nproblems = o.nproblems + 1
-    if #o.problems < M.MAX_PROBLEMS then
-      o.problems[#o.problems + 1] = ("line %d: %s"):format(line, msg)
-    end
-  end
-
-  -- Report attributes of `el` not in `allowed`; copy the allowed ones to `into`.
-  local function take_attrs(line, el, attrs, allowed, into)
-    for i = 1, #attrs do
-      local a = attrs[i]
-      if allowed[a] then
-        if into then into[a] = attrs[a] end
-      else
-        problem(line, ("unknown attribute %q on <%s>"):format(a, el))
-      end
-    end
-  end
-
-  local function finish_order()
-    local o = cur
-    cur = nil
-    if o.nproblems > 0 then
-      local msg = concat(o.problems, "; ")
-      if o.nproblems > #o.problems then
-        msg = msg .. ("; and %d more"):format(o.nproblems - #o.problems)
-      end
-      local ref = o.payload.order.refCode
-      push({
-        error = ("%s:%d: order%s: %s"):format(name, o.line,
-          ref and (" %q"):format(ref) or "", msg),
-        file = name, line = o.line, refCode = ref,
-      })
-    else
-      push({ payload = o.payload, file = name, line = o.line })
-    end
-  end
-
-  local callbacks = {}
-
-  function callbacks.StartElement(p, el, attrs)
-    if fatal then return end
-    if skip > 0 then skip = skip + 1; return end
-    local line = p:pos()
-    local parent = top > 0 and stack[top].kind or nil
-    local entry
-    if parent == nil then
-      if el ~= "orders" then
-        fail(line, ("root element is <%s>, expected <orders>; file not read"):format(el))
-        fatal = true
-        p:stop()
-        return
-      end
-      if #attrs > 0 then
-        fail(line, ("unknown attribute %q on <orders>"):format(attrs[1]))
-      end
-      entry = { kind = "orders" }
-    elseif parent == "orders" then
-      if el ~= "order" then
-        fail(line, ("unknown element <%s> in <orders> (skipped)"):format(el))
-        skip = 1
-        return
-      end
-      local order = { items = {} }
-      cur = { line = line, payload = { order = order }, problems = {}, nproblems = 0, nitems = 0 }
-      take_attrs(line, el, attrs, ORDER_ATTRS, order)
-      entry = { kind = "order" }
-    elseif parent == "order" then
-      if el == "user" then
-        if cur.payload.user then problem(line, "more than one <user>") end
-        local user = {}
-        take_attrs(line, el, attrs, USER_ATTRS, user)
-        cur.payload.user = user
-        entry = { kind = "user" }
-      elseif el == "product" then
-        local item = {}
-        take_attrs(line, el, attrs, PRODUCT_ATTRS, item)
-        entry = { kind = "product", item = item }
-      elseif el == "attribute" then
-        entry = { kind = "attribute", owner = "order", line = line, parts = {} }
-      else
-        problem(line, ("unknown element <%s> in <order>"):format(el))
-        skip = 1
-        return
-      end
-    elseif parent == "product" and el == "attribute" then
-      entry = { kind = "attribute", owner = "product", line = line, parts = {} }
-    else
-      problem(line, ("unknown element <%s> in <%s>"):format(el, parent))
-      skip = 1
-      return
-    end
-    if entry.kind == "attribute" then
-      local key
-      for i = 1, #attrs do
-        local a = attrs[i]
-        if a == "key" then key = attrs[a]
-        else problem(line, ("unknown attribute %q on <attribute>"):format(a)) end
-      end
-      if key == nil then problem(line, "<attribute> without a key") end
-      entry.key = key
-    end
-    top = top + 1
-    stack[top] = entry
-  end
-
-  function callbacks.EndElement(p, el)
-    if fatal then return end
-    if skip > 0 then skip = skip - 1; return end
-    local entry = stack[top]
-    stack[top] = nil
-    top = top - 1
-    local kind = entry.kind
-    if kind == "order" then
-      finish_order()
-    elseif kind == "product" then
-      local k = cur.nitems + 1
-      cur.nitems = k
-      cur.payload.order.items[k] = entry.item
-    elseif kind == "attribute" then
-      if entry.key ~= nil then
-        local owner
-        if entry.owner == "order" then
-          owner = cur.payload.order
-        else
-          owner = stack[top].item
-        end
-        local attrs = owner.attributes
-        if not attrs then attrs = {}; owner.attributes = attrs end
-        if attrs[entry.key] ~= nil then
-          problem(entry.line, ("attribute key %q given twice in <%s>"):format(entry.key, entry.owner))
-        else
-          attrs[entry.key] = concat(entry.parts)
-        end
-      end
-    end
-  end
-
-  function callbacks.CharacterData(p, s)
-    if fatal or skip > 0 or top == 0 then return end
-    local entry = stack[top]
-    if entry.kind == "attribute" then
-      entry.parts[#entry.parts + 1] = s
-    elseif find(s, "%S") and not entry.text_reported then
-      -- text between elements carries no meaning in this format
-      entry.text_reported = true
-      -- lxp hands over buffered text at the next event, so pos() is where
-      -- the text ends: step back over the line breaks after its first word.
-      local first = find(s, "%S")
-      local line = p:pos()
-      local _, nls = s:sub(first):gsub("\n", "")
-      line = line - nls
-      local shown = s:gsub("^%s+", ""):gsub("%s+$", ""):gsub("%s+", " ")
-      if #shown > 40 then shown = shown:sub(1, 37) .. "..." end
-      local msg = ("unexpected text %q in <%s>"):format(shown, entry.kind)
-      if cur then problem(line, msg) else fail(line, msg) end
-    end
-  end
-
-  local parser = lxp.new(callbacks)
-
-  local function broken(msg, line, col)
-    if fatal then return end -- the stop we asked for, already reported
-    line = line or 1
-    push({
-      error = ("%s:%d:%d: malformed XML: %s; the rest of the file is not read")
-        :format(name, line, col or 0, tostring(msg)),
-      file = name, line = line,
-    })
-  end
-
-  local function feed()
-    local chunk, rerr = fh:read(chunk_size)
-    if not chunk and rerr then
-      local line = parser:pos()
-      push({ error = ("%s:%d: read error: %s"):format(name, line or 1, tostring(rerr)),
-             file = name, line = line or 1 })
-      done = true
-    elseif chunk then
-      fed = fed + #chunk
-      local ok, msg, line, col = parser:parse(chunk)
-      if not ok then broken(msg, line, col); done = true end
-    else
-      local ok, msg, line, col = parser:parse()
-      if not ok then broken(msg, line, col) end
-      done = true
-    end
-    if done then pcall(parser.close, parser) end
-    state.bytes = fed
-  end
-
-  return function()
-    while true do
-      if qh <= qt then
-        local rec = queue[qh]
-        queue[qh] = nil
-        qh = qh + 1
-        if qh > qt then qh, qt = 1, 0 end
-        index = index + 1
-        rec.index = index
-        return rec
-      end
-      if done then return nil end
-      feed()
-    end
-  end
+  local self = {
+    fh = fh, name = name, state = state, chunk_size = opts.chunk_size or M.CHUNK,
+    queue = records.queue(), stack = {}, top = 0, skip = 0, fed = 0, fatal = false, done = false,
+  }
+  self.parser = lxp.new(callbacks_for(self))
+  return function() return next_record(self) end
 end
 
 return M
