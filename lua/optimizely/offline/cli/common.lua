@@ -28,6 +28,14 @@ M.ENV_HELP = table.concat({
   "Exit codes: 0 all done, 1 some orders failed, 2 usage or configuration error, 130 interrupted.",
 }, "\n")
 
+--- The epilog of the commands that read order files without sending
+-- (`validate`, `convert`): the one variable they read and the exit codes.
+M.LOCAL_ENV_HELP = table.concat({
+  "Environment:",
+  "   OPTIMIZELY_PSEUDONYM_KEY         key for pseudonymised user ids (--pseudonymise)",
+  "Exit codes: 0 all valid, 1 some orders invalid, 2 usage or configuration error, 130 interrupted.",
+}, "\n")
+
 --- Adds the config file option to an argparse command:
 -- `--config FILE`, key = value lines (doc/topics/cli.md; read by
 -- optimizely.offline.cli.config).
@@ -61,7 +69,12 @@ function M.order_command(parser, name, help, credentials)
   local cmd = parser:command(name, help)
   M.input_options(cmd)
   require("optimizely.offline.cli.pseudonymise").options(cmd, true)
-  if credentials then M.credential_options(cmd) else M.config_option(cmd) end
+  if credentials then
+    M.credential_options(cmd)
+  else
+    M.config_option(cmd)
+    cmd:epilog(M.LOCAL_ENV_HELP)
+  end
   M.output_options(cmd)
   return cmd
 end

@@ -49,6 +49,12 @@ function M.register(parser)
     .. "else $TMPDIR or /tmp)."):argname("<dir>")
   cmd:option("--run-size"):hidden(true) -- specs: force many runs and merge passes
   cmd:flag("-q --quiet", "Print nothing but errors.")
+  cmd:epilog(table.concat({
+    "Environment:",
+    "   OPTIMIZELY_PSEUDONYM_KEY         the pseudonym key (required here or in --config)",
+    "Exit codes: 0 done, 1 some records left out (the file is still written) or an I/O failure,",
+    "2 usage or configuration error, 130 interrupted (no file written).",
+  }, "\n"))
 end
 
 -- ---------------------------------------------------------------- config
