@@ -25,6 +25,7 @@ dependencies = {
 external_dependencies = {
    CURL = { library = "curl" }, -- by library: Debian keeps curl.h in a multiarch dir
    SQLITE = { library = "sqlite3" },
+   OPENSSL = { library = "crypto" }, -- libcrypto of OpenSSL >= 3.0 (Debian: libssl-dev)
 }
 build = {
    -- CMakeLists.txt holds the one list of C sources and installs lua/, the
