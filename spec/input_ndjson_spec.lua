@@ -233,3 +233,42 @@ describe("ndjson reader", function()
     assert.is_true(peak < 2 * 1024, "memory grew by " .. peak .. " KB")
   end)
 end)
+
+-- lua-cjson is not a dependency of the rock: with the core on the path the
+-- reader decodes with the core alone, and without either it says so.
+describe("ndjson reader without lua-cjson", function()
+  local LUA = require("support.interp")
+  local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+  local core = package.searchpath and package.searchpath("optimizely.offline.core", package.cpath)
+  local function child(cpath, code)
+    local lpath = "lua/?.lua;lua/?/init.lua"
+    local cmd = ("env LUA_PATH=%s LUA_CPATH=%s LUA_PATH_5_4=%s LUA_CPATH_5_4=%s LUA_PATH_5_3=%s "
+      .. "LUA_CPATH_5_3=%s %s -e %s 2>&1"):format(q(lpath), q(cpath), q(lpath), q(cpath), q(lpath),
+      q(cpath), LUA, q(code))
+    local p = io.popen(cmd)
+    local out = p:read("*a")
+    p:close()
+    return out
+  end
+
+  it("decodes with the core and reports a null line as null", function()
+    if not core then return pending("package.searchpath (not in Lua 5.1)") end
+    local dir = core:gsub("optimizely/offline/core%.so$", "")
+    local path = tmp('{"order":null}\nnull\n')
+    local out = child(dir .. "?.so", ([[
+      local input = require("optimizely.offline.input")
+      local n = 0
+      for r in assert(input.open(%q)) do
+        n = n + 1
+        print(r.payload and "payload" or r.error:match(": (.*)$"))
+      end
+      print(n, package.loaded["cjson.safe"] ~= nil, package.loaded["cjson"] ~= nil)
+    ]]):format(path))
+    assert.equal("payload\ninvalid JSON: expected an object, got null\n2\tfalse\tfalse\n", out)
+  end)
+
+  it("without the core or lua-cjson, require names both", function()
+    local out = child("/nonexistent/?.so", 'require("optimizely.offline.input.ndjson")')
+    assert.matches("neither the C core %(optimizely.offline.core%) nor lua%-cjson %(cjson.safe%)", out)
+  end)
+end)

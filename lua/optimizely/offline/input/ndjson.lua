@@ -3,8 +3,9 @@
 -- that does not decode (a NUL byte, invalid UTF-8 and lone surrogates
 -- included), or decodes to something other than an object, gives an error
 -- record and the reader goes on with the next line. JSON `null` stays in the
--- payload as `cjson.null`, so the core can report it. Lines are decoded by
--- the C core's strict `json_decode` when it is loadable. Lines are cut from
+-- payload as lightuserdata NULL (what `cjson.null` is), so the core can
+-- report it. Lines are decoded by the C core's strict `json_decode` (lua-cjson
+-- only where the core is not built). Lines are cut from
 -- fixed-size chunks, so memory is bounded by the longest line; a line longer
 -- than `opts.max_record_bytes` (default 8 MiB) is reported and skipped
 -- without being held in memory.
@@ -24,7 +25,6 @@
 --   `transformed` flag, `record.origin` from its `origin` (or `source`) and
 --   `record.channel` from its `channel`, so rejects re-send as they are.
 -- @module optimizely.offline.input.ndjson
-local cjson = require("cjson.safe")
 local records = require("optimizely.offline.input.records")
 
 local M = {}
@@ -36,28 +36,42 @@ local CR = 13
 M.CHUNK = 65536
 M.MAX_RECORD = 8 * 1024 * 1024
 
--- A private instance, so the reader's settings never leak into other users
--- of cjson.
-local json = cjson.new()
-json.decode_invalid_numbers(false) -- NaN, Infinity and 0x10 are not JSON
 local MAX_DEPTH = 1000 -- cjson's default, kept for both decoders
-json.decode_max_depth(MAX_DEPTH)
-local cjson_decode = json.decode
-local function decode(s) return cjson_decode(s) end -- cjson wants exactly 1 argument
+-- Both decoders give JSON null as lightuserdata NULL (cjson.null is one too).
+local NULL
+
+-- lua-cjson, only where the core is not built (the rock always builds it, so
+-- it is not a dependency): a private instance, so the reader's settings never
+-- leak into other users of cjson. Missing, it is a clear error here.
+local function cjson_decoder()
+  local ok, cjson = pcall(require, "cjson.safe")
+  if not ok then
+    error("optimizely.offline.input.ndjson: neither the C core (optimizely.offline.core) "
+      .. "nor lua-cjson (cjson.safe) can be loaded to decode JSON", 0)
+  end
+  local json = cjson.new()
+  json.decode_invalid_numbers(false) -- NaN, Infinity and 0x10 are not JSON
+  json.decode_max_depth(MAX_DEPTH)
+  NULL = cjson.null
+  local cjson_decode = json.decode
+  return function(s) return cjson_decode(s) end -- cjson wants exactly 1 argument
+end
 
 -- The C core's strict decoder is ~2x faster than cjson on order lines (and
--- also refuses invalid UTF-8 and lone surrogates); cjson stays the fallback
--- when the core is not built. Same null (lightuserdata NULL), same depth.
+-- also refuses invalid UTF-8 and lone surrogates); cjson is the fallback
+-- when the core is not built. Same null, same depth.
 -- core.quote escapes what messages show of a line; without the core, %q.
 local has_core, core = pcall(require, "optimizely.offline.core")
 local quote = function(s, cap)
   if #s > cap then s = sub(s, 1, cap) .. "..." end
   return (("%q"):format(s):gsub("\\\n", "\\n"))
 end
+local decode
 if has_core and type(core) == "table" then
-  if core.json_decode then decode = core.json_decode end
+  if core.json_decode then decode, NULL = core.json_decode, core.json_decode("null") end
   if core.quote then quote = core.quote end
 end
+decode = decode or cjson_decoder()
 
 -- A quoted value without its quotes, for text shown in parentheses.
 local function escaped(s, cap)
@@ -195,7 +209,7 @@ end
 
 -- Why a decoded value is not an object, for the message.
 local function not_object(value, text)
-  if value == cjson.null then return "null" end
+  if value == NULL then return "null" end
   local t = type(value)
   if t == "string" then return "a string (" .. quote(value, 60) .. ")" end
   if t == "table" then return "an array (" .. shown(text, 60) .. ")" end
