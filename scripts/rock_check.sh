@@ -9,7 +9,8 @@
 #      server is asked for anything), and `luarocks make` the checkout into
 #      another, then in each:
 #        - run the command by its absolute path with an empty environment
-#          (--version, validate of examples/ orders, the per-Lua name);
+#          (--version, validate of examples/ orders, convert to NDJSON and
+#          validate that, the per-Lua name);
 #        - require("optimizely.offline") with nothing but that tree on the path;
 #        - find the man page in <tree>/share/man/man1;
 #   4. install both Luas' rocks into one shared tree: each keeps its
@@ -181,6 +182,10 @@ check_tree() {
   run env OPTIMIZELY_PSEUDONYM_KEY=rock-check-pseudonym-key-not-a-secret \
     "$cmd" validate "$ROOT/examples/till-export.csv" --transform "$ROOT/examples/transform.lua" >"$WORK/out" 2>&1 ||
     fail "$label: validate till-export.csv: $(tail -n 5 "$WORK/out")"
+  # NDJSON, as convert writes it, read back by the installed reader.
+  run "$cmd" convert "$ROOT/examples/legacy-orders.xml" -o "$WORK/orders-$(basename "$tree").ndjson" >"$WORK/out" 2>&1 &&
+    run "$cmd" validate "$WORK/orders-$(basename "$tree").ndjson" >"$WORK/out" 2>&1 ||
+    fail "$label: convert + validate NDJSON: $(tail -n 5 "$WORK/out")"
   require_from "$tree" "$lua" "$abi" "$label"
   # man finds the page from PATH (<tree>/bin -> <tree>/share/man)
   [ "$(run env PATH="$tree/bin:/usr/bin:/bin" man -w optimizely-offline 2>&1)" = \
