@@ -121,15 +121,18 @@ describe("channels and pseudonymised ids", function()
     it("delivers a two-channel spool with the right tokens after the pusher is killed (kill -9)", function()
       local dir = sys.capture("mktemp -d"):gsub("%s+$", "")
       local path = dir .. "/two.db"
-      sb.faults({ count = 100000, status = 503 }) -- nothing gets through while the pusher lives
-      -- the pusher: a child process that pushes 10 orders of each channel, then waits to be killed
+      -- nothing gets through while the pusher lives, and slowly: orders are in flight when it dies
+      sb.faults({ count = 100000, status = 503, delay = 0.2 })
+      -- the pusher: a child process that pushes 10 orders of each channel, then waits to be killed.
+      -- Orders it has in flight when killed stay leased to it until the lease runs out (then
+      -- anyone may claim them): a 2 s lease, not the default 60 s, so flush(30) sees them.
       local script = dir .. "/pusher.lua"
       local f = assert(io.open(script, "w"))
       f:write(([[
 local offline = require("optimizely.offline")
 local c = offline.client({ site = %q, channel = "store", tokens = { store = %q, callcentre = %q },
-  base_url = %q, ca_file = %q, backoff_base = 0.05, backoff_max = 0.2 })
-local q = assert(c:queue({ spool = %q }))
+  base_url = %q, ca_file = %q, backoff_base = 0.05, backoff_max = 0.2, timeout = 1 })
+local q = assert(c:queue({ spool = %q, lease = 2 }))
 for i = 1, 10 do
   assert(q:push({ user = { id = "u" }, order = { refCode = "k9-s-" .. i, orderDate = "2016-05-16T14:25:00 GMT",
     currency = "GBP", total = 1, items = { { refCode = "a", qty = 1, price = 1 } } } }))
