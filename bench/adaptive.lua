@@ -18,19 +18,11 @@
 -- over the second half of the run) and the peak in flight the server saw.
 -- Targets (adaptive): settled limit within 0.8..1.1 x N; < 1 % of requests
 -- answered 429; throughput >= 0.90 x the fixed-N baseline.
-local function script_dir()
-  local src = debug.getinfo(1, "S").source:sub(2)
-  return src:match("^(.*)/[^/]*$") or "."
-end
-local ROOT = script_dir() .. "/.."
-local VARIANT = (type(jit) == "table") and "jit" or _VERSION:match("%d+%.%d+")
-package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/bench/?.lua;" .. package.path
-package.cpath = ROOT .. "/build/" .. VARIANT .. "/?.so;" .. package.cpath
+local lib = dofile(debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "bench_lib.lua")
 
 local offline = require("optimizely.offline")
 local core = require("optimizely.offline.core")
 local sandbox = require("optimizely.offline.sandbox")
-local lib = require("bench_lib")
 
 local ORDERS = tonumber(arg[1]) or 4000
 local N = tonumber(os.getenv("OO_BENCH_N") or "") or 24
@@ -39,19 +31,9 @@ local DELAY_MS = tonumber(os.getenv("OO_BENCH_DELAY_MS") or "") or 30
 local LAYOUT = os.getenv("OO_BENCH_PIN") or "split"
 local SHARE_TARGET, THROUGHPUT_TARGET, SETTLE_LO, SETTLE_HI = 0.01, 0.90, 0.8, 1.1
 
-local function payload(i)
-  return {
-    user = { id = "abcd1234efgh" },
-    order = {
-      refCode = "adapt-" .. i, orderDate = "2016-05-16T14:25:00 GMT",
-      currency = "GBP", total = 100.0,
-      items = { { refCode = "ref1", qty = 1, price = 100.0 } },
-    },
-  }
-end
 
 local pid = lib.self_pid()
-local info = lib.start_sandbox("bench-adaptive", pid, assert(offline.encode(payload(1))),
+local info = lib.start_sandbox("bench-adaptive", pid, assert(offline.encode(lib.order("adapt", 1))),
   { delay_ms = DELAY_MS, max_concurrent = N, retry_after = 0 })
 local workers, can_pin = lib.nginx_workers(info)
 if LAYOUT ~= "none" and not can_pin then LAYOUT = "none" end
@@ -65,19 +47,6 @@ print(("optimizely-offline adaptive concurrency bench: %s; sandbox delay %d ms, 
 local client = offline.client({ site = info.site, token = info.token, channel = info.channel,
   base_url = info.base_url, ca_file = info.ca_file, timeout = 30, max_attempts = 10 })
 
-local tables, serial = {}, 0
-for i = 1, 16 do tables[i] = payload(i) end
-local function source(n)
-  local i = 0
-  return function()
-    i = i + 1
-    if i > n then return nil end
-    serial = serial + 1
-    local p = tables[i % 16 + 1]
-    p.order.refCode = "adapt-" .. serial
-    return p
-  end
-end
 
 local function run(name, opts)
   local samples = {}
@@ -85,7 +54,7 @@ local function run(name, opts)
   opts.progress = function(s) samples[#samples + 1] = { t = s.elapsed, limit = s.concurrency } end
   lib.sandbox_reset_stats(info)
   local t0 = core.now()
-  local s = client:send_batch(source(ORDERS), opts)
+  local s = client:send_batch(lib.orders("adapt", ORDERS), opts)
   local secs = core.now() - t0
   assert(s.sent == ORDERS, ("%s: %d sent, %d failed"):format(name, s.sent, s.failed))
   local st = lib.sandbox_stats(info) or {}

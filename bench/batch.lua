@@ -20,14 +20,8 @@
 -- CPU 1 — client and server never fight for a core, so each result is the
 -- client's own cost plus the server's; "same" = all on CPU 0; "none" = the
 -- scheduler decides.
-local function script_dir()
-  local src = debug.getinfo(1, "S").source:sub(2)
-  return src:match("^(.*)/[^/]*$") or "."
-end
-local ROOT = script_dir() .. "/.."
-local VARIANT = (type(jit) == "table") and "jit" or _VERSION:match("%d+%.%d+")
-package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/bench/?.lua;" .. package.path
-package.cpath = ROOT .. "/build/" .. VARIANT .. "/?.so;" .. package.cpath
+local lib = dofile(debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "bench_lib.lua")
+local ROOT = lib.ROOT
 
 local offline = require("optimizely.offline")
 local core = require("optimizely.offline.core")
@@ -39,23 +33,10 @@ local WRK_SECONDS = tonumber(arg[3]) or 2
 local CONC = 16
 local LAYOUT = os.getenv("OO_BENCH_PIN") or "split"
 
-local lib = require("bench_lib")
 local q, sh, capture = lib.q, lib.sh, lib.capture
 
--- A small order (the spec §4 minimal one); refCode and price vary.
-local function payload(i)
-  return {
-    user = { id = "abcd1234efgh" },
-    order = {
-      refCode = "batch-" .. i, orderDate = "2016-05-16T14:25:00 GMT",
-      currency = "GBP", total = 100.0,
-      items = { { refCode = "ref1", qty = 1, price = 100.0 } },
-    },
-  }
-end
-
 local pid = lib.self_pid()
-local info, work, url, body_file = lib.start_sandbox("bench-batch", pid, assert(offline.encode(payload(1))))
+local info, work, url, body_file = lib.start_sandbox("bench-batch", pid, assert(offline.encode(lib.order("batch", 1))))
 
 -- CPU placement ---------------------------------------------------------
 local workers, can_pin = lib.nginx_workers(info)
@@ -72,21 +53,9 @@ print(string.format("%d requests per run, %d in flight, HTTP/1.1 over TLS, best 
 -- 1. send_batch ---------------------------------------------------------
 local client = offline.client({ site = info.site, token = info.token, channel = info.channel,
   base_url = info.base_url, ca_file = info.ca_file })
--- a few payload tables, refCode changed per order: every order is distinct
--- and goes through validation and encoding, without a large live heap
-local pool = {}
-for i = 1, 16 do pool[i] = payload(i) end
-local serial = 0
+-- every order distinct (lib.orders): each goes through validation and encoding
 local function run_ours(n)
-  local i = 0
-  local function source()
-    i = i + 1
-    if i > n then return nil end
-    serial = serial + 1
-    local p = pool[i % 16 + 1]
-    p.order.refCode = "batch-" .. serial
-    return p
-  end
+  local source = lib.orders("batch", n)
   local t0, c0 = core.now(), os.clock()
   local s = client:send_batch(source, { concurrency = CONC })
   local secs, cpu = core.now() - t0, os.clock() - c0

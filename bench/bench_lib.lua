@@ -1,9 +1,57 @@
---- Helpers the benchmarks share: shell and file calls, a record-less
--- sandbox with the request body on disk, nginx worker discovery and CPU
--- pinning, and building the C baselines.
+--- Helpers the benchmarks share: the checkout's paths, the orders they send,
+-- shell and file calls, a record-less sandbox with the request body on disk,
+-- nginx worker discovery and CPU pinning, and building the C baselines.
+-- A bench loads it by file, before anything of the library, so that it
+-- points package.path/cpath at this checkout's lua/ and build/<variant>/:
+--   local lib = dofile(debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "bench_lib.lua")
+local M = {}
+
+M.ROOT = (debug.getinfo(1, "S").source:match("^@(.-)/?[^/]*$") or "")
+M.ROOT = (M.ROOT == "" and "." or M.ROOT) .. "/.."
+M.VARIANT = (type(jit) == "table") and "jit" or _VERSION:match("%d+%.%d+")
+package.path = M.ROOT .. "/lua/?.lua;" .. M.ROOT .. "/lua/?/init.lua;" .. M.ROOT .. "/bench/?.lua;"
+  .. package.path
+package.cpath = M.ROOT .. "/build/" .. M.VARIANT .. "/?.so;" .. package.cpath
+package.loaded.bench_lib = M -- a later require("bench_lib") gets this copy
+
 local sandbox = require("optimizely.offline.sandbox")
 
-local M = {}
+--- A small order (the spec's minimal one, one item): refCode `prefix-i`.
+function M.order(prefix, i)
+  return {
+    user = { id = "abcd1234efgh" },
+    order = {
+      refCode = prefix .. "-" .. i, orderDate = "2016-05-16T14:25:00 GMT",
+      currency = "GBP", total = 100.0,
+      items = { { refCode = "ref1", qty = 1, price = 100.0 } },
+    },
+  }
+end
+
+-- refCodes go on from one source to the next: no order is sent twice
+local serials, pools = {}, {}
+
+--- A send_batch source of `n` distinct small orders: 16 tables reused with a
+-- new refCode each (`prefix-<serial>`), so every order is validated and
+-- encoded without a large live heap.
+function M.orders(prefix, n)
+  local pool = pools[prefix]
+  if not pool then
+    pool = {}
+    for k = 1, 16 do pool[k] = M.order(prefix, k) end
+    pools[prefix] = pool
+  end
+  local i = 0
+  return function()
+    i = i + 1
+    if i > n then return nil end
+    local serial = (serials[prefix] or 0) + 1
+    serials[prefix] = serial
+    local p = pool[i % 16 + 1]
+    p.order.refCode = prefix .. "-" .. serial
+    return p
+  end
+end
 
 function M.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 local q = M.q

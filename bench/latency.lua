@@ -32,19 +32,12 @@
 -- large (the load average is printed too).
 -- Targets: ours >= 0.90x the bound at every setting; HTTP/2 over <= 4
 -- connections; TLS handshakes == connections opened.
-local function script_dir()
-  local src = debug.getinfo(1, "S").source:sub(2)
-  return src:match("^(.*)/[^/]*$") or "."
-end
-local ROOT = script_dir() .. "/.."
-local VARIANT = (type(jit) == "table") and "jit" or _VERSION:match("%d+%.%d+")
-package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/bench/?.lua;" .. package.path
-package.cpath = ROOT .. "/build/" .. VARIANT .. "/?.so;" .. package.cpath
+local lib = dofile(debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "bench_lib.lua")
+local ROOT = lib.ROOT
 
 local offline = require("optimizely.offline")
 local core = require("optimizely.offline.core")
 local sandbox = require("optimizely.offline.sandbox")
-local lib = require("bench_lib")
 local q, sh = lib.q, lib.sh
 
 local SECONDS = tonumber(arg[1]) or 2
@@ -59,19 +52,9 @@ local LEVELS = list_env("OO_BENCH_LEVELS", "16,64,256")
 local VERSIONS = list_env("OO_BENCH_HTTP", "1.1,2")
 local RATIO_TARGET, H2_MAX_CONNECTIONS = 0.90, 4
 
-local function payload(i)
-  return {
-    user = { id = "abcd1234efgh" },
-    order = {
-      refCode = "lat-" .. i, orderDate = "2016-05-16T14:25:00 GMT",
-      currency = "GBP", total = 100.0,
-      items = { { refCode = "ref1", qty = 1, price = 100.0 } },
-    },
-  }
-end
 
 local pid = lib.self_pid()
-local info, work, url, body_file = lib.start_sandbox("bench-latency", pid, assert(offline.encode(payload(1))),
+local info, work, url, body_file = lib.start_sandbox("bench-latency", pid, assert(offline.encode(lib.order("lat", 1))),
   { delay_ms = DELAY_MS })
 local workers, can_pin = lib.nginx_workers(info)
 if LAYOUT ~= "none" and not can_pin then LAYOUT = "none" end
@@ -87,29 +70,15 @@ local function new_client(version)
     base_url = info.base_url, ca_file = info.ca_file, http_version = version, timeout = 30 })
 end
 
--- distinct orders from a few tables (no large heap)
-local tables, serial = {}, 0
-for i = 1, 16 do tables[i] = payload(i) end
-local function source(n)
-  local i = 0
-  return function()
-    i = i + 1
-    if i > n then return nil end
-    serial = serial + 1
-    local p = tables[i % 16 + 1]
-    p.order.refCode = "lat-" .. serial
-    return p
-  end
-end
 
 -- RTT: sequential sends over one warm connection, the median
 local function measure_rtt(version)
   local c = new_client(version)
-  for i = 1, 3 do assert(c:send(payload(i))) end
+  for i = 1, 3 do assert(c:send(lib.order("lat", i))) end
   local t = {}
   for i = 1, 25 do
     local t0 = core.now()
-    assert(c:send(payload(i)))
+    assert(c:send(lib.order("lat", i)))
     t[i] = core.now() - t0
   end
   c:close()
@@ -122,7 +91,7 @@ local runners = {}
 runners[#runners + 1] = { name = "send_batch", run = function(version, n_flight, n)
   local c = new_client(version)
   local t0 = core.now()
-  local s = c:send_batch(source(n), { concurrency = n_flight })
+  local s = c:send_batch(lib.orders("lat", n), { concurrency = n_flight })
   local secs = core.now() - t0
   assert(s.sent == n and s.failed == 0, ("send_batch: %d sent, %d failed"):format(s.sent, s.failed))
   c:close()
@@ -132,7 +101,7 @@ end }
 runners[#runners + 1] = { name = "queue", run = function(version, n_flight, n)
   local c = new_client(version)
   local qu = assert(c:queue({ concurrency = n_flight, max_queue = n + 1 }))
-  local next_order = source(n)
+  local next_order = lib.orders("lat", n)
   local t0 = core.now()
   for _ = 1, n do assert(qu:push(next_order())) end
   assert(qu:flush(300))

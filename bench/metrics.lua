@@ -23,41 +23,22 @@
 --    the same counters in a lua_shared_dict directly, and the cost of one
 --    delta flush into the dict (what the queue does every flush_interval):
 --    why the queue counts locally and flushes deltas on a timer.
-local function script_dir()
-  local src = debug.getinfo(1, "S").source:sub(2)
-  return src:match("^(.*)/[^/]*$") or "."
-end
-local ROOT = script_dir() .. "/.."
-local VARIANT = (type(jit) == "table") and "jit" or _VERSION:match("%d+%.%d+")
-package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/bench/?.lua;" .. ROOT
-  .. "/spec/?.lua;" .. package.path
-package.cpath = ROOT .. "/build/" .. VARIANT .. "/?.so;" .. package.cpath
+local lib = dofile(debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "bench_lib.lua")
+local ROOT = lib.ROOT
+package.path = ROOT .. "/spec/?.lua;" .. package.path
 
 local offline = require("optimizely.offline")
 local core = require("optimizely.offline.core")
-local lib = require("bench_lib")
 
 local N = tonumber(arg[1]) or 3000
 local ROUNDS = tonumber(arg[2]) or 5
 local CONC = 16
 local TARGET = 3 -- percent
 
-local function payload(i)
-  return { user = { id = "abcd1234efgh" }, order = { refCode = "metrics-" .. i,
-    orderDate = "2016-05-16T14:25:00 GMT", currency = "GBP", total = 100.0,
-    items = { { refCode = "ref1", qty = 1, price = 100.0 } } } }
-end
-
-local function median(t)
-  local s = {}
-  for i, v in ipairs(t) do s[i] = v end
-  table.sort(s)
-  local n = #s
-  return n % 2 == 1 and s[(n + 1) / 2] or (s[n / 2] + s[n / 2 + 1]) / 2
-end
+local median = lib.median
 
 local pid = lib.self_pid()
-local info = lib.start_sandbox("bench-metrics", pid, assert(offline.encode(payload(1))))
+local info = lib.start_sandbox("bench-metrics", pid, assert(offline.encode(lib.order("metrics", 1))))
 
 print(("optimizely-offline metrics bench: %s, sandbox %s (record=false)"):format(
   type(jit) == "table" and jit.version or _VERSION, info.base_url))
@@ -69,19 +50,8 @@ end
 local clients = { [true] = client(true), [false] = client(false) }
 
 -- 1. send_batch ------------------------------------------------------------
-local serial = 0
-local pool = {}
-for i = 1, 16 do pool[i] = payload(i) end
 local function batch(on)
-  local i = 0
-  local function source()
-    i = i + 1
-    if i > N then return nil end
-    serial = serial + 1
-    local p = pool[i % 16 + 1]
-    p.order.refCode = "metrics-" .. serial
-    return p
-  end
+  local source = lib.orders("metrics", N)
   local t0 = core.now()
   local s = clients[on]:send_batch(source, { concurrency = CONC })
   assert(s.sent == N and s.failed == 0, "send_batch: " .. s.sent .. " sent, " .. s.failed .. " failed")
@@ -127,16 +97,17 @@ print(("   (the counted run: %d requests, latency p50 %.1f ms, p90 %.1f ms, p99 
 -- 2. queue push ----------------------------------------------------------
 local cpu = core.thread_cputime
 local PUSHES = N
+local pushed = 0 -- refCodes go on across rounds
 local function pushes(on)
   local q = assert(clients[on]:queue({ concurrency = 8, max_queue = PUSHES + 10 }))
   local list = {}
-  for i = 1, 64 do list[i] = payload(i) end
+  for i = 1, 64 do list[i] = lib.order("push", i) end
   collectgarbage()
   local c0 = cpu()
   for i = 1, PUSHES do
     local pl = list[i % 64 + 1]
-    serial = serial + 1
-    pl.order.refCode = "push-" .. serial
+    pushed = pushed + 1
+    pl.order.refCode = "push-" .. pushed
     assert(q:push(pl))
   end
   local per = (cpu() - c0) / PUSHES * 1e6

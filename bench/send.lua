@@ -18,14 +18,8 @@
 -- (a wake-up across vCPUs costs more than the whole request), so the bench
 -- pins them (taskset): "split" = client on CPU 0, nginx on CPU 1; "same" =
 -- both on CPU 0. Client and C program alternate, each keeps its best round.
-local function script_dir()
-  local src = debug.getinfo(1, "S").source:sub(2)
-  return src:match("^(.*)/[^/]*$") or "."
-end
-local ROOT = script_dir() .. "/.."
-local VARIANT = (type(jit) == "table") and "jit" or _VERSION:match("%d+%.%d+")
-package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/bench/?.lua;" .. package.path
-package.cpath = ROOT .. "/build/" .. VARIANT .. "/?.so;" .. package.cpath
+local lib = dofile(debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "bench_lib.lua")
+local ROOT = lib.ROOT
 
 local offline = require("optimizely.offline")
 local core = require("optimizely.offline.core")
@@ -37,7 +31,6 @@ local LUASEC_N = tonumber(arg[3]) or 100
 local FRESH_N = tonumber(arg[4]) or 200
 local ROUNDS = 5
 
-local lib = require("bench_lib")
 local q, sh, capture = lib.q, lib.sh, lib.capture
 
 -- The spec §4 example order.

@@ -13,20 +13,12 @@
 --   lua5.4 bench/spool_drain.lua [N [ROUNDS]]      (defaults 20000 3)
 --   luajit bench/spool_drain.lua
 --   OO_BENCH_CONC=4   OO_BENCH_PIN=split|same|none
-local function script_dir()
-  local src = debug.getinfo(1, "S").source:sub(2)
-  return src:match("^(.*)/[^/]*$") or "."
-end
-local ROOT = script_dir() .. "/.."
-local VARIANT = (type(jit) == "table") and "jit" or _VERSION:match("%d+%.%d+")
-package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/bench/?.lua;" .. package.path
-package.cpath = ROOT .. "/build/" .. VARIANT .. "/?.so;" .. package.cpath
+local lib = dofile(debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "bench_lib.lua")
 
 local offline = require("optimizely.offline")
 local core = require("optimizely.offline.core")
 local spool = require("optimizely.offline.spool")
 local sandbox = require("optimizely.offline.sandbox")
-local lib = require("bench_lib")
 
 local N = tonumber(arg[1]) or 20000
 local ROUNDS = tonumber(arg[2]) or 3
