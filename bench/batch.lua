@@ -158,15 +158,7 @@ for r = 1, ROUNDS do
 end
 client:close()
 
-local function median(list)
-  local t = {}
-  for i, v in ipairs(list) do t[i] = v end
-  table.sort(t)
-  local n = #t
-  if n == 0 then return nil end
-  if n % 2 == 1 then return t[(n + 1) / 2] end
-  return (t[n / 2] + t[n / 2 + 1]) / 2
-end
+local median = lib.median
 
 -- report -------------------------------------------------------------------
 print(string.format("\n%-44s %10s %12s   %s", "sender", "best req/s", "CPU us/req", "req/s per round"))

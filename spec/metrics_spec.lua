@@ -9,6 +9,7 @@ local metrics = require("optimizely.offline.metrics")
 local events = require("optimizely.offline.events")
 local sb = require("support.sandbox")
 local sys = require("optimizely.offline.sys")
+local prometheus = require("support.prometheus")
 
 local function payload(ref, bad)
   return { user = { id = "till-3" }, order = { refCode = ref, orderDate = "2016-05-16T14:25:00 GMT",
@@ -54,35 +55,8 @@ local function assert_mix_counts(m)
   assert.same({ sent = 9, failed = 1 }, m.channels.store)
 end
 
-local function write_tmp(text)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  return path
-end
-
--- promtool and prometheus_client accept the text; returns the python parser's
--- view: "name{labels} value" lines.
-local function real_parsers(text)
-  local path = write_tmp(text)
-  local out = sys.capture("promtool check metrics < " .. sys.q(path) .. " 2>&1; echo rc=$?")
-  assert.matches("rc=0", out, out)
-  assert.is_nil(out:find("error", 1, true), out)
-  local py = sys.capture("/usr/bin/python3 -c " .. sys.q([[
-import sys
-from prometheus_client.parser import text_string_to_metric_families
-for fam in text_string_to_metric_families(open(sys.argv[1]).read()):
-    for s in fam.samples:
-        labels = ",".join("%s=%s" % kv for kv in sorted(s.labels.items()))
-        print("%s %s{%s} %g" % (fam.type, s.name, labels, s.value))
-]]) .. " " .. sys.q(path) .. " 2>&1")
-  os.remove(path)
-  return py
-end
-
 local function check_prometheus(text)
-  local py = real_parsers(text)
+  local py = prometheus.parse(text)
   assert.truthy(py:find("counter optimizely_offline_orders_sent_total{channel=store} 9", 1, true), py)
   assert.truthy(py:find("counter optimizely_offline_orders_failed_total{channel=store,code=SandboxFault,"
     .. "kind=http,status=400} 1", 1, true), py)
@@ -254,7 +228,7 @@ describe("metrics", function()
       local text = metrics.prometheus(q)
       assert.matches("optimizely_offline_in_flight 1\n", text, 1, true)
       assert.matches("optimizely_offline_spool_orders 3\n", text, 1, true)
-      real_parsers(text)
+      prometheus.parse(text)
       assert.is_true(q:flush(20))
       assert.equal(0, q:metrics().spool.orders)
       q:close()
@@ -290,7 +264,7 @@ describe("metrics", function()
       local text = metrics.prometheus({ c1, labels = { client = "a" } }, { c2, labels = { client = 'b"\\\n' } })
       assert.matches('optimizely_offline_orders_sent_total{client="a",channel="store"} 1\n', text, 1, true)
       assert.matches('optimizely_offline_orders_sent_total{client="b\\"\\\\\\n",channel="store"} 2\n', text, 1, true)
-      local py = real_parsers(text)
+      local py = prometheus.parse(text)
       assert.truthy(py:find("optimizely_offline_orders_sent_total{channel=store,client=b\"\\\n} 2", 1, true), py)
       -- a metrics table is a source too; HELP and TYPE once per family
       local t2 = metrics.prometheus(c1:metrics(), c2:metrics())
