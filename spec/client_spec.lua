@@ -561,6 +561,29 @@ describe("offline.client against the sandbox", function()
     c:close()
   end)
 
+  it("cancels a refCode with dots as %2E, and refuses one that is only dots", function()
+    local c = new_client()
+    local p = orders.minimal()
+    p.order.refCode = "a.b"
+    assert(c:send(p))
+    local res, err = c:cancel("a.b")
+    assert.is_nil(err)
+    assert.equal(200, res.status)
+    assert.equal("/smart-api/orders/offline/a%2Eb", last().uri)
+    -- "." and ".." would be removed as dot segments: another URL
+    for _, ref in ipairs({ ".", "..", "..." }) do
+      local before = last().uri
+      res, err = c:cancel(ref)
+      assert.is_nil(res)
+      assert.equal("validation", err.kind)
+      assert.equal("refCode", err.problems[1].path)
+      assert.matches("only dots", err.problems[1].message)
+      assert.equal(0, err.attempts)
+      assert.equal(before, last().uri) -- nothing was sent
+    end
+    c:close()
+  end)
+
   it("uses a configured cancel_path and retries a failed cancel", function()
     local c = new_client({ cancel_path = "/tracker/smart-api/orders/offline/{refCode}" })
     local p = orders.minimal()

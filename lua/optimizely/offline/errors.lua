@@ -86,19 +86,45 @@ local function echo_spans(ls, lsec)
   return spans
 end
 
+-- core.quote, when the core is loadable (errors.lua is also used without it)
+local has_core, core = pcall(require, "optimizely.offline.core")
+local core_quote = has_core and type(core) == "table" and core.quote
+
+-- The forms a secret takes in a message: as it is, and escaped as `%q` and
+-- core.quote write it (a token holding `"` or `\` is echoed escaped, and
+-- messages are quoted before they are redacted).
+local function forms(secret)
+  local list, seen = { secret }, { [secret] = true }
+  local function add(f)
+    if f and f ~= "" and not seen[f] then seen[f], list[#list + 1] = true, f end
+  end
+  add((("%q"):format(secret):gsub("\\\n", "\\n")):sub(2, -2))
+  if core_quote then
+    local q = core_quote(secret, #secret * 4 + 16)
+    add(type(q) == "string" and q:sub(2, -2) or nil)
+  end
+  return list
+end
+
 --- Remove every echo of `secret` from `s`: the secret itself in any letter
--- case, and runs of 8 or more of its first or last characters (a cut-short
--- echo). Plain matching, no patterns.
+-- case, as it is or escaped (`%q`, core.quote), and runs of 8 or more of
+-- its first or last characters (a cut-short echo). Plain matching, no
+-- patterns.
 function M.redact(s, secret)
   if type(s) ~= "string" or type(secret) ~= "string" or secret == "" then return s end
-  local spans = echo_spans(lower_plain(s), lower_plain(secret))
+  local ls, spans = lower_plain(s), {}
+  for _, form in ipairs(forms(secret)) do
+    for _, sp in ipairs(echo_spans(ls, lower_plain(form))) do spans[#spans + 1] = sp end
+  end
   if #spans == 0 then return s end
   table.sort(spans, function(x, y) return x[1] < y[1] end)
   local out, i = {}, 1
   for _, sp in ipairs(spans) do
     if sp[2] >= i then
-      if sp[1] > i then out[#out + 1] = s:sub(i, sp[1] - 1) end
-      out[#out + 1] = "[REDACTED]"
+      if sp[1] >= i then -- not the tail of a span already replaced
+        if sp[1] > i then out[#out + 1] = s:sub(i, sp[1] - 1) end
+        out[#out + 1] = "[REDACTED]"
+      end
       i = sp[2] + 1
     end
   end
