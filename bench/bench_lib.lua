@@ -28,6 +28,25 @@ function M.order(prefix, i)
   }
 end
 
+--- A realistic order (three items, attributes, shipping): refCode
+-- `PREFIX-%08d`, customer `cust-i`.
+function M.realistic_order(prefix, i)
+  return {
+    lang = "en-gb",
+    user = { id = "cust-" .. i },
+    order = {
+      refCode = ("%s-%08d"):format(prefix, i), orderDate = "2024-05-16T14:25:00Z", currency = "GBP",
+      shipping = 4.95, total = 64.92,
+      items = {
+        { refCode = "SKU-1", qty = 1, price = 19.99, attributes = { colour = "blue" } },
+        { refCode = "SKU-2", qty = 2, price = 19.99 },
+        { refCode = "SKU-3", qty = 1, price = 0.00 },
+      },
+      attributes = { store = "Bluewater" },
+    },
+  }
+end
+
 -- refCodes go on from one source to the next: no order is sent twice
 local serials, pools = {}, {}
 

@@ -35,22 +35,7 @@ assert(os.execute("mkdir -p '" .. dir .. "'"))
 
 -- 1024 distinct realistic orders (3 items, attributes), reused round-robin.
 local SAMPLE = {}
-for i = 1, 1024 do
-  SAMPLE[i] = {
-    lang = "en-gb",
-    user = { id = "cust-" .. i },
-    order = {
-      refCode = ("BENCH-%08d"):format(i), orderDate = "2024-05-16T14:25:00Z", currency = "GBP",
-      shipping = 4.95, total = 64.92,
-      items = {
-        { refCode = "SKU-1", qty = 1, price = 19.99, attributes = { colour = "blue" } },
-        { refCode = "SKU-2", qty = 2, price = 19.99 },
-        { refCode = "SKU-3", qty = 1, price = 0.00 },
-      },
-      attributes = { store = "Bluewater" },
-    },
-  }
-end
+for i = 1, 1024 do SAMPLE[i] = lib.realistic_order("BENCH", i) end
 
 -- Runs f(i) n times (or until max_time); returns per-call wall and main-thread CPU (s), calls.
 local function measure(f, n, per)

@@ -26,22 +26,7 @@ local CONC = tonumber(os.getenv("OO_BENCH_CONC") or "") or 4
 local LAYOUT = os.getenv("OO_BENCH_PIN") or "split"
 local TARGET = 0.8
 
-local function payload(i)
-  return {
-    lang = "en-gb",
-    user = { id = "cust-" .. i },
-    order = {
-      refCode = ("DRAIN-%08d"):format(i), orderDate = "2024-05-16T14:25:00Z", currency = "GBP",
-      shipping = 4.95, total = 64.92,
-      items = {
-        { refCode = "SKU-1", qty = 1, price = 19.99, attributes = { colour = "blue" } },
-        { refCode = "SKU-2", qty = 2, price = 19.99 },
-        { refCode = "SKU-3", qty = 1, price = 0.00 },
-      },
-      attributes = { store = "Bluewater" },
-    },
-  }
-end
+local function payload(i) return lib.realistic_order("DRAIN", i) end
 
 local pid = lib.self_pid()
 local info, work = lib.start_sandbox("bench-drain", pid, assert(offline.encode(payload(1))))
