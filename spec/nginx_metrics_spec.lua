@@ -176,23 +176,33 @@ describe("metrics under nginx (two workers, one lua_shared_dict)", function()
     assert.is_true(total(s, "optimizely_offline_orders_sent_total") >= sent_before + 4)
   end)
 
-  it("accounts for an order in flight during a reload: delivered or reported, never silent", function()
-    local r = ref("INFLIGHT")
+  -- Pushes order r while the sandbox answers it slowly (`fault`, longer than
+  -- shutdown_timeout, 1 s), reloads nginx once the request is out, and waits
+  -- for the log line `late` about its late answer. Asserts the exiting
+  -- worker's log line and on_failure call; returns the error log.
+  local function reload_in_flight(r, fault, late)
     local served = sb.stats().requests
-    sb.faults({ count = 1, delay = 4, match = "POST" }) -- longer than shutdown_timeout (1 s)
+    sb.faults(fault)
     local res = inst:request("/pos/orders", { method = "POST", body = json.encode({ payload(r) }) })
     assert.equal(202, res.status, res.body)
     assert.is_true(nginx.wait_until(function() return sb.stats().requests > served end, 10), "not attempted")
     assert.is_true(nginx.run("kill -HUP " .. inst:pid()))
-    -- the grace (1 s) ends before the answer (4 s): reported; the answer then
-    -- comes to a worker still finishing: said too
     local log = nginx.wait_until(function()
       local l = inst:error_log()
-      return l:find('order "' .. r .. '" was delivered after all', 1, true) and l
+      return l:find(late, 1, true) and l
     end, 20)
     assert.is_string(log, "no line about the late answer")
     assert.truthy(log:find('worker exiting, order "' .. r .. '" not delivered', 1, true), "no log line")
     assert.truthy(log:find("order " .. r .. " was not delivered: shutdown", 1, true), "no on_failure call")
+    return log
+  end
+
+  it("accounts for an order in flight during a reload: delivered or reported, never silent", function()
+    local r = ref("INFLIGHT")
+    -- the grace (1 s) ends before the answer (4 s): reported; the answer then
+    -- comes to a worker still finishing: said too
+    local log = reload_in_flight(r, { count = 1, delay = 4, match = "POST" },
+      'order "' .. r .. '" was delivered after all')
     assert.equal(1, #sb.orders({ refCode = r }))
     local _, s = scrape()
     assert.is_true(total(s, "optimizely_offline_orders_dropped_total", { reason = "shutdown" }) >= 1)
@@ -202,21 +212,10 @@ describe("metrics under nginx (two workers, one lua_shared_dict)", function()
 
   it("reports an order in flight during a reload whose late answer is a 503 (the reproduced loss)", function()
     local r = ref("INFLIGHT503")
-    local served = sb.stats().requests
     local _, before = scrape()
     local dropped0 = total(before, "optimizely_offline_orders_dropped_total", { reason = "shutdown" })
-    sb.faults({ count = 1, delay = 3, status = 503, match = "POST" })
-    local res = inst:request("/pos/orders", { method = "POST", body = json.encode({ payload(r) }) })
-    assert.equal(202, res.status, res.body)
-    assert.is_true(nginx.wait_until(function() return sb.stats().requests > served end, 10), "not attempted")
-    assert.is_true(nginx.run("kill -HUP " .. inst:pid()))
-    local log = nginx.wait_until(function()
-      local l = inst:error_log()
-      return l:find('order "' .. r .. '" (reported lost at exit): the late answer was', 1, true) and l
-    end, 20)
-    assert.is_string(log, "no line about the late answer")
-    assert.truthy(log:find('worker exiting, order "' .. r .. '" not delivered', 1, true), "no log line")
-    assert.truthy(log:find("order " .. r .. " was not delivered: shutdown", 1, true), "no on_failure call")
+    reload_in_flight(r, { count = 1, delay = 3, status = 503, match = "POST" },
+      'order "' .. r .. '" (reported lost at exit): the late answer was')
     assert.equal(0, #sb.orders({ refCode = r }))
     assert.is_true(nginx.wait_until(function()
       local _, s = scrape()
