@@ -74,7 +74,7 @@ static void describe(oo_outcome *o, const oo_envelope *env) {
 }
 
 static void reset(oo_outcome *o) {
-    o->ok = o->retryable = o->stop = o->warned = o->transport_code = 0;
+    o->ok = o->retryable = o->stop = o->warned = o->throttled = o->transport_code = 0;
     o->kind = NULL;
     o->status = 0;
     o->retry_after = -1;
@@ -114,6 +114,7 @@ void oo_classify_response(int status, const char *retry_after, const char *body,
         return;
     }
     o->retry_after = oo_retry_after(retry_after, now);
+    o->throttled = status == 429;
     o->stop = status == 401 || status == 403 || oo_code_is_credentials(o->code);
     o->retryable = !o->stop && oo_status_retryable(status);
     o->kind = o->stop ? "auth" : "http";
@@ -129,6 +130,14 @@ void oo_classify_failure(const char *kind, const char *message, oo_outcome *o) {
     else o->kind = "network";
     o->retryable = strcmp(o->kind, "tls") != 0; /* a bad certificate does not fix itself */
     say(o, message && message[0] ? message : "transport failure");
+}
+
+void oo_classify_broken(const char *what, oo_outcome *o) {
+    reset(o);
+    o->kind = "transport";
+    say(o, "the transport broke its contract: ");
+    say(o, what);
+    say(o, " (expected status, body, info or nil, kind, message)");
 }
 
 /* ------------------------------------------------------------------ */
@@ -150,6 +159,7 @@ void oo_push_outcome(lua_State *L, const oo_outcome *o) {
     if (o->code[0]) oo_set_str(L, "code", o->code);
     if (o->retry_after >= 0) oo_set_num(L, "retry_after", o->retry_after);
     if (o->stop) oo_set_bool(L, "stop", 1);
+    if (o->throttled) oo_set_bool(L, "throttled", 1);
     if (o->transport_code) oo_set_int(L, "curl_code", o->transport_code);
 }
 

@@ -187,7 +187,7 @@ void oo_policy_decide(const oo_policy *p, const oo_outcome *o, int attempts, dou
         return;
     }
     d->delay = oo_policy_delay(p, attempts, o->retry_after, r);
-    if (o->status == 429) { /* the server asked everyone to slow down */
+    if (o->throttled) { /* the server asked everyone to slow down */
         d->pause = d->delay;
         d->slow_down = 1;
     }
@@ -248,7 +248,9 @@ static void outcome_from(lua_State *L, int idx, oo_outcome *o) {
     o->status = lua_type(L, -1) == LUA_TNUMBER ? (int)lua_tointeger(L, -1) : 0;
     lua_getfield(L, idx, "retry_after");
     o->retry_after = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : -1;
-    lua_pop(L, 5);
+    lua_getfield(L, idx, "throttled");
+    o->throttled = lua_toboolean(L, -1);
+    lua_pop(L, 6);
 }
 
 /*** p:decide(record, attempts, age [, r]) -> action, delay, pause, slow_down, why */

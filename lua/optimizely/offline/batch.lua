@@ -166,7 +166,7 @@ function Batch:admit(payload, channel)
   local json, w = client.prepare(self.st, payload, self.pseudonym)
   if not json then return self:rejected(i, w, true) end
   if w[1] then self.warnings_of[i] = w end
-  self.engine:add(i, json, ch, core.ref_string(payload))
+  self.engine:add({ id = i, body = json, channel = ch, ref = core.ref_string(payload) })
 end
 
 function Batch:rate_allows(t)
