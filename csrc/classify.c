@@ -123,21 +123,25 @@ void oo_classify_response(int status, const char *retry_after, const char *body,
     describe(o, env);
 }
 
-void oo_classify_failure(const char *kind, const char *message, oo_outcome *o) {
-    reset(o);
-    if (kind && strcmp(kind, "timeout") == 0) o->kind = "timeout";
-    else if (kind && strcmp(kind, "tls") == 0) o->kind = "tls";
-    else o->kind = "network";
-    o->retryable = strcmp(o->kind, "tls") != 0; /* a bad certificate does not fix itself */
-    say(o, message && message[0] ? message : "transport failure");
-}
-
 void oo_classify_broken(const char *what, oo_outcome *o) {
     reset(o);
     o->kind = "transport";
     say(o, "the transport broke its contract: ");
     say(o, what);
     say(o, " (expected status, body, info or nil, kind, message)");
+}
+
+void oo_classify_failure(const char *kind, const char *message, oo_outcome *o) {
+    reset(o);
+    if (kind && strcmp(kind, "transport") == 0) {
+        oo_classify_broken(message && message[0] ? message : "no answer", o);
+        return;
+    }
+    if (kind && strcmp(kind, "timeout") == 0) o->kind = "timeout";
+    else if (kind && strcmp(kind, "tls") == 0) o->kind = "tls";
+    else o->kind = "network";
+    o->retryable = strcmp(o->kind, "tls") != 0; /* a bad certificate does not fix itself */
+    say(o, message && message[0] ? message : "transport failure");
 }
 
 /* ------------------------------------------------------------------ */

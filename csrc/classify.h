@@ -47,7 +47,8 @@ void oo_classify_response(int status, const char *retry_after, const char *body,
                           double now, oo_outcome *o, oo_envelope *env);
 
 /* A transport failure of kind "network" | "timeout" | "tls" (anything
- * else counts as "network") with its message. */
+ * else counts as "network"; "transport" is oo_classify_broken) with its
+ * message. */
 void oo_classify_failure(const char *kind, const char *message, oo_outcome *o);
 
 /* A transport that broke its contract (status, body or info of the wrong

@@ -89,14 +89,14 @@ static void start(oo_curl *d, oo_job *j) {
 
 int oo_curl_turn(oo_curl *d, double max_wait) {
     oo_sched *s = d->s;
-    double now = oo_mono_now(), w;
+    double now = oo_sched_now(s), w;
     oo_job *j;
     int n;
     oo_sched_prepare(s, now);
     while ((j = oo_sched_pick(s, now)) != NULL) start(d, j);
     /* asleep before the last look (oo_sched_wait): an add in between wakes us */
     __atomic_store_n(&s->asleep, 1, __ATOMIC_SEQ_CST);
-    w = oo_sched_wait(s, oo_mono_now());
+    w = oo_sched_wait(s, oo_sched_now(s));
     n = oo_pool_run(&d->pool, w < max_wait ? w : max_wait, on_done, d, d->err, sizeof d->err);
     __atomic_store_n(&s->asleep, 0, __ATOMIC_SEQ_CST);
     return n;

@@ -236,7 +236,7 @@ int oo_push_results(lua_State *L, const oo_sched *s, oo_result *list) {
 }
 
 void oo_push_sched_stats(lua_State *L, oo_sched *s) {
-    double now = oo_mono_now();
+    double now = oo_sched_now(s);
     lua_createtable(L, 0, 16);
     pthread_mutex_lock(&s->mu);
 #define F(name, v) oo_set_int(L, name, (long long)(v))
@@ -480,6 +480,22 @@ static void hook_record(oo_sched *s, const oo_job *j, oo_res_kind what, const oo
     lua_pop(u->L, 1);
 }
 
+/* The backoff's jitter from cfg.random (the client's `random` option): a
+ * broken source must not break the policy (not a number: 0). */
+static double hook_jitter(oo_sched *s) {
+    l_sched *u = LS(s);
+    lua_State *L = u->L;
+    double r = 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, u->ref);
+    lua_getfield(L, -1, "random");
+    lua_remove(L, -2);
+    call_hook(u, 0);
+    if (lua_type(L, -1) == LUA_TNUMBER) r = (double)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    if (!(r >= 0)) r = 0;
+    return r < 1 ? r : 0.999999999;
+}
+
 /* ------------------------------------------------------------------ */
 /* The scheduler object                                                */
 
@@ -501,9 +517,12 @@ static l_sched *check_driver(lua_State *L) {
 /* Keeps the hooks and every channel's header list in the registry table. */
 static void keep_values(lua_State *L, int cfg, l_sched *u) {
     int i;
-    lua_createtable(L, 0, 2);
+    lua_createtable(L, 0, 3);
     lua_getfield(L, cfg, "hooks");
     lua_setfield(L, -2, "hooks");
+    lua_getfield(L, cfg, "random");
+    if (lua_isfunction(L, -1)) u->s.jitter = hook_jitter;
+    lua_setfield(L, -2, "random");
     lua_createtable(L, u->s.nchan, 0);
     lua_getfield(L, cfg, "channels");
     for (i = 1; i <= u->s.nchan; i++) {
@@ -625,12 +644,12 @@ static void push_job(lua_State *L, l_sched *u, const oo_job *j, double token) {
 /*** s:next() -> job | nil, wait (seconds until one may be due) */
 static int l_next(lua_State *L) {
     l_sched *u = check_driver(L);
-    double now = oo_mono_now(), token;
+    double now = oo_sched_now(&u->s), token;
     oo_job *j = u->nfree ? oo_sched_next(&u->s, now) : NULL;
     int slot;
     if (!j) {
         lua_pushnil(L);
-        lua_pushnumber(L, oo_sched_wait(&u->s, oo_mono_now()));
+        lua_pushnumber(L, oo_sched_wait(&u->s, now));
         return 2;
     }
     slot = u->free_slots[--u->nfree];
@@ -709,6 +728,13 @@ static int l_remove_ref(lua_State *L) {
     return 2;
 }
 
+/*** s:advance(seconds) — the driver's sleep returned before the time it
+ * asked for: the scheduler's clock moves ahead by what it did not wait */
+static int l_advance(lua_State *L) {
+    oo_sched_advance(&check_sched(L)->s, (double)luaL_checknumber(L, 2));
+    return 0;
+}
+
 static int l_resume(lua_State *L) {
     oo_sched_resume(&check_sched(L)->s);
     return 0;
@@ -784,20 +810,12 @@ static int l_sched_defaults(lua_State *L) {
 }
 
 void oo_sched_register(lua_State *L) {
-    static const luaL_Reg methods[] = {{"add", l_add},
-                                       {"take", l_take},
-                                       {"next", l_next},
-                                       {"done", l_done},
-                                       {"results", l_results},
-                                       {"pending", l_pending},
-                                       {"stats", l_stats},
-                                       {"metrics", l_metrics},
-                                       {"remove_ref", l_remove_ref},
-                                       {"resume", l_resume},
-                                       {"hint_feed", l_hint_feed},
-                                       {"drop", l_drop},
-                                       {"close", l_close},
-                                       {NULL, NULL}};
+    static const luaL_Reg methods[] = {
+        {"add", l_add},       {"take", l_take},           {"next", l_next},
+        {"done", l_done},     {"results", l_results},     {"pending", l_pending},
+        {"stats", l_stats},   {"metrics", l_metrics},     {"remove_ref", l_remove_ref},
+        {"resume", l_resume}, {"hint_feed", l_hint_feed}, {"advance", l_advance},
+        {"drop", l_drop},     {"close", l_close},         {NULL, NULL}};
     static const luaL_Reg funcs[] = {{"sched_new", l_sched_new},
                                      {"sched_defaults", l_sched_defaults},
                                      {"check_reply", l_check_reply},

@@ -15,8 +15,10 @@
  *   auth_pause, report_all, report_retries, no_metrics, max_results,
  *   policy = {max_attempts, max_age, backoff_base, backoff_max,
  *   backoff_floor, retry_after_max}
- * Missing fields take oo_sched_defaults / oo_policy_defaults. Raises when
- * out of memory or without url/channels. */
+ * Missing fields take oo_sched_defaults / oo_policy_defaults. Raises
+ * without url/channels. The scheduler object (core.sched_new) also reads
+ * max_pending, hooks = {feed, ack, retry, dead, release, record} (Lua
+ * functions) and random (the backoff's jitter source). */
 void oo_sched_setup(lua_State *L, int idx, oo_sched *s);
 
 /* Reads a job table at idx into *sp (strings point into the table's

@@ -167,6 +167,16 @@ size_t oo_sched_pending_locked(const oo_sched *s) {
     return s->nin + s->nready + s->npark + s->nheap + s->in_flight;
 }
 
+double oo_sched_now(const oo_sched *s) {
+    double ahead = __atomic_load_n(&s->ahead_ns, __ATOMIC_RELAXED) / 1e9;
+    return oo_mono_now() + ahead;
+}
+
+void oo_sched_advance(oo_sched *s, double seconds) {
+    if (seconds > 0 && seconds < 1e6)
+        __atomic_add_fetch(&s->ahead_ns, (long long)(seconds * 1e9), __ATOMIC_RELAXED);
+}
+
 void oo_sched_wake(oo_sched *s) {
     if (s->wake && __atomic_load_n(&s->asleep, __ATOMIC_SEQ_CST)) s->wake(s->wake_ud);
 }
@@ -385,7 +395,7 @@ static oo_lim_signal load_signal(const oo_outcome *o, const oo_decision *d) {
 static void limit_update(oo_sched *s, const oo_job *j, int new_conn, const oo_outcome *o,
                          const oo_decision *d) {
     int before = s->lim.limit;
-    oo_limiter_done(&s->lim, j->started_at, j->load, oo_mono_now(), new_conn, load_signal(o, d),
+    oo_limiter_done(&s->lim, j->started_at, j->load, oo_sched_now(s), new_conn, load_signal(o, d),
                     (int)s->in_flight);
     if (s->lim.limit != before) { /* published for stats() and adders */
         pthread_mutex_lock(&s->mu);
@@ -431,7 +441,7 @@ static void settle_sent(oo_sched *s, oo_job *j, const oo_outcome *o, const char 
     if (j->store_id && s->hooks && s->hooks->ack) s->hooks->ack(s, j);
     if (s->cfg.report_all || o->warned) {
         r = result_new(OO_RES_SENT, j, o, body, blen);
-        if (r) r->latency = oo_mono_now() - j->started_at;
+        if (r) r->latency = oo_sched_now(s) - j->started_at;
     }
     pthread_mutex_lock(&s->mu);
     if (j->method == OO_POST) oo_metrics_sent(&s->metrics, chan_name(s, j));
@@ -465,7 +475,7 @@ static void settle_dead(oo_sched *s, oo_job *j, const oo_outcome *o, const char 
 
 /* A 429 holds back every new request for a while. */
 static void pause_for(oo_sched *s, double seconds, const oo_outcome *o) {
-    double now = oo_mono_now(), until = now + seconds;
+    double now = oo_sched_now(s), until = now + seconds;
     int was_paused;
     pthread_mutex_lock(&s->mu);
     was_paused = s->pause_until > now;
@@ -490,7 +500,7 @@ static oo_dest settle_retry(oo_sched *s, oo_job *j, const oo_decision *d, const 
     if (j->store_id && s->hooks && s->hooks->retry &&
         s->hooks->retry(s, j, oo_wall_now() + d->delay, o))
         return TO_GONE;
-    j->due = oo_mono_now() + d->delay;
+    j->due = oo_sched_now(s) + d->delay;
     pthread_mutex_lock(&s->mu);
     room = heap_reserve(s);
     pthread_mutex_unlock(&s->mu);
@@ -512,7 +522,7 @@ static oo_dest settle_stop(oo_sched *s, oo_job *j, const oo_outcome *o, const ch
         return TO_GONE;
     }
     /* PAUSE: the job waits with the others until the credentials work */
-    s->probe_at = oo_mono_now() + s->cfg.auth_pause;
+    s->probe_at = oo_sched_now(s) + s->cfg.auth_pause;
     if (first) event(s, OO_RES_PAUSED, "credentials", s->cfg.auth_pause, o);
     if (j->store_id && s->hooks && s->hooks->release) {
         s->hooks->release(s, j);
@@ -525,7 +535,7 @@ static oo_dest settle_stop(oo_sched *s, oo_job *j, const oo_outcome *o, const ch
 static void count_attempt(oo_sched *s, const oo_job *j, const oo_outcome *o) {
     if (s->cfg.no_metrics) return;
     pthread_mutex_lock(&s->mu);
-    oo_metrics_attempt(&s->metrics, oo_mono_now() - j->started_at, j->body_len);
+    oo_metrics_attempt(&s->metrics, oo_sched_now(s) - j->started_at, j->body_len);
     if (o->throttled) s->metrics.throttled++;
     pthread_mutex_unlock(&s->mu);
 }
@@ -538,13 +548,13 @@ int oo_sched_settle(oo_sched *s, oo_job *j, const oo_outcome *o, const oo_reply 
     j->attempts++;
     j->driver = NULL;
     count_attempt(s, j, o);
-    oo_policy_decide(&s->policy, o, j->attempts, oo_wall_now() - j->created, oo_jitter(&s->rng),
-                     &d);
+    oo_policy_decide(&s->policy, o, j->attempts, oo_wall_now() - j->created,
+                     s->jitter ? s->jitter(s) : oo_jitter(&s->rng), &d);
     limit_update(s, j, rp && rp->new_connection, o, &d);
     if (s->probing && d.action != OO_ACK && d.action != OO_STOP) {
         /* the probe told nothing about the credentials: another one later */
         s->probing = 0;
-        s->probe_at = oo_mono_now() + s->cfg.auth_pause;
+        s->probe_at = oo_sched_now(s) + s->cfg.auth_pause;
     }
     switch (d.action) {
     case OO_ACK: settle_sent(s, j, o, body, blen); break;
@@ -688,21 +698,26 @@ oo_job *oo_sched_pick(oo_sched *s, double now) {
     return j;
 }
 
+/* When the earliest job waiting may start (under mu); OO_SCHED_FOREVER
+ * when only a finishing request (the limit, a probe) or an add can help. */
+static double start_at(const oo_sched *s, double now) {
+    double at = OO_SCHED_FOREVER;
+    if (s->nready) at = now;
+    else if (s->nheap) at = s->heap[0]->due;
+    if (at >= OO_SCHED_FOREVER || (int)s->in_flight >= s->lim.limit) return OO_SCHED_FOREVER;
+    if (at < s->pause_until) at = s->pause_until;
+    if (s->stopped) {
+        if (s->probing) return OO_SCHED_FOREVER;
+        if (at < s->probe_at) at = s->probe_at;
+    }
+    return at;
+}
+
 double oo_sched_wait(oo_sched *s, double now) {
-    double w = OO_SCHED_FOREVER;
+    double w;
     int room, hint;
     pthread_mutex_lock(&s->mu);
-    if (s->nin) w = 0;
-    if (s->nheap && s->heap[0]->due - now < w) w = s->heap[0]->due - now;
-    if (s->nready && (int)s->in_flight < s->lim.limit) {
-        if (now < s->pause_until) {
-            if (s->pause_until - now < w) w = s->pause_until - now;
-        } else if (s->stopped && !s->probing) {
-            if (s->probe_at - now < w) w = s->probe_at - now;
-        } else if (!s->stopped) {
-            w = 0;
-        }
-    }
+    w = s->nin ? 0 : start_at(s, now) - now;
     room = s->lim.limit - (int)s->in_flight - (int)s->nready;
     hint = s->feed_hint;
     pthread_mutex_unlock(&s->mu);

@@ -162,6 +162,10 @@ typedef struct oo_sched {
     void (*wake)(void *ud);
     void *wake_ud;
     int asleep;
+    /* the jitter of the backoff, a value in [0, 1) (NULL: the scheduler's
+     * own xorshift; a Lua driver may give the client's `random`) */
+    double (*jitter)(struct oo_sched *s);
+    long long ahead_ns; /* oo_sched_advance: the scheduler's clock ahead of the monotonic one */
     /* under mu */
     oo_job *in_head, *in_tail;
     oo_job *ready_head, *ready_tail;
@@ -279,6 +283,16 @@ void oo_sched_feed_by(oo_sched *s, double at);
 
 /* Any thread: clear a credentials stop and a pause (the user fixed them). */
 void oo_sched_resume(oo_sched *s);
+
+/* The scheduler's clock: monotonic seconds, plus what oo_sched_advance
+ * added. Drivers pass it as `now`; every time the scheduler keeps (a
+ * retry's due time, a pause, a probe, latency) is on it. */
+double oo_sched_now(const oo_sched *s);
+
+/* A driver whose sleep returned before the time it asked for (a test's
+ * stub that records and returns) moves the clock ahead by what it did not
+ * wait: what it waited for is due, and what comes later keeps its delay. */
+void oo_sched_advance(oo_sched *s, double seconds);
 
 /* Under nothing: wakes the driver if it may be waiting. */
 void oo_sched_wake(oo_sched *s);
