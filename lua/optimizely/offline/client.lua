@@ -16,10 +16,10 @@
 -- it, and every one delivers through the one scheduler (csrc/sched.c,
 -- optimizely.offline.sched): `send` and `cancel` (a Lua driver over
 -- libcurl's easy handle or the given transport, one request at a time, in
--- the caller), `send_batch` (the libcurl driver from here; a user
--- transport's Lua driver) and `queue` (the libcurl driver on its own
--- thread). Delivery is at-least-once: a network error or timeout is
--- retried even when the server may already have stored the order.
+-- the caller), `send_batch` (the libcurl driver from here) and `queue`
+-- (the libcurl driver on its own thread). Delivery is at-least-once: a
+-- network error or timeout is retried even when the server may already
+-- have stored the order.
 -- @module optimizely.offline.client
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
@@ -523,11 +523,13 @@ end
 --- The URL orders are posted to.
 function Client:url() return private[self].post_url end
 
---- Send many orders concurrently (the libcurl engine); with a user
--- transport, one request at a time through it.
+--- Send many orders concurrently (the libcurl engine).
 -- @see optimizely.offline.batch
 function Client:send_batch(source, o)
   local st = state(self)
+  if st.custom_transport then
+    error("optimizely.offline.client: send_batch needs the libcurl transport (under nginx use a queue)", 2)
+  end
   local summary = require("optimizely.offline.batch").run(st, source, o)
   return summary -- not a tail call: option errors point at the caller
 end
