@@ -205,9 +205,17 @@ function M.say(w, ...)
   w:write(M.clean(table.concat(parts)), "\n")
 end
 
---- "file:line" of a record, for messages.
+--- A file path for a message, whole: control characters escaped (as
+-- `clean` does), never quoted or cut (a path is the user's own, not a
+-- hostile value), so `path:line` stays a place an editor or a terminal can
+-- open.
+function M.path(p)
+  return M.clean(p, 1 / 0)
+end
+
+--- "file:line" of a record, for messages (the path whole, see `path`).
 function M.where(rec)
-  return ("%s:%s"):format(M.label(rec.file), tostring(rec.line or "?"))
+  return ("%s:%s"):format(M.path(rec.file), tostring(rec.line or "?"))
 end
 
 --- The refCode of a payload as text, or nil when it has none (or no `order`).
@@ -222,7 +230,7 @@ end
 function M.head(item)
   local ref = M.ref_of(item.payload)
   local origin = item.rec.origin
-  return M.where(item.rec) .. (origin and (" (from " .. M.label(origin) .. ")") or "") .. ": "
+  return M.where(item.rec) .. (origin and (" (from " .. M.path(origin) .. ")") or "") .. ": "
     .. (ref and ("order " .. M.label(ref) .. ": ") or "")
 end
 

@@ -3,7 +3,9 @@
 -- then environment, then the file named by `--config`.
 --
 -- A config file is data, never code: `key = value` lines, `#` starts a
--- comment line, values may be quoted ('…' or "…"). Keys:
+-- comment line, values may be quoted ('…' or "…"). A `#` after a blank ends
+-- the value (a trailing comment: `token = abc  # production` is `abc`); a
+-- value holding ` #` is quoted. Keys:
 --
 --   * the client's options that can be written as text (its schema:
 --     `site`, `token`, `channel`, `env`, `sitename`, `base_url`, `ca_file`,
@@ -86,6 +88,19 @@ File.__index = File
 -- "<path>:<line>: " for a message about a line of the file.
 function File:at(line) return ("%s:%d: "):format(label(self.path), line) end
 
+-- The value without a trailing comment: ` #…` after an unquoted value, or
+-- after the closing quote of a quoted one (a `#` inside quotes, or not after
+-- a blank, is part of the value).
+local function without_comment(v)
+  local q = v:sub(1, 1)
+  if q == '"' or q == "'" then
+    local close = v:find(q, 2, true)
+    if close and v:sub(close + 1):match("^%s+#") then return v:sub(1, close) end
+    return v
+  end
+  return (v:gsub("^#.*$", ""):gsub("%s+#.*$", ""))
+end
+
 -- One `key = value` line into the file's tables.
 function File:add(n, s)
   local col, v = s:match("^map%.(.-)%s*=%s*(.-)$")
@@ -97,6 +112,7 @@ function File:add(n, s)
     if not k then config_error(self:at(n) .. "expected key = value") end
     k = k:gsub("-", "_")
   end
+  v = without_comment(v)
   v = v:match('^"(.*)"$') or v:match("^'(.*)'$") or v
   if self.line_of[k] then
     config_error(self:at(n) .. label(k) .. " is given twice (first at line " .. self.line_of[k] .. ")")

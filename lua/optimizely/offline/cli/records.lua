@@ -141,7 +141,7 @@ function M.iter(args, transform, progress, resume)
         local it, state = M.open(self.files[fi], self.opts)
         if not it then
           -- an unreadable file is one rejected "record", and the run goes on
-          return { stage = "input", message = common.label(self.files[fi]) .. ": " .. tostring(state),
+          return { stage = "input", message = common.path(self.files[fi]) .. ": " .. tostring(state),
                    rec = { file = self.files[fi], line = 0, index = 0 }, fi = fi }
         end
         iter = it

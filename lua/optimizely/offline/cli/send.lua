@@ -181,11 +181,21 @@ function Send:print_failure(item, e)
   st.printed = st.printed + 1
   if st.printed > M.MAX_PRINTED and not self.verbose then
     if st.printed == M.MAX_PRINTED + 1 then
-      self:note("(more failures: see the summary and the rejects file; --verbose prints them all)")
+      self:failure_line("(more failures: see the summary and the rejects file; --verbose prints them all)")
     end
     return
   end
-  for _, line in ipairs(common.failure_lines(item, e)) do self:note(line) end
+  for _, line in ipairs(common.failure_lines(item, e)) do self:failure_line(line) end
+end
+
+--- One line about a failed record: on standard output in a dry run, as
+-- `validate` prints them (a check's findings are its output), else on
+-- standard error with the other messages of a run that sends.
+-- @local
+function Send:failure_line(line)
+  if not self.dry then return self:note(line) end
+  if self.progress then self.progress:clear() end
+  common.say(self.out, line)
 end
 
 --- Counts warnings of an item; with -v prints them under its line.
