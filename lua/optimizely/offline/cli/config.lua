@@ -207,10 +207,18 @@ end
 
 -- Per-channel tokens: the file's `token.<channel>`, then the environment's
 -- OPTIMIZELY_SITE_TOKEN_<CHANNEL> over them. nil when there are none.
+-- Channel names are case-insensitive: the keys are lower case.
 local function channel_tokens(file, channel, getenv)
   local tokens, names = {}, {}
   for _, ch in ipairs(M.CHANNELS) do names[ch] = true end
-  for ch, v in pairs(file.tokens) do tokens[ch] = v; names[ch] = true end
+  for ch, v in pairs(file.tokens) do
+    ch = ch:lower()
+    if tokens[ch] and tokens[ch] ~= v then
+      config_error(label(file.path) .. ": token." .. ch .. " is given twice (channel names are "
+        .. "case-insensitive)")
+    end
+    tokens[ch] = v; names[ch] = true
+  end
   if channel then names[channel] = true end
   for ch in pairs(names) do
     local v = getenv(env_name(ch))
@@ -249,21 +257,28 @@ local function check_http(conf, args, notes)
   notes[#notes + 1] = "warning: --allow-http: the site token is sent unencrypted (plain http)"
 end
 
--- The three things every request needs.
+-- The three things every request needs: a site, and a token with its
+-- channel — or only per-channel tokens, when every record names a channel
+-- that has one (a record without a channel is then rejected, with the
+-- list of the channels that have a token).
 local function require_identity(conf)
   if not conf.site then config_error("no site: set OPTIMIZELY_SITE, --site or site in --config") end
-  if not conf.token then
+  if not conf.token and (not conf.tokens or conf.channel) then -- (the run's channel has no token)
     config_error("no token: set OPTIMIZELY_SITE_TOKEN (or OPTIMIZELY_SITE_TOKEN_<CHANNEL>), or token "
       .. "(or token.<channel>) in --config")
   end
-  if not conf.channel then config_error("no channel: set OPTIMIZELY_CHANNEL, --channel or channel in --config") end
+  if conf.token and not conf.channel then
+    config_error("no channel: set OPTIMIZELY_CHANNEL, --channel or channel in --config")
+  end
 end
 
 --- The client configuration from the command line, the environment and
 -- the config file. The token never comes from the command line: only
 -- $OPTIMIZELY_SITE_TOKEN[_<CHANNEL>] or the config file. With per-channel
 -- tokens, `tokens = {[channel] = token}` is returned beside `token` (the
--- run's channel's) and `channel` (given, or the only channel with a token).
+-- run's channel's) and `channel` (given, or the only channel with a token);
+-- with only per-channel tokens and several of them, neither (every record
+-- must then name its channel). Channel names are lower-cased.
 -- Raises a ConfigError (exit 2) when something is missing or malformed.
 -- @param args parsed arguments
 -- @param getenv function(name) (default os.getenv)
@@ -274,8 +289,25 @@ function M.client_config(args, getenv)
     config_error("the site token is not taken on the command line (it would show in ps and "
       .. "the shell history): set OPTIMIZELY_SITE_TOKEN or token in --config")
   end
+  local conf, origin = M.unchecked_config(args, getenv)
+  local notes = {}
+  convert_types(conf, origin)
+  require_identity(conf)
+  check_http(conf, args, notes)
+  return conf, notes
+end
+
+--- The client configuration as the command line, the environment and the
+-- config file give it, nothing required yet (`client_config` checks): what
+-- a command that does not send (`validate`, `send --dry-run`) knows of the
+-- run's channels and tokens.
+-- @param args parsed arguments
+-- @param getenv function(name) (default os.getenv)
+-- @return conf (values as text), origin (key -> where it came from, for messages)
+function M.unchecked_config(args, getenv)
+  getenv = getenv or os.getenv
   local file = M.settings(args, getenv).file
-  local conf, origin, notes = {}, {}, {}
+  local conf, origin = {}, {}
   for k, v in pairs(file.values) do
     if CLIENT[k] and v ~= "" then conf[k], origin[k] = v, file:at(file.line_of[k]) end
   end
@@ -292,6 +324,7 @@ function M.client_config(args, getenv)
   pick("ca_file", "OPTIMIZELY_CA_FILE")
   pick("timeout")
   pick("max_attempts")
+  if type(conf.channel) == "string" then conf.channel = conf.channel:lower() end
   local token = getenv("OPTIMIZELY_SITE_TOKEN")
   if token and token ~= "" then conf.token = token end
   local tokens = channel_tokens(file, conf.channel, getenv)
@@ -300,10 +333,7 @@ function M.client_config(args, getenv)
     conf.token = conf.channel and tokens[conf.channel] or conf.token
     conf.tokens = tokens
   end
-  convert_types(conf, origin)
-  require_identity(conf)
-  check_http(conf, args, notes)
-  return conf, notes
+  return conf, origin
 end
 
 --- The secrets of a configuration (for redaction).

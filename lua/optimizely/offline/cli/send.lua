@@ -290,6 +290,7 @@ function Send:check()
     elseif item.payload then
       local ok, verr = validate(item.payload)
       if not ok then e, item.stage = verr, "validation" end
+      if ok then e = self:channel_problem(item) end
     end
     if e then
       checked.failed = checked.failed + 1
@@ -302,6 +303,17 @@ function Send:check()
   bar:finish()
   self.progress, self.checked = saved, checked
   return checked.failed == 0
+end
+
+--- Why a record could not be sent on its channel (no token for it, or
+-- none named and no default), asked before sending (`--check-first`, the
+-- dry run); nil when it can.
+-- @local
+function Send:channel_problem(item)
+  self.channel_check = self.channel_check or require("optimizely.offline.cli.channels").checker(self.args, self.client)
+  local e = self.channel_check(item.rec and item.rec.channel)
+  if e then item.stage = "validation" end
+  return e
 end
 
 --- After a failed check: nothing sent, the grouped failures, exit 1.
@@ -407,6 +419,8 @@ function Send:run_dry()
     st.read = st.read + 1
     if item.payload and not item.stage then
       local json, e = encode(item.payload)
+      local cerr = json and self:channel_problem(item)
+      if cerr then json, e = nil, cerr end
       if json then
         st.valid = st.valid + 1
         if self.verbose then common.say(self.out, common.head(item), "valid (", tostring(#json), " bytes)") end

@@ -4,7 +4,8 @@
 -- * order level: `refCode` `orderDate` `customerId` `currency` `shipping`
 --   `subTotal` `total` `lang` `user.id` `user.email` `user.segments`
 --   (split on `|`) `user.info.<key>` `attr.<key>` (order attributes), and
---   `channel` (the record's `channel`, never put into the payload);
+--   `channel` (the record's `channel`, lower-cased: channel names are
+--   case-insensitive; never put into the payload);
 -- * item level: `itemRefCode` `qty` `price` `item.attr.<key>`.
 --
 -- `opts.map` renames source columns first (`{["Order No"] = "refCode"}`); a
@@ -217,7 +218,7 @@ end
 local ON = {}
 
 function ON.order(self, payload, line, channel)
-  self.queue:push({ payload = payload, file = self.name, line = line, channel = channel })
+  self.queue:push({ payload = payload, file = self.name, line = line, channel = channel and channel:lower() })
   self:release()
 end
 
@@ -283,7 +284,7 @@ function Reader:next_record()
         self.state.bytes = e
         local i = queue.index + 1
         queue.index = i
-        return { payload = a, file = self.name, line = b, channel = d, index = i }
+        return { payload = a, file = self.name, line = b, channel = d and d:lower(), index = i }
       elseif ev == "need" then
         self:fill(a)
       elseif ev == nil then

@@ -15,8 +15,8 @@
 --
 -- * a channel wrapper, `{"channel": "callcentre", "payload": {…}}` (both
 --   keys, no `order`): the payload is sent on that channel
---   (`record.channel`). `channel` must be a non-empty string and `payload` an
---   object; any other key makes the line an error record (`code =
+--   (`record.channel`, lower-cased: channel names are case-insensitive).
+--   `channel` must be a non-empty string and `payload` an object; any other key makes the line an error record (`code =
 --   "wrapper"`), so nothing is sent from a line that says more than we read.
 --   A line without a `channel` is a plain payload (the client's default
 --   channel);
@@ -170,7 +170,7 @@ local function rejected(self, value, line, n)
     if type(origin) ~= "string" then origin = value.source end
     return { payload = p, transformed = value.transformed == true,
              origin = type(origin) == "string" and origin or nil,
-             channel = type(value.channel) == "string" and value.channel ~= "" and value.channel or nil,
+             channel = type(value.channel) == "string" and value.channel ~= "" and value.channel:lower() or nil,
              file = self.name, line = n }
   end
   if value.stage ~= nil or value.source ~= nil then
@@ -204,7 +204,7 @@ local function wrapper(self, value, line, n)
   if type(p) ~= "table" then
     return fail(self.name, n, "wrapper", "the wrapper's payload must be an object", { raw = line })
   end
-  return { payload = p, channel = channel, file = self.name, line = n }
+  return { payload = p, channel = channel and channel:lower(), file = self.name, line = n }
 end
 
 -- Why a decoded value is not an object, for the message.
