@@ -59,6 +59,11 @@ function M.input_options(cmd)
     .. "(from the system zoneinfo; default UTC)."):argname("<zone>")
   cmd:flag("--group-orders", "CSV: gather the rows of an order wherever they are in the file "
     .. "(default: an order's rows must be consecutive).")
+  cmd:option("--input-encoding", "Character set of the input files: utf-8 (default), cp1252 (Windows-1252) "
+    .. "or latin1 (ISO-8859-1); converted to UTF-8 as they are read."):argname("<charset>")
+  cmd:flag("--decimal-comma", "Amounts are written with a decimal comma, as tills do: 2,24 and 1.234,56.")
+  cmd:flag("--currency-symbols", "Amounts may carry their currency's symbol or code: £2.24, 2,24 €, GBP 2.24 "
+    .. "(dropped when it is the order's currency).")
 end
 
 --- A command that reads orders (send, validate, convert): the input, the

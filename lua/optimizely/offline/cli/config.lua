@@ -15,7 +15,8 @@
 --     `-` and `_` are the same: `base-url` = `base_url`);
 --   * `token.<channel>`: the siteToken of one channel (`token.store = …`);
 --   * `map.<column> = field`: a CSV column rename (as `--map column=field`);
---   * `delimiter`, `format`, `date_format`, `timezone`: the input options;
+--   * `delimiter`, `format`, `date_format`, `timezone`, `input_encoding`,
+--     `decimal_comma`, `currency_symbols`: the input options;
 --   * `pseudonym_key`: the key for pseudonymised user ids (a secret).
 --
 -- An unknown key is an error that names the line and suggests the key
@@ -48,7 +49,8 @@ for _, k in ipairs(client_schema:keys()) do
 end
 
 --- Keys only the command line uses.
-M.CLI_KEYS = { "delimiter", "format", "date_format", "timezone", "pseudonym_key" }
+M.CLI_KEYS = { "delimiter", "format", "date_format", "timezone", "pseudonym_key", "input_encoding",
+  "decimal_comma", "currency_symbols" }
 
 --- The channels whose token the environment may carry without the config
 -- file naming them (`OPTIMIZELY_SITE_TOKEN_<CHANNEL>`).
@@ -172,7 +174,19 @@ local function input_settings(args, file)
     map[col] = field ~= "" and field or false
   end
   local v = file.values
+  -- a flag of the command line, or true/false in the file
+  local function flag(name)
+    if args[name] then return true end
+    local x = v[name]
+    if x == nil or x == "" then return nil end
+    if x == "true" or x == "yes" or x == "1" then return true end
+    if x == "false" or x == "no" or x == "0" then return nil end
+    config_error(file:at(file.line_of[name]) .. name .. " must be true or false")
+  end
   return {
+    input_encoding = args.input_encoding or v.input_encoding,
+    decimal_comma = flag("decimal_comma"),
+    currency_symbols = flag("currency_symbols"),
     format = args.format or v.format,
     delimiter = args.delimiter or v.delimiter,
     map = next(map) and map or nil,
@@ -184,7 +198,7 @@ end
 
 --- The settings of a run, read once per parsed `args`: `{file, input,
 -- pseudonym_key}` (`input`: format, delimiter, map, date_format, timezone,
--- order_rows).
+-- order_rows, input_encoding, decimal_comma, currency_symbols).
 -- @param args parsed arguments
 -- @param getenv function(name) (default os.getenv)
 function M.settings(args, getenv)

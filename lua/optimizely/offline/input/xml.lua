@@ -265,6 +265,33 @@ local function broken(self, msg, line, col)
   })
 end
 
+--- expat's message for a parse that failed on a byte that is not UTF-8
+-- (a Windows-1252 or Latin-1 document that declares no encoding, or the
+-- wrong one) or on an encoding it does not know (windows-1252), with what
+-- to do about it; any other message as it is.
+-- @param msg expat's message
+-- @param parser the parser (its position is the failure's)
+-- @param chunk the chunk being parsed
+-- @param fed bytes fed so far, this chunk included
+function M.not_text_hint(msg, parser, chunk, fed)
+  if msg == "unknown encoding" then
+    return msg .. " (expat reads UTF-8, UTF-16, ISO-8859-1 and US-ASCII; for a Windows-1252 document give "
+      .. "--input-encoding cp1252, input_encoding in the reader options)"
+  end
+  if not tostring(msg):find("invalid token", 1, true) then return msg end
+  local _, _, pos = parser:pos()
+  if not pos then return msg end
+  -- expat's index is at or just past the byte it refused
+  local at, b = pos - (fed - #chunk) + 1, nil
+  for i = math.max(1, at - 3), math.min(#chunk, at + 1) do
+    if chunk:byte(i) >= 0x80 then b = chunk:byte(i); break end
+  end
+  if not b then return msg end
+  return ("%s: byte \\x%02X is not UTF-8 (a Windows-1252 or Latin-1 export? give its encoding: "
+    .. "--input-encoding cp1252 or latin1, input_encoding in the reader options, or an encoding "
+    .. "declaration)"):format(tostring(msg), b)
+end
+
 -- Parses the next chunk (or the end); queues what it finds.
 local function feed(self)
   local parser = self.parser
@@ -276,7 +303,7 @@ local function feed(self)
   elseif chunk then
     self.fed = self.fed + #chunk
     local ok, msg, line, col = parser:parse(chunk)
-    if not ok then broken(self, msg, line, col); self.done = true end
+    if not ok then broken(self, M.not_text_hint(msg, parser, chunk, self.fed), line, col); self.done = true end
   else
     local ok, msg, line, col = parser:parse()
     if not ok then broken(self, msg, line, col) end
