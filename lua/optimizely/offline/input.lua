@@ -21,7 +21,11 @@
 --   (where the order first came from).
 -- * an error: `{ error = "<file>:<line>: <what>", code = <kind>, file =,
 --   line =, index =, raw = <text or nil>, ref = <refCode or nil>,
---   first_line = <number or nil> }`. Every value quoted in `error` is escaped
+--   first_line = <number or nil> }`. `raw` is the text the record was read
+--   from (an NDJSON line; a CSV row, or a bad order's rows) with
+--   `raw_format` ("ndjson" or "csv") and, for CSV, `raw_header` and
+--   `raw_delimiter`: enough to read it again once fixed (a rejects file
+--   keeps them). Every value quoted in `error` is escaped
 --   (control characters) and capped in length.
 --
 -- `index` counts records (payloads and errors) from 1. **Error kinds**
