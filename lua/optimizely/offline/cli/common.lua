@@ -153,6 +153,26 @@ function M.int_option(value, name, lo, hi)
   return n
 end
 
+--- A file mode option (`--metrics-mode 0644`): octal permission bits
+-- that let no one but the owner write or run the file — 0600, 0640, 0644,
+-- 0400, 0440, 0444 —, for a file that holds no orders. nil stays nil; any
+-- other value is a usage error.
+-- @param value the option's text
+-- @param name the option's name, for the message
+-- @return the mode as a number, or nil
+function M.file_mode(value, name)
+  if value == nil then return nil end
+  local s = tostring(value)
+  local m = s:match("^0?[0-7][0-7][0-7]$") and tonumber(s, 8)
+  local owner, group, other = m and math.floor(m / 64), m and math.floor(m / 8) % 8, m and m % 8
+  -- the owner reads (and may write), the others may only read; no one runs it
+  if not m or (owner ~= 4 and owner ~= 6) or (group ~= 0 and group ~= 4) or (other ~= 0 and other ~= 4) then
+    config_error(("--%s must be an octal mode that only the owner may write, such as 0644 or 0640, "
+      .. "got %s"):format(name, core.quote(s, 20)))
+  end
+  return m
+end
+
 --- A positive number option (nil stays nil); a bad value is a usage error.
 function M.number_option(value, name)
   if value == nil then return nil end
@@ -359,15 +379,17 @@ end
 -- @param what how messages name it ("the report", "rejects file"...)
 -- @param keep true: the caller decides what happens on failure (a rejects
 --   file is put in place even after an interruption: nothing is lost)
+-- @param mode optional permission bits of the complete file (a file that
+--   holds no orders: see `file_mode`), else 0600
 -- @return sink with `fh`, `path`, `:write(...)`, `:close()`, `:abort()`
-function M.open_output(path, what, keep)
+function M.open_output(path, what, keep, mode)
   local id, kind = core.file_id(path)
   local self = setmetatable({ path = path }, Sink)
   local e
   if id and kind ~= "file" then
     self.fh, e = io.open(path, "w")
   else
-    self.atomic, e = files.atomic(path)
+    self.atomic, e = files.atomic(path, mode)
     self.fh = self.atomic and self.atomic.fh
   end
   if not self.fh then config_error(("cannot write %s %s: %s"):format(what or "to", M.label(path), tostring(e))) end

@@ -48,6 +48,8 @@ function M.register(parser)
     .. "file."):argname("<file>")
   cmd:option("--metrics", "Write the run's metrics in the Prometheus text format to this file (for "
     .. "node-exporter's textfile collector; 0600, replaced when complete)."):argname("<file>")
+  cmd:option("--metrics-mode", "Permission bits of the --metrics file, e.g. 0644 (world-readable: it holds "
+    .. "counts only) or 0640 (default 0600)."):argname("<mode>")
 end
 
 -- The key an error is counted under in the report: the API's code, else
@@ -158,7 +160,8 @@ function Send:setup()
   self.rejects = rejects.new(args.rejects, { keep = true })
   -- opened now: a typo in its path fails before anything is sent
   self.report_sink = args.report and common.open_output(args.report, "the report")
-  self.metrics_sink = args.metrics and common.open_output(args.metrics, "the metrics file")
+  self.metrics_sink = args.metrics and common.open_output(args.metrics, "the metrics file", nil,
+    common.file_mode(args.metrics_mode, "metrics-mode"))
   self.progress = progress.new(self.err, self.quiet, self.clock, args.files)
   self.records = common.records(args, self.transform, self.progress)
   self.started_at, self.t0 = os.time(), self.clock()
