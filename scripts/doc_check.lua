@@ -550,7 +550,8 @@ for _, path in ipairs(guides) do
       n = n + 1
       local code = line:gsub("%-%-.*$", "")
       if code:find("[:.]queue%s*[{(]")
-        and (code:match("^%s*local%s+[%w_]+%s*=[^=]") or code:match("^%s*[%w_.]+%s*=[^=]") or code:find("assert%s*%(")) then
+        and (code:match("^%s*local%s+[%w_]+%s*=[^=]") or code:match("^%s*[%w_.]+%s*=[^=]")
+          or code:find("assert%s*%(")) then
         rule_breaks[#rule_breaks + 1] = ("%s:%d: a queue made without its error checked (it may be nil, err): "
           .. "write `local q, err = ...; if not q then ... end`"):format(path, n)
       end
@@ -577,8 +578,8 @@ local copy
 local function checkout_copy()
   if copy then return copy end
   copy = capture("mktemp -d"):gsub("%s+$", "")
-  local _, ok = capture(("git ls-files -z | tar --null -T - -cf - | tar -xf - -C %s && ln -s %s %s/build && mkdir %s/home")
-    :format(q(copy), q(root .. "/build"), q(copy), q(copy)))
+  local _, ok = capture(("git ls-files -z | tar --null -T - -cf - | tar -xf - -C %s && ln -s %s %s/build"
+    .. " && mkdir %s/home"):format(q(copy), q(root .. "/build"), q(copy), q(copy)))
   if not ok then io.stderr:write("doc_check: cannot copy the checkout\n"); os.exit(1) end
   return copy
 end

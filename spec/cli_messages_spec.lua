@@ -23,7 +23,9 @@ describe("command-line messages", function()
   describe("the places of a grouped problem", function()
     it("are the first ones in input order, whatever order the failures are counted in", function()
       local t = problems.new()
-      local function item(fi, index) return { fi = fi, rec = { file = "f" .. fi .. ".xml", line = index * 10, index = index } } end
+      local function item(fi, index)
+        return { fi = fi, rec = { file = "f" .. fi .. ".xml", line = index * 10, index = index } }
+      end
       for _, p in ipairs({ { 1, 28 }, { 1, 5 }, { 1, 17 }, { 2, 1 }, { 1, 3 }, { 1, 40 } }) do
         t:failure(item(p[1], p[2]), { problems = { { path = "order.total", message = "is required" } } })
       end

@@ -14,7 +14,7 @@ local DS = { decimal_comma = true, currency_symbols = true }
 
 -- core.money's normalised text, or nil and the error code
 local function norm(v, cur, opts)
-  local units, b, c = core.money(v, cur, opts)
+  local units, _, c = core.money(v, cur, opts) -- units, decimals, text | nil, message, code
   if units then return c end
   return nil, c
 end

@@ -203,7 +203,8 @@ Decoded.__index = Decoded
 local function byte_text(b)
   local s = ("\\x%02X"):format(b)
   if b >= 0xA0 then
-    s = s .. (", which is %q in Latin-1 and Windows-1252"):format(("%c%c"):format(0xC0 + math.floor(b / 64), 0x80 + b % 64))
+    local char = ("%c%c"):format(0xC0 + math.floor(b / 64), 0x80 + b % 64) -- U+00A0..U+00FF in UTF-8
+    s = s .. (", which is %q in Latin-1 and Windows-1252"):format(char)
   elseif b >= 0x80 then
     local cp = ({ [0x80] = "\226\130\172", [0x85] = "\226\128\166", [0x91] = "\226\128\152", [0x92] = "\226\128\153",
       [0x93] = "\226\128\156", [0x94] = "\226\128\157", [0x96] = "\226\128\147", [0x97] = "\226\128\148" })[b]
@@ -302,10 +303,10 @@ function Decoded:records(iter, name, grouped)
     end
     if rec.payload and (self.stopped or grouped) then
       local ref = require("optimizely.offline.core").ref_string(rec.payload)
+      local enc = self.encoding == "utf-8" and "UTF-8" or self.encoding
       local out = fail(name, rec.line, "encoding", ("order %s: not read whole: the file stops at line %d, "
         .. "which is not %s text, and the order's rows may go on there"):format(
-          ref and ("%q"):format(ref) or "(no refCode)", self.stop.line, self.encoding == "utf-8" and "UTF-8" or self.encoding),
-        { ref = ref })
+          ref and ("%q"):format(ref) or "(no refCode)", self.stop.line, enc), { ref = ref })
       out.index = rec.index
       return out
     end

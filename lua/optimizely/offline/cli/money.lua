@@ -96,7 +96,8 @@ function M.converter(input)
       if units then t[key] = code; return end
       local hint = HINT[code]
       problems = problems or {}
-      problems[#problems + 1] = { path = path, message = msg .. (hint and hint(opts, v) or "") .. ", got " .. quote(v, 60) }
+      problems[#problems + 1] = { path = path,
+        message = msg .. (hint and hint(opts, v) or "") .. ", got " .. quote(v, 60) }
     end
     M.each_field(o, one)
     return problems

@@ -273,7 +273,9 @@ end
 -- delimiter and this run's column map.
 local function reread_csv(self, value)
   local header = value.raw_header
-  if type(header) ~= "string" then return { fail(self.name, 0, "rejected", "a rejects line with raw CSV rows needs raw_header") } end
+  if type(header) ~= "string" then
+    return { fail(self.name, 0, "rejected", "a rejects line with raw CSV rows needs raw_header") }
+  end
   local csv = require("optimizely.offline.input.csv")
   local delimiter = type(value.raw_delimiter) == "string" and value.raw_delimiter or ","
   local ok, it = pcall(csv.new, string_handle(header .. "\n" .. value.raw .. "\n"), self.name,
