@@ -148,6 +148,18 @@ function M.int_option(value, name, lo, hi)
   return n
 end
 
+--- A number of seconds, 0 to a day (nil stays nil); a bad value is a
+-- usage error.
+function M.seconds_option(value, name)
+  if value == nil then return nil end
+  local n = tonumber(value)
+  if not n or n ~= n or n < 0 or n > 86400 then
+    config_error(("--%s must be a number of seconds from 0 to 86400, got %s"):format(name,
+      core.quote(tostring(value), 40)))
+  end
+  return n
+end
+
 --- A positive number option (nil stays nil); a bad value is a usage error.
 function M.number_option(value, name)
   if value == nil then return nil end
