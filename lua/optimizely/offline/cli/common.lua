@@ -68,6 +68,7 @@ end
 function M.order_command(parser, name, help, credentials)
   local cmd = parser:command(name, help)
   M.input_options(cmd)
+  require("optimizely.offline.cli.age").option(cmd)
   require("optimizely.offline.cli.pseudonymise").options(cmd, true)
   if credentials then
     M.credential_options(cmd)
