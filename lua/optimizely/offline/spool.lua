@@ -335,7 +335,7 @@ end
 
 -- Claims every row free and due by `by`, holding them all, then settles
 -- each as `decide(row)` says: "ack", {retry = next_at, text = last_error}
--- or nil (given back). @return how many were acked, or nil, err
+-- or nil (given back). Returns how many were acked, or nil, err.
 local function hold_and_settle(self, by, decide)
   local held, first_err = {}, nil
   while true do

@@ -33,6 +33,9 @@ M.ORDER = {
   "rejects_file", "exit_code",
 }
 
+--- "1 order", "3 orders": a count and its noun.
+-- @param n the count
+-- @param w the noun (singular)
 local function plural(n, w) return n .. " " .. w .. (n == 1 and "" or "s") end
 M.plural = plural
 
@@ -110,8 +113,8 @@ function M.table(run, code)
   }
 end
 
---- Writes the JSON report when the run was asked for one (`--report
--- FILE`). The file is private (0600) and appears only when complete.
+--- Writes the JSON report when the run was asked for one (the report
+-- option). The file is private (0600) and appears only when complete.
 -- @param run the `send` run (its `report_sink` is the open file)
 -- @param code the run's exit code so far
 -- @return the exit code: `code`, or 1 when the report could not be written
@@ -128,8 +131,8 @@ function M.write(run, code)
   return code
 end
 
---- Writes the metrics file when the run was asked for one (`--metrics
--- FILE`): the Prometheus text of the run's client (requests, orders sent
+--- Writes the metrics file when the run was asked for one (the metrics
+-- option): the Prometheus text of the run's client (requests, orders sent
 -- and failed by kind/status/code/channel, the latency histogram; all zero
 -- in a dry run). Private (0600), replaced only when complete.
 -- @param run the `send` run (its `metrics_sink` is the open file)

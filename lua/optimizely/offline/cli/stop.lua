@@ -56,7 +56,8 @@ function M.exit_code(code)
   return code
 end
 
---- Adds `--grace SECONDS` to a command.
+--- Adds the grace option (seconds to wait for the requests in flight) to a
+-- command: `--grace SECONDS`.
 -- @param cmd the argparse command
 function M.grace_option(cmd)
   cmd:option("--grace", ("After Ctrl-C, SIGTERM or SIGHUP: seconds to wait for the requests in flight "
