@@ -267,3 +267,36 @@ describe("the other long commands stopped by a signal", function()
     assert.same({}, cli.ls(dir .. "/sort"))
   end)
 end)
+
+describe("core.trap_signals (in this process)", function()
+  local errors = require("optimizely.offline.errors")
+  local function kill_self(sig) io.popen("kill -" .. sig .. " " .. core.getpid()):close() end
+  local function spin(seconds)
+    local t = core.now()
+    while core.now() - t < seconds do end
+  end
+  after_each(function() core.untrap_signals() end)
+
+  it("a trapped signal raises interrupted! at the next Lua instruction, and is remembered", function()
+    assert.is_true(core.trap_signals())
+    assert.is_nil(core.signalled())
+    local ok, e = pcall(function()
+      kill_self("TERM")
+      spin(10)
+    end)
+    assert.is_false(ok)
+    assert.is_true(errors.is_interrupt(e), tostring(e))
+    assert.same({ 15, "SIGTERM" }, { core.signalled() })
+  end)
+
+  it("deferred (trap_signals(false)): only recorded, the code goes on; a new trap forgets it", function()
+    assert.is_true(core.trap_signals(false))
+    kill_self("HUP")
+    spin(0.3) -- nothing is raised
+    assert.same({ 1, "SIGHUP" }, { core.signalled() })
+    core.untrap_signals()
+    assert.same({ 1, "SIGHUP" }, { core.signalled() }) -- still readable
+    core.trap_signals()
+    assert.is_nil(core.signalled())
+  end)
+end)
