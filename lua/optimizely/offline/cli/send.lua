@@ -52,8 +52,8 @@ function M.register(parser)
     .. "record fails (or an order's CSV rows are apart), send nothing and exit 1.")
   cmd:option("--rejects", "Write orders not sent (with their error) to this NDJSON file; "
     .. "it can be sent again as it is."):argname("<file>")
-  cmd:option("--report", "Write a JSON summary (counts, rate, error codes, latency percentiles) to this "
-    .. "file."):argname("<file>")
+  cmd:option("--report", "Write a JSON summary (where the orders went, counts, rate, error codes, latency "
+    .. "percentiles) to this file."):argname("<file>")
   cmd:option("--metrics", "Write the run's metrics in the Prometheus text format to this file (for "
     .. "node-exporter's textfile collector; 0600, replaced when complete)."):argname("<file>")
   stop.grace_option(cmd)
