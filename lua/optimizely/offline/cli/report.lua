@@ -113,6 +113,16 @@ function M.table(run, code)
   }
 end
 
+-- Writes `text` to an output of the run and puts it in place; a failure
+-- is said on stderr and makes a 0 exit code 1.
+local function put(run, sink, text, what, code)
+  local ok, e = pcall(function() sink:write(text); sink:close() end)
+  if ok then return code end
+  sink:abort()
+  run:note("error: cannot write ", what, ": ", tostring(e))
+  return code == 0 and 1 or code
+end
+
 --- Writes the JSON report when the run was asked for one (the report
 -- option). The file is private (0600) and appears only when complete.
 -- @param run the `send` run (its `report_sink` is the open file)
@@ -122,13 +132,7 @@ end
 function M.write(run, code)
   if not run.report_sink then return code end
   local json = core.json_encode(M.table(run, code), { first = M.ORDER, sort = true, indent = 2 })
-  local ok, e = pcall(function() run.report_sink:write(json, "\n"); run.report_sink:close() end)
-  if not ok then
-    run.report_sink:abort()
-    run:note("error: cannot write the report: ", tostring(e))
-    return code == 0 and 1 or code
-  end
-  return code
+  return put(run, run.report_sink, json .. "\n", "the report", code)
 end
 
 --- Writes the metrics file when the run was asked for one (the metrics
@@ -141,14 +145,7 @@ end
 function M.write_metrics(run, code)
   if not run.metrics_sink then return code end
   local metrics = require("optimizely.offline.metrics")
-  local text = metrics.prometheus(run.client or metrics.empty())
-  local ok, e = pcall(function() run.metrics_sink:write(text); run.metrics_sink:close() end)
-  if not ok then
-    run.metrics_sink:abort()
-    run:note("error: cannot write the metrics file: ", tostring(e))
-    return code == 0 and 1 or code
-  end
-  return code
+  return put(run, run.metrics_sink, metrics.prometheus(run.client or metrics.empty()), "the metrics file", code)
 end
 
 -- --------------------------------------------------------------- summary
