@@ -6,6 +6,7 @@ local errors = require("optimizely.offline.errors")
 local common = require("optimizely.offline.cli.common")
 local config = require("optimizely.offline.cli.config")
 local dates = require("optimizely.offline.cli.dates")
+local age = require("optimizely.offline.cli.age")
 
 local config_error, where = common.config_error, common.where
 
@@ -98,6 +99,7 @@ local function item_of(self, rec, fi)
   end
   if item.payload and self.convert then converted(self.convert, item) end
   if item.payload and not item.stage and self.pseudonym then pseudonymised(self.pseudonym, item) end
+  if item.payload and not item.stage and self.age then self.age(item) end
   return item
 end
 
@@ -114,7 +116,9 @@ end
 --   { skipped = true, rec = r }                      the transform returned nil
 --
 -- With --pseudonymise, `user.email` has become the pseudonymised `user.id`
--- (a bad address: a validation item). Items with a `stage` are not sendable. A record from a rejects file
+-- (a bad address: a validation item). An order older than
+-- `--max-order-age` carries a warning (optimizely.offline.cli.age).
+-- Items with a `stage` are not sendable. A record from a rejects file
 -- (`rec.transformed`) is not transformed again. Ctrl-C inside the
 -- transform or a reader is raised again, never reported as a bad record.
 -- @param args parsed arguments (files, format, delimiter, map, config, date options)
@@ -129,6 +133,7 @@ function M.iter(args, transform, progress, resume)
     files = args.files, opts = M.reader_opts(settings), convert = dates.converter(settings),
     transform = transform, ctx = { state = {} },
     pseudonym = args.pseudonymise and require("optimizely.offline.cli.pseudonymise").build(args) or nil,
+    age = age.guard(args.max_order_age),
   }
   local fi = resume and resume.fi - 1 or 0
   local skip_to = resume and resume.after or 0
