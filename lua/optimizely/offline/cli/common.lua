@@ -73,6 +73,7 @@ end
 function M.order_command(parser, name, help, credentials)
   local cmd = parser:command(name, help)
   M.input_options(cmd)
+  require("optimizely.offline.cli.age").option(cmd)
   require("optimizely.offline.cli.pseudonymise").options(cmd, true)
   if credentials then
     M.credential_options(cmd)
@@ -171,6 +172,18 @@ function M.file_mode(value, name)
       .. "got %s"):format(name, core.quote(s, 20)))
   end
   return m
+end
+
+--- A number of seconds, 0 to a day (nil stays nil); a bad value is a
+-- usage error.
+function M.seconds_option(value, name)
+  if value == nil then return nil end
+  local n = tonumber(value)
+  if not n or n ~= n or n < 0 or n > 86400 then
+    config_error(("--%s must be a number of seconds from 0 to 86400, got %s"):format(name,
+      core.quote(tostring(value), 40)))
+  end
+  return n
 end
 
 --- A positive number option (nil stays nil); a bad value is a usage error.

@@ -7,6 +7,7 @@ local common = require("optimizely.offline.cli.common")
 local config = require("optimizely.offline.cli.config")
 local dates = require("optimizely.offline.cli.dates")
 local money = require("optimizely.offline.cli.money")
+local age = require("optimizely.offline.cli.age")
 
 local config_error, where = common.config_error, common.where
 
@@ -111,6 +112,7 @@ local function item_of(self, rec, fi)
   end
   if item.payload and self.converters[1] then converted(self.converters, item) end
   if item.payload and not item.stage and self.pseudonym then pseudonymised(self.pseudonym, item) end
+  if item.payload and not item.stage and self.age then self.age(item) end
   return item
 end
 
@@ -127,7 +129,9 @@ end
 --   { skipped = true, rec = r }                      the transform returned nil
 --
 -- With --pseudonymise, `user.email` has become the pseudonymised `user.id`
--- (a bad address: a validation item). Items with a `stage` are not sendable. A record from a rejects file
+-- (a bad address: a validation item). An order older than
+-- `--max-order-age` carries a warning (optimizely.offline.cli.age).
+-- Items with a `stage` are not sendable. A record from a rejects file
 -- (`rec.transformed`) is not transformed again. Ctrl-C inside the
 -- transform or a reader is raised again, never reported as a bad record.
 -- @param args parsed arguments (files, format, delimiter, map, config, date options)
@@ -143,6 +147,7 @@ function M.iter(args, transform, progress, resume)
     converters = {},
     transform = transform, ctx = { state = {} },
     pseudonym = args.pseudonymise and require("optimizely.offline.cli.pseudonymise").build(args) or nil,
+    age = age.guard(args.max_order_age),
   }
   -- the conversions asked for, in this order (nil: not asked)
   for _, c in ipairs({ money.converter(settings) or false, dates.converter(settings) or false }) do
