@@ -151,6 +151,10 @@ void oo_classify_failure(const char *kind, const char *message, oo_outcome *o) {
  * retryable, retry_after, stop, warned} (absent/false fields left out). */
 void oo_push_outcome(lua_State *L, const oo_outcome *o) {
     lua_createtable(L, 0, 8);
+    oo_outcome_fields(L, o);
+}
+
+void oo_outcome_fields(lua_State *L, const oo_outcome *o) {
     oo_set_bool(L, "ok", o->ok);
     if (o->status) oo_set_int(L, "status", o->status);
     if (o->ok) {

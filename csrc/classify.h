@@ -64,6 +64,10 @@ int oo_code_is_credentials(const char *code);
  * fields left out). */
 void oo_push_outcome(lua_State *L, const oo_outcome *o);
 
+/* The same fields, set in the table on top of the stack (a caller that
+ * adds its own sizes the table once). */
+void oo_outcome_fields(lua_State *L, const oo_outcome *o);
+
 void oo_classify_register(lua_State *L);
 
 #endif

@@ -109,53 +109,82 @@ void oo_sched_setup(lua_State *L, int idx, oo_sched *s) {
 /* ------------------------------------------------------------------ */
 /* Jobs                                                                */
 
-static const char *opt_lstring(lua_State *L, int idx, const char *k, size_t *len) {
-    const char *v = NULL;
-    lua_getfield(L, idx, k);
-    if (lua_type(L, -1) == LUA_TSTRING) v = lua_tolstring(L, -1, len);
-    else if (!lua_isnil(L, -1)) luaL_error(L, "sched: job.%s must be a string", k);
-    lua_pop(L, 1); /* the string stays alive in the table */
-    return v;
-}
-
-static long long opt_int(lua_State *L, int idx, const char *k, long long dflt) {
-    long long v = dflt;
-    lua_getfield(L, idx, k);
-    if (!lua_isnil(L, -1) && !(lua_type(L, -1) == LUA_TNUMBER && oo_tointeger(L, -1, &v)))
+/* The value on top as an integer field of a job; raises otherwise. */
+static long long int_value(lua_State *L, const char *k) {
+    long long v = 0;
+    if (lua_type(L, -1) != LUA_TNUMBER || !oo_tointeger(L, -1, &v))
         luaL_error(L, "sched: job.%s must be an integer", k);
-    lua_pop(L, 1);
     return v;
 }
 
-static int read_method(lua_State *L, int idx) {
-    const char *m;
-    lua_getfield(L, idx, "method");
-    m = lua_tostring(L, -1);
-    lua_pop(L, 1);
-    if (!m || strcmp(m, "POST") == 0) return OO_POST;
+/* The value on top as a string field of a job (it stays alive in the
+ * table); raises otherwise. */
+static const char *str_value(lua_State *L, const char *k, size_t *len) {
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "sched: job.%s must be a string", k);
+    return lua_tolstring(L, -1, len);
+}
+
+static int method_value(lua_State *L) {
+    const char *m = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+    if (strcmp(m, "POST") == 0) return OO_POST;
     if (strcmp(m, "DELETE") == 0) return OO_DELETE;
     return luaL_error(L, "sched: job.method must be \"POST\" or \"DELETE\"");
 }
 
-void oo_job_spec_read(lua_State *L, int idx, int nchan, oo_job_spec *sp) {
-    long long ch;
-    luaL_checktype(L, idx, LUA_TTABLE);
-    memset(sp, 0, sizeof *sp);
-    sp->id = opt_int(L, idx, "id", 0);
-    sp->store_id = opt_int(L, idx, "store_id", 0);
-    sp->attempts = (int)opt_int(L, idx, "attempts", 0);
-    ch = opt_int(L, idx, "channel", 1);
+/* One field of a job table (value on top). Fields are read as they come
+ * (lua_next): a job names three or four of the eleven. */
+static void job_field(lua_State *L, const char *k, oo_job_spec *sp, long long *ch) {
+    if (strcmp(k, "body") == 0) sp->body = str_value(L, k, &sp->body_len);
+    else if (strcmp(k, "ref") == 0) sp->ref = str_value(L, k, &sp->ref_len);
+    else if (strcmp(k, "id") == 0) sp->id = int_value(L, k);
+    else if (strcmp(k, "channel") == 0) *ch = int_value(L, k);
+    else if (strcmp(k, "method") == 0) sp->method = method_value(L);
+    else if (strcmp(k, "url") == 0) sp->url = str_value(L, k, &sp->url_len);
+    else if (strcmp(k, "after_ref") == 0) sp->after_ref = lua_toboolean(L, -1);
+    else if (strcmp(k, "blob") == 0) sp->blob = str_value(L, k, &sp->blob_len);
+    else if (strcmp(k, "store_id") == 0) sp->store_id = int_value(L, k);
+    else if (strcmp(k, "attempts") == 0) sp->attempts = (int)int_value(L, k);
+    else if (strcmp(k, "created") == 0) sp->created = (double)luaL_checknumber(L, -1);
+    else luaL_error(L, "sched: job.%s is not a field of a job", k);
+}
+
+/* The fields of the job table at idx into *sp; the channel into *ch. */
+static void job_fields(lua_State *L, int idx, oo_job_spec *sp, long long *ch) {
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        if (lua_type(L, -2) != LUA_TSTRING) luaL_error(L, "sched: a job's keys are field names");
+        job_field(L, lua_tostring(L, -2), sp, ch);
+        lua_pop(L, 1);
+    }
+}
+
+static void job_check(lua_State *L, int nchan, long long ch, oo_job_spec *sp) {
     if (ch < 1 || ch > nchan) luaL_error(L, "sched: job.channel: no such channel");
     sp->channel = (int)ch - 1;
-    sp->method = read_method(L, idx);
-    sp->body = opt_lstring(L, idx, "body", &sp->body_len);
-    sp->ref = opt_lstring(L, idx, "ref", &sp->ref_len);
-    sp->url = opt_lstring(L, idx, "url", &sp->url_len);
-    sp->blob = opt_lstring(L, idx, "blob", &sp->blob_len);
-    sp->after_ref = bool_field(L, idx, "after_ref");
-    sp->created = num_field(L, idx, "created", 0);
     if (sp->method == OO_POST && !sp->body) luaL_error(L, "sched: job.body must be a string");
     if (sp->method == OO_DELETE && !sp->url) luaL_error(L, "sched: a DELETE job needs its url");
+}
+
+void oo_job_spec_args(lua_State *L, int idx, int nchan, oo_job_spec *sp) {
+    long long ch;
+    memset(sp, 0, sizeof *sp);
+    sp->body = luaL_checklstring(L, idx, &sp->body_len);
+    sp->ref = luaL_optlstring(L, idx + 1, NULL, &sp->ref_len);
+    ch = luaL_optinteger(L, idx + 2, 1);
+    if (!lua_isnoneornil(L, idx + 3)) {
+        luaL_checktype(L, idx + 3, LUA_TTABLE);
+        job_fields(L, idx + 3, sp, &ch);
+    }
+    job_check(L, nchan, ch, sp);
+}
+
+void oo_job_spec_read(lua_State *L, int idx, int nchan, oo_job_spec *sp) {
+    long long ch = 1;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    if (idx < 0) idx = lua_gettop(L) + idx + 1;
+    memset(sp, 0, sizeof *sp);
+    job_fields(L, idx, sp, &ch);
+    job_check(L, nchan, ch, sp);
 }
 
 static oo_job *job_from(lua_State *L, int idx, const oo_sched *s) {
@@ -193,7 +222,8 @@ static void push_chan(lua_State *L, const oo_sched *s, int ch) {
  * record's fields (ok, kind, status, code, message, retryable,
  * retry_after, stop, warned, throttled, curl_code). */
 static void push_result(lua_State *L, const oo_sched *s, const oo_result *r) {
-    oo_push_outcome(L, &r->o);
+    lua_createtable(L, 0, r->o.ok ? 12 : 20); /* sized once: no rehash as it fills */
+    oo_outcome_fields(L, &r->o);
     oo_set_str(L, "what", what_name(r->what));
     if (r->what == OO_RES_PAUSED || r->what == OO_RES_RESUMED) {
         if (r->why) oo_set_str(L, "why", r->why);
@@ -517,9 +547,11 @@ static l_sched *check_driver(lua_State *L) {
 /* Keeps the hooks and every channel's header list in the registry table. */
 static void keep_values(lua_State *L, int cfg, l_sched *u) {
     int i;
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 4);
     lua_getfield(L, cfg, "hooks");
     lua_setfield(L, -2, "hooks");
+    lua_pushstring(L, u->s.url);
+    lua_setfield(L, -2, "url");
     lua_getfield(L, cfg, "random");
     if (lua_isfunction(L, -1)) u->s.jitter = hook_jitter;
     lua_setfield(L, -2, "random");
@@ -540,16 +572,26 @@ static void keep_values(lua_State *L, int cfg, l_sched *u) {
     u->ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
+/* Is hooks[name] (the table on top) a function? */
+static int has_hook(lua_State *L, const char *name) {
+    int f;
+    lua_getfield(L, -1, name);
+    f = lua_isfunction(L, -1);
+    lua_pop(L, 1);
+    return f;
+}
+
+/* The C hooks of the Lua functions given (a missing one is not called). */
 static void setup_hooks(lua_State *L, int cfg, l_sched *u) {
     memset(&u->hooks, 0, sizeof u->hooks);
     lua_getfield(L, cfg, "hooks");
     if (lua_type(L, -1) == LUA_TTABLE) {
-        u->hooks.feed = hook_feed;
-        u->hooks.ack = hook_ack;
-        u->hooks.retry = hook_retry;
-        u->hooks.dead = hook_dead;
-        u->hooks.release = hook_release;
-        u->hooks.record = hook_record;
+        if (has_hook(L, "feed")) u->hooks.feed = hook_feed;
+        if (has_hook(L, "ack")) u->hooks.ack = hook_ack;
+        if (has_hook(L, "retry")) u->hooks.retry = hook_retry;
+        if (has_hook(L, "dead")) u->hooks.dead = hook_dead;
+        if (has_hook(L, "release")) u->hooks.release = hook_release;
+        if (has_hook(L, "record")) u->hooks.record = hook_record;
         u->s.hooks = &u->hooks;
     }
     lua_pop(L, 1);
@@ -612,38 +654,46 @@ static int l_take(lua_State *L) {
     return 0;
 }
 
-/* The job a driver sends: token, id, method, url, headers, channel,
- * channel_index, body, ref, attempt, blob, store_id. */
-static void push_job(lua_State *L, l_sched *u, const oo_job *j, double token) {
-    lua_createtable(L, 0, 12);
+/* t[k] = the bytes, or nil (a reused table keeps no stale field). */
+static void set_bytes(lua_State *L, const char *k, const char *p, size_t n) {
+    if (p) lua_pushlstring(L, p, n);
+    else lua_pushnil(L);
+    lua_setfield(L, -2, k);
+}
+
+/* The job a driver sends: token, id, method, url, headers, channel (its
+ * name), body, ref, attempt, blob, store_id — in a new table, or
+ * in the table at `reuse` (> 0: a driver that sends one job at a time
+ * keeps one table instead of making one per attempt). */
+static void push_job(lua_State *L, l_sched *u, const oo_job *j, double token, int reuse) {
+    if (reuse) lua_pushvalue(L, reuse);
+    else lua_createtable(L, 0, 10);
     oo_set_num(L, "token", token);
     oo_set_int(L, "id", j->id);
     oo_set_str(L, "method", j->method == OO_DELETE ? "DELETE" : "POST");
-    lua_pushstring(L, j->url ? j->url : u->s.url);
-    lua_setfield(L, -2, "url");
-    lua_rawgeti(L, LUA_REGISTRYINDEX, u->ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, u->ref); /* {url, headers = {...}, ...} */
+    if (j->url) lua_pushlstring(L, j->url, j->url_len);
+    else lua_getfield(L, -1, "url"); /* the scheduler's, made once: a long string is a copy */
+    lua_setfield(L, -3, "url");
     lua_getfield(L, -1, "headers");
     lua_rawgeti(L, -1, j->channel + 1);
     lua_setfield(L, -4, "headers");
     lua_pop(L, 2);
-    push_chan(L, &u->s, j->channel);
-    if (j->method == OO_POST) {
-        lua_pushlstring(L, j->data, j->body_len);
-        lua_setfield(L, -2, "body");
-    }
+    oo_set_str(L, "channel", u->s.chans[j->channel].name ? u->s.chans[j->channel].name : "");
+    set_bytes(L, "body", j->method == OO_POST ? j->data : NULL, j->body_len);
     lua_pushlstring(L, j->ref, j->ref_len);
     lua_setfield(L, -2, "ref");
     oo_set_int(L, "attempt", j->attempts + 1);
     if (j->store_id) oo_set_int(L, "store_id", j->store_id);
-    if (j->blob) {
-        lua_pushlstring(L, j->blob, j->blob_len);
-        lua_setfield(L, -2, "blob");
-    }
+    else if (reuse) set_bytes(L, "store_id", NULL, 0);
+    set_bytes(L, "blob", j->blob, j->blob_len);
 }
 
-/*** s:next() -> job | nil, wait (seconds until one may be due) */
+/*** s:next([t]) -> job | nil, wait (seconds until one may be due); with
+ * t, the job's fields go in t */
 static int l_next(lua_State *L) {
     l_sched *u = check_driver(L);
+    int reuse = lua_type(L, 2) == LUA_TTABLE ? 2 : 0;
     double now = oo_sched_now(&u->s), token;
     oo_job *j = u->nfree ? oo_sched_next(&u->s, now) : NULL;
     int slot;
@@ -657,7 +707,7 @@ static int l_next(lua_State *L) {
     u->gen[slot] += 1;
     token = u->gen[slot] * OO_SLOT_BITS + slot + 1;
     j->driver = &u->fly[slot];
-    push_job(L, u, j, token);
+    push_job(L, u, j, token, reuse);
     return 1;
 }
 
@@ -678,19 +728,27 @@ static oo_job *take_token(lua_State *L, l_sched *u, int idx) {
 static const char *const action_names[] = {"ack", "retry", "dead", "stop"};
 
 /*** s:done(token, status, body, info) | s:done(token, nil, kind, message
- * [, code]) -> action ("ack" | "retry" | "dead" | "stop") */
+ * [, code]) -> action ("ack" | "retry" | "dead" | "stop"), record (the
+ * classified outcome), why (the policy's reason or nil), attempts */
 static int l_done(lua_State *L) {
     l_sched *u = check_driver(L);
     oo_job *j;
     oo_reply r;
     oo_outcome o;
-    int action;
+    const char *why = NULL;
+    int action, attempts, ok;
     lua_settop(L, 6);
     j = take_token(L, u, 2);
-    if (read_reply(L, 3, &r, &o)) action = oo_sched_done(&u->s, j, &r);
-    else action = oo_sched_settle(&u->s, j, &o, NULL);
+    attempts = j->attempts + 1; /* j may be gone once settled */
+    ok = read_reply(L, 3, &r, &o);
+    if (ok) oo_sched_classify(&r, &o);
+    action = oo_sched_settle(&u->s, j, &o, ok ? &r : NULL, &why);
     lua_pushstring(L, action_names[action]);
-    return 1;
+    oo_push_outcome(L, &o);
+    if (why) lua_pushstring(L, why);
+    else lua_pushnil(L);
+    lua_pushinteger(L, attempts);
+    return 4;
 }
 
 static int l_results(lua_State *L) {

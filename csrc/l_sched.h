@@ -28,6 +28,11 @@ void oo_sched_setup(lua_State *L, int idx, oo_sched *s);
  * Raises on misuse (a DELETE without url, a channel out of range, ...). */
 void oo_job_spec_read(lua_State *L, int idx, int nchan, oo_job_spec *sp);
 
+/* The same from arguments: body, ref, channel at idx, idx + 1, idx + 2
+ * and optionally a table of the other fields at idx + 3 — the queue's
+ * push, one order at a time, needs no table of its own. */
+void oo_job_spec_args(lua_State *L, int idx, int nchan, oo_job_spec *sp);
+
 /* Pushes a job as the hooks and removals show it: {id, store_id, ref,
  * attempts, channel, channel_index, method, created, blob}. */
 void oo_push_job_info(lua_State *L, const oo_sched *s, const oo_job *j);

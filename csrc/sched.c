@@ -540,7 +540,8 @@ static void count_attempt(oo_sched *s, const oo_job *j, const oo_outcome *o) {
     pthread_mutex_unlock(&s->mu);
 }
 
-int oo_sched_settle(oo_sched *s, oo_job *j, const oo_outcome *o, const oo_reply *rp) {
+int oo_sched_settle(oo_sched *s, oo_job *j, const oo_outcome *o, const oo_reply *rp,
+                    const char **why) {
     oo_decision d;
     oo_dest dest = TO_GONE;
     const char *body = rp && rp->body ? rp->body : NULL;
@@ -556,6 +557,7 @@ int oo_sched_settle(oo_sched *s, oo_job *j, const oo_outcome *o, const oo_reply 
         s->probing = 0;
         s->probe_at = oo_sched_now(s) + s->cfg.auth_pause;
     }
+    if (why) *why = d.why;
     switch (d.action) {
     case OO_ACK: settle_sent(s, j, o, body, blen); break;
     case OO_RETRY: dest = settle_retry(s, j, &d, o); break;
@@ -566,16 +568,20 @@ int oo_sched_settle(oo_sched *s, oo_job *j, const oo_outcome *o, const oo_reply 
     return (int)d.action;
 }
 
-int oo_sched_done(oo_sched *s, oo_job *j, const oo_reply *r) {
-    oo_outcome o;
+void oo_sched_classify(const oo_reply *r, oo_outcome *o) {
     if (r->status > 0) {
         oo_classify_response(r->status, r->retry_after, r->body ? r->body : "",
-                             r->body ? r->body_len : 0, oo_wall_now(), &o, NULL);
+                             r->body ? r->body_len : 0, oo_wall_now(), o, NULL);
     } else {
-        oo_classify_failure(r->kind, r->message, &o);
-        o.transport_code = r->code;
+        oo_classify_failure(r->kind, r->message, o);
+        o->transport_code = r->code;
     }
-    return oo_sched_settle(s, j, &o, r);
+}
+
+int oo_sched_done(oo_sched *s, oo_job *j, const oo_reply *r) {
+    oo_outcome o;
+    oo_sched_classify(r, &o);
+    return oo_sched_settle(s, j, &o, r, NULL);
 }
 
 /* ------------------------------------------------------------------ */

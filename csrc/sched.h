@@ -249,9 +249,14 @@ typedef struct oo_reply {
  * the policy's action (OO_ACK, OO_RETRY, OO_DEAD, OO_STOP). */
 int oo_sched_done(oo_sched *s, oo_job *j, const oo_reply *r);
 
-/* The same with an outcome already classified (a transport that broke
- * its contract, say); r may be NULL. */
-int oo_sched_settle(oo_sched *s, oo_job *j, const oo_outcome *o, const oo_reply *r);
+/* The reply as the one classifier sees it (what oo_sched_done does first). */
+void oo_sched_classify(const oo_reply *r, oo_outcome *o);
+
+/* oo_sched_done with an outcome already classified (a transport that broke
+ * its contract, say); r may be NULL; *why (when why is not NULL) gets the
+ * policy's reason (DEAD, STOP) or NULL. */
+int oo_sched_settle(oo_sched *s, oo_job *j, const oo_outcome *o, const oo_reply *r,
+                    const char **why);
 
 /* Any thread: report what became of a job that left another way (dropped
  * at close); counted as failed unless `what` is SENT. */

@@ -438,13 +438,14 @@ static int l_worker_new(lua_State *L) {
     return 1;
 }
 
-/*** w:push(job) -> true | false (max_queue reached) — a job table
- * (l_sched.h: body, ref, channel, method, url, after_ref, blob) */
+/*** w:push(body, ref, channel [, more]) -> true | false (max_queue
+ * reached); more: the job's other fields (l_sched.h: method, url,
+ * after_ref, blob, id, created) */
 static int l_push(lua_State *L) {
     oo_worker *w = check_worker(L);
     oo_job_spec sp;
     oo_job *j;
-    oo_job_spec_read(L, 2, w->e.s.nchan, &sp);
+    oo_job_spec_args(L, 2, w->e.s.nchan, &sp);
     ensure_started(L, w); /* before the allocation: it may raise */
     j = oo_job_new(&sp);
     if (!j) return luaL_error(L, "push: out of memory");

@@ -57,7 +57,7 @@ describe("the scheduler's Lua binding", function()
     assert.same({ "site: s", "channel: store" }, a.headers)
     assert.equal(1, a.attempt)
     assert.equal("callcentre", b.channel)
-    assert.equal(2, b.channel_index)
+    assert.is_nil(b.channel_index) -- the name is enough: the headers come with it
     assert.equal("ledger-B", b.blob)
     assert.equal("ack", s:done(a.token, 200, OK, { reused = true }))
     assert.equal("dead", s:done(b.token, 400, '{"status":"fail","errors":[{"code":"MissingOrMalformedTotal"}]}'))
@@ -432,14 +432,17 @@ describe("the scheduler's Lua binding", function()
       local tr = transport({ { 503, "" }, { nil, "network", "reset" }, { 200, OK, { reused = true } } })
       local d = sched.driver(cfg({ random = function() return 0.5 end }), tr,
         function(x) sleeps[#sleeps + 1] = x end)
-      local r, last = d:send({ id = 1, body = "{}", ref = "X" }, function(ev) events[#events + 1] = ev.what end)
-      assert.equal("sent", r.what)
-      assert.equal(3, r.attempts)
-      assert.equal(OK, last.body)
-      assert.is_true(last.info.reused)
+      local rec, attempts, why, body, info = d:send({ id = 1, body = "{}", ref = "X" },
+        function(ev) events[#events + 1] = ev.what end)
+      assert.is_true(rec.ok)
+      assert.equal(200, rec.status)
+      assert.equal(3, attempts)
+      assert.is_nil(why)
+      assert.equal(OK, body)
+      assert.is_true(info.reused)
       assert.equal(2, #sleeps)
       assert.near(0.1, sleeps[1], 1e-3) -- random 0.5 of the 0.2 s window
-      assert.same({ "retry", "retry" }, events)
+      assert.same({ "retry", "retry", "sent" }, events) -- report_all: its own end too
       assert.equal("POST", tr.seen[1].method)
       assert.same({ "h: 1" }, tr.seen[1].headers)
       d:close()
@@ -449,9 +452,23 @@ describe("the scheduler's Lua binding", function()
       local d = sched.driver(cfg(), transport({ { raise = "my bug" } }), function() end)
       assert.has_error(function() d:send({ id = 1, body = "{}" }) end, "my bug")
       assert.equal(0, d:pending())
-      local r = d:send({ id = 2, body = "{}" }) -- usable again
-      assert.equal("sent", r.what)
+      local rec = d:send({ id = 2, body = "{}" }) -- usable again
+      assert.is_true(rec.ok)
       d:close()
+    end)
+
+    it("says why a job was given up, with the last outcome", function()
+      local d = sched.driver(cfg({ policy = { max_attempts = 2, backoff_base = 0.01 } }),
+        transport({ { 503, "" }, { nil, "timeout", "slow" } }), function() end)
+      local rec, attempts, why, body = d:send({ id = 1, body = "{}" })
+      assert.is_false(rec.ok)
+      assert.equal("timeout", rec.kind)
+      assert.equal(2, attempts)
+      assert.equal("attempts", why)
+      assert.is_nil(body) -- the last attempt got no answer
+      d = sched.driver(cfg(), transport({ { 401, "" } }), function() end)
+      rec, attempts, why = d:send({ id = 1, body = "{}" })
+      assert.same({ "auth", true, 1, "credentials" }, { rec.kind, rec.stop, attempts, why })
     end)
 
     it("runs the engine interface: add, turn, results, drop", function()

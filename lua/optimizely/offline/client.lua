@@ -329,15 +329,19 @@ local function take_driver(st)
     free[#free] = nil
     return d
   end
+  -- results only for the events (retry, paused, resumed): the job's own
+  -- end comes from `send`; a few kept at most when nobody reads them
   d = sched.driver(sched.config(st, { concurrency = 1, adaptive = false, on_stop = "drain",
-    report_all = true, report_retries = st.emit ~= nil, max_results = 1000 }), st.transport, st.sleep)
+    report_retries = st.emit ~= nil, max_results = 16 }), st.transport, st.sleep)
   st.drivers[#st.drivers + 1] = d
   return d
 end
 
-local function give_back(st, d)
+-- A scheduler back to the idle ones, reset when its call was refused the
+-- credentials or paused by a 429 (rec nil: it raised).
+local function give_back(st, d, rec)
   if not st.transport then return end -- the client was closed meanwhile
-  d:resume()
+  if not rec or rec.stop or rec.throttled then d:resume() end
   st.idle_drivers[#st.idle_drivers + 1] = d
 end
 
@@ -349,6 +353,22 @@ function M.pseudonymiser(o, level)
   local p, err = require("optimizely.offline.pseudonym").resolve(o == true and {} or o)
   if not p then error("optimizely.offline: pseudonymise: " .. err.message, (level or 1) + 1) end
   return p
+end
+
+-- The events of one synchronous job's results (retry, paused, resumed).
+local function results_emitter(st)
+  local emit = st.emit
+  if not emit then return nil end
+  return function(r)
+    local w = r.what
+    if w == "retry" then
+      emit("retry", { ref = r.ref, attempt = r.attempts, delay = r["until"],
+        error = delivery.failure(r, nil, r.attempts, r.channel, st.secrets) })
+    elseif w == "paused" or w == "resumed" then
+      emit(w, { reason = r.why, seconds = r["until"],
+        error = r.kind and delivery.failure(r, nil, 0, nil, st.secrets) or nil })
+    end
+  end
 end
 
 local function context(c)
@@ -387,6 +407,7 @@ local function context(c)
     on_event = c.on_event, logger = c.logger,
     serial = 0, drivers = {}, idle_drivers = {},
   }
+  st.on_results = results_emitter(st)
   return st
 end
 
@@ -467,41 +488,29 @@ function M.prepare(st, payload, p)
   return json, warnings
 end
 
--- The events of one synchronous job's results (retry, paused, resumed).
-local function on_results(st)
-  local emit = st.emit
-  if not emit then return nil end
-  return function(r)
-    local w = r.what
-    if w == "retry" then
-      emit("retry", { ref = r.ref, attempt = r.attempts, delay = r["until"],
-        error = delivery.failure(r, nil, r.attempts, r.channel, st.secrets) })
-    elseif w == "paused" or w == "resumed" then
-      emit(w, { reason = r.why, seconds = r["until"],
-        error = r.kind and delivery.failure(r, nil, 0, nil, st.secrets) or nil })
-    end
-  end
-end
-
--- One job through the synchronous driver, until it settles.
+-- One job through the synchronous driver, until it settles: a POST of
+-- `body`, or with `url` a DELETE. The job table is the driver's own, filled
+-- anew (the scheduler copies what it needs).
 -- @return res or nil, err
-local function deliver(st, job, warnings)
-  st.serial = st.serial + 1
-  job.id = st.serial
+local function deliver(st, ch, ref, body, url, warnings)
   local d = take_driver(st)
-  local ok, r, last = pcall(d.send, d, job, on_results(st))
-  give_back(st, d)
-  if not ok then error(r, 0) end -- a transport that raised, an interrupt: nothing is left behind
-  local res, err = delivery.result(r, last.body or r.body, r.attempts, last.info, r.channel, st.secrets, warnings)
+  local job = d.job_in or {}
+  d.job_in = job
+  st.serial = st.serial + 1
+  job.id, job.channel, job.ref, job.body, job.url = st.serial, ch, ref, body, url
+  job.method = url and "DELETE" or nil
+  local ok, rec, attempts, why, body_back, info = pcall(d.send, d, job, st.on_results)
+  give_back(st, d, ok and rec)
+  if not ok then error(rec, 0) end -- a transport that raised, an interrupt: nothing is left behind
+  local res, err = delivery.result(rec, body_back, attempts, info, st.channels[ch].name, st.secrets, warnings)
   if err and st.emit then
-    st.emit("failure", { ref = job.ref, attempt = r.attempts, error = err,
-      reason = r.what == "stopped" and "credentials" or r.why })
+    st.emit("failure", { ref = ref, attempt = attempts, error = err, reason = why })
   end
   return res, err
 end
 
 local function post(st, json, i, warnings, ref)
-  return deliver(st, { body = json, channel = i, ref = ref }, warnings)
+  return deliver(st, i, ref, json, nil, warnings)
 end
 
 --- Validate, encode and send one order.
@@ -563,8 +572,7 @@ function Client:cancel(ref_code, o)
   end
   local i, cerr = send_channel(st, o)
   if not i then return nil, cerr end
-  local url = st.cancel_prefix .. segment(ref_code) .. st.cancel_suffix
-  return deliver(st, { method = "DELETE", url = url, channel = i, ref = ref_code })
+  return deliver(st, i, ref_code, nil, st.cancel_prefix .. segment(ref_code) .. st.cancel_suffix)
 end
 
 --- The URL orders are posted to.

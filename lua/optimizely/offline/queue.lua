@@ -233,7 +233,7 @@ function Queue:hand_over(json, ref, ch)
     self.worker:notify(1)
     return true
   end
-  if not self.worker:push({ body = json, ref = ref, channel = ch }) then
+  if not self.worker:push(json, ref, ch) then
     self.counts.full = self.counts.full + 1
     return self:refuse("full", errors.new({ kind = "full", retryable = true, bound = "max_queue",
       option = "max_queue", message = ("queue full: %d orders waiting (max_queue); the order"

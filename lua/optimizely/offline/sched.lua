@@ -111,7 +111,7 @@ Driver.__index = Driver
 -- @return a `Driver`
 function M.driver(cfg, transport, sleep)
   return setmetatable({ s = core.sched_new(cfg), transport = transport, sleep = sleep or core.sleep,
-    settled = {}, last = {}, keep_last = false }, Driver)
+    job = {} }, Driver)
 end
 
 --- A scheduler object (userdata, csrc/l_sched.c).
@@ -138,9 +138,12 @@ end
 --- The next job that may start now: the scheduler counts it in flight.
 -- Send it, then hand back what came back with `done`.
 -- @function Sched:next
+-- @param t a table to fill instead of a new one (optional: a driver that
+--   sends one job at a time reuses one table; every field is set or
+--   cleared)
 -- @return job `{token, id, method, url, headers (the channel's list: do not
---   change it), channel (name), channel_index, body (POST), ref, attempt
---   (this one's number), blob, store_id}`; or nil, wait — seconds until a
+--   change it), channel (name), body (POST), ref, attempt (this one's
+--   number), blob, store_id}`; or nil, wait — seconds until a
 --   job may be due (a retry, the end of a pause, a probe, a look at the
 --   store; 1e9 when only an add can bring one)
 
@@ -157,7 +160,11 @@ end
 -- @param info `{retry_after = raw header value, reused = bool, ...}` or nil,
 --   or the failure's message
 -- @param code the failure's own error number (optional)
--- @return the decision: "ack", "retry", "dead" or "stop"
+-- @return the decision ("ack", "retry", "dead" or "stop"), the classified
+--   outcome record (`{ok, kind, status, code, message, retryable,
+--   retry_after, stop, warned, throttled, curl_code}`), the policy's reason
+--   (dead: rejected, attempts, expired; stop: credentials; else nil) and the
+--   attempts made, this one included
 
 --- The results since the last call, in order. One shape for every driver
 -- (send_batch's engine, the queue's thread, this object): `{what, id, ref,
@@ -267,28 +274,19 @@ local function nap(self, wait)
   if short > 0 then self.s:advance(short + 1e-6) end
 end
 
--- What `send` keeps of an answer: the whole body (results carry at most
--- 64 KiB) and the transport's info; nothing of a failure or of an answer
--- that broke the contract (the scheduler judged it).
-local function answer(status, body, info)
-  if type(status) ~= "number" then return {} end
-  return { body = type(body) == "string" and body or nil, info = type(info) == "table" and info or nil }
-end
-
 --- One attempt over the transport, or — when nothing may start — a sleep
 -- until something may be due, at most `max_wait` seconds.
 -- @param max_wait seconds (default 1)
 -- @return 1 when an attempt was made, else 0
 function Driver:turn(max_wait)
   local s = self.s
-  local job, wait = s:next()
+  local job, wait = s:next(self.job) -- one table, filled anew: one request at a time
   if not job then
     wait = min(wait, max_wait or 1)
     if wait > 0 then nap(self, wait) end
     return 0
   end
   local status, body, info, code = self.transport:request(job.method, job.url, job.headers, job.body)
-  if self.keep_last then self.last[job.id] = answer(status, body, info) end
   s:done(job.token, status, body, info, code)
   return 1
 end
@@ -309,14 +307,30 @@ end
 --- Free the scheduler.
 function Driver:close() self.s:close() end
 
--- Settles the results gathered so far: final ones by id, events to `on`.
+-- Hands the results gathered so far to `on` (events: retry, paused, ...).
 local function gather(self, on)
   local rs = self.s:results()
-  for i = 1, #rs do
-    local r = rs[i]
-    local w = r.what
-    if w == "sent" or w == "dead" or w == "stopped" or w == "dropped" then self.settled[r.id] = r end
-    if on and w ~= "sent" then on(r) end
+  for i = 1, #rs do on(rs[i]) end
+end
+
+-- Drives until the job `id` is settled; returns what `send` returns.
+local function drive(self, id, on)
+  local s, t, transport = self.s, self.job, self.transport
+  while true do
+    local job, wait = s:next(t) -- one table, filled anew: one request at a time
+    if job then
+      local jid = job.id
+      local status, body, info, code = transport:request(job.method, job.url, job.headers, job.body)
+      local action, rec, why, attempts = s:done(job.token, status, body, info, code)
+      if on then gather(self, on) end
+      if jid == id and action ~= "retry" then
+        if type(status) ~= "number" then return rec, attempts, why end
+        return rec, attempts, why, type(body) == "string" and body or nil, type(info) == "table" and info or nil
+      end
+    else
+      nap(self, wait)
+      if on then gather(self, on) end
+    end
   end
 end
 
@@ -325,28 +339,23 @@ end
 -- way (a transport that raised, an interrupt during a sleep) takes every
 -- unsettled job out before it propagates: nothing is sent later behind the
 -- caller's back.
--- @param job the job table (its `id` must be unique among pending jobs)
--- @param on function(result) for the results that are not a success
---   (`retry`, `paused`, `resumed`, `dead`, `stopped`), or nil
--- @return the job's final result, and `{body, info}` of its last answer
+-- @param job the job table (an `id` of its own)
+-- @param on function(result) for the results reported meanwhile (with
+--   `report_retries`: `retry`, `paused`, `resumed`, and the failures), or nil
+-- @return the last attempt's outcome record (`s:done`'s: `ok`, `kind`,
+--   `status`, `code`, `message`, `retryable`, `retry_after`, `stop`,
+--   `warned`, `throttled`, `curl_code`), the attempts made, the policy's
+--   reason (`why`: rejected, attempts, expired, credentials; nil when
+--   delivered), and the body and info of the last answer (nil when the
+--   last attempt got none)
 function Driver:send(job, on)
-  self.keep_last = true
   self.s:add(job)
-  local id = job.id
-  local ok, err = pcall(function()
-    while not self.settled[id] do
-      gather(self, on)
-      if not self.settled[id] then self:turn(1e9) end
-    end
-  end)
+  local ok, rec, attempts, why, body, info = pcall(drive, self, job.id, on)
   if not ok then
     self.s:drop()
-    self.settled[id], self.last[id] = nil, nil
-    error(err, 0)
+    error(rec, 0)
   end
-  local r, last = self.settled[id], self.last[id]
-  self.settled[id], self.last[id] = nil, nil
-  return r, last or {}
+  return rec, attempts, why, body, info
 end
 
 M.Driver = Driver
