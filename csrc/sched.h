@@ -18,7 +18,16 @@
  * client:send, user transports, the nginx cosocket senders).
  *
  * Stores sit behind hooks (oo_sched_hooks below). Memory is the scheduler's
- * own lists; the spool (worker.c) and Lua stores (l_sched.c) plug in.
+ * own lists; the spool (worker.c) and Lua stores (l_sched.c) plug in. A
+ * store that lives in Lua (the nginx memory ring, a spool handle, a shared
+ * dict) gives its hooks as Lua functions: the binding calls them
+ * synchronously, from inside the binding call that settles the job (s:next
+ * feeds, s:done records, acks, retries, kills or releases, s:drop
+ * releases) — never as actions returned for later, so the store sees
+ * every transition in order, before the call returns. A Lua hook must not
+ * yield (no cosocket, no sleep: the C boundary forbids it) and must not
+ * drive the scheduler (next/done/drop/close raise there); one that raises
+ * is counted (stats: hook_errors) and delivery goes on.
  *
  * Threads: the driver (whoever calls next/done/wait) owns the scheduling
  * state; any thread may add jobs, remove them, collect results or read

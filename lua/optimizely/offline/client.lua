@@ -308,7 +308,7 @@ local function as_transport(tr)
   return tr
 end
 
--- The events of the synchronous loop (optimizely.offline.events): the
+-- The events of the synchronous path (optimizely.offline.events): the
 -- on_event hook, protected, and the logger. A failing hook must not break
 -- delivery (its errors already carry no token: delivery.failure redacts them).
 local function emitter(ev)
