@@ -18,7 +18,7 @@
 
 #include "spool.h"
 #include "clock.h"
-#include "spool_wal.h"
+#include "sqlfile.h"
 
 /* ------------------------------------------------------------------ */
 /* Schema                                                              */
@@ -70,14 +70,6 @@ static const char MIGRATE_V1_SQL[] =
     " (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'orders'),"
     " (SELECT coalesce(max(id), 0) FROM orders), (SELECT coalesce(max(id), 0) FROM dead));"
     "DROP TRIGGER orders_ins;" ORDERS_INS_TRIGGER ORDERS_LEASED_INDEX;
-
-/* What a file holds, read in one snapshot before anything is written. */
-static const char INSPECT_SQL[] =
-    "SELECT (SELECT application_id FROM pragma_application_id),"
-    " (SELECT user_version FROM pragma_user_version),"
-    " (SELECT count(*) FROM sqlite_master),"
-    " (SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-    "  AND name IN ('orders', 'dead', 'totals'))";
 
 /* "Free" = no live lease: never claimed, released, or its lease ran out. */
 #define FREE_AT(p) "(claimed_until IS NULL OR claimed_until <= " p ")"
@@ -173,16 +165,13 @@ static const unsigned char DEAD_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_CREA
 /* One SQLite connection, shared by a handle and the handles reopened from
  * it. `mu` is held for a whole call (one transaction). */
 typedef struct spool_db {
-    sqlite3 *db;
+    oo_sql_conn c;              /* the SQLite connection, its path and the call in progress */
     pthread_mutex_t mu;
     sqlite3_stmt *st[ST_COUNT]; /* prepared on first use, kept until close */
-    const char *what;           /* the call in progress, for messages */
     int refs;                   /* handles on this connection (under mu) */
     pid_t pid;
-    unsigned fork_gen;          /* fork_gen when opened */
-    double busy_timeout;
+    unsigned fork_gen;          /* oo_sql_fork_gen() when opened */
     int sync_full;
-    double busy_deadline;       /* of the lock wait in progress (monotonic) */
     int page_size;
     int wal_frames;             /* WAL size after the last commit (wal hook) */
     int ckpt_frames;            /* of those, copied back by the last checkpoint */
@@ -221,51 +210,9 @@ const char *oo_spool_kind(int code) {
     }
 }
 
-static int set_err(oo_spool_err *err, int code, int sqlite_code, const char *bound,
-                   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-static int set_err(oo_spool_err *err, int code, int sqlite_code, const char *bound,
-                   const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        err->code = code;
-        err->sqlite_code = sqlite_code;
-        err->bound = bound;
-        va_start(ap, fmt);
-        vsnprintf(err->message, sizeof err->message, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
-/* Plain words before SQLite's own for the failures an operator must act on. */
-static const char *rc_words(int rc) {
-    switch (rc & 0xff) {
-    case SQLITE_FULL: return "disk full (or max_file_bytes reached): ";
-    case SQLITE_IOERR: return "I/O error: ";
-    case SQLITE_CORRUPT: return "the file is damaged: ";
-    case SQLITE_READONLY: return "cannot write: ";
-    default: return "";
-    }
-}
-
-/* A failed SQLite call. Must run before anything else touches the
- * connection (a rollback would overwrite sqlite3_errmsg). */
-static int db_fail(spool_db *d, oo_spool_err *err, int rc) {
-    const char *msg = d->db ? sqlite3_errmsg(d->db) : sqlite3_errstr(rc);
-    int prim = rc & 0xff;
-    if (prim == SQLITE_BUSY || prim == SQLITE_LOCKED)
-        return set_err(err, OO_SPOOL_BUSY, rc, NULL,
-                       "spool %s: %s: %s (still locked after busy_timeout %g s)", d->path,
-                       d->what, msg, d->busy_timeout);
-    return set_err(err, OO_SPOOL_STORAGE, rc, NULL, "spool %s: %s: %s%s", d->path, d->what,
-                   rc_words(rc), msg);
-}
-
-static int nomem(spool_db *d, oo_spool_err *err) {
-    return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: %s: out of memory",
-                   d->path, d->what);
-}
+#define set_err oo_sql_err
+#define db_fail(d, err, rc) oo_sql_fail(&(d)->c, (err), (rc))
+#define nomem(d, err) oo_sql_nomem(&(d)->c, (err))
 
 static int misuse(oo_spool_err *err, const char *what, const char *why) {
     return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool %s: %s", what, why);
@@ -274,134 +221,16 @@ static int misuse(oo_spool_err *err, const char *what, const char *why) {
 /* ------------------------------------------------------------------ */
 /* Statements                                                          */
 
-static sqlite3_stmt *stmt(spool_db *d, int i, int *rc) {
-    if (!d->st[i]) {
-        *rc = sqlite3_prepare_v3(d->db, SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &d->st[i], NULL);
-        if (*rc != SQLITE_OK) {
-            d->st[i] = NULL;
-            return NULL;
-        }
-    }
-    return d->st[i];
-}
-
-/* Binds the arguments `fmt` describes, one letter each:
- *   i long long   I long long, 0 = NULL   d double   o int, 0 = NULL
- *   s const char * (NUL-terminated; NULL = NULL)
- *   t const char *, size_t (text; NULL = NULL)   b const void *, size_t (blob)
- * Pointers are bound SQLITE_STATIC: finish() clears them after the step. */
-static void bind_args(sqlite3_stmt *st, const char *fmt, va_list ap) {
-    int i;
-    for (i = 1; *fmt; fmt++, i++) {
-        switch (*fmt) {
-        case 'i': sqlite3_bind_int64(st, i, (sqlite3_int64)va_arg(ap, long long)); break;
-        case 'I': {
-            long long v = va_arg(ap, long long);
-            if (v) sqlite3_bind_int64(st, i, (sqlite3_int64)v);
-            else sqlite3_bind_null(st, i);
-            break;
-        }
-        case 'd': sqlite3_bind_double(st, i, va_arg(ap, double)); break;
-        case 'o': {
-            int v = va_arg(ap, int);
-            if (v) sqlite3_bind_int(st, i, v);
-            else sqlite3_bind_null(st, i);
-            break;
-        }
-        case 's': {
-            const char *p = va_arg(ap, const char *);
-            if (p) sqlite3_bind_text(st, i, p, -1, SQLITE_STATIC);
-            else sqlite3_bind_null(st, i);
-            break;
-        }
-        case 't': {
-            const char *p = va_arg(ap, const char *);
-            size_t n = va_arg(ap, size_t);
-            if (p) sqlite3_bind_text64(st, i, p, (sqlite3_uint64)n, SQLITE_STATIC, SQLITE_UTF8);
-            else sqlite3_bind_null(st, i);
-            break;
-        }
-        case 'b': {
-            const void *p = va_arg(ap, const void *);
-            size_t n = va_arg(ap, size_t);
-            sqlite3_bind_blob64(st, i, p, (sqlite3_uint64)n, SQLITE_STATIC);
-            break;
-        }
-        }
-    }
-}
-
-static void finish(sqlite3_stmt *st) {
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-}
-
-/* Prepares statement i, binds ap and steps once. */
-static int step_first(spool_db *d, int i, sqlite3_stmt **out, const char *fmt, va_list ap) {
-    int rc;
-    *out = stmt(d, i, &rc);
-    if (!*out) return rc;
-    bind_args(*out, fmt, ap);
-    return sqlite3_step(*out);
-}
-
-/* Starts statement i with its arguments: SQLITE_ROW (*out is on the first
- * row; step on, then finish(*out)), SQLITE_DONE (already finished) or an
- * error (finished). */
-static int query(spool_db *d, int i, sqlite3_stmt **out, const char *fmt, ...) {
-    int rc;
-    va_list ap;
-    va_start(ap, fmt);
-    rc = step_first(d, i, out, fmt, ap);
-    va_end(ap);
-    if (*out && rc != SQLITE_ROW) finish(*out);
-    return rc;
-}
-
-/* Runs statement i to completion: SQLITE_OK or the error. */
-static int exec(spool_db *d, int i, const char *fmt, ...) {
-    int rc;
-    va_list ap;
-    sqlite3_stmt *st;
-    va_start(ap, fmt);
-    rc = step_first(d, i, &st, fmt, ap);
-    va_end(ap);
-    if (!st) return rc;
-    while (rc == SQLITE_ROW) rc = sqlite3_step(st);
-    finish(st);
-    return rc == SQLITE_DONE ? SQLITE_OK : rc;
-}
-
-/* The one-row queries: up to two integers (a, b) or a real (x) from
- * column 0, found = whether there was a row and column 0 was not NULL. */
-typedef struct scalar {
-    long long a, b;
-    double x;
-    int found;
-} scalar;
-
-static int query_scalar(spool_db *d, int i, scalar *v, const char *fmt, ...) {
-    int rc;
-    va_list ap;
-    sqlite3_stmt *st;
-    memset(v, 0, sizeof *v);
-    va_start(ap, fmt);
-    rc = step_first(d, i, &st, fmt, ap);
-    va_end(ap);
-    if (!st) return rc;
-    if (rc == SQLITE_ROW) {
-        v->found = sqlite3_column_type(st, 0) != SQLITE_NULL;
-        v->a = sqlite3_column_int64(st, 0);
-        v->x = sqlite3_column_double(st, 0);
-        if (sqlite3_column_count(st) > 1) v->b = sqlite3_column_int64(st, 1);
-    }
-    finish(st);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
-}
+/* The spool's statements (SQL[]) on connection d; see sqlfile.h for fmt. */
+#define exec(d, i, ...) oo_sql_exec(&(d)->c, (d)->st, SQL, (i), __VA_ARGS__)
+#define query(d, i, out, ...) oo_sql_query(&(d)->c, (d)->st, SQL, (i), (out), __VA_ARGS__)
+#define query_scalar(d, i, v, ...) oo_sql_scalar_of(&(d)->c, (d)->st, SQL, (i), (v), __VA_ARGS__)
+#define finish oo_sql_finish
+typedef oo_sql_scalar scalar;
 
 static void rollback(spool_db *d) {
-    if (!sqlite3_get_autocommit(d->db) && exec(d, ST_ROLLBACK, "") != SQLITE_OK)
-        sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
+    if (!sqlite3_get_autocommit(d->c.db) && exec(d, ST_ROLLBACK, "") != SQLITE_OK)
+        oo_sql_rollback(&d->c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -496,61 +325,6 @@ static int cmp_row_id(const void *a, const void *b) {
 }
 
 /* ------------------------------------------------------------------ */
-/* Fork safety                                                         */
-
-/* A fork while another thread (a delivery thread, a checkpointer) is
- * inside SQLite, holding its allocator's, VFS's or PRNG's mutex, leaves the
- * child a mutex no one will unlock: the child's first SQLite call hangs. So
- * every SQLite call of a spool runs inside the gate, and fork (the
- * pthread_atfork prepare handler) closes it and waits until no thread is
- * inside. Order: the gate before a connection's lock, never inside one;
- * never entered twice by one thread. */
-static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
-static int gate_inside, gate_closed;
-
-/* Counts forks (in the child), so a call can tell it is in another
- * process than the handle's without a getpid() system call each time. */
-static volatile unsigned fork_gen;
-
-static void gate_enter(void) {
-    pthread_mutex_lock(&gate_mu);
-    while (gate_closed) pthread_cond_wait(&gate_cv, &gate_mu);
-    gate_inside++;
-    pthread_mutex_unlock(&gate_mu);
-}
-
-static void gate_leave(void) {
-    pthread_mutex_lock(&gate_mu);
-    if (--gate_inside == 0 && gate_closed) pthread_cond_broadcast(&gate_cv);
-    pthread_mutex_unlock(&gate_mu);
-}
-
-/* Returns holding gate_mu, the gate closed and empty, until the fork is done. */
-static void before_fork(void) {
-    pthread_mutex_lock(&gate_mu);
-    gate_closed = 1;
-    while (gate_inside > 0) pthread_cond_wait(&gate_cv, &gate_mu);
-}
-
-static void after_fork_in_parent(void) {
-    gate_closed = 0;
-    pthread_cond_broadcast(&gate_cv);
-    pthread_mutex_unlock(&gate_mu);
-}
-
-/* The child's only thread is the forking one: the gate starts afresh
- * (its waiters were other threads, gone with the fork). */
-static void after_fork_in_child(void) {
-    pthread_mutex_init(&gate_mu, NULL);
-    pthread_cond_init(&gate_cv, NULL);
-    gate_inside = gate_closed = 0;
-    fork_gen++;
-}
-
-static void watch_forks(void) { pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child); }
-
-/* ------------------------------------------------------------------ */
 /* Clocks, waits, checkpoints                                          */
 
 void oo_spool_opts_init(oo_spool_opts *o) {
@@ -562,50 +336,12 @@ void oo_spool_opts_init(oo_spool_opts *o) {
 
 double oo_spool_now(void) { return oo_wall_now(); }
 
-static double mono_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_for(double seconds) {
-    struct timespec ts;
-    ts.tv_sec = (time_t)seconds;
-    ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
-    nanosleep(&ts, NULL);
-}
-
-/* Another process holds the lock: poll in short, growing sleeps (50 µs to
- * 2 ms) until busy_timeout. SQLite's own handler sleeps 1 ms at the first
- * retry and up to 100 ms later, far longer than a spool transaction holds
- * the lock. */
-static int on_busy(void *arg, int n) {
-    spool_db *d = (spool_db *)arg;
-    double now = mono_now(), pause = 50e-6 * (double)(1 << (n < 6 ? n : 6));
-    if (n == 0) d->busy_deadline = now + d->busy_timeout;
-    if (now >= d->busy_deadline) return 0;
-    if (pause > 2e-3) pause = 2e-3;
-    if (pause > d->busy_deadline - now) pause = d->busy_deadline - now;
-    sleep_for(pause);
-    return 1;
-}
-
 /* Replaces SQLite's autocheckpoint: only notes the WAL's size. */
 static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames) {
     (void)db;
     (void)name;
     ((spool_db *)arg)->wal_frames = frames;
     return SQLITE_OK;
-}
-
-/* SQLite may be built to read "file:..." as a URI whatever the open flags
- * say (Debian's is): such a relative name gets "./" in front. */
-static char *sqlite_name(const char *path) {
-    size_t n = strlen(path);
-    int dot = strncasecmp(path, "file:", 5) == 0;
-    char *out = (char *)malloc(n + 3);
-    if (out) snprintf(out, n + 3, "%s%s", dot ? "./" : "", path);
-    return out;
 }
 
 /* Checkpoints. SQLite's own would run inside the put that crosses its
@@ -619,18 +355,12 @@ static char *sqlite_name(const char *path) {
  * holding the lock, and the next write starts the WAL from the top. */
 
 static int ckpt_open(spool_db *d) {
-    char *name = sqlite_name(d->path);
-    int rc;
-    if (!name) return SQLITE_NOMEM;
-    rc = sqlite3_open_v2(name, &d->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
-                         oo_spool_vfs());
-    free(name);
+    int rc = oo_sql_open_more(d->path, &d->ckpt_db, 0, NULL);
     if (rc == SQLITE_OK) {
         /* a checkpoint syncs as its connection's synchronous says */
         rc = sqlite3_exec(d->ckpt_db, d->sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
                           NULL, NULL, NULL);
-        sqlite3_busy_timeout(d->ckpt_db, (int)(d->busy_timeout * 1000.0 + 0.5));
-        sqlite3_db_config(d->ckpt_db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+        sqlite3_busy_timeout(d->ckpt_db, (int)(d->c.busy_timeout * 1000.0 + 0.5));
         sqlite3_wal_autocheckpoint(d->ckpt_db, 0);
     }
     /* a connection finds the WAL at its first read */
@@ -657,13 +387,13 @@ static void *checkpointer(void *arg) {
         if (d->ckpt_stop) break;
         d->ckpt_wanted = 0;
         pthread_mutex_unlock(&d->mu);
-        gate_enter(); /* before the lock, as every call */
+        oo_sql_gate_enter(); /* before the lock, as every call */
         ckpt_pass(d->ckpt_db);
         pthread_mutex_lock(&d->mu);
         restart = (long long)d->wal_frames * d->page_size >= WAL_RESTART_BYTES;
         if (restart && !d->ckpt_stop) ckpt_pass(d->ckpt_db);
         pthread_mutex_unlock(&d->mu);
-        gate_leave();
+        oo_sql_gate_leave();
         pthread_mutex_lock(&d->mu);
     }
     pthread_mutex_unlock(&d->mu);
@@ -695,7 +425,7 @@ static void want_checkpoint(spool_db *d) {
         d->ckpt_wanted = 1;
         pthread_cond_signal(&d->ckpt_cv);
     } else {
-        ckpt_pass(d->db); /* no thread: here, between transactions */
+        ckpt_pass(d->c.db); /* no thread: here, between transactions */
     }
 }
 
@@ -716,7 +446,7 @@ static void ckpt_halt(spool_db *d) {
 /* Calls and transactions                                              */
 
 static int other_process(const spool_db *d) {
-    return d->fork_gen != fork_gen || d->pid != getpid();
+    return d->fork_gen != oo_sql_fork_gen() || d->pid != getpid();
 }
 
 /* How a call runs: TX_ONE one statement on its own, TX_WRITE a BEGIN
@@ -735,16 +465,16 @@ static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *c
                     oo_spool_err *err) {
     spool_db *d;
     int rc, code, begin = tx == TX_WRITE ? ST_BEGIN : tx == TX_READ ? ST_BEGIN_READ : -1;
-    if (!s || !s->d || !s->d->db) return misuse(err, what, "handle is closed");
-    if (s->d->fork_gen != fork_gen)
+    if (!s || !s->d || !s->d->c.db) return misuse(err, what, "handle is closed");
+    if (s->d->fork_gen != oo_sql_fork_gen())
         return set_err(err, OO_SPOOL_MISUSE, 0, NULL,
                        "spool %s: %s: handle was opened by process %ld, used in process %ld"
                        " (open the spool after fork)",
                        s->d->path, what, (long)s->d->pid, (long)getpid());
-    gate_enter();
+    oo_sql_gate_enter();
     d = tx == TX_READ || tx == TX_READ_ONE ? reader(s) : s->d;
     pthread_mutex_lock(&d->mu);
-    d->what = what;
+    d->c.what = what;
     if (begin >= 0 && (rc = exec(d, begin, "")) != SQLITE_OK) {
         code = db_fail(d, err, rc);
     } else {
@@ -757,7 +487,7 @@ static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *c
     }
     if (code == OO_SPOOL_OK && d == s->d && tx != TX_READ && tx != TX_READ_ONE) want_checkpoint(d);
     pthread_mutex_unlock(&d->mu);
-    gate_leave();
+    oo_sql_gate_leave();
     return code;
 }
 
@@ -768,112 +498,11 @@ const char *oo_spool_path(const oo_spool *s) { return s->d->path; }
 const char *oo_spool_owner(const oo_spool *s) { return s->owner; }
 const oo_spool_opts *oo_spool_get_opts(const oo_spool *s) { return &s->opts; }
 
-/* Runs a one-off query and reads n integers from its first row (left 0
- * when there is none). */
-static int row_ints(spool_db *d, const char *sql, long long *v, int n) {
-    sqlite3_stmt *st;
-    int i, rc = sqlite3_prepare_v2(d->db, sql, -1, &st, NULL);
-    if (rc != SQLITE_OK) return rc;
-    rc = sqlite3_step(st);
-    for (i = 0; i < n; i++) v[i] = rc == SQLITE_ROW ? sqlite3_column_int64(st, i) : 0;
-    sqlite3_finalize(st);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
-}
+static const char *const MIGRATE[OO_SPOOL_SCHEMA_VERSION] = {[1] = MIGRATE_V1_SQL};
 
-/* What the database is to us. */
-enum { DB_EMPTY, DB_READY, DB_V1, DB_NEWER, DB_FOREIGN };
-
-static int classify(spool_db *d, int *state, long long *version, oo_spool_err *err) {
-    long long v[4]; /* INSPECT_SQL's columns */
-    long long app, objects, ours;
-    int rc = row_ints(d, INSPECT_SQL, v, 4);
-    if (rc != SQLITE_OK) return rc;
-    app = v[0];
-    *version = v[1];
-    objects = v[2];
-    ours = v[3];
-    if (app == OO_SPOOL_APP_ID)
-        *state = *version > OO_SPOOL_SCHEMA_VERSION ? DB_NEWER
-               : *version == OO_SPOOL_SCHEMA_VERSION ? DB_READY
-               : *version == 1 && ours == 3        ? DB_V1
-                                                   : DB_FOREIGN;
-    else if (app == 0 && objects == 0)
-        *state = DB_EMPTY; /* new, or another process is creating it */
-    else if (app == 0 && *version == 1 && ours == 3)
-        *state = DB_V1; /* made by version 1, before application_id */
-    else
-        *state = DB_FOREIGN;
-    if (*state == DB_NEWER)
-        set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
-                "spool %s: written by a newer version of this library (schema version %lld;"
-                " this one reads up to %d); nothing was written to it",
-                d->path, *version, OO_SPOOL_SCHEMA_VERSION);
-    else if (*state == DB_FOREIGN && app != 0 && app != OO_SPOOL_APP_ID)
-        set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
-                "spool %s: not a spool file: an SQLite database of another application"
-                " (application_id 0x%08llx); nothing was written to it",
-                d->path, (unsigned long long)app & 0xffffffffULL);
-    else if (*state == DB_FOREIGN)
-        set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
-                "spool %s: not a spool file: an SQLite database without the spool's tables"
-                " (user_version %lld); nothing was written to it",
-                d->path, *version);
-    return SQLITE_OK;
-}
-
-/* Creates or migrates the schema under the write lock, looking again
- * first: concurrent first opens serialize here and all but one find the
- * work done. */
-static int upgrade_schema(spool_db *d, oo_spool_err *err) {
-    char stamp[96];
-    long long version = 0;
-    int state = DB_FOREIGN, rc, code = OO_SPOOL_OK;
-    snprintf(stamp, sizeof stamp, "PRAGMA application_id = %d; PRAGMA user_version = %d;",
-             OO_SPOOL_APP_ID, OO_SPOOL_SCHEMA_VERSION);
-    if ((rc = sqlite3_exec(d->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK)
-        return db_fail(d, err, rc);
-    rc = classify(d, &state, &version, err);
-    if (rc == SQLITE_OK && state == DB_EMPTY) rc = sqlite3_exec(d->db, SCHEMA_SQL, NULL, NULL, NULL);
-    if (rc == SQLITE_OK && state == DB_V1) rc = sqlite3_exec(d->db, MIGRATE_V1_SQL, NULL, NULL, NULL);
-    if (rc == SQLITE_OK && (state == DB_EMPTY || state == DB_V1))
-        rc = sqlite3_exec(d->db, stamp, NULL, NULL, NULL);
-    if (rc == SQLITE_OK && (state == DB_NEWER || state == DB_FOREIGN)) code = OO_SPOOL_FOREIGN;
-    if (rc == SQLITE_OK && code == OO_SPOOL_OK) rc = sqlite3_exec(d->db, "COMMIT", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) code = db_fail(d, err, rc);
-    if (code != OO_SPOOL_OK) rollback(d);
-    return code;
-}
-
-/* Switching a database to WAL takes an exclusive lock that SQLite does not
- * wait for (no busy handler on that path): retry within busy_timeout. */
-static int set_wal(spool_db *d, oo_spool_err *err) {
-    double deadline = mono_now() + d->busy_timeout;
-    char mode[16] = "";
-    sqlite3_stmt *st;
-    int rc;
-    for (;;) {
-        if ((rc = sqlite3_prepare_v2(d->db, "PRAGMA journal_mode=WAL", -1, &st, NULL)) != SQLITE_OK)
-            return db_fail(d, err, rc);
-        rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW)
-            snprintf(mode, sizeof mode, "%s", (const char *)sqlite3_column_text(st, 0));
-        if (rc != SQLITE_BUSY) break;
-        sqlite3_finalize(st);
-        if (mono_now() >= deadline) return db_fail(d, err, rc);
-        sleep_for(0.01);
-    }
-    if (rc != SQLITE_ROW) {
-        rc = db_fail(d, err, rc);
-        sqlite3_finalize(st);
-        return rc;
-    }
-    sqlite3_finalize(st);
-    if (strcmp(mode, "wal") != 0)
-        return set_err(err, OO_SPOOL_STORAGE, 0, NULL,
-                       "spool %s: open: could not switch to WAL mode (journal mode is '%s')",
-                       d->path, mode);
-    return OO_SPOOL_OK;
-}
+static const oo_sql_schema SCHEMA = {
+    OO_SPOOL_APP_ID, OO_SPOOL_SCHEMA_VERSION, "'orders', 'dead', 'totals'", 3, 1, PAGE_SIZE,
+    SCHEMA_SQL, MIGRATE};
 
 /* Per-connection settings (none of them writes to the file). */
 static int set_pragmas(spool_db *d, const oo_spool_opts *o, oo_spool_err *err) {
@@ -882,83 +511,16 @@ static int set_pragmas(spool_db *d, const oo_spool_opts *o, oo_spool_err *err) {
     int rc;
     snprintf(sql, sizeof sql, "PRAGMA synchronous=%s; PRAGMA journal_size_limit=%d;",
              o->sync == OO_SPOOL_SYNC_FULL ? "FULL" : "NORMAL", WAL_RESTART_BYTES);
-    rc = sqlite3_exec(d->db, sql, NULL, NULL, NULL);
-    if (rc == SQLITE_OK && (rc = row_ints(d, "PRAGMA page_size", &page, 1)) == SQLITE_OK)
+    rc = sqlite3_exec(d->c.db, sql, NULL, NULL, NULL);
+    if (rc == SQLITE_OK && (rc = oo_sql_row_ints(&d->c, "PRAGMA page_size", &page, 1)) == SQLITE_OK)
         d->page_size = page > 0 ? (int)page : PAGE_SIZE;
     if (rc == SQLITE_OK && o->max_file_bytes > 0) {
         pages = o->max_file_bytes / page;
         snprintf(sql, sizeof sql, "PRAGMA max_page_count=%lld", pages > 1 ? pages : 1);
-        rc = row_ints(d, sql, &pages, 1);
+        rc = oo_sql_row_ints(&d->c, sql, &pages, 1);
     }
     if (rc != SQLITE_OK) return db_fail(d, err, rc);
-    sqlite3_wal_hook(d->db, on_wal_commit, d);
-    return OO_SPOOL_OK;
-}
-
-/* Creates the file 0600 (whatever the umask, never through a symlink)
- * unless it exists: SQLite then gives the -wal and -shm files the same mode.
- * An existing path must be a regular file (through a symlink is fine, a
- * dangling symlink is refused rather than have SQLite create its target). */
-static int create_private(const char *path, oo_spool_err *err) {
-    struct stat st;
-    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd >= 0) {
-        int bad = fchmod(fd, 0600) != 0;
-        int e = errno;
-        close(fd);
-        if (!bad) return OO_SPOOL_OK;
-        unlink(path);
-        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: cannot make the file private: %s",
-                       path, strerror(e));
-    }
-    if (errno != EEXIST)
-        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: cannot create the file: %s", path,
-                       strerror(errno));
-    if (stat(path, &st) != 0)
-        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: %s", path,
-                       errno == ENOENT ? "is a symbolic link to a missing file (refusing to"
-                                         " create its target)"
-                                       : strerror(errno));
-    if (!S_ISREG(st.st_mode))
-        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: is a %s, not a file", path,
-                       S_ISDIR(st.st_mode) ? "directory" : "special file");
-    return OO_SPOOL_OK;
-}
-
-static unsigned long be32(const unsigned char *p) {
-    return (unsigned long)p[0] << 24 | (unsigned long)p[1] << 16 | (unsigned long)p[2] << 8 | p[3];
-}
-
-/* Refuses, from its first 100 bytes and before SQLite opens it, a file
- * that cannot be ours: not SQLite, another application's id, or not in WAL
- * mode (a spool is from its first page on). The rest is for classify(). */
-static int sniff(const char *path, oo_spool_err *err) {
-    unsigned char h[100];
-    ssize_t n;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    unsigned long app;
-    if (fd < 0)
-        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: cannot open the file: %s", path,
-                       strerror(errno));
-    n = pread(fd, h, sizeof h, 0);
-    close(fd);
-    if (n == 0) return OO_SPOOL_OK;
-    if (n < (ssize_t)sizeof h || memcmp(h, "SQLite format 3", 16) != 0)
-        return set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
-                       "spool %s: not a spool file: not an SQLite database; nothing was written"
-                       " to it",
-                       path);
-    app = be32(h + 68);
-    if (app != 0 && app != OO_SPOOL_APP_ID)
-        return set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
-                       "spool %s: not a spool file: an SQLite database of another application"
-                       " (application_id 0x%08lx); nothing was written to it",
-                       path, app);
-    if (h[18] != 2 || h[19] != 2)
-        return set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
-                       "spool %s: not a spool file: an SQLite database in rollback-journal mode"
-                       " (a spool is always in WAL mode); nothing was written to it",
-                       path);
+    sqlite3_wal_hook(d->c.db, on_wal_commit, d);
     return OO_SPOOL_OK;
 }
 
@@ -966,9 +528,9 @@ static int sniff(const char *path, oo_spool_err *err) {
 static void db_free(spool_db *d) {
     int i;
     if (d->ckpt_db) sqlite3_close_v2(d->ckpt_db);
-    if (d->db) {
+    if (d->c.db) {
         for (i = 0; i < ST_COUNT; i++) sqlite3_finalize(d->st[i]);
-        sqlite3_close_v2(d->db);
+        sqlite3_close_v2(d->c.db);
     }
     pthread_mutex_destroy(&d->mu);
     free(d);
@@ -977,40 +539,11 @@ static void db_free(spool_db *d) {
 /* Opens SQLite on the file and makes it a usable spool, refusing one that
  * is not ours before any write. */
 static int db_connect(spool_db *d, const oo_spool_opts *o, oo_spool_err *err) {
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, rc, code, state = DB_FOREIGN;
-    long long version = 0;
-    char *name;
-#ifdef SQLITE_OPEN_EXRESCODE
-    flags |= SQLITE_OPEN_EXRESCODE;
-#endif
-    if ((code = create_private(d->path, err)) != OO_SPOOL_OK) return code;
-    if ((code = sniff(d->path, err)) != OO_SPOOL_OK) return code;
-    if (!(name = sqlite_name(d->path))) return nomem(d, err);
-    rc = sqlite3_open_v2(name, &d->db, flags, oo_spool_vfs());
-    free(name);
-    if (rc != SQLITE_OK) return db_fail(d, err, rc);
-    sqlite3_extended_result_codes(d->db, 1);
-    if (sqlite3_db_readonly(d->db, "main") == 1)
-        return set_err(err, OO_SPOOL_STORAGE, SQLITE_READONLY, NULL,
-                       "spool %s: open: the file is read-only", d->path);
-    sqlite3_busy_handler(d->db, on_busy, d);
-    /* until the file is known to be ours, closing must not write to it */
-    sqlite3_db_config(d->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
-    if ((rc = classify(d, &state, &version, err)) != SQLITE_OK) return db_fail(d, err, rc);
-    if (state == DB_NEWER || state == DB_FOREIGN) return OO_SPOOL_FOREIGN;
-    if (state == DB_EMPTY) {
-        char sql[48];
-        snprintf(sql, sizeof sql, "PRAGMA page_size=%d", PAGE_SIZE);
-        if ((rc = sqlite3_exec(d->db, sql, NULL, NULL, NULL)) != SQLITE_OK) return db_fail(d, err, rc);
-    }
-    if ((code = set_wal(d, err)) != OO_SPOOL_OK) return code;
-    if ((code = set_pragmas(d, o, err)) != OO_SPOOL_OK) return code;
-    if (state != DB_READY && (code = upgrade_schema(d, err)) != OO_SPOOL_OK) return code;
-    sqlite3_db_config(d->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, NULL);
-    return OO_SPOOL_OK;
+    int code = oo_sql_connect(&d->c, &SCHEMA, err);
+    if (code == OO_SPOOL_OK) code = set_pragmas(d, o, err);
+    if (code == OO_SPOOL_OK) oo_sql_adopt(&d->c);
+    return code;
 }
-
-static pthread_once_t fork_watch = PTHREAD_ONCE_INIT;
 
 /* A connection's state before it is connected (refs 1). */
 static spool_db *db_new(const char *path, const oo_spool_opts *o) {
@@ -1022,13 +555,14 @@ static spool_db *db_new(const char *path, const oo_spool_opts *o) {
         return NULL;
     }
     memcpy(d->path, path, plen + 1);
-    pthread_once(&fork_watch, watch_forks);
+    d->c.noun = "spool";
+    d->c.path = d->path;
+    d->c.what = "open";
+    d->c.busy_timeout = o->busy_timeout;
     d->pid = getpid();
-    d->fork_gen = fork_gen;
-    d->busy_timeout = o->busy_timeout;
+    d->fork_gen = oo_sql_fork_gen();
     d->sync_full = o->sync == OO_SPOOL_SYNC_FULL;
     d->refs = 1;
-    d->what = "open";
     return d;
 }
 
@@ -1043,9 +577,9 @@ static void db_release(spool_db *d) {
     pthread_mutex_unlock(&d->mu);
     if (!last) return;
     ckpt_halt(d);
-    gate_enter();
+    oo_sql_gate_enter();
     db_free(d);
-    gate_leave();
+    oo_sql_gate_leave();
 }
 
 static oo_spool *handle_new(spool_db *d, const oo_spool_opts *o) {
@@ -1076,17 +610,10 @@ static spool_db *reader(oo_spool *s) {
     spool_db *r;
     pthread_mutex_lock(&s->r_mu);
     if (!s->r && !s->r_failed && (r = db_new(s->d->path, &s->opts)) != NULL) {
-        char *name = sqlite_name(r->path);
-        int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
-        if (!name || sqlite3_open_v2(name, &r->db, flags, oo_spool_vfs()) != SQLITE_OK) {
+        if (oo_sql_open_more(r->path, &r->c.db, 1, &r->c) != SQLITE_OK) {
             db_free(r);
             r = NULL;
-        } else {
-            sqlite3_extended_result_codes(r->db, 1);
-            sqlite3_busy_handler(r->db, on_busy, r);
-            sqlite3_db_config(r->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
         }
-        free(name);
         s->r = r;
     }
     if (!s->r) s->r_failed = 1;
@@ -1112,25 +639,25 @@ int oo_spool_open(const char *path, const oo_spool_opts *o, oo_spool **out, oo_s
         return misuse(err, "open", "option out of range");
     if (!(d = db_new(path, o)))
         return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: out of memory", path);
-    gate_enter();
+    oo_sql_gate_enter();
     if ((code = db_connect(d, o, err)) == OO_SPOOL_OK && !(*out = handle_new(d, o)))
         code = nomem(d, err);
     if (code != OO_SPOOL_OK) db_free(d);
-    gate_leave();
+    oo_sql_gate_leave();
     return code;
 }
 
 int oo_spool_reopen(const oo_spool *s, oo_spool **out, oo_spool_err *err) {
     spool_db *d;
     *out = NULL;
-    if (!s || !s->d || !s->d->db) return misuse(err, "reopen", "handle is closed");
+    if (!s || !s->d || !s->d->c.db) return misuse(err, "reopen", "handle is closed");
     d = s->d;
     if (other_process(d)) return misuse(err, "reopen", "handle was opened by another process");
-    gate_enter(); /* handle_new asks SQLite's PRNG */
+    oo_sql_gate_enter(); /* handle_new asks SQLite's PRNG */
     pthread_mutex_lock(&d->mu);
     if ((*out = handle_new(d, &s->opts)) != NULL) d->refs++;
     pthread_mutex_unlock(&d->mu);
-    gate_leave();
+    oo_sql_gate_leave();
     if (!*out) return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: out of memory", d->path);
     return OO_SPOOL_OK;
 }
@@ -1171,7 +698,7 @@ static int move_to_dead(spool_db *d, long long id, const char *owner, double now
     *moved = 0;
     rc = exec(d, ST_MOVE_COPY, "idisosss", id, now, attempts_add, f->kind ? f->kind : "failed",
               f->status, f->code, f->message, owner);
-    if (rc != SQLITE_OK || sqlite3_changes(d->db) == 0) return rc;
+    if (rc != SQLITE_OK || sqlite3_changes(d->c.db) == 0) return rc;
     if ((rc = exec(d, ST_MOVE_DEL, "is", id, owner)) == SQLITE_OK) *moved = 1;
     return rc;
 }
@@ -1240,15 +767,15 @@ static int lease_err(oo_spool *s, long long id, oo_spool_err *err) {
         return set_err(err, OO_SPOOL_LEASE, 0, NULL,
                        "spool %s: %s of order %lld refused: it is no longer queued"
                        " (acked, purged or moved to dead letters)",
-                       d->path, d->what, id);
+                       d->path, d->c.what, id);
     if (!holder[0])
         return set_err(err, OO_SPOOL_LEASE, 0, NULL,
                        "spool %s: %s of order %lld refused: it is not claimed (lease released)",
-                       d->path, d->what, id);
+                       d->path, d->c.what, id);
     return set_err(err, OO_SPOOL_LEASE, 0, NULL,
                    "spool %s: %s of order %lld refused: it is claimed by %s, not by this"
                    " handle (%s); our lease expired",
-                   d->path, d->what, id, holder, s->owner);
+                   d->path, d->c.what, id, holder, s->owner);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1273,7 +800,7 @@ static int put_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
         rc = exec(d, ST_INSERT, "tbidt", it->ref, it->ref_len, it->body, it->body_len,
                   (long long)it->body_len, c->now, it->channel, it->channel_len);
         if (rc != SQLITE_OK) return db_fail(d, err, rc);
-        if (c->ids) c->ids[i] = (long long)sqlite3_last_insert_rowid(d->db);
+        if (c->ids) c->ids[i] = (long long)sqlite3_last_insert_rowid(d->c.db);
     }
     return OO_SPOOL_OK;
 }
@@ -1405,7 +932,7 @@ static int owned_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
         rc = c->which == ST_RETRY ? exec(d, ST_RETRY, "isds", c->ids[i], s->owner, c->next_at, c->text)
                                   : exec(d, c->which, "is", c->ids[i], s->owner);
         if (rc != SQLITE_OK) return db_fail(d, err, rc);
-        if (sqlite3_changes(d->db) == 0 && c->missed++ == 0) c->first_missed = c->ids[i];
+        if (sqlite3_changes(d->c.db) == 0 && c->missed++ == 0) c->first_missed = c->ids[i];
     }
     if (c->missed == 0) return OO_SPOOL_OK;
     lease_err(s, c->first_missed, err);
@@ -1587,7 +1114,7 @@ static int requeue_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) 
     if ((code = over_bounds(s, &totals, dead.a, dead.b, "requeue refused", "", err)) != OO_SPOOL_OK)
         return code;
     if ((rc = exec(d, ST_REQUEUE_COPY, "Id", c->id, c->now)) != SQLITE_OK) return db_fail(d, err, rc);
-    *c->n = sqlite3_changes(d->db);
+    *c->n = sqlite3_changes(d->c.db);
     if ((rc = exec(d, ST_REQUEUE_DEL, "I", c->id)) != SQLITE_OK) return db_fail(d, err, rc);
     return OO_SPOOL_OK;
 }
@@ -1611,12 +1138,12 @@ static int purge_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     int rc;
     if (c->which & OO_SPOOL_PURGE_DEAD) {
         if ((rc = exec(d, ST_PURGE_DEAD, "d", c->cutoff)) != SQLITE_OK) return db_fail(d, err, rc);
-        *c->n += sqlite3_changes(d->db);
+        *c->n += sqlite3_changes(d->c.db);
     }
     if (c->which & OO_SPOOL_PURGE_QUEUED) {
         if ((rc = exec(d, ST_PURGE_QUEUED, "dd", c->cutoff, c->now)) != SQLITE_OK)
             return db_fail(d, err, rc);
-        *c->n += sqlite3_changes(d->db);
+        *c->n += sqlite3_changes(d->c.db);
     }
     return OO_SPOOL_OK;
 }

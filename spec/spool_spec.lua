@@ -1032,6 +1032,7 @@ describe("spool migration from version 1", function()
     if not has_sqlite3_cli() then return pending("sqlite3 CLI not installed") end
     local path = fresh_path()
     sqlite3_cli(path, V1_SQL)
+    assert(core.chmod(path, tonumber("600", 8))) -- as version 1 made it (the CLI follows the umask)
     assert.equal("1", sqlite3_cli(path, "PRAGMA user_version"))
     local sp = open(nil, path)
     local st = sp:stats(T0)
