@@ -128,28 +128,30 @@ static int fs_err(oo_sql_conn *c, oo_spool_err *err, const char *fmt, const char
     return oo_sql_err(err, OO_SPOOL_STORAGE, 0, NULL, "%s %s: %s", c->noun, c->path, what);
 }
 
-/* An open descriptor of `file` (the database or a sidecar): a regular
+/* `file` (the database or a sidecar), as fstat or lstat saw it: a regular
  * file this process's user owns (checked before anything reads it), and,
  * unless mode_later, with no group or other permission bit. */
-static int check_fd(oo_sql_conn *c, int fd, const char *file, int mode_later, oo_spool_err *err) {
-    struct stat st;
+static int check_stat(oo_sql_conn *c, const struct stat *st, const char *file, int mode_later,
+                      oo_spool_err *err) {
     char why[160];
-    if (fstat(fd, &st) != 0) return fs_err(c, err, "cannot stat %s: %s", file, strerror(errno));
-    if (!S_ISREG(st.st_mode))
+    if (S_ISLNK(st->st_mode))
+        return fs_err(c, err, "%s %s", file,
+                      "is a symbolic link (never opened through one: give the file's own path)");
+    if (!S_ISREG(st->st_mode))
         return fs_err(c, err, "%s is a %s, not a file", file,
-                      S_ISDIR(st.st_mode) ? "directory" : "special file");
-    if (st.st_uid != geteuid()) {
+                      S_ISDIR(st->st_mode) ? "directory" : "special file");
+    if (st->st_uid != geteuid()) {
         snprintf(why, sizeof why,
                  "it belongs to another user (uid %ld, this process runs as uid %ld)",
-                 (long)st.st_uid, (long)geteuid());
+                 (long)st->st_uid, (long)geteuid());
         return fs_err(c, err,
                       "refusing %s: %s; a file someone else created is never adopted (remove it,"
                       " or run as its owner)",
                       file, why);
     }
-    if ((st.st_mode & 077) && !mode_later) {
+    if ((st->st_mode & 077) && !mode_later) {
         snprintf(why, sizeof why, "its mode %04o lets other users read or write it",
-                 (unsigned)(st.st_mode & 07777));
+                 (unsigned)(st->st_mode & 07777));
         return fs_err(c, err, "refusing %s: %s (it must be 0600: chmod 600 it if it is yours)",
                       file, why);
     }
@@ -203,6 +205,7 @@ static int sniff(oo_sql_conn *c, int fd, unsigned long app_id, oo_spool_err *err
 /* Creates the file 0600 unless it exists; an existing one must pass
  * check_fd and sniff, read through the descriptor that was checked. */
 static int prepare_main(oo_sql_conn *c, unsigned long app_id, oo_spool_err *err) {
+    struct stat st;
     int fd = open(c->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600), code;
     if (fd >= 0) {
         int bad = fchmod(fd, 0600) != 0, e = errno;
@@ -215,27 +218,26 @@ static int prepare_main(oo_sql_conn *c, unsigned long app_id, oo_spool_err *err)
     if ((code = open_existing(c, c->path, &fd, err)) != OO_SPOOL_OK) return code;
     /* the owner before any read; whether a file of ours is private is
      * checked once SQLite has said whether it is ours at all (oo_sql_connect) */
-    code = check_fd(c, fd, c->path, 1, err);
+    if (fstat(fd, &st) != 0) code = fs_err(c, err, "cannot stat %s: %s", c->path, strerror(errno));
+    else code = check_stat(c, &st, c->path, 1, err);
     if (code == OO_SPOOL_OK) code = sniff(c, fd, app_id, err);
     close(fd);
     return code;
 }
 
+/* Never opens them: closing a descriptor of a file drops every POSIX lock
+ * this process holds on it, SQLite's included (the -shm's above all). */
 int oo_sql_check_private(oo_sql_conn *c, int main_too, oo_spool_err *err) {
     static const char *const suffix[] = {"", "-wal", "-shm"};
     size_t n = strlen(c->path) + 8;
     char *file = (char *)malloc(n);
-    int i, fd, code = OO_SPOOL_OK;
+    struct stat st;
+    int i, code = OO_SPOOL_OK;
     if (!file) return oo_sql_nomem(c, err);
     for (i = main_too ? 0 : 1; i < 3 && code == OO_SPOOL_OK; i++) {
         snprintf(file, n, "%s%s", c->path, suffix[i]);
-        fd = open(file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-        if (fd < 0 && errno == ENOENT) continue;
-        if (fd < 0) code = open_existing(c, file, &fd, err);
-        if (code == OO_SPOOL_OK) {
-            code = check_fd(c, fd, file, 0, err);
-            close(fd);
-        }
+        if (lstat(file, &st) == 0) code = check_stat(c, &st, file, 0, err);
+        else if (errno != ENOENT) code = fs_err(c, err, "cannot stat %s: %s", file, strerror(errno));
     }
     free(file);
     return code;

@@ -5,13 +5,14 @@
  *  - a plain path, never an SQLite URI ("file:x" is the file ./file:x);
  *  - a new file is created 0600 whatever the umask, never through a
  *    symbolic link (SQLite gives the -wal and -shm files the same mode);
- *  - an existing file, and its -wal and -shm when present, are opened with
- *    O_NOFOLLOW and checked with fstat: a symbolic link or a file another
- *    user owns is refused before anything reads it, and one with any
- *    group/other permission bit before anything is written to it (kind
- *    "storage", naming the file), so a file someone else pre-created in a
- *    shared directory is never adopted; the -wal and -shm are checked
- *    again once SQLite has opened them;
+ *  - an existing file is opened with O_NOFOLLOW and checked with fstat
+ *    before anything reads it, its -wal and -shm with lstat (never opened:
+ *    see oo_sql_check_private): a symbolic link or a file another user owns
+ *    is refused before anything reads it, and one with any group/other
+ *    permission bit before anything is written to it (kind "storage",
+ *    naming the file), so a file someone else pre-created in a shared
+ *    directory is never adopted; all three are checked again once SQLite
+ *    has opened them;
  *  - a file that cannot be ours (not SQLite, another application_id, not
  *    in WAL mode) is refused (kind "foreign") before SQLite opens it.
  *
