@@ -1128,6 +1128,79 @@ describe("spool refuses files that are not its own", function()
   end)
 end)
 
+describe("spool refuses a file another user could read or made (issue 19)", function()
+  local function is_root() return sys.capture("id -u") == "0\n" end
+
+  -- open refuses: kind storage, the message names `file` and says why; the
+  -- file keeps its content, owner and mode
+  local function refused(path, file, why)
+    local before_id, _, before_mode = core.file_id(file, true)
+    local before = sys.read_file(file)
+    local sp, err = spool.open(path)
+    assert.is_nil(sp)
+    assert.is_true(errors.is(err))
+    assert.equal("storage", err.kind)
+    assert.matches(file, err.message, 1, true)
+    assert.matches(why, err.message, 1, true)
+    local id, _, mode = core.file_id(file, true)
+    assert.equal(before_id, id)
+    assert.equal(before_mode, mode)
+    assert.equal(before, sys.read_file(file))
+  end
+
+  local function touch(path, mode, owner)
+    local f = assert(io.open(path, "wb"))
+    f:close()
+    assert(core.chmod(path, tonumber(mode, 8)))
+    if owner then assert(sys.run("chown " .. owner .. " " .. sh_quote(path))) end
+  end
+
+  it("an empty 0666 file someone pre-created (the sticky /tmp case)", function()
+    local path = fresh_path()
+    touch(path, "666")
+    refused(path, path, "its mode 0666 lets other users read or write it")
+  end)
+
+  it("a file owned by another user (nobody), even 0600", function()
+    if not is_root() then return pending("needs root to chown") end
+    local path = fresh_path()
+    touch(path, "600", "nobody")
+    refused(path, path, "it belongs to another user")
+  end)
+
+  it("a spool of ours made group-readable later", function()
+    local sp, path = open()
+    assert(sp:put(body(1), "R1", T0))
+    sp:close()
+    assert(core.chmod(path, tonumber("640", 8)))
+    refused(path, path, "its mode 0640")
+  end)
+
+  it("a -wal or -shm someone pre-created beside it (owned by nobody, or 0666)", function()
+    for _, suffix in ipairs({ "-wal", "-shm" }) do
+      local path = fresh_path()
+      if is_root() then
+        touch(path .. suffix, "600", "nobody")
+        refused(path, path .. suffix, "it belongs to another user")
+        os.remove(path .. suffix)
+      end
+      touch(path .. suffix, "666")
+      refused(path, path .. suffix, "its mode 0666")
+    end
+  end)
+
+  it("a symbolic link to a spool (never opened through one)", function()
+    local sp, target = open()
+    sp:close()
+    local link = tmpdir .. "/link-to-spool.db"
+    assert(sys.run("ln -s " .. sh_quote(target) .. " " .. sh_quote(link)))
+    local nsp, err = spool.open(link)
+    assert.is_nil(nsp)
+    assert.equal("storage", err.kind)
+    assert.matches("is a symbolic link", err.message, 1, true)
+  end)
+end)
+
 describe("spool files", function()
   it("takes a path beginning with file: as a file name, never an SQLite URI", function()
     local dir = tmpdir .. "/uri"
