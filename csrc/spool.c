@@ -18,6 +18,9 @@
 
 #include "spool.h"
 #include "clock.h"
+#include "hmac.h"
+#include "json.h"
+#include "ledger.h"
 #include "sqlfile.h"
 
 /* ------------------------------------------------------------------ */
@@ -39,26 +42,32 @@
     " UPDATE totals SET n = n + 1, bytes = bytes + NEW.bytes, seq = max(seq, NEW.id)"      \
     " WHERE one = 1; END;"
 
+/* A cancel row (op 1, a DELETE of its refCode) waits behind every earlier
+ * row of the same refCode, and a create behind an earlier cancel (amend):
+ * claim asks the refCode index. */
+#define ORDERS_REF_INDEX "CREATE INDEX orders_ref ON orders(ref);"
+
 static const char SCHEMA_SQL[] =
     "CREATE TABLE orders("
     " id INTEGER PRIMARY KEY, ref TEXT, body BLOB NOT NULL,"
     " bytes INT NOT NULL, created_at REAL NOT NULL, attempts INT NOT NULL DEFAULT 0,"
     " next_at REAL NOT NULL, claimed_by TEXT, claimed_until REAL, last_error TEXT,"
-    " channel TEXT);"
+    " channel TEXT, op INT NOT NULL DEFAULT 0);"
     "CREATE INDEX orders_next_at ON orders(next_at);"
     "CREATE INDEX orders_created_at ON orders(created_at);"
-    ORDERS_LEASED_INDEX
+    ORDERS_LEASED_INDEX ORDERS_REF_INDEX
     "CREATE TABLE dead("
     " id INTEGER PRIMARY KEY, ref TEXT, body BLOB NOT NULL, created_at REAL,"
     " failed_at REAL NOT NULL, attempts INT NOT NULL, kind TEXT NOT NULL,"
-    " status INT, code TEXT, message TEXT, channel TEXT);"
+    " status INT, code TEXT, message TEXT, channel TEXT, op INT NOT NULL DEFAULT 0);"
     "CREATE INDEX dead_failed_at ON dead(failed_at);"
     "CREATE TABLE totals(one INTEGER PRIMARY KEY CHECK (one = 1),"
     " n INT NOT NULL, bytes INT NOT NULL, seq INT NOT NULL DEFAULT 0);"
     "INSERT INTO totals VALUES (1, 0, 0, 0);"
     ORDERS_INS_TRIGGER
     "CREATE TRIGGER orders_del AFTER DELETE ON orders BEGIN"
-    " UPDATE totals SET n = n - 1, bytes = bytes - OLD.bytes WHERE one = 1; END;";
+    " UPDATE totals SET n = n - 1, bytes = bytes - OLD.bytes WHERE one = 1; END;"
+    OO_LEDGER_SCHEMA_SQL;
 
 /* Version 1 → 2: channels, and ids from totals.seq. ADD COLUMN appends, so
  * a migrated file has the same column order as a new one. */
@@ -71,10 +80,21 @@ static const char MIGRATE_V1_SQL[] =
     " (SELECT coalesce(max(id), 0) FROM orders), (SELECT coalesce(max(id), 0) FROM dead));"
     "DROP TRIGGER orders_ins;" ORDERS_INS_TRIGGER ORDERS_LEASED_INDEX;
 
+/* Version 2 → 3: cancel rows (op) and the ledger's tables. */
+static const char MIGRATE_V2_SQL[] =
+    "ALTER TABLE orders ADD COLUMN op INT NOT NULL DEFAULT 0;"
+    "ALTER TABLE dead ADD COLUMN op INT NOT NULL DEFAULT 0;"
+    ORDERS_REF_INDEX OO_LEDGER_SCHEMA_SQL;
+
 /* "Free" = no live lease: never claimed, released, or its lease ran out. */
 #define FREE_AT(p) "(claimed_until IS NULL OR claimed_until <= " p ")"
 #define DEAD_COLS \
-    "id, ref, body, created_at, failed_at, attempts, kind, status, code, message, channel"
+    "id, ref, body, created_at, failed_at, attempts, kind, status, code, message, channel, op"
+/* A row that must wait: a cancel behind any earlier row of its refCode,
+ * a create behind an earlier cancel (o: the candidate). */
+#define WAITS_BEHIND_EARLIER                                                              \
+    "EXISTS (SELECT 1 FROM orders e WHERE e.ref = o.ref AND e.id < o.id"                  \
+    " AND (o.op = 1 OR e.op = 1))"
 
 enum {
     ST_BEGIN, ST_BEGIN_READ, ST_COMMIT, ST_ROLLBACK,
@@ -82,7 +102,8 @@ enum {
     ST_OLDEST_FREE, ST_MOVE_COPY, ST_MOVE_DEL, ST_CLAIM, ST_CLAIM_MARK, ST_ACK, ST_RETRY,
     ST_RELEASE, ST_OWNER, ST_DEAD_SUM, ST_REQUEUE_COPY, ST_REQUEUE_DEL,
     ST_PURGE_DEAD, ST_PURGE_QUEUED, ST_WAITING, ST_LEASED, ST_DEAD_COUNT, ST_LIST_QUEUED,
-    ST_LIST_DEAD, ST_NEXT_DUE,
+    ST_LIST_DEAD, ST_NEXT_DUE, ST_HELD_ROW, ST_ANY_ROW, ST_EXPIRING, ST_REF_FLIGHT,
+    ST_REF_FREE, ST_REF_DROP, ST_CUSTOMERS, ST_DEAD_CUSTOMERS, ST_DROP_ONE, ST_DROP_DEAD,
     ST_COUNT
 };
 
@@ -95,22 +116,24 @@ static const char *const SQL[ST_COUNT] = {
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_TOTALS] = "SELECT n, bytes FROM totals WHERE one = 1",
-    [ST_INSERT] = "INSERT INTO orders(id, ref, body, bytes, created_at, attempts, next_at, channel)"
-                  " VALUES ((SELECT seq + 1 FROM totals WHERE one = 1), ?1, ?2, ?3, ?4, 0, ?4, ?5)",
+    [ST_INSERT] = "INSERT INTO orders(id, ref, body, bytes, created_at, attempts, next_at, channel,"
+                  " op) VALUES ((SELECT seq + 1 FROM totals WHERE one = 1), ?1, ?2, ?3, ?4, 0, ?4,"
+                  " ?5, ?6)",
     [ST_MIN_CREATED] = "SELECT min(created_at) FROM orders",
     [ST_EXPIRE_COPY] = "INSERT INTO dead(" DEAD_COLS ")"
                        " SELECT id, ref, body, created_at, ?2, attempts, 'expired', NULL, NULL,"
-                       " ?3 || coalesce('; last error: ' || last_error, ''), channel"
+                       " ?3 || coalesce('; last error: ' || last_error, ''), channel, op"
                        " FROM orders WHERE created_at < ?1 AND " FREE_AT("?2"),
     [ST_EXPIRE_DEL] = "DELETE FROM orders WHERE created_at < ?1 AND " FREE_AT("?2"),
     [ST_OLDEST_FREE] = "SELECT id, bytes FROM orders WHERE " FREE_AT("?1")
                        " ORDER BY created_at, id LIMIT 1",
     [ST_MOVE_COPY] = "INSERT INTO dead(" DEAD_COLS ")"
-                     " SELECT id, ref, body, created_at, ?2, attempts + ?3, ?4, ?5, ?6, ?7, channel"
+                     " SELECT id, ref, body, created_at, ?2, attempts + ?3, ?4, ?5, ?6, ?7, channel, op"
                      " FROM orders WHERE id = ?1 AND (?8 IS NULL OR claimed_by = ?8)",
     [ST_MOVE_DEL] = "DELETE FROM orders WHERE id = ?1 AND (?2 IS NULL OR claimed_by = ?2)",
-    [ST_CLAIM] = "SELECT id, ref, body, bytes, attempts, created_at, next_at, channel FROM orders"
-                 " WHERE next_at <= ?1 AND " FREE_AT("?1") " ORDER BY next_at, id LIMIT ?2",
+    [ST_CLAIM] = "SELECT id, ref, body, bytes, attempts, created_at, next_at, channel, op"
+                 " FROM orders o WHERE next_at <= ?1 AND " FREE_AT("?1")
+                 " AND NOT " WAITS_BEHIND_EARLIER " ORDER BY next_at, id LIMIT ?2",
     [ST_CLAIM_MARK] = "UPDATE orders SET claimed_by = ?2, claimed_until = ?3 WHERE id = ?1",
     [ST_ACK] = "DELETE FROM orders WHERE id = ?1 AND claimed_by = ?2",
     [ST_RETRY] = "UPDATE orders SET attempts = attempts + 1, next_at = ?3, last_error = ?4,"
@@ -120,7 +143,7 @@ static const char *const SQL[ST_COUNT] = {
     [ST_OWNER] = "SELECT claimed_by FROM orders WHERE id = ?1",
     [ST_DEAD_SUM] = "SELECT count(*), total(length(body)) FROM dead WHERE " DEAD_ONE_OR_ALL,
     [ST_REQUEUE_COPY] = "INSERT INTO orders(id, ref, body, bytes, created_at, attempts, next_at,"
-                        " channel) SELECT id, ref, body, length(body), ?2, 0, ?2, channel"
+                        " channel, op) SELECT id, ref, body, length(body), ?2, 0, ?2, channel, op"
                         " FROM dead WHERE " DEAD_ONE_OR_ALL " ORDER BY id",
     [ST_REQUEUE_DEL] = "DELETE FROM dead WHERE " DEAD_ONE_OR_ALL,
     [ST_PURGE_DEAD] = "DELETE FROM dead WHERE failed_at < ?1",
@@ -130,27 +153,44 @@ static const char *const SQL[ST_COUNT] = {
                   " WHERE claimed_by IS NOT NULL AND claimed_until > ?1",
     [ST_DEAD_COUNT] = "SELECT count(*) FROM dead",
     [ST_LIST_QUEUED] = "SELECT id, ref, CASE WHEN ?4 THEN body END, bytes, created_at, attempts,"
-                       " next_at, claimed_by, claimed_until, last_error, channel"
+                       " next_at, claimed_by, claimed_until, last_error, channel, op"
                        " FROM orders WHERE id > ?1 ORDER BY id LIMIT ?2 OFFSET ?3",
     [ST_LIST_DEAD] = "SELECT id, ref, CASE WHEN ?4 THEN body END, length(body), created_at,"
-                     " attempts, failed_at, kind, status, code, message, channel"
+                     " attempts, failed_at, kind, status, code, message, channel, op"
                      " FROM dead WHERE id > ?1 ORDER BY id LIMIT ?2 OFFSET ?3",
     [ST_NEXT_DUE] = "SELECT next_at FROM orders WHERE " FREE_AT("?1") " ORDER BY next_at LIMIT 1",
+    /* what the ledger needs of a row: the one this handle holds, or any */
+    [ST_HELD_ROW] = "SELECT ref, body, channel, op FROM orders WHERE id = ?1 AND claimed_by = ?2",
+    [ST_ANY_ROW] = "SELECT ref, body, channel, op FROM orders WHERE id = ?1",
+    [ST_EXPIRING] = "SELECT ref, body, channel, op FROM orders"
+                    " WHERE created_at < ?1 AND " FREE_AT("?2"),
+    /* cancel_queued: creates of a refCode in flight, and the free ones */
+    [ST_REF_FLIGHT] = "SELECT count(*) FROM orders WHERE ref = ?1 AND op = 0"
+                      " AND claimed_by IS NOT NULL AND claimed_until > ?2",
+    [ST_REF_FREE] = "SELECT ref, body, channel, op FROM orders WHERE ref = ?1 AND op = 0 AND "
+                    FREE_AT("?2"),
+    [ST_REF_DROP] = "DELETE FROM orders WHERE ref = ?1 AND op = 0 AND " FREE_AT("?2"),
+    /* purge by customer: every create's body is read in C */
+    [ST_CUSTOMERS] = "SELECT id, body, " FREE_AT("?1") " FROM orders WHERE op = 0",
+    [ST_DEAD_CUSTOMERS] = "SELECT id, body, 1 FROM dead WHERE op = 0",
+    [ST_DROP_ONE] = "DELETE FROM orders WHERE id = ?1 AND " FREE_AT("?2"),
+    [ST_DROP_DEAD] = "DELETE FROM dead WHERE id = ?1",
 };
 
 /* Row fields, listed per statement in column order (read_row). */
 enum {
     F_END, F_ID, F_REF, F_BODY, F_BYTES, F_CREATED, F_ATTEMPTS, F_NEXT_AT, F_CLAIMED_BY,
-    F_CLAIMED_UNTIL, F_LAST_ERROR, F_FAILED_AT, F_KIND, F_STATUS, F_CODE, F_MESSAGE, F_CHANNEL
+    F_CLAIMED_UNTIL, F_LAST_ERROR, F_FAILED_AT, F_KIND, F_STATUS, F_CODE, F_MESSAGE, F_CHANNEL,
+    F_OP
 };
 static const unsigned char CLAIM_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_ATTEMPTS,
-                                             F_CREATED, F_NEXT_AT, F_CHANNEL, F_END};
+                                             F_CREATED, F_NEXT_AT, F_CHANNEL, F_OP, F_END};
 static const unsigned char QUEUED_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_CREATED, F_ATTEMPTS,
                                               F_NEXT_AT, F_CLAIMED_BY, F_CLAIMED_UNTIL,
-                                              F_LAST_ERROR, F_CHANNEL, F_END};
+                                              F_LAST_ERROR, F_CHANNEL, F_OP, F_END};
 static const unsigned char DEAD_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_CREATED, F_ATTEMPTS,
                                             F_FAILED_AT, F_KIND, F_STATUS, F_CODE, F_MESSAGE,
-                                            F_CHANNEL, F_END};
+                                            F_CHANNEL, F_OP, F_END};
 
 /* New files only (a WAL database keeps the page size it was made with). */
 #define PAGE_SIZE 2048
@@ -168,6 +208,10 @@ typedef struct spool_db {
     oo_sql_conn c;              /* the SQLite connection, its path and the call in progress */
     pthread_mutex_t mu;
     sqlite3_stmt *st[ST_COUNT]; /* prepared on first use, kept until close */
+    sqlite3_stmt *lst[OO_LEDGER_STMT_COUNT]; /* the ledger's, on this connection */
+    oo_ledger_cfg *ledger;      /* where acks and kills are recorded; NULL: nowhere */
+    long long ledger_since;     /* ledger rows written since the last prune */
+    int ledger_on;              /* ledger != NULL, readable without mu (atomic) */
     int refs;                   /* handles on this connection (under mu) */
     pid_t pid;
     unsigned fork_gen;          /* oo_sql_fork_gen() when opened */
@@ -314,6 +358,7 @@ static int read_row(sqlite3_stmt *st, const unsigned char *fields, oo_spool_rows
         case F_CODE: w->code = dup_col(st, c, NULL, &oom); break;
         case F_MESSAGE: w->message = dup_col(st, c, NULL, &oom); break;
         case F_CHANNEL: w->channel = dup_col(st, c, &w->channel_len, &oom); break;
+        case F_OP: w->op = sqlite3_column_int(st, c); break;
         }
     }
     return oom ? -1 : 0;
@@ -498,7 +543,8 @@ const char *oo_spool_path(const oo_spool *s) { return s->d->path; }
 const char *oo_spool_owner(const oo_spool *s) { return s->owner; }
 const oo_spool_opts *oo_spool_get_opts(const oo_spool *s) { return &s->opts; }
 
-static const char *const MIGRATE[OO_SPOOL_SCHEMA_VERSION] = {[1] = MIGRATE_V1_SQL};
+static const char *const MIGRATE[OO_SPOOL_SCHEMA_VERSION] = {[1] = MIGRATE_V1_SQL,
+                                                             [2] = MIGRATE_V2_SQL};
 
 static const oo_sql_schema SCHEMA = {
     OO_SPOOL_APP_ID, OO_SPOOL_SCHEMA_VERSION, "'orders', 'dead', 'totals'", 3, 1, PAGE_SIZE,
@@ -530,9 +576,11 @@ static void db_free(spool_db *d) {
     if (d->ckpt_db) sqlite3_close_v2(d->ckpt_db);
     if (d->c.db) {
         for (i = 0; i < ST_COUNT; i++) sqlite3_finalize(d->st[i]);
+        oo_sql_finalize_all(d->lst, OO_LEDGER_STMT_COUNT);
         sqlite3_close_v2(d->c.db);
     }
     pthread_mutex_destroy(&d->mu);
+    free(d->ledger);
     free(d);
 }
 
@@ -583,9 +631,6 @@ static void db_release(spool_db *d) {
 }
 
 static oo_spool *handle_new(spool_db *d, const oo_spool_opts *o) {
-    unsigned char r[8];
-    char *p;
-    int i;
     oo_spool *s = (oo_spool *)calloc(1, sizeof *s);
     if (!s) return NULL;
     if (pthread_mutex_init(&s->r_mu, NULL) != 0) {
@@ -594,10 +639,7 @@ static oo_spool *handle_new(spool_db *d, const oo_spool_opts *o) {
     }
     s->d = d;
     s->opts = *o;
-    /* SQLite's PRNG is seeded from the OS; the pid keeps forked copies apart. */
-    sqlite3_randomness((int)sizeof r, r);
-    p = s->owner + snprintf(s->owner, sizeof s->owner, "%ld:", (long)d->pid);
-    for (i = 0; i < 8; i++) p += sprintf(p, "%02x", r[i]);
+    oo_sql_owner_token(s->owner, sizeof s->owner);
     return s;
 }
 
@@ -673,21 +715,75 @@ void oo_spool_close(oo_spool *s) {
 /* ------------------------------------------------------------------ */
 /* Shared steps (inside a transaction, lock held)                      */
 
+/* ---- The ledger in the spool's file (d->ledger set: oo_spool_set_ledger) ---- */
+
+/* Records the current row of q (ref, body, channel, op) in the ledger: a
+ * create's outcome, the ack of a cancel row as cancelled; a dead cancel
+ * row changes nothing (the order stays as it was). */
+static int note_current(spool_db *d, sqlite3_stmt *q, int outcome, double now,
+                        oo_spool_err *err) {
+    size_t rlen, blen, clen;
+    const char *ref = oo_sql_column_text(q, 0, &rlen);
+    const char *body = oo_sql_column_text(q, 1, &blen);
+    const char *chan = oo_sql_column_text(q, 2, &clen);
+    if (sqlite3_column_int(q, 3) == OO_SPOOL_OP_CANCEL) {
+        if (outcome == OO_LEDGER_DEAD) return OO_SPOOL_OK;
+        outcome = OO_LEDGER_CANCELLED;
+    }
+    return oo_ledger_note(&d->c, d->lst, d->ledger, chan, clen, ref, rlen, body, blen, outcome,
+                          now, err);
+}
+
+/* Records row `id` (held by owner, or any row when owner is NULL); a row
+ * not found is not recorded (*noted stays). */
+static int note_row(spool_db *d, long long id, const char *owner, int outcome, double now,
+                    long long *noted, oo_spool_err *err) {
+    sqlite3_stmt *q;
+    int rc, code;
+    if (!d->ledger) return OO_SPOOL_OK;
+    rc = owner ? query(d, ST_HELD_ROW, &q, "is", id, owner) : query(d, ST_ANY_ROW, &q, "i", id);
+    if (rc == SQLITE_DONE) return OO_SPOOL_OK;
+    if (rc != SQLITE_ROW) return db_fail(d, err, rc);
+    code = note_current(d, q, outcome, now, err);
+    finish(q);
+    if (code == OO_SPOOL_OK && noted) (*noted)++;
+    return code;
+}
+
+/* Records every row statement `which` finds (two double arguments). */
+static int note_rows(spool_db *d, int which, double a, double b, int outcome, double now,
+                     oo_spool_err *err) {
+    sqlite3_stmt *q;
+    long long n = 0;
+    int rc, code = OO_SPOOL_OK;
+    if (!d->ledger) return OO_SPOOL_OK;
+    for (rc = query(d, which, &q, "dd", a, b); rc == SQLITE_ROW && code == OO_SPOOL_OK;
+         rc = sqlite3_step(q), n++)
+        code = note_current(d, q, outcome, now, err);
+    if (code == OO_SPOOL_OK && rc != SQLITE_ROW && rc != SQLITE_DONE) code = db_fail(d, err, rc);
+    if (q) finish(q);
+    if (code == OO_SPOOL_OK) code = oo_ledger_note_done(&d->c, d->lst, d->ledger, &d->ledger_since, n, now, err);
+    return code;
+}
+
 /* max_age: moves unclaimed rows older than now - max_age to dead letters.
  * Costs one index probe when nothing is old enough. */
-static int expire(oo_spool *s, double now) {
+static int expire(oo_spool *s, double now, oo_spool_err *err) {
     spool_db *d = s->d;
     double cutoff;
     char msg[96];
     scalar oldest;
-    int rc;
-    if (!(s->opts.max_age > 0)) return SQLITE_OK;
+    int rc, code;
+    if (!(s->opts.max_age > 0)) return OO_SPOOL_OK;
     cutoff = now - s->opts.max_age;
-    if ((rc = query_scalar(d, ST_MIN_CREATED, &oldest, "")) != SQLITE_OK) return rc;
-    if (!oldest.found || !(oldest.x < cutoff)) return SQLITE_OK;
+    if ((rc = query_scalar(d, ST_MIN_CREATED, &oldest, "")) != SQLITE_OK) return db_fail(d, err, rc);
+    if (!oldest.found || !(oldest.x < cutoff)) return OO_SPOOL_OK;
+    if ((code = note_rows(d, ST_EXPIRING, cutoff, now, OO_LEDGER_DEAD, now, err)) != OO_SPOOL_OK)
+        return code;
     snprintf(msg, sizeof msg, "queued longer than max_age %g s", s->opts.max_age);
-    if ((rc = exec(d, ST_EXPIRE_COPY, "dds", cutoff, now, msg)) != SQLITE_OK) return rc;
-    return exec(d, ST_EXPIRE_DEL, "dd", cutoff, now);
+    if ((rc = exec(d, ST_EXPIRE_COPY, "dds", cutoff, now, msg)) == SQLITE_OK)
+        rc = exec(d, ST_EXPIRE_DEL, "dd", cutoff, now);
+    return rc == SQLITE_OK ? OO_SPOOL_OK : db_fail(d, err, rc);
 }
 
 /* Copies one row to dead letters and deletes it. owner NULL = any holder.
@@ -744,6 +840,8 @@ static int make_room(oo_spool *s, long long n, long long add, double now, oo_spo
         snprintf(msg, sizeof msg, "dropped to make room for newer orders (on_full=drop_oldest, %s)",
                  s->opts.max_orders > 0 && totals.a + n > s->opts.max_orders ? "max_orders"
                                                                              : "max_bytes");
+        if ((rc = note_row(d, oldest.a, NULL, OO_LEDGER_DEAD, now, NULL, err)) != OO_SPOOL_OK)
+            return rc;
         if ((rc = move_to_dead(d, oldest.a, NULL, now, 0, &f, &moved)) != SQLITE_OK)
             return db_fail(d, err, rc);
         totals.a -= 1;
@@ -793,12 +891,12 @@ static int put_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     put_ctx *c = (put_ctx *)ctx;
     size_t i;
     int rc, code;
-    if ((rc = expire(s, c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    if ((code = expire(s, c->now, err)) != OO_SPOOL_OK) return code;
     if ((code = make_room(s, (long long)c->n, c->add, c->now, err)) != OO_SPOOL_OK) return code;
     for (i = 0; i < c->n; i++) {
         const oo_spool_item *it = &c->items[i];
-        rc = exec(d, ST_INSERT, "tbidt", it->ref, it->ref_len, it->body, it->body_len,
-                  (long long)it->body_len, c->now, it->channel, it->channel_len);
+        rc = exec(d, ST_INSERT, "tbidti", it->ref, it->ref_len, it->body, it->body_len,
+                  (long long)it->body_len, c->now, it->channel, it->channel_len, (long long)it->op);
         if (rc != SQLITE_OK) return db_fail(d, err, rc);
         if (c->ids) c->ids[i] = (long long)sqlite3_last_insert_rowid(d->c.db);
     }
@@ -814,8 +912,14 @@ static int check_items(oo_spool *s, const oo_spool_item *items, size_t n, long l
     size_t i;
     *add = 0;
     for (i = 0; i < n; i++) {
-        if (!items[i].body || items[i].body_len == 0)
+        if (items[i].op == OO_SPOOL_OP_CANCEL) {
+            if (!items[i].ref || items[i].ref_len == 0)
+                return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool put: cancel %zu has no refCode", i + 1);
+        } else if (items[i].op != OO_SPOOL_OP_CREATE) {
+            return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool put: order %zu: unknown op %d", i + 1, items[i].op);
+        } else if (!items[i].body || items[i].body_len == 0) {
             return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool put: order %zu has an empty body", i + 1);
+        }
         if (o->max_bytes > 0 && (long long)items[i].body_len > o->max_bytes)
             return set_err(err, OO_SPOOL_FULL, 0, "max_bytes",
                            "spool %s: order of %zu bytes is larger than max_bytes %lld; order refused",
@@ -884,7 +988,7 @@ static int claim_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     size_t i;
     int rc, code;
     long long limit = c->max_n > (size_t)1 << 40 ? (long long)1 << 40 : (long long)c->max_n;
-    if ((rc = expire(s, c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    if ((code = expire(s, c->now, err)) != OO_SPOOL_OK) return code;
     rc = query(d, ST_CLAIM, &st, "di", c->now, limit);
     /* a failure rolls back: nothing stays claimed that the caller did not receive */
     if ((code = collect_rows(d, st, rc, CLAIM_FIELDS, c->out, err)) != OO_SPOOL_OK) return code;
@@ -917,23 +1021,38 @@ int oo_spool_claim(oo_spool *s, size_t max_n, double lease, double now, oo_spool
 typedef struct owned_ctx {
     int which;
     const long long *ids;
+    const int *outcomes; /* ack: each id's ledger outcome (NULL: all sent) */
     size_t n;
-    double next_at;
+    double next_at, now;
     const char *text;
     size_t missed; /* ids not held by us */
     long long first_missed;
 } owned_ctx;
 
+/* An ack writes the ledger row (when the ledger is on) before the delete:
+ * both in this transaction, so a kill -9 leaves them consistent. */
+static int ack_notes(oo_spool *s, spool_db *d, owned_ctx *c, size_t i, long long *noted,
+                     oo_spool_err *err) {
+    int outcome = c->outcomes ? c->outcomes[i] : OO_LEDGER_SENT;
+    if (c->which != ST_ACK || !d->ledger) return OO_SPOOL_OK;
+    return note_row(d, c->ids[i], s->owner, outcome, c->now, noted, err);
+}
+
 static int owned_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     owned_ctx *c = (owned_ctx *)ctx;
     size_t i;
-    int rc;
+    long long noted = 0;
+    int rc, code;
     for (i = 0; i < c->n; i++) {
+        if ((code = ack_notes(s, d, c, i, &noted, err)) != OO_SPOOL_OK) return code;
         rc = c->which == ST_RETRY ? exec(d, ST_RETRY, "isds", c->ids[i], s->owner, c->next_at, c->text)
                                   : exec(d, c->which, "is", c->ids[i], s->owner);
         if (rc != SQLITE_OK) return db_fail(d, err, rc);
         if (sqlite3_changes(d->c.db) == 0 && c->missed++ == 0) c->first_missed = c->ids[i];
     }
+    if (noted && (code = oo_ledger_note_done(&d->c, d->lst, d->ledger, &d->ledger_since, noted,
+                                             c->now, err)) != OO_SPOOL_OK)
+        return code;
     if (c->missed == 0) return OO_SPOOL_OK;
     lease_err(s, c->first_missed, err);
     /* one row: nothing changed, the call fails; a batch: the rows we held
@@ -947,38 +1066,63 @@ static int owned_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     return OO_SPOOL_OK;
 }
 
-static int owned_write(oo_spool *s, int which, const long long *ids, size_t n, double next_at,
-                       const char *text, const char *what, oo_spool_err *err) {
+static int owned_write(oo_spool *s, owned_ctx *c, const char *what, oo_spool_err *err) {
+    int code, one;
+    if (c->n == 0) return OO_SPOOL_OK;
+    /* one statement commits on its own; a batch, or an ack with its ledger
+     * row, is one transaction (d->ledger is read under the lock: TX_WRITE
+     * whenever it may be set) */
+    one = c->n == 1 && !(c->which == ST_ACK && __atomic_load_n(&s->d->ledger_on, __ATOMIC_ACQUIRE));
+    code = transact(s, what, one ? TX_ONE : TX_WRITE, owned_body, c, err);
+    return code == OO_SPOOL_OK && c->missed ? OO_SPOOL_LEASE : code;
+}
+
+static int owned(oo_spool *s, int which, const long long *ids, const int *outcomes, size_t n,
+                 double next_at, const char *text, const char *what, oo_spool_err *err) {
     owned_ctx c;
-    int code;
     memset(&c, 0, sizeof c);
     c.which = which;
     c.ids = ids;
+    c.outcomes = outcomes;
     c.n = n;
     c.next_at = next_at;
+    c.now = oo_wall_now();
     c.text = text;
-    if (n == 0) return OO_SPOOL_OK;
-    /* one statement commits on its own; a batch is one transaction */
-    code = transact(s, what, n == 1 ? TX_ONE : TX_WRITE, owned_body, &c, err);
-    return code == OO_SPOOL_OK && c.missed ? OO_SPOOL_LEASE : code;
+    return owned_write(s, &c, what, err);
 }
 
 int oo_spool_ack(oo_spool *s, long long id, oo_spool_err *err) {
-    return owned_write(s, ST_ACK, &id, 1, 0, NULL, "ack", err);
+    return owned(s, ST_ACK, &id, NULL, 1, 0, NULL, "ack", err);
 }
 
 int oo_spool_ack_many(oo_spool *s, const long long *ids, size_t n, oo_spool_err *err) {
+    return oo_spool_ack_outcomes(s, ids, NULL, n, oo_wall_now(), err);
+}
+
+int oo_spool_ack_outcomes(oo_spool *s, const long long *ids, const int *outcomes, size_t n,
+                          double now, oo_spool_err *err) {
+    owned_ctx c;
+    size_t i;
     if (n > 0 && !ids) return misuse(err, "ack_many", "ids is NULL");
-    return owned_write(s, ST_ACK, ids, n, 0, NULL, "ack", err);
+    for (i = 0; outcomes && i < n; i++)
+        if (outcomes[i] != OO_LEDGER_SENT && outcomes[i] != OO_LEDGER_WARNED)
+            return misuse(err, "ack_many", "an ack's outcome is sent or warned");
+    memset(&c, 0, sizeof c);
+    c.which = ST_ACK;
+    c.ids = ids;
+    c.outcomes = outcomes;
+    c.n = n;
+    c.now = now;
+    return owned_write(s, &c, "ack", err);
 }
 
 int oo_spool_release(oo_spool *s, long long id, oo_spool_err *err) {
-    return owned_write(s, ST_RELEASE, &id, 1, 0, NULL, "release", err);
+    return owned(s, ST_RELEASE, &id, NULL, 1, 0, NULL, "release", err);
 }
 
 int oo_spool_retry(oo_spool *s, long long id, double next_at, const char *err_text,
                    oo_spool_err *err) {
-    return owned_write(s, ST_RETRY, &id, 1, next_at, err_text, "retry", err);
+    return owned(s, ST_RETRY, &id, NULL, 1, next_at, err_text, "retry", err);
 }
 
 typedef struct kill_ctx {
@@ -989,7 +1133,9 @@ typedef struct kill_ctx {
 
 static int kill_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     kill_ctx *c = (kill_ctx *)ctx;
-    int moved = 0, rc = move_to_dead(d, c->id, s->owner, c->now, 1, c->f, &moved);
+    int moved = 0, rc = note_row(d, c->id, s->owner, OO_LEDGER_DEAD, c->now, NULL, err);
+    if (rc != OO_SPOOL_OK) return rc;
+    rc = move_to_dead(d, c->id, s->owner, c->now, 1, c->f, &moved);
     if (rc != SQLITE_OK) return db_fail(d, err, rc);
     return moved ? OO_SPOOL_OK : lease_err(s, c->id, err);
 }
@@ -1160,5 +1306,204 @@ int oo_spool_purge(oo_spool *s, int which, double older_than, double now, long l
     c.n = n;
     code = transact(s, "purge", TX_WRITE, purge_body, &c, err);
     if (code != OO_SPOOL_OK) *n = 0;
+    return code;
+}
+
+/* ------------------------------------------------------------------ */
+/* The ledger's hooks                                                  */
+
+typedef struct run_ctx {
+    oo_spool_fn fn;
+    void *ctx;
+} run_ctx;
+
+static int run_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    run_ctx *r = (run_ctx *)ctx;
+    (void)s;
+    return r->fn(&d->c, d->lst, r->ctx, err);
+}
+
+int oo_spool_run(oo_spool *s, const char *what, int write, oo_spool_fn fn, void *ctx,
+                 oo_spool_err *err) {
+    run_ctx r;
+    r.fn = fn;
+    r.ctx = ctx;
+    return transact(s, what, write ? TX_WRITE : TX_READ, run_body, &r, err);
+}
+
+int oo_spool_set_ledger(oo_spool *s, const oo_ledger_cfg *cfg, oo_spool_err *err) {
+    oo_ledger_cfg *copy;
+    spool_db *d;
+    if (!s || !s->d || !s->d->c.db) return misuse(err, "ledger", "handle is closed");
+    d = s->d;
+    if (!(copy = (oo_ledger_cfg *)malloc(sizeof *copy))) return nomem(d, err);
+    *copy = *cfg;
+    pthread_mutex_lock(&d->mu);
+    free(d->ledger);
+    d->ledger = copy;
+    __atomic_store_n(&d->ledger_on, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&d->mu);
+    return OO_SPOOL_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Cancels and erasure                                                 */
+
+typedef struct cancel_ctx {
+    const char *ref, *channel;
+    size_t ref_len, channel_len;
+    double now;
+    oo_spool_cancelled *out;
+} cancel_ctx;
+
+static int cancel_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    cancel_ctx *c = (cancel_ctx *)ctx;
+    sqlite3_stmt *q;
+    scalar v;
+    int rc, code = OO_SPOOL_OK, outcome = 0;
+    (void)s;
+    if ((rc = query_scalar(d, ST_REF_FLIGHT, &v, "td", c->ref, c->ref_len, c->now)) != SQLITE_OK)
+        return db_fail(d, err, rc);
+    c->out->in_flight = v.a;
+    if (d->ledger && (code = oo_ledger_outcome_at(&d->c, d->lst, d->ledger, c->channel,
+                                                  c->channel_len, c->ref, c->ref_len, &outcome,
+                                                  err)) != OO_SPOOL_OK)
+        return code;
+    c->out->seen = outcome == OO_LEDGER_SENT || outcome == OO_LEDGER_WARNED;
+    /* never delivered, nothing in flight: removed here is cancelled for good */
+    if (d->ledger && !c->out->seen && c->out->in_flight == 0) {
+        for (rc = query(d, ST_REF_FREE, &q, "td", c->ref, c->ref_len, c->now);
+             rc == SQLITE_ROW && code == OO_SPOOL_OK; rc = sqlite3_step(q))
+            code = note_current(d, q, OO_LEDGER_CANCELLED, c->now, err);
+        if (code == OO_SPOOL_OK && rc != SQLITE_ROW && rc != SQLITE_DONE) code = db_fail(d, err, rc);
+        if (q) finish(q);
+        if (code != OO_SPOOL_OK) return code;
+    }
+    if ((rc = exec(d, ST_REF_DROP, "td", c->ref, c->ref_len, c->now)) != SQLITE_OK)
+        return db_fail(d, err, rc);
+    c->out->removed = sqlite3_changes(d->c.db);
+    return OO_SPOOL_OK;
+}
+
+int oo_spool_cancel_queued(oo_spool *s, const char *ref, size_t ref_len, const char *channel,
+                           size_t channel_len, double now, oo_spool_cancelled *out,
+                           oo_spool_err *err) {
+    cancel_ctx c;
+    memset(out, 0, sizeof *out);
+    if (!ref || ref_len == 0) return misuse(err, "cancel_queued", "a refCode is required");
+    c.ref = ref;
+    c.ref_len = ref_len;
+    c.channel = channel;
+    c.channel_len = channel ? channel_len : 0;
+    c.now = now;
+    c.out = out;
+    return transact(s, "cancel_queued", TX_WRITE, cancel_body, &c, err);
+}
+
+/* Is this body one of the customer's (user.email, normalised, or user.id)? */
+static int body_of_customer(const char *body, size_t len, const char *email, size_t email_len,
+                            const char *uid, size_t uid_len) {
+    oo_json_pick k[2];
+    char text[OO_EMAIL_MAX + 1], norm[OO_EMAIL_MAX + 1], why[8];
+    size_t n;
+    int m;
+    memset(k, 0, sizeof k);
+    k[0].path[0] = k[1].path[0] = "user";
+    k[0].path[1] = "email";
+    k[1].path[1] = "id";
+    if (!oo_json_pick_values(body, len, k, 2)) return 0;
+    if (uid && k[1].type == 's' && k[1].raw_len >= uid_len) {
+        char *buf = (char *)malloc(k[1].raw_len + 1);
+        int same = buf && (n = oo_json_pick_text(&k[1], buf, k[1].raw_len)) == uid_len &&
+                   memcmp(buf, uid, uid_len) == 0;
+        free(buf);
+        if (same) return 1;
+    }
+    if (!email || k[0].type != 's' || k[0].raw_len > 6 * OO_EMAIL_MAX) return 0;
+    n = oo_json_pick_text(&k[0], text, OO_EMAIL_MAX);
+    m = oo_email_normalise(text, n, 0, norm, why, sizeof why);
+    return m >= 0 && (size_t)m == email_len && memcmp(norm, email, email_len) == 0;
+}
+
+typedef struct purge_ctx {
+    const char *email, *uid;
+    size_t email_len, uid_len;
+    double now;
+    oo_spool_purged *out;
+    long long *ids;
+    size_t nids, cap;
+} purge_ctx;
+
+/* Collects the ids of the customer's rows that statement `which` lists
+ * (id, body, free); the ones in flight are only counted. */
+static int find_customer(spool_db *d, int which, purge_ctx *c, oo_spool_err *err) {
+    sqlite3_stmt *q;
+    int rc;
+    c->nids = 0;
+    for (rc = query(d, which, &q, "d", c->now); rc == SQLITE_ROW; rc = sqlite3_step(q)) {
+        size_t len;
+        const char *body = oo_sql_column_text(q, 1, &len);
+        if (!body || !body_of_customer(body, len, c->email, c->email_len, c->uid, c->uid_len))
+            continue;
+        if (!sqlite3_column_int(q, 2)) {
+            c->out->in_flight++;
+            continue;
+        }
+        if (c->nids == c->cap) {
+            size_t cap = c->cap ? 2 * c->cap : 64;
+            long long *v = (long long *)realloc(c->ids, cap * sizeof *v);
+            if (!v) {
+                finish(q);
+                return nomem(d, err);
+            }
+            c->ids = v;
+            c->cap = cap;
+        }
+        c->ids[c->nids++] = sqlite3_column_int64(q, 0);
+    }
+    if (q) finish(q);
+    return rc == SQLITE_DONE ? OO_SPOOL_OK : db_fail(d, err, rc);
+}
+
+static int purge_customer_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    purge_ctx *c = (purge_ctx *)ctx;
+    size_t i;
+    int rc, code, pass;
+    (void)s;
+    for (pass = 0; pass < 2; pass++) {
+        if ((code = find_customer(d, pass ? ST_DEAD_CUSTOMERS : ST_CUSTOMERS, c, err)) != OO_SPOOL_OK)
+            return code;
+        for (i = 0; i < c->nids; i++) {
+            rc = pass ? exec(d, ST_DROP_DEAD, "i", c->ids[i])
+                      : exec(d, ST_DROP_ONE, "id", c->ids[i], c->now);
+            if (rc != SQLITE_OK) return db_fail(d, err, rc);
+            if (pass) c->out->dead += sqlite3_changes(d->c.db);
+            else c->out->queued += sqlite3_changes(d->c.db);
+        }
+    }
+    return OO_SPOOL_OK;
+}
+
+int oo_spool_purge_customer(oo_spool *s, const char *email, size_t email_len, const char *user_id,
+                            size_t id_len, double now, oo_spool_purged *out, oo_spool_err *err) {
+    purge_ctx c;
+    char norm[OO_EMAIL_MAX + 1], why[96];
+    int n = 0, code;
+    memset(out, 0, sizeof *out);
+    memset(&c, 0, sizeof c);
+    if (!email && !user_id) return misuse(err, "purge_customer", "give an e-mail or a user id");
+    if (email && (n = oo_email_normalise(email, email_len, 0, norm, why, sizeof why)) < 0)
+        return set_err(err, OO_SPOOL_MISUSE, 0, NULL,
+                       "spool purge_customer: the e-mail is not an address: %s", why);
+    if (user_id && id_len == 0) return misuse(err, "purge_customer", "the user id is empty");
+    c.email = email ? norm : NULL;
+    c.email_len = (size_t)n;
+    c.uid = user_id;
+    c.uid_len = id_len;
+    c.now = now;
+    c.out = out;
+    code = transact(s, "purge_customer", TX_WRITE, purge_customer_body, &c, err);
+    free(c.ids);
+    if (code != OO_SPOOL_OK) memset(out, 0, sizeof *out);
     return code;
 }

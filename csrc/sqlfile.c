@@ -495,6 +495,13 @@ static void bind_args(sqlite3_stmt *st, const char *fmt, va_list ap) {
             else sqlite3_bind_null(st, i);
             break;
         }
+        case 'J': {
+            int has = va_arg(ap, int);
+            long long v = va_arg(ap, long long);
+            if (has) sqlite3_bind_int64(st, i, (sqlite3_int64)v);
+            else sqlite3_bind_null(st, i);
+            break;
+        }
         case 'd': sqlite3_bind_double(st, i, va_arg(ap, double)); break;
         case 'o': {
             int v = va_arg(ap, int);
@@ -594,6 +601,16 @@ void oo_sql_finalize_all(sqlite3_stmt **cache, int n) {
         sqlite3_finalize(cache[i]);
         cache[i] = NULL;
     }
+}
+
+void oo_sql_owner_token(char *out, size_t cap) {
+    unsigned char r[8];
+    size_t at;
+    int i;
+    /* SQLite's PRNG is seeded from the OS; the pid keeps forked copies apart */
+    sqlite3_randomness((int)sizeof r, r);
+    at = (size_t)snprintf(out, cap, "%ld:", (long)getpid());
+    for (i = 0; i < 8 && at + 3 <= cap; i++, at += 2) snprintf(out + at, cap - at, "%02x", r[i]);
 }
 
 const char *oo_sql_column_text(sqlite3_stmt *st, int i, size_t *len) {

@@ -108,7 +108,8 @@ int oo_sql_row_ints(oo_sql_conn *c, const char *sql, long long *v, int n);
 
 /* Statements: sql[i] prepared (persistent) into cache[i] on first use.
  * Arguments are described by fmt, one letter each:
- *   i long long   I long long, 0 = NULL   d double   o int, 0 = NULL
+ *   i long long   I long long, 0 = NULL   J int has, long long (NULL unless has)
+ *   d double   o int, 0 = NULL
  *   s const char * (NUL-terminated; NULL = NULL)
  *   t const char *, size_t (text; NULL = NULL)   b const void *, size_t (blob)
  * Pointers are bound SQLITE_STATIC and cleared once the statement ends. */
@@ -134,6 +135,10 @@ void oo_sql_finish(sqlite3_stmt *st);
 /* Rolls back the transaction in progress, if any. */
 void oo_sql_rollback(oo_sql_conn *c);
 void oo_sql_finalize_all(sqlite3_stmt **cache, int n);
+
+/* A lease or reservation owner token, "pid:16 hex digits" (cap >= 32);
+ * inside the gate (it asks SQLite's PRNG). */
+void oo_sql_owner_token(char *out, size_t cap);
 
 /* A column's bytes, NUL-terminated (sqlite3_column_text guarantees it). */
 const char *oo_sql_column_text(sqlite3_stmt *st, int i, size_t *len);

@@ -1,0 +1,1100 @@
+/* The delivery ledger (see ledger.h for the contract): SQLite storage of
+ * what each endpoint acknowledged, in a file of its own or in a spool's.
+ * No Lua here: the binding is l_ledger.c. */
+#define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <openssl/evp.h>
+#include <sqlite3.h>
+
+#include "ledger.h"
+#include "date.h"
+#include "json.h"
+#include "clock.h"
+#include "money.h"
+#include "sqlfile.h"
+
+/* ------------------------------------------------------------------ */
+/* Outcomes, fingerprints, entries                                     */
+
+static const char *const OUTCOME_NAMES[OO_LEDGER_OUTCOMES + 1] = {NULL, "sent", "warned", "dead",
+                                                                  "cancelled"};
+
+const char *oo_ledger_outcome_name(int outcome) {
+    return outcome >= 1 && outcome <= OO_LEDGER_OUTCOMES ? OUTCOME_NAMES[outcome] : NULL;
+}
+
+int oo_ledger_outcome_of(const char *name) {
+    int i;
+    for (i = 1; i <= OO_LEDGER_OUTCOMES; i++)
+        if (name && strcmp(name, OUTCOME_NAMES[i]) == 0) return i;
+    return 0;
+}
+
+/* Seen: acknowledged (sent, warned) or cancelled. */
+static int is_seen(int outcome) { return outcome != 0 && outcome != OO_LEDGER_DEAD; }
+
+void oo_ledger_fingerprint(const void *p, size_t n, unsigned char out[OO_LEDGER_FP_LEN]) {
+    unsigned int len = 0;
+    if (!EVP_Digest(p, n, out, &len, EVP_sha256(), NULL)) memset(out, 0, OO_LEDGER_FP_LEN);
+}
+
+enum { P_REF, P_DATE, P_CURRENCY, P_TOTAL, P_STORE, P_COUNT };
+
+static void why_is(char *why, size_t cap, const char *text) {
+    if (why && cap) snprintf(why, cap, "%s", text);
+}
+
+/* A picked string's text: into the body when it has no escape, else
+ * appended to the entry's own buffer (*used bytes of it taken). */
+static const char *text_of(const oo_json_pick *k, oo_ledger_entry *e, size_t *used, size_t *n) {
+    char *at;
+    if (!k->escaped) {
+        *n = k->raw_len;
+        return k->raw;
+    }
+    at = e->own + *used;
+    *n = oo_json_pick_text(k, at, k->raw_len);
+    *used += *n;
+    return at;
+}
+
+/* order.orderDate, order.currency and order.total, when readable. */
+static void entry_report_fields(const oo_json_pick *k, oo_ledger_entry *e) {
+    char date[64];
+    const char *why = NULL;
+    int minor = -1;
+    if (k[P_DATE].type == 's') {
+        size_t n = oo_json_pick_text(&k[P_DATE], date, sizeof date - 1);
+        date[n] = '\0';
+        e->has_order_at = oo_date_parse(date, n, &e->order_at, &why) == OO_DATE_OK;
+    }
+    if (k[P_CURRENCY].type == 's' && k[P_CURRENCY].raw_len == 3 && !k[P_CURRENCY].escaped &&
+        (minor = oo_currency_minor(k[P_CURRENCY].raw)) >= 0)
+        memcpy(e->currency, k[P_CURRENCY].raw, 3);
+    if (minor >= 0 && k[P_TOTAL].type == 'n')
+        e->has_total = oo_money_from_string(k[P_TOTAL].raw, k[P_TOTAL].raw_len, minor,
+                                            &e->total) == OO_MONEY_OK;
+}
+
+int oo_ledger_entry_from_body(const char *body, size_t len, const char *store_key,
+                              oo_ledger_entry *e, char *why, size_t cap) {
+    oo_json_pick k[P_COUNT];
+    const oo_json_pick *store;
+    size_t used = 0, need;
+    memset(e, 0, sizeof *e);
+    memset(k, 0, sizeof k);
+    if (!store_key) store_key = "store";
+    if (strlen(store_key) > OO_LEDGER_STORE_KEY_MAX) {
+        why_is(why, cap, "store_key is longer than 256 bytes");
+        return -1;
+    }
+    k[P_REF].path[0] = k[P_DATE].path[0] = k[P_CURRENCY].path[0] = "order";
+    k[P_TOTAL].path[0] = k[P_STORE].path[0] = "order";
+    k[P_REF].path[1] = "refCode";
+    k[P_DATE].path[1] = "orderDate";
+    k[P_CURRENCY].path[1] = "currency";
+    k[P_TOTAL].path[1] = "total";
+    k[P_STORE].path[1] = "attributes";
+    k[P_STORE].path[2] = store_key;
+    oo_ledger_fingerprint(body, len, e->fp);
+    if (!body || !oo_json_pick_values(body, len, k, P_COUNT)) {
+        why_is(why, cap, "the body is not one JSON object (an encoded order)");
+        return -1;
+    }
+    if (k[P_REF].type != 's' || k[P_REF].raw_len == 0) {
+        why_is(why, cap, "the body has no order.refCode string");
+        return -1;
+    }
+    store = &k[P_STORE];
+    need = (k[P_REF].escaped ? k[P_REF].raw_len : 0) + (store->escaped ? store->raw_len : 0);
+    if (need && !(e->own = (char *)malloc(need))) {
+        why_is(why, cap, "out of memory");
+        return -1;
+    }
+    e->ref = text_of(&k[P_REF], e, &used, &e->ref_len);
+    if (store->type == 's') e->store = text_of(store, e, &used, &e->store_len);
+    else if (store->type == 'n' || store->type == 't' || store->type == 'f') {
+        e->store = store->raw;
+        e->store_len = store->raw_len;
+    }
+    entry_report_fields(k, e);
+    return 0;
+}
+
+void oo_ledger_entry_free(oo_ledger_entry *e) {
+    free(e->own);
+    e->own = NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Statements                                                          */
+
+enum {
+    L_BEGIN, L_BEGIN_READ, L_COMMIT, L_SCOPE_GET, L_SCOPE_ADD, L_LABEL_GET, L_LABEL_ADD,
+    L_GET, L_PENDING_GET, L_PENDING_PUT, L_PENDING_DEL, L_UPSERT, L_MARK_CANCELLED,
+    L_PRUNE, L_PRUNE_PENDING, L_PRUNED_MARK, L_FORGET, L_SPAN, L_META, L_SHOW,
+    L_SHOW_PENDING, L_PAGE, L_COUNT
+};
+typedef char stmt_count_fits[L_COUNT <= OO_LEDGER_STMT_COUNT ? 1 : -1];
+
+#define ROW_COLS                                                                                   \
+    "s.id, s.host, s.site, s.channel, l.ref, l.fp, l.outcome, l.at, l.order_at, b.store,"          \
+    " b.currency, l.total"
+
+static const char *const SQL[L_COUNT] = {
+    [L_BEGIN] = "BEGIN IMMEDIATE",
+    [L_BEGIN_READ] = "BEGIN",
+    [L_COMMIT] = "COMMIT",
+    [L_SCOPE_GET] = "SELECT id FROM ledger_scope WHERE host = ?1 AND site = ?2 AND channel = ?3",
+    [L_SCOPE_ADD] = "INSERT INTO ledger_scope(host, site, channel) VALUES (?1, ?2, ?3)",
+    [L_LABEL_GET] = "SELECT id FROM ledger_label WHERE store = ?1 AND currency = ?2",
+    [L_LABEL_ADD] = "INSERT INTO ledger_label(store, currency) VALUES (?1, ?2)",
+    [L_GET] = "SELECT fp, outcome, at FROM ledger WHERE scope = ?1 AND ref = ?2",
+    [L_PENDING_GET] = "SELECT owner, until FROM ledger_pending WHERE scope = ?1 AND ref = ?2",
+    [L_PENDING_PUT] = "INSERT OR REPLACE INTO ledger_pending(scope, ref, owner, until)"
+                      " VALUES (?1, ?2, ?3, ?4)",
+    [L_PENDING_DEL] = "DELETE FROM ledger_pending WHERE scope = ?1 AND ref = ?2 AND owner = ?3",
+    /* a dead outcome never overwrites a seen row; anything else overwrites */
+    [L_UPSERT] = "INSERT INTO ledger(scope, ref, fp, outcome, at, order_at, label, total)"
+                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (scope, ref) DO UPDATE SET"
+                 " fp = excluded.fp, outcome = excluded.outcome, at = excluded.at,"
+                 " order_at = excluded.order_at, label = excluded.label, total = excluded.total"
+                 " WHERE excluded.outcome <> 3 OR ledger.outcome = 3",
+    [L_MARK_CANCELLED] = "UPDATE ledger SET outcome = 4, at = ?3 WHERE scope = ?1 AND ref = ?2",
+    [L_PRUNE] = "DELETE FROM ledger WHERE (scope, ref) IN"
+                " (SELECT scope, ref FROM ledger WHERE at < ?1 ORDER BY at LIMIT ?2)",
+    [L_PRUNE_PENDING] = "DELETE FROM ledger_pending WHERE until < ?1",
+    [L_PRUNED_MARK] = "UPDATE ledger_meta SET pruned_before = max(coalesce(pruned_before, ?1), ?1)"
+                      " WHERE one = 1",
+    [L_FORGET] = "DELETE FROM ledger WHERE at < ?1",
+    [L_SPAN] = "SELECT (SELECT min(at) FROM ledger), (SELECT max(at) FROM ledger)",
+    [L_META] = "SELECT created, pruned_before FROM ledger_meta WHERE one = 1",
+    /* by refCode: a probe per scope (few), not a scan */
+    [L_SHOW] = "SELECT " ROW_COLS " FROM ledger_scope s CROSS JOIN ledger l"
+               " LEFT JOIN ledger_label b ON b.id = l.label"
+               " WHERE l.scope = s.id AND l.ref = ?1 ORDER BY s.id",
+    [L_SHOW_PENDING] = "SELECT s.id, s.host, s.site, s.channel, p.ref, p.owner, p.until"
+                       " FROM ledger_scope s CROSS JOIN ledger_pending p"
+                       " WHERE p.scope = s.id AND p.ref = ?1 ORDER BY s.id",
+    [L_PAGE] = "SELECT " ROW_COLS " FROM ledger l CROSS JOIN ledger_scope s"
+               " LEFT JOIN ledger_label b ON b.id = l.label"
+               " WHERE s.id = l.scope AND (l.scope, l.ref) > (?1, ?2)"
+               " ORDER BY l.scope, l.ref LIMIT ?3",
+};
+
+#define lexec(c, st, i, ...) oo_sql_exec((c), (st), SQL, (i), __VA_ARGS__)
+#define lquery(c, st, i, out, ...) oo_sql_query((c), (st), SQL, (i), (out), __VA_ARGS__)
+#define lscalar(c, st, i, v, ...) oo_sql_scalar_of((c), (st), SQL, (i), (v), __VA_ARGS__)
+
+/* The file's kind, for sqlfile.c. */
+static const char *const MIGRATE[OO_LEDGER_SCHEMA_VERSION] = {NULL};
+static const oo_sql_schema SCHEMA = {OO_LEDGER_APP_ID,
+                                     OO_LEDGER_SCHEMA_VERSION,
+                                     "'ledger_scope', 'ledger_label', 'ledger', 'ledger_pending',"
+                                     " 'ledger_meta'",
+                                     5,
+                                     0,
+                                     4096,
+                                     OO_LEDGER_SCHEMA_SQL,
+                                     MIGRATE};
+
+/* ------------------------------------------------------------------ */
+/* Rows of the ledger (inside a transaction)                           */
+
+/* The id of (host, site, channel); with add, made when missing, else 0. */
+static int scope_id(oo_sql_conn *c, sqlite3_stmt **st, const char *host, const char *site,
+                    const char *chan, size_t chan_len, int add, long long *id) {
+    oo_sql_scalar v;
+    int rc = lscalar(c, st, L_SCOPE_GET, &v, "sst", host, site, chan, chan_len);
+    *id = v.found ? v.a : 0;
+    if (rc != SQLITE_OK || v.found || !add) return rc;
+    rc = lexec(c, st, L_SCOPE_ADD, "sst", host, site, chan, chan_len);
+    if (rc == SQLITE_OK) *id = (long long)sqlite3_last_insert_rowid(c->db);
+    return rc;
+}
+
+/* The label of (store, currency), made when missing; 0 when both are unknown. */
+static int label_id(oo_sql_conn *c, sqlite3_stmt **st, const oo_ledger_entry *e,
+                    long long *id) {
+    oo_sql_scalar v;
+    const char *store = e->store ? e->store : "";
+    int rc;
+    *id = 0;
+    if (!e->store && !e->currency[0]) return SQLITE_OK;
+    rc = lscalar(c, st, L_LABEL_GET, &v, "ts", store, e->store_len, e->currency);
+    if (rc != SQLITE_OK || v.found) {
+        *id = v.a;
+        return rc;
+    }
+    rc = lexec(c, st, L_LABEL_ADD, "ts", store, e->store_len, e->currency);
+    if (rc == SQLITE_OK) *id = (long long)sqlite3_last_insert_rowid(c->db);
+    return rc;
+}
+
+/* Writes the outcome of e under (scope, ref) by the L_UPSERT rule. */
+static int put_row(oo_sql_conn *c, sqlite3_stmt **st, long long scope, const char *ref,
+                   size_t ref_len, const oo_ledger_entry *e, int with_fp, int outcome, double now) {
+    long long label;
+    int rc = label_id(c, st, e, &label);
+    if (rc != SQLITE_OK) return rc;
+    return lexec(c, st, L_UPSERT, "itbiiJIJ", scope, ref, ref_len, e->fp,
+                 (size_t)(with_fp ? OO_LEDGER_FP_LEN : 0), (long long)outcome, (long long)now,
+                 e->has_order_at, e->order_at, label, e->has_total, e->total);
+}
+
+/* Cancelled without a body: the existing row keeps its fingerprint and
+ * report fields; with none, a row without them. */
+static int put_cancelled(oo_sql_conn *c, sqlite3_stmt **st, long long scope, const char *ref,
+                         size_t ref_len, double now) {
+    oo_ledger_entry none;
+    int rc = lexec(c, st, L_MARK_CANCELLED, "itd", scope, ref, ref_len, now);
+    if (rc != SQLITE_OK || sqlite3_changes(c->db) > 0) return rc;
+    memset(&none, 0, sizeof none);
+    return put_row(c, st, scope, ref, ref_len, &none, 0, OO_LEDGER_CANCELLED, now);
+}
+
+/* ?1 of the bounded prune: rows recorded before now - keep days. */
+static double cutoff_of(int keep_days, double now) { return now - (double)keep_days * 86400.0; }
+
+/* Deletes up to max rows recorded before cutoff (oldest first) and the
+ * expired reservations; notes how far back the ledger still knows. */
+static int prune_rows(oo_sql_conn *c, sqlite3_stmt **st, double cutoff, long long max,
+                      double now, long long *n) {
+    oo_sql_scalar span;
+    double horizon = cutoff;
+    int rc = lexec(c, st, L_PRUNE, "di", cutoff, max);
+    *n = rc == SQLITE_OK ? sqlite3_changes(c->db) : 0;
+    if (rc == SQLITE_OK) rc = lexec(c, st, L_PRUNE_PENDING, "d", now);
+    if (rc != SQLITE_OK || *n == 0) return rc;
+    /* a bounded prune may leave older rows: the ledger knows from the oldest */
+    if ((rc = lscalar(c, st, L_SPAN, &span, "")) != SQLITE_OK) return rc;
+    if (span.found && (double)span.a < horizon) horizon = (double)span.a;
+    return lexec(c, st, L_PRUNED_MARK, "i", (long long)horizon);
+}
+
+/* After n rows written: a bounded prune every OO_LEDGER_PRUNE_EVERY. */
+static int maybe_prune(oo_sql_conn *c, sqlite3_stmt **st, int keep_days, long long *since,
+                       long long n, double now) {
+    long long pruned;
+    *since += n;
+    if (*since < OO_LEDGER_PRUNE_EVERY) return SQLITE_OK;
+    *since = 0;
+    return prune_rows(c, st, cutoff_of(keep_days, now), 2 * OO_LEDGER_PRUNE_EVERY, now, &pruned);
+}
+
+int oo_ledger_note(struct oo_sql_conn *c, struct sqlite3_stmt **st, const oo_ledger_cfg *cfg,
+                   const char *channel, size_t channel_len, const char *ref, size_t ref_len,
+                   const char *body, size_t body_len, int outcome, double now,
+                   oo_spool_err *err) {
+    oo_ledger_entry e;
+    long long scope;
+    int rc, parsed = body && body_len > 0 &&
+                     oo_ledger_entry_from_body(body, body_len, cfg->store_key, &e, NULL, 0) == 0;
+    if (parsed) {
+        ref = e.ref;
+        ref_len = e.ref_len;
+    } else {
+        memset(&e, 0, sizeof e);
+        if (body && body_len > 0) oo_ledger_fingerprint(body, body_len, e.fp);
+    }
+    if (!channel) {
+        channel = cfg->channel;
+        channel_len = strlen(channel);
+    }
+    rc = ref && ref_len ? scope_id(c, st, cfg->host, cfg->site, channel, channel_len, 1, &scope)
+                        : SQLITE_OK;
+    if (rc == SQLITE_OK && ref && ref_len) {
+        if (outcome == OO_LEDGER_CANCELLED && !parsed)
+            rc = put_cancelled(c, st, scope, ref, ref_len, now);
+        else
+            rc = put_row(c, st, scope, ref, ref_len, &e, body && body_len > 0, outcome, now);
+    }
+    if (parsed) oo_ledger_entry_free(&e);
+    return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
+}
+
+int oo_ledger_outcome_at(struct oo_sql_conn *c, struct sqlite3_stmt **st, const oo_ledger_cfg *cfg,
+                         const char *channel, size_t channel_len, const char *ref, size_t ref_len,
+                         int *outcome, oo_spool_err *err) {
+    oo_sql_scalar v;
+    long long scope;
+    int rc;
+    *outcome = 0;
+    if (!channel) {
+        channel = cfg->channel;
+        channel_len = strlen(channel);
+    }
+    rc = scope_id(c, st, cfg->host, cfg->site, channel, channel_len, 0, &scope);
+    if (rc == SQLITE_OK && scope) {
+        sqlite3_stmt *q;
+        rc = lquery(c, st, L_GET, &q, "it", scope, ref, ref_len);
+        if (rc == SQLITE_ROW) {
+            *outcome = sqlite3_column_int(q, 1);
+            oo_sql_finish(q);
+            rc = SQLITE_OK;
+        } else if (rc == SQLITE_DONE) {
+            rc = SQLITE_OK;
+        }
+    }
+    (void)v;
+    return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
+}
+
+int oo_ledger_note_done(struct oo_sql_conn *c, struct sqlite3_stmt **st, const oo_ledger_cfg *cfg,
+                        long long *since_prune, long long n, double now, oo_spool_err *err) {
+    int rc = maybe_prune(c, st, cfg->keep_days, since_prune, n, now);
+    return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
+}
+
+/* ------------------------------------------------------------------ */
+/* Handles and transactions                                            */
+
+/* A ledger file's own connection. `mu` is held for a whole call. */
+typedef struct ledger_db {
+    oo_sql_conn c;
+    pthread_mutex_t mu;
+    sqlite3_stmt *st[OO_LEDGER_STMT_COUNT];
+    pid_t pid;
+    unsigned fork_gen;
+    char path[];
+} ledger_db;
+
+struct oo_ledger {
+    ledger_db *db;   /* a ledger file of its own, or NULL */
+    oo_spool *spool; /* in a spool's file: a handle of ours on its connection */
+    oo_ledger_opts opts;
+    char store_key[OO_LEDGER_STORE_KEY_MAX + 1];
+    long long since_prune; /* rows recorded since the last prune (under the call's lock) */
+    char owner[48];
+};
+
+typedef int (*ledger_fn)(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx,
+                         oo_spool_err *err);
+
+enum { RUN_READ, RUN_WRITE };
+
+static int misuse(oo_spool_err *err, const char *what, const char *why) {
+    return oo_sql_err(err, OO_SPOOL_MISUSE, 0, NULL, "ledger %s: %s", what, why);
+}
+
+/* A call on a ledger file: its lock, then fn in one transaction (BEGIN
+ * IMMEDIATE for writes, a snapshot for reads); anything but OK rolls back. */
+static int run_own(oo_ledger *l, const char *what, int write, ledger_fn fn, void *ctx,
+                   oo_spool_err *err) {
+    ledger_db *d = l->db;
+    int rc, code;
+    if (d->fork_gen != oo_sql_fork_gen())
+        return oo_sql_err(err, OO_SPOOL_MISUSE, 0, NULL,
+                          "ledger %s: %s: handle was opened by process %ld, used in process %ld"
+                          " (open the ledger after fork)",
+                          d->path, what, (long)d->pid, (long)getpid());
+    oo_sql_gate_enter();
+    pthread_mutex_lock(&d->mu);
+    d->c.what = what;
+    if ((rc = lexec(&d->c, d->st, write ? L_BEGIN : L_BEGIN_READ, "")) != SQLITE_OK) {
+        code = oo_sql_fail(&d->c, err, rc);
+    } else {
+        code = fn(l, &d->c, d->st, ctx, err);
+        if (code == OO_SPOOL_OK && (rc = lexec(&d->c, d->st, L_COMMIT, "")) != SQLITE_OK)
+            code = oo_sql_fail(&d->c, err, rc);
+        if (code != OO_SPOOL_OK) oo_sql_rollback(&d->c);
+    }
+    pthread_mutex_unlock(&d->mu);
+    oo_sql_gate_leave();
+    return code;
+}
+
+/* In a spool's file: the call runs as one of the spool's transactions. */
+typedef struct spool_call {
+    oo_ledger *l;
+    ledger_fn fn;
+    void *ctx;
+} spool_call;
+
+static int spool_step(struct oo_sql_conn *c, struct sqlite3_stmt **st, void *ctx,
+                      oo_spool_err *err) {
+    spool_call *k = (spool_call *)ctx;
+    const char *noun = c->noun;
+    int code;
+    c->noun = "ledger in spool";
+    code = k->fn(k->l, c, st, k->ctx, err);
+    c->noun = noun;
+    return code;
+}
+
+static int run(oo_ledger *l, const char *what, int write, ledger_fn fn, void *ctx,
+               oo_spool_err *err) {
+    spool_call k;
+    if (!l || (!l->db && !l->spool)) return misuse(err, what, "handle is closed");
+    if (l->db) return run_own(l, what, write, fn, ctx, err);
+    k.l = l;
+    k.fn = fn;
+    k.ctx = ctx;
+    return oo_spool_run(l->spool, what, write, spool_step, &k, err);
+}
+
+void oo_ledger_opts_init(oo_ledger_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->busy_timeout = 5.0;
+    o->keep_days = OO_LEDGER_KEEP_DAYS;
+}
+
+static int check_opts(const oo_ledger_opts *o, oo_spool_err *err) {
+    if (!(o->busy_timeout >= 0 && o->busy_timeout <= 86400) || o->keep_days < 1 ||
+        o->keep_days > 36500)
+        return misuse(err, "open", "option out of range");
+    if (o->store_key && (!*o->store_key || strlen(o->store_key) > OO_LEDGER_STORE_KEY_MAX))
+        return misuse(err, "open", "store_key must be 1 to 256 bytes");
+    return OO_SPOOL_OK;
+}
+
+static oo_ledger *handle_new(const oo_ledger_opts *o) {
+    oo_ledger *l = (oo_ledger *)calloc(1, sizeof *l);
+    if (!l) return NULL;
+    l->opts = *o;
+    snprintf(l->store_key, sizeof l->store_key, "%s", o->store_key ? o->store_key : "store");
+    l->opts.store_key = l->store_key;
+    oo_sql_owner_token(l->owner, sizeof l->owner);
+    return l;
+}
+
+static void db_free(ledger_db *d) {
+    oo_sql_finalize_all(d->st, OO_LEDGER_STMT_COUNT);
+    oo_sql_close(&d->c);
+    pthread_mutex_destroy(&d->mu);
+    free(d);
+}
+
+static ledger_db *db_new(const char *path, const oo_ledger_opts *o) {
+    size_t plen = strlen(path);
+    ledger_db *d = (ledger_db *)calloc(1, sizeof *d + plen + 1);
+    if (!d) return NULL;
+    if (pthread_mutex_init(&d->mu, NULL) != 0) {
+        free(d);
+        return NULL;
+    }
+    memcpy(d->path, path, plen + 1);
+    d->c.noun = "ledger";
+    d->c.path = d->path;
+    d->c.what = "open";
+    d->c.busy_timeout = o->busy_timeout;
+    d->pid = getpid();
+    d->fork_gen = oo_sql_fork_gen();
+    return d;
+}
+
+/* Per-connection settings: synchronous=NORMAL (a commit survives a crash
+ * of the process), SQLite's own checkpoints. */
+static int set_pragmas(ledger_db *d, oo_spool_err *err) {
+    int rc = sqlite3_exec(d->c.db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+    return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(&d->c, err, rc);
+}
+
+int oo_ledger_open(const char *path, const oo_ledger_opts *o, oo_ledger **out,
+                   oo_spool_err *err) {
+    oo_ledger_opts defaults;
+    ledger_db *d;
+    int code;
+    long long pruned;
+    *out = NULL;
+    if (!o) {
+        oo_ledger_opts_init(&defaults);
+        o = &defaults;
+    }
+    if (!path || !*path || strcmp(path, ":memory:") == 0)
+        return misuse(err, "open", "a file path is required");
+    if ((code = check_opts(o, err)) != OO_SPOOL_OK) return code;
+    if (!(d = db_new(path, o)))
+        return oo_sql_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, 0, "ledger %s: out of memory", path);
+    oo_sql_gate_enter();
+    code = oo_sql_connect(&d->c, &SCHEMA, err);
+    if (code == OO_SPOOL_OK && (code = set_pragmas(d, err)) == OO_SPOOL_OK) oo_sql_adopt(&d->c);
+    if (code == OO_SPOOL_OK && !(*out = handle_new(o))) code = oo_sql_nomem(&d->c, err);
+    if (code != OO_SPOOL_OK) db_free(d);
+    oo_sql_gate_leave();
+    if (code != OO_SPOOL_OK) return code;
+    (*out)->db = d;
+    /* the old rows go as it goes; a busy file is no reason to fail here */
+    oo_ledger_prune(*out, oo_wall_now(), 10 * OO_LEDGER_PRUNE_EVERY, &pruned, NULL);
+    return OO_SPOOL_OK;
+}
+
+int oo_ledger_of_spool(oo_spool *s, const oo_ledger_cfg *cfg, const oo_ledger_opts *o,
+                       oo_ledger **out, oo_spool_err *err) {
+    oo_ledger_opts opts;
+    oo_ledger_cfg copy = *cfg;
+    int code;
+    long long pruned;
+    *out = NULL;
+    if (o) opts = *o;
+    else oo_ledger_opts_init(&opts);
+    opts.store_key = cfg->store_key[0] ? cfg->store_key : NULL;
+    opts.keep_days = cfg->keep_days;
+    if ((code = check_opts(&opts, err)) != OO_SPOOL_OK) return code;
+    if (!cfg->host[0] || !cfg->site[0] || !cfg->channel[0])
+        return misuse(err, "of_spool", "host, site and channel are required");
+    if (!copy.store_key[0]) snprintf(copy.store_key, sizeof copy.store_key, "store");
+    if ((code = oo_spool_set_ledger(s, &copy, err)) != OO_SPOOL_OK) return code;
+    if (!(*out = handle_new(&opts)))
+        return oo_sql_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, 0, "ledger: out of memory");
+    if ((code = oo_spool_reopen(s, &(*out)->spool, err)) != OO_SPOOL_OK) {
+        free(*out);
+        *out = NULL;
+        return code;
+    }
+    oo_ledger_prune(*out, oo_wall_now(), 10 * OO_LEDGER_PRUNE_EVERY, &pruned, NULL);
+    return OO_SPOOL_OK;
+}
+
+void oo_ledger_close(oo_ledger *l) {
+    if (!l) return;
+    if (l->spool) oo_spool_close(l->spool);
+    if (l->db && l->db->fork_gen == oo_sql_fork_gen()) {
+        oo_sql_gate_enter();
+        db_free(l->db);
+        oo_sql_gate_leave();
+    }
+    free(l);
+}
+
+const char *oo_ledger_path(const oo_ledger *l) {
+    return l->db ? l->db->path : oo_spool_path(l->spool);
+}
+const char *oo_ledger_owner(const oo_ledger *l) { return l->owner; }
+int oo_ledger_in_spool(const oo_ledger *l) { return l->spool != NULL; }
+
+/* ------------------------------------------------------------------ */
+/* check / reserve / record / release                                  */
+
+typedef struct batch {
+    const oo_ledger_scope *sc;
+    oo_ledger_item *items;
+    size_t n;
+    double lease, now;
+    int add;    /* make missing scopes (writes) */
+    int action; /* B_CHECK, B_RESERVE, B_RECORD, B_RELEASE */
+} batch;
+
+enum { B_CHECK, B_RESERVE, B_RECORD, B_RELEASE };
+
+/* Item i's key: its scope id (0: not in the ledger yet) and refCode, and
+ * its entry when it has a body (e->own set: free it). */
+typedef struct item_key {
+    long long scope;
+    const char *ref;
+    size_t ref_len;
+    oo_ledger_entry e;
+    int has_entry;
+} item_key;
+
+static int key_of(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const batch *b, size_t i,
+                  item_key *k, oo_spool_err *err) {
+    oo_ledger_item *it = &b->items[i];
+    char why[128];
+    const char *chan = it->channel ? it->channel : b->sc->channel;
+    size_t chan_len = it->channel ? it->channel_len : strlen(b->sc->channel);
+    int rc;
+    memset(k, 0, sizeof *k);
+    if (it->body) {
+        if (oo_ledger_entry_from_body(it->body, it->body_len, l->store_key, &k->e, why,
+                                      sizeof why) != 0)
+            return oo_sql_err(err, OO_SPOOL_MISUSE, 0, NULL, "ledger: list[%zu].body: %s", i + 1,
+                              why);
+        k->has_entry = 1;
+    }
+    k->ref = it->ref ? it->ref : k->e.ref;
+    k->ref_len = it->ref ? it->ref_len : k->e.ref_len;
+    if (!k->ref || !k->ref_len)
+        return oo_sql_err(err, OO_SPOOL_MISUSE, 0, NULL,
+                          "ledger: list[%zu] needs a body or a ref", i + 1);
+    rc = scope_id(c, st, b->sc->host, b->sc->site, chan, chan_len, b->add, &k->scope);
+    return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
+}
+
+/* What the ledger holds for the key: seen (same, changed, seen), in
+ * flight, or unknown. */
+static int look(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const item_key *k,
+                oo_ledger_item *it, double now) {
+    sqlite3_stmt *q;
+    int rc;
+    it->state = OO_LEDGER_UNKNOWN;
+    it->prev_outcome = 0;
+    it->prev_at = 0;
+    it->until = 0;
+    it->mine = 0;
+    if (!k->scope) return SQLITE_OK;
+    rc = lquery(c, st, L_GET, &q, "it", k->scope, k->ref, k->ref_len);
+    if (rc == SQLITE_ROW) {
+        int outcome = sqlite3_column_int(q, 1);
+        if (is_seen(outcome)) {
+            const void *fp = sqlite3_column_blob(q, 0);
+            int same = sqlite3_column_bytes(q, 0) == OO_LEDGER_FP_LEN && fp &&
+                       memcmp(fp, k->e.fp, OO_LEDGER_FP_LEN) == 0;
+            it->state = !k->has_entry ? OO_LEDGER_SEEN : same ? OO_LEDGER_SAME : OO_LEDGER_CHANGED;
+            it->prev_outcome = outcome;
+            it->prev_at = sqlite3_column_int64(q, 2);
+        }
+        oo_sql_finish(q);
+        if (it->state != OO_LEDGER_UNKNOWN) return SQLITE_OK;
+    } else if (rc != SQLITE_DONE) {
+        return rc;
+    }
+    rc = lquery(c, st, L_PENDING_GET, &q, "it", k->scope, k->ref, k->ref_len);
+    if (rc == SQLITE_ROW) {
+        double until = sqlite3_column_double(q, 1);
+        const char *owner = (const char *)sqlite3_column_text(q, 0);
+        if (until > now) {
+            it->state = OO_LEDGER_IN_FLIGHT;
+            it->until = until;
+            it->mine = owner && strcmp(owner, l->owner) == 0;
+        }
+        oo_sql_finish(q);
+        return SQLITE_OK;
+    }
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* One item of a batch, by action. */
+static int batch_item(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b, size_t i,
+                      item_key *k) {
+    oo_ledger_item *it = &b->items[i];
+    int rc = SQLITE_OK;
+    switch (b->action) {
+    case B_CHECK: return look(l, c, st, k, it, b->now);
+    case B_RESERVE:
+        if ((rc = look(l, c, st, k, it, b->now)) != SQLITE_OK || it->state != OO_LEDGER_UNKNOWN)
+            return rc;
+        rc = lexec(c, st, L_PENDING_PUT, "itsd", k->scope, k->ref, k->ref_len, l->owner,
+                   b->now + b->lease);
+        if (rc == SQLITE_OK) it->state = OO_LEDGER_RESERVED;
+        return rc;
+    case B_RECORD:
+        if (it->outcome == OO_LEDGER_CANCELLED && !k->has_entry)
+            rc = put_cancelled(c, st, k->scope, k->ref, k->ref_len, b->now);
+        else rc = put_row(c, st, k->scope, k->ref, k->ref_len, &k->e, 1, it->outcome, b->now);
+        if (rc != SQLITE_OK) return rc;
+        /* the reservation goes with the record */
+        /* fall through */
+    default:
+        return lexec(c, st, L_PENDING_DEL, "its", k->scope, k->ref, k->ref_len, l->owner);
+    }
+}
+
+static int batch_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx,
+                      oo_spool_err *err) {
+    batch *b = (batch *)ctx;
+    size_t i;
+    int code = OO_SPOOL_OK, rc;
+    for (i = 0; i < b->n && code == OO_SPOOL_OK; i++) {
+        item_key k;
+        code = key_of(l, c, st, b, i, &k, err);
+        if (code == OO_SPOOL_OK && (rc = batch_item(l, c, st, b, i, &k)) != SQLITE_OK)
+            code = oo_sql_fail(c, err, rc);
+        if (k.has_entry) oo_ledger_entry_free(&k.e);
+    }
+    if (code == OO_SPOOL_OK && b->action == B_RECORD &&
+        (rc = maybe_prune(c, st, l->opts.keep_days, &l->since_prune, (long long)b->n, b->now)) !=
+            SQLITE_OK)
+        code = oo_sql_fail(c, err, rc);
+    return code;
+}
+
+static int run_batch(oo_ledger *l, const char *what, int action, const oo_ledger_scope *sc,
+                     oo_ledger_item *items, size_t n, double lease, double now,
+                     oo_spool_err *err) {
+    batch b;
+    size_t i;
+    if (!sc || !sc->host || !sc->site || !sc->channel || !*sc->host || !*sc->site ||
+        !*sc->channel)
+        return misuse(err, what, "the scope needs host, site and channel");
+    for (i = 0; action == B_RECORD && i < n; i++)
+        if (!oo_ledger_outcome_name(items[i].outcome))
+            return oo_sql_err(err, OO_SPOOL_MISUSE, 0, NULL,
+                              "ledger record: list[%zu] has no outcome", i + 1);
+    if (n == 0) return OO_SPOOL_OK;
+    memset(&b, 0, sizeof b);
+    b.sc = sc;
+    b.items = items;
+    b.n = n;
+    b.lease = lease;
+    b.now = now;
+    b.action = action;
+    b.add = action != B_CHECK;
+    return run(l, what, action == B_CHECK ? RUN_READ : RUN_WRITE, batch_step, &b, err);
+}
+
+int oo_ledger_check(oo_ledger *l, const oo_ledger_scope *sc, oo_ledger_item *items, size_t n,
+                    double now, oo_spool_err *err) {
+    return run_batch(l, "check", B_CHECK, sc, items, n, 0, now, err);
+}
+
+int oo_ledger_reserve(oo_ledger *l, const oo_ledger_scope *sc, oo_ledger_item *items, size_t n,
+                      double lease, double now, oo_spool_err *err) {
+    if (!(lease > 0)) return misuse(err, "reserve", "lease must be positive");
+    return run_batch(l, "reserve", B_RESERVE, sc, items, n, lease, now, err);
+}
+
+int oo_ledger_record(oo_ledger *l, const oo_ledger_scope *sc, oo_ledger_item *items, size_t n,
+                     double now, oo_spool_err *err) {
+    return run_batch(l, "record", B_RECORD, sc, items, n, 0, now, err);
+}
+
+int oo_ledger_release(oo_ledger *l, const oo_ledger_scope *sc, oo_ledger_item *items, size_t n,
+                      oo_spool_err *err) {
+    return run_batch(l, "release", B_RELEASE, sc, items, n, 0, 0, err);
+}
+
+/* ------------------------------------------------------------------ */
+/* Rows out: show, export pages                                        */
+
+void oo_ledger_rows_free(oo_ledger_rows *r) {
+    size_t i;
+    if (!r) return;
+    for (i = 0; i < r->n; i++) {
+        oo_ledger_row *w = &r->v[i];
+        free(w->host);
+        free(w->site);
+        free(w->channel);
+        free(w->ref);
+        free(w->store);
+        free(w->owner);
+    }
+    free(r->v);
+    r->v = NULL;
+    r->n = r->cap = 0;
+}
+
+static oo_ledger_row *rows_push(oo_ledger_rows *r) {
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 16;
+        oo_ledger_row *v = (oo_ledger_row *)realloc(r->v, cap * sizeof *v);
+        if (!v) return NULL;
+        r->v = v;
+        r->cap = cap;
+    }
+    memset(&r->v[r->n], 0, sizeof r->v[0]);
+    return &r->v[r->n++];
+}
+
+/* A text column as a heap string (NULL for SQL NULL); *oom on failure. */
+static char *dup_text(sqlite3_stmt *q, int i, size_t *len, int *oom) {
+    size_t n;
+    const char *p = oo_sql_column_text(q, i, &n);
+    char *out;
+    if (len) *len = n;
+    if (!p) return NULL;
+    if (!(out = (char *)malloc(n + 1))) {
+        *oom = 1;
+        return NULL;
+    }
+    memcpy(out, p, n + 1);
+    return out;
+}
+
+/* Appends the current row (ROW_COLS, or the pending columns). 0, or -1
+ * out of memory. */
+static int read_row(sqlite3_stmt *q, int pending, oo_ledger_rows *out) {
+    oo_ledger_row *w = rows_push(out);
+    int oom = 0;
+    if (!w) return -1;
+    w->scope_id = sqlite3_column_int64(q, 0);
+    w->host = dup_text(q, 1, NULL, &oom);
+    w->site = dup_text(q, 2, NULL, &oom);
+    w->channel = dup_text(q, 3, NULL, &oom);
+    w->ref = dup_text(q, 4, &w->ref_len, &oom);
+    if (pending) {
+        w->owner = dup_text(q, 5, NULL, &oom);
+        w->until = sqlite3_column_double(q, 6);
+        return oom ? -1 : 0;
+    }
+    if (sqlite3_column_bytes(q, 5) == OO_LEDGER_FP_LEN)
+        memcpy(w->fp, sqlite3_column_blob(q, 5), OO_LEDGER_FP_LEN);
+    w->outcome = sqlite3_column_int(q, 6);
+    w->at = sqlite3_column_int64(q, 7);
+    w->has_order_at = sqlite3_column_type(q, 8) != SQLITE_NULL;
+    w->order_at = sqlite3_column_int64(q, 8);
+    w->store = dup_text(q, 9, NULL, &oom);
+    if (w->store && !w->store[0]) { /* the label's "no store" */
+        free(w->store);
+        w->store = NULL;
+    }
+    if (sqlite3_column_bytes(q, 10) == 3) memcpy(w->currency, sqlite3_column_text(q, 10), 3);
+    w->has_total = sqlite3_column_type(q, 11) != SQLITE_NULL;
+    w->total = sqlite3_column_int64(q, 11);
+    return oom ? -1 : 0;
+}
+
+/* Steps a started query (rc: its first step) to the end, appending rows. */
+static int collect(oo_sql_conn *c, sqlite3_stmt *q, int rc, int pending, oo_ledger_rows *out,
+                   oo_spool_err *err) {
+    int oom = 0;
+    for (; rc == SQLITE_ROW; rc = sqlite3_step(q))
+        if (read_row(q, pending, out) != 0) oom = 1;
+    if (q) oo_sql_finish(q);
+    if (rc != SQLITE_DONE) return oo_sql_fail(c, err, rc);
+    return oom ? oo_sql_nomem(c, err) : OO_SPOOL_OK;
+}
+
+typedef struct rows_ctx {
+    const char *ref;
+    size_t ref_len;
+    long long after_scope, limit;
+    oo_ledger_rows *out;
+} rows_ctx;
+
+static int show_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx,
+                     oo_spool_err *err) {
+    rows_ctx *r = (rows_ctx *)ctx;
+    sqlite3_stmt *q;
+    int rc = lquery(c, st, L_SHOW, &q, "t", r->ref, r->ref_len), code;
+    if ((code = collect(c, q, rc, 0, r->out, err)) != OO_SPOOL_OK) return code;
+    rc = lquery(c, st, L_SHOW_PENDING, &q, "t", r->ref, r->ref_len);
+    return collect(c, q, rc, 1, r->out, err);
+}
+
+int oo_ledger_show(oo_ledger *l, const char *ref, size_t ref_len, oo_ledger_rows *out,
+                   oo_spool_err *err) {
+    rows_ctx r;
+    int code;
+    oo_ledger_rows_free(out);
+    memset(&r, 0, sizeof r);
+    r.ref = ref;
+    r.ref_len = ref_len;
+    r.out = out;
+    code = run(l, "show", RUN_READ, show_step, &r, err);
+    if (code != OO_SPOOL_OK) oo_ledger_rows_free(out);
+    return code;
+}
+
+static int page_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx,
+                     oo_spool_err *err) {
+    rows_ctx *r = (rows_ctx *)ctx;
+    sqlite3_stmt *q;
+    int rc = lquery(c, st, L_PAGE, &q, "iti", r->after_scope, r->ref ? r->ref : "", r->ref_len,
+                    r->limit);
+    return collect(c, q, rc, 0, r->out, err);
+}
+
+int oo_ledger_page(oo_ledger *l, long long after_scope, const char *after_ref, size_t after_len,
+                   long long limit, oo_ledger_rows *out, oo_spool_err *err) {
+    rows_ctx r;
+    int code;
+    oo_ledger_rows_free(out);
+    if (limit < 1) return misuse(err, "export", "limit must be >= 1");
+    memset(&r, 0, sizeof r);
+    r.ref = after_ref;
+    r.ref_len = after_ref ? after_len : 0;
+    r.after_scope = after_ref ? after_scope : 0;
+    r.limit = limit;
+    r.out = out;
+    code = run(l, "export", RUN_READ, page_step, &r, err);
+    if (code != OO_SPOOL_OK) oo_ledger_rows_free(out);
+    return code;
+}
+
+/* ------------------------------------------------------------------ */
+/* Retention                                                           */
+
+typedef struct count_ctx {
+    double cutoff, now;
+    long long max, *n;
+} count_ctx;
+
+static int forget_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx,
+                       oo_spool_err *err) {
+    count_ctx *k = (count_ctx *)ctx;
+    int rc = lexec(c, st, L_FORGET, "d", k->cutoff);
+    *k->n = rc == SQLITE_OK ? sqlite3_changes(c->db) : 0;
+    if (rc == SQLITE_OK) rc = lexec(c, st, L_PRUNED_MARK, "i", (long long)k->cutoff);
+    return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
+}
+
+int oo_ledger_forget(oo_ledger *l, double before, long long *n, oo_spool_err *err) {
+    count_ctx k;
+    *n = 0;
+    k.cutoff = before;
+    k.n = n;
+    return run(l, "forget", RUN_WRITE, forget_step, &k, err);
+}
+
+static int prune_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx,
+                      oo_spool_err *err) {
+    count_ctx *k = (count_ctx *)ctx;
+    int rc = prune_rows(c, st, k->cutoff, k->max, k->now, k->n);
+    return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
+}
+
+int oo_ledger_prune(oo_ledger *l, double now, long long max, long long *n, oo_spool_err *err) {
+    count_ctx k;
+    *n = 0;
+    k.cutoff = cutoff_of(l->opts.keep_days, now);
+    k.now = now;
+    k.max = max > 0 ? max : -1; /* LIMIT -1: no limit */
+    k.n = n;
+    return run(l, "prune", RUN_WRITE, prune_step, &k, err);
+}
+
+static int span_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx,
+                     oo_spool_err *err) {
+    oo_ledger_span *s = (oo_ledger_span *)ctx;
+    oo_sql_scalar v;
+    sqlite3_stmt *q;
+    int rc = lscalar(c, st, L_SPAN, &v, "");
+    if (rc != SQLITE_OK) return oo_sql_fail(c, err, rc);
+    s->has_rows = v.found;
+    s->rows_oldest = v.a;
+    s->rows_newest = v.b;
+    rc = lquery(c, st, L_META, &q, "");
+    if (rc == SQLITE_ROW) {
+        s->created = sqlite3_column_int64(q, 0);
+        s->has_pruned = sqlite3_column_type(q, 1) != SQLITE_NULL;
+        s->pruned_before = sqlite3_column_int64(q, 1);
+        oo_sql_finish(q);
+        return OO_SPOOL_OK;
+    }
+    return rc == SQLITE_DONE ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
+}
+
+int oo_ledger_span_of(oo_ledger *l, oo_ledger_span *out, oo_spool_err *err) {
+    memset(out, 0, sizeof *out);
+    return run(l, "span", RUN_READ, span_step, out, err);
+}
+
+/* ------------------------------------------------------------------ */
+/* Reports                                                             */
+
+void oo_ledger_groups_free(oo_ledger_groups *g) {
+    size_t i;
+    if (!g) return;
+    for (i = 0; i < g->n; i++) {
+        free(g->v[i].store);
+        free(g->v[i].channel);
+    }
+    free(g->v);
+    g->v = NULL;
+    g->n = g->cap = 0;
+}
+
+static long long floor_div(long long a, long long b) {
+    return a / b - (a % b != 0 && (a < 0) != (b < 0));
+}
+
+/* oo_ledger_day(order_at): the local day of an instant (NULL stays NULL). */
+static void day_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
+    const oo_ledger_report_opts *o = (const oo_ledger_report_opts *)sqlite3_user_data(ctx);
+    long long t;
+    long off;
+    (void)argc;
+    if (sqlite3_value_type(argv[0]) == SQLITE_NULL) {
+        sqlite3_result_null(ctx);
+        return;
+    }
+    t = sqlite3_value_int64(argv[0]);
+    off = o->offset ? o->offset(o->offset_ctx, t) : 0;
+    sqlite3_result_int64(ctx, floor_div(t + off, 86400));
+}
+
+static const char REPORT_SQL[] =
+    "SELECT CASE WHEN ?1 THEN oo_ledger_day(l.order_at) END, CASE WHEN ?2 THEN b.store END,"
+    " CASE WHEN ?3 THEN s.channel END, b.currency, l.outcome, count(*), sum(l.total)"
+    " FROM ledger l CROSS JOIN ledger_scope s LEFT JOIN ledger_label b ON b.id = l.label"
+    " WHERE s.id = l.scope"
+    " AND (?4 IS NULL OR oo_ledger_day(l.order_at) >= ?4)"
+    " AND (?5 IS NULL OR oo_ledger_day(l.order_at) <= ?5)"
+    " GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5";
+
+static int same_text(const char *a, sqlite3_stmt *q, int i) {
+    const char *b = (const char *)sqlite3_column_text(q, i);
+    if (!a || !b) return !a && !b;
+    return strcmp(a, b) == 0;
+}
+
+/* The group the current row belongs to: the last one when the keys are
+ * equal (rows come sorted by them), else a new one. NULL: out of memory. */
+static oo_ledger_group *group_of(sqlite3_stmt *q, oo_ledger_groups *g, int *oom) {
+    oo_ledger_group *w = g->n ? &g->v[g->n - 1] : NULL;
+    int has_day = sqlite3_column_type(q, 0) != SQLITE_NULL;
+    const char *cur = (const char *)sqlite3_column_text(q, 3);
+    char currency[4] = "";
+    if (cur && strlen(cur) == 3) memcpy(currency, cur, 4);
+    if (w && w->has_day == has_day && (!has_day || w->day == sqlite3_column_int64(q, 0)) &&
+        same_text(w->store, q, 1) && same_text(w->channel, q, 2) &&
+        strcmp(w->currency, currency) == 0)
+        return w;
+    if (g->n == g->cap) {
+        size_t cap = g->cap ? g->cap * 2 : 16;
+        oo_ledger_group *v = (oo_ledger_group *)realloc(g->v, cap * sizeof *v);
+        if (!v) return NULL;
+        g->v = v;
+        g->cap = cap;
+    }
+    w = &g->v[g->n++];
+    memset(w, 0, sizeof *w);
+    w->has_day = has_day;
+    w->day = sqlite3_column_int64(q, 0);
+    w->store = dup_text(q, 1, NULL, oom);
+    w->channel = dup_text(q, 2, NULL, oom);
+    memcpy(w->currency, currency, 4);
+    return w;
+}
+
+typedef struct report_ctx {
+    const oo_ledger_report_opts *o;
+    oo_ledger_groups *out;
+} report_ctx;
+
+static int report_rows(oo_sql_conn *c, sqlite3_stmt *q, report_ctx *r, oo_spool_err *err) {
+    const oo_ledger_report_opts *o = r->o;
+    int rc, oom = 0;
+    sqlite3_bind_int(q, 1, (o->by & OO_LEDGER_BY_DAY) != 0);
+    sqlite3_bind_int(q, 2, (o->by & OO_LEDGER_BY_STORE) != 0);
+    sqlite3_bind_int(q, 3, (o->by & OO_LEDGER_BY_CHANNEL) != 0);
+    if (o->has_from) sqlite3_bind_int64(q, 4, o->from_day);
+    if (o->has_to) sqlite3_bind_int64(q, 5, o->to_day);
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        oo_ledger_group *w = group_of(q, r->out, &oom);
+        int outcome = sqlite3_column_int(q, 4);
+        if (!w) {
+            oom = 1;
+            break;
+        }
+        if (outcome < 1 || outcome > OO_LEDGER_OUTCOMES) continue;
+        w->orders[outcome] += sqlite3_column_int64(q, 5);
+        w->minor[outcome] += sqlite3_column_int64(q, 6);
+    }
+    if (oom) return oo_sql_nomem(c, err);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
+}
+
+static int report_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx,
+                       oo_spool_err *err) {
+    report_ctx *r = (report_ctx *)ctx;
+    sqlite3_stmt *q = NULL;
+    int rc, code;
+    rc = sqlite3_create_function_v2(c->db, "oo_ledger_day", 1, SQLITE_UTF8, (void *)r->o, day_fn,
+                                    NULL, NULL, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(c->db, REPORT_SQL, -1, &q, NULL);
+    code = rc == SQLITE_OK ? report_rows(c, q, r, err) : oo_sql_fail(c, err, rc);
+    sqlite3_finalize(q);
+    /* the function points at the caller's options: gone with the call */
+    sqlite3_create_function_v2(c->db, "oo_ledger_day", 1, SQLITE_UTF8, NULL, NULL, NULL, NULL,
+                               NULL);
+    return code;
+}
+
+int oo_ledger_report(oo_ledger *l, const oo_ledger_report_opts *o, oo_ledger_groups *out,
+                     oo_spool_err *err) {
+    report_ctx r;
+    int code;
+    oo_ledger_groups_free(out);
+    r.o = o;
+    r.out = out;
+    code = run(l, "report", RUN_READ, report_step, &r, err);
+    if (code != OO_SPOOL_OK) oo_ledger_groups_free(out);
+    return code;
+}
