@@ -124,7 +124,8 @@ end
 -- @param path the file (its directory must exist), or nil for `default_path()`,
 --   whose directories are created 0700 when missing
 -- @param options see `open_options`
--- @return a ledger, or nil, err (kind `"storage"`, `"foreign"` or `"busy"`)
+-- @return a ledger (its field `path` is the file), or nil, err (kind `"storage"`,
+--   `"foreign"` or `"busy"`)
 function M.open(path, options)
   if path ~= nil and (type(path) ~= "string" or path == "") then
     error("ledger.open: path must be a non-empty string or nil, got "
@@ -151,7 +152,8 @@ end
 -- also on the handles the queue's delivery thread reopened from it.
 -- @param sp an open `optimizely.offline.spool` object
 -- @param options see `spool_options`
--- @return a ledger (close it on its own; the spool stays open), or nil, err
+-- @return a ledger (close it on its own; the spool stays open; its field `path` is the
+--   spool's file), or nil, err
 function M.of_spool(sp, options)
   if type(sp) ~= "table" or type(sp.handle) ~= "userdata" then
     error("ledger.of_spool: expected a spool (optimizely.offline.spool.open), got " .. type(sp), 2)
@@ -424,20 +426,16 @@ end
 
 --- How far back the ledger knows.
 -- @return `{since=, created=, oldest=?, newest=?, pruned_before=?, keep=}` (epoch seconds):
---   `since` is when its knowledge starts (its creation, or the last prune or forget horizon),
+--   `since` is when its knowledge starts (the horizon of the last prune or forget: rows
+--   recorded before it were dropped, none after; else its creation or its oldest row),
 --   `oldest`/`newest` the recorded times of its oldest and newest rows; or nil, err
 function Ledger:span()
   local s, err = self.handle:span()
   if not s then return nil, new_error(err) end
   s.keep = self.keep
-  s.since = s.created
-  if s.pruned_before and s.pruned_before > s.since then s.since = s.pruned_before end
+  -- nothing recorded after the last prune/forget horizon was dropped
+  s.since = s.pruned_before or math.min(s.created, s.oldest or s.created)
   return s
-end
-
---- The file (for an embedded ledger: the spool's).
-function Ledger:path()
-  return self.handle:path()
 end
 
 --- This handle's reservation owner token ("pid:hex").

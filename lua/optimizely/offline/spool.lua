@@ -12,8 +12,24 @@
 -- URI: `"file:x.db"` is the file `./file:x.db`. A file that is not a spool
 -- (another program's SQLite database, a text file, a spool written by a
 -- newer version) is refused with kind `"foreign"` and left byte for byte as
--- it was. A spool written by version 1 of this library is migrated in place
--- (one transaction) the first time it is opened.
+-- it was. A spool written by an earlier version of this library is
+-- migrated in place (one transaction) the first time it is opened. A spool,
+-- `-wal` or `-shm` file that another user owns, that other users may read or
+-- write, or that is a symbolic link is refused with kind `"storage"`, naming
+-- the file: a file someone else pre-created in a shared directory is never
+-- adopted.
+--
+-- **Cancels**: a row is a create (a POST of its body) or a cancel (a DELETE
+-- of its refCode, `put_cancel`). A cancel is not claimed while an earlier
+-- row of its refCode is still in the spool (queued or being delivered), and
+-- a create not while an earlier cancel of its refCode is (an amend: the
+-- DELETE first, then the new version). `cancel_queued` removes the queued,
+-- undelivered creates of a refCode; `purge_customer` one customer's orders.
+--
+-- **The ledger** (`spool:ledger{...}`, see `optimizely.offline.ledger`) lives
+-- in the spool's file: each ack then writes its ledger row in the same
+-- transaction as the row's delete, so a `kill -9` at any moment leaves the
+-- two consistent.
 --
 -- **Several processes** (nginx workers, the CLI, a daemon) may share one
 -- file: writes take the lock with `BEGIN IMMEDIATE` and wait up to
@@ -56,6 +72,7 @@
 -- @module optimizely.offline.spool
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
+local ledger = require("optimizely.offline.ledger")
 local opts = require("optimizely.offline.opts")
 
 local M = {}
@@ -117,6 +134,8 @@ end
 --- A claimed order, as `claim` returns it.
 -- @table claimed_row
 -- @field id the order's id (never reused: it keeps it through dead letters and requeue)
+-- @field op `"create"` (POST the body) or `"cancel"` (DELETE the refCode; the body is the
+--   cancelled order's, or empty)
 -- @field ref its refCode, or nil
 -- @field body the request body, byte for byte as stored
 -- @field attempts failed attempts so far
@@ -154,11 +173,59 @@ function Spool:put(body, ref, now, channel)
 end
 
 --- Store many orders in one transaction (group commit): all or none.
--- @param list array of `{body=, ref=, channel=}` tables or body strings
+-- @param list array of `{body=, ref=, channel=, op=}` tables or body strings (`op`:
+--   `"create"`, the default, or `"cancel"`: see `put_cancel`; a cancel's body may be nil)
 -- @param now epoch seconds (default: the clock)
 -- @return array of ids (same order), or nil, err
 function Spool:put_many(list, now)
   return wrap(self.handle:put_many(list, now))
+end
+
+--- Store a cancel: a row asking for the DELETE of `ref`. It is not claimed
+-- while an earlier row of that refCode is still in the spool.
+-- @param ref the refCode to cancel
+-- @param channel its channel (nil: the client's default)
+-- @param now epoch seconds (default: the clock)
+-- @param body the cancelled order's body when known (the ledger's report fields), or nil
+-- @return id, or nil, err
+function Spool:put_cancel(ref, channel, now, body)
+  return wrap(self.handle:put_cancel(ref, channel, now, body))
+end
+
+--- Remove the queued creates of a refCode that no one is delivering (one
+-- transaction): the first step of a queue's cancel. With the ledger on,
+-- when none is in flight and the ledger holds no acknowledged row of it,
+-- the removed orders are recorded as `"cancelled"` in the same
+-- transaction: nothing is left to send. Put a cancel (`put_cancel`) when
+-- one is `in_flight`, when it was `seen`, or when nothing was removed.
+-- @param ref the refCode
+-- @param channel its channel for the ledger lookup (nil: the default)
+-- @param now epoch seconds (default: the clock)
+-- @return `{removed=, in_flight=, seen=}`, or nil, err
+function Spool:cancel_queued(ref, channel, now)
+  return wrap(self.handle:cancel_queued(ref, channel, now))
+end
+
+--- Remove one customer's undelivered orders (an erasure request): the
+-- queued ones and the dead letters whose body holds this `user.email`
+-- (compared trimmed and ASCII lower-case) or this `user.id`. Orders being
+-- delivered right now are left, and counted.
+-- @param who `{email = "..."}` and/or `{user_id = "..."}`
+-- @param now epoch seconds (default: the clock)
+-- @return `{queued=, dead=, in_flight=}` (removed, removed, left), or nil, err
+function Spool:purge_customer(who, now)
+  if type(who) ~= "table" or (who.email == nil and who.user_id == nil) then
+    error("spool:purge_customer: expected {email=} and/or {user_id=}", 2)
+  end
+  return wrap(self.handle:purge_customer(who.email, who.user_id, now))
+end
+
+--- The ledger in this spool's file (`optimizely.offline.ledger.of_spool`):
+-- from now on this spool's acks, kills and expiries are recorded in it.
+-- @param options `{host=, site=, channel=, store_key=, keep=}` (see the ledger's `spool_options`)
+-- @return a ledger, or nil, err
+function Spool:ledger(options)
+  return ledger.of_spool(self, options)
 end
 
 --- Lease up to `max_n` due orders for `lease_seconds`.
@@ -171,19 +238,23 @@ function Spool:claim(max_n, lease_seconds, now)
 end
 
 --- Delivered: delete the order. Only the handle holding its lease may.
+-- With the ledger on, its ledger row is written in the same transaction
+-- (a cancel row's as `"cancelled"`).
 -- @param id the order's id
+-- @param outcome for the ledger: `"sent"` (default) or `"warned"` (accepted with warnings)
 -- @return true, or nil, err (kind "lease": not ours any more)
-function Spool:ack(id)
-  return wrap(self.handle:ack(id))
+function Spool:ack(id, outcome)
+  return wrap(self.handle:ack(id, outcome))
 end
 
 --- Delivered, many at once: one transaction. Every order this handle holds
 -- is deleted; if some were not ours any more the call returns kind "lease"
 -- (saying how many), the others being acked all the same.
 -- @param ids array of ids
+-- @param outcomes nil (all `"sent"`), or an array beside `ids` of `"sent"` / `"warned"`
 -- @return true, or nil, err
-function Spool:ack_many(ids)
-  return wrap(self.handle:ack_many(ids))
+function Spool:ack_many(ids, outcomes)
+  return wrap(self.handle:ack_many(ids, outcomes))
 end
 
 --- Failed for now: attempts + 1, due again at `next_at`, lease cleared.
@@ -197,7 +268,9 @@ function Spool:retry(id, next_at, err)
 end
 
 --- Failed for good: move the order to the dead letters (attempts + 1),
--- keeping its body, refCode and channel.
+-- keeping its body, refCode and channel. With the ledger on, a `"dead"`
+-- ledger row is written in the same transaction, unless the order was
+-- already acknowledged (a dead cancel row leaves the ledger as it was).
 -- @param id the order's id (claimed by this handle)
 -- @param err `{kind=, status=, code=, message=}` (an error object fits), a message
 --   string (kind "failed"), or nil
