@@ -216,16 +216,20 @@ static void read_item(lua_State *L, const char *fn, size_t i, int record, oo_led
         outcome = item_str(L, fn, i, "outcome", &n);
         if (outcome) it->outcome = oo_ledger_outcome_of(outcome);
         if (record && !it->outcome)
-            luaL_error(L, "%s: list[%d].outcome must be \"sent\", \"warned\", \"dead\" or"
-                          " \"cancelled\"", fn, (int)i);
+            luaL_error(L,
+                       "%s: list[%d].outcome must be \"sent\", \"warned\", \"dead\" or"
+                       " \"cancelled\"",
+                       fn, (int)i);
     } else {
-        luaL_error(L, "%s: list[%d] must be a body string or a table {body=, ref=, channel=}, got %s",
+        luaL_error(L,
+                   "%s: list[%d] must be a body string or a table {body=, ref=, channel=}, got %s",
                    fn, (int)i, luaL_typename(L, -1));
     }
     if (!it->body && !it->ref) luaL_error(L, "%s: list[%d] needs a body or a ref", fn, (int)i);
     if (record && !it->body && it->outcome != OO_LEDGER_CANCELLED)
         luaL_error(L, "%s: list[%d] needs its body (only a cancel may go without)", fn, (int)i);
-    if (!record && it->outcome) luaL_error(L, "%s: list[%d].outcome is for record only", fn, (int)i);
+    if (!record && it->outcome)
+        luaL_error(L, "%s: list[%d].outcome is for record only", fn, (int)i);
 }
 
 /* The list at idx as items (scratch memory the GC owns). */
@@ -584,13 +588,14 @@ static int l_tostring(lua_State *L) {
 }
 
 void oo_ledger_register(lua_State *L) {
-    static const luaL_Reg methods[] = {
-        {"check", l_check},     {"reserve", l_reserve}, {"record", l_record},
-        {"release", l_release}, {"show", l_show},       {"page", l_page},
-        {"forget", l_forget},   {"prune", l_prune},     {"span", l_span},
-        {"report", l_report},   {"owner", l_owner},     {"path", l_path},
-        {"in_spool", l_in_spool}, {"is_open", l_is_open}, {"close", l_close},
-        {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"check", l_check},       {"reserve", l_reserve},
+                                       {"record", l_record},     {"release", l_release},
+                                       {"show", l_show},         {"page", l_page},
+                                       {"forget", l_forget},     {"prune", l_prune},
+                                       {"span", l_span},         {"report", l_report},
+                                       {"owner", l_owner},       {"path", l_path},
+                                       {"in_spool", l_in_spool}, {"is_open", l_is_open},
+                                       {"close", l_close},       {NULL, NULL}};
     static const luaL_Reg funcs[] = {{"ledger_open", l_open},
                                      {"ledger_of_spool", l_of_spool},
                                      {"ledger_fingerprint", l_fingerprint},

@@ -77,8 +77,8 @@ static void entry_report_fields(const oo_json_pick *k, oo_ledger_entry *e) {
         (minor = oo_currency_minor(k[P_CURRENCY].raw)) >= 0)
         memcpy(e->currency, k[P_CURRENCY].raw, 3);
     if (minor >= 0 && k[P_TOTAL].type == 'n')
-        e->has_total = oo_money_from_string(k[P_TOTAL].raw, k[P_TOTAL].raw_len, minor,
-                                            &e->total) == OO_MONEY_OK;
+        e->has_total = oo_money_from_string(k[P_TOTAL].raw, k[P_TOTAL].raw_len, minor, &e->total) ==
+                       OO_MONEY_OK;
 }
 
 int oo_ledger_entry_from_body(const char *body, size_t len, const char *store_key,
@@ -135,10 +135,29 @@ void oo_ledger_entry_free(oo_ledger_entry *e) {
 /* Statements                                                          */
 
 enum {
-    L_BEGIN, L_BEGIN_READ, L_COMMIT, L_SCOPE_GET, L_SCOPE_ADD, L_LABEL_GET, L_LABEL_ADD,
-    L_GET, L_PENDING_GET, L_PENDING_PUT, L_PENDING_DEL, L_UPSERT, L_MARK_CANCELLED,
-    L_PRUNE, L_PRUNE_PENDING, L_PRUNED_MARK, L_FORGET, L_SPAN, L_META, L_SHOW,
-    L_SHOW_PENDING, L_PAGE, L_COUNT
+    L_BEGIN,
+    L_BEGIN_READ,
+    L_COMMIT,
+    L_SCOPE_GET,
+    L_SCOPE_ADD,
+    L_LABEL_GET,
+    L_LABEL_ADD,
+    L_GET,
+    L_PENDING_GET,
+    L_PENDING_PUT,
+    L_PENDING_DEL,
+    L_UPSERT,
+    L_MARK_CANCELLED,
+    L_PRUNE,
+    L_PRUNE_PENDING,
+    L_PRUNED_MARK,
+    L_FORGET,
+    L_SPAN,
+    L_META,
+    L_SHOW,
+    L_SHOW_PENDING,
+    L_PAGE,
+    L_COUNT
 };
 typedef char stmt_count_fits[L_COUNT <= OO_LEDGER_STMT_COUNT ? 1 : -1];
 
@@ -219,8 +238,7 @@ static int scope_id(oo_sql_conn *c, sqlite3_stmt **st, const char *host, const c
 }
 
 /* The label of (store, currency), made when missing; 0 when both are unknown. */
-static int label_id(oo_sql_conn *c, sqlite3_stmt **st, const oo_ledger_entry *e,
-                    long long *id) {
+static int label_id(oo_sql_conn *c, sqlite3_stmt **st, const oo_ledger_entry *e, long long *id) {
     oo_sql_scalar v;
     const char *store = e->store ? e->store : "";
     int rc;
@@ -263,8 +281,8 @@ static double cutoff_of(int keep_days, double now) { return now - (double)keep_d
 
 /* Deletes up to max rows recorded before cutoff (oldest first) and the
  * expired reservations; notes how far back the ledger still knows. */
-static int prune_rows(oo_sql_conn *c, sqlite3_stmt **st, double cutoff, long long max,
-                      double now, long long *n) {
+static int prune_rows(oo_sql_conn *c, sqlite3_stmt **st, double cutoff, long long max, double now,
+                      long long *n) {
     oo_sql_scalar span;
     double horizon = cutoff;
     int rc = lexec(c, st, L_PRUNE, "di", cutoff, max);
@@ -289,8 +307,7 @@ static int maybe_prune(oo_sql_conn *c, sqlite3_stmt **st, int keep_days, long lo
 
 int oo_ledger_note(struct oo_sql_conn *c, struct sqlite3_stmt **st, const oo_ledger_cfg *cfg,
                    const char *channel, size_t channel_len, const char *ref, size_t ref_len,
-                   const char *body, size_t body_len, int outcome, double now,
-                   oo_spool_err *err) {
+                   const char *body, size_t body_len, int outcome, double now, oo_spool_err *err) {
     oo_ledger_entry e;
     long long scope;
     int rc, parsed = body && body_len > 0 &&
@@ -311,8 +328,7 @@ int oo_ledger_note(struct oo_sql_conn *c, struct sqlite3_stmt **st, const oo_led
     if (rc == SQLITE_OK && ref && ref_len) {
         if (outcome == OO_LEDGER_CANCELLED && !parsed)
             rc = put_cancelled(c, st, scope, ref, ref_len, now);
-        else
-            rc = put_row(c, st, scope, ref, ref_len, &e, body && body_len > 0, outcome, now);
+        else rc = put_row(c, st, scope, ref, ref_len, &e, body && body_len > 0, outcome, now);
     }
     if (parsed) oo_ledger_entry_free(&e);
     return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
@@ -321,7 +337,6 @@ int oo_ledger_note(struct oo_sql_conn *c, struct sqlite3_stmt **st, const oo_led
 int oo_ledger_outcome_at(struct oo_sql_conn *c, struct sqlite3_stmt **st, const oo_ledger_cfg *cfg,
                          const char *channel, size_t channel_len, const char *ref, size_t ref_len,
                          int *outcome, oo_spool_err *err) {
-    oo_sql_scalar v;
     long long scope;
     int rc;
     *outcome = 0;
@@ -341,7 +356,6 @@ int oo_ledger_outcome_at(struct oo_sql_conn *c, struct sqlite3_stmt **st, const 
             rc = SQLITE_OK;
         }
     }
-    (void)v;
     return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
 }
 
@@ -495,8 +509,7 @@ static int set_pragmas(ledger_db *d, oo_spool_err *err) {
     return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(&d->c, err, rc);
 }
 
-int oo_ledger_open(const char *path, const oo_ledger_opts *o, oo_ledger **out,
-                   oo_spool_err *err) {
+int oo_ledger_open(const char *path, const oo_ledger_opts *o, oo_ledger **out, oo_spool_err *err) {
     oo_ledger_opts defaults;
     ledger_db *d;
     int code;
@@ -610,8 +623,8 @@ static int key_of(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const batch *
     k->ref = it->ref ? it->ref : k->e.ref;
     k->ref_len = it->ref ? it->ref_len : k->e.ref_len;
     if (!k->ref || !k->ref_len)
-        return oo_sql_err(err, OO_SPOOL_MISUSE, 0, NULL,
-                          "ledger: list[%zu] needs a body or a ref", i + 1);
+        return oo_sql_err(err, OO_SPOOL_MISUSE, 0, NULL, "ledger: list[%zu] needs a body or a ref",
+                          i + 1);
     rc = scope_id(c, st, b->sc->host, b->sc->site, chan, chan_len, b->add, &k->scope);
     return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
 }
@@ -680,8 +693,7 @@ static int batch_item(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b,
         if (rc != SQLITE_OK) return rc;
         /* the reservation goes with the record */
         /* fall through */
-    default:
-        return lexec(c, st, L_PENDING_DEL, "its", k->scope, k->ref, k->ref_len, l->owner);
+    default: return lexec(c, st, L_PENDING_DEL, "its", k->scope, k->ref, k->ref_len, l->owner);
     }
 }
 
@@ -705,12 +717,10 @@ static int batch_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx
 }
 
 static int run_batch(oo_ledger *l, const char *what, int action, const oo_ledger_scope *sc,
-                     oo_ledger_item *items, size_t n, double lease, double now,
-                     oo_spool_err *err) {
+                     oo_ledger_item *items, size_t n, double lease, double now, oo_spool_err *err) {
     batch b;
     size_t i;
-    if (!sc || !sc->host || !sc->site || !sc->channel || !*sc->host || !*sc->site ||
-        !*sc->channel)
+    if (!sc || !sc->host || !sc->site || !sc->channel || !*sc->host || !*sc->site || !*sc->channel)
         return misuse(err, what, "the scope needs host, site and channel");
     for (i = 0; action == B_RECORD && i < n; i++)
         if (!oo_ledger_outcome_name(items[i].outcome))

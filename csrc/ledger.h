@@ -224,8 +224,12 @@ int oo_ledger_span_of(oo_ledger *l, oo_ledger_span *out, oo_spool_err *err);
 
 /* ---- Reports ---- */
 
-enum { OO_LEDGER_BY_DAY = 1, OO_LEDGER_BY_STORE = 2, OO_LEDGER_BY_CHANNEL = 4,
-       OO_LEDGER_BY_CURRENCY = 8 };
+enum {
+    OO_LEDGER_BY_DAY = 1,
+    OO_LEDGER_BY_STORE = 2,
+    OO_LEDGER_BY_CHANNEL = 4,
+    OO_LEDGER_BY_CURRENCY = 8
+};
 
 typedef struct oo_ledger_report_opts {
     int by; /* OO_LEDGER_BY_* (currency is always a key: totals never mix currencies) */

@@ -109,8 +109,8 @@ int oo_sql_fail(oo_sql_conn *c, oo_spool_err *err, int rc) {
         return oo_sql_err(err, OO_SPOOL_BUSY, rc, NULL,
                           "%s %s: %s: %s (still locked after busy_timeout %g s)", c->noun, c->path,
                           c->what, msg, c->busy_timeout);
-    return oo_sql_err(err, OO_SPOOL_STORAGE, rc, NULL, "%s %s: %s: %s%s", c->noun, c->path,
-                      c->what, rc_words(rc), msg);
+    return oo_sql_err(err, OO_SPOOL_STORAGE, rc, NULL, "%s %s: %s: %s%s", c->noun, c->path, c->what,
+                      rc_words(rc), msg);
 }
 
 int oo_sql_nomem(oo_sql_conn *c, oo_spool_err *err) {
@@ -237,7 +237,8 @@ int oo_sql_check_private(oo_sql_conn *c, int main_too, oo_spool_err *err) {
     for (i = main_too ? 0 : 1; i < 3 && code == OO_SPOOL_OK; i++) {
         snprintf(file, n, "%s%s", c->path, suffix[i]);
         if (lstat(file, &st) == 0) code = check_stat(c, &st, file, 0, err);
-        else if (errno != ENOENT) code = fs_err(c, err, "cannot stat %s: %s", file, strerror(errno));
+        else if (errno != ENOENT)
+            code = fs_err(c, err, "cannot stat %s: %s", file, strerror(errno));
     }
     free(file);
     return code;
@@ -405,8 +406,7 @@ static int classify(oo_sql_conn *c, const oo_sql_schema *sc, int *state, long lo
         *state = DB_EMPTY; /* new, or another process is creating it */
     else if (app == 0 && sc->unstamped_v1 && in.version == 1 && all)
         *state = DB_OLDER; /* made by version 1, before application_id */
-    else
-        *state = DB_FOREIGN;
+    else *state = DB_FOREIGN;
     if (*state == DB_NEWER)
         oo_sql_err(err, OO_SPOOL_FOREIGN, 0, NULL,
                    "%s %s: written by a newer version of this library (schema version %lld;"

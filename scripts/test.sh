@@ -36,7 +36,7 @@ for v in 5.1 5.3; do
   env LUA_PATH="$LPATH" LUA_CPATH="$ROOT/build/$v/?.so;;" LUA_PATH_5_3="$LPATH" \
     LUA_CPATH_5_3="$ROOT/build/$v/?.so;;" \
     busted --lua="lua$v" -o utfTerminal spec/encode_spec.lua spec/encode_edge_spec.lua \
-    spec/property_spec.lua spec/json_spec.lua spec/spool_spec.lua spec/retry_spec.lua \
+    spec/property_spec.lua spec/json_spec.lua spec/spool_spec.lua spec/ledger_spec.lua spec/retry_spec.lua \
     spec/cli_json_spec.lua spec/cli_dates_spec.lua spec/input_csv_spec.lua \
     >"$LOGDIR/lua$v.log" 2>&1 || { echo "!! lua$v failed"; status=1; }
   tail -n 1 "$LOGDIR/lua$v.log"

@@ -10,7 +10,7 @@ local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
 local sys = require("optimizely.offline.sys")
 
-local q, exists = sys.q, sys.exists
+local q = sys.q
 local T0 = 1700000000
 local SCOPE = { host = "uat.peerius.com", site = "shop", channel = "store" }
 
@@ -58,14 +58,6 @@ local function child_script(name, src)
   f:write(src)
   f:close()
   return path
-end
-
-local function wait_for(path, seconds)
-  for _ = 1, (seconds or 30) * 100 do
-    if exists(path) then return true end
-    core.sleep(0.01)
-  end
-  return false
 end
 
 local function has_sqlite3_cli()
@@ -269,7 +261,9 @@ describe("ledger.open", function()
       local err
       for i = 1, 20000 do
         local list = {}
-        for k = 1, 50 do list[k] = { body = body(i * 100 + k, { ref = ("FULL-%07d-%03d"):format(i, k) }), outcome = "sent" } end
+        for k = 1, 50 do
+          list[k] = { body = body(i * 100 + k, { ref = ("FULL-%07d-%03d"):format(i, k) }), outcome = "sent" }
+        end
         local done, e = l:record(SCOPE, list, T0)
         if not done then err = e break end
       end
@@ -298,12 +292,12 @@ describe("ledger.open", function()
       local _, _, mode = core.file_id(p:match("^(.*)/"))
       io.stdout:write(p, " ", ("%o"):format(mode), "\n")
     ]])
-    local out = sys.capture("env -u XDG_STATE_HOME HOME=" .. q(home) .. " " .. interpreter() .. " " .. q(script) .. " 2>&1")
+    local run = " " .. interpreter() .. " " .. q(script) .. " 2>&1"
+    local out = sys.capture("env -u XDG_STATE_HOME HOME=" .. q(home) .. run)
     assert.equal(home .. "/.local/state/optimizely-offline/ledger.db 700\n", out)
-    out = sys.capture("env XDG_STATE_HOME=" .. q(tmpdir .. "/state") .. " HOME=" .. q(home) .. " "
-      .. interpreter() .. " " .. q(script) .. " 2>&1")
+    out = sys.capture("env XDG_STATE_HOME=" .. q(tmpdir .. "/state") .. " HOME=" .. q(home) .. run)
     assert.equal(tmpdir .. "/state/optimizely-offline/ledger.db 700\n", out)
-    out = sys.capture("env XDG_STATE_HOME=relative HOME=" .. q(home) .. " " .. interpreter() .. " " .. q(script) .. " 2>&1")
+    out = sys.capture("env XDG_STATE_HOME=relative HOME=" .. q(home) .. run)
     assert.equal(home .. "/.local/state/optimizely-offline/ledger.db 700\n", out)
   end)
 
@@ -622,7 +616,8 @@ describe("ledger reports", function()
     end
     -- Tokyo is 9 hours ahead: an order at 20:30 UTC falls on the next day
     local l2 = open()
-    assert(l2:record(SCOPE, { { body = body(1, { date = "2024-03-10T20:30:00Z", total = "5.00" }), outcome = "sent" } }, T0))
+    local late = body(1, { date = "2024-03-10T20:30:00Z", total = "5.00" })
+    assert(l2:record(SCOPE, { { body = late, outcome = "sent" } }, T0))
     local tokyo = assert(l2:report({ by = "day,channel", timezone = "Asia/Tokyo" }))
     assert.equal(1, #tokyo)
     assert.same({ "2024-03-11", "store", "GBP", 1, "5.00" },
@@ -809,7 +804,8 @@ describe("the ledger in a spool's file", function()
     local rows = assert(sp:claim(6, 60, T0))
     assert(sp:kill(rows[5].id, "bad", T0)) -- R5: a dead letter
     for i = 1, 4 do assert(sp:release(rows[i].id)) end -- R6 stays in flight
-    assert.same({ queued = 2, dead = 1, in_flight = 1 }, assert(sp:purge_customer({ email = " JANE.DOE@example.COM " }, T0)))
+    local purged = assert(sp:purge_customer({ email = " JANE.DOE@example.COM " }, T0))
+    assert.same({ queued = 2, dead = 1, in_flight = 1 }, purged)
     assert.same({ queued = 1, dead = 0, in_flight = 0 }, assert(sp:purge_customer({ user_id = "cust-42" }, T0)))
     local left = {}
     for _, r in ipairs(sp:list()) do left[#left + 1] = r.ref end
@@ -841,7 +837,8 @@ CREATE TRIGGER orders_ins AFTER INSERT ON orders BEGIN
  UPDATE totals SET n = n + 1, bytes = bytes + NEW.bytes, seq = max(seq, NEW.id) WHERE one = 1; END;
 CREATE TRIGGER orders_del AFTER DELETE ON orders BEGIN
  UPDATE totals SET n = n - 1, bytes = bytes - OLD.bytes WHERE one = 1; END;
-INSERT INTO orders(id, ref, body, bytes, created_at, next_at, channel) VALUES (1, 'Q1', 'queued-1', 8, 1700000000, 1700000000, 'tv');
+INSERT INTO orders(id, ref, body, bytes, created_at, next_at, channel)
+ VALUES (1, 'Q1', 'queued-1', 8, 1700000000, 1700000000, 'tv');
 INSERT INTO dead VALUES (2, 'D2', 'dead-2', 1700000000, 1700000050, 1, 'api', 400, 'Bad', 'bad order', NULL);
 PRAGMA user_version = 2;]])
     assert(core.chmod(path, tonumber("600", 8)))
