@@ -879,6 +879,9 @@ static int pick_member(E *e, const char *key, size_t klen) {
         if (level + 1 < OO_JSON_PICK_DEPTH && k->path[level + 1]) deeper |= 1u << i;
         else leaves |= 1u << i;
     }
+    /* a later duplicate of a key replaces what an earlier one held */
+    for (i = 0; i < OO_JSON_PICK_MAX; i++)
+        if (deeper & (1u << i)) e->picks[i].type = 0;
     e->p = start;
     if (deeper && *start == '{') {
         e->live = deeper;
