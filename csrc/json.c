@@ -497,6 +497,7 @@ typedef struct {
     oo_json_pick *picks;       /* oo_json_pick_values: what to pick, */
     unsigned live;             /* which picks the current object's path matches, */
     int level;                 /* and the current object's depth (0: the top) */
+    unsigned short plen[OO_JSON_PICK_MAX][OO_JSON_PICK_DEPTH]; /* the picks' key lengths */
 } E;
 
 #define ENV_MAX_DEPTH 64
@@ -841,9 +842,9 @@ int oo_json_envelope(const char *s, size_t len, oo_envelope *env) {
 
 static int pick_member(E *e, const char *key, size_t klen);
 
-static int pick_key_is(const oo_json_pick *k, int level, const char *key, size_t klen) {
-    const char *want = k->path[level];
-    return strlen(want) == klen && memcmp(want, key, klen) == 0;
+static int pick_key_is(const E *e, int i, int level, const char *key, size_t klen) {
+    const char *want = e->picks[i].path[level];
+    return e->plen[i][level] == klen && want[0] == key[0] && memcmp(want, key, klen) == 0;
 }
 
 /* Notes the value at [start, end) as pick k's. */
@@ -874,9 +875,8 @@ static int pick_member(E *e, const char *key, size_t klen) {
     int level = e->level, i, ok;
     const unsigned char *start = skip_ws(e->p);
     for (i = 0; i < OO_JSON_PICK_MAX; i++) {
-        const oo_json_pick *k = &e->picks[i];
-        if (!(live & (1u << i)) || !pick_key_is(k, level, key, klen)) continue;
-        if (level + 1 < OO_JSON_PICK_DEPTH && k->path[level + 1]) deeper |= 1u << i;
+        if (!(live & (1u << i)) || !pick_key_is(e, i, level, key, klen)) continue;
+        if (level + 1 < OO_JSON_PICK_DEPTH && e->picks[i].path[level + 1]) deeper |= 1u << i;
         else leaves |= 1u << i;
     }
     /* a later duplicate of a key replaces what an earlier one held */
@@ -906,11 +906,17 @@ int oo_json_pick_values(const char *s, size_t len, oo_json_pick *picks, int n) {
     unsigned live = 0;
     memset(&e, 0, sizeof e);
     for (i = 0; i < n && i < OO_JSON_PICK_MAX; i++) {
+        int d;
         picks[i].type = 0;
         picks[i].raw = NULL;
         picks[i].raw_len = 0;
         picks[i].escaped = 0;
         if (picks[i].path[0]) live |= 1u << i;
+        for (d = 0; d < OO_JSON_PICK_DEPTH && picks[i].path[d]; d++) {
+            size_t len = strlen(picks[i].path[d]);
+            if (len > OO_JSON_PICK_KEY_MAX || len == 0) live &= ~(1u << i); /* never matches */
+            e.plen[i][d] = (unsigned short)len;
+        }
     }
     e.p = (const unsigned char *)s;
     e.end = e.p + len;

@@ -202,8 +202,10 @@ static const char *item_str(lua_State *L, const char *fn, size_t i, const char *
 }
 
 /* Entry i (1-based) of the list, on top of the stack: a body string or
- * {body=, ref=, channel=, outcome=}. */
-static void read_item(lua_State *L, const char *fn, size_t i, int record, oo_ledger_item *it) {
+ * {body=, ref=, channel=, outcome=}. record: the outcome of a body string,
+ * and of a table without one, is outcome_default (0: none given). */
+static void read_item(lua_State *L, const char *fn, size_t i, int record, int outcome_default,
+                      oo_ledger_item *it) {
     memset(it, 0, sizeof *it);
     if (lua_type(L, -1) == LUA_TSTRING) {
         it->body = lua_tolstring(L, -1, &it->body_len);
@@ -213,27 +215,30 @@ static void read_item(lua_State *L, const char *fn, size_t i, int record, oo_led
         it->body = item_str(L, fn, i, "body", &it->body_len);
         it->ref = item_str(L, fn, i, "ref", &it->ref_len);
         it->channel = item_str(L, fn, i, "channel", &it->channel_len);
-        outcome = item_str(L, fn, i, "outcome", &n);
-        if (outcome) it->outcome = oo_ledger_outcome_of(outcome);
-        if (record && !it->outcome)
-            luaL_error(L,
-                       "%s: list[%d].outcome must be \"sent\", \"warned\", \"dead\" or"
-                       " \"cancelled\"",
-                       fn, (int)i);
+        if ((outcome = item_str(L, fn, i, "outcome", &n)) != NULL) {
+            if (!record) luaL_error(L, "%s: list[%d].outcome is for record only", fn, (int)i);
+            if (!(it->outcome = oo_ledger_outcome_of(outcome)))
+                luaL_error(L,
+                           "%s: list[%d].outcome must be \"sent\", \"warned\", \"dead\" or"
+                           " \"cancelled\"",
+                           fn, (int)i);
+        }
     } else {
         luaL_error(L,
                    "%s: list[%d] must be a body string or a table {body=, ref=, channel=}, got %s",
                    fn, (int)i, luaL_typename(L, -1));
     }
+    if (!it->outcome) it->outcome = outcome_default;
     if (!it->body && !it->ref) luaL_error(L, "%s: list[%d] needs a body or a ref", fn, (int)i);
+    if (record && !it->outcome)
+        luaL_error(L, "%s: list[%d] has no outcome (give one, or opts.outcome)", fn, (int)i);
     if (record && !it->body && it->outcome != OO_LEDGER_CANCELLED)
         luaL_error(L, "%s: list[%d] needs its body (only a cancel may go without)", fn, (int)i);
-    if (!record && it->outcome)
-        luaL_error(L, "%s: list[%d].outcome is for record only", fn, (int)i);
 }
 
 /* The list at idx as items (scratch memory the GC owns). */
-static oo_ledger_item *read_items(lua_State *L, int idx, const char *fn, int record, size_t *n) {
+static oo_ledger_item *read_items(lua_State *L, int idx, const char *fn, int record,
+                                  int outcome_default, size_t *n) {
     oo_ledger_item *items;
     size_t i;
     if (lua_type(L, idx) != LUA_TTABLE)
@@ -243,7 +248,7 @@ static oo_ledger_item *read_items(lua_State *L, int idx, const char *fn, int rec
     items = (oo_ledger_item *)lua_newuserdata(L, (*n ? *n : 1) * sizeof *items);
     for (i = 0; i < *n; i++) {
         lua_rawgeti(L, idx, (int)(i + 1));
-        read_item(L, fn, i + 1, record, &items[i]);
+        read_item(L, fn, i + 1, record, outcome_default, &items[i]);
         lua_pop(L, 1);
     }
     return items;
@@ -290,7 +295,7 @@ static int l_check(lua_State *L) {
     oo_ledger_item *items;
     double now = opt_now(L, 4);
     read_scope(L, 2, "ledger:check", &sc);
-    items = read_items(L, 3, "ledger:check", 0, &n);
+    items = read_items(L, 3, "ledger:check", 0, 0, &n);
     if (oo_ledger_check(l, &sc, items, n, now, &err) != OO_SPOOL_OK)
         return oo_spool_push_err(L, &err);
     return push_answers(L, items, n);
@@ -306,14 +311,15 @@ static int l_reserve(lua_State *L) {
     lua_Number lease = luaL_checknumber(L, 4);
     double now = opt_now(L, 5);
     read_scope(L, 2, "ledger:reserve", &sc);
-    items = read_items(L, 3, "ledger:reserve", 0, &n);
+    items = read_items(L, 3, "ledger:reserve", 0, 0, &n);
     if (!(lease > 0)) luaL_error(L, "ledger:reserve: lease must be positive");
     if (oo_ledger_reserve(l, &sc, items, n, (double)lease, now, &err) != OO_SPOOL_OK)
         return oo_spool_push_err(L, &err);
     return push_answers(L, items, n);
 }
 
-/*** L:record(scope, list, now) → true | nil, err */
+/*** L:record(scope, list, now, outcome) → true | nil, err
+ * outcome: of the items that name none ("sent", ..., or nil). */
 static int l_record(lua_State *L) {
     oo_ledger *l = check_ledger(L, 1);
     oo_ledger_scope sc;
@@ -321,8 +327,12 @@ static int l_record(lua_State *L) {
     size_t n;
     oo_ledger_item *items;
     double now = opt_now(L, 4);
+    int outcome = 0;
+    if (!lua_isnoneornil(L, 5) && !(outcome = oo_ledger_outcome_of(luaL_checkstring(L, 5))))
+        luaL_error(L, "ledger:record: opts.outcome must be \"sent\", \"warned\", \"dead\" or"
+                      " \"cancelled\"");
     read_scope(L, 2, "ledger:record", &sc);
-    items = read_items(L, 3, "ledger:record", 1, &n);
+    items = read_items(L, 3, "ledger:record", 1, outcome, &n);
     return push_ok(L, oo_ledger_record(l, &sc, items, n, now, &err), &err);
 }
 
@@ -334,7 +344,7 @@ static int l_release(lua_State *L) {
     size_t n;
     oo_ledger_item *items;
     read_scope(L, 2, "ledger:release", &sc);
-    items = read_items(L, 3, "ledger:release", 0, &n);
+    items = read_items(L, 3, "ledger:release", 0, 0, &n);
     return push_ok(L, oo_ledger_release(l, &sc, items, n, &err), &err);
 }
 

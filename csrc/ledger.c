@@ -30,7 +30,7 @@ enum {
     L_LABEL_ADD,
     L_GET,
     L_PENDING_GET,
-    L_PENDING_PUT,
+    L_PENDING_TAKE,
     L_PENDING_DEL,
     L_UPSERT,
     L_MARK_CANCELLED,
@@ -61,8 +61,9 @@ static const char *const SQL[L_COUNT] = {
     [L_LABEL_ADD] = "INSERT INTO ledger_label(store, currency) VALUES (?1, ?2)",
     [L_GET] = "SELECT fp, outcome, at FROM ledger WHERE scope = ?1 AND ref = ?2",
     [L_PENDING_GET] = "SELECT owner, until FROM ledger_pending WHERE scope = ?1 AND ref = ?2",
-    [L_PENDING_PUT] = "INSERT OR REPLACE INTO ledger_pending(scope, ref, owner, until)"
-                      " VALUES (?1, ?2, ?3, ?4)",
+    [L_PENDING_TAKE] = "INSERT INTO ledger_pending(scope, ref, owner, until) VALUES (?1, ?2, ?3,"
+                       " ?4) ON CONFLICT (scope, ref) DO UPDATE SET owner = excluded.owner,"
+                       " until = excluded.until WHERE ledger_pending.until <= ?5",
     [L_PENDING_DEL] = "DELETE FROM ledger_pending WHERE scope = ?1 AND ref = ?2 AND owner = ?3",
     /* a dead outcome never overwrites a seen row; anything else overwrites */
     [L_UPSERT] = "INSERT INTO ledger(scope, ref, fp, outcome, at, order_at, label, total)"
@@ -111,40 +112,81 @@ static const oo_sql_schema SCHEMA = {OO_LEDGER_APP_ID,
 /* ------------------------------------------------------------------ */
 /* Rows of the ledger (inside a transaction)                           */
 
-/* The id of (host, site, channel); with add, made when missing, else 0. */
-static int scope_id(oo_sql_conn *c, sqlite3_stmt **st, const char *host, const char *site,
-                    const char *chan, size_t chan_len, int add, long long *id) {
+/* The id of (host, site, channel); with add, made when missing, else 0.
+ * One host and site per call: the memo keys on the channel. */
+static int scope_id(oo_sql_conn *c, sqlite3_stmt **st, oo_ledger_memo *m, const char *host,
+                    const char *site, const char *chan, size_t chan_len, int add, long long *id) {
     oo_sql_scalar v;
-    int rc = lscalar(c, st, L_SCOPE_GET, &v, "sst", host, site, chan, chan_len);
+    int rc;
+    if (m && m->scope && m->chan_len == chan_len && memcmp(m->chan, chan, chan_len) == 0) {
+        *id = m->scope;
+        return SQLITE_OK;
+    }
+    rc = lscalar(c, st, L_SCOPE_GET, &v, "sst", host, site, chan, chan_len);
     *id = v.found ? v.a : 0;
-    if (rc != SQLITE_OK || v.found || !add) return rc;
-    rc = lexec(c, st, L_SCOPE_ADD, "sst", host, site, chan, chan_len);
-    if (rc == SQLITE_OK) *id = (long long)sqlite3_last_insert_rowid(c->db);
+    if (rc == SQLITE_OK && !v.found && add) {
+        rc = lexec(c, st, L_SCOPE_ADD, "sst", host, site, chan, chan_len);
+        if (rc == SQLITE_OK) *id = (long long)sqlite3_last_insert_rowid(c->db);
+    }
+    if (rc == SQLITE_OK && *id && m && chan_len <= sizeof m->chan) {
+        memcpy(m->chan, chan, chan_len);
+        m->chan_len = chan_len;
+        m->scope = *id;
+    }
     return rc;
 }
 
+/* The memo's slot for the label key, or -1. */
+static int memo_label(const oo_ledger_memo *m, const char *key, size_t len) {
+    int i;
+    for (i = 0; m && i < m->nlabel; i++)
+        if (m->label[i].len == len && memcmp(m->label[i].key, key, len) == 0) return i;
+    return -1;
+}
+
+static void memo_add_label(oo_ledger_memo *m, const char *key, size_t len, long long id) {
+    int i;
+    if (!m || len > OO_LEDGER_MEMO_KEY) return;
+    i = m->nlabel < OO_LEDGER_MEMO_LABELS ? m->nlabel++ : m->next++ % OO_LEDGER_MEMO_LABELS;
+    memcpy(m->label[i].key, key, len);
+    m->label[i].len = len;
+    m->label[i].id = id;
+}
+
 /* The label of (store, currency), made when missing; 0 when both are unknown. */
-static int label_id(oo_sql_conn *c, sqlite3_stmt **st, const oo_ledger_entry *e, long long *id) {
+static int label_id(oo_sql_conn *c, sqlite3_stmt **st, oo_ledger_memo *m, const oo_ledger_entry *e,
+                    long long *id) {
     oo_sql_scalar v;
     const char *store = e->store ? e->store : "";
-    int rc;
+    char key[OO_LEDGER_MEMO_KEY];
+    size_t klen = 3 + e->store_len;
+    int rc, slot;
     *id = 0;
     if (!e->store && !e->currency[0]) return SQLITE_OK;
-    rc = lscalar(c, st, L_LABEL_GET, &v, "ts", store, e->store_len, e->currency);
-    if (rc != SQLITE_OK || v.found) {
-        *id = v.a;
-        return rc;
+    if (klen <= sizeof key) {
+        memcpy(key, e->currency, 3); /* "" when unknown: its NUL and what follows */
+        memcpy(key + 3, store, e->store_len);
+        if ((slot = memo_label(m, key, klen)) >= 0) {
+            *id = m->label[slot].id;
+            return SQLITE_OK;
+        }
     }
-    rc = lexec(c, st, L_LABEL_ADD, "ts", store, e->store_len, e->currency);
-    if (rc == SQLITE_OK) *id = (long long)sqlite3_last_insert_rowid(c->db);
+    rc = lscalar(c, st, L_LABEL_GET, &v, "ts", store, e->store_len, e->currency);
+    *id = v.a;
+    if (rc == SQLITE_OK && !v.found) {
+        rc = lexec(c, st, L_LABEL_ADD, "ts", store, e->store_len, e->currency);
+        if (rc == SQLITE_OK) *id = (long long)sqlite3_last_insert_rowid(c->db);
+    }
+    if (rc == SQLITE_OK && klen <= sizeof key) memo_add_label(m, key, klen, *id);
     return rc;
 }
 
 /* Writes the outcome of e under (scope, ref) by the L_UPSERT rule. */
-static int put_row(oo_sql_conn *c, sqlite3_stmt **st, long long scope, const char *ref,
-                   size_t ref_len, const oo_ledger_entry *e, int with_fp, int outcome, double now) {
+static int put_row(oo_sql_conn *c, sqlite3_stmt **st, oo_ledger_memo *m, long long scope,
+                   const char *ref, size_t ref_len, const oo_ledger_entry *e, int with_fp,
+                   int outcome, double now) {
     long long label;
-    int rc = label_id(c, st, e, &label);
+    int rc = label_id(c, st, m, e, &label);
     if (rc != SQLITE_OK) return rc;
     return lexec(c, st, L_UPSERT, "itbiiJIJ", scope, ref, ref_len, e->fp,
                  (size_t)(with_fp ? OO_LEDGER_FP_LEN : 0), (long long)outcome, (long long)now,
@@ -159,7 +201,7 @@ static int put_cancelled(oo_sql_conn *c, sqlite3_stmt **st, long long scope, con
     int rc = lexec(c, st, L_MARK_CANCELLED, "itd", scope, ref, ref_len, now);
     if (rc != SQLITE_OK || sqlite3_changes(c->db) > 0) return rc;
     memset(&none, 0, sizeof none);
-    return put_row(c, st, scope, ref, ref_len, &none, 0, OO_LEDGER_CANCELLED, now);
+    return put_row(c, st, NULL, scope, ref, ref_len, &none, 0, OO_LEDGER_CANCELLED, now);
 }
 
 /* ?1 of the bounded prune: rows recorded before now - keep days. */
@@ -192,8 +234,9 @@ static int maybe_prune(oo_sql_conn *c, sqlite3_stmt **st, int keep_days, long lo
 }
 
 int oo_ledger_note(struct oo_sql_conn *c, struct sqlite3_stmt **st, const oo_ledger_cfg *cfg,
-                   const char *channel, size_t channel_len, const char *ref, size_t ref_len,
-                   const char *body, size_t body_len, int outcome, double now, oo_spool_err *err) {
+                   oo_ledger_memo *memo, const char *channel, size_t channel_len, const char *ref,
+                   size_t ref_len, const char *body, size_t body_len, int outcome, double now,
+                   oo_spool_err *err) {
     oo_ledger_entry e;
     long long scope;
     int rc, parsed = body && body_len > 0 &&
@@ -209,12 +252,13 @@ int oo_ledger_note(struct oo_sql_conn *c, struct sqlite3_stmt **st, const oo_led
         channel = cfg->channel;
         channel_len = strlen(channel);
     }
-    rc = ref && ref_len ? scope_id(c, st, cfg->host, cfg->site, channel, channel_len, 1, &scope)
-                        : SQLITE_OK;
+    rc = ref && ref_len
+             ? scope_id(c, st, memo, cfg->host, cfg->site, channel, channel_len, 1, &scope)
+             : SQLITE_OK;
     if (rc == SQLITE_OK && ref && ref_len) {
         if (outcome == OO_LEDGER_CANCELLED && !parsed)
             rc = put_cancelled(c, st, scope, ref, ref_len, now);
-        else rc = put_row(c, st, scope, ref, ref_len, &e, body && body_len > 0, outcome, now);
+        else rc = put_row(c, st, memo, scope, ref, ref_len, &e, body && body_len > 0, outcome, now);
     }
     if (parsed) oo_ledger_entry_free(&e);
     return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
@@ -230,7 +274,7 @@ int oo_ledger_outcome_at(struct oo_sql_conn *c, struct sqlite3_stmt **st, const 
         channel = cfg->channel;
         channel_len = strlen(channel);
     }
-    rc = scope_id(c, st, cfg->host, cfg->site, channel, channel_len, 0, &scope);
+    rc = scope_id(c, st, NULL, cfg->host, cfg->site, channel, channel_len, 0, &scope);
     if (rc == SQLITE_OK && scope) {
         sqlite3_stmt *q;
         rc = lquery(c, st, L_GET, &q, "it", scope, ref, ref_len);
@@ -389,9 +433,12 @@ static ledger_db *db_new(const char *path, const oo_ledger_opts *o) {
 }
 
 /* Per-connection settings: synchronous=NORMAL (a commit survives a crash
- * of the process), SQLite's own checkpoints. */
+ * of the process), SQLite's own checkpoints, 8 MiB of page cache (the
+ * interior pages of a ten-million-row ledger; the leaves come from the
+ * OS's cache: no mmap, whose pages would count in the process's RSS). */
 static int set_pragmas(ledger_db *d, oo_spool_err *err) {
-    int rc = sqlite3_exec(d->c.db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+    int rc = sqlite3_exec(d->c.db, "PRAGMA synchronous=NORMAL; PRAGMA cache_size=-8192", NULL, NULL,
+                          NULL);
     return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(&d->c, err, rc);
 }
 
@@ -475,8 +522,10 @@ typedef struct batch {
     oo_ledger_item *items;
     size_t n;
     double lease, now;
-    int add;    /* make missing scopes (writes) */
-    int action; /* B_CHECK, B_RESERVE, B_RECORD, B_RELEASE */
+    int add;         /* make missing scopes (writes) */
+    int action;      /* B_CHECK, B_RESERVE, B_RECORD, B_RELEASE */
+    size_t chan_len; /* of the scope's channel */
+    oo_ledger_memo memo;
 } batch;
 
 enum { B_CHECK, B_RESERVE, B_RECORD, B_RELEASE };
@@ -491,12 +540,12 @@ typedef struct item_key {
     int has_entry;
 } item_key;
 
-static int key_of(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const batch *b, size_t i,
-                  item_key *k, oo_spool_err *err) {
+static int key_of(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b, size_t i, item_key *k,
+                  oo_spool_err *err) {
     oo_ledger_item *it = &b->items[i];
     char why[128];
     const char *chan = it->channel ? it->channel : b->sc->channel;
-    size_t chan_len = it->channel ? it->channel_len : strlen(b->sc->channel);
+    size_t chan_len = it->channel ? it->channel_len : b->chan_len;
     int rc;
     memset(k, 0, sizeof *k);
     if (it->body) {
@@ -511,14 +560,12 @@ static int key_of(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const batch *
     if (!k->ref || !k->ref_len)
         return oo_sql_err(err, OO_SPOOL_MISUSE, 0, NULL, "ledger: list[%zu] needs a body or a ref",
                           i + 1);
-    rc = scope_id(c, st, b->sc->host, b->sc->site, chan, chan_len, b->add, &k->scope);
+    rc = scope_id(c, st, &b->memo, b->sc->host, b->sc->site, chan, chan_len, b->add, &k->scope);
     return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
 }
 
-/* What the ledger holds for the key: seen (same, changed, seen), in
- * flight, or unknown. */
-static int look(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const item_key *k,
-                oo_ledger_item *it, double now) {
+/* Is the key seen (same, changed, seen)? it->state stays unknown if not. */
+static int look_row(oo_sql_conn *c, sqlite3_stmt **st, const item_key *k, oo_ledger_item *it) {
     sqlite3_stmt *q;
     int rc;
     it->state = OO_LEDGER_UNKNOWN;
@@ -539,10 +586,18 @@ static int look(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const item_key 
             it->prev_at = sqlite3_column_int64(q, 2);
         }
         oo_sql_finish(q);
-        if (it->state != OO_LEDGER_UNKNOWN) return SQLITE_OK;
-    } else if (rc != SQLITE_DONE) {
-        return rc;
+        return SQLITE_OK;
     }
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Is the key reserved by a live handle (this one or another)? it->state
+ * becomes in flight if so. */
+static int look_pending(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const item_key *k,
+                        oo_ledger_item *it, double now) {
+    sqlite3_stmt *q;
+    int rc;
+    if (!k->scope) return SQLITE_OK;
     rc = lquery(c, st, L_PENDING_GET, &q, "it", k->scope, k->ref, k->ref_len);
     if (rc == SQLITE_ROW) {
         double until = sqlite3_column_double(q, 1);
@@ -564,18 +619,24 @@ static int batch_item(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b,
     oo_ledger_item *it = &b->items[i];
     int rc = SQLITE_OK;
     switch (b->action) {
-    case B_CHECK: return look(l, c, st, k, it, b->now);
+    case B_CHECK:
+        if ((rc = look_row(c, st, k, it)) != SQLITE_OK || it->state != OO_LEDGER_UNKNOWN) return rc;
+        return look_pending(l, c, st, k, it, b->now);
     case B_RESERVE:
-        if ((rc = look(l, c, st, k, it, b->now)) != SQLITE_OK || it->state != OO_LEDGER_UNKNOWN)
-            return rc;
-        rc = lexec(c, st, L_PENDING_PUT, "itsd", k->scope, k->ref, k->ref_len, l->owner,
-                   b->now + b->lease);
-        if (rc == SQLITE_OK) it->state = OO_LEDGER_RESERVED;
+        if ((rc = look_row(c, st, k, it)) != SQLITE_OK || it->state != OO_LEDGER_UNKNOWN) return rc;
+        /* taken unless a live reservation holds it (then say whose) */
+        rc = lexec(c, st, L_PENDING_TAKE, "itsdd", k->scope, k->ref, k->ref_len, l->owner,
+                   b->now + b->lease, b->now);
+        if (rc != SQLITE_OK) return rc;
+        if (sqlite3_changes(c->db) > 0) it->state = OO_LEDGER_RESERVED;
+        else rc = look_pending(l, c, st, k, it, b->now);
         return rc;
     case B_RECORD:
         if (it->outcome == OO_LEDGER_CANCELLED && !k->has_entry)
             rc = put_cancelled(c, st, k->scope, k->ref, k->ref_len, b->now);
-        else rc = put_row(c, st, k->scope, k->ref, k->ref_len, &k->e, 1, it->outcome, b->now);
+        else
+            rc = put_row(c, st, &b->memo, k->scope, k->ref, k->ref_len, &k->e, 1, it->outcome,
+                         b->now);
         if (rc != SQLITE_OK) return rc;
         /* the reservation goes with the record */
         /* fall through */
@@ -621,6 +682,7 @@ static int run_batch(oo_ledger *l, const char *what, int action, const oo_ledger
     b.now = now;
     b.action = action;
     b.add = action != B_CHECK;
+    b.chan_len = strlen(sc->channel);
     return run(l, what, action == B_CHECK ? RUN_READ : RUN_WRITE, batch_step, &b, err);
 }
 

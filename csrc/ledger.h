@@ -266,12 +266,30 @@ int oo_ledger_report(oo_ledger *l, const oo_ledger_report_opts *o, oo_ledger_gro
 struct oo_sql_conn;
 struct sqlite3_stmt;
 
+/* Scope and label ids already looked up in this transaction, so a batch
+ * asks their tables once per distinct value. Zero it at the start of each
+ * transaction (an id added by one that rolled back is gone with it). */
+#define OO_LEDGER_MEMO_LABELS 8
+#define OO_LEDGER_MEMO_KEY 68
+typedef struct oo_ledger_memo {
+    char chan[64];
+    size_t chan_len;
+    long long scope; /* 0: none yet */
+    struct {
+        char key[OO_LEDGER_MEMO_KEY]; /* currency (3 bytes) + store */
+        size_t len;
+        long long id;
+    } label[OO_LEDGER_MEMO_LABELS];
+    int nlabel, next;
+} oo_ledger_memo;
+
 /* Records one spool row's outcome under cfg (its channel NULL = cfg's; its
  * refCode is the body's, else ref). A body that is not an order still
  * records its fingerprint under ref; with neither, nothing is recorded. */
 int oo_ledger_note(struct oo_sql_conn *c, struct sqlite3_stmt **st, const oo_ledger_cfg *cfg,
-                   const char *channel, size_t channel_len, const char *ref, size_t ref_len,
-                   const char *body, size_t body_len, int outcome, double now, oo_spool_err *err);
+                   oo_ledger_memo *memo, const char *channel, size_t channel_len, const char *ref,
+                   size_t ref_len, const char *body, size_t body_len, int outcome, double now,
+                   oo_spool_err *err);
 /* The outcome of the row of (cfg's host and site, channel (NULL: cfg's),
  * ref); 0 when there is none. */
 int oo_ledger_outcome_at(struct oo_sql_conn *c, struct sqlite3_stmt **st, const oo_ledger_cfg *cfg,

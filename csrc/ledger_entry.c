@@ -2,6 +2,7 @@
  * names, the SHA-256 fingerprint, and the entry read from the body with the
  * strict JSON walker. No SQLite and no Lua here (the fuzz target links it
  * alone). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +27,20 @@ int oo_ledger_outcome_of(const char *name) {
     return 0;
 }
 
+/* SHA-256 fetched once: EVP_sha256() would look the provider up (under
+ * its locks) on every digest. Kept for the process's life. */
+static const EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void fetch_sha256(void) {
+    EVP_MD *md = EVP_MD_fetch(NULL, "SHA2-256", NULL);
+    sha256_md = md ? md : EVP_sha256();
+}
+
 void oo_ledger_fingerprint(const void *p, size_t n, unsigned char out[OO_LEDGER_FP_LEN]) {
     unsigned int len = 0;
-    if (!EVP_Digest(p, n, out, &len, EVP_sha256(), NULL)) memset(out, 0, OO_LEDGER_FP_LEN);
+    pthread_once(&sha256_once, fetch_sha256);
+    if (!EVP_Digest(p, n, out, &len, sha256_md, NULL)) memset(out, 0, OO_LEDGER_FP_LEN);
 }
 
 enum { P_REF, P_DATE, P_CURRENCY, P_TOTAL, P_STORE, P_COUNT };

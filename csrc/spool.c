@@ -211,6 +211,7 @@ typedef struct spool_db {
     sqlite3_stmt *lst[OO_LEDGER_STMT_COUNT]; /* the ledger's, on this connection */
     oo_ledger_cfg *ledger;      /* where acks and kills are recorded; NULL: nowhere */
     long long ledger_since;     /* ledger rows written since the last prune */
+    oo_ledger_memo memo;        /* the ledger's ids looked up in this transaction */
     int ledger_on;              /* ledger != NULL, readable without mu (atomic) */
     int refs;                   /* handles on this connection (under mu) */
     pid_t pid;
@@ -520,6 +521,9 @@ static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *c
     d = tx == TX_READ || tx == TX_READ_ONE ? reader(s) : s->d;
     pthread_mutex_lock(&d->mu);
     d->c.what = what;
+    /* ids the ledger memoised belong to one transaction */
+    d->memo.scope = 0;
+    d->memo.nlabel = d->memo.next = 0;
     if (begin >= 0 && (rc = exec(d, begin, "")) != SQLITE_OK) {
         code = db_fail(d, err, rc);
     } else {
@@ -730,8 +734,8 @@ static int note_current(spool_db *d, sqlite3_stmt *q, int outcome, double now,
         if (outcome == OO_LEDGER_DEAD) return OO_SPOOL_OK;
         outcome = OO_LEDGER_CANCELLED;
     }
-    return oo_ledger_note(&d->c, d->lst, d->ledger, chan, clen, ref, rlen, body, blen, outcome,
-                          now, err);
+    return oo_ledger_note(&d->c, d->lst, d->ledger, &d->memo, chan, clen, ref, rlen, body, blen,
+                          outcome, now, err);
 }
 
 /* Records row `id` (held by owner, or any row when owner is NULL); a row

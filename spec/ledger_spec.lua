@@ -114,6 +114,9 @@ describe("ledger.entry", function()
     assert.matches("not one JSON object", why)
     assert.not_matches("example", why)
     assert.is_nil(ledger.entry('{"order":{"refCode":"R"},}')) -- strict: no trailing comma
+    -- of duplicate keys the last counts, as with the decoder
+    assert.is_nil(ledger.entry('{"order":{"refCode":"A"},"order":{"total":1}}'))
+    assert.equal("B", ledger.entry('{"order":{"refCode":"A"},"order":{"refCode":"B"}}').ref)
   end)
 
   it("fingerprints the exact bytes (SHA-256)", function()
@@ -127,7 +130,7 @@ describe("ledger.open", function()
     local old = core.umask(tonumber("022", 8))
     local ok, err = pcall(function()
       local l, path = open()
-      assert(l:record(SCOPE, { { body = body(1), outcome = "sent" } }, T0))
+      assert(l:record(SCOPE, { { body = body(1), outcome = "sent" } }, { now = T0 }))
       for _, p in ipairs({ path, path .. "-wal", path .. "-shm" }) do
         local id, kind, mode = core.file_id(p)
         assert(id, kind)
@@ -147,7 +150,7 @@ describe("ledger.open", function()
   it("keeps no personal data: neither the e-mail, the user id nor the body", function()
     local l, path = open()
     local b = body(1, { user = { email = "jane.doe@example.com", id = "cust-4711" } })
-    assert(l:record(SCOPE, { { body = b, outcome = "sent" } }, T0))
+    assert(l:record(SCOPE, { { body = b, outcome = "sent" } }, { now = T0 }))
     l:close()
     local bytes = readall(path) .. (sys.read_file(path .. "-wal") or "")
     assert.is_nil(bytes:find("jane.doe", 1, true))
@@ -199,7 +202,7 @@ describe("ledger.open", function()
 
   it("refuses a corrupt ledger (kind storage, the file named) and leaves it as it was", function()
     local l, path = open()
-    assert(l:record(SCOPE, { { body = body(1), outcome = "sent" } }, T0))
+    assert(l:record(SCOPE, { { body = body(1), outcome = "sent" } }, { now = T0 }))
     l:close()
     local bytes = readall(path)
     -- keep the 100-byte header (ours, WAL mode), garble the schema page
@@ -264,7 +267,7 @@ describe("ledger.open", function()
         for k = 1, 50 do
           list[k] = { body = body(i * 100 + k, { ref = ("FULL-%07d-%03d"):format(i, k) }), outcome = "sent" }
         end
-        local done, e = l:record(SCOPE, list, T0)
+        local done, e = l:record(SCOPE, list, { now = T0 })
         if not done then err = e break end
       end
       assert.is_true(errors.is(err))
@@ -323,7 +326,7 @@ describe("ledger lookups", function()
   it("answers unknown, same (with when) and changed (the earlier version's outcome and time)", function()
     local l = open()
     assert.equal("unknown", l:check(SCOPE, nil, body(1)).state)
-    assert(l:record(SCOPE, { { body = body(1), outcome = "sent" } }, T0))
+    assert(l:record(SCOPE, { { body = body(1), outcome = "sent" } }, { now = T0 }))
     local a = l:check(SCOPE, nil, body(1))
     assert.same({ state = "same", outcome = "sent", at = T0 }, a)
     a = l:check(SCOPE, nil, body(1, { total = "99.99" }))
@@ -340,34 +343,44 @@ describe("ledger lookups", function()
 
   it("warned counts as acknowledged", function()
     local l = open()
-    assert(l:record(SCOPE, { { body = body(1), outcome = "warned" } }, T0))
+    assert(l:record(SCOPE, { { body = body(1), outcome = "warned" } }, { now = T0 }))
     assert.same({ state = "same", outcome = "warned", at = T0 }, l:check(SCOPE, nil, body(1)))
+    l:close()
+  end)
+
+  it("records body strings with opts.outcome, a table's own outcome first", function()
+    local l = open()
+    assert(l:record(SCOPE, { body(1), { body = body(2), outcome = "dead" } }, { outcome = "sent", now = T0 }))
+    assert.equal("sent", l:show("R1")[1].outcome)
+    assert.equal("dead", l:show("R2")[1].outcome)
+    assert.has_error(function() l:record(SCOPE, { body(3) }) end) -- no outcome anywhere
+    assert.has_error(function() l:record(SCOPE, { body(3) }, { outcome = "lost" }) end)
     l:close()
   end)
 
   it("a dead row never blocks a send, never replaces an acknowledged one, and a success replaces it", function()
     local l = open()
-    assert(l:record(SCOPE, { { body = body(1), outcome = "dead" } }, T0))
+    assert(l:record(SCOPE, { { body = body(1), outcome = "dead" } }, { now = T0 }))
     assert.equal("unknown", l:check(SCOPE, nil, body(1)).state)
     assert.equal("reserved", l:reserve(SCOPE, { body(1) }, { now = T0 })[1].state)
-    assert(l:record(SCOPE, { { body = body(1), outcome = "sent" } }, T0 + 5))
+    assert(l:record(SCOPE, { { body = body(1), outcome = "sent" } }, { now = T0 + 5 }))
     assert.same({ state = "same", outcome = "sent", at = T0 + 5 }, l:check(SCOPE, nil, body(1)))
-    assert(l:record(SCOPE, { { body = body(1), outcome = "dead" } }, T0 + 9))
+    assert(l:record(SCOPE, { { body = body(1), outcome = "dead" } }, { now = T0 + 9 }))
     assert.same({ state = "same", outcome = "sent", at = T0 + 5 }, l:check(SCOPE, nil, body(1)))
     l:close()
   end)
 
   it("cancelled blocks: with a body, or marking the row there is without one", function()
     local l = open()
-    assert(l:record(SCOPE, { { body = body(1), outcome = "sent" }, { body = body(2), outcome = "sent" } }, T0))
-    assert(l:record(SCOPE, { { ref = "R1", outcome = "cancelled" } }, T0 + 1))
+    assert(l:record(SCOPE, { body(1), body(2) }, { outcome = "sent", now = T0 }))
+    assert(l:record(SCOPE, { { ref = "R1", outcome = "cancelled" } }, { now = T0 + 1 }))
     assert.same({ state = "same", outcome = "cancelled", at = T0 + 1 }, l:check(SCOPE, nil, body(1)))
     local rows = l:show("R1")
     assert.equal(1, #rows)
     assert.equal(ledger.fingerprint(body(1)), rows[1].fingerprint) -- kept
     assert.equal("Bluewater", rows[1].store)
     -- a cancel of an order the ledger never saw: a row without fingerprint
-    assert(l:record(SCOPE, { { ref = "R9", outcome = "cancelled" } }, T0 + 2))
+    assert(l:record(SCOPE, { { ref = "R9", outcome = "cancelled" } }, { now = T0 + 2 }))
     assert.same({ state = "changed", outcome = "cancelled", at = T0 + 2 }, l:check(SCOPE, nil, body(9)))
     assert.is_nil(l:show("R9")[1].fingerprint)
     l:close()
@@ -375,8 +388,9 @@ describe("ledger lookups", function()
 
   it("show lists a refCode across scopes, with the reservations in flight", function()
     local l = open()
-    assert(l:record(SCOPE, { { body = body(1), outcome = "sent" } }, T0))
-    assert(l:record({ host = "h2", site = "shop", channel = "tv" }, { { body = body(1), outcome = "dead" } }, T0 + 1))
+    assert(l:record(SCOPE, { { body = body(1), outcome = "sent" } }, { now = T0 }))
+    local h2 = { host = "h2", site = "shop", channel = "tv" }
+    assert(l:record(h2, { { body = body(1), outcome = "dead" } }, { now = T0 + 1 }))
     assert(l:reserve({ host = "h3", site = "s", channel = "store" }, { body(1) }, { now = T0, lease = 60 }))
     local rows = l:show("R1")
     assert.equal(3, #rows)
@@ -394,8 +408,8 @@ describe("ledger lookups", function()
     local l = open()
     local list = {}
     for i = 1, 250 do list[i] = { body = body(i), outcome = i % 10 == 0 and "dead" or "sent" } end
-    assert(l:record(SCOPE, list, T0))
-    assert(l:record({ host = "h2", site = "s", channel = "tv" }, { { body = body(1), outcome = "sent" } }, T0))
+    assert(l:record(SCOPE, list, { now = T0 }))
+    assert(l:record({ host = "h2", site = "s", channel = "tv" }, { body(1) }, { outcome = "sent", now = T0 }))
     local seen, n = {}, 0
     assert.equal(251, l:export(function(r)
       n = n + 1
@@ -496,8 +510,8 @@ describe("ledger retention", function()
     for i = 1, 30 do old[i] = { body = body(i), outcome = "sent" } end
     for i = 31, 40 do new[i - 30] = { body = body(i), outcome = "sent" } end
     local now = os.time()
-    assert(l:record(SCOPE, old, now - 10 * 86400))
-    assert(l:record(SCOPE, new, now - 86400))
+    assert(l:record(SCOPE, old, { now = now - 10 * 86400 }))
+    assert(l:record(SCOPE, new, { now = now - 86400 }))
     local span = l:span()
     assert.equal(now - 10 * 86400, span.oldest)
     assert.equal(200, span.keep)
@@ -517,9 +531,9 @@ describe("ledger retention", function()
     local l = open(nil, { keep = 1 })
     local list = {}
     for i = 1, 500 do list[i] = { body = body(i), outcome = "sent" } end
-    assert(l:record(SCOPE, list, T0))
+    assert(l:record(SCOPE, list, { now = T0 }))
     for i = 1, 500 do list[i] = { body = body(1000 + i), outcome = "sent" } end
-    assert(l:record(SCOPE, list, T0 + 3 * 86400)) -- 1000 rows recorded: the first 500 are old
+    assert(l:record(SCOPE, list, { now = T0 + 3 * 86400 })) -- 1000 rows recorded: the first 500 are old
     assert.equal("unknown", l:check(SCOPE, nil, body(1)).state)
     assert.equal("same", l:check(SCOPE, nil, body(1001)).state)
     l:close()
@@ -527,8 +541,8 @@ describe("ledger retention", function()
 
   it("forget deletes the rows recorded before a date and returns how many", function()
     local l = open()
-    assert(l:record(SCOPE, { { body = body(1), outcome = "sent" }, { body = body(2), outcome = "dead" } }, T0))
-    assert(l:record(SCOPE, { { body = body(3), outcome = "sent" } }, T0 + 2 * 86400))
+    assert(l:record(SCOPE, { body(1), { body = body(2), outcome = "dead" } }, { outcome = "sent", now = T0 }))
+    assert(l:record(SCOPE, { { body = body(3), outcome = "sent" } }, { now = T0 + 2 * 86400 }))
     assert.equal(2, l:forget(T0 + 86400))
     assert.equal(0, l:forget("2023-11-14"))
     assert.equal(1, l:forget("2099-01-01"))
@@ -568,7 +582,7 @@ describe("ledger reports", function()
       e[outcome][2] = e[outcome][2] + minor
       list[i] = { body = body(i, { total = total, currency = cur[1], date = date, store = store }), outcome = outcome }
     end
-    assert(l:record(SCOPE, list, T0))
+    assert(l:record(SCOPE, list, { now = T0 }))
     return expect
   end
 
@@ -617,7 +631,7 @@ describe("ledger reports", function()
     -- Tokyo is 9 hours ahead: an order at 20:30 UTC falls on the next day
     local l2 = open()
     local late = body(1, { date = "2024-03-10T20:30:00Z", total = "5.00" })
-    assert(l2:record(SCOPE, { { body = late, outcome = "sent" } }, T0))
+    assert(l2:record(SCOPE, { { body = late, outcome = "sent" } }, { now = T0 }))
     local tokyo = assert(l2:report({ by = "day,channel", timezone = "Asia/Tokyo" }))
     assert.equal(1, #tokyo)
     assert.same({ "2024-03-11", "store", "GBP", 1, "5.00" },

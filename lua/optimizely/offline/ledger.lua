@@ -88,6 +88,11 @@ local RESERVE = opts.schema("optimizely.offline.ledger:reserve", "opts", {
   now = { type = "number" },
 })
 
+local RECORD = opts.schema("optimizely.offline.ledger:record", "opts", {
+  outcome = { type = "choice", choices = { "sent", "warned", "dead", "cancelled" } },
+  now = { type = "number" },
+})
+
 local REPORT = opts.schema("optimizely.offline.ledger:report", "opts", {
   by = { type = "any" },
   from = { type = "string", pattern = "^%d%d%d%d%-%d%d%-%d%d$", pattern_msg = "a date YYYY-MM-DD" },
@@ -269,12 +274,15 @@ end
 -- `"cancelled"` without a body marks the row there is (keeping its
 -- fingerprint and report fields).
 -- @param scope see `scope`
--- @param list array of `item` with `outcome`
--- @param now epoch seconds (default: the clock)
+-- @param list array of `item`s: tables with their `outcome`, or body strings (then
+--   `options.outcome` is theirs)
+-- @param options `{outcome = "sent" | "warned" | "dead" | "cancelled" (of the items naming
+--   none), now = clock}`
 -- @return true, or nil, err
-function Ledger:record(scope, list, now)
+function Ledger:record(scope, list, options)
   check_scope(scope, "ledger:record")
-  return wrap(self.handle:record(scope, list, now))
+  local o = RECORD:check(options, 2)
+  return wrap(self.handle:record(scope, list, o.now, o.outcome))
 end
 
 --- Drop this handle's reservations of the orders (not sent after all).
