@@ -7,11 +7,15 @@
 -- 1. Size and lookups. A ledger is filled to 10k, 1M and --rows rows (in
 --    batches of 100k per transaction, in send order: refCodes and times
 --    increasing, as a till's history is). At each size: bytes per row (the
---    file after a checkpoint / rows), and the cost of a lookup of a random
---    refCode that is there, one per call (`check`: its own read
---    transaction) and in batches of 1000 (`check_many`). Target: lookups
---    stay logarithmic — the cost at the largest size is at most 2.5x the
---    cost at 10k rows (log(10M)/log(10k) = 1.75; a scan would be 1000x).
+--    file after a checkpoint / rows), and the cost of a lookup of a refCode
+--    that is there: random ones, one per call (`check`: its own read
+--    transaction) and in batches of 1000 (`check_many`), and in order in
+--    batches of 1000 (a file sent again: neighbours share pages). Target:
+--    lookups stay logarithmic. From 1M rows on, the random lookups read
+--    their leaf pages from the OS's cache (the 8 MiB page cache holds the
+--    upper levels): from 1M to 10M rows the cost may grow with the depth
+--    (log(10M)/log(1M) = 1.17x) but at most 2x (a scan would be 10x). The
+--    10k figure, all in SQLite's cache, is shown for reference.
 -- 2. Per order: encode alone (the baseline), and encode + reserve + record
 --    in batches of 100 on a fresh ledger (what a run sending new orders
 --    adds), and encode + check_many (what a run re-reading a file already
@@ -44,7 +48,7 @@ do
 end
 local ORDERS = QUICK and 5000 or 20000
 local SEND_US = 20 -- a loopback send_batch order (50,000 req/s)
-local LOOKUP_TARGET, SHARE_TARGET = 2.5, 0.10
+local LOOKUP_TARGET, SHARE_TARGET = 2.0, 0.10
 local SCOPE = { host = "uat.peerius.com", site = "bench", channel = "store" }
 local clock, now = os.clock, core.now
 
@@ -104,38 +108,55 @@ local function lookups(path, rows)
   t0 = clock()
   for b = 1, 50 do assert(l:check_many(SCOPE, lists[b])) end
   local many = (clock() - t0) / 50000
+  local from = rnd % math.max(1, rows - 50000)
+  for b = 1, 50 do
+    local list = {}
+    for k = 1, 1000 do list[k] = { ref = ("ORD-%09d"):format(from + (b - 1) * 1000 + k) } end
+    lists[b] = list
+  end
+  t0 = clock()
+  for b = 1, 50 do assert(l:check_many(SCOPE, lists[b])) end
+  local ordered = (clock() - t0) / 50000
   l:close()
-  return single, many
+  return single, many, ordered
 end
 
 print(("ledger benchmark (%s), %d rows, in %s"):format(type(jit) == "table" and jit.version or _VERSION,
   ROWS, dir))
-print("1. size and lookups (check: one read transaction per call; check_many: 1000 per call)")
-print(("%12s %10s %12s %14s %12s"):format("rows", "bytes/row", "check us", "check_many us", "build s"))
+print("1. size and lookups, us per lookup (check: one read transaction per call; check_many: 1000 per call)")
+print(("%12s %10s %12s %14s %14s %10s"):format("rows", "bytes/row", "check", "check_many", "in order",
+  "build s"))
 local path = dir .. "/big.db"
 local have, first = 0, nil
 local sizes = { 10000, 1000000, ROWS }
 if ROWS <= 1000000 then sizes = { 10000, ROWS } end
-local last
+local last, mid
 for _, rows in ipairs(sizes) do
   local t0 = now()
   fill(path, have, rows)
   local built = now() - t0
   have = rows
-  local single, many = lookups(path, rows)
-  first = first or { single, many }
-  last = { single, many }
-  print(("%12d %10.1f %12.2f %14.2f %12.1f"):format(rows, file_bytes(path) / rows, single * 1e6,
-    many * 1e6, built))
+  local single, many, ordered = lookups(path, rows)
+  first = first or { single, many, ordered }
+  if rows == 1000000 then mid = { single, many, ordered } end
+  last = { single, many, ordered }
+  print(("%12d %10.1f %12.2f %14.2f %14.2f %10.1f"):format(rows, file_bytes(path) / rows, single * 1e6,
+    many * 1e6, ordered * 1e6, built))
 end
-print(("lookup growth 10k -> %d rows: check %.2fx, check_many %.2fx (target <= %.1fx: logarithmic)"):format(
-  ROWS, last[1] / first[1], last[2] / first[2], LOOKUP_TARGET))
+print(("growth 10k -> %d rows (from SQLite's cache to the OS's): check %.2fx, check_many %.2fx,"
+  .. " in order %.2fx"):format(ROWS, last[1] / first[1], last[2] / first[2], last[3] / first[3]))
+if mid and ROWS > 1000000 then
+  local worst = math.max(last[1] / mid[1], last[2] / mid[2], last[3] / mid[3])
+  print(("growth 1M -> %d rows: check %.2fx, check_many %.2fx, in order %.2fx (target <= %.1fx:"
+    .. " logarithmic) %s"):format(ROWS, last[1] / mid[1], last[2] / mid[2], last[3] / mid[3], LOOKUP_TARGET,
+    worst <= LOOKUP_TARGET and "ok" or "MISSED"))
+end
 
 local t0 = now()
 local l = assert(ledger.open(path, { keep = 36500 }))
 local groups = assert(l:report({ by = "day,store,currency", timezone = "Europe/London" }))
 l:close()
-print(("3. report over %d rows by day, store, currency (Europe/London): %d groups in %.1f s"):format(
+print(("3. report over %d rows by day, store, currency (Europe/London): %d groups in %.2f s"):format(
   ROWS, #groups, now() - t0))
 
 -- 2. per order

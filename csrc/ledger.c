@@ -3,6 +3,7 @@
  * No Lua here: the binding is l_ledger.c. */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -942,107 +943,261 @@ static long long floor_div(long long a, long long b) {
     return a / b - (a % b != 0 && (a < 0) != (b < 0));
 }
 
-/* oo_ledger_day(order_at): the local day of an instant (NULL stays NULL). */
-static void day_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
-    const oo_ledger_report_opts *o = (const oo_ledger_report_opts *)sqlite3_user_data(ctx);
-    long long t;
-    long off;
-    (void)argc;
-    if (sqlite3_value_type(argv[0]) == SQLITE_NULL) {
-        sqlite3_result_null(ctx);
-        return;
-    }
-    t = sqlite3_value_int64(argv[0]);
-    off = o->offset ? o->offset(o->offset_ctx, t) : 0;
-    sqlite3_result_int64(ctx, floor_div(t + off, 86400));
+/* The report is one scan of the ledger, aggregated here in a hash table
+ * keyed by (local day, label, scope): no sort of the rows, so it costs
+ * the same per row whatever the size. The labels and scopes (small
+ * tables) then give the store, currency and channel, and the partial
+ * groups are merged by the keys the caller asked for and sorted. */
+#define NO_DAY LLONG_MIN
+
+typedef struct part {
+    long long day, label, scope;
+    long long orders[OO_LEDGER_OUTCOMES + 1], minor[OO_LEDGER_OUTCOMES + 1];
+    int used;
+} part;
+
+typedef struct parts {
+    part *v;
+    size_t cap, n; /* cap: a power of two */
+} parts;
+
+static size_t part_hash(long long day, long long label, long long scope, size_t cap) {
+    unsigned long long h = (unsigned long long)day * 0x9E3779B97F4A7C15ULL;
+    h ^= (unsigned long long)label * 0xC2B2AE3D27D4EB4FULL;
+    h ^= (unsigned long long)scope * 0x165667B19E3779F9ULL;
+    return (size_t)(h ^ (h >> 29)) & (cap - 1);
 }
 
-static const char REPORT_SQL[] =
-    "SELECT CASE WHEN ?1 THEN oo_ledger_day(l.order_at) END, CASE WHEN ?2 THEN b.store END,"
-    " CASE WHEN ?3 THEN s.channel END, b.currency, l.outcome, count(*), sum(l.total)"
-    " FROM ledger l CROSS JOIN ledger_scope s LEFT JOIN ledger_label b ON b.id = l.label"
-    " WHERE s.id = l.scope"
-    " AND (?4 IS NULL OR oo_ledger_day(l.order_at) >= ?4)"
-    " AND (?5 IS NULL OR oo_ledger_day(l.order_at) <= ?5)"
-    " GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5";
-
-static int same_text(const char *a, sqlite3_stmt *q, int i) {
-    const char *b = (const char *)sqlite3_column_text(q, i);
-    if (!a || !b) return !a && !b;
-    return strcmp(a, b) == 0;
+static part *part_slot(parts *p, long long day, long long label, long long scope) {
+    size_t i = part_hash(day, label, scope, p->cap);
+    while (p->v[i].used &&
+           !(p->v[i].day == day && p->v[i].label == label && p->v[i].scope == scope))
+        i = (i + 1) & (p->cap - 1);
+    return &p->v[i];
 }
 
-/* The group the current row belongs to: the last one when the keys are
- * equal (rows come sorted by them), else a new one. NULL: out of memory. */
-static oo_ledger_group *group_of(sqlite3_stmt *q, oo_ledger_groups *g, int *oom) {
-    oo_ledger_group *w = g->n ? &g->v[g->n - 1] : NULL;
-    int has_day = sqlite3_column_type(q, 0) != SQLITE_NULL;
-    const char *cur = (const char *)sqlite3_column_text(q, 3);
-    char currency[4] = "";
-    if (cur && strlen(cur) == 3) memcpy(currency, cur, 4);
-    if (w && w->has_day == has_day && (!has_day || w->day == sqlite3_column_int64(q, 0)) &&
-        same_text(w->store, q, 1) && same_text(w->channel, q, 2) &&
-        strcmp(w->currency, currency) == 0)
-        return w;
-    if (g->n == g->cap) {
-        size_t cap = g->cap ? g->cap * 2 : 16;
-        oo_ledger_group *v = (oo_ledger_group *)realloc(g->v, cap * sizeof *v);
-        if (!v) return NULL;
-        g->v = v;
-        g->cap = cap;
+/* The group of (day, label, scope), made when new; NULL out of memory. */
+static part *part_of(parts *p, long long day, long long label, long long scope) {
+    part *w;
+    if (2 * (p->n + 1) > p->cap) {
+        parts bigger;
+        size_t i;
+        bigger.cap = p->cap ? 2 * p->cap : 256;
+        bigger.n = p->n;
+        if (!(bigger.v = (part *)calloc(bigger.cap, sizeof *bigger.v))) return NULL;
+        for (i = 0; i < p->cap; i++)
+            if (p->v[i].used)
+                *part_slot(&bigger, p->v[i].day, p->v[i].label, p->v[i].scope) = p->v[i];
+        free(p->v);
+        *p = bigger;
     }
-    w = &g->v[g->n++];
-    memset(w, 0, sizeof *w);
-    w->has_day = has_day;
-    w->day = sqlite3_column_int64(q, 0);
-    w->store = dup_text(q, 1, NULL, oom);
-    w->channel = dup_text(q, 2, NULL, oom);
-    memcpy(w->currency, currency, 4);
+    w = part_slot(p, day, label, scope);
+    if (!w->used) {
+        w->used = 1;
+        w->day = day;
+        w->label = label;
+        w->scope = scope;
+        p->n++;
+    }
     return w;
+}
+
+/* The local day of instant t, with the last offset remembered per hour
+ * (offsets change on the hour or half hour at most once in a while). */
+typedef struct day_of_ctx {
+    const oo_ledger_report_opts *o;
+    long long hour;
+    long off;
+} day_of_ctx;
+
+static long long local_day(day_of_ctx *d, long long t) {
+    long long hour = floor_div(t, 900); /* quarter hours: offsets of :30 and :45 exist */
+    if (!d->o->offset) return floor_div(t, 86400);
+    if (hour != d->hour) {
+        d->off = d->o->offset(d->o->offset_ctx, t);
+        d->hour = hour;
+    }
+    return floor_div(t + d->off, 86400);
 }
 
 typedef struct report_ctx {
     const oo_ledger_report_opts *o;
     oo_ledger_groups *out;
+    parts p;
+    char **stores, **channels, (*currencies)[4]; /* by label id, by scope id */
+    long long nlabels, nscopes;
 } report_ctx;
 
-static int report_rows(oo_sql_conn *c, sqlite3_stmt *q, report_ctx *r, oo_spool_err *err) {
+static const char *const REPORT_SCAN = "SELECT order_at, label, scope, outcome, total FROM ledger"
+                                       " WHERE ?1 IS NULL OR (order_at >= ?1 AND order_at < ?2)";
+
+/* Adds the current row of the scan to its part; 0, or -1 out of memory. */
+static int add_row(report_ctx *r, day_of_ctx *dc, sqlite3_stmt *q) {
     const oo_ledger_report_opts *o = r->o;
+    int has_day = sqlite3_column_type(q, 0) != SQLITE_NULL;
+    int outcome = sqlite3_column_int(q, 3);
+    long long day = has_day ? local_day(dc, sqlite3_column_int64(q, 0)) : NO_DAY;
+    part *w;
+    if ((o->has_from && (!has_day || day < o->from_day)) ||
+        (o->has_to && (!has_day || day > o->to_day)) || outcome < 1 || outcome > OO_LEDGER_OUTCOMES)
+        return 0;
+    w = part_of(&r->p, (o->by & OO_LEDGER_BY_DAY) ? day : NO_DAY, sqlite3_column_int64(q, 1),
+                (o->by & OO_LEDGER_BY_CHANNEL) ? sqlite3_column_int64(q, 2) : 0);
+    if (!w) return -1;
+    w->orders[outcome]++;
+    w->minor[outcome] += sqlite3_column_int64(q, 4);
+    return 0;
+}
+
+static int scan(oo_sql_conn *c, report_ctx *r, oo_spool_err *err) {
+    const oo_ledger_report_opts *o = r->o;
+    day_of_ctx dc;
+    sqlite3_stmt *q;
     int rc, oom = 0;
-    sqlite3_bind_int(q, 1, (o->by & OO_LEDGER_BY_DAY) != 0);
-    sqlite3_bind_int(q, 2, (o->by & OO_LEDGER_BY_STORE) != 0);
-    sqlite3_bind_int(q, 3, (o->by & OO_LEDGER_BY_CHANNEL) != 0);
-    if (o->has_from) sqlite3_bind_int64(q, 4, o->from_day);
-    if (o->has_to) sqlite3_bind_int64(q, 5, o->to_day);
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        oo_ledger_group *w = group_of(q, r->out, &oom);
-        int outcome = sqlite3_column_int(q, 4);
-        if (!w) {
-            oom = 1;
-            break;
-        }
-        if (outcome < 1 || outcome > OO_LEDGER_OUTCOMES) continue;
-        w->orders[outcome] += sqlite3_column_int64(q, 5);
-        w->minor[outcome] += sqlite3_column_int64(q, 6);
+    if ((rc = sqlite3_prepare_v2(c->db, REPORT_SCAN, -1, &q, NULL)) != SQLITE_OK)
+        return oo_sql_fail(c, err, rc);
+    if (o->has_from || o->has_to) { /* a day is within 26 hours of its UTC day */
+        sqlite3_bind_int64(q, 1, o->has_from ? o->from_day * 86400 - 26 * 3600 : LLONG_MIN);
+        sqlite3_bind_int64(q, 2, o->has_to ? (o->to_day + 1) * 86400 + 26 * 3600 : LLONG_MAX);
     }
+    dc.o = o;
+    dc.hour = LLONG_MIN;
+    dc.off = 0;
+    while (!oom && (rc = sqlite3_step(q)) == SQLITE_ROW) oom = add_row(r, &dc, q) != 0;
+    sqlite3_finalize(q);
     if (oom) return oo_sql_nomem(c, err);
-    return rc == SQLITE_DONE || rc == SQLITE_ROW ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
+    return rc == SQLITE_DONE ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
+}
+
+/* The labels' stores and currencies, the scopes' channels, by id. */
+static int load_names(oo_sql_conn *c, report_ctx *r, oo_spool_err *err) {
+    static const char *const sql[2] = {"SELECT id, store, currency FROM ledger_label",
+                                       "SELECT id, channel, NULL FROM ledger_scope"};
+    int k, rc = SQLITE_OK, oom = 0;
+    long long max[2];
+    if ((rc = oo_sql_row_ints(c,
+                              "SELECT (SELECT max(id) FROM ledger_label),"
+                              " (SELECT max(id) FROM ledger_scope)",
+                              max, 2)) != SQLITE_OK)
+        return oo_sql_fail(c, err, rc);
+    r->nlabels = max[0] + 1;
+    r->nscopes = max[1] + 1;
+    r->stores = (char **)calloc((size_t)r->nlabels, sizeof *r->stores);
+    r->currencies = (char(*)[4])calloc((size_t)r->nlabels, sizeof *r->currencies);
+    r->channels = (char **)calloc((size_t)r->nscopes, sizeof *r->channels);
+    if (!r->stores || !r->currencies || !r->channels) return oo_sql_nomem(c, err);
+    for (k = 0; k < 2 && rc == SQLITE_OK; k++) {
+        sqlite3_stmt *q;
+        if ((rc = sqlite3_prepare_v2(c->db, sql[k], -1, &q, NULL)) != SQLITE_OK) break;
+        while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+            long long id = sqlite3_column_int64(q, 0);
+            if (id < 0 || id >= (k ? r->nscopes : r->nlabels)) continue;
+            if (k) r->channels[id] = dup_text(q, 1, NULL, &oom);
+            else r->stores[id] = dup_text(q, 1, NULL, &oom);
+            if (!k && sqlite3_column_bytes(q, 2) == 3)
+                memcpy(r->currencies[id], sqlite3_column_text(q, 2), 3);
+        }
+        sqlite3_finalize(q);
+        if (rc == SQLITE_DONE) rc = SQLITE_OK;
+    }
+    if (rc != SQLITE_OK) return oo_sql_fail(c, err, rc);
+    return oom ? oo_sql_nomem(c, err) : OO_SPOOL_OK;
 }
 
 static int report_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx,
                        oo_spool_err *err) {
     report_ctx *r = (report_ctx *)ctx;
-    sqlite3_stmt *q = NULL;
-    int rc, code;
-    rc = sqlite3_create_function_v2(c->db, "oo_ledger_day", 1, SQLITE_UTF8, (void *)r->o, day_fn,
-                                    NULL, NULL, NULL);
-    if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(c->db, REPORT_SQL, -1, &q, NULL);
-    code = rc == SQLITE_OK ? report_rows(c, q, r, err) : oo_sql_fail(c, err, rc);
-    sqlite3_finalize(q);
-    /* the function points at the caller's options: gone with the call */
-    sqlite3_create_function_v2(c->db, "oo_ledger_day", 1, SQLITE_UTF8, NULL, NULL, NULL, NULL,
-                               NULL);
-    return code;
+    int code = scan(c, r, err);
+    (void)l;
+    (void)st;
+    return code == OO_SPOOL_OK ? load_names(c, r, err) : code;
+}
+
+/* A part's final keys (NULL: not a key, or none). */
+static const char *store_of(const report_ctx *r, const part *w) {
+    const char *s;
+    if (!(r->o->by & OO_LEDGER_BY_STORE) || w->label <= 0 || w->label >= r->nlabels) return NULL;
+    s = r->stores[w->label];
+    return s && s[0] ? s : NULL;
+}
+
+static const char *currency_of(const report_ctx *r, const part *w) {
+    return w->label > 0 && w->label < r->nlabels ? r->currencies[w->label] : "";
+}
+
+static const char *channel_of(const report_ctx *r, const part *w) {
+    if (!(r->o->by & OO_LEDGER_BY_CHANNEL) || w->scope <= 0 || w->scope >= r->nscopes) return NULL;
+    return r->channels[w->scope];
+}
+
+static int cmp_text(const char *a, const char *b) {
+    if (!a || !b) return !a ? (b ? -1 : 0) : 1;
+    return strcmp(a, b);
+}
+
+/* Orders parts by their final keys: day, store, channel, currency. */
+static int cmp_keys(const report_ctx *r, const part *a, const part *b) {
+    int c;
+    if (a->day != b->day) return a->day < b->day ? -1 : 1;
+    if ((c = cmp_text(store_of(r, a), store_of(r, b))) != 0) return c;
+    if ((c = cmp_text(channel_of(r, a), channel_of(r, b))) != 0) return c;
+    return strcmp(currency_of(r, a), currency_of(r, b));
+}
+
+/* qsort has no context argument: the report being sorted, under sort_mu. */
+static pthread_mutex_t sort_mu = PTHREAD_MUTEX_INITIALIZER;
+static const report_ctx *sort_ctx;
+
+static int cmp_parts(const void *x, const void *y) {
+    return cmp_keys(sort_ctx, (const part *)x, (const part *)y);
+}
+
+/* A new group for part w; -1 out of memory. */
+static int new_group(report_ctx *r, const part *w) {
+    oo_ledger_group *o = &r->out->v[r->out->n++];
+    const char *store = store_of(r, w), *channel = channel_of(r, w);
+    o->has_day = w->day != NO_DAY;
+    o->day = o->has_day ? w->day : 0;
+    memcpy(o->currency, currency_of(r, w), 4);
+    if (store && !(o->store = strdup(store))) return -1;
+    if (channel && !(o->channel = strdup(channel))) return -1;
+    return 0;
+}
+
+/* The parts, packed, sorted by the final keys and merged into groups. */
+static int make_groups(report_ctx *r) {
+    oo_ledger_groups *g = r->out;
+    size_t i, n = 0;
+    int k;
+    for (i = 0; i < r->p.cap; i++)
+        if (r->p.v[i].used) r->p.v[n++] = r->p.v[i];
+    pthread_mutex_lock(&sort_mu);
+    sort_ctx = r;
+    qsort(r->p.v, n, sizeof *r->p.v, cmp_parts);
+    pthread_mutex_unlock(&sort_mu);
+    if (n && !(g->v = (oo_ledger_group *)calloc(n, sizeof *g->v))) return -1;
+    g->cap = n;
+    for (i = 0; i < n; i++) {
+        const part *w = &r->p.v[i];
+        oo_ledger_group *o;
+        if ((i == 0 || cmp_keys(r, w - 1, w) != 0) && new_group(r, w) != 0) return -1;
+        o = &g->v[g->n - 1];
+        for (k = 1; k <= OO_LEDGER_OUTCOMES; k++) {
+            o->orders[k] += w->orders[k];
+            o->minor[k] += w->minor[k];
+        }
+    }
+    return 0;
+}
+
+static void report_free(report_ctx *r) {
+    long long i;
+    for (i = 0; r->stores && i < r->nlabels; i++) free(r->stores[i]);
+    for (i = 0; r->channels && i < r->nscopes; i++) free(r->channels[i]);
+    free(r->stores);
+    free(r->channels);
+    free(r->currencies);
+    free(r->p.v);
 }
 
 int oo_ledger_report(oo_ledger *l, const oo_ledger_report_opts *o, oo_ledger_groups *out,
@@ -1050,9 +1205,14 @@ int oo_ledger_report(oo_ledger *l, const oo_ledger_report_opts *o, oo_ledger_gro
     report_ctx r;
     int code;
     oo_ledger_groups_free(out);
+    memset(&r, 0, sizeof r);
     r.o = o;
     r.out = out;
     code = run(l, "report", RUN_READ, report_step, &r, err);
+    if (code == OO_SPOOL_OK && make_groups(&r) != 0)
+        code = oo_sql_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL,
+                          "ledger %s: report: out of memory", oo_ledger_path(l));
+    report_free(&r);
     if (code != OO_SPOOL_OK) oo_ledger_groups_free(out);
     return code;
 }
