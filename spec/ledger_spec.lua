@@ -703,8 +703,7 @@ describe("the ledger in a spool's file", function()
       local sp = assert(spool.open(%q, { busy_timeout = 30 }))
       assert(sp:ledger({ host = %q, site = %q, channel = "store" }))
       local me = arg[1]
-      io.stdout:write("ready\n")
-      io.stdout:flush()
+      assert(io.open(%q .. "/ready." .. me, "w")):close()
       for round = 1, 100000 do
         local list = {}
         for k = 1, 8 do
@@ -719,12 +718,16 @@ describe("the ledger in a spool's file", function()
         for i, r in ipairs(rows) do ids[i] = r.id end
         if #ids > 0 then sp:ack_many(ids) end
       end
-    ]]):format(path, SCOPE.host, SCOPE.site))
+    ]]):format(path, SCOPE.host, SCOPE.site, tmpdir))
     math.randomseed(os.time())
     for run = 1, 8 do
       local p = assert(io.popen(interpreter() .. " " .. q(script) .. " " .. run .. " >/dev/null 2>&1 & echo $!"))
       local pid = p:read("*l")
-      core.sleep(0.15 + math.random() * 0.25)
+      for _ = 1, 3000 do -- it has opened the spool (the ASan build starts slowly)
+        if sys.exists(tmpdir .. "/ready." .. run) then break end
+        core.sleep(0.01)
+      end
+      core.sleep(0.05 + math.random() * 0.25) -- then at any moment
       sys.run("kill -9 " .. pid)
       p:close()
     end
