@@ -549,7 +549,8 @@ static int l_cancel_queued(lua_State *L) {
     return 1;
 }
 
-/*** sp:purge_customer(email, user_id, now) → {queued=, dead=, in_flight=} | nil, err */
+/*** sp:purge_customer(email, user_id, now) → {queued=, dead=, in_flight=} | nil, err
+ * (spool.lua's purge_user) */
 static int l_purge_customer(lua_State *L) {
     oo_spool *s = oo_spool_check(L, 1);
     oo_spool_purged p;

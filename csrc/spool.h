@@ -268,7 +268,8 @@ int oo_spool_cancel_queued(oo_spool *s, const char *ref, size_t ref_len, const c
 
 /* Erasure: removes one customer's undelivered orders, the queued (unless
  * in flight: counted) and the dead letters, whose body holds the given
- * user.email (compared normalised: trimmed, ASCII lower-case) or user.id. */
+ * user.email (compared normalised: trimmed, ASCII lower-case; an e-mail
+ * that is not an address matches nothing) or user.id. */
 typedef struct oo_spool_purged {
     long long queued, dead; /* removed */
     long long in_flight;    /* theirs, claimed under a live lease: left (run it again later) */
