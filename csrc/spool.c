@@ -583,8 +583,8 @@ static void db_free(spool_db *d) {
     if (d->c.db) {
         for (i = 0; i < ST_COUNT; i++) sqlite3_finalize(d->st[i]);
         oo_sql_finalize_all(d->lst, OO_LEDGER_STMT_COUNT);
-        sqlite3_close_v2(d->c.db);
     }
+    oo_sql_close(&d->c);
     pthread_mutex_destroy(&d->mu);
     free(d->ledger);
     free(d);

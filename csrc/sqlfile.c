@@ -202,27 +202,114 @@ static int sniff(oo_sql_conn *c, int fd, unsigned long app_id, oo_spool_err *err
     return OO_SPOOL_OK;
 }
 
-/* Creates the file 0600 unless it exists; an existing one must pass
- * check_fd and sniff, read through the descriptor that was checked. */
+/* Files this process has open in SQLite, by device and inode. Opening one
+ * of them again must not open() and close() it: closing any descriptor of
+ * a file drops every POSIX lock the process holds on it, SQLite's
+ * included, and another process could then take the file for unused and
+ * start its WAL over under our first connection. Such a file was checked
+ * when it was first opened, and is still open here. */
+typedef struct open_file {
+    unsigned long long dev, ino;
+    int refs;
+} open_file;
+
+static pthread_mutex_t files_mu = PTHREAD_MUTEX_INITIALIZER;
+static open_file *files;
+static size_t nfiles, files_cap;
+
+static open_file *find_file(unsigned long long dev, unsigned long long ino) {
+    size_t i;
+    for (i = 0; i < nfiles; i++)
+        if (files[i].dev == dev && files[i].ino == ino) return &files[i];
+    return NULL;
+}
+
+static int is_open_here(const struct stat *st) {
+    int found;
+    pthread_mutex_lock(&files_mu);
+    found = find_file((unsigned long long)st->st_dev, (unsigned long long)st->st_ino) != NULL;
+    pthread_mutex_unlock(&files_mu);
+    return found;
+}
+
+/* Notes c's file as open here (0), or -1 out of memory. */
+static int track(oo_sql_conn *c) {
+    open_file *f;
+    int rc = 0;
+    pthread_mutex_lock(&files_mu);
+    if ((f = find_file(c->dev, c->ino)) != NULL) {
+        f->refs++;
+    } else if (nfiles == files_cap &&
+               !(f = (open_file *)realloc(files, (files_cap ? 2 * files_cap : 8) * sizeof *f))) {
+        rc = -1;
+    } else {
+        if (nfiles == files_cap) {
+            files = f;
+            files_cap = files_cap ? 2 * files_cap : 8;
+        }
+        files[nfiles].dev = c->dev;
+        files[nfiles].ino = c->ino;
+        files[nfiles++].refs = 1;
+    }
+    pthread_mutex_unlock(&files_mu);
+    c->tracked = rc == 0;
+    return rc;
+}
+
+static void untrack(oo_sql_conn *c) {
+    open_file *f;
+    if (!c->tracked) return;
+    pthread_mutex_lock(&files_mu);
+    if ((f = find_file(c->dev, c->ino)) != NULL && --f->refs == 0) *f = files[--nfiles];
+    pthread_mutex_unlock(&files_mu);
+    c->tracked = 0;
+}
+
+static void note_identity(oo_sql_conn *c, const struct stat *st) {
+    c->dev = (unsigned long long)st->st_dev;
+    c->ino = (unsigned long long)st->st_ino;
+}
+
+/* An existing file: not a link, this user's (checked before anything
+ * reads it), and, unless this process has it open already, SQLite in WAL
+ * mode with our application_id or none (read through the descriptor that
+ * was checked). Whether it is private is checked once SQLite has said
+ * whether it is ours at all (oo_sql_connect). */
+static int check_existing(oo_sql_conn *c, unsigned long app_id, oo_spool_err *err) {
+    struct stat st, fst;
+    int fd, code;
+    if (lstat(c->path, &st) != 0)
+        return fs_err(c, err, "cannot stat %s: %s", c->path, strerror(errno));
+    if (S_ISLNK(st.st_mode)) return open_existing(c, c->path, &fd, err); /* says which link */
+    if ((code = check_stat(c, &st, c->path, 1, err)) != OO_SPOOL_OK) return code;
+    note_identity(c, &st);
+    if (is_open_here(&st)) return OO_SPOOL_OK;
+    if ((code = open_existing(c, c->path, &fd, err)) != OO_SPOOL_OK) return code;
+    if (fstat(fd, &fst) != 0) code = fs_err(c, err, "cannot stat %s: %s", c->path, strerror(errno));
+    else if (fst.st_dev != st.st_dev || fst.st_ino != st.st_ino)
+        code = fs_err(c, err, "%s %s", c->path, "was replaced while it was being opened");
+    else code = check_stat(c, &fst, c->path, 1, err);
+    if (code == OO_SPOOL_OK) code = sniff(c, fd, app_id, err);
+    close(fd);
+    return code;
+}
+
+/* Creates the file 0600 unless it exists (then check_existing). */
 static int prepare_main(oo_sql_conn *c, unsigned long app_id, oo_spool_err *err) {
     struct stat st;
-    int fd = open(c->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600), code;
+    int fd = open(c->path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd >= 0) {
-        int bad = fchmod(fd, 0600) != 0, e = errno;
+        int bad = fchmod(fd, 0600) != 0 || fstat(fd, &st) != 0, e = errno;
         close(fd);
-        if (!bad) return OO_SPOOL_OK;
+        if (!bad) {
+            note_identity(c, &st);
+            return OO_SPOOL_OK;
+        }
         unlink(c->path);
         return fs_err(c, err, "%s%s", "cannot make the file private: ", strerror(e));
     }
     if (errno != EEXIST) return fs_err(c, err, "%s%s", "cannot create the file: ", strerror(errno));
-    if ((code = open_existing(c, c->path, &fd, err)) != OO_SPOOL_OK) return code;
-    /* the owner before any read; whether a file of ours is private is
-     * checked once SQLite has said whether it is ours at all (oo_sql_connect) */
-    if (fstat(fd, &st) != 0) code = fs_err(c, err, "cannot stat %s: %s", c->path, strerror(errno));
-    else code = check_stat(c, &st, c->path, 1, err);
-    if (code == OO_SPOOL_OK) code = sniff(c, fd, app_id, err);
-    close(fd);
-    return code;
+    return check_existing(c, app_id, err);
 }
 
 /* Never opens them: closing a descriptor of a file drops every POSIX lock
@@ -305,6 +392,7 @@ int oo_sql_open(oo_sql_conn *c, unsigned long app_id, oo_spool_err *err) {
     rc = sqlite3_open_v2(name, &c->db, flags, oo_spool_vfs());
     free(name);
     if (rc != SQLITE_OK) return oo_sql_fail(c, err, rc);
+    if (track(c) != 0) return oo_sql_nomem(c, err);
     sqlite3_extended_result_codes(c->db, 1);
     /* until the file is known to be ours, closing must not write to it */
     sqlite3_db_config(c->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
@@ -322,6 +410,7 @@ void oo_sql_adopt(oo_sql_conn *c) {
 void oo_sql_close(oo_sql_conn *c) {
     if (c->db) sqlite3_close_v2(c->db);
     c->db = NULL;
+    untrack(c);
 }
 
 /* Switching a database to WAL takes an exclusive lock that SQLite does not

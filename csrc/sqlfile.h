@@ -14,7 +14,10 @@
  *    directory is never adopted; all three are checked again once SQLite
  *    has opened them;
  *  - a file that cannot be ours (not SQLite, another application_id, not
- *    in WAL mode) is refused (kind "foreign") before SQLite opens it.
+ *    in WAL mode) is refused (kind "foreign") before SQLite opens it;
+ *  - a file this process already has open in SQLite is never open()ed and
+ *    close()d again to be checked: closing any descriptor of a file drops
+ *    the process's POSIX locks on it, SQLite's included.
  *
  * Fork safety (the gate): a fork while another thread is inside SQLite
  * leaves the child a mutex no one unlocks. Every SQLite call of the spool
@@ -32,11 +35,13 @@
 /* One connection, as the helpers see it. */
 typedef struct oo_sql_conn {
     sqlite3 *db;
-    const char *noun;     /* "spool" | "ledger": the first word of messages */
-    const char *path;     /* as given to open */
-    const char *what;     /* the call in progress */
-    double busy_timeout;  /* seconds */
-    double busy_deadline; /* of the lock wait in progress (monotonic) */
+    const char *noun;            /* "spool" | "ledger": the first word of messages */
+    const char *path;            /* as given to open */
+    const char *what;            /* the call in progress */
+    double busy_timeout;         /* seconds */
+    double busy_deadline;        /* of the lock wait in progress (monotonic) */
+    unsigned long long dev, ino; /* the file's identity (oo_sql_open) */
+    int tracked;                 /* counted among the files open here */
 } oo_sql_conn;
 
 /* The gate (see above). Never entered twice by one thread; entered
@@ -75,6 +80,8 @@ void oo_sql_adopt(oo_sql_conn *c);
 int oo_sql_set_wal(oo_sql_conn *c, oo_spool_err *err);
 /* SQLite's busy handler for c: short growing sleeps up to busy_timeout. */
 int oo_sql_on_busy(void *conn, int n);
+/* Closes the connection opened by oo_sql_open (the file is no longer
+ * counted as open in this process). */
 void oo_sql_close(oo_sql_conn *c);
 
 /* A kind of file: what makes one ours, and how to make or migrate one. */

@@ -825,6 +825,30 @@ describe("spool locking", function()
     sp:close()
   end)
 
+  it("a second handle on the file in one process leaves the first one's locks in place", function()
+    -- Checking a file it opens again, a process must not open() and close()
+    -- it: that drops every POSIX lock the process holds on it, and the next
+    -- process to close the file would take it for unused and remove the WAL
+    -- and reset the -shm under the first handle.
+    local sp1, path = open()
+    assert(sp1:put(body(1), "R1", T0))
+    local sp2 = open(nil, path)
+    assert(sp2:put(body(2), "R2", T0))
+    sp2:close()
+    local script = child_script("other", ([[
+      local spool = require("optimizely.offline.spool")
+      local sp = assert(spool.open(%q))
+      assert(sp:put("body-3", "R3", 1))
+      sp:close()
+      io.stdout:write("ok\n")
+    ]]):format(path))
+    assert.equal("ok\n", sys.capture(interpreter() .. " " .. sh_quote(script) .. " 2>&1"))
+    assert.is_true(exists(path .. "-wal")) -- still in use here: the other process left it
+    assert(sp1:put(body(4), "R4", T0))
+    assert.equal(4, sp1:stats(T0).queued)
+    sp1:close()
+  end)
+
   it("two processes putting, claiming and acking at once deliver every order exactly once", function()
     local path = fresh_path()
     assert(spool.open(path)):close() -- create the schema once up front
@@ -1330,9 +1354,11 @@ describe("spool WAL", function()
     end
     assert.equal(1500 * 64, total)
     assert.equal(0, sp:stats(T0).queued)
-    -- far more than 200 MB went through the WAL; it was started over at ~64 MB
-    assert.is_true(biggest > 16 * 1024 * 1024, "the WAL never grew: " .. biggest)
-    assert.is_true(biggest < 96 * 1024 * 1024, "the WAL grew to " .. biggest)
+    -- far more than 200 MB went through the WAL; it was started over at ~4 MiB
+    -- (WAL_RESTART_BYTES; room left for a checkpoint thread running late on a
+    -- loaded machine, as docs_claims_spec does)
+    assert.is_true(biggest > 1024 * 1024, "the WAL never grew: " .. biggest)
+    assert.is_true(biggest < 16 * 1024 * 1024, "the WAL grew to " .. biggest)
     sp:close()
     assert.is_false(exists(path .. "-wal")) -- the last close checkpoints and removes it
   end)
