@@ -9,6 +9,7 @@ local offline = require("optimizely.offline")
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
 local sys = require("optimizely.offline.sys")
+local sqlite = require("support.sqlite")
 
 local q = sys.q
 local T0 = 1700000000
@@ -51,33 +52,9 @@ end
 
 local function interpreter() return require("support.interp") end
 
-local function child_script(name, src)
-  local path = ("%s/%s.lua"):format(tmpdir, name)
-  local f = assert(io.open(path, "wb"))
-  f:write(("package.path = %q\npackage.cpath = %q\n"):format(package.path, package.cpath))
-  f:write(src)
-  f:close()
-  return path
-end
+local function child_script(name, src) return sqlite.child_script(tmpdir, name, src) end
 
-local function has_sqlite3_cli()
-  local r = os.execute("command -v sqlite3 >/dev/null 2>&1")
-  return r == true or r == 0
-end
-
-local function sqlite3_cli(path, sql)
-  local p = assert(io.popen("sqlite3 " .. q(path) .. " " .. q(sql) .. " 2>&1"))
-  local out = p:read("*a")
-  p:close()
-  return (out:gsub("%s+$", ""))
-end
-
-setup(function()
-  local base = os.tmpname()
-  os.remove(base)
-  tmpdir = base .. ".ledger"
-  assert(sys.run("mkdir -p " .. q(tmpdir)))
-end)
+setup(function() tmpdir = sqlite.tmpdir("ledger") end)
 
 teardown(function()
   if tmpdir then sys.run("rm -rf " .. q(tmpdir)) end
@@ -137,10 +114,10 @@ describe("ledger.open", function()
         assert.equal("600", ("%o"):format(mode), p)
       end
       l:close()
-      if has_sqlite3_cli() then
-        assert.equal(tostring(0x4F4F4C47), sqlite3_cli(path, "PRAGMA application_id"))
-        assert.equal("1", sqlite3_cli(path, "PRAGMA user_version"))
-        assert.equal("wal", sqlite3_cli(path, "PRAGMA journal_mode"))
+      if sqlite.has_cli() then
+        assert.equal(tostring(0x4F4F4C47), sqlite.cli(path, "PRAGMA application_id"))
+        assert.equal("1", sqlite.cli(path, "PRAGMA user_version"))
+        assert.equal("wal", sqlite.cli(path, "PRAGMA journal_mode"))
       end
     end)
     core.umask(old)
@@ -192,9 +169,9 @@ describe("ledger.open", function()
     local spath = fresh_path("spool")
     assert(spool.open(spath)):close()
     refused_unchanged(spath, "foreign", "another application (application_id 0x4f4f5350)")
-    if has_sqlite3_cli() then
+    if sqlite.has_cli() then
       local other = fresh_path("other")
-      sqlite3_cli(other, "PRAGMA journal_mode=WAL; CREATE TABLE ledger(x); INSERT INTO ledger VALUES (1);")
+      sqlite.cli(other, "PRAGMA journal_mode=WAL; CREATE TABLE ledger(x); INSERT INTO ledger VALUES (1);")
       assert(core.chmod(other, tonumber("600", 8)))
       refused_unchanged(other, "foreign", "without the ledger's tables")
     end
@@ -742,7 +719,7 @@ describe("the ledger in a spool's file", function()
       recorded = recorded + 1
     end))
     for _ in pairs(queued) do put = put + 1 end
-    local seq = tonumber(sqlite3_cli(path, "SELECT seq FROM totals"))
+    local seq = tonumber(sqlite.cli(path, "SELECT seq FROM totals"))
     if seq then assert.equal(seq, put + recorded) end
     assert.is_true(recorded > 0)
     l:close()
@@ -834,9 +811,9 @@ describe("the ledger in a spool's file", function()
   end)
 
   it("migrates a version-2 spool in place: rows kept, creates by default, the ledger's tables added", function()
-    if not has_sqlite3_cli() then return pending("sqlite3 CLI not installed") end
+    if not sqlite.has_cli() then return pending("sqlite3 CLI not installed") end
     local path = fresh_path("v2")
-    sqlite3_cli(path, [[
+    sqlite.cli(path, [[
 PRAGMA journal_mode=WAL; PRAGMA application_id = 1330598736;
 CREATE TABLE orders( id INTEGER PRIMARY KEY, ref TEXT, body BLOB NOT NULL, bytes INT NOT NULL,
  created_at REAL NOT NULL, attempts INT NOT NULL DEFAULT 0, next_at REAL NOT NULL, claimed_by TEXT,
@@ -870,7 +847,7 @@ PRAGMA user_version = 2;]])
     assert.equal("sent", l:show("Q1")[1].outcome)
     l:close()
     sp:close()
-    assert.equal("3", sqlite3_cli(path, "PRAGMA user_version"))
-    assert.equal("1", sqlite3_cli(path, "SELECT count(*) FROM sqlite_master WHERE name = 'ledger_pending'"))
+    assert.equal("3", sqlite.cli(path, "PRAGMA user_version"))
+    assert.equal("1", sqlite.cli(path, "SELECT count(*) FROM sqlite_master WHERE name = 'ledger_pending'"))
   end)
 end)

@@ -11,6 +11,7 @@ local tmpdir
 local counter = 0
 
 local sys = require("optimizely.offline.sys")
+local sqlite = require("support.sqlite")
 local sh_quote, exists = sys.q, sys.exists
 local function readall(path) return assert(sys.read_file(path), "cannot read " .. path) end
 
@@ -35,34 +36,9 @@ end
 -- The interpreter running this spec, so children load the same build.
 local function interpreter() return require("support.interp") end
 
--- Writes a child script that sees this process's package paths.
-local function child_script(name, src)
-  local path = ("%s/%s.lua"):format(tmpdir, name)
-  local f = assert(io.open(path, "wb"))
-  f:write(("package.path = %q\npackage.cpath = %q\n"):format(package.path, package.cpath))
-  f:write(src)
-  f:close()
-  return path
-end
+local function child_script(name, src) return sqlite.child_script(tmpdir, name, src) end
 
-local function has_sqlite3_cli()
-  local r = os.execute("command -v sqlite3 >/dev/null 2>&1")
-  return r == true or r == 0 -- 5.2+ / 5.1
-end
-
-local function sqlite3_cli(path, sql)
-  local p = assert(io.popen("sqlite3 " .. sh_quote(path) .. " " .. sh_quote(sql) .. " 2>&1"))
-  local out = p:read("*a")
-  p:close()
-  return (out:gsub("%s+$", ""))
-end
-
-setup(function()
-  local base = os.tmpname()
-  os.remove(base)
-  tmpdir = base .. ".spool"
-  assert(os.execute("mkdir -p " .. sh_quote(tmpdir)))
-end)
+setup(function() tmpdir = sqlite.tmpdir("spool") end)
 
 teardown(function()
   if tmpdir then os.execute("rm -rf " .. sh_quote(tmpdir)) end
@@ -76,16 +52,16 @@ describe("spool.open", function()
     assert.matches(path, tostring(sp), 1, true)
     sp:close()
     assert.is_false(sp:is_open())
-    if has_sqlite3_cli() then
-      assert.equal("3", sqlite3_cli(path, "PRAGMA user_version"))
-      assert.equal(tostring(0x4F4F5350), sqlite3_cli(path, "PRAGMA application_id"))
-      assert.equal("wal", sqlite3_cli(path, "PRAGMA journal_mode"))
-      local tables = sqlite3_cli(path, "SELECT group_concat(name, ',') FROM"
+    if sqlite.has_cli() then
+      assert.equal("3", sqlite.cli(path, "PRAGMA user_version"))
+      assert.equal(tostring(0x4F4F5350), sqlite.cli(path, "PRAGMA application_id"))
+      assert.equal("wal", sqlite.cli(path, "PRAGMA journal_mode"))
+      local tables = sqlite.cli(path, "SELECT group_concat(name, ',') FROM"
         .. " (SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name)")
       assert.matches("dead", tables)
       assert.matches("orders", tables)
       assert.matches("ledger", tables) -- the ledger's tables live in the spool's file
-      local idx = sqlite3_cli(path, "SELECT name FROM sqlite_master WHERE type = 'index'")
+      local idx = sqlite.cli(path, "SELECT name FROM sqlite_master WHERE type = 'index'")
       assert.matches("orders_next_at", idx)
       assert.matches("orders_ref", idx)
     end
@@ -211,11 +187,11 @@ describe("spool.open", function()
   end)
 
   it("refuses a spool written by a newer version, leaving it alone", function()
-    if not has_sqlite3_cli() then return pending("sqlite3 CLI not installed") end
+    if not sqlite.has_cli() then return pending("sqlite3 CLI not installed") end
     local sp, path = open()
     assert(sp:put(body(1), "R1", T0))
     sp:close()
-    sqlite3_cli(path, "PRAGMA user_version = 7")
+    sqlite.cli(path, "PRAGMA user_version = 7")
     local before = readall(path)
     local again, err = spool.open(path)
     assert.is_nil(again)
@@ -793,7 +769,7 @@ end)
 
 describe("spool locking", function()
   it("returns kind busy (retryable) when another process holds the lock past busy_timeout", function()
-    if not has_sqlite3_cli() then return pending("sqlite3 CLI not installed") end
+    if not sqlite.has_cli() then return pending("sqlite3 CLI not installed") end
     local sp, path = open({ busy_timeout = 0.05 })
     local locked, release = tmpdir .. "/locked", tmpdir .. "/release"
     os.remove(locked)
@@ -1055,11 +1031,11 @@ DELETE FROM orders WHERE id = 4;
 
 describe("spool migration from version 1", function()
   it("adds channels in place, keeps every row and never reuses an id", function()
-    if not has_sqlite3_cli() then return pending("sqlite3 CLI not installed") end
+    if not sqlite.has_cli() then return pending("sqlite3 CLI not installed") end
     local path = fresh_path()
-    sqlite3_cli(path, V1_SQL)
+    sqlite.cli(path, V1_SQL)
     assert(core.chmod(path, tonumber("600", 8))) -- as version 1 made it (the CLI follows the umask)
-    assert.equal("1", sqlite3_cli(path, "PRAGMA user_version"))
+    assert.equal("1", sqlite.cli(path, "PRAGMA user_version"))
     local sp = open(nil, path)
     local st = sp:stats(T0)
     assert.equal(1, st.queued)
@@ -1077,14 +1053,14 @@ describe("spool migration from version 1", function()
     assert.equal(3, #rows)
     assert.equal("store", rows[3].channel)
     sp:close()
-    assert.equal("3", sqlite3_cli(path, "PRAGMA user_version"))
-    assert.equal(tostring(0x4F4F5350), sqlite3_cli(path, "PRAGMA application_id"))
+    assert.equal("3", sqlite.cli(path, "PRAGMA user_version"))
+    assert.equal(tostring(0x4F4F5350), sqlite.cli(path, "PRAGMA application_id"))
     -- the same schema as a new spool's
     local schema = "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_master"
       .. " WHERE name NOT LIKE 'sqlite_%' ORDER BY name)"
     local made, fresh = open()
     made:close()
-    assert.equal(sqlite3_cli(fresh, schema), sqlite3_cli(path, schema))
+    assert.equal(sqlite.cli(fresh, schema), sqlite.cli(path, schema))
     -- a second open finds nothing to do
     local again = open(nil, path)
     assert.equal(3, again:stats(T0).queued)
@@ -1107,30 +1083,30 @@ describe("spool refuses files that are not its own", function()
   end
 
   it("another application's SQLite database: unchanged, no -wal, journal mode kept", function()
-    if not has_sqlite3_cli() then return pending("sqlite3 CLI not installed") end
+    if not sqlite.has_cli() then return pending("sqlite3 CLI not installed") end
     local path = fresh_path()
-    sqlite3_cli(path, "CREATE TABLE contacts(email TEXT); INSERT INTO contacts VALUES ('a@example.com');")
+    sqlite.cli(path, "CREATE TABLE contacts(email TEXT); INSERT INTO contacts VALUES ('a@example.com');")
     refused(path, "not a spool file: an SQLite database in rollback-journal mode")
     assert.is_false(exists(path .. "-wal"))
     assert.is_false(exists(path .. "-shm"))
-    assert.equal("delete", sqlite3_cli(path, "PRAGMA journal_mode"))
-    assert.equal("contacts", sqlite3_cli(path, "SELECT group_concat(name) FROM sqlite_master"))
+    assert.equal("delete", sqlite.cli(path, "PRAGMA journal_mode"))
+    assert.equal("contacts", sqlite.cli(path, "SELECT group_concat(name) FROM sqlite_master"))
   end)
 
   it("a database stamped with another application_id", function()
-    if not has_sqlite3_cli() then return pending("sqlite3 CLI not installed") end
+    if not sqlite.has_cli() then return pending("sqlite3 CLI not installed") end
     local path = fresh_path()
-    sqlite3_cli(path, "PRAGMA journal_mode=WAL; PRAGMA application_id = 1234; CREATE TABLE t(x);")
+    sqlite.cli(path, "PRAGMA journal_mode=WAL; PRAGMA application_id = 1234; CREATE TABLE t(x);")
     refused(path, "another application (application_id 0x000004d2)")
   end)
 
   it("a WAL-mode database without the spool's tables: its file stays unchanged", function()
-    if not has_sqlite3_cli() then return pending("sqlite3 CLI not installed") end
+    if not sqlite.has_cli() then return pending("sqlite3 CLI not installed") end
     local path = fresh_path()
-    sqlite3_cli(path, "PRAGMA journal_mode=WAL; CREATE TABLE orders(x); INSERT INTO orders VALUES (1);")
+    sqlite.cli(path, "PRAGMA journal_mode=WAL; CREATE TABLE orders(x); INSERT INTO orders VALUES (1);")
     refused(path, "an SQLite database without the spool's tables")
-    assert.equal("1", sqlite3_cli(path, "SELECT count(*) FROM orders"))
-    assert.equal("0", sqlite3_cli(path, "SELECT count(*) FROM sqlite_master WHERE name = 'dead'"))
+    assert.equal("1", sqlite.cli(path, "SELECT count(*) FROM orders"))
+    assert.equal("0", sqlite.cli(path, "SELECT count(*) FROM sqlite_master WHERE name = 'dead'"))
   end)
 
   it("a text file, however short", function()
