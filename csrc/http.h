@@ -85,6 +85,12 @@ CURLcode oo_http_prepare(CURL *e, oo_http_xfer *x, const char *method,
  * status is known (libcurl options cannot change inside its callbacks). */
 void oo_http_distrust(CURL *e);
 
+/* A refCode as one URL path segment: every byte but A-Za-z0-9-_~
+ * percent-encoded, '.' too (libcurl would remove "." and ".." segments and
+ * reach another URL) — the cancel URLs of client:cancel and of the queue's
+ * cancel rows. A malloc'd string (NULL: no memory), its length in *out_len. */
+char *oo_url_segment(const char *s, size_t n, size_t *out_len);
+
 /* "network" | "timeout" | "tls" for a failed transfer. */
 const char *oo_http_kind(CURLcode rc);
 

@@ -474,7 +474,14 @@ static void hook_plain(oo_sched *s, oo_job *j, const char *name) {
     lua_pop(u->L, 1);
 }
 
-static void hook_ack(oo_sched *s, oo_job *j) { hook_plain(s, j, "ack"); }
+static void hook_ack(oo_sched *s, oo_job *j, const oo_outcome *o) {
+    l_sched *u = LS(s);
+    if (!push_hook(u, "ack")) return;
+    oo_push_job_info(u->L, s, j);
+    oo_push_outcome(u->L, o);
+    call_hook(u, 2);
+    lua_pop(u->L, 1);
+}
 static void hook_release(oo_sched *s, oo_job *j) { hook_plain(s, j, "release"); }
 
 static int hook_retry(oo_sched *s, oo_job *j, double next_at, const oo_outcome *o) {

@@ -438,7 +438,7 @@ static void settle_sent(oo_sched *s, oo_job *j, const oo_outcome *o, const char 
                         size_t blen) {
     oo_result *r = NULL;
     if (s->hooks && s->hooks->record) s->hooks->record(s, j, OO_RES_SENT, o);
-    if (j->store_id && s->hooks && s->hooks->ack) s->hooks->ack(s, j);
+    if (j->store_id && s->hooks && s->hooks->ack) s->hooks->ack(s, j, o);
     if (s->cfg.report_all || o->warned) {
         r = result_new(OO_RES_SENT, j, o, body, blen);
         if (r) r->latency = oo_sched_now(s) - j->started_at;

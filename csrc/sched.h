@@ -118,7 +118,7 @@ struct oo_sched;
  * oo_sched_feed_by, nothing that waits long.
  *   feed     bring in up to `room` jobs due now (oo_sched_take); returns
  *            the monotonic time worth looking again (0: no idea)
- *   ack      the job was delivered
+ *   ack      the job was delivered (o: its outcome, warned or not)
  *   retry    keep the job for a retry at wall time next_at; 1 when the
  *            store holds it now (the scheduler frees its copy), 0 to let
  *            the scheduler keep it in memory
@@ -131,7 +131,7 @@ struct oo_sched;
  * ack, retry, dead and release see only jobs with a store_id. */
 typedef struct oo_sched_hooks {
     double (*feed)(struct oo_sched *s, int room, double now_mono);
-    void (*ack)(struct oo_sched *s, oo_job *j);
+    void (*ack)(struct oo_sched *s, oo_job *j, const oo_outcome *o);
     int (*retry)(struct oo_sched *s, oo_job *j, double next_at, const oo_outcome *o);
     void (*dead)(struct oo_sched *s, oo_job *j, const oo_outcome *o, const char *why);
     void (*release)(struct oo_sched *s, oo_job *j);

@@ -14,6 +14,7 @@
 #include "core.h"
 #include "clock.h"
 #include "l_engine.h"
+#include "ledger.h"
 #include "spool.h"
 
 #include <errno.h>
@@ -60,9 +61,13 @@ typedef struct oo_worker {
     double lease, spool_poll;
     double last_claim;         /* monotonic (thread only) */
     oo_spool_rows rows;
-    /* acks not written yet (thread only) */
+    /* acks not written yet (thread only): row ids and their outcomes for
+     * the ledger (OO_LEDGER_SENT or _WARNED), written in one transaction */
     long long *acks;
+    int *ack_outcomes;
     size_t nacks, capacks;
+    /* a cancel row's URL: prefix .. the refCode as a path segment .. suffix */
+    char *cancel_prefix, *cancel_suffix;
     double ack_since;          /* monotonic: when the oldest of them came */
     int store_drained;         /* under e.mu: the last claim found nothing more due (and no put since) */
     long long storage_errors;  /* under e.mu */
@@ -117,22 +122,58 @@ static int channel_index(const oo_sched *s, const char *name) {
     return -1;
 }
 
-/* A job for a claimed spool row; NULL for an unknown channel (the config
- * changed) or without memory. */
-static oo_job *row_job(const oo_sched *s, const oo_spool_row *row) {
+/* A cancel row's URL (malloc'd), NULL without a cancel path or memory. */
+static char *cancel_url(const oo_worker *w, const oo_spool_row *row, size_t *len) {
+    size_t np, ns, nseg;
+    char *seg, *url;
+    if (!w->cancel_prefix || !row->ref || !row->ref_len) return NULL;
+    seg = oo_url_segment(row->ref, row->ref_len, &nseg);
+    if (!seg) return NULL;
+    np = strlen(w->cancel_prefix);
+    ns = w->cancel_suffix ? strlen(w->cancel_suffix) : 0;
+    url = (char *)malloc(np + nseg + ns + 1);
+    if (url) {
+        memcpy(url, w->cancel_prefix, np);
+        memcpy(url + np, seg, nseg);
+        if (ns) memcpy(url + np + nseg, w->cancel_suffix, ns);
+        url[np + nseg + ns] = '\0';
+        *len = np + nseg + ns;
+    }
+    free(seg);
+    return url;
+}
+
+/* A job for a claimed spool row — a create (POST of its body) or a cancel
+ * (DELETE of its refCode); NULL for an unknown channel (the config
+ * changed), a cancel without a cancel path, or without memory. */
+static oo_job *row_job(const oo_worker *w, const oo_sched *s, const oo_spool_row *row) {
     oo_job_spec sp;
+    oo_job *j;
+    char *url = NULL;
     int ch = channel_index(s, row->channel);
     if (ch < 0) return NULL;
     memset(&sp, 0, sizeof sp);
     sp.id = sp.store_id = row->id;
-    sp.body = row->body;
-    sp.body_len = row->body_len;
     sp.ref = row->ref;
     sp.ref_len = row->ref ? row->ref_len : 0;
     sp.channel = ch;
     sp.attempts = (int)row->attempts;
     sp.created = row->created_at;
-    return oo_job_new(&sp);
+    if (row->op == OO_SPOOL_OP_CANCEL) {
+        /* the spool holds it back while an earlier row of its refCode is
+         * there; the scheduler, while one is here (after_ref) */
+        sp.method = OO_DELETE;
+        sp.after_ref = 1;
+        url = cancel_url(w, row, &sp.url_len);
+        if (!url) return NULL;
+        sp.url = url;
+    } else {
+        sp.body = row->body;
+        sp.body_len = row->body_len;
+    }
+    j = oo_job_new(&sp);
+    free(url);
+    return j;
 }
 
 /* The store has nothing more due: the Lua side's flush may look at it now
@@ -167,10 +208,11 @@ static double spool_feed(oo_sched *e, int room, double now) {
     }
     for (k = 0; k < w->rows.n; k++) {
         oo_spool_row *row = &w->rows.v[k];
-        oo_job *j = row_job(e, row);
+        oo_job *j = row_job(w, e, row);
         if (!j) {
-            /* an unknown channel (the config changed) or no memory: it
-             * stays in the spool for a process that can send it */
+            /* an unknown channel (the config changed), a cancel this queue
+             * has no cancel path for, or no memory: it stays in the spool
+             * for a process that can send it */
             oo_spool_release(w->spool, row->id, &serr);
             continue;
         }
@@ -189,13 +231,16 @@ static double spool_feed(oo_sched *e, int room, double now) {
     return at;
 }
 
-/* Writes the acks waiting (see ACK_WINDOW), in one transaction. A row we
- * no longer hold (our lease ran out) is skipped and reported like any
- * storage error: another process may have sent it again. */
+/* Writes the acks waiting (see ACK_WINDOW), in one transaction — with
+ * their ledger rows when the spool has a ledger (oo_spool_set_ledger). A
+ * row we no longer hold (our lease ran out) is skipped and reported like
+ * any storage error: another process may have sent it again. */
 static void flush_acks(oo_worker *w) {
     oo_spool_err serr;
     if (w->nacks == 0) return;
-    if (oo_spool_ack_many(w->spool, w->acks, w->nacks, &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
+    if (oo_spool_ack_outcomes(w->spool, w->acks, w->ack_outcomes, w->nacks, oo_wall_now(), &serr) !=
+        OO_SPOOL_OK)
+        storage_failed(w, &serr);
     w->nacks = 0;
     /* flush() on the Lua side waits for the spool to be empty: tell it */
     pthread_mutex_lock(&w->e.s.mu);
@@ -204,21 +249,35 @@ static void flush_acks(oo_worker *w) {
     pthread_mutex_unlock(&w->e.s.mu);
 }
 
-static void spool_ack(oo_sched *e, oo_job *j) {
+/* Room for one more ack (64 at first, doubling); 0 without memory. */
+static int ack_room(oo_worker *w) {
+    size_t cap;
+    long long *a;
+    int *o;
+    if (w->nacks < w->capacks) return 1;
+    cap = w->capacks ? w->capacks * 2 : 64;
+    a = (long long *)realloc(w->acks, cap * sizeof *a);
+    if (a) w->acks = a;
+    o = a ? (int *)realloc(w->ack_outcomes, cap * sizeof *o) : NULL;
+    if (o) w->ack_outcomes = o;
+    if (!a || !o) return 0;
+    w->capacks = cap;
+    return 1;
+}
+
+static void spool_ack(oo_sched *e, oo_job *j, const oo_outcome *o) {
     oo_worker *w = WORKER(e);
-    if (w->nacks == w->capacks) {
-        size_t cap = w->capacks ? w->capacks * 2 : 64;
-        long long *a = (long long *)realloc(w->acks, cap * sizeof *a);
-        if (!a) { /* no memory to batch: write this one now */
-            oo_spool_err serr;
-            if (oo_spool_ack(w->spool, j->store_id, &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
-            return;
-        }
-        w->acks = a;
-        w->capacks = cap;
+    int outcome = o->warned ? OO_LEDGER_WARNED : OO_LEDGER_SENT;
+    if (!ack_room(w)) { /* no memory to batch: write this one now */
+        oo_spool_err serr;
+        long long id = j->store_id;
+        if (oo_spool_ack_outcomes(w->spool, &id, &outcome, 1, oo_wall_now(), &serr) != OO_SPOOL_OK)
+            storage_failed(w, &serr);
+        return;
     }
     if (w->nacks == 0) w->ack_since = oo_mono_now();
-    w->acks[w->nacks++] = j->store_id;
+    w->acks[w->nacks] = j->store_id;
+    w->ack_outcomes[w->nacks++] = outcome;
 }
 
 /* After a turn: write the acks when enough wait, the oldest waited long
@@ -275,8 +334,9 @@ static void spool_release(oo_sched *e, oo_job *j) {
     if (oo_spool_release(w->spool, j->store_id, &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
 }
 
-/* No record hook yet: the ledger's rows will be written with the acks
- * (flush_acks), in the spool's ack transaction. */
+/* No record hook: with a spool the ledger lives in the spool's file, and
+ * the spool writes its rows itself, in the transaction of the ack (with
+ * each row's outcome: flush_acks) or of the kill. */
 static const oo_sched_hooks spool_hooks = {spool_feed, spool_ack, spool_retry, spool_dead, spool_release, NULL};
 
 /* ------------------------------------------------------------------ */
@@ -331,6 +391,9 @@ static void *worker_main(void *arg) {
 
 static void worker_free(oo_worker *w) {
     free(w->acks);
+    free(w->ack_outcomes);
+    free(w->cancel_prefix);
+    free(w->cancel_suffix);
     if (w->spool) oo_spool_close(w->spool);
     oo_spool_rows_free(&w->rows);
     oo_engine_free(&w->e);
@@ -401,6 +464,14 @@ static double opt_num(lua_State *L, int t, const char *k, double d) {
     return v;
 }
 
+static char *opt_dup(lua_State *L, int t, const char *k) {
+    char *v;
+    lua_getfield(L, t, k);
+    v = lua_type(L, -1) == LUA_TSTRING ? strdup(lua_tostring(L, -1)) : NULL;
+    lua_pop(L, 1);
+    return v;
+}
+
 static void ensure_started(lua_State *L, oo_worker *w) {
     if (!w->started && worker_start(w) != 0) luaL_error(L, "queue worker: cannot start its thread");
 }
@@ -408,7 +479,8 @@ static void ensure_started(lua_State *L, oo_worker *w) {
 /*** worker_new(cfg) -> worker
  * cfg: the engine's (l_engine.h: http, url, channels, concurrency, policy,
  * on_stop, auth_pause, ...) plus max_queue, spool = <spool object or nil>,
- * lease, spool_poll. */
+ * lease, spool_poll, cancel_prefix and cancel_suffix (a spooled cancel's
+ * URL is prefix .. the refCode as a path segment .. suffix). */
 static int l_worker_new(lua_State *L) {
     oo_worker_ud *u;
     oo_worker *w;
@@ -425,6 +497,8 @@ static int l_worker_new(lua_State *L) {
     w->max_queue = (size_t)opt_num(L, 1, "max_queue", 10000);
     w->lease = opt_num(L, 1, "lease", 60);
     w->spool_poll = opt_num(L, 1, "spool_poll", 0.25);
+    w->cancel_prefix = opt_dup(L, 1, "cancel_prefix");
+    w->cancel_suffix = opt_dup(L, 1, "cancel_suffix");
     /* the spool: the thread gets its own connection to the caller's file */
     lua_getfield(L, 1, "spool");
     if (!lua_isnil(L, -1)) {

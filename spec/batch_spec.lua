@@ -811,6 +811,35 @@ describe("core engine (send_batch's, driven from the calling thread)", function(
     assert.has_error(function() engine({}, { user_agent = "a\r\nX-Evil: 1" }) end)
   end)
 
+  it("sends a cancel (DELETE, its own URL) only after its create, and takes unstarted jobs back", function()
+    local e = engine({ concurrency = 4 })
+    local p = orders.minimal()
+    p.order.refCode = "AMEND-1"
+    local body = assert(offline.encode(p))
+    e:add({ id = 1, body = body, channel = 1, ref = "AMEND-1" })
+    e:add({ id = 2, method = "DELETE", url = info.base_url .. "/smart-api/orders/offline/AMEND-1", channel = 1,
+      ref = "AMEND-1", after_ref = true, blob = "ledger-2" })
+    local by = drain(e)
+    assert.equal("sent", by[1].what)
+    assert.equal("sent", by[2].what) -- 200: the order was recorded before the cancel came (else 404)
+    assert.equal("DELETE", by[2].method)
+    assert.equal("ledger-2", by[2].blob)
+    local recs, cancels = sb.orders({ refCode = "AMEND-1" }), sb.cancellations({ refCode = "AMEND-1" })
+    assert.equal(1, #recs)
+    assert.equal(1, #cancels)
+    assert.is_true(cancels[1].received_at >= recs[1].received_at)
+    assert.equal(1, e:metrics().sent) -- a cancel is a request, not an order
+    assert.equal(2, e:metrics().requests)
+    -- a cancel of an order not sent yet: taken back, nothing sent
+    e:add({ id = 3, body = body, channel = 1, ref = "NEVER" })
+    local removed, flying = e:remove_ref("NEVER")
+    assert.equal(1, #removed)
+    assert.equal(3, removed[1].id)
+    assert.is_false(flying)
+    assert.equal(0, e:pending())
+    e:close()
+  end)
+
   it("refuses bad arguments", function()
     assert.has_error(function() engine({}, { nope = 1 }) end)
     assert.has_error(function() engine({ channels = { { headers = { "bad\r\nheader: 1" } } } }) end)

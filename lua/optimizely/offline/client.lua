@@ -545,10 +545,9 @@ function Client:send_encoded(json, o)
 end
 
 -- A path segment: percent-encoded, and '.' too (libcurl would remove
--- "." and ".." segments and reach another URL).
-local function segment(ref)
-  return (core.url_escape(ref):gsub("%.", "%%2E"))
-end
+-- "." and ".." segments and reach another URL): core.url_segment, the rule
+-- the queue's thread follows for a spooled cancel.
+local segment = core.url_segment
 
 --- Cancel an order: DELETE on the cancel path with `refCode` percent-encoded.
 -- @param ref_code the order's refCode (string, or an integer)

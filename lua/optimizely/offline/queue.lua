@@ -136,6 +136,7 @@ function Queue:start_worker()
     report_retries = (self.events.on_event or self.events.logger) ~= nil, policy = M.policy(st, o),
     max_queue = o.max_queue, spool = self.spool and self.spool.handle or nil,
     lease = o.lease, spool_poll = o.spool_poll,
+    cancel_prefix = st.cancel_prefix, cancel_suffix = st.cancel_suffix,
   }))
   if not wok then
     if self.spool then self.spool:close() end

@@ -43,7 +43,8 @@
 --   its end, `what` "sent" or "dead" — the ledger's hook. Always just
 --   before `ack` or `dead`, so a store writing both in one transaction can
 --   pair them.
--- - `ack(job)`: a job with a `store_id` was delivered.
+-- - `ack(job, record)`: a job with a `store_id` was delivered (`record.warned`:
+--   with warnings).
 -- - `retry(job, next_at, record)`: a job with a `store_id` failed and goes
 --   again at `next_at` (epoch seconds). Returns true when the store keeps
 --   it (the scheduler lets it go), else the scheduler keeps it in memory.
