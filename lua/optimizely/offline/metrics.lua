@@ -8,8 +8,9 @@
 --     io.write(metrics.prometheus(client, queue))
 --
 -- The counting itself happens once, in the C core (csrc/metrics.c): the
--- libcurl engine counts directly, the synchronous send loop and the nginx
--- engine through the same struct. This module only reads, sums and writes.
+-- scheduler (csrc/sched.c) counts for every driver — send_batch, the
+-- queue's thread, client:send — and the nginx queue through the same
+-- struct (core.metrics_new). This module only reads, sums and writes.
 --
 -- **The table** (`client:metrics()`, `queue:metrics()`, an nginx queue's
 -- `metrics()`, `M.of(source)`): counters since the source was made (they
