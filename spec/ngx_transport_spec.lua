@@ -198,6 +198,25 @@ describe("ngx transport (real nginx, hostile servers)", function()
     end)
   end)
 
+  describe("a connection is not trusted after an answer it did not fully understand", function()
+    -- the reproduced loss: the next order on the kept-alive connection read
+    -- the stray 200 and was reported delivered, though the server answered it 503
+    it("closes the connection after a 503, so a stray 200 that follows is never read as an answer", function()
+      local _, all = request({ url = inst:url("/hostile/stray_after_503"), n = 3, body = "{}", timeout = 3 })
+      for i = 1, 3 do
+        assert.equal(503, all[i].status, i .. ": " .. json.encode(all[i]))
+        assert.is_false(all[i].reused, i .. ": " .. json.encode(all[i]))
+      end
+    end)
+
+    it("closes the connection after bytes beyond the declared body", function()
+      local _, all = request({ url = inst:url("/hostile/extra_after_200"), n = 2, body = "{}", timeout = 3 })
+      assert.equal(200, all[1].status, json.encode(all[1]))
+      assert.equal(200, all[2].status, json.encode(all[2]))
+      assert.is_false(all[2].reused, json.encode(all[2]))
+    end)
+  end)
+
   describe("one deadline for the whole exchange", function()
     -- 1 byte every 0.4 s: each read is quick, the exchange is not
     for _, name in ipairs({ "trickle_head", "trickle_body", "trickle_chunked" }) do

@@ -538,6 +538,46 @@ end
 function HOSTILE.trickle_chunked()
   return trickle(OK_HEAD .. "Transfer-Encoding: chunked\r\n\r\n", string.rep("1\r\nx\r\n", 8), 0.4)
 end
+-- A server that does not frame its answers: a 503, then, once the next
+-- request on the same connection has come in, a stray `200 OK` before that
+-- request's own 503. A client that reuses the connection after the 503
+-- reads the stray 200 as the answer to its next order.
+local UNAVAILABLE = '{"status":"fail","errors":[{"code":"Unavailable","message":"try later"}]}'
+local ANSWER_503 = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: "
+  .. #UNAVAILABLE .. "\r\n\r\n" .. UNAVAILABLE
+local STRAY_200 = OK_HEAD .. 'Content-Length: 15\r\n\r\n{"status":"OK"}'
+
+-- The next request on a raw socket (head and declared body), or nil.
+local function next_request(sock)
+  local head = sock:receiveuntil("\r\n\r\n")
+  local h = head()
+  if not h then return nil end
+  local n = tonumber(h:lower():match("content%-length:%s*(%d+)")) or 0
+  if n > 0 and not sock:receive(n) then return nil end
+  return h
+end
+
+function HOSTILE.stray_after_503()
+  local sock = raw()
+  if not sock:send(ANSWER_503) then return end
+  for _ = 1, 3 do
+    if not next_request(sock) then return end
+    if not sock:send(STRAY_200 .. ANSWER_503) then return end
+  end
+  return hang(sock, 5)
+end
+
+-- A 200 followed, in the same write, by bytes beyond its declared body.
+function HOSTILE.extra_after_200()
+  local sock = raw()
+  if not sock:send(STRAY_200 .. STRAY_200) then return end
+  for _ = 1, 3 do
+    if not next_request(sock) then return end
+    if not sock:send(ANSWER_503) then return end
+  end
+  return hang(sock, 5)
+end
+
 -- an honest answer over the raw socket, for comparison
 function HOSTILE.fine()
   local sock = raw()

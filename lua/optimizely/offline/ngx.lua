@@ -23,6 +23,7 @@
 -- Loaded only under nginx (it raises elsewhere).
 -- @module optimizely.offline.ngx
 local transport = require("optimizely.offline.ngx.transport")
+local context = require("optimizely.offline.ngx.context")
 local ngx = ngx
 
 local M = {}
@@ -42,7 +43,7 @@ end
 --   options instead of a transport
 -- @return client
 function M.client(config)
-  local cfg = transport.client_config(config, "optimizely.offline.ngx.client: config", nil, nil, 2)
+  local cfg = context.client_config(config, "optimizely.offline.ngx.client: config", nil, nil, 2)
   cfg.sleep = cfg.sleep or ngx.sleep
   local c = require("optimizely.offline.client").client(cfg)
   return c

@@ -56,7 +56,7 @@ local errors = require("optimizely.offline.errors")
 local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
 local common = require("optimizely.offline.queue").common
-local transport = require("optimizely.offline.ngx.transport")
+local context = require("optimizely.offline.ngx.context")
 local events = require("optimizely.offline.events")
 local metrics = require("optimizely.offline.metrics")
 local semaphore = require("ngx.semaphore")
@@ -844,11 +844,8 @@ end
 -- Options of the libcurl client that mean nothing here are refused
 -- (transport.client_config): that beats silently ignoring a TLS setting.
 local function make_client(cc, o)
-  local cfg = transport.client_config(cc, "optimizely.offline.ngx.queue: client_config", o.transport,
+  return context.new(cc, "optimizely.offline.ngx.queue: client_config", o.transport,
     { sleep = "the queue schedules its own retries" }, 4)
-  local client = require("optimizely.offline.client")
-  local c = client.client(cfg)
-  return c, client.state(c)
 end
 
 --- Logs the one startup line: the URL, site and channels (never a token)
