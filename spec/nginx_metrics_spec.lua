@@ -233,6 +233,138 @@ describe("metrics under nginx (two workers, one lua_shared_dict)", function()
   end)
 end)
 
+-- wrk at a bounded pace (each connection waits `pause` ms between
+-- requests) on `url` for `seconds`, in the background; returns a function
+-- that waits for it to end.
+local function paced_load(dir, url, seconds, conns, pause)
+  local script, done = dir .. "/pace.lua", dir .. "/wrk.done"
+  local f = assert(io.open(script, "w"))
+  f:write("function delay() return " .. pause .. " end\n")
+  f:close()
+  os.remove(done)
+  assert(nginx.run(("(timeout -k 2 %d wrk -t1 -c%d -d%ds -s %s %s >%s 2>&1; touch %s) &"):format(
+    seconds + 10, conns, seconds, nginx.q(script), nginx.q(url), nginx.q(dir .. "/wrk.out"), nginx.q(done))))
+  return function()
+    assert.is_true(nginx.wait_until(function() return nginx.read_file(done) ~= nil end, seconds + 15),
+      "wrk did not end")
+    return nginx.read_file(dir .. "/wrk.out")
+  end
+end
+
+-- `n` reloads (SIGHUP), `every` seconds apart.
+local function reloads(inst, n, every)
+  for _ = 1, n do
+    nginx.sleep(every)
+    assert.is_true(nginx.run("kill -HUP " .. inst:pid()))
+  end
+end
+
+-- Until only the current workers are left (the old ones finished exiting).
+local function old_workers_gone(inst, workers)
+  return nginx.wait_until(function()
+    local out = nginx.capture("ps -o args= --ppid " .. inst:pid())
+    local n = 0
+    for _ in out:gmatch("worker process") do n = n + 1 end
+    return n == workers and not out:find("shutting down", 1, true)
+  end, 40, 0.2)
+end
+
+-- refCodes named by the lines of `log` matching `pattern` (one capture).
+local function refs_logged(log, pattern)
+  local set, n = {}, 0
+  for r in log:gmatch(pattern) do
+    if not set[r] then n = n + 1 end
+    set[r] = true
+  end
+  return set, n
+end
+
+describe("exact accounting across reloads under load (two workers, wrk)", function()
+  local info, dir, inst
+
+  setup(function()
+    info = sb.ensure()
+    sb.clear_faults()
+  end)
+
+  after_each(function()
+    sb.clear_faults()
+    sb.settings({ delay_ms = 0 })
+    if inst then inst:quit() end
+    inst = nil
+    if dir and not os.getenv("OO_KEEP") then nginx.run("rm -rf " .. nginx.q(dir)) end
+  end)
+
+  -- Starts nginx with `queue`, loads /checkout for 8 s with 6 reloads in
+  -- it, and waits until everything settled: old workers gone, queues
+  -- empty, the sandbox quiet. Returns the last /metrics samples.
+  local function load_with_reloads(queue)
+    sb.reset()
+    dir = nginx.mktemp("nginx-reloads")
+    if queue.spool then queue.spool = dir .. "/" .. queue.spool end
+    inst = start(dir, info, app_config(info, queue))
+    local ended = paced_load(dir, inst:url("/checkout?sku=sku-1&qty=1&price=2.50&user=rl"), 8, 2, 10)
+    reloads(inst, 6, 1.1)
+    ended()
+    assert.is_true(old_workers_gone(inst, 2), "the old workers did not exit")
+    local last, s = -1, nil
+    assert.is_truthy(nginx.wait_until(function()
+      local res = inst:get("/metrics")
+      s = samples(res.body)
+      local now = sb.stats().accepted
+      local quiet = now == last and total(s, "optimizely_offline_queue_depth") == 0
+        and total(s, "optimizely_offline_in_flight") == 0
+      last = now
+      return quiet
+    end, 40, 0.5), "never settled")
+    return s
+  end
+
+  it("with a spool: after six reloads, orders_sent_total equals the orders the endpoint received", function()
+    sb.settings({ delay_ms = 100 }) -- a remote endpoint's latency: orders are in flight at every reload
+    local s = load_with_reloads({ spool = "orders.db", flush_interval = 0.1, shutdown_timeout = 1, lease = 3 })
+    local counts, received = sb.recorded()
+    local distinct = 0
+    for _ in pairs(counts) do distinct = distinct + 1 end
+    local pushed = total(s, "optimizely_offline_orders_queued_total")
+    assert.is_true(pushed > 100, "only " .. pushed .. " orders pushed")
+    assert.equal(pushed, distinct) -- every pushed order arrived
+    assert.equal(received, total(s, "optimizely_offline_orders_sent_total"), "sent_total against the endpoint")
+    assert.equal(0, total(s, "optimizely_offline_orders_failed_total"))
+    assert.equal(0, total(s, "optimizely_offline_orders_unknown_total"))
+  end)
+
+  it("without a spool: every pushed order is delivered, reported not delivered, or unknown — once", function()
+    sb.settings({ delay_ms = 100 })
+    local s = load_with_reloads({ flush_interval = 0.1, shutdown_timeout = 1 })
+    local counts, received = sb.recorded()
+    local log = inst:error_log()
+    local failed = refs_logged(log, "order (%S+) was not delivered: ")
+    local unknown, n_unknown = refs_logged(log, 'order "([^"]+)" still in flight when the shutdown grace ended')
+    local sent = total(s, "optimizely_offline_orders_sent_total")
+    local dropped = total(s, "optimizely_offline_orders_dropped_total", { reason = "shutdown" })
+    local n_unknown_metric = total(s, "optimizely_offline_orders_unknown_total")
+    local pushed = total(s, "optimizely_offline_orders_queued_total")
+    assert.is_true(pushed > 100, "only " .. pushed .. " orders pushed")
+    local n_failed, delivered_unknown = 0, 0
+    for r in pairs(failed) do
+      n_failed = n_failed + 1
+      -- reported not delivered: never at the endpoint, never also unknown
+      assert.is_nil(counts[r], r .. " was passed to on_failure but delivered")
+      assert.is_nil(unknown[r], r .. " is both not delivered and unknown")
+    end
+    for r, n in pairs(counts) do
+      assert.equal(1, n, r .. " arrived " .. n .. " times")
+      if unknown[r] then delivered_unknown = delivered_unknown + 1 end
+    end
+    assert.equal(n_failed, dropped)
+    assert.equal(n_unknown, n_unknown_metric)
+    assert.equal(received - delivered_unknown, sent) -- delivered: counted sent (unless counted unknown)
+    assert.equal(pushed, sent + dropped + n_unknown_metric)
+    assert.equal(0, total(s, "optimizely_offline_orders_dead_total"))
+  end)
+end)
+
 describe("missing configuration under nginx", function()
   local info, dir, inst
 
