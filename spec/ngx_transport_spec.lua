@@ -37,6 +37,8 @@ http {
     listen 127.0.0.1:${port};
     location = /health { return 200 "ok"; }
     location = /test/transport { content_by_lua_block { TEST.transport() } }
+    location = /test/pipeline { content_by_lua_block { TEST.pipeline() } }
+    location = /fixed { return 200 '{"status":"OK"}'; }
     location = /test/transport-raising-handshake {
       content_by_lua_block { TEST.transport_raising_handshake() }
     }
@@ -206,6 +208,27 @@ describe("ngx transport (real nginx, hostile servers)", function()
       for i = 1, 3 do
         assert.equal(503, all[i].status, i .. ": " .. json.encode(all[i]))
         assert.is_false(all[i].reused, i .. ": " .. json.encode(all[i]))
+      end
+    end)
+
+    it("pipelines requests on one connection and reuses it after 2xx answers", function()
+      local first = request({ url = inst:url("/fixed"), n = 4, body = "{}" }, "/test/pipeline")
+      local _, all = request({ url = inst:url("/fixed"), n = 4, body = "{}" }, "/test/pipeline")
+      assert.equal(200, first.status, json.encode(first))
+      for i = 1, 4 do
+        assert.equal(200, all[i].status, json.encode(all[i]))
+        assert.equal('{"status":"OK"}', all[i].body)
+        assert.is_true(all[i].reused) -- the first pipeline's connection, kept after four 2xx
+      end
+    end)
+
+    it("in a pipeline, a 503 closes the connection: the answers after it are not read", function()
+      local _, all = request({ url = inst:url("/hostile/stray_after_503"), n = 3, body = "{}", timeout = 3 },
+        "/test/pipeline")
+      assert.equal(503, all[1].status, json.encode(all[1]))
+      for i = 2, 3 do
+        assert.equal("network", all[i].kind, json.encode(all[i]))
+        assert.matches("not answered", all[i].message)
       end
     end)
 

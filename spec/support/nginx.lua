@@ -301,6 +301,24 @@ function H.transport()
   return reply(transport_results())
 end
 
+--- /test/pipeline?url=&n=&method=&body= : n requests pipelined on one
+-- connection (transport:pipeline); each reply as /test/transport reports it.
+function H.pipeline()
+  local args = ngx.req.get_uri_args()
+  local t = require("optimizely.offline.ngx").transport({ timeout = tonumber(args.timeout) })
+  local jobs = {}
+  for i = 1, tonumber(args.n) or 2 do
+    jobs[i] = { method = args.method or "POST", url = args.url, headers = auth_headers(), body = args.body }
+  end
+  local out = {}
+  for i, r in ipairs(t:pipeline(jobs, #jobs)) do
+    local status, rbody, info = r[1], r[2], r[3]
+    out[i] = status and { status = status, body = rbody, reused = info.reused }
+      or { kind = rbody, message = info }
+  end
+  return reply(out)
+end
+
 --- /test/transport-raising-handshake?url= : the transport while sslhandshake
 -- raises (as lua-resty-core's internal assertions do).
 function H.transport_raising_handshake()

@@ -21,8 +21,8 @@
 -- would read it as its own answer.
 -- @module optimizely.offline.ngx.http1
 local now = ngx.now
-local concat, tonumber, lower, floor, gmatch = table.concat, tonumber, string.lower, math.floor, string.gmatch
-local find, sub, match = string.find, string.sub, string.match
+local concat, tonumber, lower, floor = table.concat, tonumber, string.lower, math.floor
+local find, sub, match, byte = string.find, string.sub, string.match, string.byte
 
 local M = {}
 
@@ -198,22 +198,49 @@ local function read_to_close(rd, max_body)
   end
 end
 
--- The headers this transport uses; others are skipped (bounded work).
-local WANTED = { ["connection"] = true, ["transfer-encoding"] = true, ["content-length"] = true,
-  ["retry-after"] = true, ["content-type"] = true }
+-- The headers this transport uses, found by name in the lower-cased head
+-- (plain searches, no pattern per line); others are skipped.
+local WANTED = { "connection", "transfer-encoding", "content-length", "retry-after", "content-type" }
+local KEYS = {}
+for i, name in ipairs(WANTED) do KEYS[i] = "\n" .. name .. ":" end
+
+-- Does the head hold more than MAX_HEADER_LINES lines after the status
+-- line? (A line takes at least 3 bytes: only a long head is counted.)
+local function too_many_lines(head)
+  if #head <= 3 * MAX_HEADER_LINES then return false end
+  local pos = 1
+  for _ = 1, MAX_HEADER_LINES + 1 do
+    pos = find(head, "\n", pos, true)
+    if not pos then return false end
+    pos = pos + 1
+  end
+  return true
+end
+
+-- The value of every line of one header (`key` = "\nname:" in `low`, the
+-- lower-cased `head`), repeated ones joined with ", "; nil when absent.
+local function header_value(head, low, key)
+  local value, pos = nil, 1
+  while true do
+    local _, e = find(low, key, pos, true)
+    if not e then return value end
+    local vs, ve = e + 1, find(head, "\n", e + 1, true) or #head + 1
+    pos = ve
+    while true do -- leading blanks
+      local b = byte(head, vs)
+      if b ~= 32 and b ~= 9 then break end
+      vs = vs + 1
+    end
+    local v = sub(head, vs, byte(head, ve - 1) == 13 and ve - 2 or ve - 1)
+    value = value and (value .. ", " .. v) or v
+  end
+end
 
 -- The wanted headers of one head (lower-case names), or nil and a message.
 local function parse_headers(head)
-  local h, lines = {}, 0
-  for name, value in gmatch(head, "\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
-    lines = lines + 1
-    if lines > MAX_HEADER_LINES then return nil, "more than " .. MAX_HEADER_LINES .. " header lines" end
-    name = lower(name)
-    if WANTED[name] then
-      local old = h[name]
-      h[name] = old and (old .. ", " .. value) or value
-    end
-  end
+  if too_many_lines(head) then return nil, "more than " .. MAX_HEADER_LINES .. " header lines" end
+  local low, h = lower(head), {}
+  for i = 1, #WANTED do h[WANTED[i]] = header_value(head, low, KEYS[i]) end
   return h
 end
 
@@ -263,34 +290,57 @@ end
 -- @param minor the HTTP minor version
 -- @param h its headers
 -- @param framed the body was framed (not delimited by the connection's end)
--- @param rd the reader (bytes still buffered are bytes beyond the answer)
+-- @param rd the reader when nothing may follow the answer (bytes still
+--   buffered are then bytes beyond it), or nil (a pipelined answer that
+--   others follow)
 -- @return boolean
 function M.reusable(status, minor, h, framed, rd)
-  if status < 200 or status > 299 or not framed or rd.pos <= #rd.buf then return false end
+  if status < 200 or status > 299 or not framed or (rd and rd.pos <= #rd.buf) then return false end
   local conn = h["connection"] and lower(h["connection"]) or ""
   if find(conn, "close", 1, true) then return false end
   return minor ~= 0 or find(conn, "keep-alive", 1, true) ~= nil
 end
 
---- Read one whole response from `sock` before `deadline`.
--- @param sock a connected cosocket, the request sent
--- @param deadline ngx.now() time the exchange must end by
+--- A reader of the responses on `sock`: bytes received and not consumed
+-- are kept between responses (pipelined answers come in one read).
+-- @param sock a connected cosocket
+-- @param deadline ngx.now() time the next response must be read by
+-- @return the reader (`deadline` may be moved for each response)
+function M.reader(sock, deadline)
+  return { sock = sock, deadline = deadline, buf = "", pos = 1 }
+end
+
+--- Read the next whole response from a reader.
+-- @param rd the reader
 -- @param method the request's method (a HEAD answer has no body)
 -- @param max_body the largest body accepted
+-- @param last no other response may follow: a byte beyond this one makes
+--   the connection unusable
 -- @return status, body, info (`retry_after`, `content_type`,
 --   `http_version`), reusable | nil, kind, message, early (true: the
 --   connection ended before one byte of the answer: a stale pooled one)
-function M.read_response(sock, deadline, method, max_body)
-  local rd = { sock = sock, deadline = deadline, buf = "", pos = 1 }
+function M.read_next(rd, method, max_body, last)
   local status, minor, h, early = read_head(rd)
   if not status then return nil, minor, h, early and minor == "network" end
   local body, framed, msg = read_body(rd, method, status, h, max_body)
   if not body then return nil, framed, msg end
+  local ok = M.reusable(status, minor, h, framed, last and rd or nil)
   return status, body, {
     retry_after = h["retry-after"],
     content_type = h["content-type"],
     http_version = "1." .. minor,
-  }, M.reusable(status, minor, h, framed, rd)
+  }, ok
+end
+
+--- Read one whole response from `sock` before `deadline` (nothing may
+-- follow it).
+-- @param sock a connected cosocket, the request sent
+-- @param deadline ngx.now() time the exchange must end by
+-- @param method the request's method
+-- @param max_body the largest body accepted
+-- @return as `read_next`
+function M.read_response(sock, deadline, method, max_body)
+  return M.read_next(M.reader(sock, deadline), method, max_body, true)
 end
 
 return M

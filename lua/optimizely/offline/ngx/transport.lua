@@ -49,19 +49,18 @@ end
 
 local opts_schema = require("optimizely.offline.opts").schema
 local http1 = require("optimizely.offline.ngx.http1")
+local writer = require("optimizely.offline.ngx.writer")
 local ssl_check = require("optimizely.offline.ngx.tls").check
 
 local tcp, now, update_time, get_phase = ngx.socket.tcp, ngx.now, ngx.update_time, ngx.get_phase
-local concat, lower, floor, sub, pcall, type = table.concat, string.lower, math.floor, string.sub, pcall, type
-local ms_left, read_response = http1.ms_left, http1.read_response
+local lower, floor, pcall, type = string.lower, math.floor, pcall, type
+local ms_left, read_response, read_next = http1.ms_left, http1.read_response, http1.read_next
+local send_all, build_request = writer.send_all, writer.build_request
 
 local M = {}
 
 --- Response bodies above this many bytes are refused (as libcurl's max_body).
 M.MAX_BODY = http1.MAX_BODY
-
--- Requests above this size go out in pieces, the deadline checked between them.
-local SEND_PIECE = 64 * 1024
 
 local COSOCKET_PHASES = {
   rewrite = true, access = true, content = true, timer = true,
@@ -221,28 +220,6 @@ function Transport:connect(u, deadline)
   return sock, reused > 0
 end
 
--- The request bytes, in pieces of at most SEND_PIECE above that size, each
--- under the time left.
-local function send_all(sock, req, size, deadline)
-  local pieces = { req }
-  if size > SEND_PIECE then
-    local s = concat(req)
-    pieces = {}
-    for i = 1, #s, SEND_PIECE do pieces[#pieces + 1] = sub(s, i, i + SEND_PIECE - 1) end
-  end
-  for i = 1, #pieces do
-    local left = ms_left(deadline)
-    if left <= 0 then return nil, "timeout", "timed out sending the request" end
-    sock:settimeout(left)
-    local _, err = sock:send(pieces[i])
-    if err then
-      if err == "timeout" then return nil, "timeout", "timed out sending the request" end
-      return nil, "network", "connection " .. tostring(err) .. " while sending the request", i == 1
-    end
-  end
-  return true
-end
-
 --- Send the request and read the whole response on a connected socket.
 -- @return status, body, info, reusable | nil, kind, message, stale
 -- @local
@@ -250,42 +227,6 @@ function Transport:exchange(sock, req, size, method, deadline)
   local sent, skind, smsg, sstale = send_all(sock, req, size, deadline)
   if not sent then return nil, skind, smsg, sstale end
   return read_response(sock, deadline, method, self.max_body)
-end
-
--- The header lines as one string (plus a User-Agent unless given), built
--- and checked once per headers table: the client passes the same table on
--- every request. Tables are treated as immutable once used.
-local function header_block(self, headers)
-  local block = self.blocks[headers]
-  if block then return block end
-  local parts, has_ua = {}, false
-  for i = 1, #headers do
-    local line = headers[i]
-    if type(line) ~= "string" or line:find("[\r\n]") or not line:find(":", 1, true) then
-      error("optimizely.offline.ngx.transport: header " .. i .. " must be one \"Name: value\" line", 4)
-    end
-    if lower(line:sub(1, 11)) == "user-agent:" then has_ua = true end
-    parts[#parts + 1] = line
-  end
-  if not has_ua then parts[#parts + 1] = self.user_agent_line end
-  parts[#parts + 1] = ""
-  block = concat(parts, "\r\n")
-  self.blocks[headers] = block
-  return block
-end
-
--- @return request pieces (for sock:send), total size
-local function build_request(self, method, u, headers, body)
-  local req = { method, " ", u.path, " HTTP/1.1\r\nHost: ", u.authority, "\r\n",
-    header_block(self, headers), "", "Connection: keep-alive\r\n\r\n", body }
-  if body then
-    req[8] = "Content-Length: " .. #body .. "\r\n"
-  elseif method == "POST" or method == "PUT" then
-    req[8] = "Content-Length: 0\r\n"
-  end
-  local size = 0
-  for i = 1, #req do size = size + #req[i] end
-  return req, size
 end
 
 --- Make one HTTP request.
@@ -338,6 +279,103 @@ function Transport:request(method, url, headers, body)
     if not (reused and flag) then return nil, rbody, info end
   end
   return nil, "network", "connection closed by the server"
+end
+
+-- pipeline's default `on_reply`: the reply kept in `jobs.replies`.
+local function keep_reply(jobs, i, a, b, c) jobs.replies[i] = { a, b, c } end
+
+local NOT_ANSWERED = "not answered: the connection was closed after an earlier answer on it (the endpoint may"
+  .. " or may not have the request)"
+
+-- One try of a pipeline on a connection: `emit(jobs, i, ...)` for each
+-- of `idx`'s jobs as its answer is read; false (nothing emitted) when a
+-- pooled connection turned out stale before one byte of the first answer
+-- (the server saw none of it: try again on a fresh one).
+local function pipeline_once(self, u, jobs, idx, req, size, started, emit, retry_stale)
+  local deadline = started + self.timeout
+  local sock, reused, msg = self:connect(u, deadline)
+  if not sock then
+    for k = 1, #idx do emit(jobs, idx[k], nil, reused, msg) end
+    return true
+  end
+  local sent, skind, smsg, stale = send_all(sock, req, size, deadline)
+  if not sent then
+    sock:close()
+    if reused and stale and retry_stale then return false end
+    for k = 1, #idx do emit(jobs, idx[k], nil, skind, smsg) end
+    return true
+  end
+  local rd, usable, last = http1.reader(sock, deadline), true, #idx
+  for k = 1, last do
+    local i = idx[k]
+    if not usable then
+      emit(jobs, i, nil, "network", NOT_ANSWERED)
+    else
+      local status, body, info, ok = read_next(rd, jobs[i].method, self.max_body, k == last)
+      if not status and k == 1 and reused and ok and retry_stale then
+        sock:close()
+        return false
+      end
+      usable = status ~= nil and ok
+      if usable and k == last then sock:setkeepalive(self.keepalive_ms, self.pool_size) end
+      if not usable then sock:close() end
+      if status then
+        info.reused, info.total_time = reused, now() - started
+        rd.deadline = now() + self.timeout -- the next answer gets a whole timeout
+      end
+      emit(jobs, i, status, body, info)
+    end
+  end
+  return true
+end
+
+--- Several requests written at once on one connection (HTTP/1.1
+-- pipelining), their answers read in order: one write and as few reads as
+-- the answers allow, instead of a round trip each. The connection rule
+-- holds: after an answer it did not fully understand (a non-2xx, a byte
+-- beyond the last answer, a failure) the connection is closed and the
+-- requests not answered yet fail with kind `network` (the endpoint may or
+-- may not have them: the policy retries them). A job for another host
+-- than the first's goes alone.
+-- @param jobs a list of `{method, url, headers, body}`
+-- @param n how many of them
+-- @param on_reply `function(jobs, i, status, body, info)` or `(jobs, i,
+--   nil, kind, message)`, called for each job as its answer is read (in
+--   order; an answer before the next one is read); nil: the replies are
+--   returned (`jobs.replies`)
+-- @return without `on_reply`, the replies in order: `{status, body, info}`
+--   or `{nil, kind, message}`
+-- @raise outside the cosocket phases, on a bad header line
+function Transport:pipeline(jobs, n, on_reply)
+  local phase = get_phase()
+  if not COSOCKET_PHASES[phase] then
+    error("optimizely.offline.ngx: cosockets are not available in the " .. tostring(phase) .. " phase", 2)
+  end
+  local emit = on_reply or keep_reply
+  if not on_reply then jobs.replies = {} end
+  local idx, req, size = {}, {}, 0
+  local u, uerr = self:url(jobs[1].url)
+  for i = 1, n do
+    local job = jobs[i]
+    local ju = u and self:url(job.url)
+    if not u then
+      emit(jobs, i, nil, "network", "cannot use URL: " .. uerr)
+    elseif ju ~= u and (not ju or ju.pool ~= u.pool) then
+      emit(jobs, i, self:request(job.method, job.url, job.headers, job.body))
+    else
+      idx[#idx + 1] = i
+      local r, len = build_request(self, job.method, ju, job.headers, job.body)
+      for k = 1, 10 do if r[k] then req[#req + 1] = r[k] end end
+      size = size + len
+    end
+  end
+  if #idx > 0 then
+    update_time()
+    local started = now()
+    local _ = pipeline_once(self, u, jobs, idx, req, size, started, emit, true)
+      or pipeline_once(self, u, jobs, idx, req, size, started, emit, false)
+  end
+  return jobs.replies
 end
 
 --- Nothing to free: connections live in nginx's per-worker pool.
