@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 /* The only process-wide state: libcurl's init, run exactly once. */
@@ -401,6 +402,17 @@ CURLcode oo_http_prepare(CURL *e, oo_http_xfer *x, const char *method,
     return CURLE_OK;
 }
 
+void oo_http_distrust(CURL *e) {
+    long status = 0, version = 0;
+    curl_socket_t fd = CURL_SOCKET_BAD;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    if (status >= 200 && status <= 299) return;
+    curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &version);
+    if (version >= CURL_HTTP_VERSION_2_0) return; /* 2 and 3 */
+    if (curl_easy_getinfo(e, CURLINFO_ACTIVESOCKET, &fd) == CURLE_OK && fd != CURL_SOCKET_BAD)
+        shutdown(fd, SHUT_RDWR);
+}
+
 static const char *oo_http_version_name(long v) {
     switch (v) {
     case CURL_HTTP_VERSION_1_0: return "1.0";
@@ -514,6 +526,7 @@ static int l_request(lua_State *L) {
     oo_http_build_headers(L, 4, &h->x);
     rc = oo_http_prepare(h->easy, &h->x, method, url, body, blen);
     if (rc == CURLE_OK) rc = curl_easy_perform(h->easy);
+    if (rc == CURLE_OK) oo_http_distrust(h->easy);
     /* The body string is about to become collectable: drop the pointer. */
     curl_easy_setopt(h->easy, CURLOPT_POSTFIELDS, (char *)NULL);
     n = oo_http_push_result(L, h->easy, rc, &h->x);

