@@ -105,6 +105,9 @@ local function writer(dir, info, app, vars)
     local ngxo = require("optimizely.offline.ngx")
     TEST.queues.full = ngxo.queue(TEST.config, { max_queue = 3 })
     TEST.queues.closing = ngxo.queue(TEST.config)
+    -- two senders, each writing up to four requests at once on its connection
+    TEST.queues.pipelined = ngxo.queue(TEST.config, { concurrency = 8, pipeline = 4, send_delay = 0.01,
+      flush_interval = 0.2 })
     -- one file per worker: no other worker may drain it during a test
     TEST.queues.spoolfull = ngxo.queue(TEST.config, { spool = %q .. ngx.worker.id() .. ".db",
       spool_max_orders = 2 })
@@ -249,14 +252,17 @@ describe("OpenResty path (nginx + cosockets)", function()
       assert.equal(3, d.attempts)
     end)
 
-    it("refuses an invalid order before any request, and send_batch", function()
+    it("refuses an invalid order before any request", function()
       local d = decode(inst:get("/test/client?op=invalid"))
       assert.is_false(d.ok)
       assert.equal("validation", d.err.kind)
       assert.equal("order.currency", d.problems[1].path)
-      d = decode(inst:get("/test/client?op=batch"))
-      assert.is_true(d.raised)
-      assert.matches("libcurl transport", d.message)
+    end)
+
+    it("runs send_batch on the scheduler's Lua driver over cosockets", function()
+      local d = decode(inst:get("/test/client?op=batch&ref=" .. ref("B")))
+      assert.is_nil(d.message)
+      assert.equal(1, d.sent)
     end)
   end)
 
@@ -337,6 +343,28 @@ describe("OpenResty path (nginx + cosockets)", function()
       assert.equal(2, d.stats.dropped.full)
       assert.is_true(arrived({ prefix .. "-1", prefix .. "-2", prefix .. "-3" }))
       assert.equal(0, #received(prefix .. "-4"))
+    end)
+
+    it("pipelines: several orders written at once on a connection, each delivered once", function()
+      local prefix = ref("PIPE")
+      local d = decode(inst:get("/test/push?queue=pipelined&n=12&prefix=" .. prefix))
+      for _, r in ipairs(d.results) do assert.is_true(r.ok) end
+      local refs = {}
+      for i = 1, 12 do refs[i] = prefix .. "-" .. i end
+      assert.is_true(arrived(refs))
+      for _, r in ipairs(refs) do assert.equal(1, #received(r), r) end
+    end)
+
+    it("pipelines: after a 503 the orders behind it on the connection are sent again, none lost", function()
+      local prefix = ref("PIPE503")
+      sb.faults({ count = 1, status = 503, match = "POST" })
+      local d = decode(inst:get("/test/push?queue=pipelined&n=8&prefix=" .. prefix))
+      for _, r in ipairs(d.results) do assert.is_true(r.ok) end
+      local refs = {}
+      for i = 1, 8 do refs[i] = prefix .. "-" .. i end
+      -- at least once: an order behind the 503 may have reached the endpoint
+      -- before the connection was closed unread (see doc/topics/openresty.md)
+      assert.is_true(arrived(refs))
     end)
 
     it("refuses with kind full at a spool bound too", function()
