@@ -2,9 +2,13 @@
 -- Retry-After forms, resets, timeouts, oversize bodies, refused
 -- credentials, 429 — run against every way an order leaves the library:
 -- libcurl's easy handle (client:send), the libcurl engine (send_batch),
--- the nginx engine's cosocket transport (a real nginx) and a user-supplied
--- function transport. Each must classify and retry the same way, because
--- each asks the one classifier and the one policy in the C core.
+-- the client over the nginx cosocket transport (a real nginx), the nginx
+-- queue (the scheduler's nginx driver: light threads over cosockets) and a
+-- user-supplied function transport. Each must classify and retry the same
+-- way, because each asks the one classifier, the one policy and the one
+-- scheduler in the C core. Two things are the queues' own: a dead letter is
+-- no longer retryable (its retries are over), and refused credentials
+-- pause a queue (the order waits; the pause's error is checked).
 local offline = require("optimizely.offline")
 local core = require("optimizely.offline.core")
 local orders = require("support.orders")
@@ -62,6 +66,13 @@ local CASES = {
     { ok = true, attempts = 2 }, { max = 1.5 } },
   { "Retry-After as a past HTTP date", { { status = 503, retry_after = "Sun, 06 Nov 1994 08:49:37 GMT" } },
     { ok = true, attempts = 2 }, { max = 1.5 } },
+  -- decisions the scheduler makes for every driver (issue 18): the wait a
+  -- Retry-After asks for, its cap, and a 429 without one
+  { "503 with Retry-After 1 waits for it", { { status = 503, retry_after = "1" } },
+    { ok = true, attempts = 2 }, { min = 0.9 } },
+  { "Retry-After above retry_after_max is capped", { { status = 503, retry_after = "30" } },
+    { ok = true, attempts = 2 }, { min = 1.9, max = 5 } },
+  { "429 without Retry-After", { { status = 429 } }, { ok = true, attempts = 2 }, { max = 1.5 } },
   { "connection reset once", { { close = true } }, { ok = true, attempts = { 1, 2 } } },
   { "connection reset every time", { { close = true, count = 5 } },
     { ok = false, kind = "network", retryable = true, attempts = 3 } },
@@ -131,7 +142,8 @@ describe("the transport contract", function()
     inst = nginx.start_example({ tag = "contract", info = info,
       app = { site = info.site, token = info.token, channel = info.channel, base_url = info.base_url,
         queue = { flush_interval = 0.2 } },
-      locations = "    location = /test/contract { content_by_lua_block { TEST.contract() } }\n" })
+      locations = "    location = /test/contract { content_by_lua_block { TEST.contract() } }\n"
+        .. "    location = /test/contract-queue { content_by_lua_block { TEST.contract_queue() } }\n" })
   end)
 
   teardown(function()
@@ -168,18 +180,32 @@ describe("the transport contract", function()
       local took = 0
       return doc, took
     end,
+    ["ngx queue"] = function()
+      local res = inst:get("/test/contract-queue")
+      assert.equal(200, res.status, res.body)
+      return sb.json.decode(res.body), 0
+    end,
   }
+
+  -- What a queue reports for a case: a dead letter is not retryable any more.
+  local function queue_view(expect)
+    if expect.ok or expect.retryable == nil or expect.stop then return expect end
+    local e = {}
+    for k, v in pairs(expect) do e[k] = v end
+    e.retryable = false
+    return e
+  end
 
   for _, case in ipairs(CASES) do
     local name, faults, expect, limits, skip = case[1], case[2], case[3], case[4], case[5] or {}
-    for _, tname in ipairs({ "curl", "engine", "ngx" }) do
+    for _, tname in ipairs({ "curl", "engine", "ngx", "ngx queue" }) do
       it(name .. " [" .. tname .. "]", function()
         sb.reset()
         if #faults > 0 then sb.faults(table.unpack and table.unpack(faults) or unpack(faults)) end
         local t0 = core.now()
         local got = TRANSPORTS[tname]()
         local took = core.now() - t0
-        check(expect, got, took, limits, name .. " [" .. tname .. "]")
+        check(tname == "ngx queue" and queue_view(expect) or expect, got, took, limits, name .. " [" .. tname .. "]")
         sb.clear_faults()
       end)
     end
