@@ -1,6 +1,6 @@
 --- Benchmark: the cost of the log_by_lua checkout hook on request latency.
 --
---   lua5.4 bench/nginx_hook.lua [--seconds 8] [--rounds 7] [--queue worker|shared|shared1|thread]
+--   lua5.4 bench/nginx_hook.lua [--seconds 8] [--rounds 7] [--queue worker|shared|shared1]
 --                               [--pin|--no-pin]
 --                               [--upstream lean|sandbox] [--upstream-prio idle|normal]
 --                               [--modes saturated,lockstep,paced] [--threads 16]
@@ -31,12 +31,11 @@
 --              epoll batch behind another one's log phase; --threads N)
 -- QUEUE: "worker" (default: one nginx worker, its own memory queue, delivery
 -- in the same worker over cosockets), "shared" (two workers appending to a
--- lua_shared_dict, worker 0 delivers for both), "shared1" (one worker,
--- shared dict) or "thread" (engine = "thread": the libcurl engine on a C
--- thread inside the worker; the event loop only pushes).
+-- lua_shared_dict, worker 0 delivers for both) or "shared1" (one worker,
+-- shared dict). (The delivery thread, engine = "thread", was measured here
+-- and removed: it missed every target, by more than the cosocket queue.)
 -- CPU is counted per worker twice: the event loop (the worker's main
--- thread) and all its threads (a delivery thread's work included), so a
--- thread's CPU is never hidden.
+-- thread) and all its threads, so a thread's CPU is never hidden.
 -- Pinning (default on): nginx on CPU 0, wrk and the endpoint on CPU 1, so
 -- the load generator does not share the served worker's CPU (--no-pin: the
 -- scheduler's choice; wrk then often waits for the worker's delivery work).
@@ -97,9 +96,8 @@ local QUEUES = {
   worker = { workers = 1, queue = {} },
   shared = { workers = 2, queue = { shm = "optimizely_offline", deliverer = 0 } },
   shared1 = { workers = 1, queue = { shm = "optimizely_offline", deliverer = 0 } },
-  thread = { workers = 1, queue = { engine = "thread", flush_interval = 0.2 } },
 }
-assert(QUEUES[o.queue], "--queue worker|shared|shared1|thread")
+assert(QUEUES[o.queue], "--queue worker|shared|shared1")
 for k, v in o["queue-opts"]:gmatch("([%w_]+)=([^,]+)") do
   QUEUES[o.queue].queue[k] = tonumber(v) or (v == "true" and true) or (v == "false" and false) or v
 end
@@ -178,7 +176,7 @@ local ok, err = pcall(function()
   inst = nginx.start({ dir = work .. "/nginx", health = "/queue/stats", write = function(port)
     return launch.write({ dir = work .. "/nginx", port = port, ca_file = info.ca_file,
       app = { site = info.site, token = info.token, channel = info.channel, base_url = base_url,
-        ca_file = info.ca_file, queue = QUEUES[o.queue].queue },
+        queue = QUEUES[o.queue].queue },
       vars = { workers = QUEUES[o.queue].workers, extra_init_worker = nginx.watchdog_lua(self_pid()) } })
   end })
 end)

@@ -401,6 +401,7 @@ describe("OpenResty path (nginx + cosockets)", function()
       assert.matches("opts%.shm cannot be combined with opts%.spool", d.shm_spool)
       assert.matches("opts%.deliverer is worker 99 but there are 1 workers", d.deliverer)
       assert.matches("opts%.poll_interval needs opts%.shm", d.poll)
+      assert.matches("opts%.engine is gone: the delivery thread", d.engine)
     end)
 
     it("retries 503 answers later and delivers", function()

@@ -522,6 +522,7 @@ function H.badopts()
     shm_spool = try(base, { shm = "optimizely_offline", spool = "/tmp/x.db" }),
     deliverer = try(base, { shm = "optimizely_offline", deliverer = 99 }),
     poll = try(base, { poll_interval = 0.1 }),
+    engine = try(base, { engine = "thread" }),
   })
 end
 

@@ -159,7 +159,10 @@ end
 --- The answer to an order counted unknown came after all: logged, nothing
 -- counted (the order is accounted already).
 -- @param job the job
--- @param status ... what the transport returned
+-- @param status what the transport returned: the status (nil: a failure)
+-- @param body the body, or the failure's kind
+-- @param info the transfer info, or the failure's message
+-- @param code the failure's own error number, or nil
 function Report:late(job, status, body, info, code)
   local rec = core.check_reply(status, body, info, code)
   local what = "was delivered after all"

@@ -26,7 +26,10 @@ local M = {}
 -- voided at exit (then the answer is only logged).
 -- @param q the queue
 -- @param job the job
--- @param status ... what the transport returned for it
+-- @param status what the transport returned: the status (nil: a failure)
+-- @param body the body, or the failure's kind
+-- @param info the transfer info, or the failure's message
+-- @param code the failure's own error number, or nil
 function M.settle(q, job, status, body, info, code)
   local token = job.token
   q.flying[token] = nil

@@ -62,10 +62,15 @@ local M = {}
 --- Response bodies above this many bytes are refused (as libcurl's max_body).
 M.MAX_BODY = http1.MAX_BODY
 
---- The reader's caps (optimizely.offline.ngx.http1): the response head's
--- bytes (each 1xx head on its own; the trailers too), its header lines, and
--- a chunk-size, chunk-end or trailer line's bytes.
-M.MAX_HEAD, M.MAX_HEADER_LINES, M.MAX_LINE = http1.MAX_HEAD, http1.MAX_HEADER_LINES, http1.MAX_LINE
+--- The response head's bytes at most (each 1xx head on its own; the
+-- trailers too): optimizely.offline.ngx.http1's cap.
+M.MAX_HEAD = http1.MAX_HEAD
+
+--- Header lines in one response head, at most.
+M.MAX_HEADER_LINES = http1.MAX_HEADER_LINES
+
+--- A chunk-size, chunk-end or trailer line's bytes, at most.
+M.MAX_LINE = http1.MAX_LINE
 
 local COSOCKET_PHASES = {
   rewrite = true, access = true, content = true, timer = true,

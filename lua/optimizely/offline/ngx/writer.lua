@@ -58,6 +58,10 @@ end
 --- The request of `method` to the parsed URL `u` with `headers` (a list
 -- of "Name: value" lines) and `body` (or nil), for `sock:send`.
 -- @param self the transport (its `blocks` cache and `user_agent_line`)
+-- @param method the request's method
+-- @param u the parsed URL (`path`, `authority`)
+-- @param headers the header lines
+-- @param body the body, or nil
 -- @return request pieces, total size
 function M.build_request(self, method, u, headers, body)
   local req = { method, " ", u.path, " HTTP/1.1\r\nHost: ", u.authority, "\r\n",
