@@ -53,7 +53,7 @@ local writer = require("optimizely.offline.ngx.writer")
 local ssl_check = require("optimizely.offline.ngx.tls").check
 
 local tcp, now, update_time, get_phase = ngx.socket.tcp, ngx.now, ngx.update_time, ngx.get_phase
-local lower, floor, pcall, type = string.lower, math.floor, pcall, type
+local floor, pcall, type = math.floor, pcall, type
 local ms_left, read_response, read_next = http1.ms_left, http1.read_response, http1.read_next
 local send_all, build_request = writer.send_all, writer.build_request
 
@@ -134,31 +134,6 @@ end
 -- ------------------------------------------------------------------------
 -- URLs
 
-local function parse_url(url)
-  local scheme, authority, path = url:match("^(%a[%w+.-]*)://([^/?#]*)(.*)$")
-  if not scheme then return nil, "not an absolute URL" end
-  scheme = lower(scheme)
-  if scheme ~= "https" and scheme ~= "http" then return nil, "unsupported scheme " .. scheme end
-  local host, port = authority:match("^(%[[%x:%.]+%]):?(%d*)$")
-  local ip = host and host:sub(2, -2)
-  if not host then
-    host, port = authority:match("^([%w%.%-]+):?(%d*)$")
-    if not host then return nil, "bad host in URL" end
-    ip = host:match("^%d+%.%d+%.%d+%.%d+$")
-  end
-  port = tonumber(port) or (scheme == "https" and 443 or 80)
-  if path == "" then path = "/" end
-  path = path:gsub("#.*$", "")
-  local tls = scheme == "https"
-  -- no SNI for IP literals (RFC 6066 §3); their certificate is checked by address
-  local sni = tls and not ip and host or nil
-  return {
-    tls = tls, host = host, port = port, path = path, authority = authority, sni = sni,
-    ip = tls and ip or nil,
-    pool = "optimizely-offline:" .. host .. ":" .. port .. ":" .. (sni or (tls and "-" or "plain")),
-  }
-end
-
 --- The parsed form of `url` (cached, at most 64 entries): `{tls, host, port,
 -- path, authority, sni, ip, pool}`, or nil and a message.
 -- @local
@@ -166,7 +141,7 @@ function Transport:url(url)
   local u = self.urls[url]
   if u then return u end
   local err
-  u, err = parse_url(url)
+  u, err = writer.parse_url(url)
   if not u then return nil, err end
   if self.nurls >= 64 then self.urls, self.nurls = {}, 0 end -- cancel URLs vary: stay bounded
   self.urls[url] = u

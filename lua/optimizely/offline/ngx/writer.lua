@@ -1,15 +1,45 @@
---- The request side of the cosocket transport: the bytes of an HTTP/1.1
--- request (the header block built and checked once per headers table) and
--- sending them under the exchange's deadline.
+--- The request side of the cosocket transport: where a request goes (the
+-- URL's parts), the bytes of an HTTP/1.1 request (the header block built
+-- and checked once per headers table) and sending them under the
+-- exchange's deadline.
 -- @module optimizely.offline.ngx.writer
 local ms_left = require("optimizely.offline.ngx.http1").ms_left
 
-local concat, lower, sub, type = table.concat, string.lower, string.sub, type
+local concat, lower, sub, type, tonumber = table.concat, string.lower, string.sub, type, tonumber
 
 local M = {}
 
 -- Requests above this size go out in pieces, the deadline checked between them.
 local SEND_PIECE = 64 * 1024
+
+--- Where a request goes: the parts of an absolute http(s) URL, and the
+-- name of its connection pool (one per host:port:sni).
+-- @param url the URL
+-- @return `{tls, host, port, path, authority, sni, ip, pool}` | nil, message
+function M.parse_url(url)
+  local scheme, authority, path = url:match("^(%a[%w+.-]*)://([^/?#]*)(.*)$")
+  if not scheme then return nil, "not an absolute URL" end
+  scheme = lower(scheme)
+  if scheme ~= "https" and scheme ~= "http" then return nil, "unsupported scheme " .. scheme end
+  local host, port = authority:match("^(%[[%x:%.]+%]):?(%d*)$")
+  local ip = host and host:sub(2, -2)
+  if not host then
+    host, port = authority:match("^([%w%.%-]+):?(%d*)$")
+    if not host then return nil, "bad host in URL" end
+    ip = host:match("^%d+%.%d+%.%d+%.%d+$")
+  end
+  port = tonumber(port) or (scheme == "https" and 443 or 80)
+  if path == "" then path = "/" end
+  path = path:gsub("#.*$", "")
+  local tls = scheme == "https"
+  -- no SNI for IP literals (RFC 6066 §3); their certificate is checked by address
+  local sni = tls and not ip and host or nil
+  return {
+    tls = tls, host = host, port = port, path = path, authority = authority, sni = sni,
+    ip = tls and ip or nil,
+    pool = "optimizely-offline:" .. host .. ":" .. port .. ":" .. (sni or (tls and "-" or "plain")),
+  }
+end
 
 --- The request bytes, in pieces of at most SEND_PIECE above that size, each
 -- under the time left.
