@@ -390,61 +390,49 @@ function H.contract()
     message = err and err.message, warning_code = w and w.code })
 end
 
---- /test/contract-queue?max_attempts=&timeout=&retry_after_max=&ref= : one
--- order through an nginx queue (the nginx driver of the scheduler: light
--- threads over cosockets), waiting for its end — on_success, on_failure,
--- or the pause after refused credentials (the queue holds the order; it is
--- resumed for the next case) — and reporting the result's fields like
--- /test/contract.
-local contract_queue, contract_done = nil, {}
-
-local function contract_fields(res, err)
+--- /test/contract-queue?n=&conc=&max_attempts=&max_age=&timeout=&retry_after_max=&auth_pause=
+-- `n` orders (refCodes contract-1..n) through a new nginx queue — the
+-- scheduler's nginx driver, light threads over cosockets — with those
+-- settings, flushed, then closed: each order's result fields (as
+-- /test/contract reports them, plus `reason`: a dead letter's), and the
+-- in-flight limit at the end.
+local function contract_fields(res, err, reason)
   local r = res or err
   local w = res and res.warnings and res.warnings[1]
   return { ok = res ~= nil, kind = err and err.kind, status = r.status, code = err and err.code,
     retryable = err and err.retryable, stop = err and err.stop, attempts = r.attempts,
-    message = err and err.message, warning_code = w and w.code }
+    message = err and err.message, warning_code = w and w.code, reason = reason }
 end
 
 function H.contract_queue()
   local args = ngx.req.get_uri_args()
-  if not contract_queue then
-    local cfg = {}
-    for k, v in pairs(H.config) do cfg[k] = v end
-    cfg.backoff_base, cfg.backoff_max = 0.01, 0.05
-    cfg.retry_after_max = tonumber(args.retry_after_max) or 2
-    cfg.timeout = tonumber(args.timeout) or 1
-    contract_queue = require("optimizely.offline.ngx").queue(cfg, {
-      max_attempts = tonumber(args.max_attempts) or 3, concurrency = 1, flush_interval = 0.05,
-      on_success = function(ref, res) contract_done[ref] = contract_fields(res, nil) end,
-      on_failure = function(ref, err) contract_done[ref] = contract_fields(nil, err) end,
-      on_event = function(ev)
-        if ev.type == "paused" and ev.reason == "credentials" then
-          local f = contract_fields(nil, ev.error)
-          f.paused = true
-          contract_done[ev.ref or "?"] = f
-          contract_done.last_pause = f
-        end
-      end })
+  local cfg = {}
+  for k, v in pairs(H.config) do cfg[k] = v end
+  cfg.backoff_base, cfg.backoff_max = 0.01, 0.05
+  cfg.retry_after_max, cfg.timeout = tonumber(args.retry_after_max), tonumber(args.timeout)
+  local got, reasons = {}, {}
+  local queue = assert(require("optimizely.offline.ngx").queue(cfg, { concurrency = tonumber(args.conc),
+    max_attempts = tonumber(args.max_attempts), max_age = tonumber(args.max_age),
+    auth_pause = tonumber(args.auth_pause), flush_interval = 0.05,
+    on_success = function(ref, res) got[ref] = { res } end,
+    on_failure = function(ref, err) got[ref] = { nil, err } end,
+    on_event = function(ev) if ev.type == "dead" and ev.ref then reasons[ev.ref] = ev.reason end end }))
+  local n = tonumber(args.n) or 1
+  for i = 1, n do
+    assert(queue:push({ user = { id = "u-contract" }, order = { refCode = "contract-" .. i,
+      orderDate = "2016-05-16T14:25:00 GMT", currency = "GBP", total = "12.50",
+      items = { { refCode = "sku-1", qty = 1, price = "12.50" } } } }))
   end
-  local ref = args.ref or ("CQ-" .. ngx.now())
-  contract_done.last_pause = nil
-  local ok, err = contract_queue:push({ user = { id = "u-contract" }, order = { refCode = ref,
-    orderDate = "2016-05-16T14:25:00 GMT", currency = "GBP", total = "12.50",
-    items = { { refCode = "sku-1", qty = 1, price = "12.50" } } } })
-  if not ok then return reply({ ok = false, kind = "push:" .. tostring(err.kind), message = err.message }) end
-  for _ = 1, 1500 do
-    local got = contract_done[ref] or contract_done.last_pause
-    if got then
-      if got.paused then
-        got.attempts = 1 -- the probe's refusal: the queue holds the order, one attempt made
-        contract_queue:resume()
-      end
-      return reply(got)
-    end
-    ngx.sleep(0.01)
+  local flushed, ferr = queue:flush(30)
+  local limit = queue:stats().limit
+  queue:close(1)
+  local out = {}
+  for i = 1, n do
+    local ref = "contract-" .. i
+    local g = got[ref] or {}
+    out[i] = (g[1] or g[2]) and contract_fields(g[1], g[2], reasons[ref]) or { kind = "no result" }
   end
-  return reply({ ok = false, kind = "no result in 15 s" })
+  return reply({ got = out, limit = limit, flushed = flushed == true, flush_error = ferr and tostring(ferr) })
 end
 
 --- /test/push?n=&prefix= : push n orders to TEST_QUEUE without yielding in between.

@@ -3,9 +3,8 @@
 -- The scheduler (csrc/sched.c) decides — the retry schedule, the 429 pause,
 -- the in-flight limit, the classifier and the policy are the ones the
 -- queue's thread and `client:send` use — and the libcurl driver
--- (csrc/driver_curl.c, its slot pool on curl multi) sends; with a user
--- transport a Lua driver sends through it, one request at a time
--- (optimizely.offline.sched). This module feeds it
+-- (csrc/driver_curl.c, its slot pool on curl multi) sends. This module
+-- feeds it
 -- from the source — streamed, so only the orders in flight or waiting for a
 -- retry are held and memory stays flat however long the source is — and
 -- turns what comes back into results and callbacks. Callbacks run in Lua
@@ -115,11 +114,7 @@ function Batch.new(st, source, o)
   local cfg = sched.config(st, { http = st.http_opts, concurrency = o.concurrency, adaptive = o.adaptive,
     on_stop = "drain", report_all = o.on_result ~= nil,
     report_retries = (self.events.on_event or self.events.logger) ~= nil })
-  if st.custom_transport then
-    self.engine = sched.driver(cfg, st.transport, st.sleep)
-  else
-    self.engine = core.engine_new(cfg)
-  end
+  self.engine = core.engine_new(cfg)
   return self
 end
 

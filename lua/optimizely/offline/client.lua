@@ -16,10 +16,10 @@
 -- it, and every one delivers through the one scheduler (csrc/sched.c,
 -- optimizely.offline.sched): `send` and `cancel` (a Lua driver over
 -- libcurl's easy handle or the given transport, one request at a time, in
--- the caller), `send_batch` (the libcurl driver from here; a user
--- transport's Lua driver) and `queue` (the libcurl driver on its own
--- thread). Delivery is at-least-once: a network error or timeout is
--- retried even when the server may already have stored the order.
+-- the caller), `send_batch` (the libcurl driver from here) and `queue`
+-- (the libcurl driver on its own thread). Delivery is at-least-once: a
+-- network error or timeout is retried even when the server may already
+-- have stored the order.
 -- @module optimizely.offline.client
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
@@ -316,12 +316,29 @@ local function emitter(ev)
   return function(kind, fields) ev:emit(kind, fields) end
 end
 
--- The synchronous path's scheduler: one request at a time in the caller,
--- every job settled before `send` returns; refused credentials fail that
--- job (the next send tries again), a 429 holds back the next sends too.
-local function sync_driver(st)
-  return sched.driver(sched.config(st, { concurrency = 1, adaptive = false, on_stop = "drain",
+-- The synchronous path's schedulers: one request at a time in the caller,
+-- every job settled before `send` returns. Each call has one to itself
+-- (taken from the client's idle ones, or a new one): calls from several
+-- coroutines at once (one nginx client serving many requests) never wait
+-- for each other, and each starts afresh — refused credentials or a 429
+-- fail or delay that call only.
+local function take_driver(st)
+  local free = st.idle_drivers
+  local d = free[#free]
+  if d then
+    free[#free] = nil
+    return d
+  end
+  d = sched.driver(sched.config(st, { concurrency = 1, adaptive = false, on_stop = "drain",
     report_all = true, report_retries = st.emit ~= nil, max_results = 1000 }), st.transport, st.sleep)
+  st.drivers[#st.drivers + 1] = d
+  return d
+end
+
+local function give_back(st, d)
+  if not st.transport then return end -- the client was closed meanwhile
+  d:resume()
+  st.idle_drivers[#st.idle_drivers + 1] = d
 end
 
 --- A pseudonymiser from a `pseudonymise` option (true or a table; nil:
@@ -368,9 +385,8 @@ local function context(c)
     pseudonym = M.pseudonymiser(c.pseudonymise, 5),
     events = ev, emit = emitter(ev),
     on_event = c.on_event, logger = c.logger,
-    serial = 0,
+    serial = 0, drivers = {}, idle_drivers = {},
   }
-  st.driver = sync_driver(st)
   return st
 end
 
@@ -472,8 +488,10 @@ end
 local function deliver(st, job, warnings)
   st.serial = st.serial + 1
   job.id = st.serial
-  local r, last = st.driver:send(job, on_results(st))
-  if r.what == "stopped" then st.driver:resume() end -- the next send tries the credentials again
+  local d = take_driver(st)
+  local ok, r, last = pcall(d.send, d, job, on_results(st))
+  give_back(st, d)
+  if not ok then error(r, 0) end -- a transport that raised, an interrupt: nothing is left behind
   local res, err = delivery.result(r, last.body or r.body, r.attempts, last.info, r.channel, st.secrets, warnings)
   if err and st.emit then
     st.emit("failure", { ref = job.ref, attempt = r.attempts, error = err,
@@ -552,11 +570,13 @@ end
 --- The URL orders are posted to.
 function Client:url() return private[self].post_url end
 
---- Send many orders concurrently (the libcurl engine); with a user
--- transport, one request at a time through it.
+--- Send many orders concurrently (the libcurl engine).
 -- @see optimizely.offline.batch
 function Client:send_batch(source, o)
   local st = state(self)
+  if st.custom_transport then
+    error("optimizely.offline.client: send_batch needs the libcurl transport (under nginx use a queue)", 2)
+  end
   local summary = require("optimizely.offline.batch").run(st, source, o)
   return summary -- not a tail call: option errors point at the caller
 end
@@ -597,8 +617,7 @@ function Client:metrics()
   if not st then error("optimizely.offline.client: not a client object", 2) end
   if not st.metrics then return metrics.empty() end
   local m = st.metrics:get()
-  local dm = st.driver and st.driver:metrics() or st.driver_metrics
-  if dm then metrics.merge(m, dm) end
+  for _, d in ipairs(st.drivers) do metrics.merge(m, d:metrics()) end
   return m
 end
 
@@ -608,9 +627,11 @@ function Client:close()
   if st and st.transport then
     if st.transport.close then st.transport:close() end
     st.transport = nil
-    st.driver_metrics = st.driver:metrics()
-    st.driver:close()
-    st.driver = nil
+    for _, d in ipairs(st.drivers) do
+      if st.metrics then st.metrics:merge(d:metrics()) end -- metrics() still counts them
+      d:close()
+    end
+    st.drivers, st.idle_drivers = {}, {}
   end
 end
 

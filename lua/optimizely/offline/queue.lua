@@ -522,7 +522,8 @@ end
 -- sent, retried, failed, dead, invalid, pushed, paused_for, paused =
 -- reason | nil, running, callback_errors, storage_errors, storage_error?,
 -- dropped = {full, invalid, results, shutdown?, config?}, spool = spool
--- stats (with a spool)}`.
+-- stats (with a spool)}`, and `limit`: the requests the scheduler lets be
+-- in flight now (at most `concurrency`; lowered by a 429, see `adaptive`).
 function Queue:stats()
   if self.closed then return self.final_stats end
   self:check_pid()
@@ -534,7 +535,7 @@ function Queue:stats()
     if sp then queued = math.max(0, sp.queued - w.in_flight) end
   end
   return {
-    queued = queued, in_flight = w.in_flight, sent = w.sent, retried = w.retried,
+    queued = queued, in_flight = w.in_flight, limit = w.limit, sent = w.sent, retried = w.retried,
     dead = w.dead, failed = self.counts.failed, invalid = self.counts.invalid,
     pushed = w.pushed, running = w.running, callback_errors = self.counts.callback_errors,
     paused_for = w.paused_for, paused = w.stopped and "credentials" or (w.paused_for > 0 and "throttled" or nil),

@@ -217,8 +217,9 @@ end
 -- ------------------------------------------------------------------ stats
 
 --- Counters of this worker's queue: the same keys as the threaded queue's
--- (`{queued, in_flight, sent, retried, failed, dead, invalid, pushed,
--- unknown, paused_for, paused, callback_errors, storage_errors,
+-- (`{queued, in_flight, limit (the requests the scheduler lets be in
+-- flight now), sent, retried, failed, dead, invalid, pushed, unknown,
+-- paused_for, paused, callback_errors, storage_errors,
 -- storage_error?, dropped = {invalid =, full =, closed =, shutdown =,
 -- config =}, spool = spool:stats() (with a spool)}`; in shared mode the
 -- dict's numbers, the same in every process, plus `shared` and
@@ -229,7 +230,8 @@ function Queue:stats()
     paused_for = 0 }
   if self.store.name == "shm" then return self.store:shared_stats(ss.paused_for) end
   local out = {
-    in_flight = ss.in_flight, sent = ss.sent, retried = ss.retried, failed = ss.failed + (c.dropped.shutdown or 0),
+    in_flight = ss.in_flight, limit = ss.limit, sent = ss.sent, retried = ss.retried,
+    failed = ss.failed + (c.dropped.shutdown or 0),
     dead = ss.dead, invalid = c.invalid, pushed = ss.pushed + c.pushed, unknown = c.unknown, dropped = {},
     paused_for = ss.paused_for,
     paused = ss.stopped and "credentials" or (ss.paused_for > 0 and "throttled" or nil),
