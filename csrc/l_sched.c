@@ -805,6 +805,12 @@ static int l_resume(lua_State *L) {
     return 0;
 }
 
+/*** s:hurry() — every retry due now and a 429 pause over (a last chance) */
+static int l_hurry(lua_State *L) {
+    oo_sched_hurry(&check_sched(L)->s);
+    return 0;
+}
+
 static int l_hint_feed(lua_State *L) {
     oo_sched_hint_feed(&check_sched(L)->s);
     return 0;
@@ -844,6 +850,17 @@ static int l_drop(lua_State *L) {
     return 2;
 }
 
+/*** s:drop_unstarted() -> attempted, unsent — as drop, but the jobs in
+ * flight stay, their tokens valid: their answers still settle them (a
+ * spool's rows in flight at worker exit keep their lease) */
+static int l_drop_unstarted(lua_State *L) {
+    l_sched *u = check_driver(L);
+    lua_newtable(L);
+    lua_newtable(L);
+    oo_sched_drop_all(&u->s, collect_job, u);
+    return 2;
+}
+
 static void free_job(void *ud, oo_job *j) {
     (void)ud;
     free(j);
@@ -875,12 +892,23 @@ static int l_sched_defaults(lua_State *L) {
 }
 
 void oo_sched_register(lua_State *L) {
-    static const luaL_Reg methods[] = {
-        {"add", l_add},       {"take", l_take},           {"next", l_next},
-        {"done", l_done},     {"results", l_results},     {"pending", l_pending},
-        {"stats", l_stats},   {"metrics", l_metrics},     {"remove_ref", l_remove_ref},
-        {"resume", l_resume}, {"hint_feed", l_hint_feed}, {"advance", l_advance},
-        {"drop", l_drop},     {"close", l_close},         {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"add", l_add},
+                                       {"take", l_take},
+                                       {"next", l_next},
+                                       {"done", l_done},
+                                       {"results", l_results},
+                                       {"pending", l_pending},
+                                       {"stats", l_stats},
+                                       {"metrics", l_metrics},
+                                       {"remove_ref", l_remove_ref},
+                                       {"resume", l_resume},
+                                       {"hint_feed", l_hint_feed},
+                                       {"advance", l_advance},
+                                       {"drop", l_drop},
+                                       {"drop_unstarted", l_drop_unstarted},
+                                       {"hurry", l_hurry},
+                                       {"close", l_close},
+                                       {NULL, NULL}};
     static const luaL_Reg funcs[] = {{"sched_new", l_sched_new},
                                      {"sched_defaults", l_sched_defaults},
                                      {"check_reply", l_check_reply},

@@ -760,6 +760,15 @@ void oo_sched_resume(oo_sched *s) {
     oo_sched_wake(s);
 }
 
+void oo_sched_hurry(oo_sched *s) {
+    size_t i;
+    pthread_mutex_lock(&s->mu);
+    for (i = 0; i < s->nheap; i++) s->heap[i]->due = 0; /* all equal: still a heap */
+    if (s->pause_until > 0) s->pause_until = oo_sched_now(s);
+    pthread_mutex_unlock(&s->mu);
+    oo_sched_wake(s);
+}
+
 /* ------------------------------------------------------------------ */
 /* Removing and dropping                                               */
 

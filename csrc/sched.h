@@ -298,6 +298,11 @@ void oo_sched_feed_by(oo_sched *s, double at);
 /* Any thread: clear a credentials stop and a pause (the user fixed them). */
 void oo_sched_resume(oo_sched *s);
 
+/* Any thread: every job waiting for a retry is due now and a 429 pause
+ * ends (a credentials stop stays) — a memory queue's last chance before
+ * its process exits (the nginx driver at worker exit). */
+void oo_sched_hurry(oo_sched *s);
+
 /* The scheduler's clock: monotonic seconds, plus what oo_sched_advance
  * added. Drivers pass it as `now`; every time the scheduler keeps (a
  * retry's due time, a pause, a probe, latency) is on it. */

@@ -22,14 +22,16 @@
 --   pause   a queue: refused credentials hold the orders; one probes
 --           every auth_pause seconds
 --
--- The hook for another driver (the nginx cosocket queue on the scheduler's
--- binding, branch ngx): add an entry to DRIVERS — `{mode = "pause", sandbox
--- = true, multi = true, run = function(case, n) ... end}`: run `n` orders
--- (refCodes `ref_of(i)`) with `settings_of(case)`, `case.conc` in flight and
--- auth_pause AUTH_PAUSE, and return `run_result` (below) — and its name to
--- ORDER. `multi = false` runs only the single-order cases (ngx's
--- /test/contract answers one order through the client; the cosocket queue
--- will take them all).
+--   ngx queue  the nginx queue in a real nginx: the scheduler driven by
+--           light threads over cosockets (spec/support/nginx.lua's
+--           /test/contract-queue runs the orders through a new queue)
+--
+-- A driver is an entry of DRIVERS — `{mode, sandbox, multi, run =
+-- function(case, n)}`: it runs `n` orders (refCodes `ref_of(i)`) with
+-- `settings_of(case)`, `case.conc` in flight and auth_pause AUTH_PAUSE, and
+-- returns `run_result` (below) — and its name in ORDER. `multi = false`
+-- runs only the single-order cases (ngx's /test/contract answers one order
+-- through the client).
 local offline = require("optimizely.offline")
 local core = require("optimizely.offline.core")
 local client_mod = require("optimizely.offline.client")
@@ -353,6 +355,20 @@ describe("the transport contract", function()
       return r
     end },
 
+    -- the scheduler's nginx driver; a queue's on_failure errors are settled: never retryable
+    ["ngx queue"] = { mode = "pause", sandbox = true, multi = true, ignore = { retryable = true },
+      run = function(case, n)
+        local s = settings_of(case)
+        local t0w, t0 = core.wall_now(), core.now()
+        local res = inst:get(("/test/contract-queue?n=%d&conc=%d&max_attempts=%d&retry_after_max=%g&timeout=%g"
+          .. "&auth_pause=%g%s"):format(n, case.conc or 1, s.max_attempts, s.retry_after_max, s.timeout, AUTH_PAUSE,
+          s.max_age and ("&max_age=" .. s.max_age) or ""), { timeout = 60 })
+        assert.equal(200, res.status, res.body)
+        local doc = sb.json.decode(res.body)
+        assert.is_true(doc.flushed, doc.flush_error)
+        return run_result(doc.got, t0w, t0, sandbox_accepted(), doc.limit)
+      end },
+
     ngx = { mode = "call", sandbox = true, multi = false, run = function(case)
       local s = settings_of(case)
       local t0w, t0 = core.wall_now(), core.now()
@@ -362,7 +378,7 @@ describe("the transport contract", function()
       return run_result({ sb.json.decode(res.body) }, t0w, t0, sandbox_accepted())
     end },
   }
-  local ORDER = { "curl", "batch", "queue", "user", "lua", "ngx" }
+  local ORDER = { "curl", "batch", "queue", "user", "lua", "ngx", "ngx queue" }
 
   setup(function()
     info = sb.ensure()
@@ -370,7 +386,8 @@ describe("the transport contract", function()
     inst = nginx.start_example({ tag = "contract", info = info,
       app = { site = info.site, token = info.token, channel = info.channel, base_url = info.base_url,
         queue = { flush_interval = 0.2 } },
-      locations = "    location = /test/contract { content_by_lua_block { TEST.contract() } }\n" })
+      locations = "    location = /test/contract { content_by_lua_block { TEST.contract() } }\n"
+        .. "    location = /test/contract-queue { content_by_lua_block { TEST.contract_queue() } }\n" })
   end)
 
   teardown(function()
