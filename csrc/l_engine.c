@@ -157,6 +157,10 @@ int oo_engine_ledger(lua_State *L, int idx, oo_engine *e) {
     e->sink.window = num_opt(L, idx, "ledger_window", e->sink.window);
     lua_pop(L, 3);
     e->s.hooks = &record_hooks;
+    lua_getfield(L, idx, "ledger_thread");
+    /* no thread: the notes are written in the driver's thread, as before */
+    if (lua_toboolean(L, -1)) (void)oo_ledger_sink_start(&e->sink);
+    lua_pop(L, 1);
     return 1;
 }
 
@@ -226,6 +230,40 @@ static int l_flush_ledger(lua_State *L) {
         return oo_spool_push_err(L, &err);
     lua_pushboolean(L, 1);
     return 1;
+}
+
+/*** e:ledger_reserve(scope, list, lease) -> true | false (no ledger thread,
+ * or a request unanswered) — looks the list up and reserves it on the
+ * ledger's thread (as ledger:reserve); the answers come with
+ * e:ledger_answers() */
+static int l_ledger_reserve(lua_State *L) {
+    oo_engine *e = check_engine(L);
+    oo_ledger_scope sc;
+    oo_ledger_item *items;
+    size_t n;
+    double lease = (double)luaL_checknumber(L, 4);
+    if (!e->sink.l || !e->sink.threaded) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    oo_ledger_scope_read(L, 2, "engine:ledger_reserve", &sc);
+    items = oo_ledger_items_read(L, 3, "engine:ledger_reserve", 0, 0, &n);
+    if (!(lease > 0)) luaL_error(L, "engine:ledger_reserve: lease must be positive");
+    lua_pushboolean(L, oo_ledger_sink_reserve(&e->sink, &sc, items, n, lease) == 0);
+    return 1;
+}
+
+/*** e:ledger_answers() -> answers (as ledger:reserve's) | nil, err — waits
+ * for the answer of the last e:ledger_reserve */
+static int l_ledger_answers(lua_State *L) {
+    oo_engine *e = check_engine(L);
+    oo_spool_err err;
+    size_t n = 0;
+    const oo_ledger_item *items;
+    if (!e->sink.l) return luaL_error(L, "engine: no ledger");
+    items = oo_ledger_sink_answers(&e->sink, &n, &err);
+    if (!items) return oo_spool_push_err(L, &err);
+    return oo_ledger_answers_push(L, items, n);
 }
 
 /*** e:ledger_stats() -> {written, errors, lost, waiting, error?} | nil (no ledger) */
@@ -324,6 +362,8 @@ void oo_engine_register(lua_State *L) {
                                        {"remove_ref", l_remove_ref},
                                        {"flush_ledger", l_flush_ledger},
                                        {"ledger_stats", l_ledger_stats},
+                                       {"ledger_reserve", l_ledger_reserve},
+                                       {"ledger_answers", l_ledger_answers},
                                        {"close", l_close},
                                        {NULL, NULL}};
     static const luaL_Reg none[] = {{NULL, NULL}};

@@ -318,5 +318,16 @@ struct lua_State;
 /* The handle inside a ledger userdata at idx (raises if not one or
  * closed): a queue's thread or a batch's engine retains it. */
 oo_ledger *oo_ledger_arg(struct lua_State *L, int idx);
+/* The scope table {host=, site=, channel=} at idx (raises naming fn). */
+void oo_ledger_scope_read(struct lua_State *L, int idx, const char *fn, oo_ledger_scope *sc);
+/* The list at idx (body strings or {body=, ref=, channel=, outcome=,
+ * force=} tables) as items, in scratch memory the GC owns (pushed on the
+ * stack); record: every item needs an outcome (outcome_default for those
+ * naming none). Raises on misuse. */
+oo_ledger_item *oo_ledger_items_read(struct lua_State *L, int idx, const char *fn, int record,
+                                     int outcome_default, size_t *n);
+/* The answers of check or reserve: {state=, outcome=, at=, reserved=,
+ * until=, mine=} per item. */
+int oo_ledger_answers_push(struct lua_State *L, const oo_ledger_item *items, size_t n);
 
 #endif

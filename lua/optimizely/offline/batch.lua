@@ -123,7 +123,10 @@ function Batch.new(st, source, o, L)
   local cfg = sched.config(st, { http = st.http_opts, concurrency = o.concurrency, adaptive = o.adaptive,
     on_stop = "drain", report_all = o.on_result ~= nil,
     report_retries = (self.events.on_event or self.events.logger) ~= nil })
-  if self.gate then self.gate:configure(cfg) end
+  if self.gate then
+    self.gate:configure(cfg)
+    cfg.ledger_thread = true -- the ledger's SQLite work overlaps the requests in flight
+  end
   self.engine = core.engine_new(cfg)
   return self
 end
@@ -238,11 +241,10 @@ function Batch:refuse_changed(it, err)
   self:emit("changed", { index = it.i, ref = it.ref, at = err.at, outcome = err.outcome, error = err })
 end
 
--- Reads up to AHEAD orders, asks the ledger about all of them in one
--- transaction, and queues those to send in `ahead`. A ledger that fails
--- fails the orders read (and ends the batch: nothing more is read); the
--- first time, before anything was sent, `run` returns nil, err.
-function Batch:fill_ahead()
+-- Reads up to AHEAD orders and asks the ledger to look them up and
+-- reserve them, on the engine's ledger thread (the answer is waited for by
+-- `answered`), or here when there is no such thread.
+function Batch:ask()
   local items, chans = {}, self.st.channels
   while #items < AHEAD and not self.exhausted do
     local it, i, err, invalid = self:prepare_next()
@@ -254,9 +256,37 @@ function Batch:fill_ahead()
     end
   end
   if #items == 0 then return end
-  local decisions, lerr = self.gate:admit(items, self.o)
-  if not decisions then return self:ledger_failed(items, lerr) end
+  local g = self.gate
+  local list = g:reserve_list(items, self.o)
+  self.asked = items
+  if not self.engine:ledger_reserve(g:scope(items), list, g.lease) then
+    self.sync_answers = { g.L:reserve(g:scope(items), list, { lease = g.lease }) }
+  end
+end
+
+-- The orders asked about and the ledger's answers (nil, err when it failed).
+function Batch:answered()
+  local items = self.asked
+  self.asked = nil
+  local sync = self.sync_answers
+  self.sync_answers = nil
+  if sync then return items, sync[1], sync[2] end
+  return items, self.engine:ledger_answers()
+end
+
+-- Queues in `ahead` the orders the ledger reserved (asked last time),
+-- and asks about the next ones at once: they are looked up and reserved
+-- on the ledger's thread while these are sent. A ledger that fails fails
+-- the orders asked about (and ends the batch: nothing more is read); the
+-- first time, before anything was sent, `run` returns nil, err.
+function Batch:fill_ahead()
+  if not self.asked then self:ask() end
+  if not self.asked then return end
+  local items, answers, lerr = self:answered()
+  if not answers then return self:ledger_failed(items, lerr) end
   self.admitted = true
+  self:ask()
+  local decisions = self.gate:decide_all(items, answers, self.o)
   local ahead = {}
   for k, it in ipairs(items) do
     local action, x = decisions[k][1], decisions[k][2]
@@ -289,10 +319,10 @@ end
 -- The next order to send with a ledger (see `next_plain`).
 function Batch:next_ledgered()
   if self.ahead_at > self.ahead_n then
-    if self.exhausted then return nil end
+    if self.exhausted and not self.asked then return nil end
     self:fill_ahead()
     if self.ahead_at > self.ahead_n then
-      if self.exhausted then return nil end
+      if self.exhausted and not self.asked then return nil end
       return "done" -- all of them skipped or refused: read on
     end
   end
@@ -304,11 +334,21 @@ function Batch:next_ledgered()
   return "added"
 end
 
--- Orders looked up and reserved but not handed to the engine yet.
+-- Orders read and reserved (or being looked up) but not handed to the
+-- engine yet: taken back (their reservations are the caller's to give back).
 function Batch:take_ahead()
   local list = {}
   for k = self.ahead_at, self.ahead_n do list[#list + 1] = self.ahead[k] end
   self.ahead, self.ahead_at, self.ahead_n = {}, 1, 0
+  if self.asked then
+    -- the answer must come before the reservations can go back: only
+    -- those reserved now are ours (a duplicate in flight is not)
+    local items, answers = self:answered()
+    for k, it in ipairs(items) do
+      it.held = answers ~= nil and answers[k].reserved == true
+      list[#list + 1] = it
+    end
+  end
   return list
 end
 
@@ -333,7 +373,7 @@ end
 
 -- Are orders left to read or to hand to the engine?
 function Batch:more()
-  return not self.exhausted or self.ahead_at <= self.ahead_n
+  return not self.exhausted or self.ahead_at <= self.ahead_n or self.asked ~= nil
 end
 
 -- One order not sent after a stop, with the error that stopped the batch.
@@ -373,9 +413,11 @@ end
 function Batch:release(list)
   if not self.gate or #list == 0 then return end
   local items, chans = {}, self.st.channels
-  for k, it in ipairs(list) do
-    items[k] = { body = it.body, ref = not it.body and it.ref or nil,
-      channel = it.channel or (it.ch and chans[it.ch].name) }
+  for _, it in ipairs(list) do
+    if it.held ~= false then
+      items[#items + 1] = { body = it.body, ref = not it.body and it.ref or nil,
+        channel = it.channel or (it.ch and chans[it.ch].name) }
+    end
   end
   self.gate:release(items)
 end

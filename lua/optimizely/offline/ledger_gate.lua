@@ -199,13 +199,39 @@ end
 --   ledger failed: kind "storage" or "busy", naming the file; nothing was
 --   reserved)
 function Gate:admit(items, call)
-  call = call or {}
-  local forced = call.force or call.amend or nil
+  local answers, err = self.L:reserve(self:scope(items), self:reserve_list(items, call), { lease = self.lease })
+  if not answers then return nil, err end
+  return self:decide_all(items, answers, call)
+end
+
+--- The scope of a batch of items (its first item's channel; each item
+-- names its own).
+-- @param items `{{channel =}, ...}`
+-- @return the scope
+function Gate:scope(items)
+  return { host = self.host, site = self.site, channel = items[1].channel }
+end
+
+--- The list `reserve` takes for `items` (forced with `call.force` or
+-- `call.amend`).
+-- @param items `{{body =, channel =}, ...}`
+-- @param call `{force =, amend =}` or nil
+-- @return the list
+function Gate:reserve_list(items, call)
+  local forced = call and (call.force or call.amend) or nil
   local list = {}
   for i, it in ipairs(items) do list[i] = { body = it.body, channel = it.channel, force = forced } end
-  local answers, err = self.L:reserve({ host = self.host, site = self.site, channel = items[1].channel }, list,
-    { lease = self.lease })
-  if not answers then return nil, err end
+  return list
+end
+
+--- Decides each item by its answer (`M.decide`) and gives back the
+-- reservations of those skipped after all (an amend of the same bytes).
+-- @param items `{{body =, channel =, ref =}, ...}`
+-- @param answers the answers of `reserve` beside them
+-- @param call `{force =, amend =}` or nil
+-- @return a list of `{action, res_or_err}` beside `items`
+function Gate:decide_all(items, answers, call)
+  call = call or {}
   local out, back = {}, nil
   for i, ans in ipairs(answers) do
     local it = items[i]
