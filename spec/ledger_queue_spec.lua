@@ -1,0 +1,199 @@
+-- The ledger on client:queue (issue 17 §1): push skips what was sent,
+-- refuses what changed, force; q:cancel waits behind its create or takes
+-- an unsent create out (nothing sent); with a spool the ledger lives in the
+-- spool's file. Against the sandbox (real nginx, real TLS) and real SQLite:
+-- what the sandbox recorded is the truth.
+local offline = require("optimizely.offline")
+local ledger = require("optimizely.offline.ledger")
+local spool = require("optimizely.offline.spool")
+local metrics = require("optimizely.offline.metrics")
+local core = require("optimizely.offline.core")
+local orders = require("support.orders")
+local sb = require("support.sandbox")
+local sq = require("support.sqlite")
+local sys = require("optimizely.offline.sys")
+
+local make = orders.numbered
+
+describe("the ledger on client:queue", function()
+  local info, dir, n_files
+
+  local function new_client(extra)
+    return offline.client(sb.client_config(info,
+      { backoff_base = 0.02, backoff_max = 0.2, random = function() return 0.5 end }, extra))
+  end
+
+  local function fresh(name)
+    n_files = n_files + 1
+    return dir .. "/" .. name .. "-" .. n_files .. ".db"
+  end
+
+  local function count(ref)
+    return #sb.orders({ refCode = ref }), #sb.cancellations({ refCode = ref })
+  end
+
+  setup(function()
+    info = sb.ensure()
+    dir = sq.tmpdir("ledger-queue")
+    n_files = 0
+  end)
+
+  teardown(function()
+    sys.run("rm -rf " .. sys.q(dir))
+  end)
+
+  before_each(function()
+    sb.reset()
+  end)
+
+  it("in memory: a push of an order sent before is skipped (a result, counted); changed refused; force", function()
+    local path = fresh("ledger")
+    local events = {}
+    local c = new_client()
+    local q = assert(c:queue({ ledger = path, on_event = function(ev) events[#events + 1] = ev end }))
+    local list = make("qm-", 3)
+    for _, p in ipairs(list) do assert.is_true((q:push(p))) end
+    assert(q:flush(10))
+    local again = q:push(list[1])
+    assert.equal("already sent", again.skipped)
+    assert.equal("already_sent", again.reason)
+    assert.equal(0, again.attempts)
+    list[2].order.total = 55.0
+    list[2].order.items[1].price = 55.0
+    local res, err = q:push(list[2])
+    assert.is_nil(res)
+    assert.equal("changed", err.kind)
+    assert.matches("changed since it was sent on", err.message, 1, true)
+    assert.is_true((q:push(list[2], { force = true })))
+    assert(q:flush(10))
+    local st = q:stats()
+    assert.equal(1, st.skipped.already_sent)
+    assert.equal(1, st.changed)
+    local m = q:metrics()
+    assert.equal(1, m.skipped.already_sent)
+    assert.equal(1, m.changed)
+    local text = metrics.prometheus(m)
+    assert.matches('optimizely_offline_orders_skipped_total{reason="already_sent"} 1', text, 1, true)
+    local kinds = {}
+    for _, ev in ipairs(events) do kinds[ev.type] = (kinds[ev.type] or 0) + 1 end
+    assert.equal(1, kinds.skipped)
+    assert.equal(1, kinds.changed)
+    assert.equal(1, (count("qm-1")))
+    assert.equal(2, (count("qm-2")))
+    q:close(5)
+    -- recorded by the thread: a new queue on the same ledger skips all three
+    local L = assert(ledger.open(path))
+    assert.equal("sent", assert(L:show("qm-3"))[1].outcome)
+    L:close()
+    c:close()
+  end)
+
+  it("in memory: cancel of an order still queued removes it (nothing sent) and records it cancelled", function()
+    local path = fresh("ledger")
+    local c = new_client()
+    local q = assert(c:queue({ ledger = path, concurrency = 1, adaptive = false }))
+    sb.faults({ match = "POST", delay = 1 })
+    assert.is_true((q:push(make("qcb-", 1)[1]))) -- the blocker, in flight for a second
+    core.sleep(0.2)
+    local x = make("qcx-", 1)[1]
+    assert.is_true((q:push(x)))
+    local r = assert(q:cancel("qcx-1"))
+    assert.equal(1, r.removed)
+    assert.is_nil(r.queued)
+    assert(q:flush(10))
+    local posts, dels = count("qcx-1")
+    assert.equal(0, posts)
+    assert.equal(0, dels)
+    assert.equal(1, q:stats().dropped.cancelled)
+    local res, err = q:push(x)
+    assert.is_nil(res)
+    assert.equal("changed", err.kind)
+    assert.matches("was cancelled", err.message, 1, true)
+    q:close(5)
+    local L = assert(ledger.open(path))
+    assert.equal("cancelled", assert(L:show("qcx-1"))[1].outcome)
+    L:close()
+    c:close()
+  end)
+
+  it("in memory: a cancel waits behind its create in flight: POST, then DELETE; a later push refused unless forced",
+    function()
+      local path = fresh("ledger")
+      local c = new_client()
+      local q = assert(c:queue({ ledger = path }))
+      sb.faults({ match = "POST", delay = 0.5 })
+      local x = make("qcw-", 1)[1]
+      assert.is_true((q:push(x)))
+      core.sleep(0.2)
+      local r = assert(q:cancel("qcw-1"))
+      assert.is_true(r.queued)
+      assert(q:flush(10))
+      local posts = sb.orders({ refCode = "qcw-1" })
+      local dels = sb.cancellations({ refCode = "qcw-1" })
+      assert.equal(1, #posts)
+      assert.equal(1, #dels)
+      assert.is_true(dels[1].received_at >= posts[1].received_at)
+      q:close(5)
+      local L = assert(ledger.open(path))
+      assert.equal("cancelled", assert(L:show("qcw-1"))[1].outcome)
+      L:close()
+      local q2 = assert(c:queue({ ledger = path }))
+      local res, err = q2:push(x)
+      assert.is_nil(res)
+      assert.equal("changed", err.kind)
+      assert.is_true((q2:push(x, { force = true })))
+      assert(q2:flush(10))
+      assert.equal(2, #sb.orders({ refCode = "qcw-1" }))
+      q2:close(5)
+      c:close()
+    end)
+
+  it("with a spool, ledger = true keeps the ledger in the spool's file: a new queue skips what was sent", function()
+    local sp_path = fresh("spool")
+    local c = new_client()
+    local q = assert(c:queue({ spool = sp_path, ledger = true }))
+    local list = make("qs-", 3)
+    for _, p in ipairs(list) do assert.is_true((q:push(p))) end
+    assert(q:flush(10))
+    q:close(5)
+    local q2 = assert(c:queue({ spool = sp_path, ledger = true }))
+    for _, p in ipairs(list) do assert.equal("already sent", q2:push(p).skipped) end
+    q2:close(5)
+    for i = 1, 3 do assert.equal(1, (count("qs-" .. i))) end
+    -- the rows are in the spool's file, written by the acks
+    local sp = assert(spool.open(sp_path))
+    local L = assert(sp:ledger({ host = ledger.scope(info.base_url, info.site, "-").host, site = info.site,
+      channel = info.channel }))
+    assert.equal("sent", assert(L:show("qs-2"))[1].outcome)
+    sp:close()
+    assert.has_error(function() c:queue({ spool = sp_path, ledger = fresh("other") }) end)
+    c:close()
+  end)
+
+  it("with a spool: cancel of a spooled order never sent removes it and records cancelled in the spool's file",
+    function()
+      local sp_path = fresh("spool")
+      local c = new_client()
+      local q = assert(c:queue({ spool = sp_path, ledger = true, concurrency = 1, adaptive = false }))
+      sb.faults({ match = "POST", delay = 1 })
+      assert.is_true((q:push(make("qsb-", 1)[1])))
+      core.sleep(0.2)
+      local x = make("qsx-", 1)[1]
+      assert.is_true((q:push(x)))
+      local r = assert(q:cancel("qsx-1"))
+      assert.equal(1, r.removed)
+      assert.is_nil(r.queued)
+      assert(q:flush(10))
+      assert.equal(0, (count("qsx-1")))
+      local res, err = q:push(x)
+      assert.is_nil(res)
+      assert.equal("changed", err.kind)
+      q:close(5)
+      local sp = assert(spool.open(sp_path))
+      local L = assert(sp:ledger({ host = ledger.scope(info.base_url, info.site, "-").host, site = info.site,
+        channel = info.channel }))
+      assert.equal("cancelled", assert(L:show("qsx-1"))[1].outcome)
+      sp:close()
+      c:close()
+    end)
+end)
