@@ -475,7 +475,24 @@ end
 
 -- ---------------------------------------------------------------- cancel
 
-local CANCEL_OPTS = opts.schema("queue", "cancel opts", { channel = { type = "string", nonempty = true } })
+--- The options of a cancel (both queues): `channel`.
+M.CANCEL_OPTS = opts.schema("queue", "cancel opts", { channel = { type = "string", nonempty = true } })
+local CANCEL_OPTS = M.CANCEL_OPTS
+
+--- The refCode a cancel names, checked (both queues): a string (an
+-- integer is formatted), not empty, not only dots (it would name another
+-- URL).
+-- @param ref the caller's value
+-- @return ref | nil, err (kind "validation", `attempts = 0`)
+function M.check_ref(ref)
+  if type(ref) == "number" and ref == math.floor(ref) then ref = string.format("%d", ref) end
+  if type(ref) ~= "string" or ref == "" or ref:match("^%.+$") then
+    local e = errors.validation({ { path = "refCode", message = "must be a non-empty string, not only dots" } })
+    e.attempts = 0
+    return nil, e
+  end
+  return ref
+end
 
 --- Takes the creates of `ref` that were never sent out of this process
 -- (the thread's memory) and, with a spool, gives their rows back so that
@@ -510,12 +527,9 @@ function Queue:cancel(ref, co)
   if self.closed then error("queue: cancel on a closed queue", 2) end
   if co ~= nil then co = CANCEL_OPTS:check(co, 2) end
   self:check_pid()
-  if type(ref) == "number" and ref == math.floor(ref) then ref = string.format("%d", ref) end
-  if type(ref) ~= "string" or ref == "" or ref:match("^%.+$") then
-    local e = errors.validation({ { path = "refCode", message = "must be a non-empty string, not only dots" } })
-    e.attempts = 0
-    return nil, e
-  end
+  local rerr
+  ref, rerr = M.check_ref(ref)
+  if not ref then return nil, rerr end
   local ch, cerr = require("optimizely.offline.client").channel_of(self.st, (co and co.channel) or self.o.channel)
   if not ch then return self:refuse("config", cerr) end
   local name = self.st.channels[ch].name
