@@ -127,7 +127,7 @@ int oo_engine_setup(lua_State *L, int idx, oo_engine *e) {
     oo_engine_cfg cfg;
     oo_policy pol;
     oo_channel *chans;
-    int nchan, http_idx;
+    int nchan, http_idx, i;
     char *url, err[256];
     luaL_checktype(L, idx, LUA_TTABLE);
     oo_engine_read_cfg(L, idx, &cfg, &pol);
@@ -144,6 +144,8 @@ int oo_engine_setup(lua_State *L, int idx, oo_engine *e) {
         oo_engine_free(e); /* frees url and chans too */
         return luaL_error(L, "engine: %s", err);
     }
+    /* no label of the engine's metrics may echo a token */
+    for (i = 0; i < nchan; i++) oo_metrics_secret(&e->metrics, chans[i].token);
     lua_pop(L, 1);
     return 0;
 }

@@ -337,7 +337,7 @@ local function context(c)
     sleep = c.sleep or core.sleep, encode = require("optimizely.offline").encode,
     policy = retry.new({ max_attempts = c.max_attempts, max_age = c.max_age, backoff_base = c.backoff_base,
       backoff_max = c.backoff_max, retry_after_max = c.retry_after_max, random = c.random }),
-    metrics = c.metrics and core.metrics_new() or nil,
+    metrics = c.metrics and core.metrics_new(secrets) or nil, -- no label may echo a token
     pseudonym = M.pseudonymiser(c.pseudonymise, 5),
     events = ev, emit = emitter(ev),
     on_event = c.on_event, logger = c.logger,
