@@ -106,12 +106,18 @@ local function forms(secret)
   return list
 end
 
---- Remove every echo of `secret` from `s`: the secret itself in any letter
+--- The shortest secret redacted. A shorter one would garble every message
+-- it hides in ("SSL c[REDACTED]rtificat[REDACTED]" for a token `e`), so it
+-- is refused where it is configured instead (a site token of fewer than 8
+-- characters is a configuration error; a pseudonym key needs 16 bytes).
+M.SECRET_MIN = ECHO_MIN
+
+--- Remove every echo of `secret` from `s`: the whole secret in any letter
 -- case, as it is or escaped (`%q`, core.quote), and runs of 8 or more of
 -- its first or last characters (a cut-short echo). Plain matching, no
--- patterns.
+-- patterns. A secret shorter than `SECRET_MIN` is left alone.
 function M.redact(s, secret)
-  if type(s) ~= "string" or type(secret) ~= "string" or secret == "" then return s end
+  if type(s) ~= "string" or type(secret) ~= "string" or #secret < M.SECRET_MIN then return s end
   local ls, spans = lower_plain(s), {}
   for _, form in ipairs(forms(secret)) do
     for _, sp in ipairs(echo_spans(ls, lower_plain(form))) do spans[#spans + 1] = sp end

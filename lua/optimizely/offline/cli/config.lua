@@ -30,6 +30,7 @@ local config_error, label = common.config_error, common.label
 local M = {}
 
 local client_schema = require("optimizely.offline.client").schema
+local client_token_problem = require("optimizely.offline.client").token_problem
 
 -- The client options a file can spell as text: not the functions and
 -- tables (`sleep`, `transport`, `tokens`: `token.<channel>` lines give
@@ -190,17 +191,36 @@ local function env_name(channel)
 end
 
 -- Per-channel tokens: the file's `token.<channel>`, then the environment's
--- OPTIMIZELY_SITE_TOKEN_<CHANNEL> over them. nil when there are none.
+-- OPTIMIZELY_SITE_TOKEN_<CHANNEL> over them. nil when there are none; else
+-- also where each came from (for messages).
 local function channel_tokens(file, channel, getenv)
-  local tokens, names = {}, {}
+  local tokens, names, from = {}, {}, {}
   for _, ch in ipairs(M.CHANNELS) do names[ch] = true end
-  for ch, v in pairs(file.tokens) do tokens[ch] = v; names[ch] = true end
+  for ch, v in pairs(file.tokens) do
+    tokens[ch], names[ch] = v, true
+    from[ch] = file:at(file.line_of["token." .. ch]) .. "token." .. ch .. " "
+  end
   if channel then names[channel] = true end
   for ch in pairs(names) do
     local v = getenv(env_name(ch))
-    if v and v ~= "" then tokens[ch] = v end
+    if v and v ~= "" then tokens[ch], from[ch] = v, "$" .. env_name(ch) .. ": the token " end
   end
-  return next(tokens) and tokens or nil
+  if not next(tokens) then return nil end
+  return tokens, from
+end
+
+-- A token that is too short (or holds a control character or spaces) is
+-- a configuration error naming where it came from, never its value.
+local function check_token(token, from)
+  local p = token and client_token_problem(token)
+  if p then config_error(from .. p) end
+end
+
+local function sorted_keys(t)
+  local list = {}
+  for k in pairs(t) do list[#list + 1] = k end
+  table.sort(list)
+  return list
 end
 
 -- Strings to the numbers and booleans the client's schema asks for (the
@@ -276,10 +296,15 @@ function M.client_config(args, getenv)
   pick("ca_file", "OPTIMIZELY_CA_FILE")
   pick("timeout")
   pick("max_attempts")
+  if conf.token then check_token(conf.token, origin.token .. "token ") end
   local token = getenv("OPTIMIZELY_SITE_TOKEN")
-  if token and token ~= "" then conf.token = token end
-  local tokens = channel_tokens(file, conf.channel, getenv)
+  if token and token ~= "" then
+    conf.token = token
+    check_token(token, "$OPTIMIZELY_SITE_TOKEN: the token ")
+  end
+  local tokens, from = channel_tokens(file, conf.channel, getenv)
   if tokens then
+    for _, ch in ipairs(sorted_keys(tokens)) do check_token(tokens[ch], from[ch]) end
     if not conf.channel and next(tokens, next(tokens)) == nil then conf.channel = next(tokens) end
     conf.token = conf.channel and tokens[conf.channel] or conf.token
     conf.tokens = tokens
