@@ -262,17 +262,31 @@ local function same_target(a, b)
   return na == nb and files.same(da == "" and "/" or da, db == "" and "/" or db)
 end
 
+-- The directory a path names a file in ("." for a bare name).
+local function dir_of(path)
+  local d = path:match("^(.*)/[^/]*$")
+  if d == nil then return "." end
+  return d == "" and "/" or d
+end
+
 --- Refuses (exit 2) any output that is one of the inputs, whatever the
--- spelling (`./x`, `d/../x`, a symlink, a hard link), or another output.
--- @param inputs list of paths (order files, the transform, the config...)
+-- spelling (`./x`, `d/../x`, a symlink, a hard link): files are compared by
+-- identity (device and inode); an input that is a directory (a CA path)
+-- may hold no output. Two outputs on one file are refused too.
+-- @param inputs list of paths (order files, the transform, the config, the CA...)
 -- @param outputs list of `{flag, path}` (`path` nil or "-" is skipped)
 function M.refuse_overwrite(inputs, outputs)
   for i, o in ipairs(outputs) do
     local flag, path = o[1], o[2]
     if path and path ~= "-" then
-      for _, f in ipairs(inputs) do
-        if f and f ~= "-" and files.same(path, f) then
+      for _, f in pairs(inputs) do
+        if f ~= "-" and files.same(path, f) then
           config_error(("%s %s is the input file %s: write it elsewhere"):format(flag, M.label(path), M.label(f)))
+        end
+        local _, kind = core.file_id(f)
+        if kind == "directory" and files.same(dir_of(path), f) then
+          config_error(("%s %s is in the directory %s this command reads: write it elsewhere")
+            :format(flag, M.label(path), M.label(f)))
         end
       end
       for j = 1, i - 1 do
@@ -286,14 +300,26 @@ function M.refuse_overwrite(inputs, outputs)
 end
 
 --- The paths a command reads from, which no output may overwrite (see
--- `refuse_overwrite`): its input files and its `--transform` and `--config` files.
+-- `refuse_overwrite`): its input files, its `--transform` and `--config`
+-- files, and the CA file or directory wherever it is named (`--ca-file`,
+-- $OPTIMIZELY_CA_FILE, the config file's `ca_file` and `ca_path`).
 -- @param args the parsed arguments
--- @return a list of paths (a missing transform or config leaves no entry)
-function M.inputs_of(args)
+-- @param getenv function(name) (default os.getenv)
+-- @return a list of paths
+function M.inputs_of(args, getenv)
+  getenv = getenv or os.getenv
   local list = {}
-  for _, f in ipairs(args.files or {}) do list[#list + 1] = f end
-  list[#list + 1] = args.transform
-  list[#list + 1] = args.config
+  local function add(p) if type(p) == "string" and p ~= "" then list[#list + 1] = p end end
+  for _, f in ipairs(args.files or {}) do add(f) end
+  add(args.transform)
+  add(args.config)
+  add(args.ca_file)
+  add(getenv("OPTIMIZELY_CA_FILE"))
+  if args.config then
+    local v = M.settings(args, getenv).file.values
+    add(v.ca_file)
+    add(v.ca_path)
+  end
   return list
 end
 
@@ -370,10 +396,27 @@ function M.output(path, out)
   return M.open_output(path, "to")
 end
 
---- Loads a transform script: it must return a function(record, ctx).
+-- A Lua file as source text only (never bytecode, which Lua does not
+-- verify): a leading "#" line is skipped, as `lua` does.
+local function load_source(path)
+  local fh, e = io.open(path, "rb")
+  if not fh then return nil, e end
+  local text = fh:read("*a")
+  fh:close()
+  if not text then return nil, "cannot read " .. path end
+  if text:byte(1) == 27 then return nil, path .. ": attempt to load a binary chunk (a transform is Lua source text)" end
+  text = text:gsub("^#[^\n]*", "")
+  if loadstring then return loadstring(text, "@" .. path) end -- luacheck: ignore (Lua 5.1)
+  return load(text, "@" .. path, "t")
+end
+
+--- Loads a transform script: it must return a function(record, ctx). It
+-- is trusted code, run with the full Lua environment (it can read the
+-- environment, the token's variable included): loaded as source text
+-- only, never as bytecode.
 function M.load_transform(path)
   if not path then return nil end
-  local chunk, e = loadfile(path)
+  local chunk, e = load_source(path)
   if not chunk then config_error("cannot load transform: " .. tostring(e)) end
   local ok, fn = pcall(chunk)
   if not ok then
