@@ -7,6 +7,7 @@
 -- @module optimizely.offline.cli.common
 local core = require("optimizely.offline.core")
 local files = require("optimizely.offline.files")
+local clean = require("optimizely.offline.errors").clean
 
 local M = {}
 
@@ -164,29 +165,13 @@ end
 -- megabytes of error output).
 M.MAX_LINE = 2000
 
-local function escape_char(c)
-  if c == "\n" then return "\\n" end
-  if c == "\r" then return "\\r" end
-  if c == "\t" then return "\\t" end
-  if #c == 2 then return ("\\u%04x"):format(c:byte(2)) end -- a C1 control (U+0080..U+009F)
-  return ("\\x%02x"):format(c:byte())
-end
-
---- Text made safe for one line of a terminal: control characters (C0, DEL
--- and the C1 range) escaped, so a value can neither forge a line nor send
--- an escape sequence; longer than `cap` (default MAX_LINE) bytes, cut with
+--- Text made safe for one line of a terminal (`optimizely.offline.errors.clean`:
+-- control characters escaped, so a value can neither forge a line nor send
+-- an escape sequence); longer than `cap` (default MAX_LINE) bytes, cut with
 -- a note of its length. Quotes are left alone: values inside a message are
 -- quoted by `label` or `core.quote` when it is built.
 function M.clean(s, cap)
-  s = tostring(s)
-  cap = cap or M.MAX_LINE
-  local n = #s
-  if n > cap then
-    s = s:sub(1, cap):gsub("[\192-\255][\128-\191]*$", "") -- never cut a character in two
-  end
-  s = s:gsub("[%z\1-\31\127]", escape_char):gsub("\194[\128-\159]", escape_char)
-  if n > cap then s = s .. ("...(%d bytes)"):format(n) end
-  return s
+  return clean(s, cap or M.MAX_LINE)
 end
 
 --- A name or refCode for a message: as it is when it reads safely (short,

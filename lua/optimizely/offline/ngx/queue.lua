@@ -62,7 +62,7 @@ local metrics = require("optimizely.offline.metrics")
 local semaphore = require("ngx.semaphore")
 local waiting = require("optimizely.offline.ngx.wait")
 
-local now, update_time, log, ERR, WARN = ngx.now, ngx.update_time, ngx.log, ngx.ERR, ngx.WARN
+local now, update_time, log, ERR, WARN = ngx.now, ngx.update_time, errors.logger(ngx.log), ngx.ERR, ngx.WARN
 local timer_at, spawn, wait = ngx.timer.at, ngx.thread.spawn, ngx.thread.wait
 local max, min, floor = math.max, math.min, math.floor
 

@@ -29,7 +29,7 @@ local core = require("optimizely.offline.core")
 local opts = require("optimizely.offline.opts")
 local common = require("optimizely.offline.queue").common
 
-local log, ERR, WARN = ngx.log, ngx.ERR, ngx.WARN
+local log, ERR, WARN = require("optimizely.offline.errors").logger(ngx.log), ngx.ERR, ngx.WARN
 
 local M = {}
 
