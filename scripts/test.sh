@@ -82,8 +82,9 @@ else
   tail -n 30 "$LOGDIR/fault.out"; echo "!! fault run lost orders"; status=1
 fi
 
-# A bounded libFuzzer run over the C parsers (dates, money, UTF-8, escaping, CSV)
-# and the pseudonymiser (normalisation + HMAC).
+# A bounded libFuzzer run over the C parsers (dates, money, UTF-8, escaping, CSV),
+# the pseudonymiser (normalisation + HMAC) and the metric labels (classify ->
+# metrics -> Prometheus text).
 echo "== fuzz"
 if command -v clang >/dev/null 2>&1; then
   if make -s -C fuzz run FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >"$LOGDIR/fuzz.out" 2>&1 &&
@@ -91,7 +92,8 @@ if command -v clang >/dev/null 2>&1; then
      make -s -C fuzz run-classify FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
      make -s -C fuzz run-hmac FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
      make -s -C fuzz run-tz FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
-     make -s -C fuzz run-csv FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1; then
+     make -s -C fuzz run-csv FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
+     make -s -C fuzz run-labels FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1; then
     tail -n 2 "$LOGDIR/fuzz.out"
   else
     tail -n 40 "$LOGDIR/fuzz.out"; echo "!! fuzzer found a failure"; status=1
