@@ -13,6 +13,7 @@
 
 #include "core.h"
 #include "buf.h"
+#include "clock.h"
 #include "date.h"
 #include "hmac.h"
 #include "money.h"
@@ -442,21 +443,42 @@ static void enc_lang(enc *e, int idx) {
     oo_json_string(&e->out, tmp, n);
 }
 
+/* An order dated later than this after now is refused: no till sells in
+ * the future, so its clock or the export's date format (a day and a month
+ * swapped) is wrong, and the endpoint would store the nonsense. A day
+ * leaves room for clocks and time zones that are off. */
+#define FUTURE_SLACK 86400.0
+
+/* The instant of an orderDate value as the encoder reads it: a number of
+ * epoch seconds (in range), or one of the date strings of date.h. */
+static oo_date_status date_value(lua_State *L, int idx, long long *t, const char **why) {
+    if (lua_type(L, idx) == LUA_TNUMBER) {
+        lua_Number v = lua_tonumber(L, idx);
+        if (v != v || v < (lua_Number)OO_DATE_MIN || v > (lua_Number)OO_DATE_MAX) return OO_DATE_RANGE;
+        *t = (long long)floor(v);
+        return OO_DATE_OK;
+    }
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n);
+        return oo_date_parse(s, n, t, why);
+    }
+    return OO_DATE_SYNTAX;
+}
+
 static void enc_date(enc *e, int idx) {
     lua_State *L = e->L;
     long long t;
     char out[24];
+    const char *why = NULL;
+    oo_date_status st = date_value(L, idx, &t, &why);
     if (lua_type(L, idx) == LUA_TNUMBER) {
-        lua_Number v = lua_tonumber(L, idx);
-        if (v != v || v < (lua_Number)OO_DATE_MIN || v > (lua_Number)OO_DATE_MAX) {
+        if (st != OO_DATE_OK) {
             problem_got(e, idx, "must be epoch seconds between 0 and 253402300799 (1970..9999)");
             return;
         }
-        t = (long long)floor(v);
     } else if (lua_type(L, idx) == LUA_TSTRING) {
-        size_t n;
-        const char *s = lua_tolstring(L, idx, &n), *why;
-        switch (oo_date_parse(s, n, &t, &why)) {
+        switch (st) {
         case OO_DATE_OK: break;
         case OO_DATE_IMPOSSIBLE: {
             char got[64];
@@ -471,6 +493,11 @@ static void enc_date(enc *e, int idx) {
         }
     } else {
         problem_got(e, idx, "must be a date string or epoch seconds");
+        return;
+    }
+    if ((double)t > oo_wall_now() + FUTURE_SLACK) {
+        problem_got(e, idx, "must not be more than a day in the future (is the till's clock right, or "
+                            "are the day and the month swapped?)");
         return;
     }
     oo_date_format(t, out);
@@ -1017,6 +1044,21 @@ static int l_format_money(lua_State *L) {
     return 1;
 }
 
+/*** core.order_time(value) → epoch seconds of an order.orderDate value
+ * as the encoder reads it (a date string or epoch seconds), or nil when it
+ * is not one. For checks on an order's age (the command line's
+ * --max-order-age warning); whether the date is allowed is the encoder's. */
+static int l_order_time(lua_State *L) {
+    long long t;
+    const char *why = NULL;
+    if (date_value(L, 1, &t, &why) != OO_DATE_OK) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_pushnumber(L, (lua_Number)t);
+    return 1;
+}
+
 static int l_encode(lua_State *L) { return run(L, 1); }
 static int l_validate(lua_State *L) { return run(L, 0); }
 
@@ -1075,6 +1117,8 @@ void oo_encode_register(lua_State *L) {
     lua_setfield(L, -2, "ref_string");
     lua_pushcfunction(L, l_format_money);
     lua_setfield(L, -2, "format_money");
+    lua_pushcfunction(L, l_order_time);
+    lua_setfield(L, -2, "order_time");
     lua_createtable(L, 0, 12);
 #define CAP(name) lua_pushinteger(L, name); lua_setfield(L, -2, #name)
     CAP(MAX_PROBLEMS); CAP(MAX_ITEMS); CAP(MAX_MAP); CAP(MAX_SEGMENTS); CAP(MAX_ID);

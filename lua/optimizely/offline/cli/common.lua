@@ -69,6 +69,7 @@ end
 function M.order_command(parser, name, help, credentials)
   local cmd = parser:command(name, help)
   M.input_options(cmd)
+  require("optimizely.offline.cli.age").option(cmd)
   require("optimizely.offline.cli.pseudonymise").options(cmd, true)
   if credentials then
     M.credential_options(cmd)
@@ -149,6 +150,18 @@ function M.int_option(value, name, lo, hi)
   return n
 end
 
+--- A number of seconds, 0 to a day (nil stays nil); a bad value is a
+-- usage error.
+function M.seconds_option(value, name)
+  if value == nil then return nil end
+  local n = tonumber(value)
+  if not n or n ~= n or n < 0 or n > 86400 then
+    config_error(("--%s must be a number of seconds from 0 to 86400, got %s"):format(name,
+      core.quote(tostring(value), 40)))
+  end
+  return n
+end
+
 --- A positive number option (nil stays nil); a bad value is a usage error.
 function M.number_option(value, name)
   if value == nil then return nil end
@@ -172,6 +185,18 @@ M.MAX_LINE = 2000
 -- quoted by `label` or `core.quote` when it is built.
 function M.clean(s, cap)
   return clean(s, cap or M.MAX_LINE)
+end
+
+-- Anything shaped like an e-mail address (text@text, the domain without a
+-- dot too: jane@localhost is personal data as well).
+local ADDRESS = "[^%s\"'<>()%[%],;:@]+@[^%s\"'<>()%[%],;:@]+"
+
+--- Text with every e-mail address in it replaced by `<e-mail>`: for what
+-- must hold no personal data (a spool's last errors on screen, the
+-- messages of a `--pseudonymise` run's rejects file).
+function M.mask_emails(s)
+  if type(s) ~= "string" then return s end
+  return (s:gsub(ADDRESS, "<e-mail>"))
 end
 
 --- A name or refCode for a message: as it is when it reads safely (short,

@@ -6,6 +6,7 @@ local errors = require("optimizely.offline.errors")
 local common = require("optimizely.offline.cli.common")
 local config = require("optimizely.offline.cli.config")
 local dates = require("optimizely.offline.cli.dates")
+local age = require("optimizely.offline.cli.age")
 
 local config_error, where = common.config_error, common.where
 
@@ -109,6 +110,7 @@ local function item_of(self, rec, fi)
     item.pseudonymise = true -- the rejects file keeps no address of it (cli.rejects)
     if item.payload then pseudonymised(self.pseudonym, item) end
   end
+  if item.payload and not item.stage and self.age then self.age(item) end
   return item
 end
 
@@ -127,7 +129,9 @@ end
 -- With --pseudonymise, every item has `pseudonymise = true`, and `user.email`
 -- has become the pseudonymised `user.id` (`pseudonymised = true`; a bad
 -- address: a validation item, `withhold = true`), also in an item that
--- failed at its date. Items with a `stage` are not sendable. A record from a rejects file
+-- failed at its date. An order older than `--max-order-age` carries a
+-- warning (optimizely.offline.cli.age).
+-- Items with a `stage` are not sendable. A record from a rejects file
 -- (`rec.transformed`) is not transformed again. Ctrl-C inside the
 -- transform or a reader is raised again, never reported as a bad record.
 -- @param args parsed arguments (files, format, delimiter, map, config, date options)
@@ -142,6 +146,7 @@ function M.iter(args, transform, progress, resume)
     files = args.files, opts = M.reader_opts(settings), convert = dates.converter(settings),
     transform = transform, ctx = { state = {} },
     pseudonym = args.pseudonymise and require("optimizely.offline.cli.pseudonymise").build(args) or nil,
+    age = age.guard(args.max_order_age),
   }
   local fi = resume and resume.fi - 1 or 0
   local skip_to = resume and resume.after or 0

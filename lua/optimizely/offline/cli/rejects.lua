@@ -12,7 +12,7 @@
 -- e-mail); a record rejected before that (input, transform, an address the
 -- pseudonymiser refuses) is left out — no `payload`, no `raw`, but
 -- `"withheld":"record"` and its `source`, where it can be fixed; and any
--- address-like text in the error messages is replaced by `[e-mail withheld]`.
+-- address-like text in the error messages is replaced by `<e-mail>`.
 --
 -- The file holds personal data: it is private (0600), written to a
 -- temporary file renamed into place when the run ends (`close`), and the
@@ -83,14 +83,7 @@ function Writer:open()
   self.sink = common.open_output(self.path, "rejects file", self.keep)
 end
 
--- Anything shaped like an e-mail address (text@text) in a message.
-local ADDRESS = "[^%s\"'<>()%[%],;:@]+@[^%s\"'<>()%[%],;:@]+"
-local WITHHELD = "[e-mail withheld]"
-
-local function scrub(s)
-  if type(s) ~= "string" then return s end
-  return (s:gsub(ADDRESS, WITHHELD))
-end
+local scrub = common.mask_emails
 
 local function scrub_list(list, field)
   if type(list) ~= "table" then return list end
