@@ -86,14 +86,16 @@ end
 
 local function num(v) return type(v) == "number" and v or 0 end
 
--- A label value as it may be shown (see the module doc): nil for none.
 local metric_label = core.metric_label
-local function label(v)
+
+--- A label value as it may be shown (see the module doc): `v` itself when
+-- it is 1 to 40 of `[A-Za-z0-9_.-]`, else "other"; nil for nil or "".
+function M.label(v)
   if v == nil then return nil end
   v = metric_label(tostring(v))
   return v ~= "" and v or nil
 end
-M.label = label
+local label = M.label
 
 local function status_of(v)
   return type(v) == "number" and v == floor(v) and v >= 100 and v <= 999 and v or nil
