@@ -68,7 +68,8 @@ describe("a --config file", function()
   it("that another user owns is refused (exit 2)", function()
     if not is_root() then pending("needs root to give the file away") return end
     local path = conf("theirs.conf", "delimiter = ;\n", "644")
-    assert.is_true(os.execute("chown nobody " .. cli.q(path)) == true or false)
+    local given = os.execute("chown nobody " .. cli.q(path))
+    assert.is_true(given == true or given == 0) -- 5.1 and LuaJIT: 0
     local r = cli.run({ "validate", "--config", path, orders("o.ndjson") })
     assert.equal(2, r.code, r.all)
     assert.matches("is owned by another user %(uid %d+%): refusing to use it", r.err)
