@@ -252,3 +252,47 @@ describe("the shared dict's failure series", function()
     assert.equal(2, n)
   end)
 end)
+
+describe("the shared dict of a real nginx across reloads", function()
+  local nginx = require("support.nginx")
+
+  it("keeps at most SHM_FAILURE_SERIES failure series, the rest counted as kind=\"other\"", function()
+    local info = sb.ensure()
+    sb.clear_faults()
+    local inst = nginx.start_example({ tag = "nginx-series", info = info, workers = 2,
+      app = { site = info.site, token = info.token, channel = info.channel, base_url = info.base_url,
+        ca_file = info.ca_file, backoff_base = 0.05, backoff_max = 0.2,
+        queue = { flush_interval = 0.05, max_attempts = 1 } } })
+    finally(function() sb.clear_faults(); inst:destroy() end)
+    local per_gen, gens, failed = 40, 3, 0
+    local function failed_total(text)
+      local n = 0
+      for v in text:gmatch("\noptimizely_offline_orders_failed_total{[^}]*} (%d+)") do n = n + tonumber(v) end
+      return n
+    end
+    for gen = 1, gens do
+      local list, rules = {}, {}
+      for i = 1, per_gen do
+        rules[i] = { count = 1, status = 400, match = "POST",
+          body = TOKEN_BODY:format(("Unique-%d-%d"):format(gen, i)) }
+        list[i] = payload(("SER-%d-%d-%d"):format(os.time(), gen, i))
+      end
+      sb.faults((table.unpack or unpack)(rules)) -- luacheck: ignore (unpack: 5.1)
+      local res = inst:request("/pos/orders", { method = "POST", body = sb.json.encode(list) })
+      assert.equal(202, res.status, res.body)
+      failed = failed + per_gen
+      assert.is_truthy(nginx.wait_until(function()
+        return failed_total("\n" .. inst:get("/metrics").body) == failed
+      end, 20), "generation " .. gen .. " never counted:\n" .. inst:get("/metrics").body .. inst:error_log())
+      if gen < gens then assert.is_true(nginx.run("kill -HUP " .. inst:pid())) end
+    end
+    local text = inst:get("/metrics").body
+    local series, other = 0, 0
+    for labels, v in text:gmatch("\noptimizely_offline_orders_failed_total{([^}]*)} (%d+)") do
+      if labels:find('kind="other"', 1, true) then other = other + tonumber(v) else series = series + 1 end
+    end
+    assert.is_true(series <= metrics.SHM_FAILURE_SERIES, series .. " series:\n" .. text)
+    assert.is_true(other > 0, text)
+    assert.equal(gens * per_gen, failed_total("\n" .. text))
+  end)
+end)
