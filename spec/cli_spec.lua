@@ -272,7 +272,11 @@ describe("optimizely-offline (command line)", function()
       local again = lines_of(r2)
       assert.equal(2, #again)
       assert.equal("input", again[1].stage)
-      assert.matches("rejected record without a payload to send", again[1].error.message)
+      -- the bad line is read again from the raw text it kept (fixed there, it would go out)
+      assert.matches("invalid JSON: .*%(the raw text of a rejected record%)", again[1].error.message)
+      for _, l in ipairs(lines_of(r1)) do
+        if l.stage == "input" then assert.equal(l.raw, again[1].raw) end
+      end
       assert.equal("validation", again[2].stage)
       assert.equal(FIX .. "orders.ndjson:5", again[2].origin)
       assert.equal(2, #lines_of(r2))

@@ -112,6 +112,13 @@ function M.main(argv, out, err)
     end
     error(parsed, 0)
   end
+  -- what an option's action found (an old option name: `_warnings`; a
+  -- value it cannot take: `_usage_error`)
+  if parsed._usage_error then
+    err:write(parser:get_usage(), "\n\nerror: ", parsed._usage_error, "\n")
+    return M.EXIT_USAGE
+  end
+  for _, w in ipairs(parsed._warnings or {}) do err:write(w, "\n") end
   return run_command(handlers[parsed.command], parsed, out, err)
 end
 

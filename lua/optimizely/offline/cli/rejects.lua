@@ -2,16 +2,22 @@
 -- `{"payload":…, "error":…, "source":"file:line", "stage":…, "transformed":bool}`,
 -- that `send` reads back as it is (the NDJSON reader unwraps the lines, and
 -- a transformed payload is not transformed again). Lines without a payload
--- (input errors) keep the `raw` text when the reader had it; `origin` is the
--- first source of a record re-sent from a rejects file.
+-- (input errors: a CSV row with the wrong field count, an order whose rows
+-- conflict or are apart, a line that is not JSON) keep the text the reader
+-- had — `raw` (a CSV order's rows), `raw_format` ("csv" or "ndjson") and,
+-- for CSV, `raw_header` and `raw_delimiter` — so the line can be fixed in
+-- the rejects file and sent again with it (the later rows of a split order
+-- also keep `split_from`, the line of its first rows, and are not sent
+-- until that key is removed); `origin` is the first source of a record
+-- re-sent from a rejects file.
 --
 -- Under `--pseudonymise` (items marked `pseudonymise` by the records
 -- iterator) the file never holds an e-mail address: every line says
 -- `"pseudonymised":true`; a payload is kept only once pseudonymised (it
 -- holds the id: sending the file again, with or without the flag, posts no
 -- e-mail); a record rejected before that (input, transform, an address the
--- pseudonymiser refuses) is left out — no `payload`, no `raw`, but
--- `"withheld":"record"` and its `source`, where it can be fixed; and any
+-- pseudonymiser refuses) is left out — no `payload`, no `raw` (to fix it
+-- and send it again, go to its `source`), but `"withheld":"record"`; and any
 -- address-like text in the error messages is replaced by `<e-mail>`.
 --
 -- The file holds personal data: it is private (0600), written to a
@@ -101,7 +107,8 @@ end
 local function private(t, item)
   t.pseudonymised = true
   if not item.pseudonymised or item.withhold then
-    t.payload, t.raw, t.withheld = nil, nil, "record"
+    t.payload, t.raw, t.raw_format, t.raw_header, t.raw_delimiter, t.split_from = nil, nil, nil, nil, nil, nil
+    t.withheld = "record"
   end
   local e = t.error
   e.message = scrub(e.message)
@@ -124,6 +131,11 @@ local function line_of(item, err)
     transformed = item.transformed or false,
     raw = (not payload and rec) and rec.raw or nil,
   }
+  if t.raw then -- how to read it again (see optimizely.offline.input.ndjson)
+    t.raw_format, t.raw_header, t.raw_delimiter = rec.raw_format, rec.raw_header, rec.raw_delimiter
+    -- the later rows of a split order: not sent alone until someone says so
+    if rec.code == "split_order" then t.split_from = rec.first_line end
+  end
   if item.pseudonymise then private(t, item) end
   local s = json_encode(t)
   if s then return s end

@@ -56,6 +56,8 @@ function M.register(parser)
     .. "percentiles) to this file."):argname("<file>")
   cmd:option("--metrics", "Write the run's metrics in the Prometheus text format to this file (for "
     .. "node-exporter's textfile collector; 0600, replaced when complete)."):argname("<file>")
+  cmd:option("--metrics-mode", "Permission bits of the --metrics file, e.g. 0644 (world-readable: it holds "
+    .. "counts only) or 0640 (default 0600)."):argname("<mode>")
   stop.grace_option(cmd)
 end
 
@@ -163,7 +165,8 @@ function Send:setup()
   self.rejects = rejects.new(args.rejects, { keep = true })
   -- opened now: a typo in its path fails before anything is sent
   self.report_sink = args.report and common.open_output(args.report, "the report")
-  self.metrics_sink = args.metrics and common.open_output(args.metrics, "the metrics file")
+  self.metrics_sink = args.metrics and common.open_output(args.metrics, "the metrics file", nil,
+    common.file_mode(args.metrics_mode, "metrics-mode"))
   self.progress = progress.new(self.err, self.quiet, self.clock, args.files)
   self.records = common.records(args, self.transform, self.progress)
   self.started_at, self.t0 = os.time(), self.clock()
@@ -186,11 +189,21 @@ function Send:print_failure(item, e)
   st.printed = st.printed + 1
   if st.printed > M.MAX_PRINTED and not self.verbose then
     if st.printed == M.MAX_PRINTED + 1 then
-      self:note("(more failures: see the summary and the rejects file; --verbose prints them all)")
+      self:failure_line("(more failures: see the summary and the rejects file; --verbose prints them all)")
     end
     return
   end
-  for _, line in ipairs(common.failure_lines(item, e)) do self:note(line) end
+  for _, line in ipairs(common.failure_lines(item, e)) do self:failure_line(line) end
+end
+
+--- One line about a failed record: on standard output in a dry run, as
+-- `validate` prints them (a check's findings are its output), else on
+-- standard error with the other messages of a run that sends.
+-- @local
+function Send:failure_line(line)
+  if not self.dry then return self:note(line) end
+  if self.progress then self.progress:clear() end
+  common.say(self.out, line)
 end
 
 --- Counts warnings of an item; with -v prints them under its line.
@@ -290,6 +303,7 @@ function Send:check()
     elseif item.payload then
       local ok, verr = validate(item.payload)
       if not ok then e, item.stage = verr, "validation" end
+      if ok then e = self:channel_problem(item) end
     end
     if e then
       checked.failed = checked.failed + 1
@@ -302,6 +316,17 @@ function Send:check()
   bar:finish()
   self.progress, self.checked = saved, checked
   return checked.failed == 0
+end
+
+--- Why a record could not be sent on its channel (no token for it, or
+-- none named and no default), asked before sending (`--check-first`, the
+-- dry run); nil when it can.
+-- @local
+function Send:channel_problem(item)
+  self.channel_check = self.channel_check or require("optimizely.offline.cli.channels").checker(self.args, self.client)
+  local e = self.channel_check(item.rec and item.rec.channel)
+  if e then item.stage = "validation" end
+  return e
 end
 
 --- After a failed check: nothing sent, the grouped failures, exit 1.
@@ -422,6 +447,8 @@ function Send:run_dry()
     if not item.skipped then st.read = st.read + 1 end
     if item.payload and not item.stage then
       local json, e = encode(item.payload)
+      local cerr = json and self:channel_problem(item)
+      if cerr then json, e = nil, cerr end
       if json then
         st.valid = st.valid + 1
         if self.verbose then common.say(self.out, common.head(item), "valid (", tostring(#json), " bytes)") end

@@ -144,25 +144,44 @@ local function start_order(self, line, attrs)
   return { kind = "order" }
 end
 
-local function finish_order(self, line)
+--- The most text of one order kept for its rejects line (a bad order's
+-- `raw`, to be fixed and sent again); a longer order keeps none.
+M.MAX_RAW_ORDER = 64 * 1024
+
+-- The order's text, from its `<order` to its `</order>`, out of the chunks
+-- kept while it was open (nil when it outgrew MAX_RAW_ORDER).
+local function order_text(self, p)
+  local r = self.raw
+  self.raw = nil
+  if not r or r.cut then return nil end
+  local _, _, pos = p:pos()
+  local text = concat(r.parts)
+  local e = find(text, ">", pos - r.at + 1, true)
+  return e and sub(text, r.from - r.at + 1, e) or nil
+end
+
+local function finish_order(self, p)
   local o = self.cur
   self.cur = nil
   if o.nitems > M.MAX_ITEMS then
     o.nproblems = o.nproblems + 1
     table.insert(o.problems, 1, ("line %d: too many items (%d, max %d): the products past the cap are not read")
-      :format(line, o.nitems, M.MAX_ITEMS))
+      :format((p:pos()), o.nitems, M.MAX_ITEMS))
   end
   if o.nproblems == 0 then
+    self.raw = nil
     self.queue:push({ payload = o.payload, file = self.name, line = o.line })
     return
   end
+  local raw = order_text(self, p)
   local msg = concat(o.problems, "; ")
   if o.nproblems > #o.problems then
     msg = msg .. ("; and %d more"):format(o.nproblems - #o.problems)
   end
   local ref = o.payload.order.refCode
   self.queue:push(fail(self.name, o.line, "order",
-    ("order%s: %s"):format(ref and (" " .. quote(ref)) or "", msg), { ref = ref }))
+    ("order%s: %s"):format(ref and (" " .. quote(ref)) or "", msg),
+    { ref = ref, raw = raw, raw_format = raw and "xml" or nil }))
 end
 
 -- An <attribute> element: its key now, its text when it ends.
@@ -269,6 +288,10 @@ local function StartElement(self, p, el, attrs)
   end
   self.top = self.top + 1
   self.stack[self.top] = entry
+  if entry.kind == "order" then -- its text is kept while it is open (see order_text)
+    local _, _, pos = p:pos()
+    self.raw = { from = pos, at = self.chunk_at, parts = { self.chunk }, size = #self.chunk - (pos - self.chunk_at) }
+  end
 end
 
 local function EndElement(self, p)
@@ -279,7 +302,7 @@ local function EndElement(self, p)
   self.top = self.top - 1
   local kind = entry.kind
   if kind == "order" then
-    finish_order(self, (p:pos()))
+    finish_order(self, p)
   elseif kind == "product" then
     local o = self.cur
     if entry.item and not o.capped then
@@ -339,15 +362,48 @@ local function broken(self, msg, line, col)
   })
 end
 
+--- expat's message for a parse that failed on a byte that is not UTF-8
+-- (a Windows-1252 or Latin-1 document that declares no encoding, or the
+-- wrong one) or on an encoding it does not know (windows-1252), with what
+-- to do about it; any other message as it is.
+-- @param msg expat's message
+-- @param parser the parser (its position is the failure's)
+-- @param chunk the chunk being parsed
+-- @param fed bytes fed so far, this chunk included
+function M.not_text_hint(msg, parser, chunk, fed)
+  if msg == "unknown encoding" then
+    return msg .. " (expat reads UTF-8, UTF-16, ISO-8859-1 and US-ASCII; for a Windows-1252 document give "
+      .. "--input-encoding cp1252, input_encoding in the reader options)"
+  end
+  if not tostring(msg):find("invalid token", 1, true) then return msg end
+  local _, _, pos = parser:pos()
+  if not pos then return msg end
+  -- expat's index is at or just past the byte it refused
+  local at, b = pos - (fed - #chunk) + 1, nil
+  for i = math.max(1, at - 3), math.min(#chunk, at + 1) do
+    if chunk:byte(i) >= 0x80 then b = chunk:byte(i); break end
+  end
+  if not b then return msg end
+  return ("%s: byte \\x%02X is not UTF-8 (a Windows-1252 or Latin-1 export? give its encoding: "
+    .. "--input-encoding cp1252 or latin1, input_encoding in the reader options, or an encoding "
+    .. "declaration)"):format(tostring(msg), b)
+end
+
 -- Parses one piece of input; false when the file ends here (malformed, or
 -- a token past MAX_TOKEN: expat stands at the start of the token it has
 -- not finished, `pending` bytes back).
 local function parse(self, piece)
   local parser = self.parser
+  self.chunk, self.chunk_at = piece, self.fed + 1
+  local r = self.raw -- the open order's text, for its rejects line (see order_text)
+  if r and not r.cut then
+    r.parts[#r.parts + 1], r.size = piece, r.size + #piece
+    if r.size > M.MAX_RAW_ORDER + #piece then r.cut, r.parts = true, nil end
+  end
   self.fed = self.fed + #piece
   local ok, msg, line, col = parser:parse(piece)
   if not ok then
-    broken(self, msg, line, col)
+    broken(self, M.not_text_hint(msg, parser, piece, self.fed), line, col)
     return false
   end
   local at_line, at_col, at_byte = parser:pos()
