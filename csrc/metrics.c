@@ -107,11 +107,15 @@ static oo_chan_count *chan_slot(oo_metrics *m, const char *name) {
     char label[OO_LABEL_MAX + 1];
     int i;
     if (!name || !name[0]) return NULL;
+    /* every order counts here: a name seen before skips the label check */
+    for (i = 0; i < m->nchan; i++)
+        if (strcmp(m->chan[i].raw, name) == 0) return &m->chan[i];
     oo_metrics_label(m, name, label);
     for (i = 0; i < m->nchan; i++)
         if (strcmp(m->chan[i].name, label) == 0) return &m->chan[i];
     if (m->nchan == OO_CHAN_LABELS) return NULL;
     memcpy(m->chan[m->nchan].name, label, sizeof label);
+    if (strlen(name) < sizeof m->chan[m->nchan].raw) strcpy(m->chan[m->nchan].raw, name);
     return &m->chan[m->nchan++];
 }
 

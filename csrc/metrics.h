@@ -36,7 +36,8 @@ typedef struct oo_secret_print {
 } oo_secret_print;
 
 typedef struct oo_chan_count {
-    char name[OO_CHAN_NAME];
+    char name[OO_CHAN_NAME]; /* the label */
+    char raw[OO_CHAN_NAME];  /* the name it was first counted under: the fast lookup */
     long long sent, failed;
 } oo_chan_count;
 
