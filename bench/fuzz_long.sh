@@ -32,6 +32,7 @@ fuzz_tz        corpus-tz        seeds-tz         8192
 fuzz_csv       corpus-csv       seeds-csv        4096   1800
 fuzz_labels    corpus-labels    seeds-labels     4096
 fuzz_decode    corpus-decode    seeds-decode     4096
+fuzz_ledger    corpus-ledger    seeds-ledger     4096
 '
 
 command -v clang >/dev/null 2>&1 || { echo "fuzz_long: clang is needed (apt-get install -y clang)"; exit 2; }

@@ -36,7 +36,7 @@ for v in 5.1 5.3; do
   env LUA_PATH="$LPATH" LUA_CPATH="$ROOT/build/$v/?.so;;" LUA_PATH_5_3="$LPATH" \
     LUA_CPATH_5_3="$ROOT/build/$v/?.so;;" \
     busted --lua="lua$v" -o utfTerminal spec/encode_spec.lua spec/encode_edge_spec.lua \
-    spec/property_spec.lua spec/json_spec.lua spec/spool_spec.lua spec/retry_spec.lua \
+    spec/property_spec.lua spec/json_spec.lua spec/spool_spec.lua spec/ledger_spec.lua spec/retry_spec.lua \
     spec/cli_json_spec.lua spec/cli_dates_spec.lua spec/input_csv_spec.lua \
     spec/money_spec.lua spec/input_encoding_spec.lua \
     >"$LOGDIR/lua$v.log" 2>&1 || { echo "!! lua$v failed"; status=1; }
@@ -84,8 +84,8 @@ else
 fi
 
 # A bounded libFuzzer run over the C parsers (dates, money, UTF-8, escaping, CSV,
-# the input decoder), the pseudonymiser (normalisation + HMAC) and the metric
-# labels (classify -> metrics -> Prometheus text).
+# the input decoder, the ledger's body reader), the pseudonymiser (normalisation +
+# HMAC) and the metric labels (classify -> metrics -> Prometheus text).
 echo "== fuzz"
 if command -v clang >/dev/null 2>&1; then
   if make -s -C fuzz run FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >"$LOGDIR/fuzz.out" 2>&1 &&
@@ -95,6 +95,7 @@ if command -v clang >/dev/null 2>&1; then
      make -s -C fuzz run-tz FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
      make -s -C fuzz run-csv FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
      make -s -C fuzz run-decode FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
+     make -s -C fuzz run-ledger FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
      make -s -C fuzz run-labels FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1; then
     tail -n 2 "$LOGDIR/fuzz.out"
   else
