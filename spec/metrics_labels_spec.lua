@@ -4,7 +4,7 @@
 -- bytes; the shared dict of the nginx queues keeps a bounded number of
 -- failure series across reloads. Every path: the C metrics object, the
 -- libcurl client (send and send_batch), the command line's --metrics and
--- the nginx thread engine's /metrics (real nginx, real TLS).
+-- the nginx queue's /metrics (real nginx, real TLS).
 local offline = require("optimizely.offline")
 local core = require("optimizely.offline.core")
 local metrics = require("optimizely.offline.metrics")
@@ -161,12 +161,12 @@ describe("a code that is the site token", function()
       .. 'channel="store"} 2', 1, true), text)
   end)
 
-  it("is counted as `other` in the nginx thread engine's /metrics", function()
+  it("is counted as `other` in the nginx queue's /metrics", function()
     local nginx = require("support.nginx")
     local inst = nginx.start_example({ tag = "nginx-labels", info = info,
       app = { site = info.site, token = info.token, channel = info.channel, base_url = info.base_url,
         ca_file = info.ca_file, backoff_base = 0.05, backoff_max = 0.2,
-        queue = { engine = "thread", flush_interval = 0.05, max_attempts = 1 } } })
+        queue = { flush_interval = 0.05, max_attempts = 1 } } })
     finally(function() inst:destroy() end)
     token_fault(1)
     local res = inst:request("/pos/orders", { method = "POST",
