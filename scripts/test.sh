@@ -84,7 +84,8 @@ else
 fi
 
 # A bounded libFuzzer run over the C parsers (dates, money, UTF-8, escaping, CSV,
-# the input decoder, the ledger's body reader) and the pseudonymiser (normalisation + HMAC).
+# the input decoder, the ledger's body reader), the pseudonymiser (normalisation +
+# HMAC) and the metric labels (classify -> metrics -> Prometheus text).
 echo "== fuzz"
 if command -v clang >/dev/null 2>&1; then
   if make -s -C fuzz run FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >"$LOGDIR/fuzz.out" 2>&1 &&
@@ -94,7 +95,8 @@ if command -v clang >/dev/null 2>&1; then
      make -s -C fuzz run-tz FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
      make -s -C fuzz run-csv FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
      make -s -C fuzz run-decode FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
-     make -s -C fuzz run-ledger FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1; then
+     make -s -C fuzz run-ledger FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1 &&
+     make -s -C fuzz run-labels FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >>"$LOGDIR/fuzz.out" 2>&1; then
     tail -n 2 "$LOGDIR/fuzz.out"
   else
     tail -n 40 "$LOGDIR/fuzz.out"; echo "!! fuzzer found a failure"; status=1
