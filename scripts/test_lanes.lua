@@ -1,0 +1,430 @@
+-- The suite runner behind scripts/test.sh (make test, make check, make asan,
+-- make valgrind): every suite is cut into jobs -- one spec file under one
+-- interpreter, the fault run, one fuzz target -- and the jobs run in a pool
+-- of lanes, longest first (times from scripts/test_durations.txt, measured).
+-- Each lane is a process slot with its own range of ports (OO_TEST_PORTS,
+-- read by spec/support/nginx.lua), and each job has its own TMPDIR and, when
+-- its specs ask for one, its own sandbox (spec/support/sandbox.lua starts one
+-- per busted process). Most of a spec's time is waiting on nginx, curl and
+-- timers, so on 2 cores 6 lanes finish in a fraction of the serial time.
+--
+--   lua5.4 scripts/test_lanes.lua [--lanes N] [--work DIR] [SUITE...] [spec/FILE_spec.lua...]
+--
+-- SUITE: lua5.4 luajit lua5.1 lua5.3 asan valgrind fault fuzz (default: all).
+-- Spec files given restrict the busted suites to them. Prints each suite's
+-- busted summary (its files summed) as it completes, every failure in full,
+-- the per-suite timings, the slowest files, then the closing line
+-- "test: N passed, N failed". Logs stay in build/test-logs/<suite>/, and the
+-- times of this run in build/test-logs/durations.txt (the table's format).
+-- The variants must be built first (scripts/test.sh does).
+local ROOT = assert(os.getenv("PWD"), "run from the checkout (PWD unset)")
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+local function capture(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function now() return tonumber(capture("date +%s.%N")) end
+
+-- ---------------------------------------------------------------------------
+-- The suites
+
+local LPATH = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/spec/?.lua;;"
+local function cpath(variant) return ROOT .. "/build/" .. variant .. "/?.so;;" end
+
+-- The same C source under PUC Lua 5.1 and 5.3: the C-heavy specs.
+local C_HEAVY = { "spec/encode_spec.lua", "spec/encode_edge_spec.lua", "spec/property_spec.lua",
+  "spec/json_spec.lua", "spec/spool_spec.lua", "spec/retry_spec.lua", "spec/cli_json_spec.lua",
+  "spec/cli_dates_spec.lua", "spec/input_csv_spec.lua" }
+
+local function paths_env(variant, ...)
+  local env = {}
+  for _, v in ipairs({ ... }) do
+    env["LUA_PATH" .. v] = LPATH
+    env["LUA_CPATH" .. v] = cpath(variant)
+  end
+  return env
+end
+
+-- busted --lua re-executes through a shell without quoting, so paths go in
+-- the environment, never on its command line.
+local SUITES = {
+  { name = "lua5.4", run = "busted --lua=lua5.4 -o utfTerminal", files = "all",
+    env = paths_env("5.4", "", "_5_4") },
+  { name = "luajit", run = "busted --lua=luajit -o utfTerminal", files = "all",
+    env = paths_env("jit", "", "_5_4") },
+  { name = "lua5.1", run = "busted --lua=lua5.1 -o utfTerminal", files = C_HEAVY,
+    env = paths_env("5.1", "", "_5_3") },
+  { name = "lua5.3", run = "busted --lua=lua5.3 -o utfTerminal", files = C_HEAVY,
+    env = paths_env("5.3", "", "_5_3") },
+  -- AddressSanitizer + UBSan build of the C core, run by a small lua5.4
+  -- interpreter linked with the sanitizers (scripts/asan-lua.c) -- not by
+  -- LD_PRELOAD, which would leak into every curl/nginx a spec starts. Leak
+  -- checking is off (busted exits without closing the state); any memory
+  -- error or UB aborts the run (halt_on_error, no UB recovery).
+  { name = "asan", run = ROOT .. "/build/asan-lua /usr/bin/busted -o utfTerminal", files = "all",
+    env = (function()
+      local e = paths_env("asan", "_5_4")
+      e.ASAN_OPTIONS = "detect_leaks=0:halt_on_error=1:abort_on_error=1"
+      e.UBSAN_OPTIONS = "halt_on_error=1:print_stacktrace=1"
+      e.OO_PROPERTY_SCALE = "0.2"
+      e.OO_LUA = ROOT .. "/build/asan-lua"
+      e.OO_BUILD = "asan"
+      return e
+    end)() },
+  -- valgrind over the encoder specs (the network specs are covered by ASan).
+  { name = "valgrind", files = { "spec/encode_spec.lua", "spec/encode_edge_spec.lua" },
+    run = "valgrind -q --error-exitcode=99 --leak-check=no --track-origins=no lua5.4 /usr/bin/busted -o utfTerminal",
+    env = paths_env("5.4", "_5_4") },
+  -- The fault run, bounded: 1,000 orders through a spool while the sandbox
+  -- answers 503, closes connections and is stopped; the pusher is kill -9ed
+  -- and restarted. Every order must end in the sandbox or the dead letters.
+  { name = "fault", env = paths_env("5.4", "_5_4"), commands = {
+    { name = "fault run (quick)", cmd = "lua5.4 bench/fault_run.lua --orders 1000 --quick",
+      ok_tail = 1, fail_tail = 30, fail_note = "fault run lost orders" } } },
+  -- A bounded libFuzzer run over the C parsers (dates, money, UTF-8, escaping,
+  -- CSV), the JSON decoder, the classifier and the pseudonymiser (HMAC).
+  { name = "fuzz", env = {}, needs = "clang", commands = (function()
+    local secs = os.getenv("FUZZ_SECONDS") or "15"
+    local out = {}
+    for _, t in ipairs({ "run", "run-json", "run-classify", "run-hmac", "run-tz", "run-csv" }) do
+      out[#out + 1] = { name = "fuzz " .. t, cmd = "make -s -C fuzz " .. t .. " FUZZ_SECONDS=" .. secs,
+        ok_tail = 1, fail_tail = 40, fail_note = "fuzzer found a failure" }
+    end
+    return out
+  end)() },
+}
+
+-- Jobs that must not share the machine (load tests, timing benches) run
+-- alone after the pool has drained: "suite file" entries. Keep it short.
+local SERIAL = {}
+
+-- ---------------------------------------------------------------------------
+-- Arguments
+
+local lanes, work = nil, nil
+local want_suites, want_files = {}, {}
+do
+  local i = 1
+  while i <= #arg do
+    local a = arg[i]
+    if a == "--lanes" then
+      lanes = assert(tonumber(arg[i + 1]), "--lanes needs a number")
+      i = i + 1
+    elseif a == "--work" then
+      work = arg[i + 1]
+      i = i + 1
+    elseif a:match("_spec%.lua$") then
+      want_files[#want_files + 1] = a
+    else
+      want_suites[a] = true
+    end
+    i = i + 1
+  end
+end
+if not next(want_suites) then
+  for _, s in ipairs(SUITES) do
+    if not (s.commands and next(want_files)) then want_suites[s.name] = true end
+  end
+end
+for name in pairs(want_suites) do
+  local known = false
+  for _, s in ipairs(SUITES) do known = known or s.name == name end
+  if not known then
+    io.stderr:write("test_lanes: unknown suite " .. name .. "\n")
+    os.exit(2)
+  end
+end
+local function nproc() return tonumber(capture("nproc 2>/dev/null"):match("%d+")) or 2 end
+lanes = lanes or tonumber(os.getenv("TEST_LANES") or "") or math.max(4, 3 * nproc())
+work = work or capture("mktemp -d"):gsub("%s+$", "")
+
+-- ---------------------------------------------------------------------------
+-- Jobs
+
+local function all_specs()
+  local out = {}
+  for f in capture("ls spec/*_spec.lua 2>/dev/null"):gmatch("[^\n]+") do out[#out + 1] = f end
+  return out
+end
+
+-- Measured seconds per "suite file" (scripts/test_durations.txt).
+local function load_durations()
+  local t = {}
+  for line in (read_file("scripts/test_durations.txt") or ""):gmatch("[^\n]+") do
+    local suite, file, secs = line:match("^(%S+)%s+(%S+)%s+([%d%.]+)")
+    if suite then t[suite .. " " .. file] = tonumber(secs) end
+  end
+  return t
+end
+
+local function selected(list)
+  if not next(want_files) then return list end
+  local keep, out = {}, {}
+  for _, f in ipairs(want_files) do keep[f] = true end
+  for _, f in ipairs(list) do if keep[f] then out[#out + 1] = f end end
+  return out
+end
+
+local function log_name(s) return (s:gsub("^spec/", ""):gsub("[^%w_.-]", "_")) end
+
+-- One job per (suite, spec file) and per command; an unmeasured one gets a
+-- long estimate, so a new slow file starts early rather than last.
+local function make_jobs()
+  local durations, jobs, specs = load_durations(), {}, all_specs()
+  local serial = {}
+  for _, key in ipairs(SERIAL) do serial[key] = true end
+  for _, s in ipairs(SUITES) do
+    if want_suites[s.name] and not (s.needs and capture("command -v " .. s.needs) == "") then
+      s.jobs, s.done = {}, 0
+      local units = {}
+      if s.commands then
+        for _, c in ipairs(s.commands) do units[#units + 1] = { key = c.name, cmd = c.cmd, command = c } end
+      else
+        for _, f in ipairs(selected(s.files == "all" and specs or s.files)) do
+          units[#units + 1] = { key = f, cmd = s.run .. " " .. f }
+        end
+      end
+      for _, u in ipairs(units) do
+        local key = s.name .. " " .. u.key
+        local job = { id = #jobs + 1, suite = s, key = u.key, cmd = u.cmd, command = u.command,
+          est = durations[key] or 30, serial = serial[key] or false,
+          log = ("%s/build/test-logs/%s/%s.log"):format(ROOT, s.name, log_name(u.key)) }
+        jobs[#jobs + 1] = job
+        s.jobs[#s.jobs + 1] = job
+      end
+    end
+  end
+  table.sort(jobs, function(a, b)
+    if a.serial ~= b.serial then return b.serial end
+    if a.est ~= b.est then return a.est > b.est end
+    return a.id < b.id
+  end)
+  return jobs
+end
+
+-- ---------------------------------------------------------------------------
+-- The pool
+
+-- Ports 2000-9999: below the kernel's ephemeral range (no clash with
+-- client source ports, no TCP self-connect) and the sandbox's 10000+.
+local PORT_BASE, PORT_SPAN = 2000, 400
+
+local fifo = work .. "/done.fifo"
+
+local function launch(job, slot)
+  local tmp = ("%s/tmp/%d"):format(work, job.id)
+  local lo = PORT_BASE + (slot - 1) % 20 * PORT_SPAN
+  local env = { "OO_TEST_PORTS=" .. lo .. "-" .. (lo + PORT_SPAN - 1), "TMPDIR=" .. tmp, "PWD=" .. ROOT }
+  for k, v in pairs(job.suite.env) do env[#env + 1] = k .. "=" .. v end
+  table.sort(env)
+  for i, e in ipairs(env) do env[i] = q(e) end
+  -- each job reports "id rc start end" on the fifo when it ends; `timeout`
+  -- bounds a hung job. The runner holds the fifo open, so a write never blocks.
+  local script = table.concat({
+    "mkdir -p " .. q(tmp) .. " " .. q(job.log:match("^(.*)/")),
+    "cd " .. q(ROOT),
+    "t0=$(date +%s.%N)",
+    "env -u OO_SANDBOX_INFO " .. table.concat(env, " ") .. " timeout -k 10 900 " .. job.cmd
+      .. " >" .. q(job.log) .. " 2>&1 </dev/null",
+    "rc=$?",
+    "times >" .. q(work .. "/" .. job.id .. ".times"),
+    "echo \"" .. job.id .. " $rc $t0 $(date +%s.%N)\" >" .. q(fifo),
+  }, "\n")
+  os.execute("sh -c " .. q(script) .. " >/dev/null 2>&1 &")
+  job.slot = slot
+end
+
+local function strip_colours(s) return (s:gsub("\27%[[%d;]*m", "")) end
+
+-- busted's "N successes / N failures / N errors / N pending : T seconds"
+local function summary_of(text)
+  local last
+  for line in strip_colours(text):gmatch("[^\n]+") do
+    local s, f, e = line:match("(%d+) successe?s? / (%d+) failures? / (%d+) errors?")
+    if s then last = { tonumber(s), tonumber(f), tonumber(e), tonumber(line:match("(%d+) pending")) or 0 } end
+  end
+  return last
+end
+
+local function tail(text, n)
+  local lines = {}
+  for line in text:gmatch("[^\n]*") do lines[#lines + 1] = line end
+  while #lines > 0 and lines[#lines] == "" do lines[#lines] = nil end
+  return table.concat(lines, "\n", math.max(1, #lines - n + 1))
+end
+
+-- ---------------------------------------------------------------------------
+-- Reports
+
+local totals = { passed = 0, failed = 0 }
+
+local function settle(job, rc, t0, t1)
+  job.rc, job.start, job.finish = rc, t0, t1
+  job.took = t1 - t0
+  -- `times`: the second line is the CPU (user, system) of the job's processes
+  local u1, u2, s1, s2 = (read_file(work .. "/" .. job.id .. ".times") or "")
+    :match("\n(%d+)m([%d.]+)s (%d+)m([%d.]+)s")
+  job.cpu = u1 and (u1 * 60 + u2 + s1 * 60 + s2) or 0
+  local text = read_file(job.log) or ""
+  job.text = text
+  if job.command then
+    job.ok = rc == 0
+    if not job.ok then totals.failed = totals.failed + 1 end
+    return
+  end
+  job.summary = summary_of(text)
+  if not job.summary then
+    job.ok = false
+    totals.failed = totals.failed + 1
+    return
+  end
+  local s, f, e = table.unpack(job.summary)
+  totals.passed = totals.passed + s
+  totals.failed = totals.failed + f + e
+  job.ok = rc == 0 and f + e == 0
+end
+
+local status = 0
+
+local function print_suite(s)
+  local first, last, counts = math.huge, 0, { 0, 0, 0, 0 }
+  for _, j in ipairs(s.jobs) do
+    first, last = math.min(first, j.start), math.max(last, j.finish)
+    for i = 1, 4 do counts[i] = counts[i] + (j.summary and j.summary[i] or 0) end
+  end
+  s.wall, s.counts = last - first, counts
+  s.busy, s.cpu = 0, 0
+  for _, j in ipairs(s.jobs) do s.busy, s.cpu = s.busy + j.took, s.cpu + j.cpu end
+  if s.commands then
+    print("== " .. s.name)
+    for _, j in ipairs(s.jobs) do
+      if j.ok then
+        print(tail(j.text, j.command.ok_tail))
+      else
+        print(tail(j.text, j.command.fail_tail))
+        print(("!! %s: %s (exit %d)"):format(j.key, j.command.fail_note, j.rc))
+        status = 1
+      end
+    end
+    return
+  end
+  print(("== %s: %d successes / %d failures / %d errors / %d pending : %.1f seconds (%d files in lanes)")
+    :format(s.name, counts[1], counts[2], counts[3], counts[4], s.wall, #s.jobs))
+  for _, j in ipairs(s.jobs) do
+    if not j.ok then
+      status = 1
+      print(("-- %s %s (exit %d%s), in full:"):format(s.name, j.key, j.rc,
+        j.summary and "" or ", no busted summary"))
+      print(strip_colours(j.text))
+      print(("!! %s failed: %s"):format(s.name, j.key))
+    end
+  end
+end
+
+local function print_timings(jobs, suites, wall)
+  print(("== timings (wall seconds; lanes: %d; \"in lanes\" = its jobs' seconds summed)"):format(lanes))
+  print(("  %-9s %6s %7s %9s %7s %5s"):format("suite", "specs", "wall", "in lanes", "cpu", "jobs"))
+  for _, s in ipairs(suites) do
+    print(("  %-9s %6s %7.1f %9.1f %7.1f %5d"):format(s.name, s.commands and "-" or tostring(s.counts[1]),
+      s.wall, s.busy, s.cpu, #s.jobs))
+  end
+  local build = tonumber(os.getenv("TEST_BUILD_SECONDS") or "")
+  if build then print(("  %-9s %6s %7.1f"):format("build", "", build)) end
+  print(("  %-9s %6s %7.1f"):format("all", "", wall + (build or 0)))
+  local sorted = {}
+  for _, j in ipairs(jobs) do sorted[#sorted + 1] = j end
+  table.sort(sorted, function(a, b) return a.took > b.took end)
+  print("== slowest jobs")
+  for i = 1, math.min(8, #sorted) do
+    print(("  %6.1f s (cpu %5.1f)  %-9s %s"):format(sorted[i].took, sorted[i].cpu, sorted[i].suite.name,
+      sorted[i].key))
+  end
+end
+
+local function save_durations(jobs)
+  local lines = {}
+  for _, j in ipairs(jobs) do lines[#lines + 1] = ("%s %s %.1f"):format(j.suite.name, j.key, j.took) end
+  table.sort(lines)
+  local f = io.open(ROOT .. "/build/test-logs/durations.txt", "w")
+  if f then
+    f:write(table.concat(lines, "\n"), "\n")
+    f:close()
+  end
+end
+
+-- ---------------------------------------------------------------------------
+-- Main
+
+local jobs = make_jobs()
+local suites = {}
+for _, s in ipairs(SUITES) do if s.jobs and #s.jobs > 0 then suites[#suites + 1] = s end end
+if #jobs == 0 then
+  print("test: 0 passed, 0 failed (no jobs)")
+  os.exit(1)
+end
+os.execute("rm -rf " .. q(ROOT .. "/build/test-logs") .. " && mkdir -p " .. q(work .. "/tmp"))
+assert(os.execute("mkfifo " .. q(fifo)), "mkfifo failed")
+local events = assert(io.open(fifo, "r+")) -- read-write: no EOF while no job is writing
+
+print(("== %d jobs in %d lanes: %s"):format(#jobs, lanes, (function()
+  local names = {}
+  for _, s in ipairs(suites) do names[#names + 1] = s.name .. " " .. #s.jobs end
+  return table.concat(names, ", ")
+end)()))
+io.stdout:flush()
+
+local t_start = now()
+local by_id, free, running, next_job = {}, {}, 0, 1
+for _, j in ipairs(jobs) do by_id[j.id] = j end
+for slot = lanes, 1, -1 do free[#free + 1] = slot end
+
+local function start_more()
+  while next_job <= #jobs and #free > 0 do
+    local j = jobs[next_job]
+    if j.serial and running > 0 then return end -- the serial lane: alone
+    launch(j, table.remove(free))
+    running = running + 1
+    next_job = next_job + 1
+    if j.serial then return end
+  end
+end
+
+start_more()
+while running > 0 do
+  local line = events:read("l")
+  local id, rc, t0, t1 = line:match("^(%d+) (%d+) ([%d.]+) ([%d.]+)$")
+  local job = assert(by_id[tonumber(id)], "bad event: " .. line)
+  running = running - 1
+  free[#free + 1] = job.slot
+  start_more()
+  settle(job, tonumber(rc), tonumber(t0), tonumber(t1))
+  os.execute("rm -rf " .. q(("%s/tmp/%d"):format(work, job.id)))
+  if not job.ok then
+    print(("!! %s %s failed (exit %d); in full below when %s is done"):format(job.suite.name, job.key, job.rc,
+      job.suite.name))
+  end
+  local s = job.suite
+  s.done = s.done + 1
+  if s.done == #s.jobs then print_suite(s) end
+  io.stdout:flush()
+end
+events:close()
+
+save_durations(jobs)
+print_timings(jobs, suites, now() - t_start)
+if totals.failed > 0 then status = 1 end
+print(("test: %d passed, %d failed"):format(totals.passed, totals.failed))
+os.exit(status)
