@@ -87,7 +87,8 @@ describe("OpenResty path with the libcurl engine on a thread (engine = thread)",
     sb.faults({ count = 1, delay = 4 }) -- the order is in flight when the worker exits
     local r = ref("RELOAD")
     assert.equal(202, inst:request("/pos/orders", { method = "POST", body = json.encode({ payload(r) }) }).status)
-    nginx.sleep(0.5)
+    -- in flight: the sandbox is serving it (and holds it 4 s)
+    nginx.wait_until(function() return sb.stats().concurrent_now > 0 end, 10, 0.02)
     assert.is_true(nginx.run("kill -HUP " .. inst:pid()))
     assert.is_true(nginx.wait_until(function()
       return #received(r) > 0 or inst:error_log():find("order \"" .. r .. "\" not delivered", 1, true) ~= nil
