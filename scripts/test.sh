@@ -12,7 +12,15 @@ ROOT=$(pwd)
 export PWD="$ROOT"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-trap 'exit 130' INT TERM
+# Interrupted: stop the jobs still running. Each runs in a process group of
+# its own under `timeout`, which passes the signal on to the whole group.
+stop_jobs() {
+  # shellcheck disable=SC2046
+  [ -s "$WORK/pids" ] && kill -TERM $(cat "$WORK/pids") 2>/dev/null
+  echo "test: interrupted"
+  exit 130
+}
+trap stop_jobs INT TERM HUP
 
 suites="" variants=""
 for a in "$@"; do

@@ -6,7 +6,8 @@
 -- read by spec/support/nginx.lua), and each job has its own TMPDIR and, when
 -- its specs ask for one, its own sandbox (spec/support/sandbox.lua starts one
 -- per busted process). Most of a spec's time is waiting on nginx, curl and
--- timers, so on 2 cores 6 lanes finish in a fraction of the serial time.
+-- timers, so on 2 cores 8 lanes (4 per core: --lanes or TEST_LANES to
+-- change) finish in a fraction of the serial time.
 --
 --   lua5.4 scripts/test_lanes.lua [--lanes N] [--work DIR] [SUITE...] [spec/FILE_spec.lua...]
 --
@@ -96,7 +97,9 @@ local SUITES = {
       ok_tail = 1, fail_tail = 30, fail_note = "fault run lost orders" } } },
   -- A bounded libFuzzer run over the C parsers (dates, money, UTF-8, escaping,
   -- CSV), the JSON decoder, the classifier and the pseudonymiser (HMAC).
-  { name = "fuzz", env = {}, needs = "clang", commands = (function()
+  -- Each target runs for a fixed time and takes all the CPU it gets: they
+  -- start after every spec file, when lanes fall idle (`tail`).
+  { name = "fuzz", env = {}, needs = "clang", tail = true, commands = (function()
     local secs = os.getenv("FUZZ_SECONDS") or "15"
     local out = {}
     for _, t in ipairs({ "run", "run-json", "run-classify", "run-hmac", "run-tz", "run-csv" }) do
@@ -148,7 +151,7 @@ for name in pairs(want_suites) do
   end
 end
 local function nproc() return tonumber(capture("nproc 2>/dev/null"):match("%d+")) or 2 end
-lanes = lanes or tonumber(os.getenv("TEST_LANES") or "") or math.max(4, 3 * nproc())
+lanes = lanes or tonumber(os.getenv("TEST_LANES") or "") or math.max(4, 4 * nproc())
 work = work or capture("mktemp -d"):gsub("%s+$", "")
 
 -- ---------------------------------------------------------------------------
@@ -210,7 +213,7 @@ local function make_jobs()
       for _, u in ipairs(units) do
         local key = s.name .. " " .. u.key
         local job = { id = #jobs + 1, suite = s, key = u.key, cmd = u.cmd, command = u.command,
-          est = durations[key] or 30, serial = serial[key] or false,
+          est = durations[key] or 30, serial = serial[key] or false, tail = s.tail or false,
           log = ("%s/build/test-logs/%s/%s.log"):format(ROOT, s.name, log_name(u.key)) }
         jobs[#jobs + 1] = job
         s.jobs[#s.jobs + 1] = job
@@ -219,6 +222,7 @@ local function make_jobs()
   end
   table.sort(jobs, function(a, b)
     if a.serial ~= b.serial then return b.serial end
+    if a.tail ~= b.tail then return b.tail end
     if a.est ~= b.est then return a.est > b.est end
     return a.id < b.id
   end)
@@ -241,19 +245,25 @@ local function launch(job, slot)
   for k, v in pairs(job.suite.env) do env[#env + 1] = k .. "=" .. v end
   table.sort(env)
   for i, e in ipairs(env) do env[i] = q(e) end
-  -- each job reports "id rc start end" on the fifo when it ends; `timeout`
-  -- bounds a hung job. The runner holds the fifo open, so a write never blocks.
+  -- A job tells the runner on the fifo: "start ID PID" (its `timeout`, the
+  -- leader of the job's own process group: scripts/test.sh sends it SIGTERM
+  -- on Ctrl-C, and timeout passes it to the whole group) and "done ID RC T0
+  -- T1". `timeout` also bounds a hung job. Written with <> (read-write), a
+  -- FIFO never blocks the writer, even once the runner is gone. Started by
+  -- popen: a job's shell is the runner's child, reaped when it reports done.
   local script = table.concat({
     "mkdir -p " .. q(tmp) .. " " .. q(job.log:match("^(.*)/")),
     "cd " .. q(ROOT),
     "t0=$(date +%s.%N)",
     "env -u OO_SANDBOX_INFO " .. table.concat(env, " ") .. " timeout -k 10 900 " .. job.cmd
-      .. " >" .. q(job.log) .. " 2>&1 </dev/null",
+      .. " >" .. q(job.log) .. " 2>&1 </dev/null &",
+    "echo \"start " .. job.id .. " $!\" 1<>" .. q(fifo),
+    "wait $!",
     "rc=$?",
     "times >" .. q(work .. "/" .. job.id .. ".times"),
-    "echo \"" .. job.id .. " $rc $t0 $(date +%s.%N)\" >" .. q(fifo),
+    "echo \"done " .. job.id .. " $rc $t0 $(date +%s.%N)\" 1<>" .. q(fifo),
   }, "\n")
-  os.execute("sh -c " .. q(script) .. " >/dev/null 2>&1 &")
+  job.proc = assert(io.popen(script, "r"))
   job.slot = slot
 end
 
@@ -384,49 +394,22 @@ end
 -- ---------------------------------------------------------------------------
 -- Main
 
-local jobs = make_jobs()
-local suites = {}
-for _, s in ipairs(SUITES) do if s.jobs and #s.jobs > 0 then suites[#suites + 1] = s end end
-if #jobs == 0 then
-  print("test: 0 passed, 0 failed (no jobs)")
-  os.exit(1)
-end
-os.execute("rm -rf " .. q(ROOT .. "/build/test-logs") .. " && mkdir -p " .. q(work .. "/tmp"))
-assert(os.execute("mkfifo " .. q(fifo)), "mkfifo failed")
-local events = assert(io.open(fifo, "r+")) -- read-write: no EOF while no job is writing
+local t_start
+local last_note = 0
 
-print(("== %d jobs in %d lanes: %s"):format(#jobs, lanes, (function()
+-- Every 30 s at most, when a job ends: how far the pool is, and what runs.
+local function progress(jobs, done)
+  local t = now()
+  if t - last_note < 30 then return end
+  last_note = t
   local names = {}
-  for _, s in ipairs(suites) do names[#names + 1] = s.name .. " " .. #s.jobs end
-  return table.concat(names, ", ")
-end)()))
-io.stdout:flush()
-
-local t_start = now()
-local by_id, free, running, next_job = {}, {}, 0, 1
-for _, j in ipairs(jobs) do by_id[j.id] = j end
-for slot = lanes, 1, -1 do free[#free + 1] = slot end
-
-local function start_more()
-  while next_job <= #jobs and #free > 0 do
-    local j = jobs[next_job]
-    if j.serial and running > 0 then return end -- the serial lane: alone
-    launch(j, table.remove(free))
-    running = running + 1
-    next_job = next_job + 1
-    if j.serial then return end
+  for _, j in ipairs(jobs) do
+    if j.slot and not j.rc then names[#names + 1] = j.suite.name .. " " .. j.key end
   end
+  print(("-- %d/%d jobs done after %d s; running: %s"):format(done, #jobs, t - t_start, table.concat(names, ", ")))
 end
 
-start_more()
-while running > 0 do
-  local line = events:read("l")
-  local id, rc, t0, t1 = line:match("^(%d+) (%d+) ([%d.]+) ([%d.]+)$")
-  local job = assert(by_id[tonumber(id)], "bad event: " .. line)
-  running = running - 1
-  free[#free + 1] = job.slot
-  start_more()
-  settle(job, tonumber(rc), tonumber(t0), tonumber(t1))
+local function finished(job, done, jobs)
   os.execute("rm -rf " .. q(("%s/tmp/%d"):format(work, job.id)))
   if not job.ok then
     print(("!! %s %s failed (exit %d); in full below when %s is done"):format(job.suite.name, job.key, job.rc,
@@ -434,11 +417,76 @@ while running > 0 do
   end
   local s = job.suite
   s.done = s.done + 1
-  if s.done == #s.jobs then print_suite(s) end
+  if s.done == #s.jobs then print_suite(s) else progress(jobs, done) end
   io.stdout:flush()
 end
-events:close()
 
+-- The pids of the running jobs' `timeout`s (work/pids), which
+-- scripts/test.sh stops when it is interrupted.
+local function write_pids(jobs)
+  local pids = {}
+  for _, j in ipairs(jobs) do if j.pid and not j.rc then pids[#pids + 1] = j.pid end end
+  local f = assert(io.open(work .. "/pids", "w"))
+  f:write(table.concat(pids, " "), "\n")
+  f:close()
+end
+
+-- Runs the jobs in `lanes` slots, in their order; a serial job runs alone.
+local function run_pool(jobs)
+  os.execute("rm -rf " .. q(ROOT .. "/build/test-logs") .. " && mkdir -p " .. q(work .. "/tmp"))
+  assert(os.execute("mkfifo " .. q(fifo)), "mkfifo failed")
+  local events = assert(io.open(fifo, "r+")) -- read-write: no EOF while no job is writing
+  local by_id, free, running, next_job, done = {}, {}, 0, 1, 0
+  for _, j in ipairs(jobs) do by_id[j.id] = j end
+  for slot = lanes, 1, -1 do free[#free + 1] = slot end
+  local function start_more()
+    while next_job <= #jobs and #free > 0 do
+      local j = jobs[next_job]
+      if j.serial and running > 0 then return end
+      launch(j, table.remove(free))
+      running, next_job = running + 1, next_job + 1
+      if j.serial then return end
+    end
+  end
+  start_more()
+  while running > 0 do
+    local line = assert(events:read("l"), "test_lanes: the fifo closed")
+    local kind, id, rest = line:match("^(%a+) (%d+) (.*)$")
+    local job = assert(by_id[tonumber(id)], "test_lanes: bad event: " .. line)
+    if kind == "start" then
+      job.pid = tonumber(rest)
+    else
+      local rc, t0, t1 = rest:match("^(%d+) ([%d.]+) ([%d.]+)$")
+      job.proc:close() -- it has ended: reaps the shell
+      running, done = running - 1, done + 1
+      free[#free + 1] = job.slot
+      start_more()
+      settle(job, tonumber(rc), tonumber(t0), tonumber(t1))
+      finished(job, done, jobs)
+    end
+    write_pids(jobs)
+  end
+  events:close()
+end
+
+local jobs = make_jobs()
+local suites = {}
+for _, s in ipairs(SUITES) do if s.jobs and #s.jobs > 0 then suites[#suites + 1] = s end end
+if #jobs == 0 then
+  print("test: 0 passed, 0 failed (no jobs)")
+  os.exit(1)
+end
+local counts = {}
+for _, s in ipairs(suites) do counts[#counts + 1] = s.name .. " " .. #s.jobs end
+print(("== %d jobs in %d lanes: %s"):format(#jobs, lanes, table.concat(counts, ", ")))
+io.stdout:flush()
+t_start = now()
+last_note = t_start
+local ran, err = pcall(run_pool, jobs)
+if not ran then
+  if tostring(err):find("interrupted", 1, true) then os.exit(130) end -- Ctrl-C: test.sh stops the jobs
+  error(err, 0)
+end
 save_durations(jobs)
 print_timings(jobs, suites, now() - t_start)
 if totals.failed > 0 then status = 1 end
