@@ -11,16 +11,17 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 export PWD="$ROOT"
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-# Interrupted: stop the jobs still running. Each runs in a process group of
-# its own under `timeout`, which passes the signal on to the whole group.
-stop_jobs() {
-  # shellcheck disable=SC2046
-  [ -s "$WORK/pids" ] && kill -TERM $(cat "$WORK/pids") 2>/dev/null
-  echo "test: interrupted"
-  exit 130
+# On the way out (interrupted, or the runner failed): stop the jobs still
+# running. Each runs in a process group of its own under `timeout`, which
+# passes the signal on to the whole group.
+cleanup() {
+  pids=$(cat "$WORK/pids" 2>/dev/null)
+  # shellcheck disable=SC2086
+  [ -z "$pids" ] || kill -TERM $pids 2>/dev/null
+  rm -rf "$WORK"
 }
-trap stop_jobs INT TERM HUP
+trap cleanup EXIT
+trap 'echo "test: interrupted"; exit 130' INT TERM HUP
 
 suites="" variants=""
 for a in "$@"; do
