@@ -93,7 +93,7 @@ local SUITES = {
   -- answers 503, closes connections and is stopped; the pusher is kill -9ed
   -- and restarted. Every order must end in the sandbox or the dead letters.
   { name = "fault", env = paths_env("5.4", "_5_4"), commands = {
-    { name = "fault run (quick)", cmd = "lua5.4 bench/fault_run.lua --orders 1000 --quick",
+    { name = "bench/fault_run.lua", cmd = "lua5.4 bench/fault_run.lua --orders 1000 --quick",
       ok_tail = 1, fail_tail = 30, fail_note = "fault run lost orders" } } },
   -- A bounded libFuzzer run over the C parsers (dates, money, UTF-8, escaping,
   -- CSV), the JSON decoder, the classifier and the pseudonymiser (HMAC).
@@ -103,7 +103,7 @@ local SUITES = {
     local secs = os.getenv("FUZZ_SECONDS") or "15"
     local out = {}
     for _, t in ipairs({ "run", "run-json", "run-classify", "run-hmac", "run-tz", "run-csv" }) do
-      out[#out + 1] = { name = "fuzz " .. t, cmd = "make -s -C fuzz " .. t .. " FUZZ_SECONDS=" .. secs,
+      out[#out + 1] = { name = t, cmd = "make -s -C fuzz " .. t .. " FUZZ_SECONDS=" .. secs,
         ok_tail = 1, fail_tail = 40, fail_note = "fuzzer found a failure" }
     end
     return out
@@ -352,7 +352,7 @@ local function print_suite(s)
     print("== " .. s.name)
     for _, j in ipairs(s.jobs) do
       if j.ok then
-        print(tail(j.text, j.command.ok_tail))
+        print(j.key .. ": " .. tail(j.text, j.command.ok_tail))
       else
         print(tail(j.text, j.command.fail_tail))
         print(("!! %s: %s (exit %d)"):format(j.key, j.command.fail_note, j.rc))
