@@ -8,7 +8,9 @@
  *   reader:plan(columns)       the column plan the Lua side built from the header
  *   reader:next()              the next event:
  *       "order", payload, line, channel, bytes (consumed so far)
- *       "bad_order", ref, line, message, split_line (a number for a split order)
+ *       "bad_order", ref, line, message, split_line (a number for a split order),
+ *                              rows (the order's rows as the file has them, one per
+ *                              line, for the rejects file; nil past MAX_RAW_ORDER)
  *       "bad_row", line, message, raw, order_open
  *       "need", want           read about `want` bytes and feed them
  *       "fatal", line, message, code  the stream ends here: code "too_long" or
@@ -31,7 +33,8 @@
 
 #define READER_MT "optimizely.offline.csv_reader"
 #define MAX_PROBLEMS 10
-#define MAX_RAW 4096 /* a bad row's text is returned up to this size */
+#define MAX_RAW 4096              /* a bad row's text is returned up to this size */
+#define MAX_RAW_ORDER (64 * 1024) /* a bad order's rows are returned up to this size */
 #define MAX_HEADER_COLS 4096
 
 /* Column kinds (the plan's `kind` strings, in this order). */
@@ -80,6 +83,8 @@ typedef struct {
     span *items;    /* nitems * nicol */
     size_t nitems, capitems;
     oo_buf problems;
+    oo_buf rows;  /* the order's rows as the file has them (a bad order goes to the rejects file) */
+    int rows_cut; /* past MAX_RAW_ORDER */
     int nproblems;
     size_t cut; /* problems.len after MAX_PROBLEMS - 1 of them */
     long long split_line;
@@ -111,6 +116,9 @@ static void order_reset(reader *r) {
     r->arena.oom = 0;
     r->nitems = 0;
     r->problems.len = 0;
+    r->rows.len = 0;
+    r->rows.oom = 0;
+    r->rows_cut = 0;
     r->nproblems = 0;
     r->split_line = 0;
     if (r->nocol) memset(r->vals, 0, (size_t)r->nocol * sizeof *r->vals);
@@ -215,12 +223,23 @@ static void unnamed_cell(reader *r, int col, const oo_csv_field *v, long long li
     oo_buf_free(&b);
 }
 
+/* Keeps the row's text beside the order's (for a bad order's rejects line). */
+static void keep_row(reader *r, const oo_csv_tok *t) {
+    if (r->rows_cut || r->rows.len + t->raw_len + 1 > MAX_RAW_ORDER) {
+        r->rows_cut = 1;
+        return;
+    }
+    if (r->rows.len) oo_buf_addc(&r->rows, '\n');
+    oo_buf_add(&r->rows, t->buf + t->raw_at, t->raw_len);
+}
+
 /* A row of the open order: checks it, then keeps its values. */
 static void order_row(reader *r, const oo_csv_tok *t) {
     long long line = t->row_line;
     const oo_csv_field *f = t->f;
     span *item;
     int i;
+    keep_row(r, t);
     if (t->err) {
         char msg[200];
         oo_csv_error_text(t, msg, sizeof msg);
@@ -427,8 +446,10 @@ static int order_finish(lua_State *L, reader *r) {
         }
         if (r->split_line) lua_pushinteger(L, (lua_Integer)r->split_line);
         else lua_pushnil(L);
+        if (r->rows_cut || r->rows.oom) lua_pushnil(L);
+        else lua_pushlstring(L, r->rows.data, r->rows.len);
         order_reset(r);
-        return 5;
+        return 6;
     }
     lua_pushliteral(L, "order");
     push_payload(L, r); /* payload, channel */
@@ -754,6 +775,7 @@ static void reader_free(lua_State *L, reader *r) {
     free(r->items);
     oo_buf_free(&r->arena);
     oo_buf_free(&r->problems);
+    oo_buf_free(&r->rows);
     if (r->seen) oo_csv_seen_free(r->seen);
     if (r->spill) oo_csv_spill_free(r->spill);
     if (r->keys_ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, r->keys_ref);
@@ -814,6 +836,7 @@ static int l_new(lua_State *L) {
     oo_csv_tok_init(&r->replay, (unsigned char)*delim, max_record);
     oo_buf_init(&r->arena);
     oo_buf_init(&r->problems);
+    oo_buf_init(&r->rows);
     r->grouped = grouped;
     r->seen_cfg.filter_max = filter;
     r->seen_cfg.total_bytes = size;

@@ -13,6 +13,7 @@
 
 #include "core.h"
 #include "buf.h"
+#include "clock.h"
 #include "date.h"
 #include "hmac.h"
 #include "money.h"
@@ -410,7 +411,7 @@ static int enc_money(enc *e, int idx, long long *amount) {
     case OO_MONEY_NEGATIVE: problem_got(e, idx, "must not be negative"); break;
     case OO_MONEY_NOT_FINITE: problem_got(e, idx, "must be a finite number"); break;
     case OO_MONEY_TOO_LARGE: problem_got(e, idx, "must be at most 1000000000000"); break;
-    case OO_MONEY_SYNTAX:
+    default: /* OO_MONEY_SYNTAX (the till forms are never read here) */
         problem_got(e, idx, "must be a plain decimal like \"12.50\" (digits and one '.', no sign, spaces, commas or symbols)");
         break;
     }
@@ -442,21 +443,42 @@ static void enc_lang(enc *e, int idx) {
     oo_json_string(&e->out, tmp, n);
 }
 
+/* An order dated later than this after now is refused: no till sells in
+ * the future, so its clock or the export's date format (a day and a month
+ * swapped) is wrong, and the endpoint would store the nonsense. A day
+ * leaves room for clocks and time zones that are off. */
+#define FUTURE_SLACK 86400.0
+
+/* The instant of an orderDate value as the encoder reads it: a number of
+ * epoch seconds (in range), or one of the date strings of date.h. */
+static oo_date_status date_value(lua_State *L, int idx, long long *t, const char **why) {
+    if (lua_type(L, idx) == LUA_TNUMBER) {
+        lua_Number v = lua_tonumber(L, idx);
+        if (v != v || v < (lua_Number)OO_DATE_MIN || v > (lua_Number)OO_DATE_MAX) return OO_DATE_RANGE;
+        *t = (long long)floor(v);
+        return OO_DATE_OK;
+    }
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n);
+        return oo_date_parse(s, n, t, why);
+    }
+    return OO_DATE_SYNTAX;
+}
+
 static void enc_date(enc *e, int idx) {
     lua_State *L = e->L;
     long long t;
     char out[24];
+    const char *why = NULL;
+    oo_date_status st = date_value(L, idx, &t, &why);
     if (lua_type(L, idx) == LUA_TNUMBER) {
-        lua_Number v = lua_tonumber(L, idx);
-        if (v != v || v < (lua_Number)OO_DATE_MIN || v > (lua_Number)OO_DATE_MAX) {
+        if (st != OO_DATE_OK) {
             problem_got(e, idx, "must be epoch seconds between 0 and 253402300799 (1970..9999)");
             return;
         }
-        t = (long long)floor(v);
     } else if (lua_type(L, idx) == LUA_TSTRING) {
-        size_t n;
-        const char *s = lua_tolstring(L, idx, &n), *why;
-        switch (oo_date_parse(s, n, &t, &why)) {
+        switch (st) {
         case OO_DATE_OK: break;
         case OO_DATE_IMPOSSIBLE: {
             char got[64];
@@ -471,6 +493,11 @@ static void enc_date(enc *e, int idx) {
         }
     } else {
         problem_got(e, idx, "must be a date string or epoch seconds");
+        return;
+    }
+    if ((double)t > oo_wall_now() + FUTURE_SLACK) {
+        problem_got(e, idx, "must not be more than a day in the future (is the till's clock right, or "
+                            "are the day and the month swapped?)");
         return;
     }
     oo_date_format(t, out);
@@ -955,22 +982,73 @@ static int run(lua_State *L, int want_json) {
     return 2;
 }
 
-/* money(value, currency) -> minor_units, decimals, normalised_string
- * | nil, message. The same rules as the encoder, for script helpers that
- * need exact arithmetic (optimizely.offline.order). */
+/* Reads core.money's options: {decimal_comma = bool, currency_symbols = bool}. */
+static unsigned money_flags(lua_State *L, int idx) {
+    unsigned flags = 0;
+    if (lua_isnoneornil(L, idx)) return 0;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lua_getfield(L, idx, "decimal_comma");
+    if (lua_toboolean(L, -1)) flags |= OO_MONEY_DECIMAL_COMMA;
+    lua_getfield(L, idx, "currency_symbols");
+    if (lua_toboolean(L, -1)) flags |= OO_MONEY_SYMBOLS;
+    lua_pop(L, 2);
+    return flags;
+}
+
+/* nil, message, code for a money status (code: the status's name). */
+static int push_money_error(lua_State *L, oo_money_status st, unsigned flags, const char *found) {
+    lua_pushnil(L);
+    switch (st) {
+    case OO_MONEY_NEGATIVE: lua_pushliteral(L, "must not be negative"); lua_pushliteral(L, "negative"); break;
+    case OO_MONEY_TOO_LARGE:
+        lua_pushliteral(L, "must be at most 1000000000000");
+        lua_pushliteral(L, "too_large");
+        break;
+    case OO_MONEY_NOT_FINITE: lua_pushliteral(L, "must be a finite number"); lua_pushliteral(L, "not_finite"); break;
+    case OO_MONEY_OTHER_CURRENCY:
+        lua_pushfstring(L, "has the currency %s, which is not the order's currency", found ? found : "?");
+        lua_pushliteral(L, "other_currency");
+        break;
+    case OO_MONEY_GROUPING:
+        lua_pushstring(L, (flags & OO_MONEY_DECIMAL_COMMA)
+                              ? "must group thousands in threes with '.', blanks or ' and end with a decimal "
+                                "comma, like \"1.234,56\""
+                              : "must group thousands in threes with ',', blanks or ' and end with a decimal "
+                                "point, like \"1,234.56\"");
+        lua_pushliteral(L, "grouping");
+        break;
+    default:
+        if (flags)
+            lua_pushstring(L, (flags & OO_MONEY_DECIMAL_COMMA)
+                                  ? "must be an amount like \"12,50\" or \"1.234,56\"" : "must be an amount like \"12.50\" or \"1,234.56\"");
+        else
+            lua_pushliteral(L, "must be a number or a plain decimal string like \"12.50\"");
+        lua_pushliteral(L, "syntax");
+    }
+    return 3;
+}
+
+/* money(value, currency [, opts]) -> minor_units, decimals, normalised_string
+ * | nil, message, code. The same rules as the encoder, for script helpers that
+ * need exact arithmetic (optimizely.offline.order); with opts, a string may be
+ * written as tills write it (oo_money_from_till: decimal_comma,
+ * currency_symbols). */
 static int l_money(lua_State *L) {
     size_t n;
     const char *code = luaL_checklstring(L, 2, &n);
-    char up[3];
+    char up[3], found[16];
     int i, minor;
+    unsigned flags = money_flags(L, 3);
     long long amount = 0;
     oo_money_status st = OO_MONEY_SYNTAX;
     oo_buf b;
+    found[0] = '\0';
     for (i = 0; i < 3 && n == 3; i++) up[i] = (char)(code[i] >= 'a' && code[i] <= 'z' ? code[i] - 32 : code[i]);
     if (n != 3 || (minor = oo_currency_minor(up)) < 0) {
         lua_pushnil(L);
         lua_pushliteral(L, "currency is not an ISO 4217 code");
-        return 2;
+        lua_pushliteral(L, "currency");
+        return 3;
     }
     if (lua_type(L, 1) == LUA_TNUMBER) {
 #if LUA_VERSION_NUM >= 503
@@ -980,16 +1058,10 @@ static int l_money(lua_State *L) {
             st = oo_money_from_double((double)lua_tonumber(L, 1), minor, &amount);
     } else if (lua_type(L, 1) == LUA_TSTRING) {
         const char *s = lua_tolstring(L, 1, &n);
-        st = oo_money_from_string(s, n, minor, &amount);
+        st = flags ? oo_money_from_till(s, n, minor, up, flags, &amount, found)
+                   : oo_money_from_string(s, n, minor, &amount);
     }
-    if (st != OO_MONEY_OK) {
-        lua_pushnil(L);
-        lua_pushstring(L, st == OO_MONEY_NEGATIVE ? "must not be negative"
-                          : st == OO_MONEY_TOO_LARGE ? "must be at most 1000000000000"
-                          : st == OO_MONEY_NOT_FINITE ? "must be a finite number"
-                          : "must be a number or a plain decimal string like \"12.50\"");
-        return 2;
-    }
+    if (st != OO_MONEY_OK) return push_money_error(L, st, flags, found);
     lua_pushnumber(L, (lua_Number)amount);
 #if LUA_VERSION_NUM >= 503
     lua_pushinteger(L, (lua_Integer)amount);
@@ -1014,6 +1086,21 @@ static int l_format_money(lua_State *L) {
     oo_money_emit(&b, v, minor);
     lua_pushlstring(L, b.data, b.len);
     oo_buf_free(&b);
+    return 1;
+}
+
+/*** core.order_time(value) → epoch seconds of an order.orderDate value
+ * as the encoder reads it (a date string or epoch seconds), or nil when it
+ * is not one. For checks on an order's age (the command line's
+ * --max-order-age warning); whether the date is allowed is the encoder's. */
+static int l_order_time(lua_State *L) {
+    long long t;
+    const char *why = NULL;
+    if (date_value(L, 1, &t, &why) != OO_DATE_OK) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_pushnumber(L, (lua_Number)t);
     return 1;
 }
 
@@ -1075,6 +1162,8 @@ void oo_encode_register(lua_State *L) {
     lua_setfield(L, -2, "ref_string");
     lua_pushcfunction(L, l_format_money);
     lua_setfield(L, -2, "format_money");
+    lua_pushcfunction(L, l_order_time);
+    lua_setfield(L, -2, "order_time");
     lua_createtable(L, 0, 12);
 #define CAP(name) lua_pushinteger(L, name); lua_setfield(L, -2, #name)
     CAP(MAX_PROBLEMS); CAP(MAX_ITEMS); CAP(MAX_MAP); CAP(MAX_SEGMENTS); CAP(MAX_ID);

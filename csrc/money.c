@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* ISO 4217 codes with a defined minor unit, sorted for bsearch. Active codes
  * plus codes withdrawn since 2010 that back-filled history still carries
@@ -148,4 +149,181 @@ void oo_money_emit(oo_buf *b, long long amount, int minor) {
         oo_buf_addc(b, '.');
         oo_buf_add(b, tmp, (size_t)minor);
     }
+}
+
+/* ------------------------------------------------------------ till forms */
+
+/* Currency symbols and the ISO codes they may stand for. Longer symbols
+ * first where one starts another ("US$" before "$", "R$" before "R"). */
+static const struct { const char *sym; const char *codes; } symbols[] = {
+    {"US$", "USD"}, {"AU$", "AUD"}, {"CA$", "CAD"}, {"NZ$", "NZD"}, {"HK$", "HKD"},
+    {"MX$", "MXN"}, {"kr.", "DKK ISK NOK SEK"}, {"Rs.", "INR LKR NPR PKR"}, {"Fr.", "CHF"},
+    {"\xd0\xbb\xd0\xb2", "BGN"}, /* лв */
+    {"A$", "AUD"}, {"C$", "CAD"}, {"S$", "SGD"}, {"R$", "BRL"}, {"kr", "DKK ISK NOK SEK"},
+    {"K\xc4\x8d", "CZK"}, {"z\xc5\x82", "PLN"}, {"Ft", "HUF"}, {"lei", "RON"}, {"RM", "MYR"},
+    {"Rp", "IDR"}, {"Rs", "INR LKR NPR PKR"},
+    {"\xc2\xa3", "GBP GIP FKP SHP EGP"},  /* £ */
+    {"\xe2\x82\xac", "EUR"},              /* € */
+    {"\xc2\xa5", "JPY CNY"},              /* ¥ */
+    {"\xef\xbf\xa5", "JPY CNY"},          /* ￥ */
+    {"\xe2\x82\xb9", "INR"},              /* ₹ */
+    {"\xe2\x82\xa9", "KRW"},              /* ₩ */
+    {"\xe2\x82\xbd", "RUB"},              /* ₽ */
+    {"\xe2\x82\xba", "TRY"},              /* ₺ */
+    {"\xe2\x82\xaa", "ILS"},              /* ₪ */
+    {"\xe2\x82\xab", "VND"},              /* ₫ */
+    {"\xe0\xb8\xbf", "THB"},              /* ฿ */
+    {"\xe2\x82\xb1", "PHP"},              /* ₱ */
+    {"\xe2\x82\xb4", "UAH"},              /* ₴ */
+    {"\xe2\x82\xa6", "NGN"},              /* ₦ */
+    {"$", "USD AUD CAD NZD HKD SGD MXN ARS CLP COP TWD BSD BBD BMD BZD FJD JMD KYD LRD NAD SBD "
+          "SRD TTD XCD GYD UYU"},
+    {"R", "ZAR"},
+};
+
+/* A blank at s[0..n): its byte length, or 0 (space, tab, U+00A0 no-break
+ * space, U+2009 thin space, U+202F narrow no-break space). */
+static size_t blank_len(const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    if (n >= 1 && (u[0] == ' ' || u[0] == '\t')) return 1;
+    if (n >= 2 && u[0] == 0xc2 && u[1] == 0xa0) return 2;
+    if (n >= 3 && u[0] == 0xe2 && u[1] == 0x80 && (u[2] == 0x89 || u[2] == 0xaf)) return 3;
+    return 0;
+}
+
+/* The blank ending at s[n-1]: its byte length, or 0. */
+static size_t blank_len_back(const char *s, size_t n) {
+    if (n >= 1 && blank_len(s + n - 1, 1)) return 1;
+    if (n >= 2 && blank_len(s + n - 2, 2) == 2) return 2;
+    if (n >= 3 && blank_len(s + n - 3, 3) == 3) return 3;
+    return 0;
+}
+
+static int is_alpha(char c) { return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'); }
+static char upper(char c) { return (char)(c >= 'a' && c <= 'z' ? c - 32 : c); }
+
+/* Does the space-separated list `codes` name `currency`? */
+static int names_currency(const char *codes, const char *currency) {
+    const char *p;
+    if (!currency) return 0;
+    for (p = codes; *p; p += p[3] ? 4 : 3)
+        if (memcmp(p, currency, 3) == 0) return 1;
+    return 0;
+}
+
+/* A marker (symbol or ISO code) at the start (at_end = 0) or the end of
+ * s[0..n): its length, and whether it names the currency; 0 when none.
+ * An ISO code counts only as a whole word of three letters that is a
+ * currency of our table. */
+static size_t marker(const char *s, size_t n, int at_end, const char *currency, int *match) {
+    size_t best = 0, i;
+    for (i = 0; i < sizeof symbols / sizeof symbols[0]; i++) {
+        size_t k = strlen(symbols[i].sym);
+        const char *at = at_end ? s + n - k : s;
+        if (k <= best || k > n || memcmp(at, symbols[i].sym, k) != 0) continue;
+        /* a letter symbol ("kr", "R") is a word of its own */
+        if (is_alpha(symbols[i].sym[0]) && (at_end ? (k < n && is_alpha(at[-1])) : (k < n && is_alpha(at[k]))))
+            continue;
+        best = k;
+        *match = names_currency(symbols[i].codes, currency);
+    }
+    if (n >= 3) {
+        const char *at = at_end ? s + n - 3 : s;
+        char code[3];
+        int word = is_alpha(at[0]) && is_alpha(at[1]) && is_alpha(at[2]) &&
+                   (n == 3 || !is_alpha(at_end ? at[-1] : at[3]));
+        code[0] = upper(at[0]);
+        code[1] = upper(at[1]);
+        code[2] = upper(at[2]);
+        if (word && best < 3 && oo_currency_minor(code) >= 0) {
+            best = 3;
+            *match = currency && memcmp(code, currency, 3) == 0;
+        }
+    }
+    return best;
+}
+
+/* The digits of a till amount: `dec` is the decimal separator; the other
+ * of '.' and ',', blanks and '\'' group thousands (one kind per amount,
+ * groups of three after the first of one to three). */
+static oo_money_status till_number(const char *s, size_t n, int minor, char dec, long long *out) {
+    char digits[48], gsep[4];
+    size_t i = 0, glen = 0;
+    int nd = 0, point = -1, run = 0, groups = 0;
+    char other = dec == ',' ? '.' : ',';
+    while (i < n) {
+        char c = s[i];
+        size_t k;
+        if (c >= '0' && c <= '9') {
+            if (nd == 0 && c == '0' && point < 0 && i + 1 < n && s[i + 1] >= '0' && s[i + 1] <= '9' && !groups) {
+                i++; /* a leading zero */
+                continue;
+            }
+            if (nd >= 40) return OO_MONEY_TOO_LARGE;
+            digits[nd++] = c;
+            run++;
+            i++;
+            continue;
+        }
+        if (point >= 0) return OO_MONEY_SYNTAX; /* only digits after the decimal separator */
+        if (c == dec) {
+            if (nd == 0) return OO_MONEY_SYNTAX;
+            if (groups && run != 3) return OO_MONEY_GROUPING;
+            point = nd;
+            run = 0;
+            i++;
+            continue;
+        }
+        k = (c == other || c == '\'') ? 1 : blank_len(s + i, n - i);
+        if (!k) return OO_MONEY_SYNTAX;
+        if (run == 0 || (groups == 0 ? run > 3 : run != 3)) return OO_MONEY_GROUPING;
+        if (glen && (k != glen || memcmp(gsep, s + i, k) != 0)) return OO_MONEY_GROUPING;
+        memcpy(gsep, s + i, k);
+        glen = k;
+        groups++;
+        run = 0;
+        i += k;
+    }
+    if (nd == 0) return OO_MONEY_SYNTAX;
+    if (point < 0) {
+        if (groups && run != 3) return OO_MONEY_GROUPING;
+        point = nd;
+    } else if (nd == point) {
+        return OO_MONEY_SYNTAX; /* "2," */
+    }
+    return round_digits(digits, nd, point, minor, out);
+}
+
+oo_money_status oo_money_from_till(const char *s, size_t n, int minor, const char currency[3],
+                                   unsigned flags, long long *out, char found[16]) {
+    size_t a = 0, b = n, k;
+    int match = 0;
+    if (n > 200) return OO_MONEY_TOO_LARGE;
+    while (a < b && (k = blank_len(s + a, b - a)) != 0) a += k;
+    while (b > a && (k = blank_len_back(s + a, b - a)) != 0) b -= k;
+    if (a < b && s[a] == '-') return b - a > 1 ? OO_MONEY_NEGATIVE : OO_MONEY_SYNTAX;
+    if (flags & OO_MONEY_SYMBOLS) {
+        int at_end = 0;
+        k = marker(s + a, b - a, 0, currency, &match);
+        if (!k) {
+            at_end = 1;
+            k = marker(s + a, b - a, 1, currency, &match);
+        }
+        if (k) {
+            if (!match) {
+                if (found) {
+                    size_t c = k < 15 ? k : 15;
+                    memcpy(found, at_end ? s + b - k : s + a, c);
+                    found[c] = '\0';
+                }
+                return OO_MONEY_OTHER_CURRENCY;
+            }
+            if (at_end) b -= k;
+            else a += k;
+            while (a < b && (k = blank_len(s + a, b - a)) != 0) a += k;
+            while (b > a && (k = blank_len_back(s + a, b - a)) != 0) b -= k;
+            if (a < b && s[a] == '-') return b - a > 1 ? OO_MONEY_NEGATIVE : OO_MONEY_SYNTAX;
+        }
+    }
+    return till_number(s + a, b - a, minor, (flags & OO_MONEY_DECIMAL_COMMA) ? ',' : '.', out);
 }

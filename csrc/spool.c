@@ -163,10 +163,12 @@ static const unsigned char DEAD_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_CREA
 /* New files only (a WAL database keeps the page size it was made with). */
 #define PAGE_SIZE 2048
 /* Checkpoints (see checkpointer()): copy the WAL back every CKPT_BYTES
- * written to it, and start it over once it holds WAL_RESTART_BYTES (the
- * WAL file keeps that size, so it is rewritten in place, not regrown). */
-#define CKPT_BYTES (16 * 1024 * 1024)
-#define WAL_RESTART_BYTES (64 * 1024 * 1024)
+ * written to it, and start it over once it holds WAL_RESTART_BYTES; a WAL
+ * file left larger than that is cut back to it (journal_size_limit), so the
+ * -wal file stays within a few MiB however many orders pass (spool.md:
+ * bench/spool_wal.lua). */
+#define CKPT_BYTES (1024 * 1024)
+#define WAL_RESTART_BYTES (4 * 1024 * 1024)
 /* Purge/requeue "everything": a cutoff no stored time reaches. */
 #define FAR_FUTURE 1e300
 

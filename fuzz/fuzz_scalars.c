@@ -1,7 +1,9 @@
-/* libFuzzer target for the encoder's scalar parsers: dates, money strings,
- * UTF-8 validation and JSON escaping. Checks invariants, not just crashes:
- * a parsed date formats and re-parses to the same instant; an escaped valid
- * string contains no raw control byte.
+/* libFuzzer target for the encoder's scalar parsers: dates, money strings
+ * (plain and as tills write them), UTF-8 validation and JSON escaping.
+ * Checks invariants, not just crashes: a parsed date formats and re-parses
+ * to the same instant; a till amount is exact (its plain form reads back to
+ * the same minor units, written with either decimal separator); an escaped
+ * valid string contains no raw control byte.
  *   make -C fuzz run        (bounded: FUZZ_SECONDS, default 60) */
 #include <assert.h>
 #include <stdint.h>
@@ -35,6 +37,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             /* the emitted form is itself a plain decimal that parses to the same amount */
             assert(oo_money_from_string(b.data, b.len, minor, &again) == OO_MONEY_OK && again == amount);
             oo_buf_free(&b);
+        }
+    }
+    {
+        static const char *const curs[] = {"GBP", "EUR", "JPY", "KWD", "USD", "SEK"};
+        unsigned flags;
+        for (flags = 1; flags <= 3; flags++) {
+            const char *cur = curs[(size ? data[0] : 0) % 6];
+            char found[16];
+            minor = oo_currency_minor(cur);
+            if (oo_money_from_till(s, size, minor, cur, flags, &amount, found) == OO_MONEY_OK) {
+                oo_buf b;
+                long long again;
+                size_t i;
+                assert(amount >= 0);
+                oo_buf_init(&b);
+                oo_money_emit(&b, amount, minor);
+                assert(oo_money_from_string(b.data, b.len, minor, &again) == OO_MONEY_OK && again == amount);
+                if (flags & OO_MONEY_DECIMAL_COMMA)
+                    for (i = 0; i < b.len; i++)
+                        if (b.data[i] == '.') b.data[i] = ',';
+                assert(oo_money_from_till(b.data, b.len, minor, cur, flags, &again, found) == OO_MONEY_OK &&
+                       again == amount);
+                oo_buf_free(&b);
+            }
         }
     }
     if (size >= 8) {

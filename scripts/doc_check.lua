@@ -31,6 +31,11 @@
 -- each). An `@local` comment that LDoc cannot read is as missing as any.
 -- 4. Every topic (doc/topics/*.md) is linked from README.md, the front door;
 --    no LDoc tag sits in the middle of a comment line (LDoc shows it as text).
+-- 5. The guides (README.md, doc/topics/*.md, examples/*/README.md): their
+--    code follows a few rules (a queue is made with its error checked; opm
+--    is described in install.md only), and every example marked runnable
+--    (```lua runnable, ```sh runnable) is run and must succeed
+--    (DOC_CHECK_NO_RUN=1 skips running them).
 -- Prints `file:line: name undocumented` for each, LDoc's warnings and the
 -- topics the README does not link, also into build/docs/undocumented.txt. Exits 1 with `--strict` (or
 -- DOCS_STRICT=1) if there is any; otherwise 0 (only a broken build fails).
@@ -510,16 +515,123 @@ for topic in capture("ls doc/topics/*.md | sort"):gmatch("[^\n]+") do
   end
 end
 
--- 5. the report -------------------------------------------------------------
+-- 5. the guides' examples ---------------------------------------------------
+-- The fenced code blocks of a markdown file: {lang =, runnable =, text =, line =}.
+local function code_blocks(path)
+  local out, cur, n = {}, nil, 0
+  for line in ((read(path) or "") .. "\n"):gmatch("([^\n]*)\n") do
+    n = n + 1
+    if cur then
+      if line:match("^%s*```%s*$") then out[#out + 1] = cur; cur = nil
+      else cur.text = cur.text .. line .. "\n" end
+    else
+      local lang, rest = line:match("^%s*```(%w*)%s*(.-)%s*$")
+      if lang then cur = { lang = lang, runnable = rest == "runnable", text = "", line = n + 1 } end
+    end
+  end
+  return out
+end
+
+local guides = { "README.md" }
+for t in capture("ls doc/topics/*.md examples/*/README.md 2>/dev/null | sort"):gmatch("[^\n]+") do
+  guides[#guides + 1] = t
+end
+
+-- Rules a guide's code follows, each for a mistake a reader copied:
+-- a queue is made with `local q, err = …` and the error checked (a queue
+-- can be nil, err: the spool could not be opened), never asserted blindly or
+-- taken as one value; and opm is described in one place (install.md), so
+-- two pages cannot disagree about it.
+local rule_breaks = {}
+for _, path in ipairs(guides) do
+  for _, b in ipairs(code_blocks(path)) do
+    local n = b.line - 1
+    for line in b.text:gmatch("([^\n]*)\n") do
+      n = n + 1
+      local code = line:gsub("%-%-.*$", "")
+      if code:find("[:.]queue%s*[{(]")
+        and (code:match("^%s*local%s+[%w_]+%s*=[^=]") or code:match("^%s*[%w_.]+%s*=[^=]")
+          or code:find("assert%s*%(")) then
+        rule_breaks[#rule_breaks + 1] = ("%s:%d: a queue made without its error checked (it may be nil, err): "
+          .. "write `local q, err = ...; if not q then ... end`"):format(path, n)
+      end
+    end
+  end
+  if path ~= "doc/topics/install.md" then
+    local n = 1
+    for para in (read(path) .. "\n\n"):gmatch("(.-)\n%s*\n") do
+      if para:find("%f[%w]opm%f[%W]") and not para:find("install.md", 1, true) then
+        rule_breaks[#rule_breaks + 1] = ("%s:%d: opm is described in doc/topics/install.md only: link to it")
+          :format(path, n)
+      end
+      n = n + select(2, para:gsub("\n", "")) + 2
+    end
+  end
+end
+
+-- Examples marked runnable (```lua runnable, ```sh runnable) are run: Lua
+-- with lua5.4 and this checkout's modules and C core; sh with `sh -e` in a
+-- copy of the checkout (its tracked files as they are now, build/ linked),
+-- with HOME in a temporary directory. Each must exit 0 within 5 minutes.
+local failed_examples, ran_examples = {}, 0
+local copy
+local function checkout_copy()
+  if copy then return copy end
+  copy = capture("mktemp -d"):gsub("%s+$", "")
+  local _, ok = capture(("git ls-files -z | tar --null -T - -cf - | tar -xf - -C %s && ln -s %s %s/build"
+    .. " && mkdir %s/home"):format(q(copy), q(root .. "/build"), q(copy), q(copy)))
+  if not ok then io.stderr:write("doc_check: cannot copy the checkout\n"); os.exit(1) end
+  return copy
+end
+local function run_example(path, b)
+  local file = os.tmpname()
+  local f = assert(io.open(file, "w"))
+  f:write(b.text)
+  f:close()
+  local cmd
+  if b.lang == "lua" then
+    cmd = ("cd %s && LUA_PATH=%s LUA_CPATH=%s timeout 300 lua5.4 %s 2>&1"):format(q(root),
+      q(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;;"), q(root .. "/build/5.4/?.so;;"), q(file))
+  else
+    local dir = checkout_copy()
+    cmd = ("cd %s && HOME=%s PATH=%s timeout 300 sh -e %s 2>&1"):format(q(dir), q(dir .. "/home"),
+      q(dir .. "/bin:" .. (os.getenv("PATH") or "/usr/bin:/bin")), q(file))
+  end
+  local out, ok, code = capture(cmd)
+  os.remove(file)
+  ran_examples = ran_examples + 1
+  if not ok then
+    local tail = out:gsub("%s+$", ""):match("([^\n]*\n?[^\n]*\n?[^\n]*)$") or ""
+    failed_examples[#failed_examples + 1] = ("%s:%d: runnable %s example failed (exit %d): %s"):format(path, b.line,
+      b.lang, code, (tail:gsub("\n", " | ")))
+  end
+end
+if os.getenv("DOC_CHECK_NO_RUN") ~= "1" then
+  for _, path in ipairs(guides) do
+    for _, b in ipairs(code_blocks(path)) do
+      if b.runnable then
+        if b.lang == "lua" or b.lang == "sh" then run_example(path, b)
+        else failed_examples[#failed_examples + 1] = ("%s:%d: runnable %q: only lua and sh examples run")
+          :format(path, b.line, b.lang) end
+      end
+    end
+  end
+  if copy then os.execute("rm -rf " .. q(copy)) end
+end
+
+-- 6. the report -------------------------------------------------------------
 local lines = {}
 for _, w in ipairs(warnings) do lines[#lines + 1] = w end
 for _, m in ipairs(missing) do lines[#lines + 1] = m end
 for _, m in ipairs(misplaced) do lines[#lines + 1] = m end
 for _, u in ipairs(unlinked) do lines[#lines + 1] = u end
+for _, r in ipairs(rule_breaks) do lines[#lines + 1] = r end
+for _, e in ipairs(failed_examples) do lines[#lines + 1] = e end
 local summary = ("doc_check: %d modules, %d public functions (%d of them internal steps, @local): %d module(s)"
   .. " and %d function(s) undocumented; %d LDoc warning(s); %d internal class(es) not checked;"
-  .. " %d tag(s) inside a line; %d topic(s) not linked from README.md"):format(#files, total, locals, bad_modules,
-  #missing - bad_modules, #warnings, #internal, #misplaced, #unlinked)
+  .. " %d tag(s) inside a line; %d topic(s) not linked from README.md; %d guide rule(s) broken;"
+  .. " %d of %d runnable example(s) failed"):format(#files, total, locals, bad_modules,
+  #missing - bad_modules, #warnings, #internal, #misplaced, #unlinked, #rule_breaks, #failed_examples, ran_examples)
 if #lines > 0 then print(table.concat(lines, "\n")) end
 print(summary .. (HTML and "; reference in build/docs/index.html" or ""))
 os.execute("mkdir -p build/docs")

@@ -2,8 +2,10 @@
 # Checks the man page, doc/optimizely-offline.1 (make docs and CI run this):
 #   - it renders with man(1) and groff -ww without a single warning (fails);
 #   - every command, subcommand and long option the command's --help lists
-#     appears in it, so the page follows the command line. Drift is printed;
-#     it fails with --strict (or DOCS_STRICT=1).
+#     appears in it, so the page follows the command line; and the same of
+#     the command-line guide, doc/topics/cli.md (a command as a `### name`
+#     heading, an option in backquotes). Drift is printed; it fails with
+#     --strict (or DOCS_STRICT=1).
 #   sh scripts/man_check.sh [--strict]
 # The drift check runs bin/optimizely-offline with lua5.4 and build/5.4 (make build).
 set -u
@@ -55,4 +57,26 @@ if [ -n "$drift" ]; then
   if [ "$STRICT" = 1 ]; then status=1; else echo "(not failing: DOCS_STRICT=1 or --strict makes this fail)"; fi
 fi
 [ $status -eq 0 ] && [ -z "$drift" ] && echo "man_check: $PAGE ok"
+
+# The guide: each command has its section, each option is written `--opt`
+# (backquoted, alone or with its value) somewhere in it.
+GUIDE=doc/topics/cli.md
+GTEXT=$(cat "$GUIDE")
+gdrift=""
+gmissing() { gdrift="$gdrift
+  $1"; }
+has_section() { printf '%s\n' "$GTEXT" | grep -q -e "^### $1\( \|$\)"; }
+has_option() { printf '%s\n' "$GTEXT" | grep -q -e "\`$1\( [^\`]*\)\?\`"; }
+for cmd in $(help | commands); do
+  has_section "$cmd" || gmissing "command '$cmd' (a '### $cmd' section)"
+  for opt in $(help "$cmd" | options); do
+    has_option "$opt" || gmissing "$cmd $opt"
+  done
+done
+if [ -n "$gdrift" ]; then
+  echo "$GUIDE: what --help lists and the guide does not:$gdrift"
+  if [ "$STRICT" = 1 ]; then status=1; else echo "(not failing: DOCS_STRICT=1 or --strict makes this fail)"; fi
+else
+  echo "man_check: $GUIDE names every command and option"
+fi
 exit $status

@@ -48,7 +48,7 @@ local function cpath(variant) return ROOT .. "/build/" .. variant .. "/?.so;;" e
 -- The same C source under PUC Lua 5.1 and 5.3: the C-heavy specs.
 local C_HEAVY = { "spec/encode_spec.lua", "spec/encode_edge_spec.lua", "spec/property_spec.lua",
   "spec/json_spec.lua", "spec/spool_spec.lua", "spec/retry_spec.lua", "spec/cli_json_spec.lua",
-  "spec/cli_dates_spec.lua", "spec/input_csv_spec.lua" }
+  "spec/cli_dates_spec.lua", "spec/input_csv_spec.lua", "spec/money_spec.lua", "spec/input_encoding_spec.lua" }
 
 local function paths_env(variant, ...)
   local env = {}
@@ -96,13 +96,14 @@ local SUITES = {
     { name = "bench/fault_run.lua", cmd = "lua5.4 bench/fault_run.lua --orders 1000 --quick",
       ok_tail = 1, fail_tail = 30, fail_note = "fault run lost orders" } } },
   -- A bounded libFuzzer run over the C parsers (dates, money, UTF-8, escaping,
-  -- CSV), the JSON decoder, the classifier and the pseudonymiser (HMAC).
+  -- CSV, the input decoder), the JSON decoder, the classifier and the
+  -- pseudonymiser (normalisation + HMAC).
   -- Each target runs for a fixed time and takes all the CPU it gets: they
   -- start after every spec file, when lanes fall idle (`tail`).
   { name = "fuzz", env = {}, needs = "clang", tail = true, commands = (function()
     local secs = os.getenv("FUZZ_SECONDS") or "15"
     local out = {}
-    for _, t in ipairs({ "run", "run-json", "run-classify", "run-hmac", "run-tz", "run-csv" }) do
+    for _, t in ipairs({ "run", "run-json", "run-classify", "run-hmac", "run-tz", "run-csv", "run-decode" }) do
       out[#out + 1] = { name = t, cmd = "make -s -C fuzz " .. t .. " FUZZ_SECONDS=" .. secs,
         ok_tail = 1, fail_tail = 40, fail_note = "fuzzer found a failure" }
     end

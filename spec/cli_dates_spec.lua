@@ -204,7 +204,7 @@ describe("local dates", function()
     it("sends a UK till's CSV with --date-format and --timezone, DST-correct", function()
       local csv = till("till.csv", { "16/06/2024 14:25", "16/01/2024 14:25", "31/03/2024 01:30", "27/10/2024 01:30" })
       local r = run({ "send", csv, "--date-format", "%d/%m/%Y %H:%M", "--timezone", "Europe/London",
-        "--rejects", tmp("till-rej.ndjson") }, { env = cli.creds() })
+        "--rejects", tmp("till-rej.ndjson"), "--max-order-age", "0" }, { env = cli.creds() })
       assert.equal(1, r.code, r.all)
       local function date_of(ref)
         return sb.orders({ refCode = ref })[1].body:match('"orderDate":"([^"]+)"')

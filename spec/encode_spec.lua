@@ -524,6 +524,52 @@ describe("orderDate", function()
   it("rejects an absurd epoch (1e300)", function()
     rejects(O.with("order.orderDate", 1e300), "order.orderDate")
   end)
+
+  describe("in the future", function()
+    local function gmt(t) return os.date("!%Y-%m-%dT%H:%M:%S GMT", t) end
+
+    it("rejects an order dated more than a day ahead, in every form, saying why", function()
+      local later = os.time() + 86400 + 3600
+      for _, v in ipairs({ later, gmt(later), os.date("!%Y-%m-%d %H:%M:%S", later), "2999-01-01T00:00:00Z" }) do
+        local err = rejects(O.with("order.orderDate", v), "order.orderDate")
+        local p = O.find(err, "order.orderDate")
+        assert.matches("must not be more than a day in the future", p.message)
+        assert.matches("day and the month swapped", p.message)
+        assert.matches(", got ", p.message)
+      end
+    end)
+
+    it("accepts one up to a day ahead (a till clock or a zone a little off), and now", function()
+      local soon = os.time() + 86400 - 120
+      assert.equal(gmt(soon), date_of(soon))
+      assert.equal(gmt(soon), date_of(gmt(soon)))
+      assert.equal(gmt(os.time()), date_of(os.time()))
+    end)
+
+    it("validate says the same as encode (one rule)", function()
+      local ok, err = offline.validate(O.with("order.orderDate", os.time() + 3 * 86400))
+      assert.is_nil(ok)
+      assert.matches("more than a day in the future", tostring(err))
+    end)
+  end)
+
+  describe("core.order_time", function()
+    local core = require("optimizely.offline.core")
+
+    it("reads a date as the encoder does: every accepted form, epoch seconds", function()
+      assert.equal(1463408700, core.order_time("2016-05-16T14:25:00 GMT"))
+      assert.equal(1709256600, core.order_time("2024-03-01T01:30:00Z"))
+      assert.equal(1709249400, core.order_time("2024-03-01T01:30:00+02:00"))
+      assert.equal(1709256600, core.order_time("2024-03-01 01:30:00"))
+      assert.equal(1463408700, core.order_time(1463408700.5))
+    end)
+
+    it("is nil for what the encoder would refuse to read", function()
+      for _, v in ipairs({ "16/05/2016 14:25", "2023-02-29T00:00:00 GMT", "", 0 / 0, 1e300, -1, true, {}, nil }) do
+        assert.is_nil(core.order_time(v), tostring(v))
+      end
+    end)
+  end)
 end)
 
 describe("currency", function()

@@ -199,6 +199,10 @@ describe("csv reader", function()
       local utf16 = ("refCode,itemRefCode\nA,S1\n"):gsub(".", "%0\0")
       local recs = read("\255\254" .. utf16)
       assert.equal(1, #recs)
+      assert.matches(":1: the file is UTF-16 (it starts with a UTF-16 byte order mark): save it as UTF-8",
+        recs[1].error, 1, true)
+      assert.equal("encoding", recs[1].code)
+      recs = read(utf16) -- no byte order mark: NUL bytes
       assert.matches("NUL byte in field 1 (a binary or UTF-16 file? save it as UTF-8 CSV)", recs[1].error,
         1, true)
     end)

@@ -160,12 +160,23 @@ describe("optimizely-offline mapping", function()
     assert.is_nil(read_file(tmp("m2.csv")))
   end)
 
-  it("applies --length, --encoding, --strip-plus-tag and --strip-dots to the ids", function()
+  it("applies --length, --id-encoding, --strip-plus-tag and --strip-dots to the ids", function()
     local o = { length = 24, encoding = "base64url", strip_plus_tag = true, strip_dots = true }
-    local r = cli({ "mapping", "a.ndjson", "b.csv", "c.xml", "--length", "24", "--encoding", "base64url",
+    local r = cli({ "mapping", "a.ndjson", "b.csv", "c.xml", "--length", "24", "--id-encoding", "base64url",
                     "--strip-plus-tag", "--strip-dots" })
     assert.are.equal(0, r.code, r.err)
     assert.are.equal(expected(o), r.out)
+    assert.is_nil(r.err:find("warning", 1, true))
+    -- the old name still works, and says the new one; a character set given to it is refused
+    local old = cli({ "mapping", "a.ndjson", "b.csv", "c.xml", "--length", "24", "--encoding", "base64url",
+                      "--strip-plus-tag", "--strip-dots" })
+    assert.are.equal(0, old.code, old.err)
+    assert.are.equal(expected(o), old.out)
+    assert.matches("^warning: %-%-encoding is now %-%-id%-encoding", old.err)
+    local bad = cli({ "mapping", "a.ndjson", "--encoding", "cp1252" })
+    assert.are.equal(2, bad.code)
+    assert.matches("error: --encoding is the old name of --id-encoding, the pseudonym id's encoding "
+      .. "(hex or base64url), got cp1252; the input file's character set is --input-encoding", bad.err, 1, true)
     -- the e-mail column keeps the address; the id is that of janedoe@, zoe@
     assert.matches("\njane%.doe@example%.com," .. id("janedoe@example.com", o):gsub("%-", "%%-") .. "\n", r.out)
     assert.matches("\nzoe%+news@example%.com," .. id("zoe@example.com", o):gsub("%-", "%%-") .. "\n", r.out)

@@ -353,7 +353,8 @@ local function valid_payload(r)
   local rc, rce = ref_code(r)
   o.refCode = rc
   oe[#oe + 1] = { "refCode", rce }
-  local t = r.int(3 * 86400, 4102444800)
+  -- up to now: the encoder refuses a date more than a day in the future
+  local t = r.int(3 * 86400, os.time())
   local dv, de = date_input(r, t)
   o.orderDate = dv
   oe[#oe + 1] = { "orderDate", de }

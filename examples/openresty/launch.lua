@@ -88,6 +88,25 @@ function M.defaults()
   return d
 end
 
+--- The `env NAME;` lines for an app config: one per `<key>_env` entry
+-- (`token_env = "OPTIMIZELY_SITE_TOKEN"`), so every variable the app reads
+-- is one nginx passes to its workers.
+-- @param app the app config
+-- @return the lines (a comment when there are none)
+function M.env_directives(app)
+  local names = {}
+  for k, v in pairs(app or {}) do
+    if type(k) == "string" and k:match("_env$") and type(v) == "string" then
+      if not v:match("^[%a_][%w_]*$") then error("launch: " .. k .. " is not a variable name: " .. v, 0) end
+      names[#names + 1] = v
+    end
+  end
+  if #names == 0 then return "# (the app config reads no environment variable)" end
+  table.sort(names)
+  for i, n in ipairs(names) do names[i] = "env " .. n .. ";" end
+  return table.concat(names, "\n")
+end
+
 local function lua_literal(v, indent)
   indent = indent or ""
   local t = type(v)
@@ -118,7 +137,15 @@ function M.write(opts)
   end
   local vars = M.defaults()
   vars.dir, vars.port, vars.root, vars.ca_file = dir, opts.port, M.root(), opts.ca_file
+  vars.env_directives = M.env_directives(opts.app)
   for k, v in pairs(opts.vars or {}) do vars[k] = v end
+  local spool = opts.app and opts.app.queue and opts.app.queue.spool
+  if spool then -- its directory: the workers' (this user's), private
+    local sdir = spool:match("^(.*)/[^/]*$")
+    if sdir and sdir ~= "" then
+      assert(run("mkdir -p -m 0700 " .. q(sdir)), "cannot create " .. sdir)
+    end
+  end
   assert(write_file(dir .. "/conf/app.lua", "return " .. lua_literal(opts.app) .. "\n", "600"))
   local conf = dir .. "/conf/nginx.conf"
   assert(write_file(conf, M.render(vars)))
@@ -192,7 +219,7 @@ local function main(argv)
   local app = { channel = o.channel, queue = {} }
   if o.base_url then
     assert(o.ca_file and o.site, "--base-url needs --ca-file and --site")
-    app.base_url, app.site, app.token_env = o.base_url, o.site, o.token_env or "OO_SITE_TOKEN"
+    app.base_url, app.site, app.token_env = o.base_url, o.site, o.token_env or "OPTIMIZELY_SITE_TOKEN"
   else
     local sandbox = require("optimizely.offline.sandbox")
     local sdir = absolute(o.sandbox_dir or (root .. "/.sandbox"))

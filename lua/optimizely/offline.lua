@@ -28,6 +28,29 @@ function M.validate(payload)
   return nil, new_error(w, truncated)
 end
 
+--- An amount normalised as the encoder writes it: a plain decimal with
+-- exactly the currency's minor-unit digits, exact (digits past the minor
+-- unit round half away from zero). By default the value is what the
+-- encoder takes (a number, or a plain decimal string like "12.50"); `opts`
+-- opts in to amounts as tills write them, read by the C money parser:
+-- `decimal_comma = true` ("2,24", "1.234,56"; '.', blanks and ' group
+-- thousands in threes) and `currency_symbols = true` ("£2.24", "2,24 €",
+-- "GBP 2.24": a symbol or ISO code before or after the amount is dropped
+-- when it is `currency`'s; another currency's is an error).
+-- @param value a number or a string
+-- @param currency the order's ISO 4217 code ("GBP")
+-- @param opts optional `{decimal_comma = bool, currency_symbols = bool}`
+-- @return text ("1234.56"), minor units (123456), decimals (2) | nil, err
+--   (kind "validation")
+-- @usage offline.money("1.234,56 €", "EUR", { decimal_comma = true, currency_symbols = true }) --> "1234.56", 123456, 2
+function M.money(value, currency, opts)
+  local units, decimals, text = core.money(value, currency, opts)
+  if not units then
+    return nil, errors.new({ kind = "validation", message = "amount " .. decimals, retryable = false })
+  end
+  return text, units, decimals
+end
+
 --- The order's refCode as the encoder writes it (a string as is, an
 -- integer in decimal), or nil: the one conversion queues, reports and
 -- messages use.

@@ -11,8 +11,8 @@
 --
 -- Credentials refused (kind "auth": a 401/403 or an envelope naming the
 -- site, token or channel) stop the batch: nothing more is sent with them,
--- and every order not sent yet ends as failed with that error (counted in
--- `summary.not_sent`), never as lost.
+-- and every order not tried yet ends as failed with that error (counted in
+-- `summary.not_sent`, told by `not_sent(err)`), never as lost.
 --
 -- Ctrl-C: the transfers stop; `summary.interrupted` is set, `unknown` lists
 -- the orders whose outcome is not known (in flight or waiting for a
@@ -70,6 +70,15 @@ end
 
 local Batch = {}
 Batch.__index = Batch
+
+--- Is `err` the failure of an order that was never tried because refused
+-- credentials stopped the batch? Those are the orders `summary.not_sent`
+-- counts (the order whose own request was refused is not one of them).
+-- @param err an order's error (from `on_result` or `summary.failures`)
+-- @return boolean
+function M.not_sent(err)
+  return type(err) == "table" and err.stop == true and (err.attempts or 0) == 0
+end
 
 local function new_summary(concurrency)
   return { sent = 0, failed = 0, retried = 0, invalid = 0, not_sent = 0, elapsed = 0,
@@ -226,7 +235,8 @@ function Batch:handle(r)
     self.warnings_of[i] = nil
     local err = delivery.failure(r, r.body, r.attempts, r.channel, self.st.secrets)
     if what == "stopped" then
-      self.summary.not_sent = self.summary.not_sent + (r.attempts == 0 and 1 or 0)
+      err.stop = true
+      if M.not_sent(err) then self.summary.not_sent = self.summary.not_sent + 1 end
       if not self.stopped then
         self.stopped = err
         self.summary.stopped = err

@@ -7,6 +7,7 @@
 -- names without a module yet are skipped.
 -- @module optimizely.offline.cli
 local argparse = require("argparse")
+local stop = require("optimizely.offline.cli.stop")
 
 local M = {}
 
@@ -15,7 +16,8 @@ M.COMMANDS = { "validate", "send", "convert", "cancel", "spool", "sandbox", "map
 
 --- Exit code 0: all done.
 M.EXIT_OK = 0
---- Exit code 1: some orders failed (130, interrupted, is the commands' own).
+--- Exit code 1: some orders failed (130, 143 and 129, interrupted by
+-- SIGINT, SIGTERM and SIGHUP, are the commands' own: optimizely.offline.cli.stop).
 M.EXIT_FAILURE = 1
 --- Exit code 2: a usage or configuration error.
 M.EXIT_USAGE = 2
@@ -59,7 +61,7 @@ function M.parser()
   parser:flag("-V --version", "Print the version (and libcurl's and Lua's) and exit.")
     :action(function() error(VersionRequest, 0) end)
   parser:epilog("Exit codes: 0 all done, 1 some orders failed, 2 usage or configuration error, "
-    .. "130 interrupted. See `optimizely-offline <command> --help`.")
+    .. "130 interrupted (Ctrl-C), 143 SIGTERM, 129 SIGHUP. See `optimizely-offline <command> --help`.")
   local handlers = {}
   for _, name in ipairs(M.COMMANDS) do
     local mod = load_command(name)
@@ -71,12 +73,28 @@ function M.parser()
   return parser, handlers
 end
 
+-- Runs one parsed command with SIGINT, SIGTERM and SIGHUP trapped (they
+-- stop it as Ctrl-C does). An interrupt no command path caught (one landing
+-- between two of them) still ends in a line and the signal's exit code.
+local function run_command(handler, parsed, out, err)
+  stop.trap()
+  local ok, code = pcall(handler.run, parsed, out, err)
+  stop.release()
+  if not ok then
+    if not require("optimizely.offline.errors").is_interrupt(code) then error(code, 0) end
+    err:write("interrupted (", stop.what(), ")\n")
+    code = 130
+  end
+  return stop.exit_code(code)
+end
+
 --- Runs the command line.
 -- @param argv the script's `arg` table (only the positive indices are used)
 -- @param out writer for results (anything with `:write`; default io.stdout)
 -- @param err writer for messages (default io.stderr)
 -- @return exit code: 0 all done, 1 some orders failed, 2 usage or
---   configuration error, 130 interrupted (`M.EXIT_*`)
+--   configuration error, 130 interrupted by Ctrl-C (SIGINT), 143 by
+--   SIGTERM, 129 by SIGHUP (`M.EXIT_*`)
 function M.main(argv, out, err)
   out, err = out or io.stdout, err or io.stderr
   local args = {}
@@ -94,7 +112,14 @@ function M.main(argv, out, err)
     end
     error(parsed, 0)
   end
-  return handlers[parsed.command].run(parsed, out, err)
+  -- what an option's action found (an old option name: `_warnings`; a
+  -- value it cannot take: `_usage_error`)
+  if parsed._usage_error then
+    err:write(parser:get_usage(), "\n\nerror: ", parsed._usage_error, "\n")
+    return M.EXIT_USAGE
+  end
+  for _, w in ipairs(parsed._warnings or {}) do err:write(w, "\n") end
+  return run_command(handlers[parsed.command], parsed, out, err)
 end
 
 return M

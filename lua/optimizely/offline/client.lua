@@ -180,14 +180,28 @@ local function check_channel_name(cfg, field, name, custom)
   end
 end
 
+--- A channel's name as every part of the library uses it: channel names
+-- are case-insensitive (`Callcentre` is `callcentre`), so they are
+-- lower-cased wherever they come in (the config, `{channel = …}`, a CSV
+-- column, a wrapper line). Anything but a string is returned as it is.
+-- @param name a channel name
+-- @return the name in lower case
+function M.channel_name(name)
+  if type(name) == "string" then return (name:lower()) end
+  return name
+end
+local channel_name = M.channel_name
+
 -- The channels and their tokens: { {name =, token =}, ... } and the default.
 local function channel_list(cfg, c)
   local list, by_name = {}, {}
   local function add(name, token, field)
+    name = channel_name(name)
     check_channel_name(cfg, field, name, c.allow_custom_channel)
     if by_name[name] then
       if list[by_name[name]].token ~= token then
-        config_error(cfg, "token", "and config.tokens." .. name .. " differ: give one token per channel")
+        config_error(cfg, "token", "and config.tokens." .. name .. " differ: give one token per channel"
+          .. " (channel names are case-insensitive)")
       end
       return
     end
@@ -206,7 +220,7 @@ local function channel_list(cfg, c)
   elseif not c.tokens then
     config_error(cfg, "token", "is required")
   end
-  local default = c.channel
+  local default = channel_name(c.channel)
   if default then
     check_channel_name(cfg, "channel", default, c.allow_custom_channel)
     if not by_name[default] then
@@ -344,17 +358,32 @@ local function context(c)
   }
 end
 
---- The channel index for an order, or nil, err (kind "config": no token).
+-- "callcentre, store": the channels a context has a token for.
+local function token_channels(st)
+  local names = {}
+  for i, ch in ipairs(st.channels) do names[i] = ch.name end
+  table.sort(names)
+  return table.concat(names, ", ")
+end
+
+--- The channel index for an order, or nil, err (kind "config": no token,
+-- or no channel and no default; the message lists the channels that have
+-- a token). `name` is compared case-insensitively.
+-- @param st a delivery context (`M.state`), or any table with `channels`
+--   (`{name =}` list), `channel_index` (name -> index) and `default_channel`
+-- @param name the order's channel, or nil for the default
 function M.channel_of(st, name)
-  name = name or st.default_channel
+  name = channel_name(name) or st.default_channel
   if name == nil then
     return nil, errors.new({ kind = "config", retryable = false,
-      message = "the order names no channel and the client has no default (config.channel)" })
+      message = "the order names no channel and there is no default channel (config.channel); "
+        .. "channels with a token: " .. token_channels(st) })
   end
   local i = st.channel_index[name]
   if not i then
     return nil, errors.new({ kind = "config", retryable = false, channel = tostring(name),
-      message = "no token for channel " .. opts.show(name) .. " (config.tokens)" })
+      message = "no token for channel " .. opts.show(name) .. " (config.tokens); channels with a token: "
+        .. token_channels(st) })
   end
   return i
 end
@@ -500,6 +529,21 @@ function Client:queue(o)
   end
   local q, err = require("optimizely.offline.queue").new(st, o)
   return q, err -- not a tail call: option errors point at the caller
+end
+
+--- The channel an order would be sent on, without sending it: `name`
+-- (any case; nil: the default channel) when the client has its token.
+-- What `send`, `send_batch` and the queues decide, asked beforehand (the
+-- command line's `--check-first` and `validate` do).
+-- @param name the order's channel, or nil
+-- @return the channel's name (lower case) | nil, err (kind "config"; its
+--   message lists the channels that have a token)
+function Client:channel(name)
+  local st = private[self]
+  if not st then error("optimizely.offline.client: not a client object", 2) end
+  local i, err = M.channel_of(st, name)
+  if not i then return nil, err end
+  return st.channels[i].name
 end
 
 --- Counters of this client's own sends, cancels and finished `send_batch`

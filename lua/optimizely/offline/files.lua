@@ -59,13 +59,19 @@ end
 local Atomic = {}
 Atomic.__index = Atomic
 
---- Close the temporary file and rename it over the target.
+--- Close the temporary file and rename it over the target (with the
+-- mode `atomic` was given, set before the rename: the file never shows
+-- another).
 -- @return true or nil, err
 function Atomic:commit()
   if self.done then return true end
   self.done = true
   local ok, err = self.fh:close()
   if not ok then os.remove(self.tmp); return nil, err end
+  if self.mode then
+    ok, err = core.chmod(self.tmp, self.mode)
+    if not ok then os.remove(self.tmp); return nil, err end
+  end
   ok, err = os.rename(self.tmp, self.path)
   if not ok then os.remove(self.tmp); return nil, err end
   return true
@@ -81,15 +87,18 @@ end
 
 --- A private temporary file next to `path` (same directory, so the rename
 -- is atomic) that `:commit()` renames over `path`.
+-- @param path the file
+-- @param mode optional permission bits the file gets when it is complete
+--   (default: it stays 0600); only for files that hold no orders
 -- @return writer `{fh, path, tmp, commit(), abort()}` or nil, err
-function M.atomic(path)
+function M.atomic(path, mode)
   local dir, base = path:match("^(.*/)([^/]*)$")
   dir, base = dir or "", base or path
   local err
   for _ = 1, 20 do
     local tmp = ("%s.%s.%d%06d.tmp"):format(dir, base, os.time() % 100000, math.random(0, 999999))
     local fh, e = M.create_new(tmp)
-    if fh then return setmetatable({ fh = fh, path = path, tmp = tmp }, Atomic) end
+    if fh then return setmetatable({ fh = fh, path = path, tmp = tmp, mode = mode }, Atomic) end
     err = e
   end
   return nil, err

@@ -21,7 +21,11 @@
 --   (where the order first came from).
 -- * an error: `{ error = "<file>:<line>: <what>", code = <kind>, file =,
 --   line =, index =, raw = <text or nil>, ref = <refCode or nil>,
---   first_line = <number or nil> }`. Every value quoted in `error` is escaped
+--   first_line = <number or nil> }`. `raw` is the text the record was read
+--   from (an NDJSON line; a CSV row, or a bad order's rows) with
+--   `raw_format` ("ndjson" or "csv") and, for CSV, `raw_header` and
+--   `raw_delimiter`: enough to read it again once fixed (a rejects file
+--   keeps them). Every value quoted in `error` is escaped
 --   (control characters) and capped in length.
 --
 -- `index` counts records (payloads and errors) from 1. **Error kinds**
@@ -53,7 +57,21 @@
 --   it; CSV ends the file there);
 -- * `"storage"`: CSV: the temporary database failed (disk full); the rest of
 --   the file is not read;
--- * `"read_error"`: the file could not be read on (the last record).
+-- * `"read_error"`: the file could not be read on (the last record);
+-- * `"encoding"`: the file is not text in its encoding (`input_encoding`,
+--   default UTF-8): the line at fault is named, with the byte, and the rest
+--   of the file is not read (the last record). A CSV order still open at
+--   that line is an error record of this code too (`ref`): its rows may go
+--   on past it.
+--
+-- **Encodings.** NDJSON and CSV files are UTF-8 unless `input_encoding`
+-- says `"cp1252"` (Windows-1252) or `"latin1"` (ISO-8859-1): then they are
+-- converted to UTF-8 with iconv (in C) as they are read. An XML file
+-- follows its own declaration (expat reads UTF-8, UTF-16, ISO-8859-1 and
+-- US-ASCII) unless `input_encoding` is given, which wins over the
+-- declaration. A file that is not UTF-8 and has no `input_encoding` stops
+-- at its first such line with one `"encoding"` record naming the line and
+-- the option.
 -- @module optimizely.offline.input
 local opts_schema = require("optimizely.offline.opts")
 
@@ -95,8 +113,17 @@ end
 -- @field chunk_size bytes read at a time (default 64 KiB)
 -- @field max_record_bytes the longest line (NDJSON, default 8 MiB) or row
 --   (CSV, default 4 MiB)
+-- @field input_encoding the files' character set: "utf-8" (the default for
+--   NDJSON and CSV; XML: its declaration), "cp1252" (Windows-1252) or
+--   "latin1" (ISO-8859-1), any case; converted to UTF-8 as read
+local function known_encoding(name)
+  if require("optimizely.offline.core").decoder(name) then return true end
+  return nil, "must be utf-8, cp1252 (Windows-1252) or latin1 (ISO-8859-1) (got " .. opts_schema.show(name) .. ")"
+end
+
 local OPTIONS = opts_schema.schema("optimizely.offline.input", "opts", {
   format = { type = "any" }, -- an unknown format is a runtime error (nil, message)
+  input_encoding = { type = "string", check = known_encoding },
   map = { type = "table" },
   delimiter = { type = "string", check = one_char },
   order_rows = { type = "choice", choices = { "contiguous", "grouped" } },
@@ -161,8 +188,130 @@ function M.open_handle(fh, name, opts)
   local state = { bytes = 0, size = handle_size(fh), file = name, format = fmt }
   state.close = function() end
   local reader = require(READERS[fmt])
-  local iter = reader.new(fh, name, opts, state)
+  local text = M.decoded(fh, fmt, opts.input_encoding)
+  local iter = reader.new(text or fh, name, opts, state)
+  if text then iter = text:records(iter, name, opts.order_rows == "grouped") end
   return iter, state
+end
+
+-- --------------------------------------------------------------- encodings
+
+local Decoded = {}
+Decoded.__index = Decoded
+
+-- A byte for a message: \xA3, and what it is in the usual till encodings.
+local function byte_text(b)
+  local s = ("\\x%02X"):format(b)
+  if b >= 0xA0 then
+    local char = ("%c%c"):format(0xC0 + math.floor(b / 64), 0x80 + b % 64) -- U+00A0..U+00FF in UTF-8
+    s = s .. (", which is %q in Latin-1 and Windows-1252"):format(char)
+  elseif b >= 0x80 then
+    local cp = ({ [0x80] = "\226\130\172", [0x85] = "\226\128\166", [0x91] = "\226\128\152", [0x92] = "\226\128\153",
+      [0x93] = "\226\128\156", [0x94] = "\226\128\157", [0x96] = "\226\128\147", [0x97] = "\226\128\148" })[b]
+    if cp then s = s .. (", which is %q in Windows-1252"):format(cp) end
+  end
+  return s
+end
+
+-- The message of a decoder that stopped.
+local function stop_message(self, byte, reason)
+  if reason == "bom" then
+    return ("the file starts with a UTF-8 byte order mark, so it is UTF-8, not %s: read it without "
+      .. "input_encoding (--input-encoding); the file is not read"):format(self.encoding)
+  end
+  if reason == "utf16" then
+    return "the file is UTF-16 (it starts with a UTF-16 byte order mark): save it as UTF-8; the file is not read"
+  end
+  if reason == "truncated" then
+    return "not UTF-8: the file ends inside a character (cut short?)"
+  end
+  if self.encoding ~= "utf-8" then
+    return ("not %s text: byte %s is not a character of it; the rest of the file is not read")
+      :format(self.encoding, ("\\x%02X"):format(byte))
+  end
+  return ("not UTF-8 text (byte %s); if the file is a Windows-1252 or Latin-1 export, give its encoding: "
+    .. "--input-encoding cp1252 or latin1 (input_encoding in the reader options); the rest of the file is "
+    .. "not read"):format(byte_text(byte))
+end
+
+-- The encoding declared by an XML document's first line, made UTF-8: the
+-- text the parser gets has been converted.
+local function redeclare(text)
+  return (text:gsub("^(%s*<%?xml[^>]-encoding%s*=%s*)([\"'])[^\"']*%2", "%1%2UTF-8%2", 1))
+end
+
+--- `fh` read through a decoder: the readers' handle when the text must be
+-- converted or checked (NDJSON and CSV always; XML only with an
+-- `input_encoding`, else expat follows the declaration). Its `read` hands
+-- on whole lines of UTF-8; when the input turns out not to be text, it
+-- ends there (nil, message) and `stop` says where.
+-- @param fh the file handle
+-- @param fmt "ndjson", "csv" or "xml"
+-- @param encoding the `input_encoding` option, or nil
+-- @return the handle, or nil when the file is read as it is
+function M.decoded(fh, fmt, encoding)
+  if fmt == "xml" and encoding == nil then return nil end
+  local core = require("optimizely.offline.core")
+  local dec = assert(core.decoder(encoding or "utf-8"))
+  local name = (encoding or "utf-8"):lower()
+  name = ({ utf8 = "utf-8", ["windows-1252"] = "cp1252", ["latin-1"] = "latin1", ["iso-8859-1"] = "latin1",
+    ["iso8859-1"] = "latin1" })[name] or name
+  return setmetatable({ fh = fh, dec = dec, encoding = name, xml = fmt == "xml" and encoding ~= nil,
+    done = false }, Decoded)
+end
+
+--- Reads on: at least one whole line of UTF-8 text, or nil and why not
+-- (the file's end, a read error, or the decoder's stop: then `self.stop`
+-- is `{line =, message =}` and `self.stopped` is true).
+-- @param n bytes to read from the file at a time
+function Decoded:read(n)
+  while not self.done do
+    local chunk, err = self.fh:read(n)
+    local text, line, byte, reason = self.dec:feed(chunk)
+    if not chunk then self.done, self.read_err = true, err end
+    if line then
+      self.done = true
+      self.stop = { line = line, message = stop_message(self, byte, reason) }
+    end
+    if self.xml and not self.redeclared and text ~= "" then text, self.redeclared = redeclare(text), true end
+    if text ~= "" then return text end
+  end
+  if self.stop then
+    self.stopped = true
+    return nil, self.stop.message
+  end
+  return nil, self.read_err
+end
+
+--- The reader's records, with the decoder's stop made plain: the read
+-- error it caused becomes an `"encoding"` record at the line at fault, and
+-- an order read after it (CSV: the order still open at that line; grouped:
+-- every order, none is known whole) an `"encoding"` error record too.
+-- @param iter the reader's iterator
+-- @param name the file's name
+-- @param grouped CSV `order_rows = "grouped"`
+-- @return iterator
+function Decoded:records(iter, name, grouped)
+  local fail = require("optimizely.offline.input.records").error
+  return function()
+    local rec = iter()
+    if rec == nil or not self.stop then return rec end
+    if rec.code == "read_error" and self.stopped then
+      local out = fail(name, self.stop.line, "encoding", self.stop.message)
+      out.index = rec.index
+      return out
+    end
+    if rec.payload and (self.stopped or grouped) then
+      local ref = require("optimizely.offline.core").ref_string(rec.payload)
+      local enc = self.encoding == "utf-8" and "UTF-8" or self.encoding
+      local out = fail(name, rec.line, "encoding", ("order %s: not read whole: the file stops at line %d, "
+        .. "which is not %s text, and the order's rows may go on there"):format(
+          ref and ("%q"):format(ref) or "(no refCode)", self.stop.line, enc), { ref = ref })
+      out.index = rec.index
+      return out
+    end
+    return rec
+  end
 end
 
 --- Open a file (or `-` for standard input) and read its records.

@@ -4,16 +4,24 @@
 -- gives the client a cosocket transport and a per-worker queue delivered by
 -- timers:
 --
---     # nginx.conf (http block)
+--     # nginx.conf: `env OPTIMIZELY_SITE_TOKEN;` in the main context, then (http block)
 --     lua_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;
---     lua_ssl_verify_depth 3;
+--     lua_ssl_verify_depth 5;
 --     init_worker_by_lua_block {
---       ORDERS = require("optimizely.offline.ngx").queue(
---         { site = "demo", token = os.getenv("OO_SITE_TOKEN"), channel = "store" },
---         { spool = "/var/spool/optimizely-offline/orders.db" })
+--       local q, err = require("optimizely.offline.ngx").queue(
+--         { site = "demo", token = os.getenv("OPTIMIZELY_SITE_TOKEN"), channel = "store" },
+--         { spool = "/var/lib/optimizely-offline/orders.db" })
+--       if not q then error(tostring(err), 0) end  -- nginx prints a raised table as "unknown error"
+--       ORDERS = q
 --     }
 --     # any phase, log_by_lua included
---     log_by_lua_block { ORDERS:push(build_order()) }
+--     log_by_lua_block { if ORDERS then ORDERS:push(build_order()) end }
+--
+-- nginx prints an error that is not a string (an error object raised with
+-- `error(err)` or `assert(q, err)`) as "unknown error" / "unknown reason":
+-- whatever fails in `queue`, `flush` and `close` is therefore also logged
+-- here, at level ERR, as text, so `assert(ngxo.queue(...))` shows why in
+-- the error log; print any other `err` with `tostring(err)`.
 --
 -- or, where cosockets are available (content, access, rewrite, timer):
 --
@@ -26,6 +34,37 @@ local transport = require("optimizely.offline.ngx.transport")
 local ngx = ngx
 
 local M = {}
+
+--- Logs a failure as text, at level ERR: `what: <tostring(err)>`, control
+-- characters escaped. nginx shows a raised error object as "unknown error"
+-- (it prints only strings), so every failure the facade hands back is also
+-- in the error log, however the caller raises or asserts it.
+-- @param what who failed ("optimizely.offline.ngx.queue")
+-- @param err the error (an error object or a message)
+function M.log_failure(what, err)
+  local text = tostring(err):gsub("[%z\1-\31\127]", function(c) return ("\\x%02x"):format(c:byte()) end)
+  ngx.log(ngx.ERR, what, ": ", text)
+end
+
+-- The queue's methods that hand back `nil, err` after something failed
+-- (not `push`: a refused order is the caller's to report, and it may be
+-- refused thousands of times a second).
+local LOGGED = { "flush", "close" }
+
+-- Wraps a queue so its flush and close failures are logged too.
+local function logged(q)
+  for _, name in ipairs(LOGGED) do
+    local method = q[name]
+    if type(method) == "function" then
+      q[name] = function(self, ...)
+        local ok, err = method(self, ...)
+        if not ok and err ~= nil then M.log_failure("optimizely.offline.ngx.queue:" .. name, err) end
+        return ok, err
+      end
+    end
+  end
+  return q
+end
 
 --- A cosocket transport for `offline.client{transport = ...}`.
 -- @param opts `{timeout = 10, connect_timeout = 5, keepalive_timeout = 60,
@@ -58,15 +97,18 @@ end
 --   metrics_shm` (`shm`: shared delivery, one process sends for all workers;
 --   `metrics_shm`: a lua_shared_dict every worker adds its metrics to, read by
 --   `optimizely.offline.metrics.prometheus(ngx.shared[name])`)
--- @return queue, or nil, err (the spool could not be opened)
+-- @return queue, or nil, err (the spool could not be opened; also logged,
+--   see `log_failure`)
 -- @see optimizely.offline.ngx.queue
 function M.queue(client_config, opts)
-  if type(opts) == "table" and opts.engine == "thread" then
-    local q, err = require("optimizely.offline.ngx.thread_queue").new(client_config, opts)
-    return q, err
+  local mod = (type(opts) == "table" and opts.engine == "thread") and "optimizely.offline.ngx.thread_queue"
+    or "optimizely.offline.ngx.queue"
+  local q, err = require(mod).new(client_config, opts)
+  if not q then
+    M.log_failure("optimizely.offline.ngx.queue", err)
+    return nil, err
   end
-  local q, err = require("optimizely.offline.ngx.queue").new(client_config, opts)
-  return q, err
+  return logged(q), nil
 end
 
 return M

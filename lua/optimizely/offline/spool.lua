@@ -109,9 +109,10 @@ function M.open(path, options)
   if type(path) ~= "string" or path == "" then
     error("spool.open: path must be a non-empty string, got " .. (path == "" and "an empty string" or type(path)), 2)
   end
-  local h, e = core.spool_open(path, OPEN:check(options, 2))
+  local o = OPEN:check(options, 2)
+  local h, e = core.spool_open(path, o)
   if not h then return nil, new_error(e) end
-  return setmetatable({ handle = h, path = path }, Spool)
+  return setmetatable({ handle = h, path = path, max_age = o and o.max_age }, Spool)
 end
 
 --- A claimed order, as `claim` returns it.
@@ -297,6 +298,183 @@ function Spool:export_dead(sink, options)
     end
     if #rows < batch then return n end
   end
+end
+
+-- ------------------------------------------------- whole-spool operations
+--
+-- `due_now` and `purge_user` are written with the calls above: the spool
+-- has no statement of its own for them yet. They take rows the way a
+-- delivery loop does — a claim, then a retry, an ack or a release — and
+-- never a row under another handle's live lease: they claim "as of" a
+-- time `by` earlier than every such lease, and hold every row they claim
+-- until all are claimed (a row given back would be claimable again). A
+-- process that dies meanwhile leaves what it held leased for `HOLD_LEASE`
+-- seconds after `by`. Run them when no other process delivers from the
+-- file (a retired till's spool); otherwise the rows it holds are left as
+-- they are and counted.
+
+local PAGE = 1000
+local HOLD_LEASE = 60
+
+--- Calls `fn(row)` for every queued row (or dead letter with `o.dead`;
+-- bodies with `o.body`), in id order, a page at a time.
+-- @param fn function(row)
+-- @param o `{dead = bool, body = bool}`
+-- @return true, or nil, err
+-- @local
+function Spool:each_row(fn, o)
+  local after = 0
+  while true do
+    local rows, err = self:list({ limit = PAGE, after = after, dead = o and o.dead or nil, body = o and o.body or nil })
+    if not rows then return nil, err end
+    for i = 1, #rows do fn(rows[i]) end
+    if #rows < PAGE then return true end
+    after = rows[#rows].id
+  end
+end
+
+-- Claims every row free and due by `by`, holding them all, then settles
+-- each as `decide(row)` says: "ack", {retry = next_at, text = last_error}
+-- or nil (given back). Returns how many were acked, or nil, err.
+local function hold_and_settle(self, by, decide)
+  local held, first_err = {}, nil
+  while true do
+    local rows, err = self:claim(PAGE, HOLD_LEASE, by)
+    if not rows then first_err = err; break end
+    for i = 1, #rows do held[#held + 1] = { id = rows[i].id, what = decide(rows[i]) } end
+    if #rows < PAGE then break end
+  end
+  local acked = 0
+  for _, h in ipairs(held) do
+    local ok, err
+    if h.what == "ack" then
+      ok, err = self:ack(h.id)
+      if ok then acked = acked + 1 end
+    elseif type(h.what) == "table" then
+      ok, err = self:retry(h.id, h.what.retry, h.what.text)
+    else
+      ok, err = self:release(h.id)
+    end
+    if not ok then first_err = first_err or err end
+  end
+  if first_err then return nil, first_err end
+  return acked
+end
+
+-- The time to claim "as of": up to `latest`, before every live lease of
+-- another handle, never before `now`; `now` itself when the handle
+-- expires orders (max_age): claiming later would expire them.
+local function claim_time(self, now, latest, lease_end)
+  if self.max_age then return now end
+  return math.max(now, math.min(latest, lease_end - 0.001))
+end
+
+--- Makes every queued order that waits for its next attempt due now (for
+-- draining a spool at once: `optimizely-offline spool send`). An order
+-- under another handle's live lease, or due after that lease ends, is left
+-- as it is. Each order moved counts one attempt more (it goes through
+-- `retry`, the only call that moves a due time); its last error is kept.
+-- @param now epoch seconds (default: the clock)
+-- @return how many were made due, how many still wait; or nil, err
+function Spool:due_now(now)
+  now = now or M.now()
+  local waiting, latest, lease_end = {}, now, math.huge
+  local ok, err = self:each_row(function(row)
+    if row.claimed_by and row.claimed_until > now then
+      lease_end = math.min(lease_end, row.claimed_until)
+    elseif row.next_at > now then
+      waiting[row.id] = row.last_error or false
+      latest = math.max(latest, row.next_at)
+    end
+  end)
+  if not ok then return nil, err end
+  if next(waiting) == nil then return 0, 0 end
+  local by = claim_time(self, now, latest, lease_end)
+  local moved = 0
+  local n, herr = hold_and_settle(self, by, function(row)
+    local last = waiting[row.id]
+    if last == nil then return nil end
+    waiting[row.id] = nil
+    moved = moved + 1
+    return { retry = now, text = last or nil }
+  end)
+  if not n then return nil, herr end
+  local left = 0
+  for _ in pairs(waiting) do left = left + 1 end
+  return moved, left
+end
+
+-- Does an encoded order belong to the customer? `email` is compared
+-- trimmed and case-insensitively, `user_id` exactly.
+local function belongs(body, email, user_id)
+  local p = core.json_decode(body)
+  local u = type(p) == "table" and p.user
+  if type(u) ~= "table" then return false end
+  if email and type(u.email) == "string" and u.email:lower():match("^%s*(.-)%s*$") == email then return true end
+  return user_id ~= nil and u.id == user_id
+end
+
+local PURGE = opts.schema("optimizely.offline.spool:purge_user", "who", {
+  email = { type = "string", nonempty = true },
+  user_id = { type = "string", nonempty = true },
+})
+
+--- Removes one customer's orders that were not delivered — queued orders
+-- and dead letters — for an erasure request. An order matches when its
+-- `user.email` is `email` (trimmed, any case) or its `user.id` is
+-- `user_id`; give the pseudonymised id as `user_id` too when orders were
+-- pseudonymised. An order another process is delivering right now (under
+-- its live lease) cannot be removed: it is counted in `left` (run it
+-- again once that process is stopped).
+-- @param who `{email = address, user_id = id}` (one or both)
+-- @param now epoch seconds (default: the clock)
+-- @return how many were removed and how many matching were left; or nil, err
+function Spool:purge_user(who, now)
+  who = PURGE:check(who, 2)
+  if not who.email and not who.user_id then error("spool:purge_user: give email or user_id", 2) end
+  now = now or M.now()
+  local email = who.email and who.email:lower():match("^%s*(.-)%s*$")
+  local stuck, err = self:requeue_user_dead(email, who.user_id, now)
+  if not stuck then return nil, err end
+  local match, count, latest, lease_end = {}, 0, now, math.huge
+  local ok
+  ok, err = self:each_row(function(row)
+    local live = row.claimed_by and row.claimed_until > now
+    if live then lease_end = math.min(lease_end, row.claimed_until) end
+    if belongs(row.body, email, who.user_id) then
+      match[row.id], count = true, count + 1
+      if not live then latest = math.max(latest, row.next_at) end
+    end
+  end, { body = true })
+  if not ok then return nil, err end
+  if count == 0 then return 0, stuck end
+  local removed, herr = hold_and_settle(self, claim_time(self, now, latest, lease_end), function(row)
+    if match[row.id] and belongs(row.body, email, who.user_id) then return "ack" end
+  end)
+  if not removed then return nil, herr end
+  return removed, count - removed + stuck
+end
+
+--- The customer's dead letters back in the queue, to be removed with it
+-- (`purge_user`'s first step): not while another handle holds a live
+-- lease (a running delivery loop could take one), nor past a bound.
+-- @return how many of them stay dead letters, or nil, err
+-- @local
+function Spool:requeue_user_dead(email, user_id, now)
+  local ids = {}
+  local ok, err = self:each_row(function(row)
+    if belongs(row.body, email, user_id) then ids[#ids + 1] = row.id end
+  end, { dead = true, body = true })
+  if not ok then return nil, err end
+  if #ids == 0 then return 0 end
+  local st, serr = self:stats(now)
+  if not st then return nil, serr end
+  if st.claimed > 0 then return #ids end
+  local stuck = 0
+  for _, id in ipairs(ids) do
+    if not self:requeue_dead(id, now) then stuck = stuck + 1 end
+  end
+  return stuck
 end
 
 --- This handle's lease owner token ("pid:hex"), as `claimed_by` shows it.

@@ -59,6 +59,11 @@ function M.input_options(cmd)
     .. "(from the system zoneinfo; default UTC)."):argname("<zone>")
   cmd:flag("--group-orders", "CSV: gather the rows of an order wherever they are in the file "
     .. "(default: an order's rows must be consecutive).")
+  cmd:option("--input-encoding", "Character set of the input files: utf-8 (default), cp1252 (Windows-1252) "
+    .. "or latin1 (ISO-8859-1); converted to UTF-8 as they are read."):argname("<charset>")
+  cmd:flag("--decimal-comma", "Amounts are written with a decimal comma, as tills do: 2,24 and 1.234,56.")
+  cmd:flag("--currency-symbols", "Amounts may carry their currency's symbol or code: £2.24, 2,24 €, GBP 2.24 "
+    .. "(dropped when it is the order's currency).")
 end
 
 --- A command that reads orders (send, validate, convert): the input, the
@@ -68,6 +73,7 @@ end
 function M.order_command(parser, name, help, credentials)
   local cmd = parser:command(name, help)
   M.input_options(cmd)
+  require("optimizely.offline.cli.age").option(cmd)
   require("optimizely.offline.cli.pseudonymise").options(cmd, true)
   if credentials then
     M.credential_options(cmd)
@@ -148,6 +154,38 @@ function M.int_option(value, name, lo, hi)
   return n
 end
 
+--- A file mode option (`--metrics-mode 0644`): octal permission bits
+-- that let no one but the owner write or run the file — 0600, 0640, 0644,
+-- 0400, 0440, 0444 —, for a file that holds no orders. nil stays nil; any
+-- other value is a usage error.
+-- @param value the option's text
+-- @param name the option's name, for the message
+-- @return the mode as a number, or nil
+function M.file_mode(value, name)
+  if value == nil then return nil end
+  local s = tostring(value)
+  local m = s:match("^0?[0-7][0-7][0-7]$") and tonumber(s, 8)
+  local owner, group, other = m and math.floor(m / 64), m and math.floor(m / 8) % 8, m and m % 8
+  -- the owner reads (and may write), the others may only read; no one runs it
+  if not m or (owner ~= 4 and owner ~= 6) or (group ~= 0 and group ~= 4) or (other ~= 0 and other ~= 4) then
+    config_error(("--%s must be an octal mode that only the owner may write, such as 0644 or 0640, "
+      .. "got %s"):format(name, core.quote(s, 20)))
+  end
+  return m
+end
+
+--- A number of seconds, 0 to a day (nil stays nil); a bad value is a
+-- usage error.
+function M.seconds_option(value, name)
+  if value == nil then return nil end
+  local n = tonumber(value)
+  if not n or n ~= n or n < 0 or n > 86400 then
+    config_error(("--%s must be a number of seconds from 0 to 86400, got %s"):format(name,
+      core.quote(tostring(value), 40)))
+  end
+  return n
+end
+
 --- A positive number option (nil stays nil); a bad value is a usage error.
 function M.number_option(value, name)
   if value == nil then return nil end
@@ -205,9 +243,17 @@ function M.say(w, ...)
   w:write(M.clean(table.concat(parts)), "\n")
 end
 
---- "file:line" of a record, for messages.
+--- A file path for a message, whole: control characters escaped (as
+-- `clean` does), never quoted or cut (a path is the user's own, not a
+-- hostile value), so `path:line` stays a place an editor or a terminal can
+-- open.
+function M.path(p)
+  return M.clean(p, 1 / 0)
+end
+
+--- "file:line" of a record, for messages (the path whole, see `path`).
 function M.where(rec)
-  return ("%s:%s"):format(M.label(rec.file), tostring(rec.line or "?"))
+  return ("%s:%s"):format(M.path(rec.file), tostring(rec.line or "?"))
 end
 
 --- The refCode of a payload as text, or nil when it has none (or no `order`).
@@ -222,7 +268,7 @@ end
 function M.head(item)
   local ref = M.ref_of(item.payload)
   local origin = item.rec.origin
-  return M.where(item.rec) .. (origin and (" (from " .. M.label(origin) .. ")") or "") .. ": "
+  return M.where(item.rec) .. (origin and (" (from " .. M.path(origin) .. ")") or "") .. ": "
     .. (ref and ("order " .. M.label(ref) .. ": ") or "")
 end
 
@@ -346,15 +392,17 @@ end
 -- @param what how messages name it ("the report", "rejects file"...)
 -- @param keep true: the caller decides what happens on failure (a rejects
 --   file is put in place even after an interruption: nothing is lost)
+-- @param mode optional permission bits of the complete file (a file that
+--   holds no orders: see `file_mode`), else 0600
 -- @return sink with `fh`, `path`, `:write(...)`, `:close()`, `:abort()`
-function M.open_output(path, what, keep)
+function M.open_output(path, what, keep, mode)
   local id, kind = core.file_id(path)
   local self = setmetatable({ path = path }, Sink)
   local e
   if id and kind ~= "file" then
     self.fh, e = io.open(path, "w")
   else
-    self.atomic, e = files.atomic(path)
+    self.atomic, e = files.atomic(path, mode)
     self.fh = self.atomic and self.atomic.fh
   end
   if not self.fh then config_error(("cannot write %s %s: %s"):format(what or "to", M.label(path), tostring(e))) end

@@ -3,7 +3,9 @@
 -- then environment, then the file named by `--config`.
 --
 -- A config file is data, never code: `key = value` lines, `#` starts a
--- comment line, values may be quoted ('…' or "…"). Keys:
+-- comment line, values may be quoted ('…' or "…"). A `#` after a blank ends
+-- the value (a trailing comment: `token = abc  # production` is `abc`); a
+-- value holding ` #` is quoted. Keys:
 --
 --   * the client's options that can be written as text (its schema:
 --     `site`, `token`, `channel`, `env`, `sitename`, `base_url`, `ca_file`,
@@ -13,7 +15,8 @@
 --     `-` and `_` are the same: `base-url` = `base_url`);
 --   * `token.<channel>`: the siteToken of one channel (`token.store = …`);
 --   * `map.<column> = field`: a CSV column rename (as `--map column=field`);
---   * `delimiter`, `format`, `date_format`, `timezone`: the input options;
+--   * `delimiter`, `format`, `date_format`, `timezone`, `input_encoding`,
+--     `decimal_comma`, `currency_symbols`: the input options;
 --   * `pseudonym_key`: the key for pseudonymised user ids (a secret).
 --
 -- An unknown key is an error that names the line and suggests the key
@@ -46,7 +49,8 @@ for _, k in ipairs(client_schema:keys()) do
 end
 
 --- Keys only the command line uses.
-M.CLI_KEYS = { "delimiter", "format", "date_format", "timezone", "pseudonym_key" }
+M.CLI_KEYS = { "delimiter", "format", "date_format", "timezone", "pseudonym_key", "input_encoding",
+  "decimal_comma", "currency_symbols" }
 
 --- The channels whose token the environment may carry without the config
 -- file naming them (`OPTIMIZELY_SITE_TOKEN_<CHANNEL>`).
@@ -86,6 +90,19 @@ File.__index = File
 -- "<path>:<line>: " for a message about a line of the file.
 function File:at(line) return ("%s:%d: "):format(label(self.path), line) end
 
+-- The value without a trailing comment: ` #…` after an unquoted value, or
+-- after the closing quote of a quoted one (a `#` inside quotes, or not after
+-- a blank, is part of the value).
+local function without_comment(v)
+  local q = v:sub(1, 1)
+  if q == '"' or q == "'" then
+    local close = v:find(q, 2, true)
+    if close and v:sub(close + 1):match("^%s+#") then return v:sub(1, close) end
+    return v
+  end
+  return (v:gsub("^#.*$", ""):gsub("%s+#.*$", ""))
+end
+
 -- One `key = value` line into the file's tables.
 function File:add(n, s)
   local col, v = s:match("^map%.(.-)%s*=%s*(.-)$")
@@ -97,6 +114,7 @@ function File:add(n, s)
     if not k then config_error(self:at(n) .. "expected key = value") end
     k = k:gsub("-", "_")
   end
+  v = without_comment(v)
   v = v:match('^"(.*)"$') or v:match("^'(.*)'$") or v
   if self.line_of[k] then
     config_error(self:at(n) .. label(k) .. " is given twice (first at line " .. self.line_of[k] .. ")")
@@ -156,7 +174,19 @@ local function input_settings(args, file)
     map[col] = field ~= "" and field or false
   end
   local v = file.values
+  -- a flag of the command line, or true/false in the file
+  local function flag(name)
+    if args[name] then return true end
+    local x = v[name]
+    if x == nil or x == "" then return nil end
+    if x == "true" or x == "yes" or x == "1" then return true end
+    if x == "false" or x == "no" or x == "0" then return nil end
+    config_error(file:at(file.line_of[name]) .. name .. " must be true or false")
+  end
   return {
+    input_encoding = args.input_encoding or v.input_encoding,
+    decimal_comma = flag("decimal_comma"),
+    currency_symbols = flag("currency_symbols"),
     format = args.format or v.format,
     delimiter = args.delimiter or v.delimiter,
     map = next(map) and map or nil,
@@ -168,7 +198,7 @@ end
 
 --- The settings of a run, read once per parsed `args`: `{file, input,
 -- pseudonym_key}` (`input`: format, delimiter, map, date_format, timezone,
--- order_rows).
+-- order_rows, input_encoding, decimal_comma, currency_symbols).
 -- @param args parsed arguments
 -- @param getenv function(name) (default os.getenv)
 function M.settings(args, getenv)
@@ -191,10 +221,18 @@ end
 
 -- Per-channel tokens: the file's `token.<channel>`, then the environment's
 -- OPTIMIZELY_SITE_TOKEN_<CHANNEL> over them. nil when there are none.
+-- Channel names are case-insensitive: the keys are lower case.
 local function channel_tokens(file, channel, getenv)
   local tokens, names = {}, {}
   for _, ch in ipairs(M.CHANNELS) do names[ch] = true end
-  for ch, v in pairs(file.tokens) do tokens[ch] = v; names[ch] = true end
+  for ch, v in pairs(file.tokens) do
+    ch = ch:lower()
+    if tokens[ch] and tokens[ch] ~= v then
+      config_error(label(file.path) .. ": token." .. ch .. " is given twice (channel names are "
+        .. "case-insensitive)")
+    end
+    tokens[ch] = v; names[ch] = true
+  end
   if channel then names[channel] = true end
   for ch in pairs(names) do
     local v = getenv(env_name(ch))
@@ -233,21 +271,28 @@ local function check_http(conf, args, notes)
   notes[#notes + 1] = "warning: --allow-http: the site token is sent unencrypted (plain http)"
 end
 
--- The three things every request needs.
+-- The three things every request needs: a site, and a token with its
+-- channel — or only per-channel tokens, when every record names a channel
+-- that has one (a record without a channel is then rejected, with the
+-- list of the channels that have a token).
 local function require_identity(conf)
   if not conf.site then config_error("no site: set OPTIMIZELY_SITE, --site or site in --config") end
-  if not conf.token then
+  if not conf.token and (not conf.tokens or conf.channel) then -- (the run's channel has no token)
     config_error("no token: set OPTIMIZELY_SITE_TOKEN (or OPTIMIZELY_SITE_TOKEN_<CHANNEL>), or token "
       .. "(or token.<channel>) in --config")
   end
-  if not conf.channel then config_error("no channel: set OPTIMIZELY_CHANNEL, --channel or channel in --config") end
+  if conf.token and not conf.channel then
+    config_error("no channel: set OPTIMIZELY_CHANNEL, --channel or channel in --config")
+  end
 end
 
 --- The client configuration from the command line, the environment and
 -- the config file. The token never comes from the command line: only
 -- $OPTIMIZELY_SITE_TOKEN[_<CHANNEL>] or the config file. With per-channel
 -- tokens, `tokens = {[channel] = token}` is returned beside `token` (the
--- run's channel's) and `channel` (given, or the only channel with a token).
+-- run's channel's) and `channel` (given, or the only channel with a token);
+-- with only per-channel tokens and several of them, neither (every record
+-- must then name its channel). Channel names are lower-cased.
 -- Raises a ConfigError (exit 2) when something is missing or malformed.
 -- @param args parsed arguments
 -- @param getenv function(name) (default os.getenv)
@@ -258,8 +303,25 @@ function M.client_config(args, getenv)
     config_error("the site token is not taken on the command line (it would show in ps and "
       .. "the shell history): set OPTIMIZELY_SITE_TOKEN or token in --config")
   end
+  local conf, origin = M.unchecked_config(args, getenv)
+  local notes = {}
+  convert_types(conf, origin)
+  require_identity(conf)
+  check_http(conf, args, notes)
+  return conf, notes
+end
+
+--- The client configuration as the command line, the environment and the
+-- config file give it, nothing required yet (`client_config` checks): what
+-- a command that does not send (`validate`, `send --dry-run`) knows of the
+-- run's channels and tokens.
+-- @param args parsed arguments
+-- @param getenv function(name) (default os.getenv)
+-- @return conf (values as text), origin (key -> where it came from, for messages)
+function M.unchecked_config(args, getenv)
+  getenv = getenv or os.getenv
   local file = M.settings(args, getenv).file
-  local conf, origin, notes = {}, {}, {}
+  local conf, origin = {}, {}
   for k, v in pairs(file.values) do
     if CLIENT[k] and v ~= "" then conf[k], origin[k] = v, file:at(file.line_of[k]) end
   end
@@ -276,6 +338,7 @@ function M.client_config(args, getenv)
   pick("ca_file", "OPTIMIZELY_CA_FILE")
   pick("timeout")
   pick("max_attempts")
+  if type(conf.channel) == "string" then conf.channel = conf.channel:lower() end
   local token = getenv("OPTIMIZELY_SITE_TOKEN")
   if token and token ~= "" then conf.token = token end
   local tokens = channel_tokens(file, conf.channel, getenv)
@@ -284,10 +347,7 @@ function M.client_config(args, getenv)
     conf.token = conf.channel and tokens[conf.channel] or conf.token
     conf.tokens = tokens
   end
-  convert_types(conf, origin)
-  require_identity(conf)
-  check_http(conf, args, notes)
-  return conf, notes
+  return conf, origin
 end
 
 --- The secrets of a configuration (for redaction).

@@ -30,6 +30,49 @@ local M = {}
 
 local PATH = "order.orderDate"
 
+-- The time of day after a date, as --date-format directives: " %H:%M",
+-- "T%H:%M:%S", " %I:%M %p"..., or nil when `rest` is not one.
+local function time_format(rest)
+  local sep, h, secs, ampm = rest:match("^([ T])%s*(%d%d?):%d%d(:?%d?%d?)(%s*[AaPp]%.?[Mm]%.?)$")
+  if not sep then
+    sep, h, secs = rest:match("^([ T])%s*(%d%d?):%d%d(:?%d?%d?)$")
+  end
+  if not sep or (secs ~= "" and not secs:match("^:%d%d$")) then return nil end
+  local hour = ampm and "%I" or "%H"
+  if ampm and (tonumber(h) < 1 or tonumber(h) > 12) then return nil end
+  return sep .. hour .. ":%M" .. (secs ~= "" and ":%S" or "") .. (ampm and " %p" or "")
+end
+
+--- A `--date-format` that reads `v`, guessed from its shape
+-- (`16/05/2024 15:25` -> `%d/%m/%Y %H:%M`; day first unless the first
+-- number is a month and the second cannot be one), or nil.
+-- @param v the date as the file writes it
+function M.suggest_format(v)
+  local a, s1, b, s2, y, rest = v:match("^(%d%d?)([/%.%-])(%d%d?)([/%.%-])(%d+)(.*)$")
+  local date
+  if a and s1 == s2 and (#y == 4 or #y == 2) then
+    local day_first = not (tonumber(a) <= 12 and tonumber(b) > 12)
+    date = (day_first and "%d" or "%m") .. s1 .. (day_first and "%m" or "%d") .. s2 .. (#y == 4 and "%Y" or "%y")
+  else
+    local t1, t2
+    y, t1, t2, rest = v:match("^(%d%d%d%d)([/%.])%d%d?([/%.])%d%d?(.*)$")
+    if not y or t1 ~= t2 then return nil end
+    date = "%Y" .. t1 .. "%m" .. t2 .. "%d"
+  end
+  local time = time_format(rest)
+  return time and (date .. time) or nil
+end
+
+-- The problem of a date that is not in the form --timezone reads alone:
+-- what was expected, and the --date-format that would read it.
+local function local_form_message(v, quote)
+  local fmt = M.suggest_format(v)
+  return "must be written YYYY-MM-DD HH:MM[:SS] when --timezone is given without --date-format"
+    .. (fmt and (" (for dates written like this one, add --date-format '" .. fmt .. "')") or
+      " (for dates written otherwise, describe them with --date-format)")
+    .. ", got " .. quote(v, 60)
+end
+
 --- A converter for a run's input settings, or nil when there is nothing to
 -- convert. A bad format or an unknown zone is a usage error (exit 2).
 -- @param input `{date_format =, timezone =}`
@@ -49,15 +92,17 @@ function M.converter(input)
     if not zone then common.config_error("--timezone: " .. tostring(e)) end
   end
   local convert, quote = core.date_convert, core.quote
-  local expected = fmt and ("the date format " .. quote(fmt, 60)) or "a local date and time"
+  local expected = fmt and ("the date format " .. quote(fmt, 60))
   return function(payload)
     local o = type(payload) == "table" and payload.order
     local v = type(o) == "table" and o.orderDate
     if type(v) ~= "string" then return nil end
     local out, note, kind = convert(v, fmt, zone)
     if not out then
-      local msg = kind == "format" and ("must match " .. expected .. " (" .. note .. "), got " .. quote(v, 60))
-        or (note .. ", got " .. quote(v, 60))
+      local msg
+      if kind ~= "format" then msg = note .. ", got " .. quote(v, 60)
+      elseif fmt then msg = "must match " .. expected .. " (" .. note .. "), got " .. quote(v, 60)
+      else msg = local_form_message(v, quote) end
       return { { path = PATH, message = msg } }
     end
     o.orderDate = out

@@ -11,7 +11,7 @@ local M = {}
 
 --- Groups kept apart; more distinct problems than this share one group.
 M.MAX_GROUPS = 100
---- Places listed per group.
+--- Places listed per group: the first ones in input order.
 M.MAX_WHERE = 3
 --- Groups printed (the rest are counted in one line).
 M.MAX_SHOWN = 20
@@ -64,7 +64,7 @@ function Tally:add(item, path, msg)
       g = self.groups[key]
     end
     if not g then
-      g = { path = path, raw = msg, shown = shown, count = 0, where = {}, first = #self.order + 1 }
+      g = { path = path, raw = msg, shown = shown, count = 0, where = {}, places = {}, first = #self.order + 1 }
       if key == "\1other" then g.path, g.fixed = "", "other problems" end
       self.groups[key] = g
       self.order[#self.order + 1] = g
@@ -78,7 +78,37 @@ function Tally:add(item, path, msg)
   if g.last ~= rec then
     g.last = rec
     g.count = g.count + 1
-    if #g.where < M.MAX_WHERE and rec then g.where[#g.where + 1] = common.where(rec) end
+    if rec then self:place(g, item) end
+  end
+end
+
+-- An item's place in the input: its file's position in the run, then its
+-- record number (the line when it has none).
+local function position(item)
+  local rec = item.rec
+  return item.fi or 0, rec.index or rec.line or 0, rec.line or 0
+end
+
+-- Is place a before place b in the input?
+local function before(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  if a[2] ~= b[2] then return a[2] < b[2] end
+  return a[3] < b[3]
+end
+
+--- Keeps the group's first `M.MAX_WHERE` places in input order, whatever
+-- order the items come in (a send settles orders as their answers arrive).
+-- @local
+function Tally:place(g, item)
+  local p = { position(item) }
+  local places, n = g.places, #g.places
+  if n >= M.MAX_WHERE and not before(p, places[n]) then return end
+  local at = n + 1
+  while at > 1 and before(p, places[at - 1]) do at = at - 1 end
+  table.insert(places, at, p)
+  table.insert(g.where, at, common.where(item.rec))
+  if #places > M.MAX_WHERE then
+    places[#places], g.where[#g.where] = nil, nil
   end
 end
 

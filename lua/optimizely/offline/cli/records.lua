@@ -6,6 +6,8 @@ local errors = require("optimizely.offline.errors")
 local common = require("optimizely.offline.cli.common")
 local config = require("optimizely.offline.cli.config")
 local dates = require("optimizely.offline.cli.dates")
+local money = require("optimizely.offline.cli.money")
+local age = require("optimizely.offline.cli.age")
 
 local config_error, where = common.config_error, common.where
 
@@ -16,7 +18,12 @@ local M = {}
 -- surface after the files before it were sent).
 -- @param settings the `input` part of `config.settings`
 function M.reader_opts(settings)
-  local opts = { format = settings.format, map = settings.map, order_rows = settings.order_rows }
+  local opts = { format = settings.format, map = settings.map, order_rows = settings.order_rows,
+    input_encoding = settings.input_encoding }
+  if settings.input_encoding ~= nil and not require("optimizely.offline.core").decoder(settings.input_encoding) then
+    config_error("--input-encoding must be utf-8, cp1252 (Windows-1252) or latin1 (ISO-8859-1), got "
+      .. common.label(settings.input_encoding))
+  end
   if settings.format ~= nil then
     local f = tostring(settings.format):lower()
     if f ~= "ndjson" and f ~= "csv" and f ~= "xml" then
@@ -52,10 +59,17 @@ local function transformed(transform, ctx, rec, fi)
   return { payload = res, rec = rec, transformed = true, fi = fi }
 end
 
--- The date conversion of a payload item: problems make it a validation
--- failure (with an error object), warnings ride along.
-local function converted(convert, item)
-  local problems, warnings = convert(item.payload)
+-- The conversions of a payload item (money, dates), each
+-- `function(payload) -> problems | nil, warnings | nil`: problems (of all of
+-- them) make it a validation failure (with an error object), warnings ride
+-- along.
+local function converted(converters, item)
+  local problems, warnings
+  for _, convert in ipairs(converters) do
+    local p, w = convert(item.payload)
+    for _, x in ipairs(p or {}) do problems = problems or {}; problems[#problems + 1] = x end
+    for _, x in ipairs(w or {}) do warnings = warnings or {}; warnings[#warnings + 1] = x end
+  end
   if problems then
     item.stage = "validation"
     item.error = errors.validation(problems)
@@ -96,8 +110,9 @@ local function item_of(self, rec, fi)
   else
     item = { payload = rec.payload, rec = rec, transformed = rec.transformed, fi = fi }
   end
-  if item.payload and self.convert then converted(self.convert, item) end
+  if item.payload and self.converters[1] then converted(self.converters, item) end
   if item.payload and not item.stage and self.pseudonym then pseudonymised(self.pseudonym, item) end
+  if item.payload and not item.stage and self.age then self.age(item) end
   return item
 end
 
@@ -114,7 +129,9 @@ end
 --   { skipped = true, rec = r }                      the transform returned nil
 --
 -- With --pseudonymise, `user.email` has become the pseudonymised `user.id`
--- (a bad address: a validation item). Items with a `stage` are not sendable. A record from a rejects file
+-- (a bad address: a validation item). An order older than
+-- `--max-order-age` carries a warning (optimizely.offline.cli.age).
+-- Items with a `stage` are not sendable. A record from a rejects file
 -- (`rec.transformed`) is not transformed again. Ctrl-C inside the
 -- transform or a reader is raised again, never reported as a bad record.
 -- @param args parsed arguments (files, format, delimiter, map, config, date options)
@@ -126,10 +143,16 @@ end
 function M.iter(args, transform, progress, resume)
   local settings = config.settings(args).input
   local self = {
-    files = args.files, opts = M.reader_opts(settings), convert = dates.converter(settings),
+    files = args.files, opts = M.reader_opts(settings),
+    converters = {},
     transform = transform, ctx = { state = {} },
     pseudonym = args.pseudonymise and require("optimizely.offline.cli.pseudonymise").build(args) or nil,
+    age = age.guard(args.max_order_age),
   }
+  -- the conversions asked for, in this order (nil: not asked)
+  for _, c in ipairs({ money.converter(settings) or false, dates.converter(settings) or false }) do
+    if c then self.converters[#self.converters + 1] = c end
+  end
   local fi = resume and resume.fi - 1 or 0
   local skip_to = resume and resume.after or 0
   local iter
@@ -141,7 +164,7 @@ function M.iter(args, transform, progress, resume)
         local it, state = M.open(self.files[fi], self.opts)
         if not it then
           -- an unreadable file is one rejected "record", and the run goes on
-          return { stage = "input", message = common.label(self.files[fi]) .. ": " .. tostring(state),
+          return { stage = "input", message = common.path(self.files[fi]) .. ": " .. tostring(state),
                    rec = { file = self.files[fi], line = 0, index = 0 }, fi = fi }
         end
         iter = it

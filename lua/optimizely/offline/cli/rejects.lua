@@ -2,8 +2,14 @@
 -- `{"payload":…, "error":…, "source":"file:line", "stage":…, "transformed":bool}`,
 -- that `send` reads back as it is (the NDJSON reader unwraps the lines, and
 -- a transformed payload is not transformed again). Lines without a payload
--- (input errors) keep the `raw` text when the reader had it; `origin` is the
--- first source of a record re-sent from a rejects file.
+-- (input errors: a CSV row with the wrong field count, an order whose rows
+-- conflict or are apart, a line that is not JSON) keep the text the reader
+-- had — `raw` (a CSV order's rows), `raw_format` ("csv" or "ndjson") and,
+-- for CSV, `raw_header` and `raw_delimiter` — so the line can be fixed in
+-- the rejects file and sent again with it (the later rows of a split order
+-- also keep `split_from`, the line of its first rows, and are not sent
+-- until that key is removed); `origin` is the first source of a record
+-- re-sent from a rejects file.
 --
 -- The file holds personal data: it is private (0600), written to a
 -- temporary file renamed into place when the run ends (`close`), and the
@@ -88,6 +94,11 @@ local function line_of(item, err)
     transformed = item.transformed or false,
     raw = (not payload and rec) and rec.raw or nil,
   }
+  if t.raw then -- how to read it again (see optimizely.offline.input.ndjson)
+    t.raw_format, t.raw_header, t.raw_delimiter = rec.raw_format, rec.raw_header, rec.raw_delimiter
+    -- the later rows of a split order: not sent alone until someone says so
+    if rec.code == "split_order" then t.split_from = rec.first_line end
+  end
   local s = json_encode(t)
   if s then return s end
   t.payload, t.unserialisable = nil, true

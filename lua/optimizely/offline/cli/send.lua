@@ -3,11 +3,12 @@
 -- Records are read one at a time and fed to `client:send_batch` through an
 -- iterator, so memory stays flat: the only per-order state is a small table
 -- from batch index to record for the orders in flight, emptied as results
--- arrive. Every record ends up counted exactly once as sent, rejected
+-- arrive. Every order ends up counted exactly once as sent, rejected
 -- (input, transform, validation or send error: written to the rejects
--- file), skipped (the transform returned nil) or — after Ctrl-C — not sent
--- (written to the rejects file too, stage "interrupted" when its outcome is
--- unknown, "not_sent" when it never left).
+-- file), not sent (never tried: after a stop or refused credentials;
+-- stage "not_sent" in the rejects file) or unknown (in flight when the
+-- run stopped: stage "interrupted"); a record the transform returned nil
+-- for is no order (`filtered`). optimizely.offline.cli.report sums them up.
 --
 -- A run is a `Send` object going through named steps: `setup` (options,
 -- files, client), `check` (with --check-first: the whole input read and
@@ -15,16 +16,23 @@
 -- or the dry run), `settle` (what was not confirmed sent goes to the
 -- rejects file), then `report` and `summary`.
 --
--- Ctrl-C: the interpreter raises "interrupted!" at the next Lua
--- instruction. Wherever it lands in the batch (our callbacks included)
--- `send_batch` stops and returns what it knows: the orders whose outcome is
--- unknown and those never started. Then the rest of the input is read again
--- from the last record accounted for, so nothing is left unaccounted.
+-- Ctrl-C, SIGTERM, SIGHUP (optimizely.offline.cli.stop): while the batch
+-- runs a signal is only recorded. The source then ends (nothing new
+-- starts), the requests in flight have `--grace` seconds, then the
+-- interrupt is raised in a callback; `send_batch` stops and returns what
+-- it knows: the orders whose outcome is unknown and those never started.
+-- An interrupt raised elsewhere (outside the batch, or by a script) lands
+-- at the next Lua instruction, with no grace. Then the rest of the input
+-- is read again from the last record accounted for, so nothing is left
+-- unaccounted.
 -- @module optimizely.offline.cli.send
 local common = require("optimizely.offline.cli.common")
 local problems = require("optimizely.offline.cli.problems")
 local rejects = require("optimizely.offline.cli.rejects")
 local progress = require("optimizely.offline.cli.progress")
+local report = require("optimizely.offline.cli.report")
+local stop = require("optimizely.offline.cli.stop")
+local batch = require("optimizely.offline.batch")
 
 local M = {}
 
@@ -44,10 +52,13 @@ function M.register(parser)
     .. "record fails (or an order's CSV rows are apart), send nothing and exit 1.")
   cmd:option("--rejects", "Write orders not sent (with their error) to this NDJSON file; "
     .. "it can be sent again as it is."):argname("<file>")
-  cmd:option("--report", "Write a JSON summary (counts, rate, error codes, latency percentiles) to this "
-    .. "file."):argname("<file>")
+  cmd:option("--report", "Write a JSON summary (where the orders went, counts, rate, error codes, latency "
+    .. "percentiles) to this file."):argname("<file>")
   cmd:option("--metrics", "Write the run's metrics in the Prometheus text format to this file (for "
     .. "node-exporter's textfile collector; 0600, replaced when complete)."):argname("<file>")
+  cmd:option("--metrics-mode", "Permission bits of the --metrics file, e.g. 0644 (world-readable: it holds "
+    .. "counts only) or 0640 (default 0600)."):argname("<mode>")
+  stop.grace_option(cmd)
 end
 
 -- The key an error is counted under in the report: the API's code, else
@@ -61,14 +72,7 @@ local function error_key(e, stage)
   return stage
 end
 
-local function plural(n, w) return n .. " " .. w .. (n == 1 and "" or "s") end
-
-local REPORT_ORDER = {
-  "command", "dry_run", "files", "started_at", "finished_at", "elapsed_seconds",
-  "read", "sent", "valid", "rejected", "skipped", "not_sent", "unknown_outcome",
-  "retried", "warnings", "orders_per_second", "rejected_by_stage", "errors", "problems",
-  "warning_kinds", "latency_seconds", "check_failed", "interrupted", "error", "rejects_file", "exit_code",
-}
+local plural = report.plural
 
 local Send = {}
 Send.__index = Send
@@ -80,8 +84,8 @@ function Send.new(args, out, err)
   return setmetatable({
     args = args, out = out, err = err, clock = core.now or os.clock,
     quiet = args.quiet, verbose = args.verbose, dry = args.dry_run, phase = "setup",
-    st = { read = 0, sent = 0, valid = 0, skipped = 0, rejected = 0, not_sent = 0, unknown = 0,
-           retried = 0, warnings = 0, printed = 0, by_stage = {}, errors = {} },
+    st = { read = 0, sent = 0, valid = 0, skipped = 0, changed = 0, rejected = 0, not_sent = 0, unknown = 0,
+           filtered = 0, retried = 0, warnings = 0, printed = 0, by_stage = {}, not_sent_by = {}, errors = {} },
     failures = problems.new(), warned = problems.new(),
     inflight = {},          -- batch index -> item, only until its result arrives
     nbatch = 0,
@@ -91,7 +95,8 @@ end
 
 --- Runs a parsed `send` command.
 -- @return exit code: 0 all sent, 1 some not sent, 2 usage or
---   configuration error, 130 interrupted
+--   configuration error, 130 interrupted (the caller makes it 143 or 129
+--   after SIGTERM or SIGHUP: optimizely.offline.cli.stop)
 function M.run(args, out, err)
   local self = Send.new(args, out, err)
   local ok, res = pcall(common.guard, err, function() return self:main() end)
@@ -113,9 +118,9 @@ function Send:main()
   self:deliver()
   self:settle()
   self:close_rejects()
-  local code = self:report(self:exit_code())
-  code = self:write_metrics(code)
-  self:summary()
+  local code = report.write(self, self:exit_code())
+  code = report.write_metrics(self, code)
+  report.summary(self)
   if self.client then self.client:close() end
   return code
 end
@@ -127,7 +132,7 @@ function Send:interrupted_outside()
   if self.phase == "setup" or self.phase == "check" then
     if self.rejects then self.rejects:abort() end
     common.say(self.err, "")
-    common.say(self.err, "interrupted: nothing was sent")
+    common.say(self.err, "interrupted: nothing was sent (", stop.what(), ")")
   else
     if self.rejects then pcall(self.rejects.close, self.rejects) end
     common.say(self.err, "")
@@ -145,6 +150,7 @@ function Send:setup()
   local args = self.args
   self.concurrency = common.int_option(args.concurrency, "concurrency", 1, 1024)
   self.rate = common.number_option(args.rate, "rate")
+  self.grace = stop.grace(common.seconds_option(args.grace, "grace"), self.clock)
   common.int_option(args.max_attempts, "max-attempts", 1, 100)
   for _, f in ipairs(args.files) do
     if args.check_first and f == "-" then
@@ -155,10 +161,12 @@ function Send:setup()
     { "--metrics", args.metrics } })
   self.transform = common.load_transform(args.transform)
   self.client = not self.dry and common.client(args, nil, self.err) or nil
+  self.endpoint = report.endpoint(args, self.client)
   self.rejects = rejects.new(args.rejects, { keep = true })
   -- opened now: a typo in its path fails before anything is sent
   self.report_sink = args.report and common.open_output(args.report, "the report")
-  self.metrics_sink = args.metrics and common.open_output(args.metrics, "the metrics file")
+  self.metrics_sink = args.metrics and common.open_output(args.metrics, "the metrics file", nil,
+    common.file_mode(args.metrics_mode, "metrics-mode"))
   self.progress = progress.new(self.err, self.quiet, self.clock, args.files)
   self.records = common.records(args, self.transform, self.progress)
   self.started_at, self.t0 = os.time(), self.clock()
@@ -181,11 +189,21 @@ function Send:print_failure(item, e)
   st.printed = st.printed + 1
   if st.printed > M.MAX_PRINTED and not self.verbose then
     if st.printed == M.MAX_PRINTED + 1 then
-      self:note("(more failures: see the summary and the rejects file; --verbose prints them all)")
+      self:failure_line("(more failures: see the summary and the rejects file; --verbose prints them all)")
     end
     return
   end
-  for _, line in ipairs(common.failure_lines(item, e)) do self:note(line) end
+  for _, line in ipairs(common.failure_lines(item, e)) do self:failure_line(line) end
+end
+
+--- One line about a failed record: on standard output in a dry run, as
+-- `validate` prints them (a check's findings are its output), else on
+-- standard error with the other messages of a run that sends.
+-- @local
+function Send:failure_line(line)
+  if not self.dry then return self:note(line) end
+  if self.progress then self.progress:clear() end
+  common.say(self.out, line)
 end
 
 --- Counts warnings of an item; with -v prints them under its line.
@@ -211,9 +229,11 @@ function Send:reject_writer()
   return self.rejects
 end
 
---- Counts and records one order that was not sent.
+--- Counts and records one order that was not sent. Stage "not_sent"
+-- (never tried) is counted by `reason` ("interrupted", "credentials",
+-- "error").
 -- @local
-function Send:reject(item, stage, e, quietly)
+function Send:reject(item, stage, e, quietly, reason)
   local st = self.st
   item.stage = stage
   local w = self:reject_writer()
@@ -223,6 +243,8 @@ function Send:reject(item, stage, e, quietly)
     st.unknown = st.unknown + 1
   elseif stage == "not_sent" then
     st.not_sent = st.not_sent + 1
+    reason = reason or "interrupted"
+    st.not_sent_by[reason] = (st.not_sent_by[reason] or 0) + 1
   else
     st.rejected = st.rejected + 1
     local k = error_key(e, stage)
@@ -236,7 +258,7 @@ end
 -- @local
 function Send:other(item)
   if item.skipped then
-    self.st.skipped = self.st.skipped + 1
+    self.st.filtered = self.st.filtered + 1
     if self.verbose then self:note(common.where(item.rec), ": skipped by the transform") end
   else
     self:reject(item, item.stage, item.error or item.message)
@@ -271,15 +293,17 @@ function Send:check()
   local bar = progress.new(self.err, self.quiet, self.clock, self.args.files)
   local saved = self.progress
   self.progress = bar
-  local checked = { read = 0, failed = 0, split = 0 }
+  local checked = { read = 0, failed = 0, split = 0, filtered = 0 }
   for item in common.records(self.args, self.transform, bar) do
     checked.read = checked.read + 1
+    if item.skipped then checked.filtered = checked.filtered + 1 end
     local e
     if item.stage then
       e = item.error or item.message
     elseif item.payload then
       local ok, verr = validate(item.payload)
       if not ok then e, item.stage = verr, "validation" end
+      if ok then e = self:channel_problem(item) end
     end
     if e then
       checked.failed = checked.failed + 1
@@ -294,13 +318,28 @@ function Send:check()
   return checked.failed == 0
 end
 
+--- Why a record could not be sent on its channel (no token for it, or
+-- none named and no default), asked before sending (`--check-first`, the
+-- dry run); nil when it can.
+-- @local
+function Send:channel_problem(item)
+  self.channel_check = self.channel_check or require("optimizely.offline.cli.channels").checker(self.args, self.client)
+  local e = self.channel_check(item.rec and item.rec.channel)
+  if e then item.stage = "validation" end
+  return e
+end
+
 --- After a failed check: nothing sent, the grouped failures, exit 1.
 -- @local
 function Send:refuse()
   local c = self.checked
   if self.rejects then self.rejects:abort() end -- nothing was sent: the input holds every order
-  self.st.read, self.st.rejected = c.read, c.failed
-  local code = self:write_metrics(self:report(1))
+  -- the orders that passed were not sent either: the check failed
+  local st = self.st
+  st.read, st.rejected, st.filtered = c.read - c.filtered, c.failed, c.filtered
+  st.not_sent = st.read - c.failed
+  st.not_sent_by.check_failed = st.not_sent > 0 and st.not_sent or nil
+  local code = report.write_metrics(self, report.write(self, 1))
   if not self.quiet then
     for _, l in ipairs(self.failures:lines("failed records by problem:")) do self:note(l) end
   end
@@ -322,13 +361,14 @@ end
 function Send:next_payload()
   local st = self.st
   while true do
+    -- after a signal nothing new starts (the rest is accounted for by settle)
+    if self.grace:stopping() then return nil end
     local item = self.records()
     if item == nil then
-      -- every record read ends up sent or rejected, but the skipped ones
-      self.progress.total = st.read - st.skipped
+      self.progress.total = st.read
       return nil
     end
-    st.read = st.read + 1
+    if not item.skipped then st.read = st.read + 1 end
     if item.payload and not item.stage then
       self:warn(item, item.warnings)
       self.nbatch = self.nbatch + 1
@@ -348,6 +388,8 @@ function Send:on_result(i, res, e)
   if not item then return end
   self.inflight[i] = nil
   if not res then
+    -- never tried: refused credentials stopped the batch before this one
+    if batch.not_sent(e) then return self:reject(item, "not_sent", e, true, "credentials") end
     local stage = (type(e) == "table" and e.kind == "validation" and (e.attempts or 0) == 0)
       and "validation" or "send"
     return self:reject(item, stage, e)
@@ -361,31 +403,39 @@ function Send:on_result(i, res, e)
   self:warn(item, res.warnings, true)
 end
 
---- The batch's progress callback: retries and the bar.
+--- The batch's progress callback: retries and the bar; after a signal,
+-- the end of the grace period (the interrupt is raised here).
 -- @local
 function Send:on_progress(s)
+  self.grace:check(s.in_flight)
   self.st.retried = s.retried or self.st.retried
   self.progress:update(self:done(), self.st.rejected, false)
 end
 
---- The real run. A Ctrl-C anywhere in it (our callbacks included: the
--- batch raises it again) ends the batch, which returns what it knows.
+--- The real run. Signals are only recorded meanwhile (the grace period:
+-- `next_payload`, `on_progress`); an interrupt anywhere in it (our
+-- callbacks included: the batch raises it again) ends the batch, which
+-- returns what it knows.
 -- @return true when it stopped before the end of the input
 -- @local
 function Send:run_batch()
-  local summary = self.client:send_batch(function() return self:next_payload() end, {
+  self.grace:defer()
+  local ok, summary = pcall(self.client.send_batch, self.client, function() return self:next_payload() end, {
     concurrency = self.concurrency, rate = self.rate, on_interrupt = "return",
     on_result = function(i, res, e) self:on_result(i, res, e) end,
     progress = function(s) self:on_progress(s) end,
   })
+  local signalled = self.grace:resume()
+  if not ok then error(summary, 0) end
   self.batch = summary
+  self.refused = summary.stopped
   self.st.retried = summary.retried or self.st.retried
   -- the batch stopped early on an error (not Ctrl-C): account for the rest
   if summary.error and not common.is_interrupt(summary.error) then self.failure = summary.error end
   for _, c in ipairs(summary.callback_errors or {}) do
     if not self.failure then self.failure = "internal error while recording a result: " .. c.message end
   end
-  return summary.interrupted or self.failure ~= nil
+  return summary.interrupted or signalled or self.failure ~= nil
 end
 
 --- The dry run: every record read, transformed, validated and encoded.
@@ -394,9 +444,11 @@ function Send:run_dry()
   local encode = require("optimizely.offline").encode
   local st = self.st
   for item in self.records do
-    st.read = st.read + 1
+    if not item.skipped then st.read = st.read + 1 end
     if item.payload and not item.stage then
       local json, e = encode(item.payload)
+      local cerr = json and self:channel_problem(item)
+      if cerr then json, e = nil, cerr end
       if json then
         st.valid = st.valid + 1
         if self.verbose then common.say(self.out, common.head(item), "valid (", tostring(#json), " bytes)") end
@@ -429,7 +481,7 @@ function Send:deliver()
     self.stopped = res and true or false
   end
   self.interrupted = self.stopped and not self.failure
-  if not self.stopped then self.progress.total = self.st.read - self.st.skipped end
+  if not self.stopped then self.progress.total = self.st.read end
   self.progress.done, self.progress.failed = self:done(), self.st.rejected
   self.progress:finish()
 end
@@ -462,8 +514,9 @@ end
 -- @local
 function Send:settle_all()
   if self.stopped then
+    local what = stop.what()
     self:note(self.interrupted and "interrupted" or "stopped by an error",
-      ": accounting for the orders not sent (Ctrl-C again aborts)")
+      ": accounting for the orders not sent (", self.interrupted and (what .. "; ") or "", what, " again aborts)")
   end
   self:settle_inflight()
   if self.stopped then self:settle_rest() end
@@ -496,15 +549,17 @@ end
 --- The input not read yet: not sent.
 -- @local
 function Send:settle_rest()
-  local why = self.interrupted and "not sent: the run was interrupted" or "not sent: the run stopped on an error"
+  local why = self.interrupted and ("not sent: the run was interrupted (" .. stop.what() .. ")")
+    or "not sent: the run stopped on an error"
+  local reason = self.interrupted and "interrupted" or "error"
   local rest = self.records
   if self.args.files[self.pos.fi] ~= "-" then
     rest = common.records(self.args, self.transform, nil, self.pos)
   end
   for item in rest do
-    self.st.read = self.st.read + 1
+    if not item.skipped then self.st.read = self.st.read + 1 end
     if item.payload and not item.stage then
-      self:reject(item, "not_sent", { kind = "not_sent", message = why }, true)
+      self:reject(item, "not_sent", { kind = "not_sent", message = why }, true, reason)
     else
       self:other(item)
     end
@@ -521,152 +576,14 @@ end
 
 -- ---------------------------------------------------------------- report
 
---- 130 interrupted, 1 something not sent (or a failure), else 0.
+--- 130 interrupted (143 SIGTERM, 129 SIGHUP), 1 something not sent (or
+-- a failure), else 0.
 -- @local
 function Send:exit_code()
   local st = self.st
-  if self.interrupted then return 130 end
+  if self.interrupted then return stop.exit_code(130) end
   if st.rejected + st.not_sent + st.unknown > 0 or self.failure then return 1 end
   return 0
-end
-
---- Writes the JSON report when the run was asked for one
--- (`--report FILE`): the counts, rate, error codes, grouped problems and
--- warnings, latency percentiles and `exit_code = code`. The file is
--- private (0600) and appears only when complete.
--- @param code the run's exit code so far
--- @return the exit code: `code`, or 1 when the report could not be written
---   (said on stderr)
--- @local
-function Send:report(code)
-  if not self.report_sink then return code end
-  local st, elapsed = self.st, self.clock() - (self.t0 or self.clock())
-  local files = {}
-  for i, f in ipairs(self.args.files) do files[i] = f end
-  local r = self.rejects
-  local rep = {
-    command = "send", dry_run = self.dry and true or false, files = files,
-    started_at = os.date("!%Y-%m-%dT%H:%M:%SZ", self.started_at or os.time()),
-    finished_at = os.date("!%Y-%m-%dT%H:%M:%SZ"),
-    elapsed_seconds = math.floor(elapsed * 1000 + 0.5) / 1000,
-    read = st.read, sent = st.sent, valid = self.dry and st.valid or nil,
-    rejected = st.rejected, skipped = st.skipped, not_sent = st.not_sent, unknown_outcome = st.unknown,
-    retried = st.retried, warnings = st.warnings,
-    orders_per_second = elapsed > 0 and math.floor(((self.dry and st.valid or st.sent) / elapsed) * 10 + 0.5) / 10 or 0,
-    rejected_by_stage = st.by_stage, errors = st.errors,
-    problems = self.failures.items > 0 and self.failures:list() or nil,
-    warning_kinds = self.warned.items > 0 and self.warned:list() or nil,
-    latency_seconds = self:latency(),
-    check_failed = self.checked and self.checked.failed > 0 or nil,
-    interrupted = self.interrupted or false, error = self.failure,
-    rejects_file = r and r.count > 0 and r.path or nil,
-    exit_code = code,
-  }
-  local json = require("optimizely.offline.core").json_encode(rep, { first = REPORT_ORDER, sort = true, indent = 2 })
-  local ok, e = pcall(function() self.report_sink:write(json, "\n"); self.report_sink:close() end)
-  if not ok then
-    self.report_sink:abort()
-    self:note("error: cannot write the report: ", tostring(e))
-    return code == 0 and 1 or code
-  end
-  return code
-end
-
---- The request latency of the run: `{p50, p90, p99}` in seconds (estimated
--- from the client's latency histogram), or nil when nothing was sent.
--- @local
-function Send:latency()
-  if not self.client then return nil end
-  local q = require("optimizely.offline.metrics").percentiles(self.client:metrics().latency, { 0.5, 0.9, 0.99 })
-  if q[1] == nil then return nil end
-  local function ms(x) return math.floor(x * 1e6 + 0.5) / 1e6 end
-  return { p50 = ms(q[1]), p90 = ms(q[2]), p99 = ms(q[3]) }
-end
-
---- Writes the metrics file when the run was asked for one
--- (`--metrics FILE`): the Prometheus text of this run's client (requests,
--- orders sent and failed by kind/status/code/channel, the latency
--- histogram; all zero in a dry run). Private (0600), replaced only when
--- complete.
--- @param code the run's exit code so far
--- @return the exit code: `code`, or 1 when the file could not be written
---   (said on stderr)
--- @local
-function Send:write_metrics(code)
-  if not self.metrics_sink then return code end
-  local text = self.client and require("optimizely.offline.metrics").prometheus(self.client)
-    or require("optimizely.offline.metrics").prometheus(require("optimizely.offline.metrics").empty())
-  local ok, e = pcall(function() self.metrics_sink:write(text); self.metrics_sink:close() end)
-  if not ok then
-    self.metrics_sink:abort()
-    self:note("error: cannot write the metrics file: ", tostring(e))
-    return code == 0 and 1 or code
-  end
-  return code
-end
-
--- ---------------------------------------------------------------- summary
-
---- "sent 3 orders in 0.12 s (25.0 orders/s), 1 rejected, ..."
--- @local
-function Send:summary_line()
-  local st, elapsed = self.st, self.clock() - self.t0
-  local s = {}
-  if self.dry then
-    s[1] = ("dry run: %s valid, nothing sent"):format(plural(st.valid, "order"))
-  else
-    s[1] = ("sent %s in %.2f s (%.1f orders/s)"):format(plural(st.sent, "order"), elapsed,
-      elapsed > 0 and st.sent / elapsed or 0)
-  end
-  if st.rejected > 0 then s[#s + 1] = st.rejected .. " rejected" end
-  if st.unknown > 0 then
-    s[#s + 1] = st.unknown .. (self.stopped and " interrupted in flight" or " without a result") .. " (outcome unknown)"
-  end
-  if st.not_sent > 0 then s[#s + 1] = st.not_sent .. " not sent" end
-  if st.skipped > 0 then s[#s + 1] = st.skipped .. " skipped by the transform" end
-  if st.retried > 0 then s[#s + 1] = ("%d %s"):format(st.retried, st.retried == 1 and "retry" or "retries") end
-  if st.warnings > 0 then s[#s + 1] = plural(st.warnings, "warning") end
-  return table.concat(s, ", ")
-end
-
---- "errors: SandboxFault 2, validation 1" (most frequent first)
--- @local
-function Send:errors_line()
-  local errs, keys, parts = self.st.errors, {}, {}
-  for k in pairs(errs) do keys[#keys + 1] = k end
-  if #keys == 0 then return nil end
-  table.sort(keys, function(a, b)
-    if errs[a] ~= errs[b] then return errs[a] > errs[b] end
-    return a < b
-  end)
-  for _, k in ipairs(keys) do parts[#parts + 1] = k .. " " .. errs[k] end
-  return "errors: " .. table.concat(parts, ", ")
-end
-
---- The end of a run on stderr: errors always; with -q nothing else but
--- where the orders not sent are.
--- @local
-function Send:summary()
-  if self.failure then self:note("error: ", self.failure) end
-  if self.lost then
-    self:note("error: the orders not sent could not all be written down; nothing from ", self.lost,
-      " on was sent, and the orders in flight may or may not have arrived")
-  end
-  if not self.quiet or self.stopped then
-    self:note(self:summary_line())
-    local el = self:errors_line()
-    if el then self:note(el) end
-    for _, l in ipairs(self.failures:lines("failed orders by problem:")) do self:note(l) end
-    for _, l in ipairs(self.warned:lines("warnings by kind:")) do self:note(l) end
-  end
-  local r = self.rejects
-  -- the default file is named even with --quiet: nobody would find it otherwise
-  if r and r.count > 0 and (not self.quiet or self.stopped or r.default) then
-    self:note(("%s %s %s (send %s again with: optimizely-offline send %s)"):format(
-      plural(r.count, "order"), r.default and "not sent, saved to" or "written to",
-      common.label(r.path), r.count == 1 and "it" or "them", common.label(r.path)))
-  end
-  if self.args.report and not self.quiet then self:note("report: ", common.label(self.args.report)) end
 end
 
 return M

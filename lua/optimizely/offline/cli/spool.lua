@@ -1,7 +1,11 @@
 --- The `spool` command: look into and manage a queue's SQLite spool:
--- `optimizely-offline spool stats|list|retry|purge|export --spool FILE`.
+-- `optimizely-offline spool stats|pending|list|send|retry|purge|export --spool FILE`.
+-- `pending` shows what waits without personal data; `send` delivers it all
+-- now (optimizely.offline.cli.drain); `purge --email|--user-id` removes one
+-- customer's undelivered orders (an erasure request).
 -- @module optimizely.offline.cli.spool
 local common = require("optimizely.offline.cli.common")
+local drain = require("optimizely.offline.cli.drain")
 
 local M = {}
 
@@ -15,14 +19,25 @@ function M.register(parser)
     return c
   end
   with_file(cmd:command("stats", "Counts: queued, due, claimed, dead, bytes, oldest age."))
+  local pend = with_file(cmd:command("pending", "What waits to be sent: refCode, channel, attempts, next "
+    .. "attempt, age and last error (no personal data)."))
+  pend:option("--limit", "Rows to show (default: all)."):argname("<n>")
+  drain.options(with_file(cmd:command("send", "Deliver every queued order now (due times ignored); exit when "
+    .. "the spool is empty or holds only dead letters.")))
   local list = with_file(cmd:command("list", "List queued orders (or dead letters with --dead)."))
   list:flag("--dead", "List dead letters.")
   list:option("--limit", "Rows to show.", "50")
   local r = with_file(cmd:command("retry", "Move dead letters back into the queue."))
   r:argument("ids", "Dead-letter ids (default: all)."):args("*")
-  local p = with_file(cmd:command("purge", "Delete dead letters (default) or queued orders."))
+  local p = with_file(cmd:command("purge", "Delete dead letters (default) or queued orders; or one "
+    .. "customer's undelivered orders (--email, --user-id)."))
   p:flag("--queued", "Purge queued (not yet delivered) orders instead. They are lost.")
   p:option("--older-than", "Only rows older than this many seconds.")
+  p:option("--email", "Remove this customer's undelivered orders (queued and dead letters): an erasure "
+    .. "request. With --pseudonymise also those sent under the pseudonymised id."):argname("<address>")
+  p:option("--user-id", "Remove the undelivered orders of this user.id."):argname("<id>")
+  require("optimizely.offline.cli.pseudonymise").options(p, true)
+  common.config_option(p)
   local e = with_file(cmd:command("export", "Write dead letters as NDJSON that `send` accepts."))
   e:option("-o --output", "Output file (default: standard output; written 0600, in place when complete).")
     :argname("<file>")
@@ -38,6 +53,8 @@ local function open(args)
   return sp
 end
 
+local spool_now = require("optimizely.offline.spool").now
+
 local function fail(err_out, err)
   common.say(err_out, "error: ", tostring(err))
   return 1
@@ -52,6 +69,58 @@ function sub.stats(sp, _, out, err)
   if not s then return fail(err, e) end
   common.say(out, ("queued %d  due %d  claimed %d  dead %d  bytes %d  oldest %.0fs"):format(
     s.queued, s.due, s.claimed, s.dead, s.bytes, s.oldest_age))
+  return 0
+end
+
+-- "2h05m" for a number of seconds.
+local function duration(s)
+  local floor = math.floor
+  s = math.max(0, floor(s + 0.5))
+  if s < 60 then return s .. "s" end
+  if s < 3600 then return ("%dm%02ds"):format(floor(s / 60), s % 60) end
+  if s < 86400 then return ("%dh%02dm"):format(floor(s / 3600), floor(s % 3600 / 60)) end
+  return ("%dd%02dh"):format(floor(s / 86400), floor(s % 86400 / 3600))
+end
+
+-- An error text for a screen with no personal data: e-mail addresses
+-- masked, control characters escaped, cut short.
+local function scrub(text)
+  if not text then return "" end
+  return common.clean((tostring(text):gsub("[%w%.%%%+%-_]+@[%w%-]+%.[%w%.%-]+", "<e-mail>")), 300)
+end
+
+-- When a queued row goes next: "due", "in delivery", or the time and how long until it.
+local function next_attempt(row, now)
+  if row.claimed_by and (row.claimed_until or 0) > now then return "in delivery" end
+  if row.next_at <= now then return "due" end
+  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(row.next_at)) .. " (in " .. duration(row.next_at - now) .. ")"
+end
+
+-- One line of `pending`: tab-separated, each field cleaned.
+local function pending_line(row, now)
+  local f = { row.ref or "-", row.channel or "(default)", tostring(row.attempts), next_attempt(row, now),
+    duration(now - row.created_at), scrub(row.last_error) }
+  for i = 1, 5 do f[i] = common.clean(f[i], 200) end
+  return table.concat(f, "\t")
+end
+
+function sub.pending(sp, args, out, err)
+  local limit = common.int_option(args.limit, "limit", 1)
+  local now, shown, total = spool_now(), 0, 0
+  out:write("ref\tchannel\tattempts\tnext_attempt\tage\tlast_error\n")
+  local ok, e = sp:each_row(function(row)
+    total = total + 1
+    if limit and shown >= limit then return end
+    shown = shown + 1
+    out:write(pending_line(row, now), "\n")
+  end)
+  if not ok then return fail(err, e) end
+  local s = sp:stats(now)
+  if s then
+    common.say(err, ("%d queued (%d due, %d in delivery), %d dead letters; oldest %s%s"):format(s.queued, s.due,
+      s.claimed, s.dead, duration(s.oldest_age), shown < total and ("; %d not shown (--limit)"):format(total - shown)
+      or ""))
+  end
   return 0
 end
 
@@ -90,7 +159,48 @@ function sub.retry(sp, args, out, err)
   return 0
 end
 
+-- The customer of `purge --email/--user-id`: `{email =, user_id =}`; with
+-- --pseudonymise the e-mail's pseudonymised id is a user_id too (made as
+-- `send --pseudonymise` makes it: the same key and id options).
+local function customer(args)
+  if args.queued or args.older_than then
+    common.config_error("--email and --user-id remove one customer's orders: not with --queued or --older-than")
+  end
+  local ids = {}
+  if args.user_id then ids[#ids + 1] = args.user_id end
+  if args.pseudonymise then
+    if not args.email then common.config_error("--pseudonymise needs --email") end
+    local p = require("optimizely.offline.cli.pseudonymise").build(args)
+    local id, e = p:id(args.email)
+    if not id then common.config_error("--email: " .. tostring(e)) end
+    ids[#ids + 1] = id
+  end
+  return { email = args.email, user_ids = ids }
+end
+
+-- Removes one customer's undelivered orders and says how many.
+local function purge_customer(sp, args, out, err)
+  local who = customer(args)
+  local removed, left = 0, 0
+  local ids = #who.user_ids > 0 and who.user_ids or { false }
+  for i, id in ipairs(ids) do
+    local n, l = sp:purge_user({ email = i == 1 and who.email or nil, user_id = id or nil })
+    if not n then return fail(err, l) end
+    removed, left = removed + n, math.max(left, l)
+  end
+  common.say(out, ("removed %s of that customer (queued or dead letters)")
+    :format(require("optimizely.offline.cli.report").plural(removed, "undelivered order")))
+  if left > 0 then
+    common.say(err, ("error: %d more are being delivered by another process right now (or could not be moved): "
+      .. "stop it and run the purge again"):format(left))
+    return 1
+  end
+  return 0
+end
+
 function sub.purge(sp, args, out, err)
+  if args.email or args.user_id then return purge_customer(sp, args, out, err) end
+  if args.pseudonymise then common.config_error("--pseudonymise goes with --email") end
   local older = args.older_than and tonumber(args.older_than)
   if args.older_than and not older then common.config_error("--older-than takes seconds") end
   local n, e = sp:purge({ dead = not args.queued, queued = args.queued or nil, older_than = older })
@@ -113,11 +223,16 @@ function sub.export(sp, args, out, err)
 end
 
 --- Runs a parsed `spool` command.
--- @return exit code: 0 done, 1 failed, 2 usage error
+-- @return exit code: 0 done, 1 failed, 2 usage error (`send`: 130, 143,
+--   129 interrupted)
 function M.run(args, out, err)
   return common.guard(err, function()
     common.refuse_overwrite({ args.spool, args.spool .. "-wal", args.spool .. "-shm" },
       { { "--output", args.output } })
+    if args.spool_command == "send" then
+      open(args):close() -- a missing or foreign file is a usage error, before any credential
+      return drain.run(args, out, err)
+    end
     local sp = open(args)
     local ok, rc = pcall(sub[args.spool_command], sp, args, out, err)
     sp:close()

@@ -1,6 +1,6 @@
 --- `optimizely-offline validate FILE…`: check every order (file, line and
--- field path of each problem), end with the problems grouped; exit 1 if
--- any. Nothing is sent.
+-- field path of each problem) and its channel (`optimizely.offline.cli.channels`),
+-- end with the problems grouped; exit 1 if any. Nothing is sent.
 --
 -- The loop it shares with `convert` is the `Check` object: records in,
 -- failures counted, printed (the first MAX_PRINTED; all with -v; with -q
@@ -122,8 +122,13 @@ function M.run(args, out, err)
   return M.command(err, function()
     local validate = require("optimizely.offline").validate
     local check = Check.new(args, out, err, out, {})
+    local channel_problem = require("optimizely.offline.cli.channels").checker(args)
     check:run(function(item)
       local ok, e = validate(item.payload)
+      if ok then
+        local cerr = channel_problem(item.rec.channel)
+        if cerr then return nil, cerr end
+      end
       if ok and args.verbose then common.say(out, common.where(item.rec), ": ok") end
       return ok, e
     end)

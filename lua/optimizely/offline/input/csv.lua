@@ -4,7 +4,8 @@
 -- * order level: `refCode` `orderDate` `customerId` `currency` `shipping`
 --   `subTotal` `total` `lang` `user.id` `user.email` `user.segments`
 --   (split on `|`) `user.info.<key>` `attr.<key>` (order attributes), and
---   `channel` (the record's `channel`, never put into the payload);
+--   `channel` (the record's `channel`, lower-cased: channel names are
+--   case-insensitive; never put into the payload);
 -- * item level: `itemRefCode` `qty` `price` `item.attr.<key>`.
 --
 -- `opts.map` renames source columns first (`{["Order No"] = "refCode"}`); a
@@ -201,6 +202,7 @@ function Reader:read_header()
     self.queue:push(fail(self.name, line, "header", "header: " .. err, { raw = raw }))
     return false
   end
+  self.header = raw or concat(fields, self.delimiter)
   local plan, problems = plan_columns(fields, self.map)
   if not plan then
     self.queue:push(fail(self.name, line, "header", "header: " .. concat(problems, "; ") .. "; file not read",
@@ -217,18 +219,28 @@ end
 local ON = {}
 
 function ON.order(self, payload, line, channel)
-  self.queue:push({ payload = payload, file = self.name, line = line, channel = channel })
+  self.queue:push({ payload = payload, file = self.name, line = line, channel = channel and channel:lower() })
   self:release()
 end
 
-function ON.bad_order(self, ref, line, message, first_line)
+-- The fields that let a rejects file keep rows it could not read, to be
+-- fixed and sent again: the rows, and the header and delimiter that read them.
+function Reader:raw_fields(rows, extra)
+  extra = extra or {}
+  if rows then
+    extra.raw, extra.raw_format, extra.raw_header, extra.raw_delimiter = rows, "csv", self.header, self.delimiter
+  end
+  return extra
+end
+
+function ON.bad_order(self, ref, line, message, first_line, rows)
   self.queue:push(fail(self.name, line, first_line and "split_order" or "order",
-    ("order %s: %s"):format(quote(ref), message), { ref = ref, first_line = first_line }))
+    ("order %s: %s"):format(quote(ref), message), self:raw_fields(rows, { ref = ref, first_line = first_line })))
   self:release()
 end
 
 function ON.bad_row(self, line, message, raw, order_open)
-  local rec = fail(self.name, line, "row", message, { raw = raw })
+  local rec = fail(self.name, line, "row", message, self:raw_fields(raw))
   if order_open then
     local d = self.deferred or {}
     d[#d + 1] = rec
@@ -278,18 +290,18 @@ function Reader:next_record()
       self.planned = true
       if not self:read_header() then self:finish() end
     else
-      local ev, a, b, d, e = c:next()
+      local ev, a, b, d, e, f = c:next()
       if ev == "order" and not self.deferred then
         self.state.bytes = e
         local i = queue.index + 1
         queue.index = i
-        return { payload = a, file = self.name, line = b, channel = d, index = i }
+        return { payload = a, file = self.name, line = b, channel = d and d:lower(), index = i }
       elseif ev == "need" then
         self:fill(a)
       elseif ev == nil then
         self:finish()
       else
-        ON[ev](self, a, b, d, e)
+        ON[ev](self, a, b, d, e, f)
       end
     end
   end

@@ -15,15 +15,22 @@
 --
 -- * a channel wrapper, `{"channel": "callcentre", "payload": {…}}` (both
 --   keys, no `order`): the payload is sent on that channel
---   (`record.channel`). `channel` must be a non-empty string and `payload` an
---   object; any other key makes the line an error record (`code =
+--   (`record.channel`, lower-cased: channel names are case-insensitive).
+--   `channel` must be a non-empty string and `payload` an object; any other key makes the line an error record (`code =
 --   "wrapper"`), so nothing is sent from a line that says more than we read.
 --   A line without a `channel` is a plain payload (the client's default
 --   channel);
 -- * a line of a rejects file — a `payload` and an `error`, no `order` — is
 --   unwrapped into its payload, with `record.transformed` set from its
 --   `transformed` flag, `record.origin` from its `origin` (or `source`) and
---   `record.channel` from its `channel`, so rejects re-send as they are.
+--   `record.channel` from its `channel`, so rejects re-send as they are. A
+--   rejects line without a payload that kept the raw text it was read from
+--   (`raw` with `raw_format` "ndjson", "xml" (an `<order>` element), or
+--   "csv" with `raw_header` and `raw_delimiter`) is read again from that
+--   text (CSV: with the run's `map`), so a row fixed there is sent; still
+--   broken, it is an error record again, keeping the text. One with
+--   `split_from` (the later rows of a split CSV order) is an error record
+--   until that key is removed: sent alone it would replace the order.
 -- @module optimizely.offline.input.ndjson
 local records = require("optimizely.offline.input.records")
 
@@ -161,8 +168,16 @@ local function next_line(self)
   end
 end
 
+-- The fields of an error record that keep the line, so a rejects file can
+-- hold it to be fixed and sent again.
+local function raw_of(line) return { raw = line, raw_format = "ndjson" } end
+
+local reread -- (below: it reads records the way this reader does)
+
 -- A rejects-file line (`optimizely-offline send --rejects`): its payload is
--- sent as it is, and not transformed twice.
+-- sent as it is, and not transformed twice; a line without one that kept
+-- the raw text it was read from (`raw`, `raw_format`) is read again from
+-- that text, so a row fixed in the rejects file is sent.
 local function rejected(self, value, line, n)
   local p = value.payload
   if type(p) == "table" then
@@ -170,16 +185,20 @@ local function rejected(self, value, line, n)
     if type(origin) ~= "string" then origin = value.source end
     return { payload = p, transformed = value.transformed == true,
              origin = type(origin) == "string" and origin or nil,
-             channel = type(value.channel) == "string" and value.channel ~= "" and value.channel or nil,
+             channel = type(value.channel) == "string" and value.channel ~= "" and value.channel:lower() or nil,
              file = self.name, line = n }
   end
   if value.stage ~= nil or value.source ~= nil then
+    if type(value.raw) == "string" and (value.raw_format == "csv" or value.raw_format == "ndjson"
+      or value.raw_format == "xml") then
+      return reread(self, value, n)
+    end
     local e = tostring(type(value.error) == "table" and value.error.message or value.error)
     local src = type(value.source) == "string" and value.source or "?"
     if not find(e, src, 1, true) then e = src .. ": " .. e end
     return fail(self.name, n, "rejected",
       ("rejected record without a payload to send (%s); fix it in its source"):format(escaped(e, 200)),
-      { raw = line })
+      raw_of(line))
   end
   return nil -- an object that merely has an "error" key: a payload like any other
 end
@@ -194,17 +213,17 @@ local function wrapper(self, value, line, n)
       local hint = core and core.suggest and core.suggest(k, WRAPPER_KEYS)
       return fail(self.name, n, "wrapper", ('unknown key %s in a wrapper line%s (a line with "channel" '
         .. 'and "payload" and no "order" holds nothing else)')
-        :format(quote(k, 60), hint and (" (did you mean %s?)"):format(quote(hint, 60)) or ""), { raw = line })
+        :format(quote(k, 60), hint and (" (did you mean %s?)"):format(quote(hint, 60)) or ""), raw_of(line))
     end
   end
   local channel, p = value.channel, value.payload
   if channel ~= nil and (type(channel) ~= "string" or channel == "") then
-    return fail(self.name, n, "wrapper", "the wrapper's channel must be a non-empty string", { raw = line })
+    return fail(self.name, n, "wrapper", "the wrapper's channel must be a non-empty string", raw_of(line))
   end
   if type(p) ~= "table" then
-    return fail(self.name, n, "wrapper", "the wrapper's payload must be an object", { raw = line })
+    return fail(self.name, n, "wrapper", "the wrapper's payload must be an object", raw_of(line))
   end
-  return { payload = p, channel = channel, file = self.name, line = n }
+  return { payload = p, channel = channel and channel:lower(), file = self.name, line = n }
 end
 
 -- Why a decoded value is not an object, for the message.
@@ -222,11 +241,11 @@ end
 local function record(self, value, err, line, s, n)
   if value == nil then
     if err == nil then err = "null is not an object" end
-    return fail(self.name, n, "syntax", "invalid JSON: " .. tostring(err), { raw = line })
+    return fail(self.name, n, "syntax", "invalid JSON: " .. tostring(err), raw_of(line))
   end
   if type(value) ~= "table" or byte(line, s) ~= 123 then -- '{'
     return fail(self.name, n, "not_object",
-      "invalid JSON: expected an object, got " .. not_object(value, sub(line, s)), { raw = line })
+      "invalid JSON: expected an object, got " .. not_object(value, sub(line, s)), raw_of(line))
   end
   if value.order == nil then
     if value.error ~= nil then
@@ -239,6 +258,72 @@ local function record(self, value, err, line, s, n)
   return { payload = value, file = self.name, line = n }
 end
 
+-- A string as a file handle (for the CSV reader).
+local function string_handle(text)
+  local pos = 1
+  return { read = function(_, size)
+    if pos > #text then return nil end
+    local piece = sub(text, pos, pos + size - 1)
+    pos = pos + #piece
+    return piece
+  end }
+end
+
+-- The records of a rejects line's raw CSV rows, read with its header and
+-- delimiter and this run's column map.
+local function reread_csv(self, value)
+  local header = value.raw_header
+  if type(header) ~= "string" then
+    return { fail(self.name, 0, "rejected", "a rejects line with raw CSV rows needs raw_header") }
+  end
+  local csv = require("optimizely.offline.input.csv")
+  local delimiter = type(value.raw_delimiter) == "string" and value.raw_delimiter or ","
+  local ok, it = pcall(csv.new, string_handle(header .. "\n" .. value.raw .. "\n"), self.name,
+    { map = self.opts.map, delimiter = delimiter }, { bytes = 0 })
+  if not ok then return { fail(self.name, 0, "rejected", tostring(it):gsub("^[^:]*:%d+: ", "")) } end
+  local out = {}
+  for rec in it do out[#out + 1] = rec end
+  return out
+end
+
+-- The records of a rejects line's raw text (see `rejected`): where they
+-- came from is the rejects line (`origin`: its source), and an error among
+-- them names that line and keeps the raw text again.
+function reread(self, value, n)
+  local list
+  if value.split_from ~= nil then
+    list = { fail(self.name, n, "split_order", ("the later rows of an order whose first rows (line %s) were read "
+      .. "as an order already: sent alone they would replace it; add those rows to raw and remove "
+      .. "split_from, or send the file again with its rows grouped (--group-orders)")
+      :format(tostring(value.split_from)), { raw = value.raw, raw_format = value.raw_format,
+        raw_header = value.raw_header, raw_delimiter = value.raw_delimiter, first_line = value.split_from }) }
+  elseif value.raw_format == "csv" then
+    list = reread_csv(self, value)
+  elseif value.raw_format == "xml" then
+    list = {}
+    local it = require("optimizely.offline.input.xml").new(string_handle("<orders>" .. value.raw .. "</orders>"),
+      self.name, {}, { bytes = 0 })
+    for rec in it do list[#list + 1] = rec end
+  else
+    local raw = value.raw
+    local v, err = decode(raw, MAX_DEPTH)
+    list = { record(self, v, err, raw, find(raw, "[^ \t\r]") or 1, n) }
+  end
+  local origin = type(value.source) == "string" and value.source or nil
+  for _, rec in ipairs(list) do
+    if rec.error then
+      rec.error = ("%s:%d: %s (the raw text of a rejected record)"):format(self.name, n,
+        (rec.error:gsub("^.-:%d+: ", "", 1)))
+    end
+    rec.file, rec.line, rec.origin = self.name, n, rec.origin or origin
+  end
+  if #list == 0 then
+    return fail(self.name, n, "rejected", "a rejected record's raw text holds no order")
+  end
+  for i = 2, #list do self.pending[#self.pending + 1] = list[i] end
+  return list[1]
+end
+
 -- The record at the end: nil, or the read error.
 local function finish(self)
   self.done = true
@@ -248,6 +333,13 @@ end
 
 -- The next record, or nil at the end.
 local function next_record(self)
+  local pending = self.pending
+  if pending[1] then
+    local rec = table.remove(pending, 1)
+    self.index = self.index + 1
+    rec.index = self.index
+    return rec
+  end
   if self.done then return nil end
   local state = self.state
   while true do
@@ -293,7 +385,7 @@ Reader.rejected, Reader.wrapper = rejected, wrapper
 -- @return iterator
 function M.new(fh, name, opts, state)
   local self = setmetatable({
-    fh = fh, name = name, state = state,
+    fh = fh, name = name, state = state, opts = opts, pending = {},
     chunk_size = opts.chunk_size or M.CHUNK, max_len = opts.max_record_bytes or M.MAX_RECORD,
     buf = "", pos = 1, consumed = 0, lineno = 0, index = 0, first = true, done = false,
   }, Reader)

@@ -103,20 +103,39 @@ local function start_order(self, line, attrs)
   return { kind = "order" }
 end
 
-local function finish_order(self)
+--- The most text of one order kept for its rejects line (a bad order's
+-- `raw`, to be fixed and sent again); a longer order keeps none.
+M.MAX_RAW_ORDER = 64 * 1024
+
+-- The order's text, from its `<order` to its `</order>`, out of the chunks
+-- kept while it was open (nil when it outgrew MAX_RAW_ORDER).
+local function order_text(self, p)
+  local r = self.raw
+  self.raw = nil
+  if not r or r.cut then return nil end
+  local _, _, pos = p:pos()
+  local text = concat(r.parts)
+  local e = find(text, ">", pos - r.at + 1, true)
+  return e and sub(text, r.from - r.at + 1, e) or nil
+end
+
+local function finish_order(self, p)
   local o = self.cur
   self.cur = nil
   if o.nproblems == 0 then
+    self.raw = nil
     self.queue:push({ payload = o.payload, file = self.name, line = o.line })
     return
   end
+  local raw = order_text(self, p)
   local msg = concat(o.problems, "; ")
   if o.nproblems > #o.problems then
     msg = msg .. ("; and %d more"):format(o.nproblems - #o.problems)
   end
   local ref = o.payload.order.refCode
   self.queue:push(fail(self.name, o.line, "order",
-    ("order%s: %s"):format(ref and (" " .. quote(ref)) or "", msg), { ref = ref }))
+    ("order%s: %s"):format(ref and (" " .. quote(ref)) or "", msg),
+    { ref = ref, raw = raw, raw_format = raw and "xml" or nil }))
 end
 
 -- An <attribute> element: its key now, its text when it ends.
@@ -198,9 +217,13 @@ local function StartElement(self, p, el, attrs)
   end
   self.top = self.top + 1
   self.stack[self.top] = entry
+  if entry.kind == "order" then -- its text is kept while it is open (see order_text)
+    local _, _, pos = p:pos()
+    self.raw = { from = pos, at = self.chunk_at, parts = { self.chunk }, size = #self.chunk - (pos - self.chunk_at) }
+  end
 end
 
-local function EndElement(self)
+local function EndElement(self, p)
   if self.fatal then return end
   if self.skip > 0 then self.skip = self.skip - 1; return end
   local entry = self.stack[self.top]
@@ -208,7 +231,7 @@ local function EndElement(self)
   self.top = self.top - 1
   local kind = entry.kind
   if kind == "order" then
-    finish_order(self)
+    finish_order(self, p)
   elseif kind == "product" then
     local o = self.cur
     o.nitems = o.nitems + 1
@@ -265,6 +288,33 @@ local function broken(self, msg, line, col)
   })
 end
 
+--- expat's message for a parse that failed on a byte that is not UTF-8
+-- (a Windows-1252 or Latin-1 document that declares no encoding, or the
+-- wrong one) or on an encoding it does not know (windows-1252), with what
+-- to do about it; any other message as it is.
+-- @param msg expat's message
+-- @param parser the parser (its position is the failure's)
+-- @param chunk the chunk being parsed
+-- @param fed bytes fed so far, this chunk included
+function M.not_text_hint(msg, parser, chunk, fed)
+  if msg == "unknown encoding" then
+    return msg .. " (expat reads UTF-8, UTF-16, ISO-8859-1 and US-ASCII; for a Windows-1252 document give "
+      .. "--input-encoding cp1252, input_encoding in the reader options)"
+  end
+  if not tostring(msg):find("invalid token", 1, true) then return msg end
+  local _, _, pos = parser:pos()
+  if not pos then return msg end
+  -- expat's index is at or just past the byte it refused
+  local at, b = pos - (fed - #chunk) + 1, nil
+  for i = math.max(1, at - 3), math.min(#chunk, at + 1) do
+    if chunk:byte(i) >= 0x80 then b = chunk:byte(i); break end
+  end
+  if not b then return msg end
+  return ("%s: byte \\x%02X is not UTF-8 (a Windows-1252 or Latin-1 export? give its encoding: "
+    .. "--input-encoding cp1252 or latin1, input_encoding in the reader options, or an encoding "
+    .. "declaration)"):format(tostring(msg), b)
+end
+
 -- Parses the next chunk (or the end); queues what it finds.
 local function feed(self)
   local parser = self.parser
@@ -274,9 +324,15 @@ local function feed(self)
     self.queue:push(fail(self.name, line or 1, "read_error", "read error: " .. tostring(rerr)))
     self.done = true
   elseif chunk then
+    self.chunk, self.chunk_at = chunk, self.fed + 1
+    local r = self.raw
+    if r and not r.cut then
+      r.parts[#r.parts + 1], r.size = chunk, r.size + #chunk
+      if r.size > M.MAX_RAW_ORDER + #chunk then r.cut, r.parts = true, nil end
+    end
     self.fed = self.fed + #chunk
     local ok, msg, line, col = parser:parse(chunk)
-    if not ok then broken(self, msg, line, col); self.done = true end
+    if not ok then broken(self, M.not_text_hint(msg, parser, chunk, self.fed), line, col); self.done = true end
   else
     local ok, msg, line, col = parser:parse()
     if not ok then broken(self, msg, line, col) end
@@ -301,7 +357,7 @@ end
 local function callbacks_for(self)
   return {
     StartElement = function(p, el, attrs) StartElement(self, p, el, attrs) end,
-    EndElement = function() EndElement(self) end,
+    EndElement = function(p) EndElement(self, p) end,
     CharacterData = function(p, s) CharacterData(self, p, s) end,
     SkippedEntity = function(p, name) SkippedEntity(self, p, name) end,
     StartDoctypeDecl = function(p, _, _, _, internal) StartDoctypeDecl(self, p, internal) end,
