@@ -85,8 +85,9 @@ local SUITES = {
       e.OO_BUILD = "asan"
       return e
     end)() },
-  -- valgrind over the encoder specs (the network specs are covered by ASan).
-  { name = "valgrind", files = { "spec/encode_spec.lua", "spec/encode_edge_spec.lua" },
+  -- valgrind over the encoder specs (the network specs are covered by ASan),
+  -- in one process (`together`): each valgrind start costs seconds of CPU.
+  { name = "valgrind", files = { "spec/encode_spec.lua", "spec/encode_edge_spec.lua" }, together = true,
     run = "valgrind -q --error-exitcode=99 --leak-check=no --track-origins=no lua5.4 /usr/bin/busted -o utfTerminal",
     env = paths_env("5.4", "_5_4") },
   -- The fault run, bounded: 1,000 orders through a spool while the sandbox
@@ -201,15 +202,21 @@ end
 
 local function log_name(s) return (s:gsub("^spec/", ""):gsub("[^%w_.-]", "_")) end
 
--- A suite's units of work: its commands, or one per spec file, and for a
--- file with tests in SERIAL, those tests apart ("file@filter").
+-- A suite's units of work: its commands, or one per spec file (all in one
+-- when `together`), and for a file with tests in SERIAL, those tests apart
+-- ("file@filter").
 local function units_of(s, specs)
   local units = {}
   if s.commands then
     for _, c in ipairs(s.commands) do units[#units + 1] = { key = c.name, cmd = c.cmd, command = c } end
     return units
   end
-  for _, f in ipairs(selected(s.files == "all" and specs or s.files)) do
+  local files = selected(s.files == "all" and specs or s.files)
+  if s.together then
+    if #files == 0 then return units end
+    return { { key = table.concat(files, ","), cmd = s.run .. " " .. table.concat(files, " ") } }
+  end
+  for _, f in ipairs(files) do
     local out = {}
     for _, x in ipairs(SERIAL) do
       if x.file == f then
