@@ -31,6 +31,12 @@ deps-stamp: deps
 
 build: $(foreach v,$(VARIANTS),build/$(v)/optimizely/offline/core.so)
 
+# The ASan suite's interpreter: lua5.4 linked with the sanitizers, so that
+# only the processes a spec runs under it are instrumented (no LD_PRELOAD).
+build/asan-lua: scripts/asan-lua.c
+	@mkdir -p build
+	@gcc -O1 -g -fsanitize=address,undefined -I/usr/include/lua5.4 scripts/asan-lua.c -o $@ -llua5.4 -lm -ldl
+
 demo: build
 	@sh scripts/demo.sh
 

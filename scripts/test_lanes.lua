@@ -1,23 +1,26 @@
 -- The suite runner behind scripts/test.sh (make test, make check, make asan,
 -- make valgrind): every suite is cut into jobs -- one spec file under one
--- interpreter, the fault run, one fuzz target -- and the jobs run in a pool
--- of lanes, longest first (times from scripts/test_durations.txt, measured).
--- Each lane is a process slot with its own range of ports (OO_TEST_PORTS,
--- read by spec/support/nginx.lua), and each job has its own TMPDIR and, when
--- its specs ask for one, its own sandbox (spec/support/sandbox.lua starts one
--- per busted process). Most of a spec's time is waiting on nginx, curl and
--- timers, so on 2 cores 8 lanes (4 per core: --lanes or TEST_LANES to
--- change) finish in a fraction of the serial time.
+-- interpreter, the fault run, one fuzz target, the build of one variant --
+-- and the jobs run in a pool of lanes, longest first (times measured:
+-- scripts/test_durations.txt). A suite's jobs start as soon as its build is
+-- done; the builds run one after another, Lua 5.4 first, while the suites
+-- already built are tested. Each lane is a process slot with its own range
+-- of ports (OO_TEST_PORTS, read by spec/support/nginx.lua); each job has its
+-- own TMPDIR and, when its specs ask for one, its own sandbox
+-- (spec/support/sandbox.lua starts one per busted process). Most of a
+-- spec's time is waiting on nginx, curl and timers, so on 2 cores 8 lanes
+-- (4 per core; --lanes or TEST_LANES to change) finish in a fraction of the
+-- serial time.
 --
 --   lua5.4 scripts/test_lanes.lua [--lanes N] [--work DIR] [SUITE...] [spec/FILE_spec.lua...]
 --
 -- SUITE: lua5.4 luajit lua5.1 lua5.3 asan valgrind fault fuzz (default: all).
 -- Spec files given restrict the busted suites to them. Prints each suite's
 -- busted summary (its files summed) as it completes, every failure in full,
--- the per-suite timings, the slowest files, then the closing line
+-- the per-suite timings, the slowest jobs, then the closing line
 -- "test: N passed, N failed". Logs stay in build/test-logs/<suite>/, and the
--- times of this run in build/test-logs/durations.txt (the table's format).
--- The variants must be built first (scripts/test.sh does).
+-- durations table updated with this run's times in build/test-logs/durations.txt.
+-- scripts/test.sh runs it (and stops its jobs when interrupted).
 local ROOT = assert(os.getenv("PWD"), "run from the checkout (PWD unset)")
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
@@ -59,24 +62,29 @@ local function paths_env(variant, ...)
   return env
 end
 
--- busted --lua re-executes through a shell without quoting, so paths go in
--- the environment, never on its command line.
+-- fuzz/Makefile's run targets, and the binary each runs.
+local FUZZ_TARGETS = { "run", "run-json", "run-classify", "run-hmac", "run-tz", "run-csv", "run-decode" }
+local function fuzz_binary(t) return "fuzz_" .. (t == "run" and "scalars" or t:sub(5)) end
+
+-- `variant`: the build its jobs wait for. busted --lua re-executes through a
+-- shell without quoting, so paths go in the environment, never on its
+-- command line. Command names (the durations table's keys) have no spaces.
 local SUITES = {
-  { name = "lua5.4", run = "busted --lua=lua5.4 -o utfTerminal", files = "all",
+  { name = "lua5.4", variant = "5.4", run = "busted --lua=lua5.4 -o utfTerminal", files = "all",
     env = paths_env("5.4", "", "_5_4") },
-  { name = "luajit", run = "busted --lua=luajit -o utfTerminal", files = "all",
+  { name = "luajit", variant = "jit", run = "busted --lua=luajit -o utfTerminal", files = "all",
     env = paths_env("jit", "", "_5_4") },
-  { name = "lua5.1", run = "busted --lua=lua5.1 -o utfTerminal", files = C_HEAVY,
+  { name = "lua5.1", variant = "5.1", run = "busted --lua=lua5.1 -o utfTerminal", files = C_HEAVY,
     env = paths_env("5.1", "", "_5_3") },
-  { name = "lua5.3", run = "busted --lua=lua5.3 -o utfTerminal", files = C_HEAVY,
+  { name = "lua5.3", variant = "5.3", run = "busted --lua=lua5.3 -o utfTerminal", files = C_HEAVY,
     env = paths_env("5.3", "", "_5_3") },
   -- AddressSanitizer + UBSan build of the C core, run by a small lua5.4
   -- interpreter linked with the sanitizers (scripts/asan-lua.c) -- not by
   -- LD_PRELOAD, which would leak into every curl/nginx a spec starts. Leak
   -- checking is off (busted exits without closing the state); any memory
   -- error or UB aborts the run (halt_on_error, no UB recovery).
-  { name = "asan", run = ROOT .. "/build/asan-lua /usr/bin/busted -o utfTerminal", files = "all",
-    env = (function()
+  { name = "asan", variant = "asan", run = ROOT .. "/build/asan-lua /usr/bin/busted -o utfTerminal",
+    files = "all", env = (function()
       local e = paths_env("asan", "_5_4")
       e.ASAN_OPTIONS = "detect_leaks=0:halt_on_error=1:abort_on_error=1"
       e.UBSAN_OPTIONS = "halt_on_error=1:print_stacktrace=1"
@@ -87,36 +95,50 @@ local SUITES = {
     end)() },
   -- valgrind over the encoder specs (the network specs are covered by ASan),
   -- in one process (`together`): each valgrind start costs seconds of CPU.
-  { name = "valgrind", files = { "spec/encode_spec.lua", "spec/encode_edge_spec.lua" }, together = true,
-    run = "valgrind -q --error-exitcode=99 --leak-check=no --track-origins=no lua5.4 /usr/bin/busted -o utfTerminal",
-    env = paths_env("5.4", "_5_4") },
+  { name = "valgrind", variant = "5.4", files = { "spec/encode_spec.lua", "spec/encode_edge_spec.lua" },
+    together = true, env = paths_env("5.4", "_5_4"),
+    run = "valgrind -q --error-exitcode=99 --leak-check=no --track-origins=no lua5.4 /usr/bin/busted -o utfTerminal" },
   -- The fault run, bounded: 1,000 orders through a spool while the sandbox
   -- answers 503, closes connections and is stopped; the pusher is kill -9ed
   -- and restarted. Every order must end in the sandbox or the dead letters.
-  { name = "fault", env = paths_env("5.4", "_5_4"), commands = {
+  { name = "fault", variant = "5.4", env = paths_env("5.4", "_5_4"), commands = {
     { name = "bench/fault_run.lua", cmd = "lua5.4 bench/fault_run.lua --orders 1000 --quick",
       ok_tail = 1, fail_tail = 30, fail_note = "fault run lost orders" } } },
   -- A bounded libFuzzer run over the C parsers (dates, money, UTF-8, escaping,
   -- CSV, the input decoder), the JSON decoder, the classifier and the
-  -- pseudonymiser (normalisation + HMAC).
-  -- Each target runs for a fixed time and takes all the CPU it gets: they
-  -- start after every spec file, when lanes fall idle (`tail`).
-  { name = "fuzz", env = {}, needs = "clang", tail = true, commands = (function()
-    local secs = os.getenv("FUZZ_SECONDS") or "15"
-    local out = {}
-    for _, t in ipairs({ "run", "run-json", "run-classify", "run-hmac", "run-tz", "run-csv", "run-decode" }) do
-      out[#out + 1] = { name = t, cmd = "make -s -C fuzz " .. t .. " FUZZ_SECONDS=" .. secs,
-        ok_tail = 1, fail_tail = 40, fail_note = "fuzzer found a failure" }
-    end
-    return out
-  end)() },
+  -- pseudonymiser (normalisation + HMAC). Each target runs for a fixed time
+  -- and does as much as the CPU it gets allows: they start once every
+  -- other job has started (`tail`), as lanes fall idle, and no more at once
+  -- than there are cores (group "fuzz"), each built beforehand (variant).
+  { name = "fuzz", variant = "fuzz", env = {}, needs = "clang", tail = true, group = "fuzz",
+    commands = (function()
+      local secs = os.getenv("FUZZ_SECONDS") or "15"
+      local out = {}
+      for _, t in ipairs(FUZZ_TARGETS) do
+        out[#out + 1] = { name = t, cmd = "make -s -C fuzz " .. t .. " FUZZ_SECONDS=" .. secs,
+          ok_tail = 1, fail_tail = 40, fail_note = "fuzzer found a failure" }
+      end
+      return out
+    end)() },
 }
+
+-- The builds the suites wait for, in this order, one at a time.
+local BUILD_ORDER = { "5.4", "jit", "asan", "5.1", "5.3", "fuzz" }
+local function build_command(v)
+  if v == "fuzz" then
+    local bins = {}
+    for i, t in ipairs(FUZZ_TARGETS) do bins[i] = fuzz_binary(t) end
+    return "make -s -C fuzz " .. table.concat(bins, " ") .. " && echo built the fuzz targets"
+  end
+  return "make -s build VARIANTS=" .. v .. (v == "asan" and " build/asan-lua" or "")
+end
+local BUILD = { name = "build", env = {}, commands = {} }
 
 -- Specs that must not share the machine (load tests, timing-sensitive
 -- ones): in every suite that runs `file`, the tests whose names match
 -- `filter` (busted --filter, a Lua pattern without spaces: busted --lua
 -- re-executes through a shell) are split off into a job of the serial lane:
--- one at a time, alone, before the pool starts. Keep it short.
+-- one at a time, alone, once the pool has drained. Keep it short.
 local SERIAL = {
   -- the adaptive limiter reacts to the round trips it measures: on a loaded
   -- machine those are the load's (seen: "the limit never reached 16")
@@ -126,7 +148,7 @@ local SERIAL = {
 -- ---------------------------------------------------------------------------
 -- Arguments
 
-local lanes, work = nil, nil
+local lanes, work
 local want_suites, want_files = {}, {}
 do
   local i = 1
@@ -155,7 +177,8 @@ for name in pairs(want_suites) do
   local known = false
   for _, s in ipairs(SUITES) do known = known or s.name == name end
   if not known then
-    io.stderr:write("test_lanes: unknown suite " .. name .. "\n")
+    io.stderr:write("test_lanes: unknown suite " .. name
+      .. " (lua5.4 luajit lua5.1 lua5.3 asan valgrind fault fuzz)\n")
     os.exit(2)
   end
 end
@@ -182,12 +205,12 @@ local DURATIONS_HEAD = [[
 # that over this file to refresh it.
 ]]
 
--- Measured seconds per "suite file" (scripts/test_durations.txt).
+-- Measured seconds per "suite key" (scripts/test_durations.txt).
 local function load_durations()
   local t = {}
   for line in (read_file(DURATIONS) or ""):gmatch("[^\n]+") do
-    local suite, file, secs = line:match("^([^#%s]%S*)%s+(%S+)%s+([%d%.]+)%s*$")
-    if suite then t[suite .. " " .. file] = tonumber(secs) end
+    local suite, key, secs = line:match("^([^#%s]%S*)%s+(%S+)%s+([%d%.]+)%s*$")
+    if suite then t[suite .. " " .. key] = tonumber(secs) end
   end
   return t
 end
@@ -231,30 +254,60 @@ local function units_of(s, specs)
   return units
 end
 
--- One job per unit of every suite asked for; an unmeasured one gets a long
+local jobs = {}
+
+local function add_job(s, u, est)
+  local job = { id = #jobs + 1, suite = s, key = u.key, cmd = u.cmd, command = u.command, est = est,
+    serial = u.serial or false, tail = s.tail or false, after = u.after, group = u.group or s.group,
+    log = ("%s/build/test-logs/%s/%s.log"):format(ROOT, s.name, log_name(u.key)) }
+  jobs[#jobs + 1] = job
+  s.jobs[#s.jobs + 1] = job
+  return job
+end
+
+-- The build job of each variant the suites need (`make build`, and for
+-- asan the sanitizer interpreter), in BUILD_ORDER.
+local function build_jobs(need)
+  local built = {}
+  BUILD.jobs, BUILD.done = {}, 0
+  for i, v in ipairs(BUILD_ORDER) do
+    if need[v] then
+      local c = { name = v, ok_tail = 1, fail_tail = 40, fail_note = "build failed" }
+      built[v] = add_job(BUILD, { key = v, cmd = build_command(v), command = c, group = "build" }, 1e9 - i)
+    end
+  end
+  return built
+end
+
+-- Every job of the suites asked for; an unmeasured one gets a long
 -- estimate, so a new slow file starts early rather than last.
 local function make_jobs()
-  local durations, jobs, specs = load_durations(), {}, all_specs()
+  local durations, specs, chosen, need = load_durations(), all_specs(), {}, {}
   for _, s in ipairs(SUITES) do
     if want_suites[s.name] and not (s.needs and capture("command -v " .. s.needs) == "") then
-      s.jobs, s.done = {}, 0
-      for _, u in ipairs(units_of(s, specs)) do
-        local key = s.name .. " " .. u.key
-        local job = { id = #jobs + 1, suite = s, key = u.key, cmd = u.cmd, command = u.command,
-          est = durations[key] or 30, serial = u.serial or false, tail = s.tail or false,
-          log = ("%s/build/test-logs/%s/%s.log"):format(ROOT, s.name, log_name(u.key)) }
-        jobs[#jobs + 1] = job
-        s.jobs[#s.jobs + 1] = job
+      s.units, s.jobs, s.done = units_of(s, specs), {}, 0
+      if #s.units > 0 then
+        chosen[#chosen + 1] = s
+        if s.variant then need[s.variant] = true end
       end
     end
   end
-  table.sort(jobs, function(a, b)
-    if a.serial ~= b.serial then return a.serial end
-    if a.tail ~= b.tail then return b.tail end
+  local built = build_jobs(need)
+  for _, s in ipairs(chosen) do
+    for _, u in ipairs(s.units) do
+      u.after = built[s.variant]
+      add_job(s, u, durations[s.name .. " " .. u.key] or 30)
+    end
+  end
+  local order = {}
+  for _, j in ipairs(jobs) do order[#order + 1] = j end
+  table.sort(order, function(a, b)
     if a.est ~= b.est then return a.est > b.est end
     return a.id < b.id
   end)
-  return jobs
+  local suites = { #BUILD.jobs > 0 and BUILD or nil }
+  for _, s in ipairs(chosen) do suites[#suites + 1] = s end
+  return order, suites
 end
 
 -- ---------------------------------------------------------------------------
@@ -345,34 +398,45 @@ local function settle(job, rc, t0, t1)
   job.ok = rc == 0 and f + e == 0
 end
 
+-- A job whose build failed: not run (the build's failure is counted).
+local function skip(job)
+  local t = now()
+  job.rc, job.start, job.finish, job.took, job.cpu, job.ok, job.skipped = -1, t, t, 0, 0, false, true
+  job.text = "not run: the " .. job.after.key .. " build failed"
+end
+
 local status = 0
+
+local function print_commands(s)
+  print("== " .. s.name)
+  for _, j in ipairs(s.jobs) do
+    if j.ok then
+      print(j.key .. ": " .. tail(j.text, j.command.ok_tail))
+    else
+      print(tail(j.text, j.command.fail_tail))
+      print(("!! %s %s: %s (exit %d)"):format(s.name, j.key, j.command.fail_note, j.rc))
+      status = 1
+    end
+  end
+end
 
 local function print_suite(s)
   local first, last, counts = math.huge, 0, { 0, 0, 0, 0 }
+  s.busy, s.cpu = 0, 0
   for _, j in ipairs(s.jobs) do
     first, last = math.min(first, j.start), math.max(last, j.finish)
     for i = 1, 4 do counts[i] = counts[i] + (j.summary and j.summary[i] or 0) end
+    s.busy, s.cpu = s.busy + j.took, s.cpu + j.cpu
   end
   s.wall, s.counts = last - first, counts
-  s.busy, s.cpu = 0, 0
-  for _, j in ipairs(s.jobs) do s.busy, s.cpu = s.busy + j.took, s.cpu + j.cpu end
-  if s.commands then
-    print("== " .. s.name)
-    for _, j in ipairs(s.jobs) do
-      if j.ok then
-        print(j.key .. ": " .. tail(j.text, j.command.ok_tail))
-      else
-        print(tail(j.text, j.command.fail_tail))
-        print(("!! %s: %s (exit %d)"):format(j.key, j.command.fail_note, j.rc))
-        status = 1
-      end
-    end
-    return
-  end
-  print(("== %s: %d successes / %d failures / %d errors / %d pending : %.1f seconds (%d jobs)")
+  if s.commands then return print_commands(s) end
+  print(("== %s: %d successes / %d failures / %d errors / %d pending : %.1f seconds (jobs: %d)")
     :format(s.name, counts[1], counts[2], counts[3], counts[4], s.wall, #s.jobs))
   for _, j in ipairs(s.jobs) do
-    if not j.ok then
+    if j.skipped then
+      status = 1
+      print(("!! %s %s: %s"):format(s.name, j.key, j.text))
+    elseif not j.ok then
       status = 1
       print(("-- %s %s (exit %d%s), in full:"):format(s.name, j.key, j.rc,
         j.summary and "" or ", no busted summary"))
@@ -382,16 +446,16 @@ local function print_suite(s)
   end
 end
 
-local function print_timings(jobs, suites, wall)
+local function print_timings(suites, wall)
   print(("== timings (wall seconds; lanes: %d; \"in lanes\" = its jobs' seconds summed)"):format(lanes))
   print(("  %-9s %6s %7s %9s %7s %5s"):format("suite", "specs", "wall", "in lanes", "cpu", "jobs"))
   for _, s in ipairs(suites) do
-    print(("  %-9s %6s %7.1f %9.1f %7.1f %5d"):format(s.name, s.commands and "-" or tostring(s.counts[1]),
-      s.wall, s.busy, s.cpu, #s.jobs))
+    if #s.jobs > 0 then
+      print(("  %-9s %6s %7.1f %9.1f %7.1f %5d"):format(s.name, s.commands and "-" or tostring(s.counts[1]),
+        s.wall, s.busy, s.cpu, #s.jobs))
+    end
   end
-  local build = tonumber(os.getenv("TEST_BUILD_SECONDS") or "")
-  if build then print(("  %-9s %6s %7.1f"):format("build", "", build)) end
-  print(("  %-9s %6s %7.1f"):format("all", "", wall + (build or 0)))
+  print(("  %-9s %6s %7.1f"):format("all", "", wall))
   local sorted = {}
   for _, j in ipairs(jobs) do sorted[#sorted + 1] = j end
   table.sort(sorted, function(a, b) return a.took > b.took end)
@@ -403,12 +467,14 @@ local function print_timings(jobs, suites, wall)
 end
 
 -- The table, updated with this run's times, to build/test-logs/durations.txt.
-local function save_durations(jobs)
+local function save_durations()
   local t = load_durations()
-  for _, j in ipairs(jobs) do t[j.suite.name .. " " .. j.key] = j.took end
+  for _, j in ipairs(jobs) do
+    if j.suite ~= BUILD and not j.skipped then t[j.suite.name .. " " .. j.key] = j.took end
+  end
   local lines = {}
   for key, secs in pairs(t) do
-    local file = key:match("^%S+ (spec/%S+)$")
+    local file = key:match("^%S+ (spec/[^@,]+)")
     if not file or read_file(file) then lines[#lines + 1] = ("%s %.1f"):format(key, secs) end -- gone: dropped
   end
   table.sort(lines)
@@ -426,7 +492,7 @@ local t_start
 local last_note = 0
 
 -- Every 30 s at most, when a job ends: how far the pool is, and what runs.
-local function progress(jobs, done)
+local function progress(done)
   local t = now()
   if t - last_note < 30 then return end
   last_note = t
@@ -438,21 +504,21 @@ local function progress(jobs, done)
     table.concat(names, ", ")))
 end
 
-local function finished(job, done, jobs)
+local function finished(job, done)
   os.execute("rm -rf " .. q(("%s/tmp/%d"):format(work, job.id)))
-  if not job.ok then
+  if not job.ok and not job.skipped then
     print(("!! %s %s failed (exit %d); in full below when %s is done"):format(job.suite.name, job.key, job.rc,
       job.suite.name))
   end
   local s = job.suite
   s.done = s.done + 1
-  if s.done == #s.jobs then print_suite(s) else progress(jobs, done) end
+  if s.done == #s.jobs then print_suite(s) else progress(done) end
   io.stdout:flush()
 end
 
 -- The pids of the running jobs' `timeout`s (work/pids), which
 -- scripts/test.sh stops when it is interrupted.
-local function write_pids(jobs)
+local function write_pids()
   local pids = {}
   for _, j in ipairs(jobs) do if j.pid and not j.rc then pids[#pids + 1] = j.pid end end
   local f = assert(io.open(work .. "/pids", "w"))
@@ -460,65 +526,114 @@ local function write_pids(jobs)
   f:close()
 end
 
--- Runs the jobs in `lanes` slots, in their order; a serial job (they come
--- first) runs alone.
-local function run_pool(jobs)
+-- How many jobs of a group may run at once: builds one (in BUILD_ORDER),
+-- fuzz targets one per core.
+local GROUP_SIZE = { build = 1, fuzz = nproc() }
+
+-- Whether `job` may start now. A build waits for the build before it; a
+-- job for its build; a tail job until every other job (but the serial
+-- ones) has started; a serial job until nothing else runs.
+local function ready(job, state)
+  if job.after and not job.after.rc then return false end
+  if job.group and (state.groups[job.group] or 0) >= (GROUP_SIZE[job.group] or 1) then return false end
+  if job.tail and state.waiting > 0 then return false end
+  if job.serial then return state.running == 0 and state.waiting == 0 and state.tails == 0 end
+  return true
+end
+
+local function count_pending(pending, state)
+  state.waiting, state.tails = 0, 0
+  for _, j in ipairs(pending) do
+    if j.tail then state.tails = state.tails + 1 elseif not j.serial then state.waiting = state.waiting + 1 end
+  end
+end
+
+-- One pass over the pending jobs, in order: starts what may start, skips
+-- the jobs of a failed build. Returns whether it changed anything.
+local function start_pass(pending, state, free)
+  local i, changed = 1, false
+  while i <= #pending do
+    count_pending(pending, state)
+    local j = pending[i]
+    if j.after and j.after.rc and not j.after.ok then
+      table.remove(pending, i)
+      skip(j)
+      state.skipped[#state.skipped + 1] = j
+      changed = true
+    elseif #free > 0 and not state.alone and ready(j, state) then
+      table.remove(pending, i)
+      launch(j, table.remove(free))
+      state.running = state.running + 1
+      if j.group then state.groups[j.group] = (state.groups[j.group] or 0) + 1 end
+      state.alone = j.serial
+      changed = true
+    else
+      i = i + 1
+    end
+  end
+  return changed
+end
+
+-- Until nothing more may start (a skip can make a tail or serial job ready).
+local function start_more(pending, state, free)
+  repeat until not start_pass(pending, state, free)
+end
+
+-- Runs the jobs in `lanes` slots, in their order (see `ready`).
+local function run_pool(order)
   os.execute("rm -rf " .. q(ROOT .. "/build/test-logs") .. " && mkdir -p " .. q(work .. "/tmp"))
   assert(os.execute("mkfifo " .. q(fifo)), "mkfifo failed")
   local events = assert(io.open(fifo, "r+")) -- read-write: no EOF while no job is writing
-  local by_id, free, running, next_job, done = {}, {}, 0, 1, 0
-  for _, j in ipairs(jobs) do by_id[j.id] = j end
+  local pending, free, done = {}, {}, 0
+  local state = { running = 0, groups = {}, skipped = {}, alone = false }
+  for i, j in ipairs(order) do pending[i] = j end
   for slot = lanes, 1, -1 do free[#free + 1] = slot end
-  local function start_more()
-    while next_job <= #jobs and #free > 0 do
-      local j = jobs[next_job]
-      if j.serial and running > 0 then return end
-      launch(j, table.remove(free))
-      running, next_job = running + 1, next_job + 1
-      if j.serial then return end
-    end
+  local function ended(job)
+    done = done + 1
+    finished(job, done)
   end
-  start_more()
-  while running > 0 do
+  start_more(pending, state, free)
+  while state.running > 0 do
     local line = assert(events:read("l"), "test_lanes: the fifo closed")
     local kind, id, rest = line:match("^(%a+) (%d+) (.*)$")
-    local job = assert(by_id[tonumber(id)], "test_lanes: bad event: " .. line)
+    local job = assert(jobs[tonumber(id)], "test_lanes: bad event: " .. line)
     if kind == "start" then
       job.pid = tonumber(rest)
     else
       local rc, t0, t1 = rest:match("^(%d+) ([%d.]+) ([%d.]+)$")
       job.proc:close() -- it has ended: reaps the shell
-      running, done = running - 1, done + 1
+      state.running, state.alone = state.running - 1, false
+      if job.group then state.groups[job.group] = state.groups[job.group] - 1 end
       free[#free + 1] = job.slot
-      start_more()
       settle(job, tonumber(rc), tonumber(t0), tonumber(t1))
-      finished(job, done, jobs)
+      start_more(pending, state, free)
+      ended(job)
+      while #state.skipped > 0 do ended(table.remove(state.skipped, 1)) end
     end
-    write_pids(jobs)
+    write_pids()
   end
   events:close()
+  for _, j in ipairs(pending) do error("test_lanes: never started: " .. j.suite.name .. " " .. j.key, 0) end
 end
 
-local jobs = make_jobs()
-local suites = {}
-for _, s in ipairs(SUITES) do if s.jobs and #s.jobs > 0 then suites[#suites + 1] = s end end
-if #jobs == 0 then
+local order, suites = make_jobs()
+if #order == 0 then
   print("test: 0 passed, 0 failed (no jobs)")
   os.exit(1)
 end
 local counts = {}
 for _, s in ipairs(suites) do counts[#counts + 1] = s.name .. " " .. #s.jobs end
-print(("== %d jobs in %d lanes: %s"):format(#jobs, lanes, table.concat(counts, ", ")))
+print(("== %d jobs in %d lanes: %s"):format(#order, lanes, table.concat(counts, ", ")))
 io.stdout:flush()
 t_start = now()
 last_note = t_start
-local ran, err = pcall(run_pool, jobs)
+local ran, err = pcall(run_pool, order)
 if not ran then
   if tostring(err):find("interrupted", 1, true) then os.exit(130) end -- Ctrl-C: test.sh stops the jobs
   error(err, 0)
 end
-save_durations(jobs)
-print_timings(jobs, suites, now() - t_start)
+save_durations()
+print_timings(suites, now() - t_start)
 if totals.failed > 0 then status = 1 end
 print(("test: %d passed, %d failed"):format(totals.passed, totals.failed))
 os.exit(status)
