@@ -467,8 +467,16 @@ local function print_timings(suites, wall)
 end
 
 -- The table, updated with this run's times, to build/test-logs/durations.txt.
-local function save_durations()
+-- A suite run whole replaces its rows (a split or renamed file leaves none).
+local function save_durations(suites)
   local t = load_durations()
+  if not next(want_files) then
+    for _, s in ipairs(suites) do
+      for key in pairs(t) do
+        if key:sub(1, #s.name + 1) == s.name .. " " then t[key] = nil end
+      end
+    end
+  end
   for _, j in ipairs(jobs) do
     if j.suite ~= BUILD and not j.skipped then t[j.suite.name .. " " .. j.key] = j.took end
   end
@@ -632,7 +640,7 @@ if not ran then
   if tostring(err):find("interrupted", 1, true) then os.exit(130) end -- Ctrl-C: test.sh stops the jobs
   error(err, 0)
 end
-save_durations()
+save_durations(suites)
 print_timings(suites, now() - t_start)
 if totals.failed > 0 then status = 1 end
 print(("test: %d passed, %d failed"):format(totals.passed, totals.failed))
