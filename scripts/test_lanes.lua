@@ -3,8 +3,8 @@
 -- interpreter, the fault run, one fuzz target, the build of one variant --
 -- and the jobs run in a pool of lanes, longest first (times measured:
 -- scripts/test_durations.txt). A suite's jobs start as soon as its build is
--- done; the builds run one after another, Lua 5.4 first, while the suites
--- already built are tested. Each lane is a process slot with its own range
+-- done; the builds run one after another, LuaJIT and Lua 5.4 first, while
+-- the suites already built are tested. Each lane is a process slot with its own range
 -- of ports (OO_TEST_PORTS, read by spec/support/nginx.lua); each job has its
 -- own TMPDIR and, when its specs ask for one, its own sandbox
 -- (spec/support/sandbox.lua starts one per busted process). Most of a
@@ -66,24 +66,25 @@ end
 local FUZZ_TARGETS = { "run", "run-json", "run-classify", "run-hmac", "run-tz", "run-csv", "run-decode" }
 local function fuzz_binary(t) return "fuzz_" .. (t == "run" and "scalars" or t:sub(5)) end
 
--- `variant`: the build its jobs wait for. busted --lua re-executes through a
+-- `variant`: the build its jobs wait for (and `also`: other builds they
+-- use: every spec file may start nginx, whose OpenResty loads build/jit). busted --lua re-executes through a
 -- shell without quoting, so paths go in the environment, never on its
 -- command line. Command names (the durations table's keys) have no spaces.
 local SUITES = {
-  { name = "lua5.4", variant = "5.4", run = "busted --lua=lua5.4 -o utfTerminal", files = "all",
+  { name = "lua5.4", variant = "5.4", also = { "jit" }, run = "busted --lua=lua5.4 -o utfTerminal", files = "all",
     env = paths_env("5.4", "", "_5_4") },
   { name = "luajit", variant = "jit", run = "busted --lua=luajit -o utfTerminal", files = "all",
     env = paths_env("jit", "", "_5_4") },
-  { name = "lua5.1", variant = "5.1", run = "busted --lua=lua5.1 -o utfTerminal", files = C_HEAVY,
+  { name = "lua5.1", variant = "5.1", also = { "jit" }, run = "busted --lua=lua5.1 -o utfTerminal", files = C_HEAVY,
     env = paths_env("5.1", "", "_5_3") },
-  { name = "lua5.3", variant = "5.3", run = "busted --lua=lua5.3 -o utfTerminal", files = C_HEAVY,
+  { name = "lua5.3", variant = "5.3", also = { "jit" }, run = "busted --lua=lua5.3 -o utfTerminal", files = C_HEAVY,
     env = paths_env("5.3", "", "_5_3") },
   -- AddressSanitizer + UBSan build of the C core, run by a small lua5.4
   -- interpreter linked with the sanitizers (scripts/asan-lua.c) -- not by
   -- LD_PRELOAD, which would leak into every curl/nginx a spec starts. Leak
   -- checking is off (busted exits without closing the state); any memory
   -- error or UB aborts the run (halt_on_error, no UB recovery).
-  { name = "asan", variant = "asan", run = ROOT .. "/build/asan-lua /usr/bin/busted -o utfTerminal",
+  { name = "asan", variant = "asan", also = { "jit" }, run = ROOT .. "/build/asan-lua /usr/bin/busted -o utfTerminal",
     files = "all", env = (function()
       local e = paths_env("asan", "_5_4")
       e.ASAN_OPTIONS = "detect_leaks=0:halt_on_error=1:abort_on_error=1"
@@ -123,7 +124,7 @@ local SUITES = {
 }
 
 -- The builds the suites wait for, in this order, one at a time.
-local BUILD_ORDER = { "5.4", "jit", "asan", "5.1", "5.3", "fuzz" }
+local BUILD_ORDER = { "jit", "5.4", "asan", "5.1", "5.3", "fuzz" }
 local function build_command(v)
   if v == "fuzz" then
     local bins = {}
@@ -289,13 +290,16 @@ local function make_jobs()
       if #s.units > 0 then
         chosen[#chosen + 1] = s
         if s.variant then need[s.variant] = true end
+        for _, v in ipairs(s.also or {}) do need[v] = true end
       end
     end
   end
   local built = build_jobs(need)
   for _, s in ipairs(chosen) do
     for _, u in ipairs(s.units) do
-      u.after = built[s.variant]
+      u.after = {}
+      for _, v in ipairs(s.also or {}) do u.after[#u.after + 1] = built[v] end
+      u.after[#u.after + 1] = built[s.variant]
       add_job(s, u, durations[s.name .. " " .. u.key] or 30)
     end
   end
@@ -402,7 +406,9 @@ end
 local function skip(job)
   local t = now()
   job.rc, job.start, job.finish, job.took, job.cpu, job.ok, job.skipped = -1, t, t, 0, 0, false, true
-  job.text = "not run: the " .. job.after.key .. " build failed"
+  local failed = {}
+  for _, b in ipairs(job.after) do if b.rc and not b.ok then failed[#failed + 1] = b.key end end
+  job.text = "not run: the " .. table.concat(failed, ", ") .. " build failed"
 end
 
 local status = 0
@@ -542,7 +548,7 @@ local GROUP_SIZE = { build = 1, fuzz = nproc() }
 -- job for its build; a tail job until every other job (but the serial
 -- ones) has started; a serial job until nothing else runs.
 local function ready(job, state)
-  if job.after and not job.after.rc then return false end
+  for _, b in ipairs(job.after or {}) do if not b.rc then return false end end
   if job.group and (state.groups[job.group] or 0) >= (GROUP_SIZE[job.group] or 1) then return false end
   if job.tail and state.waiting > 0 then return false end
   if job.serial then return state.running == 0 and state.waiting == 0 and state.tails == 0 end
@@ -556,6 +562,11 @@ local function count_pending(pending, state)
   end
 end
 
+local function build_failed(job)
+  for _, b in ipairs(job.after or {}) do if b.rc and not b.ok then return true end end
+  return false
+end
+
 -- One pass over the pending jobs, in order: starts what may start, skips
 -- the jobs of a failed build. Returns whether it changed anything.
 local function start_pass(pending, state, free)
@@ -563,7 +574,7 @@ local function start_pass(pending, state, free)
   while i <= #pending do
     count_pending(pending, state)
     local j = pending[i]
-    if j.after and j.after.rc and not j.after.ok then
+    if build_failed(j) then
       table.remove(pending, i)
       skip(j)
       state.skipped[#state.skipped + 1] = j
