@@ -1,8 +1,9 @@
 /* File safety for files that hold orders (personal data): identity by
  * device + inode (so an output never overwrites its own input, whatever
  * the spelling: "./x", "d/../x", a symlink), private creation (0600 whatever
- * the umask, O_NOFOLLOW, optionally O_EXCL). Lua: core.umask, core.chmod,
- * core.file_id, core.create_private. The Lua face is optimizely.offline.files. */
+ * the umask, O_NOFOLLOW, optionally O_EXCL), private directories. Lua:
+ * core.umask, core.chmod, core.file_id, core.create_private,
+ * core.mkdir_private. The Lua face is optimizely.offline.files. */
 #define _POSIX_C_SOURCE 200809L
 #include "core.h"
 
@@ -92,9 +93,34 @@ static int l_create_private(lua_State *L) {
     return 1;
 }
 
+/*** core.mkdir_private(path) -> true | nil, message, errno
+ * Makes the directory `path` and any missing parent, each new one 0700
+ * whatever the umask (existing ones are left as they are), like the XDG
+ * base directories must be. */
+static int l_mkdir_private(lua_State *L) {
+    size_t n, i;
+    const char *path = luaL_checklstring(L, 1, &n);
+    char *p = (char *)lua_newuserdata(L, n + 1); /* scratch: collected with the call */
+    struct stat st;
+    memcpy(p, path, n + 1);
+    for (i = 1; i <= n; i++) {
+        if (p[i] != '/' && p[i] != '\0') continue;
+        p[i] = '\0';
+        if (mkdir(p, 0700) == 0) {
+            if (chmod(p, 0700) != 0) return push_errno(L, "cannot chmod", p);
+        } else if (errno != EEXIST || stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            if (errno == EEXIST) errno = ENOTDIR;
+            return push_errno(L, "cannot create the directory", p);
+        }
+        p[i] = i < n ? '/' : '\0';
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 void oo_fs_register(lua_State *L) {
     static const luaL_Reg funcs[] = {
         {"umask", l_umask}, {"chmod", l_chmod}, {"file_id", l_file_id},
-        {"create_private", l_create_private}, {NULL, NULL}};
+        {"create_private", l_create_private}, {"mkdir_private", l_mkdir_private}, {NULL, NULL}};
     oo_setfuncs(L, funcs, 0);
 }

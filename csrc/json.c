@@ -493,10 +493,18 @@ typedef struct {
     oo_envelope *env;
     oo_env_item *cur_error;    /* the errors[] item being read, or NULL */
     const char **cur_warning;  /* the warnings[] item being read, or NULL */
+    int lenient;               /* tolerate one trailing comma (the envelope only) */
+    oo_json_pick *picks;       /* oo_json_pick_values: what to pick, */
+    unsigned live;             /* which picks the current object's path matches, */
+    int level;                 /* and the current object's depth (0: the top) */
+    unsigned short plen[OO_JSON_PICK_MAX][OO_JSON_PICK_DEPTH]; /* the picks' key lengths */
 } E;
 
 #define ENV_MAX_DEPTH 64
 #define ENV_TEXT_CAP 500
+/* Keys are copied up to this many bytes: more than OO_JSON_PICK_KEY_MAX,
+ * so a longer key, cut, can never equal one we look for. */
+#define KEY_CAP (OO_JSON_PICK_KEY_MAX + 8)
 
 /* Copies n bytes into the arena (as much as fits); returns where. */
 static const char *env_put(oo_envelope *env, const char *s, size_t n) {
@@ -538,6 +546,7 @@ static int env_utf8(unsigned cp, unsigned char *out) {
 static int env_string(E *e, char *buf, size_t cap, size_t *n) {
     const unsigned char *p = e->p;
     size_t k = 0;
+    int full = 0;
     for (;;) {
         unsigned c = *p;
         unsigned char u[4];
@@ -580,9 +589,11 @@ static int env_string(E *e, char *buf, size_t cap, size_t *n) {
         } else {
             return 0; /* a control byte, or the end ('\0' sentinel) */
         }
-        if (buf && k + (size_t)ul <= cap) {
+        if (buf && !full && k + (size_t)ul <= cap) {
             memcpy(buf + k, u, (size_t)ul);
             k += (size_t)ul;
+        } else {
+            full = 1; /* whole characters, and no gap: the text stops here */
         }
     }
     if (p >= e->end) return 0;
@@ -620,8 +631,8 @@ static int env_number(E *e) {
 }
 
 /* The members of an object (e->p after '{'), calling `member` with each
- * key (cut at 16 bytes: only short keys matter), or skipping the values
- * when it is NULL. Tolerates one trailing comma. */
+ * key (cut at KEY_CAP bytes: longer than any key we look for), or skipping
+ * the values when it is NULL. Lenient: tolerates one trailing comma. */
 typedef int (*env_member_fn)(E *e, const char *key, size_t klen);
 
 static int env_object(E *e, env_member_fn member) {
@@ -630,7 +641,7 @@ static int env_object(E *e, env_member_fn member) {
     p = skip_ws(e->p);
     if (*p != '}') {
         for (;;) {
-            char key[16];
+            char key[KEY_CAP];
             size_t klen = 0;
             if (*p != '"') return 0;
             e->p = p + 1;
@@ -642,7 +653,7 @@ static int env_object(E *e, env_member_fn member) {
             p = skip_ws(e->p);
             if (*p == ',') {
                 p = skip_ws(p + 1);
-                if (*p == '}') break; /* the docs' {"status":"OK",} */
+                if (*p == '}' && e->lenient) break; /* the docs' {"status":"OK",} */
                 continue;
             }
             if (*p == '}') break;
@@ -671,7 +682,7 @@ static int env_array(E *e, env_item_fn item) {
             p = skip_ws(e->p);
             if (*p == ',') {
                 p = skip_ws(p + 1);
-                if (*p == ']') break;
+                if (*p == ']' && e->lenient) break;
                 continue;
             }
             if (*p == ']') break;
@@ -811,6 +822,10 @@ int oo_json_envelope(const char *s, size_t len, oo_envelope *env) {
     e.env = env;
     e.cur_error = NULL;
     e.cur_warning = NULL;
+    e.lenient = 1;
+    e.picks = NULL;
+    e.live = 0;
+    e.level = 0;
     p = skip_ws(e.p);
     if (*p != '{') return 0;
     e.p = p + 1;
@@ -820,6 +835,116 @@ int oo_json_envelope(const char *s, size_t len, oo_envelope *env) {
     }
     memset(env, 0, offsetof(oo_envelope, arena));
     return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Picking values by path, without a Lua state (see json.h)           */
+
+static int pick_member(E *e, const char *key, size_t klen);
+
+static int pick_key_is(const E *e, int i, int level, const char *key, size_t klen) {
+    const char *want = e->picks[i].path[level];
+    return e->plen[i][level] == klen && want[0] == key[0] && memcmp(want, key, klen) == 0;
+}
+
+/* Notes the value at [start, end) as pick k's. */
+static void pick_set(oo_json_pick *k, const unsigned char *start, const unsigned char *end) {
+    switch (*start) {
+    case '"': k->type = 's'; break;
+    case '{': k->type = 'o'; break;
+    case '[': k->type = 'a'; break;
+    case 't': k->type = 't'; break;
+    case 'f': k->type = 'f'; break;
+    case 'n': k->type = 'z'; break;
+    default: k->type = 'n'; break;
+    }
+    if (k->type == 's') {
+        start++;
+        end--;
+    }
+    k->raw = (const char *)start;
+    k->raw_len = (size_t)(end - start);
+    k->escaped = k->type == 's' && memchr(start, '\\', k->raw_len) != NULL;
+}
+
+/* One member of an object whose path the picks in e->live match so far:
+ * the picks ending at this key take its value, the ones going deeper
+ * descend into it when it is an object. */
+static int pick_member(E *e, const char *key, size_t klen) {
+    unsigned live = e->live, deeper = 0, leaves = 0;
+    int level = e->level, i, ok;
+    const unsigned char *start = skip_ws(e->p);
+    for (i = 0; i < OO_JSON_PICK_MAX; i++) {
+        if (!(live & (1u << i)) || !pick_key_is(e, i, level, key, klen)) continue;
+        if (level + 1 < OO_JSON_PICK_DEPTH && e->picks[i].path[level + 1]) deeper |= 1u << i;
+        else leaves |= 1u << i;
+    }
+    /* a later duplicate of a key replaces what an earlier one held */
+    for (i = 0; i < OO_JSON_PICK_MAX; i++)
+        if (deeper & (1u << i)) e->picks[i].type = 0;
+    e->p = start;
+    if (deeper && *start == '{') {
+        e->live = deeper;
+        e->level = level + 1;
+        e->p = start + 1;
+        ok = env_object(e, pick_member);
+        e->live = live;
+        e->level = level;
+    } else {
+        ok = env_value(e);
+    }
+    if (!ok) return 0;
+    for (i = 0; i < OO_JSON_PICK_MAX; i++)
+        if (leaves & (1u << i)) pick_set(&e->picks[i], start, e->p);
+    return 1;
+}
+
+int oo_json_pick_values(const char *s, size_t len, oo_json_pick *picks, int n) {
+    E e;
+    const unsigned char *p;
+    int i;
+    unsigned live = 0;
+    memset(&e, 0, sizeof e);
+    for (i = 0; i < n && i < OO_JSON_PICK_MAX; i++) {
+        int d;
+        picks[i].type = 0;
+        picks[i].raw = NULL;
+        picks[i].raw_len = 0;
+        picks[i].escaped = 0;
+        if (picks[i].path[0]) live |= 1u << i;
+        for (d = 0; d < OO_JSON_PICK_DEPTH && picks[i].path[d]; d++) {
+            size_t len = strlen(picks[i].path[d]);
+            if (len > OO_JSON_PICK_KEY_MAX || len == 0) live &= ~(1u << i); /* never matches */
+            e.plen[i][d] = (unsigned short)len;
+        }
+    }
+    e.p = (const unsigned char *)s;
+    e.end = e.p + len;
+    e.picks = picks;
+    e.live = live;
+    p = skip_ws(e.p);
+    if (*p != '{') return 0;
+    e.p = p + 1;
+    if (env_object(&e, pick_member) && skip_ws(e.p) == e.end) return 1;
+    for (i = 0; i < n && i < OO_JSON_PICK_MAX; i++) picks[i].type = 0;
+    return 0;
+}
+
+size_t oo_json_pick_text(const oo_json_pick *k, char *out, size_t cap) {
+    E e;
+    size_t n = 0;
+    if (k->type != 's') return 0;
+    if (!k->escaped) {
+        n = k->raw_len < cap ? k->raw_len : cap;
+        /* whole characters only */
+        while (n < k->raw_len && n > 0 && ((unsigned char)k->raw[n] & 0xC0u) == 0x80u) n--;
+        memcpy(out, k->raw, n);
+        return n;
+    }
+    memset(&e, 0, sizeof e);
+    e.p = (const unsigned char *)k->raw;
+    e.end = e.p + k->raw_len + 1; /* the closing quote */
+    return env_string(&e, out, cap, &n) ? n : 0;
 }
 
 /** Decodes one JSON text. @function json_decode

@@ -43,6 +43,35 @@ typedef struct oo_envelope {
  * body is a JSON object, 0 when it is empty, not JSON or another value. */
 int oo_json_envelope(const char *s, size_t len, oo_envelope *env);
 
+/* Values picked out of one JSON text by their paths, without a Lua state
+ * (the ledger reads an encoded order's refCode, date, currency, total and
+ * store; the spool's purge its user). The whole text is checked with the
+ * decoder's grammar, strictly (no trailing comma); only a JSON object
+ * qualifies. A path is up to OO_JSON_PICK_DEPTH object keys from the top
+ * (NUL-terminated, at most OO_JSON_PICK_KEY_MAX bytes each), ended by NULL
+ * when shorter. Of duplicate keys the last counts. */
+#define OO_JSON_PICK_MAX 16
+#define OO_JSON_PICK_DEPTH 4
+#define OO_JSON_PICK_KEY_MAX 256
+
+typedef struct oo_json_pick {
+    const char *path[OO_JSON_PICK_DEPTH]; /* in: the keys */
+    char type;       /* out: 0 absent, 's' string, 'n' number, 't' true, 'f' false,
+                        'z' null, 'o' object, 'a' array */
+    const char *raw; /* out: a string's content between its quotes (escaped), else the text */
+    size_t raw_len;
+    int escaped;     /* out: a string with escapes (read it with oo_json_pick_text) */
+} oo_json_pick;
+
+/* Fills picks[0..n) (n <= OO_JSON_PICK_MAX) from s[0..len), which must be
+ * followed by a '\0' (s[len]). Returns 1 when s is one valid JSON object,
+ * else 0 (and every pick absent). The raw slices point into s. */
+int oo_json_pick_values(const char *s, size_t len, oo_json_pick *picks, int n);
+
+/* A picked string's text, unescaped, into out[cap] (no terminator; cut at
+ * cap on a character boundary). Returns its length; 0 for a non-string. */
+size_t oo_json_pick_text(const oo_json_pick *k, char *out, size_t cap);
+
 void oo_json_register(lua_State *L);
 
 #endif

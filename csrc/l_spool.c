@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core.h"
+#include "ledger.h"
 #include "spool.h"
 
 #define OO_SPOOL_ROWS_MT "optimizely.offline.spool.rows"
@@ -38,7 +39,7 @@ oo_spool *oo_spool_check(lua_State *L, int idx) {
 
 /* Runtime failure → nil, {kind, message, retryable, sqlite_code?, bound?};
  * misuse → raise. */
-static int push_err(lua_State *L, const oo_spool_err *e) {
+int oo_spool_push_err(lua_State *L, const oo_spool_err *e) {
     if (e->code == OO_SPOOL_MISUSE) return raisef(L, "%s", e->message);
     lua_pushnil(L);
     lua_createtable(L, 0, 5);
@@ -61,7 +62,7 @@ static int push_err(lua_State *L, const oo_spool_err *e) {
 
 /* true, or nil, err */
 static int push_ok(lua_State *L, int code, const oo_spool_err *err) {
-    if (code != OO_SPOOL_OK) return push_err(L, err);
+    if (code != OO_SPOOL_OK) return oo_spool_push_err(L, err);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -268,8 +269,10 @@ static void set_int(lua_State *L, const char *k, long long v) {
 enum { ROW_CLAIMED, ROW_QUEUED, ROW_DEAD };
 
 static void push_row(lua_State *L, const oo_spool_row *w, int shape) {
-    lua_createtable(L, 0, shape == ROW_CLAIMED ? 6 : 12);
+    lua_createtable(L, 0, shape == ROW_CLAIMED ? 7 : 13);
     set_int(L, "id", w->id);
+    lua_pushstring(L, w->op == OO_SPOOL_OP_CANCEL ? "cancel" : "create");
+    lua_setfield(L, -2, "op");
     set_str(L, "ref", w->ref, w->ref_len);
     set_str(L, "body", w->body, w->body_len);
     set_int(L, "attempts", w->attempts);
@@ -318,7 +321,7 @@ static int l_open(lua_State *L) {
     b = (l_spool *)lua_newuserdata(L, sizeof *b);
     b->s = NULL;
     oo_setmetatable(L, OO_SPOOL_MT);
-    if (oo_spool_open(path, &o, &b->s, &err) != OO_SPOOL_OK) return push_err(L, &err);
+    if (oo_spool_open(path, &o, &b->s, &err) != OO_SPOOL_OK) return oo_spool_push_err(L, &err);
     return 1;
 }
 
@@ -337,11 +340,12 @@ static int l_put(lua_State *L) {
     oo_spool_err err;
     long long id;
     double now;
+    memset(&it, 0, sizeof it);
     it.body = check_body(L, 2, &it.body_len, "spool:put: body");
     it.ref = opt_string(L, 3, &it.ref_len, "spool:put", "ref");
     now = opt_now(L, 4, "put");
     it.channel = opt_string(L, 5, &it.channel_len, "spool:put", "channel");
-    if (oo_spool_put_many(s, &it, 1, now, &id, &err) != OO_SPOOL_OK) return push_err(L, &err);
+    if (oo_spool_put_many(s, &it, 1, now, &id, &err) != OO_SPOOL_OK) return oo_spool_push_err(L, &err);
     lua_pushinteger(L, (lua_Integer)id);
     return 1;
 }
@@ -358,6 +362,26 @@ static const char *item_field(lua_State *L, size_t i, const char *k, size_t *len
     return v;
 }
 
+static int item_op(lua_State *L, size_t i);
+
+/* Is the put_many entry just below the top (its body on top) a cancel? */
+static int item_cancel(lua_State *L, size_t i) {
+    int op;
+    lua_pushvalue(L, -2);
+    op = item_op(L, i);
+    lua_pop(L, 1);
+    return op;
+}
+
+/* The op of the put_many entry on top of the stack: "create" (default) or "cancel". */
+static int item_op(lua_State *L, size_t i) {
+    size_t n;
+    const char *op = item_field(L, i, "op", &n);
+    if (!op || strcmp(op, "create") == 0) return OO_SPOOL_OP_CREATE;
+    if (strcmp(op, "cancel") == 0) return OO_SPOOL_OP_CANCEL;
+    return raisef(L, "spool:put_many: list[%zu].op must be \"create\" or \"cancel\"", i);
+}
+
 /* Entry i (1-based) of the put_many list, on top of the stack. */
 static void read_item(lua_State *L, size_t i, oo_spool_item *it) {
     char name[48];
@@ -367,10 +391,13 @@ static void read_item(lua_State *L, size_t i, oo_spool_item *it) {
         it->body = check_body(L, -1, &it->body_len, name);
     } else if (lua_type(L, -1) == LUA_TTABLE) {
         lua_getfield(L, -1, "body");
-        it->body = check_body(L, -1, &it->body_len, name);
+        /* a cancel's body is optional */
+        if (!lua_isnil(L, -1) || item_cancel(L, i) != OO_SPOOL_OP_CANCEL)
+            it->body = check_body(L, -1, &it->body_len, name);
         lua_pop(L, 1);
         it->ref = item_field(L, i, "ref", &it->ref_len);
         it->channel = item_field(L, i, "channel", &it->channel_len);
+        it->op = item_op(L, i);
     } else {
         raisef(L, "spool:put_many: list[%zu] must be a table {body=, ref=, channel=} or a string,"
                " got %s", i, luaL_typename(L, -1));
@@ -399,7 +426,7 @@ static int l_put_many(lua_State *L) {
         read_item(L, i + 1, &items[i]);
         lua_pop(L, 1);
     }
-    if (oo_spool_put_many(s, items, n, now, ids, &err) != OO_SPOOL_OK) return push_err(L, &err);
+    if (oo_spool_put_many(s, items, n, now, ids, &err) != OO_SPOOL_OK) return oo_spool_push_err(L, &err);
     lua_createtable(L, (int)n, 0);
     for (i = 0; i < n; i++) {
         lua_pushinteger(L, (lua_Integer)ids[i]);
@@ -423,7 +450,7 @@ static int l_claim(lua_State *L) {
     now = opt_now(L, 4, "claim");
     rows = new_rows_box(L);
     if (oo_spool_claim(s, (size_t)max_n, (double)lease, now, rows, &err) != OO_SPOOL_OK)
-        return push_err(L, &err);
+        return oo_spool_push_err(L, &err);
     return push_rows(L, rows, ROW_CLAIMED);
 }
 
@@ -434,29 +461,112 @@ static int owned_call(lua_State *L, int (*op)(oo_spool *, long long, oo_spool_er
     return push_ok(L, op(s, check_id(L, 2, fn), &err), &err);
 }
 
-/*** sp:ack(id) → true | nil, err (kind "lease" unless this handle holds the row) */
-static int l_ack(lua_State *L) { return owned_call(L, oo_spool_ack, "ack"); }
+/* An ack's outcome at idx: "sent" (default) or "warned". */
+static int ack_outcome(lua_State *L, int idx, const char *fn) {
+    const char *o = lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx) : NULL;
+    if (lua_isnoneornil(L, idx)) return OO_LEDGER_SENT;
+    if (o && strcmp(o, "sent") == 0) return OO_LEDGER_SENT;
+    if (o && strcmp(o, "warned") == 0) return OO_LEDGER_WARNED;
+    return raisef(L, "spool:%s: outcome must be \"sent\" or \"warned\", got %s", fn,
+                  o ? o : luaL_typename(L, idx));
+}
+
+/*** sp:ack(id, outcome) → true | nil, err (kind "lease" unless this handle holds the row) */
+static int l_ack(lua_State *L) {
+    oo_spool *s = oo_spool_check(L, 1);
+    oo_spool_err err;
+    long long id = check_id(L, 2, "ack");
+    int outcome = ack_outcome(L, 3, "ack");
+    return push_ok(L, oo_spool_ack_outcomes(s, &id, &outcome, 1, oo_spool_now(), &err), &err);
+}
 
 /*** sp:release(id) → true | nil, err */
 static int l_release(lua_State *L) { return owned_call(L, oo_spool_release, "release"); }
 
-/*** sp:ack_many({id, ...}) → true | nil, err (one transaction; kind "lease"
- * when some were not ours: the others are acked all the same) */
+/*** sp:ack_many({id, ...}, {outcome, ...}) → true | nil, err (one transaction;
+ * kind "lease" when some were not ours: the others are acked all the same) */
 static int l_ack_many(lua_State *L) {
     oo_spool *s = oo_spool_check(L, 1);
     oo_spool_err err;
     size_t n, i;
     long long *ids;
+    int *outcomes;
     if (lua_type(L, 2) != LUA_TTABLE) raisef(L, "spool:ack_many: ids must be a table, got %s", luaL_typename(L, 2));
+    if (!lua_isnoneornil(L, 3) && lua_type(L, 3) != LUA_TTABLE)
+        raisef(L, "spool:ack_many: outcomes must be a table or nil, got %s", luaL_typename(L, 3));
     n = (size_t)oo_rawlen(L, 2);
     if (n > 1000000) raisef(L, "spool:ack_many: at most 1000000 ids per call");
-    ids = (long long *)lua_newuserdata(L, (n ? n : 1) * sizeof *ids);
+    ids = (long long *)lua_newuserdata(L, (n ? n : 1) * (sizeof *ids + sizeof *outcomes));
+    outcomes = (int *)(void *)(ids + (n ? n : 1));
     for (i = 0; i < n; i++) {
         lua_rawgeti(L, 2, (int)(i + 1));
         ids[i] = check_id(L, -1, "ack_many");
         lua_pop(L, 1);
+        if (lua_istable(L, 3)) lua_rawgeti(L, 3, (int)(i + 1));
+        else lua_pushnil(L);
+        outcomes[i] = ack_outcome(L, -1, "ack_many");
+        lua_pop(L, 1);
     }
-    return push_ok(L, oo_spool_ack_many(s, ids, n, &err), &err);
+    return push_ok(L, oo_spool_ack_outcomes(s, ids, outcomes, n, oo_spool_now(), &err), &err);
+}
+
+/*** sp:put_cancel(ref, channel, now, body) → id | nil, err: a cancel row (a DELETE of ref) */
+static int l_put_cancel(lua_State *L) {
+    oo_spool *s = oo_spool_check(L, 1);
+    oo_spool_item it;
+    oo_spool_err err;
+    long long id;
+    double now;
+    memset(&it, 0, sizeof it);
+    it.op = OO_SPOOL_OP_CANCEL;
+    it.ref = opt_string(L, 2, &it.ref_len, "spool:put_cancel", "ref");
+    if (!it.ref || it.ref_len == 0) raisef(L, "spool:put_cancel: ref must be a non-empty string");
+    it.channel = opt_string(L, 3, &it.channel_len, "spool:put_cancel", "channel");
+    now = opt_now(L, 4, "put_cancel");
+    it.body = opt_string(L, 5, &it.body_len, "spool:put_cancel", "body");
+    if (oo_spool_put_many(s, &it, 1, now, &id, &err) != OO_SPOOL_OK) return oo_spool_push_err(L, &err);
+    lua_pushinteger(L, (lua_Integer)id);
+    return 1;
+}
+
+/*** sp:cancel_queued(ref, channel, now) → {removed=, in_flight=, seen=} | nil, err */
+static int l_cancel_queued(lua_State *L) {
+    oo_spool *s = oo_spool_check(L, 1);
+    oo_spool_cancelled c;
+    oo_spool_err err;
+    size_t rlen, clen;
+    const char *ref = opt_string(L, 2, &rlen, "spool:cancel_queued", "ref");
+    const char *chan = opt_string(L, 3, &clen, "spool:cancel_queued", "channel");
+    double now = opt_now(L, 4, "cancel_queued");
+    if (!ref || rlen == 0) raisef(L, "spool:cancel_queued: ref must be a non-empty string");
+    if (oo_spool_cancel_queued(s, ref, rlen, chan, clen, now, &c, &err) != OO_SPOOL_OK)
+        return oo_spool_push_err(L, &err);
+    lua_createtable(L, 0, 3);
+    set_int(L, "removed", c.removed);
+    set_int(L, "in_flight", c.in_flight);
+    lua_pushboolean(L, c.seen);
+    lua_setfield(L, -2, "seen");
+    return 1;
+}
+
+/*** sp:purge_customer(email, user_id, now) → {queued=, dead=, in_flight=} | nil, err
+ * (spool.lua's purge_user) */
+static int l_purge_customer(lua_State *L) {
+    oo_spool *s = oo_spool_check(L, 1);
+    oo_spool_purged p;
+    oo_spool_err err;
+    size_t elen, ulen;
+    const char *email = opt_string(L, 2, &elen, "spool:purge_customer", "email");
+    const char *uid = opt_string(L, 3, &ulen, "spool:purge_customer", "user_id");
+    double now = opt_now(L, 4, "purge_customer");
+    if (!email && !uid) raisef(L, "spool:purge_customer: give an e-mail or a user id");
+    if (oo_spool_purge_customer(s, email, elen, uid, ulen, now, &p, &err) != OO_SPOOL_OK)
+        return oo_spool_push_err(L, &err);
+    lua_createtable(L, 0, 3);
+    set_int(L, "queued", p.queued);
+    set_int(L, "dead", p.dead);
+    set_int(L, "in_flight", p.in_flight);
+    return 1;
 }
 
 /*** sp:retry(id, next_at, err_text) → true | nil, err */
@@ -509,7 +619,7 @@ static int l_stats(lua_State *L) {
     oo_spool *s = oo_spool_check(L, 1);
     oo_spool_counts st;
     oo_spool_err err;
-    if (oo_spool_stats(s, opt_now(L, 2, "stats"), &st, &err) != OO_SPOOL_OK) return push_err(L, &err);
+    if (oo_spool_stats(s, opt_now(L, 2, "stats"), &st, &err) != OO_SPOOL_OK) return oo_spool_push_err(L, &err);
     lua_createtable(L, 0, 6);
     set_int(L, "queued", st.queued);
     set_int(L, "due", st.due);
@@ -527,7 +637,7 @@ static int l_next_due(lua_State *L) {
     double at;
     int found;
     if (oo_spool_next_due(s, opt_now(L, 2, "next_due"), &at, &found, &err) != OO_SPOOL_OK)
-        return push_err(L, &err);
+        return oo_spool_push_err(L, &err);
     if (found) lua_pushnumber(L, (lua_Number)at);
     else lua_pushboolean(L, 0);
     return 1;
@@ -543,7 +653,7 @@ static int l_list(lua_State *L) {
     o.limit = 100;
     read_fields(L, 2, "spool:list", LIST_FIELDS, &o);
     rows = new_rows_box(L);
-    if (oo_spool_list(s, &o, rows, &err) != OO_SPOOL_OK) return push_err(L, &err);
+    if (oo_spool_list(s, &o, rows, &err) != OO_SPOOL_OK) return oo_spool_push_err(L, &err);
     return push_rows(L, rows, o.dead ? ROW_DEAD : ROW_QUEUED);
 }
 
@@ -556,7 +666,7 @@ static int l_requeue_dead(lua_State *L) {
     else if (lua_type(L, 2) != LUA_TSTRING || strcmp(lua_tostring(L, 2), "all") != 0)
         raisef(L, "spool:requeue_dead: expected an id or \"all\", got %s", luaL_typename(L, 2));
     if (oo_spool_requeue_dead(s, id, opt_now(L, 3, "requeue_dead"), &n, &err) != OO_SPOOL_OK)
-        return push_err(L, &err);
+        return oo_spool_push_err(L, &err);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;
 }
@@ -575,7 +685,7 @@ static int l_purge(lua_State *L) {
     read_fields(L, 2, "spool:purge", PURGE_FIELDS, &o);
     which = (o.dead ? OO_SPOOL_PURGE_DEAD : 0) | (o.queued ? OO_SPOOL_PURGE_QUEUED : 0);
     if (!which) raisef(L, "spool:purge: say what to purge: opts.dead = true and/or opts.queued = true");
-    if (oo_spool_purge(s, which, o.older_than, o.now, &n, &err) != OO_SPOOL_OK) return push_err(L, &err);
+    if (oo_spool_purge(s, which, o.older_than, o.now, &n, &err) != OO_SPOOL_OK) return oo_spool_push_err(L, &err);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;
 }
@@ -618,6 +728,9 @@ void oo_spool_register(lua_State *L) {
         {"claim", l_claim},
         {"ack", l_ack},
         {"ack_many", l_ack_many},
+        {"put_cancel", l_put_cancel},
+        {"cancel_queued", l_cancel_queued},
+        {"purge_customer", l_purge_customer},
         {"retry", l_retry},
         {"kill", l_kill},
         {"release", l_release},

@@ -18,7 +18,10 @@
 
 #include "spool.h"
 #include "clock.h"
-#include "spool_wal.h"
+#include "hmac.h"
+#include "json.h"
+#include "ledger.h"
+#include "sqlfile.h"
 
 /* ------------------------------------------------------------------ */
 /* Schema                                                              */
@@ -39,26 +42,32 @@
     " UPDATE totals SET n = n + 1, bytes = bytes + NEW.bytes, seq = max(seq, NEW.id)"      \
     " WHERE one = 1; END;"
 
+/* A cancel row (op 1, a DELETE of its refCode) waits behind every earlier
+ * row of the same refCode, and a create behind an earlier cancel (amend):
+ * claim asks the refCode index. */
+#define ORDERS_REF_INDEX "CREATE INDEX orders_ref ON orders(ref);"
+
 static const char SCHEMA_SQL[] =
     "CREATE TABLE orders("
     " id INTEGER PRIMARY KEY, ref TEXT, body BLOB NOT NULL,"
     " bytes INT NOT NULL, created_at REAL NOT NULL, attempts INT NOT NULL DEFAULT 0,"
     " next_at REAL NOT NULL, claimed_by TEXT, claimed_until REAL, last_error TEXT,"
-    " channel TEXT);"
+    " channel TEXT, op INT NOT NULL DEFAULT 0);"
     "CREATE INDEX orders_next_at ON orders(next_at);"
     "CREATE INDEX orders_created_at ON orders(created_at);"
-    ORDERS_LEASED_INDEX
+    ORDERS_LEASED_INDEX ORDERS_REF_INDEX
     "CREATE TABLE dead("
     " id INTEGER PRIMARY KEY, ref TEXT, body BLOB NOT NULL, created_at REAL,"
     " failed_at REAL NOT NULL, attempts INT NOT NULL, kind TEXT NOT NULL,"
-    " status INT, code TEXT, message TEXT, channel TEXT);"
+    " status INT, code TEXT, message TEXT, channel TEXT, op INT NOT NULL DEFAULT 0);"
     "CREATE INDEX dead_failed_at ON dead(failed_at);"
     "CREATE TABLE totals(one INTEGER PRIMARY KEY CHECK (one = 1),"
     " n INT NOT NULL, bytes INT NOT NULL, seq INT NOT NULL DEFAULT 0);"
     "INSERT INTO totals VALUES (1, 0, 0, 0);"
     ORDERS_INS_TRIGGER
     "CREATE TRIGGER orders_del AFTER DELETE ON orders BEGIN"
-    " UPDATE totals SET n = n - 1, bytes = bytes - OLD.bytes WHERE one = 1; END;";
+    " UPDATE totals SET n = n - 1, bytes = bytes - OLD.bytes WHERE one = 1; END;"
+    OO_LEDGER_SCHEMA_SQL;
 
 /* Version 1 → 2: channels, and ids from totals.seq. ADD COLUMN appends, so
  * a migrated file has the same column order as a new one. */
@@ -71,18 +80,21 @@ static const char MIGRATE_V1_SQL[] =
     " (SELECT coalesce(max(id), 0) FROM orders), (SELECT coalesce(max(id), 0) FROM dead));"
     "DROP TRIGGER orders_ins;" ORDERS_INS_TRIGGER ORDERS_LEASED_INDEX;
 
-/* What a file holds, read in one snapshot before anything is written. */
-static const char INSPECT_SQL[] =
-    "SELECT (SELECT application_id FROM pragma_application_id),"
-    " (SELECT user_version FROM pragma_user_version),"
-    " (SELECT count(*) FROM sqlite_master),"
-    " (SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-    "  AND name IN ('orders', 'dead', 'totals'))";
+/* Version 2 → 3: cancel rows (op) and the ledger's tables. */
+static const char MIGRATE_V2_SQL[] =
+    "ALTER TABLE orders ADD COLUMN op INT NOT NULL DEFAULT 0;"
+    "ALTER TABLE dead ADD COLUMN op INT NOT NULL DEFAULT 0;"
+    ORDERS_REF_INDEX OO_LEDGER_SCHEMA_SQL;
 
 /* "Free" = no live lease: never claimed, released, or its lease ran out. */
 #define FREE_AT(p) "(claimed_until IS NULL OR claimed_until <= " p ")"
 #define DEAD_COLS \
-    "id, ref, body, created_at, failed_at, attempts, kind, status, code, message, channel"
+    "id, ref, body, created_at, failed_at, attempts, kind, status, code, message, channel, op"
+/* A row that must wait: a cancel behind any earlier row of its refCode,
+ * a create behind an earlier cancel (o: the candidate). */
+#define WAITS_BEHIND_EARLIER                                                              \
+    "EXISTS (SELECT 1 FROM orders e WHERE e.ref = o.ref AND e.id < o.id"                  \
+    " AND (o.op = 1 OR e.op = 1))"
 
 enum {
     ST_BEGIN, ST_BEGIN_READ, ST_COMMIT, ST_ROLLBACK,
@@ -90,7 +102,8 @@ enum {
     ST_OLDEST_FREE, ST_MOVE_COPY, ST_MOVE_DEL, ST_CLAIM, ST_CLAIM_MARK, ST_ACK, ST_RETRY,
     ST_RELEASE, ST_OWNER, ST_DEAD_SUM, ST_REQUEUE_COPY, ST_REQUEUE_DEL,
     ST_PURGE_DEAD, ST_PURGE_QUEUED, ST_WAITING, ST_LEASED, ST_DEAD_COUNT, ST_LIST_QUEUED,
-    ST_LIST_DEAD, ST_NEXT_DUE,
+    ST_LIST_DEAD, ST_NEXT_DUE, ST_HELD_ROW, ST_ANY_ROW, ST_EXPIRING, ST_REF_FLIGHT,
+    ST_REF_FREE, ST_REF_DROP, ST_CUSTOMERS, ST_DEAD_CUSTOMERS, ST_DROP_ONE, ST_DROP_DEAD,
     ST_COUNT
 };
 
@@ -103,22 +116,24 @@ static const char *const SQL[ST_COUNT] = {
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_TOTALS] = "SELECT n, bytes FROM totals WHERE one = 1",
-    [ST_INSERT] = "INSERT INTO orders(id, ref, body, bytes, created_at, attempts, next_at, channel)"
-                  " VALUES ((SELECT seq + 1 FROM totals WHERE one = 1), ?1, ?2, ?3, ?4, 0, ?4, ?5)",
+    [ST_INSERT] = "INSERT INTO orders(id, ref, body, bytes, created_at, attempts, next_at, channel,"
+                  " op) VALUES ((SELECT seq + 1 FROM totals WHERE one = 1), ?1, ?2, ?3, ?4, 0, ?4,"
+                  " ?5, ?6)",
     [ST_MIN_CREATED] = "SELECT min(created_at) FROM orders",
     [ST_EXPIRE_COPY] = "INSERT INTO dead(" DEAD_COLS ")"
                        " SELECT id, ref, body, created_at, ?2, attempts, 'expired', NULL, NULL,"
-                       " ?3 || coalesce('; last error: ' || last_error, ''), channel"
+                       " ?3 || coalesce('; last error: ' || last_error, ''), channel, op"
                        " FROM orders WHERE created_at < ?1 AND " FREE_AT("?2"),
     [ST_EXPIRE_DEL] = "DELETE FROM orders WHERE created_at < ?1 AND " FREE_AT("?2"),
     [ST_OLDEST_FREE] = "SELECT id, bytes FROM orders WHERE " FREE_AT("?1")
                        " ORDER BY created_at, id LIMIT 1",
     [ST_MOVE_COPY] = "INSERT INTO dead(" DEAD_COLS ")"
-                     " SELECT id, ref, body, created_at, ?2, attempts + ?3, ?4, ?5, ?6, ?7, channel"
+                     " SELECT id, ref, body, created_at, ?2, attempts + ?3, ?4, ?5, ?6, ?7, channel, op"
                      " FROM orders WHERE id = ?1 AND (?8 IS NULL OR claimed_by = ?8)",
     [ST_MOVE_DEL] = "DELETE FROM orders WHERE id = ?1 AND (?2 IS NULL OR claimed_by = ?2)",
-    [ST_CLAIM] = "SELECT id, ref, body, bytes, attempts, created_at, next_at, channel FROM orders"
-                 " WHERE next_at <= ?1 AND " FREE_AT("?1") " ORDER BY next_at, id LIMIT ?2",
+    [ST_CLAIM] = "SELECT id, ref, body, bytes, attempts, created_at, next_at, channel, op"
+                 " FROM orders o WHERE next_at <= ?1 AND " FREE_AT("?1")
+                 " AND NOT " WAITS_BEHIND_EARLIER " ORDER BY next_at, id LIMIT ?2",
     [ST_CLAIM_MARK] = "UPDATE orders SET claimed_by = ?2, claimed_until = ?3 WHERE id = ?1",
     [ST_ACK] = "DELETE FROM orders WHERE id = ?1 AND claimed_by = ?2",
     [ST_RETRY] = "UPDATE orders SET attempts = attempts + 1, next_at = ?3, last_error = ?4,"
@@ -128,7 +143,7 @@ static const char *const SQL[ST_COUNT] = {
     [ST_OWNER] = "SELECT claimed_by FROM orders WHERE id = ?1",
     [ST_DEAD_SUM] = "SELECT count(*), total(length(body)) FROM dead WHERE " DEAD_ONE_OR_ALL,
     [ST_REQUEUE_COPY] = "INSERT INTO orders(id, ref, body, bytes, created_at, attempts, next_at,"
-                        " channel) SELECT id, ref, body, length(body), ?2, 0, ?2, channel"
+                        " channel, op) SELECT id, ref, body, length(body), ?2, 0, ?2, channel, op"
                         " FROM dead WHERE " DEAD_ONE_OR_ALL " ORDER BY id",
     [ST_REQUEUE_DEL] = "DELETE FROM dead WHERE " DEAD_ONE_OR_ALL,
     [ST_PURGE_DEAD] = "DELETE FROM dead WHERE failed_at < ?1",
@@ -138,27 +153,44 @@ static const char *const SQL[ST_COUNT] = {
                   " WHERE claimed_by IS NOT NULL AND claimed_until > ?1",
     [ST_DEAD_COUNT] = "SELECT count(*) FROM dead",
     [ST_LIST_QUEUED] = "SELECT id, ref, CASE WHEN ?4 THEN body END, bytes, created_at, attempts,"
-                       " next_at, claimed_by, claimed_until, last_error, channel"
+                       " next_at, claimed_by, claimed_until, last_error, channel, op"
                        " FROM orders WHERE id > ?1 ORDER BY id LIMIT ?2 OFFSET ?3",
     [ST_LIST_DEAD] = "SELECT id, ref, CASE WHEN ?4 THEN body END, length(body), created_at,"
-                     " attempts, failed_at, kind, status, code, message, channel"
+                     " attempts, failed_at, kind, status, code, message, channel, op"
                      " FROM dead WHERE id > ?1 ORDER BY id LIMIT ?2 OFFSET ?3",
     [ST_NEXT_DUE] = "SELECT next_at FROM orders WHERE " FREE_AT("?1") " ORDER BY next_at LIMIT 1",
+    /* what the ledger needs of a row: the one this handle holds, or any */
+    [ST_HELD_ROW] = "SELECT ref, body, channel, op FROM orders WHERE id = ?1 AND claimed_by = ?2",
+    [ST_ANY_ROW] = "SELECT ref, body, channel, op FROM orders WHERE id = ?1",
+    [ST_EXPIRING] = "SELECT ref, body, channel, op FROM orders"
+                    " WHERE created_at < ?1 AND " FREE_AT("?2"),
+    /* cancel_queued: creates of a refCode in flight, and the free ones */
+    [ST_REF_FLIGHT] = "SELECT count(*) FROM orders WHERE ref = ?1 AND op = 0"
+                      " AND claimed_by IS NOT NULL AND claimed_until > ?2",
+    [ST_REF_FREE] = "SELECT ref, body, channel, op FROM orders WHERE ref = ?1 AND op = 0 AND "
+                    FREE_AT("?2"),
+    [ST_REF_DROP] = "DELETE FROM orders WHERE ref = ?1 AND op = 0 AND " FREE_AT("?2"),
+    /* purge by customer: every create's body is read in C */
+    [ST_CUSTOMERS] = "SELECT id, body, " FREE_AT("?1") " FROM orders WHERE op = 0",
+    [ST_DEAD_CUSTOMERS] = "SELECT id, body, 1 FROM dead WHERE op = 0",
+    [ST_DROP_ONE] = "DELETE FROM orders WHERE id = ?1 AND " FREE_AT("?2"),
+    [ST_DROP_DEAD] = "DELETE FROM dead WHERE id = ?1",
 };
 
 /* Row fields, listed per statement in column order (read_row). */
 enum {
     F_END, F_ID, F_REF, F_BODY, F_BYTES, F_CREATED, F_ATTEMPTS, F_NEXT_AT, F_CLAIMED_BY,
-    F_CLAIMED_UNTIL, F_LAST_ERROR, F_FAILED_AT, F_KIND, F_STATUS, F_CODE, F_MESSAGE, F_CHANNEL
+    F_CLAIMED_UNTIL, F_LAST_ERROR, F_FAILED_AT, F_KIND, F_STATUS, F_CODE, F_MESSAGE, F_CHANNEL,
+    F_OP
 };
 static const unsigned char CLAIM_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_ATTEMPTS,
-                                             F_CREATED, F_NEXT_AT, F_CHANNEL, F_END};
+                                             F_CREATED, F_NEXT_AT, F_CHANNEL, F_OP, F_END};
 static const unsigned char QUEUED_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_CREATED, F_ATTEMPTS,
                                               F_NEXT_AT, F_CLAIMED_BY, F_CLAIMED_UNTIL,
-                                              F_LAST_ERROR, F_CHANNEL, F_END};
+                                              F_LAST_ERROR, F_CHANNEL, F_OP, F_END};
 static const unsigned char DEAD_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_CREATED, F_ATTEMPTS,
                                             F_FAILED_AT, F_KIND, F_STATUS, F_CODE, F_MESSAGE,
-                                            F_CHANNEL, F_END};
+                                            F_CHANNEL, F_OP, F_END};
 
 /* New files only (a WAL database keeps the page size it was made with). */
 #define PAGE_SIZE 2048
@@ -175,16 +207,18 @@ static const unsigned char DEAD_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_CREA
 /* One SQLite connection, shared by a handle and the handles reopened from
  * it. `mu` is held for a whole call (one transaction). */
 typedef struct spool_db {
-    sqlite3 *db;
+    oo_sql_conn c;              /* the SQLite connection, its path and the call in progress */
     pthread_mutex_t mu;
     sqlite3_stmt *st[ST_COUNT]; /* prepared on first use, kept until close */
-    const char *what;           /* the call in progress, for messages */
+    sqlite3_stmt *lst[OO_LEDGER_STMT_COUNT]; /* the ledger's, on this connection */
+    oo_ledger_cfg *ledger;      /* where acks and kills are recorded; NULL: nowhere */
+    long long ledger_since;     /* ledger rows written since the last prune */
+    oo_ledger_memo memo;        /* the ledger's ids looked up in this transaction */
+    int ledger_on;              /* ledger != NULL, readable without mu (atomic) */
     int refs;                   /* handles on this connection (under mu) */
     pid_t pid;
-    unsigned fork_gen;          /* fork_gen when opened */
-    double busy_timeout;
+    unsigned fork_gen;          /* oo_sql_fork_gen() when opened */
     int sync_full;
-    double busy_deadline;       /* of the lock wait in progress (monotonic) */
     int page_size;
     int wal_frames;             /* WAL size after the last commit (wal hook) */
     int ckpt_frames;            /* of those, copied back by the last checkpoint */
@@ -223,51 +257,9 @@ const char *oo_spool_kind(int code) {
     }
 }
 
-static int set_err(oo_spool_err *err, int code, int sqlite_code, const char *bound,
-                   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-
-static int set_err(oo_spool_err *err, int code, int sqlite_code, const char *bound,
-                   const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        err->code = code;
-        err->sqlite_code = sqlite_code;
-        err->bound = bound;
-        va_start(ap, fmt);
-        vsnprintf(err->message, sizeof err->message, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
-/* Plain words before SQLite's own for the failures an operator must act on. */
-static const char *rc_words(int rc) {
-    switch (rc & 0xff) {
-    case SQLITE_FULL: return "disk full (or max_file_bytes reached): ";
-    case SQLITE_IOERR: return "I/O error: ";
-    case SQLITE_CORRUPT: return "the file is damaged: ";
-    case SQLITE_READONLY: return "cannot write: ";
-    default: return "";
-    }
-}
-
-/* A failed SQLite call. Must run before anything else touches the
- * connection (a rollback would overwrite sqlite3_errmsg). */
-static int db_fail(spool_db *d, oo_spool_err *err, int rc) {
-    const char *msg = d->db ? sqlite3_errmsg(d->db) : sqlite3_errstr(rc);
-    int prim = rc & 0xff;
-    if (prim == SQLITE_BUSY || prim == SQLITE_LOCKED)
-        return set_err(err, OO_SPOOL_BUSY, rc, NULL,
-                       "spool %s: %s: %s (still locked after busy_timeout %g s)", d->path,
-                       d->what, msg, d->busy_timeout);
-    return set_err(err, OO_SPOOL_STORAGE, rc, NULL, "spool %s: %s: %s%s", d->path, d->what,
-                   rc_words(rc), msg);
-}
-
-static int nomem(spool_db *d, oo_spool_err *err) {
-    return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: %s: out of memory",
-                   d->path, d->what);
-}
+#define set_err oo_sql_err
+#define db_fail(d, err, rc) oo_sql_fail(&(d)->c, (err), (rc))
+#define nomem(d, err) oo_sql_nomem(&(d)->c, (err))
 
 static int misuse(oo_spool_err *err, const char *what, const char *why) {
     return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool %s: %s", what, why);
@@ -276,134 +268,16 @@ static int misuse(oo_spool_err *err, const char *what, const char *why) {
 /* ------------------------------------------------------------------ */
 /* Statements                                                          */
 
-static sqlite3_stmt *stmt(spool_db *d, int i, int *rc) {
-    if (!d->st[i]) {
-        *rc = sqlite3_prepare_v3(d->db, SQL[i], -1, SQLITE_PREPARE_PERSISTENT, &d->st[i], NULL);
-        if (*rc != SQLITE_OK) {
-            d->st[i] = NULL;
-            return NULL;
-        }
-    }
-    return d->st[i];
-}
-
-/* Binds the arguments `fmt` describes, one letter each:
- *   i long long   I long long, 0 = NULL   d double   o int, 0 = NULL
- *   s const char * (NUL-terminated; NULL = NULL)
- *   t const char *, size_t (text; NULL = NULL)   b const void *, size_t (blob)
- * Pointers are bound SQLITE_STATIC: finish() clears them after the step. */
-static void bind_args(sqlite3_stmt *st, const char *fmt, va_list ap) {
-    int i;
-    for (i = 1; *fmt; fmt++, i++) {
-        switch (*fmt) {
-        case 'i': sqlite3_bind_int64(st, i, (sqlite3_int64)va_arg(ap, long long)); break;
-        case 'I': {
-            long long v = va_arg(ap, long long);
-            if (v) sqlite3_bind_int64(st, i, (sqlite3_int64)v);
-            else sqlite3_bind_null(st, i);
-            break;
-        }
-        case 'd': sqlite3_bind_double(st, i, va_arg(ap, double)); break;
-        case 'o': {
-            int v = va_arg(ap, int);
-            if (v) sqlite3_bind_int(st, i, v);
-            else sqlite3_bind_null(st, i);
-            break;
-        }
-        case 's': {
-            const char *p = va_arg(ap, const char *);
-            if (p) sqlite3_bind_text(st, i, p, -1, SQLITE_STATIC);
-            else sqlite3_bind_null(st, i);
-            break;
-        }
-        case 't': {
-            const char *p = va_arg(ap, const char *);
-            size_t n = va_arg(ap, size_t);
-            if (p) sqlite3_bind_text64(st, i, p, (sqlite3_uint64)n, SQLITE_STATIC, SQLITE_UTF8);
-            else sqlite3_bind_null(st, i);
-            break;
-        }
-        case 'b': {
-            const void *p = va_arg(ap, const void *);
-            size_t n = va_arg(ap, size_t);
-            sqlite3_bind_blob64(st, i, p, (sqlite3_uint64)n, SQLITE_STATIC);
-            break;
-        }
-        }
-    }
-}
-
-static void finish(sqlite3_stmt *st) {
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-}
-
-/* Prepares statement i, binds ap and steps once. */
-static int step_first(spool_db *d, int i, sqlite3_stmt **out, const char *fmt, va_list ap) {
-    int rc;
-    *out = stmt(d, i, &rc);
-    if (!*out) return rc;
-    bind_args(*out, fmt, ap);
-    return sqlite3_step(*out);
-}
-
-/* Starts statement i with its arguments: SQLITE_ROW (*out is on the first
- * row; step on, then finish(*out)), SQLITE_DONE (already finished) or an
- * error (finished). */
-static int query(spool_db *d, int i, sqlite3_stmt **out, const char *fmt, ...) {
-    int rc;
-    va_list ap;
-    va_start(ap, fmt);
-    rc = step_first(d, i, out, fmt, ap);
-    va_end(ap);
-    if (*out && rc != SQLITE_ROW) finish(*out);
-    return rc;
-}
-
-/* Runs statement i to completion: SQLITE_OK or the error. */
-static int exec(spool_db *d, int i, const char *fmt, ...) {
-    int rc;
-    va_list ap;
-    sqlite3_stmt *st;
-    va_start(ap, fmt);
-    rc = step_first(d, i, &st, fmt, ap);
-    va_end(ap);
-    if (!st) return rc;
-    while (rc == SQLITE_ROW) rc = sqlite3_step(st);
-    finish(st);
-    return rc == SQLITE_DONE ? SQLITE_OK : rc;
-}
-
-/* The one-row queries: up to two integers (a, b) or a real (x) from
- * column 0, found = whether there was a row and column 0 was not NULL. */
-typedef struct scalar {
-    long long a, b;
-    double x;
-    int found;
-} scalar;
-
-static int query_scalar(spool_db *d, int i, scalar *v, const char *fmt, ...) {
-    int rc;
-    va_list ap;
-    sqlite3_stmt *st;
-    memset(v, 0, sizeof *v);
-    va_start(ap, fmt);
-    rc = step_first(d, i, &st, fmt, ap);
-    va_end(ap);
-    if (!st) return rc;
-    if (rc == SQLITE_ROW) {
-        v->found = sqlite3_column_type(st, 0) != SQLITE_NULL;
-        v->a = sqlite3_column_int64(st, 0);
-        v->x = sqlite3_column_double(st, 0);
-        if (sqlite3_column_count(st) > 1) v->b = sqlite3_column_int64(st, 1);
-    }
-    finish(st);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
-}
+/* The spool's statements (SQL[]) on connection d; see sqlfile.h for fmt. */
+#define exec(d, i, ...) oo_sql_exec(&(d)->c, (d)->st, SQL, (i), __VA_ARGS__)
+#define query(d, i, out, ...) oo_sql_query(&(d)->c, (d)->st, SQL, (i), (out), __VA_ARGS__)
+#define query_scalar(d, i, v, ...) oo_sql_scalar_of(&(d)->c, (d)->st, SQL, (i), (v), __VA_ARGS__)
+#define finish oo_sql_finish
+typedef oo_sql_scalar scalar;
 
 static void rollback(spool_db *d) {
-    if (!sqlite3_get_autocommit(d->db) && exec(d, ST_ROLLBACK, "") != SQLITE_OK)
-        sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
+    if (!sqlite3_get_autocommit(d->c.db) && exec(d, ST_ROLLBACK, "") != SQLITE_OK)
+        oo_sql_rollback(&d->c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -487,6 +361,7 @@ static int read_row(sqlite3_stmt *st, const unsigned char *fields, oo_spool_rows
         case F_CODE: w->code = dup_col(st, c, NULL, &oom); break;
         case F_MESSAGE: w->message = dup_col(st, c, NULL, &oom); break;
         case F_CHANNEL: w->channel = dup_col(st, c, &w->channel_len, &oom); break;
+        case F_OP: w->op = sqlite3_column_int(st, c); break;
         }
     }
     return oom ? -1 : 0;
@@ -496,61 +371,6 @@ static int cmp_row_id(const void *a, const void *b) {
     long long x = ((const oo_spool_row *)a)->id, y = ((const oo_spool_row *)b)->id;
     return x < y ? -1 : x > y;
 }
-
-/* ------------------------------------------------------------------ */
-/* Fork safety                                                         */
-
-/* A fork while another thread (a delivery thread, a checkpointer) is
- * inside SQLite, holding its allocator's, VFS's or PRNG's mutex, leaves the
- * child a mutex no one will unlock: the child's first SQLite call hangs. So
- * every SQLite call of a spool runs inside the gate, and fork (the
- * pthread_atfork prepare handler) closes it and waits until no thread is
- * inside. Order: the gate before a connection's lock, never inside one;
- * never entered twice by one thread. */
-static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t gate_cv = PTHREAD_COND_INITIALIZER;
-static int gate_inside, gate_closed;
-
-/* Counts forks (in the child), so a call can tell it is in another
- * process than the handle's without a getpid() system call each time. */
-static volatile unsigned fork_gen;
-
-static void gate_enter(void) {
-    pthread_mutex_lock(&gate_mu);
-    while (gate_closed) pthread_cond_wait(&gate_cv, &gate_mu);
-    gate_inside++;
-    pthread_mutex_unlock(&gate_mu);
-}
-
-static void gate_leave(void) {
-    pthread_mutex_lock(&gate_mu);
-    if (--gate_inside == 0 && gate_closed) pthread_cond_broadcast(&gate_cv);
-    pthread_mutex_unlock(&gate_mu);
-}
-
-/* Returns holding gate_mu, the gate closed and empty, until the fork is done. */
-static void before_fork(void) {
-    pthread_mutex_lock(&gate_mu);
-    gate_closed = 1;
-    while (gate_inside > 0) pthread_cond_wait(&gate_cv, &gate_mu);
-}
-
-static void after_fork_in_parent(void) {
-    gate_closed = 0;
-    pthread_cond_broadcast(&gate_cv);
-    pthread_mutex_unlock(&gate_mu);
-}
-
-/* The child's only thread is the forking one: the gate starts afresh
- * (its waiters were other threads, gone with the fork). */
-static void after_fork_in_child(void) {
-    pthread_mutex_init(&gate_mu, NULL);
-    pthread_cond_init(&gate_cv, NULL);
-    gate_inside = gate_closed = 0;
-    fork_gen++;
-}
-
-static void watch_forks(void) { pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child); }
 
 /* ------------------------------------------------------------------ */
 /* Clocks, waits, checkpoints                                          */
@@ -564,50 +384,12 @@ void oo_spool_opts_init(oo_spool_opts *o) {
 
 double oo_spool_now(void) { return oo_wall_now(); }
 
-static double mono_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_for(double seconds) {
-    struct timespec ts;
-    ts.tv_sec = (time_t)seconds;
-    ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
-    nanosleep(&ts, NULL);
-}
-
-/* Another process holds the lock: poll in short, growing sleeps (50 µs to
- * 2 ms) until busy_timeout. SQLite's own handler sleeps 1 ms at the first
- * retry and up to 100 ms later, far longer than a spool transaction holds
- * the lock. */
-static int on_busy(void *arg, int n) {
-    spool_db *d = (spool_db *)arg;
-    double now = mono_now(), pause = 50e-6 * (double)(1 << (n < 6 ? n : 6));
-    if (n == 0) d->busy_deadline = now + d->busy_timeout;
-    if (now >= d->busy_deadline) return 0;
-    if (pause > 2e-3) pause = 2e-3;
-    if (pause > d->busy_deadline - now) pause = d->busy_deadline - now;
-    sleep_for(pause);
-    return 1;
-}
-
 /* Replaces SQLite's autocheckpoint: only notes the WAL's size. */
 static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames) {
     (void)db;
     (void)name;
     ((spool_db *)arg)->wal_frames = frames;
     return SQLITE_OK;
-}
-
-/* SQLite may be built to read "file:..." as a URI whatever the open flags
- * say (Debian's is): such a relative name gets "./" in front. */
-static char *sqlite_name(const char *path) {
-    size_t n = strlen(path);
-    int dot = strncasecmp(path, "file:", 5) == 0;
-    char *out = (char *)malloc(n + 3);
-    if (out) snprintf(out, n + 3, "%s%s", dot ? "./" : "", path);
-    return out;
 }
 
 /* Checkpoints. SQLite's own would run inside the put that crosses its
@@ -621,18 +403,12 @@ static char *sqlite_name(const char *path) {
  * holding the lock, and the next write starts the WAL from the top. */
 
 static int ckpt_open(spool_db *d) {
-    char *name = sqlite_name(d->path);
-    int rc;
-    if (!name) return SQLITE_NOMEM;
-    rc = sqlite3_open_v2(name, &d->ckpt_db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
-                         oo_spool_vfs());
-    free(name);
+    int rc = oo_sql_open_more(d->path, &d->ckpt_db, 0, NULL);
     if (rc == SQLITE_OK) {
         /* a checkpoint syncs as its connection's synchronous says */
         rc = sqlite3_exec(d->ckpt_db, d->sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
                           NULL, NULL, NULL);
-        sqlite3_busy_timeout(d->ckpt_db, (int)(d->busy_timeout * 1000.0 + 0.5));
-        sqlite3_db_config(d->ckpt_db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
+        sqlite3_busy_timeout(d->ckpt_db, (int)(d->c.busy_timeout * 1000.0 + 0.5));
         sqlite3_wal_autocheckpoint(d->ckpt_db, 0);
     }
     /* a connection finds the WAL at its first read */
@@ -659,13 +435,13 @@ static void *checkpointer(void *arg) {
         if (d->ckpt_stop) break;
         d->ckpt_wanted = 0;
         pthread_mutex_unlock(&d->mu);
-        gate_enter(); /* before the lock, as every call */
+        oo_sql_gate_enter(); /* before the lock, as every call */
         ckpt_pass(d->ckpt_db);
         pthread_mutex_lock(&d->mu);
         restart = (long long)d->wal_frames * d->page_size >= WAL_RESTART_BYTES;
         if (restart && !d->ckpt_stop) ckpt_pass(d->ckpt_db);
         pthread_mutex_unlock(&d->mu);
-        gate_leave();
+        oo_sql_gate_leave();
         pthread_mutex_lock(&d->mu);
     }
     pthread_mutex_unlock(&d->mu);
@@ -697,7 +473,7 @@ static void want_checkpoint(spool_db *d) {
         d->ckpt_wanted = 1;
         pthread_cond_signal(&d->ckpt_cv);
     } else {
-        ckpt_pass(d->db); /* no thread: here, between transactions */
+        ckpt_pass(d->c.db); /* no thread: here, between transactions */
     }
 }
 
@@ -718,7 +494,7 @@ static void ckpt_halt(spool_db *d) {
 /* Calls and transactions                                              */
 
 static int other_process(const spool_db *d) {
-    return d->fork_gen != fork_gen || d->pid != getpid();
+    return d->fork_gen != oo_sql_fork_gen() || d->pid != getpid();
 }
 
 /* How a call runs: TX_ONE one statement on its own, TX_WRITE a BEGIN
@@ -737,16 +513,19 @@ static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *c
                     oo_spool_err *err) {
     spool_db *d;
     int rc, code, begin = tx == TX_WRITE ? ST_BEGIN : tx == TX_READ ? ST_BEGIN_READ : -1;
-    if (!s || !s->d || !s->d->db) return misuse(err, what, "handle is closed");
-    if (s->d->fork_gen != fork_gen)
+    if (!s || !s->d || !s->d->c.db) return misuse(err, what, "handle is closed");
+    if (s->d->fork_gen != oo_sql_fork_gen())
         return set_err(err, OO_SPOOL_MISUSE, 0, NULL,
                        "spool %s: %s: handle was opened by process %ld, used in process %ld"
                        " (open the spool after fork)",
                        s->d->path, what, (long)s->d->pid, (long)getpid());
-    gate_enter();
+    oo_sql_gate_enter();
     d = tx == TX_READ || tx == TX_READ_ONE ? reader(s) : s->d;
     pthread_mutex_lock(&d->mu);
-    d->what = what;
+    d->c.what = what;
+    /* ids the ledger memoised belong to one transaction */
+    d->memo.scope = 0;
+    d->memo.nlabel = d->memo.next = 0;
     if (begin >= 0 && (rc = exec(d, begin, "")) != SQLITE_OK) {
         code = db_fail(d, err, rc);
     } else {
@@ -759,7 +538,7 @@ static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *c
     }
     if (code == OO_SPOOL_OK && d == s->d && tx != TX_READ && tx != TX_READ_ONE) want_checkpoint(d);
     pthread_mutex_unlock(&d->mu);
-    gate_leave();
+    oo_sql_gate_leave();
     return code;
 }
 
@@ -770,112 +549,12 @@ const char *oo_spool_path(const oo_spool *s) { return s->d->path; }
 const char *oo_spool_owner(const oo_spool *s) { return s->owner; }
 const oo_spool_opts *oo_spool_get_opts(const oo_spool *s) { return &s->opts; }
 
-/* Runs a one-off query and reads n integers from its first row (left 0
- * when there is none). */
-static int row_ints(spool_db *d, const char *sql, long long *v, int n) {
-    sqlite3_stmt *st;
-    int i, rc = sqlite3_prepare_v2(d->db, sql, -1, &st, NULL);
-    if (rc != SQLITE_OK) return rc;
-    rc = sqlite3_step(st);
-    for (i = 0; i < n; i++) v[i] = rc == SQLITE_ROW ? sqlite3_column_int64(st, i) : 0;
-    sqlite3_finalize(st);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? SQLITE_OK : rc;
-}
+static const char *const MIGRATE[OO_SPOOL_SCHEMA_VERSION] = {[1] = MIGRATE_V1_SQL,
+                                                             [2] = MIGRATE_V2_SQL};
 
-/* What the database is to us. */
-enum { DB_EMPTY, DB_READY, DB_V1, DB_NEWER, DB_FOREIGN };
-
-static int classify(spool_db *d, int *state, long long *version, oo_spool_err *err) {
-    long long v[4]; /* INSPECT_SQL's columns */
-    long long app, objects, ours;
-    int rc = row_ints(d, INSPECT_SQL, v, 4);
-    if (rc != SQLITE_OK) return rc;
-    app = v[0];
-    *version = v[1];
-    objects = v[2];
-    ours = v[3];
-    if (app == OO_SPOOL_APP_ID)
-        *state = *version > OO_SPOOL_SCHEMA_VERSION ? DB_NEWER
-               : *version == OO_SPOOL_SCHEMA_VERSION ? DB_READY
-               : *version == 1 && ours == 3        ? DB_V1
-                                                   : DB_FOREIGN;
-    else if (app == 0 && objects == 0)
-        *state = DB_EMPTY; /* new, or another process is creating it */
-    else if (app == 0 && *version == 1 && ours == 3)
-        *state = DB_V1; /* made by version 1, before application_id */
-    else
-        *state = DB_FOREIGN;
-    if (*state == DB_NEWER)
-        set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
-                "spool %s: written by a newer version of this library (schema version %lld;"
-                " this one reads up to %d); nothing was written to it",
-                d->path, *version, OO_SPOOL_SCHEMA_VERSION);
-    else if (*state == DB_FOREIGN && app != 0 && app != OO_SPOOL_APP_ID)
-        set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
-                "spool %s: not a spool file: an SQLite database of another application"
-                " (application_id 0x%08llx); nothing was written to it",
-                d->path, (unsigned long long)app & 0xffffffffULL);
-    else if (*state == DB_FOREIGN)
-        set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
-                "spool %s: not a spool file: an SQLite database without the spool's tables"
-                " (user_version %lld); nothing was written to it",
-                d->path, *version);
-    return SQLITE_OK;
-}
-
-/* Creates or migrates the schema under the write lock, looking again
- * first: concurrent first opens serialize here and all but one find the
- * work done. */
-static int upgrade_schema(spool_db *d, oo_spool_err *err) {
-    char stamp[96];
-    long long version = 0;
-    int state = DB_FOREIGN, rc, code = OO_SPOOL_OK;
-    snprintf(stamp, sizeof stamp, "PRAGMA application_id = %d; PRAGMA user_version = %d;",
-             OO_SPOOL_APP_ID, OO_SPOOL_SCHEMA_VERSION);
-    if ((rc = sqlite3_exec(d->db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) != SQLITE_OK)
-        return db_fail(d, err, rc);
-    rc = classify(d, &state, &version, err);
-    if (rc == SQLITE_OK && state == DB_EMPTY) rc = sqlite3_exec(d->db, SCHEMA_SQL, NULL, NULL, NULL);
-    if (rc == SQLITE_OK && state == DB_V1) rc = sqlite3_exec(d->db, MIGRATE_V1_SQL, NULL, NULL, NULL);
-    if (rc == SQLITE_OK && (state == DB_EMPTY || state == DB_V1))
-        rc = sqlite3_exec(d->db, stamp, NULL, NULL, NULL);
-    if (rc == SQLITE_OK && (state == DB_NEWER || state == DB_FOREIGN)) code = OO_SPOOL_FOREIGN;
-    if (rc == SQLITE_OK && code == OO_SPOOL_OK) rc = sqlite3_exec(d->db, "COMMIT", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) code = db_fail(d, err, rc);
-    if (code != OO_SPOOL_OK) rollback(d);
-    return code;
-}
-
-/* Switching a database to WAL takes an exclusive lock that SQLite does not
- * wait for (no busy handler on that path): retry within busy_timeout. */
-static int set_wal(spool_db *d, oo_spool_err *err) {
-    double deadline = mono_now() + d->busy_timeout;
-    char mode[16] = "";
-    sqlite3_stmt *st;
-    int rc;
-    for (;;) {
-        if ((rc = sqlite3_prepare_v2(d->db, "PRAGMA journal_mode=WAL", -1, &st, NULL)) != SQLITE_OK)
-            return db_fail(d, err, rc);
-        rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW)
-            snprintf(mode, sizeof mode, "%s", (const char *)sqlite3_column_text(st, 0));
-        if (rc != SQLITE_BUSY) break;
-        sqlite3_finalize(st);
-        if (mono_now() >= deadline) return db_fail(d, err, rc);
-        sleep_for(0.01);
-    }
-    if (rc != SQLITE_ROW) {
-        rc = db_fail(d, err, rc);
-        sqlite3_finalize(st);
-        return rc;
-    }
-    sqlite3_finalize(st);
-    if (strcmp(mode, "wal") != 0)
-        return set_err(err, OO_SPOOL_STORAGE, 0, NULL,
-                       "spool %s: open: could not switch to WAL mode (journal mode is '%s')",
-                       d->path, mode);
-    return OO_SPOOL_OK;
-}
+static const oo_sql_schema SCHEMA = {
+    OO_SPOOL_APP_ID, OO_SPOOL_SCHEMA_VERSION, "'orders', 'dead', 'totals'", 3, 1, PAGE_SIZE,
+    SCHEMA_SQL, MIGRATE};
 
 /* Per-connection settings (none of them writes to the file). */
 static int set_pragmas(spool_db *d, const oo_spool_opts *o, oo_spool_err *err) {
@@ -884,83 +563,16 @@ static int set_pragmas(spool_db *d, const oo_spool_opts *o, oo_spool_err *err) {
     int rc;
     snprintf(sql, sizeof sql, "PRAGMA synchronous=%s; PRAGMA journal_size_limit=%d;",
              o->sync == OO_SPOOL_SYNC_FULL ? "FULL" : "NORMAL", WAL_RESTART_BYTES);
-    rc = sqlite3_exec(d->db, sql, NULL, NULL, NULL);
-    if (rc == SQLITE_OK && (rc = row_ints(d, "PRAGMA page_size", &page, 1)) == SQLITE_OK)
+    rc = sqlite3_exec(d->c.db, sql, NULL, NULL, NULL);
+    if (rc == SQLITE_OK && (rc = oo_sql_row_ints(&d->c, "PRAGMA page_size", &page, 1)) == SQLITE_OK)
         d->page_size = page > 0 ? (int)page : PAGE_SIZE;
     if (rc == SQLITE_OK && o->max_file_bytes > 0) {
         pages = o->max_file_bytes / page;
         snprintf(sql, sizeof sql, "PRAGMA max_page_count=%lld", pages > 1 ? pages : 1);
-        rc = row_ints(d, sql, &pages, 1);
+        rc = oo_sql_row_ints(&d->c, sql, &pages, 1);
     }
     if (rc != SQLITE_OK) return db_fail(d, err, rc);
-    sqlite3_wal_hook(d->db, on_wal_commit, d);
-    return OO_SPOOL_OK;
-}
-
-/* Creates the file 0600 (whatever the umask, never through a symlink)
- * unless it exists: SQLite then gives the -wal and -shm files the same mode.
- * An existing path must be a regular file (through a symlink is fine, a
- * dangling symlink is refused rather than have SQLite create its target). */
-static int create_private(const char *path, oo_spool_err *err) {
-    struct stat st;
-    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd >= 0) {
-        int bad = fchmod(fd, 0600) != 0;
-        int e = errno;
-        close(fd);
-        if (!bad) return OO_SPOOL_OK;
-        unlink(path);
-        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: cannot make the file private: %s",
-                       path, strerror(e));
-    }
-    if (errno != EEXIST)
-        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: cannot create the file: %s", path,
-                       strerror(errno));
-    if (stat(path, &st) != 0)
-        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: %s", path,
-                       errno == ENOENT ? "is a symbolic link to a missing file (refusing to"
-                                         " create its target)"
-                                       : strerror(errno));
-    if (!S_ISREG(st.st_mode))
-        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: is a %s, not a file", path,
-                       S_ISDIR(st.st_mode) ? "directory" : "special file");
-    return OO_SPOOL_OK;
-}
-
-static unsigned long be32(const unsigned char *p) {
-    return (unsigned long)p[0] << 24 | (unsigned long)p[1] << 16 | (unsigned long)p[2] << 8 | p[3];
-}
-
-/* Refuses, from its first 100 bytes and before SQLite opens it, a file
- * that cannot be ours: not SQLite, another application's id, or not in WAL
- * mode (a spool is from its first page on). The rest is for classify(). */
-static int sniff(const char *path, oo_spool_err *err) {
-    unsigned char h[100];
-    ssize_t n;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    unsigned long app;
-    if (fd < 0)
-        return set_err(err, OO_SPOOL_STORAGE, 0, NULL, "spool %s: cannot open the file: %s", path,
-                       strerror(errno));
-    n = pread(fd, h, sizeof h, 0);
-    close(fd);
-    if (n == 0) return OO_SPOOL_OK;
-    if (n < (ssize_t)sizeof h || memcmp(h, "SQLite format 3", 16) != 0)
-        return set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
-                       "spool %s: not a spool file: not an SQLite database; nothing was written"
-                       " to it",
-                       path);
-    app = be32(h + 68);
-    if (app != 0 && app != OO_SPOOL_APP_ID)
-        return set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
-                       "spool %s: not a spool file: an SQLite database of another application"
-                       " (application_id 0x%08lx); nothing was written to it",
-                       path, app);
-    if (h[18] != 2 || h[19] != 2)
-        return set_err(err, OO_SPOOL_FOREIGN, 0, NULL,
-                       "spool %s: not a spool file: an SQLite database in rollback-journal mode"
-                       " (a spool is always in WAL mode); nothing was written to it",
-                       path);
+    sqlite3_wal_hook(d->c.db, on_wal_commit, d);
     return OO_SPOOL_OK;
 }
 
@@ -968,51 +580,24 @@ static int sniff(const char *path, oo_spool_err *err) {
 static void db_free(spool_db *d) {
     int i;
     if (d->ckpt_db) sqlite3_close_v2(d->ckpt_db);
-    if (d->db) {
+    if (d->c.db) {
         for (i = 0; i < ST_COUNT; i++) sqlite3_finalize(d->st[i]);
-        sqlite3_close_v2(d->db);
+        oo_sql_finalize_all(d->lst, OO_LEDGER_STMT_COUNT);
     }
+    oo_sql_close(&d->c);
     pthread_mutex_destroy(&d->mu);
+    free(d->ledger);
     free(d);
 }
 
 /* Opens SQLite on the file and makes it a usable spool, refusing one that
  * is not ours before any write. */
 static int db_connect(spool_db *d, const oo_spool_opts *o, oo_spool_err *err) {
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, rc, code, state = DB_FOREIGN;
-    long long version = 0;
-    char *name;
-#ifdef SQLITE_OPEN_EXRESCODE
-    flags |= SQLITE_OPEN_EXRESCODE;
-#endif
-    if ((code = create_private(d->path, err)) != OO_SPOOL_OK) return code;
-    if ((code = sniff(d->path, err)) != OO_SPOOL_OK) return code;
-    if (!(name = sqlite_name(d->path))) return nomem(d, err);
-    rc = sqlite3_open_v2(name, &d->db, flags, oo_spool_vfs());
-    free(name);
-    if (rc != SQLITE_OK) return db_fail(d, err, rc);
-    sqlite3_extended_result_codes(d->db, 1);
-    if (sqlite3_db_readonly(d->db, "main") == 1)
-        return set_err(err, OO_SPOOL_STORAGE, SQLITE_READONLY, NULL,
-                       "spool %s: open: the file is read-only", d->path);
-    sqlite3_busy_handler(d->db, on_busy, d);
-    /* until the file is known to be ours, closing must not write to it */
-    sqlite3_db_config(d->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
-    if ((rc = classify(d, &state, &version, err)) != SQLITE_OK) return db_fail(d, err, rc);
-    if (state == DB_NEWER || state == DB_FOREIGN) return OO_SPOOL_FOREIGN;
-    if (state == DB_EMPTY) {
-        char sql[48];
-        snprintf(sql, sizeof sql, "PRAGMA page_size=%d", PAGE_SIZE);
-        if ((rc = sqlite3_exec(d->db, sql, NULL, NULL, NULL)) != SQLITE_OK) return db_fail(d, err, rc);
-    }
-    if ((code = set_wal(d, err)) != OO_SPOOL_OK) return code;
-    if ((code = set_pragmas(d, o, err)) != OO_SPOOL_OK) return code;
-    if (state != DB_READY && (code = upgrade_schema(d, err)) != OO_SPOOL_OK) return code;
-    sqlite3_db_config(d->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, NULL);
-    return OO_SPOOL_OK;
+    int code = oo_sql_connect(&d->c, &SCHEMA, err);
+    if (code == OO_SPOOL_OK) code = set_pragmas(d, o, err);
+    if (code == OO_SPOOL_OK) oo_sql_adopt(&d->c);
+    return code;
 }
-
-static pthread_once_t fork_watch = PTHREAD_ONCE_INIT;
 
 /* A connection's state before it is connected (refs 1). */
 static spool_db *db_new(const char *path, const oo_spool_opts *o) {
@@ -1024,13 +609,14 @@ static spool_db *db_new(const char *path, const oo_spool_opts *o) {
         return NULL;
     }
     memcpy(d->path, path, plen + 1);
-    pthread_once(&fork_watch, watch_forks);
+    d->c.noun = "spool";
+    d->c.path = d->path;
+    d->c.what = "open";
+    d->c.busy_timeout = o->busy_timeout;
     d->pid = getpid();
-    d->fork_gen = fork_gen;
-    d->busy_timeout = o->busy_timeout;
+    d->fork_gen = oo_sql_fork_gen();
     d->sync_full = o->sync == OO_SPOOL_SYNC_FULL;
     d->refs = 1;
-    d->what = "open";
     return d;
 }
 
@@ -1045,15 +631,12 @@ static void db_release(spool_db *d) {
     pthread_mutex_unlock(&d->mu);
     if (!last) return;
     ckpt_halt(d);
-    gate_enter();
+    oo_sql_gate_enter();
     db_free(d);
-    gate_leave();
+    oo_sql_gate_leave();
 }
 
 static oo_spool *handle_new(spool_db *d, const oo_spool_opts *o) {
-    unsigned char r[8];
-    char *p;
-    int i;
     oo_spool *s = (oo_spool *)calloc(1, sizeof *s);
     if (!s) return NULL;
     if (pthread_mutex_init(&s->r_mu, NULL) != 0) {
@@ -1062,10 +645,7 @@ static oo_spool *handle_new(spool_db *d, const oo_spool_opts *o) {
     }
     s->d = d;
     s->opts = *o;
-    /* SQLite's PRNG is seeded from the OS; the pid keeps forked copies apart. */
-    sqlite3_randomness((int)sizeof r, r);
-    p = s->owner + snprintf(s->owner, sizeof s->owner, "%ld:", (long)d->pid);
-    for (i = 0; i < 8; i++) p += sprintf(p, "%02x", r[i]);
+    oo_sql_owner_token(s->owner, sizeof s->owner);
     return s;
 }
 
@@ -1078,17 +658,10 @@ static spool_db *reader(oo_spool *s) {
     spool_db *r;
     pthread_mutex_lock(&s->r_mu);
     if (!s->r && !s->r_failed && (r = db_new(s->d->path, &s->opts)) != NULL) {
-        char *name = sqlite_name(r->path);
-        int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
-        if (!name || sqlite3_open_v2(name, &r->db, flags, oo_spool_vfs()) != SQLITE_OK) {
+        if (oo_sql_open_more(r->path, &r->c.db, 1, &r->c) != SQLITE_OK) {
             db_free(r);
             r = NULL;
-        } else {
-            sqlite3_extended_result_codes(r->db, 1);
-            sqlite3_busy_handler(r->db, on_busy, r);
-            sqlite3_db_config(r->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
         }
-        free(name);
         s->r = r;
     }
     if (!s->r) s->r_failed = 1;
@@ -1114,25 +687,25 @@ int oo_spool_open(const char *path, const oo_spool_opts *o, oo_spool **out, oo_s
         return misuse(err, "open", "option out of range");
     if (!(d = db_new(path, o)))
         return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: out of memory", path);
-    gate_enter();
+    oo_sql_gate_enter();
     if ((code = db_connect(d, o, err)) == OO_SPOOL_OK && !(*out = handle_new(d, o)))
         code = nomem(d, err);
     if (code != OO_SPOOL_OK) db_free(d);
-    gate_leave();
+    oo_sql_gate_leave();
     return code;
 }
 
 int oo_spool_reopen(const oo_spool *s, oo_spool **out, oo_spool_err *err) {
     spool_db *d;
     *out = NULL;
-    if (!s || !s->d || !s->d->db) return misuse(err, "reopen", "handle is closed");
+    if (!s || !s->d || !s->d->c.db) return misuse(err, "reopen", "handle is closed");
     d = s->d;
     if (other_process(d)) return misuse(err, "reopen", "handle was opened by another process");
-    gate_enter(); /* handle_new asks SQLite's PRNG */
+    oo_sql_gate_enter(); /* handle_new asks SQLite's PRNG */
     pthread_mutex_lock(&d->mu);
     if ((*out = handle_new(d, &s->opts)) != NULL) d->refs++;
     pthread_mutex_unlock(&d->mu);
-    gate_leave();
+    oo_sql_gate_leave();
     if (!*out) return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: out of memory", d->path);
     return OO_SPOOL_OK;
 }
@@ -1148,21 +721,75 @@ void oo_spool_close(oo_spool *s) {
 /* ------------------------------------------------------------------ */
 /* Shared steps (inside a transaction, lock held)                      */
 
+/* ---- The ledger in the spool's file (d->ledger set: oo_spool_set_ledger) ---- */
+
+/* Records the current row of q (ref, body, channel, op) in the ledger: a
+ * create's outcome, the ack of a cancel row as cancelled; a dead cancel
+ * row changes nothing (the order stays as it was). */
+static int note_current(spool_db *d, sqlite3_stmt *q, int outcome, double now,
+                        oo_spool_err *err) {
+    size_t rlen, blen, clen;
+    const char *ref = oo_sql_column_text(q, 0, &rlen);
+    const char *body = oo_sql_column_text(q, 1, &blen);
+    const char *chan = oo_sql_column_text(q, 2, &clen);
+    if (sqlite3_column_int(q, 3) == OO_SPOOL_OP_CANCEL) {
+        if (outcome == OO_LEDGER_DEAD) return OO_SPOOL_OK;
+        outcome = OO_LEDGER_CANCELLED;
+    }
+    return oo_ledger_note(&d->c, d->lst, d->ledger, &d->memo, chan, clen, ref, rlen, body, blen,
+                          outcome, now, err);
+}
+
+/* Records row `id` (held by owner, or any row when owner is NULL); a row
+ * not found is not recorded (*noted stays). */
+static int note_row(spool_db *d, long long id, const char *owner, int outcome, double now,
+                    long long *noted, oo_spool_err *err) {
+    sqlite3_stmt *q;
+    int rc, code;
+    if (!d->ledger) return OO_SPOOL_OK;
+    rc = owner ? query(d, ST_HELD_ROW, &q, "is", id, owner) : query(d, ST_ANY_ROW, &q, "i", id);
+    if (rc == SQLITE_DONE) return OO_SPOOL_OK;
+    if (rc != SQLITE_ROW) return db_fail(d, err, rc);
+    code = note_current(d, q, outcome, now, err);
+    finish(q);
+    if (code == OO_SPOOL_OK && noted) (*noted)++;
+    return code;
+}
+
+/* Records every row statement `which` finds (two double arguments). */
+static int note_rows(spool_db *d, int which, double a, double b, int outcome, double now,
+                     oo_spool_err *err) {
+    sqlite3_stmt *q;
+    long long n = 0;
+    int rc, code = OO_SPOOL_OK;
+    if (!d->ledger) return OO_SPOOL_OK;
+    for (rc = query(d, which, &q, "dd", a, b); rc == SQLITE_ROW && code == OO_SPOOL_OK;
+         rc = sqlite3_step(q), n++)
+        code = note_current(d, q, outcome, now, err);
+    if (code == OO_SPOOL_OK && rc != SQLITE_ROW && rc != SQLITE_DONE) code = db_fail(d, err, rc);
+    if (q) finish(q);
+    if (code == OO_SPOOL_OK) code = oo_ledger_note_done(&d->c, d->lst, d->ledger, &d->ledger_since, n, now, err);
+    return code;
+}
+
 /* max_age: moves unclaimed rows older than now - max_age to dead letters.
  * Costs one index probe when nothing is old enough. */
-static int expire(oo_spool *s, double now) {
+static int expire(oo_spool *s, double now, oo_spool_err *err) {
     spool_db *d = s->d;
     double cutoff;
     char msg[96];
     scalar oldest;
-    int rc;
-    if (!(s->opts.max_age > 0)) return SQLITE_OK;
+    int rc, code;
+    if (!(s->opts.max_age > 0)) return OO_SPOOL_OK;
     cutoff = now - s->opts.max_age;
-    if ((rc = query_scalar(d, ST_MIN_CREATED, &oldest, "")) != SQLITE_OK) return rc;
-    if (!oldest.found || !(oldest.x < cutoff)) return SQLITE_OK;
+    if ((rc = query_scalar(d, ST_MIN_CREATED, &oldest, "")) != SQLITE_OK) return db_fail(d, err, rc);
+    if (!oldest.found || !(oldest.x < cutoff)) return OO_SPOOL_OK;
+    if ((code = note_rows(d, ST_EXPIRING, cutoff, now, OO_LEDGER_DEAD, now, err)) != OO_SPOOL_OK)
+        return code;
     snprintf(msg, sizeof msg, "queued longer than max_age %g s", s->opts.max_age);
-    if ((rc = exec(d, ST_EXPIRE_COPY, "dds", cutoff, now, msg)) != SQLITE_OK) return rc;
-    return exec(d, ST_EXPIRE_DEL, "dd", cutoff, now);
+    if ((rc = exec(d, ST_EXPIRE_COPY, "dds", cutoff, now, msg)) == SQLITE_OK)
+        rc = exec(d, ST_EXPIRE_DEL, "dd", cutoff, now);
+    return rc == SQLITE_OK ? OO_SPOOL_OK : db_fail(d, err, rc);
 }
 
 /* Copies one row to dead letters and deletes it. owner NULL = any holder.
@@ -1173,7 +800,7 @@ static int move_to_dead(spool_db *d, long long id, const char *owner, double now
     *moved = 0;
     rc = exec(d, ST_MOVE_COPY, "idisosss", id, now, attempts_add, f->kind ? f->kind : "failed",
               f->status, f->code, f->message, owner);
-    if (rc != SQLITE_OK || sqlite3_changes(d->db) == 0) return rc;
+    if (rc != SQLITE_OK || sqlite3_changes(d->c.db) == 0) return rc;
     if ((rc = exec(d, ST_MOVE_DEL, "is", id, owner)) == SQLITE_OK) *moved = 1;
     return rc;
 }
@@ -1219,6 +846,8 @@ static int make_room(oo_spool *s, long long n, long long add, double now, oo_spo
         snprintf(msg, sizeof msg, "dropped to make room for newer orders (on_full=drop_oldest, %s)",
                  s->opts.max_orders > 0 && totals.a + n > s->opts.max_orders ? "max_orders"
                                                                              : "max_bytes");
+        if ((rc = note_row(d, oldest.a, NULL, OO_LEDGER_DEAD, now, NULL, err)) != OO_SPOOL_OK)
+            return rc;
         if ((rc = move_to_dead(d, oldest.a, NULL, now, 0, &f, &moved)) != SQLITE_OK)
             return db_fail(d, err, rc);
         totals.a -= 1;
@@ -1242,15 +871,15 @@ static int lease_err(oo_spool *s, long long id, oo_spool_err *err) {
         return set_err(err, OO_SPOOL_LEASE, 0, NULL,
                        "spool %s: %s of order %lld refused: it is no longer queued"
                        " (acked, purged or moved to dead letters)",
-                       d->path, d->what, id);
+                       d->path, d->c.what, id);
     if (!holder[0])
         return set_err(err, OO_SPOOL_LEASE, 0, NULL,
                        "spool %s: %s of order %lld refused: it is not claimed (lease released)",
-                       d->path, d->what, id);
+                       d->path, d->c.what, id);
     return set_err(err, OO_SPOOL_LEASE, 0, NULL,
                    "spool %s: %s of order %lld refused: it is claimed by %s, not by this"
                    " handle (%s); our lease expired",
-                   d->path, d->what, id, holder, s->owner);
+                   d->path, d->c.what, id, holder, s->owner);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1268,14 +897,14 @@ static int put_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     put_ctx *c = (put_ctx *)ctx;
     size_t i;
     int rc, code;
-    if ((rc = expire(s, c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    if ((code = expire(s, c->now, err)) != OO_SPOOL_OK) return code;
     if ((code = make_room(s, (long long)c->n, c->add, c->now, err)) != OO_SPOOL_OK) return code;
     for (i = 0; i < c->n; i++) {
         const oo_spool_item *it = &c->items[i];
-        rc = exec(d, ST_INSERT, "tbidt", it->ref, it->ref_len, it->body, it->body_len,
-                  (long long)it->body_len, c->now, it->channel, it->channel_len);
+        rc = exec(d, ST_INSERT, "tbidti", it->ref, it->ref_len, it->body, it->body_len,
+                  (long long)it->body_len, c->now, it->channel, it->channel_len, (long long)it->op);
         if (rc != SQLITE_OK) return db_fail(d, err, rc);
-        if (c->ids) c->ids[i] = (long long)sqlite3_last_insert_rowid(d->db);
+        if (c->ids) c->ids[i] = (long long)sqlite3_last_insert_rowid(d->c.db);
     }
     return OO_SPOOL_OK;
 }
@@ -1289,8 +918,14 @@ static int check_items(oo_spool *s, const oo_spool_item *items, size_t n, long l
     size_t i;
     *add = 0;
     for (i = 0; i < n; i++) {
-        if (!items[i].body || items[i].body_len == 0)
+        if (items[i].op == OO_SPOOL_OP_CANCEL) {
+            if (!items[i].ref || items[i].ref_len == 0)
+                return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool put: cancel %zu has no refCode", i + 1);
+        } else if (items[i].op != OO_SPOOL_OP_CREATE) {
+            return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool put: order %zu: unknown op %d", i + 1, items[i].op);
+        } else if (!items[i].body || items[i].body_len == 0) {
             return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool put: order %zu has an empty body", i + 1);
+        }
         if (o->max_bytes > 0 && (long long)items[i].body_len > o->max_bytes)
             return set_err(err, OO_SPOOL_FULL, 0, "max_bytes",
                            "spool %s: order of %zu bytes is larger than max_bytes %lld; order refused",
@@ -1359,7 +994,7 @@ static int claim_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     size_t i;
     int rc, code;
     long long limit = c->max_n > (size_t)1 << 40 ? (long long)1 << 40 : (long long)c->max_n;
-    if ((rc = expire(s, c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    if ((code = expire(s, c->now, err)) != OO_SPOOL_OK) return code;
     rc = query(d, ST_CLAIM, &st, "di", c->now, limit);
     /* a failure rolls back: nothing stays claimed that the caller did not receive */
     if ((code = collect_rows(d, st, rc, CLAIM_FIELDS, c->out, err)) != OO_SPOOL_OK) return code;
@@ -1392,23 +1027,38 @@ int oo_spool_claim(oo_spool *s, size_t max_n, double lease, double now, oo_spool
 typedef struct owned_ctx {
     int which;
     const long long *ids;
+    const int *outcomes; /* ack: each id's ledger outcome (NULL: all sent) */
     size_t n;
-    double next_at;
+    double next_at, now;
     const char *text;
     size_t missed; /* ids not held by us */
     long long first_missed;
 } owned_ctx;
 
+/* An ack writes the ledger row (when the ledger is on) before the delete:
+ * both in this transaction, so a kill -9 leaves them consistent. */
+static int ack_notes(oo_spool *s, spool_db *d, owned_ctx *c, size_t i, long long *noted,
+                     oo_spool_err *err) {
+    int outcome = c->outcomes ? c->outcomes[i] : OO_LEDGER_SENT;
+    if (c->which != ST_ACK || !d->ledger) return OO_SPOOL_OK;
+    return note_row(d, c->ids[i], s->owner, outcome, c->now, noted, err);
+}
+
 static int owned_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     owned_ctx *c = (owned_ctx *)ctx;
     size_t i;
-    int rc;
+    long long noted = 0;
+    int rc, code;
     for (i = 0; i < c->n; i++) {
+        if ((code = ack_notes(s, d, c, i, &noted, err)) != OO_SPOOL_OK) return code;
         rc = c->which == ST_RETRY ? exec(d, ST_RETRY, "isds", c->ids[i], s->owner, c->next_at, c->text)
                                   : exec(d, c->which, "is", c->ids[i], s->owner);
         if (rc != SQLITE_OK) return db_fail(d, err, rc);
-        if (sqlite3_changes(d->db) == 0 && c->missed++ == 0) c->first_missed = c->ids[i];
+        if (sqlite3_changes(d->c.db) == 0 && c->missed++ == 0) c->first_missed = c->ids[i];
     }
+    if (noted && (code = oo_ledger_note_done(&d->c, d->lst, d->ledger, &d->ledger_since, noted,
+                                             c->now, err)) != OO_SPOOL_OK)
+        return code;
     if (c->missed == 0) return OO_SPOOL_OK;
     lease_err(s, c->first_missed, err);
     /* one row: nothing changed, the call fails; a batch: the rows we held
@@ -1422,38 +1072,63 @@ static int owned_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     return OO_SPOOL_OK;
 }
 
-static int owned_write(oo_spool *s, int which, const long long *ids, size_t n, double next_at,
-                       const char *text, const char *what, oo_spool_err *err) {
+static int owned_write(oo_spool *s, owned_ctx *c, const char *what, oo_spool_err *err) {
+    int code, one;
+    if (c->n == 0) return OO_SPOOL_OK;
+    /* one statement commits on its own; a batch, or an ack with its ledger
+     * row, is one transaction (d->ledger is read under the lock: TX_WRITE
+     * whenever it may be set) */
+    one = c->n == 1 && !(c->which == ST_ACK && __atomic_load_n(&s->d->ledger_on, __ATOMIC_ACQUIRE));
+    code = transact(s, what, one ? TX_ONE : TX_WRITE, owned_body, c, err);
+    return code == OO_SPOOL_OK && c->missed ? OO_SPOOL_LEASE : code;
+}
+
+static int owned(oo_spool *s, int which, const long long *ids, const int *outcomes, size_t n,
+                 double next_at, const char *text, const char *what, oo_spool_err *err) {
     owned_ctx c;
-    int code;
     memset(&c, 0, sizeof c);
     c.which = which;
     c.ids = ids;
+    c.outcomes = outcomes;
     c.n = n;
     c.next_at = next_at;
+    c.now = oo_wall_now();
     c.text = text;
-    if (n == 0) return OO_SPOOL_OK;
-    /* one statement commits on its own; a batch is one transaction */
-    code = transact(s, what, n == 1 ? TX_ONE : TX_WRITE, owned_body, &c, err);
-    return code == OO_SPOOL_OK && c.missed ? OO_SPOOL_LEASE : code;
+    return owned_write(s, &c, what, err);
 }
 
 int oo_spool_ack(oo_spool *s, long long id, oo_spool_err *err) {
-    return owned_write(s, ST_ACK, &id, 1, 0, NULL, "ack", err);
+    return owned(s, ST_ACK, &id, NULL, 1, 0, NULL, "ack", err);
 }
 
 int oo_spool_ack_many(oo_spool *s, const long long *ids, size_t n, oo_spool_err *err) {
+    return oo_spool_ack_outcomes(s, ids, NULL, n, oo_wall_now(), err);
+}
+
+int oo_spool_ack_outcomes(oo_spool *s, const long long *ids, const int *outcomes, size_t n,
+                          double now, oo_spool_err *err) {
+    owned_ctx c;
+    size_t i;
     if (n > 0 && !ids) return misuse(err, "ack_many", "ids is NULL");
-    return owned_write(s, ST_ACK, ids, n, 0, NULL, "ack", err);
+    for (i = 0; outcomes && i < n; i++)
+        if (outcomes[i] != OO_LEDGER_SENT && outcomes[i] != OO_LEDGER_WARNED)
+            return misuse(err, "ack_many", "an ack's outcome is sent or warned");
+    memset(&c, 0, sizeof c);
+    c.which = ST_ACK;
+    c.ids = ids;
+    c.outcomes = outcomes;
+    c.n = n;
+    c.now = now;
+    return owned_write(s, &c, "ack", err);
 }
 
 int oo_spool_release(oo_spool *s, long long id, oo_spool_err *err) {
-    return owned_write(s, ST_RELEASE, &id, 1, 0, NULL, "release", err);
+    return owned(s, ST_RELEASE, &id, NULL, 1, 0, NULL, "release", err);
 }
 
 int oo_spool_retry(oo_spool *s, long long id, double next_at, const char *err_text,
                    oo_spool_err *err) {
-    return owned_write(s, ST_RETRY, &id, 1, next_at, err_text, "retry", err);
+    return owned(s, ST_RETRY, &id, NULL, 1, next_at, err_text, "retry", err);
 }
 
 typedef struct kill_ctx {
@@ -1464,7 +1139,9 @@ typedef struct kill_ctx {
 
 static int kill_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     kill_ctx *c = (kill_ctx *)ctx;
-    int moved = 0, rc = move_to_dead(d, c->id, s->owner, c->now, 1, c->f, &moved);
+    int moved = 0, rc = note_row(d, c->id, s->owner, OO_LEDGER_DEAD, c->now, NULL, err);
+    if (rc != OO_SPOOL_OK) return rc;
+    rc = move_to_dead(d, c->id, s->owner, c->now, 1, c->f, &moved);
     if (rc != SQLITE_OK) return db_fail(d, err, rc);
     return moved ? OO_SPOOL_OK : lease_err(s, c->id, err);
 }
@@ -1589,7 +1266,7 @@ static int requeue_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) 
     if ((code = over_bounds(s, &totals, dead.a, dead.b, "requeue refused", "", err)) != OO_SPOOL_OK)
         return code;
     if ((rc = exec(d, ST_REQUEUE_COPY, "Id", c->id, c->now)) != SQLITE_OK) return db_fail(d, err, rc);
-    *c->n = sqlite3_changes(d->db);
+    *c->n = sqlite3_changes(d->c.db);
     if ((rc = exec(d, ST_REQUEUE_DEL, "I", c->id)) != SQLITE_OK) return db_fail(d, err, rc);
     return OO_SPOOL_OK;
 }
@@ -1613,12 +1290,12 @@ static int purge_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     int rc;
     if (c->which & OO_SPOOL_PURGE_DEAD) {
         if ((rc = exec(d, ST_PURGE_DEAD, "d", c->cutoff)) != SQLITE_OK) return db_fail(d, err, rc);
-        *c->n += sqlite3_changes(d->db);
+        *c->n += sqlite3_changes(d->c.db);
     }
     if (c->which & OO_SPOOL_PURGE_QUEUED) {
         if ((rc = exec(d, ST_PURGE_QUEUED, "dd", c->cutoff, c->now)) != SQLITE_OK)
             return db_fail(d, err, rc);
-        *c->n += sqlite3_changes(d->db);
+        *c->n += sqlite3_changes(d->c.db);
     }
     return OO_SPOOL_OK;
 }
@@ -1635,5 +1312,206 @@ int oo_spool_purge(oo_spool *s, int which, double older_than, double now, long l
     c.n = n;
     code = transact(s, "purge", TX_WRITE, purge_body, &c, err);
     if (code != OO_SPOOL_OK) *n = 0;
+    return code;
+}
+
+/* ------------------------------------------------------------------ */
+/* The ledger's hooks                                                  */
+
+typedef struct run_ctx {
+    oo_spool_fn fn;
+    void *ctx;
+} run_ctx;
+
+static int run_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    run_ctx *r = (run_ctx *)ctx;
+    (void)s;
+    return r->fn(&d->c, d->lst, r->ctx, err);
+}
+
+int oo_spool_run(oo_spool *s, const char *what, int write, oo_spool_fn fn, void *ctx,
+                 oo_spool_err *err) {
+    run_ctx r;
+    r.fn = fn;
+    r.ctx = ctx;
+    return transact(s, what, write ? TX_WRITE : TX_READ, run_body, &r, err);
+}
+
+int oo_spool_set_ledger(oo_spool *s, const oo_ledger_cfg *cfg, oo_spool_err *err) {
+    oo_ledger_cfg *copy;
+    spool_db *d;
+    if (!s || !s->d || !s->d->c.db) return misuse(err, "ledger", "handle is closed");
+    d = s->d;
+    if (!(copy = (oo_ledger_cfg *)malloc(sizeof *copy))) return nomem(d, err);
+    *copy = *cfg;
+    pthread_mutex_lock(&d->mu);
+    free(d->ledger);
+    d->ledger = copy;
+    __atomic_store_n(&d->ledger_on, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&d->mu);
+    return OO_SPOOL_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Cancels and erasure                                                 */
+
+typedef struct cancel_ctx {
+    const char *ref, *channel;
+    size_t ref_len, channel_len;
+    double now;
+    oo_spool_cancelled *out;
+} cancel_ctx;
+
+static int cancel_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    cancel_ctx *c = (cancel_ctx *)ctx;
+    sqlite3_stmt *q;
+    scalar v;
+    int rc, code = OO_SPOOL_OK, outcome = 0;
+    (void)s;
+    if ((rc = query_scalar(d, ST_REF_FLIGHT, &v, "td", c->ref, c->ref_len, c->now)) != SQLITE_OK)
+        return db_fail(d, err, rc);
+    c->out->in_flight = v.a;
+    if (d->ledger && (code = oo_ledger_outcome_at(&d->c, d->lst, d->ledger, c->channel,
+                                                  c->channel_len, c->ref, c->ref_len, &outcome,
+                                                  err)) != OO_SPOOL_OK)
+        return code;
+    c->out->seen = outcome == OO_LEDGER_SENT || outcome == OO_LEDGER_WARNED;
+    /* never delivered, nothing in flight: removed here is cancelled for good */
+    if (d->ledger && !c->out->seen && c->out->in_flight == 0) {
+        for (rc = query(d, ST_REF_FREE, &q, "td", c->ref, c->ref_len, c->now);
+             rc == SQLITE_ROW && code == OO_SPOOL_OK; rc = sqlite3_step(q))
+            code = note_current(d, q, OO_LEDGER_CANCELLED, c->now, err);
+        if (code == OO_SPOOL_OK && rc != SQLITE_ROW && rc != SQLITE_DONE) code = db_fail(d, err, rc);
+        if (q) finish(q);
+        if (code != OO_SPOOL_OK) return code;
+    }
+    if ((rc = exec(d, ST_REF_DROP, "td", c->ref, c->ref_len, c->now)) != SQLITE_OK)
+        return db_fail(d, err, rc);
+    c->out->removed = sqlite3_changes(d->c.db);
+    return OO_SPOOL_OK;
+}
+
+int oo_spool_cancel_queued(oo_spool *s, const char *ref, size_t ref_len, const char *channel,
+                           size_t channel_len, double now, oo_spool_cancelled *out,
+                           oo_spool_err *err) {
+    cancel_ctx c;
+    memset(out, 0, sizeof *out);
+    if (!ref || ref_len == 0) return misuse(err, "cancel_queued", "a refCode is required");
+    c.ref = ref;
+    c.ref_len = ref_len;
+    c.channel = channel;
+    c.channel_len = channel ? channel_len : 0;
+    c.now = now;
+    c.out = out;
+    return transact(s, "cancel_queued", TX_WRITE, cancel_body, &c, err);
+}
+
+/* Is this body one of the customer's (user.email, normalised, or user.id)? */
+static int body_of_customer(const char *body, size_t len, const char *email, size_t email_len,
+                            const char *uid, size_t uid_len) {
+    oo_json_pick k[2];
+    char text[OO_EMAIL_MAX + 1], norm[OO_EMAIL_MAX + 1], why[8];
+    size_t n;
+    int m;
+    memset(k, 0, sizeof k);
+    k[0].path[0] = k[1].path[0] = "user";
+    k[0].path[1] = "email";
+    k[1].path[1] = "id";
+    if (!oo_json_pick_values(body, len, k, 2)) return 0;
+    if (uid && k[1].type == 's' && k[1].raw_len >= uid_len) {
+        char *buf = (char *)malloc(k[1].raw_len + 1);
+        int same = buf && (n = oo_json_pick_text(&k[1], buf, k[1].raw_len)) == uid_len &&
+                   memcmp(buf, uid, uid_len) == 0;
+        free(buf);
+        if (same) return 1;
+    }
+    if (!email || k[0].type != 's' || k[0].raw_len > 6 * OO_EMAIL_MAX) return 0;
+    n = oo_json_pick_text(&k[0], text, OO_EMAIL_MAX);
+    m = oo_email_normalise(text, n, 0, norm, why, sizeof why);
+    return m >= 0 && (size_t)m == email_len && memcmp(norm, email, email_len) == 0;
+}
+
+typedef struct purge_ctx {
+    const char *email, *uid;
+    size_t email_len, uid_len;
+    double now;
+    oo_spool_purged *out;
+    long long *ids;
+    size_t nids, cap;
+} purge_ctx;
+
+/* Collects the ids of the customer's rows that statement `which` lists
+ * (id, body, free); the ones in flight are only counted. */
+static int find_customer(spool_db *d, int which, purge_ctx *c, oo_spool_err *err) {
+    sqlite3_stmt *q;
+    int rc;
+    c->nids = 0;
+    for (rc = query(d, which, &q, "d", c->now); rc == SQLITE_ROW; rc = sqlite3_step(q)) {
+        size_t len;
+        const char *body = oo_sql_column_text(q, 1, &len);
+        if (!body || !body_of_customer(body, len, c->email, c->email_len, c->uid, c->uid_len))
+            continue;
+        if (!sqlite3_column_int(q, 2)) {
+            c->out->in_flight++;
+            continue;
+        }
+        if (c->nids == c->cap) {
+            size_t cap = c->cap ? 2 * c->cap : 64;
+            long long *v = (long long *)realloc(c->ids, cap * sizeof *v);
+            if (!v) {
+                finish(q);
+                return nomem(d, err);
+            }
+            c->ids = v;
+            c->cap = cap;
+        }
+        c->ids[c->nids++] = sqlite3_column_int64(q, 0);
+    }
+    if (q) finish(q);
+    return rc == SQLITE_DONE ? OO_SPOOL_OK : db_fail(d, err, rc);
+}
+
+static int purge_customer_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    purge_ctx *c = (purge_ctx *)ctx;
+    size_t i;
+    int rc, code, pass;
+    (void)s;
+    for (pass = 0; pass < 2; pass++) {
+        if ((code = find_customer(d, pass ? ST_DEAD_CUSTOMERS : ST_CUSTOMERS, c, err)) != OO_SPOOL_OK)
+            return code;
+        for (i = 0; i < c->nids; i++) {
+            rc = pass ? exec(d, ST_DROP_DEAD, "i", c->ids[i])
+                      : exec(d, ST_DROP_ONE, "id", c->ids[i], c->now);
+            if (rc != SQLITE_OK) return db_fail(d, err, rc);
+            if (pass) c->out->dead += sqlite3_changes(d->c.db);
+            else c->out->queued += sqlite3_changes(d->c.db);
+        }
+    }
+    return OO_SPOOL_OK;
+}
+
+int oo_spool_purge_customer(oo_spool *s, const char *email, size_t email_len, const char *user_id,
+                            size_t id_len, double now, oo_spool_purged *out, oo_spool_err *err) {
+    purge_ctx c;
+    char norm[OO_EMAIL_MAX + 1], why[96];
+    int n = 0, code;
+    memset(out, 0, sizeof *out);
+    memset(&c, 0, sizeof c);
+    if (!email && !user_id) return misuse(err, "purge_customer", "give an e-mail or a user id");
+    if (user_id && id_len == 0) return misuse(err, "purge_customer", "the user id is empty");
+    /* an e-mail that is not an address is in no body (the encoder checks them) */
+    if (email && (n = oo_email_normalise(email, email_len, 0, norm, why, sizeof why)) < 0) {
+        email = NULL;
+        if (!user_id) return OO_SPOOL_OK;
+    }
+    c.email = email ? norm : NULL;
+    c.email_len = (size_t)n;
+    c.uid = user_id;
+    c.uid_len = id_len;
+    c.now = now;
+    c.out = out;
+    code = transact(s, "purge_customer", TX_WRITE, purge_customer_body, &c, err);
+    free(c.ids);
+    if (code != OO_SPOOL_OK) memset(out, 0, sizeof *out);
     return code;
 }

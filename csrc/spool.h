@@ -11,7 +11,8 @@
  * and user_version OO_SPOOL_SCHEMA_VERSION. A file that is not ours (not
  * SQLite, another application's database, a newer schema) is refused with
  * OO_SPOOL_FOREIGN before anything is written to it. A version-1 spool is
- * migrated in place, in one transaction. Paths are plain file names, never
+ * migrated in place, in one transaction (version 1 → 2: channels; 2 → 3:
+ * cancel rows and the ledger's tables, see ledger.h). Paths are plain file names, never
  * SQLite URIs ("file:x" is the file ./file:x).
  *
  * Processes: any number (nginx workers, a CLI, a daemon) may share one file.
@@ -53,7 +54,7 @@
 struct lua_State;
 
 #define OO_SPOOL_MT "optimizely.offline.spool"
-#define OO_SPOOL_SCHEMA_VERSION 2
+#define OO_SPOOL_SCHEMA_VERSION 3
 #define OO_SPOOL_APP_ID 0x4F4F5350 /* "OOSP" */
 
 /* Result codes. Everything but OK fills the caller's oo_spool_err. */
@@ -90,7 +91,16 @@ typedef struct oo_spool_opts {
 
 typedef struct oo_spool oo_spool;
 
-/* One order to put. body must be non-empty; ref and channel may be NULL. */
+/* What a row asks of the endpoint: a create (POST of its body) or a
+ * cancel (DELETE of its refCode). A cancel is not claimable while an
+ * earlier row of its refCode is in the spool (queued or claimed), nor a
+ * create while an earlier cancel of its refCode is (an amend: the DELETE,
+ * then the new version). */
+enum { OO_SPOOL_OP_CREATE = 0, OO_SPOOL_OP_CANCEL = 1 };
+
+/* One row to put. A create needs a non-empty body; a cancel needs a ref
+ * (its body is optional: the cancelled order's, for the ledger's report
+ * fields). ref and channel may be NULL. */
 typedef struct oo_spool_item {
     const char *body;
     size_t body_len;
@@ -98,6 +108,7 @@ typedef struct oo_spool_item {
     size_t ref_len;
     const char *channel; /* the order's channel name; NULL: the client's default */
     size_t channel_len;
+    int op;              /* OO_SPOOL_OP_CREATE (0, the default) | OO_SPOOL_OP_CANCEL */
 } oo_spool_item;
 
 /* Why an order failed for good (oo_spool_kill). All fields optional:
@@ -122,6 +133,7 @@ typedef struct oo_spool_row {
     double created_at;   /* claim and list */
     char *channel;       /* claim and list; NULL: the client's default channel */
     size_t channel_len;
+    int op;              /* OO_SPOOL_OP_CREATE | OO_SPOOL_OP_CANCEL (claim and list) */
     /* queued rows (claim, list of orders) */
     double next_at;
     double claimed_until; /* 0 when unclaimed */
@@ -200,10 +212,19 @@ int oo_spool_ack(oo_spool *s, long long id, oo_spool_err *err);
  * skipped, and then OO_SPOOL_LEASE says how many and names the first (the
  * others are acked all the same). */
 int oo_spool_ack_many(oo_spool *s, const long long *ids, size_t n, oo_spool_err *err);
+/* Delivered, with each id's outcome for the ledger (OO_LEDGER_SENT or
+ * OO_LEDGER_WARNED; outcomes NULL: all sent; the ack of a cancel row is
+ * recorded as cancelled). With the ledger on (oo_spool_set_ledger), each
+ * ledger row is written in the same transaction as its spool row's delete.
+ * Otherwise as oo_spool_ack_many (which is this with outcomes NULL). */
+int oo_spool_ack_outcomes(oo_spool *s, const long long *ids, const int *outcomes, size_t n,
+                          double now, oo_spool_err *err);
 /* Failed, try later: attempts+1, next_at, last_error (may be NULL), lease cleared. */
 int oo_spool_retry(oo_spool *s, long long id, double next_at, const char *err_text,
                    oo_spool_err *err);
-/* Failed for good: moves the row to dead letters (attempts+1) in one transaction. */
+/* Failed for good: moves the row to dead letters (attempts+1) in one
+ * transaction, with a dead ledger row when the ledger is on (never over an
+ * acknowledged one; a dead cancel row changes nothing in the ledger). */
 int oo_spool_kill(oo_spool *s, long long id, const oo_spool_failure *f, double now,
                   oo_spool_err *err);
 /* Gives the row back without counting an attempt. */
@@ -230,12 +251,57 @@ int oo_spool_purge(oo_spool *s, int which, double older_than, double now, long l
 
 void oo_spool_rows_free(oo_spool_rows *r);
 
+/* queue:cancel's step: removes the unclaimed queued creates of a refCode
+ * (one transaction). With the ledger on, and when none is in flight and
+ * the ledger holds no acknowledged row of it, the removed ones are
+ * recorded as cancelled in the same transaction (nothing is left to send).
+ * The caller puts a cancel row (OO_SPOOL_OP_CANCEL) when one was in
+ * flight, seen, or nothing was removed. */
+typedef struct oo_spool_cancelled {
+    long long removed;   /* queued creates removed: never delivered */
+    long long in_flight; /* creates of that refCode claimed under a live lease */
+    int seen;            /* the ledger holds a sent/warned row of it (channel NULL: the default) */
+} oo_spool_cancelled;
+int oo_spool_cancel_queued(oo_spool *s, const char *ref, size_t ref_len, const char *channel,
+                           size_t channel_len, double now, oo_spool_cancelled *out,
+                           oo_spool_err *err);
+
+/* Erasure: removes one customer's undelivered orders, the queued (unless
+ * in flight: counted) and the dead letters, whose body holds the given
+ * user.email (compared normalised: trimmed, ASCII lower-case; an e-mail
+ * that is not an address matches nothing) or user.id. */
+typedef struct oo_spool_purged {
+    long long queued, dead; /* removed */
+    long long in_flight;    /* theirs, claimed under a live lease: left (run it again later) */
+} oo_spool_purged;
+int oo_spool_purge_customer(oo_spool *s, const char *email, size_t email_len, const char *user_id,
+                            size_t id_len, double now, oo_spool_purged *out, oo_spool_err *err);
+
+/* ---- The ledger in the spool's file (ledger.c) ---- */
+struct oo_ledger_cfg;
+struct oo_sql_conn;
+struct sqlite3_stmt;
+/* From now on, acks, kills, expiries and drops on this connection (every
+ * handle reopened from it) write ledger rows under cfg (copied). */
+int oo_spool_set_ledger(oo_spool *s, const struct oo_ledger_cfg *cfg, oo_spool_err *err);
+/* Runs fn in one of the spool's transactions (write: BEGIN IMMEDIATE on
+ * the shared connection; read: a snapshot on the handle's reader), with
+ * that connection's ledger statement cache. */
+typedef int (*oo_spool_fn)(struct oo_sql_conn *c, struct sqlite3_stmt **st, void *ctx,
+                           oo_spool_err *err);
+int oo_spool_run(oo_spool *s, const char *what, int write, oo_spool_fn fn, void *ctx,
+                 oo_spool_err *err);
+
 /* ---- Lua binding (l_spool.c) ---- */
 /* Reads a spool options table (nil = defaults) at idx; raises naming the field. */
 void oo_spool_read_opts(struct lua_State *L, int idx, oo_spool_opts *o);
 /* The handle inside a spool userdata at idx (raises if not one or closed):
  * the worker's binding reopens it for its own thread. */
 oo_spool *oo_spool_check(struct lua_State *L, int idx);
+/* Pushes nil, {kind=, message=, retryable=, sqlite_code=?, bound=?} for a
+ * runtime failure (returns 2); raises for OO_SPOOL_MISUSE. The ledger's
+ * binding reports the same way. */
+int oo_spool_push_err(struct lua_State *L, const oo_spool_err *e);
 /* core.spool_open, core.spool_now and the spool metatable. */
 void oo_spool_register(struct lua_State *L);
 

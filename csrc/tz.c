@@ -19,6 +19,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "core.h"
 #include "date.h"
+#include "tz.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -46,7 +47,7 @@ typedef struct {
     tz_date start, end;
 } tz_rule;
 
-typedef struct {
+typedef struct tz_zone {
     char name[256];
     int ntimes, ntypes, has_rule;
     tz_rule rule;
@@ -371,6 +372,13 @@ static int l_tz_load(lua_State *L) {
 
 static tz_zone *check_zone(lua_State *L, int i) {
     return (tz_zone *)luaL_checkudata(L, i, ZONE_MT);
+}
+
+const tz_zone *oo_tz_check(lua_State *L, int idx) { return check_zone(L, idx); }
+
+long oo_tz_offset(const tz_zone *z, long long t) {
+    int dst;
+    return zone_offset(z, t, &dst);
 }
 
 /*** zone:offset(t) -> seconds east of UTC, is_dst */

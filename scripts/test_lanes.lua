@@ -50,7 +50,7 @@ local function cpath(variant) return ROOT .. "/build/" .. variant .. "/?.so;;" e
 
 -- The same C source under PUC Lua 5.1 and 5.3: the C-heavy specs.
 local C_HEAVY = { "spec/encode_spec.lua", "spec/encode_edge_spec.lua", "spec/property_spec.lua",
-  "spec/json_spec.lua", "spec/spool_spec.lua", "spec/retry_spec.lua", "spec/cli_json_spec.lua",
+  "spec/json_spec.lua", "spec/spool_spec.lua", "spec/ledger_spec.lua", "spec/retry_spec.lua", "spec/cli_json_spec.lua",
   "spec/cli_dates_spec.lua", "spec/input_csv_spec.lua", "spec/money_spec.lua", "spec/input_encoding_spec.lua" }
 
 local function paths_env(variant, ...)
@@ -63,7 +63,8 @@ local function paths_env(variant, ...)
 end
 
 -- fuzz/Makefile's run targets, and the binary each runs.
-local FUZZ_TARGETS = { "run", "run-json", "run-classify", "run-hmac", "run-tz", "run-csv", "run-decode" }
+local FUZZ_TARGETS = { "run", "run-json", "run-classify", "run-hmac", "run-tz", "run-csv", "run-decode",
+  "run-ledger" }
 local function fuzz_binary(t) return "fuzz_" .. (t == "run" and "scalars" or t:sub(5)) end
 
 -- `variant`: the build its jobs wait for (and `also`: other builds they
@@ -106,8 +107,8 @@ local SUITES = {
     { name = "bench/fault_run.lua", cmd = "lua5.4 bench/fault_run.lua --orders 1000 --quick",
       ok_tail = 1, fail_tail = 30, fail_note = "fault run lost orders" } } },
   -- A bounded libFuzzer run over the C parsers (dates, money, UTF-8, escaping,
-  -- CSV, the input decoder), the JSON decoder, the classifier and the
-  -- pseudonymiser (normalisation + HMAC). Each target runs for a fixed time
+  -- CSV, the input decoder, the ledger's body reader), the JSON decoder, the
+  -- classifier and the pseudonymiser (normalisation + HMAC). Each target runs for a fixed time
   -- and does as much as the CPU it gets allows: they start once every
   -- other job has started (`tail`), as lanes fall idle, and no more at once
   -- than there are cores (group "fuzz"), each built beforehand (variant).

@@ -270,12 +270,19 @@ describe("the NDJSON reader on core.json_decode", function()
     return out
   end
 
-  it("reports invalid UTF-8 and lone surrogates as invalid JSON lines, and goes on", function()
-    local recs = read('{"a":"\255"}\n{"a":"\\ud800"}\n{"a":"caf\195\169"}\n')
-    assert.matches(":1: invalid JSON: Invalid UTF-8 in string at character 7", recs[1].error, 1, true)
-    assert.matches(":2: invalid JSON: Invalid unicode escape code", recs[2].error, 1, true)
-    assert.equal('{"a":"\\ud800"}', recs[2].raw)
-    assert.equal("caf\195\169", recs[3].payload.a)
+  it("reports lone surrogates as invalid JSON lines, and goes on", function()
+    local recs = read('{"a":"\\ud800"}\n{"a":"caf\195\169"}\n')
+    assert.matches(":1: invalid JSON: Invalid unicode escape code", recs[1].error, 1, true)
+    assert.equal('{"a":"\\ud800"}', recs[1].raw)
+    assert.equal("caf\195\169", recs[2].payload.a)
+  end)
+
+  it("stops at a line that is not UTF-8, naming it and the --input-encoding option", function()
+    local recs = read('{"a":"caf\195\169"}\n{"a":"\255"}\n{"a":"b"}\n')
+    assert.equal("caf\195\169", recs[1].payload.a)
+    assert.matches(":2: not UTF-8 text", recs[2].error, 1, true)
+    assert.matches("--input-encoding", recs[2].error, 1, true)
+    assert.is_nil(recs[3])
   end)
 
   it("keeps cjson's nesting limit of 1000 for lines", function()

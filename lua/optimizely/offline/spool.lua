@@ -12,8 +12,24 @@
 -- URI: `"file:x.db"` is the file `./file:x.db`. A file that is not a spool
 -- (another program's SQLite database, a text file, a spool written by a
 -- newer version) is refused with kind `"foreign"` and left byte for byte as
--- it was. A spool written by version 1 of this library is migrated in place
--- (one transaction) the first time it is opened.
+-- it was. A spool written by an earlier version of this library is
+-- migrated in place (one transaction) the first time it is opened. A spool,
+-- `-wal` or `-shm` file that another user owns, that other users may read or
+-- write, or that is a symbolic link is refused with kind `"storage"`, naming
+-- the file: a file someone else pre-created in a shared directory is never
+-- adopted.
+--
+-- **Cancels**: a row is a create (a POST of its body) or a cancel (a DELETE
+-- of its refCode, `put_cancel`). A cancel is not claimed while an earlier
+-- row of its refCode is still in the spool (queued or being delivered), and
+-- a create not while an earlier cancel of its refCode is (an amend: the
+-- DELETE first, then the new version). `cancel_queued` removes the queued,
+-- undelivered creates of a refCode; `purge_customer` one customer's orders.
+--
+-- **The ledger** (`spool:ledger{...}`, see `optimizely.offline.ledger`) lives
+-- in the spool's file: each ack then writes its ledger row in the same
+-- transaction as the row's delete, so a `kill -9` at any moment leaves the
+-- two consistent.
 --
 -- **Several processes** (nginx workers, the CLI, a daemon) may share one
 -- file: writes take the lock with `BEGIN IMMEDIATE` and wait up to
@@ -56,6 +72,7 @@
 -- @module optimizely.offline.spool
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
+local ledger = require("optimizely.offline.ledger")
 local opts = require("optimizely.offline.opts")
 
 local M = {}
@@ -118,6 +135,8 @@ end
 --- A claimed order, as `claim` returns it.
 -- @table claimed_row
 -- @field id the order's id (never reused: it keeps it through dead letters and requeue)
+-- @field op `"create"` (POST the body) or `"cancel"` (DELETE the refCode; the body is the
+--   cancelled order's, or empty)
 -- @field ref its refCode, or nil
 -- @field body the request body, byte for byte as stored
 -- @field attempts failed attempts so far
@@ -155,11 +174,45 @@ function Spool:put(body, ref, now, channel)
 end
 
 --- Store many orders in one transaction (group commit): all or none.
--- @param list array of `{body=, ref=, channel=}` tables or body strings
+-- @param list array of `{body=, ref=, channel=, op=}` tables or body strings (`op`:
+--   `"create"`, the default, or `"cancel"`: see `put_cancel`; a cancel's body may be nil)
 -- @param now epoch seconds (default: the clock)
 -- @return array of ids (same order), or nil, err
 function Spool:put_many(list, now)
   return wrap(self.handle:put_many(list, now))
+end
+
+--- Store a cancel: a row asking for the DELETE of `ref`. It is not claimed
+-- while an earlier row of that refCode is still in the spool.
+-- @param ref the refCode to cancel
+-- @param channel its channel (nil: the client's default)
+-- @param now epoch seconds (default: the clock)
+-- @param body the cancelled order's body when known (the ledger's report fields), or nil
+-- @return id, or nil, err
+function Spool:put_cancel(ref, channel, now, body)
+  return wrap(self.handle:put_cancel(ref, channel, now, body))
+end
+
+--- Remove the queued creates of a refCode that no one is delivering (one
+-- transaction): the first step of a queue's cancel. With the ledger on,
+-- when none is in flight and the ledger holds no acknowledged row of it,
+-- the removed orders are recorded as `"cancelled"` in the same
+-- transaction: nothing is left to send. Put a cancel (`put_cancel`) when
+-- one is `in_flight`, when it was `seen`, or when nothing was removed.
+-- @param ref the refCode
+-- @param channel its channel for the ledger lookup (nil: the default)
+-- @param now epoch seconds (default: the clock)
+-- @return `{removed=, in_flight=, seen=}`, or nil, err
+function Spool:cancel_queued(ref, channel, now)
+  return wrap(self.handle:cancel_queued(ref, channel, now))
+end
+
+--- The ledger in this spool's file (`optimizely.offline.ledger.of_spool`):
+-- from now on this spool's acks, kills and expiries are recorded in it.
+-- @param options `{host=, site=, channel=, store_key=, keep=}` (see the ledger's `spool_options`)
+-- @return a ledger, or nil, err
+function Spool:ledger(options)
+  return ledger.of_spool(self, options)
 end
 
 --- Lease up to `max_n` due orders for `lease_seconds`.
@@ -172,19 +225,23 @@ function Spool:claim(max_n, lease_seconds, now)
 end
 
 --- Delivered: delete the order. Only the handle holding its lease may.
+-- With the ledger on, its ledger row is written in the same transaction
+-- (a cancel row's as `"cancelled"`).
 -- @param id the order's id
+-- @param outcome for the ledger: `"sent"` (default) or `"warned"` (accepted with warnings)
 -- @return true, or nil, err (kind "lease": not ours any more)
-function Spool:ack(id)
-  return wrap(self.handle:ack(id))
+function Spool:ack(id, outcome)
+  return wrap(self.handle:ack(id, outcome))
 end
 
 --- Delivered, many at once: one transaction. Every order this handle holds
 -- is deleted; if some were not ours any more the call returns kind "lease"
 -- (saying how many), the others being acked all the same.
 -- @param ids array of ids
+-- @param outcomes nil (all `"sent"`), or an array beside `ids` of `"sent"` / `"warned"`
 -- @return true, or nil, err
-function Spool:ack_many(ids)
-  return wrap(self.handle:ack_many(ids))
+function Spool:ack_many(ids, outcomes)
+  return wrap(self.handle:ack_many(ids, outcomes))
 end
 
 --- Failed for now: attempts + 1, due again at `next_at`, lease cleared.
@@ -198,7 +255,9 @@ function Spool:retry(id, next_at, err)
 end
 
 --- Failed for good: move the order to the dead letters (attempts + 1),
--- keeping its body, refCode and channel.
+-- keeping its body, refCode and channel. With the ledger on, a `"dead"`
+-- ledger row is written in the same transaction, unless the order was
+-- already acknowledged (a dead cancel row leaves the ledger as it was).
 -- @param id the order's id (claimed by this handle)
 -- @param err `{kind=, status=, code=, message=}` (an error object fits), a message
 --   string (kind "failed"), or nil
@@ -302,16 +361,15 @@ end
 
 -- ------------------------------------------------- whole-spool operations
 --
--- `due_now` and `purge_user` are written with the calls above: the spool
--- has no statement of its own for them yet. They take rows the way a
--- delivery loop does — a claim, then a retry, an ack or a release — and
--- never a row under another handle's live lease: they claim "as of" a
--- time `by` earlier than every such lease, and hold every row they claim
--- until all are claimed (a row given back would be claimable again). A
--- process that dies meanwhile leaves what it held leased for `HOLD_LEASE`
--- seconds after `by`. Run them when no other process delivers from the
--- file (a retired till's spool); otherwise the rows it holds are left as
--- they are and counted.
+-- `due_now` is written with the calls above: the spool has no statement
+-- of its own for it yet. It takes rows the way a delivery loop does — a
+-- claim, then a retry or a release — and never a row under another
+-- handle's live lease: it claims "as of" a time `by` earlier than every
+-- such lease, and holds every row it claims until all are claimed (a row
+-- given back would be claimable again). A process that dies meanwhile
+-- leaves what it held leased for `HOLD_LEASE` seconds after `by`. Run it
+-- when no other process delivers from the file (a retired till's spool);
+-- otherwise the rows it holds are left as they are and counted.
 
 local PAGE = 1000
 local HOLD_LEASE = 60
@@ -404,77 +462,30 @@ function Spool:due_now(now)
   return moved, left
 end
 
--- Does an encoded order belong to the customer? `email` is compared
--- trimmed and case-insensitively, `user_id` exactly.
-local function belongs(body, email, user_id)
-  local p = core.json_decode(body)
-  local u = type(p) == "table" and p.user
-  if type(u) ~= "table" then return false end
-  if email and type(u.email) == "string" and u.email:lower():match("^%s*(.-)%s*$") == email then return true end
-  return user_id ~= nil and u.id == user_id
-end
-
 local PURGE = opts.schema("optimizely.offline.spool:purge_user", "who", {
   email = { type = "string", nonempty = true },
   user_id = { type = "string", nonempty = true },
 })
 
 --- Removes one customer's orders that were not delivered — queued orders
--- and dead letters — for an erasure request. An order matches when its
--- `user.email` is `email` (trimmed, any case) or its `user.id` is
--- `user_id`; give the pseudonymised id as `user_id` too when orders were
--- pseudonymised. An order another process is delivering right now (under
--- its live lease) cannot be removed: it is counted in `left` (run it
--- again once that process is stopped).
+-- and dead letters — for an erasure request, in one transaction (the
+-- bodies are read in C). An order matches when its `user.email` is
+-- `email` (both trimmed and compared in ASCII lower case; an `email` that
+-- is not an address matches nothing) or its `user.id` is `user_id`; give
+-- the pseudonymised id as `user_id` too when orders were pseudonymised. An
+-- order another process is delivering right now (under its live lease)
+-- cannot be removed: it is counted in `left` (run it again once that
+-- process is stopped).
 -- @param who `{email = address, user_id = id}` (one or both)
 -- @param now epoch seconds (default: the clock)
--- @return how many were removed and how many matching were left; or nil, err
+-- @return how many were removed (queued and dead letters) and how many matching were left;
+--   or nil, err
 function Spool:purge_user(who, now)
   who = PURGE:check(who, 2)
   if not who.email and not who.user_id then error("spool:purge_user: give email or user_id", 2) end
-  now = now or M.now()
-  local email = who.email and who.email:lower():match("^%s*(.-)%s*$")
-  local stuck, err = self:requeue_user_dead(email, who.user_id, now)
-  if not stuck then return nil, err end
-  local match, count, latest, lease_end = {}, 0, now, math.huge
-  local ok
-  ok, err = self:each_row(function(row)
-    local live = row.claimed_by and row.claimed_until > now
-    if live then lease_end = math.min(lease_end, row.claimed_until) end
-    if belongs(row.body, email, who.user_id) then
-      match[row.id], count = true, count + 1
-      if not live then latest = math.max(latest, row.next_at) end
-    end
-  end, { body = true })
-  if not ok then return nil, err end
-  if count == 0 then return 0, stuck end
-  local removed, herr = hold_and_settle(self, claim_time(self, now, latest, lease_end), function(row)
-    if match[row.id] and belongs(row.body, email, who.user_id) then return "ack" end
-  end)
-  if not removed then return nil, herr end
-  return removed, count - removed + stuck
-end
-
---- The customer's dead letters back in the queue, to be removed with it
--- (`purge_user`'s first step): not while another handle holds a live
--- lease (a running delivery loop could take one), nor past a bound.
--- @return how many of them stay dead letters, or nil, err
--- @local
-function Spool:requeue_user_dead(email, user_id, now)
-  local ids = {}
-  local ok, err = self:each_row(function(row)
-    if belongs(row.body, email, user_id) then ids[#ids + 1] = row.id end
-  end, { dead = true, body = true })
-  if not ok then return nil, err end
-  if #ids == 0 then return 0 end
-  local st, serr = self:stats(now)
-  if not st then return nil, serr end
-  if st.claimed > 0 then return #ids end
-  local stuck = 0
-  for _, id in ipairs(ids) do
-    if not self:requeue_dead(id, now) then stuck = stuck + 1 end
-  end
-  return stuck
+  local r, err = self.handle:purge_customer(who.email, who.user_id, now)
+  if not r then return nil, new_error(err) end
+  return r.queued + r.dead, r.in_flight
 end
 
 --- This handle's lease owner token ("pid:hex"), as `claimed_by` shows it.
