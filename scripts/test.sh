@@ -7,6 +7,9 @@
 # spec file of every suite as its own job in parallel lanes (own ports,
 # TMPDIR, sandbox). It prints each suite's summary, failures in full, the
 # per-suite timings, and one closing line: "test: N passed, N failed".
+# Spec files (spec/*_spec.lua) and fuzz targets (fuzz/Makefile's run*) are
+# found by themselves; the C-heavy specs of Lua 5.1 and 5.3 and the tests
+# of the serial lane are listed in scripts/test_lanes.lua.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)

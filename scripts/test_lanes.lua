@@ -62,10 +62,13 @@ local function paths_env(variant, ...)
   return env
 end
 
--- fuzz/Makefile's run targets, and the binary each runs.
-local FUZZ_TARGETS = { "run", "run-json", "run-classify", "run-hmac", "run-tz", "run-csv", "run-decode",
-  "run-ledger" }
-local function fuzz_binary(t) return "fuzz_" .. (t == "run" and "scalars" or t:sub(5)) end
+-- fuzz/Makefile's run targets ("run-json: fuzz_json"), each with the
+-- binary it runs: a new target there is a new job here.
+local FUZZ_TARGETS, FUZZ_BINARY = {}, {}
+for target, binary in (read_file("fuzz/Makefile") or ""):gmatch("\n(run[%w-]*):[ \t]*(%S+)") do
+  FUZZ_TARGETS[#FUZZ_TARGETS + 1] = target
+  FUZZ_BINARY[target] = binary
+end
 
 -- `variant`: the build its jobs wait for (and `also`: other builds they
 -- use: every spec file may start nginx, whose OpenResty loads build/jit). busted --lua re-executes through a
@@ -129,7 +132,7 @@ local BUILD_ORDER = { "jit", "5.4", "asan", "5.1", "5.3", "fuzz" }
 local function build_command(v)
   if v == "fuzz" then
     local bins = {}
-    for i, t in ipairs(FUZZ_TARGETS) do bins[i] = fuzz_binary(t) end
+    for i, t in ipairs(FUZZ_TARGETS) do bins[i] = FUZZ_BINARY[t] end
     return "make -s -C fuzz " .. table.concat(bins, " ") .. " && echo built the fuzz targets"
   end
   return "make -s build VARIANTS=" .. v .. (v == "asan" and " build/asan-lua" or "")
