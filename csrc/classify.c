@@ -74,7 +74,7 @@ static void describe(oo_outcome *o, const oo_envelope *env) {
 }
 
 static void reset(oo_outcome *o) {
-    o->ok = o->retryable = o->stop = o->warned = o->transport_code = 0;
+    o->ok = o->retryable = o->stop = o->warned = o->throttled = o->transport_code = 0;
     o->kind = NULL;
     o->status = 0;
     o->retry_after = -1;
@@ -114,6 +114,7 @@ void oo_classify_response(int status, const char *retry_after, const char *body,
         return;
     }
     o->retry_after = oo_retry_after(retry_after, now);
+    o->throttled = status == 429;
     o->stop = status == 401 || status == 403 || oo_code_is_credentials(o->code);
     o->retryable = !o->stop && oo_status_retryable(status);
     o->kind = o->stop ? "auth" : "http";
@@ -122,8 +123,20 @@ void oo_classify_response(int status, const char *retry_after, const char *body,
     describe(o, env);
 }
 
+void oo_classify_broken(const char *what, oo_outcome *o) {
+    reset(o);
+    o->kind = "transport";
+    say(o, "the transport broke its contract: ");
+    say(o, what);
+    say(o, " (expected status, body, info or nil, kind, message)");
+}
+
 void oo_classify_failure(const char *kind, const char *message, oo_outcome *o) {
     reset(o);
+    if (kind && strcmp(kind, "transport") == 0) {
+        oo_classify_broken(message && message[0] ? message : "no answer", o);
+        return;
+    }
     if (kind && strcmp(kind, "timeout") == 0) o->kind = "timeout";
     else if (kind && strcmp(kind, "tls") == 0) o->kind = "tls";
     else o->kind = "network";
@@ -138,6 +151,10 @@ void oo_classify_failure(const char *kind, const char *message, oo_outcome *o) {
  * retryable, retry_after, stop, warned} (absent/false fields left out). */
 void oo_push_outcome(lua_State *L, const oo_outcome *o) {
     lua_createtable(L, 0, 8);
+    oo_outcome_fields(L, o);
+}
+
+void oo_outcome_fields(lua_State *L, const oo_outcome *o) {
     oo_set_bool(L, "ok", o->ok);
     if (o->status) oo_set_int(L, "status", o->status);
     if (o->ok) {
@@ -150,6 +167,7 @@ void oo_push_outcome(lua_State *L, const oo_outcome *o) {
     if (o->code[0]) oo_set_str(L, "code", o->code);
     if (o->retry_after >= 0) oo_set_num(L, "retry_after", o->retry_after);
     if (o->stop) oo_set_bool(L, "stop", 1);
+    if (o->throttled) oo_set_bool(L, "throttled", 1);
     if (o->transport_code) oo_set_int(L, "curl_code", o->transport_code);
 }
 

@@ -29,6 +29,7 @@ typedef struct oo_outcome {
     int retryable;
     int stop;            /* bad credentials: stop sending with them */
     int warned;          /* delivered with warnings worth reading (envelope) */
+    int throttled;       /* the server asked every request to slow down (a 429) */
     double retry_after;  /* seconds from Retry-After, -1 when absent or unusable */
     int transport_code;  /* the transport's own error number (libcurl's CURLcode), 0 none */
     char code[64];       /* the first API error code, "" when none */
@@ -46,15 +47,26 @@ void oo_classify_response(int status, const char *retry_after, const char *body,
                           double now, oo_outcome *o, oo_envelope *env);
 
 /* A transport failure of kind "network" | "timeout" | "tls" (anything
- * else counts as "network") with its message. */
+ * else counts as "network"; "transport" is oo_classify_broken) with its
+ * message. */
 void oo_classify_failure(const char *kind, const char *message, oo_outcome *o);
+
+/* A transport that broke its contract (status, body or info of the wrong
+ * type, a failure without a kind): kind "transport", not retryable; `what`
+ * says what was wrong. */
+void oo_classify_broken(const char *what, oo_outcome *o);
 
 /* Does an API error code name the site, the token or the channel? */
 int oo_code_is_credentials(const char *code);
 
 /* Pushes the record as a Lua table {ok, kind, status, code, message,
- * retryable, retry_after, stop, warned} (false/absent fields left out). */
+ * retryable, retry_after, stop, warned, throttled, curl_code} (false/absent
+ * fields left out). */
 void oo_push_outcome(lua_State *L, const oo_outcome *o);
+
+/* The same fields, set in the table on top of the stack (a caller that
+ * adds its own sizes the table once). */
+void oo_outcome_fields(lua_State *L, const oo_outcome *o);
 
 void oo_classify_register(lua_State *L);
 

@@ -11,7 +11,7 @@
 
 #define OO_PARTS(X)                                                                       \
     X(encode) X(http) X(spool) X(worker) X(json) X(text) X(fs) X(clock) X(classify)        \
-    X(policy) X(metrics) X(engine) X(hmac) X(jsonw) X(tz) X(csv) X(decode) X(signals) X(ledger)
+    X(policy) X(metrics) X(sched) X(engine) X(hmac) X(jsonw) X(tz) X(csv) X(decode) X(signals) X(ledger)
 
 #define OO_DECLARE_PART(name) void oo_##name##_register(lua_State *L);
 OO_PARTS(OO_DECLARE_PART)

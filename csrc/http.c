@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 /* The only process-wide state: libcurl's init, run exactly once. */
@@ -401,6 +402,17 @@ CURLcode oo_http_prepare(CURL *e, oo_http_xfer *x, const char *method,
     return CURLE_OK;
 }
 
+void oo_http_distrust(CURL *e) {
+    long status = 0, version = 0;
+    curl_socket_t fd = CURL_SOCKET_BAD;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    if (status >= 200 && status <= 299) return;
+    curl_easy_getinfo(e, CURLINFO_HTTP_VERSION, &version);
+    if (version >= CURL_HTTP_VERSION_2_0) return; /* 2 and 3 */
+    if (curl_easy_getinfo(e, CURLINFO_ACTIVESOCKET, &fd) == CURLE_OK && fd != CURL_SOCKET_BAD)
+        shutdown(fd, SHUT_RDWR);
+}
+
 static const char *oo_http_version_name(long v) {
     switch (v) {
     case CURL_HTTP_VERSION_1_0: return "1.0";
@@ -514,6 +526,7 @@ static int l_request(lua_State *L) {
     oo_http_build_headers(L, 4, &h->x);
     rc = oo_http_prepare(h->easy, &h->x, method, url, body, blen);
     if (rc == CURLE_OK) rc = curl_easy_perform(h->easy);
+    if (rc == CURLE_OK) oo_http_distrust(h->easy);
     /* The body string is about to become collectable: drop the pointer. */
     curl_easy_setopt(h->easy, CURLOPT_POSTFIELDS, (char *)NULL);
     n = oo_http_push_result(L, h->easy, rc, &h->x);
@@ -553,27 +566,47 @@ static int l_curl_version(lua_State *L) {
     return 2;
 }
 
-/*** core.url_escape(s): percent-encodes all but unreserved A-Za-z0-9-._~ */
-static int l_url_escape(lua_State *L) {
+/* Percent-encodes s into out (3 * n + 1 bytes): all but A-Za-z0-9-_~,
+ * and '.' too unless keep_dot. Returns the length written. */
+static size_t escape(const char *s, size_t n, int keep_dot, char *out) {
     static const char hex[] = "0123456789ABCDEF";
-    size_t len, i;
-    const char *s = luaL_checklstring(L, 1, &len);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    for (i = 0; i < len; i++) {
+    size_t i, k = 0;
+    for (i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '.' || c == '_' || c == '~') {
-            luaL_addchar(&b, (char)c);
+            c == '-' || c == '_' || c == '~' || (c == '.' && keep_dot)) {
+            out[k++] = (char)c;
         } else {
-            luaL_addchar(&b, '%');
-            luaL_addchar(&b, hex[c >> 4]);
-            luaL_addchar(&b, hex[c & 15]);
+            out[k++] = '%';
+            out[k++] = hex[c >> 4];
+            out[k++] = hex[c & 15];
         }
     }
-    luaL_pushresult(&b);
+    out[k] = '\0';
+    return k;
+}
+
+char *oo_url_segment(const char *s, size_t n, size_t *out_len) {
+    char *out = (char *)malloc(3 * n + 1);
+    if (!out) return NULL;
+    *out_len = escape(s, n, 0, out);
+    return out;
+}
+
+static int push_escaped(lua_State *L, int keep_dot) {
+    size_t len, n;
+    const char *s = luaL_checklstring(L, 1, &len);
+    char *out = (char *)lua_newuserdata(L, 3 * len + 1); /* freed by the collector, also on a raise */
+    n = escape(s, len, keep_dot, out);
+    lua_pushlstring(L, out, n);
     return 1;
 }
+
+/*** core.url_escape(s): percent-encodes all but unreserved A-Za-z0-9-._~ */
+static int l_url_escape(lua_State *L) { return push_escaped(L, 1); }
+
+/*** core.url_segment(s): s as one URL path segment (oo_url_segment) */
+static int l_url_segment(lua_State *L) { return push_escaped(L, 0); }
 
 void oo_http_register(lua_State *L) {
     static const luaL_Reg methods[] = {
@@ -584,6 +617,7 @@ void oo_http_register(lua_State *L) {
         {"http_new", l_http_new},
         {"curl_version", l_curl_version},
         {"url_escape", l_url_escape},
+        {"url_segment", l_url_segment},
         {NULL, NULL}};
     oo_newclass(L, OO_HTTP_MT, methods, l_gc, l_close, l_tostring);
     oo_setfuncs(L, funcs, 0);

@@ -70,6 +70,27 @@ void oo_http_build_headers(lua_State *L, int idx, oo_http_xfer *x);
 CURLcode oo_http_prepare(CURL *e, oo_http_xfer *x, const char *method,
                          const char *url, const char *body, size_t body_len);
 
+/* The reuse rule: a connection is never trusted after an answer it did
+ * not fully understand. After a non-2xx answer over HTTP/1.x the finished
+ * transfer's connection is shut down, so libcurl finds it dead and opens a
+ * new one instead of reusing it: a server that wrote a stray response
+ * after its answer (a 503, then "200 OK") cannot have that stray read as
+ * the answer to the next request. Bytes beyond the declared body in the
+ * same read make libcurl close the connection itself ("excess found").
+ * HTTP/2 frames every answer: nothing can be misread, the connection
+ * stays. Call it with the handle of a transfer that just finished (easy
+ * perform, or a multi message before the handle is removed). libcurl's
+ * own connection cache is not reachable otherwise: shutting the socket is
+ * the "close instead of reuse" of CURLOPT_FORBID_REUSE, decided after the
+ * status is known (libcurl options cannot change inside its callbacks). */
+void oo_http_distrust(CURL *e);
+
+/* A refCode as one URL path segment: every byte but A-Za-z0-9-_~
+ * percent-encoded, '.' too (libcurl would remove "." and ".." segments and
+ * reach another URL) — the cancel URLs of client:cancel and of the queue's
+ * cancel rows. A malloc'd string (NULL: no memory), its length in *out_len. */
+char *oo_url_segment(const char *s, size_t n, size_t *out_len);
+
 /* "network" | "timeout" | "tls" for a failed transfer. */
 const char *oo_http_kind(CURLcode rc);
 

@@ -1,27 +1,26 @@
-/* The engine's Lua glue shared by send_batch's engine object (l_engine.c)
- * and the queue's thread (worker.c). */
+/* The libcurl engine's Lua side: a scheduler (sched.h) driven by the
+ * libcurl driver (driver_curl.h) — send_batch's engine object driven from
+ * the calling thread (core.engine_new), and the queue's thread (worker.c),
+ * which sets it up the same way. */
 #ifndef OO_L_ENGINE_H
 #define OO_L_ENGINE_H
 
-#include "engine.h"
+#include "driver_curl.h"
+#include "l_sched.h"
 
-/* Reads the engine configuration table at idx (already checked by the Lua
- * options layer; raises on what slipped through):
- *   http = <http options>, url = "...", channels = {{name, token, headers}...},
- *   concurrency, adaptive, initial_limit, on_stop = "drain" | "pause",
- *   auth_pause, report_all, report_retries, no_metrics, max_results, policy = {max_attempts, max_age,
- *   backoff_base, backoff_max, backoff_floor, retry_after_max}
- * and sets up e (oo_engine_init). */
-int oo_engine_setup(lua_State *L, int idx, oo_engine *e);
-void oo_engine_read_cfg(lua_State *L, int idx, oo_engine_cfg *cfg, oo_policy *pol);
+typedef struct oo_engine {
+    oo_sched s;
+    oo_curl d;
+} oo_engine;
 
-/* Pushes the list as an array of result tables and frees it. */
-int oo_push_results(lua_State *L, const oo_engine *e, oo_result *list);
+/* Reads the configuration table at idx — the scheduler's (l_sched.h) plus
+ * http = <http options> (core.http_new's) — and sets up the scheduler and
+ * the driver; each channel's headers get the User-Agent line unless they
+ * carry their own. Raises; after a raise e needs no freeing. */
+void oo_engine_setup(lua_State *L, int idx, oo_engine *e);
 
-/* {queued, retrying, in_flight, sent, retried, dead, failed, pushed,
- *  results_dropped, pending_results, limit, stopped, paused_for} */
-void oo_push_engine_stats(lua_State *L, oo_engine *e);
-void oo_push_engine_metrics(lua_State *L, oo_engine *e);
+/* Aborts what is in flight and frees everything. */
+void oo_engine_free(oo_engine *e);
 
 void oo_engine_register(lua_State *L);
 

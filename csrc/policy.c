@@ -187,7 +187,7 @@ void oo_policy_decide(const oo_policy *p, const oo_outcome *o, int attempts, dou
         return;
     }
     d->delay = oo_policy_delay(p, attempts, o->retry_after, r);
-    if (o->status == 429) { /* the server asked everyone to slow down */
+    if (o->throttled) { /* the server asked everyone to slow down */
         d->pause = d->delay;
         d->slow_down = 1;
     }
@@ -248,7 +248,9 @@ static void outcome_from(lua_State *L, int idx, oo_outcome *o) {
     o->status = lua_type(L, -1) == LUA_TNUMBER ? (int)lua_tointeger(L, -1) : 0;
     lua_getfield(L, idx, "retry_after");
     o->retry_after = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : -1;
-    lua_pop(L, 5);
+    lua_getfield(L, idx, "throttled");
+    o->throttled = lua_toboolean(L, -1);
+    lua_pop(L, 6);
 }
 
 /*** p:decide(record, attempts, age [, r]) -> action, delay, pause, slow_down, why */
@@ -292,6 +294,22 @@ static int l_policy_new(lua_State *L) {
     return 1;
 }
 
+/*** core.policy_defaults() -> {max_attempts, max_age, backoff_base,
+ * backoff_max, backoff_floor, retry_after_max}: the defaults, declared
+ * once (here) for every path and for the Lua options' docs */
+static int l_policy_defaults(lua_State *L) {
+    oo_policy p;
+    oo_policy_defaults(&p);
+    lua_createtable(L, 0, 6);
+    oo_set_int(L, "max_attempts", p.max_attempts);
+    oo_set_num(L, "max_age", p.max_age);
+    oo_set_num(L, "backoff_base", p.backoff_base);
+    oo_set_num(L, "backoff_max", p.backoff_max);
+    oo_set_num(L, "backoff_floor", p.backoff_floor);
+    oo_set_num(L, "retry_after_max", p.retry_after_max);
+    return 1;
+}
+
 /*** core.parse_retry_after(value [, now]) -> seconds | nil */
 static int l_parse_retry_after(lua_State *L) {
     double v = oo_retry_after(luaL_optstring(L, 1, NULL), (double)luaL_optnumber(L, 2, (double)time(NULL)));
@@ -310,7 +328,8 @@ void oo_policy_register(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"decide", l_decide}, {"delay", l_delay}, {NULL, NULL}};
     static const luaL_Reg funcs[] = {
-        {"policy_new", l_policy_new}, {"parse_retry_after", l_parse_retry_after},
+        {"policy_new", l_policy_new}, {"policy_defaults", l_policy_defaults},
+        {"parse_retry_after", l_parse_retry_after},
         {"parse_http_date", l_parse_http_date}, {NULL, NULL}};
     oo_newclass(L, OO_POLICY_MT, methods, NULL, NULL, NULL);
     oo_setfuncs(L, funcs, 0);

@@ -181,6 +181,27 @@ void oo_pool_free(oo_pool *p) {
 /* ------------------------------------------------------------------ */
 /* Transfers                                                           */
 
+/* Sets the request on the slot's handle: a POST to the URL and headers it
+ * was last prepared for needs only the new body; anything else all of it. */
+static CURLcode prepare(oo_slot *s, const char *url, const struct curl_slist *headers,
+                        const char *body, size_t len) {
+    CURLcode rc;
+    if (body && s->prepared_url && s->prepared_headers == headers && strcmp(s->prepared_url, url) == 0) {
+        rc = curl_easy_setopt(s->e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+        if (rc == CURLE_OK) rc = curl_easy_setopt(s->e, CURLOPT_POSTFIELDS, body);
+        return rc;
+    }
+    free(s->prepared_url);
+    s->prepared_url = NULL;
+    rc = oo_http_prepare(s->e, &s->x, body ? "POST" : "DELETE", url, body, len);
+    if (rc == CURLE_OK) rc = curl_easy_setopt(s->e, CURLOPT_HTTPHEADER, headers);
+    if (rc == CURLE_OK && body) { /* a DELETE leaves the handle unprepared for POSTs */
+        s->prepared_url = strdup(url); /* NULL (no cache) is fine */
+        s->prepared_headers = headers;
+    }
+    return rc;
+}
+
 oo_slot *oo_pool_start(oo_pool *p, void *job, const char *url, const struct curl_slist *headers,
                        const char *body, size_t len, CURLcode *rc) {
     oo_slot *s;
@@ -189,20 +210,7 @@ oo_slot *oo_pool_start(oo_pool *p, void *job, const char *url, const struct curl
     if (p->nfree == 0) return NULL;
     s = &p->slots[p->free_stack[p->nfree - 1]];
     oo_http_xfer_reset(&s->x);
-    if (s->prepared_url && s->prepared_headers == headers && strcmp(s->prepared_url, url) == 0) {
-        /* options persist on the handle: only the body is new */
-        *rc = curl_easy_setopt(s->e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-        if (*rc == CURLE_OK) *rc = curl_easy_setopt(s->e, CURLOPT_POSTFIELDS, body);
-    } else {
-        free(s->prepared_url);
-        s->prepared_url = NULL;
-        *rc = oo_http_prepare(s->e, &s->x, "POST", url, body, len);
-        if (*rc == CURLE_OK) *rc = curl_easy_setopt(s->e, CURLOPT_HTTPHEADER, headers);
-        if (*rc == CURLE_OK) {
-            s->prepared_url = strdup(url); /* NULL (no cache) is fine */
-            s->prepared_headers = headers;
-        }
-    }
+    *rc = prepare(s, url, headers, body, len);
     if (*rc != CURLE_OK) return NULL;
     mc = curl_multi_add_handle(p->m, s->e);
     if (mc != CURLM_OK) {
@@ -250,6 +258,7 @@ static int drain(oo_pool *p, oo_pool_done_fn done, void *ud) {
         rc = msg->data.result;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s);
         if (p->h2_cap && rc == CURLE_OK) h2_settle(p, msg->easy_handle);
+        if (rc == CURLE_OK) oo_http_distrust(msg->easy_handle);
         done(ud, s, rc);
         release(p, s);
         count++;

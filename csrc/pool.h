@@ -1,7 +1,9 @@
 /* The libcurl slot pool: a fixed set of easy handles (one per request in
  * flight) on one curl multi handle, driven by socket events. The one place
- * easy handles are set up for concurrent delivery: the engine (engine.h)
- * uses it for send_batch and for the queue's thread alike.
+ * easy handles are set up for concurrent delivery: the libcurl driver
+ * (driver_curl.h) uses it for send_batch and for the queue's thread alike.
+ * A finished transfer's connection follows the reuse rule (oo_http_distrust)
+ * before done() sees it.
  *
  * Not thread-safe by itself: one thread drives it; another may only call
  * oo_pool_wakeup(). */
@@ -16,12 +18,11 @@ typedef struct oo_slot {
     oo_http_xfer x;       /* response capture; x.headers unused (lists belong to the caller) */
     void *job;            /* the caller's pointer while busy */
     double started;       /* monotonic seconds, for latency */
-    int load;             /* the caller's: requests in flight when it started, itself included */
     int busy;
     /* what the handle was last prepared for: the same URL and header list
      * need only the new body set */
     const struct curl_slist *prepared_headers;
-    char *prepared_url;
+    char *prepared_url;   /* NULL: not prepared (or last prepared for another method) */
 } oo_slot;
 
 typedef void (*oo_pool_done_fn)(void *ud, oo_slot *s, CURLcode rc);
@@ -54,8 +55,9 @@ int oo_pool_init(oo_pool *p, const oo_http_opts *o, int n, char *err, size_t err
 void oo_pool_free(oo_pool *p);
 
 /* Starts a POST of body (not copied: it must live until the transfer is
- * done) with the given header list (not copied either) in a free slot.
- * Returns the slot, or NULL when none is free or curl refused (*rc set). */
+ * done) — or, with body NULL, a DELETE — with the given header list (not
+ * copied either) in a free slot. Returns the slot, or NULL when none is
+ * free or curl refused (*rc set). */
 oo_slot *oo_pool_start(oo_pool *p, void *job, const char *url, const struct curl_slist *headers,
                        const char *body, size_t len, CURLcode *rc);
 

@@ -1,9 +1,10 @@
 /* The queue's delivery thread (optimizely.offline.queue, outside nginx).
- * It drives one engine (engine.h): the same scheduler, classifier and
- * policy send_batch uses, from a thread of its own that never touches the
- * Lua state. Lua pushes encoded orders into the engine's inbox (memory
- * mode) or into the SQLite spool (the engine's feed hook claims them); it
- * collects results when it polls.
+ * It drives one engine (l_engine.h): the same scheduler (sched.h),
+ * classifier and policy send_batch uses, with the libcurl driver
+ * (driver_curl.h), from a thread of its own that never touches the Lua
+ * state. Lua pushes encoded orders into the scheduler's inbox (memory
+ * mode) or into the SQLite spool (the scheduler's feed hook claims them);
+ * it collects results when it polls.
  *
  * Sections: the spool hooks (where durable jobs come from and go), the
  * thread, and the Lua API. Signals are blocked in the thread;
@@ -13,6 +14,7 @@
 #include "core.h"
 #include "clock.h"
 #include "l_engine.h"
+#include "ledger.h"
 #include "spool.h"
 
 #include <errno.h>
@@ -59,9 +61,13 @@ typedef struct oo_worker {
     double lease, spool_poll;
     double last_claim;         /* monotonic (thread only) */
     oo_spool_rows rows;
-    /* acks not written yet (thread only) */
+    /* acks not written yet (thread only): row ids and their outcomes for
+     * the ledger (OO_LEDGER_SENT or _WARNED), written in one transaction */
     long long *acks;
+    int *ack_outcomes;
     size_t nacks, capacks;
+    /* a cancel row's URL: prefix .. the refCode as a path segment .. suffix */
+    char *cancel_prefix, *cancel_suffix;
     double ack_since;          /* monotonic: when the oldest of them came */
     int store_drained;         /* under e.mu: the last claim found nothing more due (and no put since) */
     long long storage_errors;  /* under e.mu */
@@ -72,7 +78,7 @@ typedef struct oo_worker_ud {
     oo_worker *w;
 } oo_worker_ud;
 
-#define WORKER(e) ((oo_worker *)(e)->hook_ud)
+#define WORKER(s) ((oo_worker *)(s)->hook_ud)
 
 /* ------------------------------------------------------------------ */
 /* The spool hooks                                                     */
@@ -80,10 +86,10 @@ typedef struct oo_worker_ud {
 /* A spool call failed: counted and kept for stats and the error callback
  * (a full disk must not stop delivery silently). */
 static void storage_failed(oo_worker *w, const oo_spool_err *err) {
-    pthread_mutex_lock(&w->e.mu);
+    pthread_mutex_lock(&w->e.s.mu);
     w->storage_errors++;
     snprintf(w->storage_error, sizeof w->storage_error, "%s", err->message);
-    pthread_mutex_unlock(&w->e.mu);
+    pthread_mutex_unlock(&w->e.s.mu);
 }
 
 /* Copies src into dst (size n) as one printable line with every
@@ -108,29 +114,83 @@ static void scrub_line(char *dst, size_t n, const char *src, const char *token) 
     dst[o] = '\0';
 }
 
-static int channel_index(const oo_engine *e, const char *name) {
+static int channel_index(const oo_sched *s, const char *name) {
     int i;
     if (!name) return 0;
-    for (i = 0; i < e->nchan; i++)
-        if (e->chans[i].name && strcmp(e->chans[i].name, name) == 0) return i;
+    for (i = 0; i < s->nchan; i++)
+        if (s->chans[i].name && strcmp(s->chans[i].name, name) == 0) return i;
     return -1;
+}
+
+/* A cancel row's URL (malloc'd), NULL without a cancel path or memory. */
+static char *cancel_url(const oo_worker *w, const oo_spool_row *row, size_t *len) {
+    size_t np, ns, nseg;
+    char *seg, *url;
+    if (!w->cancel_prefix || !row->ref || !row->ref_len) return NULL;
+    seg = oo_url_segment(row->ref, row->ref_len, &nseg);
+    if (!seg) return NULL;
+    np = strlen(w->cancel_prefix);
+    ns = w->cancel_suffix ? strlen(w->cancel_suffix) : 0;
+    url = (char *)malloc(np + nseg + ns + 1);
+    if (url) {
+        memcpy(url, w->cancel_prefix, np);
+        memcpy(url + np, seg, nseg);
+        if (ns) memcpy(url + np + nseg, w->cancel_suffix, ns);
+        url[np + nseg + ns] = '\0';
+        *len = np + nseg + ns;
+    }
+    free(seg);
+    return url;
+}
+
+/* A job for a claimed spool row — a create (POST of its body) or a cancel
+ * (DELETE of its refCode); NULL for an unknown channel (the config
+ * changed), a cancel without a cancel path, or without memory. */
+static oo_job *row_job(const oo_worker *w, const oo_sched *s, const oo_spool_row *row) {
+    oo_job_spec sp;
+    oo_job *j;
+    char *url = NULL;
+    int ch = channel_index(s, row->channel);
+    if (ch < 0) return NULL;
+    memset(&sp, 0, sizeof sp);
+    sp.id = sp.store_id = row->id;
+    sp.ref = row->ref;
+    sp.ref_len = row->ref ? row->ref_len : 0;
+    sp.channel = ch;
+    sp.attempts = (int)row->attempts;
+    sp.created = row->created_at;
+    if (row->op == OO_SPOOL_OP_CANCEL) {
+        /* the spool holds it back while an earlier row of its refCode is
+         * there; the scheduler, while one is here (after_ref) */
+        sp.method = OO_DELETE;
+        sp.after_ref = 1;
+        url = cancel_url(w, row, &sp.url_len);
+        if (!url) return NULL;
+        sp.url = url;
+    } else {
+        sp.body = row->body;
+        sp.body_len = row->body_len;
+    }
+    j = oo_job_new(&sp);
+    free(url);
+    return j;
 }
 
 /* The store has nothing more due: the Lua side's flush may look at it now
  * (the look is a scan; without this it would look whenever the memory side
  * went idle between two claims). */
 static void store_drained(oo_worker *w) {
-    pthread_mutex_lock(&w->e.mu);
-    if (!w->store_drained && !w->e.feed_hint) {
+    pthread_mutex_lock(&w->e.s.mu);
+    if (!w->store_drained && !w->e.s.feed_hint) {
         w->store_drained = 1;
-        w->e.settles++;
-        pthread_cond_broadcast(&w->e.cv);
+        w->e.s.settles++;
+        pthread_cond_broadcast(&w->e.s.cv);
     }
-    pthread_mutex_unlock(&w->e.mu);
+    pthread_mutex_unlock(&w->e.s.mu);
 }
 
 /* Leases what is due into the ready list; returns when to look again. */
-static double spool_feed(oo_engine *e, int room, double now) {
+static double spool_feed(oo_sched *e, int room, double now) {
     oo_worker *w = WORKER(e);
     oo_spool_err serr;
     size_t k, want;
@@ -148,19 +208,15 @@ static double spool_feed(oo_engine *e, int room, double now) {
     }
     for (k = 0; k < w->rows.n; k++) {
         oo_spool_row *row = &w->rows.v[k];
-        int ch = channel_index(e, row->channel);
-        oo_job *j = ch < 0 ? NULL
-                           : oo_job_new(row->id, row->body, row->body_len, row->ref, row->ref ? row->ref_len : 0,
-                                        ch, row->created_at);
+        oo_job *j = row_job(w, e, row);
         if (!j) {
-            /* an unknown channel (the config changed) or no memory: it
-             * stays in the spool for a process that can send it */
+            /* an unknown channel (the config changed), a cancel this queue
+             * has no cancel path for, or no memory: it stays in the spool
+             * for a process that can send it */
             oo_spool_release(w->spool, row->id, &serr);
             continue;
         }
-        j->spool_id = row->id;
-        j->attempts = (int)row->attempts;
-        oo_engine_take(e, j);
+        oo_sched_take(e, j);
     }
     if (w->rows.n >= want) return now; /* there may be more */
     oo_spool_rows_free(&w->rows);
@@ -175,36 +231,53 @@ static double spool_feed(oo_engine *e, int room, double now) {
     return at;
 }
 
-/* Writes the acks waiting (see ACK_WINDOW), in one transaction. A row we
- * no longer hold (our lease ran out) is skipped and reported like any
- * storage error: another process may have sent it again. */
+/* Writes the acks waiting (see ACK_WINDOW), in one transaction — with
+ * their ledger rows when the spool has a ledger (oo_spool_set_ledger). A
+ * row we no longer hold (our lease ran out) is skipped and reported like
+ * any storage error: another process may have sent it again. */
 static void flush_acks(oo_worker *w) {
     oo_spool_err serr;
     if (w->nacks == 0) return;
-    if (oo_spool_ack_many(w->spool, w->acks, w->nacks, &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
+    if (oo_spool_ack_outcomes(w->spool, w->acks, w->ack_outcomes, w->nacks, oo_wall_now(), &serr) !=
+        OO_SPOOL_OK)
+        storage_failed(w, &serr);
     w->nacks = 0;
     /* flush() on the Lua side waits for the spool to be empty: tell it */
-    pthread_mutex_lock(&w->e.mu);
-    w->e.settles++;
-    pthread_cond_broadcast(&w->e.cv);
-    pthread_mutex_unlock(&w->e.mu);
+    pthread_mutex_lock(&w->e.s.mu);
+    w->e.s.settles++;
+    pthread_cond_broadcast(&w->e.s.cv);
+    pthread_mutex_unlock(&w->e.s.mu);
 }
 
-static void spool_ack(oo_engine *e, oo_job *j) {
+/* Room for one more ack (64 at first, doubling); 0 without memory. */
+static int ack_room(oo_worker *w) {
+    size_t cap;
+    long long *a;
+    int *o;
+    if (w->nacks < w->capacks) return 1;
+    cap = w->capacks ? w->capacks * 2 : 64;
+    a = (long long *)realloc(w->acks, cap * sizeof *a);
+    if (a) w->acks = a;
+    o = a ? (int *)realloc(w->ack_outcomes, cap * sizeof *o) : NULL;
+    if (o) w->ack_outcomes = o;
+    if (!a || !o) return 0;
+    w->capacks = cap;
+    return 1;
+}
+
+static void spool_ack(oo_sched *e, oo_job *j, const oo_outcome *o) {
     oo_worker *w = WORKER(e);
-    if (w->nacks == w->capacks) {
-        size_t cap = w->capacks ? w->capacks * 2 : 64;
-        long long *a = (long long *)realloc(w->acks, cap * sizeof *a);
-        if (!a) { /* no memory to batch: write this one now */
-            oo_spool_err serr;
-            if (oo_spool_ack(w->spool, j->spool_id, &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
-            return;
-        }
-        w->acks = a;
-        w->capacks = cap;
+    int outcome = o->warned ? OO_LEDGER_WARNED : OO_LEDGER_SENT;
+    if (!ack_room(w)) { /* no memory to batch: write this one now */
+        oo_spool_err serr;
+        long long id = j->store_id;
+        if (oo_spool_ack_outcomes(w->spool, &id, &outcome, 1, oo_wall_now(), &serr) != OO_SPOOL_OK)
+            storage_failed(w, &serr);
+        return;
     }
     if (w->nacks == 0) w->ack_since = oo_mono_now();
-    w->acks[w->nacks++] = j->spool_id;
+    w->acks[w->nacks] = j->store_id;
+    w->ack_outcomes[w->nacks++] = outcome;
 }
 
 /* After a turn: write the acks when enough wait, the oldest waited long
@@ -214,14 +287,14 @@ static double maybe_flush_acks(oo_worker *w, double max_wait) {
     double due;
     if (w->nacks == 0) return max_wait;
     due = w->ack_since + ACK_WINDOW - oo_mono_now();
-    if (w->nacks >= ACK_MAX || due <= 0 || oo_engine_pending(&w->e) == 0) {
+    if (w->nacks >= ACK_MAX || due <= 0 || oo_sched_pending(&w->e.s) == 0) {
         flush_acks(w);
         return max_wait;
     }
     return due < max_wait ? due : max_wait;
 }
 
-static int spool_retry(oo_engine *e, oo_job *j, double next_at, const oo_outcome *o) {
+static int spool_retry(oo_sched *e, oo_job *j, double next_at, const oo_outcome *o) {
     oo_worker *w = WORKER(e);
     oo_spool_err serr;
     char why[sizeof o->message];
@@ -231,15 +304,15 @@ static int spool_retry(oo_engine *e, oo_job *j, double next_at, const oo_outcome
      * job and retries it from memory; the row stays ours under its lease
      * (or, should we die, is claimed again when the lease runs out): late,
      * never lost. */
-    if (oo_spool_retry(w->spool, j->spool_id, next_at, why, &serr) != OO_SPOOL_OK) {
+    if (oo_spool_retry(w->spool, j->store_id, next_at, why, &serr) != OO_SPOOL_OK) {
         storage_failed(w, &serr);
         return 0;
     }
-    oo_engine_feed_by(e, oo_mono_now() + (next_at - oo_wall_now()));
+    oo_sched_feed_by(e, oo_mono_now() + (next_at - oo_wall_now()));
     return 1;
 }
 
-static void spool_dead(oo_engine *e, oo_job *j, const oo_outcome *o, const char *why) {
+static void spool_dead(oo_sched *e, oo_job *j, const oo_outcome *o, const char *why) {
     oo_worker *w = WORKER(e);
     oo_spool_err serr;
     oo_spool_failure f;
@@ -252,16 +325,19 @@ static void spool_dead(oo_engine *e, oo_job *j, const oo_outcome *o, const char 
     f.status = o->status;
     f.code = o->code[0] ? o->code : NULL;
     f.message = msg;
-    if (oo_spool_kill(w->spool, j->spool_id, &f, oo_wall_now(), &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
+    if (oo_spool_kill(w->spool, j->store_id, &f, oo_wall_now(), &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
 }
 
-static void spool_release(oo_engine *e, oo_job *j) {
+static void spool_release(oo_sched *e, oo_job *j) {
     oo_worker *w = WORKER(e);
     oo_spool_err serr;
-    if (oo_spool_release(w->spool, j->spool_id, &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
+    if (oo_spool_release(w->spool, j->store_id, &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
 }
 
-static const oo_engine_hooks spool_hooks = {spool_feed, spool_ack, spool_retry, spool_dead, spool_release};
+/* No record hook: with a spool the ledger lives in the spool's file, and
+ * the spool writes its rows itself, in the transaction of the ack (with
+ * each row's outcome: flush_acks) or of the kill. */
+static const oo_sched_hooks spool_hooks = {spool_feed, spool_ack, spool_retry, spool_dead, spool_release, NULL};
 
 /* ------------------------------------------------------------------ */
 /* The thread                                                          */
@@ -275,15 +351,15 @@ static void report_dropped(void *ud, oo_job *j) {
     oo_classify_failure("network", "the queue closed before the order was delivered", &o);
     o.kind = "shutdown";
     o.retryable = 0;
-    oo_engine_report(&w->e, OO_RES_DROPPED, j, &o);
+    oo_sched_report(&w->e.s, OO_RES_DROPPED, j, &o);
     free(j);
 }
 
 static int stopping(oo_worker *w) {
     int s;
-    pthread_mutex_lock(&w->e.mu);
+    pthread_mutex_lock(&w->e.s.mu);
     s = w->stop;
-    pthread_mutex_unlock(&w->e.mu);
+    pthread_mutex_unlock(&w->e.s.mu);
     return s;
 }
 
@@ -292,7 +368,7 @@ static void *worker_main(void *arg) {
     int abandoned;
     double wait = w->spool ? w->spool_poll : 1.0;
     while (!stopping(w)) {
-        if (oo_engine_turn(&w->e, wait) < 0) {
+        if (oo_curl_turn(&w->e.d, wait) < 0) {
             struct timespec ts = {0, 50 * 1000 * 1000}; /* an unexpected poll error: do not spin */
             nanosleep(&ts, NULL);
         }
@@ -302,19 +378,22 @@ static void *worker_main(void *arg) {
     /* Rows we lease go back now, not when the lease runs out: a queue
      * reopened on the spool (or another process) takes them at once. The
      * server may have seen some of them: delivery is at-least-once. */
-    oo_engine_drop_all(&w->e, report_dropped, w);
+    oo_curl_drop_all(&w->e.d, report_dropped, w);
     oo_spool_rows_free(&w->rows);
-    pthread_mutex_lock(&w->e.mu);
+    pthread_mutex_lock(&w->e.s.mu);
     w->exited = 1;
     abandoned = w->abandoned;
-    pthread_cond_broadcast(&w->e.cv);
-    pthread_mutex_unlock(&w->e.mu);
+    pthread_cond_broadcast(&w->e.s.cv);
+    pthread_mutex_unlock(&w->e.s.mu);
     if (abandoned) worker_free(w); /* nobody else holds it any more */
     return NULL;
 }
 
 static void worker_free(oo_worker *w) {
     free(w->acks);
+    free(w->ack_outcomes);
+    free(w->cancel_prefix);
+    free(w->cancel_suffix);
     if (w->spool) oo_spool_close(w->spool);
     oo_spool_rows_free(&w->rows);
     oo_engine_free(&w->e);
@@ -342,10 +421,10 @@ static int worker_stop(oo_worker *w, double timeout) {
     struct timespec dl;
     double end;
     if (!w->started) return 1;
-    pthread_mutex_lock(&w->e.mu);
+    pthread_mutex_lock(&w->e.s.mu);
     w->stop = 1;
-    pthread_mutex_unlock(&w->e.mu);
-    oo_pool_wakeup(&w->e.pool);
+    pthread_mutex_unlock(&w->e.s.mu);
+    oo_curl_wakeup(&w->e.d);
     end = oo_wall_now() + (timeout > 0 ? timeout : 0);
     dl.tv_sec = (time_t)end;
     dl.tv_nsec = (long)((end - (double)dl.tv_sec) * 1e9);
@@ -354,15 +433,15 @@ static int worker_stop(oo_worker *w, double timeout) {
         w->started = 0;
         return 1;
     }
-    pthread_mutex_lock(&w->e.mu);
+    pthread_mutex_lock(&w->e.s.mu);
     if (w->exited) { /* it ended just now */
-        pthread_mutex_unlock(&w->e.mu);
+        pthread_mutex_unlock(&w->e.s.mu);
         pthread_join(w->thread, NULL);
         w->started = 0;
         return 1;
     }
     w->abandoned = 1;
-    pthread_mutex_unlock(&w->e.mu);
+    pthread_mutex_unlock(&w->e.s.mu);
     pthread_detach(w->thread);
     return 0;
 }
@@ -385,6 +464,14 @@ static double opt_num(lua_State *L, int t, const char *k, double d) {
     return v;
 }
 
+static char *opt_dup(lua_State *L, int t, const char *k) {
+    char *v;
+    lua_getfield(L, t, k);
+    v = lua_type(L, -1) == LUA_TSTRING ? strdup(lua_tostring(L, -1)) : NULL;
+    lua_pop(L, 1);
+    return v;
+}
+
 static void ensure_started(lua_State *L, oo_worker *w) {
     if (!w->started && worker_start(w) != 0) luaL_error(L, "queue worker: cannot start its thread");
 }
@@ -392,7 +479,8 @@ static void ensure_started(lua_State *L, oo_worker *w) {
 /*** worker_new(cfg) -> worker
  * cfg: the engine's (l_engine.h: http, url, channels, concurrency, policy,
  * on_stop, auth_pause, ...) plus max_queue, spool = <spool object or nil>,
- * lease, spool_poll. */
+ * lease, spool_poll, cancel_prefix and cancel_suffix (a spooled cancel's
+ * URL is prefix .. the refCode as a path segment .. suffix). */
 static int l_worker_new(lua_State *L) {
     oo_worker_ud *u;
     oo_worker *w;
@@ -404,11 +492,13 @@ static int l_worker_new(lua_State *L) {
     if (!w) return luaL_error(L, "worker_new: out of memory");
     oo_engine_setup(L, 1, &w->e); /* raises on misuse: w leaks only then */
     u->w = w;
-    w->e.hook_ud = w;
+    w->e.s.hook_ud = w;
     w->pid = oo_getpid();
     w->max_queue = (size_t)opt_num(L, 1, "max_queue", 10000);
     w->lease = opt_num(L, 1, "lease", 60);
     w->spool_poll = opt_num(L, 1, "spool_poll", 0.25);
+    w->cancel_prefix = opt_dup(L, 1, "cancel_prefix");
+    w->cancel_suffix = opt_dup(L, 1, "cancel_suffix");
     /* the spool: the thread gets its own connection to the caller's file */
     lua_getfield(L, 1, "spool");
     if (!lua_isnil(L, -1)) {
@@ -416,25 +506,24 @@ static int l_worker_new(lua_State *L) {
         oo_spool *main = oo_spool_check(L, lua_gettop(L));
         if (oo_spool_reopen(main, &w->spool, &serr) != OO_SPOOL_OK)
             return luaL_error(L, "worker_new: %s", serr.message);
-        w->e.hooks = &spool_hooks;
+        w->e.s.hooks = &spool_hooks;
     }
     lua_pop(L, 1);
     return 1;
 }
 
-/*** w:push(body, ref, channel_index) -> true | false (max_queue reached) */
+/*** w:push(body, ref, channel [, more]) -> true | false (max_queue
+ * reached); more: the job's other fields (l_sched.h: method, url,
+ * after_ref, blob, id, created) */
 static int l_push(lua_State *L) {
     oo_worker *w = check_worker(L);
-    size_t blen, rlen = 0;
-    const char *body = luaL_checklstring(L, 2, &blen);
-    const char *ref = luaL_optlstring(L, 3, "", &rlen);
-    lua_Integer ch = luaL_optinteger(L, 4, 1);
+    oo_job_spec sp;
     oo_job *j;
-    luaL_argcheck(L, ch >= 1 && ch <= w->e.nchan, 4, "no such channel");
+    oo_job_spec_args(L, 2, w->e.s.nchan, &sp);
     ensure_started(L, w); /* before the allocation: it may raise */
-    j = oo_job_new(0, body, blen, ref, rlen, (int)ch - 1, oo_wall_now());
+    j = oo_job_new(&sp);
     if (!j) return luaL_error(L, "push: out of memory");
-    if (!oo_engine_add_bounded(&w->e, j, w->max_queue)) { /* full: checked under the same lock as the add */
+    if (!oo_sched_add_bounded(&w->e.s, j, w->max_queue)) { /* full: checked under the same lock as the add */
         free(j);
         lua_pushboolean(L, 0);
         return 1;
@@ -443,40 +532,54 @@ static int l_push(lua_State *L) {
     return 1;
 }
 
+/*** w:remove_ref(ref [, method]) -> removed (job infos), in_flight — the
+ * unstarted jobs of a refCode taken out (a cancel of an order never sent).
+ * Spool rows among them stay leased: the caller settles them. */
+static int l_remove_ref(lua_State *L) {
+    oo_worker *w = check_worker(L);
+    size_t len;
+    const char *ref = luaL_checklstring(L, 2, &len);
+    const char *m = luaL_optstring(L, 3, NULL);
+    int method = !m ? -1 : strcmp(m, "DELETE") == 0 ? OO_DELETE : OO_POST, flying = 0;
+    oo_push_removed(L, &w->e.s, oo_sched_remove_ref(&w->e.s, ref, len, method, &flying));
+    lua_pushboolean(L, flying);
+    return 2;
+}
+
 /*** w:notify([n]) — n orders (default 0) were put in the spool: the thread
  * (started if need be) claims at once instead of at its next spool_poll. */
 static int l_notify(lua_State *L) {
     oo_worker *w = check_worker(L);
     lua_Integer n = luaL_optinteger(L, 2, 0);
     ensure_started(L, w);
-    pthread_mutex_lock(&w->e.mu);
-    if (n > 0) w->e.metrics.queued += (long long)n;
+    pthread_mutex_lock(&w->e.s.mu);
+    if (n > 0) w->e.s.metrics.queued += (long long)n;
     w->store_drained = 0;
-    pthread_mutex_unlock(&w->e.mu);
-    oo_engine_hint_feed(&w->e);
+    pthread_mutex_unlock(&w->e.s.mu);
+    oo_sched_hint_feed(&w->e.s);
     return 0;
 }
 
 /*** w:results() -> list of result tables (l_engine.c) since the last call */
 static int l_results(lua_State *L) {
     oo_worker *w = check_worker(L);
-    return oo_push_results(L, &w->e, oo_engine_collect(&w->e));
+    return oo_push_results(L, &w->e.s, oo_sched_collect(&w->e.s));
 }
 
 /*** w:stats() -> the engine's stats plus running, storage_errors, storage_error */
 static int l_stats(lua_State *L) {
     oo_worker *w = check_worker(L);
-    oo_push_engine_stats(L, &w->e);
-    pthread_mutex_lock(&w->e.mu);
+    oo_push_sched_stats(L, &w->e.s);
+    pthread_mutex_lock(&w->e.s.mu);
     oo_set_bool(L, "running", w->started && !w->exited);
     oo_set_num(L, "storage_errors", (double)w->storage_errors);
     if (w->storage_error[0]) oo_set_str(L, "storage_error", w->storage_error);
-    pthread_mutex_unlock(&w->e.mu);
+    pthread_mutex_unlock(&w->e.s.mu);
     return 1;
 }
 
 static int l_metrics(lua_State *L) {
-    oo_push_engine_metrics(L, &check_worker(L)->e);
+    oo_push_sched_metrics(L, &check_worker(L)->e.s);
     return 1;
 }
 
@@ -498,7 +601,7 @@ static int l_wait(lua_State *L) {
     struct timespec dl;
     int idle;
     unsigned long progress;
-    oo_engine *e = &w->e;
+    oo_sched *e = &w->e.s;
     if (!(timeout > 0)) timeout = 0;
     if (timeout > 3600) timeout = 3600;
     t = oo_wall_now() + timeout;
@@ -510,11 +613,11 @@ static int l_wait(lua_State *L) {
         if (has_seen) {
             while (e->settles == seen && e->nout == 0 && !w->exited &&
                    pthread_cond_timedwait(&e->cv, &e->mu, &dl) == 0) {}
-        } else if (e->nin + e->nready + e->nheap + e->in_flight > 0) {
+        } else if (oo_sched_pending_locked(e) > 0) {
             pthread_cond_timedwait(&e->cv, &e->mu, &dl);
         }
     }
-    idle = e->nin + e->nready + e->nheap + e->in_flight == 0 && (!w->spool || w->store_drained || !w->started);
+    idle = oo_sched_pending_locked(e) == 0 && (!w->spool || w->store_drained || !w->started);
     progress = e->settles;
     pthread_mutex_unlock(&e->mu);
     lua_pushboolean(L, idle);
@@ -524,13 +627,7 @@ static int l_wait(lua_State *L) {
 
 /*** w:resume() — clears a credentials stop: sending starts again now. */
 static int l_resume(lua_State *L) {
-    oo_worker *w = check_worker(L);
-    /* the thread owns the scheduling state: ask it through the engine's lock */
-    pthread_mutex_lock(&w->e.mu);
-    w->e.stopped = 0;
-    w->e.pause_until = 0;
-    pthread_mutex_unlock(&w->e.mu);
-    oo_pool_wakeup(&w->e.pool);
+    oo_sched_resume(&check_worker(L)->e.s); /* under its lock; wakes the thread */
     return 0;
 }
 
@@ -553,14 +650,14 @@ static int l_close(lua_State *L) {
         lua_newtable(L);
         return 2;
     }
-    if (!w->started) oo_engine_drop_all(&w->e, report_dropped, w);
+    if (!w->started) oo_curl_drop_all(&w->e.d, report_dropped, w);
     if (!worker_stop(w, timeout)) {
         lua_pushboolean(L, 0);
         lua_newtable(L);
         return 2;
     }
     lua_pushboolean(L, 1);
-    oo_push_results(L, &w->e, oo_engine_collect(&w->e));
+    oo_push_results(L, &w->e.s, oo_sched_collect(&w->e.s));
     worker_free(w);
     return 2;
 }
@@ -574,7 +671,7 @@ static int l_gc(lua_State *L) {
 
 void oo_worker_register(lua_State *L) {
     static const luaL_Reg methods[] = {
-        {"push", l_push}, {"notify", l_notify}, {"results", l_results}, {"stats", l_stats},
+        {"push", l_push}, {"remove_ref", l_remove_ref}, {"notify", l_notify}, {"results", l_results}, {"stats", l_stats},
         {"metrics", l_metrics}, {"wait", l_wait}, {"resume", l_resume}, {"close", l_close},
         {NULL, NULL}};
     static const luaL_Reg funcs[] = {{"worker_new", l_worker_new}, {NULL, NULL}};

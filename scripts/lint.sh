@@ -52,8 +52,6 @@ csrc/compat.h
 csrc/core.h
 csrc/date.c
 csrc/encode.c
-csrc/engine.c
-csrc/engine.h
 csrc/fs.c
 csrc/hmac.c
 csrc/hmac.h
@@ -61,7 +59,6 @@ csrc/http.c
 csrc/http.h
 csrc/json.c
 csrc/json.h
-csrc/l_engine.c
 csrc/l_spool.c
 csrc/metrics.c
 csrc/metrics.h

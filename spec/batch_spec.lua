@@ -742,9 +742,9 @@ describe("core engine (send_batch's, driven from the calling thread)", function(
   it("runs jobs through a fixed pool of slots and classifies every answer once", function()
     local e = engine()
     local body = assert(offline.encode(orders.minimal()))
-    e:add(1, body, 1)
-    e:add(2, "{}", 1) -- the sandbox answers 400
-    e:add(3, body, 1)
+    e:add({ id = 1, body = body, channel = 1 })
+    e:add({ id = 2, body = "{}", channel = 1 }) -- the sandbox answers 400
+    e:add({ id = 3, body = body, channel = 1 })
     assert.equal(3, e:pending())
     local by = drain(e)
     assert.equal("sent", by[1].what)
@@ -761,13 +761,13 @@ describe("core engine (send_batch's, driven from the calling thread)", function(
     assert.equal(0, st.in_flight)
     assert.equal(2, #sb.orders())
     e:close()
-    assert.has_error(function() e:add(1, body, 1) end)
+    assert.has_error(function() e:add({ id = 1, body = body, channel = 1 }) end)
     e:close() -- twice is fine
   end)
 
   it("reports transport failures and drops what is in flight", function()
     local e = engine({ url = "https://127.0.0.1:1/x" }, { ca_file = info.ca_file, timeout = 5 })
-    e:add(1, "{}", 1)
+    e:add({ id = 1, body = "{}", channel = 1 })
     local r = drain(e)[1]
     assert.equal("network", r.kind)
     assert.equal(7, r.curl_code)
@@ -775,8 +775,8 @@ describe("core engine (send_batch's, driven from the calling thread)", function(
     e:close()
     sb.faults({ count = 2, delay = 3, close = true })
     e = engine({ concurrency = 3 })
-    e:add(5, "{}", 1)
-    e:add(6, "{}", 1)
+    e:add({ id = 5, body = "{}", channel = 1 })
+    e:add({ id = 6, body = "{}", channel = 1 })
     e:turn(0.2)
     local unknown, unsent = e:drop()
     table.sort(unknown)
@@ -796,7 +796,7 @@ describe("core engine (send_batch's, driven from the calling thread)", function(
       return v, n
     end
     local e = engine({}, { ca_file = info.ca_file, user_agent = "probe/1.0" })
-    e:add(1, "{}", 1)
+    e:add({ id = 1, body = "{}", channel = 1 })
     drain(e)
     assert.same({ "probe/1.0", 1 }, { ua_of_last() })
     e:close()
@@ -804,21 +804,48 @@ describe("core engine (send_batch's, driven from the calling thread)", function(
     for _, h in ipairs(headers) do own[#own + 1] = h end
     e = engine({ channels = { { name = info.channel, headers = own } } },
       { ca_file = info.ca_file, user_agent = "probe/1.0" })
-    e:add(3, "{}", 1)
+    e:add({ id = 3, body = "{}", channel = 1 })
     drain(e)
     assert.same({ "mine/2", 1 }, { ua_of_last() })
     e:close()
     assert.has_error(function() engine({}, { user_agent = "a\r\nX-Evil: 1" }) end)
   end)
 
+  it("sends a cancel (DELETE, its own URL) only after its create, and takes unstarted jobs back", function()
+    local e = engine({ concurrency = 4 })
+    local p = orders.minimal()
+    p.order.refCode = "AMEND-1"
+    local body = assert(offline.encode(p))
+    e:add({ id = 1, body = body, channel = 1, ref = "AMEND-1" })
+    e:add({ id = 2, method = "DELETE", url = info.base_url .. "/smart-api/orders/offline/AMEND-1", channel = 1,
+      ref = "AMEND-1", after_ref = true, blob = "ledger-2" })
+    local by = drain(e)
+    assert.equal("sent", by[1].what)
+    assert.equal("sent", by[2].what) -- 200: the order was recorded before the cancel came (else 404)
+    assert.equal("DELETE", by[2].method)
+    assert.equal("ledger-2", by[2].blob)
+    local recs, cancels = sb.orders({ refCode = "AMEND-1" }), sb.cancellations({ refCode = "AMEND-1" })
+    assert.equal(1, #recs)
+    assert.equal(1, #cancels)
+    assert.is_true(cancels[1].received_at >= recs[1].received_at)
+    assert.equal(1, e:metrics().sent) -- a cancel is a request, not an order
+    assert.equal(2, e:metrics().requests)
+    -- a cancel of an order not sent yet: taken back, nothing sent
+    e:add({ id = 3, body = body, channel = 1, ref = "NEVER" })
+    local removed, flying = e:remove_ref("NEVER")
+    assert.equal(1, #removed)
+    assert.equal(3, removed[1].id)
+    assert.is_false(flying)
+    assert.equal(0, e:pending())
+    e:close()
+  end)
+
   it("refuses bad arguments", function()
-    assert.has_error(function() engine({ concurrency = 0 }) end)
-    assert.has_error(function() engine({ concurrency = 1025 }) end)
     assert.has_error(function() engine({}, { nope = 1 }) end)
     assert.has_error(function() engine({ channels = { { headers = { "bad\r\nheader: 1" } } } }) end)
     local e = engine()
     assert.has_error(function() e:add("x", "{}", 1) end)
-    assert.has_error(function() e:add(1, "{}", 2) end) -- no such channel
+    assert.has_error(function() e:add({ id = 1, body = "{}", channel = 2 }) end) -- no such channel
     assert.equal(0, e:turn(0)) -- nothing to do: returns at once
     e:close()
   end)

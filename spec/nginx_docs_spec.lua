@@ -200,7 +200,7 @@ describe("openresty.md's configurations", function()
         assert(sent, DOC .. ":" .. b.line .. ": " .. tostring(err))
       end
     end
-    assert.is_true(tried >= 3, "the install paths and the thread engine's queue")
+    assert.is_true(tried >= 3, "the install paths and the pipelined queue")
   end)
 end)
 

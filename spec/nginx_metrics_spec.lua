@@ -1,7 +1,8 @@
 -- Observability under nginx: the example app's /metrics (every worker's
 -- metrics in one lua_shared_dict) against what the sandbox recorded, across
--- a reload; an order in flight during a reload is accounted; missing
--- configuration fails loudly at init_worker. Real nginx, real TLS.
+-- reloads under load; an order in flight during a reload is accounted
+-- (unknown, its late answer logged); missing configuration fails loudly at
+-- init_worker. Real nginx, real TLS.
 local sb = require("support.sandbox")
 local nginx = require("support.nginx")
 local prometheus = require("support.prometheus")
@@ -179,8 +180,10 @@ describe("metrics under nginx (two workers, one lua_shared_dict)", function()
   -- Pushes order r while the sandbox answers it slowly (`fault`, longer than
   -- shutdown_timeout, 1 s), reloads nginx once the request is out, and waits
   -- for the log line `late` about its late answer. Asserts the exiting
-  -- worker's log line and on_failure call; returns the error log.
+  -- worker's line (unknown, with its refCode) and that on_failure was not
+  -- called; returns the error log and the unknown/dropped totals before.
   local function reload_in_flight(r, fault, late)
+    local _, before = scrape()
     local served = sb.stats().requests
     sb.faults(fault)
     local res = inst:request("/pos/orders", { method = "POST", body = json.encode({ payload(r) }) })
@@ -192,35 +195,36 @@ describe("metrics under nginx (two workers, one lua_shared_dict)", function()
       return l:find(late, 1, true) and l
     end, 20)
     assert.is_string(log, "no line about the late answer")
-    assert.truthy(log:find('worker exiting, order "' .. r .. '" not delivered', 1, true), "no log line")
-    assert.truthy(log:find("order " .. r .. " was not delivered: shutdown", 1, true), "no on_failure call")
+    assert.truthy(log:find('worker exiting, order "' .. r .. '" still in flight when the shutdown grace ended', 1,
+      true), "no log line")
+    assert.is_nil(log:find("order " .. r .. " was not delivered", 1, true), "passed to on_failure")
+    -- counted unknown once, not dropped
+    local s = nginx.wait_until(function()
+      local _, now = scrape()
+      return total(now, "optimizely_offline_orders_unknown_total")
+        == total(before, "optimizely_offline_orders_unknown_total") + 1 and now
+    end, 10)
+    assert.is_table(s, "not counted unknown")
+    assert.equal(total(before, "optimizely_offline_orders_dropped_total", { reason = "shutdown" }),
+      total(s, "optimizely_offline_orders_dropped_total", { reason = "shutdown" }))
     return log
   end
 
-  it("accounts for an order in flight during a reload: delivered or reported, never silent", function()
+  it("accounts for an order in flight during a reload: unknown, and its late answer logged", function()
     local r = ref("INFLIGHT")
-    -- the grace (1 s) ends before the answer (4 s): reported; the answer then
-    -- comes to a worker still finishing: said too
+    -- the grace (1 s) ends before the answer (4 s): unknown; the answer then
+    -- comes to a worker still finishing: said, not counted again
     local log = reload_in_flight(r, { count = 1, delay = 4, match = "POST" },
-      'order "' .. r .. '" was delivered after all')
+      'order "' .. r .. '" (counted unknown at worker exit) was delivered after all')
     assert.equal(1, #sb.orders({ refCode = r }))
-    local _, s = scrape()
-    assert.is_true(total(s, "optimizely_offline_orders_dropped_total", { reason = "shutdown" }) >= 1)
-    assert.is_true(total(s, "optimizely_offline_orders_failed_total", { kind = "shutdown" }) >= 1)
     assert.is_nil(log:find(info.token, 1, true))
   end)
 
-  it("reports an order in flight during a reload whose late answer is a 503 (the reproduced loss)", function()
+  it("accounts for an order in flight during a reload whose late answer is a 503 (the reproduced loss)", function()
     local r = ref("INFLIGHT503")
-    local _, before = scrape()
-    local dropped0 = total(before, "optimizely_offline_orders_dropped_total", { reason = "shutdown" })
     reload_in_flight(r, { count = 1, delay = 3, status = 503, match = "POST" },
-      'order "' .. r .. '" (reported lost at exit): the late answer was')
+      'order "' .. r .. '" (counted unknown at worker exit) was not delivered: ')
     assert.equal(0, #sb.orders({ refCode = r }))
-    assert.is_true(nginx.wait_until(function()
-      local _, s = scrape()
-      return total(s, "optimizely_offline_orders_dropped_total", { reason = "shutdown" }) == dropped0 + 1
-    end, 10))
   end)
 
   it("logs one startup line per queue naming the URL and channel, never the token", function()
@@ -230,6 +234,138 @@ describe("metrics under nginx (two workers, one lua_shared_dict)", function()
       .. '", channel ' .. info.channel, 1, true), log)
     assert.truthy(log:find("metrics in optimizely_offline_metrics", 1, true))
     assert.is_nil(log:find(info.token, 1, true))
+  end)
+end)
+
+-- wrk at a bounded pace (each connection waits `pause` ms between
+-- requests) on `url` for `seconds`, in the background; returns a function
+-- that waits for it to end.
+local function paced_load(dir, url, seconds, conns, pause)
+  local script, done = dir .. "/pace.lua", dir .. "/wrk.done"
+  local f = assert(io.open(script, "w"))
+  f:write("function delay() return " .. pause .. " end\n")
+  f:close()
+  os.remove(done)
+  assert(nginx.run(("(timeout -k 2 %d wrk -t1 -c%d -d%ds -s %s %s >%s 2>&1; touch %s) &"):format(
+    seconds + 10, conns, seconds, nginx.q(script), nginx.q(url), nginx.q(dir .. "/wrk.out"), nginx.q(done))))
+  return function()
+    assert.is_true(nginx.wait_until(function() return nginx.read_file(done) ~= nil end, seconds + 15),
+      "wrk did not end")
+    return nginx.read_file(dir .. "/wrk.out")
+  end
+end
+
+-- `n` reloads (SIGHUP), `every` seconds apart.
+local function reloads(inst, n, every)
+  for _ = 1, n do
+    nginx.sleep(every)
+    assert.is_true(nginx.run("kill -HUP " .. inst:pid()))
+  end
+end
+
+-- Until only the current workers are left (the old ones finished exiting).
+local function old_workers_gone(inst, workers)
+  return nginx.wait_until(function()
+    local out = nginx.capture("ps -o args= --ppid " .. inst:pid())
+    local n = 0
+    for _ in out:gmatch("worker process") do n = n + 1 end
+    return n == workers and not out:find("shutting down", 1, true)
+  end, 40, 0.2)
+end
+
+-- refCodes named by the lines of `log` matching `pattern` (one capture).
+local function refs_logged(log, pattern)
+  local set, n = {}, 0
+  for r in log:gmatch(pattern) do
+    if not set[r] then n = n + 1 end
+    set[r] = true
+  end
+  return set, n
+end
+
+describe("exact accounting across reloads under load (two workers, wrk)", function()
+  local info, dir, inst
+
+  setup(function()
+    info = sb.ensure()
+    sb.clear_faults()
+  end)
+
+  after_each(function()
+    sb.clear_faults()
+    sb.settings({ delay_ms = 0 })
+    if inst then inst:quit() end
+    inst = nil
+    if dir and not os.getenv("OO_KEEP") then nginx.run("rm -rf " .. nginx.q(dir)) end
+  end)
+
+  -- Starts nginx with `queue`, loads /checkout for 8 s with 6 reloads in
+  -- it, and waits until everything settled: old workers gone, queues
+  -- empty, the sandbox quiet. Returns the last /metrics samples.
+  local function load_with_reloads(queue)
+    sb.reset()
+    dir = nginx.mktemp("nginx-reloads")
+    if queue.spool then queue.spool = dir .. "/" .. queue.spool end
+    inst = start(dir, info, app_config(info, queue))
+    local ended = paced_load(dir, inst:url("/checkout?sku=sku-1&qty=1&price=2.50&user=rl"), 8, 2, 10)
+    reloads(inst, 6, 1.1)
+    ended()
+    assert.is_true(old_workers_gone(inst, 2), "the old workers did not exit")
+    local last, s = -1, nil
+    assert.is_truthy(nginx.wait_until(function()
+      local res = inst:get("/metrics")
+      s = samples(res.body)
+      local now = sb.stats().accepted
+      local quiet = now == last and total(s, "optimizely_offline_queue_depth") == 0
+        and total(s, "optimizely_offline_in_flight") == 0
+      last = now
+      return quiet
+    end, 40, 0.5), "never settled")
+    return s
+  end
+
+  it("with a spool: after six reloads, orders_sent_total equals the orders the endpoint received", function()
+    sb.settings({ delay_ms = 100 }) -- a remote endpoint's latency: orders are in flight at every reload
+    local s = load_with_reloads({ spool = "orders.db", flush_interval = 0.1, shutdown_timeout = 1, lease = 3 })
+    local counts, received = sb.recorded()
+    local distinct = 0
+    for _ in pairs(counts) do distinct = distinct + 1 end
+    local pushed = total(s, "optimizely_offline_orders_queued_total")
+    assert.is_true(pushed > 100, "only " .. pushed .. " orders pushed")
+    assert.equal(pushed, distinct) -- every pushed order arrived
+    assert.equal(received, total(s, "optimizely_offline_orders_sent_total"), "sent_total against the endpoint")
+    assert.equal(0, total(s, "optimizely_offline_orders_failed_total"))
+    assert.equal(0, total(s, "optimizely_offline_orders_unknown_total"))
+  end)
+
+  it("without a spool: every pushed order is delivered, reported not delivered, or unknown — once", function()
+    sb.settings({ delay_ms = 100 })
+    local s = load_with_reloads({ flush_interval = 0.1, shutdown_timeout = 1 })
+    local counts, received = sb.recorded()
+    local log = inst:error_log()
+    local failed = refs_logged(log, "order (%S+) was not delivered: ")
+    local unknown, n_unknown = refs_logged(log, 'order "([^"]+)" still in flight when the shutdown grace ended')
+    local sent = total(s, "optimizely_offline_orders_sent_total")
+    local dropped = total(s, "optimizely_offline_orders_dropped_total", { reason = "shutdown" })
+    local n_unknown_metric = total(s, "optimizely_offline_orders_unknown_total")
+    local pushed = total(s, "optimizely_offline_orders_queued_total")
+    assert.is_true(pushed > 100, "only " .. pushed .. " orders pushed")
+    local n_failed, delivered_unknown = 0, 0
+    for r in pairs(failed) do
+      n_failed = n_failed + 1
+      -- reported not delivered: never at the endpoint, never also unknown
+      assert.is_nil(counts[r], r .. " was passed to on_failure but delivered")
+      assert.is_nil(unknown[r], r .. " is both not delivered and unknown")
+    end
+    for r, n in pairs(counts) do
+      assert.equal(1, n, r .. " arrived " .. n .. " times")
+      if unknown[r] then delivered_unknown = delivered_unknown + 1 end
+    end
+    assert.equal(n_failed, dropped)
+    assert.equal(n_unknown, n_unknown_metric)
+    assert.equal(received - delivered_unknown, sent) -- delivered: counted sent (unless counted unknown)
+    assert.equal(pushed, sent + dropped + n_unknown_metric)
+    assert.equal(0, total(s, "optimizely_offline_orders_dead_total"))
   end)
 end)
 

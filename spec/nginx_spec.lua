@@ -105,6 +105,9 @@ local function writer(dir, info, app, vars)
     local ngxo = require("optimizely.offline.ngx")
     TEST.queues.full = ngxo.queue(TEST.config, { max_queue = 3 })
     TEST.queues.closing = ngxo.queue(TEST.config)
+    -- two senders, each writing up to four requests at once on its connection
+    TEST.queues.pipelined = ngxo.queue(TEST.config, { concurrency = 8, pipeline = 4, send_delay = 0.01,
+      flush_interval = 0.2 })
     -- one file per worker: no other worker may drain it during a test
     TEST.queues.spoolfull = ngxo.queue(TEST.config, { spool = %q .. ngx.worker.id() .. ".db",
       spool_max_orders = 2 })
@@ -249,12 +252,15 @@ describe("OpenResty path (nginx + cosockets)", function()
       assert.equal(3, d.attempts)
     end)
 
-    it("refuses an invalid order before any request, and send_batch", function()
+    it("refuses an invalid order before any request", function()
       local d = decode(inst:get("/test/client?op=invalid"))
       assert.is_false(d.ok)
       assert.equal("validation", d.err.kind)
       assert.equal("order.currency", d.problems[1].path)
-      d = decode(inst:get("/test/client?op=batch"))
+    end)
+
+    it("refuses send_batch: it needs libcurl (a queue delivers under nginx)", function()
+      local d = decode(inst:get("/test/client?op=batch&ref=" .. ref("B")))
       assert.is_true(d.raised)
       assert.matches("libcurl transport", d.message)
     end)
@@ -339,6 +345,28 @@ describe("OpenResty path (nginx + cosockets)", function()
       assert.equal(0, #received(prefix .. "-4"))
     end)
 
+    it("pipelines: several orders written at once on a connection, each delivered once", function()
+      local prefix = ref("PIPE")
+      local d = decode(inst:get("/test/push?queue=pipelined&n=12&prefix=" .. prefix))
+      for _, r in ipairs(d.results) do assert.is_true(r.ok) end
+      local refs = {}
+      for i = 1, 12 do refs[i] = prefix .. "-" .. i end
+      assert.is_true(arrived(refs))
+      for _, r in ipairs(refs) do assert.equal(1, #received(r), r) end
+    end)
+
+    it("pipelines: after a 503 the orders behind it on the connection are sent again, none lost", function()
+      local prefix = ref("PIPE503")
+      sb.faults({ count = 1, status = 503, match = "POST" })
+      local d = decode(inst:get("/test/push?queue=pipelined&n=8&prefix=" .. prefix))
+      for _, r in ipairs(d.results) do assert.is_true(r.ok) end
+      local refs = {}
+      for i = 1, 8 do refs[i] = prefix .. "-" .. i end
+      -- at least once: an order behind the 503 may have reached the endpoint
+      -- before the connection was closed unread (see doc/topics/openresty.md)
+      assert.is_true(arrived(refs))
+    end)
+
     it("refuses with kind full at a spool bound too", function()
       local prefix = ref("SFULL")
       local d = decode(inst:get("/test/push?queue=spoolfull&n=4&prefix=" .. prefix))
@@ -373,6 +401,7 @@ describe("OpenResty path (nginx + cosockets)", function()
       assert.matches("opts%.shm cannot be combined with opts%.spool", d.shm_spool)
       assert.matches("opts%.deliverer is worker 99 but there are 1 workers", d.deliverer)
       assert.matches("opts%.poll_interval needs opts%.shm", d.poll)
+      assert.matches("opts%.engine is gone: the delivery thread", d.engine)
     end)
 
     it("retries 503 answers later and delivers", function()

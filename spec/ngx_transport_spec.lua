@@ -37,6 +37,8 @@ http {
     listen 127.0.0.1:${port};
     location = /health { return 200 "ok"; }
     location = /test/transport { content_by_lua_block { TEST.transport() } }
+    location = /test/pipeline { content_by_lua_block { TEST.pipeline() } }
+    location = /fixed { return 200 '{"status":"OK"}'; }
     location = /test/transport-raising-handshake {
       content_by_lua_block { TEST.transport_raising_handshake() }
     }
@@ -195,6 +197,46 @@ describe("ngx transport (real nginx, hostile servers)", function()
         assert.matches("response body larger than 1048576 bytes", out.message, nil, true)
         assert.is_true(out.elapsed < 2, name .. " took " .. out.elapsed .. " s")
       end
+    end)
+  end)
+
+  describe("a connection is not trusted after an answer it did not fully understand", function()
+    -- the reproduced loss: the next order on the kept-alive connection read
+    -- the stray 200 and was reported delivered, though the server answered it 503
+    it("closes the connection after a 503, so a stray 200 that follows is never read as an answer", function()
+      local _, all = request({ url = inst:url("/hostile/stray_after_503"), n = 3, body = "{}", timeout = 3 })
+      for i = 1, 3 do
+        assert.equal(503, all[i].status, i .. ": " .. json.encode(all[i]))
+        assert.is_false(all[i].reused, i .. ": " .. json.encode(all[i]))
+      end
+    end)
+
+    it("pipelines requests on one connection and reuses it after 2xx answers", function()
+      local first = request({ url = inst:url("/fixed"), n = 4, body = "{}" }, "/test/pipeline")
+      local _, all = request({ url = inst:url("/fixed"), n = 4, body = "{}" }, "/test/pipeline")
+      assert.equal(200, first.status, json.encode(first))
+      for i = 1, 4 do
+        assert.equal(200, all[i].status, json.encode(all[i]))
+        assert.equal('{"status":"OK"}', all[i].body)
+        assert.is_true(all[i].reused) -- the first pipeline's connection, kept after four 2xx
+      end
+    end)
+
+    it("in a pipeline, a 503 closes the connection: the answers after it are not read", function()
+      local _, all = request({ url = inst:url("/hostile/stray_after_503"), n = 3, body = "{}", timeout = 3 },
+        "/test/pipeline")
+      assert.equal(503, all[1].status, json.encode(all[1]))
+      for i = 2, 3 do
+        assert.equal("network", all[i].kind, json.encode(all[i]))
+        assert.matches("not answered", all[i].message)
+      end
+    end)
+
+    it("closes the connection after bytes beyond the declared body", function()
+      local _, all = request({ url = inst:url("/hostile/extra_after_200"), n = 2, body = "{}", timeout = 3 })
+      assert.equal(200, all[1].status, json.encode(all[1]))
+      assert.equal(200, all[2].status, json.encode(all[2]))
+      assert.is_false(all[2].reused, json.encode(all[2]))
     end)
   end)
 

@@ -5,6 +5,8 @@
 -- delivery take at least that long) or generous hang guards.
 local offline = require("optimizely.offline")
 local core = require("optimizely.offline.core")
+local sched = require("optimizely.offline.sched")
+local client_mod = require("optimizely.offline.client")
 local spool_mod = require("optimizely.offline.spool")
 local orders = require("support.orders")
 local sb = require("support.sandbox")
@@ -762,5 +764,62 @@ describe("client:queue", function()
     qu:close()
     local counts = recorded()
     for i = 1, 10 do assert.equal(1, counts["fst150-" .. i]) end
+  end)
+end)
+
+describe("the queue's delivery thread (core.worker_new on the scheduler)", function()
+  local info
+  setup(function() info = sb.ensure() end)
+  before_each(function() sb.reset() end)
+
+  it("carries a job's blob into its result and takes back unstarted jobs of a refCode", function()
+    local c = offline.client(sb.client_config(info, {}))
+    local st = client_mod.state(c)
+    sb.faults({ count = 1, delay = 1, match = "POST" }) -- holds the first order in flight
+    local w = core.worker_new(sched.config(st, { http = st.http_opts, concurrency = 1, on_stop = "pause",
+      report_all = true, max_queue = 10 }))
+    local body = assert(offline.encode(orders.minimal()))
+    assert.is_true(w:push(body, "W-1", 1, { blob = "ledger-W-1" }))
+    assert.is_true(eventually(function() return w:stats().in_flight == 1 end, 5))
+    assert.is_true(w:push(body, "W-1", 1)) -- queued behind it
+    assert.is_true(w:push(body, "W-2", 1))
+    local removed, flying = w:remove_ref("W-1")
+    assert.is_true(flying)
+    assert.equal(1, #removed)
+    assert.equal("W-1", removed[1].ref)
+    assert.is_true(eventually(function()
+      local idle = w:wait(0.2)
+      return idle
+    end, 10))
+    local by = {}
+    for _, r in ipairs(w:results()) do if r.ref then by[r.ref] = r end end
+    assert.equal("sent", by["W-1"].what)
+    assert.equal("ledger-W-1", by["W-1"].blob)
+    assert.equal("sent", by["W-2"].what)
+    assert.equal(1, w:stats().removed)
+    assert.is_true(w:close(2))
+    c:close()
+  end)
+
+  it("delivers a spooled cancel as a DELETE of its refCode, after its create", function()
+    local dir = capture("mktemp -d"):gsub("%s+$", "")
+    local path = dir .. "/cancel.db"
+    local sp = assert(spool_mod.open(path))
+    local p = orders.minimal()
+    p.order.refCode = "SP.1/x" -- a dot and a slash: one path segment
+    local body = assert(offline.encode(p))
+    assert(sp:put(body, "SP.1/x"))
+    assert(sp:put_cancel("SP.1/x"))
+    sp:close()
+    local c = offline.client(sb.client_config(info, {}))
+    local queue = assert(c:queue({ spool = path, concurrency = 2 }))
+    assert.is_true(queue:flush(20))
+    queue:close()
+    c:close()
+    local recs, cancels = sb.orders({ refCode = "SP.1/x" }), sb.cancellations({ refCode = "SP.1/x" })
+    assert.equal(1, #recs)
+    assert.equal(1, #cancels) -- 200: the create was there first
+    assert.matches("SP%%2E1%%2Fx$", cancels[1].uri)
+    os.execute("rm -rf " .. q(dir))
   end)
 end)

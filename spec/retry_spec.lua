@@ -1,5 +1,26 @@
--- The retry/backoff policy shared by every transport (pure Lua, no network).
+-- The retry/backoff policy shared by every driver, through its Lua view
+-- (optimizely.offline.retry): each answer comes from the C classifier and
+-- policy, the same ones the scheduler applies (no network).
 local retry = require("optimizely.offline.retry")
+local core = require("optimizely.offline.core")
+local client = require("optimizely.offline.client")
+local queue = require("optimizely.offline.queue")
+local sched = require("optimizely.offline.sched")
+
+describe("the defaults, declared once in C", function()
+  it("are the policy's and the scheduler's, and the options' defaults read them", function()
+    assert.same(core.policy_defaults(), retry.DEFAULTS)
+    assert.same({ max_attempts = 4, max_age = 0, backoff_base = 0.25, backoff_max = 10, backoff_floor = 0.05,
+      retry_after_max = 60 }, retry.DEFAULTS)
+    local f = client.schema.fields
+    assert.equal(retry.DEFAULTS.max_attempts, f.max_attempts.default)
+    assert.equal(retry.DEFAULTS.backoff_base, f.backoff_base.default)
+    assert.equal(retry.DEFAULTS.backoff_max, f.backoff_max.default)
+    assert.equal(retry.DEFAULTS.retry_after_max, f.retry_after_max.default)
+    assert.equal(sched.DEFAULTS.auth_pause, queue.common.auth_pause.default)
+    assert.equal(300, sched.DEFAULTS.auth_pause)
+  end)
+end)
 
 describe("retry.classify", function()
   it("retries 408, 429, 500, 502, 503 and 504", function()
@@ -27,7 +48,17 @@ describe("retry.classify", function()
     assert.is_false(retry.classify({ kind = "http", status = 400 }))
     assert.is_true(retry.classify({ kind = "timeout" }))
     assert.is_false(retry.classify({ kind = "api", status = 200 }))
+    assert.is_false(retry.classify({ kind = "transport" })) -- a broken contract is never retried
     assert.is_false(retry.classify(nil))
+  end)
+
+  it("answers as the C classifier does", function()
+    for _, s in ipairs({ 200, 408, 429, 500, 503, 400, 401, 404 }) do
+      local rec = core.classify(s, "")
+      assert.equal(not rec.ok and rec.retryable == true, retry.classify(s), tostring(s))
+    end
+    assert.is_true(core.classify(429, "").throttled) -- what the pause and the limiter read
+    assert.is_nil(core.classify(503, "").throttled)
   end)
 end)
 
@@ -126,6 +157,20 @@ describe("retry.delay", function()
 end)
 
 describe("retry.new policy", function()
+  it("decides as the C policy does: ack, retry with a delay, stop, dead", function()
+    local p = retry.new({ max_attempts = 3, max_age = 60, random = function() return 0.5 end })
+    assert.equal("ack", (p:decide(core.classify(200, ""), 1)))
+    local action, delay, pause, slow_down = p:decide(core.classify(429, "", "2"), 1)
+    assert.same({ "retry", 2, 2, true }, { action, delay, pause, slow_down })
+    action, delay, pause = p:decide(core.classify(503, "", "2"), 1)
+    assert.same({ "retry", 2, 0 }, { action, delay, pause }) -- only a 429 pauses everyone
+    assert.same({ "stop", "credentials" }, { select(1, p:decide(core.classify(401, ""), 1)),
+      select(5, p:decide(core.classify(401, ""), 1)) })
+    assert.equal("attempts", select(5, p:decide(core.classify(503, ""), 3)))
+    assert.equal("expired", select(5, p:decide(core.classify(503, "", "2"), 1, 59)))
+    assert.equal("rejected", select(5, p:decide(core.classify(400, ""), 1)))
+  end)
+
   it("carries settings and decides whether to go again", function()
     local p = retry.new({ max_attempts = 3, random = function() return 0.5 end })
     assert.equal(3, p.max_attempts)
@@ -136,5 +181,9 @@ describe("retry.new policy", function()
     assert.is_false(p:again(1, 400))
     assert.near(0.25, p:delay(2, nil), 1e-9)
     assert.equal(2, p:delay(2, "2"))
+    local unlimited = retry.new({ max_attempts = false })
+    assert.is_true(unlimited:again(1000, 503))
+    assert.is_false(unlimited:again(1, "tls"))
+    assert.is_false(unlimited:again(1, "api"))
   end)
 end)

@@ -88,8 +88,6 @@ end
 function M.init_worker()
   assert(config, "offline_app: configure() was not called in init_by_lua")
   local client_cfg = client_config()
-  -- engine "thread": libcurl delivers from a thread, with its own CA file
-  if (config.queue or {}).engine == "thread" then client_cfg.ca_file = config.ca_file end
   local qopts = {}
   for k, v in pairs(config.queue or {}) do qopts[k] = v end
   -- every worker adds its metrics to the dict of nginx.conf (false: don't)

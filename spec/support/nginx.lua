@@ -316,6 +316,24 @@ function H.transport()
   return reply(transport_results())
 end
 
+--- /test/pipeline?url=&n=&method=&body= : n requests pipelined on one
+-- connection (transport:pipeline); each reply as /test/transport reports it.
+function H.pipeline()
+  local args = ngx.req.get_uri_args()
+  local t = require("optimizely.offline.ngx").transport({ timeout = tonumber(args.timeout) })
+  local jobs = {}
+  for i = 1, tonumber(args.n) or 2 do
+    jobs[i] = { method = args.method or "POST", url = args.url, headers = auth_headers(), body = args.body }
+  end
+  local out = {}
+  for i, r in ipairs(t:pipeline(jobs, #jobs)) do
+    local status, rbody, info = r[1], r[2], r[3]
+    out[i] = status and { status = status, body = rbody, reused = info.reused }
+      or { kind = rbody, message = info }
+  end
+  return reply(out)
+end
+
 --- /test/transport-raising-handshake?url= : the transport while sslhandshake
 -- raises (as lua-resty-core's internal assertions do).
 function H.transport_raising_handshake()
@@ -352,7 +370,7 @@ function H.client()
     res, err = c:send(payload)
   elseif args.op == "batch" then
     local ok, e = pcall(c.send_batch, c, { payload })
-    return reply({ raised = not ok, message = tostring(e) })
+    return reply({ raised = not ok, message = not ok and tostring(e) or nil, sent = ok and e.sent or nil })
   else
     res, err = c:send(payload)
   end
@@ -385,6 +403,51 @@ function H.contract()
   return reply({ ok = res ~= nil, kind = err and err.kind, status = r.status, code = err and err.code,
     retryable = err and err.retryable, stop = err and err.stop, attempts = r.attempts,
     message = err and err.message, warning_code = w and w.code })
+end
+
+--- /test/contract-queue?n=&conc=&max_attempts=&max_age=&timeout=&retry_after_max=&auth_pause=
+-- `n` orders (refCodes contract-1..n) through a new nginx queue — the
+-- scheduler's nginx driver, light threads over cosockets — with those
+-- settings, flushed, then closed: each order's result fields (as
+-- /test/contract reports them, plus `reason`: a dead letter's), and the
+-- in-flight limit at the end.
+local function contract_fields(res, err, reason)
+  local r = res or err
+  local w = res and res.warnings and res.warnings[1]
+  return { ok = res ~= nil, kind = err and err.kind, status = r.status, code = err and err.code,
+    retryable = err and err.retryable, stop = err and err.stop, attempts = r.attempts,
+    message = err and err.message, warning_code = w and w.code, reason = reason }
+end
+
+function H.contract_queue()
+  local args = ngx.req.get_uri_args()
+  local cfg = {}
+  for k, v in pairs(H.config) do cfg[k] = v end
+  cfg.backoff_base, cfg.backoff_max = 0.01, 0.05
+  cfg.retry_after_max, cfg.timeout = tonumber(args.retry_after_max), tonumber(args.timeout)
+  local got, reasons = {}, {}
+  local queue = assert(require("optimizely.offline.ngx").queue(cfg, { concurrency = tonumber(args.conc),
+    max_attempts = tonumber(args.max_attempts), max_age = tonumber(args.max_age),
+    auth_pause = tonumber(args.auth_pause), flush_interval = 0.05,
+    on_success = function(ref, res) got[ref] = { res } end,
+    on_failure = function(ref, err) got[ref] = { nil, err } end,
+    on_event = function(ev) if ev.type == "dead" and ev.ref then reasons[ev.ref] = ev.reason end end }))
+  local n = tonumber(args.n) or 1
+  for i = 1, n do
+    assert(queue:push({ user = { id = "u-contract" }, order = { refCode = "contract-" .. i,
+      orderDate = "2016-05-16T14:25:00 GMT", currency = "GBP", total = "12.50",
+      items = { { refCode = "sku-1", qty = 1, price = "12.50" } } } }))
+  end
+  local flushed, ferr = queue:flush(30)
+  local limit = queue:stats().limit
+  queue:close(1)
+  local out = {}
+  for i = 1, n do
+    local ref = "contract-" .. i
+    local g = got[ref] or {}
+    out[i] = (g[1] or g[2]) and contract_fields(g[1], g[2], reasons[ref]) or { kind = "no result" }
+  end
+  return reply({ got = out, limit = limit, flushed = flushed == true, flush_error = ferr and tostring(ferr) })
 end
 
 --- /test/push?n=&prefix= : push n orders to TEST_QUEUE without yielding in between.
@@ -462,6 +525,7 @@ function H.badopts()
     shm_spool = try(base, { shm = "optimizely_offline", spool = "/tmp/x.db" }),
     deliverer = try(base, { shm = "optimizely_offline", deliverer = 99 }),
     poll = try(base, { poll_interval = 0.1 }),
+    engine = try(base, { engine = "thread" }),
   })
 end
 
@@ -553,6 +617,46 @@ end
 function HOSTILE.trickle_chunked()
   return trickle(OK_HEAD .. "Transfer-Encoding: chunked\r\n\r\n", string.rep("1\r\nx\r\n", 8), 0.4)
 end
+-- A server that does not frame its answers: a 503, then, once the next
+-- request on the same connection has come in, a stray `200 OK` before that
+-- request's own 503. A client that reuses the connection after the 503
+-- reads the stray 200 as the answer to its next order.
+local UNAVAILABLE = '{"status":"fail","errors":[{"code":"Unavailable","message":"try later"}]}'
+local ANSWER_503 = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: "
+  .. #UNAVAILABLE .. "\r\n\r\n" .. UNAVAILABLE
+local STRAY_200 = OK_HEAD .. 'Content-Length: 15\r\n\r\n{"status":"OK"}'
+
+-- The next request on a raw socket (head and declared body), or nil.
+local function next_request(sock)
+  local head = sock:receiveuntil("\r\n\r\n")
+  local h = head()
+  if not h then return nil end
+  local n = tonumber(h:lower():match("content%-length:%s*(%d+)")) or 0
+  if n > 0 and not sock:receive(n) then return nil end
+  return h
+end
+
+function HOSTILE.stray_after_503()
+  local sock = raw()
+  if not sock:send(ANSWER_503) then return end
+  for _ = 1, 3 do
+    if not next_request(sock) then return end
+    if not sock:send(STRAY_200 .. ANSWER_503) then return end
+  end
+  return hang(sock, 5)
+end
+
+-- A 200 followed, in the same write, by bytes beyond its declared body.
+function HOSTILE.extra_after_200()
+  local sock = raw()
+  if not sock:send(STRAY_200 .. STRAY_200) then return end
+  for _ = 1, 3 do
+    if not next_request(sock) then return end
+    if not sock:send(ANSWER_503) then return end
+  end
+  return hang(sock, 5)
+end
+
 -- an honest answer over the raw socket, for comparison
 function HOSTILE.fine()
   local sock = raw()

@@ -1,8 +1,10 @@
 --- Concurrent batch sending: `client:send_batch(source, opts)`.
 --
--- The libcurl engine (csrc/engine.c) does the sending: its slot pool, the
--- retry schedule, the 429 pause and the in-flight limit, the classifier and
--- the policy are the ones the queue's thread uses. This module feeds it
+-- The scheduler (csrc/sched.c) decides — the retry schedule, the 429 pause,
+-- the in-flight limit, the classifier and the policy are the ones the
+-- queue's thread and `client:send` use — and the libcurl driver
+-- (csrc/driver_curl.c, its slot pool on curl multi) sends. This module
+-- feeds it
 -- from the source — streamed, so only the orders in flight or waiting for a
 -- retry are held and memory stays flat however long the source is — and
 -- turns what comes back into results and callbacks. Callbacks run in Lua
@@ -25,6 +27,7 @@ local errors = require("optimizely.offline.errors")
 local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
 local events = require("optimizely.offline.events")
+local sched = require("optimizely.offline.sched")
 
 local M = {}
 
@@ -108,14 +111,10 @@ function Batch.new(st, source, o)
     self.burst = max(1, min(o.concurrency, floor(o.rate / 50)))
     self.tokens, self.refilled = 1, self.started
   end
-  self.engine = core.engine_new({
-    http = st.http_opts, url = st.post_url, channels = st.channels,
-    concurrency = o.concurrency, adaptive = o.adaptive, on_stop = "drain",
-    report_all = o.on_result ~= nil,
-    report_retries = (self.events.on_event or self.events.logger) ~= nil,
-    no_metrics = st.metrics == nil,
-    policy = st.policy,
-  })
+  local cfg = sched.config(st, { http = st.http_opts, concurrency = o.concurrency, adaptive = o.adaptive,
+    on_stop = "drain", report_all = o.on_result ~= nil,
+    report_retries = (self.events.on_event or self.events.logger) ~= nil })
+  self.engine = core.engine_new(cfg)
   return self
 end
 
@@ -175,7 +174,7 @@ function Batch:admit(payload, channel)
   local json, w = client.prepare(self.st, payload, self.pseudonym)
   if not json then return self:rejected(i, w, true) end
   if w[1] then self.warnings_of[i] = w end
-  self.engine:add(i, json, ch, core.ref_string(payload))
+  self.engine:add({ id = i, body = json, channel = ch, ref = core.ref_string(payload) })
 end
 
 function Batch:rate_allows(t)

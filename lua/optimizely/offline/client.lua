@@ -13,17 +13,22 @@
 --
 -- The client turns configuration into a delivery context (transport,
 -- headers per channel, policy, metrics) once; every front door below uses
--- it: `send` and `cancel` (the synchronous loop of optimizely.offline.delivery
--- over libcurl's easy handle or the given transport), `send_batch` (the
--- libcurl engine driven from here) and `queue` (the libcurl engine on its
--- own thread). Delivery is at-least-once: a network error or timeout is
--- retried even when the server may already have stored the order.
+-- it, and every one delivers through the one scheduler (csrc/sched.c,
+-- optimizely.offline.sched): `send` and `cancel` (a Lua driver over
+-- libcurl's easy handle or the given transport, one request at a time, in
+-- the caller), `send_batch` (the libcurl driver from here) and `queue`
+-- (the libcurl driver on its own thread). Delivery is at-least-once: a
+-- network error or timeout is retried even when the server may already
+-- have stored the order.
 -- @module optimizely.offline.client
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
 local retry = require("optimizely.offline.retry")
 local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
+local sched = require("optimizely.offline.sched")
+local metrics = require("optimizely.offline.metrics")
+local events = require("optimizely.offline.events")
 
 local M = {}
 
@@ -119,11 +124,11 @@ M.schema = opts.schema("optimizely.offline.client", "config", {
   proxy = string_opt,
   timeout = { type = "number", min = 0.001, default = 10 },
   connect_timeout = { type = "number", min = 0.001, default = 5 },
-  max_attempts = { type = "integer", min = 1, default = 4, check = at_most(100) },
+  max_attempts = { type = "integer", min = 1, default = retry.DEFAULTS.max_attempts, check = at_most(100) },
   max_age = { type = "number", min = 0 },
-  backoff_base = { type = "number", min = 0, default = 0.25 },
-  backoff_max = { type = "number", min = 0, default = 10, check = check_backoff_max },
-  retry_after_max = { type = "number", min = 0, default = 60 },
+  backoff_base = { type = "number", min = 0, default = retry.DEFAULTS.backoff_base },
+  backoff_max = { type = "number", min = 0, default = retry.DEFAULTS.backoff_max, check = check_backoff_max },
+  retry_after_max = { type = "number", min = 0, default = retry.DEFAULTS.retry_after_max },
   sleep = { type = "function" },
   random = { type = "function" },
   verbose = { type = "boolean", default = false },
@@ -303,12 +308,41 @@ local function as_transport(tr)
   return tr
 end
 
--- The events of the synchronous loop (optimizely.offline.events): the
+-- The events of the synchronous path (optimizely.offline.events): the
 -- on_event hook, protected, and the logger. A failing hook must not break
 -- delivery (its errors already carry no token: delivery.failure redacts them).
 local function emitter(ev)
   if not ev.on_event and not ev.logger then return nil end
   return function(kind, fields) ev:emit(kind, fields) end
+end
+
+-- The synchronous path's schedulers: one request at a time in the caller,
+-- every job settled before `send` returns. Each call has one to itself
+-- (taken from the client's idle ones, or a new one): calls from several
+-- coroutines at once (one nginx client serving many requests) never wait
+-- for each other, and each starts afresh — refused credentials or a 429
+-- fail or delay that call only.
+local function take_driver(st)
+  local free = st.idle_drivers
+  local d = free[#free]
+  if d then
+    free[#free] = nil
+    return d
+  end
+  -- results only for the events (retry, paused, resumed): the job's own
+  -- end comes from `send`; a few kept at most when nobody reads them
+  d = sched.driver(sched.config(st, { concurrency = 1, adaptive = false, on_stop = "drain",
+    report_retries = st.emit ~= nil, max_results = 16 }), st.transport, st.sleep)
+  st.drivers[#st.drivers + 1] = d
+  return d
+end
+
+-- A scheduler back to the idle ones, reset when its call was refused the
+-- credentials or paused by a 429 (rec nil: it raised).
+local function give_back(st, d, rec)
+  if not st.transport then return end -- the client was closed meanwhile
+  if not rec or rec.stop or rec.throttled then d:resume() end
+  st.idle_drivers[#st.idle_drivers + 1] = d
 end
 
 --- A pseudonymiser from a `pseudonymise` option (true or a table; nil:
@@ -319,6 +353,22 @@ function M.pseudonymiser(o, level)
   local p, err = require("optimizely.offline.pseudonym").resolve(o == true and {} or o)
   if not p then error("optimizely.offline: pseudonymise: " .. err.message, (level or 1) + 1) end
   return p
+end
+
+-- The events of one synchronous job's results (retry, paused, resumed).
+local function results_emitter(st)
+  local emit = st.emit
+  if not emit then return nil end
+  return function(r)
+    local w = r.what
+    if w == "retry" then
+      emit("retry", { ref = r.ref, attempt = r.attempts, delay = r["until"],
+        error = delivery.failure(r, nil, r.attempts, r.channel, st.secrets) })
+    elseif w == "paused" or w == "resumed" then
+      emit(w, { reason = r.why, seconds = r["until"],
+        error = r.kind and delivery.failure(r, nil, 0, nil, st.secrets) or nil })
+    end
+  end
 end
 
 local function context(c)
@@ -340,9 +390,9 @@ local function context(c)
     user_agent = user_agent(), verbose = c.verbose, http_version = c.http_version,
   }
   local transport = c.transport and as_transport(c.transport) or core.http_new(http_opts)
-  local ev = require("optimizely.offline.events").new({ on_event = c.on_event, logger = c.logger,
+  local ev = events.new({ on_event = c.on_event, logger = c.logger,
     prefix = "optimizely.offline client: " })
-  return {
+  local st = {
     config = c, http_opts = http_opts, custom_transport = c.transport ~= nil,
     transport = transport, channels = channels, channel_index = index,
     default_channel = c.default_channel, secrets = secrets,
@@ -355,7 +405,10 @@ local function context(c)
     pseudonym = M.pseudonymiser(c.pseudonymise, 5),
     events = ev, emit = emitter(ev),
     on_event = c.on_event, logger = c.logger,
+    serial = 0, drivers = {}, idle_drivers = {},
   }
+  st.on_results = results_emitter(st)
+  return st
 end
 
 -- "callcentre, store": the channels a context has a token for.
@@ -435,10 +488,29 @@ function M.prepare(st, payload, p)
   return json, warnings
 end
 
+-- One job through the synchronous driver, until it settles: a POST of
+-- `body`, or with `url` a DELETE. The job table is the driver's own, filled
+-- anew (the scheduler copies what it needs).
+-- @return res or nil, err
+local function deliver(st, ch, ref, body, url, warnings)
+  local d = take_driver(st)
+  local job = d.job_in or {}
+  d.job_in = job
+  st.serial = st.serial + 1
+  job.id, job.channel, job.ref, job.body, job.url = st.serial, ch, ref, body, url
+  job.method = url and "DELETE" or nil
+  local ok, rec, attempts, why, body_back, info = pcall(d.send, d, job, st.on_results)
+  give_back(st, d, ok and rec)
+  if not ok then error(rec, 0) end -- a transport that raised, an interrupt: nothing is left behind
+  local res, err = delivery.result(rec, body_back, attempts, info, st.channels[ch].name, st.secrets, warnings)
+  if err and st.emit then
+    st.emit("failure", { ref = ref, attempt = attempts, error = err, reason = why })
+  end
+  return res, err
+end
+
 local function post(st, json, i, warnings, ref)
-  if st.metrics then st.metrics:queued() end
-  local ch = st.channels[i]
-  return delivery.send(st, "POST", st.post_url, ch.headers, json, ch.name, warnings, ref)
+  return deliver(st, i, ref, json, nil, warnings)
 end
 
 --- Validate, encode and send one order.
@@ -473,10 +545,9 @@ function Client:send_encoded(json, o)
 end
 
 -- A path segment: percent-encoded, and '.' too (libcurl would remove
--- "." and ".." segments and reach another URL).
-local function segment(ref)
-  return (core.url_escape(ref):gsub("%.", "%%2E"))
-end
+-- "." and ".." segments and reach another URL): core.url_segment, the rule
+-- the queue's thread follows for a spooled cancel.
+local segment = core.url_segment
 
 --- Cancel an order: DELETE on the cancel path with `refCode` percent-encoded.
 -- @param ref_code the order's refCode (string, or an integer)
@@ -500,9 +571,7 @@ function Client:cancel(ref_code, o)
   end
   local i, cerr = send_channel(st, o)
   if not i then return nil, cerr end
-  local ch = st.channels[i]
-  local url = st.cancel_prefix .. segment(ref_code) .. st.cancel_suffix
-  return delivery.send(st, "DELETE", url, ch.headers, nil, ch.name, nil, ref_code)
+  return deliver(st, i, ref_code, nil, st.cancel_prefix .. segment(ref_code) .. st.cancel_suffix)
 end
 
 --- The URL orders are posted to.
@@ -553,8 +622,10 @@ end
 function Client:metrics()
   local st = private[self]
   if not st then error("optimizely.offline.client: not a client object", 2) end
-  if not st.metrics then return require("optimizely.offline.metrics").empty() end
-  return st.metrics:get()
+  if not st.metrics then return metrics.empty() end
+  local m = st.metrics:get()
+  for _, d in ipairs(st.drivers) do metrics.merge(m, d:metrics()) end
+  return m
 end
 
 --- Free the connection; the client cannot be used afterwards.
@@ -563,6 +634,11 @@ function Client:close()
   if st and st.transport then
     if st.transport.close then st.transport:close() end
     st.transport = nil
+    for _, d in ipairs(st.drivers) do
+      if st.metrics then st.metrics:merge(d:metrics()) end -- metrics() still counts them
+      d:close()
+    end
+    st.drivers, st.idle_drivers = {}, {}
   end
 end
 

@@ -1,8 +1,11 @@
---- What a delivery result looks like, and the synchronous send loop.
+--- What a delivery result looks like, and the transport contract.
 --
--- Every path — `client:send`, `send_batch`, both queues — hands its
--- classified outcome (csrc/classify.c) to `M.result`, so a result or an error
--- has one shape whichever engine produced it:
+-- Every path — `client:send`, `send_batch`, both queues — turns the
+-- scheduler's result record (csrc/sched.c: the classified outcome of
+-- csrc/classify.c, settled by csrc/policy.c) into `M.result`, so a result
+-- or an error has one shape whichever driver produced it. Nothing here
+-- decides: statuses, Retry-After, backoff, pauses and the in-flight limit
+-- are the scheduler's (optimizely.offline.sched). The shapes:
 --
 --   success `res`: `{ok = true, status, body, attempts, warnings, info,
 --     channel}` plus `res.envelope` (the response envelope `{status, errors,
@@ -28,16 +31,17 @@
 --               transport's own error number (libcurl's CURLcode), optional
 --
 -- Anything else comes back as an error of kind "transport" (not retried),
--- never as a crash.
+-- never as a crash. The scheduler checks the contract (`s:done`); a Lua
+-- driver (`optimizely.offline.sched.driver`) hands it what the transport
+-- returned, as returned.
 -- @module optimizely.offline.delivery
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
 
 local M = {}
 
-local classify, classify_failure, envelope_of = core.classify, core.classify_failure, core.envelope
+local check_reply, envelope_of = core.check_reply, core.envelope
 local now = core.now
-local type, floor, tostring = type, math.floor, tostring
 
 -- ---------------------------------------------------------------- results
 
@@ -131,37 +135,14 @@ end
 
 -- ---------------------------------------------------------- the contract
 
-local function contract_broken(what)
-  return { ok = false, kind = "transport", retryable = false,
-    message = "the transport broke its contract: " .. what
-      .. " (expected status, body, info or nil, kind, message)" }
-end
-
---- Classify what a transport returned (see the module doc).
+--- Check what a transport returned against the contract (see the module
+-- doc) and classify it: the same check and classifier the scheduler
+-- applies in `s:done` (csrc/l_sched.c).
 -- @return record, body (string), info (table)
 function M.check_response(status, body, info, code)
-  if status == nil then
-    local kind = body
-    if type(kind) ~= "string" then return contract_broken("a failure without a kind"), "", {} end
-    local rec = classify_failure(kind, type(info) == "string" and info or kind)
-    if type(code) == "number" then rec.curl_code = code end
-    return rec, "", {}
-  end
-  if type(status) ~= "number" or status ~= floor(status) or status < 100 or status > 999 then
-    return contract_broken("status is " .. (type(status) == "number" and tostring(status) or ("a " .. type(status)))),
-      "", {}
-  end
-  if body ~= nil and type(body) ~= "string" then
-    return contract_broken("body is a " .. type(body)), "", {}
-  end
-  if info ~= nil and type(info) ~= "table" then
-    return contract_broken("info is a " .. type(info)), "", {}
-  end
-  info = info or {}
-  body = body or ""
-  local ra = info.retry_after
-  return classify(status, body, type(ra) == "string" and ra or (type(ra) == "number" and tostring(ra)) or nil),
-    body, info
+  local rec = check_reply(status, body, info, code)
+  if status == nil or rec.kind == "transport" then return rec, "", {} end
+  return rec, body or "", info or {}
 end
 
 --- One attempt over a transport: request, contract check, classification.
@@ -171,45 +152,6 @@ function M.attempt(transport, method, url, headers, body)
   local status, rbody, info, code = transport:request(method, url, headers, body)
   local rec, b, i = M.check_response(status, rbody, info, code)
   return rec, b, i, now() - t0
-end
-
--- ------------------------------------------------------- the send loop
-
---- Send one request, retrying as the policy says, sleeping with
--- `ctx.sleep` between attempts (the client's, or ngx.sleep under nginx).
--- ctx: {transport, policy (optimizely.offline.retry), sleep, secrets,
--- metrics (core.metrics_new object or nil), emit (function(kind, fields) or
--- nil: the `retry` and `failure` events, see optimizely.offline.events)};
--- `ref` the order's refCode for those events (optional).
--- @return res or nil, err
-function M.send(ctx, method, url, headers, body, channel, enc_warnings, ref)
-  local attempt, age0 = 0, now()
-  local metrics, emit = ctx.metrics, ctx.emit
-  -- a cancel is a request, not an order: it counts in requests and latency only
-  local orders = metrics and method == "POST" and metrics
-  while true do
-    attempt = attempt + 1
-    local rec, rbody, info, took = M.attempt(ctx.transport, method, url, headers, body)
-    if metrics then
-      metrics:attempt(took, body and #body or 0)
-      if rec.status == 429 then metrics:throttled() end
-    end
-    local action, delay, _, _, why = ctx.policy:decide(rec, attempt, now() - age0)
-    if action ~= "retry" then
-      local res, err = M.result(rec, rbody, attempt, info, channel, ctx.secrets, enc_warnings)
-      if orders then
-        if res then orders:sent(channel) else orders:failed(rec, action == "dead", channel) end
-      end
-      if err and emit then emit("failure", { ref = ref, attempt = attempt, error = err, reason = why }) end
-      return res, err
-    end
-    if orders then orders:retried() end
-    if emit then
-      emit("retry", { ref = ref, attempt = attempt, delay = delay,
-        error = M.failure(rec, rbody, attempt, channel, ctx.secrets) })
-    end
-    ctx.sleep(delay)
-  end
 end
 
 return M

@@ -13,6 +13,7 @@
 -- | `failure` | `send`/`cancel`/`send_batch` gave an order up | `rejected`, `attempts`, `expired`, `credentials` |
 -- | `dead` | a queue gave an order up (a dead letter) | `rejected`, `attempts`, `expired`, `memory` |
 -- | `dropped` | a queue lost an accepted order | `shutdown` |
+-- | `unknown` | an nginx queue's order was in flight when the worker's shutdown grace ended | `shutdown` |
 -- | `paused` | sending paused for `seconds` | `throttled` (a 429), `credentials` |
 -- | `resumed` | sending again | `throttled`, `credentials` |
 -- | `storage` | a spool operation failed (`operation`) | — |
@@ -28,7 +29,8 @@
 -- NOTICE, INFO); elsewhere there is no default. `logger = false` silences
 -- it. Lines are rate-limited: at most one per second for each event type
 -- and reason, the next one saying how many were suppressed — except
--- `dropped`, logged for every order (each is an order lost).
+-- `dropped` and `unknown`, logged for every order (each is an order lost
+-- or in doubt).
 -- @module optimizely.offline.events
 local core = require("optimizely.offline.core")
 local is_interrupt = require("optimizely.offline.errors").is_interrupt
@@ -39,8 +41,8 @@ local type, pcall, tostring = type, pcall, tostring
 local quote = core.quote
 
 --- The level each event is logged at.
-M.LEVELS = { retry = "info", failure = "warn", dead = "warn", dropped = "error", paused = "warn",
-  resumed = "notice", storage = "error", start = "notice" }
+M.LEVELS = { retry = "info", failure = "warn", dead = "warn", dropped = "error", unknown = "error",
+  paused = "warn", resumed = "notice", storage = "error", start = "notice" }
 
 local function ngx_logger()
   local ngx = ngx -- luacheck: globals ngx
@@ -141,7 +143,8 @@ function Events:emit(kind, fields, message)
   if self.logger then
     local level = M.LEVELS[kind] or "warn"
     if kind == "paused" and fields.reason == "credentials" then level = "error" end
-    self:log(level, message or line(fields), kind ~= "dropped" and (kind .. ":" .. tostring(fields.reason)))
+    local every = kind == "dropped" or kind == "unknown" -- an order each: never rate-limited
+    self:log(level, message or line(fields), not every and (kind .. ":" .. tostring(fields.reason)))
   end
 end
 

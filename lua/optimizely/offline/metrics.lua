@@ -8,8 +8,9 @@
 --     io.write(metrics.prometheus(client, queue))
 --
 -- The counting itself happens once, in the C core (csrc/metrics.c): the
--- libcurl engine counts directly, the synchronous send loop and the nginx
--- engine through the same struct. This module only reads, sums and writes.
+-- scheduler (csrc/sched.c) counts for every driver — send_batch, the
+-- queue's thread, client:send — and the nginx queue through the same
+-- struct (core.metrics_new). This module only reads, sums and writes.
 --
 -- **The table** (`client:metrics()`, `queue:metrics()`, an nginx queue's
 -- `metrics()`, `M.of(source)`): counters since the source was made (they
@@ -32,7 +33,9 @@
 --   * `channels = {[name] = {sent, failed}}`;
 --   * queues: `dropped = {[reason] = n}` orders refused or lost, by reason
 --     (`full`, `invalid`, `config`, `closed`, `shutdown`, a spool error
---     kind); `callback_errors`, `storage_errors`;
+--     kind); `unknown` orders in flight when an nginx worker's shutdown
+--     grace ended (the endpoint may or may not have them; not in
+--     `dropped`); `callback_errors`, `storage_errors`;
 --   * queue gauges: `depth` (orders waiting: queued or waiting for a
 --     retry, not in flight), `in_flight`, `paused = {throttled = 0|1,
 --     credentials = 0|1}` and, with a spool, `spool = {orders, bytes, dead}`
@@ -54,7 +57,7 @@ local fmt = string.format
 M.BOUNDS = core.metrics_new():get().latency.bounds
 
 local COUNTERS = { "queued", "sent", "failed", "dead", "invalid", "retried", "throttled", "requests",
-  "bytes_sent", "failures_unlabelled", "callback_errors", "storage_errors" }
+  "bytes_sent", "failures_unlabelled", "callback_errors", "storage_errors", "unknown" }
 M.COUNTERS = COUNTERS
 
 local Null = {}
@@ -432,6 +435,9 @@ local FAMILIES = {
   { "orders_dead_total", "counter", "Orders rejected for good or out of attempts or age (dead letters).",
     counter("dead") },
   { "orders_invalid_total", "counter", "Orders refused by validation before any request.", counter("invalid") },
+  { "orders_unknown_total", "counter",
+    "Orders in flight when a worker's shutdown grace ended: the endpoint may or may not have them.",
+    counter("unknown") },
   { "orders_dropped_total", "counter",
     "Orders a queue refused or lost, by reason (full, invalid, config, closed, shutdown, ...).", function(t)
     local out, reasons = {}, {}

@@ -31,6 +31,9 @@
 -- Loaded only under nginx (it raises elsewhere).
 -- @module optimizely.offline.ngx
 local transport = require("optimizely.offline.ngx.transport")
+local context = require("optimizely.offline.ngx.context")
+local queue = require("optimizely.offline.ngx.queue")
+local client = require("optimizely.offline.client")
 local ngx = ngx
 
 local M = {}
@@ -81,29 +84,33 @@ end
 --   options instead of a transport
 -- @return client
 function M.client(config)
-  local cfg = transport.client_config(config, "optimizely.offline.ngx.client: config", nil, nil, 2)
+  local cfg = context.client_config(config, "optimizely.offline.ngx.client: config", nil, nil, 2)
   cfg.sleep = cfg.sleep or ngx.sleep
-  local c = require("optimizely.offline.client").client(cfg)
-  return c
+  return client.client(cfg)
 end
 
---- This worker's delivery queue (create it in `init_worker_by_lua*`).
+--- This worker's delivery queue (create it in `init_worker_by_lua*`): the
+-- C scheduler driven by light threads over cosockets.
 -- @param client_config the client's config (site, token, channel, base_url, ...)
 -- @param opts the queue options shared with the threaded queue
 --   (optimizely.offline.queue: `max_queue, concurrency, spool, spool_max_orders,
 --   spool_max_bytes, spool_on_full, spool_sync, lease, max_attempts, max_age,
 --   auth_pause, channel, on_success, on_failure, on_event, logger`) plus
---   `flush_interval, shutdown_timeout, transport, shm, deliverer, poll_interval,
---   metrics_shm` (`shm`: shared delivery, one process sends for all workers;
---   `metrics_shm`: a lua_shared_dict every worker adds its metrics to, read by
+--   `flush_interval, shutdown_timeout, pipeline, send_delay, transport, shm,
+--   deliverer, poll_interval, metrics_shm` (`shm`: shared delivery, one
+--   process sends for all workers; `metrics_shm`: a lua_shared_dict every
+--   worker adds its metrics to, read by
 --   `optimizely.offline.metrics.prometheus(ngx.shared[name])`)
 -- @return queue, or nil, err (the spool could not be opened; also logged,
 --   see `log_failure`)
+-- @raise on bad options; `engine` (the removed delivery thread) names why
 -- @see optimizely.offline.ngx.queue
 function M.queue(client_config, opts)
-  local mod = (type(opts) == "table" and opts.engine == "thread") and "optimizely.offline.ngx.thread_queue"
-    or "optimizely.offline.ngx.queue"
-  local q, err = require(mod).new(client_config, opts)
+  if type(opts) == "table" and opts.engine ~= nil then
+    error("optimizely.offline.ngx.queue: opts.engine is gone: the delivery thread (engine = \"thread\") cost more"
+      .. " CPU per order than the cosocket queue on every measure (doc/topics/openresty.md); drop the option", 2)
+  end
+  local q, err = queue.new(client_config, opts)
   if not q then
     M.log_failure("optimizely.offline.ngx.queue", err)
     return nil, err

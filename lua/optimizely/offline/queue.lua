@@ -32,6 +32,7 @@ local errors = require("optimizely.offline.errors")
 local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
 local events = require("optimizely.offline.events")
+local sched = require("optimizely.offline.sched")
 
 local M = {}
 
@@ -61,7 +62,7 @@ M.common = {
   lease = { type = "number", min = 1, max = 86400 * 7 },
   max_attempts = { type = "integer", min = 1, max = 1e6 },
   max_age = { type = "number", above = 0, max = 86400 * 3650, default = M.MAX_AGE },
-  auth_pause = { type = "number", min = 0.01, max = 86400, default = 300 },
+  auth_pause = { type = "number", min = 0.01, max = 86400, default = sched.DEFAULTS.auth_pause },
   channel = { type = "string", nonempty = true },
   on_success = { type = "function" },
   on_failure = { type = "function" },
@@ -129,14 +130,14 @@ function Queue:start_worker()
   local st, o = self.st, self.o
   local ok, err = self:open_spool()
   if not ok then return nil, err end
-  local wok, w = pcall(core.worker_new, {
-    http = st.http_opts, url = st.post_url, channels = st.channels,
-    concurrency = o.concurrency, adaptive = o.adaptive, on_stop = "pause", auth_pause = o.auth_pause,
-    report_all = o.on_success ~= nil, report_retries = (self.events.on_event or self.events.logger) ~= nil,
-    no_metrics = st.metrics == nil, policy = M.policy(st, o),
+  local wok, w = pcall(core.worker_new, sched.config(st, {
+    http = st.http_opts, concurrency = o.concurrency, adaptive = o.adaptive, on_stop = "pause",
+    auth_pause = o.auth_pause, report_all = o.on_success ~= nil,
+    report_retries = (self.events.on_event or self.events.logger) ~= nil, policy = M.policy(st, o),
     max_queue = o.max_queue, spool = self.spool and self.spool.handle or nil,
     lease = o.lease, spool_poll = o.spool_poll,
-  })
+    cancel_prefix = st.cancel_prefix, cancel_suffix = st.cancel_suffix,
+  }))
   if not wok then
     if self.spool then self.spool:close() end
     return nil, errors.new({ kind = "storage", message = "queue: " .. errors.redact_all(tostring(w), st.secrets) })
@@ -522,7 +523,8 @@ end
 -- sent, retried, failed, dead, invalid, pushed, paused_for, paused =
 -- reason | nil, running, callback_errors, storage_errors, storage_error?,
 -- dropped = {full, invalid, results, shutdown?, config?}, spool = spool
--- stats (with a spool)}`.
+-- stats (with a spool)}`, and `limit`: the requests the scheduler lets be
+-- in flight now (at most `concurrency`; lowered by a 429, see `adaptive`).
 function Queue:stats()
   if self.closed then return self.final_stats end
   self:check_pid()
@@ -534,7 +536,7 @@ function Queue:stats()
     if sp then queued = math.max(0, sp.queued - w.in_flight) end
   end
   return {
-    queued = queued, in_flight = w.in_flight, sent = w.sent, retried = w.retried,
+    queued = queued, in_flight = w.in_flight, limit = w.limit, sent = w.sent, retried = w.retried,
     dead = w.dead, failed = self.counts.failed, invalid = self.counts.invalid,
     pushed = w.pushed, running = w.running, callback_errors = self.counts.callback_errors,
     paused_for = w.paused_for, paused = w.stopped and "credentials" or (w.paused_for > 0 and "throttled" or nil),

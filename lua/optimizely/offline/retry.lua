@@ -1,8 +1,11 @@
---- The retry policy, from Lua. The decisions themselves live once, in C
--- (csrc/policy.c, csrc/classify.c): the libcurl engine and the queue's
--- thread call them there, and everything in Lua — the synchronous send
--- loop, the nginx engine, this module — calls the same functions through
--- `optimizely.offline.core`, so the rules cannot drift apart.
+--- The retry policy, from Lua: a thin view of the C core. The decisions
+-- live once, in C — the classifier (csrc/classify.c), the policy
+-- (csrc/policy.c, its defaults included) and the scheduler that applies
+-- them (csrc/sched.c, optimizely.offline.sched) — and every path asks
+-- them there: the libcurl engine and the queue's thread in C, `client:send`,
+-- user transports and the nginx queue through the scheduler's binding.
+-- This module reads the same functions, for callers that want to ask a
+-- question of the policy (and for the docs of its options).
 --
 -- Delivery is at-least-once: network failures and timeouts are retried even
 -- though the server may already have stored the order, because a lost order
@@ -21,39 +24,48 @@ local core = require("optimizely.offline.core")
 
 local M = {}
 
-local floor = math.floor
+local floor, type = math.floor, type
 
---- HTTP statuses worth another try (documentation; core.classify decides).
+--- HTTP statuses worth another try (documentation: the classifier decides).
 M.RETRYABLE_STATUS = { [408] = true, [429] = true, [500] = true, [502] = true,
   [503] = true, [504] = true }
 
---- Transport failure kinds worth another try.
+--- Transport failure kinds worth another try (documentation: the classifier decides).
 M.RETRYABLE_KIND = { network = true, timeout = true }
 
---- Defaults, in seconds (max_attempts counts the first try).
-M.DEFAULTS = {
-  max_attempts = 4,
-  backoff_base = 0.25,
-  backoff_max = 10,
-  retry_after_max = 60,
-  backoff_floor = 0.05,
-}
+--- The policy's defaults, declared once in C (`core.policy_defaults`), in
+-- seconds: `{max_attempts = 4 (the first try included), max_age = 0 (no
+-- limit), backoff_base = 0.25, backoff_max = 10, backoff_floor = 0.05,
+-- retry_after_max = 60}`.
+M.DEFAULTS = core.policy_defaults()
 
---- Is this failure retryable?
--- @param x an HTTP status (number), an error kind (string) or an error
---   object (its `retryable`, else its `status` / `kind`)
--- @return boolean
-function M.classify(x)
+-- The classified record of a status, a transport failure kind or an error
+-- object; nil for anything the classifier does not take (a kind it does
+-- not know as a transport failure: "api", "validation", ...).
+local function record_of(x)
   local t = type(x)
   if t == "number" then
-    return x >= 100 and x <= 999 and x == floor(x) and core.classify(x, "").retryable == true
+    if x < 100 or x > 999 or x ~= floor(x) then return nil end
+    return core.classify(x, "")
   end
-  if t == "string" then return M.RETRYABLE_KIND[x] == true end
+  if t == "string" then
+    local rec = core.classify_failure(x, "")
+    return rec.kind == x and rec or nil
+  end
   if t == "table" then
-    if x.kind == "http" then return M.classify(x.status) end
-    return M.RETRYABLE_KIND[x.kind] == true
+    if x.kind == "http" and type(x.status) == "number" then return record_of(x.status) end
+    if type(x.kind) == "string" and x.kind ~= "http" then return record_of(x.kind) end
   end
-  return false
+  return nil
+end
+
+--- Is this failure retryable? Asks the classifier.
+-- @param x an HTTP status (number), a transport failure kind (string) or an
+--   error object (by its `status` when of kind "http", else its `kind`)
+-- @return boolean
+function M.classify(x)
+  local rec = record_of(x)
+  return rec ~= nil and not rec.ok and rec.retryable == true
 end
 
 --- Parse an HTTP date (IMF-fixdate, RFC 850 or asctime form, RFC 9110 §5.6.7).
@@ -100,7 +112,7 @@ local function policy_table(opts)
   return p
 end
 
---- Seconds to wait before the next attempt.
+--- Seconds to wait before the next attempt (the policy's delay).
 -- @param attempt the attempt that just failed (1 for the first try)
 -- @param retry_after raw header value, seconds, or nil
 -- @param opts {backoff_base, backoff_max, retry_after_max, backoff_floor, random, now}
@@ -114,7 +126,8 @@ end
 local Policy = {}
 Policy.__index = Policy
 
---- A policy object holding its settings (fields readable as `p.max_attempts`, ...).
+--- A policy object holding its settings (fields readable as
+-- `p.max_attempts`, ...): the table a scheduler's `policy` option takes.
 -- @param opts {max_attempts (false: no limit), max_age (seconds, 0: none),
 --   backoff_base, backoff_max, retry_after_max, backoff_floor, random, now};
 --   missing fields take `DEFAULTS`
@@ -132,9 +145,15 @@ function Policy:delay(attempt, retry_after)
   return self.core:delay(attempt, retry_after, draw(self.random), self.now and self.now() or os.time())
 end
 
---- Should attempt `attempt` (which just failed with `x`) be followed by another?
+--- Would the policy try again after attempt `attempt` failed with `x`?
+-- The C policy's decision (`decide`), read as a yes or no.
+-- @param attempt the attempt that just failed (1 for the first)
+-- @param x an HTTP status, a transport failure kind or an error object
+-- @return boolean
 function Policy:again(attempt, x)
-  return (not self.max_attempts or attempt < self.max_attempts) and M.classify(x)
+  local rec = record_of(x)
+  if not rec or rec.ok then return false end
+  return (self:decide(rec, attempt, 0)) == "retry"
 end
 
 --- What to do after an attempt: the one decision (csrc/policy.c).

@@ -9,26 +9,27 @@
 -- **Time.** `timeout` is a deadline for the whole exchange — connect, TLS
 -- handshake, sending, the response head and the body — like libcurl's
 -- `CURLOPT_TIMEOUT`: a server trickling one byte a second cannot keep a
--- request alive past it. Every read takes what has arrived (`receiveany`)
--- under the time left, so no single read can outlast the deadline. Name
--- resolution is nginx's (`resolver`, `resolver_timeout`) and not covered:
--- keep `resolver_timeout` below `timeout`.
+-- request alive past it. Name resolution is nginx's (`resolver`,
+-- `resolver_timeout`) and not covered: keep `resolver_timeout` below
+-- `timeout`.
 --
--- **Size.** Every read is bounded: the response head (status line and
--- headers) at `MAX_HEAD` (64 KiB) and `MAX_HEADER_LINES` (256) lines, a chunk-size
--- line or a trailer line at `MAX_LINE` (8 KiB), all trailers together at
--- `MAX_HEAD`, the body at `max_body` (1 MiB, as the libcurl path). Past a cap
--- the request fails with kind `network` and a message naming the cap; the
--- connection is closed, never returned to the pool.
+-- **Size.** Every read is bounded (optimizely.offline.ngx.http1: the head
+-- at 64 KiB and 256 lines, a chunk or trailer line at 8 KiB, the body at
+-- `max_body`, 1 MiB as the libcurl path). Past a cap the request fails with
+-- kind `network` and a message naming the cap.
+--
+-- **Reuse.** A connection goes back to the pool only after a 2xx answer
+-- read completely, with no byte beyond its declared end; after any other
+-- answer (a 503, say), a failure or a cap it is closed: a server that wrote
+-- what it did not declare could write more, read as the next order's answer.
 --
 -- **TLS.** The certificate is always verified (`ssl_verify = true`) against
 -- the CAs of nginx's `lua_ssl_trusted_certificate`. A host name is sent as
 -- SNI and checked against the certificate by nginx. An IP-literal URL sends
 -- no SNI (RFC 6066) and its address is checked against the certificate's IP
 -- subject-alternative names here, through OpenSSL (`X509_check_ip_asc` on the
--- handshake's session) — like libcurl; where that cannot be done (an nginx
--- whose lua module gives no session object, or OpenSSL symbols not visible
--- to LuaJIT's FFI) an IP-literal `https` URL is refused with kind `tls`
+-- handshake's session, optimizely.offline.ngx.tls) — like libcurl; where
+-- that cannot be done an IP-literal `https` URL is refused with kind `tls`
 -- rather than accepted unchecked. A handshake that negotiated less than
 -- TLS 1.2 is refused (set `lua_ssl_protocols TLSv1.2 TLSv1.3;` too).
 -- Proxies: cosockets connect directly; `https_proxy` and friends are not
@@ -47,84 +48,35 @@ if type(ngx) ~= "table" or not ngx.socket then
 end
 
 local opts_schema = require("optimizely.offline.opts").schema
+local http1 = require("optimizely.offline.ngx.http1")
+local writer = require("optimizely.offline.ngx.writer")
+local ssl_check = require("optimizely.offline.ngx.tls").check
 
 local tcp, now, update_time, get_phase = ngx.socket.tcp, ngx.now, ngx.update_time, ngx.get_phase
-local concat, tonumber, lower, floor, gmatch = table.concat, tonumber, string.lower, math.floor, string.gmatch
-local find, sub, match, pcall, type = string.find, string.sub, string.match, pcall, type
+local floor, pcall, type = math.floor, pcall, type
+local ms_left, read_response, read_next = http1.ms_left, http1.read_response, http1.read_next
+local send_all, build_request = writer.send_all, writer.build_request
 
 local M = {}
 
 --- Response bodies above this many bytes are refused (as libcurl's max_body).
-M.MAX_BODY = 1024 * 1024
+M.MAX_BODY = http1.MAX_BODY
 
---- The response head (status line + header lines, each 1xx interim head
--- counted on its own) may not exceed this many bytes; nor may the trailers.
-M.MAX_HEAD = 64 * 1024
+--- The response head's bytes at most (each 1xx head on its own; the
+-- trailers too): optimizely.offline.ngx.http1's cap.
+M.MAX_HEAD = http1.MAX_HEAD
 
 --- Header lines in one response head, at most.
-M.MAX_HEADER_LINES = 256
+M.MAX_HEADER_LINES = http1.MAX_HEADER_LINES
 
---- A chunk-size line, a chunk's closing line or a trailer line may not exceed
--- this many bytes.
-M.MAX_LINE = 8 * 1024
-
-local MAX_HEAD, MAX_LINE, MAX_HEADER_LINES = M.MAX_HEAD, M.MAX_LINE, M.MAX_HEADER_LINES
--- One receiveany() at most; ngx_lua's own buffer (lua_socket_buffer_size)
--- may return less.
-local READ_SIZE = 16 * 1024
--- Requests above this size go out in pieces, the deadline checked between them.
-local SEND_PIECE = 64 * 1024
+--- A chunk-size, chunk-end or trailer line's bytes, at most.
+M.MAX_LINE = http1.MAX_LINE
 
 local COSOCKET_PHASES = {
   rewrite = true, access = true, content = true, timer = true,
   ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true,
 }
 M.COSOCKET_PHASES = COSOCKET_PHASES
-
---- Client options that only libcurl understands: the nginx client and queue
--- refuse them rather than silently ignore a TLS setting.
-M.CURL_ONLY = {
-  ca_file = "set lua_ssl_trusted_certificate in nginx.conf instead",
-  ca_path = "set lua_ssl_trusted_certificate in nginx.conf instead",
-  proxy = "the cosocket transport does not go through proxies",
-  verbose = "use nginx's error_log",
-}
-
---- A client config for the nginx path: the caller's, checked for what the
--- cosocket transport cannot honour (`CURL_ONLY` and `refuse`: raised,
--- naming `who`), with `transport` built from `topts` (or from
--- `config.transport` when that is a table of options), the client's
--- timeouts by default.
--- @param config the offline.client config
--- @param who the caller, for messages (e.g. "optimizely.offline.ngx.client: config")
--- @param topts transport options, or nil
--- @param refuse more keys to refuse, `{key = why}`, or nil
--- @param level as error's, from the caller
--- @return a new config table
-function M.client_config(config, who, topts, refuse, level)
-  level = (level or 1) + 1
-  if type(config) ~= "table" then error(who .. " must be a table, got " .. type(config), level) end
-  for _, list in ipairs({ M.CURL_ONLY, refuse or {} }) do
-    for k, why in pairs(list) do
-      if config[k] ~= nil then error(who .. "." .. k .. " is not used under nginx: " .. why, level) end
-    end
-  end
-  if config.http_version ~= nil and config.http_version ~= "1.1" then
-    error(who .. ".http_version must be \"1.1\" under nginx", level)
-  end
-  local cfg = {}
-  for k, v in pairs(config) do cfg[k] = v end
-  -- a table without :request is a table of transport options
-  if type(cfg.transport) == "table" and cfg.transport.request == nil then topts, cfg.transport = cfg.transport, nil end
-  if cfg.transport == nil then
-    local o = {}
-    for k, v in pairs(topts or {}) do o[k] = v end
-    o.timeout = o.timeout or cfg.timeout
-    o.connect_timeout = o.connect_timeout or cfg.connect_timeout
-    cfg.transport = M.new(o)
-  end
-  return cfg
-end
 
 local OPTIONS = opts_schema("optimizely.offline.ngx.transport", "opts", {
   timeout = { type = "number", min = 0.001, max = 86400, default = 10 },
@@ -134,50 +86,6 @@ local OPTIONS = opts_schema("optimizely.offline.ngx.transport", "opts", {
   max_body = { type = "integer", min = 1, max = 1024 ^ 3, default = M.MAX_BODY },
   user_agent = { type = "string", pattern = "^[^%c]*$", pattern_msg = "must not contain control characters" },
 })
-
--- ------------------------------------------------------------------------
--- The peer certificate's IP address and the negotiated TLS version, through
--- OpenSSL on the session object lua-resty-core's sslhandshake returns (an
--- SSL_SESSION *). nil when this nginx cannot give them (see the module doc).
-
-local ssl_check = (function()
-  local ok, ffi = pcall(require, "ffi")
-  if not ok then return nil end
-  for _, decl in ipairs({
-    "void *SSL_SESSION_get0_peer(void *s);",
-    "int SSL_SESSION_get_protocol_version(const void *s);",
-    "int X509_check_ip_asc(void *x, const char *address, unsigned int flags);",
-  }) do
-    pcall(ffi.cdef, decl) -- already declared (same signature) by another module: fine
-  end
-  local C = ffi.C
-  local found = pcall(function()
-    return C.SSL_SESSION_get0_peer and C.SSL_SESSION_get_protocol_version and C.X509_check_ip_asc
-  end)
-  if not found then return nil end
-  local TLS1_2 = 0x0303
-  -- @return true | nil, message
-  return function(sess, ip)
-    if type(sess) ~= "cdata" or sess == nil then
-      -- a host name was checked by nginx; an address cannot be
-      if ip then return nil, "no TLS session to check IP address " .. ip .. " against" end
-      return true
-    end
-    local version = C.SSL_SESSION_get_protocol_version(sess)
-    if version < TLS1_2 then
-      return nil, ("the server negotiated TLS below 1.2 (0x%04x)"):format(version)
-    end
-    if ip then
-      local cert = C.SSL_SESSION_get0_peer(sess)
-      if cert == nil then return nil, "no peer certificate" end
-      if C.X509_check_ip_asc(cert, ip, 0) ~= 1 then
-        return nil, "the certificate is not valid for IP address " .. ip
-          .. " (no matching IP subjectAltName)"
-      end
-    end
-    return true
-  end
-end)()
 
 --- Can this nginx check an IP-literal `https` URL's certificate (and the
 -- TLS version)? When false, such URLs are refused with kind `tls`.
@@ -226,31 +134,6 @@ end
 -- ------------------------------------------------------------------------
 -- URLs
 
-local function parse_url(url)
-  local scheme, authority, path = url:match("^(%a[%w+.-]*)://([^/?#]*)(.*)$")
-  if not scheme then return nil, "not an absolute URL" end
-  scheme = lower(scheme)
-  if scheme ~= "https" and scheme ~= "http" then return nil, "unsupported scheme " .. scheme end
-  local host, port = authority:match("^(%[[%x:%.]+%]):?(%d*)$")
-  local ip = host and host:sub(2, -2)
-  if not host then
-    host, port = authority:match("^([%w%.%-]+):?(%d*)$")
-    if not host then return nil, "bad host in URL" end
-    ip = host:match("^%d+%.%d+%.%d+%.%d+$")
-  end
-  port = tonumber(port) or (scheme == "https" and 443 or 80)
-  if path == "" then path = "/" end
-  path = path:gsub("#.*$", "")
-  local tls = scheme == "https"
-  -- no SNI for IP literals (RFC 6066 §3); their certificate is checked by address
-  local sni = tls and not ip and host or nil
-  return {
-    tls = tls, host = host, port = port, path = path, authority = authority, sni = sni,
-    ip = tls and ip or nil,
-    pool = "optimizely-offline:" .. host .. ":" .. port .. ":" .. (sni or (tls and "-" or "plain")),
-  }
-end
-
 --- The parsed form of `url` (cached, at most 64 entries): `{tls, host, port,
 -- path, authority, sni, ip, pool}`, or nil and a message.
 -- @local
@@ -258,189 +141,12 @@ function Transport:url(url)
   local u = self.urls[url]
   if u then return u end
   local err
-  u, err = parse_url(url)
+  u, err = writer.parse_url(url)
   if not u then return nil, err end
   if self.nurls >= 64 then self.urls, self.nurls = {}, 0 end -- cancel URLs vary: stay bounded
   self.urls[url] = u
   self.nurls = self.nurls + 1
   return u
-end
-
--- ------------------------------------------------------------------------
--- Bounded reads under one deadline
---
--- A reader is `{sock, deadline, buf, pos}`: bytes received but not consumed
--- are buf[pos..]. Every socket read is one receiveany() with the time left
--- as its timeout, so a read returns as soon as anything arrives and the
--- deadline holds however slowly bytes come.
-
--- Milliseconds to the deadline. ngx.now() is the event loop's cached clock,
--- refreshed whenever a socket operation yields: no syscall per read.
-local function ms_left(deadline)
-  return floor((deadline - now()) * 1000)
-end
-
--- One socket read of at most `max` bytes: data | nil, kind, message, closed
-local function recv(rd, max, what)
-  local left = ms_left(rd.deadline)
-  if left <= 0 then return nil, "timeout", "timed out reading the " .. what end
-  local sock = rd.sock
-  sock:settimeout(left)
-  local data, err = sock:receiveany(max)
-  if not data then
-    if err == "timeout" then return nil, "timeout", "timed out reading the " .. what end
-    return nil, "network", "connection " .. tostring(err) .. " while reading the " .. what, err == "closed"
-  end
-  return data
-end
-
-local function too_long(what, cap)
-  return nil, "network", what .. " longer than " .. cap .. " bytes"
-end
-
--- Bytes up to `pat` (consumed, not returned), at most `cap` bytes before it.
--- Linear however the bytes are split across reads: only the last #pat - 1
--- bytes are carried over, the rest is parked in `parts`.
--- @return data | nil, kind, message, nothing (true: not one byte came)
-local function read_until(rd, pat, cap, what)
-  local buf, pos = rd.buf, rd.pos
-  local keep = #pat - 1
-  local parts, parked = nil, 0
-  while true do
-    local s, e = find(buf, pat, pos, true)
-    if s then
-      if parked + (s - pos) > cap then return too_long(what, cap) end
-      rd.buf, rd.pos = buf, e + 1
-      local piece = sub(buf, pos, s - 1)
-      if not parts then return piece end
-      parts[#parts + 1] = piece
-      return concat(parts)
-    end
-    local pending = #buf - pos + 1
-    if parked + pending > cap + keep then return too_long(what, cap) end
-    if pending > keep then -- park all but the tail the pattern may start in
-      parts = parts or {}
-      parts[#parts + 1] = sub(buf, pos, #buf - keep)
-      parked = parked + pending - keep
-      pos = #buf - keep + 1
-    end
-    local data, kind, msg = recv(rd, READ_SIZE, what)
-    if not data then return nil, kind, msg, parked == 0 and pos > #buf end
-    buf = sub(buf, pos) .. data
-    pos = 1
-  end
-end
-
--- A line ending in LF (a CR before it dropped), at most MAX_LINE bytes.
-local function read_line(rd, what)
-  local line, kind, msg = read_until(rd, "\n", MAX_LINE, what)
-  if not line then return nil, kind, msg end
-  if sub(line, -1) == "\r" then line = sub(line, 1, -2) end
-  return line
-end
-
--- Exactly n bytes (n already checked against max_body).
-local function read_bytes(rd, n, what)
-  local buf, pos = rd.buf, rd.pos
-  local avail = #buf - pos + 1
-  if avail >= n then
-    rd.pos = pos + n
-    return sub(buf, pos, pos + n - 1)
-  end
-  local parts, have = { sub(buf, pos) }, avail
-  rd.buf, rd.pos = "", 1
-  while have < n do
-    local want = n - have
-    local data, kind, msg = recv(rd, want < READ_SIZE and want or READ_SIZE, what)
-    if not data then return nil, kind, msg end
-    parts[#parts + 1] = data
-    have = have + #data
-  end
-  return concat(parts)
-end
-
-local function too_big(self)
-  return nil, "network", "response body larger than " .. self.max_body .. " bytes"
-end
-
--- Body framed by chunked transfer coding, trailers read and dropped.
-local function read_chunked(self, rd)
-  local parts, total = {}, 0
-  while true do
-    local line, kind, msg = read_line(rd, "chunk size line")
-    if not line then return nil, kind, msg end
-    local hex = match(line, "^%s*(%x+)")
-    local size = hex and #hex <= 8 and tonumber(hex, 16)
-    if not size then return nil, "network", "malformed chunk size line" end
-    if size == 0 then
-      local trailers = 0
-      for _ = 1, MAX_HEADER_LINES do
-        line, kind, msg = read_line(rd, "chunked trailer line")
-        if not line then return nil, kind, msg end
-        if line == "" then return concat(parts) end
-        trailers = trailers + #line
-        if trailers > MAX_HEAD then return too_long("chunked trailers", MAX_HEAD) end
-      end
-      return nil, "network", "more than " .. MAX_HEADER_LINES .. " trailer lines"
-    end
-    total = total + size
-    if total > self.max_body then return too_big(self) end
-    local data
-    data, kind, msg = read_bytes(rd, size, "response body")
-    if not data then return nil, kind, msg end
-    parts[#parts + 1] = data
-    line, kind, msg = read_line(rd, "chunk end")
-    if not line then return nil, kind, msg end
-    if line ~= "" then return nil, "network", "malformed chunk (no CRLF after the data)" end
-  end
-end
-
--- Body delimited by the connection's end.
-local function read_to_close(self, rd)
-  local parts, total = {}, #rd.buf - rd.pos + 1
-  if total > self.max_body then return too_big(self) end
-  parts[1] = sub(rd.buf, rd.pos)
-  rd.buf, rd.pos = "", 1
-  while true do
-    local data, kind, msg, closed = recv(rd, READ_SIZE, "response body")
-    if not data then
-      if closed then return concat(parts) end
-      return nil, kind, msg
-    end
-    total = total + #data
-    if total > self.max_body then return too_big(self) end
-    parts[#parts + 1] = data
-  end
-end
-
--- The headers this transport uses; others are skipped (bounded work).
-local WANTED = { ["connection"] = true, ["transfer-encoding"] = true, ["content-length"] = true,
-  ["retry-after"] = true, ["content-type"] = true }
-
--- Status line + headers (skipping 1xx interim responses).
--- @return status, minor, headers{lower-case name -> value} | nil, kind, msg, early
-local function read_head(rd)
-  for i = 1, 5 do
-    local head, kind, msg, early = read_until(rd, "\r\n\r\n", MAX_HEAD, "response head")
-    if not head then return nil, kind, msg, early and i == 1 end
-    local major, minor, status = match(head, "^HTTP/(%d)%.(%d) (%d%d%d)")
-    if major ~= "1" then return nil, "network", "malformed HTTP status line" end
-    status = tonumber(status)
-    local h, lines = {}, 0
-    for name, value in gmatch(head, "\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
-      lines = lines + 1
-      if lines > MAX_HEADER_LINES then
-        return nil, "network", "more than " .. MAX_HEADER_LINES .. " header lines"
-      end
-      name = lower(name)
-      if WANTED[name] then
-        local old = h[name]
-        h[name] = old and (old .. ", " .. value) or value
-      end
-    end
-    if status >= 200 or status == 101 then return status, tonumber(minor), h end
-  end
-  return nil, "network", "too many interim (1xx) responses"
 end
 
 -- ------------------------------------------------------------------------
@@ -499,103 +205,13 @@ function Transport:connect(u, deadline)
   return sock, reused > 0
 end
 
-local NO_BODY_STATUS = { [204] = true, [304] = true }
-
--- The request bytes, in pieces of at most SEND_PIECE above that size, each
--- under the time left.
-local function send_all(sock, req, size, deadline)
-  local pieces = { req }
-  if size > SEND_PIECE then
-    local s = concat(req)
-    pieces = {}
-    for i = 1, #s, SEND_PIECE do pieces[#pieces + 1] = sub(s, i, i + SEND_PIECE - 1) end
-  end
-  for i = 1, #pieces do
-    local left = ms_left(deadline)
-    if left <= 0 then return nil, "timeout", "timed out sending the request" end
-    sock:settimeout(left)
-    local _, err = sock:send(pieces[i])
-    if err then
-      if err == "timeout" then return nil, "timeout", "timed out sending the request" end
-      return nil, "network", "connection " .. tostring(err) .. " while sending the request", i == 1
-    end
-  end
-  return true
-end
-
 --- Send the request and read the whole response on a connected socket.
--- @return status, body, info, keepalive | nil, kind, message, stale
+-- @return status, body, info, reusable | nil, kind, message, stale
 -- @local
 function Transport:exchange(sock, req, size, method, deadline)
   local sent, skind, smsg, sstale = send_all(sock, req, size, deadline)
   if not sent then return nil, skind, smsg, sstale end
-  local rd = { sock = sock, deadline = deadline, buf = "", pos = 1 }
-  local status, minor, h, early = read_head(rd)
-  if not status then return nil, minor, h, early and minor == "network" end
-  local body, kind, msg
-  local keepalive = true
-  local conn = h["connection"] and lower(h["connection"]) or ""
-  if find(conn, "close", 1, true) or (minor == 0 and not find(conn, "keep-alive", 1, true)) then
-    keepalive = false
-  end
-  local te = h["transfer-encoding"]
-  if method == "HEAD" or NO_BODY_STATUS[status] then
-    body = ""
-  elseif te and find(lower(te), "chunked", 1, true) then
-    body, kind, msg = read_chunked(self, rd)
-  elseif h["content-length"] then
-    local n = tonumber(match(h["content-length"], "^(%d+)%s*$"))
-    if not n then return nil, "network", "malformed Content-Length" end
-    if n > self.max_body then return too_big(self) end
-    body, kind, msg = read_bytes(rd, n, "response body")
-  else
-    keepalive = false
-    body, kind, msg = read_to_close(self, rd)
-  end
-  if not body then return nil, kind, msg end
-  -- bytes beyond the response: the connection's state is unknown, drop it
-  if rd.pos <= #rd.buf then keepalive = false end
-  return status, body, {
-    retry_after = h["retry-after"],
-    content_type = h["content-type"],
-    http_version = "1." .. minor,
-  }, keepalive
-end
-
--- The header lines as one string (plus a User-Agent unless given), built
--- and checked once per headers table: the client passes the same table on
--- every request. Tables are treated as immutable once used.
-local function header_block(self, headers)
-  local block = self.blocks[headers]
-  if block then return block end
-  local parts, has_ua = {}, false
-  for i = 1, #headers do
-    local line = headers[i]
-    if type(line) ~= "string" or line:find("[\r\n]") or not line:find(":", 1, true) then
-      error("optimizely.offline.ngx.transport: header " .. i .. " must be one \"Name: value\" line", 4)
-    end
-    if lower(line:sub(1, 11)) == "user-agent:" then has_ua = true end
-    parts[#parts + 1] = line
-  end
-  if not has_ua then parts[#parts + 1] = self.user_agent_line end
-  parts[#parts + 1] = ""
-  block = concat(parts, "\r\n")
-  self.blocks[headers] = block
-  return block
-end
-
--- @return request pieces (for sock:send), total size
-local function build_request(self, method, u, headers, body)
-  local req = { method, " ", u.path, " HTTP/1.1\r\nHost: ", u.authority, "\r\n",
-    header_block(self, headers), "", "Connection: keep-alive\r\n\r\n", body }
-  if body then
-    req[8] = "Content-Length: " .. #body .. "\r\n"
-  elseif method == "POST" or method == "PUT" then
-    req[8] = "Content-Length: 0\r\n"
-  end
-  local size = 0
-  for i = 1, #req do size = size + #req[i] end
-  return req, size
+  return read_response(sock, deadline, method, self.max_body)
 end
 
 --- Make one HTTP request.
@@ -634,7 +250,7 @@ function Transport:request(method, url, headers, body)
     if not sock then return nil, reused, msg end
     local status, rbody, info, flag = self:exchange(sock, req, size, method, deadline)
     if status then
-      if flag then -- keep-alive
+      if flag then -- reusable: a 2xx understood completely (http1.reusable)
         sock:setkeepalive(self.keepalive_ms, self.pool_size)
       else
         sock:close()
@@ -648,6 +264,103 @@ function Transport:request(method, url, headers, body)
     if not (reused and flag) then return nil, rbody, info end
   end
   return nil, "network", "connection closed by the server"
+end
+
+-- pipeline's default `on_reply`: the reply kept in `jobs.replies`.
+local function keep_reply(jobs, i, a, b, c) jobs.replies[i] = { a, b, c } end
+
+local NOT_ANSWERED = "not answered: the connection was closed after an earlier answer on it (the endpoint may"
+  .. " or may not have the request)"
+
+-- One try of a pipeline on a connection: `emit(jobs, i, ...)` for each
+-- of `idx`'s jobs as its answer is read; false (nothing emitted) when a
+-- pooled connection turned out stale before one byte of the first answer
+-- (the server saw none of it: try again on a fresh one).
+local function pipeline_once(self, u, jobs, idx, req, size, started, emit, retry_stale)
+  local deadline = started + self.timeout
+  local sock, reused, msg = self:connect(u, deadline)
+  if not sock then
+    for k = 1, #idx do emit(jobs, idx[k], nil, reused, msg) end
+    return true
+  end
+  local sent, skind, smsg, stale = send_all(sock, req, size, deadline)
+  if not sent then
+    sock:close()
+    if reused and stale and retry_stale then return false end
+    for k = 1, #idx do emit(jobs, idx[k], nil, skind, smsg) end
+    return true
+  end
+  local rd, usable, last = http1.reader(sock, deadline), true, #idx
+  for k = 1, last do
+    local i = idx[k]
+    if not usable then
+      emit(jobs, i, nil, "network", NOT_ANSWERED)
+    else
+      local status, body, info, ok = read_next(rd, jobs[i].method, self.max_body, k == last)
+      if not status and k == 1 and reused and ok and retry_stale then
+        sock:close()
+        return false
+      end
+      usable = status ~= nil and ok
+      if usable and k == last then sock:setkeepalive(self.keepalive_ms, self.pool_size) end
+      if not usable then sock:close() end
+      if status then
+        info.reused, info.total_time = reused, now() - started
+        rd.deadline = now() + self.timeout -- the next answer gets a whole timeout
+      end
+      emit(jobs, i, status, body, info)
+    end
+  end
+  return true
+end
+
+--- Several requests written at once on one connection (HTTP/1.1
+-- pipelining), their answers read in order: one write and as few reads as
+-- the answers allow, instead of a round trip each. The connection rule
+-- holds: after an answer it did not fully understand (a non-2xx, a byte
+-- beyond the last answer, a failure) the connection is closed and the
+-- requests not answered yet fail with kind `network` (the endpoint may or
+-- may not have them: the policy retries them). A job for another host
+-- than the first's goes alone.
+-- @param jobs a list of `{method, url, headers, body}`
+-- @param n how many of them
+-- @param on_reply `function(jobs, i, status, body, info)` or `(jobs, i,
+--   nil, kind, message)`, called for each job as its answer is read (in
+--   order; an answer before the next one is read); nil: the replies are
+--   returned (`jobs.replies`)
+-- @return without `on_reply`, the replies in order: `{status, body, info}`
+--   or `{nil, kind, message}`
+-- @raise outside the cosocket phases, on a bad header line
+function Transport:pipeline(jobs, n, on_reply)
+  local phase = get_phase()
+  if not COSOCKET_PHASES[phase] then
+    error("optimizely.offline.ngx: cosockets are not available in the " .. tostring(phase) .. " phase", 2)
+  end
+  local emit = on_reply or keep_reply
+  if not on_reply then jobs.replies = {} end
+  local idx, req, size = {}, {}, 0
+  local u, uerr = self:url(jobs[1].url)
+  for i = 1, n do
+    local job = jobs[i]
+    local ju = u and self:url(job.url)
+    if not u then
+      emit(jobs, i, nil, "network", "cannot use URL: " .. uerr)
+    elseif ju ~= u and (not ju or ju.pool ~= u.pool) then
+      emit(jobs, i, self:request(job.method, job.url, job.headers, job.body))
+    else
+      idx[#idx + 1] = i
+      local r, len = build_request(self, job.method, ju, job.headers, job.body)
+      for k = 1, 10 do if r[k] then req[#req + 1] = r[k] end end
+      size = size + len
+    end
+  end
+  if #idx > 0 then
+    update_time()
+    local started = now()
+    local _ = pipeline_once(self, u, jobs, idx, req, size, started, emit, true)
+      or pipeline_once(self, u, jobs, idx, req, size, started, emit, false)
+  end
+  return jobs.replies
 end
 
 --- Nothing to free: connections live in nginx's per-worker pool.

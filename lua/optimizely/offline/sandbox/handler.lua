@@ -439,6 +439,10 @@ local function parse_fault(body)
     if type(r.close) ~= "boolean" then return nil, "close must be a boolean" end
     if r.close then rule.close = true end
   end
+  if r.stray ~= nil then
+    if type(r.stray) ~= "boolean" then return nil, "stray must be a boolean" end
+    if r.stray then rule.stray = true end
+  end
   if r.match ~= nil then
     local m = type(r.match) == "string" and r.match:upper()
     if m ~= "POST" and m ~= "DELETE" then return nil, 'match must be "POST" or "DELETE"' end
@@ -450,7 +454,32 @@ local function parse_fault(body)
   if (rule.retry_after or rule.body) and not rule.status then
     return nil, "retry_after and body need a status"
   end
+  if rule.stray and not rule.status then return nil, "stray needs a status" end
   return rule
+end
+
+-- The stray fault: the answer, then — once the client has read it — a
+-- second, unasked-for `200 OK` on the same connection, which is then held
+-- open for STRAY_HOLD seconds without reading. A client that reuses the
+-- connection reads the stray as the answer to its next request (which the
+-- sandbox never sees). Written on the raw socket (HTTP/1.x only; under
+-- HTTP/2 the answer goes out alone).
+local STRAY = 'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{"status":"OK"}'
+local STRAY_GAP, STRAY_HOLD = 0.05, 1.5
+
+local function serve_stray(rule, body)
+  local sock = ngx.req.http_version() < 2 and ngx.req.socket(true)
+  if not sock then return false end
+  local head = { ("HTTP/1.1 %d Fault\r\n"):format(rule.status),
+    "Content-Type: " .. (rule.content_type or "application/json") .. "\r\n",
+    "Content-Length: " .. #body .. "\r\n" }
+  if rule.retry_after then head[#head + 1] = "Retry-After: " .. rule.retry_after .. "\r\n" end
+  head[#head + 1] = "\r\n"
+  sock:send(table.concat(head) .. body)
+  ngx.sleep(STRAY_GAP)
+  sock:send(STRAY) -- fails when the client closed the connection: as it should
+  ngx.sleep(STRAY_HOLD)
+  return true, ngx.exit(ngx.OK)
 end
 
 -- Applies a consumed rule. Returns true when the response has been produced.
@@ -462,11 +491,13 @@ local function serve_fault(rule)
   -- read the body first so the client has finished sending when we answer
   ngx.req.read_body()
   if rule.close then return true, ngx.exit(444) end
+  local body = rule.body or envelope({ {
+    code = "SandboxFault", message = "injected fault: HTTP " .. rule.status } })
+  if rule.stray and serve_stray(rule, body) then return true end
   ngx.status = rule.status
   ngx.header["Content-Type"] = rule.content_type or "application/json"
   if rule.retry_after then ngx.header["Retry-After"] = rule.retry_after end
-  ngx.print(rule.body or envelope({ {
-    code = "SandboxFault", message = "injected fault: HTTP " .. rule.status } }))
+  ngx.print(body)
   return true, ngx.exit(ngx.HTTP_OK)
 end
 
