@@ -199,7 +199,7 @@ function Queue:push(payload, po)
   -- skipped, a changed one refused, before the store sees it
   self.ids = self.ids + 1
   local ok, err = store:put({ id = self.ids, body = json, ref = core.ref_string(payload) or "", channel = ch,
-    channel_name = st.channels[ch].name, created = os.time() })
+    created = os.time() }, st.channels[ch].name)
   if not ok then return self:refuse(err == "full" and self:full_error(store:pending()) or err) end
   if store.name ~= "memory" then
     self.report.meter:queued() -- the scheduler counts what it is given; a store's pushes are counted here

@@ -59,10 +59,11 @@ end
 function Store:pending() return self.dict:llen(LIST) or 0 end
 
 --- Appends a pushed order to the dict's list.
--- @param job `{body, ref, channel_name, created}`
+-- @param job `{body, ref, created}`
+-- @param channel_name the order's channel
 -- @return true | nil, err (kind "full", `bound` and `option` "shm", when the dict has no room)
-function Store:put(job)
-  local ok, err = self.dict:rpush(LIST, pack(0, job.created, job.ref, job.channel_name, job.body))
+function Store:put(job, channel_name)
+  local ok, err = self.dict:rpush(LIST, pack(0, job.created, job.ref, channel_name, job.body))
   if not ok then
     -- "no memory": the dict is the bound here
     return nil, errors.new({ kind = "full", bound = "shm", option = "shm", retryable = true,

@@ -106,10 +106,11 @@ end
 function Store.pending() return 0 end
 
 --- Writes a pushed order to the spool and hints the scheduler.
--- @param job `{body, ref, channel_name}`
+-- @param job `{body, ref}`
+-- @param channel_name the order's channel
 -- @return true | nil, err (kind "full" names the spool's bound)
-function Store:put(job)
-  local id, err = self.spool:put(job.body, job.ref, nil, job.channel_name)
+function Store:put(job, channel_name)
+  local id, err = self.spool:put(job.body, job.ref, nil, channel_name)
   if not id then return nil, err end
   if self.q.s then self.q.s:hint_feed() end
   return true
