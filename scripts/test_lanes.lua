@@ -148,6 +148,9 @@ local SERIAL = {
   -- the adaptive limiter reacts to the round trips it measures: on a loaded
   -- machine those are the load's (seen: "the limit never reached 16")
   { file = "spec/batch_spec.lua", filter = "adaptive%sconcurrency" },
+  -- the WAL stays bounded only while the checkpoint thread keeps up with
+  -- the puts: starved of CPU it runs late (seen: "the WAL grew to 20554272")
+  { file = "spec/spool_spec.lua", filter = "^spool%sWAL%s" },
 }
 
 -- ---------------------------------------------------------------------------
