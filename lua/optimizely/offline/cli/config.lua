@@ -29,6 +29,7 @@
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
 local common = require("optimizely.offline.cli.common")
+local offline = require("optimizely.offline")
 
 local config_error, label = common.config_error, common.label
 
@@ -444,7 +445,6 @@ end
 -- @param getenv function(name) (default os.getenv)
 -- @param err writer for warnings (default io.stderr)
 function M.client(args, getenv, err)
-  local offline = require("optimizely.offline")
   local conf, notes = M.client_config(args, getenv)
   for _, n in ipairs(notes) do common.say(err or io.stderr, n) end
   local secrets = M.secrets(conf, M.settings(args, getenv))
