@@ -3,6 +3,7 @@
 -- store for the options, and the shared-mode role of this process.
 -- @module optimizely.offline.ngx.setup
 local ngx = ngx
+local process = require("ngx.process")
 local core = require("optimizely.offline.core")
 local queue_opts = require("optimizely.offline.queue_opts")
 local waiting = require("optimizely.offline.ngx.wait")
@@ -76,7 +77,7 @@ end
 function M.deliverer_role(o, level)
   local d = o.deliverer
   if d == nil then d = 0 end
-  local ptype = require("ngx.process").type()
+  local ptype = process.type()
   if d == "agent" then return ptype == "privileged agent" end
   if type(d) == "number" and d >= 0 and d == floor(d) then
     if d >= ngx.worker.count() then
