@@ -129,6 +129,29 @@ local function item_of(self, rec, fi)
   return item
 end
 
+--- A command that reads orders (send, validate, convert): the input, the
+-- pseudonymiser and the output options, plus `--config` (with `credentials`
+-- the whole set of where-and-as-whom options).
+-- @param parser the argparse parser
+-- @param name the command's name
+-- @param help its one-line help
+-- @param credentials true for the credential options (send), else `--config`
+-- @return the argparse command
+function M.order_command(parser, name, help, credentials)
+  local cmd = parser:command(name, help)
+  common.input_options(cmd)
+  age.option(cmd)
+  pseudonymise.options(cmd, true)
+  if credentials then
+    common.credential_options(cmd)
+  else
+    common.config_option(cmd)
+    cmd:epilog(common.LOCAL_ENV_HELP)
+  end
+  common.output_options(cmd)
+  return cmd
+end
+
 --- Iterates over every record of every file, after the transform and the
 -- date conversion. Yields `item` tables, each with `fi` (the file's
 -- position in `args.files`):
@@ -155,29 +178,6 @@ end
 -- @param resume optional `{fi = n, after = index}`: start with file n and
 --   skip its records up to `after` (used to account for the rest of the
 --   input after an interruption)
---- A command that reads orders (send, validate, convert): the input, the
--- pseudonymiser and the output options, plus `--config` (with `credentials`
--- the whole set of where-and-as-whom options).
--- @param parser the argparse parser
--- @param name the command's name
--- @param help its one-line help
--- @param credentials true for the credential options (send), else `--config`
--- @return the argparse command
-function M.order_command(parser, name, help, credentials)
-  local cmd = parser:command(name, help)
-  common.input_options(cmd)
-  age.option(cmd)
-  pseudonymise.options(cmd, true)
-  if credentials then
-    common.credential_options(cmd)
-  else
-    common.config_option(cmd)
-    cmd:epilog(common.LOCAL_ENV_HELP)
-  end
-  common.output_options(cmd)
-  return cmd
-end
-
 function M.iter(args, transform, progress, resume)
   local settings = config.settings(args).input
   local self = {
