@@ -456,4 +456,28 @@ function M.client(args, getenv, err)
   return client
 end
 
+--- The paths a command reads from, which no output may overwrite (see
+-- `optimizely.offline.cli.common.refuse_overwrite`): its input files, its `--transform` and `--config`
+-- files, and the CA file or directory wherever it is named (`--ca-file`,
+-- $OPTIMIZELY_CA_FILE, the config file's `ca_file` and `ca_path`).
+-- @param args the parsed arguments
+-- @param getenv function(name) (default os.getenv)
+-- @return a list of paths
+function M.inputs_of(args, getenv)
+  getenv = getenv or os.getenv
+  local list = {}
+  local function add(p) if type(p) == "string" and p ~= "" then list[#list + 1] = p end end
+  for _, f in ipairs(args.files or {}) do add(f) end
+  add(args.transform)
+  add(args.config)
+  add(args.ca_file)
+  add(getenv("OPTIMIZELY_CA_FILE"))
+  if args.config then
+    local v = M.settings(args, getenv).file.values
+    add(v.ca_file)
+    add(v.ca_path)
+  end
+  return list
+end
+
 return M

@@ -20,6 +20,7 @@ local common = require("optimizely.offline.cli.common")
 local validate_cmd = require("optimizely.offline.cli.validate")
 local files = require("optimizely.offline.files")
 local core = require("optimizely.offline.core")
+local config = require("optimizely.offline.cli.config")
 local records = require("optimizely.offline.cli.records")
 local progress = require("optimizely.offline.cli.progress")
 local pseudonymise = require("optimizely.offline.cli.pseudonymise")
@@ -231,7 +232,7 @@ function Mapping.new(args, out, err, getenv)
   local self = setmetatable({ args = args, out = out, err = err, read = 0, invalid = 0, id_only = 0,
                               bad = 0, skipped = 0, written = 0 }, Mapping)
   self.to_file = args.output ~= nil and args.output ~= "-"
-  if self.to_file then common.refuse_overwrite(common.inputs_of(args, getenv), { { "-o", args.output } }) end
+  if self.to_file then common.refuse_overwrite(config.inputs_of(args, getenv), { { "-o", args.output } }) end
   self.p = pseudonymise.build(args, getenv)
   self.transform = common.load_transform(args.transform)
   local dir = args.tmpdir or (self.to_file and dirname(args.output)) or getenv("TMPDIR") or "/tmp"

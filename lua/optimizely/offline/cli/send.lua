@@ -161,7 +161,7 @@ function Send:setup()
       common.config_error("--check-first reads the input twice: give files, not standard input")
     end
   end
-  common.refuse_overwrite(common.inputs_of(args), { { "--rejects", args.rejects }, { "--report", args.report },
+  common.refuse_overwrite(config.inputs_of(args), { { "--rejects", args.rejects }, { "--report", args.report },
     { "--metrics", args.metrics } })
   self.transform = common.load_transform(args.transform)
   self.client = not self.dry and config.client(args, nil, self.err) or nil
