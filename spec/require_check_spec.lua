@@ -17,11 +17,12 @@ end
 local function check(dir, files, allow)
   local script = os.getenv("PWD") .. "/scripts/require_check.lua"
   local cmd = "cd '" .. dir .. "' && lua5.4 '" .. script .. "'"
-    .. (allow and (" --allow '" .. allow .. "'") or "") .. " " .. table.concat(files, " ") .. " 2>&1"
+    .. (allow and (" --allow '" .. allow .. "'") or "") .. " " .. table.concat(files, " ") .. " 2>&1; echo \"exit $?\""
   local p = assert(io.popen(cmd))
-  local out = p:read("a")
-  local ok = p:close()
-  return ok == true, out
+  local out = p:read("*a")
+  p:close()
+  local body, code = out:match("^(.-)exit (%d+)%s*$") -- Lua 5.1's close() has no exit status
+  return code == "0", body
 end
 
 describe("require_check", function()
