@@ -1,6 +1,7 @@
 -- The command line, run as a subprocess (with the interpreter busted runs
 -- under) against the sandbox: a real nginx over real TLS on 127.0.0.1.
 local sb = require("support.sandbox")
+local wait = require("support.wait")
 local cjson = require("cjson.safe")
 local input = require("optimizely.offline.input")
 
@@ -522,8 +523,7 @@ describe("optimizely-offline (command line)", function()
       local pid = tonumber(p:read("*l"))
       assert.is_number(pid)
       -- wait until some orders went through (bounded), then Ctrl-C
-      local deadline = os.time() + 30
-      while sb.stats().accepted < 20 and os.time() < deadline do end
+      wait.poll(function() return sb.stats().accepted >= 20 end, 30, 0.02)
       os.execute("kill -INT " .. pid)
       local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
       p:close()
@@ -629,8 +629,7 @@ describe("optimizely-offline (command line)", function()
       local p = io.popen("sh -c " .. q("echo $$; " .. command(args, creds(), nil, true)
         .. " >" .. q(tmp("ci.out")) .. " 2>" .. q(tmp("ci.err"))) .. "; echo \"rc=$?\"")
       local pid = tonumber(p:read("*l"))
-      local deadline = os.time() + 30
-      while sb.stats().requests < 3 and os.time() < deadline do end
+      wait.poll(function() return sb.stats().requests >= 3 end, 30, 0.02)
       os.execute("kill -INT " .. pid)
       local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
       p:close()
@@ -703,13 +702,13 @@ describe("NDJSON reader and rejects files", function()
     assert.is_nil(it())
   end)
 
-  it("common.records does not transform an unwrapped transformed payload again", function()
+  it("records.iter does not transform an unwrapped transformed payload again", function()
     path = os.tmpname() .. ".ndjson"
     write_file(path, '{"payload":{"order":{"refCode":"A"}},"error":{},"transformed":true}\n'
       .. '{"payload":{"order":{"refCode":"B"}},"error":{},"transformed":false}\n')
-    local common = require("optimizely.offline.cli.common")
+    local records = require("optimizely.offline.cli.records")
     local seen = {}
-    local recs = common.records({ files = { path } }, function(rec)
+    local recs = records.iter({ files = { path } }, function(rec)
       seen[#seen + 1] = rec.payload.order.refCode
       rec.payload.order.refCode = "T-" .. rec.payload.order.refCode
       return rec.payload

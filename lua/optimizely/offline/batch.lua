@@ -29,6 +29,7 @@ local delivery = require("optimizely.offline.delivery")
 local events = require("optimizely.offline.events")
 local sched = require("optimizely.offline.sched")
 local gate = require("optimizely.offline.ledger_gate")
+local context = require("optimizely.offline.context")
 
 local M = {}
 
@@ -106,8 +107,7 @@ function Batch.new(st, source, o, L)
     gate = L and gate.new(st, L) or nil, ahead = {}, ahead_at = 1, ahead_n = 0,
     skipped_by = {}, amended = {},
     -- the batch's own pseudonymiser, else the client's
-    pseudonym = o.pseudonymise ~= nil and require("optimizely.offline.client").pseudonymiser(o.pseudonymise, 3)
-      or nil,
+    pseudonym = o.pseudonymise ~= nil and context.pseudonymiser(o.pseudonymise, 3) or nil,
   }, Batch)
   self.last_progress = self.started
   -- the batch's on_event, else the client's; the client's logger
@@ -189,10 +189,9 @@ function Batch:prepare_next()
   local i = self.index + 1
   self.index = i
   self.summary.read = i
-  local client = require("optimizely.offline.client")
-  local ch, cerr = client.channel_of(self.st, channel or self.o.channel)
+  local ch, cerr = context.channel_of(self.st, channel or self.o.channel)
   if not ch then return false, i, cerr, false end
-  local json, w = client.prepare(self.st, payload, self.pseudonym)
+  local json, w = context.prepare(self.st, payload, self.pseudonym)
   if not json then return false, i, w, true end
   return { i = i, body = json, ch = ch, ref = core.ref_string(payload), w = w[1] and w or nil }
 end

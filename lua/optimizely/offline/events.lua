@@ -27,7 +27,7 @@
 -- **Logger** (`logger` option of the client config and of both queues):
 -- `function(level, message)`, `level` one of "error", "warn", "notice",
 -- "info"; each message one line naming the order's refCode where there is
--- one, never a token. Under nginx the default is `ngx.log` (ERR, WARN,
+-- one, never a token, its control characters escaped. Under nginx the default is `ngx.log` (ERR, WARN,
 -- NOTICE, INFO); elsewhere there is no default. `logger = false` silences
 -- it. Lines are rate-limited: at most one per second for each event type
 -- and reason, the next one saying how many were suppressed — except
@@ -35,7 +35,8 @@
 -- or in doubt).
 -- @module optimizely.offline.events
 local core = require("optimizely.offline.core")
-local is_interrupt = require("optimizely.offline.errors").is_interrupt
+local errors = require("optimizely.offline.errors")
+local is_interrupt, clean = errors.is_interrupt, errors.clean
 
 local M = {}
 
@@ -92,7 +93,7 @@ function Events:log(level, message, key)
       self.suppressed[key] = 0
     end
   end
-  local ok, err = pcall(logger, level, self.prefix .. message)
+  local ok, err = pcall(logger, level, clean(self.prefix .. message)) -- no line forged by a value in it
   if not ok then
     if is_interrupt(err) then error(err, 0) end
     if self.on_error then self.on_error("logger", err) end
@@ -146,7 +147,7 @@ end
 -- @param message the log line instead of the default one (optional)
 function Events:emit(kind, fields, message)
   fields.type = kind
-  local err = self.on_event and require("optimizely.offline.errors").callback(self.on_event, fields)
+  local err = self.on_event and errors.callback(self.on_event, fields)
   if err and self.on_error then self.on_error("on_event", err) end
   if self.logger then
     local level = M.LEVELS[kind] or "warn"

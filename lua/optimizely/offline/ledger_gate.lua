@@ -278,6 +278,26 @@ function Gate:record(items)
   return self.L:record({ host = self.host, site = self.site, channel = items[1].channel }, items)
 end
 
+--- Counts and tells an order the ledger would not let a queue take:
+-- skipped (`res`, not an error) or refused as changed (`err`). Both
+-- queues' shape: `stats().skipped[reason]`, `stats().changed`, the
+-- metrics' `skipped` and `changed`, an on_event `skipped` or `changed`.
+-- @param action "skip" or "refuse" (`M.decide`'s)
+-- @param x the skipped result or the changed error
+-- @param counts the queue's counts (`skipped = {}`, `changed`)
+-- @param ev the queue's events (optimizely.offline.events)
+-- @return res | nil, err
+function M.outcome(action, x, counts, ev)
+  if action == "skip" then
+    counts.skipped[x.reason] = (counts.skipped[x.reason] or 0) + 1
+    ev:emit("skipped", { ref = x.ref, reason = x.reason, at = x.at })
+    return x
+  end
+  counts.changed = counts.changed + 1
+  ev:emit("changed", { ref = x.ref, at = x.at, outcome = x.outcome, error = x })
+  return nil, x
+end
+
 --- The error of an unusable ledger as a delivery path returns it: the
 -- ledger's own (kind "storage", "busy" or "foreign", naming the file),
 -- with `attempts = 0` (nothing was sent).

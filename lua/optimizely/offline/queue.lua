@@ -33,56 +33,22 @@ local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
 local events = require("optimizely.offline.events")
 local sched = require("optimizely.offline.sched")
+local spool = require("optimizely.offline.spool")
+local metrics = require("optimizely.offline.metrics")
+local context = require("optimizely.offline.context")
+local queue_opts = require("optimizely.offline.queue_opts")
 local gate = require("optimizely.offline.ledger_gate")
 
 local M = {}
 
---- The default age limit of a queued order: 3 days.
-M.MAX_AGE = 3 * 86400
-
---- The `logger` option's check: a `function(level, message)`, or false
--- for no log lines (nil: the client's logger).
--- @param v the option's value
--- @return true | nil, message
--- @local
-local function check_logger(v)
-  if v == false or type(v) == "function" then return true end
-  return nil, "must be a function(level, message) or false"
-end
-
---- The options both queues (this one and optimizely.offline.ngx.queue)
--- share: one vocabulary.
-M.common = {
-  max_queue = { type = "integer", min = 1, max = 1e9, default = 10000 },
-  concurrency = { type = "integer", min = 1, max = 256, default = 4 },
-  spool = { type = "string", nonempty = true },
-  spool_max_orders = { type = "integer", min = 1, max = 1e15, requires = "spool" },
-  spool_max_bytes = { type = "integer", min = 1, max = 1e15, requires = "spool" },
-  spool_on_full = { type = "choice", choices = { "refuse", "drop_oldest" }, requires = "spool" },
-  spool_sync = { type = "choice", choices = { "normal", "full" }, requires = "spool" },
-  lease = { type = "number", min = 1, max = 86400 * 7 },
-  max_attempts = { type = "integer", min = 1, max = 1e6 },
-  max_age = { type = "number", above = 0, max = 86400 * 3650, default = M.MAX_AGE },
-  auth_pause = { type = "number", min = 0.01, max = 86400, default = sched.DEFAULTS.auth_pause },
-  channel = { type = "string", nonempty = true },
-  on_success = { type = "function" },
-  on_failure = { type = "function" },
-  on_event = { type = "function" },
-  logger = { type = "any", check = check_logger },
-  pseudonymise = { type = "any" },
-}
-gate.add_fields(M.common)
-
-local fields = {}
-for k, v in pairs(M.common) do fields[k] = v end
-fields.spool_poll = { type = "number", min = 0.001, max = 60, default = 0.25 }
--- the libcurl engine's adaptive in-flight limit (as send_batch's): up to
--- `concurrency` in flight, fewer while the endpoint answers 429/5xx or
--- slows down (doc/topics/performance.md)
-fields.adaptive = { type = "boolean", default = true }
-
---- This queue's options.
-M.schema = opts.schema("queue", "opts", fields)
+--- This queue's options: the shared ones (optimizely.offline.queue_opts),
+-- `spool_poll`, and `adaptive` (the libcurl engine's adaptive in-flight
+-- limit, as send_batch's: up to `concurrency` in flight, fewer while the
+-- endpoint answers 429/5xx or slows down; doc/topics/performance.md).
+M.schema = queue_opts.schema("queue", {
+  spool_poll = { type = "number", min = 0.001, max = 60, default = 0.25 },
+  adaptive = { type = "boolean", default = true },
+})
 
 local Queue = {}
 Queue.__index = Queue
@@ -96,14 +62,6 @@ local function check_lease(o, st)
   end
 end
 
---- The engine's delivery policy for a queue: the client's backoff, no
--- attempt limit unless asked, the age limit.
-function M.policy(st, o)
-  local p = st.policy
-  return { max_attempts = o.max_attempts or false, max_age = o.max_age, backoff_base = p.backoff_base,
-    backoff_max = p.backoff_max, backoff_floor = p.backoff_floor, retry_after_max = p.retry_after_max }
-end
-
 --- Opens the spool named by `opts.spool` (nothing without one) with the
 -- queue's bounds, into `self.spool` (a step of `start_worker`).
 -- @return true | nil, err (optimizely.offline.spool's kinds: "foreign",
@@ -112,7 +70,7 @@ end
 function Queue:open_spool()
   local o = self.o
   if not o.spool then return true end
-  local sp, err = require("optimizely.offline.spool").open(o.spool, {
+  local sp, err = spool.open(o.spool, {
     max_orders = o.spool_max_orders, max_bytes = o.spool_max_bytes, max_age = o.max_age,
     on_full = o.spool_on_full, sync = o.spool_sync,
   })
@@ -157,7 +115,7 @@ function Queue:start_worker()
   local cfg = sched.config(st, {
     http = st.http_opts, concurrency = o.concurrency, adaptive = o.adaptive, on_stop = "pause",
     auth_pause = o.auth_pause, report_all = o.on_success ~= nil,
-    report_retries = (self.events.on_event or self.events.logger) ~= nil, policy = M.policy(st, o),
+    report_retries = (self.events.on_event or self.events.logger) ~= nil, policy = queue_opts.policy(st, o),
     max_queue = o.max_queue, spool = self.spool and self.spool.handle or nil,
     lease = o.lease, spool_poll = o.spool_poll,
     cancel_prefix = st.cancel_prefix, cancel_suffix = st.cancel_suffix,
@@ -180,29 +138,17 @@ function Queue:start_worker()
   return true
 end
 
---- With a spool the ledger lives in the spool's file: `ledger = true` (or
--- a ledger object made on that spool); a separate file would not be
--- written in the ack's transaction, so it is refused. Both queues.
--- @param o the checked options
--- @param level the caller's error level
-function M.check_ledger(o, level)
-  if o.spool and o.ledger and o.ledger ~= true then
-    error("queue: opts.ledger: with a spool the ledger lives in the spool's file: give ledger = true", level + 1)
-  end
-end
-
 --- Create a queue. Called by `client:queue(opts)` / `offline.queue(client, opts)`.
 -- @param st the client's delivery context
--- @param o options (see `M.common` and doc/topics/queue.md); bad options raise
+-- @param o options (see `M.schema` and doc/topics/queue.md); bad options raise
 -- @return queue, or nil, err (the spool could not be opened)
 function M.new(st, o)
   if o ~= nil and type(o) ~= "table" then error("queue: opts must be a table, got " .. type(o), 3) end
   o = M.schema:check(o, 3)
   check_lease(o, st)
-  M.check_ledger(o, 4)
-  local client = require("optimizely.offline.client")
+  queue_opts.check_ledger(o, 4)
   local self = setmetatable({ st = st, o = o,
-    pseudonym = o.pseudonymise ~= nil and client.pseudonymiser(o.pseudonymise, 3) or nil,
+    pseudonym = o.pseudonymise ~= nil and context.pseudonymiser(o.pseudonymise, 3) or nil,
     counts = { invalid = 0, full = 0, failed = 0, callback_errors = 0, dropped = {}, skipped = {}, changed = 0 },
     storage_seen = 0 }, Queue)
   -- the queue's logger, else the client's
@@ -229,19 +175,15 @@ function Queue:check_pid()
   end
 end
 
---- The options of one push (both queues): `channel`, and with a ledger
--- `force` and `amend` (optimizely.offline.ledger_gate).
-M.push_fields = { channel = { type = "string", nonempty = true }, force = gate.call_fields.force,
-  amend = gate.call_fields.amend }
-local PUSH_OPTS = opts.schema("queue", "push opts", M.push_fields)
+local PUSH_OPTS = opts.schema("queue", "push opts", queue_opts.push_fields)
 
 --- Pseudonymises (the queue's `pseudonymise` option, else the client's)
--- and encodes one order: `client.prepare`.
+-- and encodes one order: `context.prepare`.
 -- @param payload the order
 -- @return json, warnings | nil, err (kind "validation")
 -- @local
 function Queue:prepare(payload)
-  return require("optimizely.offline.client").prepare(self.st, payload, self.pseudonym)
+  return context.prepare(self.st, payload, self.pseudonym)
 end
 
 --- Counts a refused push in `stats().dropped[kind]` and returns its error.
@@ -297,27 +239,6 @@ function Queue:hand_over_job(json, ref, ch, more)
   return true
 end
 
---- Counts and tells an order the ledger would not let go out: skipped
--- (`res`, not an error) or refused as changed (`err`). Both queues' shape
--- (optimizely.offline.ledger_gate): `stats().skipped[reason]`,
--- `stats().changed`, the metrics' `skipped` and `changed`, an on_event
--- `skipped` or `changed`.
--- @param action "skip" or "refuse"
--- @param x the skipped result or the changed error
--- @param counts the queue's counts (`skipped = {}`, `changed`)
--- @param ev the queue's events
--- @return res | nil, err
-function M.ledger_outcome(action, x, counts, ev)
-  if action == "skip" then
-    counts.skipped[x.reason] = (counts.skipped[x.reason] or 0) + 1
-    ev:emit("skipped", { ref = x.ref, reason = x.reason, at = x.at })
-    return x
-  end
-  counts.changed = counts.changed + 1
-  ev:emit("changed", { ref = x.ref, at = x.at, outcome = x.outcome, error = x })
-  return nil, x
-end
-
 --- Asks the ledger about one order and reserves it: "post" or "amend"
 -- and the reserved item, or "done" and what push returns (the skipped res
 -- | nil, err changed or storage).
@@ -333,7 +254,7 @@ function Queue:admit(json, ref, ch, po)
   if not d then return "done", self:refuse(err.kind or "storage", gate.unusable(err)) end
   local action, x = d[1][1], d[1][2]
   if action == "post" or action == "amend" then return action, item end
-  return "done", M.ledger_outcome(action, x, self.counts, self.events)
+  return "done", gate.outcome(action, x, self.counts, self.events)
 end
 
 --- Validate, encode and hand over one order. No network I/O.
@@ -361,7 +282,7 @@ function Queue:push(payload, po)
     end
   end
   self:check_pid()
-  local ch, cerr = require("optimizely.offline.client").channel_of(self.st,
+  local ch, cerr = context.channel_of(self.st,
     (po and po.channel) or self.o.channel)
   if not ch then return self:refuse("config", cerr) end
   local json, w = self:prepare(payload)
@@ -411,12 +332,11 @@ function Queue:push_many(list)
   if type(list) ~= "table" then error("queue: push_many expects an array of payloads, got " .. type(list), 2) end
   self:check_pid()
   if self.gate then return self:push_each(list) end
-  local client = require("optimizely.offline.client")
   local refused, batch = {}, {}
   for i, item in ipairs(list) do
     local payload, channel = item, nil
     if type(item) == "table" and rawget(item, "payload") ~= nil then payload, channel = item.payload, item.channel end
-    local ch, cerr = client.channel_of(self.st, channel or self.o.channel)
+    local ch, cerr = context.channel_of(self.st, channel or self.o.channel)
     local json, w
     if ch then json, w = self:prepare(payload) else w = cerr end
     if json then
@@ -475,25 +395,6 @@ end
 
 -- ---------------------------------------------------------------- cancel
 
---- The options of a cancel (both queues): `channel`.
-M.CANCEL_OPTS = opts.schema("queue", "cancel opts", { channel = { type = "string", nonempty = true } })
-local CANCEL_OPTS = M.CANCEL_OPTS
-
---- The refCode a cancel names, checked (both queues): a string (an
--- integer is formatted), not empty, not only dots (it would name another
--- URL).
--- @param ref the caller's value
--- @return ref | nil, err (kind "validation", `attempts = 0`)
-function M.check_ref(ref)
-  if type(ref) == "number" and ref == math.floor(ref) then ref = string.format("%d", ref) end
-  if type(ref) ~= "string" or ref == "" or ref:match("^%.+$") then
-    local e = errors.validation({ { path = "refCode", message = "must be a non-empty string, not only dots" } })
-    e.attempts = 0
-    return nil, e
-  end
-  return ref
-end
-
 --- Takes the creates of `ref` that were never sent out of this process
 -- (the thread's memory) and, with a spool, gives their rows back so that
 -- `cancel_queued` may remove them.
@@ -525,12 +426,12 @@ end
 --   or ledger kind)
 function Queue:cancel(ref, co)
   if self.closed then error("queue: cancel on a closed queue", 2) end
-  if co ~= nil then co = CANCEL_OPTS:check(co, 2) end
+  if co ~= nil then co = queue_opts.CANCEL_OPTS:check(co, 2) end
   self:check_pid()
   local rerr
-  ref, rerr = M.check_ref(ref)
+  ref, rerr = queue_opts.check_ref(ref)
   if not ref then return nil, rerr end
-  local ch, cerr = require("optimizely.offline.client").channel_of(self.st, (co and co.channel) or self.o.channel)
+  local ch, cerr = context.channel_of(self.st, (co and co.channel) or self.o.channel)
   if not ch then return self:refuse("config", cerr) end
   local name = self.st.channels[ch].name
   local removed, tried, flying = self:take_unsent(ref)
@@ -746,7 +647,6 @@ function Queue:close(timeout)
   stats.running = false
   self.final_stats = stats
   -- the thread's last counts (the orders dropped while it stopped included)
-  local metrics = require("optimizely.offline.metrics")
   local m = metrics.merge(metrics.empty(), self:complete_metrics(final, stats))
   for _, r in ipairs(leftovers or {}) do
     if r.what == "dropped" then
@@ -846,7 +746,7 @@ end
 -- shape). After `close`, the last values.
 -- @return the metrics table
 function Queue:metrics()
-  if self.closed then return self.final_metrics or require("optimizely.offline.metrics").empty() end
+  if self.closed then return self.final_metrics or metrics.empty() end
   self:check_pid()
   return self:complete_metrics(self.worker:metrics(), self:stats())
 end

@@ -13,7 +13,6 @@
 -- @module optimizely.offline.ngx.ledger
 local core = require("optimizely.offline.core")
 local gate = require("optimizely.offline.ledger_gate")
-local queue = require("optimizely.offline.queue")
 
 local M = {}
 
@@ -50,7 +49,7 @@ function M.admit(q, item, po)
   else
     q.report.meter:changed()
   end
-  return "done", queue.ledger_outcome(action, x, q.ledger_counts, q.events)
+  return "done", gate.outcome(action, x, q.ledger_counts, q.events)
 end
 
 --- A job of the queue's: the next id, with the fields given.

@@ -18,7 +18,7 @@
 -- (optimizely.offline.ngx.flusher), the stores sit behind the scheduler's
 -- hooks (optimizely.offline.ngx.store_memory, store_spool, store_shm) and
 -- the results reach the user as callbacks, events and metrics
--- (optimizely.offline.ngx.report). The same options (`queue.common`), the
+-- (optimizely.offline.ngx.report). The same options (optimizely.offline.queue_opts), the
 -- same `push` return and the same `stats()` keys as the threaded queue.
 --
 -- `push` validates and encodes at once, then hands the bytes to the store
@@ -47,7 +47,7 @@ local ngx = ngx
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
 local opts = require("optimizely.offline.opts")
-local client = require("optimizely.offline.client")
+local ctx = require("optimizely.offline.context")
 local events = require("optimizely.offline.events")
 local context = require("optimizely.offline.ngx.context")
 local setup = require("optimizely.offline.ngx.setup")
@@ -56,9 +56,9 @@ local sender = require("optimizely.offline.ngx.sender")
 local flusher = require("optimizely.offline.ngx.flusher")
 local waiting = require("optimizely.offline.ngx.wait")
 local nledger = require("optimizely.offline.ngx.ledger")
-local queue = require("optimizely.offline.queue")
+local queue_opts = require("optimizely.offline.queue_opts")
 
-local log, ERR = ngx.log, ngx.ERR
+local log, ERR = errors.logger(ngx.log), ngx.ERR -- control characters escaped: no forged line
 
 local M = {}
 
@@ -128,7 +128,7 @@ function M.new(client_config, o)
   setup.check_credentials(client_config, 3)
   o = M.schema:check(o, 2)
   setup.check_opts(o, 3)
-  queue.check_ledger(o, 3)
+  queue_opts.check_ledger(o, 3)
   local c, st = context.new(client_config, "optimizely.offline.ngx.queue: client_config", o.transport,
     { sleep = "the queue schedules its own retries" }, 3)
   local self = setmetatable({ o = o, client = c, st = st, flying = {}, void = {}, ids = 0, closed = false,
@@ -137,7 +137,7 @@ function M.new(client_config, o)
   self.report = report.new(self)
   self.events = events.new({ on_event = o.on_event, logger = o.logger, prefix = "optimizely.offline queue: ",
     on_error = function(name, err) self.report:callback_failed(name, err) end })
-  self.pseudonym = o.pseudonymise ~= nil and client.pseudonymiser(o.pseudonymise, 2) or nil
+  self.pseudonym = o.pseudonymise ~= nil and ctx.pseudonymiser(o.pseudonymise, 2) or nil
   local store, err = setup.store(self, phase)
   if not store then return nil, err end
   self.store = store
@@ -168,7 +168,7 @@ function Queue:refuse(err)
   return nil, err
 end
 
-local PUSH_OPTS = opts.schema("optimizely.offline.ngx.queue", "push opts", queue.push_fields)
+local PUSH_OPTS = opts.schema("optimizely.offline.ngx.queue", "push opts", queue_opts.push_fields)
 
 --- The error of a push refused because `max_queue` orders wait.
 -- @param n how many wait
@@ -208,9 +208,9 @@ function Queue:push(payload, po)
   local n = store:pending()
   if n >= self.o.max_queue then return self:refuse(self:full_error(n)) end
   local st = self.st
-  local ch, cerr = client.channel_of(st, (po and po.channel) or self.o.channel)
+  local ch, cerr = ctx.channel_of(st, (po and po.channel) or self.o.channel)
   if not ch then return self:refuse(cerr) end
-  local json, warnings = client.prepare(st, payload, self.pseudonym)
+  local json, warnings = ctx.prepare(st, payload, self.pseudonym)
   if not json then return self:refuse(warnings) end
   local ref = core.ref_string(payload) or ""
   local ok, err = self:put(json, ref, ch, po)
@@ -257,15 +257,15 @@ end
 -- @param co optional `{channel = name}`
 -- @return `{ok = true, removed = n, queued = true | nil, attempts = 0}` | nil, err
 function Queue:cancel(ref, co)
-  if co ~= nil then co = queue.CANCEL_OPTS:check(co, 2) end
+  if co ~= nil then co = queue_opts.CANCEL_OPTS:check(co, 2) end
   if self.store.name == "shm" then error("optimizely.offline.ngx.queue: cancel is not supported with opts.shm", 2) end
   if self.closed then
     return self:refuse(errors.new({ kind = "closed", retryable = false, message = "the queue is closed" }))
   end
   local rerr
-  ref, rerr = queue.check_ref(ref)
+  ref, rerr = queue_opts.check_ref(ref)
   if not ref then return nil, rerr end
-  local ch, cerr = client.channel_of(self.st, (co and co.channel) or self.o.channel)
+  local ch, cerr = ctx.channel_of(self.st, (co and co.channel) or self.o.channel)
   if not ch then return self:refuse(cerr) end
   return nledger.cancel(self, ref, ch)
 end
