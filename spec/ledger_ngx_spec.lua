@@ -136,6 +136,16 @@ describe("the ledger on the nginx queue", function()
       assert.equal("cancelled", read_ledger(r, spool_file()).outcome)
     end)
 
+    it(which .. ": an order accepted with warnings is recorded \"warned\" (and skipped after)", function()
+      local r = ref("NWW" .. which)
+      sb.faults({ match = "POST", status = 200, body = '{"status":"warning","errors":[{"code":"UnknownItem",'
+        .. '"message":"item sku-1 is not in the catalogue"}]}' })
+      assert.is_true(call("/l/push?ref=" .. r .. qs).ok)
+      assert.is_true(call("/l/flush?x=1" .. qs).ok)
+      assert.equal("warned", read_ledger(r, spool_file()).outcome)
+      assert.equal("already sent", call("/l/push?ref=" .. r .. qs).skipped)
+    end)
+
     it(which .. ": a cancel waits behind its create in flight: POST, then DELETE", function()
       local r = ref("NW" .. which)
       sb.faults({ match = "POST", delay = 0.6 })

@@ -96,7 +96,8 @@ function Store:hooks()
   return {
     feed = function(room) return self:feed(room) end,
     -- a lost lease: another worker may send it again (at-least-once)
-    ack = function(job) check("ack", sp:ack(job.store_id)) end,
+    -- with the ledger on, the ack writes its row: "warned" when the answer had warnings
+    ack = function(job, rec) check("ack", sp:ack(job.store_id, rec and rec.warned and "warned" or nil)) end,
     retry = function(job, next_at, rec)
       check("retry", sp:retry(job.store_id, next_at, failure(q, job, rec)))
       return true -- the row holds it (or, its lease lost, another worker does)
