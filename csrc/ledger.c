@@ -50,6 +50,7 @@ enum {
     L_SHOW,
     L_SHOW_PENDING,
     L_PAGE,
+    L_SPOOLED,
     L_COUNT
 };
 typedef char stmt_count_fits[L_COUNT <= OO_LEDGER_STMT_COUNT ? 1 : -1];
@@ -101,6 +102,8 @@ static const char *const SQL[L_COUNT] = {
                " LEFT JOIN ledger_label b ON b.id = l.label"
                " WHERE s.id = l.scope AND (l.scope, l.ref) > (?1, ?2)"
                " ORDER BY l.scope, l.ref LIMIT ?3",
+    /* in a spool's file: a create of the refCode still queued there */
+    [L_SPOOLED] = "SELECT 1 FROM orders WHERE ref = ?1 AND op = 0 LIMIT 1",
 };
 
 #define lexec(c, st, i, ...) oo_sql_exec((c), (st), SQL, (i), __VA_ARGS__)
@@ -668,6 +671,23 @@ static int look_pending(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const i
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* In a spool's file, a create of the key's refCode still queued there is
+ * in flight whoever reserved it: its reservation may be a dead process's
+ * (a queue killed before it delivered), but the row will be delivered by
+ * the queue that takes it over, so the order must not be queued again. */
+static int look_spooled(oo_sql_conn *c, sqlite3_stmt **st, const item_key *k, oo_ledger_item *it) {
+    sqlite3_stmt *q;
+    int rc = lquery(c, st, L_SPOOLED, &q, "t", k->ref, k->ref_len);
+    if (rc == SQLITE_ROW) {
+        it->state = OO_LEDGER_IN_FLIGHT;
+        it->until = 0;
+        it->mine = 0;
+        oo_sql_finish(q);
+        return SQLITE_OK;
+    }
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 /* One item of a batch, by action. */
 static int batch_item(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b, size_t i,
                       item_key *k) {
@@ -681,6 +701,8 @@ static int batch_item(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b,
         it->reserved = 0;
         if ((rc = look_row(c, st, k, it)) != SQLITE_OK) return rc;
         if (it->state != OO_LEDGER_UNKNOWN && !it->force) return rc;
+        if (!it->force && l->spool && (rc = look_spooled(c, st, k, it)) != SQLITE_OK) return rc;
+        if (it->state == OO_LEDGER_IN_FLIGHT) return rc;
         /* taken unless a live reservation holds it (then say whose) */
         rc = lexec(c, st, L_PENDING_TAKE, "itsdd", k->scope, k->ref, k->ref_len, l->owner,
                    b->now + b->lease, b->now);

@@ -278,4 +278,34 @@ describe("the ledger on client:queue", function()
     c:close()
     c2:close()
   end)
+  it("with a spool: an order still spooled by a killed queue is not queued again by a re-push", function()
+    local sp_path = fresh("spool")
+    local script = sq.child_script(dir, "spooled-then-killed", ([[
+      local offline = require("optimizely.offline")
+      local c = offline.client({ site = %q, token = %q, channel = %q, base_url = "https://127.0.0.1:9",
+        timeout = 1, connect_timeout = 1 })
+      local q = assert(c:queue({ spool = %q, ledger = true, lease = 2 }))
+      assert(q:push({ user = { id = "u" }, order = { refCode = "qrk-1", orderDate = "2024-05-16T14:25:00Z",
+        currency = "GBP", total = 1, items = { { refCode = "S", qty = 1, price = 1 } } } }))
+      assert(io.open(%q, "w")):close()
+      while true do q:flush(1) end
+    ]]):format(info.site, info.token, info.channel, sp_path, dir .. "/spooled.ready"))
+    local p = assert(io.popen(require("support.interp") .. " " .. sys.q(script) .. " >/dev/null 2>&1 & echo $!"))
+    local pid = p:read("*l")
+    for _ = 1, 1000 do
+      if sys.exists(dir .. "/spooled.ready") then break end
+      core.sleep(0.01)
+    end
+    sys.run("kill -9 " .. pid)
+    p:close()
+    local c = new_client()
+    local q = assert(c:queue({ spool = sp_path, ledger = true }))
+    local res = q:push({ user = { id = "u" }, order = { refCode = "qrk-1", orderDate = "2024-05-16T14:25:00Z",
+      currency = "GBP", total = 1, items = { { refCode = "S", qty = 1, price = 1 } } } })
+    assert.equal("already in flight", res.skipped)
+    assert(q:flush(20)) -- the killed queue's row, once its lease is over
+    q:close(5)
+    assert.equal(1, #sb.orders({ refCode = "qrk-1" }))
+    c:close()
+  end)
 end)
