@@ -308,4 +308,46 @@ describe("the ledger on client:queue", function()
     assert.equal(1, #sb.orders({ refCode = "qrk-1" }))
     c:close()
   end)
+  it("in memory: push with amend sends the DELETE then the new version; a refused DELETE posts nothing", function()
+    local path = fresh("ledger")
+    local failures = {}
+    local c = new_client()
+    local q = assert(c:queue({ ledger = path, on_failure = function(ref, err) failures[#failures + 1] = err end }))
+    local list = make("qam-", 2)
+    for _, p in ipairs(list) do assert.is_true((q:push(p))) end
+    assert(q:flush(10))
+    list[1].order.total = 61.0
+    list[1].order.items[1].price = 61.0
+    assert.is_true((q:push(list[1], { amend = true })))
+    assert(q:flush(10))
+    local posts, dels = sb.orders({ refCode = "qam-1" }), sb.cancellations({ refCode = "qam-1" })
+    assert.equal(2, #posts)
+    assert.equal(1, #dels)
+    assert.is_true(posts[2].received_at >= dels[1].received_at)
+    assert.matches('"total":61.00', posts[2].body, 1, true)
+    sb.faults({ match = "DELETE", status = 400, body = '{"status":"fail","errors":[{"code":"CancellationNotEnabled",'
+      .. '"message":"cancellations are not enabled for this site"}]}' })
+    list[2].order.total = 62.0
+    list[2].order.items[1].price = 62.0
+    assert.is_true((q:push(list[2], { amend = true })))
+    assert(q:flush(10))
+    q:poll()
+    assert.equal(1, #sb.orders({ refCode = "qam-2" })) -- only the first version
+    local amend_err
+    for _, e in ipairs(failures) do
+      if e.message:find("amend: not sent", 1, true) then amend_err = e end
+    end
+    assert.is_table(amend_err)
+    q:close(5)
+    local L = assert(ledger.open(path))
+    assert.equal(ledger.fingerprint(assert(offline.encode(list[1]))), assert(L:show("qam-1"))[1].fingerprint)
+    local rows = assert(L:show("qam-2"))
+    assert.equal("sent", rows[1].outcome)
+    assert.not_equal(ledger.fingerprint(assert(offline.encode(list[2]))), rows[1].fingerprint)
+    L:close()
+    local sq2 = assert(c:queue({ spool = fresh("spool"), ledger = true }))
+    assert.has_error(function() sq2:push(list[1], { amend = true }) end) -- a spooled amend: not supported
+    sq2:close(5)
+    c:close()
+  end)
 end)
