@@ -312,7 +312,7 @@ describe("the ledger on client:queue", function()
     local path = fresh("ledger")
     local failures = {}
     local c = new_client()
-    local q = assert(c:queue({ ledger = path, on_failure = function(ref, err) failures[#failures + 1] = err end }))
+    local q = assert(c:queue({ ledger = path, on_failure = function(_, err) failures[#failures + 1] = err end }))
     local list = make("qam-", 2)
     for _, p in ipairs(list) do assert.is_true((q:push(p))) end
     assert(q:flush(10))
