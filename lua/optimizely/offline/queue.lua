@@ -493,6 +493,10 @@ function Queue:failed(r, err)
     local d = self.counts.dropped
     d.shutdown = (d.shutdown or 0) + 1
   end
+  if r.what ~= "dead" and self.gate and not self.spool and r.ref and r.ref ~= "" then
+    -- not sent after all: its reservation goes back (a dead one is recorded)
+    self.gate:release({ { ref = r.ref, channel = r.channel } })
+  end
   err.retryable = false -- settled: retries are over
   self:call("on_failure", r.ref, err)
   if r.what == "dropped" then
