@@ -480,7 +480,8 @@ static void ensure_started(lua_State *L, oo_worker *w) {
  * cfg: the engine's (l_engine.h: http, url, channels, concurrency, policy,
  * on_stop, auth_pause, ...) plus max_queue, spool = <spool object or nil>,
  * lease, spool_poll, cancel_prefix and cancel_suffix (a spooled cancel's
- * URL is prefix .. the refCode as a path segment .. suffix). */
+ * URL is prefix .. the refCode as a path segment .. suffix); without a
+ * spool, ledger, ledger_host, ledger_site (l_engine.h: oo_engine_ledger). */
 static int l_worker_new(lua_State *L) {
     oo_worker_ud *u;
     oo_worker *w;
@@ -507,6 +508,12 @@ static int l_worker_new(lua_State *L) {
         if (oo_spool_reopen(main, &w->spool, &serr) != OO_SPOOL_OK)
             return luaL_error(L, "worker_new: %s", serr.message);
         w->e.s.hooks = &spool_hooks;
+    } else {
+        /* in memory, cfg.ledger: each end recorded through the record hook,
+         * written on the sink's own thread (this thread never ticks it) */
+        lua_pushboolean(L, 1);
+        lua_setfield(L, 1, "ledger_thread");
+        (void)oo_engine_ledger(L, 1, &w->e);
     }
     lua_pop(L, 1);
     return 1;
@@ -631,6 +638,18 @@ static int l_resume(lua_State *L) {
     return 0;
 }
 
+/*** w:flush_ledger() -> true | nil, err — the ledger notes of the orders
+ * settled so far written now (without a spool; with one, the acks write
+ * them): a push after flush then finds them. */
+static int l_flush_ledger(lua_State *L) {
+    oo_worker *w = check_worker(L);
+    oo_spool_err err;
+    if (w->e.sink.l && oo_ledger_sink_flush(&w->e.sink, &err) != OO_SPOOL_OK)
+        return oo_spool_push_err(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /*** w:close(timeout) -> true, results | false (the thread did not stop in
  * time). results: what the thread reported while stopping (orders held
  * only in memory, as "dropped"). */
@@ -672,7 +691,7 @@ static int l_gc(lua_State *L) {
 void oo_worker_register(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"push", l_push}, {"remove_ref", l_remove_ref}, {"notify", l_notify}, {"results", l_results}, {"stats", l_stats},
-        {"metrics", l_metrics}, {"wait", l_wait}, {"resume", l_resume}, {"close", l_close},
+        {"metrics", l_metrics}, {"wait", l_wait}, {"resume", l_resume}, {"flush_ledger", l_flush_ledger}, {"close", l_close},
         {NULL, NULL}};
     static const luaL_Reg funcs[] = {{"worker_new", l_worker_new}, {NULL, NULL}};
     oo_newclass(L, OO_WORKER_MT, methods, l_gc, NULL, NULL);

@@ -32,6 +32,8 @@ local metrics = require("optimizely.offline.metrics")
 local context = require("optimizely.offline.context")
 local batch = require("optimizely.offline.batch")
 local queue = require("optimizely.offline.queue")
+local gate = require("optimizely.offline.ledger_gate")
+local ledger = require("optimizely.offline.ledger")
 
 local M = {}
 
@@ -292,8 +294,12 @@ end
 -- coroutines at once (one nginx client serving many requests) never wait
 -- for each other, and each starts afresh — refused credentials or a 429
 -- fail or delay that call only.
-local function take_driver(st)
+local function take_driver(st, g)
   local free = st.idle_drivers
+  if g then
+    free = st.gated_idle[g.L] or {}
+    st.gated_idle[g.L] = free
+  end
   local d = free[#free]
   if d then
     free[#free] = nil
@@ -301,8 +307,13 @@ local function take_driver(st)
   end
   -- results only for the events (retry, paused, resumed): the job's own
   -- end comes from `send`; a few kept at most when nobody reads them
-  d = sched.driver(sched.config(st, { concurrency = 1, adaptive = false, on_stop = "drain",
-    report_retries = st.emit ~= nil, max_results = 16 }), st.transport, st.sleep)
+  local cfg = sched.config(st, { concurrency = 1, adaptive = false, on_stop = "drain",
+    report_retries = st.emit ~= nil, max_results = 16 })
+  -- with a ledger the scheduler's record hook writes each end (the one
+  -- rule of csrc/ledger_sink.c), flushed before `send` returns
+  if g then g:configure(cfg, 0) end
+  d = sched.driver(cfg, st.transport, st.sleep)
+  d.free = free
   st.drivers[#st.drivers + 1] = d
   return d
 end
@@ -312,7 +323,7 @@ end
 local function give_back(st, d, rec)
   if not st.transport then return end -- the client was closed meanwhile
   if not rec or rec.stop or rec.throttled then d:resume() end
-  st.idle_drivers[#st.idle_drivers + 1] = d
+  d.free[#d.free + 1] = d
 end
 
 -- -------------------------------------------------------------------------
@@ -328,47 +339,140 @@ local function state(self)
   return st
 end
 
-local SEND_OPTS = opts.schema("optimizely.offline.client", "opts", { channel = { type = "string" } })
+local SEND_OPTS = opts.schema("optimizely.offline.client", "opts",
+  gate.add_fields({ channel = { type = "string" } }, true))
+local CANCEL_OPTS = opts.schema("optimizely.offline.client", "opts", { channel = { type = "string" } })
 
-local function send_channel(st, o)
-  if o ~= nil then o = SEND_OPTS:check(o, 3) end
+-- The options checked (raising on misuse, level 3: the caller's) and the
+-- channel's index | nil, err.
+local function send_channel(st, o, schema)
+  if o ~= nil then
+    o = (schema or SEND_OPTS):check(o, 3)
+    if (o.force or o.amend) and not o.ledger then
+      error("optimizely.offline.client: opts." .. (o.force and "force" or "amend") .. " needs opts.ledger", 3)
+    end
+  end
   local i, err = context.channel_of(st, o and o.channel)
   if not i then err.attempts = 0 end
-  return i, err
+  return i, err, o
 end
 
 -- One job through the synchronous driver, until it settles: a POST of
 -- `body`, or with `url` a DELETE. The job table is the driver's own, filled
--- anew (the scheduler copies what it needs).
+-- anew (the scheduler copies what it needs). With a gate, the driver
+-- records the end in its ledger, written before this returns (a failed
+-- write is `ledger_error` on the result or error: delivered, not recorded).
 -- @return res or nil, err
-local function deliver(st, ch, ref, body, url, warnings)
-  local d = take_driver(st)
+local function deliver(st, ch, ref, body, url, warnings, g)
+  local d = take_driver(st, g)
   local job = d.job_in or {}
   d.job_in = job
   st.serial = st.serial + 1
   job.id, job.channel, job.ref, job.body, job.url = st.serial, ch, ref, body, url
   job.method = url and "DELETE" or nil
   local ok, rec, attempts, why, body_back, info = pcall(d.send, d, job, st.on_results)
+  local lok, lerr = true, nil
+  if g then lok, lerr = d.s:flush_ledger() end
   give_back(st, d, ok and rec)
   if not ok then error(rec, 0) end -- a transport that raised, an interrupt: nothing is left behind
   local res, err = delivery.result(rec, body_back, attempts, info, st.channels[ch].name, st.secrets, warnings)
+  if not lok then (res or err).ledger_error = gate.unusable(lerr) end
   if err and st.emit then
     st.emit("failure", { ref = ref, attempt = attempts, error = err, reason = why })
+  end
+  return res, err, why
+end
+
+-- The amend's DELETE failed: the order's error (nothing was posted).
+local function amend_failed(err)
+  err.message = "amend: not sent, the DELETE of the earlier version failed: " .. err.message
+  return err
+end
+
+-- One order through the ledger (`o.ledger`): looked up and reserved, then
+-- skipped, refused (kind "changed"), amended (DELETE, then POST) or sent;
+-- its end is recorded by the driver; a reservation not used goes back.
+-- @return res or nil, err
+local function send_ledgered(st, o, ch, ref, json, warnings)
+  local L, lerr = gate.open(o, nil, nil, st.ledgers)
+  if not L then return nil, gate.unusable(lerr) end
+  local g = gate.new(st, L)
+  local name = st.channels[ch].name
+  if not ref then -- send_encoded: bytes the ledger must read (refCode, report fields)
+    local e, why = ledger.entry(json, o.ledger_store_key)
+    if not e then
+      local verr = errors.validation({ { path = "body", message = "not an encoded order: " .. tostring(why) } })
+      verr.attempts = 0
+      return nil, verr
+    end
+    ref = e.ref
+  end
+  local item = { body = json, channel = name, ref = ref }
+  local decided, derr = g:admit({ item }, o)
+  if not decided then return nil, gate.unusable(derr) end
+  local action, x = decided[1][1], decided[1][2]
+  local m, emit = st.metrics, st.emit
+  if action == "skip" then
+    if m then m:skipped(x.reason) end
+    if emit then emit("skipped", { ref = ref, reason = x.reason, at = x.at }) end
+    return x
+  elseif action == "refuse" then
+    if m then m:changed() end
+    if emit then emit("changed", { ref = ref, at = x.at, outcome = x.outcome, error = x }) end
+    return nil, x
+  end
+  local ok, res, err = pcall(function()
+    if action == "amend" then
+      local dres, e, why = deliver(st, ch, ref, nil, g:cancel_url(ref), nil, g)
+      if not dres then
+        -- a stop or a refusal: the POST is not sent, its reservation goes back
+        g:release({ item })
+        if emit and why then emit("failure", { ref = ref, attempt = 0, error = e, reason = "amend" }) end
+        return nil, amend_failed(e)
+      end
+    end
+    local r, e = deliver(st, ch, ref, json, nil, warnings, g)
+    if r and action == "amend" then r.amended = true end
+    if e and e.stop then g:release({ item }) end -- refused credentials: not sent, not recorded
+    return r, e
+  end)
+  if not ok then
+    g:release({ item }) -- an interrupt: whatever was settled is recorded, the rest goes back
+    error(res, 0)
   end
   return res, err
 end
 
-local function post(st, json, i, warnings, ref)
+local function post(st, json, i, warnings, ref, o)
+  if o and o.ledger then return send_ledgered(st, o, i, ref, json, warnings) end
   return deliver(st, i, ref, json, nil, warnings)
 end
 
 --- Validate, encode and send one order.
+--
+-- **With a ledger** (`optimizely.offline.ledger_gate`): the order is looked
+-- up and reserved before anything is sent. The same bytes already
+-- acknowledged give `res` with `skipped = "already sent"`, `reason =
+-- "already_sent"`, `at`, `attempts = 0` (not an error; counted in
+-- `metrics().skipped`, an on_event `skipped`); another version (or its
+-- cancel) gives `nil, err` of kind `"changed"` whose message says when the
+-- earlier version was sent (counted in `changed`, an on_event `changed`);
+-- `force = true` sends it anyway, `amend = true` sends the DELETE of the
+-- refCode first and posts only once it is accepted (`res.amended`; a
+-- refused DELETE fails the order, "amend: not sent, ...", nothing is
+-- posted). The end is recorded (sent, warned or dead) before this returns;
+-- a failed write is `ledger_error` on the result or error.
 -- @param payload `{lang?, user?, order}` as accepted by `offline.encode`
--- @param o optional `{channel = name}` (default: config.channel)
--- @return res (see optimizely.offline.delivery) or nil, err
+-- @param o optional `{channel = name (default: config.channel), ledger =
+--   true | "path" | a ledger object, ledger_keep = days (200), ledger_store_key
+--   = "store", force = false, amend = false}`; `force` and `amend` need
+--   `ledger` and exclude each other
+-- @return res (see optimizely.offline.delivery) or nil, err (an unusable
+--   ledger: kind "storage", "busy" or "foreign" naming the file, nothing sent)
 function Client:send(payload, o)
   local st = state(self)
-  local i, cerr = send_channel(st, o)
+  local i, cerr
+  i, cerr, o = send_channel(st, o)
   if not i then return nil, cerr end
   local json, warnings = context.prepare(st, payload)
   if not json then
@@ -376,21 +480,24 @@ function Client:send(payload, o)
     warnings.attempts = 0
     return nil, warnings
   end
-  return post(st, json, i, warnings, core.ref_string(payload))
+  return post(st, json, i, warnings, core.ref_string(payload), o)
 end
 
 --- Send bytes that `offline.encode` already produced.
 -- @param json the request body, sent unchanged
--- @param o optional `{channel = name}`
--- @return res or nil, err
+-- @param o optional, as `send`'s: `{channel =, ledger =, ledger_keep =,
+--   ledger_store_key =, force =, amend =}`
+-- @return res or nil, err as `send`'s (with a ledger, bytes that are not an
+--   encoded order: kind "validation", nothing sent)
 function Client:send_encoded(json, o)
   local st = state(self)
   if type(json) ~= "string" then
     error("optimizely.offline.client: send_encoded expects a string, got " .. type(json), 2)
   end
-  local i, cerr = send_channel(st, o)
+  local i, cerr
+  i, cerr, o = send_channel(st, o)
   if not i then return nil, cerr end
-  return post(st, json, i, nil)
+  return post(st, json, i, nil, nil, o)
 end
 
 -- A path segment: percent-encoded, and '.' too (libcurl would remove
@@ -418,7 +525,7 @@ function Client:cancel(ref_code, o)
     e.attempts = 0
     return nil, e
   end
-  local i, cerr = send_channel(st, o)
+  local i, cerr = send_channel(st, o, CANCEL_OPTS)
   if not i then return nil, cerr end
   return deliver(st, i, ref_code, nil, st.cancel_prefix .. segment(ref_code) .. st.cancel_suffix)
 end
@@ -433,8 +540,8 @@ function Client:send_batch(source, o)
   if st.custom_transport then
     error("optimizely.offline.client: send_batch needs the libcurl transport (under nginx use a queue)", 2)
   end
-  local summary = batch.run(st, source, o)
-  return summary -- not a tail call: option errors point at the caller
+  local summary, err = batch.run(st, source, o)
+  return summary, err -- not a tail call: option errors point at the caller
 end
 
 --- An asynchronous queue delivering in the background (its own thread).
@@ -487,7 +594,9 @@ function Client:close()
       if st.metrics then st.metrics:merge(d:metrics()) end -- metrics() still counts them
       d:close()
     end
-    st.drivers, st.idle_drivers = {}, {}
+    st.drivers, st.idle_drivers, st.gated_idle = {}, {}, {}
+    for _, L in pairs(st.ledgers) do L:close() end
+    st.ledgers = {}
   end
 end
 

@@ -110,7 +110,8 @@ end
 --   `cancel_prefix`, `cancel_suffix`, `sleep`, `encode`, `policy`,
 --   `metrics`, `pseudonym`, `events`, `emit`, `on_event`, `logger`,
 --   `on_results`, and the synchronous drivers' `serial`, `drivers`,
---   `idle_drivers`)
+--   `idle_drivers`, `gated_idle` (those recording to a ledger, by ledger),
+--   and `ledgers` (those `ledger = true | "path"` opened, closed with the client))
 -- @raise on a `pseudonymise` option without a usable key
 function M.new(c)
   local secrets, channels, index = {}, {}, {}
@@ -147,6 +148,8 @@ function M.new(c)
     events = ev, emit = emitter(ev),
     on_event = c.on_event, logger = c.logger,
     serial = 0, drivers = {}, idle_drivers = {},
+    gated_idle = {}, -- idle drivers recording to a ledger, by ledger object
+    ledgers = {}, -- the ledgers `ledger = true | "path"` opened, by path: closed with the client
   }
   st.on_results = results_emitter(st)
   return st

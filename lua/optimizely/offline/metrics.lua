@@ -32,6 +32,12 @@
 --     `failures_unlabelled` those beyond 32 distinct labels (in a shared
 --     dict, beyond `SHM_FAILURE_SERIES` series);
 --   * `channels = {[name] = {sent, failed}}`;
+--   * the ledger (`ledger =` on a send, a batch or a queue): `skipped =
+--     {[reason] = n}` orders not sent because the ledger had them, by
+--     reason (`already_sent`: acknowledged before with the same bytes;
+--     `in_flight`: another run or process holds it now; `M.SKIP_REASONS`),
+--     and `changed` orders not sent because the ledger had another version
+--     of them, or their cancel;
 --   * queues: `dropped = {[reason] = n}` orders refused or lost, by reason
 --     (`full`, `invalid`, `config`, `closed`, `shutdown`, a spool error
 --     kind); `unknown` orders in flight when an nginx worker's shutdown
@@ -65,9 +71,21 @@ local fmt = string.format
 -- implied after the last).
 M.BOUNDS = core.metrics_new():get().latency.bounds
 
-local COUNTERS = { "queued", "sent", "failed", "dead", "invalid", "retried", "throttled", "requests",
+local COUNTERS = { "queued", "sent", "failed", "dead", "invalid", "changed", "retried", "throttled", "requests",
   "bytes_sent", "failures_unlabelled", "callback_errors", "storage_errors", "unknown" }
 M.COUNTERS = COUNTERS
+
+--- The reasons of `skipped`, the label values of
+-- `optimizely_offline_orders_skipped_total` (the C core's list: a reason
+-- not in it is counted as `other`).
+M.SKIP_REASONS = core.SKIP_REASONS
+local SKIP = {}
+for _, r in ipairs(M.SKIP_REASONS) do SKIP[r] = true end
+
+-- A skip reason as it may be counted: one of SKIP_REASONS, else "other".
+local function skip_reason(r)
+  return SKIP[r] and r or "other"
+end
 
 local Null = {}
 Null.__index = function() return function() end end
@@ -81,7 +99,7 @@ end
 --- A metrics table with every counter at zero (no gauges).
 function M.empty()
   local t = { latency = { bounds = M.BOUNDS, counts = {}, sum = 0, count = 0 }, failures = {},
-    channels = {}, dropped = {} }
+    channels = {}, dropped = {}, skipped = {} }
   for _, k in ipairs(COUNTERS) do t[k] = 0 end
   for i = 1, #M.BOUNDS + 1 do t.latency.counts[i] = 0 end
   return t
@@ -162,6 +180,11 @@ function M.merge(into, t)
   for reason, n in pairs(t.dropped or {}) do
     reason = label(reason) or "other"
     into.dropped[reason] = num(into.dropped[reason]) + num(n)
+  end
+  into.skipped = into.skipped or {}
+  for reason, n in pairs(t.skipped or {}) do
+    reason = skip_reason(reason)
+    into.skipped[reason] = num(into.skipped[reason]) + num(n)
   end
   add_gauges(into, t)
   return into
@@ -266,6 +289,10 @@ function M.flatten(t)
     local k = "drop" .. SEP .. (label(reason) or "other")
     if num(n) ~= 0 then out[k] = num(out[k]) + n end
   end
+  for reason, n in pairs(t.skipped or {}) do
+    local k = "skip" .. SEP .. skip_reason(reason)
+    if num(n) ~= 0 then out[k] = num(out[k]) + n end
+  end
   return out
 end
 
@@ -303,6 +330,9 @@ function M.unflatten(flat)
       elseif p[1] == "drop" then
         local reason = #p == 2 and label(p[2]) or "other"
         t.dropped[reason] = num(t.dropped[reason]) + v
+      elseif p[1] == "skip" then
+        local reason = skip_reason(p[2])
+        t.skipped[reason] = num(t.skipped[reason]) + v
       end
     end
   end
@@ -508,6 +538,17 @@ local FAMILIES = {
   { "orders_dead_total", "counter", "Orders rejected for good or out of attempts or age (dead letters).",
     counter("dead") },
   { "orders_invalid_total", "counter", "Orders refused by validation before any request.", counter("invalid") },
+  { "orders_skipped_total", "counter",
+    "Orders not sent because the ledger had them, by reason (already_sent, in_flight).", function(t)
+    local out = {}
+    for _, r in ipairs(M.SKIP_REASONS) do
+      local n = num(t.skipped and t.skipped[r])
+      if n ~= 0 or r ~= "other" then out[#out + 1] = { "", { { "reason", r } }, n } end
+    end
+    return out
+  end },
+  { "orders_changed_total", "counter",
+    "Orders not sent because the ledger had another version of them (or their cancel).", counter("changed") },
   { "orders_unknown_total", "counter",
     "Orders in flight when a worker's shutdown grace ended: the endpoint may or may not have them.",
     counter("unknown") },

@@ -4,8 +4,10 @@
 -- defaults, and the delivery policy they make of them. Each queue adds its
 -- own options with `schema`.
 -- @module optimizely.offline.queue_opts
+local errors = require("optimizely.offline.errors")
 local opts = require("optimizely.offline.opts")
 local sched = require("optimizely.offline.sched")
+local gate = require("optimizely.offline.ledger_gate")
 
 local M = {}
 
@@ -26,7 +28,9 @@ end
 -- `concurrency`, `spool` and its bounds (`spool_max_orders`,
 -- `spool_max_bytes`, `spool_on_full`, `spool_sync`), `lease`,
 -- `max_attempts`, `max_age`, `auth_pause`, `channel`, the callbacks
--- (`on_success`, `on_failure`, `on_event`), `logger` and `pseudonymise`.
+-- (`on_success`, `on_failure`, `on_event`), `logger`, `pseudonymise`, and
+-- the ledger's (`ledger`, `ledger_keep`, `ledger_store_key`:
+-- optimizely.offline.ledger_gate).
 M.common = {
   max_queue = { type = "integer", min = 1, max = 1e9, default = 10000 },
   concurrency = { type = "integer", min = 1, max = 256, default = 4 },
@@ -46,6 +50,41 @@ M.common = {
   logger = { type = "any", check = check_logger },
   pseudonymise = { type = "any" },
 }
+gate.add_fields(M.common)
+
+--- With a spool the ledger lives in the spool's file: `ledger = true` (a
+-- separate file would not be written in the ack's transaction, so it is
+-- refused). Both queues.
+-- @param o the checked options
+-- @param level the caller's error level
+function M.check_ledger(o, level)
+  if o.spool and o.ledger and o.ledger ~= true then
+    error("queue: opts.ledger: with a spool the ledger lives in the spool's file: give ledger = true", level + 1)
+  end
+end
+
+--- The options of one push (both queues): `channel`, and with a ledger
+-- `force` and `amend` (optimizely.offline.ledger_gate).
+M.push_fields = { channel = { type = "string", nonempty = true }, force = gate.call_fields.force,
+  amend = gate.call_fields.amend }
+
+--- The options of a cancel (both queues): `channel`.
+M.CANCEL_OPTS = opts.schema("queue", "cancel opts", { channel = { type = "string", nonempty = true } })
+
+--- The refCode a cancel names, checked (both queues): a string (an
+-- integer is formatted), not empty, not only dots (it would name another
+-- URL).
+-- @param ref the caller's value
+-- @return ref | nil, err (kind "validation", `attempts = 0`)
+function M.check_ref(ref)
+  if type(ref) == "number" and ref == math.floor(ref) then ref = string.format("%d", ref) end
+  if type(ref) ~= "string" or ref == "" or ref:match("^%.+$") then
+    local e = errors.validation({ { path = "refCode", message = "must be a non-empty string, not only dots" } })
+    e.attempts = 0
+    return nil, e
+  end
+  return ref
+end
 
 --- A queue's options schema: the shared options plus the queue's own.
 -- @param name the queue's name in messages ("queue", "optimizely.offline.ngx.queue")

@@ -99,12 +99,16 @@ end
 -- @param o the queue's options
 -- @param hooks the store's hooks, or nil
 -- @param max_pending `add` refuses beyond (0: no bound)
+-- @param g the ledger gate whose file the record hook writes (memory and
+--   shm stores; the spool records in its acks), or nil
 -- @return the scheduler
-function M.scheduler(st, o, hooks, max_pending)
-  return core.sched_new({ url = st.post_url, channels = st.channels, policy = queue_opts.policy(st, o),
+function M.scheduler(st, o, hooks, max_pending, g)
+  local cfg = { url = st.post_url, channels = st.channels, policy = queue_opts.policy(st, o),
     concurrency = o.concurrency, adaptive = false, on_stop = "pause", auth_pause = o.auth_pause,
     report_all = o.on_success ~= nil, report_retries = true, no_metrics = st.config.metrics == false,
-    max_pending = max_pending, hooks = hooks })
+    max_pending = max_pending, hooks = hooks }
+  if g then g:configure(cfg) end
+  return core.sched_new(cfg)
 end
 
 --- The store the options ask for, opened.

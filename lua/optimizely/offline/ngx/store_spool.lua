@@ -70,9 +70,14 @@ function Store:feed(room)
   local st, s = q.st, q.s
   for i = 1, #rows do
     local row = rows[i]
-    s:take({ id = row.id, store_id = row.id, body = row.body, ref = row.ref or "",
+    local job = { id = row.id, store_id = row.id, body = row.body, ref = row.ref or "",
       channel = st.channel_index[row.channel or st.default_channel] or 1, attempts = row.attempts,
-      created = row.created_at })
+      created = row.created_at }
+    if row.op == "cancel" then -- a cancel row: the DELETE of its refCode (the threaded queue's rule, worker.c)
+      job.method, job.body = "DELETE", ""
+      job.url = st.cancel_prefix .. core.url_segment(job.ref) .. st.cancel_suffix
+    end
+    s:take(job)
   end
   if #rows >= room then return 0 end
   local at = self.spool:next_due()
@@ -91,7 +96,8 @@ function Store:hooks()
   return {
     feed = function(room) return self:feed(room) end,
     -- a lost lease: another worker may send it again (at-least-once)
-    ack = function(job) check("ack", sp:ack(job.store_id)) end,
+    -- with the ledger on, the ack writes its row: "warned" when the answer had warnings
+    ack = function(job, rec) check("ack", sp:ack(job.store_id, rec and rec.warned and "warned" or nil)) end,
     retry = function(job, next_at, rec)
       check("retry", sp:retry(job.store_id, next_at, failure(q, job, rec)))
       return true -- the row holds it (or, its lease lost, another worker does)
