@@ -116,11 +116,6 @@ void oo_engine_setup(lua_State *L, int idx, oo_engine *e) {
     lua_pop(L, 1);
 }
 
-void oo_engine_free(oo_engine *e) {
-    oo_curl_free(&e->d);
-    oo_sched_free(&e->s);
-}
-
 /* ------------------------------------------------------------------ */
 /* The engine object (driven by the calling thread: send_batch)        */
 
