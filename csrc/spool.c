@@ -19,7 +19,7 @@
 #include "spool.h"
 #include "clock.h"
 #include "hmac.h"
-#include "json.h"
+#include "json_walk.h"
 #include "ledger.h"
 #include "sqlfile.h"
 
