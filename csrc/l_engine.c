@@ -106,6 +106,8 @@ void oo_engine_setup(lua_State *L, int idx, oo_engine *e) {
     lua_getfield(L, idx, "channels");
     nchan = lua_type(L, -1) == LUA_TTABLE ? (int)oo_rawlen(L, -1) : 0;
     lua_pop(L, 1);
+    /* the options layer built the channels; this bound is kept because the
+     * header box holds 64 lists (memory safety) */
     if (nchan < 1 || nchan > 64) luaL_error(L, "engine: channels must list 1..64 channels");
     hs = read_headers(L, idx, nchan, ho.user_agent);
     oo_sched_setup(L, idx, &e->s); /* raises only before it allocates */

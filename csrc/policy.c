@@ -100,18 +100,19 @@ void oo_policy_decide(const oo_policy *p, const oo_outcome *o, int attempts, dou
 /* ------------------------------------------------------------------ */
 /* Lua                                                                 */
 
-static double field_num(lua_State *L, int idx, const char *k, double dflt, double lo) {
+/* The policy's fields were checked by the Lua options (retry.schema, and
+ * the client's and the queues' schemas, which build them): C trusts them
+ * and reads a missing field (or one of another type) as its default. */
+static double field_num(lua_State *L, int idx, const char *k, double dflt) {
     double v;
     lua_getfield(L, idx, k);
-    if (lua_isnil(L, -1)) { lua_pop(L, 1); return dflt; }
-    if (lua_type(L, -1) != LUA_TNUMBER) luaL_error(L, "policy: %s must be a number", k);
-    v = (double)lua_tonumber(L, -1);
+    v = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : dflt;
     lua_pop(L, 1);
-    if (!(v >= lo) || v > 1e15) luaL_error(L, "policy: %s out of range", k);
     return v;
 }
 
 void oo_policy_read(lua_State *L, int idx, oo_policy *p) {
+    double n;
     oo_policy_defaults(p);
     if (lua_isnoneornil(L, idx)) return;
     luaL_checktype(L, idx, LUA_TTABLE);
@@ -119,12 +120,14 @@ void oo_policy_read(lua_State *L, int idx, oo_policy *p) {
     lua_getfield(L, idx, "max_attempts");
     if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) p->max_attempts = 0;
     lua_pop(L, 1);
-    if (p->max_attempts) p->max_attempts = (int)field_num(L, idx, "max_attempts", 4, 0);
-    p->max_age = field_num(L, idx, "max_age", 0, 0);
-    p->backoff_base = field_num(L, idx, "backoff_base", p->backoff_base, 0);
-    p->backoff_max = field_num(L, idx, "backoff_max", p->backoff_max, 0);
-    p->backoff_floor = field_num(L, idx, "backoff_floor", p->backoff_floor, 0);
-    p->retry_after_max = field_num(L, idx, "retry_after_max", p->retry_after_max, 0);
+    /* the one check kept: the conversion to int must not overflow */
+    n = field_num(L, idx, "max_attempts", 4);
+    if (p->max_attempts) p->max_attempts = n >= 1 && n <= 1e9 ? (int)n : 4;
+    p->max_age = field_num(L, idx, "max_age", 0);
+    p->backoff_base = field_num(L, idx, "backoff_base", p->backoff_base);
+    p->backoff_max = field_num(L, idx, "backoff_max", p->backoff_max);
+    p->backoff_floor = field_num(L, idx, "backoff_floor", p->backoff_floor);
+    p->retry_after_max = field_num(L, idx, "retry_after_max", p->retry_after_max);
 }
 
 static const char *const action_names[] = {"ack", "retry", "dead", "stop"};

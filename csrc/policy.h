@@ -55,7 +55,8 @@ void oo_policy_decide(const oo_policy *p, const oo_outcome *o, int attempts, dou
 double oo_jitter(unsigned long long *state);
 unsigned long long oo_jitter_seed(const void *salt);
 
-/* Reads a policy from the Lua table at idx (missing fields: defaults). */
+/* Reads a policy from the Lua table at idx (missing fields: defaults),
+ * trusting the Lua options layer to have checked it (retry.schema). */
 void oo_policy_read(lua_State *L, int idx, oo_policy *p);
 
 void oo_policy_register(lua_State *L);
