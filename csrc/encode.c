@@ -949,8 +949,11 @@ static void enc_payload(enc *e, int t) {
 
 /* ------------------------------------------------------------ Lua API */
 
-/* encode(payload) -> json, warnings | nil, problems, truncated
- * validate(payload) -> true, warnings | nil, problems, truncated */
+/* encode(payload) -> json, warnings | nil, err
+ * validate(payload) -> true, warnings | nil, err
+ * err: {kind = "validation", message, problems, truncated, retryable =
+ * false} (core.h: oo_push_error); optimizely.offline words the message of
+ * the problem list (errors.validation) and gives it the errors' metatable. */
 static int run(lua_State *L, int want_json) {
     enc *e = (enc *)lua_touserdata(L, lua_upvalueindex(1));
     int oom;
@@ -971,10 +974,12 @@ static int run(lua_State *L, int want_json) {
     if (e->out.cap > (1u << 18)) oo_buf_free(&e->out); /* do not pin a huge buffer */
     if (oom) return luaL_error(L, "optimizely.offline: out of memory while encoding");
     if (e->nproblems > 0) {
-        lua_pushnil(L);
+        oo_error err = {"validation", "invalid order", 0, NULL, 0, 0};
+        oo_push_error(L, &err);
         lua_pushvalue(L, 3);
-        lua_pushboolean(L, e->truncated);
-        return 3;
+        lua_setfield(L, -2, "problems");
+        if (e->truncated) oo_set_bool(L, "truncated", 1);
+        return 2;
     }
     if (want_json) lua_pushlstring(L, e->out.data, e->out.len);
     else lua_pushboolean(L, 1);

@@ -6,11 +6,12 @@
  * Lua (internal; the public face is optimizely.offline.pseudonym, which
  * holds the policy: key length, allowed output lengths):
  *   core.pseudonymiser(key, encoding, length, flags) -> p
- *   p:id(email)        -> id | nil, reason     normalise + HMAC + encode
+ *   p:id(email)        -> id | nil, err        normalise + HMAC + encode
  *   p:digest(bytes)    -> encoded HMAC of the bytes as they are (test vectors)
  *   p:same(key, encoding, length, flags) -> boolean (constant time on the key)
  *   p:close()          wipes the key (also on __gc and __close)
- *   core.email_normalise(email [, flags]) -> normalised | nil, reason
+ *   core.email_normalise(email [, flags]) -> normalised | nil, err
+ * (err: {kind = "validation", message}, core.h: oo_push_error)
  *
  * The key lives in the userdata (C-owned) and in OpenSSL's context, both
  * wiped on close; it is never in a message or in tostring. A call
@@ -127,25 +128,18 @@ static int push_id(lua_State *L, pseudonymiser *p, const char *data, size_t n) {
     return 1;
 }
 
-/*** p:id(email) -> id | nil, reason */
+/*** p:id(email) -> id | nil, err {kind = "validation", message} */
 static int m_id(lua_State *L) {
     pseudonymiser *p = check_open(L);
     char norm[OO_EMAIL_MAX], why[96];
     size_t n;
     const char *s;
     int m;
-    if (lua_type(L, 2) != LUA_TSTRING) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "must be a string, got %s", luaL_typename(L, 2));
-        return 2;
-    }
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return oo_push_errorf(L, "validation", "must be a string, got %s", luaL_typename(L, 2));
     s = lua_tolstring(L, 2, &n);
     m = oo_email_normalise(s, n, p->flags, norm, why, sizeof why);
-    if (m < 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, why);
-        return 2;
-    }
+    if (m < 0) return oo_push_errorf(L, "validation", "%s", why);
     return push_id(L, p, norm, (size_t)m);
 }
 
@@ -184,7 +178,7 @@ static int m_tostring(lua_State *L) {
     return 1;
 }
 
-/*** core.email_normalise(email [, flags]) -> normalised | nil, reason */
+/*** core.email_normalise(email [, flags]) -> normalised | nil, err {kind = "validation", message} */
 static int l_email_normalise(lua_State *L) {
     char norm[OO_EMAIL_MAX], why[96];
     size_t n;
@@ -192,18 +186,11 @@ static int l_email_normalise(lua_State *L) {
     lua_Integer fl = luaL_optinteger(L, 2, 0);
     int m;
     luaL_argcheck(L, fl >= 0 && fl <= (OO_STRIP_PLUS_TAG | OO_STRIP_DOTS), 2, "bad flags");
-    if (lua_type(L, 1) != LUA_TSTRING) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "must be a string, got %s", luaL_typename(L, 1));
-        return 2;
-    }
+    if (lua_type(L, 1) != LUA_TSTRING)
+        return oo_push_errorf(L, "validation", "must be a string, got %s", luaL_typename(L, 1));
     s = lua_tolstring(L, 1, &n);
     m = oo_email_normalise(s, n, (int)fl, norm, why, sizeof why);
-    if (m < 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, why);
-        return 2;
-    }
+    if (m < 0) return oo_push_errorf(L, "validation", "%s", why);
     lua_pushlstring(L, norm, (size_t)m);
     return 1;
 }

@@ -15,17 +15,17 @@ local c_encode, c_validate, new_error = core.encode, core.validate, errors.valid
 --- Validate, normalise and serialise one payload `{lang?, user?, order}`.
 -- @return json, warnings  or  nil, err (kind "validation")
 function M.encode(payload)
-  local json, w, truncated = c_encode(payload)
+  local json, w = c_encode(payload)
   if json then return json, w end
-  return nil, new_error(w, truncated)
+  return nil, new_error(w.problems, w.truncated)
 end
 
 --- The same rules as `encode`, without producing output.
 -- @return true, warnings  or  nil, err
 function M.validate(payload)
-  local ok, w, truncated = c_validate(payload)
+  local ok, w = c_validate(payload)
   if ok then return true, w end
-  return nil, new_error(w, truncated)
+  return nil, new_error(w.problems, w.truncated)
 end
 
 --- An amount normalised as the encoder writes it: a plain decimal with
