@@ -132,9 +132,9 @@ end
 -- than any of its sources. The store's logic links without Lua (its
 -- bindings are the l_*.c files): these are all it needs.
 local C_SRCS = {
-  "bench/spool_threads.c", "csrc/spool.c", "csrc/spool_wal.c", "csrc/sqlfile.c", "csrc/ledger.c",
-  "csrc/ledger_entry.c", "csrc/clock.c", "csrc/hmac.c", "csrc/json_walk.c", "csrc/date.c",
-  "csrc/money.c", "csrc/buf.c", "csrc/utf8.c",
+  "bench/spool_threads.c", "csrc/spool.c", "csrc/spool_conn.c", "csrc/spool_ckpt.c",
+  "csrc/spool_wal.c", "csrc/sqlfile.c", "csrc/ledger.c", "csrc/ledger_entry.c", "csrc/clock.c",
+  "csrc/hmac.c", "csrc/json_walk.c", "csrc/date.c", "csrc/money.c", "csrc/buf.c", "csrc/utf8.c",
 }
 local function run_c()
   local bin = "build/bench/spool_threads"
