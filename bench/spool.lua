@@ -138,9 +138,9 @@ local C_SRCS = {
 }
 local function run_c()
   local bin = "build/bench/spool_threads"
-  local fresh = { "test -x " .. bin }
-  for _, src in ipairs(C_SRCS) do fresh[#fresh + 1] = "test " .. bin .. " -nt " .. src end
-  if not sys.run(table.concat(fresh, " && ") .. " && test " .. bin .. " -nt csrc/spool.h") then
+  local up_to_date = { "test -x " .. bin }
+  for _, src in ipairs(C_SRCS) do up_to_date[#up_to_date + 1] = "test " .. bin .. " -nt " .. src end
+  if not sys.run(table.concat(up_to_date, " && ") .. " && test " .. bin .. " -nt csrc/spool.h") then
     assert(sys.run("mkdir -p build/bench && cc -O2 -o " .. bin .. " " .. table.concat(C_SRCS, " ")
       .. " -lsqlite3 -lcrypto -lpthread -lm"), "cannot build " .. bin)
   end

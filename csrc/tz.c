@@ -5,10 +5,10 @@
  * the "slim" files zic writes by default hold little else).
  *
  * Lua (the CLI's --date-format / --timezone; optimizely.offline.cli.dates):
- *   core.tz_load(name) -> zone | nil, message
+ *   core.tz_load(name) -> zone | nil, err {kind = "config", message}
  *       name like "Europe/London", read from $TZDIR or /usr/share/zoneinfo;
  *       zone:offset(t) -> seconds east of UTC, is_dst; zone:name()
- *   core.date_check_format(fmt) -> true | nil, message
+ *   core.date_check_format(fmt) -> true | nil, err {kind = "config", message}
  *   core.date_convert(s, fmt|nil, zone|nil) -> "YYYY-MM-DDTHH:MM:SS GMT", warning|nil
  *       | nil, message, kind ("format", "impossible", "nonexistent", "range")
  *
@@ -307,13 +307,12 @@ static int valid_name(const char *s, size_t n) {
     return 1;
 }
 
+/* nil, {kind = "config", message} (core.h: oo_push_error) */
 static int push_fail(lua_State *L, const char *fmt, const char *a, const char *b) {
-    lua_pushnil(L);
-    lua_pushfstring(L, fmt, a, b);
-    return 2;
+    return oo_push_errorf(L, "config", fmt, a, b);
 }
 
-/*** core.tz_load(name) -> zone | nil, message */
+/*** core.tz_load(name) -> zone | nil, err {kind = "config", message} */
 static int l_tz_load(lua_State *L) {
     size_t n, size, need;
     const char *name = luaL_checklstring(L, 1, &n);
@@ -603,16 +602,12 @@ static const char *check_format(const char *fmt) {
     return NULL;
 }
 
-/*** core.date_check_format(fmt) -> true | nil, message */
+/*** core.date_check_format(fmt) -> true | nil, err {kind = "config", message} */
 static int l_date_check_format(lua_State *L) {
     const char *why = check_format(luaL_checkstring(L, 1));
-    if (!why) {
-        lua_pushboolean(L, 1);
-        return 1;
-    }
-    lua_pushnil(L);
-    lua_pushstring(L, why);
-    return 2;
+    if (why) return oo_push_errorf(L, "config", "%s", why);
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 static int push_err(lua_State *L, const char *kind, const char *msg) {

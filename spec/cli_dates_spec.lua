@@ -55,11 +55,12 @@ describe("local dates", function()
                               "Europe/London/", ".hidden", "Europe/Lon\ndon" }) do
         local z, e = core.tz_load(name)
         assert.is_nil(z, name)
-        assert.matches("is not a time zone name", e)
+        assert.equal("config", e.kind)
+        assert.matches("is not a time zone name", e.message)
       end
       local z, e = core.tz_load("Mars/Olympus_Mons")
       assert.is_nil(z)
-      assert.matches("unknown time zone Mars/Olympus_Mons", e)
+      assert.matches("unknown time zone Mars/Olympus_Mons", e.message)
     end)
   end)
 
@@ -132,9 +133,9 @@ describe("local dates", function()
         [""] = "is empty",
         ["%d/%m/%Y\n"] = "control character",
       }) do
-        local ok, msg = core.date_check_format(fmt)
+        local ok, err = core.date_check_format(fmt)
         assert.is_nil(ok, fmt)
-        assert.matches(why, msg, 1, true)
+        assert.matches(why, err.message, 1, true)
       end
     end)
   end)

@@ -380,7 +380,7 @@ local function zone_of(tz)
   if tz == nil or tz == "UTC" then return nil end
   if type(tz) ~= "string" then return tz end -- a core.tz_load zone
   local zone, why = core.tz_load(tz)
-  if not zone then error("ledger:report: opts.timezone: " .. why, 4) end
+  if not zone then error("ledger:report: opts.timezone: " .. why.message, 4) end
   return zone
 end
 

@@ -83,13 +83,13 @@ function M.converter(input)
   if fmt == nil and tz == nil then return nil end
   if fmt ~= nil then
     local ok, why = core.date_check_format(fmt)
-    if not ok then common.config_error("--date-format " .. core.quote(fmt, 60) .. " " .. why) end
+    if not ok then common.config_error("--date-format " .. core.quote(fmt, 60) .. " " .. why.message) end
   end
   local zone
   if tz ~= nil then
     local e
     zone, e = core.tz_load(tz)
-    if not zone then common.config_error("--timezone: " .. tostring(e)) end
+    if not zone then common.config_error("--timezone: " .. e.message) end
   end
   local convert, quote = core.date_convert, core.quote
   local expected = fmt and ("the date format " .. quote(fmt, 60))
