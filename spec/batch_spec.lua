@@ -77,7 +77,7 @@ describe("client:send_batch", function()
     local last = sb.last()
     local h = {}
     for k, v in pairs(last.headers) do h[k:lower()] = v end
-    assert.equal(require("optimizely.offline.client").user_agent(), h["user-agent"])
+    assert.equal(require("optimizely.offline.context").user_agent(), h["user-agent"])
     assert.equal(info.site, h.site)
     assert.equal(info.channel, h.channel)
     assert.equal("application/json", h["content-type"])

@@ -702,13 +702,13 @@ describe("NDJSON reader and rejects files", function()
     assert.is_nil(it())
   end)
 
-  it("common.records does not transform an unwrapped transformed payload again", function()
+  it("records.iter does not transform an unwrapped transformed payload again", function()
     path = os.tmpname() .. ".ndjson"
     write_file(path, '{"payload":{"order":{"refCode":"A"}},"error":{},"transformed":true}\n'
       .. '{"payload":{"order":{"refCode":"B"}},"error":{},"transformed":false}\n')
-    local common = require("optimizely.offline.cli.common")
+    local records = require("optimizely.offline.cli.records")
     local seen = {}
-    local recs = common.records({ files = { path } }, function(rec)
+    local recs = records.iter({ files = { path } }, function(rec)
       seen[#seen + 1] = rec.payload.order.refCode
       rec.payload.order.refCode = "T-" .. rec.payload.order.refCode
       return rec.payload

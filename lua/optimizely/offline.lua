@@ -4,29 +4,24 @@
 -- @module optimizely.offline
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
+local payload = require("optimizely.offline.payload")
 
 local M = {}
 
 M.VERSION = core.VERSION
 M.errors = errors
 
-local c_encode, c_validate, new_error = core.encode, core.validate, errors.validation
-
---- Validate, normalise and serialise one payload `{lang?, user?, order}`.
+--- Validate, normalise and serialise one payload `{lang?, user?, order}`
+-- (optimizely.offline.payload).
+-- @function encode
 -- @return json, warnings  or  nil, err (kind "validation")
-function M.encode(payload)
-  local json, w = c_encode(payload)
-  if json then return json, w end
-  return nil, new_error(w.problems, w.truncated)
-end
+M.encode = payload.encode
 
---- The same rules as `encode`, without producing output.
+--- The same rules as `encode`, without producing output
+-- (optimizely.offline.payload).
+-- @function validate
 -- @return true, warnings  or  nil, err
-function M.validate(payload)
-  local ok, w = c_validate(payload)
-  if ok then return true, w end
-  return nil, new_error(w.problems, w.truncated)
-end
+M.validate = payload.validate
 
 --- An amount normalised as the encoder writes it: a plain decimal with
 -- exactly the currency's minor-unit digits, exact (digits past the minor
@@ -80,7 +75,7 @@ setmetatable(M, {
   __index = function(t, k)
     local mod = lazy[k]
     if not mod then return nil end
-    local v = require(mod)
+    local v = require(mod) -- optional-require: a part loaded on first use
     if type(v) == "table" and v[k] ~= nil then v = v[k] end
     rawset(t, k, v)
     return v

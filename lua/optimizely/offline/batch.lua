@@ -28,6 +28,7 @@ local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
 local events = require("optimizely.offline.events")
 local sched = require("optimizely.offline.sched")
+local context = require("optimizely.offline.context")
 
 local M = {}
 
@@ -97,8 +98,7 @@ function Batch.new(st, source, o)
     exhausted = false, index = 0,
     started = now(),
     -- the batch's own pseudonymiser, else the client's
-    pseudonym = o.pseudonymise ~= nil and require("optimizely.offline.client").pseudonymiser(o.pseudonymise, 3)
-      or nil,
+    pseudonym = o.pseudonymise ~= nil and context.pseudonymiser(o.pseudonymise, 3) or nil,
   }, Batch)
   self.last_progress = self.started
   -- the batch's on_event, else the client's; the client's logger
@@ -168,10 +168,9 @@ function Batch:admit(payload, channel)
   local i = self.index + 1
   self.index = i
   self.summary.read = i
-  local client = require("optimizely.offline.client")
-  local ch, cerr = client.channel_of(self.st, channel or self.o.channel)
+  local ch, cerr = context.channel_of(self.st, channel or self.o.channel)
   if not ch then return self:rejected(i, cerr, false) end
-  local json, w = client.prepare(self.st, payload, self.pseudonym)
+  local json, w = context.prepare(self.st, payload, self.pseudonym)
   if not json then return self:rejected(i, w, true) end
   if w[1] then self.warnings_of[i] = w end
   self.engine:add({ id = i, body = json, channel = ch, ref = core.ref_string(payload) })

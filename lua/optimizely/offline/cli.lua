@@ -8,6 +8,8 @@
 -- @module optimizely.offline.cli
 local argparse = require("argparse")
 local stop = require("optimizely.offline.cli.stop")
+local core = require("optimizely.offline.core")
+local errors = require("optimizely.offline.errors")
 
 local M = {}
 
@@ -38,7 +40,6 @@ local VersionRequest = {}
 -- Lua running it, one per line (`-V`, `--version`).
 -- @return the text, without a final newline
 function M.version()
-  local core = require("optimizely.offline.core")
   local lua = (type(jit) == "table" and jit.version) or _VERSION
   local curl, tls = core.curl_version()
   return ("optimizely-offline %s\nlibcurl %s%s\n%s"):format(core.VERSION, tostring(curl),
@@ -81,7 +82,7 @@ local function run_command(handler, parsed, out, err)
   local ok, code = pcall(handler.run, parsed, out, err)
   stop.release()
   if not ok then
-    if not require("optimizely.offline.errors").is_interrupt(code) then error(code, 0) end
+    if not errors.is_interrupt(code) then error(code, 0) end
     err:write("interrupted (", stop.what(), ")\n")
     code = 130
   end

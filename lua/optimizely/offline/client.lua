@@ -11,8 +11,9 @@
 --       tokens = { store = T1, callcentre = T2 } }
 --     client:send(payload, { channel = "callcentre" })
 --
--- The client turns configuration into a delivery context (transport,
--- headers per channel, policy, metrics) once; every front door below uses
+-- The client turns configuration into a delivery context
+-- (optimizely.offline.context: transport, headers per channel, policy,
+-- metrics) once; every front door below uses
 -- it, and every one delivers through the one scheduler (csrc/sched.c,
 -- optimizely.offline.sched): `send` and `cancel` (a Lua driver over
 -- libcurl's easy handle or the given transport, one request at a time, in
@@ -28,7 +29,9 @@ local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
 local sched = require("optimizely.offline.sched")
 local metrics = require("optimizely.offline.metrics")
-local events = require("optimizely.offline.events")
+local context = require("optimizely.offline.context")
+local batch = require("optimizely.offline.batch")
+local queue = require("optimizely.offline.queue")
 
 local M = {}
 
@@ -196,17 +199,7 @@ local function check_channel_name(cfg, field, name, custom)
   end
 end
 
---- A channel's name as every part of the library uses it: channel names
--- are case-insensitive (`Callcentre` is `callcentre`), so they are
--- lower-cased wherever they come in (the config, `{channel = …}`, a CSV
--- column, a wrapper line). Anything but a string is returned as it is.
--- @param name a channel name
--- @return the name in lower case
-function M.channel_name(name)
-  if type(name) == "string" then return (name:lower()) end
-  return name
-end
-local channel_name = M.channel_name
+local channel_name = context.channel_name
 
 -- The channels and their tokens: { {name =, token =}, ... } and the default.
 local function channel_list(cfg, c)
@@ -291,41 +284,7 @@ function M.check_config(cfg)
 end
 
 -- -------------------------------------------------------------------------
--- The delivery context
-
---- The User-Agent every request sends:
--- `optimizely-offline/<version> libcurl/<version> <Lua or LuaJIT version>`.
--- @return the header's value
-local function user_agent()
-  local lua = (type(jit) == "table" and jit.version) or _VERSION
-  return "optimizely-offline/" .. core.VERSION .. " libcurl/" .. (core.curl_version()) .. " " .. lua
-end
-
--- The only place a token is used: the request headers of its channel.
-local function headers_for(site, ch)
-  return {
-    "site: " .. site,
-    "siteToken: " .. ch.token,
-    "channel: " .. ch.name,
-    "Content-Type: application/json",
-    "Accept: application/json",
-  }
-end
-
-local function as_transport(tr)
-  if type(tr) == "function" then
-    return { request = function(_, ...) return tr(...) end, close = function() end }
-  end
-  return tr
-end
-
--- The events of the synchronous path (optimizely.offline.events): the
--- on_event hook, protected, and the logger. A failing hook must not break
--- delivery (its errors already carry no token: delivery.failure redacts them).
-local function emitter(ev)
-  if not ev.on_event and not ev.logger then return nil end
-  return function(kind, fields) ev:emit(kind, fields) end
-end
+-- The synchronous path (the delivery context is optimizely.offline.context)
 
 -- The synchronous path's schedulers: one request at a time in the caller,
 -- every job settled before `send` returns. Each call has one to itself
@@ -356,102 +315,6 @@ local function give_back(st, d, rec)
   st.idle_drivers[#st.idle_drivers + 1] = d
 end
 
---- A pseudonymiser from a `pseudonymise` option (true or a table; nil:
--- none). A missing or short key raises: it is configuration, found when
--- the client, queue or batch is made, never at the first order.
-function M.pseudonymiser(o, level)
-  if o == nil or o == false then return nil end
-  local p, err = require("optimizely.offline.pseudonym").resolve(o == true and {} or o)
-  if not p then error("optimizely.offline: pseudonymise: " .. err.message, (level or 1) + 1) end
-  return p
-end
-
--- The events of one synchronous job's results (retry, paused, resumed).
-local function results_emitter(st)
-  local emit = st.emit
-  if not emit then return nil end
-  return function(r)
-    local w = r.what
-    if w == "retry" then
-      emit("retry", { ref = r.ref, attempt = r.attempts, delay = r["until"],
-        error = delivery.failure(r, nil, r.attempts, r.channel, st.secrets) })
-    elseif w == "paused" or w == "resumed" then
-      emit(w, { reason = r.why, seconds = r["until"],
-        error = r.kind and delivery.failure(r, nil, 0, nil, st.secrets) or nil })
-    end
-  end
-end
-
-local function context(c)
-  local secrets, channels, index = {}, {}, {}
-  -- the default channel first: a spooled order without a channel (an
-  -- older spool file) goes out with it
-  local list = {}
-  for _, ch in ipairs(c.channels) do
-    if ch.name == c.default_channel then table.insert(list, 1, ch) else list[#list + 1] = ch end
-  end
-  for i, ch in ipairs(list) do
-    secrets[#secrets + 1] = ch.token
-    channels[i] = { name = ch.name, token = ch.token, headers = headers_for(c.site, ch) }
-    index[ch.name] = i
-  end
-  local http_opts = {
-    ca_file = c.ca_file, ca_path = c.ca_path, proxy = c.proxy,
-    timeout = c.timeout, connect_timeout = c.connect_timeout,
-    user_agent = user_agent(), verbose = c.verbose, http_version = c.http_version,
-  }
-  local transport = c.transport and as_transport(c.transport) or core.http_new(http_opts)
-  local ev = events.new({ on_event = c.on_event, logger = c.logger,
-    prefix = "optimizely.offline client: " })
-  local st = {
-    config = c, http_opts = http_opts, custom_transport = c.transport ~= nil,
-    transport = transport, channels = channels, channel_index = index,
-    default_channel = c.default_channel, secrets = secrets,
-    site = c.site, post_url = c.post_url,
-    cancel_prefix = c.cancel_prefix, cancel_suffix = c.cancel_suffix,
-    sleep = c.sleep or core.sleep, encode = require("optimizely.offline").encode,
-    policy = retry.new({ max_attempts = c.max_attempts, max_age = c.max_age, backoff_base = c.backoff_base,
-      backoff_max = c.backoff_max, retry_after_max = c.retry_after_max, random = c.random }),
-    metrics = c.metrics and core.metrics_new(secrets) or nil, -- no label may echo a token
-    pseudonym = M.pseudonymiser(c.pseudonymise, 5),
-    events = ev, emit = emitter(ev),
-    on_event = c.on_event, logger = c.logger,
-    serial = 0, drivers = {}, idle_drivers = {},
-  }
-  st.on_results = results_emitter(st)
-  return st
-end
-
--- "callcentre, store": the channels a context has a token for.
-local function token_channels(st)
-  local names = {}
-  for i, ch in ipairs(st.channels) do names[i] = ch.name end
-  table.sort(names)
-  return table.concat(names, ", ")
-end
-
---- The channel index for an order, or nil, err (kind "config": no token,
--- or no channel and no default; the message lists the channels that have
--- a token). `name` is compared case-insensitively.
--- @param st a delivery context (`M.state`), or any table with `channels`
---   (`{name =}` list), `channel_index` (name -> index) and `default_channel`
--- @param name the order's channel, or nil for the default
-function M.channel_of(st, name)
-  name = channel_name(name) or st.default_channel
-  if name == nil then
-    return nil, errors.new({ kind = "config", retryable = false,
-      message = "the order names no channel and there is no default channel (config.channel); "
-        .. "channels with a token: " .. token_channels(st) })
-  end
-  local i = st.channel_index[name]
-  if not i then
-    return nil, errors.new({ kind = "config", retryable = false, channel = tostring(name),
-      message = "no token for channel " .. opts.show(name) .. " (config.tokens); channels with a token: "
-        .. token_channels(st) })
-  end
-  return i
-end
-
 -- -------------------------------------------------------------------------
 -- The client object
 
@@ -469,34 +332,9 @@ local SEND_OPTS = opts.schema("optimizely.offline.client", "opts", { channel = {
 
 local function send_channel(st, o)
   if o ~= nil then o = SEND_OPTS:check(o, 3) end
-  local i, err = M.channel_of(st, o and o.channel)
+  local i, err = context.channel_of(st, o and o.channel)
   if not i then err.attempts = 0 end
   return i, err
-end
-
---- The one way an order becomes bytes: pseudonymise (when asked) before
--- validation, then encode. The pseudonymiser's warnings come first.
--- @param st the delivery context (`M.state`)
--- @param payload `{lang?, user?, order}` as `offline.encode` takes it
--- @param p a pseudonymiser instead of the client's (a queue's or batch's
---   own), false for none, nil for the client's
--- @return json, warnings (a list, maybe empty) | nil, err (kind
---   "validation", with `problems`)
-function M.prepare(st, payload, p)
-  if p == nil then p = st.pseudonym end
-  local pw
-  if p then
-    local p2, w = p:apply(payload)
-    if not p2 then return nil, w end
-    payload, pw = p2, w
-  end
-  local json, warnings = st.encode(payload)
-  if not json then return nil, warnings end
-  if pw and pw[1] then
-    for i = 1, #warnings do pw[#pw + 1] = warnings[i] end
-    warnings = pw
-  end
-  return json, warnings
 end
 
 -- One job through the synchronous driver, until it settles: a POST of
@@ -532,7 +370,7 @@ function Client:send(payload, o)
   local st = state(self)
   local i, cerr = send_channel(st, o)
   if not i then return nil, cerr end
-  local json, warnings = M.prepare(st, payload)
+  local json, warnings = context.prepare(st, payload)
   if not json then
     if st.metrics then st.metrics:invalid() end
     warnings.attempts = 0
@@ -595,7 +433,7 @@ function Client:send_batch(source, o)
   if st.custom_transport then
     error("optimizely.offline.client: send_batch needs the libcurl transport (under nginx use a queue)", 2)
   end
-  local summary = require("optimizely.offline.batch").run(st, source, o)
+  local summary = batch.run(st, source, o)
   return summary -- not a tail call: option errors point at the caller
 end
 
@@ -607,7 +445,7 @@ function Client:queue(o)
     error("optimizely.offline.client: this queue needs the libcurl transport"
       .. " (under nginx use optimizely.offline.ngx)", 2)
   end
-  local q, err = require("optimizely.offline.queue").new(st, o)
+  local q, err = queue.new(st, o)
   return q, err -- not a tail call: option errors point at the caller
 end
 
@@ -621,7 +459,7 @@ end
 function Client:channel(name)
   local st = private[self]
   if not st then error("optimizely.offline.client: not a client object", 2) end
-  local i, err = M.channel_of(st, name)
+  local i, err = context.channel_of(st, name)
   if not i then return nil, err end
   return st.channels[i].name
 end
@@ -670,7 +508,7 @@ end
 function M.client(config)
   local c = M.check_config(config)
   local self = setmetatable({}, Client)
-  private[self] = context(c)
+  private[self] = context.new(c)
   return self
 end
 
@@ -683,6 +521,5 @@ function M.state(client)
 end
 
 M.Client = Client
-M.user_agent = user_agent
 
 return M

@@ -33,8 +33,8 @@
 -- or in doubt).
 -- @module optimizely.offline.events
 local core = require("optimizely.offline.core")
-local is_interrupt = require("optimizely.offline.errors").is_interrupt
-local clean = require("optimizely.offline.errors").clean
+local errors = require("optimizely.offline.errors")
+local is_interrupt, clean = errors.is_interrupt, errors.clean
 
 local M = {}
 
@@ -139,7 +139,7 @@ end
 -- @param message the log line instead of the default one (optional)
 function Events:emit(kind, fields, message)
   fields.type = kind
-  local err = self.on_event and require("optimizely.offline.errors").callback(self.on_event, fields)
+  local err = self.on_event and errors.callback(self.on_event, fields)
   if err and self.on_error then self.on_error("on_event", err) end
   if self.logger then
     local level = M.LEVELS[kind] or "warn"

@@ -33,54 +33,21 @@ local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
 local events = require("optimizely.offline.events")
 local sched = require("optimizely.offline.sched")
+local spool = require("optimizely.offline.spool")
+local metrics = require("optimizely.offline.metrics")
+local context = require("optimizely.offline.context")
+local queue_opts = require("optimizely.offline.queue_opts")
 
 local M = {}
 
---- The default age limit of a queued order: 3 days.
-M.MAX_AGE = 3 * 86400
-
---- The `logger` option's check: a `function(level, message)`, or false
--- for no log lines (nil: the client's logger).
--- @param v the option's value
--- @return true | nil, message
--- @local
-local function check_logger(v)
-  if v == false or type(v) == "function" then return true end
-  return nil, "must be a function(level, message) or false"
-end
-
---- The options both queues (this one and optimizely.offline.ngx.queue)
--- share: one vocabulary.
-M.common = {
-  max_queue = { type = "integer", min = 1, max = 1e9, default = 10000 },
-  concurrency = { type = "integer", min = 1, max = sched.MAX_CONCURRENCY, default = 4 },
-  spool = { type = "string", nonempty = true },
-  spool_max_orders = { type = "integer", min = 1, max = 1e15, requires = "spool" },
-  spool_max_bytes = { type = "integer", min = 1, max = 1e15, requires = "spool" },
-  spool_on_full = { type = "choice", choices = { "refuse", "drop_oldest" }, requires = "spool" },
-  spool_sync = { type = "choice", choices = { "normal", "full" }, requires = "spool" },
-  lease = { type = "number", min = 1, max = 86400 * 7 },
-  max_attempts = { type = "integer", min = 1, max = 1e6 },
-  max_age = { type = "number", above = 0, max = 86400 * 3650, default = M.MAX_AGE },
-  auth_pause = { type = "number", min = 0.01, max = 86400, default = sched.DEFAULTS.auth_pause },
-  channel = { type = "string", nonempty = true },
-  on_success = { type = "function" },
-  on_failure = { type = "function" },
-  on_event = { type = "function" },
-  logger = { type = "any", check = check_logger },
-  pseudonymise = { type = "any" },
-}
-
-local fields = {}
-for k, v in pairs(M.common) do fields[k] = v end
-fields.spool_poll = { type = "number", min = 0.001, max = 60, default = 0.25 }
--- the libcurl engine's adaptive in-flight limit (as send_batch's): up to
--- `concurrency` in flight, fewer while the endpoint answers 429/5xx or
--- slows down (doc/topics/performance.md)
-fields.adaptive = { type = "boolean", default = true }
-
---- This queue's options.
-M.schema = opts.schema("queue", "opts", fields)
+--- This queue's options: the shared ones (optimizely.offline.queue_opts),
+-- `spool_poll`, and `adaptive` (the libcurl engine's adaptive in-flight
+-- limit, as send_batch's: up to `concurrency` in flight, fewer while the
+-- endpoint answers 429/5xx or slows down; doc/topics/performance.md).
+M.schema = queue_opts.schema("queue", {
+  spool_poll = { type = "number", min = 0.001, max = 60, default = 0.25 },
+  adaptive = { type = "boolean", default = true },
+})
 
 local Queue = {}
 Queue.__index = Queue
@@ -94,14 +61,6 @@ local function check_lease(o, st)
   end
 end
 
---- The engine's delivery policy for a queue: the client's backoff, no
--- attempt limit unless asked, the age limit.
-function M.policy(st, o)
-  local p = st.policy
-  return { max_attempts = o.max_attempts or false, max_age = o.max_age, backoff_base = p.backoff_base,
-    backoff_max = p.backoff_max, backoff_floor = p.backoff_floor, retry_after_max = p.retry_after_max }
-end
-
 --- Opens the spool named by `opts.spool` (nothing without one) with the
 -- queue's bounds, into `self.spool` (a step of `start_worker`).
 -- @return true | nil, err (optimizely.offline.spool's kinds: "foreign",
@@ -110,7 +69,7 @@ end
 function Queue:open_spool()
   local o = self.o
   if not o.spool then return true end
-  local sp, err = require("optimizely.offline.spool").open(o.spool, {
+  local sp, err = spool.open(o.spool, {
     max_orders = o.spool_max_orders, max_bytes = o.spool_max_bytes, max_age = o.max_age,
     on_full = o.spool_on_full, sync = o.spool_sync,
   })
@@ -133,7 +92,7 @@ function Queue:start_worker()
   local wok, w = pcall(core.worker_new, sched.config(st, {
     http = st.http_opts, concurrency = o.concurrency, adaptive = o.adaptive, on_stop = "pause",
     auth_pause = o.auth_pause, report_all = o.on_success ~= nil,
-    report_retries = (self.events.on_event or self.events.logger) ~= nil, policy = M.policy(st, o),
+    report_retries = (self.events.on_event or self.events.logger) ~= nil, policy = queue_opts.policy(st, o),
     max_queue = o.max_queue, spool = self.spool and self.spool.handle or nil,
     lease = o.lease, spool_poll = o.spool_poll,
     cancel_prefix = st.cancel_prefix, cancel_suffix = st.cancel_suffix,
@@ -156,15 +115,14 @@ end
 
 --- Create a queue. Called by `client:queue(opts)` / `offline.queue(client, opts)`.
 -- @param st the client's delivery context
--- @param o options (see `M.common` and doc/topics/queue.md); bad options raise
+-- @param o options (see `M.schema` and doc/topics/queue.md); bad options raise
 -- @return queue, or nil, err (the spool could not be opened)
 function M.new(st, o)
   if o ~= nil and type(o) ~= "table" then error("queue: opts must be a table, got " .. type(o), 3) end
   o = M.schema:check(o, 3)
   check_lease(o, st)
-  local client = require("optimizely.offline.client")
   local self = setmetatable({ st = st, o = o,
-    pseudonym = o.pseudonymise ~= nil and client.pseudonymiser(o.pseudonymise, 3) or nil,
+    pseudonym = o.pseudonymise ~= nil and context.pseudonymiser(o.pseudonymise, 3) or nil,
     counts = { invalid = 0, full = 0, failed = 0, callback_errors = 0, dropped = {} }, storage_seen = 0 }, Queue)
   -- the queue's logger, else the client's
   local logger = o.logger
@@ -193,12 +151,12 @@ end
 local PUSH_OPTS = opts.schema("queue", "push opts", { channel = { type = "string", nonempty = true } })
 
 --- Pseudonymises (the queue's `pseudonymise` option, else the client's)
--- and encodes one order: `client.prepare`.
+-- and encodes one order: `context.prepare`.
 -- @param payload the order
 -- @return json, warnings | nil, err (kind "validation")
 -- @local
 function Queue:prepare(payload)
-  return require("optimizely.offline.client").prepare(self.st, payload, self.pseudonym)
+  return context.prepare(self.st, payload, self.pseudonym)
 end
 
 --- Counts a refused push in `stats().dropped[kind]` and returns its error.
@@ -252,7 +210,7 @@ function Queue:push(payload, po)
   if self.closed then error("queue: push on a closed queue", 2) end
   if po ~= nil then po = PUSH_OPTS:check(po, 2) end
   self:check_pid()
-  local ch, cerr = require("optimizely.offline.client").channel_of(self.st,
+  local ch, cerr = context.channel_of(self.st,
     (po and po.channel) or self.o.channel)
   if not ch then return self:refuse("config", cerr) end
   local json, w = self:prepare(payload)
@@ -273,12 +231,11 @@ function Queue:push_many(list)
   if self.closed then error("queue: push_many on a closed queue", 2) end
   if type(list) ~= "table" then error("queue: push_many expects an array of payloads, got " .. type(list), 2) end
   self:check_pid()
-  local client = require("optimizely.offline.client")
   local refused, batch = {}, {}
   for i, item in ipairs(list) do
     local payload, channel = item, nil
     if type(item) == "table" and rawget(item, "payload") ~= nil then payload, channel = item.payload, item.channel end
-    local ch, cerr = client.channel_of(self.st, channel or self.o.channel)
+    local ch, cerr = context.channel_of(self.st, channel or self.o.channel)
     local json, w
     if ch then json, w = self:prepare(payload) else w = cerr end
     if json then
@@ -480,7 +437,6 @@ function Queue:close(timeout)
   stats.running = false
   self.final_stats = stats
   -- the thread's last counts (the orders dropped while it stopped included)
-  local metrics = require("optimizely.offline.metrics")
   local m = metrics.merge(metrics.empty(), self:complete_metrics(final, stats))
   for _, r in ipairs(leftovers or {}) do
     if r.what == "dropped" then
@@ -569,7 +525,7 @@ end
 -- shape). After `close`, the last values.
 -- @return the metrics table
 function Queue:metrics()
-  if self.closed then return self.final_metrics or require("optimizely.offline.metrics").empty() end
+  if self.closed then return self.final_metrics or metrics.empty() end
   self:check_pid()
   return self:complete_metrics(self.worker:metrics(), self:stats())
 end

@@ -1,9 +1,10 @@
 --- Shared pieces of the CLI commands: the options they declare, usage
 -- errors, message safety (every value a message shows is escaped), output
 -- files (private, atomic, never one of the inputs) and transforms. The
--- records iterator, the rejects file, the progress bar and the credentials
--- live in their own modules and are re-exported here, so a command needs
--- only this one.
+-- records iterator (and the options of a command that reads orders), the
+-- rejects file, the progress bar and the credentials live in their own
+-- modules above this one (cli.records, cli.rejects, cli.progress,
+-- cli.config): a command requires those it uses.
 -- @module optimizely.offline.cli.common
 local core = require("optimizely.offline.core")
 local files = require("optimizely.offline.files")
@@ -65,25 +66,6 @@ function M.input_options(cmd)
   cmd:flag("--decimal-comma", "Amounts are written with a decimal comma, as tills do: 2,24 and 1.234,56.")
   cmd:flag("--currency-symbols", "Amounts may carry their currency's symbol or code: £2.24, 2,24 €, GBP 2.24 "
     .. "(dropped when it is the order's currency).")
-end
-
---- A command that reads orders (send, validate, convert): the input, the
--- pseudonymiser and the output options, plus `--config` (with `credentials`
--- the whole set of where-and-as-whom options).
--- @return the argparse command
-function M.order_command(parser, name, help, credentials)
-  local cmd = parser:command(name, help)
-  M.input_options(cmd)
-  require("optimizely.offline.cli.age").option(cmd)
-  require("optimizely.offline.cli.pseudonymise").options(cmd, true)
-  if credentials then
-    M.credential_options(cmd)
-  else
-    M.config_option(cmd)
-    cmd:epilog(M.LOCAL_ENV_HELP)
-  end
-  M.output_options(cmd)
-  return cmd
 end
 
 --- Options that say where and as whom to send.
@@ -342,30 +324,6 @@ function M.refuse_overwrite(inputs, outputs)
   end
 end
 
---- The paths a command reads from, which no output may overwrite (see
--- `refuse_overwrite`): its input files, its `--transform` and `--config`
--- files, and the CA file or directory wherever it is named (`--ca-file`,
--- $OPTIMIZELY_CA_FILE, the config file's `ca_file` and `ca_path`).
--- @param args the parsed arguments
--- @param getenv function(name) (default os.getenv)
--- @return a list of paths
-function M.inputs_of(args, getenv)
-  getenv = getenv or os.getenv
-  local list = {}
-  local function add(p) if type(p) == "string" and p ~= "" then list[#list + 1] = p end end
-  for _, f in ipairs(args.files or {}) do add(f) end
-  add(args.transform)
-  add(args.config)
-  add(args.ca_file)
-  add(getenv("OPTIMIZELY_CA_FILE"))
-  if args.config then
-    local v = M.settings(args, getenv).file.values
-    add(v.ca_file)
-    add(v.ca_path)
-  end
-  return list
-end
-
 -- Writers not yet committed: thrown away by `guard` when a command fails.
 local open_outputs = setmetatable({}, { __mode = "k" })
 
@@ -473,27 +431,5 @@ function M.load_transform(path)
   end
   return fn
 end
-
--- ------------------------------------------------------------ re-exports
--- (loaded on first use: those modules use the helpers above)
-
-local function lazy(mod, name)
-  return function(...) return require("optimizely.offline.cli." .. mod)[name](...) end
-end
-
---- See `optimizely.offline.cli.config.client_config`.
-M.client_config = lazy("config", "client_config")
---- See `optimizely.offline.cli.config.client`.
-M.client = lazy("config", "client")
---- See `optimizely.offline.cli.config.settings`.
-M.settings = lazy("config", "settings")
---- See `optimizely.offline.cli.records.iter`.
-M.records = lazy("records", "iter")
---- See `optimizely.offline.cli.rejects.new`.
-M.rejects = lazy("rejects", "new")
---- See `optimizely.offline.cli.progress.new`.
-M.progress = lazy("progress", "new")
---- See `optimizely.offline.cli.progress.isatty`.
-M.isatty = lazy("progress", "isatty")
 
 return M

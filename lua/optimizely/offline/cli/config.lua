@@ -29,6 +29,7 @@
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
 local common = require("optimizely.offline.cli.common")
+local offline = require("optimizely.offline")
 
 local config_error, label = common.config_error, common.label
 
@@ -444,7 +445,6 @@ end
 -- @param getenv function(name) (default os.getenv)
 -- @param err writer for warnings (default io.stderr)
 function M.client(args, getenv, err)
-  local offline = require("optimizely.offline")
   local conf, notes = M.client_config(args, getenv)
   for _, n in ipairs(notes) do common.say(err or io.stderr, n) end
   local secrets = M.secrets(conf, M.settings(args, getenv))
@@ -454,6 +454,30 @@ function M.client(args, getenv, err)
     config_error(errors.redact_all(msg, secrets))
   end
   return client
+end
+
+--- The paths a command reads from, which no output may overwrite (see
+-- `optimizely.offline.cli.common.refuse_overwrite`): its input files, its `--transform` and `--config`
+-- files, and the CA file or directory wherever it is named (`--ca-file`,
+-- $OPTIMIZELY_CA_FILE, the config file's `ca_file` and `ca_path`).
+-- @param args the parsed arguments
+-- @param getenv function(name) (default os.getenv)
+-- @return a list of paths
+function M.inputs_of(args, getenv)
+  getenv = getenv or os.getenv
+  local list = {}
+  local function add(p) if type(p) == "string" and p ~= "" then list[#list + 1] = p end end
+  for _, f in ipairs(args.files or {}) do add(f) end
+  add(args.transform)
+  add(args.config)
+  add(args.ca_file)
+  add(getenv("OPTIMIZELY_CA_FILE"))
+  if args.config then
+    local v = M.settings(args, getenv).file.values
+    add(v.ca_file)
+    add(v.ca_path)
+  end
+  return list
 end
 
 return M

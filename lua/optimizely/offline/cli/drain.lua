@@ -23,6 +23,9 @@ local common = require("optimizely.offline.cli.common")
 local stop = require("optimizely.offline.cli.stop")
 local sched = require("optimizely.offline.sched")
 local spool = require("optimizely.offline.spool")
+local core = require("optimizely.offline.core")
+local config = require("optimizely.offline.cli.config")
+local report = require("optimizely.offline.cli.report")
 
 local M = {}
 
@@ -62,7 +65,7 @@ function M.new(args, out, err)
     concurrency = common.int_option(args.concurrency, "concurrency", 1, sched.MAX_CONCURRENCY),
     max_attempts = common.int_option(args.max_attempts, "max-attempts", 1, 100) or M.MAX_ATTEMPTS,
     grace = stop.grace(common.seconds_option(args.grace, "grace")),
-    sent = 0, dead = 0, clock = require("optimizely.offline.core").now,
+    sent = 0, dead = 0, clock = core.now,
   }, Drain)
 end
 
@@ -116,7 +119,7 @@ end
 -- @return exit code
 -- @local
 function Drain:drain()
-  local client = common.client(self.args, nil, self.err)
+  local client = config.client(self.args, nil, self.err)
   self.before = assert(stats_of(self.path))
   self.t0 = self.clock()
   self:make_due()
@@ -133,7 +136,7 @@ end
 -- @return exit code
 -- @local
 function Drain:summary()
-  local a, plural = self.after or {}, require("optimizely.offline.cli.report").plural
+  local a, plural = self.after or {}, report.plural
   local queued, dead = a.queued or 0, a.dead or 0
   if self.refused then
     common.say(self.err, "error: the credentials were refused (", tostring(self.refused),

@@ -8,6 +8,8 @@ local config = require("optimizely.offline.cli.config")
 local dates = require("optimizely.offline.cli.dates")
 local money = require("optimizely.offline.cli.money")
 local age = require("optimizely.offline.cli.age")
+local pseudonymise = require("optimizely.offline.cli.pseudonymise")
+local core = require("optimizely.offline.core")
 
 local config_error, where = common.config_error, common.where
 
@@ -20,7 +22,7 @@ local M = {}
 function M.reader_opts(settings)
   local opts = { format = settings.format, map = settings.map, order_rows = settings.order_rows,
     input_encoding = settings.input_encoding }
-  if settings.input_encoding ~= nil and not require("optimizely.offline.core").decoder(settings.input_encoding) then
+  if settings.input_encoding ~= nil and not core.decoder(settings.input_encoding) then
     config_error("--input-encoding must be utf-8, cp1252 (Windows-1252) or latin1 (ISO-8859-1), got "
       .. common.label(settings.input_encoding))
   end
@@ -127,6 +129,29 @@ local function item_of(self, rec, fi)
   return item
 end
 
+--- A command that reads orders (send, validate, convert): the input, the
+-- pseudonymiser and the output options, plus `--config` (with `credentials`
+-- the whole set of where-and-as-whom options).
+-- @param parser the argparse parser
+-- @param name the command's name
+-- @param help its one-line help
+-- @param credentials true for the credential options (send), else `--config`
+-- @return the argparse command
+function M.order_command(parser, name, help, credentials)
+  local cmd = parser:command(name, help)
+  common.input_options(cmd)
+  age.option(cmd)
+  pseudonymise.options(cmd, true)
+  if credentials then
+    common.credential_options(cmd)
+  else
+    common.config_option(cmd)
+    cmd:epilog(common.LOCAL_ENV_HELP)
+  end
+  common.output_options(cmd)
+  return cmd
+end
+
 --- Iterates over every record of every file, after the transform and the
 -- date conversion. Yields `item` tables, each with `fi` (the file's
 -- position in `args.files`):
@@ -159,7 +184,7 @@ function M.iter(args, transform, progress, resume)
     files = args.files, opts = M.reader_opts(settings),
     converters = {},
     transform = transform, ctx = { state = {} },
-    pseudonym = args.pseudonymise and require("optimizely.offline.cli.pseudonymise").build(args) or nil,
+    pseudonym = args.pseudonymise and pseudonymise.build(args) or nil,
     age = age.guard(args.max_order_age),
   }
   -- the conversions asked for, in this order (nil: not asked)

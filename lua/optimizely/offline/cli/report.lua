@@ -21,6 +21,8 @@
 local core = require("optimizely.offline.core")
 local common = require("optimizely.offline.cli.common")
 local stop = require("optimizely.offline.cli.stop")
+local config = require("optimizely.offline.cli.config")
+local metrics = require("optimizely.offline.metrics")
 
 local M = {}
 
@@ -48,7 +50,7 @@ M.plural = plural
 -- @param client the run's client
 function M.endpoint(args, client)
   if not client then return nil end
-  local ok, conf = pcall(common.client_config, args)
+  local ok, conf = pcall(config.client_config, args)
   if not ok then return nil end
   local names, seen, extra = {}, {}, {}
   for n in pairs(conf.tokens or {}) do extra[#extra + 1] = n end
@@ -76,7 +78,7 @@ end
 -- from the client's latency histogram), or nil when nothing was sent.
 function M.latency(client)
   if not client then return nil end
-  local q = require("optimizely.offline.metrics").percentiles(client:metrics().latency, { 0.5, 0.9, 0.99 })
+  local q = metrics.percentiles(client:metrics().latency, { 0.5, 0.9, 0.99 })
   if q[1] == nil then return nil end
   local function ms(x) return math.floor(x * 1e6 + 0.5) / 1e6 end
   return { p50 = ms(q[1]), p90 = ms(q[2]), p99 = ms(q[3]) }
@@ -144,7 +146,6 @@ end
 -- @return the exit code: `code`, or 1 when the file could not be written
 function M.write_metrics(run, code)
   if not run.metrics_sink then return code end
-  local metrics = require("optimizely.offline.metrics")
   return put(run, run.metrics_sink, metrics.prometheus(run.client or metrics.empty()), "the metrics file", code)
 end
 

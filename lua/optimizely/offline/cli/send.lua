@@ -26,7 +26,12 @@
 -- is read again from the last record accounted for, so nothing is left
 -- unaccounted.
 -- @module optimizely.offline.cli.send
+local core = require("optimizely.offline.core")
+local offline = require("optimizely.offline")
 local common = require("optimizely.offline.cli.common")
+local config = require("optimizely.offline.cli.config")
+local records = require("optimizely.offline.cli.records")
+local channels = require("optimizely.offline.cli.channels")
 local problems = require("optimizely.offline.cli.problems")
 local rejects = require("optimizely.offline.cli.rejects")
 local progress = require("optimizely.offline.cli.progress")
@@ -43,7 +48,7 @@ M.MAX_PRINTED = 50
 
 --- Adds the `send` command and its options to the argparse parser.
 function M.register(parser)
-  local cmd = common.order_command(parser, "send", "Validate and send orders (streamed, concurrent, with retries).",
+  local cmd = records.order_command(parser, "send", "Validate and send orders (streamed, concurrent, with retries).",
     true)
   cmd:option("--concurrency", "Requests in flight at once (1..1024).", "8"):argname("<n>")
   cmd:option("--rate", "Send at most this many orders per second."):argname("<orders/s>")
@@ -81,7 +86,6 @@ M.Send = Send
 
 --- A run of the command (nothing happens until `main`).
 function Send.new(args, out, err)
-  local core = require("optimizely.offline.core")
   return setmetatable({
     args = args, out = out, err = err, clock = core.now or os.clock,
     quiet = args.quiet, verbose = args.verbose, dry = args.dry_run, phase = "setup",
@@ -158,10 +162,10 @@ function Send:setup()
       common.config_error("--check-first reads the input twice: give files, not standard input")
     end
   end
-  common.refuse_overwrite(common.inputs_of(args), { { "--rejects", args.rejects }, { "--report", args.report },
+  common.refuse_overwrite(config.inputs_of(args), { { "--rejects", args.rejects }, { "--report", args.report },
     { "--metrics", args.metrics } })
   self.transform = common.load_transform(args.transform)
-  self.client = not self.dry and common.client(args, nil, self.err) or nil
+  self.client = not self.dry and config.client(args, nil, self.err) or nil
   self.endpoint = report.endpoint(args, self.client)
   self.rejects = rejects.new(args.rejects, { keep = true })
   -- opened now: a typo in its path fails before anything is sent
@@ -169,7 +173,7 @@ function Send:setup()
   self.metrics_sink = args.metrics and common.open_output(args.metrics, "the metrics file", nil,
     common.file_mode(args.metrics_mode, "metrics-mode"))
   self.progress = progress.new(self.err, self.quiet, self.clock, args.files)
-  self.records = common.records(args, self.transform, self.progress)
+  self.records = records.iter(args, self.transform, self.progress)
   self.started_at, self.t0 = os.time(), self.clock()
 end
 
@@ -290,12 +294,12 @@ function Send:done() return self.st.sent + self.st.valid + self.st.rejected end
 -- @local
 function Send:check()
   self.phase = "check"
-  local validate = require("optimizely.offline").validate
+  local validate = offline.validate
   local bar = progress.new(self.err, self.quiet, self.clock, self.args.files)
   local saved = self.progress
   self.progress = bar
   local checked = { read = 0, failed = 0, split = 0, filtered = 0 }
-  for item in common.records(self.args, self.transform, bar) do
+  for item in records.iter(self.args, self.transform, bar) do
     checked.read = checked.read + 1
     if item.skipped then checked.filtered = checked.filtered + 1 end
     local e
@@ -324,7 +328,7 @@ end
 -- dry run); nil when it can.
 -- @local
 function Send:channel_problem(item)
-  self.channel_check = self.channel_check or require("optimizely.offline.cli.channels").checker(self.args, self.client)
+  self.channel_check = self.channel_check or channels.checker(self.args, self.client)
   local e = self.channel_check(item.rec and item.rec.channel)
   if e then item.stage = "validation" end
   return e
@@ -442,7 +446,7 @@ end
 --- The dry run: every record read, transformed, validated and encoded.
 -- @local
 function Send:run_dry()
-  local encode = require("optimizely.offline").encode
+  local encode = offline.encode
   local st = self.st
   for item in self.records do
     if not item.skipped then st.read = st.read + 1 end
@@ -555,7 +559,7 @@ function Send:settle_rest()
   local reason = self.interrupted and "interrupted" or "error"
   local rest = self.records
   if self.args.files[self.pos.fi] ~= "-" then
-    rest = common.records(self.args, self.transform, nil, self.pos)
+    rest = records.iter(self.args, self.transform, nil, self.pos)
   end
   for item in rest do
     if not item.skipped then self.st.read = self.st.read + 1 end

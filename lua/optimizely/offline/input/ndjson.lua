@@ -286,7 +286,7 @@ local function reread_csv(self, value)
   if type(header) ~= "string" then
     return { fail(self.name, 0, "rejected", "a rejects line with raw CSV rows needs raw_header") }
   end
-  local csv = require("optimizely.offline.input.csv")
+  local csv = require("optimizely.offline.input.csv") -- optional-require: needs the C core
   local delimiter = type(value.raw_delimiter) == "string" and value.raw_delimiter or ","
   local ok, it = pcall(csv.new, string_handle(header .. "\n" .. value.raw .. "\n"), self.name,
     { map = self.opts.map, delimiter = delimiter }, { bytes = 0 })
@@ -311,7 +311,8 @@ function reread(self, value, n)
     list = reread_csv(self, value)
   elseif value.raw_format == "xml" then
     list = {}
-    local it = require("optimizely.offline.input.xml").new(string_handle("<orders>" .. value.raw .. "</orders>"),
+    local xml = require("optimizely.offline.input.xml") -- optional-require: needs lxp and the C core
+    local it = xml.new(string_handle("<orders>" .. value.raw .. "</orders>"),
       self.name, {}, { bytes = 0 })
     for rec in it do list[#list + 1] = rec end
   else

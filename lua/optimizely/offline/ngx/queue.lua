@@ -18,7 +18,7 @@
 -- (optimizely.offline.ngx.flusher), the stores sit behind the scheduler's
 -- hooks (optimizely.offline.ngx.store_memory, store_spool, store_shm) and
 -- the results reach the user as callbacks, events and metrics
--- (optimizely.offline.ngx.report). The same options (`queue.common`), the
+-- (optimizely.offline.ngx.report). The same options (optimizely.offline.queue_opts), the
 -- same `push` return and the same `stats()` keys as the threaded queue.
 --
 -- `push` validates and encodes at once, then hands the bytes to the store
@@ -47,7 +47,7 @@ local ngx = ngx
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
 local opts = require("optimizely.offline.opts")
-local client = require("optimizely.offline.client")
+local ctx = require("optimizely.offline.context")
 local events = require("optimizely.offline.events")
 local context = require("optimizely.offline.ngx.context")
 local setup = require("optimizely.offline.ngx.setup")
@@ -132,7 +132,7 @@ function M.new(client_config, o)
   self.report = report.new(self)
   self.events = events.new({ on_event = o.on_event, logger = o.logger, prefix = "optimizely.offline queue: ",
     on_error = function(name, err) self.report:callback_failed(name, err) end })
-  self.pseudonym = o.pseudonymise ~= nil and client.pseudonymiser(o.pseudonymise, 2) or nil
+  self.pseudonym = o.pseudonymise ~= nil and ctx.pseudonymiser(o.pseudonymise, 2) or nil
   local store, err = setup.store(self, phase)
   if not store then return nil, err end
   self.store = store
@@ -191,9 +191,9 @@ function Queue:push(payload, po)
   local n = store:pending()
   if n >= self.o.max_queue then return self:refuse(self:full_error(n)) end
   local st = self.st
-  local ch, cerr = client.channel_of(st, (po and po.channel) or self.o.channel)
+  local ch, cerr = ctx.channel_of(st, (po and po.channel) or self.o.channel)
   if not ch then return self:refuse(cerr) end
-  local json, warnings = client.prepare(st, payload, self.pseudonym)
+  local json, warnings = ctx.prepare(st, payload, self.pseudonym)
   if not json then return self:refuse(warnings) end
   -- (issue 17) the ledger's look-up belongs here: an order already sent is
   -- skipped, a changed one refused, before the store sees it

@@ -15,6 +15,7 @@
 local ngx = ngx
 local core = require("optimizely.offline.core")
 local delivery = require("optimizely.offline.delivery")
+local spool = require("optimizely.offline.spool")
 
 local now, min = ngx.now, math.min
 
@@ -28,7 +29,6 @@ Store.__index = Store
 -- a new file, so a busy open is retried for up to ~2 s. init_worker cannot
 -- yield; a short blocking wait there delays only this worker's start.
 local function open(o, yieldable)
-  local spool = require("optimizely.offline.spool")
   local pause = yieldable and ngx.sleep or core.sleep
   local sopts = { max_orders = o.spool_max_orders, max_bytes = o.spool_max_bytes, max_age = o.max_age,
     on_full = o.spool_on_full, sync = o.spool_sync }
