@@ -10,7 +10,8 @@
  *       zone:offset(t) -> seconds east of UTC, is_dst; zone:name()
  *   core.date_check_format(fmt) -> true | nil, err {kind = "config", message}
  *   core.date_convert(s, fmt|nil, zone|nil) -> "YYYY-MM-DDTHH:MM:SS GMT", warning|nil
- *       | nil, message, kind ("format", "impossible", "nonexistent", "range")
+ *       | nil, err {kind = "validation", message, code ("format", "impossible",
+ *         "nonexistent", "range")}
  *
  * A local time the clocks skipped (spring forward) is refused ("nonexistent"):
  * no till can have sold at that time, so the clock or the export is wrong.
@@ -610,11 +611,13 @@ static int l_date_check_format(lua_State *L) {
     return 1;
 }
 
-static int push_err(lua_State *L, const char *kind, const char *msg) {
-    lua_pushnil(L);
-    lua_pushstring(L, msg);
-    lua_pushstring(L, kind);
-    return 3;
+/* nil, {kind = "validation", message, code = why ("format", "impossible",
+ * "nonexistent", "range"), retryable = false} (core.h: oo_push_error) */
+static int push_err(lua_State *L, const char *why, const char *msg) {
+    oo_error err = {"validation", NULL, 0, NULL, 0, 0};
+    err.message = msg;
+    err.code = why;
+    return oo_push_error(L, &err);
 }
 
 static void offset_text(char *out, size_t cap, long off) {
@@ -665,7 +668,7 @@ static int try_format(const char *fmt, const char *s, size_t n, fields *f, char 
 }
 
 /*** core.date_convert(s, fmt|nil, zone|nil) -> documented form, warning|nil
- *   | nil, message, kind */
+ *   | nil, err {kind = "validation", message, code} */
 static int l_date_convert(lua_State *L) {
     static const char *const local_forms[] = {"%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S",
                                               "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", NULL};

@@ -67,7 +67,13 @@ describe("local dates", function()
   describe("core.date_convert", function()
     local london
     setup(function() london = assert(core.tz_load("Europe/London")) end)
-    local function conv(s, fmt, zone) return core.date_convert(s, fmt, zone) end
+    -- out, warning | nil, message, why (from the error's message and code)
+    local function conv(s, fmt, zone)
+      local out, e = core.date_convert(s, fmt, zone)
+      if out then return out, e end
+      assert.equal("validation", e.kind)
+      return nil, e.message, e.code
+    end
 
     it("reads a UK till's dates in London time", function()
       assert.equal("2024-06-16T13:25:00 GMT", conv("16/06/2024 14:25", "%d/%m/%Y %H:%M", london))

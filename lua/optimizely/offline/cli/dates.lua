@@ -97,11 +97,11 @@ function M.converter(input)
     local o = type(payload) == "table" and payload.order
     local v = type(o) == "table" and o.orderDate
     if type(v) ~= "string" then return nil end
-    local out, note, kind = convert(v, fmt, zone)
+    local out, note = convert(v, fmt, zone) -- out, warning | nil, err {message, code}
     if not out then
       local msg
-      if kind ~= "format" then msg = note .. ", got " .. quote(v, 60)
-      elseif fmt then msg = "must match " .. expected .. " (" .. note .. "), got " .. quote(v, 60)
+      if note.code ~= "format" then msg = note.message .. ", got " .. quote(v, 60)
+      elseif fmt then msg = "must match " .. expected .. " (" .. note.message .. "), got " .. quote(v, 60)
       else msg = local_form_message(v, quote) end
       return { { path = PATH, message = msg } }
     end
