@@ -56,6 +56,14 @@ int oo_status_retryable(int status);
 void oo_classify_response(int status, const char *retry_after, const char *body, size_t len,
                           double now, oo_outcome *o, oo_envelope *env);
 
+/* Seconds a raw Retry-After value asks for: delay-seconds (digits only,
+ * RFC 9110) or an HTTP date relative to `now`; -1 when absent or unusable
+ * ("0x10", "3.5", "1e1" are not delay-seconds). */
+double oo_retry_after(const char *value, double now);
+
+/* An HTTP date (IMF-fixdate, RFC 850 or asctime) in epoch seconds, or -1. */
+double oo_http_date(const char *s);
+
 /* A transport failure of kind "network" | "timeout" | "tls" (anything
  * else counts as "network"; "transport" is oo_classify_broken) with its
  * message. */

@@ -15,12 +15,15 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+/* nil, {kind = "io", message = "<what> <path>: <strerror>", errno} */
 static int push_errno(lua_State *L, const char *what, const char *path) {
-    int e = errno;
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s %s: %s", what, path, strerror(e));
-    lua_pushinteger(L, e);
-    return 3;
+    oo_error err = {"io", NULL, 0, NULL, OO_ERR_UNSET, 0};
+    err.sys_errno = errno;
+    lua_pushfstring(L, "%s %s: %s", what, path, strerror(err.sys_errno));
+    err.message = lua_tostring(L, -1);
+    oo_push_error(L, &err);
+    lua_remove(L, -3); /* the message's own copy */
+    return 2;
 }
 
 /*** core.umask(mask) -> previous mask */
@@ -31,7 +34,7 @@ static int l_umask(lua_State *L) {
     return 1;
 }
 
-/*** core.chmod(path, mode) -> true | nil, message, errno */
+/*** core.chmod(path, mode) -> true | nil, err {kind = "io", message, errno} */
 static int l_chmod(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     lua_Integer m = luaL_checkinteger(L, 2);
@@ -50,7 +53,7 @@ static const char *type_name(mode_t m) {
     return "other";
 }
 
-/*** core.file_id(path [, nofollow]) -> "dev:ino", type, mode, uid | nil, message, errno
+/*** core.file_id(path [, nofollow]) -> "dev:ino", type, mode, uid | nil, err {kind = "io", message, errno}
  * Two paths name the same file when their ids are equal; uid is the owner. */
 static int l_file_id(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
@@ -72,7 +75,7 @@ static int l_euid(lua_State *L) {
     return 1;
 }
 
-/*** core.create_private(path, how) -> true | nil, message, errno
+/*** core.create_private(path, how) -> true | nil, err {kind = "io", message, errno}
  * Makes `path` a regular file readable and writable by its owner only,
  * never following a symlink at `path`. how: "new" (an existing file or
  * dangling link is an error, EEXIST), "truncate" or "keep" (its content). */
@@ -100,7 +103,7 @@ static int l_create_private(lua_State *L) {
     return 1;
 }
 
-/*** core.mkdir_private(path) -> true | nil, message, errno
+/*** core.mkdir_private(path) -> true | nil, err {kind = "io", message, errno}
  * Makes the directory `path` and any missing parent, each new one 0700
  * whatever the umask (existing ones are left as they are), like the XDG
  * base directories must be. */

@@ -115,6 +115,8 @@ void oo_engine_setup(lua_State *L, int idx, oo_engine *e) {
     lua_getfield(L, idx, "channels");
     nchan = lua_type(L, -1) == LUA_TTABLE ? (int)oo_rawlen(L, -1) : 0;
     lua_pop(L, 1);
+    /* the options layer built the channels; this bound is kept because the
+     * header box holds 64 lists (memory safety) */
     if (nchan < 1 || nchan > 64) luaL_error(L, "engine: channels must list 1..64 channels");
     hs = read_headers(L, idx, nchan, ho.user_agent);
     oo_sched_setup(L, idx, &e->s); /* raises only before it allocates */
@@ -123,12 +125,6 @@ void oo_engine_setup(lua_State *L, int idx, oo_engine *e) {
         luaL_error(L, "engine: %s", err);
     }
     lua_pop(L, 1);
-}
-
-void oo_engine_free(oo_engine *e) {
-    oo_curl_free(&e->d);
-    oo_ledger_sink_free(&e->sink); /* writes what waits */
-    oo_sched_free(&e->s);
 }
 
 /* The record hook: the engine is the scheduler's container (s first). */

@@ -1,19 +1,13 @@
 /* The libcurl engine's Lua side: a scheduler (sched.h) driven by the
  * libcurl driver (driver_curl.h) — send_batch's engine object driven from
- * the calling thread (core.engine_new), and the queue's thread (worker.c),
+ * the calling thread (core.engine_new), and the queue's thread (l_worker.c),
  * which sets it up the same way. */
 #ifndef OO_L_ENGINE_H
 #define OO_L_ENGINE_H
 
-#include "driver_curl.h"
+#include "engine.h"
 #include "l_sched.h"
 #include "ledger_sink.h"
-
-typedef struct oo_engine {
-    oo_sched s; /* first: the record hook finds the engine from its scheduler */
-    oo_curl d;
-    oo_ledger_sink sink; /* with cfg.ledger: the record hook's (sink.l NULL: none) */
-} oo_engine;
 
 /* Reads the configuration table at idx — the scheduler's (l_sched.h) plus
  * http = <http options> (core.http_new's) — and sets up the scheduler and
@@ -27,9 +21,6 @@ void oo_engine_setup(lua_State *L, int idx, oo_engine *e);
  * hook (a store with hooks of its own — the spool — records itself).
  * Returns 1 when a ledger was set up, else 0. Raises on misuse. */
 int oo_engine_ledger(lua_State *L, int idx, oo_engine *e);
-
-/* Aborts what is in flight and frees everything. */
-void oo_engine_free(oo_engine *e);
 
 void oo_engine_register(lua_State *L);
 

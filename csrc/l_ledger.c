@@ -134,18 +134,16 @@ static void push_date(lua_State *L, long long epoch) {
 }
 
 /*** core.ledger_entry(body, store_key) → {ref, fingerprint, order_at, currency,
- * total, total_minor, store} | nil, reason: what the ledger keeps of a body */
+ * total, total_minor, store} | nil, err {kind = "validation", message}: what
+ * the ledger keeps of a body */
 static int l_entry(lua_State *L) {
     size_t n;
     const char *body = luaL_checklstring(L, 1, &n);
     const char *key = luaL_optstring(L, 2, NULL);
     oo_ledger_entry e;
     char why[128];
-    if (oo_ledger_entry_from_body(body, n, key, &e, why, sizeof why) != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, why);
-        return 2;
-    }
+    if (oo_ledger_entry_from_body(body, n, key, &e, why, sizeof why) != 0)
+        return oo_push_errorf(L, "validation", "%s", why);
     lua_createtable(L, 0, 7);
     lua_pushlstring(L, e.ref, e.ref_len);
     lua_setfield(L, -2, "ref");

@@ -45,9 +45,10 @@ static void read_cfg(lua_State *L, int idx, oo_sched_cfg *cfg, oo_policy *pol) {
     const char *on_stop;
     oo_sched_defaults(cfg);
     cfg->concurrency = (int)num_field(L, idx, "concurrency", cfg->concurrency);
-    /* sizes arrays: kept in range whatever the caller says */
+    /* the options layer checked it; kept in range all the same because it
+     * sizes arrays (memory safety) */
     if (cfg->concurrency < 1) cfg->concurrency = 1;
-    if (cfg->concurrency > 1024) cfg->concurrency = 1024;
+    if (cfg->concurrency > OO_SCHED_MAX_CONCURRENCY) cfg->concurrency = OO_SCHED_MAX_CONCURRENCY;
     cfg->adaptive = bool_field(L, idx, "adaptive");
     cfg->initial_limit = (int)num_field(L, idx, "initial_limit", 0);
     cfg->auth_pause = num_field(L, idx, "auth_pause", cfg->auth_pause);
@@ -934,12 +935,14 @@ static int l_close(lua_State *L) {
     return 0;
 }
 
-/*** core.sched_defaults() -> {concurrency, auth_pause, max_results, on_stop} */
+/*** core.sched_defaults() -> {concurrency, max_concurrency, auth_pause,
+ * max_results, on_stop} */
 static int l_sched_defaults(lua_State *L) {
     oo_sched_cfg c;
     oo_sched_defaults(&c);
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 5);
     oo_set_int(L, "concurrency", c.concurrency);
+    oo_set_int(L, "max_concurrency", OO_SCHED_MAX_CONCURRENCY);
     oo_set_num(L, "auth_pause", c.auth_pause);
     oo_set_int(L, "max_results", (long long)c.max_results);
     oo_set_str(L, "on_stop", "drain");

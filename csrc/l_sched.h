@@ -1,7 +1,7 @@
 /* The scheduler's Lua side (sched.h): the one reader of a delivery
  * configuration table, the one job reader, the one result shape, stats and
  * metrics — used by the scheduler object (core.sched_new, a Lua driver),
- * send_batch's engine (l_engine.c) and the queue's thread (worker.c). */
+ * send_batch's engine (l_engine.c) and the queue's thread (l_worker.c). */
 #ifndef OO_L_SCHED_H
 #define OO_L_SCHED_H
 

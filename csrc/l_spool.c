@@ -37,26 +37,17 @@ oo_spool *oo_spool_check(lua_State *L, int idx) {
     return b->s;
 }
 
-/* Runtime failure → nil, {kind, message, retryable, sqlite_code?, bound?};
- * misuse → raise. */
+/* Runtime failure → nil, {kind, message, retryable, sqlite_code?, bound?}
+ * (the one error shape, core.h: oo_push_error); misuse → raise. */
 int oo_spool_push_err(lua_State *L, const oo_spool_err *e) {
+    oo_error err = {NULL, NULL, 0, NULL, 0, 0};
     if (e->code == OO_SPOOL_MISUSE) return raisef(L, "%s", e->message);
-    lua_pushnil(L);
-    lua_createtable(L, 0, 5);
-    lua_pushstring(L, oo_spool_kind(e->code));
-    lua_setfield(L, -2, "kind");
-    lua_pushstring(L, e->message);
-    lua_setfield(L, -2, "message");
-    lua_pushboolean(L, e->code == OO_SPOOL_BUSY);
-    lua_setfield(L, -2, "retryable");
-    if (e->sqlite_code) {
-        lua_pushinteger(L, e->sqlite_code);
-        lua_setfield(L, -2, "sqlite_code");
-    }
-    if (e->bound) {
-        lua_pushstring(L, e->bound);
-        lua_setfield(L, -2, "bound");
-    }
+    err.kind = oo_spool_kind(e->code);
+    err.message = e->message;
+    err.retryable = e->code == OO_SPOOL_BUSY;
+    oo_push_error(L, &err);
+    if (e->sqlite_code) oo_set_int(L, "sqlite_code", e->sqlite_code);
+    if (e->bound) oo_set_str(L, "bound", e->bound);
     return 2;
 }
 

@@ -148,8 +148,13 @@ typedef struct oo_sched_hooks {
 
 typedef enum { OO_STOP_DRAIN = 0, OO_STOP_PAUSE = 1 } oo_stop_mode;
 
+/* The most requests in flight one scheduler allows: the one limit, which
+ * the Lua options read (core.sched_defaults().max_concurrency) for every
+ * path's `concurrency`; the pool (pool.h) holds as many slots. */
+#define OO_SCHED_MAX_CONCURRENCY 1024
+
 typedef struct oo_sched_cfg {
-    int concurrency;      /* most requests in flight, 1..1024 */
+    int concurrency;      /* most requests in flight, 1..OO_SCHED_MAX_CONCURRENCY */
     int adaptive;         /* grow/shrink the in-flight limit (limiter.h) */
     int initial_limit;    /* adaptive: where the limit starts (0: OO_LIM_INITIAL) */
     oo_stop_mode on_stop; /* DRAIN: fail what is left (batch, send); PAUSE: hold it (queues) */

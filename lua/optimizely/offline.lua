@@ -41,7 +41,7 @@ M.validate = payload.validate
 function M.money(value, currency, opts)
   local units, decimals, text = core.money(value, currency, opts)
   if not units then
-    return nil, errors.new({ kind = "validation", message = "amount " .. decimals, retryable = false })
+    return nil, errors.new({ kind = "validation", message = "amount " .. decimals.message, retryable = false })
   end
   return text, units, decimals
 end

@@ -40,7 +40,7 @@ local is_interrupt = errors.is_interrupt
 
 --- The options of `send_batch`.
 M.schema = opts.schema("send_batch", "opts", gate.add_fields({
-  concurrency = { type = "integer", min = 1, max = 1024, default = 8 },
+  concurrency = { type = "integer", min = 1, max = sched.MAX_CONCURRENCY, default = 8 },
   rate = { type = "number", above = 0 },
   on_result = { type = "function" },
   progress = { type = "function" },

@@ -254,7 +254,8 @@ end
 -- @return the handle, or nil when the file is read as it is
 function M.decoded(fh, fmt, encoding)
   if fmt == "xml" and encoding == nil then return nil end
-  local dec = assert(core.decoder(encoding or "utf-8"))
+  local dec, err = core.decoder(encoding or "utf-8")
+  if not dec then error(err.message, 2) end
   local name = (encoding or "utf-8"):lower()
   name = ({ utf8 = "utf-8", ["windows-1252"] = "cp1252", ["latin-1"] = "latin1", ["iso-8859-1"] = "latin1",
     ["iso8859-1"] = "latin1" })[name] or name

@@ -144,7 +144,7 @@ function M.open(path, options)
     if not p then return nil, new_error({ kind = "storage", message = "ledger: " .. why }) end
     local dir = p:match("^(.*)/[^/]*$")
     local ok, merr = core.mkdir_private(dir)
-    if not ok then return nil, new_error({ kind = "storage", message = "ledger " .. p .. ": " .. merr }) end
+    if not ok then return nil, new_error({ kind = "storage", message = "ledger " .. p .. ": " .. merr.message }) end
     path = p
   end
   local h, e = core.ledger_open(path, o.keep, o.store_key, o.busy_timeout)
@@ -187,7 +187,9 @@ end
 --   (`total` formatted in the currency's decimals), or nil and the reason
 function M.entry(body, store_key)
   if type(body) ~= "string" then error("ledger.entry: body must be a string, got " .. type(body), 2) end
-  return core.ledger_entry(body, store_key)
+  local e, err = core.ledger_entry(body, store_key)
+  if e then return e end
+  return nil, err.message
 end
 
 --- A scope from an endpoint URL, as the ledger keys orders: the URL's host
@@ -387,7 +389,7 @@ local function zone_of(tz)
   if tz == nil or tz == "UTC" then return nil end
   if type(tz) ~= "string" then return tz end -- a core.tz_load zone
   local zone, why = core.tz_load(tz)
-  if not zone then error("ledger:report: opts.timezone: " .. why, 4) end
+  if not zone then error("ledger:report: opts.timezone: " .. why.message, 4) end
   return zone
 end
 

@@ -1,6 +1,7 @@
 --- A payload's one way to bytes, with the library's error objects: the C
--- encoder (`optimizely.offline.core`) returns its problems as a list, and
--- these turn them into `nil, err` (kind "validation"). `optimizely.offline`
+-- encoder (`optimizely.offline.core`) returns `nil, err` with its problems
+-- in `err.problems`, and these word it and give it the errors' metatable
+-- (`errors.validation`, kind "validation"). `optimizely.offline`
 -- hands them on as `offline.encode` and `offline.validate`; the delivery
 -- context (optimizely.offline.context) encodes with them, so a module that
 -- sends never needs the facade above it.
@@ -16,18 +17,18 @@ local c_encode, c_validate, new_error = core.encode, core.validate, errors.valid
 -- @param payload the payload
 -- @return json, warnings  or  nil, err (kind "validation")
 function M.encode(payload)
-  local json, w, truncated = c_encode(payload)
+  local json, w = c_encode(payload)
   if json then return json, w end
-  return nil, new_error(w, truncated)
+  return nil, new_error(w.problems, w.truncated)
 end
 
 --- The same rules as `encode`, without producing output.
 -- @param payload the payload
 -- @return true, warnings  or  nil, err
 function M.validate(payload)
-  local ok, w, truncated = c_validate(payload)
+  local ok, w = c_validate(payload)
   if ok then return true, w end
-  return nil, new_error(w, truncated)
+  return nil, new_error(w.problems, w.truncated)
 end
 
 return M

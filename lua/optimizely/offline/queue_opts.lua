@@ -33,7 +33,7 @@ end
 -- optimizely.offline.ledger_gate).
 M.common = {
   max_queue = { type = "integer", min = 1, max = 1e9, default = 10000 },
-  concurrency = { type = "integer", min = 1, max = 256, default = 4 },
+  concurrency = { type = "integer", min = 1, max = sched.MAX_CONCURRENCY, default = 4 },
   spool = { type = "string", nonempty = true },
   spool_max_orders = { type = "integer", min = 1, max = 1e15, requires = "spool" },
   spool_max_bytes = { type = "integer", min = 1, max = 1e15, requires = "spool" },

@@ -66,8 +66,13 @@ local pairs, pcall, error, min, ipairs, type = pairs, pcall, error, math.min, ip
 local now = core.now
 
 --- The scheduler's defaults, declared once in C: `{concurrency = 8,
--- auth_pause = 300, max_results = 100000, on_stop = "drain"}`.
+-- max_concurrency = 1024, auth_pause = 300, max_results = 100000, on_stop = "drain"}`.
 M.DEFAULTS = core.sched_defaults()
+
+--- The most requests in flight a scheduler allows (1024), declared once in
+-- C: every path's `concurrency` option (send_batch, both queues, the CLI)
+-- has this maximum.
+M.MAX_CONCURRENCY = M.DEFAULTS.max_concurrency
 
 --- The configuration table of a scheduler for a client's delivery context:
 -- the one builder, for send_batch's engine, the queue's thread,

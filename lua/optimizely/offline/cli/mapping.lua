@@ -268,7 +268,7 @@ function Mapping:take(item)
   local norm, why = core.email_normalise(user.email)
   if norm then return self.distinct:add(norm) end
   self.invalid = self.invalid + 1
-  self:report(item, { problems = { { path = "user.email", message = why } } })
+  self:report(item, { problems = { { path = "user.email", message = why.message } } })
 end
 
 function Mapping:gather()

@@ -38,6 +38,7 @@ local progress = require("optimizely.offline.cli.progress")
 local report = require("optimizely.offline.cli.report")
 local stop = require("optimizely.offline.cli.stop")
 local batch = require("optimizely.offline.batch")
+local sched = require("optimizely.offline.sched")
 
 local M = {}
 
@@ -152,7 +153,7 @@ end
 -- @local
 function Send:setup()
   local args = self.args
-  self.concurrency = common.int_option(args.concurrency, "concurrency", 1, 1024)
+  self.concurrency = common.int_option(args.concurrency, "concurrency", 1, sched.MAX_CONCURRENCY)
   self.rate = common.number_option(args.rate, "rate")
   self.grace = stop.grace(common.seconds_option(args.grace, "grace"), self.clock)
   common.int_option(args.max_attempts, "max-attempts", 1, 100)
