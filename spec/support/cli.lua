@@ -47,14 +47,35 @@ function M.write_file(path, s)
   return path
 end
 
---- The shell command that runs the CLI (o: env, cwd, umask, exec).
+local n_states = 0
+--- A fresh state directory (what `XDG_STATE_HOME` names) in the private
+-- directory: `send` keeps its ledger under it by default.
+function M.state_dir()
+  n_states = n_states + 1
+  local d = M.tmp("state" .. n_states)
+  os.execute("mkdir -p " .. q(d))
+  return d
+end
+
+--- The shell command that runs the CLI (o: env, cwd, umask, exec). Unless
+-- `o.env` names `XDG_STATE_HOME` (or sets it to false: the variable is
+-- unset), each command gets a state directory of its own, so the default
+-- ledger of one run never makes another skip orders it means to send.
 function M.command(args, o)
   o = o or {}
   local parts = { "cd", q(o.cwd or M.tmpdir()), "&&" }
   if o.umask then parts[#parts + 1] = "umask " .. o.umask .. " &&" end
   parts[#parts + 1] = o.exec and "exec env" or "env"
   for _, v in ipairs(M.ENV_VARS) do parts[#parts + 1] = "-u " .. v end
-  for k, v in pairs(o.env or {}) do parts[#parts + 1] = q(k .. "=" .. v) end
+  local env = o.env or {}
+  if env.XDG_STATE_HOME == nil then
+    parts[#parts + 1] = q("XDG_STATE_HOME=" .. M.state_dir())
+  elseif env.XDG_STATE_HOME == false then
+    parts[#parts + 1] = "-u XDG_STATE_HOME"
+  end
+  for k, v in pairs(env) do
+    if v ~= false then parts[#parts + 1] = q(k .. "=" .. v) end
+  end
   parts[#parts + 1] = M.LUA
   parts[#parts + 1] = q(M.BIN)
   for _, a in ipairs(args) do parts[#parts + 1] = q(a) end

@@ -12,7 +12,7 @@ local stop = require("optimizely.offline.cli.stop")
 local M = {}
 
 --- Command names in help order.
-M.COMMANDS = { "validate", "send", "convert", "cancel", "spool", "sandbox", "mapping" }
+M.COMMANDS = { "validate", "send", "convert", "cancel", "spool", "ledger", "sandbox", "mapping" }
 
 --- Exit code 0: all done.
 M.EXIT_OK = 0

@@ -308,6 +308,13 @@ local function same_target(a, b)
   return na == nb and files.same(da == "" and "/" or da, db == "" and "/" or db)
 end
 
+--- Do two paths name one file, even one that does not exist yet (the
+-- same name in the same directory, however spelled)?
+-- @param a a path
+-- @param b another
+-- @return boolean
+M.same_target = same_target
+
 --- Refuses (exit 2) any output that is one of the inputs, whatever the
 -- spelling (`./x`, `d/../x`, a symlink, a hard link), or another output.
 -- @param inputs list of paths (order files, the transform, the config...)
