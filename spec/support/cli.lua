@@ -146,6 +146,32 @@ function M.orders(path, n, prefix, date)
   return path
 end
 
+--- Starts the CLI in the background in `dir` (its stdout and stderr in
+-- `cwd`/run.out and run.err, or `o.out`/`o.err`). @return its pid, and a
+-- function that waits for it and returns its exit code, stdout and stderr.
+function M.spawn(args, env, cwd, o)
+  o = o or {}
+  local out, err = o.out or (cwd .. "/run.out"), o.err or (cwd .. "/run.err")
+  local p = io.popen("sh -c " .. q("echo $$; " .. M.command(args, { env = env, cwd = cwd, exec = true })
+    .. " >" .. q(out) .. " 2>" .. q(err) .. " </dev/null") .. "; echo \"rc=$?\"")
+  local pid = tonumber(p:read("*l"))
+  assert(pid, "no pid")
+  return pid, function()
+    local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
+    p:close()
+    return rc, sys.read_file(out) or "", sys.read_file(err) or ""
+  end
+end
+
+--- Waits (bounded: `seconds`, default 30) until `cond()` holds.
+function M.wait_for(cond, seconds)
+  local deadline = core.now() + (seconds or 30)
+  while not cond() do
+    assert(core.now() < deadline, "timed out")
+    core.sleep(0.02)
+  end
+end
+
 --- The names in a directory (ls -A).
 function M.ls(d)
   local names = {}
