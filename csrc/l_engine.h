@@ -7,10 +7,12 @@
 
 #include "driver_curl.h"
 #include "l_sched.h"
+#include "ledger_sink.h"
 
 typedef struct oo_engine {
-    oo_sched s;
+    oo_sched s; /* first: the record hook finds the engine from its scheduler */
     oo_curl d;
+    oo_ledger_sink sink; /* with cfg.ledger: the record hook's (sink.l NULL: none) */
 } oo_engine;
 
 /* Reads the configuration table at idx — the scheduler's (l_sched.h) plus
@@ -18,6 +20,13 @@ typedef struct oo_engine {
  * the driver; each channel's headers get the User-Agent line unless they
  * carry their own. Raises; after a raise e needs no freeing. */
 void oo_engine_setup(lua_State *L, int idx, oo_engine *e);
+
+/* With cfg.ledger (a ledger userdata, retained) and cfg.ledger_host,
+ * cfg.ledger_site at idx: every job's end is recorded in it through the
+ * record hook (ledger_sink.h), which this installs as the scheduler's only
+ * hook (a store with hooks of its own — the spool — records itself).
+ * Returns 1 when a ledger was set up, else 0. Raises on misuse. */
+int oo_engine_ledger(lua_State *L, int idx, oo_engine *e);
 
 /* Aborts what is in flight and frees everything. */
 void oo_engine_free(oo_engine *e);

@@ -30,6 +30,8 @@ static oo_ledger *check_ledger(lua_State *L, int idx) {
     return b->l;
 }
 
+oo_ledger *oo_ledger_arg(lua_State *L, int idx) { return check_ledger(L, idx); }
+
 static int push_ok(lua_State *L, int code, const oo_spool_err *err) {
     if (code != OO_SPOOL_OK) return oo_spool_push_err(L, err);
     lua_pushboolean(L, 1);
@@ -202,7 +204,7 @@ static const char *item_str(lua_State *L, const char *fn, size_t i, const char *
 }
 
 /* Entry i (1-based) of the list, on top of the stack: a body string or
- * {body=, ref=, channel=, outcome=}. record: the outcome of a body string,
+ * {body=, ref=, channel=, outcome=, force=}. record: the outcome of a body string,
  * and of a table without one, is outcome_default (0: none given). */
 static void read_item(lua_State *L, const char *fn, size_t i, int record, int outcome_default,
                       oo_ledger_item *it) {
@@ -215,6 +217,11 @@ static void read_item(lua_State *L, const char *fn, size_t i, int record, int ou
         it->body = item_str(L, fn, i, "body", &it->body_len);
         it->ref = item_str(L, fn, i, "ref", &it->ref_len);
         it->channel = item_str(L, fn, i, "channel", &it->channel_len);
+        lua_getfield(L, -1, "force");
+        it->force = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (it->force && record)
+            luaL_error(L, "%s: list[%d].force is for reserve only", fn, (int)i);
         if ((outcome = item_str(L, fn, i, "outcome", &n)) != NULL) {
             if (!record) luaL_error(L, "%s: list[%d].outcome is for record only", fn, (int)i);
             if (!(it->outcome = oo_ledger_outcome_of(outcome)))
@@ -277,6 +284,7 @@ static int push_answers(lua_State *L, const oo_ledger_item *items, size_t n) {
             oo_set_str(L, "outcome", oo_ledger_outcome_name(it->prev_outcome));
             oo_set_int(L, "at", it->prev_at);
         }
+        if (it->reserved) oo_set_bool(L, "reserved", 1);
         if (it->state == OO_LEDGER_IN_FLIGHT) {
             oo_set_num(L, "until", it->until);
             oo_set_bool(L, "mine", it->mine);

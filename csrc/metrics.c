@@ -1,7 +1,8 @@
 /* Delivery metrics (see metrics.h). Lua: core.metrics_new() -> m with
  * :attempt(latency, bytes), :queued([n]), :sent([channel]), :retried([n]),
- * :throttled([n]), :invalid([n]), :failed(record, dead [, channel]),
- * :merge(t), :get() (the nginx engine and the synchronous send loop). */
+ * :throttled([n]), :invalid([n]), :skipped(reason [, n]), :changed([n]),
+ * :failed(record, dead [, channel]), :merge(t), :get() (the nginx engine
+ * and the synchronous send loop); core.SKIP_REASONS lists the reasons. */
 #include "metrics.h"
 #include "core.h"
 
@@ -14,6 +15,17 @@ const double oo_lat_bounds[OO_LAT_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.2
                                               0.5,   1,    2.5,   5,    10,  30};
 
 void oo_metrics_init(oo_metrics *m) { memset(m, 0, sizeof *m); }
+
+const char *const oo_skip_reasons[OO_SKIP_REASONS] = {"already_sent", "in_flight", "other"};
+
+static int skip_index(const char *reason) {
+    int i;
+    for (i = 0; reason && i < OO_SKIP_REASONS - 1; i++)
+        if (strcmp(oo_skip_reasons[i], reason) == 0) return i;
+    return OO_SKIP_REASONS - 1;
+}
+
+void oo_metrics_skipped(oo_metrics *m, const char *reason) { m->skipped[skip_index(reason)]++; }
 
 void oo_metrics_attempt(oo_metrics *m, double latency, size_t bytes) {
     int i;
@@ -110,6 +122,11 @@ void oo_metrics_push(lua_State *L, const oo_metrics *m) {
     set_int(L, "failed", m->failed);
     set_int(L, "dead", m->dead);
     set_int(L, "invalid", m->invalid);
+    set_int(L, "changed", m->changed);
+    lua_createtable(L, 0, OO_SKIP_REASONS); /* skipped = {[reason] = n}, the non-zero ones */
+    for (i = 0; i < OO_SKIP_REASONS; i++)
+        if (m->skipped[i]) set_int(L, oo_skip_reasons[i], m->skipped[i]);
+    lua_setfield(L, -2, "skipped");
     set_int(L, "retried", m->retried);
     set_int(L, "throttled", m->throttled);
     set_int(L, "requests", m->requests);
@@ -164,7 +181,15 @@ COUNTER(queued)
 COUNTER(retried)
 COUNTER(throttled)
 COUNTER(invalid)
+COUNTER(changed)
 #undef COUNTER
+
+/*** m:skipped(reason [, n]) — reason: one of core.SKIP_REASONS (another: "other") */
+static int l_skipped(lua_State *L) {
+    oo_metrics *m = check(L);
+    m->skipped[skip_index(luaL_checkstring(L, 2))] += (long long)luaL_optinteger(L, 3, 1);
+    return 0;
+}
 
 /*** m:sent([channel]) */
 static int l_sent(lua_State *L) {
@@ -249,6 +274,20 @@ static void merge_failures(lua_State *L, oo_metrics *m, int t) {
     lua_pop(L, 1);
 }
 
+/* skipped = {[reason] = n}: a reason this version does not know counts as "other". */
+static void merge_skipped(lua_State *L, oo_metrics *m, int t) {
+    lua_getfield(L, t, "skipped");
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TNUMBER)
+                m->skipped[skip_index(lua_tostring(L, -2))] += (long long)lua_tonumber(L, -1);
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
 static void merge_channels(lua_State *L, oo_metrics *m, int t) {
     lua_getfield(L, t, "channels");
     if (lua_istable(L, -1)) {
@@ -277,6 +316,7 @@ static int l_merge(lua_State *L) {
     m->failed += get_count(L, 2, "failed");
     m->dead += get_count(L, 2, "dead");
     m->invalid += get_count(L, 2, "invalid");
+    m->changed += get_count(L, 2, "changed");
     m->retried += get_count(L, 2, "retried");
     m->throttled += get_count(L, 2, "throttled");
     m->requests += get_count(L, 2, "requests");
@@ -285,6 +325,7 @@ static int l_merge(lua_State *L) {
     merge_latency(L, m, 2);
     merge_failures(L, m, 2);
     merge_channels(L, m, 2);
+    merge_skipped(L, m, 2);
     return 0;
 }
 
@@ -304,8 +345,15 @@ void oo_metrics_register(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"attempt", l_attempt}, {"queued", l_queued},   {"sent", l_sent},   {"retried", l_retried},
         {"throttled", l_throttled}, {"invalid", l_invalid}, {"failed", l_failed}, {"merge", l_merge},
-        {"get", l_get},         {NULL, NULL}};
+        {"skipped", l_skipped}, {"changed", l_changed}, {"get", l_get},   {NULL, NULL}};
+    int i;
     oo_newclass(L, OO_METRICS_MT, methods, NULL, NULL, NULL);
     lua_pushcfunction(L, l_metrics_new);
     lua_setfield(L, -2, "metrics_new");
+    lua_createtable(L, OO_SKIP_REASONS, 0);
+    for (i = 0; i < OO_SKIP_REASONS; i++) {
+        lua_pushstring(L, oo_skip_reasons[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "SKIP_REASONS");
 }

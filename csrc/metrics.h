@@ -29,12 +29,22 @@ typedef struct oo_chan_count {
     long long sent, failed;
 } oo_chan_count;
 
+/* Why an order was skipped (the ledger had it: never sent again), as
+ * the metric's `reason` label says it: "already_sent" (acknowledged
+ * before, the same bytes), "in_flight" (another run or process holds it
+ * now), "other" (a reason this version does not know: never a free-form
+ * label value). */
+#define OO_SKIP_REASONS 3
+extern const char *const oo_skip_reasons[OO_SKIP_REASONS];
+
 typedef struct oo_metrics {
     long long queued;      /* orders accepted for delivery */
     long long sent;        /* orders the endpoint acknowledged */
     long long failed;      /* orders given up (dead, or not sent after a stop, or dropped) */
     long long dead;        /* of which dead-lettered / rejected for good */
     long long invalid;     /* orders refused by validation before any request */
+    long long skipped[OO_SKIP_REASONS]; /* not sent: the ledger had them (by reason) */
+    long long changed;     /* not sent: the ledger had another version (or a cancel) */
     long long retried;     /* attempts scheduled again */
     long long throttled;   /* 429 answers */
     long long requests;    /* HTTP requests made (attempts) */
@@ -55,6 +65,10 @@ void oo_metrics_attempt(oo_metrics *m, double latency, size_t bytes);
 
 /* One order acknowledged; channel may be NULL (unknown). */
 void oo_metrics_sent(oo_metrics *m, const char *channel);
+
+/* One order skipped for `reason` (an oo_skip_reasons name; another counts
+ * as "other"). */
+void oo_metrics_skipped(oo_metrics *m, const char *reason);
 
 /* One order given up, by its last outcome; channel may be NULL. */
 void oo_metrics_failed(oo_metrics *m, const oo_outcome *o, int dead, const char *channel);

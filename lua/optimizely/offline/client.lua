@@ -406,6 +406,7 @@ local function context(c)
     events = ev, emit = emitter(ev),
     on_event = c.on_event, logger = c.logger,
     serial = 0, drivers = {}, idle_drivers = {},
+    ledgers = {}, -- the ledgers `ledger = true | "path"` opened, by path: closed with the client
   }
   st.on_results = results_emitter(st)
   return st
@@ -584,8 +585,8 @@ function Client:send_batch(source, o)
   if st.custom_transport then
     error("optimizely.offline.client: send_batch needs the libcurl transport (under nginx use a queue)", 2)
   end
-  local summary = require("optimizely.offline.batch").run(st, source, o)
-  return summary -- not a tail call: option errors point at the caller
+  local summary, err = require("optimizely.offline.batch").run(st, source, o)
+  return summary, err -- not a tail call: option errors point at the caller
 end
 
 --- An asynchronous queue delivering in the background (its own thread).
@@ -639,6 +640,8 @@ function Client:close()
       d:close()
     end
     st.drivers, st.idle_drivers = {}, {}
+    for _, L in pairs(st.ledgers) do L:close() end
+    st.ledgers = {}
   end
 end
 

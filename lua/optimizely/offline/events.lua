@@ -16,7 +16,9 @@
 -- | `unknown` | an nginx queue's order was in flight when the worker's shutdown grace ended | `shutdown` |
 -- | `paused` | sending paused for `seconds` | `throttled` (a 429), `credentials` |
 -- | `resumed` | sending again | `throttled`, `credentials` |
--- | `storage` | a spool operation failed (`operation`) | — |
+-- | `storage` | a spool or ledger operation failed (`operation`) | — |
+-- | `skipped` | the ledger had the order (`at`): it was not sent | `already_sent`, `in_flight` |
+-- | `changed` | the ledger had another version of the order, or its cancel (`at`, `outcome`, `error`): not sent | — |
 --
 -- `send_batch` events also carry `index` (the order's position in the
 -- source). Pushes a queue refuses are not events: `push` returns `nil,
@@ -42,7 +44,7 @@ local quote = core.quote
 
 --- The level each event is logged at.
 M.LEVELS = { retry = "info", failure = "warn", dead = "warn", dropped = "error", unknown = "error",
-  paused = "warn", resumed = "notice", storage = "error", start = "notice" }
+  paused = "warn", resumed = "notice", storage = "error", start = "notice", skipped = "info", changed = "warn" }
 
 local function ngx_logger()
   local ngx = ngx -- luacheck: globals ngx
@@ -127,7 +129,13 @@ local function line(ev)
     if ev.reason == "credentials" then return "the credentials work again; sending resumes" end
     return "sending resumes (" .. tostring(ev.reason or "?") .. ")"
   elseif t == "storage" then
-    return "spool " .. tostring(ev.operation or "operation") .. " failed" .. err_text(ev)
+    return (ev.ledger and "ledger " or "spool ") .. tostring(ev.operation or "operation") .. " failed" .. err_text(ev)
+  elseif t == "skipped" then
+    return ("%s not sent: %s (recorded %s)"):format(ref_text(ev),
+      ev.reason == "in_flight" and "already in flight" or "already sent",
+      ev.at and os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(ev.at)) or "before")
+  elseif t == "changed" then
+    return ev.error and tostring(ev.error) or (ref_text(ev) .. " changed: not sent")
   end
   return t .. err_text(ev)
 end

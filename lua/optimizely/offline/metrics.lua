@@ -31,6 +31,12 @@
 --     its label (error kind, HTTP status, the API's error code, channel);
 --     `failures_unlabelled` those beyond 32 distinct labels;
 --   * `channels = {[name] = {sent, failed}}`;
+--   * the ledger (`ledger =` on a send, a batch or a queue): `skipped =
+--     {[reason] = n}` orders not sent because the ledger had them, by
+--     reason (`already_sent`: acknowledged before with the same bytes;
+--     `in_flight`: another run or process holds it now; `M.SKIP_REASONS`),
+--     and `changed` orders not sent because the ledger had another version
+--     of them, or their cancel;
 --   * queues: `dropped = {[reason] = n}` orders refused or lost, by reason
 --     (`full`, `invalid`, `config`, `closed`, `shutdown`, a spool error
 --     kind); `unknown` orders in flight when an nginx worker's shutdown
@@ -56,9 +62,21 @@ local fmt = string.format
 -- implied after the last).
 M.BOUNDS = core.metrics_new():get().latency.bounds
 
-local COUNTERS = { "queued", "sent", "failed", "dead", "invalid", "retried", "throttled", "requests",
+local COUNTERS = { "queued", "sent", "failed", "dead", "invalid", "changed", "retried", "throttled", "requests",
   "bytes_sent", "failures_unlabelled", "callback_errors", "storage_errors", "unknown" }
 M.COUNTERS = COUNTERS
+
+--- The reasons of `skipped`, the label values of
+-- `optimizely_offline_orders_skipped_total` (the C core's list: a reason
+-- not in it is counted as `other`).
+M.SKIP_REASONS = core.SKIP_REASONS
+local SKIP = {}
+for _, r in ipairs(M.SKIP_REASONS) do SKIP[r] = true end
+
+-- A skip reason as it may be counted: one of SKIP_REASONS, else "other".
+local function skip_reason(r)
+  return SKIP[r] and r or "other"
+end
 
 local Null = {}
 Null.__index = function() return function() end end
@@ -72,7 +90,7 @@ end
 --- A metrics table with every counter at zero (no gauges).
 function M.empty()
   local t = { latency = { bounds = M.BOUNDS, counts = {}, sum = 0, count = 0 }, failures = {},
-    channels = {}, dropped = {} }
+    channels = {}, dropped = {}, skipped = {} }
   for _, k in ipairs(COUNTERS) do t[k] = 0 end
   for i = 1, #M.BOUNDS + 1 do t.latency.counts[i] = 0 end
   return t
@@ -127,6 +145,11 @@ function M.merge(into, t)
     into.channels[name] = ic
   end
   for reason, n in pairs(t.dropped or {}) do into.dropped[reason] = num(into.dropped[reason]) + num(n) end
+  into.skipped = into.skipped or {}
+  for reason, n in pairs(t.skipped or {}) do
+    reason = skip_reason(reason)
+    into.skipped[reason] = num(into.skipped[reason]) + num(n)
+  end
   add_gauges(into, t)
   return into
 end
@@ -224,6 +247,10 @@ function M.flatten(t)
   for reason, n in pairs(t.dropped or {}) do
     if num(n) ~= 0 then out["drop" .. SEP .. reason] = n end
   end
+  for reason, n in pairs(t.skipped or {}) do
+    local k = "skip" .. SEP .. skip_reason(reason)
+    if num(n) ~= 0 then out[k] = num(out[k]) + n end
+  end
   return out
 end
 
@@ -258,6 +285,9 @@ function M.unflatten(flat)
         t.channels[p[2]] = c
       elseif p[1] == "drop" then
         t.dropped[p[2]] = v
+      elseif p[1] == "skip" then
+        local reason = skip_reason(p[2])
+        t.skipped[reason] = num(t.skipped[reason]) + v
       end
     end
   end
@@ -435,6 +465,17 @@ local FAMILIES = {
   { "orders_dead_total", "counter", "Orders rejected for good or out of attempts or age (dead letters).",
     counter("dead") },
   { "orders_invalid_total", "counter", "Orders refused by validation before any request.", counter("invalid") },
+  { "orders_skipped_total", "counter",
+    "Orders not sent because the ledger had them, by reason (already_sent, in_flight).", function(t)
+    local out = {}
+    for _, r in ipairs(M.SKIP_REASONS) do
+      local n = num(t.skipped and t.skipped[r])
+      if n ~= 0 or r ~= "other" then out[#out + 1] = { "", { { "reason", r } }, n } end
+    end
+    return out
+  end },
+  { "orders_changed_total", "counter",
+    "Orders not sent because the ledger had another version of them (or their cancel).", counter("changed") },
   { "orders_unknown_total", "counter",
     "Orders in flight when a worker's shutdown grace ended: the endpoint may or may not have them.",
     counter("unknown") },

@@ -125,7 +125,11 @@ end
 --   method = "POST" | "DELETE", url = a DELETE's own URL (the caller
 --   builds it; a POST goes to cfg.url), after_ref = true (do not start
 --   while an earlier job of this refCode is queued, retrying or in flight
---   here: a cancel waits behind its create), blob = bytes returned in the
+--   here: a cancel waits behind its create), after_ok = true (as
+--   after_ref, and when an earlier DELETE of its refCode ends dead this
+--   job ends dead too, never sent, `why` "amend": the new version of an
+--   amend is posted only once the cancel of the old one was accepted),
+--   blob = bytes returned in the
 --   hooks and results (the ledger's), created = epoch seconds the order was
 --   queued (the age limit; default now), store_id = the store's handle
 --   (store hooks are called for such jobs only), attempts = made before}`
@@ -173,7 +177,7 @@ end
 -- until, body}` plus the outcome record's fields (`ok, kind, status, code,
 -- message, retryable, retry_after, stop, warned, throttled, curl_code`).
 -- `what`: "sent" (with `report_all`, or warned), "dead" (`why`: rejected,
--- attempts, expired, memory), "stopped" (not sent: credentials refused,
+-- attempts, expired, memory, amend), "stopped" (not sent: credentials refused,
 -- `on_stop = "drain"`), "retry" (`report_retries`: another attempt after
 -- `until` seconds), "paused" (`why`: throttled or credentials; `until`
 -- seconds), "resumed".
