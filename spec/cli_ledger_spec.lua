@@ -170,7 +170,8 @@ describe("ledger report", function()
     assert.equal(0, r.code, r.all)
     local rows = csv(r.out)
     assert.same({ "day", "channel", "currency" }, { rows[1][1], rows[1][2], rows[1][3] })
-    assert.same({ "2024-04-10", "callcentre", "GBP", "1", "5.00" }, { rows[2][1], rows[2][2], rows[2][3], rows[2][4], rows[2][5] })
+    assert.same({ "2024-04-10", "callcentre", "GBP", "1", "5.00" },
+      { rows[2][1], rows[2][2], rows[2][3], rows[2][4], rows[2][5] })
     -- an empty range: the header only (JSON: no groups)
     r = run({ "ledger", "report", "--ledger", path, "--from", "2030-01-01" })
     assert.equal(0, r.code, r.all)
@@ -279,7 +280,7 @@ describe("ledger show", function()
     assert.equal(3, #lines)
     assert.equal(("uat.peerius.com\tshop\tstore\tsent\t%s\t2024-04-10\tLeeds\tGBP\t9.99\t%s"):format(
       os.date("!%Y-%m-%dT%H:%M:%SZ", T0), ledger.fingerprint(b)), lines[2])
-    assert.matches("\ttv\tpending %(reserved by %d+:%x+ until [%dT:%-]+Z%)\t", r.out)
+    assert.matches("\ttv\tpending %(reserved by %d+:%x+@%d+ until [%dT:%-]+Z%)\t", r.out)
     for _, secret in ipairs({ "private-", "user-SHOW" }) do assert.is_nil(r.all:find(secret, 1, true)) end
     r = run({ "ledger", "show", "SHOW-1", "--ledger", path, "--json" })
     assert.equal(0, r.code, r.all)

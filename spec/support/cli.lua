@@ -152,7 +152,9 @@ end
 function M.spawn(args, env, cwd, o)
   o = o or {}
   local out, err = o.out or (cwd .. "/run.out"), o.err or (cwd .. "/run.err")
-  local p = io.popen("sh -c " .. q("echo $$; " .. M.command(args, { env = env, cwd = cwd, exec = true })
+  -- (the outer shell's stderr goes: it would say "Killed" after a kill -9)
+  local cmd = M.command(args, { env = env, cwd = cwd, exec = true })
+  local p = io.popen("exec 2>/dev/null; sh -c " .. q("echo $$; " .. cmd
     .. " >" .. q(out) .. " 2>" .. q(err) .. " </dev/null") .. "; echo \"rc=$?\"")
   local pid = tonumber(p:read("*l"))
   assert(pid, "no pid")
