@@ -15,7 +15,16 @@
  *                                       credentials until they change
  *   transport failures                  "network" / "timeout" retryable,
  *                                       "tls" not
- * Only the TOP-LEVEL envelope status counts. */
+ * Only the TOP-LEVEL envelope status counts.
+ *
+ * Contract: the body handed to oo_classify_response must be NUL-terminated,
+ * body[len] == '\0' (one byte past the length, readable). The envelope walk
+ * (oo_json_envelope, json.h) scans with that byte as its sentinel and would
+ * read past the buffer without it. Every caller provides it: a Lua string
+ * always is terminated (core.classify, user transports), libcurl's write
+ * callback keeps one byte more (http.c oo_write_cb), and a NULL body reads
+ * as "". The fuzz targets (fuzz/fuzz_classify.c, fuzz/fuzz_labels.c) hold to
+ * it too. */
 #ifndef OO_CLASSIFY_H
 #define OO_CLASSIFY_H
 
@@ -40,9 +49,10 @@ typedef struct oo_outcome {
 int oo_status_retryable(int status);
 
 /* A response: status, the raw Retry-After header value (NULL/"" if none),
- * the body (body[len] must be '\0') and the wall-clock time (for HTTP-date
- * Retry-After). env may be NULL; when given it receives the parsed
- * envelope (callers that need the errors list reuse it). */
+ * the body (NUL-terminated: body[len] must be '\0', see above) and the
+ * wall-clock time (for HTTP-date Retry-After). env may be NULL; when given
+ * it receives the parsed envelope (callers that need the errors list
+ * reuse it). */
 void oo_classify_response(int status, const char *retry_after, const char *body, size_t len,
                           double now, oo_outcome *o, oo_envelope *env);
 

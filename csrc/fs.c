@@ -2,7 +2,7 @@
  * device + inode (so an output never overwrites its own input, whatever
  * the spelling: "./x", "d/../x", a symlink), private creation (0600 whatever
  * the umask, O_NOFOLLOW, optionally O_EXCL), private directories. Lua:
- * core.umask, core.chmod, core.file_id, core.create_private,
+ * core.umask, core.chmod, core.file_id, core.euid, core.create_private,
  * core.mkdir_private. The Lua face is optimizely.offline.files. */
 #define _POSIX_C_SOURCE 200809L
 #include "core.h"
@@ -50,8 +50,8 @@ static const char *type_name(mode_t m) {
     return "other";
 }
 
-/*** core.file_id(path [, nofollow]) -> "dev:ino", type, mode | nil, message, errno
- * Two paths name the same file when their ids are equal. */
+/*** core.file_id(path [, nofollow]) -> "dev:ino", type, mode, uid | nil, message, errno
+ * Two paths name the same file when their ids are equal; uid is the owner. */
 static int l_file_id(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     int nofollow = lua_toboolean(L, 2);
@@ -62,7 +62,14 @@ static int l_file_id(lua_State *L) {
     lua_pushstring(L, id);
     lua_pushstring(L, type_name(st.st_mode));
     lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
-    return 3;
+    lua_pushinteger(L, (lua_Integer)st.st_uid);
+    return 4;
+}
+
+/*** core.euid() -> the effective user id of the process */
+static int l_euid(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)geteuid());
+    return 1;
 }
 
 /*** core.create_private(path, how) -> true | nil, message, errno
@@ -120,7 +127,7 @@ static int l_mkdir_private(lua_State *L) {
 
 void oo_fs_register(lua_State *L) {
     static const luaL_Reg funcs[] = {
-        {"umask", l_umask}, {"chmod", l_chmod}, {"file_id", l_file_id},
+        {"umask", l_umask}, {"chmod", l_chmod}, {"file_id", l_file_id}, {"euid", l_euid},
         {"create_private", l_create_private}, {"mkdir_private", l_mkdir_private}, {NULL, NULL}};
     oo_setfuncs(L, funcs, 0);
 }

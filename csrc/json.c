@@ -32,6 +32,7 @@ typedef struct {
     const unsigned char *start, *end; /* *end == '\0' */
     const unsigned char *p;           /* current position */
     int depth, max_depth;
+    long values, max_values;          /* values so far; the cap (0: none) */
     const char *what;                 /* error: what was expected / wrong */
     const unsigned char *at;          /* error: where */
     int found;                        /* error: show the byte found at `at` */
@@ -425,6 +426,8 @@ static int parse_array(J *j) {
 
 static int parse_value(J *j) {
     const unsigned char *p = skip_ws(j->p);
+    if (++j->values > j->max_values && j->max_values > 0)
+        return fail(j, "Found too many values", p, 0);
     switch (*p) {
     case '"': j->p = p + 1; return parse_string(j);
     case '{': j->p = p + 1; return parse_object(j);
@@ -453,6 +456,10 @@ static int parse_value(J *j) {
 }
 
 int oo_json_decode(lua_State *L, const char *s, size_t len, int max_depth) {
+    return oo_json_decode_capped(L, s, len, max_depth, 0);
+}
+
+int oo_json_decode_capped(lua_State *L, const char *s, size_t len, int max_depth, long max_values) {
     J j;
     int base = lua_gettop(L);
     char found[32];
@@ -464,6 +471,8 @@ int oo_json_decode(lua_State *L, const char *s, size_t len, int max_depth) {
     j.p = j.start;
     j.depth = 0;
     j.max_depth = max_depth;
+    j.values = 0;
+    j.max_values = max_values;
     j.what = NULL;
     j.at = j.start;
     j.found = 0;
@@ -949,13 +958,18 @@ size_t oo_json_pick_text(const oo_json_pick *k, char *out, size_t cap) {
 
 /** Decodes one JSON text. @function json_decode
  * @tparam string s @tparam[opt=64] int max_depth nesting limit (1..1000)
+ * @tparam[opt] int max_values the most values (objects, arrays and scalars
+ * alike) the text may hold: past it, "Found too many values" (the memory a
+ * hostile text can take stays bounded)
  * @return the value, or nil and a message with the byte offset */
 static int l_json_decode(lua_State *L) {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
     lua_Number md = luaL_optnumber(L, 2, OO_JSON_DEFAULT_DEPTH);
+    lua_Number mv = luaL_optnumber(L, 3, 0);
     luaL_argcheck(L, md >= 1 && md <= OO_JSON_MAX_DEPTH, 2, "max_depth must be 1..1000");
-    return oo_json_decode(L, s, len, (int)md);
+    luaL_argcheck(L, mv >= 0 && mv <= 1e15, 3, "max_values must be >= 0");
+    return oo_json_decode_capped(L, s, len, (int)md, (long)mv);
 }
 
 void oo_json_register(lua_State *L) {

@@ -1,4 +1,4 @@
-/* Strict RFC 8259 JSON decoder: core.json_decode(s [, max_depth]).
+/* Strict RFC 8259 JSON decoder: core.json_decode(s [, max_depth [, max_values]]).
  * Returns the value, or nil plus "... at character N" (1-based byte offset);
  * bad input never raises. JSON null is lightuserdata NULL (cjson.null). */
 #ifndef OO_JSON_H
@@ -12,6 +12,11 @@
 /* Decodes s[0..len) and pushes one value (or nil + message: returns 2).
  * s[len] must be '\0' (Lua strings always are): it is the scan sentinel. */
 int oo_json_decode(lua_State *L, const char *s, size_t len, int max_depth);
+
+/* oo_json_decode with a cap on the values (objects, arrays and scalars
+ * alike) one text may hold, so the memory of a hostile line stays bounded
+ * (0: no cap). */
+int oo_json_decode_capped(lua_State *L, const char *s, size_t len, int max_depth, long max_values);
 
 /* The response envelope, read without a Lua state (the delivery thread
  * classifies responses too): one strict walk of the body with the

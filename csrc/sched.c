@@ -922,6 +922,7 @@ void oo_sched_drop_all(oo_sched *s, void (*fn)(void *ud, oo_job *j), void *ud) {
 
 int oo_sched_init(oo_sched *s, const oo_sched_cfg *cfg, const oo_policy *p, char *url,
                   oo_channel *chans, int nchan) {
+    int i;
     memset(s, 0, sizeof *s);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
@@ -933,6 +934,7 @@ int oo_sched_init(oo_sched *s, const oo_sched_cfg *cfg, const oo_policy *p, char
     if (s->cfg.concurrency < 1) s->cfg.concurrency = 1;
     s->policy = *p;
     oo_metrics_init(&s->metrics);
+    for (i = 0; i < nchan; i++) oo_metrics_secret(&s->metrics, chans[i].token); /* never a label */
     oo_limiter_init(&s->lim, s->cfg.concurrency, cfg->adaptive, cfg->initial_limit);
     s->limit_now = s->lim.limit;
     s->rng = oo_jitter_seed(s);

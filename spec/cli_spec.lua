@@ -1,6 +1,7 @@
 -- The command line, run as a subprocess (with the interpreter busted runs
 -- under) against the sandbox: a real nginx over real TLS on 127.0.0.1.
 local sb = require("support.sandbox")
+local wait = require("support.wait")
 local cjson = require("cjson.safe")
 local input = require("optimizely.offline.input")
 
@@ -526,8 +527,7 @@ describe("optimizely-offline (command line)", function()
       local pid = tonumber(p:read("*l"))
       assert.is_number(pid)
       -- wait until some orders went through (bounded), then Ctrl-C
-      local deadline = os.time() + 30
-      while sb.stats().accepted < 20 and os.time() < deadline do end
+      wait.poll(function() return sb.stats().accepted >= 20 end, 30, 0.02)
       os.execute("kill -INT " .. pid)
       local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
       p:close()
@@ -634,8 +634,7 @@ describe("optimizely-offline (command line)", function()
       local p = io.popen("sh -c " .. q("echo $$; " .. command(args, creds(), nil, true)
         .. " >" .. q(tmp("ci.out")) .. " 2>" .. q(tmp("ci.err"))) .. "; echo \"rc=$?\"")
       local pid = tonumber(p:read("*l"))
-      local deadline = os.time() + 30
-      while sb.stats().requests < 3 and os.time() < deadline do end
+      wait.poll(function() return sb.stats().requests >= 3 end, 30, 0.02)
       os.execute("kill -INT " .. pid)
       local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
       p:close()

@@ -5,6 +5,7 @@
 -- 130. Run as subprocesses against the sandbox, which answers slowly so
 -- that requests are in flight when the signal lands.
 local sb = require("support.sandbox")
+local poll = require("support.wait").poll
 local cli = require("support.cli")
 local core = require("optimizely.offline.core")
 
@@ -154,7 +155,7 @@ describe("send stopped by a signal", function()
     assert.equal(0, rep.sent)
     assert.equal(36, rep.not_sent)
     assert.matches("4 interrupted in flight %(outcome unknown%)", err)
-    core.sleep(3.2) -- the sandbox finishes the 4 it was holding
+    poll(function() return sb.stats().concurrent_now == 0 end, 30) -- the sandbox finishes the 4 it held
     sb.clear_faults()
     assert_accounted(40, "GRACEO" .. SEED, dir, rep)
   end)

@@ -4,6 +4,7 @@ local core = require("optimizely.offline.core")
 local cjson = require("cjson.safe")
 local orders = require("support.orders")
 local sb = require("support.sandbox")
+local wait = require("support.wait")
 
 local TOKEN = "tok-S3CRET-42" -- a token that must never show in config errors
 
@@ -495,7 +496,7 @@ describe("offline.client against the sandbox", function()
     -- the abandoned first attempt is still being served (the sandbox, like a
     -- real server, records it when its delay ends): let it land here rather
     -- than in the next spec's records
-    require("optimizely.offline.core").sleep(3.3)
+    wait.poll(function() return sb.stats().concurrent_now == 0 end, 20)
   end)
 
   it("reports a refused connection as a retryable network error", function()

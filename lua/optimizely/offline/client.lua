@@ -53,11 +53,22 @@ local private = setmetatable({}, { __mode = "k" })
 local LABEL = "^[%w%._%-]+$"
 local LABEL_MSG = "may contain only letters, digits, '.', '_' and '-'"
 
-local function token_problem(v)
+--- The shortest site token taken: a shorter one is a configuration error
+-- (no real token is that short, and a secret of a letter or two cannot be
+-- told apart in messages: only secrets this long are redacted).
+M.TOKEN_MIN = 8
+
+--- What is wrong with a site token, or nil: too short, a control
+-- character, leading or trailing spaces (never shows the token).
+function M.token_problem(v)
   if v:find("[%z\1-\31\127]") then return "contains a control character (CR, LF, ...)" end
   if v:match("^%s") or v:match("%s$") then return "has leading or trailing spaces" end
+  if #v < M.TOKEN_MIN then
+    return ("is too short (%d character%s; at least %d)"):format(#v, #v == 1 and "" or "s", M.TOKEN_MIN)
+  end
   return nil
 end
+local token_problem = M.token_problem
 
 local function check_token(v)
   local p = token_problem(v)
@@ -401,7 +412,7 @@ local function context(c)
     sleep = c.sleep or core.sleep, encode = require("optimizely.offline").encode,
     policy = retry.new({ max_attempts = c.max_attempts, max_age = c.max_age, backoff_base = c.backoff_base,
       backoff_max = c.backoff_max, retry_after_max = c.retry_after_max, random = c.random }),
-    metrics = c.metrics and core.metrics_new() or nil,
+    metrics = c.metrics and core.metrics_new(secrets) or nil, -- no label may echo a token
     pseudonym = M.pseudonymiser(c.pseudonymise, 5),
     events = ev, emit = emitter(ev),
     on_event = c.on_event, logger = c.logger,

@@ -27,7 +27,7 @@
 -- **Logger** (`logger` option of the client config and of both queues):
 -- `function(level, message)`, `level` one of "error", "warn", "notice",
 -- "info"; each message one line naming the order's refCode where there is
--- one, never a token. Under nginx the default is `ngx.log` (ERR, WARN,
+-- one, never a token, its control characters escaped. Under nginx the default is `ngx.log` (ERR, WARN,
 -- NOTICE, INFO); elsewhere there is no default. `logger = false` silences
 -- it. Lines are rate-limited: at most one per second for each event type
 -- and reason, the next one saying how many were suppressed — except
@@ -36,6 +36,7 @@
 -- @module optimizely.offline.events
 local core = require("optimizely.offline.core")
 local is_interrupt = require("optimizely.offline.errors").is_interrupt
+local clean = require("optimizely.offline.errors").clean
 
 local M = {}
 
@@ -92,7 +93,7 @@ function Events:log(level, message, key)
       self.suppressed[key] = 0
     end
   end
-  local ok, err = pcall(logger, level, self.prefix .. message)
+  local ok, err = pcall(logger, level, clean(self.prefix .. message)) -- no line forged by a value in it
   if not ok then
     if is_interrupt(err) then error(err, 0) end
     if self.on_error then self.on_error("logger", err) end

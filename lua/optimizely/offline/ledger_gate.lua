@@ -39,6 +39,11 @@ local delivery = require("optimizely.offline.delivery")
 
 local M = {}
 
+--- The `ledger` option's check: true, false, a non-empty path or a
+-- ledger object.
+-- @param v the option's value
+-- @return true | nil, message
+-- @local
 local function check_ledger(v)
   if v == true or v == false then return true end
   if type(v) == "string" then
@@ -63,15 +68,22 @@ M.fields = {
   ledger_store_key = { type = "string", nonempty = true, requires = "ledger" },
 }
 
+--- The `force` option's check: not with `amend`.
+-- @param v the value of `force`
+-- @param all every option given
+-- @return true | nil, message
+-- @local
+function M.force_alone(v, all)
+  if v and all.amend then return nil, "and amend are exclusive: give one of them" end
+  return true
+end
+
 --- The options of one send, batch or push with a ledger.
 -- @table call_fields
 -- @field force send it even when the ledger has it (sent, changed or cancelled)
 -- @field amend when the ledger has another version: DELETE it, then POST this one
 M.call_fields = {
-  force = { type = "boolean", check = function(v, all)
-    if v and all.amend then return nil, "and amend are exclusive: give one of them" end
-    return true
-  end },
+  force = { type = "boolean", check = M.force_alone },
   amend = { type = "boolean" },
 }
 

@@ -29,7 +29,8 @@
 --     one more for `+Inf`;
 --   * `failures = {{kind, status?, code?, channel?, n}, ...}`: `failed` by
 --     its label (error kind, HTTP status, the API's error code, channel);
---     `failures_unlabelled` those beyond 32 distinct labels;
+--     `failures_unlabelled` those beyond 32 distinct labels (in a shared
+--     dict, beyond `SHM_FAILURE_SERIES` series);
 --   * `channels = {[name] = {sent, failed}}`;
 --   * the ledger (`ledger =` on a send, a batch or a queue): `skipped =
 --     {[reason] = n}` orders not sent because the ledger had them, by
@@ -48,6 +49,14 @@
 --     (orders queued in it, their bytes, dead letters kept).
 --
 -- Missing keys count as zero everywhere here.
+--
+-- **Label values** (`kind`, `code`, `channel`, a drop `reason`) are only
+-- ever an allow-listed shape, 1 to 40 of `[A-Za-z0-9_.-]`; anything else
+-- (a code with a space, a control byte, non-ASCII text, or longer) is
+-- counted under `other`, and so is a code that echoes a site token: what
+-- an endpoint answers can neither break the text nor leak a secret into it.
+-- The C core checks each label as it counts (`core.metric_label`); the
+-- tables merged, flattened or read back here are checked again.
 -- @module optimizely.offline.metrics
 local core = require("optimizely.offline.core")
 
@@ -98,6 +107,27 @@ end
 
 local function num(v) return type(v) == "number" and v or 0 end
 
+local metric_label = core.metric_label
+
+--- A label value as it may be shown (see the module doc): `v` itself when
+-- it is 1 to 40 of `[A-Za-z0-9_.-]`, else "other"; nil for nil or "".
+function M.label(v)
+  if v == nil then return nil end
+  v = metric_label(tostring(v))
+  return v ~= "" and v or nil
+end
+local label = M.label
+
+local function status_of(v)
+  return type(v) == "number" and v == floor(v) and v >= 100 and v <= 999 and v or nil
+end
+
+-- A failure label, every value checked.
+local function fail_label(f)
+  return { kind = label(f.kind) or "unknown", status = status_of(f.status), code = label(f.code),
+    channel = label(f.channel), n = num(f.n) }
+end
+
 local function fail_key(f)
   return (f.kind or "unknown") .. "\31" .. (f.status or 0) .. "\31" .. (f.code or "") .. "\31" .. (f.channel or "")
 end
@@ -129,22 +159,28 @@ function M.merge(into, t)
   local index = {}
   for i, f in ipairs(into.failures) do index[fail_key(f)] = i end
   for _, f in ipairs(t.failures or {}) do
+    f = fail_label(f)
     local k = fail_key(f)
     local i = index[k]
     if i then
-      into.failures[i].n = into.failures[i].n + num(f.n)
+      into.failures[i].n = into.failures[i].n + f.n
     else
-      into.failures[#into.failures + 1] = { kind = f.kind or "unknown", status = f.status, code = f.code,
-        channel = f.channel, n = num(f.n) }
+      into.failures[#into.failures + 1] = f
       index[k] = #into.failures
     end
   end
   for name, c in pairs(t.channels or {}) do
-    local ic = into.channels[name] or { sent = 0, failed = 0 }
-    ic.sent, ic.failed = ic.sent + num(c.sent), ic.failed + num(c.failed)
-    into.channels[name] = ic
+    name = label(name)
+    if name and type(c) == "table" then
+      local ic = into.channels[name] or { sent = 0, failed = 0 }
+      ic.sent, ic.failed = ic.sent + num(c.sent), ic.failed + num(c.failed)
+      into.channels[name] = ic
+    end
   end
-  for reason, n in pairs(t.dropped or {}) do into.dropped[reason] = num(into.dropped[reason]) + num(n) end
+  for reason, n in pairs(t.dropped or {}) do
+    reason = label(reason) or "other"
+    into.dropped[reason] = num(into.dropped[reason]) + num(n)
+  end
   into.skipped = into.skipped or {}
   for reason, n in pairs(t.skipped or {}) do
     reason = skip_reason(reason)
@@ -237,15 +273,21 @@ function M.flatten(t)
     if num(lat.count) ~= 0 then out["lat" .. SEP .. "sum"], out["lat" .. SEP .. "count"] = num(lat.sum), lat.count end
   end
   for _, f in ipairs(t.failures or {}) do
-    local k = "fail" .. SEP .. fail_key(f)
+    local k = "fail" .. SEP .. fail_key(fail_label(f))
     out[k] = num(out[k]) + num(f.n)
   end
   for name, c in pairs(t.channels or {}) do
-    if num(c.sent) ~= 0 then out["ch" .. SEP .. name .. SEP .. "sent"] = c.sent end
-    if num(c.failed) ~= 0 then out["ch" .. SEP .. name .. SEP .. "failed"] = c.failed end
+    name = label(name)
+    if name and type(c) == "table" then
+      for _, what in ipairs({ "sent", "failed" }) do
+        local k = "ch" .. SEP .. name .. SEP .. what
+        if num(c[what]) ~= 0 then out[k] = num(out[k]) + c[what] end
+      end
+    end
   end
   for reason, n in pairs(t.dropped or {}) do
-    if num(n) ~= 0 then out["drop" .. SEP .. reason] = n end
+    local k = "drop" .. SEP .. (label(reason) or "other")
+    if num(n) ~= 0 then out[k] = num(out[k]) + n end
   end
   for reason, n in pairs(t.skipped or {}) do
     local k = "skip" .. SEP .. skip_reason(reason)
@@ -275,16 +317,19 @@ function M.unflatten(flat)
         if p[2] == "sum" then t.latency.sum = v
         elseif p[2] == "count" then t.latency.count = v
         elseif tonumber(p[2]) then t.latency.counts[tonumber(p[2])] = v end
-      elseif p[1] == "fail" and #p == 5 then
-        local status = tonumber(p[3])
-        t.failures[#t.failures + 1] = { kind = p[2], status = status ~= 0 and status or nil,
-          code = p[4] ~= "" and p[4] or nil, channel = p[5] ~= "" and p[5] or nil, n = v }
-      elseif p[1] == "ch" and #p == 3 then
-        local c = t.channels[p[2]] or { sent = 0, failed = 0 }
-        c[p[3]] = v
-        t.channels[p[2]] = c
+      elseif p[1] == "fail" then -- (a key of another shape: its values are not labels)
+        local f = #p == 5 and fail_label({ kind = p[2], status = tonumber(p[3]), code = p[4], channel = p[5] })
+          or { kind = "other" }
+        f.n = v
+        t.failures[#t.failures + 1] = f
+      elseif p[1] == "ch" and #p == 3 and (p[3] == "sent" or p[3] == "failed") then
+        local name = label(p[2]) or "other"
+        local c = t.channels[name] or { sent = 0, failed = 0 }
+        c[p[3]] = c[p[3]] + v
+        t.channels[name] = c
       elseif p[1] == "drop" then
-        t.dropped[p[2]] = v
+        local reason = #p == 2 and label(p[2]) or "other"
+        t.dropped[reason] = num(t.dropped[reason]) + v
       elseif p[1] == "skip" then
         local reason = skip_reason(p[2])
         t.skipped[reason] = num(t.skipped[reason]) + v
@@ -311,8 +356,36 @@ function M.shm_publisher(dict, o)
   end
 end
 
+--- The most failure series (`{kind, status, code, channel}` labels) a
+-- shared dict holds, whatever the workers and reloads: beyond, failures are
+-- counted in `failures_unlabelled` (`kind="other"`), so an endpoint that
+-- answers a new code each time cannot grow the dict until it evicts real
+-- counters.
+M.SHM_FAILURE_SERIES = 64
+
+-- The dict's count of failure series (outside PREFIX: not a metric).
+local SERIES_KEY = "n:failure_series"
+
+-- Adds d to counter k of the dict. A failure series the dict does not hold
+-- yet takes one of its SHM_FAILURE_SERIES places, or, when they are taken,
+-- adds to `failures_unlabelled` instead. (Two workers adding one new series
+-- at once may take two places: the cap errs on the safe side.)
+local function shm_incr(dict, k, d)
+  if k:sub(1, 5) ~= "fail" .. SEP then return dict:incr(PREFIX .. k, d, 0) end
+  local ok, err = dict:incr(PREFIX .. k, d)
+  if ok or err ~= "not found" then return ok, err end
+  local n, nerr = dict:incr(SERIES_KEY, 1, 0)
+  if not n then return nil, nerr end
+  if n > M.SHM_FAILURE_SERIES then
+    dict:incr(SERIES_KEY, -1, 0)
+    return dict:incr(PREFIX .. "failures_unlabelled", d, 0)
+  end
+  return dict:incr(PREFIX .. k, d, 0)
+end
+
 --- Add what changed since `last` (a `flatten` result, or nil) to the
--- shared dict: one `incr` per changed counter.
+-- shared dict: one `incr` per changed counter (a new failure series only
+-- while the dict holds fewer than `SHM_FAILURE_SERIES`).
 -- @return the new `last` (pass it next time), and the first error of
 --   `incr` or nil (e.g. "no memory": the dict is too small)
 function M.shm_add(dict, t, last)
@@ -321,7 +394,7 @@ function M.shm_add(dict, t, last)
   for k, v in pairs(flat) do
     local d = v - (last[k] or 0)
     if d ~= 0 then
-      local ok, err = dict:incr(PREFIX .. k, d, 0)
+      local ok, err = shm_incr(dict, k, d)
       if not ok then
         first_err = first_err or err
         flat[k] = last[k] -- not added: try again next time

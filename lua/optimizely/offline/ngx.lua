@@ -45,8 +45,7 @@ local M = {}
 -- @param what who failed ("optimizely.offline.ngx.queue")
 -- @param err the error (an error object or a message)
 function M.log_failure(what, err)
-  local text = tostring(err):gsub("[%z\1-\31\127]", function(c) return ("\\x%02x"):format(c:byte()) end)
-  ngx.log(ngx.ERR, what, ": ", text)
+  ngx.log(ngx.ERR, what, ": ", require("optimizely.offline.errors").clean(err))
 end
 
 -- The queue's methods that hand back `nil, err` after something failed

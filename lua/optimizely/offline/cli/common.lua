@@ -7,6 +7,7 @@
 -- @module optimizely.offline.cli.common
 local core = require("optimizely.offline.core")
 local files = require("optimizely.offline.files")
+local clean = require("optimizely.offline.errors").clean
 
 local M = {}
 
@@ -202,29 +203,25 @@ end
 -- megabytes of error output).
 M.MAX_LINE = 2000
 
-local function escape_char(c)
-  if c == "\n" then return "\\n" end
-  if c == "\r" then return "\\r" end
-  if c == "\t" then return "\\t" end
-  if #c == 2 then return ("\\u%04x"):format(c:byte(2)) end -- a C1 control (U+0080..U+009F)
-  return ("\\x%02x"):format(c:byte())
-end
-
---- Text made safe for one line of a terminal: control characters (C0, DEL
--- and the C1 range) escaped, so a value can neither forge a line nor send
--- an escape sequence; longer than `cap` (default MAX_LINE) bytes, cut with
+--- Text made safe for one line of a terminal (`optimizely.offline.errors.clean`:
+-- control characters escaped, so a value can neither forge a line nor send
+-- an escape sequence); longer than `cap` (default MAX_LINE) bytes, cut with
 -- a note of its length. Quotes are left alone: values inside a message are
 -- quoted by `label` or `core.quote` when it is built.
 function M.clean(s, cap)
-  s = tostring(s)
-  cap = cap or M.MAX_LINE
-  local n = #s
-  if n > cap then
-    s = s:sub(1, cap):gsub("[\192-\255][\128-\191]*$", "") -- never cut a character in two
-  end
-  s = s:gsub("[%z\1-\31\127]", escape_char):gsub("\194[\128-\159]", escape_char)
-  if n > cap then s = s .. ("...(%d bytes)"):format(n) end
-  return s
+  return clean(s, cap or M.MAX_LINE)
+end
+
+-- Anything shaped like an e-mail address (text@text, the domain without a
+-- dot too: jane@localhost is personal data as well).
+local ADDRESS = "[^%s\"'<>()%[%],;:@]+@[^%s\"'<>()%[%],;:@]+"
+
+--- Text with every e-mail address in it replaced by `<e-mail>`: for what
+-- must hold no personal data (a spool's last errors on screen, the
+-- messages of a `--pseudonymise` run's rejects file).
+function M.mask_emails(s)
+  if type(s) ~= "string" then return s end
+  return (s:gsub(ADDRESS, "<e-mail>"))
 end
 
 --- A name or refCode for a message: as it is when it reads safely (short,
@@ -314,18 +311,31 @@ end
 -- @param b another
 -- @return boolean
 M.same_target = same_target
+-- The directory a path names a file in ("." for a bare name).
+local function dir_of(path)
+  local d = path:match("^(.*)/[^/]*$")
+  if d == nil then return "." end
+  return d == "" and "/" or d
+end
 
 --- Refuses (exit 2) any output that is one of the inputs, whatever the
--- spelling (`./x`, `d/../x`, a symlink, a hard link), or another output.
--- @param inputs list of paths (order files, the transform, the config...)
+-- spelling (`./x`, `d/../x`, a symlink, a hard link): files are compared by
+-- identity (device and inode); an input that is a directory (a CA path)
+-- may hold no output. Two outputs on one file are refused too.
+-- @param inputs list of paths (order files, the transform, the config, the CA...)
 -- @param outputs list of `{flag, path}` (`path` nil or "-" is skipped)
 function M.refuse_overwrite(inputs, outputs)
   for i, o in ipairs(outputs) do
     local flag, path = o[1], o[2]
     if path and path ~= "-" then
-      for _, f in ipairs(inputs) do
-        if f and f ~= "-" and files.same(path, f) then
+      for _, f in pairs(inputs) do
+        if f ~= "-" and files.same(path, f) then
           config_error(("%s %s is the input file %s: write it elsewhere"):format(flag, M.label(path), M.label(f)))
+        end
+        local _, kind = core.file_id(f)
+        if kind == "directory" and files.same(dir_of(path), f) then
+          config_error(("%s %s is in the directory %s this command reads: write it elsewhere")
+            :format(flag, M.label(path), M.label(f)))
         end
       end
       for j = 1, i - 1 do
@@ -339,14 +349,26 @@ function M.refuse_overwrite(inputs, outputs)
 end
 
 --- The paths a command reads from, which no output may overwrite (see
--- `refuse_overwrite`): its input files and its `--transform` and `--config` files.
+-- `refuse_overwrite`): its input files, its `--transform` and `--config`
+-- files, and the CA file or directory wherever it is named (`--ca-file`,
+-- $OPTIMIZELY_CA_FILE, the config file's `ca_file` and `ca_path`).
 -- @param args the parsed arguments
--- @return a list of paths (a missing transform or config leaves no entry)
-function M.inputs_of(args)
+-- @param getenv function(name) (default os.getenv)
+-- @return a list of paths
+function M.inputs_of(args, getenv)
+  getenv = getenv or os.getenv
   local list = {}
-  for _, f in ipairs(args.files or {}) do list[#list + 1] = f end
-  list[#list + 1] = args.transform
-  list[#list + 1] = args.config
+  local function add(p) if type(p) == "string" and p ~= "" then list[#list + 1] = p end end
+  for _, f in ipairs(args.files or {}) do add(f) end
+  add(args.transform)
+  add(args.config)
+  add(args.ca_file)
+  add(getenv("OPTIMIZELY_CA_FILE"))
+  if args.config then
+    local v = M.settings(args, getenv).file.values
+    add(v.ca_file)
+    add(v.ca_path)
+  end
   return list
 end
 
@@ -425,10 +447,27 @@ function M.output(path, out)
   return M.open_output(path, "to")
 end
 
---- Loads a transform script: it must return a function(record, ctx).
+-- A Lua file as source text only (never bytecode, which Lua does not
+-- verify): a leading "#" line is skipped, as `lua` does.
+local function load_source(path)
+  local fh, e = io.open(path, "rb")
+  if not fh then return nil, e end
+  local text = fh:read("*a")
+  fh:close()
+  if not text then return nil, "cannot read " .. path end
+  if text:byte(1) == 27 then return nil, path .. ": attempt to load a binary chunk (a transform is Lua source text)" end
+  text = text:gsub("^#[^\n]*", "")
+  if loadstring then return loadstring(text, "@" .. path) end -- luacheck: ignore (Lua 5.1)
+  return load(text, "@" .. path, "t")
+end
+
+--- Loads a transform script: it must return a function(record, ctx). It
+-- is trusted code, run with the full Lua environment (it can read the
+-- environment, the token's variable included): loaded as source text
+-- only, never as bytecode.
 function M.load_transform(path)
   if not path then return nil end
-  local chunk, e = loadfile(path)
+  local chunk, e = load_source(path)
   if not chunk then config_error("cannot load transform: " .. tostring(e)) end
   local ok, fn = pcall(chunk)
   if not ok then

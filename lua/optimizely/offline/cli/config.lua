@@ -3,9 +3,11 @@
 -- then environment, then the file named by `--config`.
 --
 -- A config file is data, never code: `key = value` lines, `#` starts a
--- comment line, values may be quoted ('…' or "…"). A `#` after a blank ends
--- the value (a trailing comment: `token = abc  # production` is `abc`); a
--- value holding ` #` is quoted. Keys:
+-- comment line, values may be quoted ('…' or "…"; a quote not closed is an
+-- error). A `#` after a blank ends the value (a trailing comment: `token =
+-- abc  # production` is `abc`); a value holding ` #` is quoted. The file
+-- must be the user's (or root's) and writable by no one else; holding a
+-- secret readable by others, it is used with a warning. Keys:
 --
 --   * the client's options that can be written as text (its schema:
 --     `site`, `token`, `channel`, `env`, `sitename`, `base_url`, `ca_file`,
@@ -35,6 +37,7 @@ local config_error, label = common.config_error, common.label
 local M = {}
 
 local client_schema = require("optimizely.offline.client").schema
+local client_token_problem = require("optimizely.offline.client").token_problem
 
 -- The client options a file can spell as text: not the functions and
 -- tables (`sleep`, `transport`, `tokens`: `token.<channel>` lines give
@@ -92,6 +95,18 @@ File.__index = File
 -- "<path>:<line>: " for a message about a line of the file.
 function File:at(line) return ("%s:%d: "):format(label(self.path), line) end
 
+-- A value without its quotes ('…' or "…"). A quote that is not closed (or
+-- closed by the other kind) is an error: it would silently become part of
+-- the value, of a key or a token (the message never shows the value).
+local function unquote(self, n, k, v)
+  local first, last = v:sub(1, 1), v:sub(-1)
+  local quoted = first == '"' or first == "'"
+  if (quoted and (#v < 2 or last ~= first)) or (not quoted and (last == '"' or last == "'")) then
+    config_error(self:at(n) .. "the value of " .. label(k) .. " has an unbalanced quote")
+  end
+  return quoted and v:sub(2, -2) or v
+end
+
 -- The value without a trailing comment: ` #…` after an unquoted value, or
 -- after the closing quote of a quoted one (a `#` inside quotes, or not after
 -- a blank, is part of the value).
@@ -116,8 +131,7 @@ function File:add(n, s)
     if not k then config_error(self:at(n) .. "expected key = value") end
     k = k:gsub("-", "_")
   end
-  v = without_comment(v)
-  v = v:match('^"(.*)"$') or v:match("^'(.*)'$") or v
+  v = unquote(self, n, k, without_comment(v))
   if self.line_of[k] then
     config_error(self:at(n) .. label(k) .. " is given twice (first at line " .. self.line_of[k] .. ")")
   end
@@ -139,13 +153,52 @@ function File:add(n, s)
   end
 end
 
---- Reads a config file. Error messages name the line, never its value.
+-- Bits of a file mode (no bitwise operators in Lua 5.1).
+local function bit(mode, b) return math.floor(mode / b) % 2 == 1 end
+
+-- Who else may change the file: another user owning it, or group or others
+-- able to write it, could point the run (and its token) anywhere. Refused.
+function File:check_owner()
+  local id, _, mode, uid = core.file_id(self.path)
+  if not id then return end -- io.open says why
+  self.mode = mode
+  if uid ~= core.euid() and uid ~= 0 then
+    config_error(("%s is owned by another user (uid %d): refusing to use it"):format(label(self.path), uid))
+  end
+  if bit(mode, 16) or bit(mode, 2) then
+    config_error(("%s is writable by others (mode %04o): refusing to use it (chmod go-w %s)")
+      :format(label(self.path), mode, label(self.path)))
+  end
+end
+
+-- The secrets the file holds, by key; a warning (as ssh gives) when group
+-- or others can read them.
+function File:check_readers()
+  local mode = self.mode
+  if not mode or not (bit(mode, 32) or bit(mode, 4)) then return end
+  local held = {}
+  if self.values.token and self.values.token ~= "" then held[#held + 1] = "token" end
+  local chans = {}
+  for ch in pairs(self.tokens) do chans[#chans + 1] = ch end
+  table.sort(chans)
+  for _, ch in ipairs(chans) do held[#held + 1] = "token." .. ch end
+  if self.values.pseudonym_key and self.values.pseudonym_key ~= "" then held[#held + 1] = "pseudonym_key" end
+  if #held == 0 then return end
+  self.warnings[#self.warnings + 1] = ("warning: %s holds a secret (%s) and is readable by others (mode %04o): "
+    .. "chmod 600 %s"):format(label(self.path), table.concat(held, ", "), mode, label(self.path))
+end
+
+--- Reads a config file. Error messages name the line, never its value. A
+-- file another user owns, or that group or others can write, is refused;
+-- one holding a secret (a token, the pseudonym key) that they can read
+-- gets a warning in `warnings`.
 -- @param path the file (nil: an empty configuration)
 -- @return `{path, values = {key = string}, tokens = {channel = token},
---   map = {column = field | false}, line_of = {key = line}}`
+--   map = {column = field | false}, line_of = {key = line}, warnings = {text}}`
 function M.read_file(path)
-  local self = setmetatable({ path = path, values = {}, tokens = {}, map = {}, line_of = {} }, File)
+  local self = setmetatable({ path = path, values = {}, tokens = {}, map = {}, line_of = {}, warnings = {} }, File)
   if not path then return self end
+  self:check_owner()
   local fh, e = io.open(path, "r")
   if not fh then config_error("cannot read config file: " .. tostring(e)) end
   local n = 0
@@ -158,6 +211,7 @@ function M.read_file(path)
     end
   end
   fh:close()
+  self:check_readers()
   return self
 end
 
@@ -208,6 +262,7 @@ function M.settings(args, getenv)
   if s then return s end
   getenv = getenv or os.getenv
   local file = M.read_file(args.config)
+  for _, w in ipairs(file.warnings) do common.say(io.stderr, w) end
   local key = getenv("OPTIMIZELY_PSEUDONYM_KEY")
   s = { file = file, input = input_settings(args, file),
         pseudonym_key = (key and key ~= "") and key or file.values.pseudonym_key }
@@ -222,25 +277,43 @@ local function env_name(channel)
 end
 
 -- Per-channel tokens: the file's `token.<channel>`, then the environment's
--- OPTIMIZELY_SITE_TOKEN_<CHANNEL> over them. nil when there are none.
--- Channel names are case-insensitive: the keys are lower case.
+-- OPTIMIZELY_SITE_TOKEN_<CHANNEL> over them. nil when there are none; else
+-- also where each came from (for messages). Channel names are
+-- case-insensitive: the keys are lower case.
 local function channel_tokens(file, channel, getenv)
-  local tokens, names = {}, {}
+  local tokens, names, from = {}, {}, {}
   for _, ch in ipairs(M.CHANNELS) do names[ch] = true end
   for ch, v in pairs(file.tokens) do
+    local key = "token." .. ch
     ch = ch:lower()
     if tokens[ch] and tokens[ch] ~= v then
       config_error(label(file.path) .. ": token." .. ch .. " is given twice (channel names are "
         .. "case-insensitive)")
     end
-    tokens[ch] = v; names[ch] = true
+    tokens[ch], names[ch] = v, true
+    from[ch] = file:at(file.line_of[key]) .. key .. " "
   end
   if channel then names[channel] = true end
   for ch in pairs(names) do
     local v = getenv(env_name(ch))
-    if v and v ~= "" then tokens[ch] = v end
+    if v and v ~= "" then tokens[ch], from[ch] = v, "$" .. env_name(ch) .. ": the token " end
   end
-  return next(tokens) and tokens or nil
+  if not next(tokens) then return nil end
+  return tokens, from
+end
+
+-- A token that is too short (or holds a control character or spaces) is
+-- a configuration error naming where it came from, never its value.
+local function check_token(token, from)
+  local p = token and client_token_problem(token)
+  if p then config_error(from .. p) end
+end
+
+local function sorted_keys(t)
+  local list = {}
+  for k in pairs(t) do list[#list + 1] = k end
+  table.sort(list)
+  return list
 end
 
 -- Strings to the numbers and booleans the client's schema asks for (the
@@ -341,10 +414,15 @@ function M.unchecked_config(args, getenv)
   pick("timeout")
   pick("max_attempts")
   if type(conf.channel) == "string" then conf.channel = conf.channel:lower() end
+  if conf.token then check_token(conf.token, origin.token .. "token ") end
   local token = getenv("OPTIMIZELY_SITE_TOKEN")
-  if token and token ~= "" then conf.token = token end
-  local tokens = channel_tokens(file, conf.channel, getenv)
+  if token and token ~= "" then
+    conf.token = token
+    check_token(token, "$OPTIMIZELY_SITE_TOKEN: the token ")
+  end
+  local tokens, from = channel_tokens(file, conf.channel, getenv)
   if tokens then
+    for _, ch in ipairs(sorted_keys(tokens)) do check_token(tokens[ch], from[ch]) end
     if not conf.channel and next(tokens, next(tokens)) == nil then conf.channel = next(tokens) end
     conf.token = conf.channel and tokens[conf.channel] or conf.token
     conf.tokens = tokens

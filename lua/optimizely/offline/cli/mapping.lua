@@ -220,17 +220,6 @@ local function csv_field(s)
 end
 M.csv_field = csv_field
 
--- Refuses -o naming one of the command's own inputs (whatever the spelling).
-local function check_output(args)
-  local path = args.output
-  local inputs = { args.config, args.transform }
-  for _, f in ipairs(args.files) do inputs[#inputs + 1] = f end
-  for _, f in pairs(inputs) do
-    if f ~= "-" and files.same(path, f) then
-      config_error(("-o %s names an input of this command (%s): refusing to overwrite it"):format(path, f))
-    end
-  end
-end
 
 local Mapping = {}
 Mapping.__index = Mapping
@@ -239,7 +228,7 @@ function Mapping.new(args, out, err, getenv)
   local self = setmetatable({ args = args, out = out, err = err, read = 0, invalid = 0, id_only = 0,
                               bad = 0, skipped = 0, written = 0 }, Mapping)
   self.to_file = args.output ~= nil and args.output ~= "-"
-  if self.to_file then check_output(args) end
+  if self.to_file then common.refuse_overwrite(common.inputs_of(args, getenv), { { "-o", args.output } }) end
   self.p = require("optimizely.offline.cli.pseudonymise").build(args, getenv)
   self.transform = common.load_transform(args.transform)
   local dir = args.tmpdir or (self.to_file and dirname(args.output)) or getenv("TMPDIR") or "/tmp"

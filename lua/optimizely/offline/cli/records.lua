@@ -80,16 +80,23 @@ local function converted(converters, item)
 end
 
 -- Pseudonymise a payload item (--pseudonymise): a problem makes it a
--- validation failure, warnings (an id that disagrees) ride along.
+-- validation failure, warnings (an id that disagrees) ride along. An item
+-- already failed (its date) is pseudonymised too: its payload goes to the
+-- rejects file, which must hold the id, never the address. A payload that
+-- cannot be pseudonymised is marked `withhold`: it is kept nowhere.
 local function pseudonymised(p, item)
   local payload, w = p:apply(item.payload)
   if not payload then
-    item.stage = "validation"
-    item.error = w
-    item.message = tostring(w)
+    item.withhold = true
+    if not item.stage then
+      item.stage = "validation"
+      item.error = w
+      item.message = tostring(w)
+    end
     return item
   end
-  item.payload = payload
+  item.payload, item.pseudonymised = payload, true
+  if item.stage then return item end
   if w[1] then
     local all = item.warnings or {}
     for _, x in ipairs(w) do all[#all + 1] = x end
@@ -102,7 +109,8 @@ end
 local function item_of(self, rec, fi)
   if rec.error then
     if common.is_interrupt(rec.error) then error(rec.error, 0) end
-    return { stage = "input", message = rec.error, code = rec.code, rec = rec, fi = fi }
+    return { stage = "input", message = rec.error, code = rec.code, rec = rec, fi = fi,
+             pseudonymise = self.pseudonym and true or nil }
   end
   local item
   if self.transform and not rec.transformed then
@@ -111,7 +119,10 @@ local function item_of(self, rec, fi)
     item = { payload = rec.payload, rec = rec, transformed = rec.transformed, fi = fi }
   end
   if item.payload and self.converters[1] then converted(self.converters, item) end
-  if item.payload and not item.stage and self.pseudonym then pseudonymised(self.pseudonym, item) end
+  if self.pseudonym then
+    item.pseudonymise = true -- the rejects file keeps no address of it (cli.rejects)
+    if item.payload then pseudonymised(self.pseudonym, item) end
+  end
   if item.payload and not item.stage and self.age then self.age(item) end
   return item
 end
@@ -128,9 +139,11 @@ end
 --     the date could not be converted (`--date-format`, `--timezone`)
 --   { skipped = true, rec = r }                      the transform returned nil
 --
--- With --pseudonymise, `user.email` has become the pseudonymised `user.id`
--- (a bad address: a validation item). An order older than
--- `--max-order-age` carries a warning (optimizely.offline.cli.age).
+-- With --pseudonymise, every item has `pseudonymise = true`, and `user.email`
+-- has become the pseudonymised `user.id` (`pseudonymised = true`; a bad
+-- address: a validation item, `withhold = true`), also in an item that
+-- failed at its date. An order older than `--max-order-age` carries a
+-- warning (optimizely.offline.cli.age).
 -- Items with a `stage` are not sendable. A record from a rejects file
 -- (`rec.transformed`) is not transformed again. Ctrl-C inside the
 -- transform or a reader is raised again, never reported as a bad record.
@@ -165,7 +178,8 @@ function M.iter(args, transform, progress, resume)
         if not it then
           -- an unreadable file is one rejected "record", and the run goes on
           return { stage = "input", message = common.path(self.files[fi]) .. ": " .. tostring(state),
-                   rec = { file = self.files[fi], line = 0, index = 0 }, fi = fi }
+                   rec = { file = self.files[fi], line = 0, index = 0 }, fi = fi,
+                   pseudonymise = self.pseudonym and true or nil }
         end
         iter = it
         if progress then progress:file(state) end

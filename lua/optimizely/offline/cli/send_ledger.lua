@@ -23,7 +23,7 @@ local common = require("optimizely.offline.cli.common")
 
 local M = {}
 
---- Adds `--ledger`, `--no-ledger`, `--force` and `--amend` to a command.
+--- Adds the ledger's options to a command: ledger, no-ledger, force, amend.
 -- @param cmd the argparse command
 function M.options(cmd)
   cmd:option("--ledger", "The delivery ledger: what was sent before is not sent again (default "
@@ -43,9 +43,9 @@ local function file_flag(file, name)
   common.config_error(file:at(file.line_of[name]) .. name .. " must be true or false")
 end
 
---- The ledger file a command uses: `--ledger`, else the config file's
--- `ledger`, else the default path (`ledger.default_path`). A usage error
--- when there is none.
+--- The ledger file a command uses: the option's file, else the config
+-- file's `ledger`, else the default path (`ledger.default_path`). A usage
+-- error when there is none.
 -- @param args the parsed arguments
 -- @param who the commands asking (for the message when no path can be made)
 -- @return the path, and true when it is the default one
@@ -216,7 +216,7 @@ local function where_without_client(args)
   local client = require("optimizely.offline.client")
   local checked
   ok, checked = pcall(client.check_config, { site = conf.site, env = conf.env, sitename = conf.sitename,
-    base_url = conf.base_url, allow_http = true, token = "-", channel = "store" })
+    base_url = conf.base_url, allow_http = true, token = "placeholder", channel = "store" })
   if not ok then return nil end
   return checked.post_url, conf.site, default
 end

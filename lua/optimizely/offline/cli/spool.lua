@@ -86,7 +86,7 @@ end
 -- masked, control characters escaped, cut short.
 local function scrub(text)
   if not text then return "" end
-  return common.clean((tostring(text):gsub("[%w%.%%%+%-_]+@[%w%-]+%.[%w%.%-]+", "<e-mail>")), 300)
+  return common.clean(common.mask_emails(tostring(text)), 300)
 end
 
 -- When a queued row goes next: "due", "in delivery", or the time and how long until it.

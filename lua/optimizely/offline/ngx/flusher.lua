@@ -22,7 +22,8 @@
 local ngx = ngx
 local semaphore = require("ngx.semaphore")
 
-local now, update_time, log, ERR, WARN = ngx.now, ngx.update_time, ngx.log, ngx.ERR, ngx.WARN
+local now, update_time, log, ERR, WARN = ngx.now, ngx.update_time,
+  require("optimizely.offline.errors").logger(ngx.log), ngx.ERR, ngx.WARN
 local timer_at, spawn = ngx.timer.at, ngx.thread.spawn
 
 local M = {}

@@ -56,7 +56,7 @@ local sender = require("optimizely.offline.ngx.sender")
 local flusher = require("optimizely.offline.ngx.flusher")
 local waiting = require("optimizely.offline.ngx.wait")
 
-local log, ERR = ngx.log, ngx.ERR
+local log, ERR = errors.logger(ngx.log), ngx.ERR -- control characters escaped: no forged line
 
 local M = {}
 

@@ -639,7 +639,7 @@ end
 --- Loads the configuration written by the launcher (init_by_lua, master process).
 -- @param path absolute path of `DIR/conf/config.lua`
 function M.configure(path)
-  local c = dofile(path)
+  local c = assert(loadfile(path, "t"))() -- our own file (0600): source text only, never bytecode
   assert(type(c) == "table" and c.dir and c.site and type(c.tokens) == "table", "bad sandbox config " .. path)
   c.token_ids = {}
   for name, token in pairs(c.tokens) do c.token_ids[token] = name end
