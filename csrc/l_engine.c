@@ -338,6 +338,21 @@ static int l_drop(lua_State *L) {
     return 2;
 }
 
+/*** e:drop_waiting([infos]) -> unknown, unsent — the jobs not in flight
+ * (waiting to start, parked, or waiting for a retry), taken out; those in
+ * flight go on. Tables as e:drop's. */
+static int l_drop_waiting(lua_State *L) {
+    oo_engine *e = check_engine(L);
+    drop_ctx c;
+    c.L = L;
+    c.s = &e->s;
+    c.infos = lua_toboolean(L, 2);
+    lua_newtable(L);
+    lua_newtable(L);
+    oo_sched_drop_all(&e->s, collect_id, &c);
+    return 2;
+}
+
 static int l_close(lua_State *L) {
     oo_engine_ud *u = (oo_engine_ud *)luaL_checkudata(L, 1, OO_ENGINE_MT);
     if (u->open) {
@@ -355,6 +370,7 @@ void oo_engine_register(lua_State *L) {
                                        {"stats", l_stats},
                                        {"metrics", l_metrics},
                                        {"drop", l_drop},
+                                       {"drop_waiting", l_drop_waiting},
                                        {"remove_ref", l_remove_ref},
                                        {"flush_ledger", l_flush_ledger},
                                        {"ledger_stats", l_ledger_stats},

@@ -681,6 +681,18 @@ static int l_purge(lua_State *L) {
     return 1;
 }
 
+/*** sp:due_now(now) → moved, waiting | nil, err */
+static int l_due_now(lua_State *L) {
+    oo_spool *s = oo_spool_check(L, 1);
+    oo_spool_err err;
+    long long moved, waiting;
+    if (oo_spool_due_now(s, opt_now(L, 2, "due_now"), &moved, &waiting, &err) != OO_SPOOL_OK)
+        return oo_spool_push_err(L, &err);
+    lua_pushinteger(L, (lua_Integer)moved);
+    lua_pushinteger(L, (lua_Integer)waiting);
+    return 2;
+}
+
 /*** sp:owner() → this handle's lease token; sp:path() → the file */
 static int l_owner(lua_State *L) {
     lua_pushstring(L, oo_spool_owner(oo_spool_check(L, 1)));
@@ -730,6 +742,7 @@ void oo_spool_register(lua_State *L) {
         {"list", l_list},
         {"requeue_dead", l_requeue_dead},
         {"purge", l_purge},
+        {"due_now", l_due_now},
         {"owner", l_owner},
         {"path", l_path},
         {"is_open", l_is_open},

@@ -166,6 +166,9 @@ static const char *const SQL[ST_COUNT] = {
     [ST_DEAD_CUSTOMERS] = "SELECT id, body, 1 FROM dead WHERE op = 0",
     [ST_DROP_ONE] = "DELETE FROM orders WHERE id = ?1 AND " FREE_AT("?2"),
     [ST_DROP_DEAD] = "DELETE FROM dead WHERE id = ?1",
+    /* due_now: the free rows waiting for a later attempt become due; the
+     * attempts and the last error stay as they are */
+    [ST_DUE_NOW] = "UPDATE orders SET next_at = ?1 WHERE next_at > ?1 AND " FREE_AT("?1"),
 };
 
 /* Row fields, listed per statement in column order (read_row). */
@@ -969,6 +972,37 @@ int oo_spool_purge(oo_spool *s, int which, double older_than, double now, long l
     c.n = n;
     code = transact(s, "purge", TX_WRITE, purge_body, &c, err);
     if (code != OO_SPOOL_OK) *n = 0;
+    return code;
+}
+
+typedef struct due_ctx {
+    double now;
+    long long *moved, *waiting;
+} due_ctx;
+
+static int due_now_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    due_ctx *c = (due_ctx *)ctx;
+    scalar left;
+    int rc;
+    (void)s;
+    if ((rc = exec(d, ST_DUE_NOW, "d", c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    *c->moved = sqlite3_changes(d->c.db);
+    /* what still waits is under another handle's live lease */
+    if ((rc = query_scalar(d, ST_WAITING, &left, "d", c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    *c->waiting = left.a;
+    return OO_SPOOL_OK;
+}
+
+int oo_spool_due_now(oo_spool *s, double now, long long *moved, long long *waiting,
+                     oo_spool_err *err) {
+    due_ctx c;
+    int code;
+    *moved = *waiting = 0;
+    c.now = now;
+    c.moved = moved;
+    c.waiting = waiting;
+    code = transact(s, "due_now", TX_WRITE, due_now_body, &c, err);
+    if (code != OO_SPOOL_OK) *moved = *waiting = 0;
     return code;
 }
 

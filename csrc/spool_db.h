@@ -53,6 +53,7 @@ enum {
     ST_DEAD_CUSTOMERS,
     ST_DROP_ONE,
     ST_DROP_DEAD,
+    ST_DUE_NOW,
     ST_COUNT
 };
 

@@ -28,11 +28,15 @@ local ENV_VARS = { "OPTIMIZELY_SITE", "OPTIMIZELY_SITE_TOKEN", "OPTIMIZELY_CHANN
   "OPTIMIZELY_BASE_URL", "OPTIMIZELY_CA_FILE", "OPTIMIZELY_ENV" }
 
 -- The shell command that runs the CLI: every OPTIMIZELY_* variable unset,
--- then those of `env` set.
+-- then those of `env` set; and a state directory of its own (XDG_STATE_HOME),
+-- so the default ledger of one run never makes another skip its orders.
+local n_states = 0
 local function command(args, env, cwd, exec)
   -- the runs happen in TMP: a default unsent file never lands in the checkout
   local parts = { "cd", q(cwd or TMP), "&&", exec and "exec env" or "env" }
   for _, v in ipairs(ENV_VARS) do parts[#parts + 1] = "-u " .. v end
+  n_states = n_states + 1
+  parts[#parts + 1] = q("XDG_STATE_HOME=" .. TMP .. "/state" .. n_states)
   for k, v in pairs(env or {}) do parts[#parts + 1] = q(k .. "=" .. v) end
   parts[#parts + 1] = LUA
   parts[#parts + 1] = q(BIN)
@@ -589,7 +593,8 @@ describe("optimizely-offline (command line)", function()
       local errbuf = {}
       local err = { write = function(_, ...) for _, s in ipairs({ ... }) do errbuf[#errbuf + 1] = s end end }
       local code = require("optimizely.offline.cli").main(
-        { "send", file, "--config", conf, "-v", "--rejects", rej, "--report", rep, "--concurrency", "2" }, out, err)
+        { "send", file, "--config", conf, "-v", "--rejects", rej, "--report", rep, "--concurrency", "2",
+          "--ledger", tmp("cb-ledger.db") }, out, err)
       debug.sethook()
       assert.equal(130, code, table.concat(errbuf))
       local report = cjson.decode(read_file(rep))

@@ -16,29 +16,7 @@ local SEED = tonumber(os.getenv("OO_SEED") or "") or os.time()
 print("cli_stop_spec: OO_SEED=" .. SEED)
 math.randomseed(SEED)
 
--- Starts the CLI in the background in `dir`. @return pid, a function that
--- waits for it and returns its exit code, stdout and stderr.
-local function spawn(args, env, dir)
-  local out, err = dir .. "/run.out", dir .. "/run.err"
-  local p = io.popen("sh -c " .. q("echo $$; " .. cli.command(args, { env = env, cwd = dir, exec = true })
-    .. " >" .. q(out) .. " 2>" .. q(err) .. " </dev/null") .. "; echo \"rc=$?\"")
-  local pid = tonumber(p:read("*l"))
-  assert(pid, "no pid")
-  return pid, function()
-    local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
-    p:close()
-    return rc, read_file(out) or "", read_file(err) or ""
-  end
-end
-
--- Waits (bounded) until `cond()` holds.
-local function wait_for(cond, seconds)
-  local deadline = core.now() + (seconds or 30)
-  while not cond() do
-    assert(core.now() < deadline, "timed out")
-    core.sleep(0.02)
-  end
-end
+local spawn, wait_for = cli.spawn, cli.wait_for
 
 -- refCode -> times recorded, for one prefix.
 local function at_sandbox(prefix)

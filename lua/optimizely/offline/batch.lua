@@ -50,7 +50,13 @@ M.schema = opts.schema("send_batch", "opts", gate.add_fields({
   on_interrupt = { type = "choice", choices = { "raise", "return" }, default = "raise" },
   adaptive = { type = "boolean", default = true },
   pseudonymise = { type = "any" },
+  halt = { type = "function" },
+  ledger_window = { type = "number", min = 0, max = 60, requires = "ledger" },
 }, true))
+
+-- Seconds between two calls of a caller's `halt()` at most (a signal
+-- handled through it starts no request later than this).
+local HALT_POLL = 0.02
 
 -- Orders looked up (and reserved) in the ledger per transaction: one
 -- write per AHEAD orders, while the requests already in flight go on.
@@ -124,7 +130,7 @@ function Batch.new(st, source, o, L)
     on_stop = "drain", report_all = o.on_result ~= nil,
     report_retries = (self.events.on_event or self.events.logger) ~= nil })
   if self.gate then
-    self.gate:configure(cfg)
+    self.gate:configure(cfg, o.ledger_window)
     cfg.ledger_thread = true -- the ledger's SQLite work overlaps the requests in flight
   end
   self.engine = core.engine_new(cfg)
@@ -363,7 +369,7 @@ end
 function Batch:feed(t)
   local budget = self.o.concurrency * 2
   local next_order = self.gate and self.next_ledgered or self.next_plain
-  while not self.stopped and self.engine:pending() < budget and self:rate_allows(t) do
+  while not self.stopped and not self.halted and self.engine:pending() < budget and self:rate_allows(t) do
     local got = next_order(self)
     if got == nil then return end
     if got == "added" and self.rate then self.tokens = self.tokens - 1 end
@@ -496,6 +502,7 @@ function Batch:wait_time(t)
   local wake = 1
   if self.rate and self.tokens < 1 and not self.exhausted then wake = min(wake, (1 - self.tokens) / self.rate) end
   if self.o.progress then wake = min(wake, max(0, self.last_progress + self.o.progress_interval - t)) end
+  if self.o.halt and not self.halted then wake = min(wake, HALT_POLL) end
   return max(wake, 0)
 end
 
@@ -503,6 +510,7 @@ function Batch:loop()
   local engine = self.engine
   while true do
     local t = now()
+    if self.halted or (self.o.halt and self:halt_asked()) then self:halt() end
     self:feed(t)
     if self.unusable then return end
     if not self:more() and engine:pending() == 0 then break end
@@ -528,6 +536,42 @@ local function ids_of(infos)
   return ids
 end
 
+-- Does the caller's `halt()` say stop? (An error in it is a callback
+-- error, and does not stop the batch.)
+function Batch:halt_asked()
+  local ok, yes = pcall(self.o.halt)
+  if ok then return yes and true or false end
+  if is_interrupt(yes) then error(yes, 0) end
+  local list = self.summary.callback_errors
+  list[#list + 1] = { halt = true, message = tostring(yes) }
+  return false
+end
+
+-- The caller's `halt()` said so: nothing more is read or started. Called
+-- again after each turn: the orders read but not started are `unsent`,
+-- those waiting for a retry (a retry scheduled since included) `unknown`,
+-- and their reservations go back; those in flight go on.
+function Batch:halt()
+  local unknown, unsent = self.engine:drop_waiting(true)
+  if not self.halted then
+    self.halted, self.exhausted = true, true
+    self.halted_unknown, self.halted_unsent = {}, {}
+    for _, it in ipairs(self:take_ahead()) do
+      unsent[#unsent + 1] = { id = it.i, ref = it.ref, channel = self.st.channels[it.ch].name }
+    end
+  end
+  if #unknown + #unsent == 0 then return end
+  if self.gate then
+    self:release(unknown)
+    self:release(unsent)
+  end
+  local hu, hs = self.halted_unknown, self.halted_unsent
+  for _, j in ipairs(unknown) do hu[#hu + 1] = j end
+  for _, j in ipairs(unsent) do hs[#hs + 1] = j end
+  local s = self.summary
+  s.halted, s.unknown, s.unsent = true, ids_of(hu), ids_of(hs)
+end
+
 -- After an interrupt (or a bug): stop the transfers and say what is
 -- unknown. The ledger keeps what was acknowledged; the reservations of
 -- the orders not acknowledged go back (a run again sends them).
@@ -540,13 +584,16 @@ function Batch:abandon(lerr)
   for _, it in ipairs(waiting) do
     unsent[#unsent + 1] = { id = it.i, ref = it.ref, channel = self.st.channels[it.ch].name }
   end
-  s.unknown, s.unsent = ids_of(unknown), ids_of(unsent)
   self:collect()
   if self.gate then
     self:flush_ledger()
     self:release(unknown)
     self:release(unsent)
   end
+  -- and those a halt took out before (released then)
+  for _, j in ipairs(self.halted_unknown or {}) do unknown[#unknown + 1] = j end
+  for _, j in ipairs(self.halted_unsent or {}) do unsent[#unsent + 1] = j end
+  s.unknown, s.unsent = ids_of(unknown), ids_of(unsent)
 end
 
 -- Writes the ledger's notes waiting in the engine; a failure is the
@@ -605,6 +652,12 @@ end
 --   baseline + 20 ms (csrc/limiter.h; doc/topics/performance.md).
 --   `adaptive = false`: `concurrency` in flight, halved by a 429 and
 --   growing back by one per window of successes.
+--   `halt = fn()`: asked between turns (at least every 20 ms); once it
+--   returns true nothing more is read or started — the orders read but not
+--   started end in `unsent`, those waiting for a retry in `unknown` (their
+--   ledger reservations go back), the requests in flight finish, and the
+--   summary has `halted = true` (how the command line stops on a signal:
+--   an interrupt raised later still abandons what is in flight).
 --   **The ledger** (optimizely.offline.ledger_gate): `ledger = true` (the
 --   command line's file, `ledger.default_path()`), a path, or a ledger
 --   object (the caller's, left open); `ledger_keep` (days, default 200) and
@@ -613,7 +666,9 @@ end
 --   changed order (DELETE, then POST once the DELETE is accepted). Orders
 --   are looked up and reserved 128 at a time as they are read; each
 --   delivered one is recorded as the engine settles it (a few at a time,
---   one transaction each); the reservations of orders not sent after all
+--   one transaction each, at most `ledger_window` seconds after its answer:
+--   default 0.02; 0 writes after each turn of the engine, so that after a
+--   kill -9 only the requests in flight are unknown to the ledger); the reservations of orders not sent after all
 --   (a stop, an interrupt) go back. An order the ledger has is not sent:
 --   `on_result(i, res)` with `res.skipped` ("already sent", "already in
 --   flight"), counted in `skipped`; another version of it (or its cancel)
@@ -627,7 +682,8 @@ end
 --   failed == read`; `skipped` the orders the ledger had (not errors);
 --   `retried` attempts repeated; `throttled` 429 answers; `in_flight` and
 --   `concurrency` (the current in-flight limit, which the adaptive limit
---   moves) are for progress callbacks. When the batch stopped early also
+--   moves) are for progress callbacks. After `halt`: `halted`, `unknown`
+--   and `unsent` (indexes, sorted). When the batch stopped early also
 --   `error`; after refused credentials `stopped` (the error); after an
 --   interruption `interrupted`, `unknown` and `unsent` (indexes, sorted);
 --   when the ledger failed during the run `ledger_error` (kind "storage" or

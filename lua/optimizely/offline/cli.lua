@@ -14,7 +14,7 @@ local errors = require("optimizely.offline.errors")
 local M = {}
 
 --- Command names in help order.
-M.COMMANDS = { "validate", "send", "convert", "cancel", "spool", "sandbox", "mapping" }
+M.COMMANDS = { "validate", "send", "convert", "cancel", "spool", "ledger", "sandbox", "mapping" }
 
 --- Exit code 0: all done.
 M.EXIT_OK = 0
@@ -61,7 +61,8 @@ function M.parser()
   end
   parser:flag("-V --version", "Print the version (and libcurl's and Lua's) and exit.")
     :action(function() error(VersionRequest, 0) end)
-  parser:epilog("Exit codes: 0 all done, 1 some orders failed, 2 usage or configuration error, "
+  parser:epilog("Exit codes: 0 all done, 1 some orders failed, 2 usage or configuration error (or a ledger that "
+    .. "cannot be used), "
     .. "130 interrupted (Ctrl-C), 143 SIGTERM, 129 SIGHUP. See `optimizely-offline <command> --help`.")
   local handlers = {}
   for _, name in ipairs(M.COMMANDS) do

@@ -287,6 +287,12 @@ local function same_target(a, b)
   return na == nb and files.same(da == "" and "/" or da, db == "" and "/" or db)
 end
 
+--- Do two paths name one file, even one that does not exist yet (the
+-- same name in the same directory, however spelled)?
+-- @param a a path
+-- @param b another
+-- @return boolean
+M.same_target = same_target
 -- The directory a path names a file in ("." for a bare name).
 local function dir_of(path)
   local d = path:match("^(.*)/[^/]*$")

@@ -19,7 +19,9 @@
 --   * `map.<column> = field`: a CSV column rename (as `--map column=field`);
 --   * `delimiter`, `format`, `date_format`, `timezone`, `input_encoding`,
 --     `decimal_comma`, `currency_symbols`: the input options;
---   * `pseudonym_key`: the key for pseudonymised user ids (a secret).
+--   * `pseudonym_key`: the key for pseudonymised user ids (a secret);
+--   * `ledger = FILE`, `no_ledger = true`: the delivery ledger's file, or
+--     none (optimizely.offline.cli.send_ledger).
 --
 -- An unknown key is an error that names the line and suggests the key
 -- meant (`siteToken` → `token`); a key given twice too. Messages never show
@@ -54,7 +56,7 @@ end
 
 --- Keys only the command line uses.
 M.CLI_KEYS = { "delimiter", "format", "date_format", "timezone", "pseudonym_key", "input_encoding",
-  "decimal_comma", "currency_symbols" }
+  "decimal_comma", "currency_symbols", "ledger", "no_ledger" }
 
 --- The channels whose token the environment may carry without the config
 -- file naming them (`OPTIMIZELY_SITE_TOKEN_<CHANNEL>`).
