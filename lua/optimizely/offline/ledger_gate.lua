@@ -161,7 +161,7 @@ function M.new(st, L, lease)
 end
 
 --- The scheduler's configuration fields that make its record hook write
--- to this ledger (csrc/ledger_sink.c): added to a `sched.config` table.
+-- to this ledger (csrc/delivery/ledger_sink.c): added to a `sched.config` table.
 -- @param cfg the scheduler's configuration
 -- @param window seconds a note may wait before it is written (nil: the default 0.02)
 -- @return cfg
