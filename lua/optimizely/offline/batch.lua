@@ -131,7 +131,10 @@ function Batch.new(st, source, o, L)
     report_retries = (self.events.on_event or self.events.logger) ~= nil })
   if self.gate then
     self.gate:configure(cfg, o.ledger_window)
-    cfg.ledger_thread = true -- the ledger's SQLite work overlaps the requests in flight
+    -- the ledger's SQLite work overlaps the requests in flight, unless each
+    -- end must be written as it comes (ledger_window = 0: the command line,
+    -- whose kill -9 may then resend no more than the requests in flight)
+    cfg.ledger_thread = o.ledger_window ~= 0
   end
   self.engine = core.engine_new(cfg)
   return self

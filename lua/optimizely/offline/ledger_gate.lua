@@ -334,6 +334,10 @@ function M.unusable(err)
     err.attempts = 0
     return err
   end
+  if type(err) == "table" then -- the C core's {kind, message, ...} (core.h: oo_push_error)
+    err.kind, err.attempts = err.kind or "storage", 0
+    return errors.new(err)
+  end
   return errors.new({ kind = "storage", attempts = 0, message = "ledger: " .. tostring(err) })
 end
 
