@@ -758,6 +758,36 @@ static int l_done(lua_State *L) {
     return 4;
 }
 
+/*** s:settle(token, status, body, info [, code]) — `done` for a driver
+ * that needs only the action: "ack" | "retry" | "dead" | "stop" (no
+ * outcome record is built: the nginx senders settle every order here) */
+static int l_settle(lua_State *L) {
+    l_sched *u = check_driver(L);
+    oo_job *j;
+    oo_reply r;
+    oo_outcome o;
+    const char *why = NULL;
+    int ok;
+    lua_settop(L, 6);
+    j = take_token(L, u, 2);
+    ok = read_reply(L, 3, &r, &o);
+    if (ok) oo_sched_classify(&r, &o);
+    lua_pushstring(L, action_names[oo_sched_settle(&u->s, j, &o, ok ? &r : NULL, &why)]);
+    return 1;
+}
+
+/*** s:has_results() -> boolean: are there results for `results()` (a
+ * look without building a table) */
+static int l_has_results(lua_State *L) {
+    l_sched *u = check_sched(L);
+    int any;
+    pthread_mutex_lock(&u->s.mu);
+    any = u->s.out_head != NULL;
+    pthread_mutex_unlock(&u->s.mu);
+    lua_pushboolean(L, any);
+    return 1;
+}
+
 static int l_results(lua_State *L) {
     l_sched *u = check_sched(L);
     return oo_push_results(L, &u->s, oo_sched_collect(&u->s));
@@ -896,7 +926,9 @@ void oo_sched_register(lua_State *L) {
                                        {"take", l_take},
                                        {"next", l_next},
                                        {"done", l_done},
+                                       {"settle", l_settle},
                                        {"results", l_results},
+                                       {"has_results", l_has_results},
                                        {"pending", l_pending},
                                        {"stats", l_stats},
                                        {"metrics", l_metrics},
