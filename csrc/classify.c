@@ -1,11 +1,13 @@
-/* The one response classifier (see classify.h). Lua: core.classify,
- * core.classify_failure, core.envelope. */
+/* The one response classifier (see classify.h), Retry-After included.
+ * Lua: core.classify, core.classify_failure, core.envelope,
+ * core.parse_retry_after, core.parse_http_date. */
 #include "classify.h"
 #include "core.h"
 #include "clock.h"
-#include "policy.h"
+#include "date.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -145,6 +147,100 @@ void oo_classify_failure(const char *kind, const char *message, oo_outcome *o) {
 }
 
 /* ------------------------------------------------------------------ */
+/* Retry-After                                                         */
+
+static int month_of(const char *s) {
+    static const char names[] = "janfebmaraprmayjunjulaugsepoctnovdec";
+    int i;
+    for (i = 0; i < 12; i++)
+        if (strncasecmp(s, names + 3 * i, 3) == 0) return i + 1;
+    return 0;
+}
+
+/* n digits at *p into *v (exactly n, or 1..n when `upto`). */
+static int digits(const char **p, int n, int upto, int *v) {
+    int k = 0;
+    *v = 0;
+    while (k < n && (*p)[k] >= '0' && (*p)[k] <= '9') { *v = *v * 10 + ((*p)[k] - '0'); k++; }
+    if (k == 0 || (!upto && k != n)) return 0;
+    *p += k;
+    return 1;
+}
+
+static int lit(const char **p, const char *s) {
+    size_t n = strlen(s);
+    if (strncmp(*p, s, n) != 0) return 0;
+    *p += n;
+    return 1;
+}
+
+static int alpha_run(const char **p, int min, int max) {
+    int k = 0;
+    while (((*p)[k] >= 'a' && (*p)[k] <= 'z') || ((*p)[k] >= 'A' && (*p)[k] <= 'Z')) k++;
+    if (k < min || k > max) return 0;
+    *p += k;
+    return 1;
+}
+
+static double epoch(int y, int mon, int d, int hh, int mm, int ss) {
+    if (!mon || d < 1 || d > 31 || hh > 23 || mm > 59 || ss > 60) return -1;
+    return (double)(oo_days_from_civil(y, (unsigned)mon, (unsigned)d) * 86400 + hh * 3600 + mm * 60 + ss);
+}
+
+static int hms(const char **p, int *hh, int *mm, int *ss) {
+    return digits(p, 2, 0, hh) && lit(p, ":") && digits(p, 2, 0, mm) && lit(p, ":") && digits(p, 2, 0, ss);
+}
+
+double oo_http_date(const char *s) {
+    const char *p = s;
+    int d, y, hh, mm, ss, mon;
+    if (!s) return -1;
+    /* IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT */
+    if (alpha_run(&p, 3, 3) && lit(&p, ", ") && digits(&p, 2, 1, &d) && lit(&p, " ") &&
+        (mon = month_of(p)) && alpha_run(&p, 3, 3) && lit(&p, " ") && digits(&p, 4, 0, &y) &&
+        lit(&p, " ") && hms(&p, &hh, &mm, &ss) && lit(&p, " GMT") && !*p)
+        return epoch(y, mon, d, hh, mm, ss);
+    /* RFC 850: Sunday, 06-Nov-94 08:49:37 GMT */
+    p = s;
+    if (alpha_run(&p, 6, 9) && lit(&p, ", ") && digits(&p, 2, 0, &d) && lit(&p, "-") &&
+        (mon = month_of(p)) && alpha_run(&p, 3, 3) && lit(&p, "-") && digits(&p, 2, 0, &y) &&
+        lit(&p, " ") && hms(&p, &hh, &mm, &ss) && lit(&p, " GMT") && !*p)
+        return epoch(y < 70 ? 2000 + y : 1900 + y, mon, d, hh, mm, ss);
+    /* asctime: Sun Nov  6 08:49:37 1994 */
+    p = s;
+    if (alpha_run(&p, 3, 3) && lit(&p, " ") && (mon = month_of(p)) && alpha_run(&p, 3, 3) &&
+        lit(&p, " ")) {
+        while (*p == ' ') p++;
+        if (digits(&p, 2, 1, &d) && lit(&p, " ") && hms(&p, &hh, &mm, &ss) && lit(&p, " ") &&
+            digits(&p, 4, 0, &y) && !*p)
+            return epoch(y, mon, d, hh, mm, ss);
+    }
+    return -1;
+}
+
+double oo_retry_after(const char *value, double now) {
+    char buf[64];
+    const char *a, *b;
+    size_t n;
+    if (!value) return -1;
+    for (a = value; *a == ' ' || *a == '\t'; a++) {}
+    for (b = a + strlen(a); b > a && (b[-1] == ' ' || b[-1] == '\t'); b--) {}
+    n = (size_t)(b - a);
+    if (n == 0 || n >= sizeof buf) return -1;
+    memcpy(buf, a, n);
+    buf[n] = '\0';
+    if (strspn(buf, "0123456789") == n) {
+        /* delay-seconds; ten digits or more is "a very long time" */
+        return n >= 10 ? 1e10 : strtod(buf, NULL);
+    }
+    {
+        double t = oo_http_date(buf);
+        if (t < 0) return -1;
+        return t > now ? t - now : 0;
+    }
+}
+
+/* ------------------------------------------------------------------ */
 /* Lua                                                                 */
 
 /* Pushes the outcome as a table {ok, kind, status, code, message,
@@ -235,9 +331,24 @@ static int l_envelope(lua_State *L) {
     return 1;
 }
 
+/*** core.parse_retry_after(value [, now]) -> seconds | nil */
+static int l_parse_retry_after(lua_State *L) {
+    double v = oo_retry_after(luaL_optstring(L, 1, NULL), (double)luaL_optnumber(L, 2, (double)time(NULL)));
+    if (v < 0) lua_pushnil(L); else lua_pushnumber(L, v);
+    return 1;
+}
+
+/*** core.parse_http_date(s) -> epoch seconds | nil */
+static int l_parse_http_date(lua_State *L) {
+    double v = oo_http_date(luaL_optstring(L, 1, NULL));
+    if (v < 0) lua_pushnil(L); else lua_pushnumber(L, v);
+    return 1;
+}
+
 void oo_classify_register(lua_State *L) {
     static const luaL_Reg funcs[] = {
         {"classify", l_classify}, {"classify_failure", l_classify_failure},
-        {"envelope", l_envelope}, {NULL, NULL}};
+        {"envelope", l_envelope}, {"parse_retry_after", l_parse_retry_after},
+        {"parse_http_date", l_parse_http_date}, {NULL, NULL}};
     oo_setfuncs(L, funcs, 0);
 }

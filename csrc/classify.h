@@ -15,7 +15,16 @@
  *                                       credentials until they change
  *   transport failures                  "network" / "timeout" retryable,
  *                                       "tls" not
- * Only the TOP-LEVEL envelope status counts. */
+ * Only the TOP-LEVEL envelope status counts.
+ *
+ * Contract: the body handed to oo_classify_response must be NUL-terminated,
+ * body[len] == '\0' (one byte past the length, readable). The envelope walk
+ * (oo_json_envelope, json.h) scans with that byte as its sentinel and would
+ * read past the buffer without it. Every caller provides it: a Lua string
+ * always is terminated (core.classify, user transports), libcurl's write
+ * callback keeps one byte more (http.c oo_write_cb), and a NULL body reads
+ * as "". The fuzz targets (fuzz/fuzz_classify.c, fuzz/fuzz_labels.c) hold to
+ * it too. */
 #ifndef OO_CLASSIFY_H
 #define OO_CLASSIFY_H
 
@@ -40,11 +49,20 @@ typedef struct oo_outcome {
 int oo_status_retryable(int status);
 
 /* A response: status, the raw Retry-After header value (NULL/"" if none),
- * the body (body[len] must be '\0') and the wall-clock time (for HTTP-date
- * Retry-After). env may be NULL; when given it receives the parsed
- * envelope (callers that need the errors list reuse it). */
+ * the body (NUL-terminated: body[len] must be '\0', see above) and the
+ * wall-clock time (for HTTP-date Retry-After). env may be NULL; when given
+ * it receives the parsed envelope (callers that need the errors list
+ * reuse it). */
 void oo_classify_response(int status, const char *retry_after, const char *body, size_t len,
                           double now, oo_outcome *o, oo_envelope *env);
+
+/* Seconds a raw Retry-After value asks for: delay-seconds (digits only,
+ * RFC 9110) or an HTTP date relative to `now`; -1 when absent or unusable
+ * ("0x10", "3.5", "1e1" are not delay-seconds). */
+double oo_retry_after(const char *value, double now);
+
+/* An HTTP date (IMF-fixdate, RFC 850 or asctime) in epoch seconds, or -1. */
+double oo_http_date(const char *s);
 
 /* A transport failure of kind "network" | "timeout" | "tls" (anything
  * else counts as "network"; "transport" is oo_classify_broken) with its

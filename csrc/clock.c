@@ -1,10 +1,8 @@
-/* The clocks (clock.h) and the small OS helpers Lua needs: core.now,
- * core.sleep, core.getpid, core.thread_cputime. */
+/* The clocks (clock.h). Their Lua side (core.now, core.sleep, core.getpid,
+ * core.thread_cputime) is l_clock.c. */
 #define _POSIX_C_SOURCE 200809L
 #include "clock.h"
-#include "core.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <time.h>
 #include <unistd.h>
@@ -17,38 +15,7 @@ static double seconds(clockid_t id) {
 
 double oo_mono_now(void) { return seconds(CLOCK_MONOTONIC); }
 double oo_wall_now(void) { return seconds(CLOCK_REALTIME); }
-
-/*** core.now() → monotonic seconds (for durations, not dates). */
-static int l_now(lua_State *L) {
-    lua_pushnumber(L, (lua_Number)oo_mono_now());
-    return 1;
-}
-
-/*** core.sleep(seconds): blocks the calling OS thread (not for nginx). */
-static int l_sleep(lua_State *L) {
-    lua_Number s = luaL_checknumber(L, 1);
-    struct timespec ts, rem;
-    if (!(s >= 0) || s > 86400.0 * 365) return luaL_argerror(L, 1, "seconds out of range");
-    ts.tv_sec = (time_t)s;
-    ts.tv_nsec = (long)((s - (lua_Number)ts.tv_sec) * 1e9);
-    if (ts.tv_nsec >= 1000000000L) ts.tv_nsec = 999999999L;
-    while (nanosleep(&ts, &rem) != 0 && errno == EINTR) ts = rem;
-    return 0;
-}
-
-/*** core.wall_now() (also core.spool_now: the spool's time base) → wall-clock
- * epoch seconds, for what is stored or compared across processes. */
-static int l_wall_now(lua_State *L) {
-    lua_pushnumber(L, (lua_Number)oo_wall_now());
-    return 1;
-}
-
-/*** core.thread_cputime() → CPU seconds of the calling thread (benchmarks:
- * the cost of a push without the delivery thread's own work). */
-static int l_thread_cputime(lua_State *L) {
-    lua_pushnumber(L, (lua_Number)seconds(CLOCK_THREAD_CPUTIME_ID));
-    return 1;
-}
+double oo_thread_cputime(void) { return seconds(CLOCK_THREAD_CPUTIME_ID); }
 
 /* The pid, cached: getpid() is a system call (glibc stopped caching it),
  * ~1.4 us on a VM, and a queue asks on every push. A fork through libc
@@ -65,18 +32,4 @@ static void pid_init(void) {
 pid_t oo_getpid(void) {
     pthread_once(&pid_once, pid_init);
     return __atomic_load_n(&cached_pid, __ATOMIC_RELAXED);
-}
-
-/*** core.getpid() → the process id (a queue notices a fork by it). */
-static int l_getpid(lua_State *L) {
-    lua_pushinteger(L, (lua_Integer)oo_getpid());
-    return 1;
-}
-
-void oo_clock_register(lua_State *L) {
-    static const luaL_Reg funcs[] = {
-        {"now", l_now}, {"wall_now", l_wall_now}, {"spool_now", l_wall_now}, {"sleep", l_sleep},
-        {"thread_cputime", l_thread_cputime}, {"getpid", l_getpid},
-        {NULL, NULL}};
-    oo_setfuncs(L, funcs, 0);
 }

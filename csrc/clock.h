@@ -9,6 +9,9 @@
 double oo_mono_now(void);
 double oo_wall_now(void);
 
+/* CPU seconds of the calling thread (benchmarks). */
+double oo_thread_cputime(void);
+
 /* getpid(), without a system call per ask (refreshed in a forked child). */
 pid_t oo_getpid(void);
 

@@ -86,7 +86,11 @@ typedef struct {
     oo_buf rows;  /* the order's rows as the file has them (a bad order goes to the rejects file) */
     int rows_cut; /* past MAX_RAW_ORDER */
     int nproblems;
-    size_t cut; /* problems.len after MAX_PROBLEMS - 1 of them */
+    /* caps: past one, the order's rows are counted, not kept (a bad order) */
+    size_t max_items, max_order;
+    size_t all_items; /* rows of the order that passed the row checks */
+    int capped;       /* 0, CAP_ITEMS or CAP_BYTES */
+    size_t cut;       /* problems.len after MAX_PROBLEMS - 1 of them */
     long long split_line;
     /* a problem that ends the stream: now (storage) or after the last order */
     int fatal_now, fatal_at_end;
@@ -110,8 +114,12 @@ static reader *check_reader(lua_State *L) {
 
 /* --------------------------------------------------------- order state */
 
+enum { CAP_ITEMS = 1, CAP_BYTES };
+
 static void order_reset(reader *r) {
     r->open = 0;
+    r->all_items = 0;
+    r->capped = 0;
     r->arena.len = 0;
     r->arena.oom = 0;
     r->nitems = 0;
@@ -223,6 +231,32 @@ static void unnamed_cell(reader *r, int col, const oo_csv_field *v, long long li
     oo_buf_free(&b);
 }
 
+/* Counts the row against the order's caps: 1 when the order is past one
+ * (the row is not kept; memory stays bounded whatever the file). Too many
+ * items is said when the order closes, with their count. */
+static int past_caps(reader *r, const oo_csv_tok *t) {
+    size_t bytes = 0;
+    int i;
+    r->all_items++;
+    if (r->capped) return 1;
+    if (r->all_items > r->max_items) {
+        r->capped = CAP_ITEMS;
+        return 1;
+    }
+    for (i = 0; i < r->nicol; i++) bytes += t->f[r->icol[i].col].n + sizeof(span);
+    for (i = 0; i < r->nocol; i++) bytes += t->f[r->ocol[i].col].n;
+    if (r->arena.len + bytes > r->max_order) {
+        char msg[160];
+        r->capped = CAP_BYTES;
+        snprintf(msg, sizeof msg,
+                 "the order is larger than %lu bytes (its rows from this one on are not read)",
+                 (unsigned long)r->max_order);
+        problem(r, t->row_line, msg, strlen(msg));
+        return 1;
+    }
+    return 0;
+}
+
 /* Keeps the row's text beside the order's (for a bad order's rejects line). */
 static void keep_row(reader *r, const oo_csv_tok *t) {
     if (r->rows_cut || r->rows.len + t->raw_len + 1 > MAX_RAW_ORDER) {
@@ -254,6 +288,7 @@ static void order_row(reader *r, const oo_csv_tok *t) {
         int c = r->ucol[i];
         if (f[c].n) unnamed_cell(r, c, &f[c], line);
     }
+    if (past_caps(r, t)) return;
     if (r->nproblems) return;
     for (i = 0; i < r->nocol; i++) {
         const oo_csv_field *v = &f[r->ocol[i].col];
@@ -433,6 +468,13 @@ static int order_finish(lua_State *L, reader *r) {
     if (r->arena.oom || r->problems.oom) {
         order_reset(r);
         return luaL_error(L, "csv reader: out of memory");
+    }
+    if (r->capped == CAP_ITEMS) {
+        char msg[120];
+        snprintf(msg, sizeof msg,
+                 "too many items (%lu, max %lu): the rows past the cap are not read",
+                 (unsigned long)r->all_items, (unsigned long)r->max_items);
+        problem(r, 0, msg, strlen(msg));
     }
     if (!order_seen(r)) return 0;
     if (r->nproblems) {
@@ -806,13 +848,15 @@ static lua_Integer opt_int(lua_State *L, int t, const char *name, lua_Integer df
 
 /* core.csv_reader{delimiter=",", max_record=4 MiB, order_rows="contiguous"|"grouped",
  *                 filter_bytes=16 MiB (the most), size=input bytes (0: unknown),
- *                 exact=262144 (refCodes kept exactly in memory)} */
+ *                 exact=262144 (refCodes kept exactly in memory),
+ *                 max_items=1000, max_order=2 MiB (past either, an order's rows
+ *                 are counted, not kept: a bad order)} */
 static int l_new(lua_State *L) {
     static const char *const modes[] = {"contiguous", "grouped", NULL};
     const char *delim = ",";
     size_t dn = 1;
     int grouped;
-    size_t max_record, filter, exact;
+    size_t max_record, filter, exact, max_items, max_order;
     unsigned long long size;
     reader *r;
     if (lua_isnoneornil(L, 1)) lua_newtable(L);
@@ -828,8 +872,12 @@ static int l_new(lua_State *L) {
     filter = (size_t)opt_int(L, 1, "filter_bytes", 16 << 20, 64, (lua_Integer)1 << 30);
     size = (unsigned long long)opt_int(L, 1, "size", 0, 0, (lua_Integer)(~0ULL >> 1));
     exact = (size_t)opt_int(L, 1, "exact", OO_CSV_EXACT_DEFAULT, 16, 1 << 24);
+    max_items = (size_t)opt_int(L, 1, "max_items", 1000, 1, 1 << 30);
+    max_order = (size_t)opt_int(L, 1, "max_order", 2 << 20, 64, (lua_Integer)1 << 40);
     r = lua_newuserdata(L, sizeof *r);
     memset(r, 0, sizeof *r);
+    r->max_items = max_items;
+    r->max_order = max_order;
     r->keys_ref = LUA_NOREF;
     oo_setmetatable(L, READER_MT);
     oo_csv_tok_init(&r->tok, (unsigned char)*delim, max_record);

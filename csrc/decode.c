@@ -273,17 +273,15 @@ static int l_gc(lua_State *L) {
     return 0;
 }
 
-/* core.decoder(name) -> decoder | nil, message */
+/* core.decoder(name) -> decoder | nil, err {kind = "config", message} */
 static int l_new(lua_State *L) {
     const char *name = luaL_checkstring(L, 1);
     int kind = oo_decoder_kind(name);
     l_decoder *u;
-    if (kind < 0) {
-        lua_pushnil(L);
-        lua_pushliteral(
-            L, "unknown input encoding: use utf-8, cp1252 (Windows-1252) or latin1 (ISO-8859-1)");
-        return 2;
-    }
+    if (kind < 0)
+        return oo_push_errorf(L, "config", "%s",
+                              "unknown input encoding: use utf-8, cp1252 (Windows-1252) or latin1"
+                              " (ISO-8859-1)");
     u = lua_newuserdata(L, sizeof *u);
     u->d = NULL;
     oo_setmetatable(L, DECODER_MT);

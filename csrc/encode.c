@@ -949,8 +949,11 @@ static void enc_payload(enc *e, int t) {
 
 /* ------------------------------------------------------------ Lua API */
 
-/* encode(payload) -> json, warnings | nil, problems, truncated
- * validate(payload) -> true, warnings | nil, problems, truncated */
+/* encode(payload) -> json, warnings | nil, err
+ * validate(payload) -> true, warnings | nil, err
+ * err: {kind = "validation", message, problems, truncated, retryable =
+ * false} (core.h: oo_push_error); optimizely.offline words the message of
+ * the problem list (errors.validation) and gives it the errors' metatable. */
 static int run(lua_State *L, int want_json) {
     enc *e = (enc *)lua_touserdata(L, lua_upvalueindex(1));
     int oom;
@@ -971,10 +974,12 @@ static int run(lua_State *L, int want_json) {
     if (e->out.cap > (1u << 18)) oo_buf_free(&e->out); /* do not pin a huge buffer */
     if (oom) return luaL_error(L, "optimizely.offline: out of memory while encoding");
     if (e->nproblems > 0) {
-        lua_pushnil(L);
+        oo_error err = {"validation", "invalid order", 0, NULL, 0, 0};
+        oo_push_error(L, &err);
         lua_pushvalue(L, 3);
-        lua_pushboolean(L, e->truncated);
-        return 3;
+        lua_setfield(L, -2, "problems");
+        if (e->truncated) oo_set_bool(L, "truncated", 1);
+        return 2;
     }
     if (want_json) lua_pushlstring(L, e->out.data, e->out.len);
     else lua_pushboolean(L, 1);
@@ -995,9 +1000,10 @@ static unsigned money_flags(lua_State *L, int idx) {
     return flags;
 }
 
-/* nil, message, code for a money status (code: the status's name). */
+/* nil, {kind = "validation", message, code, retryable = false} for a money
+ * status (code: the status's name; core.h: oo_push_error). */
 static int push_money_error(lua_State *L, oo_money_status st, unsigned flags, const char *found) {
-    lua_pushnil(L);
+    oo_error err = {"validation", NULL, 0, NULL, 0, 0};
     switch (st) {
     case OO_MONEY_NEGATIVE: lua_pushliteral(L, "must not be negative"); lua_pushliteral(L, "negative"); break;
     case OO_MONEY_TOO_LARGE:
@@ -1025,11 +1031,17 @@ static int push_money_error(lua_State *L, oo_money_status st, unsigned flags, co
             lua_pushliteral(L, "must be a number or a plain decimal string like \"12.50\"");
         lua_pushliteral(L, "syntax");
     }
-    return 3;
+    /* the message (at -2) and the code (at -1) stay on the stack meanwhile */
+    err.message = lua_tostring(L, -2);
+    err.code = lua_tostring(L, -1);
+    oo_push_error(L, &err);
+    lua_remove(L, -4); /* the message, copied into the error */
+    lua_remove(L, -3); /* the code, likewise */
+    return 2;
 }
 
 /* money(value, currency [, opts]) -> minor_units, decimals, normalised_string
- * | nil, message, code. The same rules as the encoder, for script helpers that
+ * | nil, err {kind = "validation", message, code}. The same rules as the encoder, for script helpers that
  * need exact arithmetic (optimizely.offline.order); with opts, a string may be
  * written as tills write it (oo_money_from_till: decimal_comma,
  * currency_symbols). */
@@ -1045,10 +1057,8 @@ static int l_money(lua_State *L) {
     found[0] = '\0';
     for (i = 0; i < 3 && n == 3; i++) up[i] = (char)(code[i] >= 'a' && code[i] <= 'z' ? code[i] - 32 : code[i]);
     if (n != 3 || (minor = oo_currency_minor(up)) < 0) {
-        lua_pushnil(L);
-        lua_pushliteral(L, "currency is not an ISO 4217 code");
-        lua_pushliteral(L, "currency");
-        return 3;
+        oo_error err = {"validation", "currency is not an ISO 4217 code", 0, "currency", 0, 0};
+        return oo_push_error(L, &err);
     }
     if (lua_type(L, 1) == LUA_TNUMBER) {
 #if LUA_VERSION_NUM >= 503

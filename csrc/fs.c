@@ -2,7 +2,7 @@
  * device + inode (so an output never overwrites its own input, whatever
  * the spelling: "./x", "d/../x", a symlink), private creation (0600 whatever
  * the umask, O_NOFOLLOW, optionally O_EXCL), private directories. Lua:
- * core.umask, core.chmod, core.file_id, core.create_private,
+ * core.umask, core.chmod, core.file_id, core.euid, core.create_private,
  * core.mkdir_private. The Lua face is optimizely.offline.files. */
 #define _POSIX_C_SOURCE 200809L
 #include "core.h"
@@ -15,12 +15,15 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+/* nil, {kind = "io", message = "<what> <path>: <strerror>", errno} */
 static int push_errno(lua_State *L, const char *what, const char *path) {
-    int e = errno;
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s %s: %s", what, path, strerror(e));
-    lua_pushinteger(L, e);
-    return 3;
+    oo_error err = {"io", NULL, 0, NULL, OO_ERR_UNSET, 0};
+    err.sys_errno = errno;
+    lua_pushfstring(L, "%s %s: %s", what, path, strerror(err.sys_errno));
+    err.message = lua_tostring(L, -1);
+    oo_push_error(L, &err);
+    lua_remove(L, -3); /* the message's own copy */
+    return 2;
 }
 
 /*** core.umask(mask) -> previous mask */
@@ -31,7 +34,7 @@ static int l_umask(lua_State *L) {
     return 1;
 }
 
-/*** core.chmod(path, mode) -> true | nil, message, errno */
+/*** core.chmod(path, mode) -> true | nil, err {kind = "io", message, errno} */
 static int l_chmod(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     lua_Integer m = luaL_checkinteger(L, 2);
@@ -50,8 +53,8 @@ static const char *type_name(mode_t m) {
     return "other";
 }
 
-/*** core.file_id(path [, nofollow]) -> "dev:ino", type, mode | nil, message, errno
- * Two paths name the same file when their ids are equal. */
+/*** core.file_id(path [, nofollow]) -> "dev:ino", type, mode, uid | nil, err {kind = "io", message, errno}
+ * Two paths name the same file when their ids are equal; uid is the owner. */
 static int l_file_id(lua_State *L) {
     const char *path = luaL_checkstring(L, 1);
     int nofollow = lua_toboolean(L, 2);
@@ -62,10 +65,17 @@ static int l_file_id(lua_State *L) {
     lua_pushstring(L, id);
     lua_pushstring(L, type_name(st.st_mode));
     lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
-    return 3;
+    lua_pushinteger(L, (lua_Integer)st.st_uid);
+    return 4;
 }
 
-/*** core.create_private(path, how) -> true | nil, message, errno
+/*** core.euid() -> the effective user id of the process */
+static int l_euid(lua_State *L) {
+    lua_pushinteger(L, (lua_Integer)geteuid());
+    return 1;
+}
+
+/*** core.create_private(path, how) -> true | nil, err {kind = "io", message, errno}
  * Makes `path` a regular file readable and writable by its owner only,
  * never following a symlink at `path`. how: "new" (an existing file or
  * dangling link is an error, EEXIST), "truncate" or "keep" (its content). */
@@ -93,7 +103,7 @@ static int l_create_private(lua_State *L) {
     return 1;
 }
 
-/*** core.mkdir_private(path) -> true | nil, message, errno
+/*** core.mkdir_private(path) -> true | nil, err {kind = "io", message, errno}
  * Makes the directory `path` and any missing parent, each new one 0700
  * whatever the umask (existing ones are left as they are), like the XDG
  * base directories must be. */
@@ -120,7 +130,7 @@ static int l_mkdir_private(lua_State *L) {
 
 void oo_fs_register(lua_State *L) {
     static const luaL_Reg funcs[] = {
-        {"umask", l_umask}, {"chmod", l_chmod}, {"file_id", l_file_id},
+        {"umask", l_umask}, {"chmod", l_chmod}, {"file_id", l_file_id}, {"euid", l_euid},
         {"create_private", l_create_private}, {"mkdir_private", l_mkdir_private}, {NULL, NULL}};
     oo_setfuncs(L, funcs, 0);
 }

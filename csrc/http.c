@@ -60,72 +60,52 @@ void oo_http_failure_message(CURLcode rc, const oo_http_xfer *x, char *buf, size
 /* ------------------------------------------------------------------ */
 /* Options                                                             */
 
-static const char *const oo_opt_names[] = {
-    "ca_file", "ca_path", "proxy", "user_agent", "timeout", "connect_timeout",
-    "max_body", "verbose", "ca_cache", "forbid_reuse", "http_version", NULL};
+/* The options come from the client's schema (client.lua: names, types,
+ * ranges, choices), built by client.lua: C trusts them. What stays here
+ * guards C only: a string is read when it is one and refused when it holds
+ * a NUL (a C string would silently be another value), seconds are clamped
+ * before they become milliseconds in a long, and max_body (a buffer bound)
+ * stays in 1..1 GiB. */
 
 static const char *opt_string(lua_State *L, int idx, const char *name) {
-    const char *s;
+    const char *s = NULL;
     size_t len;
     lua_getfield(L, idx, name);
-    if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
-    if (lua_type(L, -1) != LUA_TSTRING)
-        luaL_error(L, "http_new: opts.%s must be a string", name);
-    s = lua_tolstring(L, -1, &len);
-    if (strlen(s) != len) luaL_error(L, "http_new: opts.%s contains a NUL byte", name);
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        s = lua_tolstring(L, -1, &len);
+        if (strlen(s) != len) luaL_error(L, "http_new: opts.%s contains a NUL byte", name);
+    }
     /* The string stays alive: opts is referenced by the caller's stack. */
     lua_pop(L, 1);
     return s;
 }
 
 static long opt_ms(lua_State *L, int idx, const char *name, long dflt) {
-    lua_Number s;
-    double ms;
+    double s;
     lua_getfield(L, idx, name);
-    if (lua_isnil(L, -1)) { lua_pop(L, 1); return dflt; }
-    if (lua_type(L, -1) != LUA_TNUMBER)
-        luaL_error(L, "http_new: opts.%s must be a number of seconds", name);
-    s = lua_tonumber(L, -1);
+    s = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : -1;
     lua_pop(L, 1);
-    if (!(s >= 0) || s > 86400.0 * 365)
-        luaL_error(L, "http_new: opts.%s must be between 0 and one year", name);
-    ms = ceil((double)s * 1000.0);
-    return (long)ms;
+    if (!(s >= 0)) return dflt;
+    if (s > 86400.0 * 365) s = 86400.0 * 365;
+    return (long)ceil(s * 1000.0);
 }
 
 static int opt_bool(lua_State *L, int idx, const char *name, int dflt) {
     int v;
     lua_getfield(L, idx, name);
-    if (lua_isnil(L, -1)) { lua_pop(L, 1); return dflt; }
-    if (lua_type(L, -1) != LUA_TBOOLEAN)
-        luaL_error(L, "http_new: opts.%s must be a boolean", name);
-    v = lua_toboolean(L, -1);
+    v = lua_isnil(L, -1) ? dflt : lua_toboolean(L, -1);
     lua_pop(L, 1);
     return v;
 }
 
 void oo_http_read_opts(lua_State *L, int idx, oo_http_opts *o) {
+    const char *v;
+    long long n = 0;
     memset(o, 0, sizeof *o);
     o->max_body = OO_HTTP_MAX_BODY_DEFAULT;
     o->ca_cache = 1;
     if (lua_isnoneornil(L, idx)) return;
     luaL_checktype(L, idx, LUA_TTABLE);
-    /* Unknown keys are typos: refuse them. */
-    lua_pushnil(L);
-    while (lua_next(L, idx) != 0) {
-        int i, known = 0;
-        lua_pop(L, 1);
-        if (lua_type(L, -1) == LUA_TSTRING) {
-            const char *k = lua_tostring(L, -1);
-            for (i = 0; oo_opt_names[i]; i++)
-                if (strcmp(k, oo_opt_names[i]) == 0) { known = 1; break; }
-        }
-        if (!known) {
-            if (lua_type(L, -1) == LUA_TSTRING)
-                luaL_error(L, "http_new: unknown option '%s'", lua_tostring(L, -1));
-            luaL_error(L, "http_new: option names must be strings");
-        }
-    }
     o->ca_file = opt_string(L, idx, "ca_file");
     o->ca_path = opt_string(L, idx, "ca_path");
     o->proxy = opt_string(L, idx, "proxy");
@@ -135,23 +115,13 @@ void oo_http_read_opts(lua_State *L, int idx, oo_http_opts *o) {
     o->verbose = opt_bool(L, idx, "verbose", 0);
     o->ca_cache = opt_bool(L, idx, "ca_cache", 1);
     o->forbid_reuse = opt_bool(L, idx, "forbid_reuse", 0);
-    lua_getfield(L, idx, "http_version");
-    if (!lua_isnil(L, -1)) {
-        const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-        if (strcmp(v, "1.1") == 0) o->http_version = CURL_HTTP_VERSION_1_1;
-        else if (strcmp(v, "2") == 0) o->http_version = CURL_HTTP_VERSION_2TLS;
-        else if (strcmp(v, "auto") == 0) o->http_version = CURL_HTTP_VERSION_NONE;
-        else luaL_error(L, "http_new: opts.http_version must be \"1.1\", \"2\" or \"auto\"");
-    }
-    lua_pop(L, 1);
+    v = opt_string(L, idx, "http_version");
+    if (v && strcmp(v, "1.1") == 0) o->http_version = CURL_HTTP_VERSION_1_1;
+    else if (v && strcmp(v, "2") == 0) o->http_version = CURL_HTTP_VERSION_2TLS;
+    else o->http_version = CURL_HTTP_VERSION_NONE; /* "auto" */
     lua_getfield(L, idx, "max_body");
-    if (!lua_isnil(L, -1)) {
-        long long n = 0;
-        if (lua_type(L, -1) != LUA_TNUMBER || !oo_tointeger(L, -1, &n) || n < 1 ||
-            n > (long long)1 << 30)
-            luaL_error(L, "http_new: opts.max_body must be a positive integer");
-        o->max_body = (size_t)n;
-    }
+    if (lua_type(L, -1) == LUA_TNUMBER && oo_tointeger(L, -1, &n))
+        o->max_body = n < 1 ? 1 : n > (long long)1 << 30 ? (size_t)1 << 30 : (size_t)n;
     lua_pop(L, 1);
 }
 

@@ -47,7 +47,8 @@ typedef struct oo_http_xfer {
 /* curl_global_init exactly once per process (pthread_once). 0 on success. */
 int oo_http_global_init(void);
 
-/* Reads the opts table at idx (or nil) into *o; raises on a bad field. */
+/* Reads the opts table at idx (or nil) into *o, trusting the client's
+ * schema to have checked it (see http.c); raises only on a NUL in a string. */
 void oo_http_read_opts(lua_State *L, int idx, oo_http_opts *o);
 
 /* Sets the per-handle options on e. Returns the first failing CURLcode. */

@@ -1,5 +1,6 @@
 /* JSON writer for the files the command line writes (rejects lines, the
- * report): core.json_encode(value [, opts]) -> string | nil, message.
+ * report): core.json_encode(value [, opts]) -> string | nil, err {kind =
+ * "validation", message}.
  *
  * What it writes, and why:
  *  - strings through oo_json_string (the encoder's): '"', '\\' and control
@@ -334,9 +335,7 @@ static int l_json_encode(lua_State *L) {
     if (ok) lua_pushlstring(L, b->data, b->len);
     if (b->cap > (1u << 18)) oo_buf_free(b); /* do not pin a huge buffer */
     if (ok) return 1;
-    lua_pushnil(L);
-    lua_pushstring(L, w.err ? w.err : "cannot write this value as JSON");
-    return 2;
+    return oo_push_errorf(L, "validation", "%s", w.err ? w.err : "cannot write this value as JSON");
 }
 
 static int l_buf_gc(lua_State *L) {

@@ -4,6 +4,7 @@
  * from the calling thread (core.engine_new). */
 #define _GNU_SOURCE
 #include "l_engine.h"
+#include "clock.h"
 #include "core.h"
 
 #include <stdlib.h>
@@ -15,6 +16,14 @@
 
 /* ------------------------------------------------------------------ */
 /* Configuration                                                       */
+
+static double num_opt(lua_State *L, int idx, const char *k, double dflt) {
+    double v;
+    lua_getfield(L, idx, k);
+    v = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : dflt;
+    lua_pop(L, 1);
+    return v;
+}
 
 /* "User-Agent: <ua>" appended to the list (the pool's handles send no
  * CURLOPT_USERAGENT: it would be formatted anew on every request). */
@@ -106,6 +115,8 @@ void oo_engine_setup(lua_State *L, int idx, oo_engine *e) {
     lua_getfield(L, idx, "channels");
     nchan = lua_type(L, -1) == LUA_TTABLE ? (int)oo_rawlen(L, -1) : 0;
     lua_pop(L, 1);
+    /* the options layer built the channels; this bound is kept because the
+     * header box holds 64 lists (memory safety) */
     if (nchan < 1 || nchan > 64) luaL_error(L, "engine: channels must list 1..64 channels");
     hs = read_headers(L, idx, nchan, ho.user_agent);
     oo_sched_setup(L, idx, &e->s); /* raises only before it allocates */
@@ -116,9 +127,37 @@ void oo_engine_setup(lua_State *L, int idx, oo_engine *e) {
     lua_pop(L, 1);
 }
 
-void oo_engine_free(oo_engine *e) {
-    oo_curl_free(&e->d);
-    oo_sched_free(&e->s);
+/* The record hook: the engine is the scheduler's container (s first). */
+static void engine_record(oo_sched *s, const oo_job *j, oo_res_kind what, const oo_outcome *o) {
+    oo_engine *e = (oo_engine *)s;
+    oo_ledger_sink_add(&e->sink, s, j, what, o);
+}
+
+static const oo_sched_hooks record_hooks = {NULL, NULL, NULL, NULL, NULL, engine_record};
+
+int oo_engine_ledger(lua_State *L, int idx, oo_engine *e) {
+    oo_ledger *l;
+    const char *host, *site;
+    lua_getfield(L, idx, "ledger");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    l = oo_ledger_arg(L, lua_gettop(L));
+    lua_getfield(L, idx, "ledger_host");
+    lua_getfield(L, idx, "ledger_site");
+    host = lua_tostring(L, -2);
+    site = lua_tostring(L, -1);
+    if (!host || !site) luaL_error(L, "engine: a ledger needs ledger_host and ledger_site");
+    oo_ledger_sink_init(&e->sink, l, host, site);
+    e->sink.window = num_opt(L, idx, "ledger_window", e->sink.window);
+    lua_pop(L, 3);
+    e->s.hooks = &record_hooks;
+    lua_getfield(L, idx, "ledger_thread");
+    /* no thread: the notes are written in the driver's thread, as before */
+    if (lua_toboolean(L, -1)) (void)oo_ledger_sink_start(&e->sink);
+    lua_pop(L, 1);
+    return 1;
 }
 
 /* ------------------------------------------------------------------ */
@@ -144,6 +183,7 @@ static int l_engine_new(lua_State *L) {
     oo_setmetatable(L, OO_ENGINE_MT);
     oo_engine_setup(L, 1, &u->e);
     u->open = 1;
+    oo_engine_ledger(L, 1, &u->e);
     return 1;
 }
 
@@ -167,9 +207,66 @@ static int l_turn(lua_State *L) {
     int n;
     if (!(wait >= 0)) wait = 0;
     if (wait > 86400) wait = 86400;
+    if (e->sink.l) { /* a ledger note due soon bounds the wait */
+        double due = oo_ledger_sink_tick(&e->sink, oo_mono_now());
+        if (due < wait) wait = due;
+    }
     n = oo_curl_turn(&e->d, wait);
     if (n < 0) return luaL_error(L, "engine: %s", e->d.err);
+    if (e->sink.l) oo_ledger_sink_tick(&e->sink, oo_mono_now());
     lua_pushinteger(L, n);
+    return 1;
+}
+
+/*** e:flush_ledger() -> true | nil, err — the ledger notes written now */
+static int l_flush_ledger(lua_State *L) {
+    oo_engine *e = check_engine(L);
+    oo_spool_err err;
+    if (e->sink.l && oo_ledger_sink_flush(&e->sink, &err) != OO_SPOOL_OK)
+        return oo_spool_push_err(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/*** e:ledger_reserve(scope, list, lease) -> true | false (no ledger thread,
+ * or a request unanswered) — looks the list up and reserves it on the
+ * ledger's thread (as ledger:reserve); the answers come with
+ * e:ledger_answers() */
+static int l_ledger_reserve(lua_State *L) {
+    oo_engine *e = check_engine(L);
+    oo_ledger_scope sc;
+    oo_ledger_item *items;
+    size_t n;
+    double lease = (double)luaL_checknumber(L, 4);
+    if (!e->sink.l || !e->sink.threaded) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    oo_ledger_scope_read(L, 2, "engine:ledger_reserve", &sc);
+    items = oo_ledger_items_read(L, 3, "engine:ledger_reserve", 0, 0, &n);
+    if (!(lease > 0)) luaL_error(L, "engine:ledger_reserve: lease must be positive");
+    lua_pushboolean(L, oo_ledger_sink_reserve(&e->sink, &sc, items, n, lease) == 0);
+    return 1;
+}
+
+/*** e:ledger_answers() -> answers (as ledger:reserve's) | nil, err — waits
+ * for the answer of the last e:ledger_reserve */
+static int l_ledger_answers(lua_State *L) {
+    oo_engine *e = check_engine(L);
+    oo_spool_err err;
+    size_t n = 0;
+    const oo_ledger_item *items;
+    if (!e->sink.l) return luaL_error(L, "engine: no ledger");
+    items = oo_ledger_sink_answers(&e->sink, &n, &err);
+    if (!items) return oo_spool_push_err(L, &err);
+    return oo_ledger_answers_push(L, items, n);
+}
+
+/*** e:ledger_stats() -> {written, errors, lost, waiting, error?} | nil (no ledger) */
+static int l_ledger_stats(lua_State *L) {
+    oo_engine *e = check_engine(L);
+    if (!e->sink.l) return 0;
+    oo_push_sink_stats(L, &e->sink);
     return 1;
 }
 
@@ -205,26 +302,54 @@ static int l_remove_ref(lua_State *L) {
     return 2;
 }
 
+typedef struct drop_ctx {
+    lua_State *L;
+    const oo_sched *s;
+    int infos;
+} drop_ctx;
+
 /* Sorts a dropped job into the table at -2 (attempted: outcome unknown or
- * failed so far) or -1 (never started). */
+ * failed so far) or -1 (never started): its id, or its job info. */
 static void collect_id(void *ud, oo_job *j) {
-    lua_State *L = (lua_State *)ud;
+    drop_ctx *c = (drop_ctx *)ud;
+    lua_State *L = c->L;
     int t = j->started ? -2 : -1;
     int n = (int)oo_rawlen(L, t);
-    lua_pushinteger(L, (lua_Integer)j->id);
+    if (c->infos) oo_push_job_info(L, c->s, j);
+    else lua_pushinteger(L, (lua_Integer)j->id);
     lua_rawseti(L, t - 1, n + 1);
     free(j);
 }
 
-/*** e:drop() -> unknown, unsent — every job not settled, taken out:
- * `unknown` the ids of those attempted (in flight when aborted, or waiting
- * for a retry: the server may or may not have the order), `unsent` the ids
- * of those never started. (Ctrl-C.) */
+/*** e:drop([infos]) -> unknown, unsent — every job not settled, taken out:
+ * `unknown` those attempted (in flight when aborted, or waiting for a
+ * retry: the server may or may not have the order), `unsent` those never
+ * started; their ids, or with `infos` their job infos (id, ref, channel,
+ * method, ...). (Ctrl-C.) */
 static int l_drop(lua_State *L) {
     oo_engine *e = check_engine(L);
+    drop_ctx c;
+    c.L = L;
+    c.s = &e->s;
+    c.infos = lua_toboolean(L, 2);
     lua_newtable(L);
     lua_newtable(L);
-    oo_curl_drop_all(&e->d, collect_id, L);
+    oo_curl_drop_all(&e->d, collect_id, &c);
+    return 2;
+}
+
+/*** e:drop_waiting([infos]) -> unknown, unsent — the jobs not in flight
+ * (waiting to start, parked, or waiting for a retry), taken out; those in
+ * flight go on. Tables as e:drop's. */
+static int l_drop_waiting(lua_State *L) {
+    oo_engine *e = check_engine(L);
+    drop_ctx c;
+    c.L = L;
+    c.s = &e->s;
+    c.infos = lua_toboolean(L, 2);
+    lua_newtable(L);
+    lua_newtable(L);
+    oo_sched_drop_all(&e->s, collect_id, &c);
     return 2;
 }
 
@@ -238,11 +363,21 @@ static int l_close(lua_State *L) {
 }
 
 void oo_engine_register(lua_State *L) {
-    static const luaL_Reg methods[] = {{"add", l_add},         {"turn", l_turn},
-                                       {"results", l_results}, {"pending", l_pending},
-                                       {"stats", l_stats},     {"metrics", l_metrics},
-                                       {"drop", l_drop},       {"remove_ref", l_remove_ref},
-                                       {"close", l_close},     {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"add", l_add},
+                                       {"turn", l_turn},
+                                       {"results", l_results},
+                                       {"pending", l_pending},
+                                       {"stats", l_stats},
+                                       {"metrics", l_metrics},
+                                       {"drop", l_drop},
+                                       {"drop_waiting", l_drop_waiting},
+                                       {"remove_ref", l_remove_ref},
+                                       {"flush_ledger", l_flush_ledger},
+                                       {"ledger_stats", l_ledger_stats},
+                                       {"ledger_reserve", l_ledger_reserve},
+                                       {"ledger_answers", l_ledger_answers},
+                                       {"close", l_close},
+                                       {NULL, NULL}};
     static const luaL_Reg none[] = {{NULL, NULL}};
     oo_newclass(L, OO_ENGINE_MT, methods, l_close, l_close, NULL);
     oo_newclass(L, OO_HBOX_MT, none, hbox_gc, NULL, NULL);

@@ -30,6 +30,8 @@ static oo_ledger *check_ledger(lua_State *L, int idx) {
     return b->l;
 }
 
+oo_ledger *oo_ledger_arg(lua_State *L, int idx) { return check_ledger(L, idx); }
+
 static int push_ok(lua_State *L, int code, const oo_spool_err *err) {
     if (code != OO_SPOOL_OK) return oo_spool_push_err(L, err);
     lua_pushboolean(L, 1);
@@ -132,18 +134,16 @@ static void push_date(lua_State *L, long long epoch) {
 }
 
 /*** core.ledger_entry(body, store_key) → {ref, fingerprint, order_at, currency,
- * total, total_minor, store} | nil, reason: what the ledger keeps of a body */
+ * total, total_minor, store} | nil, err {kind = "validation", message}: what
+ * the ledger keeps of a body */
 static int l_entry(lua_State *L) {
     size_t n;
     const char *body = luaL_checklstring(L, 1, &n);
     const char *key = luaL_optstring(L, 2, NULL);
     oo_ledger_entry e;
     char why[128];
-    if (oo_ledger_entry_from_body(body, n, key, &e, why, sizeof why) != 0) {
-        lua_pushnil(L);
-        lua_pushstring(L, why);
-        return 2;
-    }
+    if (oo_ledger_entry_from_body(body, n, key, &e, why, sizeof why) != 0)
+        return oo_push_errorf(L, "validation", "%s", why);
     lua_createtable(L, 0, 7);
     lua_pushlstring(L, e.ref, e.ref_len);
     lua_setfield(L, -2, "ref");
@@ -169,7 +169,7 @@ static int l_entry(lua_State *L) {
 
 /* The scope table at idx: {host=, site=, channel=} (strings stay alive:
  * the table holds them). */
-static void read_scope(lua_State *L, int idx, const char *fn, oo_ledger_scope *sc) {
+void oo_ledger_scope_read(lua_State *L, int idx, const char *fn, oo_ledger_scope *sc) {
     static const char *const keys[] = {"host", "site", "channel"};
     const char **out[3];
     char what[64];
@@ -202,7 +202,7 @@ static const char *item_str(lua_State *L, const char *fn, size_t i, const char *
 }
 
 /* Entry i (1-based) of the list, on top of the stack: a body string or
- * {body=, ref=, channel=, outcome=}. record: the outcome of a body string,
+ * {body=, ref=, channel=, outcome=, force=}. record: the outcome of a body string,
  * and of a table without one, is outcome_default (0: none given). */
 static void read_item(lua_State *L, const char *fn, size_t i, int record, int outcome_default,
                       oo_ledger_item *it) {
@@ -215,6 +215,11 @@ static void read_item(lua_State *L, const char *fn, size_t i, int record, int ou
         it->body = item_str(L, fn, i, "body", &it->body_len);
         it->ref = item_str(L, fn, i, "ref", &it->ref_len);
         it->channel = item_str(L, fn, i, "channel", &it->channel_len);
+        lua_getfield(L, -1, "force");
+        it->force = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (it->force && record)
+            luaL_error(L, "%s: list[%d].force is for reserve only", fn, (int)i);
         if ((outcome = item_str(L, fn, i, "outcome", &n)) != NULL) {
             if (!record) luaL_error(L, "%s: list[%d].outcome is for record only", fn, (int)i);
             if (!(it->outcome = oo_ledger_outcome_of(outcome)))
@@ -237,8 +242,8 @@ static void read_item(lua_State *L, const char *fn, size_t i, int record, int ou
 }
 
 /* The list at idx as items (scratch memory the GC owns). */
-static oo_ledger_item *read_items(lua_State *L, int idx, const char *fn, int record,
-                                  int outcome_default, size_t *n) {
+oo_ledger_item *oo_ledger_items_read(lua_State *L, int idx, const char *fn, int record,
+                                     int outcome_default, size_t *n) {
     oo_ledger_item *items;
     size_t i;
     if (lua_type(L, idx) != LUA_TTABLE)
@@ -266,7 +271,7 @@ static const char *state_name(int state) {
 }
 
 /* The answers: one table per item, {state=, outcome=, at=} or {state=, until=, mine=}. */
-static int push_answers(lua_State *L, const oo_ledger_item *items, size_t n) {
+int oo_ledger_answers_push(lua_State *L, const oo_ledger_item *items, size_t n) {
     size_t i;
     lua_createtable(L, (int)n, 0);
     for (i = 0; i < n; i++) {
@@ -277,6 +282,7 @@ static int push_answers(lua_State *L, const oo_ledger_item *items, size_t n) {
             oo_set_str(L, "outcome", oo_ledger_outcome_name(it->prev_outcome));
             oo_set_int(L, "at", it->prev_at);
         }
+        if (it->reserved) oo_set_bool(L, "reserved", 1);
         if (it->state == OO_LEDGER_IN_FLIGHT) {
             oo_set_num(L, "until", it->until);
             oo_set_bool(L, "mine", it->mine);
@@ -294,11 +300,11 @@ static int l_check(lua_State *L) {
     size_t n;
     oo_ledger_item *items;
     double now = opt_now(L, 4);
-    read_scope(L, 2, "ledger:check", &sc);
-    items = read_items(L, 3, "ledger:check", 0, 0, &n);
+    oo_ledger_scope_read(L, 2, "ledger:check", &sc);
+    items = oo_ledger_items_read(L, 3, "ledger:check", 0, 0, &n);
     if (oo_ledger_check(l, &sc, items, n, now, &err) != OO_SPOOL_OK)
         return oo_spool_push_err(L, &err);
-    return push_answers(L, items, n);
+    return oo_ledger_answers_push(L, items, n);
 }
 
 /*** L:reserve(scope, list, lease, now) → answers | nil, err */
@@ -310,12 +316,12 @@ static int l_reserve(lua_State *L) {
     oo_ledger_item *items;
     lua_Number lease = luaL_checknumber(L, 4);
     double now = opt_now(L, 5);
-    read_scope(L, 2, "ledger:reserve", &sc);
-    items = read_items(L, 3, "ledger:reserve", 0, 0, &n);
+    oo_ledger_scope_read(L, 2, "ledger:reserve", &sc);
+    items = oo_ledger_items_read(L, 3, "ledger:reserve", 0, 0, &n);
     if (!(lease > 0)) luaL_error(L, "ledger:reserve: lease must be positive");
     if (oo_ledger_reserve(l, &sc, items, n, (double)lease, now, &err) != OO_SPOOL_OK)
         return oo_spool_push_err(L, &err);
-    return push_answers(L, items, n);
+    return oo_ledger_answers_push(L, items, n);
 }
 
 /*** L:record(scope, list, now, outcome) → true | nil, err
@@ -331,8 +337,8 @@ static int l_record(lua_State *L) {
     if (!lua_isnoneornil(L, 5) && !(outcome = oo_ledger_outcome_of(luaL_checkstring(L, 5))))
         luaL_error(L, "ledger:record: opts.outcome must be \"sent\", \"warned\", \"dead\" or"
                       " \"cancelled\"");
-    read_scope(L, 2, "ledger:record", &sc);
-    items = read_items(L, 3, "ledger:record", 1, outcome, &n);
+    oo_ledger_scope_read(L, 2, "ledger:record", &sc);
+    items = oo_ledger_items_read(L, 3, "ledger:record", 1, outcome, &n);
     return push_ok(L, oo_ledger_record(l, &sc, items, n, now, &err), &err);
 }
 
@@ -343,8 +349,8 @@ static int l_release(lua_State *L) {
     oo_spool_err err;
     size_t n;
     oo_ledger_item *items;
-    read_scope(L, 2, "ledger:release", &sc);
-    items = read_items(L, 3, "ledger:release", 0, 0, &n);
+    oo_ledger_scope_read(L, 2, "ledger:release", &sc);
+    items = oo_ledger_items_read(L, 3, "ledger:release", 0, 0, &n);
     return push_ok(L, oo_ledger_release(l, &sc, items, n, &err), &err);
 }
 

@@ -45,9 +45,10 @@ static void read_cfg(lua_State *L, int idx, oo_sched_cfg *cfg, oo_policy *pol) {
     const char *on_stop;
     oo_sched_defaults(cfg);
     cfg->concurrency = (int)num_field(L, idx, "concurrency", cfg->concurrency);
-    /* sizes arrays: kept in range whatever the caller says */
+    /* the options layer checked it; kept in range all the same because it
+     * sizes arrays (memory safety) */
     if (cfg->concurrency < 1) cfg->concurrency = 1;
-    if (cfg->concurrency > 1024) cfg->concurrency = 1024;
+    if (cfg->concurrency > OO_SCHED_MAX_CONCURRENCY) cfg->concurrency = OO_SCHED_MAX_CONCURRENCY;
     cfg->adaptive = bool_field(L, idx, "adaptive");
     cfg->initial_limit = (int)num_field(L, idx, "initial_limit", 0);
     cfg->auth_pause = num_field(L, idx, "auth_pause", cfg->auth_pause);
@@ -132,7 +133,7 @@ static int method_value(lua_State *L) {
 }
 
 /* One field of a job table (value on top). Fields are read as they come
- * (lua_next): a job names three or four of the eleven. */
+ * (lua_next): a job names three or four of the twelve. */
 static void job_field(lua_State *L, const char *k, oo_job_spec *sp, long long *ch) {
     if (strcmp(k, "body") == 0) sp->body = str_value(L, k, &sp->body_len);
     else if (strcmp(k, "ref") == 0) sp->ref = str_value(L, k, &sp->ref_len);
@@ -141,6 +142,7 @@ static void job_field(lua_State *L, const char *k, oo_job_spec *sp, long long *c
     else if (strcmp(k, "method") == 0) sp->method = method_value(L);
     else if (strcmp(k, "url") == 0) sp->url = str_value(L, k, &sp->url_len);
     else if (strcmp(k, "after_ref") == 0) sp->after_ref = lua_toboolean(L, -1);
+    else if (strcmp(k, "after_ok") == 0) sp->after_ok = lua_toboolean(L, -1);
     else if (strcmp(k, "blob") == 0) sp->blob = str_value(L, k, &sp->blob_len);
     else if (strcmp(k, "store_id") == 0) sp->store_id = int_value(L, k);
     else if (strcmp(k, "attempts") == 0) sp->attempts = (int)int_value(L, k);
@@ -297,6 +299,17 @@ void oo_push_sched_metrics(lua_State *L, oo_sched *s) {
     oo_metrics_push(L, &m);
 }
 
+void oo_push_sink_stats(lua_State *L, oo_ledger_sink *k) {
+    oo_sink_stats st;
+    oo_ledger_sink_stats(k, &st);
+    lua_createtable(L, 0, 5);
+    oo_set_int(L, "written", st.written);
+    oo_set_int(L, "errors", st.errors);
+    oo_set_int(L, "lost", st.lost);
+    oo_set_int(L, "waiting", st.waiting);
+    if (st.error[0]) oo_set_str(L, "error", st.error);
+}
+
 void oo_push_removed(lua_State *L, const oo_sched *s, oo_job *list) {
     int k = 0;
     lua_newtable(L);
@@ -402,6 +415,7 @@ typedef struct l_sched {
     int *free_slots, nfree, nslots;
     size_t max_pending;
     oo_sched_hooks hooks;
+    oo_ledger_sink sink; /* cfg.ledger: every job's end recorded (sink.l NULL: none) */
     long long hook_errors;
     char hook_error[256];
 } l_sched;
@@ -509,6 +523,7 @@ static void hook_dead(oo_sched *s, oo_job *j, const oo_outcome *o, const char *w
 
 static void hook_record(oo_sched *s, const oo_job *j, oo_res_kind what, const oo_outcome *o) {
     l_sched *u = LS(s);
+    if (u->sink.l) oo_ledger_sink_add(&u->sink, s, j, what, o);
     if (!push_hook(u, "record")) return;
     oo_push_job_info(u->L, s, j);
     lua_pushstring(u->L, what_name(what));
@@ -605,6 +620,26 @@ static void setup_hooks(lua_State *L, int cfg, l_sched *u) {
     u->s.hook_ud = u;
 }
 
+/* cfg.ledger: the record hook writes every job's end to it (the sink). */
+static void setup_ledger(lua_State *L, int cfg, l_sched *u) {
+    const char *host, *site;
+    lua_getfield(L, cfg, "ledger");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_getfield(L, cfg, "ledger_host");
+    lua_getfield(L, cfg, "ledger_site");
+    host = lua_tostring(L, -2);
+    site = lua_tostring(L, -1);
+    if (!host || !site) luaL_error(L, "sched: a ledger needs ledger_host and ledger_site");
+    oo_ledger_sink_init(&u->sink, oo_ledger_arg(L, -3), host, site);
+    u->sink.window = num_field(L, cfg, "ledger_window", u->sink.window);
+    lua_pop(L, 3);
+    u->hooks.record = hook_record;
+    u->s.hooks = &u->hooks;
+}
+
 static void alloc_slots(lua_State *L, l_sched *u) {
     int i, n = u->s.cfg.concurrency;
     u->fly = (oo_job **)calloc((size_t)n, sizeof *u->fly);
@@ -639,6 +674,7 @@ static int l_sched_new(lua_State *L) {
     u->L = L;
     u->max_pending = (size_t)num_field(L, 1, "max_pending", 0);
     setup_hooks(L, 1, u);
+    setup_ledger(L, 1, u);
     keep_values(L, 1, u);
     alloc_slots(L, u);
     return 1;
@@ -750,6 +786,7 @@ static int l_done(lua_State *L) {
     ok = read_reply(L, 3, &r, &o);
     if (ok) oo_sched_classify(&r, &o);
     action = oo_sched_settle(&u->s, j, &o, ok ? &r : NULL, &why);
+    if (u->sink.l) oo_ledger_sink_tick(&u->sink, oo_mono_now());
     lua_pushstring(L, action_names[action]);
     oo_push_outcome(L, &o);
     if (why) lua_pushstring(L, why);
@@ -808,6 +845,24 @@ static int l_stats(lua_State *L) {
 
 static int l_metrics(lua_State *L) {
     oo_push_sched_metrics(L, &check_sched(L)->s);
+    return 1;
+}
+
+/*** s:flush_ledger() -> true | nil, err — the ledger notes written now */
+static int l_flush_ledger(lua_State *L) {
+    l_sched *u = check_sched(L);
+    oo_spool_err err;
+    if (u->sink.l && oo_ledger_sink_flush(&u->sink, &err) != OO_SPOOL_OK)
+        return oo_spool_push_err(L, &err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/*** s:ledger_stats() -> {written, errors, lost, waiting, error?} | nil (no ledger) */
+static int l_ledger_stats(lua_State *L) {
+    l_sched *u = check_sched(L);
+    if (!u->sink.l) return 0;
+    oo_push_sink_stats(L, &u->sink);
     return 1;
 }
 
@@ -903,18 +958,21 @@ static int l_close(lua_State *L) {
         u->open = 0;
         u->s.hooks = NULL; /* a close releases nothing through Lua */
         if (u->fly) drop_flying(u, free_job);
+        oo_ledger_sink_free(&u->sink); /* writes what waits */
         oo_sched_free(&u->s);
         release_all(L, u);
     }
     return 0;
 }
 
-/*** core.sched_defaults() -> {concurrency, auth_pause, max_results, on_stop} */
+/*** core.sched_defaults() -> {concurrency, max_concurrency, auth_pause,
+ * max_results, on_stop} */
 static int l_sched_defaults(lua_State *L) {
     oo_sched_cfg c;
     oo_sched_defaults(&c);
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 5);
     oo_set_int(L, "concurrency", c.concurrency);
+    oo_set_int(L, "max_concurrency", OO_SCHED_MAX_CONCURRENCY);
     oo_set_num(L, "auth_pause", c.auth_pause);
     oo_set_int(L, "max_results", (long long)c.max_results);
     oo_set_str(L, "on_stop", "drain");
@@ -932,6 +990,8 @@ void oo_sched_register(lua_State *L) {
                                        {"pending", l_pending},
                                        {"stats", l_stats},
                                        {"metrics", l_metrics},
+                                       {"flush_ledger", l_flush_ledger},
+                                       {"ledger_stats", l_ledger_stats},
                                        {"remove_ref", l_remove_ref},
                                        {"resume", l_resume},
                                        {"hint_feed", l_hint_feed},

@@ -37,26 +37,17 @@ oo_spool *oo_spool_check(lua_State *L, int idx) {
     return b->s;
 }
 
-/* Runtime failure → nil, {kind, message, retryable, sqlite_code?, bound?};
- * misuse → raise. */
+/* Runtime failure → nil, {kind, message, retryable, sqlite_code?, bound?}
+ * (the one error shape, core.h: oo_push_error); misuse → raise. */
 int oo_spool_push_err(lua_State *L, const oo_spool_err *e) {
+    oo_error err = {NULL, NULL, 0, NULL, 0, 0};
     if (e->code == OO_SPOOL_MISUSE) return raisef(L, "%s", e->message);
-    lua_pushnil(L);
-    lua_createtable(L, 0, 5);
-    lua_pushstring(L, oo_spool_kind(e->code));
-    lua_setfield(L, -2, "kind");
-    lua_pushstring(L, e->message);
-    lua_setfield(L, -2, "message");
-    lua_pushboolean(L, e->code == OO_SPOOL_BUSY);
-    lua_setfield(L, -2, "retryable");
-    if (e->sqlite_code) {
-        lua_pushinteger(L, e->sqlite_code);
-        lua_setfield(L, -2, "sqlite_code");
-    }
-    if (e->bound) {
-        lua_pushstring(L, e->bound);
-        lua_setfield(L, -2, "bound");
-    }
+    err.kind = oo_spool_kind(e->code);
+    err.message = e->message;
+    err.retryable = e->code == OO_SPOOL_BUSY;
+    oo_push_error(L, &err);
+    if (e->sqlite_code) oo_set_int(L, "sqlite_code", e->sqlite_code);
+    if (e->bound) oo_set_str(L, "bound", e->bound);
     return 2;
 }
 
@@ -690,6 +681,18 @@ static int l_purge(lua_State *L) {
     return 1;
 }
 
+/*** sp:due_now(now) → moved, waiting | nil, err */
+static int l_due_now(lua_State *L) {
+    oo_spool *s = oo_spool_check(L, 1);
+    oo_spool_err err;
+    long long moved, waiting;
+    if (oo_spool_due_now(s, opt_now(L, 2, "due_now"), &moved, &waiting, &err) != OO_SPOOL_OK)
+        return oo_spool_push_err(L, &err);
+    lua_pushinteger(L, (lua_Integer)moved);
+    lua_pushinteger(L, (lua_Integer)waiting);
+    return 2;
+}
+
 /*** sp:owner() → this handle's lease token; sp:path() → the file */
 static int l_owner(lua_State *L) {
     lua_pushstring(L, oo_spool_owner(oo_spool_check(L, 1)));
@@ -739,6 +742,7 @@ void oo_spool_register(lua_State *L) {
         {"list", l_list},
         {"requeue_dead", l_requeue_dead},
         {"purge", l_purge},
+        {"due_now", l_due_now},
         {"owner", l_owner},
         {"path", l_path},
         {"is_open", l_is_open},

@@ -2,8 +2,12 @@
  * what each endpoint acknowledged, in a file of its own or in a spool's.
  * No Lua here: the binding is l_ledger.c. */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <pthread.h>
 #include <limits.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/types.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +37,8 @@ enum {
     L_PENDING_GET,
     L_PENDING_TAKE,
     L_PENDING_DEL,
+    L_PENDING_DROP,
+    L_PENDING_STEAL,
     L_UPSERT,
     L_MARK_CANCELLED,
     L_PRUNE,
@@ -44,6 +50,7 @@ enum {
     L_SHOW,
     L_SHOW_PENDING,
     L_PAGE,
+    L_SPOOLED,
     L_COUNT
 };
 typedef char stmt_count_fits[L_COUNT <= OO_LEDGER_STMT_COUNT ? 1 : -1];
@@ -66,6 +73,9 @@ static const char *const SQL[L_COUNT] = {
                        " ?4) ON CONFLICT (scope, ref) DO UPDATE SET owner = excluded.owner,"
                        " until = excluded.until WHERE ledger_pending.until <= ?5",
     [L_PENDING_DEL] = "DELETE FROM ledger_pending WHERE scope = ?1 AND ref = ?2 AND owner = ?3",
+    [L_PENDING_DROP] = "DELETE FROM ledger_pending WHERE scope = ?1 AND ref = ?2",
+    [L_PENDING_STEAL] =
+        "UPDATE ledger_pending SET owner = ?3, until = ?4 WHERE scope = ?1 AND ref = ?2",
     /* a dead outcome never overwrites a seen row; anything else overwrites */
     [L_UPSERT] = "INSERT INTO ledger(scope, ref, fp, outcome, at, order_at, label, total)"
                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (scope, ref) DO UPDATE SET"
@@ -92,6 +102,8 @@ static const char *const SQL[L_COUNT] = {
                " LEFT JOIN ledger_label b ON b.id = l.label"
                " WHERE s.id = l.scope AND (l.scope, l.ref) > (?1, ?2)"
                " ORDER BY l.scope, l.ref LIMIT ?3",
+    /* in a spool's file: a create of the refCode still queued there */
+    [L_SPOOLED] = "SELECT 1 FROM orders WHERE ref = ?1 AND op = 0 LIMIT 1",
 };
 
 #define lexec(c, st, i, ...) oo_sql_exec((c), (st), SQL, (i), __VA_ARGS__)
@@ -260,6 +272,8 @@ int oo_ledger_note(struct oo_sql_conn *c, struct sqlite3_stmt **st, const oo_led
         if (outcome == OO_LEDGER_CANCELLED && !parsed)
             rc = put_cancelled(c, st, scope, ref, ref_len, now);
         else rc = put_row(c, st, memo, scope, ref, ref_len, &e, body && body_len > 0, outcome, now);
+        /* the order is settled: a reservation of it (the pushing side's) goes */
+        if (rc == SQLITE_OK) rc = lexec(c, st, L_PENDING_DROP, "it", scope, ref, ref_len);
     }
     if (parsed) oo_ledger_entry_free(&e);
     return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
@@ -296,6 +310,15 @@ int oo_ledger_note_done(struct oo_sql_conn *c, struct sqlite3_stmt **st, const o
     return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
 }
 
+/* This process's pid namespace (the inode of /proc/self/ns/pid), 0 when
+ * unknown: owner tokens carry it, so a pid is only ever judged in the
+ * namespace it belongs to (two containers sharing a ledger file each
+ * have their own pid 1). */
+static unsigned long long pid_ns(void) {
+    struct stat sb;
+    return stat("/proc/self/ns/pid", &sb) == 0 ? (unsigned long long)sb.st_ino : 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* Handles and transactions                                            */
 
@@ -310,12 +333,13 @@ typedef struct ledger_db {
 } ledger_db;
 
 struct oo_ledger {
+    int refs;        /* owners (oo_ledger_retain); freed when the last one closes */
     ledger_db *db;   /* a ledger file of its own, or NULL */
     oo_spool *spool; /* in a spool's file: a handle of ours on its connection */
     oo_ledger_opts opts;
     char store_key[OO_LEDGER_STORE_KEY_MAX + 1];
     long long since_prune; /* rows recorded since the last prune (under the call's lock) */
-    char owner[48];
+    char owner[64];        /* "pid:16 hex digits@pid namespace" */
 };
 
 typedef int (*ledger_fn)(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx,
@@ -401,10 +425,16 @@ static int check_opts(const oo_ledger_opts *o, oo_spool_err *err) {
 static oo_ledger *handle_new(const oo_ledger_opts *o) {
     oo_ledger *l = (oo_ledger *)calloc(1, sizeof *l);
     if (!l) return NULL;
+    l->refs = 1;
     l->opts = *o;
     snprintf(l->store_key, sizeof l->store_key, "%s", o->store_key ? o->store_key : "store");
     l->opts.store_key = l->store_key;
     oo_sql_owner_token(l->owner, sizeof l->owner);
+    {
+        unsigned long long ns = pid_ns();
+        size_t at = strlen(l->owner);
+        if (ns) snprintf(l->owner + at, sizeof l->owner - at, "@%llu", ns);
+    }
     return l;
 }
 
@@ -498,8 +528,13 @@ int oo_ledger_of_spool(oo_spool *s, const oo_ledger_cfg *cfg, const oo_ledger_op
     return OO_SPOOL_OK;
 }
 
+oo_ledger *oo_ledger_retain(oo_ledger *l) {
+    __atomic_add_fetch(&l->refs, 1, __ATOMIC_SEQ_CST);
+    return l;
+}
+
 void oo_ledger_close(oo_ledger *l) {
-    if (!l) return;
+    if (!l || __atomic_sub_fetch(&l->refs, 1, __ATOMIC_SEQ_CST) > 0) return;
     if (l->spool) oo_spool_close(l->spool);
     if (l->db && l->db->fork_gen == oo_sql_fork_gen()) {
         oo_sql_gate_enter();
@@ -592,22 +627,61 @@ static int look_row(oo_sql_conn *c, sqlite3_stmt **st, const item_key *k, oo_led
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* Did the process that took a reservation end (a kill -9, a crash)? Only
+ * when its token ("pid:hex@ns") names our pid namespace and no process has
+ * that pid now; anything else (another namespace, an older token, a pid
+ * reused since) counts as alive, and the lease decides. */
+static int owner_gone(const char *owner, const char *mine) {
+    char *end;
+    const char *at;
+    long pid;
+    unsigned long long ns;
+    if (!owner || strcmp(owner, mine) == 0) return 0;
+    pid = strtol(owner, &end, 10);
+    if (end == owner || *end != ':' || pid <= 0 || pid == (long)getpid()) return 0;
+    if (!(at = strchr(end, '@'))) return 0;
+    ns = strtoull(at + 1, NULL, 10);
+    if (!ns || ns != pid_ns()) return 0;
+    return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
 /* Is the key reserved by a live handle (this one or another)? it->state
- * becomes in flight if so. */
+ * becomes in flight if so. A reservation whose process is gone is not
+ * (*stale, when given, says so: reserve takes it over). */
 static int look_pending(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const item_key *k,
-                        oo_ledger_item *it, double now) {
+                        oo_ledger_item *it, double now, int *stale) {
     sqlite3_stmt *q;
     int rc;
+    if (stale) *stale = 0;
     if (!k->scope) return SQLITE_OK;
     rc = lquery(c, st, L_PENDING_GET, &q, "it", k->scope, k->ref, k->ref_len);
     if (rc == SQLITE_ROW) {
         double until = sqlite3_column_double(q, 1);
         const char *owner = (const char *)sqlite3_column_text(q, 0);
-        if (until > now) {
+        if (until > now && owner_gone(owner, l->owner)) {
+            if (stale) *stale = 1;
+        } else if (until > now) {
             it->state = OO_LEDGER_IN_FLIGHT;
             it->until = until;
             it->mine = owner && strcmp(owner, l->owner) == 0;
         }
+        oo_sql_finish(q);
+        return SQLITE_OK;
+    }
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* In a spool's file, a create of the key's refCode still queued there is
+ * in flight whoever reserved it: its reservation may be a dead process's
+ * (a queue killed before it delivered), but the row will be delivered by
+ * the queue that takes it over, so the order must not be queued again. */
+static int look_spooled(oo_sql_conn *c, sqlite3_stmt **st, const item_key *k, oo_ledger_item *it) {
+    sqlite3_stmt *q;
+    int rc = lquery(c, st, L_SPOOLED, &q, "t", k->ref, k->ref_len);
+    if (rc == SQLITE_ROW) {
+        it->state = OO_LEDGER_IN_FLIGHT;
+        it->until = 0;
+        it->mine = 0;
         oo_sql_finish(q);
         return SQLITE_OK;
     }
@@ -622,15 +696,28 @@ static int batch_item(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b,
     switch (b->action) {
     case B_CHECK:
         if ((rc = look_row(c, st, k, it)) != SQLITE_OK || it->state != OO_LEDGER_UNKNOWN) return rc;
-        return look_pending(l, c, st, k, it, b->now);
+        return look_pending(l, c, st, k, it, b->now, NULL);
     case B_RESERVE:
-        if ((rc = look_row(c, st, k, it)) != SQLITE_OK || it->state != OO_LEDGER_UNKNOWN) return rc;
+        it->reserved = 0;
+        if ((rc = look_row(c, st, k, it)) != SQLITE_OK) return rc;
+        if (it->state != OO_LEDGER_UNKNOWN && !it->force) return rc;
+        if (!it->force && l->spool && (rc = look_spooled(c, st, k, it)) != SQLITE_OK) return rc;
+        if (it->state == OO_LEDGER_IN_FLIGHT) return rc;
         /* taken unless a live reservation holds it (then say whose) */
         rc = lexec(c, st, L_PENDING_TAKE, "itsdd", k->scope, k->ref, k->ref_len, l->owner,
                    b->now + b->lease, b->now);
         if (rc != SQLITE_OK) return rc;
-        if (sqlite3_changes(c->db) > 0) it->state = OO_LEDGER_RESERVED;
-        else rc = look_pending(l, c, st, k, it, b->now);
+        if (sqlite3_changes(c->db) == 0) { /* held: by whom? */
+            int stale;
+            if ((rc = look_pending(l, c, st, k, it, b->now, &stale)) != SQLITE_OK || !stale)
+                return rc;
+            /* its process is gone: the order is ours to send */
+            rc = lexec(c, st, L_PENDING_STEAL, "itsd", k->scope, k->ref, k->ref_len, l->owner,
+                       b->now + b->lease);
+            if (rc != SQLITE_OK) return rc;
+        }
+        it->reserved = 1;
+        if (it->state == OO_LEDGER_UNKNOWN) it->state = OO_LEDGER_RESERVED;
         return rc;
     case B_RECORD:
         if (it->outcome == OO_LEDGER_CANCELLED && !k->has_entry)
@@ -639,8 +726,8 @@ static int batch_item(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b,
             rc = put_row(c, st, &b->memo, k->scope, k->ref, k->ref_len, &k->e, 1, it->outcome,
                          b->now);
         if (rc != SQLITE_OK) return rc;
-        /* the reservation goes with the record */
-        /* fall through */
+        /* the reservation goes with the record, whoever took it */
+        return lexec(c, st, L_PENDING_DROP, "it", k->scope, k->ref, k->ref_len);
     default: return lexec(c, st, L_PENDING_DEL, "its", k->scope, k->ref, k->ref_len, l->owner);
     }
 }

@@ -20,8 +20,10 @@
  * elsewhere, leaving a `ledger_pending` row per order (this handle's
  * owner token, a lease end); a live pending row of any owner answers "in
  * flight". record() writes the outcomes and drops the reservations;
- * release() drops them unsent. A reservation whose process died expires
- * with its lease, and the next run may send that order again.
+ * release() drops them unsent. A reservation whose process died (a kill
+ * -9, a crash) counts as gone at once when that process was in our pid
+ * namespace (the token says which: the pid is looked up), else when its
+ * lease runs out; the next run may then send that order again.
  *
  * Storage: a file of its own (application_id OO_LEDGER_APP_ID, the
  * spool's file rules: sqlfile.h), or the tables inside a spool's file,
@@ -46,7 +48,7 @@
 #define OO_LEDGER_PRUNE_EVERY 1000
 #define OO_LEDGER_STORE_KEY_MAX 256
 /* Statements a connection caches for the ledger (spool.c keeps an array). */
-#define OO_LEDGER_STMT_COUNT 24
+#define OO_LEDGER_STMT_COUNT 25
 
 /* The ledger's tables, created in a ledger file and in a spool's. */
 #define OO_LEDGER_SCHEMA_SQL                                                                       \
@@ -139,9 +141,15 @@ typedef struct oo_ledger_cfg {
  * handle on the spool's connection (close it like any). */
 int oo_ledger_of_spool(oo_spool *s, const oo_ledger_cfg *cfg, const oo_ledger_opts *o,
                        oo_ledger **out, oo_spool_err *err);
+/* Closes the handle; a handle another part retained (oo_ledger_retain: a
+ * queue's thread, a batch's engine) stays usable by it until it closes it
+ * too. */
 void oo_ledger_close(oo_ledger *l);
+/* One more owner of the handle: each oo_ledger_close drops one. */
+oo_ledger *oo_ledger_retain(oo_ledger *l);
 const char *oo_ledger_path(const oo_ledger *l);
-/* This handle's reservation owner token, "pid:16 hex digits". */
+/* This handle's reservation owner token, "pid:16 hex digits@pid
+ * namespace" (the namespace part when /proc tells it). */
 const char *oo_ledger_owner(const oo_ledger *l);
 int oo_ledger_in_spool(const oo_ledger *l);
 
@@ -158,8 +166,11 @@ typedef struct oo_ledger_item {
     const char *body; /* the encoded order (body[body_len] == '\0'), or NULL */
     size_t body_len;
     int outcome; /* record: OO_LEDGER_* */
+    int force;   /* reserve: reserve it even when seen (a forced send, an amend) */
     /* filled by check and reserve */
     int state;         /* OO_LEDGER_UNKNOWN ... */
+    int reserved;      /* reserve: this handle holds its reservation now (RESERVED, or
+                          SAME/CHANGED of a forced item) */
     int prev_outcome;  /* SAME, CHANGED, SEEN: the row's outcome */
     long long prev_at; /* and when it was recorded */
     double until;      /* IN_FLIGHT: the lease end */
@@ -170,12 +181,14 @@ typedef struct oo_ledger_item {
 int oo_ledger_check(oo_ledger *l, const oo_ledger_scope *sc, oo_ledger_item *items, size_t n,
                     double now, oo_spool_err *err);
 /* Looks each order up and reserves the ones neither seen nor in flight
- * for lease seconds: one write transaction. */
+ * (a forced item: seen or not, unless in flight) for lease seconds: one
+ * write transaction. */
 int oo_ledger_reserve(oo_ledger *l, const oo_ledger_scope *sc, oo_ledger_item *items, size_t n,
                       double lease, double now, oo_spool_err *err);
 /* Writes each item's outcome (a dead one never overwrites a seen row; a
- * cancelled one without a body marks the existing row) and drops this
- * handle's reservations of them: one write transaction. */
+ * cancelled one without a body marks the existing row) and drops the
+ * reservations of them (whichever handle took them: once an outcome is
+ * recorded, nothing is in flight any more): one write transaction. */
 int oo_ledger_record(oo_ledger *l, const oo_ledger_scope *sc, oo_ledger_item *items, size_t n,
                      double now, oo_spool_err *err);
 /* Drops this handle's reservations of the items: one write transaction. */
@@ -299,5 +312,22 @@ int oo_ledger_outcome_at(struct oo_sql_conn *c, struct sqlite3_stmt **st, const 
  * were noted since the last time (*since_prune counts them). */
 int oo_ledger_note_done(struct oo_sql_conn *c, struct sqlite3_stmt **st, const oo_ledger_cfg *cfg,
                         long long *since_prune, long long n, double now, oo_spool_err *err);
+
+/* ---- Lua binding (l_ledger.c) ---- */
+struct lua_State;
+/* The handle inside a ledger userdata at idx (raises if not one or
+ * closed): a queue's thread or a batch's engine retains it. */
+oo_ledger *oo_ledger_arg(struct lua_State *L, int idx);
+/* The scope table {host=, site=, channel=} at idx (raises naming fn). */
+void oo_ledger_scope_read(struct lua_State *L, int idx, const char *fn, oo_ledger_scope *sc);
+/* The list at idx (body strings or {body=, ref=, channel=, outcome=,
+ * force=} tables) as items, in scratch memory the GC owns (pushed on the
+ * stack); record: every item needs an outcome (outcome_default for those
+ * naming none). Raises on misuse. */
+oo_ledger_item *oo_ledger_items_read(struct lua_State *L, int idx, const char *fn, int record,
+                                     int outcome_default, size_t *n);
+/* The answers of check or reserve: {state=, outcome=, at=, reserved=,
+ * until=, mine=} per item. */
+int oo_ledger_answers_push(struct lua_State *L, const oo_ledger_item *items, size_t n);
 
 #endif

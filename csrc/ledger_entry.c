@@ -10,7 +10,7 @@
 
 #include "ledger.h"
 #include "date.h"
-#include "json.h"
+#include "json_walk.h"
 #include "money.h"
 
 static const char *const OUTCOME_NAMES[OO_LEDGER_OUTCOMES + 1] = {NULL, "sent", "warned", "dead",

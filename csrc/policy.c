@@ -1,7 +1,7 @@
 /* The one retry policy (see policy.h). Lua: core.policy_new(opts) ->
  * policy with :decide(record, attempts, age [, r]) and :delay(attempt,
- * retry_after [, r]); core.parse_retry_after(value [, now]),
- * core.parse_http_date(s). */
+ * retry_after [, r]). Retry-After itself is read by the classifier
+ * (classify.h: oo_retry_after). */
 #include "policy.h"
 #include "core.h"
 
@@ -44,111 +44,6 @@ void oo_policy_defaults(oo_policy *p) {
     p->backoff_max = 10;
     p->backoff_floor = 0.05;
     p->retry_after_max = 60;
-}
-
-/* ------------------------------------------------------------------ */
-/* Retry-After                                                         */
-
-/* Days since 1970-01-01 of a proleptic Gregorian date (Hinnant). */
-static long long days_from_civil(long long y, int m, int d) {
-    long long era, yoe, doy, doe;
-    y -= m <= 2;
-    era = (y >= 0 ? y : y - 399) / 400;
-    yoe = y - era * 400;
-    doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-static int month_of(const char *s) {
-    static const char names[] = "janfebmaraprmayjunjulaugsepoctnovdec";
-    int i;
-    for (i = 0; i < 12; i++)
-        if (strncasecmp(s, names + 3 * i, 3) == 0) return i + 1;
-    return 0;
-}
-
-/* n digits at *p into *v (exactly n, or 1..n when `upto`). */
-static int digits(const char **p, int n, int upto, int *v) {
-    int k = 0;
-    *v = 0;
-    while (k < n && (*p)[k] >= '0' && (*p)[k] <= '9') { *v = *v * 10 + ((*p)[k] - '0'); k++; }
-    if (k == 0 || (!upto && k != n)) return 0;
-    *p += k;
-    return 1;
-}
-
-static int lit(const char **p, const char *s) {
-    size_t n = strlen(s);
-    if (strncmp(*p, s, n) != 0) return 0;
-    *p += n;
-    return 1;
-}
-
-static int alpha_run(const char **p, int min, int max) {
-    int k = 0;
-    while (((*p)[k] >= 'a' && (*p)[k] <= 'z') || ((*p)[k] >= 'A' && (*p)[k] <= 'Z')) k++;
-    if (k < min || k > max) return 0;
-    *p += k;
-    return 1;
-}
-
-static double epoch(int y, int mon, int d, int hh, int mm, int ss) {
-    if (!mon || d < 1 || d > 31 || hh > 23 || mm > 59 || ss > 60) return -1;
-    return (double)(days_from_civil(y, mon, d) * 86400 + hh * 3600 + mm * 60 + ss);
-}
-
-static int hms(const char **p, int *hh, int *mm, int *ss) {
-    return digits(p, 2, 0, hh) && lit(p, ":") && digits(p, 2, 0, mm) && lit(p, ":") && digits(p, 2, 0, ss);
-}
-
-double oo_http_date(const char *s) {
-    const char *p = s;
-    int d, y, hh, mm, ss, mon;
-    if (!s) return -1;
-    /* IMF-fixdate: Sun, 06 Nov 1994 08:49:37 GMT */
-    if (alpha_run(&p, 3, 3) && lit(&p, ", ") && digits(&p, 2, 1, &d) && lit(&p, " ") &&
-        (mon = month_of(p)) && alpha_run(&p, 3, 3) && lit(&p, " ") && digits(&p, 4, 0, &y) &&
-        lit(&p, " ") && hms(&p, &hh, &mm, &ss) && lit(&p, " GMT") && !*p)
-        return epoch(y, mon, d, hh, mm, ss);
-    /* RFC 850: Sunday, 06-Nov-94 08:49:37 GMT */
-    p = s;
-    if (alpha_run(&p, 6, 9) && lit(&p, ", ") && digits(&p, 2, 0, &d) && lit(&p, "-") &&
-        (mon = month_of(p)) && alpha_run(&p, 3, 3) && lit(&p, "-") && digits(&p, 2, 0, &y) &&
-        lit(&p, " ") && hms(&p, &hh, &mm, &ss) && lit(&p, " GMT") && !*p)
-        return epoch(y < 70 ? 2000 + y : 1900 + y, mon, d, hh, mm, ss);
-    /* asctime: Sun Nov  6 08:49:37 1994 */
-    p = s;
-    if (alpha_run(&p, 3, 3) && lit(&p, " ") && (mon = month_of(p)) && alpha_run(&p, 3, 3) &&
-        lit(&p, " ")) {
-        while (*p == ' ') p++;
-        if (digits(&p, 2, 1, &d) && lit(&p, " ") && hms(&p, &hh, &mm, &ss) && lit(&p, " ") &&
-            digits(&p, 4, 0, &y) && !*p)
-            return epoch(y, mon, d, hh, mm, ss);
-    }
-    return -1;
-}
-
-double oo_retry_after(const char *value, double now) {
-    char buf[64];
-    const char *a, *b;
-    size_t n;
-    if (!value) return -1;
-    for (a = value; *a == ' ' || *a == '\t'; a++) {}
-    for (b = a + strlen(a); b > a && (b[-1] == ' ' || b[-1] == '\t'); b--) {}
-    n = (size_t)(b - a);
-    if (n == 0 || n >= sizeof buf) return -1;
-    memcpy(buf, a, n);
-    buf[n] = '\0';
-    if (strspn(buf, "0123456789") == n) {
-        /* delay-seconds; ten digits or more is "a very long time" */
-        return n >= 10 ? 1e10 : strtod(buf, NULL);
-    }
-    {
-        double t = oo_http_date(buf);
-        if (t < 0) return -1;
-        return t > now ? t - now : 0;
-    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -205,18 +100,19 @@ void oo_policy_decide(const oo_policy *p, const oo_outcome *o, int attempts, dou
 /* ------------------------------------------------------------------ */
 /* Lua                                                                 */
 
-static double field_num(lua_State *L, int idx, const char *k, double dflt, double lo) {
+/* The policy's fields were checked by the Lua options (retry.schema, and
+ * the client's and the queues' schemas, which build them): C trusts them
+ * and reads a missing field (or one of another type) as its default. */
+static double field_num(lua_State *L, int idx, const char *k, double dflt) {
     double v;
     lua_getfield(L, idx, k);
-    if (lua_isnil(L, -1)) { lua_pop(L, 1); return dflt; }
-    if (lua_type(L, -1) != LUA_TNUMBER) luaL_error(L, "policy: %s must be a number", k);
-    v = (double)lua_tonumber(L, -1);
+    v = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : dflt;
     lua_pop(L, 1);
-    if (!(v >= lo) || v > 1e15) luaL_error(L, "policy: %s out of range", k);
     return v;
 }
 
 void oo_policy_read(lua_State *L, int idx, oo_policy *p) {
+    double n;
     oo_policy_defaults(p);
     if (lua_isnoneornil(L, idx)) return;
     luaL_checktype(L, idx, LUA_TTABLE);
@@ -224,12 +120,14 @@ void oo_policy_read(lua_State *L, int idx, oo_policy *p) {
     lua_getfield(L, idx, "max_attempts");
     if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) p->max_attempts = 0;
     lua_pop(L, 1);
-    if (p->max_attempts) p->max_attempts = (int)field_num(L, idx, "max_attempts", 4, 0);
-    p->max_age = field_num(L, idx, "max_age", 0, 0);
-    p->backoff_base = field_num(L, idx, "backoff_base", p->backoff_base, 0);
-    p->backoff_max = field_num(L, idx, "backoff_max", p->backoff_max, 0);
-    p->backoff_floor = field_num(L, idx, "backoff_floor", p->backoff_floor, 0);
-    p->retry_after_max = field_num(L, idx, "retry_after_max", p->retry_after_max, 0);
+    /* the one check kept: the conversion to int must not overflow */
+    n = field_num(L, idx, "max_attempts", 4);
+    if (p->max_attempts) p->max_attempts = n >= 1 && n <= 1e9 ? (int)n : 4;
+    p->max_age = field_num(L, idx, "max_age", 0);
+    p->backoff_base = field_num(L, idx, "backoff_base", p->backoff_base);
+    p->backoff_max = field_num(L, idx, "backoff_max", p->backoff_max);
+    p->backoff_floor = field_num(L, idx, "backoff_floor", p->backoff_floor);
+    p->retry_after_max = field_num(L, idx, "retry_after_max", p->retry_after_max);
 }
 
 static const char *const action_names[] = {"ack", "retry", "dead", "stop"};
@@ -310,27 +208,11 @@ static int l_policy_defaults(lua_State *L) {
     return 1;
 }
 
-/*** core.parse_retry_after(value [, now]) -> seconds | nil */
-static int l_parse_retry_after(lua_State *L) {
-    double v = oo_retry_after(luaL_optstring(L, 1, NULL), (double)luaL_optnumber(L, 2, (double)time(NULL)));
-    if (v < 0) lua_pushnil(L); else lua_pushnumber(L, v);
-    return 1;
-}
-
-/*** core.parse_http_date(s) -> epoch seconds | nil */
-static int l_parse_http_date(lua_State *L) {
-    double v = oo_http_date(luaL_optstring(L, 1, NULL));
-    if (v < 0) lua_pushnil(L); else lua_pushnumber(L, v);
-    return 1;
-}
-
 void oo_policy_register(lua_State *L) {
     static const luaL_Reg methods[] = {
         {"decide", l_decide}, {"delay", l_delay}, {NULL, NULL}};
     static const luaL_Reg funcs[] = {
-        {"policy_new", l_policy_new}, {"policy_defaults", l_policy_defaults},
-        {"parse_retry_after", l_parse_retry_after},
-        {"parse_http_date", l_parse_http_date}, {NULL, NULL}};
+        {"policy_new", l_policy_new}, {"policy_defaults", l_policy_defaults}, {NULL, NULL}};
     oo_newclass(L, OO_POLICY_MT, methods, NULL, NULL, NULL);
     oo_setfuncs(L, funcs, 0);
 }

@@ -43,14 +43,6 @@ typedef struct oo_decision {
 
 void oo_policy_defaults(oo_policy *p);
 
-/* Seconds a raw Retry-After value asks for: delay-seconds (digits only,
- * RFC 9110) or an HTTP date relative to `now`; -1 when absent or unusable
- * ("0x10", "3.5", "1e1" are not delay-seconds). */
-double oo_retry_after(const char *value, double now);
-
-/* An HTTP date (IMF-fixdate, RFC 850 or asctime) in epoch seconds, or -1. */
-double oo_http_date(const char *s);
-
 /* Seconds before attempt `attempt` + 1, given the Retry-After seconds
  * (-1 none) and r in [0, 1). */
 double oo_policy_delay(const oo_policy *p, int attempt, double retry_after, double r);
@@ -63,7 +55,8 @@ void oo_policy_decide(const oo_policy *p, const oo_outcome *o, int attempts, dou
 double oo_jitter(unsigned long long *state);
 unsigned long long oo_jitter_seed(const void *salt);
 
-/* Reads a policy from the Lua table at idx (missing fields: defaults). */
+/* Reads a policy from the Lua table at idx (missing fields: defaults),
+ * trusting the Lua options layer to have checked it (retry.schema). */
 void oo_policy_read(lua_State *L, int idx, oo_policy *p);
 
 void oo_policy_register(lua_State *L);

@@ -34,7 +34,8 @@ oo_job *oo_job_new(const oo_job_spec *sp) {
     j->store_id = sp->store_id;
     j->channel = sp->channel;
     j->method = sp->method;
-    j->after_ref = sp->after_ref;
+    j->after_ok = sp->after_ok;
+    j->after_ref = sp->after_ref || sp->after_ok;
     j->attempts = sp->attempts;
     j->created = sp->created > 0 ? sp->created : oo_wall_now();
     if (blen) memcpy(j->data, sp->body, blen);
@@ -456,6 +457,9 @@ static void settle_sent(oo_sched *s, oo_job *j, const oo_outcome *o, const char 
     }
 }
 
+static void fail_dependents(oo_sched *s, const oo_job *del, const oo_outcome *o, const char *body,
+                            size_t blen);
+
 /* Given up (DEAD), or not sent after a stop (STOPPED). */
 static void settle_dead(oo_sched *s, oo_job *j, const oo_outcome *o, const char *why,
                         oo_res_kind what, const char *body, size_t blen) {
@@ -471,6 +475,58 @@ static void settle_dead(oo_sched *s, oo_job *j, const oo_outcome *o, const char 
         oo_metrics_failed(&s->metrics, o, what == OO_RES_DEAD, chan_name(s, j));
     if (r) result_add(s, r);
     pthread_mutex_unlock(&s->mu);
+    if (what == OO_RES_DEAD && j->method == OO_DELETE) fail_dependents(s, j, o, body, blen);
+}
+
+/* Moves the after_ok jobs of del's refCode queued after it out of one list
+ * onto *out (under mu). */
+static size_t take_dependents(oo_job **head, oo_job **tail, const oo_job *del, oo_job **out) {
+    oo_job *prev = NULL, *p = *head;
+    size_t n = 0;
+    while (p) {
+        oo_job *next = p->next;
+        if (p->after_ok && p->seq > del->seq && same_ref(p, del)) {
+            list_unlink(head, tail, prev, p);
+            p->next = *out;
+            *out = p;
+            n++;
+        } else {
+            prev = p;
+        }
+        p = next;
+    }
+    return n;
+}
+
+/* The DELETE of an amend died: the new versions waiting behind it end dead
+ * too, never sent, with the DELETE's outcome (why "amend"). Such a job
+ * cannot have started (it waits behind the DELETE): it is in the inbox,
+ * the ready list or parked. */
+static void fail_dependents(oo_sched *s, const oo_job *del, const oo_outcome *o, const char *body,
+                            size_t blen) {
+    oo_job *out = NULL;
+    oo_outcome d = *o;
+    char msg[sizeof d.message];
+    pthread_mutex_lock(&s->mu);
+    s->nin -= take_dependents(&s->in_head, &s->in_tail, del, &out);
+    s->nready -= take_dependents(&s->ready_head, &s->ready_tail, del, &out);
+    s->npark -= take_dependents(&s->park_head, &s->park_tail, del, &out);
+    pthread_mutex_unlock(&s->mu);
+    if (!out) return;
+    snprintf(msg, sizeof msg, "amend: not sent, the DELETE of the earlier version failed: %.*s",
+             (int)sizeof msg - 64, o->message);
+    memcpy(d.message, msg, sizeof d.message);
+    d.retryable = 0;
+    while (out) {
+        oo_job *j = out;
+        out = j->next;
+        pthread_mutex_lock(&s->mu); /* counted in flight while being settled */
+        s->in_flight++;
+        fly_push(s, j);
+        pthread_mutex_unlock(&s->mu);
+        settle_dead(s, j, &d, "amend", OO_RES_DEAD, body, blen);
+        finish(s, j, TO_GONE);
+    }
 }
 
 /* A 429 holds back every new request for a while. */
@@ -866,6 +922,7 @@ void oo_sched_drop_all(oo_sched *s, void (*fn)(void *ud, oo_job *j), void *ud) {
 
 int oo_sched_init(oo_sched *s, const oo_sched_cfg *cfg, const oo_policy *p, char *url,
                   oo_channel *chans, int nchan) {
+    int i;
     memset(s, 0, sizeof *s);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
@@ -877,6 +934,7 @@ int oo_sched_init(oo_sched *s, const oo_sched_cfg *cfg, const oo_policy *p, char
     if (s->cfg.concurrency < 1) s->cfg.concurrency = 1;
     s->policy = *p;
     oo_metrics_init(&s->metrics);
+    for (i = 0; i < nchan; i++) oo_metrics_secret(&s->metrics, chans[i].token); /* never a label */
     oo_limiter_init(&s->lim, s->cfg.concurrency, cfg->adaptive, cfg->initial_limit);
     s->limit_now = s->lim.limit;
     s->rng = oo_jitter_seed(s);

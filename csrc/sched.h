@@ -60,6 +60,7 @@ typedef struct oo_job {
     int channel;                /* index into the scheduler's channels */
     int method;                 /* oo_method */
     int after_ref;              /* waits behind earlier jobs of its refCode */
+    int after_ok;               /* and is not sent when an earlier DELETE of it dies (amend) */
     void *driver;               /* the driver's, while in flight */
     size_t body_len, ref_len, url_len, blob_len;
     char *ref;    /* never NULL ("" when none) */
@@ -73,9 +74,15 @@ typedef struct oo_job_spec {
     long long id, store_id;
     const char *body, *ref, *url, *blob; /* NULL: none */
     size_t body_len, ref_len, url_len, blob_len;
-    int channel, method, after_ref, attempts;
+    int channel, method, after_ref, after_ok, attempts;
     double created; /* wall; <= 0: now */
 } oo_job_spec;
+
+/* Amend (after_ok): a POST queued behind the DELETE of the earlier
+ * version of its refCode waits like an after_ref job, and when that DELETE
+ * ends dead it ends dead too, never sent (why "amend"; its outcome is the
+ * DELETE's, its message saying so): the new version is posted only once
+ * the endpoint accepted the cancel. after_ok implies after_ref. */
 
 /* What became of a job (or a scheduler event). */
 typedef enum {
@@ -93,9 +100,10 @@ typedef struct oo_result {
     oo_res_kind what;
     long long id, store_id;
     int attempts, channel, method;
-    double latency;  /* of the last attempt, seconds (SENT) */
-    double until;    /* RETRY: the delay; PAUSED: how long (-1: until further notice) */
-    const char *why; /* DEAD: rejected, attempts, expired, memory; PAUSED: throttled, credentials */
+    double latency; /* of the last attempt, seconds (SENT) */
+    double until;   /* RETRY: the delay; PAUSED: how long (-1: until further notice) */
+    const char
+        *why; /* DEAD: rejected, attempts, expired, memory, amend; PAUSED: throttled, credentials */
     char *ref;
     char *blob; /* the job's blob, NULL none */
     size_t blob_len;
@@ -140,8 +148,13 @@ typedef struct oo_sched_hooks {
 
 typedef enum { OO_STOP_DRAIN = 0, OO_STOP_PAUSE = 1 } oo_stop_mode;
 
+/* The most requests in flight one scheduler allows: the one limit, which
+ * the Lua options read (core.sched_defaults().max_concurrency) for every
+ * path's `concurrency`; the pool (pool.h) holds as many slots. */
+#define OO_SCHED_MAX_CONCURRENCY 1024
+
 typedef struct oo_sched_cfg {
-    int concurrency;      /* most requests in flight, 1..1024 */
+    int concurrency;      /* most requests in flight, 1..OO_SCHED_MAX_CONCURRENCY */
     int adaptive;         /* grow/shrink the in-flight limit (limiter.h) */
     int initial_limit;    /* adaptive: where the limit starts (0: OO_LIM_INITIAL) */
     oo_stop_mode on_stop; /* DRAIN: fail what is left (batch, send); PAUSE: hold it (queues) */

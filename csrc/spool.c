@@ -1,11 +1,12 @@
 /* Durable spool: SQLite storage of encoded orders (see spool.h for the
- * contract). No Lua here: the binding is l_spool.c, and the delivery
- * thread calls this API directly. */
+ * contract) — the store: its schema, statements and operations. Its
+ * connections and their fork safety are spool_conn.c, the checkpointer
+ * spool_ckpt.c (both share spool_db.h). No Lua here: the binding is
+ * l_spool.c, and the delivery thread calls this API directly. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,10 +17,10 @@
 #include <unistd.h>
 #include <sqlite3.h>
 
-#include "spool.h"
+#include "spool_db.h"
 #include "clock.h"
 #include "hmac.h"
-#include "json.h"
+#include "json_walk.h"
 #include "ledger.h"
 #include "sqlfile.h"
 
@@ -96,16 +97,6 @@ static const char MIGRATE_V2_SQL[] =
     "EXISTS (SELECT 1 FROM orders e WHERE e.ref = o.ref AND e.id < o.id"                  \
     " AND (o.op = 1 OR e.op = 1))"
 
-enum {
-    ST_BEGIN, ST_BEGIN_READ, ST_COMMIT, ST_ROLLBACK,
-    ST_TOTALS, ST_INSERT, ST_MIN_CREATED, ST_EXPIRE_COPY, ST_EXPIRE_DEL,
-    ST_OLDEST_FREE, ST_MOVE_COPY, ST_MOVE_DEL, ST_CLAIM, ST_CLAIM_MARK, ST_ACK, ST_RETRY,
-    ST_RELEASE, ST_OWNER, ST_DEAD_SUM, ST_REQUEUE_COPY, ST_REQUEUE_DEL,
-    ST_PURGE_DEAD, ST_PURGE_QUEUED, ST_WAITING, ST_LEASED, ST_DEAD_COUNT, ST_LIST_QUEUED,
-    ST_LIST_DEAD, ST_NEXT_DUE, ST_HELD_ROW, ST_ANY_ROW, ST_EXPIRING, ST_REF_FLIGHT,
-    ST_REF_FREE, ST_REF_DROP, ST_CUSTOMERS, ST_DEAD_CUSTOMERS, ST_DROP_ONE, ST_DROP_DEAD,
-    ST_COUNT
-};
 
 /* Requeue and dead sums take ?1 = id, or ?1 = NULL for every dead letter. */
 #define DEAD_ONE_OR_ALL "(?1 IS NULL OR id = ?1)"
@@ -175,6 +166,9 @@ static const char *const SQL[ST_COUNT] = {
     [ST_DEAD_CUSTOMERS] = "SELECT id, body, 1 FROM dead WHERE op = 0",
     [ST_DROP_ONE] = "DELETE FROM orders WHERE id = ?1 AND " FREE_AT("?2"),
     [ST_DROP_DEAD] = "DELETE FROM dead WHERE id = ?1",
+    /* due_now: the free rows waiting for a later attempt become due; the
+     * attempts and the last error stay as they are */
+    [ST_DUE_NOW] = "UPDATE orders SET next_at = ?1 WHERE next_at > ?1 AND " FREE_AT("?1"),
 };
 
 /* Row fields, listed per statement in column order (read_row). */
@@ -192,55 +186,17 @@ static const unsigned char DEAD_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_CREA
                                             F_FAILED_AT, F_KIND, F_STATUS, F_CODE, F_MESSAGE,
                                             F_CHANNEL, F_OP, F_END};
 
-/* New files only (a WAL database keeps the page size it was made with). */
-#define PAGE_SIZE 2048
-/* Checkpoints (see checkpointer()): copy the WAL back every CKPT_BYTES
- * written to it, and start it over once it holds WAL_RESTART_BYTES; a WAL
- * file left larger than that is cut back to it (journal_size_limit), so the
- * -wal file stays within a few MiB however many orders pass (spool.md:
- * bench/spool_wal.lua). */
-#define CKPT_BYTES (1024 * 1024)
-#define WAL_RESTART_BYTES (4 * 1024 * 1024)
 /* Purge/requeue "everything": a cutoff no stored time reaches. */
 #define FAR_FUTURE 1e300
 
-/* One SQLite connection, shared by a handle and the handles reopened from
- * it. `mu` is held for a whole call (one transaction). */
-typedef struct spool_db {
-    oo_sql_conn c;              /* the SQLite connection, its path and the call in progress */
-    pthread_mutex_t mu;
-    sqlite3_stmt *st[ST_COUNT]; /* prepared on first use, kept until close */
-    sqlite3_stmt *lst[OO_LEDGER_STMT_COUNT]; /* the ledger's, on this connection */
-    oo_ledger_cfg *ledger;      /* where acks and kills are recorded; NULL: nowhere */
-    long long ledger_since;     /* ledger rows written since the last prune */
-    oo_ledger_memo memo;        /* the ledger's ids looked up in this transaction */
-    int ledger_on;              /* ledger != NULL, readable without mu (atomic) */
-    int refs;                   /* handles on this connection (under mu) */
-    pid_t pid;
-    unsigned fork_gen;          /* oo_sql_fork_gen() when opened */
-    int sync_full;
-    int page_size;
-    int wal_frames;             /* WAL size after the last commit (wal hook) */
-    int ckpt_frames;            /* of those, copied back by the last checkpoint */
-    /* the checkpoint thread (started on first need) and its connection */
-    pthread_t ckpt_thread;
-    pthread_cond_t ckpt_cv;     /* with mu: a checkpoint is wanted, or stop */
-    int ckpt_state;             /* CKPT_* */
-    int ckpt_wanted, ckpt_stop;
-    sqlite3 *ckpt_db;
-    char path[];                /* as given to open */
-} spool_db;
 
-enum { CKPT_NONE, CKPT_RUNNING, CKPT_INLINE /* no thread: the writer does it */ };
+/* The spool's file, for oo_sql_connect (spool_conn.c). */
+static const char *const MIGRATE[OO_SPOOL_SCHEMA_VERSION] = {[1] = MIGRATE_V1_SQL,
+                                                             [2] = MIGRATE_V2_SQL};
 
-struct oo_spool {
-    spool_db *d;          /* the connection for writes, shared with reopened handles */
-    spool_db *r;          /* this handle's own connection for reads (opened on first read) */
-    int r_failed;         /* it could not be opened: reads use d */
-    pthread_mutex_t r_mu; /* guards opening r */
-    oo_spool_opts opts;
-    char owner[48];
-};
+const oo_sql_schema oo_spool_schema = {
+    OO_SPOOL_APP_ID, OO_SPOOL_SCHEMA_VERSION, "'orders', 'dead', 'totals'", 3, 1, PAGE_SIZE,
+    SCHEMA_SQL, MIGRATE};
 
 /* ------------------------------------------------------------------ */
 /* Errors                                                              */
@@ -257,13 +213,6 @@ const char *oo_spool_kind(int code) {
     }
 }
 
-#define set_err oo_sql_err
-#define db_fail(d, err, rc) oo_sql_fail(&(d)->c, (err), (rc))
-#define nomem(d, err) oo_sql_nomem(&(d)->c, (err))
-
-static int misuse(oo_spool_err *err, const char *what, const char *why) {
-    return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool %s: %s", what, why);
-}
 
 /* ------------------------------------------------------------------ */
 /* Statements                                                          */
@@ -373,7 +322,7 @@ static int cmp_row_id(const void *a, const void *b) {
 }
 
 /* ------------------------------------------------------------------ */
-/* Clocks, waits, checkpoints                                          */
+/* Options and the clock                                               */
 
 void oo_spool_opts_init(oo_spool_opts *o) {
     memset(o, 0, sizeof *o);
@@ -384,126 +333,16 @@ void oo_spool_opts_init(oo_spool_opts *o) {
 
 double oo_spool_now(void) { return oo_wall_now(); }
 
-/* Replaces SQLite's autocheckpoint: only notes the WAL's size. */
-static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames) {
-    (void)db;
-    (void)name;
-    ((spool_db *)arg)->wal_frames = frames;
-    return SQLITE_OK;
-}
-
-/* Checkpoints. SQLite's own would run inside the put that crosses its
- * threshold, with two fsyncs (WAL, then database) under synchronous=NORMAL:
- * tens of milliseconds on a busy disk, in the caller's put. Instead a
- * thread per connection (started when first needed) copies the WAL back
- * on its own connection, without the connection lock, so puts and claims
- * go on meanwhile. Starting the WAL over needs every frame copied before
- * the next write begins, which never happens while writes keep coming: so
- * once the WAL holds WAL_RESTART_BYTES the thread copies the remaining tail
- * holding the lock, and the next write starts the WAL from the top. */
-
-static int ckpt_open(spool_db *d) {
-    int rc = oo_sql_open_more(d->path, &d->ckpt_db, 0, NULL);
-    if (rc == SQLITE_OK) {
-        /* a checkpoint syncs as its connection's synchronous says */
-        rc = sqlite3_exec(d->ckpt_db, d->sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
-                          NULL, NULL, NULL);
-        sqlite3_busy_timeout(d->ckpt_db, (int)(d->c.busy_timeout * 1000.0 + 0.5));
-        sqlite3_wal_autocheckpoint(d->ckpt_db, 0);
-    }
-    /* a connection finds the WAL at its first read */
-    if (rc == SQLITE_OK)
-        rc = sqlite3_exec(d->ckpt_db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL);
-    if (rc != SQLITE_OK) {
-        sqlite3_close_v2(d->ckpt_db);
-        d->ckpt_db = NULL;
-    }
-    return rc;
-}
-
-/* One passive checkpoint on db (a failure surfaces in the next write). */
-static void ckpt_pass(sqlite3 *db) {
-    sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-}
-
-static void *checkpointer(void *arg) {
-    spool_db *d = (spool_db *)arg;
-    pthread_mutex_lock(&d->mu);
-    for (;;) {
-        int restart;
-        while (!d->ckpt_wanted && !d->ckpt_stop) pthread_cond_wait(&d->ckpt_cv, &d->mu);
-        if (d->ckpt_stop) break;
-        d->ckpt_wanted = 0;
-        pthread_mutex_unlock(&d->mu);
-        oo_sql_gate_enter(); /* before the lock, as every call */
-        ckpt_pass(d->ckpt_db);
-        pthread_mutex_lock(&d->mu);
-        restart = (long long)d->wal_frames * d->page_size >= WAL_RESTART_BYTES;
-        if (restart && !d->ckpt_stop) ckpt_pass(d->ckpt_db);
-        pthread_mutex_unlock(&d->mu);
-        oo_sql_gate_leave();
-        pthread_mutex_lock(&d->mu);
-    }
-    pthread_mutex_unlock(&d->mu);
-    return NULL;
-}
-
-/* The thread, or CKPT_INLINE when it cannot be had. It blocks every
- * signal: they stay with the host's threads (nginx's, for one). */
-static void ckpt_start(spool_db *d) {
-    sigset_t all, old;
-    d->ckpt_state = CKPT_INLINE;
-    if (ckpt_open(d) != SQLITE_OK || pthread_cond_init(&d->ckpt_cv, NULL) != 0) return;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    if (pthread_create(&d->ckpt_thread, NULL, checkpointer, d) == 0) d->ckpt_state = CKPT_RUNNING;
-    else pthread_cond_destroy(&d->ckpt_cv);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-}
-
-/* After a write (lock held): wants a checkpoint once CKPT_BYTES more went
- * to the WAL. A failure to checkpoint surfaces in the next write. */
-static void want_checkpoint(spool_db *d) {
-    if (d->wal_frames < d->ckpt_frames) d->ckpt_frames = 0; /* the WAL started over */
-    if ((long long)(d->wal_frames - d->ckpt_frames) * d->page_size < CKPT_BYTES) return;
-    if (d->ckpt_state == CKPT_NONE) ckpt_start(d);
-    /* what is in the WAL now will be copied: the next want is CKPT_BYTES on */
-    d->ckpt_frames = d->wal_frames;
-    if (d->ckpt_state == CKPT_RUNNING) {
-        d->ckpt_wanted = 1;
-        pthread_cond_signal(&d->ckpt_cv);
-    } else {
-        ckpt_pass(d->c.db); /* no thread: here, between transactions */
-    }
-}
-
-/* Stops the thread. Outside the gate: the thread may be waiting at it. */
-static void ckpt_halt(spool_db *d) {
-    if (d->ckpt_state == CKPT_RUNNING) {
-        pthread_mutex_lock(&d->mu);
-        d->ckpt_stop = 1;
-        pthread_cond_signal(&d->ckpt_cv);
-        pthread_mutex_unlock(&d->mu);
-        pthread_join(d->ckpt_thread, NULL);
-        pthread_cond_destroy(&d->ckpt_cv);
-        d->ckpt_state = CKPT_INLINE;
-    }
-}
 
 /* ------------------------------------------------------------------ */
 /* Calls and transactions                                              */
 
-static int other_process(const spool_db *d) {
-    return d->fork_gen != oo_sql_fork_gen() || d->pid != getpid();
-}
 
 /* How a call runs: TX_ONE one statement on its own, TX_WRITE a BEGIN
  * IMMEDIATE transaction, both on the shared connection; TX_READ one
  * snapshot and TX_READ_ONE one statement, both on the handle's reader. */
 enum { TX_ONE, TX_WRITE, TX_READ, TX_READ_ONE };
 typedef int (*tx_body)(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err);
-
-static spool_db *reader(oo_spool *s);
 
 /* Every call: a live handle in the process that opened it, the
  * connection's lock for the whole call, then `body` (in a transaction for
@@ -514,13 +353,9 @@ static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *c
     spool_db *d;
     int rc, code, begin = tx == TX_WRITE ? ST_BEGIN : tx == TX_READ ? ST_BEGIN_READ : -1;
     if (!s || !s->d || !s->d->c.db) return misuse(err, what, "handle is closed");
-    if (s->d->fork_gen != oo_sql_fork_gen())
-        return set_err(err, OO_SPOOL_MISUSE, 0, NULL,
-                       "spool %s: %s: handle was opened by process %ld, used in process %ld"
-                       " (open the spool after fork)",
-                       s->d->path, what, (long)s->d->pid, (long)getpid());
+    if ((code = oo_spool_check_process(s, what, err)) != OO_SPOOL_OK) return code;
     oo_sql_gate_enter();
-    d = tx == TX_READ || tx == TX_READ_ONE ? reader(s) : s->d;
+    d = tx == TX_READ || tx == TX_READ_ONE ? oo_spool_reader(s) : s->d;
     pthread_mutex_lock(&d->mu);
     d->c.what = what;
     /* ids the ledger memoised belong to one transaction */
@@ -536,187 +371,12 @@ static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *c
             if (code != OO_SPOOL_OK) rollback(d);
         }
     }
-    if (code == OO_SPOOL_OK && d == s->d && tx != TX_READ && tx != TX_READ_ONE) want_checkpoint(d);
+    if (code == OO_SPOOL_OK && d == s->d && tx != TX_READ && tx != TX_READ_ONE) oo_spool_want_checkpoint(d);
     pthread_mutex_unlock(&d->mu);
     oo_sql_gate_leave();
     return code;
 }
 
-/* ------------------------------------------------------------------ */
-/* Open / close                                                        */
-
-const char *oo_spool_path(const oo_spool *s) { return s->d->path; }
-const char *oo_spool_owner(const oo_spool *s) { return s->owner; }
-const oo_spool_opts *oo_spool_get_opts(const oo_spool *s) { return &s->opts; }
-
-static const char *const MIGRATE[OO_SPOOL_SCHEMA_VERSION] = {[1] = MIGRATE_V1_SQL,
-                                                             [2] = MIGRATE_V2_SQL};
-
-static const oo_sql_schema SCHEMA = {
-    OO_SPOOL_APP_ID, OO_SPOOL_SCHEMA_VERSION, "'orders', 'dead', 'totals'", 3, 1, PAGE_SIZE,
-    SCHEMA_SQL, MIGRATE};
-
-/* Per-connection settings (none of them writes to the file). */
-static int set_pragmas(spool_db *d, const oo_spool_opts *o, oo_spool_err *err) {
-    char sql[160];
-    long long page = 0, pages = 0;
-    int rc;
-    snprintf(sql, sizeof sql, "PRAGMA synchronous=%s; PRAGMA journal_size_limit=%d;",
-             o->sync == OO_SPOOL_SYNC_FULL ? "FULL" : "NORMAL", WAL_RESTART_BYTES);
-    rc = sqlite3_exec(d->c.db, sql, NULL, NULL, NULL);
-    if (rc == SQLITE_OK && (rc = oo_sql_row_ints(&d->c, "PRAGMA page_size", &page, 1)) == SQLITE_OK)
-        d->page_size = page > 0 ? (int)page : PAGE_SIZE;
-    if (rc == SQLITE_OK && o->max_file_bytes > 0) {
-        pages = o->max_file_bytes / page;
-        snprintf(sql, sizeof sql, "PRAGMA max_page_count=%lld", pages > 1 ? pages : 1);
-        rc = oo_sql_row_ints(&d->c, sql, &pages, 1);
-    }
-    if (rc != SQLITE_OK) return db_fail(d, err, rc);
-    sqlite3_wal_hook(d->c.db, on_wal_commit, d);
-    return OO_SPOOL_OK;
-}
-
-/* Closes a connection whose checkpoint thread is halted (inside the gate). */
-static void db_free(spool_db *d) {
-    int i;
-    if (d->ckpt_db) sqlite3_close_v2(d->ckpt_db);
-    if (d->c.db) {
-        for (i = 0; i < ST_COUNT; i++) sqlite3_finalize(d->st[i]);
-        oo_sql_finalize_all(d->lst, OO_LEDGER_STMT_COUNT);
-    }
-    oo_sql_close(&d->c);
-    pthread_mutex_destroy(&d->mu);
-    free(d->ledger);
-    free(d);
-}
-
-/* Opens SQLite on the file and makes it a usable spool, refusing one that
- * is not ours before any write. */
-static int db_connect(spool_db *d, const oo_spool_opts *o, oo_spool_err *err) {
-    int code = oo_sql_connect(&d->c, &SCHEMA, err);
-    if (code == OO_SPOOL_OK) code = set_pragmas(d, o, err);
-    if (code == OO_SPOOL_OK) oo_sql_adopt(&d->c);
-    return code;
-}
-
-/* A connection's state before it is connected (refs 1). */
-static spool_db *db_new(const char *path, const oo_spool_opts *o) {
-    size_t plen = strlen(path);
-    spool_db *d = (spool_db *)calloc(1, sizeof *d + plen + 1);
-    if (!d) return NULL;
-    if (pthread_mutex_init(&d->mu, NULL) != 0) {
-        free(d);
-        return NULL;
-    }
-    memcpy(d->path, path, plen + 1);
-    d->c.noun = "spool";
-    d->c.path = d->path;
-    d->c.what = "open";
-    d->c.busy_timeout = o->busy_timeout;
-    d->pid = getpid();
-    d->fork_gen = oo_sql_fork_gen();
-    d->sync_full = o->sync == OO_SPOOL_SYNC_FULL;
-    d->refs = 1;
-    return d;
-}
-
-/* Drops one reference; the last closes. A copy inherited through fork is
- * abandoned (a small leak): closing it here could checkpoint or unlock
- * state the parent still relies on. */
-static void db_release(spool_db *d) {
-    int last;
-    if (!d || other_process(d)) return;
-    pthread_mutex_lock(&d->mu);
-    last = --d->refs == 0;
-    pthread_mutex_unlock(&d->mu);
-    if (!last) return;
-    ckpt_halt(d);
-    oo_sql_gate_enter();
-    db_free(d);
-    oo_sql_gate_leave();
-}
-
-static oo_spool *handle_new(spool_db *d, const oo_spool_opts *o) {
-    oo_spool *s = (oo_spool *)calloc(1, sizeof *s);
-    if (!s) return NULL;
-    if (pthread_mutex_init(&s->r_mu, NULL) != 0) {
-        free(s);
-        return NULL;
-    }
-    s->d = d;
-    s->opts = *o;
-    oo_sql_owner_token(s->owner, sizeof s->owner);
-    return s;
-}
-
-/* Reads (stats, list, next_due) run on a connection of the handle's own:
- * a scan of a big queue then never holds up the claims and acks of a
- * delivery thread on the shared connection (a WAL reader does not block
- * the writer). Opened on the first read, for a file already known to be a
- * spool; if it cannot be, reads use the shared connection. */
-static spool_db *reader(oo_spool *s) {
-    spool_db *r;
-    pthread_mutex_lock(&s->r_mu);
-    if (!s->r && !s->r_failed && (r = db_new(s->d->path, &s->opts)) != NULL) {
-        if (oo_sql_open_more(r->path, &r->c.db, 1, &r->c) != SQLITE_OK) {
-            db_free(r);
-            r = NULL;
-        }
-        s->r = r;
-    }
-    if (!s->r) s->r_failed = 1;
-    r = s->r ? s->r : s->d;
-    pthread_mutex_unlock(&s->r_mu);
-    return r;
-}
-
-int oo_spool_open(const char *path, const oo_spool_opts *o, oo_spool **out, oo_spool_err *err) {
-    spool_db *d;
-    oo_spool_opts defaults;
-    int code;
-
-    *out = NULL;
-    if (!o) {
-        oo_spool_opts_init(&defaults);
-        o = &defaults;
-    }
-    if (!path || !*path || strcmp(path, ":memory:") == 0)
-        return misuse(err, "open", "a file path is required");
-    if (!(o->busy_timeout >= 0 && o->busy_timeout <= 86400) || o->max_orders < 0 ||
-        o->max_bytes < 0 || !(o->max_age >= 0) || o->max_file_bytes < 0)
-        return misuse(err, "open", "option out of range");
-    if (!(d = db_new(path, o)))
-        return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: out of memory", path);
-    oo_sql_gate_enter();
-    if ((code = db_connect(d, o, err)) == OO_SPOOL_OK && !(*out = handle_new(d, o)))
-        code = nomem(d, err);
-    if (code != OO_SPOOL_OK) db_free(d);
-    oo_sql_gate_leave();
-    return code;
-}
-
-int oo_spool_reopen(const oo_spool *s, oo_spool **out, oo_spool_err *err) {
-    spool_db *d;
-    *out = NULL;
-    if (!s || !s->d || !s->d->c.db) return misuse(err, "reopen", "handle is closed");
-    d = s->d;
-    if (other_process(d)) return misuse(err, "reopen", "handle was opened by another process");
-    oo_sql_gate_enter(); /* handle_new asks SQLite's PRNG */
-    pthread_mutex_lock(&d->mu);
-    if ((*out = handle_new(d, &s->opts)) != NULL) d->refs++;
-    pthread_mutex_unlock(&d->mu);
-    oo_sql_gate_leave();
-    if (!*out) return set_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, NULL, "spool %s: out of memory", d->path);
-    return OO_SPOOL_OK;
-}
-
-void oo_spool_close(oo_spool *s) {
-    if (!s) return;
-    db_release(s->r);
-    db_release(s->d);
-    pthread_mutex_destroy(&s->r_mu);
-    free(s);
-}
 
 /* ------------------------------------------------------------------ */
 /* Shared steps (inside a transaction, lock held)                      */
@@ -1312,6 +972,37 @@ int oo_spool_purge(oo_spool *s, int which, double older_than, double now, long l
     c.n = n;
     code = transact(s, "purge", TX_WRITE, purge_body, &c, err);
     if (code != OO_SPOOL_OK) *n = 0;
+    return code;
+}
+
+typedef struct due_ctx {
+    double now;
+    long long *moved, *waiting;
+} due_ctx;
+
+static int due_now_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
+    due_ctx *c = (due_ctx *)ctx;
+    scalar left;
+    int rc;
+    (void)s;
+    if ((rc = exec(d, ST_DUE_NOW, "d", c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    *c->moved = sqlite3_changes(d->c.db);
+    /* what still waits is under another handle's live lease */
+    if ((rc = query_scalar(d, ST_WAITING, &left, "d", c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    *c->waiting = left.a;
+    return OO_SPOOL_OK;
+}
+
+int oo_spool_due_now(oo_spool *s, double now, long long *moved, long long *waiting,
+                     oo_spool_err *err) {
+    due_ctx c;
+    int code;
+    *moved = *waiting = 0;
+    c.now = now;
+    c.moved = moved;
+    c.waiting = waiting;
+    code = transact(s, "due_now", TX_WRITE, due_now_body, &c, err);
+    if (code != OO_SPOOL_OK) *moved = *waiting = 0;
     return code;
 }
 

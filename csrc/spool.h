@@ -248,6 +248,12 @@ int oo_spool_requeue_dead(oo_spool *s, long long id, double now, long long *n,
  * (created_at) older than older_than seconds (< 0: all). */
 int oo_spool_purge(oo_spool *s, int which, double older_than, double now, long long *n,
                    oo_spool_err *err);
+/* Every queued order waiting for a later attempt (next_at > now) and under
+ * no live lease becomes due now, in one UPDATE: its attempts and last error
+ * are kept. moved: how many; waiting: those still due later (under another
+ * handle's live lease: left alone). */
+int oo_spool_due_now(oo_spool *s, double now, long long *moved, long long *waiting,
+                     oo_spool_err *err);
 
 void oo_spool_rows_free(oo_spool_rows *r);
 

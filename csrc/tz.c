@@ -5,12 +5,13 @@
  * the "slim" files zic writes by default hold little else).
  *
  * Lua (the CLI's --date-format / --timezone; optimizely.offline.cli.dates):
- *   core.tz_load(name) -> zone | nil, message
+ *   core.tz_load(name) -> zone | nil, err {kind = "config", message}
  *       name like "Europe/London", read from $TZDIR or /usr/share/zoneinfo;
  *       zone:offset(t) -> seconds east of UTC, is_dst; zone:name()
- *   core.date_check_format(fmt) -> true | nil, message
+ *   core.date_check_format(fmt) -> true | nil, err {kind = "config", message}
  *   core.date_convert(s, fmt|nil, zone|nil) -> "YYYY-MM-DDTHH:MM:SS GMT", warning|nil
- *       | nil, message, kind ("format", "impossible", "nonexistent", "range")
+ *       | nil, err {kind = "validation", message, code ("format", "impossible",
+ *         "nonexistent", "range")}
  *
  * A local time the clocks skipped (spring forward) is refused ("nonexistent"):
  * no till can have sold at that time, so the clock or the export is wrong.
@@ -307,13 +308,12 @@ static int valid_name(const char *s, size_t n) {
     return 1;
 }
 
+/* nil, {kind = "config", message} (core.h: oo_push_error) */
 static int push_fail(lua_State *L, const char *fmt, const char *a, const char *b) {
-    lua_pushnil(L);
-    lua_pushfstring(L, fmt, a, b);
-    return 2;
+    return oo_push_errorf(L, "config", fmt, a, b);
 }
 
-/*** core.tz_load(name) -> zone | nil, message */
+/*** core.tz_load(name) -> zone | nil, err {kind = "config", message} */
 static int l_tz_load(lua_State *L) {
     size_t n, size, need;
     const char *name = luaL_checklstring(L, 1, &n);
@@ -603,23 +603,21 @@ static const char *check_format(const char *fmt) {
     return NULL;
 }
 
-/*** core.date_check_format(fmt) -> true | nil, message */
+/*** core.date_check_format(fmt) -> true | nil, err {kind = "config", message} */
 static int l_date_check_format(lua_State *L) {
     const char *why = check_format(luaL_checkstring(L, 1));
-    if (!why) {
-        lua_pushboolean(L, 1);
-        return 1;
-    }
-    lua_pushnil(L);
-    lua_pushstring(L, why);
-    return 2;
+    if (why) return oo_push_errorf(L, "config", "%s", why);
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
-static int push_err(lua_State *L, const char *kind, const char *msg) {
-    lua_pushnil(L);
-    lua_pushstring(L, msg);
-    lua_pushstring(L, kind);
-    return 3;
+/* nil, {kind = "validation", message, code = why ("format", "impossible",
+ * "nonexistent", "range"), retryable = false} (core.h: oo_push_error) */
+static int push_err(lua_State *L, const char *why, const char *msg) {
+    oo_error err = {"validation", NULL, 0, NULL, 0, 0};
+    err.message = msg;
+    err.code = why;
+    return oo_push_error(L, &err);
 }
 
 static void offset_text(char *out, size_t cap, long off) {
@@ -670,7 +668,7 @@ static int try_format(const char *fmt, const char *s, size_t n, fields *f, char 
 }
 
 /*** core.date_convert(s, fmt|nil, zone|nil) -> documented form, warning|nil
- *   | nil, message, kind */
+ *   | nil, err {kind = "validation", message, code} */
 static int l_date_convert(lua_State *L) {
     static const char *const local_forms[] = {"%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S",
                                               "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", NULL};

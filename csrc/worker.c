@@ -1,21 +1,11 @@
-/* The queue's delivery thread (optimizely.offline.queue, outside nginx).
- * It drives one engine (l_engine.h): the same scheduler (sched.h),
- * classifier and policy send_batch uses, with the libcurl driver
- * (driver_curl.h), from a thread of its own that never touches the Lua
- * state. Lua pushes encoded orders into the scheduler's inbox (memory
- * mode) or into the SQLite spool (the scheduler's feed hook claims them);
- * it collects results when it polls.
- *
- * Sections: the spool hooks (where durable jobs come from and go), the
- * thread, and the Lua API. Signals are blocked in the thread;
- * curl_global_init runs before it exists; a forked child gets a new worker
- * (the pid is checked) and never inherits the parent's jobs. */
+/* The queue's delivery thread (worker.h): the spool hooks (where durable
+ * jobs come from and go) and the thread. No Lua here: the binding is
+ * l_worker.c. */
 #define _GNU_SOURCE
-#include "core.h"
+#include "worker.h"
 #include "clock.h"
-#include "l_engine.h"
+#include "http.h"
 #include "ledger.h"
-#include "spool.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -24,8 +14,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-#define OO_WORKER_MT "optimizely.offline.worker"
 
 /* A claim that only follows a put waits until CLAIM_GAP after the previous
  * one: claims are write transactions on the file the pushing thread writes
@@ -48,35 +36,6 @@
  * crash during the request). */
 #define ACK_MAX 256
 #define ACK_WINDOW 0.005
-
-typedef struct oo_worker {
-    oo_engine e;
-    pthread_t thread;
-    int started, stop, exited; /* under e.mu */
-    int abandoned;             /* close timed out: the thread frees the worker when it ends */
-    pid_t pid;
-    size_t max_queue;
-    /* the spool: the thread's own connection (NULL in memory mode) */
-    oo_spool *spool;
-    double lease, spool_poll;
-    double last_claim;         /* monotonic (thread only) */
-    oo_spool_rows rows;
-    /* acks not written yet (thread only): row ids and their outcomes for
-     * the ledger (OO_LEDGER_SENT or _WARNED), written in one transaction */
-    long long *acks;
-    int *ack_outcomes;
-    size_t nacks, capacks;
-    /* a cancel row's URL: prefix .. the refCode as a path segment .. suffix */
-    char *cancel_prefix, *cancel_suffix;
-    double ack_since;          /* monotonic: when the oldest of them came */
-    int store_drained;         /* under e.mu: the last claim found nothing more due (and no put since) */
-    long long storage_errors;  /* under e.mu */
-    char storage_error[sizeof(((oo_spool_err *)0)->message)]; /* the last one, under e.mu */
-} oo_worker;
-
-typedef struct oo_worker_ud {
-    oo_worker *w;
-} oo_worker_ud;
 
 #define WORKER(s) ((oo_worker *)(s)->hook_ud)
 
@@ -342,7 +301,6 @@ static const oo_sched_hooks spool_hooks = {spool_feed, spool_ack, spool_retry, s
 /* ------------------------------------------------------------------ */
 /* The thread                                                          */
 
-static void worker_free(oo_worker *w);
 
 /* At the end, a job held only in memory is reported, never silently lost. */
 static void report_dropped(void *ud, oo_job *j) {
@@ -385,11 +343,11 @@ static void *worker_main(void *arg) {
     abandoned = w->abandoned;
     pthread_cond_broadcast(&w->e.s.cv);
     pthread_mutex_unlock(&w->e.s.mu);
-    if (abandoned) worker_free(w); /* nobody else holds it any more */
+    if (abandoned) oo_worker_free(w); /* nobody else holds it any more */
     return NULL;
 }
 
-static void worker_free(oo_worker *w) {
+void oo_worker_free(oo_worker *w) {
     free(w->acks);
     free(w->ack_outcomes);
     free(w->cancel_prefix);
@@ -400,7 +358,7 @@ static void worker_free(oo_worker *w) {
     free(w);
 }
 
-static int worker_start(oo_worker *w) {
+int oo_worker_start(oo_worker *w) {
     sigset_t all, old;
     int rc;
     sigfillset(&all);
@@ -413,11 +371,7 @@ static int worker_start(oo_worker *w) {
     return rc;
 }
 
-/* Stops the thread; waits up to timeout seconds. 1 when it is gone (the
- * caller frees the worker); 0 when it is still running (a transfer or a
- * SQLite lock outlived the timeout): it is detached and frees the worker
- * itself when it ends, so the caller must not touch the worker again. */
-static int worker_stop(oo_worker *w, double timeout) {
+int oo_worker_stop(oo_worker *w, double timeout) {
     struct timespec dl;
     double end;
     if (!w->started) return 1;
@@ -447,160 +401,31 @@ static int worker_stop(oo_worker *w, double timeout) {
 }
 
 /* ------------------------------------------------------------------ */
-/* Lua API                                                             */
+/* What the caller asks                                                */
 
-static oo_worker *check_worker(lua_State *L) {
-    oo_worker_ud *u = (oo_worker_ud *)luaL_checkudata(L, 1, OO_WORKER_MT);
-    if (!u->w) luaL_error(L, "queue worker is closed");
-    if (u->w->pid != oo_getpid()) luaL_error(L, "queue worker belongs to another process (forked): make a new queue");
-    return u->w;
+int oo_worker_use_spool(oo_worker *w, oo_spool *main, oo_spool_err *err) {
+    int rc = oo_spool_reopen(main, &w->spool, err);
+    if (rc == OO_SPOOL_OK) w->e.s.hooks = &spool_hooks;
+    return rc;
 }
 
-static double opt_num(lua_State *L, int t, const char *k, double d) {
-    double v;
-    lua_getfield(L, t, k);
-    v = lua_isnil(L, -1) ? d : (double)luaL_checknumber(L, -1);
-    lua_pop(L, 1);
-    return v;
+void oo_worker_drop_unstarted(oo_worker *w) {
+    if (!w->started) oo_curl_drop_all(&w->e.d, report_dropped, w);
 }
 
-static char *opt_dup(lua_State *L, int t, const char *k) {
-    char *v;
-    lua_getfield(L, t, k);
-    v = lua_type(L, -1) == LUA_TSTRING ? strdup(lua_tostring(L, -1)) : NULL;
-    lua_pop(L, 1);
-    return v;
-}
-
-static void ensure_started(lua_State *L, oo_worker *w) {
-    if (!w->started && worker_start(w) != 0) luaL_error(L, "queue worker: cannot start its thread");
-}
-
-/*** worker_new(cfg) -> worker
- * cfg: the engine's (l_engine.h: http, url, channels, concurrency, policy,
- * on_stop, auth_pause, ...) plus max_queue, spool = <spool object or nil>,
- * lease, spool_poll, cancel_prefix and cancel_suffix (a spooled cancel's
- * URL is prefix .. the refCode as a path segment .. suffix). */
-static int l_worker_new(lua_State *L) {
-    oo_worker_ud *u;
-    oo_worker *w;
-    luaL_checktype(L, 1, LUA_TTABLE);
-    u = (oo_worker_ud *)lua_newuserdata(L, sizeof *u);
-    u->w = NULL;
-    oo_setmetatable(L, OO_WORKER_MT);
-    w = (oo_worker *)calloc(1, sizeof *w);
-    if (!w) return luaL_error(L, "worker_new: out of memory");
-    oo_engine_setup(L, 1, &w->e); /* raises on misuse: w leaks only then */
-    u->w = w;
-    w->e.s.hook_ud = w;
-    w->pid = oo_getpid();
-    w->max_queue = (size_t)opt_num(L, 1, "max_queue", 10000);
-    w->lease = opt_num(L, 1, "lease", 60);
-    w->spool_poll = opt_num(L, 1, "spool_poll", 0.25);
-    w->cancel_prefix = opt_dup(L, 1, "cancel_prefix");
-    w->cancel_suffix = opt_dup(L, 1, "cancel_suffix");
-    /* the spool: the thread gets its own connection to the caller's file */
-    lua_getfield(L, 1, "spool");
-    if (!lua_isnil(L, -1)) {
-        oo_spool_err serr;
-        oo_spool *main = oo_spool_check(L, lua_gettop(L));
-        if (oo_spool_reopen(main, &w->spool, &serr) != OO_SPOOL_OK)
-            return luaL_error(L, "worker_new: %s", serr.message);
-        w->e.s.hooks = &spool_hooks;
-    }
-    lua_pop(L, 1);
-    return 1;
-}
-
-/*** w:push(body, ref, channel [, more]) -> true | false (max_queue
- * reached); more: the job's other fields (l_sched.h: method, url,
- * after_ref, blob, id, created) */
-static int l_push(lua_State *L) {
-    oo_worker *w = check_worker(L);
-    oo_job_spec sp;
-    oo_job *j;
-    oo_job_spec_args(L, 2, w->e.s.nchan, &sp);
-    ensure_started(L, w); /* before the allocation: it may raise */
-    j = oo_job_new(&sp);
-    if (!j) return luaL_error(L, "push: out of memory");
-    if (!oo_sched_add_bounded(&w->e.s, j, w->max_queue)) { /* full: checked under the same lock as the add */
-        free(j);
-        lua_pushboolean(L, 0);
-        return 1;
-    }
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/*** w:remove_ref(ref [, method]) -> removed (job infos), in_flight — the
- * unstarted jobs of a refCode taken out (a cancel of an order never sent).
- * Spool rows among them stay leased: the caller settles them. */
-static int l_remove_ref(lua_State *L) {
-    oo_worker *w = check_worker(L);
-    size_t len;
-    const char *ref = luaL_checklstring(L, 2, &len);
-    const char *m = luaL_optstring(L, 3, NULL);
-    int method = !m ? -1 : strcmp(m, "DELETE") == 0 ? OO_DELETE : OO_POST, flying = 0;
-    oo_push_removed(L, &w->e.s, oo_sched_remove_ref(&w->e.s, ref, len, method, &flying));
-    lua_pushboolean(L, flying);
-    return 2;
-}
-
-/*** w:notify([n]) — n orders (default 0) were put in the spool: the thread
- * (started if need be) claims at once instead of at its next spool_poll. */
-static int l_notify(lua_State *L) {
-    oo_worker *w = check_worker(L);
-    lua_Integer n = luaL_optinteger(L, 2, 0);
-    ensure_started(L, w);
+void oo_worker_notify(oo_worker *w, long long n) {
     pthread_mutex_lock(&w->e.s.mu);
-    if (n > 0) w->e.s.metrics.queued += (long long)n;
+    if (n > 0) w->e.s.metrics.queued += n;
     w->store_drained = 0;
     pthread_mutex_unlock(&w->e.s.mu);
     oo_sched_hint_feed(&w->e.s);
-    return 0;
 }
 
-/*** w:results() -> list of result tables (l_engine.c) since the last call */
-static int l_results(lua_State *L) {
-    oo_worker *w = check_worker(L);
-    return oo_push_results(L, &w->e.s, oo_sched_collect(&w->e.s));
-}
-
-/*** w:stats() -> the engine's stats plus running, storage_errors, storage_error */
-static int l_stats(lua_State *L) {
-    oo_worker *w = check_worker(L);
-    oo_push_sched_stats(L, &w->e.s);
-    pthread_mutex_lock(&w->e.s.mu);
-    oo_set_bool(L, "running", w->started && !w->exited);
-    oo_set_num(L, "storage_errors", (double)w->storage_errors);
-    if (w->storage_error[0]) oo_set_str(L, "storage_error", w->storage_error);
-    pthread_mutex_unlock(&w->e.s.mu);
-    return 1;
-}
-
-static int l_metrics(lua_State *L) {
-    oo_push_sched_metrics(L, &check_worker(L)->e.s);
-    return 1;
-}
-
-/*** w:wait(timeout [, seen]) -> idle, progress — returns at once when
- * results wait to be collected; else blocks until the thread reports
- * something (a result, going idle) or the timeout. `idle`: nothing is
- * queued, retrying or in flight in memory and, with a spool, the thread's
- * last look found nothing more due there (rows due later or leased by
- * another process are not seen here: the Lua side asks the spool).
- * `progress` counts the times the thread went idle and wrote its acks to
- * the spool; with `seen` (a progress value from an earlier call) it blocks
- * until the progress moves past it instead, even when idle — so a flush of
- * a spool does not spin while rows wait to be claimed or deleted. */
-static int l_wait(lua_State *L) {
-    oo_worker *w = check_worker(L);
-    double timeout = (double)luaL_optnumber(L, 2, 0), t;
-    int has_seen = !lua_isnoneornil(L, 3);
-    unsigned long seen = has_seen ? (unsigned long)luaL_checknumber(L, 3) : 0;
+int oo_worker_wait(oo_worker *w, double timeout, int has_seen, unsigned long seen,
+                   unsigned long *progress) {
     struct timespec dl;
+    double t;
     int idle;
-    unsigned long progress;
     oo_sched *e = &w->e.s;
     if (!(timeout > 0)) timeout = 0;
     if (timeout > 3600) timeout = 3600;
@@ -618,63 +443,15 @@ static int l_wait(lua_State *L) {
         }
     }
     idle = oo_sched_pending_locked(e) == 0 && (!w->spool || w->store_drained || !w->started);
-    progress = e->settles;
+    *progress = e->settles;
     pthread_mutex_unlock(&e->mu);
-    lua_pushboolean(L, idle);
-    lua_pushnumber(L, (lua_Number)progress);
-    return 2;
+    return idle;
 }
 
-/*** w:resume() — clears a credentials stop: sending starts again now. */
-static int l_resume(lua_State *L) {
-    oo_sched_resume(&check_worker(L)->e.s); /* under its lock; wakes the thread */
-    return 0;
-}
-
-/*** w:close(timeout) -> true, results | false (the thread did not stop in
- * time). results: what the thread reported while stopping (orders held
- * only in memory, as "dropped"). */
-static int l_close(lua_State *L) {
-    oo_worker_ud *u = (oo_worker_ud *)luaL_checkudata(L, 1, OO_WORKER_MT);
-    double timeout = (double)luaL_optnumber(L, 2, 5);
-    oo_worker *w = u->w;
-    if (!w) {
-        lua_pushboolean(L, 1);
-        lua_newtable(L);
-        return 2;
-    }
-    u->w = NULL;
-    if (w->pid != oo_getpid()) {
-        /* a forked copy: the thread lives in the parent; forget our copy */
-        lua_pushboolean(L, 1);
-        lua_newtable(L);
-        return 2;
-    }
-    if (!w->started) oo_curl_drop_all(&w->e.d, report_dropped, w);
-    if (!worker_stop(w, timeout)) {
-        lua_pushboolean(L, 0);
-        lua_newtable(L);
-        return 2;
-    }
-    lua_pushboolean(L, 1);
-    oo_push_results(L, &w->e.s, oo_sched_collect(&w->e.s));
-    worker_free(w);
-    return 2;
-}
-
-static int l_gc(lua_State *L) {
-    lua_settop(L, 1);
-    lua_pushnumber(L, 2); /* give a running transfer two seconds */
-    l_close(L);
-    return 0;
-}
-
-void oo_worker_register(lua_State *L) {
-    static const luaL_Reg methods[] = {
-        {"push", l_push}, {"remove_ref", l_remove_ref}, {"notify", l_notify}, {"results", l_results}, {"stats", l_stats},
-        {"metrics", l_metrics}, {"wait", l_wait}, {"resume", l_resume}, {"close", l_close},
-        {NULL, NULL}};
-    static const luaL_Reg funcs[] = {{"worker_new", l_worker_new}, {NULL, NULL}};
-    oo_newclass(L, OO_WORKER_MT, methods, l_gc, NULL, NULL);
-    oo_setfuncs(L, funcs, 0);
+void oo_worker_read_stats(oo_worker *w, oo_worker_stats *st) {
+    pthread_mutex_lock(&w->e.s.mu);
+    st->running = w->started && !w->exited;
+    st->storage_errors = w->storage_errors;
+    snprintf(st->storage_error, sizeof st->storage_error, "%s", w->storage_error);
+    pthread_mutex_unlock(&w->e.s.mu);
 }

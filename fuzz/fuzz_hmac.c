@@ -3,7 +3,7 @@
  * library uses (p:id, core.email_normalise). Invariants, not just crashes:
  *   - p:id succeeds exactly when normalisation does; its id has the
  *     configured length and only the encoding's alphabet; a failure gives a
- *     short printable reason;
+ *     validation error with a short printable message;
  *   - a normalised address has no ASCII capital, no edge whitespace,
  *     exactly one @ with text on both sides, is valid UTF-8, <= 254 bytes,
  *     has no + (strip_plus_tag) or . (strip_dots) in its local part, and
@@ -123,10 +123,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (i = 0; i < idn; i++) assert(in_alphabet(v[i], e));
         memcpy(id, v, idn);
     } else {
+        /* nil, {kind = "validation", message} (core.h: oo_push_error) */
         size_t rn, i;
-        const char *r = lua_tolstring(L, -1, &rn);
-        assert(lua_isnil(L, -2) && r != NULL && rn > 0 && rn < 96);
+        const char *r;
+        assert(lua_isnil(L, -2) && lua_type(L, -1) == LUA_TTABLE);
+        lua_getfield(L, -1, "kind");
+        assert(lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "validation") == 0);
+        lua_pop(L, 1);
+        lua_getfield(L, -1, "message");
+        r = lua_tolstring(L, -1, &rn);
+        assert(r != NULL && rn > 0 && rn < 96);
         for (i = 0; i < rn; i++) assert(r[i] >= 0x20 && r[i] < 0x7f);
+        lua_pop(L, 1);
     }
     lua_pop(L, 2);
 

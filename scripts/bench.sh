@@ -19,4 +19,5 @@ done
 lua5.4 bench/latency.lua           # 30 ms round trip: vs in-flight/RTT, C multi, curl -Z; h1 and h2
 lua5.4 bench/adaptive.lua          # adaptive limit vs a server answering 429 above N in progress
 sh bench/validate_big.sh           # 1M-line NDJSON validate: orders/s and peak RSS
+lua5.4 bench/hostile_files.lua     # hostile files: linear time (5/20/40 MB), peak RSS
 lua5.4 bench/nginx_hook.lua        # wrk p99 with and without the log_by_lua hook

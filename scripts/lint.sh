@@ -4,6 +4,12 @@
 #     command. It fails on a warning in any file not listed in KNOWN below
 #     (empty: every file is clean). LINT_STRICT=1 (or --strict), as CI runs
 #     it, fails on every warning, KNOWN or not.
+#   - scripts/require_check.lua over lua/ and the command: no `require`
+#     inside a function body unless it is an optional dependency, marked
+#     with a comment tag `optional-require: why` on its line, called as
+#     `pcall(require, ...)`, or listed in scripts/optional_requires.txt
+#     (`FILE MODULE` a line); and no circle between modules. Always fails
+#     on a finding, strict or not.
 #   - clang-format (.clang-format) over csrc/: it fails on a file that
 #     clang-format would change unless the file is listed in C_KNOWN below:
 #     the sources written before .clang-format, in a denser style than any
@@ -40,6 +46,16 @@ if [ -n "$out" ]; then
   fi
 else
   echo "lint: luacheck: clean"
+fi
+
+# Requires at the top, no circle between modules (see the header).
+# shellcheck disable=SC2046
+if out=$(lua5.4 scripts/require_check.lua --allow scripts/optional_requires.txt \
+    $(find lua -name '*.lua' | sort) bin/optimizely-offline); then
+  echo "lint: requires: at the top of every module, no circle"
+else
+  echo "$out"
+  echo "lint: requires: $(printf '%s\n' "$out" | wc -l) finding(s)"; status=1
 fi
 
 # The C sources clang-format would still change (see the header).

@@ -3,9 +3,9 @@
 -- sandbox, which records the channel and which channel's token each order
 -- came with (token_id), never a token.
 local offline = require("optimizely.offline")
-local core = require("optimizely.offline.core")
 local orders = require("support.orders")
 local sb = require("support.sandbox")
+local wait = require("support.wait")
 local sys = require("optimizely.offline.sys")
 
 local KEY = "channels-spec-key-0123456789"
@@ -146,10 +146,13 @@ while true do q:poll(); require("optimizely.offline.core").sleep(0.05) end
       local lua = os.getenv("OO_LUA") or (type(jit) == "table" and "luajit" or "lua5.4")
       local pid = sys.capture(("env LUA_PATH=%s LUA_CPATH=%s %s %s >/dev/null 2>&1 & echo $!"):format(
         sys.q(package.path), sys.q(package.cpath), lua, sys.q(script))):match("%d+")
-      local t0 = core.now()
-      while not sys.exists(dir .. "/done") and core.now() - t0 < 30 do core.sleep(0.05) end
+      wait.poll(function() return sys.exists(dir .. "/done") end, 30)
       assert.is_true(sys.exists(dir .. "/done"), "the pusher did not push")
-      core.sleep(0.3) -- a few 503s and retries recorded in the rows
+      -- a few 503s answered and their retries recorded in the rows
+      wait.poll(function()
+        local st = sb.stats()
+        return st.faults_served - st.concurrent_now >= 4
+      end, 10, 0.02)
       os.execute("kill -9 " .. pid)
       sb.clear_faults()
       sb.reset()

@@ -58,31 +58,32 @@ describe("the config file", function()
 
     it("client_config returns tokens = {channel = token} beside the run's token and channel", function()
       local path = cli.write_file(tmp("ch.conf"), table.concat({
-        "site = demo", "token.store = tok-store", "token.callcentre = tok-cc", "channel = callcentre", "" }, "\n"))
+        "site = demo", "token.store = tok-store", "token.callcentre = tok-callcentre", "channel = callcentre",
+        "" }, "\n"))
       local c = conf_of({ config = path })
-      assert.same({ store = "tok-store", callcentre = "tok-cc" }, c.tokens)
+      assert.same({ store = "tok-store", callcentre = "tok-callcentre" }, c.tokens)
       assert.equal("callcentre", c.channel)
-      assert.equal("tok-cc", c.token)
+      assert.equal("tok-callcentre", c.token)
       -- the environment over the file, per channel
       c = conf_of({ config = path, channel = "store" }, { OPTIMIZELY_SITE_TOKEN_STORE = "env-store" })
-      assert.same({ store = "env-store", callcentre = "tok-cc" }, c.tokens)
+      assert.same({ store = "env-store", callcentre = "tok-callcentre" }, c.tokens)
       assert.equal("env-store", c.token)
       -- a channel's own token over the general one
-      c = conf_of({ config = path, channel = "store" }, { OPTIMIZELY_SITE_TOKEN = "general" })
+      c = conf_of({ config = path, channel = "store" }, { OPTIMIZELY_SITE_TOKEN = "general-token" })
       assert.equal("tok-store", c.token)
-      c = conf_of({ config = path, channel = "tv" }, { OPTIMIZELY_SITE_TOKEN = "general" })
-      assert.equal("general", c.token)
+      c = conf_of({ config = path, channel = "tv" }, { OPTIMIZELY_SITE_TOKEN = "general-token" })
+      assert.equal("general-token", c.token)
       -- only one channel has a token: it is the run's channel
-      c = conf_of({}, { OPTIMIZELY_SITE = "demo", OPTIMIZELY_SITE_TOKEN_MOBILEAPP = "m" })
+      c = conf_of({}, { OPTIMIZELY_SITE = "demo", OPTIMIZELY_SITE_TOKEN_MOBILEAPP = "mobile-token" })
       assert.equal("mobileapp", c.channel)
-      assert.equal("m", c.token)
-      assert.same({ mobileapp = "m" }, c.tokens)
+      assert.equal("mobile-token", c.token)
+      assert.same({ mobileapp = "mobile-token" }, c.tokens)
       -- a channel without a token is an error naming both ways to give one
       local ok, e = pcall(conf_of, { config = path, channel = "tv" })
       assert.is_false(ok)
       assert.matches("no token: set OPTIMIZELY_SITE_TOKEN %(or OPTIMIZELY_SITE_TOKEN_<CHANNEL>%)", tostring(e))
       -- a single token and no per-channel ones: no tokens table
-      c = conf_of({}, { OPTIMIZELY_SITE = "demo", OPTIMIZELY_SITE_TOKEN = "t", OPTIMIZELY_CHANNEL = "store" })
+      c = conf_of({}, { OPTIMIZELY_SITE = "demo", OPTIMIZELY_SITE_TOKEN = "token-t1", OPTIMIZELY_CHANNEL = "store" })
       assert.is_nil(c.tokens)
     end)
 

@@ -55,18 +55,25 @@ describe("local dates", function()
                               "Europe/London/", ".hidden", "Europe/Lon\ndon" }) do
         local z, e = core.tz_load(name)
         assert.is_nil(z, name)
-        assert.matches("is not a time zone name", e)
+        assert.equal("config", e.kind)
+        assert.matches("is not a time zone name", e.message)
       end
       local z, e = core.tz_load("Mars/Olympus_Mons")
       assert.is_nil(z)
-      assert.matches("unknown time zone Mars/Olympus_Mons", e)
+      assert.matches("unknown time zone Mars/Olympus_Mons", e.message)
     end)
   end)
 
   describe("core.date_convert", function()
     local london
     setup(function() london = assert(core.tz_load("Europe/London")) end)
-    local function conv(s, fmt, zone) return core.date_convert(s, fmt, zone) end
+    -- out, warning | nil, message, why (from the error's message and code)
+    local function conv(s, fmt, zone)
+      local out, e = core.date_convert(s, fmt, zone)
+      if out then return out, e end
+      assert.equal("validation", e.kind)
+      return nil, e.message, e.code
+    end
 
     it("reads a UK till's dates in London time", function()
       assert.equal("2024-06-16T13:25:00 GMT", conv("16/06/2024 14:25", "%d/%m/%Y %H:%M", london))
@@ -132,9 +139,9 @@ describe("local dates", function()
         [""] = "is empty",
         ["%d/%m/%Y\n"] = "control character",
       }) do
-        local ok, msg = core.date_check_format(fmt)
+        local ok, err = core.date_check_format(fmt)
         assert.is_nil(ok, fmt)
-        assert.matches(why, msg, 1, true)
+        assert.matches(why, err.message, 1, true)
       end
     end)
   end)

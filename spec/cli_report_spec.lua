@@ -106,7 +106,7 @@ describe("send's report and summary", function()
 
     it("shows the default environment, uat, when none is given (and the one given)", function()
       cli.write_file(tmp("empty.ndjson"), "")
-      local env = { OPTIMIZELY_SITE = "acme", OPTIMIZELY_SITE_TOKEN = "t", OPTIMIZELY_CHANNEL = "store" }
+      local env = { OPTIMIZELY_SITE = "acme", OPTIMIZELY_SITE_TOKEN = "acme-token", OPTIMIZELY_CHANNEL = "store" }
       local r = run({ "send", "empty.ndjson", "--report", "uat-rep.json" }, { env = env })
       assert.equal(0, r.code, r.all)
       local rep = cli.json_file(tmp("uat-rep.json"))

@@ -52,7 +52,7 @@ end
 -- Another process holding `n` due orders of the spool under a live lease
 -- (spec/fixtures/cli/spool_holder.lua). A second spool handle in this
 -- process would not do: opening one drops the process's SQLite locks on the
--- file (csrc/spool.c's sniff), and a CLI run then breaks the first handle.
+-- file (csrc/sqlfile.c's sniff), and a CLI run then breaks the first handle.
 -- @return the refCodes it holds, and a function that makes it let go
 local function holder(path, n)
   local ready, release = path .. ".held", path .. ".release"
@@ -162,7 +162,7 @@ describe("spool send", function()
     local sp, path = new_spool()
     fill(sp, "DRAINAUTH", 20, 0)
     sp:close()
-    local r = run({ "spool", "send", "--spool", path }, { env = cli.creds({ OPTIMIZELY_SITE_TOKEN = "wrong" }) })
+    local r = run({ "spool", "send", "--spool", path }, { env = cli.creds({ OPTIMIZELY_SITE_TOKEN = "wrong-token" }) })
     assert.equal(1, r.code, r.all)
     assert.matches("error: the credentials were refused", r.err)
     assert.equal(0, select(2, at_sandbox("DRAINAUTH")))
@@ -306,6 +306,31 @@ describe("spool purge --email / --user-id", function()
     end
   end)
 
+  it("spool:due_now makes the waiting orders due in one UPDATE: attempts and last error kept", function()
+    local sp = new_spool()
+    local now = fill(sp, "DUE", 6, 3)
+    local before = {}
+    for _, row in ipairs(assert(sp:list({ limit = 10 }))) do before[row.ref] = row end
+    local moved, waiting = sp:due_now(now + 1)
+    assert.same({ 3, 0 }, { moved, waiting })
+    for _, row in ipairs(assert(sp:list({ limit = 10 }))) do
+      local b = before[row.ref]
+      assert.equal(b.attempts, row.attempts, row.ref) -- not bumped: nothing was attempted
+      assert.equal(b.last_error, row.last_error, row.ref)
+      assert.is_true(row.next_at <= now + 1, row.ref)
+      if b.attempts == 1 then assert.equal(now + 1, row.next_at) else assert.equal(b.next_at, row.next_at) end
+    end
+    assert.same({ 0, 0 }, { sp:due_now(now + 2) }) -- nothing waits any more
+    sp:close()
+    -- a row leased (claimed "as of" later, so it is due later) is left alone and counted
+    sp = new_spool()
+    now = fill(sp, "DUEL", 1, 1)
+    assert.equal(1, #assert(sp:claim(1, 600, now + 3600)))
+    assert.same({ 0, 1 }, { sp:due_now(now + 2) })
+    assert.equal(1, assert(sp:list({ limit = 1 }))[1].attempts)
+    sp:close()
+  end)
+
   it("spool:purge_user and spool:due_now leave another process's live leases alone", function()
     local sp, path = customers()
     sp:close()
@@ -318,13 +343,13 @@ describe("spool purge --email / --user-id", function()
     assert.equal(2, removed)
     assert.equal(1, left)
     local moved, waiting = sp:due_now()
-    assert.equal(0, moved)
-    assert.equal(1, waiting) -- R-1: due after the held leases
+    assert.equal(1, moved) -- R-1 (R-2 was purged); the held ones are that process's
+    assert.equal(0, waiting)
     sp:close()
     let_go() -- its releases succeed (it asserts them): its leases were never taken
     sp = assert(spool.open(path))
     moved, waiting = sp:due_now()
-    assert.equal(1, moved) -- R-1 (R-2 was purged)
+    assert.equal(0, moved)
     assert.equal(0, waiting)
     removed, left = sp:purge_user({ user_id = "user-42" })
     assert.same({ 1, 0 }, { removed, left })

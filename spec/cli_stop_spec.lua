@@ -5,6 +5,7 @@
 -- 130. Run as subprocesses against the sandbox, which answers slowly so
 -- that requests are in flight when the signal lands.
 local sb = require("support.sandbox")
+local poll = require("support.wait").poll
 local cli = require("support.cli")
 local core = require("optimizely.offline.core")
 
@@ -15,29 +16,7 @@ local SEED = tonumber(os.getenv("OO_SEED") or "") or os.time()
 print("cli_stop_spec: OO_SEED=" .. SEED)
 math.randomseed(SEED)
 
--- Starts the CLI in the background in `dir`. @return pid, a function that
--- waits for it and returns its exit code, stdout and stderr.
-local function spawn(args, env, dir)
-  local out, err = dir .. "/run.out", dir .. "/run.err"
-  local p = io.popen("sh -c " .. q("echo $$; " .. cli.command(args, { env = env, cwd = dir, exec = true })
-    .. " >" .. q(out) .. " 2>" .. q(err) .. " </dev/null") .. "; echo \"rc=$?\"")
-  local pid = tonumber(p:read("*l"))
-  assert(pid, "no pid")
-  return pid, function()
-    local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
-    p:close()
-    return rc, read_file(out) or "", read_file(err) or ""
-  end
-end
-
--- Waits (bounded) until `cond()` holds.
-local function wait_for(cond, seconds)
-  local deadline = core.now() + (seconds or 30)
-  while not cond() do
-    assert(core.now() < deadline, "timed out")
-    core.sleep(0.02)
-  end
-end
+local spawn, wait_for = cli.spawn, cli.wait_for
 
 -- refCode -> times recorded, for one prefix.
 local function at_sandbox(prefix)
@@ -176,7 +155,7 @@ describe("send stopped by a signal", function()
     assert.equal(0, rep.sent)
     assert.equal(36, rep.not_sent)
     assert.matches("4 interrupted in flight %(outcome unknown%)", err)
-    core.sleep(3.2) -- the sandbox finishes the 4 it was holding
+    poll(function() return sb.stats().concurrent_now == 0 end, 30) -- the sandbox finishes the 4 it held
     sb.clear_faults()
     assert_accounted(40, "GRACEO" .. SEED, dir, rep)
   end)

@@ -4,6 +4,7 @@ local core = require("optimizely.offline.core")
 local cjson = require("cjson.safe")
 local orders = require("support.orders")
 local sb = require("support.sandbox")
+local wait = require("support.wait")
 
 local TOKEN = "tok-S3CRET-42" -- a token that must never show in config errors
 
@@ -173,7 +174,7 @@ describe("offline.client configuration", function()
   end)
 
   it("builds a User-Agent naming the library, libcurl and Lua", function()
-    local ua = require("optimizely.offline.client").user_agent()
+    local ua = require("optimizely.offline.context").user_agent()
     local lua = (type(jit) == "table" and jit.version) or _VERSION
     assert.equal("optimizely-offline/" .. offline.VERSION .. " libcurl/" .. (core.curl_version()) .. " " .. lua, ua)
   end)
@@ -245,7 +246,7 @@ describe("offline.client against the sandbox", function()
     assert.equal(info.channel, header(l.headers, "channel"))
     assert.equal("application/json", header(l.headers, "content-type"))
     assert.equal("application/json", header(l.headers, "accept"))
-    assert.equal(require("optimizely.offline.client").user_agent(), header(l.headers, "user-agent"))
+    assert.equal(require("optimizely.offline.context").user_agent(), header(l.headers, "user-agent"))
     assert.is_nil(header(l.headers, "expect"))
     assert.equal(1, #sb.orders())
     c:close()
@@ -495,7 +496,7 @@ describe("offline.client against the sandbox", function()
     -- the abandoned first attempt is still being served (the sandbox, like a
     -- real server, records it when its delay ends): let it land here rather
     -- than in the next spec's records
-    require("optimizely.offline.core").sleep(3.3)
+    wait.poll(function() return sb.stats().concurrent_now == 0 end, 20)
   end)
 
   it("reports a refused connection as a retryable network error", function()
@@ -675,8 +676,12 @@ describe("core http handle", function()
     assert.has_error(function() h:request("GET", info.base_url, { "X: a\r\nY: b" }) end)
     assert.has_error(function() h:request("GET", info.base_url, { 42 }) end)
     assert.has_error(function() h:request("get", info.base_url) end)
-    assert.has_error(function() core.http_new({ timeuot = 1 }) end, "http_new: unknown option 'timeuot'")
-    assert.has_error(function() core.http_new({ timeout = -1 }) end)
+    -- HTTP options are checked once, by the client's schema (the C reader trusts it)
+    local schema = require("optimizely.offline.client").schema
+    assert.has_error(function() schema:check({ site = "s", timeuot = 1 }) end,
+      "optimizely.offline.client: config.timeuot is not a known option (did you mean 'timeout'?)")
+    assert.has_error(function() schema:check({ site = "s", timeout = -1 }) end)
+    assert.has_error(function() core.http_new({ ca_file = "a\0b" }) end, "http_new: opts.ca_file contains a NUL byte")
     h:close()
   end)
 

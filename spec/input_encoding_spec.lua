@@ -35,7 +35,8 @@ describe("input encodings", function()
       end
       local no, why = core.decoder("ebcdic")
       assert.is_nil(no)
-      assert.matches("unknown input encoding", why)
+      assert.equal("config", why.kind)
+      assert.matches("unknown input encoding", why.message)
     end)
 
     it("hands on UTF-8 as it is, and stops at the line that is not, with its number and byte", function()

@@ -133,7 +133,7 @@ describe("optimizely-offline mapping", function()
     for _, o in ipairs({ "a.ndjson", "./a.ndjson", "d/../a.ndjson", "d/link.ndjson", TMP .. "/c.xml" }) do
       local r = cli({ "mapping", "a.ndjson", "c.xml", "-o", o })
       assert.are.equal(2, r.code, o)
-      assert.matches("refusing to overwrite it", r.err)
+      assert.matches("%-o .* is the input file .*: write it elsewhere", r.err)
     end
     assert.are.equal(NDJSON, read_file(tmp("a.ndjson")))
     assert.are.equal(XML, read_file(tmp("c.xml")))
@@ -141,6 +141,7 @@ describe("optimizely-offline mapping", function()
 
   it("takes the key from --config, the environment winning; refuses a missing or short key", function()
     write_file(tmp("k.conf"), "# pseudonym settings\npseudonym_key = \"" .. KEY .. "-conf\"\nsite = x\n")
+    os.execute("chmod 600 " .. q(tmp("k.conf"))) -- a key others can read gets a warning
     local r = cli({ "mapping", "c.xml", "--config", "k.conf" }, { env = {} })
     assert.are.equal(0, r.code, r.err)
     assert.matches("\nadam@example.com," .. id("adam@example.com", { key = KEY .. "-conf" }), r.out)

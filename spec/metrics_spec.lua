@@ -8,6 +8,7 @@ local core = require("optimizely.offline.core")
 local metrics = require("optimizely.offline.metrics")
 local events = require("optimizely.offline.events")
 local sb = require("support.sandbox")
+local wait = require("support.wait")
 local sys = require("optimizely.offline.sys")
 local prometheus = require("support.prometheus")
 
@@ -214,12 +215,10 @@ describe("metrics", function()
       sb.faults({ count = 1, delay = 2, match = "POST" })
       local q = assert(c:queue({ concurrency = 1, spool = dir .. "/g.db" }))
       for i = 1, 3 do assert.is_true(q:push(payload("gauge-" .. i))) end
-      local m
-      local t0 = core.now()
-      repeat
-        core.sleep(0.05)
-        m = q:metrics()
-      until m.in_flight == 1 or core.now() - t0 > 5
+      local m = wait.poll(function()
+        local now = q:metrics()
+        return now.in_flight == 1 and now
+      end, 5) or q:metrics()
       assert.equal(1, m.in_flight)
       assert.equal(2, m.depth)
       assert.equal(3, m.spool.orders)
@@ -241,8 +240,7 @@ describe("metrics", function()
       local c = new_client()
       local q = assert(c:queue({ concurrency = 1, auth_pause = 30 }))
       assert.is_true(q:push(payload("auth-1")))
-      local t0 = core.now()
-      while q:metrics().paused.credentials == 0 and core.now() - t0 < 5 do core.sleep(0.05) end
+      wait.poll(function() return q:metrics().paused.credentials ~= 0 end, 5)
       local m = q:metrics()
       assert.equal(1, m.paused.credentials)
       assert.matches('optimizely_offline_paused{reason="credentials"} 1', metrics.prometheus(q), 1, true)

@@ -14,9 +14,9 @@ local DS = { decimal_comma = true, currency_symbols = true }
 
 -- core.money's normalised text, or nil and the error code
 local function norm(v, cur, opts)
-  local units, _, c = core.money(v, cur, opts) -- units, decimals, text | nil, message, code
+  local units, e, c = core.money(v, cur, opts) -- units, decimals, text | nil, err {message, code}
   if units then return c end
-  return nil, c
+  return nil, e.code
 end
 
 describe("money as tills write it", function()

@@ -10,6 +10,7 @@ local client_mod = require("optimizely.offline.client")
 local spool_mod = require("optimizely.offline.spool")
 local orders = require("support.orders")
 local sb = require("support.sandbox")
+local wait = require("support.wait")
 
 local sys = require("optimizely.offline.sys")
 local q, capture = sys.q, sys.capture
@@ -23,14 +24,7 @@ local tmpdir
 local function tmp(name) return tmpdir .. "/" .. name end
 
 -- Polls `cond` every 20 ms until it holds or `limit` seconds pass.
-local function eventually(cond, limit)
-  local deadline = core.now() + (limit or 10)
-  while core.now() < deadline do
-    if cond() then return true end
-    core.sleep(0.02)
-  end
-  return cond()
-end
+local function eventually(cond, limit) return wait.poll(cond, limit or 10, 0.02) end
 
 describe("client:queue", function()
   local info
@@ -355,7 +349,9 @@ describe("client:queue", function()
           qu:push({ order = { refCode = "gcx" .. i, orderDate = "2024-01-01T00:00:00Z",
             currency = "GBP", total = 1, items = { { refCode = "a", qty = 1, price = 1 } } } })
         end
-        require("optimizely.offline.core").sleep(0.3)
+        local core = require("optimizely.offline.core")
+        local deadline = core.now() + 10 -- until transfers are in flight
+        while qu:stats().in_flight == 0 and core.now() < deadline do core.sleep(0.01) end
         qu = nil
         collectgarbage()
         print("exited")

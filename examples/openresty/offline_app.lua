@@ -35,9 +35,11 @@ local CLIENT_KEYS = {
   "backoff_base", "backoff_max", "retry_after_max",
 }
 
---- Load the config file (init_by_lua: once, in the master).
+--- Load the config file (init_by_lua: once, in the master). It is Lua:
+-- trusted code, like the nginx.conf that names it (keep it the deployer's,
+-- 0600); loaded as source text only, never as bytecode.
 function M.configure(path)
-  local c = dofile(path)
+  local c = assert(loadfile(path, "t"))()
   assert(type(c) == "table", "offline_app: " .. path .. " must return a table")
   config = c
   local q = c.queue

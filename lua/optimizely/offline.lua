@@ -4,29 +4,24 @@
 -- @module optimizely.offline
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
+local payload = require("optimizely.offline.payload")
 
 local M = {}
 
 M.VERSION = core.VERSION
 M.errors = errors
 
-local c_encode, c_validate, new_error = core.encode, core.validate, errors.validation
-
---- Validate, normalise and serialise one payload `{lang?, user?, order}`.
+--- Validate, normalise and serialise one payload `{lang?, user?, order}`
+-- (optimizely.offline.payload).
+-- @function encode
 -- @return json, warnings  or  nil, err (kind "validation")
-function M.encode(payload)
-  local json, w, truncated = c_encode(payload)
-  if json then return json, w end
-  return nil, new_error(w, truncated)
-end
+M.encode = payload.encode
 
---- The same rules as `encode`, without producing output.
+--- The same rules as `encode`, without producing output
+-- (optimizely.offline.payload).
+-- @function validate
 -- @return true, warnings  or  nil, err
-function M.validate(payload)
-  local ok, w, truncated = c_validate(payload)
-  if ok then return true, w end
-  return nil, new_error(w, truncated)
-end
+M.validate = payload.validate
 
 --- An amount normalised as the encoder writes it: a plain decimal with
 -- exactly the currency's minor-unit digits, exact (digits past the minor
@@ -46,7 +41,7 @@ end
 function M.money(value, currency, opts)
   local units, decimals, text = core.money(value, currency, opts)
   if not units then
-    return nil, errors.new({ kind = "validation", message = "amount " .. decimals, retryable = false })
+    return nil, errors.new({ kind = "validation", message = "amount " .. decimals.message, retryable = false })
   end
   return text, units, decimals
 end
@@ -80,7 +75,7 @@ setmetatable(M, {
   __index = function(t, k)
     local mod = lazy[k]
     if not mod then return nil end
-    local v = require(mod)
+    local v = require(mod) -- optional-require: a part loaded on first use
     if type(v) == "table" and v[k] ~= nil then v = v[k] end
     rawset(t, k, v)
     return v

@@ -47,14 +47,35 @@ function M.write_file(path, s)
   return path
 end
 
---- The shell command that runs the CLI (o: env, cwd, umask, exec).
+local n_states = 0
+--- A fresh state directory (what `XDG_STATE_HOME` names) in the private
+-- directory: `send` keeps its ledger under it by default.
+function M.state_dir()
+  n_states = n_states + 1
+  local d = M.tmp("state" .. n_states)
+  os.execute("mkdir -p " .. q(d))
+  return d
+end
+
+--- The shell command that runs the CLI (o: env, cwd, umask, exec). Unless
+-- `o.env` names `XDG_STATE_HOME` (or sets it to false: the variable is
+-- unset), each command gets a state directory of its own, so the default
+-- ledger of one run never makes another skip orders it means to send.
 function M.command(args, o)
   o = o or {}
   local parts = { "cd", q(o.cwd or M.tmpdir()), "&&" }
   if o.umask then parts[#parts + 1] = "umask " .. o.umask .. " &&" end
   parts[#parts + 1] = o.exec and "exec env" or "env"
   for _, v in ipairs(M.ENV_VARS) do parts[#parts + 1] = "-u " .. v end
-  for k, v in pairs(o.env or {}) do parts[#parts + 1] = q(k .. "=" .. v) end
+  local env = o.env or {}
+  if env.XDG_STATE_HOME == nil then
+    parts[#parts + 1] = q("XDG_STATE_HOME=" .. M.state_dir())
+  elseif env.XDG_STATE_HOME == false then
+    parts[#parts + 1] = "-u XDG_STATE_HOME"
+  end
+  for k, v in pairs(env) do
+    if v ~= false then parts[#parts + 1] = q(k .. "=" .. v) end
+  end
   parts[#parts + 1] = M.LUA
   parts[#parts + 1] = q(M.BIN)
   for _, a in ipairs(args) do parts[#parts + 1] = q(a) end
@@ -123,6 +144,34 @@ function M.orders(path, n, prefix, date)
   end
   f:close()
   return path
+end
+
+--- Starts the CLI in the background in `dir` (its stdout and stderr in
+-- `cwd`/run.out and run.err, or `o.out`/`o.err`). @return its pid, and a
+-- function that waits for it and returns its exit code, stdout and stderr.
+function M.spawn(args, env, cwd, o)
+  o = o or {}
+  local out, err = o.out or (cwd .. "/run.out"), o.err or (cwd .. "/run.err")
+  -- (the outer shell's stderr goes: it would say "Killed" after a kill -9)
+  local cmd = M.command(args, { env = env, cwd = cwd, exec = true })
+  local p = io.popen("exec 2>/dev/null; sh -c " .. q("echo $$; " .. cmd
+    .. " >" .. q(out) .. " 2>" .. q(err) .. " </dev/null") .. "; echo \"rc=$?\"")
+  local pid = tonumber(p:read("*l"))
+  assert(pid, "no pid")
+  return pid, function()
+    local rc = tonumber(p:read("*a"):match("rc=(%d+)"))
+    p:close()
+    return rc, sys.read_file(out) or "", sys.read_file(err) or ""
+  end
+end
+
+--- Waits (bounded: `seconds`, default 30) until `cond()` holds.
+function M.wait_for(cond, seconds)
+  local deadline = core.now() + (seconds or 30)
+  while not cond() do
+    assert(core.now() < deadline, "timed out")
+    core.sleep(0.02)
+  end
 end
 
 --- The names in a directory (ls -A).

@@ -18,50 +18,65 @@ local q, read_file, run, capture = sys.q, sys.read_file, sys.run, sys.capture
 
 M.capture, M.run, M.q, M.read_file = capture, run, q, read_file
 
---- Sleep (seconds) without a C module.
-function M.sleep(s) run("sleep " .. s) end
+-- The specs' wait helper (spec/support/wait.lua). This file is also loaded
+-- inside nginx for its handlers, where spec/ is not on the path and nothing
+-- here waits: hence the pcall.
+local has_wait, wait = pcall(require, "support.wait")
 
---- Poll `fn` until it returns a truthy value or `timeout` seconds pass.
--- @return fn's value, or nil on timeout
-function M.wait_until(fn, timeout, step)
-  local deadline = os.time() + (timeout or 20)
-  step = step or 0.1
-  repeat
-    local v = fn()
-    if v then return v end
-    M.sleep(step)
-  until os.time() > deadline
-  return fn()
+--- Sleep (seconds).
+function M.sleep(s)
+  if has_wait then return wait.sleep(s) end
+  run("sleep " .. s)
 end
 
--- Ports in LISTEN state (Linux /proc).
-local function listening()
+--- Poll `fn` until it returns a truthy value or `timeout` seconds (20) pass
+-- (every `step` seconds, 0.1): support.wait's `poll`.
+-- @return fn's value, or nil on timeout
+function M.wait_until(fn, timeout, step)
+  if not has_wait then error(wait, 2) end
+  return wait.poll(fn, timeout, step or 0.1)
+end
+
+-- Local ports with a socket in any state (Linux /proc): a listener, or a
+-- connection's own end, which a bind() would collide with too.
+local function ports_in_use()
   local used = {}
   for _, f in ipairs({ "/proc/net/tcp", "/proc/net/tcp6" }) do
-    for port, state in (read_file(f) or ""):gmatch("%x+:(%x+) %x+:%x+ (%x%x)") do
-      if state == "0A" then used[tonumber(port, 16)] = true end
-    end
+    for port in (read_file(f) or ""):gmatch("\n%s*%d+: %x+:(%x+) ") do used[tonumber(port, 16)] = true end
   end
   return used
 end
 
+-- The range free_port picks from: $OO_TEST_PORTS ("lo-hi"), which the test
+-- runner gives each lane (scripts/test_lanes.lua), else 20000-32767. Either
+-- is below the kernel's ephemeral range, so a port is never some client's
+-- source port (nor connects to itself while nothing listens on it).
+local function port_range()
+  local lo, hi = (os.getenv("OO_TEST_PORTS") or ""):match("^(%d+)%-(%d+)$")
+  lo, hi = tonumber(lo), tonumber(hi)
+  if lo and hi and hi >= lo then return lo, hi end
+  return 20000, 32767
+end
+
 local taken = {}
 
---- A loopback port nothing listens on (and not handed out before here).
+--- A loopback port no socket uses (and not handed out before here).
 function M.free_port()
-  local used = listening()
+  local used = ports_in_use()
+  local lo, hi = port_range()
   local f = io.open("/dev/urandom", "rb")
   local b = f and f:read(3) or ""
   if f then f:close() end
   local seed = #b == 3 and (b:byte(1) * 65536 + b:byte(2) * 256 + b:byte(3)) or os.time()
-  for i = 0, 500 do
-    local p = 20000 + (seed + i * 7919) % 40000
+  local span = hi - lo + 1
+  for i = 0, span - 1 do
+    local p = lo + (seed + i * 7919) % span
     if not used[p] and not taken[p] then
       taken[p] = true
       return p
     end
   end
-  error("no free port")
+  error("no free port in " .. lo .. "-" .. hi)
 end
 
 --- A fresh temp directory.

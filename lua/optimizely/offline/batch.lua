@@ -28,6 +28,8 @@ local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
 local events = require("optimizely.offline.events")
 local sched = require("optimizely.offline.sched")
+local gate = require("optimizely.offline.ledger_gate")
+local context = require("optimizely.offline.context")
 
 local M = {}
 
@@ -37,8 +39,8 @@ local type, pcall, tostring = type, pcall, tostring
 local is_interrupt = errors.is_interrupt
 
 --- The options of `send_batch`.
-M.schema = opts.schema("send_batch", "opts", {
-  concurrency = { type = "integer", min = 1, max = 1024, default = 8 },
+M.schema = opts.schema("send_batch", "opts", gate.add_fields({
+  concurrency = { type = "integer", min = 1, max = sched.MAX_CONCURRENCY, default = 8 },
   rate = { type = "number", above = 0 },
   on_result = { type = "function" },
   progress = { type = "function" },
@@ -48,7 +50,17 @@ M.schema = opts.schema("send_batch", "opts", {
   on_interrupt = { type = "choice", choices = { "raise", "return" }, default = "raise" },
   adaptive = { type = "boolean", default = true },
   pseudonymise = { type = "any" },
-})
+  halt = { type = "function" },
+  ledger_window = { type = "number", min = 0, max = 60, requires = "ledger" },
+}, true))
+
+-- Seconds between two calls of a caller's `halt()` at most (a signal
+-- handled through it starts no request later than this).
+local HALT_POLL = 0.02
+
+-- Orders looked up (and reserved) in the ledger per transaction: one
+-- write per AHEAD orders, while the requests already in flight go on.
+local AHEAD = 128
 
 -- An array or an iterator function as an iterator of payload, channel.
 -- An array item may be `{payload = p, channel = name}` (a payload never has
@@ -85,20 +97,23 @@ end
 
 local function new_summary(concurrency)
   return { sent = 0, failed = 0, retried = 0, invalid = 0, not_sent = 0, elapsed = 0,
+    skipped = 0, changed = 0,
     failures = {}, callback_errors = {}, read = 0, throttled = 0,
     in_flight = 0, concurrency = concurrency }
 end
 
-function Batch.new(st, source, o)
+function Batch.new(st, source, o, L)
   local self = setmetatable({
     st = st, o = o, next_item = source_iter(source),
     summary = new_summary(o.concurrency),
     warnings_of = {},    -- encoder warnings of orders in the engine, by index
     exhausted = false, index = 0,
     started = now(),
+    -- the ledger: orders looked up and reserved, waiting for the engine
+    gate = L and gate.new(st, L) or nil, ahead = {}, ahead_at = 1, ahead_n = 0,
+    skipped_by = {}, amended = {},
     -- the batch's own pseudonymiser, else the client's
-    pseudonym = o.pseudonymise ~= nil and require("optimizely.offline.client").pseudonymiser(o.pseudonymise, 3)
-      or nil,
+    pseudonym = o.pseudonymise ~= nil and context.pseudonymiser(o.pseudonymise, 3) or nil,
   }, Batch)
   self.last_progress = self.started
   -- the batch's on_event, else the client's; the client's logger
@@ -114,6 +129,10 @@ function Batch.new(st, source, o)
   local cfg = sched.config(st, { http = st.http_opts, concurrency = o.concurrency, adaptive = o.adaptive,
     on_stop = "drain", report_all = o.on_result ~= nil,
     report_retries = (self.events.on_event or self.events.logger) ~= nil })
+  if self.gate then
+    self.gate:configure(cfg, o.ledger_window)
+    cfg.ledger_thread = true -- the ledger's SQLite work overlaps the requests in flight
+  end
   self.engine = core.engine_new(cfg)
   return self
 end
@@ -163,18 +182,179 @@ function Batch:rejected(i, err, invalid)
   self:fail(i, err)
 end
 
--- One order from the source into the engine (or refused on the spot).
-function Batch:admit(payload, channel)
+-- The next order from the source, prepared: its index, body, channel
+-- index, refCode and warnings; or its index and the error that refused it
+-- (nil, i, err, invalid); nil at the end of the source.
+function Batch:prepare_next()
+  if self.exhausted then return nil end
+  local payload, channel = self:pull()
+  if payload == nil then
+    self.exhausted = true
+    return nil
+  end
   local i = self.index + 1
   self.index = i
   self.summary.read = i
-  local client = require("optimizely.offline.client")
-  local ch, cerr = client.channel_of(self.st, channel or self.o.channel)
-  if not ch then return self:rejected(i, cerr, false) end
-  local json, w = client.prepare(self.st, payload, self.pseudonym)
-  if not json then return self:rejected(i, w, true) end
-  if w[1] then self.warnings_of[i] = w end
-  self.engine:add({ id = i, body = json, channel = ch, ref = core.ref_string(payload) })
+  local ch, cerr = context.channel_of(self.st, channel or self.o.channel)
+  if not ch then return false, i, cerr, false end
+  local json, w = context.prepare(self.st, payload, self.pseudonym)
+  if not json then return false, i, w, true end
+  return { i = i, body = json, ch = ch, ref = core.ref_string(payload), w = w[1] and w or nil }
+end
+
+-- An order into the engine: a POST, or for an amend the DELETE of the
+-- earlier version and the POST behind it (posted once the DELETE is
+-- accepted: after_ok).
+function Batch:add(it)
+  if it.w then self.warnings_of[it.i] = it.w end
+  local engine = self.engine
+  if it.amend then
+    self.amended[it.i] = true
+    engine:add({ id = it.i, method = "DELETE", url = self.gate:cancel_url(it.ref), channel = it.ch, ref = it.ref })
+    engine:add({ id = it.i, body = it.body, channel = it.ch, ref = it.ref, after_ok = true })
+  else
+    engine:add({ id = it.i, body = it.body, channel = it.ch, ref = it.ref })
+  end
+end
+
+-- The next order to send without a ledger: read, prepared, added (or
+-- refused on the spot). Returns "added", "done" (refused) or nil (the end).
+function Batch:next_plain()
+  local it, i, err, invalid = self:prepare_next()
+  if it == nil then return nil end
+  if not it then
+    self:rejected(i, err, invalid)
+    return "done"
+  end
+  self:add(it)
+  return "added"
+end
+
+-- A skipped order: its result (not an error), counted.
+function Batch:skip(it, res)
+  local s = self.summary
+  s.skipped = s.skipped + 1
+  self.skipped_by[res.reason] = (self.skipped_by[res.reason] or 0) + 1
+  self:result_callback(it.i, res, nil)
+  self:emit("skipped", { index = it.i, ref = it.ref, reason = res.reason, at = res.at })
+end
+
+-- An order the ledger has another version (or the cancel) of: refused.
+function Batch:refuse_changed(it, err)
+  self.summary.changed = self.summary.changed + 1
+  self:fail(it.i, err)
+  self:emit("changed", { index = it.i, ref = it.ref, at = err.at, outcome = err.outcome, error = err })
+end
+
+-- Reads up to AHEAD orders and asks the ledger to look them up and
+-- reserve them, on the engine's ledger thread (the answer is waited for by
+-- `answered`), or here when there is no such thread.
+function Batch:ask()
+  local items, chans = {}, self.st.channels
+  while #items < AHEAD and not self.exhausted do
+    local it, i, err, invalid = self:prepare_next()
+    if it then
+      it.channel = chans[it.ch].name
+      items[#items + 1] = it
+    elseif it == false then
+      self:rejected(i, err, invalid)
+    end
+  end
+  if #items == 0 then return end
+  local g = self.gate
+  local list = g:reserve_list(items, self.o)
+  self.asked = items
+  if not self.engine:ledger_reserve(g:scope(items), list, g.lease) then
+    self.sync_answers = { g.L:reserve(g:scope(items), list, { lease = g.lease }) }
+  end
+end
+
+-- The orders asked about and the ledger's answers (nil, err when it failed).
+function Batch:answered()
+  local items = self.asked
+  self.asked = nil
+  local sync = self.sync_answers
+  self.sync_answers = nil
+  if sync then return items, sync[1], sync[2] end
+  return items, self.engine:ledger_answers()
+end
+
+-- Queues in `ahead` the orders the ledger reserved (asked last time),
+-- and asks about the next ones at once: they are looked up and reserved
+-- on the ledger's thread while these are sent. A ledger that fails fails
+-- the orders asked about (and ends the batch: nothing more is read); the
+-- first time, before anything was sent, `run` returns nil, err.
+function Batch:fill_ahead()
+  if not self.asked then self:ask() end
+  if not self.asked then return end
+  local items, answers, lerr = self:answered()
+  if not answers then return self:ledger_failed(items, lerr) end
+  self.admitted = true
+  self:ask()
+  local decisions = self.gate:decide_all(items, answers, self.o)
+  local ahead = {}
+  for k, it in ipairs(items) do
+    local action, x = decisions[k][1], decisions[k][2]
+    if action == "post" or action == "amend" then
+      it.amend = action == "amend" or nil
+      ahead[#ahead + 1] = it
+    elseif action == "skip" then
+      self:skip(it, x)
+    else
+      self:refuse_changed(it, x)
+    end
+  end
+  self.ahead, self.ahead_at, self.ahead_n = ahead, 1, #ahead
+end
+
+-- The ledger failed: the orders read fail with its error, and the batch
+-- reads no more.
+function Batch:ledger_failed(items, err)
+  err = gate.unusable(err)
+  self.exhausted = true
+  self.summary.ledger_error = err
+  self.summary.error = self.summary.error or tostring(err)
+  if not self.admitted then
+    self.unusable = err -- nothing was sent: run returns nil, err
+    return
+  end
+  for _, it in ipairs(items) do self:fail(it.i, err) end
+end
+
+-- The next order to send with a ledger (see `next_plain`).
+function Batch:next_ledgered()
+  if self.ahead_at > self.ahead_n then
+    if self.exhausted and not self.asked then return nil end
+    self:fill_ahead()
+    if self.ahead_at > self.ahead_n then
+      if self.exhausted and not self.asked then return nil end
+      return "done" -- all of them skipped or refused: read on
+    end
+  end
+  local at = self.ahead_at
+  local it = self.ahead[at]
+  self.ahead[at] = false -- gone (a hole would make the length undefined)
+  self.ahead_at = at + 1
+  self:add(it)
+  return "added"
+end
+
+-- Orders read and reserved (or being looked up) but not handed to the
+-- engine yet: taken back (their reservations are the caller's to give back).
+function Batch:take_ahead()
+  local list = {}
+  for k = self.ahead_at, self.ahead_n do list[#list + 1] = self.ahead[k] end
+  self.ahead, self.ahead_at, self.ahead_n = {}, 1, 0
+  if self.asked then
+    -- the answer must come before the reservations can go back: only
+    -- those reserved now are ours (a duplicate in flight is not)
+    local items, answers = self:answered()
+    for k, it in ipairs(items) do
+      it.held = answers ~= nil and answers[k].reserved == true
+      list[#list + 1] = it
+    end
+  end
+  return list
 end
 
 function Batch:rate_allows(t)
@@ -188,21 +368,38 @@ end
 -- within the rate.
 function Batch:feed(t)
   local budget = self.o.concurrency * 2
-  while not self.exhausted and not self.stopped and self.engine:pending() < budget and self:rate_allows(t) do
-    local payload, channel = self:pull()
-    if payload == nil then
-      self.exhausted = true
-      return
-    end
-    self:admit(payload, channel)
-    if self.rate then self.tokens = self.tokens - 1 end
+  local next_order = self.gate and self.next_ledgered or self.next_plain
+  while not self.stopped and not self.halted and self.engine:pending() < budget and self:rate_allows(t) do
+    local got = next_order(self)
+    if got == nil then return end
+    if got == "added" and self.rate then self.tokens = self.tokens - 1 end
   end
 end
 
--- After a stop, every order still in the source ends as not sent, with
--- the error that stopped the batch.
-function Batch:drain_not_sent()
+-- Are orders left to read or to hand to the engine?
+function Batch:more()
+  return not self.exhausted or self.ahead_at <= self.ahead_n or self.asked ~= nil
+end
+
+-- One order not sent after a stop, with the error that stopped the batch.
+function Batch:not_sent(i, ref)
   local why = self.stopped
+  self.summary.not_sent = self.summary.not_sent + 1
+  self.drained = (self.drained or 0) + 1
+  local err = errors.new({ kind = why.kind, status = why.status, code = why.code, retryable = false,
+    stop = true, attempts = 0, channel = why.channel,
+    message = "not sent: " .. why.message })
+  self:fail(i, err)
+  self:emit("failure", { index = i, ref = ref, attempt = 0, error = err, reason = "credentials" })
+end
+
+-- After a stop, every order still in the source (or looked up in the
+-- ledger and waiting) ends as not sent, with the error that stopped the
+-- batch; their reservations go back.
+function Batch:drain_not_sent()
+  local waiting = self:take_ahead()
+  for _, it in ipairs(waiting) do self:not_sent(it.i, it.ref) end
+  self:release(waiting)
   while not self.exhausted do
     local payload = self:pull()
     if payload == nil then
@@ -211,27 +408,44 @@ function Batch:drain_not_sent()
     end
     self.index = self.index + 1
     self.summary.read = self.index
-    self.summary.not_sent = self.summary.not_sent + 1
-    self.drained = (self.drained or 0) + 1
-    local err = errors.new({ kind = why.kind, status = why.status, code = why.code, retryable = false,
-      stop = true, attempts = 0, channel = why.channel,
-      message = "not sent: " .. why.message })
-    self:fail(self.index, err)
-    self:emit("failure", { index = self.index, ref = type(payload) == "table" and core.ref_string(payload) or nil,
-      attempt = 0, error = err, reason = "credentials" })
+    self:not_sent(self.index, type(payload) == "table" and core.ref_string(payload) or nil)
   end
+end
+
+-- Gives the reservations of orders not sent after all back to the
+-- ledger (best effort: a failure only leaves them until this process ends).
+-- @param list items with `body` or `ref`, and `channel` (a name) or `ch` (an index)
+function Batch:release(list)
+  if not self.gate or #list == 0 then return end
+  local items, chans = {}, self.st.channels
+  for _, it in ipairs(list) do
+    if it.held ~= false then
+      items[#items + 1] = { body = it.body, ref = not it.body and it.ref or nil,
+        channel = it.channel or (it.ch and chans[it.ch].name) }
+    end
+  end
+  self.gate:release(items)
 end
 
 -- ----------------------------------------------------------------- results
 
 function Batch:handle(r)
   local what, i = r.what, r.id
+  if r.method == "DELETE" and what ~= "retry" then
+    -- an amend's DELETE: its order's result is the POST's (posted once the
+    -- DELETE was accepted, or dead with its error), a stop ends both
+    if what == "stopped" then self:release({ { ref = r.ref, channel = r.channel } }) end
+    return
+  end
   if what == "sent" then
     local w = self.warnings_of[i]
     self.warnings_of[i] = nil
-    self:result_callback(i, delivery.success(r, r.body, r.attempts, nil, r.channel, w), nil)
+    local res = delivery.success(r, r.body, r.attempts, nil, r.channel, w)
+    if self.amended[i] then res.amended, self.amended[i] = true, nil end
+    self:result_callback(i, res, nil)
   elseif what == "dead" or what == "stopped" then
     self.warnings_of[i] = nil
+    self.amended[i] = nil
     local err = delivery.failure(r, r.body, r.attempts, r.channel, self.st.secrets)
     if what == "stopped" then
       err.stop = true
@@ -241,6 +455,7 @@ function Batch:handle(r)
         self.summary.stopped = err
         self:emit("paused", { reason = "credentials", error = err })
       end
+      self:release({ { ref = r.ref, channel = r.channel } })
     end
     self:fail(i, err)
     self:emit("failure", { index = i, ref = r.ref, attempt = r.attempts, error = err,
@@ -287,6 +502,7 @@ function Batch:wait_time(t)
   local wake = 1
   if self.rate and self.tokens < 1 and not self.exhausted then wake = min(wake, (1 - self.tokens) / self.rate) end
   if self.o.progress then wake = min(wake, max(0, self.last_progress + self.o.progress_interval - t)) end
+  if self.o.halt and not self.halted then wake = min(wake, HALT_POLL) end
   return max(wake, 0)
 end
 
@@ -294,8 +510,10 @@ function Batch:loop()
   local engine = self.engine
   while true do
     local t = now()
+    if self.halted or (self.o.halt and self:halt_asked()) then self:halt() end
     self:feed(t)
-    if self.exhausted and engine:pending() == 0 then break end
+    if self.unusable then return end
+    if not self:more() and engine:pending() == 0 then break end
     if self.stopped and engine:pending() == 0 then break end
     engine:turn(self:wait_time(t))
     self:collect()
@@ -305,20 +523,94 @@ function Batch:loop()
   if self.stopped then self:drain_not_sent() end
 end
 
--- After an interrupt (or a bug): stop the transfers and say what is unknown.
+-- Ids of job infos, sorted and without repeats (an amend is two jobs).
+local function ids_of(infos)
+  local ids, seen = {}, {}
+  for _, j in ipairs(infos) do
+    if not seen[j.id] then
+      seen[j.id] = true
+      ids[#ids + 1] = j.id
+    end
+  end
+  table.sort(ids)
+  return ids
+end
+
+-- Does the caller's `halt()` say stop? (An error in it is a callback
+-- error, and does not stop the batch.)
+function Batch:halt_asked()
+  local ok, yes = pcall(self.o.halt)
+  if ok then return yes and true or false end
+  if is_interrupt(yes) then error(yes, 0) end
+  local list = self.summary.callback_errors
+  list[#list + 1] = { halt = true, message = tostring(yes) }
+  return false
+end
+
+-- The caller's `halt()` said so: nothing more is read or started. Called
+-- again after each turn: the orders read but not started are `unsent`,
+-- those waiting for a retry (a retry scheduled since included) `unknown`,
+-- and their reservations go back; those in flight go on.
+function Batch:halt()
+  local unknown, unsent = self.engine:drop_waiting(true)
+  if not self.halted then
+    self.halted, self.exhausted = true, true
+    self.halted_unknown, self.halted_unsent = {}, {}
+    for _, it in ipairs(self:take_ahead()) do
+      unsent[#unsent + 1] = { id = it.i, ref = it.ref, channel = self.st.channels[it.ch].name }
+    end
+  end
+  if #unknown + #unsent == 0 then return end
+  if self.gate then
+    self:release(unknown)
+    self:release(unsent)
+  end
+  local hu, hs = self.halted_unknown, self.halted_unsent
+  for _, j in ipairs(unknown) do hu[#hu + 1] = j end
+  for _, j in ipairs(unsent) do hs[#hs + 1] = j end
+  local s = self.summary
+  s.halted, s.unknown, s.unsent = true, ids_of(hu), ids_of(hs)
+end
+
+-- After an interrupt (or a bug): stop the transfers and say what is
+-- unknown. The ledger keeps what was acknowledged; the reservations of
+-- the orders not acknowledged go back (a run again sends them).
 function Batch:abandon(lerr)
   local s = self.summary
   s.interrupted = true
   s.error = tostring(lerr)
-  local unknown, unsent = self.engine:drop()
-  table.sort(unknown)
-  table.sort(unsent)
-  s.unknown, s.unsent = unknown, unsent
+  local unknown, unsent = self.engine:drop(true)
+  local waiting = self:take_ahead()
+  for _, it in ipairs(waiting) do
+    unsent[#unsent + 1] = { id = it.i, ref = it.ref, channel = self.st.channels[it.ch].name }
+  end
   self:collect()
+  if self.gate then
+    self:flush_ledger()
+    self:release(unknown)
+    self:release(unsent)
+  end
+  -- and those a halt took out before (released then)
+  for _, j in ipairs(self.halted_unknown or {}) do unknown[#unknown + 1] = j end
+  for _, j in ipairs(self.halted_unsent or {}) do unsent[#unsent + 1] = j end
+  s.unknown, s.unsent = ids_of(unknown), ids_of(unsent)
+end
+
+-- Writes the ledger's notes waiting in the engine; a failure is the
+-- summary's `ledger_error` (those orders were sent but are not recorded:
+-- a run again would send them again).
+function Batch:flush_ledger()
+  local ok, err = self.engine:flush_ledger()
+  if not ok then
+    err = gate.unusable(err)
+    self.summary.ledger_error = err
+    self.summary.error = self.summary.error or tostring(err)
+  end
 end
 
 function Batch:finish(ok, lerr)
   if not ok then self:abandon(lerr) end
+  if ok and self.gate then self:flush_ledger() end
   self.finishing = true
   if self.o.progress then self:report(now()) end
   self:refresh()
@@ -327,6 +619,7 @@ function Batch:finish(ok, lerr)
     local m = self.engine:metrics()
     -- the orders refused before the engine, and those a stop left in the source
     m.invalid = self.summary.invalid
+    m.changed, m.skipped = self.summary.changed, self.skipped_by
     if self.drained then
       local why = self.stopped
       m.failed = m.failed + self.drained
@@ -359,22 +652,60 @@ end
 --   baseline + 20 ms (csrc/limiter.h; doc/topics/performance.md).
 --   `adaptive = false`: `concurrency` in flight, halved by a 429 and
 --   growing back by one per window of successes.
--- @return summary `{sent, failed, retried, invalid, not_sent, elapsed,
---   failures = {{index, err}}, callback_errors = {{index | progress, message}},
---   read, throttled, in_flight, concurrency}`: `failed` counts every order
---   not sent (invalid and not_sent included), so `failed == #failures` and
---   `sent + failed == read`; `retried` attempts repeated; `throttled` 429
---   answers; `in_flight` and `concurrency` (the current in-flight limit,
---   which the adaptive limit moves) are for progress callbacks. When the
---   batch stopped early also `error`; after refused credentials `stopped`
---   (the error); after an interruption `interrupted`, `unknown` and
---   `unsent` (indexes, sorted).
+--   `halt = fn()`: asked between turns (at least every 20 ms); once it
+--   returns true nothing more is read or started — the orders read but not
+--   started end in `unsent`, those waiting for a retry in `unknown` (their
+--   ledger reservations go back), the requests in flight finish, and the
+--   summary has `halted = true` (how the command line stops on a signal:
+--   an interrupt raised later still abandons what is in flight).
+--   **The ledger** (optimizely.offline.ledger_gate): `ledger = true` (the
+--   command line's file, `ledger.default_path()`), a path, or a ledger
+--   object (the caller's, left open); `ledger_keep` (days, default 200) and
+--   `ledger_store_key` (default "store") with `true` or a path; `force =
+--   true` sends orders the ledger has anyway; `amend = true` replaces a
+--   changed order (DELETE, then POST once the DELETE is accepted). Orders
+--   are looked up and reserved 128 at a time as they are read; each
+--   delivered one is recorded as the engine settles it (a few at a time,
+--   one transaction each, at most `ledger_window` seconds after its answer:
+--   default 0.02; 0 writes after each turn of the engine, so that after a
+--   kill -9 only the requests in flight are unknown to the ledger); the reservations of orders not sent after all
+--   (a stop, an interrupt) go back. An order the ledger has is not sent:
+--   `on_result(i, res)` with `res.skipped` ("already sent", "already in
+--   flight"), counted in `skipped`; another version of it (or its cancel)
+--   is `on_result(i, nil, err)` with `err.kind == "changed"`, counted in
+--   `changed` and `failed`.
+-- @return summary `{sent, skipped, failed, changed, retried, invalid,
+--   not_sent, elapsed, failures = {{index, err}}, callback_errors = {{index |
+--   progress, message}}, read, throttled, in_flight, concurrency}`: `failed`
+--   counts every order not sent that is an error (invalid, changed and
+--   not_sent included), so `failed == #failures` and `sent + skipped +
+--   failed == read`; `skipped` the orders the ledger had (not errors);
+--   `retried` attempts repeated; `throttled` 429 answers; `in_flight` and
+--   `concurrency` (the current in-flight limit, which the adaptive limit
+--   moves) are for progress callbacks. After `halt`: `halted`, `unknown`
+--   and `unsent` (indexes, sorted). When the batch stopped early also
+--   `error`; after refused credentials `stopped` (the error); after an
+--   interruption `interrupted`, `unknown` and `unsent` (indexes, sorted);
+--   when the ledger failed during the run `ledger_error` (kind "storage" or
+--   "busy": orders it could not look up failed with it, and nothing more
+--   was read; or, at the end, orders delivered but not recorded).
+--   Or nil, err when the ledger is unusable before anything is sent (kind
+--   "storage", "busy" or "foreign", naming the file): nothing was sent.
 function M.run(st, source, o)
   if o ~= nil and type(o) ~= "table" then error("send_batch: opts must be a table, got " .. type(o), 3) end
   o = M.schema:check(o, 3)
-  local self = Batch.new(st, source, o)
-  local ok, lerr = pcall(self.loop, self)
-  return self:finish(ok, lerr)
+  if (o.force or o.amend) and not o.ledger then
+    error("send_batch: opts." .. (o.force and "force" or "amend") .. " needs opts.ledger", 3)
+  end
+  local L, lerr = gate.open(o, nil, nil, st.ledgers)
+  if lerr then return nil, gate.unusable(lerr) end
+  local self = Batch.new(st, source, o, L)
+  local ok, err = pcall(self.loop, self)
+  if self.unusable then
+    self.engine:close()
+    return nil, self.unusable
+  end
+  return self:finish(ok, err)
 end
 
 -- the block kept for callers that drive a sleep themselves (benchmarks)

@@ -8,11 +8,13 @@
 -- @module optimizely.offline.cli
 local argparse = require("argparse")
 local stop = require("optimizely.offline.cli.stop")
+local core = require("optimizely.offline.core")
+local errors = require("optimizely.offline.errors")
 
 local M = {}
 
 --- Command names in help order.
-M.COMMANDS = { "validate", "send", "convert", "cancel", "spool", "sandbox", "mapping" }
+M.COMMANDS = { "validate", "send", "convert", "cancel", "spool", "ledger", "sandbox", "mapping" }
 
 --- Exit code 0: all done.
 M.EXIT_OK = 0
@@ -38,7 +40,6 @@ local VersionRequest = {}
 -- Lua running it, one per line (`-V`, `--version`).
 -- @return the text, without a final newline
 function M.version()
-  local core = require("optimizely.offline.core")
   local lua = (type(jit) == "table" and jit.version) or _VERSION
   local curl, tls = core.curl_version()
   return ("optimizely-offline %s\nlibcurl %s%s\n%s"):format(core.VERSION, tostring(curl),
@@ -60,7 +61,8 @@ function M.parser()
   end
   parser:flag("-V --version", "Print the version (and libcurl's and Lua's) and exit.")
     :action(function() error(VersionRequest, 0) end)
-  parser:epilog("Exit codes: 0 all done, 1 some orders failed, 2 usage or configuration error, "
+  parser:epilog("Exit codes: 0 all done, 1 some orders failed, 2 usage or configuration error (or a ledger that "
+    .. "cannot be used), "
     .. "130 interrupted (Ctrl-C), 143 SIGTERM, 129 SIGHUP. See `optimizely-offline <command> --help`.")
   local handlers = {}
   for _, name in ipairs(M.COMMANDS) do
@@ -81,7 +83,7 @@ local function run_command(handler, parsed, out, err)
   local ok, code = pcall(handler.run, parsed, out, err)
   stop.release()
   if not ok then
-    if not require("optimizely.offline.errors").is_interrupt(code) then error(code, 0) end
+    if not errors.is_interrupt(code) then error(code, 0) end
     err:write("interrupted (", stop.what(), ")\n")
     code = 130
   end

@@ -11,8 +11,9 @@
 --       tokens = { store = T1, callcentre = T2 } }
 --     client:send(payload, { channel = "callcentre" })
 --
--- The client turns configuration into a delivery context (transport,
--- headers per channel, policy, metrics) once; every front door below uses
+-- The client turns configuration into a delivery context
+-- (optimizely.offline.context: transport, headers per channel, policy,
+-- metrics) once; every front door below uses
 -- it, and every one delivers through the one scheduler (csrc/sched.c,
 -- optimizely.offline.sched): `send` and `cancel` (a Lua driver over
 -- libcurl's easy handle or the given transport, one request at a time, in
@@ -28,7 +29,11 @@ local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
 local sched = require("optimizely.offline.sched")
 local metrics = require("optimizely.offline.metrics")
-local events = require("optimizely.offline.events")
+local context = require("optimizely.offline.context")
+local batch = require("optimizely.offline.batch")
+local queue = require("optimizely.offline.queue")
+local gate = require("optimizely.offline.ledger_gate")
+local ledger = require("optimizely.offline.ledger")
 
 local M = {}
 
@@ -53,11 +58,22 @@ local private = setmetatable({}, { __mode = "k" })
 local LABEL = "^[%w%._%-]+$"
 local LABEL_MSG = "may contain only letters, digits, '.', '_' and '-'"
 
-local function token_problem(v)
+--- The shortest site token taken: a shorter one is a configuration error
+-- (no real token is that short, and a secret of a letter or two cannot be
+-- told apart in messages: only secrets this long are redacted).
+M.TOKEN_MIN = 8
+
+--- What is wrong with a site token, or nil: too short, a control
+-- character, leading or trailing spaces (never shows the token).
+function M.token_problem(v)
   if v:find("[%z\1-\31\127]") then return "contains a control character (CR, LF, ...)" end
   if v:match("^%s") or v:match("%s$") then return "has leading or trailing spaces" end
+  if #v < M.TOKEN_MIN then
+    return ("is too short (%d character%s; at least %d)"):format(#v, #v == 1 and "" or "s", M.TOKEN_MIN)
+  end
   return nil
 end
+local token_problem = M.token_problem
 
 local function check_token(v)
   local p = token_problem(v)
@@ -185,17 +201,7 @@ local function check_channel_name(cfg, field, name, custom)
   end
 end
 
---- A channel's name as every part of the library uses it: channel names
--- are case-insensitive (`Callcentre` is `callcentre`), so they are
--- lower-cased wherever they come in (the config, `{channel = …}`, a CSV
--- column, a wrapper line). Anything but a string is returned as it is.
--- @param name a channel name
--- @return the name in lower case
-function M.channel_name(name)
-  if type(name) == "string" then return (name:lower()) end
-  return name
-end
-local channel_name = M.channel_name
+local channel_name = context.channel_name
 
 -- The channels and their tokens: { {name =, token =}, ... } and the default.
 local function channel_list(cfg, c)
@@ -280,41 +286,7 @@ function M.check_config(cfg)
 end
 
 -- -------------------------------------------------------------------------
--- The delivery context
-
---- The User-Agent every request sends:
--- `optimizely-offline/<version> libcurl/<version> <Lua or LuaJIT version>`.
--- @return the header's value
-local function user_agent()
-  local lua = (type(jit) == "table" and jit.version) or _VERSION
-  return "optimizely-offline/" .. core.VERSION .. " libcurl/" .. (core.curl_version()) .. " " .. lua
-end
-
--- The only place a token is used: the request headers of its channel.
-local function headers_for(site, ch)
-  return {
-    "site: " .. site,
-    "siteToken: " .. ch.token,
-    "channel: " .. ch.name,
-    "Content-Type: application/json",
-    "Accept: application/json",
-  }
-end
-
-local function as_transport(tr)
-  if type(tr) == "function" then
-    return { request = function(_, ...) return tr(...) end, close = function() end }
-  end
-  return tr
-end
-
--- The events of the synchronous path (optimizely.offline.events): the
--- on_event hook, protected, and the logger. A failing hook must not break
--- delivery (its errors already carry no token: delivery.failure redacts them).
-local function emitter(ev)
-  if not ev.on_event and not ev.logger then return nil end
-  return function(kind, fields) ev:emit(kind, fields) end
-end
+-- The synchronous path (the delivery context is optimizely.offline.context)
 
 -- The synchronous path's schedulers: one request at a time in the caller,
 -- every job settled before `send` returns. Each call has one to itself
@@ -322,8 +294,12 @@ end
 -- coroutines at once (one nginx client serving many requests) never wait
 -- for each other, and each starts afresh — refused credentials or a 429
 -- fail or delay that call only.
-local function take_driver(st)
+local function take_driver(st, g)
   local free = st.idle_drivers
+  if g then
+    free = st.gated_idle[g.L] or {}
+    st.gated_idle[g.L] = free
+  end
   local d = free[#free]
   if d then
     free[#free] = nil
@@ -331,8 +307,13 @@ local function take_driver(st)
   end
   -- results only for the events (retry, paused, resumed): the job's own
   -- end comes from `send`; a few kept at most when nobody reads them
-  d = sched.driver(sched.config(st, { concurrency = 1, adaptive = false, on_stop = "drain",
-    report_retries = st.emit ~= nil, max_results = 16 }), st.transport, st.sleep)
+  local cfg = sched.config(st, { concurrency = 1, adaptive = false, on_stop = "drain",
+    report_retries = st.emit ~= nil, max_results = 16 })
+  -- with a ledger the scheduler's record hook writes each end (the one
+  -- rule of csrc/ledger_sink.c), flushed before `send` returns
+  if g then g:configure(cfg, 0) end
+  d = sched.driver(cfg, st.transport, st.sleep)
+  d.free = free
   st.drivers[#st.drivers + 1] = d
   return d
 end
@@ -342,103 +323,7 @@ end
 local function give_back(st, d, rec)
   if not st.transport then return end -- the client was closed meanwhile
   if not rec or rec.stop or rec.throttled then d:resume() end
-  st.idle_drivers[#st.idle_drivers + 1] = d
-end
-
---- A pseudonymiser from a `pseudonymise` option (true or a table; nil:
--- none). A missing or short key raises: it is configuration, found when
--- the client, queue or batch is made, never at the first order.
-function M.pseudonymiser(o, level)
-  if o == nil or o == false then return nil end
-  local p, err = require("optimizely.offline.pseudonym").resolve(o == true and {} or o)
-  if not p then error("optimizely.offline: pseudonymise: " .. err.message, (level or 1) + 1) end
-  return p
-end
-
--- The events of one synchronous job's results (retry, paused, resumed).
-local function results_emitter(st)
-  local emit = st.emit
-  if not emit then return nil end
-  return function(r)
-    local w = r.what
-    if w == "retry" then
-      emit("retry", { ref = r.ref, attempt = r.attempts, delay = r["until"],
-        error = delivery.failure(r, nil, r.attempts, r.channel, st.secrets) })
-    elseif w == "paused" or w == "resumed" then
-      emit(w, { reason = r.why, seconds = r["until"],
-        error = r.kind and delivery.failure(r, nil, 0, nil, st.secrets) or nil })
-    end
-  end
-end
-
-local function context(c)
-  local secrets, channels, index = {}, {}, {}
-  -- the default channel first: a spooled order without a channel (an
-  -- older spool file) goes out with it
-  local list = {}
-  for _, ch in ipairs(c.channels) do
-    if ch.name == c.default_channel then table.insert(list, 1, ch) else list[#list + 1] = ch end
-  end
-  for i, ch in ipairs(list) do
-    secrets[#secrets + 1] = ch.token
-    channels[i] = { name = ch.name, token = ch.token, headers = headers_for(c.site, ch) }
-    index[ch.name] = i
-  end
-  local http_opts = {
-    ca_file = c.ca_file, ca_path = c.ca_path, proxy = c.proxy,
-    timeout = c.timeout, connect_timeout = c.connect_timeout,
-    user_agent = user_agent(), verbose = c.verbose, http_version = c.http_version,
-  }
-  local transport = c.transport and as_transport(c.transport) or core.http_new(http_opts)
-  local ev = events.new({ on_event = c.on_event, logger = c.logger,
-    prefix = "optimizely.offline client: " })
-  local st = {
-    config = c, http_opts = http_opts, custom_transport = c.transport ~= nil,
-    transport = transport, channels = channels, channel_index = index,
-    default_channel = c.default_channel, secrets = secrets,
-    site = c.site, post_url = c.post_url,
-    cancel_prefix = c.cancel_prefix, cancel_suffix = c.cancel_suffix,
-    sleep = c.sleep or core.sleep, encode = require("optimizely.offline").encode,
-    policy = retry.new({ max_attempts = c.max_attempts, max_age = c.max_age, backoff_base = c.backoff_base,
-      backoff_max = c.backoff_max, retry_after_max = c.retry_after_max, random = c.random }),
-    metrics = c.metrics and core.metrics_new() or nil,
-    pseudonym = M.pseudonymiser(c.pseudonymise, 5),
-    events = ev, emit = emitter(ev),
-    on_event = c.on_event, logger = c.logger,
-    serial = 0, drivers = {}, idle_drivers = {},
-  }
-  st.on_results = results_emitter(st)
-  return st
-end
-
--- "callcentre, store": the channels a context has a token for.
-local function token_channels(st)
-  local names = {}
-  for i, ch in ipairs(st.channels) do names[i] = ch.name end
-  table.sort(names)
-  return table.concat(names, ", ")
-end
-
---- The channel index for an order, or nil, err (kind "config": no token,
--- or no channel and no default; the message lists the channels that have
--- a token). `name` is compared case-insensitively.
--- @param st a delivery context (`M.state`), or any table with `channels`
---   (`{name =}` list), `channel_index` (name -> index) and `default_channel`
--- @param name the order's channel, or nil for the default
-function M.channel_of(st, name)
-  name = channel_name(name) or st.default_channel
-  if name == nil then
-    return nil, errors.new({ kind = "config", retryable = false,
-      message = "the order names no channel and there is no default channel (config.channel); "
-        .. "channels with a token: " .. token_channels(st) })
-  end
-  local i = st.channel_index[name]
-  if not i then
-    return nil, errors.new({ kind = "config", retryable = false, channel = tostring(name),
-      message = "no token for channel " .. opts.show(name) .. " (config.tokens); channels with a token: "
-        .. token_channels(st) })
-  end
-  return i
+  d.free[#d.free + 1] = d
 end
 
 -- -------------------------------------------------------------------------
@@ -454,94 +339,165 @@ local function state(self)
   return st
 end
 
-local SEND_OPTS = opts.schema("optimizely.offline.client", "opts", { channel = { type = "string" } })
+local SEND_OPTS = opts.schema("optimizely.offline.client", "opts",
+  gate.add_fields({ channel = { type = "string" } }, true))
+local CANCEL_OPTS = opts.schema("optimizely.offline.client", "opts", { channel = { type = "string" } })
 
-local function send_channel(st, o)
-  if o ~= nil then o = SEND_OPTS:check(o, 3) end
-  local i, err = M.channel_of(st, o and o.channel)
+-- The options checked (raising on misuse, level 3: the caller's) and the
+-- channel's index | nil, err.
+local function send_channel(st, o, schema)
+  if o ~= nil then
+    o = (schema or SEND_OPTS):check(o, 3)
+    if (o.force or o.amend) and not o.ledger then
+      error("optimizely.offline.client: opts." .. (o.force and "force" or "amend") .. " needs opts.ledger", 3)
+    end
+  end
+  local i, err = context.channel_of(st, o and o.channel)
   if not i then err.attempts = 0 end
-  return i, err
-end
-
---- The one way an order becomes bytes: pseudonymise (when asked) before
--- validation, then encode. The pseudonymiser's warnings come first.
--- @param st the delivery context (`M.state`)
--- @param payload `{lang?, user?, order}` as `offline.encode` takes it
--- @param p a pseudonymiser instead of the client's (a queue's or batch's
---   own), false for none, nil for the client's
--- @return json, warnings (a list, maybe empty) | nil, err (kind
---   "validation", with `problems`)
-function M.prepare(st, payload, p)
-  if p == nil then p = st.pseudonym end
-  local pw
-  if p then
-    local p2, w = p:apply(payload)
-    if not p2 then return nil, w end
-    payload, pw = p2, w
-  end
-  local json, warnings = st.encode(payload)
-  if not json then return nil, warnings end
-  if pw and pw[1] then
-    for i = 1, #warnings do pw[#pw + 1] = warnings[i] end
-    warnings = pw
-  end
-  return json, warnings
+  return i, err, o
 end
 
 -- One job through the synchronous driver, until it settles: a POST of
 -- `body`, or with `url` a DELETE. The job table is the driver's own, filled
--- anew (the scheduler copies what it needs).
+-- anew (the scheduler copies what it needs). With a gate, the driver
+-- records the end in its ledger, written before this returns (a failed
+-- write is `ledger_error` on the result or error: delivered, not recorded).
 -- @return res or nil, err
-local function deliver(st, ch, ref, body, url, warnings)
-  local d = take_driver(st)
+local function deliver(st, ch, ref, body, url, warnings, g)
+  local d = take_driver(st, g)
   local job = d.job_in or {}
   d.job_in = job
   st.serial = st.serial + 1
   job.id, job.channel, job.ref, job.body, job.url = st.serial, ch, ref, body, url
   job.method = url and "DELETE" or nil
   local ok, rec, attempts, why, body_back, info = pcall(d.send, d, job, st.on_results)
+  local lok, lerr = true, nil
+  if g then lok, lerr = d.s:flush_ledger() end
   give_back(st, d, ok and rec)
   if not ok then error(rec, 0) end -- a transport that raised, an interrupt: nothing is left behind
   local res, err = delivery.result(rec, body_back, attempts, info, st.channels[ch].name, st.secrets, warnings)
+  if not lok then (res or err).ledger_error = gate.unusable(lerr) end
   if err and st.emit then
     st.emit("failure", { ref = ref, attempt = attempts, error = err, reason = why })
+  end
+  return res, err, why
+end
+
+-- The amend's DELETE failed: the order's error (nothing was posted).
+local function amend_failed(err)
+  err.message = "amend: not sent, the DELETE of the earlier version failed: " .. err.message
+  return err
+end
+
+-- One order through the ledger (`o.ledger`): looked up and reserved, then
+-- skipped, refused (kind "changed"), amended (DELETE, then POST) or sent;
+-- its end is recorded by the driver; a reservation not used goes back.
+-- @return res or nil, err
+local function send_ledgered(st, o, ch, ref, json, warnings)
+  local L, lerr = gate.open(o, nil, nil, st.ledgers)
+  if not L then return nil, gate.unusable(lerr) end
+  local g = gate.new(st, L)
+  local name = st.channels[ch].name
+  if not ref then -- send_encoded: bytes the ledger must read (refCode, report fields)
+    local e, why = ledger.entry(json, o.ledger_store_key)
+    if not e then
+      local verr = errors.validation({ { path = "body", message = "not an encoded order: " .. tostring(why) } })
+      verr.attempts = 0
+      return nil, verr
+    end
+    ref = e.ref
+  end
+  local item = { body = json, channel = name, ref = ref }
+  local decided, derr = g:admit({ item }, o)
+  if not decided then return nil, gate.unusable(derr) end
+  local action, x = decided[1][1], decided[1][2]
+  local m, emit = st.metrics, st.emit
+  if action == "skip" then
+    if m then m:skipped(x.reason) end
+    if emit then emit("skipped", { ref = ref, reason = x.reason, at = x.at }) end
+    return x
+  elseif action == "refuse" then
+    if m then m:changed() end
+    if emit then emit("changed", { ref = ref, at = x.at, outcome = x.outcome, error = x }) end
+    return nil, x
+  end
+  local ok, res, err = pcall(function()
+    if action == "amend" then
+      local dres, e, why = deliver(st, ch, ref, nil, g:cancel_url(ref), nil, g)
+      if not dres then
+        -- a stop or a refusal: the POST is not sent, its reservation goes back
+        g:release({ item })
+        if emit and why then emit("failure", { ref = ref, attempt = 0, error = e, reason = "amend" }) end
+        return nil, amend_failed(e)
+      end
+    end
+    local r, e = deliver(st, ch, ref, json, nil, warnings, g)
+    if r and action == "amend" then r.amended = true end
+    if e and e.stop then g:release({ item }) end -- refused credentials: not sent, not recorded
+    return r, e
+  end)
+  if not ok then
+    g:release({ item }) -- an interrupt: whatever was settled is recorded, the rest goes back
+    error(res, 0)
   end
   return res, err
 end
 
-local function post(st, json, i, warnings, ref)
+local function post(st, json, i, warnings, ref, o)
+  if o and o.ledger then return send_ledgered(st, o, i, ref, json, warnings) end
   return deliver(st, i, ref, json, nil, warnings)
 end
 
 --- Validate, encode and send one order.
+--
+-- **With a ledger** (`optimizely.offline.ledger_gate`): the order is looked
+-- up and reserved before anything is sent. The same bytes already
+-- acknowledged give `res` with `skipped = "already sent"`, `reason =
+-- "already_sent"`, `at`, `attempts = 0` (not an error; counted in
+-- `metrics().skipped`, an on_event `skipped`); another version (or its
+-- cancel) gives `nil, err` of kind `"changed"` whose message says when the
+-- earlier version was sent (counted in `changed`, an on_event `changed`);
+-- `force = true` sends it anyway, `amend = true` sends the DELETE of the
+-- refCode first and posts only once it is accepted (`res.amended`; a
+-- refused DELETE fails the order, "amend: not sent, ...", nothing is
+-- posted). The end is recorded (sent, warned or dead) before this returns;
+-- a failed write is `ledger_error` on the result or error.
 -- @param payload `{lang?, user?, order}` as accepted by `offline.encode`
--- @param o optional `{channel = name}` (default: config.channel)
--- @return res (see optimizely.offline.delivery) or nil, err
+-- @param o optional `{channel = name (default: config.channel), ledger =
+--   true | "path" | a ledger object, ledger_keep = days (200), ledger_store_key
+--   = "store", force = false, amend = false}`; `force` and `amend` need
+--   `ledger` and exclude each other
+-- @return res (see optimizely.offline.delivery) or nil, err (an unusable
+--   ledger: kind "storage", "busy" or "foreign" naming the file, nothing sent)
 function Client:send(payload, o)
   local st = state(self)
-  local i, cerr = send_channel(st, o)
+  local i, cerr
+  i, cerr, o = send_channel(st, o)
   if not i then return nil, cerr end
-  local json, warnings = M.prepare(st, payload)
+  local json, warnings = context.prepare(st, payload)
   if not json then
     if st.metrics then st.metrics:invalid() end
     warnings.attempts = 0
     return nil, warnings
   end
-  return post(st, json, i, warnings, core.ref_string(payload))
+  return post(st, json, i, warnings, core.ref_string(payload), o)
 end
 
 --- Send bytes that `offline.encode` already produced.
 -- @param json the request body, sent unchanged
--- @param o optional `{channel = name}`
--- @return res or nil, err
+-- @param o optional, as `send`'s: `{channel =, ledger =, ledger_keep =,
+--   ledger_store_key =, force =, amend =}`
+-- @return res or nil, err as `send`'s (with a ledger, bytes that are not an
+--   encoded order: kind "validation", nothing sent)
 function Client:send_encoded(json, o)
   local st = state(self)
   if type(json) ~= "string" then
     error("optimizely.offline.client: send_encoded expects a string, got " .. type(json), 2)
   end
-  local i, cerr = send_channel(st, o)
+  local i, cerr
+  i, cerr, o = send_channel(st, o)
   if not i then return nil, cerr end
-  return post(st, json, i, nil)
+  return post(st, json, i, nil, nil, o)
 end
 
 -- A path segment: percent-encoded, and '.' too (libcurl would remove
@@ -569,7 +525,7 @@ function Client:cancel(ref_code, o)
     e.attempts = 0
     return nil, e
   end
-  local i, cerr = send_channel(st, o)
+  local i, cerr = send_channel(st, o, CANCEL_OPTS)
   if not i then return nil, cerr end
   return deliver(st, i, ref_code, nil, st.cancel_prefix .. segment(ref_code) .. st.cancel_suffix)
 end
@@ -584,8 +540,8 @@ function Client:send_batch(source, o)
   if st.custom_transport then
     error("optimizely.offline.client: send_batch needs the libcurl transport (under nginx use a queue)", 2)
   end
-  local summary = require("optimizely.offline.batch").run(st, source, o)
-  return summary -- not a tail call: option errors point at the caller
+  local summary, err = batch.run(st, source, o)
+  return summary, err -- not a tail call: option errors point at the caller
 end
 
 --- An asynchronous queue delivering in the background (its own thread).
@@ -596,7 +552,7 @@ function Client:queue(o)
     error("optimizely.offline.client: this queue needs the libcurl transport"
       .. " (under nginx use optimizely.offline.ngx)", 2)
   end
-  local q, err = require("optimizely.offline.queue").new(st, o)
+  local q, err = queue.new(st, o)
   return q, err -- not a tail call: option errors point at the caller
 end
 
@@ -610,7 +566,7 @@ end
 function Client:channel(name)
   local st = private[self]
   if not st then error("optimizely.offline.client: not a client object", 2) end
-  local i, err = M.channel_of(st, name)
+  local i, err = context.channel_of(st, name)
   if not i then return nil, err end
   return st.channels[i].name
 end
@@ -638,7 +594,9 @@ function Client:close()
       if st.metrics then st.metrics:merge(d:metrics()) end -- metrics() still counts them
       d:close()
     end
-    st.drivers, st.idle_drivers = {}, {}
+    st.drivers, st.idle_drivers, st.gated_idle = {}, {}, {}
+    for _, L in pairs(st.ledgers) do L:close() end
+    st.ledgers = {}
   end
 end
 
@@ -659,7 +617,7 @@ end
 function M.client(config)
   local c = M.check_config(config)
   local self = setmetatable({}, Client)
-  private[self] = context(c)
+  private[self] = context.new(c)
   return self
 end
 
@@ -672,6 +630,5 @@ function M.state(client)
 end
 
 M.Client = Client
-M.user_agent = user_agent
 
 return M

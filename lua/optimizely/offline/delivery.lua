@@ -9,7 +9,18 @@
 --
 --   success `res`: `{ok = true, status, body, attempts, warnings, info,
 --     channel}` plus `res.envelope` (the response envelope `{status, errors,
---     warnings}`, read on first use; nil when the body is not a JSON object)
+--     warnings}`, read on first use; nil when the body is not a JSON object);
+--     `amended = true` when a DELETE of the earlier version went first
+--   skipped `res` (the ledger had the order: nothing was sent, not an
+--     error): `{ok = true, skipped = "already sent" | "already in flight",
+--     reason = "already_sent" | "in_flight" (the metric's label), at (when
+--     it was recorded), outcome ("sent" | "warned"), until (in flight: the
+--     reservation's end), attempts = 0, warnings = {}, channel, ref}`
+--   changed `err` (the ledger had another version, or a cancel: nothing
+--     was sent): kind "changed", `at` and `outcome` of the earlier version
+--     ("sent", "warned" or "cancelled"), `ref`, `attempts = 0`; its message
+--     says when, and that `amend = true` replaces it and `force = true`
+--     sends it anyway
 --   failure `err` (an `optimizely.offline.errors` object): `{kind, message,
 --     status, code, errors = {{code, message}...}, body, retryable,
 --     retry_after, attempts, stop, channel}`; kinds "api" (a `fail`
@@ -131,6 +142,48 @@ end
 function M.result(rec, body, attempts, info, channel, secrets, enc_warnings)
   if rec.ok then return M.success(rec, body, attempts, info, channel, enc_warnings) end
   return nil, M.failure(rec, body, attempts, channel, secrets)
+end
+
+-- ------------------------------------------------------ ledger outcomes
+
+--- Why an order was skipped: the metric's `reason` label
+-- (optimizely.offline.metrics `SKIP_REASONS`) and the words of the result's
+-- `skipped` field.
+M.SKIPPED = { already_sent = "already sent", in_flight = "already in flight" }
+
+--- An order the ledger had: not sent, and not an error.
+-- @param reason "already_sent" or "in_flight"
+-- @param answer the ledger's answer (`at`, `outcome`, `until`)
+-- @param channel the order's channel
+-- @param ref its refCode
+-- @return the skipped result (see the module doc)
+function M.skipped(reason, answer, channel, ref)
+  return setmetatable({ ok = true, skipped = M.SKIPPED[reason], reason = reason, at = answer.at,
+    outcome = answer.outcome, ["until"] = answer["until"], attempts = 0, warnings = {}, channel = channel,
+    ref = ref }, Result)
+end
+
+local function when(at)
+  return at and os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(at)) or "an earlier run"
+end
+
+--- An order the ledger had another version of (or a cancel of): not sent.
+-- @param answer the ledger's answer (`at`, `outcome` of the earlier version)
+-- @param channel the order's channel
+-- @param ref its refCode
+-- @return the error (kind "changed", see the module doc)
+function M.changed(answer, channel, ref)
+  local shown = core.quote(ref or "", 80)
+  local msg
+  if answer.outcome == "cancelled" then
+    msg = "order " .. shown .. " was cancelled on " .. when(answer.at)
+      .. "; it is not sent again (force = true sends it anyway)"
+  else
+    msg = "order " .. shown .. " changed since it was sent on " .. when(answer.at)
+      .. "; not sent (amend = true replaces it: DELETE, then POST; force = true sends it anyway)"
+  end
+  return errors.new({ kind = "changed", retryable = false, attempts = 0, channel = channel, ref = ref,
+    at = answer.at, outcome = answer.outcome, message = msg })
 end
 
 -- ---------------------------------------------------------- the contract

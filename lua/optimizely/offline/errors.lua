@@ -27,7 +27,47 @@ local function problem_list(problems)
   return table.concat(parts, "; ")
 end
 
---- One line: `kind: message [status 503, code X, curl 28, attempts 3]`.
+local function escape_char(c)
+  if c == "\n" then return "\\n" end
+  if c == "\r" then return "\\r" end
+  if c == "\t" then return "\\t" end
+  if #c == 2 then return ("\\u%04x"):format(c:byte(2)) end -- a C1 control (U+0080..U+009F)
+  return ("\\x%02x"):format(c:byte())
+end
+
+--- Text made safe for one line of a log or a terminal: control characters
+-- (C0, DEL and the C1 range) escaped (`\n`, `\r`, `\t`, `\x1b`, `\u0085`),
+-- so a value can neither forge a line nor send an escape sequence. With
+-- `cap`, text longer than `cap` bytes is cut (never inside a character)
+-- with a note of its length. The one such helper: error texts, log lines
+-- and the command line's messages all pass here.
+-- @param s any value (tostring'd)
+-- @param cap optional byte limit
+function M.clean(s, cap)
+  s = tostring(s)
+  local n = #s
+  if cap and n > cap then
+    s = s:sub(1, cap):gsub("[\192-\255][\128-\191]*$", "") -- never cut a character in two
+  end
+  s = s:gsub("[%z\1-\31\127]", escape_char):gsub("\194[\128-\159]", escape_char)
+  if cap and n > cap then s = s .. ("...(%d bytes)"):format(n) end
+  return s
+end
+
+--- A log function whose lines are `clean`: `logger(ngx.log)` is a
+-- `function(level, ...)` that joins its arguments (as `ngx.log` does) and
+-- escapes the control characters an endpoint's answer may carry.
+function M.logger(logf)
+  return function(level, ...)
+    local parts = {}
+    for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+    return logf(level, M.clean(table.concat(parts)))
+  end
+end
+
+--- One line: `kind: message [status 503, code X, curl 28, attempts 3]`,
+-- control characters escaped (`clean`): a code or message from the endpoint
+-- cannot forge a log line.
 function Error.__tostring(e)
   local s = tostring(e.kind) .. ": " .. tostring(e.message)
   if e.kind == "validation" and e.problems and #e.problems > 0 then
@@ -40,7 +80,7 @@ function Error.__tostring(e)
   if e.curl_code then extra[#extra + 1] = "curl " .. tostring(e.curl_code) end
   if e.attempts and e.attempts > 1 then extra[#extra + 1] = "attempts " .. tostring(e.attempts) end
   if #extra > 0 then s = s .. " [" .. table.concat(extra, ", ") .. "]" end
-  return s
+  return M.clean(s)
 end
 
 --- Is `x` one of our error objects?
@@ -106,12 +146,18 @@ local function forms(secret)
   return list
 end
 
---- Remove every echo of `secret` from `s`: the secret itself in any letter
+--- The shortest secret redacted. A shorter one would garble every message
+-- it hides in ("SSL c[REDACTED]rtificat[REDACTED]" for a token `e`), so it
+-- is refused where it is configured instead (a site token of fewer than 8
+-- characters is a configuration error; a pseudonym key needs 16 bytes).
+M.SECRET_MIN = ECHO_MIN
+
+--- Remove every echo of `secret` from `s`: the whole secret in any letter
 -- case, as it is or escaped (`%q`, core.quote), and runs of 8 or more of
 -- its first or last characters (a cut-short echo). Plain matching, no
--- patterns.
+-- patterns. A secret shorter than `SECRET_MIN` is left alone.
 function M.redact(s, secret)
-  if type(s) ~= "string" or type(secret) ~= "string" or secret == "" then return s end
+  if type(s) ~= "string" or type(secret) ~= "string" or #secret < M.SECRET_MIN then return s end
   local ls, spans = lower_plain(s), {}
   for _, form in ipairs(forms(secret)) do
     for _, sp in ipairs(echo_spans(ls, lower_plain(form))) do spans[#spans + 1] = sp end

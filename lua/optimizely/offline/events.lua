@@ -16,7 +16,9 @@
 -- | `unknown` | an nginx queue's order was in flight when the worker's shutdown grace ended | `shutdown` |
 -- | `paused` | sending paused for `seconds` | `throttled` (a 429), `credentials` |
 -- | `resumed` | sending again | `throttled`, `credentials` |
--- | `storage` | a spool operation failed (`operation`) | — |
+-- | `storage` | a spool or ledger operation failed (`operation`) | — |
+-- | `skipped` | the ledger had the order (`at`): it was not sent | `already_sent`, `in_flight` |
+-- | `changed` | the ledger had another version of the order, or its cancel (`at`, `outcome`, `error`): not sent | — |
 --
 -- `send_batch` events also carry `index` (the order's position in the
 -- source). Pushes a queue refuses are not events: `push` returns `nil,
@@ -25,7 +27,7 @@
 -- **Logger** (`logger` option of the client config and of both queues):
 -- `function(level, message)`, `level` one of "error", "warn", "notice",
 -- "info"; each message one line naming the order's refCode where there is
--- one, never a token. Under nginx the default is `ngx.log` (ERR, WARN,
+-- one, never a token, its control characters escaped. Under nginx the default is `ngx.log` (ERR, WARN,
 -- NOTICE, INFO); elsewhere there is no default. `logger = false` silences
 -- it. Lines are rate-limited: at most one per second for each event type
 -- and reason, the next one saying how many were suppressed — except
@@ -33,7 +35,8 @@
 -- or in doubt).
 -- @module optimizely.offline.events
 local core = require("optimizely.offline.core")
-local is_interrupt = require("optimizely.offline.errors").is_interrupt
+local errors = require("optimizely.offline.errors")
+local is_interrupt, clean = errors.is_interrupt, errors.clean
 
 local M = {}
 
@@ -42,7 +45,7 @@ local quote = core.quote
 
 --- The level each event is logged at.
 M.LEVELS = { retry = "info", failure = "warn", dead = "warn", dropped = "error", unknown = "error",
-  paused = "warn", resumed = "notice", storage = "error", start = "notice" }
+  paused = "warn", resumed = "notice", storage = "error", start = "notice", skipped = "info", changed = "warn" }
 
 local function ngx_logger()
   local ngx = ngx -- luacheck: globals ngx
@@ -90,7 +93,7 @@ function Events:log(level, message, key)
       self.suppressed[key] = 0
     end
   end
-  local ok, err = pcall(logger, level, self.prefix .. message)
+  local ok, err = pcall(logger, level, clean(self.prefix .. message)) -- no line forged by a value in it
   if not ok then
     if is_interrupt(err) then error(err, 0) end
     if self.on_error then self.on_error("logger", err) end
@@ -127,7 +130,13 @@ local function line(ev)
     if ev.reason == "credentials" then return "the credentials work again; sending resumes" end
     return "sending resumes (" .. tostring(ev.reason or "?") .. ")"
   elseif t == "storage" then
-    return "spool " .. tostring(ev.operation or "operation") .. " failed" .. err_text(ev)
+    return (ev.ledger and "ledger " or "spool ") .. tostring(ev.operation or "operation") .. " failed" .. err_text(ev)
+  elseif t == "skipped" then
+    return ("%s not sent: %s (recorded %s)"):format(ref_text(ev),
+      ev.reason == "in_flight" and "already in flight" or "already sent",
+      ev.at and os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(ev.at)) or "before")
+  elseif t == "changed" then
+    return ev.error and tostring(ev.error) or (ref_text(ev) .. " changed: not sent")
   end
   return t .. err_text(ev)
 end
@@ -138,7 +147,7 @@ end
 -- @param message the log line instead of the default one (optional)
 function Events:emit(kind, fields, message)
   fields.type = kind
-  local err = self.on_event and require("optimizely.offline.errors").callback(self.on_event, fields)
+  local err = self.on_event and errors.callback(self.on_event, fields)
   if err and self.on_error then self.on_error("on_event", err) end
   if self.logger then
     local level = M.LEVELS[kind] or "warn"

@@ -43,7 +43,7 @@ end
 function M.open_private(path, mode)
   local append = mode == "a"
   local ok, err = core.create_private(path, append and "keep" or "truncate")
-  if not ok then return nil, err end
+  if not ok then return nil, err.message end
   return open_umasked(path, append and "a" or "w")
 end
 
@@ -51,8 +51,8 @@ end
 -- dangling symlink) is already there (O_EXCL | O_NOFOLLOW semantics).
 -- @return file or nil, err, errno
 function M.create_new(path)
-  local ok, err, errno = core.create_private(path, "new")
-  if not ok then return nil, err, errno end
+  local ok, err = core.create_private(path, "new")
+  if not ok then return nil, err.message, err.errno end
   return open_umasked(path, "w")
 end
 
@@ -69,8 +69,9 @@ function Atomic:commit()
   local ok, err = self.fh:close()
   if not ok then os.remove(self.tmp); return nil, err end
   if self.mode then
-    ok, err = core.chmod(self.tmp, self.mode)
-    if not ok then os.remove(self.tmp); return nil, err end
+    local cerr
+    ok, cerr = core.chmod(self.tmp, self.mode)
+    if not ok then os.remove(self.tmp); return nil, cerr.message end
   end
   ok, err = os.rename(self.tmp, self.path)
   if not ok then os.remove(self.tmp); return nil, err end

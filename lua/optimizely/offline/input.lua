@@ -74,6 +74,9 @@
 -- the option.
 -- @module optimizely.offline.input
 local opts_schema = require("optimizely.offline.opts")
+local core = require("optimizely.offline.core")
+local sys = require("optimizely.offline.sys")
+local fail = require("optimizely.offline.input.records").error
 
 local M = {}
 
@@ -117,7 +120,7 @@ end
 --   NDJSON and CSV; XML: its declaration), "cp1252" (Windows-1252) or
 --   "latin1" (ISO-8859-1), any case; converted to UTF-8 as read
 local function known_encoding(name)
-  if require("optimizely.offline.core").decoder(name) then return true end
+  if core.decoder(name) then return true end
   return nil, "must be utf-8, cp1252 (Windows-1252) or latin1 (ISO-8859-1) (got " .. opts_schema.show(name) .. ")"
 end
 
@@ -187,7 +190,7 @@ function M.open_handle(fh, name, opts)
   if not fmt then return nil, err end
   local state = { bytes = 0, size = handle_size(fh), file = name, format = fmt }
   state.close = function() end
-  local reader = require(READERS[fmt])
+  local reader = require(READERS[fmt]) -- optional-require: a reader loaded for its format (XML needs lxp)
   local text = M.decoded(fh, fmt, opts.input_encoding)
   local iter = reader.new(text or fh, name, opts, state)
   if text then iter = text:records(iter, name, opts.order_rows == "grouped") end
@@ -251,8 +254,8 @@ end
 -- @return the handle, or nil when the file is read as it is
 function M.decoded(fh, fmt, encoding)
   if fmt == "xml" and encoding == nil then return nil end
-  local core = require("optimizely.offline.core")
-  local dec = assert(core.decoder(encoding or "utf-8"))
+  local dec, err = core.decoder(encoding or "utf-8")
+  if not dec then error(err.message, 2) end
   local name = (encoding or "utf-8"):lower()
   name = ({ utf8 = "utf-8", ["windows-1252"] = "cp1252", ["latin-1"] = "latin1", ["iso-8859-1"] = "latin1",
     ["iso8859-1"] = "latin1" })[name] or name
@@ -292,7 +295,6 @@ end
 -- @param grouped CSV `order_rows = "grouped"`
 -- @return iterator
 function Decoded:records(iter, name, grouped)
-  local fail = require("optimizely.offline.input.records").error
   return function()
     local rec = iter()
     if rec == nil or not self.stop then return rec end
@@ -302,7 +304,7 @@ function Decoded:records(iter, name, grouped)
       return out
     end
     if rec.payload and (self.stopped or grouped) then
-      local ref = require("optimizely.offline.core").ref_string(rec.payload)
+      local ref = core.ref_string(rec.payload)
       local enc = self.encoding == "utf-8" and "UTF-8" or self.encoding
       local out = fail(name, rec.line, "encoding", ("order %s: not read whole: the file stops at line %d, "
         .. "which is not %s text, and the order's rows may go on there"):format(
@@ -367,7 +369,7 @@ end
 -- @param path file path
 function M.total_hint(path)
   if path == "-" then return nil end
-  return require("optimizely.offline.sys").file_size(path)
+  return sys.file_size(path)
 end
 
 return M

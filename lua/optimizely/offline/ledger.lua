@@ -20,7 +20,9 @@
 -- elsewhere (a reservation under this handle's owner token with a lease);
 -- an order another live handle reserved answers `"in_flight"`. `record`
 -- writes the outcomes and drops the reservations, `release` drops them
--- unsent. After a `kill -9` the reservations expire with their lease, and
+-- unsent. After a `kill -9` (or a crash) the reservations of the dead
+-- process count as gone at once (its pid is looked up, in its own pid
+-- namespace; from another namespace they expire with their lease), and
 -- the orders they held may be sent again (they were in flight).
 --
 -- **The file** follows the spool's rules: created 0600 whatever the umask,
@@ -142,7 +144,7 @@ function M.open(path, options)
     if not p then return nil, new_error({ kind = "storage", message = "ledger: " .. why }) end
     local dir = p:match("^(.*)/[^/]*$")
     local ok, merr = core.mkdir_private(dir)
-    if not ok then return nil, new_error({ kind = "storage", message = "ledger " .. p .. ": " .. merr }) end
+    if not ok then return nil, new_error({ kind = "storage", message = "ledger " .. p .. ": " .. merr.message }) end
     path = p
   end
   local h, e = core.ledger_open(path, o.keep, o.store_key, o.busy_timeout)
@@ -185,7 +187,9 @@ end
 --   (`total` formatted in the currency's decimals), or nil and the reason
 function M.entry(body, store_key)
   if type(body) ~= "string" then error("ledger.entry: body must be a string, got " .. type(body), 2) end
-  return core.ledger_entry(body, store_key)
+  local e, err = core.ledger_entry(body, store_key)
+  if e then return e end
+  return nil, err.message
 end
 
 --- A scope from an endpoint URL, as the ledger keys orders: the URL's host
@@ -218,6 +222,8 @@ end
 -- @field at same/changed/seen: when it was recorded (epoch seconds)
 -- @field until in_flight: when the reservation expires (epoch seconds)
 -- @field mine in_flight: reserved by this handle
+-- @field reserved reserve: this handle holds the order's reservation now (`"reserved"`, or a
+--   forced item's `"same"`/`"changed"`)
 
 --- One order of a batched call: a body string, or a table.
 -- @table item
@@ -225,6 +231,8 @@ end
 -- @field ref the refCode, when there is no body (release; record of a cancel)
 -- @field channel the order's channel (default: the scope's)
 -- @field outcome record only: `"sent"`, `"warned"`, `"dead"` or `"cancelled"`
+-- @field force reserve only: reserve it even when the ledger has it (a forced send, an
+--   amend): its answer says what the ledger has (`"same"`, `"changed"`) with `reserved = true`
 
 local function check_scope(scope, fn)
   if type(scope) ~= "table" then
@@ -258,7 +266,9 @@ end
 
 --- Look up and reserve a batch in one write transaction: every order that
 -- is neither seen nor in flight is reserved by this handle for `lease`
--- seconds (answer `"reserved"`: send it, then `record` or `release` it).
+-- seconds (answer `"reserved"`: send it, then `record` or `release` it);
+-- an item with `force` is reserved seen or not (unless in flight). A
+-- reservation whose process is gone is taken over.
 -- @param scope see `scope`
 -- @param list array of `item`
 -- @param options `{lease = 300, now = clock}`
@@ -269,8 +279,9 @@ function Ledger:reserve(scope, list, options)
   return wrap(self.handle:reserve(scope, list, o.lease, o.now))
 end
 
---- Record outcomes (one write transaction) and drop this handle's
--- reservations of them. A `"dead"` outcome never replaces a seen row; a
+--- Record outcomes (one write transaction) and drop the reservations of
+-- them, whichever handle took them (the order is settled). A `"dead"`
+-- outcome never replaces a seen row; a
 -- `"cancelled"` without a body marks the row there is (keeping its
 -- fingerprint and report fields).
 -- @param scope see `scope`
@@ -378,7 +389,7 @@ local function zone_of(tz)
   if tz == nil or tz == "UTC" then return nil end
   if type(tz) ~= "string" then return tz end -- a core.tz_load zone
   local zone, why = core.tz_load(tz)
-  if not zone then error("ledger:report: opts.timezone: " .. why, 4) end
+  if not zone then error("ledger:report: opts.timezone: " .. why.message, 4) end
   return zone
 end
 
@@ -446,7 +457,8 @@ function Ledger:span()
   return s
 end
 
---- This handle's reservation owner token ("pid:hex").
+--- This handle's reservation owner token ("pid:hex@ns": its process id, a
+-- random part, and its pid namespace when the system tells it).
 function Ledger:owner()
   return self.handle:owner()
 end

@@ -29,8 +29,15 @@
 --     one more for `+Inf`;
 --   * `failures = {{kind, status?, code?, channel?, n}, ...}`: `failed` by
 --     its label (error kind, HTTP status, the API's error code, channel);
---     `failures_unlabelled` those beyond 32 distinct labels;
+--     `failures_unlabelled` those beyond 32 distinct labels (in a shared
+--     dict, beyond `SHM_FAILURE_SERIES` series);
 --   * `channels = {[name] = {sent, failed}}`;
+--   * the ledger (`ledger =` on a send, a batch or a queue): `skipped =
+--     {[reason] = n}` orders not sent because the ledger had them, by
+--     reason (`already_sent`: acknowledged before with the same bytes;
+--     `in_flight`: another run or process holds it now; `M.SKIP_REASONS`),
+--     and `changed` orders not sent because the ledger had another version
+--     of them, or their cancel;
 --   * queues: `dropped = {[reason] = n}` orders refused or lost, by reason
 --     (`full`, `invalid`, `config`, `closed`, `shutdown`, a spool error
 --     kind); `unknown` orders in flight when an nginx worker's shutdown
@@ -42,6 +49,14 @@
 --     (orders queued in it, their bytes, dead letters kept).
 --
 -- Missing keys count as zero everywhere here.
+--
+-- **Label values** (`kind`, `code`, `channel`, a drop `reason`) are only
+-- ever an allow-listed shape, 1 to 40 of `[A-Za-z0-9_.-]`; anything else
+-- (a code with a space, a control byte, non-ASCII text, or longer) is
+-- counted under `other`, and so is a code that echoes a site token: what
+-- an endpoint answers can neither break the text nor leak a secret into it.
+-- The C core checks each label as it counts (`core.metric_label`); the
+-- tables merged, flattened or read back here are checked again.
 -- @module optimizely.offline.metrics
 local core = require("optimizely.offline.core")
 
@@ -56,9 +71,21 @@ local fmt = string.format
 -- implied after the last).
 M.BOUNDS = core.metrics_new():get().latency.bounds
 
-local COUNTERS = { "queued", "sent", "failed", "dead", "invalid", "retried", "throttled", "requests",
+local COUNTERS = { "queued", "sent", "failed", "dead", "invalid", "changed", "retried", "throttled", "requests",
   "bytes_sent", "failures_unlabelled", "callback_errors", "storage_errors", "unknown" }
 M.COUNTERS = COUNTERS
+
+--- The reasons of `skipped`, the label values of
+-- `optimizely_offline_orders_skipped_total` (the C core's list: a reason
+-- not in it is counted as `other`).
+M.SKIP_REASONS = core.SKIP_REASONS
+local SKIP = {}
+for _, r in ipairs(M.SKIP_REASONS) do SKIP[r] = true end
+
+-- A skip reason as it may be counted: one of SKIP_REASONS, else "other".
+local function skip_reason(r)
+  return SKIP[r] and r or "other"
+end
 
 local Null = {}
 Null.__index = function() return function() end end
@@ -72,13 +99,34 @@ end
 --- A metrics table with every counter at zero (no gauges).
 function M.empty()
   local t = { latency = { bounds = M.BOUNDS, counts = {}, sum = 0, count = 0 }, failures = {},
-    channels = {}, dropped = {} }
+    channels = {}, dropped = {}, skipped = {} }
   for _, k in ipairs(COUNTERS) do t[k] = 0 end
   for i = 1, #M.BOUNDS + 1 do t.latency.counts[i] = 0 end
   return t
 end
 
 local function num(v) return type(v) == "number" and v or 0 end
+
+local metric_label = core.metric_label
+
+--- A label value as it may be shown (see the module doc): `v` itself when
+-- it is 1 to 40 of `[A-Za-z0-9_.-]`, else "other"; nil for nil or "".
+function M.label(v)
+  if v == nil then return nil end
+  v = metric_label(tostring(v))
+  return v ~= "" and v or nil
+end
+local label = M.label
+
+local function status_of(v)
+  return type(v) == "number" and v == floor(v) and v >= 100 and v <= 999 and v or nil
+end
+
+-- A failure label, every value checked.
+local function fail_label(f)
+  return { kind = label(f.kind) or "unknown", status = status_of(f.status), code = label(f.code),
+    channel = label(f.channel), n = num(f.n) }
+end
 
 local function fail_key(f)
   return (f.kind or "unknown") .. "\31" .. (f.status or 0) .. "\31" .. (f.code or "") .. "\31" .. (f.channel or "")
@@ -111,22 +159,33 @@ function M.merge(into, t)
   local index = {}
   for i, f in ipairs(into.failures) do index[fail_key(f)] = i end
   for _, f in ipairs(t.failures or {}) do
+    f = fail_label(f)
     local k = fail_key(f)
     local i = index[k]
     if i then
-      into.failures[i].n = into.failures[i].n + num(f.n)
+      into.failures[i].n = into.failures[i].n + f.n
     else
-      into.failures[#into.failures + 1] = { kind = f.kind or "unknown", status = f.status, code = f.code,
-        channel = f.channel, n = num(f.n) }
+      into.failures[#into.failures + 1] = f
       index[k] = #into.failures
     end
   end
   for name, c in pairs(t.channels or {}) do
-    local ic = into.channels[name] or { sent = 0, failed = 0 }
-    ic.sent, ic.failed = ic.sent + num(c.sent), ic.failed + num(c.failed)
-    into.channels[name] = ic
+    name = label(name)
+    if name and type(c) == "table" then
+      local ic = into.channels[name] or { sent = 0, failed = 0 }
+      ic.sent, ic.failed = ic.sent + num(c.sent), ic.failed + num(c.failed)
+      into.channels[name] = ic
+    end
   end
-  for reason, n in pairs(t.dropped or {}) do into.dropped[reason] = num(into.dropped[reason]) + num(n) end
+  for reason, n in pairs(t.dropped or {}) do
+    reason = label(reason) or "other"
+    into.dropped[reason] = num(into.dropped[reason]) + num(n)
+  end
+  into.skipped = into.skipped or {}
+  for reason, n in pairs(t.skipped or {}) do
+    reason = skip_reason(reason)
+    into.skipped[reason] = num(into.skipped[reason]) + num(n)
+  end
   add_gauges(into, t)
   return into
 end
@@ -214,15 +273,25 @@ function M.flatten(t)
     if num(lat.count) ~= 0 then out["lat" .. SEP .. "sum"], out["lat" .. SEP .. "count"] = num(lat.sum), lat.count end
   end
   for _, f in ipairs(t.failures or {}) do
-    local k = "fail" .. SEP .. fail_key(f)
+    local k = "fail" .. SEP .. fail_key(fail_label(f))
     out[k] = num(out[k]) + num(f.n)
   end
   for name, c in pairs(t.channels or {}) do
-    if num(c.sent) ~= 0 then out["ch" .. SEP .. name .. SEP .. "sent"] = c.sent end
-    if num(c.failed) ~= 0 then out["ch" .. SEP .. name .. SEP .. "failed"] = c.failed end
+    name = label(name)
+    if name and type(c) == "table" then
+      for _, what in ipairs({ "sent", "failed" }) do
+        local k = "ch" .. SEP .. name .. SEP .. what
+        if num(c[what]) ~= 0 then out[k] = num(out[k]) + c[what] end
+      end
+    end
   end
   for reason, n in pairs(t.dropped or {}) do
-    if num(n) ~= 0 then out["drop" .. SEP .. reason] = n end
+    local k = "drop" .. SEP .. (label(reason) or "other")
+    if num(n) ~= 0 then out[k] = num(out[k]) + n end
+  end
+  for reason, n in pairs(t.skipped or {}) do
+    local k = "skip" .. SEP .. skip_reason(reason)
+    if num(n) ~= 0 then out[k] = num(out[k]) + n end
   end
   return out
 end
@@ -248,16 +317,22 @@ function M.unflatten(flat)
         if p[2] == "sum" then t.latency.sum = v
         elseif p[2] == "count" then t.latency.count = v
         elseif tonumber(p[2]) then t.latency.counts[tonumber(p[2])] = v end
-      elseif p[1] == "fail" and #p == 5 then
-        local status = tonumber(p[3])
-        t.failures[#t.failures + 1] = { kind = p[2], status = status ~= 0 and status or nil,
-          code = p[4] ~= "" and p[4] or nil, channel = p[5] ~= "" and p[5] or nil, n = v }
-      elseif p[1] == "ch" and #p == 3 then
-        local c = t.channels[p[2]] or { sent = 0, failed = 0 }
-        c[p[3]] = v
-        t.channels[p[2]] = c
+      elseif p[1] == "fail" then -- (a key of another shape: its values are not labels)
+        local f = #p == 5 and fail_label({ kind = p[2], status = tonumber(p[3]), code = p[4], channel = p[5] })
+          or { kind = "other" }
+        f.n = v
+        t.failures[#t.failures + 1] = f
+      elseif p[1] == "ch" and #p == 3 and (p[3] == "sent" or p[3] == "failed") then
+        local name = label(p[2]) or "other"
+        local c = t.channels[name] or { sent = 0, failed = 0 }
+        c[p[3]] = c[p[3]] + v
+        t.channels[name] = c
       elseif p[1] == "drop" then
-        t.dropped[p[2]] = v
+        local reason = #p == 2 and label(p[2]) or "other"
+        t.dropped[reason] = num(t.dropped[reason]) + v
+      elseif p[1] == "skip" then
+        local reason = skip_reason(p[2])
+        t.skipped[reason] = num(t.skipped[reason]) + v
       end
     end
   end
@@ -281,8 +356,36 @@ function M.shm_publisher(dict, o)
   end
 end
 
+--- The most failure series (`{kind, status, code, channel}` labels) a
+-- shared dict holds, whatever the workers and reloads: beyond, failures are
+-- counted in `failures_unlabelled` (`kind="other"`), so an endpoint that
+-- answers a new code each time cannot grow the dict until it evicts real
+-- counters.
+M.SHM_FAILURE_SERIES = 64
+
+-- The dict's count of failure series (outside PREFIX: not a metric).
+local SERIES_KEY = "n:failure_series"
+
+-- Adds d to counter k of the dict. A failure series the dict does not hold
+-- yet takes one of its SHM_FAILURE_SERIES places, or, when they are taken,
+-- adds to `failures_unlabelled` instead. (Two workers adding one new series
+-- at once may take two places: the cap errs on the safe side.)
+local function shm_incr(dict, k, d)
+  if k:sub(1, 5) ~= "fail" .. SEP then return dict:incr(PREFIX .. k, d, 0) end
+  local ok, err = dict:incr(PREFIX .. k, d)
+  if ok or err ~= "not found" then return ok, err end
+  local n, nerr = dict:incr(SERIES_KEY, 1, 0)
+  if not n then return nil, nerr end
+  if n > M.SHM_FAILURE_SERIES then
+    dict:incr(SERIES_KEY, -1, 0)
+    return dict:incr(PREFIX .. "failures_unlabelled", d, 0)
+  end
+  return dict:incr(PREFIX .. k, d, 0)
+end
+
 --- Add what changed since `last` (a `flatten` result, or nil) to the
--- shared dict: one `incr` per changed counter.
+-- shared dict: one `incr` per changed counter (a new failure series only
+-- while the dict holds fewer than `SHM_FAILURE_SERIES`).
 -- @return the new `last` (pass it next time), and the first error of
 --   `incr` or nil (e.g. "no memory": the dict is too small)
 function M.shm_add(dict, t, last)
@@ -291,7 +394,7 @@ function M.shm_add(dict, t, last)
   for k, v in pairs(flat) do
     local d = v - (last[k] or 0)
     if d ~= 0 then
-      local ok, err = dict:incr(PREFIX .. k, d, 0)
+      local ok, err = shm_incr(dict, k, d)
       if not ok then
         first_err = first_err or err
         flat[k] = last[k] -- not added: try again next time
@@ -435,6 +538,17 @@ local FAMILIES = {
   { "orders_dead_total", "counter", "Orders rejected for good or out of attempts or age (dead letters).",
     counter("dead") },
   { "orders_invalid_total", "counter", "Orders refused by validation before any request.", counter("invalid") },
+  { "orders_skipped_total", "counter",
+    "Orders not sent because the ledger had them, by reason (already_sent, in_flight).", function(t)
+    local out = {}
+    for _, r in ipairs(M.SKIP_REASONS) do
+      local n = num(t.skipped and t.skipped[r])
+      if n ~= 0 or r ~= "other" then out[#out + 1] = { "", { { "reason", r } }, n } end
+    end
+    return out
+  end },
+  { "orders_changed_total", "counter",
+    "Orders not sent because the ledger had another version of them (or their cancel).", counter("changed") },
   { "orders_unknown_total", "counter",
     "Orders in flight when a worker's shutdown grace ended: the endpoint may or may not have them.",
     counter("unknown") },

@@ -34,6 +34,7 @@ local transport = require("optimizely.offline.ngx.transport")
 local context = require("optimizely.offline.ngx.context")
 local queue = require("optimizely.offline.ngx.queue")
 local client = require("optimizely.offline.client")
+local errors = require("optimizely.offline.errors")
 local ngx = ngx
 
 local M = {}
@@ -45,8 +46,7 @@ local M = {}
 -- @param what who failed ("optimizely.offline.ngx.queue")
 -- @param err the error (an error object or a message)
 function M.log_failure(what, err)
-  local text = tostring(err):gsub("[%z\1-\31\127]", function(c) return ("\\x%02x"):format(c:byte()) end)
-  ngx.log(ngx.ERR, what, ": ", text)
+  ngx.log(ngx.ERR, what, ": ", errors.clean(err))
 end
 
 -- The queue's methods that hand back `nil, err` after something failed

@@ -136,7 +136,9 @@ end
 
 --- Raise a message about field `key` of this schema's table, redacted.
 function Schema:fail(t, key, msg, level)
-  local s = self.name .. ": " .. self.what .. (key and ("." .. key) or "") .. " " .. msg
+  -- a message about a sub-field (".store must be ...") follows the key directly
+  local s = self.name .. ": " .. self.what .. (key and ("." .. key) or "") .. (msg:sub(1, 1) == "." and "" or " ")
+    .. msg
   error(errors.redact_all(s, self:secrets(t)), (level or 1) + 1)
 end
 

@@ -21,7 +21,7 @@ Order.__index = Order
 
 local function money(value, currency, path)
   local units, decimals, text = core.money(value, currency)
-  if not units then error(path .. ": " .. decimals, 3) end
+  if not units then error(path .. ": " .. decimals.message, 3) end
   return units, decimals, text
 end
 

@@ -181,12 +181,12 @@ function Pseudonym:_id(email, path)
   if c then
     local id, why = c:id(email)
     if id then return id end
-    return nil, invalid(path, why)
+    return nil, invalid(path, why.message)
   end
   local fn = self._fn
   if not fn then error("optimizely.offline.pseudonym: used after close", 3) end
   local ok, why = core.email_normalise(email)
-  if not ok then return nil, invalid(path, why) end
+  if not ok then return nil, invalid(path, why.message) end
   local id, msg = fn(email)
   if type(id) == "string" and id ~= "" then return id end
   if id == nil then
@@ -357,7 +357,7 @@ function M.pseudonymise(email, o)
   end
   local id, why = cached:id(email)
   if id then return id end
-  return nil, invalid("email", why)
+  return nil, invalid("email", why.message)
 end
 
 return M

@@ -33,54 +33,22 @@ local opts = require("optimizely.offline.opts")
 local delivery = require("optimizely.offline.delivery")
 local events = require("optimizely.offline.events")
 local sched = require("optimizely.offline.sched")
+local spool = require("optimizely.offline.spool")
+local metrics = require("optimizely.offline.metrics")
+local context = require("optimizely.offline.context")
+local queue_opts = require("optimizely.offline.queue_opts")
+local gate = require("optimizely.offline.ledger_gate")
 
 local M = {}
 
---- The default age limit of a queued order: 3 days.
-M.MAX_AGE = 3 * 86400
-
---- The `logger` option's check: a `function(level, message)`, or false
--- for no log lines (nil: the client's logger).
--- @param v the option's value
--- @return true | nil, message
--- @local
-local function check_logger(v)
-  if v == false or type(v) == "function" then return true end
-  return nil, "must be a function(level, message) or false"
-end
-
---- The options both queues (this one and optimizely.offline.ngx.queue)
--- share: one vocabulary.
-M.common = {
-  max_queue = { type = "integer", min = 1, max = 1e9, default = 10000 },
-  concurrency = { type = "integer", min = 1, max = 256, default = 4 },
-  spool = { type = "string", nonempty = true },
-  spool_max_orders = { type = "integer", min = 1, max = 1e15, requires = "spool" },
-  spool_max_bytes = { type = "integer", min = 1, max = 1e15, requires = "spool" },
-  spool_on_full = { type = "choice", choices = { "refuse", "drop_oldest" }, requires = "spool" },
-  spool_sync = { type = "choice", choices = { "normal", "full" }, requires = "spool" },
-  lease = { type = "number", min = 1, max = 86400 * 7 },
-  max_attempts = { type = "integer", min = 1, max = 1e6 },
-  max_age = { type = "number", above = 0, max = 86400 * 3650, default = M.MAX_AGE },
-  auth_pause = { type = "number", min = 0.01, max = 86400, default = sched.DEFAULTS.auth_pause },
-  channel = { type = "string", nonempty = true },
-  on_success = { type = "function" },
-  on_failure = { type = "function" },
-  on_event = { type = "function" },
-  logger = { type = "any", check = check_logger },
-  pseudonymise = { type = "any" },
-}
-
-local fields = {}
-for k, v in pairs(M.common) do fields[k] = v end
-fields.spool_poll = { type = "number", min = 0.001, max = 60, default = 0.25 }
--- the libcurl engine's adaptive in-flight limit (as send_batch's): up to
--- `concurrency` in flight, fewer while the endpoint answers 429/5xx or
--- slows down (doc/topics/performance.md)
-fields.adaptive = { type = "boolean", default = true }
-
---- This queue's options.
-M.schema = opts.schema("queue", "opts", fields)
+--- This queue's options: the shared ones (optimizely.offline.queue_opts),
+-- `spool_poll`, and `adaptive` (the libcurl engine's adaptive in-flight
+-- limit, as send_batch's: up to `concurrency` in flight, fewer while the
+-- endpoint answers 429/5xx or slows down; doc/topics/performance.md).
+M.schema = queue_opts.schema("queue", {
+  spool_poll = { type = "number", min = 0.001, max = 60, default = 0.25 },
+  adaptive = { type = "boolean", default = true },
+})
 
 local Queue = {}
 Queue.__index = Queue
@@ -94,14 +62,6 @@ local function check_lease(o, st)
   end
 end
 
---- The engine's delivery policy for a queue: the client's backoff, no
--- attempt limit unless asked, the age limit.
-function M.policy(st, o)
-  local p = st.policy
-  return { max_attempts = o.max_attempts or false, max_age = o.max_age, backoff_base = p.backoff_base,
-    backoff_max = p.backoff_max, backoff_floor = p.backoff_floor, retry_after_max = p.retry_after_max }
-end
-
 --- Opens the spool named by `opts.spool` (nothing without one) with the
 -- queue's bounds, into `self.spool` (a step of `start_worker`).
 -- @return true | nil, err (optimizely.offline.spool's kinds: "foreign",
@@ -110,12 +70,30 @@ end
 function Queue:open_spool()
   local o = self.o
   if not o.spool then return true end
-  local sp, err = require("optimizely.offline.spool").open(o.spool, {
+  local sp, err = spool.open(o.spool, {
     max_orders = o.spool_max_orders, max_bytes = o.spool_max_bytes, max_age = o.max_age,
     on_full = o.spool_on_full, sync = o.spool_sync,
   })
   if not sp then return nil, err end
   self.spool = sp
+  return true
+end
+
+--- Opens the ledger named by `opts.ledger` (nothing without one) into
+-- `self.gate`: with a spool, in the spool's file (every ack writes its row
+-- in the ack's transaction); without, the file or object named, recorded
+-- by the thread's record hook. Reservations last `max_age` and a day: a
+-- queued order may wait that long (a dead process's go at once).
+-- @return true | nil, err (kind "storage", "busy" or "foreign", naming the file)
+-- @local
+function Queue:open_ledger()
+  local o, st = self.o, self.st
+  self.gate = nil
+  if not o.ledger then return true end
+  local L, err = gate.open(o, self.spool, { host = gate.host(st), site = st.site, channel = st.default_channel },
+    st.ledgers)
+  if not L then return nil, gate.unusable(err) end
+  self.gate = gate.new(st, L, o.max_age + 86400)
   return true
 end
 
@@ -129,15 +107,21 @@ end
 function Queue:start_worker()
   local st, o = self.st, self.o
   local ok, err = self:open_spool()
-  if not ok then return nil, err end
-  local wok, w = pcall(core.worker_new, sched.config(st, {
+  if ok then ok, err = self:open_ledger() end
+  if not ok then
+    if self.spool then self.spool:close() end
+    return nil, err
+  end
+  local cfg = sched.config(st, {
     http = st.http_opts, concurrency = o.concurrency, adaptive = o.adaptive, on_stop = "pause",
     auth_pause = o.auth_pause, report_all = o.on_success ~= nil,
-    report_retries = (self.events.on_event or self.events.logger) ~= nil, policy = M.policy(st, o),
+    report_retries = (self.events.on_event or self.events.logger) ~= nil, policy = queue_opts.policy(st, o),
     max_queue = o.max_queue, spool = self.spool and self.spool.handle or nil,
     lease = o.lease, spool_poll = o.spool_poll,
     cancel_prefix = st.cancel_prefix, cancel_suffix = st.cancel_suffix,
-  }))
+  })
+  if self.gate and not self.spool then self.gate:configure(cfg) end
+  local wok, w = pcall(core.worker_new, cfg)
   if not wok then
     if self.spool then self.spool:close() end
     return nil, errors.new({ kind = "storage", message = "queue: " .. errors.redact_all(tostring(w), st.secrets) })
@@ -156,16 +140,17 @@ end
 
 --- Create a queue. Called by `client:queue(opts)` / `offline.queue(client, opts)`.
 -- @param st the client's delivery context
--- @param o options (see `M.common` and doc/topics/queue.md); bad options raise
+-- @param o options (see `M.schema` and doc/topics/queue.md); bad options raise
 -- @return queue, or nil, err (the spool could not be opened)
 function M.new(st, o)
   if o ~= nil and type(o) ~= "table" then error("queue: opts must be a table, got " .. type(o), 3) end
   o = M.schema:check(o, 3)
   check_lease(o, st)
-  local client = require("optimizely.offline.client")
+  queue_opts.check_ledger(o, 4)
   local self = setmetatable({ st = st, o = o,
-    pseudonym = o.pseudonymise ~= nil and client.pseudonymiser(o.pseudonymise, 3) or nil,
-    counts = { invalid = 0, full = 0, failed = 0, callback_errors = 0, dropped = {} }, storage_seen = 0 }, Queue)
+    pseudonym = o.pseudonymise ~= nil and context.pseudonymiser(o.pseudonymise, 3) or nil,
+    counts = { invalid = 0, full = 0, failed = 0, callback_errors = 0, dropped = {}, skipped = {}, changed = 0 },
+    storage_seen = 0 }, Queue)
   -- the queue's logger, else the client's
   local logger = o.logger
   if logger == nil then logger = st.logger end
@@ -190,15 +175,15 @@ function Queue:check_pid()
   end
 end
 
-local PUSH_OPTS = opts.schema("queue", "push opts", { channel = { type = "string", nonempty = true } })
+local PUSH_OPTS = opts.schema("queue", "push opts", queue_opts.push_fields)
 
 --- Pseudonymises (the queue's `pseudonymise` option, else the client's)
--- and encodes one order: `client.prepare`.
+-- and encodes one order: `context.prepare`.
 -- @param payload the order
 -- @return json, warnings | nil, err (kind "validation")
 -- @local
 function Queue:prepare(payload)
-  return require("optimizely.offline.client").prepare(self.st, payload, self.pseudonym)
+  return context.prepare(self.st, payload, self.pseudonym)
 end
 
 --- Counts a refused push in `stats().dropped[kind]` and returns its error.
@@ -234,7 +219,18 @@ function Queue:hand_over(json, ref, ch)
     self.worker:notify(1)
     return true
   end
-  if not self.worker:push(json, ref, ch) then
+  return self:hand_over_job(json, ref, ch)
+end
+
+--- Hands one job to the thread's inbox (no spool).
+-- @param json the request body
+-- @param ref its refCode
+-- @param ch the channel's index
+-- @param more the job's other fields (`after_ok`), or nil
+-- @return true | nil, err (kind "full")
+-- @local
+function Queue:hand_over_job(json, ref, ch, more)
+  if not self.worker:push(json, ref, ch, more) then
     self.counts.full = self.counts.full + 1
     return self:refuse("full", errors.new({ kind = "full", retryable = true, bound = "max_queue",
       option = "max_queue", message = ("queue full: %d orders waiting (max_queue); the order"
@@ -243,16 +239,50 @@ function Queue:hand_over(json, ref, ch)
   return true
 end
 
+--- Asks the ledger about one order and reserves it: "post" or "amend"
+-- and the reserved item, or "done" and what push returns (the skipped res
+-- | nil, err changed or storage).
+-- @local
+function Queue:admit(json, ref, ch, po)
+  local g = self.gate
+  if po and po.amend and self.spool then
+    error("queue: push: amend is not supported with a spool (a refused DELETE could not hold the new"
+      .. " version back); send it with client:send(payload, {amend = true, ledger = ...})", 4)
+  end
+  local item = { body = json, ref = ref, channel = self.st.channels[ch].name }
+  local d, err = g:admit({ item }, po)
+  if not d then return "done", self:refuse(err.kind or "storage", gate.unusable(err)) end
+  local action, x = d[1][1], d[1][2]
+  if action == "post" or action == "amend" then return action, item end
+  return "done", gate.outcome(action, x, self.counts, self.events)
+end
+
 --- Validate, encode and hand over one order. No network I/O.
+--
+-- With a ledger (`opts.ledger`), the order is looked up and reserved
+-- first: one acknowledged before with the same bytes is not queued and
+-- push returns its skipped result (`{ok = true, skipped = "already sent",
+-- reason, at, attempts = 0}`, truthy, not an error); another version of it
+-- (or its cancel) is refused with kind "changed" (the message says when
+-- the earlier version was sent); `po.force` queues it anyway, `po.amend`
+-- (without a spool) queues the DELETE of the refCode and the new version
+-- behind it, posted only once the DELETE is accepted.
 -- @param payload `{lang?, user?, order}` as accepted by `offline.encode`
--- @param po optional `{channel = name}` (default: opts.channel, then the client's)
--- @return true, warnings; or nil, err (kind "validation", "config" (no
---   token for the channel), "full", or a spool kind)
+-- @param po optional `{channel = name (default: opts.channel, then the
+--   client's), force = false, amend = false}`; `force`/`amend` need `opts.ledger`
+-- @return true, warnings; the skipped result; or nil, err (kind
+--   "validation", "config" (no token for the channel), "full", "changed",
+--   or a spool or ledger kind)
 function Queue:push(payload, po)
   if self.closed then error("queue: push on a closed queue", 2) end
-  if po ~= nil then po = PUSH_OPTS:check(po, 2) end
+  if po ~= nil then
+    po = PUSH_OPTS:check(po, 2)
+    if (po.force or po.amend) and not self.gate then
+      error("queue: push: " .. (po.force and "force" or "amend") .. " needs the queue's opts.ledger", 2)
+    end
+  end
   self:check_pid()
-  local ch, cerr = require("optimizely.offline.client").channel_of(self.st,
+  local ch, cerr = context.channel_of(self.st,
     (po and po.channel) or self.o.channel)
   if not ch then return self:refuse("config", cerr) end
   local json, w = self:prepare(payload)
@@ -260,25 +290,53 @@ function Queue:push(payload, po)
     self.counts.invalid = self.counts.invalid + 1
     return self:refuse("invalid", w)
   end
-  local ok, err = self:hand_over(json, core.ref_string(payload) or "", ch)
-  if not ok then return nil, err end
+  local ref = core.ref_string(payload) or ""
+  local action, item = "post", nil
+  if self.gate then
+    local e
+    action, item, e = self:admit(json, ref, ch, po)
+    if action == "done" then return item, e end
+  end
+  local ok, err
+  if action == "amend" then
+    ok, err = self:hand_over_amend(json, ref, ch)
+  else
+    ok, err = self:hand_over(json, ref, ch)
+  end
+  if not ok then
+    if item then self.gate:release({ item }) end
+    return nil, err
+  end
   return true, w
 end
 
+--- An amend without a spool: the DELETE of the refCode, then the new
+-- version, posted only once the DELETE is accepted (after_ok).
+-- @local
+function Queue:hand_over_amend(json, ref, ch)
+  local ok, err = self:hand_over_job("", ref, ch, { method = "DELETE", url = self.gate:cancel_url(ref),
+    after_ref = true })
+  if ok then ok, err = self:hand_over_job(json, ref, ch, { after_ok = true }) end
+  if not ok then self.worker:remove_ref(ref, "DELETE") end -- no DELETE without its new version
+  return ok, err
+end
+
 --- Hand over many orders; with a spool they are stored in one transaction
--- (group commit). All are validated first; invalid ones are skipped.
+-- (group commit). All are validated first; invalid ones are skipped. With
+-- a ledger each goes through `push` (its look-up and reservation).
 -- @param list array of payloads (or `{payload =, channel =}` items)
--- @return number accepted, list of {index, err} for the refused ones
+-- @return number accepted, list of {index, err} for the refused ones, and
+--   with a ledger a list of {index, res} for the skipped ones
 function Queue:push_many(list)
   if self.closed then error("queue: push_many on a closed queue", 2) end
   if type(list) ~= "table" then error("queue: push_many expects an array of payloads, got " .. type(list), 2) end
   self:check_pid()
-  local client = require("optimizely.offline.client")
+  if self.gate then return self:push_each(list) end
   local refused, batch = {}, {}
   for i, item in ipairs(list) do
     local payload, channel = item, nil
     if type(item) == "table" and rawget(item, "payload") ~= nil then payload, channel = item.payload, item.channel end
-    local ch, cerr = client.channel_of(self.st, channel or self.o.channel)
+    local ch, cerr = context.channel_of(self.st, channel or self.o.channel)
     local json, w
     if ch then json, w = self:prepare(payload) else w = cerr end
     if json then
@@ -313,6 +371,104 @@ function Queue:push_many(list)
   return #batch, refused
 end
 
+--- push_many with a ledger: each order through `push` (looked up,
+-- reserved, queued one at a time).
+-- @local
+function Queue:push_each(list)
+  local n, refused, skipped = 0, {}, {}
+  for i, item in ipairs(list) do
+    local payload, po = item, nil
+    if type(item) == "table" and rawget(item, "payload") ~= nil then
+      payload, po = item.payload, item.channel and { channel = item.channel } or nil
+    end
+    local res, err = self:push(payload, po)
+    if res == true then
+      n = n + 1
+    elseif res then
+      skipped[#skipped + 1] = { index = i, res = res }
+    else
+      refused[#refused + 1] = { index = i, err = err }
+    end
+  end
+  return n, refused, skipped
+end
+
+-- ---------------------------------------------------------------- cancel
+
+--- Takes the creates of `ref` that were never sent out of this process
+-- (the thread's memory) and, with a spool, gives their rows back so that
+-- `cancel_queued` may remove them.
+-- @return removed (never tried), tried (some had been attempted), in_flight
+-- @local
+function Queue:take_unsent(ref)
+  local removed, flying = self.worker:remove_ref(ref, "POST")
+  local tried = false
+  for _, j in ipairs(removed) do
+    if (j.attempts or 0) > 0 then tried = true end
+    if j.store_id and self.spool then self.spool:release(j.store_id) end
+  end
+  return removed, tried, flying
+end
+
+--- Cancel an order through the queue: it waits behind any create of the
+-- same refCode still queued, spooled or in flight (the DELETE is sent
+-- after it). A create never sent is removed here instead and nothing is
+-- sent (counted in `stats().dropped.cancelled`). With a ledger the cancel
+-- is recorded as `"cancelled"` (once the DELETE is accepted, or at once
+-- when nothing was sent), and a later push of the refCode is refused
+-- (kind "changed") unless forced. The DELETE's end comes back as any
+-- order's (`on_success` / `on_failure`, events).
+-- @param ref the refCode (a string, or an integer)
+-- @param co optional `{channel = name}`: the channel the order was sent with
+-- @return `{ok = true, removed = n, queued = true | nil, attempts = 0}`:
+--   `removed` creates taken out (never sent), `queued` when a DELETE was
+--   queued; or nil, err (kind "validation", "config", "full", or a spool
+--   or ledger kind)
+function Queue:cancel(ref, co)
+  if self.closed then error("queue: cancel on a closed queue", 2) end
+  if co ~= nil then co = queue_opts.CANCEL_OPTS:check(co, 2) end
+  self:check_pid()
+  local rerr
+  ref, rerr = queue_opts.check_ref(ref)
+  if not ref then return nil, rerr end
+  local ch, cerr = context.channel_of(self.st, (co and co.channel) or self.o.channel)
+  if not ch then return self:refuse("config", cerr) end
+  local name = self.st.channels[ch].name
+  local removed, tried, flying = self:take_unsent(ref)
+  local n, must_send = #removed, flying or tried or #removed == 0
+  if self.spool then
+    local r, err = self.spool:cancel_queued(ref, name)
+    if not r then return self:refuse(err.kind, err) end
+    n = r.removed
+    must_send = tried or r.in_flight > 0 or r.seen or r.removed == 0
+  elseif not must_send and self.gate then
+    local ok, err = self.gate:record({ { ref = ref, channel = name, outcome = "cancelled" } })
+    if not ok then return self:refuse(err.kind or "storage", gate.unusable(err)) end
+  end
+  if n > 0 then
+    local d = self.counts.dropped
+    d.cancelled = (d.cancelled or 0) + n
+  end
+  if not must_send then return { ok = true, removed = n, attempts = 0 } end
+  local ok, err = self:hand_over_cancel(ref, ch, name)
+  if not ok then return nil, err end
+  return { ok = true, removed = n, queued = true, attempts = 0 }
+end
+
+--- Queues the DELETE of `ref`: a spool cancel row (claimed only once no
+-- earlier row of the refCode is left), or a job after its create.
+-- @local
+function Queue:hand_over_cancel(ref, ch, name)
+  if self.spool then
+    local id, err = self.spool:put_cancel(ref, name)
+    if not id then return self:refuse(err.kind, err) end
+    self.worker:notify(1)
+    return true
+  end
+  local url = self.st.cancel_prefix .. core.url_segment(ref) .. self.st.cancel_suffix
+  return self:hand_over_job("", ref, ch, { method = "DELETE", url = url, after_ref = true })
+end
+
 -- --------------------------------------------------------------- results
 
 --- Calls the user's callback `opts[name]`, protected: a raise is counted in
@@ -336,6 +492,10 @@ function Queue:failed(r, err)
   if r.what == "dropped" then
     local d = self.counts.dropped
     d.shutdown = (d.shutdown or 0) + 1
+  end
+  if r.what ~= "dead" and self.gate and not self.spool and r.ref and r.ref ~= "" then
+    -- not sent after all: its reservation goes back (a dead one is recorded)
+    self.gate:release({ { ref = r.ref, channel = r.channel } })
   end
   err.retryable = false -- settled: retries are over
   self:call("on_failure", r.ref, err)
@@ -443,7 +603,7 @@ function Queue:flush(timeout)
     local idle, progress = w:wait(0)
     if idle and self:spool_backlog() == 0 then
       self:poll()
-      if w:stats().pending_results == 0 then return true end
+      if w:stats().pending_results == 0 then return self:flush_ledger() end
     end
     local left = deadline - core.now()
     if left <= 0 then
@@ -454,6 +614,17 @@ function Queue:flush(timeout)
     end
     w:wait(math.min(left, 0.5), progress) -- until the thread gets something done
   end
+end
+
+--- With a ledger and no spool: the outcomes recorded so far written now
+-- (a push after `flush` finds them); a failed write is the flush's error.
+-- @return true | nil, err (kind "storage" or "busy", naming the file)
+-- @local
+function Queue:flush_ledger()
+  if not self.gate or self.spool then return true end
+  local ok, err = self.worker:flush_ledger()
+  if not ok then return nil, gate.unusable(err) end
+  return true
 end
 
 --- Flush, then stop the thread. Undelivered orders stay in the spool (if
@@ -480,7 +651,6 @@ function Queue:close(timeout)
   stats.running = false
   self.final_stats = stats
   -- the thread's last counts (the orders dropped while it stopped included)
-  local metrics = require("optimizely.offline.metrics")
   local m = metrics.merge(metrics.empty(), self:complete_metrics(final, stats))
   for _, r in ipairs(leftovers or {}) do
     if r.what == "dropped" then
@@ -519,10 +689,19 @@ function Queue:dropped_counts()
   return d
 end
 
+--- The `skipped` table of `stats()`: orders the ledger had, by reason.
+-- @local
+function Queue:skipped_counts()
+  local t = {}
+  for k, v in pairs(self.counts.skipped) do t[k] = v end
+  return t
+end
+
 --- Counters, the same keys as the nginx queue's: `{queued, in_flight,
 -- sent, retried, failed, dead, invalid, pushed, paused_for, paused =
 -- reason | nil, running, callback_errors, storage_errors, storage_error?,
--- dropped = {full, invalid, results, shutdown?, config?}, spool = spool
+-- dropped = {full, invalid, results, shutdown?, config?, cancelled?},
+-- skipped = {[reason] = n} and changed (the ledger's), spool = spool
 -- stats (with a spool)}`, and `limit`: the requests the scheduler lets be
 -- in flight now (at most `concurrency`; lowered by a 429, see `adaptive`).
 function Queue:stats()
@@ -542,6 +721,7 @@ function Queue:stats()
     paused_for = w.paused_for, paused = w.stopped and "credentials" or (w.paused_for > 0 and "throttled" or nil),
     storage_errors = w.storage_errors, storage_error = w.storage_error,
     dropped = self:dropped_counts(), spool = sp,
+    skipped = self:skipped_counts(), changed = self.counts.changed,
   }
 end
 
@@ -555,6 +735,7 @@ end
 function Queue:complete_metrics(m, stats)
   m.invalid = self.counts.invalid
   m.dropped = stats.dropped
+  m.skipped, m.changed = stats.skipped, stats.changed
   m.callback_errors, m.storage_errors = self.counts.callback_errors, stats.storage_errors or 0
   m.depth, m.in_flight = stats.queued or 0, stats.in_flight or 0
   m.paused = { throttled = stats.paused == "throttled" and 1 or 0,
@@ -569,7 +750,7 @@ end
 -- shape). After `close`, the last values.
 -- @return the metrics table
 function Queue:metrics()
-  if self.closed then return self.final_metrics or require("optimizely.offline.metrics").empty() end
+  if self.closed then return self.final_metrics or metrics.empty() end
   self:check_pid()
   return self:complete_metrics(self.worker:metrics(), self:stats())
 end

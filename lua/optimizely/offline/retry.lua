@@ -21,6 +21,7 @@
 -- `backoff_floor` (a `Retry-After: 0` included).
 -- @module optimizely.offline.retry
 local core = require("optimizely.offline.core")
+local options = require("optimizely.offline.opts")
 
 local M = {}
 
@@ -105,10 +106,30 @@ local function draw(fn)
   return r < 0 and 0 or (r > 1 and 1 or r)
 end
 
-local function policy_table(opts)
+local function attempts_ok(v)
+  if v == false or (type(v) == "number" and v >= 1 and v <= 1e6 and v == floor(v)) then return true end
+  return nil, "must be false (no limit) or an integer in 1..1000000"
+end
+
+--- The policy's options, checked once here (the C policy trusts them):
+-- `max_attempts` (false: no limit), `max_age`, `backoff_base`,
+-- `backoff_max`, `backoff_floor`, `retry_after_max` (seconds), `random`
+-- and `now` (functions).
+M.schema = options.schema("optimizely.offline.retry", "opts", {
+  max_attempts = { type = "any", check = attempts_ok },
+  max_age = { type = "number", min = 0 },
+  backoff_base = { type = "number", min = 0 },
+  backoff_max = { type = "number", min = 0 },
+  backoff_floor = { type = "number", min = 0 },
+  retry_after_max = { type = "number", min = 0 },
+  random = { type = "function" },
+  now = { type = "function" },
+})
+
+local function policy_table(o)
   local p = {}
   for k, v in pairs(M.DEFAULTS) do p[k] = v end
-  for k, v in pairs(opts or {}) do p[k] = v end
+  for k, v in pairs(M.schema:check(o, 3)) do p[k] = v end
   return p
 end
 

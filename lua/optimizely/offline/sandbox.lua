@@ -45,6 +45,7 @@ local STOP_TIMEOUT = 10   -- seconds until the master must be gone
 -- process and file helpers
 
 local sys = require("optimizely.offline.sys")
+local conf_template = require("optimizely.offline.sandbox.conf")
 local q, run, capture, exists, read_file = sys.q, sys.run, sys.capture, sys.exists, sys.read_file
 
 -- Create `path` if missing and make it 0600, whatever our umask (the file
@@ -521,7 +522,7 @@ local function write_config(o, port, root)
   -- holds the tokens
   local ok, err = write_file(o.dir .. "/conf/config.lua", table.concat(handler_cfg, "\n"), true)
   if not ok then return nil, err end
-  local conf = fill(require("optimizely.offline.sandbox.conf"), {
+  local conf = fill(conf_template, {
     load_modules = module_lines(o),
     user = is_root() and "user root;  # running as root: workers write the records in dir" or "",
     workers = o.workers,

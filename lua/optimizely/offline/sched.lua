@@ -71,8 +71,13 @@ local pairs, pcall, error, min, ipairs, type = pairs, pcall, error, math.min, ip
 local now = core.now
 
 --- The scheduler's defaults, declared once in C: `{concurrency = 8,
--- auth_pause = 300, max_results = 100000, on_stop = "drain"}`.
+-- max_concurrency = 1024, auth_pause = 300, max_results = 100000, on_stop = "drain"}`.
 M.DEFAULTS = core.sched_defaults()
+
+--- The most requests in flight a scheduler allows (1024), declared once in
+-- C: every path's `concurrency` option (send_batch, both queues, the CLI)
+-- has this maximum.
+M.MAX_CONCURRENCY = M.DEFAULTS.max_concurrency
 
 --- The configuration table of a scheduler for a client's delivery context:
 -- the one builder, for send_batch's engine, the queue's thread,
@@ -130,7 +135,11 @@ end
 --   method = "POST" | "DELETE", url = a DELETE's own URL (the caller
 --   builds it; a POST goes to cfg.url), after_ref = true (do not start
 --   while an earlier job of this refCode is queued, retrying or in flight
---   here: a cancel waits behind its create), blob = bytes returned in the
+--   here: a cancel waits behind its create), after_ok = true (as
+--   after_ref, and when an earlier DELETE of its refCode ends dead this
+--   job ends dead too, never sent, `why` "amend": the new version of an
+--   amend is posted only once the cancel of the old one was accepted),
+--   blob = bytes returned in the
 --   hooks and results (the ledger's), created = epoch seconds the order was
 --   queued (the age limit; default now), store_id = the store's handle
 --   (store hooks are called for such jobs only), attempts = made before}`
@@ -178,7 +187,7 @@ end
 -- until, body}` plus the outcome record's fields (`ok, kind, status, code,
 -- message, retryable, retry_after, stop, warned, throttled, curl_code`).
 -- `what`: "sent" (with `report_all`, or warned), "dead" (`why`: rejected,
--- attempts, expired, memory), "stopped" (not sent: credentials refused,
+-- attempts, expired, memory, amend), "stopped" (not sent: credentials refused,
 -- `on_stop = "drain"`), "retry" (`report_retries`: another attempt after
 -- `until` seconds), "paused" (`why`: throttled or credentials; `until`
 -- seconds), "resumed".

@@ -360,19 +360,8 @@ function Spool:export_dead(sink, options)
 end
 
 -- ------------------------------------------------- whole-spool operations
---
--- `due_now` is written with the calls above: the spool has no statement
--- of its own for it yet. It takes rows the way a delivery loop does — a
--- claim, then a retry or a release — and never a row under another
--- handle's live lease: it claims "as of" a time `by` earlier than every
--- such lease, and holds every row it claims until all are claimed (a row
--- given back would be claimable again). A process that dies meanwhile
--- leaves what it held leased for `HOLD_LEASE` seconds after `by`. Run it
--- when no other process delivers from the file (a retired till's spool);
--- otherwise the rows it holds are left as they are and counted.
 
 local PAGE = 1000
-local HOLD_LEASE = 60
 
 --- Calls `fn(row)` for every queued row (or dead letter with `o.dead`;
 -- bodies with `o.body`), in id order, a page at a time.
@@ -391,75 +380,18 @@ function Spool:each_row(fn, o)
   end
 end
 
--- Claims every row free and due by `by`, holding them all, then settles
--- each as `decide(row)` says: "ack", {retry = next_at, text = last_error}
--- or nil (given back). Returns how many were acked, or nil, err.
-local function hold_and_settle(self, by, decide)
-  local held, first_err = {}, nil
-  while true do
-    local rows, err = self:claim(PAGE, HOLD_LEASE, by)
-    if not rows then first_err = err; break end
-    for i = 1, #rows do held[#held + 1] = { id = rows[i].id, what = decide(rows[i]) } end
-    if #rows < PAGE then break end
-  end
-  local acked = 0
-  for _, h in ipairs(held) do
-    local ok, err
-    if h.what == "ack" then
-      ok, err = self:ack(h.id)
-      if ok then acked = acked + 1 end
-    elseif type(h.what) == "table" then
-      ok, err = self:retry(h.id, h.what.retry, h.what.text)
-    else
-      ok, err = self:release(h.id)
-    end
-    if not ok then first_err = first_err or err end
-  end
-  if first_err then return nil, first_err end
-  return acked
-end
-
--- The time to claim "as of": up to `latest`, before every live lease of
--- another handle, never before `now`; `now` itself when the handle
--- expires orders (max_age): claiming later would expire them.
-local function claim_time(self, now, latest, lease_end)
-  if self.max_age then return now end
-  return math.max(now, math.min(latest, lease_end - 0.001))
-end
-
 --- Makes every queued order that waits for its next attempt due now (for
--- draining a spool at once: `optimizely-offline spool send`). An order
--- under another handle's live lease, or due after that lease ends, is left
--- as it is. Each order moved counts one attempt more (it goes through
--- `retry`, the only call that moves a due time); its last error is kept.
+-- draining a spool at once: `optimizely-offline spool send`), in one
+-- UPDATE of their due time: the attempts they made and their last error
+-- are kept. An order under another handle's live lease is left alone (that
+-- process is delivering it) and, when it is due later, counted in
+-- `still_waiting`.
 -- @param now epoch seconds (default: the clock)
 -- @return how many were made due, how many still wait; or nil, err
 function Spool:due_now(now)
-  now = now or M.now()
-  local waiting, latest, lease_end = {}, now, math.huge
-  local ok, err = self:each_row(function(row)
-    if row.claimed_by and row.claimed_until > now then
-      lease_end = math.min(lease_end, row.claimed_until)
-    elseif row.next_at > now then
-      waiting[row.id] = row.last_error or false
-      latest = math.max(latest, row.next_at)
-    end
-  end)
-  if not ok then return nil, err end
-  if next(waiting) == nil then return 0, 0 end
-  local by = claim_time(self, now, latest, lease_end)
-  local moved = 0
-  local n, herr = hold_and_settle(self, by, function(row)
-    local last = waiting[row.id]
-    if last == nil then return nil end
-    waiting[row.id] = nil
-    moved = moved + 1
-    return { retry = now, text = last or nil }
-  end)
-  if not n then return nil, herr end
-  local left = 0
-  for _ in pairs(waiting) do left = left + 1 end
-  return moved, left
+  local moved, waiting = self.handle:due_now(now)
+  if not moved then return nil, new_error(waiting) end
+  return moved, waiting
 end
 
 local PURGE = opts.schema("optimizely.offline.spool:purge_user", "who", {

@@ -4,6 +4,7 @@
 -- `-` reads refs from standard input, one per line.
 -- @module optimizely.offline.cli.cancel
 local common = require("optimizely.offline.cli.common")
+local config = require("optimizely.offline.cli.config")
 
 local M = {}
 
@@ -70,7 +71,7 @@ end
 --   configuration error, 130 interrupted
 function M.run(args, out, err)
   return common.guard(err, function()
-    local client = common.client(args, nil, err)
+    local client = config.client(args, nil, err)
     local counts = { ok = 0, failed = 0 }
     local next_ref = refs_of(args)
     local current

@@ -3,7 +3,7 @@
 -- whose channel has no token must fail the check, as it would fail the
 -- send; `validate` and `send --dry-run` say the same.
 --
--- The decision is the client's (`optimizely.offline.client.channel_of`:
+-- The decision is the client's (`optimizely.offline.context.channel_of`:
 -- case-insensitive names, the default channel, the message listing the
 -- channels that have a token). With a client (`send`) it is asked
 -- directly; without one (`validate`, a dry run, which need no
@@ -11,7 +11,7 @@
 -- and `--config` give. With no token configured at all, only the name is
 -- checked (one of the documented channels, unless `allow_custom_channel`).
 -- @module optimizely.offline.cli.channels
-local client_mod = require("optimizely.offline.client")
+local context = require("optimizely.offline.context")
 local errors = require("optimizely.offline.errors")
 local config = require("optimizely.offline.cli.config")
 
@@ -40,7 +40,7 @@ end
 -- Only the name, when nothing is configured: a documented channel.
 local function name_check(custom)
   return function(name)
-    name = client_mod.channel_name(name)
+    name = context.channel_name(name)
     if name == nil or custom or M.DOCUMENTED[name] then return nil end
     return errors.new({ kind = "config", retryable = false, channel = name,
       message = ("unknown channel %q: the endpoint's channels are store, mobileapp, tv and callcentre "
@@ -69,7 +69,7 @@ function M.checker(args, client, getenv)
   end
   local st = context_of(conf)
   return function(name)
-    local i, err = client_mod.channel_of(st, name)
+    local i, err = context.channel_of(st, name)
     if i then return nil end
     return err
   end

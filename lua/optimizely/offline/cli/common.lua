@@ -1,12 +1,14 @@
 --- Shared pieces of the CLI commands: the options they declare, usage
 -- errors, message safety (every value a message shows is escaped), output
 -- files (private, atomic, never one of the inputs) and transforms. The
--- records iterator, the rejects file, the progress bar and the credentials
--- live in their own modules and are re-exported here, so a command needs
--- only this one.
+-- records iterator (and the options of a command that reads orders), the
+-- rejects file, the progress bar and the credentials live in their own
+-- modules above this one (cli.records, cli.rejects, cli.progress,
+-- cli.config): a command requires those it uses.
 -- @module optimizely.offline.cli.common
 local core = require("optimizely.offline.core")
 local files = require("optimizely.offline.files")
+local clean = require("optimizely.offline.errors").clean
 
 local M = {}
 
@@ -64,25 +66,6 @@ function M.input_options(cmd)
   cmd:flag("--decimal-comma", "Amounts are written with a decimal comma, as tills do: 2,24 and 1.234,56.")
   cmd:flag("--currency-symbols", "Amounts may carry their currency's symbol or code: £2.24, 2,24 €, GBP 2.24 "
     .. "(dropped when it is the order's currency).")
-end
-
---- A command that reads orders (send, validate, convert): the input, the
--- pseudonymiser and the output options, plus `--config` (with `credentials`
--- the whole set of where-and-as-whom options).
--- @return the argparse command
-function M.order_command(parser, name, help, credentials)
-  local cmd = parser:command(name, help)
-  M.input_options(cmd)
-  require("optimizely.offline.cli.age").option(cmd)
-  require("optimizely.offline.cli.pseudonymise").options(cmd, true)
-  if credentials then
-    M.credential_options(cmd)
-  else
-    M.config_option(cmd)
-    cmd:epilog(M.LOCAL_ENV_HELP)
-  end
-  M.output_options(cmd)
-  return cmd
 end
 
 --- Options that say where and as whom to send.
@@ -202,29 +185,25 @@ end
 -- megabytes of error output).
 M.MAX_LINE = 2000
 
-local function escape_char(c)
-  if c == "\n" then return "\\n" end
-  if c == "\r" then return "\\r" end
-  if c == "\t" then return "\\t" end
-  if #c == 2 then return ("\\u%04x"):format(c:byte(2)) end -- a C1 control (U+0080..U+009F)
-  return ("\\x%02x"):format(c:byte())
-end
-
---- Text made safe for one line of a terminal: control characters (C0, DEL
--- and the C1 range) escaped, so a value can neither forge a line nor send
--- an escape sequence; longer than `cap` (default MAX_LINE) bytes, cut with
+--- Text made safe for one line of a terminal (`optimizely.offline.errors.clean`:
+-- control characters escaped, so a value can neither forge a line nor send
+-- an escape sequence); longer than `cap` (default MAX_LINE) bytes, cut with
 -- a note of its length. Quotes are left alone: values inside a message are
 -- quoted by `label` or `core.quote` when it is built.
 function M.clean(s, cap)
-  s = tostring(s)
-  cap = cap or M.MAX_LINE
-  local n = #s
-  if n > cap then
-    s = s:sub(1, cap):gsub("[\192-\255][\128-\191]*$", "") -- never cut a character in two
-  end
-  s = s:gsub("[%z\1-\31\127]", escape_char):gsub("\194[\128-\159]", escape_char)
-  if n > cap then s = s .. ("...(%d bytes)"):format(n) end
-  return s
+  return clean(s, cap or M.MAX_LINE)
+end
+
+-- Anything shaped like an e-mail address (text@text, the domain without a
+-- dot too: jane@localhost is personal data as well).
+local ADDRESS = "[^%s\"'<>()%[%],;:@]+@[^%s\"'<>()%[%],;:@]+"
+
+--- Text with every e-mail address in it replaced by `<e-mail>`: for what
+-- must hold no personal data (a spool's last errors on screen, the
+-- messages of a `--pseudonymise` run's rejects file).
+function M.mask_emails(s)
+  if type(s) ~= "string" then return s end
+  return (s:gsub(ADDRESS, "<e-mail>"))
 end
 
 --- A name or refCode for a message: as it is when it reads safely (short,
@@ -308,17 +287,37 @@ local function same_target(a, b)
   return na == nb and files.same(da == "" and "/" or da, db == "" and "/" or db)
 end
 
+--- Do two paths name one file, even one that does not exist yet (the
+-- same name in the same directory, however spelled)?
+-- @param a a path
+-- @param b another
+-- @return boolean
+M.same_target = same_target
+-- The directory a path names a file in ("." for a bare name).
+local function dir_of(path)
+  local d = path:match("^(.*)/[^/]*$")
+  if d == nil then return "." end
+  return d == "" and "/" or d
+end
+
 --- Refuses (exit 2) any output that is one of the inputs, whatever the
--- spelling (`./x`, `d/../x`, a symlink, a hard link), or another output.
--- @param inputs list of paths (order files, the transform, the config...)
+-- spelling (`./x`, `d/../x`, a symlink, a hard link): files are compared by
+-- identity (device and inode); an input that is a directory (a CA path)
+-- may hold no output. Two outputs on one file are refused too.
+-- @param inputs list of paths (order files, the transform, the config, the CA...)
 -- @param outputs list of `{flag, path}` (`path` nil or "-" is skipped)
 function M.refuse_overwrite(inputs, outputs)
   for i, o in ipairs(outputs) do
     local flag, path = o[1], o[2]
     if path and path ~= "-" then
-      for _, f in ipairs(inputs) do
-        if f and f ~= "-" and files.same(path, f) then
+      for _, f in pairs(inputs) do
+        if f ~= "-" and files.same(path, f) then
           config_error(("%s %s is the input file %s: write it elsewhere"):format(flag, M.label(path), M.label(f)))
+        end
+        local _, kind = core.file_id(f)
+        if kind == "directory" and files.same(dir_of(path), f) then
+          config_error(("%s %s is in the directory %s this command reads: write it elsewhere")
+            :format(flag, M.label(path), M.label(f)))
         end
       end
       for j = 1, i - 1 do
@@ -329,18 +328,6 @@ function M.refuse_overwrite(inputs, outputs)
       end
     end
   end
-end
-
---- The paths a command reads from, which no output may overwrite (see
--- `refuse_overwrite`): its input files and its `--transform` and `--config` files.
--- @param args the parsed arguments
--- @return a list of paths (a missing transform or config leaves no entry)
-function M.inputs_of(args)
-  local list = {}
-  for _, f in ipairs(args.files or {}) do list[#list + 1] = f end
-  list[#list + 1] = args.transform
-  list[#list + 1] = args.config
-  return list
 end
 
 -- Writers not yet committed: thrown away by `guard` when a command fails.
@@ -418,10 +405,27 @@ function M.output(path, out)
   return M.open_output(path, "to")
 end
 
---- Loads a transform script: it must return a function(record, ctx).
+-- A Lua file as source text only (never bytecode, which Lua does not
+-- verify): a leading "#" line is skipped, as `lua` does.
+local function load_source(path)
+  local fh, e = io.open(path, "rb")
+  if not fh then return nil, e end
+  local text = fh:read("*a")
+  fh:close()
+  if not text then return nil, "cannot read " .. path end
+  if text:byte(1) == 27 then return nil, path .. ": attempt to load a binary chunk (a transform is Lua source text)" end
+  text = text:gsub("^#[^\n]*", "")
+  if loadstring then return loadstring(text, "@" .. path) end -- luacheck: ignore (Lua 5.1)
+  return load(text, "@" .. path, "t")
+end
+
+--- Loads a transform script: it must return a function(record, ctx). It
+-- is trusted code, run with the full Lua environment (it can read the
+-- environment, the token's variable included): loaded as source text
+-- only, never as bytecode.
 function M.load_transform(path)
   if not path then return nil end
-  local chunk, e = loadfile(path)
+  local chunk, e = load_source(path)
   if not chunk then config_error("cannot load transform: " .. tostring(e)) end
   local ok, fn = pcall(chunk)
   if not ok then
@@ -433,27 +437,5 @@ function M.load_transform(path)
   end
   return fn
 end
-
--- ------------------------------------------------------------ re-exports
--- (loaded on first use: those modules use the helpers above)
-
-local function lazy(mod, name)
-  return function(...) return require("optimizely.offline.cli." .. mod)[name](...) end
-end
-
---- See `optimizely.offline.cli.config.client_config`.
-M.client_config = lazy("config", "client_config")
---- See `optimizely.offline.cli.config.client`.
-M.client = lazy("config", "client")
---- See `optimizely.offline.cli.config.settings`.
-M.settings = lazy("config", "settings")
---- See `optimizely.offline.cli.records.iter`.
-M.records = lazy("records", "iter")
---- See `optimizely.offline.cli.rejects.new`.
-M.rejects = lazy("rejects", "new")
---- See `optimizely.offline.cli.progress.new`.
-M.progress = lazy("progress", "new")
---- See `optimizely.offline.cli.progress.isatty`.
-M.isatty = lazy("progress", "isatty")
 
 return M

@@ -3,9 +3,11 @@
 -- then environment, then the file named by `--config`.
 --
 -- A config file is data, never code: `key = value` lines, `#` starts a
--- comment line, values may be quoted ('…' or "…"). A `#` after a blank ends
--- the value (a trailing comment: `token = abc  # production` is `abc`); a
--- value holding ` #` is quoted. Keys:
+-- comment line, values may be quoted ('…' or "…"; a quote not closed is an
+-- error). A `#` after a blank ends the value (a trailing comment: `token =
+-- abc  # production` is `abc`); a value holding ` #` is quoted. The file
+-- must be the user's (or root's) and writable by no one else; holding a
+-- secret readable by others, it is used with a warning. Keys:
 --
 --   * the client's options that can be written as text (its schema:
 --     `site`, `token`, `channel`, `env`, `sitename`, `base_url`, `ca_file`,
@@ -17,7 +19,9 @@
 --   * `map.<column> = field`: a CSV column rename (as `--map column=field`);
 --   * `delimiter`, `format`, `date_format`, `timezone`, `input_encoding`,
 --     `decimal_comma`, `currency_symbols`: the input options;
---   * `pseudonym_key`: the key for pseudonymised user ids (a secret).
+--   * `pseudonym_key`: the key for pseudonymised user ids (a secret);
+--   * `ledger = FILE`, `no_ledger = true`: the delivery ledger's file, or
+--     none (optimizely.offline.cli.send_ledger).
 --
 -- An unknown key is an error that names the line and suggests the key
 -- meant (`siteToken` → `token`); a key given twice too. Messages never show
@@ -27,12 +31,14 @@
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
 local common = require("optimizely.offline.cli.common")
+local offline = require("optimizely.offline")
 
 local config_error, label = common.config_error, common.label
 
 local M = {}
 
 local client_schema = require("optimizely.offline.client").schema
+local client_token_problem = require("optimizely.offline.client").token_problem
 
 -- The client options a file can spell as text: not the functions and
 -- tables (`sleep`, `transport`, `tokens`: `token.<channel>` lines give
@@ -50,7 +56,7 @@ end
 
 --- Keys only the command line uses.
 M.CLI_KEYS = { "delimiter", "format", "date_format", "timezone", "pseudonym_key", "input_encoding",
-  "decimal_comma", "currency_symbols" }
+  "decimal_comma", "currency_symbols", "ledger", "no_ledger" }
 
 --- The channels whose token the environment may carry without the config
 -- file naming them (`OPTIMIZELY_SITE_TOKEN_<CHANNEL>`).
@@ -90,6 +96,18 @@ File.__index = File
 -- "<path>:<line>: " for a message about a line of the file.
 function File:at(line) return ("%s:%d: "):format(label(self.path), line) end
 
+-- A value without its quotes ('…' or "…"). A quote that is not closed (or
+-- closed by the other kind) is an error: it would silently become part of
+-- the value, of a key or a token (the message never shows the value).
+local function unquote(self, n, k, v)
+  local first, last = v:sub(1, 1), v:sub(-1)
+  local quoted = first == '"' or first == "'"
+  if (quoted and (#v < 2 or last ~= first)) or (not quoted and (last == '"' or last == "'")) then
+    config_error(self:at(n) .. "the value of " .. label(k) .. " has an unbalanced quote")
+  end
+  return quoted and v:sub(2, -2) or v
+end
+
 -- The value without a trailing comment: ` #…` after an unquoted value, or
 -- after the closing quote of a quoted one (a `#` inside quotes, or not after
 -- a blank, is part of the value).
@@ -114,8 +132,7 @@ function File:add(n, s)
     if not k then config_error(self:at(n) .. "expected key = value") end
     k = k:gsub("-", "_")
   end
-  v = without_comment(v)
-  v = v:match('^"(.*)"$') or v:match("^'(.*)'$") or v
+  v = unquote(self, n, k, without_comment(v))
   if self.line_of[k] then
     config_error(self:at(n) .. label(k) .. " is given twice (first at line " .. self.line_of[k] .. ")")
   end
@@ -137,13 +154,52 @@ function File:add(n, s)
   end
 end
 
---- Reads a config file. Error messages name the line, never its value.
+-- Bits of a file mode (no bitwise operators in Lua 5.1).
+local function bit(mode, b) return math.floor(mode / b) % 2 == 1 end
+
+-- Who else may change the file: another user owning it, or group or others
+-- able to write it, could point the run (and its token) anywhere. Refused.
+function File:check_owner()
+  local id, _, mode, uid = core.file_id(self.path)
+  if not id then return end -- io.open says why
+  self.mode = mode
+  if uid ~= core.euid() and uid ~= 0 then
+    config_error(("%s is owned by another user (uid %d): refusing to use it"):format(label(self.path), uid))
+  end
+  if bit(mode, 16) or bit(mode, 2) then
+    config_error(("%s is writable by others (mode %04o): refusing to use it (chmod go-w %s)")
+      :format(label(self.path), mode, label(self.path)))
+  end
+end
+
+-- The secrets the file holds, by key; a warning (as ssh gives) when group
+-- or others can read them.
+function File:check_readers()
+  local mode = self.mode
+  if not mode or not (bit(mode, 32) or bit(mode, 4)) then return end
+  local held = {}
+  if self.values.token and self.values.token ~= "" then held[#held + 1] = "token" end
+  local chans = {}
+  for ch in pairs(self.tokens) do chans[#chans + 1] = ch end
+  table.sort(chans)
+  for _, ch in ipairs(chans) do held[#held + 1] = "token." .. ch end
+  if self.values.pseudonym_key and self.values.pseudonym_key ~= "" then held[#held + 1] = "pseudonym_key" end
+  if #held == 0 then return end
+  self.warnings[#self.warnings + 1] = ("warning: %s holds a secret (%s) and is readable by others (mode %04o): "
+    .. "chmod 600 %s"):format(label(self.path), table.concat(held, ", "), mode, label(self.path))
+end
+
+--- Reads a config file. Error messages name the line, never its value. A
+-- file another user owns, or that group or others can write, is refused;
+-- one holding a secret (a token, the pseudonym key) that they can read
+-- gets a warning in `warnings`.
 -- @param path the file (nil: an empty configuration)
 -- @return `{path, values = {key = string}, tokens = {channel = token},
---   map = {column = field | false}, line_of = {key = line}}`
+--   map = {column = field | false}, line_of = {key = line}, warnings = {text}}`
 function M.read_file(path)
-  local self = setmetatable({ path = path, values = {}, tokens = {}, map = {}, line_of = {} }, File)
+  local self = setmetatable({ path = path, values = {}, tokens = {}, map = {}, line_of = {}, warnings = {} }, File)
   if not path then return self end
+  self:check_owner()
   local fh, e = io.open(path, "r")
   if not fh then config_error("cannot read config file: " .. tostring(e)) end
   local n = 0
@@ -156,6 +212,7 @@ function M.read_file(path)
     end
   end
   fh:close()
+  self:check_readers()
   return self
 end
 
@@ -206,6 +263,7 @@ function M.settings(args, getenv)
   if s then return s end
   getenv = getenv or os.getenv
   local file = M.read_file(args.config)
+  for _, w in ipairs(file.warnings) do common.say(io.stderr, w) end
   local key = getenv("OPTIMIZELY_PSEUDONYM_KEY")
   s = { file = file, input = input_settings(args, file),
         pseudonym_key = (key and key ~= "") and key or file.values.pseudonym_key }
@@ -220,25 +278,43 @@ local function env_name(channel)
 end
 
 -- Per-channel tokens: the file's `token.<channel>`, then the environment's
--- OPTIMIZELY_SITE_TOKEN_<CHANNEL> over them. nil when there are none.
--- Channel names are case-insensitive: the keys are lower case.
+-- OPTIMIZELY_SITE_TOKEN_<CHANNEL> over them. nil when there are none; else
+-- also where each came from (for messages). Channel names are
+-- case-insensitive: the keys are lower case.
 local function channel_tokens(file, channel, getenv)
-  local tokens, names = {}, {}
+  local tokens, names, from = {}, {}, {}
   for _, ch in ipairs(M.CHANNELS) do names[ch] = true end
   for ch, v in pairs(file.tokens) do
+    local key = "token." .. ch
     ch = ch:lower()
     if tokens[ch] and tokens[ch] ~= v then
       config_error(label(file.path) .. ": token." .. ch .. " is given twice (channel names are "
         .. "case-insensitive)")
     end
-    tokens[ch] = v; names[ch] = true
+    tokens[ch], names[ch] = v, true
+    from[ch] = file:at(file.line_of[key]) .. key .. " "
   end
   if channel then names[channel] = true end
   for ch in pairs(names) do
     local v = getenv(env_name(ch))
-    if v and v ~= "" then tokens[ch] = v end
+    if v and v ~= "" then tokens[ch], from[ch] = v, "$" .. env_name(ch) .. ": the token " end
   end
-  return next(tokens) and tokens or nil
+  if not next(tokens) then return nil end
+  return tokens, from
+end
+
+-- A token that is too short (or holds a control character or spaces) is
+-- a configuration error naming where it came from, never its value.
+local function check_token(token, from)
+  local p = token and client_token_problem(token)
+  if p then config_error(from .. p) end
+end
+
+local function sorted_keys(t)
+  local list = {}
+  for k in pairs(t) do list[#list + 1] = k end
+  table.sort(list)
+  return list
 end
 
 -- Strings to the numbers and booleans the client's schema asks for (the
@@ -339,10 +415,15 @@ function M.unchecked_config(args, getenv)
   pick("timeout")
   pick("max_attempts")
   if type(conf.channel) == "string" then conf.channel = conf.channel:lower() end
+  if conf.token then check_token(conf.token, origin.token .. "token ") end
   local token = getenv("OPTIMIZELY_SITE_TOKEN")
-  if token and token ~= "" then conf.token = token end
-  local tokens = channel_tokens(file, conf.channel, getenv)
+  if token and token ~= "" then
+    conf.token = token
+    check_token(token, "$OPTIMIZELY_SITE_TOKEN: the token ")
+  end
+  local tokens, from = channel_tokens(file, conf.channel, getenv)
   if tokens then
+    for _, ch in ipairs(sorted_keys(tokens)) do check_token(tokens[ch], from[ch]) end
     if not conf.channel and next(tokens, next(tokens)) == nil then conf.channel = next(tokens) end
     conf.token = conf.channel and tokens[conf.channel] or conf.token
     conf.tokens = tokens
@@ -366,7 +447,6 @@ end
 -- @param getenv function(name) (default os.getenv)
 -- @param err writer for warnings (default io.stderr)
 function M.client(args, getenv, err)
-  local offline = require("optimizely.offline")
   local conf, notes = M.client_config(args, getenv)
   for _, n in ipairs(notes) do common.say(err or io.stderr, n) end
   local secrets = M.secrets(conf, M.settings(args, getenv))
@@ -376,6 +456,30 @@ function M.client(args, getenv, err)
     config_error(errors.redact_all(msg, secrets))
   end
   return client
+end
+
+--- The paths a command reads from, which no output may overwrite (see
+-- `optimizely.offline.cli.common.refuse_overwrite`): its input files, its `--transform` and `--config`
+-- files, and the CA file or directory wherever it is named (`--ca-file`,
+-- $OPTIMIZELY_CA_FILE, the config file's `ca_file` and `ca_path`).
+-- @param args the parsed arguments
+-- @param getenv function(name) (default os.getenv)
+-- @return a list of paths
+function M.inputs_of(args, getenv)
+  getenv = getenv or os.getenv
+  local list = {}
+  local function add(p) if type(p) == "string" and p ~= "" then list[#list + 1] = p end end
+  for _, f in ipairs(args.files or {}) do add(f) end
+  add(args.transform)
+  add(args.config)
+  add(args.ca_file)
+  add(getenv("OPTIMIZELY_CA_FILE"))
+  if args.config then
+    local v = M.settings(args, getenv).file.values
+    add(v.ca_file)
+    add(v.ca_path)
+  end
+  return list
 end
 
 return M

@@ -6,14 +6,17 @@
 -- orders are reported and left out. The output file (`-o`) is private
 -- (0600) and appears only when complete; it can never be one of the inputs.
 -- @module optimizely.offline.cli.convert
+local core = require("optimizely.offline.core")
+local offline = require("optimizely.offline")
 local common = require("optimizely.offline.cli.common")
+local records = require("optimizely.offline.cli.records")
 local validate = require("optimizely.offline.cli.validate")
 
 local M = {}
 
 --- Adds the `convert` command and its options to the argparse parser.
 function M.register(parser)
-  local cmd = common.order_command(parser, "convert",
+  local cmd = records.order_command(parser, "convert",
     "Turn order files into payload NDJSON (normalised request bodies).")
   cmd:option("--to", "Output format (ndjson).", "ndjson"):choices({ "ndjson" })
   cmd:option("-o --output", "Output file (default: standard output)."):argname("<file>")
@@ -25,8 +28,8 @@ end
 --   interrupted
 function M.run(args, out, err)
   return validate.command(err, function()
-    local encode = require("optimizely.offline").encode
-    local quote = require("optimizely.offline.core").json_encode
+    local encode = offline.encode
+    local quote = core.json_encode
     local check = validate.Check.new(args, out, err, err, { { "--output", args.output } })
     local dest = common.output(args.output, out)
     check:run(function(item)

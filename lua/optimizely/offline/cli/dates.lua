@@ -83,13 +83,13 @@ function M.converter(input)
   if fmt == nil and tz == nil then return nil end
   if fmt ~= nil then
     local ok, why = core.date_check_format(fmt)
-    if not ok then common.config_error("--date-format " .. core.quote(fmt, 60) .. " " .. why) end
+    if not ok then common.config_error("--date-format " .. core.quote(fmt, 60) .. " " .. why.message) end
   end
   local zone
   if tz ~= nil then
     local e
     zone, e = core.tz_load(tz)
-    if not zone then common.config_error("--timezone: " .. tostring(e)) end
+    if not zone then common.config_error("--timezone: " .. e.message) end
   end
   local convert, quote = core.date_convert, core.quote
   local expected = fmt and ("the date format " .. quote(fmt, 60))
@@ -97,11 +97,11 @@ function M.converter(input)
     local o = type(payload) == "table" and payload.order
     local v = type(o) == "table" and o.orderDate
     if type(v) ~= "string" then return nil end
-    local out, note, kind = convert(v, fmt, zone)
+    local out, note = convert(v, fmt, zone) -- out, warning | nil, err {message, code}
     if not out then
       local msg
-      if kind ~= "format" then msg = note .. ", got " .. quote(v, 60)
-      elseif fmt then msg = "must match " .. expected .. " (" .. note .. "), got " .. quote(v, 60)
+      if note.code ~= "format" then msg = note.message .. ", got " .. quote(v, 60)
+      elseif fmt then msg = "must match " .. expected .. " (" .. note.message .. "), got " .. quote(v, 60)
       else msg = local_form_message(v, quote) end
       return { { path = PATH, message = msg } }
     end

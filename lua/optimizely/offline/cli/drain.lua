@@ -21,7 +21,11 @@
 -- @module optimizely.offline.cli.drain
 local common = require("optimizely.offline.cli.common")
 local stop = require("optimizely.offline.cli.stop")
+local sched = require("optimizely.offline.sched")
 local spool = require("optimizely.offline.spool")
+local core = require("optimizely.offline.core")
+local config = require("optimizely.offline.cli.config")
+local report = require("optimizely.offline.cli.report")
 
 local M = {}
 
@@ -35,7 +39,7 @@ local NO_AGE_LIMIT = 86400 * 3650
 --- Adds the options of `spool send` to its argparse command.
 function M.options(cmd)
   common.credential_options(cmd)
-  cmd:option("--concurrency", "Requests in flight at once (1..256).", "8"):argname("<n>")
+  cmd:option("--concurrency", "Requests in flight at once (1..1024).", "8"):argname("<n>")
   cmd:option("--max-attempts", ("Attempts per order in all, earlier ones included (default %d); then it is a "
     .. "dead letter."):format(M.MAX_ATTEMPTS)):argname("<n>")
   stop.grace_option(cmd)
@@ -58,10 +62,10 @@ end
 function M.new(args, out, err)
   return setmetatable({
     args = args, out = out, err = err, path = args.spool,
-    concurrency = common.int_option(args.concurrency, "concurrency", 1, 256),
+    concurrency = common.int_option(args.concurrency, "concurrency", 1, sched.MAX_CONCURRENCY),
     max_attempts = common.int_option(args.max_attempts, "max-attempts", 1, 100) or M.MAX_ATTEMPTS,
     grace = stop.grace(common.seconds_option(args.grace, "grace")),
-    sent = 0, dead = 0, clock = require("optimizely.offline.core").now,
+    sent = 0, dead = 0, clock = core.now,
   }, Drain)
 end
 
@@ -115,7 +119,7 @@ end
 -- @return exit code
 -- @local
 function Drain:drain()
-  local client = common.client(self.args, nil, self.err)
+  local client = config.client(self.args, nil, self.err)
   self.before = assert(stats_of(self.path))
   self.t0 = self.clock()
   self:make_due()
@@ -132,7 +136,7 @@ end
 -- @return exit code
 -- @local
 function Drain:summary()
-  local a, plural = self.after or {}, require("optimizely.offline.cli.report").plural
+  local a, plural = self.after or {}, report.plural
   local queued, dead = a.queued or 0, a.dead or 0
   if self.refused then
     common.say(self.err, "error: the credentials were refused (", tostring(self.refused),

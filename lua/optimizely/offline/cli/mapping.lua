@@ -20,6 +20,10 @@ local common = require("optimizely.offline.cli.common")
 local validate_cmd = require("optimizely.offline.cli.validate")
 local files = require("optimizely.offline.files")
 local core = require("optimizely.offline.core")
+local config = require("optimizely.offline.cli.config")
+local records = require("optimizely.offline.cli.records")
+local progress = require("optimizely.offline.cli.progress")
+local pseudonymise = require("optimizely.offline.cli.pseudonymise")
 
 local M = {}
 
@@ -44,7 +48,7 @@ function M.register(parser)
     .. "replaced only once complete."):argname("<mapping.csv>")
   cmd:option("--config", "Config file with a pseudonym_key = ... line "
     .. "(default: $OPTIMIZELY_PSEUDONYM_KEY, which wins over the file)."):argname("<file>")
-  require("optimizely.offline.cli.pseudonymise").options(cmd, false)
+  pseudonymise.options(cmd, false)
   cmd:option("--tmpdir", "Directory for the temporary sort files (default: the output's directory, "
     .. "else $TMPDIR or /tmp)."):argname("<dir>")
   cmd:option("--run-size"):hidden(true) -- specs: force many runs and merge passes
@@ -220,17 +224,6 @@ local function csv_field(s)
 end
 M.csv_field = csv_field
 
--- Refuses -o naming one of the command's own inputs (whatever the spelling).
-local function check_output(args)
-  local path = args.output
-  local inputs = { args.config, args.transform }
-  for _, f in ipairs(args.files) do inputs[#inputs + 1] = f end
-  for _, f in pairs(inputs) do
-    if f ~= "-" and files.same(path, f) then
-      config_error(("-o %s names an input of this command (%s): refusing to overwrite it"):format(path, f))
-    end
-  end
-end
 
 local Mapping = {}
 Mapping.__index = Mapping
@@ -239,8 +232,8 @@ function Mapping.new(args, out, err, getenv)
   local self = setmetatable({ args = args, out = out, err = err, read = 0, invalid = 0, id_only = 0,
                               bad = 0, skipped = 0, written = 0 }, Mapping)
   self.to_file = args.output ~= nil and args.output ~= "-"
-  if self.to_file then check_output(args) end
-  self.p = require("optimizely.offline.cli.pseudonymise").build(args, getenv)
+  if self.to_file then common.refuse_overwrite(config.inputs_of(args, getenv), { { "-o", args.output } }) end
+  self.p = pseudonymise.build(args, getenv)
   self.transform = common.load_transform(args.transform)
   local dir = args.tmpdir or (self.to_file and dirname(args.output)) or getenv("TMPDIR") or "/tmp"
   local ok, fh, path = pcall(temp_file, dir) -- fail now, not after reading gigabytes
@@ -275,14 +268,14 @@ function Mapping:take(item)
   local norm, why = core.email_normalise(user.email)
   if norm then return self.distinct:add(norm) end
   self.invalid = self.invalid + 1
-  self:report(item, { problems = { { path = "user.email", message = why } } })
+  self:report(item, { problems = { { path = "user.email", message = why.message } } })
 end
 
 function Mapping:gather()
   local args = self.args
-  self.progress = common.progress(self.err, args.quiet, self.clock, args.files)
+  self.progress = progress.new(self.err, args.quiet, self.clock, args.files)
   local n = 0
-  for item in common.records(args, self.transform, self.progress) do
+  for item in records.iter(args, self.transform, self.progress) do
     self:take(item)
     n = n + 1
     if n % 512 == 0 then self.progress:update(n, self.bad + self.invalid) end
@@ -299,7 +292,7 @@ function Mapping:write()
     if not writer then run_error("cannot write " .. self.args.output .. ": " .. tostring(e)) end
     self.writer, dest = writer, writer.fh
   end
-  local progress = common.progress(self.err, self.args.quiet, self.clock)
+  local bar = progress.new(self.err, self.args.quiet, self.clock)
   local p = self.p
   local what = "cannot write " .. (self.to_file and self.args.output or "standard output")
   must(what, dest:write("email,id\n"))
@@ -307,9 +300,9 @@ function Mapping:write()
     local id = assert(p:id(email)) -- normalised and checked already
     must(what, dest:write(csv_field(email), ",", id, "\n"))
     self.written = self.written + 1
-    if self.written % 4096 == 0 then progress:update(self.written, 0) end
+    if self.written % 4096 == 0 then bar:update(self.written, 0) end
   end)
-  progress:finish()
+  bar:finish()
   if writer then
     must(what, writer:commit())
     self.writer = nil

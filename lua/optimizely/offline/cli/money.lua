@@ -92,9 +92,9 @@ function M.converter(input)
     local function one(t, key, path)
       local v = t[key]
       if type(v) ~= "string" then return end
-      local units, msg, code = money(v, cur, opts) -- units, decimals, text | nil, message, code
-      if units then t[key] = code; return end
-      local hint = HINT[code]
+      local units, e, text = money(v, cur, opts) -- units, decimals, text | nil, err {message, code}
+      if units then t[key] = text; return end
+      local hint, msg = HINT[e.code], e.message
       problems = problems or {}
       problems[#problems + 1] = { path = path,
         message = msg .. (hint and hint(opts, v) or "") .. ", got " .. quote(v, 60) }

@@ -5,6 +5,8 @@
 -- always compute the same ids.
 -- @module optimizely.offline.cli.pseudonymise
 local common = require("optimizely.offline.cli.common")
+local config = require("optimizely.offline.cli.config")
+local pseudonym = require("optimizely.offline.pseudonym")
 
 local M = {}
 
@@ -59,8 +61,7 @@ end
 -- @param getenv function(name) (default os.getenv)
 -- @return p (see optimizely.offline.pseudonym)
 function M.build(args, getenv)
-  local pseudonym = require("optimizely.offline.pseudonym")
-  local settings = common.settings(args, getenv)
+  local settings = config.settings(args, getenv)
   local key, err = pseudonym.key_from(getenv, { pseudonym_key = settings.pseudonym_key })
   if not key then common.config_error(err.message) end
   local o = {

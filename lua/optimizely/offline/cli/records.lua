@@ -8,6 +8,8 @@ local config = require("optimizely.offline.cli.config")
 local dates = require("optimizely.offline.cli.dates")
 local money = require("optimizely.offline.cli.money")
 local age = require("optimizely.offline.cli.age")
+local pseudonymise = require("optimizely.offline.cli.pseudonymise")
+local core = require("optimizely.offline.core")
 
 local config_error, where = common.config_error, common.where
 
@@ -20,7 +22,7 @@ local M = {}
 function M.reader_opts(settings)
   local opts = { format = settings.format, map = settings.map, order_rows = settings.order_rows,
     input_encoding = settings.input_encoding }
-  if settings.input_encoding ~= nil and not require("optimizely.offline.core").decoder(settings.input_encoding) then
+  if settings.input_encoding ~= nil and not core.decoder(settings.input_encoding) then
     config_error("--input-encoding must be utf-8, cp1252 (Windows-1252) or latin1 (ISO-8859-1), got "
       .. common.label(settings.input_encoding))
   end
@@ -80,16 +82,23 @@ local function converted(converters, item)
 end
 
 -- Pseudonymise a payload item (--pseudonymise): a problem makes it a
--- validation failure, warnings (an id that disagrees) ride along.
+-- validation failure, warnings (an id that disagrees) ride along. An item
+-- already failed (its date) is pseudonymised too: its payload goes to the
+-- rejects file, which must hold the id, never the address. A payload that
+-- cannot be pseudonymised is marked `withhold`: it is kept nowhere.
 local function pseudonymised(p, item)
   local payload, w = p:apply(item.payload)
   if not payload then
-    item.stage = "validation"
-    item.error = w
-    item.message = tostring(w)
+    item.withhold = true
+    if not item.stage then
+      item.stage = "validation"
+      item.error = w
+      item.message = tostring(w)
+    end
     return item
   end
-  item.payload = payload
+  item.payload, item.pseudonymised = payload, true
+  if item.stage then return item end
   if w[1] then
     local all = item.warnings or {}
     for _, x in ipairs(w) do all[#all + 1] = x end
@@ -102,7 +111,8 @@ end
 local function item_of(self, rec, fi)
   if rec.error then
     if common.is_interrupt(rec.error) then error(rec.error, 0) end
-    return { stage = "input", message = rec.error, code = rec.code, rec = rec, fi = fi }
+    return { stage = "input", message = rec.error, code = rec.code, rec = rec, fi = fi,
+             pseudonymise = self.pseudonym and true or nil }
   end
   local item
   if self.transform and not rec.transformed then
@@ -111,9 +121,35 @@ local function item_of(self, rec, fi)
     item = { payload = rec.payload, rec = rec, transformed = rec.transformed, fi = fi }
   end
   if item.payload and self.converters[1] then converted(self.converters, item) end
-  if item.payload and not item.stage and self.pseudonym then pseudonymised(self.pseudonym, item) end
+  if self.pseudonym then
+    item.pseudonymise = true -- the rejects file keeps no address of it (cli.rejects)
+    if item.payload then pseudonymised(self.pseudonym, item) end
+  end
   if item.payload and not item.stage and self.age then self.age(item) end
   return item
+end
+
+--- A command that reads orders (send, validate, convert): the input, the
+-- pseudonymiser and the output options, plus `--config` (with `credentials`
+-- the whole set of where-and-as-whom options).
+-- @param parser the argparse parser
+-- @param name the command's name
+-- @param help its one-line help
+-- @param credentials true for the credential options (send), else `--config`
+-- @return the argparse command
+function M.order_command(parser, name, help, credentials)
+  local cmd = parser:command(name, help)
+  common.input_options(cmd)
+  age.option(cmd)
+  pseudonymise.options(cmd, true)
+  if credentials then
+    common.credential_options(cmd)
+  else
+    common.config_option(cmd)
+    cmd:epilog(common.LOCAL_ENV_HELP)
+  end
+  common.output_options(cmd)
+  return cmd
 end
 
 --- Iterates over every record of every file, after the transform and the
@@ -128,9 +164,11 @@ end
 --     the date could not be converted (`--date-format`, `--timezone`)
 --   { skipped = true, rec = r }                      the transform returned nil
 --
--- With --pseudonymise, `user.email` has become the pseudonymised `user.id`
--- (a bad address: a validation item). An order older than
--- `--max-order-age` carries a warning (optimizely.offline.cli.age).
+-- With --pseudonymise, every item has `pseudonymise = true`, and `user.email`
+-- has become the pseudonymised `user.id` (`pseudonymised = true`; a bad
+-- address: a validation item, `withhold = true`), also in an item that
+-- failed at its date. An order older than `--max-order-age` carries a
+-- warning (optimizely.offline.cli.age).
 -- Items with a `stage` are not sendable. A record from a rejects file
 -- (`rec.transformed`) is not transformed again. Ctrl-C inside the
 -- transform or a reader is raised again, never reported as a bad record.
@@ -146,7 +184,7 @@ function M.iter(args, transform, progress, resume)
     files = args.files, opts = M.reader_opts(settings),
     converters = {},
     transform = transform, ctx = { state = {} },
-    pseudonym = args.pseudonymise and require("optimizely.offline.cli.pseudonymise").build(args) or nil,
+    pseudonym = args.pseudonymise and pseudonymise.build(args) or nil,
     age = age.guard(args.max_order_age),
   }
   -- the conversions asked for, in this order (nil: not asked)
@@ -165,7 +203,8 @@ function M.iter(args, transform, progress, resume)
         if not it then
           -- an unreadable file is one rejected "record", and the run goes on
           return { stage = "input", message = common.path(self.files[fi]) .. ": " .. tostring(state),
-                   rec = { file = self.files[fi], line = 0, index = 0 }, fi = fi }
+                   rec = { file = self.files[fi], line = 0, index = 0 }, fi = fi,
+                   pseudonymise = self.pseudonym and true or nil }
         end
         iter = it
         if progress then progress:file(state) end

@@ -11,6 +11,15 @@
 -- until that key is removed); `origin` is the first source of a record
 -- re-sent from a rejects file.
 --
+-- Under `--pseudonymise` (items marked `pseudonymise` by the records
+-- iterator) the file never holds an e-mail address: every line says
+-- `"pseudonymised":true`; a payload is kept only once pseudonymised (it
+-- holds the id: sending the file again, with or without the flag, posts no
+-- e-mail); a record rejected before that (input, transform, an address the
+-- pseudonymiser refuses) is left out — no `payload`, no `raw` (to fix it
+-- and send it again, go to its `source`), but `"withheld":"record"`; and any
+-- address-like text in the error messages is replaced by `<e-mail>`.
+--
 -- The file holds personal data: it is private (0600), written to a
 -- temporary file renamed into place when the run ends (`close`), and the
 -- default one (`optimizely-offline-unsent-<time>-<random>.ndjson`) is
@@ -80,6 +89,34 @@ function Writer:open()
   self.sink = common.open_output(self.path, "rejects file", self.keep)
 end
 
+local scrub = common.mask_emails
+
+local function scrub_list(list, field)
+  if type(list) ~= "table" then return list end
+  local out = {}
+  for i, x in ipairs(list) do
+    local c = {}
+    for k, v in pairs(x) do c[k] = v end
+    c[field] = scrub(x[field])
+    out[i] = c
+  end
+  return out
+end
+
+-- A line of a --pseudonymise run: no address in it (see the module doc).
+local function private(t, item)
+  t.pseudonymised = true
+  if not item.pseudonymised or item.withhold then
+    t.payload, t.raw, t.raw_format, t.raw_header, t.raw_delimiter, t.split_from = nil, nil, nil, nil, nil, nil
+    t.withheld = "record"
+  end
+  local e = t.error
+  e.message = scrub(e.message)
+  e.problems = scrub_list(e.problems, "message")
+  e.errors = scrub_list(e.errors, "message")
+  return t
+end
+
 -- One line for an item; a payload no encoder can write (a function in it)
 -- keeps the error and where it came from.
 local function line_of(item, err)
@@ -99,6 +136,7 @@ local function line_of(item, err)
     -- the later rows of a split order: not sent alone until someone says so
     if rec.code == "split_order" then t.split_from = rec.first_line end
   end
+  if item.pseudonymise then private(t, item) end
   local s = json_encode(t)
   if s then return s end
   t.payload, t.unserialisable = nil, true

@@ -21,14 +21,17 @@
 local core = require("optimizely.offline.core")
 local common = require("optimizely.offline.cli.common")
 local stop = require("optimizely.offline.cli.stop")
+local config = require("optimizely.offline.cli.config")
+local metrics = require("optimizely.offline.metrics")
 
 local M = {}
 
 --- The report's keys, in the order they are written (the rest sorted after).
 M.ORDER = {
-  "command", "dry_run", "files", "endpoint", "started_at", "finished_at", "elapsed_seconds",
+  "command", "dry_run", "files", "endpoint", "ledger", "started_at", "finished_at", "elapsed_seconds",
   "read", "sent", "valid", "skipped", "changed", "rejected", "not_sent", "unknown_outcome", "filtered",
-  "retried", "warnings", "orders_per_second", "rejected_by_stage", "not_sent_by_reason", "errors", "problems",
+  "retried", "warnings", "orders_per_second", "skipped_by_reason",
+  "rejected_by_stage", "not_sent_by_reason", "errors", "problems",
   "warning_kinds", "latency_seconds", "check_failed", "interrupted", "signal", "credentials_refused", "error",
   "rejects_file", "exit_code",
 }
@@ -48,7 +51,7 @@ M.plural = plural
 -- @param client the run's client
 function M.endpoint(args, client)
   if not client then return nil end
-  local ok, conf = pcall(common.client_config, args)
+  local ok, conf = pcall(config.client_config, args)
   if not ok then return nil end
   local names, seen, extra = {}, {}, {}
   for n in pairs(conf.tokens or {}) do extra[#extra + 1] = n end
@@ -76,7 +79,7 @@ end
 -- from the client's latency histogram), or nil when nothing was sent.
 function M.latency(client)
   if not client then return nil end
-  local q = require("optimizely.offline.metrics").percentiles(client:metrics().latency, { 0.5, 0.9, 0.99 })
+  local q = metrics.percentiles(client:metrics().latency, { 0.5, 0.9, 0.99 })
   if q[1] == nil then return nil end
   local function ms(x) return math.floor(x * 1e6 + 0.5) / 1e6 end
   return { p50 = ms(q[1]), p90 = ms(q[2]), p99 = ms(q[3]) }
@@ -93,6 +96,7 @@ function M.table(run, code)
   local done = run.dry and st.valid or st.sent
   return {
     command = "send", dry_run = run.dry and true or false, files = files, endpoint = run.endpoint,
+    ledger = run.led and run.led:report_value(),
     started_at = os.date("!%Y-%m-%dT%H:%M:%SZ", run.started_at or os.time()),
     finished_at = os.date("!%Y-%m-%dT%H:%M:%SZ"),
     elapsed_seconds = math.floor(elapsed * 1000 + 0.5) / 1000,
@@ -101,7 +105,8 @@ function M.table(run, code)
     unknown_outcome = st.unknown, filtered = st.filtered,
     retried = st.retried, warnings = st.warnings,
     orders_per_second = elapsed > 0 and math.floor((done / elapsed) * 10 + 0.5) / 10 or 0,
-    rejected_by_stage = st.by_stage, not_sent_by_reason = st.not_sent_by, errors = st.errors,
+    skipped_by_reason = st.skipped_by, rejected_by_stage = st.by_stage, not_sent_by_reason = st.not_sent_by,
+    errors = st.errors,
     problems = run.failures.items > 0 and run.failures:list() or nil,
     warning_kinds = run.warned.items > 0 and run.warned:list() or nil,
     latency_seconds = M.latency(run.client),
@@ -144,11 +149,32 @@ end
 -- @return the exit code: `code`, or 1 when the file could not be written
 function M.write_metrics(run, code)
   if not run.metrics_sink then return code end
-  local metrics = require("optimizely.offline.metrics")
   return put(run, run.metrics_sink, metrics.prometheus(run.client or metrics.empty()), "the metrics file", code)
 end
 
 -- --------------------------------------------------------------- summary
+
+--- The skipped orders by reason: {"12 already sent", "2 in flight in
+-- another run"}, the most frequent first.
+-- @param st the run's tally
+function M.skipped_parts(st)
+  local by, keys, parts = st.skipped_by or {}, {}, {}
+  for k in pairs(by) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b)
+    if by[a] ~= by[b] then return by[a] > by[b] end
+    return a < b
+  end)
+  local counted = 0
+  for _, k in ipairs(keys) do
+    counted = counted + by[k]
+    parts[#parts + 1] = by[k] .. " " .. (M.SKIP_WORDS[k] or common.clean(k, 60))
+  end
+  if st.skipped > counted then parts[#parts + 1] = (st.skipped - counted) .. " already sent" end
+  return parts
+end
+
+--- How the summary says a reason an order was skipped.
+M.SKIP_WORDS = { already_sent = "already sent", in_flight = "in flight in another run" }
 
 --- "sent 3 orders in 0.12 s (25.0 orders/s), 1 rejected, ..."
 function M.summary_line(run)
@@ -160,8 +186,8 @@ function M.summary_line(run)
     s[1] = ("sent %s in %.2f s (%.1f orders/s)"):format(plural(st.sent, "order"), elapsed,
       elapsed > 0 and st.sent / elapsed or 0)
   end
-  if st.skipped > 0 then s[#s + 1] = st.skipped .. " already sent" end
-  if st.changed > 0 then s[#s + 1] = st.changed .. " changed since sent" end
+  for _, part in ipairs(M.skipped_parts(st)) do s[#s + 1] = part end
+  if st.changed > 0 then s[#s + 1] = st.changed .. " changed since sent (not sent)" end
   if st.rejected > 0 then s[#s + 1] = st.rejected .. " rejected" end
   if st.unknown > 0 then
     s[#s + 1] = st.unknown .. (run.stopped and " interrupted in flight" or " without a result") .. " (outcome unknown)"
@@ -207,6 +233,7 @@ function M.summary(run)
   if not run.quiet or run.stopped then
     run:note(M.summary_line(run))
     if run.endpoint then run:note(M.endpoint_line(run.endpoint)) end
+    if run.led then run:note(run.led:line()) end
     local el = M.errors_line(run.st)
     if el then run:note(el) end
     for _, l in ipairs(run.failures:lines("failed orders by problem:")) do run:note(l) end

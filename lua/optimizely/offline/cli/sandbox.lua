@@ -9,6 +9,7 @@
 -- for `status`), 2 usage or configuration error. See doc/topics/sandbox.md.
 -- @module optimizely.offline.cli.sandbox
 local sandbox = require("optimizely.offline.sandbox")
+local core = require("optimizely.offline.core")
 
 local M = {}
 
@@ -46,7 +47,7 @@ local function number_option(value, name, err, integer)
   local n = tonumber(value)
   if not n or n ~= n or (integer and n ~= math.floor(n)) then
     err:write("error: --", name, " must be a", integer and "n integer" or " number", ", got ",
-      require("optimizely.offline.core").quote(tostring(value)), "\n")
+      core.quote(tostring(value)), "\n")
     return nil
   end
   return n
@@ -164,13 +165,6 @@ function M.run(args, out, err)
   end
   err:write("error: unknown sandbox command\n")
   return 2
-end
-
---- Runs `sandbox <argv...>` on its own (argv without the leading "sandbox").
-function M.main(argv, out, err)
-  local full = { "sandbox" }
-  for i = 1, #(argv or {}) do full[#full + 1] = argv[i] end
-  return require("optimizely.offline.cli").main(full, out, err)
 end
 
 return M

@@ -26,13 +26,20 @@
 -- is read again from the last record accounted for, so nothing is left
 -- unaccounted.
 -- @module optimizely.offline.cli.send
+local core = require("optimizely.offline.core")
+local offline = require("optimizely.offline")
 local common = require("optimizely.offline.cli.common")
+local config = require("optimizely.offline.cli.config")
+local records = require("optimizely.offline.cli.records")
+local channels = require("optimizely.offline.cli.channels")
 local problems = require("optimizely.offline.cli.problems")
 local rejects = require("optimizely.offline.cli.rejects")
 local progress = require("optimizely.offline.cli.progress")
 local report = require("optimizely.offline.cli.report")
 local stop = require("optimizely.offline.cli.stop")
+local send_ledger = require("optimizely.offline.cli.send_ledger")
 local batch = require("optimizely.offline.batch")
+local sched = require("optimizely.offline.sched")
 
 local M = {}
 
@@ -42,7 +49,7 @@ M.MAX_PRINTED = 50
 
 --- Adds the `send` command and its options to the argparse parser.
 function M.register(parser)
-  local cmd = common.order_command(parser, "send", "Validate and send orders (streamed, concurrent, with retries).",
+  local cmd = records.order_command(parser, "send", "Validate and send orders (streamed, concurrent, with retries).",
     true)
   cmd:option("--concurrency", "Requests in flight at once (1..1024).", "8"):argname("<n>")
   cmd:option("--rate", "Send at most this many orders per second."):argname("<orders/s>")
@@ -59,6 +66,7 @@ function M.register(parser)
   cmd:option("--metrics-mode", "Permission bits of the --metrics file, e.g. 0644 (world-readable: it holds "
     .. "counts only) or 0640 (default 0600)."):argname("<mode>")
   stop.grace_option(cmd)
+  send_ledger.options(cmd)
 end
 
 -- The key an error is counted under in the report: the API's code, else
@@ -80,12 +88,12 @@ M.Send = Send
 
 --- A run of the command (nothing happens until `main`).
 function Send.new(args, out, err)
-  local core = require("optimizely.offline.core")
   return setmetatable({
     args = args, out = out, err = err, clock = core.now or os.clock,
     quiet = args.quiet, verbose = args.verbose, dry = args.dry_run, phase = "setup",
     st = { read = 0, sent = 0, valid = 0, skipped = 0, changed = 0, rejected = 0, not_sent = 0, unknown = 0,
-           filtered = 0, retried = 0, warnings = 0, printed = 0, by_stage = {}, not_sent_by = {}, errors = {} },
+           filtered = 0, retried = 0, warnings = 0, printed = 0, by_stage = {}, not_sent_by = {}, errors = {},
+           skipped_by = {} },
     failures = problems.new(), warned = problems.new(),
     inflight = {},          -- batch index -> item, only until its result arrives
     nbatch = 0,
@@ -101,8 +109,9 @@ function M.run(args, out, err)
   local self = Send.new(args, out, err)
   local ok, res = pcall(common.guard, err, function() return self:main() end)
   if ok then
-    -- a usage error during setup: nothing was read, no rejects file is left
-    if self.phase == "setup" and self.rejects then self.rejects:abort() end
+    -- a usage error during setup (or a ledger refused before anything was
+    -- sent): no rejects file is left, the input holds every order
+    if (self.phase == "setup" or self.phase == "refused") and self.rejects then self.rejects:abort() end
     return res
   end
   if not common.is_interrupt(res) then error(res, 0) end
@@ -122,6 +131,7 @@ function Send:main()
   code = report.write_metrics(self, code)
   report.summary(self)
   if self.client then self.client:close() end
+  self.led:close()
   return code
 end
 
@@ -148,7 +158,7 @@ end
 -- @local
 function Send:setup()
   local args = self.args
-  self.concurrency = common.int_option(args.concurrency, "concurrency", 1, 1024)
+  self.concurrency = common.int_option(args.concurrency, "concurrency", 1, sched.MAX_CONCURRENCY)
   self.rate = common.number_option(args.rate, "rate")
   self.grace = stop.grace(common.seconds_option(args.grace, "grace"), self.clock)
   common.int_option(args.max_attempts, "max-attempts", 1, 100)
@@ -157,18 +167,20 @@ function Send:setup()
       common.config_error("--check-first reads the input twice: give files, not standard input")
     end
   end
-  common.refuse_overwrite(common.inputs_of(args), { { "--rejects", args.rejects }, { "--report", args.report },
+  common.refuse_overwrite(config.inputs_of(args), { { "--rejects", args.rejects }, { "--report", args.report },
     { "--metrics", args.metrics } })
   self.transform = common.load_transform(args.transform)
-  self.client = not self.dry and common.client(args, nil, self.err) or nil
+  self.client = not self.dry and config.client(args, nil, self.err) or nil
   self.endpoint = report.endpoint(args, self.client)
+  -- a ledger that cannot be used stops the run here: nothing is sent
+  self.led = send_ledger.new(self)
   self.rejects = rejects.new(args.rejects, { keep = true })
   -- opened now: a typo in its path fails before anything is sent
   self.report_sink = args.report and common.open_output(args.report, "the report")
   self.metrics_sink = args.metrics and common.open_output(args.metrics, "the metrics file", nil,
     common.file_mode(args.metrics_mode, "metrics-mode"))
   self.progress = progress.new(self.err, self.quiet, self.clock, args.files)
-  self.records = common.records(args, self.transform, self.progress)
+  self.records = records.iter(args, self.transform, self.progress)
   self.started_at, self.t0 = os.time(), self.clock()
 end
 
@@ -241,6 +253,8 @@ function Send:reject(item, stage, e, quietly, reason)
   st.by_stage[stage] = (st.by_stage[stage] or 0) + 1
   if stage == "interrupted" or stage == "unknown" then
     st.unknown = st.unknown + 1
+  elseif stage == "changed" then
+    st.changed = st.changed + 1
   elseif stage == "not_sent" then
     st.not_sent = st.not_sent + 1
     reason = reason or "interrupted"
@@ -289,12 +303,12 @@ function Send:done() return self.st.sent + self.st.valid + self.st.rejected end
 -- @local
 function Send:check()
   self.phase = "check"
-  local validate = require("optimizely.offline").validate
+  local validate = offline.validate
   local bar = progress.new(self.err, self.quiet, self.clock, self.args.files)
   local saved = self.progress
   self.progress = bar
   local checked = { read = 0, failed = 0, split = 0, filtered = 0 }
-  for item in common.records(self.args, self.transform, bar) do
+  for item in records.iter(self.args, self.transform, bar) do
     checked.read = checked.read + 1
     if item.skipped then checked.filtered = checked.filtered + 1 end
     local e
@@ -303,7 +317,7 @@ function Send:check()
     elseif item.payload then
       local ok, verr = validate(item.payload)
       if not ok then e, item.stage = verr, "validation" end
-      if ok then e = self:channel_problem(item) end
+      if ok then e = self:channel_problem(item) or self:ledger_problem(item) end
     end
     if e then
       checked.failed = checked.failed + 1
@@ -323,9 +337,22 @@ end
 -- dry run); nil when it can.
 -- @local
 function Send:channel_problem(item)
-  self.channel_check = self.channel_check or require("optimizely.offline.cli.channels").checker(self.args, self.client)
+  self.channel_check = self.channel_check or channels.checker(self.args, self.client)
   local e = self.channel_check(item.rec and item.rec.channel)
   if e then item.stage = "validation" end
+  return e
+end
+
+--- A record the ledger has with other content (the run would refuse it:
+-- without --force or --amend), asked before sending (`--check-first`);
+-- nil when it would be sent or skipped.
+-- @local
+function Send:ledger_problem(item)
+  if not self.led.L then return nil end
+  local body = offline.encode(item.payload)
+  local known, e = self.led:lookup(item, body)
+  if known ~= "changed" then return nil end
+  item.stage = "changed"
   return e
 end
 
@@ -350,6 +377,7 @@ function Send:refuse()
   self:note(("nothing was sent (--check-first): %d of %s failed the check; fix them and run again")
     :format(c.failed, plural(c.read, "record")))
   if self.client then self.client:close() end
+  self.led:close()
   return code
 end
 
@@ -387,6 +415,8 @@ function Send:on_result(i, res, e)
   local item = self.inflight[i]
   if not item then return end
   self.inflight[i] = nil
+  if res and res.skipped then return self.led:skipped(item, res) end
+  if send_ledger.is_changed(e) then return self:reject(item, "changed", send_ledger.changed_error(e)) end
   if not res then
     -- never tried: refused credentials stopped the batch before this one
     if batch.not_sent(e) then return self:reject(item, "not_sent", e, true, "credentials") end
@@ -407,7 +437,9 @@ end
 -- the end of the grace period (the interrupt is raised here).
 -- @local
 function Send:on_progress(s)
-  self.grace:check(s.in_flight)
+  -- halted with nothing in flight: the batch ends by itself, accounting for
+  -- what it did not start; else the grace period may end it
+  if not (s.halted and s.in_flight == 0) then self.grace:check(s.in_flight) end
   self.st.retried = s.retried or self.st.retried
   self.progress:update(self:done(), self.st.rejected, false)
 end
@@ -420,14 +452,20 @@ end
 -- @local
 function Send:run_batch()
   self.grace:defer()
-  local ok, summary = pcall(self.client.send_batch, self.client, function() return self:next_payload() end, {
-    concurrency = self.concurrency, rate = self.rate, on_interrupt = "return",
-    on_result = function(i, res, e) self:on_result(i, res, e) end,
-    progress = function(s) self:on_progress(s) end,
-  })
+  local o = self.led:batch_options()
+  o.concurrency, o.rate, o.on_interrupt = self.concurrency, self.rate, "return"
+  o.on_result = function(i, res, e) self:on_result(i, res, e) end
+  o.progress = function(s) self:on_progress(s) end
+  -- after a signal nothing new starts; those in flight get --grace
+  o.halt = function() return self.grace:stopping() end
+  local ok, summary, lerr = pcall(self.client.send_batch, self.client, function() return self:next_payload() end, o)
   local signalled = self.grace:resume()
   if not ok then error(summary, 0) end
+  if summary == nil then self.led:unusable(lerr) end -- before anything was sent: exit 2
   self.batch = summary
+  -- the ledger failed during the run: what it could not look up or record
+  -- failed with it (the report says so), and the run exits 2
+  self.ledger_error = summary.ledger_error
   self.refused = summary.stopped
   self.st.retried = summary.retried or self.st.retried
   -- the batch stopped early on an error (not Ctrl-C): account for the rest
@@ -441,7 +479,7 @@ end
 --- The dry run: every record read, transformed, validated and encoded.
 -- @local
 function Send:run_dry()
-  local encode = require("optimizely.offline").encode
+  local encode = offline.encode
   local st = self.st
   for item in self.records do
     if not item.skipped then st.read = st.read + 1 end
@@ -449,7 +487,13 @@ function Send:run_dry()
       local json, e = encode(item.payload)
       local cerr = json and self:channel_problem(item)
       if cerr then json, e = nil, cerr end
-      if json then
+      local known, detail = nil, nil
+      if json then known, detail = self.led:lookup(item, json) end
+      if known == "skipped" then
+        self.led:skipped(item, { skipped = "already sent", reason = "already_sent", at = detail })
+      elseif known == "changed" then
+        self:reject(item, "changed", detail)
+      elseif json then
         st.valid = st.valid + 1
         if self.verbose then common.say(self.out, common.head(item), "valid (", tostring(#json), " bytes)") end
         self:warn(item, item.warnings, true)
@@ -554,7 +598,7 @@ function Send:settle_rest()
   local reason = self.interrupted and "interrupted" or "error"
   local rest = self.records
   if self.args.files[self.pos.fi] ~= "-" then
-    rest = common.records(self.args, self.transform, nil, self.pos)
+    rest = records.iter(self.args, self.transform, nil, self.pos)
   end
   for item in rest do
     if not item.skipped then self.st.read = self.st.read + 1 end
@@ -582,7 +626,8 @@ end
 function Send:exit_code()
   local st = self.st
   if self.interrupted then return stop.exit_code(130) end
-  if st.rejected + st.not_sent + st.unknown > 0 or self.failure then return 1 end
+  if self.ledger_error then return 2 end
+  if st.rejected + st.changed + st.not_sent + st.unknown > 0 or self.failure then return 1 end
   return 0
 end
 

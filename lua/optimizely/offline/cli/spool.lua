@@ -6,6 +6,9 @@
 -- @module optimizely.offline.cli.spool
 local common = require("optimizely.offline.cli.common")
 local drain = require("optimizely.offline.cli.drain")
+local report = require("optimizely.offline.cli.report")
+local pseudonymise = require("optimizely.offline.cli.pseudonymise")
+local spool = require("optimizely.offline.spool")
 
 local M = {}
 
@@ -36,7 +39,7 @@ function M.register(parser)
   p:option("--email", "Remove this customer's undelivered orders (queued and dead letters): an erasure "
     .. "request. With --pseudonymise also those sent under the pseudonymised id."):argname("<address>")
   p:option("--user-id", "Remove the undelivered orders of this user.id."):argname("<id>")
-  require("optimizely.offline.cli.pseudonymise").options(p, true)
+  pseudonymise.options(p, true)
   common.config_option(p)
   local e = with_file(cmd:command("export", "Write dead letters as NDJSON that `send` accepts."))
   e:option("-o --output", "Output file (default: standard output; written 0600, in place when complete).")
@@ -44,7 +47,6 @@ function M.register(parser)
 end
 
 local function open(args)
-  local spool = require("optimizely.offline.spool")
   local f = io.open(args.spool, "rb")
   if not f then common.config_error("no spool file at " .. common.label(args.spool)) end
   f:close()
@@ -53,7 +55,7 @@ local function open(args)
   return sp
 end
 
-local spool_now = require("optimizely.offline.spool").now
+local spool_now = spool.now
 
 local function fail(err_out, err)
   common.say(err_out, "error: ", tostring(err))
@@ -86,7 +88,7 @@ end
 -- masked, control characters escaped, cut short.
 local function scrub(text)
   if not text then return "" end
-  return common.clean((tostring(text):gsub("[%w%.%%%+%-_]+@[%w%-]+%.[%w%.%-]+", "<e-mail>")), 300)
+  return common.clean(common.mask_emails(tostring(text)), 300)
 end
 
 -- When a queued row goes next: "due", "in delivery", or the time and how long until it.
@@ -170,7 +172,7 @@ local function customer(args)
   if args.user_id then ids[#ids + 1] = args.user_id end
   if args.pseudonymise then
     if not args.email then common.config_error("--pseudonymise needs --email") end
-    local p = require("optimizely.offline.cli.pseudonymise").build(args)
+    local p = pseudonymise.build(args)
     local id, e = p:id(args.email)
     if not id then common.config_error("--email: " .. tostring(e)) end
     ids[#ids + 1] = id
@@ -189,7 +191,7 @@ local function purge_customer(sp, args, out, err)
     removed, left = removed + n, math.max(left, l)
   end
   common.say(out, ("removed %s of that customer (queued or dead letters)")
-    :format(require("optimizely.offline.cli.report").plural(removed, "undelivered order")))
+    :format(report.plural(removed, "undelivered order")))
   if left > 0 then
     common.say(err, ("error: %d more are being delivered by another process right now (or could not be moved): "
       .. "stop it and run the purge again"):format(left))

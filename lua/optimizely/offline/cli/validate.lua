@@ -6,7 +6,12 @@
 -- failures counted, printed (the first MAX_PRINTED; all with -v; with -q
 -- too: they are the errors), grouped and written to the rejects file.
 -- @module optimizely.offline.cli.validate
+local core = require("optimizely.offline.core")
+local offline = require("optimizely.offline")
 local common = require("optimizely.offline.cli.common")
+local config = require("optimizely.offline.cli.config")
+local records = require("optimizely.offline.cli.records")
+local channels = require("optimizely.offline.cli.channels")
 local problems = require("optimizely.offline.cli.problems")
 local rejects = require("optimizely.offline.cli.rejects")
 local progress = require("optimizely.offline.cli.progress")
@@ -18,7 +23,7 @@ M.MAX_PRINTED = 50
 
 --- Adds the `validate` command and its options to the argparse parser.
 function M.register(parser)
-  local cmd = common.order_command(parser, "validate", "Check order files without sending anything.")
+  local cmd = records.order_command(parser, "validate", "Check order files without sending anything.")
   cmd:option("--rejects", "Write invalid orders (with their error) to this NDJSON file."):argname("<file>")
 end
 
@@ -41,15 +46,14 @@ M.Check = Check
 --   convert, whose stdout holds the data)
 -- @param outputs extra `{flag, path}` outputs to keep off the inputs
 function Check.new(args, out, err, to, outputs)
-  local core = require("optimizely.offline.core")
   local self = setmetatable({ args = args, out = out, err = err, to = to, good = 0, bad = 0, skipped = 0,
     printed = 0, failures = problems.new(), warned = problems.new() }, Check)
   table.insert(outputs, 1, { "--rejects", args.rejects })
-  common.refuse_overwrite(common.inputs_of(args), outputs)
+  common.refuse_overwrite(config.inputs_of(args), outputs)
   self.transform = common.load_transform(args.transform)
   self.rejects = rejects.new(args.rejects)
   self.progress = progress.new(err, args.quiet, core.now or os.clock, args.files)
-  self.records = common.records(args, self.transform, self.progress)
+  self.records = records.iter(args, self.transform, self.progress)
   return self
 end
 
@@ -120,9 +124,9 @@ end
 --   interrupted
 function M.run(args, out, err)
   return M.command(err, function()
-    local validate = require("optimizely.offline").validate
+    local validate = offline.validate
     local check = Check.new(args, out, err, out, {})
-    local channel_problem = require("optimizely.offline.cli.channels").checker(args)
+    local channel_problem = channels.checker(args)
     check:run(function(item)
       local ok, e = validate(item.payload)
       if ok then

@@ -47,7 +47,10 @@
 -- byte and an unterminated quote are errors of the row's order. A row longer
 -- than `opts.max_record_bytes` (default 4 MiB; usually an unterminated quote)
 -- ends the file with an error record (`code = "too_long"`), so memory stays
--- bounded.
+-- bounded. So does an order: past `MAX_ITEMS` rows (the most items an order
+-- may have) or `MAX_ORDER_BYTES` of values, its rows are counted, not kept,
+-- and it is an error record (`code = "order"`: "too many items (N, max
+-- 1000)", "the order is larger than ... bytes").
 -- @module optimizely.offline.input.csv
 local core = require("optimizely.offline.core")
 local records = require("optimizely.offline.input.records")
@@ -59,6 +62,15 @@ local M = {}
 
 M.CHUNK = 65536
 M.MAX_RECORD = 4 * 1024 * 1024
+-- The encoder's caps (a core built without the encoder, as the fuzz
+-- target's, leaves the C reader its own defaults: the same numbers).
+local limits = core.limits or {}
+--- The most items (rows) an order may have: the encoder's cap.
+M.MAX_ITEMS = limits.MAX_ITEMS
+--- The most bytes of values an order may hold: twice the largest request
+-- body, so no order the endpoint could take is cut, and memory stays
+-- bounded whatever the file.
+M.MAX_ORDER_BYTES = limits.MAX_BODY and 2 * limits.MAX_BODY
 
 -- -------------------------------------------------------------- the header
 
@@ -324,7 +336,7 @@ function M.new(fh, name, opts, state)
     delimiter = delimiter, order_rows = opts.order_rows,
     max_record = opts.max_record_bytes or M.MAX_RECORD, filter_bytes = opts.seen_filter_bytes,
     size = state.size and state.size < 2 ^ 53 and state.size or nil, -- (a directory's is not)
-    exact = opts.seen_exact,
+    exact = opts.seen_exact, max_items = M.MAX_ITEMS, max_order = M.MAX_ORDER_BYTES,
   })
   if not ok then error("csv: " .. tostring(c):gsub("^csv_reader: ", ""), 3) end
   local self = setmetatable({

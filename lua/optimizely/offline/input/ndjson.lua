@@ -8,7 +8,8 @@
 -- only where the core is not built). Lines are cut from
 -- fixed-size chunks, so memory is bounded by the longest line; a line longer
 -- than `opts.max_record_bytes` (default 8 MiB) is reported and skipped
--- without being held in memory.
+-- without being held in memory, and so is one holding more than
+-- `MAX_VALUES` JSON values (`code = "too_long"`).
 --
 -- **Wrapper lines.** Two kinds of line carry a payload instead of being one,
 -- so that nothing unknown ever reaches the endpoint:
@@ -42,6 +43,11 @@ local CR = 13
 
 M.CHUNK = 65536
 M.MAX_RECORD = 8 * 1024 * 1024
+--- The most JSON values (objects, arrays, scalars) one line may hold: a
+-- legal order (a body of at most 1 MiB, at least ~6 bytes a value) holds
+-- fewer than 180,000; past it the line is a `too_long` record, so the
+-- memory of a line stays bounded whatever it holds.
+M.MAX_VALUES = 256 * 1024
 
 local MAX_DEPTH = 1000 -- cjson's default, kept for both decoders
 -- Both decoders give JSON null as lightuserdata NULL (cjson.null is one too).
@@ -241,6 +247,10 @@ end
 local function record(self, value, err, line, s, n)
   if value == nil then
     if err == nil then err = "null is not an object" end
+    if find(err, "^Found too many values") then
+      return fail(self.name, n, "too_long", ("line holds more than %d JSON values (an order holds far fewer)")
+        :format(M.MAX_VALUES))
+    end
     return fail(self.name, n, "syntax", "invalid JSON: " .. tostring(err), raw_of(line))
   end
   if type(value) ~= "table" or byte(line, s) ~= 123 then -- '{'
@@ -276,7 +286,7 @@ local function reread_csv(self, value)
   if type(header) ~= "string" then
     return { fail(self.name, 0, "rejected", "a rejects line with raw CSV rows needs raw_header") }
   end
-  local csv = require("optimizely.offline.input.csv")
+  local csv = require("optimizely.offline.input.csv") -- optional-require: needs the C core
   local delimiter = type(value.raw_delimiter) == "string" and value.raw_delimiter or ","
   local ok, it = pcall(csv.new, string_handle(header .. "\n" .. value.raw .. "\n"), self.name,
     { map = self.opts.map, delimiter = delimiter }, { bytes = 0 })
@@ -301,7 +311,8 @@ function reread(self, value, n)
     list = reread_csv(self, value)
   elseif value.raw_format == "xml" then
     list = {}
-    local it = require("optimizely.offline.input.xml").new(string_handle("<orders>" .. value.raw .. "</orders>"),
+    local xml = require("optimizely.offline.input.xml") -- optional-require: needs lxp and the C core
+    local it = xml.new(string_handle("<orders>" .. value.raw .. "</orders>"),
       self.name, {}, { bytes = 0 })
     for rec in it do list[#list + 1] = rec end
   else
@@ -355,7 +366,7 @@ local function next_record(self)
     else
       local s = byte(line, 1) == 123 and 1 or find(line, "[^ \t\r]") -- most lines start with {
       if s then
-        local value, err = decode(line, MAX_DEPTH)
+        local value, err = decode(line, MAX_DEPTH, M.MAX_VALUES)
         if type(value) == "table" and byte(line, s) == 123 and value.order ~= nil then
           local i = self.index + 1 -- a plain payload: almost every line
           self.index = i

@@ -21,6 +21,17 @@
 -- defaults there would add values the file does not show) refuse the whole
 -- document (`code = "document"`). A plain `<!DOCTYPE orders>` is fine; an
 -- entity defined only in an outside DTD (never read) is an order problem.
+--
+-- **Hostile files.** expat re-scans an unfinished token on every chunk, so
+-- one endless token (an attribute value, a comment, a name) would cost time
+-- quadratic in its size: more than `MAX_TOKEN` bytes (1 MiB) fed without a
+-- parser event is a syntax error naming the file and the line the token
+-- starts on, and any file reads in linear time. Elements nested deeper than
+-- `MAX_DEPTH` end the file the same way. Memory stays bounded: a value (an
+-- XML attribute, the text of an `<attribute>`) longer than `MAX_VALUE`, an
+-- order with more than `MAX_ITEMS` products or more than `MAX_ORDER_BYTES`
+-- of values is not collected past the cap: the order is an error record
+-- saying which cap it passed.
 -- @module optimizely.offline.input.xml
 local lxp = require("lxp")
 local core = require("optimizely.offline.core")
@@ -30,6 +41,20 @@ local M = {}
 
 M.CHUNK = 65536
 M.MAX_PROBLEMS = 10
+--- The most bytes fed to expat without a parser event (one token).
+M.MAX_TOKEN = 1024 * 1024
+--- The deepest element nesting followed.
+M.MAX_DEPTH = 256
+--- The longest value collected: an XML attribute, an `<attribute>`'s text
+-- (the encoder's longest legal value is 4096 bytes).
+M.MAX_VALUE = 65536
+--- The most products an order may have (the encoder's cap).
+M.MAX_ITEMS = core.limits.MAX_ITEMS
+--- The most bytes of values (and names) an order may hold: twice the
+-- largest request body, so no order the endpoint could take is cut.
+M.MAX_ORDER_BYTES = 2 * core.limits.MAX_BODY
+-- The most `<attribute>`s of one order or product (the encoder's cap).
+local MAX_MAP = core.limits.MAX_MAP
 
 local concat, find, sub = table.concat, string.find, string.sub
 local quote, fail = core.quote, records.error
@@ -82,14 +107,29 @@ local function refuse(self, p, line, msg)
   p:stop()
 end
 
+-- Can the current order keep `n` more bytes? Past MAX_ORDER_BYTES it is an
+-- error, and what it collected so far goes (memory stays bounded).
+local function room(self, line, n)
+  local o = self.cur
+  if o.capped then return false end
+  o.bytes = o.bytes + n
+  if o.bytes <= M.MAX_ORDER_BYTES then return true end
+  o.capped = true
+  o.payload.order.items, o.payload.order.attributes, o.payload.user = {}, nil, nil
+  problem(self, line, ("the order is larger than %d bytes (the rest of it is not read)"):format(M.MAX_ORDER_BYTES))
+  return false
+end
+
 -- Reports attributes of `el` not in `allowed`; copies the allowed ones to `into`.
 local function take_attrs(self, line, el, attrs, allowed, into)
   for i = 1, #attrs do
     local a = attrs[i]
-    if allowed[a] then
-      if into then into[a] = attrs[a] end
-    else
+    if not allowed[a] then
       problem(self, line, ("unknown attribute %s on %s"):format(quote(a), tag(el)))
+    elseif #attrs[a] > M.MAX_VALUE then
+      problem(self, line, ("%s on %s is longer than %d bytes"):format(a, tag(el), M.MAX_VALUE))
+    elseif into and room(self, line, #a + #attrs[a] + 4) then
+      into[a] = attrs[a]
     end
   end
 end
@@ -98,7 +138,8 @@ end
 
 local function start_order(self, line, attrs)
   local order = { items = {} }
-  self.cur = { line = line, payload = { order = order }, problems = {}, nproblems = 0, nitems = 0 }
+  self.cur = { line = line, payload = { order = order }, problems = {}, nproblems = 0, nitems = 0,
+    bytes = 0 }
   take_attrs(self, line, "order", attrs, ORDER_ATTRS, order)
   return { kind = "order" }
 end
@@ -122,6 +163,11 @@ end
 local function finish_order(self, p)
   local o = self.cur
   self.cur = nil
+  if o.nitems > M.MAX_ITEMS then
+    o.nproblems = o.nproblems + 1
+    table.insert(o.problems, 1, ("line %d: too many items (%d, max %d): the products past the cap are not read")
+      :format((p:pos()), o.nitems, M.MAX_ITEMS))
+  end
   if o.nproblems == 0 then
     self.raw = nil
     self.queue:push({ payload = o.payload, file = self.name, line = o.line })
@@ -147,17 +193,28 @@ local function start_attribute(self, line, attrs, owner)
     else problem(self, line, ("unknown attribute %s on <attribute>"):format(quote(a))) end
   end
   if key == nil then problem(self, line, "<attribute> without a key") end
-  return { kind = "attribute", owner = owner, line = line, parts = {}, key = key }
+  return { kind = "attribute", owner = owner, line = line, parts = {}, len = 0, key = key }
 end
 
 local function end_attribute(self, entry)
   if entry.key == nil then return end
+  if entry.len > M.MAX_VALUE then
+    problem(self, entry.line, ("text of <attribute> %s is longer than %d bytes"):format(quote(entry.key, 60),
+      M.MAX_VALUE))
+    return
+  end
   local owner = entry.owner == "order" and self.cur.payload.order or self.stack[self.top].item
+  if not owner then return end -- a product past the item cap: not kept
   local attrs = owner.attributes
   if not attrs then attrs = {}; owner.attributes = attrs end
   if attrs[entry.key] ~= nil then
     problem(self, entry.line, ("attribute key %s given twice in <%s>"):format(quote(entry.key), entry.owner))
-  else
+  elseif (owner.nattrs or 0) >= MAX_MAP then
+    if owner.nattrs == MAX_MAP then
+      problem(self, entry.line, ("more than %d <attribute>s in <%s>"):format(MAX_MAP, entry.owner))
+    end
+    owner.nattrs = owner.nattrs + 1
+  elseif room(self, entry.line, #entry.key + entry.len + 6) then
     attrs[entry.key] = concat(entry.parts)
   end
 end
@@ -171,6 +228,12 @@ local function open_in_order(self, line, el, attrs)
     self.cur.payload.user = user
     return { kind = "user" }
   elseif el == "product" then
+    local o = self.cur
+    o.nitems = o.nitems + 1
+    if o.nitems > M.MAX_ITEMS or o.capped then -- counted, not kept
+      take_attrs(self, line, el, attrs, PRODUCT_ATTRS, nil)
+      return { kind = "product" }
+    end
     local item = {}
     take_attrs(self, line, el, attrs, PRODUCT_ATTRS, item)
     return { kind = "product", item = item }
@@ -208,6 +271,14 @@ end
 
 local function StartElement(self, p, el, attrs)
   if self.fatal then return end
+  if self.top + self.skip >= M.MAX_DEPTH then
+    local line, col = p:pos()
+    self.fatal = true
+    p:stop()
+    self.queue:push({ error = ("%s:%d:%d: malformed XML: elements nested more than %d deep; the rest of the file "
+      .. "is not read"):format(self.name, line, col, M.MAX_DEPTH), code = "syntax", file = self.name, line = line })
+    return
+  end
   if self.skip > 0 then self.skip = self.skip + 1; return end
   local parent = self.top > 0 and self.stack[self.top].kind or nil
   local entry = open_element(self, p, p:pos(), el, attrs, parent)
@@ -234,8 +305,10 @@ local function EndElement(self, p)
     finish_order(self, p)
   elseif kind == "product" then
     local o = self.cur
-    o.nitems = o.nitems + 1
-    o.payload.order.items[o.nitems] = entry.item
+    if entry.item and not o.capped then
+      local items = o.payload.order.items
+      items[#items + 1] = entry.item
+    end
   elseif kind == "attribute" then
     end_attribute(self, entry)
   end
@@ -245,7 +318,8 @@ local function CharacterData(self, p, s)
   if self.fatal or self.skip > 0 or self.top == 0 then return end
   local entry = self.stack[self.top]
   if entry.kind == "attribute" then
-    entry.parts[#entry.parts + 1] = s
+    entry.len = entry.len + #s
+    if entry.len <= M.MAX_VALUE then entry.parts[#entry.parts + 1] = s else entry.parts = nil end
     return
   end
   local first = find(s, "%S")
@@ -315,6 +389,41 @@ function M.not_text_hint(msg, parser, chunk, fed)
     .. "declaration)"):format(tostring(msg), b)
 end
 
+-- Parses one piece of input; false when the file ends here (malformed, or
+-- a token past MAX_TOKEN: expat stands at the start of the token it has
+-- not finished, `pending` bytes back).
+local function parse(self, piece)
+  local parser = self.parser
+  self.chunk, self.chunk_at = piece, self.fed + 1
+  local r = self.raw -- the open order's text, for its rejects line (see order_text)
+  if r and not r.cut then
+    r.parts[#r.parts + 1], r.size = piece, r.size + #piece
+    if r.size > M.MAX_RAW_ORDER + #piece then r.cut, r.parts = true, nil end
+  end
+  self.fed = self.fed + #piece
+  local ok, msg, line, col = parser:parse(piece)
+  if not ok then
+    broken(self, M.not_text_hint(msg, parser, piece, self.fed), line, col)
+    return false
+  end
+  local at_line, at_col, at_byte = parser:pos()
+  self.pending = at_byte and self.fed - (at_byte - 1) or 0
+  if self.pending > M.MAX_TOKEN and not self.fatal then
+    broken(self, ("a token (a tag, an attribute value, a comment...) longer than %d bytes"):format(M.MAX_TOKEN),
+      at_line, at_col)
+    return false
+  end
+  return true
+end
+
+-- Parses a chunk, cut where an unfinished token would pass MAX_TOKEN (so
+-- the cap is exact, and expat never re-scans more than it).
+local function parse_chunk(self, chunk)
+  local left = M.MAX_TOKEN + 1 - self.pending
+  if #chunk <= left then return parse(self, chunk) end
+  return parse(self, sub(chunk, 1, left)) and parse_chunk(self, sub(chunk, left + 1))
+end
+
 -- Parses the next chunk (or the end); queues what it finds.
 local function feed(self)
   local parser = self.parser
@@ -324,15 +433,7 @@ local function feed(self)
     self.queue:push(fail(self.name, line or 1, "read_error", "read error: " .. tostring(rerr)))
     self.done = true
   elseif chunk then
-    self.chunk, self.chunk_at = chunk, self.fed + 1
-    local r = self.raw
-    if r and not r.cut then
-      r.parts[#r.parts + 1], r.size = chunk, r.size + #chunk
-      if r.size > M.MAX_RAW_ORDER + #chunk then r.cut, r.parts = true, nil end
-    end
-    self.fed = self.fed + #chunk
-    local ok, msg, line, col = parser:parse(chunk)
-    if not ok then broken(self, M.not_text_hint(msg, parser, chunk, self.fed), line, col); self.done = true end
+    if not parse_chunk(self, chunk) then self.done = true end
   else
     local ok, msg, line, col = parser:parse()
     if not ok then broken(self, msg, line, col) end
@@ -374,7 +475,7 @@ end
 function M.new(fh, name, opts, state)
   local self = {
     fh = fh, name = name, state = state, chunk_size = opts.chunk_size or M.CHUNK,
-    queue = records.queue(), stack = {}, top = 0, skip = 0, fed = 0, fatal = false, done = false,
+    queue = records.queue(), stack = {}, top = 0, skip = 0, fed = 0, pending = 0, fatal = false, done = false,
   }
   self.parser = lxp.new(callbacks_for(self))
   return function() return next_record(self) end

@@ -2,7 +2,9 @@
 -- what the cosocket transport cannot honour, with the cosocket transport
 -- in it, and the client (and its state: channels with their headers, the
 -- URL, the secrets to redact) built from it. The nginx client and the
--- nginx queue both start here.
+-- nginx queue both start here. The context itself (channels, `channel_of`,
+-- `prepare`, the pseudonymiser) is optimizely.offline.context's, made by
+-- the client: this module only adapts the configuration to nginx.
 -- @module optimizely.offline.ngx.context
 local transport = require("optimizely.offline.ngx.transport")
 local client = require("optimizely.offline.client")

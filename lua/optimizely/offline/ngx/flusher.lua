@@ -21,8 +21,10 @@
 -- @module optimizely.offline.ngx.flusher
 local ngx = ngx
 local semaphore = require("ngx.semaphore")
+local nledger = require("optimizely.offline.ngx.ledger")
 
-local now, update_time, log, ERR, WARN = ngx.now, ngx.update_time, ngx.log, ngx.ERR, ngx.WARN
+local now, update_time, log, ERR, WARN = ngx.now, ngx.update_time,
+  require("optimizely.offline.errors").logger(ngx.log), ngx.ERR, ngx.WARN
 local timer_at, spawn = ngx.timer.at, ngx.thread.spawn
 
 local M = {}
@@ -138,6 +140,7 @@ function Flusher:periodic()
   local q = self.q
   q.report:drain()
   q:publish_metrics()
+  nledger.flush(q)
   if q.closed and self.running == 0 and not self.starting then
     if q.store.name == "spool" then
       q.s:drop_unstarted() -- what is left waits in the file for the next worker

@@ -18,7 +18,7 @@
 -- (optimizely.offline.ngx.flusher), the stores sit behind the scheduler's
 -- hooks (optimizely.offline.ngx.store_memory, store_spool, store_shm) and
 -- the results reach the user as callbacks, events and metrics
--- (optimizely.offline.ngx.report). The same options (`queue.common`), the
+-- (optimizely.offline.ngx.report). The same options (optimizely.offline.queue_opts), the
 -- same `push` return and the same `stats()` keys as the threaded queue.
 --
 -- `push` validates and encodes at once, then hands the bytes to the store
@@ -47,7 +47,7 @@ local ngx = ngx
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
 local opts = require("optimizely.offline.opts")
-local client = require("optimizely.offline.client")
+local ctx = require("optimizely.offline.context")
 local events = require("optimizely.offline.events")
 local context = require("optimizely.offline.ngx.context")
 local setup = require("optimizely.offline.ngx.setup")
@@ -55,8 +55,10 @@ local report = require("optimizely.offline.ngx.report")
 local sender = require("optimizely.offline.ngx.sender")
 local flusher = require("optimizely.offline.ngx.flusher")
 local waiting = require("optimizely.offline.ngx.wait")
+local nledger = require("optimizely.offline.ngx.ledger")
+local queue_opts = require("optimizely.offline.queue_opts")
 
-local log, ERR = ngx.log, ngx.ERR
+local log, ERR = errors.logger(ngx.log), ngx.ERR -- control characters escaped: no forged line
 
 local M = {}
 
@@ -91,7 +93,8 @@ function Queue:start()
     if not ok then log(ERR, "optimizely.offline queue: cannot start the metrics timer: ", tostring(err)) end
     return self
   end
-  self.s = setup.scheduler(self.st, o, store:hooks(), store.name == "memory" and o.max_queue or 0)
+  self.s = setup.scheduler(self.st, o, store:hooks(), store.name == "memory" and o.max_queue or 0,
+    store.name ~= "spool" and self.gate or nil)
   self.flusher = flusher.new(self, sender)
   self.flusher:start()
   if store.name == "shm" then
@@ -125,17 +128,21 @@ function M.new(client_config, o)
   setup.check_credentials(client_config, 3)
   o = M.schema:check(o, 2)
   setup.check_opts(o, 3)
+  queue_opts.check_ledger(o, 3)
   local c, st = context.new(client_config, "optimizely.offline.ngx.queue: client_config", o.transport,
     { sleep = "the queue schedules its own retries" }, 3)
   local self = setmetatable({ o = o, client = c, st = st, flying = {}, void = {}, ids = 0, closed = false,
+    ledger_counts = { skipped = {}, changed = 0 },
     metrics_dict = o.metrics_shm and ngx.shared[o.metrics_shm] }, Queue)
   self.report = report.new(self)
   self.events = events.new({ on_event = o.on_event, logger = o.logger, prefix = "optimizely.offline queue: ",
     on_error = function(name, err) self.report:callback_failed(name, err) end })
-  self.pseudonym = o.pseudonymise ~= nil and client.pseudonymiser(o.pseudonymise, 2) or nil
+  self.pseudonym = o.pseudonymise ~= nil and ctx.pseudonymiser(o.pseudonymise, 2) or nil
   local store, err = setup.store(self, phase)
   if not store then return nil, err end
   self.store = store
+  local lok, lerr = nledger.open(self)
+  if not lok then return nil, lerr end
   self:started()
   return self:start()
 end
@@ -161,8 +168,7 @@ function Queue:refuse(err)
   return nil, err
 end
 
-local PUSH_OPTS = opts.schema("optimizely.offline.ngx.queue", "push opts",
-  { channel = { type = "string", nonempty = true } })
+local PUSH_OPTS = opts.schema("optimizely.offline.ngx.queue", "push opts", queue_opts.push_fields)
 
 --- The error of a push refused because `max_queue` orders wait.
 -- @param n how many wait
@@ -174,14 +180,25 @@ function Queue:full_error(n)
 end
 
 --- Queue one order. No network I/O, no yield: any phase, log_by_lua included.
+-- With a ledger (`opts.ledger`), as the threaded queue's push
+-- (optimizely.offline.queue): an order sent before is not queued and its
+-- skipped result is returned; a changed one is refused (kind "changed");
+-- `po.force` queues it anyway; `po.amend` (memory store) queues the DELETE
+-- and the new version behind it.
 -- @param payload `{lang?, user?, order}` as accepted by `offline.encode`
--- @param po optional `{channel = name}`
--- @return true, warnings  or  nil, err (kind "validation" with problems,
---   "full" when `max_queue` (or a spool bound) is reached — checked first,
---   so a full queue refuses without validating —, "config" (no token for
---   the channel), "closed", or a spool kind)
+-- @param po optional `{channel = name, force =, amend =}`
+-- @return true, warnings; the skipped result; or nil, err (kind
+--   "validation" with problems, "full" when `max_queue` (or a spool bound)
+--   is reached — checked first, so a full queue refuses without validating
+--   —, "config" (no token for the channel), "closed", "changed", or a
+--   spool or ledger kind)
 function Queue:push(payload, po)
-  if po ~= nil then po = PUSH_OPTS:check(po, 2) end
+  if po ~= nil then
+    po = PUSH_OPTS:check(po, 2)
+    if (po.force or po.amend) and not self.gate then
+      error("optimizely.offline.ngx.queue: push: force and amend need the queue's opts.ledger", 2)
+    end
+  end
   local store = self.store
   if self.closed or (self.flusher and self.flusher.exiting and store:refuses_at_exit()) then
     return self:refuse(errors.new({ kind = "closed", retryable = false,
@@ -191,16 +208,13 @@ function Queue:push(payload, po)
   local n = store:pending()
   if n >= self.o.max_queue then return self:refuse(self:full_error(n)) end
   local st = self.st
-  local ch, cerr = client.channel_of(st, (po and po.channel) or self.o.channel)
+  local ch, cerr = ctx.channel_of(st, (po and po.channel) or self.o.channel)
   if not ch then return self:refuse(cerr) end
-  local json, warnings = client.prepare(st, payload, self.pseudonym)
+  local json, warnings = ctx.prepare(st, payload, self.pseudonym)
   if not json then return self:refuse(warnings) end
-  -- (issue 17) the ledger's look-up belongs here: an order already sent is
-  -- skipped, a changed one refused, before the store sees it
-  self.ids = self.ids + 1
-  local ok, err = store:put({ id = self.ids, body = json, ref = core.ref_string(payload) or "", channel = ch,
-    created = os.time() }, st.channels[ch].name)
-  if not ok then return self:refuse(err == "full" and self:full_error(store:pending()) or err) end
+  local ref = core.ref_string(payload) or ""
+  local ok, err = self:put(json, ref, ch, po)
+  if ok ~= true then return ok, err end
   if store.name ~= "memory" then
     self.report.meter:queued() -- the scheduler counts what it is given; a store's pushes are counted here
     self.report:bump("pushed")
@@ -209,10 +223,52 @@ function Queue:push(payload, po)
   return true, warnings
 end
 
--- (issue 17) `q:cancel(refCode)` belongs in this facade: `s:remove_ref`
--- takes an unsent create out (nothing is sent), else a DELETE job with
--- `after_ref = true` waits behind its create in the scheduler; the
--- senders already send a job's own method and URL.
+--- Through the ledger (when on), into the store: true, or what push
+-- returns (the skipped result | nil, err).
+-- @local
+function Queue:put(json, ref, ch, po)
+  local action, item = "post", nil
+  if self.gate then
+    local x, e
+    item = { body = json, ref = ref, channel = self.st.channels[ch].name }
+    action, x, e = nledger.admit(self, item, po)
+    if action == "done" then return x, e end
+  end
+  local ok, err
+  if action == "amend" then
+    ok, err = nledger.put_amend(self, json, ref, ch)
+  else
+    self.ids = self.ids + 1
+    ok, err = self.store:put({ id = self.ids, body = json, ref = ref, channel = ch, created = os.time() },
+      self.st.channels[ch].name)
+  end
+  if ok then return true end
+  if item then self.gate:release({ item }) end
+  return self:refuse(err == "full" and self:full_error(self.store:pending()) or err)
+end
+
+--- Cancel an order (as the threaded queue's `cancel`): the DELETE waits
+-- behind any create of the refCode still queued, spooled or in flight; a
+-- create never sent is removed here instead and nothing is sent (counted
+-- in `stats().dropped.cancelled`); with a ledger the cancel is recorded
+-- `"cancelled"` and a later push of the refCode is refused unless forced.
+-- Not in shared mode (`shm`): the orders are in the dict's list.
+-- @param ref the refCode
+-- @param co optional `{channel = name}`
+-- @return `{ok = true, removed = n, queued = true | nil, attempts = 0}` | nil, err
+function Queue:cancel(ref, co)
+  if co ~= nil then co = queue_opts.CANCEL_OPTS:check(co, 2) end
+  if self.store.name == "shm" then error("optimizely.offline.ngx.queue: cancel is not supported with opts.shm", 2) end
+  if self.closed then
+    return self:refuse(errors.new({ kind = "closed", retryable = false, message = "the queue is closed" }))
+  end
+  local rerr
+  ref, rerr = queue_opts.check_ref(ref)
+  if not ref then return nil, rerr end
+  local ch, cerr = ctx.channel_of(self.st, (co and co.channel) or self.o.channel)
+  if not ch then return self:refuse(cerr) end
+  return nledger.cancel(self, ref, ch)
+end
 
 -- ------------------------------------------------------------------ stats
 
@@ -239,6 +295,8 @@ function Queue:stats()
     storage_error = self.report.storage_error, running = not self.closed,
   }
   for k, v in pairs(c.dropped) do out.dropped[k] = v end
+  out.skipped, out.changed = {}, self.ledger_counts.changed
+  for k, v in pairs(self.ledger_counts.skipped) do out.skipped[k] = v end
   local serr
   out.queued, out.spool, serr = self.store:depth()
   if serr then out.spool_error = tostring(serr) end
@@ -298,7 +356,7 @@ function Queue:flush(timeout)
     local f = self.flusher
     if f and (self.store:has_due() or self.s:pending() > 0) then f:kick() end
   end)
-  if ok then return true end
+  if ok then return nledger.flush(self) end
   return nil, errors.new({ kind = "timeout", retryable = true,
     message = "queue not empty after " .. (timeout or 10) .. " s (" .. left .. " orders left)" })
 end

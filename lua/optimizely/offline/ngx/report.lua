@@ -24,7 +24,7 @@ local errors = require("optimizely.offline.errors")
 local delivery = require("optimizely.offline.delivery")
 local metrics = require("optimizely.offline.metrics")
 
-local log, ERR = ngx.log, ngx.ERR
+local log, ERR = errors.logger(ngx.log), ngx.ERR
 local quote, max = core.quote, math.max
 
 local M = {}

@@ -17,7 +17,7 @@
 -- @module optimizely.offline.ngx.sender
 local ngx = ngx
 
-local log, ERR, sleep = ngx.log, ngx.ERR, ngx.sleep
+local log, ERR, sleep = require("optimizely.offline.errors").logger(ngx.log), ngx.ERR, ngx.sleep
 local pcall, tostring = pcall, tostring
 
 local M = {}

@@ -3,9 +3,9 @@
 -- store for the options, and the shared-mode role of this process.
 -- @module optimizely.offline.ngx.setup
 local ngx = ngx
+local process = require("ngx.process")
 local core = require("optimizely.offline.core")
-local opts = require("optimizely.offline.opts")
-local queue = require("optimizely.offline.queue")
+local queue_opts = require("optimizely.offline.queue_opts")
 local waiting = require("optimizely.offline.ngx.wait")
 local store_memory = require("optimizely.offline.ngx.store_memory")
 local store_spool = require("optimizely.offline.ngx.store_spool")
@@ -15,19 +15,7 @@ local floor = math.floor
 
 local M = {}
 
-local fields = {}
-for k, v in pairs(queue.common) do fields[k] = v end
-fields.flush_interval = { type = "number", min = 0.01, max = 3600, default = 1 }
-fields.shutdown_timeout = { type = "number", min = 0, max = 3600, default = 3 }
-fields.pipeline = { type = "integer", min = 1, max = 64, default = 1 }
-fields.send_delay = { type = "number", min = 0, max = 1, default = 0 }
-fields.transport = { type = "table" }
-fields.shm = { type = "string", nonempty = true }
-fields.deliverer = { type = "any" }
-fields.poll_interval = { type = "number", min = 0.001, max = 60, default = 0.02, requires = "shm" }
-fields.metrics_shm = { type = "string", nonempty = true }
-
---- The nginx queue's options: the shared vocabulary (optimizely.offline.queue)
+--- The nginx queue's options: the shared vocabulary (optimizely.offline.queue_opts)
 -- plus `flush_interval`, `shutdown_timeout`, `pipeline` (requests written
 -- at once on one connection, their answers read in order; `concurrency`
 -- requests in flight in all, over `ceil(concurrency / pipeline)`
@@ -36,7 +24,17 @@ fields.metrics_shm = { type = "string", nonempty = true }
 -- worker adds its metrics to, every `flush_interval` and at exit: it
 -- outlives reloads; `optimizely.offline.metrics.prometheus(ngx.shared[name])`
 -- reads it).
-M.schema = opts.schema("optimizely.offline.ngx.queue", "opts", fields)
+M.schema = queue_opts.schema("optimizely.offline.ngx.queue", {
+  flush_interval = { type = "number", min = 0.01, max = 3600, default = 1 },
+  shutdown_timeout = { type = "number", min = 0, max = 3600, default = 3 },
+  pipeline = { type = "integer", min = 1, max = 64, default = 1 },
+  send_delay = { type = "number", min = 0, max = 1, default = 0 },
+  transport = { type = "table" },
+  shm = { type = "string", nonempty = true },
+  deliverer = { type = "any" },
+  poll_interval = { type = "number", min = 0.001, max = 60, default = 0.02, requires = "shm" },
+  metrics_shm = { type = "string", nonempty = true },
+})
 
 --- Missing credentials under nginx are almost always an environment
 -- variable nginx did not pass: it clears the environment of its workers
@@ -79,7 +77,7 @@ end
 function M.deliverer_role(o, level)
   local d = o.deliverer
   if d == nil then d = 0 end
-  local ptype = require("ngx.process").type()
+  local ptype = process.type()
   if d == "agent" then return ptype == "privileged agent" end
   if type(d) == "number" and d >= 0 and d == floor(d) then
     if d >= ngx.worker.count() then
@@ -101,12 +99,16 @@ end
 -- @param o the queue's options
 -- @param hooks the store's hooks, or nil
 -- @param max_pending `add` refuses beyond (0: no bound)
+-- @param g the ledger gate whose file the record hook writes (memory and
+--   shm stores; the spool records in its acks), or nil
 -- @return the scheduler
-function M.scheduler(st, o, hooks, max_pending)
-  return core.sched_new({ url = st.post_url, channels = st.channels, policy = queue.policy(st, o),
+function M.scheduler(st, o, hooks, max_pending, g)
+  local cfg = { url = st.post_url, channels = st.channels, policy = queue_opts.policy(st, o),
     concurrency = o.concurrency, adaptive = false, on_stop = "pause", auth_pause = o.auth_pause,
     report_all = o.on_success ~= nil, report_retries = true, no_metrics = st.config.metrics == false,
-    max_pending = max_pending, hooks = hooks })
+    max_pending = max_pending, hooks = hooks }
+  if g then g:configure(cfg) end
+  return core.sched_new(cfg)
 end
 
 --- The store the options ask for, opened.

@@ -17,7 +17,7 @@ local ngx = ngx
 local core = require("optimizely.offline.core")
 local errors = require("optimizely.offline.errors")
 
-local log, ERR, floor, max = ngx.log, ngx.ERR, math.floor, math.max
+local log, ERR, floor, max = require("optimizely.offline.errors").logger(ngx.log), ngx.ERR, math.floor, math.max
 
 local M = {}
 

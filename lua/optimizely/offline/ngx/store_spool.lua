@@ -15,6 +15,7 @@
 local ngx = ngx
 local core = require("optimizely.offline.core")
 local delivery = require("optimizely.offline.delivery")
+local spool = require("optimizely.offline.spool")
 
 local now, min = ngx.now, math.min
 
@@ -28,7 +29,6 @@ Store.__index = Store
 -- a new file, so a busy open is retried for up to ~2 s. init_worker cannot
 -- yield; a short blocking wait there delays only this worker's start.
 local function open(o, yieldable)
-  local spool = require("optimizely.offline.spool")
   local pause = yieldable and ngx.sleep or core.sleep
   local sopts = { max_orders = o.spool_max_orders, max_bytes = o.spool_max_bytes, max_age = o.max_age,
     on_full = o.spool_on_full, sync = o.spool_sync }
@@ -70,9 +70,14 @@ function Store:feed(room)
   local st, s = q.st, q.s
   for i = 1, #rows do
     local row = rows[i]
-    s:take({ id = row.id, store_id = row.id, body = row.body, ref = row.ref or "",
+    local job = { id = row.id, store_id = row.id, body = row.body, ref = row.ref or "",
       channel = st.channel_index[row.channel or st.default_channel] or 1, attempts = row.attempts,
-      created = row.created_at })
+      created = row.created_at }
+    if row.op == "cancel" then -- a cancel row: the DELETE of its refCode (the threaded queue's rule, worker.c)
+      job.method, job.body = "DELETE", ""
+      job.url = st.cancel_prefix .. core.url_segment(job.ref) .. st.cancel_suffix
+    end
+    s:take(job)
   end
   if #rows >= room then return 0 end
   local at = self.spool:next_due()
@@ -91,7 +96,8 @@ function Store:hooks()
   return {
     feed = function(room) return self:feed(room) end,
     -- a lost lease: another worker may send it again (at-least-once)
-    ack = function(job) check("ack", sp:ack(job.store_id)) end,
+    -- with the ledger on, the ack writes its row: "warned" when the answer had warnings
+    ack = function(job, rec) check("ack", sp:ack(job.store_id, rec and rec.warned and "warned" or nil)) end,
     retry = function(job, next_at, rec)
       check("retry", sp:retry(job.store_id, next_at, failure(q, job, rec)))
       return true -- the row holds it (or, its lease lost, another worker does)

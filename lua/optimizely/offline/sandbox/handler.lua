@@ -51,6 +51,7 @@
 -- Files the workers create (the records) are 0600: init_worker sets umask 077
 -- (nginx's daemon mode leaves the workers with umask 0).
 -- @module optimizely.offline.sandbox.handler
+local ffi = require("ffi")
 local cjson = require("cjson.safe").new()
 cjson.decode_invalid_numbers(false) -- JSON has no NaN/Infinity/hex
 cjson.encode_number_precision(14)
@@ -639,7 +640,7 @@ end
 --- Loads the configuration written by the launcher (init_by_lua, master process).
 -- @param path absolute path of `DIR/conf/config.lua`
 function M.configure(path)
-  local c = dofile(path)
+  local c = assert(loadfile(path, "t"))() -- our own file (0600): source text only, never bytecode
   assert(type(c) == "table" and c.dir and c.site and type(c.tokens) == "table", "bad sandbox config " .. path)
   c.token_ids = {}
   for name, token in pairs(c.tokens) do c.token_ids[token] = name end
@@ -654,7 +655,7 @@ end
 local CLOSE_FDS = [[for f in /proc/$$/fd/*; do f=${f##*/}; ]]
   .. [[case $f in 0|1|2) ;; *) eval "exec $f>&-" ;; esac; done; exec "$@"]]
 
-local function owner_alive(ffi, pid)
+local function owner_alive(pid)
   if ffi.C.kill(pid, 0) == 0 then
     local f = io.open("/proc/" .. pid .. "/stat", "r")
     if not f then return true end
@@ -669,7 +670,6 @@ end
 -- and the owner watchdog (test runs) in worker 0.
 function M.init_worker()
   dict = ngx.shared.oo_sandbox
-  local ffi = require("ffi")
   pcall(ffi.cdef, "unsigned int umask(unsigned int mask);")
   ffi.C.umask(tonumber("077", 8)) -- nginx's daemon() left it at 0: files would be 0666
   local owner = tonumber(cfg.owner_pid)
@@ -684,7 +684,7 @@ function M.init_worker()
       ffi.C.kill(ffi.C.getpid(), 3)
       return
     end
-    if owner_alive(ffi, owner) then return end
+    if owner_alive(owner) then return end
     if cfg.cleanup_dir and cfg.dir:match("oo%-sandbox") then
       -- remove the private temp dir once nginx has gone; the helper shell must not
       -- inherit the worker's sockets (bash closes them when it is there)

@@ -1,0 +1,446 @@
+/* The ledger behind a scheduler's record hook (see ledger_sink.h).
+ * Sections: notes, writing them, the sink's thread, reserving on it. */
+#define _GNU_SOURCE
+#include "ledger_sink.h"
+#include "clock.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define SINK_BATCH 256
+#define SINK_WINDOW 0.02
+
+void oo_ledger_sink_init(oo_ledger_sink *k, oo_ledger *l, const char *host, const char *site) {
+    memset(k, 0, sizeof *k);
+    k->l = oo_ledger_retain(l);
+    snprintf(k->host, sizeof k->host, "%s", host);
+    snprintf(k->site, sizeof k->site, "%s", site);
+    k->max_batch = SINK_BATCH;
+    k->window = SINK_WINDOW;
+    pthread_mutex_init(&k->mu, NULL);
+    pthread_cond_init(&k->cv, NULL);
+}
+
+/* ------------------------------------------------------------------ */
+/* Notes                                                               */
+
+static void notes_free(oo_sink_note *v, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++) {
+        free(v[i].body);
+        free(v[i].ref);
+    }
+}
+
+static char *copy(const char *p, size_t n) {
+    char *d = (char *)malloc(n + 1);
+    if (!d) return NULL;
+    if (n) memcpy(d, p, n);
+    d[n] = '\0';
+    return d;
+}
+
+/* Room for one more note (under mu); 0 out of memory. Past OO_SINK_MAX
+ * the oldest goes, counted lost. */
+static int room(oo_ledger_sink *k) {
+    size_t cap;
+    oo_sink_note *v;
+    if (k->n >= OO_SINK_MAX) {
+        notes_free(k->v, 1);
+        memmove(k->v, k->v + 1, (k->n - 1) * sizeof *k->v);
+        k->n--;
+        k->lost++;
+    }
+    if (k->n < k->cap) return 1;
+    cap = k->cap ? k->cap * 2 : 64;
+    v = (oo_sink_note *)realloc(k->v, cap * sizeof *v);
+    if (!v) return 0;
+    k->v = v;
+    k->cap = cap;
+    return 1;
+}
+
+/* The ledger's outcome of a job's end, 0 when nothing is recorded (a
+ * DELETE given up leaves the ledger as it was). */
+static int outcome_of(const oo_job *j, oo_res_kind what, const oo_outcome *o) {
+    if (j->method == OO_DELETE) return what == OO_RES_SENT ? OO_LEDGER_CANCELLED : 0;
+    if (what == OO_RES_SENT) return o && o->warned ? OO_LEDGER_WARNED : OO_LEDGER_SENT;
+    return OO_LEDGER_DEAD;
+}
+
+static void lost_one(oo_ledger_sink *k) {
+    k->lost++;
+    snprintf(k->error, sizeof k->error, "ledger %s: out of memory: an outcome was not recorded",
+             oo_ledger_path(k->l));
+}
+
+int oo_ledger_sink_add(oo_ledger_sink *k, const oo_sched *s, const oo_job *j, oo_res_kind what,
+                       const oo_outcome *o) {
+    oo_sink_note note;
+    int outcome = outcome_of(j, what, o), wake;
+    if (!outcome || (j->method == OO_POST && !j->body_len) ||
+        (j->method == OO_DELETE && !j->ref_len))
+        return 0;
+    memset(&note, 0, sizeof note);
+    note.outcome = outcome;
+    note.channel = j->channel >= 0 && j->channel < s->nchan ? s->chans[j->channel].name : NULL;
+    if (j->method == OO_DELETE) {
+        note.ref = copy(j->ref, j->ref_len);
+        note.ref_len = j->ref_len;
+    } else {
+        note.body = copy(j->data, j->body_len);
+        note.body_len = j->body_len;
+    }
+    pthread_mutex_lock(&k->mu);
+    if ((!note.ref && !note.body) || !room(k)) {
+        lost_one(k);
+        pthread_mutex_unlock(&k->mu);
+        notes_free(&note, 1);
+        return -1;
+    }
+    if (k->n == 0) k->first = oo_mono_now();
+    k->v[k->n++] = note;
+    wake = k->threaded && k->n >= k->max_batch;
+    pthread_mutex_unlock(&k->mu);
+    if (wake) pthread_cond_broadcast(&k->cv);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Writing them                                                        */
+
+/* One transaction for v[0..n) (no lock held). */
+static int record(oo_ledger_sink *k, const oo_sink_note *v, size_t n, oo_spool_err *err) {
+    oo_ledger_scope sc;
+    oo_ledger_item *items = (oo_ledger_item *)calloc(n, sizeof *items);
+    size_t i;
+    int code;
+    if (!items) {
+        memset(err, 0, sizeof *err);
+        err->code = OO_SPOOL_STORAGE;
+        snprintf(err->message, sizeof err->message, "ledger %s: out of memory",
+                 oo_ledger_path(k->l));
+        return OO_SPOOL_STORAGE;
+    }
+    for (i = 0; i < n; i++) {
+        items[i].body = v[i].body;
+        items[i].body_len = v[i].body_len;
+        items[i].ref = v[i].ref;
+        items[i].ref_len = v[i].ref_len;
+        items[i].channel = v[i].channel;
+        items[i].channel_len = v[i].channel ? strlen(v[i].channel) : 0;
+        items[i].outcome = v[i].outcome;
+    }
+    /* the scope's channel is the first note's; each note names its own */
+    sc.host = k->host;
+    sc.site = k->site;
+    sc.channel = v[0].channel ? v[0].channel : "-";
+    code = oo_ledger_record(k->l, &sc, items, n, oo_wall_now(), err);
+    free(items);
+    return code;
+}
+
+/* Puts v[0..n) back in front of the notes that came meanwhile (under
+ * mu); 0 out of memory (then they are lost). */
+static int put_back(oo_ledger_sink *k, oo_sink_note *v, size_t n, size_t cap) {
+    if (k->n) {
+        if (cap < n + k->n) {
+            oo_sink_note *w = (oo_sink_note *)realloc(v, (n + k->n) * sizeof *v);
+            if (!w) return 0;
+            v = w;
+            cap = n + k->n;
+        }
+        memcpy(v + n, k->v, k->n * sizeof *v);
+        free(k->v);
+    }
+    k->v = v;
+    k->n += n;
+    k->cap = cap;
+    return 1;
+}
+
+/* Writes every note waiting (mu not held by the caller): they are taken
+ * out, so that adds go on meanwhile, and put back when the write fails.
+ * The outcome is kept (last_code) for flush. */
+static int write_now(oo_ledger_sink *k, oo_spool_err *err) {
+    oo_sink_note *v;
+    size_t n, cap;
+    int code;
+    pthread_mutex_lock(&k->mu);
+    v = k->v;
+    n = k->n;
+    cap = k->cap;
+    k->v = NULL;
+    k->n = k->cap = 0;
+    k->writing = 1;
+    pthread_mutex_unlock(&k->mu);
+    code = n ? record(k, v, n, err) : OO_SPOOL_OK;
+    pthread_mutex_lock(&k->mu);
+    k->writing = 0;
+    if (code == OO_SPOOL_OK || code == OO_SPOOL_MISUSE) {
+        if (code == OO_SPOOL_OK) k->written += (long long)n;
+        else k->lost += (long long)n; /* no later write would do better */
+        notes_free(v, n);
+        free(v);
+        k->retry_at = 0;
+    } else if (!put_back(k, v, n, cap)) {
+        k->lost += (long long)n;
+        notes_free(v, n);
+        free(v);
+    } else {
+        k->retry_at = oo_mono_now() + OO_SINK_RETRY;
+    }
+    if (k->n) k->first = oo_mono_now();
+    if (code != OO_SPOOL_OK) {
+        k->errors++;
+        snprintf(k->error, sizeof k->error, "%s", err->message);
+    }
+    pthread_mutex_unlock(&k->mu);
+    pthread_cond_broadcast(&k->cv);
+    return code;
+}
+
+/* Is a write due (under mu)? */
+static int due(const oo_ledger_sink *k, double now) {
+    return k->n && now >= k->retry_at && (k->n >= k->max_batch || now >= k->first + k->window);
+}
+
+double oo_ledger_sink_tick(oo_ledger_sink *k, double now) {
+    oo_spool_err err;
+    int go;
+    double at;
+    if (k->threaded) return 1e9;
+    pthread_mutex_lock(&k->mu);
+    go = due(k, now);
+    at = k->first + k->window > k->retry_at ? k->first + k->window : k->retry_at;
+    at = k->n ? at : now + 1e9;
+    pthread_mutex_unlock(&k->mu);
+    if (go) {
+        write_now(k, &err);
+        pthread_mutex_lock(&k->mu);
+        at = k->n ? k->retry_at : now + 1e9;
+        pthread_mutex_unlock(&k->mu);
+    }
+    return at > now ? at - now : 0;
+}
+
+int oo_ledger_sink_flush(oo_ledger_sink *k, oo_spool_err *err) {
+    int code;
+    if (!k->threaded) return k->n ? write_now(k, err) : OO_SPOOL_OK;
+    pthread_mutex_lock(&k->mu);
+    if (k->n == 0 && !k->writing) {
+        pthread_mutex_unlock(&k->mu);
+        return OO_SPOOL_OK;
+    }
+    k->flush_asked = 1;
+    pthread_cond_broadcast(&k->cv);
+    while (k->flush_asked) pthread_cond_wait(&k->cv, &k->mu);
+    /* what the thread's last write said, when notes are still waiting */
+    code = k->n ? OO_SPOOL_STORAGE : OO_SPOOL_OK;
+    if (code != OO_SPOOL_OK) {
+        memset(err, 0, sizeof *err);
+        err->code = code;
+        snprintf(err->message, sizeof err->message, "%s", k->error);
+    }
+    pthread_mutex_unlock(&k->mu);
+    return code;
+}
+
+/* ------------------------------------------------------------------ */
+/* The sink's thread                                                   */
+
+static void answer_request(oo_ledger_sink *k) {
+    oo_sink_request *r = &k->req;
+    oo_ledger_scope sc;
+    sc.host = k->host;
+    sc.site = k->site;
+    sc.channel = r->channel;
+    r->code = oo_ledger_reserve(k->l, &sc, r->items, r->n, r->lease, oo_wall_now(), &r->err);
+}
+
+/* Waits for work until `at` (monotonic; <= 0: no deadline), under mu. */
+static void wait_until(oo_ledger_sink *k, double at) {
+    struct timespec dl;
+    double wall;
+    if (at <= 0) {
+        pthread_cond_wait(&k->cv, &k->mu);
+        return;
+    }
+    wall = oo_wall_now() + (at - oo_mono_now());
+    dl.tv_sec = (time_t)wall;
+    dl.tv_nsec = (long)((wall - (double)dl.tv_sec) * 1e9);
+    if (dl.tv_nsec < 0) dl.tv_nsec = 0;
+    if (dl.tv_nsec >= 1000000000L) dl.tv_nsec = 999999999L;
+    pthread_cond_timedwait(&k->cv, &k->mu, &dl);
+}
+
+static void *sink_main(void *arg) {
+    oo_ledger_sink *k = (oo_ledger_sink *)arg;
+    oo_spool_err err;
+    pthread_mutex_lock(&k->mu);
+    for (;;) {
+        double now = oo_mono_now();
+        if (k->req.state == 1) {
+            pthread_mutex_unlock(&k->mu);
+            answer_request(k);
+            pthread_mutex_lock(&k->mu);
+            k->req.state = 2;
+            pthread_cond_broadcast(&k->cv);
+            continue;
+        }
+        if (k->n && (k->flush_asked || k->stop || due(k, now))) {
+            int asked = k->flush_asked || k->stop;
+            pthread_mutex_unlock(&k->mu);
+            write_now(k, &err);
+            pthread_mutex_lock(&k->mu);
+            if (asked) k->flush_asked = 0; /* written, or failed: flush says which */
+            pthread_cond_broadcast(&k->cv);
+            if (k->stop) break;
+            continue;
+        }
+        if (k->flush_asked) { /* nothing waits */
+            k->flush_asked = 0;
+            pthread_cond_broadcast(&k->cv);
+        }
+        if (k->stop) break;
+        if (k->n) {
+            double at = k->first + k->window;
+            wait_until(k, at > k->retry_at ? at : k->retry_at);
+        } else {
+            wait_until(k, 0);
+        }
+    }
+    pthread_mutex_unlock(&k->mu);
+    return NULL;
+}
+
+int oo_ledger_sink_start(oo_ledger_sink *k) {
+    sigset_t all, old;
+    int rc;
+    if (k->threaded) return 0;
+    sigfillset(&all);
+    /* signals (Ctrl-C) stay with the caller's thread */
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    rc = pthread_create(&k->thread, NULL, sink_main, k);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) return -1;
+    k->threaded = 1;
+    return 0;
+}
+
+void oo_ledger_sink_free(oo_ledger_sink *k) {
+    oo_spool_err err;
+    if (!k->l) return;
+    if (k->threaded) {
+        pthread_mutex_lock(&k->mu);
+        k->stop = 1;
+        pthread_cond_broadcast(&k->cv);
+        pthread_mutex_unlock(&k->mu);
+        pthread_join(k->thread, NULL);
+        k->threaded = 0;
+    } else if (k->n) {
+        write_now(k, &err);
+    }
+    k->lost += (long long)k->n; /* a write failed at the very end */
+    notes_free(k->v, k->n);
+    free(k->v);
+    free(k->req.items);
+    free(k->req.data);
+    oo_ledger_close(k->l);
+    pthread_cond_destroy(&k->cv);
+    pthread_mutex_destroy(&k->mu);
+    memset(k, 0, sizeof *k);
+}
+
+/* ------------------------------------------------------------------ */
+/* Reserving on it                                                     */
+
+/* The request's copies of the items' strings. 0, or -1 out of memory. */
+static int copy_items(oo_sink_request *r, const oo_ledger_item *items, size_t n) {
+    size_t i, total = 0;
+    char *p;
+    for (i = 0; i < n; i++)
+        total += (items[i].body ? items[i].body_len + 1 : 0) +
+                 (items[i].ref ? items[i].ref_len : 0) +
+                 (items[i].channel ? items[i].channel_len : 0);
+    free(r->items);
+    free(r->data);
+    r->items = (oo_ledger_item *)calloc(n ? n : 1, sizeof *r->items);
+    r->data = (char *)malloc(total ? total : 1);
+    if (!r->items || !r->data) return -1;
+    p = r->data;
+    for (i = 0; i < n; i++) {
+        oo_ledger_item *it = &r->items[i];
+        *it = items[i];
+        if (items[i].body) { /* NUL-terminated, as the ledger reads it */
+            memcpy(p, items[i].body, items[i].body_len);
+            p[items[i].body_len] = '\0';
+            it->body = p;
+            p += items[i].body_len + 1;
+        }
+        if (items[i].ref) {
+            memcpy(p, items[i].ref, items[i].ref_len);
+            it->ref = p;
+            p += items[i].ref_len;
+        }
+        if (items[i].channel) {
+            memcpy(p, items[i].channel, items[i].channel_len);
+            it->channel = p;
+            p += items[i].channel_len;
+        }
+    }
+    r->n = n;
+    return 0;
+}
+
+int oo_ledger_sink_reserve(oo_ledger_sink *k, const oo_ledger_scope *sc,
+                           const oo_ledger_item *items, size_t n, double lease) {
+    oo_sink_request *r = &k->req;
+    int rc;
+    if (!k->threaded) return -1;
+    pthread_mutex_lock(&k->mu);
+    rc = r->state == 1 ? -1 : copy_items(r, items, n);
+    if (rc == 0) {
+        snprintf(r->channel, sizeof r->channel, "%s", sc->channel);
+        r->lease = lease;
+        r->state = 1;
+    }
+    pthread_mutex_unlock(&k->mu);
+    if (rc == 0) pthread_cond_broadcast(&k->cv);
+    return rc;
+}
+
+const oo_ledger_item *oo_ledger_sink_answers(oo_ledger_sink *k, size_t *n, oo_spool_err *err) {
+    oo_sink_request *r = &k->req;
+    const oo_ledger_item *out = NULL;
+    pthread_mutex_lock(&k->mu);
+    while (r->state == 1) pthread_cond_wait(&k->cv, &k->mu);
+    if (r->state == 2) {
+        r->state = 0;
+        if (r->code == OO_SPOOL_OK) {
+            out = r->items;
+            *n = r->n;
+        } else {
+            *err = r->err;
+        }
+    } else {
+        memset(err, 0, sizeof *err);
+        err->code = OO_SPOOL_MISUSE;
+        snprintf(err->message, sizeof err->message, "ledger: no reservation was asked for");
+    }
+    pthread_mutex_unlock(&k->mu);
+    return out;
+}
+
+void oo_ledger_sink_stats(oo_ledger_sink *k, oo_sink_stats *out) {
+    pthread_mutex_lock(&k->mu);
+    out->written = k->written;
+    out->errors = k->errors;
+    out->lost = k->lost;
+    out->waiting = (long long)k->n;
+    snprintf(out->error, sizeof out->error, "%s", k->error);
+    pthread_mutex_unlock(&k->mu);
+}
