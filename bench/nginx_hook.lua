@@ -71,6 +71,8 @@ local function script_dir()
 end
 local ROOT = script_dir() .. "/.."
 package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/spec/?.lua;" .. package.path
+-- the spec helpers load the C core (spec/support/wait.lua): this checkout's build
+package.cpath = ROOT .. "/build/5.4/?.so;" .. package.cpath
 
 local sandbox = require("optimizely.offline.sandbox")
 local nginx = require("support.nginx")
