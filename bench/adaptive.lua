@@ -1,7 +1,7 @@
 --- Benchmark: adaptive concurrency against a server that refuses load. The
 -- sandbox answers DELAY_MS late and answers 429 (Retry-After 0) when more
 -- than N requests are in progress; send_batch may keep up to MAX in
--- flight. The adaptive limit (csrc/limiter.h) must find N by itself.
+-- flight. The adaptive limit (csrc/delivery/limiter.h) must find N by itself.
 --
 --   lua5.4 bench/adaptive.lua [ORDERS]          (per run, default 4000)
 --   luajit bench/adaptive.lua

@@ -1,5 +1,5 @@
 -- Benchmark: the per-order cost of --date-format / --timezone (core.date_convert,
--- csrc/tz.c) beside the cost of encoding the order it belongs to
+-- csrc/payload/tz.c) beside the cost of encoding the order it belongs to
 -- (core.encode of a 2-item order), measured in the same run, and the JSON
 -- writer of the rejects file (core.json_encode) beside encode.
 -- Target: a date conversion costs well under one encode (ratio < 0.5).

@@ -11,7 +11,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "../csrc/spool.h"
+#include "../csrc/store/spool.h"
 
 static double mono(void) {
     struct timespec ts;

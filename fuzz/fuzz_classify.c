@@ -1,5 +1,5 @@
-/* libFuzzer target for the one response classifier (csrc/classify.c), the
- * envelope walk (json.c's oo_json_envelope) and the policy (csrc/policy.c).
+/* libFuzzer target for the one response classifier (csrc/delivery/classify.c), the
+ * envelope walk (json.c's oo_json_envelope) and the policy (csrc/delivery/policy.c).
  * Input: 2 bytes status, 1 byte Retry-After length, the Retry-After value,
  * then the body. Invariants, not just crashes:
  *  - the record is consistent: ok xor a kind; ok only for 2xx; retryable
@@ -17,9 +17,9 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include "../csrc/classify.h"
-#include "../csrc/json.h"
-#include "../csrc/policy.h"
+#include "../csrc/delivery/classify.h"
+#include "../csrc/payload/json.h"
+#include "../csrc/delivery/policy.h"
 
 static lua_State *L;
 

@@ -1,14 +1,14 @@
 /* libFuzzer target for the CSV reader. The first input byte chooses the
  * delimiter, the read size and what else runs; the rest is the file.
  *
- * Every input, in C (fast): the tokenizer (csrc/csv.c) reads the file whole
+ * Every input, in C (fast): the tokenizer (csrc/input/csv.c) reads the file whole
  * and cut into reads of 1..16 bytes; the rows must be the same (fields,
  * errors, lines, raw text), and each row's bytes replayed alone (as the
  * grouped mode's spill does) must give the same row again. Fields and raw
  * text must lie inside the buffers.
  *
  * Inputs with the two top bits set, also through the real Lua module
- * (lua/.../input/csv.lua, csrc/csv_reader.c, csrc/csv_store.c) in one Lua
+ * (lua/.../input/csv.lua, csrc/input/csv_reader.c, csrc/input/csv_store.c) in one Lua
  * state reused across runs, with a preset header (or the file's own first
  * line), a small row limit sometimes, and grouped mode. The Lua driver
  * asserts invariants, not just the absence of crashes:
@@ -28,9 +28,9 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include "../csrc/buf.h"
-#include "../csrc/core.h"
-#include "../csrc/csv.h"
+#include "../csrc/base/buf.h"
+#include "../csrc/base/core.h"
+#include "../csrc/input/csv.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

@@ -1,4 +1,4 @@
-/* libFuzzer target for the input decoder (csrc/decode.c): UTF-8 checked,
+/* libFuzzer target for the input decoder (csrc/input/decode.c): UTF-8 checked,
  * Windows-1252 and Latin-1 converted with iconv, fed in pieces of any size.
  * Invariants: what comes out is valid UTF-8 made of whole lines (but at the
  * end); UTF-8 in comes out as the same bytes, all of them unless it stopped
@@ -9,9 +9,9 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "../csrc/buf.h"
-#include "../csrc/decode.h"
-#include "../csrc/utf8.h"
+#include "../csrc/base/buf.h"
+#include "../csrc/input/decode.h"
+#include "../csrc/base/utf8.h"
 
 static long long newlines(const char *p, size_t n) {
     long long k = 0;

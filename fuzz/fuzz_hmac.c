@@ -1,4 +1,4 @@
-/* libFuzzer target for the pseudonymiser (csrc/hmac.c): e-mail
+/* libFuzzer target for the pseudonymiser (csrc/identity/hmac.c): e-mail
  * normalisation + HMAC-SHA256 + encoding, through the same Lua binding the
  * library uses (p:id, core.email_normalise). Invariants, not just crashes:
  *   - p:id succeeds exactly when normalisation does; its id has the
@@ -22,8 +22,8 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
-#include "../csrc/hmac.h"
-#include "../csrc/utf8.h"
+#include "../csrc/identity/hmac.h"
+#include "../csrc/base/utf8.h"
 
 void oo_hmac_register(lua_State *L);
 

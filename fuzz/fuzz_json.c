@@ -1,4 +1,4 @@
-/* libFuzzer target for core.json_decode (csrc/json.c). Invariants, not just
+/* libFuzzer target for core.json_decode (csrc/payload/json.c). Invariants, not just
  * crashes: the decoder returns exactly one value, or nil plus a message that
  * names a byte offset inside (or just past) the input; every string it
  * produces (keys and values) is well-formed UTF-8; the stack is balanced.
@@ -12,8 +12,8 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include "../csrc/json.h"
-#include "../csrc/utf8.h"
+#include "../csrc/payload/json.h"
+#include "../csrc/base/utf8.h"
 
 static void check_value(lua_State *L, int idx, int depth) {
     size_t n;

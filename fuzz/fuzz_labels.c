@@ -1,5 +1,5 @@
 /* libFuzzer target for metric labels: a hostile response goes through the
- * classifier (csrc/classify.c) into the metrics (csrc/metrics.c), and, for
+ * classifier (csrc/delivery/classify.c) into the metrics (csrc/delivery/metrics.c), and, for
  * one input in 64 (those whose hash says so: the Lua side costs a hundred
  * times the C path, and a flag byte would let the fuzzer run it almost
  * always, since it adds coverage), through the Lua side too
@@ -24,10 +24,10 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include "../csrc/classify.h"
-#include "../csrc/core.h"
-#include "../csrc/metrics.h"
-#include "../csrc/text.h"
+#include "../csrc/delivery/classify.h"
+#include "../csrc/base/core.h"
+#include "../csrc/delivery/metrics.h"
+#include "../csrc/base/text.h"
 
 #define CHECK(c)                                                                                   \
     do {                                                                                           \

@@ -1,6 +1,6 @@
 /* libFuzzer target for the ledger's body reader: oo_json_pick_values
- * (csrc/json.c, the strict walker without a Lua state) and
- * oo_ledger_entry_from_body (csrc/ledger_entry.c). Invariants, not just
+ * (csrc/payload/json.c, the strict walker without a Lua state) and
+ * oo_ledger_entry_from_body (csrc/store/ledger_entry.c). Invariants, not just
  * crashes:
  *  - the walker accepts exactly the JSON objects the full decoder accepts
  *    (differential, for inputs nested less deep than both limits);
@@ -17,10 +17,10 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include "../csrc/json.h"
-#include "../csrc/ledger.h"
-#include "../csrc/money.h"
-#include "../csrc/utf8.h"
+#include "../csrc/payload/json.h"
+#include "../csrc/store/ledger.h"
+#include "../csrc/payload/money.h"
+#include "../csrc/base/utf8.h"
 
 /* Deepest nesting of the input (strings skipped). */
 static int depth_of(const uint8_t *p, size_t n) {

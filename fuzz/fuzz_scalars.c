@@ -10,10 +10,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../csrc/buf.h"
-#include "../csrc/date.h"
-#include "../csrc/money.h"
-#include "../csrc/utf8.h"
+#include "../csrc/base/buf.h"
+#include "../csrc/payload/date.h"
+#include "../csrc/payload/money.h"
+#include "../csrc/base/utf8.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *s = (const char *)data;

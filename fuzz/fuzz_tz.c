@@ -1,9 +1,9 @@
-/* libFuzzer target for csrc/tz.c's parsers: TZif files, POSIX TZ rule
+/* libFuzzer target for csrc/payload/tz.c's parsers: TZif files, POSIX TZ rule
  * strings, and date formats with the values they read. The first input
  * byte picks the target; the rest is its input. A parsed file or rule is
  * then asked for offsets and local times, so the lookups run on whatever
  * the parsers accepted. tz.c is included to reach its static functions. */
-#include "../csrc/tz.c"
+#include "../csrc/payload/tz.c"
 
 #include <stdint.h>
 

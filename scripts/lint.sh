@@ -10,15 +10,10 @@
 #     `pcall(require, ...)`, or listed in scripts/optional_requires.txt
 #     (`FILE MODULE` a line); and no circle between modules. Always fails
 #     on a finding, strict or not.
-#   - clang-format (.clang-format) over csrc/: it fails on a file that
-#     clang-format would change unless the file is listed in C_KNOWN below:
-#     the sources written before .clang-format, in a denser style than any
-#     clang-format setting keeps (`{ a; b; }` blocks on one line, several
-#     case labels or statements on a line, hand-aligned tables and comment
-#     columns), so reformatting them would restyle hundreds of lines for
-#     nothing. New C files and the files already clean stay clean (format
-#     them with `clang-format -i csrc/FILE`); CLANG_FORMAT_STRICT=1 fails on
-#     the listed files too.
+#   - scripts/layers.sh: csrc/'s layer folders only include their own or
+#     earlier layers' headers.
+#   - clang-format (.clang-format) over csrc/: it fails on any C file
+#     clang-format would change (format with `clang-format -i csrc/*/*.[ch]`).
 set -u
 cd "$(dirname "$0")/.."
 STRICT=${LINT_STRICT:-0}
@@ -58,58 +53,25 @@ else
   echo "lint: requires: $(printf '%s\n' "$out" | wc -l) finding(s)"; status=1
 fi
 
-# The C sources clang-format would still change (see the header).
-C_KNOWN="
-csrc/buf.c
-csrc/classify.c
-csrc/classify.h
-csrc/clock.c
-csrc/compat.h
-csrc/core.h
-csrc/date.c
-csrc/encode.c
-csrc/fs.c
-csrc/hmac.c
-csrc/hmac.h
-csrc/http.c
-csrc/http.h
-csrc/json.c
-csrc/json.h
-csrc/l_spool.c
-csrc/metrics.c
-csrc/metrics.h
-csrc/money.c
-csrc/policy.c
-csrc/policy.h
-csrc/pool.c
-csrc/pool.h
-csrc/spool.c
-csrc/spool.h
-csrc/spool_wal.c
-csrc/text.c
-csrc/utf8.c
-csrc/worker.c
-"
+# The C layers: no include from a later layer (scripts/layers.sh).
+if out=$(sh scripts/layers.sh); then
+  echo "lint: C layers: every include goes down (base identity payload input store delivery binding)"
+else
+  echo "$out"; status=1
+fi
+
 if command -v clang-format >/dev/null 2>&1; then
-  files=$(ls csrc/*.c csrc/*.h)
-  lines=0; known=""; new=""
+  files=$(ls csrc/*/*.c csrc/*/*.h)
+  unformatted=""
   for f in $files; do
     n=$(clang-format --style=file "$f" | diff "$f" - | grep -c '^<')
-    [ "$n" -eq 0 ] && continue
-    lines=$((lines + n))
-    if printf '%s\n' "$C_KNOWN" | grep -qx "$f"; then known="$known $f($n)"; else new="$new $f($n)"; fi
+    [ "$n" -eq 0 ] || unformatted="$unformatted $f($n)"
   done
-  if [ $lines -eq 0 ]; then
+  if [ -z "$unformatted" ]; then
     echo "lint: clang-format: csrc/ formatted"
-  elif [ -n "$new" ]; then
-    echo "lint: clang-format: files that must be formatted (clang-format -i FILE; see clang-format --dry-run FILE):$new"
-    status=1
-  elif [ "${CLANG_FORMAT_STRICT:-0}" = 1 ]; then
-    echo "lint: clang-format: $lines line(s) would change (strict):$known"
-    status=1
   else
-    echo "lint: clang-format: $lines line(s) would change, all in files listed in scripts/lint.sh C_KNOWN"
-    echo "      (not failing; CLANG_FORMAT_STRICT=1 fails on them too)"
+    echo "lint: clang-format: files that must be formatted (clang-format -i FILE; see clang-format --dry-run FILE):$unformatted"
+    status=1
   fi
 else
   echo "lint: clang-format not found (Debian: apt-get install clang-format): C not checked"

@@ -31,10 +31,10 @@ fail() { printf 'rock_check: FAIL: %s\n' "$*" >&2; failures=$((failures + 1)); }
 die() { printf 'rock_check: %s\n' "$*" >&2; exit 1; }
 
 # The release rockspec is the one whose version is the C core's OO_VERSION.
-VERSION=$(sed -n 's/^#define OO_VERSION "\(.*\)"$/\1/p' csrc/core.h)
-[ -n "$VERSION" ] || die "no OO_VERSION in csrc/core.h"
+VERSION=$(sed -n 's/^#define OO_VERSION "\(.*\)"$/\1/p' csrc/base/core.h)
+[ -n "$VERSION" ] || die "no OO_VERSION in csrc/base/core.h"
 RELEASE=optimizely-offline-$VERSION-1.rockspec
-[ -f "$RELEASE" ] || die "no $RELEASE for OO_VERSION $VERSION (csrc/core.h): add it (a copy of the scm one)"
+[ -f "$RELEASE" ] || die "no $RELEASE for OO_VERSION $VERSION (csrc/base/core.h): add it (a copy of the scm one)"
 SCM=optimizely-offline-scm-1.rockspec
 
 # ---------------------------------------------------------------- rockspecs

@@ -1,7 +1,7 @@
 -- --date-format and --timezone: local order dates (a UK till's
 -- "16/06/2024 14:25") converted to the documented "yyyy-MM-ddTHH:mm:ss GMT"
 -- with the real summer-time rules of the system's zoneinfo (TZif files read
--- by csrc/tz.c, v2+ with the POSIX footer). Checked against glibc's `date`
+-- by csrc/payload/tz.c, v2+ with the POSIX footer). Checked against glibc's `date`
 -- and against zones compiled with `zic`, and end to end through the sandbox.
 local sb = require("support.sandbox")
 local cli = require("support.cli")

@@ -52,7 +52,7 @@ end
 -- Another process holding `n` due orders of the spool under a live lease
 -- (spec/fixtures/cli/spool_holder.lua). A second spool handle in this
 -- process would not do: opening one drops the process's SQLite locks on the
--- file (csrc/sqlfile.c's sniff), and a CLI run then breaks the first handle.
+-- file (csrc/store/sqlfile.c's sniff), and a CLI run then breaks the first handle.
 -- @return the refCodes it holds, and a function that makes it let go
 local function holder(path, n)
   local ready, release = path .. ".held", path .. ".release"

@@ -1,7 +1,7 @@
 -- The transport contract and the scheduler's decisions: ONE table of cases
 -- — statuses, envelopes, Retry-After forms, resets, timeouts, oversize
 -- bodies, refused credentials, 429, and every decision the scheduler
--- (csrc/sched.c) makes: the 429 pause, the credentials stop and probe, the
+-- (csrc/delivery/sched.c) makes: the 429 pause, the credentials stop and probe, the
 -- age limit, the in-flight limit, Retry-After, the reuse rule — run against
 -- every driver an order can leave by:
 --

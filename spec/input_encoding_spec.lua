@@ -1,6 +1,6 @@
 -- Till files as they come (issue 20): a Windows-1252 or Latin-1 export is
 -- read with `input_encoding` (the CLI's --input-encoding), converted to
--- UTF-8 in C with iconv (csrc/decode.c); without it, a file that is not
+-- UTF-8 in C with iconv (csrc/input/decode.c); without it, a file that is not
 -- UTF-8 gets one clear message naming the line and the option, and the
 -- rest of the file is not read — never an order cut in two.
 local core = require("optimizely.offline.core")

@@ -238,7 +238,7 @@ describe("the ledger on client:queue", function()
     end
     assert.equal(N + dups, total)
     -- unknown at the kill: the CONC requests in flight, and those answered in
-    -- the last ACK_WINDOW (5 ms, csrc/worker.c) whose acks were not written
+    -- the last ACK_WINDOW (5 ms, csrc/delivery/worker.c) whose acks were not written
     -- yet: with every answer delayed alike, at most one more round of CONC
     assert.is_true(dups <= 2 * CONC, dups .. " sent twice; at most the " .. 2 * CONC .. " unknown may be")
     local sp = assert(spool.open(sp_path))

@@ -1,5 +1,5 @@
 -- Money as tills write it (issue 20): opt-in forms read by the C money
--- parser (csrc/money.c, oo_money_from_till) through core.money and
+-- parser (csrc/payload/money.c, oo_money_from_till) through core.money and
 -- offline.money — a decimal comma ("2,24", "1.234,56"), thousands grouped
 -- in threes, a currency symbol or code dropped when it is the order's
 -- currency — exact to the minor unit; never read by the encoder itself.

@@ -1,4 +1,4 @@
--- The scheduler's Lua binding (optimizely.offline.sched, csrc/l_sched.c),
+-- The scheduler's Lua binding (optimizely.offline.sched, csrc/binding/l_sched.c),
 -- driven from plain Lua with a scripted transport: no network. What a Lua
 -- driver (client:send, a user transport, the nginx queue) relies on — the
 -- decisions that live in the scheduler (backoff, Retry-After, the 429

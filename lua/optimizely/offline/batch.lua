@@ -1,9 +1,9 @@
 --- Concurrent batch sending: `client:send_batch(source, opts)`.
 --
--- The scheduler (csrc/sched.c) decides — the retry schedule, the 429 pause,
+-- The scheduler (csrc/delivery/sched.c) decides — the retry schedule, the 429 pause,
 -- the in-flight limit, the classifier and the policy are the ones the
 -- queue's thread and `client:send` use — and the libcurl driver
--- (csrc/driver_curl.c, its slot pool on curl multi) sends. This module
+-- (csrc/delivery/driver_curl.c, its slot pool on curl multi) sends. This module
 -- feeds it
 -- from the source — streamed, so only the orders in flight or waiting for a
 -- retry are held and memory stays flat however long the source is — and
@@ -131,7 +131,10 @@ function Batch.new(st, source, o, L)
     report_retries = (self.events.on_event or self.events.logger) ~= nil })
   if self.gate then
     self.gate:configure(cfg, o.ledger_window)
-    cfg.ledger_thread = true -- the ledger's SQLite work overlaps the requests in flight
+    -- the ledger's SQLite work overlaps the requests in flight, unless each
+    -- end must be written as it comes (ledger_window = 0: the command line,
+    -- whose kill -9 may then resend no more than the requests in flight)
+    cfg.ledger_thread = o.ledger_window ~= 0
   end
   self.engine = core.engine_new(cfg)
   return self
@@ -649,7 +652,7 @@ end
 --   it backs off on a 429 to 0.9 x the limit and at most the number the
 --   server held when it refused, on a retryable 5xx or a timeout to 0.9 x,
 --   and when a round trip's mean latency exceeds 3 x the baseline and the
---   baseline + 20 ms (csrc/limiter.h; doc/topics/performance.md).
+--   baseline + 20 ms (csrc/delivery/limiter.h; doc/topics/performance.md).
 --   `adaptive = false`: `concurrency` in flight, halved by a 429 and
 --   growing back by one per window of successes.
 --   `halt = fn()`: asked between turns (at least every 20 ms); once it

@@ -14,7 +14,7 @@
 -- The client turns configuration into a delivery context
 -- (optimizely.offline.context: transport, headers per channel, policy,
 -- metrics) once; every front door below uses
--- it, and every one delivers through the one scheduler (csrc/sched.c,
+-- it, and every one delivers through the one scheduler (csrc/delivery/sched.c,
 -- optimizely.offline.sched): `send` and `cancel` (a Lua driver over
 -- libcurl's easy handle or the given transport, one request at a time, in
 -- the caller), `send_batch` (the libcurl driver from here) and `queue`
@@ -310,7 +310,7 @@ local function take_driver(st, g)
   local cfg = sched.config(st, { concurrency = 1, adaptive = false, on_stop = "drain",
     report_retries = st.emit ~= nil, max_results = 16 })
   -- with a ledger the scheduler's record hook writes each end (the one
-  -- rule of csrc/ledger_sink.c), flushed before `send` returns
+  -- rule of csrc/delivery/ledger_sink.c), flushed before `send` returns
   if g then g:configure(cfg, 0) end
   d = sched.driver(cfg, st.transport, st.sleep)
   d.free = free

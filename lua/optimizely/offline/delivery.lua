@@ -1,8 +1,8 @@
 --- What a delivery result looks like, and the transport contract.
 --
 -- Every path — `client:send`, `send_batch`, both queues — turns the
--- scheduler's result record (csrc/sched.c: the classified outcome of
--- csrc/classify.c, settled by csrc/policy.c) into `M.result`, so a result
+-- scheduler's result record (csrc/delivery/sched.c: the classified outcome of
+-- csrc/delivery/classify.c, settled by csrc/delivery/policy.c) into `M.result`, so a result
 -- or an error has one shape whichever driver produced it. Nothing here
 -- decides: statuses, Retry-After, backoff, pauses and the in-flight limit
 -- are the scheduler's (optimizely.offline.sched). The shapes:
@@ -190,7 +190,7 @@ end
 
 --- Check what a transport returned against the contract (see the module
 -- doc) and classify it: the same check and classifier the scheduler
--- applies in `s:done` (csrc/l_sched.c).
+-- applies in `s:done` (csrc/binding/l_sched.c).
 -- @return record, body (string), info (table)
 function M.check_response(status, body, info, code)
   local rec = check_reply(status, body, info, code)

@@ -161,7 +161,7 @@ function M.new(st, L, lease)
 end
 
 --- The scheduler's configuration fields that make its record hook write
--- to this ledger (csrc/ledger_sink.c): added to a `sched.config` table.
+-- to this ledger (csrc/delivery/ledger_sink.c): added to a `sched.config` table.
 -- @param cfg the scheduler's configuration
 -- @param window seconds a note may wait before it is written (nil: the default 0.02)
 -- @return cfg
@@ -307,6 +307,10 @@ function M.unusable(err)
   if errors.is(err) then
     err.attempts = 0
     return err
+  end
+  if type(err) == "table" then -- the C core's {kind, message, ...} (core.h: oo_push_error)
+    err.kind, err.attempts = err.kind or "storage", 0
+    return errors.new(err)
   end
   return errors.new({ kind = "storage", attempts = 0, message = "ledger: " .. tostring(err) })
 end

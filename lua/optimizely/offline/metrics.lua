@@ -7,8 +7,8 @@
 --     print(t.sent, t.failed, metrics.percentiles(t.latency, { 0.5, 0.99 })[2])
 --     io.write(metrics.prometheus(client, queue))
 --
--- The counting itself happens once, in the C core (csrc/metrics.c): the
--- scheduler (csrc/sched.c) counts for every driver — send_batch, the
+-- The counting itself happens once, in the C core (csrc/delivery/metrics.c): the
+-- scheduler (csrc/delivery/sched.c) counts for every driver — send_batch, the
 -- queue's thread, client:send — and the nginx queue through the same
 -- struct (core.metrics_new). This module only reads, sums and writes.
 --

@@ -1,6 +1,6 @@
 --- Asynchronous delivery outside nginx: `client:queue(opts)`.
 -- `push` validates and encodes at once, then hands the bytes to the libcurl
--- engine running on a thread of its own (csrc/worker.c) without any network
+-- engine running on a thread of its own (csrc/delivery/worker.c) without any network
 -- I/O; with a spool the order is in SQLite — durable — before `push`
 -- returns, and the thread delivers from the spool, so a restart (or `kill
 -- -9`) loses nothing: what was not acknowledged is still there, with its
@@ -97,7 +97,7 @@ function Queue:open_ledger()
   return true
 end
 
---- Opens the spool and starts the delivery thread (csrc/worker.c) with the
+--- Opens the spool and starts the delivery thread (csrc/delivery/worker.c) with the
 -- client's HTTP options, channels and policy; logs the startup line, and
 -- wakes the thread at once when the spool already holds orders. Run by
 -- `new`, and again in a forked child (`check_pid`).

@@ -1,7 +1,7 @@
 --- The retry policy, from Lua: a thin view of the C core. The decisions
--- live once, in C — the classifier (csrc/classify.c), the policy
--- (csrc/policy.c, its defaults included) and the scheduler that applies
--- them (csrc/sched.c, optimizely.offline.sched) — and every path asks
+-- live once, in C — the classifier (csrc/delivery/classify.c), the policy
+-- (csrc/delivery/policy.c, its defaults included) and the scheduler that applies
+-- them (csrc/delivery/sched.c, optimizely.offline.sched) — and every path asks
 -- them there: the libcurl engine and the queue's thread in C, `client:send`,
 -- user transports and the nginx queue through the scheduler's binding.
 -- This module reads the same functions, for callers that want to ask a
@@ -177,7 +177,7 @@ function Policy:again(attempt, x)
   return (self:decide(rec, attempt, 0)) == "retry"
 end
 
---- What to do after an attempt: the one decision (csrc/policy.c).
+--- What to do after an attempt: the one decision (csrc/delivery/policy.c).
 -- @param record a classified outcome (core.classify) or an error object
 -- @param attempts attempts made so far
 -- @param age seconds since the order was queued (for max_age)

@@ -1,5 +1,5 @@
 --- The delivery scheduler, from Lua: the one place that decides what is
--- sent when (csrc/sched.c, bound by csrc/l_sched.c).
+-- sent when (csrc/delivery/sched.c, bound by csrc/binding/l_sched.c).
 --
 -- The scheduler does no I/O. It owns the jobs (queued, ready, retrying, in
 -- flight), the in-flight limit (adaptive or fixed), the pause after a 429,
@@ -125,7 +125,7 @@ function M.driver(cfg, transport, sleep)
     job = {} }, Driver)
 end
 
---- A scheduler object (userdata, csrc/l_sched.c).
+--- A scheduler object (userdata, csrc/binding/l_sched.c).
 -- @type Sched
 
 --- Queue a job.

@@ -3,7 +3,7 @@
 -- default) gets a warning, because Optimizely keeps tracked data for about
 -- six months and an older order may add nothing. It is still sent.
 --
--- The other end is the encoder's (csrc/encode.c): an order dated more than
+-- The other end is the encoder's (csrc/payload/encode.c): an order dated more than
 -- a day in the future is a validation problem everywhere — the library,
 -- the queue and every command — since no till sells in the future and the
 -- endpoint would keep the nonsense. This module only reads the date the

@@ -147,7 +147,7 @@ end
 local function zone_option(value)
   if value == nil or value == "UTC" then return nil end
   local zone, why = core.tz_load(value)
-  if not zone then common.config_error("--timezone: " .. tostring(why)) end
+  if not zone then common.config_error("--timezone: " .. why.message) end
   return zone
 end
 

@@ -11,7 +11,7 @@
 -- **One scheduler, the nginx driver.** Every decision — what may start
 -- now, the in-flight limit, the pause after a 429, the credentials stop and
 -- its probe, backoff, Retry-After, the age limit, how an answer is
--- classified and settled, the counts — is the C scheduler's (csrc/sched.c,
+-- classified and settled, the counts — is the C scheduler's (csrc/delivery/sched.c,
 -- the one the libcurl engine runs on too). This queue is its nginx driver:
 -- light threads take the next job, send it over the cosocket transport and
 -- hand the answer back (optimizely.offline.ngx.sender), timers run them

@@ -2,7 +2,7 @@
 -- job from the scheduler, run it over the cosocket transport and hand the
 -- answer back (`s:done`) to be classified and settled. A sender knows no
 -- HTTP status, no Retry-After, no backoff, pause or limit: the scheduler
--- (csrc/sched.c) decides all of that, and says when to look again.
+-- (csrc/delivery/sched.c) decides all of that, and says when to look again.
 --
 -- A sender takes up to `pipeline` jobs at a time and, when the transport
 -- can (`transport:pipeline`), writes them on one connection at once and

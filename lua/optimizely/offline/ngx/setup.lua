@@ -90,7 +90,7 @@ function M.deliverer_role(o, level)
     .. tostring(d) .. ")", level + 1)
 end
 
---- The scheduler of a queue (csrc/sched.c): the client's URL and channels
+--- The scheduler of a queue (csrc/delivery/sched.c): the client's URL and channels
 -- (with their headers), the queue's policy (no attempt limit unless
 -- `max_attempts`, the age limit), a fixed in-flight limit of
 -- `concurrency` (halved by a 429, growing back), a pause of `auth_pause`

@@ -14,7 +14,12 @@
 
 int oo_status_retryable(int status) {
     switch (status) {
-    case 408: case 429: case 500: case 502: case 503: case 504: return 1;
+    case 408:
+    case 429:
+    case 500:
+    case 502:
+    case 503:
+    case 504: return 1;
     default: return 0;
     }
 }
@@ -24,18 +29,20 @@ int oo_status_retryable(int status) {
  * site, token or channel together with a word saying it is wrong. */
 int oo_code_is_credentials(const char *code) {
     static const char *const subjects[] = {"token", "site", "channel", "credential", NULL};
-    static const char *const verdicts[] = {"invalid", "unknown", "notrecogni", "missing", "wrong",
-                                           "expired", "unauthori", "forbidden", "denied", "mismatch",
-                                           "revoked", "notfound", NULL};
+    static const char *const verdicts[] = {
+        "invalid",   "unknown", "notrecogni", "missing", "wrong",    "expired", "unauthori",
+        "forbidden", "denied",  "mismatch",   "revoked", "notfound", NULL};
     char low[64];
     size_t i, n;
     int subject = 0;
     if (!code || !code[0]) return 0;
     n = strlen(code);
     if (n >= sizeof low) n = sizeof low - 1;
-    for (i = 0; i < n; i++) low[i] = (char)((code[i] >= 'A' && code[i] <= 'Z') ? code[i] + 32 : code[i]);
+    for (i = 0; i < n; i++)
+        low[i] = (char)((code[i] >= 'A' && code[i] <= 'Z') ? code[i] + 32 : code[i]);
     low[n] = '\0';
-    if (strcmp(low, "unauthorized") == 0 || strcmp(low, "forbidden") == 0 || strcmp(low, "accessdenied") == 0)
+    if (strcmp(low, "unauthorized") == 0 || strcmp(low, "forbidden") == 0 ||
+        strcmp(low, "accessdenied") == 0)
         return 1;
     for (i = 0; subjects[i] && !subject; i++) subject = strstr(low, subjects[i]) != NULL;
     if (!subject) return 0;
@@ -88,9 +95,7 @@ static void set_code(oo_outcome *o, const oo_envelope *env) {
     if (c) snprintf(o->code, sizeof o->code, "%s", c);
 }
 
-static int status_is(const char *s, const char *word) {
-    return s && strcasecmp(s, word) == 0;
-}
+static int status_is(const char *s, const char *word) { return s && strcasecmp(s, word) == 0; }
 
 void oo_classify_response(int status, const char *retry_after, const char *body, size_t len,
                           double now, oo_outcome *o, oo_envelope *env) {
@@ -106,13 +111,15 @@ void oo_classify_response(int status, const char *retry_after, const char *body,
             o->stop = oo_code_is_credentials(o->code);
             o->kind = o->stop ? "auth" : "api";
             say(o, o->stop ? "credentials refused: order rejected" : "order rejected");
-            if (env->nerrors) describe(o, env); else say(o, ": status fail");
+            if (env->nerrors) describe(o, env);
+            else say(o, ": status fail");
             return;
         }
         o->ok = 1;
         /* "OK" without warnings is the common case; anything else in an
          * envelope (warnings, errors, an odd status) is worth reading */
-        o->warned = env->object && (!status_is(env->status, "ok") || env->nwarnings > 0 || env->nerrors > 0);
+        o->warned = env->object &&
+                    (!status_is(env->status, "ok") || env->nwarnings > 0 || env->nerrors > 0);
         return;
     }
     o->retry_after = oo_retry_after(retry_after, now);
@@ -120,7 +127,8 @@ void oo_classify_response(int status, const char *retry_after, const char *body,
     o->stop = status == 401 || status == 403 || oo_code_is_credentials(o->code);
     o->retryable = !o->stop && oo_status_retryable(status);
     o->kind = o->stop ? "auth" : "http";
-    snprintf(head, sizeof head, "%sserver answered HTTP %d", o->stop ? "credentials refused: " : "", status);
+    snprintf(head, sizeof head, "%sserver answered HTTP %d", o->stop ? "credentials refused: " : "",
+             status);
     say(o, head);
     describe(o, env);
 }
@@ -161,7 +169,10 @@ static int month_of(const char *s) {
 static int digits(const char **p, int n, int upto, int *v) {
     int k = 0;
     *v = 0;
-    while (k < n && (*p)[k] >= '0' && (*p)[k] <= '9') { *v = *v * 10 + ((*p)[k] - '0'); k++; }
+    while (k < n && (*p)[k] >= '0' && (*p)[k] <= '9') {
+        *v = *v * 10 + ((*p)[k] - '0');
+        k++;
+    }
     if (k == 0 || (!upto && k != n)) return 0;
     *p += k;
     return 1;
@@ -184,11 +195,13 @@ static int alpha_run(const char **p, int min, int max) {
 
 static double epoch(int y, int mon, int d, int hh, int mm, int ss) {
     if (!mon || d < 1 || d > 31 || hh > 23 || mm > 59 || ss > 60) return -1;
-    return (double)(oo_days_from_civil(y, (unsigned)mon, (unsigned)d) * 86400 + hh * 3600 + mm * 60 + ss);
+    return (double)(oo_days_from_civil(y, (unsigned)mon, (unsigned)d) * 86400 + hh * 3600 +
+                    mm * 60 + ss);
 }
 
 static int hms(const char **p, int *hh, int *mm, int *ss) {
-    return digits(p, 2, 0, hh) && lit(p, ":") && digits(p, 2, 0, mm) && lit(p, ":") && digits(p, 2, 0, ss);
+    return digits(p, 2, 0, hh) && lit(p, ":") && digits(p, 2, 0, mm) && lit(p, ":") &&
+           digits(p, 2, 0, ss);
 }
 
 double oo_http_date(const char *s) {
@@ -299,7 +312,8 @@ static void set_opt_string(lua_State *L, const char *k, const char *v) {
 static int l_envelope(lua_State *L) {
     size_t len;
     const char *body = luaL_checklstring(L, 1, &len);
-    oo_envelope *env = (oo_envelope *)lua_newuserdata(L, sizeof *env); /* 4 KiB: not on the C stack */
+    oo_envelope *env =
+        (oo_envelope *)lua_newuserdata(L, sizeof *env); /* 4 KiB: not on the C stack */
     int i, n;
     if (!oo_json_envelope(body, len, env)) {
         lua_pushnil(L);
@@ -333,22 +347,27 @@ static int l_envelope(lua_State *L) {
 
 /*** core.parse_retry_after(value [, now]) -> seconds | nil */
 static int l_parse_retry_after(lua_State *L) {
-    double v = oo_retry_after(luaL_optstring(L, 1, NULL), (double)luaL_optnumber(L, 2, (double)time(NULL)));
-    if (v < 0) lua_pushnil(L); else lua_pushnumber(L, v);
+    double v = oo_retry_after(luaL_optstring(L, 1, NULL),
+                              (double)luaL_optnumber(L, 2, (double)time(NULL)));
+    if (v < 0) lua_pushnil(L);
+    else lua_pushnumber(L, v);
     return 1;
 }
 
 /*** core.parse_http_date(s) -> epoch seconds | nil */
 static int l_parse_http_date(lua_State *L) {
     double v = oo_http_date(luaL_optstring(L, 1, NULL));
-    if (v < 0) lua_pushnil(L); else lua_pushnumber(L, v);
+    if (v < 0) lua_pushnil(L);
+    else lua_pushnumber(L, v);
     return 1;
 }
 
 void oo_classify_register(lua_State *L) {
-    static const luaL_Reg funcs[] = {
-        {"classify", l_classify}, {"classify_failure", l_classify_failure},
-        {"envelope", l_envelope}, {"parse_retry_after", l_parse_retry_after},
-        {"parse_http_date", l_parse_http_date}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {{"classify", l_classify},
+                                     {"classify_failure", l_classify_failure},
+                                     {"envelope", l_envelope},
+                                     {"parse_retry_after", l_parse_retry_after},
+                                     {"parse_http_date", l_parse_http_date},
+                                     {NULL, NULL}};
     oo_setfuncs(L, funcs, 0);
 }

@@ -35,12 +35,12 @@
  * writes one more page, sqlite_sequence, on every put.) */
 /* The live leases, for stats() without a scan of the queue (a put, which
  * leaves claimed_by NULL, does not touch it). */
-#define ORDERS_LEASED_INDEX                                                                \
+#define ORDERS_LEASED_INDEX                                                                        \
     "CREATE INDEX orders_leased ON orders(claimed_until) WHERE claimed_by IS NOT NULL;"
 
-#define ORDERS_INS_TRIGGER                                                                 \
-    "CREATE TRIGGER orders_ins AFTER INSERT ON orders BEGIN"                               \
-    " UPDATE totals SET n = n + 1, bytes = bytes + NEW.bytes, seq = max(seq, NEW.id)"      \
+#define ORDERS_INS_TRIGGER                                                                         \
+    "CREATE TRIGGER orders_ins AFTER INSERT ON orders BEGIN"                                       \
+    " UPDATE totals SET n = n + 1, bytes = bytes + NEW.bytes, seq = max(seq, NEW.id)"              \
     " WHERE one = 1; END;"
 
 /* A cancel row (op 1, a DELETE of its refCode) waits behind every earlier
@@ -55,8 +55,7 @@ static const char SCHEMA_SQL[] =
     " next_at REAL NOT NULL, claimed_by TEXT, claimed_until REAL, last_error TEXT,"
     " channel TEXT, op INT NOT NULL DEFAULT 0);"
     "CREATE INDEX orders_next_at ON orders(next_at);"
-    "CREATE INDEX orders_created_at ON orders(created_at);"
-    ORDERS_LEASED_INDEX ORDERS_REF_INDEX
+    "CREATE INDEX orders_created_at ON orders(created_at);" ORDERS_LEASED_INDEX ORDERS_REF_INDEX
     "CREATE TABLE dead("
     " id INTEGER PRIMARY KEY, ref TEXT, body BLOB NOT NULL, created_at REAL,"
     " failed_at REAL NOT NULL, attempts INT NOT NULL, kind TEXT NOT NULL,"
@@ -64,11 +63,10 @@ static const char SCHEMA_SQL[] =
     "CREATE INDEX dead_failed_at ON dead(failed_at);"
     "CREATE TABLE totals(one INTEGER PRIMARY KEY CHECK (one = 1),"
     " n INT NOT NULL, bytes INT NOT NULL, seq INT NOT NULL DEFAULT 0);"
-    "INSERT INTO totals VALUES (1, 0, 0, 0);"
-    ORDERS_INS_TRIGGER
+    "INSERT INTO totals VALUES (1, 0, 0, 0);" ORDERS_INS_TRIGGER
     "CREATE TRIGGER orders_del AFTER DELETE ON orders BEGIN"
-    " UPDATE totals SET n = n - 1, bytes = bytes - OLD.bytes WHERE one = 1; END;"
-    OO_LEDGER_SCHEMA_SQL;
+    " UPDATE totals SET n = n - 1, bytes = bytes - OLD.bytes WHERE one = 1; "
+    "END;" OO_LEDGER_SCHEMA_SQL;
 
 /* Version 1 → 2: channels, and ids from totals.seq. ADD COLUMN appends, so
  * a migrated file has the same column order as a new one. */
@@ -84,19 +82,17 @@ static const char MIGRATE_V1_SQL[] =
 /* Version 2 → 3: cancel rows (op) and the ledger's tables. */
 static const char MIGRATE_V2_SQL[] =
     "ALTER TABLE orders ADD COLUMN op INT NOT NULL DEFAULT 0;"
-    "ALTER TABLE dead ADD COLUMN op INT NOT NULL DEFAULT 0;"
-    ORDERS_REF_INDEX OO_LEDGER_SCHEMA_SQL;
+    "ALTER TABLE dead ADD COLUMN op INT NOT NULL DEFAULT 0;" ORDERS_REF_INDEX OO_LEDGER_SCHEMA_SQL;
 
 /* "Free" = no live lease: never claimed, released, or its lease ran out. */
 #define FREE_AT(p) "(claimed_until IS NULL OR claimed_until <= " p ")"
-#define DEAD_COLS \
+#define DEAD_COLS                                                                                  \
     "id, ref, body, created_at, failed_at, attempts, kind, status, code, message, channel, op"
 /* A row that must wait: a cancel behind any earlier row of its refCode,
  * a create behind an earlier cancel (o: the candidate). */
-#define WAITS_BEHIND_EARLIER                                                              \
-    "EXISTS (SELECT 1 FROM orders e WHERE e.ref = o.ref AND e.id < o.id"                  \
+#define WAITS_BEHIND_EARLIER                                                                       \
+    "EXISTS (SELECT 1 FROM orders e WHERE e.ref = o.ref AND e.id < o.id"                           \
     " AND (o.op = 1 OR e.op = 1))"
-
 
 /* Requeue and dead sums take ?1 = id, or ?1 = NULL for every dead letter. */
 #define DEAD_ONE_OR_ALL "(?1 IS NULL OR id = ?1)"
@@ -116,15 +112,17 @@ static const char *const SQL[ST_COUNT] = {
                        " ?3 || coalesce('; last error: ' || last_error, ''), channel, op"
                        " FROM orders WHERE created_at < ?1 AND " FREE_AT("?2"),
     [ST_EXPIRE_DEL] = "DELETE FROM orders WHERE created_at < ?1 AND " FREE_AT("?2"),
-    [ST_OLDEST_FREE] = "SELECT id, bytes FROM orders WHERE " FREE_AT("?1")
-                       " ORDER BY created_at, id LIMIT 1",
-    [ST_MOVE_COPY] = "INSERT INTO dead(" DEAD_COLS ")"
-                     " SELECT id, ref, body, created_at, ?2, attempts + ?3, ?4, ?5, ?6, ?7, channel, op"
-                     " FROM orders WHERE id = ?1 AND (?8 IS NULL OR claimed_by = ?8)",
+    [ST_OLDEST_FREE] =
+        "SELECT id, bytes FROM orders WHERE " FREE_AT("?1") " ORDER BY created_at, id LIMIT 1",
+    [ST_MOVE_COPY] =
+        "INSERT INTO dead(" DEAD_COLS ")"
+        " SELECT id, ref, body, created_at, ?2, attempts + ?3, ?4, ?5, ?6, ?7, channel, op"
+        " FROM orders WHERE id = ?1 AND (?8 IS NULL OR claimed_by = ?8)",
     [ST_MOVE_DEL] = "DELETE FROM orders WHERE id = ?1 AND (?2 IS NULL OR claimed_by = ?2)",
-    [ST_CLAIM] = "SELECT id, ref, body, bytes, attempts, created_at, next_at, channel, op"
-                 " FROM orders o WHERE next_at <= ?1 AND " FREE_AT("?1")
-                 " AND NOT " WAITS_BEHIND_EARLIER " ORDER BY next_at, id LIMIT ?2",
+    [ST_CLAIM] =
+        "SELECT id, ref, body, bytes, attempts, created_at, next_at, channel, op"
+        " FROM orders o WHERE next_at <= ?1 AND " FREE_AT("?1") " AND NOT " WAITS_BEHIND_EARLIER
+                                                                " ORDER BY next_at, id LIMIT ?2",
     [ST_CLAIM_MARK] = "UPDATE orders SET claimed_by = ?2, claimed_until = ?3 WHERE id = ?1",
     [ST_ACK] = "DELETE FROM orders WHERE id = ?1 AND claimed_by = ?2",
     [ST_RETRY] = "UPDATE orders SET attempts = attempts + 1, next_at = ?3, last_error = ?4,"
@@ -158,8 +156,8 @@ static const char *const SQL[ST_COUNT] = {
     /* cancel_queued: creates of a refCode in flight, and the free ones */
     [ST_REF_FLIGHT] = "SELECT count(*) FROM orders WHERE ref = ?1 AND op = 0"
                       " AND claimed_by IS NOT NULL AND claimed_until > ?2",
-    [ST_REF_FREE] = "SELECT ref, body, channel, op FROM orders WHERE ref = ?1 AND op = 0 AND "
-                    FREE_AT("?2"),
+    [ST_REF_FREE] =
+        "SELECT ref, body, channel, op FROM orders WHERE ref = ?1 AND op = 0 AND " FREE_AT("?2"),
     [ST_REF_DROP] = "DELETE FROM orders WHERE ref = ?1 AND op = 0 AND " FREE_AT("?2"),
     /* purge by customer: every create's body is read in C */
     [ST_CUSTOMERS] = "SELECT id, body, " FREE_AT("?1") " FROM orders WHERE op = 0",
@@ -173,30 +171,49 @@ static const char *const SQL[ST_COUNT] = {
 
 /* Row fields, listed per statement in column order (read_row). */
 enum {
-    F_END, F_ID, F_REF, F_BODY, F_BYTES, F_CREATED, F_ATTEMPTS, F_NEXT_AT, F_CLAIMED_BY,
-    F_CLAIMED_UNTIL, F_LAST_ERROR, F_FAILED_AT, F_KIND, F_STATUS, F_CODE, F_MESSAGE, F_CHANNEL,
+    F_END,
+    F_ID,
+    F_REF,
+    F_BODY,
+    F_BYTES,
+    F_CREATED,
+    F_ATTEMPTS,
+    F_NEXT_AT,
+    F_CLAIMED_BY,
+    F_CLAIMED_UNTIL,
+    F_LAST_ERROR,
+    F_FAILED_AT,
+    F_KIND,
+    F_STATUS,
+    F_CODE,
+    F_MESSAGE,
+    F_CHANNEL,
     F_OP
 };
-static const unsigned char CLAIM_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_ATTEMPTS,
-                                             F_CREATED, F_NEXT_AT, F_CHANNEL, F_OP, F_END};
-static const unsigned char QUEUED_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_CREATED, F_ATTEMPTS,
-                                              F_NEXT_AT, F_CLAIMED_BY, F_CLAIMED_UNTIL,
-                                              F_LAST_ERROR, F_CHANNEL, F_OP, F_END};
-static const unsigned char DEAD_FIELDS[] = {F_ID, F_REF, F_BODY, F_BYTES, F_CREATED, F_ATTEMPTS,
-                                            F_FAILED_AT, F_KIND, F_STATUS, F_CODE, F_MESSAGE,
-                                            F_CHANNEL, F_OP, F_END};
+static const unsigned char CLAIM_FIELDS[] = {F_ID,      F_REF,     F_BODY,    F_BYTES, F_ATTEMPTS,
+                                             F_CREATED, F_NEXT_AT, F_CHANNEL, F_OP,    F_END};
+static const unsigned char QUEUED_FIELDS[] = {
+    F_ID,         F_REF,           F_BODY,       F_BYTES,   F_CREATED, F_ATTEMPTS, F_NEXT_AT,
+    F_CLAIMED_BY, F_CLAIMED_UNTIL, F_LAST_ERROR, F_CHANNEL, F_OP,      F_END};
+static const unsigned char DEAD_FIELDS[] = {F_ID,       F_REF,       F_BODY, F_BYTES,  F_CREATED,
+                                            F_ATTEMPTS, F_FAILED_AT, F_KIND, F_STATUS, F_CODE,
+                                            F_MESSAGE,  F_CHANNEL,   F_OP,   F_END};
 
 /* Purge/requeue "everything": a cutoff no stored time reaches. */
 #define FAR_FUTURE 1e300
 
-
 /* The spool's file, for oo_sql_connect (spool_conn.c). */
-static const char *const MIGRATE[OO_SPOOL_SCHEMA_VERSION] = {[1] = MIGRATE_V1_SQL,
-                                                             [2] = MIGRATE_V2_SQL};
+static const char *const MIGRATE[OO_SPOOL_SCHEMA_VERSION] = {
+    [1] = MIGRATE_V1_SQL, [2] = MIGRATE_V2_SQL};
 
-const oo_sql_schema oo_spool_schema = {
-    OO_SPOOL_APP_ID, OO_SPOOL_SCHEMA_VERSION, "'orders', 'dead', 'totals'", 3, 1, PAGE_SIZE,
-    SCHEMA_SQL, MIGRATE};
+const oo_sql_schema oo_spool_schema = {OO_SPOOL_APP_ID,
+                                       OO_SPOOL_SCHEMA_VERSION,
+                                       "'orders', 'dead', 'totals'",
+                                       3,
+                                       1,
+                                       PAGE_SIZE,
+                                       SCHEMA_SQL,
+                                       MIGRATE};
 
 /* ------------------------------------------------------------------ */
 /* Errors                                                              */
@@ -212,7 +229,6 @@ const char *oo_spool_kind(int code) {
     default: return "storage";
     }
 }
-
 
 /* ------------------------------------------------------------------ */
 /* Statements                                                          */
@@ -333,10 +349,8 @@ void oo_spool_opts_init(oo_spool_opts *o) {
 
 double oo_spool_now(void) { return oo_wall_now(); }
 
-
 /* ------------------------------------------------------------------ */
 /* Calls and transactions                                              */
-
 
 /* How a call runs: TX_ONE one statement on its own, TX_WRITE a BEGIN
  * IMMEDIATE transaction, both on the shared connection; TX_READ one
@@ -371,12 +385,12 @@ static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *c
             if (code != OO_SPOOL_OK) rollback(d);
         }
     }
-    if (code == OO_SPOOL_OK && d == s->d && tx != TX_READ && tx != TX_READ_ONE) oo_spool_want_checkpoint(d);
+    if (code == OO_SPOOL_OK && d == s->d && tx != TX_READ && tx != TX_READ_ONE)
+        oo_spool_want_checkpoint(d);
     pthread_mutex_unlock(&d->mu);
     oo_sql_gate_leave();
     return code;
 }
-
 
 /* ------------------------------------------------------------------ */
 /* Shared steps (inside a transaction, lock held)                      */
@@ -386,8 +400,7 @@ static int transact(oo_spool *s, const char *what, int tx, tx_body body, void *c
 /* Records the current row of q (ref, body, channel, op) in the ledger: a
  * create's outcome, the ack of a cancel row as cancelled; a dead cancel
  * row changes nothing (the order stays as it was). */
-static int note_current(spool_db *d, sqlite3_stmt *q, int outcome, double now,
-                        oo_spool_err *err) {
+static int note_current(spool_db *d, sqlite3_stmt *q, int outcome, double now, oo_spool_err *err) {
     size_t rlen, blen, clen;
     const char *ref = oo_sql_column_text(q, 0, &rlen);
     const char *body = oo_sql_column_text(q, 1, &blen);
@@ -428,7 +441,8 @@ static int note_rows(spool_db *d, int which, double a, double b, int outcome, do
         code = note_current(d, q, outcome, now, err);
     if (code == OO_SPOOL_OK && rc != SQLITE_ROW && rc != SQLITE_DONE) code = db_fail(d, err, rc);
     if (q) finish(q);
-    if (code == OO_SPOOL_OK) code = oo_ledger_note_done(&d->c, d->lst, d->ledger, &d->ledger_since, n, now, err);
+    if (code == OO_SPOOL_OK)
+        code = oo_ledger_note_done(&d->c, d->lst, d->ledger, &d->ledger_since, n, now, err);
     return code;
 }
 
@@ -442,7 +456,8 @@ static int expire(oo_spool *s, double now, oo_spool_err *err) {
     int rc, code;
     if (!(s->opts.max_age > 0)) return OO_SPOOL_OK;
     cutoff = now - s->opts.max_age;
-    if ((rc = query_scalar(d, ST_MIN_CREATED, &oldest, "")) != SQLITE_OK) return db_fail(d, err, rc);
+    if ((rc = query_scalar(d, ST_MIN_CREATED, &oldest, "")) != SQLITE_OK)
+        return db_fail(d, err, rc);
     if (!oldest.found || !(oldest.x < cutoff)) return OO_SPOOL_OK;
     if ((code = note_rows(d, ST_EXPIRING, cutoff, now, OO_LEDGER_DEAD, now, err)) != OO_SPOOL_OK)
         return code;
@@ -454,8 +469,8 @@ static int expire(oo_spool *s, double now, oo_spool_err *err) {
 
 /* Copies one row to dead letters and deletes it. owner NULL = any holder.
  * *moved = 0 when the row is absent or held by someone else. */
-static int move_to_dead(spool_db *d, long long id, const char *owner, double now,
-                        int attempts_add, const oo_spool_failure *f, int *moved) {
+static int move_to_dead(spool_db *d, long long id, const char *owner, double now, int attempts_add,
+                        const oo_spool_failure *f, int *moved) {
     int rc;
     *moved = 0;
     rc = exec(d, ST_MOVE_COPY, "idisosss", id, now, attempts_add, f->kind ? f->kind : "failed",
@@ -502,7 +517,8 @@ static int make_room(oo_spool *s, long long n, long long add, double now, oo_spo
             return db_fail(d, err, rc);
         if (!oldest.found)
             return over_bounds(s, &totals, n, add, "order refused",
-                               " (on_full=drop_oldest: every queued order is being delivered)", err);
+                               " (on_full=drop_oldest: every queued order is being delivered)",
+                               err);
         snprintf(msg, sizeof msg, "dropped to make room for newer orders (on_full=drop_oldest, %s)",
                  s->opts.max_orders > 0 && totals.a + n > s->opts.max_orders ? "max_orders"
                                                                              : "max_bytes");
@@ -580,16 +596,20 @@ static int check_items(oo_spool *s, const oo_spool_item *items, size_t n, long l
     for (i = 0; i < n; i++) {
         if (items[i].op == OO_SPOOL_OP_CANCEL) {
             if (!items[i].ref || items[i].ref_len == 0)
-                return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool put: cancel %zu has no refCode", i + 1);
+                return set_err(err, OO_SPOOL_MISUSE, 0, NULL,
+                               "spool put: cancel %zu has no refCode", i + 1);
         } else if (items[i].op != OO_SPOOL_OP_CREATE) {
-            return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool put: order %zu: unknown op %d", i + 1, items[i].op);
+            return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool put: order %zu: unknown op %d",
+                           i + 1, items[i].op);
         } else if (!items[i].body || items[i].body_len == 0) {
-            return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool put: order %zu has an empty body", i + 1);
+            return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool put: order %zu has an empty body",
+                           i + 1);
         }
         if (o->max_bytes > 0 && (long long)items[i].body_len > o->max_bytes)
-            return set_err(err, OO_SPOOL_FULL, 0, "max_bytes",
-                           "spool %s: order of %zu bytes is larger than max_bytes %lld; order refused",
-                           path, items[i].body_len, o->max_bytes);
+            return set_err(
+                err, OO_SPOOL_FULL, 0, "max_bytes",
+                "spool %s: order of %zu bytes is larger than max_bytes %lld; order refused", path,
+                items[i].body_len, o->max_bytes);
         *add += (long long)items[i].body_len;
     }
     if (o->max_orders > 0 && (long long)n > o->max_orders)
@@ -604,8 +624,8 @@ static int check_items(oo_spool *s, const oo_spool_item *items, size_t n, long l
     return OO_SPOOL_OK;
 }
 
-int oo_spool_put_many(oo_spool *s, const oo_spool_item *items, size_t n, double now,
-                      long long *ids, oo_spool_err *err) {
+int oo_spool_put_many(oo_spool *s, const oo_spool_item *items, size_t n, double now, long long *ids,
+                      oo_spool_err *err) {
     put_ctx c;
     int code;
     if (!s || !s->d) return misuse(err, "put", "handle is closed");
@@ -617,8 +637,8 @@ int oo_spool_put_many(oo_spool *s, const oo_spool_item *items, size_t n, double 
     return transact(s, "put", TX_WRITE, put_body, &c, err);
 }
 
-int oo_spool_put(oo_spool *s, const char *body, size_t body_len, const char *ref,
-                 size_t ref_len, double now, long long *id, oo_spool_err *err) {
+int oo_spool_put(oo_spool *s, const char *body, size_t body_len, const char *ref, size_t ref_len,
+                 double now, long long *id, oo_spool_err *err) {
     oo_spool_item it;
     memset(&it, 0, sizeof it);
     it.body = body;
@@ -711,8 +731,9 @@ static int owned_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     int rc, code;
     for (i = 0; i < c->n; i++) {
         if ((code = ack_notes(s, d, c, i, &noted, err)) != OO_SPOOL_OK) return code;
-        rc = c->which == ST_RETRY ? exec(d, ST_RETRY, "isds", c->ids[i], s->owner, c->next_at, c->text)
-                                  : exec(d, c->which, "is", c->ids[i], s->owner);
+        rc = c->which == ST_RETRY
+                 ? exec(d, ST_RETRY, "isds", c->ids[i], s->owner, c->next_at, c->text)
+                 : exec(d, c->which, "is", c->ids[i], s->owner);
         if (rc != SQLITE_OK) return db_fail(d, err, rc);
         if (sqlite3_changes(d->c.db) == 0 && c->missed++ == 0) c->first_missed = c->ids[i];
     }
@@ -833,7 +854,8 @@ static int stats_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     c->out->queued = v.a;
     c->out->bytes = v.b;
     /* due = queued - not yet due - leased and due: two index ranges, no scan */
-    if ((rc = query_scalar(d, ST_WAITING, &v, "d", c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    if ((rc = query_scalar(d, ST_WAITING, &v, "d", c->now)) != SQLITE_OK)
+        return db_fail(d, err, rc);
     c->out->due = c->out->queued - v.a;
     if ((rc = query_scalar(d, ST_LEASED, &v, "d", c->now)) != SQLITE_OK) return db_fail(d, err, rc);
     c->out->claimed = v.a;
@@ -889,13 +911,12 @@ static int list_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     list_ctx *c = (list_ctx *)ctx;
     sqlite3_stmt *st;
     const oo_spool_list_opts *o = c->o;
-    int rc = query(d, o->dead ? ST_LIST_DEAD : ST_LIST_QUEUED, &st, "iiio", o->after_id,
-                   o->limit, o->offset, o->with_body ? 1 : 0);
+    int rc = query(d, o->dead ? ST_LIST_DEAD : ST_LIST_QUEUED, &st, "iiio", o->after_id, o->limit,
+                   o->offset, o->with_body ? 1 : 0);
     return collect_rows(d, st, rc, o->dead ? DEAD_FIELDS : QUEUED_FIELDS, c->out, err);
 }
 
-int oo_spool_list(oo_spool *s, const oo_spool_list_opts *o, oo_spool_rows *out,
-                  oo_spool_err *err) {
+int oo_spool_list(oo_spool *s, const oo_spool_list_opts *o, oo_spool_rows *out, oo_spool_err *err) {
     list_ctx c;
     int code;
     oo_spool_rows_free(out);
@@ -920,19 +941,20 @@ static int requeue_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) 
     scalar dead, totals;
     int rc, code;
     /* ?1 = the id, NULL (id 0) for every dead letter */
-    if ((rc = query_scalar(d, ST_DEAD_SUM, &dead, "I", c->id)) != SQLITE_OK) return db_fail(d, err, rc);
+    if ((rc = query_scalar(d, ST_DEAD_SUM, &dead, "I", c->id)) != SQLITE_OK)
+        return db_fail(d, err, rc);
     if (dead.a == 0) return OO_SPOOL_OK;
     if ((rc = query_scalar(d, ST_TOTALS, &totals, "")) != SQLITE_OK) return db_fail(d, err, rc);
     if ((code = over_bounds(s, &totals, dead.a, dead.b, "requeue refused", "", err)) != OO_SPOOL_OK)
         return code;
-    if ((rc = exec(d, ST_REQUEUE_COPY, "Id", c->id, c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    if ((rc = exec(d, ST_REQUEUE_COPY, "Id", c->id, c->now)) != SQLITE_OK)
+        return db_fail(d, err, rc);
     *c->n = sqlite3_changes(d->c.db);
     if ((rc = exec(d, ST_REQUEUE_DEL, "I", c->id)) != SQLITE_OK) return db_fail(d, err, rc);
     return OO_SPOOL_OK;
 }
 
-int oo_spool_requeue_dead(oo_spool *s, long long id, double now, long long *n,
-                          oo_spool_err *err) {
+int oo_spool_requeue_dead(oo_spool *s, long long id, double now, long long *n, oo_spool_err *err) {
     count_ctx c;
     int code;
     *n = 0;
@@ -988,7 +1010,8 @@ static int due_now_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) 
     if ((rc = exec(d, ST_DUE_NOW, "d", c->now)) != SQLITE_OK) return db_fail(d, err, rc);
     *c->moved = sqlite3_changes(d->c.db);
     /* what still waits is under another handle's live lease */
-    if ((rc = query_scalar(d, ST_WAITING, &left, "d", c->now)) != SQLITE_OK) return db_fail(d, err, rc);
+    if ((rc = query_scalar(d, ST_WAITING, &left, "d", c->now)) != SQLITE_OK)
+        return db_fail(d, err, rc);
     *c->waiting = left.a;
     return OO_SPOOL_OK;
 }
@@ -1062,9 +1085,9 @@ static int cancel_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     if ((rc = query_scalar(d, ST_REF_FLIGHT, &v, "td", c->ref, c->ref_len, c->now)) != SQLITE_OK)
         return db_fail(d, err, rc);
     c->out->in_flight = v.a;
-    if (d->ledger && (code = oo_ledger_outcome_at(&d->c, d->lst, d->ledger, c->channel,
-                                                  c->channel_len, c->ref, c->ref_len, &outcome,
-                                                  err)) != OO_SPOOL_OK)
+    if (d->ledger &&
+        (code = oo_ledger_outcome_at(&d->c, d->lst, d->ledger, c->channel, c->channel_len, c->ref,
+                                     c->ref_len, &outcome, err)) != OO_SPOOL_OK)
         return code;
     c->out->seen = outcome == OO_LEDGER_SENT || outcome == OO_LEDGER_WARNED;
     /* never delivered, nothing in flight: removed here is cancelled for good */
@@ -1072,7 +1095,8 @@ static int cancel_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
         for (rc = query(d, ST_REF_FREE, &q, "td", c->ref, c->ref_len, c->now);
              rc == SQLITE_ROW && code == OO_SPOOL_OK; rc = sqlite3_step(q))
             code = note_current(d, q, OO_LEDGER_CANCELLED, c->now, err);
-        if (code == OO_SPOOL_OK && rc != SQLITE_ROW && rc != SQLITE_DONE) code = db_fail(d, err, rc);
+        if (code == OO_SPOOL_OK && rc != SQLITE_ROW && rc != SQLITE_DONE)
+            code = db_fail(d, err, rc);
         if (q) finish(q);
         if (code != OO_SPOOL_OK) return code;
     }
@@ -1168,7 +1192,8 @@ static int purge_customer_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err
     int rc, code, pass;
     (void)s;
     for (pass = 0; pass < 2; pass++) {
-        if ((code = find_customer(d, pass ? ST_DEAD_CUSTOMERS : ST_CUSTOMERS, c, err)) != OO_SPOOL_OK)
+        if ((code = find_customer(d, pass ? ST_DEAD_CUSTOMERS : ST_CUSTOMERS, c, err)) !=
+            OO_SPOOL_OK)
             return code;
         for (i = 0; i < c->nids; i++) {
             rc = pass ? exec(d, ST_DROP_DEAD, "i", c->ids[i])

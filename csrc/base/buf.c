@@ -21,10 +21,16 @@ int oo_buf_grow(oo_buf *b, size_t extra) {
     char *p;
     if (b->oom) return 0;
     need = b->len + extra;
-    if (need < b->len) { b->oom = 1; return 0; }
+    if (need < b->len) {
+        b->oom = 1;
+        return 0;
+    }
     cap = b->cap ? b->cap : 64;
     while (cap < need) {
-        if (cap > ((size_t)-1) / 2) { cap = need; break; }
+        if (cap > ((size_t)-1) / 2) {
+            cap = need;
+            break;
+        }
         cap *= 2;
     }
     if (b->data == b->stack) {
@@ -33,7 +39,10 @@ int oo_buf_grow(oo_buf *b, size_t extra) {
     } else {
         p = realloc(b->data, cap);
     }
-    if (!p) { b->oom = 1; return 0; }
+    if (!p) {
+        b->oom = 1;
+        return 0;
+    }
     b->data = p;
     b->cap = cap;
     return 1;

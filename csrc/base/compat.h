@@ -63,13 +63,22 @@ static inline void oo_newclass(lua_State *L, const char *tname, const luaL_Reg *
         lua_newtable(L);
         oo_setfuncs(L, methods, 0);
         lua_setfield(L, -2, "__index");
-        if (gc) { lua_pushcfunction(L, gc); lua_setfield(L, -2, "__gc"); }
+        if (gc) {
+            lua_pushcfunction(L, gc);
+            lua_setfield(L, -2, "__gc");
+        }
 #if LUA_VERSION_NUM >= 504
-        if (close) { lua_pushcfunction(L, close); lua_setfield(L, -2, "__close"); }
+        if (close) {
+            lua_pushcfunction(L, close);
+            lua_setfield(L, -2, "__close");
+        }
 #else
         (void)close;
 #endif
-        if (tostring) { lua_pushcfunction(L, tostring); lua_setfield(L, -2, "__tostring"); }
+        if (tostring) {
+            lua_pushcfunction(L, tostring);
+            lua_setfield(L, -2, "__tostring");
+        }
     }
     lua_pop(L, 1);
 }

@@ -61,9 +61,7 @@ static int push_ok(lua_State *L, int code, const oo_spool_err *err) {
 /* ------------------------------------------------------------------ */
 /* Arguments                                                           */
 
-static int is_finite(lua_Number n) {
-    return n == n && n > -1e300 && n < 1e300;
-}
+static int is_finite(lua_Number n) { return n == n && n > -1e300 && n < 1e300; }
 
 /* What a bad value was, for a message: numbers shown, else the type. */
 static const char *shown(lua_State *L, int idx) {
@@ -86,7 +84,8 @@ static long long check_id(lua_State *L, int idx, const char *fn) {
 }
 
 /* A string or nil at idx (len may be NULL). */
-static const char *opt_string(lua_State *L, int idx, size_t *len, const char *fn, const char *name) {
+static const char *opt_string(lua_State *L, int idx, size_t *len, const char *fn,
+                              const char *name) {
     size_t ignored;
     if (!len) len = &ignored;
     *len = 0;
@@ -119,7 +118,8 @@ static void read_field(lua_State *L, const char *fn, const field *f, void *out) 
     lua_Number x;
     switch (f->type) {
     case 'b':
-        if (t != LUA_TBOOLEAN) raisef(L, "%s: opts.%s must be a boolean, got %s", fn, f->name, shown(L, -1));
+        if (t != LUA_TBOOLEAN)
+            raisef(L, "%s: opts.%s must be a boolean, got %s", fn, f->name, shown(L, -1));
         *(int *)(void *)p = lua_toboolean(L, -1);
         return;
     case 'c':
@@ -134,13 +134,14 @@ static void read_field(lua_State *L, const char *fn, const field *f, void *out) 
         return;
     case 'i':
         if (t != LUA_TNUMBER || !oo_tointeger(L, -1, &v) || (double)v < f->lo || (double)v > f->hi)
-            raisef(L, "%s: opts.%s must be an integer from %.0f to %.0f, got %s", fn, f->name, f->lo,
-                   f->hi, shown(L, -1));
+            raisef(L, "%s: opts.%s must be an integer from %.0f to %.0f, got %s", fn, f->name,
+                   f->lo, f->hi, shown(L, -1));
         *(long long *)(void *)p = v;
         return;
     default:
         x = lua_tonumber(L, -1);
-        if (t != LUA_TNUMBER || !is_finite(x) || (f->above ? !(x > f->lo) : !(x >= f->lo)) || x > f->hi)
+        if (t != LUA_TNUMBER || !is_finite(x) || (f->above ? !(x > f->lo) : !(x >= f->lo)) ||
+            x > f->hi)
             raisef(L, "%s: opts.%s must be a number %s %g and <= %g, got %s", fn, f->name,
                    f->above ? ">" : ">=", f->lo, f->hi, shown(L, -1));
         *(double *)(void *)p = (double)x;
@@ -152,7 +153,8 @@ static void read_field(lua_State *L, const char *fn, const field *f, void *out) 
 static void read_fields(lua_State *L, int idx, const char *fn, const field *fields, void *out) {
     const field *f;
     if (lua_isnoneornil(L, idx)) return;
-    if (lua_type(L, idx) != LUA_TTABLE) raisef(L, "%s: opts must be a table or nil, got %s", fn, luaL_typename(L, idx));
+    if (lua_type(L, idx) != LUA_TTABLE)
+        raisef(L, "%s: opts must be a table or nil, got %s", fn, luaL_typename(L, idx));
     idx = idx < 0 ? lua_gettop(L) + idx + 1 : idx;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
@@ -160,8 +162,7 @@ static void read_fields(lua_State *L, int idx, const char *fn, const field *fiel
         if (lua_type(L, -2) != LUA_TSTRING)
             raisef(L, "%s: opts keys must be strings, got %s", fn, luaL_typename(L, -2));
         k = lua_tostring(L, -2);
-        for (f = fields; f->name && strcmp(f->name, k) != 0; f++) {
-        }
+        for (f = fields; f->name && strcmp(f->name, k) != 0; f++) {}
         if (!f->name) {
             luaL_Buffer b;
             luaL_buffinit(L, &b);
@@ -307,7 +308,8 @@ static int l_open(lua_State *L) {
     oo_spool_opts o;
     oo_spool_err err;
     l_spool *b;
-    if (plen == 0 || strlen(path) != plen) raisef(L, "spool.open: path must be a non-empty string without NUL");
+    if (plen == 0 || strlen(path) != plen)
+        raisef(L, "spool.open: path must be a non-empty string without NUL");
     oo_spool_read_opts(L, 2, &o);
     b = (l_spool *)lua_newuserdata(L, sizeof *b);
     b->s = NULL;
@@ -336,7 +338,8 @@ static int l_put(lua_State *L) {
     it.ref = opt_string(L, 3, &it.ref_len, "spool:put", "ref");
     now = opt_now(L, 4, "put");
     it.channel = opt_string(L, 5, &it.channel_len, "spool:put", "channel");
-    if (oo_spool_put_many(s, &it, 1, now, &id, &err) != OO_SPOOL_OK) return oo_spool_push_err(L, &err);
+    if (oo_spool_put_many(s, &it, 1, now, &id, &err) != OO_SPOOL_OK)
+        return oo_spool_push_err(L, &err);
     lua_pushinteger(L, (lua_Integer)id);
     return 1;
 }
@@ -390,8 +393,10 @@ static void read_item(lua_State *L, size_t i, oo_spool_item *it) {
         it->channel = item_field(L, i, "channel", &it->channel_len);
         it->op = item_op(L, i);
     } else {
-        raisef(L, "spool:put_many: list[%zu] must be a table {body=, ref=, channel=} or a string,"
-               " got %s", i, luaL_typename(L, -1));
+        raisef(L,
+               "spool:put_many: list[%zu] must be a table {body=, ref=, channel=} or a string,"
+               " got %s",
+               i, luaL_typename(L, -1));
     }
 }
 
@@ -417,7 +422,8 @@ static int l_put_many(lua_State *L) {
         read_item(L, i + 1, &items[i]);
         lua_pop(L, 1);
     }
-    if (oo_spool_put_many(s, items, n, now, ids, &err) != OO_SPOOL_OK) return oo_spool_push_err(L, &err);
+    if (oo_spool_put_many(s, items, n, now, ids, &err) != OO_SPOOL_OK)
+        return oo_spool_push_err(L, &err);
     lua_createtable(L, (int)n, 0);
     for (i = 0; i < n; i++) {
         lua_pushinteger(L, (lua_Integer)ids[i]);
@@ -446,7 +452,8 @@ static int l_claim(lua_State *L) {
 }
 
 /* ack and release: an id, true | nil, err */
-static int owned_call(lua_State *L, int (*op)(oo_spool *, long long, oo_spool_err *), const char *fn) {
+static int owned_call(lua_State *L, int (*op)(oo_spool *, long long, oo_spool_err *),
+                      const char *fn) {
     oo_spool *s = oo_spool_check(L, 1);
     oo_spool_err err;
     return push_ok(L, op(s, check_id(L, 2, fn), &err), &err);
@@ -482,7 +489,8 @@ static int l_ack_many(lua_State *L) {
     size_t n, i;
     long long *ids;
     int *outcomes;
-    if (lua_type(L, 2) != LUA_TTABLE) raisef(L, "spool:ack_many: ids must be a table, got %s", luaL_typename(L, 2));
+    if (lua_type(L, 2) != LUA_TTABLE)
+        raisef(L, "spool:ack_many: ids must be a table, got %s", luaL_typename(L, 2));
     if (!lua_isnoneornil(L, 3) && lua_type(L, 3) != LUA_TTABLE)
         raisef(L, "spool:ack_many: outcomes must be a table or nil, got %s", luaL_typename(L, 3));
     n = (size_t)oo_rawlen(L, 2);
@@ -515,7 +523,8 @@ static int l_put_cancel(lua_State *L) {
     it.channel = opt_string(L, 3, &it.channel_len, "spool:put_cancel", "channel");
     now = opt_now(L, 4, "put_cancel");
     it.body = opt_string(L, 5, &it.body_len, "spool:put_cancel", "body");
-    if (oo_spool_put_many(s, &it, 1, now, &id, &err) != OO_SPOOL_OK) return oo_spool_push_err(L, &err);
+    if (oo_spool_put_many(s, &it, 1, now, &id, &err) != OO_SPOOL_OK)
+        return oo_spool_push_err(L, &err);
     lua_pushinteger(L, (lua_Integer)id);
     return 1;
 }
@@ -568,7 +577,9 @@ static int l_retry(lua_State *L) {
     lua_Number next_at = 0;
     if (lua_type(L, 3) != LUA_TNUMBER || !is_finite(next_at = lua_tonumber(L, 3)))
         raisef(L, "spool:retry: next_at must be a number (epoch seconds), got %s", shown(L, 3));
-    return push_ok(L, oo_spool_retry(s, id, (double)next_at, opt_string(L, 4, NULL, "spool:retry", "err_text"), &err),
+    return push_ok(L,
+                   oo_spool_retry(s, id, (double)next_at,
+                                  opt_string(L, 4, NULL, "spool:retry", "err_text"), &err),
                    &err);
 }
 
@@ -595,7 +606,8 @@ static int l_kill(lua_State *L) {
         lua_getfield(L, 3, "status");
         if (!lua_isnil(L, -1)) {
             if (lua_type(L, -1) != LUA_TNUMBER || !oo_tointeger(L, -1, &st) || st < 0 || st > 999)
-                raisef(L, "spool:kill: err.status must be an integer HTTP status or nil, got %s", shown(L, -1));
+                raisef(L, "spool:kill: err.status must be an integer HTTP status or nil, got %s",
+                       shown(L, -1));
             f.status = (int)st;
         }
         lua_pop(L, 4);
@@ -610,7 +622,8 @@ static int l_stats(lua_State *L) {
     oo_spool *s = oo_spool_check(L, 1);
     oo_spool_counts st;
     oo_spool_err err;
-    if (oo_spool_stats(s, opt_now(L, 2, "stats"), &st, &err) != OO_SPOOL_OK) return oo_spool_push_err(L, &err);
+    if (oo_spool_stats(s, opt_now(L, 2, "stats"), &st, &err) != OO_SPOOL_OK)
+        return oo_spool_push_err(L, &err);
     lua_createtable(L, 0, 6);
     set_int(L, "queued", st.queued);
     set_int(L, "due", st.due);
@@ -669,14 +682,17 @@ static int l_purge(lua_State *L) {
     purge_opts o;
     long long n;
     int which;
-    if (lua_type(L, 2) != LUA_TTABLE) raisef(L, "spool:purge: opts must be a table {dead=true|queued=true, older_than=}");
+    if (lua_type(L, 2) != LUA_TTABLE)
+        raisef(L, "spool:purge: opts must be a table {dead=true|queued=true, older_than=}");
     memset(&o, 0, sizeof o);
     o.older_than = -1;
     o.now = oo_spool_now();
     read_fields(L, 2, "spool:purge", PURGE_FIELDS, &o);
     which = (o.dead ? OO_SPOOL_PURGE_DEAD : 0) | (o.queued ? OO_SPOOL_PURGE_QUEUED : 0);
-    if (!which) raisef(L, "spool:purge: say what to purge: opts.dead = true and/or opts.queued = true");
-    if (oo_spool_purge(s, which, o.older_than, o.now, &n, &err) != OO_SPOOL_OK) return oo_spool_push_err(L, &err);
+    if (!which)
+        raisef(L, "spool:purge: say what to purge: opts.dead = true and/or opts.queued = true");
+    if (oo_spool_purge(s, which, o.older_than, o.now, &n, &err) != OO_SPOOL_OK)
+        return oo_spool_push_err(L, &err);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;
 }
@@ -725,32 +741,29 @@ static int l_tostring(lua_State *L) {
 }
 
 void oo_spool_register(lua_State *L) {
-    static const luaL_Reg methods[] = {
-        {"put", l_put},
-        {"put_many", l_put_many},
-        {"claim", l_claim},
-        {"ack", l_ack},
-        {"ack_many", l_ack_many},
-        {"put_cancel", l_put_cancel},
-        {"cancel_queued", l_cancel_queued},
-        {"purge_customer", l_purge_customer},
-        {"retry", l_retry},
-        {"kill", l_kill},
-        {"release", l_release},
-        {"stats", l_stats},
-        {"next_due", l_next_due},
-        {"list", l_list},
-        {"requeue_dead", l_requeue_dead},
-        {"purge", l_purge},
-        {"due_now", l_due_now},
-        {"owner", l_owner},
-        {"path", l_path},
-        {"is_open", l_is_open},
-        {"close", l_close},
-        {NULL, NULL}};
-    static const luaL_Reg funcs[] = {
-        {"spool_open", l_open},
-        {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"put", l_put},
+                                       {"put_many", l_put_many},
+                                       {"claim", l_claim},
+                                       {"ack", l_ack},
+                                       {"ack_many", l_ack_many},
+                                       {"put_cancel", l_put_cancel},
+                                       {"cancel_queued", l_cancel_queued},
+                                       {"purge_customer", l_purge_customer},
+                                       {"retry", l_retry},
+                                       {"kill", l_kill},
+                                       {"release", l_release},
+                                       {"stats", l_stats},
+                                       {"next_due", l_next_due},
+                                       {"list", l_list},
+                                       {"requeue_dead", l_requeue_dead},
+                                       {"purge", l_purge},
+                                       {"due_now", l_due_now},
+                                       {"owner", l_owner},
+                                       {"path", l_path},
+                                       {"is_open", l_is_open},
+                                       {"close", l_close},
+                                       {NULL, NULL}};
+    static const luaL_Reg funcs[] = {{"spool_open", l_open}, {NULL, NULL}};
     oo_newclass(L, OO_SPOOL_MT, methods, l_close, l_close, l_tostring);
     if (luaL_newmetatable(L, OO_SPOOL_ROWS_MT)) {
         lua_pushcfunction(L, l_rows_gc);

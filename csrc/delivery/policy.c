@@ -165,7 +165,8 @@ static int l_decide(lua_State *L) {
     lua_pushnumber(L, d.delay);
     lua_pushnumber(L, d.pause);
     lua_pushboolean(L, d.slow_down);
-    if (d.why) lua_pushstring(L, d.why); else lua_pushnil(L);
+    if (d.why) lua_pushstring(L, d.why);
+    else lua_pushnil(L);
     return 5;
 }
 
@@ -177,7 +178,8 @@ static int l_delay(lua_State *L) {
     double r = lua_isnoneornil(L, 4) ? oo_jitter(&u->rng) : (double)luaL_checknumber(L, 4);
     double now = (double)luaL_optnumber(L, 5, (double)time(NULL));
     double ra = -1;
-    if (lua_type(L, 3) == LUA_TNUMBER) ra = lua_tonumber(L, 3) >= 0 ? (double)lua_tonumber(L, 3) : -1;
+    if (lua_type(L, 3) == LUA_TNUMBER)
+        ra = lua_tonumber(L, 3) >= 0 ? (double)lua_tonumber(L, 3) : -1;
     else if (lua_type(L, 3) == LUA_TSTRING) ra = oo_retry_after(lua_tostring(L, 3), now);
     lua_pushnumber(L, oo_policy_delay(p, attempt, ra, r));
     return 1;
@@ -209,8 +211,7 @@ static int l_policy_defaults(lua_State *L) {
 }
 
 void oo_policy_register(lua_State *L) {
-    static const luaL_Reg methods[] = {
-        {"decide", l_decide}, {"delay", l_delay}, {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"decide", l_decide}, {"delay", l_delay}, {NULL, NULL}};
     static const luaL_Reg funcs[] = {
         {"policy_new", l_policy_new}, {"policy_defaults", l_policy_defaults}, {NULL, NULL}};
     oo_newclass(L, OO_POLICY_MT, methods, NULL, NULL, NULL);

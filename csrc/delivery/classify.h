@@ -32,17 +32,17 @@
 #include "json.h"
 
 typedef struct oo_outcome {
-    int ok;              /* delivered */
-    const char *kind;    /* NULL when ok; "api" | "http" | "auth" | "network" | "timeout" | "tls" */
-    int status;          /* HTTP status; 0 for a transport failure */
+    int ok;           /* delivered */
+    const char *kind; /* NULL when ok; "api" | "http" | "auth" | "network" | "timeout" | "tls" */
+    int status;       /* HTTP status; 0 for a transport failure */
     int retryable;
-    int stop;            /* bad credentials: stop sending with them */
-    int warned;          /* delivered with warnings worth reading (envelope) */
-    int throttled;       /* the server asked every request to slow down (a 429) */
-    double retry_after;  /* seconds from Retry-After, -1 when absent or unusable */
-    int transport_code;  /* the transport's own error number (libcurl's CURLcode), 0 none */
-    char code[64];       /* the first API error code, "" when none */
-    char message[300];   /* one line for people (no control characters) */
+    int stop;           /* bad credentials: stop sending with them */
+    int warned;         /* delivered with warnings worth reading (envelope) */
+    int throttled;      /* the server asked every request to slow down (a 429) */
+    double retry_after; /* seconds from Retry-After, -1 when absent or unusable */
+    int transport_code; /* the transport's own error number (libcurl's CURLcode), 0 none */
+    char code[64];      /* the first API error code, "" when none */
+    char message[300];  /* one line for people (no control characters) */
 } oo_outcome;
 
 /* Is an HTTP status retryable (408, 429, 500, 502, 503, 504)? */

@@ -255,11 +255,11 @@ static int l_attempt(lua_State *L) {
     return 0;
 }
 
-#define COUNTER(name)                                            \
-    static int l_##name(lua_State *L) {                          \
-        oo_metrics *m = check(L);                                \
-        m->name += (long long)luaL_optinteger(L, 2, 1);          \
-        return 0;                                                \
+#define COUNTER(name)                                                                              \
+    static int l_##name(lua_State *L) {                                                            \
+        oo_metrics *m = check(L);                                                                  \
+        m->name += (long long)luaL_optinteger(L, 2, 1);                                            \
+        return 0;                                                                                  \
     }
 COUNTER(queued)
 COUNTER(retried)
@@ -324,7 +324,8 @@ static void merge_latency(lua_State *L, oo_metrics *m, int t) {
         if (lua_istable(L, -1)) {
             for (i = 0; i <= OO_LAT_BUCKETS; i++) {
                 lua_rawgeti(L, -1, i + 1);
-                m->lat_buckets[i] += lua_type(L, -1) == LUA_TNUMBER ? (long long)lua_tonumber(L, -1) : 0;
+                m->lat_buckets[i] +=
+                    lua_type(L, -1) == LUA_TNUMBER ? (long long)lua_tonumber(L, -1) : 0;
                 lua_pop(L, 1);
             }
         }
@@ -456,10 +457,18 @@ static int l_metric_label(lua_State *L) {
 }
 
 void oo_metrics_register(lua_State *L) {
-    static const luaL_Reg methods[] = {
-        {"attempt", l_attempt}, {"queued", l_queued},   {"sent", l_sent},   {"retried", l_retried},
-        {"throttled", l_throttled}, {"invalid", l_invalid}, {"failed", l_failed}, {"merge", l_merge},
-        {"skipped", l_skipped}, {"changed", l_changed}, {"get", l_get},   {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"attempt", l_attempt},
+                                       {"queued", l_queued},
+                                       {"sent", l_sent},
+                                       {"retried", l_retried},
+                                       {"throttled", l_throttled},
+                                       {"invalid", l_invalid},
+                                       {"failed", l_failed},
+                                       {"merge", l_merge},
+                                       {"skipped", l_skipped},
+                                       {"changed", l_changed},
+                                       {"get", l_get},
+                                       {NULL, NULL}};
     int i;
     oo_newclass(L, OO_METRICS_MT, methods, NULL, NULL, NULL);
     lua_pushcfunction(L, l_metrics_new);

@@ -26,8 +26,8 @@
 #include "classify.h"
 
 typedef struct oo_policy {
-    int max_attempts;       /* attempts in all, the first included; 0 = no limit */
-    double max_age;         /* seconds since the order was queued; 0 = no limit */
+    int max_attempts; /* attempts in all, the first included; 0 = no limit */
+    double max_age;   /* seconds since the order was queued; 0 = no limit */
     double backoff_base, backoff_max, backoff_floor, retry_after_max;
 } oo_policy;
 
@@ -35,10 +35,10 @@ typedef enum { OO_ACK = 0, OO_RETRY, OO_DEAD, OO_STOP } oo_action;
 
 typedef struct oo_decision {
     oo_action action;
-    double delay;      /* RETRY: seconds until the next attempt */
-    double pause;      /* seconds every new request of the engine waits; 0 none */
-    int slow_down;     /* 1: halve the requests in flight (a 429) */
-    const char *why;   /* DEAD: "rejected" | "attempts" | "expired"; STOP: "credentials" */
+    double delay;    /* RETRY: seconds until the next attempt */
+    double pause;    /* seconds every new request of the engine waits; 0 none */
+    int slow_down;   /* 1: halve the requests in flight (a 429) */
+    const char *why; /* DEAD: "rejected" | "attempts" | "expired"; STOP: "credentials" */
 } oo_decision;
 
 void oo_policy_defaults(oo_policy *p);

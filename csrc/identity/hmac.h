@@ -6,7 +6,7 @@
 
 #include <stddef.h>
 
-#define OO_EMAIL_MAX 254 /* bytes in an e-mail address (RFC 5321 path limit) */
+#define OO_EMAIL_MAX 254    /* bytes in an e-mail address (RFC 5321 path limit) */
 #define OO_PSEUDONYM_MAX 64 /* characters of the longest id (hex of 32 bytes) */
 #define OO_HEX_FULL 64
 #define OO_B64_FULL 43 /* unpadded base64url of 32 bytes */

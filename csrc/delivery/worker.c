@@ -277,14 +277,16 @@ static void spool_dead(oo_sched *e, oo_job *j, const oo_outcome *o, const char *
     oo_spool_failure f;
     char line[sizeof o->message], msg[sizeof o->message + 64];
     scrub_line(line, sizeof line, o->message, e->chans[j->channel].token);
-    snprintf(msg, sizeof msg, "%s (after %d attempt%s%s%s)", line, j->attempts, j->attempts == 1 ? "" : "s",
-             why && strcmp(why, "rejected") != 0 ? "; " : "", why && strcmp(why, "rejected") != 0 ? why : "");
+    snprintf(msg, sizeof msg, "%s (after %d attempt%s%s%s)", line, j->attempts,
+             j->attempts == 1 ? "" : "s", why && strcmp(why, "rejected") != 0 ? "; " : "",
+             why && strcmp(why, "rejected") != 0 ? why : "");
     memset(&f, 0, sizeof f);
     f.kind = o->kind;
     f.status = o->status;
     f.code = o->code[0] ? o->code : NULL;
     f.message = msg;
-    if (oo_spool_kill(w->spool, j->store_id, &f, oo_wall_now(), &serr) != OO_SPOOL_OK) storage_failed(w, &serr);
+    if (oo_spool_kill(w->spool, j->store_id, &f, oo_wall_now(), &serr) != OO_SPOOL_OK)
+        storage_failed(w, &serr);
 }
 
 static void spool_release(oo_sched *e, oo_job *j) {
@@ -296,11 +298,11 @@ static void spool_release(oo_sched *e, oo_job *j) {
 /* No record hook: with a spool the ledger lives in the spool's file, and
  * the spool writes its rows itself, in the transaction of the ack (with
  * each row's outcome: flush_acks) or of the kill. */
-static const oo_sched_hooks spool_hooks = {spool_feed, spool_ack, spool_retry, spool_dead, spool_release, NULL};
+static const oo_sched_hooks spool_hooks = {spool_feed, spool_ack,     spool_retry,
+                                           spool_dead, spool_release, NULL};
 
 /* ------------------------------------------------------------------ */
 /* The thread                                                          */
-
 
 /* At the end, a job held only in memory is reported, never silently lost. */
 static void report_dropped(void *ud, oo_job *j) {

@@ -25,26 +25,29 @@ static void oo_curl_init_once(void) {
     (void)curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-int oo_http_global_init(void) {
-    return pthread_once(&oo_curl_once, oo_curl_init_once);
-}
+int oo_http_global_init(void) { return pthread_once(&oo_curl_once, oo_curl_init_once); }
 
 /* ------------------------------------------------------------------ */
 /* Error classification                                                */
 
 const char *oo_http_kind(CURLcode rc) {
     switch (rc) {
-    case CURLE_OPERATION_TIMEDOUT:
-        return "timeout";
-    case CURLE_SSL_CONNECT_ERROR: case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_ENGINE_NOTFOUND: case CURLE_SSL_ENGINE_SETFAILED:
-    case CURLE_SSL_CERTPROBLEM: case CURLE_SSL_CIPHER: case CURLE_SSL_ENGINE_INITFAILED:
-    case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_SHUTDOWN_FAILED: case CURLE_SSL_CRL_BADFILE:
-    case CURLE_SSL_ISSUER_ERROR: case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
-    case CURLE_SSL_INVALIDCERTSTATUS: case CURLE_SSL_CLIENTCERT:
-        return "tls";
-    default:
-        return "network";
+    case CURLE_OPERATION_TIMEDOUT: return "timeout";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CLIENTCERT: return "tls";
+    default: return "network";
     }
 }
 
@@ -53,8 +56,7 @@ void oo_http_failure_message(CURLcode rc, const oo_http_xfer *x, char *buf, size
         snprintf(buf, n, "response body larger than %lu bytes", (unsigned long)x->max_body);
     else if (rc == CURLE_WRITE_ERROR && x->body.oom)
         snprintf(buf, n, "out of memory storing the response body");
-    else
-        snprintf(buf, n, "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+    else snprintf(buf, n, "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
 }
 
 /* ------------------------------------------------------------------ */
@@ -154,7 +156,8 @@ static size_t oo_secret_prefix(const char *line, size_t n, int header) {
 static int oo_debug_cb(CURL *e, curl_infotype type, char *data, size_t size, void *ud) {
     const char *prefix;
     size_t i = 0;
-    (void)e; (void)ud;
+    (void)e;
+    (void)ud;
     switch (type) {
     case CURLINFO_TEXT: prefix = "* "; break;
     case CURLINFO_HEADER_IN: prefix = "< "; break;
@@ -168,16 +171,18 @@ static int oo_debug_cb(CURL *e, curl_infotype type, char *data, size_t size, voi
         n = j - i;
         if (n > 0 && data[i + n - 1] == '\r') n--;
         keep = oo_secret_prefix(data + i, n, type != CURLINFO_TEXT);
-        if (keep > 0)
-            fprintf(stderr, "%s%.*s [masked]\n", prefix, (int)keep, data + i);
-        else if (n > 0)
-            fprintf(stderr, "%s%.*s\n", prefix, (int)n, data + i);
+        if (keep > 0) fprintf(stderr, "%s%.*s [masked]\n", prefix, (int)keep, data + i);
+        else if (n > 0) fprintf(stderr, "%s%.*s\n", prefix, (int)n, data + i);
         i = j + 1;
     }
     return 0;
 }
 
-#define OO_SET(opt, val) do { rc = curl_easy_setopt(e, opt, val); if (rc != CURLE_OK) return rc; } while (0)
+#define OO_SET(opt, val)                                                                           \
+    do {                                                                                           \
+        rc = curl_easy_setopt(e, opt, val);                                                        \
+        if (rc != CURLE_OK) return rc;                                                             \
+    } while (0)
 
 CURLcode oo_http_apply_opts(CURL *e, const oo_http_opts *o) {
     CURLcode rc;
@@ -185,7 +190,7 @@ CURLcode oo_http_apply_opts(CURL *e, const oo_http_opts *o) {
     OO_SET(CURLOPT_SSL_VERIFYPEER, 1L);
     OO_SET(CURLOPT_SSL_VERIFYHOST, 2L);
     OO_SET(CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2); /* TLS 1.2 at least, on every path */
-    OO_SET(CURLOPT_FOLLOWLOCATION, 0L); /* never carry the token elsewhere */
+    OO_SET(CURLOPT_FOLLOWLOCATION, 0L);                        /* never carry the token elsewhere */
     OO_SET(CURLOPT_TCP_KEEPALIVE, 1L);
     (void)curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https"); /* 7.85+ */
     if (o->ca_cache) {
@@ -256,7 +261,10 @@ static int oo_headers_same(lua_State *L, int idx, int n, const oo_http_xfer *x) 
         if (!node) return 0;
         int same;
         lua_rawgeti(L, idx, i);
-        if (lua_type(L, -1) != LUA_TSTRING) { lua_pop(L, 1); return 0; }
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            lua_pop(L, 1);
+            return 0;
+        }
         s = lua_tolstring(L, -1, &len);
         same = strlen(node->data) == len && memcmp(node->data, s, len) == 0;
         lua_pop(L, 1);
@@ -323,8 +331,9 @@ static int oo_header_is(const char *line, size_t n, const char *name) {
 static void oo_capture(char *dst, const char *line, size_t n, size_t skip) {
     size_t a = skip, b = n, len;
     while (a < b && (line[a] == ' ' || line[a] == '\t')) a++;
-    while (b > a && (line[b - 1] == '\r' || line[b - 1] == '\n' ||
-                     line[b - 1] == ' ' || line[b - 1] == '\t')) b--;
+    while (b > a && (line[b - 1] == '\r' || line[b - 1] == '\n' || line[b - 1] == ' ' ||
+                     line[b - 1] == '\t'))
+        b--;
     len = b - a;
     if (len >= OO_HTTP_CAPTURE) len = OO_HTTP_CAPTURE - 1;
     memcpy(dst, line + a, len);
@@ -347,8 +356,8 @@ static size_t oo_header_cb(char *line, size_t size, size_t nitems, void *ud) {
     return n;
 }
 
-CURLcode oo_http_prepare(CURL *e, oo_http_xfer *x, const char *method,
-                         const char *url, const char *body, size_t body_len) {
+CURLcode oo_http_prepare(CURL *e, oo_http_xfer *x, const char *method, const char *url,
+                         const char *body, size_t body_len) {
     CURLcode rc;
     const char *custom;
     x->errbuf[0] = '\0';
@@ -566,7 +575,8 @@ char *oo_url_segment(const char *s, size_t n, size_t *out_len) {
 static int push_escaped(lua_State *L, int keep_dot) {
     size_t len, n;
     const char *s = luaL_checklstring(L, 1, &len);
-    char *out = (char *)lua_newuserdata(L, 3 * len + 1); /* freed by the collector, also on a raise */
+    char *out =
+        (char *)lua_newuserdata(L, 3 * len + 1); /* freed by the collector, also on a raise */
     n = escape(s, len, keep_dot, out);
     lua_pushlstring(L, out, n);
     return 1;
@@ -579,16 +589,12 @@ static int l_url_escape(lua_State *L) { return push_escaped(L, 1); }
 static int l_url_segment(lua_State *L) { return push_escaped(L, 0); }
 
 void oo_http_register(lua_State *L) {
-    static const luaL_Reg methods[] = {
-        {"request", l_request},
-        {"close", l_close},
-        {NULL, NULL}};
-    static const luaL_Reg funcs[] = {
-        {"http_new", l_http_new},
-        {"curl_version", l_curl_version},
-        {"url_escape", l_url_escape},
-        {"url_segment", l_url_segment},
-        {NULL, NULL}};
+    static const luaL_Reg methods[] = {{"request", l_request}, {"close", l_close}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {{"http_new", l_http_new},
+                                     {"curl_version", l_curl_version},
+                                     {"url_escape", l_url_escape},
+                                     {"url_segment", l_url_segment},
+                                     {NULL, NULL}};
     oo_newclass(L, OO_HTTP_MT, methods, l_gc, l_close, l_tostring);
     oo_setfuncs(L, funcs, 0);
 }

@@ -21,7 +21,8 @@ static int sock_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *socke
     oo_pool *p = (oo_pool *)userp;
     int i;
     short events = 0;
-    (void)e; (void)socketp;
+    (void)e;
+    (void)socketp;
     for (i = 1; i < p->npfd; i++)
         if (p->pfds[i].fd == fd) break;
     if (what == CURL_POLL_REMOVE) {
@@ -99,8 +100,9 @@ int oo_pool_init(oo_pool *p, const oo_http_opts *o, int n, char *err, size_t err
     p->pfds[0].events = POLLIN;
     p->npfd = 1;
     p->n = n;
-    p->no_proxy = !o->proxy && !(env_set("http_proxy") || env_set("https_proxy") || env_set("HTTPS_PROXY") ||
-                                 env_set("all_proxy") || env_set("ALL_PROXY") || env_set("HTTP_PROXY"));
+    p->no_proxy =
+        !o->proxy && !(env_set("http_proxy") || env_set("https_proxy") || env_set("HTTPS_PROXY") ||
+                       env_set("all_proxy") || env_set("ALL_PROXY") || env_set("HTTP_PROXY"));
     /* keep every connection of the pool cached between requests */
     curl_multi_setopt(p->m, CURLMOPT_MAXCONNECTS, (long)n + 4);
     curl_multi_setopt(p->m, CURLMOPT_SOCKETFUNCTION, sock_cb);
@@ -168,7 +170,7 @@ void oo_pool_free(oo_pool *p) {
         free(p->slots);
     }
     free(p->free_stack);
-    if (p->m) curl_multi_cleanup(p->m); /* may still call sock_cb: pfds after */
+    if (p->m) curl_multi_cleanup(p->m);         /* may still call sock_cb: pfds after */
     if (p->share) curl_share_cleanup(p->share); /* after the handles that use it */
     free(p->pfds);
     free(p->ready);
@@ -186,7 +188,8 @@ void oo_pool_free(oo_pool *p) {
 static CURLcode prepare(oo_slot *s, const char *url, const struct curl_slist *headers,
                         const char *body, size_t len) {
     CURLcode rc;
-    if (body && s->prepared_url && s->prepared_headers == headers && strcmp(s->prepared_url, url) == 0) {
+    if (body && s->prepared_url && s->prepared_headers == headers &&
+        strcmp(s->prepared_url, url) == 0) {
         rc = curl_easy_setopt(s->e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
         if (rc == CURLE_OK) rc = curl_easy_setopt(s->e, CURLOPT_POSTFIELDS, body);
         return rc;
@@ -195,7 +198,7 @@ static CURLcode prepare(oo_slot *s, const char *url, const struct curl_slist *he
     s->prepared_url = NULL;
     rc = oo_http_prepare(s->e, &s->x, body ? "POST" : "DELETE", url, body, len);
     if (rc == CURLE_OK) rc = curl_easy_setopt(s->e, CURLOPT_HTTPHEADER, headers);
-    if (rc == CURLE_OK && body) { /* a DELETE leaves the handle unprepared for POSTs */
+    if (rc == CURLE_OK && body) {      /* a DELETE leaves the handle unprepared for POSTs */
         s->prepared_url = strdup(url); /* NULL (no cache) is fine */
         s->prepared_headers = headers;
     }

@@ -60,8 +60,10 @@ static int l_file_id(lua_State *L) {
     int nofollow = lua_toboolean(L, 2);
     struct stat st;
     char id[64];
-    if ((nofollow ? lstat(path, &st) : stat(path, &st)) != 0) return push_errno(L, "cannot stat", path);
-    snprintf(id, sizeof id, "%llu:%llu", (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+    if ((nofollow ? lstat(path, &st) : stat(path, &st)) != 0)
+        return push_errno(L, "cannot stat", path);
+    snprintf(id, sizeof id, "%llu:%llu", (unsigned long long)st.st_dev,
+             (unsigned long long)st.st_ino);
     lua_pushstring(L, id);
     lua_pushstring(L, type_name(st.st_mode));
     lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
@@ -129,8 +131,12 @@ static int l_mkdir_private(lua_State *L) {
 }
 
 void oo_fs_register(lua_State *L) {
-    static const luaL_Reg funcs[] = {
-        {"umask", l_umask}, {"chmod", l_chmod}, {"file_id", l_file_id}, {"euid", l_euid},
-        {"create_private", l_create_private}, {"mkdir_private", l_mkdir_private}, {NULL, NULL}};
+    static const luaL_Reg funcs[] = {{"umask", l_umask},
+                                     {"chmod", l_chmod},
+                                     {"file_id", l_file_id},
+                                     {"euid", l_euid},
+                                     {"create_private", l_create_private},
+                                     {"mkdir_private", l_mkdir_private},
+                                     {NULL, NULL}};
     oo_setfuncs(L, funcs, 0);
 }

@@ -69,22 +69,22 @@ enum {
 };
 
 typedef struct oo_spool_err {
-    int code;            /* OO_SPOOL_* */
-    int sqlite_code;     /* extended SQLite result code, 0 when not from SQLite */
-    const char *bound;   /* "max_orders" | "max_bytes" for OO_SPOOL_FULL, else NULL */
-    char message[512];   /* names the spool path and SQLite's message */
+    int code;          /* OO_SPOOL_* */
+    int sqlite_code;   /* extended SQLite result code, 0 when not from SQLite */
+    const char *bound; /* "max_orders" | "max_bytes" for OO_SPOOL_FULL, else NULL */
+    char message[512]; /* names the spool path and SQLite's message */
 } oo_spool_err;
 
 enum { OO_SPOOL_REFUSE = 0, OO_SPOOL_DROP_OLDEST = 1 };
 enum { OO_SPOOL_SYNC_NORMAL = 0, OO_SPOOL_SYNC_FULL = 1 };
 
 typedef struct oo_spool_opts {
-    double busy_timeout;   /* seconds to wait for a lock (default 5) */
-    int sync;              /* OO_SPOOL_SYNC_NORMAL (default) | OO_SPOOL_SYNC_FULL */
-    long long max_orders;  /* queued orders bound; 0 = none */
-    long long max_bytes;   /* queued body bytes bound; 0 = none */
-    double max_age;        /* seconds a queued order may wait before it expires; 0 = none */
-    int on_full;           /* OO_SPOOL_REFUSE (default) | OO_SPOOL_DROP_OLDEST */
+    double busy_timeout;      /* seconds to wait for a lock (default 5) */
+    int sync;                 /* OO_SPOOL_SYNC_NORMAL (default) | OO_SPOOL_SYNC_FULL */
+    long long max_orders;     /* queued orders bound; 0 = none */
+    long long max_bytes;      /* queued body bytes bound; 0 = none */
+    double max_age;           /* seconds a queued order may wait before it expires; 0 = none */
+    int on_full;              /* OO_SPOOL_REFUSE (default) | OO_SPOOL_DROP_OLDEST */
     long long max_file_bytes; /* hard cap on the database file (SQLite max_page_count);
                                  past it writes fail like a full disk; 0 = none */
 } oo_spool_opts;
@@ -108,7 +108,7 @@ typedef struct oo_spool_item {
     size_t ref_len;
     const char *channel; /* the order's channel name; NULL: the client's default */
     size_t channel_len;
-    int op;              /* OO_SPOOL_OP_CREATE (0, the default) | OO_SPOOL_OP_CANCEL */
+    int op; /* OO_SPOOL_OP_CREATE (0, the default) | OO_SPOOL_OP_CANCEL */
 } oo_spool_item;
 
 /* Why an order failed for good (oo_spool_kill). All fields optional:
@@ -126,14 +126,14 @@ typedef struct oo_spool_row {
     long long id;
     char *ref;
     size_t ref_len;
-    char *body;          /* claim: always; list: only with_body */
+    char *body; /* claim: always; list: only with_body */
     size_t body_len;
-    long long bytes;     /* body length */
+    long long bytes; /* body length */
     long long attempts;
-    double created_at;   /* claim and list */
-    char *channel;       /* claim and list; NULL: the client's default channel */
+    double created_at; /* claim and list */
+    char *channel;     /* claim and list; NULL: the client's default channel */
     size_t channel_len;
-    int op;              /* OO_SPOOL_OP_CREATE | OO_SPOOL_OP_CANCEL (claim and list) */
+    int op; /* OO_SPOOL_OP_CREATE | OO_SPOOL_OP_CANCEL (claim and list) */
     /* queued rows (claim, list of orders) */
     double next_at;
     double claimed_until; /* 0 when unclaimed */
@@ -144,7 +144,7 @@ typedef struct oo_spool_row {
     char *kind;
     char *code;
     char *message;
-    int status;           /* 0 when none */
+    int status; /* 0 when none */
 } oo_spool_row;
 
 typedef struct oo_spool_rows {
@@ -153,19 +153,19 @@ typedef struct oo_spool_rows {
 } oo_spool_rows;
 
 typedef struct oo_spool_counts {
-    long long queued;   /* rows in orders */
-    long long due;      /* of those: next_at <= now and no live lease */
-    long long claimed;  /* of those: under a live lease */
-    long long dead;     /* dead letters */
-    long long bytes;    /* queued body bytes */
-    double oldest_age;  /* now - oldest created_at; 0 when empty */
+    long long queued;  /* rows in orders */
+    long long due;     /* of those: next_at <= now and no live lease */
+    long long claimed; /* of those: under a live lease */
+    long long dead;    /* dead letters */
+    long long bytes;   /* queued body bytes */
+    double oldest_age; /* now - oldest created_at; 0 when empty */
 } oo_spool_counts;
 
 typedef struct oo_spool_list_opts {
-    int dead;            /* 1: dead letters, 0: queued orders */
-    long long limit;     /* rows per call (>= 1) */
+    int dead;        /* 1: dead letters, 0: queued orders */
+    long long limit; /* rows per call (>= 1) */
     long long offset;
-    long long after_id;  /* only rows with id > after_id (keyset paging); 0 = from the start */
+    long long after_id; /* only rows with id > after_id (keyset paging); 0 = from the start */
     int with_body;
 } oo_spool_list_opts;
 
@@ -193,18 +193,18 @@ const oo_spool_opts *oo_spool_get_opts(const oo_spool *s);
  * receives each new id (ids may be NULL). Expires old rows first (max_age),
  * then applies the bounds: OO_SPOOL_FULL, or with drop_oldest moves the
  * oldest unclaimed rows to dead letters (kind "dropped") to make room. */
-int oo_spool_put_many(oo_spool *s, const oo_spool_item *items, size_t n, double now,
-                      long long *ids, oo_spool_err *err);
+int oo_spool_put_many(oo_spool *s, const oo_spool_item *items, size_t n, double now, long long *ids,
+                      oo_spool_err *err);
 /* One order on the client's default channel. */
-int oo_spool_put(oo_spool *s, const char *body, size_t body_len, const char *ref,
-                 size_t ref_len, double now, long long *id, oo_spool_err *err);
+int oo_spool_put(oo_spool *s, const char *body, size_t body_len, const char *ref, size_t ref_len,
+                 double now, long long *id, oo_spool_err *err);
 
 /* Leases up to max_n due rows (next_at <= now, no live lease) for lease
  * seconds; out's old rows are freed and it receives id, ref, body, bytes,
  * attempts, created_at, next_at, channel and claimed_until for each, in id
  * order (oldest first). */
-int oo_spool_claim(oo_spool *s, size_t max_n, double lease, double now,
-                   oo_spool_rows *out, oo_spool_err *err);
+int oo_spool_claim(oo_spool *s, size_t max_n, double lease, double now, oo_spool_rows *out,
+                   oo_spool_err *err);
 /* Delivered: deletes the row, only while this handle holds it. */
 int oo_spool_ack(oo_spool *s, long long id, oo_spool_err *err);
 /* Delivered, n of them in one transaction (the delivery thread batches its
@@ -236,14 +236,12 @@ int oo_spool_stats(oo_spool *s, double now, oo_spool_counts *st, oo_spool_err *e
 /* Earliest next_at among unclaimed rows; *found = 0 when there is none. */
 int oo_spool_next_due(oo_spool *s, double now, double *at, int *found, oo_spool_err *err);
 /* Rows in id order; out's old rows are freed. */
-int oo_spool_list(oo_spool *s, const oo_spool_list_opts *o, oo_spool_rows *out,
-                  oo_spool_err *err);
+int oo_spool_list(oo_spool *s, const oo_spool_list_opts *o, oo_spool_rows *out, oo_spool_err *err);
 /* Dead letters back into the queue (id > 0: that one; id <= 0: all), due now
  * with attempts 0, created_at now (max_age counts from the requeue) and
  * their channel. The bounds refuse it with OO_SPOOL_FULL rather than drop
  * anything. */
-int oo_spool_requeue_dead(oo_spool *s, long long id, double now, long long *n,
-                          oo_spool_err *err);
+int oo_spool_requeue_dead(oo_spool *s, long long id, double now, long long *n, oo_spool_err *err);
 /* Deletes dead letters (failed_at) and/or unclaimed queued orders
  * (created_at) older than older_than seconds (< 0: all). */
 int oo_spool_purge(oo_spool *s, int which, double older_than, double now, long long *n,

@@ -10,33 +10,33 @@
  * (EEK, LTL, LVL, HRK, BYR, MRO, STD, VEF, CUC, SLL, ZWL, ANG). Metals,
  * funds without a minor unit and test codes (XAU, XDR, XTS, XXX...) are out:
  * nobody pays for a till receipt in them. */
-static const struct { char code[4]; signed char minor; } currencies[] = {
-    {"AED", 2}, {"AFN", 2}, {"ALL", 2}, {"AMD", 2}, {"ANG", 2}, {"AOA", 2}, {"ARS", 2},
-    {"AUD", 2}, {"AWG", 2}, {"AZN", 2}, {"BAM", 2}, {"BBD", 2}, {"BDT", 2}, {"BGN", 2},
-    {"BHD", 3}, {"BIF", 0}, {"BMD", 2}, {"BND", 2}, {"BOB", 2}, {"BOV", 2}, {"BRL", 2},
-    {"BSD", 2}, {"BTN", 2}, {"BWP", 2}, {"BYN", 2}, {"BYR", 0}, {"BZD", 2}, {"CAD", 2},
-    {"CDF", 2}, {"CHE", 2}, {"CHF", 2}, {"CHW", 2}, {"CLF", 4}, {"CLP", 0}, {"CNY", 2},
-    {"COP", 2}, {"COU", 2}, {"CRC", 2}, {"CUC", 2}, {"CUP", 2}, {"CVE", 2}, {"CZK", 2},
-    {"DJF", 0}, {"DKK", 2}, {"DOP", 2}, {"DZD", 2}, {"EEK", 2}, {"EGP", 2}, {"ERN", 2},
-    {"ETB", 2}, {"EUR", 2}, {"FJD", 2}, {"FKP", 2}, {"GBP", 2}, {"GEL", 2}, {"GHS", 2},
-    {"GIP", 2}, {"GMD", 2}, {"GNF", 0}, {"GTQ", 2}, {"GYD", 2}, {"HKD", 2}, {"HNL", 2},
-    {"HRK", 2}, {"HTG", 2}, {"HUF", 2}, {"IDR", 2}, {"ILS", 2}, {"INR", 2}, {"IQD", 3},
-    {"IRR", 2}, {"ISK", 0}, {"JMD", 2}, {"JOD", 3}, {"JPY", 0}, {"KES", 2}, {"KGS", 2},
-    {"KHR", 2}, {"KMF", 0}, {"KPW", 2}, {"KRW", 0}, {"KWD", 3}, {"KYD", 2}, {"KZT", 2},
-    {"LAK", 2}, {"LBP", 2}, {"LKR", 2}, {"LRD", 2}, {"LSL", 2}, {"LTL", 2}, {"LVL", 2},
-    {"LYD", 3}, {"MAD", 2}, {"MDL", 2}, {"MGA", 2}, {"MKD", 2}, {"MMK", 2}, {"MNT", 2},
-    {"MOP", 2}, {"MRO", 2}, {"MRU", 2}, {"MUR", 2}, {"MVR", 2}, {"MWK", 2}, {"MXN", 2},
-    {"MXV", 2}, {"MYR", 2}, {"MZN", 2}, {"NAD", 2}, {"NGN", 2}, {"NIO", 2}, {"NOK", 2},
-    {"NPR", 2}, {"NZD", 2}, {"OMR", 3}, {"PAB", 2}, {"PEN", 2}, {"PGK", 2}, {"PHP", 2},
-    {"PKR", 2}, {"PLN", 2}, {"PYG", 0}, {"QAR", 2}, {"RON", 2}, {"RSD", 2}, {"RUB", 2},
-    {"RWF", 0}, {"SAR", 2}, {"SBD", 2}, {"SCR", 2}, {"SDG", 2}, {"SEK", 2}, {"SGD", 2},
-    {"SHP", 2}, {"SLE", 2}, {"SLL", 2}, {"SOS", 2}, {"SRD", 2}, {"SSP", 2}, {"STD", 2},
-    {"STN", 2}, {"SVC", 2}, {"SYP", 2}, {"SZL", 2}, {"THB", 2}, {"TJS", 2}, {"TMT", 2},
-    {"TND", 3}, {"TOP", 2}, {"TRY", 2}, {"TTD", 2}, {"TWD", 2}, {"TZS", 2}, {"UAH", 2},
-    {"UGX", 0}, {"USD", 2}, {"USN", 2}, {"UYI", 0}, {"UYU", 2}, {"UYW", 4}, {"UZS", 2},
-    {"VED", 2}, {"VEF", 2}, {"VES", 2}, {"VND", 0}, {"VUV", 0}, {"WST", 2}, {"XAF", 0},
-    {"XCD", 2}, {"XCG", 2}, {"XOF", 0}, {"XPF", 0}, {"YER", 2}, {"ZAR", 2}, {"ZMW", 2},
-    {"ZWG", 2}, {"ZWL", 2},
+static const struct {
+    char code[4];
+    signed char minor;
+} currencies[] = {
+    {"AED", 2}, {"AFN", 2}, {"ALL", 2}, {"AMD", 2}, {"ANG", 2}, {"AOA", 2}, {"ARS", 2}, {"AUD", 2},
+    {"AWG", 2}, {"AZN", 2}, {"BAM", 2}, {"BBD", 2}, {"BDT", 2}, {"BGN", 2}, {"BHD", 3}, {"BIF", 0},
+    {"BMD", 2}, {"BND", 2}, {"BOB", 2}, {"BOV", 2}, {"BRL", 2}, {"BSD", 2}, {"BTN", 2}, {"BWP", 2},
+    {"BYN", 2}, {"BYR", 0}, {"BZD", 2}, {"CAD", 2}, {"CDF", 2}, {"CHE", 2}, {"CHF", 2}, {"CHW", 2},
+    {"CLF", 4}, {"CLP", 0}, {"CNY", 2}, {"COP", 2}, {"COU", 2}, {"CRC", 2}, {"CUC", 2}, {"CUP", 2},
+    {"CVE", 2}, {"CZK", 2}, {"DJF", 0}, {"DKK", 2}, {"DOP", 2}, {"DZD", 2}, {"EEK", 2}, {"EGP", 2},
+    {"ERN", 2}, {"ETB", 2}, {"EUR", 2}, {"FJD", 2}, {"FKP", 2}, {"GBP", 2}, {"GEL", 2}, {"GHS", 2},
+    {"GIP", 2}, {"GMD", 2}, {"GNF", 0}, {"GTQ", 2}, {"GYD", 2}, {"HKD", 2}, {"HNL", 2}, {"HRK", 2},
+    {"HTG", 2}, {"HUF", 2}, {"IDR", 2}, {"ILS", 2}, {"INR", 2}, {"IQD", 3}, {"IRR", 2}, {"ISK", 0},
+    {"JMD", 2}, {"JOD", 3}, {"JPY", 0}, {"KES", 2}, {"KGS", 2}, {"KHR", 2}, {"KMF", 0}, {"KPW", 2},
+    {"KRW", 0}, {"KWD", 3}, {"KYD", 2}, {"KZT", 2}, {"LAK", 2}, {"LBP", 2}, {"LKR", 2}, {"LRD", 2},
+    {"LSL", 2}, {"LTL", 2}, {"LVL", 2}, {"LYD", 3}, {"MAD", 2}, {"MDL", 2}, {"MGA", 2}, {"MKD", 2},
+    {"MMK", 2}, {"MNT", 2}, {"MOP", 2}, {"MRO", 2}, {"MRU", 2}, {"MUR", 2}, {"MVR", 2}, {"MWK", 2},
+    {"MXN", 2}, {"MXV", 2}, {"MYR", 2}, {"MZN", 2}, {"NAD", 2}, {"NGN", 2}, {"NIO", 2}, {"NOK", 2},
+    {"NPR", 2}, {"NZD", 2}, {"OMR", 3}, {"PAB", 2}, {"PEN", 2}, {"PGK", 2}, {"PHP", 2}, {"PKR", 2},
+    {"PLN", 2}, {"PYG", 0}, {"QAR", 2}, {"RON", 2}, {"RSD", 2}, {"RUB", 2}, {"RWF", 0}, {"SAR", 2},
+    {"SBD", 2}, {"SCR", 2}, {"SDG", 2}, {"SEK", 2}, {"SGD", 2}, {"SHP", 2}, {"SLE", 2}, {"SLL", 2},
+    {"SOS", 2}, {"SRD", 2}, {"SSP", 2}, {"STD", 2}, {"STN", 2}, {"SVC", 2}, {"SYP", 2}, {"SZL", 2},
+    {"THB", 2}, {"TJS", 2}, {"TMT", 2}, {"TND", 3}, {"TOP", 2}, {"TRY", 2}, {"TTD", 2}, {"TWD", 2},
+    {"TZS", 2}, {"UAH", 2}, {"UGX", 0}, {"USD", 2}, {"USN", 2}, {"UYI", 0}, {"UYU", 2}, {"UYW", 4},
+    {"UZS", 2}, {"VED", 2}, {"VEF", 2}, {"VES", 2}, {"VND", 0}, {"VUV", 0}, {"WST", 2}, {"XAF", 0},
+    {"XCD", 2}, {"XCG", 2}, {"XOF", 0}, {"XPF", 0}, {"YER", 2}, {"ZAR", 2}, {"ZMW", 2}, {"ZWG", 2},
+    {"ZWL", 2},
 };
 
 int oo_currency_minor(const char code[3]) {
@@ -45,7 +45,8 @@ int oo_currency_minor(const char code[3]) {
         size_t mid = (lo + hi) / 2;
         int c = memcmp(code, currencies[mid].code, 3);
         if (c == 0) return currencies[mid].minor;
-        if (c < 0) hi = mid; else lo = mid + 1;
+        if (c < 0) hi = mid;
+        else lo = mid + 1;
     }
     return -1;
 }
@@ -104,7 +105,10 @@ oo_money_status oo_money_from_double(double v, int minor, long long *out) {
         }
         /* tmp is d.ddddde[+-]xx */
         for (p = tmp; *p && *p != 'e'; p++) {
-            if (*p == '.') { seen_point = 1; continue; }
+            if (*p == '.') {
+                seen_point = 1;
+                continue;
+            }
             digits[nd++] = *p;
             if (!seen_point) point++;
         }
@@ -120,7 +124,8 @@ oo_money_status oo_money_from_string(const char *s, size_t n, int minor, long lo
     int nd = 0, point;
     if (n == 0 || n > 40) return n ? OO_MONEY_TOO_LARGE : OO_MONEY_SYNTAX;
     if (s[0] == '-' && n > 1) {
-        for (i = 1; i < n && (s[i] >= '0' && s[i] <= '9'); i++);
+        for (i = 1; i < n && (s[i] >= '0' && s[i] <= '9'); i++)
+            ;
         if (i > 1) return OO_MONEY_NEGATIVE;
         return OO_MONEY_SYNTAX;
     }
@@ -145,7 +150,10 @@ void oo_money_emit(oo_buf *b, long long amount, int minor) {
         long long frac = amount % scale;
         char tmp[5];
         int i;
-        for (i = minor - 1; i >= 0; i--) { tmp[i] = (char)('0' + frac % 10); frac /= 10; }
+        for (i = minor - 1; i >= 0; i--) {
+            tmp[i] = (char)('0' + frac % 10);
+            frac /= 10;
+        }
         oo_buf_addc(b, '.');
         oo_buf_add(b, tmp, (size_t)minor);
     }
@@ -155,27 +163,46 @@ void oo_money_emit(oo_buf *b, long long amount, int minor) {
 
 /* Currency symbols and the ISO codes they may stand for. Longer symbols
  * first where one starts another ("US$" before "$", "R$" before "R"). */
-static const struct { const char *sym; const char *codes; } symbols[] = {
-    {"US$", "USD"}, {"AU$", "AUD"}, {"CA$", "CAD"}, {"NZ$", "NZD"}, {"HK$", "HKD"},
-    {"MX$", "MXN"}, {"kr.", "DKK ISK NOK SEK"}, {"Rs.", "INR LKR NPR PKR"}, {"Fr.", "CHF"},
+static const struct {
+    const char *sym;
+    const char *codes;
+} symbols[] = {
+    {"US$", "USD"},
+    {"AU$", "AUD"},
+    {"CA$", "CAD"},
+    {"NZ$", "NZD"},
+    {"HK$", "HKD"},
+    {"MX$", "MXN"},
+    {"kr.", "DKK ISK NOK SEK"},
+    {"Rs.", "INR LKR NPR PKR"},
+    {"Fr.", "CHF"},
     {"\xd0\xbb\xd0\xb2", "BGN"}, /* лв */
-    {"A$", "AUD"}, {"C$", "CAD"}, {"S$", "SGD"}, {"R$", "BRL"}, {"kr", "DKK ISK NOK SEK"},
-    {"K\xc4\x8d", "CZK"}, {"z\xc5\x82", "PLN"}, {"Ft", "HUF"}, {"lei", "RON"}, {"RM", "MYR"},
-    {"Rp", "IDR"}, {"Rs", "INR LKR NPR PKR"},
-    {"\xc2\xa3", "GBP GIP FKP SHP EGP"},  /* £ */
-    {"\xe2\x82\xac", "EUR"},              /* € */
-    {"\xc2\xa5", "JPY CNY"},              /* ¥ */
-    {"\xef\xbf\xa5", "JPY CNY"},          /* ￥ */
-    {"\xe2\x82\xb9", "INR"},              /* ₹ */
-    {"\xe2\x82\xa9", "KRW"},              /* ₩ */
-    {"\xe2\x82\xbd", "RUB"},              /* ₽ */
-    {"\xe2\x82\xba", "TRY"},              /* ₺ */
-    {"\xe2\x82\xaa", "ILS"},              /* ₪ */
-    {"\xe2\x82\xab", "VND"},              /* ₫ */
-    {"\xe0\xb8\xbf", "THB"},              /* ฿ */
-    {"\xe2\x82\xb1", "PHP"},              /* ₱ */
-    {"\xe2\x82\xb4", "UAH"},              /* ₴ */
-    {"\xe2\x82\xa6", "NGN"},              /* ₦ */
+    {"A$", "AUD"},
+    {"C$", "CAD"},
+    {"S$", "SGD"},
+    {"R$", "BRL"},
+    {"kr", "DKK ISK NOK SEK"},
+    {"K\xc4\x8d", "CZK"},
+    {"z\xc5\x82", "PLN"},
+    {"Ft", "HUF"},
+    {"lei", "RON"},
+    {"RM", "MYR"},
+    {"Rp", "IDR"},
+    {"Rs", "INR LKR NPR PKR"},
+    {"\xc2\xa3", "GBP GIP FKP SHP EGP"}, /* £ */
+    {"\xe2\x82\xac", "EUR"},             /* € */
+    {"\xc2\xa5", "JPY CNY"},             /* ¥ */
+    {"\xef\xbf\xa5", "JPY CNY"},         /* ￥ */
+    {"\xe2\x82\xb9", "INR"},             /* ₹ */
+    {"\xe2\x82\xa9", "KRW"},             /* ₩ */
+    {"\xe2\x82\xbd", "RUB"},             /* ₽ */
+    {"\xe2\x82\xba", "TRY"},             /* ₺ */
+    {"\xe2\x82\xaa", "ILS"},             /* ₪ */
+    {"\xe2\x82\xab", "VND"},             /* ₫ */
+    {"\xe0\xb8\xbf", "THB"},             /* ฿ */
+    {"\xe2\x82\xb1", "PHP"},             /* ₱ */
+    {"\xe2\x82\xb4", "UAH"},             /* ₴ */
+    {"\xe2\x82\xa6", "NGN"},             /* ₦ */
     {"$", "USD AUD CAD NZD HKD SGD MXN ARS CLP COP TWD BSD BBD BMD BZD FJD JMD KYD LRD NAD SBD "
           "SRD TTD XCD GYD UYU"},
     {"R", "ZAR"},
@@ -222,7 +249,8 @@ static size_t marker(const char *s, size_t n, int at_end, const char *currency, 
         const char *at = at_end ? s + n - k : s;
         if (k <= best || k > n || memcmp(at, symbols[i].sym, k) != 0) continue;
         /* a letter symbol ("kr", "R") is a word of its own */
-        if (is_alpha(symbols[i].sym[0]) && (at_end ? (k < n && is_alpha(at[-1])) : (k < n && is_alpha(at[k]))))
+        if (is_alpha(symbols[i].sym[0]) &&
+            (at_end ? (k < n && is_alpha(at[-1])) : (k < n && is_alpha(at[k]))))
             continue;
         best = k;
         *match = names_currency(symbols[i].codes, currency);
@@ -255,7 +283,8 @@ static oo_money_status till_number(const char *s, size_t n, int minor, char dec,
         char c = s[i];
         size_t k;
         if (c >= '0' && c <= '9') {
-            if (nd == 0 && c == '0' && point < 0 && i + 1 < n && s[i + 1] >= '0' && s[i + 1] <= '9' && !groups) {
+            if (nd == 0 && c == '0' && point < 0 && i + 1 < n && s[i + 1] >= '0' &&
+                s[i + 1] <= '9' && !groups) {
                 i++; /* a leading zero */
                 continue;
             }

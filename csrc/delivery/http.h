@@ -68,8 +68,8 @@ void oo_http_build_headers(lua_State *L, int idx, oo_http_xfer *x);
 
 /* Per-request options: method, URL, headers from x, body (NULL = none;
  * not copied, so it must outlive the transfer) and the capture callbacks. */
-CURLcode oo_http_prepare(CURL *e, oo_http_xfer *x, const char *method,
-                         const char *url, const char *body, size_t body_len);
+CURLcode oo_http_prepare(CURL *e, oo_http_xfer *x, const char *method, const char *url,
+                         const char *body, size_t body_len);
 
 /* The reuse rule: a connection is never trusted after an answer it did
  * not fully understand. After a non-2xx answer over HTTP/1.x the finished

@@ -32,12 +32,12 @@
 #define FRAME_HEADER 24
 
 typedef struct gather_file {
-    sqlite3_file base;   /* pMethods = &gather_io */
-    sqlite3_file *real;  /* the default VFS's file, allocated after this struct */
-    unsigned char *buf;  /* pending bytes, for file offset `off` onwards */
+    sqlite3_file base;  /* pMethods = &gather_io */
+    sqlite3_file *real; /* the default VFS's file, allocated after this struct */
+    unsigned char *buf; /* pending bytes, for file offset `off` onwards */
     size_t len, cap;
     sqlite3_int64 off;
-    int commit;          /* the frame being gathered is a commit frame */
+    int commit; /* the frame being gathered is a commit frame */
 } gather_file;
 
 static sqlite3_vfs *real_vfs;
@@ -57,7 +57,8 @@ static int g_write(sqlite3_file *f, const void *p, int amt, sqlite3_int64 off) {
     gather_file *g = (gather_file *)f;
     int rc;
     size_t n = (size_t)amt;
-    if (g->len > 0 && off != g->off + (sqlite3_int64)g->len && (rc = flush(g)) != SQLITE_OK) return rc;
+    if (g->len > 0 && off != g->off + (sqlite3_int64)g->len && (rc = flush(g)) != SQLITE_OK)
+        return rc;
     if (g->len + n > g->cap) {
         size_t cap = g->cap ? g->cap : 16 * 1024;
         unsigned char *nb;
@@ -95,10 +96,10 @@ static int g_close(sqlite3_file *f) {
 /* The other methods flush first where the pending bytes could matter, then
  * pass the call down. */
 #define REAL(f) (((gather_file *)(f))->real)
-#define FLUSHED(f, call)                                                                   \
-    do {                                                                                   \
-        int rc_ = flush((gather_file *)(f));                                               \
-        return rc_ != SQLITE_OK ? rc_ : (call);                                            \
+#define FLUSHED(f, call)                                                                           \
+    do {                                                                                           \
+        int rc_ = flush((gather_file *)(f));                                                       \
+        return rc_ != SQLITE_OK ? rc_ : (call);                                                    \
     } while (0)
 
 static int g_read(sqlite3_file *f, void *p, int amt, sqlite3_int64 off) {
@@ -107,7 +108,9 @@ static int g_read(sqlite3_file *f, void *p, int amt, sqlite3_int64 off) {
 static int g_truncate(sqlite3_file *f, sqlite3_int64 size) {
     FLUSHED(f, REAL(f)->pMethods->xTruncate(REAL(f), size));
 }
-static int g_sync(sqlite3_file *f, int flags) { FLUSHED(f, REAL(f)->pMethods->xSync(REAL(f), flags)); }
+static int g_sync(sqlite3_file *f, int flags) {
+    FLUSHED(f, REAL(f)->pMethods->xSync(REAL(f), flags));
+}
 static int g_file_size(sqlite3_file *f, sqlite3_int64 *size) {
     FLUSHED(f, REAL(f)->pMethods->xFileSize(REAL(f), size));
 }
@@ -129,14 +132,17 @@ static int g_shm_lock(sqlite3_file *f, int ofst, int n, int flags) {
 }
 static void g_shm_barrier(sqlite3_file *f) { REAL(f)->pMethods->xShmBarrier(REAL(f)); }
 /* (a WAL file is never memory-mapped: these two are for completeness) */
-static int g_shm_unmap(sqlite3_file *f, int del) { return REAL(f)->pMethods->xShmUnmap(REAL(f), del); }
+static int g_shm_unmap(sqlite3_file *f, int del) {
+    return REAL(f)->pMethods->xShmUnmap(REAL(f), del);
+}
 static int g_fetch(sqlite3_file *f, sqlite3_int64 off, int amt, void **pp) {
     *pp = NULL;
     if (REAL(f)->pMethods->iVersion < 3) return SQLITE_OK;
     FLUSHED(f, REAL(f)->pMethods->xFetch(REAL(f), off, amt, pp));
 }
 static int g_unfetch(sqlite3_file *f, sqlite3_int64 off, void *p) {
-    return REAL(f)->pMethods->iVersion < 3 ? SQLITE_OK : REAL(f)->pMethods->xUnfetch(REAL(f), off, p);
+    return REAL(f)->pMethods->iVersion < 3 ? SQLITE_OK
+                                           : REAL(f)->pMethods->xUnfetch(REAL(f), off, p);
 }
 
 /* WAL files are wrapped; every other file is the default VFS's own, built
@@ -163,16 +169,24 @@ static int v_access(sqlite3_vfs *v, const char *name, int flags, int *out) {
 static int v_full_pathname(sqlite3_vfs *v, const char *name, int n, char *out) {
     return real_vfs->xFullPathname(real_vfs, name, n, out);
 }
-static void *v_dl_open(sqlite3_vfs *v, const char *name) { return real_vfs->xDlOpen(real_vfs, name); }
+static void *v_dl_open(sqlite3_vfs *v, const char *name) {
+    return real_vfs->xDlOpen(real_vfs, name);
+}
 static void v_dl_error(sqlite3_vfs *v, int n, char *out) { real_vfs->xDlError(real_vfs, n, out); }
 static void (*v_dl_sym(sqlite3_vfs *v, void *h, const char *sym))(void) {
     return real_vfs->xDlSym(real_vfs, h, sym);
 }
 static void v_dl_close(sqlite3_vfs *v, void *h) { real_vfs->xDlClose(real_vfs, h); }
-static int v_randomness(sqlite3_vfs *v, int n, char *out) { return real_vfs->xRandomness(real_vfs, n, out); }
+static int v_randomness(sqlite3_vfs *v, int n, char *out) {
+    return real_vfs->xRandomness(real_vfs, n, out);
+}
 static int v_sleep(sqlite3_vfs *v, int us) { return real_vfs->xSleep(real_vfs, us); }
-static int v_current_time(sqlite3_vfs *v, double *out) { return real_vfs->xCurrentTime(real_vfs, out); }
-static int v_last_error(sqlite3_vfs *v, int n, char *out) { return real_vfs->xGetLastError(real_vfs, n, out); }
+static int v_current_time(sqlite3_vfs *v, double *out) {
+    return real_vfs->xCurrentTime(real_vfs, out);
+}
+static int v_last_error(sqlite3_vfs *v, int n, char *out) {
+    return real_vfs->xGetLastError(real_vfs, n, out);
+}
 static int v_current_time64(sqlite3_vfs *v, sqlite3_int64 *out) {
     return real_vfs->xCurrentTimeInt64(real_vfs, out);
 }

@@ -27,7 +27,8 @@ int oo_edit_distance(const char *a, size_t n, const char *b, size_t m) {
             int v = d[i - 1][j] + 1;
             if (d[i][j - 1] + 1 < v) v = d[i][j - 1] + 1;
             if (d[i - 1][j - 1] + cost < v) v = d[i - 1][j - 1] + cost;
-            if (i > 1 && j > 1 && lower((unsigned char)a[i - 1]) == lower((unsigned char)b[j - 2]) &&
+            if (i > 1 && j > 1 &&
+                lower((unsigned char)a[i - 1]) == lower((unsigned char)b[j - 2]) &&
                 lower((unsigned char)a[i - 2]) == lower((unsigned char)b[j - 1]) &&
                 d[i - 2][j - 2] + 1 < v)
                 v = d[i - 2][j - 2] + 1;
@@ -42,7 +43,10 @@ const char *oo_suggest(const char *k, size_t n, const char *const *names, int co
     const char *hit = NULL;
     for (i = 0; i < count; i++) {
         int dist = oo_edit_distance(k, n, names[i], strlen(names[i]));
-        if (dist <= limit && dist < best) { best = dist; hit = names[i]; }
+        if (dist <= limit && dist < best) {
+            best = dist;
+            hit = names[i];
+        }
     }
     return hit;
 }
@@ -103,7 +107,8 @@ static int l_suggest(lua_State *L) {
         lua_pop(L, 1); /* the string stays referenced by the table */
     }
     hit = oo_suggest(k, n, names, count);
-    if (hit) lua_pushstring(L, hit); else lua_pushnil(L);
+    if (hit) lua_pushstring(L, hit);
+    else lua_pushnil(L);
     return 1;
 }
 
@@ -116,7 +121,10 @@ static int l_quote(lua_State *L) {
     if (cap < 0) cap = 0;
     oo_buf_init(&b);
     oo_buf_quote(&b, s, n, (size_t)cap);
-    if (b.oom) { oo_buf_free(&b); return luaL_error(L, "quote: out of memory"); }
+    if (b.oom) {
+        oo_buf_free(&b);
+        return luaL_error(L, "quote: out of memory");
+    }
     lua_pushlstring(L, b.data, b.len);
     oo_buf_free(&b);
     return 1;

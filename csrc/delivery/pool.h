@@ -15,21 +15,21 @@
 
 typedef struct oo_slot {
     CURL *e;
-    oo_http_xfer x;       /* response capture; x.headers unused (lists belong to the caller) */
-    void *job;            /* the caller's pointer while busy */
-    double started;       /* monotonic seconds, for latency */
+    oo_http_xfer x; /* response capture; x.headers unused (lists belong to the caller) */
+    void *job;      /* the caller's pointer while busy */
+    double started; /* monotonic seconds, for latency */
     int busy;
     /* what the handle was last prepared for: the same URL and header list
      * need only the new body set */
     const struct curl_slist *prepared_headers;
-    char *prepared_url;   /* NULL: not prepared (or last prepared for another method) */
+    char *prepared_url; /* NULL: not prepared (or last prepared for another method) */
 } oo_slot;
 
 typedef void (*oo_pool_done_fn)(void *ud, oo_slot *s, CURLcode rc);
 
 typedef struct oo_pool {
     CURLM *m;
-    CURLSH *share;        /* the slots' one TLS session cache */
+    CURLSH *share; /* the slots' one TLS session cache */
     oo_slot *slots;
     int n, nfree;
     int *free_stack;
@@ -40,7 +40,7 @@ typedef struct oo_pool {
     int wake_rd, wake_wr; /* a pipe: oo_pool_wakeup() makes a waiting run return */
     int no_proxy;         /* no proxy configured or in the environment */
     int asleep;           /* the driver may be in (or entering) poll: adders wake it */
-    int h2_cap;           /* HTTP/2 asked for: connections capped until an answer tells the protocol */
+    int h2_cap; /* HTTP/2 asked for: connections capped until an answer tells the protocol */
 } oo_pool;
 
 /* Streams one HTTP/2 connection carries (CURLMOPT_MAX_CONCURRENT_STREAMS,

@@ -16,7 +16,7 @@ extern const double oo_lat_bounds[OO_LAT_BUCKETS];
 #define OO_CHAN_LABELS 16 /* distinct channels kept (the engine allows 64; more is unusual) */
 #define OO_LABEL_MAX 40   /* bytes in a label value */
 #define OO_CHAN_NAME (OO_LABEL_MAX + 1)
-#define OO_SECRETS 64     /* secrets a metrics object keeps out of its labels */
+#define OO_SECRETS 64 /* secrets a metrics object keeps out of its labels */
 
 typedef struct oo_fail_label {
     char kind[OO_LABEL_MAX + 1];
@@ -50,23 +50,23 @@ typedef struct oo_chan_count {
 extern const char *const oo_skip_reasons[OO_SKIP_REASONS];
 
 typedef struct oo_metrics {
-    long long queued;      /* orders accepted for delivery */
-    long long sent;        /* orders the endpoint acknowledged */
-    long long failed;      /* orders given up (dead, or not sent after a stop, or dropped) */
-    long long dead;        /* of which dead-lettered / rejected for good */
-    long long invalid;     /* orders refused by validation before any request */
+    long long queued;  /* orders accepted for delivery */
+    long long sent;    /* orders the endpoint acknowledged */
+    long long failed;  /* orders given up (dead, or not sent after a stop, or dropped) */
+    long long dead;    /* of which dead-lettered / rejected for good */
+    long long invalid; /* orders refused by validation before any request */
     long long skipped[OO_SKIP_REASONS]; /* not sent: the ledger had them (by reason) */
-    long long changed;     /* not sent: the ledger had another version (or a cancel) */
-    long long retried;     /* attempts scheduled again */
-    long long throttled;   /* 429 answers */
-    long long requests;    /* HTTP requests made (attempts) */
-    long long bytes_sent;  /* request body bytes */
+    long long changed;                  /* not sent: the ledger had another version (or a cancel) */
+    long long retried;                  /* attempts scheduled again */
+    long long throttled;                /* 429 answers */
+    long long requests;                 /* HTTP requests made (attempts) */
+    long long bytes_sent;               /* request body bytes */
     long long lat_count;
     double lat_sum;
     long long lat_buckets[OO_LAT_BUCKETS + 1]; /* non-cumulative; last = +Inf */
     int nfail, nchan;
     oo_fail_label fail[OO_FAIL_LABELS];
-    long long fail_other;  /* failures whose label did not fit */
+    long long fail_other; /* failures whose label did not fit */
     oo_chan_count chan[OO_CHAN_LABELS];
     int nsecrets;
     oo_secret_print secrets[OO_SECRETS];

@@ -24,8 +24,8 @@ size_t oo_utf8_check(const char *str, size_t n) {
             if (i + 2 >= n) return i + 1;
             c1 = s[i + 1];
             if ((c1 & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80) return i + 1;
-            if (c == 0xE0 && c1 < 0xA0) return i + 1;  /* overlong */
-            if (c == 0xED && c1 > 0x9F) return i + 1;  /* UTF-16 surrogate */
+            if (c == 0xE0 && c1 < 0xA0) return i + 1; /* overlong */
+            if (c == 0xED && c1 > 0x9F) return i + 1; /* UTF-16 surrogate */
             i += 3;
         } else if (c >= 0xF0 && c <= 0xF4) {
             unsigned c1;
@@ -33,8 +33,8 @@ size_t oo_utf8_check(const char *str, size_t n) {
             c1 = s[i + 1];
             if ((c1 & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80 || (s[i + 3] & 0xC0) != 0x80)
                 return i + 1;
-            if (c == 0xF0 && c1 < 0x90) return i + 1;  /* overlong */
-            if (c == 0xF4 && c1 > 0x8F) return i + 1;  /* > U+10FFFF */
+            if (c == 0xF0 && c1 < 0x90) return i + 1; /* overlong */
+            if (c == 0xF4 && c1 > 0x8F) return i + 1; /* > U+10FFFF */
             i += 4;
         } else {
             return i + 1;
@@ -45,14 +45,13 @@ size_t oo_utf8_check(const char *str, size_t n) {
 
 /* 0: copy as is; 'u': \u00XX; other: the character after the backslash */
 static const char escape_table[256] = {
-    'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'b', 't', 'n', 'u', 'f', 'r', 'u', 'u',
-    'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u',
-    0, 0, '"', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, '\\', 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 'u',
+    'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'b', 't', 'n', 'u', 'f', 'r', 'u', 'u', 'u',  'u', 'u',
+    'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 'u', 0,   0,   '"', 0,    0,   0,
+    0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,    0,   0,
+    0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,    0,   0,
+    0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   '\\', 0,   0,
+    0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,    0,   0,
+    0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   0,   'u',
 };
 
 void oo_json_string(oo_buf *b, const char *str, size_t n) {
@@ -72,7 +71,9 @@ void oo_json_string(oo_buf *b, const char *str, size_t n) {
         start = i + 1;
         *out++ = '\\';
         if (e == 'u') {
-            *out++ = 'u'; *out++ = '0'; *out++ = '0';
+            *out++ = 'u';
+            *out++ = '0';
+            *out++ = '0';
             *out++ = hex[s[i] >> 4];
             *out++ = hex[s[i] & 15];
         } else {

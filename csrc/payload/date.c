@@ -36,7 +36,9 @@ static unsigned days_in_month(long long y, unsigned m) {
     return m == 2 && is_leap(y) ? 29 : dim[m - 1];
 }
 
-long long oo_days_from_civil(long long y, unsigned m, unsigned d) { return days_from_civil(y, m, d); }
+long long oo_days_from_civil(long long y, unsigned m, unsigned d) {
+    return days_from_civil(y, m, d);
+}
 unsigned oo_days_in_month(long long y, unsigned m) { return days_in_month(y, m); }
 
 /* Reads exactly k digits at s[*i]; -1 if they are not all digits. */
@@ -94,20 +96,35 @@ oo_date_status oo_date_parse(const char *s, size_t n, long long *epoch, const ch
             if ((oh = digits(s, n, &i, 2)) < 0) return OO_DATE_SYNTAX;
             if (at(s, n, i, ':')) i++;
             if ((om = digits(s, n, &i, 2)) < 0 || i != n) return OO_DATE_SYNTAX;
-            if (oh > 23 || om > 59) { *why = "offset out of range"; return OO_DATE_IMPOSSIBLE; }
+            if (oh > 23 || om > 59) {
+                *why = "offset out of range";
+                return OO_DATE_IMPOSSIBLE;
+            }
             off = sign * (oh * 3600 + om * 60);
         } else {
             return OO_DATE_SYNTAX;
         }
     }
-    if (M < 1 || M > 12) { *why = "month must be 01-12"; return OO_DATE_IMPOSSIBLE; }
+    if (M < 1 || M > 12) {
+        *why = "month must be 01-12";
+        return OO_DATE_IMPOSSIBLE;
+    }
     if (D < 1 || (unsigned)D > days_in_month(Y, (unsigned)M)) {
         *why = "no such day in that month";
         return OO_DATE_IMPOSSIBLE;
     }
-    if (h > 23) { *why = "hour must be 00-23"; return OO_DATE_IMPOSSIBLE; }
-    if (mi > 59) { *why = "minute must be 00-59"; return OO_DATE_IMPOSSIBLE; }
-    if (sec > 59) { *why = "second must be 00-59"; return OO_DATE_IMPOSSIBLE; }
+    if (h > 23) {
+        *why = "hour must be 00-23";
+        return OO_DATE_IMPOSSIBLE;
+    }
+    if (mi > 59) {
+        *why = "minute must be 00-59";
+        return OO_DATE_IMPOSSIBLE;
+    }
+    if (sec > 59) {
+        *why = "second must be 00-59";
+        return OO_DATE_IMPOSSIBLE;
+    }
     t = days_from_civil(Y, (unsigned)M, (unsigned)D) * 86400 + h * 3600 + mi * 60 + sec - off;
     if (t < OO_DATE_MIN || t > OO_DATE_MAX) return OO_DATE_RANGE;
     *epoch = t;
@@ -120,11 +137,17 @@ void oo_date_format(long long epoch, char out[24]) {
     unsigned m, d;
     int v[6], k;
     civil_from_days(days, &y, &m, &d);
-    v[0] = (int)y; v[1] = (int)m; v[2] = (int)d;
-    v[3] = rem / 3600; v[4] = rem / 60 % 60; v[5] = rem % 60;
+    v[0] = (int)y;
+    v[1] = (int)m;
+    v[2] = (int)d;
+    v[3] = rem / 3600;
+    v[4] = rem / 60 % 60;
+    v[5] = rem % 60;
     /* YYYY-MM-DDTHH:MM:SS GMT */
-    out[0] = (char)('0' + v[0] / 1000); out[1] = (char)('0' + v[0] / 100 % 10);
-    out[2] = (char)('0' + v[0] / 10 % 10); out[3] = (char)('0' + v[0] % 10);
+    out[0] = (char)('0' + v[0] / 1000);
+    out[1] = (char)('0' + v[0] / 100 % 10);
+    out[2] = (char)('0' + v[0] / 10 % 10);
+    out[3] = (char)('0' + v[0] % 10);
     for (k = 1; k < 6; k++) {
         static const char seps[] = "--T::";
         out[1 + 3 * k] = seps[k - 1];

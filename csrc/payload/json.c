@@ -34,14 +34,14 @@ typedef struct {
     const unsigned char *start, *end; /* *end == '\0' */
     const unsigned char *p;           /* current position */
     int depth, max_depth;
-    long values, max_values;          /* values so far; the cap (0: none) */
-    const char *what;                 /* error: what was expected / wrong */
-    const unsigned char *at;          /* error: where */
-    int found;                        /* error: show the byte found at `at` */
+    long values, max_values; /* values so far; the cap (0: none) */
+    const char *what;        /* error: what was expected / wrong */
+    const unsigned char *at; /* error: where */
+    int found;               /* error: show the byte found at `at` */
 } J;
 
 static const double pow10_exact[23] = {
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+    1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
     1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 };
 
@@ -170,13 +170,19 @@ static int parse_number(J *j, const unsigned char *p) {
     int nd = 0, many = 0, isfloat = 0, neg = 0, frac = 0, e10 = 0;
     double d;
 
-    if (*p == '-') { neg = 1; p++; }
+    if (*p == '-') {
+        neg = 1;
+        p++;
+    }
     if (*p == '0') {
         p++;
         if (IS_DIGIT(*p)) return fail(j, "Invalid number (leading zero)", start, 0);
     } else if (IS_DIGIT(*p)) {
         do {
-            if (nd < 19) { m = m * 10 + (uint64_t)(*p - '0'); nd++; } else many++;
+            if (nd < 19) {
+                m = m * 10 + (uint64_t)(*p - '0');
+                nd++;
+            } else many++;
             p++;
         } while (IS_DIGIT(*p));
     } else {
@@ -190,7 +196,8 @@ static int parse_number(J *j, const unsigned char *p) {
             if (nd < 19) {
                 m = m * 10 + (uint64_t)(*p - '0');
                 if (m) nd++; /* leading zeros of 0.000x are not significant */
-                if (frac < 100000) frac++; else many++;
+                if (frac < 100000) frac++;
+                else many++;
             } else {
                 many++; /* dropped: only the strtod path sees it */
             }
@@ -201,7 +208,10 @@ static int parse_number(J *j, const unsigned char *p) {
         int esign = 1;
         p++;
         if (*p == '+') p++;
-        else if (*p == '-') { esign = -1; p++; }
+        else if (*p == '-') {
+            esign = -1;
+            p++;
+        }
         if (!IS_DIGIT(*p)) return fail(j, "Invalid number (digit expected in exponent)", start, 0);
         isfloat = 1;
         do {
@@ -326,7 +336,10 @@ static int parse_object(J *j) {
             direct = 1;
         }
         p = skip_ws(j->p);
-        if (*p == ',') { p = skip_ws(p + 1); continue; }
+        if (*p == ',') {
+            p = skip_ws(p + 1);
+            continue;
+        }
         if (*p == '}') break;
         return fail(j, "Expected comma or object end", p, 1);
     }
@@ -356,7 +369,10 @@ static int parse_array(J *j) {
             direct = 1;
         }
         p = skip_ws(j->p);
-        if (*p == ',') { p++; continue; }
+        if (*p == ',') {
+            p++;
+            continue;
+        }
         if (*p == ']') break;
         return fail(j, "Expected comma or array end", p, 1);
     }
@@ -374,22 +390,36 @@ static int parse_value(J *j) {
     case '"': j->p = p + 1; return parse_string(j);
     case '{': j->p = p + 1; return parse_object(j);
     case '[': j->p = p + 1; return parse_array(j);
-    case '-': case '0': case '1': case '2': case '3': case '4':
-    case '5': case '6': case '7': case '8': case '9':
-        return parse_number(j, p);
+    case '-':
+    case '0':
+    case '1':
+    case '2':
+    case '3':
+    case '4':
+    case '5':
+    case '6':
+    case '7':
+    case '8':
+    case '9': return parse_number(j, p);
     case 't':
         if (j->end - p >= 4 && memcmp(p, "true", 4) == 0) {
-            lua_pushboolean(j->L, 1); j->p = p + 4; return 1;
+            lua_pushboolean(j->L, 1);
+            j->p = p + 4;
+            return 1;
         }
         break;
     case 'f':
         if (j->end - p >= 5 && memcmp(p, "false", 5) == 0) {
-            lua_pushboolean(j->L, 0); j->p = p + 5; return 1;
+            lua_pushboolean(j->L, 0);
+            j->p = p + 5;
+            return 1;
         }
         break;
     case 'n':
         if (j->end - p >= 4 && memcmp(p, "null", 4) == 0) {
-            lua_pushlightuserdata(j->L, NULL); j->p = p + 4; return 1;
+            lua_pushlightuserdata(j->L, NULL);
+            j->p = p + 4;
+            return 1;
         }
         break;
     default: break;
@@ -428,7 +458,8 @@ int oo_json_decode_capped(lua_State *L, const char *s, size_t len, int max_depth
     found[0] = '\0';
     if (j.found) {
         if (j.at >= j.end) snprintf(found, sizeof found, " but found the end");
-        else if (*j.at >= 0x20 && *j.at < 0x7F) snprintf(found, sizeof found, " but found '%c'", *j.at);
+        else if (*j.at >= 0x20 && *j.at < 0x7F)
+            snprintf(found, sizeof found, " but found '%c'", *j.at);
         else snprintf(found, sizeof found, " but found byte 0x%02X", *j.at);
     }
     lua_pushfstring(L, "%s%s at character %d", j.what, found, (int)(j.at - j.start) + 1);

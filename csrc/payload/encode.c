@@ -21,26 +21,26 @@
 #include "text.h"
 
 /* Caps (documented in the README). */
-#define MAX_PROBLEMS 100      /* problems reported per payload */
-#define MAX_ITEMS 1000        /* items per order */
-#define MAX_MAP 256           /* entries in info / attributes */
-#define MAX_SEGMENTS 256      /* user.segments entries */
-#define MAX_ID 256            /* bytes in refCode, customerId, user.id, a segment */
-#define MAX_EMAIL 254         /* bytes in user.email (RFC 5321 path limit) */
-#define MAX_KEY 256           /* bytes in a free-map key */
-#define MAX_VALUE 4096        /* bytes in a free-map value */
-#define MAX_QTY 2147483647LL  /* a Java int: the server is Java */
-#define MAX_BODY (1u << 20)   /* encoded payload size */
-#define MAX_UNKNOWN 16        /* unknown keys listed per fixed table */
+#define MAX_PROBLEMS 100     /* problems reported per payload */
+#define MAX_ITEMS 1000       /* items per order */
+#define MAX_MAP 256          /* entries in info / attributes */
+#define MAX_SEGMENTS 256     /* user.segments entries */
+#define MAX_ID 256           /* bytes in refCode, customerId, user.id, a segment */
+#define MAX_EMAIL 254        /* bytes in user.email (RFC 5321 path limit) */
+#define MAX_KEY 256          /* bytes in a free-map key */
+#define MAX_VALUE 4096       /* bytes in a free-map value */
+#define MAX_QTY 2147483647LL /* a Java int: the server is Java */
+#define MAX_BODY (1u << 20)  /* encoded payload size */
+#define MAX_UNKNOWN 16       /* unknown keys listed per fixed table */
 
 #define ENC_MT "optimizely.offline.encoder"
 
 typedef struct map_entry {
     const char *k, *v;
     size_t klen, vlen;
-    const char *bad; /* NULL, or what is wrong (message prefix) */
+    const char *bad;        /* NULL, or what is wrong (message prefix) */
     int k_in_num, v_in_num; /* k / v live in num (re-pointed after sorting moves entries) */
-    char num[40];    /* number rendering, or the bad key's description */
+    char num[40];           /* number rendering, or the bad key's description */
 } map_entry;
 
 typedef struct enc {
@@ -119,18 +119,22 @@ static void quote_bytes(char *out, size_t cap, const char *s, size_t n) {
     out[o++] = '"';
     for (i = 0; i < n && o + 8 < cap; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') { out[o++] = '\\'; out[o++] = (char)c; }
-        else if (c >= 0x20 && c < 0x7f) out[o++] = (char)c;
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c >= 0x20 && c < 0x7f) out[o++] = (char)c;
         else if (c >= 0x80 && utf8) {
             size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
             if (o + len + 8 >= cap) break; /* never cut a character in half */
             memcpy(out + o, s + i, len);
             o += len;
             i += len - 1;
-        }
-        else o += (size_t)snprintf(out + o, cap - o, "\\x%02X", c);
+        } else o += (size_t)snprintf(out + o, cap - o, "\\x%02X", c);
     }
-    if (i < n) { memcpy(out + o, "...", 3); o += 3; }
+    if (i < n) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
     out[o++] = '"';
     out[o] = 0;
 }
@@ -178,7 +182,10 @@ static void add_entry(enc *e, int list, int count, const char *msg) {
 static void problem(enc *e, const char *fmt, ...) {
     char msg[512];
     va_list ap;
-    if (e->nproblems >= MAX_PROBLEMS) { e->truncated = 1; return; }
+    if (e->nproblems >= MAX_PROBLEMS) {
+        e->truncated = 1;
+        return;
+    }
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
@@ -196,15 +203,16 @@ static void problem_got(enc *e, int idx, const char *must) {
     problem(e, "%s, got %s", must, got);
 }
 
-static void warning(enc *e, const char *msg) {
-    add_entry(e, e->warnings_idx, ++e->nwarnings, msg);
-}
+static void warning(enc *e, const char *msg) { add_entry(e, e->warnings_idx, ++e->nwarnings, msg); }
 
 /* Tables are read raw (no __index, __pairs...), so a table with a metatable
  * could silently lose what its metamethods would supply: refuse it. */
 static int plain_table(enc *e, int idx, const char *must) {
     lua_State *L = e->L;
-    if (lua_type(L, idx) != LUA_TTABLE) { problem_got(e, idx, must); return 0; }
+    if (lua_type(L, idx) != LUA_TTABLE) {
+        problem_got(e, idx, must);
+        return 0;
+    }
     if (lua_getmetatable(L, idx)) {
         lua_pop(L, 1);
         problem(e, "must be a plain table (it has a metatable, and metamethods are not followed)");
@@ -332,14 +340,23 @@ static int is_blank(const char *s, size_t n) {
 static const char *check_string(enc *e, int idx, size_t max, int nonblank, size_t *len) {
     size_t n, bad;
     const char *s = lua_tolstring(e->L, idx, &n);
-    if (nonblank && n == 0) { problem(e, "must not be empty"); return NULL; }
-    if (n > max) { problem(e, "must be at most %zu bytes, got %zu", max, n); return NULL; }
-    if ((bad = oo_utf8_check(s, n)) != 0) {
-        problem(e, "must be valid UTF-8 (bad byte 0x%02X at offset %zu)",
-                (unsigned char)s[bad - 1], bad - 1);
+    if (nonblank && n == 0) {
+        problem(e, "must not be empty");
         return NULL;
     }
-    if (nonblank && is_blank(s, n)) { problem(e, "must not be blank"); return NULL; }
+    if (n > max) {
+        problem(e, "must be at most %zu bytes, got %zu", max, n);
+        return NULL;
+    }
+    if ((bad = oo_utf8_check(s, n)) != 0) {
+        problem(e, "must be valid UTF-8 (bad byte 0x%02X at offset %zu)", (unsigned char)s[bad - 1],
+                bad - 1);
+        return NULL;
+    }
+    if (nonblank && is_blank(s, n)) {
+        problem(e, "must not be blank");
+        return NULL;
+    }
     *len = n;
     return s;
 }
@@ -368,15 +385,17 @@ static void enc_ident(enc *e, int idx) {
             return;
         }
         /* fallthrough */
-    default:
-        problem_got(e, idx, "must be a non-empty string or an integer");
+    default: problem_got(e, idx, "must be a non-empty string or an integer");
     }
 }
 
 static void enc_string_field(enc *e, int idx, size_t max) {
     size_t n;
     const char *s;
-    if (lua_type(e->L, idx) != LUA_TSTRING) { problem_got(e, idx, "must be a non-empty string"); return; }
+    if (lua_type(e->L, idx) != LUA_TSTRING) {
+        problem_got(e, idx, "must be a non-empty string");
+        return;
+    }
     if ((s = check_string(e, idx, max, 1, &n)) != NULL) oo_json_string(&e->out, s, n);
 }
 
@@ -388,7 +407,8 @@ static int enc_money(enc *e, int idx, long long *amount) {
     switch (lua_type(L, idx)) {
     case LUA_TNUMBER: {
 #if LUA_VERSION_NUM >= 503
-        if (lua_isinteger(L, idx)) st = oo_money_from_integer((long long)lua_tointeger(L, idx), minor, amount);
+        if (lua_isinteger(L, idx))
+            st = oo_money_from_integer((long long)lua_tointeger(L, idx), minor, amount);
         else
 #endif
             st = oo_money_from_double((double)lua_tonumber(L, idx), minor, amount);
@@ -400,19 +420,17 @@ static int enc_money(enc *e, int idx, long long *amount) {
         st = oo_money_from_string(s, n, minor, amount);
         break;
     }
-    default:
-        problem_got(e, idx, "must be a number or a decimal string like \"12.50\"");
-        return 0;
+    default: problem_got(e, idx, "must be a number or a decimal string like \"12.50\""); return 0;
     }
     switch (st) {
-    case OO_MONEY_OK:
-        oo_money_emit(&e->out, *amount, minor);
-        return 1;
+    case OO_MONEY_OK: oo_money_emit(&e->out, *amount, minor); return 1;
     case OO_MONEY_NEGATIVE: problem_got(e, idx, "must not be negative"); break;
     case OO_MONEY_NOT_FINITE: problem_got(e, idx, "must be a finite number"); break;
     case OO_MONEY_TOO_LARGE: problem_got(e, idx, "must be at most 1000000000000"); break;
     default: /* OO_MONEY_SYNTAX (the till forms are never read here) */
-        problem_got(e, idx, "must be a plain decimal like \"12.50\" (digits and one '.', no sign, spaces, commas or symbols)");
+        problem_got(e, idx,
+                    "must be a plain decimal like \"12.50\" (digits and one '.', no sign, spaces, "
+                    "commas or symbols)");
         break;
     }
     return 0;
@@ -423,7 +441,10 @@ static void enc_lang(enc *e, int idx) {
     size_t n, i, seg = 0;
     const char *s;
     int ok = 1;
-    if (lua_type(e->L, idx) != LUA_TSTRING) { problem_got(e, idx, "must be a string like \"en-gb\""); return; }
+    if (lua_type(e->L, idx) != LUA_TSTRING) {
+        problem_got(e, idx, "must be a string like \"en-gb\"");
+        return;
+    }
     s = lua_tolstring(e->L, idx, &n);
     if (n < 2 || n > 35) ok = 0;
     for (i = 0; ok && i < n; i++) tmp[i] = (char)lower((unsigned char)s[i]);
@@ -439,7 +460,10 @@ static void enc_lang(enc *e, int idx) {
         seg = i - j;
         if (seg < 2 || seg > 8) ok = 0;
     }
-    if (!ok) { problem_got(e, idx, "must be a language code like \"en-gb\""); return; }
+    if (!ok) {
+        problem_got(e, idx, "must be a language code like \"en-gb\"");
+        return;
+    }
     oo_json_string(&e->out, tmp, n);
 }
 
@@ -454,7 +478,8 @@ static void enc_lang(enc *e, int idx) {
 static oo_date_status date_value(lua_State *L, int idx, long long *t, const char **why) {
     if (lua_type(L, idx) == LUA_TNUMBER) {
         lua_Number v = lua_tonumber(L, idx);
-        if (v != v || v < (lua_Number)OO_DATE_MIN || v > (lua_Number)OO_DATE_MAX) return OO_DATE_RANGE;
+        if (v != v || v < (lua_Number)OO_DATE_MIN || v > (lua_Number)OO_DATE_MAX)
+            return OO_DATE_RANGE;
         *t = (long long)floor(v);
         return OO_DATE_OK;
     }
@@ -488,7 +513,9 @@ static void enc_date(enc *e, int idx) {
         }
         case OO_DATE_RANGE: problem_got(e, idx, "must be between 1970 and 9999"); return;
         default:
-            problem_got(e, idx, "must be a date like \"2016-05-16T14:25:00 GMT\", ISO 8601 with Z or an offset, \"YYYY-MM-DD HH:MM:SS\" (UTC) or epoch seconds");
+            problem_got(e, idx,
+                        "must be a date like \"2016-05-16T14:25:00 GMT\", ISO 8601 with Z or an "
+                        "offset, \"YYYY-MM-DD HH:MM:SS\" (UTC) or epoch seconds");
             return;
         }
     } else {
@@ -496,8 +523,9 @@ static void enc_date(enc *e, int idx) {
         return;
     }
     if ((double)t > oo_wall_now() + FUTURE_SLACK) {
-        problem_got(e, idx, "must not be more than a day in the future (is the till's clock right, or "
-                            "are the day and the month swapped?)");
+        problem_got(e, idx,
+                    "must not be more than a day in the future (is the till's clock right, or "
+                    "are the day and the month swapped?)");
         return;
     }
     oo_date_format(t, out);
@@ -512,16 +540,28 @@ static int enc_currency(enc *e, int idx) {
     size_t n;
     const char *s;
     int i, minor;
-    if (lua_type(e->L, idx) != LUA_TSTRING) { problem_got(e, idx, "must be a 3-letter ISO 4217 code like \"GBP\""); return -1; }
+    if (lua_type(e->L, idx) != LUA_TSTRING) {
+        problem_got(e, idx, "must be a 3-letter ISO 4217 code like \"GBP\"");
+        return -1;
+    }
     s = lua_tolstring(e->L, idx, &n);
-    if (n != 3) { problem_got(e, idx, "must be a 3-letter ISO 4217 code like \"GBP\""); return -1; }
+    if (n != 3) {
+        problem_got(e, idx, "must be a 3-letter ISO 4217 code like \"GBP\"");
+        return -1;
+    }
     for (i = 0; i < 3; i++) {
         int c = (unsigned char)s[i];
         if (c >= 'a' && c <= 'z') c -= 32;
-        if (c < 'A' || c > 'Z') { problem_got(e, idx, "must be a 3-letter ISO 4217 code like \"GBP\""); return -1; }
+        if (c < 'A' || c > 'Z') {
+            problem_got(e, idx, "must be a 3-letter ISO 4217 code like \"GBP\"");
+            return -1;
+        }
         code[i] = (char)c;
     }
-    if ((minor = oo_currency_minor(code)) < 0) { problem_got(e, idx, "is not an ISO 4217 currency code"); return -1; }
+    if ((minor = oo_currency_minor(code)) < 0) {
+        problem_got(e, idx, "is not an ISO 4217 currency code");
+        return -1;
+    }
     oo_buf_addc(&e->out, '"');
     oo_buf_add(&e->out, code, 3);
     oo_buf_addc(&e->out, '"');
@@ -544,8 +584,14 @@ static int enc_qty(enc *e, int idx, long long *qty) {
             else v = v * 10 + (s[i] - '0');
         }
     }
-    if (!ok || v < 1) { problem_got(e, idx, "must be a positive integer"); return 0; }
-    if (v > MAX_QTY) { problem_got(e, idx, "must be at most 2147483647"); return 0; }
+    if (!ok || v < 1) {
+        problem_got(e, idx, "must be a positive integer");
+        return 0;
+    }
+    if (v > MAX_QTY) {
+        problem_got(e, idx, "must be at most 2147483647");
+        return 0;
+    }
     oo_buf_addint(&e->out, v);
     *qty = v;
     return 1;
@@ -571,7 +617,11 @@ static void enc_map(enc *e, int t) {
     lua_pushnil(L);
     while (lua_next(L, t)) {
         map_entry *m;
-        if (n == MAX_MAP) { extra++; lua_pop(L, 1); continue; }
+        if (n == MAX_MAP) {
+            extra++;
+            lua_pop(L, 1);
+            continue;
+        }
         m = &e->map[n++];
         m->bad = NULL;
         m->k_in_num = m->v_in_num = 0;
@@ -600,7 +650,10 @@ static void enc_map(enc *e, int t) {
         case LUA_TNUMBER: {
             lua_Number v = lua_tonumber(L, -1);
             long long iv;
-            if (v != v || isinf(v)) { m->bad = "value must be a finite number"; break; }
+            if (v != v || isinf(v)) {
+                m->bad = "value must be a finite number";
+                break;
+            }
             if (!oo_tointeger(L, -1, &iv) && (v >= 1e15 || v <= -1e15)) {
                 m->bad = "value must be a number below 1e15 (write big identifiers as strings)";
                 break;
@@ -615,9 +668,7 @@ static void enc_map(enc *e, int t) {
             m->v = lua_toboolean(L, -1) ? "true" : "false";
             m->vlen = strlen(m->v);
             break;
-        default:
-            m->bad = bad_value_type;
-            describe(L, -1, m->num, sizeof m->num);
+        default: m->bad = bad_value_type; describe(L, -1, m->num, sizeof m->num);
         }
         lua_pop(L, 1);
     }
@@ -638,7 +689,10 @@ static void enc_map(enc *e, int t) {
             }
             continue;
         }
-        if (e->out.len > MAX_BODY) { e->too_big = 1; break; }
+        if (e->out.len > MAX_BODY) {
+            e->too_big = 1;
+            break;
+        }
         if (!first) oo_buf_addc(&e->out, ',');
         first = 0;
         oo_json_string(&e->out, m->k, m->klen);
@@ -670,7 +724,8 @@ static long long seq_len(enc *e, int t) {
         if (k > max) max = k;
     }
     if (max != count) {
-        problem(e, "must be an array without holes (%lld elements, highest index %lld)", count, max);
+        problem(e, "must be an array without holes (%lld elements, highest index %lld)", count,
+                max);
         return -1;
     }
     return count;
@@ -720,7 +775,8 @@ static void enc_user(enc *e, int t) {
         if (plain_table(e, st, "must be an array of strings")) {
             long long n = seq_len(e, st), i;
             if (n == 0) problem(e, "must not be empty");
-            else if (n > MAX_SEGMENTS) problem(e, "too many segments (%lld, max %d)", n, MAX_SEGMENTS);
+            else if (n > MAX_SEGMENTS)
+                problem(e, "too many segments (%lld, max %d)", n, MAX_SEGMENTS);
             else if (n > 0) {
                 oo_buf_addc(&e->out, '[');
                 for (i = 1; i <= n; i++) {
@@ -736,7 +792,8 @@ static void enc_user(enc *e, int t) {
         }
         path_pop(e, mark);
     }
-    if (lua_isnil(L, base + U_ID) && lua_isnil(L, base + U_EMAIL) && lua_isnil(L, base + U_SEGMENTS))
+    if (lua_isnil(L, base + U_ID) && lua_isnil(L, base + U_EMAIL) &&
+        lua_isnil(L, base + U_SEGMENTS))
         problem(e, "needs an id, email or segments (an empty user identifies nobody)");
     if (!lua_isnil(L, base + U_INFO)) {
         KEY(e, &first, "info");
@@ -768,13 +825,17 @@ static long long enc_item(enc *e, int t) {
     path_pop(e, mark);
     KEY(e, &first, "qty");
     mark = path_pushlit(e, ".qty");
-    if (lua_isnil(L, base + I_QTY)) { problem(e, "is required"); ok = 0; }
-    else ok &= enc_qty(e, base + I_QTY, &qty);
+    if (lua_isnil(L, base + I_QTY)) {
+        problem(e, "is required");
+        ok = 0;
+    } else ok &= enc_qty(e, base + I_QTY, &qty);
     path_pop(e, mark);
     KEY(e, &first, "price");
     mark = path_pushlit(e, ".price");
-    if (lua_isnil(L, base + I_PRICE)) { problem(e, "is required"); ok = 0; }
-    else ok &= enc_money(e, base + I_PRICE, &price);
+    if (lua_isnil(L, base + I_PRICE)) {
+        problem(e, "is required");
+        ok = 0;
+    } else ok &= enc_money(e, base + I_PRICE, &price);
     path_pop(e, mark);
     if (!lua_isnil(L, base + I_ATTRS)) {
         KEY(e, &first, "attributes");
@@ -810,11 +871,11 @@ static void enc_order(enc *e, int t) {
     collect_fixed(e, t, &order_schema, base, &u);
     oo_buf_addc(&e->out, '{');
 
-#define REQUIRED(slot, lit, call)                         \
-    KEY(e, &first, lit);                                  \
-    mark = path_pushlit(e, "." lit);                      \
-    if (lua_isnil(L, base + (slot))) problem(e, "is required"); \
-    else call;                                            \
+#define REQUIRED(slot, lit, call)                                                                  \
+    KEY(e, &first, lit);                                                                           \
+    mark = path_pushlit(e, "." lit);                                                               \
+    if (lua_isnil(L, base + (slot))) problem(e, "is required");                                    \
+    else call;                                                                                     \
     path_pop(e, mark)
 
     REQUIRED(O_REF, "refCode", enc_ident(e, base + O_REF));
@@ -864,7 +925,10 @@ static void enc_order(enc *e, int t) {
                 lua_pop(L, 1);
                 path_pop(e, m2);
                 if (line < 0 || __builtin_add_overflow(sum, line, &sum)) items_ok = 0;
-                if (e->out.len > MAX_BODY) { e->too_big = 1; break; }
+                if (e->out.len > MAX_BODY) {
+                    e->too_big = 1;
+                    break;
+                }
             }
             oo_buf_addc(&e->out, ']');
         }
@@ -891,13 +955,15 @@ static void enc_order(enc *e, int t) {
             mark = path_pushlit(e, ".subTotal");
             {
                 char msg[128];
-                snprintf(msg, sizeof msg, "subTotal %s differs from the items' sum of qty x price %s", a, b);
+                snprintf(msg, sizeof msg,
+                         "subTotal %s differs from the items' sum of qty x price %s", a, b);
                 warning(e, msg);
             }
             path_pop(e, mark);
         }
         expect = (have_subtotal ? subtotal : sum);
-        if (!__builtin_add_overflow(expect, have_shipping ? shipping : 0, &expect) && expect != total) {
+        if (!__builtin_add_overflow(expect, have_shipping ? shipping : 0, &expect) &&
+            expect != total) {
             char msg[160];
             fmt_amount(a, sizeof a, total, minor);
             fmt_amount(b, sizeof b, expect, minor);
@@ -1005,30 +1071,38 @@ static unsigned money_flags(lua_State *L, int idx) {
 static int push_money_error(lua_State *L, oo_money_status st, unsigned flags, const char *found) {
     oo_error err = {"validation", NULL, 0, NULL, 0, 0};
     switch (st) {
-    case OO_MONEY_NEGATIVE: lua_pushliteral(L, "must not be negative"); lua_pushliteral(L, "negative"); break;
+    case OO_MONEY_NEGATIVE:
+        lua_pushliteral(L, "must not be negative");
+        lua_pushliteral(L, "negative");
+        break;
     case OO_MONEY_TOO_LARGE:
         lua_pushliteral(L, "must be at most 1000000000000");
         lua_pushliteral(L, "too_large");
         break;
-    case OO_MONEY_NOT_FINITE: lua_pushliteral(L, "must be a finite number"); lua_pushliteral(L, "not_finite"); break;
+    case OO_MONEY_NOT_FINITE:
+        lua_pushliteral(L, "must be a finite number");
+        lua_pushliteral(L, "not_finite");
+        break;
     case OO_MONEY_OTHER_CURRENCY:
-        lua_pushfstring(L, "has the currency %s, which is not the order's currency", found ? found : "?");
+        lua_pushfstring(L, "has the currency %s, which is not the order's currency",
+                        found ? found : "?");
         lua_pushliteral(L, "other_currency");
         break;
     case OO_MONEY_GROUPING:
-        lua_pushstring(L, (flags & OO_MONEY_DECIMAL_COMMA)
-                              ? "must group thousands in threes with '.', blanks or ' and end with a decimal "
-                                "comma, like \"1.234,56\""
-                              : "must group thousands in threes with ',', blanks or ' and end with a decimal "
-                                "point, like \"1,234.56\"");
+        lua_pushstring(
+            L, (flags & OO_MONEY_DECIMAL_COMMA)
+                   ? "must group thousands in threes with '.', blanks or ' and end with a decimal "
+                     "comma, like \"1.234,56\""
+                   : "must group thousands in threes with ',', blanks or ' and end with a decimal "
+                     "point, like \"1,234.56\"");
         lua_pushliteral(L, "grouping");
         break;
     default:
         if (flags)
             lua_pushstring(L, (flags & OO_MONEY_DECIMAL_COMMA)
-                                  ? "must be an amount like \"12,50\" or \"1.234,56\"" : "must be an amount like \"12.50\" or \"1,234.56\"");
-        else
-            lua_pushliteral(L, "must be a number or a plain decimal string like \"12.50\"");
+                                  ? "must be an amount like \"12,50\" or \"1.234,56\""
+                                  : "must be an amount like \"12.50\" or \"1,234.56\"");
+        else lua_pushliteral(L, "must be a number or a plain decimal string like \"12.50\"");
         lua_pushliteral(L, "syntax");
     }
     /* the message (at -2) and the code (at -1) stay on the stack meanwhile */
@@ -1055,14 +1129,16 @@ static int l_money(lua_State *L) {
     oo_money_status st = OO_MONEY_SYNTAX;
     oo_buf b;
     found[0] = '\0';
-    for (i = 0; i < 3 && n == 3; i++) up[i] = (char)(code[i] >= 'a' && code[i] <= 'z' ? code[i] - 32 : code[i]);
+    for (i = 0; i < 3 && n == 3; i++)
+        up[i] = (char)(code[i] >= 'a' && code[i] <= 'z' ? code[i] - 32 : code[i]);
     if (n != 3 || (minor = oo_currency_minor(up)) < 0) {
         oo_error err = {"validation", "currency is not an ISO 4217 code", 0, "currency", 0, 0};
         return oo_push_error(L, &err);
     }
     if (lua_type(L, 1) == LUA_TNUMBER) {
 #if LUA_VERSION_NUM >= 503
-        if (lua_isinteger(L, 1)) st = oo_money_from_integer((long long)lua_tointeger(L, 1), minor, &amount);
+        if (lua_isinteger(L, 1))
+            st = oo_money_from_integer((long long)lua_tointeger(L, 1), minor, &amount);
         else
 #endif
             st = oo_money_from_double((double)lua_tonumber(L, 1), minor, &amount);
@@ -1090,7 +1166,8 @@ static int l_format_money(lua_State *L) {
     long long v;
     int minor = (int)luaL_checkinteger(L, 2);
     oo_buf b;
-    if (!oo_tointeger(L, 1, &v) || v < 0) return luaL_argerror(L, 1, "a non-negative integer expected");
+    if (!oo_tointeger(L, 1, &v) || v < 0)
+        return luaL_argerror(L, 1, "a non-negative integer expected");
     if (minor < 0 || minor > 4) return luaL_argerror(L, 2, "0..4 expected");
     oo_buf_init(&b);
     oo_money_emit(&b, v, minor);
@@ -1131,15 +1208,20 @@ static int l_ref_string(lua_State *L) {
     long long iv;
     char buf[32];
     lua_settop(L, 1);
-    if (lua_type(L, 1) != LUA_TTABLE) { lua_pushnil(L); return 1; }
+    if (lua_type(L, 1) != LUA_TTABLE) {
+        lua_pushnil(L);
+        return 1;
+    }
     lua_pushliteral(L, "order");
     lua_rawget(L, 1);
-    if (lua_type(L, -1) != LUA_TTABLE) { lua_pushnil(L); return 1; }
+    if (lua_type(L, -1) != LUA_TTABLE) {
+        lua_pushnil(L);
+        return 1;
+    }
     lua_pushliteral(L, "refCode");
     lua_rawget(L, -2);
     switch (lua_type(L, -1)) {
-    case LUA_TSTRING:
-        return 1;
+    case LUA_TSTRING: return 1;
     case LUA_TNUMBER:
         if (oo_tointeger(L, -1, &iv)) {
             snprintf(buf, sizeof buf, "%lld", iv);
@@ -1147,9 +1229,7 @@ static int l_ref_string(lua_State *L) {
             return 1;
         }
         /* fallthrough */
-    default:
-        lua_pushnil(L);
-        return 1;
+    default: lua_pushnil(L); return 1;
     }
 }
 
@@ -1175,9 +1255,19 @@ void oo_encode_register(lua_State *L) {
     lua_pushcfunction(L, l_order_time);
     lua_setfield(L, -2, "order_time");
     lua_createtable(L, 0, 12);
-#define CAP(name) lua_pushinteger(L, name); lua_setfield(L, -2, #name)
-    CAP(MAX_PROBLEMS); CAP(MAX_ITEMS); CAP(MAX_MAP); CAP(MAX_SEGMENTS); CAP(MAX_ID);
-    CAP(MAX_EMAIL); CAP(MAX_KEY); CAP(MAX_VALUE); CAP(MAX_QTY); CAP(MAX_BODY);
+#define CAP(name)                                                                                  \
+    lua_pushinteger(L, name);                                                                      \
+    lua_setfield(L, -2, #name)
+    CAP(MAX_PROBLEMS);
+    CAP(MAX_ITEMS);
+    CAP(MAX_MAP);
+    CAP(MAX_SEGMENTS);
+    CAP(MAX_ID);
+    CAP(MAX_EMAIL);
+    CAP(MAX_KEY);
+    CAP(MAX_VALUE);
+    CAP(MAX_QTY);
+    CAP(MAX_BODY);
 #undef CAP
     lua_setfield(L, -2, "limits");
 }

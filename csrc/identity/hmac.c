@@ -14,7 +14,10 @@ static int is_space(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r
 
 int oo_email_check(const char *s, size_t n, char *why, size_t cap) {
     size_t i, at = 0, ats = 0, bad;
-    if (n == 0) { snprintf(why, cap, "is empty"); return -1; }
+    if (n == 0) {
+        snprintf(why, cap, "is empty");
+        return -1;
+    }
     if (n > OO_EMAIL_MAX) {
         snprintf(why, cap, "is %zu bytes long, more than %d", n, OO_EMAIL_MAX);
         return -1;
@@ -33,10 +36,22 @@ int oo_email_check(const char *s, size_t n, char *why, size_t cap) {
             return -1;
         }
     }
-    if (ats == 0) { snprintf(why, cap, "has no @"); return -1; }
-    if (ats > 1) { snprintf(why, cap, "has more than one @"); return -1; }
-    if (at == 0) { snprintf(why, cap, "has nothing before the @"); return -1; }
-    if (at == n - 1) { snprintf(why, cap, "has nothing after the @"); return -1; }
+    if (ats == 0) {
+        snprintf(why, cap, "has no @");
+        return -1;
+    }
+    if (ats > 1) {
+        snprintf(why, cap, "has more than one @");
+        return -1;
+    }
+    if (at == 0) {
+        snprintf(why, cap, "has nothing before the @");
+        return -1;
+    }
+    if (at == n - 1) {
+        snprintf(why, cap, "has nothing after the @");
+        return -1;
+    }
     return 0;
 }
 
@@ -45,7 +60,10 @@ int oo_email_normalise(const char *s, size_t n, int flags, char *out, char *why,
     while (a < b && is_space((unsigned char)s[a])) a++;
     while (b > a && is_space((unsigned char)s[b - 1])) b--;
     m = b - a;
-    if (m == 0) { snprintf(why, cap, "is empty after trimming whitespace"); return -1; }
+    if (m == 0) {
+        snprintf(why, cap, "is empty after trimming whitespace");
+        return -1;
+    }
     if (m > OO_EMAIL_MAX) {
         snprintf(why, cap, "is %zu bytes long, more than %d", m, OO_EMAIL_MAX);
         return -1;
@@ -71,7 +89,8 @@ int oo_email_normalise(const char *s, size_t n, int flags, char *out, char *why,
     if (local == 0) {
         snprintf(why, cap, "has nothing before the @ once its %s removed",
                  (flags & OO_STRIP_PLUS_TAG) && (flags & OO_STRIP_DOTS) ? "+tag and dots are"
-                 : (flags & OO_STRIP_PLUS_TAG) ? "+tag is" : "dots are");
+                 : (flags & OO_STRIP_PLUS_TAG)                          ? "+tag is"
+                                                                        : "dots are");
         return -1;
     }
     memmove(out + local, out + at, m - at);
