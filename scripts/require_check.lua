@@ -160,7 +160,7 @@ local function requires_of(src)
   return found
 end
 
--- lua/optimizely/offline/cli/send.lua -> optimizely.offline.cli.send
+-- lua/optimizely/offline/cli/cmd/send.lua -> optimizely.offline.cli.cmd.send
 local function module_of(path)
   local rel = path:match("^lua/(.+)%.lua$")
   if not rel then return nil end

@@ -3,7 +3,8 @@
 local core = require("optimizely.offline.core")
 local offline = require("optimizely.offline")
 local sys = require("optimizely.offline.sys")
-local mapping = require("optimizely.offline.cli.mapping")
+local mapping = require("optimizely.offline.cli.cmd.mapping")
+local distinct = require("optimizely.offline.distinct")
 local LUA = require("support.interp")
 local q, read_file = sys.q, sys.read_file
 
@@ -262,7 +263,7 @@ describe("optimizely-offline mapping, interrupted", function()
   end)
 end)
 
-describe("mapping's external sort", function()
+describe("optimizely.offline.distinct (mapping's external sort)", function()
   it("returns each distinct string once, in byte order, whatever the run size", function()
     local dir = io.popen("mktemp -d"):read("*l")
     math.randomseed(os.time())
@@ -274,14 +275,33 @@ describe("mapping's external sort", function()
     end
     table.sort(want)
     for _, size in ipairs({ 1, 7, 100, 5000 }) do
-      local d = mapping.Distinct.new(dir, size)
-      for _, s in ipairs(input) do d:add(s) end
+      local d = distinct.new(dir, { run_size = size, fan_in = 2 + size % 3 })
+      for _, s in ipairs(input) do assert.is_true(d:add(s)) end
       local got = {}
       assert.are.equal(#want, d:each(function(s) got[#got + 1] = s end))
       assert.are.same(want, got)
       d:cleanup()
       assert.are.equal("", sys.capture("ls -A " .. q(dir)))
     end
+    os.execute("rm -rf " .. q(dir))
+  end)
+
+  it("returns nil, err when a run cannot be written, and lets an error of emit through", function()
+    local dir = io.popen("mktemp -d"):read("*l")
+    local d = distinct.new(dir .. "/missing", { run_size = 2 })
+    assert.is_true(d:add("a"))
+    local ok, err = d:add("b") -- the run is full: written to a directory that is not there
+    assert.is_nil(ok)
+    assert.equal("storage", err.kind)
+    assert.matches("cannot create a temporary file in " .. dir .. "/missing", err.message, 1, true)
+    d:cleanup()
+    local e = distinct.new(dir, { run_size = 1 })
+    assert.is_true(e:add("x"))
+    assert.is_true(e:add("y"))
+    assert.has_error(function() e:each(function() error("stop here", 0) end) end, "stop here")
+    e:cleanup()
+    assert.are.equal("", sys.capture("ls -A " .. q(dir)))
+    assert.has_error(function() distinct.new(dir, { run_size = 0 }) end)
     os.execute("rm -rf " .. q(dir))
   end)
 

@@ -239,7 +239,10 @@ function Batch:skip(it, res)
   s.skipped = s.skipped + 1
   self.skipped_by[res.reason] = (self.skipped_by[res.reason] or 0) + 1
   self:result_callback(it.i, res, nil)
-  self:emit("skipped", { index = it.i, ref = it.ref, reason = res.reason, at = res.at })
+  local ev = self.events
+  if ev.on_event or ev.logger then -- no table per skipped order when no one listens
+    self:emit("skipped", { index = it.i, ref = it.ref, reason = res.reason, at = res.at })
+  end
 end
 
 -- An order the ledger has another version (or the cancel) of: refused.
@@ -279,7 +282,10 @@ function Batch:answered()
   local sync = self.sync_answers
   self.sync_answers = nil
   if sync then return items, sync[1], sync[2] end
-  return items, self.engine:ledger_answers()
+  local answers, err = self.engine:ledger_answers()
+  -- the engine's failure in the ledger's shape (ledger.lua: an error object)
+  if not answers and not errors.is(err) then err = errors.new(err) end
+  return items, answers, err
 end
 
 -- Queues in `ahead` the orders the ledger reserved (asked last time),
@@ -294,20 +300,20 @@ function Batch:fill_ahead()
   if not answers then return self:ledger_failed(items, lerr) end
   self.admitted = true
   self:ask()
-  local decisions = self.gate:decide_all(items, answers, self.o)
-  local ahead = {}
-  for k, it in ipairs(items) do
-    local action, x = decisions[k][1], decisions[k][2]
+  local ahead, n = {}, 0
+  self.gate:decide_each(items, answers, self.o, function(k, action, x)
+    local it = items[k]
     if action == "post" or action == "amend" then
       it.amend = action == "amend" or nil
-      ahead[#ahead + 1] = it
+      n = n + 1
+      ahead[n] = it
     elseif action == "skip" then
       self:skip(it, x)
     else
       self:refuse_changed(it, x)
     end
-  end
-  self.ahead, self.ahead_at, self.ahead_n = ahead, 1, #ahead
+  end)
+  self.ahead, self.ahead_at, self.ahead_n = ahead, 1, n
 end
 
 -- The ledger failed: the orders read fail with its error, and the batch

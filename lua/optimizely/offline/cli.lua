@@ -25,7 +25,7 @@ M.EXIT_FAILURE = 1
 M.EXIT_USAGE = 2
 
 local function load_command(name)
-  local modname = "optimizely.offline.cli." .. name
+  local modname = "optimizely.offline.cli.cmd." .. name
   local ok, mod = pcall(require, modname)
   if ok then return mod end
   -- only "this command is not written yet" is skipped; real load errors surface

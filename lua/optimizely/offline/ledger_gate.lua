@@ -231,8 +231,17 @@ end
 -- @return the list
 function Gate:reserve_list(items, call)
   local forced = call and (call.force or call.amend) or nil
-  local list = {}
-  for i, it in ipairs(items) do list[i] = { body = it.body, channel = it.channel, force = forced } end
+  local list, n, chan = {}, #items, items[1] and items[1].channel
+  -- the usual batch (one channel, nothing forced): the bodies themselves,
+  -- no table per order (the scope names the channel)
+  local plain = not forced
+  for i = 1, n do
+    local it = items[i]
+    if it.channel ~= chan then plain = false end
+    list[i] = it.body
+  end
+  if plain then return list end
+  for i = 1, n do list[i] = { body = items[i].body, channel = items[i].channel, force = forced } end
   return list
 end
 
@@ -243,20 +252,37 @@ end
 -- @param call `{force =, amend =}` or nil
 -- @return a list of `{action, res_or_err}` beside `items`
 function Gate:decide_all(items, answers, call)
+  local out = {}
+  self:decide_each(items, answers, call, function(i, action, x) out[i] = { action, x } end)
+  return out
+end
+
+--- Decides each item by its answer (`M.decide`), calling
+-- `fn(i, action, res_or_err)` in order, and gives back the reservations of
+-- those skipped after all (an amend of the same bytes). No table per
+-- order: the path every batch of `send_batch` takes.
+-- @param items `{{body =, channel =, ref =}, ...}`
+-- @param answers the answers of `reserve` beside them
+-- @param call `{force =, amend =}` or nil
+-- @param fn called with (i, action, res_or_err)
+function Gate:decide_each(items, answers, call, fn)
   call = call or {}
-  local out, back = {}, nil
-  for i, ans in ipairs(answers) do
-    local it = items[i]
-    local action, x = M.decide(ans, call, it.channel, it.ref)
-    if x and x.release then
-      x.release = nil
-      back = back or {}
-      back[#back + 1] = { body = it.body, channel = it.channel }
+  local back = nil
+  for i = 1, #answers do
+    local ans, it = answers[i], items[i]
+    if ans.state == "reserved" then -- the common case: ours to send
+      fn(i, "post")
+    else
+      local action, x = M.decide(ans, call, it.channel, it.ref)
+      if x and x.release then
+        x.release = nil
+        back = back or {}
+        back[#back + 1] = { body = it.body, channel = it.channel }
+      end
+      fn(i, action, x)
     end
-    out[i] = { action, x }
   end
   if back then self:release(back) end
-  return out
 end
 
 --- Gives reservations back (orders not sent after all: stopped,

@@ -7,7 +7,7 @@
 --
 -- Exit codes: 0 done, 1 runtime failure (nginx did not start, not running
 -- for `status`), 2 usage or configuration error. See doc/topics/sandbox.md.
--- @module optimizely.offline.cli.sandbox
+-- @module optimizely.offline.cli.cmd.sandbox
 local sandbox = require("optimizely.offline.sandbox")
 local core = require("optimizely.offline.core")
 

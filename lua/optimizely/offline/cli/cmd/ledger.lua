@@ -22,7 +22,7 @@
 -- Exit codes: 0 done, 1 `show` found nothing, 2 a usage error or a ledger
 -- that cannot be used (missing, foreign, damaged, busy, unreadable: the
 -- message names the file).
--- @module optimizely.offline.cli.ledger
+-- @module optimizely.offline.cli.cmd.ledger
 local common = require("optimizely.offline.cli.common")
 local core = require("optimizely.offline.core")
 local ledger = require("optimizely.offline.ledger")

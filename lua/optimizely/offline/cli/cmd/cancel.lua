@@ -2,7 +2,7 @@
 -- (DELETE on the cancel path, one request per ref, with the client's
 -- retries). One result line per ref on stdout; exit 1 if any failed.
 -- `-` reads refs from standard input, one per line.
--- @module optimizely.offline.cli.cancel
+-- @module optimizely.offline.cli.cmd.cancel
 local common = require("optimizely.offline.cli.common")
 local config = require("optimizely.offline.cli.config")
 

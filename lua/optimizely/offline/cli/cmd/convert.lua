@@ -5,12 +5,12 @@
 -- `{"channel":…,"payload":…}`, so `send` posts it on that channel. Invalid
 -- orders are reported and left out. The output file (`-o`) is private
 -- (0600) and appears only when complete; it can never be one of the inputs.
--- @module optimizely.offline.cli.convert
+-- @module optimizely.offline.cli.cmd.convert
 local core = require("optimizely.offline.core")
 local offline = require("optimizely.offline")
 local common = require("optimizely.offline.cli.common")
 local records = require("optimizely.offline.cli.records")
-local validate = require("optimizely.offline.cli.validate")
+local validate = require("optimizely.offline.cli.cmd.validate")
 
 local M = {}
 

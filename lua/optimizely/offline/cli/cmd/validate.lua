@@ -5,7 +5,7 @@
 -- The loop it shares with `convert` is the `Check` object: records in,
 -- failures counted, printed (the first MAX_PRINTED; all with -v; with -q
 -- too: they are the errors), grouped and written to the rejects file.
--- @module optimizely.offline.cli.validate
+-- @module optimizely.offline.cli.cmd.validate
 local core = require("optimizely.offline.core")
 local offline = require("optimizely.offline")
 local common = require("optimizely.offline.cli.common")

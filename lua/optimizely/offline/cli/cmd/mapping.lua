@@ -11,14 +11,15 @@
 -- Memory stays bounded however many customers: distinct addresses are
 -- gathered in runs of `RUN_SIZE`, each sorted and written to a private
 -- temporary file (0600, removed at the end, also on failure or Ctrl-C),
--- then merged (an external sort), so only one run and one line per run
+-- then merged (an external sort: optimizely.offline.distinct), so only one run and one line per run
 -- file are in memory. The output is written to a temporary file renamed
 -- into place when complete (0600); `-o` naming an input is refused.
 -- Guide: doc/topics/pseudonymisation.md.
--- @module optimizely.offline.cli.mapping
+-- @module optimizely.offline.cli.cmd.mapping
 local common = require("optimizely.offline.cli.common")
-local validate_cmd = require("optimizely.offline.cli.validate")
+local validate_cmd = require("optimizely.offline.cli.cmd.validate")
 local files = require("optimizely.offline.files")
+local distinct = require("optimizely.offline.distinct")
 local core = require("optimizely.offline.core")
 local config = require("optimizely.offline.cli.config")
 local records = require("optimizely.offline.cli.records")
@@ -27,10 +28,9 @@ local pseudonymise = require("optimizely.offline.cli.pseudonymise")
 
 local M = {}
 
---- Distinct addresses held in memory before a run is sorted to disk.
-M.RUN_SIZE = 50000
---- Run files merged at once (more runs merge in several passes).
-M.FAN_IN = 16
+--- Distinct addresses held in memory before a run is sorted to disk
+-- (optimizely.offline.distinct sorts them).
+M.RUN_SIZE = distinct.RUN_SIZE
 
 local config_error = common.config_error
 
@@ -69,147 +69,10 @@ local function dirname(path)
   return path:match("^(.*)/[^/]*$") or "."
 end
 
--- A new private file (0600, O_EXCL|O_NOFOLLOW) in dir with an unguessable name.
-local function temp_file(dir)
-  local last
-  for _ = 1, 20 do
-    local path = ("%s/.optimizely-mapping-%d%06d%06d.tmp"):format(dir, os.time() % 100000,
-      math.random(0, 999999), math.random(0, 999999))
-    local fh, e = files.create_new(path)
-    if fh then return fh, path end
-    last = e
-  end
-  run_error("cannot create a temporary file in " .. dir .. ": " .. tostring(last))
-end
-
 -- The result of an I/O call (ok, err), or a RunError saying `what` failed.
 local function must(what, ok, e)
   if not ok then run_error(what .. ": " .. tostring(e)) end
   return ok
-end
-
--- ---------------------------------------------------------- external sort
-
--- Distinct strings (no line breaks), given in any order, read back sorted
--- by bytes and each once, in bounded memory.
-local Distinct = {}
-Distinct.__index = Distinct
-
---- An external sort of distinct strings (`M.Distinct`; the e-mail
--- addresses of `mapping`): strings (no line breaks) are added in any order
--- and read back with `each`, sorted by their bytes, each once, with at
--- most `run_size` of them in memory; the rest wait in sorted runs on disk.
--- A temporary file that cannot be written raises the command's run error
--- (exit 1).
--- @param dir the directory for the run files (private, 0600; `cleanup`
---   removes them)
--- @param run_size distinct strings held in memory before a run is written
---   (`M.RUN_SIZE` in the command)
--- @return the sorter
-function Distinct.new(dir, run_size)
-  return setmetatable({ dir = dir, run_size = run_size, set = {}, n = 0, runs = {}, count = 0 },
-    Distinct)
-end
-
---- Adds a string (again: ignored while it is in the current run; a string
--- already on disk is dropped when the runs are merged). Writes the run
--- out when it reaches `run_size`.
--- @param s the string (no line break)
-function Distinct:add(s)
-  if self.set[s] then return end
-  self.set[s] = true
-  self.n = self.n + 1
-  if self.n >= self.run_size then self:spill() end
-end
-
-local function sorted_keys(set)
-  local list, n = {}, 0
-  for k in next, set do n = n + 1; list[n] = k end
-  table.sort(list)
-  return list, n
-end
-
---- Writes the current run, sorted, to a new temporary file and starts an
--- empty one (a step of `add` and `each`).
--- @local
-function Distinct:spill()
-  if self.n == 0 then return end
-  local list, n = sorted_keys(self.set)
-  self.set, self.n = {}, 0
-  local fh, path = temp_file(self.dir)
-  self.runs[#self.runs + 1] = path
-  local what = "cannot write " .. path
-  for i = 1, n do must(what, fh:write(list[i], "\n")) end
-  must(what, fh:close())
-end
-
--- Merges the sorted files `paths` (each line once overall) into emit(line).
-local function merge(paths, emit)
-  local fhs, heads, heap = {}, {}, {}
-  local function less(a, b) return heads[heap[a]] < heads[heap[b]] end
-  local function swap(a, b) heap[a], heap[b] = heap[b], heap[a] end
-  local function down(i)
-    local n = #heap
-    while true do
-      local l, r, m = 2 * i, 2 * i + 1, i
-      if l <= n and less(l, m) then m = l end
-      if r <= n and less(r, m) then m = r end
-      if m == i then return end
-      swap(i, m)
-      i = m
-    end
-  end
-  for i, p in ipairs(paths) do
-    fhs[i] = must("cannot read back " .. p, io.open(p, "rb"))
-    heads[i] = fhs[i]:read("*l")
-    if heads[i] then heap[#heap + 1] = i end
-  end
-  for i = math.floor(#heap / 2), 1, -1 do down(i) end
-  local last
-  while #heap > 0 do
-    local f = heap[1]
-    local line = heads[f]
-    if line ~= last then emit(line); last = line end
-    heads[f] = fhs[f]:read("*l")
-    if not heads[f] then
-      heap[1] = heap[#heap]
-      heap[#heap] = nil
-    end
-    if #heap > 0 then down(1) end
-  end
-  for _, fh in ipairs(fhs) do fh:close() end
-end
-
---- Calls emit(s) for each distinct string in byte order; returns the count.
-function Distinct:each(emit)
-  local count = 0
-  local function counted(s) count = count + 1; emit(s) end
-  if #self.runs == 0 then
-    local list, n = sorted_keys(self.set)
-    self.set, self.n = {}, 0
-    for i = 1, n do counted(list[i]) end
-    return count
-  end
-  self:spill()
-  local runs = self.runs
-  while #runs > M.FAN_IN do -- merge passes until one pass can take them all
-    local group = {}
-    for i = 1, M.FAN_IN do group[i] = table.remove(runs, 1) end
-    local fh, path = temp_file(self.dir)
-    runs[#runs + 1] = path
-    local what = "cannot write " .. path
-    merge(group, function(s) must(what, fh:write(s, "\n")) end)
-    must(what, fh:close())
-    for _, p in ipairs(group) do os.remove(p) end
-  end
-  merge(runs, counted)
-  return count
-end
-
---- Removes every temporary file left.
-function Distinct:cleanup()
-  for _, p in ipairs(self.runs) do os.remove(p) end
-  self.runs, self.set = {}, {}
 end
 
 -- ------------------------------------------------------------------- run
@@ -236,11 +99,11 @@ function Mapping.new(args, out, err, getenv)
   self.p = pseudonymise.build(args, getenv)
   self.transform = common.load_transform(args.transform)
   local dir = args.tmpdir or (self.to_file and dirname(args.output)) or getenv("TMPDIR") or "/tmp"
-  local ok, fh, path = pcall(temp_file, dir) -- fail now, not after reading gigabytes
-  if not ok then config_error(fh.message or tostring(fh)) end
+  local fh, path = distinct.temp_file(dir) -- fail now, not after reading gigabytes
+  if not fh then config_error(path.message) end
   fh:close()
   os.remove(path)
-  self.distinct = Distinct.new(dir, common.int_option(args.run_size, "run-size", 1) or M.RUN_SIZE)
+  self.distinct = distinct.new(dir, { run_size = common.int_option(args.run_size, "run-size", 1) or M.RUN_SIZE })
   self.clock = core.now or os.clock
   return self
 end
@@ -266,7 +129,11 @@ function Mapping:take(item)
   end
   self.read = self.read + 1
   local norm, why = core.email_normalise(user.email)
-  if norm then return self.distinct:add(norm) end
+  if norm then
+    local ok, e = self.distinct:add(norm)
+    if not ok then run_error(e.message) end
+    return
+  end
   self.invalid = self.invalid + 1
   self:report(item, { problems = { { path = "user.email", message = why.message } } })
 end
@@ -296,12 +163,13 @@ function Mapping:write()
   local p = self.p
   local what = "cannot write " .. (self.to_file and self.args.output or "standard output")
   must(what, dest:write("email,id\n"))
-  self.distinct:each(function(email)
+  local n, e = self.distinct:each(function(email)
     local id = assert(p:id(email)) -- normalised and checked already
     must(what, dest:write(csv_field(email), ",", id, "\n"))
     self.written = self.written + 1
     if self.written % 4096 == 0 then bar:update(self.written, 0) end
   end)
+  if not n then run_error(e.message) end
   bar:finish()
   if writer then
     must(what, writer:commit())
@@ -357,5 +225,4 @@ function M.run(args, out, err, getenv)
   end)
 end
 
-M.Distinct = Distinct
 return M

@@ -3,7 +3,7 @@
 -- `pending` shows what waits without personal data; `send` delivers it all
 -- now (optimizely.offline.cli.drain); `purge --email|--user-id` removes one
 -- customer's undelivered orders (an erasure request).
--- @module optimizely.offline.cli.spool
+-- @module optimizely.offline.cli.cmd.spool
 local common = require("optimizely.offline.cli.common")
 local drain = require("optimizely.offline.cli.drain")
 local report = require("optimizely.offline.cli.report")

@@ -25,7 +25,7 @@
 -- at the next Lua instruction, with no grace. Then the rest of the input
 -- is read again from the last record accounted for, so nothing is left
 -- unaccounted.
--- @module optimizely.offline.cli.send
+-- @module optimizely.offline.cli.cmd.send
 local core = require("optimizely.offline.core")
 local offline = require("optimizely.offline")
 local common = require("optimizely.offline.cli.common")
