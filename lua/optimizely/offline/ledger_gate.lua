@@ -264,14 +264,21 @@ end
 -- @param items `{{body =, channel =, ref =}, ...}`
 -- @param answers the answers of `reserve` beside them
 -- @param call `{force =, amend =}` or nil
--- @param fn called with (i, action, res_or_err)
-function Gate:decide_each(items, answers, call, fn)
+-- @param fn called with (i, action, res_or_err, answer)
+-- @param bare an order plainly sent before (the same bytes, not cancelled,
+--   not forced) gets no result table: `fn(i, "skip", nil, answer)` (a run
+--   again on a sent file skips every order: the caller builds a result
+--   only if someone asks for one)
+function Gate:decide_each(items, answers, call, fn, bare)
   call = call or {}
   local back = nil
   for i = 1, #answers do
     local ans, it = answers[i], items[i]
-    if ans.state == "reserved" then -- the common case: ours to send
+    local state = ans.state
+    if state == "reserved" then -- the common case: ours to send
       fn(i, "post")
+    elseif bare and state == "same" and not ans.reserved and ans.outcome ~= "cancelled" then
+      fn(i, "skip", nil, ans) -- already sent (M.decide's "already_sent")
     else
       local action, x = M.decide(ans, call, it.channel, it.ref)
       if x and x.release then
