@@ -713,7 +713,8 @@ end
 --   "busy": orders it could not look up failed with it, and nothing more
 --   was read; or, at the end, orders delivered but not recorded).
 --   Or nil, err when the ledger is unusable before anything is sent (kind
---   "storage", "busy" or "foreign", naming the file): nothing was sent.
+--   "storage" naming the file, code "foreign" for a file that is not a ledger; or "busy"):
+--   nothing was sent.
 function M.run(st, source, o)
   if o ~= nil and type(o) ~= "table" then error("send_batch: opts must be a table, got " .. type(o), 3) end
   o = M.schema:check(o, 3)

@@ -331,21 +331,21 @@ function M.outcome(action, x, counts, ev)
   return nil, x
 end
 
---- The error of an unusable ledger as a delivery path returns it: the
--- ledger's own (kind "storage", "busy" or "foreign", naming the file),
--- with `attempts = 0` (nothing was sent).
+--- The error of an unusable ledger as a delivery path returns it: kind
+-- `"storage"` naming the file (a file that is not a ledger: `code =
+-- "foreign"`, as `ledger.open`'s kind), or `"busy"` (retryable: another
+-- process held the lock past `busy_timeout`), with `attempts = 0` (nothing
+-- was sent).
 -- @param err the ledger's error
 -- @return err
 function M.unusable(err)
-  if errors.is(err) then
-    err.attempts = 0
-    return err
+  if type(err) ~= "table" then
+    return errors.new({ kind = "storage", attempts = 0, message = "ledger: " .. tostring(err) })
   end
-  if type(err) == "table" then -- the C core's {kind, message, ...} (core.h: oo_push_error)
-    err.kind, err.attempts = err.kind or "storage", 0
-    return errors.new(err)
-  end
-  return errors.new({ kind = "storage", attempts = 0, message = "ledger: " .. tostring(err) })
+  if err.kind == "foreign" then err.kind, err.code = "storage", err.code or "foreign" end
+  err.kind, err.attempts = err.kind or "storage", 0
+  if errors.is(err) then return err end
+  return errors.new(err) -- the C core's {kind, message, ...} (core.h: oo_push_error)
 end
 
 M.Gate = Gate
