@@ -6,6 +6,7 @@
 #include "l_sched.h"
 #include "clock.h"
 #include "core.h"
+#include "spool.h" /* oo_spool_push_err: a ledger failure in the one error shape */
 
 #include <stdio.h>
 #include <stdlib.h>
