@@ -165,8 +165,8 @@ for r = 1, RUNS do
     error(("the second send was not a run with nothing to send: read %s, sent %s, skipped %s"):format(
       tostring(rep.read), tostring(rep.sent), tostring(rep.skipped)))
   end
-  io.write(("run %d: validate %.2f s (CPU %.2f s, %.1f MiB), send again %.2f s (CPU %.2f s, %.1f MiB): %d already sent\n")
-    :format(r, vs, vc, vr, ss, sc, sr, rep.skipped))
+  io.write(("run %d: validate %.2f s (CPU %.2f s, %.1f MiB), send again %.2f s (CPU %.2f s, %.1f MiB): "
+    .. "%d already sent\n"):format(r, vs, vc, vr, ss, sc, sr, rep.skipped))
   if vs < best.validate[1] then best.validate = { vs, vr } end
   if ss < best.send[1] then best.send = { ss, sr } end
   best.validate[2] = math.max(best.validate[2], vr)

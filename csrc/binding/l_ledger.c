@@ -304,7 +304,8 @@ int oo_ledger_answers_push_short(lua_State *L, const oo_ledger_item *items, size
         const oo_ledger_item *it = &items[i];
         if (it->state == OO_LEDGER_RESERVED) {
             lua_pushboolean(L, 1);
-        } else if (it->state == OO_LEDGER_SAME && !it->reserved && it->prev_outcome == OO_LEDGER_SENT) {
+        } else if (it->state == OO_LEDGER_SAME && !it->reserved &&
+                   it->prev_outcome == OO_LEDGER_SENT) {
             lua_pushinteger(L, (lua_Integer)it->prev_at);
         } else {
             oo_ledger_answers_push(L, it, 1);
