@@ -206,8 +206,13 @@ function Batch:prepare()
   local i = self.index + 1
   self.index = i
   self.summary.read = i
-  local ch, cerr = context.channel_of(self.st, channel or self.o.channel)
-  if not ch then return i, false, cerr, false end
+  local ch = channel == nil and self.default_ch or nil
+  if not ch then
+    local cerr
+    ch, cerr = context.channel_of(self.st, channel or self.o.channel)
+    if not ch then return i, false, cerr, false end
+    if channel == nil then self.default_ch = ch end -- the same for every order naming none
+  end
   local json, w = context.prepare(self.st, payload, self.pseudonym)
   if not json then return i, false, w, true end
   return i, json, ch, w[1] and w or nil, payload
