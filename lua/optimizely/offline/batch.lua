@@ -203,6 +203,31 @@ function Batch:prepare()
     self.exhausted = true
     return nil
   end
+  return self:prepare_one(payload, channel)
+end
+
+-- Up to `max` payloads and channels from the source into `pay`, `chan`
+-- (one protected call for all of them). Returns how many, and true when
+-- the source ended (or failed: as `pull`, the batch then ends early).
+local function read_source(next_item, pay, chan, max)
+  for n = 1, max do
+    local p, c = next_item()
+    if p == nil then return n - 1, true end
+    pay[n], chan[n] = p, c
+  end
+  return max, false
+end
+
+function Batch:pull_many(pay, chan, max)
+  local ok, n, ended = pcall(read_source, self.next_item, pay, chan, max)
+  if ok then return n, ended end
+  if is_interrupt(n) then error(n, 0) end
+  self.summary.error = "send_batch: the source raised an error: " .. tostring(n)
+  return #pay, true
+end
+
+-- One payload read, prepared (see `prepare`).
+function Batch:prepare_one(payload, channel)
   local i = self.index + 1
   self.index = i
   self.summary.read = i
@@ -284,6 +309,36 @@ function Batch:skip(i, res, at, channel, ref)
   end
 end
 
+-- Orders sent before (`idx`, sent at `at`), counted and told to
+-- `on_skipped` when no one else listens: one protected call for them all
+-- (an error in it is a callback error, and the next is told).
+function Batch:skip_many(idx, at, n)
+  local s, fn, k = self.summary, self.o.on_skipped, 0
+  local function tell()
+    while k < n do
+      k = k + 1
+      fn(idx[k], "already_sent", at[k])
+    end
+  end
+  while k < n do
+    local ok, err = pcall(tell)
+    if not ok then
+      if is_interrupt(err) then
+        self:count_skipped(k) -- those after it were not told: not counted
+        error(err, 0)
+      end
+      s.callback_errors[#s.callback_errors + 1] = { index = idx[k], message = tostring(err) }
+    end
+  end
+  self:count_skipped(n)
+end
+
+function Batch:count_skipped(n)
+  local s, by = self.summary, self.skipped_by
+  s.skipped = s.skipped + n
+  by.already_sent = (by.already_sent or 0) + n
+end
+
 -- An order the ledger has another version (or the cancel) of: refused.
 function Batch:refuse_changed(it, err)
   self.summary.changed = self.summary.changed + 1
@@ -318,10 +373,15 @@ end
 -- `answered`), or here when there is no such thread. The usual request
 -- (one channel, nothing forced) is the bodies themselves.
 function Batch:ask()
+  if self.exhausted then return end
   local a, n, one = new_asked(), 0, nil
   local ai, abody, ach, aw, apay = a.i, a.body, a.ch, a.w, a.payload
-  while n < AHEAD and not self.exhausted do
-    local i, json, ch, w, payload = self:prepare()
+  local pay, chan = {}, {}
+  local got, ended = self:pull_many(pay, chan, AHEAD)
+  if ended then self.exhausted = true end
+  for j = 1, got do
+    local payload = pay[j]
+    local i, json, ch, w = self:prepare_one(payload, chan[j])
     if json then
       n = n + 1
       ai[n], abody[n], ach[n], apay[n] = i, json, ch, payload
@@ -378,18 +438,28 @@ function Batch:fill_ahead()
   self:ask()
   local ahead, n = {}, 0
   local ai, apay, channels = a.i, a.payload, self.st.channels
+  -- orders sent before, told together when only on_skipped listens
+  local ev = self.events
+  local quick = self.o.on_skipped and not (ev.on_event or ev.logger)
+  local si, sat, ns = quick and {}, quick and {}, 0
   for k = 1, a.n do
     local ans = answers[k]
     if ans == true then
       n = n + 1
       ahead[n] = self:item_of(a, k)
     elseif type(ans) == "number" then
-      self:skip(ai[k], nil, ans, channels[a.ch[k]].name, apay[k])
+      if quick then
+        ns = ns + 1
+        si[ns], sat[ns] = ai[k], ans
+      else
+        self:skip(ai[k], nil, ans, channels[a.ch[k]].name, apay[k])
+      end
     else
       n = self:decide(self:item_of(a, k), ans, ahead, n)
     end
   end
   self.ahead, self.ahead_at, self.ahead_n = ahead, 1, n
+  if ns > 0 then self:skip_many(si, sat, ns) end
 end
 
 -- One order the ledger answered in full (forced, in flight elsewhere,
