@@ -439,19 +439,6 @@ function Send:on_result(i, res, e)
   self:warn(item, res.warnings, true)
 end
 
---- The batch's `on_skipped`: one order the ledger skipped (already
--- sent, or in flight elsewhere), counted.
--- @local
-function Send:skipped_callback()
-  local inflight, led = self.inflight, self.led
-  return function(i, reason, at)
-    local item = inflight[i]
-    if not item then return end
-    inflight[i] = nil
-    led:skipped(item, reason, at)
-  end
-end
-
 --- The batch's progress callback: retries and the bar; after a signal,
 -- the end of the grace period (the interrupt is raised here).
 -- @local
@@ -474,7 +461,7 @@ function Send:run_batch()
   local o = self.led:batch_options()
   o.concurrency, o.rate, o.on_interrupt = self.concurrency, self.rate, "return"
   o.on_result = function(i, res, e) self:on_result(i, res, e) end
-  o.on_skipped = self:skipped_callback()
+  o.on_skipped = self.led:on_skipped(self.inflight) -- already sent, or in flight elsewhere: counted
   o.progress = function(s) self:on_progress(s) end
   -- after a signal nothing new starts; those in flight get --grace
   o.halt = function() return self.grace:stopping() end
