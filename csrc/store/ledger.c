@@ -549,6 +549,7 @@ const char *oo_ledger_path(const oo_ledger *l) {
 }
 const char *oo_ledger_owner(const oo_ledger *l) { return l->owner; }
 int oo_ledger_in_spool(const oo_ledger *l) { return l->spool != NULL; }
+const char *oo_ledger_store_key(const oo_ledger *l) { return l->store_key; }
 
 /* ------------------------------------------------------------------ */
 /* check / reserve / record / release                                  */
@@ -567,13 +568,14 @@ typedef struct batch {
 enum { B_CHECK, B_RESERVE, B_RECORD, B_RELEASE };
 
 /* Item i's key: its scope id (0: not in the ledger yet) and refCode, and
- * its entry when it has a body (e->own set: free it). */
+ * its entry when it has a body (parsed here unless the caller gave it:
+ * `borrowed`; else free it). */
 typedef struct item_key {
     long long scope;
     const char *ref;
     size_t ref_len;
     oo_ledger_entry e;
-    int has_entry;
+    int has_entry, borrowed;
 } item_key;
 
 static int key_of(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b, size_t i, item_key *k,
@@ -584,7 +586,10 @@ static int key_of(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b, siz
     size_t chan_len = it->channel ? it->channel_len : b->chan_len;
     int rc;
     memset(k, 0, sizeof *k);
-    if (it->body) {
+    if (it->entry) {
+        k->e = *it->entry;
+        k->has_entry = k->borrowed = 1;
+    } else if (it->body) {
         if (oo_ledger_entry_from_body(it->body, it->body_len, l->store_key, &k->e, why,
                                       sizeof why) != 0)
             return oo_sql_err(err, OO_SPOOL_MISUSE, 0, NULL, "ledger: list[%zu].body: %s", i + 1,
@@ -742,7 +747,7 @@ static int batch_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx
         code = key_of(l, c, st, b, i, &k, err);
         if (code == OO_SPOOL_OK && (rc = batch_item(l, c, st, b, i, &k)) != SQLITE_OK)
             code = oo_sql_fail(c, err, rc);
-        if (k.has_entry) oo_ledger_entry_free(&k.e);
+        if (k.has_entry && !k.borrowed) oo_ledger_entry_free(&k.e);
     }
     if (code == OO_SPOOL_OK && b->action == B_RECORD &&
         (rc = maybe_prune(c, st, l->opts.keep_days, &l->since_prune, (long long)b->n, b->now)) !=
