@@ -363,6 +363,38 @@ describe("ledger lookups", function()
     l:close()
   end)
 
+  it("a large record (rows written many at a time) keeps each item's rule, in order", function()
+    local l, path = open()
+    local other = open(path)
+    local list, n = {}, 75
+    assert(l:record(SCOPE, { body(1), body(2) }, { outcome = "sent", now = T0 }))
+    local reserved = {}
+    for i = 3, n do reserved[#reserved + 1] = body(i) end
+    assert(l:reserve(SCOPE, reserved, { now = T0 }))
+    for i = 1, n do
+      -- dead never replaces R1/R2's acknowledged rows; R40 is cancelled
+      -- (without a body) after its own sent row in the same call
+      list[#list + 1] = { body = body(i), outcome = (i <= 2 or i % 10 == 0) and "dead" or "warned" }
+      if i == 40 then list[#list + 1] = { ref = "R40", outcome = "cancelled" } end
+    end
+    list[#list + 1] = { ref = "R99", outcome = "cancelled" } -- last, after the rows waiting
+    assert(l:record(SCOPE, list, { now = T0 + 5 }))
+    for i = 1, n do
+      local want = i <= 2 and "sent" or i == 40 and "cancelled" or i % 10 == 0 and "dead" or "warned"
+      local rows = l:show("R" .. i)
+      assert.equal(1, #rows, "R" .. i) -- the reservation went with the record
+      assert.equal(want, rows[1].outcome, "R" .. i)
+      assert.equal(ledger.fingerprint(body(i)), rows[1].fingerprint, "R" .. i)
+      assert.equal("Bluewater", rows[1].store)
+      assert.equal(i <= 2 and T0 or T0 + 5, rows[1].at)
+    end
+    assert.equal("cancelled", l:show("R99")[1].outcome)
+    -- nothing is in flight for another handle any more
+    assert.equal("unknown", other:check(SCOPE, nil, body(30)).state)
+    l:close()
+    other:close()
+  end)
+
   it("show lists a refCode across scopes, with the reservations in flight", function()
     local l = open()
     assert(l:record(SCOPE, { { body = body(1), outcome = "sent" } }, { now = T0 }))
