@@ -63,8 +63,11 @@ typedef char stmt_count_fits[L_COUNT <= OO_LEDGER_STMT_COUNT ? 1 : -1];
 #define P8 "(?,?,?,?,?,?,?,?)"
 #define P8x4 P8 "," P8 "," P8 "," P8
 #define P8x16 P8x4 "," P8x4 "," P8x4 "," P8x4
-#define P2x4 "(?,?),(?,?),(?,?),(?,?)"
-#define P2x16 P2x4 "," P2x4 "," P2x4 "," P2x4
+/* (scope, ref) IN (VALUES ...) would scan the table: an OR of keys is
+ * searched by the primary key, one probe per key */
+#define K1 "(scope = ? AND ref = ?)"
+#define K4 K1 " OR " K1 " OR " K1 " OR " K1
+#define K16 K4 " OR " K4 " OR " K4 " OR " K4
 #define UPSERT_SET                                                                                 \
     " ON CONFLICT (scope, ref) DO UPDATE SET"                                                      \
     " fp = excluded.fp, outcome = excluded.outcome, at = excluded.at,"                             \
@@ -120,8 +123,7 @@ static const char *const SQL[L_COUNT] = {
     /* L_UPSERT and L_PENDING_DROP for MANY rows */
     [L_UPSERT_MANY] = "INSERT INTO ledger(scope, ref, fp, outcome, at, order_at, label, total)"
                       " VALUES " P8x16 "," P8x16 UPSERT_SET,
-    [L_PENDING_DROP_MANY] =
-        "DELETE FROM ledger_pending WHERE (scope, ref) IN (VALUES " P2x16 "," P2x16 ")",
+    [L_PENDING_DROP_MANY] = "DELETE FROM ledger_pending WHERE " K16 " OR " K16,
 };
 
 #define lexec(c, st, i, ...) oo_sql_exec((c), (st), SQL, (i), __VA_ARGS__)
