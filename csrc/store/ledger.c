@@ -53,8 +53,6 @@ enum {
     L_SPOOLED,
     L_UPSERT_MANY,
     L_PENDING_DROP_MANY,
-    L_GET_MANY,
-    L_PENDING_TAKE_MANY,
     L_COUNT
 };
 typedef char stmt_count_fits[L_COUNT <= OO_LEDGER_STMT_COUNT ? 1 : -1];
@@ -70,9 +68,6 @@ typedef char stmt_count_fits[L_COUNT <= OO_LEDGER_STMT_COUNT ? 1 : -1];
 #define K1 "(scope = ? AND ref = ?)"
 #define K4 K1 " OR " K1 " OR " K1 " OR " K1
 #define K16 K4 " OR " K4 " OR " K4 " OR " K4
-#define P4 "(?,?,?,?)"
-#define P4x4 P4 "," P4 "," P4 "," P4
-#define P4x16 P4x4 "," P4x4 "," P4x4 "," P4x4
 #define UPSERT_SET                                                                                 \
     " ON CONFLICT (scope, ref) DO UPDATE SET"                                                      \
     " fp = excluded.fp, outcome = excluded.outcome, at = excluded.at,"                             \
@@ -129,13 +124,6 @@ static const char *const SQL[L_COUNT] = {
     [L_UPSERT_MANY] = "INSERT INTO ledger(scope, ref, fp, outcome, at, order_at, label, total)"
                       " VALUES " P8x16 "," P8x16 UPSERT_SET,
     [L_PENDING_DROP_MANY] = "DELETE FROM ledger_pending WHERE " K16 " OR " K16,
-    /* L_GET and L_PENDING_TAKE for MANY keys (distinct): the rows there
-     * are, the reservations taken */
-    [L_GET_MANY] = "SELECT fp, outcome, at, scope, ref FROM ledger WHERE " K16 " OR " K16,
-    [L_PENDING_TAKE_MANY] = "INSERT INTO ledger_pending(scope, ref, owner, until) VALUES " P4x16
-                            "," P4x16 " ON CONFLICT (scope, ref) DO UPDATE SET"
-                            " owner = excluded.owner, until = excluded.until"
-                            " WHERE ledger_pending.until <= ? RETURNING scope, ref",
 };
 
 #define lexec(c, st, i, ...) oo_sql_exec((c), (st), SQL, (i), __VA_ARGS__)
@@ -637,36 +625,27 @@ static int key_of(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b, siz
     return rc == SQLITE_OK ? OO_SPOOL_OK : oo_sql_fail(c, err, rc);
 }
 
-static void clear_answer(oo_ledger_item *it) {
+/* Is the key seen (same, changed, seen)? it->state stays unknown if not. */
+static int look_row(oo_sql_conn *c, sqlite3_stmt **st, const item_key *k, oo_ledger_item *it) {
+    sqlite3_stmt *q;
+    int rc;
     it->state = OO_LEDGER_UNKNOWN;
     it->prev_outcome = 0;
     it->prev_at = 0;
     it->until = 0;
     it->mine = 0;
-}
-
-/* The key's row (fp, outcome, at): seen (same, changed, seen) or not. */
-static void row_state(sqlite3_stmt *q, const item_key *k, oo_ledger_item *it) {
-    int outcome = sqlite3_column_int(q, 1);
-    if (is_seen(outcome)) {
-        const void *fp = sqlite3_column_blob(q, 0);
-        int same = sqlite3_column_bytes(q, 0) == OO_LEDGER_FP_LEN && fp &&
-                   memcmp(fp, k->e.fp, OO_LEDGER_FP_LEN) == 0;
-        it->state = !k->has_entry ? OO_LEDGER_SEEN : same ? OO_LEDGER_SAME : OO_LEDGER_CHANGED;
-        it->prev_outcome = outcome;
-        it->prev_at = sqlite3_column_int64(q, 2);
-    }
-}
-
-/* Is the key seen (same, changed, seen)? it->state stays unknown if not. */
-static int look_row(oo_sql_conn *c, sqlite3_stmt **st, const item_key *k, oo_ledger_item *it) {
-    sqlite3_stmt *q;
-    int rc;
-    clear_answer(it);
     if (!k->scope) return SQLITE_OK;
     rc = lquery(c, st, L_GET, &q, "it", k->scope, k->ref, k->ref_len);
     if (rc == SQLITE_ROW) {
-        row_state(q, k, it);
+        int outcome = sqlite3_column_int(q, 1);
+        if (is_seen(outcome)) {
+            const void *fp = sqlite3_column_blob(q, 0);
+            int same = sqlite3_column_bytes(q, 0) == OO_LEDGER_FP_LEN && fp &&
+                       memcmp(fp, k->e.fp, OO_LEDGER_FP_LEN) == 0;
+            it->state = !k->has_entry ? OO_LEDGER_SEEN : same ? OO_LEDGER_SAME : OO_LEDGER_CHANGED;
+            it->prev_outcome = outcome;
+            it->prev_at = sqlite3_column_int64(q, 2);
+        }
         oo_sql_finish(q);
         return SQLITE_OK;
     }
@@ -734,46 +713,7 @@ static int look_spooled(oo_sql_conn *c, sqlite3_stmt **st, const item_key *k, oo
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-/* Reserve, after the key's row was looked up: is the order to be taken
- * (neither seen, unless forced, nor queued in the spool's file)? */
-static int wants_take(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const item_key *k,
-                      oo_ledger_item *it, int *rc) {
-    *rc = SQLITE_OK;
-    if (it->state != OO_LEDGER_UNKNOWN && !it->force) return 0;
-    if (!it->force && l->spool && (*rc = look_spooled(c, st, k, it)) != SQLITE_OK) return 0;
-    return it->state != OO_LEDGER_IN_FLIGHT;
-}
-
-static void taken(oo_ledger_item *it) {
-    it->reserved = 1;
-    if (it->state == OO_LEDGER_UNKNOWN) it->state = OO_LEDGER_RESERVED;
-}
-
-/* The take found a reservation there: whose? A live one makes the order
- * in flight; one whose process is gone is taken over (ours to send). */
-static int take_held(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const batch *b,
-                     const item_key *k, oo_ledger_item *it) {
-    int stale, rc;
-    if ((rc = look_pending(l, c, st, k, it, b->now, &stale)) != SQLITE_OK || !stale) return rc;
-    rc = lexec(c, st, L_PENDING_STEAL, "itsd", k->scope, k->ref, k->ref_len, l->owner,
-               b->now + b->lease);
-    if (rc == SQLITE_OK) taken(it);
-    return rc;
-}
-
-/* Takes the key's reservation, unless a live one holds it (then says whose). */
-static int take_one(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const batch *b,
-                    const item_key *k, oo_ledger_item *it) {
-    int rc = lexec(c, st, L_PENDING_TAKE, "itsdd", k->scope, k->ref, k->ref_len, l->owner,
-                   b->now + b->lease, b->now);
-    if (rc != SQLITE_OK) return rc;
-    if (sqlite3_changes(c->db) == 0) return take_held(l, c, st, b, k, it);
-    taken(it);
-    return rc;
-}
-
-/* One item of a batch, by action (record: record_step, reserve:
- * reserve_step, which asks this for a few). */
+/* One item of a batch, by action (record: record_step). */
 static int batch_item(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b, size_t i,
                       item_key *k) {
     oo_ledger_item *it = &b->items[i];
@@ -785,8 +725,25 @@ static int batch_item(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b,
     case B_RESERVE:
         it->reserved = 0;
         if ((rc = look_row(c, st, k, it)) != SQLITE_OK) return rc;
-        if (!wants_take(l, c, st, k, it, &rc)) return rc;
-        return take_one(l, c, st, b, k, it);
+        if (it->state != OO_LEDGER_UNKNOWN && !it->force) return rc;
+        if (!it->force && l->spool && (rc = look_spooled(c, st, k, it)) != SQLITE_OK) return rc;
+        if (it->state == OO_LEDGER_IN_FLIGHT) return rc;
+        /* taken unless a live reservation holds it (then say whose) */
+        rc = lexec(c, st, L_PENDING_TAKE, "itsdd", k->scope, k->ref, k->ref_len, l->owner,
+                   b->now + b->lease, b->now);
+        if (rc != SQLITE_OK) return rc;
+        if (sqlite3_changes(c->db) == 0) { /* held: by whom? */
+            int stale;
+            if ((rc = look_pending(l, c, st, k, it, b->now, &stale)) != SQLITE_OK || !stale)
+                return rc;
+            /* its process is gone: the order is ours to send */
+            rc = lexec(c, st, L_PENDING_STEAL, "itsd", k->scope, k->ref, k->ref_len, l->owner,
+                       b->now + b->lease);
+            if (rc != SQLITE_OK) return rc;
+        }
+        it->reserved = 1;
+        if (it->state == OO_LEDGER_UNKNOWN) it->state = OO_LEDGER_RESERVED;
+        return rc;
     default: return lexec(c, st, L_PENDING_DEL, "its", k->scope, k->ref, k->ref_len, l->owner);
     }
 }
@@ -895,136 +852,13 @@ static int record_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b
     return code;
 }
 
-/* ---- Reserve, MANY distinct keys at a time: one lookup and one take
- * (the same rules as batch_item's, item by item) ---- */
-
-static int distinct(const item_key *k, size_t n) {
-    size_t i, j;
-    for (i = 1; i < n; i++)
-        for (j = 0; j < i; j++)
-            if (k[i].scope == k[j].scope && k[i].ref_len == k[j].ref_len &&
-                memcmp(k[i].ref, k[j].ref, k[i].ref_len) == 0)
-                return 0;
-    return 1;
-}
-
-/* The key of the current row (scope, ref in columns si, ri) among k[0..MANY), or -1. */
-static int key_at(sqlite3_stmt *q, int si, int ri, const item_key *k) {
-    long long scope = sqlite3_column_int64(q, si);
-    size_t len;
-    const char *ref = oo_sql_column_text(q, ri, &len);
-    int j;
-    for (j = 0; ref && j < MANY; j++)
-        if (k[j].scope == scope && k[j].ref_len == len && memcmp(k[j].ref, ref, len) == 0) return j;
-    return -1;
-}
-
-/* Steps q to its end, calling hit(j) for the key of each row. */
-static int each_row(sqlite3_stmt *q, int si, int ri, const item_key *k, int (*hit)(void *, int),
-                    void *ctx) {
-    int rc, j;
-    while ((rc = sqlite3_step(q)) == SQLITE_ROW)
-        if ((j = key_at(q, si, ri, k)) >= 0) hit(ctx, j);
-    oo_sql_finish(q);
-    return rc == SQLITE_DONE ? SQLITE_OK : rc;
-}
-
-typedef struct many_res {
-    sqlite3_stmt *q;
-    const item_key *k;
-    oo_ledger_item **its;
-    char got[MANY];
-} many_res;
-
-static int hit_row(void *ctx, int j) {
-    many_res *r = (many_res *)ctx;
-    row_state(r->q, &r->k[j], r->its[j]);
-    return 0;
-}
-
-static int hit_taken(void *ctx, int j) {
-    ((many_res *)ctx)->got[j] = 1;
-    return 0;
-}
-
-static int reserve_many(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b, size_t from,
-                        const item_key *k) {
-    oo_ledger_item *its[MANY];
-    char want[MANY];
-    many_res r;
-    int j, p, rc, all = 1;
-    memset(&r, 0, sizeof r);
-    r.k = k;
-    r.its = its;
-    for (j = 0; j < MANY; j++) {
-        its[j] = &b->items[from + (size_t)j];
-        its[j]->reserved = 0;
-        clear_answer(its[j]);
-    }
-    if (!(r.q = oo_sql_stmt(c, st, SQL, L_GET_MANY, &rc))) return rc;
-    for (j = 0, p = 1; j < MANY; j++, p += 2) {
-        sqlite3_bind_int64(r.q, p, k[j].scope);
-        sqlite3_bind_text64(r.q, p + 1, k[j].ref, k[j].ref_len, SQLITE_STATIC, SQLITE_UTF8);
-    }
-    if ((rc = each_row(r.q, 3, 4, k, hit_row, &r)) != SQLITE_OK) return rc;
-    for (j = 0; j < MANY; j++) {
-        want[j] = (char)wants_take(l, c, st, &k[j], its[j], &rc);
-        if (rc != SQLITE_OK) return rc;
-        all &= want[j];
-    }
-    if (!all) { /* some are not to be taken: one at a time */
-        for (j = 0; j < MANY && rc == SQLITE_OK; j++)
-            if (want[j]) rc = take_one(l, c, st, b, &k[j], its[j]);
-        return rc;
-    }
-    if (!(r.q = oo_sql_stmt(c, st, SQL, L_PENDING_TAKE_MANY, &rc))) return rc;
-    for (j = 0, p = 1; j < MANY; j++, p += 4) {
-        sqlite3_bind_int64(r.q, p, k[j].scope);
-        sqlite3_bind_text64(r.q, p + 1, k[j].ref, k[j].ref_len, SQLITE_STATIC, SQLITE_UTF8);
-        sqlite3_bind_text(r.q, p + 2, l->owner, -1, SQLITE_STATIC);
-        sqlite3_bind_double(r.q, p + 3, b->now + b->lease);
-    }
-    sqlite3_bind_double(r.q, p, b->now);
-    if ((rc = each_row(r.q, 0, 1, k, hit_taken, &r)) != SQLITE_OK) return rc;
-    for (j = 0; j < MANY && rc == SQLITE_OK; j++) {
-        if (r.got[j]) taken(its[j]);
-        else rc = take_held(l, c, st, b, &k[j], its[j]);
-    }
-    return rc;
-}
-
-static int reserve_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b,
-                        oo_spool_err *err) {
-    item_key k[MANY];
-    size_t i, j, n;
-    int code = OO_SPOOL_OK, rc = SQLITE_OK;
-    for (i = 0; i < b->n && code == OO_SPOOL_OK; i += n) {
-        n = b->n - i < MANY ? b->n - i : MANY;
-        memset(k, 0, sizeof k);
-        for (j = 0; j < n && code == OO_SPOOL_OK; j++)
-            code = key_of(l, c, st, b, i + j, &k[j], err);
-        if (code == OO_SPOOL_OK && n == MANY && distinct(k, n)) {
-            rc = reserve_many(l, c, st, b, i, k);
-        } else {
-            for (j = 0; j < n && code == OO_SPOOL_OK && rc == SQLITE_OK; j++)
-                rc = batch_item(l, c, st, b, i + j, &k[j]);
-        }
-        if (code == OO_SPOOL_OK && rc != SQLITE_OK) code = oo_sql_fail(c, err, rc);
-        for (j = 0; j < n; j++)
-            if (k[j].has_entry && !k[j].borrowed) oo_ledger_entry_free(&k[j].e);
-    }
-    return code;
-}
-
 static int batch_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx,
                       oo_spool_err *err) {
     batch *b = (batch *)ctx;
     size_t i;
     int code = OO_SPOOL_OK, rc;
     if (b->action == B_RECORD) code = record_step(l, c, st, b, err);
-    if (b->action == B_RESERVE) code = reserve_step(l, c, st, b, err);
-    for (i = 0; b->action != B_RECORD && b->action != B_RESERVE && i < b->n && code == OO_SPOOL_OK;
-         i++) {
+    for (i = 0; b->action != B_RECORD && i < b->n && code == OO_SPOOL_OK; i++) {
         item_key k;
         code = key_of(l, c, st, b, i, &k, err);
         if (code == OO_SPOOL_OK && (rc = batch_item(l, c, st, b, i, &k)) != SQLITE_OK)

@@ -48,7 +48,7 @@
 #define OO_LEDGER_PRUNE_EVERY 1000
 #define OO_LEDGER_STORE_KEY_MAX 256
 /* Statements a connection caches for the ledger (spool.c keeps an array). */
-#define OO_LEDGER_STMT_COUNT 29
+#define OO_LEDGER_STMT_COUNT 27
 
 /* The ledger's tables, created in a ledger file and in a spool's. */
 #define OO_LEDGER_SCHEMA_SQL                                                                       \
