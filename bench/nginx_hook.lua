@@ -4,7 +4,7 @@
 --                               [--pin|--no-pin]
 --                               [--upstream lean|sandbox] [--upstream-prio idle|normal]
 --                               [--modes saturated,lockstep,paced] [--threads 16]
---                               [--queue-opts pipeline=8,concurrency=32]
+--                               [--queue-opts pipeline=8,concurrency=32] [--burst 8000]
 --
 -- Starts the endpoint (below) and the example nginx.conf, and compares two
 -- locations serving the same page:
@@ -21,6 +21,11 @@
 --              bursts of up to 16 requests in one epoll batch and the last
 --              one waits for the hooks of the 15 before it (informational:
 --              the shape the first versions of this bench used)
+--   burst      no wrk: one request to /bench-burst makes the worker push
+--              --burst orders (the hook's payload) from a loop and flush
+--              them; it prints the worker's CPU per order for the push and
+--              for the delivery (informational: delivery alone, no request
+--              serving around it, five times; CPU from os.clock())
 --   paced      the real shape (a checkout now and then): wrk -t16 -c16, i.e.
 --              16 clients each on its own wrk thread, pausing a random 2-14 ms
 --              between requests (own seed per thread), about 2,000 req/s:
@@ -66,13 +71,15 @@ local function script_dir()
 end
 local ROOT = script_dir() .. "/.."
 package.path = ROOT .. "/lua/?.lua;" .. ROOT .. "/lua/?/init.lua;" .. ROOT .. "/spec/?.lua;" .. package.path
+-- the spec helpers load the C core (spec/support/wait.lua): this checkout's build
+package.cpath = ROOT .. "/build/5.4/?.so;" .. package.cpath
 
 local sandbox = require("optimizely.offline.sandbox")
 local nginx = require("support.nginx")
 local launch = dofile(ROOT .. "/examples/openresty/launch.lua")
 
 local o = { seconds = 8, rounds = 7, queue = "worker", pin = true, upstream = "lean", ["upstream-prio"] = "idle",
-  modes = "saturated,paced", threads = 16, ["queue-opts"] = "" }
+  modes = "saturated,paced", threads = 16, ["queue-opts"] = "", burst = 8000 }
 do
   local i = 1
   while arg[i] do
@@ -113,8 +120,10 @@ function delay() return math.random(2, 14) end
 ]] },
 }
 local MODES = {}
+SHAPES.burst = { threads = 1 }
+assert(o.burst >= 1 and o.burst <= 100000, "--burst 1..100000")
 for m in o.modes:gmatch("[^,]+") do
-  assert(SHAPES[m], "--modes: saturated, lockstep, paced")
+  assert(SHAPES[m], "--modes: saturated, lockstep, paced, burst")
   MODES[#MODES + 1] = m
 end
 -- every shape prints the percentiles wrk's summary leaves out
@@ -156,6 +165,27 @@ http {
   }
 }
 ]]
+-- The burst mode's location: push N orders from a loop (yielding now and
+-- then so that the senders run), flush, and say the CPU per order of each.
+local BURST_LOCATION = [[
+    location = /bench-burst {
+      content_by_lua_block {
+        local q, n = require("offline_app").queue, tonumber(ngx.var.arg_n)
+        local c0, pushed = os.clock(), 0
+        for i = 1, n do
+          local ok = q:push({ user = { id = "bench" }, order = { refCode = "burst-" .. ngx.var.arg_r .. "-" .. i,
+            orderDate = ngx.utctime(), currency = "GBP", total = "9.99",
+            items = { { refCode = "sku-1", qty = 1, price = "9.99" } } } })
+          if ok then pushed = pushed + 1 end
+          if i % 100 == 0 then ngx.sleep(0) end
+        end
+        local c1 = os.clock()
+        assert(q:flush(120))
+        local c2 = os.clock()
+        ngx.say("BURST ", pushed, " ", (c1 - c0) * 1e6 / pushed, " ", (c2 - c1) * 1e6 / pushed)
+      }
+    }
+]]
 local inst, lean
 local ok, err = pcall(function()
   local base_url = info.base_url
@@ -177,7 +207,8 @@ local ok, err = pcall(function()
     return launch.write({ dir = work .. "/nginx", port = port, ca_file = info.ca_file,
       app = { site = info.site, token = info.token, channel = info.channel, base_url = base_url,
         queue = QUEUES[o.queue].queue },
-      vars = { workers = QUEUES[o.queue].workers, extra_init_worker = nginx.watchdog_lua(self_pid()) } })
+      vars = { workers = QUEUES[o.queue].workers, extra_init_worker = nginx.watchdog_lua(self_pid()),
+        extra_locations = BURST_LOCATION } })
   end })
 end)
 if not ok then
@@ -270,6 +301,21 @@ end
 local HOOK = "/checkout?sku=sku-1&qty=1&price=9.99&user=bench"
 local PLAIN = "/checkout-plain?sku=sku-1&qty=1&price=9.99&user=bench"
 
+-- The burst mode: the worker's CPU per order pushed and per order
+-- delivered, from a loop inside the worker (no requests to serve).
+local function burst_rounds()
+  local list = {}
+  for r = 1, o.rounds do
+    local body = inst:get("/bench-burst?n=" .. o.burst .. "&r=" .. r, { timeout = 120 }).body
+    local n, push, deliver = body:match("BURST (%d+) ([%d.]+) ([%d.]+)")
+    assert(n, "cannot parse the burst answer:\n" .. body)
+    list[r] = { push = tonumber(push), deliver = tonumber(deliver) }
+    print(("burst     round %d  %s orders: push %6.2f us/order, delivery %6.2f us/order (worker CPU)"):format(
+      r, n, list[r].push, list[r].deliver))
+  end
+  return list
+end
+
 local res = {}
 local run_ok, run_err = pcall(function()
   wrk(HOOK, 1, "saturated") -- warm-up: connections to the sandbox, JIT traces
@@ -277,7 +323,8 @@ local run_ok, run_err = pcall(function()
   drain()
   for _, mode in ipairs(MODES) do
     res[mode] = { plain = {}, hook = {} }
-    for r = 1, o.rounds do
+    if mode == "burst" then res.burst = burst_rounds() end
+    for r = 1, mode == "burst" and 0 or o.rounds do
       for _, which in ipairs({ "plain", "hook" }) do
         local loop0, all0 = worker_cpu_ns()
         local x = wrk(which == "hook" and HOOK or PLAIN, o.seconds, mode)
@@ -324,12 +371,16 @@ local TARGETS = {
   { mode = "paced", what = "paced: hook p99 / plain p99", max = 1.10,
     ratio = function(p, h) return median(h, "p99") / median(p, "p99") end },
 }
+if res.burst then
+  print(("  burst     push %.2f us/order, delivery %.2f us/order (worker CPU, no requests served)"):format(
+    median(res.burst, "push"), median(res.burst, "deliver")))
+end
 for _, mode in ipairs(MODES) do
   local p, h = res[mode].plain, res[mode].hook
-  print(("  %-9s plain p50 %.3f p99 %.3f ms (%.0f req/s, CPU %.1f us, all threads %.1f us)"
+  if #p > 0 then print(("  %-9s plain p50 %.3f p99 %.3f ms (%.0f req/s, CPU %.1f us, all threads %.1f us)"
     .. " | hook p50 %.3f p99 %.3f ms (%.0f req/s, CPU %.1f us, all threads %.1f us)"):format(
     mode, median(p, "p50"), median(p, "p99"), median(p, "rps"), median(p, "cpu_us"), median(p, "cpu_all_us"),
-    median(h, "p50"), median(h, "p99"), median(h, "rps"), median(h, "cpu_us"), median(h, "cpu_all_us")))
+    median(h, "p50"), median(h, "p99"), median(h, "rps"), median(h, "cpu_us"), median(h, "cpu_all_us"))) end
 end
 print("  queue: " .. stats:gsub("%s+$", ""))
 for _, t in ipairs(TARGETS) do

@@ -132,10 +132,10 @@ end
 -- than any of its sources. The store's logic links without Lua (its
 -- bindings are the l_*.c files): these are all it needs.
 local C_SRCS = {
-  "bench/spool_threads.c", "csrc/store/spool.c", "csrc/store/spool_conn.c", "csrc/store/spool_ckpt.c",
-  "csrc/store/spool_wal.c", "csrc/store/sqlfile.c", "csrc/store/ledger.c", "csrc/store/ledger_entry.c",
-  "csrc/base/clock.c", "csrc/identity/hmac.c", "csrc/payload/json_walk.c", "csrc/payload/date.c",
-  "csrc/payload/money.c", "csrc/base/buf.c", "csrc/base/utf8.c",
+  "bench/spool_threads.c", "csrc/store/spool.c", "csrc/store/spool_conn.c", "csrc/store/spool_schema.c",
+  "csrc/store/spool_ckpt.c", "csrc/store/spool_wal.c", "csrc/store/sqlfile.c", "csrc/store/ledger.c",
+  "csrc/store/ledger_entry.c", "csrc/base/clock.c", "csrc/identity/hmac.c", "csrc/payload/json_walk.c",
+  "csrc/payload/date.c", "csrc/payload/money.c", "csrc/base/buf.c", "csrc/base/utf8.c",
 }
 -- the layer folders on the quote path only (as CMakeLists.txt: <sched.h> stays the system's)
 local C_QUOTE = "-iquote csrc/base -iquote csrc/identity -iquote csrc/payload -iquote csrc/store"

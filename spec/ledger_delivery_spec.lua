@@ -63,6 +63,31 @@ describe("the ledger on delivery", function()
   end)
 
   describe("send_batch", function()
+    it("on_skipped hears of each order skipped, instead of on_result (no result table)", function()
+      local path = fresh_path()
+      local c = new_client()
+      assert.equal(5, assert(c:send_batch(make("onskip-", 5), { ledger = path })).sent)
+      local list = make("onskip-", 6) -- the 6th is new
+      local skipped, results = {}, {}
+      local s = assert(c:send_batch(list, { ledger = path,
+        on_skipped = function(i, reason, at) skipped[#skipped + 1] = { i = i, reason = reason, at = at } end,
+        on_result = function(i, res) results[#results + 1] = { i = i, res = res } end }))
+      assert.equal(1, s.sent)
+      assert.equal(5, s.skipped)
+      assert.equal(5, #skipped)
+      table.sort(skipped, function(a, b) return a.i < b.i end)
+      for k = 1, 5 do
+        assert.equal(k, skipped[k].i)
+        assert.equal("already_sent", skipped[k].reason)
+        assert.is_number(skipped[k].at)
+      end
+      assert.equal(1, #results) -- only the order sent
+      assert.equal(6, results[1].i)
+      assert.is_true(results[1].res.ok)
+      assert.is_nil(results[1].res.skipped)
+      c:close()
+    end)
+
     it("sends every order once, then a run again sends nothing: skipped, not an error", function()
       local path = fresh_path()
       local c = new_client()
@@ -197,7 +222,7 @@ describe("the ledger on delivery", function()
       c:close()
     end)
 
-    it("an unusable ledger: nil, err of kind storage (or foreign) naming the file, and nothing sent", function()
+    it("an unusable ledger: nil, err of kind storage naming the file, and nothing sent", function()
       local c = new_client()
       local bad = dir .. "/not-a-ledger.db"
       local f = assert(io.open(bad, "wb"))
@@ -206,7 +231,8 @@ describe("the ledger on delivery", function()
       os.execute("chmod 600 " .. sys.q(bad))
       local s, err = c:send_batch(make("unus-", 5), { ledger = bad })
       assert.is_nil(s)
-      assert.equal("foreign", err.kind)
+      assert.equal("storage", err.kind)
+      assert.equal("foreign", err.code)
       assert.matches(bad, err.message, 1, true)
       local s2, err2 = c:send_batch(make("unus-", 5), { ledger = dir .. "/no/such/dir/ledger.db" })
       assert.is_nil(s2)

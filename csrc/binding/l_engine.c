@@ -6,6 +6,7 @@
 #include "l_engine.h"
 #include "clock.h"
 #include "core.h"
+#include "spool.h" /* oo_spool_push_err: a ledger failure in the one error shape */
 
 #include <stdlib.h>
 #include <string.h>

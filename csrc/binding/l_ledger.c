@@ -13,6 +13,7 @@
 #include "date.h"
 #include "hmac.h"
 #include "ledger.h"
+#include "spool_ledger.h"
 #include "money.h"
 #include "tz.h"
 

@@ -6,6 +6,7 @@
 #include "l_sched.h"
 #include "clock.h"
 #include "core.h"
+#include "spool.h" /* oo_spool_push_err: a ledger failure in the one error shape */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -770,29 +771,60 @@ static oo_job *take_token(lua_State *L, l_sched *u, int idx) {
 
 static const char *const action_names[] = {"ack", "retry", "dead", "stop"};
 
+/* Settles the job of the token at 2 with the reply at 3..6 (one place for
+ * `done` and `settle`): the action, with *o the classified outcome. */
+static int settle_args(lua_State *L, l_sched *u, oo_outcome *o, const char **why, int *attempts) {
+    oo_job *j;
+    oo_reply r;
+    int action, ok;
+    lua_settop(L, 6);
+    j = take_token(L, u, 2);
+    *attempts = j->attempts + 1; /* j may be gone once settled */
+    ok = read_reply(L, 3, &r, o);
+    if (ok) oo_sched_classify(&r, o);
+    action = oo_sched_settle(&u->s, j, o, ok ? &r : NULL, why);
+    if (u->sink.l) oo_ledger_sink_tick(&u->sink, oo_mono_now());
+    return action;
+}
+
 /*** s:done(token, status, body, info) | s:done(token, nil, kind, message
  * [, code]) -> action ("ack" | "retry" | "dead" | "stop"), record (the
  * classified outcome), why (the policy's reason or nil), attempts */
 static int l_done(lua_State *L) {
     l_sched *u = check_driver(L);
-    oo_job *j;
-    oo_reply r;
     oo_outcome o;
     const char *why = NULL;
-    int action, attempts, ok;
-    lua_settop(L, 6);
-    j = take_token(L, u, 2);
-    attempts = j->attempts + 1; /* j may be gone once settled */
-    ok = read_reply(L, 3, &r, &o);
-    if (ok) oo_sched_classify(&r, &o);
-    action = oo_sched_settle(&u->s, j, &o, ok ? &r : NULL, &why);
-    if (u->sink.l) oo_ledger_sink_tick(&u->sink, oo_mono_now());
+    int attempts, action = settle_args(L, u, &o, &why, &attempts);
     lua_pushstring(L, action_names[action]);
     oo_push_outcome(L, &o);
     if (why) lua_pushstring(L, why);
     else lua_pushnil(L);
     lua_pushinteger(L, attempts);
     return 4;
+}
+
+/*** s:settle(token, status, body, info [, code]) — `done` for a driver
+ * that needs only the action: "ack" | "retry" | "dead" | "stop" (no
+ * outcome record is built: the nginx senders settle every order here) */
+static int l_settle(lua_State *L) {
+    l_sched *u = check_driver(L);
+    oo_outcome o;
+    const char *why = NULL;
+    int attempts, action = settle_args(L, u, &o, &why, &attempts);
+    lua_pushstring(L, action_names[action]);
+    return 1;
+}
+
+/*** s:has_results() -> boolean: are there results for `results()` (a
+ * look without building a table) */
+static int l_has_results(lua_State *L) {
+    l_sched *u = check_sched(L);
+    int any;
+    pthread_mutex_lock(&u->s.mu);
+    any = u->s.out_head != NULL;
+    pthread_mutex_unlock(&u->s.mu);
+    lua_pushboolean(L, any);
+    return 1;
 }
 
 static int l_results(lua_State *L) {
@@ -954,7 +986,9 @@ void oo_sched_register(lua_State *L) {
                                        {"take", l_take},
                                        {"next", l_next},
                                        {"done", l_done},
+                                       {"settle", l_settle},
                                        {"results", l_results},
+                                       {"has_results", l_has_results},
                                        {"pending", l_pending},
                                        {"stats", l_stats},
                                        {"metrics", l_metrics},

@@ -353,9 +353,9 @@ typedef struct ledger_db {
 } ledger_db;
 
 struct oo_ledger {
-    int refs;        /* owners (oo_ledger_retain); freed when the last one closes */
-    ledger_db *db;   /* a ledger file of its own, or NULL */
-    oo_spool *spool; /* in a spool's file: a handle of ours on its connection */
+    int refs;            /* owners (oo_ledger_retain); freed when the last one closes */
+    ledger_db *db;       /* a ledger file of its own, or NULL */
+    oo_ledger_host host; /* else the file it lives in (host.h set: a spool's) */
     oo_ledger_opts opts;
     char store_key[OO_LEDGER_STORE_KEY_MAX + 1];
     long long since_prune; /* rows recorded since the last prune (under the call's lock) */
@@ -398,16 +398,16 @@ static int run_own(oo_ledger *l, const char *what, int write, ledger_fn fn, void
     return code;
 }
 
-/* In a spool's file: the call runs as one of the spool's transactions. */
-typedef struct spool_call {
+/* In a host's file: the call runs as one of the host's transactions. */
+typedef struct host_call {
     oo_ledger *l;
     ledger_fn fn;
     void *ctx;
-} spool_call;
+} host_call;
 
-static int spool_step(struct oo_sql_conn *c, struct sqlite3_stmt **st, void *ctx,
-                      oo_spool_err *err) {
-    spool_call *k = (spool_call *)ctx;
+static int host_step(struct oo_sql_conn *c, struct sqlite3_stmt **st, void *ctx,
+                     oo_spool_err *err) {
+    host_call *k = (host_call *)ctx;
     const char *noun = c->noun;
     int code;
     c->noun = "ledger in spool";
@@ -418,13 +418,13 @@ static int spool_step(struct oo_sql_conn *c, struct sqlite3_stmt **st, void *ctx
 
 static int run(oo_ledger *l, const char *what, int write, ledger_fn fn, void *ctx,
                oo_spool_err *err) {
-    spool_call k;
-    if (!l || (!l->db && !l->spool)) return misuse(err, what, "handle is closed");
+    host_call k;
+    if (!l || (!l->db && !l->host.h)) return misuse(err, what, "handle is closed");
     if (l->db) return run_own(l, what, write, fn, ctx, err);
     k.l = l;
     k.fn = fn;
     k.ctx = ctx;
-    return oo_spool_run(l->spool, what, write, spool_step, &k, err);
+    return l->host.run(l->host.h, what, write, host_step, &k, err);
 }
 
 void oo_ledger_opts_init(oo_ledger_opts *o) {
@@ -433,7 +433,7 @@ void oo_ledger_opts_init(oo_ledger_opts *o) {
     o->keep_days = OO_LEDGER_KEEP_DAYS;
 }
 
-static int check_opts(const oo_ledger_opts *o, oo_spool_err *err) {
+int oo_ledger_opts_check(const oo_ledger_opts *o, oo_spool_err *err) {
     if (!(o->busy_timeout >= 0 && o->busy_timeout <= 86400) || o->keep_days < 1 ||
         o->keep_days > 36500)
         return misuse(err, "open", "option out of range");
@@ -505,7 +505,7 @@ int oo_ledger_open(const char *path, const oo_ledger_opts *o, oo_ledger **out, o
     }
     if (!path || !*path || strcmp(path, ":memory:") == 0)
         return misuse(err, "open", "a file path is required");
-    if ((code = check_opts(o, err)) != OO_SPOOL_OK) return code;
+    if ((code = oo_ledger_opts_check(o, err)) != OO_SPOOL_OK) return code;
     if (!(d = db_new(path, o)))
         return oo_sql_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, 0, "ledger %s: out of memory", path);
     oo_sql_gate_enter();
@@ -521,29 +521,22 @@ int oo_ledger_open(const char *path, const oo_ledger_opts *o, oo_ledger **out, o
     return OO_SPOOL_OK;
 }
 
-int oo_ledger_of_spool(oo_spool *s, const oo_ledger_cfg *cfg, const oo_ledger_opts *o,
-                       oo_ledger **out, oo_spool_err *err) {
-    oo_ledger_opts opts;
-    oo_ledger_cfg copy = *cfg;
+int oo_ledger_hosted(const oo_ledger_host *host, const oo_ledger_opts *o, oo_ledger **out,
+                     oo_spool_err *err) {
+    oo_ledger_opts defaults;
     int code;
     long long pruned;
     *out = NULL;
-    if (o) opts = *o;
-    else oo_ledger_opts_init(&opts);
-    opts.store_key = cfg->store_key[0] ? cfg->store_key : NULL;
-    opts.keep_days = cfg->keep_days;
-    if ((code = check_opts(&opts, err)) != OO_SPOOL_OK) return code;
-    if (!cfg->host[0] || !cfg->site[0] || !cfg->channel[0])
-        return misuse(err, "of_spool", "host, site and channel are required");
-    if (!copy.store_key[0]) snprintf(copy.store_key, sizeof copy.store_key, "store");
-    if ((code = oo_spool_set_ledger(s, &copy, err)) != OO_SPOOL_OK) return code;
-    if (!(*out = handle_new(&opts)))
-        return oo_sql_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, 0, "ledger: out of memory");
-    if ((code = oo_spool_reopen(s, &(*out)->spool, err)) != OO_SPOOL_OK) {
-        free(*out);
-        *out = NULL;
-        return code;
+    if (!o) {
+        oo_ledger_opts_init(&defaults);
+        o = &defaults;
     }
+    if (!host || !host->h || !host->run || !host->path || !host->close)
+        return misuse(err, "hosted", "a host with its handle, run, path and close is required");
+    if ((code = oo_ledger_opts_check(o, err)) != OO_SPOOL_OK) return code;
+    if (!(*out = handle_new(o)))
+        return oo_sql_err(err, OO_SPOOL_STORAGE, SQLITE_NOMEM, 0, "ledger: out of memory");
+    (*out)->host = *host;
     oo_ledger_prune(*out, oo_wall_now(), 10 * OO_LEDGER_PRUNE_EVERY, &pruned, NULL);
     return OO_SPOOL_OK;
 }
@@ -555,7 +548,7 @@ oo_ledger *oo_ledger_retain(oo_ledger *l) {
 
 void oo_ledger_close(oo_ledger *l) {
     if (!l || __atomic_sub_fetch(&l->refs, 1, __ATOMIC_SEQ_CST) > 0) return;
-    if (l->spool) oo_spool_close(l->spool);
+    if (l->host.h) l->host.close(l->host.h);
     if (l->db && l->db->fork_gen == oo_sql_fork_gen()) {
         oo_sql_gate_enter();
         db_free(l->db);
@@ -565,10 +558,10 @@ void oo_ledger_close(oo_ledger *l) {
 }
 
 const char *oo_ledger_path(const oo_ledger *l) {
-    return l->db ? l->db->path : oo_spool_path(l->spool);
+    return l->db ? l->db->path : l->host.path(l->host.h);
 }
 const char *oo_ledger_owner(const oo_ledger *l) { return l->owner; }
-int oo_ledger_in_spool(const oo_ledger *l) { return l->spool != NULL; }
+int oo_ledger_in_spool(const oo_ledger *l) { return l->host.h != NULL; }
 const char *oo_ledger_store_key(const oo_ledger *l) { return l->store_key; }
 
 /* ------------------------------------------------------------------ */
@@ -726,7 +719,7 @@ static int batch_item(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b,
         it->reserved = 0;
         if ((rc = look_row(c, st, k, it)) != SQLITE_OK) return rc;
         if (it->state != OO_LEDGER_UNKNOWN && !it->force) return rc;
-        if (!it->force && l->spool && (rc = look_spooled(c, st, k, it)) != SQLITE_OK) return rc;
+        if (!it->force && l->host.h && (rc = look_spooled(c, st, k, it)) != SQLITE_OK) return rc;
         if (it->state == OO_LEDGER_IN_FLIGHT) return rc;
         /* taken unless a live reservation holds it (then say whose) */
         rc = lexec(c, st, L_PENDING_TAKE, "itsdd", k->scope, k->ref, k->ref_len, l->owner,

@@ -39,7 +39,7 @@
 
 #include <stddef.h>
 
-#include "spool.h" /* oo_spool_err, the OO_SPOOL_* result codes, oo_spool */
+#include "store_err.h" /* oo_spool_err, the OO_SPOOL_* result codes */
 
 #define OO_LEDGER_APP_ID 0x4F4F4C47 /* "OOLG" */
 #define OO_LEDGER_SCHEMA_VERSION 1
@@ -123,6 +123,9 @@ typedef struct oo_ledger_opts {
 
 void oo_ledger_opts_init(oo_ledger_opts *o);
 
+/* OK, or OO_SPOOL_MISUSE naming the option out of range. */
+int oo_ledger_opts_check(const oo_ledger_opts *o, oo_spool_err *err);
+
 /* A ledger file of its own (created 0600 on first use). */
 int oo_ledger_open(const char *path, const oo_ledger_opts *o, oo_ledger **out, oo_spool_err *err);
 
@@ -134,13 +137,29 @@ typedef struct oo_ledger_cfg {
     int keep_days;
 } oo_ledger_cfg;
 
-/* The ledger inside the spool's file: from now on (for every handle on
- * that spool connection, the delivery thread's included) an ack writes a
- * sent/warned row, a kill or an expiry a dead row, the ack of a cancel row
- * a cancelled row, each in the spool's transaction. Returns a ledger
- * handle on the spool's connection (close it like any). */
-int oo_ledger_of_spool(oo_spool *s, const oo_ledger_cfg *cfg, const oo_ledger_opts *o,
-                       oo_ledger **out, oo_spool_err *err);
+struct oo_sql_conn;
+struct sqlite3_stmt;
+
+/* One step of a ledger call inside a host's transaction. */
+typedef int (*oo_ledger_step)(struct oo_sql_conn *c, struct sqlite3_stmt **st, void *ctx,
+                              oo_spool_err *err);
+
+/* Another store's file the ledger lives in (the spool's: spool_ledger.h),
+ * seen through its transactions, its path and the close of its handle, so
+ * the ledger knows no other store. */
+typedef struct oo_ledger_host {
+    void *h; /* the host's handle: the ledger's own, closed with it */
+    int (*run)(void *h, const char *what, int write, oo_ledger_step step, void *ctx,
+               oo_spool_err *err);
+    const char *(*path)(const void *h);
+    void (*close)(void *h);
+} oo_ledger_host;
+
+/* A ledger handle whose calls run as the host's transactions (its schema
+ * already made in the host's file). On success the handle owns host->h;
+ * on failure the caller still does. */
+int oo_ledger_hosted(const oo_ledger_host *host, const oo_ledger_opts *o, oo_ledger **out,
+                     oo_spool_err *err);
 /* Closes the handle; a handle another part retained (oo_ledger_retain: a
  * queue's thread, a batch's engine) stays usable by it until it closes it
  * too. */

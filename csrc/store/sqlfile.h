@@ -30,7 +30,7 @@
 #include <stddef.h>
 #include <sqlite3.h>
 
-#include "spool.h" /* oo_spool_err and the OO_SPOOL_* result codes */
+#include "store_err.h" /* oo_spool_err and the OO_SPOOL_* result codes */
 
 /* One connection, as the helpers see it. */
 typedef struct oo_sql_conn {

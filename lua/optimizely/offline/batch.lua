@@ -43,6 +43,7 @@ M.schema = opts.schema("send_batch", "opts", gate.add_fields({
   concurrency = { type = "integer", min = 1, max = sched.MAX_CONCURRENCY, default = 8 },
   rate = { type = "number", above = 0 },
   on_result = { type = "function" },
+  on_skipped = { type = "function" },
   progress = { type = "function" },
   progress_interval = { type = "number", min = 0, max = 86400, default = 0.2 },
   on_event = { type = "function" },
@@ -233,15 +234,25 @@ function Batch:next_plain()
   return "added"
 end
 
--- A skipped order: its result (not an error), counted.
-function Batch:skip(it, res)
-  local s = self.summary
+-- A skipped order (not an error), counted: told to `on_skipped`, else
+-- to `on_result` (its result, built from the ledger's `ans` when `res` is
+-- nil: an order plainly sent before), and as an event. No table is made
+-- for it when no one asks (a run again on a file sent in full).
+function Batch:skip(it, res, ans)
+  local s, o = self.summary, self.o
+  local reason, at = "already_sent"
+  if res then reason, at = res.reason, res.at else at = ans.at end
   s.skipped = s.skipped + 1
-  self.skipped_by[res.reason] = (self.skipped_by[res.reason] or 0) + 1
-  self:result_callback(it.i, res, nil)
+  self.skipped_by[reason] = (self.skipped_by[reason] or 0) + 1
+  if o.on_skipped then
+    local msg = self:callback(o.on_skipped, it.i, reason, at)
+    if msg then s.callback_errors[#s.callback_errors + 1] = { index = it.i, message = msg } end
+  elseif o.on_result then
+    self:result_callback(it.i, res or delivery.skipped(reason, ans, it.channel, it.ref), nil)
+  end
   local ev = self.events
-  if ev.on_event or ev.logger then -- no table per skipped order when no one listens
-    self:emit("skipped", { index = it.i, ref = it.ref, reason = res.reason, at = res.at })
+  if ev.on_event or ev.logger then
+    self:emit("skipped", { index = it.i, ref = it.ref, reason = reason, at = at })
   end
 end
 
@@ -301,18 +312,18 @@ function Batch:fill_ahead()
   self.admitted = true
   self:ask()
   local ahead, n = {}, 0
-  self.gate:decide_each(items, answers, self.o, function(k, action, x)
+  self.gate:decide_each(items, answers, self.o, function(k, action, x, ans)
     local it = items[k]
     if action == "post" or action == "amend" then
       it.amend = action == "amend" or nil
       n = n + 1
       ahead[n] = it
     elseif action == "skip" then
-      self:skip(it, x)
+      self:skip(it, x, ans)
     else
       self:refuse_changed(it, x)
     end
-  end)
+  end, true)
   self.ahead, self.ahead_at, self.ahead_n = ahead, 1, n
 end
 
@@ -680,7 +691,10 @@ end
 --   kill -9 only the requests in flight are unknown to the ledger); the reservations of orders not sent after all
 --   (a stop, an interrupt) go back. An order the ledger has is not sent:
 --   `on_result(i, res)` with `res.skipped` ("already sent", "already in
---   flight"), counted in `skipped`; another version of it (or its cancel)
+--   flight"), counted in `skipped` — or, when `on_skipped = fn(i, reason,
+--   at)` is given, that instead (`reason` "already_sent" or "in_flight",
+--   `at` when it was sent, or nil): no result table per skipped order, the
+--   cheap way to hear of them when a file is sent again; another version of it (or its cancel)
 --   is `on_result(i, nil, err)` with `err.kind == "changed"`, counted in
 --   `changed` and `failed`.
 -- @return summary `{sent, skipped, failed, changed, retried, invalid,
@@ -699,7 +713,8 @@ end
 --   "busy": orders it could not look up failed with it, and nothing more
 --   was read; or, at the end, orders delivered but not recorded).
 --   Or nil, err when the ledger is unusable before anything is sent (kind
---   "storage", "busy" or "foreign", naming the file): nothing was sent.
+--   "storage" naming the file, code "foreign" for a file that is not a ledger; or "busy"):
+--   nothing was sent.
 function M.run(st, source, o)
   if o ~= nil and type(o) ~= "table" then error("send_batch: opts must be a table, got " .. type(o), 3) end
   o = M.schema:check(o, 3)

@@ -468,7 +468,7 @@ end
 --   = "store", force = false, amend = false}`; `force` and `amend` need
 --   `ledger` and exclude each other
 -- @return res (see optimizely.offline.delivery) or nil, err (an unusable
---   ledger: kind "storage", "busy" or "foreign" naming the file, nothing sent)
+--   ledger: kind "storage" (code "foreign": not a ledger) or "busy", naming the file; nothing sent)
 function Client:send(payload, o)
   local st = state(self)
   local i, cerr

@@ -264,14 +264,21 @@ end
 -- @param items `{{body =, channel =, ref =}, ...}`
 -- @param answers the answers of `reserve` beside them
 -- @param call `{force =, amend =}` or nil
--- @param fn called with (i, action, res_or_err)
-function Gate:decide_each(items, answers, call, fn)
+-- @param fn called with (i, action, res_or_err, answer)
+-- @param bare an order plainly sent before (the same bytes, not cancelled,
+--   not forced) gets no result table: `fn(i, "skip", nil, answer)` (a run
+--   again on a sent file skips every order: the caller builds a result
+--   only if someone asks for one)
+function Gate:decide_each(items, answers, call, fn, bare)
   call = call or {}
   local back = nil
   for i = 1, #answers do
     local ans, it = answers[i], items[i]
-    if ans.state == "reserved" then -- the common case: ours to send
+    local state = ans.state
+    if state == "reserved" then -- the common case: ours to send
       fn(i, "post")
+    elseif bare and state == "same" and not ans.reserved and ans.outcome ~= "cancelled" then
+      fn(i, "skip", nil, ans) -- already sent (M.decide's "already_sent")
     else
       local action, x = M.decide(ans, call, it.channel, it.ref)
       if x and x.release then
@@ -324,21 +331,21 @@ function M.outcome(action, x, counts, ev)
   return nil, x
 end
 
---- The error of an unusable ledger as a delivery path returns it: the
--- ledger's own (kind "storage", "busy" or "foreign", naming the file),
--- with `attempts = 0` (nothing was sent).
+--- The error of an unusable ledger as a delivery path returns it: kind
+-- `"storage"` naming the file (a file that is not a ledger: `code =
+-- "foreign"`, as `ledger.open`'s kind), or `"busy"` (retryable: another
+-- process held the lock past `busy_timeout`), with `attempts = 0` (nothing
+-- was sent).
 -- @param err the ledger's error
 -- @return err
 function M.unusable(err)
-  if errors.is(err) then
-    err.attempts = 0
-    return err
+  if type(err) ~= "table" then
+    return errors.new({ kind = "storage", attempts = 0, message = "ledger: " .. tostring(err) })
   end
-  if type(err) == "table" then -- the C core's {kind, message, ...} (core.h: oo_push_error)
-    err.kind, err.attempts = err.kind or "storage", 0
-    return errors.new(err)
-  end
-  return errors.new({ kind = "storage", attempts = 0, message = "ledger: " .. tostring(err) })
+  if err.kind == "foreign" then err.kind, err.code = "storage", err.code or "foreign" end
+  err.kind, err.attempts = err.kind or "storage", 0
+  if errors.is(err) then return err end
+  return errors.new(err) -- the C core's {kind, message, ...} (core.h: oo_push_error)
 end
 
 M.Gate = Gate

@@ -84,7 +84,7 @@ end
 -- in the ack's transaction); without, the file or object named, recorded
 -- by the thread's record hook. Reservations last `max_age` and a day: a
 -- queued order may wait that long (a dead process's go at once).
--- @return true | nil, err (kind "storage", "busy" or "foreign", naming the file)
+-- @return true | nil, err (kind "storage" naming the file, code "foreign" for a file that is not a ledger; or "busy")
 -- @local
 function Queue:open_ledger()
   local o, st = self.o, self.st

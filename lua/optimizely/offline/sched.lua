@@ -24,6 +24,11 @@
 --       for _, r in ipairs(s:results()) do ... end
 --     end
 --
+-- A driver that needs only the action settles with `s:settle(token, ...)`
+-- (`done` without the outcome record), fills one table of its own again
+-- with `s:next(t)`, and asks `s:has_results()` before building the list:
+-- the nginx senders do, one order at a time.
+--
 -- **Stores behind hooks.** A store that lives in Lua (the nginx memory
 -- ring, a spool handle, a shared dict) gives `cfg.hooks`, Lua functions the
 -- scheduler calls synchronously from inside `s:next()` (`feed`), `s:done()`

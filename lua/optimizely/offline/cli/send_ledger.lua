@@ -23,6 +23,7 @@ local common = require("optimizely.offline.cli.common")
 local config = require("optimizely.offline.cli.config")
 local client = require("optimizely.offline.client")
 local context = require("optimizely.offline.context")
+local delivery = require("optimizely.offline.delivery")
 local ledger = require("optimizely.offline.ledger")
 
 local M = {}
@@ -167,18 +168,19 @@ end
 
 -- ---------------------------------------------------------------- results
 
---- One order the library skipped (`res.skipped`): counted by reason
--- (`res.reason`: already_sent, in_flight); with -v a line.
+--- One order the library skipped: counted by reason (already_sent,
+-- in_flight); with -v a line.
 -- @param item the records item
--- @param res its result (`skipped` the words, `reason`, `at`)
-function Use:skipped(item, res)
+-- @param reason why ("already_sent" or "in_flight")
+-- @param at when it was sent (epoch seconds), or nil
+function Use:skipped(item, reason, at)
   local run, st = self.run, self.run.st
   st.skipped = st.skipped + 1
-  local reason = tostring(res.reason or res.skipped)
-  st.skipped_by[reason] = (st.skipped_by[reason] or 0) + 1
+  local by = st.skipped_by
+  by[reason] = (by[reason] or 0) + 1
   if run.verbose then
-    common.say(run.out, common.head(item), tostring(res.skipped),
-      type(res.at) == "number" and (" (on " .. iso_minute(res.at) .. ")") or "")
+    common.say(run.out, common.head(item), delivery.SKIPPED[reason] or tostring(reason),
+      type(at) == "number" and (" (on " .. iso_minute(at) .. ")") or "")
   end
 end
 

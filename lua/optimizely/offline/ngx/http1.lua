@@ -226,11 +226,7 @@ local function header_value(head, low, key)
     if not e then return value end
     local vs, ve = e + 1, find(head, "\n", e + 1, true) or #head + 1
     pos = ve
-    while true do -- leading blanks
-      local b = byte(head, vs)
-      if b ~= 32 and b ~= 9 then break end
-      vs = vs + 1
-    end
+    vs = find(head, "[^ \t]", vs) or ve -- past the leading blanks (one search: no loop to trace)
     local v = sub(head, vs, byte(head, ve - 1) == 13 and ve - 2 or ve - 1)
     value = value and (value .. ", " .. v) or v
   end

@@ -18,7 +18,7 @@ local M = {}
 
 --- Opens the queue's ledger into `q.gate` (nothing without `opts.ledger`).
 -- @param q the queue (its store opened)
--- @return true | nil, err (kind "storage", "busy" or "foreign", naming the file)
+-- @return true | nil, err (kind "storage" naming the file, code "foreign" for a file that is not a ledger; or "busy")
 function M.open(q)
   local o, st = q.o, q.st
   if not o.ledger then return true end

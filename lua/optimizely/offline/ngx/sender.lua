@@ -37,7 +37,7 @@ function M.settle(q, job, status, body, info, code)
     q.void[token] = nil
     return q.report:late(job, status, body, info, code)
   end
-  local ok, err = pcall(q.s.done, q.s, token, status, body, info, code)
+  local ok, err = pcall(q.s.settle, q.s, token, status, body, info, code)
   if not ok then log(ERR, "optimizely.offline queue: settling an answer raised: ", tostring(err)) end
 end
 
@@ -74,15 +74,20 @@ local function exchange(q, jobs, n)
   end
 end
 
---- Takes up to `max` jobs that may start now.
+--- Takes up to `max` jobs that may start now, into the sender's own job
+-- tables (`jobs[i]`, filled again by `s:next` each round: a sender settles
+-- every job of a round before its next round, so no table per order).
 -- @param q the queue
 -- @param max how many at most
+-- @param jobs the sender's job tables (grown as needed)
 -- @return jobs, n, wait (seconds until a job may be due, when none was)
-function M.take(q, max)
+function M.take(q, max, jobs)
   local s, flying = q.s, q.flying
-  local jobs, n = {}, 0
+  jobs = jobs or {}
+  local n = 0
   while n < max do
-    local job, wait = s:next()
+    local t = jobs[n + 1] or {}
+    local job, wait = s:next(t)
     if not job then return jobs, n, wait end
     n = n + 1
     jobs[n] = job
@@ -91,14 +96,17 @@ function M.take(q, max)
   return jobs, n, 0
 end
 
---- One round: take jobs, send them, settle their answers, report.
+--- One round: take jobs, send them, settle their answers, report (only
+-- when the scheduler has results: a plain delivery leaves none).
 -- @param q the queue
+-- @param jobs the sender's job tables, or nil
 -- @return jobs sent, and the scheduler's wait when none could start
-function M.round(q)
-  local jobs, n, wait = M.take(q, q.o.pipeline)
+function M.round(q, jobs)
+  local n, wait
+  jobs, n, wait = M.take(q, q.o.pipeline, jobs)
   if n == 0 then return 0, wait end
   exchange(q, jobs, n)
-  q.report:drain()
+  if q.s:has_results() then q.report:drain() end
   if q.after_round then q:after_round() end
   return n, 0
 end
@@ -112,9 +120,10 @@ end
 -- @param flusher the flusher (`sema`, `linger`, `stopping()`)
 function M.run(q, flusher)
   local depth, delay = q.o.pipeline, q.o.send_delay
+  local jobs = {}
   while true do
     if flusher:stopping() then return end
-    local ok, n, wait = pcall(M.round, q)
+    local ok, n, wait = pcall(M.round, q, jobs)
     if not ok then
       log(ERR, "optimizely.offline queue: sender round failed: ", tostring(n))
       n, wait = 0, 1

@@ -52,7 +52,7 @@ local http1 = require("optimizely.offline.ngx.http1")
 local writer = require("optimizely.offline.ngx.writer")
 local ssl_check = require("optimizely.offline.ngx.tls").check
 
-local tcp, now, update_time, get_phase = ngx.socket.tcp, ngx.now, ngx.update_time, ngx.get_phase
+local tcp, now, get_phase = ngx.socket.tcp, ngx.now, ngx.get_phase
 local floor, pcall, type = math.floor, pcall, type
 local ms_left, read_response, read_next = http1.ms_left, http1.read_response, http1.read_next
 local send_all, build_request = writer.send_all, writer.build_request
@@ -175,7 +175,12 @@ function Transport:connect(u, deadline)
   local left = ms_left(deadline)
   if left <= 0 then return nil, "timeout", "timed out before connecting" end
   sock:settimeouts(cms < left and cms or left, left, left)
-  local ok, err = sock:connect(u.host, u.port, { pool = u.pool, pool_size = self.pool_size })
+  local copts = u.copts -- one options table per URL, not one per request
+  if not copts then
+    copts = { pool = u.pool, pool_size = self.pool_size }
+    u.copts = copts
+  end
+  local ok, err = sock:connect(u.host, u.port, copts)
   if not ok then
     return nil, err == "timeout" and "timeout" or "network",
       "connect to " .. u.host .. ":" .. u.port .. " failed: " .. tostring(err)
@@ -240,7 +245,8 @@ function Transport:request(method, url, headers, body)
   local u, uerr = self:url(url)
   if not u then return nil, "network", "cannot use URL: " .. uerr end
   local req, size = build_request(self, method, u, headers, body)
-  update_time()
+  -- the event loop's clock (refreshed at every wake-up): no update_time()
+  -- per request, which formats nginx's cached time strings each time
   local started = now()
   local deadline = started + self.timeout -- total, connect included (as libcurl's)
   -- A pooled connection the server closed while idle fails on first use:
@@ -350,12 +356,11 @@ function Transport:pipeline(jobs, n, on_reply)
     else
       idx[#idx + 1] = i
       local r, len = build_request(self, job.method, ju, job.headers, job.body)
-      for k = 1, 10 do if r[k] then req[#req + 1] = r[k] end end
+      for k = 1, 3 do if r[k] then req[#req + 1] = r[k] end end
       size = size + len
     end
   end
   if #idx > 0 then
-    update_time()
     local started = now()
     local _ = pipeline_once(self, u, jobs, idx, req, size, started, emit, true)
       or pipeline_once(self, u, jobs, idx, req, size, started, emit, false)

@@ -41,24 +41,27 @@ function M.parse_url(url)
   }
 end
 
+-- One piece under the time left: true | nil, kind, message, stale
+local function send_piece(sock, piece, deadline, first)
+  local left = ms_left(deadline)
+  if left <= 0 then return nil, "timeout", "timed out sending the request" end
+  sock:settimeout(left)
+  local _, err = sock:send(piece)
+  if not err then return true end
+  if err == "timeout" then return nil, "timeout", "timed out sending the request" end
+  return nil, "network", "connection " .. tostring(err) .. " while sending the request", first
+end
+
 --- The request bytes, in pieces of at most SEND_PIECE above that size, each
--- under the time left.
+-- under the time left (a small request: one send of its pieces, no copy).
+-- @return true | nil, kind, message, stale (true: nothing was sent on a
+--   connection that turned out closed)
 function M.send_all(sock, req, size, deadline)
-  local pieces = { req }
-  if size > SEND_PIECE then
-    local s = concat(req)
-    pieces = {}
-    for i = 1, #s, SEND_PIECE do pieces[#pieces + 1] = sub(s, i, i + SEND_PIECE - 1) end
-  end
-  for i = 1, #pieces do
-    local left = ms_left(deadline)
-    if left <= 0 then return nil, "timeout", "timed out sending the request" end
-    sock:settimeout(left)
-    local _, err = sock:send(pieces[i])
-    if err then
-      if err == "timeout" then return nil, "timeout", "timed out sending the request" end
-      return nil, "network", "connection " .. tostring(err) .. " while sending the request", i == 1
-    end
+  if size <= SEND_PIECE then return send_piece(sock, req, deadline, true) end
+  local s = concat(req)
+  for i = 1, #s, SEND_PIECE do
+    local ok, kind, msg, stale = send_piece(sock, sub(s, i, i + SEND_PIECE - 1), deadline, i == 1)
+    if not ok then return nil, kind, msg, stale end
   end
   return true
 end
@@ -85,25 +88,39 @@ local function header_block(self, headers)
   return block
 end
 
+-- Connection and framing lines after the header block.
+local KEEP_ALIVE = "Connection: keep-alive\r\n\r\n"
+local NO_BODY = "Content-Length: 0\r\n" .. KEEP_ALIVE
+
 --- The request of `method` to the parsed URL `u` with `headers` (a list
--- of "Name: value" lines) and `body` (or nil), for `sock:send`.
+-- of "Name: value" lines) and `body` (or nil), for `sock:send`: the
+-- request line, Host and header block made once per URL and headers
+-- table (kept in `u.heads`), then the framing and the body.
 -- @param self the transport (its `blocks` cache and `user_agent_line`)
 -- @param method the request's method
 -- @param u the parsed URL (`path`, `authority`)
 -- @param headers the header lines
 -- @param body the body, or nil
--- @return request pieces, total size
+-- @return request pieces (at most 3), total size
 function M.build_request(self, method, u, headers, body)
-  local req = { method, " ", u.path, " HTTP/1.1\r\nHost: ", u.authority, "\r\n",
-    header_block(self, headers), "", "Connection: keep-alive\r\n\r\n", body }
-  if body then
-    req[8] = "Content-Length: " .. #body .. "\r\n"
-  elseif method == "POST" or method == "PUT" then
-    req[8] = "Content-Length: 0\r\n"
+  local heads = u.heads
+  if not heads then
+    heads = { POST = setmetatable({}, { __mode = "k" }) }
+    u.heads = heads
   end
-  local size = 0
-  for i = 1, #req do size = size + #req[i] end
-  return req, size
+  local cache = heads[method]
+  local head = cache and cache[headers]
+  if not head then
+    head = method .. " " .. u.path .. " HTTP/1.1\r\nHost: " .. u.authority .. "\r\n" .. header_block(self, headers)
+    if cache then cache[headers] = head end
+  end
+  local tail
+  if body then
+    tail = "Content-Length: " .. #body .. "\r\n" .. KEEP_ALIVE
+    return { head, tail, body }, #head + #tail + #body
+  end
+  tail = (method == "POST" or method == "PUT") and NO_BODY or KEEP_ALIVE
+  return { head, tail }, #head + #tail
 end
 
 return M

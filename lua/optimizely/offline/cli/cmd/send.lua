@@ -415,7 +415,7 @@ function Send:on_result(i, res, e)
   local item = self.inflight[i]
   if not item then return end
   self.inflight[i] = nil
-  if res and res.skipped then return self.led:skipped(item, res) end
+  if res and res.skipped then return self.led:skipped(item, res.reason, res.at) end
   if send_ledger.is_changed(e) then return self:reject(item, "changed", send_ledger.changed_error(e)) end
   if not res then
     -- never tried: refused credentials stopped the batch before this one
@@ -431,6 +431,15 @@ function Send:on_result(i, res, e)
     for _, w in ipairs(item.warnings or {}) do common.say(self.out, "    warning: ", common.warning_text(w)) end
   end
   self:warn(item, res.warnings, true)
+end
+
+--- One order the ledger skipped (already sent, or in flight elsewhere).
+-- @local
+function Send:on_skipped(i, reason, at)
+  local item = self.inflight[i]
+  if not item then return end
+  self.inflight[i] = nil
+  self.led:skipped(item, reason, at)
 end
 
 --- The batch's progress callback: retries and the bar; after a signal,
@@ -455,6 +464,7 @@ function Send:run_batch()
   local o = self.led:batch_options()
   o.concurrency, o.rate, o.on_interrupt = self.concurrency, self.rate, "return"
   o.on_result = function(i, res, e) self:on_result(i, res, e) end
+  o.on_skipped = function(i, reason, at) self:on_skipped(i, reason, at) end
   o.progress = function(s) self:on_progress(s) end
   -- after a signal nothing new starts; those in flight get --grace
   o.halt = function() return self.grace:stopping() end
@@ -490,7 +500,7 @@ function Send:run_dry()
       local known, detail = nil, nil
       if json then known, detail = self.led:lookup(item, json) end
       if known == "skipped" then
-        self.led:skipped(item, { skipped = "already sent", reason = "already_sent", at = detail })
+        self.led:skipped(item, "already_sent", detail)
       elseif known == "changed" then
         self:reject(item, "changed", detail)
       elseif json then
