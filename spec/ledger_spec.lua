@@ -363,6 +363,38 @@ describe("ledger lookups", function()
     l:close()
   end)
 
+  it("a large record (rows written many at a time) keeps each item's rule, in order", function()
+    local l, path = open()
+    local other = open(path)
+    local list, n = {}, 75
+    assert(l:record(SCOPE, { body(1), body(2) }, { outcome = "sent", now = T0 }))
+    local reserved = {}
+    for i = 3, n do reserved[#reserved + 1] = body(i) end
+    assert(l:reserve(SCOPE, reserved, { now = T0 }))
+    for i = 1, n do
+      -- dead never replaces R1/R2's acknowledged rows; R40 is cancelled
+      -- (without a body) after its own sent row in the same call
+      list[#list + 1] = { body = body(i), outcome = (i <= 2 or i % 10 == 0) and "dead" or "warned" }
+      if i == 40 then list[#list + 1] = { ref = "R40", outcome = "cancelled" } end
+    end
+    list[#list + 1] = { ref = "R99", outcome = "cancelled" } -- last, after the rows waiting
+    assert(l:record(SCOPE, list, { now = T0 + 5 }))
+    for i = 1, n do
+      local want = i <= 2 and "sent" or i == 40 and "cancelled" or i % 10 == 0 and "dead" or "warned"
+      local rows = l:show("R" .. i)
+      assert.equal(1, #rows, "R" .. i) -- the reservation went with the record
+      assert.equal(want, rows[1].outcome, "R" .. i)
+      assert.equal(ledger.fingerprint(body(i)), rows[1].fingerprint, "R" .. i)
+      assert.equal("Bluewater", rows[1].store)
+      assert.equal(i <= 2 and T0 or T0 + 5, rows[1].at)
+    end
+    assert.equal("cancelled", l:show("R99")[1].outcome)
+    -- nothing is in flight for another handle any more
+    assert.equal("unknown", other:check(SCOPE, nil, body(30)).state)
+    l:close()
+    other:close()
+  end)
+
   it("show lists a refCode across scopes, with the reservations in flight", function()
     local l = open()
     assert(l:record(SCOPE, { { body = body(1), outcome = "sent" } }, { now = T0 }))
@@ -425,6 +457,44 @@ describe("ledger reservations", function()
     b:close()
   end)
 
+  it("a reservation of many orders at once keeps each order's rule", function()
+    local path = fresh_path()
+    local a, b = open(path), open(path)
+    -- a process that died holding R20..R29; a live handle holding R3, R4; R5's lease ran out
+    local script = child_script("dies", ([[
+      local ledger = require("optimizely.offline.ledger")
+      local l = assert(ledger.open(%q))
+      local list = {}
+      for i = 20, 29 do list[#list + 1] = { ref = "R" .. i } end
+      assert(l:reserve({ host = %q, site = %q, channel = %q }, list, { lease = 600, now = %d }))
+      io.stdout:write("ok\n")
+      os.exit(0)
+    ]]):format(path, SCOPE.host, SCOPE.site, SCOPE.channel, T0))
+    local child = assert(io.popen(interpreter() .. " " .. q(script) .. " 2>&1"))
+    assert.equal("ok\n", child:read("*a"))
+    child:close()
+    -- (after the child's open: it prunes rows as old as T0)
+    assert(a:record(SCOPE, { body(1), body(2, { total = "1.00" }) }, { outcome = "sent", now = T0 }))
+    assert(b:reserve(SCOPE, { body(3), body(4) }, { lease = 600, now = T0 }))
+    assert(b:reserve(SCOPE, { body(5) }, { lease = 1, now = T0 }))
+    local list = {}
+    for i = 3, 50 do list[#list + 1] = body(i) end -- 32 at once, then one at a time
+    list[#list + 1] = body(1)
+    list[#list + 1] = { body = body(2), force = true }
+    local got = assert(a:reserve(SCOPE, list, { lease = 60, now = T0 + 5 }))
+    local by = {}
+    for k, x in ipairs(got) do by[k <= 48 and k + 2 or k - 48] = x end
+    assert.same({ state = "same", outcome = "sent", at = T0 }, by[1])
+    assert.same({ state = "changed", outcome = "sent", at = T0, reserved = true }, by[2])
+    for i = 3, 4 do assert.same({ state = "in_flight", ["until"] = T0 + 600, mine = false }, by[i]) end
+    for i = 5, 50 do assert.same({ state = "reserved", reserved = true }, by[i], "R" .. i) end
+    -- taken over: the dead process's reservations are this handle's now
+    assert.is_true(b:check(SCOPE, nil, body(25), T0 + 6).state == "in_flight")
+    assert.is_true(a:check(SCOPE, nil, body(25), T0 + 6).mine)
+    a:close()
+    b:close()
+  end)
+
   it("two processes reserving and recording at once never both get one order", function()
     local path = fresh_path()
     open(path):close()
@@ -442,12 +512,13 @@ describe("ledger reservations", function()
       end
       for round = 0, 59 do
         local list = {}
-        for k = 1, 20 do list[k] = body(round * 7 + k) end -- overlapping windows
+        -- overlapping windows, 32 at a time and then one at a time
+        for k = 1, 40 do list[k] = body(round * 14 + k) end
         local answers = assert(l:reserve(scope, list, { lease = 60 }))
         local sent = {}
         for k, a in ipairs(answers) do
           if a.state == "reserved" then
-            out:write("P", round * 7 + k, "\n")
+            out:write("P", round * 14 + k, "\n")
             sent[#sent + 1] = { body = list[k], outcome = "sent" }
           end
         end
@@ -473,7 +544,7 @@ describe("ledger reservations", function()
         total = total + 1
       end
     end
-    local distinct = 59 * 7 + 20
+    local distinct = 59 * 14 + 40
     assert.equal(distinct, total) -- each order sent exactly once, by one of them
     for i = 1, distinct do assert.equal(1, count["P" .. i], "P" .. i) end
   end)

@@ -1,10 +1,13 @@
 /* The ledger behind a scheduler's record hook (see ledger_sink.h).
- * Sections: notes, writing them, the sink's thread, reserving on it. */
+ * Sections: the memo of entries, notes, writing them, the sink's thread,
+ * reserving on it. */
 #define _GNU_SOURCE
 #include "ledger_sink.h"
 #include "clock.h"
 
 #include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +25,100 @@ void oo_ledger_sink_init(oo_ledger_sink *k, oo_ledger *l, const char *host, cons
     k->window = SINK_WINDOW;
     pthread_mutex_init(&k->mu, NULL);
     pthread_cond_init(&k->cv, NULL);
+}
+
+/* ------------------------------------------------------------------ */
+/* The memo of entries (the thread's only)                             */
+
+/* Entries kept (a ring: the oldest goes) and hash buckets (a power of two). */
+#define MEMO_CAP 4096
+#define MEMO_BUCKETS 8192
+
+typedef struct memo_slot {
+    char *body; /* the memo's copy: the entry points into it */
+    size_t len;
+    uint64_t hash;
+    oo_ledger_entry e;
+    int used, next; /* next: the bucket's chain, -1 at its end */
+} memo_slot;
+
+struct oo_sink_memo {
+    memo_slot v[MEMO_CAP];
+    int bucket[MEMO_BUCKETS]; /* -1: empty */
+    size_t head;              /* insertions so far: the next slot is head % MEMO_CAP */
+};
+
+/* A hash of the bytes, eight at a time (the memo compares the bytes too). */
+static uint64_t body_hash(const char *p, size_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ n, w;
+    size_t i;
+    for (i = 0; i + 8 <= n; i += 8) {
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+        h ^= h >> 32;
+    }
+    for (; i < n; i++) h = (h ^ (unsigned char)p[i]) * 0x100000001B3ULL;
+    return h ^ (h >> 29);
+}
+
+static struct oo_sink_memo *memo_new(void) {
+    struct oo_sink_memo *m = (struct oo_sink_memo *)calloc(1, sizeof *m);
+    size_t i;
+    if (m)
+        for (i = 0; i < MEMO_BUCKETS; i++) m->bucket[i] = -1;
+    return m;
+}
+
+/* Takes slot i out of its chain and frees what it holds. */
+static void memo_drop(struct oo_sink_memo *m, int i) {
+    memo_slot *w = &m->v[i];
+    int *p = &m->bucket[w->hash & (MEMO_BUCKETS - 1)];
+    if (!w->used) return;
+    while (*p != i) p = &m->v[*p].next;
+    *p = w->next;
+    oo_ledger_entry_free(&w->e);
+    free(w->body);
+    w->used = 0;
+}
+
+static void memo_free(struct oo_sink_memo *m) {
+    int i;
+    if (!m) return;
+    for (i = 0; i < MEMO_CAP; i++) memo_drop(m, i);
+    free(m);
+}
+
+/* The slot of these body bytes, or -1. */
+static int memo_find(const struct oo_sink_memo *m, const char *body, size_t len) {
+    uint64_t h = body_hash(body, len);
+    int i;
+    for (i = m->bucket[h & (MEMO_BUCKETS - 1)]; i >= 0; i = m->v[i].next)
+        if (m->v[i].hash == h && m->v[i].len == len && memcmp(m->v[i].body, body, len) == 0)
+            return i;
+    return -1;
+}
+
+/* Parses a copy of the body into the next slot (the oldest entry goes);
+ * the slot, or -1 (out of memory, or a body the ledger refuses: it then
+ * parses it itself and says why). */
+static int memo_add(struct oo_sink_memo *m, const char *store_key, const char *body, size_t len) {
+    int i = (int)(m->head % MEMO_CAP);
+    memo_slot *w = &m->v[i];
+    memo_drop(m, i);
+    if (!(w->body = (char *)malloc(len + 1))) return -1;
+    memcpy(w->body, body, len);
+    w->body[len] = '\0';
+    if (oo_ledger_entry_from_body(w->body, len, store_key, &w->e, NULL, 0) != 0) {
+        free(w->body);
+        return -1;
+    }
+    w->len = len;
+    w->hash = body_hash(body, len);
+    w->next = m->bucket[w->hash & (MEMO_BUCKETS - 1)];
+    m->bucket[w->hash & (MEMO_BUCKETS - 1)] = i;
+    w->used = 1;
+    m->head++;
+    return i;
 }
 
 /* ------------------------------------------------------------------ */
@@ -112,13 +209,17 @@ int oo_ledger_sink_add(oo_ledger_sink *k, const oo_sched *s, const oo_job *j, oo
 /* ------------------------------------------------------------------ */
 /* Writing them                                                        */
 
-/* One transaction for v[0..n) (no lock held). */
+/* One transaction for v[0..n) (no lock held). The entries the thread
+ * derived when it reserved these orders are used, and dropped once the
+ * notes are done with. */
 static int record(oo_ledger_sink *k, const oo_sink_note *v, size_t n, oo_spool_err *err) {
     oo_ledger_scope sc;
     oo_ledger_item *items = (oo_ledger_item *)calloc(n, sizeof *items);
+    int *hit = k->memo ? (int *)malloc(n * sizeof *hit) : NULL;
     size_t i;
     int code;
     if (!items) {
+        free(hit);
         memset(err, 0, sizeof *err);
         err->code = OO_SPOOL_STORAGE;
         snprintf(err->message, sizeof err->message, "ledger %s: out of memory",
@@ -133,12 +234,19 @@ static int record(oo_ledger_sink *k, const oo_sink_note *v, size_t n, oo_spool_e
         items[i].channel = v[i].channel;
         items[i].channel_len = v[i].channel ? strlen(v[i].channel) : 0;
         items[i].outcome = v[i].outcome;
+        if (hit) {
+            hit[i] = v[i].body ? memo_find(k->memo, v[i].body, v[i].body_len) : -1;
+            if (hit[i] >= 0) items[i].entry = &k->memo->v[hit[i]].e;
+        }
     }
     /* the scope's channel is the first note's; each note names its own */
     sc.host = k->host;
     sc.site = k->site;
     sc.channel = v[0].channel ? v[0].channel : "-";
     code = oo_ledger_record(k->l, &sc, items, n, oo_wall_now(), err);
+    for (i = 0; hit && i < n && (code == OO_SPOOL_OK || code == OO_SPOOL_MISUSE); i++)
+        if (hit[i] >= 0) memo_drop(k->memo, hit[i]);
+    free(hit);
     free(items);
     return code;
 }
@@ -252,13 +360,45 @@ int oo_ledger_sink_flush(oo_ledger_sink *k, oo_spool_err *err) {
 /* ------------------------------------------------------------------ */
 /* The sink's thread                                                   */
 
+/* Derives the entries of the request's bodies into the memo (a batch of
+ * at most half its size, so that none of them pushes out another). */
+static void memo_fill(oo_ledger_sink *k, oo_sink_request *r) {
+    const char *store_key = oo_ledger_store_key(k->l);
+    size_t i;
+    if (r->n > MEMO_CAP / 2 || (!k->memo && !(k->memo = memo_new()))) return;
+    for (i = 0; i < r->n; i++) {
+        oo_ledger_item *it = &r->items[i];
+        int slot = it->body ? memo_add(k->memo, store_key, it->body, it->body_len) : -1;
+        if (slot >= 0) it->entry = &k->memo->v[slot].e;
+    }
+}
+
+/* The slot holding an entry memo_fill gave out. */
+static int slot_of(const struct oo_sink_memo *m, const oo_ledger_entry *e) {
+    return (int)((const memo_slot *)(const void *)((const char *)e - offsetof(memo_slot, e)) -
+                 m->v);
+}
+
+/* Keeps the entries of the orders reserved (their notes will come). */
+static void memo_keep_reserved(oo_ledger_sink *k, oo_sink_request *r) {
+    size_t i;
+    for (i = 0; i < r->n; i++) {
+        oo_ledger_item *it = &r->items[i];
+        if (it->entry && (r->code != OO_SPOOL_OK || !it->reserved))
+            memo_drop(k->memo, slot_of(k->memo, it->entry));
+        if (r->code != OO_SPOOL_OK || !it->reserved) it->entry = NULL;
+    }
+}
+
 static void answer_request(oo_ledger_sink *k) {
     oo_sink_request *r = &k->req;
     oo_ledger_scope sc;
     sc.host = k->host;
     sc.site = k->site;
     sc.channel = r->channel;
+    memo_fill(k, r);
     r->code = oo_ledger_reserve(k->l, &sc, r->items, r->n, r->lease, oo_wall_now(), &r->err);
+    memo_keep_reserved(k, r);
 }
 
 /* Waits for work until `at` (monotonic; <= 0: no deadline), under mu. */
@@ -349,6 +489,7 @@ void oo_ledger_sink_free(oo_ledger_sink *k) {
     free(k->v);
     free(k->req.items);
     free(k->req.data);
+    memo_free(k->memo);
     oo_ledger_close(k->l);
     pthread_cond_destroy(&k->cv);
     pthread_mutex_destroy(&k->mu);

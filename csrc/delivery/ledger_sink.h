@@ -22,6 +22,12 @@
  *     then _answers): the next batch is reserved while the current one is
  *     being sent.
  *
+ * What the thread derived from a body when it reserved it (refCode,
+ * fingerprint, report fields: oo_ledger_entry) is kept, keyed by the body's
+ * bytes, until that order's note is written: the body is parsed once, not
+ * at reserve and again at record. The memo is bounded (the oldest entries
+ * go: their notes are then parsed again).
+ *
  * A note not written yet is an order the endpoint has but the ledger does
  * not know: after a kill -9 it is one of the orders in flight, which a
  * later run may send again. A failed write keeps its notes for the next
@@ -79,6 +85,7 @@ typedef struct oo_ledger_sink {
     int threaded, stop, writing, flush_asked;
     pthread_t thread;
     oo_sink_request req;
+    struct oo_sink_memo *memo; /* the thread's: entries of the orders it reserved */
     long long written, errors, lost;
     char error[512]; /* the last failure, "" none */
 } oo_ledger_sink;

@@ -51,9 +51,28 @@ enum {
     L_SHOW_PENDING,
     L_PAGE,
     L_SPOOLED,
+    L_UPSERT_MANY,
+    L_PENDING_DROP_MANY,
     L_COUNT
 };
 typedef char stmt_count_fits[L_COUNT <= OO_LEDGER_STMT_COUNT ? 1 : -1];
+
+/* Record writes its rows MANY at a time: one statement of MANY rows costs
+ * far less than MANY statements of one. */
+#define MANY 32
+#define P8 "(?,?,?,?,?,?,?,?)"
+#define P8x4 P8 "," P8 "," P8 "," P8
+#define P8x16 P8x4 "," P8x4 "," P8x4 "," P8x4
+/* (scope, ref) IN (VALUES ...) would scan the table: an OR of keys is
+ * searched by the primary key, one probe per key */
+#define K1 "(scope = ? AND ref = ?)"
+#define K4 K1 " OR " K1 " OR " K1 " OR " K1
+#define K16 K4 " OR " K4 " OR " K4 " OR " K4
+#define UPSERT_SET                                                                                 \
+    " ON CONFLICT (scope, ref) DO UPDATE SET"                                                      \
+    " fp = excluded.fp, outcome = excluded.outcome, at = excluded.at,"                             \
+    " order_at = excluded.order_at, label = excluded.label, total = excluded.total"                \
+    " WHERE excluded.outcome <> 3 OR ledger.outcome = 3"
 
 #define ROW_COLS                                                                                   \
     "s.id, s.host, s.site, s.channel, l.ref, l.fp, l.outcome, l.at, l.order_at, b.store,"          \
@@ -78,10 +97,7 @@ static const char *const SQL[L_COUNT] = {
         "UPDATE ledger_pending SET owner = ?3, until = ?4 WHERE scope = ?1 AND ref = ?2",
     /* a dead outcome never overwrites a seen row; anything else overwrites */
     [L_UPSERT] = "INSERT INTO ledger(scope, ref, fp, outcome, at, order_at, label, total)"
-                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (scope, ref) DO UPDATE SET"
-                 " fp = excluded.fp, outcome = excluded.outcome, at = excluded.at,"
-                 " order_at = excluded.order_at, label = excluded.label, total = excluded.total"
-                 " WHERE excluded.outcome <> 3 OR ledger.outcome = 3",
+                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)" UPSERT_SET,
     [L_MARK_CANCELLED] = "UPDATE ledger SET outcome = 4, at = ?3 WHERE scope = ?1 AND ref = ?2",
     [L_PRUNE] = "DELETE FROM ledger WHERE (scope, ref) IN"
                 " (SELECT scope, ref FROM ledger WHERE at < ?1 ORDER BY at LIMIT ?2)",
@@ -104,6 +120,10 @@ static const char *const SQL[L_COUNT] = {
                " ORDER BY l.scope, l.ref LIMIT ?3",
     /* in a spool's file: a create of the refCode still queued there */
     [L_SPOOLED] = "SELECT 1 FROM orders WHERE ref = ?1 AND op = 0 LIMIT 1",
+    /* L_UPSERT and L_PENDING_DROP for MANY rows */
+    [L_UPSERT_MANY] = "INSERT INTO ledger(scope, ref, fp, outcome, at, order_at, label, total)"
+                      " VALUES " P8x16 "," P8x16 UPSERT_SET,
+    [L_PENDING_DROP_MANY] = "DELETE FROM ledger_pending WHERE " K16 " OR " K16,
 };
 
 #define lexec(c, st, i, ...) oo_sql_exec((c), (st), SQL, (i), __VA_ARGS__)
@@ -542,6 +562,7 @@ const char *oo_ledger_path(const oo_ledger *l) {
 }
 const char *oo_ledger_owner(const oo_ledger *l) { return l->owner; }
 int oo_ledger_in_spool(const oo_ledger *l) { return l->host.h != NULL; }
+const char *oo_ledger_store_key(const oo_ledger *l) { return l->store_key; }
 
 /* ------------------------------------------------------------------ */
 /* check / reserve / record / release                                  */
@@ -560,13 +581,14 @@ typedef struct batch {
 enum { B_CHECK, B_RESERVE, B_RECORD, B_RELEASE };
 
 /* Item i's key: its scope id (0: not in the ledger yet) and refCode, and
- * its entry when it has a body (e->own set: free it). */
+ * its entry when it has a body (parsed here unless the caller gave it:
+ * `borrowed`; else free it). */
 typedef struct item_key {
     long long scope;
     const char *ref;
     size_t ref_len;
     oo_ledger_entry e;
-    int has_entry;
+    int has_entry, borrowed;
 } item_key;
 
 static int key_of(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b, size_t i, item_key *k,
@@ -577,7 +599,10 @@ static int key_of(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b, siz
     size_t chan_len = it->channel ? it->channel_len : b->chan_len;
     int rc;
     memset(k, 0, sizeof *k);
-    if (it->body) {
+    if (it->entry) {
+        k->e = *it->entry;
+        k->has_entry = k->borrowed = 1;
+    } else if (it->body) {
         if (oo_ledger_entry_from_body(it->body, it->body_len, l->store_key, &k->e, why,
                                       sizeof why) != 0)
             return oo_sql_err(err, OO_SPOOL_MISUSE, 0, NULL, "ledger: list[%zu].body: %s", i + 1,
@@ -681,7 +706,7 @@ static int look_spooled(oo_sql_conn *c, sqlite3_stmt **st, const item_key *k, oo
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-/* One item of a batch, by action. */
+/* One item of a batch, by action (record: record_step). */
 static int batch_item(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b, size_t i,
                       item_key *k) {
     oo_ledger_item *it = &b->items[i];
@@ -712,17 +737,112 @@ static int batch_item(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b,
         it->reserved = 1;
         if (it->state == OO_LEDGER_UNKNOWN) it->state = OO_LEDGER_RESERVED;
         return rc;
-    case B_RECORD:
-        if (it->outcome == OO_LEDGER_CANCELLED && !k->has_entry)
-            rc = put_cancelled(c, st, k->scope, k->ref, k->ref_len, b->now);
-        else
-            rc = put_row(c, st, &b->memo, k->scope, k->ref, k->ref_len, &k->e, 1, it->outcome,
-                         b->now);
-        if (rc != SQLITE_OK) return rc;
-        /* the reservation goes with the record, whoever took it */
-        return lexec(c, st, L_PENDING_DROP, "it", k->scope, k->ref, k->ref_len);
     default: return lexec(c, st, L_PENDING_DEL, "its", k->scope, k->ref, k->ref_len, l->owner);
     }
+}
+
+/* Record's rows waiting to be written MANY at a time: their keys (the
+ * entries freed once written), outcomes and labels. */
+typedef struct many {
+    item_key k[MANY];
+    int outcome[MANY];
+    long long label[MANY];
+    int n;
+} many;
+
+static void many_free(many *m) {
+    int i;
+    for (i = 0; i < m->n; i++)
+        if (m->k[i].has_entry && !m->k[i].borrowed) oo_ledger_entry_free(&m->k[i].e);
+    m->n = 0;
+}
+
+static int step_done(sqlite3_stmt *q) {
+    int rc = sqlite3_step(q);
+    oo_sql_finish(q);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Writes the MANY rows waiting (the L_UPSERT rule) and drops their
+ * reservations, whoever took them: two statements. */
+static int many_write(oo_sql_conn *c, sqlite3_stmt **st, many *m, double now) {
+    sqlite3_stmt *q;
+    int i, p = 1, rc;
+    if (!(q = oo_sql_stmt(c, st, SQL, L_UPSERT_MANY, &rc))) return rc;
+    for (i = 0; i < MANY; i++) {
+        const item_key *k = &m->k[i];
+        sqlite3_bind_int64(q, p++, k->scope);
+        sqlite3_bind_text64(q, p++, k->ref, k->ref_len, SQLITE_STATIC, SQLITE_UTF8);
+        sqlite3_bind_blob(q, p++, k->e.fp, OO_LEDGER_FP_LEN, SQLITE_STATIC);
+        sqlite3_bind_int64(q, p++, m->outcome[i]);
+        sqlite3_bind_int64(q, p++, (sqlite3_int64)now);
+        if (k->e.has_order_at) sqlite3_bind_int64(q, p, k->e.order_at);
+        if (m->label[i]) sqlite3_bind_int64(q, p + 1, m->label[i]);
+        if (k->e.has_total) sqlite3_bind_int64(q, p + 2, k->e.total);
+        p += 3; /* unbound: NULL */
+    }
+    if ((rc = step_done(q)) != SQLITE_OK) return rc;
+    if (!(q = oo_sql_stmt(c, st, SQL, L_PENDING_DROP_MANY, &rc))) return rc;
+    for (i = 0, p = 1; i < MANY; i++) {
+        sqlite3_bind_int64(q, p++, m->k[i].scope);
+        sqlite3_bind_text64(q, p++, m->k[i].ref, m->k[i].ref_len, SQLITE_STATIC, SQLITE_UTF8);
+    }
+    return step_done(q);
+}
+
+/* Writes the rows waiting in m one at a time (fewer than MANY). */
+static int many_write_each(oo_sql_conn *c, sqlite3_stmt **st, many *m, double now) {
+    int i, rc = SQLITE_OK;
+    for (i = 0; i < m->n && rc == SQLITE_OK; i++) {
+        const item_key *k = &m->k[i];
+        rc = lexec(c, st, L_UPSERT, "itbiiJIJ", k->scope, k->ref, k->ref_len, k->e.fp,
+                   (size_t)OO_LEDGER_FP_LEN, (long long)m->outcome[i], (long long)now,
+                   k->e.has_order_at, k->e.order_at, m->label[i], k->e.has_total, k->e.total);
+        if (rc == SQLITE_OK) rc = lexec(c, st, L_PENDING_DROP, "it", k->scope, k->ref, k->ref_len);
+    }
+    return rc;
+}
+
+/* Record's item i, its key in m's next slot: a row waits in m (written
+ * once MANY wait); a cancel without a body is written now, after the rows
+ * waiting (in order). The reservation goes with the record, whoever took
+ * it. */
+static int record_item(oo_sql_conn *c, sqlite3_stmt **st, batch *b, size_t i, many *m) {
+    item_key one = m->k[m->n];
+    int rc;
+    if (one.has_entry || b->items[i].outcome != OO_LEDGER_CANCELLED) {
+        rc = label_id(c, st, &b->memo, &one.e, &m->label[m->n]);
+        m->outcome[m->n++] = b->items[i].outcome;
+        if (m->n < MANY) return rc;
+        if (rc == SQLITE_OK) rc = many_write(c, st, m, b->now);
+        many_free(m);
+        return rc;
+    }
+    rc = many_write_each(c, st, m, b->now);
+    many_free(m);
+    if (rc == SQLITE_OK) rc = put_cancelled(c, st, one.scope, one.ref, one.ref_len, b->now);
+    if (rc == SQLITE_OK) rc = lexec(c, st, L_PENDING_DROP, "it", one.scope, one.ref, one.ref_len);
+    return rc;
+}
+
+static int record_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b,
+                       oo_spool_err *err) {
+    many m;
+    size_t i;
+    int code = OO_SPOOL_OK, rc = SQLITE_OK;
+    m.n = 0;
+    for (i = 0; i < b->n && code == OO_SPOOL_OK; i++) {
+        item_key *k = &m.k[m.n];
+        if ((code = key_of(l, c, st, b, i, k, err)) != OO_SPOOL_OK) {
+            if (k->has_entry && !k->borrowed) oo_ledger_entry_free(&k->e);
+        } else if ((rc = record_item(c, st, b, i, &m)) != SQLITE_OK) {
+            code = oo_sql_fail(c, err, rc);
+        }
+    }
+    if (code == OO_SPOOL_OK && (rc = many_write_each(c, st, &m, b->now)) != SQLITE_OK)
+        code = oo_sql_fail(c, err, rc);
+    many_free(&m);
+    return code;
 }
 
 static int batch_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx,
@@ -730,12 +850,13 @@ static int batch_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx
     batch *b = (batch *)ctx;
     size_t i;
     int code = OO_SPOOL_OK, rc;
-    for (i = 0; i < b->n && code == OO_SPOOL_OK; i++) {
+    if (b->action == B_RECORD) code = record_step(l, c, st, b, err);
+    for (i = 0; b->action != B_RECORD && i < b->n && code == OO_SPOOL_OK; i++) {
         item_key k;
         code = key_of(l, c, st, b, i, &k, err);
         if (code == OO_SPOOL_OK && (rc = batch_item(l, c, st, b, i, &k)) != SQLITE_OK)
             code = oo_sql_fail(c, err, rc);
-        if (k.has_entry) oo_ledger_entry_free(&k.e);
+        if (k.has_entry && !k.borrowed) oo_ledger_entry_free(&k.e);
     }
     if (code == OO_SPOOL_OK && b->action == B_RECORD &&
         (rc = maybe_prune(c, st, l->opts.keep_days, &l->since_prune, (long long)b->n, b->now)) !=

@@ -48,7 +48,7 @@
 #define OO_LEDGER_PRUNE_EVERY 1000
 #define OO_LEDGER_STORE_KEY_MAX 256
 /* Statements a connection caches for the ledger (spool.c keeps an array). */
-#define OO_LEDGER_STMT_COUNT 25
+#define OO_LEDGER_STMT_COUNT 27
 
 /* The ledger's tables, created in a ledger file and in a spool's. */
 #define OO_LEDGER_SCHEMA_SQL                                                                       \
@@ -171,6 +171,8 @@ const char *oo_ledger_path(const oo_ledger *l);
  * namespace" (the namespace part when /proc tells it). */
 const char *oo_ledger_owner(const oo_ledger *l);
 int oo_ledger_in_spool(const oo_ledger *l);
+/* The order.attributes key of the store this handle records under. */
+const char *oo_ledger_store_key(const oo_ledger *l);
 
 typedef struct oo_ledger_scope {
     const char *host, *site, *channel; /* NUL-terminated */
@@ -184,6 +186,10 @@ typedef struct oo_ledger_item {
     size_t ref_len;
     const char *body; /* the encoded order (body[body_len] == '\0'), or NULL */
     size_t body_len;
+    /* body's entry when the caller derived it already (oo_ledger_entry_from_body
+     * with the handle's store key; it points into a copy the caller keeps
+     * alive for the call): the ledger then does not parse the body again */
+    const oo_ledger_entry *entry;
     int outcome; /* record: OO_LEDGER_* */
     int force;   /* reserve: reserve it even when seen (a forced send, an amend) */
     /* filled by check and reserve */
