@@ -206,20 +206,20 @@ function Batch:prepare()
   return self:prepare_one(payload, channel)
 end
 
--- Up to `max` payloads and channels from the source into `pay`, `chan`
+-- Up to `most` payloads and channels from the source into `pay`, `chan`
 -- (one protected call for all of them). Returns how many, and true when
 -- the source ended (or failed: as `pull`, the batch then ends early).
-local function read_source(next_item, pay, chan, max)
-  for n = 1, max do
+local function read_source(next_item, pay, chan, most)
+  for n = 1, most do
     local p, c = next_item()
     if p == nil then return n - 1, true end
     pay[n], chan[n] = p, c
   end
-  return max, false
+  return most, false
 end
 
-function Batch:pull_many(pay, chan, max)
-  local ok, n, ended = pcall(read_source, self.next_item, pay, chan, max)
+function Batch:pull_many(pay, chan, most)
+  local ok, n, ended = pcall(read_source, self.next_item, pay, chan, most)
   if ok then return n, ended end
   if is_interrupt(n) then error(n, 0) end
   self.summary.error = "send_batch: the source raised an error: " .. tostring(n)

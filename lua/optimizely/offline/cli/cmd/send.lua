@@ -389,12 +389,12 @@ end
 -- this, the reader and the ledger's answer).
 -- @local
 function Send:source()
-  local st, grace, inflight, records, pos = self.st, self.grace, self.inflight, self.records, self.pos
+  local st, grace, inflight, next_record, pos = self.st, self.grace, self.inflight, self.records, self.pos
   return function()
     while true do
       -- after a signal nothing new starts (the rest is accounted for by settle)
       if grace:stopping() then return nil end
-      local item = records()
+      local item = next_record()
       if item == nil then
         self.progress.total = st.read
         return nil
