@@ -134,7 +134,9 @@ local function env_prefix()
   return table.concat(parts, " ")
 end
 
--- Runs the command line under /usr/bin/time -v: wall seconds, peak RSS (MiB).
+-- Runs the command line under /usr/bin/time -v: wall seconds, peak RSS
+-- (MiB), CPU seconds (user + sys: what the shared machine's other work
+-- moves least).
 local function timed(args)
   local tf, out = work .. "/time.txt", work .. "/out.txt"
   local cmd = ("%s /usr/bin/time -v -o %s %s %s %s >%s 2>&1"):format(env_prefix(), q(tf), LUA, q(BIN),
@@ -145,22 +147,26 @@ local function timed(args)
   local secs = 0
   for part in (wall or ""):gmatch("[%d%.]+") do secs = secs * 60 + tonumber(part) end
   local rss = tonumber(t:match("Maximum resident set size %(kbytes%): (%d+)") or "0") / 1024
+  local cpu = tonumber(t:match("User time %(seconds%): ([%d%.]+)") or "0")
+    + tonumber(t:match("System time %(seconds%): ([%d%.]+)") or "0")
   if not ok then error("failed: " .. cmd .. "\n" .. capture("head -c 3000 " .. q(out))) end
-  return secs, rss
+  return secs, rss, cpu
 end
 
 local report = work .. "/report.json"
 local best = { validate = { math.huge, 0 }, send = { math.huge, 0 } }
+local cpu = { validate = {}, send = {} }
 for r = 1, RUNS do
-  local vs, vr = timed({ "validate", "-q", q(FILE) })
-  local ss, sr = timed({ "send", "-q", q(FILE), "--report", q(report) })
+  local vs, vr, vc = timed({ "validate", "-q", q(FILE) })
+  local ss, sr, sc = timed({ "send", "-q", q(FILE), "--report", q(report) })
+  cpu.validate[r], cpu.send[r] = vc, sc
   local rep = assert(core.json_decode(lib.capture("cat " .. q(report))))
   if rep.sent ~= 0 or rep.skipped ~= ORDERS or rep.read ~= ORDERS then
     error(("the second send was not a run with nothing to send: read %s, sent %s, skipped %s"):format(
       tostring(rep.read), tostring(rep.sent), tostring(rep.skipped)))
   end
-  io.write(("run %d: validate %.2f s (%.1f MiB), send again %.2f s (%.1f MiB): %d already sent\n"):format(r, vs, vr,
-    ss, sr, rep.skipped))
+  io.write(("run %d: validate %.2f s (CPU %.2f s, %.1f MiB), send again %.2f s (CPU %.2f s, %.1f MiB): "
+    .. "%d already sent\n"):format(r, vs, vc, vr, ss, sc, sr, rep.skipped))
   if vs < best.validate[1] then best.validate = { vs, vr } end
   if ss < best.send[1] then best.send = { ss, sr } end
   best.validate[2] = math.max(best.validate[2], vr)
@@ -172,6 +178,17 @@ local ratio = srate / vrate
 io.write(("%s, %d orders, best of %d:\n"):format(LUA, ORDERS, RUNS))
 io.write(("  validate:   %9.0f orders/s, peak RSS %.1f MiB\n"):format(vrate, best.validate[2]))
 io.write(("  send again: %9.0f orders/s, peak RSS %.1f MiB\n"):format(srate, best.send[2]))
+-- CPU time: the lowest and the median of the runs, each command's own
+local function low_median(list)
+  table.sort(list)
+  local n = #list
+  return list[1], n % 2 == 1 and list[(n + 1) / 2] or (list[n / 2] + list[n / 2 + 1]) / 2
+end
+local vlow, vmed = low_median(cpu.validate)
+local slow, smed = low_median(cpu.send)
+io.write(("  CPU (user+sys): validate lowest %.2f s, median %.2f s; send again lowest %.2f s, median %.2f s\n")
+  :format(vlow, vmed, slow, smed))
+io.write(("  CPU speed %.2fx validate (lowest), %.2fx (median)\n"):format(vlow / slow, vmed / smed))
 io.write(("  speed %.2fx validate (target >= %.1fx: %s); peak RSS %.1f MiB (target < %d: %s)\n"):format(ratio,
   SPEED_TARGET, ratio >= SPEED_TARGET and "met" or "NOT met", best.send[2], RSS_TARGET,
   best.send[2] < RSS_TARGET and "met" or "NOT met"))

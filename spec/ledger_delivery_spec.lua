@@ -88,6 +88,25 @@ describe("the ledger on delivery", function()
       c:close()
     end)
 
+    it("an error in on_skipped is a callback error: the orders after it are still told", function()
+      local path = fresh_path()
+      local c = new_client()
+      assert.equal(6, assert(c:send_batch(make("skiperr-", 6), { ledger = path })).sent)
+      local told = {}
+      local s = assert(c:send_batch(make("skiperr-", 6), { ledger = path,
+        on_skipped = function(i)
+          told[#told + 1] = i
+          if i == 2 or i == 5 then error("boom " .. i) end
+        end }))
+      assert.equal(6, s.skipped)
+      assert.same({ 1, 2, 3, 4, 5, 6 }, told)
+      assert.equal(2, #s.callback_errors)
+      assert.equal(2, s.callback_errors[1].index)
+      assert.matches("boom 2", s.callback_errors[1].message)
+      assert.equal(5, s.callback_errors[2].index)
+      c:close()
+    end)
+
     it("sends every order once, then a run again sends nothing: skipped, not an error", function()
       local path = fresh_path()
       local c = new_client()

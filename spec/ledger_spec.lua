@@ -363,6 +363,25 @@ describe("ledger lookups", function()
     l:close()
   end)
 
+  it("reserve{short = true}: true for an order reserved, the time for one sent before, else the answer", function()
+    local l = open()
+    assert(l:record(SCOPE, { body(1) }, { outcome = "sent", now = T0 }))
+    assert(l:record(SCOPE, { body(2) }, { outcome = "warned", now = T0 + 1 }))
+    assert(l:record(SCOPE, { { ref = "R3", outcome = "cancelled" } }, { now = T0 + 2 }))
+    assert(l:record(SCOPE, { body(4) }, { outcome = "sent", now = T0 + 3 }))
+    local a = assert(l:reserve(SCOPE, { body(1), body(2), body(3), body(4, { total = "99.00" }), body(5) },
+      { now = T0 + 10, short = true }))
+    assert.equal(T0, a[1]) -- sent before, the same bytes: its time
+    assert.same({ state = "same", outcome = "warned", at = T0 + 1 }, a[2]) -- warned: the whole answer
+    assert.same({ state = "changed", outcome = "cancelled", at = T0 + 2 }, a[3])
+    assert.same({ state = "changed", outcome = "sent", at = T0 + 3 }, a[4])
+    assert.is_true(a[5]) -- reserved now
+    -- forced: reserved, but the ledger has it: the whole answer
+    local f = assert(l:reserve(SCOPE, { { body = body(1), force = true } }, { now = T0 + 11, short = true }))
+    assert.same({ state = "same", outcome = "sent", at = T0, reserved = true }, f[1])
+    l:close()
+  end)
+
   it("a large record (rows written many at a time) keeps each item's rule, in order", function()
     local l, path = open()
     local other = open(path)

@@ -250,8 +250,10 @@ static int l_ledger_reserve(lua_State *L) {
     return 1;
 }
 
-/*** e:ledger_answers() -> answers (as ledger:reserve's) | nil, err — waits
- * for the answer of the last e:ledger_reserve */
+/*** e:ledger_answers([short]) -> answers (as ledger:reserve's) | nil, err —
+ * waits for the answer of the last e:ledger_reserve; `short`: true for a
+ * reservation, the number `at` for an order sent before with the same
+ * bytes (outcome "sent"), else the table (oo_ledger_answers_push_short) */
 static int l_ledger_answers(lua_State *L) {
     oo_engine *e = check_engine(L);
     oo_spool_err err;
@@ -260,6 +262,7 @@ static int l_ledger_answers(lua_State *L) {
     if (!e->sink.l) return luaL_error(L, "engine: no ledger");
     items = oo_ledger_sink_answers(&e->sink, &n, &err);
     if (!items) return oo_spool_push_err(L, &err);
+    if (lua_toboolean(L, 2)) return oo_ledger_answers_push_short(L, items, n);
     return oo_ledger_answers_push(L, items, n);
 }
 

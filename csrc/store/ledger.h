@@ -354,5 +354,8 @@ oo_ledger_item *oo_ledger_items_read(struct lua_State *L, int idx, const char *f
 /* The answers of check or reserve: {state=, outcome=, at=, reserved=,
  * until=, mine=} per item. */
 int oo_ledger_answers_push(struct lua_State *L, const oo_ledger_item *items, size_t n);
+/* The same, short: true (reserved), the number at (the same bytes, sent,
+ * not reserved), else that table. */
+int oo_ledger_answers_push_short(struct lua_State *L, const oo_ledger_item *items, size_t n);
 
 #endif

@@ -87,6 +87,12 @@ end
 local Batch = {}
 Batch.__index = Batch
 
+-- A refCode, or the payload to take it from.
+local function ref_of(r)
+  if type(r) == "table" then return core.ref_string(r) end
+  return r
+end
+
 --- Is `err` the failure of an order that was never tried because refused
 -- credentials stopped the batch? Those are the orders `summary.not_sent`
 -- counts (the order whose own request was refused is not one of them).
@@ -186,24 +192,64 @@ function Batch:rejected(i, err, invalid)
   self:fail(i, err)
 end
 
--- The next order from the source, prepared: its index, body, channel
--- index, refCode and warnings; or its index and the error that refused it
--- (nil, i, err, invalid); nil at the end of the source.
-function Batch:prepare_next()
+-- The next order from the source, prepared, with no table made for it:
+-- its index, body, channel index, warnings (nil when none) and payload;
+-- or its index, false, the error that refused it and whether it is
+-- invalid; nil at the end of the source.
+function Batch:prepare()
   if self.exhausted then return nil end
   local payload, channel = self:pull()
   if payload == nil then
     self.exhausted = true
     return nil
   end
+  return self:prepare_one(payload, channel)
+end
+
+-- Up to `most` payloads and channels from the source into `pay`, `chan`
+-- (one protected call for all of them). Returns how many, and true when
+-- the source ended (or failed: as `pull`, the batch then ends early).
+local function read_source(next_item, pay, chan, most)
+  for n = 1, most do
+    local p, c = next_item()
+    if p == nil then return n - 1, true end
+    pay[n], chan[n] = p, c
+  end
+  return most, false
+end
+
+function Batch:pull_many(pay, chan, most)
+  local ok, n, ended = pcall(read_source, self.next_item, pay, chan, most)
+  if ok then return n, ended end
+  if is_interrupt(n) then error(n, 0) end
+  self.summary.error = "send_batch: the source raised an error: " .. tostring(n)
+  return #pay, true
+end
+
+-- One payload read, prepared (see `prepare`).
+function Batch:prepare_one(payload, channel)
   local i = self.index + 1
   self.index = i
   self.summary.read = i
-  local ch, cerr = context.channel_of(self.st, channel or self.o.channel)
-  if not ch then return false, i, cerr, false end
+  local ch = channel == nil and self.default_ch or nil
+  if not ch then
+    local cerr
+    ch, cerr = context.channel_of(self.st, channel or self.o.channel)
+    if not ch then return i, false, cerr, false end
+    if channel == nil then self.default_ch = ch end -- the same for every order naming none
+  end
   local json, w = context.prepare(self.st, payload, self.pseudonym)
-  if not json then return false, i, w, true end
-  return { i = i, body = json, ch = ch, ref = core.ref_string(payload), w = w[1] and w or nil }
+  if not json then return i, false, w, true end
+  return i, json, ch, w[1] and w or nil, payload
+end
+
+-- The next order as an item `{i, body, ch, ref, w}`; or false, its index,
+-- the error that refused it and whether it is invalid; nil at the end.
+function Batch:prepare_next()
+  local i, json, ch, w, payload = self:prepare()
+  if i == nil then return nil end
+  if not json then return false, i, ch, w end
+  return { i = i, body = json, ch = ch, ref = core.ref_string(payload), w = w }
 end
 
 -- An order into the engine: a POST, or for an amend the DELETE of the
@@ -235,25 +281,62 @@ function Batch:next_plain()
 end
 
 -- A skipped order (not an error), counted: told to `on_skipped`, else
--- to `on_result` (its result, built from the ledger's `ans` when `res` is
--- nil: an order plainly sent before), and as an event. No table is made
--- for it when no one asks (a run again on a file sent in full).
-function Batch:skip(it, res, ans)
+-- to `on_result` (its result, built when `res` is nil: an order plainly
+-- sent before, at `at`), and as an event. `ref` is its refCode or its
+-- payload (the refCode is taken from it only when asked for): no table,
+-- and no refCode, is made for it when no one asks (a run again on a file
+-- sent in full).
+function Batch:skip(i, res, at, channel, ref)
   local s, o = self.summary, self.o
-  local reason, at = "already_sent"
-  if res then reason, at = res.reason, res.at else at = ans.at end
+  local reason = "already_sent"
+  if res then reason, at = res.reason, res.at end
   s.skipped = s.skipped + 1
-  self.skipped_by[reason] = (self.skipped_by[reason] or 0) + 1
-  if o.on_skipped then
-    local msg = self:callback(o.on_skipped, it.i, reason, at)
-    if msg then s.callback_errors[#s.callback_errors + 1] = { index = it.i, message = msg } end
+  local by = self.skipped_by
+  by[reason] = (by[reason] or 0) + 1
+  local on_skipped = o.on_skipped
+  if on_skipped then
+    local ok, err = pcall(on_skipped, i, reason, at)
+    if not ok then
+      if is_interrupt(err) then error(err, 0) end
+      s.callback_errors[#s.callback_errors + 1] = { index = i, message = tostring(err) }
+    end
   elseif o.on_result then
-    self:result_callback(it.i, res or delivery.skipped(reason, ans, it.channel, it.ref), nil)
+    self:result_callback(i, res or delivery.skipped(reason, { outcome = "sent", at = at }, channel, ref_of(ref)), nil)
   end
   local ev = self.events
   if ev.on_event or ev.logger then
-    self:emit("skipped", { index = it.i, ref = it.ref, reason = reason, at = at })
+    self:emit("skipped", { index = i, ref = res and res.ref or ref_of(ref), reason = reason, at = at })
   end
+end
+
+-- Orders sent before (`idx`, sent at `at`), counted and told to
+-- `on_skipped` when no one else listens: one protected call for them all
+-- (an error in it is a callback error, and the next is told).
+function Batch:skip_many(idx, at, n)
+  local s, fn, k = self.summary, self.o.on_skipped, 0
+  local function tell()
+    while k < n do
+      k = k + 1
+      fn(idx[k], "already_sent", at[k])
+    end
+  end
+  while k < n do
+    local ok, err = pcall(tell)
+    if not ok then
+      if is_interrupt(err) then
+        self:count_skipped(k) -- those after it were not told: not counted
+        error(err, 0)
+      end
+      s.callback_errors[#s.callback_errors + 1] = { index = idx[k], message = tostring(err) }
+    end
+  end
+  self:count_skipped(n)
+end
+
+function Batch:count_skipped(n)
+  local s, by = self.summary, self.skipped_by
+  s.skipped = s.skipped + n
+  by.already_sent = (by.already_sent or 0) + n
 end
 
 -- An order the ledger has another version (or the cancel) of: refused.
@@ -263,73 +346,144 @@ function Batch:refuse_changed(it, err)
   self:emit("changed", { index = it.i, ref = it.ref, at = err.at, outcome = err.outcome, error = err })
 end
 
+-- A request to the ledger: up to AHEAD orders read, as arrays beside each
+-- other (index, body, channel index, warnings, payload) — no table per
+-- order: a run again on a file sent in full skips every one of them.
+local function new_asked()
+  return { n = 0, i = {}, body = {}, ch = {}, w = {}, payload = {} }
+end
+
+-- Order k of a request as an item `{i, body, ch, channel, ref, w}`: made
+-- for the orders to send and those the ledger has news of.
+function Batch:item_of(a, k)
+  local ch = a.ch[k]
+  return { i = a.i[k], body = a.body[k], ch = ch, channel = self.st.channels[ch].name,
+    ref = core.ref_string(a.payload[k]), w = a.w[k] }
+end
+
+-- Every order of a request as items.
+function Batch:items_of(a)
+  local items = {}
+  for k = 1, a.n do items[k] = self:item_of(a, k) end
+  return items
+end
+
 -- Reads up to AHEAD orders and asks the ledger to look them up and
 -- reserve them, on the engine's ledger thread (the answer is waited for by
--- `answered`), or here when there is no such thread.
+-- `answered`), or here when there is no such thread. The usual request
+-- (one channel, nothing forced) is the bodies themselves.
 function Batch:ask()
-  local items, chans = {}, self.st.channels
-  while #items < AHEAD and not self.exhausted do
-    local it, i, err, invalid = self:prepare_next()
-    if it then
-      it.channel = chans[it.ch].name
-      items[#items + 1] = it
-    elseif it == false then
-      self:rejected(i, err, invalid)
+  if self.exhausted then return end
+  local a, n, one = new_asked(), 0, nil
+  local ai, abody, ach, aw, apay = a.i, a.body, a.ch, a.w, a.payload
+  local pay, chan = {}, {}
+  local got, ended = self:pull_many(pay, chan, AHEAD)
+  if ended then self.exhausted = true end
+  for j = 1, got do
+    local payload = pay[j]
+    local i, json, ch, w = self:prepare_one(payload, chan[j])
+    if json then
+      n = n + 1
+      ai[n], abody[n], ach[n], apay[n] = i, json, ch, payload
+      if w then aw[n] = w end
+      if one == nil then one = ch elseif one ~= ch then one = false end
+    elseif i then
+      self:rejected(i, ch, w)
     end
   end
-  if #items == 0 then return end
-  local g = self.gate
-  local list = g:reserve_list(items, self.o)
-  self.asked = items
-  if not self.engine:ledger_reserve(g:scope(items), list, g.lease) then
-    self.sync_answers = { g.L:reserve(g:scope(items), list, { lease = g.lease }) }
+  if n == 0 then return end
+  a.n = n
+  local g, o = self.gate, self.o
+  local list, scope
+  if one and not (o.force or o.amend) then
+    list, scope = abody, { host = g.host, site = g.site, channel = self.st.channels[one].name }
+  else
+    local items = self:items_of(a)
+    list, scope = g:reserve_list(items, o), g:scope(items)
+  end
+  self.asked = a
+  if not self.engine:ledger_reserve(scope, list, g.lease) then
+    self.sync_answers = { g.L:reserve(scope, list, { lease = g.lease, short = true }) }
   end
 end
 
--- The orders asked about and the ledger's answers (nil, err when it failed).
+-- The request asked last and the ledger's answers, in short (true:
+-- reserved; a number: sent before at that time; else a table) | the
+-- request, nil, err when it failed.
 function Batch:answered()
-  local items = self.asked
+  local a = self.asked
   self.asked = nil
   local sync = self.sync_answers
   self.sync_answers = nil
-  if sync then return items, sync[1], sync[2] end
-  local answers, err = self.engine:ledger_answers()
+  if sync then return a, sync[1], sync[2] end
+  local answers, err = self.engine:ledger_answers(true)
   -- the engine's failure in the ledger's shape (ledger.lua: an error object)
   if not answers and not errors.is(err) then err = errors.new(err) end
-  return items, answers, err
+  return a, answers, err
 end
 
 -- Queues in `ahead` the orders the ledger reserved (asked last time),
 -- and asks about the next ones at once: they are looked up and reserved
--- on the ledger's thread while these are sent. A ledger that fails fails
--- the orders asked about (and ends the batch: nothing more is read); the
--- first time, before anything was sent, `run` returns nil, err.
+-- on the ledger's thread while these are sent. An order sent before is
+-- counted as skipped there and then, with no table made for it. A ledger
+-- that fails fails the orders asked about (and ends the batch: nothing
+-- more is read); the first time, before anything was sent, `run` returns
+-- nil, err.
 function Batch:fill_ahead()
   if not self.asked then self:ask() end
   if not self.asked then return end
-  local items, answers, lerr = self:answered()
-  if not answers then return self:ledger_failed(items, lerr) end
+  local a, answers, lerr = self:answered()
+  if not answers then return self:ledger_failed(a, lerr) end
   self.admitted = true
   self:ask()
   local ahead, n = {}, 0
-  self.gate:decide_each(items, answers, self.o, function(k, action, x, ans)
-    local it = items[k]
+  local ai, apay, channels = a.i, a.payload, self.st.channels
+  -- orders sent before, told together when only on_skipped listens
+  local ev = self.events
+  local quick = self.o.on_skipped and not (ev.on_event or ev.logger)
+  local si, sat, ns = quick and {}, quick and {}, 0
+  for k = 1, a.n do
+    local ans = answers[k]
+    if ans == true then
+      n = n + 1
+      ahead[n] = self:item_of(a, k)
+    elseif type(ans) == "number" then
+      if quick then
+        ns = ns + 1
+        si[ns], sat[ns] = ai[k], ans
+      else
+        self:skip(ai[k], nil, ans, channels[a.ch[k]].name, apay[k])
+      end
+    else
+      n = self:decide(self:item_of(a, k), ans, ahead, n)
+    end
+  end
+  self.ahead, self.ahead_at, self.ahead_n = ahead, 1, n
+  if ns > 0 then self:skip_many(si, sat, ns) end
+end
+
+-- One order the ledger answered in full (forced, in flight elsewhere,
+-- changed, cancelled): decided by the gate; queued in `ahead` when it is
+-- to be sent. Returns the new length of `ahead`.
+function Batch:decide(it, ans, ahead, n)
+  self.gate:decide_each({ it }, { ans }, self.o, function(_, action, x, bare_ans)
     if action == "post" or action == "amend" then
       it.amend = action == "amend" or nil
       n = n + 1
       ahead[n] = it
     elseif action == "skip" then
-      self:skip(it, x, ans)
+      x = x or delivery.skipped("already_sent", bare_ans, it.channel, it.ref)
+      self:skip(it.i, x, nil, it.channel, it.ref)
     else
       self:refuse_changed(it, x)
     end
   end, true)
-  self.ahead, self.ahead_at, self.ahead_n = ahead, 1, n
+  return n
 end
 
 -- The ledger failed: the orders read fail with its error, and the batch
 -- reads no more.
-function Batch:ledger_failed(items, err)
+function Batch:ledger_failed(a, err)
   err = gate.unusable(err)
   self.exhausted = true
   self.summary.ledger_error = err
@@ -338,7 +492,7 @@ function Batch:ledger_failed(items, err)
     self.unusable = err -- nothing was sent: run returns nil, err
     return
   end
-  for _, it in ipairs(items) do self:fail(it.i, err) end
+  for k = 1, a.n do self:fail(a.i[k], err) end
 end
 
 -- The next order to send with a ledger (see `next_plain`).
@@ -368,9 +522,10 @@ function Batch:take_ahead()
   if self.asked then
     -- the answer must come before the reservations can go back: only
     -- those reserved now are ours (a duplicate in flight is not)
-    local items, answers = self:answered()
-    for k, it in ipairs(items) do
-      it.held = answers ~= nil and answers[k].reserved == true
+    local a, answers = self:answered()
+    for k = 1, a.n do
+      local it, ans = self:item_of(a, k), answers and answers[k]
+      it.held = ans == true or (type(ans) == "table" and ans.reserved == true)
       list[#list + 1] = it
     end
   end

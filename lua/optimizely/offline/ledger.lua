@@ -88,6 +88,7 @@ local OF_SPOOL = opts.schema("optimizely.offline.ledger.of_spool", "opts", {
 local RESERVE = opts.schema("optimizely.offline.ledger:reserve", "opts", {
   lease = { type = "number", above = 0, max = 86400 * 7, default = 300 },
   now = { type = "number" },
+  short = { type = "boolean" },
 })
 
 local RECORD = opts.schema("optimizely.offline.ledger:record", "opts", {
@@ -271,12 +272,16 @@ end
 -- reservation whose process is gone is taken over.
 -- @param scope see `scope`
 -- @param list array of `item`
--- @param options `{lease = 300, now = clock}`
+-- @param options `{lease = 300, now = clock, short = false}`; `short`:
+--   the two common answers without a table — `true` for an order reserved
+--   now, the number `at` for one sent before (outcome "sent") with the
+--   same bytes and not reserved; the others as tables (how `send_batch` asks: a
+--   run again on a file sent in full gets no table per order)
 -- @return array of `answer` (same order), or nil, err
 function Ledger:reserve(scope, list, options)
   check_scope(scope, "ledger:reserve")
   local o = RESERVE:check(options, 2)
-  return wrap(self.handle:reserve(scope, list, o.lease, o.now))
+  return wrap(self.handle:reserve(scope, list, o.lease, o.now, o.short))
 end
 
 --- Record outcomes (one write transaction) and drop the reservations of

@@ -184,6 +184,24 @@ function Use:skipped(item, reason, at)
   end
 end
 
+--- The batch's `on_skipped` for a run: the item of index `i` is taken
+-- from `inflight` and counted as `skipped` does, with no call per order
+-- but a line with -v.
+-- @param inflight the run's batch index -> item table
+-- @return fn(i, reason, at)
+function Use:on_skipped(inflight)
+  local run, st = self.run, self.run.st
+  local by = st.skipped_by
+  return function(i, reason, at)
+    local item = inflight[i]
+    if not item then return end
+    inflight[i] = nil
+    if run.verbose then return self:skipped(item, reason, at) end
+    st.skipped = st.skipped + 1
+    by[reason] = (by[reason] or 0) + 1
+  end
+end
+
 --- Is `e` the library's "changed" failure?
 function M.is_changed(e)
   return type(e) == "table" and e.kind == "changed"

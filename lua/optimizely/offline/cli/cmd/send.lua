@@ -383,29 +383,35 @@ end
 
 -- --------------------------------------------------------------- deliver
 
---- The batch's source: the next sendable payload (the others are
--- accounted for on the way).
+--- The batch's source: a function giving the next sendable payload and
+-- its channel (the others are accounted for on the way). Called once per
+-- record: what it needs is at hand (a run again on a file sent in full is
+-- this, the reader and the ledger's answer).
 -- @local
-function Send:next_payload()
-  local st = self.st
-  while true do
-    -- after a signal nothing new starts (the rest is accounted for by settle)
-    if self.grace:stopping() then return nil end
-    local item = self.records()
-    if item == nil then
-      self.progress.total = st.read
-      return nil
-    end
-    if not item.skipped then st.read = st.read + 1 end
-    if item.payload and not item.stage then
-      self:warn(item, item.warnings)
-      self.nbatch = self.nbatch + 1
-      self.inflight[self.nbatch] = item
+function Send:source()
+  local st, grace, inflight, next_record, pos = self.st, self.grace, self.inflight, self.records, self.pos
+  return function()
+    while true do
+      -- after a signal nothing new starts (the rest is accounted for by settle)
+      if grace:stopping() then return nil end
+      local item = next_record()
+      if item == nil then
+        self.progress.total = st.read
+        return nil
+      end
+      if not item.skipped then st.read = st.read + 1 end
+      if item.payload and not item.stage then
+        if item.warnings then self:warn(item, item.warnings) end
+        local n = self.nbatch + 1
+        self.nbatch = n
+        inflight[n] = item
+        local rec = item.rec
+        pos.fi, pos.after = item.fi, rec.index or 0 -- Send:account's, for an order read
+        return item.payload, rec.channel
+      end
+      self:other(item)
       self:account(item)
-      return item.payload, item.rec and item.rec.channel
     end
-    self:other(item)
-    self:account(item)
   end
 end
 
@@ -433,15 +439,6 @@ function Send:on_result(i, res, e)
   self:warn(item, res.warnings, true)
 end
 
---- One order the ledger skipped (already sent, or in flight elsewhere).
--- @local
-function Send:on_skipped(i, reason, at)
-  local item = self.inflight[i]
-  if not item then return end
-  self.inflight[i] = nil
-  self.led:skipped(item, reason, at)
-end
-
 --- The batch's progress callback: retries and the bar; after a signal,
 -- the end of the grace period (the interrupt is raised here).
 -- @local
@@ -454,7 +451,7 @@ function Send:on_progress(s)
 end
 
 --- The real run. Signals are only recorded meanwhile (the grace period:
--- `next_payload`, `on_progress`); an interrupt anywhere in it (our
+-- the source, `on_progress`); an interrupt anywhere in it (our
 -- callbacks included: the batch raises it again) ends the batch, which
 -- returns what it knows.
 -- @return true when it stopped before the end of the input
@@ -464,11 +461,11 @@ function Send:run_batch()
   local o = self.led:batch_options()
   o.concurrency, o.rate, o.on_interrupt = self.concurrency, self.rate, "return"
   o.on_result = function(i, res, e) self:on_result(i, res, e) end
-  o.on_skipped = function(i, reason, at) self:on_skipped(i, reason, at) end
+  o.on_skipped = self.led:on_skipped(self.inflight) -- already sent, or in flight elsewhere: counted
   o.progress = function(s) self:on_progress(s) end
   -- after a signal nothing new starts; those in flight get --grace
   o.halt = function() return self.grace:stopping() end
-  local ok, summary, lerr = pcall(self.client.send_batch, self.client, function() return self:next_payload() end, o)
+  local ok, summary, lerr = pcall(self.client.send_batch, self.client, self:source(), o)
   local signalled = self.grace:resume()
   if not ok then error(summary, 0) end
   if summary == nil then self.led:unusable(lerr) end -- before anything was sent: exit 2
