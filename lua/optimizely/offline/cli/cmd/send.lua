@@ -126,12 +126,27 @@ function Send:main()
   self.phase = "send"
   self:deliver()
   self:settle()
+  local code = self:write_outputs()
+  if self.client then self.client:close() end
+  self.led:close()
+  return code
+end
+
+--- Every record is accounted for: the rejects file, the report, the
+-- metrics and the summary are written with signals only recorded, so a
+-- signal now cannot cut them short; the run ends as they say.
+-- @return the exit code
+-- @local
+function Send:write_outputs()
+  local before = self.grace:stopping()
+  self.grace:defer()
   self:close_rejects()
   local code = report.write(self, self:exit_code())
   code = report.write_metrics(self, code)
   report.summary(self)
-  if self.client then self.client:close() end
-  self.led:close()
+  if self.grace:resume() and not before then
+    self:note(stop.what(), " came while the report was written: the run had finished, and ends as reported")
+  end
   return code
 end
 
