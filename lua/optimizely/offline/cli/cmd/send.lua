@@ -133,19 +133,19 @@ function Send:main()
 end
 
 --- Every record is accounted for: the rejects file, the report, the
--- metrics and the summary are written with signals only recorded, so a
--- signal now cannot cut them short; the run ends as they say.
+-- metrics and the summary are written with signals only recorded (as from
+-- the end of the batch on), so a signal now cannot cut them short; the run
+-- ends as they say.
 -- @return the exit code
 -- @local
 function Send:write_outputs()
-  local before = self.grace:stopping()
-  self.grace:defer()
+  self.grace:defer() -- still, after a batch (run_batch); at once, after a dry run or a refusal
   self:close_rejects()
   local code = report.write(self, self:exit_code())
   code = report.write_metrics(self, code)
   report.summary(self)
-  if self.grace:resume() and not before then
-    self:note(stop.what(), " came while the report was written: the run had finished, and ends as reported")
+  if self.grace:resume() and not self.interrupted then
+    self:note(stop.what(), " came once every order was accounted for: the run had finished, and ends as reported")
   end
   return code
 end
@@ -481,7 +481,9 @@ function Send:run_batch()
   -- after a signal nothing new starts; those in flight get --grace
   o.halt = function() return self.grace:stopping() end
   local ok, summary, lerr = pcall(self.client.send_batch, self.client, self:source(), o)
-  local signalled = self.grace:resume()
+  -- signals stay only recorded until the outputs are written (write_outputs):
+  -- one that comes now, once the batch is over, must not cut the accounting short
+  local signalled = self.grace:stopping()
   if not ok then error(summary, 0) end
   if summary == nil then self.led:unusable(lerr) end -- before anything was sent: exit 2
   self.batch = summary
