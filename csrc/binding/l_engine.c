@@ -325,6 +325,16 @@ static void collect_id(void *ud, oo_job *j) {
     free(j);
 }
 
+/* The two tables a drop fills (unknown, unsent) pushed, and c set up to
+ * fill them: e:drop's and e:drop_waiting's shared start. */
+static void drop_begin(lua_State *L, oo_engine *e, drop_ctx *c) {
+    c->L = L;
+    c->s = &e->s;
+    c->infos = lua_toboolean(L, 2);
+    lua_newtable(L);
+    lua_newtable(L);
+}
+
 /*** e:drop([infos]) -> unknown, unsent — every job not settled, taken out:
  * `unknown` those attempted (in flight when aborted, or waiting for a
  * retry: the server may or may not have the order), `unsent` those never
@@ -333,11 +343,7 @@ static void collect_id(void *ud, oo_job *j) {
 static int l_drop(lua_State *L) {
     oo_engine *e = check_engine(L);
     drop_ctx c;
-    c.L = L;
-    c.s = &e->s;
-    c.infos = lua_toboolean(L, 2);
-    lua_newtable(L);
-    lua_newtable(L);
+    drop_begin(L, e, &c);
     oo_curl_drop_all(&e->d, collect_id, &c);
     return 2;
 }
@@ -348,11 +354,7 @@ static int l_drop(lua_State *L) {
 static int l_drop_waiting(lua_State *L) {
     oo_engine *e = check_engine(L);
     drop_ctx c;
-    c.L = L;
-    c.s = &e->s;
-    c.infos = lua_toboolean(L, 2);
-    lua_newtable(L);
-    lua_newtable(L);
+    drop_begin(L, e, &c);
     oo_sched_drop_all(&e->s, collect_id, &c);
     return 2;
 }
