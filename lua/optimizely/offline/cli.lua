@@ -75,13 +75,17 @@ function M.parser()
   return parser, handlers
 end
 
--- Runs one parsed command with SIGINT, SIGTERM and SIGHUP trapped (they
--- stop it as Ctrl-C does). An interrupt no command path caught (one landing
--- between two of them) still ends in a line and the signal's exit code.
+-- Runs one parsed command with SIGINT, SIGTERM and SIGHUP raising at once
+-- (they stop it as Ctrl-C does), a signal recorded since the start
+-- included; a command that accounts for its own setup (`RECORDS_SETUP`:
+-- send) switches to raising itself. An interrupt no command path caught
+-- (one landing between two of them) still ends in a line and the signal's
+-- exit code.
 local function run_command(handler, parsed, out, err)
-  stop.trap()
-  local ok, code = pcall(handler.run, parsed, out, err)
-  stop.release()
+  local ok, code = pcall(function()
+    if not handler.RECORDS_SETUP then stop.raise() end
+    return handler.run(parsed, out, err)
+  end)
   if not ok then
     if not errors.is_interrupt(code) then error(code, 0) end
     err:write("interrupted (", stop.what(), ")\n")
@@ -90,15 +94,8 @@ local function run_command(handler, parsed, out, err)
   return stop.exit_code(code)
 end
 
---- Runs the command line.
--- @param argv the script's `arg` table (only the positive indices are used)
--- @param out writer for results (anything with `:write`; default io.stdout)
--- @param err writer for messages (default io.stderr)
--- @return exit code: 0 all done, 1 some orders failed, 2 usage or
---   configuration error, 130 interrupted by Ctrl-C (SIGINT), 143 by
---   SIGTERM, 129 by SIGHUP (`M.EXIT_*`)
-function M.main(argv, out, err)
-  out, err = out or io.stdout, err or io.stderr
+-- The command line's steps: the parser, the arguments, the command.
+local function main(argv, out, err)
   local args = {}
   for i = 1, #(argv or {}) do args[i] = argv[i] end
   local parser, handlers = M.parser()
@@ -122,6 +119,23 @@ function M.main(argv, out, err)
   end
   for _, w in ipairs(parsed._warnings or {}) do err:write(w, "\n") end
   return run_command(handlers[parsed.command], parsed, out, err)
+end
+
+--- Runs the command line. From its first step a signal is recorded (the
+-- trap is in place before the commands' modules load and the arguments are
+-- read); each command then says when it raises (`run_command`).
+-- @param argv the script's `arg` table (only the positive indices are used)
+-- @param out writer for results (anything with `:write`; default io.stdout)
+-- @param err writer for messages (default io.stderr)
+-- @return exit code: 0 all done, 1 some orders failed, 2 usage or
+--   configuration error, 130 interrupted by Ctrl-C (SIGINT), 143 by
+--   SIGTERM, 129 by SIGHUP (`M.EXIT_*`)
+function M.main(argv, out, err)
+  stop.trap(false)
+  local ok, code = pcall(main, argv, out or io.stdout, err or io.stderr)
+  stop.release()
+  if not ok then error(code, 0) end
+  return code
 end
 
 return M

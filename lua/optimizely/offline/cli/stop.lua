@@ -24,8 +24,16 @@ local M = {}
 -- after a signal.
 M.GRACE = 5
 
---- Traps SIGINT, SIGTERM and SIGHUP for a command (raising at once).
-function M.trap() core.trap_signals(true) end
+--- Traps SIGINT, SIGTERM and SIGHUP for a command.
+-- @param raise false: a signal is only recorded (see `raise`); else it
+--   raises at once
+function M.trap(raise) core.trap_signals(raise ~= false) end
+
+--- From now on a signal raises at once; one recorded before raises now.
+function M.raise()
+  core.trap_signals(true)
+  if core.signalled() then error("interrupted!", 0) end
+end
 
 --- Puts back the handlers that were there before `trap`.
 function M.release() core.untrap_signals() end

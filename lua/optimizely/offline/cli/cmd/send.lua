@@ -43,6 +43,11 @@ local sched = require("optimizely.offline.sched")
 
 local M = {}
 
+--- `send` accounts for a signal during its setup itself (cli.lua keeps it
+-- only recorded until `Send:main` has set up): the run then stops before
+-- reading, and its report and rejects say so.
+M.RECORDS_SETUP = true
+
 --- How many failure lines are printed before the rest go only to the
 -- rejects file and the summary (--verbose prints them all).
 M.MAX_PRINTED = 50
@@ -122,7 +127,10 @@ end
 -- @return exit code (as `run`)
 function Send:main()
   self:setup()
-  if self.args.check_first and not self:check() then return self:refuse() end
+  -- a signal during setup (only recorded until now: cli.RECORDS_SETUP) stops
+  -- the run before anything is read; the report still accounts for it all
+  local early = self.grace:resume()
+  if self.args.check_first and not early and not self:check() then return self:refuse() end
   self.phase = "send"
   self:deliver()
   self:settle()
@@ -537,7 +545,9 @@ end
 --- Sends (or dry-runs) the input; notes whether and why it stopped early.
 -- @local
 function Send:deliver()
-  local ok, res = pcall(self.dry and self.run_dry or self.run_batch, self)
+  local step = self.dry and self.run_dry or self.run_batch
+  if self.dry and self.grace:stopping() then step = function() error("interrupted!", 0) end end
+  local ok, res = pcall(step, self)
   self.stopped = false -- the run ended before the end of the input
   if not ok then
     if not common.is_interrupt(res) then
