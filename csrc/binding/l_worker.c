@@ -87,20 +87,38 @@ static int l_worker_new(lua_State *L) {
     return 1;
 }
 
-/*** w:push(body, ref, channel [, more]) -> true | false (max_queue
- * reached); more: the job's other fields (l_sched.h: method, url,
- * after_ref, blob, id, created) */
+/*** w:push(body, ref, channel [, more [, then_body, then_more]]) -> true |
+ * false (max_queue reached); more: the job's other fields (l_sched.h:
+ * method, url, after_ref, after_ok, blob, id, created). With then_body a
+ * second job of the same refCode and channel is queued with the first, in
+ * one step (oo_sched_add_all): an amend's DELETE and its new version. */
 static int l_push(lua_State *L) {
     oo_worker *w = check_worker(L);
     oo_job_spec sp;
-    oo_job *j;
+    oo_job *j[2];
+    size_t n = 1;
     oo_job_spec_args(L, 2, w->e.s.nchan, &sp);
     ensure_started(L, w); /* before the allocation: it may raise */
-    j = oo_job_new(&sp);
-    if (!j) return luaL_error(L, "push: out of memory");
-    if (!oo_sched_add_bounded(&w->e.s, j,
-                              w->max_queue)) { /* full: checked under the same lock as the add */
-        free(j);
+    j[0] = oo_job_new(&sp);
+    if (!j[0]) return luaL_error(L, "push: out of memory");
+    if (!lua_isnoneornil(L, 6)) {
+        int at;
+        lua_settop(L, 7);
+        lua_pushvalue(L, 6);
+        lua_pushvalue(L, 3);
+        lua_pushvalue(L, 4);
+        lua_pushvalue(L, 7);
+        at = lua_gettop(L) - 3;
+        oo_job_spec_args(L, at, w->e.s.nchan, &sp); /* may raise: j[0] leaks only then */
+        if (!(j[1] = oo_job_new(&sp))) {
+            free(j[0]);
+            return luaL_error(L, "push: out of memory");
+        }
+        n = 2;
+    }
+    /* full: checked under the same lock as the add */
+    if (!oo_sched_add_all(&w->e.s, j, n, w->max_queue)) {
+        while (n) free(j[--n]);
         lua_pushboolean(L, 0);
         return 1;
     }

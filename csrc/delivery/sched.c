@@ -182,19 +182,26 @@ void oo_sched_wake(oo_sched *s) {
     if (s->wake && __atomic_load_n(&s->asleep, __ATOMIC_SEQ_CST)) s->wake(s->wake_ud);
 }
 
-void oo_sched_add(oo_sched *s, oo_job *j) { (void)oo_sched_add_bounded(s, j, 0); }
+void oo_sched_add(oo_sched *s, oo_job *j) { (void)oo_sched_add_all(s, &j, 1, 0); }
 
 int oo_sched_add_bounded(oo_sched *s, oo_job *j, size_t max_pending) {
+    return oo_sched_add_all(s, &j, 1, max_pending);
+}
+
+int oo_sched_add_all(oo_sched *s, oo_job **jobs, size_t n, size_t max_pending) {
     int room;
+    size_t i;
     pthread_mutex_lock(&s->mu);
-    if (max_pending && oo_sched_pending_locked(s) >= max_pending) {
+    if (max_pending && oo_sched_pending_locked(s) + n > max_pending) {
         pthread_mutex_unlock(&s->mu);
         return 0;
     }
-    j->seq = ++s->next_seq;
-    list_push(&s->in_head, &s->in_tail, j);
-    s->nin++;
-    if (j->method == OO_POST) s->metrics.queued++;
+    for (i = 0; i < n; i++) {
+        jobs[i]->seq = ++s->next_seq;
+        list_push(&s->in_head, &s->in_tail, jobs[i]);
+        s->nin++;
+        if (jobs[i]->method == OO_POST) s->metrics.queued++;
+    }
     /* can the driver start it now? when every place up to the limit is
      * taken it would only wake to wait again: a transfer that finishes
      * wakes it anyway (a pusher far ahead of delivery costs no syscall) */

@@ -229,6 +229,11 @@ oo_job *oo_job_new(const oo_job_spec *spec);
  * are pending already — then 0 and the job is still the caller's. */
 void oo_sched_add(oo_sched *s, oo_job *j);
 int oo_sched_add_bounded(oo_sched *s, oo_job *j, size_t max_pending);
+/* n jobs queued as one step (all, or none when fewer than n places are
+ * left below max_pending): no driver sees the first before the last is in,
+ * so a job waiting behind another (after_ok: an amend's new version behind
+ * its DELETE) always finds it there. */
+int oo_sched_add_all(oo_sched *s, oo_job **jobs, size_t n, size_t max_pending);
 
 /* The driver, from a feed hook: a job straight into the ready list (not
  * counted as pushed: the store counted it when it took it). */

@@ -230,13 +230,17 @@ end
 -- @return true | nil, err (kind "full")
 -- @local
 function Queue:hand_over_job(json, ref, ch, more)
-  if not self.worker:push(json, ref, ch, more) then
-    self.counts.full = self.counts.full + 1
-    return self:refuse("full", errors.new({ kind = "full", retryable = true, bound = "max_queue",
-      option = "max_queue", message = ("queue full: %d orders waiting (max_queue); the order"
-        .. " was not queued"):format(self.o.max_queue) }))
-  end
+  if not self.worker:push(json, ref, ch, more) then return self:refuse_full() end
   return true
+end
+
+--- max_queue reached: the order is refused, and counted.
+-- @local
+function Queue:refuse_full()
+  self.counts.full = self.counts.full + 1
+  return self:refuse("full", errors.new({ kind = "full", retryable = true, bound = "max_queue",
+    option = "max_queue", message = ("queue full: %d orders waiting (max_queue); the order"
+      .. " was not queued"):format(self.o.max_queue) }))
 end
 
 --- Asks the ledger about one order and reserves it: "post" or "amend"
@@ -314,11 +318,13 @@ end
 -- version, posted only once the DELETE is accepted (after_ok).
 -- @local
 function Queue:hand_over_amend(json, ref, ch)
-  local ok, err = self:hand_over_job("", ref, ch, { method = "DELETE", url = self.gate:cancel_url(ref),
-    after_ref = true })
-  if ok then ok, err = self:hand_over_job(json, ref, ch, { after_ok = true }) end
-  if not ok then self.worker:remove_ref(ref, "DELETE") end -- no DELETE without its new version
-  return ok, err
+  -- both in one step: the thread never sees the DELETE (and its refusal)
+  -- before the new version waiting behind it is in
+  if not self.worker:push("", ref, ch, { method = "DELETE", url = self.gate:cancel_url(ref), after_ref = true },
+      json, { after_ok = true }) then
+    return self:refuse_full()
+  end
+  return true
 end
 
 --- Hand over many orders; with a spool they are stored in one transaction
