@@ -460,6 +460,36 @@ local function print_suite(s)
   end
 end
 
+-- The failures again, briefly, after the timings: a CI page that shows only
+-- the tail of the output still names what failed and where.
+local function failure_lines(text)
+  local out, keep = {}, 0
+  for line in strip_colours(text):gmatch("[^\n]*") do
+    if line:match("^Failure") or line:match("^Error") then keep = 8 end
+    if keep > 0 and #out < 40 then
+      out[#out + 1] = "   " .. line:sub(1, 300)
+      keep = keep - 1
+    end
+  end
+  return out
+end
+
+local function print_failures(suites)
+  local any = false
+  for _, s in ipairs(suites) do
+    for _, j in ipairs(s.jobs) do
+      if not j.ok then
+        if not any then print("== failed, in short (in full above)") end
+        any = true
+        print(("!! %s %s (exit %s)"):format(s.name, j.key, tostring(j.rc)))
+        local lines = failure_lines(j.text or "")
+        if #lines == 0 then lines = { tail(strip_colours(j.text or ""), 12) } end
+        print(table.concat(lines, "\n"))
+      end
+    end
+  end
+end
+
 local function print_timings(suites, wall)
   print(("== timings (wall seconds; lanes: %d; \"in lanes\" = its jobs' seconds summed)"):format(lanes))
   print(("  %-9s %6s %7s %9s %7s %5s"):format("suite", "specs", "wall", "in lanes", "cpu", "jobs"))
@@ -661,6 +691,7 @@ if not ran then
 end
 save_durations(suites)
 print_timings(suites, now() - t_start)
+print_failures(suites)
 if totals.failed > 0 then status = 1 end
 print(("test: %d passed, %d failed"):format(totals.passed, totals.failed))
 os.exit(status)
