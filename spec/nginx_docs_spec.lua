@@ -6,9 +6,9 @@
 -- --token-env names and keeps the spool out of /tmp.
 --
 -- What the spec changes in a block, as a reader changes it for their
--- machine: the paths (/opt/optimizely-offline: this checkout;
+-- machine: the paths (/opt/optimizely-offline: a copy of this checkout's lua/ and build/jit/;
 -- /var/lib/optimizely-offline: a temporary directory; /usr/local: a
--- LuaRocks-like tree of this checkout; the CA bundle: the sandbox's CA),
+-- LuaRocks-like tree copied from this checkout; the CA bundle: the sandbox's CA),
 -- the endpoint (`site = "mysite"` and `env = "uk"`: the sandbox) and the
 -- port. It adds what a distribution's nginx.conf holds around it: the
 -- load_module lines, pid, error_log and temporary paths.
@@ -56,12 +56,27 @@ local function write(path, text)
   return path
 end
 
+-- Copies, not links: the doc's `user www-data;` runs the workers as another
+-- user, who may not be able to reach this checkout (a clone under a 0700
+-- directory), as it could not reach a home directory after a real install.
+local function copy_readable(from, to)
+  assert(nginx.run(("mkdir -p %s && cp -R %s %s && chmod -R a+rX %s")
+    :format(q(to:match("^(.*)/[^/]*$")), q(from), q(to), q(to))))
+end
+
+-- The checkout as /opt/optimizely-offline holds it: lua/ and the LuaJIT build.
+local function opt_tree(dir)
+  local t = dir .. "/opt"
+  copy_readable(ROOT .. "/lua", t .. "/lua")
+  copy_readable(ROOT .. "/build/jit/optimizely", t .. "/build/jit/optimizely")
+  return t
+end
+
 -- A LuaRocks-like tree (share/lua/5.1, lib/lua/5.1) of this checkout.
 local function rock_tree(dir)
   local t = dir .. "/rock"
-  assert(nginx.run(("mkdir -p %s/share/lua/5.1 %s/lib/lua/5.1/optimizely/offline && ln -sfn %s %s && ln -sf %s %s")
-    :format(q(t), q(t), q(ROOT .. "/lua/optimizely"), q(t .. "/share/lua/5.1/optimizely"),
-      q(ROOT .. "/build/jit/optimizely/offline/core.so"), q(t .. "/lib/lua/5.1/optimizely/offline/core.so"))))
+  copy_readable(ROOT .. "/lua/optimizely", t .. "/share/lua/5.1/optimizely")
+  copy_readable(ROOT .. "/build/jit/optimizely", t .. "/lib/lua/5.1/optimizely")
   return t
 end
 
@@ -69,7 +84,7 @@ end
 local function substitute(text, env)
   local info = env.info
   local subs = {
-    { "/opt/optimizely-offline", ROOT },
+    { "/opt/optimizely-offline", env.opt },
     { "/var/lib/optimizely-offline", env.dir .. "/lib" },
     { "/usr/local", env.rock },
     { "/etc/ssl/certs/ca-certificates.crt", env.ca },
@@ -105,7 +120,7 @@ local function fresh_env(info, tag)
   local dir = nginx.mktemp(tag)
   assert(nginx.run(("chmod 755 %s && mkdir -p %s/logs %s/tmp && cp %s %s/ca.crt && chmod 644 %s/ca.crt")
     :format(q(dir), q(dir), q(dir), q(info.ca_file), q(dir), q(dir))))
-  return { dir = dir, info = info, ca = dir .. "/ca.crt", rock = rock_tree(dir) }
+  return { dir = dir, info = info, ca = dir .. "/ca.crt", rock = rock_tree(dir), opt = opt_tree(dir) }
 end
 
 -- Starts nginx on `conf_of(env)` with the token in its environment.
