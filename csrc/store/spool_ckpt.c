@@ -5,6 +5,7 @@
 #include "spool_db.h"
 
 #include <signal.h>
+#include <time.h>
 
 /* Replaces SQLite's autocheckpoint: only notes the WAL's size. */
 int oo_spool_on_wal_commit(void *arg, sqlite3 *db, const char *name, int frames) {
@@ -44,9 +45,20 @@ static int ckpt_open(spool_db *d) {
     return rc;
 }
 
-/* One passive checkpoint on db (a failure surfaces in the next write). */
-static void ckpt_pass(sqlite3 *db) {
-    sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+/* One passive checkpoint on db (a failure surfaces in the next write):
+ * SQLITE_BUSY at once when another connection is checkpointing. */
+static int ckpt_pass(sqlite3 *db) {
+    return sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+}
+
+/* The writer's own checkpoint past WAL_HARD_BYTES. The thread may be
+ * copying right now (holding SQLite's checkpoint lock, which no busy
+ * handler waits for): then this waits for it, a millisecond at a time,
+ * up to two seconds. Backpressure, only when the thread falls behind. */
+static void ckpt_catch_up(spool_db *d) {
+    const struct timespec ms = {0, 1000000};
+    int i;
+    for (i = 0; i < 2000 && ckpt_pass(d->c.db) == SQLITE_BUSY; i++) nanosleep(&ms, NULL);
 }
 
 static void *checkpointer(void *arg) {
@@ -88,6 +100,16 @@ static void ckpt_start(spool_db *d) {
  * to the WAL. A failure to checkpoint surfaces in the next write. */
 void oo_spool_want_checkpoint(spool_db *d) {
     if (d->wal_frames < d->ckpt_frames) d->ckpt_frames = 0; /* the WAL started over */
+    if (d->ckpt_state == CKPT_RUNNING &&
+        (long long)d->wal_frames * d->page_size >= WAL_HARD_BYTES &&
+        (long long)(d->wal_frames - d->ckpt_frames) * d->page_size >= CKPT_BYTES / 4) {
+        /* the thread is behind: copy here, so the next write starts the WAL
+         * over (a reader pinning the WAL would make every write try: a
+         * quarter of CKPT_BYTES apart at most) */
+        ckpt_catch_up(d);
+        d->ckpt_frames = d->wal_frames;
+        return;
+    }
     if ((long long)(d->wal_frames - d->ckpt_frames) * d->page_size < CKPT_BYTES) return;
     if (d->ckpt_state == CKPT_NONE) ckpt_start(d);
     /* what is in the WAL now will be copied: the next want is CKPT_BYTES on */

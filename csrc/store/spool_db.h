@@ -66,6 +66,9 @@ enum {
  * bench/spool_wal.lua). */
 #define CKPT_BYTES (1024 * 1024)
 #define WAL_RESTART_BYTES (4 * 1024 * 1024)
+/* Past this the writer copies the WAL back itself, between transactions:
+ * a checkpoint thread starved on a loaded machine must not let it grow. */
+#define WAL_HARD_BYTES (8 * 1024 * 1024)
 
 /* One SQLite connection, shared by a handle and the handles reopened from
  * it. `mu` is held for a whole call (one transaction). */
