@@ -382,6 +382,37 @@ describe("ledger lookups", function()
     l:close()
   end)
 
+  it("reserve{refs}: the refCodes beside the bodies give the answers the bodies alone give", function()
+    local l, path = open(nil, { keep = 36500 }) -- rows of T0 outlive a second handle's prune
+    assert(l:record(SCOPE, { body(1) }, { outcome = "sent", now = T0 }))
+    assert(l:record(SCOPE, { body(2) }, { outcome = "warned", now = T0 + 1 }))
+    assert(l:record(SCOPE, { body(4) }, { outcome = "sent", now = T0 + 3 }))
+    assert(l:record(SCOPE, { body(6) }, { outcome = "dead", now = T0 + 4 }))
+    -- an order reserved by another handle is in flight to this one
+    local other = open(path, { keep = 36500 })
+    assert(other:reserve(SCOPE, { body(7) }, { now = T0 + 5 }))
+    local list = { body(1), body(2), body(4, { total = "99.00" }), body(5), body(6), body(7), body(1) }
+    local refs = { "R1", "R2", "R4", "R5", "R6", "R7", "R2" } -- the last names another order's row
+    local a = assert(l:reserve(SCOPE, list, { now = T0 + 10, short = true, refs = refs }))
+    assert.equal(T0, a[1]) -- sent before, the same bytes
+    assert.same({ state = "same", outcome = "warned", at = T0 + 1 }, a[2])
+    assert.same({ state = "changed", outcome = "sent", at = T0 + 3 }, a[3]) -- other bytes: read in full
+    assert.is_true(a[4]) -- never seen: reserved
+    assert.is_true(a[5]) -- dead: sent again
+    assert.equal("in_flight", a[6].state)
+    assert.equal(T0, a[7]) -- R2's row has other bytes: found by the body's own refCode
+    -- what the ledger holds is as without refs: R5 and R6 reserved by this handle
+    assert.equal("in_flight", other:check(SCOPE, nil, body(5), T0 + 12).state)
+    assert.equal("in_flight", other:check(SCOPE, nil, body(6), T0 + 12).state)
+    -- forced: reserved, the ref is not used
+    local f = assert(l:reserve(SCOPE, { { body = body(1), force = true } }, { now = T0 + 11, short = true,
+      refs = { "R1" } }))
+    assert.same({ state = "same", outcome = "sent", at = T0, reserved = true }, f[1])
+    assert.has_error(function() l:reserve(SCOPE, { body(1) }, { refs = "R1" }) end)
+    other:close()
+    l:close()
+  end)
+
   it("a large record (rows written many at a time) keeps each item's rule, in order", function()
     local l, path = open()
     local other = open(path)

@@ -332,8 +332,23 @@ static int l_check(lua_State *L) {
     return oo_ledger_answers_push(L, items, n);
 }
 
-/*** L:reserve(scope, list, lease, now, short) → answers | nil, err
- * (short: oo_ledger_answers_push_short's) */
+/* refs (a table at idx, or nil): refs[i] the refCode of body string i,
+ * which lets the ledger answer an order sent before with those same bytes
+ * without reading it (oo_ledger_item.hint; the table keeps the strings). */
+static void read_hints(lua_State *L, int idx, oo_ledger_item *items, size_t n) {
+    size_t i;
+    if (lua_isnoneornil(L, idx)) return;
+    luaL_checktype(L, idx, LUA_TTABLE);
+    for (i = 0; i < n; i++) {
+        lua_rawgeti(L, idx, (int)(i + 1));
+        if (lua_type(L, -1) == LUA_TSTRING && items[i].body && !items[i].ref)
+            items[i].hint = lua_tolstring(L, -1, &items[i].hint_len);
+        lua_pop(L, 1);
+    }
+}
+
+/*** L:reserve(scope, list, lease, now, short, refs) → answers | nil, err
+ * (short: oo_ledger_answers_push_short's; refs: read_hints) */
 static int l_reserve(lua_State *L) {
     oo_ledger *l = check_ledger(L, 1);
     oo_ledger_scope sc;
@@ -344,6 +359,7 @@ static int l_reserve(lua_State *L) {
     double now = opt_now(L, 5);
     oo_ledger_scope_read(L, 2, "ledger:reserve", &sc);
     items = oo_ledger_items_read(L, 3, "ledger:reserve", 0, 0, &n);
+    read_hints(L, 7, items, n);
     if (!(lease > 0)) luaL_error(L, "ledger:reserve: lease must be positive");
     if (oo_ledger_reserve(l, &sc, items, n, (double)lease, now, &err) != OO_SPOOL_OK)
         return oo_spool_push_err(L, &err);

@@ -516,6 +516,8 @@ static int copy_items(oo_sink_request *r, const oo_ledger_item *items, size_t n)
     for (i = 0; i < n; i++) {
         oo_ledger_item *it = &r->items[i];
         *it = items[i];
+        it->hint = NULL; /* not copied: the caller's string */
+        it->hint_len = 0;
         if (items[i].body) { /* NUL-terminated, as the ledger reads it */
             memcpy(p, items[i].body, items[i].body_len);
             p[items[i].body_len] = '\0';

@@ -706,6 +706,46 @@ static int look_spooled(oo_sql_conn *c, sqlite3_stmt **st, const item_key *k, oo
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
+/* An order sent before with these same bytes, found by the refCode the
+ * caller knows (it->hint) and the body's fingerprint, without reading the
+ * body: a row's fingerprint is of a body `record` read in full, so equal
+ * bytes are that body, and the answer is the one the full read would give
+ * (same). *hit says so; else the item goes the usual way (key_of). */
+static int probe_same(oo_sql_conn *c, sqlite3_stmt **st, batch *b, oo_ledger_item *it, int *hit) {
+    unsigned char fp[OO_LEDGER_FP_LEN];
+    const char *chan = it->channel ? it->channel : b->sc->channel;
+    size_t chan_len = it->channel ? it->channel_len : b->chan_len;
+    long long scope;
+    sqlite3_stmt *q;
+    int rc;
+    *hit = 0;
+    rc = scope_id(c, st, &b->memo, b->sc->host, b->sc->site, chan, chan_len, 0, &scope);
+    if (rc != SQLITE_OK || !scope) return rc;
+    rc = lquery(c, st, L_GET, &q, "it", scope, it->hint, it->hint_len);
+    if (rc != SQLITE_ROW) return rc == SQLITE_DONE ? SQLITE_OK : rc;
+    if (is_seen(sqlite3_column_int(q, 1)) && sqlite3_column_bytes(q, 0) == OO_LEDGER_FP_LEN) {
+        oo_ledger_fingerprint(it->body, it->body_len, fp);
+        if (memcmp(sqlite3_column_blob(q, 0), fp, OO_LEDGER_FP_LEN) == 0) {
+            *hit = 1;
+            it->state = OO_LEDGER_SAME;
+            it->prev_outcome = sqlite3_column_int(q, 1);
+            it->prev_at = sqlite3_column_int64(q, 2);
+            it->until = 0;
+            it->mine = 0;
+            it->reserved = 0;
+        }
+    }
+    oo_sql_finish(q);
+    return SQLITE_OK;
+}
+
+/* May the item be answered by probe_same? Not when forced (reserved even
+ * when seen), nor with a ref or entry of its own (those say its key). */
+static int probe_fits(const batch *b, const oo_ledger_item *it) {
+    return (b->action == B_RESERVE || b->action == B_CHECK) && it->hint && it->hint_len &&
+           it->body && !it->ref && !it->entry && !it->force;
+}
+
 /* One item of a batch, by action (record: record_step). */
 static int batch_item(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, batch *b, size_t i,
                       item_key *k) {
@@ -853,6 +893,12 @@ static int batch_step(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, void *ctx
     if (b->action == B_RECORD) code = record_step(l, c, st, b, err);
     for (i = 0; b->action != B_RECORD && i < b->n && code == OO_SPOOL_OK; i++) {
         item_key k;
+        int hit = 0;
+        if (probe_fits(b, &b->items[i])) {
+            if ((rc = probe_same(c, st, b, &b->items[i], &hit)) != SQLITE_OK)
+                code = oo_sql_fail(c, err, rc);
+            if (hit || code != OO_SPOOL_OK) continue;
+        }
         code = key_of(l, c, st, b, i, &k, err);
         if (code == OO_SPOOL_OK && (rc = batch_item(l, c, st, b, i, &k)) != SQLITE_OK)
             code = oo_sql_fail(c, err, rc);

@@ -190,6 +190,11 @@ typedef struct oo_ledger_item {
      * with the handle's store key; it points into a copy the caller keeps
      * alive for the call): the ledger then does not parse the body again */
     const oo_ledger_entry *entry;
+    /* check, reserve: the body's order.refCode as the caller knows it (or
+     * NULL): an order recorded before with these same bytes is then found
+     * by it and the body's fingerprint, and its body is not read */
+    const char *hint;
+    size_t hint_len;
     int outcome; /* record: OO_LEDGER_* */
     int force;   /* reserve: reserve it even when seen (a forced send, an amend) */
     /* filled by check and reserve */

@@ -89,6 +89,7 @@ local RESERVE = opts.schema("optimizely.offline.ledger:reserve", "opts", {
   lease = { type = "number", above = 0, max = 86400 * 7, default = 300 },
   now = { type = "number" },
   short = { type = "boolean" },
+  refs = { type = "table" },
 })
 
 local RECORD = opts.schema("optimizely.offline.ledger:record", "opts", {
@@ -276,12 +277,16 @@ end
 --   the two common answers without a table — `true` for an order reserved
 --   now, the number `at` for one sent before (outcome "sent") with the
 --   same bytes and not reserved; the others as tables (how `send_batch` asks: a
---   run again on a file sent in full gets no table per order)
+--   run again on a file sent in full gets no table per order); `refs`:
+--   an array beside `list`, `refs[i]` the refCode of body string `list[i]`
+--   (as `core.ref_string` gives it) — an order recorded before with the
+--   same bytes is then found by it and its fingerprint, without reading
+--   the body (the answer is the same; anything else is looked up as usual)
 -- @return array of `answer` (same order), or nil, err
 function Ledger:reserve(scope, list, options)
   check_scope(scope, "ledger:reserve")
   local o = RESERVE:check(options, 2)
-  return wrap(self.handle:reserve(scope, list, o.lease, o.now, o.short))
+  return wrap(self.handle:reserve(scope, list, o.lease, o.now, o.short, o.refs))
 end
 
 --- Record outcomes (one write transaction) and drop the reservations of
