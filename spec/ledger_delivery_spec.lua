@@ -181,6 +181,25 @@ describe("the ledger on delivery", function()
       end
     end)
 
+    it("a source that raises ends the batch early: the orders read before are sent, the error named", function()
+      for _, window in ipairs({ 0.2, 0 }) do
+        sb.reset()
+        local c = new_client()
+        local pool, k = make("srcerr-" .. window .. "-", 5), 0
+        local s = assert(c:send_batch(function()
+          k = k + 1
+          if k > 5 then error("source boom") end
+          return pool[k]
+        end, { concurrency = 4, ledger = fresh_path(), ledger_window = window }))
+        assert.equal(5, s.sent)
+        assert.equal(5, s.read)
+        assert.matches("the source raised an error: .*source boom", s.error)
+        local _, got = recorded("srcerr-" .. window .. "-")
+        assert.equal(5, got)
+        c:close()
+      end
+    end)
+
     it("refuses a changed order with kind \"changed\" saying when it was sent; force sends it", function()
       local path = fresh_path()
       local c = new_client()
