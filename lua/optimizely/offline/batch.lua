@@ -211,24 +211,32 @@ function Batch:prepare()
   return self:prepare_one(payload, channel)
 end
 
--- Up to `most` payloads and channels from the source into `pay`, `chan`
--- (one protected call for all of them). Returns how many, and true when
--- the source ended (or failed: as `pull`, the batch then ends early).
-local function read_source(next_item, pay, chan, most)
-  for n = 1, most do
+-- Up to `most` orders from the source, each handed to `each(self, a,
+-- payload, channel)` as soon as it is read (one protected call for all
+-- of them): a source may hand back the same table, changed, so an order
+-- is encoded before the next is read. Returns true when the source ended
+-- (or failed: as `pull`, the batch then ends early). What `each` raises
+-- is not the source's and goes on up.
+local function read_source(self, a, most, each)
+  local next_item = self.next_item
+  for _ = 1, most do
+    self.reading = true
     local p, c = next_item()
-    if p == nil then return n - 1, true end
-    pay[n], chan[n] = p, c
+    self.reading = false
+    if p == nil then return true end
+    each(self, a, p, c)
   end
-  return most, false
+  return false
 end
 
-function Batch:pull_many(pay, chan, most)
-  local ok, n, ended = pcall(read_source, self.next_item, pay, chan, most)
-  if ok then return n, ended end
-  if is_interrupt(n) then error(n, 0) end
-  self.summary.error = "send_batch: the source raised an error: " .. tostring(n)
-  return #pay, true
+function Batch:pull_many(a, most, each)
+  local ok, ended = pcall(read_source, self, a, most, each)
+  if ok then return ended end
+  local from_source = self.reading
+  self.reading = false
+  if is_interrupt(ended) or not from_source then error(ended, 0) end
+  self.summary.error = "send_batch: the source raised an error: " .. tostring(ended)
+  return true
 end
 
 -- One payload read, prepared (see `prepare`).
@@ -357,6 +365,21 @@ local function new_asked()
   return { n = 0, i = {}, body = {}, ch = {}, w = {}, ref = {} }
 end
 
+-- One order read into request `a`: prepared, or refused on the spot.
+function Batch:ask_one(a, payload, channel)
+  local i, json, ch, w = self:prepare_one(payload, channel)
+  if json then
+    local n = a.n + 1
+    a.n = n
+    a.i[n], a.body[n], a.ch[n], a.ref[n] = i, json, ch, core.ref_string(payload)
+    if w then a.w[n] = w end
+    local one = a.one
+    if one == nil then a.one = ch elseif one ~= ch then a.one = false end
+  elseif i then
+    self:rejected(i, ch, w)
+  end
+end
+
 -- Order k of a request as an item `{i, body, ch, channel, ref, w}`: made
 -- for the orders to send and those the ledger has news of.
 function Batch:item_of(a, k)
@@ -378,30 +401,16 @@ end
 -- (one channel, nothing forced) is the bodies themselves.
 function Batch:ask()
   if self.exhausted then return end
-  local a, n, one = new_asked(), 0, nil
-  local ai, abody, ach, aw, aref = a.i, a.body, a.ch, a.w, a.ref
-  local ref_string = core.ref_string
-  local pay, chan = {}, {}
-  local got, ended = self:pull_many(pay, chan, self.o.ledger_window == 0 and AHEAD_HERE or AHEAD)
-  if ended then self.exhausted = true end
-  for j = 1, got do
-    local payload = pay[j]
-    local i, json, ch, w = self:prepare_one(payload, chan[j])
-    if json then
-      n = n + 1
-      ai[n], abody[n], ach[n], aref[n] = i, json, ch, ref_string(payload)
-      if w then aw[n] = w end
-      if one == nil then one = ch elseif one ~= ch then one = false end
-    elseif i then
-      self:rejected(i, ch, w)
-    end
+  local a = new_asked()
+  if self:pull_many(a, self.o.ledger_window == 0 and AHEAD_HERE or AHEAD, Batch.ask_one) then
+    self.exhausted = true
   end
+  local n, one = a.n, a.one
   if n == 0 then return end
-  a.n = n
   local g, o = self.gate, self.o
   local list, scope
   if one and not (o.force or o.amend) then
-    list, scope = abody, { host = g.host, site = g.site, channel = self.st.channels[one].name }
+    list, scope = a.body, { host = g.host, site = g.site, channel = self.st.channels[one].name }
   else
     local items = self:items_of(a)
     list, scope = g:reserve_list(items, o), g:scope(items)
@@ -411,7 +420,7 @@ function Batch:ask()
     -- the refCodes beside the bodies: an order sent before is found
     -- without the ledger reading its body again
     self.sync_answers = { g.L:reserve(scope, list, { lease = g.lease, short = true,
-      refs = list == abody and aref or nil }) }
+      refs = list == a.body and a.ref or nil }) }
   end
 end
 
