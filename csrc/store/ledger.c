@@ -690,9 +690,10 @@ static int look_pending(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const i
 }
 
 /* In a spool's file, a create (op 0, or 2: an amend's new version) of the
- * key's refCode still queued there is in flight whoever reserved it: its reservation may be a dead process's
- * (a queue killed before it delivered), but the row will be delivered by
- * the queue that takes it over, so the order must not be queued again. */
+ * key's refCode still queued there is in flight whoever reserved it: its
+ * reservation may be a dead process's (a queue killed before it
+ * delivered), but the row will be delivered by the queue that takes it
+ * over, so the order must not be queued again. */
 static int look_spooled(oo_sql_conn *c, sqlite3_stmt **st, const item_key *k, oo_ledger_item *it) {
     sqlite3_stmt *q;
     int rc = lquery(c, st, L_SPOOLED, &q, "t", k->ref, k->ref_len);
