@@ -345,11 +345,138 @@ describe("the ledger on client:queue", function()
     assert.equal("sent", rows[1].outcome)
     assert.not_equal(ledger.fingerprint(assert(offline.encode(list[2]))), rows[1].fingerprint)
     L:close()
-    local sq2 = assert(c:queue({ spool = fresh("spool"), ledger = true }))
-    assert.has_error(function() sq2:push(list[1], { amend = true }) end) -- a spooled amend: not supported
-    sq2:close(5)
     c:close()
   end)
+
+  local function spool_ledger(sp)
+    return assert(sp:ledger({ host = ledger.scope(info.base_url, info.site, "-").host, site = info.site,
+      channel = info.channel }))
+  end
+
+  it("with a spool: push with amend sends the DELETE then the new version; the ledger says sent, new bytes", function()
+    local sp_path = fresh("spool")
+    local c = new_client()
+    local q = assert(c:queue({ spool = sp_path, ledger = true }))
+    local list = make("qsa-", 1)
+    assert.is_true((q:push(list[1])))
+    assert(q:flush(10))
+    list[1].order.total = 71.0
+    list[1].order.items[1].price = 71.0
+    assert.is_true((q:push(list[1], { amend = true })))
+    assert(q:flush(10))
+    local st = q:stats()
+    q:close(5)
+    local posts, dels = sb.orders({ refCode = "qsa-1" }), sb.cancellations({ refCode = "qsa-1" })
+    assert.equal(2, #posts)
+    assert.equal(1, #dels)
+    assert.is_true(posts[2].received_at >= dels[1].received_at)
+    assert.matches('"total":71.00', posts[2].body, 1, true)
+    assert.equal(0, st.failed)
+    local sp = assert(spool.open(sp_path))
+    local rows = assert(spool_ledger(sp):show("qsa-1"))
+    assert.equal("sent", rows[1].outcome)
+    assert.equal(ledger.fingerprint(assert(offline.encode(list[1]))), rows[1].fingerprint)
+    assert.equal(0, assert(sp:stats()).queued)
+    sp:close()
+    c:close()
+  end)
+
+  it("with a spool: a refused DELETE fails the amend clearly; nothing is posted; a dead letter, on_failure, counted",
+    function()
+      local sp_path = fresh("spool")
+      local failures, events = {}, {}
+      local c = new_client()
+      local q = assert(c:queue({ spool = sp_path, ledger = true,
+        on_failure = function(ref, err) failures[#failures + 1] = { ref = ref, err = err } end,
+        on_event = function(ev) events[#events + 1] = ev end }))
+      local list = make("qsr-", 1)
+      assert.is_true((q:push(list[1])))
+      assert(q:flush(10))
+      sb.faults({ match = "DELETE", status = 400, body = '{"status":"fail","errors":[{"code":"CancellationNotEnabled",'
+        .. '"message":"cancellations are not enabled for this site"}]}' })
+      list[1].order.total = 72.0
+      list[1].order.items[1].price = 72.0
+      assert.is_true((q:push(list[1], { amend = true })))
+      assert(q:flush(10))
+      q:poll()
+      local st = q:stats()
+      q:close(5)
+      assert.equal(1, #sb.orders({ refCode = "qsr-1" })) -- only the first version
+      local amend_err
+      for _, f in ipairs(failures) do
+        if f.err.message:find("amend: not sent, the DELETE of the earlier version failed", 1, true) then
+          amend_err = f.err
+          assert.equal("qsr-1", f.ref)
+        end
+      end
+      assert.is_table(amend_err)
+      assert.equal(400, amend_err.status)
+      assert.equal(2, st.failed) -- the DELETE and the new version
+      local reasons = {}
+      for _, ev in ipairs(events) do if ev.type == "dead" then reasons[#reasons + 1] = ev.reason end end
+      assert.is_truthy(table.concat(reasons, ","):find("amend", 1, true))
+      local sp = assert(spool.open(sp_path))
+      local dead = assert(sp:list({ dead = true }))
+      assert.equal(2, #dead)
+      assert.equal("cancel", dead[1].op)
+      assert.equal("amend", dead[2].op)
+      assert.matches("amend: not sent, the DELETE of the earlier version failed", dead[2].message, 1, true)
+      assert.equal(0, assert(sp:stats()).queued)
+      local rows = assert(spool_ledger(sp):show("qsr-1"))
+      assert.equal("sent", rows[1].outcome) -- the first version stays
+      assert.not_equal(ledger.fingerprint(assert(offline.encode(list[1]))), rows[1].fingerprint)
+      sp:close()
+      c:close()
+    end)
+
+  it("with a spool: a kill -9 right after an amend push leaves the pair in the spool, in order; reopened, it is sent",
+    function()
+      local sp_path = fresh("spool")
+      local c = new_client()
+      local q = assert(c:queue({ spool = sp_path, ledger = true }))
+      local p1 = make("qsk-", 1)[1]
+      assert.is_true((q:push(p1)))
+      assert(q:flush(10))
+      q:close(5)
+      local ready = dir .. "/amended.ready"
+      local script = sq.child_script(dir, "amend-then-killed", ([[
+        local offline = require("optimizely.offline")
+        local c = offline.client({ site = %q, token = %q, channel = %q, base_url = %q, ca_file = %q,
+          timeout = 1, connect_timeout = 1 })
+        local q = assert(c:queue({ spool = %q, ledger = true, lease = 2 }))
+        assert(q:push({ user = { id = "u1" }, order = { refCode = "qsk-1", orderDate = %q,
+          currency = %q, total = 73, items = { { refCode = "S", qty = 1, price = 73 } } } }, { amend = true }))
+        assert(io.open(%q, "w")):close()
+        while true do q:flush(1) end
+      ]]):format(info.site, info.token, info.channel, info.base_url, info.ca_file, sp_path, p1.order.orderDate,
+        p1.order.currency, ready))
+      sb.faults({ match = "DELETE", count = 1, delay = 3 }) -- the child's DELETE (if sent) is not answered
+      local pp = assert(io.popen(require("support.interp") .. " " .. sys.q(script) .. " >/dev/null 2>&1 & echo $!"))
+      local pid = pp:read("*l")
+      for _ = 1, 1000 do
+        if sys.exists(ready) then break end
+        core.sleep(0.01)
+      end
+      sys.run("kill -9 " .. pid)
+      pp:close()
+      assert.is_true(sys.exists(ready))
+      local sp = assert(spool.open(sp_path))
+      local rows = assert(sp:list({}))
+      assert.equal(2, #rows)
+      assert.equal("cancel", rows[1].op)
+      assert.equal("amend", rows[2].op)
+      assert.is_true(rows[1].id < rows[2].id)
+      sp:close()
+      local q2 = assert(c:queue({ spool = sp_path, ledger = true }))
+      assert(q2:flush(20)) -- once the killed queue's leases are over
+      q2:close(5)
+      local posts, dels = sb.orders({ refCode = "qsk-1" }), sb.cancellations({ refCode = "qsk-1" })
+      assert.equal(2, #posts)
+      assert.is_true(#dels >= 1) -- the child's may have arrived, unanswered
+      assert.is_true(posts[2].received_at >= dels[#dels].received_at)
+      assert.matches('"total":73.00', posts[2].body, 1, true)
+      c:close()
+    end)
   it("in memory: an order dropped at close gives its reservation back (a new queue sends it)", function()
     local path = fresh("ledger")
     local c = new_client()

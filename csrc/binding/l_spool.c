@@ -263,7 +263,9 @@ enum { ROW_CLAIMED, ROW_QUEUED, ROW_DEAD };
 static void push_row(lua_State *L, const oo_spool_row *w, int shape) {
     lua_createtable(L, 0, shape == ROW_CLAIMED ? 7 : 13);
     set_int(L, "id", w->id);
-    lua_pushstring(L, w->op == OO_SPOOL_OP_CANCEL ? "cancel" : "create");
+    lua_pushstring(L, w->op == OO_SPOOL_OP_CANCEL  ? "cancel"
+                      : w->op == OO_SPOOL_OP_AMEND ? "amend"
+                                                   : "create");
     lua_setfield(L, -2, "op");
     set_str(L, "ref", w->ref, w->ref_len);
     set_str(L, "body", w->body, w->body_len);
@@ -367,13 +369,15 @@ static int item_cancel(lua_State *L, size_t i) {
     return op;
 }
 
-/* The op of the put_many entry on top of the stack: "create" (default) or "cancel". */
+/* The op of the put_many entry on top of the stack: "create" (default),
+ * "cancel" or "amend" (the new version, right after its cancel). */
 static int item_op(lua_State *L, size_t i) {
     size_t n;
     const char *op = item_field(L, i, "op", &n);
     if (!op || strcmp(op, "create") == 0) return OO_SPOOL_OP_CREATE;
     if (strcmp(op, "cancel") == 0) return OO_SPOOL_OP_CANCEL;
-    return raisef(L, "spool:put_many: list[%zu].op must be \"create\" or \"cancel\"", i);
+    if (strcmp(op, "amend") == 0) return OO_SPOOL_OP_AMEND;
+    return raisef(L, "spool:put_many: list[%zu].op must be \"create\", \"cancel\" or \"amend\"", i);
 }
 
 /* Entry i (1-based) of the put_many list, on top of the stack. */
@@ -583,11 +587,26 @@ static int l_retry(lua_State *L) {
                    &err);
 }
 
-/*** sp:kill(id, err, now) → true | nil, err
- * err: {kind=, status=, code=, message=} (an error object fits) or a message string. */
+/* Kills row id and pushes true[, deps] | nil, err (see sp:kill). */
+static int kill_result(lua_State *L, oo_spool *s, long long id, const oo_spool_failure *f,
+                       double now) {
+    oo_spool_err err;
+    oo_spool_rows *deps = new_rows_box(L);
+    if (oo_spool_kill_deps(s, id, f, now, deps, &err) != OO_SPOOL_OK)
+        return oo_spool_push_err(L, &err);
+    lua_pushboolean(L, 1);
+    if (deps->n == 0) return 1;
+    push_rows(L, deps, ROW_DEAD);
+    return 2;
+}
+
+/*** sp:kill(id, err, now) → true[, deps] | nil, err
+ * err: {kind=, status=, code=, message=} (an error object fits) or a message string.
+ * deps: when the row was a cancel with an amend's new version behind it,
+ * the dead letters that version became in the same transaction (rows:
+ * id, ref, channel, attempts, kind, status, code, message). */
 static int l_kill(lua_State *L) {
     oo_spool *s = oo_spool_check(L, 1);
-    oo_spool_err err;
     oo_spool_failure f;
     long long id = check_id(L, 2, "kill");
     double now = opt_now(L, 4, "kill");
@@ -614,7 +633,7 @@ static int l_kill(lua_State *L) {
     } else if (!lua_isnoneornil(L, 3)) {
         raisef(L, "spool:kill: err must be a table, a string or nil, got %s", luaL_typename(L, 3));
     }
-    return push_ok(L, oo_spool_kill(s, id, &f, now, &err), &err);
+    return kill_result(L, s, id, &f, now);
 }
 
 /*** sp:stats(now) → {queued, due, claimed, dead, bytes, oldest_age} | nil, err */

@@ -3,6 +3,7 @@
  * removing and dropping, life cycle. */
 #define _GNU_SOURCE
 #include "sched.h"
+#include "amend.h"
 #include "clock.h"
 
 #include <stdio.h>
@@ -328,11 +329,17 @@ oo_result *oo_sched_collect(oo_sched *s) {
     return r;
 }
 
-void oo_sched_report(oo_sched *s, oo_res_kind what, const oo_job *j, const oo_outcome *o) {
+static const char *chan_name(const oo_sched *s, const oo_job *j) {
+    return j->channel >= 0 && j->channel < s->nchan ? s->chans[j->channel].name : NULL;
+}
+
+void oo_sched_report(oo_sched *s, oo_res_kind what, const oo_job *j, const oo_outcome *o,
+                     const char *why) {
     oo_result *r = result_new(what, j, o, NULL, 0);
+    if (r) r->why = why;
     pthread_mutex_lock(&s->mu);
     if (what != OO_RES_SENT && j->method == OO_POST)
-        oo_metrics_failed(&s->metrics, o, 0, s->chans[j->channel].name);
+        oo_metrics_failed(&s->metrics, o, what == OO_RES_DEAD, chan_name(s, j));
     if (r) result_add(s, r);
     pthread_mutex_unlock(&s->mu);
 }
@@ -438,10 +445,6 @@ static void finish(oo_sched *s, oo_job *j, oo_dest dest) {
     if (dest == TO_GONE) free(j);
 }
 
-static const char *chan_name(const oo_sched *s, const oo_job *j) {
-    return j->channel >= 0 && j->channel < s->nchan ? s->chans[j->channel].name : NULL;
-}
-
 static void settle_sent(oo_sched *s, oo_job *j, const oo_outcome *o, const char *body,
                         size_t blen) {
     oo_result *r = NULL;
@@ -520,8 +523,7 @@ static void fail_dependents(oo_sched *s, const oo_job *del, const oo_outcome *o,
     s->npark -= take_dependents(&s->park_head, &s->park_tail, del, &out);
     pthread_mutex_unlock(&s->mu);
     if (!out) return;
-    snprintf(msg, sizeof msg, "amend: not sent, the DELETE of the earlier version failed: %.*s",
-             (int)sizeof msg - 64, o->message);
+    snprintf(msg, sizeof msg, OO_AMEND_FAILED "%.*s", (int)sizeof msg - 64, o->message);
     memcpy(d.message, msg, sizeof d.message);
     d.retryable = 0;
     while (out) {

@@ -286,8 +286,11 @@ int oo_sched_settle(oo_sched *s, oo_job *j, const oo_outcome *o, const oo_reply 
                     const char **why);
 
 /* Any thread: report what became of a job that left another way (dropped
- * at close); counted as failed unless `what` is SENT. */
-void oo_sched_report(oo_sched *s, oo_res_kind what, const oo_job *j, const oo_outcome *o);
+ * at close; an amend's new version the spool ended dead with its DELETE,
+ * why "amend"); counted as failed unless `what` is SENT (and dead when
+ * DEAD). */
+void oo_sched_report(oo_sched *s, oo_res_kind what, const oo_job *j, const oo_outcome *o,
+                     const char *why);
 
 /* Any thread: take the results collected so far (free with oo_results_free). */
 oo_result *oo_sched_collect(oo_sched *s);

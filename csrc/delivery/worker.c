@@ -271,6 +271,25 @@ static int spool_retry(oo_sched *e, oo_job *j, double next_at, const oo_outcome 
     return 1;
 }
 
+/* The spool ended an amend's new version dead with its DELETE (w->deps,
+ * its dead letters): each is reported like the scheduler's own (sched.c
+ * fail_dependents), a dead result, why "amend", the DELETE's outcome with
+ * the dead letter's message. */
+static void report_amend_dead(oo_worker *w, const oo_outcome *o) {
+    oo_outcome d = *o;
+    size_t k;
+    d.retryable = 0;
+    for (k = 0; k < w->deps.n; k++) {
+        oo_spool_row *row = &w->deps.v[k];
+        oo_job *j = row_job(w, &w->e.s, row);
+        if (!j) continue; /* an unknown channel or no memory: its dead letter says it */
+        if (row->message) snprintf(d.message, sizeof d.message, "%s", row->message);
+        oo_sched_report(&w->e.s, OO_RES_DEAD, j, &d, "amend");
+        free(j);
+    }
+    oo_spool_rows_free(&w->deps);
+}
+
 static void spool_dead(oo_sched *e, oo_job *j, const oo_outcome *o, const char *why) {
     oo_worker *w = WORKER(e);
     oo_spool_err serr;
@@ -285,8 +304,10 @@ static void spool_dead(oo_sched *e, oo_job *j, const oo_outcome *o, const char *
     f.status = o->status;
     f.code = o->code[0] ? o->code : NULL;
     f.message = msg;
-    if (oo_spool_kill(w->spool, j->store_id, &f, oo_wall_now(), &serr) != OO_SPOOL_OK)
+    if (oo_spool_kill_deps(w->spool, j->store_id, &f, oo_wall_now(), &w->deps, &serr) !=
+        OO_SPOOL_OK)
         storage_failed(w, &serr);
+    else if (w->deps.n) report_amend_dead(w, o);
 }
 
 static void spool_release(oo_sched *e, oo_job *j) {
@@ -311,7 +332,7 @@ static void report_dropped(void *ud, oo_job *j) {
     oo_classify_failure("network", "the queue closed before the order was delivered", &o);
     o.kind = "shutdown";
     o.retryable = 0;
-    oo_sched_report(&w->e.s, OO_RES_DROPPED, j, &o);
+    oo_sched_report(&w->e.s, OO_RES_DROPPED, j, &o, NULL);
     free(j);
 }
 
@@ -356,6 +377,7 @@ void oo_worker_free(oo_worker *w) {
     free(w->cancel_suffix);
     if (w->spool) oo_spool_close(w->spool);
     oo_spool_rows_free(&w->rows);
+    oo_spool_rows_free(&w->deps);
     oo_engine_free(&w->e);
     free(w);
 }

@@ -31,6 +31,7 @@ typedef struct oo_worker {
     double lease, spool_poll;
     double last_claim; /* monotonic (thread only) */
     oo_spool_rows rows;
+    oo_spool_rows deps; /* an amend's new versions ended dead with their DELETE (thread only) */
     /* acks not written yet (thread only): row ids and their outcomes for
      * the ledger (OO_LEDGER_SENT or _WARNED), written in one transaction */
     long long *acks;

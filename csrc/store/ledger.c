@@ -118,8 +118,8 @@ static const char *const SQL[L_COUNT] = {
                " LEFT JOIN ledger_label b ON b.id = l.label"
                " WHERE s.id = l.scope AND (l.scope, l.ref) > (?1, ?2)"
                " ORDER BY l.scope, l.ref LIMIT ?3",
-    /* in a spool's file: a create of the refCode still queued there */
-    [L_SPOOLED] = "SELECT 1 FROM orders WHERE ref = ?1 AND op = 0 LIMIT 1",
+    /* in a spool's file: a create (op 0 or 2) of the refCode still queued there */
+    [L_SPOOLED] = "SELECT 1 FROM orders WHERE ref = ?1 AND op <> 1 LIMIT 1",
     /* L_UPSERT and L_PENDING_DROP for MANY rows */
     [L_UPSERT_MANY] = "INSERT INTO ledger(scope, ref, fp, outcome, at, order_at, label, total)"
                       " VALUES " P8x16 "," P8x16 UPSERT_SET,
@@ -689,10 +689,11 @@ static int look_pending(oo_ledger *l, oo_sql_conn *c, sqlite3_stmt **st, const i
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-/* In a spool's file, a create of the key's refCode still queued there is
- * in flight whoever reserved it: its reservation may be a dead process's
- * (a queue killed before it delivered), but the row will be delivered by
- * the queue that takes it over, so the order must not be queued again. */
+/* In a spool's file, a create (op 0, or 2: an amend's new version) of the
+ * key's refCode still queued there is in flight whoever reserved it: its
+ * reservation may be a dead process's (a queue killed before it
+ * delivered), but the row will be delivered by the queue that takes it
+ * over, so the order must not be queued again. */
 static int look_spooled(oo_sql_conn *c, sqlite3_stmt **st, const item_key *k, oo_ledger_item *it) {
     sqlite3_stmt *q;
     int rc = lquery(c, st, L_SPOOLED, &q, "t", k->ref, k->ref_len);

@@ -18,6 +18,7 @@
 #include <sqlite3.h>
 
 #include "spool_db.h"
+#include "amend.h"
 #include "clock.h"
 #include "hmac.h"
 #include "json_walk.h"
@@ -93,20 +94,28 @@ static const char *const SQL[ST_COUNT] = {
     [ST_ANY_ROW] = "SELECT ref, body, channel, op FROM orders WHERE id = ?1",
     [ST_EXPIRING] = "SELECT ref, body, channel, op FROM orders"
                     " WHERE created_at < ?1 AND " FREE_AT("?2"),
-    /* cancel_queued: creates of a refCode in flight, and the free ones */
-    [ST_REF_FLIGHT] = "SELECT count(*) FROM orders WHERE ref = ?1 AND op = 0"
+    /* cancel_queued: creates (op 0, or 2: an amend's) of a refCode in
+     * flight, and the free ones */
+    [ST_REF_FLIGHT] = "SELECT count(*) FROM orders WHERE ref = ?1 AND op <> 1"
                       " AND claimed_by IS NOT NULL AND claimed_until > ?2",
     [ST_REF_FREE] =
-        "SELECT ref, body, channel, op FROM orders WHERE ref = ?1 AND op = 0 AND " FREE_AT("?2"),
-    [ST_REF_DROP] = "DELETE FROM orders WHERE ref = ?1 AND op = 0 AND " FREE_AT("?2"),
+        "SELECT ref, body, channel, op FROM orders WHERE ref = ?1 AND op <> 1 AND " FREE_AT("?2"),
+    [ST_REF_DROP] = "DELETE FROM orders WHERE ref = ?1 AND op <> 1 AND " FREE_AT("?2"),
     /* purge by customer: every create's body is read in C */
-    [ST_CUSTOMERS] = "SELECT id, body, " FREE_AT("?1") " FROM orders WHERE op = 0",
-    [ST_DEAD_CUSTOMERS] = "SELECT id, body, 1 FROM dead WHERE op = 0",
+    [ST_CUSTOMERS] = "SELECT id, body, " FREE_AT("?1") " FROM orders WHERE op <> 1",
+    [ST_DEAD_CUSTOMERS] = "SELECT id, body, 1 FROM dead WHERE op <> 1",
     [ST_DROP_ONE] = "DELETE FROM orders WHERE id = ?1 AND " FREE_AT("?2"),
     [ST_DROP_DEAD] = "DELETE FROM dead WHERE id = ?1",
     /* due_now: the free rows waiting for a later attempt become due; the
      * attempts and the last error stay as they are */
     [ST_DUE_NOW] = "UPDATE orders SET next_at = ?1 WHERE next_at > ?1 AND " FREE_AT("?1"),
+    /* the amend creates behind cancel row ?1: those of its refCode after
+     * it with no later cancel between (none when ?1 is not a cancel) */
+    [ST_AMEND_DEPS] = "SELECT id, ref, attempts, created_at, channel, op FROM orders o"
+                      " WHERE op = 2 AND id > ?1"
+                      " AND ref = (SELECT ref FROM orders WHERE id = ?1 AND op = 1)"
+                      " AND NOT EXISTS (SELECT 1 FROM orders e WHERE e.ref = o.ref AND e.op = 1"
+                      " AND e.id > ?1 AND e.id < o.id) ORDER BY id",
 };
 
 /* Row fields, listed per statement in column order (read_row). */
@@ -135,6 +144,8 @@ static const unsigned char CLAIM_FIELDS[] = {F_ID,      F_REF,     F_BODY,    F_
 static const unsigned char QUEUED_FIELDS[] = {
     F_ID,         F_REF,           F_BODY,       F_BYTES,   F_CREATED, F_ATTEMPTS, F_NEXT_AT,
     F_CLAIMED_BY, F_CLAIMED_UNTIL, F_LAST_ERROR, F_CHANNEL, F_OP,      F_END};
+static const unsigned char DEP_FIELDS[] = {F_ID,      F_REF, F_ATTEMPTS, F_CREATED,
+                                           F_CHANNEL, F_OP,  F_END};
 static const unsigned char DEAD_FIELDS[] = {F_ID,       F_REF,       F_BODY, F_BYTES,  F_CREATED,
                                             F_ATTEMPTS, F_FAILED_AT, F_KIND, F_STATUS, F_CODE,
                                             F_MESSAGE,  F_CHANNEL,   F_OP,   F_END};
@@ -400,6 +411,46 @@ static int move_to_dead(spool_db *d, long long id, const char *owner, double now
     return rc;
 }
 
+static int collect_rows(spool_db *d, sqlite3_stmt *st, int rc, const unsigned char *fields,
+                        oo_spool_rows *out, oo_spool_err *err);
+
+/* The dead letter's fields, copied into the row reported to the caller
+ * (left NULL without memory: the dead letter itself is written). */
+static void row_failure(oo_spool_row *w, const oo_spool_failure *f) {
+    w->kind = strdup(f->kind ? f->kind : "failed");
+    w->code = f->code ? strdup(f->code) : NULL;
+    w->message = f->message ? strdup(f->message) : NULL;
+    w->status = f->status;
+}
+
+/* Cancel row `id` ends dead (f): the amend creates put behind it end dead
+ * with it, never posted (a dead ledger row each, which never replaces an
+ * acknowledged one). Called before the cancel leaves `orders`. They are
+ * appended to out (NULL: not wanted). */
+static int kill_deps(spool_db *d, long long id, const oo_spool_failure *f, double now,
+                     oo_spool_rows *out, oo_spool_err *err) {
+    oo_spool_rows mine = {NULL, 0, 0};
+    oo_spool_rows *rows = out ? out : &mine;
+    oo_spool_failure df = *f;
+    sqlite3_stmt *q;
+    char msg[sizeof err->message];
+    size_t i, first = rows->n;
+    int code, moved, rc = query(d, ST_AMEND_DEPS, &q, "i", id);
+    if ((code = collect_rows(d, q, rc, DEP_FIELDS, rows, err)) != OO_SPOOL_OK) goto done;
+    snprintf(msg, sizeof msg, OO_AMEND_FAILED "%s", f->message ? f->message : "given up");
+    df.message = msg;
+    for (i = first; i < rows->n && code == OO_SPOOL_OK; i++) {
+        code = note_row(d, rows->v[i].id, NULL, OO_LEDGER_DEAD, now, NULL, err);
+        if (code == OO_SPOOL_OK &&
+            (rc = move_to_dead(d, rows->v[i].id, NULL, now, 0, &df, &moved)) != SQLITE_OK)
+            code = db_fail(d, err, rc);
+        if (out) row_failure(&rows->v[i], &df);
+    }
+done:
+    oo_spool_rows_free(&mine);
+    return code;
+}
+
 /* Would n more orders of add bytes break a bound? Fills err (FULL) if so. */
 static int over_bounds(oo_spool *s, const scalar *totals, long long n, long long add,
                        const char *what, const char *tail, oo_spool_err *err) {
@@ -444,10 +495,11 @@ static int make_room(oo_spool *s, long long n, long long add, double now, oo_spo
                                                                              : "max_bytes");
         if ((rc = note_row(d, oldest.a, NULL, OO_LEDGER_DEAD, now, NULL, err)) != OO_SPOOL_OK)
             return rc;
+        if ((rc = kill_deps(d, oldest.a, &f, now, NULL, err)) != OO_SPOOL_OK) return rc;
         if ((rc = move_to_dead(d, oldest.a, NULL, now, 0, &f, &moved)) != SQLITE_OK)
             return db_fail(d, err, rc);
-        totals.a -= 1;
-        totals.b -= oldest.b;
+        /* the totals again: an amend's new version may have gone with it */
+        if ((rc = query_scalar(d, ST_TOTALS, &totals, "")) != SQLITE_OK) return db_fail(d, err, rc);
     }
     return OO_SPOOL_OK;
 }
@@ -505,6 +557,15 @@ static int put_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     return OO_SPOOL_OK;
 }
 
+/* Is items[i] (an amend's new version) right after the cancel of its
+ * refCode? Both in one put: one transaction, so a kill -9 never leaves one
+ * without the other. */
+static int amend_follows_cancel(const oo_spool_item *items, size_t i) {
+    const oo_spool_item *c = i > 0 ? &items[i - 1] : NULL;
+    return c && c->op == OO_SPOOL_OP_CANCEL && items[i].ref && c->ref_len == items[i].ref_len &&
+           memcmp(c->ref, items[i].ref, c->ref_len) == 0;
+}
+
 /* The checks that need no database: empty bodies and single orders or
  * batches that no amount of room could take. */
 static int check_items(oo_spool *s, const oo_spool_item *items, size_t n, long long *add,
@@ -518,7 +579,12 @@ static int check_items(oo_spool *s, const oo_spool_item *items, size_t n, long l
             if (!items[i].ref || items[i].ref_len == 0)
                 return set_err(err, OO_SPOOL_MISUSE, 0, NULL,
                                "spool put: cancel %zu has no refCode", i + 1);
-        } else if (items[i].op != OO_SPOOL_OP_CREATE) {
+        } else if (items[i].op == OO_SPOOL_OP_AMEND && !amend_follows_cancel(items, i)) {
+            return set_err(err, OO_SPOOL_MISUSE, 0, NULL,
+                           "spool put: amend %zu must follow the cancel of its refCode in the"
+                           " same put",
+                           i + 1);
+        } else if (items[i].op != OO_SPOOL_OP_CREATE && items[i].op != OO_SPOOL_OP_AMEND) {
             return set_err(err, OO_SPOOL_MISUSE, 0, NULL, "spool put: order %zu: unknown op %d",
                            i + 1, items[i].op);
         } else if (!items[i].body || items[i].body_len == 0) {
@@ -736,29 +802,41 @@ typedef struct kill_ctx {
     long long id;
     const oo_spool_failure *f;
     double now;
+    oo_spool_rows *deps;
 } kill_ctx;
 
 static int kill_body(oo_spool *s, spool_db *d, void *ctx, oo_spool_err *err) {
     kill_ctx *c = (kill_ctx *)ctx;
     int moved = 0, rc = note_row(d, c->id, s->owner, OO_LEDGER_DEAD, c->now, NULL, err);
     if (rc != OO_SPOOL_OK) return rc;
+    if ((rc = kill_deps(d, c->id, c->f, c->now, c->deps, err)) != OO_SPOOL_OK) return rc;
     rc = move_to_dead(d, c->id, s->owner, c->now, 1, c->f, &moved);
     if (rc != SQLITE_OK) return db_fail(d, err, rc);
     return moved ? OO_SPOOL_OK : lease_err(s, c->id, err);
 }
 
-int oo_spool_kill(oo_spool *s, long long id, const oo_spool_failure *f, double now,
-                  oo_spool_err *err) {
+int oo_spool_kill_deps(oo_spool *s, long long id, const oo_spool_failure *f, double now,
+                       oo_spool_rows *deps, oo_spool_err *err) {
     oo_spool_failure none;
     kill_ctx c;
+    int code;
     if (!f) {
         memset(&none, 0, sizeof none);
         f = &none;
     }
+    oo_spool_rows_free(deps);
     c.id = id;
     c.f = f;
     c.now = now;
-    return transact(s, "kill", TX_WRITE, kill_body, &c, err);
+    c.deps = deps;
+    code = transact(s, "kill", TX_WRITE, kill_body, &c, err);
+    if (code != OO_SPOOL_OK) oo_spool_rows_free(deps); /* rolled back: none ended */
+    return code;
+}
+
+int oo_spool_kill(oo_spool *s, long long id, const oo_spool_failure *f, double now,
+                  oo_spool_err *err) {
+    return oo_spool_kill_deps(s, id, f, now, NULL, err);
 }
 
 typedef struct stats_ctx {

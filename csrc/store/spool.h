@@ -78,9 +78,15 @@ typedef struct oo_spool oo_spool;
 /* What a row asks of the endpoint: a create (POST of its body) or a
  * cancel (DELETE of its refCode). A cancel is not claimable while an
  * earlier row of its refCode is in the spool (queued or claimed), nor a
- * create while an earlier cancel of its refCode is (an amend: the DELETE,
- * then the new version). */
-enum { OO_SPOOL_OP_CREATE = 0, OO_SPOOL_OP_CANCEL = 1 };
+ * create while an earlier cancel of its refCode is.
+ *
+ * An amend is a cancel and the new version (OO_SPOOL_OP_AMEND, a create
+ * that depends on that cancel), put in one put_many, the cancel just
+ * before it: the new version is claimed only once the cancel was acked,
+ * and when the cancel ends dead (a kill, or dropped by on_full) it ends
+ * dead too, in the same transaction, never posted (its message
+ * OO_AMEND_FAILED, amend.h, then the cancel's). */
+enum { OO_SPOOL_OP_CREATE = 0, OO_SPOOL_OP_CANCEL = 1, OO_SPOOL_OP_AMEND = 2 };
 
 /* One row to put. A create needs a non-empty body; a cancel needs a ref
  * (its body is optional: the cancelled order's, for the ledger's report
@@ -92,7 +98,7 @@ typedef struct oo_spool_item {
     size_t ref_len;
     const char *channel; /* the order's channel name; NULL: the client's default */
     size_t channel_len;
-    int op; /* OO_SPOOL_OP_CREATE (0, the default) | OO_SPOOL_OP_CANCEL */
+    int op; /* OO_SPOOL_OP_CREATE (0, the default) | OO_SPOOL_OP_CANCEL | OO_SPOOL_OP_AMEND */
 } oo_spool_item;
 
 /* Why an order failed for good (oo_spool_kill). All fields optional:
@@ -117,7 +123,7 @@ typedef struct oo_spool_row {
     double created_at; /* claim and list */
     char *channel;     /* claim and list; NULL: the client's default channel */
     size_t channel_len;
-    int op; /* OO_SPOOL_OP_CREATE | OO_SPOOL_OP_CANCEL (claim and list) */
+    int op; /* OO_SPOOL_OP_CREATE | OO_SPOOL_OP_CANCEL | OO_SPOOL_OP_AMEND (claim and list) */
     /* queued rows (claim, list of orders) */
     double next_at;
     double claimed_until; /* 0 when unclaimed */
@@ -211,6 +217,14 @@ int oo_spool_retry(oo_spool *s, long long id, double next_at, const char *err_te
  * acknowledged one; a dead cancel row changes nothing in the ledger). */
 int oo_spool_kill(oo_spool *s, long long id, const oo_spool_failure *f, double now,
                   oo_spool_err *err);
+/* oo_spool_kill, and when the row is a cancel, the amend's new version put
+ * behind it (OO_SPOOL_OP_AMEND) moves to dead letters with it, in the same
+ * transaction (kind, status and code the cancel's; message OO_AMEND_FAILED
+ * and the cancel's): deps (freed first; may be NULL) receives those dead
+ * letters (id, ref, attempts, created_at, channel, op, kind, status, code,
+ * message), for the caller to report. */
+int oo_spool_kill_deps(oo_spool *s, long long id, const oo_spool_failure *f, double now,
+                       oo_spool_rows *deps, oo_spool_err *err);
 /* Gives the row back without counting an attempt. */
 int oo_spool_release(oo_spool *s, long long id, oo_spool_err *err);
 

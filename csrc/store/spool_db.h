@@ -54,6 +54,7 @@ enum {
     ST_DROP_ONE,
     ST_DROP_DEAD,
     ST_DUE_NOW,
+    ST_AMEND_DEPS,
     ST_COUNT
 };
 

@@ -208,18 +208,22 @@ end
 function Queue:hand_over(json, ref, ch)
   if self.spool then
     local id, err = self.spool:put(json, ref, nil, self.st.channels[ch].name)
-    if not id then
-      if err.kind == "full" then
-        self.counts.full = self.counts.full + 1
-        err.option = err.bound and ("spool_" .. err.bound) or nil
-        return self:refuse("full", err)
-      end
-      return self:refuse(err.kind, err)
-    end
+    if not id then return self:spool_refused(err) end
     self.worker:notify(1)
     return true
   end
   return self:hand_over_job(json, ref, ch)
+end
+
+--- The spool refused a put: counted (full) and returned as push's error.
+-- @local
+function Queue:spool_refused(err)
+  if err.kind == "full" then
+    self.counts.full = self.counts.full + 1
+    err.option = err.bound and ("spool_" .. err.bound) or nil
+    return self:refuse("full", err)
+  end
+  return self:refuse(err.kind, err)
 end
 
 --- Hands one job to the thread's inbox (no spool).
@@ -249,10 +253,6 @@ end
 -- @local
 function Queue:admit(json, ref, ch, po)
   local g = self.gate
-  if po and po.amend and self.spool then
-    error("queue: push: amend is not supported with a spool (a refused DELETE could not hold the new"
-      .. " version back); send it with client:send(payload, {amend = true, ledger = ...})", 4)
-  end
   local item = { body = json, ref = ref, channel = self.st.channels[ch].name }
   local d, err = g:admit({ item }, po)
   if not d then return "done", self:refuse(err.kind or "storage", gate.unusable(err)) end
@@ -269,8 +269,12 @@ end
 -- reason, at, attempts = 0}`, truthy, not an error); another version of it
 -- (or its cancel) is refused with kind "changed" (the message says when
 -- the earlier version was sent); `po.force` queues it anyway, `po.amend`
--- (without a spool) queues the DELETE of the refCode and the new version
--- behind it, posted only once the DELETE is accepted.
+-- queues the DELETE of the refCode and the new version behind it, posted
+-- only once the DELETE is accepted. With a spool both are stored in one
+-- transaction; when the DELETE is refused or given up, the new version
+-- ends dead in the DELETE's transaction, never posted: a dead letter,
+-- `on_failure` ("amend: not sent, the DELETE of the earlier version
+-- failed: ..."), a `dead` event with reason "amend", counted failed.
 -- @param payload `{lang?, user?, order}` as accepted by `offline.encode`
 -- @param po optional `{channel = name (default: opts.channel, then the
 --   client's), force = false, amend = false}`; `force`/`amend` need `opts.ledger`
@@ -314,10 +318,19 @@ function Queue:push(payload, po)
   return true, w
 end
 
---- An amend without a spool: the DELETE of the refCode, then the new
--- version, posted only once the DELETE is accepted (after_ok).
+--- An amend: the DELETE of the refCode, then the new version, posted
+-- only once the DELETE is accepted (after_ok; with a spool, a cancel row
+-- and an "amend" row put in one transaction).
 -- @local
 function Queue:hand_over_amend(json, ref, ch)
+  if self.spool then
+    local name = self.st.channels[ch].name
+    local ids, err = self.spool:put_many({ { ref = ref, channel = name, op = "cancel" },
+      { body = json, ref = ref, channel = name, op = "amend" } })
+    if not ids then return self:spool_refused(err) end
+    self.worker:notify(2)
+    return true
+  end
   -- both in one step: the thread never sees the DELETE (and its refusal)
   -- before the new version waiting behind it is in
   if not self.worker:push("", ref, ch, { method = "DELETE", url = self.gate:cancel_url(ref), after_ref = true },

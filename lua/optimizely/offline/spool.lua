@@ -23,7 +23,8 @@
 -- of its refCode, `put_cancel`). A cancel is not claimed while an earlier
 -- row of its refCode is still in the spool (queued or being delivered), and
 -- a create not while an earlier cancel of its refCode is (an amend: the
--- DELETE first, then the new version). `cancel_queued` removes the queued,
+-- DELETE first, then the new version, op `"amend"`, which ends dead with
+-- its cancel when the DELETE is refused or given up). `cancel_queued` removes the queued,
 -- undelivered creates of a refCode; `purge_customer` one customer's orders.
 --
 -- **The ledger** (`spool:ledger{...}`, see `optimizely.offline.ledger`) lives
@@ -175,7 +176,10 @@ end
 
 --- Store many orders in one transaction (group commit): all or none.
 -- @param list array of `{body=, ref=, channel=, op=}` tables or body strings (`op`:
---   `"create"`, the default, or `"cancel"`: see `put_cancel`; a cancel's body may be nil)
+--   `"create"`, the default, `"cancel"`: see `put_cancel`, a cancel's body may be nil; or
+--   `"amend"`: the new version of an amend, right after the cancel of its refCode in the
+--   same list — claimed only once that cancel is acked, and ended dead with it, never
+--   posted, when the cancel is killed or dropped)
 -- @param now epoch seconds (default: the clock)
 -- @return array of ids (same order), or nil, err
 function Spool:put_many(list, now)
@@ -262,9 +266,17 @@ end
 -- @param err `{kind=, status=, code=, message=}` (an error object fits), a message
 --   string (kind "failed"), or nil
 -- @param now epoch seconds (default: the clock)
--- @return true, or nil, err (kind "lease": not ours any more)
+-- When the row is a cancel put by an amend (see `put_many`), the new
+-- version behind it moves to the dead letters in the same transaction,
+-- never posted (the cancel's kind, status and code; message "amend: not
+-- sent, the DELETE of the earlier version failed: ..."), and is returned.
+-- @return true and, when an amend's new version went with it, the list of
+--   those dead letters (`{id, ref, channel, attempts, kind, status, code,
+--   message}`); or nil, err (kind "lease": not ours any more)
 function Spool:kill(id, err, now)
-  return wrap(self.handle:kill(id, err, now))
+  local ok, e = self.handle:kill(id, err, now)
+  if ok == nil then return nil, new_error(e) end
+  return ok, e
 end
 
 --- Give a claimed order back without counting an attempt.
