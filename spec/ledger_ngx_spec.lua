@@ -38,6 +38,12 @@ local HANDLERS = [[
         failed = st.failed, dead = st.dead,
         prom = require("optimizely.offline.metrics").prometheus(q:metrics()) }))
     } }
+    location = /l/amend_shm { content_by_lua_block {
+      local p = { order = { refCode = "shm-1", orderDate = "2016-05-16T14:25:00 GMT", currency = "GBP",
+        total = "1.00", items = { { refCode = "sku-1", qty = 1, price = "1.00" } } } }
+      local ok, err = pcall(LQ.shm.push, LQ.shm, p, { amend = true })
+      ngx.say(require("cjson").encode({ raised = not ok, message = tostring(err) }))
+    } }
     location = /l/failures { content_by_lua_block {
       local a = ngx.req.get_uri_args()
       ngx.say(require("cjson").encode({ failures = LQF[a.q], dead = LQD[a.q] }))
@@ -95,12 +101,14 @@ describe("the ledger on the nginx queue", function()
     local mo, so = seen("memory"), seen("spool")
     mo.ledger, mo.concurrency, mo.flush_interval = %q, 1, 0.2
     so.spool, so.ledger, so.concurrency, so.flush_interval = %q, true, 1, 0.2
-    LQ = { memory = assert(ngxo.queue(cfg, mo)), spool = assert(ngxo.queue(cfg, so)) }
+    LQ = { memory = assert(ngxo.queue(cfg, mo)), spool = assert(ngxo.queue(cfg, so)),
+      shm = assert(ngxo.queue(cfg, { shm = "oo_ledger_shm", deliverer = "agent", ledger = %q })) }
     %s]]):format(info.site, info.token, info.channel, info.base_url, dir .. "/ledger.db", dir .. "/spool.db",
-      nginx.watchdog_lua(sb.self_pid()))
+      dir .. "/ledger_shm.db", nginx.watchdog_lua(sb.self_pid()))
     inst = nginx.start({ dir = dir, health = "/queue/stats", write = function(port)
       return launch.write({ dir = dir, port = port, app = app, ca_file = info.ca_file,
-        vars = { extra_init_worker = init, extra_locations = HANDLERS } })
+        vars = { extra_init_worker = init, extra_locations = HANDLERS,
+          extra_http = "lua_shared_dict oo_ledger_shm 1m;" } })
     end })
   end)
 
@@ -111,6 +119,12 @@ describe("the ledger on the nginx queue", function()
   end)
 
   before_each(function() sb.clear_faults() end)
+
+  it("shm: push with amend raises, naming opts.shm (the dict's list could not hold the new version back)", function()
+    local r = call("/l/amend_shm")
+    assert.is_true(r.raised)
+    assert.matches("amend is not supported with opts.shm", r.message, 1, true)
+  end)
 
   for _, which in ipairs({ "memory", "spool" }) do
     local qs = "&q=" .. which
