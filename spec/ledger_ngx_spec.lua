@@ -217,8 +217,8 @@ describe("the ledger on the nginx queue", function()
         assert.is_true(call("/l/push?ref=" .. r .. qs).ok)
         local before = call("/l/flush?x=1" .. qs)
         assert.is_true(before.ok)
-        sb.faults({ match = "DELETE", status = 400, body = '{"status":"fail","errors":[{"code":"CancellationNotEnabled",'
-          .. '"message":"cancellations are not enabled for this site"}]}' })
+        sb.faults({ match = "DELETE", status = 400, body = '{"status":"fail","errors":[{"code":'
+          .. '"CancellationNotEnabled","message":"cancellations are not enabled for this site"}]}' })
         assert.is_true(call("/l/push?ref=" .. r .. "&total=32.00&amend=1" .. qs).ok)
         local f = call("/l/flush?x=1" .. qs)
         assert.equal(1, #sb.orders({ refCode = r })) -- only the first version
