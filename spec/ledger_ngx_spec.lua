@@ -17,7 +17,7 @@ local HANDLERS = [[
       local p = { user = { id = "till-7" }, order = { refCode = a.ref, orderDate = "2016-05-16T14:25:00 GMT",
         currency = "GBP", total = a.total or "21.00",
         items = { { refCode = "sku-1", qty = 1, price = a.total or "21.00" } } } }
-      local res, err = q:push(p, a.force and { force = true } or nil)
+      local res, err = q:push(p, a.force and { force = true } or a.amend and { amend = true } or nil)
       ngx.say(require("cjson").encode({ ok = res == true, skipped = type(res) == "table" and res.skipped or nil,
         kind = err and err.kind or nil, message = err and err.message or nil }))
     } }
@@ -35,7 +35,18 @@ local HANDLERS = [[
       local st = q:stats()
       ngx.say(require("cjson").encode({ ok = ok == true, error = err and tostring(err) or nil,
         skipped = st.skipped.already_sent or 0, changed = st.changed, cancelled = st.dropped.cancelled or 0,
+        failed = st.failed, dead = st.dead,
         prom = require("optimizely.offline.metrics").prometheus(q:metrics()) }))
+    } }
+    location = /l/amend_shm { content_by_lua_block {
+      local p = { order = { refCode = "shm-1", orderDate = "2016-05-16T14:25:00 GMT", currency = "GBP",
+        total = "1.00", items = { { refCode = "sku-1", qty = 1, price = "1.00" } } } }
+      local ok, err = pcall(LQ.shm.push, LQ.shm, p, { amend = true })
+      ngx.say(require("cjson").encode({ raised = not ok, message = tostring(err) }))
+    } }
+    location = /l/failures { content_by_lua_block {
+      local a = ngx.req.get_uri_args()
+      ngx.say(require("cjson").encode({ failures = LQF[a.q], dead = LQD[a.q] }))
     } }
 ]]
 
@@ -76,15 +87,28 @@ describe("the ledger on the nginx queue", function()
     local init = ([[
     local cfg = { site = %q, token = %q, channel = %q, base_url = %q }
     local ngxo = require("optimizely.offline.ngx")
-    LQ = {
-      memory = assert(ngxo.queue(cfg, { ledger = %q, concurrency = 1, flush_interval = 0.2 })),
-      spool = assert(ngxo.queue(cfg, { spool = %q, ledger = true, concurrency = 1, flush_interval = 0.2 })),
-    }
+    LQF, LQD = { memory = {}, spool = {} }, { memory = {}, spool = {} }
+    local function seen(which)
+      return {
+        on_failure = function(ref, err)
+          table.insert(LQF[which], { ref = ref, message = err.message, status = err.status, kind = err.kind })
+        end,
+        on_event = function(ev)
+          if ev.type == "dead" then table.insert(LQD[which], { ref = ev.ref, reason = ev.reason }) end
+        end,
+      }
+    end
+    local mo, so = seen("memory"), seen("spool")
+    mo.ledger, mo.concurrency, mo.flush_interval = %q, 1, 0.2
+    so.spool, so.ledger, so.concurrency, so.flush_interval = %q, true, 1, 0.2
+    LQ = { memory = assert(ngxo.queue(cfg, mo)), spool = assert(ngxo.queue(cfg, so)),
+      shm = assert(ngxo.queue(cfg, { shm = "oo_ledger_shm", deliverer = "agent", ledger = %q })) }
     %s]]):format(info.site, info.token, info.channel, info.base_url, dir .. "/ledger.db", dir .. "/spool.db",
-      nginx.watchdog_lua(sb.self_pid()))
+      dir .. "/ledger_shm.db", nginx.watchdog_lua(sb.self_pid()))
     inst = nginx.start({ dir = dir, health = "/queue/stats", write = function(port)
       return launch.write({ dir = dir, port = port, app = app, ca_file = info.ca_file,
-        vars = { extra_init_worker = init, extra_locations = HANDLERS } })
+        vars = { extra_init_worker = init, extra_locations = HANDLERS,
+          extra_http = "lua_shared_dict oo_ledger_shm 1m;" } })
     end })
   end)
 
@@ -95,6 +119,12 @@ describe("the ledger on the nginx queue", function()
   end)
 
   before_each(function() sb.clear_faults() end)
+
+  it("shm: push with amend raises, naming opts.shm (the dict's list could not hold the new version back)", function()
+    local r = call("/l/amend_shm")
+    assert.is_true(r.raised)
+    assert.matches("amend is not supported with opts.shm", r.message, 1, true)
+  end)
 
   for _, which in ipairs({ "memory", "spool" }) do
     local qs = "&q=" .. which
@@ -160,5 +190,60 @@ describe("the ledger on the nginx queue", function()
       assert.is_true(dels[1].received_at >= posts[1].received_at)
       assert.equal("cancelled", read_ledger(r, spool_file()).outcome)
     end)
+
+    it(which .. ": push with amend sends the DELETE, then the new version; the ledger says sent, new bytes",
+      function()
+        local r = ref("NA" .. which)
+        assert.is_true(call("/l/push?ref=" .. r .. qs).ok)
+        assert.is_true(call("/l/flush?x=1" .. qs).ok)
+        assert.equal("changed", call("/l/push?ref=" .. r .. "&total=31.00" .. qs).kind)
+        assert.is_true(call("/l/push?ref=" .. r .. "&total=31.00&amend=1" .. qs).ok)
+        local f = call("/l/flush?x=1" .. qs)
+        assert.is_true(f.ok, f.error)
+        local posts, dels = sb.orders({ refCode = r }), sb.cancellations({ refCode = r })
+        assert.equal(2, #posts)
+        assert.equal(1, #dels)
+        assert.is_true(posts[2].received_at >= dels[1].received_at)
+        assert.matches('"total":31.00', posts[2].body, 1, true)
+        local row = read_ledger(r, spool_file())
+        assert.equal("sent", row.outcome)
+        assert.equal(ledger.fingerprint(posts[2].body), row.fingerprint)
+        assert.equal("already sent", call("/l/push?ref=" .. r .. "&total=31.00" .. qs).skipped)
+      end)
+
+    it(which .. ": a refused DELETE fails the amend clearly: nothing new posted; on_failure, dead \"amend\", counted",
+      function()
+        local r = ref("NAR" .. which)
+        assert.is_true(call("/l/push?ref=" .. r .. qs).ok)
+        local before = call("/l/flush?x=1" .. qs)
+        assert.is_true(before.ok)
+        sb.faults({ match = "DELETE", status = 400, body = '{"status":"fail","errors":[{"code":'
+          .. '"CancellationNotEnabled","message":"cancellations are not enabled for this site"}]}' })
+        assert.is_true(call("/l/push?ref=" .. r .. "&total=32.00&amend=1" .. qs).ok)
+        local f = call("/l/flush?x=1" .. qs)
+        assert.equal(1, #sb.orders({ refCode = r })) -- only the first version
+        local seen = call("/l/failures?q=" .. which)
+        local amend_err
+        for _, e in ipairs(seen.failures) do
+          if e.ref == r and e.message:find("amend: not sent, the DELETE of the earlier version failed", 1, true) then
+            amend_err = e
+          end
+        end
+        assert.is_table(amend_err)
+        assert.equal(400, amend_err.status)
+        local reason
+        for _, d in ipairs(seen.dead) do if d.ref == r and d.reason == "amend" then reason = d.reason end end
+        assert.equal("amend", reason)
+        -- the new version (a DELETE is counted as a request only)
+        assert.equal(before.failed + 1, f.failed)
+        assert.equal(before.dead + 1, f.dead)
+        assert.matches('optimizely_offline_orders_failed_total{kind="[%w_]+",status="400",'
+          .. 'code="CancellationNotEnabled",channel="[^"]*"} 1', f.prom)
+        local row = read_ledger(r, spool_file())
+        assert.equal("sent", row.outcome) -- still the first version's
+        assert.not_equal(ledger.fingerprint(assert(require("optimizely.offline").encode({ user = { id = "till-7" },
+          order = { refCode = r, orderDate = "2016-05-16T14:25:00 GMT", currency = "GBP", total = "32.00",
+            items = { { refCode = "sku-1", qty = 1, price = "32.00" } } } }))), row.fingerprint)
+      end)
   end
 end)

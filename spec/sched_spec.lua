@@ -391,6 +391,33 @@ describe("the scheduler's Lua binding", function()
       s:close()
     end)
 
+    it("reports the dead letters a dead hook returns (a spool's amend) as dead results, why amend", function()
+      local s = new({ hooks = {
+        dead = function(job)
+          if job.method ~= "DELETE" then return nil end
+          return { { id = 21, ref = job.ref, channel = 2, attempts = 0,
+            message = "amend: not sent, the DELETE of the earlier version failed: no" }, "not a row" }
+        end,
+      } })
+      s:add({ id = 20, store_id = 20, ref = "A1", channel = 2, method = "DELETE", url = "https://example.test/c/A1" })
+      local j = s:next()
+      local before = s:stats()
+      assert.equal("dead", s:done(j.token, 400, '{"status":"fail","errors":[{"code":"CancellationNotEnabled",'
+        .. '"message":"no"}]}'))
+      local dead = by_what(s:results()).dead
+      assert.equal(2, #dead)
+      local d = dead[1].id == 21 and dead[1] or dead[2]
+      assert.equal(20, (dead[1].id == 21 and dead[2] or dead[1]).id) -- and the DELETE's own
+      assert.same({ 21, "A1", "callcentre", "POST", "amend", 400, "CancellationNotEnabled", false, 0 },
+        { d.id, d.ref, d.channel, d.method, d.why, d.status, d.code, d.retryable, d.attempts })
+      assert.equal("amend: not sent, the DELETE of the earlier version failed: no", d.message)
+      local st = s:stats()
+      assert.equal(before.failed + 1, st.failed) -- the new version (a DELETE counts as a request only)
+      assert.equal(before.dead + 1, st.dead)
+      assert.equal(0, st.hook_errors)
+      s:close()
+    end)
+
     it("counts a hook that raises and goes on; a hook cannot drive the scheduler", function()
       local s
       s = new({ hooks = {

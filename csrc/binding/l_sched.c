@@ -512,6 +512,59 @@ static int hook_retry(oo_sched *s, oo_job *j, double next_at, const oo_outcome *
     return kept;
 }
 
+/* The integer field k of the table on top, or def. */
+static long long opt_int(lua_State *L, const char *k, long long def) {
+    long long v = def;
+    lua_getfield(L, -1, k);
+    if (lua_type(L, -1) != LUA_TNUMBER || !oo_tointeger(L, -1, &v)) v = def;
+    lua_pop(L, 1);
+    return v;
+}
+
+/* The dead letter at the top (`{id, ref, channel = index, attempts,
+ * message}`) reported dead, why "amend", with the DELETE's outcome o and
+ * its own message. Read without raising: a hook's answer never breaks the
+ * scheduler. */
+static void report_dead_letter(l_sched *u, const oo_outcome *o) {
+    lua_State *L = u->L;
+    oo_outcome d = *o;
+    oo_job_spec sp;
+    oo_job *j;
+    long long ch = opt_int(L, "channel", 1);
+    memset(&sp, 0, sizeof sp);
+    sp.id = sp.store_id = opt_int(L, "id", 0);
+    sp.channel = ch >= 1 && ch <= u->s.nchan ? (int)ch - 1 : 0;
+    sp.attempts = (int)opt_int(L, "attempts", 0);
+    lua_getfield(L, -1, "ref");
+    if (lua_type(L, -1) == LUA_TSTRING) sp.ref = lua_tolstring(L, -1, &sp.ref_len);
+    lua_getfield(L, -2, "message");
+    if (lua_type(L, -1) == LUA_TSTRING)
+        snprintf(d.message, sizeof d.message, "%s", lua_tostring(L, -1));
+    d.retryable = 0;
+    j = oo_job_new(&sp);
+    if (j) oo_sched_report(&u->s, OO_RES_DEAD, j, &d, "amend");
+    free(j);
+    lua_pop(L, 2);
+}
+
+/* The dead hook's answer, on top: the dead letters its store made with
+ * the job (an amend's new version, ended dead with its DELETE in the
+ * spool: spool:kill's second value). Each is reported like the
+ * scheduler's own (sched.c fail_dependents; the threaded queue's
+ * worker.c report_amend_dead). */
+static void report_amend_dead(l_sched *u, const oo_outcome *o) {
+    lua_State *L = u->L;
+    int i;
+    if (lua_type(L, -1) != LUA_TTABLE) return;
+    for (i = 1;; i++) {
+        lua_rawgeti(L, -1, i);
+        if (lua_type(L, -1) != LUA_TTABLE) break;
+        report_dead_letter(u, o);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 static void hook_dead(oo_sched *s, oo_job *j, const oo_outcome *o, const char *why) {
     l_sched *u = LS(s);
     if (!push_hook(u, "dead")) return;
@@ -519,6 +572,7 @@ static void hook_dead(oo_sched *s, oo_job *j, const oo_outcome *o, const char *w
     oo_push_outcome(u->L, o);
     lua_pushstring(u->L, why ? why : "rejected");
     call_hook(u, 3);
+    report_amend_dead(u, o);
     lua_pop(u->L, 1);
 }
 

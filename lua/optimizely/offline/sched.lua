@@ -54,7 +54,12 @@
 --   again at `next_at` (epoch seconds). Returns true when the store keeps
 --   it (the scheduler lets it go), else the scheduler keeps it in memory.
 -- - `dead(job, record, why)`: a job with a `store_id` was given up (`why`:
---   rejected, attempts, expired).
+--   rejected, attempts, expired). It may return the dead letters the store
+--   made with it (a spool's cancel with an amend's new version behind it:
+--   `spool:kill`'s second value), a list of `{id, ref, channel = index,
+--   attempts, message}`: each becomes a "dead" result, `why` "amend", with
+--   the job's outcome and its own message, counted failed — as an
+--   `after_ok` job of the scheduler's own.
 -- - `release(job)`: a job with a `store_id` goes back unsent (a
 --   credentials pause, `drop`).
 --

@@ -36,9 +36,9 @@ end
 -- @return "post" or "amend" | "done" and what push returns (the skipped
 --   result | nil, err of kind "changed" or the ledger's)
 function M.admit(q, item, po)
-  if po and po.amend and q.store.name ~= "memory" then
-    error("optimizely.offline.ngx.queue: push: amend needs the memory store (with a spool or shm a refused"
-      .. " DELETE could not hold the new version back)", 4)
+  if po and po.amend and q.store.name == "shm" then
+    error("optimizely.offline.ngx.queue: push: amend is not supported with opts.shm (the shared dict's list"
+      .. " could not hold the new version back behind a refused DELETE); use the memory store or opts.spool", 4)
   end
   local d, err = q.gate:admit({ item }, po)
   if not d then return "done", q:refuse(gate.unusable(err)) end
@@ -59,14 +59,17 @@ local function job(q, t)
   return t
 end
 
---- Puts an amend in the memory store: the DELETE of the refCode, then the
--- new version, posted only once the DELETE is accepted (after_ok).
+--- Puts an amend in the store: the DELETE of the refCode, then the new
+-- version, posted only once the DELETE is accepted (the memory store:
+-- after_ok; the spool: a cancel row and an "amend" row in one
+-- transaction, see optimizely.offline.ngx.store_spool).
 -- @param q the queue
 -- @param json the new version's body
 -- @param ref its refCode
 -- @param ch the channel's index
--- @return true | nil, err ("full")
+-- @return true | nil, err ("full", or the spool's error)
 function M.put_amend(q, json, ref, ch)
+  if q.store.put_amend then return q.store:put_amend({ body = json, ref = ref }, q.st.channels[ch].name) end
   local s = q.s
   if not s:add(job(q, { method = "DELETE", url = q.gate:cancel_url(ref), ref = ref, channel = ch, body = "",
     after_ref = true })) then

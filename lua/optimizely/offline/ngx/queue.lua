@@ -183,8 +183,8 @@ end
 -- With a ledger (`opts.ledger`), as the threaded queue's push
 -- (optimizely.offline.queue): an order sent before is not queued and its
 -- skipped result is returned; a changed one is refused (kind "changed");
--- `po.force` queues it anyway; `po.amend` (memory store) queues the DELETE
--- and the new version behind it.
+-- `po.force` queues it anyway; `po.amend` (memory or spool store; with
+-- `shm` it raises) queues the DELETE and the new version behind it.
 -- @param payload `{lang?, user?, order}` as accepted by `offline.encode`
 -- @param po optional `{channel = name, force =, amend =}`
 -- @return true, warnings; the skipped result; or nil, err (kind

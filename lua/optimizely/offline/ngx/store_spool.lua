@@ -102,9 +102,29 @@ function Store:hooks()
       check("retry", sp:retry(job.store_id, next_at, failure(q, job, rec)))
       return true -- the row holds it (or, its lease lost, another worker does)
     end,
-    dead = function(job, rec) check("kill", sp:kill(job.store_id, failure(q, job, rec))) end,
+    -- an amend's DELETE: the new version behind it ends dead with it (spool:kill's
+    -- dead letters), reported by the scheduler (l_sched.c) as the memory store's
+    dead = function(job, rec)
+      local ok, deps = sp:kill(job.store_id, failure(q, job, rec))
+      check("kill", ok, deps)
+      if ok and deps then return self:dead_jobs(deps) end
+    end,
     release = function(job) check("release", sp:release(job.store_id)) end,
   }
+end
+
+--- The dead letters `spool:kill` made with a row (an amend's new version)
+-- as the dead hook returns them to the scheduler: `{id, ref, channel =
+-- index, attempts, message}` each.
+-- @param deps the dead letters
+-- @return the list
+function Store:dead_jobs(deps)
+  local st, out = self.q.st, {}
+  for i, d in ipairs(deps) do
+    out[i] = { id = d.id, ref = d.ref, attempts = d.attempts, message = d.message,
+      channel = st.channel_index[d.channel or st.default_channel] or 1 }
+  end
+  return out
 end
 
 --- Orders pending against `max_queue`: the spool has its own bounds.
@@ -118,6 +138,21 @@ function Store.pending() return 0 end
 function Store:put(job, channel_name)
   local id, err = self.spool:put(job.body, job.ref, nil, channel_name)
   if not id then return nil, err end
+  if self.q.s then self.q.s:hint_feed() end
+  return true
+end
+
+--- Writes an amend to the spool: the cancel of the refCode and the new
+-- version (op "amend") in one transaction. The spool claims the new
+-- version only once the cancel is acked; when the cancel ends dead the
+-- new version ends dead with it, never posted (the `dead` hook).
+-- @param job `{body, ref}` (the new version)
+-- @param channel_name the order's channel
+-- @return true | nil, err (kind "full" names the spool's bound)
+function Store:put_amend(job, channel_name)
+  local ids, err = self.spool:put_many({ { ref = job.ref, channel = channel_name, op = "cancel" },
+    { body = job.body, ref = job.ref, channel = channel_name, op = "amend" } })
+  if not ids then return nil, err end
   if self.q.s then self.q.s:hint_feed() end
   return true
 end
