@@ -527,7 +527,6 @@ static long long opt_int(lua_State *L, const char *k, long long def) {
  * scheduler. */
 static void report_dead_letter(l_sched *u, const oo_outcome *o) {
     lua_State *L = u->L;
-    oo_outcome d = *o;
     oo_job_spec sp;
     oo_job *j;
     long long ch = opt_int(L, "channel", 1);
@@ -538,11 +537,10 @@ static void report_dead_letter(l_sched *u, const oo_outcome *o) {
     lua_getfield(L, -1, "ref");
     if (lua_type(L, -1) == LUA_TSTRING) sp.ref = lua_tolstring(L, -1, &sp.ref_len);
     lua_getfield(L, -2, "message");
-    if (lua_type(L, -1) == LUA_TSTRING)
-        snprintf(d.message, sizeof d.message, "%s", lua_tostring(L, -1));
-    d.retryable = 0;
     j = oo_job_new(&sp);
-    if (j) oo_sched_report(&u->s, OO_RES_DEAD, j, &d, "amend");
+    if (j)
+        oo_sched_report_amend_dead(&u->s, j, o,
+                                   lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : NULL);
     free(j);
     lua_pop(L, 2);
 }

@@ -344,6 +344,14 @@ void oo_sched_report(oo_sched *s, oo_res_kind what, const oo_job *j, const oo_ou
     pthread_mutex_unlock(&s->mu);
 }
 
+void oo_sched_report_amend_dead(oo_sched *s, const oo_job *j, const oo_outcome *o,
+                                const char *message) {
+    oo_outcome d = *o;
+    d.retryable = 0;
+    if (message) snprintf(d.message, sizeof d.message, "%s", message);
+    oo_sched_report(s, OO_RES_DEAD, j, &d, "amend");
+}
+
 /* ------------------------------------------------------------------ */
 /* RefCode order: a job marked after_ref (a cancel) does not start while  */
 /* an earlier job of its refCode is queued, retrying or in flight here.   */
@@ -488,14 +496,27 @@ static void settle_dead(oo_sched *s, oo_job *j, const oo_outcome *o, const char 
     if (what == OO_RES_DEAD && j->method == OO_DELETE) fail_dependents(s, j, o, body, blen);
 }
 
-/* Moves the after_ok jobs of del's refCode queued after it out of one list
- * onto *out (under mu). */
-static size_t take_dependents(oo_job **head, oo_job **tail, const oo_job *del, oo_job **out) {
+/* Which jobs take_matching moves: those of key's refCode, of one method
+ * (or any: -1), or only the after_ok ones queued after key (an amend's). */
+typedef struct job_match {
+    const oo_job *key;
+    int method;
+    int dependents;
+} job_match;
+
+static int job_matches(const oo_job *p, const job_match *m) {
+    if (!same_ref(p, m->key)) return 0;
+    if (m->dependents) return p->after_ok && p->seq > m->key->seq;
+    return m->method < 0 || p->method == m->method;
+}
+
+/* Moves the matching jobs of one list onto *out (under mu). */
+static size_t take_from(oo_job **head, oo_job **tail, const job_match *m, oo_job **out) {
     oo_job *prev = NULL, *p = *head;
     size_t n = 0;
     while (p) {
         oo_job *next = p->next;
-        if (p->after_ok && p->seq > del->seq && same_ref(p, del)) {
+        if (job_matches(p, m)) {
             list_unlink(head, tail, prev, p);
             p->next = *out;
             *out = p;
@@ -508,6 +529,13 @@ static size_t take_dependents(oo_job **head, oo_job **tail, const oo_job *del, o
     return n;
 }
 
+/* The same from the inbox, the ready list and the parked jobs (under mu). */
+static void take_matching(oo_sched *s, const job_match *m, oo_job **out) {
+    s->nin -= take_from(&s->in_head, &s->in_tail, m, out);
+    s->nready -= take_from(&s->ready_head, &s->ready_tail, m, out);
+    s->npark -= take_from(&s->park_head, &s->park_tail, m, out);
+}
+
 /* The DELETE of an amend died: the new versions waiting behind it end dead
  * too, never sent, with the DELETE's outcome (why "amend"). Such a job
  * cannot have started (it waits behind the DELETE): it is in the inbox,
@@ -517,10 +545,9 @@ static void fail_dependents(oo_sched *s, const oo_job *del, const oo_outcome *o,
     oo_job *out = NULL;
     oo_outcome d = *o;
     char msg[sizeof d.message];
+    job_match m = {del, -1, 1};
     pthread_mutex_lock(&s->mu);
-    s->nin -= take_dependents(&s->in_head, &s->in_tail, del, &out);
-    s->nready -= take_dependents(&s->ready_head, &s->ready_tail, del, &out);
-    s->npark -= take_dependents(&s->park_head, &s->park_tail, del, &out);
+    take_matching(s, &m, &out);
     pthread_mutex_unlock(&s->mu);
     if (!out) return;
     snprintf(msg, sizeof msg, OO_AMEND_FAILED "%.*s", (int)sizeof msg - 64, o->message);
@@ -837,37 +864,20 @@ void oo_sched_hurry(oo_sched *s) {
 /* ------------------------------------------------------------------ */
 /* Removing and dropping                                               */
 
-/* Moves the jobs of ref (and method) out of one list onto *out (under mu). */
-static size_t take_ref(oo_job **head, oo_job **tail, const oo_job *key, int method, oo_job **out) {
-    oo_job *prev = NULL, *p = *head;
-    size_t n = 0;
-    while (p) {
-        oo_job *next = p->next;
-        if (same_ref(p, key) && (method < 0 || p->method == method)) {
-            list_unlink(head, tail, prev, p);
-            p->next = *out;
-            *out = p;
-            n++;
-        } else {
-            prev = p;
-        }
-        p = next;
-    }
-    return n;
-}
-
 oo_job *oo_sched_remove_ref(oo_sched *s, const char *ref, size_t len, int method, int *flying) {
     oo_job key, *out = NULL, *p;
     size_t i, n;
+    job_match m;
     memset(&key, 0, sizeof key);
     key.ref = (char *)ref;
     key.ref_len = len;
+    m.key = &key;
+    m.method = method;
+    m.dependents = 0;
     pthread_mutex_lock(&s->mu);
-    s->nin -= take_ref(&s->in_head, &s->in_tail, &key, method, &out);
-    s->nready -= take_ref(&s->ready_head, &s->ready_tail, &key, method, &out);
-    s->npark -= take_ref(&s->park_head, &s->park_tail, &key, method, &out);
+    take_matching(s, &m, &out);
     for (i = s->nheap; i-- > 0;) {
-        if (same_ref(s->heap[i], &key) && (method < 0 || s->heap[i]->method == method)) {
+        if (job_matches(s->heap[i], &m)) {
             oo_job *j = heap_remove(s, i);
             j->next = out;
             out = j;

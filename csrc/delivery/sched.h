@@ -291,6 +291,11 @@ int oo_sched_settle(oo_sched *s, oo_job *j, const oo_outcome *o, const oo_reply 
  * DEAD). */
 void oo_sched_report(oo_sched *s, oo_res_kind what, const oo_job *j, const oo_outcome *o,
                      const char *why);
+/* An amend's new version a store ended dead with its DELETE (the spool's
+ * dead letter): reported dead, why "amend", with the DELETE's outcome o
+ * and the dead letter's message (NULL: o's). */
+void oo_sched_report_amend_dead(oo_sched *s, const oo_job *j, const oo_outcome *o,
+                                const char *message);
 
 /* Any thread: take the results collected so far (free with oo_results_free). */
 oo_result *oo_sched_collect(oo_sched *s);

@@ -276,15 +276,12 @@ static int spool_retry(oo_sched *e, oo_job *j, double next_at, const oo_outcome 
  * fail_dependents), a dead result, why "amend", the DELETE's outcome with
  * the dead letter's message. */
 static void report_amend_dead(oo_worker *w, const oo_outcome *o) {
-    oo_outcome d = *o;
     size_t k;
-    d.retryable = 0;
     for (k = 0; k < w->deps.n; k++) {
         oo_spool_row *row = &w->deps.v[k];
         oo_job *j = row_job(w, &w->e.s, row);
         if (!j) continue; /* an unknown channel or no memory: its dead letter says it */
-        if (row->message) snprintf(d.message, sizeof d.message, "%s", row->message);
-        oo_sched_report(&w->e.s, OO_RES_DEAD, j, &d, "amend");
+        oo_sched_report_amend_dead(&w->e.s, j, o, row->message);
         free(j);
     }
     oo_spool_rows_free(&w->deps);
